@@ -1,0 +1,20 @@
+// Built instead of the .cu files when the addon is compiled without nvcc (binding.gyp always, CMake
+// when no CUDA compiler is found): the backend exists but has no devices.
+#include "cuda_api.hpp"
+
+namespace lowbit {
+namespace cuda {
+
+bool compiled() { return false; }
+
+std::vector<DeviceInfo> devices(std::string* why_none) {
+  if (why_none) *why_none = "this build of the lowbit addon has no CUDA backend (built without nvcc)";
+  return {};
+}
+
+void packed_gemm(int, const float*, int64_t, const PackedMatrix&, float*) {
+  fail("E_CUDA_UNAVAILABLE", "this build of the lowbit addon has no CUDA backend (built without nvcc)");
+}
+
+}  // namespace cuda
+}  // namespace lowbit

@@ -1,0 +1,228 @@
+// Quantization, packing and packed products: argument checks and worker dispatch only.
+#include <string>
+
+#include "../../cuda/cuda_api.hpp"
+#include "../core/dtype.hpp"
+#include "../core/pack.hpp"
+#include "../core/packed_gemm.hpp"
+#include "../core/rtn.hpp"
+#include "../core/weight_format.hpp"
+#include "napi_util.hpp"
+
+namespace lowbit {
+namespace binding {
+namespace {
+
+GridOptions grid_options(const Napi::Object& o) {
+  GridOptions g;
+  g.bits = (int)integer(o.Get("bits"), "bits");
+  weight_format(g.bits);
+  if (!o.Get("sym").IsUndefined()) g.sym = boolean(o.Get("sym"), "sym");
+  if (!o.Get("mse").IsUndefined()) g.mse = boolean(o.Get("mse"), "mse");
+  return g;
+}
+
+void check_matrix(int64_t len, int64_t rows, int64_t cols, const char* name) {
+  require(rows > 0 && cols > 0, "E_SHAPE", std::string(name) + " dimensions must be positive");
+  require(len >= rows * cols, "E_BUFFER",
+          std::string(name) + " holds " + std::to_string(len) + " elements, needs " + std::to_string(rows) + " x " +
+              std::to_string(cols));
+}
+
+// rtnQuantize(W: Float32Array [N*K], N, K, {bits, groupSize, sym, mse}) -> Promise<{q, scales, zeros, groups}>
+Napi::Value RtnQuantize(const Napi::CallbackInfo& info) {
+  return guarded(info, [&]() -> Napi::Value {
+    const auto W = typed_array<float>(info[0], "W");
+    const int64_t N = integer(info[1], "N"), K = integer(info[2], "K");
+    check_matrix(W.length, N, K, "W");
+    const Napi::Object opts = object_arg(info, 3, "options");
+    const GridOptions g = grid_options(opts);
+    const int64_t gs = integer(opts.Get("groupSize"), "groupSize");
+    require(gs == -1 || gs > 0, "E_GROUP_SIZE", "groupSize must be -1 (per channel) or positive");
+    const int64_t G = group_count(K, gs);
+    Napi::Env env = info.Env();
+    auto q = Napi::Uint8Array::New(env, (size_t)(N * K));
+    auto scales = Napi::Float32Array::New(env, (size_t)(G * N));
+    auto zeros = Napi::Int32Array::New(env, (size_t)(G * N));
+    uint8_t* qp = q.Data();
+    float* sp = scales.Data();
+    int32_t* zp = zeros.Data();
+    const float* wp = W.data;
+    return PromiseWorker::Run(
+        env, [=] { rtn_quantize(wp, N, K, gs, g, qp, sp, zp); },
+        [q, scales, zeros, G](Napi::Env env) -> Napi::Value {
+          Napi::Object r = Napi::Object::New(env);
+          r.Set("q", q);
+          r.Set("scales", scales);
+          r.Set("zeros", zeros);
+          r.Set("groups", Napi::Number::New(env, (double)G));
+          return r;
+        },
+        {info[0], q, scales, zeros});
+  });
+}
+
+// packQweight(q: Uint8Array [N*K], N, K, bits) -> Int32Array [packedWords(bits,K) * N]
+Napi::Value PackQweight(const Napi::CallbackInfo& info) {
+  return guarded(info, [&]() -> Napi::Value {
+    const auto q = typed_array<uint8_t>(info[0], "q");
+    const int64_t N = integer(info[1], "N"), K = integer(info[2], "K");
+    const int bits = (int)integer(info[3], "bits");
+    check_matrix(q.length, N, K, "q");
+    const int maxq = weight_format(bits).maxq();
+    for (int64_t i = 0; i < N * K; ++i)
+      require(q.data[i] <= maxq, "E_ARGUMENT", "q[" + std::to_string(i) + "] = " + std::to_string(q.data[i]) +
+                                                   " does not fit in " + std::to_string(bits) + " bits");
+    auto out = Napi::Int32Array::New(info.Env(), (size_t)(packed_words(bits, K) * N));
+    pack_qweight(q.data, N, K, bits, out.Data());
+    return out;
+  });
+}
+
+Napi::Value UnpackQweight(const Napi::CallbackInfo& info) {
+  return guarded(info, [&]() -> Napi::Value {
+    const auto qw = typed_array<int32_t>(info[0], "qweight");
+    const int64_t N = integer(info[1], "N"), K = integer(info[2], "K");
+    const int bits = (int)integer(info[3], "bits");
+    require(N > 0 && K > 0, "E_SHAPE", "N and K must be positive");
+    require(qw.length >= packed_words(bits, K) * N, "E_BUFFER", "qweight is too short for N x K");
+    auto out = Napi::Uint8Array::New(info.Env(), (size_t)(N * K));
+    unpack_qweight(qw.data, N, K, bits, out.Data());
+    return out;
+  });
+}
+
+// packQzeros(zeros: Int32Array [G*N], G, N, bits, zeroOffset) -> Int32Array [G * packedWords(bits,N)]
+Napi::Value PackQzeros(const Napi::CallbackInfo& info) {
+  return guarded(info, [&]() -> Napi::Value {
+    const auto z = typed_array<int32_t>(info[0], "zeros");
+    const int64_t G = integer(info[1], "G"), N = integer(info[2], "N");
+    const int bits = (int)integer(info[3], "bits");
+    const int offset = (int)integer(info[4], "zeroOffset");
+    check_matrix(z.length, G, N, "zeros");
+    require(offset == 0 || offset == 1, "E_ARGUMENT", "zeroOffset must be 0 or 1");
+    const int maxq = weight_format(bits).maxq();
+    for (int64_t i = 0; i < G * N; ++i)
+      require(z.data[i] >= 0 && z.data[i] <= maxq, "E_ARGUMENT",
+              "zeros[" + std::to_string(i) + "] = " + std::to_string(z.data[i]) + " is outside [0, maxq]");
+    auto out = Napi::Int32Array::New(info.Env(), (size_t)(G * packed_words(bits, N)));
+    pack_qzeros(z.data, G, N, bits, offset, out.Data());
+    return out;
+  });
+}
+
+Napi::Value UnpackQzeros(const Napi::CallbackInfo& info) {
+  return guarded(info, [&]() -> Napi::Value {
+    const auto qz = typed_array<int32_t>(info[0], "qzeros");
+    const int64_t G = integer(info[1], "G"), N = integer(info[2], "N");
+    const int bits = (int)integer(info[3], "bits");
+    const int offset = (int)integer(info[4], "zeroOffset");
+    require(G > 0 && N > 0, "E_SHAPE", "G and N must be positive");
+    require(offset == 0 || offset == 1, "E_ARGUMENT", "zeroOffset must be 0 or 1");
+    require(qz.length >= G * packed_words(bits, N), "E_BUFFER", "qzeros is too short for G x N");
+    auto out = Napi::Int32Array::New(info.Env(), (size_t)(G * N));
+    unpack_qzeros(qz.data, G, N, bits, offset, out.Data());
+    return out;
+  });
+}
+
+// packedGemm(X: Float32Array [M*K], M, W: packed, Y: Float32Array [M*N], device: -1 CPU | CUDA index)
+Napi::Value PackedGemmImpl(const Napi::CallbackInfo& info, bool async) {
+  return guarded(info, [&]() -> Napi::Value {
+    std::vector<Napi::Value> keep{info[0], info[3]};
+    const auto X = typed_array<float>(info[0], "X");
+    const int64_t M = integer(info[1], "M");
+    const PackedMatrix W = packed_matrix_arg(object_arg(info, 2, "W"), &keep);
+    const auto Y = typed_array<float>(info[3], "Y");
+    const int64_t device = info.Length() > 4 && !info[4].IsUndefined() ? integer(info[4], "device") : -1;
+    require(M >= 1, "E_SHAPE", "M must be at least 1");
+    check_matrix(X.length, M, W.K, "X");
+    check_matrix(Y.length, M, W.N, "Y");
+    const float* xp = X.data;
+    float* yp = Y.data;
+    auto work = [=] {
+      if (device < 0) packed_gemm(xp, M, W, yp);
+      else cuda::packed_gemm((int)device, xp, M, W, yp);
+    };
+    if (!async) {
+      work();
+      return info.Env().Undefined();
+    }
+    return PromiseWorker::Run(info.Env(), work, nullptr, keep);
+  });
+}
+
+Napi::Value PackedGemm(const Napi::CallbackInfo& info) { return PackedGemmImpl(info, true); }
+Napi::Value PackedGemmSync(const Napi::CallbackInfo& info) { return PackedGemmImpl(info, false); }
+
+// dequantize(W: packed) -> Float32Array [N*K]
+Napi::Value Dequantize(const Napi::CallbackInfo& info) {
+  return guarded(info, [&]() -> Napi::Value {
+    const PackedMatrix W = packed_matrix_arg(object_arg(info, 0, "W"), nullptr);
+    auto out = Napi::Float32Array::New(info.Env(), (size_t)(W.N * W.K));
+    dequantize(W, out.Data());
+    return out;
+  });
+}
+
+// denseGemm(X [M*K], M, W [N*K], N, K, Y [M*N]) -> Promise<void>
+Napi::Value DenseGemm(const Napi::CallbackInfo& info) {
+  return guarded(info, [&]() -> Napi::Value {
+    const auto X = typed_array<float>(info[0], "X");
+    const int64_t M = integer(info[1], "M");
+    const auto W = typed_array<float>(info[2], "W");
+    const int64_t N = integer(info[3], "N"), K = integer(info[4], "K");
+    const auto Y = typed_array<float>(info[5], "Y");
+    check_matrix(X.length, M, K, "X");
+    check_matrix(W.length, N, K, "W");
+    check_matrix(Y.length, M, N, "Y");
+    const float *xp = X.data, *wp = W.data;
+    float* yp = Y.data;
+    return PromiseWorker::Run(info.Env(), [=] { dense_gemm(xp, M, wp, N, K, yp); }, nullptr, {info[0], info[2], info[5]});
+  });
+}
+
+DType dtype_arg(const Napi::Value& v, const char* name) {
+  const std::string s = v.IsString() ? v.As<Napi::String>().Utf8Value() : "";
+  if (s == "f32") return DType::F32;
+  if (s == "f16") return DType::F16;
+  if (s == "bf16") return DType::BF16;
+  fail("E_DTYPE", std::string(name) + " must be 'f32', 'f16' or 'bf16'");
+}
+
+// convert(src: Uint8Array bytes, from, dst: Uint8Array bytes, to, count): float dtype conversion.
+Napi::Value Convert(const Napi::CallbackInfo& info) {
+  return guarded(info, [&]() -> Napi::Value {
+    const auto src = typed_array<uint8_t>(info[0], "src");
+    const DType from = dtype_arg(info[1], "from");
+    const auto dst = typed_array<uint8_t>(info[2], "dst");
+    const DType to = dtype_arg(info[3], "to");
+    const int64_t n = integer(info[4], "count");
+    require(n >= 0, "E_ARGUMENT", "count must be non-negative");
+    require(src.length >= n * (int64_t)dtype_size(from), "E_BUFFER", "src is too short for count elements");
+    require(dst.length >= n * (int64_t)dtype_size(to), "E_BUFFER", "dst is too short for count elements");
+    require(from == DType::F32 || reinterpret_cast<uintptr_t>(src.data) % 2 == 0, "E_BUFFER", "src is misaligned");
+    require(reinterpret_cast<uintptr_t>(src.data) % dtype_size(from) == 0, "E_BUFFER", "src is misaligned");
+    require(reinterpret_cast<uintptr_t>(dst.data) % dtype_size(to) == 0, "E_BUFFER", "dst is misaligned");
+    convert(src.data, from, dst.data, to, (size_t)n);
+    return info.Env().Undefined();
+  });
+}
+
+}  // namespace
+
+void InitQuant(Napi::Env env, Napi::Object exports) {
+  exports.Set("rtnQuantize", Napi::Function::New(env, RtnQuantize));
+  exports.Set("packQweight", Napi::Function::New(env, PackQweight));
+  exports.Set("unpackQweight", Napi::Function::New(env, UnpackQweight));
+  exports.Set("packQzeros", Napi::Function::New(env, PackQzeros));
+  exports.Set("unpackQzeros", Napi::Function::New(env, UnpackQzeros));
+  exports.Set("packedGemm", Napi::Function::New(env, PackedGemm));
+  exports.Set("packedGemmSync", Napi::Function::New(env, PackedGemmSync));
+  exports.Set("dequantize", Napi::Function::New(env, Dequantize));
+  exports.Set("denseGemm", Napi::Function::New(env, DenseGemm));
+  exports.Set("convert", Napi::Function::New(env, Convert));
+}
+
+}  // namespace binding
+}  // namespace lowbit

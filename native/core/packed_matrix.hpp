@@ -1,0 +1,35 @@
+// A view of one linear layer's weight in the GPTQ layout (see pack.hpp). Not owning: the buffers
+// belong to the caller (typed arrays from JavaScript, or a model's weight store).
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "common.hpp"
+#include "weight_format.hpp"
+
+namespace lowbit {
+
+struct PackedMatrix {
+  int bits = 4;
+  int64_t K = 0;           // input features (logical, before packing pads)
+  int64_t N = 0;           // output features
+  int64_t group_size = 0;  // columns per group along K (K for per-channel)
+  int64_t groups = 0;      // rows of scales/qzeros: ceil(K / group_size) without g_idx, else max(g_idx)+1
+  int zero_offset = 1;     // stored zero = zero - zero_offset (1: "gptq" v1, 0: "gptq_v2")
+  const int32_t* qweight = nullptr;  // [packed_words(bits, K), N]
+  const int32_t* qzeros = nullptr;   // [groups, packed_words(bits, N)]
+  const uint16_t* scales = nullptr;  // fp16 [groups, N]
+  const int32_t* g_idx = nullptr;    // [K] group of each input column, or null for k / group_size
+
+  int64_t qweight_words() const { return packed_words(bits, K) * N; }
+  int64_t qzeros_words() const { return groups * packed_words(bits, N); }
+  int64_t group_of(int64_t k) const { return g_idx ? g_idx[k] : k / group_size; }
+};
+
+// Checks the sizes a PackedMatrix implies against the lengths of the buffers behind it, and that
+// g_idx entries lie in [0, groups). Throws E_SHAPE / E_BUFFER / E_GROUP_SIZE / E_BITS.
+void validate_packed(const PackedMatrix& W, int64_t qweight_len, int64_t qzeros_len, int64_t scales_len,
+                     int64_t g_idx_len);
+
+}  // namespace lowbit

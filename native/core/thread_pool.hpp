@@ -1,0 +1,44 @@
+// The addon's own worker threads. Heavy native calls run on a libuv worker (so the event loop stays
+// free) and fan their loops out here, instead of competing for libuv's four shared threads.
+#pragma once
+
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+namespace lowbit {
+
+class ThreadPool {
+ public:
+  explicit ThreadPool(int threads);
+  ~ThreadPool();
+  ThreadPool(const ThreadPool&) = delete;
+  ThreadPool& operator=(const ThreadPool&) = delete;
+
+  int size() const { return (int)workers_.size() + 1; }  // the caller helps too
+
+  // Runs fn(begin, end) over [0, n) split into chunks of at least `grain`; returns when all are done.
+  // Safe to call from several threads at once; the calling thread works on chunks as well.
+  // The first exception thrown by fn is re-thrown here.
+  void parallel_for(int64_t n, int64_t grain, const std::function<void(int64_t, int64_t)>& fn);
+
+ private:
+  void worker_loop();
+  std::vector<std::thread> workers_;
+  std::deque<std::function<void()>> queue_;
+  std::mutex mutex_;
+  std::condition_variable wake_;
+  bool stopping_ = false;
+};
+
+// The process-wide pool (hardware threads by default).
+ThreadPool& global_pool();
+// Replaces the global pool with one of n threads (n <= 0: hardware concurrency). Not while work runs.
+void set_global_threads(int n);
+int hardware_threads();
+
+}  // namespace lowbit

@@ -1,0 +1,57 @@
+#!/usr/bin/env node
+/**
+ * The `lowbit` command: a thin layer over the public API. Each subcommand lives in its own module
+ * (src/cli/<name>.ts) exporting `run(argv: string[]): Promise<number>` (the exit code) and `usage`.
+ */
+import { LowbitError } from '../errors.js';
+
+interface Command {
+  summary: string;
+  load: () => Promise<{ run(argv: string[]): Promise<number>; usage: string }>;
+}
+
+const COMMANDS: Record<string, Command> = {
+  devices: { summary: 'list the CPU and CUDA devices lowbit can use', load: () => import('./devices.js') },
+};
+
+function help(): string {
+  const width = Math.max(...Object.keys(COMMANDS).map((c) => c.length));
+  return [
+    'usage: lowbit <command> [options]   (lowbit <command> --help for its options)',
+    '',
+    ...Object.entries(COMMANDS).map(([name, c]) => `  ${name.padEnd(width)}  ${c.summary}`),
+  ].join('\n');
+}
+
+export async function main(argv: string[]): Promise<number> {
+  const [name, ...rest] = argv;
+  if (!name || name === '--help' || name === '-h') {
+    console.log(help());
+    return name ? 0 : 1;
+  }
+  const command = COMMANDS[name];
+  if (!command) {
+    console.error(`lowbit: unknown command '${name}'\n\n${help()}`);
+    return 2;
+  }
+  const mod = await command.load();
+  if (rest.includes('--help') || rest.includes('-h')) {
+    console.log(mod.usage);
+    return 0;
+  }
+  return mod.run(rest);
+}
+
+const invokedDirectly = process.argv[1] && import.meta.url.endsWith(process.argv[1].replace(/\\/g, '/').split('/').pop()!);
+if (invokedDirectly) {
+  main(process.argv.slice(2)).then(
+    (code) => {
+      process.exitCode = code;
+    },
+    (err: unknown) => {
+      if (err instanceof LowbitError) console.error(`lowbit: ${err.message} [${err.code}]`);
+      else console.error(err);
+      process.exitCode = 1;
+    },
+  );
+}
