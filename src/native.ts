@@ -151,19 +151,19 @@ export function loadAddonFrom(path: string): Addon {
   return wrapAddon(require(path) as Record<string, unknown>);
 }
 
-/** The loaded addon (loaded on first use). */
-export function native(): Addon {
-  if (loaded) return loaded.addon;
-  const root = packageRoot();
+/**
+ * Loads the first candidate that loads; if none does, throws one E_ADDON_LOAD error that lists every
+ * candidate's cause and the fixes.
+ */
+export function loadFirstAddon(paths: readonly string[]): { addon: Addon; path: string } {
   const failures: string[] = [];
-  for (const path of candidates(root)) {
+  for (const path of paths) {
     if (!existsSync(path)) {
       failures.push(`  - ${path}: not found`);
       continue;
     }
     try {
-      loaded = { addon: loadAddonFrom(path), path };
-      return loaded.addon;
+      return { addon: loadAddonFrom(path), path };
     } catch (err) {
       failures.push(`  - ${path}: ${(err as Error).message.split('\n')[0]}`);
     }
@@ -181,6 +181,12 @@ export function native(): Addon {
     ].join('\n'),
     { failures },
   );
+}
+
+/** The loaded addon (loaded on first use). */
+export function native(): Addon {
+  loaded ??= loadFirstAddon(candidates(packageRoot()));
+  return loaded.addon;
 }
 
 /** The path the addon was loaded from (loads it if needed). */
