@@ -1,0 +1,75 @@
+// GPTQ (Frantar et al., 2022): quantize one linear layer's weight W [N, K] (out x in) so as to
+// minimise ||W X - Q X||^2 over calibration inputs X, using the Hessian H = (2/n) sum x x^T
+// (hessian.hpp accumulates it). See shared METHODS.md "GPTQ" and docs/GPTQ.md.
+//
+// This header is the contract both backends implement: the CPU one in gptq.cpp and the CUDA one
+// behind cuda/cuda_api.hpp take the same GptqOptions, fill the same GptqOutput buffers and return the
+// same GptqReport. Keep it stable.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "quant_grid.hpp"
+
+namespace lowbit {
+
+struct GptqOptions {
+  int bits = 4;                  // 2, 3, 4 or 8
+  int64_t group_size = -1;       // columns per group along K; -1 (or >= K): one group per output channel
+  bool sym = false;              // symmetric grid (zero = 2^(bits-1))
+  bool mse = false;              // grid search over shrunken ranges (quant_grid.hpp)
+  bool act_order = false;        // sweep columns by descending diag(H)
+  bool static_groups = false;    // fit every group's grid on the original W before the sweep
+  double damp_percent = 0.01;    // lambda = damp_percent * mean(diag H)
+  int max_damp_raises = 3;       // on Cholesky failure: damp_percent *= 10, at most this many times
+  int64_t block_size = 128;      // columns per lazy-batch block
+  // Smallest zero point the grid may use. 1 for checkpoints in the "gptq" v1 layout, which stores
+  // zero - 1 and so cannot hold a zero of 0 (pack.hpp); 0 for "gptq_v2". RTN uses the same rule.
+  int min_zero = 0;
+};
+
+// Output buffers, owned by the caller. G = group_count(K, group_size) (rtn.hpp).
+struct GptqOutput {
+  uint8_t* q = nullptr;       // [N, K] integer codes in [0, 2^bits), ORIGINAL column order
+  float* scales = nullptr;    // [G, N] fp16-exact scales
+  int32_t* zeros = nullptr;   // [G, N] integer zero points
+  int32_t* g_idx = nullptr;   // [K] group of each original input column
+};
+
+struct GptqReport {
+  double damp_percent = 0;   // the dampening actually used (after any raises)...
+  double damp = 0;           // ...and the lambda it gave, added to diag(H)
+  int damp_raises = 0;       // how many times the Cholesky failed and lambda was raised
+  int64_t dead_inputs = 0;   // columns with H_ii = 0 (their weights are zeroed)
+  // 1/2 sum_{n,i} (w_ni - q_ni)^2 / Hinv_ii^2: the GPTQ objective, equal to the mean over calibration
+  // tokens of ||(W - Q) x||^2 measured with the dampened Hessian.
+  double loss = 0;
+  std::vector<std::string> warnings;
+};
+
+// W: [N, K] f32 row-major; H: [K, K] f32 symmetric (both only read). Errors (CoreError codes):
+// E_BITS / E_GROUP_SIZE / E_ARGUMENT for bad options, E_NAN for NaN or infinity in W or H,
+// E_HESSIAN_SINGULAR when the Cholesky factorization still fails after max_damp_raises raises
+// (or H has a negative diagonal entry).
+GptqReport gptq_quantize(const float* W, int64_t N, int64_t K, const float* H, const GptqOptions& opt,
+                         const GptqOutput& out);
+
+// --- steps shared with the CUDA backend (plain host code) ---
+
+// Checks options against K; throws E_BITS / E_GROUP_SIZE / E_ARGUMENT.
+void validate_gptq_options(const GptqOptions& opt, int64_t K);
+
+// The grid options that GPTQ's options imply (the same grid RTN uses).
+GridOptions gptq_grid_options(const GptqOptions& opt);
+
+// Column order of the sweep: descending diag(H) (stable: ties keep their original order), or the
+// identity without act_order. perm[p] = original column swept at position p.
+std::vector<int32_t> sweep_order(const float* H, int64_t K, bool act_order);
+
+// g_idx[k] for each original column k: k / group_size, except with act_order and no static groups,
+// where groups follow the sweep order: g_idx[perm[p]] = p / group_size.
+void write_g_idx(const std::vector<int32_t>& perm, int64_t K, const GptqOptions& opt, int32_t* g_idx);
+
+}  // namespace lowbit
