@@ -1,0 +1,51 @@
+/**
+ * Shared helpers for the model I/O tests: where the real data lives, and how a test that needs it
+ * behaves when it is missing (fails in CI, skips with a message elsewhere).
+ */
+import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+export const projectRoot = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
+export const dataDir = resolve(projectRoot, '../shared/data');
+
+export function dataPath(...parts: string[]): string {
+  return join(dataDir, ...parts);
+}
+
+/**
+ * True when every named data file exists. When one is missing: throws under CI=true, otherwise
+ * prints where the data should be and returns false (the caller skips).
+ */
+export function haveData(...files: string[]): boolean {
+  const missing = files.filter((f) => !existsSync(dataPath(f)));
+  if (missing.length === 0) return true;
+  const message = `real data missing: ${missing.join(', ')} (expected under ${dataDir}; see its README.md)`;
+  if (process.env.CI === 'true') throw new Error(message);
+  console.warn(`skipping: ${message}`);
+  return false;
+}
+
+/** A fresh temporary directory, removed by the returned cleanup. */
+export function tempDir(prefix = 'lowbit-formats-'): { dir: string; cleanup: () => void } {
+  const dir = mkdtempSync(join(tmpdir(), prefix));
+  return { dir, cleanup: () => rmSync(dir, { recursive: true, force: true }) };
+}
+
+/** A random seed for a test's PRNG (reported in failure messages). */
+export function randomSeed(): number {
+  return Math.floor(Math.random() * 2 ** 31);
+}
+
+/** mulberry32: a small seeded PRNG giving floats in [0, 1). */
+export function prng(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
