@@ -29,5 +29,29 @@ std::vector<DeviceInfo> devices(std::string* why_none);
 // lowbit::packed_gemm on the CPU.
 void packed_gemm(int device, const float* X, int64_t M, const PackedMatrix& W, float* Y);
 
+// A packed matrix uploaded once to one GPU and kept there (the forward pass multiplies by it many
+// times). view() has the same shape fields as the host matrix, with device pointers.
+class PackedMatrixDevice {
+ public:
+  PackedMatrixDevice(int device, const PackedMatrix& host);  // host must be validated
+  ~PackedMatrixDevice();
+  PackedMatrixDevice(const PackedMatrixDevice&) = delete;
+  PackedMatrixDevice& operator=(const PackedMatrixDevice&) = delete;
+
+  int device() const { return device_; }
+  const PackedMatrix& view() const { return view_; }
+  int64_t bytes() const { return bytes_; }
+
+ private:
+  int device_ = -1;
+  PackedMatrix view_;
+  void* storage_ = nullptr;  // one allocation holding qweight, qzeros, scales and g_idx
+  int64_t bytes_ = 0;
+};
+
+// Y = X · Wᵀ with X [M, K] and Y [M, N] device pointers on W's device, enqueued on `stream` (a
+// cudaStream_t; null for the default stream). Returns without waiting for the GPU.
+void packed_gemm_device(const PackedMatrixDevice& W, const float* X, int64_t M, float* Y, void* stream);
+
 }  // namespace cuda
 }  // namespace lowbit

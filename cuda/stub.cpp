@@ -12,9 +12,17 @@ std::vector<DeviceInfo> devices(std::string* why_none) {
   return {};
 }
 
-void packed_gemm(int, const float*, int64_t, const PackedMatrix&, float*) {
+namespace {
+[[noreturn]] void unavailable() {
   fail("E_CUDA_UNAVAILABLE", "this build of the lowbit addon has no CUDA backend (built without nvcc)");
 }
+}  // namespace
+
+void packed_gemm(int, const float*, int64_t, const PackedMatrix&, float*) { unavailable(); }
+
+PackedMatrixDevice::PackedMatrixDevice(int, const PackedMatrix&) { unavailable(); }
+PackedMatrixDevice::~PackedMatrixDevice() = default;
+void packed_gemm_device(const PackedMatrixDevice&, const float*, int64_t, float*, void*) { unavailable(); }
 
 }  // namespace cuda
 }  // namespace lowbit
