@@ -1,10 +1,602 @@
-// The forward pass: bindings for the model (filled in by the forward-pass work).
+// The forward pass: the NativeModel class (one LlamaBackend, CPU or CUDA) and a few sync entry
+// points to the CPU ops for tests. Argument checks and worker dispatch only; the math is in
+// native/core/model.
+#include "model.hpp"
+
+#include <cmath>
+#include <cstring>
+#include <map>
+#include <mutex>
+#include <string>
+
+#include "../core/model/ops.hpp"
 #include "napi_util.hpp"
 
 namespace lowbit {
 namespace binding {
 
-void InitModel(Napi::Env, Napi::Object) {}
+struct ModelHandle {
+  std::mutex run_mutex;  // held for the whole of each call on the backend
+  std::mutex ptr_mutex;  // guards the pointers below (held briefly)
+  std::shared_ptr<model::LlamaBackend> backend;
+  std::map<int64_t, std::shared_ptr<model::Sequence>> sequences;
+  int64_t next_sequence = 1;
+
+  std::shared_ptr<model::LlamaBackend> get() {
+    std::lock_guard<std::mutex> lock(ptr_mutex);
+    require(backend != nullptr, "E_CLOSED", "the model was closed");
+    return backend;
+  }
+  std::shared_ptr<model::Sequence> sequence(int64_t id) {
+    std::lock_guard<std::mutex> lock(ptr_mutex);
+    auto it = sequences.find(id);
+    require(it != sequences.end(), "E_ARGUMENT", "no sequence " + std::to_string(id) + " (freed, or never created)");
+    return it->second;
+  }
+};
+
+void with_backend(ModelHandle& handle, const std::function<void(model::LlamaBackend&)>& fn) {
+  std::lock_guard<std::mutex> lock(handle.run_mutex);
+  auto backend = handle.get();
+  fn(*backend);
+}
+
+namespace {
+
+using model::Linear;
+using model::LinearWeights;
+
+// Tags NativeModel objects so model_handle() can tell them from look-alikes.
+const napi_type_tag kModelTag = {0x6c6f77626974ULL, 0x6d6f64656c3031ULL};
+
+void check_length(int64_t len, int64_t need, const std::string& name) {
+  require(len >= need, "E_BUFFER", name + " holds " + std::to_string(len) + " elements, needs " + std::to_string(need));
+}
+
+std::vector<float> float_vector(const Napi::Value& v, const char* name) {
+  const auto s = typed_array<float>(v, name);
+  return std::vector<float>(s.data, s.data + s.length);
+}
+
+model::LlamaConfig config_arg(const Napi::Object& o) {
+  model::LlamaConfig c;
+  c.dim = integer(o.Get("dim"), "dim");
+  c.hidden = integer(o.Get("hidden"), "hidden");
+  c.layers = integer(o.Get("layers"), "layers");
+  c.heads = integer(o.Get("heads"), "heads");
+  c.kv_heads = integer(o.Get("kvHeads"), "kvHeads");
+  c.head_dim = integer(o.Get("headDim"), "headDim");
+  c.vocab = integer(o.Get("vocab"), "vocab");
+  c.max_seq = integer(o.Get("maxSeq"), "maxSeq");
+  require(o.Get("normEps").IsNumber(), "E_CONFIG", "normEps must be a number");
+  c.norm_eps = o.Get("normEps").As<Napi::Number>().FloatValue();
+  c.inv_freq = float_vector(o.Get("invFreq"), "invFreq");
+  if (o.Get("ropeScale").IsNumber()) c.rope_scale = o.Get("ropeScale").As<Napi::Number>().FloatValue();
+  c.tie_embeddings = boolean(o.Get("tieEmbeddings"), "tieEmbeddings");
+  c.validate();
+  return c;
+}
+
+DType float_dtype_arg(const Napi::Value& v, const char* name) {
+  const std::string s = v.IsString() ? v.As<Napi::String>().Utf8Value() : "";
+  if (s == "f32") return DType::F32;
+  if (s == "f16") return DType::F16;
+  if (s == "bf16") return DType::BF16;
+  fail("E_DTYPE", std::string(name) + " must be 'f32', 'f16' or 'bf16'");
+}
+
+// A dense [N, K] matrix {dtype, data} checked for length; data stays owned by JavaScript.
+const void* dense_arg(const Napi::Object& o, int64_t N, int64_t K, const std::string& name, DType* dtype,
+                      std::vector<Napi::Value>* keep) {
+  *dtype = float_dtype_arg(o.Get("dtype"), (name + ".dtype").c_str());
+  const void* data;
+  int64_t len;
+  if (*dtype == DType::F32) {
+    const auto s = typed_array<float>(o.Get("data"), (name + ".data (Float32Array)").c_str());
+    data = s.data;
+    len = s.length;
+  } else {
+    const auto s = typed_array<uint16_t>(o.Get("data"), (name + ".data (Uint16Array of 16-bit patterns)").c_str());
+    data = s.data;
+    len = s.length;
+  }
+  check_length(len, N * K, name + ".data");
+  keep->push_back(o.Get("data"));
+  return data;
+}
+
+// {dtype, data, bias?} (dense) or {packed: PackedWeights, bias?} for the linear `which`.
+LinearWeights linear_arg(const Napi::Value& v, const model::LlamaConfig& c, Linear which, std::vector<Napi::Value>* keep) {
+  const std::string name = model::linear_name(which);
+  require(v.IsObject(), "E_ARGUMENT", name + " must be an object ({dtype, data} or {packed})");
+  const Napi::Object o = v.As<Napi::Object>();
+  const int64_t N = model::linear_out(c, which), K = model::linear_in(c, which);
+  LinearWeights w;
+  if (o.Has("packed") && !o.Get("packed").IsUndefined()) {
+    require(o.Get("packed").IsObject(), "E_ARGUMENT", name + ".packed must be an object");
+    w.packed = true;
+    w.q = packed_matrix_arg(o.Get("packed").As<Napi::Object>(), keep);
+    require(w.q.K == K && w.q.N == N, "E_SHAPE",
+            name + ": packed weight is " + std::to_string(w.q.N) + " x " + std::to_string(w.q.K) + ", the model needs " +
+                std::to_string(N) + " x " + std::to_string(K));
+  } else {
+    w.data = dense_arg(o, N, K, name, &w.dtype, keep);
+  }
+  const Napi::Value bias = o.Get("bias");
+  if (!bias.IsUndefined() && !bias.IsNull()) {
+    const auto b = typed_array<float>(bias, (name + ".bias").c_str());
+    check_length(b.length, N, name + ".bias");
+    w.bias = b.data;
+    keep->push_back(bias);
+  }
+  return w;
+}
+
+const float* norm_arg(const Napi::Value& v, int64_t dim, const char* name, std::vector<Napi::Value>* keep) {
+  const auto s = typed_array<float>(v, name);
+  check_length(s.length, dim, name);
+  keep->push_back(v);
+  return s.data;
+}
+
+Linear linear_by_name(const Napi::Value& v) {
+  const std::string s = v.IsString() ? v.As<Napi::String>().Utf8Value() : "";
+  for (int l = 0; l < model::kBlockLinears; ++l)
+    if (s == model::linear_name((Linear)l)) return (Linear)l;
+  fail("E_ARGUMENT", "linear must be one of q, k, v, o, gate, up, down; got '" + s + "'");
+}
+
+int capture_by_name(const std::string& s) {
+  for (int p = 0; p < model::kCapturePoints; ++p)
+    if (s == model::capture_name((model::CapturePoint)p)) return p;
+  fail("E_ARGUMENT", "capture point must be one of qkv, o, gateUp, down; got '" + s + "'");
+}
+
+int64_t capture_cols(const model::LlamaConfig& c, int p) {
+  switch ((model::CapturePoint)p) {
+    case model::CapturePoint::O: return c.heads * c.head_dim;
+    case model::CapturePoint::Down: return c.hidden;
+    default: return c.dim;
+  }
+}
+
+class NativeModel : public Napi::ObjectWrap<NativeModel> {
+ public:
+  static Napi::Function Define(Napi::Env env) {
+    return DefineClass(env, "NativeModel",
+                       {
+                           InstanceAccessor<&NativeModel::Device>("device"),
+                           InstanceMethod<&NativeModel::SetGlobals>("setGlobals"),
+                           InstanceMethod<&NativeModel::SetBlock>("setBlock"),
+                           InstanceMethod<&NativeModel::SetLinear>("setLinear"),
+                           InstanceMethod<&NativeModel::DropBlock>("dropBlock"),
+                           InstanceMethod<&NativeModel::WeightBytes>("weightBytes"),
+                           InstanceMethod<&NativeModel::Embed>("embed"),
+                           InstanceMethod<&NativeModel::RunBlock>("runBlock"),
+                           InstanceMethod<&NativeModel::Head>("head"),
+                           InstanceMethod<&NativeModel::Logits>("logits"),
+                           InstanceMethod<&NativeModel::Nll>("nll"),
+                           InstanceMethod<&NativeModel::CreateSequence>("createSequence"),
+                           InstanceMethod<&NativeModel::FreeSequence>("freeSequence"),
+                           InstanceMethod<&NativeModel::Decode>("decode"),
+                           InstanceMethod<&NativeModel::Close>("close"),
+                       });
+  }
+
+  // new NativeModel(config, device)
+  NativeModel(const Napi::CallbackInfo& info) : Napi::ObjectWrap<NativeModel>(info) {
+    guarded(info, [&]() -> Napi::Value {
+      config_ = config_arg(object_arg(info, 0, "config"));
+      device_ = info.Length() > 1 && !info[1].IsUndefined() ? (int)integer(info[1], "device") : -1;
+      handle_ = std::make_shared<ModelHandle>();
+      handle_->backend = model::make_backend(device_, config_);
+      napi_type_tag_object(info.Env(), info.This(), &kModelTag);
+      return info.Env().Undefined();
+    });
+  }
+
+  ~NativeModel() override {
+    // The finalizer may run after close(); only what is still reported is given back.
+    if (reported_ != 0) Napi::MemoryManagement::AdjustExternalMemory(Env(), -reported_);
+  }
+
+  std::shared_ptr<ModelHandle> handle() const { return handle_; }
+
+ private:
+  Napi::Value Device(const Napi::CallbackInfo& info) { return Napi::Number::New(info.Env(), device_); }
+
+  // Runs `work(backend)` on a worker under the model's lock; `done` builds the resolved value.
+  // After work that changes weights, the external memory reported to V8 follows weight_bytes().
+  Napi::Value Queue(const Napi::CallbackInfo& info, std::function<void(model::LlamaBackend&)> work,
+                    std::vector<Napi::Value> keep, bool weights_changed,
+                    PromiseWorker::Done done = nullptr) {
+    keep.push_back(info.This());  // keeps this wrapper alive until the promise settles
+    auto handle = handle_;
+    auto bytes = std::make_shared<int64_t>(-1);
+    return PromiseWorker::Run(
+        info.Env(),
+        [handle, work, bytes, weights_changed] {
+          with_backend(*handle, [&](model::LlamaBackend& b) {
+            work(b);
+            if (weights_changed) *bytes = b.weight_bytes();
+          });
+        },
+        [this, bytes, done](Napi::Env env) -> Napi::Value {
+          if (*bytes >= 0 && handle_->backend) Report(env, *bytes);
+          return done ? done(env) : env.Undefined();
+        },
+        keep);
+  }
+
+  void Report(Napi::Env env, int64_t bytes) {
+    if (bytes != reported_) Napi::MemoryManagement::AdjustExternalMemory(env, bytes - reported_);
+    reported_ = bytes;
+  }
+
+  // setGlobals({embed: {dtype, data}, finalNorm, head?: linear})
+  Napi::Value SetGlobals(const Napi::CallbackInfo& info) {
+    return guarded(info, [&]() -> Napi::Value {
+      const Napi::Object o = object_arg(info, 0, "globals");
+      std::vector<Napi::Value> keep;
+      model::GlobalWeights w;
+      require(o.Get("embed").IsObject(), "E_ARGUMENT", "embed must be an object {dtype, data}");
+      w.embed = dense_arg(o.Get("embed").As<Napi::Object>(), config_.vocab, config_.dim, "embed", &w.embed_dtype, &keep);
+      w.final_norm = norm_arg(o.Get("finalNorm"), config_.dim, "finalNorm", &keep);
+      if (!config_.tie_embeddings) w.head = linear_arg(o.Get("head"), config_, Linear::Head, &keep);
+      return Queue(info, [w](model::LlamaBackend& b) { b.set_globals(w); }, keep, true);
+    });
+  }
+
+  // setBlock(i, {attnNorm, mlpNorm, q, k, v, o, gate, up, down})
+  Napi::Value SetBlock(const Napi::CallbackInfo& info) {
+    return guarded(info, [&]() -> Napi::Value {
+      const int64_t i = block_arg(info[0]);
+      const Napi::Object o = object_arg(info, 1, "block weights");
+      std::vector<Napi::Value> keep;
+      model::BlockWeights w;
+      w.attn_norm = norm_arg(o.Get("attnNorm"), config_.dim, "attnNorm", &keep);
+      w.mlp_norm = norm_arg(o.Get("mlpNorm"), config_.dim, "mlpNorm", &keep);
+      for (int l = 0; l < model::kBlockLinears; ++l)
+        w.linears[l] = linear_arg(o.Get(model::linear_name((Linear)l)), config_, (Linear)l, &keep);
+      return Queue(info, [i, w](model::LlamaBackend& b) { b.set_block(i, w); }, keep, true);
+    });
+  }
+
+  // setLinear(i, 'q' | ... | 'down', linear)
+  Napi::Value SetLinear(const Napi::CallbackInfo& info) {
+    return guarded(info, [&]() -> Napi::Value {
+      const int64_t i = block_arg(info[0]);
+      const Linear which = linear_by_name(info[1]);
+      std::vector<Napi::Value> keep;
+      const LinearWeights w = linear_arg(info[2], config_, which, &keep);
+      return Queue(info, [i, which, w](model::LlamaBackend& b) { b.set_linear(i, which, w); }, keep, true);
+    });
+  }
+
+  // dropBlock(i): frees block i's weights (after work already queued on the model).
+  Napi::Value DropBlock(const Napi::CallbackInfo& info) {
+    return guarded(info, [&]() -> Napi::Value {
+      const int64_t i = block_arg(info[0]);
+      return Queue(info, [i](model::LlamaBackend& b) { b.drop_block(i); }, {}, true);
+    });
+  }
+
+  Napi::Value WeightBytes(const Napi::CallbackInfo& info) { return Napi::Number::New(info.Env(), (double)reported_); }
+
+  // embed(ids: Int32Array [n], out: Float32Array [n*dim])
+  Napi::Value Embed(const Napi::CallbackInfo& info) {
+    return guarded(info, [&]() -> Napi::Value {
+      const auto ids = typed_array<int32_t>(info[0], "ids");
+      const auto out = typed_array<float>(info[1], "out");
+      check_length(out.length, ids.length * config_.dim, "out");
+      const int32_t* ip = ids.data;
+      float* op = out.data;
+      const int64_t n = ids.length;
+      return Queue(info, [=](model::LlamaBackend& b) { b.embed(ip, n, op); }, {info[0], info[1]}, false);
+    });
+  }
+
+  // runBlock(i, hidden: Float32Array [batch*seq*dim] (in place), batch, seq, {capture?: names[], stopAfter?: name})
+  //   -> Promise<{qkv?, o?, gateUp?, down?: Float32Array [batch*seq*cols]}>
+  Napi::Value RunBlock(const Napi::CallbackInfo& info) {
+    return guarded(info, [&]() -> Napi::Value {
+      Napi::Env env = info.Env();
+      const int64_t i = block_arg(info[0]);
+      const auto hidden = typed_array<float>(info[1], "hidden");
+      const int64_t batch = integer(info[2], "batch"), seq = integer(info[3], "seq");
+      require(batch >= 1 && seq >= 1, "E_SHAPE", "batch and seq must be positive");
+      check_length(hidden.length, batch * seq * config_.dim, "hidden");
+      int stop_after = -1;
+      std::vector<Napi::Float32Array> targets(model::kCapturePoints);
+      std::vector<Napi::Value> keep{info[1]};
+      if (info.Length() > 4 && info[4].IsObject()) {
+        const Napi::Object opts = info[4].As<Napi::Object>();
+        const Napi::Value cap = opts.Get("capture");
+        if (!cap.IsUndefined()) {
+          require(cap.IsArray(), "E_ARGUMENT", "capture must be an array of capture point names");
+          const Napi::Array names = cap.As<Napi::Array>();
+          for (uint32_t k = 0; k < names.Length(); ++k) {
+            require(names.Get(k).IsString(), "E_ARGUMENT", "capture point names are strings");
+            const int p = capture_by_name(names.Get(k).As<Napi::String>().Utf8Value());
+            if (targets[(size_t)p].IsEmpty()) {
+              targets[(size_t)p] = Napi::Float32Array::New(env, (size_t)(batch * seq * capture_cols(config_, p)));
+              keep.push_back(targets[(size_t)p]);
+            }
+          }
+        }
+        const Napi::Value stop = opts.Get("stopAfter");
+        if (!stop.IsUndefined()) {
+          require(stop.IsString(), "E_ARGUMENT", "stopAfter must be a capture point name");
+          stop_after = capture_by_name(stop.As<Napi::String>().Utf8Value());
+        }
+      }
+      float* dest[model::kCapturePoints] = {nullptr};
+      for (int p = 0; p < model::kCapturePoints; ++p)
+        if (!targets[(size_t)p].IsEmpty()) dest[p] = targets[(size_t)p].Data();
+      float* hp = hidden.data;
+      auto work = [=](model::LlamaBackend& b) {
+        model::CaptureFn capture = [dest](model::CapturePoint p, const model::Activations& a) {
+          float* d = dest[(int)p];
+          if (d && a.device < 0) std::memcpy(d + a.row0 * a.cols, a.data, (size_t)(a.rows * a.cols) * 4);
+        };
+        model::BlockRun run;
+        run.capture = &capture;
+        run.stop_after = stop_after;
+        b.run_block(i, hp, batch, seq, run);
+      };
+      return Queue(info, work, keep, false, [targets](Napi::Env env) -> Napi::Value {
+        Napi::Object r = Napi::Object::New(env);
+        for (int p = 0; p < model::kCapturePoints; ++p)
+          if (!targets[(size_t)p].IsEmpty()) r.Set(model::capture_name((model::CapturePoint)p), targets[(size_t)p]);
+        return r;
+      });
+    });
+  }
+
+  // head(hidden: Float32Array [rows*dim], rows, out: Float32Array [rows*vocab])
+  Napi::Value Head(const Napi::CallbackInfo& info) {
+    return guarded(info, [&]() -> Napi::Value {
+      const auto hidden = typed_array<float>(info[0], "hidden");
+      const int64_t rows = integer(info[1], "rows");
+      const auto out = typed_array<float>(info[2], "out");
+      require(rows >= 1, "E_SHAPE", "rows must be positive");
+      check_length(hidden.length, rows * config_.dim, "hidden");
+      check_length(out.length, rows * config_.vocab, "out");
+      const float* hp = hidden.data;
+      float* op = out.data;
+      return Queue(info, [=](model::LlamaBackend& b) { b.head(hp, rows, op); }, {info[0], info[2]}, false);
+    });
+  }
+
+  // logits(ids [batch*seq], batch, seq, out [batch*seq*vocab]) / nll(ids, batch, seq, out [batch*(seq-1)])
+  Napi::Value Logits(const Napi::CallbackInfo& info) { return WholeModel(info, false); }
+  Napi::Value Nll(const Napi::CallbackInfo& info) { return WholeModel(info, true); }
+
+  Napi::Value WholeModel(const Napi::CallbackInfo& info, bool nll) {
+    return guarded(info, [&]() -> Napi::Value {
+      const auto ids = typed_array<int32_t>(info[0], "ids");
+      const int64_t batch = integer(info[1], "batch"), seq = integer(info[2], "seq");
+      const auto out = typed_array<float>(info[3], "out");
+      require(batch >= 1 && seq >= (nll ? 2 : 1), "E_SHAPE", nll ? "nll needs batch >= 1 and seq >= 2" : "batch and seq must be positive");
+      check_length(ids.length, batch * seq, "ids");
+      check_length(out.length, nll ? batch * (seq - 1) : batch * seq * config_.vocab, "out");
+      const int32_t* ip = ids.data;
+      float* op = out.data;
+      auto work = [=](model::LlamaBackend& b) {
+        b.check_ids(ip, batch * seq);
+        if (nll) b.nll(ip, batch, seq, op);
+        else b.logits(ip, batch, seq, op);
+      };
+      return Queue(info, work, {info[0], info[3]}, false);
+    });
+  }
+
+  // createSequence(capacity) -> Promise<number>
+  Napi::Value CreateSequence(const Napi::CallbackInfo& info) {
+    return guarded(info, [&]() -> Napi::Value {
+      const int64_t capacity = integer(info[0], "capacity");
+      auto handle = handle_;
+      auto id = std::make_shared<int64_t>(0);
+      return Queue(
+          info,
+          [handle, capacity, id](model::LlamaBackend& b) {
+            std::shared_ptr<model::Sequence> s = b.new_sequence(capacity);
+            std::lock_guard<std::mutex> lock(handle->ptr_mutex);
+            *id = handle->next_sequence++;
+            handle->sequences[*id] = std::move(s);
+          },
+          {}, false, [id](Napi::Env env) -> Napi::Value { return Napi::Number::New(env, (double)*id); });
+    });
+  }
+
+  // freeSequence(id): forgets the sequence (its memory goes when no queued decode holds it).
+  Napi::Value FreeSequence(const Napi::CallbackInfo& info) {
+    return guarded(info, [&]() -> Napi::Value {
+      const int64_t id = integer(info[0], "sequence");
+      std::lock_guard<std::mutex> lock(handle_->ptr_mutex);
+      handle_->sequences.erase(id);
+      return info.Env().Undefined();
+    });
+  }
+
+  // decode(sequence, ids: Int32Array [n], out: Float32Array [vocab]) -> Promise<number> (new length)
+  Napi::Value Decode(const Napi::CallbackInfo& info) {
+    return guarded(info, [&]() -> Napi::Value {
+      const int64_t id = integer(info[0], "sequence");
+      const auto ids = typed_array<int32_t>(info[1], "ids");
+      const auto out = typed_array<float>(info[2], "out");
+      require(ids.length >= 1, "E_SHAPE", "decode needs at least one token");
+      check_length(out.length, config_.vocab, "out");
+      auto seq = handle_->sequence(id);
+      const int32_t* ip = ids.data;
+      float* op = out.data;
+      const int64_t n = ids.length;
+      return Queue(
+          info,
+          [=](model::LlamaBackend& b) {
+            b.check_ids(ip, n);
+            b.decode(*seq, ip, n, op);
+          },
+          {info[1], info[2]}, false,
+          [seq](Napi::Env env) -> Napi::Value { return Napi::Number::New(env, (double)seq->length); });
+    });
+  }
+
+  // close(): frees the weights and caches now (after any call already running on the model).
+  Napi::Value Close(const Napi::CallbackInfo& info) {
+    {
+      std::lock_guard<std::mutex> lock(handle_->ptr_mutex);
+      handle_->backend.reset();
+      handle_->sequences.clear();
+    }
+    Report(info.Env(), 0);
+    return info.Env().Undefined();
+  }
+
+  int64_t block_arg(const Napi::Value& v) {
+    const int64_t i = integer(v, "block");
+    require(i >= 0 && i < config_.layers, "E_ARGUMENT",
+            "block " + std::to_string(i) + " is outside [0, " + std::to_string(config_.layers) + ")");
+    return i;
+  }
+
+  model::LlamaConfig config_;
+  int device_ = -1;
+  std::shared_ptr<ModelHandle> handle_;
+  int64_t reported_ = 0;
+};
+
+// ---------------------------------------------------------------- CPU ops, for tests against references
+
+// opRmsNorm(x, rows, dim, weight, eps, out)
+Napi::Value OpRmsNorm(const Napi::CallbackInfo& info) {
+  return guarded(info, [&]() -> Napi::Value {
+    const auto x = typed_array<float>(info[0], "x");
+    const int64_t rows = integer(info[1], "rows"), dim = integer(info[2], "dim");
+    const auto w = typed_array<float>(info[3], "weight");
+    require(info[4].IsNumber(), "E_ARGUMENT", "eps must be a number");
+    const float eps = info[4].As<Napi::Number>().FloatValue();
+    const auto out = typed_array<float>(info[5], "out");
+    require(rows >= 1 && dim >= 1, "E_SHAPE", "rows and dim must be positive");
+    check_length(x.length, rows * dim, "x");
+    check_length(w.length, dim, "weight");
+    check_length(out.length, rows * dim, "out");
+    model::cpu::rms_norm(x.data, rows, dim, w.data, eps, out.data);
+    return info.Env().Undefined();
+  });
+}
+
+// opRope(x (in place), rows, heads, headDim, p0, invFreq, scale): row r is at position p0 + r.
+Napi::Value OpRope(const Napi::CallbackInfo& info) {
+  return guarded(info, [&]() -> Napi::Value {
+    const auto x = typed_array<float>(info[0], "x");
+    const int64_t rows = integer(info[1], "rows"), heads = integer(info[2], "heads"), hd = integer(info[3], "headDim");
+    const int64_t p0 = integer(info[4], "p0");
+    const std::vector<float> inv_freq = float_vector(info[5], "invFreq");
+    require(info[6].IsNumber(), "E_ARGUMENT", "scale must be a number");
+    const float scale = info[6].As<Napi::Number>().FloatValue();
+    require(rows >= 1 && heads >= 1 && hd >= 2 && hd % 2 == 0 && p0 >= 0, "E_SHAPE", "bad rope shape");
+    require((int64_t)inv_freq.size() == hd / 2, "E_SHAPE", "invFreq must hold headDim/2 values");
+    check_length(x.length, rows * heads * hd, "x");
+    model::cpu::RopeTable table;
+    table.build(inv_freq, scale, p0, rows);
+    model::cpu::apply_rope(x.data, rows, heads * hd, heads, table);
+    return info.Env().Undefined();
+  });
+}
+
+// opAttention(q [n*heads*hd], k [n*kvHeads*hd], v, n, heads, kvHeads, headDim, out): causal, positions 0..n-1.
+Napi::Value OpAttention(const Napi::CallbackInfo& info) {
+  return guarded(info, [&]() -> Napi::Value {
+    const auto q = typed_array<float>(info[0], "q");
+    const auto k = typed_array<float>(info[1], "k");
+    const auto v = typed_array<float>(info[2], "v");
+    const int64_t n = integer(info[3], "n"), heads = integer(info[4], "heads"), kvh = integer(info[5], "kvHeads");
+    const int64_t hd = integer(info[6], "headDim");
+    const auto out = typed_array<float>(info[7], "out");
+    require(n >= 1 && heads >= 1 && kvh >= 1 && hd >= 1 && heads % kvh == 0, "E_SHAPE", "bad attention shape");
+    check_length(q.length, n * heads * hd, "q");
+    check_length(k.length, n * kvh * hd, "k");
+    check_length(v.length, n * kvh * hd, "v");
+    check_length(out.length, n * heads * hd, "out");
+    model::cpu::KvBlock kv;
+    kv.resize(kvh, hd, n);
+    model::cpu::store_kv(k.data, v.data, n, 0, kv);
+    model::cpu::causal_attention(q.data, n, 0, heads, kv, (float)(1.0 / std::sqrt((double)hd)), out.data);
+    return info.Env().Undefined();
+  });
+}
+
+// opSwiglu(gate, up, out)
+Napi::Value OpSwiglu(const Napi::CallbackInfo& info) {
+  return guarded(info, [&]() -> Napi::Value {
+    const auto g = typed_array<float>(info[0], "gate");
+    const auto u = typed_array<float>(info[1], "up");
+    const auto out = typed_array<float>(info[2], "out");
+    check_length(u.length, g.length, "up");
+    check_length(out.length, g.length, "out");
+    model::cpu::swiglu(g.data, u.data, g.length, out.data);
+    return info.Env().Undefined();
+  });
+}
+
+// opLinear(x [M*K], M, {dtype, data [N*K]}, N, K, bias | null, out [M*N])
+Napi::Value OpLinear(const Napi::CallbackInfo& info) {
+  return guarded(info, [&]() -> Napi::Value {
+    const auto x = typed_array<float>(info[0], "x");
+    const int64_t M = integer(info[1], "M"), N = integer(info[3], "N"), K = integer(info[4], "K");
+    require(M >= 1 && N >= 1 && K >= 1, "E_SHAPE", "M, N and K must be positive");
+    std::vector<Napi::Value> keep;
+    DType dtype;
+    const void* data = dense_arg(object_arg(info, 2, "weight"), N, K, "weight", &dtype, &keep);
+    const auto bias = optional_typed_array<float>(info[5], "bias");
+    const auto out = typed_array<float>(info[6], "out");
+    check_length(x.length, M * K, "x");
+    if (bias.data) check_length(bias.length, N, "bias");
+    check_length(out.length, M * N, "out");
+    const model::cpu::DensePanels W(data, dtype, N, K);
+    model::cpu::dense_linear(x.data, M, W, bias.data, out.data);
+    return info.Env().Undefined();
+  });
+}
+
+// opNll(logits [rows*vocab], rows, vocab, targets [rows], out [rows])
+Napi::Value OpNll(const Napi::CallbackInfo& info) {
+  return guarded(info, [&]() -> Napi::Value {
+    const auto logits = typed_array<float>(info[0], "logits");
+    const int64_t rows = integer(info[1], "rows"), vocab = integer(info[2], "vocab");
+    const auto targets = typed_array<int32_t>(info[3], "targets");
+    const auto out = typed_array<float>(info[4], "out");
+    require(rows >= 1 && vocab >= 1, "E_SHAPE", "rows and vocab must be positive");
+    check_length(logits.length, rows * vocab, "logits");
+    check_length(targets.length, rows, "targets");
+    check_length(out.length, rows, "out");
+    for (int64_t r = 0; r < rows; ++r) {
+      require(targets.data[r] >= 0 && targets.data[r] < vocab, "E_ARGUMENT", "target outside the vocabulary");
+      out.data[r] = model::cpu::row_nll(logits.data + r * vocab, vocab, targets.data[r]);
+    }
+    return info.Env().Undefined();
+  });
+}
+
+}  // namespace
+
+std::shared_ptr<ModelHandle> model_handle(const Napi::Value& v) {
+  bool tagged = false;
+  if (v.IsObject()) napi_check_object_type_tag(v.Env(), v, &kModelTag, &tagged);
+  require(tagged, "E_ARGUMENT", "expected a NativeModel");
+  return NativeModel::Unwrap(v.As<Napi::Object>())->handle();
+}
+
+void InitModel(Napi::Env env, Napi::Object exports) {
+  exports.Set("NativeModel", NativeModel::Define(env));
+  exports.Set("opRmsNorm", Napi::Function::New(env, OpRmsNorm));
+  exports.Set("opRope", Napi::Function::New(env, OpRope));
+  exports.Set("opAttention", Napi::Function::New(env, OpAttention));
+  exports.Set("opSwiglu", Napi::Function::New(env, OpSwiglu));
+  exports.Set("opLinear", Napi::Function::New(env, OpLinear));
+  exports.Set("opNll", Napi::Function::New(env, OpNll));
+}
 
 }  // namespace binding
 }  // namespace lowbit

@@ -1,0 +1,178 @@
+// The Llama-family forward pass as one interface that every backend implements: the CPU one here
+// (cpu_llama.cpp) and the CUDA one in cuda/. The binding (native/binding/model.cpp) only talks to
+// LlamaBackend, so a model behaves the same whichever device holds it.
+//
+// Contract shared by all backends:
+// - Every pointer argument is HOST memory, checked for length by the caller (the binding); results
+//   are written to host buffers the caller owns. A backend keeps its own copy of every weight it is
+//   given (the caller's buffers may be freed after the call returns).
+// - Activations are f32, row-major, [rows, features]; a batch of B sequences of S tokens is B*S rows,
+//   sequence-major. Each sequence of a batch starts at position 0 (no KV state crosses sequences).
+// - Accumulation is f32 (or wider). Dense weights may be f32, f16 or bf16; any linear may instead be
+//   packed (GPTQ layout, PackedMatrix), so a partially quantized model runs.
+// - A backend is not thread-safe: the caller serializes calls on one backend (the binding holds a
+//   lock per model). Errors are CoreError with a code from src/errors.ts.
+// - Only the blocks a call touches need weights: run_block(i) needs block i, whole-model calls need
+//   every block and the globals. Missing weights throw E_MISSING_TENSOR.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "../dtype.hpp"
+#include "../packed_matrix.hpp"
+
+namespace lowbit {
+namespace model {
+
+struct LlamaConfig {
+  int64_t dim = 0;       // hidden_size
+  int64_t hidden = 0;    // intermediate_size (MLP)
+  int64_t layers = 0;    // num_hidden_layers
+  int64_t heads = 0;     // num_attention_heads (query heads)
+  int64_t kv_heads = 0;  // num_key_value_heads (grouped-query attention: heads % kv_heads == 0)
+  int64_t head_dim = 0;  // even
+  int64_t vocab = 0;
+  int64_t max_seq = 0;   // the longest sequence a call or KV cache may hold (max_position_embeddings)
+  float norm_eps = 1e-5f;
+  // Rotary embedding, HF half-split form (dimension i pairs with i + head_dim/2). inv_freq holds the
+  // head_dim/2 frequencies with any rope scaling already applied (src/model computes them from the
+  // config, in f32 as transformers does); angle = f32(inv_freq[i] * position), cos and sin of it
+  // are rounded to f32 and multiplied by rope_scale (transformers' "attention_scaling", 1 unless YaRN).
+  std::vector<float> inv_freq;
+  float rope_scale = 1.0f;
+  bool tie_embeddings = false;  // lm_head = the embedding matrix
+
+  // Throws E_CONFIG when the numbers do not describe a model.
+  void validate() const;
+};
+
+// The linears of a block, in the order HF names them, plus the output head.
+enum class Linear : int { Q = 0, K = 1, V = 2, O = 3, Gate = 4, Up = 5, Down = 6, Head = 7 };
+constexpr int kBlockLinears = 7;
+const char* linear_name(Linear which);  // "q", "k", "v", "o", "gate", "up", "down", "head"
+int64_t linear_in(const LlamaConfig& c, Linear which);   // K: input features
+int64_t linear_out(const LlamaConfig& c, Linear which);  // N: output features
+
+// One linear layer's weight, as the caller holds it (a view; backends copy what they keep).
+struct LinearWeights {
+  bool packed = false;
+  // Dense: W [N, K] row-major (out x in, the HF layout) in `dtype` (F32, F16 or BF16).
+  DType dtype = DType::F32;
+  const void* data = nullptr;
+  // Packed: the GPTQ layout; its K and N must match the linear's shape.
+  PackedMatrix q;
+  const float* bias = nullptr;  // [N] or null (qwen2 has q/k/v biases)
+};
+
+struct BlockWeights {
+  const float* attn_norm = nullptr;  // [dim] input_layernorm.weight
+  const float* mlp_norm = nullptr;   // [dim] post_attention_layernorm.weight
+  LinearWeights linears[kBlockLinears];  // indexed by Linear (Q..Down)
+};
+
+struct GlobalWeights {
+  DType embed_dtype = DType::F32;
+  const void* embed = nullptr;        // [vocab, dim] embed_tokens.weight
+  const float* final_norm = nullptr;  // [dim] norm.weight
+  LinearWeights head;                 // lm_head [vocab, dim]; ignored when config.tie_embeddings
+};
+
+// The inputs of a block's linears, in the order the block computes them. q/k/v share one input, and
+// so do gate/up; these are what GPTQ accumulates its Hessians from.
+enum class CapturePoint : int { Qkv = 0, O = 1, GateUp = 2, Down = 3 };
+constexpr int kCapturePoints = 4;
+const char* capture_name(CapturePoint p);  // "qkv", "o", "gateUp", "down"
+
+struct Activations {
+  const float* data;  // [rows, cols] row-major; valid only during the callback
+  int64_t rows;       // tokens
+  int64_t cols;       // input features of the linears fed from this point
+  int64_t row0;       // index of the first row within the whole run_block batch (B*S rows)
+  int device;         // -1: host memory; else a CUDA device index and `data` is device memory there
+};
+using CaptureFn = std::function<void(CapturePoint, const Activations&)>;
+
+struct BlockRun {
+  // Called with the inputs of each capture point; a backend may call it several times per point
+  // (in row chunks, e.g. one sequence of the batch at a time), covering every row exactly once.
+  const CaptureFn* capture = nullptr;
+  // Stop right after this point's capture (e.g. GPTQ's true-sequential stages need only the inputs
+  // of the linears they quantize next). -1: run the whole block. `hidden` is left unchanged when
+  // the run stops early.
+  int stop_after = -1;
+  // false: `capture` always gets host memory (a GPU backend copies it down first). true: it may get
+  // memory on the backend's device (Activations::device says which), e.g. for Hessians kept on the GPU.
+  bool capture_on_device = false;
+};
+
+// A KV cache for incremental decoding, made by the backend that uses it.
+class Sequence {
+ public:
+  virtual ~Sequence() = default;
+  int64_t length = 0;    // tokens held
+  int64_t capacity = 0;  // tokens it can hold
+};
+
+class LlamaBackend {
+ public:
+  explicit LlamaBackend(LlamaConfig config) : config_(std::move(config)) { config_.validate(); }
+  virtual ~LlamaBackend() = default;
+  LlamaBackend(const LlamaBackend&) = delete;
+  LlamaBackend& operator=(const LlamaBackend&) = delete;
+
+  const LlamaConfig& config() const { return config_; }
+  virtual int device() const = 0;  // -1 for the CPU, else the CUDA device index
+
+  // --- weights: set, replace (one linear at a time, e.g. after quantizing it) and drop
+  virtual void set_globals(const GlobalWeights& w) = 0;
+  virtual void set_block(int64_t block, const BlockWeights& w) = 0;
+  virtual void set_linear(int64_t block, Linear which, const LinearWeights& w) = 0;  // Q..Down; block set
+  virtual void drop_block(int64_t block) = 0;
+  virtual bool has_block(int64_t block) const = 0;
+  virtual int64_t weight_bytes() const = 0;  // memory held for weights (host for CPU, device for CUDA)
+
+  // --- one block at a time (calibration)
+  // hidden [n, dim] = embedding rows of ids [n]. Needs the globals.
+  virtual void embed(const int32_t* ids, int64_t n, float* hidden) = 0;
+  // hidden [batch*seq, dim] in, block's output out (in place).
+  virtual void run_block(int64_t block, float* hidden, int64_t batch, int64_t seq, const BlockRun& run) = 0;
+  // logits [rows, vocab] = lm_head(final_norm(hidden [rows, dim])).
+  virtual void head(const float* hidden, int64_t rows, float* logits) = 0;
+
+  // --- the whole model (every block resident)
+  // logits [batch*seq, vocab] of ids [batch, seq].
+  virtual void logits(const int32_t* ids, int64_t batch, int64_t seq, float* out) = 0;
+  // out [batch, seq-1]: -log softmax(logits[b, t])[ids[b, t+1]] for t < seq-1 (perplexity).
+  virtual void nll(const int32_t* ids, int64_t batch, int64_t seq, float* out) = 0;
+  // KV-cached decoding: appends ids [n] to the sequence and writes the logits [vocab] of its last token.
+  virtual std::unique_ptr<Sequence> new_sequence(int64_t capacity) = 0;
+  virtual void decode(Sequence& seq, const int32_t* ids, int64_t n, float* last_logits) = 0;
+
+ public:
+  // Throws E_ARGUMENT unless every id is in [0, vocab). Callers check before any call that takes ids.
+  void check_ids(const int32_t* ids, int64_t n) const;
+
+ protected:
+  // Shared argument checks for implementations.
+  void check_block_index(int64_t block) const;
+  void check_batch(int64_t batch, int64_t seq) const;
+  void check_linear(Linear which, const LinearWeights& w) const;
+  LlamaConfig config_;
+};
+
+// Creates the backend for a device: -1 the CPU, else a CUDA device through the registered factory.
+std::unique_ptr<LlamaBackend> make_backend(int device, const LlamaConfig& config);
+std::unique_ptr<LlamaBackend> make_cpu_backend(const LlamaConfig& config);
+
+// The CUDA backend registers its factory at load time (a static initializer in cuda/), so that
+// CPU-only builds and the core need no CUDA symbol. Without one, make_backend(d >= 0) throws
+// E_CUDA_UNAVAILABLE.
+using BackendFactory = std::unique_ptr<LlamaBackend> (*)(int device, const LlamaConfig& config);
+void register_cuda_backend(BackendFactory factory);
+
+}  // namespace model
+}  // namespace lowbit
