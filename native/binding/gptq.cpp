@@ -1,10 +1,252 @@
-// GPTQ: bindings for Hessian accumulation and the quantization sweep (filled in by the GPTQ work).
+// GPTQ: bindings for Hessian accumulation and the quantization sweep. Argument checks and worker
+// dispatch only; the math is in native/core/{hessian,gptq}.cpp.
+#include <initializer_list>
+#include <memory>
+#include <mutex>
+#include <string>
+
+#include "../core/dtype.hpp"
+#include "../core/gptq.hpp"
+#include "../core/hessian.hpp"
+#include "../core/pack.hpp"
+#include "../core/rtn.hpp"
+#include "../core/weight_format.hpp"
 #include "napi_util.hpp"
 
 namespace lowbit {
 namespace binding {
+namespace {
 
-void InitGptq(Napi::Env, Napi::Object) {}
+// A Hessian accumulator owned by a JavaScript handle ({ [External] }). The mutex serializes batches
+// (each runs on a libuv worker) and reads; `closed` turns later use into E_CLOSED.
+struct HessianHolder {
+  std::mutex mutex;
+  std::unique_ptr<HessianAccumulator> acc;
+  int64_t K = 0;
+  int64_t reported_bytes = 0;  // external memory reported to V8
+};
+
+using HolderPtr = std::shared_ptr<HessianHolder>;
+
+constexpr const char* kHandleKey = "__lowbitHessian";
+
+HolderPtr holder_arg(const Napi::Value& v) {
+  if (!v.IsObject()) throw CoreError("E_ARGUMENT", "expected a Hessian handle from hessianCreate");
+  const Napi::Value ext = v.As<Napi::Object>().Get(kHandleKey);
+  if (!ext.IsExternal()) throw CoreError("E_ARGUMENT", "expected a Hessian handle from hessianCreate");
+  return *ext.As<Napi::External<HolderPtr>>().Data();
+}
+
+// hessianCreate(K) -> handle
+Napi::Value HessianCreate(const Napi::CallbackInfo& info) {
+  return guarded(info, [&]() -> Napi::Value {
+    const int64_t K = integer(info[0], "K");
+    require(K > 0 && K <= 65536, "E_SHAPE", "K must be in [1, 65536], got " + std::to_string(K));
+    auto holder = std::make_shared<HessianHolder>();
+    holder->K = K;
+    holder->acc = std::make_unique<HessianAccumulator>(K);
+    holder->reported_bytes = K * K * (int64_t)sizeof(float);
+    Napi::Env env = info.Env();
+    Napi::MemoryManagement::AdjustExternalMemory(env, holder->reported_bytes);
+    auto ext = Napi::External<HolderPtr>::New(env, new HolderPtr(holder), [](Napi::Env env, HolderPtr* p) {
+      {
+        std::lock_guard<std::mutex> lock((*p)->mutex);
+        if ((*p)->reported_bytes) Napi::MemoryManagement::AdjustExternalMemory(env, -(*p)->reported_bytes);
+        (*p)->reported_bytes = 0;
+      }
+      delete p;
+    });
+    Napi::Object handle = Napi::Object::New(env);
+    handle.Set(kHandleKey, ext);
+    handle.Set("K", Napi::Number::New(env, (double)K));
+    return handle;
+  });
+}
+
+// hessianAddBatch(handle, X: Float32Array [rows*K], rows) -> Promise<samples after>
+Napi::Value HessianAddBatch(const Napi::CallbackInfo& info) {
+  return guarded(info, [&]() -> Napi::Value {
+    HolderPtr holder = holder_arg(info[0]);
+    const auto X = typed_array<float>(info[1], "X");
+    const int64_t rows = integer(info[2], "rows");
+    require(rows >= 0, "E_SHAPE", "rows must be non-negative");
+    require(X.length >= rows * holder->K, "E_BUFFER",
+            "X holds " + std::to_string(X.length) + " elements, needs rows x K = " + std::to_string(rows) + " x " +
+                std::to_string(holder->K));
+    const float* xp = X.data;
+    auto samples = std::make_shared<int64_t>(0);
+    return PromiseWorker::Run(
+        info.Env(),
+        [holder, xp, rows, samples] {
+          std::lock_guard<std::mutex> lock(holder->mutex);
+          require(holder->acc != nullptr, "E_CLOSED", "the Hessian accumulator was freed");
+          holder->acc->add_batch(xp, rows);
+          *samples = holder->acc->samples();
+        },
+        [samples](Napi::Env env) -> Napi::Value { return Napi::Number::New(env, (double)*samples); },
+        {info[0], info[1]});
+  });
+}
+
+// hessianSamples(handle) -> tokens seen
+Napi::Value HessianSamples(const Napi::CallbackInfo& info) {
+  return guarded(info, [&]() -> Napi::Value {
+    HolderPtr holder = holder_arg(info[0]);
+    std::lock_guard<std::mutex> lock(holder->mutex);
+    require(holder->acc != nullptr, "E_CLOSED", "the Hessian accumulator was freed");
+    return Napi::Number::New(info.Env(), (double)holder->acc->samples());
+  });
+}
+
+// hessianRead(handle) -> Float32Array [K*K] (a copy)
+Napi::Value HessianRead(const Napi::CallbackInfo& info) {
+  return guarded(info, [&]() -> Napi::Value {
+    HolderPtr holder = holder_arg(info[0]);
+    std::lock_guard<std::mutex> lock(holder->mutex);
+    require(holder->acc != nullptr, "E_CLOSED", "the Hessian accumulator was freed");
+    const int64_t n = holder->K * holder->K;
+    auto out = Napi::Float32Array::New(info.Env(), (size_t)n);
+    std::copy(holder->acc->data(), holder->acc->data() + n, out.Data());
+    return out;
+  });
+}
+
+// hessianFree(handle): releases the K x K buffer now (later use: E_CLOSED). Idempotent.
+Napi::Value HessianFree(const Napi::CallbackInfo& info) {
+  return guarded(info, [&]() -> Napi::Value {
+    HolderPtr holder = holder_arg(info[0]);
+    std::lock_guard<std::mutex> lock(holder->mutex);
+    holder->acc.reset();
+    if (holder->reported_bytes) Napi::MemoryManagement::AdjustExternalMemory(info.Env(), -holder->reported_bytes);
+    holder->reported_bytes = 0;
+    return info.Env().Undefined();
+  });
+}
+
+GptqOptions gptq_options(const Napi::Object& o) {
+  GptqOptions g;
+  g.bits = (int)integer(o.Get("bits"), "bits");
+  weight_format(g.bits);
+  g.group_size = integer(o.Get("groupSize"), "groupSize");
+  auto opt_bool = [&](const char* key, bool& dst) {
+    if (!o.Get(key).IsUndefined()) dst = boolean(o.Get(key), key);
+  };
+  opt_bool("sym", g.sym);
+  opt_bool("mse", g.mse);
+  opt_bool("actOrder", g.act_order);
+  opt_bool("staticGroups", g.static_groups);
+  if (!o.Get("dampPercent").IsUndefined()) {
+    require(o.Get("dampPercent").IsNumber(), "E_ARGUMENT", "dampPercent must be a number");
+    g.damp_percent = o.Get("dampPercent").As<Napi::Number>().DoubleValue();
+  }
+  if (!o.Get("maxDampRaises").IsUndefined()) g.max_damp_raises = (int)integer(o.Get("maxDampRaises"), "maxDampRaises");
+  if (!o.Get("blockSize").IsUndefined()) g.block_size = integer(o.Get("blockSize"), "blockSize");
+  if (!o.Get("zeroOffset").IsUndefined()) {
+    const int64_t off = integer(o.Get("zeroOffset"), "zeroOffset");
+    require(off == 0 || off == 1, "E_ARGUMENT", "zeroOffset must be 0 or 1");
+    g.min_zero = (int)off;  // v1 (offset 1) cannot store a zero point of 0
+  } else {
+    g.min_zero = 1;
+  }
+  return g;
+}
+
+struct GptqJob {
+  GptqReport report;
+  int64_t G = 0;
+};
+
+// gptqQuantize(W: Float32Array [N*K], N, K, H: Float32Array [K*K] | handle, options)
+//   -> Promise<{ q, scales, zeros, gIdx, groups, qweight, qzeros, scalesF16, damp, dampPercent, dampRaises,
+//                deadInputs, loss, warnings }>
+Napi::Value GptqQuantize(const Napi::CallbackInfo& info) {
+  return guarded(info, [&]() -> Napi::Value {
+    const auto W = typed_array<float>(info[0], "W");
+    const int64_t N = integer(info[1], "N"), K = integer(info[2], "K");
+    require(N > 0 && K > 0, "E_SHAPE", "N and K must be positive");
+    require(W.length >= N * K, "E_BUFFER",
+            "W holds " + std::to_string(W.length) + " elements, needs " + std::to_string(N) + " x " + std::to_string(K));
+    const GptqOptions opt = gptq_options(object_arg(info, 4, "options"));
+    validate_gptq_options(opt, K);
+    const float* hp = nullptr;
+    HolderPtr holder;
+    if (info[3].IsTypedArray()) {
+      const auto H = typed_array<float>(info[3], "H");
+      require(H.length >= K * K, "E_BUFFER",
+              "H holds " + std::to_string(H.length) + " elements, needs K x K = " + std::to_string(K * K));
+      hp = H.data;
+    } else {
+      holder = holder_arg(info[3]);
+      require(holder->K == K, "E_SHAPE",
+              "the Hessian is " + std::to_string(holder->K) + " x " + std::to_string(holder->K) + ", W has K = " +
+                  std::to_string(K));
+    }
+    const int zero_offset = opt.min_zero;
+    const int64_t G = group_count(K, opt.group_size);
+    Napi::Env env = info.Env();
+    auto q = Napi::Uint8Array::New(env, (size_t)(N * K));
+    auto scales = Napi::Float32Array::New(env, (size_t)(G * N));
+    auto zeros = Napi::Int32Array::New(env, (size_t)(G * N));
+    auto g_idx = Napi::Int32Array::New(env, (size_t)K);
+    auto qweight = Napi::Int32Array::New(env, (size_t)(packed_words(opt.bits, K) * N));
+    auto qzeros = Napi::Int32Array::New(env, (size_t)(G * packed_words(opt.bits, N)));
+    auto scales16 = Napi::Uint16Array::New(env, (size_t)(G * N));
+    GptqOutput out{q.Data(), scales.Data(), zeros.Data(), g_idx.Data()};
+    int32_t* qw = qweight.Data();
+    int32_t* qz = qzeros.Data();
+    uint16_t* s16 = scales16.Data();
+    const float* wp = W.data;
+    auto job = std::make_shared<GptqJob>();
+    job->G = G;
+    // The result arrays, held by reference: a napi_value is only valid in the scope that made it.
+    auto results = std::make_shared<std::vector<Napi::Reference<Napi::Value>>>();
+    for (Napi::Value v : std::initializer_list<Napi::Value>{q, scales, zeros, g_idx, qweight, qzeros, scales16})
+      results->push_back(Napi::Persistent(v));
+    return PromiseWorker::Run(
+        env,
+        [=] {
+          if (holder) {
+            std::lock_guard<std::mutex> lock(holder->mutex);
+            require(holder->acc != nullptr, "E_CLOSED", "the Hessian accumulator was freed");
+            job->report = gptq_quantize(wp, N, K, holder->acc->data(), opt, out);
+          } else {
+            job->report = gptq_quantize(wp, N, K, hp, opt, out);
+          }
+          pack_qweight(out.q, N, K, opt.bits, qw);
+          pack_qzeros(out.zeros, G, N, opt.bits, zero_offset, qz);
+          for (int64_t i = 0; i < G * N; ++i) s16[i] = f32_to_f16(out.scales[i]);
+        },
+        [job, results, zero_offset, G](Napi::Env env) -> Napi::Value {
+          Napi::Object r = Napi::Object::New(env);
+          const char* names[] = {"q", "scales", "zeros", "gIdx", "qweight", "qzeros", "scalesF16"};
+          for (size_t i = 0; i < results->size(); ++i) r.Set(names[i], (*results)[i].Value());
+          r.Set("groups", Napi::Number::New(env, (double)G));
+          r.Set("zeroOffset", Napi::Number::New(env, zero_offset));
+          const GptqReport& rep = job->report;
+          r.Set("damp", Napi::Number::New(env, rep.damp));
+          r.Set("dampPercent", Napi::Number::New(env, rep.damp_percent));
+          r.Set("dampRaises", Napi::Number::New(env, rep.damp_raises));
+          r.Set("deadInputs", Napi::Number::New(env, (double)rep.dead_inputs));
+          r.Set("loss", Napi::Number::New(env, rep.loss));
+          Napi::Array warnings = Napi::Array::New(env, rep.warnings.size());
+          for (size_t i = 0; i < rep.warnings.size(); ++i) warnings.Set((uint32_t)i, rep.warnings[i]);
+          r.Set("warnings", warnings);
+          return r;
+        },
+        {info[0], info[3]});
+  });
+}
+
+}  // namespace
+
+void InitGptq(Napi::Env env, Napi::Object exports) {
+  exports.Set("hessianCreate", Napi::Function::New(env, HessianCreate));
+  exports.Set("hessianAddBatch", Napi::Function::New(env, HessianAddBatch));
+  exports.Set("hessianSamples", Napi::Function::New(env, HessianSamples));
+  exports.Set("hessianRead", Napi::Function::New(env, HessianRead));
+  exports.Set("hessianFree", Napi::Function::New(env, HessianFree));
+  exports.Set("gptqQuantize", Napi::Function::New(env, GptqQuantize));
+}
 
 }  // namespace binding
 }  // namespace lowbit
