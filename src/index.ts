@@ -5,3 +5,4 @@ export type { PackedWeights, BuildInfo } from './native.js';
 export { SafetensorsFile, BufferSource, type TensorInfo, type SafetensorsHeader, type SafetensorsDType, type ByteSource } from './formats/safetensors.js';
 export { Checkpoint } from './formats/checkpoint.js';
 export { HfModel, parseLlamaConfig, readLlamaConfig, describeTensors, type LlamaConfig, type ModelTensors, type BlockTensors, type LinearTensors, type ModelReader, type RopeConfig } from './formats/hf.js';
+export { loadTokenizer, StreamDecoder, type TextTokenizer, type EncodeOptions, type LoadTokenizerOptions } from './formats/tokenizer.js';
