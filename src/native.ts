@@ -52,6 +52,80 @@ export interface NativeCudaDevice {
   totalMemory: number;
 }
 
+// --- forward pass types (native/binding/model.cpp, native/core/model/backend.hpp)
+
+/** The numbers the native forward pass needs; src/model builds them from a LlamaConfig. */
+export interface NativeModelConfig {
+  dim: number;
+  hidden: number;
+  layers: number;
+  heads: number;
+  kvHeads: number;
+  headDim: number;
+  vocab: number;
+  /** longest sequence a call or KV cache may hold */
+  maxSeq: number;
+  normEps: number;
+  /** headDim/2 rotary frequencies with rope scaling applied (f32, as transformers computes them) */
+  invFreq: Float32Array;
+  /** multiplies cos and sin (transformers' attention_scaling; 1 unless YaRN) */
+  ropeScale?: number;
+  tieEmbeddings: boolean;
+}
+
+/** A dense [N, K] matrix in its stored dtype (f16/bf16 as 16-bit patterns). */
+export interface NativeDense {
+  dtype: 'f32' | 'f16' | 'bf16';
+  data: Float32Array | Uint16Array;
+}
+
+/** One linear layer: dense, or packed in the GPTQ layout; an optional f32 bias [N]. */
+export type NativeLinear = (NativeDense & { packed?: undefined; bias?: Float32Array }) | { packed: PackedWeights; bias?: Float32Array };
+
+export type NativeLinearName = 'q' | 'k' | 'v' | 'o' | 'gate' | 'up' | 'down';
+/** Inputs of a block's linears: q/k/v share one, gate/up share one. */
+export type CapturePointName = 'qkv' | 'o' | 'gateUp' | 'down';
+
+export interface NativeBlockWeights extends Record<NativeLinearName, NativeLinear> {
+  attnNorm: Float32Array;
+  mlpNorm: Float32Array;
+}
+
+/**
+ * The native model (a class, so its methods reject with plain coded Errors: src/model/ wraps them).
+ * Calls on one model run one at a time, in order, on worker threads. Weights are copied into native
+ * memory (reported to V8); the typed arrays passed in may be dropped once a call settles.
+ */
+export interface NativeModel {
+  readonly device: number;
+  setGlobals(globals: { embed: NativeDense; finalNorm: Float32Array; head?: NativeLinear }): Promise<void>;
+  setBlock(block: number, weights: NativeBlockWeights): Promise<void>;
+  setLinear(block: number, name: NativeLinearName, weights: NativeLinear): Promise<void>;
+  dropBlock(block: number): Promise<void>;
+  /** bytes of weights held natively (as last reported) */
+  weightBytes(): number;
+  /** out [n*dim] = embedding rows of ids [n] */
+  embed(ids: Int32Array, out: Float32Array): Promise<void>;
+  /** hidden [batch*seq*dim] is updated in place (unchanged with stopAfter); captured inputs come back [batch*seq, cols] */
+  runBlock(
+    block: number,
+    hidden: Float32Array,
+    batch: number,
+    seq: number,
+    options?: { capture?: CapturePointName[]; stopAfter?: CapturePointName },
+  ): Promise<Partial<Record<CapturePointName, Float32Array>>>;
+  /** out [rows*vocab] = lm_head(norm(hidden)) */
+  head(hidden: Float32Array, rows: number, out: Float32Array): Promise<void>;
+  logits(ids: Int32Array, batch: number, seq: number, out: Float32Array): Promise<void>;
+  /** out [batch*(seq-1)]: NLL of each next token */
+  nll(ids: Int32Array, batch: number, seq: number, out: Float32Array): Promise<void>;
+  createSequence(capacity: number): Promise<number>;
+  freeSequence(sequence: number): void;
+  /** appends ids to the sequence's KV cache; out [vocab] = logits of the last one; resolves with the new length */
+  decode(sequence: number, ids: Int32Array, out: Float32Array): Promise<number>;
+  close(): void;
+}
+
 /** The addon's functions. Shapes are checked in src/ first, and again natively. */
 export interface Addon {
   // --- build and machine facts (native/binding/info.cpp)
@@ -79,6 +153,17 @@ export interface Addon {
   convert(src: Uint8Array, from: 'f32' | 'f16' | 'bf16', dst: Uint8Array, to: 'f32' | 'f16' | 'bf16', count: number): void;
 
   // --- forward pass (native/binding/model.cpp)
+  /** A Llama-family model on one device (-1: CPU); see NativeModel and docs/ARCHITECTURE.md "Forward pass". */
+  NativeModel: new (config: NativeModelConfig, device: number) => NativeModel;
+  /** CPU ops of the forward pass, exposed for tests against float64 references (sync, small inputs). */
+  opRmsNorm(x: Float32Array, rows: number, dim: number, weight: Float32Array, eps: number, out: Float32Array): void;
+  /** in place; row r is at position p0 + r */
+  opRope(x: Float32Array, rows: number, heads: number, headDim: number, p0: number, invFreq: Float32Array, scale: number): void;
+  /** causal attention of n positions (0..n-1) */
+  opAttention(q: Float32Array, k: Float32Array, v: Float32Array, n: number, heads: number, kvHeads: number, headDim: number, out: Float32Array): void;
+  opSwiglu(gate: Float32Array, up: Float32Array, out: Float32Array): void;
+  opLinear(x: Float32Array, M: number, weight: NativeDense, N: number, K: number, bias: Float32Array | null, out: Float32Array): void;
+  opNll(logits: Float32Array, rows: number, vocab: number, targets: Int32Array, out: Float32Array): void;
 
   // --- GPTQ (native/binding/gptq.cpp)
 }

@@ -1,0 +1,447 @@
+/**
+ * A Llama-family model held by the native forward pass (CPU or CUDA), built from a model reader
+ * (src/formats). Whole-model calls (logits, NLL, KV-cached decoding) and a block-at-a-time API for
+ * calibration: embed → runBlock(0..L-1) → head, with the weights of any block set, replaced (one
+ * linear at a time, dense or packed) or dropped individually. See docs/ARCHITECTURE.md, "Forward pass".
+ */
+import { existsSync, statSync } from 'node:fs';
+import { LowbitError, invalidArgument } from '../errors.js';
+import { resolveDevice, type DeviceSpec } from '../devices.js';
+import { HfModel, LINEAR_NAMES, type LinearTensors, type LlamaConfig, type ModelReader } from '../formats/hf.js';
+import { loadTokenizer, type TextTokenizer } from '../formats/tokenizer.js';
+import {
+  native,
+  toLowbitError,
+  type CapturePointName,
+  type NativeBlockWeights,
+  type NativeDense,
+  type NativeLinear,
+  type NativeLinearName,
+  type NativeModel,
+  type NativeModelConfig,
+  type PackedWeights,
+} from '../native.js';
+import type { Tensor } from '../tensor.js';
+import { ropeFrequencies } from './rope.js';
+
+export type { CapturePointName, NativeBlockWeights, NativeLinear, NativeLinearName } from '../native.js';
+export const CAPTURE_POINTS: readonly CapturePointName[] = ['qkv', 'o', 'gateUp', 'down'];
+
+export interface OpenModelOptions {
+  /** 'cpu', 'cuda', 'cuda:N' or 'auto' (default: 'auto', a GPU when there is one) */
+  device?: DeviceSpec;
+  /**
+   * Which weights to load now: 'all' (default), or 'globals' (embedding, final norm, head) for
+   * block-at-a-time work that sets each block itself (setBlockWeights / loadBlock).
+   */
+  load?: 'all' | 'globals';
+  /** longest sequence (default: max_position_embeddings, or the sliding window when smaller) */
+  maxSeq?: number;
+  /** load the tokenizer from the model directory (default true; false for weights only) */
+  tokenizer?: boolean;
+}
+
+/** Runs a native model call, turning its coded errors into LowbitErrors. */
+async function call<T>(fn: () => Promise<T>): Promise<T> {
+  try {
+    return await fn();
+  } catch (err) {
+    throw toLowbitError(err);
+  }
+}
+
+function syncCall<T>(fn: () => T): T {
+  try {
+    return fn();
+  } catch (err) {
+    throw toLowbitError(err);
+  }
+}
+
+/** The native config of a parsed model config. */
+export function nativeModelConfig(config: LlamaConfig, maxSeq?: number): NativeModelConfig {
+  const { invFreq, scale } = ropeFrequencies(config);
+  let limit = config.maxPositionEmbeddings;
+  if (config.slidingWindow !== undefined) limit = Math.min(limit, config.slidingWindow);
+  if (maxSeq !== undefined) {
+    if (!Number.isInteger(maxSeq) || maxSeq < 1) invalidArgument('maxSeq', 'a positive integer', maxSeq);
+    limit = maxSeq;
+  }
+  return {
+    dim: config.hiddenSize,
+    hidden: config.intermediateSize,
+    layers: config.numLayers,
+    heads: config.numHeads,
+    kvHeads: config.numKvHeads,
+    headDim: config.headDim,
+    vocab: config.vocabSize,
+    maxSeq: limit,
+    normEps: config.rmsNormEps,
+    invFreq,
+    ropeScale: scale,
+    tieEmbeddings: config.tieWordEmbeddings,
+  };
+}
+
+function denseOf(t: Tensor, name: string): NativeDense {
+  if (t.dtype === 'f32') return { dtype: 'f32', data: t.data as Float32Array };
+  if (t.dtype === 'f16' || t.dtype === 'bf16') return { dtype: t.dtype, data: t.data as Uint16Array };
+  throw new LowbitError('E_DTYPE', `tensor '${name}' is ${t.dtype}; dense weights must be f32, f16 or bf16`, { tensor: name });
+}
+
+/** In/out features of each block linear, from the config. */
+export function linearShape(config: LlamaConfig, name: NativeLinearName): { K: number; N: number } {
+  const { hiddenSize: h, intermediateSize: f, numHeads, numKvHeads, headDim } = config;
+  switch (name) {
+    case 'q': return { K: h, N: numHeads * headDim };
+    case 'k':
+    case 'v': return { K: h, N: numKvHeads * headDim };
+    case 'o': return { K: numHeads * headDim, N: h };
+    case 'gate':
+    case 'up': return { K: h, N: f };
+    case 'down': return { K: f, N: h };
+  }
+}
+
+export class Model {
+  private closed = false;
+
+  private constructor(
+    readonly config: LlamaConfig,
+    readonly nativeConfig: NativeModelConfig,
+    /** -1 for the CPU, else the CUDA device index */
+    readonly device: number,
+    private readonly handle: NativeModel,
+    /** where the weights come from (kept open for loadBlock / readBlockWeights) */
+    readonly reader: ModelReader | undefined,
+    readonly tokenizer: TextTokenizer | undefined,
+  ) {}
+
+  /** A model with no weights yet, from a config (for tests and synthetic benchmarks). */
+  static create(config: LlamaConfig, options: { device?: DeviceSpec; maxSeq?: number; tokenizer?: TextTokenizer } = {}): Model {
+    const device = resolveDevice(options.device ?? 'cpu');
+    const nc = nativeModelConfig(config, options.maxSeq);
+    const Ctor = native().NativeModel;
+    const handle = syncCall(() => new Ctor(nc, device));
+    return new Model(config, nc, device, handle, undefined, options.tokenizer);
+  }
+
+  static async open(reader: ModelReader, options: OpenModelOptions & { tokenizerFrom?: string } = {}): Promise<Model> {
+    const device = resolveDevice(options.device ?? 'auto');
+    const nc = nativeModelConfig(reader.config, options.maxSeq);
+    const Ctor = native().NativeModel;
+    const handle = syncCall(() => new Ctor(nc, device));
+    let tokenizer: TextTokenizer | undefined;
+    const model = new Model(reader.config, nc, device, handle, reader, undefined);
+    try {
+      if (options.tokenizer !== false && options.tokenizerFrom) tokenizer = await loadTokenizer(options.tokenizerFrom);
+      (model as { tokenizer: TextTokenizer | undefined }).tokenizer = tokenizer;
+      await model.loadGlobals();
+      if ((options.load ?? 'all') === 'all') for (let i = 0; i < reader.config.numLayers; i++) await model.loadBlock(i);
+    } catch (err) {
+      await model.close();
+      throw err;
+    }
+    return model;
+  }
+
+  get layers(): number {
+    return this.config.numLayers;
+  }
+  get dim(): number {
+    return this.config.hiddenSize;
+  }
+  get vocabSize(): number {
+    return this.config.vocabSize;
+  }
+  /** longest sequence a call may run */
+  get maxSeq(): number {
+    return this.nativeConfig.maxSeq;
+  }
+  /** bytes of weights held natively */
+  get weightBytes(): number {
+    return this.closed ? 0 : this.handle.weightBytes();
+  }
+
+  private native(): NativeModel {
+    if (this.closed) throw new LowbitError('E_CLOSED', 'the model was closed');
+    return this.handle;
+  }
+
+  private requireReader(): ModelReader {
+    if (!this.reader) throw new LowbitError('E_ARGUMENT', 'this model was created without a checkpoint; set its weights with setBlockWeights');
+    return this.reader;
+  }
+
+  private checkBlock(block: number): void {
+    if (!Number.isInteger(block) || block < 0 || block >= this.layers) invalidArgument('block', `an integer in [0, ${this.layers})`, block);
+  }
+
+  // ------------------------------------------------------------------ weights
+
+  /** Sets the embedding, final norm and (untied) lm_head. */
+  async setGlobals(globals: { embed: NativeDense; finalNorm: Float32Array; head?: NativeLinear }): Promise<void> {
+    const { vocabSize: V, hiddenSize: h } = this.config;
+    if (globals.embed.data.length !== V * h) throw new LowbitError('E_SHAPE', `embed holds ${globals.embed.data.length} values, expected ${V} x ${h}`);
+    if (globals.finalNorm.length !== h) throw new LowbitError('E_SHAPE', `finalNorm holds ${globals.finalNorm.length} values, expected ${h}`);
+    if (!this.config.tieWordEmbeddings && !globals.head) throw new LowbitError('E_MISSING_TENSOR', 'the model has untied embeddings: head is needed');
+    await call(() => this.native().setGlobals(globals));
+  }
+
+  /** Sets (or replaces) all weights of one block. */
+  async setBlockWeights(block: number, weights: NativeBlockWeights): Promise<void> {
+    this.checkBlock(block);
+    const h = this.config.hiddenSize;
+    for (const key of ['attnNorm', 'mlpNorm'] as const) {
+      if (!(weights[key] instanceof Float32Array) || weights[key].length !== h) invalidArgument(key, `a Float32Array of ${h} values`, weights[key]);
+    }
+    for (const name of LINEAR_NAMES) this.checkLinear(name, weights[name]);
+    await call(() => this.native().setBlock(block, weights));
+  }
+
+  /** Replaces one linear of a block that is set (e.g. with its quantized, packed version). */
+  async setLinear(block: number, name: NativeLinearName, weights: NativeLinear): Promise<void> {
+    this.checkBlock(block);
+    this.checkLinear(name, weights);
+    await call(() => this.native().setLinear(block, name, weights));
+  }
+
+  /** Frees one block's weights. */
+  async dropBlock(block: number): Promise<void> {
+    this.checkBlock(block);
+    await call(() => this.native().dropBlock(block));
+  }
+
+  private checkLinear(name: NativeLinearName, w: NativeLinear | undefined): void {
+    if (!w || typeof w !== 'object') invalidArgument(name, 'a linear ({dtype, data} or {packed})', w);
+    const { K, N } = linearShape(this.config, name);
+    if (w.packed) {
+      if (w.packed.K !== K || w.packed.N !== N) throw new LowbitError('E_SHAPE', `${name}: packed weight is ${w.packed.N} x ${w.packed.K}, the model needs ${N} x ${K}`);
+    } else if (!w.data || w.data.length !== N * K) {
+      throw new LowbitError('E_SHAPE', `${name}: dense weight holds ${w.data?.length} values, the model needs ${N} x ${K}`);
+    }
+    if (w.bias !== undefined && (!(w.bias instanceof Float32Array) || w.bias.length !== N)) invalidArgument(`${name}.bias`, `a Float32Array of ${N} values`, w.bias);
+  }
+
+  private async readLinear(t: LinearTensors, shape: { K: number; N: number }): Promise<NativeLinear> {
+    const reader = this.requireReader();
+    const bias = t.bias ? (await reader.readFloat32(t.bias)).data : undefined;
+    if (t.weight) return { ...denseOf(await reader.readTensor(t.weight), t.weight), bias };
+    const q = t.quantized!;
+    const quant = this.config.quantization;
+    if (!quant) throw new LowbitError('E_GPTQ_FORMAT', `${t.prefix} is GPTQ-packed but the config has no quantization_config`, { tensor: q.qweight });
+    const { K, N } = shape;
+    const qweight = await reader.readTensor(q.qweight);
+    const qzeros = await reader.readTensor(q.qzeros);
+    const scales = await reader.readTensor(q.scales);
+    if (qweight.dtype !== 'i32' || qzeros.dtype !== 'i32' || scales.dtype !== 'f16') {
+      throw new LowbitError('E_GPTQ_FORMAT', `${t.prefix}: expected int32 qweight/qzeros and fp16 scales, got ${qweight.dtype}/${qzeros.dtype}/${scales.dtype}`, { tensor: q.qweight });
+    }
+    const groups = scales.shape[0]!;
+    const groupSize = quant.groupSize === -1 ? K : quant.groupSize;
+    let gIdx: Int32Array | undefined;
+    if (q.gIdx) {
+      const g = (await reader.readTensor(q.gIdx)).data as Int32Array;
+      // A g_idx that is just k / groupSize (no act-order) adds nothing: leave it out for the faster path.
+      const trivial = g.length >= K && g.subarray(0, K).every((v, k) => v === Math.floor(k / groupSize));
+      if (!trivial) gIdx = g.subarray(0, K);
+    }
+    const packed: PackedWeights = {
+      bits: quant.bits as PackedWeights['bits'],
+      K,
+      N,
+      groupSize,
+      groups,
+      zeroOffset: quant.checkpointFormat === 'gptq_v2' ? 0 : 1,
+      qweight: qweight.data as Int32Array,
+      qzeros: qzeros.data as Int32Array,
+      scales: scales.data as Uint16Array,
+      gIdx,
+    };
+    return { packed, bias };
+  }
+
+  /** Block `block`'s weights as stored in the checkpoint (dense in their dtype, or packed). */
+  async readBlockWeights(block: number): Promise<NativeBlockWeights> {
+    this.checkBlock(block);
+    const reader = this.requireReader();
+    const t = reader.tensors.blocks[block]!;
+    const w = {
+      attnNorm: (await reader.readFloat32(t.inputLayernorm)).data,
+      mlpNorm: (await reader.readFloat32(t.postAttentionLayernorm)).data,
+    } as NativeBlockWeights;
+    for (const name of LINEAR_NAMES) w[name] = await this.readLinear(t[name], linearShape(this.config, name));
+    return w;
+  }
+
+  /** Loads block `block` from the checkpoint. */
+  async loadBlock(block: number): Promise<void> {
+    await this.setBlockWeights(block, await this.readBlockWeights(block));
+  }
+
+  /** Loads the embedding, final norm and head from the checkpoint. */
+  async loadGlobals(): Promise<void> {
+    const reader = this.requireReader();
+    const t = reader.tensors;
+    const embed = denseOf(await reader.readTensor(t.embedding), t.embedding);
+    const finalNorm = (await reader.readFloat32(t.norm)).data;
+    let head: NativeLinear | undefined;
+    if (!t.tied) {
+      const headTensors: LinearTensors = { prefix: 'lm_head', weight: t.lmHead };
+      head = await this.readLinear(headTensors, { K: this.config.hiddenSize, N: this.config.vocabSize });
+    }
+    await this.setGlobals({ embed, finalNorm, head });
+  }
+
+  // ------------------------------------------------------------------ block at a time
+
+  private checkIds(ids: Int32Array, name = 'ids'): void {
+    if (!(ids instanceof Int32Array)) invalidArgument(name, 'an Int32Array of token ids', ids);
+    const V = this.vocabSize;
+    for (let i = 0; i < ids.length; i++) {
+      if (ids[i]! < 0 || ids[i]! >= V) throw new LowbitError('E_ARGUMENT', `${name}[${i}] = ${ids[i]} is outside the vocabulary [0, ${V})`, { option: name });
+    }
+  }
+
+  private checkBatch(batch: number, seq: number): void {
+    if (!Number.isInteger(batch) || batch < 1) invalidArgument('batch', 'a positive integer', batch);
+    if (!Number.isInteger(seq) || seq < 1 || seq > this.maxSeq) invalidArgument('seq', `an integer in [1, ${this.maxSeq}]`, seq);
+  }
+
+  /** Hidden states [ids.length, dim] of the token embedding. */
+  async embed(ids: Int32Array): Promise<Float32Array> {
+    this.checkIds(ids);
+    const out = new Float32Array(ids.length * this.dim);
+    if (ids.length > 0) await call(() => this.native().embed(ids, out));
+    return out;
+  }
+
+  /**
+   * Runs block `block` on `hidden` [batch*seq, dim] (each of the batch's sequences starts at position
+   * 0) and returns its output (a new array; `hidden` is left as it was) and the inputs of the linears
+   * asked for in `capture`, each [batch*seq, in features]. With `stopAfter`, the block stops after that
+   * capture point and `hidden` comes back unchanged.
+   */
+  async runBlock(
+    block: number,
+    hidden: Float32Array,
+    options: { batch: number; seq: number; capture?: readonly CapturePointName[]; stopAfter?: CapturePointName; inPlace?: boolean },
+  ): Promise<{ hidden: Float32Array; inputs: Partial<Record<CapturePointName, Float32Array>> }> {
+    this.checkBlock(block);
+    const { batch, seq } = options;
+    this.checkBatch(batch, seq);
+    if (!(hidden instanceof Float32Array) || hidden.length !== batch * seq * this.dim) {
+      invalidArgument('hidden', `a Float32Array of batch*seq*dim = ${batch * seq * this.dim} values`, hidden);
+    }
+    for (const p of options.capture ?? []) if (!CAPTURE_POINTS.includes(p)) invalidArgument('capture', `names from ${CAPTURE_POINTS.join(', ')}`, p);
+    if (options.stopAfter !== undefined && !CAPTURE_POINTS.includes(options.stopAfter)) invalidArgument('stopAfter', `one of ${CAPTURE_POINTS.join(', ')}`, options.stopAfter);
+    const out = options.inPlace ? hidden : hidden.slice();
+    const inputs = await call(() =>
+      this.native().runBlock(block, out, batch, seq, { capture: options.capture ? [...options.capture] : undefined, stopAfter: options.stopAfter }),
+    );
+    return { hidden: out, inputs };
+  }
+
+  /** Logits [rows, vocab] of hidden states [rows, dim] (final norm, then lm_head). */
+  async head(hidden: Float32Array, rows: number): Promise<Float32Array> {
+    if (!Number.isInteger(rows) || rows < 1) invalidArgument('rows', 'a positive integer', rows);
+    if (!(hidden instanceof Float32Array) || hidden.length !== rows * this.dim) invalidArgument('hidden', `a Float32Array of rows*dim = ${rows * this.dim} values`, hidden);
+    const out = new Float32Array(rows * this.vocabSize);
+    await call(() => this.native().head(hidden, rows, out));
+    return out;
+  }
+
+  // ------------------------------------------------------------------ whole model
+
+  /** Logits [batch*seq, vocab] of ids [batch*seq]. */
+  async logits(ids: Int32Array, options: { batch?: number; seq?: number } = {}): Promise<Float32Array> {
+    const seq = options.seq ?? ids.length;
+    const batch = options.batch ?? 1;
+    this.checkBatch(batch, seq);
+    this.checkIds(ids);
+    if (ids.length !== batch * seq) invalidArgument('ids', `an Int32Array of batch*seq = ${batch * seq} ids`, ids);
+    const out = new Float32Array(batch * seq * this.vocabSize);
+    await call(() => this.native().logits(ids, batch, seq, out));
+    return out;
+  }
+
+  /** NLL [batch*(seq-1)] of each next token of ids [batch*seq]. */
+  async nll(ids: Int32Array, options: { batch?: number; seq?: number } = {}): Promise<Float32Array> {
+    const seq = options.seq ?? ids.length;
+    const batch = options.batch ?? 1;
+    this.checkBatch(batch, seq);
+    if (seq < 2) invalidArgument('seq', 'at least 2 (one prediction)', seq);
+    this.checkIds(ids);
+    if (ids.length !== batch * seq) invalidArgument('ids', `an Int32Array of batch*seq = ${batch * seq} ids`, ids);
+    const out = new Float32Array(batch * (seq - 1));
+    await call(() => this.native().nll(ids, batch, seq, out));
+    return out;
+  }
+
+  /** A KV-cached sequence for incremental decoding. */
+  async createSession(capacity = this.maxSeq): Promise<Session> {
+    if (!Number.isInteger(capacity) || capacity < 1 || capacity > this.maxSeq) invalidArgument('capacity', `an integer in [1, ${this.maxSeq}]`, capacity);
+    const id = await call(() => this.native().createSequence(capacity));
+    return new Session(this, this.handle, id, capacity, (ids) => this.checkIds(ids));
+  }
+
+  /** Frees the native weights and caches now, and closes the checkpoint. Idempotent. */
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    this.handle.close();
+    await this.reader?.close();
+  }
+
+  get isClosed(): boolean {
+    return this.closed;
+  }
+}
+
+/** One sequence's KV cache: feed tokens, get the logits of the last one. */
+export class Session {
+  private freed = false;
+  length = 0;
+
+  constructor(
+    private readonly model: Model,
+    private readonly handle: NativeModel,
+    private readonly id: number,
+    readonly capacity: number,
+    private readonly checkIds: (ids: Int32Array) => void,
+  ) {}
+
+  /** Appends `ids` and returns the logits [vocab] that predict the next token. */
+  async feed(ids: Int32Array): Promise<Float32Array> {
+    if (this.freed || this.model.isClosed) throw new LowbitError('E_CLOSED', 'the session (or its model) was closed');
+    this.checkIds(ids);
+    if (ids.length === 0) invalidArgument('ids', 'at least one token', ids);
+    if (this.length + ids.length > this.capacity) {
+      throw new LowbitError('E_ARGUMENT', `the session holds ${this.length} of ${this.capacity} tokens; ${ids.length} more do not fit`);
+    }
+    const out = new Float32Array(this.model.vocabSize);
+    this.length = await call(() => this.handle.decode(this.id, ids, out));
+    return out;
+  }
+
+  close(): void {
+    if (this.freed) return;
+    this.freed = true;
+    if (!this.model.isClosed) this.handle.freeSequence(this.id);
+  }
+}
+
+/**
+ * Opens a model: a Hugging Face directory (config.json + safetensors, fp32/fp16/bf16 or GPTQ-packed).
+ * The tokenizer comes from the same directory when it has one.
+ */
+export async function openModel(path: string, options: OpenModelOptions = {}): Promise<Model> {
+  if (typeof path !== 'string' || path === '') invalidArgument('path', 'a model directory', path);
+  if (!existsSync(path)) throw new LowbitError('E_IO', `no model at ${path}`, { file: path });
+  if (!statSync(path).isDirectory()) {
+    throw new LowbitError('E_UNSUPPORTED', `${path} is a file; lowbit opens Hugging Face model directories (config.json + safetensors)`, { file: path });
+  }
+  const reader = await HfModel.open(path);
+  const hasTokenizer = existsSync(`${path}/tokenizer.model`) || existsSync(`${path}/tokenizer.json`);
+  return Model.open(reader, { ...options, tokenizerFrom: hasTokenizer ? path : undefined });
+}
