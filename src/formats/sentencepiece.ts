@@ -498,3 +498,63 @@ async function readBytes(path: string): Promise<Uint8Array> {
     throw new LowbitError('E_IO', `cannot read ${path}: ${(err as Error).message}`, { file: path }, { cause: err });
   }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Writing a ModelProto (for `lowbit convert`, which turns llama2.c's tokenizer.bin into the
+// tokenizer.model a Hugging Face directory ships).
+
+function varintBytes(v: bigint): number[] {
+  let x = BigInt.asUintN(64, v);
+  const out: number[] = [];
+  do {
+    const b = Number(x & 0x7fn);
+    x >>= 7n;
+    out.push(x > 0n ? b | 0x80 : b);
+  } while (x > 0n);
+  return out;
+}
+
+function keyBytes(field: number, wire: number): number[] {
+  return varintBytes(BigInt((field << 3) | wire));
+}
+
+function lengthDelimited(field: number, body: Uint8Array | number[]): number[] {
+  return [...keyBytes(field, 2), ...varintBytes(BigInt(body.length)), ...body];
+}
+
+function intField(field: number, v: number | boolean): number[] {
+  return [...keyBytes(field, 0), ...varintBytes(BigInt(typeof v === 'boolean' ? Number(v) : v))];
+}
+
+/** Serializes a SentencePiece model (pieces, the trainer facts encoding needs, the normalizer). */
+export function serializeSentencePieceModel(model: SentencePieceModel): Uint8Array {
+  const enc = new TextEncoder();
+  const parts: number[] = [];
+  for (const p of model.pieces) {
+    const score = new Uint8Array(new Float32Array([p.score]).buffer);
+    parts.push(...lengthDelimited(1, [...lengthDelimited(1, enc.encode(p.piece)), ...keyBytes(2, 5), ...score, ...intField(3, p.type)]));
+  }
+  const modelType = { unigram: 1, bpe: 2, word: 3, char: 4 }[model.modelType];
+  parts.push(
+    ...lengthDelimited(2, [
+      ...intField(3, modelType),
+      ...intField(4, model.pieces.length),
+      ...intField(24, model.treatWhitespaceAsSuffix),
+      ...intField(35, model.byteFallback),
+      ...lengthDelimited(44, enc.encode(model.unkSurface)),
+      ...intField(40, model.unkId),
+      ...intField(41, model.bosId),
+      ...intField(42, model.eosId),
+      ...intField(43, model.padId),
+    ]),
+  );
+  parts.push(
+    ...lengthDelimited(3, [
+      ...lengthDelimited(1, enc.encode(model.normalizerName)),
+      ...intField(3, model.normalizer.addDummyPrefix),
+      ...intField(4, model.normalizer.removeExtraWhitespaces),
+      ...intField(5, model.normalizer.escapeWhitespaces),
+    ]),
+  );
+  return Uint8Array.from(parts);
+}
