@@ -7,8 +7,9 @@ import { existsSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { LowbitError } from '../errors.js';
-import type { Tensor } from '../tensor.js';
+import type { DType, Tensor } from '../tensor.js';
 import { Checkpoint } from './checkpoint.js';
+import { tensorDTypeOf } from './safetensors.js';
 
 /** Model types whose blocks are Llama's (RMSNorm, GQA attention with RoPE, SwiGLU MLP). */
 export const SUPPORTED_MODEL_TYPES = ['llama', 'mistral', 'qwen2'] as const;
@@ -404,6 +405,8 @@ export interface ModelReader {
   readonly names: string[];
   /** shape of a stored tensor */
   shapeOf(name: string): readonly number[];
+  /** the dtype readTensor returns for it */
+  dtypeOf(name: string): DType;
   /** a tensor in its stored dtype */
   readTensor(name: string): Promise<Tensor>;
   /** a tensor converted to f32 */
@@ -442,6 +445,9 @@ export class HfModel implements ModelReader {
   }
   shapeOf(name: string): readonly number[] {
     return this.checkpoint.info(name).shape;
+  }
+  dtypeOf(name: string): DType {
+    return tensorDTypeOf(this.checkpoint.info(name).dtype);
   }
   readTensor(name: string): Promise<Tensor> {
     return this.checkpoint.readTensor(name);

@@ -257,6 +257,11 @@ export class Llama2cModel implements ModelReader {
     return this.slot(name).shape;
   }
 
+  dtypeOf(name: string): 'f32' {
+    this.slot(name);
+    return 'f32';
+  }
+
   private slot(name: string): Slot {
     const s = this.slots.get(name);
     if (!s) throw new LowbitError('E_MISSING_TENSOR', `${this.source.name}: no tensor named '${name}'`, { file: this.source.name, tensor: name });

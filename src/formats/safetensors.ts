@@ -288,6 +288,11 @@ function widenToTensor(info: TensorInfo, bytes: Uint8Array, file: string): Tenso
 
 const DIRECT: Partial<Record<SafetensorsDType, DType>> = { F32: 'f32', F16: 'f16', BF16: 'bf16', I32: 'i32', U8: 'u8' };
 
+/** The Tensor dtype a stored dtype is read as (F64 → f32, I64/I16/I8 → i32, BOOL → u8). */
+export function tensorDTypeOf(dtype: SafetensorsDType): DType {
+  return DIRECT[dtype] ?? (dtype === 'F64' ? 'f32' : dtype === 'BOOL' ? 'u8' : 'i32');
+}
+
 /**
  * One safetensors file, open for lazy reads. Tensors keep their stored dtype where Tensor has it
  * (F32, F16, BF16, I32, U8); F64 is read as f32, I64/I16/I8 as i32 (I64 values must fit), BOOL as u8.

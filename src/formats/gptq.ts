@@ -1,0 +1,335 @@
+/**
+ * GPTQ checkpoints in the layout transformers, vLLM and GPTQModel load: per quantized linear
+ * `<prefix>.qweight` (int32 [packed(K), N]), `.qzeros` (int32 [groups, packed(N)]), `.scales`
+ * (fp16 [groups, N]) and `.g_idx` (int32 [K]); every other tensor kept as it was;
+ * `quantize_config.json` and config.json's `quantization_config`; tokenizer files copied.
+ *
+ * Packing is the addon's (native().packQweight / packQzeros); this module only moves the packed
+ * words between files and PackedWeights, checking every shape on the way in.
+ *
+ * K padding: the packed dimension holds whole units (8 values per word at 4 bits, 32 values per 3
+ * words at 3 bits...), so a K that is not a multiple of the unit (stories260K's 172) is padded with
+ * zero values. Other loaders infer K from qweight's rows and would see the padded K; lowbit records
+ * the logical K under quantization_config.lowbit.padded_in_features, e.g.
+ * {"mlp.down_proj": {"in_features": 172, "packed_in_features": 176}}.
+ */
+import { copyFile, mkdir, readdir, rename, rm, stat } from 'node:fs/promises';
+import { join, resolve } from 'node:path';
+import { LowbitError, invalidArgument } from '../errors.js';
+import type { PackedWeights } from '../native.js';
+import { Tensor } from '../tensor.js';
+import { hfConfigJson } from './convert.js';
+import { HfModel, LINEAR_NAMES, type LinearName, type LinearTensors, type LlamaConfig, type ModelReader } from './hf.js';
+import { CheckpointWriter, tempPath, writeFileAtomic, type TensorSpec } from './safetensors-writer.js';
+import { SAFETENSORS_DTYPE_OF } from './safetensors.js';
+
+/** Values per packing unit and int32 words per unit, by bit width (the addon's weight_format table). */
+const PACK_UNITS: Record<number, [values: number, words: number]> = { 2: [16, 1], 3: [32, 3], 4: [8, 1], 8: [4, 1] };
+
+/** int32 words holding `count` values packed at `bits` (a partial last unit is padded). */
+export function packedWords(bits: number, count: number): number {
+  const unit = PACK_UNITS[bits];
+  if (!unit) invalidArgument('bits', '2, 3, 4 or 8', bits, 'E_BITS');
+  return Math.ceil(count / unit[0]) * unit[1];
+}
+
+/** How many values `count` occupies once packed (count rounded up to whole units). */
+export function packedCount(bits: number, count: number): number {
+  return (packedWords(bits, count) / PACK_UNITS[bits]![1]) * PACK_UNITS[bits]![0];
+}
+
+export interface GptqConfig {
+  bits: 2 | 3 | 4 | 8;
+  /** columns per group along K; -1 for one group per output channel */
+  groupSize: number;
+  descAct: boolean;
+  sym: boolean;
+  dampPercent: number;
+  trueSequential: boolean;
+  staticGroups: boolean;
+  /** "gptq" stores zero − 1 (v1); "gptq_v2" stores the zero itself */
+  checkpointFormat: 'gptq' | 'gptq_v2';
+}
+
+export const LINEAR_MODULES: Record<LinearName, string> = {
+  q: 'self_attn.q_proj',
+  k: 'self_attn.k_proj',
+  v: 'self_attn.v_proj',
+  o: 'self_attn.o_proj',
+  gate: 'mlp.gate_proj',
+  up: 'mlp.up_proj',
+  down: 'mlp.down_proj',
+};
+
+/** Input (K) and output (N) features of a block's linear. */
+export function linearDims(config: LlamaConfig, name: LinearName): { K: number; N: number } {
+  const { hiddenSize: h, intermediateSize: f, numHeads, numKvHeads, headDim } = config;
+  const dims: Record<LinearName, [number, number]> = {
+    q: [h, numHeads * headDim],
+    k: [h, numKvHeads * headDim],
+    v: [h, numKvHeads * headDim],
+    o: [numHeads * headDim, h],
+    gate: [h, f],
+    up: [h, f],
+    down: [f, h],
+  };
+  const [K, N] = dims[name];
+  return { K, N };
+}
+
+function groupsOf(K: number, groupSize: number): number {
+  return groupSize === -1 ? 1 : Math.ceil(K / groupSize);
+}
+
+/** The JSON written both as quantize_config.json and as config.json's quantization_config. */
+export function quantizationConfigJson(q: GptqConfig, config: LlamaConfig): Record<string, unknown> {
+  const padded: Record<string, { in_features: number; packed_in_features: number }> = {};
+  for (const name of LINEAR_NAMES) {
+    const { K } = linearDims(config, name);
+    if (packedCount(q.bits, K) !== K) padded[LINEAR_MODULES[name]] = { in_features: K, packed_in_features: packedCount(q.bits, K) };
+  }
+  return {
+    quant_method: 'gptq',
+    bits: q.bits,
+    group_size: q.groupSize,
+    desc_act: q.descAct,
+    sym: q.sym,
+    damp_percent: q.dampPercent,
+    true_sequential: q.trueSequential,
+    static_groups: q.staticGroups,
+    checkpoint_format: q.checkpointFormat,
+    model_file_base_name: 'model',
+    meta: { quantizer: ['lowbit:0.1.0'] },
+    lowbit: { padded_in_features: padded },
+  };
+}
+
+function checkGptqConfig(q: GptqConfig): void {
+  if (![2, 3, 4, 8].includes(q.bits)) invalidArgument('bits', '2, 3, 4 or 8', q.bits, 'E_BITS');
+  if (!(q.groupSize === -1 || (Number.isSafeInteger(q.groupSize) && q.groupSize > 0))) invalidArgument('groupSize', '-1 or a positive integer', q.groupSize, 'E_GROUP_SIZE');
+  if (q.checkpointFormat !== 'gptq' && q.checkpointFormat !== 'gptq_v2') invalidArgument('checkpointFormat', '"gptq" or "gptq_v2"', q.checkpointFormat);
+  if (!(q.dampPercent >= 0)) invalidArgument('dampPercent', 'a non-negative number', q.dampPercent);
+}
+
+const TOKENIZER_FILES = ['tokenizer.json', 'tokenizer_config.json', 'tokenizer.model', 'special_tokens_map.json', 'added_tokens.json', 'generation_config.json'];
+
+export interface GptqWriterOptions {
+  /** where tokenizer files (and generation_config.json) are copied from (default: the source model's directory, if it has one) */
+  tokenizerFrom?: string;
+  maxShardBytes?: number;
+  /** linears left unquantized (module prefixes); default none */
+  skip?: (prefix: string) => boolean;
+}
+
+/**
+ * Writes a GPTQ checkpoint directory, streamed: `create` declares every tensor and copies the
+ * unquantized ones from the source model; then `putLinear` takes each quantized linear as it is
+ * produced (block by block) and `finish` renames the directory into place.
+ */
+export class GptqWriter {
+  private constructor(
+    readonly target: string,
+    private readonly work: string,
+    private readonly writer: CheckpointWriter,
+    readonly config: LlamaConfig,
+    readonly gptq: GptqConfig,
+    /** prefix → expected dims and zero offset */
+    private readonly pending: Map<string, { K: number; N: number; groups: number }>,
+  ) {}
+
+  static async create(outDir: string, source: ModelReader, gptq: GptqConfig, options: GptqWriterOptions = {}): Promise<GptqWriter> {
+    checkGptqConfig(gptq);
+    const target = resolve(outDir);
+    const existing = await stat(target).catch(() => undefined);
+    if (existing && (!existing.isDirectory() || (await readdir(target)).length > 0)) {
+      throw new LowbitError('E_IO', `${target} exists and is not an empty directory`, { file: target });
+    }
+    const config = source.config;
+    const quantized = new Map<string, { K: number; N: number; groups: number }>();
+    const replaced = new Set<string>();
+    for (const block of source.tensors.blocks) {
+      for (const name of LINEAR_NAMES) {
+        const linear = block[name];
+        if (!linear.weight || options.skip?.(linear.prefix)) continue;
+        const { K, N } = linearDims(config, name);
+        quantized.set(linear.prefix, { K, N, groups: groupsOf(K, gptq.groupSize) });
+        replaced.add(linear.weight);
+      }
+    }
+    const kept = source.names.filter((n) => !replaced.has(n));
+    const specs: TensorSpec[] = [];
+    for (const name of kept) specs.push({ name, dtype: SAFETENSORS_DTYPE_OF[source.dtypeOf(name)], shape: source.shapeOf(name) });
+    for (const [prefix, d] of quantized) {
+      specs.push(
+        { name: `${prefix}.qweight`, dtype: 'I32', shape: [packedWords(gptq.bits, d.K), d.N] },
+        { name: `${prefix}.qzeros`, dtype: 'I32', shape: [d.groups, packedWords(gptq.bits, d.N)] },
+        { name: `${prefix}.scales`, dtype: 'F16', shape: [d.groups, d.N] },
+        { name: `${prefix}.g_idx`, dtype: 'I32', shape: [d.K] },
+      );
+    }
+    const work = tempPath(target);
+    await mkdir(work, { recursive: true });
+    let writer: CheckpointWriter | undefined;
+    try {
+      writer = await CheckpointWriter.create(work, specs, { maxShardBytes: options.maxShardBytes });
+      for (const name of kept) await writer.put(name, await source.readTensor(name));
+      const q = quantizationConfigJson(gptq, config);
+      const sourceDir = source instanceof HfModel ? source.dir : undefined;
+      const baseConfig = source instanceof HfModel ? { ...source.config.raw } : hfConfigJson(config, dtypeName(source.dtypeOf(source.tensors.embedding)));
+      await writeFileAtomic(join(work, 'config.json'), JSON.stringify({ ...baseConfig, quantization_config: q }, null, 2) + '\n');
+      await writeFileAtomic(join(work, 'quantize_config.json'), JSON.stringify(q, null, 2) + '\n');
+      const tokenizerDir = options.tokenizerFrom ?? sourceDir;
+      if (tokenizerDir) {
+        for (const f of TOKENIZER_FILES) {
+          if (await stat(join(tokenizerDir, f)).catch(() => undefined)) await copyFile(join(tokenizerDir, f), join(work, f));
+        }
+      }
+    } catch (err) {
+      await writer?.abort();
+      await rm(work, { recursive: true, force: true });
+      throw err;
+    }
+    return new GptqWriter(target, work, writer, config, gptq, quantized);
+  }
+
+  /** The module prefixes still waiting for their packed weights, in file order. */
+  get remaining(): string[] {
+    return [...this.pending.keys()];
+  }
+
+  /** Hands over one linear's packed weights (and writes them as soon as their turn comes). */
+  async putLinear(prefix: string, w: PackedWeights): Promise<void> {
+    const want = this.pending.get(prefix);
+    if (!want) throw new LowbitError('E_ARGUMENT', `'${prefix}' is not a quantized linear of this checkpoint, or was already written`, { tensor: prefix });
+    const where = { tensor: prefix };
+    if (w.bits !== this.gptq.bits) throw new LowbitError('E_BITS', `${prefix}: packed at ${w.bits} bits, the checkpoint is ${this.gptq.bits}-bit`, where);
+    if (w.K !== want.K || w.N !== want.N) throw new LowbitError('E_SHAPE', `${prefix}: packed K×N ${w.K}×${w.N}, the model needs ${want.K}×${want.N}`, where);
+    const groupSize = this.gptq.groupSize === -1 ? want.K : this.gptq.groupSize;
+    if (w.groupSize !== groupSize || w.groups !== want.groups) {
+      throw new LowbitError('E_GROUP_SIZE', `${prefix}: group size ${w.groupSize} with ${w.groups} groups, the checkpoint needs ${groupSize} with ${want.groups}`, where);
+    }
+    const zeroOffset = this.gptq.checkpointFormat === 'gptq' ? 1 : 0;
+    if (w.zeroOffset !== zeroOffset) throw new LowbitError('E_GPTQ_FORMAT', `${prefix}: zeros packed with offset ${w.zeroOffset}, ${this.gptq.checkpointFormat} stores offset ${zeroOffset}`, where);
+    let gIdx = w.gIdx;
+    if (!gIdx) {
+      gIdx = new Int32Array(want.K);
+      for (let k = 0; k < want.K; k++) gIdx[k] = Math.floor(k / groupSize);
+    }
+    this.pending.delete(prefix);
+    await this.writer.put(`${prefix}.qweight`, new Tensor('i32', [packedWords(w.bits, want.K), want.N], w.qweight));
+    await this.writer.put(`${prefix}.qzeros`, new Tensor('i32', [want.groups, packedWords(w.bits, want.N)], w.qzeros));
+    await this.writer.put(`${prefix}.scales`, new Tensor('f16', [want.groups, want.N], w.scales));
+    await this.writer.put(`${prefix}.g_idx`, new Tensor('i32', [want.K], gIdx));
+  }
+
+  /** Closes the files and renames the directory into place. */
+  async finish(): Promise<string> {
+    if (this.pending.size > 0) {
+      throw new LowbitError('E_MISSING_TENSOR', `${this.pending.size} quantized linears were never written (first: '${this.remaining[0]}')`, { file: this.target, tensor: this.remaining[0] });
+    }
+    try {
+      await this.writer.finish();
+      const existing = await stat(this.target).catch(() => undefined);
+      if (existing) await rm(this.target, { recursive: true });
+      await rename(this.work, this.target);
+    } catch (err) {
+      await this.abort();
+      if (err instanceof LowbitError) throw err;
+      throw new LowbitError('E_IO', `cannot finish ${this.target}: ${(err as Error).message}`, { file: this.target }, { cause: err });
+    }
+    return this.target;
+  }
+
+  async abort(): Promise<void> {
+    await this.writer.abort();
+    await rm(this.work, { recursive: true, force: true });
+  }
+}
+
+function dtypeName(d: Tensor['dtype'] | undefined): string {
+  return d === 'f16' ? 'float16' : d === 'bf16' ? 'bfloat16' : 'float32';
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reading
+
+function gptqError(file: string, message: string, tensor?: string): LowbitError {
+  return new LowbitError('E_GPTQ_FORMAT', `${file}: ${message}`, tensor ? { file, tensor } : { file });
+}
+
+/** Opens a GPTQ checkpoint directory (an HfModel whose config has a gptq quantization_config). */
+export async function openGptqModel(dir: string): Promise<HfModel> {
+  const model = await HfModel.open(dir);
+  if (!model.config.quantization) {
+    await model.close();
+    throw gptqError(model.dir, 'config.json has no quantization_config: not a GPTQ checkpoint');
+  }
+  return model;
+}
+
+/** Reads one quantized linear into PackedWeights, checking every shape against the config. */
+export async function readPackedLinear(model: HfModel, block: number, name: LinearName): Promise<PackedWeights> {
+  const q = model.config.quantization;
+  const file = model.dir;
+  if (!q) throw gptqError(file, 'config.json has no quantization_config');
+  const b = model.tensors.blocks[block];
+  if (!b) invalidArgument('block', `a block index below ${model.tensors.blocks.length}`, block);
+  const linear: LinearTensors = b[name];
+  if (!linear.quantized) throw gptqError(file, `'${linear.prefix}' is stored dense (no qweight)`, `${linear.prefix}.qweight`);
+  const { K, N } = linearDims(model.config, name);
+  const bits = q.bits as 2 | 3 | 4 | 8;
+  const groupSize = q.groupSize === -1 ? K : q.groupSize;
+  const t = linear.quantized;
+
+  const expectShape = (tensor: string, shape: readonly number[], want: number[], what: string): void => {
+    if (shape.length !== want.length || shape.some((d, i) => d !== want[i])) {
+      throw gptqError(file, `${what} '${tensor}' has shape [${shape.join(', ')}], ${bits}-bit K=${K} N=${N} needs [${want.join(', ')}]`, tensor);
+    }
+  };
+  const int32 = async (tensor: string): Promise<Tensor<'i32'>> => {
+    const x = await model.readTensor(tensor);
+    if (x.dtype !== 'i32') throw gptqError(file, `'${tensor}' is ${x.dtype}, expected int32`, tensor);
+    return x as Tensor<'i32'>;
+  };
+
+  const qweight = await int32(t.qweight);
+  expectShape(t.qweight, qweight.shape, [packedWords(bits, K), N], 'qweight');
+  const scalesRaw = await model.readTensor(t.scales);
+  if (scalesRaw.dtype === 'i32' || scalesRaw.dtype === 'u8') throw gptqError(file, `'${t.scales}' is ${scalesRaw.dtype}, expected a float type`, t.scales);
+  const scales = scalesRaw.dtype === 'f16' ? (scalesRaw as Tensor<'f16'>) : scalesRaw.to('f16');
+  if (scales.shape.length !== 2 || scales.shape[1] !== N) expectShape(t.scales, scales.shape, [groupsOf(K, q.groupSize), N], 'scales');
+  const groups = scales.shape[0]!;
+  const qzeros = await int32(t.qzeros);
+  expectShape(t.qzeros, qzeros.shape, [groups, packedWords(bits, N)], 'qzeros');
+
+  let gIdx: Int32Array | undefined;
+  if (t.gIdx) {
+    const g = await int32(t.gIdx);
+    expectShape(t.gIdx, g.shape, [K], 'g_idx');
+    gIdx = g.data;
+    let trivial = true;
+    for (let k = 0; k < K; k++) {
+      const v = gIdx[k]!;
+      if (v < 0 || v >= groups) throw gptqError(file, `g_idx[${k}] = ${v} is outside [0, ${groups})`, t.gIdx);
+      if (v !== Math.floor(k / groupSize)) trivial = false;
+    }
+    // g_idx = k / group_size is what every writer stores without act-order: the kernels' fast path
+    if (trivial) gIdx = undefined;
+  }
+  if (!gIdx && groups !== groupsOf(K, q.groupSize)) {
+    throw gptqError(file, `'${t.scales}' has ${groups} groups, K=${K} with group size ${q.groupSize} needs ${groupsOf(K, q.groupSize)}`, t.scales);
+  }
+  const w: PackedWeights = {
+    bits,
+    K,
+    N,
+    groupSize,
+    groups,
+    zeroOffset: q.checkpointFormat === 'gptq' ? 1 : 0,
+    qweight: qweight.data,
+    qzeros: qzeros.data,
+    scales: scales.data,
+  };
+  if (gIdx) w.gIdx = gIdx;
+  return w;
+}
