@@ -12,6 +12,8 @@ interface Command {
 
 const COMMANDS: Record<string, Command> = {
   devices: { summary: 'list the CPU and CUDA devices lowbit can use', load: () => import('./devices.js') },
+  convert: { summary: 'convert a llama2.c checkpoint into a Hugging Face directory', load: () => import('./convert.js') },
+  inspect: { summary: 'show a model file or directory: architecture, tensors, quantization, size', load: () => import('./inspect.js') },
 };
 
 function help(): string {

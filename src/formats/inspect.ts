@@ -1,0 +1,213 @@
+/**
+ * A description of a model file or directory for `lowbit inspect`: architecture, tensors (name,
+ * dtype, shape, bytes), quantization config, bits per weight and total size.
+ */
+import { statSync } from 'node:fs';
+import { basename, join, resolve } from 'node:path';
+import { LowbitError } from '../errors.js';
+import { Checkpoint } from './checkpoint.js';
+import { LINEAR_MODULES, linearDims } from './gptq.js';
+import { LINEAR_NAMES, readLlamaConfig, type LlamaConfig } from './hf.js';
+import { Llama2cModel } from './llama2c.js';
+import { SAFETENSORS_DTYPES } from './safetensors.js';
+
+export interface TensorReport {
+  name: string;
+  dtype: string;
+  shape: number[];
+  bytes: number;
+}
+
+export interface InspectReport {
+  path: string;
+  format: 'hf-directory' | 'safetensors' | 'llama2c';
+  architecture?: string;
+  config?: {
+    modelType: string;
+    hiddenSize: number;
+    intermediateSize: number;
+    numLayers: number;
+    numHeads: number;
+    numKvHeads: number;
+    headDim: number;
+    vocabSize: number;
+    maxPositionEmbeddings: number;
+    tieWordEmbeddings: boolean;
+    rope: LlamaConfig['rope'];
+  };
+  /** quantization_config as the checkpoint states it */
+  quantization?: Record<string, unknown>;
+  /** llama2.c header facts (version, shared classifier, Q8_0 group size) */
+  llama2c?: Record<string, unknown>;
+  metadata?: Record<string, unknown>;
+  files: string[];
+  tensors: TensorReport[];
+  /** bytes of tensor data */
+  totalBytes: number;
+  /** logical weights (a quantized linear counts K×N) */
+  parameters: number;
+  bitsPerWeight: {
+    /** over every tensor */
+    overall: number;
+    /** over the quantized linears only (qweight + qzeros + scales + g_idx), when there are any */
+    quantizedLinears?: number;
+  };
+}
+
+function summary(c: LlamaConfig): InspectReport['config'] {
+  return {
+    modelType: c.modelType,
+    hiddenSize: c.hiddenSize,
+    intermediateSize: c.intermediateSize,
+    numLayers: c.numLayers,
+    numHeads: c.numHeads,
+    numKvHeads: c.numKvHeads,
+    headDim: c.headDim,
+    vocabSize: c.vocabSize,
+    maxPositionEmbeddings: c.maxPositionEmbeddings,
+    tieWordEmbeddings: c.tieWordEmbeddings,
+    rope: c.rope,
+  };
+}
+
+export async function inspectModel(path: string): Promise<InspectReport> {
+  const target = resolve(path);
+  let isDir: boolean;
+  try {
+    isDir = statSync(target).isDirectory();
+  } catch (err) {
+    throw new LowbitError('E_IO', `cannot open ${target}: ${(err as Error).message}`, { file: target }, { cause: err });
+  }
+  if (!isDir && basename(target).endsWith('.bin')) return inspectLlama2c(target);
+
+  let config: LlamaConfig | undefined;
+  if (isDir) {
+    try {
+      statSync(join(target, 'config.json'));
+      config = await readLlamaConfig(target);
+    } catch (err) {
+      if (!(err instanceof LowbitError && err.code === 'E_IO')) throw err;
+    }
+  }
+  const ckpt = await Checkpoint.open(target);
+  try {
+    const tensors: TensorReport[] = ckpt.names.map((name) => {
+      const i = ckpt.info(name);
+      return { name, dtype: i.dtype, shape: i.shape, bytes: i.end - i.begin };
+    });
+    const byName = new Map(tensors.map((t) => [t.name, t]));
+    let parameters = 0;
+    let quantBits = 0;
+    let quantWeights = 0;
+    const counted = new Set<string>();
+    // quantized linears: K×N logical weights for all four tensors' bytes
+    if (config?.quantization) {
+      for (let l = 0; l < config.numLayers; l++) {
+        for (const name of LINEAR_NAMES) {
+          const prefix = `model.layers.${l}.${LINEAR_MODULES[name]}`;
+          if (!byName.has(`${prefix}.qweight`)) continue;
+          const { K, N } = linearDims(config, name);
+          let bytes = 0;
+          for (const part of ['qweight', 'qzeros', 'scales', 'g_idx']) {
+            const t = byName.get(`${prefix}.${part}`);
+            if (t) {
+              bytes += t.bytes;
+              counted.add(t.name);
+            }
+          }
+          parameters += K * N;
+          quantWeights += K * N;
+          quantBits += bytes * 8;
+        }
+      }
+    }
+    for (const t of tensors) {
+      if (counted.has(t.name)) continue;
+      parameters += t.bytes / SAFETENSORS_DTYPES[t.dtype as keyof typeof SAFETENSORS_DTYPES];
+    }
+    const totalBytes = ckpt.dataBytes;
+    const report: InspectReport = {
+      path: target,
+      format: isDir ? 'hf-directory' : 'safetensors',
+      files: ckpt.files,
+      metadata: ckpt.metadata,
+      tensors,
+      totalBytes,
+      parameters,
+      bitsPerWeight: { overall: parameters ? (totalBytes * 8) / parameters : 0 },
+    };
+    if (quantWeights) report.bitsPerWeight.quantizedLinears = quantBits / quantWeights;
+    if (config) {
+      report.architecture = config.architecture;
+      report.config = summary(config);
+      if (config.quantization) report.quantization = config.quantization.raw;
+    }
+    return report;
+  } finally {
+    await ckpt.close();
+  }
+}
+
+async function inspectLlama2c(path: string): Promise<InspectReport> {
+  const model = await Llama2cModel.open(path);
+  try {
+    const h = model.header;
+    const tensors = model.names.map((name) => {
+      const shape = [...model.shapeOf(name)];
+      return { name, dtype: 'F32', shape, bytes: 4 * shape.reduce((a, b) => a * b, 1) };
+    });
+    const parameters = tensors.reduce((a, t) => a + t.bytes / 4, 0);
+    const totalBytes = statSync(path).size - h.headerBytes;
+    return {
+      path,
+      format: 'llama2c',
+      architecture: model.config.architecture,
+      config: summary(model.config),
+      llama2c: { version: h.version, sharedClassifier: h.sharedClassifier, ...(h.groupSize ? { q8GroupSize: h.groupSize } : {}) },
+      files: [path],
+      tensors,
+      totalBytes,
+      parameters,
+      bitsPerWeight: { overall: (totalBytes * 8) / parameters },
+    };
+  } finally {
+    await model.close();
+  }
+}
+
+function formatBytes(n: number): string {
+  if (n < 1024) return `${n} B`;
+  const units = ['KiB', 'MiB', 'GiB', 'TiB'];
+  let v = n / 1024;
+  let i = 0;
+  while (v >= 1024 && i < units.length - 1) {
+    v /= 1024;
+    i++;
+  }
+  return `${v.toFixed(2)} ${units[i]}`;
+}
+
+/** The report as text for a terminal. */
+export function formatReport(r: InspectReport): string {
+  const lines: string[] = [`${r.path}  (${r.format})`];
+  if (r.architecture && r.config) {
+    const c = r.config;
+    lines.push(
+      `architecture  ${r.architecture} (${c.modelType}): hidden ${c.hiddenSize}, intermediate ${c.intermediateSize}, ${c.numLayers} layers, ` +
+        `${c.numHeads} heads (${c.numKvHeads} kv, dim ${c.headDim}), vocab ${c.vocabSize}, context ${c.maxPositionEmbeddings}, ` +
+        `RoPE ${c.rope.type} θ=${c.rope.theta}${c.tieWordEmbeddings ? ', tied embeddings' : ''}`,
+    );
+  }
+  if (r.llama2c) lines.push(`llama2.c      ${JSON.stringify(r.llama2c)}`);
+  if (r.quantization) lines.push(`quantization  ${JSON.stringify(r.quantization)}`);
+  lines.push(`files         ${r.files.map((f) => basename(f)).join(', ')}`);
+  const bpw = r.bitsPerWeight;
+  lines.push(
+    `size          ${formatBytes(r.totalBytes)} of tensors, ${r.parameters.toLocaleString('en-US')} weights, ${bpw.overall.toFixed(3)} bits/weight` +
+      (bpw.quantizedLinears !== undefined ? ` (quantized linears: ${bpw.quantizedLinears.toFixed(3)})` : ''),
+  );
+  lines.push('', `tensors (${r.tensors.length}):`);
+  const width = Math.max(...r.tensors.map((t) => t.name.length), 4);
+  for (const t of r.tensors) lines.push(`  ${t.name.padEnd(width)}  ${t.dtype.padEnd(4)}  [${t.shape.join(', ')}]  ${formatBytes(t.bytes)}`);
+  return lines.join('\n');
+}
