@@ -139,7 +139,7 @@ export interface Addon {
     W: Float32Array,
     N: number,
     K: number,
-    options: { bits: number; groupSize: number; sym?: boolean; mse?: boolean },
+    options: { bits: number; groupSize: number; sym?: boolean; mse?: boolean; minZero?: 0 | 1 },
   ): Promise<{ q: Uint8Array; scales: Float32Array; zeros: Int32Array; groups: number }>;
   packQweight(q: Uint8Array, N: number, K: number, bits: number): Int32Array;
   unpackQweight(qweight: Int32Array, N: number, K: number, bits: number): Uint8Array;

@@ -19,6 +19,10 @@ GridOptions grid_options(const Napi::Object& o) {
   weight_format(g.bits);
   if (!o.Get("sym").IsUndefined()) g.sym = boolean(o.Get("sym"), "sym");
   if (!o.Get("mse").IsUndefined()) g.mse = boolean(o.Get("mse"), "mse");
+  if (!o.Get("minZero").IsUndefined()) {
+    g.min_zero = (int)integer(o.Get("minZero"), "minZero");
+    require(g.min_zero == 0 || g.min_zero == 1, "E_ARGUMENT", "minZero must be 0 or 1");
+  }
   return g;
 }
 

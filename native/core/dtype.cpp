@@ -1,5 +1,7 @@
 #include "dtype.hpp"
 
+#include "packed_gemm.hpp"  // active_simd(): the one switch that caps every kernel's SIMD level
+
 #if defined(__x86_64__) || defined(_M_X64)
 #include <immintrin.h>
 #define LOWBIT_X86 1
@@ -28,14 +30,6 @@ void convert_scalar(const void* src, DType from, void* dst, DType to, size_t beg
 }
 
 #ifdef LOWBIT_X86
-bool has_f16c_avx2() {
-  static const bool yes = [] {
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("f16c");
-  }();
-  return yes;
-}
-
 // 8 elements at a time with F16C (f16) and AVX2 integer ops (bf16). Blocks holding a NaN or an
 // infinity go through the scalar code, so that every bit of the result, NaN payloads included,
 // is the same whichever path ran. Returns how many leading elements were converted.
@@ -92,7 +86,7 @@ void convert(const void* src, DType from, void* dst, DType to, size_t n) {
   }
   size_t done = 0;
 #ifdef LOWBIT_X86
-  if (has_f16c_avx2()) done = convert_avx2(src, from, dst, to, n);
+  if (active_simd() >= SimdLevel::Avx2) done = convert_avx2(src, from, dst, to, n);  // implies F16C
 #endif
   convert_scalar(src, from, dst, to, done, n);
 }

@@ -14,6 +14,10 @@ struct GridOptions {
   float mse_norm = 2.4f;    // p
   int mse_grid = 100;       // shrink steps
   float mse_maxshrink = 0.8f;
+  // Smallest zero point an asymmetric grid may take. "gptq" v1 checkpoints store zero − 1, so they
+  // cannot hold 0 (it reads back as 2^bits): writers of v1 pass 1, and a group whose zero would
+  // round to 0 gets a grid widened to put its zero at 1 (see docs/FORMATS.md).
+  int min_zero = 0;
 };
 
 struct Grid {

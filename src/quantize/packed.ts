@@ -1,0 +1,145 @@
+/**
+ * Packed low-bit weights in the GPTQ layout (docs/FORMATS.md): checking them, expanding them, and
+ * multiplying by them. Every argument is checked here, with a message that names it, before the
+ * native kernels see a pointer (and the kernels check the lengths again).
+ */
+import { LowbitError, describe, invalidArgument } from '../errors.js';
+import { resolveDevice, type DeviceSpec } from '../devices.js';
+import { native, type PackedWeights } from '../native.js';
+import { Tensor } from '../tensor.js';
+
+export const PACKED_BITS = [2, 3, 4, 8] as const;
+
+/** Values packed together along the packed dimension, and the int32 words they take (3 bits: 32 in 3). */
+export function packUnit(bits: 2 | 3 | 4 | 8): { values: number; words: number } {
+  return bits === 3 ? { values: 32, words: 3 } : { values: 32 / bits, words: 1 };
+}
+
+/** int32 words holding `count` values of `bits` bits along the packed dimension (a partial last unit padded). */
+export function packedWords(bits: 2 | 3 | 4 | 8, count: number): number {
+  const unit = packUnit(bits);
+  return Math.ceil(count / unit.values) * unit.words;
+}
+
+function isPositiveInteger(v: unknown): v is number {
+  return typeof v === 'number' && Number.isInteger(v) && v > 0;
+}
+
+function checkArray(name: string, value: unknown, type: Int32ArrayConstructor | Uint16ArrayConstructor, length: number, what: string): void {
+  if (!(value instanceof type)) invalidArgument(name, `${type.name} (${what})`, value, 'E_DTYPE');
+  if (value.length !== length) {
+    throw new LowbitError(
+      value.length < length ? 'E_BUFFER' : 'E_SHAPE',
+      `Expected ${name} to hold ${length} elements (${what}) but it holds ${value.length}`,
+      { option: name },
+    );
+  }
+}
+
+/**
+ * Checks that W is a consistent packed weight: bits, shapes, every buffer's type and exact length,
+ * and every g_idx entry. Throws LowbitError (E_BITS, E_SHAPE, E_GROUP_SIZE, E_DTYPE, E_BUFFER,
+ * E_ARGUMENT) naming the field.
+ */
+export function validatePackedWeights(W: unknown, name = 'W'): asserts W is PackedWeights {
+  if (W === null || typeof W !== 'object') invalidArgument(name, 'packed weights object', W);
+  const w = W as Record<string, unknown>;
+  if (!(PACKED_BITS as readonly unknown[]).includes(w.bits)) invalidArgument(`${name}.bits`, 'one of 2, 3, 4, 8', w.bits, 'E_BITS');
+  const bits = w.bits as 2 | 3 | 4 | 8;
+  if (!isPositiveInteger(w.K)) invalidArgument(`${name}.K`, 'positive integer', w.K, 'E_SHAPE');
+  if (!isPositiveInteger(w.N)) invalidArgument(`${name}.N`, 'positive integer', w.N, 'E_SHAPE');
+  const K = w.K, N = w.N;
+  if (!isPositiveInteger(w.groupSize) || w.groupSize > K) {
+    invalidArgument(`${name}.groupSize`, `integer in [1, K = ${K}] (K for per-channel)`, w.groupSize, 'E_GROUP_SIZE');
+  }
+  if (!isPositiveInteger(w.groups)) invalidArgument(`${name}.groups`, 'positive integer', w.groups, 'E_SHAPE');
+  const groups = w.groups;
+  if (w.gIdx === undefined && groups !== Math.ceil(K / w.groupSize)) {
+    invalidArgument(`${name}.groups`, `ceil(K / groupSize) = ${Math.ceil(K / w.groupSize)} (no gIdx)`, groups, 'E_SHAPE');
+  }
+  if (w.zeroOffset !== 0 && w.zeroOffset !== 1) invalidArgument(`${name}.zeroOffset`, '0 ("gptq_v2") or 1 ("gptq")', w.zeroOffset);
+  const kWords = packedWords(bits, K), nWords = packedWords(bits, N);
+  checkArray(`${name}.qweight`, w.qweight, Int32Array, kWords * N, `[${kWords}, ${N}] words`);
+  checkArray(`${name}.qzeros`, w.qzeros, Int32Array, groups * nWords, `[${groups}, ${nWords}] words`);
+  checkArray(`${name}.scales`, w.scales, Uint16Array, groups * N, `[${groups}, ${N}] fp16 bit patterns`);
+  if (w.gIdx !== undefined) {
+    checkArray(`${name}.gIdx`, w.gIdx, Int32Array, K, `[${K}] group of each input column`);
+    const gIdx = w.gIdx as Int32Array;
+    for (let k = 0; k < K; k++) {
+      if (gIdx[k] < 0 || gIdx[k] >= groups) {
+        throw new LowbitError('E_GROUP_SIZE', `Expected ${name}.gIdx[${k}] in [0, ${groups}) but received ${gIdx[k]}`, { option: `${name}.gIdx` });
+      }
+    }
+  }
+}
+
+/** W expanded to f32, shape [N, K]: w[n, k] = scale[g, n] · (q[k, n] − zero[g, n]) with g the group of k. */
+export function dequantizeWeights(W: PackedWeights): Tensor<'f32'> {
+  validatePackedWeights(W);
+  return new Tensor('f32', [W.N, W.K], native().dequantize(W));
+}
+
+export interface PackedMatmulOptions {
+  /** 'cpu' (default), 'cuda', 'cuda:<index>' or 'auto' */
+  device?: DeviceSpec;
+}
+
+/** The activations as a f32 array of M × K values (f16/bf16 tensors are converted). */
+function activations(x: Float32Array | Tensor, M: number, K: number): Float32Array {
+  if (!isPositiveInteger(M)) invalidArgument('M', 'positive integer (rows of x)', M, 'E_SHAPE');
+  let data: Float32Array;
+  if (x instanceof Tensor) {
+    if (x.dtype !== 'f32' && x.dtype !== 'f16' && x.dtype !== 'bf16') invalidArgument('x', 'f32, f16 or bf16 tensor', `${x.dtype} tensor`, 'E_DTYPE');
+    const rows = x.shape.length === 1 ? 1 : x.shape.slice(0, -1).reduce((a, b) => a * b, 1);
+    const cols = x.shape[x.shape.length - 1];
+    if (x.shape.length === 0 || cols !== K || rows !== M) {
+      throw new LowbitError('E_SHAPE', `Expected x of shape [${M}, ${K}] (M rows of K = W.K inputs) but received shape [${x.shape.join(', ')}]`, { option: 'x' });
+    }
+    data = x.toFloat32().data;
+  } else if (x instanceof Float32Array) {
+    data = x;
+  } else {
+    invalidArgument('x', 'Float32Array or Tensor', x, 'E_DTYPE');
+  }
+  if (data.length !== M * K) {
+    throw new LowbitError('E_SHAPE', `Expected x to hold M × K = ${M} × ${K} = ${M * K} values but it holds ${data.length}`, { option: 'x' });
+  }
+  return data;
+}
+
+function deviceIndex(options: PackedMatmulOptions | undefined): number {
+  if (options !== undefined && (options === null || typeof options !== 'object')) invalidArgument('options', 'object', options);
+  return resolveDevice(options?.device ?? 'cpu');
+}
+
+/** Y = X · Wᵀ, X [M, K] and Y [M, N] row-major f32, W packed; runs off the event loop. */
+export async function packedMatmul(x: Float32Array | Tensor, M: number, W: PackedWeights, options?: PackedMatmulOptions): Promise<Float32Array> {
+  validatePackedWeights(W);
+  const X = activations(x, M, W.K);
+  const device = deviceIndex(options);
+  const Y = new Float32Array(M * W.N);
+  await native().packedGemm(X, M, W, Y, device);
+  return Y;
+}
+
+/** The same product, blocking the calling thread (for small products where a Promise costs more). */
+export function packedMatmulSync(x: Float32Array | Tensor, M: number, W: PackedWeights, options?: PackedMatmulOptions): Float32Array {
+  validatePackedWeights(W);
+  const X = activations(x, M, W.K);
+  const device = deviceIndex(options);
+  const Y = new Float32Array(M * W.N);
+  native().packedGemmSync(X, M, W, Y, device);
+  return Y;
+}
+
+/** The dense f32 product Y = X · Wᵀ (W [N, K] row-major) on the CPU: the baseline the packed kernels are measured against. */
+export async function denseMatmul(x: Float32Array, M: number, W: Float32Array, N: number, K: number): Promise<Float32Array> {
+  if (!isPositiveInteger(N)) invalidArgument('N', 'positive integer', N, 'E_SHAPE');
+  if (!isPositiveInteger(K)) invalidArgument('K', 'positive integer', K, 'E_SHAPE');
+  const X = activations(x, M, K);
+  if (!(W instanceof Float32Array)) invalidArgument('W', 'Float32Array', W, 'E_DTYPE');
+  if (W.length !== N * K) throw new LowbitError('E_SHAPE', `Expected W to hold N × K = ${N * K} values but received ${describe(W)}`, { option: 'W' });
+  const Y = new Float32Array(M * N);
+  await native().denseGemm(X, M, W, N, K, Y);
+  return Y;
+}
