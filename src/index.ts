@@ -13,3 +13,4 @@ export { Llama2cModel, type Llama2cHeader } from './formats/llama2c.js';
 export { convertLlama2c, type ConvertOptions } from './formats/convert.js';
 export { GptqWriter, openGptqModel, readPackedLinear, linearDims, type GptqConfig } from './formats/gptq.js';
 export { inspectModel, type InspectReport } from './formats/inspect.js';
+export { openModelFiles } from './formats/open.js';
