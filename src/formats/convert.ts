@@ -2,7 +2,8 @@
  * llama2.c checkpoint → Hugging Face directory: config.json, generation_config.json,
  * model.safetensors (f32, HF names, q/k rows permuted to HF's RoPE layout, no lm_head.weight when
  * the classifier is shared), and the tokenizer: tokenizer.model (written from llama2.c's
- * tokenizer.bin, or copied) with tokenizer_config.json, or a tokenizer.json copied with its config.
+ * tokenizer.bin, or copied), the tokenizer.json transformers converts it to, and
+ * tokenizer_config.json; or a tokenizer.json copied with its config.
  */
 import { copyFile, mkdir, readdir, rename, rm, stat } from 'node:fs/promises';
 import { basename, dirname, join, resolve } from 'node:path';
@@ -11,7 +12,7 @@ import type { LlamaConfig, ModelReader } from './hf.js';
 import { Llama2cModel } from './llama2c.js';
 import { CheckpointWriter, tempPath, writeFileAtomic } from './safetensors-writer.js';
 import { SAFETENSORS_DTYPE_OF } from './safetensors.js';
-import { readLlama2cTokenizer, serializeSentencePieceModel, type NormalizerOptions } from './sentencepiece.js';
+import { readLlama2cTokenizer, readSentencePieceModel, serializeSentencePieceModel, toTokenizerJson, type NormalizerOptions } from './sentencepiece.js';
 
 /** config.json for a model, in transformers-5 style plus the top-level rope_theta older versions read. */
 export function hfConfigJson(config: LlamaConfig, dtype = 'float32'): Record<string, unknown> {
@@ -147,13 +148,15 @@ async function writeTokenizer(source: string, dir: string, model: Llama2cModel, 
     return;
   }
   const name = basename(source);
-  if (name.endsWith('.bin')) {
-    const sp = await readLlama2cTokenizer(source, { vocabSize: model.config.vocabSize, normalizer: options.normalizer });
-    await writeFileAtomic(join(dir, 'tokenizer.model'), serializeSentencePieceModel(sp));
-  } else if (name.endsWith('.json')) {
+  if (name.endsWith('.json')) {
     await copyFile(source, join(dir, 'tokenizer.json'));
   } else {
-    await copyFile(source, join(dir, 'tokenizer.model'));
+    // a SentencePiece model (written from llama2.c's tokenizer.bin, or copied), and the
+    // tokenizer.json transformers would convert it to
+    const sp = name.endsWith('.bin') ? await readLlama2cTokenizer(source, { vocabSize: model.config.vocabSize, normalizer: options.normalizer }) : await readSentencePieceModel(source);
+    if (name.endsWith('.bin')) await writeFileAtomic(join(dir, 'tokenizer.model'), serializeSentencePieceModel(sp));
+    else await copyFile(source, join(dir, 'tokenizer.model'));
+    if (sp.modelType === 'bpe') await writeFileAtomic(join(dir, 'tokenizer.json'), JSON.stringify(toTokenizerJson(sp), null, 2) + '\n');
   }
   await writeFileAtomic(join(dir, 'tokenizer_config.json'), JSON.stringify(tokenizerConfigJson(model.config.maxPositionEmbeddings), null, 2) + '\n');
 }

@@ -558,3 +558,85 @@ export function serializeSentencePieceModel(model: SentencePieceModel): Uint8Arr
   );
   return Uint8Array.from(parts);
 }
+
+/**
+ * The tokenizer.json transformers writes when it converts this SentencePiece BPE model (its
+ * LlamaConverter): byte-fallback BPE whose merges are every split of a piece into two pieces,
+ * ordered by the merged piece's score (highest first), then the shorter left half, then the
+ * shorter right half; a Metaspace pre-tokenizer; `<s>` prepended by the post-processor. Like
+ * transformers' own conversion, it does not remove extra whitespace (see docs/TOKENIZERS.md).
+ */
+export function toTokenizerJson(model: SentencePieceModel): Record<string, unknown> {
+  const vocab: Record<string, number> = {};
+  model.pieces.forEach((p, id) => {
+    if (!Object.hasOwn(vocab, p.piece)) vocab[p.piece] = id;
+  });
+  const merges: { left: string; right: string; score: number; order: number }[] = [];
+  model.pieces.forEach((p) => {
+    const chars = Array.from(p.piece);
+    const local: { left: string; right: string }[] = [];
+    for (let i = 1; i < chars.length; i++) {
+      const left = chars.slice(0, i).join('');
+      const right = chars.slice(i).join('');
+      if (Object.hasOwn(vocab, left) && Object.hasOwn(vocab, right)) local.push({ left, right });
+    }
+    local.sort((a, b) => vocab[a.left]! - vocab[b.left]! || vocab[a.right]! - vocab[b.right]!);
+    for (const m of local) merges.push({ ...m, score: p.score, order: merges.length });
+  });
+  merges.sort((a, b) => b.score - a.score || a.left.length - b.left.length || a.right.length - b.right.length || a.order - b.order);
+  const bos = model.pieces[model.bosId]?.piece;
+  const special = model.pieces
+    .map((p, id) => ({ p, id }))
+    .filter(({ p }) => p.type === PieceType.Control || p.type === PieceType.Unknown || p.type === PieceType.UserDefined);
+  const dummy = model.normalizer.addDummyPrefix;
+  return {
+    version: '1.0',
+    truncation: null,
+    padding: null,
+    added_tokens: special.map(({ p, id }) => ({
+      id,
+      content: p.piece,
+      single_word: false,
+      lstrip: false,
+      rstrip: false,
+      normalized: p.type === PieceType.UserDefined,
+      special: p.type !== PieceType.UserDefined,
+    })),
+    normalizer: null,
+    pre_tokenizer: { type: 'Metaspace', replacement: SPACE_SYMBOL, prepend_scheme: dummy ? 'first' : 'never', split: false },
+    post_processor: bos
+      ? {
+          type: 'TemplateProcessing',
+          single: [{ SpecialToken: { id: bos, type_id: 0 } }, { Sequence: { id: 'A', type_id: 0 } }],
+          pair: [
+            { SpecialToken: { id: bos, type_id: 0 } },
+            { Sequence: { id: 'A', type_id: 0 } },
+            { SpecialToken: { id: bos, type_id: 1 } },
+            { Sequence: { id: 'B', type_id: 1 } },
+          ],
+          special_tokens: { [bos]: { id: bos, ids: [model.bosId], tokens: [bos] } },
+        }
+      : null,
+    decoder: {
+      type: 'Sequence',
+      decoders: [
+        { type: 'Replace', pattern: { String: SPACE_SYMBOL }, content: ' ' },
+        { type: 'ByteFallback' },
+        { type: 'Fuse' },
+        ...(dummy ? [{ type: 'Strip', content: ' ', start: 1, stop: 0 }] : []),
+      ],
+    },
+    model: {
+      type: 'BPE',
+      dropout: null,
+      unk_token: null,
+      continuing_subword_prefix: null,
+      end_of_word_suffix: null,
+      fuse_unk: true,
+      byte_fallback: model.byteFallback,
+      ignore_merges: false,
+      vocab,
+      merges: merges.map((m) => [m.left, m.right]),
+    },
+  };
+}

@@ -224,7 +224,9 @@ describe.skipIf(!haveData('stories260K.bin', 'tok512.bin', 'stories260K-hf/model
   it('lowbit convert writes an HF directory whose tensors, config and tokenizer match stories260K-hf', async () => {
     const out = join(tmp.dir, 'converted');
     expect(await convertCli([dataPath('stories260K.bin'), '--tokenizer', dataPath('tok512.bin'), '--out', out])).toBe(0);
-    for (const f of ['config.json', 'generation_config.json', 'model.safetensors', 'tokenizer.model', 'tokenizer_config.json']) expect(existsSync(join(out, f)), f).toBe(true);
+    for (const f of ['config.json', 'generation_config.json', 'model.safetensors', 'tokenizer.model', 'tokenizer.json', 'tokenizer_config.json']) expect(existsSync(join(out, f)), f).toBe(true);
+    // the tokenizer.json is the one transformers itself wrote for stories260K-hf
+    expect(JSON.parse(readFileSync(join(out, 'tokenizer.json'), 'utf8'))).toEqual(JSON.parse(readFileSync(dataPath('stories260K-hf/tokenizer.json'), 'utf8')));
     const mine = await HfModel.open(out);
     const ref = await HfModel.open(dataPath('stories260K-hf'));
     try {
