@@ -344,10 +344,14 @@ class NativeModel : public Napi::ObjectWrap<NativeModel> {
         run.stop_after = stop_after;
         b.run_block(i, hp, batch, seq, run);
       };
-      return Queue(info, work, keep, false, [targets](Napi::Env env) -> Napi::Value {
+      // napi_values die with this call's handle scope: the result is built from references.
+      auto refs = std::make_shared<std::vector<Napi::ObjectReference>>(model::kCapturePoints);
+      for (int p = 0; p < model::kCapturePoints; ++p)
+        if (!targets[(size_t)p].IsEmpty()) (*refs)[(size_t)p] = Napi::Persistent(targets[(size_t)p].As<Napi::Object>());
+      return Queue(info, work, keep, false, [refs](Napi::Env env) -> Napi::Value {
         Napi::Object r = Napi::Object::New(env);
         for (int p = 0; p < model::kCapturePoints; ++p)
-          if (!targets[(size_t)p].IsEmpty()) r.Set(model::capture_name((model::CapturePoint)p), targets[(size_t)p]);
+          if (!(*refs)[(size_t)p].IsEmpty()) r.Set(model::capture_name((model::CapturePoint)p), (*refs)[(size_t)p].Value());
         return r;
       });
     });

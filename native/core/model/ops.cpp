@@ -85,28 +85,51 @@ AVX2_INLINE void load16(const void* panel, int64_t k, __m256& w0, __m256& w1) {
   }
 }
 
-// R rows of X times one panel: 2R accumulators of 8 lanes stay in registers over the whole K loop.
-template <int R, DType D>
-AVX2_FN void panel_kernel(const float* X, int64_t K, const void* panel, float* Y, int64_t ldy, int64_t cols) {
-  __m256 acc0[R], acc1[R];
-  for (int r = 0; r < R; ++r) acc0[r] = acc1[r] = _mm256_setzero_ps();
+// Up to 6 rows of X times one panel: 12 named accumulators of 8 lanes stay in registers over the
+// whole K loop (arrays of vectors get spilled by the compiler). Rows past `rows` repeat the last row
+// and are not stored.
+template <DType D>
+AVX2_FN void panel_kernel(const float* X, int64_t rows, int64_t K, const void* panel, float* Y, int64_t ldy,
+                          int64_t cols) {
+  const float* x0 = X;
+  const float* x1 = X + std::min<int64_t>(1, rows - 1) * K;
+  const float* x2 = X + std::min<int64_t>(2, rows - 1) * K;
+  const float* x3 = X + std::min<int64_t>(3, rows - 1) * K;
+  const float* x4 = X + std::min<int64_t>(4, rows - 1) * K;
+  const float* x5 = X + std::min<int64_t>(5, rows - 1) * K;
+  __m256 a00 = _mm256_setzero_ps(), a01 = a00, a10 = a00, a11 = a00, a20 = a00, a21 = a00;
+  __m256 a30 = a00, a31 = a00, a40 = a00, a41 = a00, a50 = a00, a51 = a00;
   for (int64_t k = 0; k < K; ++k) {
     __m256 w0, w1;
     load16<D>(panel, k, w0, w1);
-    for (int r = 0; r < R; ++r) {
-      const __m256 x = _mm256_broadcast_ss(X + r * K + k);
-      acc0[r] = _mm256_fmadd_ps(x, w0, acc0[r]);
-      acc1[r] = _mm256_fmadd_ps(x, w1, acc1[r]);
-    }
+    __m256 x = _mm256_broadcast_ss(x0 + k);
+    a00 = _mm256_fmadd_ps(x, w0, a00);
+    a01 = _mm256_fmadd_ps(x, w1, a01);
+    x = _mm256_broadcast_ss(x1 + k);
+    a10 = _mm256_fmadd_ps(x, w0, a10);
+    a11 = _mm256_fmadd_ps(x, w1, a11);
+    x = _mm256_broadcast_ss(x2 + k);
+    a20 = _mm256_fmadd_ps(x, w0, a20);
+    a21 = _mm256_fmadd_ps(x, w1, a21);
+    x = _mm256_broadcast_ss(x3 + k);
+    a30 = _mm256_fmadd_ps(x, w0, a30);
+    a31 = _mm256_fmadd_ps(x, w1, a31);
+    x = _mm256_broadcast_ss(x4 + k);
+    a40 = _mm256_fmadd_ps(x, w0, a40);
+    a41 = _mm256_fmadd_ps(x, w1, a41);
+    x = _mm256_broadcast_ss(x5 + k);
+    a50 = _mm256_fmadd_ps(x, w0, a50);
+    a51 = _mm256_fmadd_ps(x, w1, a51);
   }
-  for (int r = 0; r < R; ++r) {
+  const __m256 acc[6][2] = {{a00, a01}, {a10, a11}, {a20, a21}, {a30, a31}, {a40, a41}, {a50, a51}};
+  for (int64_t r = 0; r < rows; ++r) {
     if (cols == 16) {
-      _mm256_storeu_ps(Y + r * ldy, acc0[r]);
-      _mm256_storeu_ps(Y + r * ldy + 8, acc1[r]);
+      _mm256_storeu_ps(Y + r * ldy, acc[r][0]);
+      _mm256_storeu_ps(Y + r * ldy + 8, acc[r][1]);
     } else {
       alignas(32) float tmp[16];
-      _mm256_store_ps(tmp, acc0[r]);
-      _mm256_store_ps(tmp + 8, acc1[r]);
+      _mm256_store_ps(tmp, acc[r][0]);
+      _mm256_store_ps(tmp + 8, acc[r][1]);
       std::memcpy(Y + r * ldy, tmp, (size_t)cols * 4);
     }
   }
@@ -115,17 +138,9 @@ AVX2_FN void panel_kernel(const float* X, int64_t K, const void* panel, float* Y
 template <DType D>
 AVX2_FN void panel_rows_avx2(const float* X, int64_t rows, int64_t K, const void* panel, float* Y, int64_t ldy,
                              int64_t cols) {
-  constexpr int kRows = 6;  // 12 accumulators + 2 weights + 1 broadcast of the 16 ymm registers
-  int64_t r = 0;
-  for (; r + kRows <= rows; r += kRows) panel_kernel<kRows, D>(X + r * K, K, panel, Y + r * ldy, ldy, cols);
-  switch (rows - r) {
-    case 1: panel_kernel<1, D>(X + r * K, K, panel, Y + r * ldy, ldy, cols); break;
-    case 2: panel_kernel<2, D>(X + r * K, K, panel, Y + r * ldy, ldy, cols); break;
-    case 3: panel_kernel<3, D>(X + r * K, K, panel, Y + r * ldy, ldy, cols); break;
-    case 4: panel_kernel<4, D>(X + r * K, K, panel, Y + r * ldy, ldy, cols); break;
-    case 5: panel_kernel<5, D>(X + r * K, K, panel, Y + r * ldy, ldy, cols); break;
-    default: break;
-  }
+  constexpr int64_t kRows = 6;  // 12 accumulators + 2 weights + 1 broadcast of the 16 ymm registers
+  for (int64_t r = 0; r < rows; r += kRows)
+    panel_kernel<D>(X + r * K, std::min(kRows, rows - r), K, panel, Y + r * ldy, ldy, cols);
 }
 
 AVX2_FN void swiglu_avx2(const float* gate, const float* up, int64_t n, float* out) {
@@ -154,39 +169,49 @@ AVX2_FN float row_nll_avx2(const float* x, int64_t n, int32_t target) {
 }
 
 // One query against keys 0..len-1 of one kv head: scores, softmax, weighted values.
-// s: scratch of round_up(len, 8) floats. Keys are processed 8 at a time; lanes past len are dropped.
+// s: scratch of round_up(len, 32) floats. Keys go 32 at a time (four independent accumulator
+// chains hide the FMA latency); lanes past len are computed on the cache's padding and dropped.
 AVX2_FN void attend_one_avx2(const float* q, int64_t hd, const float* kt, const float* vt, int64_t cap, int64_t len,
                              float scale, float* s, float* out) {
-  const int64_t len8 = round_up(len, 8);
+  const int64_t len32 = round_up(len, 32);
   const __m256 vscale = _mm256_set1_ps(scale);
-  __m256 vmax = _mm256_set1_ps(-INFINITY);
-  for (int64_t j = 0; j < len8; j += 8) {
-    __m256 acc = _mm256_setzero_ps();
-    for (int64_t d = 0; d < hd; ++d) acc = _mm256_fmadd_ps(_mm256_set1_ps(q[d]), _mm256_loadu_ps(kt + d * cap + j), acc);
-    acc = _mm256_mul_ps(acc, vscale);
-    _mm256_storeu_ps(s + j, acc);
+  for (int64_t j = 0; j < len32; j += 32) {
+    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    const float* k = kt + j;
+    for (int64_t d = 0; d < hd; ++d, k += cap) {
+      const __m256 qd = _mm256_set1_ps(q[d]);
+      a0 = _mm256_fmadd_ps(qd, _mm256_loadu_ps(k), a0);
+      a1 = _mm256_fmadd_ps(qd, _mm256_loadu_ps(k + 8), a1);
+      a2 = _mm256_fmadd_ps(qd, _mm256_loadu_ps(k + 16), a2);
+      a3 = _mm256_fmadd_ps(qd, _mm256_loadu_ps(k + 24), a3);
+    }
+    _mm256_storeu_ps(s + j, _mm256_mul_ps(a0, vscale));
+    _mm256_storeu_ps(s + j + 8, _mm256_mul_ps(a1, vscale));
+    _mm256_storeu_ps(s + j + 16, _mm256_mul_ps(a2, vscale));
+    _mm256_storeu_ps(s + j + 24, _mm256_mul_ps(a3, vscale));
   }
-  for (int64_t j = len; j < len8; ++j) s[j] = -INFINITY;
-  for (int64_t j = 0; j < len8; j += 8) vmax = _mm256_max_ps(vmax, _mm256_loadu_ps(s + j));
+  for (int64_t j = len; j < len32; ++j) s[j] = -INFINITY;
+  __m256 vmax = _mm256_set1_ps(-INFINITY);
+  for (int64_t j = 0; j < len32; j += 8) vmax = _mm256_max_ps(vmax, _mm256_loadu_ps(s + j));
   const __m256 vm = _mm256_set1_ps(hmax256(vmax));
   __m256 vsum = _mm256_setzero_ps();
-  for (int64_t j = 0; j < len8; j += 8) {
+  for (int64_t j = 0; j < len32; j += 8) {
     const __m256 e = exp256(_mm256_sub_ps(_mm256_loadu_ps(s + j), vm));
     _mm256_storeu_ps(s + j, e);
     vsum = _mm256_add_ps(vsum, e);
   }
-  // exp of the -inf tail lanes is clamped, not zero: zero them (and drop them from the sum).
-  float tail = 0.f;
-  for (int64_t j = len; j < len8; ++j) {
-    tail += s[j];
+  // exp of the -inf padding lanes is clamped, not zero: zero them (and drop them from the sum).
+  float pad = 0.f;
+  for (int64_t j = len; j < len32; ++j) {
+    pad += s[j];
     s[j] = 0.f;
   }
-  const float inv = 1.0f / (hsum256(vsum) - tail);
+  const float inv = 1.0f / (hsum256(vsum) - pad);
   int64_t d = 0;
   for (; d + 4 <= hd; d += 4) {
     __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
     const float* v0 = vt + d * cap;
-    for (int64_t j = 0; j < len8; j += 8) {
+    for (int64_t j = 0; j < len32; j += 8) {
       const __m256 p = _mm256_loadu_ps(s + j);
       a0 = _mm256_fmadd_ps(p, _mm256_loadu_ps(v0 + j), a0);
       a1 = _mm256_fmadd_ps(p, _mm256_loadu_ps(v0 + cap + j), a1);
@@ -200,7 +225,7 @@ AVX2_FN void attend_one_avx2(const float* q, int64_t hd, const float* kt, const 
   }
   for (; d < hd; ++d) {
     __m256 a = _mm256_setzero_ps();
-    for (int64_t j = 0; j < len8; j += 8) a = _mm256_fmadd_ps(_mm256_loadu_ps(s + j), _mm256_loadu_ps(vt + d * cap + j), a);
+    for (int64_t j = 0; j < len32; j += 8) a = _mm256_fmadd_ps(_mm256_loadu_ps(s + j), _mm256_loadu_ps(vt + d * cap + j), a);
     out[d] = hsum256(a) * inv;
   }
 }
@@ -379,7 +404,7 @@ void apply_rope(float* X, int64_t rows, int64_t stride, int64_t heads, const Rop
 void KvBlock::resize(int64_t kv_heads_, int64_t head_dim_, int64_t capacity) {
   kv_heads = kv_heads_;
   head_dim = head_dim_;
-  cap = round_up(std::max<int64_t>(capacity, 1), 8);
+  cap = round_up(std::max<int64_t>(capacity, 1), 32);  // the attention loops read keys 32 at a time
   kt.assign((size_t)(kv_heads * head_dim * cap), 0.f);
   vt.assign((size_t)(kv_heads * head_dim * cap), 0.f);
 }
@@ -407,7 +432,7 @@ void causal_attention(const float* Q, int64_t n, int64_t p0, int64_t heads, cons
   const int64_t qblocks = (n + kQueries - 1) / kQueries;
   const bool avx2 = use_avx2();
   global_pool().parallel_for(heads * qblocks, 1, [&](int64_t t0, int64_t t1) {
-    std::vector<float> scores((size_t)round_up(p0 + n, 8));
+    std::vector<float> scores((size_t)round_up(p0 + n, 32));
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t h = t / qblocks, qb = t % qblocks;
       const int64_t kvh = h / group;

@@ -61,7 +61,7 @@ struct RopeTable {
 void apply_rope(float* X, int64_t rows, int64_t stride, int64_t heads, const RopeTable& table);
 
 // The keys and values of one sequence, transposed for the attention loops: [kv_heads][head_dim][cap]
-// (cap a multiple of 8; unused positions hold zeros or finite stale values, never read as weights).
+// (cap a multiple of 32; unused positions hold zeros or finite stale values, never read as weights).
 struct KvBlock {
   int64_t kv_heads = 0, head_dim = 0, cap = 0;
   std::vector<float> kt, vt;
