@@ -1,5 +1,7 @@
 // Quantization, packing and packed products: argument checks and worker dispatch only.
+#include <memory>
 #include <string>
+#include <vector>
 
 #include "../../cuda/cuda_api.hpp"
 #include "../core/dtype.hpp"
@@ -52,13 +54,17 @@ Napi::Value RtnQuantize(const Napi::CallbackInfo& info) {
     float* sp = scales.Data();
     int32_t* zp = zeros.Data();
     const float* wp = W.data;
+    // The outputs travel to the completion callback as persistent references: local handles die
+    // with this call's scope, and touching them later crashes V8.
+    auto outputs = std::make_shared<std::vector<Napi::Reference<Napi::Value>>>();
+    for (Napi::Value v : {Napi::Value(q), Napi::Value(scales), Napi::Value(zeros)}) outputs->push_back(Napi::Persistent(v));
     return PromiseWorker::Run(
         env, [=] { rtn_quantize(wp, N, K, gs, g, qp, sp, zp); },
-        [q, scales, zeros, G](Napi::Env env) -> Napi::Value {
+        [outputs, G](Napi::Env env) -> Napi::Value {
           Napi::Object r = Napi::Object::New(env);
-          r.Set("q", q);
-          r.Set("scales", scales);
-          r.Set("zeros", zeros);
+          r.Set("q", (*outputs)[0].Value());
+          r.Set("scales", (*outputs)[1].Value());
+          r.Set("zeros", (*outputs)[2].Value());
           r.Set("groups", Napi::Number::New(env, (double)G));
           return r;
         },
