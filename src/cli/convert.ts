@@ -6,8 +6,9 @@ export const usage = `usage: lowbit convert <model.bin> --out <dir> [--tokenizer
 
 Converts a llama2.c checkpoint (v0, v1 or v2) into a Hugging Face directory: config.json,
 model.safetensors (float32; q/k rows permuted to Hugging Face's RoPE layout), generation_config.json,
-and, with --tokenizer, tokenizer.model + tokenizer_config.json (a llama2.c tokenizer.bin is
-written out as a SentencePiece model; a .model or a directory's tokenizer files are copied).
+and, with --tokenizer, tokenizer.model + tokenizer.json + tokenizer_config.json (a llama2.c
+tokenizer.bin is written out as a SentencePiece model and converted as transformers would; a
+.model is copied and converted; a directory's tokenizer files are copied).
 
   --out <dir>               the new directory (must not exist, or be empty)
   --tokenizer <path>        the tokenizer to ship with it

@@ -123,6 +123,8 @@ export class HfJsonTokenizer implements TextTokenizer {
   readonly vocabSize: number;
   private readonly tok: HfJsTokenizer;
   private readonly cutAtSpaces: boolean;
+  /** ids of pieces already encoded (words repeat: most pieces are hits) */
+  private readonly cache = new Map<string, readonly number[]>();
 
   constructor(json: unknown, config: unknown, readonly file: string) {
     if (!json || typeof json !== 'object' || !(json as JsonObject).model) throw new LowbitError('E_TOKENIZER', `${file}: not a tokenizer.json (no "model")`, { file });
@@ -145,9 +147,20 @@ export class HfJsonTokenizer implements TextTokenizer {
   encode(text: string, options: EncodeOptions = {}): Int32Array {
     checkText(text);
     const ids: number[] = [];
-    const pieces = this.cutAtSpaces ? text.split(/(?= )/) : [text];
     try {
-      for (const piece of pieces) for (const id of this.tok.encode(piece, { add_special_tokens: false }).ids) ids.push(id);
+      if (!this.cutAtSpaces) {
+        for (const id of this.tok.encode(text, { add_special_tokens: false }).ids) ids.push(id);
+      } else {
+        // the first piece is special (Metaspace prepends '▁' to it), the rest start with ' '
+        const pieces = text.split(/(?= )/);
+        for (let i = 0; i < pieces.length; i++) {
+          const piece = pieces[i]!;
+          const cached = i > 0 ? this.cache.get(piece) : undefined;
+          const pieceIds = cached ?? this.tok.encode(piece, { add_special_tokens: false }).ids;
+          if (!cached && i > 0 && this.cache.size < 100_000) this.cache.set(piece, pieceIds);
+          for (const id of pieceIds) ids.push(id);
+        }
+      }
     } catch (err) {
       throw new LowbitError('E_TOKENIZER', `${this.file}: encoding failed: ${(err as Error).message}`, { file: this.file }, { cause: err });
     }
