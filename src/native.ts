@@ -52,6 +52,49 @@ export interface NativeCudaDevice {
   totalMemory: number;
 }
 
+/** Opaque handle of a native Hessian accumulator (native/binding/gptq.cpp). */
+export interface NativeHessian {
+  readonly K: number;
+}
+
+export interface NativeGptqOptions {
+  bits: number;
+  /** -1: per output channel */
+  groupSize: number;
+  sym?: boolean;
+  mse?: boolean;
+  actOrder?: boolean;
+  staticGroups?: boolean;
+  dampPercent?: number;
+  maxDampRaises?: number;
+  blockSize?: number;
+  /** 1 (default): "gptq" v1 qzeros (the grid then never uses a zero point of 0); 0: "gptq_v2" */
+  zeroOffset?: 0 | 1;
+}
+
+export interface NativeGptqResult {
+  /** [N * K] codes, original column order */
+  q: Uint8Array;
+  /** [groups * N] fp16-exact scales */
+  scales: Float32Array;
+  /** [groups * N] integer zero points */
+  zeros: Int32Array;
+  gIdx: Int32Array;
+  groups: number;
+  qweight: Int32Array;
+  qzeros: Int32Array;
+  scalesF16: Uint16Array;
+  zeroOffset: 0 | 1;
+  /** lambda added to diag(H), and the damp_percent it came from (after any raises) */
+  damp: number;
+  dampPercent: number;
+  dampRaises: number;
+  deadInputs: number;
+  /** 1/2 sum (w - q)^2 / Hinv_ii^2: mean over tokens of ||(W - Q) x||^2 under the dampened H */
+  loss: number;
+  warnings: string[];
+}
+
 // --- forward pass types (native/binding/model.cpp, native/core/model/backend.hpp)
 
 /** The numbers the native forward pass needs; src/model builds them from a LlamaConfig. */
@@ -166,6 +209,16 @@ export interface Addon {
   opNll(logits: Float32Array, rows: number, vocab: number, targets: Int32Array, out: Float32Array): void;
 
   // --- GPTQ (native/binding/gptq.cpp)
+  /** A K x K running-mean Hessian H = (2/n) sum x x^T, held natively (fp32). */
+  hessianCreate(K: number): NativeHessian;
+  /** Folds `rows` tokens (X: [rows, K] row-major) into H; resolves with the tokens seen so far. */
+  hessianAddBatch(handle: NativeHessian, X: Float32Array, rows: number): Promise<number>;
+  hessianSamples(handle: NativeHessian): number;
+  /** A copy of H, [K * K] row-major. */
+  hessianRead(handle: NativeHessian): Float32Array;
+  /** Frees the K x K buffer now (later use rejects with E_CLOSED). */
+  hessianFree(handle: NativeHessian): void;
+  gptqQuantize(W: Float32Array, N: number, K: number, H: Float32Array | NativeHessian, options: NativeGptqOptions): Promise<NativeGptqResult>;
 }
 
 /** The package root (holds package.json, build/, prebuilds/), from src/ or dist/. */

@@ -14,7 +14,6 @@
 #include <sstream>
 
 #include "common.hpp"
-#include "dtype.hpp"
 #include "linalg.hpp"
 #include "rtn.hpp"
 #include "thread_pool.hpp"
@@ -39,6 +38,7 @@ GridOptions gptq_grid_options(const GptqOptions& opt) {
   g.bits = opt.bits;
   g.sym = opt.sym;
   g.mse = opt.mse;
+  g.min_zero = opt.min_zero;
   return g;
 }
 
@@ -72,19 +72,8 @@ void write_g_idx(const std::vector<int32_t>& perm, int64_t K, const GptqOptions&
 
 namespace {
 
-// The shared grid, with "gptq" v1's limit: a zero point below min_zero cannot be stored, so such a
-// grid (asymmetric, all weights >= ~0) is moved to zero = min_zero with a scale wide enough for the
-// largest weight. RTN applies the same rule.
-Grid fit_group_grid(const float* w, int64_t n, const GridOptions& grid_opt, int maxq, int min_zero) {
-  Grid g = fit_grid(w, n, 1, grid_opt);
-  if (g.zero >= min_zero) return g;
-  float xmax = 0.f;
-  for (int64_t i = 0; i < n; ++i) xmax = std::max(xmax, w[i]);
-  const float wide = f16_to_f32(f32_to_f16(xmax / (float)(maxq - min_zero)));
-  g.scale = std::max(g.scale, wide);
-  g.zero = min_zero;
-  return g;
-}
+// One group's grid: the grid RTN uses (quant_grid.hpp, including v1's minimum zero point).
+Grid fit_group_grid(const float* w, int64_t n, const GridOptions& grid_opt) { return fit_grid(w, n, 1, grid_opt); }
 
 void require_finite(const float* x, int64_t n, const char* what) {
   for (int64_t i = 0; i < n; ++i)
@@ -251,7 +240,7 @@ GptqReport gptq_quantize(const float* W_in, int64_t N, int64_t K, const float* H
       for (int64_t n = n0; n < n1; ++n)
         for (int64_t g = 0; g < G; ++g) {
           const int64_t k0 = g * gs, len = std::min(gs, K - k0);
-          static_grids[g * N + n] = fit_group_grid(W0.data() + n * K + k0, len, grid_opt, maxq, opt.min_zero);
+          static_grids[g * N + n] = fit_group_grid(W0.data() + n * K + k0, len, grid_opt);
         }
     });
     for (int64_t g = 0; g < G; ++g)
@@ -285,7 +274,7 @@ GptqReport gptq_quantize(const float* W_in, int64_t N, int64_t K, const float* H
       grids[n] = static_grids[(perm[col] / gs) * N + n];
     } else if (col % gs == 0) {
       const int64_t len = std::min(gs, K - col);
-      grids[n] = fit_group_grid(s.W + n * K + col, len, grid_opt, maxq, opt.min_zero);
+      grids[n] = fit_group_grid(s.W + n * K + col, len, grid_opt);
       out.scales[(col / gs) * N + n] = grids[n].scale;
       out.zeros[(col / gs) * N + n] = grids[n].zero;
     }
