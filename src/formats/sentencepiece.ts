@@ -296,13 +296,17 @@ export class SentencePieceTokenizer {
   private readonly mergeable = new Map<string, number>();
   private readonly byteIds = new Int32Array(256).fill(-1);
   private readonly userDefined: string[];
-  /** every piece holds '▁' only at its start, so the text can be cut into words before each '▁' */
+  /**
+   * no piece holds '▁' after another character (only leading runs, like Llama's '▁▁▁▁'), so merges
+   * never cross the start of a run of '▁' and the text can be cut into words there
+   */
   private readonly splitWords: boolean;
   private readonly cache = new Map<string, readonly number[]>();
   /** for each unused piece, the two pieces it was merged from (SentencePiece re-splits these) */
   private readonly children = new Map<string, [string, string]>();
 
-  constructor(model: SentencePieceModel, file = 'tokenizer') {
+  /** `cutWords: false` encodes the whole text as one sequence (slower; tests compare the two) */
+  constructor(model: SentencePieceModel, file = 'tokenizer', options: { cutWords?: boolean } = {}) {
     if (model.modelType !== 'bpe') {
       throw new LowbitError('E_UNSUPPORTED', `${file}: SentencePiece ${model.modelType} models are not supported (lowbit encodes BPE); use the model's tokenizer.json`, { file });
     }
@@ -316,7 +320,7 @@ export class SentencePieceTokenizer {
     model.pieces.forEach((p, id) => {
       if (p.type === PieceType.Normal || p.type === PieceType.UserDefined || p.type === PieceType.Unused) {
         if (!this.mergeable.has(p.piece)) this.mergeable.set(p.piece, id);
-        if (p.piece.indexOf(SPACE_SYMBOL, 1) !== -1) split = false;
+        if (/[^\u2581]\u2581/u.test(p.piece)) split = false;
         if (p.type === PieceType.UserDefined) userDefined.push(p.piece);
       } else if (p.type === PieceType.Byte) {
         const m = /^<0x([0-9A-Fa-f]{2})>$/.exec(p.piece);
@@ -325,7 +329,7 @@ export class SentencePieceTokenizer {
     });
     if (model.byteFallback && this.byteIds.includes(-1)) throw tokenizerError(file, 'byte_fallback is set but not all 256 <0xXX> pieces exist');
     this.userDefined = userDefined.sort((a, b) => b.length - a.length);
-    this.splitWords = split && userDefined.every((u) => !u.includes(SPACE_SYMBOL));
+    this.splitWords = split && userDefined.every((u) => !u.includes(SPACE_SYMBOL)) && options.cutWords !== false;
     for (const p of model.pieces) {
       if (p.type !== PieceType.Unused) continue;
       // the split whose halves are both pieces, preferring the highest-scored halves
@@ -373,7 +377,7 @@ export class SentencePieceTokenizer {
     }
     let start = 0;
     for (let i = 1; i <= s.length; i++) {
-      if (i === s.length || s.charCodeAt(i) === 0x2581) {
+      if (i === s.length || (s.charCodeAt(i) === 0x2581 && s.charCodeAt(i - 1) !== 0x2581)) {
         const word = s.slice(start, i);
         const hit = this.cache.get(word);
         if (hit) for (const id of hit) out.push(id);

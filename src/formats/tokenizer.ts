@@ -97,9 +97,10 @@ function tokenContent(v: unknown): string | undefined {
 }
 
 /**
- * Whether the text may be encoded in pieces cut before each ' ' and the ids concatenated: true
- * for Metaspace pre-tokenizers without a normalizer, when no vocabulary entry holds '▁' past its
- * first character and no added token holds a space or strips its neighbours. BPE then cannot merge
+ * Whether the text may be encoded in pieces cut before each run of ' ' and the ids concatenated:
+ * true for Metaspace pre-tokenizers without a normalizer, when no vocabulary entry holds '▁' after
+ * another character (leading runs like '▁▁▁▁' are fine) and no added token holds a space or strips
+ * its neighbours. BPE then cannot merge
  * across those cuts, and short pieces hit the library's word cache (a whole file is otherwise one
  * BPE word: ten seconds instead of one for 1 MB).
  */
@@ -110,7 +111,7 @@ function cuttableAtSpaces(json: JsonObject): boolean {
   if ((pre.replacement ?? '\u2581') !== '\u2581') return false;
   const vocab = model.vocab as JsonObject | undefined;
   if (!vocab || typeof vocab !== 'object') return false;
-  for (const token of Object.keys(vocab)) if (token.indexOf('\u2581', 1) !== -1) return false;
+  for (const token of Object.keys(vocab)) if (/[^\u2581]\u2581/u.test(token)) return false;
   const added = Array.isArray(json.added_tokens) ? (json.added_tokens as JsonObject[]) : [];
   return added.every((t) => typeof t.content === 'string' && !/\s/.test(t.content) && !t.lstrip && !t.rstrip);
 }
@@ -152,7 +153,7 @@ export class HfJsonTokenizer implements TextTokenizer {
         for (const id of this.tok.encode(text, { add_special_tokens: false }).ids) ids.push(id);
       } else {
         // the first piece is special (Metaspace prepends '▁' to it), the rest start with ' '
-        const pieces = text.split(/(?= )/);
+        const pieces = text.split(/(?<=[^ ])(?= )/);
         for (let i = 0; i < pieces.length; i++) {
           const piece = pieces[i]!;
           const cached = i > 0 ? this.cache.get(piece) : undefined;
@@ -217,7 +218,14 @@ export async function loadTokenizer(path: string, options: LoadTokenizerOptions 
     const wanted = options.kind ?? (existsSync(model) ? 'sentencepiece' : 'tokenizer.json');
     const file = wanted === 'sentencepiece' ? model : json;
     if (!existsSync(file)) throw new LowbitError('E_TOKENIZER', `${path} holds no ${basename(file)}`, { file });
-    return loadTokenizer(file, options);
+    try {
+      return await loadTokenizer(file, options);
+    } catch (err) {
+      // a SentencePiece model lowbit cannot encode (unigram, another normalization rule): the
+      // directory's tokenizer.json encodes it as transformers does
+      if (!options.kind && wanted === 'sentencepiece' && err instanceof LowbitError && err.code === 'E_UNSUPPORTED' && existsSync(json)) return loadTokenizer(json, options);
+      throw err;
+    }
   }
   const name = basename(path);
   if (name.endsWith('.json')) {

@@ -96,6 +96,25 @@ describe.skipIf(!haveTokenizers)('reference token streams (REFERENCE.md)', () =>
   });
 });
 
+describe.skipIf(!haveData('tokenizer.model', 'tokenizer.bin', 'wiki.test.raw'))('Llama 2 vocabulary (32000 pieces, runs of ▁ in pieces)', () => {
+  it('cutting the text into words changes nothing, and tokenizer.bin agrees with tokenizer.model', async () => {
+    const { readSentencePieceModel, SentencePieceTokenizer } = await import('../../src/formats/sentencepiece.js');
+    const model = await readSentencePieceModel(dataPath('tokenizer.model'));
+    expect(model.normalizer.removeExtraWhitespaces).toBe(false);
+    const text = readFileSync(dataPath('wiki.test.raw'), 'utf8').slice(0, 60_000) + '\n    indented   code\tand\ttabs  ';
+    const cut = new SentencePieceTokenizer(model).encode(text);
+    const whole = new SentencePieceTokenizer(model, 'tokenizer.model', { cutWords: false }).encode(text);
+    expect(cut).toEqual(whole);
+    const bin = await loadTokenizer(dataPath('tokenizer.bin'), { normalizer: { removeExtraWhitespaces: false } });
+    expect(Array.from(bin.encode(text))).toEqual(cut);
+    const sp = await loadTokenizer(dataPath('tokenizer.model'));
+    // "▁Hello" and "▁world" are single pieces of the Llama 2 vocabulary
+    const ids = Array.from(sp.encode('Hello world'));
+    expect(ids.map((i) => sp.pieceOf(i))).toEqual(['\u2581Hello', '\u2581world']);
+    expect(sp.decode(sp.encode(text))).toBe(text);
+  });
+});
+
 describe.skipIf(!haveTokenizers || process.env.LOWBIT_FULL_TOKENIZER_TESTS !== '1')('all reference streams (LOWBIT_FULL_TOKENIZER_TESTS=1)', () => {
   for (const ref of Object.values(refs)) {
     for (const kind of ['sentencepiece', 'tokenizer_json', 'llama2c'] as const) {
@@ -150,6 +169,8 @@ describe('SentencePiece BPE on a synthetic model', () => {
     ]);
     const sp = new SentencePieceTokenizer(m);
     const id = (p: string) => m.pieces.findIndex((x) => x.piece === p);
+    const whole = new SentencePieceTokenizer(m, 'synthetic', { cutWords: false });
+    for (const text of ['abb', 'aab abab  ba', ' a b ab bb abb ']) expect(whole.encode(text)).toEqual(sp.encode(text));
     // "abb": bb (-4) beats ab (-5); then a+bb is not a piece; ▁a (-6) then ▁a+bb no → [▁a, bb]
     expect(sp.encode('abb')).toEqual([id('\u2581a'), id('bb')]);
     // "aab": ab beats ▁a → ▁, a, ab → ▁a (-6) → [▁a, ab]
