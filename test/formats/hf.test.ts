@@ -1,7 +1,11 @@
 import { describe, expect, it } from 'vitest';
 import { LowbitError } from '../../src/errors.js';
 import { HfModel, describeTensors, parseLlamaConfig, type LlamaConfig } from '../../src/formats/hf.js';
-import { dataPath, haveData } from './helpers.js';
+import { copyFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { CheckpointWriter } from '../../src/formats/safetensors-writer.js';
+import { SAFETENSORS_DTYPE_OF } from '../../src/formats/safetensors.js';
+import { dataPath, haveData, sameBytes, tempDir } from './helpers.js';
 
 function bf16ToFloat(bits: number): number {
   const b = new Uint32Array([bits << 16]);
@@ -139,6 +143,29 @@ describe.skipIf(!haveData('stories260K-hf/model.safetensors', 'stories260K-hf-bf
         expect(model.names.length).toBe(2 + 5 * 9);
       } finally {
         await model.close();
+      }
+    });
+
+    it('reads the same model from a sharded copy (index + shards)', async () => {
+      const ref = await HfModel.open(dataPath('stories260K-hf'));
+      const { dir, cleanup } = tempDir();
+      try {
+        const specs = ref.names.map((name) => ({ name, dtype: SAFETENSORS_DTYPE_OF[ref.dtypeOf(name)], shape: ref.shapeOf(name) }));
+        const writer = await CheckpointWriter.create(dir, specs, { maxShardBytes: 300_000 });
+        for (const name of [...ref.names].reverse()) await writer.put(name, await ref.readTensor(name));
+        const files = await writer.finish();
+        expect(files.length).toBeGreaterThan(3);
+        copyFileSync(dataPath('stories260K-hf/config.json'), join(dir, 'config.json'));
+        const sharded = await HfModel.open(dir);
+        try {
+          expect(sharded.checkpoint.files.length).toBe(files.length - 1);
+          for (const name of ref.names) expect(sameBytes((await sharded.readTensor(name)).data, (await ref.readTensor(name)).data), name).toBe(true);
+        } finally {
+          await sharded.close();
+        }
+      } finally {
+        await ref.close();
+        cleanup();
       }
     });
 
