@@ -14,6 +14,7 @@ const COMMANDS: Record<string, Command> = {
   devices: { summary: 'list the CPU and CUDA devices lowbit can use', load: () => import('./devices.js') },
   convert: { summary: 'convert a llama2.c checkpoint into a Hugging Face directory', load: () => import('./convert.js') },
   inspect: { summary: 'show a model file or directory: architecture, tensors, quantization, size', load: () => import('./inspect.js') },
+  quantize: { summary: 'quantize a model into a GPTQ checkpoint (GPTQ or RTN, 2/3/4/8 bits)', load: () => import('./quantize.js') },
 };
 
 function help(): string {

@@ -1,0 +1,148 @@
+import { LowbitError } from '../errors.js';
+import { quantize, type QuantizeProgress, type QuantizeSummary } from '../schedule/quantize.js';
+import { numberOption, parse } from './args.js';
+
+export const usage = `usage: lowbit quantize --model <dir> --out <dir> [options]
+
+Quantizes a Hugging Face Llama-family model into a GPTQ checkpoint, block by block (only one
+block's weights in memory). Ctrl-C stops cleanly; --resume continues from the finished blocks.
+
+  --method gptq|rtn       (default gptq)
+  --bits 2|3|4|8          (default 4)
+  --group-size N          input columns per group, -1 = per channel (default 128)
+  --act-order             quantize columns by descending Hessian diagonal
+  --static-groups         fit group grids up front (act-order stays cheap at inference)
+  --sym                   symmetric grid
+  --mse                   search shrunken grid ranges
+  --damp F                dampening, fraction of mean(diag H) (default 0.01)
+  --no-true-sequential    quantize a block's linears all from its unquantized inputs
+  --calib <file>|self     calibration text (repeatable), or 'self' to sample it from the model
+  --samples N             calibration windows (default 128)
+  --seq-len N             tokens per window (default min(2048, the model's context))
+  --seed N                calibration seed (default 0)
+  --format gptq|gptq_v2   qzeros layout (default gptq, i.e. v1)
+  --device cpu|cuda       where forward passes run (default cpu)
+  --resume                continue an interrupted run with the same options
+  --max-memory SIZE       refuse up front if the estimated peak exceeds SIZE (e.g. 20GB)
+  --json                  print the summary as JSON`;
+
+function progressLine(p: QuantizeProgress): string {
+  const width = 30;
+  const filled = Math.round((p.done / p.total) * width);
+  const eta = p.etaSeconds >= 60 ? `${(p.etaSeconds / 60).toFixed(1)} min` : `${p.etaSeconds.toFixed(0)} s`;
+  const loss = p.loss === null ? '' : ` loss ${p.loss.toExponential(3)}`;
+  return `[${'#'.repeat(filled)}${'.'.repeat(width - filled)}] ${p.done}/${p.total} block ${p.block + 1}/${p.blocks} ${p.linear}${loss} ETA ${eta}`;
+}
+
+export function formatSummary(s: QuantizeSummary): string {
+  const rows = s.layers.map((l) =>
+    [
+      l.prefix.padEnd(36),
+      `${l.N}x${l.K}`.padStart(11),
+      (l.loss === null ? '-' : l.loss.toExponential(3)).padStart(10),
+      l.bitsPerWeight.toFixed(3).padStart(7),
+      `${(l.bytes / 1024).toFixed(1)} KiB`.padStart(12),
+      `${l.seconds.toFixed(2)} s`.padStart(9),
+      l.dampRaises > 0 ? `  damp raised x${l.dampRaises}` : '',
+    ].join(' '),
+  );
+  return [
+    `${'layer'.padEnd(36)} ${'N x K'.padStart(11)} ${'loss'.padStart(10)} ${'bits/w'.padStart(7)} ${'size'.padStart(12)} ${'time'.padStart(9)}`,
+    ...rows,
+    '',
+    `${s.method.toUpperCase()} ${s.bits}-bit, group size ${s.groupSize}: ${s.layers.length} linears, ${s.bitsPerWeight.toFixed(3)} bits/weight, ` +
+      `${(s.quantizedBytes / 1e6).toFixed(2)} MB quantized, ${s.seconds.toFixed(1)} s${s.resumedBlocks ? ` (${s.resumedBlocks} blocks resumed)` : ''}`,
+    `written to ${s.out}`,
+  ].join('\n');
+}
+
+export async function run(argv: string[]): Promise<number> {
+  const { values } = parse(
+    argv,
+    {
+      model: { type: 'string' },
+      out: { type: 'string' },
+      method: { type: 'string' },
+      bits: { type: 'string' },
+      'group-size': { type: 'string' },
+      'act-order': { type: 'boolean' },
+      'static-groups': { type: 'boolean' },
+      sym: { type: 'boolean' },
+      mse: { type: 'boolean' },
+      damp: { type: 'string' },
+      'no-true-sequential': { type: 'boolean' },
+      calib: { type: 'string', multiple: true },
+      samples: { type: 'string' },
+      'seq-len': { type: 'string' },
+      seed: { type: 'string' },
+      format: { type: 'string' },
+      device: { type: 'string' },
+      resume: { type: 'boolean' },
+      'max-memory': { type: 'string' },
+      json: { type: 'boolean' },
+    },
+    usage,
+  );
+  const str = (k: string) => values[k] as string | undefined;
+  if (!str('model') || !str('out')) throw new LowbitError('E_ARGUMENT', `--model and --out are required\n\n${usage}`);
+  const method = (str('method') ?? 'gptq') as 'gptq' | 'rtn';
+  if (method !== 'gptq' && method !== 'rtn') throw new LowbitError('E_ARGUMENT', `Expected gptq or rtn for --method but received ${JSON.stringify(method)}`, { option: 'method' });
+  const calib = values.calib as string[] | undefined;
+  const files = calib === undefined ? undefined : calib.length === 1 && calib[0] === 'self' ? ('self' as const) : calib;
+  const format = str('format');
+  if (format !== undefined && format !== 'gptq' && format !== 'gptq_v2') throw new LowbitError('E_ARGUMENT', `Expected gptq or gptq_v2 for --format but received ${JSON.stringify(format)}`, { option: 'format' });
+
+  const controller = new AbortController();
+  let interrupted = false;
+  const onSigint = () => {
+    if (interrupted) process.exit(130); // a second Ctrl-C: stop now
+    interrupted = true;
+    process.stderr.write('\nstopping after the current step (finished blocks are kept; rerun with --resume)...\n');
+    controller.abort();
+  };
+  process.on('SIGINT', onSigint);
+  const tty = process.stderr.isTTY;
+  try {
+    const job = quantize({
+      model: str('model')!,
+      out: str('out')!,
+      method,
+      bits: numberOption(str('bits'), 'bits', 4) as 2 | 3 | 4 | 8,
+      groupSize: numberOption(str('group-size'), 'group-size', 128),
+      actOrder: values['act-order'] === true,
+      staticGroups: values['static-groups'] === true,
+      sym: values.sym === true,
+      mse: values.mse === true,
+      damp: numberOption(str('damp'), 'damp', 0.01),
+      trueSequential: values['no-true-sequential'] !== true,
+      checkpointFormat: format as 'gptq' | 'gptq_v2' | undefined,
+      calibration: {
+        files,
+        samples: numberOption(str('samples'), 'samples', 128),
+        seqLen: str('seq-len') === undefined ? undefined : numberOption(str('seq-len'), 'seq-len', 0),
+        seed: numberOption(str('seed'), 'seed', 0),
+      },
+      device: (str('device') ?? 'cpu') as 'cpu' | 'cuda',
+      resume: values.resume === true,
+      maxMemory: str('max-memory'),
+      signal: controller.signal,
+    });
+    job.on('progress', (p: QuantizeProgress) => {
+      if (tty) process.stderr.write(`\r\x1b[K${progressLine(p)}`);
+      else if (p.done === p.total || p.linear.endsWith('down_proj')) process.stderr.write(`${progressLine(p)}\n`);
+    });
+    const summary = await job;
+    if (tty) process.stderr.write('\n');
+    console.log(values.json ? JSON.stringify(summary, null, 2) : formatSummary(summary));
+    return 0;
+  } catch (err) {
+    if (tty) process.stderr.write('\n');
+    if (err instanceof LowbitError && err.code === 'E_ABORTED') {
+      console.error(`lowbit quantize: ${err.message}`);
+      return 130;
+    }
+    throw err;
+  } finally {
+    process.off('SIGINT', onSigint);
+  }
+}

@@ -1,0 +1,466 @@
+/**
+ * The quantization pipeline: a model directory in, a GPTQ checkpoint out, block by block.
+ *
+ * GPTQ, for each transformer block:
+ *   1. load the block's weights (only this block's are resident; the rest stay on disk)
+ *   2. for each true-sequential stage (q/k/v, then o, then gate/up, then down): run the block over
+ *      the calibration hidden states up to the stage's input, fold those inputs into the stage's
+ *      Hessian, quantize the stage's linears and put them into the block at once, so that later
+ *      stages see the outputs of the already-quantized earlier ones
+ *   3. run the quantized block over the calibration states: they become the next block's inputs
+ *   4. checkpoint the block (packed linears + hidden states) for --resume, and free it
+ * RTN needs neither calibration nor forward passes: each linear is rounded on its own.
+ *
+ * Progress comes as 'progress' events; cancellation through an AbortSignal (E_ABORTED, finished
+ * blocks stay checkpointed); memory is estimated up front against `maxMemory` (E_MEMORY_BUDGET).
+ */
+import { EventEmitter } from 'node:events';
+import { existsSync, statSync } from 'node:fs';
+import { createHash } from 'node:crypto';
+import { resolve } from 'node:path';
+import { LowbitError, invalidArgument } from '../errors.js';
+import { GptqWriter, linearDims, LINEAR_MODULES, type GptqConfig } from '../formats/gptq.js';
+import { LINEAR_NAMES, type LinearName, type ModelReader } from '../formats/hf.js';
+import { openModelFiles } from '../formats/open.js';
+import { Model, type CapturePointName, type NativeBlockWeights } from '../model/model.js';
+import type { PackedWeights } from '../native.js';
+import { Hessian, gptqQuantize, resolveGptqOptions } from '../quantize/gptq.js';
+import { rtnQuantize } from '../quantize/rtn.js';
+import { Tensor } from '../tensor.js';
+import type { DeviceSpec } from '../devices.js';
+import { calibrationWindows } from './calibration.js';
+import { clearState, readBlock, readHidden, readState, resumeDir, writeBlock, writeHidden, writeState, type LayerReport, type ResumeState } from './resume.js';
+
+export interface QuantizeOptions {
+  /** a Hugging Face model directory (or a llama2.c checkpoint) */
+  model: string;
+  /** the GPTQ checkpoint directory to write (must not exist, or be empty) */
+  out: string;
+  method?: 'gptq' | 'rtn';
+  bits: 2 | 3 | 4 | 8;
+  /** default 128; -1 = per channel */
+  groupSize?: number;
+  sym?: boolean;
+  actOrder?: boolean;
+  staticGroups?: boolean;
+  /** dampening fraction of mean(diag H) (default 0.01) */
+  damp?: number;
+  mse?: boolean;
+  /** quantize q/k/v → o → gate/up → down, each stage on inputs from the quantized earlier ones (default true) */
+  trueSequential?: boolean;
+  checkpointFormat?: 'gptq' | 'gptq_v2';
+  calibration?: {
+    /** text files, or 'self' to sample calibration text from the model */
+    files?: string[] | 'self';
+    /** windows (default 128) */
+    samples?: number;
+    /** tokens per window (default min(2048, the model's context)) */
+    seqLen?: number;
+    seed?: number;
+  };
+  /** where the forward passes run (default 'cpu') */
+  device?: DeviceSpec;
+  /** continue from the blocks a previous, interrupted run finished */
+  resume?: boolean;
+  /** bytes, or a string such as '20GB' / '512MiB' */
+  maxMemory?: number | string;
+  signal?: AbortSignal;
+}
+
+export interface QuantizeProgress {
+  block: number;
+  blocks: number;
+  /** module path of the linear just quantized, e.g. model.layers.3.mlp.down_proj */
+  linear: string;
+  /** GPTQ loss of that linear (null for RTN) */
+  loss: number | null;
+  /** linears done and in all */
+  done: number;
+  total: number;
+  etaSeconds: number;
+}
+
+export interface QuantizeSummary {
+  out: string;
+  method: 'gptq' | 'rtn';
+  bits: number;
+  groupSize: number;
+  layers: LayerReport[];
+  /** bits per quantized weight, codes + scales + zeros + g_idx */
+  bitsPerWeight: number;
+  /** bytes of the quantized linears' tensors */
+  quantizedBytes: number;
+  /** the memory estimate checked against maxMemory */
+  estimatedPeakBytes: number;
+  resumedBlocks: number;
+  seconds: number;
+}
+
+/** A running quantization: await it for the summary; listen for 'progress' events. */
+export class QuantizeJob extends EventEmitter implements PromiseLike<QuantizeSummary> {
+  readonly result: Promise<QuantizeSummary>;
+
+  constructor(run: (job: QuantizeJob) => Promise<QuantizeSummary>) {
+    super();
+    // Start on the next tick so listeners attached right after quantize() see every event.
+    this.result = new Promise<void>((r) => setImmediate(r)).then(() => run(this));
+  }
+
+  then<A = QuantizeSummary, B = never>(
+    onFulfilled?: ((value: QuantizeSummary) => A | PromiseLike<A>) | null,
+    onRejected?: ((reason: unknown) => B | PromiseLike<B>) | null,
+  ): Promise<A | B> {
+    return this.result.then(onFulfilled, onRejected);
+  }
+}
+
+const UNITS: Record<string, number> = { b: 1, kb: 1e3, mb: 1e6, gb: 1e9, tb: 1e12, kib: 2 ** 10, mib: 2 ** 20, gib: 2 ** 30, tib: 2 ** 40 };
+
+/** Bytes from a number or a size such as '20GB', '1.5 GiB', '512mb'. */
+export function parseBytes(value: number | string, name = 'maxMemory'): number {
+  if (typeof value === 'number') {
+    if (!(value > 0) || !Number.isFinite(value)) invalidArgument(name, 'a positive number of bytes or a size like "20GB"', value);
+    return value;
+  }
+  const m = typeof value === 'string' ? /^\s*([0-9]*\.?[0-9]+)\s*([kmgt]i?b|b)?\s*$/i.exec(value) : null;
+  if (!m) invalidArgument(name, 'a positive number of bytes or a size like "20GB"', value);
+  return Number(m[1]) * UNITS[(m[2] ?? 'b').toLowerCase()]!;
+}
+
+function formatBytes(n: number): string {
+  return n >= 1e9 ? `${(n / 1e9).toFixed(2)} GB` : `${(n / 1e6).toFixed(1)} MB`;
+}
+
+/** The true-sequential stages: each capture point and the linears that read it. */
+const STAGES: { point: CapturePointName; linears: LinearName[] }[] = [
+  { point: 'qkv', linears: ['q', 'k', 'v'] },
+  { point: 'o', linears: ['o'] },
+  { point: 'gateUp', linears: ['gate', 'up'] },
+  { point: 'down', linears: ['down'] },
+];
+
+interface Resolved {
+  model: string;
+  out: string;
+  method: 'gptq' | 'rtn';
+  bits: 2 | 3 | 4 | 8;
+  groupSize: number;
+  sym: boolean;
+  actOrder: boolean;
+  staticGroups: boolean;
+  damp: number;
+  mse: boolean;
+  trueSequential: boolean;
+  checkpointFormat: 'gptq' | 'gptq_v2';
+  files: string[] | 'self';
+  samples: number;
+  seqLen: number | undefined;
+  seed: number;
+  device: DeviceSpec;
+  resume: boolean;
+  maxMemory: number | undefined;
+  signal: AbortSignal | undefined;
+}
+
+function resolveOptions(o: QuantizeOptions): Resolved {
+  if (o === null || typeof o !== 'object') invalidArgument('options', 'an object', o);
+  if (typeof o.model !== 'string' || o.model === '') invalidArgument('model', 'a model directory', o.model);
+  if (!existsSync(o.model)) throw new LowbitError('E_IO', `no model at ${o.model}`, { file: o.model });
+  if (typeof o.out !== 'string' || o.out === '') invalidArgument('out', 'an output directory', o.out);
+  const method = o.method ?? 'gptq';
+  if (method !== 'gptq' && method !== 'rtn') invalidArgument('method', '"gptq" or "rtn"', method);
+  const g = resolveGptqOptions({ bits: o.bits, groupSize: o.groupSize, sym: o.sym, actOrder: o.actOrder, staticGroups: o.staticGroups, damp: o.damp, mse: o.mse, checkpointFormat: o.checkpointFormat });
+  const trueSequential = o.trueSequential ?? true;
+  if (typeof trueSequential !== 'boolean') invalidArgument('trueSequential', 'boolean', trueSequential);
+  const c = o.calibration ?? {};
+  const files = c.files ?? (method === 'gptq' ? undefined : []);
+  if (method === 'gptq') {
+    if (files === undefined) throw new LowbitError('E_CALIBRATION', 'GPTQ needs calibration data: give calibration.files (text files) or "self"');
+    if (files !== 'self' && (!Array.isArray(files) || files.length === 0 || files.some((f) => typeof f !== 'string'))) {
+      invalidArgument('calibration.files', 'an array of text file paths or "self"', files, 'E_CALIBRATION');
+    }
+    if (Array.isArray(files)) for (const f of files) if (!existsSync(f)) throw new LowbitError('E_CALIBRATION', `calibration file ${f} does not exist`, { file: f });
+  }
+  const samples = c.samples ?? 128;
+  if (!Number.isInteger(samples) || samples < 1) invalidArgument('calibration.samples', 'a positive integer', samples);
+  if (c.seqLen !== undefined && (!Number.isInteger(c.seqLen) || c.seqLen < 2)) invalidArgument('calibration.seqLen', 'an integer >= 2', c.seqLen);
+  const seed = c.seed ?? 0;
+  if (!Number.isInteger(seed)) invalidArgument('calibration.seed', 'an integer', seed);
+  if (o.signal !== undefined && !(o.signal instanceof AbortSignal)) invalidArgument('signal', 'an AbortSignal', o.signal);
+  return {
+    model: o.model,
+    out: resolve(o.out),
+    method,
+    bits: g.bits,
+    groupSize: g.groupSize,
+    sym: g.sym,
+    actOrder: g.actOrder,
+    staticGroups: g.staticGroups,
+    damp: g.damp,
+    mse: g.mse,
+    trueSequential,
+    checkpointFormat: g.checkpointFormat,
+    files: files ?? [],
+    samples,
+    seqLen: c.seqLen,
+    seed,
+    device: o.device ?? 'cpu',
+    resume: o.resume ?? false,
+    maxMemory: o.maxMemory === undefined ? undefined : parseBytes(o.maxMemory),
+    signal: o.signal,
+  };
+}
+
+/** What decides the result: a resumed run must have been started with the same. */
+function fingerprint(r: Resolved, seqLen: number): string {
+  const { model, method, bits, groupSize, sym, actOrder, staticGroups, damp, mse, trueSequential, checkpointFormat, files, samples, seed } = r;
+  const key = { model: resolve(model), method, bits, groupSize, sym, actOrder, staticGroups, damp, mse, trueSequential, checkpointFormat, files, samples, seqLen, seed };
+  return createHash('sha256').update(JSON.stringify(key)).digest('hex');
+}
+
+function checkAbort(signal: AbortSignal | undefined): void {
+  if (signal?.aborted) throw new LowbitError('E_ABORTED', 'quantization was cancelled; finished blocks are kept for --resume');
+}
+
+/** Peak memory of the run, estimated from the shapes (bytes). */
+export function estimatePeakBytes(reader: ModelReader, method: 'gptq' | 'rtn', tokens: number, trueSequential: boolean, rowsPerCall: number): number {
+  const c = reader.config;
+  const bytesOf = (name: string) => reader.shapeOf(name).reduce((a, b) => a * b, 1) * (reader.dtypeOf(name) === 'f32' ? 4 : 2);
+  let linearMax = 0;
+  let blockBytes = 0;
+  let maxK = 0;
+  for (const name of LINEAR_NAMES) {
+    const { K, N } = linearDims(c, name);
+    maxK = Math.max(maxK, K);
+    blockBytes += N * K * 4;
+    // f32 weight + GPTQ's working copies (W, its permuted copy, codes) + Hinv (f32) + the double factorization
+    linearMax = Math.max(linearMax, method === 'gptq' ? 4 * N * K * 4 + K * K * (4 + 8) : 3 * N * K * 4);
+  }
+  if (method === 'rtn') return linearMax;
+  const globals = bytesOf(reader.tensors.embedding) + (reader.tensors.tied ? 0 : bytesOf(reader.tensors.lmHead));
+  const hidden = tokens * c.hiddenSize * 4;
+  const perCall = rowsPerCall * (2 * c.hiddenSize + 3 * maxK + c.intermediateSize * 3) * 4;
+  const hessians = trueSequential
+    ? Math.max(...STAGES.map((s) => linearDims(c, s.linears[0]!).K ** 2 * 4))
+    : STAGES.reduce((a, s) => a + linearDims(c, s.linears[0]!).K ** 2 * 4, 0);
+  return globals + hidden + perCall + 2 * blockBytes + hessians + linearMax;
+}
+
+function packedBytes(w: PackedWeights): number {
+  return w.qweight.byteLength + w.qzeros.byteLength + w.scales.byteLength + (w.gIdx?.byteLength ?? w.K * 4);
+}
+
+/** Starts quantizing; the returned job is a promise of the summary and emits 'progress'. */
+export function quantize(options: QuantizeOptions): QuantizeJob {
+  return new QuantizeJob((job) => runQuantize(resolveOptions(options), job));
+}
+
+async function runQuantize(r: Resolved, job: QuantizeJob): Promise<QuantizeSummary> {
+  const started = performance.now();
+  checkAbort(r.signal);
+  const reader = await openModelFiles(r.model);
+  let model: Model | undefined;
+  let writer: GptqWriter | undefined;
+  try {
+    for (const b of reader.tensors.blocks) for (const name of LINEAR_NAMES) {
+      if (!b[name].weight) throw new LowbitError('E_UNSUPPORTED', `${b[name].prefix} is already quantized; quantize from a dense checkpoint`, { tensor: b[name].prefix });
+    }
+    const c = reader.config;
+    const blocks = c.numLayers;
+    const seqLen = r.seqLen ?? Math.min(2048, c.maxPositionEmbeddings);
+    const tokens = r.samples * seqLen;
+    const rowsPerCall = Math.max(1, Math.floor(4096 / seqLen)); // sequences per forward call
+    const estimatedPeakBytes = estimatePeakBytes(reader, r.method, tokens, r.trueSequential, rowsPerCall * seqLen);
+    if (r.maxMemory !== undefined && estimatedPeakBytes > r.maxMemory) {
+      throw new LowbitError(
+        'E_MEMORY_BUDGET',
+        `quantizing this model needs about ${formatBytes(estimatedPeakBytes)} (${estimatedPeakBytes} bytes), more than maxMemory ${formatBytes(r.maxMemory)}; ` +
+          `raise maxMemory${r.method === 'gptq' ? ' or lower calibration samples / seqLen' : ''}`,
+        { needed: estimatedPeakBytes, budget: r.maxMemory },
+      );
+    }
+
+    // Resume state.
+    const stateDir = resumeDir(r.out);
+    const fp = fingerprint(r, seqLen);
+    let state: ResumeState = { fingerprint: fp, finishedBlocks: 0, layers: [] };
+    if (r.resume) {
+      const saved = await readState(stateDir);
+      if (saved && saved.fingerprint !== fp) {
+        throw new LowbitError('E_ARGUMENT', `the resume state in ${stateDir} was made with different options or model; run without resume to start over`, { file: stateDir });
+      }
+      if (saved) state = saved;
+    } else {
+      await clearState(stateDir);
+    }
+    const resumedBlocks = state.finishedBlocks;
+
+    const gptqConfig: GptqConfig = {
+      bits: r.bits,
+      groupSize: r.groupSize,
+      descAct: r.actOrder,
+      sym: r.sym,
+      dampPercent: r.damp,
+      trueSequential: r.trueSequential,
+      staticGroups: r.staticGroups,
+      checkpointFormat: r.checkpointFormat,
+    };
+    writer = await GptqWriter.create(r.out, reader, gptqConfig);
+    for (let b = 0; b < state.finishedBlocks; b++) for (const [prefix, w] of await readBlock(stateDir, b)) await writer.putLinear(prefix, w);
+
+    const total = blocks * LINEAR_NAMES.length;
+    let done = state.finishedBlocks * LINEAR_NAMES.length;
+    const runStart = performance.now();
+    const doneAtStart = done;
+    const report = (block: number, layer: LayerReport) => {
+      done++;
+      const rate = (performance.now() - runStart) / 1000 / (done - doneAtStart);
+      const progress: QuantizeProgress = { block, blocks, linear: layer.prefix, loss: layer.loss, done, total, etaSeconds: rate * (total - done) };
+      job.emit('progress', progress);
+    };
+    const layerOf = (block: number, name: LinearName, w: PackedWeights, seconds: number, extra?: { loss: number; damp: number; dampRaises: number; warnings: string[] }): LayerReport => ({
+      block,
+      linear: name,
+      prefix: reader.tensors.blocks[block]![name].prefix,
+      N: w.N,
+      K: w.K,
+      loss: extra?.loss ?? null,
+      damp: extra?.damp ?? null,
+      dampRaises: extra?.dampRaises ?? 0,
+      warnings: extra?.warnings ?? [],
+      bitsPerWeight: (packedBytes(w) * 8) / (w.N * w.K),
+      bytes: packedBytes(w),
+      seconds,
+    });
+    const finishBlock = async (block: number, linears: Map<string, PackedWeights>, layers: LayerReport[], hidden?: Float32Array) => {
+      await writeBlock(stateDir, block, linears);
+      if (hidden) await writeHidden(stateDir, hidden);
+      state = { fingerprint: fp, finishedBlocks: block + 1, layers: [...state.layers, ...layers] };
+      await writeState(stateDir, state);
+      for (const [prefix, w] of linears) await writer!.putLinear(prefix, w);
+    };
+
+    if (r.method === 'rtn') {
+      for (let b = state.finishedBlocks; b < blocks; b++) {
+        const linears = new Map<string, PackedWeights>();
+        const layers: LayerReport[] = [];
+        for (const name of LINEAR_NAMES) {
+          checkAbort(r.signal);
+          const t0 = performance.now();
+          const t = reader.tensors.blocks[b]![name];
+          const packed = await rtnQuantize(await reader.readFloat32(t.weight!), { bits: r.bits, groupSize: r.groupSize, sym: r.sym, mse: r.mse, checkpointFormat: r.checkpointFormat });
+          const layer = layerOf(b, name, packed, (performance.now() - t0) / 1000);
+          linears.set(t.prefix, packed);
+          layers.push(layer);
+          report(b, layer);
+        }
+        await finishBlock(b, linears, layers);
+      }
+    } else {
+      model = await Model.open(reader, { device: r.device, load: 'globals', maxSeq: Math.max(seqLen, 2), tokenizerFrom: modelDirOf(r.model) });
+      let hidden: Float32Array;
+      if (state.finishedBlocks > 0) {
+        hidden = await readHidden(stateDir, tokens * c.hiddenSize);
+      } else {
+        if (r.files === 'self') for (let b = 0; b < blocks; b++) await model.loadBlock(b);
+        const ids = await calibrationWindows(model, { source: r.files, samples: r.samples, seqLen, seed: r.seed, signal: r.signal });
+        if (r.files === 'self') for (let b = 0; b < blocks; b++) await model.dropBlock(b);
+        hidden = await model.embed(ids);
+      }
+      for (let b = state.finishedBlocks; b < blocks; b++) {
+        checkAbort(r.signal);
+        const weights = await model.readBlockWeights(b);
+        await model.setBlockWeights(b, weights);
+        const linears = new Map<string, PackedWeights>();
+        const layers: LayerReport[] = [];
+        const stages = r.trueSequential ? STAGES.map((s) => [s]) : [STAGES];
+        for (const group of stages) {
+          // One pass over the calibration states collects the inputs of this group's stages.
+          const hessians = new Map<CapturePointName, Hessian>();
+          for (const s of group) hessians.set(s.point, Hessian.create(linearDims(c, s.linears[0]!).K));
+          try {
+            const last = group[group.length - 1]!.point;
+            for (let s0 = 0; s0 < r.samples; s0 += rowsPerCall) {
+              checkAbort(r.signal);
+              const batch = Math.min(rowsPerCall, r.samples - s0);
+              const x = hidden.subarray(s0 * seqLen * c.hiddenSize, (s0 + batch) * seqLen * c.hiddenSize);
+              const { inputs } = await model.runBlock(b, x, { batch, seq: seqLen, capture: group.map((s) => s.point), stopAfter: last });
+              for (const s of group) await hessians.get(s.point)!.addBatch(inputs[s.point]!, batch * seqLen);
+            }
+            for (const s of group) {
+              for (const name of s.linears) {
+                checkAbort(r.signal);
+                const t0 = performance.now();
+                const { K, N } = linearDims(c, name);
+                const dense = weights[name] as { dtype: 'f32' | 'f16' | 'bf16'; data: Float32Array | Uint16Array };
+                const W = new Tensor(dense.dtype, [N, K], dense.data as never).toFloat32();
+                const result = await gptqQuantize(W, undefined, hessians.get(s.point)!, {
+                  bits: r.bits,
+                  groupSize: r.groupSize,
+                  sym: r.sym,
+                  actOrder: r.actOrder,
+                  staticGroups: r.staticGroups,
+                  damp: r.damp,
+                  mse: r.mse,
+                  checkpointFormat: r.checkpointFormat,
+                });
+                const prefix = reader.tensors.blocks[b]![name].prefix;
+                const packed = r.actOrder && !r.staticGroups ? result.packed : { ...result.packed, gIdx: undefined };
+                await model.setLinear(b, name, { packed, bias: weights[name].bias });
+                linears.set(prefix, result.packed);
+                const layer = layerOf(b, name, result.packed, (performance.now() - t0) / 1000, result);
+                layers.push(layer);
+                report(b, layer);
+              }
+            }
+          } finally {
+            for (const h of hessians.values()) h.free();
+          }
+        }
+        // The quantized block's outputs are the next block's inputs.
+        for (let s0 = 0; s0 < r.samples; s0 += rowsPerCall) {
+          checkAbort(r.signal);
+          const batch = Math.min(rowsPerCall, r.samples - s0);
+          const x = hidden.subarray(s0 * seqLen * c.hiddenSize, (s0 + batch) * seqLen * c.hiddenSize);
+          await model.runBlock(b, x, { batch, seq: seqLen, inPlace: true });
+        }
+        await model.dropBlock(b);
+        await finishBlock(b, linears, layers, b + 1 < blocks ? hidden : undefined);
+      }
+    }
+
+    const out = await writer.finish();
+    writer = undefined;
+    await clearState(stateDir);
+    const layers = state.layers;
+    const quantizedBytes = layers.reduce((a, l) => a + l.bytes, 0);
+    const weightsCount = layers.reduce((a, l) => a + l.N * l.K, 0);
+    return {
+      out,
+      method: r.method,
+      bits: r.bits,
+      groupSize: r.groupSize,
+      layers,
+      bitsPerWeight: (quantizedBytes * 8) / weightsCount,
+      quantizedBytes,
+      estimatedPeakBytes,
+      resumedBlocks,
+      seconds: (performance.now() - started) / 1000,
+    };
+  } catch (err) {
+    await writer?.abort().catch(() => undefined);
+    throw err;
+  } finally {
+    // Model.close closes the reader too; close it here when no model was opened.
+    if (model) await model.close();
+    else await reader.close();
+  }
+}
+
+function modelDirOf(path: string): string | undefined {
+  try {
+    return statSync(path).isDirectory() && (existsSync(`${path}/tokenizer.model`) || existsSync(`${path}/tokenizer.json`)) ? path : undefined;
+  } catch {
+    return undefined;
+  }
+}
