@@ -3,7 +3,7 @@
  * (model.safetensors.index.json naming a shard for each tensor), seen as one lazy tensor store.
  */
 import { existsSync, statSync } from 'node:fs';
-import { readFile } from 'node:fs/promises';
+import { MAX_INDEX_BYTES, readBounded } from './read-bounded.js';
 import { basename, dirname, join, resolve } from 'node:path';
 import { LowbitError } from '../errors.js';
 import type { Tensor } from '../tensor.js';
@@ -132,12 +132,7 @@ interface IndexJson {
 }
 
 async function readIndex(file: string): Promise<IndexJson> {
-  let text: string;
-  try {
-    text = await readFile(file, 'utf8');
-  } catch (err) {
-    throw new LowbitError('E_IO', `cannot read ${file}: ${(err as Error).message}`, { file }, { cause: err });
-  }
+  const text = (await readBounded(file, MAX_INDEX_BYTES, 'E_SAFETENSORS_HEADER')).toString('utf8');
   let parsed: unknown;
   try {
     parsed = JSON.parse(text);

@@ -4,7 +4,7 @@
  * lm_head or the tied embedding). Weights stay on disk until asked for, one tensor at a time.
  */
 import { existsSync } from 'node:fs';
-import { readFile } from 'node:fs/promises';
+import { MAX_CONFIG_BYTES, readBounded } from './read-bounded.js';
 import { join, resolve } from 'node:path';
 import { LowbitError } from '../errors.js';
 import type { DType, Tensor } from '../tensor.js';
@@ -248,12 +248,7 @@ function parseQuantization(q: unknown, file: string): GptqQuantizationConfig | u
 /** Reads and parses `<dir>/config.json`. */
 export async function readLlamaConfig(dir: string): Promise<LlamaConfig> {
   const file = join(dir, 'config.json');
-  let text: string;
-  try {
-    text = await readFile(file, 'utf8');
-  } catch (err) {
-    throw new LowbitError('E_IO', `cannot read ${file}: ${(err as Error).message}`, { file }, { cause: err });
-  }
+  const text = (await readBounded(file, MAX_CONFIG_BYTES, 'E_CONFIG')).toString('utf8');
   let parsed: unknown;
   try {
     parsed = JSON.parse(text);

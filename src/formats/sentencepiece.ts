@@ -9,7 +9,7 @@
  * adjacent pair whose concatenation is a piece with the highest score (leftmost on ties), then emit
  * each symbol's id, or its UTF-8 bytes as <0xXX> pieces when it is not in the vocabulary.
  */
-import { readFile } from 'node:fs/promises';
+import { MAX_TOKENIZER_BYTES, readBounded } from './read-bounded.js';
 import { LowbitError, invalidArgument } from '../errors.js';
 
 /** SentencePiece's piece types (sentencepiece_model.proto). */
@@ -496,11 +496,8 @@ export async function readLlama2cTokenizer(path: string, options: { vocabSize?: 
 }
 
 async function readBytes(path: string): Promise<Uint8Array> {
-  try {
-    return new Uint8Array(await readFile(path));
-  } catch (err) {
-    throw new LowbitError('E_IO', `cannot read ${path}: ${(err as Error).message}`, { file: path }, { cause: err });
-  }
+  const b = await readBounded(path, MAX_TOKENIZER_BYTES, 'E_TOKENIZER');
+  return new Uint8Array(b.buffer, b.byteOffset, b.byteLength);
 }
 
 // ---------------------------------------------------------------------------------------------

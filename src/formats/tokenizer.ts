@@ -11,7 +11,7 @@
  * For a directory holding both, SentencePiece is preferred (`kind` overrides).
  */
 import { existsSync, statSync } from 'node:fs';
-import { readFile } from 'node:fs/promises';
+import { MAX_TOKENIZER_BYTES, readBounded } from './read-bounded.js';
 import { basename, dirname, join } from 'node:path';
 import { Tokenizer as HfJsTokenizer } from '@huggingface/tokenizers';
 import { LowbitError, invalidArgument } from '../errors.js';
@@ -191,12 +191,7 @@ export interface LoadTokenizerOptions {
 }
 
 async function readJson(path: string): Promise<unknown> {
-  let text: string;
-  try {
-    text = await readFile(path, 'utf8');
-  } catch (err) {
-    throw new LowbitError('E_IO', `cannot read ${path}: ${(err as Error).message}`, { file: path }, { cause: err });
-  }
+  const text = (await readBounded(path, MAX_TOKENIZER_BYTES, 'E_TOKENIZER')).toString('utf8');
   try {
     return JSON.parse(text);
   } catch (err) {

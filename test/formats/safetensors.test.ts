@@ -223,6 +223,11 @@ describe('Hugging Face directories with missing pieces', () => {
     expect(err.details).toEqual({ file: dir, tensor: 'model.layers.0.self_attn.q_proj.weight' });
     writeFileSync(join(dir, 'config.json'), '{"model_type": "llama",');
     expect((await errorOf(HfModel.open(dir))).code).toBe('E_CONFIG');
+    // a config too large to be one is refused before it is read
+    writeFileSync(join(dir, 'config.json'), Buffer.alloc((16 << 20) + 1, 0x20));
+    const huge = await errorOf(HfModel.open(dir));
+    expect(huge.code).toBe('E_CONFIG');
+    expect(huge.message).toMatch(/more than/);
     rmSync(join(dir, 'config.json'));
     expect((await errorOf(HfModel.open(dir))).code).toBe('E_IO');
     expect(existsSync(join(dir, 'model.safetensors'))).toBe(true);
