@@ -122,9 +122,10 @@ test('a packed (RTN 4-bit, grouped) linear in an otherwise dense model matches t
   const scales = new Uint16Array(r.scales.length);
   addon.convert(new Uint8Array(r.scales.buffer), 'f32', new Uint8Array(scales.buffer), 'f16', r.scales.length);
   const packed: PackedWeights = {
-    bits, K, N, groupSize, groups: r.groups, zeroOffset: 1,
+    // gptq_v2 zeros (offset 0): v1 cannot store a zero point of 0, which groups of 8 often have
+    bits, K, N, groupSize, groups: r.groups, zeroOffset: 0,
     qweight: addon.packQweight(r.q, N, K, bits),
-    qzeros: addon.packQzeros(r.zeros, r.groups, N, bits, 1),
+    qzeros: addon.packQzeros(r.zeros, r.groups, N, bits, 0),
     scales,
   };
   await model.setLinear(1, 'up', { packed });

@@ -1,8 +1,10 @@
 // The CPU backend of the Llama forward pass: weights in native-owned memory (dense panels in their
 // own dtype, or packed GPTQ buffers), one sequence at a time through each block so activation memory
 // grows with the sequence length, not the batch.
+#include <atomic>
 #include <cmath>
 #include <cstring>
+#include <functional>
 #include <optional>
 
 #include "../packed_gemm.hpp"
@@ -99,6 +101,14 @@ struct Scratch {
   }
 };
 
+// Everything one sequence's pass through the model writes, so several can run at once.
+struct Workspace {
+  Scratch scratch;
+  KvBlock kv;
+  cpu::RopeTable rope;
+  std::vector<float> hidden, normed, logits;
+};
+
 class CpuLlama : public LlamaBackend {
  public:
   explicit CpuLlama(const LlamaConfig& config) : LlamaBackend(config), blocks_((size_t)config.layers) {}
@@ -156,7 +166,7 @@ class CpuLlama : public LlamaBackend {
   void embed(const int32_t* ids, int64_t n, float* hidden) override {
     require_globals();
     check_ids(ids, n);
-    global_pool().parallel_for(n, 64, [&](int64_t i0, int64_t i1) {
+    cpu::parallel(n, 64, [&](int64_t i0, int64_t i1) {
       for (int64_t i = i0; i < i1; ++i) embed_.row(ids[i], hidden + i * config_.dim);
     });
   }
@@ -166,51 +176,47 @@ class CpuLlama : public LlamaBackend {
     check_batch(batch, seq);
     const CpuBlock& blk = block(i);
     require(run.stop_after >= -1 && run.stop_after < kCapturePoints, "E_ARGUMENT", "stop_after is out of range");
-    kv_.resize(config_.kv_heads, config_.head_dim, seq);
-    for (int64_t b = 0; b < batch; ++b)
-      block_forward(blk, hidden + b * seq * config_.dim, seq, 0, kv_, &run, b * seq);
+    // One sequence at a time (the capture callback is not asked to be thread-safe).
+    Workspace& ws = main_;
+    ws.kv.resize(config_.kv_heads, config_.head_dim, seq);
+    for (int64_t b = 0; b < batch; ++b) block_forward(blk, hidden + b * seq * config_.dim, seq, 0, ws.kv, &run, b * seq, ws);
   }
 
   void head(const float* hidden, int64_t rows, float* logits) override {
     require_globals();
-    constexpr int64_t kChunk = 64;  // rows per pass bounds the normalised copy
-    std::vector<float> normed((size_t)(std::min(rows, kChunk) * config_.dim));
-    for (int64_t r0 = 0; r0 < rows; r0 += kChunk) {
-      const int64_t n = std::min(kChunk, rows - r0);
-      cpu::rms_norm(hidden + r0 * config_.dim, n, config_.dim, final_norm_.data(), config_.norm_eps, normed.data());
-      project_head(normed.data(), n, logits + r0 * config_.vocab);
-    }
+    head_rows(hidden, rows, logits, main_);
   }
 
   void logits(const int32_t* ids, int64_t batch, int64_t seq, float* out) override {
     check_batch(batch, seq);
+    check_ids(ids, batch * seq);
     require_all_blocks();
-    std::vector<float> hidden((size_t)(seq * config_.dim));
-    for (int64_t b = 0; b < batch; ++b) {
-      forward_sequence(ids + b * seq, seq, hidden.data());
-      head(hidden.data(), seq, out + b * seq * config_.vocab);
-    }
+    for_each_sequence(batch, [&](int64_t b, Workspace& ws) {
+      ws.hidden.resize((size_t)(seq * config_.dim));
+      forward_sequence(ids + b * seq, seq, ws.hidden.data(), ws);
+      head_rows(ws.hidden.data(), seq, out + b * seq * config_.vocab, ws);
+    });
   }
 
   void nll(const int32_t* ids, int64_t batch, int64_t seq, float* out) override {
     check_batch(batch, seq);
+    check_ids(ids, batch * seq);
     require_all_blocks();
-    std::vector<float> hidden((size_t)(seq * config_.dim));
-    constexpr int64_t kChunk = 64;
-    std::vector<float> logits_chunk((size_t)(kChunk * config_.vocab));
-    for (int64_t b = 0; b < batch; ++b) {
+    constexpr int64_t kChunk = 64;  // logits of this many positions at a time
+    for_each_sequence(batch, [&](int64_t b, Workspace& ws) {
       const int32_t* row_ids = ids + b * seq;
-      forward_sequence(row_ids, seq, hidden.data());
+      ws.hidden.resize((size_t)(seq * config_.dim));
+      ws.logits.resize((size_t)(kChunk * config_.vocab));
+      forward_sequence(row_ids, seq, ws.hidden.data(), ws);
       for (int64_t t0 = 0; t0 < seq - 1; t0 += kChunk) {
         const int64_t n = std::min(kChunk, seq - 1 - t0);
-        head(hidden.data() + t0 * config_.dim, n, logits_chunk.data());
-        global_pool().parallel_for(n, 8, [&](int64_t r0, int64_t r1) {
+        head_rows(ws.hidden.data() + t0 * config_.dim, n, ws.logits.data(), ws);
+        cpu::parallel(n, 8, [&](int64_t r0, int64_t r1) {
           for (int64_t r = r0; r < r1; ++r)
-            out[b * (seq - 1) + t0 + r] =
-                cpu::row_nll(logits_chunk.data() + r * config_.vocab, config_.vocab, row_ids[t0 + r + 1]);
+            out[b * (seq - 1) + t0 + r] = cpu::row_nll(ws.logits.data() + r * config_.vocab, config_.vocab, row_ids[t0 + r + 1]);
         });
       }
-    }
+    });
   }
 
   std::unique_ptr<Sequence> new_sequence(int64_t capacity) override {
@@ -231,12 +237,14 @@ class CpuLlama : public LlamaBackend {
             "the sequence holds " + std::to_string(s->length) + " of " + std::to_string(s->capacity) +
                 " tokens; " + std::to_string(n) + " more do not fit");
     require_all_blocks();
-    std::vector<float> hidden((size_t)(n * config_.dim));
-    embed(ids, n, hidden.data());
+    check_ids(ids, n);
+    Workspace& ws = main_;
+    ws.hidden.resize((size_t)(n * config_.dim));
+    embed(ids, n, ws.hidden.data());
     for (int64_t i = 0; i < config_.layers; ++i)
-      block_forward(block(i), hidden.data(), n, s->length, s->layers[(size_t)i], nullptr, 0);
+      block_forward(block(i), ws.hidden.data(), n, s->length, s->layers[(size_t)i], nullptr, 0, ws);
     s->length += n;
-    head(hidden.data() + (n - 1) * config_.dim, 1, last_logits);
+    head_rows(ws.hidden.data() + (n - 1) * config_.dim, 1, last_logits, ws);
   }
 
  private:
@@ -252,25 +260,51 @@ class CpuLlama : public LlamaBackend {
     for (int64_t i = 0; i < config_.layers; ++i) block(i);
   }
 
-  void project_head(const float* normed, int64_t rows, float* logits) const {
-    if (head_) head_->apply(normed, rows, logits);
-    else cpu::dense_linear(normed, rows, embed_, nullptr, logits);
+  // final norm + lm_head over rows, in chunks that bound the normalised copy.
+  void head_rows(const float* hidden, int64_t rows, float* logits, Workspace& ws) const {
+    constexpr int64_t kChunk = 64;
+    ws.normed.resize((size_t)(std::min(rows, kChunk) * config_.dim));
+    for (int64_t r0 = 0; r0 < rows; r0 += kChunk) {
+      const int64_t n = std::min(kChunk, rows - r0);
+      cpu::rms_norm(hidden + r0 * config_.dim, n, config_.dim, final_norm_.data(), config_.norm_eps, ws.normed.data());
+      if (head_) head_->apply(ws.normed.data(), n, logits + r0 * config_.vocab);
+      else cpu::dense_linear(ws.normed.data(), n, embed_, nullptr, logits + r0 * config_.vocab);
+    }
   }
 
   // ids [seq] -> hidden [seq, dim] after the last block (no final norm).
-  void forward_sequence(const int32_t* ids, int64_t seq, float* hidden) {
+  void forward_sequence(const int32_t* ids, int64_t seq, float* hidden, Workspace& ws) {
     embed(ids, seq, hidden);
-    kv_.resize(config_.kv_heads, config_.head_dim, seq);
-    for (int64_t i = 0; i < config_.layers; ++i) block_forward(block(i), hidden, seq, 0, kv_, nullptr, 0);
+    ws.kv.resize(config_.kv_heads, config_.head_dim, seq);
+    for (int64_t i = 0; i < config_.layers; ++i) block_forward(block(i), hidden, seq, 0, ws.kv, nullptr, 0, ws);
   }
+
+  // Runs fn(b, workspace) for every sequence b of a batch. Small models run whole sequences on
+  // different threads (their ops are too small to split well); larger ones one sequence at a time,
+  // each op spread over the pool.
+  void for_each_sequence(int64_t batch, const std::function<void(int64_t, Workspace&)>& fn) {
+    const int64_t threads = global_pool().size();
+    if (batch == 1 || threads == 1 || config_.dim >= kSplitOpsFromDim) {
+      for (int64_t b = 0; b < batch; ++b) fn(b, main_);
+      return;
+    }
+    std::vector<Workspace> spaces((size_t)std::min(batch, threads));
+    std::atomic<int64_t> next{0};
+    global_pool().parallel_for((int64_t)spaces.size(), 1, [&](int64_t w0, int64_t w1) {
+      cpu::SerialScope serial;
+      for (int64_t w = w0; w < w1; ++w)
+        for (int64_t b = next++; b < batch; b = next++) fn(b, spaces[(size_t)w]);
+    });
+  }
+  static constexpr int64_t kSplitOpsFromDim = 1024;
 
   // One block over the n rows of one sequence at positions p0..p0+n-1, in place on `hidden`.
   // The keys and values are appended to `kv` (which holds positions 0..p0-1 already).
   void block_forward(const CpuBlock& blk, float* hidden, int64_t n, int64_t p0, KvBlock& kv, const BlockRun* run,
-                     int64_t row0) {
+                     int64_t row0, Workspace& ws) {
     const LlamaConfig& c = config_;
     const int64_t qw = c.heads * c.head_dim, kw = c.kv_heads * c.head_dim;
-    Scratch& s = scratch_;
+    Scratch& s = ws.scratch;
     s.resize(c, n);
     const CaptureFn* capture = run ? run->capture : nullptr;
     const int stop = run ? run->stop_after : -1;
@@ -286,9 +320,9 @@ class CpuLlama : public LlamaBackend {
     blk.linears[(int)Linear::Q]->apply(s.norm.data(), n, s.q.data());
     blk.linears[(int)Linear::K]->apply(s.norm.data(), n, s.k.data());
     blk.linears[(int)Linear::V]->apply(s.norm.data(), n, s.v.data());
-    rope_.build(c.inv_freq, c.rope_scale, p0, n);
-    cpu::apply_rope(s.q.data(), n, qw, c.heads, rope_);
-    cpu::apply_rope(s.k.data(), n, kw, c.kv_heads, rope_);
+    ws.rope.build(c.inv_freq, c.rope_scale, p0, n);
+    cpu::apply_rope(s.q.data(), n, qw, c.heads, ws.rope);
+    cpu::apply_rope(s.k.data(), n, kw, c.kv_heads, ws.rope);
     cpu::store_kv(s.k.data(), s.v.data(), n, p0, kv);
     const float scale = (float)(1.0 / std::sqrt((double)c.head_dim));
     cpu::causal_attention(s.q.data(), n, p0, c.heads, kv, scale, s.attn.data());
@@ -312,9 +346,7 @@ class CpuLlama : public LlamaBackend {
   std::vector<float> final_norm_;
   std::unique_ptr<CpuLinear> head_;
   // Reused between calls (a backend is used by one thread at a time).
-  Scratch scratch_;
-  KvBlock kv_;
-  cpu::RopeTable rope_;
+  Workspace main_;
 };
 
 }  // namespace

@@ -23,6 +23,19 @@ namespace cpu {
 bool use_avx2() { return active_simd() != SimdLevel::Scalar; }
 
 namespace {
+thread_local bool t_serial = false;
+}
+
+SerialScope::SerialScope() : previous_(t_serial) { t_serial = true; }
+SerialScope::~SerialScope() { t_serial = previous_; }
+
+void parallel(int64_t n, int64_t grain, const std::function<void(int64_t, int64_t)>& fn) {
+  if (n <= 0) return;
+  if (t_serial) fn(0, n);
+  else global_pool().parallel_for(n, grain, fn);
+}
+
+namespace {
 int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
 
 float silu_mul(float g, float u) { return g / (1.0f + std::exp(-g)) * u; }
@@ -289,7 +302,7 @@ DensePanels::DensePanels(const void* W, DType dtype, int64_t N, int64_t K) : dty
   if (dtype == DType::F32) f32_.assign(total, 0.f);
   else u16_.assign(total, 0);
   const size_t esize = dtype_size(dtype);
-  global_pool().parallel_for(panels(), 4, [&](int64_t p0, int64_t p1) {
+  parallel(panels(), 4, [&](int64_t p0, int64_t p1) {
     for (int64_t p = p0; p < p1; ++p)
       for (int64_t c = 0; c < kWidth && p * kWidth + c < N; ++c) {
         const int64_t n = p * kWidth + c;
@@ -326,7 +339,7 @@ void dense_linear(const float* X, int64_t M, const DensePanels& W, const float* 
   constexpr int64_t kRowChunk = 48;  // rows per task: a multiple of the kernel's 6
   const int64_t chunks = (M + kRowChunk - 1) / kRowChunk;
   const bool avx2 = use_avx2();
-  global_pool().parallel_for(P * chunks, 1, [&](int64_t t0, int64_t t1) {
+  parallel(P * chunks, 1, [&](int64_t t0, int64_t t1) {
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t p = t % P, chunk = t / P;
       const int64_t r0 = chunk * kRowChunk, rows = std::min(M, r0 + kRowChunk) - r0;
@@ -356,7 +369,7 @@ void dense_linear(const float* X, int64_t M, const DensePanels& W, const float* 
 // ---------------------------------------------------------------- elementwise and row ops
 
 void rms_norm(const float* X, int64_t rows, int64_t dim, const float* weight, float eps, float* Y) {
-  global_pool().parallel_for(rows, 64, [&](int64_t r0, int64_t r1) {
+  parallel(rows, 64, [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
       const float* x = X + r * dim;
       float* y = Y + r * dim;
@@ -384,7 +397,7 @@ void RopeTable::build(const std::vector<float>& inv_freq, float scale, int64_t p
 
 void apply_rope(float* X, int64_t rows, int64_t stride, int64_t heads, const RopeTable& table) {
   const int64_t half = table.half;
-  global_pool().parallel_for(rows, 64, [&](int64_t r0, int64_t r1) {
+  parallel(rows, 64, [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
       const float* c = table.cos.data() + r * half;
       const float* s = table.sin.data() + r * half;
@@ -431,7 +444,7 @@ void causal_attention(const float* Q, int64_t n, int64_t p0, int64_t heads, cons
   constexpr int64_t kQueries = 32;
   const int64_t qblocks = (n + kQueries - 1) / kQueries;
   const bool avx2 = use_avx2();
-  global_pool().parallel_for(heads * qblocks, 1, [&](int64_t t0, int64_t t1) {
+  parallel(heads * qblocks, 1, [&](int64_t t0, int64_t t1) {
     std::vector<float> scores((size_t)round_up(p0 + n, 32));
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t h = t / qblocks, qb = t % qblocks;
@@ -457,7 +470,7 @@ void causal_attention(const float* Q, int64_t n, int64_t p0, int64_t heads, cons
 
 void swiglu(const float* gate, const float* up, int64_t n, float* out) {
   const bool avx2 = use_avx2();
-  global_pool().parallel_for(n, 4096, [&](int64_t i0, int64_t i1) {
+  parallel(n, 4096, [&](int64_t i0, int64_t i1) {
 #if LOWBIT_X86
     if (avx2) {
       swiglu_avx2(gate + i0, up + i0, i1 - i0, out + i0);

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <vector>
 
 #include "../dtype.hpp"
@@ -13,6 +14,22 @@ namespace model {
 namespace cpu {
 
 bool use_avx2();
+
+// Runs fn(begin, end) over [0, n) on global_pool(), or inline on this thread inside a SerialScope.
+void parallel(int64_t n, int64_t grain, const std::function<void(int64_t, int64_t)>& fn);
+
+// While one lives on a thread, the ops it calls run on that thread only: for small models the
+// caller parallelizes over whole sequences instead, which costs no synchronization per op.
+class SerialScope {
+ public:
+  SerialScope();
+  ~SerialScope();
+  SerialScope(const SerialScope&) = delete;
+  SerialScope& operator=(const SerialScope&) = delete;
+
+ private:
+  bool previous_;
+};
 
 // A dense weight W [N, K] (out x in) kept in its own dtype (f32, f16 or bf16) and rearranged once
 // into panels of kWidth output channels: panel p holds W[p*kWidth + c, k] at [k][c]. The product
