@@ -85,12 +85,35 @@ LOWBIT_KERNEL typename V::I extract(const typename V::I* w) {
   return v;
 }
 
-// acc[I % NACC] += x[I] · q_I for every value of a unit (several accumulators break the FMA
-// dependency chain; the recursion unrolls the unit at compile time, so every shift is a constant).
+// Value I of a unit as the GEMV reads it: a value that neither straddles words nor reaches a
+// word's top bit is only masked in place, giving q·2^shift; the GEMV multiplies it by x·2^−shift
+// (prescale below), which is exact and saves the shift. Other values come out as q.
+template <int BITS, int I>
+constexpr bool masked_in_place() {
+  return (I * BITS) % 32 + BITS < 32;
+}
+template <int BITS>
+constexpr float prescale(int i) {
+  const int shift = (i * BITS) % 32;
+  return shift + BITS < 32 ? 1.f / (float)(1u << shift) : 1.f;
+}
+
+template <int BITS, int I, class V>
+LOWBIT_KERNEL typename V::I extract_scaled(const typename V::I* w) {
+  if constexpr (masked_in_place<BITS, I>()) {
+    constexpr int bit = I * BITS, word = bit / 32, shift = bit % 32;
+    return V::and_(w[word], V::set1_i(((1u << BITS) - 1u) << shift));
+  } else {
+    return extract<BITS, I, V>(w);
+  }
+}
+
+// acc[I % NACC] += x[I] · q_I for every value of a unit, x prescaled (several accumulators break
+// the FMA dependency chain; the recursion unrolls the unit at compile time: every shift is constant).
 template <int BITS, int I, int NACC, class V>
 LOWBIT_KERNEL void fma_unit(const typename V::I* w, const float* x, typename V::F* acc) {
   if constexpr (I < values_per_unit(BITS)) {
-    acc[I % NACC] = V::fma(V::set1(x[I]), V::to_float(extract<BITS, I, V>(w)), acc[I % NACC]);
+    acc[I % NACC] = V::fma(V::set1(x[I]), V::to_float(extract_scaled<BITS, I, V>(w)), acc[I % NACC]);
     fma_unit<BITS, I + 1, NACC, V>(w, x, acc);
   }
 }
@@ -114,8 +137,8 @@ LOWBIT_KERNEL void load_unit(const int32_t* p, int64_t N, typename V::I* w) {
 
 // ---------------------------------------------------------------------------------------------
 // GEMV over the groups [g0, g1) and the columns [c0, c1) (a multiple of V::W wide): y[c − c0] =
-// Σ over those groups of W·x. xs is x padded with zeros to whole units; xsum[g] = Σ x over group g;
-// acc is scratch of c1 − c0 floats.
+// Σ over those groups of W·x. xs is x padded with zeros to whole units, xs[k] prescaled by
+// prescale<BITS>(k mod VPU); xsum[g] = Σ x over group g (unscaled); acc is scratch of c1 − c0 floats.
 template <int BITS, class V>
 LOWBIT_TARGET void gemv_columns(const PackedMatrix& Wp, const float* xs, const float* xsum, int64_t g0, int64_t g1,
                                 int64_t c0, int64_t c1, float* acc, float* y) {
@@ -189,7 +212,7 @@ void gemv_grouped(const float* x, const PackedMatrix& Wp, float* Y) {
     tiles = ceil_div(N, tile);
   }
   std::vector<float> xs((size_t)(ceil_div(K, VPU) * VPU), 0.f);
-  std::memcpy(xs.data(), x, (size_t)K * sizeof(float));
+  for (int64_t k = 0; k < K; ++k) xs[(size_t)k] = x[k] * prescale<BITS>((int)(k % VPU));
   std::vector<float> xsum((size_t)G, 0.f);
   for (int64_t k = 0; k < K; ++k) xsum[(size_t)(k / Wp.group_size)] += x[k];
   // Slice s > 0 writes its partial sums here; slice 0 writes straight into Y.
