@@ -152,11 +152,8 @@ async function inspectLlama2c(path: string): Promise<InspectReport> {
   const model = await Llama2cModel.open(path);
   try {
     const h = model.header;
-    const tensors = model.names.map((name) => {
-      const shape = [...model.shapeOf(name)];
-      return { name, dtype: 'F32', shape, bytes: 4 * shape.reduce((a, b) => a * b, 1) };
-    });
-    const parameters = tensors.reduce((a, t) => a + t.bytes / 4, 0);
+    const tensors = model.names.map((name) => ({ name, shape: [...model.shapeOf(name)], ...model.storageOf(name) }));
+    const parameters = tensors.reduce((a, t) => a + t.shape.reduce((x, y) => x * y, 1), 0);
     const totalBytes = statSync(path).size - h.headerBytes;
     return {
       path,

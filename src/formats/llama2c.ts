@@ -257,6 +257,13 @@ export class Llama2cModel implements ModelReader {
     return this.slot(name).shape;
   }
 
+  /** How the file stores a tensor: F32, or Q8_0 (int8 values + one fp32 scale per group) in v2. */
+  storageOf(name: string): { dtype: 'F32' | 'Q8_0'; bytes: number } {
+    const s = this.slot(name);
+    const n = s.shape.reduce((a, b) => a * b, 1);
+    return s.scalesOffset === undefined ? { dtype: 'F32', bytes: 4 * n } : { dtype: 'Q8_0', bytes: n + 4 * (n / this.header.groupSize!) };
+  }
+
   dtypeOf(name: string): 'f32' {
     this.slot(name);
     return 'f32';

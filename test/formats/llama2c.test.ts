@@ -5,6 +5,7 @@ import { LowbitError } from '../../src/errors.js';
 import { convertLlama2c } from '../../src/formats/convert.js';
 import { HfModel } from '../../src/formats/hf.js';
 import { LLAMA2C_MAGIC, Llama2cModel } from '../../src/formats/llama2c.js';
+import { inspectModel } from '../../src/formats/inspect.js';
 import { loadTokenizer } from '../../src/formats/tokenizer.js';
 import { run as convertCli } from '../../src/cli/convert.js';
 import { dataPath, haveData, prng, randomSeed, sameBytes, tempDir } from './helpers.js';
@@ -173,6 +174,12 @@ describe('llama2.c checkpoints (synthetic, random weights)', () => {
     const w = randomWeights(dims, false, prng(seed));
     const dq = writeV2(join(tmp.dir, 'v2.bin'), dims, w, 8);
     await expectModel(join(tmp.dir, 'v2.bin'), expectedTensors(dims, w, (t) => dq.get(t)!), seed);
+    const report = await inspectModel(join(tmp.dir, 'v2.bin'));
+    expect(report.llama2c).toMatchObject({ version: 2, sharedClassifier: false, q8GroupSize: 8 });
+    const byName = new Map(report.tensors.map((t) => [t.name, t]));
+    expect(byName.get('model.layers.1.mlp.down_proj.weight')).toMatchObject({ dtype: 'Q8_0', shape: [24, 40], bytes: 24 * 40 + 4 * (24 * 40) / 8 });
+    expect(byName.get('model.norm.weight')).toMatchObject({ dtype: 'F32', bytes: 24 * 4 });
+    expect(report.totalBytes).toBe(report.tensors.reduce((a, t) => a + t.bytes, 0));
   });
 
   it('rejects truncated, padded and implausible files with E_LLAMA2C', async () => {
