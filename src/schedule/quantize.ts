@@ -65,6 +65,8 @@ export interface QuantizeOptions {
   /** bytes, or a string such as '20GB' / '512MiB' */
   maxMemory?: number | string;
   signal?: AbortSignal;
+  /** also return every packed linear in the summary (prefix -> weights), e.g. to use the result in memory */
+  keepPacked?: boolean;
 }
 
 export interface QuantizeProgress {
@@ -94,6 +96,8 @@ export interface QuantizeSummary {
   estimatedPeakBytes: number;
   resumedBlocks: number;
   seconds: number;
+  /** with keepPacked: every quantized linear, by module prefix */
+  packed?: Map<string, PackedWeights>;
 }
 
 /** A running quantization: await it for the summary; listen for 'progress' events. */
@@ -160,6 +164,7 @@ interface Resolved {
   resume: boolean;
   maxMemory: number | undefined;
   signal: AbortSignal | undefined;
+  keepPacked: boolean;
 }
 
 function resolveOptions(o: QuantizeOptions): Resolved {
@@ -208,6 +213,7 @@ function resolveOptions(o: QuantizeOptions): Resolved {
     resume: o.resume ?? false,
     maxMemory: o.maxMemory === undefined ? undefined : parseBytes(o.maxMemory),
     signal: o.signal,
+    keepPacked: o.keepPacked ?? false,
   };
 }
 
@@ -306,7 +312,13 @@ async function runQuantize(r: Resolved, job: QuantizeJob): Promise<QuantizeSumma
       checkpointFormat: r.checkpointFormat,
     };
     writer = await GptqWriter.create(r.out, reader, gptqConfig);
-    for (let b = 0; b < state.finishedBlocks; b++) for (const [prefix, w] of await readBlock(stateDir, b)) await writer.putLinear(prefix, w);
+    const kept = r.keepPacked ? new Map<string, PackedWeights>() : undefined;
+    for (let b = 0; b < state.finishedBlocks; b++) {
+      for (const [prefix, w] of await readBlock(stateDir, b)) {
+        await writer.putLinear(prefix, w);
+        kept?.set(prefix, w);
+      }
+    }
 
     const total = blocks * LINEAR_NAMES.length;
     let done = state.finishedBlocks * LINEAR_NAMES.length;
@@ -337,7 +349,10 @@ async function runQuantize(r: Resolved, job: QuantizeJob): Promise<QuantizeSumma
       if (hidden) await writeHidden(stateDir, hidden);
       state = { fingerprint: fp, finishedBlocks: block + 1, layers: [...state.layers, ...layers] };
       await writeState(stateDir, state);
-      for (const [prefix, w] of linears) await writer!.putLinear(prefix, w);
+      for (const [prefix, w] of linears) {
+        await writer!.putLinear(prefix, w);
+        kept?.set(prefix, w);
+      }
     };
 
     if (r.method === 'rtn') {
@@ -446,6 +461,7 @@ async function runQuantize(r: Resolved, job: QuantizeJob): Promise<QuantizeSumma
       estimatedPeakBytes,
       resumedBlocks,
       seconds: (performance.now() - started) / 1000,
+      packed: kept,
     };
   } catch (err) {
     await writer?.abort().catch(() => undefined);
