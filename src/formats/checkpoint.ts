@@ -78,7 +78,7 @@ export class Checkpoint {
       await Promise.all([...shards.values()].map((s) => s.close()));
       throw err;
     }
-    return new Checkpoint(dir, new Map([...shards].map(([n, s]) => [s.path, s])), where, index.metadata ?? {});
+    return new Checkpoint(dir, new Map([...shards.values()].map((s) => [s.path, s])), where, index.metadata ?? {});
   }
 
   /** every tensor name */

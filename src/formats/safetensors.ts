@@ -248,7 +248,7 @@ export async function openFileSource(path: string): Promise<ByteSource> {
   }
 }
 
-/** Typed arrays for converting the dtypes a Tensor cannot hold as they are. */
+/** Converts the dtypes a Tensor cannot hold as they are (F64, I64, I16, I8, BOOL). */
 function widenToTensor(info: TensorInfo, bytes: Uint8Array, file: string): Tensor {
   const n = numel(info.shape);
   const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
