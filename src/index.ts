@@ -14,3 +14,7 @@ export { convertLlama2c, type ConvertOptions } from './formats/convert.js';
 export { GptqWriter, openGptqModel, readPackedLinear, linearDims, type GptqConfig } from './formats/gptq.js';
 export { inspectModel, type InspectReport } from './formats/inspect.js';
 export { openModelFiles } from './formats/open.js';
+export { openModel, Model, Session, nativeModelConfig, CAPTURE_POINTS, type OpenModelOptions, type CapturePointName, type NativeBlockWeights, type NativeLinear, type NativeLinearName } from './model/model.js';
+export { perplexity, perplexityIds, type PerplexityOptions, type PerplexityResult, type PerplexityProgress } from './model/perplexity.js';
+export { generate, generateTokens, sampleToken, seededRandom, type GenerateOptions } from './model/generate.js';
+export { ropeFrequencies, type RopeFrequencies } from './model/rope.js';

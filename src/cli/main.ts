@@ -12,6 +12,8 @@ interface Command {
 
 const COMMANDS: Record<string, Command> = {
   devices: { summary: 'list the CPU and CUDA devices lowbit can use', load: () => import('./devices.js') },
+  ppl: { summary: 'perplexity of a text under a model (non-overlapping windows)', load: () => import('./ppl.js') },
+  generate: { summary: 'generate text from a prompt, streaming tokens as they come', load: () => import('./generate.js') },
   convert: { summary: 'convert a llama2.c checkpoint into a Hugging Face directory', load: () => import('./convert.js') },
   inspect: { summary: 'show a model file or directory: architecture, tensors, quantization, size', load: () => import('./inspect.js') },
   quantize: { summary: 'quantize a model into a GPTQ checkpoint (GPTQ or RTN, 2/3/4/8 bits)', load: () => import('./quantize.js') },

@@ -5,9 +5,11 @@
  * linear at a time, dense or packed) or dropped individually. See docs/ARCHITECTURE.md, "Forward pass".
  */
 import { existsSync, statSync } from 'node:fs';
+import { join } from 'node:path';
 import { LowbitError, invalidArgument } from '../errors.js';
 import { resolveDevice, type DeviceSpec } from '../devices.js';
-import { HfModel, LINEAR_NAMES, type LinearTensors, type LlamaConfig, type ModelReader } from '../formats/hf.js';
+import { LINEAR_NAMES, type LinearTensors, type LlamaConfig, type ModelReader } from '../formats/hf.js';
+import { openModelFiles } from '../formats/open.js';
 import { loadTokenizer, type TextTokenizer } from '../formats/tokenizer.js';
 import {
   native,
@@ -432,16 +434,22 @@ export class Session {
 }
 
 /**
- * Opens a model: a Hugging Face directory (config.json + safetensors, fp32/fp16/bf16 or GPTQ-packed).
- * The tokenizer comes from the same directory when it has one.
+ * Opens a model: a Hugging Face directory (config.json + safetensors, fp32/fp16/bf16 or GPTQ-packed)
+ * or a llama2.c checkpoint file. The tokenizer comes from the model directory when it has one
+ * (tokenizer.model, else tokenizer.json), or from `options.tokenizer` when that is a path (e.g. the
+ * tokenizer.model of a llama2.c checkpoint).
  */
-export async function openModel(path: string, options: OpenModelOptions = {}): Promise<Model> {
-  if (typeof path !== 'string' || path === '') invalidArgument('path', 'a model directory', path);
+export async function openModel(path: string, options: Omit<OpenModelOptions, 'tokenizer'> & { tokenizer?: boolean | string } = {}): Promise<Model> {
+  if (typeof path !== 'string' || path === '') invalidArgument('path', 'a model directory or llama2.c file', path);
   if (!existsSync(path)) throw new LowbitError('E_IO', `no model at ${path}`, { file: path });
-  if (!statSync(path).isDirectory()) {
-    throw new LowbitError('E_UNSUPPORTED', `${path} is a file; lowbit opens Hugging Face model directories (config.json + safetensors)`, { file: path });
+  if (options.tokenizer !== undefined && typeof options.tokenizer !== 'boolean' && typeof options.tokenizer !== 'string') {
+    invalidArgument('tokenizer', 'a boolean or a tokenizer path', options.tokenizer);
   }
-  const reader = await HfModel.open(path);
-  const hasTokenizer = existsSync(`${path}/tokenizer.model`) || existsSync(`${path}/tokenizer.json`);
-  return Model.open(reader, { ...options, tokenizerFrom: hasTokenizer ? path : undefined });
+  let tokenizerFrom: string | undefined;
+  if (typeof options.tokenizer === 'string') tokenizerFrom = options.tokenizer;
+  else if (options.tokenizer !== false && statSync(path).isDirectory()) {
+    if (existsSync(join(path, 'tokenizer.model')) || existsSync(join(path, 'tokenizer.json'))) tokenizerFrom = path;
+  }
+  const reader = await openModelFiles(path);
+  return Model.open(reader, { ...options, tokenizer: tokenizerFrom !== undefined, tokenizerFrom });
 }

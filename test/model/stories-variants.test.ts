@@ -50,8 +50,9 @@ test.skipIf(!ready)('one linear RTN 8-bit packed (K = 172, partial last group) r
   const model = await openModel(fp32Dir!, { device: 'cpu' });
   try {
     const block = 2;
-    const w = await model.readBlockWeights(block);
-    const W = w.down.data as Float32Array; // [64, 172]
+    const down = (await model.readBlockWeights(block)).down;
+    if (down.packed) throw new Error('the fp32 checkpoint holds dense weights');
+    const W = down.data as Float32Array; // [64, 172]
     const N = 64, K = 172, bits = 8 as const, groupSize = 64;
     const r = await addon.rtnQuantize(W, N, K, { bits, groupSize, sym: true });
     const scales = new Uint16Array(r.scales.length);

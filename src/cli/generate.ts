@@ -1,0 +1,54 @@
+import { LowbitError } from '../errors.js';
+import type { DeviceSpec } from '../devices.js';
+import { openModel } from '../model/model.js';
+import { generate } from '../model/generate.js';
+import { numberOption, parse } from './args.js';
+
+export const usage = `usage: lowbit generate --model <dir|file> --prompt "..." [options]
+
+Generates text after a prompt with a KV cache, printing tokens as they come.
+
+  --model <path>      Hugging Face directory (fp32/fp16/bf16 or GPTQ) or llama2.c checkpoint
+  --tokenizer <path>  tokenizer to use (default: the model directory's)
+  --prompt <text>     the prompt (BOS is added)
+  --max-tokens <n>    tokens to generate at most (default 128)
+  --temperature <t>   0 for greedy (default 1)
+  --top-p <p>         nucleus sampling threshold in (0, 1] (default 0.9)
+  --seed <n>          sampler seed (default random)
+  --device <d>        cpu, cuda, cuda:N or auto (default auto)`;
+
+export async function run(argv: string[]): Promise<number> {
+  const { values, positionals } = parse(
+    argv,
+    {
+      model: { type: 'string' },
+      tokenizer: { type: 'string' },
+      prompt: { type: 'string' },
+      'max-tokens': { type: 'string' },
+      temperature: { type: 'string' },
+      'top-p': { type: 'string' },
+      seed: { type: 'string' },
+      device: { type: 'string' },
+    },
+    usage,
+  );
+  if (positionals.length > 0) throw new LowbitError('E_ARGUMENT', `unexpected argument '${positionals[0]}'\n\n${usage}`);
+  const modelPath = values.model as string | undefined;
+  const prompt = values.prompt as string | undefined;
+  if (!modelPath) throw new LowbitError('E_ARGUMENT', `--model is required\n\n${usage}`, { option: 'model' });
+  if (prompt === undefined) throw new LowbitError('E_ARGUMENT', `--prompt is required\n\n${usage}`, { option: 'prompt' });
+  const maxTokens = numberOption(values['max-tokens'] as string | undefined, 'max-tokens', 128, (n) => Number.isInteger(n) && n >= 1);
+  const temperature = numberOption(values.temperature as string | undefined, 'temperature', 1, (n) => n >= 0);
+  const topP = numberOption(values['top-p'] as string | undefined, 'top-p', 0.9, (n) => n > 0 && n <= 1);
+  const seed = values.seed === undefined ? undefined : numberOption(values.seed as string, 'seed', 0, Number.isInteger);
+
+  const model = await openModel(modelPath, { device: (values.device as DeviceSpec | undefined) ?? 'auto', tokenizer: (values.tokenizer as string | undefined) ?? true });
+  try {
+    process.stdout.write(prompt);
+    for await (const piece of generate(model, prompt, { maxTokens, temperature, topP, seed })) process.stdout.write(piece);
+    process.stdout.write('\n');
+    return 0;
+  } finally {
+    await model.close();
+  }
+}

@@ -1,0 +1,80 @@
+import { readFile } from 'node:fs/promises';
+import { LowbitError } from '../errors.js';
+import type { DeviceSpec } from '../devices.js';
+import { openModel } from '../model/model.js';
+import { perplexity, type PerplexityProgress } from '../model/perplexity.js';
+import { numberOption, parse } from './args.js';
+
+export const usage = `usage: lowbit ppl --model <dir|file> --data <text file> [options]
+
+Perplexity of a text under a model: the text is tokenized once (BOS at the start), cut into
+non-overlapping windows of --seq-len tokens (the remainder dropped), and ppl = exp(mean NLL) over
+the seq-len - 1 next-token predictions of every window.
+
+  --model <path>     Hugging Face directory (fp32/fp16/bf16 or GPTQ) or llama2.c checkpoint
+  --tokenizer <path> tokenizer to use (default: the model directory's)
+  --data <file>      the text (UTF-8, used as-is)
+  --seq-len <n>      window length (default: the model's context, at most 2048)
+  --max-windows <n>  evaluate only the first n windows
+  --device <d>       cpu, cuda, cuda:N or auto (default auto)
+  --json             print the result as JSON`;
+
+function bar(p: PerplexityProgress): string {
+  const width = 30;
+  const filled = Math.round((width * p.windows) / p.totalWindows);
+  const rate = p.seconds > 0 ? p.tokens / p.seconds : 0;
+  const eta = rate > 0 ? ((p.totalWindows - p.windows) * (p.tokens / p.windows)) / rate : 0;
+  return `[${'#'.repeat(filled)}${'.'.repeat(width - filled)}] ${p.windows}/${p.totalWindows} windows  ${Math.round(rate)} tok/s  ppl ${Math.exp(p.nll).toFixed(4)}  eta ${eta.toFixed(0)}s`;
+}
+
+export async function run(argv: string[]): Promise<number> {
+  const { values, positionals } = parse(
+    argv,
+    {
+      model: { type: 'string' },
+      tokenizer: { type: 'string' },
+      data: { type: 'string' },
+      'seq-len': { type: 'string' },
+      'max-windows': { type: 'string' },
+      device: { type: 'string' },
+      json: { type: 'boolean' },
+    },
+    usage,
+  );
+  if (positionals.length > 0) throw new LowbitError('E_ARGUMENT', `unexpected argument '${positionals[0]}'\n\n${usage}`);
+  const modelPath = values.model as string | undefined;
+  const dataPath = values.data as string | undefined;
+  if (!modelPath) throw new LowbitError('E_ARGUMENT', `--model is required\n\n${usage}`, { option: 'model' });
+  if (!dataPath) throw new LowbitError('E_ARGUMENT', `--data is required\n\n${usage}`, { option: 'data' });
+  const isCount = (n: number) => Number.isInteger(n) && n >= 1;
+  const seqLen = values['seq-len'] === undefined ? undefined : numberOption(values['seq-len'] as string, 'seq-len', 0, (n) => Number.isInteger(n) && n >= 2);
+  const maxWindows = values['max-windows'] === undefined ? undefined : numberOption(values['max-windows'] as string, 'max-windows', 0, isCount);
+
+  let text: string;
+  try {
+    text = await readFile(dataPath, 'utf8');
+  } catch (err) {
+    throw new LowbitError('E_IO', `cannot read ${dataPath}: ${(err as Error).message}`, { file: dataPath }, { cause: err });
+  }
+  const model = await openModel(modelPath, { device: (values.device as DeviceSpec | undefined) ?? 'auto', tokenizer: (values.tokenizer as string | undefined) ?? true });
+  const tty = process.stderr.isTTY === true && !values.json;
+  try {
+    const result = await perplexity(model, text, {
+      seqLen,
+      maxWindows,
+      batch: 4,
+      onProgress: tty ? (p) => process.stderr.write(`\r${bar(p)}`) : undefined,
+    });
+    if (tty) process.stderr.write('\n');
+    const device = model.device < 0 ? 'cpu' : `cuda:${model.device}`;
+    if (values.json) {
+      console.log(JSON.stringify({ model: modelPath, data: dataPath, device, ...result }, null, 2));
+    } else {
+      console.log(`ppl ${result.ppl.toFixed(4)}  (NLL ${result.nll.toFixed(6)} nats/token)`);
+      console.log(`${result.windows} windows x ${result.seqLen} tokens (${result.predicted} predictions of ${result.tokens} tokens), ${device}, ${result.seconds.toFixed(1)} s, ${Math.round((result.windows * result.seqLen) / result.seconds)} tok/s`);
+    }
+    return 0;
+  } finally {
+    await model.close();
+  }
+}
