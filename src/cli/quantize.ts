@@ -9,7 +9,8 @@ block's weights in memory). Ctrl-C stops cleanly; --resume continues from the fi
 
   --method gptq|rtn       (default gptq)
   --bits 2|3|4|8          (default 4)
-  --group-size N          input columns per group, -1 = per channel (default 128)
+  --group-size N          input columns per group; 'channel' (or --group-size=-1) = one group
+                          per output channel (default 128)
   --act-order             quantize columns by descending Hessian diagonal
   --static-groups         fit group grids up front (act-order stays cheap at inference)
   --sym                   symmetric grid
@@ -108,7 +109,7 @@ export async function run(argv: string[]): Promise<number> {
       out: str('out')!,
       method,
       bits: numberOption(str('bits'), 'bits', 4) as 2 | 3 | 4 | 8,
-      groupSize: numberOption(str('group-size'), 'group-size', 128),
+      groupSize: str('group-size') === 'channel' ? -1 : numberOption(str('group-size'), 'group-size', 128),
       actOrder: values['act-order'] === true,
       staticGroups: values['static-groups'] === true,
       sym: values.sym === true,
