@@ -1,0 +1,87 @@
+/**
+ * GPTQ on real weights with Hessians from real activations: stories260K's block 1 linears, inputs
+ * captured by the forward pass on TinyStories text, against the float64 reference; GPTQ must beat
+ * RTN on the layer's output error.
+ */
+import { existsSync, readFileSync } from 'node:fs';
+import { join, resolve } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { linearDims } from '../../src/formats/gptq.js';
+import { openModel, type Model, type CapturePointName, type NativeLinearName } from '../../src/model/model.js';
+import { native } from '../../src/native.js';
+import { Hessian, gptqQuantize } from '../../src/quantize/gptq.js';
+import { dequantize, gptqReference, outputError } from './reference.js';
+
+const data = resolve(process.cwd(), '../shared/data');
+const modelDir = join(data, 'stories260K-hf');
+const textFile = join(data, 'tinystories-valid.calib.txt');
+const haveData = existsSync(join(modelDir, 'model.safetensors')) && existsSync(textFile);
+if (!haveData && process.env.CI === 'true') throw new Error(`CI: the test data is missing; expected stories260K-hf and tinystories-valid.calib.txt in ${data}`);
+if (!haveData) console.warn(`skipping real-weight GPTQ tests: put stories260K-hf and tinystories-valid.calib.txt in ${data}`);
+
+const SEQ = 128;
+const WINDOWS = 6;
+const POINT_OF: Record<NativeLinearName, CapturePointName> = { q: 'qkv', k: 'qkv', v: 'qkv', o: 'o', gate: 'gateUp', up: 'gateUp', down: 'down' };
+
+describe.skipIf(!haveData)('GPTQ on stories260K block 1 with captured inputs', () => {
+  let model: Model;
+  let inputs: Partial<Record<CapturePointName, Float32Array>>;
+  let offset: number;
+  beforeAll(async () => {
+    model = await openModel(modelDir, { device: 'cpu' });
+    const ids = model.tokenizer!.encode(readFileSync(textFile, 'utf8').slice(0, 60_000), { bos: true });
+    // A random stretch of the text each run.
+    offset = Math.floor(Math.random() * (ids.length - WINDOWS * SEQ));
+    const window = ids.slice(offset, offset + WINDOWS * SEQ);
+    const h0 = await model.embed(window);
+    const { hidden } = await model.runBlock(0, h0, { batch: WINDOWS, seq: SEQ });
+    inputs = (await model.runBlock(1, hidden, { batch: WINDOWS, seq: SEQ, capture: ['qkv', 'o', 'gateUp', 'down'] })).inputs;
+  });
+  afterAll(async () => {
+    await model?.close();
+  });
+
+  for (const [name, opts] of [
+    ['q', { bits: 4, groupSize: 32, actOrder: true }],
+    ['o', { bits: 3, groupSize: -1 }],
+    ['up', { bits: 4, groupSize: 32, actOrder: true, staticGroups: true }],
+    ['down', { bits: 3, groupSize: 32, sym: true }],
+  ] as const) {
+    it(`${name}_proj, ${JSON.stringify(opts)}`, async () => {
+      const { K, N } = linearDims(model.config, name);
+      const X = inputs[POINT_OF[name]]!;
+      const T = X.length / K;
+      const weights = await model.readBlockWeights(1);
+      const W = weights[name].data as Float32Array;
+      const h = Hessian.create(K);
+      await h.addBatch(X.subarray(0, 300 * K), 300);
+      await h.addBatch(X.subarray(300 * K), T - 300);
+      const H = h.read().data as Float32Array;
+      const r = await gptqQuantize(W, [N, K], h, opts);
+      h.free();
+      const ref = gptqReference(W, H, N, K, {
+        bits: opts.bits,
+        groupSize: opts.groupSize,
+        sym: 'sym' in opts ? opts.sym : false,
+        actOrder: 'actOrder' in opts ? opts.actOrder : false,
+        staticGroups: 'staticGroups' in opts ? opts.staticGroups : false,
+        damp: 0.01,
+        minZero: 1,
+      });
+      const msg = `text offset ${offset}, ${name}`;
+      let differ = 0;
+      for (let i = 0; i < N * K; i++) if (r.q[i] !== ref.q[i]) differ++;
+      expect(differ / (N * K), `${msg}: ${differ} codes differ`).toBeLessThan(0.01);
+      expect(Array.from(r.packed.gIdx)).toEqual(Array.from(ref.gIdx));
+      expect(Math.abs(r.loss - ref.loss) / ref.loss, msg).toBeLessThan(0.02);
+
+      const What = dequantize(r.q, r.scales, r.zeros, r.packed.gIdx, N, K);
+      const gs = opts.groupSize === -1 ? K : opts.groupSize;
+      const rtn = await native().rtnQuantize(W, N, K, { bits: opts.bits, groupSize: opts.groupSize, sym: 'sym' in opts ? opts.sym : false });
+      const plainIdx = Int32Array.from({ length: K }, (_, k) => Math.floor(k / gs));
+      const errGptq = outputError(W, What, X, N, K, T);
+      const errRtn = outputError(W, dequantize(rtn.q, rtn.scales, rtn.zeros, plainIdx, N, K), X, N, K, T);
+      expect(errGptq, `${msg}: GPTQ ${errGptq} vs RTN ${errRtn}`).toBeLessThan(errRtn);
+    });
+  }
+});
