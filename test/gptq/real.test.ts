@@ -52,7 +52,7 @@ describe.skipIf(!haveData)('GPTQ on stories260K block 1 with captured inputs', (
       const X = inputs[POINT_OF[name]]!;
       const T = X.length / K;
       const weights = await model.readBlockWeights(1);
-      const W = weights[name].data as Float32Array;
+      const W = (weights[name] as { data: Float32Array }).data;
       const h = Hessian.create(K);
       await h.addBatch(X.subarray(0, 300 * K), 300);
       await h.addBatch(X.subarray(300 * K), T - 300);
