@@ -2,6 +2,13 @@
 // the target attribute; packed_gemm.cpp calls in here only when the processor has AVX-512F/BW.
 #if defined(__x86_64__) || defined(_M_X64)
 
+// GCC 12's AVX-512 intrinsics headers trip -W(maybe-)uninitialized on their own _mm512_undefined_*
+// placeholders (GCC bug 105593, fixed in 13): silence those warnings for this file.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#endif
+
 #include <immintrin.h>
 
 #include <cstdint>

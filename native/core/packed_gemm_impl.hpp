@@ -36,6 +36,14 @@ namespace lowbit {
 namespace LOWBIT_KERNEL_NS {
 
 #define LOWBIT_KERNEL LOWBIT_TARGET inline __attribute__((always_inline))
+// Full unrolling of the short register-array loops, so the accumulators stay in registers.
+#if defined(__clang__)
+#define LOWBIT_UNROLL _Pragma("unroll")
+#elif defined(__GNUC__)
+#define LOWBIT_UNROLL _Pragma("GCC unroll 16")
+#else
+#define LOWBIT_UNROLL
+#endif
 
 // One lane: the fallback for the scalar build and for the columns left over after the last full
 // vector in the SIMD builds.
@@ -159,13 +167,13 @@ LOWBIT_TARGET void gemv_columns(const PackedMatrix& Wp, const float* xs, const f
       for (int64_t c = 0; c < width; c += V::W) {
         typename V::F a[NACC];
         a[0] = V::load(acc + c);
-        for (int i = 1; i < NACC; ++i) a[i] = V::zero();
-        for (int p = 0; p < PASS; ++p) {
+        LOWBIT_UNROLL for (int i = 1; i < NACC; ++i) a[i] = V::zero();
+        LOWBIT_UNROLL for (int p = 0; p < PASS; ++p) {
           typename V::I w[WPU];
           load_unit<BITS, V>(words + p * WPU * N + c, N, w);
           fma_unit<BITS, 0, NACC, V>(w, xu + p * VPU, a);
         }
-        for (int i = 1; i < NACC; ++i) a[0] = V::add(a[0], a[i]);
+        LOWBIT_UNROLL for (int i = 1; i < NACC; ++i) a[0] = V::add(a[0], a[i]);
         V::store(acc + c, a[0]);
       }
     }
@@ -174,11 +182,11 @@ LOWBIT_TARGET void gemv_columns(const PackedMatrix& Wp, const float* xs, const f
       for (int64_t c = 0; c < width; c += V::W) {
         typename V::F a[NACC];
         a[0] = V::load(acc + c);
-        for (int i = 1; i < NACC; ++i) a[i] = V::zero();
+        LOWBIT_UNROLL for (int i = 1; i < NACC; ++i) a[i] = V::zero();
         typename V::I w[WPU];
         load_unit<BITS, V>(words + c, N, w);
         fma_unit<BITS, 0, NACC, V>(w, xs + u * VPU, a);
-        for (int i = 1; i < NACC; ++i) a[0] = V::add(a[0], a[i]);
+        LOWBIT_UNROLL for (int i = 1; i < NACC; ++i) a[0] = V::add(a[0], a[i]);
         V::store(acc + c, a[0]);
       }
     }
@@ -241,19 +249,19 @@ template <int MR, class V>
 LOWBIT_TARGET void micro_kernel(const float* X, int64_t ldx, const float* B, int64_t ldb, int64_t kc, float* C,
                                 int64_t ldc) {
   typename V::F c0[MR], c1[MR];
-  for (int r = 0; r < MR; ++r) {
+  LOWBIT_UNROLL for (int r = 0; r < MR; ++r) {
     c0[r] = V::load(C + r * ldc);
     c1[r] = V::load(C + r * ldc + V::W);
   }
   for (int64_t k = 0; k < kc; ++k) {
     const typename V::F b0 = V::load(B + k * ldb), b1 = V::load(B + k * ldb + V::W);
-    for (int r = 0; r < MR; ++r) {
+    LOWBIT_UNROLL for (int r = 0; r < MR; ++r) {
       const typename V::F a = V::set1(X[r * ldx + k]);
       c0[r] = V::fma(a, b0, c0[r]);
       c1[r] = V::fma(a, b1, c1[r]);
     }
   }
-  for (int r = 0; r < MR; ++r) {
+  LOWBIT_UNROLL for (int r = 0; r < MR; ++r) {
     V::store(C + r * ldc, c0[r]);
     V::store(C + r * ldc + V::W, c1[r]);
   }
@@ -376,16 +384,16 @@ void packed_gemm(const float* X, int64_t M, const PackedMatrix& Wp, float* Y) {
 template <int R, class V>
 LOWBIT_TARGET void dense_rows(const float* x, const float* W, int64_t K, float* y) {
   typename V::F a0[R], a1[R];
-  for (int r = 0; r < R; ++r) a0[r] = a1[r] = V::zero();
+  LOWBIT_UNROLL for (int r = 0; r < R; ++r) a0[r] = a1[r] = V::zero();
   int64_t k = 0;
   for (; k + 2 * V::W <= K; k += 2 * V::W) {
     const typename V::F x0 = V::load(x + k), x1 = V::load(x + k + V::W);
-    for (int r = 0; r < R; ++r) {
+    LOWBIT_UNROLL for (int r = 0; r < R; ++r) {
       a0[r] = V::fma(x0, V::load(W + r * K + k), a0[r]);
       a1[r] = V::fma(x1, V::load(W + r * K + k + V::W), a1[r]);
     }
   }
-  for (int r = 0; r < R; ++r) {
+  LOWBIT_UNROLL for (int r = 0; r < R; ++r) {
     float s = V::hsum(V::add(a0[r], a1[r]));
     for (int64_t j = k; j < K; ++j) s += x[j] * W[r * K + j];
     y[r] = s;
@@ -412,6 +420,7 @@ void dense_gemm(const float* X, int64_t M, const float* W, int64_t N, int64_t K,
 }
 
 #undef LOWBIT_KERNEL
+#undef LOWBIT_UNROLL
 
 }  // namespace LOWBIT_KERNEL_NS
 }  // namespace lowbit
