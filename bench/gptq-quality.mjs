@@ -6,6 +6,7 @@
 // Prints a Markdown table. Not a test.
 //
 //   node bench/gptq-quality.mjs [--bits 4,3,2] [--groups -1,32] [--samples 128] [--seq-len 512]
+//        [--methods rtn,gptq] [--act-order no,yes] [--mse] [--static-groups] [--damp 0.01]
 // Imports the package from dist/ (npm run build), or from $LOWBIT_DIST.
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { cpus, tmpdir } from 'node:os';
@@ -27,6 +28,11 @@ const BITS = option('bits', '4,3,2').split(',').map(Number);
 const GROUPS = option('groups', '-1,32').split(',').map(Number);
 const SAMPLES = Number(option('samples', '128'));
 const SEQ = Number(option('seq-len', '512'));
+const METHODS = option('methods', 'rtn,gptq').split(',');
+const ACT = option('act-order', 'no,yes').split(',').map((v) => v === 'yes');
+const MSE = process.argv.includes('--mse');
+const STATIC = process.argv.includes('--static-groups');
+const DAMP = Number(option('damp', '0.01'));
 
 const data = resolve(root, '../shared/data');
 const modelDir = join(data, 'stories260K-hf');
@@ -56,9 +62,8 @@ try {
   for (const bits of BITS) {
     for (const groupSize of GROUPS) {
       const settings = [
-        { method: 'rtn', actOrder: false },
-        { method: 'gptq', actOrder: false },
-        { method: 'gptq', actOrder: true },
+        ...(METHODS.includes('rtn') ? [{ method: 'rtn', actOrder: false }] : []),
+        ...(METHODS.includes('gptq') ? ACT.map((actOrder) => ({ method: 'gptq', actOrder })) : []),
       ];
       for (const s of settings) {
         const out = join(work, `${s.method}-${bits}-${groupSize}-${s.actOrder}`);
@@ -69,6 +74,9 @@ try {
           bits,
           groupSize,
           actOrder: s.actOrder,
+          staticGroups: STATIC && s.actOrder,
+          mse: MSE,
+          damp: DAMP,
           calibration: s.method === 'gptq' ? { files: [calib], samples: SAMPLES, seqLen: SEQ, seed: 0 } : undefined,
           keepPacked: true,
         });
@@ -87,7 +95,7 @@ try {
   await fp.close();
 }
 
-console.log(`stories260K-hf, eval tinystories-valid.eval.txt (512-token windows), calibration ${SAMPLES}×${SEQ} tokens of tinystories-valid.calib.txt (seed 0); ${cpus().length} CPU threads (${cpus()[0]?.model}); ${new Date().toISOString().slice(0, 10)}`);
+console.log(`stories260K-hf, eval tinystories-valid.eval.txt (512-token windows), calibration ${SAMPLES}×${SEQ} tokens of tinystories-valid.calib.txt (seed 0), damp ${DAMP}${MSE ? ', MSE grid' : ''}${STATIC ? ', static groups with act-order' : ''}; ${cpus().length} CPU threads (${cpus()[0]?.model}); ${new Date().toISOString().slice(0, 10)}`);
 console.log('');
 console.log('| method | bits | group | act-order | ppl (in memory) | ppl (checkpoint read back) | vs fp32 | bits/weight | quantize time |');
 console.log('| --- | --- | --- | --- | --- | --- | --- | --- | --- |');
@@ -100,7 +108,7 @@ let bad = 0;
 for (const r of rows) {
   if (r.method !== 'gptq') continue;
   const rtn = rows.find((x) => x.method === 'rtn' && x.bits === r.bits && x.groupSize === r.groupSize);
-  if (!(r.memPpl < rtn.memPpl)) {
+  if (rtn && !(r.memPpl < rtn.memPpl)) {
     console.error(`GPTQ does not beat RTN at ${r.bits}-bit g${r.groupSize} act-order=${r.actOrder}: ${r.memPpl} vs ${rtn.memPpl}`);
     bad++;
   }

@@ -140,6 +140,18 @@ describe.skipIf(!haveData)('quantize (stories260K)', () => {
     await rm(resumeDir(out), { recursive: true, force: true });
   });
 
+  it('calibrates on text sampled from the model itself (calib self), deterministically', async () => {
+    const opts = (out: string) => base(out, { calibration: { files: 'self', samples: 3, seqLen: 48, seed: 11 }, actOrder: false });
+    const a = await quantize(opts(join(work, 'self-a')));
+    const b = await quantize(opts(join(work, 'self-b')));
+    expect(a.layers).toHaveLength(35);
+    for (const l of a.layers) expect(Number.isFinite(l.loss) && l.loss! > 0).toBe(true);
+    const fa = await filesOf(join(work, 'self-a'));
+    const fb = await filesOf(join(work, 'self-b'));
+    expect(fb.get('model.safetensors')!.equals(fa.get('model.safetensors')!)).toBe(true);
+    expect(b.layers.map((l) => l.loss)).toEqual(a.layers.map((l) => l.loss));
+  });
+
   it('runs from the CLI (RTN), and rejects missing options', async () => {
     const out = join(work, 'cli-rtn');
     const log = console.log;
