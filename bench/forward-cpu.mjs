@@ -1,0 +1,130 @@
+// CPU forward-pass benchmark (issue 4). Not a test: `npm run bench -- forward-cpu` (builds dist/
+// first), or `node bench/forward-cpu.mjs` after `npm run build`. Prints a Markdown table.
+//
+// 1. The perplexity evaluation of stories260K (../shared/data) on tinystories-valid.txt:
+//    tokens/s over --stories-windows windows of 512 (4 windows per native call).
+// 2. A synthetic Llama-shaped model, dim 2048, 8 layers, 16 heads (head_dim 128), MLP 5504, vocab
+//    32000 (tied), random weights, with f32 weights and with 4-bit packed weights (group 128):
+//    prefill tokens/s (NLL of one 512-token window) and KV-cached decode tokens/s (batch 1).
+//
+// Options: --stories-windows N (default 200), --windows N (synthetic prefill windows, default 1),
+// --decode N (decode steps, default 16), --skip-f32, --skip-packed, --skip-stories.
+import { existsSync, readFileSync } from 'node:fs';
+import { cpus, loadavg } from 'node:os';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { performance } from 'node:perf_hooks';
+
+const root = join(dirname(fileURLToPath(import.meta.url)), '..');
+const dist = process.env.LOWBIT_DIST ?? join(root, 'dist');
+const { openModel, Model, perplexity, perplexityIds, native } = {
+  ...(await import(join(dist, 'index.js'))),
+  ...(await import(join(dist, 'native.js'))),
+};
+
+const flag = (name) => process.argv.includes(`--${name}`);
+function option(name, fallback) {
+  const i = process.argv.indexOf(`--${name}`);
+  return i >= 0 && i + 1 < process.argv.length ? Number(process.argv[i + 1]) : fallback;
+}
+const STORIES_WINDOWS = option('stories-windows', 200);
+const WINDOWS = option('windows', 1);
+const DECODE = option('decode', 16);
+
+const addon = native();
+const info = addon.buildInfo();
+const rows = [];
+
+// ---------------------------------------------------------------- stories260K perplexity
+const data = join(root, '../shared/data');
+if (!flag('skip-stories')) {
+  if (!existsSync(join(data, 'stories260K-hf'))) {
+    console.error(`skipping stories260K: ${data}/stories260K-hf is missing`);
+  } else {
+    const model = await openModel(join(data, 'stories260K-hf'), { device: 'cpu' });
+    const ids = perplexityIds(model, readFileSync(join(data, 'tinystories-valid.txt'), 'utf8'));
+    await perplexity(model, ids, { maxWindows: 8, batch: 4 }); // warm-up
+    const r = await perplexity(model, ids, { maxWindows: STORIES_WINDOWS, batch: 4 });
+    rows.push(['stories260K f32, ppl evaluation', `${r.windows} windows x 512`, `${Math.round((r.windows * 512) / r.seconds)} tok/s`, `${(r.seconds * 1000 / r.windows).toFixed(1)} ms/window`]);
+    await model.close();
+  }
+}
+
+// ---------------------------------------------------------------- synthetic dim-2048 model
+const shape = { dim: 2048, hidden: 5504, layers: 8, heads: 16, kvHeads: 16, headDim: 128, vocab: 32000, maxSeq: 512 };
+const config = {
+  architecture: 'LlamaForCausalLM', modelType: 'llama', hiddenSize: shape.dim, intermediateSize: shape.hidden,
+  numLayers: shape.layers, numHeads: shape.heads, numKvHeads: shape.kvHeads, headDim: shape.headDim,
+  vocabSize: shape.vocab, maxPositionEmbeddings: shape.maxSeq, rmsNormEps: 1e-5,
+  rope: { theta: 10000, type: 'default', partialRotaryFactor: 1 }, hiddenAct: 'silu', qkvBias: false, oBias: false,
+  mlpBias: false, tieWordEmbeddings: true, eosTokenIds: [], raw: {},
+};
+const dims = {
+  q: [shape.heads * shape.headDim, shape.dim], k: [shape.kvHeads * shape.headDim, shape.dim], v: [shape.kvHeads * shape.headDim, shape.dim],
+  o: [shape.dim, shape.heads * shape.headDim], gate: [shape.hidden, shape.dim], up: [shape.hidden, shape.dim], down: [shape.dim, shape.hidden],
+};
+
+let state = 12345;
+function randomF32(n, scale) {
+  const a = new Float32Array(n);
+  for (let i = 0; i < n; i++) {
+    state = (Math.imul(state, 1664525) + 1013904223) >>> 0;
+    a[i] = (state / 4294967296 - 0.5) * 2 * scale;
+  }
+  return a;
+}
+
+/** A random 4-bit linear, group 128, in the GPTQ layout: codes drawn uniformly, scales ~ 1/(8 sqrt K). */
+function randomPacked(N, K) {
+  const bits = 4, groupSize = 128, groups = Math.ceil(K / groupSize);
+  const q = new Uint8Array(N * K);
+  for (let i = 0; i < q.length; i++) {
+    state = (Math.imul(state, 1664525) + 1013904223) >>> 0;
+    q[i] = state >>> 28;
+  }
+  const scalesF32 = new Float32Array(groups * N).fill(1 / (8 * Math.sqrt(K)));
+  const scales = new Uint16Array(groups * N);
+  addon.convert(new Uint8Array(scalesF32.buffer), 'f32', new Uint8Array(scales.buffer), 'f16', scales.length);
+  return {
+    bits, K, N, groupSize, groups, zeroOffset: 1,
+    qweight: addon.packQweight(q, N, K, bits),
+    qzeros: addon.packQzeros(new Int32Array(groups * N).fill(8), groups, N, bits, 1),
+    scales,
+  };
+}
+
+async function synthetic(kind) {
+  const model = Model.create(config, { device: 'cpu' });
+  await model.setGlobals({ embed: { dtype: 'f32', data: randomF32(shape.vocab * shape.dim, 0.02) }, finalNorm: new Float32Array(shape.dim).fill(1) });
+  for (let b = 0; b < shape.layers; b++) {
+    const w = { attnNorm: new Float32Array(shape.dim).fill(1), mlpNorm: new Float32Array(shape.dim).fill(1) };
+    for (const [name, [N, K]] of Object.entries(dims)) {
+      w[name] = kind === 'f32' ? { dtype: 'f32', data: randomF32(N * K, 1 / Math.sqrt(K)) } : { packed: randomPacked(N, K) };
+    }
+    await model.setBlockWeights(b, w);
+  }
+  const ids = Int32Array.from({ length: 512 * WINDOWS }, (_, i) => (i * 7919) % shape.vocab);
+  await model.nll(ids.subarray(0, 64)); // warm-up
+  let t = performance.now();
+  await model.nll(ids, { batch: WINDOWS, seq: 512 });
+  const prefill = (performance.now() - t) / 1000;
+  const session = await model.createSession(512);
+  await session.feed(ids.subarray(0, 16));
+  t = performance.now();
+  for (let i = 0; i < DECODE; i++) await session.feed(ids.subarray(16 + i, 17 + i));
+  const decode = (performance.now() - t) / 1000;
+  session.close();
+  const gb = (model.weightBytes / 2 ** 30).toFixed(2);
+  rows.push([`dim 2048 x 8 layers, ${kind} weights (${gb} GiB)`, `prefill ${WINDOWS} x 512`, `${Math.round((512 * WINDOWS) / prefill)} tok/s`, `${prefill.toFixed(2)} s`]);
+  rows.push([`dim 2048 x 8 layers, ${kind} weights (${gb} GiB)`, `decode ${DECODE} tokens (KV cache, batch 1)`, `${(DECODE / decode).toFixed(2)} tok/s`, `${((decode * 1000) / DECODE).toFixed(0)} ms/token`]);
+  await model.close();
+}
+
+if (!flag('skip-f32')) await synthetic('f32');
+if (!flag('skip-packed')) await synthetic('4-bit packed');
+
+console.log(`CPU forward pass: ${cpus()[0]?.model ?? 'cpu'}, ${info.threads} threads, ${info.activeSimd}, load average ${loadavg()[0].toFixed(1)}, ${new Date().toISOString().slice(0, 10)}`);
+console.log('');
+console.log('| model | work | throughput | time |');
+console.log('| --- | --- | --- | --- |');
+for (const r of rows) console.log(`| ${r.join(' | ')} |`);
