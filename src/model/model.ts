@@ -8,7 +8,8 @@ import { existsSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { LowbitError, invalidArgument } from '../errors.js';
 import { resolveDevice, type DeviceSpec } from '../devices.js';
-import { LINEAR_NAMES, type LinearTensors, type LlamaConfig, type ModelReader } from '../formats/hf.js';
+import { HfModel, LINEAR_NAMES, type LinearTensors, type LlamaConfig, type ModelReader } from '../formats/hf.js';
+import { readPackedLinear } from '../formats/gptq.js';
 import { openModelFiles } from '../formats/open.js';
 import { loadTokenizer, type TextTokenizer } from '../formats/tokenizer.js';
 import {
@@ -272,7 +273,14 @@ export class Model {
       attnNorm: (await reader.readFloat32(t.inputLayernorm)).data,
       mlpNorm: (await reader.readFloat32(t.postAttentionLayernorm)).data,
     } as NativeBlockWeights;
-    for (const name of LINEAR_NAMES) w[name] = await this.readLinear(t[name], linearShape(this.config, name));
+    for (const name of LINEAR_NAMES) {
+      const lt = t[name];
+      if (lt.quantized && reader instanceof HfModel) {
+        // GPTQ linears: the formats reader checks every shape against the config
+        const bias = lt.bias ? (await reader.readFloat32(lt.bias)).data : undefined;
+        w[name] = { packed: await readPackedLinear(reader, block, name), bias };
+      } else w[name] = await this.readLinear(lt, linearShape(this.config, name));
+    }
     return w;
   }
 
