@@ -8,6 +8,7 @@
 #include "pack.hpp"
 #include "packed_gemm_kernels.hpp"
 #include "thread_pool.hpp"
+#include "weight_format.hpp"
 
 namespace lowbit {
 namespace {
@@ -49,16 +50,25 @@ const char* simd_name(SimdLevel level) {
 }
 
 void dequantize(const PackedMatrix& W, float* out) {
-  global_pool().parallel_for(W.N, 8, [&](int64_t n0, int64_t n1) {
-    const int64_t zcols = packed_words(W.bits, W.N);
-    for (int64_t n = n0; n < n1; ++n)
-      for (int64_t k = 0; k < W.K; ++k) {
-        const int64_t g = W.group_of(k);
-        const float s = f16_to_f32(W.scales[g * W.N + n]);
-        const int32_t z = (int32_t)read_packed(W.qzeros + g * zcols, 1, W.bits, n) + W.zero_offset;
-        const int32_t q = (int32_t)read_packed(W.qweight + n, W.N, W.bits, k);
-        out[n * W.K + k] = s * (float)(q - z);
+  // By blocks of 16 columns, unit by unit: each block's words of a unit row share a cache line, and
+  // each output row is written contiguously.
+  constexpr int64_t kBlock = 16;
+  const WeightFormat& f = weight_format(W.bits);
+  const int64_t units = ceil_div(W.K, f.values_per_unit), zcols = packed_words(W.bits, W.N);
+  global_pool().parallel_for(ceil_div(W.N, kBlock), 4, [&](int64_t b0, int64_t b1) {
+    for (int64_t u = 0; u < units; ++u) {
+      const int64_t k0 = u * f.values_per_unit, k1 = std::min(W.K, k0 + f.values_per_unit);
+      for (int64_t n = b0 * kBlock; n < std::min(W.N, b1 * kBlock); ++n) {
+        const int32_t* words = W.qweight + u * f.words_per_unit * W.N + n;
+        for (int64_t k = k0; k < k1; ++k) {
+          const int64_t g = W.group_of(k);
+          const float s = f16_to_f32(W.scales[g * W.N + n]);
+          const int32_t z = (int32_t)read_packed(W.qzeros + g * zcols, 1, W.bits, n) + W.zero_offset;
+          const int32_t q = (int32_t)read_packed(words, W.N, W.bits, k - k0);
+          out[n * W.K + k] = s * (float)(q - z);
+        }
       }
+    }
   });
 }
 

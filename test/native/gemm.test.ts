@@ -7,7 +7,7 @@
 import { afterAll, describe, expect, it } from 'vitest';
 import { native } from '../../src/native.js';
 import { Tensor } from '../../src/tensor.js';
-import { denseMatmul, packedMatmul, packedMatmulSync } from '../../src/quantize/packed.js';
+import { denseMatmul, dequantizeWeights, packedMatmul, packedMatmulSync } from '../../src/quantize/packed.js';
 import { dequantizeRef, matmulRef, randomPackedWeights, relativeError, type Bits } from '../helpers/reference.js';
 import { Rng, randomMatrix } from '../helpers/random.js';
 import { availableSimdLevels, forceSimd } from '../helpers/simd.js';
@@ -93,6 +93,19 @@ describe.each(availableSimdLevels())('packed product at SIMD level %s', (level) 
 });
 
 describe('packed product, other inputs', () => {
+  it('dequantizeWeights matches the reference exactly (groups, per channel, g_idx)', () => {
+    const rng = new Rng();
+    for (const bits of BITS) {
+      for (const [groupSize, actOrder] of [[32, false], [-1, false], [20, true]] as const) {
+        const W = randomPackedWeights(rng, { N: 37, K: 172, bits, groupSize, actOrder });
+        const got = dequantizeWeights(W);
+        expect(got.shape).toEqual([37, 172]);
+        const want = Float32Array.from(dequantizeRef(W)); // s·(q − z) is exact in f32 (an fp16 times a small integer)
+        expect(got.data, `seed ${rng.seed}, ${bits}-bit, group ${groupSize}${actOrder ? ' g_idx' : ''}`).toEqual(want);
+      }
+    }
+  });
+
   it('takes f16 and bf16 tensors of shape [M, K] as x', async () => {
     forceSimd('auto');
     const rng = new Rng();
