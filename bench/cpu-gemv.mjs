@@ -24,16 +24,24 @@ const GROUP = Number(option('group', '128'));
 
 const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 
-/** Median seconds of an async call, after a warm-up. */
-async function timeIt(fn, runs = RUNS) {
-  for (let i = 0; i < 3; i++) await fn();
-  const times = [];
-  for (let i = 0; i < runs; i++) {
-    const t = performance.now();
-    await fn();
-    times.push((performance.now() - t) / 1e3);
+/**
+ * Median seconds of each of two async calls, timed alternately (a, b, a, b, ...) after warm-ups, so
+ * that both see the same background load: the ratio stays honest on a shared machine.
+ */
+async function timePair(a, b, runs = RUNS) {
+  for (let i = 0; i < 3; i++) {
+    await a();
+    await b();
   }
-  return median(times);
+  const ta = [], tb = [];
+  for (let i = 0; i < runs; i++) {
+    for (const [fn, out] of [[a, ta], [b, tb]]) {
+      const t = performance.now();
+      await fn();
+      out.push((performance.now() - t) / 1e3);
+    }
+  }
+  return [median(ta), median(tb)];
 }
 
 // Memory-copy bandwidth: Buffer.copy (a native memcpy) of 256 MiB, far beyond the caches, by one
@@ -100,7 +108,7 @@ const copyOne = copyBandwidthOneThread();
 const copyAll = await copyBandwidthAllThreads(info.threads);
 const copyPeak = Math.max(copyOne, copyAll);
 console.log(`memory copy (Buffer.copy of 256 MiB, read + written bytes): 1 thread ${(copyOne / 1e9).toFixed(1)} GB/s, ${info.threads} threads ${(copyAll / 1e9).toFixed(1)} GB/s; reference = ${(copyPeak / 1e9).toFixed(1)} GB/s`);
-console.log(`median of ${RUNS} runs after 3 warm-ups; group size ${GROUP}; packed bytes = qweight + qzeros + scales; f32 bytes = N·K·4\n`);
+console.log(`median of ${RUNS} runs after 3 warm-ups, packed and f32 runs alternating; group size ${GROUP}; packed bytes = qweight + qzeros + scales; f32 bytes = N·K·4\n`);
 
 console.log('| N × K (out × in) | bits | packed MB | packed ms | packed GB/s | % of copy BW | f32 ms | f32 GB/s | speedup vs f32 |');
 console.log('|---|---|---|---|---|---|---|---|---|');
@@ -108,12 +116,14 @@ for (const [N, K] of SHAPES) {
   const x = new Float32Array(K).map(() => Math.random() - 0.5);
   const y = new Float32Array(N);
   const dense = new Float32Array(N * K).map(() => Math.random() - 0.5);
-  const denseTime = await timeIt(() => addon.denseGemm(x, 1, dense, N, K, y));
   const denseBytes = N * K * 4;
   for (const bits of BITS) {
     const W = randomPacked(N, K, bits);
     const bytes = W.qweight.byteLength + W.qzeros.byteLength + W.scales.byteLength;
-    const t = await timeIt(() => addon.packedGemm(x, 1, W, y, -1));
+    const [t, denseTime] = await timePair(
+      () => addon.packedGemm(x, 1, W, y, -1),
+      () => addon.denseGemm(x, 1, dense, N, K, y),
+    );
     const gbs = bytes / t / 1e9;
     console.log(
       `| ${N} × ${K} | ${bits} | ${(bytes / 1e6).toFixed(2)} | ${(t * 1e3).toFixed(3)} | ${gbs.toFixed(2)} | ${((100 * bytes) / t / copyPeak).toFixed(0)}% | ` +
