@@ -182,8 +182,17 @@ export interface Addon {
     W: Float32Array,
     N: number,
     K: number,
-    options: { bits: number; groupSize: number; sym?: boolean; mse?: boolean; minZero?: 0 | 1 },
-  ): Promise<{ q: Uint8Array; scales: Float32Array; zeros: Int32Array; groups: number }>;
+    options: { bits: number; groupSize: number; sym?: boolean; mse?: boolean; minZero?: 0 | 1; packZeroOffset?: 0 | 1 },
+  ): Promise<{
+    q: Uint8Array;
+    scales: Float32Array;
+    zeros: Int32Array;
+    groups: number;
+    /** with packZeroOffset: the result packed in the GPTQ layout (qzeros storing zero - packZeroOffset) */
+    qweight?: Int32Array;
+    qzeros?: Int32Array;
+    scalesF16?: Uint16Array;
+  }>;
   packQweight(q: Uint8Array, N: number, K: number, bits: number): Int32Array;
   unpackQweight(qweight: Int32Array, N: number, K: number, bits: number): Uint8Array;
   packQzeros(zeros: Int32Array, G: number, N: number, bits: number, zeroOffset: number): Int32Array;

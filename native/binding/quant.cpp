@@ -35,7 +35,10 @@ void check_matrix(int64_t len, int64_t rows, int64_t cols, const char* name) {
               std::to_string(cols));
 }
 
-// rtnQuantize(W: Float32Array [N*K], N, K, {bits, groupSize, sym, mse}) -> Promise<{q, scales, zeros, groups}>
+// rtnQuantize(W: Float32Array [N*K], N, K, {bits, groupSize, sym, mse, minZero, packZeroOffset})
+//   -> Promise<{q, scales, zeros, groups} and, with packZeroOffset 0 | 1, {qweight, qzeros, scalesF16}>
+// With packZeroOffset the worker also packs the result into the GPTQ layout (qzeros storing
+// zero - packZeroOffset), so that no packing runs on the event loop.
 Napi::Value RtnQuantize(const Napi::CallbackInfo& info) {
   return guarded(info, [&]() -> Napi::Value {
     const auto W = typed_array<float>(info[0], "W");
@@ -45,30 +48,53 @@ Napi::Value RtnQuantize(const Napi::CallbackInfo& info) {
     const GridOptions g = grid_options(opts);
     const int64_t gs = integer(opts.Get("groupSize"), "groupSize");
     require(gs == -1 || gs > 0, "E_GROUP_SIZE", "groupSize must be -1 (per channel) or positive");
+    const bool pack = !opts.Get("packZeroOffset").IsUndefined();
+    const int zero_offset = pack ? (int)integer(opts.Get("packZeroOffset"), "packZeroOffset") : 0;
+    require(zero_offset == 0 || zero_offset == 1, "E_ARGUMENT", "packZeroOffset must be 0 or 1");
     const int64_t G = group_count(K, gs);
     Napi::Env env = info.Env();
     auto q = Napi::Uint8Array::New(env, (size_t)(N * K));
     auto scales = Napi::Float32Array::New(env, (size_t)(G * N));
     auto zeros = Napi::Int32Array::New(env, (size_t)(G * N));
+    auto qweight = Napi::Int32Array::New(env, pack ? (size_t)(packed_words(g.bits, K) * N) : 0);
+    auto qzeros = Napi::Int32Array::New(env, pack ? (size_t)(G * packed_words(g.bits, N)) : 0);
+    auto scales16 = Napi::Uint16Array::New(env, pack ? (size_t)(G * N) : 0);
     uint8_t* qp = q.Data();
     float* sp = scales.Data();
     int32_t* zp = zeros.Data();
+    int32_t* qwp = qweight.Data();
+    int32_t* qzp = qzeros.Data();
+    uint16_t* s16p = scales16.Data();
     const float* wp = W.data;
     // The outputs travel to the completion callback as persistent references: local handles die
     // with this call's scope, and touching them later crashes V8.
     auto outputs = std::make_shared<std::vector<Napi::Reference<Napi::Value>>>();
-    for (Napi::Value v : {Napi::Value(q), Napi::Value(scales), Napi::Value(zeros)}) outputs->push_back(Napi::Persistent(v));
+    for (Napi::Value v : {Napi::Value(q), Napi::Value(scales), Napi::Value(zeros), Napi::Value(qweight),
+                          Napi::Value(qzeros), Napi::Value(scales16)})
+      outputs->push_back(Napi::Persistent(v));
     return PromiseWorker::Run(
-        env, [=] { rtn_quantize(wp, N, K, gs, g, qp, sp, zp); },
-        [outputs, G](Napi::Env env) -> Napi::Value {
+        env,
+        [=] {
+          rtn_quantize(wp, N, K, gs, g, qp, sp, zp);
+          if (!pack) return;
+          pack_qweight(qp, N, K, g.bits, qwp);
+          pack_qzeros(zp, G, N, g.bits, zero_offset, qzp);
+          convert(sp, DType::F32, s16p, DType::F16, (size_t)(G * N));  // exact: RTN scales are fp16 values
+        },
+        [outputs, G, pack](Napi::Env env) -> Napi::Value {
           Napi::Object r = Napi::Object::New(env);
           r.Set("q", (*outputs)[0].Value());
           r.Set("scales", (*outputs)[1].Value());
           r.Set("zeros", (*outputs)[2].Value());
           r.Set("groups", Napi::Number::New(env, (double)G));
+          if (pack) {
+            r.Set("qweight", (*outputs)[3].Value());
+            r.Set("qzeros", (*outputs)[4].Value());
+            r.Set("scalesF16", (*outputs)[5].Value());
+          }
           return r;
         },
-        {info[0], q, scales, zeros});
+        {info[0]});
   });
 }
 

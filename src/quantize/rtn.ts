@@ -3,7 +3,7 @@
  * method is measured against. Each group of `groupSize` consecutive input columns of a row gets its
  * own affine grid (shared METHODS.md); the math runs natively, off the event loop.
  */
-import { invalidArgument } from '../errors.js';
+import { LowbitError, invalidArgument } from '../errors.js';
 import { native, type PackedWeights } from '../native.js';
 import { Tensor } from '../tensor.js';
 import { PACKED_BITS } from './packed.js';
@@ -77,17 +77,29 @@ function weightMatrix(weight: unknown): { data: Float32Array; N: number; K: numb
   return { data: weight.toFloat32().data, N: weight.shape[0], K: weight.shape[1] };
 }
 
-/** RTN-quantizes weight [N, K] and returns the integer codes, scales and zero points unpacked. */
-export async function rtnQuantizeCodes(weight: Tensor, options: RtnOptions): Promise<RtnCodes> {
+async function runRtn(weight: Tensor, options: RtnOptions, pack: boolean) {
   const opts = resolveOptions(options);
   const { data, N, K } = weightMatrix(weight);
-  const minZero = opts.sym ? 0 : opts.zeroOffset;  // symmetric zero points (2^(bits-1)) are never 0
-  const r = await native().rtnQuantize(data, N, K, { bits: opts.bits, groupSize: opts.groupSize, sym: opts.sym, mse: opts.mse, minZero });
+  const minZero = opts.sym ? 0 : opts.zeroOffset; // symmetric zero points (2^(bits-1)) are never 0
+  const r = await native().rtnQuantize(data, N, K, {
+    bits: opts.bits,
+    groupSize: opts.groupSize,
+    sym: opts.sym,
+    mse: opts.mse,
+    minZero,
+    ...(pack ? { packZeroOffset: opts.zeroOffset } : {}),
+  });
   const groupSize = opts.groupSize === -1 || opts.groupSize >= K ? K : opts.groupSize;
-  return { q: r.q, scales: r.scales, zeros: r.zeros, groups: r.groups, groupSize, N, K, bits: opts.bits, zeroOffset: opts.zeroOffset };
+  const codes: RtnCodes = { q: r.q, scales: r.scales, zeros: r.zeros, groups: r.groups, groupSize, N, K, bits: opts.bits, zeroOffset: opts.zeroOffset };
+  return { codes, r };
 }
 
-/** Packs RTN (or any) codes into the GPTQ layout; scales are rounded to fp16 (they already are for RTN). */
+/** RTN-quantizes weight [N, K] and returns the integer codes, scales and zero points unpacked. */
+export async function rtnQuantizeCodes(weight: Tensor, options: RtnOptions): Promise<RtnCodes> {
+  return (await runRtn(weight, options, false)).codes;
+}
+
+/** Packs codes (from RTN or elsewhere) into the GPTQ layout; scales are rounded to fp16 (RTN's already are). */
 export function packCodes(codes: RtnCodes): PackedWeights {
   const addon = native();
   const { q, N, K, bits, groups, zeroOffset } = codes;
@@ -100,8 +112,21 @@ export function packCodes(codes: RtnCodes): PackedWeights {
 
 /**
  * RTN-quantizes weight [N, K] (f32, f16 or bf16) into packed GPTQ weights ready for packedMatmul
- * and the checkpoint writer. Groups are contiguous (no gIdx).
+ * and the checkpoint writer. Groups are contiguous (no gIdx). Quantizing and packing both run
+ * natively off the event loop.
  */
 export async function rtnQuantize(weight: Tensor, options: RtnOptions): Promise<PackedWeights> {
-  return packCodes(await rtnQuantizeCodes(weight, options));
+  const { codes, r } = await runRtn(weight, options, true);
+  if (!r.qweight || !r.qzeros || !r.scalesF16) throw new LowbitError('E_INTERNAL', 'the addon returned no packed RTN result (stale build?)');
+  return {
+    bits: codes.bits,
+    K: codes.K,
+    N: codes.N,
+    groupSize: codes.groupSize,
+    groups: codes.groups,
+    zeroOffset: codes.zeroOffset,
+    qweight: r.qweight,
+    qzeros: r.qzeros,
+    scales: r.scalesF16,
+  };
 }

@@ -7,9 +7,9 @@
  */
 import { describe, expect, it } from 'vitest';
 import { Tensor } from '../../src/tensor.js';
-import { rtnQuantize, rtnQuantizeCodes, type RtnCodes } from '../../src/quantize/rtn.js';
+import { packCodes, rtnQuantize, rtnQuantizeCodes, type RtnCodes } from '../../src/quantize/rtn.js';
 import { dequantizeWeights, packedMatmul } from '../../src/quantize/packed.js';
-import { fitGridRef, fp16Round, groupLayout, roundScale, packedMatmulRef, quantizeRef, relativeError, type Bits, type GridRef } from '../helpers/reference.js';
+import { fitGridRef, fp16Round, groupLayout, roundScale, packWeightsRef, packedMatmulRef, quantizeRef, relativeError, type Bits, type GridRef } from '../helpers/reference.js';
 import { Rng, randomMatrix } from '../helpers/random.js';
 import { readSafetensors, sharedData } from '../helpers/data.js';
 
@@ -166,6 +166,20 @@ describe.each(BITS)('%i-bit RTN', (bits) => {
 });
 
 describe('RTN inputs', () => {
+  it('rtnQuantize packs its codes exactly as the reference packers would (v1 and v2)', async () => {
+    const rng = new Rng();
+    for (const bits of BITS) {
+      for (const checkpointFormat of ['gptq', 'gptq_v2'] as const) {
+        const weight = new Tensor('f32', [33, 172], randomMatrix(rng, 33, 172, { distribution: 'uniform' }));
+        const codes = await rtnQuantizeCodes(weight, { bits, groupSize: 32, checkpointFormat });
+        const packed = await rtnQuantize(weight, { bits, groupSize: 32, checkpointFormat });
+        const want = packWeightsRef({ ...codes, zeroOffset: checkpointFormat === 'gptq' ? 1 : 0 });
+        expect(packed, `seed ${rng.seed}, ${bits}-bit ${checkpointFormat}`).toEqual(want);
+        expect(packCodes(codes), `seed ${rng.seed}`).toEqual(want);
+      }
+    }
+  });
+
   it('quantizes f16 and bf16 weights as their f32 values', async () => {
     const rng = new Rng();
     const W = new Tensor('f32', [10, 70], randomMatrix(rng, 10, 70));
