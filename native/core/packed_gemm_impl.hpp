@@ -360,12 +360,23 @@ void gemm_dequant(const float* X, int64_t M, const PackedMatrix& Wp, float* Y) {
   });
 }
 
+// True when g_idx says nothing beyond the group size (g_idx[k] = k / group_size), as in every GPTQ
+// checkpoint written without act-order: the product can then take the contiguous-group paths.
+inline bool trivial_g_idx(const PackedMatrix& Wp) {
+  if (Wp.groups != ceil_div(Wp.K, Wp.group_size)) return false;
+  for (int64_t k = 0; k < Wp.K; ++k)
+    if (Wp.g_idx[k] != k / Wp.group_size) return false;
+  return true;
+}
+
 template <int BITS>
 void packed_gemm_bits(const float* X, int64_t M, const PackedMatrix& Wp, float* Y) {
   constexpr int VPU = values_per_unit(BITS);
-  const bool aligned_groups = !Wp.g_idx && (Wp.groups == 1 || Wp.group_size % VPU == 0);
-  if (M == 1 && aligned_groups) gemv_grouped<BITS>(X, Wp, Y);
-  else gemm_dequant<BITS>(X, M, Wp, Y);
+  PackedMatrix W = Wp;
+  if (W.g_idx && trivial_g_idx(W)) W.g_idx = nullptr;
+  const bool aligned_groups = !W.g_idx && (W.groups == 1 || W.group_size % VPU == 0);
+  if (M == 1 && aligned_groups) gemv_grouped<BITS>(X, W, Y);
+  else gemm_dequant<BITS>(X, M, W, Y);
 }
 
 void packed_gemm(const float* X, int64_t M, const PackedMatrix& Wp, float* Y) {

@@ -72,6 +72,18 @@ describe.each(availableSimdLevels())('packed product at SIMD level %s', (level) 
     await checkCase(level, bits, { N: 300, K: 1000, groupSize: 64, actOrder: true, batches: [1] });
   });
 
+  it.each(BITS)('%i-bit, an explicit monotone g_idx (k / group size, as checkpoints without act-order store)', async (bits) => {
+    forceSimd(level);
+    const rng = new Rng();
+    const W = randomPackedWeights(rng, { N: 100, K: 172, bits, groupSize: 32 });
+    const withGIdx = { ...W, gIdx: new Int32Array(172).map((_, k) => Math.floor(k / 32)) };
+    const dense = dequantizeRef(W);
+    for (const M of [1, 3]) {
+      const X = randomMatrix(rng, M, 172);
+      expect(relativeError(await packedMatmul(X, M, withGIdx), matmulRef(X, M, dense, 100, 172)), `seed ${rng.seed} M ${M}`).toBeLessThan(TOLERANCE);
+    }
+  });
+
   it('tiny shapes: N 1, K 1 and N 3, K 7', async () => {
     forceSimd(level);
     for (const bits of BITS) {
