@@ -130,6 +130,19 @@ describe('packed product, other inputs', () => {
     }
   });
 
+  it('runs concurrent products (several libuv workers sharing the pool) correctly', async () => {
+    forceSimd('auto');
+    const rng = new Rng();
+    const cases = BITS.flatMap((bits) => [1, 5].map((M) => {
+      const W = randomPackedWeights(rng, { N: 200, K: 300, bits, groupSize: 64, actOrder: M === 5 });
+      return { W, M, X: randomMatrix(rng, M, 300) };
+    }));
+    const results = await Promise.all(cases.map((c) => packedMatmul(c.X, c.M, c.W)));
+    cases.forEach((c, i) => {
+      expect(relativeError(results[i], matmulRef(c.X, c.M, dequantizeRef(c.W), 200, 300)), `seed ${rng.seed} case ${i}`).toBeLessThan(TOLERANCE);
+    });
+  });
+
   it('gives the same answer with one thread as with the pool', async () => {
     forceSimd('auto');
     const rng = new Rng();
