@@ -106,11 +106,12 @@ constexpr float prescale(int i) {
   return shift + BITS < 32 ? 1.f / (float)(1u << shift) : 1.f;
 }
 
+// masks[I] = (2^BITS − 1) << shift of value I, built at run time by gemv_columns: as compile-time
+// constants, GCC re-materialized each one with three instructions at every use.
 template <int BITS, int I, class V>
-LOWBIT_KERNEL typename V::I extract_scaled(const typename V::I* w) {
+LOWBIT_KERNEL typename V::I extract_scaled(const typename V::I* w, const typename V::I* masks) {
   if constexpr (masked_in_place<BITS, I>()) {
-    constexpr int bit = I * BITS, word = bit / 32, shift = bit % 32;
-    return V::and_(w[word], V::set1_i(((1u << BITS) - 1u) << shift));
+    return V::and_(w[(I * BITS) / 32], masks[I]);
   } else {
     return extract<BITS, I, V>(w);
   }
@@ -119,10 +120,10 @@ LOWBIT_KERNEL typename V::I extract_scaled(const typename V::I* w) {
 // acc[I % NACC] += x[I] · q_I for every value of a unit, x prescaled (several accumulators break
 // the FMA dependency chain; the recursion unrolls the unit at compile time: every shift is constant).
 template <int BITS, int I, int NACC, class V>
-LOWBIT_KERNEL void fma_unit(const typename V::I* w, const float* x, typename V::F* acc) {
+LOWBIT_KERNEL void fma_unit(const typename V::I* w, const typename V::I* masks, const float* x, typename V::F* acc) {
   if constexpr (I < values_per_unit(BITS)) {
-    acc[I % NACC] = V::fma(V::set1(x[I]), V::to_float(extract_scaled<BITS, I, V>(w)), acc[I % NACC]);
-    fma_unit<BITS, I + 1, NACC, V>(w, x, acc);
+    acc[I % NACC] = V::fma(V::set1(x[I]), V::to_float(extract_scaled<BITS, I, V>(w, masks)), acc[I % NACC]);
+    fma_unit<BITS, I + 1, NACC, V>(w, masks, x, acc);
   }
 }
 
@@ -155,6 +156,9 @@ LOWBIT_TARGET void gemv_columns(const PackedMatrix& Wp, const float* xs, const f
   // Units per pass over acc: at least 16 values, so acc is loaded and stored once per 16 FMAs.
   constexpr int PASS = VPU >= 16 ? 1 : 16 / VPU;
   const int64_t N = Wp.N, width = c1 - c0, zwords = packed_words(BITS, N);
+  typename V::I masks[VPU];
+  const uint32_t value_mask = (1u << Wp.bits) - 1u;  // = 2^BITS − 1, but opaque to the compiler
+  for (int i = 0; i < VPU; ++i) masks[i] = V::set1_i(value_mask << ((i * BITS) % 32));
   for (int64_t c = 0; c < width; c += V::W) V::store(y + c, V::zero());
   for (int64_t g = g0; g < g1; ++g) {
     const int64_t k0 = g * Wp.group_size, k1 = std::min(Wp.K, k0 + Wp.group_size);
@@ -171,7 +175,7 @@ LOWBIT_TARGET void gemv_columns(const PackedMatrix& Wp, const float* xs, const f
         LOWBIT_UNROLL for (int p = 0; p < PASS; ++p) {
           typename V::I w[WPU];
           load_unit<BITS, V>(words + p * WPU * N + c, N, w);
-          fma_unit<BITS, 0, NACC, V>(w, xu + p * VPU, a);
+          fma_unit<BITS, 0, NACC, V>(w, masks, xu + p * VPU, a);
         }
         LOWBIT_UNROLL for (int i = 1; i < NACC; ++i) a[0] = V::add(a[0], a[i]);
         V::store(acc + c, a[0]);
@@ -185,7 +189,7 @@ LOWBIT_TARGET void gemv_columns(const PackedMatrix& Wp, const float* xs, const f
         LOWBIT_UNROLL for (int i = 1; i < NACC; ++i) a[i] = V::zero();
         typename V::I w[WPU];
         load_unit<BITS, V>(words + c, N, w);
-        fma_unit<BITS, 0, NACC, V>(w, xs + u * VPU, a);
+        fma_unit<BITS, 0, NACC, V>(w, masks, xs + u * VPU, a);
         LOWBIT_UNROLL for (int i = 1; i < NACC; ++i) a[0] = V::add(a[0], a[i]);
         V::store(acc + c, a[0]);
       }
