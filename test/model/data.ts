@@ -27,3 +27,9 @@ export function referenceJson(): { ppl: Record<string, { file: string; sentencep
   const p = dataPath('reference.json');
   return p ? JSON.parse(readFileSync(p, 'utf8')) : undefined;
 }
+
+/**
+ * The device the model tests run on: the CPU by default; LOWBIT_TEST_DEVICE=cuda (or cuda:N) runs the
+ * same checks against the CUDA backend.
+ */
+export const testDevice = (process.env.LOWBIT_TEST_DEVICE ?? 'cpu') as 'cpu' | 'cuda' | `cuda:${number}`;

@@ -4,6 +4,7 @@
  * inputs, KV-cached decoding, a packed linear, and the lifecycle errors.
  */
 import { afterAll, describe, expect, test } from 'vitest';
+import { testDevice } from './data.js';
 import { native, type PackedWeights } from '../../src/native.js';
 import { Model } from '../../src/model/model.js';
 import { nativeModelConfig } from '../../src/model/model.js';
@@ -26,7 +27,7 @@ function check(name: string, got: ArrayLike<number>, want: ArrayLike<number>, at
 
 async function build(shape: TinyShape, s: number) {
   const config = llamaConfig(shape);
-  const model = Model.create(config, { device: 'cpu' });
+  const model = Model.create(config, { device: testDevice });
   const tiny = randomModel(shape, model.nativeConfig.invFreq, s);
   await model.setGlobals({ embed: { dtype: 'f32', data: tiny.embed }, finalNorm: tiny.finalNorm, head: tiny.head ? { dtype: 'f32', data: tiny.head } : undefined });
   for (let b = 0; b < shape.layers; b++) await model.setBlockWeights(b, tiny.blocks[b]!);

@@ -13,7 +13,7 @@ import { openModel, type Model } from '../../src/model/model.js';
 import { perplexity, perplexityIds } from '../../src/model/perplexity.js';
 import { quantize } from '../../src/schedule/quantize.js';
 import { LINEAR_NAMES } from '../../src/formats/hf.js';
-import { dataPath } from './data.js';
+import { dataPath, testDevice } from './data.js';
 import { refModelOf } from './stories.js';
 import { refLogits } from './reference.js';
 
@@ -27,7 +27,7 @@ let fp32Ppl: number;
 
 beforeAll(async () => {
   if (!ready) return;
-  fp32 = await openModel(fp32Dir, { device: 'cpu' });
+  fp32 = await openModel(fp32Dir, { device: testDevice });
   ids = perplexityIds(fp32, readFileSync(textFile, 'utf8')).subarray(0, 30 * 512);
   fp32Ppl = (await perplexity(fp32, ids, { batch: 4 })).ppl;
 });
@@ -41,8 +41,8 @@ test.skipIf(!ready).each([
   [4, 32, 0.15],
 ])('an RTN %i-bit GPTQ checkpoint (group %i) runs packed and lands near fp32', async (bits, groupSize, tolerance) => {
   const out = join(tmp, `rtn${bits}`);
-  await quantize({ model: fp32Dir!, out, method: 'rtn', bits: bits as 4 | 8, groupSize, device: 'cpu' });
-  const model = await openModel(out, { device: 'cpu' });
+  await quantize({ model: fp32Dir!, out, method: 'rtn', bits: bits as 4 | 8, groupSize, device: testDevice });
+  const model = await openModel(out, { device: testDevice });
   try {
     const w = await model.readBlockWeights(0);
     for (const name of LINEAR_NAMES) expect(w[name].packed, name).toBeDefined();

@@ -8,7 +8,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, expect, test } from 'vitest';
 import { openModel, type Model } from '../../src/model/model.js';
 import { perplexity, perplexityIds } from '../../src/model/perplexity.js';
-import { dataPath, referenceJson } from './data.js';
+import { dataPath, referenceJson, testDevice } from './data.js';
 import { referenceLogitsTable, sha256OfIds } from './stories.js';
 
 const modelDir = dataPath('stories260K-hf');
@@ -19,7 +19,7 @@ let ids: Int32Array;
 
 beforeAll(async () => {
   if (!ready) return;
-  model = await openModel(modelDir, { device: 'cpu' });
+  model = await openModel(modelDir, { device: testDevice });
   ids = perplexityIds(model, readFileSync(textFile, 'utf8'));
 });
 afterAll(async () => model?.close());

@@ -8,7 +8,7 @@ import { native, type PackedWeights } from '../../src/native.js';
 import { openModel, type Model } from '../../src/model/model.js';
 import { perplexity, perplexityIds } from '../../src/model/perplexity.js';
 import { generate, generateTokens } from '../../src/model/generate.js';
-import { dataPath } from './data.js';
+import { dataPath, testDevice } from './data.js';
 import { refModelOf } from './stories.js';
 import { refGreedy, refLogits } from './reference.js';
 
@@ -24,7 +24,7 @@ let fp32Ppl: number;
 
 beforeAll(async () => {
   if (!ready) return;
-  fp32 = await openModel(fp32Dir, { device: 'cpu' });
+  fp32 = await openModel(fp32Dir, { device: testDevice });
   ids = perplexityIds(fp32, readFileSync(textFile, 'utf8')).subarray(0, windows * 512);
   fp32Ppl = (await perplexity(fp32, ids, { batch: 4 })).ppl;
 });
@@ -34,7 +34,7 @@ test.skipIf(!ready).each([
   ['bf16', () => bf16Dir!, 0.01],
   ['fp16', () => fp16Dir!, 0.001],
 ])('the %s copy runs from its 16-bit weights and lands close to fp32', async (_, dir, tolerance) => {
-  const model = await openModel(dir(), { device: 'cpu' });
+  const model = await openModel(dir(), { device: testDevice });
   try {
     const { ppl } = await perplexity(model, ids, { batch: 4 });
     expect(Math.abs(Math.log(ppl / fp32Ppl)), `ppl ${ppl} vs fp32 ${fp32Ppl}`).toBeLessThanOrEqual(tolerance);
@@ -47,7 +47,7 @@ test.skipIf(!ready).each([
 
 test.skipIf(!ready)('one linear RTN 8-bit packed (K = 172, partial last group) runs and lands near fp32', async () => {
   const addon = native();
-  const model = await openModel(fp32Dir!, { device: 'cpu' });
+  const model = await openModel(fp32Dir!, { device: testDevice });
   try {
     const block = 2;
     const down = (await model.readBlockWeights(block)).down;

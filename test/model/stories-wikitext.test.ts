@@ -3,7 +3,7 @@ import { readFileSync } from 'node:fs';
 import { expect, test } from 'vitest';
 import { openModel } from '../../src/model/model.js';
 import { perplexity, perplexityIds } from '../../src/model/perplexity.js';
-import { dataPath, referenceJson } from './data.js';
+import { dataPath, referenceJson, testDevice } from './data.js';
 import { sha256OfIds } from './stories.js';
 
 const modelDir = dataPath('stories260K-hf');
@@ -11,7 +11,7 @@ const textFile = dataPath('wiki.test.raw');
 
 test.skipIf(!modelDir || !textFile)('P2: perplexity of wiki.test.raw is 119.4306 (relative 1e-4)', async () => {
   const ref = referenceJson()!.ppl.wikitext!.sentencepiece;
-  const model = await openModel(modelDir!, { device: 'cpu' });
+  const model = await openModel(modelDir!, { device: testDevice });
   try {
     const ids = perplexityIds(model, readFileSync(textFile!, 'utf8'));
     expect(sha256OfIds(ids)).toBe(ref.sha256);
