@@ -82,6 +82,16 @@ export function dequantizeWeights(W: PackedWeights): Tensor<'f32'> {
 export interface PackedMatmulOptions {
   /** 'cpu' (default), 'cuda', 'cuda:<index>' or 'auto' */
   device?: DeviceSpec;
+  /** write Y here (M × N values) instead of a new array; it is also what is returned */
+  out?: Float32Array;
+}
+
+function outputArray(options: PackedMatmulOptions | undefined, length: number): Float32Array {
+  const out = options?.out;
+  if (out === undefined) return new Float32Array(length);
+  if (!(out instanceof Float32Array)) invalidArgument('options.out', 'Float32Array', out, 'E_DTYPE');
+  if (out.length !== length) throw new LowbitError('E_SHAPE', `Expected options.out to hold M × N = ${length} values but it holds ${out.length}`, { option: 'options.out' });
+  return out;
 }
 
 /** The activations as a f32 array of M × K values (f16/bf16 tensors are converted). */
@@ -117,7 +127,7 @@ export async function packedMatmul(x: Float32Array | Tensor, M: number, W: Packe
   validatePackedWeights(W);
   const X = activations(x, M, W.K);
   const device = deviceIndex(options);
-  const Y = new Float32Array(M * W.N);
+  const Y = outputArray(options, M * W.N);
   await native().packedGemm(X, M, W, Y, device);
   return Y;
 }
@@ -127,7 +137,7 @@ export function packedMatmulSync(x: Float32Array | Tensor, M: number, W: PackedW
   validatePackedWeights(W);
   const X = activations(x, M, W.K);
   const device = deviceIndex(options);
-  const Y = new Float32Array(M * W.N);
+  const Y = outputArray(options, M * W.N);
   native().packedGemmSync(X, M, W, Y, device);
   return Y;
 }

@@ -39,7 +39,12 @@ async function checkCase(level: string, bits: Bits, c: Case): Promise<void> {
     const Y = await packedMatmul(X, M, W);
     expect(Y.length, what).toBe(M * c.N);
     expect(relativeError(Y, ref), what).toBeLessThan(TOLERANCE);
-    if (M <= 7) expect(packedMatmulSync(X, M, W), `${what} (sync)`).toEqual(Y);
+    if (M <= 7) {
+      expect(packedMatmulSync(X, M, W), `${what} (sync)`).toEqual(Y);
+      const out = new Float32Array(M * c.N).fill(NaN);
+      expect(packedMatmulSync(X, M, W, { out }), `${what} (out)`).toBe(out);
+      expect(out, `${what} (out)`).toEqual(Y);
+    }
   }
 }
 

@@ -61,6 +61,7 @@ describe('shape mismatch → E_SHAPE', () => {
     expect(await codeOf(() => rtnQuantize(new Tensor('f32', [N * K], weight.data), { bits: 4 }))).toBe('E_SHAPE');
     expect(await codeOf(() => packedMatmul(x, 1, withW({ groups: 5 })))).toBe('E_SHAPE');
     expect(await codeOf(() => packedMatmul(x, 1, withW({ K: 0 })))).toBe('E_SHAPE');
+    expect(await codeOf(() => packedMatmul(x, 1, goodW, { out: new Float32Array(N - 1) }))).toBe('E_SHAPE');
   });
   it('addon', async () => {
     const a = native();
