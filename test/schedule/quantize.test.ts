@@ -121,6 +121,16 @@ describe.skipIf(!haveData)('quantize (stories260K)', () => {
     await expect(quantize(base(join(work, 'badbits'), { bits: 5 as 4 }))).rejects.toMatchObject({ code: 'E_BITS' });
   });
 
+  it('dampens singular Hessians (damp 0, 8 calibration tokens for 64+ inputs) and reports it per layer', async () => {
+    const summary = await quantize(base(join(work, 'singular'), { damp: 0, calibration: { files: [calib], samples: 1, seqLen: 8, seed: 3 } }));
+    expect(summary.layers).toHaveLength(35);
+    for (const l of summary.layers) {
+      expect(l.dampRaises, l.prefix).toBeGreaterThanOrEqual(1);
+      expect(l.damp!, l.prefix).toBeGreaterThan(0);
+      expect(l.warnings.join(' '), l.prefix).toMatch(/failed with damp_percent 0; raised to 0.01/);
+    }
+  });
+
   it('rejects NaN weights with E_NAN and keeps the blocks before them', async () => {
     // A copy of the model with one NaN in block 2's up_proj.
     const nanModel = join(work, 'nan-model');
