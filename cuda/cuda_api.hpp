@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "../native/core/gptq.hpp"
 #include "../native/core/packed_matrix.hpp"
 
 namespace lowbit {
@@ -52,6 +53,53 @@ class PackedMatrixDevice {
 // Y = X · Wᵀ with X [M, K] and Y [M, N] device pointers on W's device, enqueued on `stream` (a
 // cudaStream_t; null for the default stream). Returns without waiting for the GPU.
 void packed_gemm_device(const PackedMatrixDevice& W, const float* X, int64_t M, float* Y, void* stream);
+
+// --- GPTQ on one GPU: the contract of native/core/gptq.hpp and hessian.hpp ---
+
+// The GPTQ Hessian H = (2/n) Σ x xᵀ kept on the GPU as an fp32 running mean (as hessian.hpp, which
+// says why fp32), updated with a symmetric rank-m product per batch (cuBLAS SSYRK when available).
+class HessianAccumulatorDevice {
+ public:
+  HessianAccumulatorDevice(int device, int64_t K);  // zero H; E_SHAPE for K <= 0
+  ~HessianAccumulatorDevice();
+  HessianAccumulatorDevice(const HessianAccumulatorDevice&) = delete;
+  HessianAccumulatorDevice& operator=(const HessianAccumulatorDevice&) = delete;
+
+  // Folds m tokens X [m, K] (row-major) into the mean: X on the host, or already on this device.
+  // E_NAN (H unchanged) when X holds NaN or infinity. Not thread-safe: callers serialize.
+  void add_batch(const float* X, int64_t m);
+  void add_batch_device(const float* X, int64_t m);
+  void download(float* H) const;  // [K, K], full symmetric
+  void reset();
+
+  int device() const { return device_; }
+  int64_t K() const { return K_; }
+  int64_t samples() const { return samples_; }
+  const float* data() const { return H_; }  // device pointer, [K, K] full symmetric
+
+ private:
+  int device_;
+  int64_t K_;
+  int64_t samples_ = 0;
+  float* H_ = nullptr;
+  float* staging_ = nullptr;  // device copy of host batches
+  int64_t staging_rows_ = 0;
+  int* flag_ = nullptr;       // first non-finite element of a batch
+};
+
+// gptq_quantize of native/core/gptq.hpp on GPU `device`: W [N, K] and H [K, K] on the host, the
+// same options, outputs (host buffers) and report; the Hessian's factorization and the blocked
+// sweep run on the GPU. Results match the CPU's except where float rounding in a different order
+// tips a value that sits on a rounding boundary.
+GptqReport gptq_quantize(int device, const float* W, int64_t N, int64_t K, const float* H, const GptqOptions& opt,
+                         const GptqOutput& out);
+// The same with the Hessian already on the GPU (no round trip through the host).
+GptqReport gptq_quantize(const HessianAccumulatorDevice& H, const float* W, int64_t N, const GptqOptions& opt,
+                         const GptqOutput& out);
+
+// Which libraries the GPU's linear algebra uses here, e.g. "cuBLAS 130100 (dlopen), cuSOLVER
+// Cholesky (dlopen)", or the built-in fallbacks and why.
+std::string gptq_linalg_backend();
 
 }  // namespace cuda
 }  // namespace lowbit

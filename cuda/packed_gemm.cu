@@ -105,49 +105,61 @@ __global__ void __launch_bounds__(kGemvThreads) packed_gemv(PackedArgs W, const 
   };
 
   const int64_t units = (W.K + U::values - 1) / U::values;
+  // Each pass loads kUnroll units (spaced kGemvSlices apart) before using any, so several 16-byte
+  // loads per thread are in flight: with few threads per SM, that is what keeps memory busy.
+  constexpr int kUnroll = (MR >= 8 || BITS == 3) ? 2 : 4;
   if (active) {
-    for (int64_t u = slice; u < units; u += kGemvSlices) {
-      uint32_t words[V][U::words];
+    for (int64_t u0 = slice; u0 < units; u0 += (int64_t)kGemvSlices * kUnroll) {
+      uint32_t words[kUnroll][V][U::words];
 #pragma unroll
-      for (int j = 0; j < U::words; ++j) {
-        const int32_t* p = W.qweight + (u * U::words + j) * W.N + n0;
-        if constexpr (V == 4) {
-          const int4 v = __ldg(reinterpret_cast<const int4*>(p));
-          words[0][j] = v.x, words[1][j] = v.y, words[2][j] = v.z, words[3][j] = v.w;
-        } else {
-          words[0][j] = (uint32_t)__ldg(p);
-        }
-      }
-      const int64_t k0 = u * U::values;
-      if (!GIDX) {
-        const int64_t g = k0 / W.group_size;
-        if (g != group) load_group(g);
-        boundary = (g + 1) * W.group_size;
-      }
-      auto step = [&](auto I) {
-        constexpr int i = decltype(I)::value;
-        const int64_t k = k0 + i;
-        if (k >= W.K) return;
-        if constexpr (GIDX) {
-          const int64_t g = __ldg(W.g_idx + k);
-          if (g != group) load_group(g);
-        } else {
-          if (k == boundary) {
-            load_group(group + 1);
-            boundary += W.group_size;
+      for (int t = 0; t < kUnroll; ++t) {
+        const int64_t u = min(u0 + (int64_t)t * kGemvSlices, units - 1);  // past the end: re-read, unused
+#pragma unroll
+        for (int j = 0; j < U::words; ++j) {
+          const int32_t* p = W.qweight + (u * U::words + j) * W.N + n0;
+          if constexpr (V == 4) {
+            const int4 v = __ldg(reinterpret_cast<const int4*>(p));
+            words[t][0][j] = v.x, words[t][1][j] = v.y, words[t][2][j] = v.z, words[t][3][j] = v.w;
+          } else {
+            words[t][0][j] = (uint32_t)__ldg(p);
           }
         }
-        float w[V];
+      }
 #pragma unroll
-        for (int c = 0; c < V; ++c) w[c] = (biased(unit_value<BITS, i>(words[c])) - zero_biased[c]) * scale[c];
-#pragma unroll
-        for (int r = 0; r < MR; ++r) {
-          const float x = __ldg(xrow[r] + k);
-#pragma unroll
-          for (int c = 0; c < V; ++c) acc[r][c] = fmaf(x, w[c], acc[r][c]);
+      for (int t = 0; t < kUnroll; ++t) {
+        const int64_t u = u0 + (int64_t)t * kGemvSlices;
+        if (u >= units) break;
+        const int64_t k0 = u * U::values;
+        if (!GIDX) {
+          const int64_t g = k0 / W.group_size;
+          if (g != group) load_group(g);
+          boundary = (g + 1) * W.group_size;
         }
-      };
-      for_each_index(std::make_integer_sequence<int, U::values>{}, step);
+        auto step = [&](auto I) {
+          constexpr int i = decltype(I)::value;
+          const int64_t k = k0 + i;
+          if (k >= W.K) return;
+          if constexpr (GIDX) {
+            const int64_t g = __ldg(W.g_idx + k);
+            if (g != group) load_group(g);
+          } else {
+            if (k == boundary) {
+              load_group(group + 1);
+              boundary += W.group_size;
+            }
+          }
+          float w[V];
+#pragma unroll
+          for (int c = 0; c < V; ++c) w[c] = (biased(unit_value<BITS, i>(words[t][c])) - zero_biased[c]) * scale[c];
+#pragma unroll
+          for (int r = 0; r < MR; ++r) {
+            const float x = __ldg(xrow[r] + k);
+#pragma unroll
+            for (int c = 0; c < V; ++c) acc[r][c] = fmaf(x, w[c], acc[r][c]);
+          }
+        };
+        for_each_index(std::make_integer_sequence<int, U::values>{}, step);
+      }
     }
   }
 

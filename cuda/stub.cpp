@@ -24,5 +24,21 @@ PackedMatrixDevice::PackedMatrixDevice(int, const PackedMatrix&) { unavailable()
 PackedMatrixDevice::~PackedMatrixDevice() = default;
 void packed_gemm_device(const PackedMatrixDevice&, const float*, int64_t, float*, void*) { unavailable(); }
 
+HessianAccumulatorDevice::HessianAccumulatorDevice(int, int64_t) { unavailable(); }
+HessianAccumulatorDevice::~HessianAccumulatorDevice() = default;
+void HessianAccumulatorDevice::add_batch(const float*, int64_t) { unavailable(); }
+void HessianAccumulatorDevice::add_batch_device(const float*, int64_t) { unavailable(); }
+void HessianAccumulatorDevice::download(float*) const { unavailable(); }
+void HessianAccumulatorDevice::reset() { unavailable(); }
+
+GptqReport gptq_quantize(int, const float*, int64_t, int64_t, const float*, const GptqOptions&, const GptqOutput&) {
+  unavailable();
+}
+GptqReport gptq_quantize(const HessianAccumulatorDevice&, const float*, int64_t, const GptqOptions&,
+                         const GptqOutput&) {
+  unavailable();
+}
+std::string gptq_linalg_backend() { return "none (built without CUDA)"; }
+
 }  // namespace cuda
 }  // namespace lowbit

@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# Everything CUDA, on the GPU machine, in one go: the CUDA tests, then the timings; full logs under
+# $OUT, the short tables printed last. Build here first (the GPU machine has no Node.js):
+#   npx cmake-js compile --out build-cuda --CDCMAKE_CUDA_ARCHITECTURES=90
+#   bench/device.sh --build-only            (the standalone benchmark programs, into build-cuda/bench)
+#   ../shared/device/prepare.sh --modules
+# then run there with carry [".device", "build-cuda"]:   bash bench/device.sh [probe] [tests] [gemm] [gptq] [ppl]
+set -uo pipefail
+cd "$(dirname "$0")/.."
+root=$PWD
+bin=$root/build-cuda/bench
+nvcc_flags=(-O3 -std=c++17 -arch=sm_90 --expt-relaxed-constexpr)
+
+if [[ ${1:-} == --build-only ]]; then
+  mkdir -p "$bin"
+  nvcc "${nvcc_flags[@]}" bench/cuda-gemm.cu cuda/packed_gemm.cu cuda/device.cu -o "$bin/cuda-gemm"
+  # The GPTQ check links the CPU implementation (native/core, without the model) to compare against.
+  nvcc "${nvcc_flags[@]}" bench/cuda-gptq.cu cuda/gptq.cu cuda/linalg.cu cuda/device.cu \
+    $(ls native/core/*.cpp) -o "$bin/cuda-gptq" -ldl
+  exit
+fi
+
+OUT=${OUT:-/tmp/lowbit-device}
+mkdir -p "$OUT"
+export LOWBIT_ADDON=$root/build-cuda/Release/lowbit.node
+steps=("$@")
+[[ ${#steps[@]} -eq 0 ]] && steps=(probe tests gemm gptq ppl)
+summary=$OUT/summary.md
+: > "$summary"
+status=0
+
+for step in "${steps[@]}"; do
+  echo "=== $step" >&2
+  case $step in
+    probe)
+      {
+        nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm --format=csv
+        ls /usr/local/cuda*/lib64 2>/dev/null | grep -E 'cublas|cusolver' || echo "no cublas/cusolver in /usr/local/cuda*/lib64"
+        python3 -c 'import nvidia.cublas, nvidia.cusolver, os; print(os.path.dirname(nvidia.cublas.__file__), os.listdir(os.path.join(os.path.dirname(nvidia.cublas.__file__), "lib"))); print(os.listdir(os.path.join(os.path.dirname(nvidia.cusolver.__file__), "lib")))' 2>&1
+        ldconfig -p | grep -E 'cublas|cusolver' || echo "ldconfig: none"
+      } 2>&1 | tee "$OUT/probe.log" >&2
+      ;;
+    tests)
+      bash .device/run.sh npx vitest run test/cuda 2>&1 | tee "$OUT/tests.log" >&2
+      rc=${PIPESTATUS[0]}
+      [[ $rc -ne 0 ]] && status=$rc
+      { echo "## CUDA tests (rc $rc)"; grep -E "Tests |Test Files |✓|✗|×|FAIL" "$OUT/tests.log" | sed 's/\x1b\[[0-9;]*m//g' | tail -40; } >> "$summary"
+      ;;
+    gemm)
+      "$bin/cuda-gemm" 2>&1 | tee "$OUT/gemm.log" >&2
+      { echo "## packed GEMV/GEMM"; grep -E "^\||device" "$OUT/gemm.log"; } >> "$summary"
+      ;;
+    gptq)
+      if [[ -x $bin/cuda-gptq ]]; then
+        "$bin/cuda-gptq" 2>&1 | tee "$OUT/gptq.log" >&2
+        [[ ${PIPESTATUS[0]} -ne 0 ]] && status=1
+        # The fallback without cuBLAS/cuSOLVER (built-in GEMM, CPU Cholesky): correctness only.
+        LOWBIT_CUDA_NO_VENDOR_LIBS=1 "$bin/cuda-gptq" --check 2>&1 | tee "$OUT/gptq-fallback.log" >&2
+        [[ ${PIPESTATUS[0]} -ne 0 ]] && status=1
+        PYTHONUNBUFFERED=1 python3 bench/gptq-torch-baseline.py 2>&1 | tee "$OUT/gptq-torch.log" >&2
+        { echo "## GPTQ"; grep -hE "^\||device" "$OUT/gptq.log" "$OUT/gptq-fallback.log" "$OUT/gptq-torch.log"; } >> "$summary"
+      fi
+      ;;
+    ppl)
+      if [[ -f bench/cuda-ppl.sh ]]; then
+        bash bench/cuda-ppl.sh 2>&1 | tee "$OUT/ppl.log" >&2
+        { echo "## perplexity on CUDA"; tail -20 "$OUT/ppl.log"; } >> "$summary"
+      fi
+      ;;
+  esac
+done
+cat "$summary"
+exit $status

@@ -1,0 +1,226 @@
+// GPU linear algebra for GPTQ (see linalg.cuh). cuBLAS and cuSOLVER are reached through dlopen with
+// our own declarations of the handful of entry points used (their C ABI is stable within a major
+// version), so the addon has no link-time dependency on them and loads where they are absent.
+#include <dlfcn.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <mutex>
+#include <string>
+
+#include "../native/core/common.hpp"
+#include "cuda_check.cuh"
+#include "linalg.cuh"
+
+namespace lowbit {
+namespace cuda {
+namespace {
+
+// --- the few cuBLAS / cuSOLVER declarations we need (values from their public headers) ---
+using Handle = void*;
+constexpr int kOpN = 0, kOpT = 1;               // cublasOperation_t
+constexpr int kFillUpper = 1;                   // cublasFillMode_t (lower is 0)
+constexpr int kSideLeft = 0, kDiagNonUnit = 0;  // cublasSideMode_t, cublasDiagType_t
+
+struct CublasApi {
+  int (*create)(Handle*) = nullptr;
+  int (*set_stream)(Handle, cudaStream_t) = nullptr;
+  int (*get_version)(Handle, int*) = nullptr;
+  int (*sgemm)(Handle, int, int, int, int, int, const float*, const float*, int, const float*, int, const float*,
+               float*, int) = nullptr;
+  int (*dtrsm)(Handle, int, int, int, int, int, int, const double*, const double*, int, double*, int) = nullptr;
+  Handle handle = nullptr;
+  int version = 0;
+};
+
+struct CusolverApi {
+  int (*create)(Handle*) = nullptr;
+  int (*set_stream)(Handle, cudaStream_t) = nullptr;
+  int (*potrf_buffer_size)(Handle, int, int, double*, int, int*) = nullptr;
+  int (*potrf)(Handle, int, int, double*, int, double*, int, int*) = nullptr;
+  Handle handle = nullptr;
+};
+
+struct Libraries {
+  CublasApi blas;
+  CusolverApi solver;
+  bool blas_ok = false, solver_ok = false;
+  std::string why;  // what could not be opened
+};
+
+void* open_first(const char* const* names, std::string* tried) {
+  for (const char* const* n = names; *n; ++n) {
+    if (void* h = dlopen(*n, RTLD_NOW | RTLD_LOCAL)) return h;
+    *tried += std::string(tried->empty() ? "" : "; ") + *n + ": " + dlerror();
+  }
+  return nullptr;
+}
+
+template <class F>
+bool bind(void* lib, const char* name, F& fn) {
+  fn = reinterpret_cast<F>(dlsym(lib, name));
+  return fn != nullptr;
+}
+
+// Opened once per process, on first use (handles are tied to the device current at that time:
+// GPTQ selects its device before calling in, and lowbit uses one device per process for GPTQ).
+Libraries& libraries() {
+  static Libraries libs;
+  static std::once_flag once;
+  std::call_once(once, [] {
+    if (const char* off = std::getenv("LOWBIT_CUDA_NO_VENDOR_LIBS"); off && *off && std::string(off) != "0") {
+      libs.why = "disabled by LOWBIT_CUDA_NO_VENDOR_LIBS";
+      return;
+    }
+    static const char* const blas_names[] = {"libcublas.so.13", "libcublas.so.12", "libcublas.so", nullptr};
+    static const char* const solver_names[] = {"libcusolver.so.12", "libcusolver.so.11", "libcusolver.so", nullptr};
+    std::string tried;
+    if (void* lib = open_first(blas_names, &tried)) {
+      CublasApi& b = libs.blas;
+      libs.blas_ok = bind(lib, "cublasCreate_v2", b.create) && bind(lib, "cublasSetStream_v2", b.set_stream) &&
+                     bind(lib, "cublasGetVersion_v2", b.get_version) && bind(lib, "cublasSgemm_v2", b.sgemm) &&
+                     bind(lib, "cublasDtrsm_v2", b.dtrsm) && b.create(&b.handle) == 0;
+      if (libs.blas_ok) b.get_version(b.handle, &b.version);
+      else tried += "; cuBLAS opened but its entry points or handle failed";
+    }
+    if (void* lib = open_first(solver_names, &tried)) {
+      CusolverApi& s = libs.solver;
+      libs.solver_ok = bind(lib, "cusolverDnCreate", s.create) && bind(lib, "cusolverDnSetStream", s.set_stream) &&
+                       bind(lib, "cusolverDnDpotrf_bufferSize", s.potrf_buffer_size) &&
+                       bind(lib, "cusolverDnDpotrf", s.potrf) && s.create(&s.handle) == 0;
+      if (!libs.solver_ok) tried += "; cuSOLVER opened but its entry points or handle failed";
+    }
+    libs.why = tried;
+  });
+  return libs;
+}
+
+void blas_check(int status, const char* what) {
+  if (status != 0) fail("E_CUDA", std::string(what) + " failed with status " + std::to_string(status));
+}
+
+// --- built-in row-major SGEMM: 64 × 64 tiles, 4 × 4 per thread, K in steps of 16 ---
+constexpr int kTM = 64, kTN = 64, kTK = 16, kThreads = 256;
+
+__global__ void __launch_bounds__(kThreads)
+    sgemm_tiles(bool ta, bool tb, int64_t M, int64_t N, int64_t Kd, float alpha, const float* __restrict__ A,
+                int64_t lda, const float* __restrict__ B, int64_t ldb, float beta, float* __restrict__ C, int64_t ldc) {
+  __shared__ float as[kTK][kTM + 4];
+  __shared__ float bs[kTK][kTN + 4];
+  const int tid = threadIdx.x;
+  const int64_t m0 = (int64_t)blockIdx.y * kTM, n0 = (int64_t)blockIdx.x * kTN;
+  const int tm = (tid / 16) * 4, tn = (tid % 16) * 4;
+  float acc[4][4] = {};
+  for (int64_t k0 = 0; k0 < Kd; k0 += kTK) {
+    for (int e = tid; e < kTM * kTK; e += kThreads) {
+      // Consecutive threads walk the stored matrix's contiguous dimension.
+      const int kk = ta ? e / kTM : e % kTK, mm = ta ? e % kTM : e / kTK;
+      const int64_t m = m0 + mm, k = k0 + kk;
+      as[kk][mm] = (m < M && k < Kd) ? (ta ? A[k * lda + m] : A[m * lda + k]) : 0.f;
+    }
+    for (int e = tid; e < kTN * kTK; e += kThreads) {
+      const int kk = tb ? e % kTK : e / kTN, nn = tb ? e / kTK : e % kTN;
+      const int64_t n = n0 + nn, k = k0 + kk;
+      bs[kk][nn] = (n < N && k < Kd) ? (tb ? B[n * ldb + k] : B[k * ldb + n]) : 0.f;
+    }
+    __syncthreads();
+#pragma unroll
+    for (int kk = 0; kk < kTK; ++kk) {
+      float a[4], b[4];
+#pragma unroll
+      for (int i = 0; i < 4; ++i) a[i] = as[kk][tm + i], b[i] = bs[kk][tn + i];
+#pragma unroll
+      for (int i = 0; i < 4; ++i)
+#pragma unroll
+        for (int j = 0; j < 4; ++j) acc[i][j] = fmaf(a[i], b[j], acc[i][j]);
+    }
+    __syncthreads();
+  }
+#pragma unroll
+  for (int i = 0; i < 4; ++i)
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      const int64_t m = m0 + tm + i, n = n0 + tn + j;
+      if (m < M && n < N) {
+        float* c = C + m * ldc + n;
+        *c = beta == 0.f ? alpha * acc[i][j] : alpha * acc[i][j] + beta * *c;
+      }
+    }
+}
+
+__global__ void set_identity(double* out, int64_t n) {
+  const int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
+  if (i < n * n) out[i] = (i / n == i % n) ? 1.0 : 0.0;
+}
+
+}  // namespace
+
+std::string linalg_backend_description() {
+  Libraries& l = libraries();
+  std::string s;
+  if (l.blas_ok) s += "cuBLAS " + std::to_string(l.blas.version) + " (dlopen)";
+  else s += "built-in GEMM kernels (no cuBLAS)";
+  s += l.solver_ok && l.blas_ok ? ", cuSOLVER Cholesky (dlopen)" : ", CPU Cholesky (no cuSOLVER/cuBLAS)";
+  if (!(l.blas_ok && l.solver_ok) && !l.why.empty()) s += " [" + l.why + "]";
+  return s;
+}
+
+bool have_cublas() { return libraries().blas_ok; }
+bool have_cusolver() { return libraries().solver_ok; }
+
+void sgemm(cudaStream_t stream, bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t Kd, float alpha,
+           const float* A, int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
+  if (M == 0 || N == 0) return;
+  Libraries& l = libraries();
+  const int64_t kIntMax = 2147483647;
+  if (l.blas_ok && M <= kIntMax && N <= kIntMax && Kd <= kIntMax && lda <= kIntMax && ldb <= kIntMax &&
+      ldc <= kIntMax) {
+    // Row-major C = op(A) op(B) is column-major Cᵀ = op(B)ᵀ op(A)ᵀ: swap the operands.
+    blas_check(l.blas.set_stream(l.blas.handle, stream), "cublasSetStream");
+    blas_check(l.blas.sgemm(l.blas.handle, trans_b ? kOpT : kOpN, trans_a ? kOpT : kOpN, (int)N, (int)M, (int)Kd,
+                            &alpha, B, (int)ldb, A, (int)lda, &beta, C, (int)ldc),
+               "cublasSgemm");
+    return;
+  }
+  const dim3 grid((unsigned)ceil_div(N, kTN), (unsigned)ceil_div(M, kTM));
+  sgemm_tiles<<<grid, kThreads, 0, stream>>>(trans_a, trans_b, M, N, Kd, alpha, A, lda, B, ldb, beta, C, ldc);
+  check(cudaGetLastError(), "sgemm launch");
+}
+
+bool cholesky_lower_device(cudaStream_t stream, double* P, int64_t n) {
+  Libraries& l = libraries();
+  require(l.solver_ok, "E_INTERNAL", "cholesky_lower_device needs cuSOLVER");
+  require(n <= 2147483647, "E_SHAPE", "matrix too large for cuSOLVER's 32-bit interface");
+  // Row-major lower L with P = L Lᵀ is, read column-major, the upper U = Lᵀ with P = Uᵀ U.
+  blas_check(l.solver.set_stream(l.solver.handle, stream), "cusolverDnSetStream");
+  int lwork = 0;
+  blas_check(l.solver.potrf_buffer_size(l.solver.handle, kFillUpper, (int)n, P, (int)n, &lwork),
+             "cusolverDnDpotrf_bufferSize");
+  DeviceBuffer<double> work((size_t)std::max(lwork, 1));
+  DeviceBuffer<int> info(1);
+  blas_check(l.solver.potrf(l.solver.handle, kFillUpper, (int)n, P, (int)n, work.get(), lwork, info.get()),
+             "cusolverDnDpotrf");
+  int host_info = 0;
+  check(cudaMemcpyAsync(&host_info, info.get(), sizeof(int), cudaMemcpyDeviceToHost, stream), "cudaMemcpy info");
+  check(cudaStreamSynchronize(stream), "cusolverDnDpotrf");
+  require(host_info >= 0, "E_INTERNAL", "cusolverDnDpotrf: bad argument " + std::to_string(-host_info));
+  return host_info == 0;
+}
+
+void invert_lower_device(cudaStream_t stream, const double* L, double* out, int64_t n) {
+  Libraries& l = libraries();
+  require(l.blas_ok, "E_INTERNAL", "invert_lower_device needs cuBLAS");
+  // Read column-major, L is U = Lᵀ (upper). Solving U X = I gives X = U⁻¹ = (L⁻¹)ᵀ column-major,
+  // whose memory read row-major is L⁻¹: the answer, in place in `out`.
+  set_identity<<<(unsigned)ceil_div(n * n, 256), 256, 0, stream>>>(out, n);
+  check(cudaGetLastError(), "set_identity launch");
+  const double one = 1.0;
+  blas_check(l.blas.set_stream(l.blas.handle, stream), "cublasSetStream");
+  blas_check(l.blas.dtrsm(l.blas.handle, kSideLeft, kFillUpper, kOpN, kDiagNonUnit, (int)n, (int)n, &one, L, (int)n,
+                          out, (int)n),
+             "cublasDtrsm");
+  check(cudaStreamSynchronize(stream), "invert_lower_device");
+}
+
+}  // namespace cuda
+}  // namespace lowbit
