@@ -70,6 +70,8 @@ export interface NativeGptqOptions {
   blockSize?: number;
   /** 1 (default): "gptq" v1 qzeros (the grid then never uses a zero point of 0); 0: "gptq_v2" */
   zeroOffset?: 0 | 1;
+  /** -1 (default): the CPU; else the CUDA device that runs the factorization and the sweep */
+  device?: number;
 }
 
 export interface NativeGptqResult {

@@ -5,6 +5,7 @@
 #include <mutex>
 #include <string>
 
+#include "../../cuda/cuda_api.hpp"
 #include "../core/dtype.hpp"
 #include "../core/gptq.hpp"
 #include "../core/hessian.hpp"
@@ -166,8 +167,12 @@ Napi::Value GptqQuantize(const Napi::CallbackInfo& info) {
     require(N > 0 && K > 0, "E_SHAPE", "N and K must be positive");
     require(W.length >= N * K, "E_BUFFER",
             "W holds " + std::to_string(W.length) + " elements, needs " + std::to_string(N) + " x " + std::to_string(K));
-    const GptqOptions opt = gptq_options(object_arg(info, 4, "options"));
+    const Napi::Object options = object_arg(info, 4, "options");
+    const GptqOptions opt = gptq_options(options);
     validate_gptq_options(opt, K);
+    // -1: the CPU; otherwise the CUDA device that runs the factorization and the sweep.
+    const int64_t device = options.Get("device").IsUndefined() ? -1 : integer(options.Get("device"), "device");
+    require(device >= -1, "E_ARGUMENT", "device must be -1 (CPU) or a CUDA device index");
     const float* hp = nullptr;
     HolderPtr holder;
     if (info[3].IsTypedArray()) {
@@ -205,12 +210,16 @@ Napi::Value GptqQuantize(const Napi::CallbackInfo& info) {
     return PromiseWorker::Run(
         env,
         [=] {
+          auto run = [&](const float* H) {
+            job->report = device < 0 ? gptq_quantize(wp, N, K, H, opt, out)
+                                     : cuda::gptq_quantize((int)device, wp, N, K, H, opt, out);
+          };
           if (holder) {
             std::lock_guard<std::mutex> lock(holder->mutex);
             require(holder->acc != nullptr, "E_CLOSED", "the Hessian accumulator was freed");
-            job->report = gptq_quantize(wp, N, K, holder->acc->data(), opt, out);
+            run(holder->acc->data());
           } else {
-            job->report = gptq_quantize(wp, N, K, hp, opt, out);
+            run(hp);
           }
           pack_qweight(out.q, N, K, opt.bits, qw);
           pack_qzeros(out.zeros, G, N, opt.bits, zero_offset, qz);

@@ -6,6 +6,7 @@
 import { LowbitError, invalidArgument } from '../errors.js';
 import { native, type NativeGptqResult, type NativeHessian, type PackedWeights } from '../native.js';
 import { Tensor } from '../tensor.js';
+import { resolveDevice, type DeviceSpec } from '../devices.js';
 
 export interface GptqOptions {
   bits: 2 | 3 | 4 | 8;
@@ -27,6 +28,8 @@ export interface GptqOptions {
   blockSize?: number;
   /** "gptq" (v1, default: zero points stored minus one) or "gptq_v2" */
   checkpointFormat?: 'gptq' | 'gptq_v2';
+  /** where the factorization and the sweep run: 'cpu' (default), 'cuda', 'cuda:N' or 'auto' */
+  device?: DeviceSpec;
 }
 
 export interface GptqResult {
@@ -60,7 +63,7 @@ function optionalBoolean(name: string, v: unknown): boolean | undefined {
 }
 
 /** Checks GPTQ options and fills in the defaults. */
-export function resolveGptqOptions(options: GptqOptions): Required<GptqOptions> {
+export function resolveGptqOptions(options: GptqOptions): Required<Omit<GptqOptions, 'device'>> {
   if (options === null || typeof options !== 'object') invalidArgument('options', 'object', options);
   const { bits } = options;
   if (!(BITS as readonly unknown[]).includes(bits)) invalidArgument('bits', 'one of 2, 3, 4, 8', bits, 'E_BITS');
@@ -189,6 +192,7 @@ export async function gptqQuantize(W: Tensor | Float32Array, shape: readonly [nu
   }
 
   const zeroOffset = opts.checkpointFormat === 'gptq' ? 1 : 0;
+  const device = resolveDevice(options.device ?? 'cpu');
   const r: NativeGptqResult = await native().gptqQuantize(data, N, K, h, {
     bits: opts.bits,
     groupSize: opts.groupSize,
@@ -200,6 +204,7 @@ export async function gptqQuantize(W: Tensor | Float32Array, shape: readonly [nu
     maxDampRaises: opts.maxDampRaises,
     blockSize: opts.blockSize,
     zeroOffset,
+    device,
   });
   const groupSize = opts.groupSize === -1 || opts.groupSize >= K ? K : opts.groupSize;
   return {

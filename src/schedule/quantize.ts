@@ -58,7 +58,7 @@ export interface QuantizeOptions {
     seqLen?: number;
     seed?: number;
   };
-  /** where the forward passes run (default 'cpu') */
+  /** where the forward passes and the GPTQ sweeps run (default 'cpu') */
   device?: DeviceSpec;
   /** continue from the blocks a previous, interrupted run finished */
   resume?: boolean;
@@ -418,6 +418,7 @@ async function runQuantize(r: Resolved, job: QuantizeJob): Promise<QuantizeSumma
                   damp: r.damp,
                   mse: r.mse,
                   checkpointFormat: r.checkpointFormat,
+                  device: r.device,
                 });
                 const prefix = reader.tensors.blocks[b]![name].prefix;
                 const packed = r.actOrder && !r.staticGroups ? result.packed : { ...result.packed, gIdx: undefined };

@@ -201,6 +201,31 @@ describe('GPTQ edge cases', () => {
     await expect(gptqQuantize(W, [3, K], H, { bits: 4 })).rejects.toMatchObject({ code: 'E_NAN' });
   });
 
+  it('runs on a CUDA device when asked, or says why it cannot', async () => {
+    const seed = randomSeed();
+    const rng = new Rng(seed);
+    const K = 96;
+    const N = 40;
+    const X = correlatedInputs(rng, 300, K);
+    const W = randomWeights(rng, N, K);
+    const h = await hessianOf(X, K, [300]);
+    const opts: GptqOptions = { bits: 4, groupSize: 32, actOrder: true };
+    const cpu = await gptqQuantize(W, [N, K], h, opts);
+    const gpus = native().cudaDevices().devices;
+    if (gpus.length === 0) {
+      await expect(gptqQuantize(W, [N, K], h, { ...opts, device: 'cuda' })).rejects.toMatchObject({ code: 'E_CUDA_UNAVAILABLE' });
+    } else {
+      const gpu = await gptqQuantize(W, [N, K], h, { ...opts, device: 'cuda' });
+      let differ = 0;
+      for (let i = 0; i < N * K; i++) if (gpu.q[i] !== cpu.q[i]) differ++;
+      expect(differ / (N * K), `seed ${seed}`).toBeLessThan(0.01);
+      expect(Array.from(gpu.packed.gIdx)).toEqual(Array.from(cpu.packed.gIdx));
+      expect(Math.abs(gpu.loss - cpu.loss) / cpu.loss, `seed ${seed}`).toBeLessThan(0.02);
+    }
+    h.free();
+    await expect(gptqQuantize(W, [N, K], new Float32Array(K * K), { ...opts, device: 'gpu' as 'cuda' })).rejects.toMatchObject({ code: 'E_ARGUMENT' });
+  });
+
   it('validates options with precise messages', async () => {
     const K = 8;
     const H = new Float32Array(K * K);
