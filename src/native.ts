@@ -55,6 +55,8 @@ export interface NativeCudaDevice {
 /** Opaque handle of a native Hessian accumulator (native/binding/gptq.cpp). */
 export interface NativeHessian {
   readonly K: number;
+  /** -1: host memory; else the CUDA device holding H */
+  readonly device: number;
 }
 
 export interface NativeGptqOptions {
@@ -220,8 +222,8 @@ export interface Addon {
   opNll(logits: Float32Array, rows: number, vocab: number, targets: Int32Array, out: Float32Array): void;
 
   // --- GPTQ (native/binding/gptq.cpp)
-  /** A K x K running-mean Hessian H = (2/n) sum x x^T, held natively (fp32). */
-  hessianCreate(K: number): NativeHessian;
+  /** A K x K running-mean Hessian H = (2/n) sum x x^T, held natively (fp32): on the host (device -1, default) or a CUDA device. */
+  hessianCreate(K: number, device?: number): NativeHessian;
   /** Folds `rows` tokens (X: [rows, K] row-major) into H; resolves with the tokens seen so far. */
   hessianAddBatch(handle: NativeHessian, X: Float32Array, rows: number): Promise<number>;
   hessianSamples(handle: NativeHessian): number;

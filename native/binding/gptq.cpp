@@ -4,6 +4,7 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <vector>
 
 #include "../../cuda/cuda_api.hpp"
 #include "../core/dtype.hpp"
@@ -18,13 +19,18 @@ namespace lowbit {
 namespace binding {
 namespace {
 
-// A Hessian accumulator owned by a JavaScript handle ({ [External] }). The mutex serializes batches
-// (each runs on a libuv worker) and reads; `closed` turns later use into E_CLOSED.
+// A Hessian accumulator owned by a JavaScript handle ({ [External] }): in host memory (acc) or on a
+// CUDA device (dev). The mutex serializes batches (each runs on a libuv worker) and reads; after
+// hessianFree both are null and later use is E_CLOSED.
 struct HessianHolder {
   std::mutex mutex;
   std::unique_ptr<HessianAccumulator> acc;
+  std::unique_ptr<cuda::HessianAccumulatorDevice> dev;
   int64_t K = 0;
-  int64_t reported_bytes = 0;  // external memory reported to V8
+  int64_t reported_bytes = 0;  // external memory reported to V8 (host accumulators only)
+
+  void require_open() const { require(acc || dev, "E_CLOSED", "the Hessian accumulator was freed"); }
+  int64_t samples() const { return acc ? acc->samples() : dev->samples(); }
 };
 
 using HolderPtr = std::shared_ptr<HessianHolder>;
@@ -38,15 +44,21 @@ HolderPtr holder_arg(const Napi::Value& v) {
   return *ext.As<Napi::External<HolderPtr>>().Data();
 }
 
-// hessianCreate(K) -> handle
+// hessianCreate(K, device = -1) -> handle
 Napi::Value HessianCreate(const Napi::CallbackInfo& info) {
   return guarded(info, [&]() -> Napi::Value {
     const int64_t K = integer(info[0], "K");
     require(K > 0 && K <= 65536, "E_SHAPE", "K must be in [1, 65536], got " + std::to_string(K));
+    const int64_t device = info.Length() > 1 && !info[1].IsUndefined() ? integer(info[1], "device") : -1;
+    require(device >= -1, "E_ARGUMENT", "device must be -1 (CPU) or a CUDA device index");
     auto holder = std::make_shared<HessianHolder>();
     holder->K = K;
-    holder->acc = std::make_unique<HessianAccumulator>(K);
-    holder->reported_bytes = K * K * (int64_t)sizeof(float);
+    if (device >= 0) {
+      holder->dev = std::make_unique<cuda::HessianAccumulatorDevice>((int)device, K);
+    } else {
+      holder->acc = std::make_unique<HessianAccumulator>(K);
+      holder->reported_bytes = K * K * (int64_t)sizeof(float);
+    }
     Napi::Env env = info.Env();
     Napi::MemoryManagement::AdjustExternalMemory(env, holder->reported_bytes);
     auto ext = Napi::External<HolderPtr>::New(env, new HolderPtr(holder), [](Napi::Env env, HolderPtr* p) {
@@ -60,6 +72,7 @@ Napi::Value HessianCreate(const Napi::CallbackInfo& info) {
     Napi::Object handle = Napi::Object::New(env);
     handle.Set(kHandleKey, ext);
     handle.Set("K", Napi::Number::New(env, (double)K));
+    handle.Set("device", Napi::Number::New(env, (double)device));
     return handle;
   });
 }
@@ -80,9 +93,10 @@ Napi::Value HessianAddBatch(const Napi::CallbackInfo& info) {
         info.Env(),
         [holder, xp, rows, samples] {
           std::lock_guard<std::mutex> lock(holder->mutex);
-          require(holder->acc != nullptr, "E_CLOSED", "the Hessian accumulator was freed");
-          holder->acc->add_batch(xp, rows);
-          *samples = holder->acc->samples();
+          holder->require_open();
+          if (holder->acc) holder->acc->add_batch(xp, rows);
+          else holder->dev->add_batch(xp, rows);
+          *samples = holder->samples();
         },
         [samples](Napi::Env env) -> Napi::Value { return Napi::Number::New(env, (double)*samples); },
         {info[0], info[1]});
@@ -94,8 +108,8 @@ Napi::Value HessianSamples(const Napi::CallbackInfo& info) {
   return guarded(info, [&]() -> Napi::Value {
     HolderPtr holder = holder_arg(info[0]);
     std::lock_guard<std::mutex> lock(holder->mutex);
-    require(holder->acc != nullptr, "E_CLOSED", "the Hessian accumulator was freed");
-    return Napi::Number::New(info.Env(), (double)holder->acc->samples());
+    holder->require_open();
+    return Napi::Number::New(info.Env(), (double)holder->samples());
   });
 }
 
@@ -104,10 +118,11 @@ Napi::Value HessianRead(const Napi::CallbackInfo& info) {
   return guarded(info, [&]() -> Napi::Value {
     HolderPtr holder = holder_arg(info[0]);
     std::lock_guard<std::mutex> lock(holder->mutex);
-    require(holder->acc != nullptr, "E_CLOSED", "the Hessian accumulator was freed");
+    holder->require_open();
     const int64_t n = holder->K * holder->K;
     auto out = Napi::Float32Array::New(info.Env(), (size_t)n);
-    std::copy(holder->acc->data(), holder->acc->data() + n, out.Data());
+    if (holder->acc) std::copy(holder->acc->data(), holder->acc->data() + n, out.Data());
+    else holder->dev->download(out.Data());
     return out;
   });
 }
@@ -118,6 +133,7 @@ Napi::Value HessianFree(const Napi::CallbackInfo& info) {
     HolderPtr holder = holder_arg(info[0]);
     std::lock_guard<std::mutex> lock(holder->mutex);
     holder->acc.reset();
+    holder->dev.reset();
     if (holder->reported_bytes) Napi::MemoryManagement::AdjustExternalMemory(info.Env(), -holder->reported_bytes);
     holder->reported_bytes = 0;
     return info.Env().Undefined();
@@ -216,8 +232,16 @@ Napi::Value GptqQuantize(const Napi::CallbackInfo& info) {
           };
           if (holder) {
             std::lock_guard<std::mutex> lock(holder->mutex);
-            require(holder->acc != nullptr, "E_CLOSED", "the Hessian accumulator was freed");
-            run(holder->acc->data());
+            holder->require_open();
+            if (holder->acc) {
+              run(holder->acc->data());
+            } else if (device >= 0 && device == holder->dev->device()) {
+              job->report = cuda::gptq_quantize(*holder->dev, wp, N, opt, out);  // H stays on the GPU
+            } else {
+              std::vector<float> H((size_t)(K * K));
+              holder->dev->download(H.data());
+              run(H.data());
+            }
           } else {
             run(hp);
           }

@@ -107,10 +107,16 @@ export class Hessian {
     this.#handle = handle;
   }
 
-  static create(K: number): Hessian {
+  /** A zero Hessian for K input features, in host memory or (device 'cuda[:N]') on a GPU. */
+  static create(K: number, options: { device?: DeviceSpec } = {}): Hessian {
     positiveInteger('K', K);
     if (K > 65536) invalidArgument('K', 'integer in [1, 65536]', K, 'E_SHAPE');
-    return new Hessian(K, native().hessianCreate(K));
+    return new Hessian(K, native().hessianCreate(K, resolveDevice(options.device ?? 'cpu')));
+  }
+
+  /** -1 for host memory, else the CUDA device holding H. */
+  get device(): number {
+    return this.handle.device;
   }
 
   /** The native handle (throws E_CLOSED after free()). */

@@ -392,7 +392,7 @@ async function runQuantize(r: Resolved, job: QuantizeJob): Promise<QuantizeSumma
         for (const group of stages) {
           // One pass over the calibration states collects the inputs of this group's stages.
           const hessians = new Map<CapturePointName, Hessian>();
-          for (const s of group) hessians.set(s.point, Hessian.create(linearDims(c, s.linears[0]!).K));
+          for (const s of group) hessians.set(s.point, Hessian.create(linearDims(c, s.linears[0]!).K, { device: r.device }));
           try {
             const last = group[group.length - 1]!.point;
             for (let s0 = 0; s0 < r.samples; s0 += rowsPerCall) {

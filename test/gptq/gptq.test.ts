@@ -214,7 +214,22 @@ describe('GPTQ edge cases', () => {
     const gpus = native().cudaDevices().devices;
     if (gpus.length === 0) {
       await expect(gptqQuantize(W, [N, K], h, { ...opts, device: 'cuda' })).rejects.toMatchObject({ code: 'E_CUDA_UNAVAILABLE' });
+      expect(() => Hessian.create(K, { device: 'cuda' })).toThrow(expect.objectContaining({ code: 'E_CUDA_UNAVAILABLE' }));
     } else {
+      // The Hessian accumulated on the GPU, and GPTQ straight from it.
+      const hg = await hessianOf(X, K, [100, 200]);
+      const hd = Hessian.create(K, { device: 'cuda' });
+      await hd.addBatch(X.subarray(0, 100 * K), 100);
+      await hd.addBatch(X.subarray(100 * K), 200);
+      expect(hd.device).toBe(0);
+      expect(hd.samples).toBe(300);
+      const a = hg.read().data as Float32Array;
+      const b = hd.read().data as Float32Array;
+      for (let i = 0; i < K * K; i += 13) expect(Math.abs(a[i]! - b[i]!), `seed ${seed}`).toBeLessThan(1e-4 * (Math.abs(a[i]!) + 1));
+      const fromDevice = await gptqQuantize(W, [N, K], hd, { ...opts, device: 'cuda' });
+      expect(Math.abs(fromDevice.loss - cpu.loss) / cpu.loss, `seed ${seed}`).toBeLessThan(0.02);
+      hg.free();
+      hd.free();
       const gpu = await gptqQuantize(W, [N, K], h, { ...opts, device: 'cuda' });
       let differ = 0;
       for (let i = 0; i < N * K; i++) if (gpu.q[i] !== cpu.q[i]) differ++;
