@@ -313,9 +313,12 @@ async function runQuantize(r: Resolved, job: QuantizeJob): Promise<QuantizeSumma
     };
     writer = await GptqWriter.create(r.out, reader, gptqConfig);
     const kept = r.keepPacked ? new Map<string, PackedWeights>() : undefined;
+    // The checkpoint states the configured group size even where it exceeds a layer's K (one group);
+    // the packed weights handed to kernels carry min(groupSize, K).
+    const forCheckpoint = (w: PackedWeights): PackedWeights => (r.groupSize > w.K ? { ...w, groupSize: r.groupSize } : w);
     for (let b = 0; b < state.finishedBlocks; b++) {
       for (const [prefix, w] of await readBlock(stateDir, b)) {
-        await writer.putLinear(prefix, w);
+        await writer.putLinear(prefix, forCheckpoint(w));
         kept?.set(prefix, w);
       }
     }
@@ -350,7 +353,7 @@ async function runQuantize(r: Resolved, job: QuantizeJob): Promise<QuantizeSumma
       state = { fingerprint: fp, finishedBlocks: block + 1, layers: [...state.layers, ...layers] };
       await writeState(stateDir, state);
       for (const [prefix, w] of linears) {
-        await writer!.putLinear(prefix, w);
+        await writer!.putLinear(prefix, forCheckpoint(w));
         kept?.set(prefix, w);
       }
     };
