@@ -4,7 +4,7 @@
 #   npx cmake-js compile --out build-cuda --CDCMAKE_CUDA_ARCHITECTURES=90
 #   bench/device.sh --build-only            (the standalone benchmark programs, into build-cuda/bench)
 #   ../shared/device/prepare.sh --modules
-# then run there with carry [".device", "build-cuda"]:   bash bench/device.sh [probe] [tests] [gemm] [gptq] [ppl]
+# then run there with carry [".device", "build-cuda"]:   bash bench/device.sh [probe] [tests] [gemm] [gptq] [model]
 set -uo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -24,7 +24,7 @@ OUT=${OUT:-/tmp/lowbit-device}
 mkdir -p "$OUT"
 export LOWBIT_ADDON=$root/build-cuda/Release/lowbit.node
 steps=("$@")
-[[ ${#steps[@]} -eq 0 ]] && steps=(probe tests gemm gptq ppl)
+[[ ${#steps[@]} -eq 0 ]] && steps=(probe tests gemm gptq model)
 summary=$OUT/summary.md
 : > "$summary"
 status=0
@@ -61,11 +61,14 @@ for step in "${steps[@]}"; do
         { echo "## GPTQ"; grep -hE "^\||device" "$OUT/gptq.log" "$OUT/gptq-fallback.log" "$OUT/gptq-torch.log"; } >> "$summary"
       fi
       ;;
-    ppl)
-      if [[ -f bench/cuda-ppl.sh ]]; then
-        bash bench/cuda-ppl.sh 2>&1 | tee "$OUT/ppl.log" >&2
-        { echo "## perplexity on CUDA"; tail -20 "$OUT/ppl.log"; } >> "$summary"
-      fi
+    model)
+      # The forward-pass tests (stories260K perplexities of REFERENCE.md included) on the CUDA backend.
+      # They read ../shared/data, which does not travel: carry a copy as .devdata (cp -r ../shared/data .devdata).
+      if [[ ! -d ../shared/data && -d .devdata ]]; then mkdir -p ../shared && cp -r .devdata ../shared/data; fi
+      LOWBIT_TEST_DEVICE=cuda bash .device/run.sh npx vitest run test/model 2>&1 | tee "$OUT/model.log" >&2
+      rc=${PIPESTATUS[0]}
+      [[ $rc -ne 0 ]] && status=$rc
+      { echo "## forward-pass tests on CUDA (rc $rc)"; grep -aE "Tests |Test Files |✓|✗|×|FAIL|ppl" "$OUT/model.log" | sed 's/\x1b\[[0-9;]*m//g' | tail -40; } >> "$summary"
       ;;
   esac
 done
