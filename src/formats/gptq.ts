@@ -278,7 +278,9 @@ export async function readPackedLinear(model: HfModel, block: number, name: Line
   if (!linear.quantized) throw gptqError(file, `'${linear.prefix}' is stored dense (no qweight)`, `${linear.prefix}.qweight`);
   const { K, N } = linearDims(model.config, name);
   const bits = q.bits as 2 | 3 | 4 | 8;
-  const groupSize = q.groupSize === -1 ? K : q.groupSize;
+  // A group as large as K (or larger: a model whose smaller linears have K under the configured
+  // group size, such as stories260K's K = 64 at group size 128) is one group per output channel.
+  const groupSize = q.groupSize === -1 || q.groupSize > K ? K : q.groupSize;
   const t = linear.quantized;
 
   const expectShape = (tensor: string, shape: readonly number[], want: number[], what: string): void => {

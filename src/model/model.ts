@@ -230,38 +230,10 @@ export class Model {
     const reader = this.requireReader();
     const bias = t.bias ? (await reader.readFloat32(t.bias)).data : undefined;
     if (t.weight) return { ...denseOf(await reader.readTensor(t.weight), t.weight), bias };
-    const q = t.quantized!;
-    const quant = this.config.quantization;
-    if (!quant) throw new LowbitError('E_GPTQ_FORMAT', `${t.prefix} is GPTQ-packed but the config has no quantization_config`, { tensor: q.qweight });
-    const { K, N } = shape;
-    const qweight = await reader.readTensor(q.qweight);
-    const qzeros = await reader.readTensor(q.qzeros);
-    const scales = await reader.readTensor(q.scales);
-    if (qweight.dtype !== 'i32' || qzeros.dtype !== 'i32' || scales.dtype !== 'f16') {
-      throw new LowbitError('E_GPTQ_FORMAT', `${t.prefix}: expected int32 qweight/qzeros and fp16 scales, got ${qweight.dtype}/${qzeros.dtype}/${scales.dtype}`, { tensor: q.qweight });
-    }
-    const groups = scales.shape[0]!;
-    const groupSize = quant.groupSize === -1 ? K : quant.groupSize;
-    let gIdx: Int32Array | undefined;
-    if (q.gIdx) {
-      const g = (await reader.readTensor(q.gIdx)).data as Int32Array;
-      // A g_idx that is just k / groupSize (no act-order) adds nothing: leave it out for the faster path.
-      const trivial = g.length >= K && g.subarray(0, K).every((v, k) => v === Math.floor(k / groupSize));
-      if (!trivial) gIdx = g.subarray(0, K);
-    }
-    const packed: PackedWeights = {
-      bits: quant.bits as PackedWeights['bits'],
-      K,
-      N,
-      groupSize,
-      groups,
-      zeroOffset: quant.checkpointFormat === 'gptq_v2' ? 0 : 1,
-      qweight: qweight.data as Int32Array,
-      qzeros: qzeros.data as Int32Array,
-      scales: scales.data as Uint16Array,
-      gIdx,
-    };
-    return { packed, bias };
+    // Packed linears are read by readBlockWeights through the formats module's readPackedLinear.
+    throw new LowbitError('E_UNSUPPORTED', `${t.prefix} is GPTQ-packed where lowbit reads only dense weights (e.g. a quantized lm_head)`, {
+      tensor: t.quantized?.qweight,
+    });
   }
 
   /** Block `block`'s weights as stored in the checkpoint (dense in their dtype, or packed). */
