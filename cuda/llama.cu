@@ -2,6 +2,7 @@
 // resident on the device (dense linears as f32 copies, packed ones as PackedMatrixDevice) and the
 // ops as straightforward f32 kernels. Same math as cpu_llama.cpp, op for op; correctness first (the
 // speed work has its own issue). Registered with make_backend() by a static initializer.
+#include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
 #include <cmath>
@@ -36,6 +37,13 @@ unsigned blocks_for(int64_t n, int threads) { return (unsigned)ceil_div(n, threa
 __global__ void gather_rows(const float* table, const int32_t* ids, int64_t n, int64_t dim, float* out) {
   const int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
   if (i < n * dim) out[i] = table[(int64_t)ids[i / dim] * dim + i % dim];
+}
+
+// 16-bit weights to f32 (exact): fp16 through the hardware conversion, bf16 by shifting into place.
+__global__ void widen(const uint16_t* src, int64_t n, bool bf16, float* dst) {
+  const int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
+  if (i >= n) return;
+  dst[i] = bf16 ? __uint_as_float((uint32_t)src[i] << 16) : __half2float(__ushort_as_half(src[i]));
 }
 
 __global__ void add_bias(float* Y, int64_t rows, int64_t N, const float* bias) {
@@ -185,38 +193,56 @@ std::unique_ptr<DeviceBuffer<float>> upload_floats(const float* src, int64_t n) 
   return b;
 }
 
+// A dense matrix on the device in the dtype it came in (f32, f16 or bf16): 16-bit weights keep half
+// the memory and are widened to f32 (exactly) into a scratch buffer when used.
+class DenseDevice {
+ public:
+  DenseDevice(const void* src, DType dtype, int64_t count) : dtype_(dtype), count_(count) {
+    require(dtype == DType::F32 || dtype == DType::F16 || dtype == DType::BF16, "E_DTYPE",
+            "dense weights must be f32, f16 or bf16");
+    const size_t bytes = (size_t)count * dtype_size(dtype);
+    buf_ = std::make_unique<DeviceBuffer<uint8_t>>(bytes);
+    buf_->upload(static_cast<const uint8_t*>(src), bytes);
+  }
+  // The f32 matrix, widened into `scratch` when stored in 16 bits.
+  const float* f32(Scratch& scratch, cudaStream_t s) const {
+    if (dtype_ == DType::F32) return reinterpret_cast<const float*>(buf_->get());
+    float* out = scratch.get(count_);
+    widen<<<blocks_for(count_, 256), 256, 0, s>>>(reinterpret_cast<const uint16_t*>(buf_->get()), count_,
+                                                  dtype_ == DType::BF16, out);
+    check(cudaGetLastError(), "widen launch");
+    return out;
+  }
+  int64_t bytes() const { return count_ * (int64_t)dtype_size(dtype_); }
+
+ private:
+  DType dtype_;
+  int64_t count_;
+  std::unique_ptr<DeviceBuffer<uint8_t>> buf_;
+};
+
 // A dense or packed linear on the device.
 class CudaLinear {
  public:
   CudaLinear(int device, const LinearWeights& w, int64_t N, int64_t K) : N_(N), K_(K) {
-    if (w.packed) {
-      packed_ = std::make_unique<PackedMatrixDevice>(device, w.q);
-    } else {
-      std::vector<float> f32;
-      const float* src = static_cast<const float*>(w.data);
-      if (w.dtype != DType::F32) {
-        f32.resize((size_t)(N * K));
-        convert(w.data, w.dtype, f32.data(), DType::F32, (size_t)(N * K));
-        src = f32.data();
-      }
-      dense_ = upload_floats(src, N * K);
-    }
+    if (w.packed) packed_ = std::make_unique<PackedMatrixDevice>(device, w.q);
+    else dense_ = std::make_unique<DenseDevice>(w.data, w.dtype, N * K);
     if (w.bias) bias_ = upload_floats(w.bias, N);
   }
   // Y [M, N] = X [M, K] · Wᵀ + bias, device memory, on `s`.
-  void apply(const float* X, int64_t M, float* Y, cudaStream_t s) const {
+  void apply(const float* X, int64_t M, float* Y, Scratch& wide, cudaStream_t s) const {
     if (packed_) packed_gemm_device(*packed_, X, M, Y, s);
-    else sgemm(s, false, true, M, N_, K_, 1.f, X, K_, dense_->get(), K_, 0.f, Y, N_);
+    else sgemm(s, false, true, M, N_, K_, 1.f, X, K_, dense_->f32(wide, s), K_, 0.f, Y, N_);
     if (bias_) {
       add_bias<<<blocks_for(M * N_, 256), 256, 0, s>>>(Y, M, N_, bias_->get());
       check(cudaGetLastError(), "add_bias launch");
     }
   }
-  int64_t bytes() const { return (packed_ ? packed_->bytes() : N_ * K_ * 4) + (bias_ ? N_ * 4 : 0); }
+  int64_t bytes() const { return (packed_ ? packed_->bytes() : dense_->bytes()) + (bias_ ? N_ * 4 : 0); }
 
  private:
   int64_t N_, K_;
-  std::unique_ptr<DeviceBuffer<float>> dense_;
+  std::unique_ptr<DenseDevice> dense_;
   std::unique_ptr<PackedMatrixDevice> packed_;
   std::unique_ptr<DeviceBuffer<float>> bias_;
 };
@@ -249,14 +275,7 @@ class CudaLlama : public LlamaBackend {
   void set_globals(const GlobalWeights& w) override {
     require(w.embed && w.final_norm, "E_BUFFER", "globals need the embedding and the final norm");
     select();
-    std::vector<float> f32;
-    const float* src = static_cast<const float*>(w.embed);
-    if (w.embed_dtype != DType::F32) {
-      f32.resize((size_t)(config_.vocab * config_.dim));
-      convert(w.embed, w.embed_dtype, f32.data(), DType::F32, f32.size());
-      src = f32.data();
-    }
-    embed_ = upload_floats(src, config_.vocab * config_.dim);
+    embed_ = std::make_unique<DenseDevice>(w.embed, w.embed_dtype, config_.vocab * config_.dim);
     final_norm_ = upload_floats(w.final_norm, config_.dim);
     head_.reset();
     if (!config_.tie_embeddings) {
@@ -298,7 +317,7 @@ class CudaLlama : public LlamaBackend {
   bool has_block(int64_t i) const override { return i >= 0 && i < config_.layers && blocks_[(size_t)i] != nullptr; }
 
   int64_t weight_bytes() const override {
-    int64_t b = embed_ ? (config_.vocab + 1) * config_.dim * 4 : 0;
+    int64_t b = embed_ ? embed_->bytes() + config_.dim * 4 : 0;
     if (head_) b += head_->bytes();
     for (const auto& blk : blocks_)
       if (blk) b += blk->bytes(config_.dim);
@@ -430,7 +449,8 @@ class CudaLlama : public LlamaBackend {
     int32_t* ids_dev = reinterpret_cast<int32_t*>(ids_.get(n));
     upload(ids_dev, ids, n);
     float* h = hidden_.get(n * config_.dim);
-    gather_rows<<<blocks_for(n * config_.dim, 256), 256, 0, stream_>>>(embed_->get(), ids_dev, n, config_.dim, h);
+    gather_rows<<<blocks_for(n * config_.dim, 256), 256, 0, stream_>>>(embed_->f32(wide_, stream_), ids_dev, n,
+                                                                        config_.dim, h);
     check(cudaGetLastError(), "gather_rows launch");
     return h;
   }
@@ -447,9 +467,9 @@ class CudaLlama : public LlamaBackend {
     float* normed = norm_.get(rows * config_.dim);
     rms_norm<<<(unsigned)rows, 256, 0, stream_>>>(h, config_.dim, final_norm_->get(), config_.norm_eps, normed);
     check(cudaGetLastError(), "rms_norm launch");
-    if (head_) head_->apply(normed, rows, out, stream_);
-    else sgemm(stream_, false, true, rows, config_.vocab, config_.dim, 1.f, normed, config_.dim, embed_->get(),
-               config_.dim, 0.f, out, config_.vocab);
+    if (head_) head_->apply(normed, rows, out, wide_, stream_);
+    else sgemm(stream_, false, true, rows, config_.vocab, config_.dim, 1.f, normed, config_.dim,
+               embed_->f32(wide_, stream_), config_.dim, 0.f, out, config_.vocab);
   }
 
   // RoPE tables for positions p0 .. p0 + n - 1, computed on the host exactly as the CPU does.
@@ -504,9 +524,9 @@ class CudaLlama : public LlamaBackend {
     rms_norm<<<(unsigned)rows, 256, 0, stream_>>>(x, c.dim, blk.attn_norm->get(), c.norm_eps, norm);
     launched("rms_norm launch");
     if (emit(CapturePoint::Qkv, norm, c.dim)) return false;
-    blk.linears[(int)Linear::Q]->apply(norm, rows, q, stream_);
-    blk.linears[(int)Linear::K]->apply(norm, rows, k, stream_);
-    blk.linears[(int)Linear::V]->apply(norm, rows, v, stream_);
+    blk.linears[(int)Linear::Q]->apply(norm, rows, q, wide_, stream_);
+    blk.linears[(int)Linear::K]->apply(norm, rows, k, wide_, stream_);
+    blk.linears[(int)Linear::V]->apply(norm, rows, v, wide_, stream_);
     const int64_t half = c.head_dim / 2;
     rope_tables(p0, S);
     rope<<<blocks_for(rows * c.heads * half, 256), 256, 0, stream_>>>(q, rows, S, qw, c.heads, half, cos_.get(0),
@@ -535,18 +555,18 @@ class CudaLlama : public LlamaBackend {
                                                                               c.heads, c.kv_heads, c.head_dim, scale, att);
     launched("attention launch");
     if (emit(CapturePoint::O, att, qw)) return false;
-    blk.linears[(int)Linear::O]->apply(att, rows, proj, stream_);
+    blk.linears[(int)Linear::O]->apply(att, rows, proj, wide_, stream_);
     add_inplace<<<blocks_for(rows * c.dim, 256), 256, 0, stream_>>>(x, proj, rows * c.dim);
     launched("add launch");
     rms_norm<<<(unsigned)rows, 256, 0, stream_>>>(x, c.dim, blk.mlp_norm->get(), c.norm_eps, norm);
     launched("rms_norm launch");
     if (emit(CapturePoint::GateUp, norm, c.dim)) return false;
-    blk.linears[(int)Linear::Gate]->apply(norm, rows, gate, stream_);
-    blk.linears[(int)Linear::Up]->apply(norm, rows, up, stream_);
+    blk.linears[(int)Linear::Gate]->apply(norm, rows, gate, wide_, stream_);
+    blk.linears[(int)Linear::Up]->apply(norm, rows, up, wide_, stream_);
     swiglu<<<blocks_for(rows * c.hidden, 256), 256, 0, stream_>>>(gate, up, rows * c.hidden, gate);
     launched("swiglu launch");
     if (emit(CapturePoint::Down, gate, c.hidden)) return false;
-    blk.linears[(int)Linear::Down]->apply(gate, rows, proj, stream_);
+    blk.linears[(int)Linear::Down]->apply(gate, rows, proj, wide_, stream_);
     add_inplace<<<blocks_for(rows * c.dim, 256), 256, 0, stream_>>>(x, proj, rows * c.dim);
     launched("add launch");
     check(cudaMemcpyAsync(h, x, (size_t)(rows * c.dim) * 4, cudaMemcpyDeviceToDevice, stream_), "copy");
@@ -556,10 +576,12 @@ class CudaLlama : public LlamaBackend {
   int device_;
   cudaStream_t stream_ = nullptr;
   std::vector<std::unique_ptr<CudaBlock>> blocks_;
-  std::unique_ptr<DeviceBuffer<float>> embed_, final_norm_;
+  std::unique_ptr<DenseDevice> embed_;
+  std::unique_ptr<DeviceBuffer<float>> final_norm_;
   std::unique_ptr<CudaLinear> head_;
   // Scratch (a backend is used by one thread at a time). ids_ holds int32 ids in float-sized slots.
-  Scratch hidden_, x_, norm_, q_, k_, v_, att_, proj_, gate_, up_, logits_, nll_, ids_, cos_, sin_;
+  // wide_: a 16-bit weight widened to f32 for the product that uses it next.
+  Scratch hidden_, x_, norm_, q_, k_, v_, att_, proj_, gate_, up_, logits_, nll_, ids_, cos_, sin_, wide_;
   std::vector<float> host_cos_, host_sin_, host_capture_;
 };
 
