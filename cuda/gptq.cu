@@ -15,7 +15,6 @@
 #include <algorithm>
 #include <cmath>
 #include <numeric>
-#include <sstream>
 #include <vector>
 
 #include "../native/core/gptq.hpp"
@@ -313,19 +312,7 @@ void inverse_hessian_factor(const float* H, int64_t K, const DeviceBuffer<int32_
       report.damp = lambda;
       break;
     }
-    const double next = percent > 0 ? percent * 10 : 0.01;
-    if (attempt >= opt.max_damp_raises) {
-      std::ostringstream msg;
-      msg << "the Cholesky factorization of the Hessian failed even with damp_percent " << percent << " (lambda "
-          << lambda << ", after " << attempt << " raises): H is not positive definite; check the calibration "
-          << "inputs or raise damp";
-      fail("E_HESSIAN_SINGULAR", msg.str());
-    }
-    std::ostringstream warn;
-    warn << "Cholesky factorization failed with damp_percent " << percent << "; raised to " << next;
-    report.warnings.push_back(warn.str());
-    ++report.damp_raises;
-    percent = next;
+    percent = raise_damp_after_failure(percent, lambda, attempt, opt, report);
   }
   DeviceBuffer<double> Linv((size_t)(K * K));
   if (on_gpu) {

@@ -70,6 +70,23 @@ void write_g_idx(const std::vector<int32_t>& perm, int64_t K, const GptqOptions&
   }
 }
 
+double raise_damp_after_failure(double percent, double lambda, int attempt, const GptqOptions& opt,
+                                GptqReport& report) {
+  const double next = percent > 0 ? percent * 10 : 0.01;
+  if (attempt >= opt.max_damp_raises) {
+    std::ostringstream msg;
+    msg << "the Cholesky factorization of the Hessian failed even with damp_percent " << percent << " (lambda "
+        << lambda << ", after " << attempt << " raises): H is not positive definite; check the calibration "
+        << "inputs or raise damp";
+    fail("E_HESSIAN_SINGULAR", msg.str());
+  }
+  std::ostringstream warn;
+  warn << "Cholesky factorization failed with damp_percent " << percent << "; raised to " << next;
+  report.warnings.push_back(warn.str());
+  ++report.damp_raises;
+  return next;
+}
+
 namespace {
 
 // One group's grid: the grid RTN uses (quant_grid.hpp, including v1's minimum zero point).
@@ -135,19 +152,7 @@ std::vector<float> inverse_hessian_factor(const float* H, int64_t K, const std::
       report.damp = lambda;
       break;
     }
-    const double next = percent > 0 ? percent * 10 : 0.01;
-    if (attempt >= opt.max_damp_raises) {
-      std::ostringstream msg;
-      msg << "the Cholesky factorization of the Hessian failed even with damp_percent " << percent << " (lambda "
-          << lambda << ", after " << attempt << " raises): H is not positive definite; check the calibration "
-          << "inputs or raise damp";
-      fail("E_HESSIAN_SINGULAR", msg.str());
-    }
-    std::ostringstream warn;
-    warn << "Cholesky factorization failed with damp_percent " << percent << "; raised to " << next;
-    report.warnings.push_back(warn.str());
-    ++report.damp_raises;
-    percent = next;
+    percent = raise_damp_after_failure(percent, lambda, attempt, opt, report);
   }
   invert_lower(P.data(), K, K);
   std::vector<float> Hinv((size_t)(K * K), 0.f);

@@ -72,4 +72,11 @@ std::vector<int32_t> sweep_order(const float* H, int64_t K, bool act_order);
 // where groups follow the sweep order: g_idx[perm[p]] = p / group_size.
 void write_g_idx(const std::vector<int32_t>& perm, int64_t K, const GptqOptions& opt, int32_t* g_idx);
 
+// The dampening schedule: after the Cholesky factorization failed at damp_percent `percent` (which
+// gave `lambda`) on try `attempt`, records the raise in `report` (a warning, damp_raises) and returns
+// the next damp_percent (x10; from 0 to 0.01), or throws E_HESSIAN_SINGULAR once opt.max_damp_raises
+// raises are spent.
+double raise_damp_after_failure(double percent, double lambda, int attempt, const GptqOptions& opt,
+                                GptqReport& report);
+
 }  // namespace lowbit
