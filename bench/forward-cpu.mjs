@@ -1,5 +1,5 @@
 // CPU forward-pass benchmark (issue 4). Not a test: `npm run bench -- forward-cpu` (builds dist/
-// first), or `node bench/forward-cpu.mjs` after `npm run build`. Prints a Markdown table.
+// first), or `node bench/forward-cpu.mjs` after `npm run build:ts`. Prints a Markdown table.
 //
 // 1. The perplexity evaluation of stories260K (../shared/data) on tinystories-valid.txt:
 //    tokens/s over --stories-windows windows of 512 (4 windows per native call).

@@ -7,7 +7,7 @@
 //
 //   node bench/gptq-quality.mjs [--bits 4,3,2] [--groups -1,32] [--samples 128] [--seq-len 512]
 //        [--methods rtn,gptq] [--act-order no,yes] [--mse] [--static-groups] [--damp 0.01]
-// Imports the package from dist/ (npm run build), or from $LOWBIT_DIST.
+// Imports the package from dist/ (npm run build:ts), or from $LOWBIT_DIST.
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { cpus, tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';

@@ -4,7 +4,7 @@
 // sweep with lazy updates), for N×K weights. Prints a Markdown table. Not a test.
 //
 //   node bench/gptq-speed.mjs [--shapes 4096x4096,11008x4096] [--tokens 262144] [--bits 4] [--group 128] [--act-order]
-// Shapes are N×K (out × in). Imports the package from dist/ (npm run build), or from $LOWBIT_DIST.
+// Shapes are N×K (out × in). Imports the package from dist/ (npm run build:ts), or from $LOWBIT_DIST.
 import { cpus, loadavg } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';

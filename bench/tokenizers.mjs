@@ -1,4 +1,4 @@
-// Tokenizer throughput on the real data: node bench/tokenizers.mjs (after `npm run build`).
+// Tokenizer throughput on the real data: node bench/tokenizers.mjs (after `npm run build:ts`).
 // Prints ms and MB/s per file for SentencePiece (tok512.model) and tokenizer.json.
 import { readFileSync } from 'node:fs';
 import { dirname, resolve } from 'node:path';

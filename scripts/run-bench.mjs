@@ -14,8 +14,8 @@ const names = firstOption < 0 ? args : args.slice(0, firstOption);
 const options = firstOption < 0 ? [] : args.slice(firstOption);
 
 if (!existsSync(join(root, 'dist', 'index.js'))) {
-  console.log('dist/ is missing: npm run build');
-  execFileSync('npm', ['run', 'build'], { cwd: root, stdio: 'inherit' });
+  console.log('dist/ is missing: npm run build:ts');
+  execFileSync('npm', ['run', 'build:ts'], { cwd: root, stdio: 'inherit' });
 }
 
 const all = readdirSync(join(root, 'bench')).filter((f) => /^cpu-.*\.mjs$/.test(f)).sort();

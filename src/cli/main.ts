@@ -1,9 +1,7 @@
-#!/usr/bin/env node
 /**
  * The `lowbit` command: a thin layer over the public API. Each subcommand lives in its own module
  * (src/cli/<name>.ts) exporting `run(argv: string[]): Promise<number>` (the exit code) and `usage`.
  */
-import { LowbitError } from '../errors.js';
 
 interface Command {
   summary: string;
@@ -45,18 +43,4 @@ export async function main(argv: string[]): Promise<number> {
     return 0;
   }
   return mod.run(rest);
-}
-
-const invokedDirectly = process.argv[1] && import.meta.url.endsWith(process.argv[1].replace(/\\/g, '/').split('/').pop()!);
-if (invokedDirectly) {
-  main(process.argv.slice(2)).then(
-    (code) => {
-      process.exitCode = code;
-    },
-    (err: unknown) => {
-      if (err instanceof LowbitError) console.error(`lowbit: ${err.message} [${err.code}]`);
-      else console.error(err);
-      process.exitCode = 1;
-    },
-  );
 }

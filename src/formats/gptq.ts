@@ -19,7 +19,7 @@ import { LowbitError, invalidArgument } from '../errors.js';
 import type { PackedWeights } from '../native.js';
 import { Tensor } from '../tensor.js';
 import { hfConfigJson } from './convert.js';
-import { HfModel, LINEAR_NAMES, type LinearName, type LinearTensors, type LlamaConfig, type ModelReader } from './hf.js';
+import { HfModel, LINEAR_MODULES, LINEAR_NAMES, type LinearName, type LinearTensors, type LlamaConfig, type ModelReader } from './hf.js';
 import { CheckpointWriter, tempPath, writeFileAtomic, type TensorSpec } from './safetensors-writer.js';
 import { SAFETENSORS_DTYPE_OF } from './safetensors.js';
 
@@ -50,16 +50,6 @@ export interface GptqConfig {
   /** "gptq" stores zero − 1 (v1); "gptq_v2" stores the zero itself */
   checkpointFormat: 'gptq' | 'gptq_v2';
 }
-
-export const LINEAR_MODULES: Record<LinearName, string> = {
-  q: 'self_attn.q_proj',
-  k: 'self_attn.k_proj',
-  v: 'self_attn.v_proj',
-  o: 'self_attn.o_proj',
-  gate: 'mlp.gate_proj',
-  up: 'mlp.up_proj',
-  down: 'mlp.down_proj',
-};
 
 /** Input (K) and output (N) features of a block's linear. */
 export function linearDims(config: LlamaConfig, name: LinearName): { K: number; N: number } {

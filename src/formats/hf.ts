@@ -304,7 +304,8 @@ export interface ModelTensors {
 export const LINEAR_NAMES = ['q', 'k', 'v', 'o', 'gate', 'up', 'down'] as const;
 export type LinearName = (typeof LINEAR_NAMES)[number];
 
-const LINEAR_PATHS: Record<LinearName, string> = {
+/** Each linear's module path inside a decoder layer (model.layers.<i>.<path>). */
+export const LINEAR_MODULES: Record<LinearName, string> = {
   q: 'self_attn.q_proj',
   k: 'self_attn.k_proj',
   v: 'self_attn.v_proj',
@@ -347,7 +348,7 @@ export function describeTensors(config: LlamaConfig, has: (name: string) => bool
   for (let i = 0; i < config.numLayers; i++) {
     const p = `model.layers.${i}`;
     const lin = {} as Record<LinearName, LinearTensors>;
-    for (const n of LINEAR_NAMES) lin[n] = linear(`${p}.${LINEAR_PATHS[n]}`, biasOf[n]);
+    for (const n of LINEAR_NAMES) lin[n] = linear(`${p}.${LINEAR_MODULES[n]}`, biasOf[n]);
     blocks.push({
       index: i,
       inputLayernorm: need(`${p}.input_layernorm.weight`),

@@ -6,8 +6,8 @@ import { statSync } from 'node:fs';
 import { basename, join, resolve } from 'node:path';
 import { LowbitError } from '../errors.js';
 import { Checkpoint } from './checkpoint.js';
-import { LINEAR_MODULES, linearDims } from './gptq.js';
-import { LINEAR_NAMES, readLlamaConfig, type LlamaConfig } from './hf.js';
+import { linearDims } from './gptq.js';
+import { LINEAR_MODULES, LINEAR_NAMES, readLlamaConfig, type LlamaConfig } from './hf.js';
 import { Llama2cModel } from './llama2c.js';
 import { SAFETENSORS_DTYPES } from './safetensors.js';
 

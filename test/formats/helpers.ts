@@ -2,29 +2,15 @@
  * Shared helpers for the model I/O tests: where the real data lives, and how a test that needs it
  * behaves when it is missing (fails in CI, skips with a message elsewhere).
  */
-import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { dirname, join, resolve } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { join } from 'node:path';
+import { dataDir } from '../helpers/data.js';
 
-export const projectRoot = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
-export const dataDir = resolve(projectRoot, '../shared/data');
+export { projectRoot, dataDir, haveData } from '../helpers/data.js';
 
 export function dataPath(...parts: string[]): string {
   return join(dataDir, ...parts);
-}
-
-/**
- * True when every named data file exists. When one is missing: throws under CI=true, otherwise
- * prints where the data should be and returns false (the caller skips).
- */
-export function haveData(...files: string[]): boolean {
-  const missing = files.filter((f) => !existsSync(dataPath(f)));
-  if (missing.length === 0) return true;
-  const message = `real data missing: ${missing.join(', ')} (expected under ${dataDir}; see its README.md)`;
-  if (process.env.CI === 'true') throw new Error(message);
-  console.warn(`skipping: ${message}`);
-  return false;
 }
 
 /** A fresh temporary directory, removed by the returned cleanup. */

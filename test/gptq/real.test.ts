@@ -3,27 +3,26 @@
  * captured by the forward pass on TinyStories text, against the float64 reference; GPTQ must beat
  * RTN on the layer's output error.
  */
-import { existsSync, readFileSync } from 'node:fs';
-import { join, resolve } from 'node:path';
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { dataDir, haveData } from '../helpers/data.js';
 import { linearDims } from '../../src/formats/gptq.js';
 import { openModel, type Model, type CapturePointName, type NativeLinearName } from '../../src/model/model.js';
 import { native } from '../../src/native.js';
 import { Hessian, gptqQuantize } from '../../src/quantize/gptq.js';
 import { dequantize, gptqReference, outputError } from './reference.js';
 
-const data = resolve(process.cwd(), '../shared/data');
+const data = dataDir;
 const modelDir = join(data, 'stories260K-hf');
 const textFile = join(data, 'tinystories-valid.calib.txt');
-const haveData = existsSync(join(modelDir, 'model.safetensors')) && existsSync(textFile);
-if (!haveData && process.env.CI === 'true') throw new Error(`CI: the test data is missing; expected stories260K-hf and tinystories-valid.calib.txt in ${data}`);
-if (!haveData) console.warn(`skipping real-weight GPTQ tests: put stories260K-hf and tinystories-valid.calib.txt in ${data}`);
+const ready = haveData('stories260K-hf/model.safetensors', 'tinystories-valid.calib.txt');
 
 const SEQ = 128;
 const WINDOWS = 6;
 const POINT_OF: Record<NativeLinearName, CapturePointName> = { q: 'qkv', k: 'qkv', v: 'qkv', o: 'o', gate: 'gateUp', up: 'gateUp', down: 'down' };
 
-describe.skipIf(!haveData)('GPTQ on stories260K block 1 with captured inputs', () => {
+describe.skipIf(!ready)('GPTQ on stories260K block 1 with captured inputs', () => {
   let model: Model;
   let inputs: Partial<Record<CapturePointName, Float32Array>>;
   let offset: number;

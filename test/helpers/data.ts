@@ -12,16 +12,21 @@ export const projectRoot = resolve(dirname(fileURLToPath(import.meta.url)), '../
 export const dataDir = resolve(projectRoot, '../shared/data');
 
 /**
- * The path of a shared data file when it exists. When it is missing: throws under CI=true (the data
- * must be there), otherwise warns where it should be and returns undefined (the caller skips).
+ * True when every named shared data file exists. When one is missing: throws under CI=true (the data
+ * must be there), otherwise warns where it should be and returns false (the caller skips).
  */
-export function sharedData(name: string): string | undefined {
-  const path = join(dataDir, name);
-  if (existsSync(path)) return path;
-  const message = `shared test data missing: ${path} (put the shared data set at ../shared/data relative to the project root; see its README.md)`;
+export function haveData(...names: string[]): boolean {
+  const missing = names.map((n) => join(dataDir, n)).filter((p) => !existsSync(p));
+  if (missing.length === 0) return true;
+  const message = `shared test data missing: ${missing.join(', ')} (put the shared data set at ../shared/data relative to the project root; see its README.md)`;
   if (process.env.CI === 'true') throw new Error(message);
   console.warn(`skipping: ${message}`);
-  return undefined;
+  return false;
+}
+
+/** The path of a shared data file when it exists, else undefined (after haveData's CI rule). */
+export function sharedData(name: string): string | undefined {
+  return haveData(name) ? join(dataDir, name) : undefined;
 }
 
 export interface TestTensor {

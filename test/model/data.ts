@@ -1,19 +1,11 @@
 /** Where the shared real data lives, and the rule for tests that need it (fail in CI, skip elsewhere). */
-import { existsSync, readFileSync } from 'node:fs';
-import { dirname, join, resolve } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { readFileSync } from 'node:fs';
+import { sharedData } from '../helpers/data.js';
 
-export const projectRoot = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
-export const dataDir = resolve(projectRoot, '../shared/data');
+export { projectRoot, dataDir } from '../helpers/data.js';
 
 /** Path of a data file, or undefined (after checking CI) when it is missing. */
-export function dataPath(name: string): string | undefined {
-  const p = join(dataDir, name);
-  if (existsSync(p)) return p;
-  if (process.env.CI === 'true') throw new Error(`test data ${p} is missing (CI must have ../shared/data; see its README)`);
-  console.warn(`skipping: test data ${p} is missing (put the shared data set at ../shared/data relative to the project root)`);
-  return undefined;
-}
+export const dataPath = sharedData;
 
 export interface ReferenceStream {
   tokens: number;

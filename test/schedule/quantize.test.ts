@@ -5,19 +5,18 @@
 import { copyFile, mkdir, mkdtemp, readFile, readdir, rm, writeFile } from 'node:fs/promises';
 import { existsSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join, resolve } from 'node:path';
+import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { dataDir, haveData } from '../helpers/data.js';
 import { LowbitError } from '../../src/errors.js';
 import { quantize, type QuantizeOptions, type QuantizeProgress } from '../../src/quantize/index.js';
 import { resumeDir } from '../../src/schedule/resume.js';
 import { run as runCli } from '../../src/cli/quantize.js';
 
-const data = resolve(process.cwd(), '../shared/data');
+const data = dataDir;
 const modelDir = join(data, 'stories260K-hf');
 const calib = join(data, 'tinystories-valid.calib.txt');
-const haveData = existsSync(join(modelDir, 'model.safetensors')) && existsSync(calib);
-if (!haveData && process.env.CI === 'true') throw new Error(`CI: the test data is missing; expected stories260K-hf and tinystories-valid.calib.txt in ${data}`);
-if (!haveData) console.warn(`skipping scheduler tests: put stories260K-hf and tinystories-valid.calib.txt in ${data}`);
+const ready = haveData('stories260K-hf/model.safetensors', 'tinystories-valid.calib.txt');
 
 let work: string;
 beforeAll(async () => {
@@ -45,7 +44,7 @@ async function filesOf(dir: string): Promise<Map<string, Buffer>> {
   return out;
 }
 
-describe.skipIf(!haveData)('quantize (stories260K)', () => {
+describe.skipIf(!ready)('quantize (stories260K)', () => {
   it('resumes after a cancellation and writes a byte-identical checkpoint', async () => {
     const whole = join(work, 'whole');
     const summary = await quantize(base(whole));
