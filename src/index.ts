@@ -2,6 +2,7 @@
 export { LowbitError, ERROR_CODES, type LowbitErrorCode } from './errors.js';
 export { devices, setThreads, resolveDevice, type Device, type CpuDevice, type CudaDevice, type DeviceSpec } from './devices.js';
 export type { PackedWeights, BuildInfo } from './native.js';
+export { Tensor, DTYPE_BYTES, numel, type DType } from './tensor.js';
 export { SafetensorsFile, BufferSource, type TensorInfo, type SafetensorsHeader, type SafetensorsDType, type ByteSource } from './formats/safetensors.js';
 export { Checkpoint } from './formats/checkpoint.js';
 export { HfModel, parseLlamaConfig, readLlamaConfig, describeTensors, type LlamaConfig, type ModelTensors, type BlockTensors, type LinearTensors, type ModelReader, type RopeConfig } from './formats/hf.js';
