@@ -18,23 +18,26 @@ export interface TensorReport {
   bytes: number;
 }
 
+/** The config facts a report shows, in this order. */
+const CONFIG_FACTS = [
+  'modelType',
+  'hiddenSize',
+  'intermediateSize',
+  'numLayers',
+  'numHeads',
+  'numKvHeads',
+  'headDim',
+  'vocabSize',
+  'maxPositionEmbeddings',
+  'tieWordEmbeddings',
+  'rope',
+] as const;
+
 export interface InspectReport {
   path: string;
   format: 'hf-directory' | 'safetensors' | 'llama2c';
   architecture?: string;
-  config?: {
-    modelType: string;
-    hiddenSize: number;
-    intermediateSize: number;
-    numLayers: number;
-    numHeads: number;
-    numKvHeads: number;
-    headDim: number;
-    vocabSize: number;
-    maxPositionEmbeddings: number;
-    tieWordEmbeddings: boolean;
-    rope: LlamaConfig['rope'];
-  };
+  config?: Pick<LlamaConfig, (typeof CONFIG_FACTS)[number]>;
   /** quantization_config as the checkpoint states it */
   quantization?: Record<string, unknown>;
   /** llama2.c header facts (version, shared classifier, Q8_0 group size) */
@@ -55,19 +58,7 @@ export interface InspectReport {
 }
 
 function summary(c: LlamaConfig): InspectReport['config'] {
-  return {
-    modelType: c.modelType,
-    hiddenSize: c.hiddenSize,
-    intermediateSize: c.intermediateSize,
-    numLayers: c.numLayers,
-    numHeads: c.numHeads,
-    numKvHeads: c.numKvHeads,
-    headDim: c.headDim,
-    vocabSize: c.vocabSize,
-    maxPositionEmbeddings: c.maxPositionEmbeddings,
-    tieWordEmbeddings: c.tieWordEmbeddings,
-    rope: c.rope,
-  };
+  return Object.fromEntries(CONFIG_FACTS.map((key) => [key, c[key]])) as InspectReport['config'];
 }
 
 export async function inspectModel(path: string): Promise<InspectReport> {
