@@ -3,22 +3,16 @@
  * decoding, random packed matrices in the GPTQ layout, and the float64 product they should give.
  */
 import { native, type PackedWeights } from '../../src/native.js';
+import { Rng, randomSeed } from '../helpers/random.js';
+import { f16Value } from '../helpers/reference.js';
 
-/** mulberry32: small, fast, good enough for test data. */
+/** A seeded uniform [0, 1) source over the shared test PRNG (test/helpers/random.ts). */
 export function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
+  const r = new Rng(seed);
+  return () => r.next();
 }
 
-export function randomSeed(): number {
-  return Math.floor(Math.random() * 2 ** 31);
-}
+export { randomSeed };
 
 /** A standard normal draw (Box–Muller). */
 export function gaussian(rand: () => number): number {
@@ -27,14 +21,7 @@ export function gaussian(rand: () => number): number {
 }
 
 /** The value of fp16 bits, exactly. */
-export function f16ToNumber(bits: number): number {
-  const sign = bits & 0x8000 ? -1 : 1;
-  const exp = (bits >> 10) & 0x1f;
-  const frac = bits & 0x3ff;
-  if (exp === 0) return sign * frac * 2 ** -24;
-  if (exp === 31) return frac ? NaN : sign * Infinity;
-  return sign * (1 + frac / 1024) * 2 ** (exp - 15);
-}
+export const f16ToNumber = f16Value;
 
 export interface RandomPacked {
   W: PackedWeights;

@@ -6,6 +6,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { dataDir } from '../helpers/data.js';
+import { Rng } from '../helpers/random.js';
 
 export { projectRoot, dataDir, haveData } from '../helpers/data.js';
 
@@ -19,21 +20,12 @@ export function tempDir(prefix = 'lowbit-formats-'): { dir: string; cleanup: () 
   return { dir, cleanup: () => rmSync(dir, { recursive: true, force: true }) };
 }
 
-/** A random seed for a test's PRNG (reported in failure messages). */
-export function randomSeed(): number {
-  return Math.floor(Math.random() * 2 ** 31);
-}
+export { randomSeed } from '../helpers/random.js';
 
-/** mulberry32: a small seeded PRNG giving floats in [0, 1). */
+/** A seeded uniform [0, 1) source over the shared test PRNG (test/helpers/random.ts). */
 export function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
+  const r = new Rng(seed);
+  return () => r.next();
 }
 
 /** Whether two typed arrays hold the same bytes (fast, for large tensors). */

@@ -7,27 +7,10 @@
  * first column (the blocked sweep has not yet applied that block's own updates).
  */
 
-/** A seeded PRNG (mulberry32) with a normal sampler; the seed goes into failure messages. */
-export class Rng {
-  #s: number;
-  constructor(readonly seed: number) {
-    this.#s = seed >>> 0;
-  }
-  uniform(): number {
-    let t = (this.#s = (this.#s + 0x6d2b79f5) >>> 0);
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  }
-  normal(): number {
-    const u = Math.max(this.uniform(), 1e-12);
-    return Math.sqrt(-2 * Math.log(u)) * Math.cos(2 * Math.PI * this.uniform());
-  }
-}
+/** The shared seeded PRNG (mulberry32, with a normal sampler); the seed goes into failure messages. */
+import { Rng } from '../helpers/random.js';
 
-export function randomSeed(): number {
-  return Math.floor(Math.random() * 2 ** 31);
-}
+export { Rng, randomSeed } from '../helpers/random.js';
 
 /** Round half to even (C's nearbyint in the default rounding mode). */
 export function roundHalfEven(x: number): number {
