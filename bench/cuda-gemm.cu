@@ -12,18 +12,10 @@
 #include <vector>
 
 #include "../cuda/cuda_api.hpp"
+#include "cuda_bench.cuh"
 #include "../native/core/weight_format.hpp"
 
 using namespace lowbit;
-
-#define CK(x)                                                                 \
-  do {                                                                        \
-    cudaError_t e_ = (x);                                                     \
-    if (e_ != cudaSuccess) {                                                  \
-      std::fprintf(stderr, "%s: %s\n", #x, cudaGetErrorString(e_));           \
-      std::exit(1);                                                           \
-    }                                                                         \
-  } while (0)
 
 // Median time in microseconds of `reps` runs of f, each timed with events, after warm-up.
 template <class F>

@@ -13,20 +13,12 @@
 #include <vector>
 
 #include "../cuda/cuda_api.hpp"
+#include "cuda_bench.cuh"
 #include "../native/core/gptq.hpp"
 #include "../native/core/hessian.hpp"
 #include "../native/core/rtn.hpp"
 
 using namespace lowbit;
-
-#define CK(x)                                                       \
-  do {                                                              \
-    cudaError_t e_ = (x);                                           \
-    if (e_ != cudaSuccess) {                                        \
-      std::fprintf(stderr, "%s: %s\n", #x, cudaGetErrorString(e_)); \
-      std::exit(1);                                                 \
-    }                                                               \
-  } while (0)
 
 // Correlated random activations: x[t, k] = a_k · z[t, k] + 0.5 · z[t, common], from a counter hash.
 __device__ float hashed_normal(uint64_t i) {
