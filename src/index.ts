@@ -19,4 +19,5 @@ export { openModel, Model, Session, nativeModelConfig, CAPTURE_POINTS, type Open
 export { perplexity, perplexityIds, type PerplexityOptions, type PerplexityResult, type PerplexityProgress } from './model/perplexity.js';
 export { generate, generateTokens, sampleToken, seededRandom, type GenerateOptions } from './model/generate.js';
 export { ropeFrequencies, type RopeFrequencies } from './model/rope.js';
+export { bundled } from './bundled.js';
 export { quantize, parseBytes, QuantizeJob, Hessian, gptqQuantize, type QuantizeOptions, type QuantizeProgress, type QuantizeSummary, type LayerReport, type GptqOptions, type GptqResult } from './quantize/index.js';

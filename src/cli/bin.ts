@@ -11,6 +11,7 @@ main(process.argv.slice(2)).then(
   (err: unknown) => {
     if (err instanceof LowbitError) console.error(`lowbit: ${err.message} [${err.code}]`);
     else console.error(err);
-    process.exitCode = 1;
+    // 2 for a usage error (as most command-line tools), 1 for anything else
+    process.exitCode = err instanceof LowbitError && err.code === 'E_ARGUMENT' ? 2 : 1;
   },
 );

@@ -1,11 +1,14 @@
+import { bundled } from '../bundled.js';
 import { LowbitError } from '../errors.js';
 import { quantize, type QuantizeProgress, type QuantizeSummary } from '../schedule/quantize.js';
 import { numberOption, parse } from './args.js';
 
-export const usage = `usage: lowbit quantize --model <dir> --out <dir> [options]
+export const usage = `usage: lowbit quantize [--model <dir>] --out <dir> [options]
 
 Quantizes a Hugging Face Llama-family model into a GPTQ checkpoint, block by block (only one
 block's weights in memory). Ctrl-C stops cleanly; --resume continues from the finished blocks.
+Without --model it quantizes the small model shipped with lowbit (stories260K) on its shipped
+calibration text.
 
   --method gptq|rtn       (default gptq)
   --bits 2|3|4|8          (default 4)
@@ -85,10 +88,18 @@ export async function run(argv: string[]): Promise<number> {
     usage,
   );
   const str = (k: string) => values[k] as string | undefined;
-  if (!str('model') || !str('out')) throw new LowbitError('E_ARGUMENT', `--model and --out are required\n\n${usage}`);
+  if (!str('out')) throw new LowbitError('E_ARGUMENT', `--out is required\n\n${usage}`, { option: 'out' });
   const method = (str('method') ?? 'gptq') as 'gptq' | 'rtn';
   if (method !== 'gptq' && method !== 'rtn') throw new LowbitError('E_ARGUMENT', `Expected gptq or rtn for --method but received ${JSON.stringify(method)}`, { option: 'method' });
-  const calib = values.calib as string[] | undefined;
+  let calib = values.calib as string[] | undefined;
+  const useBundled = str('model') === undefined;
+  if (useBundled) {
+    const withCalib = method === 'gptq' && calib === undefined;
+    if (withCalib) calib = [bundled.calibrationText];
+    process.stderr.write(`no --model given: quantizing the bundled stories260K (${bundled.model})${withCalib ? ` on its bundled calibration text (${bundled.calibrationText})` : ''}\n`);
+  } else if (method === 'gptq' && calib === undefined) {
+    throw new LowbitError('E_ARGUMENT', 'GPTQ needs calibration text: give --calib <file> (repeatable), or --calib self to sample it from the model (or --method rtn, which needs none)', { option: 'calib' });
+  }
   const files = calib === undefined ? undefined : calib.length === 1 && calib[0] === 'self' ? ('self' as const) : calib;
   const format = str('format');
   if (format !== undefined && format !== 'gptq' && format !== 'gptq_v2') throw new LowbitError('E_ARGUMENT', `Expected gptq or gptq_v2 for --format but received ${JSON.stringify(format)}`, { option: 'format' });
@@ -105,7 +116,7 @@ export async function run(argv: string[]): Promise<number> {
   const tty = process.stderr.isTTY;
   try {
     const job = quantize({
-      model: str('model')!,
+      model: str('model') ?? bundled.model,
       out: str('out')!,
       method,
       bits: numberOption(str('bits'), 'bits', 4) as 2 | 3 | 4 | 8,

@@ -1,5 +1,5 @@
 /**
- * Perplexity, by the protocol of ../shared/data/REFERENCE.md: tokenize the whole text once with BOS
+ * Perplexity, by the protocol of data/REFERENCE.md: tokenize the whole text once with BOS
  * at the very start, cut the ids into non-overlapping windows of seqLen tokens, drop the remainder,
  * run each window on its own (positions from 0, fresh attention state), and average the NLL of the
  * seqLen-1 next-token predictions of every window; ppl = exp(mean NLL).

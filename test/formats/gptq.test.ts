@@ -7,7 +7,7 @@ import { HfModel, LINEAR_NAMES, type ModelReader } from '../../src/formats/hf.js
 import { writeSafetensors } from '../../src/formats/safetensors-writer.js';
 import { native, type PackedWeights } from '../../src/native.js';
 import { Tensor } from '../../src/tensor.js';
-import { dataPath, haveData, prng, randomSeed, sameBytes, tempDir } from './helpers.js';
+import { dataPath, prng, randomSeed, sameBytes, tempDir } from './helpers.js';
 
 const tmp = tempDir();
 afterAll(() => tmp.cleanup());
@@ -236,7 +236,7 @@ describe('GPTQ checkpoints: write, read back byte-identical', () => {
   });
 });
 
-describe.skipIf(!haveData('stories260K-hf/model.safetensors'))('GPTQ round trip on stories260K (K = 172)', () => {
+describe('GPTQ round trip on stories260K (K = 172)', () => {
   it('4-bit, group 32, v1', async () => {
     const seed = randomSeed();
     const source = await HfModel.open(dataPath('stories260K-hf'));

@@ -1,17 +1,18 @@
 /**
- * Shared helpers for the model I/O tests: where the real data lives, and how a test that needs it
- * behaves when it is missing (fails in CI, skips with a message elsewhere).
+ * Shared helpers for the model I/O tests: where the real data lives (data/, committed), temporary
+ * directories, a seeded PRNG and byte comparison.
  */
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { dataDir } from '../helpers/data.js';
+import { dataFile } from '../helpers/data.js';
 import { Rng } from '../helpers/random.js';
 
-export { projectRoot, dataDir, haveData } from '../helpers/data.js';
+export { projectRoot, dataDir } from '../helpers/data.js';
 
+/** The path of a file in data/ (throws when the checkout lacks it). */
 export function dataPath(...parts: string[]): string {
-  return join(dataDir, ...parts);
+  return dataFile(join(...parts));
 }
 
 /** A fresh temporary directory, removed by the returned cleanup. */

@@ -5,12 +5,12 @@ import { GptqWriter, linearDims, packedWords } from '../../src/formats/gptq.js';
 import { HfModel, LINEAR_NAMES } from '../../src/formats/hf.js';
 import { inspectModel } from '../../src/formats/inspect.js';
 import { native } from '../../src/native.js';
-import { dataPath, haveData, tempDir } from './helpers.js';
+import { dataPath, tempDir } from './helpers.js';
 
 const tmp = tempDir();
 afterAll(() => tmp.cleanup());
 
-describe.skipIf(!haveData('stories260K-hf/model.safetensors', 'stories260K-hf-bf16/model.safetensors', 'stories260K.bin'))('lowbit inspect', () => {
+describe('lowbit inspect', () => {
   it('describes HF directories, single files and llama2.c checkpoints', async () => {
     const fp32 = await inspectModel(dataPath('stories260K-hf'));
     expect(fp32.format).toBe('hf-directory');

@@ -8,7 +8,7 @@ import { LLAMA2C_MAGIC, Llama2cModel } from '../../src/formats/llama2c.js';
 import { inspectModel } from '../../src/formats/inspect.js';
 import { loadTokenizer } from '../../src/formats/tokenizer.js';
 import { run as convertCli } from '../../src/cli/convert.js';
-import { dataPath, haveData, prng, randomSeed, sameBytes, tempDir } from './helpers.js';
+import { dataPath, prng, randomSeed, sameBytes, tempDir } from './helpers.js';
 
 const tmp = tempDir();
 afterAll(() => tmp.cleanup());
@@ -210,7 +210,7 @@ describe('llama2.c checkpoints (synthetic, random weights)', () => {
   });
 });
 
-describe.skipIf(!haveData('stories260K.bin', 'tok512.bin', 'stories260K-hf/model.safetensors', 'tinystories-valid.eval.txt', 'reference.json'))('stories260K.bin', () => {
+describe('stories260K.bin', () => {
   it('loads (legacy v0, shared classifier) into the same tensors as stories260K-hf', async () => {
     const bin = await Llama2cModel.open(dataPath('stories260K.bin'));
     const hf = await HfModel.open(dataPath('stories260K-hf'));

@@ -4,7 +4,8 @@ import { describe, expect, it } from 'vitest';
 import { LowbitError } from '../../src/errors.js';
 import { StreamDecoder, loadTokenizer, type TextTokenizer } from '../../src/formats/tokenizer.js';
 import { parseSentencePieceModel, parseLlama2cTokenizer } from '../../src/formats/sentencepiece.js';
-import { dataPath, haveData } from './helpers.js';
+import { dataPath } from './helpers.js';
+import { optionalSharedData } from '../helpers/data.js';
 
 interface StreamRef {
   tokens: number;
@@ -30,11 +31,10 @@ function checkStream(tok: TextTokenizer, file: string, ref: StreamRef): void {
   expect(sha256(ids), `${file} SHA256 of the int32 ids`).toBe(ref.sha256);
 }
 
-const haveTokenizers = haveData('reference.json', 'tok512.model', 'tok512.bin', 'stories260K-hf/tokenizer.json', 'tinystories-valid.txt', 'wiki.test.raw');
-const refs = haveTokenizers ? (JSON.parse(readFileSync(dataPath('reference.json'), 'utf8')) as { ppl: Record<string, FileRef> }).ppl : {};
+const refs = (JSON.parse(readFileSync(dataPath('reference.json'), 'utf8')) as { ppl: Record<string, FileRef> }).ppl;
 const byFile = (f: string): FileRef => Object.values(refs).find((r) => r.file === f)!;
 
-describe.skipIf(!haveTokenizers)('reference token streams (REFERENCE.md)', () => {
+describe('reference token streams (REFERENCE.md)', () => {
   it('the machine is little-endian (the hashes are of little-endian int32)', () => {
     expect(new Uint8Array(new Int32Array([1]).buffer)[0]).toBe(1);
   });
@@ -96,18 +96,21 @@ describe.skipIf(!haveTokenizers)('reference token streams (REFERENCE.md)', () =>
   });
 });
 
-describe.skipIf(!haveData('tokenizer.model', 'tokenizer.bin', 'wiki.test.raw'))('Llama 2 vocabulary (32000 pieces, runs of ▁ in pieces)', () => {
+// Llama 2's tokenizer is not in data/ (Meta's licence): read from ../shared/data when present.
+const llama2Model = optionalSharedData('tokenizer.model');
+const llama2Bin = optionalSharedData('tokenizer.bin');
+describe.skipIf(!llama2Model || !llama2Bin)('Llama 2 vocabulary (32000 pieces, runs of ▁ in pieces)', () => {
   it('cutting the text into words changes nothing, and tokenizer.bin agrees with tokenizer.model', async () => {
     const { readSentencePieceModel, SentencePieceTokenizer } = await import('../../src/formats/sentencepiece.js');
-    const model = await readSentencePieceModel(dataPath('tokenizer.model'));
+    const model = await readSentencePieceModel(llama2Model!);
     expect(model.normalizer.removeExtraWhitespaces).toBe(false);
     const text = readFileSync(dataPath('wiki.test.raw'), 'utf8').slice(0, 60_000) + '\n    indented   code\tand\ttabs  ';
     const cut = new SentencePieceTokenizer(model).encode(text);
     const whole = new SentencePieceTokenizer(model, 'tokenizer.model', { cutWords: false }).encode(text);
     expect(cut).toEqual(whole);
-    const bin = await loadTokenizer(dataPath('tokenizer.bin'), { normalizer: { removeExtraWhitespaces: false } });
+    const bin = await loadTokenizer(llama2Bin!, { normalizer: { removeExtraWhitespaces: false } });
     expect(Array.from(bin.encode(text))).toEqual(cut);
-    const sp = await loadTokenizer(dataPath('tokenizer.model'));
+    const sp = await loadTokenizer(llama2Model!);
     // "▁Hello" and "▁world" are single pieces of the Llama 2 vocabulary
     const ids = Array.from(sp.encode('Hello world'));
     expect(ids.map((i) => sp.pieceOf(i))).toEqual(['\u2581Hello', '\u2581world']);
@@ -115,7 +118,7 @@ describe.skipIf(!haveData('tokenizer.model', 'tokenizer.bin', 'wiki.test.raw'))(
   });
 });
 
-describe.skipIf(!haveTokenizers || process.env.LOWBIT_FULL_TOKENIZER_TESTS !== '1')('all reference streams (LOWBIT_FULL_TOKENIZER_TESTS=1)', () => {
+describe.skipIf(process.env.LOWBIT_FULL_TOKENIZER_TESTS !== '1')('all reference streams (LOWBIT_FULL_TOKENIZER_TESTS=1)', () => {
   for (const ref of Object.values(refs)) {
     for (const kind of ['sentencepiece', 'tokenizer_json', 'llama2c'] as const) {
       it(`${kind}: ${ref.file}`, async () => {

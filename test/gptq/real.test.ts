@@ -6,7 +6,7 @@
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { dataDir, haveData } from '../helpers/data.js';
+import { dataDir } from '../helpers/data.js';
 import { linearDims } from '../../src/formats/gptq.js';
 import { openModel, type Model, type CapturePointName, type NativeLinearName } from '../../src/model/model.js';
 import { native } from '../../src/native.js';
@@ -16,13 +16,12 @@ import { dequantize, gptqReference, outputError } from './reference.js';
 const data = dataDir;
 const modelDir = join(data, 'stories260K-hf');
 const textFile = join(data, 'tinystories-valid.calib.txt');
-const ready = haveData('stories260K-hf/model.safetensors', 'tinystories-valid.calib.txt');
 
 const SEQ = 128;
 const WINDOWS = 6;
 const POINT_OF: Record<NativeLinearName, CapturePointName> = { q: 'qkv', k: 'qkv', v: 'qkv', o: 'o', gate: 'gateUp', up: 'gateUp', down: 'down' };
 
-describe.skipIf(!ready)('GPTQ on stories260K block 1 with captured inputs', () => {
+describe('GPTQ on stories260K block 1 with captured inputs', () => {
   let model: Model;
   let inputs: Partial<Record<CapturePointName, Float32Array>>;
   let offset: number;

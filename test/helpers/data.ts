@@ -1,5 +1,5 @@
 /**
- * The shared real data (../shared/data relative to the project root) and a minimal safetensors
+ * The real data committed in data/ (and the few extra files of ../shared/data) and a minimal safetensors
  * reader for tests: 8 bytes little-endian header length, the JSON header, then the tensor bytes.
  * Independent of src/formats on purpose, so kernel tests do not depend on the reader under test.
  */
@@ -9,24 +9,41 @@ import { fileURLToPath } from 'node:url';
 import { bf16Value, f16Value } from './reference.js';
 
 export const projectRoot = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
-export const dataDir = resolve(projectRoot, '../shared/data');
+/** The repository's real data (data/ at the project root; see data/README.md and data/LICENSES.md). */
+export const dataDir = resolve(projectRoot, 'data');
+/** The shared data set beside the checkout, for the few files that may not be committed (Llama 2's tokenizer). */
+export const sharedDataDir = resolve(projectRoot, '../shared/data');
 
 /**
- * True when every named shared data file exists. When one is missing: throws under CI=true (the data
- * must be there), otherwise warns where it should be and returns false (the caller skips).
+ * The path of a file in data/. The data are committed, so a missing file is a broken checkout: it
+ * throws (never a silent skip).
  */
-export function haveData(...names: string[]): boolean {
-  const missing = names.map((n) => join(dataDir, n)).filter((p) => !existsSync(p));
-  if (missing.length === 0) return true;
-  const message = `shared test data missing: ${missing.join(', ')} (put the shared data set at ../shared/data relative to the project root; see its README.md)`;
-  if (process.env.CI === 'true') throw new Error(message);
-  console.warn(`skipping: ${message}`);
-  return false;
+export function dataFile(name: string): string {
+  const path = join(dataDir, name);
+  if (!existsSync(path)) throw new Error(`test data missing: ${path} (data/ is part of the repository: the checkout is incomplete)`);
+  return path;
 }
 
-/** The path of a shared data file when it exists, else undefined (after haveData's CI rule). */
-export function sharedData(name: string): string | undefined {
-  return haveData(name) ? join(dataDir, name) : undefined;
+/** Asserts that every named file of data/ exists (throws otherwise, like dataFile); always true. */
+export function haveData(...names: string[]): true {
+  for (const name of names) dataFile(name);
+  return true;
+}
+
+/** @deprecated the former name of dataFile (the data were in ../shared/data then). */
+export const sharedData = dataFile;
+
+/**
+ * The path of a file of ../shared/data that the repository does not hold (its licence keeps it out),
+ * or undefined: a test that needs one is skipped with a message outside CI and fails under CI=true.
+ */
+export function optionalSharedData(name: string): string | undefined {
+  const path = join(sharedDataDir, name);
+  if (existsSync(path)) return path;
+  const message = `${path} is missing (not committed: its licence keeps it out of the repository)`;
+  if (process.env.CI === 'true') throw new Error(message);
+  console.warn(`skipping: ${message}`);
+  return undefined;
 }
 
 export interface TestTensor {

@@ -1,11 +1,11 @@
-/** Where the shared real data lives, and the rule for tests that need it (fail in CI, skip elsewhere). */
+/** Where the real data lives (data/, committed) and the reference numbers. */
 import { readFileSync } from 'node:fs';
-import { sharedData } from '../helpers/data.js';
+import { dataFile } from '../helpers/data.js';
 
 export { projectRoot, dataDir } from '../helpers/data.js';
 
-/** Path of a data file, or undefined (after checking CI) when it is missing. */
-export const dataPath = sharedData;
+/** Path of a file in data/ (throws when the checkout lacks it). */
+export const dataPath = dataFile;
 
 export interface ReferenceStream {
   tokens: number;
@@ -15,9 +15,8 @@ export interface ReferenceStream {
   first16: number[];
 }
 
-export function referenceJson(): { ppl: Record<string, { file: string; sentencepiece: ReferenceStream; tokenizer_json: ReferenceStream }> } | undefined {
-  const p = dataPath('reference.json');
-  return p ? JSON.parse(readFileSync(p, 'utf8')) : undefined;
+export function referenceJson(): { ppl: Record<string, { file: string; sentencepiece: ReferenceStream; tokenizer_json: ReferenceStream }> } {
+  return JSON.parse(readFileSync(dataPath('reference.json'), 'utf8'));
 }
 
 /**

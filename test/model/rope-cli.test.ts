@@ -39,18 +39,18 @@ test('linear rope divides every frequency by the factor; llama3 keeps short wave
 const modelDir = dataPath('stories260K-hf');
 const textFile = dataPath('tinystories-valid.txt');
 
-test.skipIf(!modelDir || !textFile)('lowbit ppl --json and lowbit generate', async () => {
+test('lowbit ppl --json and lowbit generate', async () => {
   const out: string[] = [];
   const log = vi.spyOn(console, 'log').mockImplementation((s: string) => void out.push(s));
   const write = vi.spyOn(process.stdout, 'write').mockImplementation((s: string | Uint8Array) => (out.push(String(s)), true));
   try {
-    expect(await runPpl(['--model', modelDir!, '--data', textFile!, '--max-windows', '3', '--device', 'cpu', '--json'])).toBe(0);
+    expect(await runPpl(['--model', modelDir, '--data', textFile, '--max-windows', '3', '--device', 'cpu', '--json'])).toBe(0);
     const result = JSON.parse(out.join(''));
     expect(result.windows).toBe(3);
     expect(result.seqLen).toBe(512);
     expect(result.ppl).toBeCloseTo(Math.exp(result.nll), 10);
     out.length = 0;
-    expect(await runGenerate(['--model', modelDir!, '--prompt', 'Once upon a time', '--max-tokens', '12', '--temperature', '0', '--device', 'cpu'])).toBe(0);
+    expect(await runGenerate(['--model', modelDir, '--prompt', 'Once upon a time', '--max-tokens', '12', '--temperature', '0', '--device', 'cpu'])).toBe(0);
     const text = out.join('');
     expect(text.startsWith('Once upon a time')).toBe(true);
     expect(text.length).toBeGreaterThan('Once upon a time'.length + 20);
@@ -58,6 +58,6 @@ test.skipIf(!modelDir || !textFile)('lowbit ppl --json and lowbit generate', asy
     log.mockRestore();
     write.mockRestore();
   }
-  await expect(runPpl(['--model', modelDir!])).rejects.toMatchObject({ code: 'E_ARGUMENT' });
-  await expect(runGenerate(['--model', modelDir!, '--prompt', 'x', '--top-p', '2'])).rejects.toMatchObject({ code: 'E_ARGUMENT' });
+  await expect(runPpl(['--model', modelDir])).rejects.toMatchObject({ code: 'E_ARGUMENT' });
+  await expect(runGenerate(['--model', modelDir, '--prompt', 'x', '--top-p', '2'])).rejects.toMatchObject({ code: 'E_ARGUMENT' });
 });

@@ -13,26 +13,24 @@ import { referenceLogitsTable, sha256OfIds } from './stories.js';
 
 const modelDir = dataPath('stories260K-hf');
 const textFile = dataPath('tinystories-valid.txt');
-const ready = modelDir !== undefined && textFile !== undefined;
 let model: Model;
 let ids: Int32Array;
 
 beforeAll(async () => {
-  if (!ready) return;
   model = await openModel(modelDir, { device: testDevice });
   ids = perplexityIds(model, readFileSync(textFile, 'utf8'));
 });
 afterAll(async () => model?.close());
 
-test.skipIf(!ready)('the SentencePiece token stream is the reference one', () => {
-  const ref = referenceJson()!.ppl.tinystories!.sentencepiece;
+test('the SentencePiece token stream is the reference one', () => {
+  const ref = referenceJson().ppl.tinystories!.sentencepiece;
   expect(ids.length).toBe(ref.tokens);
   expect(Array.from(ids.subarray(0, 16))).toEqual(ref.first16);
   expect(sha256OfIds(ids)).toBe(ref.sha256);
 });
 
-test.skipIf(!ready)("window 0's logits match REFERENCE.md's table to 1e-4", async () => {
-  const table = referenceLogitsTable(readFileSync(join(modelDir!, '../REFERENCE.md'), 'utf8'));
+test("window 0's logits match REFERENCE.md's table to 1e-4", async () => {
+  const table = referenceLogitsTable(readFileSync(join(modelDir, '../REFERENCE.md'), 'utf8'));
   expect(table.length).toBe(8);
   const logits = await model.logits(ids.subarray(0, 512));
   for (const row of table) {
@@ -42,8 +40,8 @@ test.skipIf(!ready)("window 0's logits match REFERENCE.md's table to 1e-4", asyn
   }
 });
 
-test.skipIf(!ready)('P1: perplexity over all 767 windows is 5.04681 (relative 1e-4)', async () => {
-  const ref = referenceJson()!.ppl.tinystories!.sentencepiece;
+test('P1: perplexity over all 767 windows is 5.04681 (relative 1e-4)', async () => {
+  const ref = referenceJson().ppl.tinystories!.sentencepiece;
   let calls = 0;
   const r = await perplexity(model, ids, { seqLen: 512, batch: 4, onProgress: () => calls++ });
   expect(r.windows).toBe(ref.windows);

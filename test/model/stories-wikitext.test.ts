@@ -9,11 +9,11 @@ import { sha256OfIds } from './stories.js';
 const modelDir = dataPath('stories260K-hf');
 const textFile = dataPath('wiki.test.raw');
 
-test.skipIf(!modelDir || !textFile)('P2: perplexity of wiki.test.raw is 119.4306 (relative 1e-4)', async () => {
-  const ref = referenceJson()!.ppl.wikitext!.sentencepiece;
-  const model = await openModel(modelDir!, { device: testDevice });
+test('P2: perplexity of wiki.test.raw is 119.4306 (relative 1e-4)', async () => {
+  const ref = referenceJson().ppl.wikitext!.sentencepiece;
+  const model = await openModel(modelDir, { device: testDevice });
   try {
-    const ids = perplexityIds(model, readFileSync(textFile!, 'utf8'));
+    const ids = perplexityIds(model, readFileSync(textFile, 'utf8'));
     expect(sha256OfIds(ids)).toBe(ref.sha256);
     const r = await perplexity(model, ids, { batch: 4 });
     expect(r.seqLen).toBe(512); // the default: the model's context

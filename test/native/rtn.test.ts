@@ -11,7 +11,7 @@ import { packCodes, rtnQuantize, rtnQuantizeCodes, type RtnCodes } from '../../s
 import { dequantizeWeights, packedMatmul } from '../../src/quantize/packed.js';
 import { fitGridRef, fp16Round, groupLayout, roundScale, packWeightsRef, packedMatmulRef, quantizeRef, relativeError, type Bits, type GridRef } from '../helpers/reference.js';
 import { Rng, randomMatrix } from '../helpers/random.js';
-import { readSafetensors, sharedData } from '../helpers/data.js';
+import { readSafetensors, dataFile } from '../helpers/data.js';
 
 const BITS: Bits[] = [2, 3, 4, 8];
 
@@ -193,14 +193,14 @@ describe('RTN inputs', () => {
 });
 
 describe('RTN on real weights (stories260K)', () => {
-  const path = sharedData('stories260K-hf/model.safetensors');
-  it.skipIf(!path).each([
+  const path = dataFile('stories260K-hf/model.safetensors');
+  it.each([
     ['model.layers.0.mlp.down_proj.weight', 4, 32], // K = 172: partial last group of 12
     ['model.layers.2.mlp.gate_proj.weight', 3, 32],
     ['model.layers.4.self_attn.q_proj.weight', 2, -1],
     ['model.layers.1.mlp.down_proj.weight', 8, 64],
   ] as const)('%s at %i bits, group %i: codes as the reference, product as float64', async (name, bits, groupSize) => {
-    const tensors = readSafetensors(path!);
+    const tensors = readSafetensors(path);
     const t = tensors.get(name);
     expect(t, `${name} in ${path}`).toBeDefined();
     const [N, K] = t!.shape;
