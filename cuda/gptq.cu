@@ -268,7 +268,7 @@ void fit_group_range(const float* W, int64_t N, int64_t K, int64_t gs, int64_t g
   std::vector<float> hs((size_t)(count * N));
   std::vector<int32_t> hz((size_t)(count * N));
   const GridOptions grid_opt = gptq_grid_options(opt);
-  global_pool().parallel_for(N, 8, [&](int64_t n0, int64_t n1) {
+  global_pool()->parallel_for(N, 8, [&](int64_t n0, int64_t n1) {
     for (int64_t n = n0; n < n1; ++n)
       for (int64_t g = 0; g < count; ++g) {
         const int64_t k0 = (g0 + g) * gs, len = std::min(gs, K - k0);

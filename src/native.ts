@@ -168,6 +168,8 @@ export interface NativeModel {
   nll(ids: Int32Array, batch: number, seq: number, out: Float32Array): Promise<void>;
   createSequence(capacity: number): Promise<number>;
   freeSequence(sequence: number): void;
+  /** bytes of the KV caches of sequences not yet freed (reported to V8 as external memory) */
+  cacheBytes(): number;
   /** appends ids to the sequence's KV cache; out [vocab] = logits of the last one; resolves with the new length */
   decode(sequence: number, ids: Int32Array, out: Float32Array): Promise<number>;
   close(): void;

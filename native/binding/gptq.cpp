@@ -78,16 +78,19 @@ Napi::Value HessianCreate(const Napi::CallbackInfo& info) {
 }
 
 // hessianAddBatch(handle, X: Float32Array [rows*K], rows) -> Promise<samples after>
+// Ownership (issue 8): X is copied into native memory (O(rows K) next to the batch's O(rows K^2) work).
 Napi::Value HessianAddBatch(const Napi::CallbackInfo& info) {
   return guarded(info, [&]() -> Napi::Value {
-    HolderPtr holder = holder_arg(info[0]);
+    HolderPtr holder = holder_arg(info[0]);  // (a getter on the handle runs before X is read)
     const auto X = typed_array<float>(info[1], "X");
     const int64_t rows = integer(info[2], "rows");
     require(rows >= 0, "E_SHAPE", "rows must be non-negative");
-    require(X.length >= rows * holder->K, "E_BUFFER",
+    const int64_t need = checked_mul(rows, holder->K, "rows x K");
+    require(X.length >= need, "E_BUFFER",
             "X holds " + std::to_string(X.length) + " elements, needs rows x K = " + std::to_string(rows) + " x " +
                 std::to_string(holder->K));
-    const float* xp = X.data;
+    auto bufs = std::make_unique<CallBuffers>(true);
+    const float* xp = bufs->input(Span<float>{X.data, need});
     auto samples = std::make_shared<int64_t>(0);
     return PromiseWorker::Run(
         info.Env(),
@@ -99,7 +102,7 @@ Napi::Value HessianAddBatch(const Napi::CallbackInfo& info) {
           *samples = holder->samples();
         },
         [samples](Napi::Env env) -> Napi::Value { return Napi::Number::New(env, (double)*samples); },
-        {info[0], info[1]});
+        {info[0]}, std::move(bufs));
   });
 }
 
@@ -176,26 +179,34 @@ struct GptqJob {
 // gptqQuantize(W: Float32Array [N*K], N, K, H: Float32Array [K*K] | handle, options)
 //   -> Promise<{ q, scales, zeros, gIdx, groups, qweight, qzeros, scalesF16, damp, dampPercent, dampRaises,
 //                deadInputs, loss, warnings }>
+// Ownership (issue 8): W and a Float32Array H are copied into native memory (O(NK + K^2), small next
+// to the O(NK^2) sweep); the outputs are arrays made here and handed out only on completion; a
+// Hessian handle's buffer is native already (its holder is kept and locked by the work).
 Napi::Value GptqQuantize(const Napi::CallbackInfo& info) {
   return guarded(info, [&]() -> Napi::Value {
-    const auto W = typed_array<float>(info[0], "W");
     const int64_t N = integer(info[1], "N"), K = integer(info[2], "K");
     require(N > 0 && K > 0, "E_SHAPE", "N and K must be positive");
-    require(W.length >= N * K, "E_BUFFER",
-            "W holds " + std::to_string(W.length) + " elements, needs " + std::to_string(N) + " x " + std::to_string(K));
+    const int64_t NK = checked_mul(N, K, "N x K");
     const Napi::Object options = object_arg(info, 4, "options");
     const GptqOptions opt = gptq_options(options);
     validate_gptq_options(opt, K);
     // -1: the CPU; otherwise the CUDA device that runs the factorization and the sweep.
     const int64_t device = options.Get("device").IsUndefined() ? -1 : integer(options.Get("device"), "device");
     require(device >= -1, "E_ARGUMENT", "device must be -1 (CPU) or a CUDA device index");
+    // Every option getter has run; the arrays are read from here on.
+    auto bufs = std::make_unique<CallBuffers>(true);
+    const auto W = typed_array<float>(info[0], "W");
+    require(W.length >= NK, "E_BUFFER",
+            "W holds " + std::to_string(W.length) + " elements, needs " + std::to_string(N) + " x " + std::to_string(K));
+    const float* wp = bufs->input(Span<float>{W.data, NK});
     const float* hp = nullptr;
     HolderPtr holder;
     if (info[3].IsTypedArray()) {
       const auto H = typed_array<float>(info[3], "H");
-      require(H.length >= K * K, "E_BUFFER",
-              "H holds " + std::to_string(H.length) + " elements, needs K x K = " + std::to_string(K * K));
-      hp = H.data;
+      const int64_t KK = checked_mul(K, K, "K x K");
+      require(H.length >= KK, "E_BUFFER",
+              "H holds " + std::to_string(H.length) + " elements, needs K x K = " + std::to_string(KK));
+      hp = bufs->input(Span<float>{H.data, KK});
     } else {
       holder = holder_arg(info[3]);
       require(holder->K == K, "E_SHAPE",
@@ -204,19 +215,19 @@ Napi::Value GptqQuantize(const Napi::CallbackInfo& info) {
     }
     const int zero_offset = opt.min_zero;
     const int64_t G = group_count(K, opt.group_size);
+    const int64_t GN = checked_mul(G, N, "groups x N");
     Napi::Env env = info.Env();
-    auto q = Napi::Uint8Array::New(env, (size_t)(N * K));
-    auto scales = Napi::Float32Array::New(env, (size_t)(G * N));
-    auto zeros = Napi::Int32Array::New(env, (size_t)(G * N));
+    auto q = Napi::Uint8Array::New(env, (size_t)NK);
+    auto scales = Napi::Float32Array::New(env, (size_t)GN);
+    auto zeros = Napi::Int32Array::New(env, (size_t)GN);
     auto g_idx = Napi::Int32Array::New(env, (size_t)K);
-    auto qweight = Napi::Int32Array::New(env, (size_t)(packed_words(opt.bits, K) * N));
-    auto qzeros = Napi::Int32Array::New(env, (size_t)(G * packed_words(opt.bits, N)));
-    auto scales16 = Napi::Uint16Array::New(env, (size_t)(G * N));
+    auto qweight = Napi::Int32Array::New(env, (size_t)checked_mul(packed_words(opt.bits, K), N, "qweight words"));
+    auto qzeros = Napi::Int32Array::New(env, (size_t)checked_mul(G, packed_words(opt.bits, N), "qzeros words"));
+    auto scales16 = Napi::Uint16Array::New(env, (size_t)GN);
     GptqOutput out{q.Data(), scales.Data(), zeros.Data(), g_idx.Data()};
     int32_t* qw = qweight.Data();
     int32_t* qz = qzeros.Data();
     uint16_t* s16 = scales16.Data();
-    const float* wp = W.data;
     auto job = std::make_shared<GptqJob>();
     job->G = G;
     // The result arrays, held by reference: a napi_value is only valid in the scope that made it.
@@ -247,7 +258,7 @@ Napi::Value GptqQuantize(const Napi::CallbackInfo& info) {
           }
           pack_qweight(out.q, N, K, opt.bits, qw);
           pack_qzeros(out.zeros, G, N, opt.bits, zero_offset, qz);
-          for (int64_t i = 0; i < G * N; ++i) s16[i] = f32_to_f16(out.scales[i]);
+          for (int64_t i = 0; i < GN; ++i) s16[i] = f32_to_f16(out.scales[i]);
         },
         [job, results, zero_offset, G](Napi::Env env) -> Napi::Value {
           Napi::Object r = Napi::Object::New(env);
@@ -266,7 +277,7 @@ Napi::Value GptqQuantize(const Napi::CallbackInfo& info) {
           r.Set("warnings", warnings);
           return r;
         },
-        {info[0], info[3]});
+        {info[3]}, std::move(bufs));
   });
 }
 

@@ -24,7 +24,7 @@ Napi::Value BuildInfo(const Napi::CallbackInfo& info) {
     o.Set("cuda", cuda::compiled());
     o.Set("simd", simd_name(detected_simd()));
     o.Set("activeSimd", simd_name(active_simd()));
-    o.Set("threads", global_pool().size());
+    o.Set("threads", global_pool()->size());
     o.Set("hardwareThreads", hardware_threads());
     return o;
   });
@@ -35,7 +35,7 @@ Napi::Value SetThreads(const Napi::CallbackInfo& info) {
     const int64_t n = integer(info[0], "threads");
     require(n >= 0 && n <= 1024, "E_ARGUMENT", "threads must be in [0, 1024] (0: one per hardware thread)");
     set_global_threads((int)n);
-    return Napi::Number::New(info.Env(), global_pool().size());
+    return Napi::Number::New(info.Env(), global_pool()->size());
   });
 }
 

@@ -85,58 +85,54 @@ DType float_dtype_arg(const Napi::Value& v, const char* name) {
   fail("E_DTYPE", std::string(name) + " must be 'f32', 'f16' or 'bf16'");
 }
 
-// A dense [N, K] matrix {dtype, data} checked for length; data stays owned by JavaScript.
+// A dense [N, K] matrix {dtype, data} checked for length; the data pointer comes from `bufs` (a copy
+// for the async weight setters). Each property is read once.
 const void* dense_arg(const Napi::Object& o, int64_t N, int64_t K, const std::string& name, DType* dtype,
-                      std::vector<Napi::Value>* keep) {
-  *dtype = float_dtype_arg(o.Get("dtype"), (name + ".dtype").c_str());
-  const void* data;
-  int64_t len;
+                      CallBuffers& bufs) {
+  const Napi::Value dtype_value = o.Get("dtype"), data_value = o.Get("data");
+  *dtype = float_dtype_arg(dtype_value, (name + ".dtype").c_str());
+  const int64_t need = checked_mul(N, K, name.c_str());
   if (*dtype == DType::F32) {
-    const auto s = typed_array<float>(o.Get("data"), (name + ".data (Float32Array)").c_str());
-    data = s.data;
-    len = s.length;
-  } else {
-    const auto s = typed_array<uint16_t>(o.Get("data"), (name + ".data (Uint16Array of 16-bit patterns)").c_str());
-    data = s.data;
-    len = s.length;
+    const auto s = typed_array<float>(data_value, (name + ".data (Float32Array)").c_str());
+    check_length(s.length, need, name + ".data");
+    return bufs.input(Span<float>{s.data, need});
   }
-  check_length(len, N * K, name + ".data");
-  keep->push_back(o.Get("data"));
-  return data;
+  const auto s = typed_array<uint16_t>(data_value, (name + ".data (Uint16Array of 16-bit patterns)").c_str());
+  check_length(s.length, need, name + ".data");
+  return bufs.input(Span<uint16_t>{s.data, need});
 }
 
 // {dtype, data, bias?} (dense) or {packed: PackedWeights, bias?} for the linear `which`.
-LinearWeights linear_arg(const Napi::Value& v, const model::LlamaConfig& c, Linear which, std::vector<Napi::Value>* keep) {
+LinearWeights linear_arg(const Napi::Value& v, const model::LlamaConfig& c, Linear which, CallBuffers& bufs) {
   const std::string name = model::linear_name(which);
   require(v.IsObject(), "E_ARGUMENT", name + " must be an object ({dtype, data} or {packed})");
   const Napi::Object o = v.As<Napi::Object>();
   const int64_t N = model::linear_out(c, which), K = model::linear_in(c, which);
   LinearWeights w;
-  if (o.Has("packed") && !o.Get("packed").IsUndefined()) {
-    require(o.Get("packed").IsObject(), "E_ARGUMENT", name + ".packed must be an object");
+  const Napi::Value packed = o.Get("packed");
+  if (!packed.IsUndefined()) {
+    require(packed.IsObject(), "E_ARGUMENT", name + ".packed must be an object");
     w.packed = true;
-    w.q = packed_matrix_arg(o.Get("packed").As<Napi::Object>(), keep);
+    w.q = packed_matrix_arg(packed.As<Napi::Object>(), bufs);
     require(w.q.K == K && w.q.N == N, "E_SHAPE",
             name + ": packed weight is " + std::to_string(w.q.N) + " x " + std::to_string(w.q.K) + ", the model needs " +
                 std::to_string(N) + " x " + std::to_string(K));
   } else {
-    w.data = dense_arg(o, N, K, name, &w.dtype, keep);
+    w.data = dense_arg(o, N, K, name, &w.dtype, bufs);
   }
   const Napi::Value bias = o.Get("bias");
   if (!bias.IsUndefined() && !bias.IsNull()) {
     const auto b = typed_array<float>(bias, (name + ".bias").c_str());
     check_length(b.length, N, name + ".bias");
-    w.bias = b.data;
-    keep->push_back(bias);
+    w.bias = bufs.input(Span<float>{b.data, N});
   }
   return w;
 }
 
-const float* norm_arg(const Napi::Value& v, int64_t dim, const char* name, std::vector<Napi::Value>* keep) {
+const float* norm_arg(const Napi::Value& v, int64_t dim, const char* name, CallBuffers& bufs) {
   const auto s = typed_array<float>(v, name);
   check_length(s.length, dim, name);
-  keep->push_back(v);
-  return s.data;
+  return bufs.input(Span<float>{s.data, dim});
 }
 
 Linear linear_by_name(const Napi::Value& v) {
@@ -178,6 +174,7 @@ class NativeModel : public Napi::ObjectWrap<NativeModel> {
                            InstanceMethod<&NativeModel::Nll>("nll"),
                            InstanceMethod<&NativeModel::CreateSequence>("createSequence"),
                            InstanceMethod<&NativeModel::FreeSequence>("freeSequence"),
+                           InstanceMethod<&NativeModel::CacheBytes>("cacheBytes"),
                            InstanceMethod<&NativeModel::Decode>("decode"),
                            InstanceMethod<&NativeModel::Close>("close"),
                        });
@@ -198,6 +195,7 @@ class NativeModel : public Napi::ObjectWrap<NativeModel> {
   ~NativeModel() override {
     // The finalizer may run after close(); only what is still reported is given back.
     if (reported_ != 0) Napi::MemoryManagement::AdjustExternalMemory(Env(), -reported_);
+    ForgetCaches(Env());
   }
 
   std::shared_ptr<ModelHandle> handle() const { return handle_; }
@@ -205,12 +203,13 @@ class NativeModel : public Napi::ObjectWrap<NativeModel> {
  private:
   Napi::Value Device(const Napi::CallbackInfo& info) { return Napi::Number::New(info.Env(), device_); }
 
-  // Runs `work(backend)` on a worker under the model's lock; `done` builds the resolved value.
-  // After work that changes weights, the external memory reported to V8 follows weight_bytes().
+  // Runs `work(backend)` on a worker under the model's lock; `done` builds the resolved value. `bufs`
+  // owns every buffer the work touches (see CallBuffers: the caller's arrays are copied in, outputs
+  // copied out on completion). After work that changes weights, the external memory reported to V8
+  // follows weight_bytes().
   Napi::Value Queue(const Napi::CallbackInfo& info, std::function<void(model::LlamaBackend&)> work,
-                    std::vector<Napi::Value> keep, bool weights_changed,
-                    PromiseWorker::Done done = nullptr) {
-    keep.push_back(info.This());  // keeps this wrapper alive until the promise settles
+                    std::unique_ptr<CallBuffers> bufs, bool weights_changed, PromiseWorker::Done done = nullptr) {
+    std::vector<Napi::Value> keep{info.This()};  // keeps this wrapper alive until the promise settles
     auto handle = handle_;
     auto bytes = std::make_shared<int64_t>(-1);
     return PromiseWorker::Run(
@@ -225,7 +224,7 @@ class NativeModel : public Napi::ObjectWrap<NativeModel> {
           if (*bytes >= 0 && handle_->backend) Report(env, *bytes);
           return done ? done(env) : env.Undefined();
         },
-        keep);
+        keep, std::move(bufs));
   }
 
   void Report(Napi::Env env, int64_t bytes) {
@@ -236,14 +235,17 @@ class NativeModel : public Napi::ObjectWrap<NativeModel> {
   // setGlobals({embed: {dtype, data}, finalNorm, head?: linear})
   Napi::Value SetGlobals(const Napi::CallbackInfo& info) {
     return guarded(info, [&]() -> Napi::Value {
+      // Ownership (issue 8): every weight is copied into native memory here (the backend copies it
+      // again into its own store on the worker); no JavaScript memory is read off the main thread.
       const Napi::Object o = object_arg(info, 0, "globals");
-      std::vector<Napi::Value> keep;
+      auto bufs = std::make_unique<CallBuffers>(true);
       model::GlobalWeights w;
-      require(o.Get("embed").IsObject(), "E_ARGUMENT", "embed must be an object {dtype, data}");
-      w.embed = dense_arg(o.Get("embed").As<Napi::Object>(), config_.vocab, config_.dim, "embed", &w.embed_dtype, &keep);
-      w.final_norm = norm_arg(o.Get("finalNorm"), config_.dim, "finalNorm", &keep);
-      if (!config_.tie_embeddings) w.head = linear_arg(o.Get("head"), config_, Linear::Head, &keep);
-      return Queue(info, [w](model::LlamaBackend& b) { b.set_globals(w); }, keep, true);
+      const Napi::Value embed = o.Get("embed");
+      require(embed.IsObject(), "E_ARGUMENT", "embed must be an object {dtype, data}");
+      w.embed = dense_arg(embed.As<Napi::Object>(), config_.vocab, config_.dim, "embed", &w.embed_dtype, *bufs);
+      w.final_norm = norm_arg(o.Get("finalNorm"), config_.dim, "finalNorm", *bufs);
+      if (!config_.tie_embeddings) w.head = linear_arg(o.Get("head"), config_, Linear::Head, *bufs);
+      return Queue(info, [w](model::LlamaBackend& b) { b.set_globals(w); }, std::move(bufs), true);
     });
   }
 
@@ -252,13 +254,13 @@ class NativeModel : public Napi::ObjectWrap<NativeModel> {
     return guarded(info, [&]() -> Napi::Value {
       const int64_t i = block_arg(info[0]);
       const Napi::Object o = object_arg(info, 1, "block weights");
-      std::vector<Napi::Value> keep;
+      auto bufs = std::make_unique<CallBuffers>(true);  // (weights copied in: see SetGlobals)
       model::BlockWeights w;
-      w.attn_norm = norm_arg(o.Get("attnNorm"), config_.dim, "attnNorm", &keep);
-      w.mlp_norm = norm_arg(o.Get("mlpNorm"), config_.dim, "mlpNorm", &keep);
+      w.attn_norm = norm_arg(o.Get("attnNorm"), config_.dim, "attnNorm", *bufs);
+      w.mlp_norm = norm_arg(o.Get("mlpNorm"), config_.dim, "mlpNorm", *bufs);
       for (int l = 0; l < model::kBlockLinears; ++l)
-        w.linears[l] = linear_arg(o.Get(model::linear_name((Linear)l)), config_, (Linear)l, &keep);
-      return Queue(info, [i, w](model::LlamaBackend& b) { b.set_block(i, w); }, keep, true);
+        w.linears[l] = linear_arg(o.Get(model::linear_name((Linear)l)), config_, (Linear)l, *bufs);
+      return Queue(info, [i, w](model::LlamaBackend& b) { b.set_block(i, w); }, std::move(bufs), true);
     });
   }
 
@@ -267,9 +269,9 @@ class NativeModel : public Napi::ObjectWrap<NativeModel> {
     return guarded(info, [&]() -> Napi::Value {
       const int64_t i = block_arg(info[0]);
       const Linear which = linear_by_name(info[1]);
-      std::vector<Napi::Value> keep;
-      const LinearWeights w = linear_arg(info[2], config_, which, &keep);
-      return Queue(info, [i, which, w](model::LlamaBackend& b) { b.set_linear(i, which, w); }, keep, true);
+      auto bufs = std::make_unique<CallBuffers>(true);  // (weights copied in: see SetGlobals)
+      const LinearWeights w = linear_arg(info[2], config_, which, *bufs);
+      return Queue(info, [i, which, w](model::LlamaBackend& b) { b.set_linear(i, which, w); }, std::move(bufs), true);
     });
   }
 
@@ -277,22 +279,28 @@ class NativeModel : public Napi::ObjectWrap<NativeModel> {
   Napi::Value DropBlock(const Napi::CallbackInfo& info) {
     return guarded(info, [&]() -> Napi::Value {
       const int64_t i = block_arg(info[0]);
-      return Queue(info, [i](model::LlamaBackend& b) { b.drop_block(i); }, {}, true);
+      return Queue(info, [i](model::LlamaBackend& b) { b.drop_block(i); }, nullptr, true);
     });
   }
 
   Napi::Value WeightBytes(const Napi::CallbackInfo& info) { return Napi::Number::New(info.Env(), (double)reported_); }
+
+  // Ownership (issue 8) of the calls below: input arrays (ids, hidden) are copied in; output arrays
+  // (out, runBlock's in-place hidden) are computed natively and copied into the caller's on
+  // completion (E_DETACHED if one was transferred meanwhile); captures are arrays made here.
 
   // embed(ids: Int32Array [n], out: Float32Array [n*dim])
   Napi::Value Embed(const Napi::CallbackInfo& info) {
     return guarded(info, [&]() -> Napi::Value {
       const auto ids = typed_array<int32_t>(info[0], "ids");
       const auto out = typed_array<float>(info[1], "out");
-      check_length(out.length, ids.length * config_.dim, "out");
-      const int32_t* ip = ids.data;
-      float* op = out.data;
+      const int64_t need = checked_mul(ids.length, config_.dim, "ids x dim");
+      check_length(out.length, need, "out");
+      auto bufs = std::make_unique<CallBuffers>(true);
+      const int32_t* ip = bufs->input(ids);
+      float* op = bufs->output(info[1], Span<float>{out.data, need}, "out");
       const int64_t n = ids.length;
-      return Queue(info, [=](model::LlamaBackend& b) { b.embed(ip, n, op); }, {info[0], info[1]}, false);
+      return Queue(info, [=](model::LlamaBackend& b) { b.embed(ip, n, op); }, std::move(bufs), false);
     });
   }
 
@@ -302,13 +310,11 @@ class NativeModel : public Napi::ObjectWrap<NativeModel> {
     return guarded(info, [&]() -> Napi::Value {
       Napi::Env env = info.Env();
       const int64_t i = block_arg(info[0]);
-      const auto hidden = typed_array<float>(info[1], "hidden");
       const int64_t batch = integer(info[2], "batch"), seq = integer(info[3], "seq");
       require(batch >= 1 && seq >= 1, "E_SHAPE", "batch and seq must be positive");
-      check_length(hidden.length, batch * seq * config_.dim, "hidden");
+      const int64_t rows = checked_mul(batch, seq, "batch x seq");
       int stop_after = -1;
       std::vector<Napi::Float32Array> targets(model::kCapturePoints);
-      std::vector<Napi::Value> keep{info[1]};
       if (info.Length() > 4 && info[4].IsObject()) {
         const Napi::Object opts = info[4].As<Napi::Object>();
         const Napi::Value cap = opts.Get("capture");
@@ -316,12 +322,11 @@ class NativeModel : public Napi::ObjectWrap<NativeModel> {
           require(cap.IsArray(), "E_ARGUMENT", "capture must be an array of capture point names");
           const Napi::Array names = cap.As<Napi::Array>();
           for (uint32_t k = 0; k < names.Length(); ++k) {
-            require(names.Get(k).IsString(), "E_ARGUMENT", "capture point names are strings");
-            const int p = capture_by_name(names.Get(k).As<Napi::String>().Utf8Value());
-            if (targets[(size_t)p].IsEmpty()) {
-              targets[(size_t)p] = Napi::Float32Array::New(env, (size_t)(batch * seq * capture_cols(config_, p)));
-              keep.push_back(targets[(size_t)p]);
-            }
+            const Napi::Value name = names.Get(k);
+            require(name.IsString(), "E_ARGUMENT", "capture point names are strings");
+            const int p = capture_by_name(name.As<Napi::String>().Utf8Value());
+            if (targets[(size_t)p].IsEmpty())
+              targets[(size_t)p] = Napi::Float32Array::New(env, (size_t)checked_mul(rows, capture_cols(config_, p), "capture"));
           }
         }
         const Napi::Value stop = opts.Get("stopAfter");
@@ -330,10 +335,15 @@ class NativeModel : public Napi::ObjectWrap<NativeModel> {
           stop_after = capture_by_name(stop.As<Napi::String>().Utf8Value());
         }
       }
+      // (the options' getters have run: hidden is read after them)
+      const auto hidden = typed_array<float>(info[1], "hidden");
+      const int64_t need = checked_mul(rows, config_.dim, "batch x seq x dim");
+      check_length(hidden.length, need, "hidden");
+      auto bufs = std::make_unique<CallBuffers>(true);
+      float* hp = bufs->output(info[1], Span<float>{hidden.data, need}, "hidden", /*in_place=*/true);
       float* dest[model::kCapturePoints] = {nullptr};
       for (int p = 0; p < model::kCapturePoints; ++p)
         if (!targets[(size_t)p].IsEmpty()) dest[p] = targets[(size_t)p].Data();
-      float* hp = hidden.data;
       auto work = [=](model::LlamaBackend& b) {
         model::CaptureFn capture = [dest](model::CapturePoint p, const model::Activations& a) {
           float* d = dest[(int)p];
@@ -348,7 +358,7 @@ class NativeModel : public Napi::ObjectWrap<NativeModel> {
       auto refs = std::make_shared<std::vector<Napi::ObjectReference>>(model::kCapturePoints);
       for (int p = 0; p < model::kCapturePoints; ++p)
         if (!targets[(size_t)p].IsEmpty()) (*refs)[(size_t)p] = Napi::Persistent(targets[(size_t)p].As<Napi::Object>());
-      return Queue(info, work, keep, false, [refs](Napi::Env env) -> Napi::Value {
+      return Queue(info, work, std::move(bufs), false, [refs](Napi::Env env) -> Napi::Value {
         Napi::Object r = Napi::Object::New(env);
         for (int p = 0; p < model::kCapturePoints; ++p)
           if (!(*refs)[(size_t)p].IsEmpty()) r.Set(model::capture_name((model::CapturePoint)p), (*refs)[(size_t)p].Value());
@@ -364,11 +374,13 @@ class NativeModel : public Napi::ObjectWrap<NativeModel> {
       const int64_t rows = integer(info[1], "rows");
       const auto out = typed_array<float>(info[2], "out");
       require(rows >= 1, "E_SHAPE", "rows must be positive");
-      check_length(hidden.length, rows * config_.dim, "hidden");
-      check_length(out.length, rows * config_.vocab, "out");
-      const float* hp = hidden.data;
-      float* op = out.data;
-      return Queue(info, [=](model::LlamaBackend& b) { b.head(hp, rows, op); }, {info[0], info[2]}, false);
+      const int64_t in = checked_mul(rows, config_.dim, "rows x dim"), outn = checked_mul(rows, config_.vocab, "rows x vocab");
+      check_length(hidden.length, in, "hidden");
+      check_length(out.length, outn, "out");
+      auto bufs = std::make_unique<CallBuffers>(true);
+      const float* hp = bufs->input(Span<float>{hidden.data, in});
+      float* op = bufs->output(info[2], Span<float>{out.data, outn}, "out");
+      return Queue(info, [=](model::LlamaBackend& b) { b.head(hp, rows, op); }, std::move(bufs), false);
     });
   }
 
@@ -382,23 +394,36 @@ class NativeModel : public Napi::ObjectWrap<NativeModel> {
       const int64_t batch = integer(info[1], "batch"), seq = integer(info[2], "seq");
       const auto out = typed_array<float>(info[3], "out");
       require(batch >= 1 && seq >= (nll ? 2 : 1), "E_SHAPE", nll ? "nll needs batch >= 1 and seq >= 2" : "batch and seq must be positive");
-      check_length(ids.length, batch * seq, "ids");
-      check_length(out.length, nll ? batch * (seq - 1) : batch * seq * config_.vocab, "out");
-      const int32_t* ip = ids.data;
-      float* op = out.data;
+      const int64_t n = checked_mul(batch, seq, "batch x seq");
+      const int64_t outn = nll ? checked_mul(batch, seq - 1, "batch x (seq - 1)") : checked_mul(n, config_.vocab, "batch x seq x vocab");
+      check_length(ids.length, n, "ids");
+      check_length(out.length, outn, "out");
+      auto bufs = std::make_unique<CallBuffers>(true);
+      const int32_t* ip = bufs->input(Span<int32_t>{ids.data, n});
+      float* op = bufs->output(info[3], Span<float>{out.data, outn}, "out");
       auto work = [=](model::LlamaBackend& b) {
         b.check_ids(ip, batch * seq);
         if (nll) b.nll(ip, batch, seq, op);
         else b.logits(ip, batch, seq, op);
       };
-      return Queue(info, work, {info[0], info[3]}, false);
+      return Queue(info, work, std::move(bufs), false);
     });
   }
 
-  // createSequence(capacity) -> Promise<number>
+  // Bytes of a KV cache of `capacity` tokens: keys and values, f32, every layer (both backends).
+  int64_t kv_cache_bytes(int64_t capacity) const {
+    return checked_product({2, config_.layers, config_.kv_heads, config_.head_dim, capacity, (int64_t)sizeof(float)},
+                           "KV cache bytes");
+  }
+
+  // createSequence(capacity) -> Promise<number>. The cache's memory is reported to V8 (external
+  // memory) until freeSequence or close, so that unreferenced sessions add GC pressure.
   Napi::Value CreateSequence(const Napi::CallbackInfo& info) {
     return guarded(info, [&]() -> Napi::Value {
       const int64_t capacity = integer(info[0], "capacity");
+      require(capacity >= 1 && capacity <= config_.max_seq, "E_ARGUMENT",
+              "sequence capacity must be in [1, " + std::to_string(config_.max_seq) + "], got " + std::to_string(capacity));
+      const int64_t bytes = kv_cache_bytes(capacity);
       auto handle = handle_;
       auto id = std::make_shared<int64_t>(0);
       return Queue(
@@ -409,7 +434,14 @@ class NativeModel : public Napi::ObjectWrap<NativeModel> {
             *id = handle->next_sequence++;
             handle->sequences[*id] = std::move(s);
           },
-          {}, false, [id](Napi::Env env) -> Napi::Value { return Napi::Number::New(env, (double)*id); });
+          nullptr, false, [this, id, bytes](Napi::Env env) -> Napi::Value {
+            if (handle_->backend) {  // (not closed meanwhile)
+              kv_bytes_[*id] = bytes;
+              kv_reported_ += bytes;
+              Napi::MemoryManagement::AdjustExternalMemory(env, bytes);
+            }
+            return Napi::Number::New(env, (double)*id);
+          });
     });
   }
 
@@ -417,10 +449,27 @@ class NativeModel : public Napi::ObjectWrap<NativeModel> {
   Napi::Value FreeSequence(const Napi::CallbackInfo& info) {
     return guarded(info, [&]() -> Napi::Value {
       const int64_t id = integer(info[0], "sequence");
-      std::lock_guard<std::mutex> lock(handle_->ptr_mutex);
-      handle_->sequences.erase(id);
+      {
+        std::lock_guard<std::mutex> lock(handle_->ptr_mutex);
+        handle_->sequences.erase(id);
+      }
+      auto it = kv_bytes_.find(id);
+      if (it != kv_bytes_.end()) {
+        Napi::MemoryManagement::AdjustExternalMemory(info.Env(), -it->second);
+        kv_reported_ -= it->second;
+        kv_bytes_.erase(it);
+      }
       return info.Env().Undefined();
     });
+  }
+
+  // cacheBytes(): bytes of the KV caches of the sequences not yet freed (as reported to V8).
+  Napi::Value CacheBytes(const Napi::CallbackInfo& info) { return Napi::Number::New(info.Env(), (double)kv_reported_); }
+
+  void ForgetCaches(Napi::Env env) {
+    if (kv_reported_ != 0) Napi::MemoryManagement::AdjustExternalMemory(env, -kv_reported_);
+    kv_reported_ = 0;
+    kv_bytes_.clear();
   }
 
   // decode(sequence, ids: Int32Array [n], out: Float32Array [vocab]) -> Promise<number> (new length)
@@ -432,8 +481,9 @@ class NativeModel : public Napi::ObjectWrap<NativeModel> {
       require(ids.length >= 1, "E_SHAPE", "decode needs at least one token");
       check_length(out.length, config_.vocab, "out");
       auto seq = handle_->sequence(id);
-      const int32_t* ip = ids.data;
-      float* op = out.data;
+      auto bufs = std::make_unique<CallBuffers>(true);
+      const int32_t* ip = bufs->input(ids);
+      float* op = bufs->output(info[2], Span<float>{out.data, config_.vocab}, "out");
       const int64_t n = ids.length;
       return Queue(
           info,
@@ -441,7 +491,7 @@ class NativeModel : public Napi::ObjectWrap<NativeModel> {
             b.check_ids(ip, n);
             b.decode(*seq, ip, n, op);
           },
-          {info[1], info[2]}, false,
+          std::move(bufs), false,
           [seq](Napi::Env env) -> Napi::Value { return Napi::Number::New(env, (double)seq->length); });
     });
   }
@@ -454,6 +504,7 @@ class NativeModel : public Napi::ObjectWrap<NativeModel> {
       handle_->sequences.clear();
     }
     Report(info.Env(), 0);
+    ForgetCaches(info.Env());
     return info.Env().Undefined();
   }
 
@@ -468,6 +519,8 @@ class NativeModel : public Napi::ObjectWrap<NativeModel> {
   int device_ = -1;
   std::shared_ptr<ModelHandle> handle_;
   int64_t reported_ = 0;
+  std::map<int64_t, int64_t> kv_bytes_;  // sequence id -> KV cache bytes reported (main thread only)
+  int64_t kv_reported_ = 0;
 };
 
 // ---------------------------------------------------------------- CPU ops, for tests against references
@@ -482,9 +535,9 @@ Napi::Value OpRmsNorm(const Napi::CallbackInfo& info) {
     const float eps = info[4].As<Napi::Number>().FloatValue();
     const auto out = typed_array<float>(info[5], "out");
     require(rows >= 1 && dim >= 1, "E_SHAPE", "rows and dim must be positive");
-    check_length(x.length, rows * dim, "x");
+    check_length(x.length, checked_mul(rows, dim), "x");
     check_length(w.length, dim, "weight");
-    check_length(out.length, rows * dim, "out");
+    check_length(out.length, checked_mul(rows, dim), "out");
     model::cpu::rms_norm(x.data, rows, dim, w.data, eps, out.data);
     return info.Env().Undefined();
   });
@@ -501,7 +554,7 @@ Napi::Value OpRope(const Napi::CallbackInfo& info) {
     const float scale = info[6].As<Napi::Number>().FloatValue();
     require(rows >= 1 && heads >= 1 && hd >= 2 && hd % 2 == 0 && p0 >= 0, "E_SHAPE", "bad rope shape");
     require((int64_t)inv_freq.size() == hd / 2, "E_SHAPE", "invFreq must hold headDim/2 values");
-    check_length(x.length, rows * heads * hd, "x");
+    check_length(x.length, checked_product({rows, heads, hd}), "x");
     model::cpu::RopeTable table;
     table.build(inv_freq, scale, p0, rows);
     model::cpu::apply_rope(x.data, rows, heads * hd, heads, table);
@@ -519,10 +572,10 @@ Napi::Value OpAttention(const Napi::CallbackInfo& info) {
     const int64_t hd = integer(info[6], "headDim");
     const auto out = typed_array<float>(info[7], "out");
     require(n >= 1 && heads >= 1 && kvh >= 1 && hd >= 1 && heads % kvh == 0, "E_SHAPE", "bad attention shape");
-    check_length(q.length, n * heads * hd, "q");
-    check_length(k.length, n * kvh * hd, "k");
-    check_length(v.length, n * kvh * hd, "v");
-    check_length(out.length, n * heads * hd, "out");
+    check_length(q.length, checked_product({n, heads, hd}), "q");
+    check_length(k.length, checked_product({n, kvh, hd}), "k");
+    check_length(v.length, checked_product({n, kvh, hd}), "v");
+    check_length(out.length, checked_product({n, heads, hd}), "out");
     model::cpu::KvBlock kv;
     kv.resize(kvh, hd, n);
     model::cpu::store_kv(k.data, v.data, n, 0, kv);
@@ -547,17 +600,17 @@ Napi::Value OpSwiglu(const Napi::CallbackInfo& info) {
 // opLinear(x [M*K], M, {dtype, data [N*K]}, N, K, bias | null, out [M*N])
 Napi::Value OpLinear(const Napi::CallbackInfo& info) {
   return guarded(info, [&]() -> Napi::Value {
-    const auto x = typed_array<float>(info[0], "x");
     const int64_t M = integer(info[1], "M"), N = integer(info[3], "N"), K = integer(info[4], "K");
     require(M >= 1 && N >= 1 && K >= 1, "E_SHAPE", "M, N and K must be positive");
-    std::vector<Napi::Value> keep;
+    CallBuffers bufs(false);  // (synchronous: arrays read in place, after the weight's getters ran)
     DType dtype;
-    const void* data = dense_arg(object_arg(info, 2, "weight"), N, K, "weight", &dtype, &keep);
+    const void* data = dense_arg(object_arg(info, 2, "weight"), N, K, "weight", &dtype, bufs);
+    const auto x = typed_array<float>(info[0], "x");
     const auto bias = optional_typed_array<float>(info[5], "bias");
     const auto out = typed_array<float>(info[6], "out");
-    check_length(x.length, M * K, "x");
+    check_length(x.length, checked_mul(M, K), "x");
     if (bias.data) check_length(bias.length, N, "bias");
-    check_length(out.length, M * N, "out");
+    check_length(out.length, checked_mul(M, N), "out");
     const model::cpu::DensePanels W(data, dtype, N, K);
     model::cpu::dense_linear(x.data, M, W, bias.data, out.data);
     return info.Env().Undefined();
@@ -572,12 +625,13 @@ Napi::Value OpNll(const Napi::CallbackInfo& info) {
     const auto targets = typed_array<int32_t>(info[3], "targets");
     const auto out = typed_array<float>(info[4], "out");
     require(rows >= 1 && vocab >= 1, "E_SHAPE", "rows and vocab must be positive");
-    check_length(logits.length, rows * vocab, "logits");
+    check_length(logits.length, checked_mul(rows, vocab), "logits");
     check_length(targets.length, rows, "targets");
     check_length(out.length, rows, "out");
     for (int64_t r = 0; r < rows; ++r) {
-      require(targets.data[r] >= 0 && targets.data[r] < vocab, "E_ARGUMENT", "target outside the vocabulary");
-      out.data[r] = model::cpu::row_nll(logits.data + r * vocab, vocab, targets.data[r]);
+      const int32_t target = targets.data[r];  // read once: a SharedArrayBuffer may change under us
+      require(target >= 0 && target < vocab, "E_ARGUMENT", "target outside the vocabulary");
+      out.data[r] = model::cpu::row_nll(logits.data + r * vocab, vocab, target);
     }
     return info.Env().Undefined();
   });

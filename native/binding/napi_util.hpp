@@ -5,7 +5,9 @@
 
 #include <napi.h>
 
+#include <algorithm>
 #include <cstdint>
+#include <cstring>
 #include <functional>
 #include <memory>
 #include <string>
@@ -55,14 +57,25 @@ template <> constexpr napi_typedarray_type typed_array_kind<uint32_t>() { return
 template <> constexpr napi_typedarray_type typed_array_kind<uint16_t>() { return napi_uint16_array; }
 template <> constexpr napi_typedarray_type typed_array_kind<uint8_t>() { return napi_uint8_array; }
 
+// The data pointer and length of a typed array, straight from napi_get_typedarray_info: it works for
+// arrays over an ArrayBuffer and over a SharedArrayBuffer alike (Napi::TypedArray::ArrayBuffer() does
+// not accept the latter). A detached (transferred) buffer is E_DETACHED. Runs no JavaScript.
 template <class T>
 Span<T> typed_array(const Napi::Value& v, const char* name) {
   if (!v.IsTypedArray() || v.As<Napi::TypedArray>().TypedArrayType() != typed_array_kind<T>())
     throw CoreError("E_DTYPE", std::string(name) + " must be a typed array of the expected element type");
-  auto arr = v.As<Napi::TypedArray>();
+  napi_typedarray_type kind;
+  size_t length = 0, offset = 0;
+  void* data = nullptr;
+  napi_value buffer;
+  if (napi_get_typedarray_info(v.Env(), v, &kind, &length, &data, &buffer, &offset) != napi_ok)
+    throw CoreError("E_ARGUMENT", std::string(name) + ": cannot read the typed array");
+  bool detached = false;
+  napi_is_detached_arraybuffer(v.Env(), buffer, &detached);  // false for a SharedArrayBuffer
+  if (detached) throw CoreError("E_DETACHED", std::string(name) + "'s buffer was detached (transferred)");
   Span<T> s;
-  s.data = reinterpret_cast<T*>(static_cast<uint8_t*>(arr.ArrayBuffer().Data()) + arr.ByteOffset());
-  s.length = (int64_t)arr.ElementLength();
+  s.data = static_cast<T*>(data);
+  s.length = (int64_t)length;
   return s;
 }
 
@@ -72,10 +85,13 @@ Span<T> optional_typed_array(const Napi::Value& v, const char* name) {
   return typed_array<T>(v, name);
 }
 
+// A JavaScript number that is an integer in the safe range (|v| <= 2^53), as int64.
 inline int64_t integer(const Napi::Value& v, const char* name) {
   if (!v.IsNumber()) throw CoreError("E_ARGUMENT", std::string(name) + " must be a number");
   const double d = v.As<Napi::Number>().DoubleValue();
-  if (d != (double)(int64_t)d) throw CoreError("E_ARGUMENT", std::string(name) + " must be an integer");
+  // (the range check first: converting a non-finite or huge double to int64 is undefined)
+  if (!(d >= -9007199254740992.0 && d <= 9007199254740992.0) || d != (double)(int64_t)d)
+    throw CoreError("E_ARGUMENT", std::string(name) + " must be a safe integer");
   return (int64_t)d;
 }
 
@@ -89,16 +105,116 @@ inline Napi::Object object_arg(const Napi::CallbackInfo& info, size_t i, const c
   return info[i].As<Napi::Object>();
 }
 
+// The memory a call works on (issue 8). JavaScript may transfer or detach a typed array the moment a
+// call returns (structuredClone(buf, {transfer: [buf]}), postMessage), which frees its memory, and a
+// SharedArrayBuffer may change under us at any time. So:
+// - A synchronous call (async = false) reads and writes the caller's arrays in place: no JavaScript
+//   runs until it returns, provided every property (getter) was read before the first pointer was
+//   taken. Index arrays are copied even then, so that the values checked are the values used.
+// - An asynchronous call (async = true) never lets its worker touch JavaScript memory: inputs are
+//   copied into native memory here, on the main thread, before the call returns (one memcpy each,
+//   small next to the work); outputs are computed into native buffers and copied into the caller's
+//   arrays on completion, on the main thread, after checking that each is still attached and long
+//   enough (otherwise the promise rejects with E_DETACHED and nothing is written).
+// Arrays the call creates itself and hands over only on completion need none of this.
+class CallBuffers {
+ public:
+  explicit CallBuffers(bool async) : async_(async) {}
+  CallBuffers(const CallBuffers&) = delete;
+  CallBuffers& operator=(const CallBuffers&) = delete;
+
+  bool async() const { return async_; }
+
+  // An input the call only reads.
+  template <class T>
+  const T* input(const Span<T>& s) {
+    return async_ ? copy(s) : s.data;
+  }
+
+  // An input whose values are checked and then used as indices: always a private copy.
+  template <class T>
+  const T* index(const Span<T>& s) {
+    return s.data ? copy(s) : nullptr;
+  }
+
+  // An output array of the caller, `array` being the value `s` was read from. With `in_place` the
+  // native buffer starts as a copy of the array (the call updates it in place).
+  template <class T>
+  T* output(const Napi::Value& array, const Span<T>& s, const char* name, bool in_place = false) {
+    if (!async_) return s.data;
+    T* buf = in_place ? copy(s) : fresh<T>(s.length);
+    targets_.push_back(Target{Napi::Persistent(array), typed_array_kind<T>(), buf, (size_t)s.length * sizeof(T), name});
+    return buf;
+  }
+
+  // Copies the outputs into the caller's arrays (main thread, on completion). Throws E_DETACHED, with
+  // nothing written, when one was detached or shrunk (a resizable ArrayBuffer) meanwhile.
+  void write_back() {
+    std::vector<void*> dest;
+    for (auto& t : targets_) {
+      Napi::Value v = t.array.Value();
+      napi_typedarray_type kind;
+      size_t length = 0;
+      void* data = nullptr;
+      napi_value buffer;
+      bool ok = napi_get_typedarray_info(v.Env(), v, &kind, &length, &data, &buffer, nullptr) == napi_ok;
+      bool detached = false;
+      if (ok) napi_is_detached_arraybuffer(v.Env(), buffer, &detached);
+      if (!ok || detached || kind != t.kind || (data == nullptr && t.bytes > 0) || bytes_of(kind, length) < t.bytes)
+        fail("E_DETACHED", std::string(t.name) + " was detached (transferred) or shrunk while the call ran; nothing was written to it");
+      dest.push_back(data);
+    }
+    for (size_t i = 0; i < targets_.size(); ++i)
+      if (targets_[i].bytes) std::memcpy(dest[i], targets_[i].src, targets_[i].bytes);
+  }
+
+  // Keeps a buffer the call made alive as long as the call.
+  template <class T>
+  T* fresh(int64_t n) {
+    auto buf = std::make_shared<std::vector<T>>((size_t)n);
+    owned_.push_back(buf);
+    return buf->data();
+  }
+
+ private:
+  template <class T>
+  T* copy(const Span<T>& s) {
+    auto buf = std::make_shared<std::vector<T>>(s.data, s.data + s.length);
+    owned_.push_back(buf);
+    return buf->data();
+  }
+  static size_t bytes_of(napi_typedarray_type kind, size_t length) {
+    switch (kind) {
+      case napi_int8_array: case napi_uint8_array: case napi_uint8_clamped_array: return length;
+      case napi_int16_array: case napi_uint16_array: return length * 2;
+      case napi_int32_array: case napi_uint32_array: case napi_float32_array: return length * 4;
+      default: return length * 8;
+    }
+  }
+  struct Target {
+    Napi::Reference<Napi::Value> array;
+    napi_typedarray_type kind;
+    const void* src;
+    size_t bytes;
+    const char* name;
+  };
+  bool async_;
+  std::vector<std::shared_ptr<void>> owned_;
+  std::vector<Target> targets_;
+};
+
 // Runs `work` on a libuv worker thread and settles a Promise: resolved with `done(env)` on the main
-// thread, or rejected with a coded error. The JavaScript values in `keep` (the typed arrays the work
-// reads and writes) are held alive until the work has finished.
+// thread, or rejected with a coded error. `buffers` (see CallBuffers) owns the memory the work touches
+// and copies its outputs back before `done` runs; the JavaScript objects in `keep` (handles, the model
+// wrapper) are held alive until the work has finished.
 class PromiseWorker : public Napi::AsyncWorker {
  public:
   using Work = std::function<void()>;
   using Done = std::function<Napi::Value(Napi::Env)>;
 
-  static Napi::Value Run(Napi::Env env, Work work, Done done, const std::vector<Napi::Value>& keep) {
-    auto* w = new PromiseWorker(env, std::move(work), std::move(done), keep);
+  static Napi::Value Run(Napi::Env env, Work work, Done done, const std::vector<Napi::Value>& keep,
+                         std::unique_ptr<CallBuffers> buffers = nullptr) {
+    auto* w = new PromiseWorker(env, std::move(work), std::move(done), keep, std::move(buffers));
     Napi::Promise promise = w->deferred_.Promise();
     w->Queue();
     return promise;
@@ -122,7 +238,10 @@ class PromiseWorker : public Napi::AsyncWorker {
   void OnOK() override {
     Napi::Env env = Env();
     try {
+      if (buffers_) buffers_->write_back();
       deferred_.Resolve(done_ ? done_(env) : env.Undefined());
+    } catch (const CoreError& e) {
+      deferred_.Reject(coded_error(env, e.code(), e.what()).Value());
     } catch (const Napi::Error& e) {
       deferred_.Reject(e.Value());
     }
@@ -132,14 +251,16 @@ class PromiseWorker : public Napi::AsyncWorker {
   }
 
  private:
-  PromiseWorker(Napi::Env env, Work work, Done done, const std::vector<Napi::Value>& keep)
+  PromiseWorker(Napi::Env env, Work work, Done done, const std::vector<Napi::Value>& keep,
+                std::unique_ptr<CallBuffers> buffers)
       : Napi::AsyncWorker(env, "lowbit"), deferred_(Napi::Promise::Deferred::New(env)), work_(std::move(work)),
-        done_(std::move(done)) {
+        done_(std::move(done)), buffers_(std::move(buffers)) {
     for (const auto& v : keep) keep_.push_back(Napi::Persistent(v));
   }
   Napi::Promise::Deferred deferred_;
   Work work_;
   Done done_;
+  std::unique_ptr<CallBuffers> buffers_;
   std::vector<Napi::Reference<Napi::Value>> keep_;
   const char* code_ = "E_INTERNAL";
 };
@@ -159,28 +280,33 @@ namespace lowbit {
 namespace binding {
 
 // Reads {bits, K, N, groupSize, groups, zeroOffset, qweight, qzeros, scales, gIdx?} into a checked
-// PackedMatrix view; `keep` receives the typed arrays so an async call can hold them alive.
-inline PackedMatrix packed_matrix_arg(const Napi::Object& o, std::vector<Napi::Value>* keep) {
+// PackedMatrix whose buffers `bufs` provides (copies for an async call; g_idx always a copy, so the
+// entries validated are the entries the kernels index with). Each property is read exactly once, and
+// all of them (getters may run JavaScript) before the first pointer is taken.
+inline PackedMatrix packed_matrix_arg(const Napi::Object& o, CallBuffers& bufs) {
+  const Napi::Value bits = o.Get("bits"), K = o.Get("K"), N = o.Get("N"), group_size = o.Get("groupSize");
+  const Napi::Value groups = o.Get("groups"), zero_offset = o.Get("zeroOffset");
+  const Napi::Value qweight = o.Get("qweight"), qzeros = o.Get("qzeros"), scales = o.Get("scales");
+  const Napi::Value g_idx = o.Get("gIdx");
+  // From here on no JavaScript runs.
   PackedMatrix W;
-  W.bits = (int)integer(o.Get("bits"), "bits");
-  W.K = integer(o.Get("K"), "K");
-  W.N = integer(o.Get("N"), "N");
-  W.group_size = integer(o.Get("groupSize"), "groupSize");
-  W.groups = integer(o.Get("groups"), "groups");
-  W.zero_offset = (int)integer(o.Get("zeroOffset"), "zeroOffset");
-  const auto qw = typed_array<int32_t>(o.Get("qweight"), "qweight");
-  const auto qz = typed_array<int32_t>(o.Get("qzeros"), "qzeros");
-  const auto sc = typed_array<uint16_t>(o.Get("scales"), "scales (fp16 bits as Uint16Array)");
-  const auto gi = optional_typed_array<int32_t>(o.Get("gIdx"), "gIdx");
-  W.qweight = qw.data;
-  W.qzeros = qz.data;
-  W.scales = sc.data;
-  W.g_idx = gi.data;
-  validate_packed(W, qw.length, qz.length, sc.length, gi.length);
-  if (keep) {
-    for (const char* key : {"qweight", "qzeros", "scales"}) keep->push_back(o.Get(key));
-    if (gi.data) keep->push_back(o.Get("gIdx"));
-  }
+  W.bits = (int)integer(bits, "bits");
+  W.K = integer(K, "K");
+  W.N = integer(N, "N");
+  W.group_size = integer(group_size, "groupSize");
+  W.groups = integer(groups, "groups");
+  W.zero_offset = (int)integer(zero_offset, "zeroOffset");
+  const auto qw = typed_array<int32_t>(qweight, "qweight");
+  const auto qz = typed_array<int32_t>(qzeros, "qzeros");
+  const auto sc = typed_array<uint16_t>(scales, "scales (fp16 bit patterns as a Uint16Array)");
+  const auto gi = optional_typed_array<int32_t>(g_idx, "gIdx");
+  // Sizes first, before any copy: the copies are then of checked sizes (exactly what W uses).
+  validate_packed_sizes(W, gi.data != nullptr, qw.length, qz.length, sc.length, gi.length);
+  W.qweight = bufs.input(Span<int32_t>{qw.data, W.qweight_words()});
+  W.qzeros = bufs.input(Span<int32_t>{qz.data, W.qzeros_words()});
+  W.scales = bufs.input(Span<uint16_t>{sc.data, W.scales_count()});
+  W.g_idx = bufs.index(Span<int32_t>{gi.data, gi.data ? W.K : 0});
+  validate_g_idx(W);
   return W;
 }
 

@@ -28,22 +28,25 @@ GridOptions grid_options(const Napi::Object& o) {
   return g;
 }
 
-void check_matrix(int64_t len, int64_t rows, int64_t cols, const char* name) {
+// Checks a [rows, cols] buffer's length; returns rows * cols (overflow-checked: E_SHAPE).
+int64_t check_matrix(int64_t len, int64_t rows, int64_t cols, const char* name) {
   require(rows > 0 && cols > 0, "E_SHAPE", std::string(name) + " dimensions must be positive");
-  require(len >= rows * cols, "E_BUFFER",
+  const int64_t need = checked_mul(rows, cols, name);
+  require(len >= need, "E_BUFFER",
           std::string(name) + " holds " + std::to_string(len) + " elements, needs " + std::to_string(rows) + " x " +
               std::to_string(cols));
+  return need;
 }
 
 // rtnQuantize(W: Float32Array [N*K], N, K, {bits, groupSize, sym, mse, minZero, packZeroOffset})
 //   -> Promise<{q, scales, zeros, groups} and, with packZeroOffset 0 | 1, {qweight, qzeros, scalesF16}>
 // With packZeroOffset the worker also packs the result into the GPTQ layout (qzeros storing
 // zero - packZeroOffset), so that no packing runs on the event loop.
+// Ownership (issue 8): W is copied into native memory (the worker never reads JavaScript memory);
+// the outputs are arrays made here and handed out only on completion.
 Napi::Value RtnQuantize(const Napi::CallbackInfo& info) {
   return guarded(info, [&]() -> Napi::Value {
-    const auto W = typed_array<float>(info[0], "W");
     const int64_t N = integer(info[1], "N"), K = integer(info[2], "K");
-    check_matrix(W.length, N, K, "W");
     const Napi::Object opts = object_arg(info, 3, "options");
     const GridOptions g = grid_options(opts);
     const int64_t gs = integer(opts.Get("groupSize"), "groupSize");
@@ -51,21 +54,26 @@ Napi::Value RtnQuantize(const Napi::CallbackInfo& info) {
     const bool pack = !opts.Get("packZeroOffset").IsUndefined();
     const int zero_offset = pack ? (int)integer(opts.Get("packZeroOffset"), "packZeroOffset") : 0;
     require(zero_offset == 0 || zero_offset == 1, "E_ARGUMENT", "packZeroOffset must be 0 or 1");
+    // (every option getter has run: W is read after them)
+    const auto W = typed_array<float>(info[0], "W");
+    const int64_t NK = check_matrix(W.length, N, K, "W");
+    auto bufs = std::make_unique<CallBuffers>(true);
+    const float* wp = bufs->input(Span<float>{W.data, NK});
     const int64_t G = group_count(K, gs);
+    const int64_t GN = checked_mul(G, N, "groups x N");
     Napi::Env env = info.Env();
-    auto q = Napi::Uint8Array::New(env, (size_t)(N * K));
-    auto scales = Napi::Float32Array::New(env, (size_t)(G * N));
-    auto zeros = Napi::Int32Array::New(env, (size_t)(G * N));
-    auto qweight = Napi::Int32Array::New(env, pack ? (size_t)(packed_words(g.bits, K) * N) : 0);
-    auto qzeros = Napi::Int32Array::New(env, pack ? (size_t)(G * packed_words(g.bits, N)) : 0);
-    auto scales16 = Napi::Uint16Array::New(env, pack ? (size_t)(G * N) : 0);
+    auto q = Napi::Uint8Array::New(env, (size_t)NK);
+    auto scales = Napi::Float32Array::New(env, (size_t)GN);
+    auto zeros = Napi::Int32Array::New(env, (size_t)GN);
+    auto qweight = Napi::Int32Array::New(env, pack ? (size_t)checked_mul(packed_words(g.bits, K), N) : 0);
+    auto qzeros = Napi::Int32Array::New(env, pack ? (size_t)checked_mul(G, packed_words(g.bits, N)) : 0);
+    auto scales16 = Napi::Uint16Array::New(env, pack ? (size_t)GN : 0);
     uint8_t* qp = q.Data();
     float* sp = scales.Data();
     int32_t* zp = zeros.Data();
     int32_t* qwp = qweight.Data();
     int32_t* qzp = qzeros.Data();
     uint16_t* s16p = scales16.Data();
-    const float* wp = W.data;
     // The outputs travel to the completion callback as persistent references: local handles die
     // with this call's scope, and touching them later crashes V8.
     auto outputs = std::make_shared<std::vector<Napi::Reference<Napi::Value>>>();
@@ -79,7 +87,7 @@ Napi::Value RtnQuantize(const Napi::CallbackInfo& info) {
           if (!pack) return;
           pack_qweight(qp, N, K, g.bits, qwp);
           pack_qzeros(zp, G, N, g.bits, zero_offset, qzp);
-          convert(sp, DType::F32, s16p, DType::F16, (size_t)(G * N));  // exact: RTN scales are fp16 values
+          convert(sp, DType::F32, s16p, DType::F16, (size_t)GN);  // exact: RTN scales are fp16 values
         },
         [outputs, G, pack](Napi::Env env) -> Napi::Value {
           Napi::Object r = Napi::Object::New(env);
@@ -94,7 +102,7 @@ Napi::Value RtnQuantize(const Napi::CallbackInfo& info) {
           }
           return r;
         },
-        {info[0]});
+        {}, std::move(bufs));
   });
 }
 
@@ -104,13 +112,13 @@ Napi::Value PackQweight(const Napi::CallbackInfo& info) {
     const auto q = typed_array<uint8_t>(info[0], "q");
     const int64_t N = integer(info[1], "N"), K = integer(info[2], "K");
     const int bits = (int)integer(info[3], "bits");
-    check_matrix(q.length, N, K, "q");
+    const int64_t NK = check_matrix(q.length, N, K, "q");
     const int maxq = weight_format(bits).maxq();
-    for (int64_t i = 0; i < N * K; ++i)  // (the message only on failure: building it per element took seconds)
+    for (int64_t i = 0; i < NK; ++i)  // (the message only on failure: building it per element took seconds)
       if (q.data[i] > maxq)
         fail("E_ARGUMENT", "q[" + std::to_string(i) + "] = " + std::to_string(q.data[i]) + " does not fit in " +
                                std::to_string(bits) + " bits");
-    auto out = Napi::Int32Array::New(info.Env(), (size_t)(packed_words(bits, K) * N));
+    auto out = Napi::Int32Array::New(info.Env(), (size_t)checked_mul(packed_words(bits, K), N, "qweight words"));
     pack_qweight(q.data, N, K, bits, out.Data());
     return out;
   });
@@ -122,8 +130,8 @@ Napi::Value UnpackQweight(const Napi::CallbackInfo& info) {
     const int64_t N = integer(info[1], "N"), K = integer(info[2], "K");
     const int bits = (int)integer(info[3], "bits");
     require(N > 0 && K > 0, "E_SHAPE", "N and K must be positive");
-    require(qw.length >= packed_words(bits, K) * N, "E_BUFFER", "qweight is too short for N x K");
-    auto out = Napi::Uint8Array::New(info.Env(), (size_t)(N * K));
+    require(qw.length >= checked_mul(packed_words(bits, K), N, "qweight words"), "E_BUFFER", "qweight is too short for N x K");
+    auto out = Napi::Uint8Array::New(info.Env(), (size_t)checked_mul(N, K, "N x K"));
     unpack_qweight(qw.data, N, K, bits, out.Data());
     return out;
   });
@@ -136,14 +144,14 @@ Napi::Value PackQzeros(const Napi::CallbackInfo& info) {
     const int64_t G = integer(info[1], "G"), N = integer(info[2], "N");
     const int bits = (int)integer(info[3], "bits");
     const int offset = (int)integer(info[4], "zeroOffset");
-    check_matrix(z.length, G, N, "zeros");
+    const int64_t GN = check_matrix(z.length, G, N, "zeros");
     require(offset == 0 || offset == 1, "E_ARGUMENT", "zeroOffset must be 0 or 1");
     const int maxq = weight_format(bits).maxq();
-    for (int64_t i = 0; i < G * N; ++i)
+    for (int64_t i = 0; i < GN; ++i)
       if (z.data[i] < 0 || z.data[i] > maxq)
         fail("E_ARGUMENT", "zeros[" + std::to_string(i) + "] = " + std::to_string(z.data[i]) + " is outside [0, " +
                                std::to_string(maxq) + "]");
-    auto out = Napi::Int32Array::New(info.Env(), (size_t)(G * packed_words(bits, N)));
+    auto out = Napi::Int32Array::New(info.Env(), (size_t)checked_mul(G, packed_words(bits, N), "qzeros words"));
     pack_qzeros(z.data, G, N, bits, offset, out.Data());
     return out;
   });
@@ -157,27 +165,32 @@ Napi::Value UnpackQzeros(const Napi::CallbackInfo& info) {
     const int offset = (int)integer(info[4], "zeroOffset");
     require(G > 0 && N > 0, "E_SHAPE", "G and N must be positive");
     require(offset == 0 || offset == 1, "E_ARGUMENT", "zeroOffset must be 0 or 1");
-    require(qz.length >= G * packed_words(bits, N), "E_BUFFER", "qzeros is too short for G x N");
-    auto out = Napi::Int32Array::New(info.Env(), (size_t)(G * N));
+    require(qz.length >= checked_mul(G, packed_words(bits, N), "qzeros words"), "E_BUFFER", "qzeros is too short for G x N");
+    auto out = Napi::Int32Array::New(info.Env(), (size_t)checked_mul(G, N, "G x N"));
     unpack_qzeros(qz.data, G, N, bits, offset, out.Data());
     return out;
   });
 }
 
 // packedGemm(X: Float32Array [M*K], M, W: packed, Y: Float32Array [M*N], device: -1 CPU | CUDA index)
+// Ownership (issue 8), async: X and W's buffers are copied into native memory (one memcpy of the
+// packed weight, as much memory traffic as the product itself reads for small M; packedGemmSync reads
+// them in place); Y is computed natively and copied into the caller's Y on completion (E_DETACHED if
+// it was transferred meanwhile). The same for the CUDA path.
 Napi::Value PackedGemmImpl(const Napi::CallbackInfo& info, bool async) {
   return guarded(info, [&]() -> Napi::Value {
-    std::vector<Napi::Value> keep{info[0], info[3]};
-    const auto X = typed_array<float>(info[0], "X");
+    auto bufs = std::make_unique<CallBuffers>(async);
     const int64_t M = integer(info[1], "M");
-    const PackedMatrix W = packed_matrix_arg(object_arg(info, 2, "W"), &keep);
-    const auto Y = typed_array<float>(info[3], "Y");
     const int64_t device = info.Length() > 4 && !info[4].IsUndefined() ? integer(info[4], "device") : -1;
+    // W's getters run first, inside packed_matrix_arg; X and Y are read after them.
+    const PackedMatrix W = packed_matrix_arg(object_arg(info, 2, "W"), *bufs);
+    const auto X = typed_array<float>(info[0], "X");
+    const auto Y = typed_array<float>(info[3], "Y");
     require(M >= 1, "E_SHAPE", "M must be at least 1");
-    check_matrix(X.length, M, W.K, "X");
-    check_matrix(Y.length, M, W.N, "Y");
-    const float* xp = X.data;
-    float* yp = Y.data;
+    const int64_t MK = check_matrix(X.length, M, W.K, "X");
+    const int64_t MN = check_matrix(Y.length, M, W.N, "Y");
+    const float* xp = bufs->input(Span<float>{X.data, MK});
+    float* yp = bufs->output(info[3], Span<float>{Y.data, MN}, "Y");
     auto work = [=] {
       if (device < 0) packed_gemm(xp, M, W, yp);
       else cuda::packed_gemm((int)device, xp, M, W, yp);
@@ -186,7 +199,7 @@ Napi::Value PackedGemmImpl(const Napi::CallbackInfo& info, bool async) {
       work();
       return info.Env().Undefined();
     }
-    return PromiseWorker::Run(info.Env(), work, nullptr, keep);
+    return PromiseWorker::Run(info.Env(), work, nullptr, {}, std::move(bufs));
   });
 }
 
@@ -196,14 +209,16 @@ Napi::Value PackedGemmSync(const Napi::CallbackInfo& info) { return PackedGemmIm
 // dequantize(W: packed) -> Float32Array [N*K]
 Napi::Value Dequantize(const Napi::CallbackInfo& info) {
   return guarded(info, [&]() -> Napi::Value {
-    const PackedMatrix W = packed_matrix_arg(object_arg(info, 0, "W"), nullptr);
-    auto out = Napi::Float32Array::New(info.Env(), (size_t)(W.N * W.K));
+    CallBuffers bufs(false);
+    const PackedMatrix W = packed_matrix_arg(object_arg(info, 0, "W"), bufs);
+    auto out = Napi::Float32Array::New(info.Env(), (size_t)checked_mul(W.N, W.K, "N x K"));
     dequantize(W, out.Data());
     return out;
   });
 }
 
 // denseGemm(X [M*K], M, W [N*K], N, K, Y [M*N]) -> Promise<void>
+// Ownership (issue 8): X and W copied in, Y computed natively and copied out on completion.
 Napi::Value DenseGemm(const Napi::CallbackInfo& info) {
   return guarded(info, [&]() -> Napi::Value {
     const auto X = typed_array<float>(info[0], "X");
@@ -211,12 +226,11 @@ Napi::Value DenseGemm(const Napi::CallbackInfo& info) {
     const auto W = typed_array<float>(info[2], "W");
     const int64_t N = integer(info[3], "N"), K = integer(info[4], "K");
     const auto Y = typed_array<float>(info[5], "Y");
-    check_matrix(X.length, M, K, "X");
-    check_matrix(W.length, N, K, "W");
-    check_matrix(Y.length, M, N, "Y");
-    const float *xp = X.data, *wp = W.data;
-    float* yp = Y.data;
-    return PromiseWorker::Run(info.Env(), [=] { dense_gemm(xp, M, wp, N, K, yp); }, nullptr, {info[0], info[2], info[5]});
+    auto bufs = std::make_unique<CallBuffers>(true);
+    const float* xp = bufs->input(Span<float>{X.data, check_matrix(X.length, M, K, "X")});
+    const float* wp = bufs->input(Span<float>{W.data, check_matrix(W.length, N, K, "W")});
+    float* yp = bufs->output(info[5], Span<float>{Y.data, check_matrix(Y.length, M, N, "Y")}, "Y");
+    return PromiseWorker::Run(info.Env(), [=] { dense_gemm(xp, M, wp, N, K, yp); }, nullptr, {}, std::move(bufs));
   });
 }
 
@@ -237,8 +251,8 @@ Napi::Value Convert(const Napi::CallbackInfo& info) {
     const DType to = dtype_arg(info[3], "to");
     const int64_t n = integer(info[4], "count");
     require(n >= 0, "E_ARGUMENT", "count must be non-negative");
-    require(src.length >= n * (int64_t)dtype_size(from), "E_BUFFER", "src is too short for count elements");
-    require(dst.length >= n * (int64_t)dtype_size(to), "E_BUFFER", "dst is too short for count elements");
+    require(src.length >= checked_mul(n, (int64_t)dtype_size(from), "count"), "E_BUFFER", "src is too short for count elements");
+    require(dst.length >= checked_mul(n, (int64_t)dtype_size(to), "count"), "E_BUFFER", "dst is too short for count elements");
     require(from == DType::F32 || reinterpret_cast<uintptr_t>(src.data) % 2 == 0, "E_BUFFER", "src is misaligned");
     require(reinterpret_cast<uintptr_t>(src.data) % dtype_size(from) == 0, "E_BUFFER", "src is misaligned");
     require(reinterpret_cast<uintptr_t>(dst.data) % dtype_size(to) == 0, "E_BUFFER", "dst is misaligned");

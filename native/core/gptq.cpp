@@ -137,7 +137,7 @@ std::vector<float> inverse_hessian_factor(const float* H, int64_t K, const std::
   for (int attempt = 0;; ++attempt) {
     const double lambda = percent * mean_diag;
     // P = J (H permuted into sweep order, dead fixed, dampened) J; only its lower triangle is read.
-    global_pool().parallel_for(K, 16, [&](int64_t a0, int64_t a1) {
+    global_pool()->parallel_for(K, 16, [&](int64_t a0, int64_t a1) {
       for (int64_t a = a0; a < a1; ++a) {
         const int64_t i = perm[(size_t)(K - 1 - a)];
         for (int64_t b = 0; b <= a; ++b) {
@@ -156,7 +156,7 @@ std::vector<float> inverse_hessian_factor(const float* H, int64_t K, const std::
   }
   invert_lower(P.data(), K, K);
   std::vector<float> Hinv((size_t)(K * K), 0.f);
-  global_pool().parallel_for(K, 16, [&](int64_t p0, int64_t p1) {
+  global_pool()->parallel_for(K, 16, [&](int64_t p0, int64_t p1) {
     for (int64_t p = p0; p < p1; ++p)
       for (int64_t q = p; q < K; ++q) Hinv[p * K + q] = (float)P[(K - 1 - p) * K + (K - 1 - q)];
   });
@@ -241,7 +241,7 @@ GptqReport gptq_quantize(const float* W_in, int64_t N, int64_t K, const float* H
   if (opt.static_groups) {
     const int64_t G = group_count(K, opt.group_size);
     static_grids.resize((size_t)(G * N));
-    global_pool().parallel_for(N, 8, [&](int64_t n0, int64_t n1) {
+    global_pool()->parallel_for(N, 8, [&](int64_t n0, int64_t n1) {
       for (int64_t n = n0; n < n1; ++n)
         for (int64_t g = 0; g < G; ++g) {
           const int64_t k0 = g * gs, len = std::min(gs, K - k0);
@@ -258,7 +258,7 @@ GptqReport gptq_quantize(const float* W_in, int64_t N, int64_t K, const float* H
   // 3. Act-order: W's columns in sweep order (H is permuted while it is factored).
   const std::vector<int32_t> perm = sweep_order(H, K, opt.act_order);
   std::vector<float> W((size_t)(N * K));
-  global_pool().parallel_for(N, 16, [&](int64_t n0, int64_t n1) {
+  global_pool()->parallel_for(N, 16, [&](int64_t n0, int64_t n1) {
     for (int64_t n = n0; n < n1; ++n)
       for (int64_t p = 0; p < K; ++p) W[n * K + p] = W0[n * K + perm[p]];
   });
@@ -288,13 +288,13 @@ GptqReport gptq_quantize(const float* W_in, int64_t N, int64_t K, const float* H
   std::vector<float> Err1((size_t)(N * std::min(B, K)));
   for (int64_t i1 = 0; i1 < K; i1 += B) {
     const int64_t i2 = std::min(K, i1 + B);
-    global_pool().parallel_for(N, 4, [&](int64_t n0, int64_t n1) { sweep_block_rows(s, i1, i2, n0, n1, Err1.data(), fit_group); });
+    global_pool()->parallel_for(N, 4, [&](int64_t n0, int64_t n1) { sweep_block_rows(s, i1, i2, n0, n1, Err1.data(), fit_group); });
     lazy_batch_update(s, i1, i2, Err1.data());
   }
   report.loss = 0.5 * std::accumulate(row_loss.begin(), row_loss.end(), 0.0);
 
   // 6. Back to the original column order.
-  global_pool().parallel_for(N, 16, [&](int64_t n0, int64_t n1) {
+  global_pool()->parallel_for(N, 16, [&](int64_t n0, int64_t n1) {
     for (int64_t n = n0; n < n1; ++n)
       for (int64_t p = 0; p < K; ++p) out.q[n * K + perm[p]] = Q[n * K + p];
   });

@@ -20,12 +20,12 @@ void hessian_add_batch(float* H, int64_t K, int64_t n_seen, const float* X, int6
   const float keep = (float)((double)n_seen / total);  // weight of the mean so far
   const float alpha = (float)(2.0 / total);            // weight of each new x x^T
   // Scale the lower triangle, add the new tokens' outer products to it, then mirror it upwards.
-  global_pool().parallel_for(K, 32, [&](int64_t r0, int64_t r1) {
+  global_pool()->parallel_for(K, 32, [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r)
       for (int64_t c = 0; c <= r; ++c) H[r * K + c] *= keep;
   });
   syrk_lower_tn<float>(K, m, alpha, X, K, H, K);
-  global_pool().parallel_for(K, 32, [&](int64_t r0, int64_t r1) {
+  global_pool()->parallel_for(K, 32, [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r)
       for (int64_t c = r + 1; c < K; ++c) H[r * K + c] = H[c * K + r];
   });

@@ -146,7 +146,7 @@ void lower_tiles_gemm(int64_t n, int64_t kd, T alpha, bool trans_a, const T* A, 
   std::vector<std::pair<int64_t, int64_t>> tiles;
   for (int64_t bi = 0; bi < t; ++bi)
     for (int64_t bj = 0; bj <= bi; ++bj) tiles.emplace_back(bi, bj);
-  global_pool().parallel_for((int64_t)tiles.size(), 1, [&](int64_t a, int64_t b) {
+  global_pool()->parallel_for((int64_t)tiles.size(), 1, [&](int64_t a, int64_t b) {
     for (int64_t x = a; x < b; ++x) {
       const int64_t i0 = tiles[x].first * kTile, j0 = tiles[x].second * kTile;
       const int64_t mi = std::min(kTile, n - i0), nj = std::min(kTile, n - j0);
@@ -190,7 +190,7 @@ void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t Kd, T alpha,
         }
       };
       const int64_t tasks = mblocks * nsubs;
-      if (parallel && tasks > 1 && (double)M * nc * kc > 2e6) global_pool().parallel_for(tasks, 1, run);
+      if (parallel && tasks > 1 && (double)M * nc * kc > 2e6) global_pool()->parallel_for(tasks, 1, run);
       else run(0, tasks);
     }
   }
@@ -244,7 +244,7 @@ bool cholesky_lower(double* A, int64_t n, int64_t lda) {
     if (!cholesky_unblocked(L11, nb, lda, diag.data() + j0)) return false;
     if (j1 == n) break;
     // Panel below the diagonal block: A21 <- A21 L11^-T (each row solves x L11^T = a).
-    global_pool().parallel_for(n - j1, 16, [&](int64_t r0, int64_t r1) {
+    global_pool()->parallel_for(n - j1, 16, [&](int64_t r0, int64_t r1) {
       for (int64_t r = j1 + r0; r < j1 + r1; ++r) {
         double* x = A + r * lda + j0;
         for (int64_t c = 0; c < nb; ++c) {
@@ -264,7 +264,7 @@ bool cholesky_lower(double* A, int64_t n, int64_t lda) {
 
 void invert_lower(double* L, int64_t n, int64_t lda) {
   // The products below run over whole rows, so the strict upper triangle must hold zeros.
-  global_pool().parallel_for(n, 64, [&](int64_t r0, int64_t r1) {
+  global_pool()->parallel_for(n, 64, [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) std::fill(L + r * lda + r + 1, L + r * lda + n, 0.0);
   });
   // Block row by block row, top to bottom: with X = L^-1 known above row block I,
@@ -287,7 +287,7 @@ void invert_lower(double* L, int64_t n, int64_t lda) {
       // T = L_I,0:i0 X_0:i0,0:i0, one column block at a time: X's rows above its own block are zero.
       T.assign((size_t)(nb * i0), 0.0);
       const int64_t jblocks = ceil_div(i0, kFactorBlock);
-      global_pool().parallel_for(jblocks, 1, [&](int64_t b0, int64_t b1) {
+      global_pool()->parallel_for(jblocks, 1, [&](int64_t b0, int64_t b1) {
         for (int64_t b = b0; b < b1; ++b) {
           const int64_t j0 = b * kFactorBlock, nj = std::min(kFactorBlock, i0 - j0);
           gemm<double>(false, false, nb, nj, i0 - j0, 1.0, L + i0 * lda + j0, lda, L + j0 * lda + j0, lda,

@@ -55,7 +55,7 @@ void dequantize(const PackedMatrix& W, float* out) {
   constexpr int64_t kBlock = 16;
   const WeightFormat& f = weight_format(W.bits);
   const int64_t units = ceil_div(W.K, f.values_per_unit), zcols = packed_words(W.bits, W.N);
-  global_pool().parallel_for(ceil_div(W.N, kBlock), 4, [&](int64_t b0, int64_t b1) {
+  global_pool()->parallel_for(ceil_div(W.N, kBlock), 4, [&](int64_t b0, int64_t b1) {
     for (int64_t u = 0; u < units; ++u) {
       const int64_t k0 = u * f.values_per_unit, k1 = std::min(W.K, k0 + f.values_per_unit);
       for (int64_t n = b0 * kBlock; n < std::min(W.N, b1 * kBlock); ++n) {

@@ -214,7 +214,7 @@ template <int BITS>
 void gemv_grouped(const float* x, const PackedMatrix& Wp, float* Y) {
   constexpr int VPU = values_per_unit(BITS);
   const int64_t K = Wp.K, N = Wp.N, G = Wp.groups;
-  const int64_t threads = global_pool().size();
+  const int64_t threads = global_pool()->size();
   auto round64 = [](int64_t v) { return ceil_div(v, 64) * 64; };  // a multiple of every vector width
   int64_t tile = round64(std::min<int64_t>(N, 4096));
   int64_t tiles = ceil_div(N, tile);
@@ -231,7 +231,7 @@ void gemv_grouped(const float* x, const PackedMatrix& Wp, float* Y) {
   std::vector<float> partial((size_t)((slices - 1) * N));
   const float* xp = xs.data();
   const float* sp = xsum.data();
-  global_pool().parallel_for(tiles * slices, 1, [&](int64_t t0, int64_t t1) {
+  global_pool()->parallel_for(tiles * slices, 1, [&](int64_t t0, int64_t t1) {
     std::vector<float> scratch((size_t)tile);
     for (int64_t task = t0; task < t1; ++task) {
       const int64_t t = task % tiles, slice = task / tiles;
@@ -326,7 +326,7 @@ void gemm_dequant(const float* X, int64_t M, const PackedMatrix& Wp, float* Y) {
   constexpr int64_t MB = 128;                          // rows of X per pass over a tile
   static_assert(KB % VPU == 0, "K blocks must hold whole pack units");
   const int64_t K = Wp.K, N = Wp.N, G = Wp.groups;
-  global_pool().parallel_for(ceil_div(N, kTile), 1, [&](int64_t t0, int64_t t1) {
+  global_pool()->parallel_for(ceil_div(N, kTile), 1, [&](int64_t t0, int64_t t1) {
     const int64_t ld = kTile;  // row stride of the tables, B and C
     // Group tables with one extra all-zero row G: padding rows past K dequantize to 0.
     std::vector<float> zeros((size_t)((G + 1) * ld), 0.f), scales((size_t)((G + 1) * ld), 0.f);
@@ -417,7 +417,7 @@ LOWBIT_TARGET void dense_rows(const float* x, const float* W, int64_t K, float* 
 
 void dense_gemm_impl(const float* X, int64_t M, const float* W, int64_t N, int64_t K, float* Y) {
   constexpr int64_t R = 4;
-  global_pool().parallel_for(ceil_div(N, R), 16, [&](int64_t b0, int64_t b1) {
+  global_pool()->parallel_for(ceil_div(N, R), 16, [&](int64_t b0, int64_t b1) {
     float out[R];
     for (int64_t b = b0; b < b1; ++b) {
       const int64_t n0 = b * R, rows = std::min(R, N - n0);

@@ -2,33 +2,43 @@
 
 namespace lowbit {
 
-void validate_packed(const PackedMatrix& W, int64_t qweight_len, int64_t qzeros_len, int64_t scales_len,
-                     int64_t g_idx_len) {
+void validate_packed_sizes(const PackedMatrix& W, bool has_g_idx, int64_t qweight_len, int64_t qzeros_len,
+                           int64_t scales_len, int64_t g_idx_len) {
   weight_format(W.bits);
   require(W.K > 0 && W.N > 0, "E_SHAPE", "K and N must be positive");
   require(W.group_size > 0 && W.group_size <= W.K, "E_GROUP_SIZE",
           "group size " + std::to_string(W.group_size) + " does not fit K = " + std::to_string(W.K));
   require(W.zero_offset == 0 || W.zero_offset == 1, "E_ARGUMENT", "zero offset must be 0 or 1");
-  if (!W.g_idx) {
+  if (!has_g_idx) {
     require(W.groups == ceil_div(W.K, W.group_size), "E_SHAPE",
             "groups must be ceil(K / group_size) = " + std::to_string(ceil_div(W.K, W.group_size)) + ", got " +
                 std::to_string(W.groups));
   } else {
     require(W.groups > 0, "E_SHAPE", "groups must be positive");
   }
-  require(qweight_len >= W.qweight_words(), "E_BUFFER",
-          "qweight holds " + std::to_string(qweight_len) + " words, needs " + std::to_string(W.qweight_words()));
-  require(qzeros_len >= W.qzeros_words(), "E_BUFFER",
-          "qzeros holds " + std::to_string(qzeros_len) + " words, needs " + std::to_string(W.qzeros_words()));
-  require(scales_len >= W.groups * W.N, "E_BUFFER",
-          "scales holds " + std::to_string(scales_len) + " values, needs " + std::to_string(W.groups * W.N));
-  if (W.g_idx) {
+  const int64_t qweight_words = W.qweight_words(), qzeros_words = W.qzeros_words(), scales = W.scales_count();
+  require(qweight_len >= qweight_words, "E_BUFFER",
+          "qweight holds " + std::to_string(qweight_len) + " words, needs " + std::to_string(qweight_words));
+  require(qzeros_len >= qzeros_words, "E_BUFFER",
+          "qzeros holds " + std::to_string(qzeros_len) + " words, needs " + std::to_string(qzeros_words));
+  require(scales_len >= scales, "E_BUFFER",
+          "scales holds " + std::to_string(scales_len) + " values, needs " + std::to_string(scales));
+  if (has_g_idx)
     require(g_idx_len >= W.K, "E_BUFFER", "g_idx holds " + std::to_string(g_idx_len) + " entries, needs K");
-    for (int64_t k = 0; k < W.K; ++k)  // (the message only on failure: this runs on every product)
-      if (W.g_idx[k] < 0 || W.g_idx[k] >= W.groups)
-        fail("E_GROUP_SIZE", "g_idx[" + std::to_string(k) + "] = " + std::to_string(W.g_idx[k]) + " is outside [0, " +
-                                 std::to_string(W.groups) + ")");
-  }
+}
+
+void validate_g_idx(const PackedMatrix& W) {
+  if (!W.g_idx) return;
+  for (int64_t k = 0; k < W.K; ++k)  // (the message only on failure: this runs on every product)
+    if (W.g_idx[k] < 0 || W.g_idx[k] >= W.groups)
+      fail("E_GROUP_SIZE", "g_idx[" + std::to_string(k) + "] = " + std::to_string(W.g_idx[k]) + " is outside [0, " +
+                               std::to_string(W.groups) + ")");
+}
+
+void validate_packed(const PackedMatrix& W, int64_t qweight_len, int64_t qzeros_len, int64_t scales_len,
+                     int64_t g_idx_len) {
+  validate_packed_sizes(W, W.g_idx != nullptr, qweight_len, qzeros_len, scales_len, g_idx_len);
+  validate_g_idx(W);
 }
 
 }  // namespace lowbit

@@ -22,12 +22,21 @@ struct PackedMatrix {
   const uint16_t* scales = nullptr;  // fp16 [groups, N]
   const int32_t* g_idx = nullptr;    // [K] group of each input column, or null for k / group_size
 
-  int64_t qweight_words() const { return packed_words(bits, K) * N; }
-  int64_t qzeros_words() const { return groups * packed_words(bits, N); }
+  // Buffer sizes, overflow-checked (E_SHAPE).
+  int64_t qweight_words() const { return checked_mul(packed_words(bits, K), N, "qweight words"); }
+  int64_t qzeros_words() const { return checked_mul(groups, packed_words(bits, N), "qzeros words"); }
+  int64_t scales_count() const { return checked_mul(groups, N, "scales"); }
   int64_t group_of(int64_t k) const { return g_idx ? g_idx[k] : k / group_size; }
 };
 
-// Checks the sizes a PackedMatrix implies against the lengths of the buffers behind it, and that
+// Checks the sizes W implies (overflow-checked) against the lengths of the buffers behind it, reading
+// no buffer (has_g_idx says whether a g_idx comes with it). Throws E_SHAPE / E_BUFFER / E_GROUP_SIZE / E_BITS.
+void validate_packed_sizes(const PackedMatrix& W, bool has_g_idx, int64_t qweight_len, int64_t qzeros_len,
+                           int64_t scales_len, int64_t g_idx_len);
+// Checks that every g_idx entry lies in [0, groups) (E_GROUP_SIZE); nothing without g_idx.
+void validate_g_idx(const PackedMatrix& W);
+
+// Both: the sizes a PackedMatrix implies against the lengths of the buffers behind it, and that
 // g_idx entries lie in [0, groups). Throws E_SHAPE / E_BUFFER / E_GROUP_SIZE / E_BITS.
 void validate_packed(const PackedMatrix& W, int64_t qweight_len, int64_t qzeros_len, int64_t scales_len,
                      int64_t g_idx_len);

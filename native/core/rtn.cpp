@@ -12,7 +12,7 @@ void rtn_quantize(const float* W, int64_t N, int64_t K, int64_t group_size, cons
   const int maxq = weight_format(opt.bits).maxq();
   const int64_t gs = effective_group_size(K, group_size);
   const int64_t G = group_count(K, group_size);
-  global_pool().parallel_for(N, 16, [&](int64_t n0, int64_t n1) {
+  global_pool()->parallel_for(N, 16, [&](int64_t n0, int64_t n1) {
     for (int64_t n = n0; n < n1; ++n) {
       const float* row = W + n * K;
       for (int64_t g = 0; g < G; ++g) {

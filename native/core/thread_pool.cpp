@@ -100,18 +100,25 @@ int hardware_threads() {
 
 namespace {
 std::mutex g_pool_mutex;
-std::unique_ptr<ThreadPool> g_pool;
+std::shared_ptr<ThreadPool> g_pool;
 }  // namespace
 
-ThreadPool& global_pool() {
+std::shared_ptr<ThreadPool> global_pool() {
   std::lock_guard<std::mutex> lock(g_pool_mutex);
-  if (!g_pool) g_pool = std::make_unique<ThreadPool>(hardware_threads());
-  return *g_pool;
+  if (!g_pool) g_pool = std::make_shared<ThreadPool>(hardware_threads());
+  return g_pool;
 }
 
 void set_global_threads(int n) {
-  std::lock_guard<std::mutex> lock(g_pool_mutex);
-  g_pool = std::make_unique<ThreadPool>(n <= 0 ? hardware_threads() : n);
+  auto fresh = std::make_shared<ThreadPool>(n <= 0 ? hardware_threads() : n);
+  std::shared_ptr<ThreadPool> old;
+  {
+    std::lock_guard<std::mutex> lock(g_pool_mutex);
+    old = std::move(g_pool);
+    g_pool = std::move(fresh);
+  }
+  // `old` is destroyed here (joining its idle threads) unless work still holds it; then the last
+  // parallel_for to finish on it does so.
 }
 
 }  // namespace lowbit

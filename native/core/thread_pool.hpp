@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <deque>
 #include <functional>
+#include <memory>
 #include <mutex>
 #include <thread>
 #include <vector>
@@ -35,9 +36,13 @@ class ThreadPool {
   bool stopping_ = false;
 };
 
-// The process-wide pool (hardware threads by default).
-ThreadPool& global_pool();
-// Replaces the global pool with one of n threads (n <= 0: hardware concurrency). Not while work runs.
+// The process-wide pool (hardware threads by default). Callers hold the returned pointer for as long
+// as they use the pool (`global_pool()->parallel_for(...)` holds it for the call), so that
+// set_global_threads may replace the pool at any time: work in flight finishes on the pool it
+// started with, which is destroyed when its last user lets go (issue 8: it used to be freed under
+// running workers).
+std::shared_ptr<ThreadPool> global_pool();
+// Replaces the global pool with one of n threads (n <= 0: hardware concurrency). Safe while work runs.
 void set_global_threads(int n);
 int hardware_threads();
 

@@ -378,9 +378,23 @@ export class Model {
   get isClosed(): boolean {
     return this.closed;
   }
+
+  /** Bytes held by the KV caches of sessions not yet closed or collected (0 once closed). */
+  get cacheBytes(): number {
+    return this.handle.cacheBytes();
+  }
 }
 
-/** One sequence's KV cache: feed tokens, get the logits of the last one. */
+/**
+ * Frees the KV cache of a Session that is garbage-collected without close() (issue 8: 3,000
+ * forgotten sessions held 2 GB until model.close()). The native side reports each cache to V8 as
+ * external memory, so forgotten sessions add GC pressure and get collected.
+ */
+const forgottenSessions = new FinalizationRegistry<{ model: Model; handle: NativeModel; id: number }>(({ model, handle, id }) => {
+  if (!model.isClosed) handle.freeSequence(id);
+});
+
+/** One sequence's KV cache: feed tokens, get the logits of the last one. Close it when done (or drop it: GC frees it). */
 export class Session {
   private freed = false;
   length = 0;
@@ -391,7 +405,9 @@ export class Session {
     private readonly id: number,
     readonly capacity: number,
     private readonly checkIds: (ids: Int32Array) => void,
-  ) {}
+  ) {
+    forgottenSessions.register(this, { model, handle, id }, this);
+  }
 
   /** Appends `ids` and returns the logits [vocab] that predict the next token. */
   async feed(ids: Int32Array): Promise<Float32Array> {
@@ -409,6 +425,7 @@ export class Session {
   close(): void {
     if (this.freed) return;
     this.freed = true;
+    forgottenSessions.unregister(this);
     if (!this.model.isClosed) this.handle.freeSequence(this.id);
   }
 }

@@ -99,8 +99,39 @@ export async function rtnQuantizeCodes(weight: Tensor, options: RtnOptions): Pro
   return (await runRtn(weight, options, false)).codes;
 }
 
+function checkCount(name: string, v: unknown): number {
+  if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < 1) invalidArgument(name, 'positive safe integer', v, 'E_SHAPE');
+  return v;
+}
+
+function checkCodesArray(name: string, v: unknown, type: Uint8ArrayConstructor | Float32ArrayConstructor | Int32ArrayConstructor, length: number, what: string): void {
+  if (!(v instanceof type)) invalidArgument(name, `${type.name} (${what})`, v, 'E_DTYPE');
+  if (v.length !== length) throw new LowbitError(v.length < length ? 'E_BUFFER' : 'E_SHAPE', `Expected ${name} to hold ${what} = ${length} values but it holds ${v.length}`, { option: name });
+}
+
+/** Checks RtnCodes the way every other export checks its input: types, shapes (safe integers), lengths. */
+function validateCodes(codes: unknown): asserts codes is RtnCodes {
+  if (codes === null || typeof codes !== 'object') invalidArgument('codes', 'RtnCodes object ({q, scales, zeros, groups, groupSize, N, K, bits, zeroOffset})', codes);
+  const c = codes as Record<string, unknown>;
+  if (!(PACKED_BITS as readonly unknown[]).includes(c.bits)) invalidArgument('codes.bits', 'one of 2, 3, 4, 8', c.bits, 'E_BITS');
+  const N = checkCount('codes.N', c.N), K = checkCount('codes.K', c.K), groups = checkCount('codes.groups', c.groups);
+  if (!Number.isSafeInteger(N * K) || !Number.isSafeInteger(groups * N)) {
+    throw new LowbitError('E_SHAPE', `codes.N × codes.K = ${N} × ${K} (or groups × N) is too large`, { option: 'codes.K' });
+  }
+  const groupSize = checkCount('codes.groupSize', c.groupSize);
+  if (groupSize > K || groups !== Math.ceil(K / groupSize)) {
+    invalidArgument('codes.groupSize', `a group size in [1, K = ${K}] with groups = ceil(K / groupSize) = ${groups}`, groupSize, 'E_GROUP_SIZE');
+  }
+  if (c.zeroOffset !== 0 && c.zeroOffset !== 1) invalidArgument('codes.zeroOffset', '0 ("gptq_v2") or 1 ("gptq")', c.zeroOffset);
+  const NK = N * K, GN = groups * N;
+  checkCodesArray('codes.q', c.q, Uint8Array, NK, 'N × K');
+  checkCodesArray('codes.scales', c.scales, Float32Array, GN, 'groups × N');
+  checkCodesArray('codes.zeros', c.zeros, Int32Array, GN, 'groups × N');
+}
+
 /** Packs codes (from RTN or elsewhere) into the GPTQ layout; scales are rounded to fp16 (RTN's already are). */
 export function packCodes(codes: RtnCodes): PackedWeights {
+  validateCodes(codes);
   const addon = native();
   const { q, N, K, bits, groups, zeroOffset } = codes;
   const qweight = addon.packQweight(q, N, K, bits);

@@ -29,6 +29,13 @@ void LlamaConfig::validate() const {
   require((int64_t)inv_freq.size() == head_dim / 2, "E_CONFIG",
           "invFreq must hold headDim/2 = " + str(head_dim / 2) + " values, got " + str((int64_t)inv_freq.size()));
   for (float f : inv_freq) require(std::isfinite(f), "E_CONFIG", "invFreq must be finite");
+  // The sizes the backends and the binding compute from these must fit in int64 (E_SHAPE otherwise).
+  checked_product({vocab, dim}, "vocab x dim");
+  checked_product({hidden, dim}, "hidden x dim");
+  checked_product({heads, head_dim, dim}, "heads x headDim x dim");
+  checked_product({2, layers, kv_heads, head_dim, max_seq, 4}, "KV cache bytes");
+  checked_product({max_seq, max_seq}, "maxSeq x maxSeq");
+  checked_product({max_seq, vocab}, "maxSeq x vocab");
   require(std::isfinite(norm_eps) && norm_eps >= 0, "E_CONFIG", "normEps must be finite and non-negative");
   require(std::isfinite(rope_scale) && rope_scale > 0, "E_CONFIG", "ropeScale must be positive");
 }

@@ -283,14 +283,14 @@ class CpuLlama : public LlamaBackend {
   // different threads (their ops are too small to split well); larger ones one sequence at a time,
   // each op spread over the pool.
   void for_each_sequence(int64_t batch, const std::function<void(int64_t, Workspace&)>& fn) {
-    const int64_t threads = global_pool().size();
+    const int64_t threads = global_pool()->size();
     if (batch == 1 || threads == 1 || config_.dim >= kSplitOpsFromDim) {
       for (int64_t b = 0; b < batch; ++b) fn(b, main_);
       return;
     }
     std::vector<Workspace> spaces((size_t)std::min(batch, threads));
     std::atomic<int64_t> next{0};
-    global_pool().parallel_for((int64_t)spaces.size(), 1, [&](int64_t w0, int64_t w1) {
+    global_pool()->parallel_for((int64_t)spaces.size(), 1, [&](int64_t w0, int64_t w1) {
       cpu::SerialScope serial;
       for (int64_t w = w0; w < w1; ++w)
         for (int64_t b = next++; b < batch; b = next++) fn(b, spaces[(size_t)w]);

@@ -32,7 +32,7 @@ SerialScope::~SerialScope() { t_serial = previous_; }
 void parallel(int64_t n, int64_t grain, const std::function<void(int64_t, int64_t)>& fn) {
   if (n <= 0) return;
   if (t_serial) fn(0, n);
-  else global_pool().parallel_for(n, grain, fn);
+  else global_pool()->parallel_for(n, grain, fn);
 }
 
 namespace {
