@@ -29,6 +29,7 @@ export const ERROR_CODES = [
   'E_CALIBRATION', // calibration data missing or too short
   'E_MEMORY_BUDGET', // the requested work does not fit the memory budget
   'E_ABORTED', // cancelled through an AbortSignal
+  'E_LOCKED', // another live run holds the output directory's lock
   'E_CLOSED', // the object was closed
   'E_DETACHED', // a typed array's buffer was detached (transferred) before or while a call used it
   'E_INTERNAL', // a bug in lowbit: please report it

@@ -1,6 +1,6 @@
 import { bundled } from '../bundled.js';
 import { LowbitError } from '../errors.js';
-import { quantize, type QuantizeProgress, type QuantizeSummary } from '../schedule/quantize.js';
+import { quantize, type QuantizeProgress, type QuantizeSummary, type QuantizeWarning } from '../schedule/quantize.js';
 import { numberOption, parse } from './args.js';
 
 export const usage = `usage: lowbit quantize [--model <dir>] --out <dir> [options]
@@ -143,6 +143,7 @@ export async function run(argv: string[]): Promise<number> {
       if (tty) process.stderr.write(`\r\x1b[K${progressLine(p)}`);
       else if (p.done === p.total || p.linear.endsWith('down_proj')) process.stderr.write(`${progressLine(p)}\n`);
     });
+    job.on('warning', (w: QuantizeWarning) => process.stderr.write(`${tty ? '\r\x1b[K' : ''}lowbit quantize: warning: ${w.message}\n`));
     const summary = await job;
     if (tty) process.stderr.write('\n');
     console.log(values.json ? JSON.stringify(summary, null, 2) : formatSummary(summary));

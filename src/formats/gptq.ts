@@ -13,14 +13,15 @@
  * the logical K under quantization_config.lowbit.padded_in_features, e.g.
  * {"mlp.down_proj": {"in_features": 172, "packed_in_features": 176}}.
  */
-import { copyFile, mkdir, readdir, rename, rm, stat } from 'node:fs/promises';
+import { readdir, stat } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { LowbitError, invalidArgument } from '../errors.js';
 import type { PackedWeights } from '../native.js';
 import { Tensor } from '../tensor.js';
 import { hfConfigJson } from './convert.js';
 import { HfModel, LINEAR_MODULES, LINEAR_NAMES, type LinearName, type LinearTensors, type LlamaConfig, type ModelReader } from './hf.js';
-import { CheckpointWriter, tempPath, writeFileAtomic, type TensorSpec } from './safetensors-writer.js';
+import { copyFileAtomic, ioError, mkdirDurable, removeTree, renameDurable, syncDir, tempPath, writeFileAtomic } from './durable.js';
+import { CheckpointWriter, type TensorSpec } from './safetensors-writer.js';
 import { SAFETENSORS_DTYPE_OF } from './safetensors.js';
 
 /** Values per packing unit and int32 words per unit, by bit width (the addon's weight_format table). */
@@ -130,10 +131,7 @@ export class GptqWriter {
   static async create(outDir: string, source: ModelReader, gptq: GptqConfig, options: GptqWriterOptions = {}): Promise<GptqWriter> {
     checkGptqConfig(gptq);
     const target = resolve(outDir);
-    const existing = await stat(target).catch(() => undefined);
-    if (existing && (!existing.isDirectory() || (await readdir(target)).length > 0)) {
-      throw new LowbitError('E_IO', `${target} exists and is not an empty directory`, { file: target });
-    }
+    await checkEmptyTarget(target);
     const config = source.config;
     const quantized = new Map<string, { K: number; N: number; groups: number }>();
     const replaced = new Set<string>();
@@ -158,7 +156,7 @@ export class GptqWriter {
       );
     }
     const work = tempPath(target);
-    await mkdir(work, { recursive: true });
+    await mkdirDurable(work);
     let writer: CheckpointWriter | undefined;
     try {
       writer = await CheckpointWriter.create(work, specs, { maxShardBytes: options.maxShardBytes });
@@ -171,12 +169,12 @@ export class GptqWriter {
       const tokenizerDir = options.tokenizerFrom ?? sourceDir;
       if (tokenizerDir) {
         for (const f of TOKENIZER_FILES) {
-          if (await stat(join(tokenizerDir, f)).catch(() => undefined)) await copyFile(join(tokenizerDir, f), join(work, f));
+          if (await stat(join(tokenizerDir, f)).catch(() => undefined)) await copyFileAtomic(join(tokenizerDir, f), join(work, f));
         }
       }
     } catch (err) {
       await writer?.abort();
-      await rm(work, { recursive: true, force: true });
+      await removeTree(work).catch(() => undefined);
       throw err;
     }
     return new GptqWriter(target, work, writer, config, gptq, quantized);
@@ -212,28 +210,59 @@ export class GptqWriter {
     await this.writer.put(`${prefix}.g_idx`, new Tensor('i32', [want.K], gIdx));
   }
 
-  /** Closes the files and renames the directory into place. */
-  async finish(): Promise<string> {
+  /**
+   * Closes the files and renames the directory into place. `beforeRename` sees the complete
+   * temporary directory just before (the scheduler records it for --resume). The target is never
+   * removed: an empty directory is replaced, anything else that appeared there fails with E_IO.
+   */
+  async finish(beforeRename?: (work: string) => Promise<void>): Promise<string> {
     if (this.pending.size > 0) {
       throw new LowbitError('E_MISSING_TENSOR', `${this.pending.size} quantized linears were never written (first: '${this.remaining[0]}')`, { file: this.target, tensor: this.remaining[0] });
     }
     try {
       await this.writer.finish();
-      const existing = await stat(this.target).catch(() => undefined);
-      if (existing) await rm(this.target, { recursive: true });
-      await rename(this.work, this.target);
+      await syncDir(this.work);
+      await beforeRename?.(this.work);
+      try {
+        await renameDurable(this.work, this.target);
+      } catch (err) {
+        const code = ((err as LowbitError).cause as NodeJS.ErrnoException | undefined)?.code;
+        if (code === 'ENOTEMPTY' || code === 'EEXIST' || code === 'ENOTDIR' || code === 'EISDIR') {
+          throw new LowbitError('E_IO', `${this.target} appeared during the run and is not empty; lowbit does not overwrite what it did not write (move it away, then run again with resume)`, { file: this.target }, { cause: err });
+        }
+        throw err;
+      }
     } catch (err) {
       await this.abort();
-      if (err instanceof LowbitError) throw err;
-      throw new LowbitError('E_IO', `cannot finish ${this.target}: ${(err as Error).message}`, { file: this.target }, { cause: err });
+      throw ioError('finish', this.target, err);
     }
     return this.target;
   }
 
   async abort(): Promise<void> {
     await this.writer.abort();
-    await rm(this.work, { recursive: true, force: true });
+    await removeTree(this.work).catch(() => undefined);
   }
+}
+
+/** Throws E_IO unless `target` is absent or an empty directory. */
+export async function checkEmptyTarget(target: string): Promise<void> {
+  let existing;
+  try {
+    existing = await stat(target);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return;
+    throw ioError('use', target, err);
+  }
+  let empty = false;
+  if (existing.isDirectory()) {
+    try {
+      empty = (await readdir(target)).length === 0;
+    } catch (err) {
+      throw ioError('list', target, err);
+    }
+  }
+  if (!empty) throw new LowbitError('E_IO', `${target} exists and is not an empty directory`, { file: target });
 }
 
 function dtypeName(d: Tensor['dtype'] | undefined): string {

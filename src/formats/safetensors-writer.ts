@@ -7,9 +7,10 @@
  * so a crash never leaves a half-written file under the final name. Sharded output writes
  * model-0000i-of-0000n.safetensors files and model.safetensors.index.json (renamed last).
  */
-import { mkdir, open, rename, rm, writeFile, type FileHandle } from 'node:fs/promises';
+import type { FileHandle } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import { LowbitError, invalidArgument } from '../errors.js';
+import { createFile, mkdirDurable, removeFile, renameDurable, syncClose, tempPath, writeAll, writeFileAtomic } from './durable.js';
 import { Tensor, numel } from '../tensor.js';
 import { INDEX_FILE, SINGLE_FILE } from './checkpoint.js';
 import { SAFETENSORS_DTYPES, SAFETENSORS_DTYPE_OF, type SafetensorsDType } from './safetensors.js';
@@ -24,22 +25,7 @@ function byteSize(spec: TensorSpec): number {
   return numel(spec.shape) * SAFETENSORS_DTYPES[spec.dtype];
 }
 
-/** A temporary name beside `path`, unique to this process and call. */
-export function tempPath(path: string): string {
-  return join(dirname(path), `.${basename(path)}.tmp-${process.pid}-${Math.random().toString(36).slice(2, 10)}`);
-}
-
-/** Writes `text` to `path` through a temporary name and a rename. */
-export async function writeFileAtomic(path: string, data: string | Uint8Array): Promise<void> {
-  const tmp = tempPath(path);
-  try {
-    await writeFile(tmp, data);
-    await rename(tmp, path);
-  } catch (err) {
-    await rm(tmp, { force: true });
-    throw new LowbitError('E_IO', `cannot write ${path}: ${(err as Error).message}`, { file: path }, { cause: err });
-  }
-}
+export { tempPath, writeFileAtomic } from './durable.js';
 
 /** The header bytes (length prefix + JSON padded with spaces to a multiple of 8) for specs in order. */
 export function encodeHeader(specs: readonly TensorSpec[], metadata?: Record<string, string>): Uint8Array {
@@ -74,28 +60,15 @@ class FileWriter {
 
   static async create(path: string, specs: readonly TensorSpec[], metadata?: Record<string, string>): Promise<FileWriter> {
     const tmp = tempPath(path);
-    let handle: FileHandle;
-    try {
-      handle = await open(tmp, 'w');
-    } catch (err) {
-      throw new LowbitError('E_IO', `cannot create ${tmp}: ${(err as Error).message}`, { file: path }, { cause: err });
-    }
+    const handle = await createFile(tmp);
     const w = new FileWriter(path, tmp, handle, specs, 0);
     await w.append(encodeHeader(specs, metadata));
     return w;
   }
 
   private async append(bytes: Uint8Array): Promise<void> {
-    let done = 0;
-    try {
-      while (done < bytes.byteLength) {
-        const { bytesWritten } = await this.handle!.write(bytes, done, Math.min(bytes.byteLength - done, 1 << 30), this.position + done);
-        done += bytesWritten;
-      }
-    } catch (err) {
-      throw new LowbitError('E_IO', `cannot write ${this.tmp}: ${(err as Error).message}`, { file: this.path }, { cause: err });
-    }
-    this.position += done;
+    await writeAll(this.handle!, this.tmp, bytes, this.position);
+    this.position += bytes.byteLength;
   }
 
   /** Writes tensor `index` now if it is next, else keeps it until its turn. */
@@ -116,17 +89,14 @@ class FileWriter {
   async close(): Promise<void> {
     const h = this.handle;
     this.handle = undefined;
-    if (!h) return;
-    try {
-      await h.sync();
-    } finally {
-      await h.close();
-    }
+    if (h) await syncClose(h, this.tmp);
   }
 
   async discard(): Promise<void> {
-    await this.close().catch(() => undefined);
-    await rm(this.tmp, { force: true });
+    const h = this.handle;
+    this.handle = undefined;
+    await h?.close().catch(() => undefined);
+    await removeFile(this.tmp).catch(() => undefined);
   }
 }
 
@@ -176,11 +146,7 @@ export class CheckpointWriter {
       groups[groups.length - 1]!.push(s);
       size += b;
     }
-    try {
-      await mkdir(dir, { recursive: true });
-    } catch (err) {
-      throw new LowbitError('E_IO', `cannot create ${dir}: ${(err as Error).message}`, { file: dir }, { cause: err });
-    }
+    await mkdirDurable(dir);
     const sharded = groups.length > 1;
     const metadata = options.metadata ?? { format: 'pt' };
     const files: FileWriter[] = [];
@@ -231,7 +197,7 @@ export class CheckpointWriter {
     this.finished = true;
     try {
       for (const f of this.files) await f.close();
-      for (const f of this.files) await rename(f.tmp, f.path);
+      for (const f of this.files) await renameDurable(f.tmp, f.path);
     } catch (err) {
       await this.abort();
       if (err instanceof LowbitError) throw err;

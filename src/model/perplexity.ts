@@ -71,7 +71,12 @@ export async function perplexity(model: Model, text: string | Int32Array, option
     if (options.signal?.aborted) throw new LowbitError('E_ABORTED', 'perplexity was aborted', {}, { cause: options.signal.reason });
     const n = Math.min(batch, windows - done);
     const nll = await model.nll(ids.subarray(done * seqLen, (done + n) * seqLen), { batch: n, seq: seqLen });
-    for (let i = 0; i < nll.length; i++) sum += nll[i]!;
+    for (let i = 0; i < nll.length; i++) {
+      if (!Number.isFinite(nll[i]!)) {
+        throw new LowbitError('E_NAN', `the loss of window ${done + i} is ${nll[i]}: the model produces non-finite values (NaN or infinite weights or activations)`, { window: done + i });
+      }
+      sum += nll[i]!;
+    }
     done += n;
     options.onProgress?.({
       windows: done,

@@ -16,10 +16,13 @@
  */
 import { EventEmitter } from 'node:events';
 import { existsSync, statSync } from 'node:fs';
+import { stat } from 'node:fs/promises';
+import { join } from 'node:path';
 import { createHash } from 'node:crypto';
 import { resolve } from 'node:path';
 import { LowbitError, invalidArgument } from '../errors.js';
-import { GptqWriter, linearDims, type GptqConfig } from '../formats/gptq.js';
+import { GptqWriter, checkEmptyTarget, linearDims, type GptqConfig } from '../formats/gptq.js';
+import { listDir, removeFile } from '../formats/durable.js';
 import { LINEAR_MODULES, LINEAR_NAMES, type LinearName, type ModelReader } from '../formats/hf.js';
 import { openModelFiles } from '../formats/open.js';
 import { Model, type CapturePointName, type NativeBlockWeights } from '../model/model.js';
@@ -29,7 +32,23 @@ import { rtnQuantize } from '../quantize/rtn.js';
 import { Tensor } from '../tensor.js';
 import type { DeviceSpec } from '../devices.js';
 import { calibrationWindows } from './calibration.js';
-import { clearState, readBlock, readHidden, readState, resumeDir, writeBlock, writeHidden, writeState, type LayerReport, type ResumeState } from './resume.js';
+import { lockOutput, removeOrphans, type Warn } from './output.js';
+import {
+  clearState,
+  createStateDir,
+  hiddenName,
+  pruneState,
+  readBlock,
+  readHidden,
+  readState,
+  resumeDir,
+  writeBlock,
+  writeHidden,
+  writeState,
+  type LayerReport,
+  type Publishing,
+  type ResumeState,
+} from './resume.js';
 
 export interface QuantizeOptions {
   /** a Hugging Face model directory (or a llama2.c checkpoint) */
@@ -100,7 +119,14 @@ export interface QuantizeSummary {
   packed?: Map<string, PackedWeights>;
 }
 
-/** A running quantization: await it for the summary; listen for 'progress' events. */
+/** Something the run did on its own that the user should hear about (e.g. leftovers of a stopped run removed). */
+export interface QuantizeWarning {
+  message: string;
+  /** the file or directory concerned */
+  path: string;
+}
+
+/** A running quantization: await it for the summary; listen for 'progress' and 'warning' events. */
 export class QuantizeJob extends EventEmitter implements PromiseLike<QuantizeSummary> {
   readonly result: Promise<QuantizeSummary>;
 
@@ -261,9 +287,41 @@ export function quantize(options: QuantizeOptions): QuantizeJob {
   return new QuantizeJob((job) => runQuantize(resolveOptions(options), job));
 }
 
+/** Rejects NaN and infinity in a weight before any method sees it (E_NAN naming the tensor). */
+function assertFinite(data: Float32Array, tensor: string): void {
+  for (let i = 0; i < data.length; i++) {
+    if (!Number.isFinite(data[i]!)) {
+      throw new LowbitError('E_NAN', `${tensor} holds ${data[i]} at index ${i}: non-finite weights cannot be quantized`, { tensor, index: i });
+    }
+  }
+}
+
+/** Whether `out` is the directory a run recorded just before renaming it into place. */
+async function isPublished(out: string, p: Publishing): Promise<boolean> {
+  const st = await stat(out).catch(() => undefined);
+  if (!st || st.dev !== p.dev || st.ino !== p.ino || existsSync(p.work)) return false;
+  const names = await listDir(out);
+  if (names.length !== Object.keys(p.files).length) return false;
+  for (const name of names) {
+    const size = await stat(join(out, name)).then((f) => f.size).catch(() => -1);
+    if (size !== p.files[name]) return false;
+  }
+  return true;
+}
+
 async function runQuantize(r: Resolved, job: QuantizeJob): Promise<QuantizeSummary> {
-  const started = performance.now();
   checkAbort(r.signal);
+  const warn: Warn = (message, path) => job.emit('warning', { message, path } satisfies QuantizeWarning);
+  const lock = await lockOutput(r.out, warn);
+  try {
+    return await runLocked(r, job, warn);
+  } finally {
+    await lock.release();
+  }
+}
+
+async function runLocked(r: Resolved, job: QuantizeJob, warn: Warn): Promise<QuantizeSummary> {
+  const started = performance.now();
   const reader = await openModelFiles(r.model);
   let model: Model | undefined;
   let writer: GptqWriter | undefined;
@@ -286,19 +344,60 @@ async function runQuantize(r: Resolved, job: QuantizeJob): Promise<QuantizeSumma
       );
     }
 
-    // Resume state.
+    const summaryOf = (layers: LayerReport[], out: string, resumedBlocks: number): QuantizeSummary => {
+      const quantizedBytes = layers.reduce((a, l) => a + l.bytes, 0);
+      const weightsCount = layers.reduce((a, l) => a + l.N * l.K, 0);
+      return {
+        out,
+        method: r.method,
+        bits: r.bits,
+        groupSize: r.groupSize,
+        layers,
+        bitsPerWeight: (quantizedBytes * 8) / weightsCount,
+        quantizedBytes,
+        estimatedPeakBytes,
+        resumedBlocks,
+        seconds: (performance.now() - started) / 1000,
+      };
+    };
+
+    // Resume state, and what a stopped run left behind.
     const stateDir = resumeDir(r.out);
+    await removeOrphans(r.out, warn, [stateDir]);
     const fp = fingerprint(r, seqLen);
-    let state: ResumeState = { fingerprint: fp, finishedBlocks: 0, layers: [] };
+    const fresh: ResumeState = { version: 2, fingerprint: fp, finishedBlocks: 0, layers: [], hidden: null };
+    let saved = await readState(stateDir).catch((err: unknown) => {
+      if (r.resume) throw err;
+      return undefined; // a fresh run discards it anyway
+    });
+    if (saved?.publishing && (await isPublished(r.out, saved.publishing))) {
+      // Stopped after the checkpoint was renamed into place: it is complete, only the state is stale.
+      const packed = r.keepPacked && r.resume && saved.fingerprint === fp ? await readAllBlocks(stateDir, fp, saved.finishedBlocks) : undefined;
+      await clearState(stateDir);
+      warn(`${r.out} was already complete; removed the resume state a stopped run left (${stateDir})`, stateDir);
+      if (r.resume && saved.fingerprint === fp) return { ...summaryOf(saved.layers, r.out, saved.finishedBlocks), ...(packed ? { packed } : {}) };
+      saved = undefined;
+    }
+    let state: ResumeState = fresh;
     if (r.resume) {
-      const saved = await readState(stateDir);
       if (saved && saved.fingerprint !== fp) {
         throw new LowbitError('E_ARGUMENT', `the resume state in ${stateDir} was made with different options or model; run without resume to start over`, { file: stateDir });
       }
-      if (saved) state = saved;
+      if (saved) state = { ...saved, publishing: undefined };
+      const removed = await pruneState(stateDir, saved);
+      if (removed.length > 0) warn(`removed ${removed.length} unfinished file(s) from the resume state ${stateDir} (${removed.join(', ')})`, stateDir);
+      if (!saved) {
+        await checkEmptyTarget(r.out).catch((err: unknown) => {
+          throw new LowbitError('E_IO', `nothing to resume for ${r.out}: there is no resume state, and it already holds files (a finished run?)`, { file: r.out }, { cause: err });
+        });
+      }
     } else {
+      await checkEmptyTarget(r.out); // before discarding anything
+      if (saved) warn(`discarded the resume state of an earlier run (${saved.finishedBlocks} finished blocks) in ${stateDir}; resume continues such a run`, stateDir);
+      else if (existsSync(stateDir)) warn(`removed the leftovers of a stopped run in ${stateDir}`, stateDir);
       await clearState(stateDir);
     }
+    await createStateDir(stateDir);
     const resumedBlocks = state.finishedBlocks;
 
     const gptqConfig: GptqConfig = {
@@ -317,7 +416,7 @@ async function runQuantize(r: Resolved, job: QuantizeJob): Promise<QuantizeSumma
     // the packed weights handed to kernels carry min(groupSize, K).
     const forCheckpoint = (w: PackedWeights): PackedWeights => (r.groupSize > w.K ? { ...w, groupSize: r.groupSize } : w);
     for (let b = 0; b < state.finishedBlocks; b++) {
-      for (const [prefix, w] of await readBlock(stateDir, b)) {
+      for (const [prefix, w] of await readBlock(stateDir, fp, b)) {
         await writer.putLinear(prefix, forCheckpoint(w));
         kept?.set(prefix, w);
       }
@@ -348,10 +447,13 @@ async function runQuantize(r: Resolved, job: QuantizeJob): Promise<QuantizeSumma
       seconds,
     });
     const finishBlock = async (block: number, linears: Map<string, PackedWeights>, layers: LayerReport[], hidden?: Float32Array) => {
-      await writeBlock(stateDir, block, linears);
-      if (hidden) await writeHidden(stateDir, hidden);
-      state = { fingerprint: fp, finishedBlocks: block + 1, layers: [...state.layers, ...layers] };
+      // Block and hidden-state files first, then the one commit that names them.
+      await writeBlock(stateDir, fp, block, linears);
+      if (hidden) await writeHidden(stateDir, fp, block + 1, hidden);
+      const previous = state.hidden;
+      state = { ...state, finishedBlocks: block + 1, layers: [...state.layers, ...layers], hidden: hidden ? hiddenName(block + 1) : null };
       await writeState(stateDir, state);
+      if (previous && previous !== state.hidden) await removeFile(join(stateDir, previous));
       for (const [prefix, w] of linears) {
         await writer!.putLinear(prefix, forCheckpoint(w));
         kept?.set(prefix, w);
@@ -366,7 +468,9 @@ async function runQuantize(r: Resolved, job: QuantizeJob): Promise<QuantizeSumma
           checkAbort(r.signal);
           const t0 = performance.now();
           const t = reader.tensors.blocks[b]![name];
-          const packed = await rtnQuantize(await reader.readFloat32(t.weight!), { bits: r.bits, groupSize: r.groupSize, sym: r.sym, mse: r.mse, checkpointFormat: r.checkpointFormat });
+          const W = await reader.readFloat32(t.weight!);
+          assertFinite(W.data, t.weight!);
+          const packed = await rtnQuantize(W, { bits: r.bits, groupSize: r.groupSize, sym: r.sym, mse: r.mse, checkpointFormat: r.checkpointFormat });
           const layer = layerOf(b, name, packed, (performance.now() - t0) / 1000);
           linears.set(t.prefix, packed);
           layers.push(layer);
@@ -374,11 +478,11 @@ async function runQuantize(r: Resolved, job: QuantizeJob): Promise<QuantizeSumma
         }
         await finishBlock(b, linears, layers);
       }
-    } else {
+    } else if (state.finishedBlocks < blocks) {
       model = await Model.open(reader, { device: r.device, load: 'globals', maxSeq: Math.max(seqLen, 2), tokenizerFrom: modelDirOf(r.model) });
       let hidden: Float32Array;
       if (state.finishedBlocks > 0) {
-        hidden = await readHidden(stateDir, tokens * c.hiddenSize);
+        hidden = await readHidden(stateDir, fp, state.finishedBlocks, tokens * c.hiddenSize);
       } else {
         if (r.files === 'self') for (let b = 0; b < blocks; b++) await model.loadBlock(b);
         const ids = await calibrationWindows(model, { source: r.files, samples: r.samples, seqLen, seed: r.seed, signal: r.signal });
@@ -412,6 +516,7 @@ async function runQuantize(r: Resolved, job: QuantizeJob): Promise<QuantizeSumma
                 const { K, N } = linearDims(c, name);
                 const dense = weights[name] as { dtype: 'f32' | 'f16' | 'bf16'; data: Float32Array | Uint16Array };
                 const W = new Tensor(dense.dtype, [N, K], dense.data as never).toFloat32();
+                assertFinite(W.data, `${reader.tensors.blocks[b]![name].prefix}.weight`);
                 const result = await gptqQuantize(W, undefined, hessians.get(s.point)!, {
                   bits: r.bits,
                   groupSize: r.groupSize,
@@ -448,25 +553,21 @@ async function runQuantize(r: Resolved, job: QuantizeJob): Promise<QuantizeSumma
       }
     }
 
-    const out = await writer.finish();
+    // Record the finished directory's identity before renaming it into place: a run stopped right
+    // after the rename then knows the checkpoint is complete.
+    const out = await writer.finish(async (work) => {
+      const st = await stat(work);
+      const files: Record<string, number> = {};
+      for (const name of await listDir(work)) files[name] = (await stat(join(work, name))).size;
+      state = { ...state, publishing: { work, dev: st.dev, ino: st.ino, files } };
+      await writeState(stateDir, state);
+    });
     writer = undefined;
+    // The state (with its record of the published output) goes last, in one step: a kill before
+    // that resumes to "already complete", a kill after it leaves only an orphan and the lock.
+    await pruneState(stateDir, null);
     await clearState(stateDir);
-    const layers = state.layers;
-    const quantizedBytes = layers.reduce((a, l) => a + l.bytes, 0);
-    const weightsCount = layers.reduce((a, l) => a + l.N * l.K, 0);
-    return {
-      out,
-      method: r.method,
-      bits: r.bits,
-      groupSize: r.groupSize,
-      layers,
-      bitsPerWeight: (quantizedBytes * 8) / weightsCount,
-      quantizedBytes,
-      estimatedPeakBytes,
-      resumedBlocks,
-      seconds: (performance.now() - started) / 1000,
-      packed: kept,
-    };
+    return { ...summaryOf(state.layers, out, resumedBlocks), packed: kept };
   } catch (err) {
     await writer?.abort().catch(() => undefined);
     throw err;
@@ -475,6 +576,12 @@ async function runQuantize(r: Resolved, job: QuantizeJob): Promise<QuantizeSumma
     if (model) await model.close();
     else await reader.close();
   }
+}
+
+async function readAllBlocks(dir: string, fp: string, blocks: number): Promise<Map<string, PackedWeights>> {
+  const out = new Map<string, PackedWeights>();
+  for (let b = 0; b < blocks; b++) for (const [prefix, w] of await readBlock(dir, fp, b)) out.set(prefix, w);
+  return out;
 }
 
 function modelDirOf(path: string): string | undefined {

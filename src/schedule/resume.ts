@@ -1,15 +1,21 @@
 /**
- * Resume state of a quantization run, kept next to the output directory until the run finishes:
- *   state.json        the options' fingerprint, the finished blocks and their summary rows
+ * Resume state of a quantization run, kept beside the output directory (`.<out>.lowbit-resume/`)
+ * until the checkpoint is in place:
+ *   state.json        the commit record: the options' fingerprint, the finished blocks and their
+ *                     summary rows, the name of the hidden-state file that belongs to them, and
+ *                     (while the output is being renamed into place) the identity of that output
  *   block-<b>.bin     block b's packed linears (a JSON header, then the arrays, 8-byte aligned)
- *   hidden.f32        the calibration hidden states after the last finished block (GPTQ only)
- * Every file is written to a temporary name and renamed; state.json is written last, so a kill at
- * any point leaves a consistent state.
+ *   hidden-<b>.f32    the calibration hidden states entering block b (GPTQ only), same framing
+ * Only state.json decides what is finished: every other file is written durably (temporary name,
+ * fsync, rename, directory fsync) before the state.json that names it, and carries the fingerprint
+ * and block index it belongs to, checked on reading. A kill at any step therefore resumes from the
+ * last committed block; files no commit names are leftovers and are removed (`prune`).
  */
-import { mkdir, readFile, rm } from 'node:fs/promises';
+import { existsSync } from 'node:fs';
+import { readFile } from 'node:fs/promises';
 import { basename, dirname, join, resolve } from 'node:path';
 import { LowbitError } from '../errors.js';
-import { writeFileAtomic } from '../formats/safetensors-writer.js';
+import { listDir, mkdirDurable, removeTree, renameDurable, tempPath, writeFileAtomic } from '../formats/durable.js';
 import type { PackedWeights } from '../native.js';
 
 export interface LayerReport {
@@ -28,44 +34,159 @@ export interface LayerReport {
   seconds: number;
 }
 
+/** The output directory as it was renamed into place: enough to recognise it afterwards. */
+export interface Publishing {
+  /** the temporary directory that is renamed to the output */
+  work: string;
+  dev: number;
+  ino: number;
+  /** file name -> size */
+  files: Record<string, number>;
+}
+
 export interface ResumeState {
+  version: 2;
   fingerprint: string;
   finishedBlocks: number;
   layers: LayerReport[];
+  /** the hidden-state file entering block `finishedBlocks` (GPTQ, before the last block), else null */
+  hidden: string | null;
+  /** set just before the final rename of the output */
+  publishing?: Publishing;
 }
+
+const STATE_FILE = 'state.json';
+const VERSION = 2;
 
 export function resumeDir(out: string): string {
   const target = resolve(out);
   return join(dirname(target), `.${basename(target)}.lowbit-resume`);
 }
 
+export function hiddenName(block: number): string {
+  return `hidden-${block}.f32`;
+}
+
+function corrupt(file: string, why: string): LowbitError {
+  return new LowbitError('E_IO', `resume state ${file} is damaged (${why}); run without resume to start over`, { file });
+}
+
+/** The committed state, or undefined when there is none. */
 export async function readState(dir: string): Promise<ResumeState | undefined> {
+  const file = join(dir, STATE_FILE);
+  let text: string;
   try {
-    return JSON.parse(await readFile(join(dir, 'state.json'), 'utf8')) as ResumeState;
-  } catch {
-    return undefined;
+    text = await readFile(file, 'utf8');
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT' || (err as NodeJS.ErrnoException).code === 'ENOTDIR') return undefined;
+    throw new LowbitError('E_IO', `cannot read ${file}: ${(err as Error).message}`, { file }, { cause: err });
   }
+  let state: ResumeState;
+  try {
+    state = JSON.parse(text) as ResumeState;
+  } catch {
+    throw corrupt(file, 'not JSON');
+  }
+  if (state?.version !== VERSION) throw corrupt(file, `version ${String(state?.version)}, this lowbit writes ${VERSION}`);
+  if (typeof state.fingerprint !== 'string' || !Number.isInteger(state.finishedBlocks) || state.finishedBlocks < 0 || !Array.isArray(state.layers)) {
+    throw corrupt(file, 'missing fields');
+  }
+  return state;
 }
 
+/** Creates the state directory (once, before the first write into it). */
+export async function createStateDir(dir: string): Promise<void> {
+  if (!existsSync(dir)) await mkdirDurable(dir);
+}
+
+/** Commits `state` (the one atomic step that makes a block finished). */
 export async function writeState(dir: string, state: ResumeState): Promise<void> {
-  await mkdir(dir, { recursive: true });
-  await writeFileAtomic(join(dir, 'state.json'), JSON.stringify(state));
+  await writeFileAtomic(join(dir, STATE_FILE), JSON.stringify(state));
 }
 
+/**
+ * Removes the resume state in one atomic step (the directory renamed to a temporary name beside
+ * it, then deleted: a kill in between leaves only an orphan that the next run removes).
+ */
 export async function clearState(dir: string): Promise<void> {
-  await rm(dir, { recursive: true, force: true });
+  if (!existsSync(dir)) return;
+  const aside = tempPath(dir);
+  await renameDurable(dir, aside);
+  await removeTree(aside);
+}
+
+/**
+ * Removes every file of `dir` that the committed state does not name (blocks at or past
+ * finishedBlocks, other hidden-state files, temporary files): the leftovers of a stopped run.
+ * With state null, removes everything but state.json. Returns the names removed.
+ */
+export async function pruneState(dir: string, state: ResumeState | undefined | null): Promise<string[]> {
+  const keep = new Set<string>([STATE_FILE]);
+  if (state) {
+    for (let b = 0; b < state.finishedBlocks; b++) keep.add(`block-${b}.bin`);
+    if (state.hidden) keep.add(state.hidden);
+  }
+  const removed: string[] = [];
+  for (const name of await listDir(dir)) {
+    if (keep.has(name)) continue;
+    await removeTree(join(dir, name));
+    removed.push(name);
+  }
+  return removed;
+}
+
+/** A file of a JSON header (length-prefixed, padded to 8 bytes) followed by 8-byte aligned arrays. */
+function frame(header: object, chunks: Uint8Array[]): Uint8Array {
+  const json = new TextEncoder().encode(JSON.stringify(header));
+  const headLen = Math.ceil((json.byteLength + 8) / 8) * 8;
+  const size = chunks.reduce((n, c) => n + c.byteLength + ((8 - (c.byteLength % 8)) % 8), 0);
+  const out = new Uint8Array(headLen + size);
+  new DataView(out.buffer).setUint32(0, json.byteLength, true);
+  out.set(json, 8);
+  let at = headLen;
+  for (const c of chunks) {
+    out.set(c, at);
+    at += c.byteLength + ((8 - (c.byteLength % 8)) % 8);
+  }
+  return out;
+}
+
+async function unframe<H extends { fingerprint: string; block: number }>(file: string, fingerprint: string, block: number): Promise<{ header: H; bytes: Uint8Array; base: number }> {
+  let data: Buffer;
+  try {
+    data = await readFile(file);
+  } catch (err) {
+    throw new LowbitError('E_IO', `resume state is missing ${file}: ${(err as Error).message}`, { file }, { cause: err });
+  }
+  const bytes = new Uint8Array(data.byteLength);
+  bytes.set(data); // own, aligned copy
+  if (bytes.byteLength < 8) throw corrupt(file, 'too short');
+  const jsonLen = new DataView(bytes.buffer).getUint32(0, true);
+  if (8 + jsonLen > bytes.byteLength) throw corrupt(file, 'header past the end');
+  let header: H;
+  try {
+    header = JSON.parse(new TextDecoder().decode(bytes.subarray(8, 8 + jsonLen))) as H;
+  } catch {
+    throw corrupt(file, 'header is not JSON');
+  }
+  if (header.fingerprint !== fingerprint || header.block !== block) {
+    throw corrupt(file, `it belongs to block ${String(header.block)} of run ${String(header.fingerprint).slice(0, 12)}, not block ${block} of ${fingerprint.slice(0, 12)}`);
+  }
+  return { header, bytes, base: Math.ceil((jsonLen + 8) / 8) * 8 };
 }
 
 type ArrayKey = 'qweight' | 'qzeros' | 'scales' | 'gIdx';
 const ARRAY_KEYS: ArrayKey[] = ['qweight', 'qzeros', 'scales', 'gIdx'];
 
 interface BlockHeader {
+  fingerprint: string;
+  block: number;
   linears: { prefix: string; meta: Omit<PackedWeights, ArrayKey>; arrays: Partial<Record<ArrayKey, [offset: number, bytes: number]>> }[];
 }
 
 /** Writes block b's packed linears (prefix -> weights). */
-export async function writeBlock(dir: string, block: number, linears: Map<string, PackedWeights>): Promise<void> {
-  const header: BlockHeader = { linears: [] };
+export async function writeBlock(dir: string, fingerprint: string, block: number, linears: Map<string, PackedWeights>): Promise<void> {
+  const header: BlockHeader = { fingerprint, block, linears: [] };
   const chunks: Uint8Array[] = [];
   let offset = 0;
   for (const [prefix, w] of linears) {
@@ -76,67 +197,41 @@ export async function writeBlock(dir: string, block: number, linears: Map<string
       const bytes = new Uint8Array(a.buffer, a.byteOffset, a.byteLength);
       arrays[key] = [offset, bytes.byteLength];
       chunks.push(bytes);
-      const pad = (8 - (bytes.byteLength % 8)) % 8;
-      if (pad) chunks.push(new Uint8Array(pad));
-      offset += bytes.byteLength + pad;
+      offset += bytes.byteLength + ((8 - (bytes.byteLength % 8)) % 8);
     }
     header.linears.push({ prefix, meta, arrays });
   }
-  const json = new TextEncoder().encode(JSON.stringify(header));
-  const headLen = Math.ceil((json.byteLength + 8) / 8) * 8;
-  const out = new Uint8Array(headLen + offset);
-  new DataView(out.buffer).setUint32(0, json.byteLength, true);
-  out.set(json, 8);
-  let at = headLen;
-  for (const c of chunks) {
-    out.set(c, at);
-    at += c.byteLength;
-  }
-  await mkdir(dir, { recursive: true });
-  await writeFileAtomic(join(dir, `block-${block}.bin`), out);
+  await writeFileAtomic(join(dir, `block-${block}.bin`), frame(header, chunks));
 }
 
-export async function readBlock(dir: string, block: number): Promise<Map<string, PackedWeights>> {
+export async function readBlock(dir: string, fingerprint: string, block: number): Promise<Map<string, PackedWeights>> {
   const file = join(dir, `block-${block}.bin`);
-  let data: Buffer;
-  try {
-    data = await readFile(file);
-  } catch (err) {
-    throw new LowbitError('E_IO', `resume state is missing ${file}: ${(err as Error).message}`, { file }, { cause: err });
-  }
-  const bytes = new Uint8Array(data.buffer, data.byteOffset, data.byteLength).slice(); // own, aligned copy
-  const jsonLen = new DataView(bytes.buffer).getUint32(0, true);
-  const header = JSON.parse(new TextDecoder().decode(bytes.subarray(8, 8 + jsonLen))) as BlockHeader;
-  const base = Math.ceil((jsonLen + 8) / 8) * 8;
+  const { header, bytes, base } = await unframe<BlockHeader>(file, fingerprint, block);
   const out = new Map<string, PackedWeights>();
   for (const l of header.linears) {
-    const view = (key: ArrayKey) => {
-      const r = l.arrays[key];
-      if (!r) return undefined;
-      const [off, len] = r;
-      return key === 'scales' ? new Uint16Array(bytes.buffer, base + off, len / 2) : new Int32Array(bytes.buffer, base + off, len / 4);
-    };
     const w = { ...l.meta } as PackedWeights;
     for (const key of ARRAY_KEYS) {
-      const a = view(key);
-      if (a) (w as unknown as Record<string, unknown>)[key] = a;
+      const r = l.arrays[key];
+      if (!r) continue;
+      const [off, len] = r;
+      if (!(off >= 0 && len >= 0 && base + off + len <= bytes.byteLength)) throw corrupt(file, `${l.prefix}.${key} lies past the end`);
+      const a = key === 'scales' ? new Uint16Array(bytes.buffer, base + off, len / 2) : new Int32Array(bytes.buffer, base + off, len / 4);
+      (w as unknown as Record<string, unknown>)[key] = a;
     }
     out.set(l.prefix, w);
   }
   return out;
 }
 
-export async function writeHidden(dir: string, hidden: Float32Array): Promise<void> {
-  await writeFileAtomic(join(dir, 'hidden.f32'), new Uint8Array(hidden.buffer, hidden.byteOffset, hidden.byteLength));
+/** Writes the hidden states entering `block` as hiddenName(block). */
+export async function writeHidden(dir: string, fingerprint: string, block: number, hidden: Float32Array): Promise<void> {
+  const bytes = new Uint8Array(hidden.buffer, hidden.byteOffset, hidden.byteLength);
+  await writeFileAtomic(join(dir, hiddenName(block)), frame({ fingerprint, block, length: hidden.length }, [bytes]));
 }
 
-export async function readHidden(dir: string, length: number): Promise<Float32Array> {
-  const file = join(dir, 'hidden.f32');
-  const data = await readFile(file).catch(() => undefined);
-  if (!data || data.byteLength !== length * 4) {
-    throw new LowbitError('E_IO', `resume state ${file} is missing or has the wrong size (expected ${length * 4} bytes)`, { file });
-  }
-  const out = new Float32Array(length);
-  new Uint8Array(out.buffer).set(data);
-  return out;
+export async function readHidden(dir: string, fingerprint: string, block: number, length: number): Promise<Float32Array> {
+  const file = join(dir, hiddenName(block));
+  const { header, bytes, base } = await unframe<{ fingerprint: string; block: number; length: number }>(file, fingerprint, block);
+  if (header.length !== length || bytes.byteLength - base < length * 4) throw corrupt(file, `expected ${length} values`);
+  return new Float32Array(bytes.buffer, base, length);
 }
