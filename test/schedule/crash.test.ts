@@ -1,6 +1,6 @@
 /**
  * Crash injection (issue 8, items 5 and 6): a small GPTQ quantization of stories260K runs in a child
- * process that kills itself with SIGKILL just before its n-th file-system step (LOWBIT_FAULT_AT=n,
+ * process (dist/cli/bin.js) that kills itself with SIGKILL just before its n-th file-system step (LOWBIT_FAULT_AT=n,
  * see src/formats/durable.ts); `lowbit quantize --resume` then finishes it. At every kill point the
  * resumed checkpoint must be byte-identical to an uninterrupted run's, nothing may be left beside the
  * output (temporary directories, resume state, lock), and leftovers that were removed must be
@@ -69,19 +69,11 @@ beforeAll(async () => {
   work = await mkdtemp(join(tmpdir(), 'lowbit-crash-'));
   addon = addonPath();
   native();
-  // The CLI as one JavaScript bundle, so each child starts in a fraction of a second.
-  await mkdir(join(projectRoot, 'build'), { recursive: true });
-  bundle = await mkdtemp(join(projectRoot, 'build', 'crash-cli-'));
-  const rolldown = join(projectRoot, 'node_modules', '.bin', 'rolldown');
-  await new Promise<void>((resolve, reject) => {
-    const p = spawn(rolldown, [join(projectRoot, 'src/cli/bin.ts'), '--format', 'esm', '--platform', 'node', '--dir', bundle], { stdio: 'ignore' });
-    p.on('error', reject);
-    p.on('close', (code) => (code === 0 ? resolve() : reject(new Error(`rolldown exited ${code}`))));
-  });
+  // dist/cli/bin.js, compiled by test/setup/dist.ts when src/ is newer: the CLI as a user runs it.
+  bundle = join(projectRoot, 'dist', 'cli');
 });
 afterAll(async () => {
   await rm(work, { recursive: true, force: true });
-  if (bundle) await rm(bundle, { recursive: true, force: true });
 });
 
 describe.skipIf(!ready)('a quantization killed at any file-system step resumes to the same bytes', () => {
