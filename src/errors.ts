@@ -24,6 +24,7 @@ export const ERROR_CODES = [
   'E_LLAMA2C', // malformed llama2.c checkpoint
   'E_TOKENIZER', // malformed or unsupported tokenizer
   'E_GPTQ_FORMAT', // malformed GPTQ checkpoint
+  'E_SPQR_FORMAT', // malformed SpQR checkpoint or weights
   'E_HESSIAN_SINGULAR', // Cholesky failed even after raising the dampening
   'E_NAN', // NaN or infinity in weights or activations
   'E_CALIBRATION', // calibration data missing or too short

@@ -7,6 +7,7 @@ export { SafetensorsFile, BufferSource, type TensorInfo, type SafetensorsHeader,
 export { Checkpoint } from './formats/checkpoint.js';
 export { HfModel, parseLlamaConfig, readLlamaConfig, describeTensors, type LlamaConfig, type ModelTensors, type BlockTensors, type LinearTensors, type ModelReader, type RopeConfig } from './formats/hf.js';
 export { loadTokenizer, StreamDecoder, type TextTokenizer, type EncodeOptions, type LoadTokenizerOptions } from './formats/tokenizer.js';
+export { spqrQuantize, spqrDequantize, spqrMatmul, spqrStorageBits, resolveSpqrOptions, type SpqrWeights, type SpqrOptions, type SpqrReport, type SpqrStorageBits } from './quantize/spqr.js';
 export { rtnQuantize, rtnQuantizeCodes, packCodes, type RtnOptions, type RtnCodes } from './quantize/rtn.js';
 export { packedMatmul, packedMatmulSync, denseMatmul, dequantizeWeights, validatePackedWeights, packedWords, packUnit, type PackedMatmulOptions } from './quantize/packed.js';
 export { CheckpointWriter, writeSafetensors, type TensorSpec } from './formats/safetensors-writer.js';

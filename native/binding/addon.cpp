@@ -9,6 +9,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   lowbit::binding::InitQuant(env, exports);
   lowbit::binding::InitModel(env, exports);
   lowbit::binding::InitGptq(env, exports);
+  lowbit::binding::InitSpqr(env, exports);
   return exports;
 }
 }  // namespace

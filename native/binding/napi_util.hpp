@@ -270,6 +270,7 @@ void InitInfo(Napi::Env env, Napi::Object exports);
 void InitQuant(Napi::Env env, Napi::Object exports);
 void InitModel(Napi::Env env, Napi::Object exports);
 void InitGptq(Napi::Env env, Napi::Object exports);
+void InitSpqr(Napi::Env env, Napi::Object exports);
 
 }  // namespace binding
 }  // namespace lowbit

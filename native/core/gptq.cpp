@@ -92,6 +92,8 @@ namespace {
 // One group's grid: the grid RTN uses (quant_grid.hpp, including v1's minimum zero point).
 Grid fit_group_grid(const float* w, int64_t n, const GridOptions& grid_opt) { return fit_grid(w, n, 1, grid_opt); }
 
+}  // namespace
+
 void require_finite(const float* x, int64_t n, const char* what) {
   for (int64_t i = 0; i < n; ++i)
     if (!std::isfinite(x[i]))
@@ -162,6 +164,8 @@ std::vector<float> inverse_hessian_factor(const float* H, int64_t K, const std::
   });
   return Hinv;
 }
+
+namespace {
 
 // What the sweep works on, all in sweep order.
 struct SweepState {

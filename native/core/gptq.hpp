@@ -79,4 +79,18 @@ void write_g_idx(const std::vector<int32_t>& perm, int64_t K, const GptqOptions&
 double raise_damp_after_failure(double percent, double lambda, int attempt, const GptqOptions& opt,
                                 GptqReport& report);
 
+// E_NAN naming `what` and the element when x[0..n) holds NaN or infinity.
+void require_finite(const float* x, int64_t n, const char* what);
+
+// Step 1 of the sweep: returns the dead-input mask (H_ii = 0) and zeroes those columns of W [N, K];
+// E_HESSIAN_SINGULAR for a negative diagonal entry.
+std::vector<uint8_t> zero_dead_inputs(const float* H, float* W, int64_t N, int64_t K, GptqReport& report);
+
+// Step 4: the upper triangular Hinv [K, K] in sweep order `perm`, (H + lambda I)^-1 = Hinv^T Hinv,
+// with lambda = damp_percent * mean(diag H) raised on Cholesky failure (raise_damp_after_failure).
+// Reads opt.damp_percent and opt.max_damp_raises; records the dampening used in `report`.
+std::vector<float> inverse_hessian_factor(const float* H, int64_t K, const std::vector<int32_t>& perm,
+                                          const std::vector<uint8_t>& dead, const GptqOptions& opt,
+                                          GptqReport& report);
+
 }  // namespace lowbit

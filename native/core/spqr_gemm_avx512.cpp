@@ -1,0 +1,49 @@
+// SpQR row kernel with AVX-512 (16 lanes); called only after the processor check (spqr_gemm.cpp).
+#if defined(__x86_64__) || defined(_M_X64)
+#include <immintrin.h>
+
+#include <cstdint>
+#include <cstring>
+
+#define LOWBIT_SPQR_NS spqr_avx512
+#define LOWBIT_TARGET __attribute__((target("avx512f,avx512bw,fma")))
+#define LOWBIT_SPQR_VEC static inline __attribute__((always_inline, target("avx512f,avx512bw,fma")))
+
+namespace lowbit {
+namespace spqr_avx512 {
+struct SpqrVec {
+  static constexpr int W = 16;
+  using F = __m512;
+  LOWBIT_SPQR_VEC F zero() { return _mm512_setzero_ps(); }
+  LOWBIT_SPQR_VEC F set1(float x) { return _mm512_set1_ps(x); }
+  LOWBIT_SPQR_VEC F load(const float* p) { return _mm512_loadu_ps(p); }
+  LOWBIT_SPQR_VEC void store(float* p, F v) { _mm512_storeu_ps(p, v); }
+  LOWBIT_SPQR_VEC F add(F a, F b) { return _mm512_add_ps(a, b); }
+  LOWBIT_SPQR_VEC F fma(F a, F b, F c) { return _mm512_fmadd_ps(a, b, c); }
+  LOWBIT_SPQR_VEC float hsum(F v) { return _mm512_reduce_add_ps(v); }
+  // Lane i: bits [i·bits, (i+1)·bits) of the 32-bit word at p (8 lanes suffice per chunk).
+  LOWBIT_SPQR_VEC void codes8(const uint8_t* p, int bits, float* out) {
+    uint32_t word;
+    std::memcpy(&word, p, 4);
+    const __m256i shifts = _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), _mm256_set1_epi32(bits));
+    const __m256i v = _mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32((int)word), shifts),
+                                       _mm256_set1_epi32((int)((1u << bits) - 1u)));
+    _mm256_storeu_ps(out, _mm256_cvtepi32_ps(v));
+  }
+};
+}  // namespace spqr_avx512
+}  // namespace lowbit
+
+#include "spqr_gemm_impl.hpp"
+
+#else
+#include "spqr_gemm.hpp"
+namespace lowbit {
+namespace spqr_avx512 {
+void spqr_rows(const SpqrCpuWeights& W, const float* Xp, int64_t M, int64_t n0, int64_t n1, float* qf, float* w,
+               float* Y) {
+  spqr_scalar::spqr_rows(W, Xp, M, n0, n1, qf, w, Y);
+}
+}  // namespace spqr_avx512
+}  // namespace lowbit
+#endif

@@ -1,0 +1,352 @@
+/**
+ * A plain float64 SpQR, written from docs/SPQR.md and independently of the native code: the
+ * textbook sweep with no blocking (every column's error reaches all later columns at once), the
+ * inverse Hessian factor formed explicitly (chol(H) → H⁻¹ → chol(H⁻¹)), leave-one-out outlier
+ * candidates, bilevel statistics with fp16 offsets and steps, the cumulative outlier budget. Plus an
+ * independent decoder of the stored layout (bit streams, CSR) and the float64 product.
+ */
+import { f16Bits, f16Value, roundHalfEven } from '../helpers/reference.js';
+import { cholesky } from '../gptq/reference.js';
+
+export interface SpqrRefOptions {
+  bits: number;
+  beta1: number;
+  beta2: number;
+  statBits: number;
+  tau: number; // Infinity: no outliers
+  budget: number;
+  damp: number;
+  actOrder: boolean;
+}
+
+export interface SpqrRefResult {
+  codes: Uint8Array; // [N, K] sweep order
+  scaleCodes: Uint8Array; // [N, G]
+  zeroCodes: Uint8Array;
+  scaleStats: Uint16Array; // [G, NB, 2]
+  zeroStats: Uint16Array;
+  perm: Int32Array;
+  outliers: Map<number, number>; // n * K + p → fp16 bits of the residual
+  loss: number;
+  typical: number;
+  dampPercent: number;
+  What: Float64Array; // [N, K] original order: the reconstruction the sweep used
+}
+
+/** Upper U with (H)⁻¹ = Uᵀ U, via chol(H) → H⁻¹ → chol(H⁻¹). */
+function inverseFactor(H: Float64Array, K: number): Float64Array | null {
+  const L = cholesky(H, K);
+  if (!L) return null;
+  const Y = new Float64Array(K * K); // L⁻¹
+  for (let c = 0; c < K; c++)
+    for (let i = c; i < K; i++) {
+      let s = i === c ? 1 : 0;
+      for (let k = c; k < i; k++) s -= L[i * K + k]! * Y[k * K + c]!;
+      Y[i * K + c] = s / L[i * K + i]!;
+    }
+  const inv = new Float64Array(K * K);
+  for (let i = 0; i < K; i++)
+    for (let j = 0; j < K; j++) {
+      let s = 0;
+      for (let k = Math.max(i, j); k < K; k++) s += Y[k * K + i]! * Y[k * K + j]!;
+      inv[i * K + j] = s;
+    }
+  const C = cholesky(inv, K)!; // lower; U = Cᵀ
+  const U = new Float64Array(K * K);
+  for (let i = 0; i < K; i++) for (let j = i; j < K; j++) U[i * K + j] = C[j * K + i]!;
+  return U;
+}
+
+/** Min–max grid with a real zero; a (nearly) constant range is widened to include 0. */
+function realGrid(values: number[], maxq: number): { scale: number; zero: number } {
+  let lo = Math.min(...values);
+  let hi = Math.max(...values);
+  if (hi - lo <= 1e-3 * Math.max(Math.abs(lo), Math.abs(hi))) {
+    lo = Math.min(lo, 0);
+    hi = Math.max(hi, 0);
+  }
+  const scale = Math.max((hi - lo) / maxq, 1e-7);
+  return { scale, zero: -lo / scale };
+}
+
+function quantize(w: number, scale: number, zero: number, maxq: number): { q: number; w: number } {
+  const q = Math.min(Math.max(roundHalfEven(w / scale + zero), 0), maxq);
+  return { q, w: scale * (q - zero) };
+}
+
+/** Codes and fp16 (offset, step) of values on a statBits min–max grid. */
+function quantizeStats(v: number[], statBits: number): { codes: number[]; off: number; step: number } {
+  const maxc = 2 ** statBits - 1;
+  const clamp16 = (x: number) => f16Bits(Math.min(Math.max(x, -65504), 65504));
+  const off = clamp16(Math.min(...v));
+  const hi = Math.max(...v);
+  const step = hi > f16Value(off) ? clamp16((hi - f16Value(off)) / maxc) : 0;
+  const s = f16Value(step);
+  const codes = v.map((x) => (s > 0 ? Math.min(Math.max(roundHalfEven((x - f16Value(off)) / s), 0), maxc) : 0));
+  return { codes, off, step };
+}
+
+export function spqrReference(W0: ArrayLike<number>, H0: ArrayLike<number>, N: number, K: number, o: SpqrRefOptions): SpqrRefResult {
+  const maxq = 2 ** o.bits - 1;
+  const G = Math.ceil(K / o.beta1);
+  const NB = Math.ceil(N / o.beta2);
+  const W = Float64Array.from(W0);
+  const H = Float64Array.from(H0);
+  for (let i = 0; i < K; i++)
+    if (H[i * K + i] === 0) {
+      H[i * K + i] = 1;
+      for (let n = 0; n < N; n++) W[n * K + i] = 0;
+    }
+  const perm = Int32Array.from({ length: K }, (_, i) => i);
+  if (o.actOrder) perm.sort((a, b) => H[b * K + b]! - H[a * K + a]! || a - b);
+  const Wp = new Float64Array(N * K);
+  for (let n = 0; n < N; n++) for (let p = 0; p < K; p++) Wp[n * K + p] = W[n * K + perm[p]!]!;
+  const Hp = new Float64Array(K * K);
+  for (let a = 0; a < K; a++) for (let b = 0; b < K; b++) Hp[a * K + b] = H[perm[a]! * K + perm[b]!]!;
+  let meanDiag = 0;
+  for (let i = 0; i < K; i++) meanDiag += Hp[i * K + i]!;
+  meanDiag /= K;
+  let percent = o.damp;
+  let U: Float64Array | null = null;
+  for (let attempt = 0; attempt <= 3 && !U; attempt++) {
+    const Hd = Float64Array.from(Hp);
+    for (let i = 0; i < K; i++) Hd[i * K + i] += percent * meanDiag;
+    U = inverseFactor(Hd, K);
+    if (!U) percent = percent > 0 ? percent * 10 : 0.01;
+  }
+  if (!U) throw new Error('reference: Hessian singular');
+  const d = (p: number) => U![p * K + p]!;
+
+  let typical = 0;
+  for (let p = 0; p < K; p++) {
+    let mean = 0;
+    for (let n = 0; n < N; n++) mean += Wp[n * K + p]!;
+    mean /= N;
+    let sq = 0;
+    for (let n = 0; n < N; n++) sq += (Wp[n * K + p]! - mean) ** 2;
+    typical += sq / N / d(p) ** 2;
+  }
+  typical /= K;
+  const T = o.tau * typical;
+  const outliersOn = Number.isFinite(o.tau);
+
+  const codes = new Uint8Array(N * K);
+  const scaleCodes = new Uint8Array(N * G);
+  const zeroCodes = new Uint8Array(N * G);
+  const scaleStats = new Uint16Array(G * NB * 2);
+  const zeroStats = new Uint16Array(G * NB * 2);
+  const outliers = new Map<number, number>();
+  const WhatP = new Float64Array(N * K);
+  const scale = new Float64Array(N);
+  const zero = new Float64Array(N);
+  let loss = 0;
+  let used = 0;
+  let pending = 0;
+  const allowance = (g: number) => Math.floor(o.budget * N * Math.min(K, (g + 1) * o.beta1));
+  const reserved = new Int32Array(N).fill(-1);
+  for (let p = 0; p < K; p++) {
+    const g = Math.floor(p / o.beta1);
+    if (p % o.beta1 === 0) {
+      const len = Math.min(o.beta1, K - p);
+      const rows = Array.from({ length: N }, (_, n) => Array.from(Wp.subarray(n * K + p, n * K + p + len)));
+      // leave-one-out candidates: per row the weight with the largest error drop, if over T
+      reserved.fill(-1);
+      pending = 0;
+      if (outliersOn) {
+        const cands: { n: number; i: number; drop: number }[] = [];
+        rows.forEach((w, n) => {
+          const err = (grid: { scale: number; zero: number }, skip: number) => {
+            let e = 0;
+            for (let j = 0; j < len; j++) if (j !== skip) e += (w[j]! - quantize(w[j]!, grid.scale, grid.zero, maxq).w) ** 2 / d(p + j) ** 2;
+            return e;
+          };
+          const base = err(realGrid(w, maxq), -1);
+          let best = -1;
+          let bestDrop = T;
+          for (let i = 0; i < len; i++) {
+            const drop = base - err(realGrid(w.filter((_, j) => j !== i), maxq), i);
+            if (drop > bestDrop) [best, bestDrop] = [i, drop];
+          }
+          if (best >= 0) cands.push({ n, i: best, drop: bestDrop });
+        });
+        const room = Math.max(0, allowance(g) - used);
+        const kept = [...cands].sort((a, b) => b.drop - a.drop || a.n - b.n).slice(0, room);
+        for (const c of kept) reserved[c.n] = p + c.i;
+        pending = kept.length;
+      }
+      const fitS = rows.map((w, n) => realGrid(w.filter((_, i) => p + i !== reserved[n]), maxq));
+      const NBg = NB;
+      for (let b = 0; b < NBg; b++) {
+        const n0 = b * o.beta2;
+        const n1 = Math.min(N, n0 + o.beta2);
+        const s = quantizeStats(fitS.slice(n0, n1).map((x) => x.scale), o.statBits);
+        const z = quantizeStats(fitS.slice(n0, n1).map((x) => x.zero), o.statBits);
+        scaleStats.set([s.off, s.step], (g * NB + b) * 2);
+        zeroStats.set([z.off, z.step], (g * NB + b) * 2);
+        for (let n = n0; n < n1; n++) {
+          scaleCodes[n * G + g] = s.codes[n - n0]!;
+          zeroCodes[n * G + g] = z.codes[n - n0]!;
+          scale[n] = Math.fround(f16Value(s.off) + Math.fround(f16Value(s.step) * s.codes[n - n0]!));
+          zero[n] = Math.fround(f16Value(z.off) + Math.fround(f16Value(z.step) * z.codes[n - n0]!));
+        }
+      }
+    }
+    const col = Array.from({ length: N }, (_, n) => {
+      const r = quantize(Wp[n * K + p]!, scale[n]!, zero[n]!, maxq);
+      return { n, q: r.q, w: r.w, e2: ((Wp[n * K + p]! - r.w) / d(p)) ** 2 };
+    });
+    const chosen = new Set<number>();
+    if (outliersOn) {
+      for (const c of col) if (reserved[c.n] === p) chosen.add(c.n);
+      used += chosen.size;
+      pending -= chosen.size;
+      const room = Math.max(0, allowance(g) - used - pending);
+      const cands = col.filter((c) => reserved[c.n] !== p && c.e2 > T).sort((a, b) => b.e2 - a.e2 || a.n - b.n);
+      for (const c of cands.slice(0, room)) chosen.add(c.n);
+      used += Math.min(room, cands.length);
+    }
+    for (const c of col) {
+      const w = Wp[c.n * K + p]!;
+      let wHat = c.w;
+      if (chosen.has(c.n)) {
+        const r = f16Bits(w - wHat);
+        outliers.set(c.n * K + p, r);
+        wHat += f16Value(r);
+      }
+      codes[c.n * K + p] = c.q;
+      WhatP[c.n * K + p] = wHat;
+      const err = (w - wHat) / d(p);
+      loss += (err * err) / 2;
+      for (let j = p + 1; j < K; j++) Wp[c.n * K + j] -= err * U[p * K + j]!;
+    }
+  }
+  const What = new Float64Array(N * K);
+  for (let n = 0; n < N; n++) for (let p = 0; p < K; p++) What[n * K + perm[p]!] = WhatP[n * K + p]!;
+  return { codes, scaleCodes, zeroCodes, scaleStats, zeroStats, perm, outliers, loss, typical, dampPercent: percent, What };
+}
+
+// ------------------------------------------------------------------------- the stored layout
+
+/** Value i of an LSB-first bit stream of `bits`-bit values. */
+export function bitstreamGet(stream: Uint8Array, i: number, bits: number): number {
+  let v = 0;
+  for (let b = 0; b < bits; b++) {
+    const j = i * bits + b;
+    v |= ((stream[j >> 3]! >> (j & 7)) & 1) << b;
+  }
+  return v;
+}
+
+/** Packs values into an LSB-first bit stream. */
+export function bitstreamPack(values: ArrayLike<number>, bits: number): Uint8Array {
+  const out = new Uint8Array(Math.ceil((values.length * bits) / 8));
+  for (let i = 0; i < values.length; i++)
+    for (let b = 0; b < bits; b++) {
+      const j = i * bits + b;
+      if ((values[i]! >> b) & 1) out[j >> 3]! |= 1 << (j & 7);
+    }
+  return out;
+}
+
+export interface SpqrLayout {
+  bits: number;
+  statBits: number;
+  N: number;
+  K: number;
+  beta1: number;
+  beta2: number;
+  qweight: Uint8Array;
+  scaleCodes: Uint8Array;
+  zeroCodes: Uint8Array;
+  scaleStats: Uint16Array;
+  zeroStats: Uint16Array;
+  perm?: Int32Array;
+  outlierRowptr: Int32Array;
+  outlierCols: Int32Array;
+  outlierValues: Uint16Array;
+}
+
+/** W [N, K] in original column order, decoded from the stored layout in float64 (statistics in f32, as the format says). */
+export function decodeSpqrRef(W: SpqrLayout): Float64Array {
+  const { N, K } = W;
+  const G = Math.ceil(K / W.beta1);
+  const NB = Math.ceil(N / W.beta2);
+  const f32 = Math.fround;
+  const out = new Float64Array(N * K);
+  for (let n = 0; n < N; n++) {
+    const b = Math.floor(n / W.beta2);
+    for (let p = 0; p < K; p++) {
+      const g = Math.floor(p / W.beta1);
+      const at = (g * NB + b) * 2;
+      const s = f32(f16Value(W.scaleStats[at]!) + f32(f16Value(W.scaleStats[at + 1]!) * bitstreamGet(W.scaleCodes, n * G + g, W.statBits)));
+      const z = f32(f16Value(W.zeroStats[at]!) + f32(f16Value(W.zeroStats[at + 1]!) * bitstreamGet(W.zeroCodes, n * G + g, W.statBits)));
+      out[n * K + (W.perm ? W.perm[p]! : p)] = s * (bitstreamGet(W.qweight, n * K + p, W.bits) - z);
+    }
+    for (let i = W.outlierRowptr[n]!; i < W.outlierRowptr[n + 1]!; i++) {
+      const p = W.outlierCols[i]!;
+      out[n * K + (W.perm ? W.perm[p]! : p)] += f16Value(W.outlierValues[i]!);
+    }
+  }
+  return out;
+}
+
+/** Random SpQR weights with planted outliers, built directly in the layout (for kernel and format tests). */
+export function randomSpqrLayout(
+  rng: { next(): number; normal(): number; int(n: number): number },
+  o: { N: number; K: number; bits: number; statBits?: number; beta1?: number; beta2?: number; outlierRate?: number; perm?: boolean },
+): SpqrLayout {
+  const { N, K, bits } = o;
+  const statBits = o.statBits ?? 3;
+  const beta1 = o.beta1 ?? 16;
+  const beta2 = o.beta2 ?? 16;
+  const G = Math.ceil(K / beta1);
+  const NB = Math.ceil(N / beta2);
+  const codes = Array.from({ length: N * K }, () => rng.int(2 ** bits));
+  const sc = Array.from({ length: N * G }, () => rng.int(2 ** statBits));
+  const zc = Array.from({ length: N * G }, () => rng.int(2 ** statBits));
+  const scaleStats = new Uint16Array(G * NB * 2);
+  const zeroStats = new Uint16Array(G * NB * 2);
+  for (let i = 0; i < G * NB; i++) {
+    scaleStats[2 * i] = f16Bits(0.005 + 0.02 * rng.next());
+    scaleStats[2 * i + 1] = f16Bits(0.003 * rng.next());
+    zeroStats[2 * i] = f16Bits(-1 + 2 * rng.next());
+    zeroStats[2 * i + 1] = f16Bits(2 * rng.next());
+  }
+  let perm: Int32Array | undefined;
+  if (o.perm ?? true) {
+    perm = Int32Array.from({ length: K }, (_, i) => i);
+    for (let i = K - 1; i > 0; i--) {
+      const j = rng.int(i + 1);
+      [perm[i], perm[j]] = [perm[j]!, perm[i]!];
+    }
+  }
+  const rowptr = new Int32Array(N + 1);
+  const cols: number[] = [];
+  const values: number[] = [];
+  const rate = o.outlierRate ?? 0.01;
+  for (let n = 0; n < N; n++) {
+    for (let p = 0; p < K; p++)
+      if (rng.next() < rate) {
+        cols.push(p);
+        values.push(f16Bits(rng.normal() * 2));
+      }
+    rowptr[n + 1] = cols.length;
+  }
+  return {
+    bits,
+    statBits,
+    N,
+    K,
+    beta1,
+    beta2,
+    qweight: bitstreamPack(codes, bits),
+    scaleCodes: bitstreamPack(sc, statBits),
+    zeroCodes: bitstreamPack(zc, statBits),
+    scaleStats,
+    zeroStats,
+    perm,
+    outlierRowptr: rowptr,
+    outlierCols: Int32Array.from(cols),
+    outlierValues: Uint16Array.from(values),
+  };
+}

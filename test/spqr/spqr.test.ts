@@ -1,0 +1,147 @@
+/**
+ * SpQR's sweep (native/core/spqr.cpp) against the float64 reference (reference.ts) on random data
+ * with planted outliers and odd shapes; the decoder and the bits accounting against independent
+ * computations; option checks.
+ */
+import { describe, expect, it } from 'vitest';
+import { Rng } from '../helpers/random.js';
+import { correlatedInputs, outputError } from '../gptq/reference.js';
+import { spqrDequantize, spqrQuantize, type SpqrOptions } from '../../src/quantize/spqr.js';
+import { decodeSpqrRef, spqrReference } from './reference.js';
+
+/** H = (2/T) XᵀX in f32, as the Hessian accumulator gives it. */
+function hessianOf(X: Float32Array, T: number, K: number): Float32Array {
+  const H = new Float32Array(K * K);
+  for (let i = 0; i < K; i++)
+    for (let j = 0; j <= i; j++) {
+      let s = 0;
+      for (let t = 0; t < T; t++) s += X[t * K + i]! * X[t * K + j]!;
+      H[i * K + j] = H[j * K + i] = (2 * s) / T;
+    }
+  return H;
+}
+
+/** Weights ~ N(0, 0.05²) with `planted` far-out weights; returns their positions too. */
+function weightsWithOutliers(rng: Rng, N: number, K: number, planted: number): { W: Float32Array; at: number[] } {
+  const W = Float32Array.from({ length: N * K }, () => 0.05 * rng.normal());
+  const at: number[] = [];
+  while (at.length < planted) {
+    const i = rng.int(N * K);
+    if (at.includes(i)) continue;
+    W[i] = (rng.next() < 0.5 ? -1 : 1) * (0.6 + 0.4 * rng.next());
+    at.push(i);
+  }
+  return { W, at };
+}
+
+function problem(seed: number, N: number, K: number, planted: number) {
+  const rng = new Rng(seed);
+  const T = 4 * K;
+  const X = correlatedInputs(rng, T, K);
+  const { W, at } = weightsWithOutliers(rng, N, K, planted);
+  return { X, T, W, at, H: hessianOf(X, T, K) };
+}
+
+describe('SpQR sweep against the float64 reference', () => {
+  for (const [N, K, bits, beta1, beta2] of [
+    [48, 80, 3, 16, 16],
+    [37, 172, 2, 16, 16],
+    [40, 96, 4, 16, 8],
+    [24, 60, 3, 12, 5],
+  ] as const) {
+    it(`N ${N}, K ${K}, ${bits} bits, beta ${beta1}x${beta2}`, async () => {
+      const seed = new Rng().seed;
+      const { W, H, X, T, at } = problem(seed, N, K, Math.round(N * K * 0.003) + 1);
+      const opts: SpqrOptions = { bits, beta1, beta2, statBits: 3, outlierThreshold: 0.2, outlierBudget: 0.02, damp: 0.1, actOrder: true };
+      const { weights, report } = await spqrQuantize(W, [N, K], H, opts);
+      const ref = spqrReference(W, H, N, K, { bits, beta1, beta2, statBits: 3, tau: 0.2, budget: 0.02, damp: 0.1, actOrder: true });
+      const msg = `seed ${seed}`;
+      expect(Array.from(weights.perm!), msg).toEqual(Array.from(ref.perm));
+      expect(Math.abs(report.typicalError - ref.typical) / ref.typical, msg).toBeLessThan(1e-4);
+      // Codes: rounding ties and threshold cases may flip a few between float32 and float64.
+      const decoded = decodeSpqrRef(weights);
+      let differ = 0;
+      const nativeCodes = spqrDequantize(weights);
+      for (let i = 0; i < N * K; i++) if (Math.abs(decoded[i]! - ref.What[i]!) > 1e-3 * (Math.abs(ref.What[i]!) + 0.01)) differ++;
+      expect(differ / (N * K), `${msg}: ${differ} of ${N * K} weights differ from the reference`).toBeLessThan(0.02);
+      expect(Math.abs(report.loss - ref.loss) / ref.loss, `${msg}: loss ${report.loss} vs ${ref.loss}`).toBeLessThan(0.03);
+      // Outliers: the same set (up to a few borderline ones), and the planted ones among them.
+      const mine = new Set<number>();
+      for (let n = 0; n < N; n++) for (let i = weights.outlierRowptr[n]!; i < weights.outlierRowptr[n + 1]!; i++) mine.add(n * K + weights.outlierCols[i]!);
+      const common = [...mine].filter((x) => ref.outliers.has(x)).length;
+      expect(common / Math.max(1, Math.max(mine.size, ref.outliers.size)), `${msg}: outliers ${mine.size} vs ${ref.outliers.size}`).toBeGreaterThan(0.9);
+      const perm = weights.perm!;
+      const inv = new Int32Array(K);
+      for (let p = 0; p < K; p++) inv[perm[p]!] = p;
+      const found = at.filter((i) => mine.has(Math.floor(i / K) * K + inv[i % K]!)).length;
+      expect(found, `${msg}: planted outliers kept in fp16 (${found} of ${at.length})`).toBeGreaterThanOrEqual(Math.floor(0.6 * at.length));
+      // The native decoder equals the layout's definition.
+      for (let i = 0; i < N * K; i++) expect(Math.abs(nativeCodes[i]! - decoded[i]!), `${msg} at ${i}`).toBeLessThan(1e-6 * (Math.abs(decoded[i]!) + 1e-3));
+      // SpQR beats no outliers on the layer's output error.
+      const plain = await spqrQuantize(W, [N, K], H, { ...opts, outlierThreshold: Infinity });
+      expect(plain.weights.outlierCols.length).toBe(0);
+      const eOut = outputError(W, nativeCodes, X, N, K, T);
+      const ePlain = outputError(W, spqrDequantize(plain.weights), X, N, K, T);
+      expect(eOut, `${msg}: with outliers ${eOut}, without ${ePlain}`).toBeLessThan(ePlain);
+    });
+  }
+
+  it('keeps to the outlier budget, cumulatively along the sweep', async () => {
+    const seed = new Rng().seed;
+    const N = 32;
+    const K = 64;
+    const { W, H } = problem(seed, N, K, 20);
+    const budget = 0.01;
+    const { weights, report } = await spqrQuantize(W, [N, K], H, { bits: 2, outlierThreshold: 1e-6, outlierBudget: budget });
+    const nnz = weights.outlierCols.length;
+    expect(report.outlierCandidates, `seed ${seed}`).toBeGreaterThan(nnz);
+    expect(nnz, `seed ${seed}`).toBe(Math.floor(budget * N * K));
+    const perColumn = new Array<number>(K).fill(0);
+    for (const p of weights.outlierCols) perColumn[p]!++;
+    // through the end of group g at most floor(budget·N·min(K, (g + 1)·beta1))
+    let sum = 0;
+    for (let p = 0; p < K; p++) {
+      sum += perColumn[p]!;
+      const g = Math.floor(p / 16);
+      if (p === K - 1 || (p + 1) % 16 === 0) expect(sum, `seed ${seed}, group ${g}`).toBeLessThanOrEqual(Math.floor(budget * N * Math.min(K, (g + 1) * 16)));
+    }
+  });
+
+  it('counts every stored bit', async () => {
+    const seed = new Rng().seed;
+    for (const [N, K, actOrder] of [[37, 172, true], [16, 48, false]] as const) {
+      const { W, H } = problem(seed, N, K, 5);
+      const { weights: w, report } = await spqrQuantize(W, [N, K], H, { bits: 3, actOrder });
+      const G = Math.ceil(K / 16);
+      const bytes = w.qweight.length + w.scaleCodes.length + w.zeroCodes.length + 2 * (w.scaleStats.length + w.zeroStats.length) + (w.perm ? 2 * K : 0) + 4 * (N + 1) + 4 * w.outlierCols.length;
+      expect(w.qweight.length).toBe(Math.ceil((N * K * 3) / 8));
+      expect(w.scaleCodes.length).toBe(Math.ceil((N * G * 3) / 8));
+      expect(w.scaleStats.length).toBe(G * Math.ceil(N / 16) * 2);
+      expect(w.perm === undefined).toBe(!actOrder);
+      expect(report.bits.total, `seed ${seed}`).toBe(8 * bytes);
+      expect(report.bits.outliers).toBe(32 * w.outlierCols.length + 32 * (N + 1));
+    }
+  });
+
+  it('rejects bad options with clear errors', async () => {
+    const W = new Float32Array(8 * 32);
+    const H = new Float32Array(32 * 32);
+    for (let i = 0; i < 32; i++) H[i * 32 + i] = 1;
+    const bad = (o: SpqrOptions) => spqrQuantize(W, [8, 32], H, o);
+    await expect(bad({ bits: 5 })).rejects.toMatchObject({ code: 'E_BITS', message: expect.stringMatching(/one of 2, 3, 4 \(SpQR\) for bits but received 5/) });
+    await expect(bad({ bits: 8 })).rejects.toMatchObject({ code: 'E_BITS' });
+    await expect(bad({ beta1: 1 })).rejects.toMatchObject({ code: 'E_GROUP_SIZE', message: expect.stringMatching(/for beta1/) });
+    await expect(bad({ beta1: 64 })).rejects.toMatchObject({ code: 'E_GROUP_SIZE', message: expect.stringMatching(/beta1 64 is longer than the layer's input dimension K = 32/) });
+    await expect(bad({ beta2: 0 })).rejects.toMatchObject({ code: 'E_GROUP_SIZE' });
+    await expect(bad({ outlierThreshold: 0 })).rejects.toMatchObject({ code: 'E_ARGUMENT', message: expect.stringMatching(/number > 0 .* for outlierThreshold but received 0/) });
+    await expect(bad({ outlierThreshold: -1 })).rejects.toMatchObject({ code: 'E_ARGUMENT' });
+    await expect(bad({ outlierBudget: 1 })).rejects.toMatchObject({ code: 'E_ARGUMENT', message: expect.stringMatching(/in \(0, 1\) for outlierBudget but received 1/) });
+    await expect(bad({ outlierBudget: 0 })).rejects.toMatchObject({ code: 'E_ARGUMENT' });
+    await expect(bad({ statBits: 9 })).rejects.toMatchObject({ code: 'E_BITS' });
+    await expect(bad({ damp: -1 })).rejects.toMatchObject({ code: 'E_ARGUMENT' });
+    await expect(spqrQuantize(W, [8, 32], new Float32Array(10), {})).rejects.toMatchObject({ code: 'E_SHAPE' });
+    const nan = W.slice();
+    nan[3] = NaN;
+    await expect(spqrQuantize(nan, [8, 32], H, {})).rejects.toMatchObject({ code: 'E_NAN' });
+  });
+});
