@@ -40,8 +40,9 @@ SpqrOptions spqr_options(const Napi::Object& o) {
   return s;
 }
 
-// The SpqrMatrix behind a JavaScript SpqrWeights object, every length and index checked.
-SpqrMatrix spqr_matrix_arg(const Napi::Value& v) {
+// The SpqrMatrix behind a JavaScript SpqrWeights object, every length and index checked. The index
+// arrays (perm, row pointers, columns) are private copies in `bufs`, so what was checked is what is used.
+SpqrMatrix spqr_matrix_arg(const Napi::Value& v, CallBuffers& bufs) {
   if (!v.IsObject()) throw CoreError("E_ARGUMENT", "SpQR weights must be an object");
   const Napi::Object o = v.As<Napi::Object>();
   SpqrMatrix m;
@@ -66,9 +67,9 @@ SpqrMatrix spqr_matrix_arg(const Napi::Value& v) {
   m.zero_codes = zc.data;
   m.scale_stats = ss.data;
   m.zero_stats = zs.data;
-  m.perm = perm.data;
-  m.outlier_rowptr = rowptr.data;
-  m.outlier_cols = cols.data;
+  m.perm = bufs.index(perm);
+  m.outlier_rowptr = bufs.index(rowptr);
+  m.outlier_cols = bufs.index(cols);
   m.outlier_values = vals.data;
   len = {qw.length, sc.length, zc.length, ss.length, zs.length, perm.length, rowptr.length, cols.length, vals.length};
   require(rowptr.length == m.N + 1 || m.N <= 0, "E_BUFFER",
@@ -101,18 +102,21 @@ Napi::Value copy_out(Napi::Env env, const std::vector<int32_t>& v) {
 // spqrQuantize(W: Float32Array [N*K], N, K, H: Float32Array [K*K], options) -> Promise<{ weights…, report… }>
 Napi::Value SpqrQuantize(const Napi::CallbackInfo& info) {
   return guarded(info, [&]() -> Napi::Value {
-    const auto W = typed_array<float>(info[0], "W");
     const int64_t N = integer(info[1], "N"), K = integer(info[2], "K");
     require(N > 0 && K > 0 && N <= ((int64_t)1 << 31) && K <= 65536, "E_SHAPE", "N must be positive and K in [1, 65536]");
-    require(W.length >= N * K, "E_BUFFER",
-            "W holds " + std::to_string(W.length) + " elements, needs " + std::to_string(N) + " x " + std::to_string(K));
-    const auto H = typed_array<float>(info[3], "H");
-    require(H.length >= K * K, "E_BUFFER", "H holds " + std::to_string(H.length) + " elements, needs K x K = " + std::to_string(K * K));
+    const int64_t NK = checked_mul(N, K, "N x K"), KK = checked_mul(K, K, "K x K");
     const SpqrOptions opt = spqr_options(object_arg(info, 4, "options"));
     validate_spqr_options(opt, K);
+    // Every option getter has run; the arrays are read (and copied: the work runs off the main thread) from here on.
+    auto bufs = std::make_unique<CallBuffers>(true);
+    const auto W = typed_array<float>(info[0], "W");
+    require(W.length >= NK, "E_BUFFER",
+            "W holds " + std::to_string(W.length) + " elements, needs " + std::to_string(N) + " x " + std::to_string(K));
+    const auto H = typed_array<float>(info[3], "H");
+    require(H.length >= KK, "E_BUFFER", "H holds " + std::to_string(H.length) + " elements, needs K x K = " + std::to_string(KK));
+    const float* wp = bufs->input(Span<float>{W.data, NK});
+    const float* hp = bufs->input(Span<float>{H.data, KK});
     auto result = std::make_shared<SpqrResult>();
-    const float* wp = W.data;
-    const float* hp = H.data;
     return PromiseWorker::Run(
         info.Env(), [=] { *result = spqr_quantize(wp, N, K, hp, opt); },
         [result](Napi::Env env) -> Napi::Value {
@@ -157,14 +161,15 @@ Napi::Value SpqrQuantize(const Napi::CallbackInfo& info) {
           o.Set("report", report);
           return o;
         },
-        {info[0], info[3]});
+        {}, std::move(bufs));
   });
 }
 
 // spqrDequantize(weights) -> Float32Array [N*K], original column order
 Napi::Value SpqrDequantize(const Napi::CallbackInfo& info) {
   return guarded(info, [&]() -> Napi::Value {
-    const SpqrMatrix m = spqr_matrix_arg(info[0]);
+    CallBuffers bufs(false);
+    const SpqrMatrix m = spqr_matrix_arg(info[0], bufs);
     auto out = Napi::Float32Array::New(info.Env(), (size_t)(m.N * m.K));
     spqr_dequantize(m, out.Data());
     return out;
@@ -194,12 +199,13 @@ Napi::Value SpqrGemm(const Napi::CallbackInfo& info) {
   return guarded(info, [&]() -> Napi::Value {
     const auto X = typed_array<float>(info[0], "X");
     const int64_t M = integer(info[1], "M");
-    const SpqrMatrix m = spqr_matrix_arg(info[2]);
+    CallBuffers bufs(false);
+    const SpqrMatrix m = spqr_matrix_arg(info[2], bufs);
     require(M > 0, "E_SHAPE", "M must be positive");
-    require(X.length == M * m.K, "E_BUFFER",
-            "X holds " + std::to_string(X.length) + " elements, needs M x K = " + std::to_string(M * m.K));
+    const int64_t MK = checked_mul(M, m.K, "M x K");
+    require(X.length == MK, "E_BUFFER", "X holds " + std::to_string(X.length) + " elements, needs M x K = " + std::to_string(MK));
     const SpqrCpuWeights w = SpqrCpuWeights::from(m);
-    auto Y = Napi::Float32Array::New(info.Env(), (size_t)(M * m.N));
+    auto Y = Napi::Float32Array::New(info.Env(), (size_t)checked_mul(M, m.N, "M x N"));
     spqr_gemm(X.data, M, w, Y.Data());
     return Y;
   });

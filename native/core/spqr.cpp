@@ -271,7 +271,7 @@ SpqrResult spqr_quantize(const float* W_in, int64_t N, int64_t K, const float* H
   const std::vector<uint8_t> dead = zero_dead_inputs(H, W0.data(), N, K, greport);
   const std::vector<int32_t> perm = sweep_order(H, K, opt.act_order);
   std::vector<float> W((size_t)(N * K));
-  global_pool().parallel_for(N, 16, [&](int64_t n0, int64_t n1) {
+  global_pool()->parallel_for(N, 16, [&](int64_t n0, int64_t n1) {
     for (int64_t n = n0; n < n1; ++n)
       for (int64_t p = 0; p < K; ++p) W[n * K + p] = W0[n * K + perm[p]];
   });
@@ -335,7 +335,7 @@ SpqrResult spqr_quantize(const float* W_in, int64_t N, int64_t K, const float* H
     std::fill(reserved.begin(), reserved.end(), -1);
     pending = 0;
     if (outliers_on) {
-      global_pool().parallel_for(N, 8, [&](int64_t n0, int64_t n1) {
+      global_pool()->parallel_for(N, 8, [&](int64_t n0, int64_t n1) {
         for (int64_t n = n0; n < n1; ++n) {
           const int64_t i = leave_one_out(W.data() + n * K + p0, inv_d2.data() + p0, len, maxq, threshold, &loo_drop[n]);
           reserved[n] = i < 0 ? -1 : p0 + i;
@@ -352,7 +352,7 @@ SpqrResult spqr_quantize(const float* W_in, int64_t N, int64_t K, const float* H
       pending = std::min<int64_t>((int64_t)candidates.size(), room);
     }
     // b. first-level grids without the reserved weights
-    global_pool().parallel_for(N, 16, [&](int64_t n0, int64_t n1) {
+    global_pool()->parallel_for(N, 16, [&](int64_t n0, int64_t n1) {
       std::vector<uint8_t> keep((size_t)len);
       for (int64_t n = n0; n < n1; ++n) {
         std::fill(keep.begin(), keep.end(), (uint8_t)1);
@@ -383,7 +383,7 @@ SpqrResult spqr_quantize(const float* W_in, int64_t N, int64_t K, const float* H
       if (p % beta1 == 0) fit_group(p);
       const float d = Hinv[p * K + p];
       // a. every row's code and scaled error at column p
-      global_pool().parallel_for(N, 64, [&](int64_t n0, int64_t n1) {
+      global_pool()->parallel_for(N, 64, [&](int64_t n0, int64_t n1) {
         for (int64_t n = n0; n < n1; ++n) {
           const float w = W[n * K + p];
           col_what[n] = quantize_real(w, row_scale[n], row_zero[n], maxq, &col_code[n]);
@@ -413,7 +413,7 @@ SpqrResult spqr_quantize(const float* W_in, int64_t N, int64_t K, const float* H
         used += (int64_t)candidates.size();
       }
       // c. outlier residuals, the error and its feedback to the rest of the block
-      global_pool().parallel_for(N, 64, [&](int64_t n0, int64_t n1) {
+      global_pool()->parallel_for(N, 64, [&](int64_t n0, int64_t n1) {
         for (int64_t n = n0; n < n1; ++n) {
           float* row = W.data() + n * K;
           const float w = row[p];
@@ -462,7 +462,7 @@ SpqrResult spqr_quantize(const float* W_in, int64_t N, int64_t K, const float* H
 
 void spqr_dequantize(const SpqrMatrix& W, float* out) {
   const int64_t G = W.groups(), NB = W.row_blocks();
-  global_pool().parallel_for(W.N, 8, [&](int64_t n0, int64_t n1) {
+  global_pool()->parallel_for(W.N, 8, [&](int64_t n0, int64_t n1) {
     for (int64_t n = n0; n < n1; ++n) {
       const int64_t b = n / W.beta2;
       for (int64_t p = 0; p < W.K; ++p) {

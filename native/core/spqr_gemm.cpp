@@ -19,7 +19,7 @@ SpqrCpuWeights SpqrCpuWeights::from(const SpqrMatrix& W) {
   c.NB = W.row_blocks();
   c.row_bytes = ceil_div(W.K, 8) * W.bits;
   c.codes.assign((size_t)(c.N * c.row_bytes + 8), 0);
-  global_pool().parallel_for(c.N, 16, [&](int64_t n0, int64_t n1) {
+  global_pool()->parallel_for(c.N, 16, [&](int64_t n0, int64_t n1) {
     for (int64_t n = n0; n < n1; ++n)
       for (int64_t p = 0; p < W.K; ++p)
         bitstream_put(c.codes.data() + n * c.row_bytes, p, W.bits, bitstream_get(W.qweight, n * W.K + p, W.bits));
@@ -56,7 +56,7 @@ void spqr_gemm(const float* X, int64_t M, const SpqrCpuWeights& W, float* Y) {
   for (int64_t m = 0; m < M; ++m)
     for (int64_t p = 0; p < K; ++p) Xp[m * Kp + p] = X[m * K + (W.perm.empty() ? p : W.perm[p])];
   const SimdLevel level = active_simd();
-  global_pool().parallel_for(W.N, std::max<int64_t>(1, 4096 / std::max<int64_t>(1, K)), [&](int64_t n0, int64_t n1) {
+  global_pool()->parallel_for(W.N, std::max<int64_t>(1, 4096 / std::max<int64_t>(1, K)), [&](int64_t n0, int64_t n1) {
     std::vector<float> qf((size_t)Kp, 0.f), w((size_t)Kp, 0.f);
     switch (level) {
       case SimdLevel::Avx512: spqr_avx512::spqr_rows(W, Xp.data(), M, n0, n1, qf.data(), w.data(), Y); break;
