@@ -122,13 +122,22 @@ function deviceIndex(options: PackedMatmulOptions | undefined): number {
   return resolveDevice(options?.device ?? 'cpu');
 }
 
-/** Y = X · Wᵀ, X [M, K] and Y [M, N] row-major f32, W packed; runs off the event loop. */
+/**
+ * Rows up to which a CPU product runs in place on the calling thread: the asynchronous path copies W
+ * into native memory first (a worker may never read JavaScript memory, which could be transferred
+ * meanwhile: docs/RELIABILITY.md), and that copy takes the event loop about as long as a product of
+ * one or two rows (4096 × 4096 4-bit: ~0.7 ms copy, ~0.8 ms product, measured).
+ */
+const IN_PLACE_ROWS = 2;
+
+/** Y = X · Wᵀ, X [M, K] and Y [M, N] row-major f32, W packed; runs off the event loop (products of ≤ 2 rows on the CPU run in place). */
 export async function packedMatmul(x: Float32Array | Tensor, M: number, W: PackedWeights, options?: PackedMatmulOptions): Promise<Float32Array> {
   validatePackedWeights(W);
   const X = activations(x, M, W.K);
   const device = deviceIndex(options);
   const Y = outputArray(options, M * W.N);
-  await native().packedGemm(X, M, W, Y, device);
+  if (device < 0 && M <= IN_PLACE_ROWS) native().packedGemmSync(X, M, W, Y, device);
+  else await native().packedGemm(X, M, W, Y, device);
   return Y;
 }
 
