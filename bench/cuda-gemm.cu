@@ -1,51 +1,321 @@
-// Times the CUDA packed product (device-resident weights, cuda::packed_gemm_device) against the
-// card's measured device-to-device copy bandwidth. A standalone program built with nvcc from the
-// same sources as the addon (bench/device.sh builds and runs it); not part of the addon.
+// The GPTQ GPU products (cuda/gptq_kernels): a correctness check against float64 and the timings.
+// A standalone program built with nvcc from the same sources as the addon; not part of the addon.
 //
-//   nvcc -O3 -std=c++17 -arch=sm_90 -Icuda bench/cuda-gemm.cu cuda/packed_gemm.cu cuda/device.cu -o cuda-gemm
+//   nvcc -O3 -std=c++17 -gencode arch=compute_90,code=sm_90 --expt-relaxed-constexpr bench/cuda-gemm.cu \
+//     cuda/gptq_kernels/gemm.cu cuda/gptq_kernels/repack.cu cuda/packed_gemm.cu cuda/device.cu \
+//     native/core/pack.cpp native/core/thread_pool.cpp -o cuda-gemm
+//   cuda-gemm check              every kernel configuration against float64 (exit 1 on a failure)
+//   cuda-gemm bench [out.json]   timings over the issue's shapes (and a sweep of configurations)
+//
+// Check: random GPTQ checkpoints (2/3/4 bits, odd K and N, groups of 32/64/128/per-channel, shuffled
+// g_idx, v1 and v2 zeros), packed with native/core's packer, repacked (and the repack undone: it
+// must give back q, zeros and scales exactly), multiplied in fp16 and bf16 by every configuration
+// and split, outputs poisoned with NaN before each run and each run done twice (the split-K scratch
+// must be left clean), and once more through a captured CUDA graph. Each element must lie within a
+// bound derived from the rounding of the weights to fp16/bf16 (inline scaling), of the output, and
+// fp32 accumulation: |y - ref| <= 2·u_w·Σ|x·w| + u_out·|ref| + 2^-20·Σ|x·w|.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <memory>
-#include <random>
+#include <string>
 #include <vector>
 
 #include "../cuda/cuda_api.hpp"
-#include "cuda_bench.cuh"
+#include "../cuda/gptq_kernels/gptq_kernels.hpp"
+#include "../native/core/pack.hpp"
 #include "../native/core/weight_format.hpp"
+#include "cuda_bench.cuh"
 
 using namespace lowbit;
+using cuda::GptqDtype;
 
-// Median time in microseconds of `reps` runs of f, each timed with events, after warm-up.
+namespace {
+
+struct Rng {
+  uint64_t s;
+  explicit Rng(uint64_t seed) : s(seed * 0x9E3779B97F4A7C15ull + 1) {}
+  uint64_t next() {
+    s ^= s << 13;
+    s ^= s >> 7;
+    s ^= s << 17;
+    return s;
+  }
+  double uniform() { return (double)(next() >> 11) * (1.0 / 9007199254740992.0); }
+  double normal() {
+    const double u = 1.0 - uniform(), v = uniform();
+    return std::sqrt(-2.0 * std::log(u)) * std::cos(6.283185307179586 * v);
+  }
+};
+
+double f16_value(uint16_t h) { return (double)__half2float(__ushort_as_half(h)); }
+
 template <class F>
-double median_us(F f, int reps = 50) {
-  for (int i = 0; i < 5; ++i) f();
+double median_us(F f, int reps = 30, cudaStream_t stream = nullptr) {
+  for (int i = 0; i < 3; ++i) f();
   cudaEvent_t a, b;
   CK(cudaEventCreate(&a));
   CK(cudaEventCreate(&b));
   std::vector<float> t;
   for (int i = 0; i < reps; ++i) {
-    CK(cudaEventRecord(a));
+    CK(cudaEventRecord(a, stream));
     f();
-    CK(cudaEventRecord(b));
+    CK(cudaEventRecord(b, stream));
     CK(cudaEventSynchronize(b));
     float ms = 0;
     CK(cudaEventElapsedTime(&ms, a, b));
     t.push_back(ms * 1000.f);
   }
   CK(cudaGetLastError());
+  CK(cudaEventDestroy(a));
+  CK(cudaEventDestroy(b));
   std::sort(t.begin(), t.end());
   return t[t.size() / 2];
 }
 
-int main() {
-  CK(cudaSetDevice(0));
+// ---------------------------------------------------------------- check
+
+struct Case {
+  int bits;
+  int64_t K, N, gs;
+  bool shuffled;
+  int zero_offset;
+};
+
+struct Checkpoint {
+  PackedMatrix W;
+  std::vector<uint8_t> q;  // [N, K]
+  std::vector<int32_t> zeros, qw, qz, gidx;
+  std::vector<uint16_t> scales;
+};
+
+void make_checkpoint(const Case& c, Rng& rng, Checkpoint& ck) {
+  const int64_t G = (c.K + c.gs - 1) / c.gs, maxq = (1 << c.bits) - 1;
+  ck.q.resize((size_t)(c.N * c.K));
+  for (auto& v : ck.q) v = (uint8_t)(rng.next() % (uint64_t)(maxq + 1));
+  ck.zeros.resize((size_t)(G * c.N));
+  for (auto& z : ck.zeros) z = c.zero_offset + (int32_t)(rng.next() % (uint64_t)(maxq + 1 - c.zero_offset));
+  ck.scales.resize((size_t)(G * c.N));
+  for (auto& s : ck.scales) s = (uint16_t)(((6 + rng.next() % 6) << 10) | (rng.next() % 1024));
+  ck.gidx.clear();
+  if (c.shuffled) {
+    ck.gidx.resize((size_t)c.K);
+    for (int64_t k = 0; k < c.K; ++k) ck.gidx[(size_t)k] = (int32_t)(k / c.gs);
+    for (int64_t k = c.K - 1; k > 0; --k) std::swap(ck.gidx[(size_t)k], ck.gidx[(size_t)(rng.next() % (uint64_t)(k + 1))]);
+  }
+  PackedMatrix& W = ck.W;
+  W.bits = c.bits;
+  W.K = c.K;
+  W.N = c.N;
+  W.group_size = c.gs;
+  W.groups = G;
+  W.zero_offset = c.zero_offset;
+  ck.qw.assign((size_t)W.qweight_words(), 0);
+  ck.qz.assign((size_t)W.qzeros_words(), 0);
+  pack_qweight(ck.q.data(), c.N, c.K, c.bits, ck.qw.data());
+  pack_qzeros(ck.zeros.data(), G, c.N, c.bits, c.zero_offset, ck.qz.data());
+  W.qweight = ck.qw.data();
+  W.qzeros = ck.qz.data();
+  W.scales = ck.scales.data();
+  W.g_idx = c.shuffled ? ck.gidx.data() : nullptr;
+}
+
+uint16_t to_bits(float v, GptqDtype dt) {
+  if (dt == GptqDtype::f16) return __half_as_ushort(__float2half_rn(v));
+  const __nv_bfloat16 b = __float2bfloat16_rn(v);
+  return *reinterpret_cast<const uint16_t*>(&b);
+}
+double from_bits(uint16_t h, GptqDtype dt) {
+  if (dt == GptqDtype::f16) return f16_value(h);
+  uint32_t u = (uint32_t)h << 16;
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+
+int failures = 0;
+
+// Compares Y (device, dtype bits) with the float64 product; returns the max error / bound ratio.
+double compare(const std::vector<uint16_t>& y, const std::vector<double>& ref, const std::vector<double>& absref,
+               GptqDtype dt, bool defer, const char* what) {
+  const double u_w = dt == GptqDtype::f16 ? std::ldexp(1.0, -11) : std::ldexp(1.0, -8);
+  const double u_out = dt == GptqDtype::f16 ? std::ldexp(1.0, -11) : std::ldexp(1.0, -8);
+  double worst = 0;
+  size_t bad = 0, first_bad = 0;
+  for (size_t i = 0; i < ref.size(); ++i) {
+    const double v = from_bits(y[i], dt);
+    const double bound = (defer ? 0.0 : 2 * u_w * absref[i]) + u_out * std::fabs(ref[i]) + std::ldexp(absref[i], -20) + 1e-30;
+    const double r = std::isfinite(v) ? std::fabs(v - ref[i]) / bound : 1e30;
+    if (r > 1.0 && bad++ == 0) first_bad = i;
+    worst = std::max(worst, r);
+  }
+  if (bad) {
+    ++failures;
+    std::printf("FAIL %s: %zu of %zu elements off (first %zu: got %g want %g), worst error/bound %.3g\n", what, bad,
+                ref.size(), first_bad, from_bits(y[first_bad], dt), ref[first_bad], worst);
+  }
+  return worst;
+}
+
+void check_case(const Case& c, Rng& rng) {
+  Checkpoint ck;
+  make_checkpoint(c, rng, ck);
+  const cuda::GptqRepacked R = cuda::repack_gptq_host(ck.W);
+  {
+    std::vector<uint8_t> q;
+    std::vector<int32_t> z;
+    std::vector<uint16_t> s;
+    cuda::unrepack_gptq_host(R, q, z, s);
+    if (q != ck.q || z != ck.zeros || s != ck.scales) {
+      ++failures;
+      std::printf("FAIL repack round trip: bits %d K %lld N %lld gs %lld\n", c.bits, (long long)c.K, (long long)c.N,
+                  (long long)c.gs);
+    }
+  }
+  std::unique_ptr<cuda::GptqDeviceWeights> dW(new cuda::GptqDeviceWeights(R, 0));
+  // Dequantized weights, float64, [N, K].
+  std::vector<double> w((size_t)(c.N * c.K));
+  for (int64_t n = 0; n < c.N; ++n)
+    for (int64_t k = 0; k < c.K; ++k) {
+      const int64_t g = ck.W.group_of(k);
+      w[(size_t)(n * c.K + k)] =
+          ((double)ck.q[(size_t)(n * c.K + k)] - ck.zeros[(size_t)(g * c.N + n)]) * f16_value(ck.scales[(size_t)(g * c.N + n)]);
+    }
+  double worst = 0;
+  int runs = 0;
+  for (GptqDtype dt : {GptqDtype::f16, GptqDtype::bf16})
+    for (int64_t M : {1, 3, 8, 13, 16, 29, 64, 100, 256}) {
+      std::vector<uint16_t> x((size_t)(M * c.K));
+      std::vector<double> xd(x.size());
+      for (size_t i = 0; i < x.size(); ++i) {
+        x[i] = to_bits((float)rng.normal(), dt);
+        xd[i] = from_bits(x[i], dt);
+      }
+      std::vector<double> ref((size_t)(M * c.N)), absref(ref.size());
+      for (int64_t m = 0; m < M; ++m)
+        for (int64_t n = 0; n < c.N; ++n) {
+          double s = 0, a = 0;
+          const double* wr = &w[(size_t)(n * c.K)];
+          const double* xr = &xd[(size_t)(m * c.K)];
+          for (int64_t k = 0; k < c.K; ++k) s += xr[k] * wr[k], a += std::fabs(xr[k] * wr[k]);
+          ref[(size_t)(m * c.N + n)] = s;
+          absref[(size_t)(m * c.N + n)] = a;
+        }
+      void *dx, *dy;
+      CK(cudaMalloc(&dx, x.size() * 2));
+      CK(cudaMalloc(&dy, ref.size() * 2));
+      CK(cudaMemcpy(dx, x.data(), x.size() * 2, cudaMemcpyHostToDevice));
+      std::vector<uint16_t> y(ref.size());
+      for (int config = 0; config < cuda::gptq_config_count(); ++config)
+        for (int splits : {1, 3, 16}) {
+          for (int rep = 0; rep < 2; ++rep) {
+            CK(cudaMemset(dy, 0xff, y.size() * 2));  // NaN in fp16 and bf16
+            if (!cuda::gptq_matmul_config(*dW, dx, dt, M, dy, nullptr, config, splits)) break;
+            CK(cudaDeviceSynchronize());
+            CK(cudaMemcpy(y.data(), dy, y.size() * 2, cudaMemcpyDeviceToHost));
+            char what[256];
+            std::snprintf(what, sizeof what, "bits %d K %lld N %lld gs %lld%s zo %d %s M %lld %s splits %d run %d",
+                          c.bits, (long long)c.K, (long long)c.N, (long long)c.gs, c.shuffled ? " act-order" : "",
+                          c.zero_offset, dt == GptqDtype::f16 ? "fp16" : "bf16", (long long)M,
+                          cuda::gptq_config_name(config), splits, rep);
+            const bool defer = dW->uniform_chunks && config <= 1;
+            worst = std::max(worst, compare(y, ref, absref, dt, defer, what));
+            ++runs;
+          }
+        }
+      // The default choice, through a captured graph, replayed twice.
+      {
+        cudaStream_t st;
+        CK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
+        cuda::gptq_matmul(*dW, dx, dt, M, dy, st);  // grows the scratch outside capture
+        CK(cudaStreamSynchronize(st));
+        cudaGraph_t graph;
+        cudaGraphExec_t exec;
+        CK(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal));
+        cuda::gptq_matmul(*dW, dx, dt, M, dy, st);
+        CK(cudaStreamEndCapture(st, &graph));
+        CK(cudaGraphInstantiate(&exec, graph, 0));
+        for (int rep = 0; rep < 2; ++rep) {
+          CK(cudaMemsetAsync(dy, 0xff, y.size() * 2, st));
+          CK(cudaGraphLaunch(exec, st));
+          CK(cudaStreamSynchronize(st));
+          CK(cudaMemcpy(y.data(), dy, y.size() * 2, cudaMemcpyDeviceToHost));
+          int config, splits;
+          cuda::gptq_choose(*dW, M, &config, &splits);
+          compare(y, ref, absref, dt, dW->uniform_chunks && config <= 1, "graph replay");
+        }
+        CK(cudaGraphExecDestroy(exec));
+        CK(cudaGraphDestroy(graph));
+        CK(cudaStreamDestroy(st));
+      }
+      CK(cudaFree(dx));
+      CK(cudaFree(dy));
+    }
+  std::printf("check bits %d K %5lld N %4lld gs %4lld %-9s zo %d: %s=%d %s=%d, %d runs, worst error/bound %.3f\n",
+              c.bits, (long long)c.K, (long long)c.N, (long long)c.gs, c.shuffled ? "act-order" : "", c.zero_offset,
+              "identity", (int)R.identity_k, "uniform", (int)R.uniform_chunks, runs, worst);
+}
+
+int run_check() {
+  Rng rng(20261201);
+  const Case cases[] = {
+      {4, 1000, 200, 128, false, 1},  // K not a multiple of 128 (partial chunk), N not of 64
+      {4, 1003, 77, 32, true, 1},     // act-order, odd K (gathered X), groups of 32 (inline scaling)
+      {4, 768, 130, 128, true, 0},    // act-order with whole chunks per group (deferred scaling), v2 zeros
+      {4, 1000, 64, 1000, false, 1},  // per-channel
+      {4, 996, 96, 64, false, 1},     // K % 8 != 0 (X copied), groups of 64
+      {3, 1000, 200, 128, false, 1}, {3, 1003, 77, 32, true, 0}, {3, 768, 130, 128, true, 1},
+      {3, 2048, 144, 64, false, 1},
+      {2, 1000, 200, 128, false, 1}, {2, 1003, 77, 32, true, 1}, {2, 768, 130, 128, true, 0},
+      {2, 2048, 144, 2048, false, 1},
+  };
+  for (const Case& c : cases) check_case(c, rng);
+  std::printf("check: %s (%d failures)\n", failures ? "FAILED" : "passed", failures);
+  return failures ? 1 : 0;
+}
+
+// ---------------------------------------------------------------- bench
+
+// A repacked matrix filled directly with random bytes (the timing does not depend on what the codes
+// are); groups of gs along K in order.
+cuda::GptqRepacked random_repacked(int bits, int64_t K, int64_t N, int64_t gs, Rng& rng) {
+  cuda::GptqRepacked R;
+  R.bits = bits;
+  R.K = K;
+  R.N = N;
+  R.Kp = (K + 127) / 128 * 128;
+  R.Np = (N + 127) / 128 * 128;
+  R.groups = (K + gs - 1) / gs;
+  R.identity_k = true;
+  R.uniform_chunks = gs % 128 == 0;
+  R.weights.resize((size_t)((R.Np / 16) * (R.Kp / 128) * 256 * bits));
+  for (size_t i = 0; i + 8 <= R.weights.size(); i += 8) {
+    const uint64_t v = rng.next();
+    std::memcpy(&R.weights[i], &v, 8);
+  }
+  R.scale_zero.resize((size_t)(R.groups * (R.Np / 16) * 32));
+  for (size_t i = 0; i < R.scale_zero.size(); i += 4) {
+    R.scale_zero[i] = (uint16_t)(0x2000 | (rng.next() & 0x3ff));
+    R.scale_zero[i + 1] = (uint16_t)(0x2000 | (rng.next() & 0x3ff));
+    R.scale_zero[i + 2] = 0x4000;  // zero point 2
+    R.scale_zero[i + 3] = 0x4200;  // 3
+  }
+  R.slot_group.resize((size_t)(R.Kp / 32));
+  for (size_t s = 0; s < R.slot_group.size(); ++s) R.slot_group[s] = (int32_t)std::min<int64_t>((int64_t)s * 32 / gs, R.groups - 1);
+  R.perm.resize((size_t)R.Kp);
+  for (int64_t i = 0; i < R.Kp; ++i) R.perm[(size_t)i] = i < K ? (int32_t)i : -1;
+  return R;
+}
+
+int run_bench(const char* json_path, bool sweep) {
   cudaDeviceProp prop;
   CK(cudaGetDeviceProperties(&prop, 0));
   std::printf("device: %s, %d SMs, L2 %d MB\n", prop.name, prop.multiProcessorCount, prop.l2CacheSize >> 20);
-
-  // Copy ceiling: 1 GiB device-to-device, bytes read + written.
   const size_t copy_bytes = size_t(1) << 30;
   void *src, *dst;
   CK(cudaMalloc(&src, copy_bytes));
@@ -57,53 +327,128 @@ int main() {
   CK(cudaFree(src));
   CK(cudaFree(dst));
 
-  std::mt19937 gen(1234);
+  cudaStream_t stream;
+  CK(cudaStreamCreate(&stream));
+  FILE* js = json_path ? std::fopen(json_path, "w") : nullptr;
+  if (js) std::fprintf(js, "{\"device\":\"%s\",\"copy_gbs\":%.1f,\"rows\":[\n", prop.name, copy_gbs);
+  bool first_row = true;
+  Rng rng(7);
   struct Shape { int64_t K, N; };
-  const Shape shapes[] = {{4096, 4096}, {4096, 11008}, {11008, 4096}};
-  const int bits_list[] = {4, 3, 2, 8};
-  std::printf("\n| bits | K x N | group | M | time (us) | weight GB/s | of copy bw | GFLOP/s |\n");
-  std::printf("| --- | --- | --- | --- | --- | --- | --- | --- |\n");
-  for (int bits : bits_list)
-    for (const Shape& s : shapes) {
-      const int64_t gs = 128, G = (s.K + gs - 1) / gs;
-      PackedMatrix host;
-      host.bits = bits;
-      host.K = s.K;
-      host.N = s.N;
-      host.group_size = gs;
-      host.groups = G;
-      host.zero_offset = 1;
-      std::vector<int32_t> qw((size_t)host.qweight_words()), qz((size_t)host.qzeros_words());
-      std::vector<uint16_t> sc((size_t)(G * s.N));
-      for (auto& w : qw) w = (int32_t)gen();
-      for (auto& w : qz) w = (int32_t)gen();
-      for (auto& v : sc) v = (uint16_t)(0x2000 | (gen() & 0x3ff));  // fp16 around 2^-7
-      host.qweight = qw.data();
-      host.qzeros = qz.data();
-      host.scales = sc.data();
-      // Enough copies of W to overflow the 50 MB L2, used in turn: each run reads its weights from memory.
-      std::vector<std::unique_ptr<cuda::PackedMatrixDevice>> copies;
-      copies.emplace_back(new cuda::PackedMatrixDevice(0, host));
-      const double weight_bytes = (double)copies[0]->bytes();
-      while ((double)copies.size() * weight_bytes < 256e6) copies.emplace_back(new cuda::PackedMatrixDevice(0, host));
-      size_t turn = 0;
-      for (int64_t M : {1, 8, 256}) {
-        if (bits != 4 && M != 1) continue;
-        std::vector<float> hx((size_t)(M * s.K));
-        std::normal_distribution<float> nd;
-        for (auto& v : hx) v = nd(gen);
-        float *X, *Y;
-        CK(cudaMalloc(&X, hx.size() * 4));
-        CK(cudaMalloc(&Y, (size_t)(M * s.N) * 4));
-        CK(cudaMemcpy(X, hx.data(), hx.size() * 4, cudaMemcpyHostToDevice));
-        const double us = median_us([&] { cuda::packed_gemm_device(*copies[turn++ % copies.size()], X, M, Y, nullptr); });
-        const double gbs = weight_bytes / us / 1e3;
-        std::printf("| %d | %lld x %lld | %lld | %lld | %.1f | %.0f | %.0f%% | %.0f |\n", bits, (long long)s.K,
-                    (long long)s.N, (long long)gs, (long long)M, us, gbs, 100.0 * gbs / copy_gbs,
-                    2.0 * M * s.K * s.N / us / 1e3);
-        CK(cudaFree(X));
-        CK(cudaFree(Y));
+  const Shape shapes[] = {{4096, 4096}, {4096, 11008}, {11008, 4096}, {8192, 8192}, {8192, 28672}, {28672, 8192}};
+  const int64_t Ms[] = {1, 2, 4, 8, 16, 32, 64, 128, 256};
+  std::printf("\n| K x N | bits | group | M | us | GB/s | of copy | TFLOP/s | config | best us (config, splits) |\n");
+  std::printf("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n");
+  struct Job { Shape s; int bits; int64_t gs; };
+  std::vector<Job> jobs;
+  for (const Shape& s : shapes)
+    for (int bits : {4, 3, 2}) jobs.push_back({s, bits, 128});
+  for (int bits : {4, 3, 2}) jobs.push_back({{8192, 8192}, bits, 32});
+  for (const Job& job : jobs) {
+    const Shape s = job.s;
+    const cuda::GptqRepacked R = random_repacked(job.bits, s.K, s.N, job.gs, rng);
+    std::vector<std::unique_ptr<cuda::GptqDeviceWeights>> copies;
+    copies.emplace_back(new cuda::GptqDeviceWeights(R, 0));
+    const double wbytes = (double)copies[0]->weight_bytes;
+    while ((double)copies.size() * wbytes < 300e6) copies.emplace_back(new cuda::GptqDeviceWeights(R, 0));
+    void *dx, *dy;
+    CK(cudaMalloc(&dx, (size_t)(256 * s.K * 2)));
+    CK(cudaMalloc(&dy, (size_t)(256 * s.N * 2)));
+    {
+      std::vector<uint16_t> hx((size_t)(256 * s.K));
+      for (auto& v : hx) v = to_bits((float)rng.normal(), GptqDtype::f16);
+      CK(cudaMemcpy(dx, hx.data(), hx.size() * 2, cudaMemcpyHostToDevice));
+    }
+    for (int64_t M : Ms) {
+      // Time per product inside a CUDA graph of kBatch products over rotating weight copies (the way
+      // a forward pass would run them), so that launch latency is not counted.
+      auto time_cfg = [&](int config, int splits) -> double {
+        for (auto& c : copies)
+          if (!cuda::gptq_matmul_config(*c, dx, GptqDtype::f16, M, dy, nullptr, config, splits)) return -1.0;
+        CK(cudaDeviceSynchronize());
+        constexpr int kBatch = 20;
+        cudaGraph_t graph;
+        cudaGraphExec_t exec;
+        CK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
+        for (int i = 0; i < kBatch; ++i)
+          cuda::gptq_matmul_config(*copies[i % copies.size()], dx, GptqDtype::f16, M, dy, stream, config, splits);
+        CK(cudaStreamEndCapture(stream, &graph));
+        CK(cudaGraphInstantiate(&exec, graph, 0));
+        const double us = median_us([&] { CK(cudaGraphLaunch(exec, stream)); }, 10, stream) / kBatch;
+        CK(cudaGraphExecDestroy(exec));
+        CK(cudaGraphDestroy(graph));
+        return us;
+      };
+      int config, splits;
+      cuda::gptq_choose(*copies[0], M, &config, &splits);
+      const double us = time_cfg(config, splits);
+      double best = us;
+      int best_c = config, best_s = splits;
+      if (sweep) {
+        for (int c = 0; c < cuda::gptq_config_count(); ++c)
+          for (int sp : {1, 2, 4, 8, 16}) {
+            if (c == config && sp == splits) continue;
+            const double t = time_cfg(c, sp);
+            if (t > 0 && t < best) best = t, best_c = c, best_s = sp;
+          }
+      }
+      const double gbs = wbytes / us / 1e3;
+      std::printf("| %lld x %lld | %d | %lld | %lld | %.1f | %.0f | %.0f%% | %.1f | %s/%d | %.1f (%s, %d) |\n",
+                  (long long)s.K, (long long)s.N, job.bits, (long long)job.gs, (long long)M, us, gbs,
+                  100.0 * gbs / copy_gbs, 2.0 * M * s.K * s.N / us / 1e6, cuda::gptq_config_name(config), splits, best,
+                  cuda::gptq_config_name(best_c), best_s);
+      std::fflush(stdout);
+      if (js) {
+        std::fprintf(js,
+                     "%s{\"K\":%lld,\"N\":%lld,\"M\":%lld,\"bits\":%d,\"group\":%lld,\"us\":%.2f,\"weight_bytes\":%.0f,"
+                     "\"config\":\"%s\",\"splits\":%d,\"best_us\":%.2f,\"best_config\":\"%s\",\"best_splits\":%d}",
+                     first_row ? "" : ",\n", (long long)s.K, (long long)s.N, (long long)M, job.bits, (long long)job.gs, us,
+                     wbytes, cuda::gptq_config_name(config), splits, best, cuda::gptq_config_name(best_c), best_s);
+        first_row = false;
       }
     }
+    CK(cudaFree(dx));
+    CK(cudaFree(dy));
+  }
+  if (js) {
+    std::fprintf(js, "\n]}\n");
+    std::fclose(js);
+  }
   return 0;
+}
+
+// A few launches of one shape per bit width, for a profiler: M = 1, 16 and 256 at 8192 x 28672.
+int run_profile() {
+  Rng rng(3);
+  for (int bits : {4, 3, 2}) {
+    const cuda::GptqRepacked R = random_repacked(bits, 8192, 28672, 128, rng);
+    cuda::GptqDeviceWeights W(R, 0);
+    void *dx, *dy;
+    CK(cudaMalloc(&dx, 256 * 8192 * 2));
+    CK(cudaMalloc(&dy, 256 * 28672 * 2));
+    CK(cudaMemset(dx, 0x3c, 256 * 8192 * 2));
+    for (int64_t M : {1, 16, 256})
+      cuda::gptq_matmul(W, dx, GptqDtype::f16, M, dy, nullptr);
+    CK(cudaDeviceSynchronize());
+    CK(cudaFree(dx));
+    CK(cudaFree(dy));
+  }
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CK(cudaSetDevice(0));
+  const std::string mode = argc > 1 ? argv[1] : "check";
+  try {
+    if (mode == "check") return run_check();
+    if (mode == "bench") return run_bench(argc > 2 ? argv[2] : nullptr, false);
+    if (mode == "profile") return run_profile();
+    if (mode == "sweep") return run_bench(argc > 2 ? argv[2] : nullptr, true);
+  } catch (const std::exception& e) {
+    std::printf("error: %s\n", e.what());
+    return 1;
+  }
+  std::printf("usage: cuda-gemm check | bench [out.json] | sweep [out.json]\n");
+  return 2;
 }

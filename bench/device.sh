@@ -13,7 +13,8 @@ nvcc_flags=(-O3 -std=c++17 -arch=sm_90 --expt-relaxed-constexpr)
 
 if [[ ${1:-} == --build-only ]]; then
   mkdir -p "$bin"
-  nvcc "${nvcc_flags[@]}" bench/cuda-gemm.cu cuda/packed_gemm.cu cuda/device.cu -o "$bin/cuda-gemm"
+  nvcc "${nvcc_flags[@]}" bench/cuda-gemm.cu cuda/gptq_kernels/gemm.cu cuda/gptq_kernels/repack.cu cuda/device.cu \
+    native/core/pack.cpp native/core/thread_pool.cpp -o "$bin/cuda-gemm"
   # The GPTQ check links the CPU implementation (native/core, without the model) to compare against.
   nvcc "${nvcc_flags[@]}" bench/cuda-gptq.cu cuda/gptq.cu cuda/linalg.cu cuda/device.cu \
     $(ls native/core/*.cpp) -o "$bin/cuda-gptq" -ldl
@@ -47,8 +48,14 @@ for step in "${steps[@]}"; do
       { echo "## CUDA tests (rc $rc)"; grep -E "Tests |Test Files |✓|✗|×|FAIL" "$OUT/tests.log" | sed 's/\x1b\[[0-9;]*m//g' | tail -40; } >> "$summary"
       ;;
     gemm)
-      "$bin/cuda-gemm" 2>&1 | tee "$OUT/gemm.log" >&2
-      { echo "## packed GEMV/GEMM"; grep -E "^\||device" "$OUT/gemm.log"; } >> "$summary"
+      # The GPTQ kernels: correctness against float64, then the timing sweep and the peers (cuBLAS,
+      # tinygemm) in the same run; bench/gemm-report.py (here) turns mine.json + peers.json into
+      # bench/results/h200-gemm.json, the plot and the tables of RESULTS.md.
+      "$bin/cuda-gemm" check 2>&1 | tee "$OUT/gemm-check.log" >&2
+      [[ ${PIPESTATUS[0]} -ne 0 ]] && status=1
+      "$bin/cuda-gemm" sweep "$OUT/mine.json" 2>&1 | tee "$OUT/gemm.log" >&2
+      (cd "$OUT" && PYTHONUNBUFFERED=1 python3 "$root/bench/gemm-peers.py" "$OUT/peers.json") 2>&1 | tee "$OUT/peers.log" >&2
+      { echo "## GPTQ GEMV/GEMM"; tail -1 "$OUT/gemm-check.log"; grep -E "^\||device" "$OUT/gemm.log"; } >> "$summary"
       ;;
     gptq)
       if [[ -x $bin/cuda-gptq ]]; then

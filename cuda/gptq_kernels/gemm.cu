@@ -1,0 +1,668 @@
+// The GPTQ product on the tensor cores, for every batch size: Y [M, N] = X [M, K] · Wᵀ with W in
+// the repacked layout (layout.hpp), fp16 or bf16 X and Y, fp32 accumulation.
+//
+// One kernel template. A block owns BN = 16·NT·WN output columns and BM = 8·MT·WM rows of X, and a
+// range of K (split-K over the grid's z when the (N, M) tiles alone would leave the GPU idle). Each
+// 128-wide chunk of K is one stage of a cp.async pipeline: X's tile, the block's weight records and
+// each lane's scale/zero record go to shared memory STAGES-1 chunks ahead of use. Each warp then
+// dequantizes its 16-column tiles in registers (magic-number conversion: the packed integers OR'd
+// into the mantissa of 1024.0 (fp16) or 128.0 (bf16), one subtraction removes bias and zero point)
+// and multiplies with mma.sync m16n8k16, weights as operand A, X as operand B, so one row of X costs
+// no more than 8 do.
+//
+// Scales: when every chunk lies in one group (groups of 128 or more, the usual case) and a warp holds
+// few rows of X (MT <= 2), the mma accumulates (q - zero) · x exactly per chunk and the fp16 scale is
+// applied once per chunk in fp32 ("deferred"); otherwise each weight is scaled in fp16/bf16 before
+// the mma ("inline").
+//
+// Split-K: the partial sums go to an fp32 buffer with atomics; the last block of a tile (a counter per
+// tile) writes Y and zeroes the buffer and its counter again, so one launch does it all and the product
+// can be captured in a CUDA graph.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <string>
+#include <type_traits>
+
+#include "../../native/core/common.hpp"
+#include "../cuda_check.cuh"
+#include "gptq_kernels.hpp"
+#include "layout.hpp"
+
+namespace lowbit {
+namespace cuda {
+
+using namespace gptq_layout;
+
+namespace {
+
+
+struct KernelArgs {
+  const uint8_t* weights;
+  const uint16_t* scale_zero;
+  const int32_t* slot_group;
+  const void* x;
+  int64_t ldx;  // elements between rows of x
+  int64_t kx;   // columns of x that hold data (the rest reads as zero)
+  int M;
+  void* y;
+  int N;
+  int Np;
+  int chunks;
+  int splits;
+  float* partial;
+  int32_t* counters;
+};
+
+// ---- small PTX helpers ----
+
+__device__ __forceinline__ uint32_t smem_addr(const void* p) { return (uint32_t)__cvta_generic_to_shared(p); }
+
+__device__ __forceinline__ void cp_async16(void* dst, const void* src, int src_bytes) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr(dst)), "l"(src), "r"(src_bytes));
+}
+__device__ __forceinline__ void cp_async8(void* dst, const void* src) {
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 8;\n" ::"r"(smem_addr(dst)), "l"(src));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+
+// (a & b) | c
+__device__ __forceinline__ uint32_t and_or(uint32_t a, uint32_t b, uint32_t c) {
+  uint32_t d;
+  asm("lop3.b32 %0, %1, %2, %3, 0xEA;\n" : "=r"(d) : "r"(a), "r"(b), "r"(c));
+  return d;
+}
+// (a & 0x33333333) | (b & 0xCCCCCCCC): two low bits from a, two high bits from b, per nibble
+__device__ __forceinline__ uint32_t merge_nibbles(uint32_t a, uint32_t b) {
+  uint32_t d;
+  asm("lop3.b32 %0, %1, %2, %3, 0xE4;\n" : "=r"(d) : "r"(a), "r"(b), "r"(0x33333333u));
+  return d;
+}
+
+template <class T> struct Dtype;
+template <> struct Dtype<__half> {
+  using T2 = __half2;
+  static constexpr uint32_t magic = 0x64006400u;  // 1024.0 in both halves
+  static constexpr float bias = 1024.f;
+};
+template <> struct Dtype<__nv_bfloat16> {
+  using T2 = __nv_bfloat162;
+  static constexpr uint32_t magic = 0x43004300u;  // 128.0 in both halves
+  static constexpr float bias = 128.f;
+};
+
+template <class T2> __device__ __forceinline__ T2 as_t2(uint32_t u) { return *reinterpret_cast<T2*>(&u); }
+template <class T2> __device__ __forceinline__ uint32_t as_u32(T2 v) { return *reinterpret_cast<uint32_t*>(&v); }
+
+template <class T> __device__ __forceinline__ void mma(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1);
+template <> __device__ __forceinline__ void mma<__half>(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+template <>
+__device__ __forceinline__ void mma<__nv_bfloat16>(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+template <class T> __device__ __forceinline__ T from_float(float v);
+template <> __device__ __forceinline__ __half from_float<__half>(float v) { return __float2half_rn(v); }
+template <> __device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
+
+// ---- dequantization of one lane's share of a 16 × 16 tile into the 4 A-fragment registers ----
+
+// Per lane and 16-column tile: what turns the biased integers into weights. Row g of the tile uses
+// index 0, row g + 8 index 1.
+template <class T, int BITS, bool DEFER>
+struct TileConsts {
+  using T2 = typename Dtype<T>::T2;
+  T2 sub[4];    // per register r: the constant subtracted after scaling by mult[r]
+  T2 scale[2];  // inline scaling
+  float scale_f[2];
+
+  __device__ __forceinline__ void init(uint2 rec) {
+    const __half s0 = __ushort_as_half((unsigned short)(rec.x & 0xffff));
+    const __half s1 = __ushort_as_half((unsigned short)(rec.x >> 16));
+    const float z0 = __half2float(__ushort_as_half((unsigned short)(rec.y & 0xffff)));
+    const float z1 = __half2float(__ushort_as_half((unsigned short)(rec.y >> 16)));
+    scale_f[0] = __half2float(s0);
+    scale_f[1] = __half2float(s1);
+    if constexpr (!DEFER) {
+      scale[0] = as_t2<T2>(pack2(from_float<T>(scale_f[0])));
+      scale[1] = as_t2<T2>(pack2(from_float<T>(scale_f[1])));
+    }
+#pragma unroll
+    for (int r = 0; r < 4; ++r) {
+      const float z = (r & 1) ? z1 : z0;
+      sub[r] = as_t2<T2>(pack2(from_float<T>(Dtype<T>::bias / (float)multiplier(r) + z)));
+    }
+  }
+  // fp16 reads some fields in place (scaled by a power of 2, undone by one fma); bf16 shifts them down.
+  static __device__ __forceinline__ constexpr int multiplier(int r) {
+    if constexpr (std::is_same<T, __half>::value) {
+      if constexpr (BITS == 2) return 1 << (2 * r);
+      else return (r & 1) ? 16 : 1;
+    } else {
+      return 1;
+    }
+  }
+  static __device__ __forceinline__ uint32_t pack2(T v) {
+    const uint16_t b = *reinterpret_cast<uint16_t*>(&v);
+    return (uint32_t)b | ((uint32_t)b << 16);
+  }
+};
+
+// The biased field r of the word holding a tile's elements (4- and 3-bit: nibble word; 2-bit: the
+// tile's byte pair selected by `shift`).
+template <class T, int BITS>
+__device__ __forceinline__ uint32_t biased_field(uint32_t w, int r) {
+  constexpr uint32_t magic = Dtype<T>::magic;
+  if constexpr (BITS == 2) {
+    if constexpr (std::is_same<T, __half>::value) return and_or(w, 0x00030003u << (2 * r), magic);
+    else return and_or(w >> (2 * r), 0x00030003u, magic);
+  } else {
+    constexpr uint32_t lo = BITS == 4 ? 0x000f000fu : 0x00070007u;
+    if constexpr (std::is_same<T, __half>::value) {
+      const uint32_t src = (r >= 2) ? (w >> 8) : w;
+      return and_or(src, (r & 1) ? (lo << 4) : lo, magic);
+    } else {
+      return and_or(w >> (4 * r), lo, magic);
+    }
+  }
+}
+
+template <class T, int BITS, bool DEFER>
+__device__ __forceinline__ void dequant(uint32_t w, const TileConsts<T, BITS, DEFER>& c, uint32_t (&a)[4]) {
+  using T2 = typename Dtype<T>::T2;
+  using C = TileConsts<T, BITS, DEFER>;
+#pragma unroll
+  for (int r = 0; r < 4; ++r) {
+    const T2 raw = as_t2<T2>(biased_field<T, BITS>(w, r));
+    T2 v;
+    if constexpr (std::is_same<T, __half>::value) {
+      if (C::multiplier(r) == 1) v = __hsub2(raw, c.sub[r]);
+      else v = __hfma2(raw, __float2half2_rn(1.f / (float)C::multiplier(r)), __hneg2(c.sub[r]));
+    } else {
+      v = __hsub2(raw, c.sub[r]);
+    }
+    if constexpr (!DEFER) v = __hmul2(v, c.scale[r & 1]);
+    a[r] = as_u32(v);
+  }
+}
+
+// Tile j's word: 4-bit word j; 3-bit the rebuilt nibble word; 2-bit word j/2, shifted to tile j's byte pair.
+template <int BITS>
+__device__ __forceinline__ uint32_t tile_word(const uint32_t (&w)[8], int j) {
+  if constexpr (BITS == 4) {
+    return w[j];
+  } else if constexpr (BITS == 2) {
+    return (j & 1) ? (w[j >> 1] >> 8) : w[j >> 1];
+  } else {
+    const uint32_t lo = w[j >> 1], hi = w[4 + (j >> 2)];
+    switch (j & 3) {
+      case 0: return merge_nibbles(lo, hi);
+      case 1: return merge_nibbles(lo >> 2, hi >> 1);
+      case 2: return merge_nibbles(lo, hi << 2);
+      default: return merge_nibbles(lo >> 2, hi << 1);
+    }
+  }
+}
+
+template <int BITS, class T, int MT, int NT, int WM, int WN, bool DEFER>
+struct Config {
+  static constexpr int threads = 32 * WM * WN;
+  static constexpr int BM = 8 * MT * WM, BN = kTileN * NT * WN;
+  static constexpr int stages = BM >= 64 ? 3 : 4;
+  static constexpr int rec = record_bytes(BITS);
+  static constexpr int x_bytes = BM * kChunk * 2;
+  static constexpr int w_bytes = NT * WN * rec;
+  static constexpr int s_bytes = WM * WN * NT * 32 * 8;
+  static constexpr int stage_bytes = x_bytes + w_bytes + s_bytes;
+  static constexpr int smem = stages * stage_bytes;
+};
+
+template <int BITS, class T, int MT, int NT, int WM, int WN, bool DEFER>
+__global__ void __launch_bounds__(32 * WM * WN) gptq_mm_kernel(KernelArgs a) {
+  using Cfg = Config<BITS, T, MT, NT, WM, WN, DEFER>;
+  constexpr int THREADS = Cfg::threads, BM = Cfg::BM, BN = Cfg::BN, STAGES = Cfg::stages;
+  constexpr int REC = Cfg::rec;
+  extern __shared__ uint4 smem_u4[];
+  char* smem = reinterpret_cast<char*>(smem_u4);
+
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int wn = warp % WN, wm = warp / WN, g = lane >> 2, t = lane & 3;
+  const int ntiles = a.Np / kTileN;
+  // x: row block (fastest, so blocks that share weights run together and hit L2), y: column block.
+  const int ntile0 = blockIdx.y * (NT * WN);
+  const int m0 = blockIdx.x * BM;
+  const int c_begin = (int)((int64_t)blockIdx.z * a.chunks / a.splits);
+  const int c_end = (int)((int64_t)(blockIdx.z + 1) * a.chunks / a.splits);
+  const T* X = static_cast<const T*>(a.x);
+
+  // Copy assignments fixed for the whole K loop; a chunk only moves the sources. X: BM rows of 16
+  // units of 8 inputs; unit u (slot u/4, part u%4) is stored at part*4 + slot, XOR 4 on odd rows, so
+  // that the 8 lanes of one 16-byte shared load hit distinct banks. THREADS is a multiple of 32, so a
+  // thread keeps its unit u and the parity of its rows.
+  constexpr int X_UNITS = BM * 16, X_ITERS = (X_UNITS + THREADS - 1) / THREADS, X_ROW_STEP = THREADS / 16;
+  constexpr int W_UNITS = NT * WN * REC / 16, W_ITERS = (W_UNITS + THREADS - 1) / THREADS;
+  const int x_u = tid & 15, x_row0 = tid >> 4;
+  const int x_dst = x_row0 * 16 + (((x_u & 3) * 4 + (x_u >> 2)) ^ ((x_row0 & 1) << 2));
+  const T* x_src0 = X + (int64_t)(m0 + x_row0) * a.ldx + x_u * 8;
+  const uint8_t* w_src0 = a.weights + record_index(ntile0, 0, a.chunks) * REC + tid * 16;
+  const uint16_t* s_src0 = a.scale_zero + ((int64_t)(ntile0 + wn * NT) * 8 + g) * 4;
+
+  auto load_stage = [&](int c, int st) {
+    char* base = smem + st * Cfg::stage_bytes;
+    const int64_t left0 = a.kx - ((int64_t)c * kChunk + x_u * 8);
+    const int x_bytes = left0 >= 8 ? 16 : left0 > 0 ? (int)left0 * 2 : 0;
+#pragma unroll
+    for (int it = 0; it < X_ITERS; ++it) {
+      if (X_UNITS % THREADS == 0 || tid + it * THREADS < X_UNITS) {
+        const bool row_ok = m0 + x_row0 + it * X_ROW_STEP < a.M;
+        const T* src = x_src0 + (int64_t)it * X_ROW_STEP * a.ldx + (int64_t)c * kChunk;
+        cp_async16(base + (x_dst + it * X_ROW_STEP * 16) * 16, row_ok && x_bytes ? src : X, row_ok ? x_bytes : 0);
+      }
+    }
+    char* wbase = base + Cfg::x_bytes;
+#pragma unroll
+    for (int it = 0; it < W_ITERS; ++it) {
+      if (W_UNITS % THREADS == 0 || tid + it * THREADS < W_UNITS)
+        cp_async16(wbase + (tid + it * THREADS) * 16, w_src0 + (int64_t)c * 8 * REC + it * THREADS * 16, 16);
+    }
+    char* sbase = wbase + Cfg::w_bytes;
+    const int grp = __ldg(a.slot_group + c * 4 + t);
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt)
+      cp_async8(sbase + ((warp * NT + nt) * 32 + lane) * 8, s_src0 + ((int64_t)grp * ntiles + nt) * 32);
+  };
+
+  float acc[NT][MT][4];
+#pragma unroll
+  for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+      for (int i = 0; i < 4; ++i) acc[nt][mt][i] = 0.f;
+
+#pragma unroll
+  for (int s = 0; s < STAGES - 1; ++s) {
+    if (c_begin + s < c_end) load_stage(c_begin + s, s);
+    cp_async_commit();
+  }
+
+  for (int c = c_begin; c < c_end; ++c) {
+    cp_async_wait<STAGES - 2>();
+    __syncthreads();
+    {
+      const int cn = c + STAGES - 1;
+      if (cn < c_end) load_stage(cn, (cn - c_begin) % STAGES);
+      cp_async_commit();
+    }
+    const char* base = smem + ((c - c_begin) % STAGES) * Cfg::stage_bytes;
+    const char* wbase = base + Cfg::x_bytes;
+    const char* sbase = wbase + Cfg::w_bytes;
+
+    TileConsts<T, BITS, DEFER> consts[NT];
+    uint32_t words[NT][8];
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt) {
+      consts[nt].init(*reinterpret_cast<const uint2*>(sbase + ((warp * NT + nt) * 32 + lane) * 8));
+      const char* rec = wbase + (wn * NT + nt) * REC;
+      const uint4 w0 = *reinterpret_cast<const uint4*>(rec + lane * 16);
+      words[nt][0] = w0.x, words[nt][1] = w0.y, words[nt][2] = w0.z, words[nt][3] = w0.w;
+      if constexpr (BITS == 4) {
+        const uint4 w1 = *reinterpret_cast<const uint4*>(rec + 512 + lane * 16);
+        words[nt][4] = w1.x, words[nt][5] = w1.y, words[nt][6] = w1.z, words[nt][7] = w1.w;
+      } else if constexpr (BITS == 3) {
+        const uint2 w1 = *reinterpret_cast<const uint2*>(rec + 512 + lane * 8);
+        words[nt][4] = w1.x, words[nt][5] = w1.y, words[nt][6] = 0, words[nt][7] = 0;
+      } else {
+        words[nt][4] = words[nt][5] = words[nt][6] = words[nt][7] = 0;
+      }
+    }
+
+    float cacc[DEFER ? NT : 1][DEFER ? MT : 1][4];
+    if constexpr (DEFER) {
+#pragma unroll
+      for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+          for (int i = 0; i < 4; ++i) cacc[nt][mt][i] = 0.f;
+    }
+
+#pragma unroll
+    for (int v = 0; v < 4; ++v) {
+      uint4 xv[MT];
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt) {
+        const int row = wm * MT * 8 + mt * 8 + g;
+        const int unit = row * 16 + ((v * 4 + t) ^ ((row & 1) << 2));
+        xv[mt] = *reinterpret_cast<const uint4*>(base + unit * 16);
+      }
+#pragma unroll
+      for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+        for (int jj = 0; jj < 2; ++jj) {
+          uint32_t af[4];
+          dequant<T, BITS, DEFER>(tile_word<BITS>(words[nt], 2 * v + jj), consts[nt], af);
+#pragma unroll
+          for (int mt = 0; mt < MT; ++mt) {
+            const uint32_t b0 = jj ? xv[mt].z : xv[mt].x, b1 = jj ? xv[mt].w : xv[mt].y;
+            if constexpr (DEFER) mma<T>(cacc[nt][mt], af, b0, b1);
+            else mma<T>(acc[nt][mt], af, b0, b1);
+          }
+        }
+    }
+    if constexpr (DEFER) {
+#pragma unroll
+      for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt) {
+          acc[nt][mt][0] = fmaf(consts[nt].scale_f[0], cacc[nt][mt][0], acc[nt][mt][0]);
+          acc[nt][mt][1] = fmaf(consts[nt].scale_f[0], cacc[nt][mt][1], acc[nt][mt][1]);
+          acc[nt][mt][2] = fmaf(consts[nt].scale_f[1], cacc[nt][mt][2], acc[nt][mt][2]);
+          acc[nt][mt][3] = fmaf(consts[nt].scale_f[1], cacc[nt][mt][3], acc[nt][mt][3]);
+        }
+    }
+  }
+  cp_async_wait<0>();
+
+  // acc[nt][mt][i]: output column n = tile + g + 8·(i >= 2), row m = 2t + (i & 1).
+  T* Y = static_cast<T*>(a.y);
+  if (a.splits == 1) {
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          const int n = (ntile0 + wn * NT + nt) * kTileN + g + 8 * (i >> 1);
+          const int m = m0 + wm * MT * 8 + mt * 8 + 2 * t + (i & 1);
+          if (m < a.M && n < a.N) Y[(int64_t)m * a.N + n] = from_float<T>(acc[nt][mt][i]);
+        }
+    return;
+  }
+#pragma unroll
+  for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const int n = (ntile0 + wn * NT + nt) * kTileN + g + 8 * (i >> 1);
+        const int m = m0 + wm * MT * 8 + mt * 8 + 2 * t + (i & 1);
+        if (m < a.M) atomicAdd(a.partial + (int64_t)m * a.Np + n, acc[nt][mt][i]);
+      }
+  __threadfence();
+  __syncthreads();
+  __shared__ int last;
+  int32_t* counter = a.counters + blockIdx.y * gridDim.x + blockIdx.x;
+  if (tid == 0) last = atomicAdd(counter, 1) == a.splits - 1;
+  __syncthreads();
+  if (!last) return;
+  __threadfence();
+  const int n0 = ntile0 * kTileN;
+  for (int i = tid; i < BM * BN; i += THREADS) {
+    const int m = m0 + i / BN, n = n0 + i % BN;
+    if (m >= a.M) break;
+    float* p = a.partial + (int64_t)m * a.Np + n;
+    const float v = __ldcg(p);
+    *p = 0.f;
+    if (n < a.N) Y[(int64_t)m * a.N + n] = from_float<T>(v);
+  }
+  if (tid == 0) *counter = 0;
+}
+
+// X gathered into the repacked order of K (act-order), or copied with zero padding to Kp columns
+// when its rows are not 16-byte aligned.
+template <class T>
+__global__ void gather_x(const T* __restrict__ X, int64_t K, int64_t Kp, int64_t M, const int32_t* __restrict__ perm,
+                         T* __restrict__ out) {
+  const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+  if (i >= M * Kp) return;
+  const int64_t m = i / Kp, kp = i % Kp;
+  const int64_t k = perm ? perm[kp] : (kp < K ? kp : -1);
+  out[i] = k >= 0 ? X[m * K + k] : from_float<T>(0.f);
+}
+
+// ---- the table of kernel configurations ----
+
+using Launch = void (*)(const KernelArgs&, dim3, cudaStream_t);
+using Occupancy = int (*)();
+
+template <int BITS, class T, int MT, int NT, int WM, int WN, bool DEFER>
+void set_smem_attribute() {
+  using Cfg = Config<BITS, T, MT, NT, WM, WN, DEFER>;
+  static bool done = false;  // the attribute is per device function; set once (device 0's limit is every H200's)
+  if (!done) {
+    check(cudaFuncSetAttribute(gptq_mm_kernel<BITS, T, MT, NT, WM, WN, DEFER>,
+                               cudaFuncAttributeMaxDynamicSharedMemorySize, Cfg::smem),
+          "cudaFuncSetAttribute (GPTQ kernel)");
+    done = true;
+  }
+}
+
+template <int BITS, class T, int MT, int NT, int WM, int WN, bool DEFER>
+void launch_kernel(const KernelArgs& a, dim3 grid, cudaStream_t stream) {
+  using Cfg = Config<BITS, T, MT, NT, WM, WN, DEFER>;
+  set_smem_attribute<BITS, T, MT, NT, WM, WN, DEFER>();
+  gptq_mm_kernel<BITS, T, MT, NT, WM, WN, DEFER><<<grid, Cfg::threads, Cfg::smem, stream>>>(a);
+}
+
+// Blocks of this kernel that fit on one multiprocessor (registers and shared memory).
+template <int BITS, class T, int MT, int NT, int WM, int WN, bool DEFER>
+int occupancy() {
+  using Cfg = Config<BITS, T, MT, NT, WM, WN, DEFER>;
+  static int blocks = 0;
+  if (!blocks) {
+    set_smem_attribute<BITS, T, MT, NT, WM, WN, DEFER>();
+    check(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, gptq_mm_kernel<BITS, T, MT, NT, WM, WN, DEFER>,
+                                                        Cfg::threads, Cfg::smem),
+          "cudaOccupancyMaxActiveBlocksPerMultiprocessor");
+    if (blocks < 1) blocks = 1;
+  }
+  return blocks;
+}
+
+struct ConfigInfo {
+  const char* name;
+  int MT, NT, WM, WN;
+};
+// Row tiles of 8, 16, 32, 64 and 128 rows of X (name: rows × columns per block, w = warps).
+// (The sweep of 2026-12-01 also had m8n64 and m128n128 with 8 warps: rarely or never the best.)
+constexpr ConfigInfo kConfigs[] = {
+    {"m8n128", 1, 1, 1, 8},
+    {"m16n128", 2, 2, 1, 4},
+    {"m32n128", 4, 2, 1, 4},
+    {"m64n128w4", 4, 4, 2, 2},
+};
+constexpr int kConfigCount = sizeof(kConfigs) / sizeof(kConfigs[0]);
+
+struct Kernel {
+  Launch launch = nullptr;
+  Occupancy occupancy = nullptr;
+};
+
+template <int BITS, class T, int MT, int NT, int WM, int WN, bool DEFER>
+Kernel kernel_of() {
+  return {launch_kernel<BITS, T, MT, NT, WM, WN, DEFER>, occupancy<BITS, T, MT, NT, WM, WN, DEFER>};
+}
+
+template <int BITS, class T>
+Kernel pick_kernel(int config, bool defer) {
+  switch (config) {
+    case 0: return defer ? kernel_of<BITS, T, 1, 1, 1, 8, true>() : kernel_of<BITS, T, 1, 1, 1, 8, false>();
+    case 1: return defer ? kernel_of<BITS, T, 2, 2, 1, 4, true>() : kernel_of<BITS, T, 2, 2, 1, 4, false>();
+    case 2: return kernel_of<BITS, T, 4, 2, 1, 4, false>();
+    case 3: return kernel_of<BITS, T, 4, 4, 2, 2, false>();
+  }
+  return {};
+}
+
+Kernel pick(GptqDtype dtype, int bits, int config, bool defer) {
+  if (dtype == GptqDtype::f16) {
+    switch (bits) {
+      case 2: return pick_kernel<2, __half>(config, defer);
+      case 3: return pick_kernel<3, __half>(config, defer);
+      case 4: return pick_kernel<4, __half>(config, defer);
+    }
+  } else {
+    switch (bits) {
+      case 2: return pick_kernel<2, __nv_bfloat16>(config, defer);
+      case 3: return pick_kernel<3, __nv_bfloat16>(config, defer);
+      case 4: return pick_kernel<4, __nv_bfloat16>(config, defer);
+    }
+  }
+  return {};
+}
+
+int multiprocessors(int device) {
+  static int cached[64] = {0};
+  if (device < 0 || device >= 64) return 132;
+  if (!cached[device]) check(cudaDeviceGetAttribute(&cached[device], cudaDevAttrMultiProcessorCount, device), "SM count");
+  return cached[device];
+}
+
+// The split-K partial sums (kept zero between products) and per-tile counters, one per device.
+struct SplitScratch {
+  float* partial = nullptr;
+  int32_t* counter = nullptr;
+  int64_t floats = 0, counters = 0;
+};
+SplitScratch& split_scratch(int device) {
+  static SplitScratch per_device[64];
+  require(device >= 0 && device < 64, "E_CUDA", "device index out of range");
+  return per_device[device];
+}
+
+int64_t grid_tiles(const ConfigInfo& ci, int64_t M, int64_t Np) {
+  const int64_t bn = kTileN * ci.NT * ci.WN, bm = 8 * ci.MT * ci.WM;
+  return ((M + bm - 1) / bm) * (Np / bn);
+}
+
+bool capturing(cudaStream_t stream) {
+  cudaStreamCaptureStatus st = cudaStreamCaptureStatusNone;
+  check(cudaStreamIsCapturing(stream, &st), "cudaStreamIsCapturing");
+  return st != cudaStreamCaptureStatusNone;
+}
+
+}  // namespace
+
+int gptq_config_count() { return kConfigCount; }
+const char* gptq_config_name(int config) { return config >= 0 && config < kConfigCount ? kConfigs[config].name : "?"; }
+
+void gptq_choose(const GptqDeviceWeights& W, int64_t M, int* config, int* splits) {
+  // The table, from the H200 sweep of 2026-12-01 (bench/cuda-gemm.cu sweep; bench/RESULTS.md): the
+  // best row tile by M — 8 rows up to M = 8, 16 up to 16, 32 up to 64, then 64-row tiles with 4
+  // warps of 32 × 64 on matrices of 8192² or more (32-row tiles on smaller ones) — with K split
+  // until the grid fills one wave of resident blocks (at least 4 chunks of K per split).
+  const bool large = W.K * W.N >= (int64_t)8192 * 8192;
+  const int c = M <= 8 ? 0 : M <= 16 ? 1 : M <= 64 ? 2 : large ? 3 : 2;
+  const ConfigInfo& ci = kConfigs[c];
+  const int64_t tiles = grid_tiles(ci, M, W.Np), chunks = W.Kp / kChunk;
+  const Kernel k = pick(GptqDtype::f16, W.bits, c, W.uniform_chunks && ci.MT <= 2);
+  const int64_t target = (int64_t)k.occupancy() * multiprocessors(W.device);
+  *config = c;
+  *splits = (int)std::max<int64_t>(1, std::min(target / tiles, chunks / 4));
+}
+
+bool gptq_matmul_config(const GptqDeviceWeights& W, const void* X, GptqDtype dtype, int64_t M, void* Y,
+                        void* stream_ptr, int config, int splits) {
+  require(M >= 1 && M <= (int64_t)1 << 30, "E_SHAPE", "M must be in [1, 2^30]");
+  if (config < 0 || config >= kConfigCount || splits < 1) return false;
+  const ConfigInfo& ci = kConfigs[config];
+  const int64_t chunks = W.Kp / kChunk;
+  if (splits > chunks) return false;
+  const bool defer = W.uniform_chunks && ci.MT <= 2;
+  cudaStream_t stream = static_cast<cudaStream_t>(stream_ptr);
+  check(cudaSetDevice(W.device), "cudaSetDevice");
+  auto& Wm = const_cast<GptqDeviceWeights&>(W);  // scratch grows on demand
+
+  KernelArgs a{};
+  a.weights = static_cast<const uint8_t*>(W.weights);
+  a.scale_zero = static_cast<const uint16_t*>(W.scale_zero);
+  a.slot_group = W.slot_group;
+  a.M = (int)M;
+  a.y = Y;
+  a.N = (int)W.N;
+  a.Np = (int)W.Np;
+  a.chunks = (int)chunks;
+  a.splits = splits;
+
+  // X straight from the caller when its rows are 16-byte aligned in the original order; else gathered.
+  const bool direct = W.identity_k && W.K % 8 == 0 && (reinterpret_cast<uintptr_t>(X) & 15) == 0;
+  if (direct) {
+    a.x = X;
+    a.ldx = W.K;
+    a.kx = W.K;
+  } else {
+    const int64_t need = M * W.Kp * 2;
+    if (Wm.xperm_bytes < need) {
+      require(!capturing(stream), "E_CUDA", "GPTQ product: scratch for X must grow outside graph capture (run once first)");
+      if (Wm.xperm) cudaFree(Wm.xperm);
+      Wm.xperm = nullptr;
+      Wm.xperm_bytes = 0;
+      check(cudaMalloc(&Wm.xperm, (size_t)need), "cudaMalloc (GPTQ X scratch)");
+      Wm.xperm_bytes = need;
+    }
+    const int64_t total = M * W.Kp;
+    const unsigned blocks = (unsigned)((total + 255) / 256);
+    if (dtype == GptqDtype::f16)
+      gather_x<__half><<<blocks, 256, 0, stream>>>(static_cast<const __half*>(X), W.K, W.Kp, M, W.perm,
+                                                   static_cast<__half*>(Wm.xperm));
+    else
+      gather_x<__nv_bfloat16><<<blocks, 256, 0, stream>>>(static_cast<const __nv_bfloat16*>(X), W.K, W.Kp, M, W.perm,
+                                                          static_cast<__nv_bfloat16*>(Wm.xperm));
+    check(cudaGetLastError(), "GPTQ gather launch");
+    a.x = Wm.xperm;
+    a.ldx = W.Kp;
+    a.kx = W.Kp;
+  }
+  if (splits > 1) {
+    SplitScratch& sc = split_scratch(W.device);
+    const int64_t floats = M * W.Np, counters = (int64_t)grid_tiles(ci, M, W.Np);
+    if (sc.floats < floats || sc.counters < counters) {
+      require(!capturing(stream), "E_CUDA", "GPTQ product: split-K scratch must grow outside graph capture (run once first)");
+      check(cudaDeviceSynchronize(), "cudaDeviceSynchronize");
+      if (sc.partial) cudaFree(sc.partial);
+      if (sc.counter) cudaFree(sc.counter);
+      sc = SplitScratch{};
+      const int64_t f = std::max(floats, (int64_t)1 << 20), n = std::max(counters, (int64_t)4096);
+      check(cudaMalloc(&sc.partial, (size_t)(f * 4)), "cudaMalloc (GPTQ partial sums)");
+      check(cudaMalloc(&sc.counter, (size_t)(n * 4)), "cudaMalloc (GPTQ counters)");
+      check(cudaMemset(sc.partial, 0, (size_t)(f * 4)), "cudaMemset");
+      check(cudaMemset(sc.counter, 0, (size_t)(n * 4)), "cudaMemset");
+      sc.floats = f;
+      sc.counters = n;
+    }
+    a.partial = sc.partial;
+    a.counters = sc.counter;
+  }
+
+  const int64_t bn = kTileN * ci.NT * ci.WN, bm = 8 * ci.MT * ci.WM;
+  const dim3 grid((unsigned)((M + bm - 1) / bm), (unsigned)(W.Np / bn), (unsigned)splits);
+  const Kernel k = pick(dtype, W.bits, config, defer);
+  require(k.launch != nullptr, "E_BITS", "GPTQ product: no kernel for these bits");
+  k.launch(a, grid, stream);
+  check(cudaGetLastError(), "GPTQ product launch");
+  return true;
+}
+
+void gptq_matmul(const GptqDeviceWeights& W, const void* X, GptqDtype dtype, int64_t M, void* Y, void* stream) {
+  int config = 0, splits = 1;
+  gptq_choose(W, M, &config, &splits);
+  gptq_matmul_config(W, X, dtype, M, Y, stream, config, splits);
+}
+
+}  // namespace cuda
+}  // namespace lowbit

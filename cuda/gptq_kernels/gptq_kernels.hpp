@@ -1,0 +1,84 @@
+// Fast GPTQ products on the GPU: the checkpoint layout repacked once at load time into one made
+// for the kernels (see layout.hpp), then Y = X · Wᵀ with fp16 or bf16 activations and outputs and
+// fp32 accumulation on the tensor cores, one kernel for every batch size.
+//
+// Plain C++ (no CUDA headers), like cuda_api.hpp, so any translation unit can hold the weights.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "../../native/core/packed_matrix.hpp"
+
+namespace lowbit {
+namespace cuda {
+
+enum class GptqDtype { f16 = 0, bf16 = 1 };
+
+// The repacked layout on the host (what gptq_repack uploads). Built by repack_gptq_host; the
+// inverse unrepack_gptq_host gives back q, zeros and scales exactly (tests check the round trip).
+struct GptqRepacked {
+  int bits = 4;
+  int64_t K = 0, N = 0;         // logical shape (K in, N out)
+  int64_t Kp = 0, Np = 0;       // padded: Kp a multiple of 128 (one chunk), Np a multiple of 128
+  int64_t groups = 0;
+  bool identity_k = true;       // X can be read as is (no act-order permutation, no inner padding)
+  bool uniform_chunks = true;   // every 128-wide chunk of K lies in one group (scales applied per chunk)
+  std::vector<uint8_t> weights; // [Np/16][Kp/128] records of 256·bits bytes
+  std::vector<uint16_t> scale_zero;  // [groups][Np/16][8][4] fp16: s(n), s(n+8), z(n), z(n+8)
+  std::vector<int32_t> slot_group;   // [Kp/32] group of each 32-wide slot of K
+  std::vector<int32_t> perm;         // [Kp] original column of each repacked column, -1 for padding
+};
+
+GptqRepacked repack_gptq_host(const PackedMatrix& W);
+// q [N*K] (row n: output n), zeros [groups*N] (true zero points), scales [groups*N] fp16 bits.
+void unrepack_gptq_host(const GptqRepacked& R, std::vector<uint8_t>& q, std::vector<int32_t>& zeros,
+                        std::vector<uint16_t>& scales);
+
+// The repacked weights on one GPU, with the scratch of the permuted activations (act-order). The
+// split-K partial sums live in one buffer per device: products on one device must not run
+// concurrently on two streams.
+class GptqDeviceWeights {
+ public:
+  GptqDeviceWeights(const GptqRepacked& host, int device);
+  ~GptqDeviceWeights();
+  GptqDeviceWeights(const GptqDeviceWeights&) = delete;
+  GptqDeviceWeights& operator=(const GptqDeviceWeights&) = delete;
+
+  int device = -1;
+  int bits = 4;
+  int64_t K = 0, N = 0, Kp = 0, Np = 0, groups = 0;
+  bool identity_k = true, uniform_chunks = true;
+  const void* weights = nullptr;     // device pointers into one allocation
+  const void* scale_zero = nullptr;
+  const int32_t* slot_group = nullptr;
+  const int32_t* perm = nullptr;     // null when identity_k
+  int64_t weight_bytes = 0;          // bytes the product must read: weights + scales/zeros
+  int64_t bytes = 0;                 // the whole allocation
+
+  // Scratch for the permuted X, grown on demand (outside graph capture).
+  void* xperm = nullptr;
+  int64_t xperm_bytes = 0;
+
+ private:
+  void* storage_ = nullptr;
+};
+
+// Uploads the repack of `host` (validated) to `device`.
+GptqDeviceWeights* gptq_repack(const PackedMatrix& host, int device);
+
+// Y [M, N] = X [M, K] · Wᵀ, X and Y device pointers of type `dtype` on W's device, enqueued on
+// `stream` (a cudaStream_t, null for the default). One launch (two for act-order: the gather of X).
+void gptq_matmul(const GptqDeviceWeights& W, const void* X, GptqDtype dtype, int64_t M, void* Y, void* stream);
+
+// The same with an explicit kernel configuration (benchmarks sweep these): config index into the
+// kernel table, splits of K (>= 1). Returns false when the configuration does not apply.
+bool gptq_matmul_config(const GptqDeviceWeights& W, const void* X, GptqDtype dtype, int64_t M, void* Y,
+                        void* stream, int config, int splits);
+int gptq_config_count();
+const char* gptq_config_name(int config);
+// The configuration and splits gptq_matmul picks.
+void gptq_choose(const GptqDeviceWeights& W, int64_t M, int* config, int* splits);
+
+}  // namespace cuda
+}  // namespace lowbit
