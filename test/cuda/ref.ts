@@ -66,7 +66,14 @@ export function randomPacked(
       [gIdx[k], gIdx[j]] = [gIdx[j], gIdx[k]];
     }
   }
-  const addon = native();
+  // Packed here in TypeScript, not with the addon under test: a packing bug there must not hide in
+  // the reference.
+  const qweight = new Int32Array(packedWords(bits, K) * N);
+  for (let n = 0; n < N; n++) for (let k = 0; k < K; k++) writePacked(qweight, N, n, bits, k, q[n * K + k]);
+  const qzeros = new Int32Array(G * packedWords(bits, N));
+  const zcols = packedWords(bits, N);
+  for (let g = 0; g < G; g++)
+    for (let n = 0; n < N; n++) writePacked(qzeros, 1, g * zcols, bits, n, zeros[g * N + n] - zeroOffset);
   const W: PackedWeights = {
     bits,
     K,
@@ -74,13 +81,34 @@ export function randomPacked(
     groupSize,
     groups: G,
     zeroOffset,
-    qweight: addon.packQweight(q, N, K, bits),
-    qzeros: addon.packQzeros(zeros, G, N, bits, zeroOffset),
+    qweight,
+    qzeros,
     scales: scaleBits,
     ...(gIdx ? { gIdx } : {}),
   };
   const groupOf = gIdx ? (k: number) => gIdx[k] : (k: number) => Math.floor(k / groupSize);
   return { W, q, zeros, scales, groupOf };
+}
+
+/**
+ * int32 words holding `count` values of `bits` in the GPTQ layout: packing units of 8 (4 bits),
+ * 16 (2), 4 (8) values per word, and 32 values in 3 words for 3 bits.
+ */
+export function packedWords(bits: number, count: number): number {
+  return bits === 3 ? Math.ceil(count / 32) * 3 : Math.ceil((count * bits) / 32);
+}
+
+/**
+ * Writes value i of a little-endian bit stream of `bits`-wide values whose consecutive words lie
+ * `stride` int32s apart, starting at `offset` (3-bit values may straddle two words).
+ */
+function writePacked(words: Int32Array, stride: number, offset: number, bits: number, i: number, v: number): void {
+  const bit = i * bits;
+  const w = bit >>> 5;
+  const sh = bit & 31;
+  const mask = (1 << bits) - 1;
+  words[offset + w * stride] |= (v & mask) << sh;
+  if (sh + bits > 32) words[offset + (w + 1) * stride] |= (v & mask) >>> (32 - sh);
 }
 
 /** Y = X · Wᵀ in float64 from the unpacked integers, scales and zeros. */
