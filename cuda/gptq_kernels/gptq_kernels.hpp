@@ -6,6 +6,7 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <vector>
 
 #include "../../native/core/packed_matrix.hpp"
@@ -65,7 +66,7 @@ class GptqDeviceWeights {
 };
 
 // Uploads the repack of `host` (validated) to `device`.
-GptqDeviceWeights* gptq_repack(const PackedMatrix& host, int device);
+std::unique_ptr<GptqDeviceWeights> gptq_repack(const PackedMatrix& host, int device);
 
 // Y [M, N] = X [M, K] · Wᵀ, X and Y device pointers of type `dtype` on W's device, enqueued on
 // `stream` (a cudaStream_t, null for the default). One launch (two for act-order: the gather of X).

@@ -41,12 +41,6 @@ int small_int_of_f16(uint16_t h) {
   return (int)(((h & 0x3ff) | 0x400) >> (10 - e));
 }
 
-// Position (word index within the lane's words, bit) of element (r, h) of tile j; for 3 bits the
-// low two bits (lo) and the high bit (hi) separately.
-struct ElementPos {
-  int word, bit;
-};
-
 }  // namespace
 
 GptqRepacked repack_gptq_host(const PackedMatrix& W) {
@@ -250,9 +244,9 @@ GptqDeviceWeights::~GptqDeviceWeights() {
   if (xperm) cudaFree(xperm);
 }
 
-GptqDeviceWeights* gptq_repack(const PackedMatrix& host, int device) {
+std::unique_ptr<GptqDeviceWeights> gptq_repack(const PackedMatrix& host, int device) {
   const GptqRepacked R = repack_gptq_host(host);
-  return new GptqDeviceWeights(R, device);
+  return std::make_unique<GptqDeviceWeights>(R, device);
 }
 
 }  // namespace cuda
