@@ -1,6 +1,7 @@
 import { bundled } from '../bundled.js';
 import { LowbitError } from '../errors.js';
 import { quantize, type QuantizeProgress, type QuantizeSummary, type QuantizeWarning } from '../schedule/quantize.js';
+import { DEFAULT_METHOD, METHODS, METHOD_NAMES, methodOf, type MethodName } from '../schedule/methods/index.js';
 import { numberOption, parse } from './args.js';
 
 export const usage = `usage: lowbit quantize [--model <dir>] --out <dir> [options]
@@ -10,7 +11,8 @@ block's weights in memory). Ctrl-C stops cleanly; --resume continues from the fi
 Without --model it quantizes the small model shipped with lowbit (stories260K) on its shipped
 calibration text.
 
-  --method gptq|rtn       (default gptq)
+  --method ${METHOD_NAMES.join('|').padEnd(14)} (default ${DEFAULT_METHOD})
+${METHOD_NAMES.map((n) => `                          ${n}: ${METHODS[n].description}`).join('\n')}
   --bits 2|3|4|8          (default 4)
   --group-size N          input columns per group; 'channel' (or --group-size=-1) = one group
                           per output channel (default 128)
@@ -89,16 +91,16 @@ export async function run(argv: string[]): Promise<number> {
   );
   const str = (k: string) => values[k] as string | undefined;
   if (!str('out')) throw new LowbitError('E_ARGUMENT', `--out is required\n\n${usage}`, { option: 'out' });
-  const method = (str('method') ?? 'gptq') as 'gptq' | 'rtn';
-  if (method !== 'gptq' && method !== 'rtn') throw new LowbitError('E_ARGUMENT', `Expected gptq or rtn for --method but received ${JSON.stringify(method)}`, { option: 'method' });
+  const method = (str('method') ?? DEFAULT_METHOD) as MethodName;
+  const needsCalibration = methodOf(method, '--method').calibration !== 'none';
   let calib = values.calib as string[] | undefined;
   const useBundled = str('model') === undefined;
   if (useBundled) {
-    const withCalib = method === 'gptq' && calib === undefined;
+    const withCalib = needsCalibration && calib === undefined;
     if (withCalib) calib = [bundled.calibrationText];
     process.stderr.write(`no --model given: quantizing the bundled stories260K (${bundled.model})${withCalib ? ` on its bundled calibration text (${bundled.calibrationText})` : ''}\n`);
-  } else if (method === 'gptq' && calib === undefined) {
-    throw new LowbitError('E_ARGUMENT', 'GPTQ needs calibration text: give --calib <file> (repeatable), or --calib self to sample it from the model (or --method rtn, which needs none)', { option: 'calib' });
+  } else if (needsCalibration && calib === undefined) {
+    throw new LowbitError('E_ARGUMENT', `${method.toUpperCase()} needs calibration text: give --calib <file> (repeatable), or --calib self to sample it from the model (or a method that needs none: ${METHOD_NAMES.filter((n) => METHODS[n].calibration === 'none').join(', ')})`, { option: 'calib' });
   }
   const files = calib === undefined ? undefined : calib.length === 1 && calib[0] === 'self' ? ('self' as const) : calib;
   const format = str('format');

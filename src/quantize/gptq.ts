@@ -40,9 +40,9 @@ export interface GptqResult {
   /** [groups * N] scales (fp16-exact) and zero points */
   scales: Float32Array;
   zeros: Int32Array;
-  /** lambda added to diag(H) and the damp fraction it came from (after any raises) */
+  /** the dampening fraction of mean(diag H) finally used (after any raises) and the absolute λ added to diag(H) */
   damp: number;
-  dampPercent: number;
+  lambda: number;
   dampRaises: number;
   deadInputs: number;
   /** GPTQ's objective: mean over calibration tokens of ||(W - Q) x||^2 (with the dampened H) */
@@ -229,8 +229,8 @@ export async function gptqQuantize(W: Tensor | Float32Array, shape: readonly [nu
     q: r.q,
     scales: r.scales,
     zeros: r.zeros,
-    damp: r.damp,
-    dampPercent: r.dampPercent,
+    damp: r.dampPercent,
+    lambda: r.damp,
     dampRaises: r.dampRaises,
     deadInputs: r.deadInputs,
     loss: r.loss,

@@ -11,6 +11,10 @@
  *   4. checkpoint the block (packed linears + hidden states) for --resume, and free it
  * RTN needs neither calibration nor forward passes: each linear is rounded on its own.
  *
+ * The methods are plug-ins (./methods/: what calibration they need, how they quantize one linear,
+ * what they write); this file is the orchestration: blocks, stages, calibration passes, resume,
+ * output, progress.
+ *
  * Progress comes as 'progress' events; cancellation through an AbortSignal (E_ABORTED, finished
  * blocks stay checkpointed); memory is estimated up front against `maxMemory` (E_MEMORY_BUDGET).
  */
@@ -21,17 +25,17 @@ import { join } from 'node:path';
 import { createHash } from 'node:crypto';
 import { resolve } from 'node:path';
 import { LowbitError, invalidArgument } from '../errors.js';
-import { GptqWriter, checkEmptyTarget, linearDims, type GptqConfig } from '../formats/gptq.js';
+import { GptqWriter, checkEmptyTarget, linearDims } from '../formats/gptq.js';
 import { listDir, removeFile } from '../formats/durable.js';
 import { LINEAR_MODULES, LINEAR_NAMES, type LinearName, type ModelReader } from '../formats/hf.js';
 import { openModelFiles } from '../formats/open.js';
 import { Model, type CapturePointName, type NativeBlockWeights } from '../model/model.js';
 import type { PackedWeights } from '../native.js';
-import { Hessian, gptqQuantize, resolveGptqOptions } from '../quantize/gptq.js';
-import { rtnQuantize } from '../quantize/rtn.js';
+import { Hessian } from '../quantize/gptq.js';
 import { Tensor } from '../tensor.js';
 import type { DeviceSpec } from '../devices.js';
 import { calibrationWindows } from './calibration.js';
+import { DEFAULT_METHOD, methodOf, type GptqMethodOptions, type GridOptions, type LinearOutput, type MethodName, type QuantizationMethod } from './methods/index.js';
 import { lockOutput, removeOrphans, type Warn } from './output.js';
 import {
   clearState,
@@ -55,14 +59,15 @@ export interface QuantizeOptions {
   model: string;
   /** the GPTQ checkpoint directory to write (must not exist, or be empty) */
   out: string;
-  method?: 'gptq' | 'rtn';
+  /** a name from METHODS (./methods/index.ts): 'gptq' (default) or 'rtn' */
+  method?: MethodName;
   bits: 2 | 3 | 4 | 8;
   /** default 128; -1 = per channel */
   groupSize?: number;
   sym?: boolean;
   actOrder?: boolean;
   staticGroups?: boolean;
-  /** dampening fraction of mean(diag H) (default 0.01) */
+  /** dampening: the fraction of mean(diag H) added to its diagonal (default 0.01); results report the absolute λ as `lambda` */
   damp?: number;
   mse?: boolean;
   /** quantize q/k/v → o → gate/up → down, each stage on inputs from the quantized earlier ones (default true) */
@@ -103,7 +108,7 @@ export interface QuantizeProgress {
 
 export interface QuantizeSummary {
   out: string;
-  method: 'gptq' | 'rtn';
+  method: MethodName;
   bits: number;
   groupSize: number;
   layers: LayerReport[];
@@ -172,16 +177,9 @@ const STAGES: { point: CapturePointName; linears: LinearName[] }[] = [
 interface Resolved {
   model: string;
   out: string;
-  method: 'gptq' | 'rtn';
-  bits: 2 | 3 | 4 | 8;
-  groupSize: number;
-  sym: boolean;
-  actOrder: boolean;
-  staticGroups: boolean;
-  damp: number;
-  mse: boolean;
-  trueSequential: boolean;
-  checkpointFormat: 'gptq' | 'gptq_v2';
+  method: QuantizationMethod;
+  /** the method's own options (GptqMethodOptions, RtnMethodOptions...), checked by the method */
+  options: GridOptions & Partial<GptqMethodOptions>;
   files: string[] | 'self';
   samples: number;
   seqLen: number | undefined;
@@ -198,15 +196,12 @@ function resolveOptions(o: QuantizeOptions): Resolved {
   if (typeof o.model !== 'string' || o.model === '') invalidArgument('model', 'a model directory', o.model);
   if (!existsSync(o.model)) throw new LowbitError('E_IO', `no model at ${o.model}`, { file: o.model });
   if (typeof o.out !== 'string' || o.out === '') invalidArgument('out', 'an output directory', o.out);
-  const method = o.method ?? 'gptq';
-  if (method !== 'gptq' && method !== 'rtn') invalidArgument('method', '"gptq" or "rtn"', method);
-  const g = resolveGptqOptions({ bits: o.bits, groupSize: o.groupSize, sym: o.sym, actOrder: o.actOrder, staticGroups: o.staticGroups, damp: o.damp, mse: o.mse, checkpointFormat: o.checkpointFormat });
-  const trueSequential = o.trueSequential ?? true;
-  if (typeof trueSequential !== 'boolean') invalidArgument('trueSequential', 'boolean', trueSequential);
+  const method = methodOf(o.method ?? DEFAULT_METHOD);
+  const options = method.resolve(o as unknown as Record<string, unknown>);
   const c = o.calibration ?? {};
-  const files = c.files ?? (method === 'gptq' ? undefined : []);
-  if (method === 'gptq') {
-    if (files === undefined) throw new LowbitError('E_CALIBRATION', 'GPTQ needs calibration data: give calibration.files (text files) or "self"');
+  const files = c.files ?? (method.calibration !== 'none' ? undefined : []);
+  if (method.calibration !== 'none') {
+    if (files === undefined) throw new LowbitError('E_CALIBRATION', `${method.name.toUpperCase()} needs calibration data: give calibration.files (text files) or "self"`);
     if (files !== 'self' && (!Array.isArray(files) || files.length === 0 || files.some((f) => typeof f !== 'string'))) {
       invalidArgument('calibration.files', 'an array of text file paths or "self"', files, 'E_CALIBRATION');
     }
@@ -222,15 +217,7 @@ function resolveOptions(o: QuantizeOptions): Resolved {
     model: o.model,
     out: resolve(o.out),
     method,
-    bits: g.bits,
-    groupSize: g.groupSize,
-    sym: g.sym,
-    actOrder: g.actOrder,
-    staticGroups: g.staticGroups,
-    damp: g.damp,
-    mse: g.mse,
-    trueSequential,
-    checkpointFormat: g.checkpointFormat,
+    options,
     files: files ?? [],
     samples,
     seqLen: c.seqLen,
@@ -245,8 +232,8 @@ function resolveOptions(o: QuantizeOptions): Resolved {
 
 /** What decides the result: a resumed run must have been started with the same. */
 function fingerprint(r: Resolved, seqLen: number): string {
-  const { model, method, bits, groupSize, sym, actOrder, staticGroups, damp, mse, trueSequential, checkpointFormat, files, samples, seed } = r;
-  const key = { model: resolve(model), method, bits, groupSize, sym, actOrder, staticGroups, damp, mse, trueSequential, checkpointFormat, files, samples, seqLen, seed };
+  const { model, method, options, files, samples, seed } = r;
+  const key = { model: resolve(model), method: method.name, options, files, samples, seqLen, seed };
   return createHash('sha256').update(JSON.stringify(key)).digest('hex');
 }
 
@@ -255,7 +242,8 @@ function checkAbort(signal: AbortSignal | undefined): void {
 }
 
 /** Peak memory of the run, estimated from the shapes (bytes). */
-export function estimatePeakBytes(reader: ModelReader, method: 'gptq' | 'rtn', tokens: number, trueSequential: boolean, rowsPerCall: number): number {
+export function estimatePeakBytes(reader: ModelReader, methodName: MethodName, tokens: number, trueSequential: boolean, rowsPerCall: number): number {
+  const method = methodOf(methodName);
   const c = reader.config;
   const bytesOf = (name: string) => reader.shapeOf(name).reduce((a, b) => a * b, 1) * (reader.dtypeOf(name) === 'f32' ? 4 : 2);
   let linearMax = 0;
@@ -265,10 +253,9 @@ export function estimatePeakBytes(reader: ModelReader, method: 'gptq' | 'rtn', t
     const { K, N } = linearDims(c, name);
     maxK = Math.max(maxK, K);
     blockBytes += N * K * 4;
-    // f32 weight + GPTQ's working copies (W, its permuted copy, codes) + Hinv (f32) + the double factorization
-    linearMax = Math.max(linearMax, method === 'gptq' ? 4 * N * K * 4 + K * K * (4 + 8) : 3 * N * K * 4);
+    linearMax = Math.max(linearMax, method.linearBytes(N, K));
   }
-  if (method === 'rtn') return linearMax;
+  if (method.calibration === 'none') return linearMax;
   const globals = bytesOf(reader.tensors.embedding) + (reader.tensors.tied ? 0 : bytesOf(reader.tensors.lmHead));
   const hidden = tokens * c.hiddenSize * 4;
   const perCall = rowsPerCall * (2 * c.hiddenSize + 3 * maxK + c.intermediateSize * 3) * 4;
@@ -334,12 +321,13 @@ async function runLocked(r: Resolved, job: QuantizeJob, warn: Warn): Promise<Qua
     const seqLen = r.seqLen ?? Math.min(2048, c.maxPositionEmbeddings);
     const tokens = r.samples * seqLen;
     const rowsPerCall = Math.max(1, Math.floor(4096 / seqLen)); // sequences per forward call
-    const estimatedPeakBytes = estimatePeakBytes(reader, r.method, tokens, r.trueSequential, rowsPerCall * seqLen);
+    const trueSequential = r.options.trueSequential ?? false;
+    const estimatedPeakBytes = estimatePeakBytes(reader, r.method.name as MethodName, tokens, trueSequential, rowsPerCall * seqLen);
     if (r.maxMemory !== undefined && estimatedPeakBytes > r.maxMemory) {
       throw new LowbitError(
         'E_MEMORY_BUDGET',
         `quantizing this model needs about ${formatBytes(estimatedPeakBytes)} (${estimatedPeakBytes} bytes), more than maxMemory ${formatBytes(r.maxMemory)}; ` +
-          `raise maxMemory${r.method === 'gptq' ? ' or lower calibration samples / seqLen' : ''}`,
+          `raise maxMemory${r.method.calibration !== 'none' ? ' or lower calibration samples / seqLen' : ''}`,
         { needed: estimatedPeakBytes, budget: r.maxMemory },
       );
     }
@@ -349,9 +337,9 @@ async function runLocked(r: Resolved, job: QuantizeJob, warn: Warn): Promise<Qua
       const weightsCount = layers.reduce((a, l) => a + l.N * l.K, 0);
       return {
         out,
-        method: r.method,
-        bits: r.bits,
-        groupSize: r.groupSize,
+        method: r.method.name as MethodName,
+        bits: r.options.bits,
+        groupSize: r.options.groupSize,
         layers,
         bitsPerWeight: (quantizedBytes * 8) / weightsCount,
         quantizedBytes,
@@ -400,21 +388,12 @@ async function runLocked(r: Resolved, job: QuantizeJob, warn: Warn): Promise<Qua
     await createStateDir(stateDir);
     const resumedBlocks = state.finishedBlocks;
 
-    const gptqConfig: GptqConfig = {
-      bits: r.bits,
-      groupSize: r.groupSize,
-      descAct: r.actOrder,
-      sym: r.sym,
-      dampPercent: r.damp,
-      trueSequential: r.trueSequential,
-      staticGroups: r.staticGroups,
-      checkpointFormat: r.checkpointFormat,
-    };
-    writer = await GptqWriter.create(r.out, reader, gptqConfig);
+    writer = await GptqWriter.create(r.out, reader, r.method.checkpointConfig(r.options));
     const kept = r.keepPacked ? new Map<string, PackedWeights>() : undefined;
     // The checkpoint states the configured group size even where it exceeds a layer's K (one group);
     // the packed weights handed to kernels carry min(groupSize, K).
-    const forCheckpoint = (w: PackedWeights): PackedWeights => (r.groupSize > w.K ? { ...w, groupSize: r.groupSize } : w);
+    const groupSize = r.options.groupSize;
+    const forCheckpoint = (w: PackedWeights): PackedWeights => (groupSize > w.K ? { ...w, groupSize } : w);
     for (let b = 0; b < state.finishedBlocks; b++) {
       for (const [prefix, w] of await readBlock(stateDir, fp, b)) {
         await writer.putLinear(prefix, forCheckpoint(w));
@@ -432,20 +411,31 @@ async function runLocked(r: Resolved, job: QuantizeJob, warn: Warn): Promise<Qua
       const progress: QuantizeProgress = { block, blocks, linear: layer.prefix, loss: layer.loss, done, total, etaSeconds: rate * (total - done) };
       job.emit('progress', progress);
     };
-    const layerOf = (block: number, name: LinearName, w: PackedWeights, seconds: number, extra?: { loss: number; damp: number; dampRaises: number; warnings: string[] }): LayerReport => ({
-      block,
-      linear: name,
-      prefix: reader.tensors.blocks[block]![name].prefix,
-      N: w.N,
-      K: w.K,
-      loss: extra?.loss ?? null,
-      damp: extra?.damp ?? null,
-      dampRaises: extra?.dampRaises ?? 0,
-      warnings: extra?.warnings ?? [],
-      bitsPerWeight: (packedBytes(w) * 8) / (w.N * w.K),
-      bytes: packedBytes(w),
-      seconds,
-    });
+    /** One linear through the method: checked finite, quantized, reported. */
+    const quantizeLinear = async (block: number, name: LinearName, W: Tensor<'f32'>, hessian?: Hessian): Promise<{ out: LinearOutput; layer: LayerReport }> => {
+      const t0 = performance.now();
+      const t = reader.tensors.blocks[block]![name];
+      assertFinite(W.data, t.weight ?? `${t.prefix}.weight`);
+      const out = await r.method.quantizeLinear({ W, hessian, device: r.device }, r.options);
+      const w = out.packed;
+      const layer: LayerReport = {
+        block,
+        linear: name,
+        prefix: t.prefix,
+        N: w.N,
+        K: w.K,
+        loss: out.loss,
+        damp: out.damp,
+        lambda: out.lambda,
+        dampRaises: out.dampRaises,
+        warnings: out.warnings,
+        bitsPerWeight: (packedBytes(w) * 8) / (w.N * w.K),
+        bytes: packedBytes(w),
+        seconds: (performance.now() - t0) / 1000,
+      };
+      report(block, layer);
+      return { out, layer };
+    };
     const finishBlock = async (block: number, linears: Map<string, PackedWeights>, layers: LayerReport[], hidden?: Float32Array) => {
       // Block and hidden-state files first, then the one commit that names them.
       await writeBlock(stateDir, fp, block, linears);
@@ -460,25 +450,22 @@ async function runLocked(r: Resolved, job: QuantizeJob, warn: Warn): Promise<Qua
       }
     };
 
-    if (r.method === 'rtn') {
+    if (r.method.calibration === 'none') {
+      // Each linear on its own weights: no model, no forward passes.
       for (let b = state.finishedBlocks; b < blocks; b++) {
         const linears = new Map<string, PackedWeights>();
         const layers: LayerReport[] = [];
         for (const name of LINEAR_NAMES) {
           checkAbort(r.signal);
-          const t0 = performance.now();
           const t = reader.tensors.blocks[b]![name];
-          const W = await reader.readFloat32(t.weight!);
-          assertFinite(W.data, t.weight!);
-          const packed = await rtnQuantize(W, { bits: r.bits, groupSize: r.groupSize, sym: r.sym, mse: r.mse, checkpointFormat: r.checkpointFormat });
-          const layer = layerOf(b, name, packed, (performance.now() - t0) / 1000);
-          linears.set(t.prefix, packed);
+          const { out, layer } = await quantizeLinear(b, name, await reader.readFloat32(t.weight!));
+          linears.set(t.prefix, out.packed);
           layers.push(layer);
-          report(b, layer);
         }
         await finishBlock(b, linears, layers);
       }
     } else if (state.finishedBlocks < blocks) {
+      // Block by block over the calibration states, stage by stage (true-sequential).
       model = await Model.open(reader, { device: r.device, load: 'globals', maxSeq: Math.max(seqLen, 2), tokenizerFrom: modelDirOf(r.model) });
       let hidden: Float32Array;
       if (state.finishedBlocks > 0) {
@@ -495,7 +482,7 @@ async function runLocked(r: Resolved, job: QuantizeJob, warn: Warn): Promise<Qua
         await model.setBlockWeights(b, weights);
         const linears = new Map<string, PackedWeights>();
         const layers: LayerReport[] = [];
-        const stages = r.trueSequential ? STAGES.map((s) => [s]) : [STAGES];
+        const stages = trueSequential ? STAGES.map((s) => [s]) : [STAGES];
         for (const group of stages) {
           // One pass over the calibration states collects the inputs of this group's stages.
           const hessians = new Map<CapturePointName, Hessian>();
@@ -512,29 +499,14 @@ async function runLocked(r: Resolved, job: QuantizeJob, warn: Warn): Promise<Qua
             for (const s of group) {
               for (const name of s.linears) {
                 checkAbort(r.signal);
-                const t0 = performance.now();
                 const { K, N } = linearDims(c, name);
                 const dense = weights[name] as { dtype: 'f32' | 'f16' | 'bf16'; data: Float32Array | Uint16Array };
                 const W = new Tensor(dense.dtype, [N, K], dense.data as never).toFloat32();
-                assertFinite(W.data, `${reader.tensors.blocks[b]![name].prefix}.weight`);
-                const result = await gptqQuantize(W, undefined, hessians.get(s.point)!, {
-                  bits: r.bits,
-                  groupSize: r.groupSize,
-                  sym: r.sym,
-                  actOrder: r.actOrder,
-                  staticGroups: r.staticGroups,
-                  damp: r.damp,
-                  mse: r.mse,
-                  checkpointFormat: r.checkpointFormat,
-                  device: r.device,
-                });
-                const prefix = reader.tensors.blocks[b]![name].prefix;
-                const packed = r.actOrder && !r.staticGroups ? result.packed : { ...result.packed, gIdx: undefined };
-                await model.setLinear(b, name, { packed, bias: weights[name].bias });
-                linears.set(prefix, result.packed);
-                const layer = layerOf(b, name, result.packed, (performance.now() - t0) / 1000, result);
+                const { out, layer } = await quantizeLinear(b, name, W, hessians.get(s.point)!);
+                // Into the block at once: the later stages run on the quantized linear.
+                await model.setLinear(b, name, { packed: out.forBlock ?? out.packed, bias: weights[name].bias });
+                linears.set(reader.tensors.blocks[b]![name].prefix, out.packed);
                 layers.push(layer);
-                report(b, layer);
               }
             }
           } finally {

@@ -26,7 +26,9 @@ export interface LayerReport {
   K: number;
   /** GPTQ: the objective (mean over calibration tokens of ||(W - Q) x||^2); RTN: null */
   loss: number | null;
+  /** GPTQ: the dampening fraction of mean(diag H) finally used, and the absolute λ added to diag(H); RTN: null */
   damp: number | null;
+  lambda: number | null;
   dampRaises: number;
   warnings: string[];
   bitsPerWeight: number;

@@ -163,8 +163,8 @@ describe('GPTQ edge cases', () => {
     const W = randomWeights(rng, N, K);
     const r = await gptqQuantize(W, [N, K], H, { bits: 4, groupSize: 16 });
     expect(r.dampRaises, `seed ${seed}`).toBe(1);
-    expect(r.dampPercent).toBeCloseTo(0.1, 12);
-    expect(r.damp / (0.1 * 0.95 * mean)).toBeCloseTo(1, 5); // lambda from mean(diag) of the shifted H
+    expect(r.damp).toBeCloseTo(0.1, 12);
+    expect(r.lambda / (0.1 * 0.95 * mean)).toBeCloseTo(1, 5); // lambda from mean(diag) of the shifted H
     expect(r.warnings.join('\n')).toMatch(/failed with damp_percent 0.01; raised to 0.1/);
     const ref = gptqReference(W, H, N, K, { bits: 4, groupSize: 16, sym: false, actOrder: false, staticGroups: false, damp: 0.01, minZero: 1 });
     expect(ref.dampPercent).toBeCloseTo(0.1, 12);
