@@ -31,6 +31,10 @@ export const ERROR_CODES = [
   'E_MEMORY_BUDGET', // the requested work does not fit the memory budget
   'E_ABORTED', // cancelled through an AbortSignal
   'E_LOCKED', // another live run holds the output directory's lock
+  'E_HUB', // a Hugging Face Hub request failed, or a download did not match its checksum
+  'E_HUB_AUTH', // the Hub refused access (gated or private repository): set HF_TOKEN
+  'E_HUB_NOT_FOUND', // no such repository, revision or file on the Hub
+  'E_OFFLINE', // HF_HUB_OFFLINE=1 and the model is not in the local Hub cache
   'E_CLOSED', // the object was closed
   'E_DETACHED', // a typed array's buffer was detached (transferred) before or while a call used it
   'E_INTERNAL', // a bug in lowbit: please report it

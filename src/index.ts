@@ -22,3 +22,4 @@ export { generate, generateTokens, sampleToken, seededRandom, type GenerateOptio
 export { ropeFrequencies, type RopeFrequencies } from './model/rope.js';
 export { bundled } from './bundled.js';
 export { quantize, parseBytes, QuantizeJob, Hessian, gptqQuantize, type QuantizeOptions, type QuantizeProgress, type QuantizeSummary, type LayerReport, type GptqOptions, type GptqResult } from './quantize/index.js';
+export { downloadHubModel, resolveModelPath, hubSettings, parseHubModelId, type HubDownloadOptions, type HubProgress, type HubSnapshot, type HubSettings, type HubModelId } from './hub/index.js';

@@ -3,6 +3,7 @@ import type { DeviceSpec } from '../devices.js';
 import { openModel } from '../model/model.js';
 import { generate } from '../model/generate.js';
 import { numberOption, parse } from './args.js';
+import { resolveModelArg } from './model-arg.js';
 
 export const usage = `usage: lowbit generate --model <dir|file> --prompt "..." [options]
 
@@ -42,7 +43,7 @@ export async function run(argv: string[]): Promise<number> {
   const topP = numberOption(values['top-p'] as string | undefined, 'top-p', 0.9, (n) => n > 0 && n <= 1);
   const seed = values.seed === undefined ? undefined : numberOption(values.seed as string, 'seed', 0, Number.isInteger);
 
-  const model = await openModel(modelPath, { device: (values.device as DeviceSpec | undefined) ?? 'auto', tokenizer: (values.tokenizer as string | undefined) ?? true });
+  const model = await openModel(await resolveModelArg(modelPath), { device: (values.device as DeviceSpec | undefined) ?? 'auto', tokenizer: (values.tokenizer as string | undefined) ?? true });
   try {
     process.stdout.write(prompt);
     for await (const piece of generate(model, prompt, { maxTokens, temperature, topP, seed })) process.stdout.write(piece);

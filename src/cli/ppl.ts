@@ -4,6 +4,7 @@ import type { DeviceSpec } from '../devices.js';
 import { openModel } from '../model/model.js';
 import { perplexity, type PerplexityProgress } from '../model/perplexity.js';
 import { numberOption, parse } from './args.js';
+import { resolveModelArg } from './model-arg.js';
 
 export const usage = `usage: lowbit ppl --model <dir|file> --data <text file> [options]
 
@@ -11,7 +12,8 @@ Perplexity of a text under a model: the text is tokenized once (BOS at the start
 non-overlapping windows of --seq-len tokens (the remainder dropped), and ppl = exp(mean NLL) over
 the seq-len - 1 next-token predictions of every window.
 
-  --model <path>     Hugging Face directory (fp32/fp16/bf16 or GPTQ) or llama2.c checkpoint
+  --model <path>     Hugging Face directory (fp32/fp16/bf16 or GPTQ), llama2.c checkpoint, or a
+                     Hub id org/name[@revision] (downloaded into the Hub cache)
   --tokenizer <path> tokenizer to use (default: the model directory's)
   --data <file>      the text (UTF-8, used as-is)
   --seq-len <n>      window length (default: the model's context, at most 2048)
@@ -56,7 +58,7 @@ export async function run(argv: string[]): Promise<number> {
   } catch (err) {
     throw new LowbitError('E_IO', `cannot read ${dataPath}: ${(err as Error).message}`, { file: dataPath }, { cause: err });
   }
-  const model = await openModel(modelPath, { device: (values.device as DeviceSpec | undefined) ?? 'auto', tokenizer: (values.tokenizer as string | undefined) ?? true });
+  const model = await openModel(await resolveModelArg(modelPath), { device: (values.device as DeviceSpec | undefined) ?? 'auto', tokenizer: (values.tokenizer as string | undefined) ?? true });
   const tty = process.stderr.isTTY === true && !values.json;
   try {
     const result = await perplexity(model, text, {

@@ -3,8 +3,9 @@ import { LowbitError } from '../errors.js';
 import { quantize, type QuantizeProgress, type QuantizeSummary, type QuantizeWarning } from '../schedule/quantize.js';
 import { DEFAULT_METHOD, METHODS, METHOD_NAMES, methodOf, type MethodName } from '../schedule/methods/index.js';
 import { numberOption, parse } from './args.js';
+import { resolveModelArg } from './model-arg.js';
 
-export const usage = `usage: lowbit quantize [--model <dir>] --out <dir> [options]
+export const usage = `usage: lowbit quantize [--model <dir>|<org/name[@revision]>] --out <dir> [options]
 
 Quantizes a Hugging Face Llama-family model into a GPTQ checkpoint, block by block (only one
 block's weights in memory). Ctrl-C stops cleanly; --resume continues from the finished blocks.
@@ -118,7 +119,7 @@ export async function run(argv: string[]): Promise<number> {
   const tty = process.stderr.isTTY;
   try {
     const job = quantize({
-      model: str('model') ?? bundled.model,
+      model: useBundled ? bundled.model : await resolveModelArg(str('model')!),
       out: str('out')!,
       method,
       bits: numberOption(str('bits'), 'bits', 4) as 2 | 3 | 4 | 8,

@@ -26,6 +26,7 @@ import {
 } from '../native.js';
 import type { Tensor } from '../tensor.js';
 import { ropeFrequencies } from './rope.js';
+import { resolveModelPath, type HubDownloadOptions } from '../hub/index.js';
 
 export type { CapturePointName, NativeBlockWeights, NativeLinear, NativeLinearName } from '../native.js';
 export const CAPTURE_POINTS: readonly CapturePointName[] = ['qkv', 'o', 'gateUp', 'down'];
@@ -436,8 +437,13 @@ export class Session {
  * (tokenizer.model, else tokenizer.json), or from `options.tokenizer` when that is a path (e.g. the
  * tokenizer.model of a llama2.c checkpoint).
  */
-export async function openModel(path: string, options: Omit<OpenModelOptions, 'tokenizer'> & { tokenizer?: boolean | string } = {}): Promise<Model> {
-  if (typeof path !== 'string' || path === '') invalidArgument('path', 'a model directory or llama2.c file', path);
+export async function openModel(
+  path: string,
+  options: Omit<OpenModelOptions, 'tokenizer'> & { tokenizer?: boolean | string; hub?: HubDownloadOptions } = {},
+): Promise<Model> {
+  if (typeof path !== 'string' || path === '') invalidArgument('path', 'a model directory, llama2.c file or Hub id', path);
+  // "org/name[@revision]" that is no local path: the Hub cache's snapshot (downloaded when missing)
+  path = await resolveModelPath(path, options.hub);
   if (!existsSync(path)) throw new LowbitError('E_IO', `no model at ${path}`, { file: path });
   if (options.tokenizer !== undefined && typeof options.tokenizer !== 'boolean' && typeof options.tokenizer !== 'string') {
     invalidArgument('tokenizer', 'a boolean or a tokenizer path', options.tokenizer);
@@ -448,5 +454,6 @@ export async function openModel(path: string, options: Omit<OpenModelOptions, 't
     if (existsSync(join(path, 'tokenizer.model')) || existsSync(join(path, 'tokenizer.json'))) tokenizerFrom = path;
   }
   const reader = await openModelFiles(path);
-  return Model.open(reader, { ...options, tokenizer: tokenizerFrom !== undefined, tokenizerFrom });
+  const { hub: _hub, ...modelOptions } = options;
+  return Model.open(reader, { ...modelOptions, tokenizer: tokenizerFrom !== undefined, tokenizerFrom });
 }
