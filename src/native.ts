@@ -2,15 +2,16 @@
  * The one place that loads the native addon. Everything else imports `native()` from here and gets
  * a typed object whose functions throw (or reject with) LowbitError.
  *
- * Candidates, in this order: $LOWBIT_ADDON (an explicit path), the source build that node-gyp-build
- * finds (build/Release), the committed prebuilt (prebuilds/<platform>-<arch>/lowbit.napi.node).
+ * Candidates, in this order: the source build that node-gyp-build finds (build/Release), the committed
+ * prebuilt (prebuilds/<platform>-<arch>/lowbit.napi.node); or only $LOWBIT_ADDON when it is set.
  * If none loads, one error lists every candidate's cause and the fixes.
  */
 import { createRequire } from 'node:module';
 import { existsSync, readFileSync } from 'node:fs';
-import { dirname, join } from 'node:path';
+import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { LowbitError, isLowbitErrorCode } from './errors.js';
+import { glibcNeeded, glibcRuntime, readVersionNeeds } from './elf.js';
 
 const require = createRequire(import.meta.url);
 
@@ -38,6 +39,8 @@ export interface BuildInfo {
   sourceHash: string;
   buildSystem: 'cmake' | 'node-gyp' | string;
   cuda: boolean;
+  /** the CUDA architectures compiled in ("80-real 86-real 89-real 90"; "" without CUDA; absent in older builds) */
+  cudaArchs?: string;
   simd: 'scalar' | 'avx2' | 'avx512';
   activeSimd: 'scalar' | 'avx2' | 'avx512';
   threads: number;
@@ -285,8 +288,9 @@ function wrapAddon(raw: Record<string, unknown>): Addon {
 }
 
 function candidates(root: string): string[] {
+  // An explicit LOWBIT_ADDON is the only candidate: a wrong path is an error, never a silent fallback.
+  if (process.env.LOWBIT_ADDON) return [resolve(process.env.LOWBIT_ADDON)];
   const list: string[] = [];
-  if (process.env.LOWBIT_ADDON) list.push(process.env.LOWBIT_ADDON);
   try {
     const nodeGypBuild = require('node-gyp-build') as { path(dir: string): string };
     list.push(nodeGypBuild.path(root));
@@ -318,7 +322,7 @@ export function loadFirstAddon(paths: readonly string[]): { addon: Addon; path: 
     try {
       return { addon: loadAddonFrom(path), path };
     } catch (err) {
-      failures.push(`  - ${path}: ${(err as Error).message.split('\n')[0]}`);
+      failures.push(`  - ${path}: ${(err as Error).message.split('\n')[0]}${glibcMismatch(path, err)}`);
     }
   }
   throw new LowbitError(
@@ -328,12 +332,28 @@ export function loadFirstAddon(paths: readonly string[]): { addon: Addon; path: 
       'Tried:',
       ...failures,
       'Fixes:',
-      `  - reinstall lowbit so that prebuilds/${process.platform}-${process.arch}/ is present (prebuilt addons ship for linux-x64, glibc)`,
-      '  - or build from source in the package directory: npm run build:native (needs cmake and a C++17 compiler; CUDA is optional)',
-      '  - or point LOWBIT_ADDON at a lowbit.node you built',
+      ...(process.env.LOWBIT_ADDON ? ['  - LOWBIT_ADDON is set: point it at a lowbit.node that exists and loads, or unset it to use the prebuilt'] : []),
+      `  - the prebuilt addon is for linux-x64 with glibc 2.31 or newer: reinstall lowbit if prebuilds/${process.platform}-${process.arch}/ is missing`,
+      '  - or build from source: in a clone of lowbit, npm ci && npm run build:native (needs cmake and a C++17 compiler; CUDA is optional),',
+      '    then set LOWBIT_ADDON to the clone\'s build/Release/lowbit.node',
     ].join('\n'),
     { failures },
   );
+}
+
+/**
+ * When a binary failed to load for want of a newer glibc ("version `GLIBC_2.35' not found"), the
+ * glibc this system has and the one the binary needs (its ELF version needs), as a sentence.
+ */
+export function glibcMismatch(path: string, err: unknown): string {
+  if (!/GLIBC_[0-9.]+'? not found/.test(String((err as Error)?.message))) return '';
+  let needed: string | undefined;
+  try {
+    needed = glibcNeeded(readVersionNeeds(path));
+  } catch {
+    // unreadable: say what is known
+  }
+  return ` (this system has glibc ${glibcRuntime() ?? 'unknown'}; this binary needs glibc ${needed ?? 'newer'} or newer)`;
 }
 
 /** The loaded addon (loaded on first use). */

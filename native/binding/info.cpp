@@ -10,6 +10,9 @@
 #ifndef LOWBIT_BUILD_SYSTEM
 #define LOWBIT_BUILD_SYSTEM "unknown"
 #endif
+#ifndef LOWBIT_CUDA_ARCHS
+#define LOWBIT_CUDA_ARCHS ""
+#endif
 
 namespace lowbit {
 namespace binding {
@@ -22,6 +25,7 @@ Napi::Value BuildInfo(const Napi::CallbackInfo& info) {
     o.Set("sourceHash", LOWBIT_SOURCE_HASH);
     o.Set("buildSystem", LOWBIT_BUILD_SYSTEM);
     o.Set("cuda", cuda::compiled());
+    o.Set("cudaArchs", LOWBIT_CUDA_ARCHS);
     o.Set("simd", simd_name(detected_simd()));
     o.Set("activeSimd", simd_name(active_simd()));
     o.Set("threads", global_pool()->size());

@@ -4,6 +4,10 @@
 #include <atomic>
 #include <vector>
 
+#if defined(__x86_64__) || defined(_M_X64)
+#include <cpuid.h>
+#endif
+
 #include "dtype.hpp"
 #include "pack.hpp"
 #include "packed_gemm_kernels.hpp"
@@ -14,14 +18,23 @@ namespace lowbit {
 namespace {
 std::atomic<int> g_forced{-1};
 
+#if defined(__x86_64__) || defined(_M_X64)
+// F16C from cpuid leaf 1 (ECX bit 29): GCC 10, which builds the prebuilt against an old glibc
+// (scripts/make-sysroot.sh), has no __builtin_cpu_supports("f16c").
+bool cpu_has_f16c() {
+  unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+  return __get_cpuid(1, &eax, &ebx, &ecx, &edx) && (ecx & (1u << 29)) != 0;
+}
+#endif
+
 // The processor's level, probed once (cpuid is slow enough to matter for small products).
 SimdLevel probe_simd() {
 #if defined(__x86_64__) || defined(_M_X64)
   __builtin_cpu_init();
   if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("fma") &&
-      __builtin_cpu_supports("f16c"))
+      cpu_has_f16c())
     return SimdLevel::Avx512;
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c"))
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && cpu_has_f16c())
     return SimdLevel::Avx2;
 #endif
   return SimdLevel::Scalar;
