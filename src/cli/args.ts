@@ -15,11 +15,15 @@ export function parse(argv: string[], options: OptionSpec, usage: string): { val
   }
 }
 
-export function numberOption(value: string | undefined, name: string, fallback: number, check?: (n: number) => boolean): number {
+/**
+ * A numeric option: `fallback` when absent; a usage error naming the option and what it accepts
+ * (`expected`, e.g. "2, 3, 4 or 8") when it is no number or fails `check`.
+ */
+export function numberOption(value: string | undefined, name: string, fallback: number, check?: (n: number) => boolean, expected = 'a valid number'): number {
   if (value === undefined) return fallback;
-  const n = Number(value);
+  const n = value.trim() === '' ? NaN : Number(value);
   if (!Number.isFinite(n) || (check && !check(n))) {
-    throw new LowbitError('E_ARGUMENT', `Expected a valid number for --${name} but received ${JSON.stringify(value)}`, { option: name });
+    throw new LowbitError('E_ARGUMENT', `--${name} must be ${expected}, not ${JSON.stringify(value)}`, { option: name });
   }
   return n;
 }

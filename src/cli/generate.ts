@@ -1,7 +1,8 @@
 import { LowbitError } from '../errors.js';
 import type { DeviceSpec } from '../devices.js';
 import { openModel } from '../model/model.js';
-import { generate } from '../model/generate.js';
+import { generateTokens } from '../model/generate.js';
+import { StreamDecoder } from '../formats/tokenizer.js';
 import { numberOption, parse } from './args.js';
 import { resolveModelArg } from './model-arg.js';
 
@@ -9,8 +10,9 @@ export const usage = `usage: lowbit generate --model <dir|file> --prompt "..." [
 
 Generates text after a prompt with a KV cache, printing tokens as they come.
 
-  --model <path>      Hugging Face directory (fp32/fp16/bf16 or GPTQ) or llama2.c checkpoint
-  --tokenizer <path>  tokenizer to use (default: the model directory's)
+  --model <path>      Hugging Face directory (fp32/fp16/bf16 or GPTQ), llama2.c checkpoint, or Hub id
+                      org/name[@revision]
+  --tokenizer <path>  tokenizer to use (default: the model directory's; required for llama2.c)
   --prompt <text>     the prompt (BOS is added)
   --max-tokens <n>    tokens to generate at most (default 128)
   --temperature <t>   0 for greedy (default 1)
@@ -38,16 +40,34 @@ export async function run(argv: string[]): Promise<number> {
   const prompt = values.prompt as string | undefined;
   if (!modelPath) throw new LowbitError('E_ARGUMENT', `--model is required\n\n${usage}`, { option: 'model' });
   if (prompt === undefined) throw new LowbitError('E_ARGUMENT', `--prompt is required\n\n${usage}`, { option: 'prompt' });
-  const maxTokens = numberOption(values['max-tokens'] as string | undefined, 'max-tokens', 128, (n) => Number.isInteger(n) && n >= 1);
-  const temperature = numberOption(values.temperature as string | undefined, 'temperature', 1, (n) => n >= 0);
-  const topP = numberOption(values['top-p'] as string | undefined, 'top-p', 0.9, (n) => n > 0 && n <= 1);
-  const seed = values.seed === undefined ? undefined : numberOption(values.seed as string, 'seed', 0, Number.isInteger);
+  const maxTokens = numberOption(values['max-tokens'] as string | undefined, 'max-tokens', 128, (n) => Number.isInteger(n) && n >= 1, 'a positive integer');
+  const temperature = numberOption(values.temperature as string | undefined, 'temperature', 1, (n) => n >= 0, 'a number >= 0 (0: greedy)');
+  const topP = numberOption(values['top-p'] as string | undefined, 'top-p', 0.9, (n) => n > 0 && n <= 1, 'a number in (0, 1]');
+  const seed = values.seed === undefined ? undefined : numberOption(values.seed as string, 'seed', 0, Number.isInteger, 'an integer');
 
   const model = await openModel(await resolveModelArg(modelPath), { device: (values.device as DeviceSpec | undefined) ?? 'auto', tokenizer: (values.tokenizer as string | undefined) ?? true });
   try {
+    const tokenizer = model.tokenizer;
+    if (!tokenizer) {
+      // before anything is printed: a llama2.c checkpoint carries no vocabulary
+      throw new LowbitError('E_ARGUMENT', `${modelPath} has no tokenizer (a llama2.c checkpoint carries none): give one with --tokenizer <tokenizer.bin|tokenizer.model|tokenizer.json>`, { option: 'tokenizer' });
+    }
+    const ids = tokenizer.encode(prompt, { bos: tokenizer.bosId !== undefined });
+    if (ids.length >= model.maxSeq) {
+      throw new LowbitError('E_ARGUMENT', `--prompt is ${ids.length} tokens; the model's context is ${model.maxSeq} tokens, so it must be shorter`, { option: 'prompt' });
+    }
+    const decoder = new StreamDecoder(tokenizer);
+    for (const id of ids) decoder.push(id);
     process.stdout.write(prompt);
-    for await (const piece of generate(model, prompt, { maxTokens, temperature, topP, seed })) process.stdout.write(piece);
+    let produced = 0;
+    for await (const id of generateTokens(model, ids, { maxTokens, temperature, topP, seed })) {
+      produced++;
+      process.stdout.write(decoder.push(id));
+    }
     process.stdout.write('\n');
+    if (produced < maxTokens && ids.length + produced >= model.maxSeq) {
+      process.stderr.write(`(stopped after ${produced} tokens: the model's context of ${model.maxSeq} tokens is full)\n`);
+    }
     return 0;
   } finally {
     await model.close();

@@ -3,6 +3,9 @@
  * (src/cli/<name>.ts) exporting `run(argv: string[]): Promise<number>` (the exit code) and `usage`.
  */
 
+import { readFileSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+
 interface Command {
   summary: string;
   load: () => Promise<{ run(argv: string[]): Promise<number>; usage: string }>;
@@ -20,17 +23,43 @@ const COMMANDS: Record<string, Command> = {
 function help(): string {
   const width = Math.max(...Object.keys(COMMANDS).map((c) => c.length));
   return [
-    'usage: lowbit <command> [options]   (lowbit <command> --help for its options)',
+    'usage: lowbit <command> [options]',
     '',
     ...Object.entries(COMMANDS).map(([name, c]) => `  ${name.padEnd(width)}  ${c.summary}`),
+    '',
+    'lowbit help <command> (or lowbit <command> --help) shows the options of one; lowbit --version the version.',
   ].join('\n');
 }
 
+/** The package's version (package.json, two levels above src/cli and dist/cli). */
+export function version(): string {
+  const pkg = JSON.parse(readFileSync(fileURLToPath(new URL('../../package.json', import.meta.url)), 'utf8')) as { version: string };
+  return pkg.version;
+}
+
+/** Runs the CLI; resolves to the exit code (2 for usage errors, as LowbitError E_ARGUMENT in bin.ts). */
 export async function main(argv: string[]): Promise<number> {
   const [name, ...rest] = argv;
-  if (!name || name === '--help' || name === '-h') {
+  if (name === '--version' || name === '-v') {
+    console.log(version());
+    return 0;
+  }
+  if (name === '--help' || name === '-h' || (name === 'help' && rest.length === 0)) {
     console.log(help());
-    return name ? 0 : 1;
+    return 0;
+  }
+  if (!name) {
+    console.error(help());
+    return 2;
+  }
+  if (name === 'help') {
+    const command = COMMANDS[rest[0]!];
+    if (!command) {
+      console.error(`lowbit: unknown command '${rest[0]}'\n\n${help()}`);
+      return 2;
+    }
+    console.log((await command.load()).usage);
+    return 0;
   }
   const command = COMMANDS[name];
   if (!command) {

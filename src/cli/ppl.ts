@@ -5,6 +5,7 @@ import { openModel } from '../model/model.js';
 import { perplexity, type PerplexityProgress } from '../model/perplexity.js';
 import { numberOption, parse } from './args.js';
 import { resolveModelArg } from './model-arg.js';
+import { Progress } from './progress.js';
 
 export const usage = `usage: lowbit ppl --model <dir|file> --data <text file> [options]
 
@@ -20,14 +21,6 @@ the seq-len - 1 next-token predictions of every window.
   --max-windows <n>  evaluate only the first n windows
   --device <d>       cpu, cuda, cuda:N or auto (default auto)
   --json             print the result as JSON`;
-
-function bar(p: PerplexityProgress): string {
-  const width = 30;
-  const filled = Math.round((width * p.windows) / p.totalWindows);
-  const rate = p.seconds > 0 ? p.tokens / p.seconds : 0;
-  const eta = rate > 0 ? ((p.totalWindows - p.windows) * (p.tokens / p.windows)) / rate : 0;
-  return `[${'#'.repeat(filled)}${'.'.repeat(width - filled)}] ${p.windows}/${p.totalWindows} windows  ${Math.round(rate)} tok/s  ppl ${Math.exp(p.nll).toFixed(4)}  eta ${eta.toFixed(0)}s`;
-}
 
 export async function run(argv: string[]): Promise<number> {
   const { values, positionals } = parse(
@@ -49,8 +42,8 @@ export async function run(argv: string[]): Promise<number> {
   if (!modelPath) throw new LowbitError('E_ARGUMENT', `--model is required\n\n${usage}`, { option: 'model' });
   if (!dataPath) throw new LowbitError('E_ARGUMENT', `--data is required\n\n${usage}`, { option: 'data' });
   const isCount = (n: number) => Number.isInteger(n) && n >= 1;
-  const seqLen = values['seq-len'] === undefined ? undefined : numberOption(values['seq-len'] as string, 'seq-len', 0, (n) => Number.isInteger(n) && n >= 2);
-  const maxWindows = values['max-windows'] === undefined ? undefined : numberOption(values['max-windows'] as string, 'max-windows', 0, isCount);
+  const seqLen = values['seq-len'] === undefined ? undefined : numberOption(values['seq-len'] as string, 'seq-len', 0, (n) => Number.isInteger(n) && n >= 2, 'an integer >= 2');
+  const maxWindows = values['max-windows'] === undefined ? undefined : numberOption(values['max-windows'] as string, 'max-windows', 0, isCount, 'a positive integer');
 
   let text: string;
   try {
@@ -59,15 +52,16 @@ export async function run(argv: string[]): Promise<number> {
     throw new LowbitError('E_IO', `cannot read ${dataPath}: ${(err as Error).message}`, { file: dataPath }, { cause: err });
   }
   const model = await openModel(await resolveModelArg(modelPath), { device: (values.device as DeviceSpec | undefined) ?? 'auto', tokenizer: (values.tokenizer as string | undefined) ?? true });
-  const tty = process.stderr.isTTY === true && !values.json;
+  const progress = new Progress('perplexity');
   try {
     const result = await perplexity(model, text, {
       seqLen,
       maxWindows,
       batch: 4,
-      onProgress: tty ? (p) => process.stderr.write(`\r${bar(p)}`) : undefined,
+      onProgress: (p: PerplexityProgress) =>
+        progress.update(p.windows, p.totalWindows, `${p.windows}/${p.totalWindows} windows, ${Math.round(p.seconds > 0 ? p.tokens / p.seconds : 0)} tok/s, ppl ${Math.exp(p.nll).toFixed(4)}`),
     });
-    if (tty) process.stderr.write('\n');
+    progress.finish();
     const device = model.device < 0 ? 'cpu' : `cuda:${model.device}`;
     if (values.json) {
       console.log(JSON.stringify({ model: modelPath, data: dataPath, device, ...result }, null, 2));
@@ -77,6 +71,7 @@ export async function run(argv: string[]): Promise<number> {
     }
     return 0;
   } finally {
+    progress.finish();
     await model.close();
   }
 }

@@ -54,6 +54,12 @@ export class Progress {
     this.lastLine = line;
   }
 
+  /** A message line above the progress line (which a terminal then shows again below it). */
+  note(text: string): void {
+    if (this.stream.isTTY === true && this.drawn) this.stream.write(`\r\x1b[K${text}\n${this.lastLine}`);
+    else this.stream.write(`${text}\n`);
+  }
+
   /** Ends the display (a newline after the in-place line). */
   finish(): void {
     if (this.drawn && this.stream.isTTY === true) this.stream.write('\n');

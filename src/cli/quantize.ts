@@ -1,9 +1,12 @@
+import { existsSync } from 'node:fs';
 import { bundled } from '../bundled.js';
+import { resolveDevice } from '../devices.js';
 import { LowbitError } from '../errors.js';
 import { quantize, type QuantizeProgress, type QuantizeSummary, type QuantizeWarning } from '../schedule/quantize.js';
 import { DEFAULT_METHOD, METHODS, METHOD_NAMES, methodOf, type MethodName } from '../schedule/methods/index.js';
 import { numberOption, parse } from './args.js';
 import { resolveModelArg } from './model-arg.js';
+import { Progress } from './progress.js';
 
 export const usage = `usage: lowbit quantize [--model <dir>|<org/name[@revision]>] --out <dir> [options]
 
@@ -33,12 +36,8 @@ ${METHOD_NAMES.map((n) => `                          ${n}: ${METHODS[n].descript
   --max-memory SIZE       refuse up front if the estimated peak exceeds SIZE (e.g. 20GB)
   --json                  print the summary as JSON`;
 
-function progressLine(p: QuantizeProgress): string {
-  const width = 30;
-  const filled = Math.round((p.done / p.total) * width);
-  const eta = p.etaSeconds >= 60 ? `${(p.etaSeconds / 60).toFixed(1)} min` : `${p.etaSeconds.toFixed(0)} s`;
-  const loss = p.loss === null ? '' : ` loss ${p.loss.toExponential(3)}`;
-  return `[${'#'.repeat(filled)}${'.'.repeat(width - filled)}] ${p.done}/${p.total} block ${p.block + 1}/${p.blocks} ${p.linear}${loss} ETA ${eta}`;
+function progressDetail(p: QuantizeProgress): string {
+  return `block ${p.block + 1}/${p.blocks} ${p.linear}${p.loss === null ? '' : ` loss ${p.loss.toExponential(2)}`}`;
 }
 
 export function formatSummary(s: QuantizeSummary): string {
@@ -104,8 +103,20 @@ export async function run(argv: string[]): Promise<number> {
     throw new LowbitError('E_ARGUMENT', `${method.toUpperCase()} needs calibration text: give --calib <file> (repeatable), or --calib self to sample it from the model (or a method that needs none: ${METHOD_NAMES.filter((n) => METHODS[n].calibration === 'none').join(', ')})`, { option: 'calib' });
   }
   const files = calib === undefined ? undefined : calib.length === 1 && calib[0] === 'self' ? ('self' as const) : calib;
+  if (Array.isArray(files)) for (const f of files) if (!existsSync(f)) throw new LowbitError('E_ARGUMENT', `--calib ${f}: no such file (give text files, or --calib self)`, { option: 'calib' });
   const format = str('format');
   if (format !== undefined && format !== 'gptq' && format !== 'gptq_v2') throw new LowbitError('E_ARGUMENT', `Expected gptq or gptq_v2 for --format but received ${JSON.stringify(format)}`, { option: 'format' });
+  // Checked up front for both methods (RTN runs no forward pass, but --device cuda without a GPU is a mistake to report).
+  const device = (str('device') ?? 'cpu') as 'cpu' | 'cuda';
+  if (!/^(cpu|cuda(:\d+)?)$/.test(device)) throw new LowbitError('E_ARGUMENT', `--device must be cpu, cuda or cuda:N, not ${JSON.stringify(device)}`, { option: 'device' });
+  resolveDevice(device);
+  const isCount = (n: number) => Number.isInteger(n) && n >= 1;
+  const bits = numberOption(str('bits'), 'bits', 4, (n) => [2, 3, 4, 8].includes(n), '2, 3, 4 or 8') as 2 | 3 | 4 | 8;
+  const groupSize = str('group-size') === 'channel' ? -1 : numberOption(str('group-size'), 'group-size', 128, (n) => n === -1 || isCount(n), "a positive integer, or 'channel' (-1) for one group per output channel");
+  const damp = numberOption(str('damp'), 'damp', 0.01, (n) => n >= 0 && n < 1, 'a fraction in [0, 1)');
+  const samples = numberOption(str('samples'), 'samples', 128, isCount, 'a positive integer');
+  const seqLen = str('seq-len') === undefined ? undefined : numberOption(str('seq-len'), 'seq-len', 0, (n) => Number.isInteger(n) && n >= 2, 'an integer >= 2');
+  const seed = numberOption(str('seed'), 'seed', 0, Number.isInteger, 'an integer');
 
   const controller = new AbortController();
   let interrupted = false;
@@ -116,43 +127,40 @@ export async function run(argv: string[]): Promise<number> {
     controller.abort();
   };
   process.on('SIGINT', onSigint);
-  const tty = process.stderr.isTTY;
+  const progress = new Progress('quantizing');
   try {
     const job = quantize({
       model: useBundled ? bundled.model : await resolveModelArg(str('model')!),
       out: str('out')!,
       method,
-      bits: numberOption(str('bits'), 'bits', 4) as 2 | 3 | 4 | 8,
-      groupSize: str('group-size') === 'channel' ? -1 : numberOption(str('group-size'), 'group-size', 128),
+      bits,
+      groupSize,
       actOrder: values['act-order'] === true,
       staticGroups: values['static-groups'] === true,
       sym: values.sym === true,
       mse: values.mse === true,
-      damp: numberOption(str('damp'), 'damp', 0.01),
+      damp,
       trueSequential: values['no-true-sequential'] !== true,
       checkpointFormat: format as 'gptq' | 'gptq_v2' | undefined,
       calibration: {
         files,
-        samples: numberOption(str('samples'), 'samples', 128),
-        seqLen: str('seq-len') === undefined ? undefined : numberOption(str('seq-len'), 'seq-len', 0),
-        seed: numberOption(str('seed'), 'seed', 0),
+        samples,
+        seqLen,
+        seed,
       },
-      device: (str('device') ?? 'cpu') as 'cpu' | 'cuda',
+      device,
       resume: values.resume === true,
       maxMemory: str('max-memory'),
       signal: controller.signal,
     });
-    job.on('progress', (p: QuantizeProgress) => {
-      if (tty) process.stderr.write(`\r\x1b[K${progressLine(p)}`);
-      else if (p.done === p.total || p.linear.endsWith('down_proj')) process.stderr.write(`${progressLine(p)}\n`);
-    });
-    job.on('warning', (w: QuantizeWarning) => process.stderr.write(`${tty ? '\r\x1b[K' : ''}lowbit quantize: warning: ${w.message}\n`));
+    job.on('progress', (p: QuantizeProgress) => progress.update(p.done, p.total, progressDetail(p)));
+    job.on('warning', (w: QuantizeWarning) => progress.note(`lowbit quantize: warning: ${w.message}`));
     const summary = await job;
-    if (tty) process.stderr.write('\n');
+    progress.finish();
     console.log(values.json ? JSON.stringify(summary, null, 2) : formatSummary(summary));
     return 0;
   } catch (err) {
-    if (tty) process.stderr.write('\n');
+    progress.finish();
     if (err instanceof LowbitError && err.code === 'E_ABORTED') {
       console.error(`lowbit quantize: ${err.message}`);
       return 130;
