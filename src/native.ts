@@ -333,7 +333,7 @@ export function loadFirstAddon(paths: readonly string[]): { addon: Addon; path: 
       ...failures,
       'Fixes:',
       ...(process.env.LOWBIT_ADDON ? ['  - LOWBIT_ADDON is set: point it at a lowbit.node that exists and loads, or unset it to use the prebuilt'] : []),
-      `  - the prebuilt addon is for linux-x64 with glibc 2.31 or newer: reinstall lowbit if prebuilds/${process.platform}-${process.arch}/ is missing`,
+      `  - the prebuilt addon is for linux-x64 with glibc 2.28 or newer: reinstall lowbit if prebuilds/${process.platform}-${process.arch}/ is missing`,
       '  - or build from source: in a clone of lowbit, npm ci && npm run build:native (needs cmake and a C++17 compiler; CUDA is optional),',
       '    then set LOWBIT_ADDON to the clone\'s build/Release/lowbit.node',
     ].join('\n'),
