@@ -209,14 +209,15 @@ const scenarios = {
     await addon.packedGemm(x, M, W, ref);
     const Wf = floats(512 * 2048);
     const rtnRef = await addon.rtnQuantize(Wf, 512, 2048, { bits: 3, groupSize: 64, packZeroOffset: 0 });
-    let differs = 0;
+    let differs = 0, flips = 0;
     const jobs = [];
     for (let i = 0; i < 24; i++) {
+      addon.setThreads(1 + (flips++ % 4)); // (while the jobs queued so far run)
       const y = new Float32Array(M * N);
       jobs.push(addon.packedGemm(x, M, W, y).then(() => { if (!bytesEqual(y, ref)) differs++; }));
       jobs.push(addon.rtnQuantize(Wf, 512, 2048, { bits: 3, groupSize: 64, packZeroOffset: 0 }).then((r) => { if (!bytesEqual(r.qweight, rtnRef.qweight)) differs++; }));
     }
-    let flips = 0, done = false;
+    let done = false;
     Promise.all(jobs).then(() => (done = true));
     while (!done) {
       for (let k = 0; k < 5; k++) addon.setThreads(1 + (flips++ % 4));
