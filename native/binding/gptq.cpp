@@ -149,20 +149,23 @@ GptqOptions gptq_options(const Napi::Object& o) {
   weight_format(g.bits);
   g.group_size = integer(o.Get("groupSize"), "groupSize");
   auto opt_bool = [&](const char* key, bool& dst) {
-    if (!o.Get(key).IsUndefined()) dst = boolean(o.Get(key), key);
+    const Napi::Value v = o.Get(key);  // (each property read once)
+    if (!v.IsUndefined()) dst = boolean(v, key);
   };
   opt_bool("sym", g.sym);
   opt_bool("mse", g.mse);
   opt_bool("actOrder", g.act_order);
   opt_bool("staticGroups", g.static_groups);
-  if (!o.Get("dampPercent").IsUndefined()) {
-    require(o.Get("dampPercent").IsNumber(), "E_ARGUMENT", "dampPercent must be a number");
-    g.damp_percent = o.Get("dampPercent").As<Napi::Number>().DoubleValue();
+  const Napi::Value damp = o.Get("dampPercent");
+  if (!damp.IsUndefined()) {
+    require(damp.IsNumber(), "E_ARGUMENT", "dampPercent must be a number");
+    g.damp_percent = damp.As<Napi::Number>().DoubleValue();
   }
-  if (!o.Get("maxDampRaises").IsUndefined()) g.max_damp_raises = (int)integer(o.Get("maxDampRaises"), "maxDampRaises");
-  if (!o.Get("blockSize").IsUndefined()) g.block_size = integer(o.Get("blockSize"), "blockSize");
-  if (!o.Get("zeroOffset").IsUndefined()) {
-    const int64_t off = integer(o.Get("zeroOffset"), "zeroOffset");
+  const Napi::Value raises = o.Get("maxDampRaises"), block = o.Get("blockSize"), zero_offset = o.Get("zeroOffset");
+  if (!raises.IsUndefined()) g.max_damp_raises = (int)integer(raises, "maxDampRaises");
+  if (!block.IsUndefined()) g.block_size = integer(block, "blockSize");
+  if (!zero_offset.IsUndefined()) {
+    const int64_t off = integer(zero_offset, "zeroOffset");
     require(off == 0 || off == 1, "E_ARGUMENT", "zeroOffset must be 0 or 1");
     g.min_zero = (int)off;  // v1 (offset 1) cannot store a zero point of 0
   } else {
@@ -191,7 +194,8 @@ Napi::Value GptqQuantize(const Napi::CallbackInfo& info) {
     const GptqOptions opt = gptq_options(options);
     validate_gptq_options(opt, K);
     // -1: the CPU; otherwise the CUDA device that runs the factorization and the sweep.
-    const int64_t device = options.Get("device").IsUndefined() ? -1 : integer(options.Get("device"), "device");
+    const Napi::Value device_value = options.Get("device");
+    const int64_t device = device_value.IsUndefined() ? -1 : integer(device_value, "device");
     require(device >= -1, "E_ARGUMENT", "device must be -1 (CPU) or a CUDA device index");
     // Every option getter has run; the arrays are read from here on.
     auto bufs = std::make_unique<CallBuffers>(true);

@@ -68,10 +68,11 @@ model::LlamaConfig config_arg(const Napi::Object& o) {
   c.head_dim = integer(o.Get("headDim"), "headDim");
   c.vocab = integer(o.Get("vocab"), "vocab");
   c.max_seq = integer(o.Get("maxSeq"), "maxSeq");
-  require(o.Get("normEps").IsNumber(), "E_CONFIG", "normEps must be a number");
-  c.norm_eps = o.Get("normEps").As<Napi::Number>().FloatValue();
+  const Napi::Value eps = o.Get("normEps"), rope_scale = o.Get("ropeScale");  // (each read once)
+  require(eps.IsNumber(), "E_CONFIG", "normEps must be a number");
+  c.norm_eps = eps.As<Napi::Number>().FloatValue();
   c.inv_freq = float_vector(o.Get("invFreq"), "invFreq");
-  if (o.Get("ropeScale").IsNumber()) c.rope_scale = o.Get("ropeScale").As<Napi::Number>().FloatValue();
+  if (rope_scale.IsNumber()) c.rope_scale = rope_scale.As<Napi::Number>().FloatValue();
   c.tie_embeddings = boolean(o.Get("tieEmbeddings"), "tieEmbeddings");
   c.validate();
   return c;

@@ -19,10 +19,11 @@ GridOptions grid_options(const Napi::Object& o) {
   GridOptions g;
   g.bits = (int)integer(o.Get("bits"), "bits");
   weight_format(g.bits);
-  if (!o.Get("sym").IsUndefined()) g.sym = boolean(o.Get("sym"), "sym");
-  if (!o.Get("mse").IsUndefined()) g.mse = boolean(o.Get("mse"), "mse");
-  if (!o.Get("minZero").IsUndefined()) {
-    g.min_zero = (int)integer(o.Get("minZero"), "minZero");
+  const Napi::Value sym = o.Get("sym"), mse = o.Get("mse"), min_zero = o.Get("minZero");  // (each read once)
+  if (!sym.IsUndefined()) g.sym = boolean(sym, "sym");
+  if (!mse.IsUndefined()) g.mse = boolean(mse, "mse");
+  if (!min_zero.IsUndefined()) {
+    g.min_zero = (int)integer(min_zero, "minZero");
     require(g.min_zero == 0 || g.min_zero == 1, "E_ARGUMENT", "minZero must be 0 or 1");
   }
   return g;
@@ -51,8 +52,9 @@ Napi::Value RtnQuantize(const Napi::CallbackInfo& info) {
     const GridOptions g = grid_options(opts);
     const int64_t gs = integer(opts.Get("groupSize"), "groupSize");
     require(gs == -1 || gs > 0, "E_GROUP_SIZE", "groupSize must be -1 (per channel) or positive");
-    const bool pack = !opts.Get("packZeroOffset").IsUndefined();
-    const int zero_offset = pack ? (int)integer(opts.Get("packZeroOffset"), "packZeroOffset") : 0;
+    const Napi::Value pack_value = opts.Get("packZeroOffset");
+    const bool pack = !pack_value.IsUndefined();
+    const int zero_offset = pack ? (int)integer(pack_value, "packZeroOffset") : 0;
     require(zero_offset == 0 || zero_offset == 1, "E_ARGUMENT", "packZeroOffset must be 0 or 1");
     // (every option getter has run: W is read after them)
     const auto W = typed_array<float>(info[0], "W");

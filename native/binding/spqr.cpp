@@ -22,10 +22,12 @@ double number(const Napi::Value& v, const char* name) {
 SpqrOptions spqr_options(const Napi::Object& o) {
   SpqrOptions s;
   auto opt_int = [&](const char* key, auto& dst) {
-    if (!o.Get(key).IsUndefined()) dst = (std::remove_reference_t<decltype(dst)>)integer(o.Get(key), key);
+    const Napi::Value v = o.Get(key);  // (each property read once)
+    if (!v.IsUndefined()) dst = (std::remove_reference_t<decltype(dst)>)integer(v, key);
   };
   auto opt_num = [&](const char* key, double& dst) {
-    if (!o.Get(key).IsUndefined()) dst = number(o.Get(key), key);
+    const Napi::Value v = o.Get(key);
+    if (!v.IsUndefined()) dst = number(v, key);
   };
   opt_int("bits", s.bits);
   opt_int("beta1", s.beta1);
@@ -36,7 +38,8 @@ SpqrOptions spqr_options(const Napi::Object& o) {
   opt_num("dampPercent", s.damp_percent);
   opt_int("maxDampRaises", s.max_damp_raises);
   opt_int("blockSize", s.block_size);
-  if (!o.Get("actOrder").IsUndefined()) s.act_order = boolean(o.Get("actOrder"), "actOrder");
+  const Napi::Value act_order = o.Get("actOrder");
+  if (!act_order.IsUndefined()) s.act_order = boolean(act_order, "actOrder");
   return s;
 }
 
@@ -45,23 +48,29 @@ SpqrOptions spqr_options(const Napi::Object& o) {
 SpqrMatrix spqr_matrix_arg(const Napi::Value& v, CallBuffers& bufs) {
   if (!v.IsObject()) throw CoreError("E_ARGUMENT", "SpQR weights must be an object");
   const Napi::Object o = v.As<Napi::Object>();
+  // Every property is read once, and all of them (getters may run JavaScript, e.g. detach another
+  // field's buffer) before the first pointer is taken (issue 8).
+  const char* const keys[] = {"bits", "statBits", "N", "K", "beta1", "beta2", "qweight", "scaleCodes", "zeroCodes",
+                              "scaleStats", "zeroStats", "perm", "outlierRowptr", "outlierCols", "outlierValues"};
+  std::vector<Napi::Value> f;
+  for (const char* key : keys) f.push_back(o.Get(key));
   SpqrMatrix m;
-  m.bits = (int)integer(o.Get("bits"), "bits");
-  m.stat_bits = (int)integer(o.Get("statBits"), "statBits");
-  m.N = integer(o.Get("N"), "N");
-  m.K = integer(o.Get("K"), "K");
-  m.beta1 = integer(o.Get("beta1"), "beta1");
-  m.beta2 = integer(o.Get("beta2"), "beta2");
+  m.bits = (int)integer(f[0], "bits");
+  m.stat_bits = (int)integer(f[1], "statBits");
+  m.N = integer(f[2], "N");
+  m.K = integer(f[3], "K");
+  m.beta1 = integer(f[4], "beta1");
+  m.beta2 = integer(f[5], "beta2");
   SpqrLengths len;
-  const auto qw = typed_array<uint8_t>(o.Get("qweight"), "qweight");
-  const auto sc = typed_array<uint8_t>(o.Get("scaleCodes"), "scaleCodes");
-  const auto zc = typed_array<uint8_t>(o.Get("zeroCodes"), "zeroCodes");
-  const auto ss = typed_array<uint16_t>(o.Get("scaleStats"), "scaleStats");
-  const auto zs = typed_array<uint16_t>(o.Get("zeroStats"), "zeroStats");
-  const auto perm = optional_typed_array<int32_t>(o.Get("perm"), "perm");
-  const auto rowptr = typed_array<int32_t>(o.Get("outlierRowptr"), "outlierRowptr");
-  const auto cols = typed_array<int32_t>(o.Get("outlierCols"), "outlierCols");
-  const auto vals = typed_array<uint16_t>(o.Get("outlierValues"), "outlierValues");
+  const auto qw = typed_array<uint8_t>(f[6], "qweight");
+  const auto sc = typed_array<uint8_t>(f[7], "scaleCodes");
+  const auto zc = typed_array<uint8_t>(f[8], "zeroCodes");
+  const auto ss = typed_array<uint16_t>(f[9], "scaleStats");
+  const auto zs = typed_array<uint16_t>(f[10], "zeroStats");
+  const auto perm = optional_typed_array<int32_t>(f[11], "perm");
+  const auto rowptr = typed_array<int32_t>(f[12], "outlierRowptr");
+  const auto cols = typed_array<int32_t>(f[13], "outlierCols");
+  const auto vals = typed_array<uint16_t>(f[14], "outlierValues");
   m.qweight = qw.data;
   m.scale_codes = sc.data;
   m.zero_codes = zc.data;
@@ -170,7 +179,7 @@ Napi::Value SpqrDequantize(const Napi::CallbackInfo& info) {
   return guarded(info, [&]() -> Napi::Value {
     CallBuffers bufs(false);
     const SpqrMatrix m = spqr_matrix_arg(info[0], bufs);
-    auto out = Napi::Float32Array::New(info.Env(), (size_t)(m.N * m.K));
+    auto out = Napi::Float32Array::New(info.Env(), (size_t)checked_mul(m.N, m.K, "N x K"));
     spqr_dequantize(m, out.Data());
     return out;
   });
@@ -197,10 +206,10 @@ Napi::Value SpqrStorageBits(const Napi::CallbackInfo& info) {
 // tests and benchmarks; the model repacks once at load.
 Napi::Value SpqrGemm(const Napi::CallbackInfo& info) {
   return guarded(info, [&]() -> Napi::Value {
-    const auto X = typed_array<float>(info[0], "X");
     const int64_t M = integer(info[1], "M");
     CallBuffers bufs(false);
-    const SpqrMatrix m = spqr_matrix_arg(info[2], bufs);
+    const SpqrMatrix m = spqr_matrix_arg(info[2], bufs);  // (its getters run before X is read)
+    const auto X = typed_array<float>(info[0], "X");
     require(M > 0, "E_SHAPE", "M must be positive");
     const int64_t MK = checked_mul(M, m.K, "M x K");
     require(X.length == MK, "E_BUFFER", "X holds " + std::to_string(X.length) + " elements, needs M x K = " + std::to_string(MK));

@@ -201,6 +201,26 @@ const scenarios = {
     b2.close();
   },
 
+  async spqr() {
+    const N = 256, K = 512, rows = 1024;
+    const h = addon.hessianCreate(K);
+    await addon.hessianAddBatch(h, floats(rows * K), rows);
+    const H = addon.hessianRead(h);
+    const W = floats(N * K);
+    const opts = { bits: 3, beta1: 16, beta2: 16, outlierThreshold: 0.2 };
+    const ref = await addon.spqrQuantize(W, N, K, H, opts);
+    const W2 = W.slice();
+    await check('spqrQuantize: W transferred', () => addon.spqrQuantize(W2, N, K, H, opts), () => steal(W2), (r) => bytesEqual(r.qweight, ref.qweight));
+    const dense = addon.spqrDequantize(ref);
+    for (const field of ['qweight', 'scaleStats', 'outlierCols']) {
+      const w = { ...ref };
+      for (const k of Object.keys(ref)) if (ArrayBuffer.isView(ref[k])) w[k] = ref[k].slice();
+      const sneaky = { ...w };
+      Object.defineProperty(sneaky, 'outlierValues', { get: () => (steal(w[field]), w.outlierValues), enumerable: true });
+      await check(`spqrDequantize: the outlierValues getter transfers ${field}`, () => Promise.resolve().then(() => addon.spqrDequantize(sneaky)), () => {}, (r) => bytesEqual(r, dense));
+    }
+  },
+
   // Issue 8 item 10: setThreads while work runs on the pool it replaces.
   async setThreads() {
     const M = 16, N = 1024, K = 2048;

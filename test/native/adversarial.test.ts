@@ -56,7 +56,7 @@ function runChild(scenario: string): ChildCase[] {
 // Bug: async calls kept raw pointers into typed arrays that JavaScript could transfer while the worker
 // ran (SIGSEGV at large sizes, silent heap corruption at small ones, out written after the free).
 describe('buffers transferred while an async call runs (child process)', () => {
-  it.each(['packedGemm', 'denseGemm', 'rtnQuantize', 'gptq', 'model'])('%s: inputs give the undisturbed result; outputs reject with E_DETACHED', (scenario) => {
+  it.each(['packedGemm', 'denseGemm', 'rtnQuantize', 'gptq', 'model', 'spqr'])('%s: inputs give the undisturbed result; outputs reject with E_DETACHED', (scenario) => {
     const cases = runChild(scenario);
     expect(cases.length).toBeGreaterThan(0);
     for (const c of cases) {
