@@ -19,7 +19,7 @@ import { LowbitError, invalidArgument } from '../errors.js';
 import type { PackedWeights } from '../native.js';
 import { Tensor } from '../tensor.js';
 import { hfConfigJson } from './convert.js';
-import { HfModel, LINEAR_MODULES, LINEAR_NAMES, type LinearName, type LinearTensors, type LlamaConfig, type ModelReader } from './hf.js';
+import { HfModel, LINEAR_MODULES, LINEAR_NAMES, type LinearName, type LinearTensors, type LlamaConfig, type ModelReader, type ModelTensors } from './hf.js';
 import { copyFileAtomic, ioError, mkdirDurable, removeTree, renameDurable, syncDir, tempPath, writeFileAtomic } from './durable.js';
 import { CheckpointWriter, type TensorSpec } from './safetensors-writer.js';
 import { SAFETENSORS_DTYPE_OF } from './safetensors.js';
@@ -276,6 +276,52 @@ function gptqError(file: string, message: string, tensor?: string): LowbitError 
   return new LowbitError('E_GPTQ_FORMAT', `${file}: ${message}`, tensor ? { file, tensor } : { file });
 }
 
+/** How a checkpoint stores one tensor, from its header alone. */
+export interface StoredTensor {
+  dtype: string;
+  shape: readonly number[];
+}
+
+/**
+ * Checks every GPTQ linear's tensors against the quantization config from the headers alone (no
+ * tensor is read), so that a checkpoint whose bits, group size or dtypes contradict its tensors is
+ * refused when it is opened, naming the values that disagree: qweight I32 [packed(K), N], qzeros
+ * I32 [groups, packed(N)], scales F16/BF16/F32 [groups, N], g_idx I32 [K].
+ */
+export function checkQuantizedTensors(config: LlamaConfig, tensors: ModelTensors, stored: (name: string) => StoredTensor, file: string): void {
+  const q = config.quantization;
+  for (const block of tensors.blocks) {
+    for (const name of LINEAR_NAMES) {
+      const t = block[name].quantized;
+      if (!t) continue;
+      if (!q) throw gptqError(file, `'${t.qweight}' is GPTQ-packed, but config.json has no quantization_config (and there is no quantize_config.json)`, t.qweight);
+      const { K, N } = linearDims(config, name);
+      const bits = q.bits;
+      const check = (tensor: string, dtypes: string[], want: (shape: readonly number[]) => number[], what: string, hint?: (shape: readonly number[]) => string): readonly number[] => {
+        const s = stored(tensor);
+        if (!dtypes.includes(s.dtype)) throw gptqError(file, `${what} '${tensor}' is stored as ${s.dtype}, expected ${dtypes.join(' or ')}`, tensor);
+        const w = want(s.shape);
+        if (s.shape.length !== w.length || s.shape.some((d, i) => d !== w[i])) {
+          throw gptqError(file, `${what} '${tensor}' has shape [${s.shape.join(', ')}]; quantization_config.bits ${bits} with K=${K}, N=${N} needs [${w.join(', ')}]${hint?.(s.shape) ?? ''}`, tensor);
+        }
+        return s.shape;
+      };
+      const bitsHint = (count: number) => (shape: readonly number[]): string => {
+        const fits = ([2, 3, 4, 8] as const).filter((b) => b !== bits && packedWords(b, count) === shape[0]);
+        return fits.length ? ` (the shape of ${fits.join(' or ')}-bit weights)` : '';
+      };
+      check(t.qweight, ['I32'], () => [packedWords(bits, K), N], 'qweight', bitsHint(K));
+      const scales = check(t.scales, ['F16', 'BF16', 'F32'], (shape) => [Math.max(1, shape[0] ?? 0), N], 'scales');
+      const groups = scales[0]!;
+      check(t.qzeros, ['I32'], () => [groups, packedWords(bits, N)], 'qzeros', (shape) => (shape[1] !== undefined && packedWords(bits, N) !== shape[1] ? bitsHint(N)([shape[1]]) : ''));
+      if (t.gIdx) check(t.gIdx, ['I32'], () => [K], 'g_idx');
+      else if (groups !== groupsOf(K, q.groupSize)) {
+        throw gptqError(file, `'${t.scales}' has ${groups} groups, K=${K} with quantization_config.group_size ${q.groupSize} needs ${groupsOf(K, q.groupSize)}`, t.scales);
+      }
+    }
+  }
+}
+
 /** Opens a GPTQ checkpoint directory (an HfModel whose config has a gptq quantization_config). */
 export async function openGptqModel(dir: string): Promise<HfModel> {
   const model = await HfModel.open(dir);
@@ -308,9 +354,10 @@ export async function readPackedLinear(model: HfModel, block: number, name: Line
     }
   };
   const int32 = async (tensor: string): Promise<Tensor<'i32'>> => {
-    const x = await model.readTensor(tensor);
-    if (x.dtype !== 'i32') throw gptqError(file, `'${tensor}' is ${x.dtype}, expected int32`, tensor);
-    return x as Tensor<'i32'>;
+    // the stored dtype, not the read one: I16/I8/I64 are widened to i32 on read, and packed words must not be
+    const storedAs = model.checkpoint.info(tensor).dtype;
+    if (storedAs !== 'I32') throw gptqError(file, `'${tensor}' is stored as ${storedAs}, expected I32`, tensor);
+    return (await model.readTensor(tensor)) as Tensor<'i32'>;
   };
 
   const qweight = await int32(t.qweight);

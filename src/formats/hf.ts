@@ -10,6 +10,7 @@ import { LowbitError } from '../errors.js';
 import type { DType, Tensor } from '../tensor.js';
 import { Checkpoint } from './checkpoint.js';
 import { tensorDTypeOf } from './safetensors.js';
+import { checkQuantizedTensors } from './gptq.js';
 
 /** Model types whose blocks are Llama's (RMSNorm, GQA attention with RoPE, SwiGLU MLP). */
 export const SUPPORTED_MODEL_TYPES = ['llama', 'mistral', 'qwen2'] as const;
@@ -79,6 +80,22 @@ export interface LlamaConfig {
   raw: Record<string, unknown>;
 }
 
+/**
+ * Upper bounds on config.json's sizes, far above any released dense model (Llama 3.1 405B: hidden
+ * 16384, intermediate 53248, 126 layers, 128 heads; vocabularies up to 256000; contexts up to 10M),
+ * so that a corrupt config is refused before anything proportional to it is allocated or iterated.
+ */
+export const CONFIG_LIMITS = {
+  hidden_size: 1 << 17,
+  intermediate_size: 1 << 20,
+  num_hidden_layers: 1 << 12,
+  num_attention_heads: 1 << 12,
+  num_key_value_heads: 1 << 12,
+  head_dim: 1 << 12,
+  vocab_size: 1 << 24,
+  max_position_embeddings: 1 << 26,
+} as const;
+
 function configError(file: string, message: string, field?: string): LowbitError {
   return new LowbitError('E_CONFIG', `${file}: ${message}`, field ? { file, field } : { file });
 }
@@ -88,10 +105,11 @@ export function parseLlamaConfig(raw: unknown, file = 'config.json'): LlamaConfi
   if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) throw configError(file, 'is not a JSON object');
   const c = raw as Record<string, unknown>;
 
-  const int = (field: string, fallback?: number, min = 1): number => {
+  const int = (field: keyof typeof CONFIG_LIMITS, fallback?: number): number => {
     const v = c[field] ?? fallback;
-    if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < min) {
-      throw configError(file, `${field} should be an integer ≥ ${min}, found ${JSON.stringify(v)}`, field);
+    const max = CONFIG_LIMITS[field];
+    if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < 1 || v > max) {
+      throw configError(file, `${field} should be an integer in [1, ${max}], found ${JSON.stringify(v)}`, field);
     }
     return v;
   };
@@ -224,38 +242,88 @@ function parseRope(
   return rope;
 }
 
-function parseQuantization(q: unknown, file: string): GptqQuantizationConfig | undefined {
+function parseQuantization(q: unknown, file: string, path = 'quantization_config.'): GptqQuantizationConfig | undefined {
   if (q === undefined || q === null) return undefined;
   if (typeof q !== 'object' || Array.isArray(q)) throw configError(file, 'quantization_config is not an object', 'quantization_config');
   const r = q as Record<string, unknown>;
   const method = r.quant_method;
   if (method !== 'gptq') {
-    throw new LowbitError('E_UNSUPPORTED', `${file}: quantization_config.quant_method ${JSON.stringify(method)} is not supported (lowbit reads "gptq")`, { file, field: 'quantization_config' });
+    throw new LowbitError('E_UNSUPPORTED', `${file}: ${path}quant_method ${JSON.stringify(method)} is not supported (lowbit reads "gptq")`, { file, field: 'quantization_config' });
   }
   const bits = r.bits;
-  if (bits !== 2 && bits !== 3 && bits !== 4 && bits !== 8) throw configError(file, `quantization_config.bits should be 2, 3, 4 or 8, found ${JSON.stringify(bits)}`, 'quantization_config.bits');
+  if (bits !== 2 && bits !== 3 && bits !== 4 && bits !== 8) throw configError(file, `${path}bits should be 2, 3, 4 or 8, found ${JSON.stringify(bits)}`, `${path}bits`);
   const groupSize = r.group_size ?? -1;
   if (typeof groupSize !== 'number' || !Number.isSafeInteger(groupSize) || (groupSize !== -1 && groupSize < 1)) {
-    throw configError(file, `quantization_config.group_size should be -1 or a positive integer, found ${JSON.stringify(groupSize)}`, 'quantization_config.group_size');
+    throw configError(file, `${path}group_size should be -1 or a positive integer, found ${JSON.stringify(groupSize)}`, `${path}group_size`);
   }
   const format = r.checkpoint_format ?? 'gptq';
   if (format !== 'gptq' && format !== 'gptq_v2') {
-    throw new LowbitError('E_UNSUPPORTED', `${file}: quantization_config.checkpoint_format ${JSON.stringify(format)} is not supported (gptq, gptq_v2)`, { file, field: 'quantization_config.checkpoint_format' });
+    throw new LowbitError('E_UNSUPPORTED', `${file}: ${path}checkpoint_format ${JSON.stringify(format)} is not supported (gptq, gptq_v2)`, { file, field: `${path}checkpoint_format` });
   }
   return { quantMethod: 'gptq', bits, groupSize, descAct: r.desc_act === true, sym: r.sym !== false, checkpointFormat: format, raw: r };
 }
 
-/** Reads and parses `<dir>/config.json`. */
-export async function readLlamaConfig(dir: string): Promise<LlamaConfig> {
-  const file = join(dir, 'config.json');
+async function readJsonConfig(file: string): Promise<unknown> {
   const text = (await readBounded(file, MAX_CONFIG_BYTES, 'E_CONFIG')).toString('utf8');
-  let parsed: unknown;
   try {
-    parsed = JSON.parse(text);
+    return JSON.parse(text);
   } catch (err) {
     throw configError(file, `is not valid JSON (${(err as Error).message})`);
   }
-  return parseLlamaConfig(parsed, file);
+}
+
+/**
+ * Reads and parses `<dir>/config.json`, and `<dir>/quantize_config.json` when there is one
+ * (AutoGPTQ and GPTQModel write it; older AutoGPTQ checkpoints have only it): it supplies the
+ * quantization config when config.json has none, and must agree with config.json's otherwise.
+ */
+export async function readLlamaConfig(dir: string): Promise<LlamaConfig> {
+  const file = join(dir, 'config.json');
+  const config = parseLlamaConfig(await readJsonConfig(file), file);
+  const qfile = join(dir, 'quantize_config.json');
+  if (!existsSync(qfile)) return config;
+  const qraw = await readJsonConfig(qfile);
+  if (typeof qraw !== 'object' || qraw === null || Array.isArray(qraw)) throw configError(qfile, 'is not a JSON object');
+  const q = parseQuantization({ quant_method: 'gptq', ...qraw }, qfile, '')!;
+  if (!config.quantization) return { ...config, quantization: q };
+  // only fields both files state: either may leave one at its default
+  const stated = config.quantization.raw;
+  const fields: [string, unknown, unknown][] = [
+    ['bits', config.quantization.bits, q.bits],
+    ['group_size', config.quantization.groupSize, q.groupSize],
+    ['checkpoint_format', config.quantization.checkpointFormat, q.checkpointFormat],
+    ['desc_act', config.quantization.descAct, q.descAct],
+    ['sym', config.quantization.sym, q.sym],
+  ];
+  for (const [field, inConfig, inQuantize] of fields) {
+    if (field in stated && field in (qraw as Record<string, unknown>) && inConfig !== inQuantize) {
+      throw configError(
+        file,
+        `quantization_config.${field} is ${JSON.stringify(inConfig)} but ${qfile} says ${JSON.stringify(inQuantize)}; the checkpoint cannot be read both ways`,
+        `quantization_config.${field}`,
+      );
+    }
+  }
+  return config;
+}
+
+/**
+ * Checks that the checkpoint holds exactly the layers the config declares: a smaller
+ * num_hidden_layers would silently drop layers, a larger one is a truncated checkpoint.
+ */
+export function checkLayerCount(config: LlamaConfig, names: Iterable<string>, file = 'checkpoint'): void {
+  let layers = 0;
+  for (const name of names) {
+    const m = /^model\.layers\.(\d+)\./.exec(name);
+    if (m) layers = Math.max(layers, Number(m[1]) + 1);
+  }
+  if (layers !== config.numLayers) {
+    throw new LowbitError(
+      'E_CONFIG',
+      `${file}: config.json says num_hidden_layers is ${config.numLayers}, but the checkpoint holds ${layers === 0 ? 'no layers' : `layers 0 to ${layers - 1} (${layers})`}`,
+      { file, field: 'num_hidden_layers' },
+    );
+  }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -427,8 +495,11 @@ export class HfModel implements ModelReader {
     const config = await readLlamaConfig(root);
     const checkpoint = await Checkpoint.open(root);
     try {
+      // a missing layer is named by describeTensors (E_MISSING_TENSOR), an extra one by checkLayerCount
       const tensors = describeTensors(config, (n) => checkpoint.has(n), root);
+      checkLayerCount(config, checkpoint.names, root);
       checkShapes(config, tensors, (n) => checkpoint.info(n).shape, root);
+      checkQuantizedTensors(config, tensors, (n) => checkpoint.info(n), root);
       return new HfModel(root, config, tensors, checkpoint);
     } catch (err) {
       await checkpoint.close();

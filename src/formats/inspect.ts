@@ -2,12 +2,12 @@
  * A description of a model file or directory for `lowbit inspect`: architecture, tensors (name,
  * dtype, shape, bytes), quantization config, bits per weight and total size.
  */
-import { statSync } from 'node:fs';
+import { existsSync, statSync } from 'node:fs';
 import { basename, join, resolve } from 'node:path';
 import { LowbitError } from '../errors.js';
 import { Checkpoint } from './checkpoint.js';
-import { linearDims } from './gptq.js';
-import { LINEAR_MODULES, LINEAR_NAMES, readLlamaConfig, type LlamaConfig } from './hf.js';
+import { checkQuantizedTensors, linearDims } from './gptq.js';
+import { LINEAR_MODULES, LINEAR_NAMES, checkLayerCount, describeTensors, readLlamaConfig, type LlamaConfig } from './hf.js';
 import { Llama2cModel } from './llama2c.js';
 import { SAFETENSORS_DTYPES } from './safetensors.js';
 
@@ -71,17 +71,14 @@ export async function inspectModel(path: string): Promise<InspectReport> {
   }
   if (!isDir && basename(target).endsWith('.bin')) return inspectLlama2c(target);
 
-  let config: LlamaConfig | undefined;
-  if (isDir) {
-    try {
-      statSync(join(target, 'config.json'));
-      config = await readLlamaConfig(target);
-    } catch (err) {
-      if (!(err instanceof LowbitError && err.code === 'E_IO')) throw err;
-    }
-  }
+  // a directory of safetensors without config.json is still described (its tensors only)
+  const config = isDir && existsSync(join(target, 'config.json')) ? await readLlamaConfig(target) : undefined;
   const ckpt = await Checkpoint.open(target);
   try {
+    if (config) {
+      checkLayerCount(config, ckpt.names, target);
+      if (config.quantization) checkQuantizedTensors(config, describeTensors(config, (n) => ckpt.has(n), target), (n) => ckpt.info(n), target);
+    }
     const tensors: TensorReport[] = ckpt.names.map((name) => {
       const i = ckpt.info(name);
       return { name, dtype: i.dtype, shape: i.shape, bytes: i.end - i.begin };

@@ -23,6 +23,22 @@ import { openFileSource, type ByteSource } from './safetensors.js';
 
 export const LLAMA2C_MAGIC = 0x616b3432;
 
+/**
+ * Upper bounds on the header fields, far above any released model (Llama 3.1 405B: dim 16384,
+ * hidden 53248, 126 layers, 128 heads, vocab 128256, context 131072), so that a corrupt header is
+ * refused before anything proportional to it is built: the layout has an entry per layer, and a
+ * session's KV cache defaults to seq_len positions.
+ */
+export const LLAMA2C_LIMITS = {
+  dim: 1 << 16,
+  hidden_dim: 1 << 18,
+  n_layers: 1 << 10,
+  n_heads: 1 << 10,
+  n_kv_heads: 1 << 10,
+  vocab_size: 1 << 22,
+  seq_len: 1 << 17,
+} as const;
+
 export interface Llama2cHeader {
   version: 0 | 1 | 2;
   dim: number;
@@ -84,7 +100,8 @@ export function parseLlama2cHeader(head: Uint8Array, file = 'model.bin'): Llama2
     ['seq_len', seqLen],
   ];
   for (const [name, v] of positive) {
-    if (!(v > 0 && v <= 1 << 24)) throw llama2cError(file, `header field ${name} = ${v} is not plausible; not a llama2.c checkpoint?`);
+    const max = LLAMA2C_LIMITS[name as keyof typeof LLAMA2C_LIMITS];
+    if (!(v > 0 && v <= max)) throw llama2cError(file, `header field ${name} = ${v} is outside [1, ${max}]; not a llama2.c checkpoint?`);
   }
   if (dim % nHeads !== 0 || (dim / nHeads) % 2 !== 0) throw llama2cError(file, `dim ${dim} does not split into ${nHeads} heads of even size`);
   if (nHeads % nKvHeads !== 0) throw llama2cError(file, `n_heads ${nHeads} is not a multiple of n_kv_heads ${nKvHeads}`);
@@ -130,67 +147,94 @@ interface Slot {
   ropeHeads?: number;
 }
 
-/** Where each HF-named tensor lies in the file, and the file size that layout implies. */
-export function llama2cLayout(h: Llama2cHeader): { slots: Map<string, Slot>; fileSize: number } {
-  const { dim, hiddenDim: f, nLayers: L, nHeads, nKvHeads, vocabSize: V, seqLen } = h;
+/** A run of same-shaped tensors in file order: one per layer, or a single one. */
+interface Group {
+  /** the tensor's name, or its name inside a layer (model.layers.<i>.<suffix>) */
+  name: string;
+  perLayer: boolean;
+  shape: number[];
+  ropeHeads?: number;
+}
+
+/** The tensor groups of a header in file order: fp32 ones, then (v2) the Q8_0 ones. */
+function llama2cGroups(h: Llama2cHeader): { f32: Group[]; q8: Group[]; freqCisBytes: number; f32After: Group[] } {
+  const { dim, hiddenDim: f, nHeads, nKvHeads, vocabSize: V, seqLen } = h;
   const hd = dim / nHeads;
   const kv = nKvHeads * hd;
-  const slots = new Map<string, Slot>();
-  let pos = h.headerBytes;
-  const layerName = (i: number, s: string): string => `model.layers.${i}.${s}`;
-
-  type Group = { names: string[]; shape: number[]; ropeHeads?: number };
-  const perLayer = (s: string, shape: number[], ropeHeads?: number): Group => ({ names: Array.from({ length: L }, (_, i) => layerName(i, s)), shape, ropeHeads });
-  const one = (name: string, shape: number[]): Group => ({ names: [name], shape });
-  const attnNorm = perLayer('input_layernorm.weight', [dim]);
-  const ffnNorm = perLayer('post_attention_layernorm.weight', [dim]);
+  const layer = (name: string, shape: number[], ropeHeads?: number): Group => ({ name, perLayer: true, shape, ropeHeads });
+  const one = (name: string, shape: number[]): Group => ({ name, perLayer: false, shape });
+  const attnNorm = layer('input_layernorm.weight', [dim]);
+  const ffnNorm = layer('post_attention_layernorm.weight', [dim]);
   const finalNorm = one('model.norm.weight', [dim]);
   const embedding = one('model.embed_tokens.weight', [V, dim]);
-  const wq = perLayer('self_attn.q_proj.weight', [nHeads * hd, dim], nHeads);
-  const wk = perLayer('self_attn.k_proj.weight', [kv, dim], nKvHeads);
-  const wv = perLayer('self_attn.v_proj.weight', [kv, dim]);
-  const wo = perLayer('self_attn.o_proj.weight', [dim, nHeads * hd]);
-  const w1 = perLayer('mlp.gate_proj.weight', [f, dim]);
-  const w2 = perLayer('mlp.down_proj.weight', [dim, f]);
-  const w3 = perLayer('mlp.up_proj.weight', [f, dim]);
+  const wq = layer('self_attn.q_proj.weight', [nHeads * hd, dim], nHeads);
+  const wk = layer('self_attn.k_proj.weight', [kv, dim], nKvHeads);
+  const wv = layer('self_attn.v_proj.weight', [kv, dim]);
+  const wo = layer('self_attn.o_proj.weight', [dim, nHeads * hd]);
+  const w1 = layer('mlp.gate_proj.weight', [f, dim]);
+  const w2 = layer('mlp.down_proj.weight', [dim, f]);
+  const w3 = layer('mlp.up_proj.weight', [f, dim]);
   const classifier = h.sharedClassifier ? [] : [one('lm_head.weight', [V, dim])];
-  const count = (shape: number[]): number => shape.reduce((a, b) => a * b, 1);
+  if (h.version === 0) {
+    // freq_cis real and imaginary parts sit between the weights and the classifier (recomputed by every reader)
+    return { f32: [embedding, attnNorm, wq, wk, wv, wo, ffnNorm, w1, w2, w3, finalNorm], freqCisBytes: 2 * 4 * seqLen * (hd / 2), f32After: classifier, q8: [] };
+  }
+  if (h.version === 1) return { f32: [attnNorm, ffnNorm, finalNorm, embedding, wq, wk, wv, wo, w1, w2, w3, ...classifier], freqCisBytes: 0, f32After: [], q8: [] };
+  return { f32: [attnNorm, ffnNorm, finalNorm], freqCisBytes: 0, f32After: [], q8: [embedding, wq, wk, wv, wo, w1, w2, w3, ...classifier] };
+}
 
+const count = (shape: readonly number[]): number => shape.reduce((a, b) => a * b, 1);
+
+/**
+ * The file size a header implies, in O(1) (no per-layer entries): checked against the real size
+ * before the layout is built. The header's bounds keep every product a safe integer.
+ */
+export function llama2cFileSize(h: Llama2cHeader): number {
+  const { f32, q8, freqCisBytes, f32After } = llama2cGroups(h);
+  const times = (g: Group): number => (g.perLayer ? h.nLayers : 1);
+  let bytes = h.headerBytes + freqCisBytes;
+  for (const g of [...f32, ...f32After]) bytes += times(g) * 4 * count(g.shape);
+  for (const g of q8) {
+    const n = count(g.shape);
+    if (n % h.groupSize! !== 0) throw llama2cError('llama2.c', `tensor '${g.name}' has ${n} values, not a multiple of group_size ${h.groupSize}`, g.name);
+    bytes += times(g) * (n + 4 * (n / h.groupSize!));
+  }
+  return bytes;
+}
+
+/** Where each HF-named tensor lies in the file, and the file size that layout implies. */
+export function llama2cLayout(h: Llama2cHeader): { slots: Map<string, Slot>; fileSize: number } {
+  const fileSize = llama2cFileSize(h);
+  const { f32, q8, freqCisBytes, f32After } = llama2cGroups(h);
+  const slots = new Map<string, Slot>();
+  const names = (g: Group): string[] => (g.perLayer ? Array.from({ length: h.nLayers }, (_, i) => `model.layers.${i}.${g.name}`) : [g.name]);
+  let pos = h.headerBytes;
   const placeF32 = (groups: Group[]): void => {
     for (const g of groups) {
-      for (const name of g.names) {
+      for (const name of names(g)) {
         slots.set(name, { offset: pos, shape: g.shape, ropeHeads: g.ropeHeads });
         pos += 4 * count(g.shape);
       }
     }
   };
-  if (h.version === 0) {
-    placeF32([embedding, attnNorm, wq, wk, wv, wo, ffnNorm, w1, w2, w3, finalNorm]);
-    pos += 2 * 4 * seqLen * (hd / 2); // freq_cis real and imaginary parts, recomputed by every reader
-    placeF32(classifier);
-  } else if (h.version === 1) {
-    placeF32([attnNorm, ffnNorm, finalNorm, embedding, wq, wk, wv, wo, w1, w2, w3, ...classifier]);
-  } else {
-    placeF32([attnNorm, ffnNorm, finalNorm]);
-    const quantized = [embedding, wq, wk, wv, wo, w1, w2, w3, ...classifier];
-    const gs = h.groupSize!;
-    const entries: [string, Slot][] = [];
-    for (const g of quantized) {
-      for (const name of g.names) {
-        const slot: Slot = { offset: pos, shape: g.shape, ropeHeads: g.ropeHeads };
-        entries.push([name, slot]);
-        pos += count(g.shape);
-      }
-    }
-    for (const [name, slot] of entries) {
-      const n = count(slot.shape);
-      if (n % gs !== 0) throw llama2cError('llama2.c', `tensor '${name}' has ${n} values, not a multiple of group_size ${gs}`, name);
-      slot.scalesOffset = pos;
-      pos += 4 * (n / gs);
-      slots.set(name, slot);
+  placeF32(f32);
+  pos += freqCisBytes;
+  placeF32(f32After);
+  // v2: all int8 values first, then all the group scales, both in tensor order
+  const quantized: [string, Slot][] = [];
+  for (const g of q8) {
+    for (const name of names(g)) {
+      quantized.push([name, { offset: pos, shape: g.shape, ropeHeads: g.ropeHeads }]);
+      pos += count(g.shape);
     }
   }
-  return { slots, fileSize: pos };
+  for (const [name, slot] of quantized) {
+    slot.scalesOffset = pos;
+    pos += 4 * (count(slot.shape) / h.groupSize!);
+    slots.set(name, slot);
+  }
+  if (pos !== fileSize) throw new LowbitError('E_INTERNAL', `llama2.c layout of ${pos} bytes disagrees with its size ${fileSize}`);
+  return { slots, fileSize };
 }
 
 /**
@@ -232,14 +276,15 @@ export class Llama2cModel implements ModelReader {
     try {
       const head = await source.read(0, Math.min(256, source.size));
       const header = parseLlama2cHeader(head, path);
-      const { slots, fileSize } = llama2cLayout(header);
+      // the size first: the layout has an entry per layer, and a corrupt header may declare many
+      const fileSize = llama2cFileSize(header);
       if (fileSize !== source.size) {
         throw llama2cError(
           path,
           `a v${header.version} checkpoint with this header (dim ${header.dim}, hidden ${header.hiddenDim}, ${header.nLayers} layers, vocab ${header.vocabSize}, ${header.sharedClassifier ? 'shared' : 'unshared'} classifier) needs ${fileSize} bytes, the file has ${source.size}${fileSize > source.size ? ' (truncated?)' : ''}`,
         );
       }
-      return new Llama2cModel(source, header, slots);
+      return new Llama2cModel(source, header, llama2cLayout(header).slots);
     } catch (err) {
       await source.close();
       if (err instanceof LowbitError && err.code === 'E_LLAMA2C' && err.details.file !== path) {

@@ -59,6 +59,42 @@ function checkText(text: unknown): asserts text is string {
   if (typeof text !== 'string') invalidArgument('text', 'a string', text);
 }
 
+function checkIdList(ids: unknown): asserts ids is ArrayLike<number> {
+  const length = (ids as { length?: unknown } | null)?.length;
+  if (typeof ids !== 'object' || ids === null || typeof length !== 'number' || !Number.isSafeInteger(length) || length < 0) {
+    invalidArgument('ids', 'an array of token ids', ids);
+  }
+}
+
+/**
+ * Every token id of a tokenizer.json (model.vocab's values, added_tokens' ids) must be an integer
+ * below the number of entries: the library builds its id → token table as an array indexed by id,
+ * so one id of 2^31 costs minutes and gigabytes before the first token is encoded.
+ */
+function checkTokenIds(json: JsonObject, file: string): void {
+  const model = json.model as JsonObject;
+  const vocab = model.vocab;
+  const added = json.added_tokens ?? [];
+  if (!Array.isArray(added)) throw new LowbitError('E_TOKENIZER', `${file}: added_tokens is not a list`, { file });
+  const ids: [string, unknown][] = [];
+  if (vocab !== undefined && vocab !== null && !Array.isArray(vocab)) {
+    if (typeof vocab !== 'object') throw new LowbitError('E_TOKENIZER', `${file}: model.vocab is not an object or a list`, { file });
+    for (const [token, id] of Object.entries(vocab)) ids.push([`model.vocab[${JSON.stringify(token.slice(0, 40))}]`, id]);
+  }
+  let entries = Array.isArray(vocab) ? vocab.length : ids.length;
+  added.forEach((t, i) => {
+    ids.push([`added_tokens[${i}].id`, (t as JsonObject | null)?.id]);
+    // an added token is usually also a vocabulary entry (the specials of a BPE model)
+    const content = (t as JsonObject | null)?.content;
+    if (Array.isArray(vocab) || typeof content !== 'string' || !Object.hasOwn((vocab ?? {}) as object, content)) entries++;
+  });
+  for (const [where, id] of ids) {
+    if (typeof id !== 'number' || !Number.isInteger(id) || id < 0 || id >= entries) {
+      throw new LowbitError('E_TOKENIZER', `${file}: ${where} is ${JSON.stringify(id)}; token ids must be integers in [0, ${entries}) for a vocabulary of ${entries} entries`, { file });
+    }
+  }
+}
+
 /** SentencePiece BPE (tokenizer.model or llama2.c tokenizer.bin). */
 export class SentencePieceTextTokenizer implements TextTokenizer {
   readonly kind = 'sentencepiece' as const;
@@ -80,6 +116,7 @@ export class SentencePieceTextTokenizer implements TextTokenizer {
     return withSpecials(this.sp.encode(text), this.bosId, this.eosId, options, this.file);
   }
   decode(ids: ArrayLike<number>): string {
+    checkIdList(ids);
     return this.sp.decode(ids);
   }
   pieceOf(id: number): string | undefined {
@@ -130,19 +167,20 @@ export class HfJsonTokenizer implements TextTokenizer {
   constructor(json: unknown, config: unknown, readonly file: string) {
     if (!json || typeof json !== 'object' || !(json as JsonObject).model) throw new LowbitError('E_TOKENIZER', `${file}: not a tokenizer.json (no "model")`, { file });
     const cfg = (config && typeof config === 'object' ? config : {}) as JsonObject;
+    checkTokenIds(json as JsonObject, file);
     try {
       this.tok = new HfJsTokenizer(json, cfg);
+      this.cutAtSpaces = cuttableAtSpaces(json as JsonObject);
+      this.vocabSize = this.tok.get_vocab(true).size;
+      const idOf = (v: unknown): number | undefined => {
+        const content = tokenContent(v);
+        return content === undefined ? undefined : this.tok.token_to_id(content);
+      };
+      this.bosId = idOf(cfg.bos_token);
+      this.eosId = idOf(cfg.eos_token);
     } catch (err) {
       throw new LowbitError('E_TOKENIZER', `${file}: ${(err as Error).message}`, { file }, { cause: err });
     }
-    this.cutAtSpaces = cuttableAtSpaces(json as JsonObject);
-    this.vocabSize = this.tok.get_vocab(true).size;
-    const idOf = (v: unknown): number | undefined => {
-      const content = tokenContent(v);
-      return content === undefined ? undefined : this.tok.token_to_id(content);
-    };
-    this.bosId = idOf(cfg.bos_token);
-    this.eosId = idOf(cfg.eos_token);
   }
 
   encode(text: string, options: EncodeOptions = {}): Int32Array {
@@ -169,11 +207,17 @@ export class HfJsonTokenizer implements TextTokenizer {
   }
 
   decode(ids: ArrayLike<number>): string {
+    checkIdList(ids);
     const list = Array.from(ids);
     list.forEach((id, i) => {
       if (!Number.isInteger(id) || id < 0 || this.tok.id_to_token(id) === undefined) invalidArgument(`ids[${i}]`, 'a token id of the vocabulary', id);
     });
-    return this.tok.decode(list, { skip_special_tokens: true });
+    if (list.length === 0) return ''; // the library refuses an empty list
+    try {
+      return this.tok.decode(list, { skip_special_tokens: true });
+    } catch (err) {
+      throw new LowbitError('E_TOKENIZER', `${this.file}: decoding failed: ${(err as Error).message}`, { file: this.file }, { cause: err });
+    }
   }
 
   pieceOf(id: number): string | undefined {
@@ -206,8 +250,13 @@ async function readJson(path: string): Promise<unknown> {
  */
 export async function loadTokenizer(path: string, options: LoadTokenizerOptions = {}): Promise<TextTokenizer> {
   if (typeof path !== 'string' || path === '') invalidArgument('path', 'a tokenizer file or model directory', path);
-  if (!existsSync(path)) throw new LowbitError('E_IO', `no tokenizer at ${path}`, { file: path });
-  if (statSync(path).isDirectory()) {
+  let isDir: boolean;
+  try {
+    isDir = statSync(path).isDirectory();
+  } catch (err) {
+    throw new LowbitError('E_IO', `no tokenizer at ${path}: ${(err as Error).message}`, { file: path }, { cause: err });
+  }
+  if (isDir) {
     const model = join(path, 'tokenizer.model');
     const json = join(path, 'tokenizer.json');
     const wanted = options.kind ?? (existsSync(model) ? 'sentencepiece' : 'tokenizer.json');

@@ -130,23 +130,26 @@ export class Model {
     return new Model(config, nc, device, handle, undefined, options.tokenizer);
   }
 
+  /** Builds the model from `reader`, which it then owns: on any failure the reader is closed too. */
   static async open(reader: ModelReader, options: OpenModelOptions & { tokenizerFrom?: string } = {}): Promise<Model> {
-    const device = resolveDevice(options.device ?? 'auto');
-    const nc = nativeModelConfig(reader.config, options.maxSeq);
-    const Ctor = native().NativeModel;
-    const handle = syncCall(() => new Ctor(nc, device));
-    let tokenizer: TextTokenizer | undefined;
-    const model = new Model(reader.config, nc, device, handle, reader, undefined);
+    let model: Model | undefined;
     try {
-      if (options.tokenizer !== false && options.tokenizerFrom) tokenizer = await loadTokenizer(options.tokenizerFrom);
-      (model as { tokenizer: TextTokenizer | undefined }).tokenizer = tokenizer;
+      const device = resolveDevice(options.device ?? 'auto');
+      const nc = nativeModelConfig(reader.config, options.maxSeq);
+      const Ctor = native().NativeModel;
+      const handle = syncCall(() => new Ctor(nc, device));
+      model = new Model(reader.config, nc, device, handle, reader, undefined);
+      if (options.tokenizer !== false && options.tokenizerFrom) {
+        (model as { tokenizer: TextTokenizer | undefined }).tokenizer = await loadTokenizer(options.tokenizerFrom);
+      }
       await model.loadGlobals();
       if ((options.load ?? 'all') === 'all') for (let i = 0; i < reader.config.numLayers; i++) await model.loadBlock(i);
+      return model;
     } catch (err) {
-      await model.close();
+      // the model's close closes the reader; before the model exists, close the reader itself
+      await (model ? model.close() : reader.close());
       throw err;
     }
-    return model;
   }
 
   get layers(): number {
@@ -448,9 +451,15 @@ export async function openModel(
   if (options.tokenizer !== undefined && typeof options.tokenizer !== 'boolean' && typeof options.tokenizer !== 'string') {
     invalidArgument('tokenizer', 'a boolean or a tokenizer path', options.tokenizer);
   }
+  let isDir: boolean;
+  try {
+    isDir = statSync(path).isDirectory();
+  } catch (err) {
+    throw new LowbitError('E_IO', `cannot open ${path}: ${(err as Error).message}`, { file: path }, { cause: err });
+  }
   let tokenizerFrom: string | undefined;
   if (typeof options.tokenizer === 'string') tokenizerFrom = options.tokenizer;
-  else if (options.tokenizer !== false && statSync(path).isDirectory()) {
+  else if (options.tokenizer !== false && isDir) {
     if (existsSync(join(path, 'tokenizer.model')) || existsSync(join(path, 'tokenizer.json'))) tokenizerFrom = path;
   }
   const reader = await openModelFiles(path);

@@ -224,14 +224,14 @@ describe('GPTQ checkpoints: write, read back byte-identical', () => {
       join(bad, 'model.safetensors'),
       tensors.map(([n, t]) => [n, n === victim ? new Tensor('i32', [2, 3], new Int32Array(6)) : t] as [string, Tensor]),
     );
-    const model = await openGptqModel(bad);
-    const err = await readPackedLinear(model, 1, 'up').then(
+    // refused when opened (every GPTQ tensor's header is checked then), not at first use
+    const err = await openGptqModel(bad).then(
       () => undefined,
       (e: unknown) => e as LowbitError,
     );
     expect(err?.code).toBe('E_GPTQ_FORMAT');
     expect(err?.details.tensor).toBe(victim);
-    await model.close();
+    expect(err?.message).toMatch(/has shape \[2, 3\]; quantization_config.bits 4 with K=32, N=44 needs \[2, 6\]/);
     await expect(openGptqModel(src)).rejects.toMatchObject({ code: 'E_GPTQ_FORMAT' });
   });
 });
