@@ -4,8 +4,19 @@
  * or fail with a LowbitError; anything else (a TypeError, a RangeError, a hang) fails the test.
  * `npm test` runs LOWBIT_FUZZ_ITERS (default 10,000) safetensors cases; `npm run fuzz` 200,000.
  */
-import { describe, expect, it } from 'vitest';
+import { appendFileSync, cpSync, existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, describe, expect, it } from 'vitest';
 import { LowbitError } from '../../src/errors.js';
+import { readPackedLinear } from '../../src/formats/gptq.js';
+import { HfModel, LINEAR_NAMES } from '../../src/formats/hf.js';
+import { inspectModel } from '../../src/formats/inspect.js';
+import { openModelFiles } from '../../src/formats/open.js';
+import { loadTokenizer } from '../../src/formats/tokenizer.js';
+import { openModel } from '../../src/model/model.js';
+import { perplexity } from '../../src/model/perplexity.js';
+import { quantizeConfig, randomTensorBytes, safetensorsBytes, tinyLlama2c, tinyModelFiles, tinySentencePiece, tinyTensors, tinyTokenizerJson, writeFiles, type GptqSpec, type StoredTensorBytes } from './tiny-model.js';
 import { llama2cLayout, parseLlama2cHeader } from '../../src/formats/llama2c.js';
 import { encodeHeader, type TensorSpec } from '../../src/formats/safetensors-writer.js';
 import { BufferSource, SAFETENSORS_DTYPES, SafetensorsFile, type SafetensorsDType } from '../../src/formats/safetensors.js';
@@ -121,7 +132,7 @@ function mutate(bytes: Uint8Array, rand: Rand): Uint8Array {
 }
 
 describe('fuzz: safetensors reader', () => {
-  it(`${ITERS} mutated files: each opens and reads, or fails with a LowbitError`, async () => {
+  it(`${ITERS} mutated files: each opens and reads, or fails with a LowbitError`, { timeout: Math.max(120_000, ITERS * 2) }, async () => {
     const seed = randomSeed();
     const rand = prng(seed);
     const outcomes = new Map<string, number>();
@@ -151,7 +162,7 @@ describe('fuzz: safetensors reader', () => {
 describe('fuzz: llama2.c headers and SentencePiece models', () => {
   const iters = Math.max(1000, Math.floor(ITERS / 5));
 
-  it(`${iters} mutated llama2.c headers: parse and lay out, or E_LLAMA2C`, () => {
+  it(`${iters} mutated llama2.c headers: parse and lay out, or E_LLAMA2C`, { timeout: Math.max(120_000, iters * 2) }, () => {
     const seed = randomSeed();
     const rand = prng(seed);
     for (let i = 0; i < iters; i++) {
@@ -180,7 +191,7 @@ describe('fuzz: llama2.c headers and SentencePiece models', () => {
     }
   });
 
-  it(`${iters} mutated SentencePiece model files: parse and encode, or E_TOKENIZER / E_UNSUPPORTED`, () => {
+  it(`${iters} mutated SentencePiece model files: parse and encode, or E_TOKENIZER / E_UNSUPPORTED`, { timeout: Math.max(120_000, iters * 5) }, () => {
     const seed = randomSeed();
     const rand = prng(seed);
     const pieces = [
@@ -218,6 +229,391 @@ describe('fuzz: llama2.c headers and SentencePiece models', () => {
         if (!(err instanceof LowbitError)) throw new Error(`case ${i} (seed ${seed}): ${String(err)}`);
         expect(['E_TOKENIZER', 'E_UNSUPPORTED', 'E_ARGUMENT']).toContain(err.code);
       }
+    }
+  });
+});
+
+// ---------------------------------------------------------------------------------------------
+// Whole models: mutated config.json, quantize_config.json, GPTQ tensors, tokenizer.json,
+// tokenizer.model and llama2.c files of a tiny model, driven through the readers, inspect, openModel
+// and perplexity. Every outcome must be a result or a LowbitError, each input within 10 s.
+// `npm test` runs LOWBIT_FUZZ_MODEL_ITERS (default 300); `npm run fuzz` 100,000. A hang inside one
+// synchronous call cannot be timed from the same thread: LOWBIT_FUZZ_LOG=<file> appends each case's
+// seed, index and kind before it runs, so the last line names the input that hung.
+
+const MODEL_ITERS = Number(process.env.LOWBIT_FUZZ_MODEL_ITERS ?? 300);
+/** one input may take this long (a hang otherwise) */
+const CASE_LIMIT_MS = 10_000;
+const TEXT = 'ab ba abc cab a b c ab ba cc aab bca '.repeat(3) + 'é!';
+
+const WEIRD_JSON: unknown[] = [0, -1, 1, 2, 3, 7, 8, 1.5, -0.5, 2 ** 31, 2 ** 31 - 1, 2 ** 32, 2 ** 53, 2 ** 64, 1e308, -1e308, '', '4', 'gptq', null, true, false, [], {}, [1, 2], { a: 1 }];
+
+/** A value near `v` or of another kind: the structure-aware part of the JSON mutations. */
+function weirdValue(rand: Rand, v: unknown): unknown {
+  if (typeof v === 'number' && rand() < 0.5) return pick(rand, [v + 1, v - 1, v * 2, Math.floor(v / 2), -v, v + 0.5, v * 1000, 0]);
+  if (typeof v === 'boolean' && rand() < 0.5) return !v;
+  if (typeof v === 'string' && rand() < 0.3) return pick(rand, [v + 'x', v.slice(1), '', v.toUpperCase(), '▁' + v]);
+  return pick(rand, WEIRD_JSON);
+}
+
+/** Replaces, deletes or adds one value somewhere in a JSON tree (a random walk from the root). */
+function mutateJsonTree(root: unknown, rand: Rand, focus?: string[]): unknown {
+  if (typeof root !== 'object' || root === null) return weirdValue(rand, root);
+  const tree = structuredClone(root) as Record<string, unknown>;
+  let node: Record<string, unknown> | unknown[] = tree;
+  // start at a field the format is about, sometimes
+  if (focus && rand() < 0.7) {
+    const key = pick(rand, focus);
+    if (!(key in tree) || rand() < 0.5) {
+      tree[key] = weirdValue(rand, tree[key]);
+      return tree;
+    }
+  }
+  for (let depth = 0; depth < 4; depth++) {
+    const keys = Array.isArray(node) ? node.map((_, i) => i) : Object.keys(node);
+    if (keys.length === 0) break;
+    const k = pick(rand, keys as (string | number)[]);
+    const child = (node as Record<string | number, unknown>)[k];
+    if (child && typeof child === 'object' && rand() < 0.6) {
+      node = child as Record<string, unknown>;
+      continue;
+    }
+    const op = int(rand, 10);
+    if (op === 0 && !Array.isArray(node)) delete (node as Record<string, unknown>)[k as string];
+    else if (op === 1 && Array.isArray(node)) node.splice(k as number, 1);
+    else if (op === 2 && !Array.isArray(node)) (node as Record<string, unknown>)[`${String(k)}_${int(rand, 3)}`] = weirdValue(rand, child);
+    else (node as Record<string | number, unknown>)[k] = weirdValue(rand, child);
+    break;
+  }
+  return tree;
+}
+
+function jsonBytes(v: unknown): Uint8Array {
+  return Buffer.from(JSON.stringify(v) ?? 'null');
+}
+
+/** Bytes damaged without regard to their structure: flipped, truncated, extended, or replaced. */
+function damageBytes(b: Uint8Array, rand: Rand): Uint8Array {
+  switch (int(rand, 4)) {
+    case 0: {
+      const out = Uint8Array.from(b); // a copy (Buffer's slice is a view of the base file)
+      for (let k = 1 + int(rand, 4); k > 0; k--) out[int(rand, out.length)] = int(rand, 256);
+      return out;
+    }
+    case 1:
+      return Uint8Array.from(b.subarray(0, int(rand, b.length)));
+    case 2:
+      return Uint8Array.from([...b.subarray(0, Math.min(b.length, 4096)), ...Array.from({ length: 1 + int(rand, 64) }, () => int(rand, 256))]);
+    default:
+      return Uint8Array.from({ length: int(rand, 300) }, () => int(rand, 256));
+  }
+}
+
+const CONFIG_FIELDS = [
+  'hidden_size', 'intermediate_size', 'num_hidden_layers', 'num_attention_heads', 'num_key_value_heads', 'head_dim', 'vocab_size',
+  'max_position_embeddings', 'rms_norm_eps', 'rope_theta', 'rope_scaling', 'rope_parameters', 'tie_word_embeddings', 'model_type',
+  'hidden_act', 'attention_bias', 'mlp_bias', 'bos_token_id', 'eos_token_id', 'pad_token_id', 'sliding_window', 'torch_dtype', 'quantization_config',
+];
+const QUANT_FIELDS = ['bits', 'group_size', 'desc_act', 'sym', 'checkpoint_format', 'quant_method', 'static_groups'];
+const ROPE_VALUES: unknown[] = [
+  { rope_type: 'linear', factor: 2 }, { rope_type: 'linear' }, { type: 'dynamic', factor: 0 }, { rope_type: 'llama3', factor: 8, low_freq_factor: 1, high_freq_factor: 4, original_max_position_embeddings: 8 },
+  { rope_type: 'yarn', factor: -1 }, { rope_type: 'yarn', factor: 4, original_max_position_embeddings: 0 }, { rope_type: 'longrope', factor: 2 }, { rope_theta: 0 }, { rope_theta: -1 }, { partial_rotary_factor: 0.5 },
+];
+
+type Mutation = { what: string; files: Map<string, Uint8Array | null> };
+
+/** A mutated config.json (structure-aware, or damaged bytes). */
+function mutateConfig(config: Record<string, unknown>, rand: Rand): Uint8Array {
+  if (rand() < 0.1) return damageBytes(jsonBytes(config), rand);
+  let c = config;
+  for (let k = 1 + int(rand, 2); k > 0; k--) {
+    if (rand() < 0.15) c = { ...c, [pick(rand, ['rope_scaling', 'rope_parameters'])]: pick(rand, ROPE_VALUES) };
+    else if (c.quantization_config && rand() < 0.3) c = { ...c, quantization_config: mutateJsonTree(c.quantization_config, rand, QUANT_FIELDS) };
+    else c = mutateJsonTree(c, rand, CONFIG_FIELDS) as Record<string, unknown>;
+  }
+  return jsonBytes(c);
+}
+
+const PARTS = ['qweight', 'qzeros', 'scales', 'g_idx'] as const;
+
+/** Tensors with one GPTQ (or dense) tensor's dtype, shape or values changed, or the tensor gone. */
+function mutateTensors(tensors: StoredTensorBytes[], rand: Rand): Uint8Array {
+  const out = tensors.map((t) => ({ ...t }));
+  const quantized = out.filter((t) => PARTS.some((p) => t.name.endsWith(`.${p}`)));
+  const i = out.indexOf(quantized.length && rand() < 0.8 ? pick(rand, quantized) : pick(rand, out));
+  const t = out[i]!;
+  const op = int(rand, 6);
+  if (op === 0) {
+    t.dtype = pick(rand, DTYPES);
+    t.bytes = randomTensorBytes(t.dtype, t.shape, rand);
+  } else if (op === 1) {
+    const shape = [...t.shape];
+    const d = int(rand, Math.max(1, shape.length));
+    switch (int(rand, 4)) {
+      case 0: shape[d] = Math.max(0, (shape[d] ?? 1) + pick(rand, [-1, 1, 2])); break;
+      case 1: shape.reverse(); break;
+      case 2: shape.pop(); break;
+      default: shape.push(1 + int(rand, 2));
+    }
+    t.shape = shape;
+    t.bytes = randomTensorBytes(t.dtype, shape, rand);
+  } else if (op === 2) {
+    out.splice(i, 1);
+  } else if (op === 3 && t.dtype === 'I32' && t.bytes.length >= 4) {
+    // g_idx / qzeros / qweight values: out of range, negative, extreme
+    t.bytes = t.bytes.slice();
+    const v = new DataView(t.bytes.buffer, t.bytes.byteOffset, t.bytes.byteLength);
+    for (let k = 1 + int(rand, 3); k > 0; k--) v.setInt32(4 * int(rand, t.bytes.length / 4), pick(rand, [-1, 2 ** 31 - 1, -(2 ** 31), 99, 3, 1 << 20]), true);
+  } else if (t.bytes.length >= 2) {
+    // float values: NaN, Inf, 0 (as f16 / f32 bit patterns)
+    const bytes = t.bytes.slice();
+    const w = t.dtype === 'F32' ? 4 : 2;
+    const pattern = w === 4 ? pick(rand, [[0, 0, 0xc0, 0x7f], [0, 0, 0x80, 0x7f], [0, 0, 0, 0]]) : pick(rand, [[0, 0x7e], [0, 0x7c], [0, 0]]);
+    for (let k = 1 + int(rand, 3); k > 0; k--) bytes.set(pattern, w * int(rand, bytes.length / w));
+    t.bytes = bytes;
+  }
+  return safetensorsBytes(out);
+}
+
+/** A mutated SentencePiece model (structure-aware on the message, or damaged serialized bytes). */
+function mutateSentencePiece(rand: Rand): Uint8Array {
+  const m = tinySentencePiece();
+  if (rand() < 0.25) return damageBytes(serializeSentencePieceModel(m), rand);
+  for (let k = 1 + int(rand, 2); k > 0; k--) {
+    const p = m.pieces[int(rand, m.pieces.length)]!;
+    switch (int(rand, 9)) {
+      case 0: p.type = pick(rand, [0, 1, 2, 3, 4, 5, 6, 7, 99]) as PieceType; break;
+      case 1: p.score = pick(rand, [NaN, Infinity, -Infinity, 1e30, -1e30, 0]); break;
+      case 2: p.piece = pick(rand, ['', 'a', '<0x41>', '<0xZZ>', '▁▁', 'x'.repeat(1000), '\u0000', '\uD800']); break;
+      case 3: m.pieces.splice(int(rand, m.pieces.length), 1 + int(rand, 40)); break;
+      case 4: {
+        const field = pick(rand, ['unkId', 'bosId', 'eosId', 'padId'] as const);
+        m[field] = pick(rand, [-1, 0, 1, 2, m.pieces.length, m.pieces.length - 1, 2 ** 31 - 1, 100000]);
+        break;
+      }
+      case 5: m.modelType = pick(rand, ['unigram', 'bpe', 'word', 'char'] as const); break;
+      case 6: m.byteFallback = !m.byteFallback; break;
+      case 7: m.normalizer = { removeExtraWhitespaces: rand() < 0.5, addDummyPrefix: rand() < 0.5, escapeWhitespaces: rand() < 0.5 }; m.hasCharsMap = rand() < 0.2; m.treatWhitespaceAsSuffix = rand() < 0.2; break;
+      default: m.pieces.push(...m.pieces.slice(0, 1 + int(rand, 5)).map((q) => ({ ...q }))); // duplicates
+    }
+  }
+  try {
+    return serializeSentencePieceModel(m);
+  } catch {
+    return damageBytes(serializeSentencePieceModel(tinySentencePiece()), rand);
+  }
+}
+
+/** A mutated tokenizer.json: its ids, merges, added tokens, normalizers and decoders. */
+function mutateTokenizerJson(rand: Rand): Uint8Array {
+  const json = tinyTokenizerJson() as Record<string, any>;
+  if (rand() < 0.1) return damageBytes(jsonBytes(json), rand);
+  switch (int(rand, 6)) {
+    case 0: {
+      const keys = Object.keys(json.model.vocab);
+      json.model.vocab[pick(rand, keys)] = weirdValue(rand, 5);
+      break;
+    }
+    case 1: {
+      const merges = json.model.merges as unknown[];
+      merges[int(rand, merges.length)] = pick(rand, [['a'], ['a', 'b', 'c'], 'a b', 'ab', ['zz', 'q'], [1, 2], null, ['', '']]);
+      break;
+    }
+    case 2: {
+      const added = json.added_tokens as Record<string, unknown>[];
+      if (rand() < 0.5) added[int(rand, added.length)]!.id = weirdValue(rand, 1);
+      else added.push({ id: pick(rand, [272, 3, 0, 300, 2 ** 31]), content: pick(rand, ['<x>', 'a', '', ' ']), special: rand() < 0.5, lstrip: rand() < 0.5, rstrip: rand() < 0.5, normalized: rand() < 0.5, single_word: false });
+      break;
+    }
+    case 3:
+      json[pick(rand, ['normalizer', 'pre_tokenizer', 'decoder', 'post_processor'])] = pick(rand, [
+        null, {}, { type: 'Nope' }, { type: 'Sequence', normalizers: null }, { type: 'Replace', pattern: { Regex: '(' }, content: 'x' },
+        { type: 'Metaspace', replacement: '', prepend_scheme: 'always' }, { type: 'ByteLevel' }, { type: 'Sequence', decoders: [{ type: 'Strip', content: ' ', start: -1, stop: 2 ** 31 }] },
+        { type: 'Split', pattern: { Regex: '\\s+' }, behavior: 'Isolated', invert: false }, { type: 'NFKC' }, { type: 'Prepend', prepend: '▁' },
+      ]);
+      break;
+    case 4:
+      json.model = mutateJsonTree(json.model, rand, ['type', 'unk_token', 'byte_fallback', 'fuse_unk', 'vocab', 'merges', 'dropout', 'continuing_subword_prefix']);
+      break;
+    default:
+      if (rand() < 0.5) json.model = { type: 'Unigram', unk_id: pick(rand, [0, -1, 5000, null]), vocab: [['<unk>', 0], ['a', -1], ['b', pick(rand, [NaN, -2, 'x'])], ['▁', -3]] };
+      else json.model = { type: 'WordPiece', unk_token: '[UNK]', vocab: { '[UNK]': 0, a: weirdValue(rand, 1) } };
+  }
+  return jsonBytes(json);
+}
+
+/** A mutated llama2.c file: header fields, version, flag, size, or a consistent header of other dims. */
+function mutateLlama2c(base: Uint8Array, rand: Rand): Uint8Array {
+  if (rand() < 0.2) {
+    const dims = { dim: pick(rand, [8, 16, 32]), n_heads: pick(rand, [1, 2, 4]), n_kv_heads: 1, n_layers: pick(rand, [1, 2, 3]), vocab_size: pick(rand, [100, 272, 300]), seq_len: pick(rand, [1, 2, 8, 64]) };
+    return tinyLlama2c(rand, dims);
+  }
+  const b = base.slice();
+  const v = new DataView(b.buffer);
+  switch (int(rand, 6)) {
+    case 0:
+    case 1: {
+      const field = int(rand, 7);
+      const cur = v.getInt32(8 + 4 * field, true);
+      v.setInt32(8 + 4 * field, pick(rand, [0, -1, -cur, cur + 1, cur - 1, cur * 2, 2 ** 31 - 1, -(2 ** 31), 1 << 17, (1 << 17) + 1, 1 << 24, 1_000_000]), true);
+      return b;
+    }
+    case 2:
+      v.setInt32(4, pick(rand, [0, 2, 3, -1]), true);
+      if (rand() < 0.5) v.setInt32(37, pick(rand, [0, -8, 7, 8, 16, 2 ** 31 - 1]), true);
+      return b;
+    case 3:
+      v.setUint8(36, pick(rand, [0, 2, 255]));
+      return b;
+    case 4:
+      if (rand() < 0.5) v.setUint32(0, int(rand, 2 ** 32), true);
+      return b.subarray(0, int(rand, b.length));
+    default:
+      return Uint8Array.from([...b, ...Array.from({ length: pick(rand, [1, 4, 256, 4 * 16]) }, () => int(rand, 256))]);
+  }
+}
+
+/** Reads everything a reader declares: dense tensors, and GPTQ linears through readPackedLinear. */
+async function readAll(path: string): Promise<void> {
+  const reader = await openModelFiles(path);
+  try {
+    for (const name of reader.names) await reader.readTensor(name);
+    if (reader instanceof HfModel && reader.config.quantization) {
+      for (const b of reader.tensors.blocks) for (const name of LINEAR_NAMES) if (b[name].quantized) await readPackedLinear(reader, b.index, name);
+    }
+  } finally {
+    await reader.close();
+  }
+}
+
+async function runModel(path: string, tokenizer?: string): Promise<void> {
+  const model = await openModel(path, { device: 'cpu', ...(tokenizer ? { tokenizer } : {}) });
+  try {
+    if (model.tokenizer) {
+      const r = await perplexity(model, TEXT, { seqLen: Math.min(8, model.maxSeq), maxWindows: 1 });
+      expect(r.windows).toBe(1);
+      model.tokenizer.decode(model.tokenizer.encode(TEXT));
+    }
+  } finally {
+    await model.close();
+  }
+}
+
+async function runTokenizer(dir: string, kind: 'sentencepiece' | 'tokenizer.json'): Promise<void> {
+  const tok = await loadTokenizer(dir, { kind });
+  const ids = tok.encode(TEXT, { bos: tok.bosId !== undefined });
+  tok.decode(ids);
+  tok.decode([]);
+  for (const id of ids.slice(0, 4)) tok.pieceOf(id);
+}
+
+describe('fuzz: whole models (config.json, quantize_config.json, GPTQ tensors, tokenizers, llama2.c)', () => {
+  const root = mkdtempSync(join(existsSync('/dev/shm') ? '/dev/shm' : tmpdir(), 'lowbit-fuzz-'));
+  afterAll(() => rmSync(root, { recursive: true, force: true }));
+
+  it(`${MODEL_ITERS} mutated inputs through the readers, inspect, openModel, perplexity and the tokenizers: a result or a LowbitError, each within ${CASE_LIMIT_MS / 1000} s`, { timeout: 120_000 + MODEL_ITERS * 200 }, async () => {
+    const seed = Number(process.env.LOWBIT_FUZZ_SEED ?? randomSeed());
+    const rand = prng(seed);
+    const gptqSpecs: GptqSpec[] = [
+      { bits: 4, groupSize: 8, format: 'gptq' },
+      { bits: 3, groupSize: -1, format: 'gptq_v2' },
+      { bits: 2, groupSize: 16, format: 'gptq', descAct: true },
+      { bits: 8, groupSize: 8, format: 'gptq_v2' },
+    ];
+    const dense = { files: tinyModelFiles(rand), tensors: tinyTensors(rand) };
+    dense.files.set('model.safetensors', safetensorsBytes(dense.tensors));
+    const gptqBases = gptqSpecs.map((spec) => {
+      const tensors = tinyTensors(rand, spec);
+      const files = tinyModelFiles(rand, spec);
+      files.set('model.safetensors', safetensorsBytes(tensors));
+      return { spec, files, tensors };
+    });
+    const llama2c = tinyLlama2c(rand);
+    const outcomes = new Map<string, number>();
+    const examples = new Map<string, string>();
+    const log = process.env.LOWBIT_FUZZ_LOG;
+    let slowest = 0;
+    const t0 = performance.now();
+
+    for (let i = 0; i < MODEL_ITERS; i++) {
+      const kind = pick(rand, ['config', 'config', 'gptq-config', 'quantize_config', 'gptq-tensors', 'gptq-tensors', 'dense-tensors', 'tokenizer.json', 'tokenizer.model', 'llama2c', 'llama2c'] as const);
+      const gptq = pick(rand, gptqBases);
+      const dir = join(root, `c${i % 4}`);
+      rmSync(dir, { recursive: true, force: true });
+      let files: Map<string, Uint8Array>;
+      let file: string | undefined;
+      let runs: (() => Promise<unknown>)[];
+      if (kind === 'llama2c') {
+        mkdirSync(dir, { recursive: true });
+        file = join(dir, 'model.bin');
+        writeFileSync(file, mutateLlama2c(llama2c, rand));
+        const tok = join(dir, 'tokenizer.model');
+        writeFileSync(tok, dense.files.get('tokenizer.model')!);
+        runs = [() => readAll(file!), () => inspectModel(file!), () => runModel(file!, tok)];
+      } else {
+        files = new Map(kind.startsWith('gptq') || kind === 'quantize_config' ? gptq.files : dense.files);
+        const config = JSON.parse(Buffer.from(files.get('config.json')!).toString()) as Record<string, unknown>;
+        switch (kind) {
+          case 'config':
+          case 'gptq-config':
+            files.set('config.json', mutateConfig(config, rand));
+            break;
+          case 'quantize_config':
+            if (rand() < 0.1) files.delete('quantize_config.json');
+            else files.set('quantize_config.json', rand() < 0.1 ? damageBytes(files.get('quantize_config.json')!, rand) : jsonBytes(mutateJsonTree(quantizeConfig(gptq.spec), rand, QUANT_FIELDS)));
+            if (rand() < 0.2) files.set('config.json', jsonBytes({ ...config, quantization_config: undefined }));
+            break;
+          case 'gptq-tensors':
+            files.set('model.safetensors', mutateTensors(gptq.tensors, rand));
+            break;
+          case 'dense-tensors':
+            files.set('model.safetensors', mutateTensors(dense.tensors, rand));
+            break;
+          case 'tokenizer.json':
+            files.set('tokenizer.json', mutateTokenizerJson(rand));
+            files.delete('tokenizer.model'); // so that openModel loads tokenizer.json
+            break;
+          case 'tokenizer.model':
+            files.set('tokenizer.model', mutateSentencePiece(rand));
+            break;
+        }
+        writeFiles(dir, files);
+        runs =
+          kind === 'tokenizer.json' || kind === 'tokenizer.model'
+            ? [() => runTokenizer(dir, kind === 'tokenizer.json' ? 'tokenizer.json' : 'sentencepiece'), () => runModel(dir)]
+            : [() => readAll(dir), () => inspectModel(dir), () => runModel(dir)];
+      }
+      if (log) appendFileSync(log, `${seed} ${i} ${kind}\n`);
+      const start = performance.now();
+      for (const [step, run] of runs.entries()) {
+        try {
+          await run();
+          outcomes.set(`${kind}: ok`, (outcomes.get(`${kind}: ok`) ?? 0) + 1);
+        } catch (err) {
+          if (!(err instanceof LowbitError)) {
+            const kept = join(tmpdir(), `lowbit-fuzz-case-${seed}-${i}`);
+            cpSync(dir, kept, { recursive: true });
+            throw new Error(`case ${i} (${kind}, step ${step}, seed ${seed}; files kept in ${kept}) threw a non-LowbitError: ${(err as Error)?.stack ?? String(err)}`);
+          }
+          outcomes.set(`${kind}: ${err.code}`, (outcomes.get(`${kind}: ${err.code}`) ?? 0) + 1);
+          if (!examples.has(`${kind}: ${err.code}`)) examples.set(`${kind}: ${err.code}`, err.message.replace(root, '').slice(0, 240));
+        }
+      }
+      const ms = performance.now() - start;
+      slowest = Math.max(slowest, ms);
+      if (ms > CASE_LIMIT_MS) throw new Error(`case ${i} (${kind}, seed ${seed}) took ${ms.toFixed(0)} ms, over the ${CASE_LIMIT_MS} ms bound`);
+    }
+    const summary = [...outcomes].sort().map(([k, v]) => `${k} ${v}`).join(', ');
+    if (process.env.LOWBIT_FUZZ_REPORT) {
+      console.log(`fuzz: ${MODEL_ITERS} inputs (seed ${seed}) in ${((performance.now() - t0) / 1000).toFixed(1)} s, slowest ${slowest.toFixed(0)} ms; 0 non-LowbitErrors, 0 over ${CASE_LIMIT_MS} ms\n${summary}`);
+      for (const [k, m] of [...examples].sort()) console.log(`  ${k}: ${m}`);
+    }
+    // the mutations reach both sides: some inputs still work end to end, most are refused
+    if (MODEL_ITERS >= 200) {
+      for (const kind of ['config', 'gptq-tensors', 'tokenizer.model', 'llama2c']) {
+        expect([...outcomes.keys()].some((k) => k.startsWith(`${kind}: E_`)), `${kind} refused at least once (seed ${seed}): ${summary}`).toBe(true);
+      }
+      expect(outcomes.get('config: ok') ?? 0, `some config mutations survive (seed ${seed}): ${summary}`).toBeGreaterThan(0);
     }
   });
 });
