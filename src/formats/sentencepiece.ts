@@ -314,6 +314,10 @@ export class SentencePieceTokenizer {
       throw new LowbitError('E_UNSUPPORTED', `${file}: normalization rule '${model.normalizerName}' is not supported (lowbit applies the identity rule); use the model's tokenizer.json`, { file });
     }
     if (model.treatWhitespaceAsSuffix) throw new LowbitError('E_UNSUPPORTED', `${file}: treat_whitespace_as_suffix is not supported`, { file });
+    // a special id outside the vocabulary would be emitted by encode({ bos: true }) and fail far from here
+    for (const [field, id] of [['unk_id', model.unkId], ['bos_id', model.bosId], ['eos_id', model.eosId], ['pad_id', model.padId]] as const) {
+      if (!Number.isInteger(id) || id < -1 || id >= model.pieces.length) throw tokenizerError(file, `${field} ${id} is outside the vocabulary of ${model.pieces.length} pieces`);
+    }
     this.model = model;
     const userDefined: string[] = [];
     let split = true;

@@ -12,6 +12,7 @@ import { LowbitError } from '../../src/errors.js';
 import { CONFIG_LIMITS, HfModel } from '../../src/formats/hf.js';
 import { inspectModel } from '../../src/formats/inspect.js';
 import { LLAMA2C_LIMITS, LLAMA2C_MAGIC, Llama2cModel } from '../../src/formats/llama2c.js';
+import { serializeSentencePieceModel } from '../../src/formats/sentencepiece.js';
 import { loadTokenizer } from '../../src/formats/tokenizer.js';
 import { openModel } from '../../src/model/model.js';
 import { perplexity } from '../../src/model/perplexity.js';
@@ -24,6 +25,7 @@ import {
   tinyConfig,
   tinyLlama2c,
   tinyModelFiles,
+  tinySentencePiece,
   tinyTensors,
   tinyTokenizerJson,
   writeFiles,
@@ -250,6 +252,19 @@ describe('12: metadata that contradicts itself or the tensors is refused, naming
       expect(Number.isFinite(r.ppl)).toBe(true);
     } finally {
       await model.close();
+    }
+  });
+});
+
+describe('12: a tokenizer.model whose special ids lie outside its vocabulary', () => {
+  it('is E_TOKENIZER naming the field (encode with BOS emitted the id, refused later by the model)', async () => {
+    for (const field of ['bosId', 'eosId', 'unkId'] as const) {
+      const sp = tinySentencePiece();
+      sp[field] = sp.pieces.length + 5;
+      const dir = writeFiles(fresh('sp'), new Map([['tokenizer.model', serializeSentencePieceModel(sp)]]));
+      const err = await failure(loadTokenizer(join(dir, 'tokenizer.model')));
+      expect(err.code, field).toBe('E_TOKENIZER');
+      expect(err.message, field).toContain(`${field.replace('Id', '_id')} ${sp.pieces.length + 5} is outside the vocabulary of ${sp.pieces.length} pieces`);
     }
   });
 });
