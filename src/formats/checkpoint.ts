@@ -3,7 +3,7 @@
  * (model.safetensors.index.json naming a shard for each tensor), seen as one lazy tensor store.
  */
 import { existsSync, statSync } from 'node:fs';
-import { MAX_INDEX_BYTES, readBounded } from './read-bounded.js';
+import { MAX_INDEX_BYTES, checkPath, readBounded } from './read-bounded.js';
 import { basename, dirname, join, resolve } from 'node:path';
 import { LowbitError } from '../errors.js';
 import type { Tensor } from '../tensor.js';
@@ -32,6 +32,7 @@ export class Checkpoint {
    * file, or one .safetensors file. All shards are opened and their headers validated up front.
    */
   static async open(path: string): Promise<Checkpoint> {
+    checkPath(path);
     const target = resolve(path);
     let st;
     try {

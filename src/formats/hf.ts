@@ -4,7 +4,7 @@
  * lm_head or the tied embedding). Weights stay on disk until asked for, one tensor at a time.
  */
 import { existsSync } from 'node:fs';
-import { MAX_CONFIG_BYTES, readBounded } from './read-bounded.js';
+import { MAX_CONFIG_BYTES, checkPath, readBounded } from './read-bounded.js';
 import { join, resolve } from 'node:path';
 import { LowbitError } from '../errors.js';
 import type { DType, Tensor } from '../tensor.js';
@@ -488,6 +488,7 @@ export class HfModel implements ModelReader {
   ) {}
 
   static async open(dir: string): Promise<HfModel> {
+    checkPath(dir, 'dir', 'a model directory');
     const root = resolve(dir);
     if (!existsSync(join(root, 'config.json'))) {
       throw new LowbitError('E_IO', `${root} has no config.json; is it a Hugging Face model directory?`, { file: join(root, 'config.json') });

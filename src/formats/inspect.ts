@@ -6,6 +6,7 @@ import { existsSync, statSync } from 'node:fs';
 import { basename, join, resolve } from 'node:path';
 import { LowbitError } from '../errors.js';
 import { Checkpoint } from './checkpoint.js';
+import { checkPath } from './read-bounded.js';
 import { checkQuantizedTensors, linearDims } from './gptq.js';
 import { LINEAR_MODULES, LINEAR_NAMES, checkLayerCount, describeTensors, readLlamaConfig, type LlamaConfig } from './hf.js';
 import { Llama2cModel } from './llama2c.js';
@@ -62,6 +63,7 @@ function summary(c: LlamaConfig): InspectReport['config'] {
 }
 
 export async function inspectModel(path: string): Promise<InspectReport> {
+  checkPath(path, 'path', 'a model directory or file');
   const target = resolve(path);
   let isDir: boolean;
   try {

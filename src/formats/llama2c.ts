@@ -20,6 +20,7 @@ import { LowbitError } from '../errors.js';
 import { Tensor } from '../tensor.js';
 import { type LlamaConfig, type ModelReader, type ModelTensors, describeTensors, parseLlamaConfig } from './hf.js';
 import { openFileSource, type ByteSource } from './safetensors.js';
+import { checkPath } from './read-bounded.js';
 
 export const LLAMA2C_MAGIC = 0x616b3432;
 
@@ -272,6 +273,7 @@ export class Llama2cModel implements ModelReader {
   }
 
   static async open(path: string): Promise<Llama2cModel> {
+    checkPath(path);
     const source = await openFileSource(path);
     try {
       const head = await source.read(0, Math.min(256, source.size));

@@ -6,8 +6,10 @@ import { statSync } from 'node:fs';
 import { LowbitError } from '../errors.js';
 import { HfModel, type ModelReader } from './hf.js';
 import { Llama2cModel } from './llama2c.js';
+import { checkPath } from './read-bounded.js';
 
 export async function openModelFiles(path: string): Promise<ModelReader> {
+  checkPath(path, 'path', 'a model directory or llama2.c file');
   let isDir: boolean;
   try {
     isDir = statSync(path).isDirectory();

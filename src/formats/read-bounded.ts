@@ -1,6 +1,6 @@
 /** Reading small metadata files (JSON configs, indexes, tokenizers) with a size bound. */
 import { readFile, stat } from 'node:fs/promises';
-import { LowbitError, type LowbitErrorCode } from '../errors.js';
+import { LowbitError, invalidArgument, type LowbitErrorCode } from '../errors.js';
 
 /**
  * The file's bytes; E_IO when it cannot be read, `code` when it is larger than `maxBytes` (a
@@ -24,3 +24,8 @@ export async function readBounded(path: string, maxBytes: number, code: LowbitEr
 export const MAX_CONFIG_BYTES = 16 << 20;
 export const MAX_INDEX_BYTES = 100 << 20;
 export const MAX_TOKENIZER_BYTES = 256 << 20;
+
+/** E_ARGUMENT unless `path` is a non-empty string (path functions throw TypeErrors otherwise). */
+export function checkPath(path: unknown, name = 'path', what = 'a file or directory path'): asserts path is string {
+  if (typeof path !== 'string' || path === '') invalidArgument(name, what, path);
+}

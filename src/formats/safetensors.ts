@@ -12,6 +12,7 @@
 import { open, type FileHandle } from 'node:fs/promises';
 import { LowbitError, type LowbitErrorCode } from '../errors.js';
 import { Tensor, numel, type DType } from '../tensor.js';
+import { checkPath } from './read-bounded.js';
 
 /** The dtypes of the safetensors format that lowbit reads. */
 export const SAFETENSORS_DTYPES = {
@@ -304,6 +305,7 @@ export class SafetensorsFile {
   ) {}
 
   static async open(path: string): Promise<SafetensorsFile> {
+    checkPath(path);
     return SafetensorsFile.fromSource(await openFileSource(path));
   }
 

@@ -11,6 +11,9 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { LowbitError } from '../../src/errors.js';
 import { CONFIG_LIMITS, HfModel } from '../../src/formats/hf.js';
 import { inspectModel } from '../../src/formats/inspect.js';
+import { Checkpoint } from '../../src/formats/checkpoint.js';
+import { openModelFiles } from '../../src/formats/open.js';
+import { SafetensorsFile } from '../../src/formats/safetensors.js';
 import { LLAMA2C_LIMITS, LLAMA2C_MAGIC, Llama2cModel } from '../../src/formats/llama2c.js';
 import { serializeSentencePieceModel } from '../../src/formats/sentencepiece.js';
 import { loadTokenizer } from '../../src/formats/tokenizer.js';
@@ -297,6 +300,19 @@ describe('13: every failure a user can cause is a LowbitError naming the path or
     rmSync(join(dir, 'model.safetensors'));
     const empty = await failure(inspectModel(dir));
     expect(empty.code).toBe('E_IO');
+  });
+
+  it('a path that is not a string is E_ARGUMENT for every reader (was a TypeError from node:path)', async () => {
+    const readers: [string, (p: never) => Promise<unknown>][] = [
+      ['inspectModel', inspectModel], ['openModelFiles', openModelFiles], ['HfModel.open', HfModel.open], ['Checkpoint.open', Checkpoint.open],
+      ['Llama2cModel.open', Llama2cModel.open], ['SafetensorsFile.open', SafetensorsFile.open], ['openModel', openModel], ['loadTokenizer', loadTokenizer],
+    ];
+    for (const [what, open] of readers) {
+      for (const bad of [undefined, null, 3, '', {}]) {
+        const err = await failure(() => open(bad as never));
+        expect(err.code, `${what}(${String(bad)})`).toBe('E_ARGUMENT');
+      }
+    }
   });
 
   it('paths that are not there or not readable as asked are E_IO naming them', async () => {
