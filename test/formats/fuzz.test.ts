@@ -601,6 +601,7 @@ describe('fuzz: whole models (config.json, quantize_config.json, GPTQ tensors, t
       }
       const ms = performance.now() - start;
       slowest = Math.max(slowest, ms);
+      if (log && (i + 1) % 1000 === 0) appendFileSync(log, `# ${i + 1} inputs done, slowest ${slowest.toFixed(0)} ms: ${[...outcomes].sort().map(([k, v]) => `${k} ${v}`).join(', ')}\n`);
       if (ms > CASE_LIMIT_MS) throw new Error(`case ${i} (${kind}, seed ${seed}) took ${ms.toFixed(0)} ms, over the ${CASE_LIMIT_MS} ms bound`);
     }
     const summary = [...outcomes].sort().map(([k, v]) => `${k} ${v}`).join(', ');
