@@ -23,3 +23,4 @@ export { ropeFrequencies, type RopeFrequencies } from './model/rope.js';
 export { bundled } from './bundled.js';
 export { quantize, parseBytes, QuantizeJob, Hessian, gptqQuantize, type QuantizeOptions, type QuantizeProgress, type QuantizeSummary, type LayerReport, type GptqOptions, type GptqResult } from './quantize/index.js';
 export { downloadHubModel, resolveModelPath, hubSettings, parseHubModelId, type HubDownloadOptions, type HubProgress, type HubSnapshot, type HubSettings, type HubModelId } from './hub/index.js';
+export { applyPreset, vllmWarnings, PRESETS, type PresetName, type PresetSettings } from './presets.js';

@@ -1,6 +1,8 @@
 import { existsSync } from 'node:fs';
 import { bundled } from '../bundled.js';
 import { resolveDevice } from '../devices.js';
+import { readLlamaConfig } from '../formats/hf.js';
+import { applyPreset, PRESETS, vllmWarnings, type PresetName, type PresetSettings } from '../presets.js';
 import { LowbitError } from '../errors.js';
 import { quantize, type QuantizeProgress, type QuantizeSummary, type QuantizeWarning } from '../schedule/quantize.js';
 import { DEFAULT_METHOD, METHODS, METHOD_NAMES, methodOf, type MethodName } from '../schedule/methods/index.js';
@@ -15,6 +17,9 @@ block's weights in memory). Ctrl-C stops cleanly; --resume continues from the fi
 Without --model it quantizes the small model shipped with lowbit (stories260K) on its shipped
 calibration text.
 
+  --preset vllm           settings vLLM's fast GPTQ kernels take: 4-bit (or --bits 8), --sym,
+                          group size 128 (or 32/64/channel), --act-order through static groups
+                          (desc_act false); warns about options or shapes they cannot take
   --method ${METHOD_NAMES.join('|').padEnd(14)} (default ${DEFAULT_METHOD})
 ${METHOD_NAMES.map((n) => `                          ${n}: ${METHODS[n].description}`).join('\n')}
   --bits 2|3|4|8          (default 4)
@@ -68,6 +73,7 @@ export async function run(argv: string[]): Promise<number> {
     {
       model: { type: 'string' },
       out: { type: 'string' },
+      preset: { type: 'string' },
       method: { type: 'string' },
       bits: { type: 'string' },
       'group-size': { type: 'string' },
@@ -117,6 +123,24 @@ export async function run(argv: string[]): Promise<number> {
   const samples = numberOption(str('samples'), 'samples', 128, isCount, 'a positive integer');
   const seqLen = str('seq-len') === undefined ? undefined : numberOption(str('seq-len'), 'seq-len', 0, (n) => Number.isInteger(n) && n >= 2, 'an integer >= 2');
   const seed = numberOption(str('seed'), 'seed', 0, Number.isInteger, 'an integer');
+  const preset = str('preset');
+  if (preset !== undefined && !(PRESETS as readonly string[]).includes(preset)) throw new LowbitError('E_ARGUMENT', `--preset must be ${PRESETS.join(' or ')}, not ${JSON.stringify(preset)}`, { option: 'preset' });
+  const modelPath = useBundled ? bundled.model : await resolveModelArg(str('model')!);
+  const given = (k: string) => values[k] !== undefined;
+  const settings: PresetSettings = preset
+    ? applyPreset(preset as PresetName, {
+        bits: given('bits') ? bits : undefined,
+        groupSize: given('group-size') ? groupSize : undefined,
+        sym: given('sym') ? true : undefined,
+        actOrder: given('act-order') ? true : undefined,
+        staticGroups: given('static-groups') ? true : undefined,
+        checkpointFormat: format as PresetSettings['checkpointFormat'] | undefined,
+      })
+    : { bits, groupSize, sym: values.sym === true, actOrder: values['act-order'] === true, staticGroups: values['static-groups'] === true, checkpointFormat: (format ?? 'gptq') as PresetSettings['checkpointFormat'] };
+  if (preset === 'vllm') {
+    const config = await readLlamaConfig(modelPath).catch(() => undefined);
+    for (const w of vllmWarnings(settings, config)) process.stderr.write(`warning (--preset vllm): ${w}\n`);
+  }
 
   const controller = new AbortController();
   let interrupted = false;
@@ -130,18 +154,18 @@ export async function run(argv: string[]): Promise<number> {
   const progress = new Progress('quantizing');
   try {
     const job = quantize({
-      model: useBundled ? bundled.model : await resolveModelArg(str('model')!),
+      model: modelPath,
       out: str('out')!,
       method,
-      bits,
-      groupSize,
-      actOrder: values['act-order'] === true,
-      staticGroups: values['static-groups'] === true,
-      sym: values.sym === true,
+      bits: settings.bits,
+      groupSize: settings.groupSize,
+      actOrder: settings.actOrder,
+      staticGroups: settings.staticGroups,
+      sym: settings.sym,
       mse: values.mse === true,
       damp,
       trueSequential: values['no-true-sequential'] !== true,
-      checkpointFormat: format as 'gptq' | 'gptq_v2' | undefined,
+      checkpointFormat: settings.checkpointFormat,
       calibration: {
         files,
         samples,

@@ -43,6 +43,7 @@ export interface GptqConfig {
   bits: 2 | 3 | 4 | 8;
   /** columns per group along K; -1 for one group per output channel */
   groupSize: number;
+  /** act-order was used; written as desc_act only without static groups (whose g_idx stays trivial) */
   descAct: boolean;
   sym: boolean;
   dampPercent: number;
@@ -83,7 +84,9 @@ export function quantizationConfigJson(q: GptqConfig, config: LlamaConfig): Reco
     quant_method: 'gptq',
     bits: q.bits,
     group_size: q.groupSize,
-    desc_act: q.descAct,
+    // desc_act tells loaders that g_idx is permuted; act-order through static groups keeps it
+    // trivial, and loaders (vLLM under tensor parallelism) take such a checkpoint only as desc_act false
+    desc_act: q.descAct && !q.staticGroups,
     sym: q.sym,
     damp_percent: q.dampPercent,
     true_sequential: q.trueSequential,
