@@ -2,7 +2,8 @@
  * `lowbit quantize` as a new user meets it, in a child process started in an empty directory: with
  * no --model it quantizes the bundled stories260K on the bundled calibration text (the package's
  * data/, found from the code's own location, not the working directory); with a --model but no
- * --calib, GPTQ stops with a usage error that says how to give calibration text.
+ * --calib, GPTQ stops with a usage error that says how to give calibration text; a bf16 model keeps
+ * its dense tensors (embeddings, norms) in bf16 (catches a writer widening them to fp32).
  */
 import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -44,4 +45,15 @@ test('GPTQ on a given --model without --calib: exit 2, naming --calib and --cali
   expect(run.stderr).toContain('--calib <file>');
   expect(run.stderr).toContain('--calib self');
   expect(existsSync(join(cwd, 'nocalib'))).toBe(false);
+});
+
+test('16-bit models stay 16-bit: a bf16 model quantized keeps its embeddings and norms in bf16, and config.json says bfloat16', async () => {
+  const run = await lowbit(['quantize', '--model', dataFile('stories260K-hf-bf16'), '--method', 'rtn', '--out', 'bf16'], { cwd });
+  expect(run.code, run.stderr).toBe(0);
+  const bytes = readFileSync(join(cwd, 'bf16', 'model.safetensors'));
+  const header = JSON.parse(bytes.subarray(8, 8 + Number(bytes.readBigUInt64LE(0))).toString('utf8')) as Record<string, { dtype: string }>;
+  const dense = Object.entries(header).filter(([name]) => name.endsWith('embed_tokens.weight') || name.endsWith('norm.weight'));
+  expect(dense.length).toBe(1 + 2 * 5 + 1);
+  for (const [name, info] of dense) expect(info.dtype, name).toBe('BF16');
+  expect((JSON.parse(readFileSync(join(cwd, 'bf16', 'config.json'), 'utf8')) as { dtype?: string; torch_dtype?: string }).dtype ?? 'missing').toBe('bfloat16');
 });
