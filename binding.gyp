@@ -18,6 +18,7 @@
         "native/core/model/backend.cpp",
         "native/core/model/ops.cpp",
         "native/core/model/cpu_llama.cpp",
+        "native/core/weights/cpu_linear.cpp",
         "native/core/linalg.cpp",
         "native/core/hessian.cpp",
         "native/core/gptq.cpp",
@@ -32,6 +33,7 @@
         "native/binding/model.cpp",
         "native/binding/gptq.cpp",
         "native/binding/spqr.cpp",
+        "native/binding/linear.cpp",
         "cuda/stub.cpp"
       ],
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],

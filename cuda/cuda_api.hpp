@@ -9,6 +9,7 @@
 
 #include "../native/core/gptq.hpp"
 #include "../native/core/packed_matrix.hpp"
+#include "../native/core/weights/linear.hpp"
 
 namespace lowbit {
 namespace cuda {
@@ -53,6 +54,68 @@ class PackedMatrixDevice {
 // Y = X · Wᵀ with X [M, K] and Y [M, N] device pointers on W's device, enqueued on `stream` (a
 // cudaStream_t; null for the default stream). Returns without waiting for the GPU.
 void packed_gemm_device(const PackedMatrixDevice& W, const float* X, int64_t M, float* Y, void* stream);
+
+// --- linear operators on one GPU (the device side of weights/linear.hpp's seam)
+
+// A growable device allocation an operator may use during apply (e.g. a 16-bit dense weight
+// widened to f32 for cuBLAS). Contents do not survive between calls; one per stream (not thread-safe).
+class DeviceScratch {
+ public:
+  DeviceScratch() = default;
+  ~DeviceScratch();
+  DeviceScratch(const DeviceScratch&) = delete;
+  DeviceScratch& operator=(const DeviceScratch&) = delete;
+  void* get(int64_t bytes);  // at least `bytes`, on the current device
+
+ private:
+  void* ptr_ = nullptr;
+  int64_t size_ = 0;
+};
+
+// One linear's weight resident on one GPU, in whatever layout its kernel chose at load time.
+class DeviceLinearOp {
+ public:
+  DeviceLinearOp(int device, int64_t N, int64_t K) : device_(device), N_(N), K_(K) {}
+  virtual ~DeviceLinearOp() = default;
+  DeviceLinearOp(const DeviceLinearOp&) = delete;
+  DeviceLinearOp& operator=(const DeviceLinearOp&) = delete;
+
+  // Y [M, N] = X [M, K] · Wᵀ + bias, f32, X and Y device memory on device(); enqueued on `stream`
+  // (a cudaStream_t; null: the default stream), returns without waiting. The caller selected device().
+  virtual void apply(const float* X, int64_t M, float* Y, DeviceScratch& scratch, void* stream) const = 0;
+  // The same with fp16 or bf16 activations and outputs (dtype F16 or BF16), f32 accumulation, for
+  // kernels that have them (has_half); E_UNSUPPORTED otherwise.
+  virtual bool has_half(DType dtype) const {
+    (void)dtype;
+    return false;
+  }
+  virtual void apply_half(const uint16_t* X, DType dtype, int64_t M, uint16_t* Y, DeviceScratch& scratch,
+                          void* stream) const {
+    (void)X, (void)M, (void)Y, (void)scratch, (void)stream;
+    fail("E_UNSUPPORTED", std::string("kernel '") + kernel() + "' has no " + dtype_name(dtype) + " activations");
+  }
+  virtual int64_t bytes() const = 0;       // device memory held
+  virtual const char* kernel() const = 0;  // the table entry that made it
+  int device() const { return device_; }
+  int64_t N() const { return N_; }
+  int64_t K() const { return K_; }
+
+ private:
+  int device_;
+  int64_t N_, K_;
+};
+
+// One entry of the CUDA kernel table (cuda/linear_ops.cu); accepts() and make() get the device.
+using CudaKernel = KernelEntry<DeviceLinearOp, const DeviceInfo&>;
+
+// The operator for `w` on GPU `device`: the first entry of the CUDA table that takes it (or
+// options.kernel). w is host memory (checked with check_linear_weights); the operator copies it.
+std::unique_ptr<DeviceLinearOp> make_device_linear(int device, const LinearWeights& w, const LinearOptions& options = {});
+// The same operator behind the host-memory LinearOp interface: apply() copies X to the GPU and Y
+// back (for the binding's prepared linears and for tests; the forward pass uses the device op).
+std::unique_ptr<LinearOp> make_cuda_linear(int device, const LinearWeights& w, const LinearOptions& options = {});
+// The CUDA table's entry names, in the order they are tried (empty without CUDA).
+std::vector<std::string> cuda_linear_kernels();
 
 // --- GPTQ on one GPU: the contract of native/core/gptq.hpp and hessian.hpp ---
 

@@ -109,33 +109,7 @@ __global__ void reversed_to_upper(const double* Linv, int64_t K, float* Hinv) {
   Hinv[p * K + q] = q >= p ? (float)Linv[(K - 1 - p) * K + (K - 1 - q)] : 0.f;
 }
 
-// --- the grid (quant_grid.cpp's fit_grid without the MSE search, same operations) ---
-
-__device__ float round_scale(float scale) {
-  if (!(scale > 0.f)) scale = 1e-5f;
-  float s16 = __half2float(__float2half_rn(scale));
-  if (!(s16 > 0.f)) s16 = 5.9604645e-08f;
-  if (isinf(s16)) s16 = 65504.f;
-  return s16;
-}
-
-__device__ void grid_from_range(float xmin, float xmax, int maxq, bool sym, int min_zero, float* scale, int* zero) {
-  if (sym) {
-    const float amax = fmaxf(-xmin, xmax);
-    *scale = round_scale(__fdiv_rn(__fsub_rn(amax, -amax), (float)maxq));
-    *zero = (maxq + 1) / 2;
-  } else {
-    float s = round_scale(__fdiv_rn(__fsub_rn(xmax, xmin), (float)maxq));
-    const float z = rintf(__fdiv_rn(-xmin, s));
-    int zi = (int)fminf(fmaxf(z, 0.f), (float)maxq);
-    if (zi < min_zero) {
-      s = round_scale(fmaxf(__fdiv_rn(xmax, (float)(maxq - min_zero)), __fdiv_rn(-xmin, (float)min_zero)));
-      zi = min_zero;
-    }
-    *scale = s;
-    *zero = zi;
-  }
-}
+// --- the grid: quant_grid.hpp's grid_from_range (host and device code), without the MSE search ---
 
 struct GridParams {
   int maxq, min_zero;
@@ -162,11 +136,9 @@ __global__ void fit_groups(const float* W, int64_t N, int64_t K, int64_t gs, int
     hi = fmaxf(hi, __shfl_xor_sync(0xffffffffu, hi, off));
   }
   if (lane == 0) {
-    float s;
-    int z;
-    grid_from_range(lo, hi, gp.maxq, gp.sym, gp.min_zero, &s, &z);
-    scales[g * N + n] = s;
-    zeros[g * N + n] = z;
+    const Grid grid = grid_from_range(lo, hi, gp.maxq, gp.sym, gp.min_zero);
+    scales[g * N + n] = grid.scale;
+    zeros[g * N + n] = grid.zero;
   }
 }
 
@@ -187,21 +159,18 @@ __global__ void sweep_block(const float* __restrict__ W, const float* __restrict
   for (int64_t j = lane; j < count; j += 32) w1[j] = W[n * K + i1 + j];
   __syncwarp();
   int64_t group = -1;
-  float scale = 1.f;
-  int zero = 0;
+  Grid grid{1.f, 0};
   double loss = 0;
   for (int64_t i = 0; i < count; ++i) {
     const int64_t col = i1 + i;
     const int64_t g = colgroup[col];
     if (g != group) {
       group = g;
-      scale = scales[g * N + n];
-      zero = zeros[g * N + n];
+      grid = Grid{scales[g * N + n], zeros[g * N + n]};
     }
     const float w = w1[i];
-    const float qf = rintf(__fdiv_rn(w, scale)) + (float)zero;
-    const int q = qf < 0.f ? 0 : (qf > (float)maxq ? maxq : (int)qf);
-    const float w_hat = __fmul_rn(scale, (float)(q - zero));
+    const int q = quantize_value(w, grid, maxq);
+    const float w_hat = dequantize_value(q, grid);
     const float err = __fdiv_rn(__fsub_rn(w, w_hat), Hinv[col * K + col]);
     if (lane == 0) {
       Q[n * K + col] = (uint8_t)q;
@@ -217,17 +186,6 @@ __global__ void sweep_block(const float* __restrict__ W, const float* __restrict
 
 // --- host side ---
 
-double live_diag(const std::vector<float>& diag, int64_t i) { return diag[i] == 0.f ? 1.0 : (double)diag[i]; }
-
-// gptq.cpp's sweep_order, from diag(H) alone.
-std::vector<int32_t> order_from_diag(const std::vector<float>& diag, bool act_order) {
-  std::vector<int32_t> perm(diag.size());
-  std::iota(perm.begin(), perm.end(), 0);
-  if (act_order)
-    std::stable_sort(perm.begin(), perm.end(),
-                     [&](int32_t a, int32_t b) { return live_diag(diag, a) > live_diag(diag, b); });
-  return perm;
-}
 
 void require_finite_device(const float* x, int64_t n, const char* what, cudaStream_t s) {
   DeviceBuffer<unsigned long long> first(1);
@@ -286,34 +244,18 @@ void fit_group_range(const float* W, int64_t N, int64_t K, int64_t gs, int64_t g
 void inverse_hessian_factor(const float* H, int64_t K, const DeviceBuffer<int32_t>& perm,
                             const DeviceBuffer<uint8_t>& dead, const std::vector<float>& diag, const GptqOptions& opt,
                             GptqReport& report, float* Hinv, cudaStream_t s) {
-  double mean_diag = 0;
-  for (int64_t i = 0; i < K; ++i) mean_diag += live_diag(diag, i);
-  mean_diag /= (double)K;
   const bool on_gpu = have_cusolver() && have_cublas();
   DeviceBuffer<double> P((size_t)(K * K));
   std::vector<double> host_P;
-  double percent = opt.damp_percent;
-  for (int attempt = 0;; ++attempt) {
-    const double lambda = percent * mean_diag;
-    build_reversed_hessian<<<blocks_for(K * K, 256), 256, 0, s>>>(H, K, perm.get(), dead.get(), lambda,
-                                                                              P.get());
+  factor_dampened(diag.data(), 1, K, opt, report, [&](double lambda) {
+    build_reversed_hessian<<<blocks_for(K * K, 256), 256, 0, s>>>(H, K, perm.get(), dead.get(), lambda, P.get());
     check(cudaGetLastError(), "build_reversed_hessian launch");
-    bool ok;
-    if (on_gpu) {
-      ok = cholesky_lower_device(s, P.get(), K);
-    } else {
-      host_P.resize((size_t)(K * K));
-      download_async(host_P.data(), P.get(), K * K, s);
-      check(cudaStreamSynchronize(s), "download P");
-      ok = cholesky_lower(host_P.data(), K, K);
-    }
-    if (ok) {
-      report.damp_percent = percent;
-      report.damp = lambda;
-      break;
-    }
-    percent = raise_damp_after_failure(percent, lambda, attempt, opt, report);
-  }
+    if (on_gpu) return cholesky_lower_device(s, P.get(), K);
+    host_P.resize((size_t)(K * K));
+    download_async(host_P.data(), P.get(), K * K, s);
+    check(cudaStreamSynchronize(s), "download P");
+    return cholesky_lower(host_P.data(), K, K);
+  });
   DeviceBuffer<double> Linv((size_t)(K * K));
   if (on_gpu) {
     invert_lower_device(s, P.get(), Linv.get(), K);
@@ -374,7 +316,7 @@ GptqReport quantize_on_device(int device, const float* W_in, int64_t N, int64_t 
   // Grid tables [G, N] and each sweep position's group.
   DeviceBuffer<float> scales((size_t)(G * N));
   DeviceBuffer<int32_t> zeros((size_t)(G * N));
-  const std::vector<int32_t> perm = order_from_diag(diag, opt.act_order);
+  const std::vector<int32_t> perm = sweep_order(diag.data(), 1, K, opt.act_order);
   std::vector<int32_t> colgroup((size_t)K);
   for (int64_t p = 0; p < K; ++p) colgroup[p] = (int32_t)((opt.static_groups ? perm[p] : p) / gs);
 

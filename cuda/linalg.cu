@@ -11,6 +11,7 @@
 #include "../native/core/common.hpp"
 #include "cuda_check.cuh"
 #include "linalg.cuh"
+#include "tiled_gemm.cuh"
 
 namespace lowbit {
 namespace cuda {
@@ -99,53 +100,33 @@ void blas_check(int status, const char* what) {
   if (status != 0) fail("E_CUDA", std::string(what) + " failed with status " + std::to_string(status));
 }
 
-// --- built-in row-major SGEMM: 64 × 64 tiles, 4 × 4 per thread, K in steps of 16 ---
-constexpr int kTM = 64, kTN = 64, kTK = 16, kThreads = 256;
+// --- built-in row-major SGEMM: tiled_gemm.cuh's tiles ---
 
-__global__ void __launch_bounds__(kThreads)
+__global__ void __launch_bounds__(kTileThreads)
     sgemm_tiles(bool ta, bool tb, int64_t M, int64_t N, int64_t Kd, float alpha, const float* __restrict__ A,
                 int64_t lda, const float* __restrict__ B, int64_t ldb, float beta, float* __restrict__ C, int64_t ldc) {
-  __shared__ float as[kTK][kTM + 4];
-  __shared__ float bs[kTK][kTN + 4];
   const int tid = threadIdx.x;
-  const int64_t m0 = (int64_t)blockIdx.y * kTM, n0 = (int64_t)blockIdx.x * kTN;
-  const int tm = (tid / 16) * 4, tn = (tid % 16) * 4;
-  float acc[4][4] = {};
-  for (int64_t k0 = 0; k0 < Kd; k0 += kTK) {
-    for (int e = tid; e < kTM * kTK; e += kThreads) {
-      // Consecutive threads walk the stored matrix's contiguous dimension.
-      const int kk = ta ? e / kTM : e % kTK, mm = ta ? e % kTM : e / kTK;
-      const int64_t m = m0 + mm, k = k0 + kk;
-      as[kk][mm] = (m < M && k < Kd) ? (ta ? A[k * lda + m] : A[m * lda + k]) : 0.f;
-    }
-    for (int e = tid; e < kTN * kTK; e += kThreads) {
-      const int kk = tb ? e % kTK : e / kTN, nn = tb ? e / kTK : e % kTN;
-      const int64_t n = n0 + nn, k = k0 + kk;
-      bs[kk][nn] = (n < N && k < Kd) ? (tb ? B[n * ldb + k] : B[k * ldb + n]) : 0.f;
-    }
-    __syncthreads();
-#pragma unroll
-    for (int kk = 0; kk < kTK; ++kk) {
-      float a[4], b[4];
-#pragma unroll
-      for (int i = 0; i < 4; ++i) a[i] = as[kk][tm + i], b[i] = bs[kk][tn + i];
-#pragma unroll
-      for (int i = 0; i < 4; ++i)
-#pragma unroll
-        for (int j = 0; j < 4; ++j) acc[i][j] = fmaf(a[i], b[j], acc[i][j]);
-    }
-    __syncthreads();
-  }
-#pragma unroll
-  for (int i = 0; i < 4; ++i)
-#pragma unroll
-    for (int j = 0; j < 4; ++j) {
-      const int64_t m = m0 + tm + i, n = n0 + tn + j;
-      if (m < M && n < N) {
+  tiled_product(
+      M, N, Kd,
+      [&](TileA& as, int64_t m0, int64_t k0) {
+        for (int e = tid; e < kTileM * kTileK; e += kTileThreads) {
+          // Consecutive threads walk the stored matrix's contiguous dimension.
+          const int kk = ta ? e / kTileM : e % kTileK, mm = ta ? e % kTileM : e / kTileK;
+          const int64_t m = m0 + mm, k = k0 + kk;
+          as[kk][mm] = (m < M && k < Kd) ? (ta ? A[k * lda + m] : A[m * lda + k]) : 0.f;
+        }
+      },
+      [&](TileB& bs, int64_t n0, int64_t k0) {
+        for (int e = tid; e < kTileN * kTileK; e += kTileThreads) {
+          const int kk = tb ? e % kTileK : e / kTileN, nn = tb ? e / kTileK : e % kTileN;
+          const int64_t n = n0 + nn, k = k0 + kk;
+          bs[kk][nn] = (n < N && k < Kd) ? (tb ? B[n * ldb + k] : B[k * ldb + n]) : 0.f;
+        }
+      },
+      [&](int64_t m, int64_t n, float acc) {
         float* c = C + m * ldc + n;
-        *c = beta == 0.f ? alpha * acc[i][j] : alpha * acc[i][j] + beta * *c;
-      }
-    }
+        *c = beta == 0.f ? alpha * acc : alpha * acc + beta * *c;
+      });
 }
 
 __global__ void set_identity(double* out, int64_t n) {
@@ -182,8 +163,8 @@ void sgemm(cudaStream_t stream, bool trans_a, bool trans_b, int64_t M, int64_t N
                "cublasSgemm");
     return;
   }
-  const dim3 grid((unsigned)ceil_div(N, kTN), (unsigned)ceil_div(M, kTM));
-  sgemm_tiles<<<grid, kThreads, 0, stream>>>(trans_a, trans_b, M, N, Kd, alpha, A, lda, B, ldb, beta, C, ldc);
+  const dim3 grid((unsigned)ceil_div(N, kTileN), (unsigned)ceil_div(M, kTileM));
+  sgemm_tiles<<<grid, kTileThreads, 0, stream>>>(trans_a, trans_b, M, N, Kd, alpha, A, lda, B, ldb, beta, C, ldc);
   check(cudaGetLastError(), "sgemm launch");
 }
 

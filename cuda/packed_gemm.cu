@@ -14,19 +14,22 @@
 #include <utility>
 
 #include "../native/core/pack.hpp"
+#include "../native/core/weight_format.hpp"
 #include "cuda_api.hpp"
 #include "cuda_check.cuh"
+#include "tiled_gemm.cuh"
 
 namespace lowbit {
 namespace cuda {
 namespace {
 
-// Values per packing unit and int32 words per unit, per bit width (mirrors weight_format.hpp).
-template <int BITS> struct Unit;
-template <> struct Unit<2> { static constexpr int values = 16, words = 1; };
-template <> struct Unit<3> { static constexpr int values = 32, words = 3; };
-template <> struct Unit<4> { static constexpr int values = 8, words = 1; };
-template <> struct Unit<8> { static constexpr int values = 4, words = 1; };
+// A width's pack unit from the one table (native/core/weights/format.hpp), as compile-time constants.
+template <int BITS>
+struct Unit {
+  static constexpr int values = gptq_pack_unit(BITS).values_per_unit;
+  static constexpr int words = gptq_pack_unit(BITS).words_per_unit;
+  static_assert(values > 0, "not a GPTQ bit width");
+};
 
 __device__ __forceinline__ uint32_t read_bits(const int32_t* words, int64_t stride, int bits, int64_t i) {
   const int64_t bit = i * bits;
@@ -181,58 +184,37 @@ __global__ void __launch_bounds__(kGemvThreads) packed_gemv(PackedArgs W, const 
   }
 }
 
-// The tiled product for larger batches: 64 × 64 outputs per block, 4 × 4 per thread, K in steps of 16.
-constexpr int kTileM = 64, kTileN = 64, kTileK = 16, kTileThreads = 256;
-
+// The tiled product for larger batches (tiled_gemm.cuh), the W tile dequantized as it is loaded.
 __global__ void __launch_bounds__(kTileThreads) packed_gemm_tiles(PackedArgs W, int bits, const float* __restrict__ X,
                                                                   int64_t M, float* __restrict__ Y) {
-  __shared__ float xs[kTileK][kTileM + 4];
-  __shared__ float ws[kTileK][kTileN + 4];
   const int tid = threadIdx.x;
-  const int64_t m0 = (int64_t)blockIdx.y * kTileM, n0 = (int64_t)blockIdx.x * kTileN;
-  const int tm = (tid / 16) * 4, tn = (tid % 16) * 4;
-  float acc[4][4] = {};
-  for (int64_t k0 = 0; k0 < W.K; k0 += kTileK) {
-    // X tile: consecutive threads read consecutive k of one row.
-    for (int e = tid; e < kTileM * kTileK; e += kTileThreads) {
-      const int kk = e % kTileK, mm = e / kTileK;
-      const int64_t m = m0 + mm, k = k0 + kk;
-      xs[kk][mm] = (m < M && k < W.K) ? __ldg(X + m * W.K + k) : 0.f;
-    }
-    // W tile, dequantized: consecutive threads read consecutive output columns (coalesced qweight).
-    for (int e = tid; e < kTileN * kTileK; e += kTileThreads) {
-      const int nn = e % kTileN, kk = e / kTileN;
-      const int64_t n = n0 + nn, k = k0 + kk;
-      float w = 0.f;
-      if (n < W.N && k < W.K) {
-        const int64_t g = W.g_idx ? __ldg(W.g_idx + k) : k / W.group_size;
-        const float s = __half2float(W.scales[g * W.N + n]);
-        const int z = (int)read_bits(W.qzeros + g * W.zcols, 1, bits, n) + W.zero_offset;
-        const uint32_t q = read_bits(W.qweight + n, W.N, bits, k);
-        w = (biased(q) - (kBias + (float)z)) * s;
-      }
-      ws[kk][nn] = w;
-    }
-    __syncthreads();
-#pragma unroll
-    for (int kk = 0; kk < kTileK; ++kk) {
-      float a[4], b[4];
-#pragma unroll
-      for (int i = 0; i < 4; ++i) a[i] = xs[kk][tm + i], b[i] = ws[kk][tn + i];
-#pragma unroll
-      for (int i = 0; i < 4; ++i)
-#pragma unroll
-        for (int j = 0; j < 4; ++j) acc[i][j] = fmaf(a[i], b[j], acc[i][j]);
-    }
-    __syncthreads();
-  }
-#pragma unroll
-  for (int i = 0; i < 4; ++i)
-#pragma unroll
-    for (int j = 0; j < 4; ++j) {
-      const int64_t m = m0 + tm + i, n = n0 + tn + j;
-      if (m < M && n < W.N) Y[m * W.N + n] = acc[i][j];
-    }
+  tiled_product(
+      M, W.N, W.K,
+      [&](TileA& xs, int64_t m0, int64_t k0) {
+        // Consecutive threads read consecutive k of one row.
+        for (int e = tid; e < kTileM * kTileK; e += kTileThreads) {
+          const int kk = e % kTileK, mm = e / kTileK;
+          const int64_t m = m0 + mm, k = k0 + kk;
+          xs[kk][mm] = (m < M && k < W.K) ? __ldg(X + m * W.K + k) : 0.f;
+        }
+      },
+      [&](TileB& ws, int64_t n0, int64_t k0) {
+        // Consecutive threads read consecutive output columns (coalesced qweight).
+        for (int e = tid; e < kTileN * kTileK; e += kTileThreads) {
+          const int nn = e % kTileN, kk = e / kTileN;
+          const int64_t n = n0 + nn, k = k0 + kk;
+          float w = 0.f;
+          if (n < W.N && k < W.K) {
+            const int64_t g = W.g_idx ? __ldg(W.g_idx + k) : k / W.group_size;
+            const float s = __half2float(W.scales[g * W.N + n]);
+            const int z = (int)read_bits(W.qzeros + g * W.zcols, 1, bits, n) + W.zero_offset;
+            const uint32_t q = read_bits(W.qweight + n, W.N, bits, k);
+            w = (biased(q) - (kBias + (float)z)) * s;
+          }
+          ws[kk][nn] = w;
+        }
+      },
+      [&](int64_t m, int64_t n, float acc) { Y[m * W.N + n] = acc; });
 }
 
 template <int BITS, int V, bool GIDX>
@@ -274,13 +256,8 @@ void enqueue_packed_gemm(const PackedMatrix& W, const float* X, int64_t M, float
                      W.K,       W.N,      W.group_size,                               packed_words(W.bits, W.N),
                      W.zero_offset};
   if (M <= kGemvMaxRows) {
-    switch (W.bits) {
-      case 2: launch_gemv<2>(a, X, M, Y, stream); break;
-      case 3: launch_gemv<3>(a, X, M, Y, stream); break;
-      case 4: launch_gemv<4>(a, X, M, Y, stream); break;
-      case 8: launch_gemv<8>(a, X, M, Y, stream); break;
-      default: fail("E_BITS", "bits must be 2, 3, 4 or 8");
-    }
+    const bool known = dispatch_gptq_bits(W.bits, [&](auto bits) { launch_gemv<decltype(bits)::value>(a, X, M, Y, stream); });
+    if (!known) weight_format(W.bits);  // throws E_BITS
   } else {
     const dim3 grid((unsigned)ceil_div(W.N, kTileN), (unsigned)ceil_div(M, kTileM));
     packed_gemm_tiles<<<grid, kTileThreads, 0, stream>>>(a, W.bits, X, M, Y);

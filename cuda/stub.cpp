@@ -24,6 +24,12 @@ PackedMatrixDevice::PackedMatrixDevice(int, const PackedMatrix&) { unavailable()
 PackedMatrixDevice::~PackedMatrixDevice() = default;
 void packed_gemm_device(const PackedMatrixDevice&, const float*, int64_t, float*, void*) { unavailable(); }
 
+DeviceScratch::~DeviceScratch() = default;
+void* DeviceScratch::get(int64_t) { unavailable(); }
+std::unique_ptr<DeviceLinearOp> make_device_linear(int, const LinearWeights&, const LinearOptions&) { unavailable(); }
+std::unique_ptr<LinearOp> make_cuda_linear(int, const LinearWeights&, const LinearOptions&) { unavailable(); }
+std::vector<std::string> cuda_linear_kernels() { return {}; }
+
 HessianAccumulatorDevice::HessianAccumulatorDevice(int, int64_t) { unavailable(); }
 HessianAccumulatorDevice::~HessianAccumulatorDevice() = default;
 void HessianAccumulatorDevice::add_batch(const float*, int64_t) { unavailable(); }

@@ -12,28 +12,11 @@ import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { LowbitError, isLowbitErrorCode } from './errors.js';
 import { glibcNeeded, glibcRuntime, readVersionNeeds } from './elf.js';
+import type { LinearWeights, PackedWeights } from './weights/types.js';
 
 const require = createRequire(import.meta.url);
 
-/** A packed linear weight in the GPTQ layout, as the kernels take it (see docs/FORMATS.md). */
-export interface PackedWeights {
-  bits: 2 | 3 | 4 | 8;
-  /** input features (logical, before padding) */
-  K: number;
-  /** output features */
-  N: number;
-  /** columns per group along K (K when per channel) */
-  groupSize: number;
-  /** rows of scales and qzeros */
-  groups: number;
-  /** stored zero = zero - zeroOffset: 1 for "gptq" (v1), 0 for "gptq_v2" */
-  zeroOffset: 0 | 1;
-  qweight: Int32Array;
-  qzeros: Int32Array;
-  /** fp16 bit patterns */
-  scales: Uint16Array;
-  gIdx?: Int32Array;
-}
+export type { PackedWeights } from './weights/types.js';
 
 export interface BuildInfo {
   sourceHash: string;
@@ -178,6 +161,32 @@ export interface NativeModel {
   close(): void;
 }
 
+/**
+ * One linear weight turned once into a device's operator (native/core/weights/linear.hpp): the
+ * device may have repacked it into a layout of its own; every product reuses it.
+ */
+export interface NativePreparedLinear {
+  /** memory held for the weight (host for the CPU, the GPU's for CUDA); 0 after close() */
+  readonly bytes: number;
+  /** the kernel table entry that runs it, e.g. 'gptq-packed' */
+  readonly kernel: string;
+  readonly device: number;
+  readonly K: number;
+  readonly N: number;
+  /** Y [M*N] = x [M*K] · Wᵀ + bias, off the event loop; resolves with out (made when not given) */
+  matmul(x: Float32Array, M: number, out?: Float32Array): Promise<Float32Array>;
+  /** the same, blocking this thread */
+  matmulSync(x: Float32Array, M: number, out?: Float32Array): Float32Array;
+  /** frees the weight now; later calls throw E_CLOSED */
+  close(): void;
+}
+
+/** One row of the addon's weight-format table (native/core/weights/format.hpp). */
+export interface NativeWeightFormat {
+  name: string;
+  packUnits?: { bits: number; values: number; words: number }[];
+}
+
 /** The addon's functions. Shapes are checked in src/ first, and again natively. */
 export interface Addon {
   // --- build and machine facts (native/binding/info.cpp)
@@ -225,6 +234,14 @@ export interface Addon {
   opSwiglu(gate: Float32Array, up: Float32Array, out: Float32Array): void;
   opLinear(x: Float32Array, M: number, weight: NativeDense, N: number, K: number, bias: Float32Array | null, out: Float32Array): void;
   opNll(logits: Float32Array, rows: number, vocab: number, targets: Int32Array, out: Float32Array): void;
+
+  // --- weight formats and prepared linears (native/binding/linear.cpp)
+  /** the native weight-format table, for holding src/weights/formats.ts against it */
+  weightFormats(): NativeWeightFormat[];
+  /** each device's kernel table, in the order tried */
+  linearKernels(): { cpu: string[]; cuda: string[] };
+  /** prepares one linear on a device (-1 or omitted: CPU); `kernel` forces a table entry by name */
+  linearCreate(weights: LinearWeights, options?: { device?: number; kernel?: string }): NativePreparedLinear;
 
   // --- GPTQ (native/binding/gptq.cpp)
   /** A K x K running-mean Hessian H = (2/n) sum x x^T, held natively (fp32): on the host (device -1, default) or a CUDA device. */

@@ -10,6 +10,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   lowbit::binding::InitModel(env, exports);
   lowbit::binding::InitGptq(env, exports);
   lowbit::binding::InitSpqr(env, exports);
+  lowbit::binding::InitLinear(env, exports);
   return exports;
 }
 }  // namespace

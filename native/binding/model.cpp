@@ -11,6 +11,7 @@
 
 #include "../core/model/ops.hpp"
 #include "napi_util.hpp"
+#include "weights_arg.hpp"
 
 namespace lowbit {
 namespace binding {
@@ -49,10 +50,6 @@ using model::LinearWeights;
 // Tags NativeModel objects so model_handle() can tell them from look-alikes.
 const napi_type_tag kModelTag = {0x6c6f77626974ULL, 0x6d6f64656c3031ULL};
 
-void check_length(int64_t len, int64_t need, const std::string& name) {
-  require(len >= need, "E_BUFFER", name + " holds " + std::to_string(len) + " elements, needs " + std::to_string(need));
-}
-
 std::vector<float> float_vector(const Napi::Value& v, const char* name) {
   const auto s = typed_array<float>(v, name);
   return std::vector<float>(s.data, s.data + s.length);
@@ -78,56 +75,9 @@ model::LlamaConfig config_arg(const Napi::Object& o) {
   return c;
 }
 
-DType float_dtype_arg(const Napi::Value& v, const char* name) {
-  const std::string s = v.IsString() ? v.As<Napi::String>().Utf8Value() : "";
-  if (s == "f32") return DType::F32;
-  if (s == "f16") return DType::F16;
-  if (s == "bf16") return DType::BF16;
-  fail("E_DTYPE", std::string(name) + " must be 'f32', 'f16' or 'bf16'");
-}
-
-// A dense [N, K] matrix {dtype, data} checked for length; the data pointer comes from `bufs` (a copy
-// for the async weight setters). Each property is read once.
-const void* dense_arg(const Napi::Object& o, int64_t N, int64_t K, const std::string& name, DType* dtype,
-                      CallBuffers& bufs) {
-  const Napi::Value dtype_value = o.Get("dtype"), data_value = o.Get("data");
-  *dtype = float_dtype_arg(dtype_value, (name + ".dtype").c_str());
-  const int64_t need = checked_mul(N, K, name.c_str());
-  if (*dtype == DType::F32) {
-    const auto s = typed_array<float>(data_value, (name + ".data (Float32Array)").c_str());
-    check_length(s.length, need, name + ".data");
-    return bufs.input(Span<float>{s.data, need});
-  }
-  const auto s = typed_array<uint16_t>(data_value, (name + ".data (Uint16Array of 16-bit patterns)").c_str());
-  check_length(s.length, need, name + ".data");
-  return bufs.input(Span<uint16_t>{s.data, need});
-}
-
-// {dtype, data, bias?} (dense) or {packed: PackedWeights, bias?} for the linear `which`.
+// {dtype, data, bias?} (dense), {packed: PackedWeights, bias?} or {format, ...} for the linear `which`.
 LinearWeights linear_arg(const Napi::Value& v, const model::LlamaConfig& c, Linear which, CallBuffers& bufs) {
-  const std::string name = model::linear_name(which);
-  require(v.IsObject(), "E_ARGUMENT", name + " must be an object ({dtype, data} or {packed})");
-  const Napi::Object o = v.As<Napi::Object>();
-  const int64_t N = model::linear_out(c, which), K = model::linear_in(c, which);
-  LinearWeights w;
-  const Napi::Value packed = o.Get("packed");
-  if (!packed.IsUndefined()) {
-    require(packed.IsObject(), "E_ARGUMENT", name + ".packed must be an object");
-    w.packed = true;
-    w.q = packed_matrix_arg(packed.As<Napi::Object>(), bufs);
-    require(w.q.K == K && w.q.N == N, "E_SHAPE",
-            name + ": packed weight is " + std::to_string(w.q.N) + " x " + std::to_string(w.q.K) + ", the model needs " +
-                std::to_string(N) + " x " + std::to_string(K));
-  } else {
-    w.data = dense_arg(o, N, K, name, &w.dtype, bufs);
-  }
-  const Napi::Value bias = o.Get("bias");
-  if (!bias.IsUndefined() && !bias.IsNull()) {
-    const auto b = typed_array<float>(bias, (name + ".bias").c_str());
-    check_length(b.length, N, name + ".bias");
-    w.bias = bufs.input(Span<float>{b.data, N});
-  }
-  return w;
+  return linear_weights_arg(v, model::linear_out(c, which), model::linear_in(c, which), model::linear_name(which), bufs);
 }
 
 const float* norm_arg(const Napi::Value& v, int64_t dim, const char* name, CallBuffers& bufs) {

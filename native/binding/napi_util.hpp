@@ -271,6 +271,7 @@ void InitQuant(Napi::Env env, Napi::Object exports);
 void InitModel(Napi::Env env, Napi::Object exports);
 void InitGptq(Napi::Env env, Napi::Object exports);
 void InitSpqr(Napi::Env env, Napi::Object exports);
+void InitLinear(Napi::Env env, Napi::Object exports);
 
 }  // namespace binding
 }  // namespace lowbit

@@ -42,22 +42,13 @@ GridOptions gptq_grid_options(const GptqOptions& opt) {
   return g;
 }
 
-namespace {
-
-// diag(H) with dead inputs counted as 1, as step 1 leaves them.
-double live_diag(const float* H, int64_t K, int64_t i) {
-  const float d = H[i * K + i];
-  return d == 0.f ? 1.0 : (double)d;
-}
-
-}  // namespace
-
-std::vector<int32_t> sweep_order(const float* H, int64_t K, bool act_order) {
+std::vector<int32_t> sweep_order(const float* diag, int64_t stride, int64_t K, bool act_order) {
   std::vector<int32_t> perm((size_t)K);
   std::iota(perm.begin(), perm.end(), 0);
   if (act_order)
-    std::stable_sort(perm.begin(), perm.end(),
-                     [&](int32_t a, int32_t b) { return live_diag(H, K, a) > live_diag(H, K, b); });
+    std::stable_sort(perm.begin(), perm.end(), [&](int32_t a, int32_t b) {
+      return live_diag(diag, stride, a) > live_diag(diag, stride, b);
+    });
   return perm;
 }
 
@@ -130,14 +121,8 @@ std::vector<uint8_t> zero_dead_inputs(const float* H, float* W, int64_t N, int64
 std::vector<float> inverse_hessian_factor(const float* H, int64_t K, const std::vector<int32_t>& perm,
                                           const std::vector<uint8_t>& dead, const GptqOptions& opt,
                                           GptqReport& report) {
-  double mean_diag = 0;
-  for (int64_t i = 0; i < K; ++i) mean_diag += live_diag(H, K, i);
-  mean_diag /= (double)K;
-
   std::vector<double> P((size_t)(K * K));
-  double percent = opt.damp_percent;
-  for (int attempt = 0;; ++attempt) {
-    const double lambda = percent * mean_diag;
+  factor_dampened(H, K + 1, K, opt, report, [&](double lambda) {
     // P = J (H permuted into sweep order, dead fixed, dampened) J; only its lower triangle is read.
     global_pool()->parallel_for(K, 16, [&](int64_t a0, int64_t a1) {
       for (int64_t a = a0; a < a1; ++a) {
@@ -149,13 +134,8 @@ std::vector<float> inverse_hessian_factor(const float* H, int64_t K, const std::
         P[a * K + a] = (dead[i] ? 1.0 : (double)H[i * K + i]) + lambda;
       }
     });
-    if (cholesky_lower(P.data(), K, K)) {
-      report.damp_percent = percent;
-      report.damp = lambda;
-      break;
-    }
-    percent = raise_damp_after_failure(percent, lambda, attempt, opt, report);
-  }
+    return cholesky_lower(P.data(), K, K);
+  });
   invert_lower(P.data(), K, K);
   std::vector<float> Hinv((size_t)(K * K), 0.f);
   global_pool()->parallel_for(K, 16, [&](int64_t p0, int64_t p1) {

@@ -64,9 +64,20 @@ void validate_gptq_options(const GptqOptions& opt, int64_t K);
 // The grid options that GPTQ's options imply (the same grid RTN uses).
 GridOptions gptq_grid_options(const GptqOptions& opt);
 
-// Column order of the sweep: descending diag(H) (stable: ties keep their original order), or the
-// identity without act_order. perm[p] = original column swept at position p.
-std::vector<int32_t> sweep_order(const float* H, int64_t K, bool act_order);
+// diag(H) entry i with dead inputs (0) counted as 1, as step 1 leaves them: diag[i * stride]
+// (stride K + 1 for a full H [K, K], 1 for a vector of the diagonal).
+inline double live_diag(const float* diag, int64_t stride, int64_t i) {
+  const float d = diag[i * stride];
+  return d == 0.f ? 1.0 : (double)d;
+}
+
+// Step 2's column order: by descending live diagonal with act_order (stable: ties keep their
+// order), else 0..K-1. perm[p] = the original column swept p-th.
+std::vector<int32_t> sweep_order(const float* diag, int64_t stride, int64_t K, bool act_order);
+// The same from a full H [K, K].
+inline std::vector<int32_t> sweep_order(const float* H, int64_t K, bool act_order) {
+  return sweep_order(H, K + 1, K, act_order);
+}
 
 // g_idx[k] for each original column k: k / group_size, except with act_order and no static groups,
 // where groups follow the sweep order: g_idx[perm[p]] = p / group_size.
@@ -92,5 +103,26 @@ std::vector<uint8_t> zero_dead_inputs(const float* H, float* W, int64_t N, int64
 std::vector<float> inverse_hessian_factor(const float* H, int64_t K, const std::vector<int32_t>& perm,
                                           const std::vector<uint8_t>& dead, const GptqOptions& opt,
                                           GptqReport& report);
+
+// Step 4's dampening, the same on every device: lambda = damp_percent x the mean live diagonal, and
+// factor(lambda) -> bool (H + lambda I factorized?) is retried with damp_percent raised by
+// raise_damp_after_failure until it succeeds. Records the damp used in `report`.
+template <class Factor>
+void factor_dampened(const float* diag, int64_t stride, int64_t K, const GptqOptions& opt, GptqReport& report,
+                     Factor&& factor) {
+  double mean_diag = 0;
+  for (int64_t i = 0; i < K; ++i) mean_diag += live_diag(diag, stride, i);
+  mean_diag /= (double)K;
+  double percent = opt.damp_percent;
+  for (int attempt = 0;; ++attempt) {
+    const double lambda = percent * mean_diag;
+    if (factor(lambda)) {
+      report.damp_percent = percent;
+      report.damp = lambda;
+      return;
+    }
+    percent = raise_damp_after_failure(percent, lambda, attempt, opt, report);
+  }
+}
 
 }  // namespace lowbit

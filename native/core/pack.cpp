@@ -33,7 +33,7 @@ inline void write_packed(int32_t* words, int64_t stride, int bits, int64_t i, ui
 constexpr int64_t kColumnBlock = 16;
 
 void pack_qweight(const uint8_t* q, int64_t N, int64_t K, int bits, int32_t* qweight) {
-  const WeightFormat& f = weight_format(bits);
+  const WeightFormat f = weight_format(bits);
   const int64_t units = ceil_div(K, f.values_per_unit);
   const uint32_t mask = (1u << bits) - 1u;
   global_pool()->parallel_for(ceil_div(N, kColumnBlock), 4, [&](int64_t b0, int64_t b1) {
@@ -55,7 +55,7 @@ void pack_qweight(const uint8_t* q, int64_t N, int64_t K, int bits, int32_t* qwe
 }
 
 void unpack_qweight(const int32_t* qweight, int64_t N, int64_t K, int bits, uint8_t* q) {
-  const WeightFormat& f = weight_format(bits);
+  const WeightFormat f = weight_format(bits);
   const int64_t units = ceil_div(K, f.values_per_unit);
   global_pool()->parallel_for(ceil_div(N, kColumnBlock), 4, [&](int64_t b0, int64_t b1) {
     for (int64_t u = 0; u < units; ++u) {

@@ -66,7 +66,7 @@ void dequantize(const PackedMatrix& W, float* out) {
   // By blocks of 16 columns, unit by unit: each block's words of a unit row share a cache line, and
   // each output row is written contiguously.
   constexpr int64_t kBlock = 16;
-  const WeightFormat& f = weight_format(W.bits);
+  const WeightFormat f = weight_format(W.bits);
   const int64_t units = ceil_div(W.K, f.values_per_unit), zcols = packed_words(W.bits, W.N);
   global_pool()->parallel_for(ceil_div(W.N, kBlock), 4, [&](int64_t b0, int64_t b1) {
     for (int64_t u = 0; u < units; ++u) {

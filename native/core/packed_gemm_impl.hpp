@@ -79,8 +79,9 @@ struct ScalarVec {
 using Vec = ScalarVec;
 #endif
 
-constexpr int values_per_unit(int bits) { return bits == 3 ? 32 : 32 / bits; }
-constexpr int words_per_unit(int bits) { return bits == 3 ? 3 : 1; }
+// The pack unit of a width, from the one table (weights/format.hpp).
+constexpr int values_per_unit(int bits) { return gptq_pack_unit(bits).values_per_unit; }
+constexpr int words_per_unit(int bits) { return gptq_pack_unit(bits).words_per_unit; }
 
 // Value I of a pack unit whose words are w[0..words_per_unit): a little-endian bit stream, so a
 // 3-bit value may take its high bits from the next word.
@@ -384,13 +385,8 @@ void packed_gemm_bits(const float* X, int64_t M, const PackedMatrix& Wp, float* 
 }
 
 void packed_gemm(const float* X, int64_t M, const PackedMatrix& Wp, float* Y) {
-  switch (Wp.bits) {
-    case 2: packed_gemm_bits<2>(X, M, Wp, Y); break;
-    case 3: packed_gemm_bits<3>(X, M, Wp, Y); break;
-    case 4: packed_gemm_bits<4>(X, M, Wp, Y); break;
-    case 8: packed_gemm_bits<8>(X, M, Wp, Y); break;
-    default: weight_format(Wp.bits);  // throws E_BITS
-  }
+  const bool known = dispatch_gptq_bits(Wp.bits, [&](auto bits) { packed_gemm_bits<decltype(bits)::value>(X, M, Wp, Y); });
+  if (!known) weight_format(Wp.bits);  // throws E_BITS
 }
 
 // ---------------------------------------------------------------------------------------------

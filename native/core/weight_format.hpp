@@ -1,38 +1,33 @@
-// The table of lowbit's packed weight formats. Adding a bit width touches this table and the
-// kernels it names, nothing else. Layout: AutoGPTQ/GPTQModel "gptq" (see docs/FORMATS.md).
+// Host helpers over the weight-format table (weights/format.hpp): the checked lookups that throw
+// E_BITS for a width the table does not have.
 #pragma once
 
 #include <cstdint>
 #include <string>
 
 #include "common.hpp"
+#include "weights/format.hpp"
 
 namespace lowbit {
 
-struct WeightFormat {
-  int bits;
-  int values_per_unit;  // values packed together along the packed dimension...
-  int words_per_unit;   // ...into this many int32 words (3-bit: 32 values in 3 words)
-  int maxq() const { return (1 << bits) - 1; }
-};
+using WeightFormat = PackUnit;
 
-inline constexpr WeightFormat kWeightFormats[] = {
-    {2, 16, 1},
-    {3, 32, 3},
-    {4, 8, 1},
-    {8, 4, 1},
-};
-
-inline const WeightFormat& weight_format(int bits) {
-  for (const auto& f : kWeightFormats)
-    if (f.bits == bits) return f;
-  fail("E_BITS", "bits must be 2, 3, 4 or 8, got " + std::to_string(bits));
+// The pack unit of a GPTQ bit width; E_BITS for a width outside the table.
+inline WeightFormat weight_format(int bits) {
+  const PackUnit u = gptq_pack_unit(bits);
+  if (u.bits == 0) {
+    std::string widths;
+    for (int i = 0; i < kGptqBitWidths; ++i)
+      widths += (i == 0 ? "" : i + 1 == kGptqBitWidths ? " or " : ", ") + std::to_string(gptq_pack_unit_at(i).bits);
+    fail("E_BITS", "bits must be " + widths + ", got " + std::to_string(bits));
+  }
+  return u;
 }
 
-// int32 words needed to pack `count` values along the packed dimension (a partial last unit is padded).
+// int32 words needed to pack `count` values along the packed dimension; E_BITS for a bad width.
 inline int64_t packed_words(int bits, int64_t count) {
-  const WeightFormat& f = weight_format(bits);
-  return ceil_div(count, f.values_per_unit) * f.words_per_unit;
+  weight_format(bits);
+  return gptq_packed_words(bits, count);
 }
 
 }  // namespace lowbit

@@ -9,6 +9,7 @@ import { DEFAULT_METHOD, METHODS, METHOD_NAMES, methodOf, type MethodName } from
 import { numberOption, parse } from './args.js';
 import { resolveModelArg } from './model-arg.js';
 import { Progress } from './progress.js';
+import { GPTQ_BITS_TEXT, isGptqBits, type GptqBits } from '../weights/formats.js';
 
 export const usage = `usage: lowbit quantize [--model <dir>|<org/name[@revision]>] --out <dir> [options]
 
@@ -117,7 +118,7 @@ export async function run(argv: string[]): Promise<number> {
   if (!/^(cpu|cuda(:\d+)?)$/.test(device)) throw new LowbitError('E_ARGUMENT', `--device must be cpu, cuda or cuda:N, not ${JSON.stringify(device)}`, { option: 'device' });
   resolveDevice(device);
   const isCount = (n: number) => Number.isInteger(n) && n >= 1;
-  const bits = numberOption(str('bits'), 'bits', 4, (n) => [2, 3, 4, 8].includes(n), '2, 3, 4 or 8') as 2 | 3 | 4 | 8;
+  const bits = numberOption(str('bits'), 'bits', 4, isGptqBits, GPTQ_BITS_TEXT) as GptqBits;
   const groupSize = str('group-size') === 'channel' ? -1 : numberOption(str('group-size'), 'group-size', 128, (n) => n === -1 || isCount(n), "a positive integer, or 'channel' (-1) for one group per output channel");
   const damp = numberOption(str('damp'), 'damp', 0.01, (n) => n >= 0 && n < 1, 'a fraction in [0, 1)');
   const samples = numberOption(str('samples'), 'samples', 128, isCount, 'a positive integer');

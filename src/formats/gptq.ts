@@ -17,6 +17,7 @@ import { readdir, stat } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { LowbitError, invalidArgument } from '../errors.js';
 import type { PackedWeights } from '../native.js';
+import { GPTQ_BITS, GPTQ_BITS_TEXT, gptqTensors, groupsOf, isGptqBits, packedCount, packedWords, type GptqBits } from '../weights/formats.js';
 import { Tensor } from '../tensor.js';
 import { hfConfigJson } from './convert.js';
 import { HfModel, LINEAR_MODULES, LINEAR_NAMES, type LinearName, type LinearTensors, type LlamaConfig, type ModelReader, type ModelTensors } from './hf.js';
@@ -24,23 +25,10 @@ import { copyFileAtomic, ioError, mkdirDurable, removeTree, renameDurable, syncD
 import { CheckpointWriter, type TensorSpec } from './safetensors-writer.js';
 import { SAFETENSORS_DTYPE_OF } from './safetensors.js';
 
-/** Values per packing unit and int32 words per unit, by bit width (the addon's weight_format table). */
-const PACK_UNITS: Record<number, [values: number, words: number]> = { 2: [16, 1], 3: [32, 3], 4: [8, 1], 8: [4, 1] };
-
-/** int32 words holding `count` values packed at `bits` (a partial last unit is padded). */
-export function packedWords(bits: number, count: number): number {
-  const unit = PACK_UNITS[bits];
-  if (!unit) invalidArgument('bits', '2, 3, 4 or 8', bits, 'E_BITS');
-  return Math.ceil(count / unit[0]) * unit[1];
-}
-
-/** How many values `count` occupies once packed (count rounded up to whole units). */
-export function packedCount(bits: number, count: number): number {
-  return (packedWords(bits, count) / PACK_UNITS[bits]![1]) * PACK_UNITS[bits]![0];
-}
+export { packedWords, packedCount } from '../weights/formats.js';
 
 export interface GptqConfig {
-  bits: 2 | 3 | 4 | 8;
+  bits: GptqBits;
   /** columns per group along K; -1 for one group per output channel */
   groupSize: number;
   /** act-order was used; written as desc_act only without static groups (whose g_idx stays trivial) */
@@ -69,10 +57,6 @@ export function linearDims(config: LlamaConfig, name: LinearName): { K: number; 
   return { K, N };
 }
 
-function groupsOf(K: number, groupSize: number): number {
-  return groupSize === -1 ? 1 : Math.ceil(K / groupSize);
-}
-
 /** The JSON written both as quantize_config.json and as config.json's quantization_config. */
 export function quantizationConfigJson(q: GptqConfig, config: LlamaConfig): Record<string, unknown> {
   const padded: Record<string, { in_features: number; packed_in_features: number }> = {};
@@ -99,7 +83,7 @@ export function quantizationConfigJson(q: GptqConfig, config: LlamaConfig): Reco
 }
 
 function checkGptqConfig(q: GptqConfig): void {
-  if (![2, 3, 4, 8].includes(q.bits)) invalidArgument('bits', '2, 3, 4 or 8', q.bits, 'E_BITS');
+  if (!isGptqBits(q.bits)) invalidArgument('bits', GPTQ_BITS_TEXT, q.bits, 'E_BITS');
   if (!(q.groupSize === -1 || (Number.isSafeInteger(q.groupSize) && q.groupSize > 0))) invalidArgument('groupSize', '-1 or a positive integer', q.groupSize, 'E_GROUP_SIZE');
   if (q.checkpointFormat !== 'gptq' && q.checkpointFormat !== 'gptq_v2') invalidArgument('checkpointFormat', '"gptq" or "gptq_v2"', q.checkpointFormat);
   if (!(q.dampPercent >= 0)) invalidArgument('dampPercent', 'a non-negative number', q.dampPercent);
@@ -151,12 +135,7 @@ export class GptqWriter {
     const specs: TensorSpec[] = [];
     for (const name of kept) specs.push({ name, dtype: SAFETENSORS_DTYPE_OF[source.dtypeOf(name)], shape: source.shapeOf(name) });
     for (const [prefix, d] of quantized) {
-      specs.push(
-        { name: `${prefix}.qweight`, dtype: 'I32', shape: [packedWords(gptq.bits, d.K), d.N] },
-        { name: `${prefix}.qzeros`, dtype: 'I32', shape: [d.groups, packedWords(gptq.bits, d.N)] },
-        { name: `${prefix}.scales`, dtype: 'F16', shape: [d.groups, d.N] },
-        { name: `${prefix}.g_idx`, dtype: 'I32', shape: [d.K] },
-      );
+      for (const t of gptqTensors(gptq.bits, d.K, d.N, d.groups)) specs.push({ name: `${prefix}.${t.suffix}`, dtype: t.dtype, shape: t.shape });
     }
     const work = tempPath(target);
     await mkdirDurable(work);
@@ -310,7 +289,7 @@ export function checkQuantizedTensors(config: LlamaConfig, tensors: ModelTensors
         return s.shape;
       };
       const bitsHint = (count: number) => (shape: readonly number[]): string => {
-        const fits = ([2, 3, 4, 8] as const).filter((b) => b !== bits && packedWords(b, count) === shape[0]);
+        const fits = GPTQ_BITS.filter((b) => b !== bits && packedWords(b, count) === shape[0]);
         return fits.length ? ` (the shape of ${fits.join(' or ')}-bit weights)` : '';
       };
       check(t.qweight, ['I32'], () => [packedWords(bits, K), N], 'qweight', bitsHint(K));
@@ -345,7 +324,7 @@ export async function readPackedLinear(model: HfModel, block: number, name: Line
   const linear: LinearTensors = b[name];
   if (!linear.quantized) throw gptqError(file, `'${linear.prefix}' is stored dense (no qweight)`, `${linear.prefix}.qweight`);
   const { K, N } = linearDims(model.config, name);
-  const bits = q.bits as 2 | 3 | 4 | 8;
+  const bits = q.bits;
   // A group as large as K (or larger: a model whose smaller linears have K under the configured
   // group size, such as stories260K's K = 64 at group size 128) is one group per output channel.
   const groupSize = q.groupSize === -1 || q.groupSize > K ? K : q.groupSize;

@@ -11,6 +11,7 @@ import type { DType, Tensor } from '../tensor.js';
 import { Checkpoint } from './checkpoint.js';
 import { tensorDTypeOf } from './safetensors.js';
 import { checkQuantizedTensors } from './gptq.js';
+import { GPTQ_BITS_TEXT, isGptqBits, type GptqBits } from '../weights/formats.js';
 
 /** Model types whose blocks are Llama's (RMSNorm, GQA attention with RoPE, SwiGLU MLP). */
 export const SUPPORTED_MODEL_TYPES = ['llama', 'mistral', 'qwen2'] as const;
@@ -38,7 +39,7 @@ export interface RopeConfig {
 
 export interface GptqQuantizationConfig {
   quantMethod: 'gptq';
-  bits: number;
+  bits: GptqBits;
   groupSize: number;
   descAct: boolean;
   sym: boolean;
@@ -251,7 +252,7 @@ function parseQuantization(q: unknown, file: string, path = 'quantization_config
     throw new LowbitError('E_UNSUPPORTED', `${file}: ${path}quant_method ${JSON.stringify(method)} is not supported (lowbit reads "gptq")`, { file, field: 'quantization_config' });
   }
   const bits = r.bits;
-  if (bits !== 2 && bits !== 3 && bits !== 4 && bits !== 8) throw configError(file, `${path}bits should be 2, 3, 4 or 8, found ${JSON.stringify(bits)}`, `${path}bits`);
+  if (!isGptqBits(bits)) throw configError(file, `${path}bits should be ${GPTQ_BITS_TEXT}, found ${JSON.stringify(bits)}`, `${path}bits`);
   const groupSize = r.group_size ?? -1;
   if (typeof groupSize !== 'number' || !Number.isSafeInteger(groupSize) || (groupSize !== -1 && groupSize < 1)) {
     throw configError(file, `${path}group_size should be -1 or a positive integer, found ${JSON.stringify(groupSize)}`, `${path}group_size`);

@@ -11,6 +11,7 @@ import { checkQuantizedTensors, linearDims } from './gptq.js';
 import { LINEAR_MODULES, LINEAR_NAMES, checkLayerCount, describeTensors, readLlamaConfig, type LlamaConfig } from './hf.js';
 import { Llama2cModel } from './llama2c.js';
 import { SAFETENSORS_DTYPES } from './safetensors.js';
+import { GPTQ_TENSOR_SUFFIXES } from '../weights/formats.js';
 
 export interface TensorReport {
   name: string;
@@ -98,7 +99,7 @@ export async function inspectModel(path: string): Promise<InspectReport> {
           if (!byName.has(`${prefix}.qweight`)) continue;
           const { K, N } = linearDims(config, name);
           let bytes = 0;
-          for (const part of ['qweight', 'qzeros', 'scales', 'g_idx']) {
+          for (const part of GPTQ_TENSOR_SUFFIXES) {
             const t = byName.get(`${prefix}.${part}`);
             if (t) {
               bytes += t.bytes;

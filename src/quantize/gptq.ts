@@ -7,9 +7,10 @@ import { LowbitError, invalidArgument } from '../errors.js';
 import { native, type NativeGptqResult, type NativeHessian, type PackedWeights } from '../native.js';
 import { Tensor } from '../tensor.js';
 import { resolveDevice, type DeviceSpec } from '../devices.js';
+import { GPTQ_BITS, isGptqBits, type GptqBits } from '../weights/formats.js';
 
 export interface GptqOptions {
-  bits: 2 | 3 | 4 | 8;
+  bits: GptqBits;
   /** columns per group along the input dimension; -1 = one group per output channel (default 128) */
   groupSize?: number;
   /** symmetric grid (default false) */
@@ -50,8 +51,6 @@ export interface GptqResult {
   warnings: string[];
 }
 
-const BITS = [2, 3, 4, 8] as const;
-
 function positiveInteger(name: string, v: unknown): number {
   if (typeof v !== 'number' || !Number.isInteger(v) || v <= 0) invalidArgument(name, 'positive integer', v);
   return v;
@@ -66,7 +65,7 @@ function optionalBoolean(name: string, v: unknown): boolean | undefined {
 export function resolveGptqOptions(options: GptqOptions): Required<Omit<GptqOptions, 'device'>> {
   if (options === null || typeof options !== 'object') invalidArgument('options', 'object', options);
   const { bits } = options;
-  if (!(BITS as readonly unknown[]).includes(bits)) invalidArgument('bits', 'one of 2, 3, 4, 8', bits, 'E_BITS');
+  if (!isGptqBits(bits)) invalidArgument('bits', `one of ${GPTQ_BITS.join(', ')}`, bits, 'E_BITS');
   const groupSize = options.groupSize ?? 128;
   if (groupSize !== -1 && !(Number.isInteger(groupSize) && groupSize > 0)) {
     invalidArgument('groupSize', 'positive integer or -1 (per channel)', groupSize, 'E_GROUP_SIZE');

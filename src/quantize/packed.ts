@@ -7,19 +7,12 @@ import { LowbitError, describe, invalidArgument } from '../errors.js';
 import { resolveDevice, type DeviceSpec } from '../devices.js';
 import { native, type PackedWeights } from '../native.js';
 import { Tensor } from '../tensor.js';
+import { GPTQ_BITS, isGptqBits, packedWords } from '../weights/formats.js';
 
-export const PACKED_BITS = [2, 3, 4, 8] as const;
+export { packUnit, packedWords } from '../weights/formats.js';
 
-/** Values packed together along the packed dimension, and the int32 words they take (3 bits: 32 in 3). */
-export function packUnit(bits: 2 | 3 | 4 | 8): { values: number; words: number } {
-  return bits === 3 ? { values: 32, words: 3 } : { values: 32 / bits, words: 1 };
-}
-
-/** int32 words holding `count` values of `bits` bits along the packed dimension (a partial last unit padded). */
-export function packedWords(bits: 2 | 3 | 4 | 8, count: number): number {
-  const unit = packUnit(bits);
-  return Math.ceil(count / unit.values) * unit.words;
-}
+/** The bit widths packed weights come in (src/weights/formats.ts). */
+export const PACKED_BITS = GPTQ_BITS;
 
 function isPositiveInteger(v: unknown): v is number {
   return typeof v === 'number' && Number.isInteger(v) && v > 0;
@@ -44,8 +37,8 @@ function checkArray(name: string, value: unknown, type: Int32ArrayConstructor | 
 export function validatePackedWeights(W: unknown, name = 'W'): asserts W is PackedWeights {
   if (W === null || typeof W !== 'object') invalidArgument(name, 'packed weights object', W);
   const w = W as Record<string, unknown>;
-  if (!(PACKED_BITS as readonly unknown[]).includes(w.bits)) invalidArgument(`${name}.bits`, 'one of 2, 3, 4, 8', w.bits, 'E_BITS');
-  const bits = w.bits as 2 | 3 | 4 | 8;
+  if (!isGptqBits(w.bits)) invalidArgument(`${name}.bits`, `one of ${GPTQ_BITS.join(', ')}`, w.bits, 'E_BITS');
+  const bits = w.bits;
   if (!isPositiveInteger(w.K)) invalidArgument(`${name}.K`, 'positive integer', w.K, 'E_SHAPE');
   if (!isPositiveInteger(w.N)) invalidArgument(`${name}.N`, 'positive integer', w.N, 'E_SHAPE');
   const K = w.K, N = w.N;

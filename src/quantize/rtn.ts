@@ -6,10 +6,10 @@
 import { LowbitError, invalidArgument } from '../errors.js';
 import { native, type PackedWeights } from '../native.js';
 import { Tensor } from '../tensor.js';
-import { PACKED_BITS } from './packed.js';
+import { GPTQ_BITS, isGptqBits, type GptqBits } from '../weights/formats.js';
 
 export interface RtnOptions {
-  bits: 2 | 3 | 4 | 8;
+  bits: GptqBits;
   /** input columns per group; -1 = one group per output channel (default 128; larger than K = one group) */
   groupSize?: number;
   /** symmetric grid, zero point fixed at 2^(bits-1) (default false) */
@@ -37,12 +37,12 @@ export interface RtnCodes {
   groupSize: number;
   N: number;
   K: number;
-  bits: 2 | 3 | 4 | 8;
+  bits: GptqBits;
   zeroOffset: 0 | 1;
 }
 
 interface ResolvedRtn {
-  bits: 2 | 3 | 4 | 8;
+  bits: GptqBits;
   groupSize: number;
   sym: boolean;
   mse: boolean;
@@ -52,7 +52,7 @@ interface ResolvedRtn {
 function resolveOptions(options: RtnOptions): ResolvedRtn {
   if (options === null || typeof options !== 'object') invalidArgument('options', 'object', options);
   const { bits } = options;
-  if (!(PACKED_BITS as readonly unknown[]).includes(bits)) invalidArgument('bits', 'one of 2, 3, 4, 8', bits, 'E_BITS');
+  if (!isGptqBits(bits)) invalidArgument('bits', `one of ${GPTQ_BITS.join(', ')}`, bits, 'E_BITS');
   const groupSize = options.groupSize ?? 128;
   if (groupSize !== -1 && !(typeof groupSize === 'number' && Number.isInteger(groupSize) && groupSize > 0)) {
     invalidArgument('groupSize', 'positive integer or -1 (per channel)', groupSize, 'E_GROUP_SIZE');
@@ -113,7 +113,7 @@ function checkCodesArray(name: string, v: unknown, type: Uint8ArrayConstructor |
 function validateCodes(codes: unknown): asserts codes is RtnCodes {
   if (codes === null || typeof codes !== 'object') invalidArgument('codes', 'RtnCodes object ({q, scales, zeros, groups, groupSize, N, K, bits, zeroOffset})', codes);
   const c = codes as Record<string, unknown>;
-  if (!(PACKED_BITS as readonly unknown[]).includes(c.bits)) invalidArgument('codes.bits', 'one of 2, 3, 4, 8', c.bits, 'E_BITS');
+  if (!isGptqBits(c.bits)) invalidArgument('codes.bits', `one of ${GPTQ_BITS.join(', ')}`, c.bits, 'E_BITS');
   const N = checkCount('codes.N', c.N), K = checkCount('codes.K', c.K), groups = checkCount('codes.groups', c.groups);
   if (!Number.isSafeInteger(N * K) || !Number.isSafeInteger(groups * N)) {
     throw new LowbitError('E_SHAPE', `codes.N × codes.K = ${N} × ${K} (or groups × N) is too large`, { option: 'codes.K' });

@@ -1,4 +1,5 @@
 #include "backend.hpp"
+#include "rope.hpp"
 
 #include <atomic>
 #include <cmath>
@@ -91,17 +92,115 @@ void LlamaBackend::check_batch(int64_t batch, int64_t seq) const {
 }
 
 void LlamaBackend::check_linear(Linear which, const LinearWeights& w) const {
-  const int64_t K = linear_in(config_, which), N = linear_out(config_, which);
-  const std::string name = linear_name(which);
-  if (w.packed) {
-    require(w.q.K == K && w.q.N == N, "E_SHAPE",
-            name + ": packed weight is " + str(w.q.N) + " x " + str(w.q.K) + ", the model needs " + str(N) + " x " + str(K));
-    require(w.q.qweight && w.q.qzeros && w.q.scales, "E_BUFFER", name + ": packed weight has no data");
-  } else {
-    require(w.data != nullptr, "E_BUFFER", name + ": dense weight has no data");
-    require(w.dtype == DType::F32 || w.dtype == DType::F16 || w.dtype == DType::BF16, "E_DTYPE",
-            name + ": dense weights must be f32, f16 or bf16");
-  }
+  check_linear_weights(w, linear_name(which), linear_out(config_, which), linear_in(config_, which));
+}
+
+void LlamaBackend::require_block(int64_t block) const {
+  require(has_block(block), "E_MISSING_TENSOR", "block " + str(block) + "'s weights are not set");
+}
+
+void LlamaBackend::require_globals() const {
+  require(has_globals(), "E_MISSING_TENSOR", "the embedding and final norm are not set");
+}
+
+void LlamaBackend::require_all_blocks() const {
+  require_globals();
+  for (int64_t i = 0; i < config_.layers; ++i) require_block(i);
+}
+
+void LlamaBackend::set_globals(const GlobalWeights& w) {
+  require(w.embed && w.final_norm, "E_BUFFER", "globals need the embedding and the final norm");
+  if (!config_.tie_embeddings) check_linear(Linear::Head, w.head);
+  do_set_globals(w);
+}
+
+void LlamaBackend::set_block(int64_t block, const BlockWeights& w) {
+  check_block_index(block);
+  require(w.attn_norm && w.mlp_norm, "E_BUFFER", "block weights need both norms");
+  for (int l = 0; l < kBlockLinears; ++l) check_linear((Linear)l, w.linears[l]);
+  do_set_block(block, w);
+}
+
+void LlamaBackend::set_linear(int64_t block, Linear which, const LinearWeights& w) {
+  check_block_index(block);
+  require((int)which >= 0 && (int)which < kBlockLinears, "E_ARGUMENT",
+          "set_linear replaces a block's linear, not the head");
+  require_block(block);
+  check_linear(which, w);
+  do_set_linear(block, which, w);
+}
+
+void LlamaBackend::drop_block(int64_t block) {
+  check_block_index(block);
+  do_drop_block(block);
+}
+
+void LlamaBackend::embed(const int32_t* ids, int64_t n, float* hidden) {
+  require_globals();
+  check_ids(ids, n);
+  do_embed(ids, n, hidden);
+}
+
+void LlamaBackend::run_block(int64_t block, float* hidden, int64_t batch, int64_t seq, const BlockRun& run) {
+  check_block_index(block);
+  check_batch(batch, seq);
+  require(run.stop_after >= -1 && run.stop_after < kCapturePoints, "E_ARGUMENT", "stop_after is out of range");
+  require_block(block);
+  do_run_block(block, hidden, batch, seq, run);
+}
+
+void LlamaBackend::head(const float* hidden, int64_t rows, float* logits) {
+  require_globals();
+  do_head(hidden, rows, logits);
+}
+
+void LlamaBackend::logits(const int32_t* ids, int64_t batch, int64_t seq, float* out) {
+  check_batch(batch, seq);
+  check_ids(ids, batch * seq);
+  require_all_blocks();
+  do_logits(ids, batch, seq, out);
+}
+
+void LlamaBackend::nll(const int32_t* ids, int64_t batch, int64_t seq, float* out) {
+  check_batch(batch, seq);
+  check_ids(ids, batch * seq);
+  require_all_blocks();
+  do_nll(ids, batch, seq, out);
+}
+
+std::unique_ptr<Sequence> LlamaBackend::new_sequence(int64_t capacity) {
+  require(capacity >= 1 && capacity <= config_.max_seq, "E_ARGUMENT",
+          "sequence capacity must be in [1, " + str(config_.max_seq) + "], got " + str(capacity));
+  std::unique_ptr<Sequence> s = do_new_sequence(capacity);
+  s->capacity = capacity;
+  s->owner = this;
+  return s;
+}
+
+void LlamaBackend::decode(Sequence& seq, const int32_t* ids, int64_t n, float* last_logits) {
+  require(seq.owner == this, "E_ARGUMENT", "the sequence belongs to another backend");
+  require(n >= 1, "E_SHAPE", "decode needs at least one token");
+  require(seq.length + n <= seq.capacity, "E_SHAPE",
+          "the sequence holds " + str(seq.length) + " of " + str(seq.capacity) + " tokens; " + str(n) +
+              " more do not fit");
+  require_all_blocks();
+  check_ids(ids, n);
+  do_decode(seq, ids, n, last_logits);
+  seq.length += n;
+}
+
+void RopeTable::build(const std::vector<float>& inv_freq, float scale, int64_t p0, int64_t n) {
+
+  half = (int64_t)inv_freq.size();
+  cos.resize((size_t)(n * half));
+  sin.resize((size_t)(n * half));
+  for (int64_t r = 0; r < n; ++r)
+    for (int64_t i = 0; i < half; ++i) {
+      // transformers: freqs = inv_freq * position in f32, then cos/sin in f32.
+      const float angle = inv_freq[(size_t)i] * (float)(p0 + r);
+      cos[(size_t)(r * half + i)] = (float)std::cos((double)angle) * scale;
+      sin[(size_t)(r * half + i)] = (float)std::sin((double)angle) * scale;
+    }
 }
 
 std::unique_ptr<LlamaBackend> make_backend(int device, const LlamaConfig& config) {

@@ -9,7 +9,9 @@
 // - Activations are f32, row-major, [rows, features]; a batch of B sequences of S tokens is B*S rows,
 //   sequence-major. Each sequence of a batch starts at position 0 (no KV state crosses sequences).
 // - Accumulation is f32 (or wider). Dense weights may be f32, f16 or bf16; any linear may instead be
-//   packed (GPTQ layout, PackedMatrix), so a partially quantized model runs.
+//   in a packed format (LinearWeights, weights/linear.hpp), so a partially quantized model runs.
+//   Each backend turns a linear into the operator it runs through its device's factory
+//   (make_cpu_linear, cuda::make_device_linear), which may repack the weight once at load time.
 // - A backend is not thread-safe: the caller serializes calls on one backend (the binding holds a
 //   lock per model). Errors are CoreError with a code from src/errors.ts.
 // - Only the blocks a call touches need weights: run_block(i) needs block i, whole-model calls need
@@ -24,6 +26,7 @@
 
 #include "../dtype.hpp"
 #include "../packed_matrix.hpp"
+#include "../weights/linear.hpp"
 
 namespace lowbit {
 namespace model {
@@ -57,16 +60,8 @@ const char* linear_name(Linear which);  // "q", "k", "v", "o", "gate", "up", "do
 int64_t linear_in(const LlamaConfig& c, Linear which);   // K: input features
 int64_t linear_out(const LlamaConfig& c, Linear which);  // N: output features
 
-// One linear layer's weight, as the caller holds it (a view; backends copy what they keep).
-struct LinearWeights {
-  bool packed = false;
-  // Dense: W [N, K] row-major (out x in, the HF layout) in `dtype` (F32, F16 or BF16).
-  DType dtype = DType::F32;
-  const void* data = nullptr;
-  // Packed: the GPTQ layout; its K and N must match the linear's shape.
-  PackedMatrix q;
-  const float* bias = nullptr;  // [N] or null (qwen2 has q/k/v biases)
-};
+// One linear layer's weight (dense or in a packed format): weights/linear.hpp.
+using lowbit::LinearWeights;
 
 struct BlockWeights {
   const float* attn_norm = nullptr;  // [dim] input_layernorm.weight
@@ -115,8 +110,12 @@ class Sequence {
   virtual ~Sequence() = default;
   int64_t length = 0;    // tokens held
   int64_t capacity = 0;  // tokens it can hold
+  const void* owner = nullptr;  // the backend that made it (LlamaBackend::new_sequence sets it)
 };
 
+// The calls every caller makes are the public, non-virtual ones: they check their arguments and
+// the weights they need (the checks every device shares), then call the device's protected do_*
+// implementation. Errors are CoreError (E_ARGUMENT, E_SHAPE, E_MISSING_TENSOR, ...).
 class LlamaBackend {
  public:
   explicit LlamaBackend(LlamaConfig config) : config_(std::move(config)) { config_.validate(); }
@@ -128,39 +127,56 @@ class LlamaBackend {
   virtual int device() const = 0;  // -1 for the CPU, else the CUDA device index
 
   // --- weights: set, replace (one linear at a time, e.g. after quantizing it) and drop
-  virtual void set_globals(const GlobalWeights& w) = 0;
-  virtual void set_block(int64_t block, const BlockWeights& w) = 0;
-  virtual void set_linear(int64_t block, Linear which, const LinearWeights& w) = 0;  // Q..Down; block set
-  virtual void drop_block(int64_t block) = 0;
+  void set_globals(const GlobalWeights& w);
+  void set_block(int64_t block, const BlockWeights& w);
+  void set_linear(int64_t block, Linear which, const LinearWeights& w);  // Q..Down; the block must be set
+  void drop_block(int64_t block);
   virtual bool has_block(int64_t block) const = 0;
+  virtual bool has_globals() const = 0;
   virtual int64_t weight_bytes() const = 0;  // memory held for weights (host for CPU, device for CUDA)
 
   // --- one block at a time (calibration)
   // hidden [n, dim] = embedding rows of ids [n]. Needs the globals.
-  virtual void embed(const int32_t* ids, int64_t n, float* hidden) = 0;
+  void embed(const int32_t* ids, int64_t n, float* hidden);
   // hidden [batch*seq, dim] in, block's output out (in place).
-  virtual void run_block(int64_t block, float* hidden, int64_t batch, int64_t seq, const BlockRun& run) = 0;
+  void run_block(int64_t block, float* hidden, int64_t batch, int64_t seq, const BlockRun& run);
   // logits [rows, vocab] = lm_head(final_norm(hidden [rows, dim])).
-  virtual void head(const float* hidden, int64_t rows, float* logits) = 0;
+  void head(const float* hidden, int64_t rows, float* logits);
 
   // --- the whole model (every block resident)
   // logits [batch*seq, vocab] of ids [batch, seq].
-  virtual void logits(const int32_t* ids, int64_t batch, int64_t seq, float* out) = 0;
+  void logits(const int32_t* ids, int64_t batch, int64_t seq, float* out);
   // out [batch, seq-1]: -log softmax(logits[b, t])[ids[b, t+1]] for t < seq-1 (perplexity).
-  virtual void nll(const int32_t* ids, int64_t batch, int64_t seq, float* out) = 0;
+  void nll(const int32_t* ids, int64_t batch, int64_t seq, float* out);
   // KV-cached decoding: appends ids [n] to the sequence and writes the logits [vocab] of its last token.
-  virtual std::unique_ptr<Sequence> new_sequence(int64_t capacity) = 0;
-  virtual void decode(Sequence& seq, const int32_t* ids, int64_t n, float* last_logits) = 0;
+  std::unique_ptr<Sequence> new_sequence(int64_t capacity);
+  void decode(Sequence& seq, const int32_t* ids, int64_t n, float* last_logits);
 
- public:
   // Throws E_ARGUMENT unless every id is in [0, vocab). Callers check before any call that takes ids.
   void check_ids(const int32_t* ids, int64_t n) const;
 
  protected:
-  // Shared argument checks for implementations.
+  // The device's implementations, called with checked arguments: indices in range, the weights
+  // they read present (require_all_blocks), linears of the model's shapes, ids in the vocabulary,
+  // sequences made by this backend with room for the new tokens.
+  virtual void do_set_globals(const GlobalWeights& w) = 0;
+  virtual void do_set_block(int64_t block, const BlockWeights& w) = 0;
+  virtual void do_set_linear(int64_t block, Linear which, const LinearWeights& w) = 0;
+  virtual void do_drop_block(int64_t block) = 0;
+  virtual void do_embed(const int32_t* ids, int64_t n, float* hidden) = 0;
+  virtual void do_run_block(int64_t block, float* hidden, int64_t batch, int64_t seq, const BlockRun& run) = 0;
+  virtual void do_head(const float* hidden, int64_t rows, float* logits) = 0;
+  virtual void do_logits(const int32_t* ids, int64_t batch, int64_t seq, float* out) = 0;
+  virtual void do_nll(const int32_t* ids, int64_t batch, int64_t seq, float* out) = 0;
+  virtual std::unique_ptr<Sequence> do_new_sequence(int64_t capacity) = 0;
+  virtual void do_decode(Sequence& seq, const int32_t* ids, int64_t n, float* last_logits) = 0;
+
   void check_block_index(int64_t block) const;
   void check_batch(int64_t batch, int64_t seq) const;
   void check_linear(Linear which, const LinearWeights& w) const;
+  void require_block(int64_t block) const;  // E_MISSING_TENSOR unless set
+  void require_globals() const;
+  void require_all_blocks() const;
   LlamaConfig config_;
 };
 

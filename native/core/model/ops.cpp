@@ -382,19 +382,6 @@ void rms_norm(const float* X, int64_t rows, int64_t dim, const float* weight, fl
   });
 }
 
-void RopeTable::build(const std::vector<float>& inv_freq, float scale, int64_t p0, int64_t n) {
-  half = (int64_t)inv_freq.size();
-  cos.resize((size_t)(n * half));
-  sin.resize((size_t)(n * half));
-  for (int64_t r = 0; r < n; ++r)
-    for (int64_t i = 0; i < half; ++i) {
-      // transformers: freqs = inv_freq * position in f32, then cos/sin in f32.
-      const float angle = inv_freq[(size_t)i] * (float)(p0 + r);
-      cos[(size_t)(r * half + i)] = (float)std::cos((double)angle) * scale;
-      sin[(size_t)(r * half + i)] = (float)std::sin((double)angle) * scale;
-    }
-}
-
 void apply_rope(float* X, int64_t rows, int64_t stride, int64_t heads, const RopeTable& table) {
   const int64_t half = table.half;
   parallel(rows, 64, [&](int64_t r0, int64_t r1) {

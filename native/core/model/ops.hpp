@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "../dtype.hpp"
+#include "rope.hpp"
 
 namespace lowbit {
 namespace model {
@@ -66,12 +67,7 @@ void dense_linear(const float* X, int64_t M, const DensePanels& W, const float* 
 // Y = weight ⊙ X / sqrt(mean(X²) + eps), row by row (transformers' LlamaRMSNorm). Y may equal X.
 void rms_norm(const float* X, int64_t rows, int64_t dim, const float* weight, float eps, float* Y);
 
-// cos/sin of the rotary angles for `n` consecutive positions starting at p0: [n][inv_freq.size()].
-struct RopeTable {
-  int64_t half = 0;
-  std::vector<float> cos, sin;
-  void build(const std::vector<float>& inv_freq, float scale, int64_t p0, int64_t n);
-};
+using model::RopeTable;  // rope.hpp: the cos/sin table every backend builds the same way
 
 // Rotates each head of each row in place (HF half-split form); row r uses table row r.
 // X: rows of `stride` floats holding `heads` heads of head_dim = 2 * table.half values.

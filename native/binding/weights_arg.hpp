@@ -1,0 +1,107 @@
+// Reading one linear layer's weight from JavaScript: one reader per weight format
+// (native/core/weights/format.hpp), picked by the object's `format` tag. No math.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "../core/weights/linear.hpp"
+#include "napi_util.hpp"
+
+namespace lowbit {
+namespace binding {
+
+inline DType float_dtype_arg(const Napi::Value& v, const char* name) {
+  const std::string s = v.IsString() ? v.As<Napi::String>().Utf8Value() : "";
+  if (s == "f32") return DType::F32;
+  if (s == "f16") return DType::F16;
+  if (s == "bf16") return DType::BF16;
+  fail("E_DTYPE", std::string(name) + " must be 'f32', 'f16' or 'bf16'");
+}
+
+inline void check_length(int64_t len, int64_t need, const std::string& name) {
+  require(len >= need, "E_BUFFER", name + " holds " + std::to_string(len) + " elements, needs " + std::to_string(need));
+}
+
+// A dense [N, K] matrix {dtype, data} checked for length; the data pointer comes from `bufs` (a copy
+// for the async weight setters). Each property is read once.
+inline const void* dense_arg(const Napi::Object& o, int64_t N, int64_t K, const std::string& name, DType* dtype,
+                             CallBuffers& bufs) {
+  const Napi::Value dtype_value = o.Get("dtype"), data_value = o.Get("data");
+  *dtype = float_dtype_arg(dtype_value, (name + ".dtype").c_str());
+  const int64_t need = checked_mul(N, K, name.c_str());
+  if (*dtype == DType::F32) {
+    const auto s = typed_array<float>(data_value, (name + ".data (Float32Array)").c_str());
+    check_length(s.length, need, name + ".data");
+    return bufs.input(Span<float>{s.data, need});
+  }
+  const auto s = typed_array<uint16_t>(data_value, (name + ".data (Uint16Array of 16-bit patterns)").c_str());
+  check_length(s.length, need, name + ".data");
+  return bufs.input(Span<uint16_t>{s.data, need});
+}
+
+// The readers, one per format. N and K: the shape the caller needs, or 0 to read it from the object.
+// Like packed_matrix_arg, each reads every property it needs (getters may run JavaScript) before it
+// takes the first pointer.
+// format 'dense': {dtype, data, N?, K?}
+inline LinearWeights read_dense(const Napi::Object& o, int64_t N, int64_t K, const std::string& name, CallBuffers& bufs) {
+  DenseMatrix d;
+  d.N = N > 0 ? N : integer(o.Get("N"), (name + ".N").c_str());
+  d.K = K > 0 ? K : integer(o.Get("K"), (name + ".K").c_str());
+  require(d.N > 0 && d.K > 0, "E_SHAPE", name + ": N and K must be positive");
+  d.data = dense_arg(o, d.N, d.K, name, &d.dtype, bufs);
+  LinearWeights w;
+  w.matrix = d;
+  return w;
+}
+
+// format 'gptq': the PackedWeights fields (src/weights/types.ts) {bits, K, N, groupSize, groups,
+// zeroOffset, qweight, qzeros, scales, gIdx?}
+inline LinearWeights read_gptq(const Napi::Object& o, int64_t, int64_t, const std::string&, CallBuffers& bufs) {
+  LinearWeights w;
+  w.matrix = packed_matrix_arg(o, bufs);
+  return w;
+}
+
+using FormatReader = LinearWeights (*)(const Napi::Object&, int64_t, int64_t, const std::string&, CallBuffers&);
+// Indexed by Format.
+inline constexpr FormatReader kFormatReaders[kFormatCount] = {&read_dense, &read_gptq};
+
+// One linear's weight {format: 'dense' | 'gptq' | ..., ...the format's fields, bias?: Float32Array [N]}.
+// Without a tag: {packed: PackedWeights, bias?} is GPTQ (NativeModel's form), anything else dense.
+// Checked (check_linear_weights) against N x K when given (0: any shape).
+inline LinearWeights linear_weights_arg(const Napi::Value& v, int64_t N, int64_t K, const std::string& name,
+                                        CallBuffers& bufs) {
+  require(v.IsObject(), "E_ARGUMENT", name + " must be an object ({format, ...})");
+  const Napi::Object o = v.As<Napi::Object>();
+  const Napi::Value tag = o.Get("format"), packed = o.Get("packed"), bias = o.Get("bias");
+  LinearWeights w;
+  if (!tag.IsUndefined()) {
+    const std::string f = tag.IsString() ? tag.As<Napi::String>().Utf8Value() : "";
+    int index = -1;
+    for (int i = 0; i < kFormatCount; ++i)
+      if (f == kFormatNames[i]) index = i;
+    if (index < 0) {
+      std::string names;
+      for (int i = 0; i < kFormatCount; ++i) names += (i ? ", '" : "'") + std::string(kFormatNames[i]) + "'";
+      fail("E_ARGUMENT", name + ".format must be one of " + names + ", got '" + f + "'");
+    }
+    w = kFormatReaders[index](o, N, K, name, bufs);
+  } else if (!packed.IsUndefined()) {
+    require(packed.IsObject(), "E_ARGUMENT", name + ".packed must be an object");
+    w = read_gptq(packed.As<Napi::Object>(), N, K, name, bufs);
+  } else {
+    w = read_dense(o, N, K, name, bufs);
+  }
+  // (bias was read with the other properties; taking its pointer runs no JavaScript)
+  if (!bias.IsUndefined() && !bias.IsNull()) {
+    const auto b = typed_array<float>(bias, (name + ".bias").c_str());
+    check_length(b.length, w.N(), name + ".bias");
+    w.bias = bufs.input(Span<float>{b.data, w.N()});
+  }
+  check_linear_weights(w, name, N, K);
+  return w;
+}
+
+}  // namespace binding
+}  // namespace lowbit
