@@ -13,7 +13,7 @@
  * `npm test` kills at the first occurrence of every distinct step (kind and file, block numbers left
  * out), at every step of block 1's commit (the first with a committed block before it), at the last
  * block's commit and at the last checkpoint data write. LOWBIT_CRASH_ALL=1 kills
- * at every step (about 280 of them): `LOWBIT_CRASH_ALL=1 npx vitest run test/schedule/crash.test.ts`.
+ * at every step (290 of them): `LOWBIT_CRASH_ALL=1 npx vitest run test/schedule/crash.test.ts`.
  */
 import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
