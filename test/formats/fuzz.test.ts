@@ -7,7 +7,7 @@
 import { appendFileSync, cpSync, existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { afterAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { LowbitError } from '../../src/errors.js';
 import { readPackedLinear } from '../../src/formats/gptq.js';
 import { HfModel, LINEAR_NAMES } from '../../src/formats/hf.js';
@@ -508,8 +508,14 @@ async function runTokenizer(dir: string, kind: 'sentencepiece' | 'tokenizer.json
 }
 
 describe('fuzz: whole models (config.json, quantize_config.json, GPTQ tensors, tokenizers, llama2.c)', () => {
-  const root = mkdtempSync(join(existsSync('/dev/shm') ? '/dev/shm' : tmpdir(), 'lowbit-fuzz-'));
-  afterAll(() => rmSync(root, { recursive: true, force: true }));
+  // made when the test runs (a suite filtered out by -t runs no hooks, and would leave it behind)
+  let root = '';
+  beforeAll(() => {
+    root = mkdtempSync(join(existsSync('/dev/shm') ? '/dev/shm' : tmpdir(), 'lowbit-fuzz-'));
+  });
+  afterAll(() => {
+    if (root) rmSync(root, { recursive: true, force: true });
+  });
 
   it(`${MODEL_ITERS} mutated inputs through the readers, inspect, openModel, perplexity and the tokenizers: a result or a LowbitError, each within ${CASE_LIMIT_MS / 1000} s`, { timeout: 120_000 + MODEL_ITERS * 200 }, async () => {
     const seed = Number(process.env.LOWBIT_FUZZ_SEED ?? randomSeed());
