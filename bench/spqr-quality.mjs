@@ -1,5 +1,5 @@
 // SpQR quality on stories260K (issue 12): perplexity of SpQR at 2, 3 and 4 bits (default groups
-// 16×16, 3-bit statistics, τ 0.2, budget 1%, damp 1.0, act-order), its exact average bits per weight
+// 16×16, 3-bit statistics, τ 0.2, budget 1%, damp 0.01, act-order), its exact average bits per weight
 // (weights + both statistic levels + permutation + outliers), beside RTN and GPTQ (g32 and per
 // channel, act-order on) measured in the same run with the same calibration. Protocol of
 // bench/gptq-quality.mjs: calibration 128 windows of 512 tokens (seed 0) of tinystories-valid.calib.txt,
@@ -8,7 +8,7 @@
 // Writes bench/results/spqr-quality.json and prints a Markdown table. Not a test.
 //
 //   node bench/spqr-quality.mjs [--out spqr-quality] [--bits 4,3,2] [--samples 128] [--seq-len 512] [--no-baselines]
-//        [--tau 0.2] [--budget 0.01] [--damp 1] [--beta1 16] [--beta2 16] [--stat-bits 3]
+//        [--tau 0.2] [--budget 0.01] [--damp 0.01] [--beta1 16] [--beta2 16] [--stat-bits 3]
 // Imports the package from dist/ (npm run build:ts), or from $LOWBIT_DIST.
 import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { statSync } from 'node:fs';
@@ -38,7 +38,7 @@ const spqrOptions = {
   statBits: Number(option('stat-bits', '3')),
   outlierThreshold: Number(option('tau', '0.2')),
   outlierBudget: Number(option('budget', '0.01')),
-  damp: Number(option('damp', '1')),
+  damp: Number(option('damp', '0.01')),
 };
 
 const data = existsDir(join(root, 'data')) ? join(root, 'data') : resolve(root, '../shared/data');

@@ -25,7 +25,7 @@ struct SpqrOptions {
   int stat_bits = 3;                // bits of each quantized first-level scale and zero (1..8)
   double outlier_threshold = 0.2;   // τ, relative to the layer's typical error; +inf: no outliers
   double outlier_budget = 0.01;     // at most this fraction of the weights become outliers, in (0, 1)
-  double damp_percent = 1.0;        // lambda = damp_percent * mean(diag H), raised on failure as GPTQ's
+  double damp_percent = 0.01;       // lambda = damp_percent * mean(diag H), raised on failure as GPTQ's
   int max_damp_raises = 3;
   bool act_order = true;            // sweep columns by descending diag(H)
   int64_t block_size = 128;         // lazy-batch block, rounded up to a multiple of beta1

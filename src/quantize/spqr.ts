@@ -78,7 +78,7 @@ export interface SpqrOptions {
   outlierThreshold?: number;
   /** most outliers as a fraction of the weights, in (0, 1) (default 0.01) */
   outlierBudget?: number;
-  /** dampening as a fraction of mean(diag H) (default 1.0, the reference's recipe) */
+  /** dampening as a fraction of mean(diag H) (default 0.01: better than the reference recipe's 1.0 on stories260K, bench/RESULTS.md) */
   damp?: number;
   /** sweep columns by descending diag(H) (default true) */
   actOrder?: boolean;
@@ -95,7 +95,7 @@ export const SPQR_DEFAULTS: ResolvedSpqrOptions = {
   statBits: 3,
   outlierThreshold: 0.2,
   outlierBudget: 0.01,
-  damp: 1.0,
+  damp: 0.01,
   actOrder: true,
   maxDampRaises: 3,
   blockSize: 128,

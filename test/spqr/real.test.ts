@@ -51,7 +51,7 @@ describe.skipIf(!ready)('SpQR on stories260K block 1 with captured inputs', () =
       await h.addBatch(X, T);
       const H = h.read().data as Float32Array;
       const { weights, report } = await spqrQuantize(W, [N, K], H, { bits: 3 });
-      const ref = spqrReference(W, H, N, K, { bits: 3, beta1: 16, beta2: 16, statBits: 3, tau: 0.2, budget: 0.01, damp: 1, actOrder: true });
+      const ref = spqrReference(W, H, N, K, { bits: 3, beta1: 16, beta2: 16, statBits: 3, tau: 0.2, budget: 0.01, damp: 0.01, actOrder: true });
       const msg = `text offset ${offset}, ${name}`;
       const What = spqrDequantize(weights);
       let differ = 0;
