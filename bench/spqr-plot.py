@@ -22,7 +22,7 @@ for path in sorted(glob.glob(os.path.join(res, "spqr-quality-*.json"))):
     o = data["meta"]["spqrOptions"]
     rows = sorted((r["bpw"], r["ppl"]) for r in data["rows"] if r["method"] == "spqr")
     fp = next((r["ppl"] for r in data["rows"] if r["method"] == "fp32"), fp)
-    label = f"SpQR {o['beta1']}x{o['beta2']}, budget {o['outlierBudget']*100:g}%, damp {o['damp']:g}"
+    label = f"SpQR {o['beta1']}x{o['beta2']}, stat {o['statBits']} bits, budget {o['outlierBudget']*100:g}%, damp {o['damp']:g}"
     ax.plot([p[0] for p in rows], [p[1] for p in rows], marker="*", markersize=10, label=label)
 if fp:
     ax.axhline(fp, color="k", lw=0.8, ls="--", label=f"fp32 {fp:.2f}")
