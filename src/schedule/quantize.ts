@@ -33,6 +33,7 @@ import { Model, type CapturePointName, type NativeBlockWeights } from '../model/
 import type { PackedWeights } from '../native.js';
 import { Hessian } from '../quantize/gptq.js';
 import { Tensor } from '../tensor.js';
+import type { GptqBits } from '../weights/index.js';
 import type { DeviceSpec } from '../devices.js';
 import { calibrationWindows } from './calibration.js';
 import { DEFAULT_METHOD, methodOf, type GptqMethodOptions, type GridOptions, type LinearOutput, type MethodName, type QuantizationMethod } from './methods/index.js';
@@ -61,7 +62,7 @@ export interface QuantizeOptions {
   out: string;
   /** a name from METHODS (./methods/index.ts): 'gptq' (default) or 'rtn' */
   method?: MethodName;
-  bits: 2 | 3 | 4 | 8;
+  bits: GptqBits;
   /** default 128; -1 = per channel */
   groupSize?: number;
   sym?: boolean;

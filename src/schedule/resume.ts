@@ -17,6 +17,7 @@ import { basename, dirname, join, resolve } from 'node:path';
 import { LowbitError } from '../errors.js';
 import { listDir, mkdirDurable, removeTree, renameDurable, tempPath, writeFileAtomic } from '../formats/durable.js';
 import type { PackedWeights } from '../native.js';
+import { GPTQ_TENSOR_SUFFIXES, gptqTensors } from '../weights/index.js';
 
 export interface LayerReport {
   block: number;
@@ -177,13 +178,19 @@ async function unframe<H extends { fingerprint: string; block: number }>(file: s
   return { header, bytes, base: Math.ceil((jsonLen + 8) / 8) * 8 };
 }
 
+/**
+ * The arrays of a GPTQ linear, keyed by their checkpoint suffix from the weight-format table
+ * (src/weights: qweight, qzeros, scales, g_idx), each with its PackedWeights field and element type.
+ */
 type ArrayKey = 'qweight' | 'qzeros' | 'scales' | 'gIdx';
-const ARRAY_KEYS: ArrayKey[] = ['qweight', 'qzeros', 'scales', 'gIdx'];
+type Suffix = (typeof GPTQ_TENSOR_SUFFIXES)[number];
+const FIELD: Record<Suffix, ArrayKey> = { qweight: 'qweight', qzeros: 'qzeros', scales: 'scales', g_idx: 'gIdx' };
+const ARRAYS = GPTQ_TENSOR_SUFFIXES.map((suffix) => ({ suffix, field: FIELD[suffix] }));
 
 interface BlockHeader {
   fingerprint: string;
   block: number;
-  linears: { prefix: string; meta: Omit<PackedWeights, ArrayKey>; arrays: Partial<Record<ArrayKey, [offset: number, bytes: number]>> }[];
+  linears: { prefix: string; meta: Omit<PackedWeights, ArrayKey>; arrays: Partial<Record<Suffix, [offset: number, bytes: number]>> }[];
 }
 
 /** Writes block b's packed linears (prefix -> weights). */
@@ -192,16 +199,18 @@ export async function writeBlock(dir: string, fingerprint: string, block: number
   const chunks: Uint8Array[] = [];
   let offset = 0;
   for (const [prefix, w] of linears) {
-    const { qweight, qzeros, scales, gIdx, ...meta } = w;
+    const meta: Record<string, unknown> = { ...w };
     const arrays: BlockHeader['linears'][number]['arrays'] = {};
-    for (const [key, a] of [['qweight', qweight], ['qzeros', qzeros], ['scales', scales], ['gIdx', gIdx]] as const) {
+    for (const { suffix, field } of ARRAYS) {
+      delete meta[field];
+      const a = w[field];
       if (!a) continue;
       const bytes = new Uint8Array(a.buffer, a.byteOffset, a.byteLength);
-      arrays[key] = [offset, bytes.byteLength];
+      arrays[suffix] = [offset, bytes.byteLength];
       chunks.push(bytes);
       offset += bytes.byteLength + ((8 - (bytes.byteLength % 8)) % 8);
     }
-    header.linears.push({ prefix, meta, arrays });
+    header.linears.push({ prefix, meta: meta as Omit<PackedWeights, ArrayKey>, arrays });
   }
   await writeFileAtomic(join(dir, `block-${block}.bin`), frame(header, chunks));
 }
@@ -212,13 +221,15 @@ export async function readBlock(dir: string, fingerprint: string, block: number)
   const out = new Map<string, PackedWeights>();
   for (const l of header.linears) {
     const w = { ...l.meta } as PackedWeights;
-    for (const key of ARRAY_KEYS) {
-      const r = l.arrays[key];
+    const specs = gptqTensors(w.bits, w.K, w.N, w.groups);
+    for (const { suffix, field } of ARRAYS) {
+      const r = l.arrays[suffix];
       if (!r) continue;
       const [off, len] = r;
-      if (!(off >= 0 && len >= 0 && base + off + len <= bytes.byteLength)) throw corrupt(file, `${l.prefix}.${key} lies past the end`);
-      const a = key === 'scales' ? new Uint16Array(bytes.buffer, base + off, len / 2) : new Int32Array(bytes.buffer, base + off, len / 4);
-      (w as unknown as Record<string, unknown>)[key] = a;
+      const spec = specs.find((t) => t.suffix === suffix)!;
+      if (len !== spec.bytes || !(off >= 0 && base + off + len <= bytes.byteLength)) throw corrupt(file, `${l.prefix}.${suffix} is not the ${spec.bytes} bytes its format needs, or lies past the end`);
+      const a = spec.dtype === 'F16' ? new Uint16Array(bytes.buffer, base + off, len / 2) : new Int32Array(bytes.buffer, base + off, len / 4);
+      (w as unknown as Record<string, unknown>)[field] = a;
     }
     out.set(l.prefix, w);
   }

@@ -10,10 +10,11 @@ import type { GptqConfig } from '../../formats/gptq.js';
 import type { PackedWeights } from '../../native.js';
 import type { Hessian } from '../../quantize/gptq.js';
 import type { Tensor } from '../../tensor.js';
+import type { GptqBits } from '../../weights/index.js';
 
 /** The options every method producing GPTQ-format weights has (the checkpoint's grid). */
 export interface GridOptions {
-  bits: 2 | 3 | 4 | 8;
+  bits: GptqBits;
   /** input columns per group; -1 = one group per output channel */
   groupSize: number;
   /** symmetric grid (zero point 2^(bits-1)) */
