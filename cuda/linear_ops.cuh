@@ -36,6 +36,7 @@ class DeviceBias {
   DeviceBias(const float* bias, int64_t N);
   void add(float* Y, int64_t M, cudaStream_t s) const;
   int64_t bytes() const { return buf_ ? N_ * 4 : 0; }
+  const float* data() const { return buf_ ? buf_->get() : nullptr; }  // device; null without a bias
 
  private:
   int64_t N_;

@@ -1,6 +1,7 @@
 // Built instead of the .cu files when the addon is compiled without nvcc (binding.gyp always, CMake
 // when no CUDA compiler is found): the backend exists but has no devices.
 #include "cuda_api.hpp"
+#include "linear_half.hpp"
 
 namespace lowbit {
 namespace cuda {
@@ -29,6 +30,9 @@ void* DeviceScratch::get(int64_t) { unavailable(); }
 std::unique_ptr<DeviceLinearOp> make_device_linear(int, const LinearWeights&, const LinearOptions&) { unavailable(); }
 std::unique_ptr<LinearOp> make_cuda_linear(int, const LinearWeights&, const LinearOptions&) { unavailable(); }
 std::vector<std::string> cuda_linear_kernels() { return {}; }
+std::unique_ptr<HalfLinearOp> make_cuda_linear_half(int, const LinearWeights&, DType, const LinearOptions&) {
+  unavailable();
+}
 
 HessianAccumulatorDevice::HessianAccumulatorDevice(int, int64_t) { unavailable(); }
 HessianAccumulatorDevice::~HessianAccumulatorDevice() = default;

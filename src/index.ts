@@ -9,7 +9,7 @@ export { HfModel, parseLlamaConfig, readLlamaConfig, describeTensors, type Llama
 export { loadTokenizer, StreamDecoder, type TextTokenizer, type EncodeOptions, type LoadTokenizerOptions } from './formats/tokenizer.js';
 export { spqrQuantize, spqrDequantize, spqrMatmul, spqrStorageBits, resolveSpqrOptions, type SpqrWeights, type SpqrOptions, type SpqrReport, type SpqrStorageBits } from './quantize/spqr.js';
 export { rtnQuantize, rtnQuantizeCodes, packCodes, type RtnOptions, type RtnCodes } from './quantize/rtn.js';
-export { prepareLinear, PreparedLinear, type PrepareLinearOptions } from './quantize/linear.js';
+export { prepareLinear, PreparedLinear, type PrepareLinearOptions, type LinearActivations, type ActivationArray } from './quantize/linear.js';
 export { WEIGHT_FORMATS, GPTQ_PACK_UNITS, GPTQ_BITS, gptqTensors, gptqBitsPerWeight, type GptqBits, type WeightFormatName, type LinearWeights, type DenseWeights, type GptqWeights } from './weights/index.js';
 export { packedMatmul, packedMatmulSync, denseMatmul, dequantizeWeights, validatePackedWeights, packedWords, packUnit, type PackedMatmulOptions } from './quantize/packed.js';
 export { CheckpointWriter, writeSafetensors, type TensorSpec } from './formats/safetensors-writer.js';

@@ -171,12 +171,14 @@ export interface NativePreparedLinear {
   /** the kernel table entry that runs it, e.g. 'gptq-packed' */
   readonly kernel: string;
   readonly device: number;
+  /** the dtype of x and out: Float32Array for 'f32', Uint16Array bit patterns for 'f16'/'bf16' */
+  readonly activations: 'f32' | 'f16' | 'bf16';
   readonly K: number;
   readonly N: number;
   /** Y [M*N] = x [M*K] · Wᵀ + bias, off the event loop; resolves with out (made when not given) */
-  matmul(x: Float32Array, M: number, out?: Float32Array): Promise<Float32Array>;
+  matmul<T extends Float32Array | Uint16Array>(x: T, M: number, out?: T): Promise<T>;
   /** the same, blocking this thread */
-  matmulSync(x: Float32Array, M: number, out?: Float32Array): Float32Array;
+  matmulSync<T extends Float32Array | Uint16Array>(x: T, M: number, out?: T): T;
   /** frees the weight now; later calls throw E_CLOSED */
   close(): void;
 }
@@ -240,8 +242,11 @@ export interface Addon {
   weightFormats(): NativeWeightFormat[];
   /** each device's kernel table, in the order tried */
   linearKernels(): { cpu: string[]; cuda: string[] };
-  /** prepares one linear on a device (-1 or omitted: CPU); `kernel` forces a table entry by name */
-  linearCreate(weights: LinearWeights, options?: { device?: number; kernel?: string }): NativePreparedLinear;
+  /**
+   * prepares one linear on a device (-1 or omitted: CPU); `kernel` forces a table entry by name;
+   * `activations` 'f16'/'bf16' (CUDA kernels that take them: gptq-tc) makes x and out Uint16Arrays
+   */
+  linearCreate(weights: LinearWeights, options?: { device?: number; kernel?: string; activations?: 'f32' | 'f16' | 'bf16' }): NativePreparedLinear;
 
   // --- GPTQ (native/binding/gptq.cpp)
   /** A K x K running-mean Hessian H = (2/n) sum x x^T, held natively (fp32): on the host (device -1, default) or a CUDA device. */

@@ -533,18 +533,6 @@ int multiprocessors(int device) {
   return cached[device];
 }
 
-// The split-K partial sums (kept zero between products) and per-tile counters, one per device.
-struct SplitScratch {
-  float* partial = nullptr;
-  int32_t* counter = nullptr;
-  int64_t floats = 0, counters = 0;
-};
-SplitScratch& split_scratch(int device) {
-  static SplitScratch per_device[64];
-  require(device >= 0 && device < 64, "E_CUDA", "device index out of range");
-  return per_device[device];
-}
-
 int64_t grid_tiles(const ConfigInfo& ci, int64_t M, int64_t Np) {
   const int64_t bn = kTileN * ci.NT * ci.WN, bm = 8 * ci.MT * ci.WM;
   return ((M + bm - 1) / bm) * (Np / bn);
@@ -629,24 +617,26 @@ bool gptq_matmul_config(const GptqDeviceWeights& W, const void* X, GptqDtype dty
     a.kx = W.Kp;
   }
   if (splits > 1) {
-    SplitScratch& sc = split_scratch(W.device);
+    // The weights' own scratch (one product at a time per weights object; gptq_kernels.hpp): a
+    // scratch per device would let two streams' products add into one buffer.
     const int64_t floats = M * W.Np, counters = (int64_t)grid_tiles(ci, M, W.Np);
-    if (sc.floats < floats || sc.counters < counters) {
+    if (Wm.partial_floats < floats || Wm.counter_count < counters) {
       require(!capturing(stream), "E_CUDA", "GPTQ product: split-K scratch must grow outside graph capture (run once first)");
-      check(cudaDeviceSynchronize(), "cudaDeviceSynchronize");
-      if (sc.partial) cudaFree(sc.partial);
-      if (sc.counter) cudaFree(sc.counter);
-      sc = SplitScratch{};
-      const int64_t f = std::max(floats, (int64_t)1 << 20), n = std::max(counters, (int64_t)4096);
-      check(cudaMalloc(&sc.partial, (size_t)(f * 4)), "cudaMalloc (GPTQ partial sums)");
-      check(cudaMalloc(&sc.counter, (size_t)(n * 4)), "cudaMalloc (GPTQ counters)");
-      check(cudaMemset(sc.partial, 0, (size_t)(f * 4)), "cudaMemset");
-      check(cudaMemset(sc.counter, 0, (size_t)(n * 4)), "cudaMemset");
-      sc.floats = f;
-      sc.counters = n;
+      check(cudaStreamSynchronize(stream), "cudaStreamSynchronize");  // a product of W still using it
+      if (Wm.partial) cudaFree(Wm.partial);
+      if (Wm.counters) cudaFree(Wm.counters);
+      Wm.partial = nullptr;
+      Wm.counters = nullptr;
+      Wm.partial_floats = Wm.counter_count = 0;
+      check(cudaMalloc(&Wm.partial, (size_t)(floats * 4)), "cudaMalloc (GPTQ partial sums)");
+      check(cudaMalloc(&Wm.counters, (size_t)(counters * 4)), "cudaMalloc (GPTQ counters)");
+      check(cudaMemsetAsync(Wm.partial, 0, (size_t)(floats * 4), stream), "cudaMemsetAsync");
+      check(cudaMemsetAsync(Wm.counters, 0, (size_t)(counters * 4), stream), "cudaMemsetAsync");
+      Wm.partial_floats = floats;
+      Wm.counter_count = counters;
     }
-    a.partial = sc.partial;
-    a.counters = sc.counter;
+    a.partial = Wm.partial;
+    a.counters = Wm.counters;
   }
 
   const int64_t bn = kTileN * ci.NT * ci.WN, bm = 8 * ci.MT * ci.WM;

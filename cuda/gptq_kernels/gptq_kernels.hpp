@@ -36,9 +36,10 @@ GptqRepacked repack_gptq_host(const PackedMatrix& W);
 void unrepack_gptq_host(const GptqRepacked& R, std::vector<uint8_t>& q, std::vector<int32_t>& zeros,
                         std::vector<uint16_t>& scales);
 
-// The repacked weights on one GPU, with the scratch of the permuted activations (act-order). The
-// split-K partial sums live in one buffer per device: products on one device must not run
-// concurrently on two streams.
+// The repacked weights on one GPU, with the scratch their products use: the permuted activations
+// (act-order) and the split-K partial sums and tile counters. The scratch belongs to these weights,
+// not to the device, so products of different weights may run concurrently on any streams; products
+// of one weights object must run one at a time (the CUDA operators serialize them per operator).
 class GptqDeviceWeights {
  public:
   GptqDeviceWeights(const GptqRepacked& host, int device);
@@ -57,9 +58,13 @@ class GptqDeviceWeights {
   int64_t weight_bytes = 0;          // bytes the product must read: weights + scales/zeros
   int64_t bytes = 0;                 // the whole allocation
 
-  // Scratch for the permuted X, grown on demand (outside graph capture).
+  // Scratch grown on demand (outside graph capture): the permuted X, and the split-K partial sums
+  // (kept zero between products) with one counter per output tile.
   void* xperm = nullptr;
   int64_t xperm_bytes = 0;
+  float* partial = nullptr;
+  int32_t* counters = nullptr;
+  int64_t partial_floats = 0, counter_count = 0;
 
  private:
   void* storage_ = nullptr;

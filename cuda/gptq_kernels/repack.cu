@@ -242,6 +242,8 @@ GptqDeviceWeights::GptqDeviceWeights(const GptqRepacked& h, int dev) {
 GptqDeviceWeights::~GptqDeviceWeights() {
   if (storage_) cudaFree(storage_);
   if (xperm) cudaFree(xperm);
+  if (partial) cudaFree(partial);
+  if (counters) cudaFree(counters);
 }
 
 std::unique_ptr<GptqDeviceWeights> gptq_repack(const PackedMatrix& host, int device) {

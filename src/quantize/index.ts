@@ -6,4 +6,4 @@ export { quantize, parseBytes, QuantizeJob, type QuantizeOptions, type QuantizeP
 export { METHODS, METHOD_NAMES, type MethodName, type QuantizationMethod, type GptqMethodOptions, type RtnMethodOptions } from '../schedule/methods/index.js';
 export type { LayerReport } from '../schedule/resume.js';
 export { Hessian, gptqQuantize, resolveGptqOptions, type GptqOptions, type GptqResult } from './gptq.js';
-export { prepareLinear, PreparedLinear, type PrepareLinearOptions } from './linear.js';
+export { prepareLinear, PreparedLinear, type PrepareLinearOptions, type LinearActivations, type ActivationArray } from './linear.js';

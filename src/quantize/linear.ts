@@ -11,11 +11,24 @@ import { WEIGHT_FORMATS } from '../weights/formats.js';
 import type { LinearWeights } from '../weights/types.js';
 import { validatePackedWeights } from './packed.js';
 
-export interface PrepareLinearOptions {
+/** The dtype of a prepared linear's activations (x and its output). */
+export type LinearActivations = 'f32' | 'f16' | 'bf16';
+const ACTIVATIONS: readonly LinearActivations[] = ['f32', 'f16', 'bf16'];
+
+/** x and out of a product: f32 values, or f16/bf16 bit patterns (the convention of fp16 scales). */
+export type ActivationArray<A extends LinearActivations> = A extends 'f32' ? Float32Array : Uint16Array;
+
+export interface PrepareLinearOptions<A extends LinearActivations = 'f32'> {
   /** 'cpu' (default), 'cuda', 'cuda:<index>' or 'auto' */
   device?: DeviceSpec;
   /** a kernel of the device's table by name (native().linearKernels()); default: the table's choice */
   kernel?: string;
+  /**
+   * 'f32' (default), or 'f16'/'bf16': x and out are then Uint16Arrays of bit patterns, accumulation
+   * is f32 and the output is rounded once to the dtype. 16-bit activations run on CUDA's tensor-core
+   * GPTQ kernel (gptq-tc: GPTQ 2/3/4-bit); the CPU and the other kernels take f32 only (E_UNSUPPORTED).
+   */
+  activations?: A;
 }
 
 function isPositiveInteger(v: unknown): v is number {
@@ -43,28 +56,42 @@ function checkWeights(w: unknown): asserts w is LinearWeights {
 }
 
 /** A weight prepared for products on one device. close() frees it (the GC does too, later). */
-export class PreparedLinear {
+export class PreparedLinear<A extends LinearActivations = 'f32'> {
   /** input features */
   readonly K: number;
   /** output features */
   readonly N: number;
   /** the device kernel that runs it (the table entry's name) */
   readonly kernel: string;
+  /** the dtype of x and out */
+  readonly activations: A;
 
   private constructor(private readonly handle: NativePreparedLinear) {
     this.K = handle.K;
     this.N = handle.N;
     this.kernel = handle.kernel;
+    this.activations = handle.activations as A;
   }
 
-  static create(weights: LinearWeights, options: PrepareLinearOptions = {}): PreparedLinear {
+  static create<A extends LinearActivations = 'f32'>(weights: LinearWeights, options: PrepareLinearOptions<A> = {}): PreparedLinear<A> {
     checkWeights(weights);
     if (options === null || typeof options !== 'object') invalidArgument('options', 'object', options);
     if (options.kernel !== undefined && typeof options.kernel !== 'string') invalidArgument('options.kernel', 'string', options.kernel);
+    const activations: LinearActivations = options.activations ?? 'f32';
+    if (!ACTIVATIONS.includes(activations)) invalidArgument('options.activations', "'f32', 'f16' or 'bf16'", activations, 'E_DTYPE');
     const device = resolveDevice(options.device ?? 'cpu');
-    const opts: { device: number; kernel?: string } = { device };
+    if (activations !== 'f32' && device < 0) {
+      throw new LowbitError('E_UNSUPPORTED', `options.activations '${activations}' needs a CUDA device: the CPU's linear operators take f32 activations only`, {
+        option: 'options.activations',
+      });
+    }
+    const opts: { device: number; kernel?: string; activations: LinearActivations } = { device, activations };
     if (options.kernel !== undefined) opts.kernel = options.kernel;
-    return new PreparedLinear(native().linearCreate(weights, opts));
+    try {
+      return new PreparedLinear<A>(native().linearCreate(weights, opts));
+    } catch (err) {
+      throw toLowbitError(err);
+    }
   }
 
   /** memory held for the weight (the device's for CUDA); 0 once closed */
@@ -74,16 +101,17 @@ export class PreparedLinear {
 
   private check(x: unknown, M: unknown, out: unknown): void {
     if (!isPositiveInteger(M)) invalidArgument('M', 'positive integer (rows of x)', M, 'E_SHAPE');
-    if (!(x instanceof Float32Array)) invalidArgument('x', 'Float32Array', x, 'E_DTYPE');
+    const [want, what] = this.activations === 'f32' ? [Float32Array, 'Float32Array'] : [Uint16Array, `Uint16Array (${this.activations} bit patterns: activations '${this.activations}')`];
+    if (!(x instanceof want)) invalidArgument('x', what, x, 'E_DTYPE');
     if (x.length !== M * this.K) throw new LowbitError('E_SHAPE', `Expected x to hold M × K = ${M * this.K} values but it holds ${x.length}`, { option: 'x' });
     if (out !== undefined) {
-      if (!(out instanceof Float32Array)) invalidArgument('out', 'Float32Array', out, 'E_DTYPE');
+      if (!(out instanceof want)) invalidArgument('out', what, out, 'E_DTYPE');
       if (out.length !== M * this.N) throw new LowbitError('E_SHAPE', `Expected out to hold M × N = ${M * this.N} values but it holds ${out.length}`, { option: 'out' });
     }
   }
 
-  /** Y [M, N] = x [M, K] · Wᵀ + bias, row-major f32, off the event loop. */
-  async matmul(x: Float32Array, M: number, out?: Float32Array): Promise<Float32Array> {
+  /** Y [M, N] = x [M, K] · Wᵀ + bias, row-major, in the activations' dtype, off the event loop. */
+  async matmul(x: ActivationArray<A>, M: number, out?: ActivationArray<A>): Promise<ActivationArray<A>> {
     this.check(x, M, out);
     try {
       return await this.handle.matmul(x, M, out);
@@ -93,7 +121,7 @@ export class PreparedLinear {
   }
 
   /** The same product, blocking the calling thread. */
-  matmulSync(x: Float32Array, M: number, out?: Float32Array): Float32Array {
+  matmulSync(x: ActivationArray<A>, M: number, out?: ActivationArray<A>): ActivationArray<A> {
     this.check(x, M, out);
     try {
       return this.handle.matmulSync(x, M, out);
@@ -108,6 +136,6 @@ export class PreparedLinear {
 }
 
 /** Prepares `weights` for products on a device (see PreparedLinear). */
-export function prepareLinear(weights: LinearWeights, options?: PrepareLinearOptions): PreparedLinear {
-  return PreparedLinear.create(weights, options);
+export function prepareLinear<A extends LinearActivations = 'f32'>(weights: LinearWeights, options?: PrepareLinearOptions<A>): PreparedLinear<A> {
+  return PreparedLinear.create<A>(weights, options);
 }
