@@ -18,6 +18,14 @@ const require = createRequire(import.meta.url);
 
 export type { PackedWeights } from './weights/types.js';
 
+/** A repacked CPU GPTQ weight (cpuGptqPrepare); `bytes` is what one product reads. */
+export interface CpuGptqHandle {
+  readonly N: number;
+  readonly K: number;
+  readonly bits: number;
+  readonly bytes: number;
+}
+
 export interface BuildInfo {
   sourceHash: string;
   buildSystem: 'cmake' | 'node-gyp' | string;
@@ -223,6 +231,17 @@ export interface Addon {
   dequantize(W: PackedWeights): Float32Array;
   denseGemm(X: Float32Array, M: number, W: Float32Array, N: number, K: number, Y: Float32Array): Promise<void>;
   convert(src: Uint8Array, from: 'f32' | 'f16' | 'bf16', dst: Uint8Array, to: 'f32' | 'f16' | 'bf16', count: number): void;
+
+  // --- repacked CPU GPTQ operator (native/binding/cpu_gptq.cpp; native/core/cpu_gptq/repack.hpp)
+  /** Repacks 2/3/4-bit GPTQ weights once into the CPU layout (int8 dot-product kernels). */
+  cpuGptqPrepare(W: PackedWeights): CpuGptqHandle;
+  /**
+   * Y = X · Wᵀ on a prepared handle; activations quantized to int8 per 128-input segment unless
+   * `exact` (f32). Returns the kernel family that ran: 'scalar' | 'avx2' | 'avx2-vnni' | 'avx512' | 'avx512-vnni'.
+   */
+  cpuGptqGemmSync(handle: CpuGptqHandle, X: Float32Array, M: number, Y: Float32Array, exact?: boolean): string;
+  /** Median streaming-read bandwidth (bytes/s) over `runs` passes of `bytes` by `threads` threads. */
+  streamReadBandwidth(bytes: number, threads: number, runs: number): number;
 
   // --- forward pass (native/binding/model.cpp)
   /** A Llama-family model on one device (-1: CPU); see NativeModel and docs/ARCHITECTURE.md "Forward pass". */

@@ -11,6 +11,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   lowbit::binding::InitGptq(env, exports);
   lowbit::binding::InitSpqr(env, exports);
   lowbit::binding::InitLinear(env, exports);
+  lowbit::binding::InitCpuGptq(env, exports);
   return exports;
 }
 }  // namespace

@@ -272,6 +272,7 @@ void InitModel(Napi::Env env, Napi::Object exports);
 void InitGptq(Napi::Env env, Napi::Object exports);
 void InitSpqr(Napi::Env env, Napi::Object exports);
 void InitLinear(Napi::Env env, Napi::Object exports);
+void InitCpuGptq(Napi::Env env, Napi::Object exports);
 
 }  // namespace binding
 }  // namespace lowbit

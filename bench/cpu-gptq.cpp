@@ -1,0 +1,90 @@
+// Standalone microbenchmark and quick self-check of the repacked CPU GPTQ products
+// (native/core/cpu_gptq), for kernel development without the Node binding. Build and run:
+//   g++ -O3 -std=c++17 -pthread -Inative/core bench/cpu-gptq.cpp native/core/cpu_gptq/*.cpp \
+//     native/core/{dtype,thread_pool,pack,packed_matrix,packed_gemm,packed_gemm_scalar,packed_gemm_avx2,packed_gemm_avx512}.cpp -o /tmp/cpu-gptq
+//   /tmp/cpu-gptq N K M bits act_order(0|1) [simd: 0 scalar, 1 avx2, 2 avx512] [exact 0|1] [runs]
+// Prints the max error against a float64 reference (small shapes) or the median time per product.
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <numeric>
+#include <random>
+#include <vector>
+
+#include "cpu_gptq/repack.hpp"
+#include "dtype.hpp"
+#include "pack.hpp"
+#include "packed_gemm.hpp"
+#include "packed_matrix.hpp"
+#include "thread_pool.hpp"
+
+using namespace lowbit;
+
+int main(int argc, char** argv) {
+  if (argc < 6) { std::fprintf(stderr, "usage: N K M bits act_order [simd] [exact] [runs]\n"); return 2; }
+  const int64_t N = atoll(argv[1]), K = atoll(argv[2]), M = atoll(argv[3]);
+  const int bits = atoi(argv[4]);
+  const bool act = atoi(argv[5]) != 0;
+  if (argc > 6) force_simd((SimdLevel)atoi(argv[6]));
+  const bool exact = argc > 7 && atoi(argv[7]) != 0;
+  const int runs = argc > 8 ? atoi(argv[8]) : 21;
+  const int64_t gs = 128, G = (K + gs - 1) / gs;
+  std::mt19937 rng(1234);
+  std::vector<uint8_t> q((size_t)(N * K));
+  for (auto& v : q) v = (uint8_t)(rng() % (1u << bits));
+  std::vector<int32_t> qweight((size_t)(packed_words(bits, K) * N)), zeros((size_t)(G * N)),
+      qzeros((size_t)(G * packed_words(bits, N)));
+  pack_qweight(q.data(), N, K, bits, qweight.data());
+  for (auto& z : zeros) z = (int32_t)(rng() % (1u << bits)) + 0;
+  for (auto& z : zeros) if (z == 0) z = 1;
+  pack_qzeros(zeros.data(), G, N, bits, 1, qzeros.data());
+  std::vector<uint16_t> scales((size_t)(G * N));
+  std::uniform_real_distribution<float> su(0.005f, 0.02f), xu(-1.f, 1.f);
+  for (auto& s : scales) s = f32_to_f16(su(rng));
+  std::vector<int32_t> g_idx((size_t)K);
+  for (int64_t k = 0; k < K; ++k) g_idx[(size_t)k] = (int32_t)(k / gs);
+  if (act) std::shuffle(g_idx.begin(), g_idx.end(), rng);
+  PackedMatrix W;
+  W.bits = bits; W.K = K; W.N = N; W.group_size = gs; W.groups = G; W.zero_offset = 1;
+  W.qweight = qweight.data(); W.qzeros = qzeros.data(); W.scales = scales.data(); W.g_idx = act ? g_idx.data() : nullptr;
+  const cpu_gptq::CpuGptqWeights R = cpu_gptq::repack(W);
+  std::vector<float> X((size_t)(M * K)), Y((size_t)(M * N));
+  for (auto& x : X) x = xu(rng);
+  cpu_gptq::Options opt;
+  opt.exact_activations = exact;
+  cpu_gptq::gemm(R, X.data(), M, Y.data(), opt);
+  if ((double)N * K * M <= 4e8) {
+    std::vector<float> Wd((size_t)(N * K));
+    dequantize(W, Wd.data());
+    double maxerr = 0, maxref = 0, maxratio = 0;
+    for (int64_t m = 0; m < M; ++m) {
+      // the int8 bound: Σ_k |w| · max|x over the segment| / 254 ≤ ‖w‖₁ ‖x‖∞ / 254
+      double xmax = 0;
+      for (int64_t k = 0; k < K; ++k) xmax = std::max(xmax, (double)std::fabs(X[m * K + k]));
+      for (int64_t n = 0; n < N; ++n) {
+        double ref = 0, l1 = 0;
+        for (int64_t k = 0; k < K; ++k) { ref += (double)X[m * K + k] * Wd[n * K + k]; l1 += std::fabs(Wd[n * K + k]); }
+        const double err = std::fabs(ref - Y[m * N + n]);
+        maxerr = std::max(maxerr, err);
+        maxref = std::max(maxref, std::fabs(ref));
+        maxratio = std::max(maxratio, err / (l1 * xmax / 254 + 1e-30));
+      }
+    }
+    std::printf("check %s: max |err| %.3g, max |ref| %.3g, err / int8 bound (global) %.3f\n", cpu_gptq::last_kernel(), maxerr, maxref, maxratio);
+  }
+  std::vector<double> t;
+  for (int r = 0; r < runs + 3; ++r) {
+    const auto t0 = std::chrono::steady_clock::now();
+    cpu_gptq::gemm(R, X.data(), M, Y.data(), opt);
+    const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    if (r >= 3) t.push_back(s);
+  }
+  std::sort(t.begin(), t.end());
+  const double med = t[t.size() / 2];
+  std::printf("%s N %lld K %lld M %lld bits %d act %d: median %.3f ms (min %.3f), %.1f GB/s of %.2f MB, %.1f GFLOP/s\n",
+              cpu_gptq::last_kernel(), (long long)N, (long long)K, (long long)M, bits, (int)act, med * 1e3, t[0] * 1e3,
+              R.bytes() / med / 1e9, R.bytes() / 1e6, 2.0 * N * K * M / med / 1e9);
+  return 0;
+}

@@ -1,0 +1,90 @@
+// The repacked CPU GPTQ operator as a JavaScript handle (until the weight-format seam's prepared
+// linears take it over): cpuGptqPrepare repacks once, cpuGptqGemm runs products on the handle.
+// Also the streaming-read ceiling the CPU benchmarks compare against.
+#include <memory>
+#include <string>
+
+#include "../core/cpu_gptq/repack.hpp"
+#include "../core/stream_read.hpp"
+#include "napi_util.hpp"
+
+namespace lowbit {
+namespace binding {
+namespace {
+
+using WeightsPtr = std::shared_ptr<const cpu_gptq::CpuGptqWeights>;
+constexpr const char* kHandleKey = "__lowbitCpuGptq";
+
+// len ≥ rows · cols, without forming the product (it could overflow).
+void check_rows(int64_t len, int64_t rows, int64_t cols, const char* name) {
+  require(rows >= 1 && cols >= 1 && rows <= len / cols, "E_BUFFER",
+          std::string(name) + " holds " + std::to_string(len) + " elements, needs " + std::to_string(rows) + " x " +
+              std::to_string(cols));
+}
+
+WeightsPtr weights_arg(const Napi::Value& v) {
+  if (!v.IsObject()) throw CoreError("E_ARGUMENT", "expected a handle from cpuGptqPrepare");
+  const Napi::Value ext = v.As<Napi::Object>().Get(kHandleKey);
+  if (!ext.IsExternal()) throw CoreError("E_ARGUMENT", "expected a handle from cpuGptqPrepare");
+  return *ext.As<Napi::External<WeightsPtr>>().Data();
+}
+
+// cpuGptqPrepare(W: packed) -> handle { N, K, bits, bytes }
+Napi::Value CpuGptqPrepare(const Napi::CallbackInfo& info) {
+  return guarded(info, [&]() -> Napi::Value {
+    const PackedMatrix W = packed_matrix_arg(object_arg(info, 0, "W"), nullptr);
+    WeightsPtr weights = std::make_shared<const cpu_gptq::CpuGptqWeights>(cpu_gptq::repack(W));
+    Napi::Env env = info.Env();
+    const int64_t bytes = weights->bytes();
+    Napi::MemoryManagement::AdjustExternalMemory(env, bytes);
+    auto ext = Napi::External<WeightsPtr>::New(env, new WeightsPtr(weights), [bytes](Napi::Env env, WeightsPtr* p) {
+      Napi::MemoryManagement::AdjustExternalMemory(env, -bytes);
+      delete p;
+    });
+    Napi::Object handle = Napi::Object::New(env);
+    handle.Set(kHandleKey, ext);
+    handle.Set("N", Napi::Number::New(env, (double)weights->N));
+    handle.Set("K", Napi::Number::New(env, (double)weights->K));
+    handle.Set("bits", Napi::Number::New(env, weights->bits));
+    handle.Set("bytes", Napi::Number::New(env, (double)bytes));
+    return handle;
+  });
+}
+
+// cpuGptqGemmSync(handle, X [M*K], M, Y [M*N], exact = false) -> name of the kernel family that ran
+Napi::Value CpuGptqGemmSync(const Napi::CallbackInfo& info) {
+  return guarded(info, [&]() -> Napi::Value {
+    const WeightsPtr W = weights_arg(info[0]);
+    const auto X = typed_array<float>(info[1], "X");
+    const int64_t M = integer(info[2], "M");
+    const auto Y = typed_array<float>(info[3], "Y");
+    cpu_gptq::Options options;
+    options.exact_activations = info.Length() > 4 && !info[4].IsUndefined() && boolean(info[4], "exact");
+    require(M >= 1, "E_SHAPE", "M must be at least 1");
+    check_rows(X.length, M, W->K, "X");
+    check_rows(Y.length, M, W->N, "Y");
+    cpu_gptq::gemm(*W, X.data, M, Y.data, options);
+    return Napi::String::New(info.Env(), cpu_gptq::last_kernel());
+  });
+}
+
+// streamReadBandwidth(bytes, threads, runs) -> bytes/s (median)
+Napi::Value StreamReadBandwidth(const Napi::CallbackInfo& info) {
+  return guarded(info, [&]() -> Napi::Value {
+    const int64_t bytes = integer(info[0], "bytes");
+    const int64_t threads = integer(info[1], "threads"), runs = integer(info[2], "runs");
+    require(threads >= 1 && threads <= 1024 && runs >= 1 && runs <= 1000, "E_ARGUMENT", "threads in [1, 1024], runs in [1, 1000]");
+    return Napi::Number::New(info.Env(), stream_read_bandwidth(bytes, (int)threads, (int)runs));
+  });
+}
+
+}  // namespace
+
+void InitCpuGptq(Napi::Env env, Napi::Object exports) {
+  exports.Set("cpuGptqPrepare", Napi::Function::New(env, CpuGptqPrepare));
+  exports.Set("cpuGptqGemmSync", Napi::Function::New(env, CpuGptqGemmSync));
+  exports.Set("streamReadBandwidth", Napi::Function::New(env, StreamReadBandwidth));
+}
+
+}  // namespace binding
+}  // namespace lowbit

@@ -1,0 +1,80 @@
+// Repacked GPTQ products with AVX2 (+FMA, F16C; AVX-VNNI's 256-bit vpdpbusd where present, else
+// vpmaddubsw + vpmaddwd). Only these functions carry the target attributes; repack.cpp calls in here
+// only when the processor has AVX2/FMA/F16C.
+#if defined(__x86_64__) || defined(_M_X64)
+
+#include <immintrin.h>
+
+#include <cstdint>
+#include <cstring>
+
+#define LOWBIT_AVX2 "avx2,fma,f16c"
+
+// Without AVX-VNNI (Haswell to Ice Lake, Zen 1-3).
+#define LOWBIT_GPTQ_NS kernels_avx2_plain
+#define LOWBIT_TARGET __attribute__((target(LOWBIT_AVX2)))
+#define LOWBIT_OPS static inline __attribute__((always_inline, target(LOWBIT_AVX2)))
+#define LOWBIT_VNNI 0
+namespace lowbit {
+namespace cpu_gptq {
+namespace kernels_avx2_plain {
+#include "ops_avx2.hpp"
+}  // namespace kernels_avx2_plain
+}  // namespace cpu_gptq
+}  // namespace lowbit
+#include "kernels_impl.hpp"
+#undef LOWBIT_GPTQ_NS
+#undef LOWBIT_TARGET
+#undef LOWBIT_OPS
+#undef LOWBIT_VNNI
+
+// With AVX-VNNI (Alder Lake, Sapphire Rapids, Zen 5 and later).
+#define LOWBIT_GPTQ_NS kernels_avx2_vnni
+#define LOWBIT_TARGET __attribute__((target(LOWBIT_AVX2 ",avxvnni")))
+#define LOWBIT_OPS static inline __attribute__((always_inline, target(LOWBIT_AVX2 ",avxvnni")))
+#define LOWBIT_VNNI 1
+namespace lowbit {
+namespace cpu_gptq {
+namespace kernels_avx2_vnni {
+#include "ops_avx2.hpp"
+}  // namespace kernels_avx2_vnni
+}  // namespace cpu_gptq
+}  // namespace lowbit
+#include "kernels_impl.hpp"
+
+namespace lowbit {
+namespace cpu_gptq {
+namespace kernels_avx2 {
+namespace {
+bool has_vnni() {
+  static const bool yes = __builtin_cpu_supports("avxvnni");
+  return yes;
+}
+}  // namespace
+const char* gemm_int8(const CpuGptqWeights& W, const Activations& A, float* Y) {
+  if (has_vnni()) {
+    kernels_avx2_vnni::gemm_int8_t<kernels_avx2_vnni::Ops>(W, A, Y);
+    return "avx2-vnni";
+  }
+  kernels_avx2_plain::gemm_int8_t<kernels_avx2_plain::Ops>(W, A, Y);
+  return "avx2";
+}
+const char* gemm_f32(const CpuGptqWeights& W, const Activations& A, float* Y) {
+  kernels_avx2_plain::gemm_f32_t<kernels_avx2_plain::Ops>(W, A, Y);
+  return "avx2";
+}
+}  // namespace kernels_avx2
+}  // namespace cpu_gptq
+}  // namespace lowbit
+
+#else  // not x86-64: never selected; keep the symbols so the dispatcher links.
+#include "kernels.hpp"
+namespace lowbit {
+namespace cpu_gptq {
+namespace kernels_avx2 {
+const char* gemm_int8(const CpuGptqWeights& W, const Activations& A, float* Y) { return kernels_scalar::gemm_int8(W, A, Y); }
+const char* gemm_f32(const CpuGptqWeights& W, const Activations& A, float* Y) { return kernels_scalar::gemm_f32(W, A, Y); }
+}  // namespace kernels_avx2
+}  // namespace cpu_gptq
+}  // namespace lowbit
+#endif

@@ -1,0 +1,276 @@
+// The kernel source of the repacked GPTQ products, compiled once per SIMD level. Not an ordinary
+// header: the including file (kernels_scalar.cpp, kernels_avx2.cpp, kernels_avx512.cpp) defines
+//   LOWBIT_GPTQ_NS   the namespace of its level,
+//   LOWBIT_TARGET    the attribute that enables the level's instructions (empty for scalar),
+//   LOWBIT_OPS       the attribute of its vector operations (always inline, same target),
+// and one or more vector-operation structs (the contract is listed below), then includes this file
+// and defines gemm_int8 / gemm_f32 by picking a struct at run time (e.g. VNNI or not).
+//
+// Vector-operation contract (one "vector" = 16 output columns, whatever the hardware width):
+//   U: 64 bytes (lane c = bytes 4c..4c+3), I: 16 int32, F: 16 float
+//   U load(const uint8_t*)            64-byte aligned load of a chunk
+//   U and8(U, uint8_t)                bytewise and with a constant
+//   U srl16<S>(U), sll16<S>(U)        shift every 16-bit element (bits cross bytes: callers mask)
+//   U merge3(U lo, U hi)              (lo & 3) | (hi & 4), bytewise
+//   I dot(I acc, U w, const int8_t* x)  lane c += Σ_j w[4c + j] · x[j] (w unsigned, x signed)
+//   I zero_i(); F zero_f(); F set1(float); F cvt(I); F load_f16(const uint16_t*) (16 halves);
+//   F load_u8(const uint8_t*) (16 bytes as floats); F load(const float*); void store(float*, F);
+//   F fma(F a, F b, F c) = a·b + c; F fnma(F a, F b, F c) = c − a·b; F mul(F, F); F sub(F, F);
+//   F byte<J>(U)                      byte J of each lane as a float
+//   constants GEMV_NB, GEMM_MR, GEMM_NB: column blocks per GEMV task, rows and blocks per GEMM tile.
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+#include "../thread_pool.hpp"
+#include "kernels.hpp"
+#include "repack.hpp"
+
+namespace lowbit {
+namespace cpu_gptq {
+namespace LOWBIT_GPTQ_NS {
+
+#if defined(__clang__)
+#define LOWBIT_UNROLL _Pragma("unroll")
+#elif defined(__GNUC__)
+#define LOWBIT_UNROLL _Pragma("GCC unroll 16")
+#else
+#define LOWBIT_UNROLL
+#endif
+#define LOWBIT_KERNEL LOWBIT_TARGET inline __attribute__((always_inline))
+
+// Slice S (positions 4S..4S+3 of a unit) of the chunks c[] as unsigned bytes, per the layout in
+// repack.hpp. Every shift is a compile-time constant.
+template <int BITS, int S, class O>
+LOWBIT_KERNEL typename O::U slice(const typename O::U* c) {
+  if constexpr (BITS == 4) {
+    if constexpr (S % 2 == 0) return O::and8(c[S / 2], 0x0F);
+    else return O::and8(O::template srl16<4>(c[S / 2]), 0x0F);
+  } else if constexpr (BITS == 2) {
+    if constexpr (S % 4 == 0) return O::and8(c[S / 4], 0x03);
+    else if constexpr (S % 4 == 3) return O::template srl16<6>(O::and8(c[S / 4], 0xC0));
+    else return O::and8(O::template srl16<2 * (S % 4)>(c[S / 4]), 0x03);
+  } else {  // 3 bits: the 2-bit planes c[0], c[1] and the high-bit plane c[2]
+    typename O::U lo = c[S / 4];
+    if constexpr (S % 4 != 0) lo = O::template srl16<2 * (S % 4)>(lo);
+    typename O::U hi = c[2];
+    if constexpr (S < 2) hi = O::template sll16<2 - S>(hi);
+    else if constexpr (S > 2) hi = O::template srl16<S - 2>(hi);
+    return O::merge3(lo, hi);
+  }
+}
+
+template <int BITS>
+constexpr int chunks_per_unit() { return BITS == 4 ? 4 : BITS == 3 ? 3 : 2; }
+
+// acc[r][nb][S % P] += slice S of block nb · x[r][4S..4S+3], for slices S..7 (compile-time recursion).
+template <int BITS, int S, int MR, int NB, int P, class O>
+LOWBIT_KERNEL void dot_slices(const typename O::U (*c)[chunks_per_unit<BITS>()], const int8_t* const* x,
+                              typename O::I (*acc)[NB][P]) {
+  if constexpr (S < 8) {
+    typename O::U w[NB];
+    LOWBIT_UNROLL for (int nb = 0; nb < NB; ++nb) w[nb] = slice<BITS, S, O>(c[nb]);
+    LOWBIT_UNROLL for (int r = 0; r < MR; ++r)
+      LOWBIT_UNROLL for (int nb = 0; nb < NB; ++nb) acc[r][nb][S % P] = O::dot(acc[r][nb][S % P], w[nb], x[r] + 4 * S);
+    dot_slices<BITS, S + 1, MR, NB, P, O>(c, x, acc);
+  }
+}
+
+// One tile: rows [row0, row0 + MR) × blocks [block0, block0 + NB) over the whole of K, written to
+// ytile[r][nb·16 + c]. Per segment the int32 sums become floats once: y += s·dx·(Σ q·xq − z·Σ xq).
+template <int BITS, int MR, int NB, int P, class O>
+LOWBIT_TARGET void tile_int8(const CpuGptqWeights& W, int64_t block0, const Activations& A, int64_t row0,
+                             float* ytile) {
+  constexpr int CH = chunks_per_unit<BITS>();
+  typename O::F y[MR][NB];
+  LOWBIT_UNROLL for (int r = 0; r < MR; ++r) LOWBIT_UNROLL for (int nb = 0; nb < NB; ++nb) y[r][nb] = O::zero_f();
+  const uint8_t* base[NB];
+  LOWBIT_UNROLL for (int nb = 0; nb < NB; ++nb) base[nb] = W.data.data() + (block0 + nb) * W.units * W.unit_bytes;
+  const int64_t S = (int64_t)W.segments.size();
+  for (int64_t si = 0; si < S; ++si) {
+    const Segment& seg = W.segments[(size_t)si];
+    typename O::I acc[MR][NB][P];
+    LOWBIT_UNROLL for (int r = 0; r < MR; ++r) LOWBIT_UNROLL for (int nb = 0; nb < NB; ++nb)
+      LOWBIT_UNROLL for (int p = 0; p < P; ++p) acc[r][nb][p] = O::zero_i();
+    for (int64_t u = seg.unit0; u < seg.unit0 + seg.units; ++u) {
+      typename O::U c[NB][CH];
+      LOWBIT_UNROLL for (int nb = 0; nb < NB; ++nb) {
+        const uint8_t* p = base[nb] + u * W.unit_bytes;
+        __builtin_prefetch(p + 8 * W.unit_bytes);  // a few units ahead of each stream
+        LOWBIT_UNROLL for (int h = 0; h < CH; ++h) c[nb][h] = O::load(p + 64 * h);
+      }
+      const int8_t* x[MR];
+      LOWBIT_UNROLL for (int r = 0; r < MR; ++r) x[r] = A.xq + (row0 + r) * A.padded_k + u * kUnitK;
+      dot_slices<BITS, 0, MR, NB, P, O>(c, x, acc);
+    }
+    LOWBIT_UNROLL for (int nb = 0; nb < NB; ++nb) {
+      const int64_t at = ((block0 + nb) * W.groups + seg.group) * kBlockCols;
+      const typename O::F scale = O::load_f16(W.scales.data() + at);
+      const typename O::F zero = O::load_u8(W.zeros.data() + at);
+      LOWBIT_UNROLL for (int r = 0; r < MR; ++r) {
+        typename O::I a = acc[r][nb][0];
+        LOWBIT_UNROLL for (int p = 1; p < P; ++p) a = O::add_i(a, acc[r][nb][p]);
+        const int64_t rs = (row0 + r) * A.segments + si;
+        // Σ q·xq and z·Σ xq are integers below 2^24: exact in f32, and so is their difference.
+        const typename O::F dot = O::fnma(zero, O::set1(A.xsum[rs]), O::cvt(a));
+        y[r][nb] = O::fma(O::mul(scale, O::set1(A.dx[rs])), dot, y[r][nb]);
+      }
+    }
+  }
+  LOWBIT_UNROLL for (int r = 0; r < MR; ++r)
+    LOWBIT_UNROLL for (int nb = 0; nb < NB; ++nb) O::store(ytile + r * NB * kBlockCols + nb * kBlockCols, y[r][nb]);
+}
+
+// Copies a tile's rows into Y, dropping the padding columns past N.
+inline void write_tile(const float* ytile, int rows, int64_t NBcols, int64_t col0, int64_t N, int64_t row0,
+                       float* Y) {
+  const int64_t width = std::min(NBcols, N - col0);
+  if (width <= 0) return;
+  for (int r = 0; r < rows; ++r)
+    std::memcpy(Y + (row0 + r) * N + col0, ytile + r * NBcols, (size_t)width * sizeof(float));
+}
+
+template <int BITS, int MR, int NB, int P, class O>
+LOWBIT_TARGET void tile_rows(int rows, const CpuGptqWeights& W, int64_t block0, const Activations& A, int64_t row0,
+                             float* ytile) {
+  if constexpr (MR > 1) {
+    if (rows < MR) return tile_rows<BITS, MR - 1, NB, 1, O>(rows, W, block0, A, row0, ytile);
+  }
+  tile_int8<BITS, MR, NB, P, O>(W, block0, A, row0, ytile);
+}
+
+// A run of blocks narrower than NB (the last task): one block at a time.
+template <int BITS, int MR, int P, class O>
+LOWBIT_TARGET void tile_rows_1(int rows, const CpuGptqWeights& W, int64_t block, const Activations& A, int64_t row0,
+                               float* ytile) {
+  tile_rows<BITS, MR, 1, P, O>(rows, W, block, A, row0, ytile);
+}
+
+template <int BITS, class O>
+void gemm_int8_bits(const CpuGptqWeights& W, const Activations& A, float* Y) {
+  const int64_t M = A.M, N = W.N;
+  if (M == 1) {
+    // GEMV: each task streams GEMV_NB blocks (one contiguous run of memory each) over the whole of K.
+    constexpr int NB = O::GEMV_NB;
+    const int64_t tasks = ceil_div(W.blocks, NB);
+    global_pool().parallel_for(tasks, 1, [&](int64_t t0, int64_t t1) {
+      alignas(64) float ytile[NB * kBlockCols];
+      for (int64_t t = t0; t < t1; ++t) {
+        const int64_t b0 = t * NB;
+        if (b0 + NB <= W.blocks) {
+          tile_int8<BITS, 1, NB, 2, O>(W, b0, A, 0, ytile);
+          write_tile(ytile, 1, NB * kBlockCols, b0 * kBlockCols, N, 0, Y);
+        } else {
+          for (int64_t b = b0; b < W.blocks; ++b) {
+            tile_int8<BITS, 1, 1, 2, O>(W, b, A, 0, ytile);
+            write_tile(ytile, 1, kBlockCols, b * kBlockCols, N, 0, Y);
+          }
+        }
+      }
+    });
+    return;
+  }
+  // GEMM: a task owns GEMM_NB blocks and walks the rows GEMM_MR at a time; the blocks' weights stay
+  // in cache across row tiles, and each unit is unpacked once per GEMM_MR rows.
+  constexpr int MR = O::GEMM_MR, NB = O::GEMM_NB;
+  const int64_t tasks = ceil_div(W.blocks, NB);
+  global_pool().parallel_for(tasks, 1, [&](int64_t t0, int64_t t1) {
+    alignas(64) float ytile[MR * NB * kBlockCols];
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t b0 = t * NB;
+      for (int64_t r0 = 0; r0 < M; r0 += MR) {
+        const int rows = (int)std::min<int64_t>(MR, M - r0);
+        if (b0 + NB <= W.blocks) {
+          tile_rows<BITS, MR, NB, 1, O>(rows, W, b0, A, r0, ytile);
+          write_tile(ytile, rows, NB * kBlockCols, b0 * kBlockCols, N, r0, Y);
+        } else {
+          for (int64_t b = b0; b < W.blocks; ++b) {
+            tile_rows_1<BITS, MR, 1, O>(rows, W, b, A, r0, ytile);
+            write_tile(ytile, rows, kBlockCols, b * kBlockCols, N, r0, Y);
+          }
+        }
+      }
+    }
+  });
+}
+
+template <class O>
+void gemm_int8_t(const CpuGptqWeights& W, const Activations& A, float* Y) {
+  switch (W.bits) {
+    case 2: gemm_int8_bits<2, O>(W, A, Y); break;
+    case 3: gemm_int8_bits<3, O>(W, A, Y); break;
+    default: gemm_int8_bits<4, O>(W, A, Y); break;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Exact path: per block, dequantize s·(q − z) into an f32 panel [padded_k][16] once, then every row
+// of X against it with f32 FMAs.
+template <int BITS, int S, class O>
+LOWBIT_KERNEL void dequant_slices(const typename O::U* c, typename O::F zero, typename O::F scale, float* out) {
+  if constexpr (S < 8) {
+    const typename O::U w = slice<BITS, S, O>(c);
+    O::store(out + (4 * S + 0) * kBlockCols, O::mul(O::sub(O::template byte<0>(w), zero), scale));
+    O::store(out + (4 * S + 1) * kBlockCols, O::mul(O::sub(O::template byte<1>(w), zero), scale));
+    O::store(out + (4 * S + 2) * kBlockCols, O::mul(O::sub(O::template byte<2>(w), zero), scale));
+    O::store(out + (4 * S + 3) * kBlockCols, O::mul(O::sub(O::template byte<3>(w), zero), scale));
+    dequant_slices<BITS, S + 1, O>(c, zero, scale, out);
+  }
+}
+
+template <int BITS, class O>
+LOWBIT_TARGET void dequant_block(const CpuGptqWeights& W, int64_t block, float* panel) {
+  constexpr int CH = chunks_per_unit<BITS>();
+  const uint8_t* base = W.data.data() + block * W.units * W.unit_bytes;
+  for (const Segment& seg : W.segments) {
+    const int64_t at = (block * W.groups + seg.group) * kBlockCols;
+    const typename O::F scale = O::load_f16(W.scales.data() + at), zero = O::load_u8(W.zeros.data() + at);
+    for (int64_t u = seg.unit0; u < seg.unit0 + seg.units; ++u) {
+      typename O::U c[CH];
+      LOWBIT_UNROLL for (int h = 0; h < CH; ++h) c[h] = O::load(base + u * W.unit_bytes + 64 * h);
+      dequant_slices<BITS, 0, O>(c, zero, scale, panel + u * kUnitK * kBlockCols);
+    }
+  }
+}
+
+template <class O>
+LOWBIT_TARGET void panel_rows(const float* panel, int64_t K, const float* x, float* y) {
+  typename O::F a[4] = {O::zero_f(), O::zero_f(), O::zero_f(), O::zero_f()};
+  for (int64_t k = 0; k < K; k += 4)
+    LOWBIT_UNROLL for (int j = 0; j < 4; ++j) a[j] = O::fma(O::set1(x[k + j]), O::load(panel + (k + j) * kBlockCols), a[j]);
+  O::store(y, O::add(O::add(a[0], a[1]), O::add(a[2], a[3])));
+}
+
+template <int BITS, class O>
+void gemm_f32_bits(const CpuGptqWeights& W, const Activations& A, float* Y) {
+  const int64_t Kp = W.padded_k();
+  global_pool().parallel_for(W.blocks, 1, [&](int64_t b0, int64_t b1) {
+    std::vector<float> panel((size_t)(Kp * kBlockCols));
+    alignas(64) float y[kBlockCols];
+    for (int64_t b = b0; b < b1; ++b) {
+      dequant_block<BITS, O>(W, b, panel.data());
+      for (int64_t m = 0; m < A.M; ++m) {
+        panel_rows<O>(panel.data(), Kp, A.xf + m * Kp, y);
+        write_tile(y, 1, kBlockCols, b * kBlockCols, W.N, m, Y);
+      }
+    }
+  });
+}
+
+template <class O>
+void gemm_f32_t(const CpuGptqWeights& W, const Activations& A, float* Y) {
+  switch (W.bits) {
+    case 2: gemm_f32_bits<2, O>(W, A, Y); break;
+    case 3: gemm_f32_bits<3, O>(W, A, Y); break;
+    default: gemm_f32_bits<4, O>(W, A, Y); break;
+  }
+}
+
+#undef LOWBIT_KERNEL
+#undef LOWBIT_UNROLL
+
+}  // namespace LOWBIT_GPTQ_NS
+}  // namespace cpu_gptq
+}  // namespace lowbit

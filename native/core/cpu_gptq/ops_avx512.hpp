@@ -1,0 +1,49 @@
+// Not an ordinary header (no include guard): included twice, inside two namespaces.
+// The AVX-512 vector operations of kernels_impl.hpp's contract (see there), included by
+// kernels_avx512.cpp once without and once with VNNI (LOWBIT_VNNI 0/1), each time inside its own
+// namespace and with LOWBIT_OPS carrying that variant's target: without VNNI the compiler must not
+// be allowed to emit VNNI instructions on its own.
+struct Ops {
+  static constexpr int GEMV_NB = 4, GEMM_MR = 4, GEMM_NB = 2;
+  using U = __m512i;
+  using I = __m512i;
+  using F = __m512;
+  LOWBIT_OPS U load(const uint8_t* p) { return _mm512_load_si512(p); }
+  LOWBIT_OPS U and8(U u, uint8_t m) { return _mm512_and_si512(u, _mm512_set1_epi8((char)m)); }
+  template <int S> LOWBIT_OPS U srl16(U u) { return _mm512_srli_epi16(u, S); }
+  template <int S> LOWBIT_OPS U sll16(U u) { return _mm512_slli_epi16(u, S); }
+  // (lo & 3) | (hi & 4): mask hi, then one ternary-logic op computes (A & C) | B.
+  LOWBIT_OPS U merge3(U lo, U hi) {
+    return _mm512_ternarylogic_epi32(lo, _mm512_and_si512(hi, _mm512_set1_epi8(4)), _mm512_set1_epi8(3), 0xEC);
+  }
+  LOWBIT_OPS I dot(I acc, U w, const int8_t* x) {
+    int32_t x4;
+    std::memcpy(&x4, x, 4);
+    if constexpr (LOWBIT_VNNI) {
+      return _mm512_dpbusd_epi32(acc, w, _mm512_set1_epi32(x4));
+    } else {  // u8·s8 pairs to s16 (|15·127·2| fits: no saturation for ≤ 4-bit weights), then to s32
+      const __m512i pairs = _mm512_maddubs_epi16(w, _mm512_set1_epi32(x4));
+      return _mm512_add_epi32(acc, _mm512_madd_epi16(pairs, _mm512_set1_epi16(1)));
+    }
+  }
+  LOWBIT_OPS I zero_i() { return _mm512_setzero_si512(); }
+  LOWBIT_OPS I add_i(I a, I b) { return _mm512_add_epi32(a, b); }
+  LOWBIT_OPS F zero_f() { return _mm512_setzero_ps(); }
+  LOWBIT_OPS F set1(float x) { return _mm512_set1_ps(x); }
+  LOWBIT_OPS F cvt(I a) { return _mm512_cvtepi32_ps(a); }
+  LOWBIT_OPS F load_f16(const uint16_t* p) { return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))); }
+  LOWBIT_OPS F load_u8(const uint8_t* p) {
+    return _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
+  }
+  LOWBIT_OPS F load(const float* p) { return _mm512_loadu_ps(p); }
+  LOWBIT_OPS void store(float* p, F f) { _mm512_storeu_ps(p, f); }
+  LOWBIT_OPS F add(F a, F b) { return _mm512_add_ps(a, b); }
+  LOWBIT_OPS F sub(F a, F b) { return _mm512_sub_ps(a, b); }
+  LOWBIT_OPS F mul(F a, F b) { return _mm512_mul_ps(a, b); }
+  LOWBIT_OPS F fma(F a, F b, F c) { return _mm512_fmadd_ps(a, b, c); }
+  LOWBIT_OPS F fnma(F a, F b, F c) { return _mm512_fnmadd_ps(a, b, c); }
+  template <int J> LOWBIT_OPS F byte(U u) {
+    return _mm512_cvtepi32_ps(_mm512_and_si512(_mm512_srli_epi32(u, 8 * J), _mm512_set1_epi32(0xFF)));
+  }
+};
+

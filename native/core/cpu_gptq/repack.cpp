@@ -1,0 +1,189 @@
+#include "repack.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <string>
+
+#include "../pack.hpp"
+#include "../packed_gemm.hpp"
+#include "../thread_pool.hpp"
+#include "../weight_format.hpp"
+#include "kernels.hpp"
+
+namespace lowbit {
+namespace cpu_gptq {
+
+void AlignedBytes::allocate(int64_t bytes) {
+  const int64_t rounded = std::max<int64_t>(64, ceil_div(bytes, 64) * 64);
+  void* p = std::aligned_alloc(64, (size_t)rounded);
+  require(p != nullptr, "E_ALLOC", "cannot allocate " + std::to_string(rounded) + " bytes for repacked weights");
+  std::memset(p, 0, (size_t)rounded);
+  ptr.reset(static_cast<uint8_t*>(p));
+  size = bytes;
+}
+
+bool supports(const PackedMatrix& W) { return W.bits == 2 || W.bits == 3 || W.bits == 4; }
+
+namespace {
+
+// Sets padded position p (0..31) of column c (0..15) of a unit to q, per the layout in repack.hpp.
+void put(uint8_t* unit, int bits, int64_t c, int64_t p, uint32_t q) {
+  const int64_t s = p / 4, j = p % 4, lane = 4 * c + j;
+  if (bits == 4) {
+    unit[64 * (s / 2) + lane] |= (uint8_t)(q << (4 * (s % 2)));
+  } else if (bits == 2) {
+    unit[64 * (s / 4) + lane] |= (uint8_t)(q << (2 * (s % 4)));
+  } else {  // 3: two 2-bit planes, then the high bits
+    unit[64 * (s / 4) + lane] |= (uint8_t)((q & 3u) << (2 * (s % 4)));
+    unit[128 + lane] |= (uint8_t)((q >> 2) << s);
+  }
+}
+
+}  // namespace
+
+CpuGptqWeights repack(const PackedMatrix& W) {
+  require(supports(W), "E_BITS", "the CPU repacked layout takes 2-, 3- or 4-bit weights, got " + std::to_string(W.bits));
+  CpuGptqWeights R;
+  R.bits = W.bits;
+  R.N = W.N;
+  R.K = W.K;
+  R.groups = W.groups;
+  R.blocks = ceil_div(W.N, kBlockCols);
+  R.unit_bytes = kBlockCols * kUnitK * W.bits / 8;
+
+  // Input positions ordered by group (stable: increasing k inside a group), then cut into segments.
+  std::vector<int64_t> count((size_t)W.groups + 1, 0);
+  for (int64_t k = 0; k < W.K; ++k) ++count[(size_t)W.group_of(k) + 1];
+  for (int64_t g = 0; g < W.groups; ++g) count[(size_t)g + 1] += count[(size_t)g];
+  std::vector<int64_t> order((size_t)W.K), next(count.begin(), count.end() - 1);
+  for (int64_t k = 0; k < W.K; ++k) order[(size_t)next[(size_t)W.group_of(k)]++] = k;
+  std::vector<std::pair<int64_t, int64_t>> runs;  // per segment: first index into `order`, length
+  int64_t units = 0;
+  for (int64_t g = 0; g < W.groups; ++g)
+    for (int64_t i = count[(size_t)g]; i < count[(size_t)g + 1]; i += kSegmentK) {
+      const int64_t len = std::min(kSegmentK, count[(size_t)g + 1] - i);
+      R.segments.push_back({units, ceil_div(len, kUnitK), g});
+      runs.emplace_back(i, len);
+      units += ceil_div(len, kUnitK);
+    }
+  R.units = units;
+  R.source.assign((size_t)(units * kUnitK), -1);
+  for (size_t s = 0; s < runs.size(); ++s)
+    for (int64_t i = 0; i < runs[s].second; ++i)
+      R.source[(size_t)(R.segments[s].unit0 * kUnitK + i)] = (int32_t)order[(size_t)(runs[s].first + i)];
+  for (int64_t p = 0, k = 0; p < (int64_t)R.source.size(); ++p)
+    if (R.source[(size_t)p] >= 0 && R.source[(size_t)p] != k++) R.permuted = true;
+
+  // Scales and zero points per block: [blocks][groups][16].
+  const int64_t zwords = packed_words(W.bits, W.N);
+  R.scales.assign((size_t)(R.blocks * W.groups * kBlockCols), 0);
+  R.zeros.assign((size_t)(R.blocks * W.groups * kBlockCols), 0);
+  for (int64_t g = 0; g < W.groups; ++g)
+    for (int64_t n = 0; n < W.N; ++n) {
+      const size_t at = (size_t)(((n / kBlockCols) * W.groups + g) * kBlockCols + n % kBlockCols);
+      R.scales[at] = W.scales[g * W.N + n];
+      R.zeros[at] = (uint8_t)((int)read_packed(W.qzeros + g * zwords, 1, W.bits, n) + W.zero_offset);
+    }
+
+  // The weights, one block per task.
+  R.data.allocate(R.blocks * R.units * R.unit_bytes);
+  const WeightFormat& f = weight_format(W.bits);
+  global_pool().parallel_for(R.blocks, 1, [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b)
+      for (int64_t u = 0; u < R.units; ++u) {
+        uint8_t* unit = R.data.data() + (b * R.units + u) * R.unit_bytes;
+        for (int64_t p = 0; p < kUnitK; ++p) {
+          const int32_t k = R.source[(size_t)(u * kUnitK + p)];
+          if (k < 0) continue;  // padding: weight 0 against activation 0
+          const int32_t* words = W.qweight + (k / f.values_per_unit) * f.words_per_unit * W.N;
+          for (int64_t c = 0; c < kBlockCols && b * kBlockCols + c < W.N; ++c)
+            put(unit, W.bits, c, p, read_packed(words + b * kBlockCols + c, W.N, W.bits, k % f.values_per_unit));
+        }
+      }
+  });
+  return R;
+}
+
+namespace {
+thread_local const char* t_last_kernel = "none";
+
+// Rows of X gathered into the padded order and quantized per segment (see repack.hpp).
+struct PreparedActivations {
+  std::vector<int8_t> xq;
+  std::vector<float> dx, xsum, xf;
+  Activations view;
+};
+
+void prepare(const CpuGptqWeights& W, const float* X, int64_t M, bool exact, PreparedActivations& P) {
+  const int64_t Kp = W.padded_k(), S = (int64_t)W.segments.size();
+  P.view.M = M;
+  P.view.padded_k = Kp;
+  P.view.segments = S;
+  if (exact) {
+    P.xf.assign((size_t)(M * Kp), 0.f);
+    for (int64_t m = 0; m < M; ++m)
+      for (int64_t p = 0; p < Kp; ++p) {
+        const int32_t k = W.source[(size_t)p];
+        if (k >= 0) P.xf[(size_t)(m * Kp + p)] = X[m * W.K + k];
+      }
+    P.view.xf = P.xf.data();
+    return;
+  }
+  P.xq.assign((size_t)(M * Kp), 0);
+  P.dx.assign((size_t)(M * S), 0.f);
+  P.xsum.assign((size_t)(M * S), 0.f);
+  global_pool().parallel_for(M, 8, [&](int64_t m0, int64_t m1) {
+    float buf[kSegmentK];
+    for (int64_t m = m0; m < m1; ++m) {
+      const float* x = X + m * W.K;
+      for (int64_t si = 0; si < S; ++si) {
+        const Segment& s = W.segments[(size_t)si];
+        const int64_t p0 = s.unit0 * kUnitK, len = s.units * kUnitK;
+        float amax = 0.f;
+        for (int64_t i = 0; i < len; ++i) {
+          const int32_t k = W.source[(size_t)(p0 + i)];
+          buf[i] = k >= 0 ? x[k] : 0.f;
+          amax = std::max(amax, std::fabs(buf[i]));
+        }
+        const float inv = amax > 0.f ? 127.f / amax : 0.f;
+        int8_t* q = P.xq.data() + m * Kp + p0;
+        int32_t sum = 0;
+        for (int64_t i = 0; i < len; ++i) {
+          const int32_t v = std::clamp((int32_t)std::lrint(buf[i] * inv), -127, 127);
+          q[i] = (int8_t)v;
+          sum += v;
+        }
+        P.dx[(size_t)(m * S + si)] = amax / 127.f;
+        P.xsum[(size_t)(m * S + si)] = (float)sum;
+      }
+    }
+  });
+  P.view.xq = P.xq.data();
+  P.view.dx = P.dx.data();
+  P.view.xsum = P.xsum.data();
+}
+}  // namespace
+
+void gemm(const CpuGptqWeights& W, const float* X, int64_t M, float* Y, const Options& options) {
+  if (M <= 0 || W.N == 0) return;
+  PreparedActivations P;
+  prepare(W, X, M, options.exact_activations, P);
+  const bool exact = options.exact_activations;
+  switch (active_simd()) {
+    case SimdLevel::Avx512:
+      t_last_kernel = exact ? kernels_avx512::gemm_f32(W, P.view, Y) : kernels_avx512::gemm_int8(W, P.view, Y);
+      break;
+    case SimdLevel::Avx2:
+      t_last_kernel = exact ? kernels_avx2::gemm_f32(W, P.view, Y) : kernels_avx2::gemm_int8(W, P.view, Y);
+      break;
+    default:
+      t_last_kernel = exact ? kernels_scalar::gemm_f32(W, P.view, Y) : kernels_scalar::gemm_int8(W, P.view, Y);
+      break;
+  }
+}
+
+const char* last_kernel() { return t_last_kernel; }
+
+}  // namespace cpu_gptq
+}  // namespace lowbit

@@ -1,0 +1,92 @@
+// GPTQ weights repacked once, at load time, into a CPU layout made for integer dot products, and
+// the products Y = X · Wᵀ on it (GEMV for M = 1, a row-tiled GEMM for M > 1).
+//
+// Layout. Input positions are first permuted so every group is contiguous (act-order's g_idx becomes
+// a permutation of x, applied once per call), then cut into segments of at most 128 positions inside
+// one group, each padded with zero weights to a multiple of 32. Output columns come in blocks of 16
+// (padded). For each block, the segments' 32-position units follow one another (one contiguous stream
+// per block); a unit holds 16 columns × 32 positions as 64-byte chunks whose byte 4c + j (column c)
+// carries positions 4s + j of several 4-position slices s, so that one 64-byte vector feeds 16
+// int32 lanes of an int8 dot product (vpdpbusd: lane c += Σ_j w[c][j] · x[j]):
+//   4 bits, 4 chunks: chunk s/2, nibble s%2 holds slice s (s = 0..7);
+//   2 bits, 2 chunks: chunk s/4, bits 2·(s%4) hold slice s;
+//   3 bits, 3 chunks: the low two bits as the 2-bit layout (2 chunks), then one chunk whose bit s
+//                     is the high bit of slice s.
+// Each (group, column) keeps its scale (fp16) and integer zero point (u8) next to its block.
+//
+// Activations. By default each row of X is quantized per segment to int8 (dx = max|x| / 127,
+// xq = round(x / dx)); the kernel accumulates Σ q·xq exactly in int32 and applies, per segment,
+// y += s·dx·(Σ q·xq − z·Σ xq). The error against exact activations is, per output element,
+//   |Δy[n]| ≤ Σ_segments (max_segment |x| / 254) · Σ_{k in segment} |w[n][k]|  ≤ ‖x‖∞ · ‖w_n‖₁ / 254
+// (plus f32 rounding). Options::exact_activations keeps f32 activations instead (dequantized f32
+// panels, error at f32 rounding level), for callers that need results as exact as the f32 path.
+#pragma once
+
+#include <cstdint>
+#include <cstdlib>
+#include <memory>
+#include <vector>
+
+#include "../packed_matrix.hpp"
+
+namespace lowbit {
+namespace cpu_gptq {
+
+constexpr int64_t kBlockCols = 16;      // output columns per block (one int32 lane each)
+constexpr int64_t kUnitK = 32;          // input positions per unit
+constexpr int64_t kSegmentK = 128;      // input positions per segment at most (one activation scale)
+
+// A 64-byte aligned byte buffer (vector loads of whole chunks).
+struct AlignedBytes {
+  struct Free {
+    void operator()(void* p) const { std::free(p); }
+  };
+  std::unique_ptr<uint8_t, Free> ptr;
+  int64_t size = 0;
+  void allocate(int64_t bytes);  // zero-filled; throws E_ALLOC when the system refuses
+  uint8_t* data() const { return ptr.get(); }
+};
+
+struct Segment {
+  int64_t unit0, units;  // first unit (in the padded order) and how many
+  int64_t group;         // the group whose scale and zero point apply
+};
+
+struct CpuGptqWeights {
+  int bits = 4;
+  int64_t N = 0, K = 0;    // logical shape (out × in)
+  int64_t blocks = 0;      // ceil(N / 16)
+  int64_t units = 0;       // 32-position units per block (padded K = units · 32)
+  int64_t groups = 0;
+  int64_t unit_bytes = 0;  // 16 · 32 · bits / 8
+  AlignedBytes data;       // [blocks][units][unit_bytes]
+  std::vector<uint16_t> scales;  // fp16 [blocks][groups][16] (padding columns: 0)
+  std::vector<uint8_t> zeros;    // [blocks][groups][16] zero point, zero_offset applied
+  std::vector<Segment> segments;
+  std::vector<int32_t> source;   // [units · 32]: input position k of each padded position, or −1
+  bool permuted = false;         // source is not the identity on the real positions (act-order)
+
+  int64_t padded_k() const { return units * kUnitK; }
+  // Bytes a product reads from the weight (data + scales + zeros), for bandwidth figures.
+  int64_t bytes() const { return data.size + (int64_t)scales.size() * 2 + (int64_t)zeros.size(); }
+};
+
+// True when repack supports these weights (bits 2, 3, 4); 8-bit weights stay on packed_gemm.
+bool supports(const PackedMatrix& W);
+
+// Validated PackedMatrix (validate_packed) → CPU layout. Throws E_BITS for unsupported widths.
+CpuGptqWeights repack(const PackedMatrix& W);
+
+struct Options {
+  bool exact_activations = false;  // f32 activations (dequantized panels) instead of int8
+};
+
+// Y [M, N] = X [M, K] · Wᵀ (overwritten), at the active SIMD level (packed_gemm.hpp's force_simd).
+void gemm(const CpuGptqWeights& W, const float* X, int64_t M, float* Y, const Options& options = {});
+
+// Which kernel family the last gemm call on this thread ran ("scalar", "avx2", "avx2-vnni",
+// "avx512", "avx512-vnni"): tests assert that forcing a level really changes the code path.
+const char* last_kernel();
+
+}  // namespace cpu_gptq
+}  // namespace lowbit

@@ -1,0 +1,183 @@
+/**
+ * The repacked CPU GPTQ operator (native/core/cpu_gptq): Y = X · Wᵀ on weights repacked once, at
+ * every SIMD level this machine has, 2/3/4 bits, contiguous groups and act-order g_idx, odd shapes,
+ * M = 1 (GEMV tiles) to 37 (GEMM row tiles plus remainders). Fresh random data; seeds in messages.
+ *
+ * Int8-activation path, checked two ways:
+ *  - against a float64 model of the same arithmetic (activations gathered into the repacked order,
+ *    quantized per segment exactly as documented in repack.hpp): any wrong weight, slice, zero point,
+ *    scale or segment shows up far above the 1e-5 tolerance;
+ *  - against the true float64 product, element by element within the stated bound
+ *    |Δy[n]| ≤ ‖x‖∞ · ‖w_n‖₁ / 254 (plus f32 rounding), which is what callers are promised.
+ * Exact path (f32 activations): relative error 1e-5 against float64.
+ */
+import { afterAll, describe, expect, it } from 'vitest';
+import { native, type PackedWeights } from '../../src/native.js';
+import { dequantizeRef, matmulRef, randomPackedWeights, relativeError, type Bits } from '../helpers/reference.js';
+import { Rng, randomMatrix } from '../helpers/random.js';
+import { availableSimdLevels, forceSimd } from '../helpers/simd.js';
+
+const BITS: Bits[] = [2, 3, 4];
+const SEGMENT = 128; // kSegmentK in repack.hpp
+
+afterAll(() => forceSimd('auto'));
+
+/** The repacked order: per group (ascending), its inputs ascending, cut into segments of ≤ 128. */
+function segmentsOf(W: PackedWeights): number[][] {
+  const members: number[][] = Array.from({ length: W.groups }, () => []);
+  for (let k = 0; k < W.K; k++) members[W.gIdx ? W.gIdx[k] : Math.floor(k / W.groupSize)].push(k);
+  const out: number[][] = [];
+  for (const m of members) for (let i = 0; i < m.length; i += SEGMENT) out.push(m.slice(i, i + SEGMENT));
+  return out;
+}
+
+/** lrint in f32: round half to even of Math.fround(v). */
+function lrint(v: number): number {
+  const f = Math.floor(v);
+  const d = v - f;
+  if (d > 0.5) return f + 1;
+  if (d < 0.5) return f;
+  return f % 2 === 0 ? f : f + 1;
+}
+
+/** Float64 model of the int8 path: Σ_segments dx · Σ_k xq[k] · w[n][k]. */
+function int8ModelRef(X: Float32Array, M: number, W: PackedWeights, dense: Float64Array): Float64Array {
+  const { N, K } = W;
+  const segments = segmentsOf(W);
+  const Y = new Float64Array(M * N);
+  for (let m = 0; m < M; m++) {
+    for (const seg of segments) {
+      let amax = 0;
+      for (const k of seg) amax = Math.max(amax, Math.abs(X[m * K + k]));
+      const inv = amax > 0 ? Math.fround(127 / amax) : 0;
+      const dx = Math.fround(amax / 127);
+      const xq = seg.map((k) => Math.max(-127, Math.min(127, lrint(Math.fround(X[m * K + k] * inv)))));
+      for (let n = 0; n < N; n++) {
+        let s = 0;
+        seg.forEach((k, i) => (s += xq[i] * dense[n * K + k]));
+        Y[m * N + n] += dx * s;
+      }
+    }
+  }
+  return Y;
+}
+
+interface Case {
+  N: number;
+  K: number;
+  groupSize: number;
+  actOrder?: boolean;
+  zeroOffset?: 0 | 1;
+  batches: number[];
+}
+
+/** Kernel family names the level may report (the VNNI variants where the processor has them). */
+function expectKernel(level: string, kernel: string, what: string): void {
+  expect(kernel === level || kernel === `${level}-vnni`, `${what}: ran ${kernel}, forced ${level}`).toBe(true);
+}
+
+function checkCase(level: string, bits: Bits, c: Case): void {
+  const rng = new Rng();
+  const W = randomPackedWeights(rng, { N: c.N, K: c.K, bits, groupSize: c.groupSize, actOrder: c.actOrder, zeroOffset: c.zeroOffset });
+  const dense = dequantizeRef(W);
+  const handle = native().cpuGptqPrepare(W);
+  for (const M of c.batches) {
+    const X = randomMatrix(rng, M, c.K);
+    const what = `seed ${rng.seed}, ${level}, ${bits}-bit, N ${c.N} K ${c.K} group ${c.groupSize}${c.actOrder ? ' g_idx' : ''}, M ${M}`;
+    const exact = matmulRef(X, M, dense, c.N, c.K);
+
+    const Y = new Float32Array(M * c.N).fill(NaN);
+    expectKernel(level, native().cpuGptqGemmSync(handle, X, M, Y, false), what);
+    expect(relativeError(Y, int8ModelRef(X, M, W, dense)), `${what} (int8 model)`).toBeLessThan(1e-5);
+    for (let m = 0; m < M; m++) {
+      let xmax = 0;
+      for (let k = 0; k < c.K; k++) xmax = Math.max(xmax, Math.abs(X[m * c.K + k]));
+      for (let n = 0; n < c.N; n++) {
+        let l1 = 0;
+        for (let k = 0; k < c.K; k++) l1 += Math.abs(dense[n * c.K + k]);
+        const bound = (xmax * l1) / 254 + 1e-5 * xmax * l1;
+        const err = Math.abs(Y[m * c.N + n] - exact[m * c.N + n]);
+        if (!(err <= bound)) expect.fail(`${what}: y[${m}, ${n}] off by ${err}, bound ${bound}`);
+      }
+    }
+
+    const Ye = new Float32Array(M * c.N).fill(NaN);
+    expectKernel(level, native().cpuGptqGemmSync(handle, X, M, Ye, true).replace('-vnni', ''), `${what} (exact)`);
+    expect(relativeError(Ye, exact), `${what} (exact)`).toBeLessThan(1e-5);
+  }
+}
+
+describe.each(availableSimdLevels())('repacked CPU GPTQ product at SIMD level %s', (level) => {
+  it.each(BITS)('%i-bit, K 300 × N 100, groups of 32, M 1..37 (GEMV, GEMM tiles, row remainders)', (bits) => {
+    forceSimd(level);
+    checkCase(level, bits, { N: 100, K: 300, groupSize: 32, batches: [1, 2, 5, 37] });
+  });
+
+  it.each(BITS)('%i-bit, act-order g_idx (groups become a permutation of x)', (bits) => {
+    forceSimd(level);
+    checkCase(level, bits, { N: 100, K: 300, groupSize: 64, actOrder: true, batches: [1, 6] });
+  });
+
+  it.each(BITS)('%i-bit, per channel (segments of 128 inside one group), gptq_v2 zeros', (bits) => {
+    forceSimd(level);
+    checkCase(level, bits, { N: 70, K: 300, groupSize: -1, batches: [1, 3] });
+    checkCase(level, bits, { N: 33, K: 130, groupSize: 32, zeroOffset: 0, batches: [1, 4] });
+  });
+
+  it.each(BITS)('%i-bit, group 20 (units padded inside each group), tiny shapes', (bits) => {
+    forceSimd(level);
+    checkCase(level, bits, { N: 37, K: 172, groupSize: 20, batches: [1, 5] });
+    checkCase(level, bits, { N: 1, K: 1, groupSize: -1, batches: [1, 2] });
+    checkCase(level, bits, { N: 3, K: 7, groupSize: 2, actOrder: true, batches: [1, 2] });
+  });
+
+  it('wide enough for several GEMV tasks and GEMM column tiles: N 300 × K 1000', () => {
+    forceSimd(level);
+    checkCase(level, 4, { N: 300, K: 1000, groupSize: 128, batches: [1, 9] });
+  });
+});
+
+describe('repacked CPU GPTQ product, across levels and inputs', () => {
+  const levels = availableSimdLevels();
+
+  // Guards the multi-level tests above: on a processor with SIMD, forcing scalar must really run the
+  // scalar kernels (and the top level its own), so the levels are compared, not one path twice.
+  it.skipIf(levels.length < 2)('scalar and the top SIMD level run different kernels and agree', () => {
+    const rng = new Rng();
+    const W = randomPackedWeights(rng, { N: 200, K: 384, bits: 3, groupSize: 128, actOrder: true });
+    const handle = native().cpuGptqPrepare(W);
+    const X = randomMatrix(rng, 5, 384);
+    const run = (level: (typeof levels)[number]) => {
+      forceSimd(level);
+      const Y = new Float32Array(5 * 200);
+      const kernel = native().cpuGptqGemmSync(handle, X, 5, Y);
+      return { Y, kernel };
+    };
+    const scalar = run('scalar');
+    const top = run(levels[levels.length - 1]);
+    forceSimd('auto');
+    expect(scalar.kernel).toBe('scalar');
+    expect(top.kernel.startsWith(levels[levels.length - 1]), `top level ran ${top.kernel}`).toBe(true);
+    // Integer sums are exact at every level: only the f32 epilogue's rounding may differ.
+    expect(relativeError(top.Y, scalar.Y), `seed ${rng.seed}`).toBeLessThan(1e-6);
+  });
+
+  it('rejects 8-bit weights, foreign handles and short buffers with typed errors', () => {
+    const rng = new Rng();
+    const W8 = randomPackedWeights(rng, { N: 8, K: 16, bits: 8, groupSize: -1 });
+    expect(() => native().cpuGptqPrepare(W8)).toThrow(expect.objectContaining({ code: 'E_BITS' }));
+    const W = randomPackedWeights(rng, { N: 8, K: 16, bits: 4, groupSize: -1 });
+    const handle = native().cpuGptqPrepare(W);
+    expect(() => native().cpuGptqGemmSync({ N: 8, K: 16, bits: 4, bytes: 0 }, new Float32Array(16), 1, new Float32Array(8))).toThrow(
+      expect.objectContaining({ code: 'E_ARGUMENT' }),
+    );
+    expect(() => native().cpuGptqGemmSync(handle, new Float32Array(15), 1, new Float32Array(8))).toThrow(expect.objectContaining({ code: 'E_BUFFER' }));
+    expect(() => native().cpuGptqGemmSync(handle, new Float32Array(32), 2, new Float32Array(15))).toThrow(expect.objectContaining({ code: 'E_BUFFER' }));
+  });
+
+  it('the streaming-read ceiling is a positive bandwidth and rejects bad sizes', () => {
+    expect(native().streamReadBandwidth(1 << 20, 1, 3)).toBeGreaterThan(0);
+    expect(() => native().streamReadBandwidth(10, 1, 1)).toThrow(expect.objectContaining({ code: 'E_ARGUMENT' }));
+  });
+});
+
