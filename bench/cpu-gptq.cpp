@@ -1,7 +1,7 @@
 // Standalone microbenchmark and quick self-check of the repacked CPU GPTQ products
 // (native/core/cpu_gptq), for kernel development without the Node binding. Build and run:
 //   g++ -O3 -std=c++17 -pthread -Inative/core bench/cpu-gptq.cpp native/core/cpu_gptq/*.cpp \
-//     native/core/{dtype,thread_pool,pack,packed_matrix,packed_gemm,packed_gemm_scalar,packed_gemm_avx2,packed_gemm_avx512}.cpp -o /tmp/cpu-gptq
+//     native/core/{dtype,thread_pool,pack,packed_matrix,packed_gemm,packed_gemm_scalar,packed_gemm_avx2,packed_gemm_avx512,stream_read}.cpp -o /tmp/cpu-gptq
 //   /tmp/cpu-gptq N K M bits act_order(0|1) [simd: 0 scalar, 1 avx2, 2 avx512] [exact 0|1] [runs]
 // Prints the max error against a float64 reference (small shapes) or the median time per product.
 #include <algorithm>
@@ -18,6 +18,7 @@
 #include "pack.hpp"
 #include "packed_gemm.hpp"
 #include "packed_matrix.hpp"
+#include "stream_read.hpp"
 #include "thread_pool.hpp"
 
 using namespace lowbit;
@@ -74,17 +75,22 @@ int main(int argc, char** argv) {
     }
     std::printf("check %s: max |err| %.3g, max |ref| %.3g, err / int8 bound (global) %.3f\n", cpu_gptq::last_kernel(), maxerr, maxref, maxratio);
   }
-  std::vector<double> t;
+  // Kernel runs alternate with streaming reads of the same byte count (all threads), so the ratio
+  // sees the same background load.
+  std::vector<double> t, rd;
+  const int threads = global_pool().size();
   for (int r = 0; r < runs + 3; ++r) {
     const auto t0 = std::chrono::steady_clock::now();
     cpu_gptq::gemm(R, X.data(), M, Y.data(), opt);
     const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    if (r >= 3) t.push_back(s);
+    const double bw = stream_read_bandwidth(std::max<int64_t>(R.bytes(), 4096), threads, 1);
+    if (r >= 3) { t.push_back(s); rd.push_back(bw); }
   }
   std::sort(t.begin(), t.end());
-  const double med = t[t.size() / 2];
-  std::printf("%s N %lld K %lld M %lld bits %d act %d: median %.3f ms (min %.3f), %.1f GB/s of %.2f MB, %.1f GFLOP/s\n",
+  std::sort(rd.begin(), rd.end());
+  const double med = t[t.size() / 2], read = rd[rd.size() / 2];
+  std::printf("%s N %lld K %lld M %lld bits %d act %d: median %.3f ms (min %.3f), %.1f GB/s of %.2f MB = %.0f%% of read %.1f GB/s, %.1f GFLOP/s\n",
               cpu_gptq::last_kernel(), (long long)N, (long long)K, (long long)M, bits, (int)act, med * 1e3, t[0] * 1e3,
-              R.bytes() / med / 1e9, R.bytes() / 1e6, 2.0 * N * K * M / med / 1e9);
+              R.bytes() / med / 1e9, R.bytes() / 1e6, 100.0 * R.bytes() / med / read, read / 1e9, 2.0 * N * K * M / med / 1e9);
   return 0;
 }
