@@ -78,7 +78,7 @@ int main(int argc, char** argv) {
   // Kernel runs alternate with streaming reads of the same byte count (all threads), so the ratio
   // sees the same background load.
   std::vector<double> t, rd;
-  const int threads = global_pool().size();
+  const int threads = global_pool()->size();
   for (int r = 0; r < runs + 3; ++r) {
     const auto t0 = std::chrono::steady_clock::now();
     cpu_gptq::gemm(R, X.data(), M, Y.data(), opt);

@@ -32,7 +32,8 @@ WeightsPtr weights_arg(const Napi::Value& v) {
 // cpuGptqPrepare(W: packed) -> handle { N, K, bits, bytes }
 Napi::Value CpuGptqPrepare(const Napi::CallbackInfo& info) {
   return guarded(info, [&]() -> Napi::Value {
-    const PackedMatrix W = packed_matrix_arg(object_arg(info, 0, "W"), nullptr);
+    CallBuffers bufs(false);  // synchronous: repack reads the caller's arrays and copies what it keeps
+    const PackedMatrix W = packed_matrix_arg(object_arg(info, 0, "W"), bufs);
     WeightsPtr weights = std::make_shared<const cpu_gptq::CpuGptqWeights>(cpu_gptq::repack(W));
     Napi::Env env = info.Env();
     const int64_t bytes = weights->bytes();

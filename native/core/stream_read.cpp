@@ -39,7 +39,7 @@ double stream_read_bandwidth(int64_t bytes, int threads, int runs) {
       return;
     }
     std::vector<uint64_t> part((size_t)threads, 0);
-    global_pool().parallel_for(threads, 1, [&](int64_t t0, int64_t t1) {
+    global_pool()->parallel_for(threads, 1, [&](int64_t t0, int64_t t1) {
       for (int64_t t = t0; t < t1; ++t) part[(size_t)t] = read_words(p + words * t / threads, words * (t + 1) / threads - words * t / threads);
     });
     for (uint64_t v : part) sink = sink + v;

@@ -155,7 +155,7 @@ void gemm_int8_bits(const CpuGptqWeights& W, const Activations& A, float* Y) {
     // GEMV: each task streams GEMV_NB blocks (one contiguous run of memory each) over the whole of K.
     constexpr int NB = O::GEMV_NB;
     const int64_t tasks = ceil_div(W.blocks, NB);
-    global_pool().parallel_for(tasks, 1, [&](int64_t t0, int64_t t1) {
+    global_pool()->parallel_for(tasks, 1, [&](int64_t t0, int64_t t1) {
       alignas(64) float ytile[NB * kBlockCols];
       for (int64_t t = t0; t < t1; ++t) {
         const int64_t b0 = t * NB;
@@ -176,7 +176,7 @@ void gemm_int8_bits(const CpuGptqWeights& W, const Activations& A, float* Y) {
   // in cache across row tiles, and each unit is unpacked once per GEMM_MR rows.
   constexpr int MR = O::GEMM_MR, NB = O::GEMM_NB;
   const int64_t tasks = ceil_div(W.blocks, NB);
-  global_pool().parallel_for(tasks, 1, [&](int64_t t0, int64_t t1) {
+  global_pool()->parallel_for(tasks, 1, [&](int64_t t0, int64_t t1) {
     alignas(64) float ytile[MR * NB * kBlockCols];
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t b0 = t * NB;
@@ -246,7 +246,7 @@ LOWBIT_TARGET void panel_rows(const float* panel, int64_t K, const float* x, flo
 template <int BITS, class O>
 void gemm_f32_bits(const CpuGptqWeights& W, const Activations& A, float* Y) {
   const int64_t Kp = W.padded_k();
-  global_pool().parallel_for(W.blocks, 1, [&](int64_t b0, int64_t b1) {
+  global_pool()->parallel_for(W.blocks, 1, [&](int64_t b0, int64_t b1) {
     std::vector<float> panel((size_t)(Kp * kBlockCols));
     alignas(64) float y[kBlockCols];
     for (int64_t b = b0; b < b1; ++b) {

@@ -89,7 +89,7 @@ CpuGptqWeights repack(const PackedMatrix& W) {
   // The weights, one block per task.
   R.data.allocate(R.blocks * R.units * R.unit_bytes);
   const WeightFormat& f = weight_format(W.bits);
-  global_pool().parallel_for(R.blocks, 1, [&](int64_t b0, int64_t b1) {
+  global_pool()->parallel_for(R.blocks, 1, [&](int64_t b0, int64_t b1) {
     for (int64_t b = b0; b < b1; ++b)
       for (int64_t u = 0; u < R.units; ++u) {
         uint8_t* unit = R.data.data() + (b * R.units + u) * R.unit_bytes;
@@ -133,7 +133,7 @@ void prepare(const CpuGptqWeights& W, const float* X, int64_t M, bool exact, Pre
   P.xq.assign((size_t)(M * Kp), 0);
   P.dx.assign((size_t)(M * S), 0.f);
   P.xsum.assign((size_t)(M * S), 0.f);
-  global_pool().parallel_for(M, 8, [&](int64_t m0, int64_t m1) {
+  global_pool()->parallel_for(M, 8, [&](int64_t m0, int64_t m1) {
     float buf[kSegmentK];
     for (int64_t m = m0; m < m1; ++m) {
       const float* x = X + m * W.K;
