@@ -6,6 +6,7 @@
 // Prints the max error against a float64 reference (small shapes) or the median time per product.
 #include <algorithm>
 #include <chrono>
+#include <ctime>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -31,6 +32,10 @@ int main(int argc, char** argv) {
   if (argc > 6) force_simd((SimdLevel)atoi(argv[6]));
   const bool exact = argc > 7 && atoi(argv[7]) != 0;
   const int runs = argc > 8 ? atoi(argv[8]) : 21;
+  // threads = 1: one thread, timed by its CPU time (cycles this thread really ran: steadier than
+  // wall time on a machine shared with other work).
+  const int threads_arg = argc > 9 ? atoi(argv[9]) : 0;
+  if (threads_arg > 0) set_global_threads(threads_arg);
   const int64_t gs = 128, G = (K + gs - 1) / gs;
   std::mt19937 rng(1234);
   std::vector<uint8_t> q((size_t)(N * K));
@@ -79,11 +84,22 @@ int main(int argc, char** argv) {
   // sees the same background load.
   std::vector<double> t, rd;
   const int threads = global_pool()->size();
+  auto now = [&] {
+    if (threads == 1) {
+      timespec ts;
+      clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+      return ts.tv_sec + ts.tv_nsec * 1e-9;
+    }
+    return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+  };
+  const int64_t read_bytes = std::max<int64_t>(R.bytes(), 4096);
   for (int r = 0; r < runs + 3; ++r) {
-    const auto t0 = std::chrono::steady_clock::now();
+    double t0 = now();
     cpu_gptq::gemm(R, X.data(), M, Y.data(), opt);
-    const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    const double bw = stream_read_bandwidth(std::max<int64_t>(R.bytes(), 4096), threads, 1);
+    const double s = now() - t0;
+    t0 = now();
+    const double bw_wall = stream_read_bandwidth(read_bytes, threads, 1);
+    const double bw = bw_wall;
     if (r >= 3) { t.push_back(s); rd.push_back(bw); }
   }
   std::sort(t.begin(), t.end());

@@ -240,6 +240,8 @@ export interface Addon {
    * `exact` (f32). Returns the kernel family that ran: 'scalar' | 'avx2' | 'avx2-vnni' | 'avx512' | 'avx512-vnni'.
    */
   cpuGptqGemmSync(handle: CpuGptqHandle, X: Float32Array, M: number, Y: Float32Array, exact?: boolean): string;
+  /** The SIMD level the last packedGemm call ran at (tests: forcing a level really changes the path). */
+  lastPackedGemmSimd(): 'scalar' | 'avx2' | 'avx512';
   /** Median streaming-read bandwidth (bytes/s) over `runs` passes of `bytes` by `threads` threads. */
   streamReadBandwidth(bytes: number, threads: number, runs: number): number;
 

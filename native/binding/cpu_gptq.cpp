@@ -5,6 +5,7 @@
 #include <string>
 
 #include "../core/cpu_gptq/repack.hpp"
+#include "../core/packed_gemm.hpp"
 #include "../core/stream_read.hpp"
 #include "napi_util.hpp"
 
@@ -79,11 +80,17 @@ Napi::Value StreamReadBandwidth(const Napi::CallbackInfo& info) {
   });
 }
 
+// lastPackedGemmSimd() -> the SIMD level the last packedGemm ran at ('scalar' | 'avx2' | 'avx512')
+Napi::Value LastPackedGemmSimd(const Napi::CallbackInfo& info) {
+  return Napi::String::New(info.Env(), simd_name(last_packed_gemm_level()));
+}
+
 }  // namespace
 
 void InitCpuGptq(Napi::Env env, Napi::Object exports) {
   exports.Set("cpuGptqPrepare", Napi::Function::New(env, CpuGptqPrepare));
   exports.Set("cpuGptqGemmSync", Napi::Function::New(env, CpuGptqGemmSync));
+  exports.Set("lastPackedGemmSimd", Napi::Function::New(env, LastPackedGemmSimd));
   exports.Set("streamReadBandwidth", Napi::Function::New(env, StreamReadBandwidth));
 }
 

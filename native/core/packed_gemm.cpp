@@ -17,6 +17,7 @@
 namespace lowbit {
 namespace {
 std::atomic<int> g_forced{-1};
+std::atomic<int> g_last_packed{-1};
 
 #if defined(__x86_64__) || defined(_M_X64)
 // F16C from cpuid leaf 1 (ECX bit 29): GCC 10, which builds the prebuilt against an old glibc
@@ -85,8 +86,12 @@ void dequantize(const PackedMatrix& W, float* out) {
   });
 }
 
+SimdLevel last_packed_gemm_level() { return (SimdLevel)std::max(0, g_last_packed.load()); }
+
 void packed_gemm(const float* X, int64_t M, const PackedMatrix& W, float* Y) {
-  switch (active_simd()) {
+  const SimdLevel level = active_simd();
+  g_last_packed.store((int)level);
+  switch (level) {
     case SimdLevel::Avx512: kernels_avx512::packed_gemm(X, M, W, Y); break;
     case SimdLevel::Avx2: kernels_avx2::packed_gemm(X, M, W, Y); break;
     default: kernels_scalar::packed_gemm(X, M, W, Y); break;

@@ -18,6 +18,10 @@ const char* simd_name(SimdLevel level);
 // X: [M, K] row-major f32, Y: [M, N] row-major f32 (overwritten). M = 1 is the GEMV path.
 void packed_gemm(const float* X, int64_t M, const PackedMatrix& W, float* Y);
 
+// The level the last packed_gemm call (on any thread) ran at: tests check that forcing a level
+// really changes the kernels they compare, instead of comparing one path with itself.
+SimdLevel last_packed_gemm_level();
+
 // Dense reference product for benchmarks and unquantized layers: Y = X · Wᵀ, W [N, K] f32.
 void dense_gemm(const float* X, int64_t M, const float* W, int64_t N, int64_t K, float* Y);
 

@@ -37,6 +37,8 @@ async function checkCase(level: string, bits: Bits, c: Case): Promise<void> {
     const ref = matmulRef(X, M, dense, c.N, c.K);
     const what = `seed ${rng.seed}, ${level}, ${bits}-bit, N ${c.N} K ${c.K} group ${c.groupSize}${c.actOrder ? ' g_idx' : ''} v${c.zeroOffset === 0 ? 2 : 1}, M ${M}`;
     const Y = await packedMatmul(X, M, W);
+    // The level forced is the level that ran: the levels are compared, not one path with itself.
+    expect(native().lastPackedGemmSimd(), what).toBe(level);
     expect(Y.length, what).toBe(M * c.N);
     expect(relativeError(Y, ref), what).toBeLessThan(TOLERANCE);
     if (M <= 7) {
