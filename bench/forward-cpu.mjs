@@ -8,8 +8,11 @@
 //    prefill tokens/s (NLL of one 512-token window) and KV-cached decode tokens/s (batch 1).
 //
 // Options: --stories-windows N (default 200), --windows N (synthetic prefill windows, default 1),
-// --decode N (decode steps, default 16), --skip-f32, --skip-packed, --skip-stories.
-import { existsSync, readFileSync } from 'node:fs';
+// --decode N (decode steps, default 16), --bits 4,3,2 (packed widths), --skip-f32, --skip-packed,
+// --skip-stories, --skip-prefill. Decode rows also give the bound: bytes read per token (linears as
+// the CPU reads them: repacked codes + fp16 scales + u8 zeros; the tied f32 head) over the
+// streaming-read bandwidth measured in the same run. Rows also go to bench/results/forward-cpu.json.
+import { existsSync, mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { cpus, loadavg } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -30,6 +33,10 @@ function option(name, fallback) {
 const STORIES_WINDOWS = option('stories-windows', 200);
 const WINDOWS = option('windows', 1);
 const DECODE = option('decode', 16);
+const BITS_LIST = (() => {
+  const i = process.argv.indexOf('--bits');
+  return (i >= 0 ? process.argv[i + 1] : '4,3,2').split(',').map(Number);
+})();
 
 const addon = native();
 // CPU time of this process (all threads): throughput per CPU-second stays meaningful on a shared
@@ -53,7 +60,7 @@ if (!flag('skip-stories')) {
     const c0 = cpuSeconds();
     const r = await perplexity(model, ids, { maxWindows: STORIES_WINDOWS, batch: 4 });
     const cpu = cpuSeconds() - c0;
-    rows.push(['stories260K f32, ppl evaluation', `${r.windows} windows x 512`, `${Math.round((r.windows * 512) / r.seconds)} tok/s`, `${Math.round((r.windows * 512) / cpu)} tok/CPU-s`, `${(r.seconds * 1000 / r.windows).toFixed(1)} ms/window`]);
+    rows.push(['stories260K f32, ppl evaluation', `${r.windows} windows x 512`, `${Math.round((r.windows * 512) / r.seconds)} tok/s`, `${Math.round((r.windows * 512) / cpu)} tok/CPU-s`, `${(r.seconds * 1000 / r.windows).toFixed(1)} ms/window`, '']);
     await model.close();
   }
 }
@@ -82,13 +89,13 @@ function randomF32(n, scale) {
   return a;
 }
 
-/** A random 4-bit linear, group 128, in the GPTQ layout: codes drawn uniformly, scales ~ 1/(8 sqrt K). */
-function randomPacked(N, K) {
-  const bits = 4, groupSize = 128, groups = Math.ceil(K / groupSize);
+/** A random linear, group 128, in the GPTQ layout: codes drawn uniformly, scales ~ 1/(8 sqrt K). */
+function randomPacked(N, K, bits) {
+  const groupSize = 128, groups = Math.ceil(K / groupSize);
   const q = new Uint8Array(N * K);
   for (let i = 0; i < q.length; i++) {
     state = (Math.imul(state, 1664525) + 1013904223) >>> 0;
-    q[i] = state >>> 28;
+    q[i] = state >>> (32 - bits);
   }
   const scalesF32 = new Float32Array(groups * N).fill(1 / (8 * Math.sqrt(K)));
   const scales = new Uint16Array(groups * N);
@@ -96,18 +103,30 @@ function randomPacked(N, K) {
   return {
     bits, K, N, groupSize, groups, zeroOffset: 1,
     qweight: addon.packQweight(q, N, K, bits),
-    qzeros: addon.packQzeros(new Int32Array(groups * N).fill(8), groups, N, bits, 1),
+    qzeros: addon.packQzeros(new Int32Array(groups * N).fill(1 << (bits - 1)), groups, N, bits, 1),
     scales,
   };
 }
 
-async function synthetic(kind) {
+/** Bytes one decoded token reads: every linear once (as the decode kernels read it) and the f32 head. */
+function bytesPerToken(bits) {
+  let b = shape.vocab * shape.dim * 4;
+  for (const [N, K] of Object.values(dims)) {
+    const blocks = Math.ceil(N / 16), groups = Math.ceil(K / 128);
+    b += shape.layers * (bits ? blocks * 16 * Math.ceil(K / 32) * 32 * bits / 8 + blocks * 16 * groups * 3 : N * K * 4);
+  }
+  return b;
+}
+const readBw = addon.streamReadBandwidth ? Math.max(addon.streamReadBandwidth(256 << 20, 1, 5), addon.streamReadBandwidth(256 << 20, info.threads, 5)) : NaN;
+const jsonRows = [];
+
+async function synthetic(kind, bits) {
   const model = Model.create(config, { device: 'cpu' });
   await model.setGlobals({ embed: { dtype: 'f32', data: randomF32(shape.vocab * shape.dim, 0.02) }, finalNorm: new Float32Array(shape.dim).fill(1) });
   for (let b = 0; b < shape.layers; b++) {
     const w = { attnNorm: new Float32Array(shape.dim).fill(1), mlpNorm: new Float32Array(shape.dim).fill(1) };
     for (const [name, [N, K]] of Object.entries(dims)) {
-      w[name] = kind === 'f32' ? { dtype: 'f32', data: randomF32(N * K, 1 / Math.sqrt(K)) } : { packed: randomPacked(N, K) };
+      w[name] = kind === 'f32' ? { dtype: 'f32', data: randomF32(N * K, 1 / Math.sqrt(K)) } : { packed: randomPacked(N, K, bits) };
     }
     await model.setBlockWeights(b, w);
   }
@@ -115,7 +134,7 @@ async function synthetic(kind) {
   await model.nll(ids.subarray(0, 64)); // warm-up
   let t = performance.now();
   let c = cpuSeconds();
-  await model.nll(ids, { batch: WINDOWS, seq: 512 });
+  if (!flag('skip-prefill')) await model.nll(ids, { batch: WINDOWS, seq: 512 });
   const prefill = (performance.now() - t) / 1000;
   const prefillCpu = cpuSeconds() - c;
   const session = await model.createSession(512);
@@ -127,16 +146,25 @@ async function synthetic(kind) {
   const decodeCpu = cpuSeconds() - c;
   session.close();
   const gb = (model.weightBytes / 2 ** 30).toFixed(2);
-  rows.push([`dim 2048 x 8 layers, ${kind} weights (${gb} GiB)`, `prefill ${WINDOWS} x 512`, `${Math.round((512 * WINDOWS) / prefill)} tok/s`, `${Math.round((512 * WINDOWS) / prefillCpu)} tok/CPU-s`, `${prefill.toFixed(2)} s`]);
-  rows.push([`dim 2048 x 8 layers, ${kind} weights (${gb} GiB)`, `decode ${DECODE} tokens (KV cache, batch 1)`, `${(DECODE / decode).toFixed(2)} tok/s`, `${(DECODE / decodeCpu).toFixed(2)} tok/CPU-s`, `${((decode * 1000) / DECODE).toFixed(0)} ms/token`]);
+  if (!flag('skip-prefill'))
+    rows.push([`dim 2048 x 8 layers, ${kind} weights (${gb} GiB)`, `prefill ${WINDOWS} x 512`, `${Math.round((512 * WINDOWS) / prefill)} tok/s`, `${Math.round((512 * WINDOWS) / prefillCpu)} tok/CPU-s`, `${prefill.toFixed(2)} s`, '']);
+  const bound = readBw / bytesPerToken(bits);
+  rows.push([`dim 2048 x 8 layers, ${kind} weights (${gb} GiB)`, `decode ${DECODE} tokens (KV cache, batch 1)`, `${(DECODE / decode).toFixed(2)} tok/s`, `${(DECODE / decodeCpu).toFixed(2)} tok/CPU-s`, `${((decode * 1000) / DECODE).toFixed(0)} ms/token`, `${bound.toFixed(2)} tok/s (${(bytesPerToken(bits) / 1e6).toFixed(0)} MB/token)`]);
+  jsonRows.push({ kind, bits: bits ?? 32, decode_tok_s: DECODE / decode, decode_tok_cpu_s: DECODE / decodeCpu, bound_tok_s: bound, bytes_per_token: bytesPerToken(bits), prefill_tok_s: flag('skip-prefill') ? null : (512 * WINDOWS) / prefill });
   await model.close();
 }
 
-if (!flag('skip-f32')) await synthetic('f32');
-if (!flag('skip-packed')) await synthetic('4-bit packed');
+if (!flag('skip-f32')) await synthetic('f32', 0);
+if (!flag('skip-packed')) for (const bits of BITS_LIST) await synthetic(`${bits}-bit packed`, bits);
 
 console.log(`CPU forward pass: ${cpus()[0]?.model ?? 'cpu'}, ${info.threads} threads, ${info.activeSimd}, load average ${loadavg()[0].toFixed(1)}, ${new Date().toISOString().slice(0, 10)}`);
 console.log('');
-console.log('| model | work | throughput (wall) | per CPU-second | time |');
-console.log('| --- | --- | --- | --- | --- |');
+console.log(`streaming read (256 MiB, best of 1 and ${info.threads} threads): ${(readBw / 1e9).toFixed(1)} GB/s`);
+console.log('| model | work | throughput (wall) | per CPU-second | time | bound (read BW / bytes per token) |');
+console.log('| --- | --- | --- | --- | --- | --- |');
 for (const r of rows) console.log(`| ${r.join(' | ')} |`);
+
+const out = join(root, 'bench/results/forward-cpu.json');
+mkdirSync(dirname(out), { recursive: true });
+writeFileSync(`${out}.tmp`, JSON.stringify({ cpu: cpus()[0]?.model, simd: info.activeSimd, threads: info.threads, read_gbs: readBw / 1e9, date: new Date().toISOString(), load_average: loadavg(), rows: jsonRows }, null, 1) + '\n');
+renameSync(`${out}.tmp`, out);
