@@ -1,10 +1,8 @@
 // The CPU's operators for each weight format and the table the CPU backend picks them from.
 // A new CPU kernel is a LinearOp subclass in a file of its own, plus one entry in kCpuKernels.
 #include <algorithm>
-#include <optional>
 #include <vector>
 
-#include "../cpu_gptq/repack.hpp"
 #include "../model/ops.hpp"
 #include "../packed_gemm.hpp"
 #include "linear.hpp"
@@ -71,19 +69,14 @@ class GptqPackedOp : public LinearOp {
     view_.qzeros = qzeros_.data();
     view_.scales = scales_.data();
     view_.g_idx = src.g_idx ? g_idx_.data() : nullptr;
-    if (cpu_gptq::supports(view_)) repacked_.emplace(cpu_gptq::repack(view_));
   }
   void apply(const float* X, int64_t M, float* Y) const override {
-    // Decode (one row) streams the repacked weights with int8 activations (cpu_gptq/repack.hpp
-    // states the error bound); longer inputs, which calibration and perplexity run, keep the exact
-    // f32 product on the GPTQ layout, so checkpoints and evaluations do not change.
-    if (M == 1 && repacked_) cpu_gptq::gemm(*repacked_, X, M, Y);
-    else packed_gemm(X, M, view_, Y);
+    packed_gemm(X, M, view_, Y);
     add_bias(Y, M, N(), bias_);
   }
   int64_t bytes() const override {
     return (int64_t)(qweight_.size() * 4 + qzeros_.size() * 4 + g_idx_.size() * 4 + scales_.size() * 2 +
-                     bias_.size() * 4) + (repacked_ ? repacked_->bytes() : 0);
+                     bias_.size() * 4);
   }
   const char* kernel() const override { return "gptq-packed"; }
 
@@ -91,7 +84,6 @@ class GptqPackedOp : public LinearOp {
   std::vector<int32_t> qweight_, qzeros_, g_idx_;
   std::vector<uint16_t> scales_;
   PackedMatrix view_;
-  std::optional<cpu_gptq::CpuGptqWeights> repacked_;  // the CPU layout of view_ (2/3/4 bits), for M = 1
   std::vector<float> bias_;
 };
 
