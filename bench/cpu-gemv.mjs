@@ -26,7 +26,9 @@ function option(name, fallback) {
 }
 const list = (s) => s.split(',').map(Number);
 const RUNS = Number(option('runs', '9'));
-const SHAPES = option('shapes', '4096x4096,11008x4096,4096x11008,4096x14336').split(',').map((s) => s.split('x').map(Number));
+const SHAPES = option('shapes', '4096x4096,11008x4096,4096x11008,4096x14336')
+  .split(',')
+  .map((s) => s.split('x').map(Number));
 const BITS = list(option('bits', '4,3,2'));
 const MS = list(option('m', '1,4,16,64'));
 const ACT = list(option('act', '0,1'));
@@ -65,7 +67,8 @@ function randomPacked(N, K, bits, actOrder) {
 /** Median seconds of fn, each run followed by a same-size streaming read; returns [s, read bytes/s]. */
 function timeWithRead(fn, bytes) {
   for (let i = 0; i < 2; i++) fn();
-  const t = [], r = [];
+  const t = [],
+    r = [];
   for (let i = 0; i < RUNS; i++) {
     const t0 = performance.now();
     fn();
@@ -82,9 +85,15 @@ const readOne = addon.streamReadBandwidth(256 << 20, 1, 5);
 const readAll = addon.streamReadBandwidth(256 << 20, threads, 5);
 const readGbs = Math.max(readOne, readAll) / 1e9;
 console.log(`# CPU repacked GPTQ products`);
-console.log(`${date}, ${cpu}, ${cpus().length} logical CPUs, SIMD ${info.activeSimd}, ${threads} threads, addon ${addonPath()}, Node ${process.version}, load average ${load0.map((l) => l.toFixed(1)).join(' ')}`);
-console.log(`streaming read of 256 MiB: 1 thread ${(readOne / 1e9).toFixed(1)} GB/s, ${threads} threads ${(readAll / 1e9).toFixed(1)} GB/s`);
-console.log(`median of ${RUNS} runs; bytes = repacked weight bytes read per product; % read = against a same-size streaming read timed alternately\n`);
+console.log(
+  `${date}, ${cpu}, ${cpus().length} logical CPUs, SIMD ${info.activeSimd}, ${threads} threads, addon ${addonPath()}, Node ${process.version}, load average ${load0.map((l) => l.toFixed(1)).join(' ')}`,
+);
+console.log(
+  `streaming read of 256 MiB: 1 thread ${(readOne / 1e9).toFixed(1)} GB/s, ${threads} threads ${(readAll / 1e9).toFixed(1)} GB/s`,
+);
+console.log(
+  `median of ${RUNS} runs; bytes = repacked weight bytes read per product; % read = against a same-size streaming read timed alternately\n`,
+);
 console.log('| N × K | bits | act-order | M | ms | GB/s | % read | GFLOP/s | kernel | before (GPTQ layout) ms |');
 console.log('|---|---|---|---|---|---|---|---|---|---|');
 
@@ -102,7 +111,11 @@ for (const [N, K] of SHAPES) {
         let before = null;
         if (M === 1) [before] = timeWithRead(() => addon.packedGemmSync(X, 1, W, Y), handle.bytes);
         const row = {
-          N, K, M, bits, act_order: act === 1,
+          N,
+          K,
+          M,
+          bits,
+          act_order: act === 1,
           ms: +(t * 1e3).toFixed(4),
           gbs: +(handle.bytes / t / 1e9).toFixed(2),
           pct_read: +((100 * handle.bytes) / t / read).toFixed(1),
@@ -113,14 +126,28 @@ for (const [N, K] of SHAPES) {
           before_ms: before === null ? null : +(before * 1e3).toFixed(4),
         };
         rows.push(row);
-        console.log(`| ${N} × ${K} | ${bits} | ${act ? 'on' : 'off'} | ${M} | ${row.ms.toFixed(3)} | ${row.gbs} | ${row.pct_read}% | ${row.gflops ?? '–'} | ${kernel} | ${row.before_ms?.toFixed(3) ?? '–'} |`);
+        console.log(
+          `| ${N} × ${K} | ${bits} | ${act ? 'on' : 'off'} | ${M} | ${row.ms.toFixed(3)} | ${row.gbs} | ${row.pct_read}% | ${row.gflops ?? '–'} | ${kernel} | ${row.before_ms?.toFixed(3) ?? '–'} |`,
+        );
       }
     }
   }
 }
 
-const result = { cpu, simd: info.activeSimd, threads, read_gbs: +readGbs.toFixed(2), date, load_average: [load0, loadavg()], rows };
+const result = {
+  cpu,
+  simd: info.activeSimd,
+  threads,
+  read_gbs: +readGbs.toFixed(2),
+  date,
+  load_average: [load0, loadavg()],
+  rows,
+};
 mkdirSync(dirname(OUT), { recursive: true });
 writeFileSync(`${OUT}.tmp`, JSON.stringify(result, null, 1) + '\n');
 renameSync(`${OUT}.tmp`, OUT);
-console.log(`\nload average after: ${loadavg().map((l) => l.toFixed(1)).join(' ')}; rows written to ${OUT}`);
+console.log(
+  `\nload average after: ${loadavg()
+    .map((l) => l.toFixed(1))
+    .join(' ')}; rows written to ${OUT}`,
+);

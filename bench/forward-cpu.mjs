@@ -60,7 +60,14 @@ if (!flag('skip-stories')) {
     const c0 = cpuSeconds();
     const r = await perplexity(model, ids, { maxWindows: STORIES_WINDOWS, batch: 4 });
     const cpu = cpuSeconds() - c0;
-    rows.push(['stories260K f32, ppl evaluation', `${r.windows} windows x 512`, `${Math.round((r.windows * 512) / r.seconds)} tok/s`, `${Math.round((r.windows * 512) / cpu)} tok/CPU-s`, `${(r.seconds * 1000 / r.windows).toFixed(1)} ms/window`, '']);
+    rows.push([
+      'stories260K f32, ppl evaluation',
+      `${r.windows} windows x 512`,
+      `${Math.round((r.windows * 512) / r.seconds)} tok/s`,
+      `${Math.round((r.windows * 512) / cpu)} tok/CPU-s`,
+      `${((r.seconds * 1000) / r.windows).toFixed(1)} ms/window`,
+      '',
+    ]);
     await model.close();
   }
 }
@@ -68,15 +75,34 @@ if (!flag('skip-stories')) {
 // ---------------------------------------------------------------- synthetic dim-2048 model
 const shape = { dim: 2048, hidden: 5504, layers: 8, heads: 16, kvHeads: 16, headDim: 128, vocab: 32000, maxSeq: 512 };
 const config = {
-  architecture: 'LlamaForCausalLM', modelType: 'llama', hiddenSize: shape.dim, intermediateSize: shape.hidden,
-  numLayers: shape.layers, numHeads: shape.heads, numKvHeads: shape.kvHeads, headDim: shape.headDim,
-  vocabSize: shape.vocab, maxPositionEmbeddings: shape.maxSeq, rmsNormEps: 1e-5,
-  rope: { theta: 10000, type: 'default', partialRotaryFactor: 1 }, hiddenAct: 'silu', qkvBias: false, oBias: false,
-  mlpBias: false, tieWordEmbeddings: true, eosTokenIds: [], raw: {},
+  architecture: 'LlamaForCausalLM',
+  modelType: 'llama',
+  hiddenSize: shape.dim,
+  intermediateSize: shape.hidden,
+  numLayers: shape.layers,
+  numHeads: shape.heads,
+  numKvHeads: shape.kvHeads,
+  headDim: shape.headDim,
+  vocabSize: shape.vocab,
+  maxPositionEmbeddings: shape.maxSeq,
+  rmsNormEps: 1e-5,
+  rope: { theta: 10000, type: 'default', partialRotaryFactor: 1 },
+  hiddenAct: 'silu',
+  qkvBias: false,
+  oBias: false,
+  mlpBias: false,
+  tieWordEmbeddings: true,
+  eosTokenIds: [],
+  raw: {},
 };
 const dims = {
-  q: [shape.heads * shape.headDim, shape.dim], k: [shape.kvHeads * shape.headDim, shape.dim], v: [shape.kvHeads * shape.headDim, shape.dim],
-  o: [shape.dim, shape.heads * shape.headDim], gate: [shape.hidden, shape.dim], up: [shape.hidden, shape.dim], down: [shape.dim, shape.hidden],
+  q: [shape.heads * shape.headDim, shape.dim],
+  k: [shape.kvHeads * shape.headDim, shape.dim],
+  v: [shape.kvHeads * shape.headDim, shape.dim],
+  o: [shape.dim, shape.heads * shape.headDim],
+  gate: [shape.hidden, shape.dim],
+  up: [shape.hidden, shape.dim],
+  down: [shape.dim, shape.hidden],
 };
 
 let state = 12345;
@@ -91,7 +117,8 @@ function randomF32(n, scale) {
 
 /** A random linear, group 128, in the GPTQ layout: codes drawn uniformly, scales ~ 1/(8 sqrt K). */
 function randomPacked(N, K, bits) {
-  const groupSize = 128, groups = Math.ceil(K / groupSize);
+  const groupSize = 128,
+    groups = Math.ceil(K / groupSize);
   const q = new Uint8Array(N * K);
   for (let i = 0; i < q.length; i++) {
     state = (Math.imul(state, 1664525) + 1013904223) >>> 0;
@@ -101,7 +128,12 @@ function randomPacked(N, K, bits) {
   const scales = new Uint16Array(groups * N);
   addon.convert(new Uint8Array(scalesF32.buffer), 'f32', new Uint8Array(scales.buffer), 'f16', scales.length);
   return {
-    bits, K, N, groupSize, groups, zeroOffset: 1,
+    bits,
+    K,
+    N,
+    groupSize,
+    groups,
+    zeroOffset: 1,
     qweight: addon.packQweight(q, N, K, bits),
     qzeros: addon.packQzeros(new Int32Array(groups * N).fill(1 << (bits - 1)), groups, N, bits, 1),
     scales,
@@ -112,21 +144,31 @@ function randomPacked(N, K, bits) {
 function bytesPerToken(bits) {
   let b = shape.vocab * shape.dim * 4;
   for (const [N, K] of Object.values(dims)) {
-    const blocks = Math.ceil(N / 16), groups = Math.ceil(K / 128);
-    b += shape.layers * (bits ? blocks * 16 * Math.ceil(K / 32) * 32 * bits / 8 + blocks * 16 * groups * 3 : N * K * 4);
+    const blocks = Math.ceil(N / 16),
+      groups = Math.ceil(K / 128);
+    b +=
+      shape.layers * (bits ? (blocks * 16 * Math.ceil(K / 32) * 32 * bits) / 8 + blocks * 16 * groups * 3 : N * K * 4);
   }
   return b;
 }
-const readBw = addon.streamReadBandwidth ? Math.max(addon.streamReadBandwidth(256 << 20, 1, 5), addon.streamReadBandwidth(256 << 20, info.threads, 5)) : NaN;
+const readBw = addon.streamReadBandwidth
+  ? Math.max(addon.streamReadBandwidth(256 << 20, 1, 5), addon.streamReadBandwidth(256 << 20, info.threads, 5))
+  : NaN;
 const jsonRows = [];
 
 async function synthetic(kind, bits) {
   const model = Model.create(config, { device: 'cpu' });
-  await model.setGlobals({ embed: { dtype: 'f32', data: randomF32(shape.vocab * shape.dim, 0.02) }, finalNorm: new Float32Array(shape.dim).fill(1) });
+  await model.setGlobals({
+    embed: { dtype: 'f32', data: randomF32(shape.vocab * shape.dim, 0.02) },
+    finalNorm: new Float32Array(shape.dim).fill(1),
+  });
   for (let b = 0; b < shape.layers; b++) {
     const w = { attnNorm: new Float32Array(shape.dim).fill(1), mlpNorm: new Float32Array(shape.dim).fill(1) };
     for (const [name, [N, K]] of Object.entries(dims)) {
-      w[name] = kind === 'f32' ? { dtype: 'f32', data: randomF32(N * K, 1 / Math.sqrt(K)) } : { packed: randomPacked(N, K, bits) };
+      w[name] =
+        kind === 'f32'
+          ? { dtype: 'f32', data: randomF32(N * K, 1 / Math.sqrt(K)) }
+          : { packed: randomPacked(N, K, bits) };
     }
     await model.setBlockWeights(b, w);
   }
@@ -147,17 +189,41 @@ async function synthetic(kind, bits) {
   session.close();
   const gb = (model.weightBytes / 2 ** 30).toFixed(2);
   if (!flag('skip-prefill'))
-    rows.push([`dim 2048 x 8 layers, ${kind} weights (${gb} GiB)`, `prefill ${WINDOWS} x 512`, `${Math.round((512 * WINDOWS) / prefill)} tok/s`, `${Math.round((512 * WINDOWS) / prefillCpu)} tok/CPU-s`, `${prefill.toFixed(2)} s`, '']);
+    rows.push([
+      `dim 2048 x 8 layers, ${kind} weights (${gb} GiB)`,
+      `prefill ${WINDOWS} x 512`,
+      `${Math.round((512 * WINDOWS) / prefill)} tok/s`,
+      `${Math.round((512 * WINDOWS) / prefillCpu)} tok/CPU-s`,
+      `${prefill.toFixed(2)} s`,
+      '',
+    ]);
   const bound = readBw / bytesPerToken(bits);
-  rows.push([`dim 2048 x 8 layers, ${kind} weights (${gb} GiB)`, `decode ${DECODE} tokens (KV cache, batch 1)`, `${(DECODE / decode).toFixed(2)} tok/s`, `${(DECODE / decodeCpu).toFixed(2)} tok/CPU-s`, `${((decode * 1000) / DECODE).toFixed(0)} ms/token`, `${bound.toFixed(2)} tok/s (${(bytesPerToken(bits) / 1e6).toFixed(0)} MB/token)`]);
-  jsonRows.push({ kind, bits: bits ?? 32, decode_tok_s: DECODE / decode, decode_tok_cpu_s: DECODE / decodeCpu, bound_tok_s: bound, bytes_per_token: bytesPerToken(bits), prefill_tok_s: flag('skip-prefill') ? null : (512 * WINDOWS) / prefill });
+  rows.push([
+    `dim 2048 x 8 layers, ${kind} weights (${gb} GiB)`,
+    `decode ${DECODE} tokens (KV cache, batch 1)`,
+    `${(DECODE / decode).toFixed(2)} tok/s`,
+    `${(DECODE / decodeCpu).toFixed(2)} tok/CPU-s`,
+    `${((decode * 1000) / DECODE).toFixed(0)} ms/token`,
+    `${bound.toFixed(2)} tok/s (${(bytesPerToken(bits) / 1e6).toFixed(0)} MB/token)`,
+  ]);
+  jsonRows.push({
+    kind,
+    bits: bits ?? 32,
+    decode_tok_s: DECODE / decode,
+    decode_tok_cpu_s: DECODE / decodeCpu,
+    bound_tok_s: bound,
+    bytes_per_token: bytesPerToken(bits),
+    prefill_tok_s: flag('skip-prefill') ? null : (512 * WINDOWS) / prefill,
+  });
   await model.close();
 }
 
 if (!flag('skip-f32')) await synthetic('f32', 0);
 if (!flag('skip-packed')) for (const bits of BITS_LIST) await synthetic(`${bits}-bit packed`, bits);
 
-console.log(`CPU forward pass: ${cpus()[0]?.model ?? 'cpu'}, ${info.threads} threads, ${info.activeSimd}, load average ${loadavg()[0].toFixed(1)}, ${new Date().toISOString().slice(0, 10)}`);
+console.log(
+  `CPU forward pass: ${cpus()[0]?.model ?? 'cpu'}, ${info.threads} threads, ${info.activeSimd}, load average ${loadavg()[0].toFixed(1)}, ${new Date().toISOString().slice(0, 10)}`,
+);
 console.log('');
 console.log(`streaming read (256 MiB, best of 1 and ${info.threads} threads): ${(readBw / 1e9).toFixed(1)} GB/s`);
 console.log('| model | work | throughput (wall) | per CPU-second | time | bound (read BW / bytes per token) |');
@@ -166,5 +232,20 @@ for (const r of rows) console.log(`| ${r.join(' | ')} |`);
 
 const out = join(root, 'bench/results/forward-cpu.json');
 mkdirSync(dirname(out), { recursive: true });
-writeFileSync(`${out}.tmp`, JSON.stringify({ cpu: cpus()[0]?.model, simd: info.activeSimd, threads: info.threads, read_gbs: readBw / 1e9, date: new Date().toISOString(), load_average: loadavg(), rows: jsonRows }, null, 1) + '\n');
+writeFileSync(
+  `${out}.tmp`,
+  JSON.stringify(
+    {
+      cpu: cpus()[0]?.model,
+      simd: info.activeSimd,
+      threads: info.threads,
+      read_gbs: readBw / 1e9,
+      date: new Date().toISOString(),
+      load_average: loadavg(),
+      rows: jsonRows,
+    },
+    null,
+    1,
+  ) + '\n',
+);
 renameSync(`${out}.tmp`, out);

@@ -25,7 +25,15 @@ const { values } = parseArgs({
   },
 });
 const data = resolve(root, '../shared/data');
-const shape = { dim: 2048, hidden: 5504, layers: Number(values.layers), heads: 16, kvHeads: 16, headDim: 128, vocab: 32000 };
+const shape = {
+  dim: 2048,
+  hidden: 5504,
+  layers: Number(values.layers),
+  heads: 16,
+  kvHeads: 16,
+  headDim: 128,
+  vocab: 32000,
+};
 
 // A deterministic xorshift stream of roughly normal values (sum of uniforms), as fp16 bit patterns.
 let state = 0x9e3779b9;
@@ -49,7 +57,20 @@ const out = join(dir, 'out');
 try {
   const model = join(dir, 'model');
   const tensors = [];
-  const add = (name, dims, std) => tensors.push([name, new lowbit.Tensor('f16', dims, std === 0 ? ones(dims[0]) : randomHalves(dims.reduce((a, b) => a * b, 1), std))]);
+  const add = (name, dims, std) =>
+    tensors.push([
+      name,
+      new lowbit.Tensor(
+        'f16',
+        dims,
+        std === 0
+          ? ones(dims[0])
+          : randomHalves(
+              dims.reduce((a, b) => a * b, 1),
+              std,
+            ),
+      ),
+    ]);
   const ones = (n) => new lowbit.Tensor('f32', [n], new Float32Array(n).fill(1)).to('f16').data;
   const { dim, hidden, vocab } = shape;
   add('model.embed_tokens.weight', [vocab, dim], 0.02);
@@ -69,24 +90,48 @@ try {
   writeFileSync(
     join(model, 'config.json'),
     JSON.stringify({
-      architectures: ['LlamaForCausalLM'], model_type: 'llama', hidden_size: dim, intermediate_size: hidden,
-      num_hidden_layers: shape.layers, num_attention_heads: shape.heads, num_key_value_heads: shape.kvHeads,
-      head_dim: shape.headDim, vocab_size: vocab, max_position_embeddings: 4096, rms_norm_eps: 1e-5,
-      rope_theta: 10000, tie_word_embeddings: true, bos_token_id: 1, eos_token_id: 2, dtype: 'float16',
+      architectures: ['LlamaForCausalLM'],
+      model_type: 'llama',
+      hidden_size: dim,
+      intermediate_size: hidden,
+      num_hidden_layers: shape.layers,
+      num_attention_heads: shape.heads,
+      num_key_value_heads: shape.kvHeads,
+      head_dim: shape.headDim,
+      vocab_size: vocab,
+      max_position_embeddings: 4096,
+      rms_norm_eps: 1e-5,
+      rope_theta: 10000,
+      tie_word_embeddings: true,
+      bos_token_id: 1,
+      eos_token_id: 2,
+      dtype: 'float16',
     }),
   );
   cpSync(join(data, 'tokenizer.model'), join(model, 'tokenizer.model'));
 
   const started = performance.now();
   const summary = await lowbit.quantize({
-    model, out, method: 'gptq', bits: Number(values.bits), groupSize: Number(values['group-size']),
-    calibration: { files: [join(data, 'wiki.test.raw')], samples: Number(values.samples), seqLen: Number(values['seq-len']), seed: 0 },
+    model,
+    out,
+    method: 'gptq',
+    bits: Number(values.bits),
+    groupSize: Number(values['group-size']),
+    calibration: {
+      files: [join(data, 'wiki.test.raw')],
+      samples: Number(values.samples),
+      seqLen: Number(values['seq-len']),
+      seed: 0,
+    },
     device: values.device,
   });
   const seconds = (performance.now() - started) / 1000;
   const params = shape.layers * (4 * dim * dim + 3 * dim * hidden);
-  const device = values.device === 'cpu' ? `cpu (${cpus().length} threads)` : lowbit.devices().find((d) => d.kind === 'cuda')?.name;
-  console.log(`| ${device} | ${shape.layers} × dim ${dim} (${(params / 1e6).toFixed(0)}M linear weights) | ${values.samples} × ${values['seq-len']} tokens | ${values.bits}-bit g${values['group-size']} | ${seconds.toFixed(1)} s | ${summary.bitsPerWeight.toFixed(3)} |`);
+  const device =
+    values.device === 'cpu' ? `cpu (${cpus().length} threads)` : lowbit.devices().find((d) => d.kind === 'cuda')?.name;
+  console.log(
+    `| ${device} | ${shape.layers} × dim ${dim} (${(params / 1e6).toFixed(0)}M linear weights) | ${values.samples} × ${values['seq-len']} tokens | ${values.bits}-bit g${values['group-size']} | ${seconds.toFixed(1)} s | ${summary.bitsPerWeight.toFixed(3)} |`,
+  );
 } finally {
   rmSync(dir, { recursive: true, force: true });
 }

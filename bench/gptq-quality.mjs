@@ -29,7 +29,9 @@ const GROUPS = option('groups', '-1,32').split(',').map(Number);
 const SAMPLES = Number(option('samples', '128'));
 const SEQ = Number(option('seq-len', '512'));
 const METHODS = option('methods', 'rtn,gptq').split(',');
-const ACT = option('act-order', 'no,yes').split(',').map((v) => v === 'yes');
+const ACT = option('act-order', 'no,yes')
+  .split(',')
+  .map((v) => v === 'yes');
 const MSE = process.argv.includes('--mse');
 const STATIC = process.argv.includes('--static-groups');
 const DAMP = Number(option('damp', '0.01'));
@@ -86,7 +88,9 @@ try {
         await q.close();
         await rm(out, { recursive: true, force: true });
         rows.push({ bits, groupSize, ...s, memPpl, filePpl, bpw: summary.bitsPerWeight, seconds: summary.seconds });
-        console.error(`${s.method} ${bits}-bit g${groupSize}${s.actOrder ? ' act-order' : ''}: ppl ${memPpl.toFixed(4)} (checkpoint ${filePpl.toFixed(4)}), ${summary.seconds.toFixed(1)} s`);
+        console.error(
+          `${s.method} ${bits}-bit g${groupSize}${s.actOrder ? ' act-order' : ''}: ppl ${memPpl.toFixed(4)} (checkpoint ${filePpl.toFixed(4)}), ${summary.seconds.toFixed(1)} s`,
+        );
       }
     }
   }
@@ -95,27 +99,37 @@ try {
   await fp.close();
 }
 
-console.log(`stories260K-hf, eval tinystories-valid.eval.txt (512-token windows), calibration ${SAMPLES}×${SEQ} tokens of tinystories-valid.calib.txt (seed 0), damp ${DAMP}${MSE ? ', MSE grid' : ''}${STATIC ? ', static groups with act-order' : ''}; ${cpus().length} CPU threads (${cpus()[0]?.model}); ${new Date().toISOString().slice(0, 10)}`);
+console.log(
+  `stories260K-hf, eval tinystories-valid.eval.txt (512-token windows), calibration ${SAMPLES}×${SEQ} tokens of tinystories-valid.calib.txt (seed 0), damp ${DAMP}${MSE ? ', MSE grid' : ''}${STATIC ? ', static groups with act-order' : ''}; ${cpus().length} CPU threads (${cpus()[0]?.model}); ${new Date().toISOString().slice(0, 10)}`,
+);
 console.log('');
-console.log('| method | bits | group | act-order | ppl (in memory) | ppl (checkpoint read back) | vs fp32 | bits/weight | quantize time |');
+console.log(
+  '| method | bits | group | act-order | ppl (in memory) | ppl (checkpoint read back) | vs fp32 | bits/weight | quantize time |',
+);
 console.log('| --- | --- | --- | --- | --- | --- | --- | --- | --- |');
 console.log(`| fp32 | 32 | - | - | ${fpPpl.toFixed(4)} | - | - | 32 | - |`);
 for (const r of rows) {
   const vs = `${(((r.memPpl - fpPpl) / fpPpl) * 100).toFixed(1)}%`;
-  console.log(`| ${r.method.toUpperCase()} | ${r.bits} | ${r.groupSize === -1 ? 'per-channel' : r.groupSize} | ${r.method === 'rtn' ? '-' : r.actOrder ? 'yes' : 'no'} | ${r.memPpl.toFixed(4)} | ${r.filePpl.toFixed(4)} | ${vs} | ${r.bpw.toFixed(3)} | ${r.seconds.toFixed(1)} s |`);
+  console.log(
+    `| ${r.method.toUpperCase()} | ${r.bits} | ${r.groupSize === -1 ? 'per-channel' : r.groupSize} | ${r.method === 'rtn' ? '-' : r.actOrder ? 'yes' : 'no'} | ${r.memPpl.toFixed(4)} | ${r.filePpl.toFixed(4)} | ${vs} | ${r.bpw.toFixed(3)} | ${r.seconds.toFixed(1)} s |`,
+  );
 }
 let bad = 0;
 for (const r of rows) {
   if (r.method !== 'gptq') continue;
   const rtn = rows.find((x) => x.method === 'rtn' && x.bits === r.bits && x.groupSize === r.groupSize);
   if (rtn && !(r.memPpl < rtn.memPpl)) {
-    console.error(`GPTQ does not beat RTN at ${r.bits}-bit g${r.groupSize} act-order=${r.actOrder}: ${r.memPpl} vs ${rtn.memPpl}`);
+    console.error(
+      `GPTQ does not beat RTN at ${r.bits}-bit g${r.groupSize} act-order=${r.actOrder}: ${r.memPpl} vs ${rtn.memPpl}`,
+    );
     bad++;
   }
 }
 for (const r of rows) {
   if (Math.abs(r.memPpl - r.filePpl) > 1e-9 * r.memPpl) {
-    console.error(`in-memory and checkpoint ppl differ for ${r.method} ${r.bits}-bit g${r.groupSize}: ${r.memPpl} vs ${r.filePpl}`);
+    console.error(
+      `in-memory and checkpoint ppl differ for ${r.method} ${r.bits}-bit g${r.groupSize}: ${r.memPpl} vs ${r.filePpl}`,
+    );
     bad++;
   }
 }

@@ -19,7 +19,9 @@ function option(name, fallback) {
   const i = process.argv.indexOf(`--${name}`);
   return i >= 0 && i + 1 < process.argv.length ? process.argv[i + 1] : fallback;
 }
-const SHAPES = option('shapes', '4096x4096,11008x4096').split(',').map((s) => s.split('x').map(Number));
+const SHAPES = option('shapes', '4096x4096,11008x4096')
+  .split(',')
+  .map((s) => s.split('x').map(Number));
 const TOKENS = Number(option('tokens', String(128 * 2048)));
 const BITS = Number(option('bits', '4'));
 const GROUP = Number(option('group', '128'));
@@ -71,16 +73,29 @@ for (const [N, K] of SHAPES) {
   const gSeconds = (performance.now() - t0) / 1000;
   // FLOPs: Hessian K^2 * tokens (lower triangle of X^T X, multiply + add); sweep: factorization
   // 2/3 K^3 (double) + lazy updates ~ N K^2 (f32).
-  rows.push({ N, K, hSeconds, gSeconds, hGflops: (K * K * TOKENS) / hSeconds / 1e9, gGflops: ((2 / 3) * K ** 3 + N * K * K) / gSeconds / 1e9, loss: r.loss, damp: r.dampPercent });
+  rows.push({
+    N,
+    K,
+    hSeconds,
+    gSeconds,
+    hGflops: (K * K * TOKENS) / hSeconds / 1e9,
+    gGflops: ((2 / 3) * K ** 3 + N * K * K) / gSeconds / 1e9,
+    loss: r.loss,
+    damp: r.dampPercent,
+  });
   console.error(`${N}x${K}: Hessian ${hSeconds.toFixed(1)} s, GPTQ ${gSeconds.toFixed(1)} s`);
 }
 for (const { h } of hessians.values()) h.free();
 
 const info = native().buildInfo();
-console.log(`${cpus().length} threads (${cpus()[0]?.model}), addon ${info.buildSystem} ${info.activeSimd}, load average ${loadavg()[0].toFixed(2)}; ${TOKENS} tokens; ${BITS}-bit g${GROUP}${ACT_ORDER ? ' act-order' : ''}; ${new Date().toISOString().slice(0, 10)}`);
+console.log(
+  `${cpus().length} threads (${cpus()[0]?.model}), addon ${info.buildSystem} ${info.activeSimd}, load average ${loadavg()[0].toFixed(2)}; ${TOKENS} tokens; ${BITS}-bit g${GROUP}${ACT_ORDER ? ' act-order' : ''}; ${new Date().toISOString().slice(0, 10)}`,
+);
 console.log('');
 console.log('| N × K | Hessian (tokens × K²) | Hessian GFLOP/s | GPTQ sweep | sweep GFLOP/s | total | damp used |');
 console.log('| --- | --- | --- | --- | --- | --- | --- |');
 for (const r of rows) {
-  console.log(`| ${r.N} × ${r.K} | ${r.hSeconds.toFixed(1)} s | ${r.hGflops.toFixed(0)} | ${r.gSeconds.toFixed(1)} s | ${r.gGflops.toFixed(0)} | ${(r.hSeconds + r.gSeconds).toFixed(1)} s | ${r.damp} |`);
+  console.log(
+    `| ${r.N} × ${r.K} | ${r.hSeconds.toFixed(1)} s | ${r.hGflops.toFixed(0)} | ${r.gSeconds.toFixed(1)} s | ${r.gGflops.toFixed(0)} | ${(r.hSeconds + r.gSeconds).toFixed(1)} s | ${r.damp} |`,
+  );
 }

@@ -72,11 +72,25 @@ for (const bits of BITS) {
   const weights = layers.reduce((n, l) => n + l.weights.N * l.weights.K, 0);
   const part = (k) => layers.reduce((n, l) => n + l.report.bits[k], 0) / weights;
   const row = {
-    method: 'spqr', bits, group: `${spqrOptions.beta1}×${spqrOptions.beta2}`, ppl, bpw: averageBits(layers), outlierRate: nnz / weights, seconds,
-    parts: { weights: part('weights'), firstLevel: part('firstLevel'), secondLevel: part('secondLevel'), permutation: part('permutation'), outliers: part('outliers') },
+    method: 'spqr',
+    bits,
+    group: `${spqrOptions.beta1}×${spqrOptions.beta2}`,
+    ppl,
+    bpw: averageBits(layers),
+    outlierRate: nnz / weights,
+    seconds,
+    parts: {
+      weights: part('weights'),
+      firstLevel: part('firstLevel'),
+      secondLevel: part('secondLevel'),
+      permutation: part('permutation'),
+      outliers: part('outliers'),
+    },
   };
   rows.push(row);
-  console.error(`SpQR ${bits}-bit: ppl ${ppl.toFixed(4)}, ${row.bpw.toFixed(3)} bits/weight, outliers ${(100 * row.outlierRate).toFixed(2)}%, ${seconds.toFixed(1)} s`);
+  console.error(
+    `SpQR ${bits}-bit: ppl ${ppl.toFixed(4)}, ${row.bpw.toFixed(3)} bits/weight, outliers ${(100 * row.outlierRate).toFixed(2)}%, ${seconds.toFixed(1)} s`,
+  );
 }
 
 if (BASELINES) {
@@ -87,29 +101,58 @@ if (BASELINES) {
         for (const method of ['rtn', 'gptq']) {
           const out = join(work, `${method}-${bits}-${groupSize}`);
           const summary = await quantize({
-            model: modelDir, out, method, bits, groupSize, actOrder: method === 'gptq',
+            model: modelDir,
+            out,
+            method,
+            bits,
+            groupSize,
+            actOrder: method === 'gptq',
             calibration: method === 'gptq' ? { files: [calib], samples: SAMPLES, seqLen: SEQ, seed: 0 } : undefined,
           });
           const q = await openModel(out, { device: 'cpu' });
           const ppl = await pplOf(q);
           await q.close();
           await rm(out, { recursive: true, force: true });
-          rows.push({ method, bits, group: groupSize === -1 ? 'per-channel' : `${groupSize}`, ppl, bpw: summary.bitsPerWeight, seconds: summary.seconds });
-          console.error(`${method} ${bits}-bit g${groupSize}: ppl ${ppl.toFixed(4)}, ${summary.bitsPerWeight.toFixed(3)} bits/weight`);
+          rows.push({
+            method,
+            bits,
+            group: groupSize === -1 ? 'per-channel' : `${groupSize}`,
+            ppl,
+            bpw: summary.bitsPerWeight,
+            seconds: summary.seconds,
+          });
+          console.error(
+            `${method} ${bits}-bit g${groupSize}: ppl ${ppl.toFixed(4)}, ${summary.bitsPerWeight.toFixed(3)} bits/weight`,
+          );
         }
   } finally {
     await rm(work, { recursive: true, force: true });
   }
 }
 
-const meta = { model: 'stories260K-hf', eval: 'tinystories-valid.eval.txt', calibration: `${SAMPLES}x${SEQ} seed 0`, spqrOptions, threads: cpus().length, cpu: cpus()[0]?.model, date: new Date().toISOString() };
+const meta = {
+  model: 'stories260K-hf',
+  eval: 'tinystories-valid.eval.txt',
+  calibration: `${SAMPLES}x${SEQ} seed 0`,
+  spqrOptions,
+  threads: cpus().length,
+  cpu: cpus()[0]?.model,
+  date: new Date().toISOString(),
+};
 await mkdir(join(root, 'bench/results'), { recursive: true });
-await writeFile(join(root, `bench/results/${option('out', 'spqr-quality')}.json`), JSON.stringify({ meta, rows }, null, 2) + '\n');
-console.log(`stories260K-hf, eval tinystories-valid.eval.txt (512-token windows), calibration ${SAMPLES}×${SEQ} tokens of tinystories-valid.calib.txt (seed 0); SpQR ${JSON.stringify(spqrOptions)}, act-order; GPTQ act-order; ${meta.threads} CPU threads; ${meta.date.slice(0, 10)}`);
+await writeFile(
+  join(root, `bench/results/${option('out', 'spqr-quality')}.json`),
+  JSON.stringify({ meta, rows }, null, 2) + '\n',
+);
+console.log(
+  `stories260K-hf, eval tinystories-valid.eval.txt (512-token windows), calibration ${SAMPLES}×${SEQ} tokens of tinystories-valid.calib.txt (seed 0); SpQR ${JSON.stringify(spqrOptions)}, act-order; GPTQ act-order; ${meta.threads} CPU threads; ${meta.date.slice(0, 10)}`,
+);
 console.log('');
 console.log('| method | bits | groups | ppl | vs fp32 | bits/weight | outliers |');
 console.log('| --- | --- | --- | --- | --- | --- | --- |');
 for (const r of rows.sort((a, b) => b.bits - a.bits || a.bpw - b.bpw)) {
   const vs = r.method === 'fp32' ? '-' : `${(((r.ppl - fpPpl) / fpPpl) * 100).toFixed(1)}%`;
-  console.log(`| ${r.method.toUpperCase()} | ${r.bits} | ${r.group} | ${r.ppl.toFixed(4)} | ${vs} | ${r.bpw.toFixed(3)} | ${r.outlierRate === undefined ? '-' : `${(100 * r.outlierRate).toFixed(2)}%`} |`);
+  console.log(
+    `| ${r.method.toUpperCase()} | ${r.bits} | ${r.group} | ${r.ppl.toFixed(4)} | ${vs} | ${r.bpw.toFixed(3)} | ${r.outlierRate === undefined ? '-' : `${(100 * r.outlierRate).toFixed(2)}%`} |`,
+  );
 }

@@ -22,6 +22,8 @@ for (const [kind, src] of Object.entries(sources)) {
     const first = runs[0];
     const best = Math.min(...runs);
     const mb = Buffer.byteLength(text) / 1e6;
-    console.log(`${kind.padEnd(15)} ${file.padEnd(22)} ${ids.length} tokens  first ${first.toFixed(0)} ms  best ${best.toFixed(0)} ms  (${(mb / (best / 1000)).toFixed(2)} MB/s)`);
+    console.log(
+      `${kind.padEnd(15)} ${file.padEnd(22)} ${ids.length} tokens  first ${first.toFixed(0)} ms  best ${best.toFixed(0)} ms  (${(mb / (best / 1000)).toFixed(2)} MB/s)`,
+    );
   }
 }

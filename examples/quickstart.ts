@@ -15,8 +15,11 @@ console.log(devices()); // [{ kind: 'cpu', threads: 2, simd: 'avx2' }, ...CUDA G
 // A fresh output folder each run (quantize refuses to overwrite a finished checkpoint).
 const out = join(mkdtempSync(join(tmpdir(), 'lowbit-quickstart-')), 'stories260K-gptq-4bit');
 const job = quantize({
-  model: bundled.model, out,
-  method: 'gptq', bits: 4, groupSize: 32,
+  model: bundled.model,
+  out,
+  method: 'gptq',
+  bits: 4,
+  groupSize: 32,
   calibration: { files: [bundled.calibrationText], samples: 32, seqLen: 512 },
 });
 job.on('progress', (p) => process.stderr.write(`\rquantizing: ${p.done}/${p.total} linears`));

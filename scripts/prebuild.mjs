@@ -56,10 +56,16 @@ const needs = readVersionNeeds(built);
 const glibc = glibcNeeded(needs);
 const libraries = [...needs.keys()];
 console.log(`prebuild: the binary needs glibc ${glibc} (${libraries.join(', ')})`);
-if (libraries.some((l) => /^lib(stdc\+\+|gcc_s)\.so/.test(l))) throw new Error(`prebuild: ${built} needs a shared libstdc++/libgcc (${libraries.join(', ')}): they must be linked statically`);
-if (useSysroot && compareVersions(glibc, GLIBC_FLOOR) > 0) throw new Error(`prebuild: ${built} needs glibc ${glibc}, above the floor ${GLIBC_FLOOR}`);
+if (libraries.some((l) => /^lib(stdc\+\+|gcc_s)\.so/.test(l)))
+  throw new Error(
+    `prebuild: ${built} needs a shared libstdc++/libgcc (${libraries.join(', ')}): they must be linked statically`,
+  );
+if (useSysroot && compareVersions(glibc, GLIBC_FLOOR) > 0)
+  throw new Error(`prebuild: ${built} needs glibc ${glibc}, above the floor ${GLIBC_FLOOR}`);
 
-const target = resolve(options.target ?? join(root, 'prebuilds', `${process.platform}-${process.arch}`, 'lowbit.napi.node'));
+const target = resolve(
+  options.target ?? join(root, 'prebuilds', `${process.platform}-${process.arch}`, 'lowbit.napi.node'),
+);
 mkdirSync(dirname(target), { recursive: true });
 copyFileSync(built, target + '.tmp');
 renameSync(target + '.tmp', target);

@@ -18,7 +18,9 @@ if (!existsSync(join(root, 'dist', 'index.js'))) {
   execFileSync('npm', ['run', 'build:ts'], { cwd: root, stdio: 'inherit' });
 }
 
-const all = readdirSync(join(root, 'bench')).filter((f) => /^cpu-.*\.mjs$/.test(f)).sort();
+const all = readdirSync(join(root, 'bench'))
+  .filter((f) => /^cpu-.*\.mjs$/.test(f))
+  .sort();
 const chosen = names.length === 0 ? all : names.map((n) => (n.endsWith('.mjs') ? n : `${n}.mjs`));
 let failed = 0;
 for (const file of chosen) {

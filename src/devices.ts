@@ -26,7 +26,8 @@ export function devices(): Device[] {
 
 /** Sets the addon's worker threads (0: one per hardware thread). Returns the count in use. */
 export function setThreads(threads: number): number {
-  if (!Number.isInteger(threads) || threads < 0 || threads > 1024) invalidArgument('threads', 'an integer in [0, 1024]', threads);
+  if (!Number.isInteger(threads) || threads < 0 || threads > 1024)
+    invalidArgument('threads', 'an integer in [0, 1024]', threads);
   return native().setThreads(threads);
 }
 
@@ -43,6 +44,10 @@ export function resolveDevice(spec: DeviceSpec | undefined): number {
   if (!m) invalidArgument('device', "'cpu', 'cuda', 'cuda:<index>' or 'auto'", spec);
   const index = m[1] === undefined ? 0 : Number(m[1]);
   if (gpus.length === 0) throw new LowbitError('E_CUDA_UNAVAILABLE', `device '${s}' requested, but ${reason}`);
-  if (index >= gpus.length) throw new LowbitError('E_CUDA_UNAVAILABLE', `device '${s}' requested, but only ${gpus.length} CUDA device(s) exist`);
+  if (index >= gpus.length)
+    throw new LowbitError(
+      'E_CUDA_UNAVAILABLE',
+      `device '${s}' requested, but only ${gpus.length} CUDA device(s) exist`,
+    );
   return index;
 }

@@ -16,10 +16,13 @@ export type VersionNeeds = Map<string, string[]>;
 export function readVersionNeeds(path: string): VersionNeeds {
   const bytes = readFileSync(path);
   const fail = (what: string): never => {
-    throw new LowbitError('E_IO', `${path} is not a readable ELF64 little-endian shared object: ${what}`, { file: path });
+    throw new LowbitError('E_IO', `${path} is not a readable ELF64 little-endian shared object: ${what}`, {
+      file: path,
+    });
   };
   const at = (offset: number, size: number): number => {
-    if (!Number.isSafeInteger(offset) || offset < 0 || offset + size > bytes.length) fail(`offset ${offset} + ${size} is past the end (${bytes.length} bytes)`);
+    if (!Number.isSafeInteger(offset) || offset < 0 || offset + size > bytes.length)
+      fail(`offset ${offset} + ${size} is past the end (${bytes.length} bytes)`);
     return offset;
   };
   if (bytes.length < 64 || bytes.readUInt32BE(0) !== 0x7f454c46) fail('no ELF magic');

@@ -47,7 +47,12 @@ export class LowbitError extends Error {
   /** The file, tensor or option the error concerns, where there is one. */
   readonly details: Readonly<Record<string, unknown>>;
 
-  constructor(code: LowbitErrorCode, message: string, details: Record<string, unknown> = {}, options?: { cause?: unknown }) {
+  constructor(
+    code: LowbitErrorCode,
+    message: string,
+    details: Record<string, unknown> = {},
+    options?: { cause?: unknown },
+  ) {
     super(message, options);
     this.name = 'LowbitError';
     this.code = code;
@@ -62,13 +67,20 @@ export function isLowbitErrorCode(code: unknown): code is LowbitErrorCode {
 /** Describes a value for an error message: "-1 of type number". */
 export function describe(value: unknown): string {
   if (value === null) return 'null';
-  if (ArrayBuffer.isView(value)) return `${value.constructor.name}(${(value as { length?: number }).length ?? value.byteLength})`;
-  if (typeof value === 'string') return `${JSON.stringify(value.length > 60 ? value.slice(0, 57) + '...' : value)} of type string`;
+  if (ArrayBuffer.isView(value))
+    return `${value.constructor.name}(${(value as { length?: number }).length ?? value.byteLength})`;
+  if (typeof value === 'string')
+    return `${JSON.stringify(value.length > 60 ? value.slice(0, 57) + '...' : value)} of type string`;
   if (typeof value === 'object') return `${Array.isArray(value) ? 'array' : 'object'}`;
   return `${String(value)} of type ${typeof value}`;
 }
 
 /** Throws E_ARGUMENT naming the option, what was expected and what came. */
-export function invalidArgument(name: string, expected: string, value: unknown, code: LowbitErrorCode = 'E_ARGUMENT'): never {
+export function invalidArgument(
+  name: string,
+  expected: string,
+  value: unknown,
+  code: LowbitErrorCode = 'E_ARGUMENT',
+): never {
   throw new LowbitError(code, `Expected ${expected} for ${name} but received ${describe(value)}`, { option: name });
 }

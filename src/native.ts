@@ -121,7 +121,8 @@ export interface NativeDense {
 }
 
 /** One linear layer: dense, or packed in the GPTQ layout; an optional f32 bias [N]. */
-export type NativeLinear = (NativeDense & { packed?: undefined; bias?: Float32Array }) | { packed: PackedWeights; bias?: Float32Array };
+export type NativeLinear =
+  (NativeDense & { packed?: undefined; bias?: Float32Array }) | { packed: PackedWeights; bias?: Float32Array };
 
 export type NativeLinearName = 'q' | 'k' | 'v' | 'o' | 'gate' | 'up' | 'down';
 /** Inputs of a block's linears: q/k/v share one, gate/up share one. */
@@ -230,7 +231,13 @@ export interface Addon {
   packedGemmSync(X: Float32Array, M: number, W: PackedWeights, Y: Float32Array, device?: number): void;
   dequantize(W: PackedWeights): Float32Array;
   denseGemm(X: Float32Array, M: number, W: Float32Array, N: number, K: number, Y: Float32Array): Promise<void>;
-  convert(src: Uint8Array, from: 'f32' | 'f16' | 'bf16', dst: Uint8Array, to: 'f32' | 'f16' | 'bf16', count: number): void;
+  convert(
+    src: Uint8Array,
+    from: 'f32' | 'f16' | 'bf16',
+    dst: Uint8Array,
+    to: 'f32' | 'f16' | 'bf16',
+    count: number,
+  ): void;
 
   // --- repacked CPU GPTQ operator (native/binding/cpu_gptq.cpp; native/core/cpu_gptq/repack.hpp)
   /** Repacks 2/3/4-bit GPTQ weights once into the CPU layout (int8 dot-product kernels). */
@@ -251,11 +258,36 @@ export interface Addon {
   /** CPU ops of the forward pass, exposed for tests against float64 references (sync, small inputs). */
   opRmsNorm(x: Float32Array, rows: number, dim: number, weight: Float32Array, eps: number, out: Float32Array): void;
   /** in place; row r is at position p0 + r */
-  opRope(x: Float32Array, rows: number, heads: number, headDim: number, p0: number, invFreq: Float32Array, scale: number): void;
+  opRope(
+    x: Float32Array,
+    rows: number,
+    heads: number,
+    headDim: number,
+    p0: number,
+    invFreq: Float32Array,
+    scale: number,
+  ): void;
   /** causal attention of n positions (0..n-1) */
-  opAttention(q: Float32Array, k: Float32Array, v: Float32Array, n: number, heads: number, kvHeads: number, headDim: number, out: Float32Array): void;
+  opAttention(
+    q: Float32Array,
+    k: Float32Array,
+    v: Float32Array,
+    n: number,
+    heads: number,
+    kvHeads: number,
+    headDim: number,
+    out: Float32Array,
+  ): void;
   opSwiglu(gate: Float32Array, up: Float32Array, out: Float32Array): void;
-  opLinear(x: Float32Array, M: number, weight: NativeDense, N: number, K: number, bias: Float32Array | null, out: Float32Array): void;
+  opLinear(
+    x: Float32Array,
+    M: number,
+    weight: NativeDense,
+    N: number,
+    K: number,
+    bias: Float32Array | null,
+    out: Float32Array,
+  ): void;
   opNll(logits: Float32Array, rows: number, vocab: number, targets: Int32Array, out: Float32Array): void;
 
   // --- weight formats and prepared linears (native/binding/linear.cpp)
@@ -267,7 +299,10 @@ export interface Addon {
    * prepares one linear on a device (-1 or omitted: CPU); `kernel` forces a table entry by name;
    * `activations` 'f16'/'bf16' (CUDA kernels that take them: gptq-tc) makes x and out Uint16Arrays
    */
-  linearCreate(weights: LinearWeights, options?: { device?: number; kernel?: string; activations?: 'f32' | 'f16' | 'bf16' }): NativePreparedLinear;
+  linearCreate(
+    weights: LinearWeights,
+    options?: { device?: number; kernel?: string; activations?: 'f32' | 'f16' | 'bf16' },
+  ): NativePreparedLinear;
 
   // --- GPTQ (native/binding/gptq.cpp)
   /** A K x K running-mean Hessian H = (2/n) sum x x^T, held natively (fp32): on the host (device -1, default) or a CUDA device. */
@@ -279,7 +314,13 @@ export interface Addon {
   hessianRead(handle: NativeHessian): Float32Array;
   /** Frees the K x K buffer now (later use rejects with E_CLOSED). */
   hessianFree(handle: NativeHessian): void;
-  gptqQuantize(W: Float32Array, N: number, K: number, H: Float32Array | NativeHessian, options: NativeGptqOptions): Promise<NativeGptqResult>;
+  gptqQuantize(
+    W: Float32Array,
+    N: number,
+    K: number,
+    H: Float32Array | NativeHessian,
+    options: NativeGptqOptions,
+  ): Promise<NativeGptqResult>;
 }
 
 /** The package root (holds package.json, build/, prebuilds/), from src/ or dist/. */
@@ -325,7 +366,8 @@ function wrapFunction<F extends (...args: never[]) => unknown>(fn: F): F {
 function wrapAddon(raw: Record<string, unknown>): Addon {
   const out: Record<string, unknown> = {};
   for (const [name, value] of Object.entries(raw)) {
-    out[name] = typeof value === 'function' && /^[a-z]/.test(name) ? wrapFunction(value as (...a: never[]) => unknown) : value;
+    out[name] =
+      typeof value === 'function' && /^[a-z]/.test(name) ? wrapFunction(value as (...a: never[]) => unknown) : value;
   }
   return out as unknown as Addon;
 }
@@ -375,10 +417,12 @@ export function loadFirstAddon(paths: readonly string[]): { addon: Addon; path: 
       'Tried:',
       ...failures,
       'Fixes:',
-      ...(process.env.LOWBIT_ADDON ? ['  - LOWBIT_ADDON is set: point it at a lowbit.node that exists and loads, or unset it to use the prebuilt'] : []),
+      ...(process.env.LOWBIT_ADDON
+        ? ['  - LOWBIT_ADDON is set: point it at a lowbit.node that exists and loads, or unset it to use the prebuilt']
+        : []),
       `  - the prebuilt addon is for linux-x64 with glibc 2.28 or newer: reinstall lowbit if prebuilds/${process.platform}-${process.arch}/ is missing`,
       '  - or build from source: in a clone of lowbit, npm ci && npm run build:native (needs cmake and a C++17 compiler; CUDA is optional),',
-      '    then set LOWBIT_ADDON to the clone\'s build/Release/lowbit.node',
+      "    then set LOWBIT_ADDON to the clone's build/Release/lowbit.node",
     ].join('\n'),
     { failures },
   );

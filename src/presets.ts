@@ -43,7 +43,9 @@ const MARLIN_MIN_N = 64;
 const MARLIN_MIN_K = 128;
 
 /** The linear layers' [N, K] of a Llama-family model, by module name. */
-function linearShapes(c: Pick<LlamaConfig, 'hiddenSize' | 'intermediateSize' | 'numHeads' | 'numKvHeads' | 'headDim'>): [string, number, number][] {
+function linearShapes(
+  c: Pick<LlamaConfig, 'hiddenSize' | 'intermediateSize' | 'numHeads' | 'numKvHeads' | 'headDim'>,
+): [string, number, number][] {
   const q = c.numHeads * c.headDim;
   const kv = c.numKvHeads * c.headDim;
   return [
@@ -61,13 +63,22 @@ function linearShapes(c: Pick<LlamaConfig, 'hiddenSize' | 'intermediateSize' | '
  * Why vLLM's fast GPTQ kernels would refuse a checkpoint with these settings (empty: they take it),
  * for the model's shapes when `config` is given, split over `tensorParallel` GPUs.
  */
-export function vllmWarnings(s: PresetSettings, config?: Pick<LlamaConfig, 'hiddenSize' | 'intermediateSize' | 'numHeads' | 'numKvHeads' | 'headDim'>, tensorParallel = 1): string[] {
+export function vllmWarnings(
+  s: PresetSettings,
+  config?: Pick<LlamaConfig, 'hiddenSize' | 'intermediateSize' | 'numHeads' | 'numKvHeads' | 'headDim'>,
+  tensorParallel = 1,
+): string[] {
   const out: string[] = [];
   if (s.bits !== 4 && s.bits !== 8) out.push(`${s.bits}-bit: vLLM's fast kernels take 4 or 8 bits`);
-  if (!s.sym) out.push('asymmetric grids (sym false): vLLM\'s Marlin kernels take symmetric GPTQ only');
-  if (!MARLIN_GROUP_SIZES.includes(s.groupSize)) out.push(`group size ${s.groupSize}: vLLM's fast kernels take 32, 64, 128 or per-channel`);
-  if (s.actOrder && !s.staticGroups) out.push('act-order without static groups writes desc_act true: vLLM cannot split such layers across GPUs by input rows (add --static-groups)');
-  if (s.checkpointFormat !== 'gptq') out.push(`checkpoint format ${s.checkpointFormat}: vLLM reads the gptq (v1) zero-point layout`);
+  if (!s.sym) out.push("asymmetric grids (sym false): vLLM's Marlin kernels take symmetric GPTQ only");
+  if (!MARLIN_GROUP_SIZES.includes(s.groupSize))
+    out.push(`group size ${s.groupSize}: vLLM's fast kernels take 32, 64, 128 or per-channel`);
+  if (s.actOrder && !s.staticGroups)
+    out.push(
+      'act-order without static groups writes desc_act true: vLLM cannot split such layers across GPUs by input rows (add --static-groups)',
+    );
+  if (s.checkpointFormat !== 'gptq')
+    out.push(`checkpoint format ${s.checkpointFormat}: vLLM reads the gptq (v1) zero-point layout`);
   if (config) {
     for (const [name, N, K] of linearShapes(config)) {
       // column-parallel layers split N, row-parallel ones (o, down) split K
@@ -75,9 +86,16 @@ export function vllmWarnings(s: PresetSettings, config?: Pick<LlamaConfig, 'hidd
       const n = rowParallel ? N : N / tensorParallel;
       const k = rowParallel ? K / tensorParallel : K;
       const problems: string[] = [];
-      if (!Number.isInteger(n) || n % MARLIN_MIN_N !== 0) problems.push(`output size ${N}${tensorParallel > 1 && !rowParallel ? `/${tensorParallel}` : ''} is not a multiple of ${MARLIN_MIN_N}`);
-      if (!Number.isInteger(k) || k % MARLIN_MIN_K !== 0) problems.push(`input size ${K}${tensorParallel > 1 && rowParallel ? `/${tensorParallel}` : ''} is not a multiple of ${MARLIN_MIN_K}`);
-      else if (s.groupSize > 0 && k % s.groupSize !== 0) problems.push(`input size ${k} is not a multiple of the group size ${s.groupSize}`);
+      if (!Number.isInteger(n) || n % MARLIN_MIN_N !== 0)
+        problems.push(
+          `output size ${N}${tensorParallel > 1 && !rowParallel ? `/${tensorParallel}` : ''} is not a multiple of ${MARLIN_MIN_N}`,
+        );
+      if (!Number.isInteger(k) || k % MARLIN_MIN_K !== 0)
+        problems.push(
+          `input size ${K}${tensorParallel > 1 && rowParallel ? `/${tensorParallel}` : ''} is not a multiple of ${MARLIN_MIN_K}`,
+        );
+      else if (s.groupSize > 0 && k % s.groupSize !== 0)
+        problems.push(`input size ${k} is not a multiple of the group size ${s.groupSize}`);
       if (problems.length > 0) out.push(`${name} (${N}x${K}): ${problems.join(', ')}`);
     }
   }

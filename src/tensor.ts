@@ -29,9 +29,13 @@ export class Tensor<D extends DType = DType> {
   readonly data: DTypeArrays[D];
 
   constructor(dtype: D, shape: readonly number[], data: DTypeArrays[D]) {
-    for (const d of shape) if (!Number.isInteger(d) || d < 0) invalidArgument('shape', 'non-negative integer dimensions', shape, 'E_SHAPE');
+    for (const d of shape)
+      if (!Number.isInteger(d) || d < 0) invalidArgument('shape', 'non-negative integer dimensions', shape, 'E_SHAPE');
     if (data.length !== numel(shape)) {
-      throw new LowbitError('E_SHAPE', `a ${dtype} tensor of shape [${shape.join(', ')}] needs ${numel(shape)} elements, got ${data.length}`);
+      throw new LowbitError(
+        'E_SHAPE',
+        `a ${dtype} tensor of shape [${shape.join(', ')}] needs ${numel(shape)} elements, got ${data.length}`,
+      );
     }
     this.dtype = dtype;
     this.shape = Object.freeze([...shape]);
@@ -50,7 +54,10 @@ export class Tensor<D extends DType = DType> {
     const n = numel(shape);
     const size = DTYPE_BYTES[dtype];
     if (bytes.byteLength !== n * size) {
-      throw new LowbitError('E_SHAPE', `${bytes.byteLength} bytes cannot hold a ${dtype} tensor of shape [${shape.join(', ')}]`);
+      throw new LowbitError(
+        'E_SHAPE',
+        `${bytes.byteLength} bytes cannot hold a ${dtype} tensor of shape [${shape.join(', ')}]`,
+      );
     }
     // Typed arrays need aligned offsets; copy once when the source is not aligned.
     const src = bytes.byteOffset % size === 0 ? bytes : bytes.slice();

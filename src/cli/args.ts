@@ -7,7 +7,11 @@ import { LowbitError } from '../errors.js';
 
 export type OptionSpec = NonNullable<ParseArgsConfig['options']>;
 
-export function parse(argv: string[], options: OptionSpec, usage: string): { values: Record<string, string | boolean | (string | boolean)[] | undefined>; positionals: string[] } {
+export function parse(
+  argv: string[],
+  options: OptionSpec,
+  usage: string,
+): { values: Record<string, string | boolean | (string | boolean)[] | undefined>; positionals: string[] } {
   try {
     return parseArgs({ args: argv, options, allowPositionals: true, strict: true });
   } catch (err) {
@@ -19,11 +23,19 @@ export function parse(argv: string[], options: OptionSpec, usage: string): { val
  * A numeric option: `fallback` when absent; a usage error naming the option and what it accepts
  * (`expected`, e.g. "2, 3, 4 or 8") when it is no number or fails `check`.
  */
-export function numberOption(value: string | undefined, name: string, fallback: number, check?: (n: number) => boolean, expected = 'a valid number'): number {
+export function numberOption(
+  value: string | undefined,
+  name: string,
+  fallback: number,
+  check?: (n: number) => boolean,
+  expected = 'a valid number',
+): number {
   if (value === undefined) return fallback;
   const n = value.trim() === '' ? NaN : Number(value);
   if (!Number.isFinite(n) || (check && !check(n))) {
-    throw new LowbitError('E_ARGUMENT', `--${name} must be ${expected}, not ${JSON.stringify(value)}`, { option: name });
+    throw new LowbitError('E_ARGUMENT', `--${name} must be ${expected}, not ${JSON.stringify(value)}`, {
+      option: name,
+    });
   }
   return n;
 }

@@ -21,8 +21,10 @@ export async function run(argv: string[]): Promise<number> {
     { out: { type: 'string' }, tokenizer: { type: 'string' }, 'keep-extra-whitespace': { type: 'boolean' } },
     usage,
   );
-  if (positionals.length !== 1) throw new LowbitError('E_ARGUMENT', `expected one llama2.c checkpoint, got ${positionals.length}\n\n${usage}`);
-  if (typeof values.out !== 'string') throw new LowbitError('E_ARGUMENT', `--out <dir> is required\n\n${usage}`, { option: 'out' });
+  if (positionals.length !== 1)
+    throw new LowbitError('E_ARGUMENT', `expected one llama2.c checkpoint, got ${positionals.length}\n\n${usage}`);
+  if (typeof values.out !== 'string')
+    throw new LowbitError('E_ARGUMENT', `--out <dir> is required\n\n${usage}`, { option: 'out' });
   const result = await convertLlama2c(positionals[0]!, values.out, {
     tokenizer: values.tokenizer as string | undefined,
     normalizer: values['keep-extra-whitespace'] ? { removeExtraWhitespaces: false } : undefined,

@@ -17,12 +17,21 @@ export async function run(argv: string[]): Promise<number> {
   }
   for (const d of list) {
     if (d.kind === 'cpu') console.log(`cpu      ${d.threads} threads, ${d.simd}`);
-    else console.log(`cuda:${d.index}   ${d.name} (sm_${d.computeCapability.replace('.', '')}, ${(d.totalMemory / 2 ** 30).toFixed(1)} GiB)`);
+    else
+      console.log(
+        `cuda:${d.index}   ${d.name} (sm_${d.computeCapability.replace('.', '')}, ${(d.totalMemory / 2 ** 30).toFixed(1)} GiB)`,
+      );
   }
   const cuda = list.filter((d) => d.kind === 'cuda');
   if (cuda.length === 0) console.log(`(no CUDA devices: ${native().cudaDevices().reason})`);
-  const archs = !build.cuda ? 'none (built without CUDA)' : build.cudaArchs ? build.cudaArchs : 'compiled in (architectures not recorded by this build)';
+  const archs = !build.cuda
+    ? 'none (built without CUDA)'
+    : build.cudaArchs
+      ? build.cudaArchs
+      : 'compiled in (architectures not recorded by this build)';
   console.log(`addon    ${addon.path}`);
-  console.log(`         ${build.buildSystem} build of sources ${build.sourceHash}; SIMD: ${build.simd} detected, ${build.activeSimd} in use; CUDA: ${archs}`);
+  console.log(
+    `         ${build.buildSystem} build of sources ${build.sourceHash}; SIMD: ${build.simd} detected, ${build.activeSimd} in use; CUDA: ${archs}`,
+  );
   return 0;
 }

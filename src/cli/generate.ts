@@ -35,26 +35,60 @@ export async function run(argv: string[]): Promise<number> {
     },
     usage,
   );
-  if (positionals.length > 0) throw new LowbitError('E_ARGUMENT', `unexpected argument '${positionals[0]}'\n\n${usage}`);
+  if (positionals.length > 0)
+    throw new LowbitError('E_ARGUMENT', `unexpected argument '${positionals[0]}'\n\n${usage}`);
   const modelPath = values.model as string | undefined;
   const prompt = values.prompt as string | undefined;
   if (!modelPath) throw new LowbitError('E_ARGUMENT', `--model is required\n\n${usage}`, { option: 'model' });
-  if (prompt === undefined) throw new LowbitError('E_ARGUMENT', `--prompt is required\n\n${usage}`, { option: 'prompt' });
-  const maxTokens = numberOption(values['max-tokens'] as string | undefined, 'max-tokens', 128, (n) => Number.isInteger(n) && n >= 1, 'a positive integer');
-  const temperature = numberOption(values.temperature as string | undefined, 'temperature', 1, (n) => n >= 0, 'a number >= 0 (0: greedy)');
-  const topP = numberOption(values['top-p'] as string | undefined, 'top-p', 0.9, (n) => n > 0 && n <= 1, 'a number in (0, 1]');
-  const seed = values.seed === undefined ? undefined : numberOption(values.seed as string, 'seed', 0, Number.isInteger, 'an integer');
+  if (prompt === undefined)
+    throw new LowbitError('E_ARGUMENT', `--prompt is required\n\n${usage}`, { option: 'prompt' });
+  const maxTokens = numberOption(
+    values['max-tokens'] as string | undefined,
+    'max-tokens',
+    128,
+    (n) => Number.isInteger(n) && n >= 1,
+    'a positive integer',
+  );
+  const temperature = numberOption(
+    values.temperature as string | undefined,
+    'temperature',
+    1,
+    (n) => n >= 0,
+    'a number >= 0 (0: greedy)',
+  );
+  const topP = numberOption(
+    values['top-p'] as string | undefined,
+    'top-p',
+    0.9,
+    (n) => n > 0 && n <= 1,
+    'a number in (0, 1]',
+  );
+  const seed =
+    values.seed === undefined
+      ? undefined
+      : numberOption(values.seed as string, 'seed', 0, Number.isInteger, 'an integer');
 
-  const model = await openModel(await resolveModelArg(modelPath), { device: (values.device as DeviceSpec | undefined) ?? 'auto', tokenizer: (values.tokenizer as string | undefined) ?? true });
+  const model = await openModel(await resolveModelArg(modelPath), {
+    device: (values.device as DeviceSpec | undefined) ?? 'auto',
+    tokenizer: (values.tokenizer as string | undefined) ?? true,
+  });
   try {
     const tokenizer = model.tokenizer;
     if (!tokenizer) {
       // before anything is printed: a llama2.c checkpoint carries no vocabulary
-      throw new LowbitError('E_ARGUMENT', `${modelPath} has no tokenizer (a llama2.c checkpoint carries none): give one with --tokenizer <tokenizer.bin|tokenizer.model|tokenizer.json>`, { option: 'tokenizer' });
+      throw new LowbitError(
+        'E_ARGUMENT',
+        `${modelPath} has no tokenizer (a llama2.c checkpoint carries none): give one with --tokenizer <tokenizer.bin|tokenizer.model|tokenizer.json>`,
+        { option: 'tokenizer' },
+      );
     }
     const ids = tokenizer.encode(prompt, { bos: tokenizer.bosId !== undefined });
     if (ids.length >= model.maxSeq) {
-      throw new LowbitError('E_ARGUMENT', `--prompt is ${ids.length} tokens; the model's context is ${model.maxSeq} tokens, so it must be shorter`, { option: 'prompt' });
+      throw new LowbitError(
+        'E_ARGUMENT',
+        `--prompt is ${ids.length} tokens; the model's context is ${model.maxSeq} tokens, so it must be shorter`,
+        { option: 'prompt' },
+      );
     }
     const decoder = new StreamDecoder(tokenizer);
     for (const id of ids) decoder.push(id);
@@ -66,7 +100,9 @@ export async function run(argv: string[]): Promise<number> {
     }
     process.stdout.write('\n');
     if (produced < maxTokens && ids.length + produced >= model.maxSeq) {
-      process.stderr.write(`(stopped after ${produced} tokens: the model's context of ${model.maxSeq} tokens is full)\n`);
+      process.stderr.write(
+        `(stopped after ${produced} tokens: the model's context of ${model.maxSeq} tokens is full)\n`,
+      );
     }
     return 0;
   } finally {

@@ -13,7 +13,8 @@ bits per weight, the total size and every tensor (name, dtype, shape, bytes).
 
 export async function run(argv: string[]): Promise<number> {
   const { values, positionals } = parse(argv, { json: { type: 'boolean' } }, usage);
-  if (positionals.length !== 1) throw new LowbitError('E_ARGUMENT', `expected one file or directory, got ${positionals.length}\n\n${usage}`);
+  if (positionals.length !== 1)
+    throw new LowbitError('E_ARGUMENT', `expected one file or directory, got ${positionals.length}\n\n${usage}`);
   const report = await inspectModel(await resolveModelArg(positionals[0]!));
   console.log(values.json ? JSON.stringify(report, null, 2) : formatReport(report));
   return 0;

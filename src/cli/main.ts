@@ -14,10 +14,22 @@ interface Command {
 const COMMANDS: Record<string, Command> = {
   devices: { summary: 'list the CPU and CUDA devices lowbit can use', load: () => import('./devices.js') },
   ppl: { summary: 'perplexity of a text under a model (non-overlapping windows)', load: () => import('./ppl.js') },
-  generate: { summary: 'generate text from a prompt, streaming tokens as they come', load: () => import('./generate.js') },
-  convert: { summary: 'convert a llama2.c checkpoint into a Hugging Face directory', load: () => import('./convert.js') },
-  inspect: { summary: 'show a model file or directory: architecture, tensors, quantization, size', load: () => import('./inspect.js') },
-  quantize: { summary: 'quantize a model into a GPTQ checkpoint (GPTQ or RTN, 2/3/4/8 bits)', load: () => import('./quantize.js') },
+  generate: {
+    summary: 'generate text from a prompt, streaming tokens as they come',
+    load: () => import('./generate.js'),
+  },
+  convert: {
+    summary: 'convert a llama2.c checkpoint into a Hugging Face directory',
+    load: () => import('./convert.js'),
+  },
+  inspect: {
+    summary: 'show a model file or directory: architecture, tensors, quantization, size',
+    load: () => import('./inspect.js'),
+  },
+  quantize: {
+    summary: 'quantize a model into a GPTQ checkpoint (GPTQ or RTN, 2/3/4/8 bits)',
+    load: () => import('./quantize.js'),
+  },
 };
 
 function help(): string {
@@ -33,7 +45,9 @@ function help(): string {
 
 /** The package's version (package.json, two levels above src/cli and dist/cli). */
 export function version(): string {
-  const pkg = JSON.parse(readFileSync(fileURLToPath(new URL('../../package.json', import.meta.url)), 'utf8')) as { version: string };
+  const pkg = JSON.parse(readFileSync(fileURLToPath(new URL('../../package.json', import.meta.url)), 'utf8')) as {
+    version: string;
+  };
   return pkg.version;
 }
 

@@ -8,7 +8,8 @@ export async function resolveModelArg(path: string): Promise<string> {
   const progress = new Progress(`downloading ${path}`);
   try {
     const dir = await resolveModelPath(path, {
-      onProgress: (p) => progress.update(p.bytes, p.totalBytes, `${formatBytes(p.bytes)} / ${formatBytes(p.totalBytes)}  ${p.file}`),
+      onProgress: (p) =>
+        progress.update(p.bytes, p.totalBytes, `${formatBytes(p.bytes)} / ${formatBytes(p.totalBytes)}  ${p.file}`),
     });
     progress.finish();
     process.stderr.write(`${path}: ${dir}\n`);

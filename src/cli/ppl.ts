@@ -36,22 +36,43 @@ export async function run(argv: string[]): Promise<number> {
     },
     usage,
   );
-  if (positionals.length > 0) throw new LowbitError('E_ARGUMENT', `unexpected argument '${positionals[0]}'\n\n${usage}`);
+  if (positionals.length > 0)
+    throw new LowbitError('E_ARGUMENT', `unexpected argument '${positionals[0]}'\n\n${usage}`);
   const modelPath = values.model as string | undefined;
   const dataPath = values.data as string | undefined;
   if (!modelPath) throw new LowbitError('E_ARGUMENT', `--model is required\n\n${usage}`, { option: 'model' });
   if (!dataPath) throw new LowbitError('E_ARGUMENT', `--data is required\n\n${usage}`, { option: 'data' });
   const isCount = (n: number) => Number.isInteger(n) && n >= 1;
-  const seqLen = values['seq-len'] === undefined ? undefined : numberOption(values['seq-len'] as string, 'seq-len', 0, (n) => Number.isInteger(n) && n >= 2, 'an integer >= 2');
-  const maxWindows = values['max-windows'] === undefined ? undefined : numberOption(values['max-windows'] as string, 'max-windows', 0, isCount, 'a positive integer');
+  const seqLen =
+    values['seq-len'] === undefined
+      ? undefined
+      : numberOption(
+          values['seq-len'] as string,
+          'seq-len',
+          0,
+          (n) => Number.isInteger(n) && n >= 2,
+          'an integer >= 2',
+        );
+  const maxWindows =
+    values['max-windows'] === undefined
+      ? undefined
+      : numberOption(values['max-windows'] as string, 'max-windows', 0, isCount, 'a positive integer');
 
   let text: string;
   try {
     text = await readFile(dataPath, 'utf8');
   } catch (err) {
-    throw new LowbitError('E_IO', `cannot read ${dataPath}: ${(err as Error).message}`, { file: dataPath }, { cause: err });
+    throw new LowbitError(
+      'E_IO',
+      `cannot read ${dataPath}: ${(err as Error).message}`,
+      { file: dataPath },
+      { cause: err },
+    );
   }
-  const model = await openModel(await resolveModelArg(modelPath), { device: (values.device as DeviceSpec | undefined) ?? 'auto', tokenizer: (values.tokenizer as string | undefined) ?? true });
+  const model = await openModel(await resolveModelArg(modelPath), {
+    device: (values.device as DeviceSpec | undefined) ?? 'auto',
+    tokenizer: (values.tokenizer as string | undefined) ?? true,
+  });
   const progress = new Progress('perplexity');
   try {
     const result = await perplexity(model, text, {
@@ -59,7 +80,11 @@ export async function run(argv: string[]): Promise<number> {
       maxWindows,
       batch: 4,
       onProgress: (p: PerplexityProgress) =>
-        progress.update(p.windows, p.totalWindows, `${p.windows}/${p.totalWindows} windows, ${Math.round(p.seconds > 0 ? p.tokens / p.seconds : 0)} tok/s, ppl ${Math.exp(p.nll).toFixed(4)}`),
+        progress.update(
+          p.windows,
+          p.totalWindows,
+          `${p.windows}/${p.totalWindows} windows, ${Math.round(p.seconds > 0 ? p.tokens / p.seconds : 0)} tok/s, ppl ${Math.exp(p.nll).toFixed(4)}`,
+        ),
     });
     progress.finish();
     const device = model.device < 0 ? 'cpu' : `cuda:${model.device}`;
@@ -67,7 +92,9 @@ export async function run(argv: string[]): Promise<number> {
       console.log(JSON.stringify({ model: modelPath, data: dataPath, device, ...result }, null, 2));
     } else {
       console.log(`ppl ${result.ppl.toFixed(4)}  (NLL ${result.nll.toFixed(6)} nats/token)`);
-      console.log(`${result.windows} windows x ${result.seqLen} tokens (${result.predicted} predictions of ${result.tokens} tokens), ${device}, ${result.seconds.toFixed(1)} s, ${Math.round((result.windows * result.seqLen) / result.seconds)} tok/s`);
+      console.log(
+        `${result.windows} windows x ${result.seqLen} tokens (${result.predicted} predictions of ${result.tokens} tokens), ${device}, ${result.seconds.toFixed(1)} s, ${Math.round((result.windows * result.seqLen) / result.seconds)} tok/s`,
+      );
     }
     return 0;
   } finally {

@@ -17,7 +17,10 @@ export function formatBytes(n: number): string {
   const units = ['KiB', 'MiB', 'GiB', 'TiB'];
   let v = n / 1024;
   let u = 0;
-  while (v >= 1024 && u < units.length - 1) (v /= 1024), u++;
+  while (v >= 1024 && u < units.length - 1) {
+    v /= 1024;
+    u++;
+  }
   return `${v.toFixed(v < 10 ? 2 : 1)} ${units[u]}`;
 }
 
@@ -70,7 +73,12 @@ export class Progress {
   line(done: number, total: number, detail: string, width?: number): string {
     const fraction = total > 0 ? Math.min(1, done / total) : 0;
     const elapsed = (Date.now() - this.started) / 1000;
-    const eta = fraction >= 1 ? `done in ${formatDuration(elapsed)}` : fraction > 0 ? `ETA ${formatDuration((elapsed * (1 - fraction)) / fraction)}` : '';
+    const eta =
+      fraction >= 1
+        ? `done in ${formatDuration(elapsed)}`
+        : fraction > 0
+          ? `ETA ${formatDuration((elapsed * (1 - fraction)) / fraction)}`
+          : '';
     const percent = `${Math.floor(fraction * 100)}%`.padStart(4);
     if (width === undefined) return [this.label, percent, detail, eta].filter(Boolean).join('  ');
     const fixed = `${this.label} [] ${percent}  ${eta}`.length;

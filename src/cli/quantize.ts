@@ -105,27 +105,61 @@ export async function run(argv: string[]): Promise<number> {
   if (useBundled) {
     const withCalib = needsCalibration && calib === undefined;
     if (withCalib) calib = [bundled.calibrationText];
-    process.stderr.write(`no --model given: quantizing the bundled stories260K (${bundled.model})${withCalib ? ` on its bundled calibration text (${bundled.calibrationText})` : ''}\n`);
+    process.stderr.write(
+      `no --model given: quantizing the bundled stories260K (${bundled.model})${withCalib ? ` on its bundled calibration text (${bundled.calibrationText})` : ''}\n`,
+    );
   } else if (needsCalibration && calib === undefined) {
-    throw new LowbitError('E_ARGUMENT', `${method.toUpperCase()} needs calibration text: give --calib <file> (repeatable), or --calib self to sample it from the model (or a method that needs none: ${METHOD_NAMES.filter((n) => METHODS[n].calibration === 'none').join(', ')})`, { option: 'calib' });
+    throw new LowbitError(
+      'E_ARGUMENT',
+      `${method.toUpperCase()} needs calibration text: give --calib <file> (repeatable), or --calib self to sample it from the model (or a method that needs none: ${METHOD_NAMES.filter((n) => METHODS[n].calibration === 'none').join(', ')})`,
+      { option: 'calib' },
+    );
   }
   const files = calib === undefined ? undefined : calib.length === 1 && calib[0] === 'self' ? ('self' as const) : calib;
-  if (Array.isArray(files)) for (const f of files) if (!existsSync(f)) throw new LowbitError('E_ARGUMENT', `--calib ${f}: no such file (give text files, or --calib self)`, { option: 'calib' });
+  if (Array.isArray(files))
+    for (const f of files)
+      if (!existsSync(f))
+        throw new LowbitError('E_ARGUMENT', `--calib ${f}: no such file (give text files, or --calib self)`, {
+          option: 'calib',
+        });
   const format = str('format');
-  if (format !== undefined && format !== 'gptq' && format !== 'gptq_v2') throw new LowbitError('E_ARGUMENT', `Expected gptq or gptq_v2 for --format but received ${JSON.stringify(format)}`, { option: 'format' });
+  if (format !== undefined && format !== 'gptq' && format !== 'gptq_v2')
+    throw new LowbitError(
+      'E_ARGUMENT',
+      `Expected gptq or gptq_v2 for --format but received ${JSON.stringify(format)}`,
+      { option: 'format' },
+    );
   // Checked up front for both methods (RTN runs no forward pass, but --device cuda without a GPU is a mistake to report).
   const device = (str('device') ?? 'cpu') as 'cpu' | 'cuda';
-  if (!/^(cpu|cuda(:\d+)?)$/.test(device)) throw new LowbitError('E_ARGUMENT', `--device must be cpu, cuda or cuda:N, not ${JSON.stringify(device)}`, { option: 'device' });
+  if (!/^(cpu|cuda(:\d+)?)$/.test(device))
+    throw new LowbitError('E_ARGUMENT', `--device must be cpu, cuda or cuda:N, not ${JSON.stringify(device)}`, {
+      option: 'device',
+    });
   resolveDevice(device);
   const isCount = (n: number) => Number.isInteger(n) && n >= 1;
   const bits = numberOption(str('bits'), 'bits', 4, isGptqBits, GPTQ_BITS_TEXT) as GptqBits;
-  const groupSize = str('group-size') === 'channel' ? -1 : numberOption(str('group-size'), 'group-size', 128, (n) => n === -1 || isCount(n), "a positive integer, or 'channel' (-1) for one group per output channel");
+  const groupSize =
+    str('group-size') === 'channel'
+      ? -1
+      : numberOption(
+          str('group-size'),
+          'group-size',
+          128,
+          (n) => n === -1 || isCount(n),
+          "a positive integer, or 'channel' (-1) for one group per output channel",
+        );
   const damp = numberOption(str('damp'), 'damp', 0.01, (n) => n >= 0 && n < 1, 'a fraction in [0, 1)');
   const samples = numberOption(str('samples'), 'samples', 128, isCount, 'a positive integer');
-  const seqLen = str('seq-len') === undefined ? undefined : numberOption(str('seq-len'), 'seq-len', 0, (n) => Number.isInteger(n) && n >= 2, 'an integer >= 2');
+  const seqLen =
+    str('seq-len') === undefined
+      ? undefined
+      : numberOption(str('seq-len'), 'seq-len', 0, (n) => Number.isInteger(n) && n >= 2, 'an integer >= 2');
   const seed = numberOption(str('seed'), 'seed', 0, Number.isInteger, 'an integer');
   const preset = str('preset');
-  if (preset !== undefined && !(PRESETS as readonly string[]).includes(preset)) throw new LowbitError('E_ARGUMENT', `--preset must be ${PRESETS.join(' or ')}, not ${JSON.stringify(preset)}`, { option: 'preset' });
+  if (preset !== undefined && !(PRESETS as readonly string[]).includes(preset))
+    throw new LowbitError('E_ARGUMENT', `--preset must be ${PRESETS.join(' or ')}, not ${JSON.stringify(preset)}`, {
+      option: 'preset',
+    });
   const modelPath = useBundled ? bundled.model : await resolveModelArg(str('model')!);
   const given = (k: string) => values[k] !== undefined;
   const settings: PresetSettings = preset
@@ -137,7 +171,14 @@ export async function run(argv: string[]): Promise<number> {
         staticGroups: given('static-groups') ? true : undefined,
         checkpointFormat: format as PresetSettings['checkpointFormat'] | undefined,
       })
-    : { bits, groupSize, sym: values.sym === true, actOrder: values['act-order'] === true, staticGroups: values['static-groups'] === true, checkpointFormat: (format ?? 'gptq') as PresetSettings['checkpointFormat'] };
+    : {
+        bits,
+        groupSize,
+        sym: values.sym === true,
+        actOrder: values['act-order'] === true,
+        staticGroups: values['static-groups'] === true,
+        checkpointFormat: (format ?? 'gptq') as PresetSettings['checkpointFormat'],
+      };
   if (preset === 'vllm') {
     const config = await readLlamaConfig(modelPath).catch(() => undefined);
     for (const w of vllmWarnings(settings, config)) process.stderr.write(`warning (--preset vllm): ${w}\n`);

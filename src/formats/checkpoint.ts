@@ -38,7 +38,12 @@ export class Checkpoint {
     try {
       st = statSync(target);
     } catch (err) {
-      throw new LowbitError('E_IO', `cannot open ${target}: ${(err as Error).message}`, { file: target }, { cause: err });
+      throw new LowbitError(
+        'E_IO',
+        `cannot open ${target}: ${(err as Error).message}`,
+        { file: target },
+        { cause: err },
+      );
     }
     if (st.isDirectory()) {
       if (existsSync(join(target, INDEX_FILE))) return Checkpoint.openIndex(join(target, INDEX_FILE));
@@ -64,14 +69,20 @@ export class Checkpoint {
       for (const shardName of new Set(Object.values(index.weight_map))) {
         const shardPath = join(dir, shardName);
         if (!existsSync(shardPath)) {
-          throw new LowbitError('E_MISSING_SHARD', `${indexFile} names shard ${shardName}, which is not in ${dir}`, { file: shardPath });
+          throw new LowbitError('E_MISSING_SHARD', `${indexFile} names shard ${shardName}, which is not in ${dir}`, {
+            file: shardPath,
+          });
         }
         shards.set(shardName, await SafetensorsFile.open(shardPath));
       }
       for (const [tensor, shardName] of Object.entries(index.weight_map)) {
         const shard = shards.get(shardName)!;
         if (!shard.has(tensor)) {
-          throw new LowbitError('E_MISSING_TENSOR', `${indexFile} puts '${tensor}' in ${shardName}, which does not hold it`, { file: shard.path, tensor });
+          throw new LowbitError(
+            'E_MISSING_TENSOR',
+            `${indexFile} puts '${tensor}' in ${shardName}, which does not hold it`,
+            { file: shard.path, tensor },
+          );
         }
         where.set(tensor, shard);
       }
@@ -96,7 +107,11 @@ export class Checkpoint {
 
   private fileOf(name: string): SafetensorsFile {
     const f = this.where.get(name);
-    if (!f) throw new LowbitError('E_MISSING_TENSOR', `no tensor named '${name}' in the checkpoint at ${this.dir}`, { file: this.dir, tensor: name });
+    if (!f)
+      throw new LowbitError('E_MISSING_TENSOR', `no tensor named '${name}' in the checkpoint at ${this.dir}`, {
+        file: this.dir,
+        tensor: name,
+      });
     return f;
   }
 
@@ -146,10 +161,24 @@ async function readIndex(file: string): Promise<IndexJson> {
   }
   for (const [tensor, shard] of Object.entries(map)) {
     // Shards are plain file names next to the index: refuse paths that climb out of the directory.
-    if (typeof shard !== 'string' || shard === '' || shard.includes('/') || shard.includes('\\') || shard === '..' || shard === '.') {
-      throw new LowbitError('E_SAFETENSORS_HEADER', `${file}: weight_map entry for '${tensor}' is not a shard file name`, { file, tensor });
+    if (
+      typeof shard !== 'string' ||
+      shard === '' ||
+      shard.includes('/') ||
+      shard.includes('\\') ||
+      shard === '..' ||
+      shard === '.'
+    ) {
+      throw new LowbitError(
+        'E_SAFETENSORS_HEADER',
+        `${file}: weight_map entry for '${tensor}' is not a shard file name`,
+        { file, tensor },
+      );
     }
   }
   const metadata = (parsed as { metadata?: unknown }).metadata;
-  return { weight_map: map as Record<string, string>, metadata: typeof metadata === 'object' && metadata !== null ? (metadata as Record<string, unknown>) : {} };
+  return {
+    weight_map: map as Record<string, string>,
+    metadata: typeof metadata === 'object' && metadata !== null ? (metadata as Record<string, unknown>) : {},
+  };
 }

@@ -12,7 +12,13 @@ import type { LlamaConfig, ModelReader } from './hf.js';
 import { Llama2cModel } from './llama2c.js';
 import { CheckpointWriter, tempPath, writeFileAtomic } from './safetensors-writer.js';
 import { SAFETENSORS_DTYPE_OF } from './safetensors.js';
-import { readLlama2cTokenizer, readSentencePieceModel, serializeSentencePieceModel, toTokenizerJson, type NormalizerOptions } from './sentencepiece.js';
+import {
+  readLlama2cTokenizer,
+  readSentencePieceModel,
+  serializeSentencePieceModel,
+  toTokenizerJson,
+  type NormalizerOptions,
+} from './sentencepiece.js';
 
 /** config.json for a model, in transformers-5 style plus the top-level rope_theta older versions read. */
 export function hfConfigJson(config: LlamaConfig, dtype = 'float32'): Record<string, unknown> {
@@ -23,7 +29,8 @@ export function hfConfigJson(config: LlamaConfig, dtype = 'float32'): Record<str
     bos_token_id: config.bosTokenId ?? null,
     dtype,
     torch_dtype: dtype,
-    eos_token_id: config.eosTokenIds.length === 1 ? config.eosTokenIds[0] : config.eosTokenIds.length ? config.eosTokenIds : null,
+    eos_token_id:
+      config.eosTokenIds.length === 1 ? config.eosTokenIds[0] : config.eosTokenIds.length ? config.eosTokenIds : null,
     head_dim: config.headDim,
     hidden_act: config.hiddenAct,
     hidden_size: config.hiddenSize,
@@ -54,7 +61,8 @@ export function orderedTensorNames(model: ModelReader): string[] {
     names.push(b.inputLayernorm);
     for (const l of [b.q, b.k, b.v, b.o]) names.push(...[l.weight, l.bias].filter((n): n is string => n !== undefined));
     names.push(b.postAttentionLayernorm);
-    for (const l of [b.gate, b.up, b.down]) names.push(...[l.weight, l.bias].filter((n): n is string => n !== undefined));
+    for (const l of [b.gate, b.up, b.down])
+      names.push(...[l.weight, l.bias].filter((n): n is string => n !== undefined));
   }
   names.push(t.norm);
   if (!t.tied) names.push(t.lmHead);
@@ -63,7 +71,13 @@ export function orderedTensorNames(model: ModelReader): string[] {
   return [...names.filter((n) => model.names.includes(n)), ...model.names.filter((n) => !known.has(n))];
 }
 
-const TOKENIZER_FILES = ['tokenizer.json', 'tokenizer_config.json', 'tokenizer.model', 'special_tokens_map.json', 'added_tokens.json'];
+const TOKENIZER_FILES = [
+  'tokenizer.json',
+  'tokenizer_config.json',
+  'tokenizer.model',
+  'special_tokens_map.json',
+  'added_tokens.json',
+];
 
 export interface ConvertOptions {
   /** tokenizer.bin (llama2.c), tokenizer.model, or a directory with tokenizer files */
@@ -93,11 +107,17 @@ function tokenizerConfigJson(maxLength: number): Record<string, unknown> {
  * under a temporary name beside it and renamed into place at the end; `outDir` must not exist or
  * be empty.
  */
-export async function convertLlama2c(binPath: string, outDir: string, options: ConvertOptions = {}): Promise<{ dir: string; files: string[] }> {
+export async function convertLlama2c(
+  binPath: string,
+  outDir: string,
+  options: ConvertOptions = {},
+): Promise<{ dir: string; files: string[] }> {
   const target = resolve(outDir);
   const existing = await stat(target).catch(() => undefined);
   if (existing && (!existing.isDirectory() || (await readdir(target)).length > 0)) {
-    throw new LowbitError('E_IO', `${target} exists and is not an empty directory; choose a new --out`, { file: target });
+    throw new LowbitError('E_IO', `${target} exists and is not an empty directory; choose a new --out`, {
+      file: target,
+    });
   }
   const model = await Llama2cModel.open(binPath);
   const work = tempPath(target);
@@ -116,7 +136,11 @@ export async function convertLlama2c(binPath: string, outDir: string, options: C
     await writeFileAtomic(join(work, 'config.json'), JSON.stringify(hfConfigJson(model.config), null, 2) + '\n');
     await writeFileAtomic(
       join(work, 'generation_config.json'),
-      JSON.stringify({ _from_model_config: true, bos_token_id: model.config.bosTokenId, eos_token_id: model.config.eosTokenIds[0] }, null, 2) + '\n',
+      JSON.stringify(
+        { _from_model_config: true, bos_token_id: model.config.bosTokenId, eos_token_id: model.config.eosTokenIds[0] },
+        null,
+        2,
+      ) + '\n',
     );
     if (options.tokenizer) await writeTokenizer(options.tokenizer, work, model, options);
     if (existing) await rm(target, { recursive: true });
@@ -125,14 +149,24 @@ export async function convertLlama2c(binPath: string, outDir: string, options: C
   } catch (err) {
     await rm(work, { recursive: true, force: true });
     if (err instanceof LowbitError) throw err;
-    throw new LowbitError('E_IO', `converting ${binPath} to ${target} failed: ${(err as Error).message}`, { file: target }, { cause: err });
+    throw new LowbitError(
+      'E_IO',
+      `converting ${binPath} to ${target} failed: ${(err as Error).message}`,
+      { file: target },
+      { cause: err },
+    );
   } finally {
     await model.close();
   }
   return { dir: target, files: (await readdir(target)).sort() };
 }
 
-async function writeTokenizer(source: string, dir: string, model: Llama2cModel, options: ConvertOptions): Promise<void> {
+async function writeTokenizer(
+  source: string,
+  dir: string,
+  model: Llama2cModel,
+  options: ConvertOptions,
+): Promise<void> {
   const st = await stat(source).catch(() => undefined);
   if (!st) throw new LowbitError('E_IO', `no tokenizer at ${source}`, { file: source });
   if (st.isDirectory()) {
@@ -144,7 +178,8 @@ async function writeTokenizer(source: string, dir: string, model: Llama2cModel, 
         copied++;
       }
     }
-    if (copied === 0) throw new LowbitError('E_TOKENIZER', `${source} holds none of ${TOKENIZER_FILES.join(', ')}`, { file: source });
+    if (copied === 0)
+      throw new LowbitError('E_TOKENIZER', `${source} holds none of ${TOKENIZER_FILES.join(', ')}`, { file: source });
     return;
   }
   const name = basename(source);
@@ -153,10 +188,16 @@ async function writeTokenizer(source: string, dir: string, model: Llama2cModel, 
   } else {
     // a SentencePiece model (written from llama2.c's tokenizer.bin, or copied), and the
     // tokenizer.json transformers would convert it to
-    const sp = name.endsWith('.bin') ? await readLlama2cTokenizer(source, { vocabSize: model.config.vocabSize, normalizer: options.normalizer }) : await readSentencePieceModel(source);
+    const sp = name.endsWith('.bin')
+      ? await readLlama2cTokenizer(source, { vocabSize: model.config.vocabSize, normalizer: options.normalizer })
+      : await readSentencePieceModel(source);
     if (name.endsWith('.bin')) await writeFileAtomic(join(dir, 'tokenizer.model'), serializeSentencePieceModel(sp));
     else await copyFile(source, join(dir, 'tokenizer.model'));
-    if (sp.modelType === 'bpe') await writeFileAtomic(join(dir, 'tokenizer.json'), JSON.stringify(toTokenizerJson(sp), null, 2) + '\n');
+    if (sp.modelType === 'bpe')
+      await writeFileAtomic(join(dir, 'tokenizer.json'), JSON.stringify(toTokenizerJson(sp), null, 2) + '\n');
   }
-  await writeFileAtomic(join(dir, 'tokenizer_config.json'), JSON.stringify(tokenizerConfigJson(model.config.maxPositionEmbeddings), null, 2) + '\n');
+  await writeFileAtomic(
+    join(dir, 'tokenizer_config.json'),
+    JSON.stringify(tokenizerConfigJson(model.config.maxPositionEmbeddings), null, 2) + '\n',
+  );
 }

@@ -35,7 +35,12 @@ export function ioError(action: string, path: string, err: unknown): LowbitError
       : code === 'ENOTDIR' || code === 'EEXIST'
         ? 'the path or one of its parents exists and is not a directory'
         : (err as Error).message;
-  return new LowbitError('E_IO', `cannot ${action} ${path}: ${reason}${code ? ` (${code})` : ''}`, { file: path, ...(code ? { errno: code } : {}) }, { cause: err });
+  return new LowbitError(
+    'E_IO',
+    `cannot ${action} ${path}: ${reason}${code ? ` (${code})` : ''}`,
+    { file: path, ...(code ? { errno: code } : {}) },
+    { cause: err },
+  );
 }
 
 async function io<T>(kind: string, action: string, path: string, fn: () => Promise<T>): Promise<T> {
@@ -98,7 +103,12 @@ export async function writeAll(handle: FileHandle, path: string, bytes: Uint8Arr
   await io('write', 'write', path, async () => {
     let done = 0;
     while (done < bytes.byteLength) {
-      const { bytesWritten } = await handle.write(bytes, done, Math.min(bytes.byteLength - done, 1 << 30), position + done);
+      const { bytesWritten } = await handle.write(
+        bytes,
+        done,
+        Math.min(bytes.byteLength - done, 1 << 30),
+        position + done,
+      );
       done += bytesWritten;
     }
   });
@@ -154,7 +164,9 @@ export async function copyFileAtomic(from: string, to: string): Promise<void> {
 
 /** Removes a file if it exists. */
 export async function removeFile(path: string): Promise<void> {
-  await io('unlink', 'remove', path, () => unlink(path).catch((err: NodeJS.ErrnoException) => (err.code === 'ENOENT' ? undefined : Promise.reject(err))));
+  await io('unlink', 'remove', path, () =>
+    unlink(path).catch((err: NodeJS.ErrnoException) => (err.code === 'ENOENT' ? undefined : Promise.reject(err))),
+  );
 }
 
 /** Removes a directory tree lowbit created (never called on a user's directory). */

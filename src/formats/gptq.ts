@@ -17,11 +17,38 @@ import { readdir, stat } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { LowbitError, invalidArgument } from '../errors.js';
 import type { PackedWeights } from '../native.js';
-import { GPTQ_BITS, GPTQ_BITS_TEXT, gptqTensors, groupsOf, isGptqBits, packedCount, packedWords, type GptqBits } from '../weights/formats.js';
+import {
+  GPTQ_BITS,
+  GPTQ_BITS_TEXT,
+  gptqTensors,
+  groupsOf,
+  isGptqBits,
+  packedCount,
+  packedWords,
+  type GptqBits,
+} from '../weights/formats.js';
 import { Tensor } from '../tensor.js';
 import { hfConfigJson } from './convert.js';
-import { HfModel, LINEAR_MODULES, LINEAR_NAMES, type LinearName, type LinearTensors, type LlamaConfig, type ModelReader, type ModelTensors } from './hf.js';
-import { copyFileAtomic, ioError, mkdirDurable, removeTree, renameDurable, syncDir, tempPath, writeFileAtomic } from './durable.js';
+import {
+  HfModel,
+  LINEAR_MODULES,
+  LINEAR_NAMES,
+  type LinearName,
+  type LinearTensors,
+  type LlamaConfig,
+  type ModelReader,
+  type ModelTensors,
+} from './hf.js';
+import {
+  copyFileAtomic,
+  ioError,
+  mkdirDurable,
+  removeTree,
+  renameDurable,
+  syncDir,
+  tempPath,
+  writeFileAtomic,
+} from './durable.js';
 import { CheckpointWriter, type TensorSpec } from './safetensors-writer.js';
 import { SAFETENSORS_DTYPE_OF } from './safetensors.js';
 
@@ -62,7 +89,8 @@ export function quantizationConfigJson(q: GptqConfig, config: LlamaConfig): Reco
   const padded: Record<string, { in_features: number; packed_in_features: number }> = {};
   for (const name of LINEAR_NAMES) {
     const { K } = linearDims(config, name);
-    if (packedCount(q.bits, K) !== K) padded[LINEAR_MODULES[name]] = { in_features: K, packed_in_features: packedCount(q.bits, K) };
+    if (packedCount(q.bits, K) !== K)
+      padded[LINEAR_MODULES[name]] = { in_features: K, packed_in_features: packedCount(q.bits, K) };
   }
   return {
     quant_method: 'gptq',
@@ -84,12 +112,21 @@ export function quantizationConfigJson(q: GptqConfig, config: LlamaConfig): Reco
 
 function checkGptqConfig(q: GptqConfig): void {
   if (!isGptqBits(q.bits)) invalidArgument('bits', GPTQ_BITS_TEXT, q.bits, 'E_BITS');
-  if (!(q.groupSize === -1 || (Number.isSafeInteger(q.groupSize) && q.groupSize > 0))) invalidArgument('groupSize', '-1 or a positive integer', q.groupSize, 'E_GROUP_SIZE');
-  if (q.checkpointFormat !== 'gptq' && q.checkpointFormat !== 'gptq_v2') invalidArgument('checkpointFormat', '"gptq" or "gptq_v2"', q.checkpointFormat);
+  if (!(q.groupSize === -1 || (Number.isSafeInteger(q.groupSize) && q.groupSize > 0)))
+    invalidArgument('groupSize', '-1 or a positive integer', q.groupSize, 'E_GROUP_SIZE');
+  if (q.checkpointFormat !== 'gptq' && q.checkpointFormat !== 'gptq_v2')
+    invalidArgument('checkpointFormat', '"gptq" or "gptq_v2"', q.checkpointFormat);
   if (!(q.dampPercent >= 0)) invalidArgument('dampPercent', 'a non-negative number', q.dampPercent);
 }
 
-const TOKENIZER_FILES = ['tokenizer.json', 'tokenizer_config.json', 'tokenizer.model', 'special_tokens_map.json', 'added_tokens.json', 'generation_config.json'];
+const TOKENIZER_FILES = [
+  'tokenizer.json',
+  'tokenizer_config.json',
+  'tokenizer.model',
+  'special_tokens_map.json',
+  'added_tokens.json',
+  'generation_config.json',
+];
 
 export interface GptqWriterOptions {
   /** where tokenizer files (and generation_config.json) are copied from (default: the source model's directory, if it has one) */
@@ -115,7 +152,12 @@ export class GptqWriter {
     private readonly pending: Map<string, { K: number; N: number; groups: number }>,
   ) {}
 
-  static async create(outDir: string, source: ModelReader, gptq: GptqConfig, options: GptqWriterOptions = {}): Promise<GptqWriter> {
+  static async create(
+    outDir: string,
+    source: ModelReader,
+    gptq: GptqConfig,
+    options: GptqWriterOptions = {},
+  ): Promise<GptqWriter> {
     checkGptqConfig(gptq);
     const target = resolve(outDir);
     await checkEmptyTarget(target);
@@ -133,9 +175,11 @@ export class GptqWriter {
     }
     const kept = source.names.filter((n) => !replaced.has(n));
     const specs: TensorSpec[] = [];
-    for (const name of kept) specs.push({ name, dtype: SAFETENSORS_DTYPE_OF[source.dtypeOf(name)], shape: source.shapeOf(name) });
+    for (const name of kept)
+      specs.push({ name, dtype: SAFETENSORS_DTYPE_OF[source.dtypeOf(name)], shape: source.shapeOf(name) });
     for (const [prefix, d] of quantized) {
-      for (const t of gptqTensors(gptq.bits, d.K, d.N, d.groups)) specs.push({ name: `${prefix}.${t.suffix}`, dtype: t.dtype, shape: t.shape });
+      for (const t of gptqTensors(gptq.bits, d.K, d.N, d.groups))
+        specs.push({ name: `${prefix}.${t.suffix}`, dtype: t.dtype, shape: t.shape });
     }
     const work = tempPath(target);
     await mkdirDurable(work);
@@ -145,13 +189,20 @@ export class GptqWriter {
       for (const name of kept) await writer.put(name, await source.readTensor(name));
       const q = quantizationConfigJson(gptq, config);
       const sourceDir = source instanceof HfModel ? source.dir : undefined;
-      const baseConfig = source instanceof HfModel ? { ...source.config.raw } : hfConfigJson(config, dtypeName(source.dtypeOf(source.tensors.embedding)));
-      await writeFileAtomic(join(work, 'config.json'), JSON.stringify({ ...baseConfig, quantization_config: q }, null, 2) + '\n');
+      const baseConfig =
+        source instanceof HfModel
+          ? { ...source.config.raw }
+          : hfConfigJson(config, dtypeName(source.dtypeOf(source.tensors.embedding)));
+      await writeFileAtomic(
+        join(work, 'config.json'),
+        JSON.stringify({ ...baseConfig, quantization_config: q }, null, 2) + '\n',
+      );
       await writeFileAtomic(join(work, 'quantize_config.json'), JSON.stringify(q, null, 2) + '\n');
       const tokenizerDir = options.tokenizerFrom ?? sourceDir;
       if (tokenizerDir) {
         for (const f of TOKENIZER_FILES) {
-          if (await stat(join(tokenizerDir, f)).catch(() => undefined)) await copyFileAtomic(join(tokenizerDir, f), join(work, f));
+          if (await stat(join(tokenizerDir, f)).catch(() => undefined))
+            await copyFileAtomic(join(tokenizerDir, f), join(work, f));
         }
       }
     } catch (err) {
@@ -170,16 +221,40 @@ export class GptqWriter {
   /** Hands over one linear's packed weights (and writes them as soon as their turn comes). */
   async putLinear(prefix: string, w: PackedWeights): Promise<void> {
     const want = this.pending.get(prefix);
-    if (!want) throw new LowbitError('E_ARGUMENT', `'${prefix}' is not a quantized linear of this checkpoint, or was already written`, { tensor: prefix });
+    if (!want)
+      throw new LowbitError(
+        'E_ARGUMENT',
+        `'${prefix}' is not a quantized linear of this checkpoint, or was already written`,
+        { tensor: prefix },
+      );
     const where = { tensor: prefix };
-    if (w.bits !== this.gptq.bits) throw new LowbitError('E_BITS', `${prefix}: packed at ${w.bits} bits, the checkpoint is ${this.gptq.bits}-bit`, where);
-    if (w.K !== want.K || w.N !== want.N) throw new LowbitError('E_SHAPE', `${prefix}: packed K×N ${w.K}×${w.N}, the model needs ${want.K}×${want.N}`, where);
+    if (w.bits !== this.gptq.bits)
+      throw new LowbitError(
+        'E_BITS',
+        `${prefix}: packed at ${w.bits} bits, the checkpoint is ${this.gptq.bits}-bit`,
+        where,
+      );
+    if (w.K !== want.K || w.N !== want.N)
+      throw new LowbitError(
+        'E_SHAPE',
+        `${prefix}: packed K×N ${w.K}×${w.N}, the model needs ${want.K}×${want.N}`,
+        where,
+      );
     const groupSize = this.gptq.groupSize === -1 ? want.K : this.gptq.groupSize;
     if (w.groupSize !== groupSize || w.groups !== want.groups) {
-      throw new LowbitError('E_GROUP_SIZE', `${prefix}: group size ${w.groupSize} with ${w.groups} groups, the checkpoint needs ${groupSize} with ${want.groups}`, where);
+      throw new LowbitError(
+        'E_GROUP_SIZE',
+        `${prefix}: group size ${w.groupSize} with ${w.groups} groups, the checkpoint needs ${groupSize} with ${want.groups}`,
+        where,
+      );
     }
     const zeroOffset = this.gptq.checkpointFormat === 'gptq' ? 1 : 0;
-    if (w.zeroOffset !== zeroOffset) throw new LowbitError('E_GPTQ_FORMAT', `${prefix}: zeros packed with offset ${w.zeroOffset}, ${this.gptq.checkpointFormat} stores offset ${zeroOffset}`, where);
+    if (w.zeroOffset !== zeroOffset)
+      throw new LowbitError(
+        'E_GPTQ_FORMAT',
+        `${prefix}: zeros packed with offset ${w.zeroOffset}, ${this.gptq.checkpointFormat} stores offset ${zeroOffset}`,
+        where,
+      );
     let gIdx = w.gIdx;
     if (!gIdx) {
       gIdx = new Int32Array(want.K);
@@ -199,7 +274,11 @@ export class GptqWriter {
    */
   async finish(beforeRename?: (work: string) => Promise<void>): Promise<string> {
     if (this.pending.size > 0) {
-      throw new LowbitError('E_MISSING_TENSOR', `${this.pending.size} quantized linears were never written (first: '${this.remaining[0]}')`, { file: this.target, tensor: this.remaining[0] });
+      throw new LowbitError(
+        'E_MISSING_TENSOR',
+        `${this.pending.size} quantized linears were never written (first: '${this.remaining[0]}')`,
+        { file: this.target, tensor: this.remaining[0] },
+      );
     }
     try {
       await this.writer.finish();
@@ -210,7 +289,12 @@ export class GptqWriter {
       } catch (err) {
         const code = ((err as LowbitError).cause as NodeJS.ErrnoException | undefined)?.code;
         if (code === 'ENOTEMPTY' || code === 'EEXIST' || code === 'ENOTDIR' || code === 'EISDIR') {
-          throw new LowbitError('E_IO', `${this.target} appeared during the run and is not empty; lowbit does not overwrite what it did not write (move it away, then run again with resume)`, { file: this.target }, { cause: err });
+          throw new LowbitError(
+            'E_IO',
+            `${this.target} appeared during the run and is not empty; lowbit does not overwrite what it did not write (move it away, then run again with resume)`,
+            { file: this.target },
+            { cause: err },
+          );
         }
         throw err;
       }
@@ -270,35 +354,68 @@ export interface StoredTensor {
  * refused when it is opened, naming the values that disagree: qweight I32 [packed(K), N], qzeros
  * I32 [groups, packed(N)], scales F16/BF16/F32 [groups, N], g_idx I32 [K].
  */
-export function checkQuantizedTensors(config: LlamaConfig, tensors: ModelTensors, stored: (name: string) => StoredTensor, file: string): void {
+export function checkQuantizedTensors(
+  config: LlamaConfig,
+  tensors: ModelTensors,
+  stored: (name: string) => StoredTensor,
+  file: string,
+): void {
   const q = config.quantization;
   for (const block of tensors.blocks) {
     for (const name of LINEAR_NAMES) {
       const t = block[name].quantized;
       if (!t) continue;
-      if (!q) throw gptqError(file, `'${t.qweight}' is GPTQ-packed, but config.json has no quantization_config (and there is no quantize_config.json)`, t.qweight);
+      if (!q)
+        throw gptqError(
+          file,
+          `'${t.qweight}' is GPTQ-packed, but config.json has no quantization_config (and there is no quantize_config.json)`,
+          t.qweight,
+        );
       const { K, N } = linearDims(config, name);
       const bits = q.bits;
-      const check = (tensor: string, dtypes: string[], want: (shape: readonly number[]) => number[], what: string, hint?: (shape: readonly number[]) => string): readonly number[] => {
+      const check = (
+        tensor: string,
+        dtypes: string[],
+        want: (shape: readonly number[]) => number[],
+        what: string,
+        hint?: (shape: readonly number[]) => string,
+      ): readonly number[] => {
         const s = stored(tensor);
-        if (!dtypes.includes(s.dtype)) throw gptqError(file, `${what} '${tensor}' is stored as ${s.dtype}, expected ${dtypes.join(' or ')}`, tensor);
+        if (!dtypes.includes(s.dtype))
+          throw gptqError(file, `${what} '${tensor}' is stored as ${s.dtype}, expected ${dtypes.join(' or ')}`, tensor);
         const w = want(s.shape);
         if (s.shape.length !== w.length || s.shape.some((d, i) => d !== w[i])) {
-          throw gptqError(file, `${what} '${tensor}' has shape [${s.shape.join(', ')}]; quantization_config.bits ${bits} with K=${K}, N=${N} needs [${w.join(', ')}]${hint?.(s.shape) ?? ''}`, tensor);
+          throw gptqError(
+            file,
+            `${what} '${tensor}' has shape [${s.shape.join(', ')}]; quantization_config.bits ${bits} with K=${K}, N=${N} needs [${w.join(', ')}]${hint?.(s.shape) ?? ''}`,
+            tensor,
+          );
         }
         return s.shape;
       };
-      const bitsHint = (count: number) => (shape: readonly number[]): string => {
-        const fits = GPTQ_BITS.filter((b) => b !== bits && packedWords(b, count) === shape[0]);
-        return fits.length ? ` (the shape of ${fits.join(' or ')}-bit weights)` : '';
-      };
+      const bitsHint =
+        (count: number) =>
+        (shape: readonly number[]): string => {
+          const fits = GPTQ_BITS.filter((b) => b !== bits && packedWords(b, count) === shape[0]);
+          return fits.length ? ` (the shape of ${fits.join(' or ')}-bit weights)` : '';
+        };
       check(t.qweight, ['I32'], () => [packedWords(bits, K), N], 'qweight', bitsHint(K));
       const scales = check(t.scales, ['F16', 'BF16', 'F32'], (shape) => [Math.max(1, shape[0] ?? 0), N], 'scales');
       const groups = scales[0]!;
-      check(t.qzeros, ['I32'], () => [groups, packedWords(bits, N)], 'qzeros', (shape) => (shape[1] !== undefined && packedWords(bits, N) !== shape[1] ? bitsHint(N)([shape[1]]) : ''));
+      check(
+        t.qzeros,
+        ['I32'],
+        () => [groups, packedWords(bits, N)],
+        'qzeros',
+        (shape) => (shape[1] !== undefined && packedWords(bits, N) !== shape[1] ? bitsHint(N)([shape[1]]) : ''),
+      );
       if (t.gIdx) check(t.gIdx, ['I32'], () => [K], 'g_idx');
       else if (groups !== groupsOf(K, q.groupSize)) {
-        throw gptqError(file, `'${t.scales}' has ${groups} groups, K=${K} with quantization_config.group_size ${q.groupSize} needs ${groupsOf(K, q.groupSize)}`, t.scales);
+        throw gptqError(
+          file,
+          `'${t.scales}' has ${groups} groups, K=${K} with quantization_config.group_size ${q.groupSize} needs ${groupsOf(K, q.groupSize)}`,
+          t.scales,
+        );
       }
     }
   }
@@ -322,7 +439,8 @@ export async function readPackedLinear(model: HfModel, block: number, name: Line
   const b = model.tensors.blocks[block];
   if (!b) invalidArgument('block', `a block index below ${model.tensors.blocks.length}`, block);
   const linear: LinearTensors = b[name];
-  if (!linear.quantized) throw gptqError(file, `'${linear.prefix}' is stored dense (no qweight)`, `${linear.prefix}.qweight`);
+  if (!linear.quantized)
+    throw gptqError(file, `'${linear.prefix}' is stored dense (no qweight)`, `${linear.prefix}.qweight`);
   const { K, N } = linearDims(model.config, name);
   const bits = q.bits;
   // A group as large as K (or larger: a model whose smaller linears have K under the configured
@@ -332,7 +450,11 @@ export async function readPackedLinear(model: HfModel, block: number, name: Line
 
   const expectShape = (tensor: string, shape: readonly number[], want: number[], what: string): void => {
     if (shape.length !== want.length || shape.some((d, i) => d !== want[i])) {
-      throw gptqError(file, `${what} '${tensor}' has shape [${shape.join(', ')}], ${bits}-bit K=${K} N=${N} needs [${want.join(', ')}]`, tensor);
+      throw gptqError(
+        file,
+        `${what} '${tensor}' has shape [${shape.join(', ')}], ${bits}-bit K=${K} N=${N} needs [${want.join(', ')}]`,
+        tensor,
+      );
     }
   };
   const int32 = async (tensor: string): Promise<Tensor<'i32'>> => {
@@ -345,9 +467,11 @@ export async function readPackedLinear(model: HfModel, block: number, name: Line
   const qweight = await int32(t.qweight);
   expectShape(t.qweight, qweight.shape, [packedWords(bits, K), N], 'qweight');
   const scalesRaw = await model.readTensor(t.scales);
-  if (scalesRaw.dtype === 'i32' || scalesRaw.dtype === 'u8') throw gptqError(file, `'${t.scales}' is ${scalesRaw.dtype}, expected a float type`, t.scales);
+  if (scalesRaw.dtype === 'i32' || scalesRaw.dtype === 'u8')
+    throw gptqError(file, `'${t.scales}' is ${scalesRaw.dtype}, expected a float type`, t.scales);
   const scales = scalesRaw.dtype === 'f16' ? (scalesRaw as Tensor<'f16'>) : scalesRaw.to('f16');
-  if (scales.shape.length !== 2 || scales.shape[1] !== N) expectShape(t.scales, scales.shape, [groupsOf(K, q.groupSize), N], 'scales');
+  if (scales.shape.length !== 2 || scales.shape[1] !== N)
+    expectShape(t.scales, scales.shape, [groupsOf(K, q.groupSize), N], 'scales');
   const groups = scales.shape[0]!;
   const qzeros = await int32(t.qzeros);
   expectShape(t.qzeros, qzeros.shape, [groups, packedWords(bits, N)], 'qzeros');
@@ -367,7 +491,11 @@ export async function readPackedLinear(model: HfModel, block: number, name: Line
     if (trivial) gIdx = undefined;
   }
   if (!gIdx && groups !== groupsOf(K, q.groupSize)) {
-    throw gptqError(file, `'${t.scales}' has ${groups} groups, K=${K} with group size ${q.groupSize} needs ${groupsOf(K, q.groupSize)}`, t.scales);
+    throw gptqError(
+      file,
+      `'${t.scales}' has ${groups} groups, K=${K} with group size ${q.groupSize} needs ${groupsOf(K, q.groupSize)}`,
+      t.scales,
+    );
   }
   const w: PackedWeights = {
     bits,

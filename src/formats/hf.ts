@@ -116,23 +116,27 @@ export function parseLlamaConfig(raw: unknown, file = 'config.json'): LlamaConfi
   };
   const num = (obj: Record<string, unknown>, field: string, fallback?: number): number => {
     const v = obj[field] ?? fallback;
-    if (typeof v !== 'number' || !Number.isFinite(v)) throw configError(file, `${field} should be a number, found ${JSON.stringify(v)}`, field);
+    if (typeof v !== 'number' || !Number.isFinite(v))
+      throw configError(file, `${field} should be a number, found ${JSON.stringify(v)}`, field);
     return v;
   };
   const bool = (field: string, fallback: boolean): boolean => {
     const v = c[field] ?? fallback;
-    if (typeof v !== 'boolean') throw configError(file, `${field} should be true or false, found ${JSON.stringify(v)}`, field);
+    if (typeof v !== 'boolean')
+      throw configError(file, `${field} should be true or false, found ${JSON.stringify(v)}`, field);
     return v;
   };
   const optionalId = (field: string): number | undefined => {
     const v = c[field];
     if (v === undefined || v === null) return undefined;
-    if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < 0) throw configError(file, `${field} should be a token id, found ${JSON.stringify(v)}`, field);
+    if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < 0)
+      throw configError(file, `${field} should be a token id, found ${JSON.stringify(v)}`, field);
     return v;
   };
 
   const architectures = c.architectures;
-  const architecture = Array.isArray(architectures) && typeof architectures[0] === 'string' ? architectures[0] : undefined;
+  const architecture =
+    Array.isArray(architectures) && typeof architectures[0] === 'string' ? architectures[0] : undefined;
   const modelType = c.model_type;
   if (typeof modelType !== 'string') throw configError(file, 'has no model_type', 'model_type');
   if (!(SUPPORTED_MODEL_TYPES as readonly string[]).includes(modelType)) {
@@ -147,25 +151,43 @@ export function parseLlamaConfig(raw: unknown, file = 'config.json'): LlamaConfi
   const hiddenSize = int('hidden_size');
   const numHeads = int('num_attention_heads');
   const numKvHeads = int('num_key_value_heads', numHeads);
-  if (numHeads % numKvHeads !== 0) throw configError(file, `num_attention_heads ${numHeads} is not a multiple of num_key_value_heads ${numKvHeads}`, 'num_key_value_heads');
+  if (numHeads % numKvHeads !== 0)
+    throw configError(
+      file,
+      `num_attention_heads ${numHeads} is not a multiple of num_key_value_heads ${numKvHeads}`,
+      'num_key_value_heads',
+    );
   const headDimRaw = c.head_dim;
   let headDim: number;
   if (headDimRaw === undefined || headDimRaw === null) {
-    if (hiddenSize % numHeads !== 0) throw configError(file, `hidden_size ${hiddenSize} is not a multiple of num_attention_heads ${numHeads} and head_dim is not given`, 'head_dim');
+    if (hiddenSize % numHeads !== 0)
+      throw configError(
+        file,
+        `hidden_size ${hiddenSize} is not a multiple of num_attention_heads ${numHeads} and head_dim is not given`,
+        'head_dim',
+      );
     headDim = hiddenSize / numHeads;
   } else headDim = int('head_dim');
   if (headDim % 2 !== 0) throw configError(file, `head_dim ${headDim} is odd; RoPE rotates pairs`, 'head_dim');
 
   const hiddenAct = c.hidden_act ?? c.hidden_activation ?? 'silu';
   if (hiddenAct !== 'silu') {
-    throw new LowbitError('E_UNSUPPORTED', `${file}: hidden_act '${String(hiddenAct)}' is not supported yet (lowbit runs SwiGLU with silu)`, { file, field: 'hidden_act' });
+    throw new LowbitError(
+      'E_UNSUPPORTED',
+      `${file}: hidden_act '${String(hiddenAct)}' is not supported yet (lowbit runs SwiGLU with silu)`,
+      { file, field: 'hidden_act' },
+    );
   }
 
   const attentionBias = bool('attention_bias', false);
   const eos = c.eos_token_id;
   const eosTokenIds = eos === undefined || eos === null ? [] : Array.isArray(eos) ? eos : [eos];
   if (!eosTokenIds.every((e) => typeof e === 'number' && Number.isSafeInteger(e) && e >= 0)) {
-    throw configError(file, `eos_token_id should be a token id or a list of them, found ${JSON.stringify(eos)}`, 'eos_token_id');
+    throw configError(
+      file,
+      `eos_token_id should be a token id or a list of them, found ${JSON.stringify(eos)}`,
+      'eos_token_id',
+    );
   }
 
   const slidingWindow = c.sliding_window;
@@ -213,19 +235,30 @@ function parseRope(
   const scaling = c.rope_scaling;
   let p: Record<string, unknown> = {};
   if (params !== undefined && params !== null) {
-    if (typeof params !== 'object' || Array.isArray(params)) throw configError(file, 'rope_parameters is not an object', 'rope_parameters');
+    if (typeof params !== 'object' || Array.isArray(params))
+      throw configError(file, 'rope_parameters is not an object', 'rope_parameters');
     p = params as Record<string, unknown>;
   } else if (scaling !== undefined && scaling !== null) {
-    if (typeof scaling !== 'object' || Array.isArray(scaling)) throw configError(file, 'rope_scaling is not an object', 'rope_scaling');
+    if (typeof scaling !== 'object' || Array.isArray(scaling))
+      throw configError(file, 'rope_scaling is not an object', 'rope_scaling');
     p = scaling as Record<string, unknown>;
   }
   const theta = num(p, 'rope_theta', num(c, 'rope_theta', 10000));
   const typeName = p.rope_type ?? p.type ?? 'default';
   if (typeof typeName !== 'string' || !(SUPPORTED_ROPE_TYPES as readonly string[]).includes(typeName)) {
-    throw new LowbitError('E_UNSUPPORTED', `${file}: rope type ${JSON.stringify(typeName)} is not supported yet (${SUPPORTED_ROPE_TYPES.join(', ')})`, { file, field: 'rope_parameters' });
+    throw new LowbitError(
+      'E_UNSUPPORTED',
+      `${file}: rope type ${JSON.stringify(typeName)} is not supported yet (${SUPPORTED_ROPE_TYPES.join(', ')})`,
+      { file, field: 'rope_parameters' },
+    );
   }
-  const opt = (field: string): number | undefined => (p[field] === undefined || p[field] === null ? undefined : num(p, field));
-  const rope: RopeConfig = { theta, type: typeName as RopeType, partialRotaryFactor: num(p, 'partial_rotary_factor', num(c, 'partial_rotary_factor', 1)) };
+  const opt = (field: string): number | undefined =>
+    p[field] === undefined || p[field] === null ? undefined : num(p, field);
+  const rope: RopeConfig = {
+    theta,
+    type: typeName as RopeType,
+    partialRotaryFactor: num(p, 'partial_rotary_factor', num(c, 'partial_rotary_factor', 1)),
+  };
   const fields: [keyof RopeConfig, string][] = [
     ['factor', 'factor'],
     ['lowFreqFactor', 'low_freq_factor'],
@@ -239,29 +272,56 @@ function parseRope(
     const v = opt(field);
     if (v !== undefined) (rope as unknown as Record<string, number>)[key] = v;
   }
-  if (rope.type !== 'default' && rope.factor === undefined) throw configError(file, `rope type '${rope.type}' needs a factor`, 'rope_parameters');
+  if (rope.type !== 'default' && rope.factor === undefined)
+    throw configError(file, `rope type '${rope.type}' needs a factor`, 'rope_parameters');
   return rope;
 }
 
-function parseQuantization(q: unknown, file: string, path = 'quantization_config.'): GptqQuantizationConfig | undefined {
+function parseQuantization(
+  q: unknown,
+  file: string,
+  path = 'quantization_config.',
+): GptqQuantizationConfig | undefined {
   if (q === undefined || q === null) return undefined;
-  if (typeof q !== 'object' || Array.isArray(q)) throw configError(file, 'quantization_config is not an object', 'quantization_config');
+  if (typeof q !== 'object' || Array.isArray(q))
+    throw configError(file, 'quantization_config is not an object', 'quantization_config');
   const r = q as Record<string, unknown>;
   const method = r.quant_method;
   if (method !== 'gptq') {
-    throw new LowbitError('E_UNSUPPORTED', `${file}: ${path}quant_method ${JSON.stringify(method)} is not supported (lowbit reads "gptq")`, { file, field: 'quantization_config' });
+    throw new LowbitError(
+      'E_UNSUPPORTED',
+      `${file}: ${path}quant_method ${JSON.stringify(method)} is not supported (lowbit reads "gptq")`,
+      { file, field: 'quantization_config' },
+    );
   }
   const bits = r.bits;
-  if (!isGptqBits(bits)) throw configError(file, `${path}bits should be ${GPTQ_BITS_TEXT}, found ${JSON.stringify(bits)}`, `${path}bits`);
+  if (!isGptqBits(bits))
+    throw configError(file, `${path}bits should be ${GPTQ_BITS_TEXT}, found ${JSON.stringify(bits)}`, `${path}bits`);
   const groupSize = r.group_size ?? -1;
   if (typeof groupSize !== 'number' || !Number.isSafeInteger(groupSize) || (groupSize !== -1 && groupSize < 1)) {
-    throw configError(file, `${path}group_size should be -1 or a positive integer, found ${JSON.stringify(groupSize)}`, `${path}group_size`);
+    throw configError(
+      file,
+      `${path}group_size should be -1 or a positive integer, found ${JSON.stringify(groupSize)}`,
+      `${path}group_size`,
+    );
   }
   const format = r.checkpoint_format ?? 'gptq';
   if (format !== 'gptq' && format !== 'gptq_v2') {
-    throw new LowbitError('E_UNSUPPORTED', `${file}: ${path}checkpoint_format ${JSON.stringify(format)} is not supported (gptq, gptq_v2)`, { file, field: `${path}checkpoint_format` });
+    throw new LowbitError(
+      'E_UNSUPPORTED',
+      `${file}: ${path}checkpoint_format ${JSON.stringify(format)} is not supported (gptq, gptq_v2)`,
+      { file, field: `${path}checkpoint_format` },
+    );
   }
-  return { quantMethod: 'gptq', bits, groupSize, descAct: r.desc_act === true, sym: r.sym !== false, checkpointFormat: format, raw: r };
+  return {
+    quantMethod: 'gptq',
+    bits,
+    groupSize,
+    descAct: r.desc_act === true,
+    sym: r.sym !== false,
+    checkpointFormat: format,
+    raw: r,
+  };
 }
 
 async function readJsonConfig(file: string): Promise<unknown> {
@@ -284,7 +344,8 @@ export async function readLlamaConfig(dir: string): Promise<LlamaConfig> {
   const qfile = join(dir, 'quantize_config.json');
   if (!existsSync(qfile)) return config;
   const qraw = await readJsonConfig(qfile);
-  if (typeof qraw !== 'object' || qraw === null || Array.isArray(qraw)) throw configError(qfile, 'is not a JSON object');
+  if (typeof qraw !== 'object' || qraw === null || Array.isArray(qraw))
+    throw configError(qfile, 'is not a JSON object');
   const q = parseQuantization({ quant_method: 'gptq', ...qraw }, qfile, '')!;
   if (!config.quantization) return { ...config, quantization: q };
   // only fields both files state: either may leave one at its default
@@ -388,15 +449,28 @@ export const LINEAR_MODULES: Record<LinearName, string> = {
  * Maps a config onto tensor names and checks each one is there (`has`). Linears are dense
  * (`.weight`) or GPTQ (`.qweight`, `.qzeros`, `.scales`, `.g_idx`); biases follow the config.
  */
-export function describeTensors(config: LlamaConfig, has: (name: string) => boolean, file = 'checkpoint'): ModelTensors {
+export function describeTensors(
+  config: LlamaConfig,
+  has: (name: string) => boolean,
+  file = 'checkpoint',
+): ModelTensors {
   const need = (name: string): string => {
-    if (!has(name)) throw new LowbitError('E_MISSING_TENSOR', `${file}: the config implies tensor '${name}', which is not in the checkpoint`, { file, tensor: name });
+    if (!has(name))
+      throw new LowbitError(
+        'E_MISSING_TENSOR',
+        `${file}: the config implies tensor '${name}', which is not in the checkpoint`,
+        { file, tensor: name },
+      );
     return name;
   };
   const linear = (prefix: string, withBias: boolean): LinearTensors => {
     const out: LinearTensors = { prefix };
     if (has(`${prefix}.qweight`)) {
-      out.quantized = { qweight: `${prefix}.qweight`, qzeros: need(`${prefix}.qzeros`), scales: need(`${prefix}.scales`) };
+      out.quantized = {
+        qweight: `${prefix}.qweight`,
+        qzeros: need(`${prefix}.qzeros`),
+        scales: need(`${prefix}.scales`),
+      };
       if (has(`${prefix}.g_idx`)) out.quantized.gIdx = `${prefix}.g_idx`;
     } else out.weight = need(`${prefix}.weight`);
     // A bias the config does not announce is still used when present (some exports add them).
@@ -427,17 +501,32 @@ export function describeTensors(config: LlamaConfig, has: (name: string) => bool
   }
   const embedding = need('model.embed_tokens.weight');
   const tied = config.tieWordEmbeddings;
-  return { embedding, blocks, norm: need('model.norm.weight'), lmHead: tied ? embedding : need('lm_head.weight'), tied };
+  return {
+    embedding,
+    blocks,
+    norm: need('model.norm.weight'),
+    lmHead: tied ? embedding : need('lm_head.weight'),
+    tied,
+  };
 }
 
 /** Checks the stored shapes against the config (dense tensors only). */
-export function checkShapes(config: LlamaConfig, tensors: ModelTensors, shapeOf: (name: string) => readonly number[], file = 'checkpoint'): void {
+export function checkShapes(
+  config: LlamaConfig,
+  tensors: ModelTensors,
+  shapeOf: (name: string) => readonly number[],
+  file = 'checkpoint',
+): void {
   const { hiddenSize: h, intermediateSize: f, numHeads, numKvHeads, headDim, vocabSize } = config;
   const expect = (name: string | undefined, shape: number[]): void => {
     if (!name) return;
     const got = shapeOf(name);
     if (got.length !== shape.length || got.some((d, i) => d !== shape[i])) {
-      throw new LowbitError('E_SHAPE', `${file}: tensor '${name}' has shape [${got.join(', ')}], the config implies [${shape.join(', ')}]`, { file, tensor: name });
+      throw new LowbitError(
+        'E_SHAPE',
+        `${file}: tensor '${name}' has shape [${got.join(', ')}], the config implies [${shape.join(', ')}]`,
+        { file, tensor: name },
+      );
     }
   };
   expect(tensors.embedding, [vocabSize, h]);
@@ -492,7 +581,9 @@ export class HfModel implements ModelReader {
     checkPath(dir, 'dir', 'a model directory');
     const root = resolve(dir);
     if (!existsSync(join(root, 'config.json'))) {
-      throw new LowbitError('E_IO', `${root} has no config.json; is it a Hugging Face model directory?`, { file: join(root, 'config.json') });
+      throw new LowbitError('E_IO', `${root} has no config.json; is it a Hugging Face model directory?`, {
+        file: join(root, 'config.json'),
+      });
     }
     const config = await readLlamaConfig(root);
     const checkpoint = await Checkpoint.open(root);
@@ -525,7 +616,10 @@ export class HfModel implements ModelReader {
     const t = await this.checkpoint.readTensor(name);
     if (t.dtype === 'f32') return t as Tensor<'f32'>;
     if (t.dtype === 'f16' || t.dtype === 'bf16') return t.to('f32');
-    throw new LowbitError('E_DTYPE', `tensor '${name}' is ${t.dtype}, not a float tensor`, { file: this.dir, tensor: name });
+    throw new LowbitError('E_DTYPE', `tensor '${name}' is ${t.dtype}, not a float tensor`, {
+      file: this.dir,
+      tensor: name,
+    });
   }
   close(): Promise<void> {
     return this.checkpoint.close();

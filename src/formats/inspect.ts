@@ -8,7 +8,14 @@ import { LowbitError } from '../errors.js';
 import { Checkpoint } from './checkpoint.js';
 import { checkPath } from './read-bounded.js';
 import { checkQuantizedTensors, linearDims } from './gptq.js';
-import { LINEAR_MODULES, LINEAR_NAMES, checkLayerCount, describeTensors, readLlamaConfig, type LlamaConfig } from './hf.js';
+import {
+  LINEAR_MODULES,
+  LINEAR_NAMES,
+  checkLayerCount,
+  describeTensors,
+  readLlamaConfig,
+  type LlamaConfig,
+} from './hf.js';
 import { Llama2cModel } from './llama2c.js';
 import { SAFETENSORS_DTYPES } from './safetensors.js';
 import { GPTQ_TENSOR_SUFFIXES } from '../weights/formats.js';
@@ -80,7 +87,13 @@ export async function inspectModel(path: string): Promise<InspectReport> {
   try {
     if (config) {
       checkLayerCount(config, ckpt.names, target);
-      if (config.quantization) checkQuantizedTensors(config, describeTensors(config, (n) => ckpt.has(n), target), (n) => ckpt.info(n), target);
+      if (config.quantization)
+        checkQuantizedTensors(
+          config,
+          describeTensors(config, (n) => ckpt.has(n), target),
+          (n) => ckpt.info(n),
+          target,
+        );
     }
     const tensors: TensorReport[] = ckpt.names.map((name) => {
       const i = ckpt.info(name);
@@ -151,7 +164,11 @@ async function inspectLlama2c(path: string): Promise<InspectReport> {
       format: 'llama2c',
       architecture: model.config.architecture,
       config: summary(model.config),
-      llama2c: { version: h.version, sharedClassifier: h.sharedClassifier, ...(h.groupSize ? { q8GroupSize: h.groupSize } : {}) },
+      llama2c: {
+        version: h.version,
+        sharedClassifier: h.sharedClassifier,
+        ...(h.groupSize ? { q8GroupSize: h.groupSize } : {}),
+      },
       files: [path],
       tensors,
       totalBytes,
@@ -196,6 +213,7 @@ export function formatReport(r: InspectReport): string {
   );
   lines.push('', `tensors (${r.tensors.length}):`);
   const width = Math.max(...r.tensors.map((t) => t.name.length), 4);
-  for (const t of r.tensors) lines.push(`  ${t.name.padEnd(width)}  ${t.dtype.padEnd(4)}  [${t.shape.join(', ')}]  ${formatBytes(t.bytes)}`);
+  for (const t of r.tensors)
+    lines.push(`  ${t.name.padEnd(width)}  ${t.dtype.padEnd(4)}  [${t.shape.join(', ')}]  ${formatBytes(t.bytes)}`);
   return lines.join('\n');
 }

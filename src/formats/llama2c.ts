@@ -64,7 +64,8 @@ function llama2cError(file: string, message: string, tensor?: string): LowbitErr
 export function parseLlama2cHeader(head: Uint8Array, file = 'model.bin'): Llama2cHeader {
   const view = new DataView(head.buffer, head.byteOffset, head.byteLength);
   const need = (n: number): void => {
-    if (head.byteLength < n) throw llama2cError(file, `file of ${head.byteLength} bytes is too short for a llama2.c header (${n} bytes)`);
+    if (head.byteLength < n)
+      throw llama2cError(file, `file of ${head.byteLength} bytes is too short for a llama2.c header (${n} bytes)`);
   };
   need(28);
   let version: 0 | 1 | 2 = 0;
@@ -77,7 +78,15 @@ export function parseLlama2cHeader(head: Uint8Array, file = 'model.bin'): Llama2
     p = 8;
   }
   const ints = Array.from({ length: 7 }, (_, i) => view.getInt32(p + 4 * i, true));
-  const [dim, hiddenDim, nLayers, nHeads, nKvHeads, vocabRaw, seqLen] = ints as [number, number, number, number, number, number, number];
+  const [dim, hiddenDim, nLayers, nHeads, nKvHeads, vocabRaw, seqLen] = ints as [
+    number,
+    number,
+    number,
+    number,
+    number,
+    number,
+    number,
+  ];
   const header: Llama2cHeader = {
     version,
     dim,
@@ -102,11 +111,15 @@ export function parseLlama2cHeader(head: Uint8Array, file = 'model.bin'): Llama2
   ];
   for (const [name, v] of positive) {
     const max = LLAMA2C_LIMITS[name as keyof typeof LLAMA2C_LIMITS];
-    if (!(v > 0 && v <= max)) throw llama2cError(file, `header field ${name} = ${v} is outside [1, ${max}]; not a llama2.c checkpoint?`);
+    if (!(v > 0 && v <= max))
+      throw llama2cError(file, `header field ${name} = ${v} is outside [1, ${max}]; not a llama2.c checkpoint?`);
   }
-  if (dim % nHeads !== 0 || (dim / nHeads) % 2 !== 0) throw llama2cError(file, `dim ${dim} does not split into ${nHeads} heads of even size`);
-  if (nHeads % nKvHeads !== 0) throw llama2cError(file, `n_heads ${nHeads} is not a multiple of n_kv_heads ${nKvHeads}`);
-  if (version === 2 && !(header.groupSize! > 0)) throw llama2cError(file, `group_size ${header.groupSize} is not positive`);
+  if (dim % nHeads !== 0 || (dim / nHeads) % 2 !== 0)
+    throw llama2cError(file, `dim ${dim} does not split into ${nHeads} heads of even size`);
+  if (nHeads % nKvHeads !== 0)
+    throw llama2cError(file, `n_heads ${nHeads} is not a multiple of n_kv_heads ${nKvHeads}`);
+  if (version === 2 && !(header.groupSize! > 0))
+    throw llama2cError(file, `group_size ${header.groupSize} is not positive`);
   return header;
 }
 
@@ -162,7 +175,12 @@ function llama2cGroups(h: Llama2cHeader): { f32: Group[]; q8: Group[]; freqCisBy
   const { dim, hiddenDim: f, nHeads, nKvHeads, vocabSize: V, seqLen } = h;
   const hd = dim / nHeads;
   const kv = nKvHeads * hd;
-  const layer = (name: string, shape: number[], ropeHeads?: number): Group => ({ name, perLayer: true, shape, ropeHeads });
+  const layer = (name: string, shape: number[], ropeHeads?: number): Group => ({
+    name,
+    perLayer: true,
+    shape,
+    ropeHeads,
+  });
   const one = (name: string, shape: number[]): Group => ({ name, perLayer: false, shape });
   const attnNorm = layer('input_layernorm.weight', [dim]);
   const ffnNorm = layer('post_attention_layernorm.weight', [dim]);
@@ -178,10 +196,26 @@ function llama2cGroups(h: Llama2cHeader): { f32: Group[]; q8: Group[]; freqCisBy
   const classifier = h.sharedClassifier ? [] : [one('lm_head.weight', [V, dim])];
   if (h.version === 0) {
     // freq_cis real and imaginary parts sit between the weights and the classifier (recomputed by every reader)
-    return { f32: [embedding, attnNorm, wq, wk, wv, wo, ffnNorm, w1, w2, w3, finalNorm], freqCisBytes: 2 * 4 * seqLen * (hd / 2), f32After: classifier, q8: [] };
+    return {
+      f32: [embedding, attnNorm, wq, wk, wv, wo, ffnNorm, w1, w2, w3, finalNorm],
+      freqCisBytes: 2 * 4 * seqLen * (hd / 2),
+      f32After: classifier,
+      q8: [],
+    };
   }
-  if (h.version === 1) return { f32: [attnNorm, ffnNorm, finalNorm, embedding, wq, wk, wv, wo, w1, w2, w3, ...classifier], freqCisBytes: 0, f32After: [], q8: [] };
-  return { f32: [attnNorm, ffnNorm, finalNorm], freqCisBytes: 0, f32After: [], q8: [embedding, wq, wk, wv, wo, w1, w2, w3, ...classifier] };
+  if (h.version === 1)
+    return {
+      f32: [attnNorm, ffnNorm, finalNorm, embedding, wq, wk, wv, wo, w1, w2, w3, ...classifier],
+      freqCisBytes: 0,
+      f32After: [],
+      q8: [],
+    };
+  return {
+    f32: [attnNorm, ffnNorm, finalNorm],
+    freqCisBytes: 0,
+    f32After: [],
+    q8: [embedding, wq, wk, wv, wo, w1, w2, w3, ...classifier],
+  };
 }
 
 const count = (shape: readonly number[]): number => shape.reduce((a, b) => a * b, 1);
@@ -197,7 +231,12 @@ export function llama2cFileSize(h: Llama2cHeader): number {
   for (const g of [...f32, ...f32After]) bytes += times(g) * 4 * count(g.shape);
   for (const g of q8) {
     const n = count(g.shape);
-    if (n % h.groupSize! !== 0) throw llama2cError('llama2.c', `tensor '${g.name}' has ${n} values, not a multiple of group_size ${h.groupSize}`, g.name);
+    if (n % h.groupSize! !== 0)
+      throw llama2cError(
+        'llama2.c',
+        `tensor '${g.name}' has ${n} values, not a multiple of group_size ${h.groupSize}`,
+        g.name,
+      );
     bytes += times(g) * (n + 4 * (n / h.groupSize!));
   }
   return bytes;
@@ -208,7 +247,8 @@ export function llama2cLayout(h: Llama2cHeader): { slots: Map<string, Slot>; fil
   const fileSize = llama2cFileSize(h);
   const { f32, q8, freqCisBytes, f32After } = llama2cGroups(h);
   const slots = new Map<string, Slot>();
-  const names = (g: Group): string[] => (g.perLayer ? Array.from({ length: h.nLayers }, (_, i) => `model.layers.${i}.${g.name}`) : [g.name]);
+  const names = (g: Group): string[] =>
+    g.perLayer ? Array.from({ length: h.nLayers }, (_, i) => `model.layers.${i}.${g.name}`) : [g.name];
   let pos = h.headerBytes;
   const placeF32 = (groups: Group[]): void => {
     for (const g of groups) {
@@ -234,7 +274,8 @@ export function llama2cLayout(h: Llama2cHeader): { slots: Map<string, Slot>; fil
     pos += 4 * (count(slot.shape) / h.groupSize!);
     slots.set(name, slot);
   }
-  if (pos !== fileSize) throw new LowbitError('E_INTERNAL', `llama2.c layout of ${pos} bytes disagrees with its size ${fileSize}`);
+  if (pos !== fileSize)
+    throw new LowbitError('E_INTERNAL', `llama2.c layout of ${pos} bytes disagrees with its size ${fileSize}`);
   return { slots, fileSize };
 }
 
@@ -290,7 +331,10 @@ export class Llama2cModel implements ModelReader {
     } catch (err) {
       await source.close();
       if (err instanceof LowbitError && err.code === 'E_LLAMA2C' && err.details.file !== path) {
-        throw new LowbitError('E_LLAMA2C', err.message.replace(/^llama2\.c:/, `${path}:`), { ...err.details, file: path });
+        throw new LowbitError('E_LLAMA2C', err.message.replace(/^llama2\.c:/, `${path}:`), {
+          ...err.details,
+          file: path,
+        });
       }
       throw err;
     }
@@ -308,7 +352,9 @@ export class Llama2cModel implements ModelReader {
   storageOf(name: string): { dtype: 'F32' | 'Q8_0'; bytes: number } {
     const s = this.slot(name);
     const n = s.shape.reduce((a, b) => a * b, 1);
-    return s.scalesOffset === undefined ? { dtype: 'F32', bytes: 4 * n } : { dtype: 'Q8_0', bytes: n + 4 * (n / this.header.groupSize!) };
+    return s.scalesOffset === undefined
+      ? { dtype: 'F32', bytes: 4 * n }
+      : { dtype: 'Q8_0', bytes: n + 4 * (n / this.header.groupSize!) };
   }
 
   dtypeOf(name: string): 'f32' {
@@ -318,7 +364,11 @@ export class Llama2cModel implements ModelReader {
 
   private slot(name: string): Slot {
     const s = this.slots.get(name);
-    if (!s) throw new LowbitError('E_MISSING_TENSOR', `${this.source.name}: no tensor named '${name}'`, { file: this.source.name, tensor: name });
+    if (!s)
+      throw new LowbitError('E_MISSING_TENSOR', `${this.source.name}: no tensor named '${name}'`, {
+        file: this.source.name,
+        tensor: name,
+      });
     return s;
   }
 

@@ -13,7 +13,10 @@ export async function readBounded(path: string, maxBytes: number, code: LowbitEr
   } catch (err) {
     throw new LowbitError('E_IO', `cannot read ${path}: ${(err as Error).message}`, { file: path }, { cause: err });
   }
-  if (size > maxBytes) throw new LowbitError(code, `${path} is ${size} bytes, more than the ${maxBytes} this kind of file may have`, { file: path });
+  if (size > maxBytes)
+    throw new LowbitError(code, `${path} is ${size} bytes, more than the ${maxBytes} this kind of file may have`, {
+      file: path,
+    });
   try {
     return await readFile(path);
   } catch (err) {

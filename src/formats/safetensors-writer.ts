@@ -10,7 +10,16 @@
 import type { FileHandle } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import { LowbitError, invalidArgument } from '../errors.js';
-import { createFile, mkdirDurable, removeFile, renameDurable, syncClose, tempPath, writeAll, writeFileAtomic } from './durable.js';
+import {
+  createFile,
+  mkdirDurable,
+  removeFile,
+  renameDurable,
+  syncClose,
+  tempPath,
+  writeAll,
+  writeFileAtomic,
+} from './durable.js';
 import { Tensor, numel } from '../tensor.js';
 import { INDEX_FILE, SINGLE_FILE } from './checkpoint.js';
 import { SAFETENSORS_DTYPES, SAFETENSORS_DTYPE_OF, type SafetensorsDType } from './safetensors.js';
@@ -58,7 +67,11 @@ class FileWriter {
     private position: number,
   ) {}
 
-  static async create(path: string, specs: readonly TensorSpec[], metadata?: Record<string, string>): Promise<FileWriter> {
+  static async create(
+    path: string,
+    specs: readonly TensorSpec[],
+    metadata?: Record<string, string>,
+  ): Promise<FileWriter> {
     const tmp = tempPath(path);
     const handle = await createFile(tmp);
     const w = new FileWriter(path, tmp, handle, specs, 0);
@@ -123,14 +136,26 @@ export class CheckpointWriter {
     private readonly sharded: boolean,
   ) {}
 
-  static async create(dir: string, specs: readonly TensorSpec[], options: CheckpointWriterOptions = {}): Promise<CheckpointWriter> {
+  static async create(
+    dir: string,
+    specs: readonly TensorSpec[],
+    options: CheckpointWriterOptions = {},
+  ): Promise<CheckpointWriter> {
     const seen = new Set<string>();
     for (const s of specs) {
-      if (typeof s.name !== 'string' || s.name === '' || s.name === '__metadata__') invalidArgument('spec.name', 'a tensor name other than __metadata__', s.name);
+      if (typeof s.name !== 'string' || s.name === '' || s.name === '__metadata__')
+        invalidArgument('spec.name', 'a tensor name other than __metadata__', s.name);
       if (seen.has(s.name)) invalidArgument('spec.name', 'unique tensor names', s.name);
       seen.add(s.name);
-      if (!Object.hasOwn(SAFETENSORS_DTYPES, s.dtype)) invalidArgument(`dtype of ${s.name}`, `one of ${Object.keys(SAFETENSORS_DTYPES).join(', ')}`, s.dtype, 'E_SAFETENSORS_DTYPE');
-      if (!s.shape.every((d) => Number.isSafeInteger(d) && d >= 0)) invalidArgument(`shape of ${s.name}`, 'non-negative integer dimensions', s.shape, 'E_SHAPE');
+      if (!Object.hasOwn(SAFETENSORS_DTYPES, s.dtype))
+        invalidArgument(
+          `dtype of ${s.name}`,
+          `one of ${Object.keys(SAFETENSORS_DTYPES).join(', ')}`,
+          s.dtype,
+          'E_SAFETENSORS_DTYPE',
+        );
+      if (!s.shape.every((d) => Number.isSafeInteger(d) && d >= 0))
+        invalidArgument(`shape of ${s.name}`, 'non-negative integer dimensions', s.shape, 'E_SHAPE');
     }
     const max = options.maxShardBytes ?? Infinity;
     if (!(max > 0)) invalidArgument('maxShardBytes', 'a positive number of bytes', options.maxShardBytes);
@@ -154,7 +179,9 @@ export class CheckpointWriter {
     try {
       for (let i = 0; i < groups.length; i++) {
         const n = String(groups.length).padStart(5, '0');
-        const name = sharded ? `model-${String(i + 1).padStart(5, '0')}-of-${n}.safetensors` : (options.fileName ?? SINGLE_FILE);
+        const name = sharded
+          ? `model-${String(i + 1).padStart(5, '0')}-of-${n}.safetensors`
+          : (options.fileName ?? SINGLE_FILE);
         const f = await FileWriter.create(join(dir, name), groups[i]!, metadata);
         files.push(f);
         groups[i]!.forEach((s, j) => where.set(s.name, [f, j, s]));
@@ -168,20 +195,36 @@ export class CheckpointWriter {
 
   /** Hands over one tensor's data (a Tensor of the declared dtype, or its raw little-endian bytes). */
   async put(name: string, data: Tensor | Uint8Array): Promise<void> {
-    if (this.finished) throw new LowbitError('E_CLOSED', `the checkpoint writer for ${this.dir} is finished`, { file: this.dir });
+    if (this.finished)
+      throw new LowbitError('E_CLOSED', `the checkpoint writer for ${this.dir} is finished`, { file: this.dir });
     const entry = this.where.get(name);
-    if (!entry) throw new LowbitError('E_ARGUMENT', `tensor '${name}' was not declared to the writer`, { file: this.dir, tensor: name });
+    if (!entry)
+      throw new LowbitError('E_ARGUMENT', `tensor '${name}' was not declared to the writer`, {
+        file: this.dir,
+        tensor: name,
+      });
     const [file, index, spec] = entry;
     let bytes: Uint8Array;
     if (data instanceof Tensor) {
-      if (SAFETENSORS_DTYPE_OF[data.dtype] !== spec.dtype) throw new LowbitError('E_DTYPE', `tensor '${name}' was declared ${spec.dtype} but is ${data.dtype}`, { tensor: name });
+      if (SAFETENSORS_DTYPE_OF[data.dtype] !== spec.dtype)
+        throw new LowbitError('E_DTYPE', `tensor '${name}' was declared ${spec.dtype} but is ${data.dtype}`, {
+          tensor: name,
+        });
       if (data.shape.length !== spec.shape.length || data.shape.some((d, i) => d !== spec.shape[i])) {
-        throw new LowbitError('E_SHAPE', `tensor '${name}' was declared [${spec.shape.join(', ')}] but has shape [${data.shape.join(', ')}]`, { tensor: name });
+        throw new LowbitError(
+          'E_SHAPE',
+          `tensor '${name}' was declared [${spec.shape.join(', ')}] but has shape [${data.shape.join(', ')}]`,
+          { tensor: name },
+        );
       }
       bytes = data.bytes();
     } else bytes = data;
     if (bytes.byteLength !== byteSize(spec)) {
-      throw new LowbitError('E_SHAPE', `tensor '${name}' (${spec.dtype} [${spec.shape.join(', ')}]) needs ${byteSize(spec)} bytes, got ${bytes.byteLength}`, { tensor: name });
+      throw new LowbitError(
+        'E_SHAPE',
+        `tensor '${name}' (${spec.dtype} [${spec.shape.join(', ')}]) needs ${byteSize(spec)} bytes, got ${bytes.byteLength}`,
+        { tensor: name },
+      );
     }
     this.where.delete(name);
     await file.put(index, bytes);
@@ -189,10 +232,15 @@ export class CheckpointWriter {
 
   /** Closes every file, renames them into place (the index last) and returns their paths. */
   async finish(): Promise<string[]> {
-    if (this.finished) throw new LowbitError('E_CLOSED', `the checkpoint writer for ${this.dir} is finished`, { file: this.dir });
+    if (this.finished)
+      throw new LowbitError('E_CLOSED', `the checkpoint writer for ${this.dir} is finished`, { file: this.dir });
     if (this.where.size > 0) {
       const missing = [...this.where.keys()];
-      throw new LowbitError('E_MISSING_TENSOR', `${missing.length} declared tensors were never written (first: '${missing[0]}')`, { file: this.dir, tensor: missing[0] });
+      throw new LowbitError(
+        'E_MISSING_TENSOR',
+        `${missing.length} declared tensors were never written (first: '${missing[0]}')`,
+        { file: this.dir, tensor: missing[0] },
+      );
     }
     this.finished = true;
     try {
@@ -201,7 +249,12 @@ export class CheckpointWriter {
     } catch (err) {
       await this.abort();
       if (err instanceof LowbitError) throw err;
-      throw new LowbitError('E_IO', `cannot finish the checkpoint in ${this.dir}: ${(err as Error).message}`, { file: this.dir }, { cause: err });
+      throw new LowbitError(
+        'E_IO',
+        `cannot finish the checkpoint in ${this.dir}: ${(err as Error).message}`,
+        { file: this.dir },
+        { cause: err },
+      );
     }
     const paths = this.files.map((f) => f.path);
     if (this.sharded) {
@@ -214,7 +267,10 @@ export class CheckpointWriter {
         }
       }
       const index = join(this.dir, INDEX_FILE);
-      await writeFileAtomic(index, JSON.stringify({ metadata: { total_size: total }, weight_map: weightMap }, null, 2) + '\n');
+      await writeFileAtomic(
+        index,
+        JSON.stringify({ metadata: { total_size: total }, weight_map: weightMap }, null, 2) + '\n',
+      );
       paths.push(index);
     }
     return paths;
@@ -228,7 +284,11 @@ export class CheckpointWriter {
 }
 
 /** Writes named tensors to one safetensors file (through a temporary name). */
-export async function writeSafetensors(path: string, tensors: Iterable<[string, Tensor]>, metadata?: Record<string, string>): Promise<void> {
+export async function writeSafetensors(
+  path: string,
+  tensors: Iterable<[string, Tensor]>,
+  metadata?: Record<string, string>,
+): Promise<void> {
   const entries = [...tensors];
   const specs = entries.map(([name, t]) => ({ name, dtype: SAFETENSORS_DTYPE_OF[t.dtype], shape: t.shape }));
   const writer = await CheckpointWriter.create(dirname(path), specs, { metadata, fileName: basename(path) });

@@ -31,7 +31,13 @@ export const SAFETENSORS_DTYPES = {
 export type SafetensorsDType = keyof typeof SAFETENSORS_DTYPES;
 
 /** The safetensors dtype each Tensor dtype is stored as. */
-export const SAFETENSORS_DTYPE_OF: Record<DType, SafetensorsDType> = { f32: 'F32', f16: 'F16', bf16: 'BF16', i32: 'I32', u8: 'U8' };
+export const SAFETENSORS_DTYPE_OF: Record<DType, SafetensorsDType> = {
+  f32: 'F32',
+  f16: 'F16',
+  bf16: 'BF16',
+  i32: 'I32',
+  u8: 'U8',
+};
 
 /** Upper bound on the JSON header (the reference implementation uses 100 MB as well). */
 export const MAX_HEADER_BYTES = 100_000_000;
@@ -69,7 +75,11 @@ function isPlainObject(v: unknown): v is Record<string, unknown> {
 /** Reads the header length from the first 8 bytes and checks it against the file size. */
 export function parseHeaderLength(prefix: Uint8Array, fileSize: number, file = '<buffer>'): number {
   if (fileSize < 8 || prefix.byteLength < 8) {
-    throw headerError('E_SAFETENSORS_HEADER', file, `file of ${fileSize} bytes is too short for a safetensors header length (8 bytes)`);
+    throw headerError(
+      'E_SAFETENSORS_HEADER',
+      file,
+      `file of ${fileSize} bytes is too short for a safetensors header length (8 bytes)`,
+    );
   }
   const n = new DataView(prefix.buffer, prefix.byteOffset, 8).getBigUint64(0, true);
   if (n < 2n) throw headerError('E_SAFETENSORS_HEADER', file, `header length ${n} is too small for a JSON object`);
@@ -77,7 +87,11 @@ export function parseHeaderLength(prefix: Uint8Array, fileSize: number, file = '
     throw headerError('E_SAFETENSORS_HEADER', file, `header length ${n} exceeds the ${MAX_HEADER_BYTES}-byte limit`);
   }
   if (8n + n > BigInt(fileSize)) {
-    throw headerError('E_SAFETENSORS_HEADER', file, `header length ${n} runs past the end of the file (${fileSize} bytes)`);
+    throw headerError(
+      'E_SAFETENSORS_HEADER',
+      file,
+      `header length ${n} runs past the end of the file (${fileSize} bytes)`,
+    );
   }
   return Number(n);
 }
@@ -109,7 +123,8 @@ export function parseHeaderJson(json: Uint8Array, fileSize: number, file = '<buf
   const tensors = new Map<string, TensorInfo>();
   for (const [name, entry] of Object.entries(parsed)) {
     if (name === '__metadata__') {
-      if (!isPlainObject(entry)) throw headerError('E_SAFETENSORS_HEADER', file, '__metadata__ is not an object of strings');
+      if (!isPlainObject(entry))
+        throw headerError('E_SAFETENSORS_HEADER', file, '__metadata__ is not an object of strings');
       for (const [k, v] of Object.entries(entry)) {
         if (typeof v !== 'string') throw headerError('E_SAFETENSORS_HEADER', file, `__metadata__.${k} is not a string`);
         metadata[k] = v;
@@ -123,20 +138,43 @@ export function parseHeaderJson(json: Uint8Array, fileSize: number, file = '<buf
 }
 
 function parseEntry(name: string, entry: unknown, file: string): TensorInfo {
-  if (!isPlainObject(entry)) throw headerError('E_SAFETENSORS_HEADER', file, `entry for tensor '${name}' is not an object`, name);
+  if (!isPlainObject(entry))
+    throw headerError('E_SAFETENSORS_HEADER', file, `entry for tensor '${name}' is not an object`, name);
   const { dtype, shape, data_offsets: offsets } = entry;
-  if (typeof dtype !== 'string') throw headerError('E_SAFETENSORS_HEADER', file, `tensor '${name}' has no string dtype`, name);
+  if (typeof dtype !== 'string')
+    throw headerError('E_SAFETENSORS_HEADER', file, `tensor '${name}' has no string dtype`, name);
   if (!Object.hasOwn(SAFETENSORS_DTYPES, dtype)) {
-    throw headerError('E_SAFETENSORS_DTYPE', file, `tensor '${name}' has dtype ${JSON.stringify(dtype.slice(0, 40))}, expected one of ${Object.keys(SAFETENSORS_DTYPES).join(', ')}`, name);
+    throw headerError(
+      'E_SAFETENSORS_DTYPE',
+      file,
+      `tensor '${name}' has dtype ${JSON.stringify(dtype.slice(0, 40))}, expected one of ${Object.keys(SAFETENSORS_DTYPES).join(', ')}`,
+      name,
+    );
   }
   if (!Array.isArray(shape) || !shape.every((d) => Number.isSafeInteger(d) && d >= 0)) {
-    throw headerError('E_SAFETENSORS_HEADER', file, `tensor '${name}' has a shape that is not a list of non-negative integers`, name);
+    throw headerError(
+      'E_SAFETENSORS_HEADER',
+      file,
+      `tensor '${name}' has a shape that is not a list of non-negative integers`,
+      name,
+    );
   }
   if (!Array.isArray(offsets) || offsets.length !== 2 || !offsets.every((o) => Number.isSafeInteger(o) && o >= 0)) {
-    throw headerError('E_SAFETENSORS_HEADER', file, `tensor '${name}' has data_offsets that are not two non-negative integers`, name);
+    throw headerError(
+      'E_SAFETENSORS_HEADER',
+      file,
+      `tensor '${name}' has data_offsets that are not two non-negative integers`,
+      name,
+    );
   }
   const [begin, end] = offsets as [number, number];
-  if (end < begin) throw headerError('E_SAFETENSORS_OFFSETS', file, `tensor '${name}' ends (${end}) before it begins (${begin})`, name);
+  if (end < begin)
+    throw headerError(
+      'E_SAFETENSORS_OFFSETS',
+      file,
+      `tensor '${name}' ends (${end}) before it begins (${begin})`,
+      name,
+    );
   const elementBytes = SAFETENSORS_DTYPES[dtype as SafetensorsDType];
   // numel in floating point first: a hostile shape must not wrap around.
   const elements = (shape as number[]).reduce((a, b) => a * b, 1);
@@ -156,13 +194,35 @@ function checkOffsets(infos: TensorInfo[], dataBytes: number, file: string): voi
   const sorted = [...infos].sort((a, b) => a.begin - b.begin || a.end - b.end);
   let cursor = 0;
   for (const t of sorted) {
-    if (t.begin < cursor) throw headerError('E_SAFETENSORS_OFFSETS', file, `tensor '${t.name}' [${t.begin}, ${t.end}) overlaps the tensor before it (which ends at ${cursor})`, t.name);
-    if (t.begin > cursor) throw headerError('E_SAFETENSORS_OFFSETS', file, `gap of ${t.begin - cursor} bytes before tensor '${t.name}' at ${cursor}`, t.name);
-    if (t.end > dataBytes) throw headerError('E_SAFETENSORS_OFFSETS', file, `tensor '${t.name}' ends at ${t.end}, past the data section (${dataBytes} bytes); the file may be truncated`, t.name);
+    if (t.begin < cursor)
+      throw headerError(
+        'E_SAFETENSORS_OFFSETS',
+        file,
+        `tensor '${t.name}' [${t.begin}, ${t.end}) overlaps the tensor before it (which ends at ${cursor})`,
+        t.name,
+      );
+    if (t.begin > cursor)
+      throw headerError(
+        'E_SAFETENSORS_OFFSETS',
+        file,
+        `gap of ${t.begin - cursor} bytes before tensor '${t.name}' at ${cursor}`,
+        t.name,
+      );
+    if (t.end > dataBytes)
+      throw headerError(
+        'E_SAFETENSORS_OFFSETS',
+        file,
+        `tensor '${t.name}' ends at ${t.end}, past the data section (${dataBytes} bytes); the file may be truncated`,
+        t.name,
+      );
     cursor = t.end;
   }
   if (cursor !== dataBytes) {
-    throw headerError('E_SAFETENSORS_OFFSETS', file, `the tensors cover ${cursor} of the data section's ${dataBytes} bytes (trailing bytes or a truncated header)`);
+    throw headerError(
+      'E_SAFETENSORS_OFFSETS',
+      file,
+      `the tensors cover ${cursor} of the data section's ${dataBytes} bytes (trailing bytes or a truncated header)`,
+    );
   }
 }
 
@@ -196,10 +256,19 @@ class FileSource implements ByteSource {
       try {
         ({ bytesRead } = await this.handle.read(out, done, want, position + done));
       } catch (err) {
-        throw new LowbitError('E_IO', `${this.name}: read of ${want} bytes at ${position + done} failed: ${(err as Error).message}`, { file: this.name }, { cause: err });
+        throw new LowbitError(
+          'E_IO',
+          `${this.name}: read of ${want} bytes at ${position + done} failed: ${(err as Error).message}`,
+          { file: this.name },
+          { cause: err },
+        );
       }
       if (bytesRead === 0) {
-        throw new LowbitError('E_IO', `${this.name}: unexpected end of file at ${position + done} (wanted ${length} bytes at ${position}); was it truncated?`, { file: this.name });
+        throw new LowbitError(
+          'E_IO',
+          `${this.name}: unexpected end of file at ${position + done} (wanted ${length} bytes at ${position}); was it truncated?`,
+          { file: this.name },
+        );
       }
       done += bytesRead;
     }
@@ -223,7 +292,11 @@ export class BufferSource implements ByteSource {
   }
   async read(position: number, length: number): Promise<Uint8Array> {
     if (position < 0 || length < 0 || position + length > this.bytes.byteLength) {
-      throw new LowbitError('E_IO', `${this.name}: read of ${length} bytes at ${position} is past the end (${this.bytes.byteLength} bytes)`, { file: this.name });
+      throw new LowbitError(
+        'E_IO',
+        `${this.name}: read of ${length} bytes at ${position} is past the end (${this.bytes.byteLength} bytes)`,
+        { file: this.name },
+      );
     }
     return this.bytes.slice(position, position + length);
   }
@@ -264,7 +337,11 @@ function widenToTensor(info: TensorInfo, bytes: Uint8Array, file: string): Tenso
       for (let i = 0; i < n; i++) {
         const v = view.getBigInt64(i * 8, true);
         if (v < -2147483648n || v > 2147483647n) {
-          throw new LowbitError('E_SAFETENSORS_DTYPE', `${file}: I64 tensor '${info.name}' holds ${v}, outside the int32 range lowbit reads it into`, { file, tensor: info.name });
+          throw new LowbitError(
+            'E_SAFETENSORS_DTYPE',
+            `${file}: I64 tensor '${info.name}' holds ${v}, outside the int32 range lowbit reads it into`,
+            { file, tensor: info.name },
+          );
         }
         out[i] = Number(v);
       }
@@ -338,7 +415,11 @@ export class SafetensorsFile {
 
   info(name: string): TensorInfo {
     const info = this.header.tensors.get(name);
-    if (!info) throw new LowbitError('E_MISSING_TENSOR', `${this.path}: no tensor named '${name}'`, { file: this.path, tensor: name });
+    if (!info)
+      throw new LowbitError('E_MISSING_TENSOR', `${this.path}: no tensor named '${name}'`, {
+        file: this.path,
+        tensor: name,
+      });
     return info;
   }
 

@@ -144,7 +144,8 @@ export function parseSentencePieceModel(buf: Uint8Array, file = 'tokenizer.model
         else if (g.field === 2 && g.bytes && g.wire === 5) p.score = float32Of(g.bytes);
         else if (g.field === 3 && g.int !== undefined) p.type = Number(g.int) as PieceType;
       }
-      if (p.type < PieceType.Normal || p.type > PieceType.Byte) throw tokenizerError(file, `piece ${model.pieces.length} has unknown type ${p.type}`);
+      if (p.type < PieceType.Normal || p.type > PieceType.Byte)
+        throw tokenizerError(file, `piece ${model.pieces.length} has unknown type ${p.type}`);
       model.pieces.push(p);
     } else if (f.field === 2 && f.bytes) {
       // TrainerSpec
@@ -180,11 +181,16 @@ export function parseSentencePieceModel(buf: Uint8Array, file = 'tokenizer.model
  * the normalizer settings are not stored, so they come from `normalizer` (SentencePiece's defaults
  * unless given: tok512 was trained with them; Llama 2's own model turns removeExtraWhitespaces off).
  */
-export function parseLlama2cTokenizer(buf: Uint8Array, file = 'tokenizer.bin', options: { vocabSize?: number; normalizer?: Partial<NormalizerOptions> } = {}): SentencePieceModel {
+export function parseLlama2cTokenizer(
+  buf: Uint8Array,
+  file = 'tokenizer.bin',
+  options: { vocabSize?: number; normalizer?: Partial<NormalizerOptions> } = {},
+): SentencePieceModel {
   const view = new DataView(buf.buffer, buf.byteOffset, buf.byteLength);
   if (buf.byteLength < 4) throw tokenizerError(file, 'too short for a llama2.c tokenizer');
   const maxLen = view.getInt32(0, true);
-  if (maxLen <= 0 || maxLen > 1 << 16) throw tokenizerError(file, `max_token_length ${maxLen} is not plausible; not a llama2.c tokenizer.bin?`);
+  if (maxLen <= 0 || maxLen > 1 << 16)
+    throw tokenizerError(file, `max_token_length ${maxLen} is not plausible; not a llama2.c tokenizer.bin?`);
   const pieces: SentencePiece[] = [];
   let pos = 4;
   while (pos < buf.byteLength && (options.vocabSize === undefined || pieces.length < options.vocabSize)) {
@@ -192,7 +198,11 @@ export function parseLlama2cTokenizer(buf: Uint8Array, file = 'tokenizer.bin', o
     const score = view.getFloat32(pos, true);
     const len = view.getInt32(pos + 4, true);
     pos += 8;
-    if (len < 0 || len > maxLen || pos + len > buf.byteLength) throw tokenizerError(file, `token ${pieces.length} has length ${len} (max_token_length ${maxLen}, ${buf.byteLength - pos} bytes left)`);
+    if (len < 0 || len > maxLen || pos + len > buf.byteLength)
+      throw tokenizerError(
+        file,
+        `token ${pieces.length} has length ${len} (max_token_length ${maxLen}, ${buf.byteLength - pos} bytes left)`,
+      );
     const text = utf8.decode(buf.subarray(pos, pos + len));
     pos += len;
     pieces.push({ piece: text, score, type: PieceType.Normal });
@@ -308,15 +318,30 @@ export class SentencePieceTokenizer {
   /** `cutWords: false` encodes the whole text as one sequence (slower; tests compare the two) */
   constructor(model: SentencePieceModel, file = 'tokenizer', options: { cutWords?: boolean } = {}) {
     if (model.modelType !== 'bpe') {
-      throw new LowbitError('E_UNSUPPORTED', `${file}: SentencePiece ${model.modelType} models are not supported (lowbit encodes BPE); use the model's tokenizer.json`, { file });
+      throw new LowbitError(
+        'E_UNSUPPORTED',
+        `${file}: SentencePiece ${model.modelType} models are not supported (lowbit encodes BPE); use the model's tokenizer.json`,
+        { file },
+      );
     }
     if (model.hasCharsMap || (model.normalizerName !== 'identity' && model.normalizerName !== '')) {
-      throw new LowbitError('E_UNSUPPORTED', `${file}: normalization rule '${model.normalizerName}' is not supported (lowbit applies the identity rule); use the model's tokenizer.json`, { file });
+      throw new LowbitError(
+        'E_UNSUPPORTED',
+        `${file}: normalization rule '${model.normalizerName}' is not supported (lowbit applies the identity rule); use the model's tokenizer.json`,
+        { file },
+      );
     }
-    if (model.treatWhitespaceAsSuffix) throw new LowbitError('E_UNSUPPORTED', `${file}: treat_whitespace_as_suffix is not supported`, { file });
+    if (model.treatWhitespaceAsSuffix)
+      throw new LowbitError('E_UNSUPPORTED', `${file}: treat_whitespace_as_suffix is not supported`, { file });
     // a special id outside the vocabulary would be emitted by encode({ bos: true }) and fail far from here
-    for (const [field, id] of [['unk_id', model.unkId], ['bos_id', model.bosId], ['eos_id', model.eosId], ['pad_id', model.padId]] as const) {
-      if (!Number.isInteger(id) || id < -1 || id >= model.pieces.length) throw tokenizerError(file, `${field} ${id} is outside the vocabulary of ${model.pieces.length} pieces`);
+    for (const [field, id] of [
+      ['unk_id', model.unkId],
+      ['bos_id', model.bosId],
+      ['eos_id', model.eosId],
+      ['pad_id', model.padId],
+    ] as const) {
+      if (!Number.isInteger(id) || id < -1 || id >= model.pieces.length)
+        throw tokenizerError(file, `${field} ${id} is outside the vocabulary of ${model.pieces.length} pieces`);
     }
     this.model = model;
     const userDefined: string[] = [];
@@ -331,7 +356,8 @@ export class SentencePieceTokenizer {
         if (m) this.byteIds[parseInt(m[1]!, 16)] = id;
       }
     });
-    if (model.byteFallback && this.byteIds.includes(-1)) throw tokenizerError(file, 'byte_fallback is set but not all 256 <0xXX> pieces exist');
+    if (model.byteFallback && this.byteIds.includes(-1))
+      throw tokenizerError(file, 'byte_fallback is set but not all 256 <0xXX> pieces exist');
     this.userDefined = userDefined.sort((a, b) => b.length - a.length);
     this.splitWords = split && userDefined.every((u) => !u.includes(SPACE_SYMBOL)) && options.cutWords !== false;
     for (const p of model.pieces) {
@@ -495,7 +521,10 @@ export async function readSentencePieceModel(path: string): Promise<SentencePiec
   return parseSentencePieceModel(await readBytes(path), path);
 }
 
-export async function readLlama2cTokenizer(path: string, options: { vocabSize?: number; normalizer?: Partial<NormalizerOptions> } = {}): Promise<SentencePieceModel> {
+export async function readLlama2cTokenizer(
+  path: string,
+  options: { vocabSize?: number; normalizer?: Partial<NormalizerOptions> } = {},
+): Promise<SentencePieceModel> {
   return parseLlama2cTokenizer(await readBytes(path), path, options);
 }
 
@@ -537,7 +566,14 @@ export function serializeSentencePieceModel(model: SentencePieceModel): Uint8Arr
   const parts: number[] = [];
   for (const p of model.pieces) {
     const score = new Uint8Array(new Float32Array([p.score]).buffer);
-    parts.push(...lengthDelimited(1, [...lengthDelimited(1, enc.encode(p.piece)), ...keyBytes(2, 5), ...score, ...intField(3, p.type)]));
+    parts.push(
+      ...lengthDelimited(1, [
+        ...lengthDelimited(1, enc.encode(p.piece)),
+        ...keyBytes(2, 5),
+        ...score,
+        ...intField(3, p.type),
+      ]),
+    );
   }
   const modelType = { unigram: 1, bpe: 2, word: 3, char: 4 }[model.modelType];
   parts.push(
@@ -588,11 +624,16 @@ export function toTokenizerJson(model: SentencePieceModel): Record<string, unkno
     local.sort((a, b) => vocab[a.left]! - vocab[b.left]! || vocab[a.right]! - vocab[b.right]!);
     for (const m of local) merges.push({ ...m, score: p.score, order: merges.length });
   });
-  merges.sort((a, b) => b.score - a.score || a.left.length - b.left.length || a.right.length - b.right.length || a.order - b.order);
+  merges.sort(
+    (a, b) =>
+      b.score - a.score || a.left.length - b.left.length || a.right.length - b.right.length || a.order - b.order,
+  );
   const bos = model.pieces[model.bosId]?.piece;
   const special = model.pieces
     .map((p, id) => ({ p, id }))
-    .filter(({ p }) => p.type === PieceType.Control || p.type === PieceType.Unknown || p.type === PieceType.UserDefined);
+    .filter(
+      ({ p }) => p.type === PieceType.Control || p.type === PieceType.Unknown || p.type === PieceType.UserDefined,
+    );
   const dummy = model.normalizer.addDummyPrefix;
   return {
     version: '1.0',
@@ -608,7 +649,12 @@ export function toTokenizerJson(model: SentencePieceModel): Record<string, unkno
       special: p.type !== PieceType.UserDefined,
     })),
     normalizer: null,
-    pre_tokenizer: { type: 'Metaspace', replacement: SPACE_SYMBOL, prepend_scheme: dummy ? 'first' : 'never', split: false },
+    pre_tokenizer: {
+      type: 'Metaspace',
+      replacement: SPACE_SYMBOL,
+      prepend_scheme: dummy ? 'first' : 'never',
+      split: false,
+    },
     post_processor: bos
       ? {
           type: 'TemplateProcessing',

@@ -45,8 +45,20 @@ export interface SpqrLayerFacts {
   outlierRate: number;
 }
 
-const SUFFIXES = ['qweight', 'scale_codes', 'zero_codes', 'scale_stats', 'zero_stats', 'perm', 'outlier_values', 'outlier_cols', 'outlier_rowptr'] as const;
-export const spqrTensorName = (prefix: string, part: (typeof SUFFIXES)[number]): string => `${prefix}.spqr_${part}`;
+/** The tensors one SpQR linear stores, `<prefix>.spqr_<suffix>`. */
+export const SPQR_TENSOR_SUFFIXES = [
+  'qweight',
+  'scale_codes',
+  'zero_codes',
+  'scale_stats',
+  'zero_stats',
+  'perm',
+  'outlier_values',
+  'outlier_cols',
+  'outlier_rowptr',
+] as const;
+export const spqrTensorName = (prefix: string, part: (typeof SPQR_TENSOR_SUFFIXES)[number]): string =>
+  `${prefix}.spqr_${part}`;
 
 function formatError(where: string, message: string, tensor?: string): LowbitError {
   return new LowbitError('E_SPQR_FORMAT', `${where}: ${message}`, tensor ? { file: where, tensor } : { file: where });
@@ -59,16 +71,18 @@ const bitstreamBytes = (count: number, bits: number): number => Math.ceil((count
  * structure. The writer runs it before writing, the reader after reading. Throws E_SPQR_FORMAT.
  */
 export function checkSpqrWeights(w: SpqrWeights, N: number, K: number, q: SpqrQuantizationConfig, where: string): void {
-  const fail = (m: string, part?: (typeof SUFFIXES)[number]): never => {
+  const fail = (m: string, part?: (typeof SPQR_TENSOR_SUFFIXES)[number]): never => {
     throw formatError(where, m, part ? spqrTensorName(where, part) : undefined);
   };
   if (w.N !== N || w.K !== K) fail(`weights are ${w.N}×${w.K}, the model needs ${N}×${K}`);
   if (w.bits !== q.bits || w.statBits !== q.statBits || w.beta1 !== q.beta1 || w.beta2 !== q.beta2) {
-    fail(`weights at ${w.bits} bits, stat ${w.statBits}, beta ${w.beta1}×${w.beta2}; the checkpoint is ${q.bits}, ${q.statBits}, ${q.beta1}×${q.beta2}`);
+    fail(
+      `weights at ${w.bits} bits, stat ${w.statBits}, beta ${w.beta1}×${w.beta2}; the checkpoint is ${q.bits}, ${q.statBits}, ${q.beta1}×${q.beta2}`,
+    );
   }
   const G = Math.ceil(K / q.beta1);
   const NB = Math.ceil(N / q.beta2);
-  const len = (a: { length: number }, want: number, part: (typeof SUFFIXES)[number]) => {
+  const len = (a: { length: number }, want: number, part: (typeof SPQR_TENSOR_SUFFIXES)[number]) => {
     if (a.length !== want) fail(`${part} holds ${a.length} elements, expected ${want}`, part);
   };
   len(w.qweight, bitstreamBytes(N * K, q.bits), 'qweight');
@@ -76,7 +90,11 @@ export function checkSpqrWeights(w: SpqrWeights, N: number, K: number, q: SpqrQu
   len(w.zeroCodes, bitstreamBytes(N * G, q.statBits), 'zero_codes');
   len(w.scaleStats, G * NB * 2, 'scale_stats');
   len(w.zeroStats, G * NB * 2, 'zero_stats');
-  if (q.actOrder !== (w.perm !== undefined)) fail(q.actOrder ? 'act-order checkpoint without a permutation' : 'a permutation in a checkpoint without act-order', 'perm');
+  if (q.actOrder !== (w.perm !== undefined))
+    fail(
+      q.actOrder ? 'act-order checkpoint without a permutation' : 'a permutation in a checkpoint without act-order',
+      'perm',
+    );
   if (w.perm) {
     len(w.perm, K, 'perm');
     const seen = new Uint8Array(K);
@@ -88,33 +106,46 @@ export function checkSpqrWeights(w: SpqrWeights, N: number, K: number, q: SpqrQu
   }
   len(w.outlierRowptr, N + 1, 'outlier_rowptr');
   if (w.outlierRowptr[0] !== 0) fail('outlier_rowptr must start at 0', 'outlier_rowptr');
-  for (let n = 0; n < N; n++) if (w.outlierRowptr[n + 1]! < w.outlierRowptr[n]!) fail(`outlier_rowptr decreases at row ${n}`, 'outlier_rowptr');
+  for (let n = 0; n < N; n++)
+    if (w.outlierRowptr[n + 1]! < w.outlierRowptr[n]!) fail(`outlier_rowptr decreases at row ${n}`, 'outlier_rowptr');
   const nnz = w.outlierRowptr[N]!;
   len(w.outlierCols, nnz, 'outlier_cols');
   len(w.outlierValues, nnz, 'outlier_values');
   for (let n = 0; n < N; n++)
     for (let i = w.outlierRowptr[n]!; i < w.outlierRowptr[n + 1]!; i++) {
       const c = w.outlierCols[i]!;
-      if (!(c >= 0 && c < K) || (i > w.outlierRowptr[n]! && c <= w.outlierCols[i - 1]!)) fail(`outlier columns of row ${n} must be ascending sweep positions in [0, ${K})`, 'outlier_cols');
+      if (!(c >= 0 && c < K) || (i > w.outlierRowptr[n]! && c <= w.outlierCols[i - 1]!))
+        fail(`outlier columns of row ${n} must be ascending sweep positions in [0, ${K})`, 'outlier_cols');
     }
 }
 
 function checkConfig(q: SpqrQuantizationConfig, where: string): void {
   const bad = (field: string, expected: string, v: unknown): never => {
-    throw new LowbitError('E_SPQR_FORMAT', `${where}: quantization_config.${field} should be ${expected}, found ${JSON.stringify(v)}`, { file: where, field: `quantization_config.${field}` });
+    throw new LowbitError(
+      'E_SPQR_FORMAT',
+      `${where}: quantization_config.${field} should be ${expected}, found ${JSON.stringify(v)}`,
+      { file: where, field: `quantization_config.${field}` },
+    );
   };
   if (![2, 3, 4].includes(q.bits)) bad('bits', '2, 3 or 4', q.bits);
   if (!Number.isInteger(q.beta1) || q.beta1 < 2 || q.beta1 > 65536) bad('beta1', 'an integer in [2, 65536]', q.beta1);
   if (!Number.isInteger(q.beta2) || q.beta2 < 1 || q.beta2 > 65536) bad('beta2', 'an integer in [1, 65536]', q.beta2);
-  if (!Number.isInteger(q.statBits) || q.statBits < 1 || q.statBits > 8) bad('stat_bits', 'an integer in [1, 8]', q.statBits);
-  if (typeof q.outlierThreshold !== 'number' || !(q.outlierThreshold > 0)) bad('outlier_threshold', 'a number > 0 (null: no outliers)', q.outlierThreshold);
-  if (typeof q.outlierBudget !== 'number' || !(q.outlierBudget > 0 && q.outlierBudget < 1)) bad('outlier_budget', 'a number in (0, 1)', q.outlierBudget);
+  if (!Number.isInteger(q.statBits) || q.statBits < 1 || q.statBits > 8)
+    bad('stat_bits', 'an integer in [1, 8]', q.statBits);
+  if (typeof q.outlierThreshold !== 'number' || !(q.outlierThreshold > 0))
+    bad('outlier_threshold', 'a number > 0 (null: no outliers)', q.outlierThreshold);
+  if (typeof q.outlierBudget !== 'number' || !(q.outlierBudget > 0 && q.outlierBudget < 1))
+    bad('outlier_budget', 'a number in (0, 1)', q.outlierBudget);
   if (typeof q.damp !== 'number' || !(q.damp >= 0)) bad('damp_percent', 'a number >= 0', q.damp);
   if (typeof q.actOrder !== 'boolean') bad('act_order', 'a boolean', q.actOrder);
 }
 
 /** The quantization_config JSON of a SpQR checkpoint. */
-export function spqrQuantizationConfigJson(q: SpqrQuantizationConfig, layers: Record<string, SpqrLayerFacts>, averageBitsPerWeight: number): Record<string, unknown> {
+export function spqrQuantizationConfigJson(
+  q: SpqrQuantizationConfig,
+  layers: Record<string, SpqrLayerFacts>,
+  averageBitsPerWeight: number,
+): Record<string, unknown> {
   return {
     quant_method: 'spqr',
     format_version: SPQR_FORMAT_VERSION,
@@ -128,16 +159,34 @@ export function spqrQuantizationConfigJson(q: SpqrQuantizationConfig, layers: Re
     act_order: q.actOrder,
     average_bits_per_weight: averageBitsPerWeight,
     meta: { quantizer: ['lowbit:0.1.0'] },
-    lowbit: { layers: Object.fromEntries(Object.entries(layers).map(([p, f]) => [p, { bits_per_weight: f.bitsPerWeight, outlier_rate: f.outlierRate }])) },
+    lowbit: {
+      layers: Object.fromEntries(
+        Object.entries(layers).map(([p, f]) => [p, { bits_per_weight: f.bitsPerWeight, outlier_rate: f.outlierRate }]),
+      ),
+    },
   };
 }
 
 /** Parses a quantization_config with quant_method "spqr"; E_SPQR_FORMAT naming the field otherwise. */
-export function parseSpqrQuantizationConfig(raw: unknown, where: string): SpqrQuantizationConfig & { layers: Record<string, SpqrLayerFacts> } {
-  if (raw === null || typeof raw !== 'object' || Array.isArray(raw)) throw new LowbitError('E_SPQR_FORMAT', `${where}: quantization_config is not an object`, { file: where });
+export function parseSpqrQuantizationConfig(
+  raw: unknown,
+  where: string,
+): SpqrQuantizationConfig & { layers: Record<string, SpqrLayerFacts> } {
+  if (raw === null || typeof raw !== 'object' || Array.isArray(raw))
+    throw new LowbitError('E_SPQR_FORMAT', `${where}: quantization_config is not an object`, { file: where });
   const r = raw as Record<string, unknown>;
-  if (r.quant_method !== 'spqr') throw new LowbitError('E_SPQR_FORMAT', `${where}: quantization_config.quant_method is ${JSON.stringify(r.quant_method)}, expected "spqr"`, { file: where });
-  if (r.format_version !== SPQR_FORMAT_VERSION) throw new LowbitError('E_UNSUPPORTED', `${where}: SpQR format_version ${JSON.stringify(r.format_version)} is not supported (lowbit reads ${SPQR_FORMAT_VERSION})`, { file: where });
+  if (r.quant_method !== 'spqr')
+    throw new LowbitError(
+      'E_SPQR_FORMAT',
+      `${where}: quantization_config.quant_method is ${JSON.stringify(r.quant_method)}, expected "spqr"`,
+      { file: where },
+    );
+  if (r.format_version !== SPQR_FORMAT_VERSION)
+    throw new LowbitError(
+      'E_UNSUPPORTED',
+      `${where}: SpQR format_version ${JSON.stringify(r.format_version)} is not supported (lowbit reads ${SPQR_FORMAT_VERSION})`,
+      { file: where },
+    );
   const q: SpqrQuantizationConfig = {
     bits: r.bits as number,
     beta1: r.beta1 as number,
@@ -150,9 +199,12 @@ export function parseSpqrQuantizationConfig(raw: unknown, where: string): SpqrQu
   };
   checkConfig(q, where);
   const layers: Record<string, SpqrLayerFacts> = {};
-  const l = (r.lowbit as { layers?: Record<string, { bits_per_weight?: unknown; outlier_rate?: unknown }> } | undefined)?.layers ?? {};
+  const l =
+    (r.lowbit as { layers?: Record<string, { bits_per_weight?: unknown; outlier_rate?: unknown }> } | undefined)
+      ?.layers ?? {};
   for (const [p, f] of Object.entries(l)) {
-    if (typeof f?.bits_per_weight === 'number' && typeof f?.outlier_rate === 'number') layers[p] = { bitsPerWeight: f.bits_per_weight, outlierRate: f.outlier_rate };
+    if (typeof f?.bits_per_weight === 'number' && typeof f?.outlier_rate === 'number')
+      layers[p] = { bitsPerWeight: f.bits_per_weight, outlierRate: f.outlier_rate };
   }
   return { ...q, layers };
 }
@@ -164,16 +216,53 @@ function linearTensors(prefix: string, w: SpqrWeights): { spec: TensorSpec; data
   const index16 = (a: Int32Array) => bytes(Uint16Array.from(a));
   const out: { spec: TensorSpec; data: Uint8Array }[] = [
     { spec: { name: spqrTensorName(prefix, 'qweight'), dtype: 'U8', shape: [w.qweight.length] }, data: w.qweight },
-    { spec: { name: spqrTensorName(prefix, 'scale_codes'), dtype: 'U8', shape: [w.scaleCodes.length] }, data: w.scaleCodes },
-    { spec: { name: spqrTensorName(prefix, 'zero_codes'), dtype: 'U8', shape: [w.zeroCodes.length] }, data: w.zeroCodes },
-    { spec: { name: spqrTensorName(prefix, 'scale_stats'), dtype: 'F16', shape: [w.scaleStats.length / 2 / Math.ceil(w.N / w.beta2), Math.ceil(w.N / w.beta2), 2] }, data: bytes(w.scaleStats) },
-    { spec: { name: spqrTensorName(prefix, 'zero_stats'), dtype: 'F16', shape: [w.zeroStats.length / 2 / Math.ceil(w.N / w.beta2), Math.ceil(w.N / w.beta2), 2] }, data: bytes(w.zeroStats) },
+    {
+      spec: { name: spqrTensorName(prefix, 'scale_codes'), dtype: 'U8', shape: [w.scaleCodes.length] },
+      data: w.scaleCodes,
+    },
+    {
+      spec: { name: spqrTensorName(prefix, 'zero_codes'), dtype: 'U8', shape: [w.zeroCodes.length] },
+      data: w.zeroCodes,
+    },
+    {
+      spec: {
+        name: spqrTensorName(prefix, 'scale_stats'),
+        dtype: 'F16',
+        shape: [w.scaleStats.length / 2 / Math.ceil(w.N / w.beta2), Math.ceil(w.N / w.beta2), 2],
+      },
+      data: bytes(w.scaleStats),
+    },
+    {
+      spec: {
+        name: spqrTensorName(prefix, 'zero_stats'),
+        dtype: 'F16',
+        shape: [w.zeroStats.length / 2 / Math.ceil(w.N / w.beta2), Math.ceil(w.N / w.beta2), 2],
+      },
+      data: bytes(w.zeroStats),
+    },
   ];
-  if (w.perm) out.push({ spec: { name: spqrTensorName(prefix, 'perm'), dtype: wide ? 'I32' : 'I16', shape: [w.K] }, data: wide ? bytes(w.perm) : index16(w.perm) });
+  if (w.perm)
+    out.push({
+      spec: { name: spqrTensorName(prefix, 'perm'), dtype: wide ? 'I32' : 'I16', shape: [w.K] },
+      data: wide ? bytes(w.perm) : index16(w.perm),
+    });
   out.push(
-    { spec: { name: spqrTensorName(prefix, 'outlier_values'), dtype: 'F16', shape: [w.outlierValues.length] }, data: bytes(w.outlierValues) },
-    { spec: { name: spqrTensorName(prefix, 'outlier_cols'), dtype: wide ? 'I32' : 'I16', shape: [w.outlierCols.length] }, data: wide ? bytes(w.outlierCols) : index16(w.outlierCols) },
-    { spec: { name: spqrTensorName(prefix, 'outlier_rowptr'), dtype: 'I32', shape: [w.N + 1] }, data: bytes(w.outlierRowptr) },
+    {
+      spec: { name: spqrTensorName(prefix, 'outlier_values'), dtype: 'F16', shape: [w.outlierValues.length] },
+      data: bytes(w.outlierValues),
+    },
+    {
+      spec: {
+        name: spqrTensorName(prefix, 'outlier_cols'),
+        dtype: wide ? 'I32' : 'I16',
+        shape: [w.outlierCols.length],
+      },
+      data: wide ? bytes(w.outlierCols) : index16(w.outlierCols),
+    },
+    {
+      spec: { name: spqrTensorName(prefix, 'outlier_rowptr'), dtype: 'I32', shape: [w.N + 1] },
+      data: bytes(w.outlierRowptr),
+    },
   );
   return out;
 }
@@ -217,10 +306,15 @@ export async function writeSpqrCheckpoint(
       weights += N * K;
     }
   }
-  for (const prefix of linears.keys()) if (!quantized.some((x) => x.prefix === prefix)) invalidArgument('linears', `prefixes of the source model's block linears`, prefix);
+  for (const prefix of linears.keys())
+    if (!quantized.some((x) => x.prefix === prefix))
+      invalidArgument('linears', `prefixes of the source model's block linears`, prefix);
   const kept = source.names.filter((n) => !replaced.has(n));
   const tensors = quantized.flatMap(({ prefix, w }) => linearTensors(prefix, w));
-  const specs: TensorSpec[] = [...kept.map((name) => ({ name, dtype: SAFETENSORS_DTYPE_OF[source.dtypeOf(name)], shape: source.shapeOf(name) })), ...tensors.map((t) => t.spec)];
+  const specs: TensorSpec[] = [
+    ...kept.map((name) => ({ name, dtype: SAFETENSORS_DTYPE_OF[source.dtypeOf(name)], shape: source.shapeOf(name) })),
+    ...tensors.map((t) => t.spec),
+  ];
   const work = tempPath(target);
   await mkdir(work, { recursive: true });
   let writer: CheckpointWriter | undefined;
@@ -230,11 +324,20 @@ export async function writeSpqrCheckpoint(
     for (const t of tensors) await writer.put(t.spec.name, t.data);
     await writer.finish();
     const baseConfig = source instanceof HfModel ? { ...source.config.raw } : hfConfigJson(source.config);
-    const config = { ...baseConfig, quantization_config: spqrQuantizationConfigJson(q, facts, weights ? bits / weights : 0) };
+    const config = {
+      ...baseConfig,
+      quantization_config: spqrQuantizationConfigJson(q, facts, weights ? bits / weights : 0),
+    };
     await writeFileAtomic(join(work, 'config.json'), JSON.stringify(config, null, 2) + '\n');
     const tokenizerDir = options.tokenizerFrom ?? (source instanceof HfModel ? source.dir : undefined);
     if (tokenizerDir) {
-      for (const f of ['tokenizer.json', 'tokenizer_config.json', 'tokenizer.model', 'special_tokens_map.json', 'generation_config.json']) {
+      for (const f of [
+        'tokenizer.json',
+        'tokenizer_config.json',
+        'tokenizer.model',
+        'special_tokens_map.json',
+        'generation_config.json',
+      ]) {
         const from = join(tokenizerDir, f);
         if (await stat(from).catch(() => undefined)) await writeFileAtomic(join(work, f), await readFile(from));
       }
@@ -267,16 +370,29 @@ export async function openSpqrCheckpoint(dir: string): Promise<SpqrCheckpoint> {
   try {
     config = JSON.parse(await readFile(join(root, 'config.json'), 'utf8')) as Record<string, unknown>;
   } catch (err) {
-    throw new LowbitError('E_CONFIG', `${root}: cannot read config.json: ${(err as Error).message}`, { file: root }, { cause: err });
+    throw new LowbitError(
+      'E_CONFIG',
+      `${root}: cannot read config.json: ${(err as Error).message}`,
+      { file: root },
+      { cause: err },
+    );
   }
   const quantization = parseSpqrQuantizationConfig(config.quantization_config, root);
   const checkpoint = await Checkpoint.open(root);
-  const read = async (prefix: string, part: (typeof SUFFIXES)[number], dtypes: readonly string[], shape?: readonly number[]): Promise<Tensor> => {
+  const read = async (
+    prefix: string,
+    part: (typeof SPQR_TENSOR_SUFFIXES)[number],
+    dtypes: readonly string[],
+    shape?: readonly number[],
+  ): Promise<Tensor> => {
     const name = spqrTensorName(prefix, part);
-    if (!checkpoint.has(name)) throw new LowbitError('E_MISSING_TENSOR', `${root}: '${name}' is missing`, { file: root, tensor: name });
+    if (!checkpoint.has(name))
+      throw new LowbitError('E_MISSING_TENSOR', `${root}: '${name}' is missing`, { file: root, tensor: name });
     const t = await checkpoint.readTensor(name);
-    if (!dtypes.includes(t.dtype)) throw formatError(root, `'${name}' is ${t.dtype}, expected ${dtypes.join(' or ')}`, name);
-    if (shape && (t.shape.length !== shape.length || t.shape.some((d, i) => d !== shape[i]))) throw formatError(root, `'${name}' has shape [${t.shape.join(', ')}], expected [${shape.join(', ')}]`, name);
+    if (!dtypes.includes(t.dtype))
+      throw formatError(root, `'${name}' is ${t.dtype}, expected ${dtypes.join(' or ')}`, name);
+    if (shape && (t.shape.length !== shape.length || t.shape.some((d, i) => d !== shape[i])))
+      throw formatError(root, `'${name}' has shape [${t.shape.join(', ')}], expected [${shape.join(', ')}]`, name);
     return t;
   };
   // I16 tensors (read as i32, sign-extended) hold unsigned 16-bit indices.
@@ -311,7 +427,12 @@ export async function openSpqrCheckpoint(dir: string): Promise<SpqrCheckpoint> {
       };
       w.outlierCols = index(await read(prefix, 'outlier_cols', ['i32'], [w.outlierValues.length]), K);
       if (q.actOrder) w.perm = index(await read(prefix, 'perm', ['i32'], [K]), K);
-      else if (checkpoint.has(spqrTensorName(prefix, 'perm'))) throw formatError(root, `'${spqrTensorName(prefix, 'perm')}' present but act_order is false`, spqrTensorName(prefix, 'perm'));
+      else if (checkpoint.has(spqrTensorName(prefix, 'perm')))
+        throw formatError(
+          root,
+          `'${spqrTensorName(prefix, 'perm')}' present but act_order is false`,
+          spqrTensorName(prefix, 'perm'),
+        );
       checkSpqrWeights(w, N, K, q, prefix);
       return w;
     },

@@ -44,9 +44,17 @@ export interface TextTokenizer {
   pieceOf(id: number): string | undefined;
 }
 
-function withSpecials(ids: ArrayLike<number>, bosId: number | undefined, eosId: number | undefined, options: EncodeOptions, file: string): Int32Array {
-  if (options.bos && bosId === undefined) throw new LowbitError('E_TOKENIZER', `${file}: BOS asked for, but the tokenizer has no BOS token`, { file });
-  if (options.eos && eosId === undefined) throw new LowbitError('E_TOKENIZER', `${file}: EOS asked for, but the tokenizer has no EOS token`, { file });
+function withSpecials(
+  ids: ArrayLike<number>,
+  bosId: number | undefined,
+  eosId: number | undefined,
+  options: EncodeOptions,
+  file: string,
+): Int32Array {
+  if (options.bos && bosId === undefined)
+    throw new LowbitError('E_TOKENIZER', `${file}: BOS asked for, but the tokenizer has no BOS token`, { file });
+  if (options.eos && eosId === undefined)
+    throw new LowbitError('E_TOKENIZER', `${file}: EOS asked for, but the tokenizer has no EOS token`, { file });
   const head = options.bos ? 1 : 0;
   const out = new Int32Array(ids.length + head + (options.eos ? 1 : 0));
   if (options.bos) out[0] = bosId!;
@@ -61,7 +69,13 @@ function checkText(text: unknown): asserts text is string {
 
 function checkIdList(ids: unknown): asserts ids is ArrayLike<number> {
   const length = (ids as { length?: unknown } | null)?.length;
-  if (typeof ids !== 'object' || ids === null || typeof length !== 'number' || !Number.isSafeInteger(length) || length < 0) {
+  if (
+    typeof ids !== 'object' ||
+    ids === null ||
+    typeof length !== 'number' ||
+    !Number.isSafeInteger(length) ||
+    length < 0
+  ) {
     invalidArgument('ids', 'an array of token ids', ids);
   }
 }
@@ -78,19 +92,26 @@ function checkTokenIds(json: JsonObject, file: string): void {
   if (!Array.isArray(added)) throw new LowbitError('E_TOKENIZER', `${file}: added_tokens is not a list`, { file });
   const ids: [string, unknown][] = [];
   if (vocab !== undefined && vocab !== null && !Array.isArray(vocab)) {
-    if (typeof vocab !== 'object') throw new LowbitError('E_TOKENIZER', `${file}: model.vocab is not an object or a list`, { file });
-    for (const [token, id] of Object.entries(vocab)) ids.push([`model.vocab[${JSON.stringify(token.slice(0, 40))}]`, id]);
+    if (typeof vocab !== 'object')
+      throw new LowbitError('E_TOKENIZER', `${file}: model.vocab is not an object or a list`, { file });
+    for (const [token, id] of Object.entries(vocab))
+      ids.push([`model.vocab[${JSON.stringify(token.slice(0, 40))}]`, id]);
   }
   let entries = Array.isArray(vocab) ? vocab.length : ids.length;
   added.forEach((t, i) => {
     ids.push([`added_tokens[${i}].id`, (t as JsonObject | null)?.id]);
     // an added token is usually also a vocabulary entry (the specials of a BPE model)
     const content = (t as JsonObject | null)?.content;
-    if (Array.isArray(vocab) || typeof content !== 'string' || !Object.hasOwn((vocab ?? {}) as object, content)) entries++;
+    if (Array.isArray(vocab) || typeof content !== 'string' || !Object.hasOwn((vocab ?? {}) as object, content))
+      entries++;
   });
   for (const [where, id] of ids) {
     if (typeof id !== 'number' || !Number.isInteger(id) || id < 0 || id >= entries) {
-      throw new LowbitError('E_TOKENIZER', `${file}: ${where} is ${JSON.stringify(id)}; token ids must be integers in [0, ${entries}) for a vocabulary of ${entries} entries`, { file });
+      throw new LowbitError(
+        'E_TOKENIZER',
+        `${file}: ${where} is ${JSON.stringify(id)}; token ids must be integers in [0, ${entries}) for a vocabulary of ${entries} entries`,
+        { file },
+      );
     }
   }
 }
@@ -129,7 +150,8 @@ type JsonObject = Record<string, unknown>;
 /** The content of a special token entry in tokenizer_config.json (a string or {content}). */
 function tokenContent(v: unknown): string | undefined {
   if (typeof v === 'string') return v;
-  if (v && typeof v === 'object' && typeof (v as JsonObject).content === 'string') return (v as JsonObject).content as string;
+  if (v && typeof v === 'object' && typeof (v as JsonObject).content === 'string')
+    return (v as JsonObject).content as string;
   return undefined;
 }
 
@@ -164,8 +186,13 @@ export class HfJsonTokenizer implements TextTokenizer {
   /** ids of pieces already encoded (words repeat: most pieces are hits) */
   private readonly cache = new Map<string, readonly number[]>();
 
-  constructor(json: unknown, config: unknown, readonly file: string) {
-    if (!json || typeof json !== 'object' || !(json as JsonObject).model) throw new LowbitError('E_TOKENIZER', `${file}: not a tokenizer.json (no "model")`, { file });
+  constructor(
+    json: unknown,
+    config: unknown,
+    readonly file: string,
+  ) {
+    if (!json || typeof json !== 'object' || !(json as JsonObject).model)
+      throw new LowbitError('E_TOKENIZER', `${file}: not a tokenizer.json (no "model")`, { file });
     const cfg = (config && typeof config === 'object' ? config : {}) as JsonObject;
     checkTokenIds(json as JsonObject, file);
     try {
@@ -201,7 +228,12 @@ export class HfJsonTokenizer implements TextTokenizer {
         }
       }
     } catch (err) {
-      throw new LowbitError('E_TOKENIZER', `${this.file}: encoding failed: ${(err as Error).message}`, { file: this.file }, { cause: err });
+      throw new LowbitError(
+        'E_TOKENIZER',
+        `${this.file}: encoding failed: ${(err as Error).message}`,
+        { file: this.file },
+        { cause: err },
+      );
     }
     return withSpecials(ids, this.bosId, this.eosId, options, this.file);
   }
@@ -210,13 +242,19 @@ export class HfJsonTokenizer implements TextTokenizer {
     checkIdList(ids);
     const list = Array.from(ids);
     list.forEach((id, i) => {
-      if (!Number.isInteger(id) || id < 0 || this.tok.id_to_token(id) === undefined) invalidArgument(`ids[${i}]`, 'a token id of the vocabulary', id);
+      if (!Number.isInteger(id) || id < 0 || this.tok.id_to_token(id) === undefined)
+        invalidArgument(`ids[${i}]`, 'a token id of the vocabulary', id);
     });
     if (list.length === 0) return ''; // the library refuses an empty list
     try {
       return this.tok.decode(list, { skip_special_tokens: true });
     } catch (err) {
-      throw new LowbitError('E_TOKENIZER', `${this.file}: decoding failed: ${(err as Error).message}`, { file: this.file }, { cause: err });
+      throw new LowbitError(
+        'E_TOKENIZER',
+        `${this.file}: decoding failed: ${(err as Error).message}`,
+        { file: this.file },
+        { cause: err },
+      );
     }
   }
 
@@ -267,7 +305,14 @@ export async function loadTokenizer(path: string, options: LoadTokenizerOptions 
     } catch (err) {
       // a SentencePiece model lowbit cannot encode (unigram, another normalization rule): the
       // directory's tokenizer.json encodes it as transformers does
-      if (!options.kind && wanted === 'sentencepiece' && err instanceof LowbitError && err.code === 'E_UNSUPPORTED' && existsSync(json)) return loadTokenizer(json, options);
+      if (
+        !options.kind &&
+        wanted === 'sentencepiece' &&
+        err instanceof LowbitError &&
+        err.code === 'E_UNSUPPORTED' &&
+        existsSync(json)
+      )
+        return loadTokenizer(json, options);
       throw err;
     }
   }

@@ -14,7 +14,17 @@
  * checksum check and no offline mode, and it brings a WebAssembly dependency lowbit does not need.
  */
 import { createHash } from 'node:crypto';
-import { createReadStream, existsSync, mkdirSync, readFileSync, renameSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
+import {
+  createReadStream,
+  existsSync,
+  mkdirSync,
+  readFileSync,
+  renameSync,
+  rmSync,
+  statSync,
+  symlinkSync,
+  writeFileSync,
+} from 'node:fs';
 import { open } from 'node:fs/promises';
 import { dirname, join, relative } from 'node:path';
 import { LowbitError } from '../errors.js';
@@ -68,17 +78,34 @@ interface RemoteFile {
 }
 
 /** Fetch with the Hub's error mapping; redirects are followed by hand (the token never leaves the Hub's origin). */
-async function hubFetch(url: string, init: { method?: string; headers?: Record<string, string>; signal?: AbortSignal }, settings: HubSettings, what: string, follow = true): Promise<Response> {
+async function hubFetch(
+  url: string,
+  init: { method?: string; headers?: Record<string, string>; signal?: AbortSignal },
+  settings: HubSettings,
+  what: string,
+  follow = true,
+): Promise<Response> {
   let current = url;
   for (let hop = 0; hop < 6; hop++) {
     const headers: Record<string, string> = { 'user-agent': 'lowbit', ...init.headers };
-    if (settings.token && new URL(current).origin === new URL(settings.endpoint).origin) headers.authorization = `Bearer ${settings.token}`;
+    if (settings.token && new URL(current).origin === new URL(settings.endpoint).origin)
+      headers.authorization = `Bearer ${settings.token}`;
     let response: Response;
     try {
-      response = await fetch(current, { method: init.method ?? 'GET', headers, redirect: 'manual', signal: init.signal });
+      response = await fetch(current, {
+        method: init.method ?? 'GET',
+        headers,
+        redirect: 'manual',
+        signal: init.signal,
+      });
     } catch (err) {
       if (init.signal?.aborted) throw new LowbitError('E_ABORTED', `${what}: cancelled`, {}, { cause: err });
-      throw new LowbitError('E_HUB', `${what}: cannot reach ${new URL(current).origin} (${(err as Error).message}); with the model already downloaded, HF_HUB_OFFLINE=1 uses the cache only`, { url: current }, { cause: err });
+      throw new LowbitError(
+        'E_HUB',
+        `${what}: cannot reach ${new URL(current).origin} (${(err as Error).message}); with the model already downloaded, HF_HUB_OFFLINE=1 uses the cache only`,
+        { url: current },
+        { cause: err },
+      );
     }
     if (response.status >= 300 && response.status < 400 && response.headers.has('location')) {
       if (!follow) return response;
@@ -97,8 +124,12 @@ async function hubFetch(url: string, init: { method?: string; headers?: Record<s
         { url: current, status: response.status },
       );
     }
-    if (response.status === 404) throw new LowbitError('E_HUB_NOT_FOUND', `${what}: not found (HTTP 404)`, { url: current, status: 404 });
-    throw new LowbitError('E_HUB', `${what}: HTTP ${response.status} from ${current}`, { url: current, status: response.status });
+    if (response.status === 404)
+      throw new LowbitError('E_HUB_NOT_FOUND', `${what}: not found (HTTP 404)`, { url: current, status: 404 });
+    throw new LowbitError('E_HUB', `${what}: HTTP ${response.status} from ${current}`, {
+      url: current,
+      status: response.status,
+    });
   }
   throw new LowbitError('E_HUB', `${what}: too many redirects from ${url}`, { url });
 }
@@ -108,39 +139,70 @@ const normalizeEtag = (etag: string) => etag.replace(/^W\//, '').replace(/^"|"$/
 /** Checks a downloaded blob against its ETag: sha256 (LFS) or git's blob sha1 (small files). */
 async function verify(path: string, etag: string, size: number, file: string): Promise<void> {
   const actual = statSync(path).size;
-  if (actual !== size) throw new LowbitError('E_HUB', `${file}: downloaded ${actual} bytes, the Hub announced ${size}`, { file });
+  if (actual !== size)
+    throw new LowbitError('E_HUB', `${file}: downloaded ${actual} bytes, the Hub announced ${size}`, { file });
   let hash: ReturnType<typeof createHash>;
   if (/^[0-9a-f]{64}$/.test(etag)) hash = createHash('sha256');
   else if (/^[0-9a-f]{40}$/.test(etag)) hash = createHash('sha1').update(`blob ${size}\0`);
   else return; // an ETag that is no content hash: nothing to compare against
   for await (const chunk of createReadStream(path)) hash.update(chunk as Buffer);
   const digest = hash.digest('hex');
-  if (digest !== etag) throw new LowbitError('E_HUB', `${file}: checksum mismatch (got ${digest}, the Hub's ETag is ${etag}); the partial file was removed, run again`, { file });
+  if (digest !== etag)
+    throw new LowbitError(
+      'E_HUB',
+      `${file}: checksum mismatch (got ${digest}, the Hub's ETag is ${etag}); the partial file was removed, run again`,
+      { file },
+    );
 }
 
-async function fileInfo(settings: HubSettings, repo: string, commit: string, name: string, signal?: AbortSignal): Promise<RemoteFile> {
+async function fileInfo(
+  settings: HubSettings,
+  repo: string,
+  commit: string,
+  name: string,
+  signal?: AbortSignal,
+): Promise<RemoteFile> {
   const url = `${settings.endpoint}/${repo}/resolve/${commit}/${name.split('/').map(encodeURIComponent).join('/')}`;
   const response = await hubFetch(url, { method: 'HEAD', signal }, settings, `${repo}: ${name}`, false);
   const h = response.headers;
   const etag = h.get('x-linked-etag') ?? h.get('etag');
   const size = Number(h.get('x-linked-size') ?? h.get('content-length'));
-  if (!etag || !Number.isSafeInteger(size) || size < 0) throw new LowbitError('E_HUB', `${repo}: ${name}: the Hub gave no ETag or size`, { url });
+  if (!etag || !Number.isSafeInteger(size) || size < 0)
+    throw new LowbitError('E_HUB', `${repo}: ${name}: the Hub gave no ETag or size`, { url });
   const location = h.get('location');
   return { name, etag: normalizeEtag(etag), size, url: location ? new URL(location, url).toString() : url };
 }
 
 /** Downloads one blob to blobs/{etag}, resuming blobs/{etag}.incomplete; returns when it is verified. */
-async function downloadBlob(settings: HubSettings, file: RemoteFile, blob: string, onBytes: (n: number) => void, signal?: AbortSignal): Promise<void> {
+async function downloadBlob(
+  settings: HubSettings,
+  file: RemoteFile,
+  blob: string,
+  onBytes: (n: number) => void,
+  signal?: AbortSignal,
+): Promise<void> {
   const partial = `${blob}.incomplete`;
   let have = existsSync(partial) ? statSync(partial).size : 0;
-  if (have > file.size) (rmSync(partial), (have = 0));
+  if (have > file.size) {
+    rmSync(partial);
+    have = 0;
+  }
   onBytes(have);
   if (have < file.size || file.size === 0) {
-    const response = await hubFetch(file.url, { headers: have > 0 ? { range: `bytes=${have}-` } : {}, signal }, settings, file.name);
+    const response = await hubFetch(
+      file.url,
+      { headers: have > 0 ? { range: `bytes=${have}-` } : {}, signal },
+      settings,
+      file.name,
+    );
     if (response.status === 416) {
       await response.body?.cancel(); // asked past the end: the partial file is whole
     } else {
-      if (response.status !== 206 && have > 0) (onBytes(-have), (have = 0)); // the server sent it all again
+      if (response.status !== 206 && have > 0) {
+        // the server sent it all again
+        onBytes(-have);
+        have = 0;
+      }
       const handle = await open(partial, have > 0 ? 'a' : 'w');
       try {
         for await (const chunk of response.body as unknown as AsyncIterable<Uint8Array>) {
@@ -148,8 +210,19 @@ async function downloadBlob(settings: HubSettings, file: RemoteFile, blob: strin
           onBytes(chunk.byteLength);
         }
       } catch (err) {
-        if (signal?.aborted) throw new LowbitError('E_ABORTED', `${file.name}: cancelled (the partial download is kept and resumed next time)`, {}, { cause: err });
-        throw new LowbitError('E_HUB', `${file.name}: the download broke off (${(err as Error).message}); run again to resume it`, { file: file.name }, { cause: err });
+        if (signal?.aborted)
+          throw new LowbitError(
+            'E_ABORTED',
+            `${file.name}: cancelled (the partial download is kept and resumed next time)`,
+            {},
+            { cause: err },
+          );
+        throw new LowbitError(
+          'E_HUB',
+          `${file.name}: the download broke off (${(err as Error).message}); run again to resume it`,
+          { file: file.name },
+          { cause: err },
+        );
       } finally {
         await handle.close();
       }
@@ -175,7 +248,11 @@ function snapshotComplete(dir: string): boolean {
   if (!existsSync(join(dir, 'config.json'))) return false;
   const index = join(dir, 'model.safetensors.index.json');
   if (existsSync(index)) {
-    const shards = new Set(Object.values((JSON.parse(readFileSync(index, 'utf8')) as { weight_map?: Record<string, string> }).weight_map ?? {}));
+    const shards = new Set(
+      Object.values(
+        (JSON.parse(readFileSync(index, 'utf8')) as { weight_map?: Record<string, string> }).weight_map ?? {},
+      ),
+    );
     return [...shards].every((s) => existsSync(join(dir, s)));
   }
   return existsSync(join(dir, 'model.safetensors'));
@@ -186,7 +263,11 @@ function offlineSnapshot(settings: HubSettings, id: HubModelId): HubSnapshot {
   const commit = cachedCommit(settings.cacheDir, id);
   const dir = commit && join(repoFolder(settings.cacheDir, id.repo), 'snapshots', commit);
   if (!dir || !snapshotComplete(dir)) {
-    throw new LowbitError('E_OFFLINE', `${id.repo}@${id.revision} is not in the Hub cache (${settings.cacheDir}) and HF_HUB_OFFLINE=1 forbids downloading it`, { repo: id.repo });
+    throw new LowbitError(
+      'E_OFFLINE',
+      `${id.repo}@${id.revision} is not in the Hub cache (${settings.cacheDir}) and HF_HUB_OFFLINE=1 forbids downloading it`,
+      { repo: id.repo },
+    );
   }
   return { dir, repo: id.repo, revision: id.revision, commit: commit!, cached: true };
 }
@@ -198,9 +279,15 @@ export async function downloadHubModel(id: HubModelId, options: HubDownloadOptio
   if (settings.offline) return offlineSnapshot(settings, id);
   const what = `${id.repo}@${id.revision}`;
 
-  const info = await hubFetch(`${settings.endpoint}/api/models/${id.repo}/revision/${encodeURIComponent(id.revision)}`, { signal }, settings, `model ${what} on ${settings.endpoint}`);
+  const info = await hubFetch(
+    `${settings.endpoint}/api/models/${id.repo}/revision/${encodeURIComponent(id.revision)}`,
+    { signal },
+    settings,
+    `model ${what} on ${settings.endpoint}`,
+  );
   const meta = (await info.json()) as { sha?: string; siblings?: { rfilename: string }[] };
-  if (!meta.sha || !isCommit(meta.sha) || !Array.isArray(meta.siblings)) throw new LowbitError('E_HUB', `${what}: the Hub's answer has no commit or file list`, { repo: id.repo });
+  if (!meta.sha || !isCommit(meta.sha) || !Array.isArray(meta.siblings))
+    throw new LowbitError('E_HUB', `${what}: the Hub's answer has no commit or file list`, { repo: id.repo });
   const commit = meta.sha;
   const available = new Set(meta.siblings.map((s) => s.rfilename));
   const folder = repoFolder(settings.cacheDir, id.repo);
@@ -211,7 +298,8 @@ export async function downloadHubModel(id: HubModelId, options: HubDownloadOptio
     mkdirSync(dirname(join(folder, 'refs', id.revision)), { recursive: true });
     writeFileSync(join(folder, 'refs', id.revision), commit);
   }
-  if (!available.has('config.json')) throw new LowbitError('E_HUB_NOT_FOUND', `${what} has no config.json: not a transformers model`, { repo: id.repo });
+  if (!available.has('config.json'))
+    throw new LowbitError('E_HUB_NOT_FOUND', `${what} has no config.json: not a transformers model`, { repo: id.repo });
 
   // The non-weight files first: the index (when sharded) names the weight files.
   const names = MODEL_FILES.filter((f) => available.has(f));
@@ -222,14 +310,24 @@ export async function downloadHubModel(id: HubModelId, options: HubDownloadOptio
     const indexInfo = infos.find((f) => f.name === 'model.safetensors.index.json')!;
     const indexBlob = join(folder, 'blobs', indexInfo.etag);
     if (!existsSync(indexBlob)) await downloadBlob(settings, indexInfo, indexBlob, () => {}, signal);
-    const map = (JSON.parse(readFileSync(indexBlob, 'utf8')) as { weight_map?: Record<string, string> }).weight_map ?? {};
+    const map =
+      (JSON.parse(readFileSync(indexBlob, 'utf8')) as { weight_map?: Record<string, string> }).weight_map ?? {};
     weights = [...new Set(Object.values(map))].sort();
     const missing = weights.filter((w) => !available.has(w));
-    if (missing.length > 0) throw new LowbitError('E_HUB_NOT_FOUND', `${what}: model.safetensors.index.json names ${missing.join(', ')}, which the repository lacks`, { repo: id.repo });
+    if (missing.length > 0)
+      throw new LowbitError(
+        'E_HUB_NOT_FOUND',
+        `${what}: model.safetensors.index.json names ${missing.join(', ')}, which the repository lacks`,
+        { repo: id.repo },
+      );
   } else if (available.has('model.safetensors')) {
     weights = ['model.safetensors'];
   } else {
-    throw new LowbitError('E_HUB_NOT_FOUND', `${what} has no safetensors weights (model.safetensors or an index); lowbit does not download .bin/.pt pickles`, { repo: id.repo });
+    throw new LowbitError(
+      'E_HUB_NOT_FOUND',
+      `${what} has no safetensors weights (model.safetensors or an index); lowbit does not download .bin/.pt pickles`,
+      { repo: id.repo },
+    );
   }
   for (const name of weights) infos.push(await fileInfo(settings, id.repo, commit, name, signal));
 

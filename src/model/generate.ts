@@ -69,11 +69,14 @@ export function sampleToken(logits: Float32Array, temperature: number, topP: num
   return candidates[candidates.length - 1]!;
 }
 
-function checkOptions(options: GenerateOptions): Required<Omit<GenerateOptions, 'signal' | 'stopIds' | 'seed'>> & { seed: number } {
+function checkOptions(
+  options: GenerateOptions,
+): Required<Omit<GenerateOptions, 'signal' | 'stopIds' | 'seed'>> & { seed: number } {
   const maxTokens = options.maxTokens ?? 128;
   if (!Number.isInteger(maxTokens) || maxTokens < 1) invalidArgument('maxTokens', 'a positive integer', maxTokens);
   const temperature = options.temperature ?? 1;
-  if (typeof temperature !== 'number' || !Number.isFinite(temperature) || temperature < 0) invalidArgument('temperature', 'a number ≥ 0', temperature);
+  if (typeof temperature !== 'number' || !Number.isFinite(temperature) || temperature < 0)
+    invalidArgument('temperature', 'a number ≥ 0', temperature);
   const topP = options.topP ?? 0.9;
   if (typeof topP !== 'number' || !(topP > 0 && topP <= 1)) invalidArgument('topP', 'a number in (0, 1]', topP);
   const seed = options.seed ?? Math.floor(Math.random() * 2 ** 32);
@@ -82,11 +85,20 @@ function checkOptions(options: GenerateOptions): Required<Omit<GenerateOptions, 
 }
 
 /** Generates token ids after `promptIds` (which should start with BOS), one at a time. */
-export async function* generateTokens(model: Model, promptIds: Int32Array, options: GenerateOptions = {}): AsyncGenerator<number> {
+export async function* generateTokens(
+  model: Model,
+  promptIds: Int32Array,
+  options: GenerateOptions = {},
+): AsyncGenerator<number> {
   const { maxTokens, temperature, topP, seed } = checkOptions(options);
-  if (!(promptIds instanceof Int32Array) || promptIds.length === 0) invalidArgument('promptIds', 'a non-empty Int32Array', promptIds);
+  if (!(promptIds instanceof Int32Array) || promptIds.length === 0)
+    invalidArgument('promptIds', 'a non-empty Int32Array', promptIds);
   if (promptIds.length >= model.maxSeq) {
-    throw new LowbitError('E_ARGUMENT', `the prompt has ${promptIds.length} tokens; the model's context is ${model.maxSeq}`, { option: 'prompt' });
+    throw new LowbitError(
+      'E_ARGUMENT',
+      `the prompt has ${promptIds.length} tokens; the model's context is ${model.maxSeq}`,
+      { option: 'prompt' },
+    );
   }
   const stop = new Set(options.stopIds ?? model.config.eosTokenIds);
   const random = seededRandom(seed);
@@ -95,7 +107,8 @@ export async function* generateTokens(model: Model, promptIds: Int32Array, optio
   try {
     let logits = await session.feed(promptIds);
     for (let produced = 0; produced < maxTokens; produced++) {
-      if (options.signal?.aborted) throw new LowbitError('E_ABORTED', 'generation was aborted', {}, { cause: options.signal.reason });
+      if (options.signal?.aborted)
+        throw new LowbitError('E_ABORTED', 'generation was aborted', {}, { cause: options.signal.reason });
       const next = sampleToken(logits, temperature, topP, random);
       if (stop.has(next)) return;
       yield next;

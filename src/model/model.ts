@@ -22,7 +22,6 @@ import {
   type NativeLinearName,
   type NativeModel,
   type NativeModelConfig,
-  type PackedWeights,
 } from '../native.js';
 import type { Tensor } from '../tensor.js';
 import { ropeFrequencies } from './rope.js';
@@ -90,20 +89,27 @@ export function nativeModelConfig(config: LlamaConfig, maxSeq?: number): NativeM
 function denseOf(t: Tensor, name: string): NativeDense {
   if (t.dtype === 'f32') return { dtype: 'f32', data: t.data as Float32Array };
   if (t.dtype === 'f16' || t.dtype === 'bf16') return { dtype: t.dtype, data: t.data as Uint16Array };
-  throw new LowbitError('E_DTYPE', `tensor '${name}' is ${t.dtype}; dense weights must be f32, f16 or bf16`, { tensor: name });
+  throw new LowbitError('E_DTYPE', `tensor '${name}' is ${t.dtype}; dense weights must be f32, f16 or bf16`, {
+    tensor: name,
+  });
 }
 
 /** In/out features of each block linear, from the config. */
 export function linearShape(config: LlamaConfig, name: NativeLinearName): { K: number; N: number } {
   const { hiddenSize: h, intermediateSize: f, numHeads, numKvHeads, headDim } = config;
   switch (name) {
-    case 'q': return { K: h, N: numHeads * headDim };
+    case 'q':
+      return { K: h, N: numHeads * headDim };
     case 'k':
-    case 'v': return { K: h, N: numKvHeads * headDim };
-    case 'o': return { K: numHeads * headDim, N: h };
+    case 'v':
+      return { K: h, N: numKvHeads * headDim };
+    case 'o':
+      return { K: numHeads * headDim, N: h };
     case 'gate':
-    case 'up': return { K: h, N: f };
-    case 'down': return { K: f, N: h };
+    case 'up':
+      return { K: h, N: f };
+    case 'down':
+      return { K: f, N: h };
   }
 }
 
@@ -122,7 +128,10 @@ export class Model {
   ) {}
 
   /** A model with no weights yet, from a config (for tests and synthetic benchmarks). */
-  static create(config: LlamaConfig, options: { device?: DeviceSpec; maxSeq?: number; tokenizer?: TextTokenizer } = {}): Model {
+  static create(
+    config: LlamaConfig,
+    options: { device?: DeviceSpec; maxSeq?: number; tokenizer?: TextTokenizer } = {},
+  ): Model {
     const device = resolveDevice(options.device ?? 'cpu');
     const nc = nativeModelConfig(config, options.maxSeq);
     const Ctor = native().NativeModel;
@@ -176,12 +185,17 @@ export class Model {
   }
 
   private requireReader(): ModelReader {
-    if (!this.reader) throw new LowbitError('E_ARGUMENT', 'this model was created without a checkpoint; set its weights with setBlockWeights');
+    if (!this.reader)
+      throw new LowbitError(
+        'E_ARGUMENT',
+        'this model was created without a checkpoint; set its weights with setBlockWeights',
+      );
     return this.reader;
   }
 
   private checkBlock(block: number): void {
-    if (!Number.isInteger(block) || block < 0 || block >= this.layers) invalidArgument('block', `an integer in [0, ${this.layers})`, block);
+    if (!Number.isInteger(block) || block < 0 || block >= this.layers)
+      invalidArgument('block', `an integer in [0, ${this.layers})`, block);
   }
 
   // ------------------------------------------------------------------ weights
@@ -189,9 +203,12 @@ export class Model {
   /** Sets the embedding, final norm and (untied) lm_head. */
   async setGlobals(globals: { embed: NativeDense; finalNorm: Float32Array; head?: NativeLinear }): Promise<void> {
     const { vocabSize: V, hiddenSize: h } = this.config;
-    if (globals.embed.data.length !== V * h) throw new LowbitError('E_SHAPE', `embed holds ${globals.embed.data.length} values, expected ${V} x ${h}`);
-    if (globals.finalNorm.length !== h) throw new LowbitError('E_SHAPE', `finalNorm holds ${globals.finalNorm.length} values, expected ${h}`);
-    if (!this.config.tieWordEmbeddings && !globals.head) throw new LowbitError('E_MISSING_TENSOR', 'the model has untied embeddings: head is needed');
+    if (globals.embed.data.length !== V * h)
+      throw new LowbitError('E_SHAPE', `embed holds ${globals.embed.data.length} values, expected ${V} x ${h}`);
+    if (globals.finalNorm.length !== h)
+      throw new LowbitError('E_SHAPE', `finalNorm holds ${globals.finalNorm.length} values, expected ${h}`);
+    if (!this.config.tieWordEmbeddings && !globals.head)
+      throw new LowbitError('E_MISSING_TENSOR', 'the model has untied embeddings: head is needed');
     await call(() => this.native().setGlobals(globals));
   }
 
@@ -200,7 +217,8 @@ export class Model {
     this.checkBlock(block);
     const h = this.config.hiddenSize;
     for (const key of ['attnNorm', 'mlpNorm'] as const) {
-      if (!(weights[key] instanceof Float32Array) || weights[key].length !== h) invalidArgument(key, `a Float32Array of ${h} values`, weights[key]);
+      if (!(weights[key] instanceof Float32Array) || weights[key].length !== h)
+        invalidArgument(key, `a Float32Array of ${h} values`, weights[key]);
     }
     for (const name of LINEAR_NAMES) this.checkLinear(name, weights[name]);
     await call(() => this.native().setBlock(block, weights));
@@ -223,21 +241,33 @@ export class Model {
     if (!w || typeof w !== 'object') invalidArgument(name, 'a linear ({dtype, data} or {packed})', w);
     const { K, N } = linearShape(this.config, name);
     if (w.packed) {
-      if (w.packed.K !== K || w.packed.N !== N) throw new LowbitError('E_SHAPE', `${name}: packed weight is ${w.packed.N} x ${w.packed.K}, the model needs ${N} x ${K}`);
+      if (w.packed.K !== K || w.packed.N !== N)
+        throw new LowbitError(
+          'E_SHAPE',
+          `${name}: packed weight is ${w.packed.N} x ${w.packed.K}, the model needs ${N} x ${K}`,
+        );
     } else if (!w.data || w.data.length !== N * K) {
-      throw new LowbitError('E_SHAPE', `${name}: dense weight holds ${w.data?.length} values, the model needs ${N} x ${K}`);
+      throw new LowbitError(
+        'E_SHAPE',
+        `${name}: dense weight holds ${w.data?.length} values, the model needs ${N} x ${K}`,
+      );
     }
-    if (w.bias !== undefined && (!(w.bias instanceof Float32Array) || w.bias.length !== N)) invalidArgument(`${name}.bias`, `a Float32Array of ${N} values`, w.bias);
+    if (w.bias !== undefined && (!(w.bias instanceof Float32Array) || w.bias.length !== N))
+      invalidArgument(`${name}.bias`, `a Float32Array of ${N} values`, w.bias);
   }
 
-  private async readLinear(t: LinearTensors, shape: { K: number; N: number }): Promise<NativeLinear> {
+  private async readLinear(t: LinearTensors, _shape: { K: number; N: number }): Promise<NativeLinear> {
     const reader = this.requireReader();
     const bias = t.bias ? (await reader.readFloat32(t.bias)).data : undefined;
     if (t.weight) return { ...denseOf(await reader.readTensor(t.weight), t.weight), bias };
     // Packed linears are read by readBlockWeights through the formats module's readPackedLinear.
-    throw new LowbitError('E_UNSUPPORTED', `${t.prefix} is GPTQ-packed where lowbit reads only dense weights (e.g. a quantized lm_head)`, {
-      tensor: t.quantized?.qweight,
-    });
+    throw new LowbitError(
+      'E_UNSUPPORTED',
+      `${t.prefix} is GPTQ-packed where lowbit reads only dense weights (e.g. a quantized lm_head)`,
+      {
+        tensor: t.quantized?.qweight,
+      },
+    );
   }
 
   /** Block `block`'s weights as stored in the checkpoint (dense in their dtype, or packed). */
@@ -285,13 +315,17 @@ export class Model {
     if (!(ids instanceof Int32Array)) invalidArgument(name, 'an Int32Array of token ids', ids);
     const V = this.vocabSize;
     for (let i = 0; i < ids.length; i++) {
-      if (ids[i]! < 0 || ids[i]! >= V) throw new LowbitError('E_ARGUMENT', `${name}[${i}] = ${ids[i]} is outside the vocabulary [0, ${V})`, { option: name });
+      if (ids[i]! < 0 || ids[i]! >= V)
+        throw new LowbitError('E_ARGUMENT', `${name}[${i}] = ${ids[i]} is outside the vocabulary [0, ${V})`, {
+          option: name,
+        });
     }
   }
 
   private checkBatch(batch: number, seq: number): void {
     if (!Number.isInteger(batch) || batch < 1) invalidArgument('batch', 'a positive integer', batch);
-    if (!Number.isInteger(seq) || seq < 1 || seq > this.maxSeq) invalidArgument('seq', `an integer in [1, ${this.maxSeq}]`, seq);
+    if (!Number.isInteger(seq) || seq < 1 || seq > this.maxSeq)
+      invalidArgument('seq', `an integer in [1, ${this.maxSeq}]`, seq);
   }
 
   /** Hidden states [ids.length, dim] of the token embedding. */
@@ -311,7 +345,13 @@ export class Model {
   async runBlock(
     block: number,
     hidden: Float32Array,
-    options: { batch: number; seq: number; capture?: readonly CapturePointName[]; stopAfter?: CapturePointName; inPlace?: boolean },
+    options: {
+      batch: number;
+      seq: number;
+      capture?: readonly CapturePointName[];
+      stopAfter?: CapturePointName;
+      inPlace?: boolean;
+    },
   ): Promise<{ hidden: Float32Array; inputs: Partial<Record<CapturePointName, Float32Array>> }> {
     this.checkBlock(block);
     const { batch, seq } = options;
@@ -319,11 +359,16 @@ export class Model {
     if (!(hidden instanceof Float32Array) || hidden.length !== batch * seq * this.dim) {
       invalidArgument('hidden', `a Float32Array of batch*seq*dim = ${batch * seq * this.dim} values`, hidden);
     }
-    for (const p of options.capture ?? []) if (!CAPTURE_POINTS.includes(p)) invalidArgument('capture', `names from ${CAPTURE_POINTS.join(', ')}`, p);
-    if (options.stopAfter !== undefined && !CAPTURE_POINTS.includes(options.stopAfter)) invalidArgument('stopAfter', `one of ${CAPTURE_POINTS.join(', ')}`, options.stopAfter);
+    for (const p of options.capture ?? [])
+      if (!CAPTURE_POINTS.includes(p)) invalidArgument('capture', `names from ${CAPTURE_POINTS.join(', ')}`, p);
+    if (options.stopAfter !== undefined && !CAPTURE_POINTS.includes(options.stopAfter))
+      invalidArgument('stopAfter', `one of ${CAPTURE_POINTS.join(', ')}`, options.stopAfter);
     const out = options.inPlace ? hidden : hidden.slice();
     const inputs = await call(() =>
-      this.native().runBlock(block, out, batch, seq, { capture: options.capture ? [...options.capture] : undefined, stopAfter: options.stopAfter }),
+      this.native().runBlock(block, out, batch, seq, {
+        capture: options.capture ? [...options.capture] : undefined,
+        stopAfter: options.stopAfter,
+      }),
     );
     return { hidden: out, inputs };
   }
@@ -331,7 +376,8 @@ export class Model {
   /** Logits [rows, vocab] of hidden states [rows, dim] (final norm, then lm_head). */
   async head(hidden: Float32Array, rows: number): Promise<Float32Array> {
     if (!Number.isInteger(rows) || rows < 1) invalidArgument('rows', 'a positive integer', rows);
-    if (!(hidden instanceof Float32Array) || hidden.length !== rows * this.dim) invalidArgument('hidden', `a Float32Array of rows*dim = ${rows * this.dim} values`, hidden);
+    if (!(hidden instanceof Float32Array) || hidden.length !== rows * this.dim)
+      invalidArgument('hidden', `a Float32Array of rows*dim = ${rows * this.dim} values`, hidden);
     const out = new Float32Array(rows * this.vocabSize);
     await call(() => this.native().head(hidden, rows, out));
     return out;
@@ -366,7 +412,8 @@ export class Model {
 
   /** A KV-cached sequence for incremental decoding. */
   async createSession(capacity = this.maxSeq): Promise<Session> {
-    if (!Number.isInteger(capacity) || capacity < 1 || capacity > this.maxSeq) invalidArgument('capacity', `an integer in [1, ${this.maxSeq}]`, capacity);
+    if (!Number.isInteger(capacity) || capacity < 1 || capacity > this.maxSeq)
+      invalidArgument('capacity', `an integer in [1, ${this.maxSeq}]`, capacity);
     const id = await call(() => this.native().createSequence(capacity));
     return new Session(this, this.handle, id, capacity, (ids) => this.checkIds(ids));
   }
@@ -394,9 +441,11 @@ export class Model {
  * forgotten sessions held 2 GB until model.close()). The native side reports each cache to V8 as
  * external memory, so forgotten sessions add GC pressure and get collected.
  */
-const forgottenSessions = new FinalizationRegistry<{ model: Model; handle: NativeModel; id: number }>(({ model, handle, id }) => {
-  if (!model.isClosed) handle.freeSequence(id);
-});
+const forgottenSessions = new FinalizationRegistry<{ model: Model; handle: NativeModel; id: number }>(
+  ({ model, handle, id }) => {
+    if (!model.isClosed) handle.freeSequence(id);
+  },
+);
 
 /** One sequence's KV cache: feed tokens, get the logits of the last one. Close it when done (or drop it: GC frees it). */
 export class Session {
@@ -419,7 +468,10 @@ export class Session {
     this.checkIds(ids);
     if (ids.length === 0) invalidArgument('ids', 'at least one token', ids);
     if (this.length + ids.length > this.capacity) {
-      throw new LowbitError('E_ARGUMENT', `the session holds ${this.length} of ${this.capacity} tokens; ${ids.length} more do not fit`);
+      throw new LowbitError(
+        'E_ARGUMENT',
+        `the session holds ${this.length} of ${this.capacity} tokens; ${ids.length} more do not fit`,
+      );
     }
     const out = new Float32Array(this.model.vocabSize);
     this.length = await call(() => this.handle.decode(this.id, ids, out));
@@ -444,11 +496,16 @@ export async function openModel(
   path: string,
   options: Omit<OpenModelOptions, 'tokenizer'> & { tokenizer?: boolean | string; hub?: HubDownloadOptions } = {},
 ): Promise<Model> {
-  if (typeof path !== 'string' || path === '') invalidArgument('path', 'a model directory, llama2.c file or Hub id', path);
+  if (typeof path !== 'string' || path === '')
+    invalidArgument('path', 'a model directory, llama2.c file or Hub id', path);
   // "org/name[@revision]" that is no local path: the Hub cache's snapshot (downloaded when missing)
   path = await resolveModelPath(path, options.hub);
   if (!existsSync(path)) throw new LowbitError('E_IO', `no model at ${path}`, { file: path });
-  if (options.tokenizer !== undefined && typeof options.tokenizer !== 'boolean' && typeof options.tokenizer !== 'string') {
+  if (
+    options.tokenizer !== undefined &&
+    typeof options.tokenizer !== 'boolean' &&
+    typeof options.tokenizer !== 'string'
+  ) {
     invalidArgument('tokenizer', 'a boolean or a tokenizer path', options.tokenizer);
   }
   let isDir: boolean;

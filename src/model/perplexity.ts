@@ -43,14 +43,20 @@ export interface PerplexityResult {
 /** Token ids of `text` for perplexity: BOS once, then the text as-is. */
 export function perplexityIds(model: Model, text: string): Int32Array {
   if (typeof text !== 'string') invalidArgument('text', 'a string', text);
-  if (!model.tokenizer) throw new LowbitError('E_TOKENIZER', 'the model has no tokenizer; pass token ids instead of text');
+  if (!model.tokenizer)
+    throw new LowbitError('E_TOKENIZER', 'the model has no tokenizer; pass token ids instead of text');
   return model.tokenizer.encode(text, { bos: model.tokenizer.bosId !== undefined });
 }
 
 /** Perplexity of `text` (or of ready token ids, BOS included) under `model`. */
-export async function perplexity(model: Model, text: string | Int32Array, options: PerplexityOptions = {}): Promise<PerplexityResult> {
+export async function perplexity(
+  model: Model,
+  text: string | Int32Array,
+  options: PerplexityOptions = {},
+): Promise<PerplexityResult> {
   const seqLen = options.seqLen ?? Math.min(model.maxSeq, 2048);
-  if (!Number.isInteger(seqLen) || seqLen < 2 || seqLen > model.maxSeq) invalidArgument('seqLen', `an integer in [2, ${model.maxSeq}]`, seqLen);
+  if (!Number.isInteger(seqLen) || seqLen < 2 || seqLen > model.maxSeq)
+    invalidArgument('seqLen', `an integer in [2, ${model.maxSeq}]`, seqLen);
   const batch = options.batch ?? 1;
   if (!Number.isInteger(batch) || batch < 1) invalidArgument('batch', 'a positive integer', batch);
   if (options.maxWindows !== undefined && (!Number.isInteger(options.maxWindows) || options.maxWindows < 1)) {
@@ -60,7 +66,11 @@ export async function perplexity(model: Model, text: string | Int32Array, option
   if (!(ids instanceof Int32Array)) invalidArgument('text', 'a string or an Int32Array of token ids', text);
   let windows = Math.floor(ids.length / seqLen);
   if (windows === 0) {
-    throw new LowbitError('E_ARGUMENT', `the text has ${ids.length} tokens, fewer than one window of seqLen ${seqLen}`, { option: 'seqLen' });
+    throw new LowbitError(
+      'E_ARGUMENT',
+      `the text has ${ids.length} tokens, fewer than one window of seqLen ${seqLen}`,
+      { option: 'seqLen' },
+    );
   }
   if (options.maxWindows !== undefined) windows = Math.min(windows, options.maxWindows);
 
@@ -68,12 +78,17 @@ export async function perplexity(model: Model, text: string | Int32Array, option
   let sum = 0;
   let done = 0;
   while (done < windows) {
-    if (options.signal?.aborted) throw new LowbitError('E_ABORTED', 'perplexity was aborted', {}, { cause: options.signal.reason });
+    if (options.signal?.aborted)
+      throw new LowbitError('E_ABORTED', 'perplexity was aborted', {}, { cause: options.signal.reason });
     const n = Math.min(batch, windows - done);
     const nll = await model.nll(ids.subarray(done * seqLen, (done + n) * seqLen), { batch: n, seq: seqLen });
     for (let i = 0; i < nll.length; i++) {
       if (!Number.isFinite(nll[i]!)) {
-        throw new LowbitError('E_NAN', `the loss of window ${done + i} is ${nll[i]}: the model produces non-finite values (NaN or infinite weights or activations)`, { window: done + i });
+        throw new LowbitError(
+          'E_NAN',
+          `the loss of window ${done + i} is ${nll[i]}: the model produces non-finite values (NaN or infinite weights or activations)`,
+          { window: done + i },
+        );
       }
       sum += nll[i]!;
     }
@@ -88,5 +103,13 @@ export async function perplexity(model: Model, text: string | Int32Array, option
   }
   const predicted = windows * (seqLen - 1);
   const nll = sum / predicted;
-  return { ppl: Math.exp(nll), nll, tokens: ids.length, windows, seqLen, predicted, seconds: (performance.now() - start) / 1000 };
+  return {
+    ppl: Math.exp(nll),
+    nll,
+    tokens: ids.length,
+    windows,
+    seqLen,
+    predicted,
+    seconds: (performance.now() - start) / 1000,
+  };
 }

@@ -29,7 +29,13 @@ function defaultFrequencies(theta: number, headDim: number): Float32Array {
  * Llama 3's frequency-dependent scaling: long wavelengths are divided by `factor`, short ones kept,
  * and the band between blended linearly in 1/wavelength.
  */
-function llama3Frequencies(base: Float32Array, factor: number, low: number, high: number, oldContext: number): Float32Array {
+function llama3Frequencies(
+  base: Float32Array,
+  factor: number,
+  low: number,
+  high: number,
+  oldContext: number,
+): Float32Array {
   const lowWavelen = oldContext / low;
   const highWavelen = oldContext / high;
   const out = new Float32Array(base.length);
@@ -50,12 +56,16 @@ function llama3Frequencies(base: Float32Array, factor: number, low: number, high
 export function ropeFrequencies(config: LlamaConfig): RopeFrequencies {
   const { rope, headDim } = config;
   if (rope.partialRotaryFactor !== 1) {
-    throw new LowbitError('E_UNSUPPORTED', `partial rotary embeddings (partial_rotary_factor ${rope.partialRotaryFactor}) are not supported yet`, { field: 'partial_rotary_factor' });
+    throw new LowbitError(
+      'E_UNSUPPORTED',
+      `partial rotary embeddings (partial_rotary_factor ${rope.partialRotaryFactor}) are not supported yet`,
+      { field: 'partial_rotary_factor' },
+    );
   }
   const base = defaultFrequencies(rope.theta, headDim);
   switch (rope.type) {
-    case 'default':
     // Dynamic NTK scaling changes nothing up to max_position_embeddings, which bounds lowbit's sequences.
+    case 'default':
     case 'dynamic':
       return { invFreq: base, scale: 1 };
     case 'linear':
@@ -63,11 +73,22 @@ export function ropeFrequencies(config: LlamaConfig): RopeFrequencies {
     case 'llama3': {
       const { factor, lowFreqFactor, highFreqFactor, originalMaxPositionEmbeddings } = rope;
       if (lowFreqFactor === undefined || highFreqFactor === undefined || originalMaxPositionEmbeddings === undefined) {
-        throw new LowbitError('E_CONFIG', 'llama3 rope scaling needs low_freq_factor, high_freq_factor and original_max_position_embeddings', { field: 'rope_parameters' });
+        throw new LowbitError(
+          'E_CONFIG',
+          'llama3 rope scaling needs low_freq_factor, high_freq_factor and original_max_position_embeddings',
+          { field: 'rope_parameters' },
+        );
       }
-      return { invFreq: llama3Frequencies(base, factor!, lowFreqFactor, highFreqFactor, originalMaxPositionEmbeddings), scale: 1 };
+      return {
+        invFreq: llama3Frequencies(base, factor!, lowFreqFactor, highFreqFactor, originalMaxPositionEmbeddings),
+        scale: 1,
+      };
     }
     default:
-      throw new LowbitError('E_UNSUPPORTED', `rope type '${rope.type}' is not supported by the forward pass yet (default, linear, dynamic, llama3)`, { field: 'rope_parameters' });
+      throw new LowbitError(
+        'E_UNSUPPORTED',
+        `rope type '${rope.type}' is not supported by the forward pass yet (default, linear, dynamic, llama3)`,
+        { field: 'rope_parameters' },
+      );
   }
 }

@@ -71,7 +71,8 @@ export function resolveGptqOptions(options: GptqOptions): Required<Omit<GptqOpti
     invalidArgument('groupSize', 'positive integer or -1 (per channel)', groupSize, 'E_GROUP_SIZE');
   }
   const damp = options.damp ?? 0.01;
-  if (typeof damp !== 'number' || !Number.isFinite(damp) || damp < 0) invalidArgument('damp', 'finite number >= 0', damp);
+  if (typeof damp !== 'number' || !Number.isFinite(damp) || damp < 0)
+    invalidArgument('damp', 'finite number >= 0', damp);
   const maxDampRaises = options.maxDampRaises ?? 3;
   if (!Number.isInteger(maxDampRaises) || maxDampRaises < 0 || maxDampRaises > 20) {
     invalidArgument('maxDampRaises', 'integer in [0, 20]', maxDampRaises);
@@ -136,7 +137,8 @@ export class Hessian {
       invalidArgument('X', 'Float32Array or f32 Tensor', X, 'E_DTYPE');
     }
     const n = rows ?? data.length / this.K;
-    if (!Number.isInteger(n) || n < 0) invalidArgument('rows', `non-negative integer (X holds ${data.length} values, K = ${this.K})`, n, 'E_SHAPE');
+    if (!Number.isInteger(n) || n < 0)
+      invalidArgument('rows', `non-negative integer (X holds ${data.length} values, K = ${this.K})`, n, 'E_SHAPE');
     if (n * this.K > data.length) {
       throw new LowbitError('E_SHAPE', `X holds ${data.length} values, ${n} rows of K = ${this.K} need ${n * this.K}`);
     }
@@ -165,7 +167,12 @@ export class Hessian {
  * Rejects with E_NAN for NaN/infinity in W or H, E_HESSIAN_SINGULAR when H stays singular after
  * raising the dampening (a raise is reported in `warnings`).
  */
-export async function gptqQuantize(W: Tensor | Float32Array, shape: readonly [number, number] | undefined, H: Hessian | Tensor | Float32Array, options: GptqOptions): Promise<GptqResult> {
+export async function gptqQuantize(
+  W: Tensor | Float32Array,
+  shape: readonly [number, number] | undefined,
+  H: Hessian | Tensor | Float32Array,
+  options: GptqOptions,
+): Promise<GptqResult> {
   let data: Float32Array;
   let N: number, K: number;
   if (W instanceof Tensor) {
@@ -182,7 +189,8 @@ export async function gptqQuantize(W: Tensor | Float32Array, shape: readonly [nu
   }
   positiveInteger('N', N);
   positiveInteger('K', K);
-  if (data.length !== N * K) throw new LowbitError('E_SHAPE', `W holds ${data.length} values, [${N}, ${K}] needs ${N * K}`);
+  if (data.length !== N * K)
+    throw new LowbitError('E_SHAPE', `W holds ${data.length} values, [${N}, ${K}] needs ${N * K}`);
   const opts = resolveGptqOptions(options);
 
   let h: Float32Array | NativeHessian;
@@ -190,9 +198,15 @@ export async function gptqQuantize(W: Tensor | Float32Array, shape: readonly [nu
     if (H.K !== K) throw new LowbitError('E_SHAPE', `the Hessian is ${H.K} x ${H.K} but W has K = ${K} input features`);
     h = H.handle;
   } else {
-    const hData = H instanceof Tensor ? (H.dtype === 'f32' ? (H.data as Float32Array) : invalidArgument('H', 'f32 tensor', H.dtype, 'E_DTYPE')) : H;
+    const hData =
+      H instanceof Tensor
+        ? H.dtype === 'f32'
+          ? (H.data as Float32Array)
+          : invalidArgument('H', 'f32 tensor', H.dtype, 'E_DTYPE')
+        : H;
     if (!(hData instanceof Float32Array)) invalidArgument('H', 'Hessian, f32 Tensor or Float32Array', H, 'E_DTYPE');
-    if (hData.length !== K * K) throw new LowbitError('E_SHAPE', `H holds ${hData.length} values, K x K = ${K} x ${K} needs ${K * K}`);
+    if (hData.length !== K * K)
+      throw new LowbitError('E_SHAPE', `H holds ${hData.length} values, K x K = ${K} x ${K} needs ${K * K}`);
     h = hData;
   }
 

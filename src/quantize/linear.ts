@@ -38,7 +38,8 @@ function isPositiveInteger(v: unknown): v is number {
 function checkWeights(w: unknown): asserts w is LinearWeights {
   if (w === null || typeof w !== 'object') invalidArgument('weights', 'an object {format, ...}', w);
   const o = w as Record<string, unknown>;
-  if (!(WEIGHT_FORMATS as readonly unknown[]).includes(o.format)) invalidArgument('weights.format', `one of ${WEIGHT_FORMATS.map((f) => `'${f}'`).join(', ')}`, o.format);
+  if (!(WEIGHT_FORMATS as readonly unknown[]).includes(o.format))
+    invalidArgument('weights.format', `one of ${WEIGHT_FORMATS.map((f) => `'${f}'`).join(', ')}`, o.format);
   if (o.format === 'gptq') {
     validatePackedWeights(o, 'weights');
   } else {
@@ -48,11 +49,16 @@ function checkWeights(w: unknown): asserts w is LinearWeights {
     if (!want) invalidArgument('weights.dtype', "'f32', 'f16' or 'bf16'", o.dtype, 'E_DTYPE');
     if (!(o.data instanceof want)) invalidArgument('weights.data', want.name, o.data, 'E_DTYPE');
     if (o.data.length !== o.N * o.K) {
-      throw new LowbitError('E_SHAPE', `Expected weights.data to hold N × K = ${o.N * o.K} values but it holds ${o.data.length}`, { option: 'weights.data' });
+      throw new LowbitError(
+        'E_SHAPE',
+        `Expected weights.data to hold N × K = ${o.N * o.K} values but it holds ${o.data.length}`,
+        { option: 'weights.data' },
+      );
     }
   }
   const N = o.N as number;
-  if (o.bias !== undefined && !(o.bias instanceof Float32Array && o.bias.length === N)) invalidArgument('weights.bias', `Float32Array of N = ${N} values`, o.bias, 'E_SHAPE');
+  if (o.bias !== undefined && !(o.bias instanceof Float32Array && o.bias.length === N))
+    invalidArgument('weights.bias', `Float32Array of N = ${N} values`, o.bias, 'E_SHAPE');
 }
 
 /** A weight prepared for products on one device. close() frees it (the GC does too, later). */
@@ -73,17 +79,26 @@ export class PreparedLinear<A extends LinearActivations = 'f32'> {
     this.activations = handle.activations as A;
   }
 
-  static create<A extends LinearActivations = 'f32'>(weights: LinearWeights, options: PrepareLinearOptions<A> = {}): PreparedLinear<A> {
+  static create<A extends LinearActivations = 'f32'>(
+    weights: LinearWeights,
+    options: PrepareLinearOptions<A> = {},
+  ): PreparedLinear<A> {
     checkWeights(weights);
     if (options === null || typeof options !== 'object') invalidArgument('options', 'object', options);
-    if (options.kernel !== undefined && typeof options.kernel !== 'string') invalidArgument('options.kernel', 'string', options.kernel);
+    if (options.kernel !== undefined && typeof options.kernel !== 'string')
+      invalidArgument('options.kernel', 'string', options.kernel);
     const activations: LinearActivations = options.activations ?? 'f32';
-    if (!ACTIVATIONS.includes(activations)) invalidArgument('options.activations', "'f32', 'f16' or 'bf16'", activations, 'E_DTYPE');
+    if (!ACTIVATIONS.includes(activations))
+      invalidArgument('options.activations', "'f32', 'f16' or 'bf16'", activations, 'E_DTYPE');
     const device = resolveDevice(options.device ?? 'cpu');
     if (activations !== 'f32' && device < 0) {
-      throw new LowbitError('E_UNSUPPORTED', `options.activations '${activations}' needs a CUDA device: the CPU's linear operators take f32 activations only`, {
-        option: 'options.activations',
-      });
+      throw new LowbitError(
+        'E_UNSUPPORTED',
+        `options.activations '${activations}' needs a CUDA device: the CPU's linear operators take f32 activations only`,
+        {
+          option: 'options.activations',
+        },
+      );
     }
     const opts: { device: number; kernel?: string; activations: LinearActivations } = { device, activations };
     if (options.kernel !== undefined) opts.kernel = options.kernel;
@@ -101,12 +116,23 @@ export class PreparedLinear<A extends LinearActivations = 'f32'> {
 
   private check(x: unknown, M: unknown, out: unknown): void {
     if (!isPositiveInteger(M)) invalidArgument('M', 'positive integer (rows of x)', M, 'E_SHAPE');
-    const [want, what] = this.activations === 'f32' ? [Float32Array, 'Float32Array'] : [Uint16Array, `Uint16Array (${this.activations} bit patterns: activations '${this.activations}')`];
+    const [want, what] =
+      this.activations === 'f32'
+        ? [Float32Array, 'Float32Array']
+        : [Uint16Array, `Uint16Array (${this.activations} bit patterns: activations '${this.activations}')`];
     if (!(x instanceof want)) invalidArgument('x', what, x, 'E_DTYPE');
-    if (x.length !== M * this.K) throw new LowbitError('E_SHAPE', `Expected x to hold M × K = ${M * this.K} values but it holds ${x.length}`, { option: 'x' });
+    if (x.length !== M * this.K)
+      throw new LowbitError('E_SHAPE', `Expected x to hold M × K = ${M * this.K} values but it holds ${x.length}`, {
+        option: 'x',
+      });
     if (out !== undefined) {
       if (!(out instanceof want)) invalidArgument('out', what, out, 'E_DTYPE');
-      if (out.length !== M * this.N) throw new LowbitError('E_SHAPE', `Expected out to hold M × N = ${M * this.N} values but it holds ${out.length}`, { option: 'out' });
+      if (out.length !== M * this.N)
+        throw new LowbitError(
+          'E_SHAPE',
+          `Expected out to hold M × N = ${M * this.N} values but it holds ${out.length}`,
+          { option: 'out' },
+        );
     }
   }
 
@@ -136,6 +162,9 @@ export class PreparedLinear<A extends LinearActivations = 'f32'> {
 }
 
 /** Prepares `weights` for products on a device (see PreparedLinear). */
-export function prepareLinear<A extends LinearActivations = 'f32'>(weights: LinearWeights, options?: PrepareLinearOptions<A>): PreparedLinear<A> {
+export function prepareLinear<A extends LinearActivations = 'f32'>(
+  weights: LinearWeights,
+  options?: PrepareLinearOptions<A>,
+): PreparedLinear<A> {
   return PreparedLinear.create<A>(weights, options);
 }

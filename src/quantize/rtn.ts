@@ -72,7 +72,12 @@ function weightMatrix(weight: unknown): { data: Float32Array; N: number; K: numb
     invalidArgument('weight', 'f32, f16 or bf16 tensor', `${weight.dtype} tensor`, 'E_DTYPE');
   }
   if (weight.shape.length !== 2 || weight.shape[0] < 1 || weight.shape[1] < 1) {
-    invalidArgument('weight', 'a 2-D tensor [N, K] (out × in) with N, K >= 1', `tensor of shape [${weight.shape.join(', ')}]`, 'E_SHAPE');
+    invalidArgument(
+      'weight',
+      'a 2-D tensor [N, K] (out × in) with N, K >= 1',
+      `tensor of shape [${weight.shape.join(', ')}]`,
+      'E_SHAPE',
+    );
   }
   return { data: weight.toFloat32().data, N: weight.shape[0], K: weight.shape[1] };
 }
@@ -90,7 +95,17 @@ async function runRtn(weight: Tensor, options: RtnOptions, pack: boolean) {
     ...(pack ? { packZeroOffset: opts.zeroOffset } : {}),
   });
   const groupSize = opts.groupSize === -1 || opts.groupSize >= K ? K : opts.groupSize;
-  const codes: RtnCodes = { q: r.q, scales: r.scales, zeros: r.zeros, groups: r.groups, groupSize, N, K, bits: opts.bits, zeroOffset: opts.zeroOffset };
+  const codes: RtnCodes = {
+    q: r.q,
+    scales: r.scales,
+    zeros: r.zeros,
+    groups: r.groups,
+    groupSize,
+    N,
+    K,
+    bits: opts.bits,
+    zeroOffset: opts.zeroOffset,
+  };
   return { codes, r };
 }
 
@@ -100,30 +115,54 @@ export async function rtnQuantizeCodes(weight: Tensor, options: RtnOptions): Pro
 }
 
 function checkCount(name: string, v: unknown): number {
-  if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < 1) invalidArgument(name, 'positive safe integer', v, 'E_SHAPE');
+  if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < 1)
+    invalidArgument(name, 'positive safe integer', v, 'E_SHAPE');
   return v;
 }
 
-function checkCodesArray(name: string, v: unknown, type: Uint8ArrayConstructor | Float32ArrayConstructor | Int32ArrayConstructor, length: number, what: string): void {
+function checkCodesArray(
+  name: string,
+  v: unknown,
+  type: Uint8ArrayConstructor | Float32ArrayConstructor | Int32ArrayConstructor,
+  length: number,
+  what: string,
+): void {
   if (!(v instanceof type)) invalidArgument(name, `${type.name} (${what})`, v, 'E_DTYPE');
-  if (v.length !== length) throw new LowbitError(v.length < length ? 'E_BUFFER' : 'E_SHAPE', `Expected ${name} to hold ${what} = ${length} values but it holds ${v.length}`, { option: name });
+  if (v.length !== length)
+    throw new LowbitError(
+      v.length < length ? 'E_BUFFER' : 'E_SHAPE',
+      `Expected ${name} to hold ${what} = ${length} values but it holds ${v.length}`,
+      { option: name },
+    );
 }
 
 /** Checks RtnCodes the way every other export checks its input: types, shapes (safe integers), lengths. */
 function validateCodes(codes: unknown): asserts codes is RtnCodes {
-  if (codes === null || typeof codes !== 'object') invalidArgument('codes', 'RtnCodes object ({q, scales, zeros, groups, groupSize, N, K, bits, zeroOffset})', codes);
+  if (codes === null || typeof codes !== 'object')
+    invalidArgument('codes', 'RtnCodes object ({q, scales, zeros, groups, groupSize, N, K, bits, zeroOffset})', codes);
   const c = codes as Record<string, unknown>;
   if (!isGptqBits(c.bits)) invalidArgument('codes.bits', `one of ${GPTQ_BITS.join(', ')}`, c.bits, 'E_BITS');
-  const N = checkCount('codes.N', c.N), K = checkCount('codes.K', c.K), groups = checkCount('codes.groups', c.groups);
+  const N = checkCount('codes.N', c.N),
+    K = checkCount('codes.K', c.K),
+    groups = checkCount('codes.groups', c.groups);
   if (!Number.isSafeInteger(N * K) || !Number.isSafeInteger(groups * N)) {
-    throw new LowbitError('E_SHAPE', `codes.N × codes.K = ${N} × ${K} (or groups × N) is too large`, { option: 'codes.K' });
+    throw new LowbitError('E_SHAPE', `codes.N × codes.K = ${N} × ${K} (or groups × N) is too large`, {
+      option: 'codes.K',
+    });
   }
   const groupSize = checkCount('codes.groupSize', c.groupSize);
   if (groupSize > K || groups !== Math.ceil(K / groupSize)) {
-    invalidArgument('codes.groupSize', `a group size in [1, K = ${K}] with groups = ceil(K / groupSize) = ${groups}`, groupSize, 'E_GROUP_SIZE');
+    invalidArgument(
+      'codes.groupSize',
+      `a group size in [1, K = ${K}] with groups = ceil(K / groupSize) = ${groups}`,
+      groupSize,
+      'E_GROUP_SIZE',
+    );
   }
-  if (c.zeroOffset !== 0 && c.zeroOffset !== 1) invalidArgument('codes.zeroOffset', '0 ("gptq_v2") or 1 ("gptq")', c.zeroOffset);
-  const NK = N * K, GN = groups * N;
+  if (c.zeroOffset !== 0 && c.zeroOffset !== 1)
+    invalidArgument('codes.zeroOffset', '0 ("gptq_v2") or 1 ("gptq")', c.zeroOffset);
+  const NK = N * K,
+    GN = groups * N;
   checkCodesArray('codes.q', c.q, Uint8Array, NK, 'N × K');
   checkCodesArray('codes.scales', c.scales, Float32Array, GN, 'groups × N');
   checkCodesArray('codes.zeros', c.zeros, Int32Array, GN, 'groups × N');
@@ -137,7 +176,13 @@ export function packCodes(codes: RtnCodes): PackedWeights {
   const qweight = addon.packQweight(q, N, K, bits);
   const qzeros = addon.packQzeros(codes.zeros, groups, N, bits, zeroOffset);
   const scales = new Uint16Array(groups * N);
-  addon.convert(new Uint8Array(codes.scales.buffer, codes.scales.byteOffset, codes.scales.byteLength), 'f32', new Uint8Array(scales.buffer), 'f16', groups * N);
+  addon.convert(
+    new Uint8Array(codes.scales.buffer, codes.scales.byteOffset, codes.scales.byteLength),
+    'f32',
+    new Uint8Array(scales.buffer),
+    'f16',
+    groups * N,
+  );
   return { bits, K, N, groupSize: codes.groupSize, groups, zeroOffset, qweight, qzeros, scales };
 }
 
@@ -148,7 +193,8 @@ export function packCodes(codes: RtnCodes): PackedWeights {
  */
 export async function rtnQuantize(weight: Tensor, options: RtnOptions): Promise<PackedWeights> {
   const { codes, r } = await runRtn(weight, options, true);
-  if (!r.qweight || !r.qzeros || !r.scalesF16) throw new LowbitError('E_INTERNAL', 'the addon returned no packed RTN result (stale build?)');
+  if (!r.qweight || !r.qzeros || !r.scalesF16)
+    throw new LowbitError('E_INTERNAL', 'the addon returned no packed RTN result (stale build?)');
   return {
     bits: codes.bits,
     K: codes.K,

@@ -29,7 +29,12 @@ export interface SpqrLayerResult {
  * Quantizes every block linear of `model` with SpQR on calibration windows `ids` ([samples·seqLen]),
  * leaving the dequantized weights in the model. Resolves with each linear's weights and report.
  */
-export async function spqrQuantizeModel(model: Model, ids: Int32Array, seqLen: number, options: SpqrOptions = {}): Promise<SpqrLayerResult[]> {
+export async function spqrQuantizeModel(
+  model: Model,
+  ids: Int32Array,
+  seqLen: number,
+  options: SpqrOptions = {},
+): Promise<SpqrLayerResult[]> {
   if (!Number.isInteger(seqLen) || seqLen <= 0 || ids.length % seqLen !== 0) {
     throw new LowbitError('E_CALIBRATION', `calibration ids (${ids.length}) are not whole windows of ${seqLen} tokens`);
   }
@@ -39,7 +44,12 @@ export async function spqrQuantizeModel(model: Model, ids: Int32Array, seqLen: n
   for (let block = 0; block < model.config.numLayers; block++) {
     const dense = await model.readBlockWeights(block);
     for (const stage of SPQR_STAGES) {
-      const { inputs } = await model.runBlock(block, hidden, { batch, seq: seqLen, capture: [stage.point], stopAfter: stage.point });
+      const { inputs } = await model.runBlock(block, hidden, {
+        batch,
+        seq: seqLen,
+        capture: [stage.point],
+        stopAfter: stage.point,
+      });
       const X = inputs[stage.point]!;
       const { K } = linearShape(model.config, stage.linears[0]!);
       const h = Hessian.create(K);

@@ -101,25 +101,42 @@ export const SPQR_DEFAULTS: ResolvedSpqrOptions = {
   blockSize: 128,
 };
 
-function integerIn(name: string, v: unknown, lo: number, hi: number, code: 'E_ARGUMENT' | 'E_BITS' | 'E_GROUP_SIZE' = 'E_ARGUMENT'): number {
-  if (typeof v !== 'number' || !Number.isInteger(v) || v < lo || v > hi) invalidArgument(name, `integer in [${lo}, ${hi}]`, v, code);
+function integerIn(
+  name: string,
+  v: unknown,
+  lo: number,
+  hi: number,
+  code: 'E_ARGUMENT' | 'E_BITS' | 'E_GROUP_SIZE' = 'E_ARGUMENT',
+): number {
+  if (typeof v !== 'number' || !Number.isInteger(v) || v < lo || v > hi)
+    invalidArgument(name, `integer in [${lo}, ${hi}]`, v, code);
   return v;
 }
 
 /** Checks SpQR options and fills in the defaults. K, when given, bounds beta1 (a group longer than the row is refused). */
 export function resolveSpqrOptions(options: SpqrOptions = {}, K?: number): ResolvedSpqrOptions {
   if (options === null || typeof options !== 'object') invalidArgument('options', 'object', options);
-  const o = { ...SPQR_DEFAULTS, ...Object.fromEntries(Object.entries(options).filter(([, v]) => v !== undefined)) } as ResolvedSpqrOptions;
+  const o = {
+    ...SPQR_DEFAULTS,
+    ...Object.fromEntries(Object.entries(options).filter(([, v]) => v !== undefined)),
+  } as ResolvedSpqrOptions;
   if (![2, 3, 4].includes(o.bits)) invalidArgument('bits', 'one of 2, 3, 4 (SpQR)', o.bits, 'E_BITS');
   integerIn('beta1', o.beta1, 2, 65536, 'E_GROUP_SIZE');
   if (K !== undefined && o.beta1 > K) {
-    throw new LowbitError('E_GROUP_SIZE', `beta1 ${o.beta1} is longer than the layer's input dimension K = ${K}: use a first-level group of at most K columns`, { option: 'beta1' });
+    throw new LowbitError(
+      'E_GROUP_SIZE',
+      `beta1 ${o.beta1} is longer than the layer's input dimension K = ${K}: use a first-level group of at most K columns`,
+      { option: 'beta1' },
+    );
   }
   integerIn('beta2', o.beta2, 1, 65536, 'E_GROUP_SIZE');
   integerIn('statBits', o.statBits, 1, 8, 'E_BITS');
-  if (typeof o.outlierThreshold !== 'number' || !(o.outlierThreshold > 0)) invalidArgument('outlierThreshold', 'number > 0 (Infinity: no outliers)', o.outlierThreshold);
-  if (typeof o.outlierBudget !== 'number' || !(o.outlierBudget > 0 && o.outlierBudget < 1)) invalidArgument('outlierBudget', 'number in (0, 1)', o.outlierBudget);
-  if (typeof o.damp !== 'number' || !Number.isFinite(o.damp) || o.damp < 0) invalidArgument('damp', 'finite number >= 0', o.damp);
+  if (typeof o.outlierThreshold !== 'number' || !(o.outlierThreshold > 0))
+    invalidArgument('outlierThreshold', 'number > 0 (Infinity: no outliers)', o.outlierThreshold);
+  if (typeof o.outlierBudget !== 'number' || !(o.outlierBudget > 0 && o.outlierBudget < 1))
+    invalidArgument('outlierBudget', 'number in (0, 1)', o.outlierBudget);
+  if (typeof o.damp !== 'number' || !Number.isFinite(o.damp) || o.damp < 0)
+    invalidArgument('damp', 'finite number >= 0', o.damp);
   if (typeof o.actOrder !== 'boolean') invalidArgument('actOrder', 'boolean', o.actOrder);
   integerIn('maxDampRaises', o.maxDampRaises, 0, 20);
   integerIn('blockSize', o.blockSize, 1, 1 << 20);
@@ -127,10 +144,25 @@ export function resolveSpqrOptions(options: SpqrOptions = {}, K?: number): Resol
 }
 
 interface SpqrAddon {
-  spqrQuantize(W: Float32Array, N: number, K: number, H: Float32Array, options: Record<string, unknown>): Promise<SpqrWeights & { report: SpqrReport }>;
+  spqrQuantize(
+    W: Float32Array,
+    N: number,
+    K: number,
+    H: Float32Array,
+    options: Record<string, unknown>,
+  ): Promise<SpqrWeights & { report: SpqrReport }>;
   spqrDequantize(W: SpqrWeights): Float32Array;
   spqrGemm(X: Float32Array, M: number, W: SpqrWeights): Float32Array;
-  spqrStorageBits(bits: number, statBits: number, N: number, K: number, beta1: number, beta2: number, hasPerm: boolean, outliers: number): SpqrStorageBits;
+  spqrStorageBits(
+    bits: number,
+    statBits: number,
+    N: number,
+    K: number,
+    beta1: number,
+    beta2: number,
+    hasPerm: boolean,
+    outliers: number,
+  ): SpqrStorageBits;
 }
 
 function addon(): SpqrAddon {
@@ -157,7 +189,8 @@ export async function spqrQuantize(
   options: SpqrOptions = {},
 ): Promise<{ weights: SpqrWeights; report: SpqrReport }> {
   const [N, K] = shape;
-  if (!Number.isInteger(N) || N <= 0 || !Number.isInteger(K) || K <= 0 || K > 65536) invalidArgument('shape', '[N > 0, K in [1, 65536]]', shape, 'E_SHAPE');
+  if (!Number.isInteger(N) || N <= 0 || !Number.isInteger(K) || K <= 0 || K > 65536)
+    invalidArgument('shape', '[N > 0, K in [1, 65536]]', shape, 'E_SHAPE');
   const w = f32Data('W', W);
   if (w.length !== N * K) invalidArgument('W', `${N * K} values (N × K)`, w, 'E_SHAPE');
   const h = H instanceof Float32Array ? H : native().hessianRead(H.handle);
@@ -189,6 +222,15 @@ export function spqrMatmul(X: Float32Array, M: number, W: SpqrWeights): Float32A
 }
 
 /** Exact checkpoint storage of a linear with these parameters and `outliers` outliers, in bits. */
-export function spqrStorageBits(p: { bits: number; statBits: number; N: number; K: number; beta1: number; beta2: number; hasPerm: boolean; outliers: number }): SpqrStorageBits {
+export function spqrStorageBits(p: {
+  bits: number;
+  statBits: number;
+  N: number;
+  K: number;
+  beta1: number;
+  beta2: number;
+  hasPerm: boolean;
+  outliers: number;
+}): SpqrStorageBits {
   return addon().spqrStorageBits(p.bits, p.statBits, p.N, p.K, p.beta1, p.beta2, p.hasPerm, p.outliers);
 }

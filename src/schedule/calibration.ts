@@ -30,7 +30,8 @@ export async function calibrationWindows(model: Model, options: CalibrationOptio
   const { samples, seqLen, seed } = options;
   if (options.source === 'self') return selfCalibration(model, options);
   const tokenizer = model.tokenizer;
-  if (!tokenizer) throw new LowbitError('E_TOKENIZER', 'the model has no tokenizer: calibration text cannot be tokenized');
+  if (!tokenizer)
+    throw new LowbitError('E_TOKENIZER', 'the model has no tokenizer: calibration text cannot be tokenized');
   if (options.source.length === 0) throw new LowbitError('E_CALIBRATION', 'no calibration files given');
   const parts: Int32Array[] = [];
   for (const file of options.source) {
@@ -38,7 +39,12 @@ export async function calibrationWindows(model: Model, options: CalibrationOptio
     try {
       text = await readFile(file, 'utf8');
     } catch (err) {
-      throw new LowbitError('E_CALIBRATION', `cannot read calibration file ${file}: ${(err as Error).message}`, { file }, { cause: err });
+      throw new LowbitError(
+        'E_CALIBRATION',
+        `cannot read calibration file ${file}: ${(err as Error).message}`,
+        { file },
+        { cause: err },
+      );
     }
     parts.push(tokenizer.encode(text, { bos: tokenizer.bosId !== undefined }));
     aborted(options.signal);
@@ -67,7 +73,8 @@ export async function calibrationWindows(model: Model, options: CalibrationOptio
     [slots[i], slots[j]] = [slots[j]!, slots[i]!];
   }
   const out = new Int32Array(samples * seqLen);
-  for (let s = 0; s < samples; s++) out.set(all.subarray(offset + slots[s]! * seqLen, offset + (slots[s]! + 1) * seqLen), s * seqLen);
+  for (let s = 0; s < samples; s++)
+    out.set(all.subarray(offset + slots[s]! * seqLen, offset + (slots[s]! + 1) * seqLen), s * seqLen);
   return out;
 }
 

@@ -12,7 +12,21 @@ import { hostname } from 'node:os';
 import { link, readFile, rename } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import { LowbitError } from '../errors.js';
-import { createFile, faultPoint, ioError, listDir, mkdirDurable, processAlive, removeFile, removeTree, syncClose, syncDir, tempOwner, tempPath, writeAll } from '../formats/durable.js';
+import {
+  createFile,
+  faultPoint,
+  ioError,
+  listDir,
+  mkdirDurable,
+  processAlive,
+  removeFile,
+  removeTree,
+  syncClose,
+  syncDir,
+  tempOwner,
+  tempPath,
+  writeAll,
+} from '../formats/durable.js';
 
 export type Warn = (message: string, path: string) => void;
 
@@ -52,7 +66,12 @@ async function readLock(path: string): Promise<LockRecord | undefined | 'unreada
 export async function lockOutput(out: string, warn: Warn): Promise<OutputLock> {
   const path = lockPath(out);
   await mkdirDurable(dirname(out));
-  const mine: LockRecord = { pid: process.pid, host: hostname(), token: randomBytes(8).toString('hex'), started: new Date().toISOString() };
+  const mine: LockRecord = {
+    pid: process.pid,
+    host: hostname(),
+    token: randomBytes(8).toString('hex'),
+    started: new Date().toISOString(),
+  };
   for (let attempt = 0; attempt < 5; attempt++) {
     // A complete lock file is linked into place: link fails if one exists, and never shows a half-written lock.
     const tmp = tempPath(path);
@@ -103,9 +122,18 @@ export async function lockOutput(out: string, warn: Warn): Promise<OutputLock> {
       continue;
     }
     await removeFile(aside);
-    warn(owner === 'unreadable' ? `removed an unreadable lock file ${path}` : `took over the lock of a stopped run (pid ${owner.pid}) on ${out}`, path);
+    warn(
+      owner === 'unreadable'
+        ? `removed an unreadable lock file ${path}`
+        : `took over the lock of a stopped run (pid ${owner.pid}) on ${out}`,
+      path,
+    );
   }
-  throw new LowbitError('E_LOCKED', `cannot take the lock ${path}: it keeps changing (several runs starting at once on ${out}?)`, { file: out });
+  throw new LowbitError(
+    'E_LOCKED',
+    `cannot take the lock ${path}: it keeps changing (several runs starting at once on ${out}?)`,
+    { file: out },
+  );
 }
 
 async function releaseLock(path: string, token: string): Promise<void> {
@@ -123,7 +151,8 @@ export async function removeOrphans(out: string, warn: Warn, dirs: string[] = []
   const names = [basename(out), basename(lockPath(out)), `.${basename(out)}.lowbit-resume`];
   for (const dir of [parent, ...dirs]) {
     for (const name of await listDir(dir)) {
-      const pid = dir === parent ? names.map((n) => tempOwner(name, n)).find((p) => p !== undefined) : tempOwnerAny(name);
+      const pid =
+        dir === parent ? names.map((n) => tempOwner(name, n)).find((p) => p !== undefined) : tempOwnerAny(name);
       if (pid === undefined || pid === process.pid || processAlive(pid)) continue;
       const path = join(dir, name);
       await removeTree(path);

@@ -27,16 +27,24 @@ import { resolve } from 'node:path';
 import { LowbitError, invalidArgument } from '../errors.js';
 import { GptqWriter, checkEmptyTarget, linearDims } from '../formats/gptq.js';
 import { listDir, removeFile } from '../formats/durable.js';
-import { LINEAR_MODULES, LINEAR_NAMES, type LinearName, type ModelReader } from '../formats/hf.js';
+import { LINEAR_NAMES, type LinearName, type ModelReader } from '../formats/hf.js';
 import { openModelFiles } from '../formats/open.js';
-import { Model, type CapturePointName, type NativeBlockWeights } from '../model/model.js';
+import { Model, type CapturePointName } from '../model/model.js';
 import type { PackedWeights } from '../native.js';
 import { Hessian } from '../quantize/gptq.js';
 import { Tensor } from '../tensor.js';
 import type { GptqBits } from '../weights/index.js';
 import type { DeviceSpec } from '../devices.js';
 import { calibrationWindows } from './calibration.js';
-import { DEFAULT_METHOD, methodOf, type GptqMethodOptions, type GridOptions, type LinearOutput, type MethodName, type QuantizationMethod } from './methods/index.js';
+import {
+  DEFAULT_METHOD,
+  methodOf,
+  type GptqMethodOptions,
+  type GridOptions,
+  type LinearOutput,
+  type MethodName,
+  type QuantizationMethod,
+} from './methods/index.js';
 import { lockOutput, removeOrphans, type Warn } from './output.js';
 import {
   clearState,
@@ -150,12 +158,23 @@ export class QuantizeJob extends EventEmitter implements PromiseLike<QuantizeSum
   }
 }
 
-const UNITS: Record<string, number> = { b: 1, kb: 1e3, mb: 1e6, gb: 1e9, tb: 1e12, kib: 2 ** 10, mib: 2 ** 20, gib: 2 ** 30, tib: 2 ** 40 };
+const UNITS: Record<string, number> = {
+  b: 1,
+  kb: 1e3,
+  mb: 1e6,
+  gb: 1e9,
+  tb: 1e12,
+  kib: 2 ** 10,
+  mib: 2 ** 20,
+  gib: 2 ** 30,
+  tib: 2 ** 40,
+};
 
 /** Bytes from a number or a size such as '20GB', '1.5 GiB', '512mb'. */
 export function parseBytes(value: number | string, name = 'maxMemory'): number {
   if (typeof value === 'number') {
-    if (!(value > 0) || !Number.isFinite(value)) invalidArgument(name, 'a positive number of bytes or a size like "20GB"', value);
+    if (!(value > 0) || !Number.isFinite(value))
+      invalidArgument(name, 'a positive number of bytes or a size like "20GB"', value);
     return value;
   }
   const m = typeof value === 'string' ? /^\s*([0-9]*\.?[0-9]+)\s*([kmgt]i?b|b)?\s*$/i.exec(value) : null;
@@ -202,18 +221,26 @@ function resolveOptions(o: QuantizeOptions): Resolved {
   const c = o.calibration ?? {};
   const files = c.files ?? (method.calibration !== 'none' ? undefined : []);
   if (method.calibration !== 'none') {
-    if (files === undefined) throw new LowbitError('E_CALIBRATION', `${method.name.toUpperCase()} needs calibration data: give calibration.files (text files) or "self"`);
+    if (files === undefined)
+      throw new LowbitError(
+        'E_CALIBRATION',
+        `${method.name.toUpperCase()} needs calibration data: give calibration.files (text files) or "self"`,
+      );
     if (files !== 'self' && (!Array.isArray(files) || files.length === 0 || files.some((f) => typeof f !== 'string'))) {
       invalidArgument('calibration.files', 'an array of text file paths or "self"', files, 'E_CALIBRATION');
     }
-    if (Array.isArray(files)) for (const f of files) if (!existsSync(f)) throw new LowbitError('E_CALIBRATION', `calibration file ${f} does not exist`, { file: f });
+    if (Array.isArray(files))
+      for (const f of files)
+        if (!existsSync(f)) throw new LowbitError('E_CALIBRATION', `calibration file ${f} does not exist`, { file: f });
   }
   const samples = c.samples ?? 128;
   if (!Number.isInteger(samples) || samples < 1) invalidArgument('calibration.samples', 'a positive integer', samples);
-  if (c.seqLen !== undefined && (!Number.isInteger(c.seqLen) || c.seqLen < 2)) invalidArgument('calibration.seqLen', 'an integer >= 2', c.seqLen);
+  if (c.seqLen !== undefined && (!Number.isInteger(c.seqLen) || c.seqLen < 2))
+    invalidArgument('calibration.seqLen', 'an integer >= 2', c.seqLen);
   const seed = c.seed ?? 0;
   if (!Number.isInteger(seed)) invalidArgument('calibration.seed', 'an integer', seed);
-  if (o.signal !== undefined && !(o.signal instanceof AbortSignal)) invalidArgument('signal', 'an AbortSignal', o.signal);
+  if (o.signal !== undefined && !(o.signal instanceof AbortSignal))
+    invalidArgument('signal', 'an AbortSignal', o.signal);
   return {
     model: o.model,
     out: resolve(o.out),
@@ -239,14 +266,22 @@ function fingerprint(r: Resolved, seqLen: number): string {
 }
 
 function checkAbort(signal: AbortSignal | undefined): void {
-  if (signal?.aborted) throw new LowbitError('E_ABORTED', 'quantization was cancelled; finished blocks are kept for --resume');
+  if (signal?.aborted)
+    throw new LowbitError('E_ABORTED', 'quantization was cancelled; finished blocks are kept for --resume');
 }
 
 /** Peak memory of the run, estimated from the shapes (bytes). */
-export function estimatePeakBytes(reader: ModelReader, methodName: MethodName, tokens: number, trueSequential: boolean, rowsPerCall: number): number {
+export function estimatePeakBytes(
+  reader: ModelReader,
+  methodName: MethodName,
+  tokens: number,
+  trueSequential: boolean,
+  rowsPerCall: number,
+): number {
   const method = methodOf(methodName);
   const c = reader.config;
-  const bytesOf = (name: string) => reader.shapeOf(name).reduce((a, b) => a * b, 1) * (reader.dtypeOf(name) === 'f32' ? 4 : 2);
+  const bytesOf = (name: string) =>
+    reader.shapeOf(name).reduce((a, b) => a * b, 1) * (reader.dtypeOf(name) === 'f32' ? 4 : 2);
   let linearMax = 0;
   let blockBytes = 0;
   let maxK = 0;
@@ -279,7 +314,11 @@ export function quantize(options: QuantizeOptions): QuantizeJob {
 function assertFinite(data: Float32Array, tensor: string): void {
   for (let i = 0; i < data.length; i++) {
     if (!Number.isFinite(data[i]!)) {
-      throw new LowbitError('E_NAN', `${tensor} holds ${data[i]} at index ${i}: non-finite weights cannot be quantized`, { tensor, index: i });
+      throw new LowbitError(
+        'E_NAN',
+        `${tensor} holds ${data[i]} at index ${i}: non-finite weights cannot be quantized`,
+        { tensor, index: i },
+      );
     }
   }
 }
@@ -291,7 +330,9 @@ async function isPublished(out: string, p: Publishing): Promise<boolean> {
   const names = await listDir(out);
   if (names.length !== Object.keys(p.files).length) return false;
   for (const name of names) {
-    const size = await stat(join(out, name)).then((f) => f.size).catch(() => -1);
+    const size = await stat(join(out, name))
+      .then((f) => f.size)
+      .catch(() => -1);
     if (size !== p.files[name]) return false;
   }
   return true;
@@ -314,16 +355,28 @@ async function runLocked(r: Resolved, job: QuantizeJob, warn: Warn): Promise<Qua
   let model: Model | undefined;
   let writer: GptqWriter | undefined;
   try {
-    for (const b of reader.tensors.blocks) for (const name of LINEAR_NAMES) {
-      if (!b[name].weight) throw new LowbitError('E_UNSUPPORTED', `${b[name].prefix} is already quantized; quantize from a dense checkpoint`, { tensor: b[name].prefix });
-    }
+    for (const b of reader.tensors.blocks)
+      for (const name of LINEAR_NAMES) {
+        if (!b[name].weight)
+          throw new LowbitError(
+            'E_UNSUPPORTED',
+            `${b[name].prefix} is already quantized; quantize from a dense checkpoint`,
+            { tensor: b[name].prefix },
+          );
+      }
     const c = reader.config;
     const blocks = c.numLayers;
     const seqLen = r.seqLen ?? Math.min(2048, c.maxPositionEmbeddings);
     const tokens = r.samples * seqLen;
     const rowsPerCall = Math.max(1, Math.floor(4096 / seqLen)); // sequences per forward call
     const trueSequential = r.options.trueSequential ?? false;
-    const estimatedPeakBytes = estimatePeakBytes(reader, r.method.name as MethodName, tokens, trueSequential, rowsPerCall * seqLen);
+    const estimatedPeakBytes = estimatePeakBytes(
+      reader,
+      r.method.name as MethodName,
+      tokens,
+      trueSequential,
+      rowsPerCall * seqLen,
+    );
     if (r.maxMemory !== undefined && estimatedPeakBytes > r.maxMemory) {
       throw new LowbitError(
         'E_MEMORY_BUDGET',
@@ -361,28 +414,49 @@ async function runLocked(r: Resolved, job: QuantizeJob, warn: Warn): Promise<Qua
     });
     if (saved?.publishing && (await isPublished(r.out, saved.publishing))) {
       // Stopped after the checkpoint was renamed into place: it is complete, only the state is stale.
-      const packed = r.keepPacked && r.resume && saved.fingerprint === fp ? await readAllBlocks(stateDir, fp, saved.finishedBlocks) : undefined;
+      const packed =
+        r.keepPacked && r.resume && saved.fingerprint === fp
+          ? await readAllBlocks(stateDir, fp, saved.finishedBlocks)
+          : undefined;
       await clearState(stateDir);
       warn(`${r.out} was already complete; removed the resume state a stopped run left (${stateDir})`, stateDir);
-      if (r.resume && saved.fingerprint === fp) return { ...summaryOf(saved.layers, r.out, saved.finishedBlocks), ...(packed ? { packed } : {}) };
+      if (r.resume && saved.fingerprint === fp)
+        return { ...summaryOf(saved.layers, r.out, saved.finishedBlocks), ...(packed ? { packed } : {}) };
       saved = undefined;
     }
     let state: ResumeState = fresh;
     if (r.resume) {
       if (saved && saved.fingerprint !== fp) {
-        throw new LowbitError('E_ARGUMENT', `the resume state in ${stateDir} was made with different options or model; run without resume to start over`, { file: stateDir });
+        throw new LowbitError(
+          'E_ARGUMENT',
+          `the resume state in ${stateDir} was made with different options or model; run without resume to start over`,
+          { file: stateDir },
+        );
       }
       if (saved) state = { ...saved, publishing: undefined };
       const removed = await pruneState(stateDir, saved);
-      if (removed.length > 0) warn(`removed ${removed.length} unfinished file(s) from the resume state ${stateDir} (${removed.join(', ')})`, stateDir);
+      if (removed.length > 0)
+        warn(
+          `removed ${removed.length} unfinished file(s) from the resume state ${stateDir} (${removed.join(', ')})`,
+          stateDir,
+        );
       if (!saved) {
         await checkEmptyTarget(r.out).catch((err: unknown) => {
-          throw new LowbitError('E_IO', `nothing to resume for ${r.out}: there is no resume state, and it already holds files (a finished run?)`, { file: r.out }, { cause: err });
+          throw new LowbitError(
+            'E_IO',
+            `nothing to resume for ${r.out}: there is no resume state, and it already holds files (a finished run?)`,
+            { file: r.out },
+            { cause: err },
+          );
         });
       }
     } else {
       await checkEmptyTarget(r.out); // before discarding anything
-      if (saved) warn(`discarded the resume state of an earlier run (${saved.finishedBlocks} finished blocks) in ${stateDir}; resume continues such a run`, stateDir);
+      if (saved)
+        warn(
+          `discarded the resume state of an earlier run (${saved.finishedBlocks} finished blocks) in ${stateDir}; resume continues such a run`,
+          stateDir,
+        );
       else if (existsSync(stateDir)) warn(`removed the leftovers of a stopped run in ${stateDir}`, stateDir);
       await clearState(stateDir);
     }
@@ -409,11 +483,24 @@ async function runLocked(r: Resolved, job: QuantizeJob, warn: Warn): Promise<Qua
     const report = (block: number, layer: LayerReport) => {
       done++;
       const rate = (performance.now() - runStart) / 1000 / (done - doneAtStart);
-      const progress: QuantizeProgress = { block, blocks, linear: layer.prefix, loss: layer.loss, done, total, etaSeconds: rate * (total - done) };
+      const progress: QuantizeProgress = {
+        block,
+        blocks,
+        linear: layer.prefix,
+        loss: layer.loss,
+        done,
+        total,
+        etaSeconds: rate * (total - done),
+      };
       job.emit('progress', progress);
     };
     /** One linear through the method: checked finite, quantized, reported. */
-    const quantizeLinear = async (block: number, name: LinearName, W: Tensor<'f32'>, hessian?: Hessian): Promise<{ out: LinearOutput; layer: LayerReport }> => {
+    const quantizeLinear = async (
+      block: number,
+      name: LinearName,
+      W: Tensor<'f32'>,
+      hessian?: Hessian,
+    ): Promise<{ out: LinearOutput; layer: LayerReport }> => {
       const t0 = performance.now();
       const t = reader.tensors.blocks[block]![name];
       assertFinite(W.data, t.weight ?? `${t.prefix}.weight`);
@@ -437,12 +524,22 @@ async function runLocked(r: Resolved, job: QuantizeJob, warn: Warn): Promise<Qua
       report(block, layer);
       return { out, layer };
     };
-    const finishBlock = async (block: number, linears: Map<string, PackedWeights>, layers: LayerReport[], hidden?: Float32Array) => {
+    const finishBlock = async (
+      block: number,
+      linears: Map<string, PackedWeights>,
+      layers: LayerReport[],
+      hidden?: Float32Array,
+    ) => {
       // Block and hidden-state files first, then the one commit that names them.
       await writeBlock(stateDir, fp, block, linears);
       if (hidden) await writeHidden(stateDir, fp, block + 1, hidden);
       const previous = state.hidden;
-      state = { ...state, finishedBlocks: block + 1, layers: [...state.layers, ...layers], hidden: hidden ? hiddenName(block + 1) : null };
+      state = {
+        ...state,
+        finishedBlocks: block + 1,
+        layers: [...state.layers, ...layers],
+        hidden: hidden ? hiddenName(block + 1) : null,
+      };
       await writeState(stateDir, state);
       if (previous && previous !== state.hidden) await removeFile(join(stateDir, previous));
       for (const [prefix, w] of linears) {
@@ -467,13 +564,24 @@ async function runLocked(r: Resolved, job: QuantizeJob, warn: Warn): Promise<Qua
       }
     } else if (state.finishedBlocks < blocks) {
       // Block by block over the calibration states, stage by stage (true-sequential).
-      model = await Model.open(reader, { device: r.device, load: 'globals', maxSeq: Math.max(seqLen, 2), tokenizerFrom: modelDirOf(r.model) });
+      model = await Model.open(reader, {
+        device: r.device,
+        load: 'globals',
+        maxSeq: Math.max(seqLen, 2),
+        tokenizerFrom: modelDirOf(r.model),
+      });
       let hidden: Float32Array;
       if (state.finishedBlocks > 0) {
         hidden = await readHidden(stateDir, fp, state.finishedBlocks, tokens * c.hiddenSize);
       } else {
         if (r.files === 'self') for (let b = 0; b < blocks; b++) await model.loadBlock(b);
-        const ids = await calibrationWindows(model, { source: r.files, samples: r.samples, seqLen, seed: r.seed, signal: r.signal });
+        const ids = await calibrationWindows(model, {
+          source: r.files,
+          samples: r.samples,
+          seqLen,
+          seed: r.seed,
+          signal: r.signal,
+        });
         if (r.files === 'self') for (let b = 0; b < blocks; b++) await model.dropBlock(b);
         hidden = await model.embed(ids);
       }
@@ -487,14 +595,20 @@ async function runLocked(r: Resolved, job: QuantizeJob, warn: Warn): Promise<Qua
         for (const group of stages) {
           // One pass over the calibration states collects the inputs of this group's stages.
           const hessians = new Map<CapturePointName, Hessian>();
-          for (const s of group) hessians.set(s.point, Hessian.create(linearDims(c, s.linears[0]!).K, { device: r.device }));
+          for (const s of group)
+            hessians.set(s.point, Hessian.create(linearDims(c, s.linears[0]!).K, { device: r.device }));
           try {
             const last = group[group.length - 1]!.point;
             for (let s0 = 0; s0 < r.samples; s0 += rowsPerCall) {
               checkAbort(r.signal);
               const batch = Math.min(rowsPerCall, r.samples - s0);
               const x = hidden.subarray(s0 * seqLen * c.hiddenSize, (s0 + batch) * seqLen * c.hiddenSize);
-              const { inputs } = await model.runBlock(b, x, { batch, seq: seqLen, capture: group.map((s) => s.point), stopAfter: last });
+              const { inputs } = await model.runBlock(b, x, {
+                batch,
+                seq: seqLen,
+                capture: group.map((s) => s.point),
+                stopAfter: last,
+              });
               for (const s of group) await hessians.get(s.point)!.addBatch(inputs[s.point]!, batch * seqLen);
             }
             for (const s of group) {
@@ -559,7 +673,10 @@ async function readAllBlocks(dir: string, fp: string, blocks: number): Promise<M
 
 function modelDirOf(path: string): string | undefined {
   try {
-    return statSync(path).isDirectory() && (existsSync(`${path}/tokenizer.model`) || existsSync(`${path}/tokenizer.json`)) ? path : undefined;
+    return statSync(path).isDirectory() &&
+      (existsSync(`${path}/tokenizer.model`) || existsSync(`${path}/tokenizer.json`))
+      ? path
+      : undefined;
   } catch {
     return undefined;
   }

@@ -71,7 +71,9 @@ export function hiddenName(block: number): string {
 }
 
 function corrupt(file: string, why: string): LowbitError {
-  return new LowbitError('E_IO', `resume state ${file} is damaged (${why}); run without resume to start over`, { file });
+  return new LowbitError('E_IO', `resume state ${file} is damaged (${why}); run without resume to start over`, {
+    file,
+  });
 }
 
 /** The committed state, or undefined when there is none. */
@@ -81,7 +83,8 @@ export async function readState(dir: string): Promise<ResumeState | undefined> {
   try {
     text = await readFile(file, 'utf8');
   } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === 'ENOENT' || (err as NodeJS.ErrnoException).code === 'ENOTDIR') return undefined;
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT' || (err as NodeJS.ErrnoException).code === 'ENOTDIR')
+      return undefined;
     throw new LowbitError('E_IO', `cannot read ${file}: ${(err as Error).message}`, { file }, { cause: err });
   }
   let state: ResumeState;
@@ -90,8 +93,14 @@ export async function readState(dir: string): Promise<ResumeState | undefined> {
   } catch {
     throw corrupt(file, 'not JSON');
   }
-  if (state?.version !== VERSION) throw corrupt(file, `version ${String(state?.version)}, this lowbit writes ${VERSION}`);
-  if (typeof state.fingerprint !== 'string' || !Number.isInteger(state.finishedBlocks) || state.finishedBlocks < 0 || !Array.isArray(state.layers)) {
+  if (state?.version !== VERSION)
+    throw corrupt(file, `version ${String(state?.version)}, this lowbit writes ${VERSION}`);
+  if (
+    typeof state.fingerprint !== 'string' ||
+    !Number.isInteger(state.finishedBlocks) ||
+    state.finishedBlocks < 0 ||
+    !Array.isArray(state.layers)
+  ) {
     throw corrupt(file, 'missing fields');
   }
   return state;
@@ -154,12 +163,21 @@ function frame(header: object, chunks: Uint8Array[]): Uint8Array {
   return out;
 }
 
-async function unframe<H extends { fingerprint: string; block: number }>(file: string, fingerprint: string, block: number): Promise<{ header: H; bytes: Uint8Array; base: number }> {
+async function unframe<H extends { fingerprint: string; block: number }>(
+  file: string,
+  fingerprint: string,
+  block: number,
+): Promise<{ header: H; bytes: Uint8Array; base: number }> {
   let data: Buffer;
   try {
     data = await readFile(file);
   } catch (err) {
-    throw new LowbitError('E_IO', `resume state is missing ${file}: ${(err as Error).message}`, { file }, { cause: err });
+    throw new LowbitError(
+      'E_IO',
+      `resume state is missing ${file}: ${(err as Error).message}`,
+      { file },
+      { cause: err },
+    );
   }
   const bytes = new Uint8Array(data.byteLength);
   bytes.set(data); // own, aligned copy
@@ -173,7 +191,10 @@ async function unframe<H extends { fingerprint: string; block: number }>(file: s
     throw corrupt(file, 'header is not JSON');
   }
   if (header.fingerprint !== fingerprint || header.block !== block) {
-    throw corrupt(file, `it belongs to block ${String(header.block)} of run ${String(header.fingerprint).slice(0, 12)}, not block ${block} of ${fingerprint.slice(0, 12)}`);
+    throw corrupt(
+      file,
+      `it belongs to block ${String(header.block)} of run ${String(header.fingerprint).slice(0, 12)}, not block ${block} of ${fingerprint.slice(0, 12)}`,
+    );
   }
   return { header, bytes, base: Math.ceil((jsonLen + 8) / 8) * 8 };
 }
@@ -190,11 +211,20 @@ const ARRAYS = GPTQ_TENSOR_SUFFIXES.map((suffix) => ({ suffix, field: FIELD[suff
 interface BlockHeader {
   fingerprint: string;
   block: number;
-  linears: { prefix: string; meta: Omit<PackedWeights, ArrayKey>; arrays: Partial<Record<Suffix, [offset: number, bytes: number]>> }[];
+  linears: {
+    prefix: string;
+    meta: Omit<PackedWeights, ArrayKey>;
+    arrays: Partial<Record<Suffix, [offset: number, bytes: number]>>;
+  }[];
 }
 
 /** Writes block b's packed linears (prefix -> weights). */
-export async function writeBlock(dir: string, fingerprint: string, block: number, linears: Map<string, PackedWeights>): Promise<void> {
+export async function writeBlock(
+  dir: string,
+  fingerprint: string,
+  block: number,
+  linears: Map<string, PackedWeights>,
+): Promise<void> {
   const header: BlockHeader = { fingerprint, block, linears: [] };
   const chunks: Uint8Array[] = [];
   let offset = 0;
@@ -227,8 +257,15 @@ export async function readBlock(dir: string, fingerprint: string, block: number)
       if (!r) continue;
       const [off, len] = r;
       const spec = specs.find((t) => t.suffix === suffix)!;
-      if (len !== spec.bytes || !(off >= 0 && base + off + len <= bytes.byteLength)) throw corrupt(file, `${l.prefix}.${suffix} is not the ${spec.bytes} bytes its format needs, or lies past the end`);
-      const a = spec.dtype === 'F16' ? new Uint16Array(bytes.buffer, base + off, len / 2) : new Int32Array(bytes.buffer, base + off, len / 4);
+      if (len !== spec.bytes || !(off >= 0 && base + off + len <= bytes.byteLength))
+        throw corrupt(
+          file,
+          `${l.prefix}.${suffix} is not the ${spec.bytes} bytes its format needs, or lies past the end`,
+        );
+      const a =
+        spec.dtype === 'F16'
+          ? new Uint16Array(bytes.buffer, base + off, len / 2)
+          : new Int32Array(bytes.buffer, base + off, len / 4);
       (w as unknown as Record<string, unknown>)[field] = a;
     }
     out.set(l.prefix, w);
@@ -237,14 +274,29 @@ export async function readBlock(dir: string, fingerprint: string, block: number)
 }
 
 /** Writes the hidden states entering `block` as hiddenName(block). */
-export async function writeHidden(dir: string, fingerprint: string, block: number, hidden: Float32Array): Promise<void> {
+export async function writeHidden(
+  dir: string,
+  fingerprint: string,
+  block: number,
+  hidden: Float32Array,
+): Promise<void> {
   const bytes = new Uint8Array(hidden.buffer, hidden.byteOffset, hidden.byteLength);
   await writeFileAtomic(join(dir, hiddenName(block)), frame({ fingerprint, block, length: hidden.length }, [bytes]));
 }
 
-export async function readHidden(dir: string, fingerprint: string, block: number, length: number): Promise<Float32Array> {
+export async function readHidden(
+  dir: string,
+  fingerprint: string,
+  block: number,
+  length: number,
+): Promise<Float32Array> {
   const file = join(dir, hiddenName(block));
-  const { header, bytes, base } = await unframe<{ fingerprint: string; block: number; length: number }>(file, fingerprint, block);
-  if (header.length !== length || bytes.byteLength - base < length * 4) throw corrupt(file, `expected ${length} values`);
+  const { header, bytes, base } = await unframe<{ fingerprint: string; block: number; length: number }>(
+    file,
+    fingerprint,
+    block,
+  );
+  if (header.length !== length || bytes.byteLength - base < length * 4)
+    throw corrupt(file, `expected ${length} values`);
   return new Float32Array(bytes.buffer, base, length);
 }

@@ -20,10 +20,13 @@ afterAll(() => rmSync(cwd, { recursive: true, force: true }));
 test('--version prints the package version; help and help <command> print usage', async () => {
   const version = await lowbit(['--version']);
   expect(version.code).toBe(0);
-  expect(version.stdout.trim()).toBe((JSON.parse(readFileSync(join(projectRoot, 'package.json'), 'utf8')) as { version: string }).version);
+  expect(version.stdout.trim()).toBe(
+    (JSON.parse(readFileSync(join(projectRoot, 'package.json'), 'utf8')) as { version: string }).version,
+  );
   const help = await lowbit(['help']);
   expect(help.code).toBe(0);
-  for (const c of ['quantize', 'ppl', 'generate', 'inspect', 'convert', 'devices']) expect(help.stdout).toContain(`  ${c}`);
+  for (const c of ['quantize', 'ppl', 'generate', 'inspect', 'convert', 'devices'])
+    expect(help.stdout).toContain(`  ${c}`);
   const one = await lowbit(['help', 'quantize']);
   expect(one.code).toBe(0);
   expect(one.stdout).toMatch(/^usage: lowbit quantize/);
@@ -52,19 +55,42 @@ test('usage errors exit 2 and name the option and what it accepts', async () => 
   expect(existsSync(join(cwd, 'q'))).toBe(false);
 });
 
-test.skipIf(devices().some((d) => d.kind === 'cuda'))('RTN checks --device like GPTQ: cuda without a GPU is an error, and nothing is written', async () => {
-  const r = await lowbit(['quantize', '--method', 'rtn', '--device', 'cuda', '--out', 'rtn-cuda'], { cwd });
-  expect(r.code).toBe(1);
-  expect(r.stderr).toContain('E_CUDA_UNAVAILABLE');
-  expect(existsSync(join(cwd, 'rtn-cuda'))).toBe(false);
-});
+test.skipIf(devices().some((d) => d.kind === 'cuda'))(
+  'RTN checks --device like GPTQ: cuda without a GPU is an error, and nothing is written',
+  async () => {
+    const r = await lowbit(['quantize', '--method', 'rtn', '--device', 'cuda', '--out', 'rtn-cuda'], { cwd });
+    expect(r.code).toBe(1);
+    expect(r.stderr).toContain('E_CUDA_UNAVAILABLE');
+    expect(existsSync(join(cwd, 'rtn-cuda'))).toBe(false);
+  },
+);
 
 test('generate: a llama2.c model without --tokenizer is refused before anything is printed', async () => {
-  const r = await lowbit(['generate', '--model', dataFile('stories260K.bin'), '--prompt', 'Once upon a time', '--device', 'cpu'], { cwd });
+  const r = await lowbit(
+    ['generate', '--model', dataFile('stories260K.bin'), '--prompt', 'Once upon a time', '--device', 'cpu'],
+    { cwd },
+  );
   expect(r.code).toBe(2);
   expect(r.stdout).toBe('');
   expect(r.stderr).toMatch(/has no tokenizer .*--tokenizer/);
-  const ok = await lowbit(['generate', '--model', dataFile('stories260K.bin'), '--tokenizer', dataFile('tok512.bin'), '--prompt', 'Once upon a time', '--max-tokens', '8', '--temperature', '0', '--device', 'cpu'], { cwd });
+  const ok = await lowbit(
+    [
+      'generate',
+      '--model',
+      dataFile('stories260K.bin'),
+      '--tokenizer',
+      dataFile('tok512.bin'),
+      '--prompt',
+      'Once upon a time',
+      '--max-tokens',
+      '8',
+      '--temperature',
+      '0',
+      '--device',
+      'cpu',
+    ],
+    { cwd },
+  );
   expect(ok.code, ok.stderr).toBe(0);
   expect(ok.stdout.startsWith('Once upon a time')).toBe(true);
 });
@@ -75,10 +101,40 @@ test("generate says when it stops because the model's context is full (and not o
   let chars = 900;
   while (tok.encode(text.slice(0, chars + 10), { bos: true }).length <= 506) chars += 10;
   const prompt = text.slice(0, chars); // ~506 tokens of the 512-token context
-  const full = await lowbit(['generate', '--model', dataFile('stories260K-hf'), '--prompt', prompt, '--max-tokens', '50', '--seed', '1', '--device', 'cpu'], { cwd });
+  const full = await lowbit(
+    [
+      'generate',
+      '--model',
+      dataFile('stories260K-hf'),
+      '--prompt',
+      prompt,
+      '--max-tokens',
+      '50',
+      '--seed',
+      '1',
+      '--device',
+      'cpu',
+    ],
+    { cwd },
+  );
   expect(full.code, full.stderr).toBe(0);
   expect(full.stderr).toMatch(/stopped after \d+ tokens: the model's context of 512 tokens is full/);
-  const short = await lowbit(['generate', '--model', dataFile('stories260K-hf'), '--prompt', 'Once upon a time', '--max-tokens', '5', '--seed', '1', '--device', 'cpu'], { cwd });
+  const short = await lowbit(
+    [
+      'generate',
+      '--model',
+      dataFile('stories260K-hf'),
+      '--prompt',
+      'Once upon a time',
+      '--max-tokens',
+      '5',
+      '--seed',
+      '1',
+      '--device',
+      'cpu',
+    ],
+    { cwd },
+  );
   expect(short.code, short.stderr).toBe(0);
   expect(short.stderr).not.toContain('context');
 });
@@ -94,10 +150,14 @@ test('LOWBIT_ADDON pointing at nothing is an error naming it, not a silent fallb
 test('devices names the addon file it loaded and its build: source hash, SIMD levels, CUDA', async () => {
   const r = await lowbit(['devices', '--json'], { cwd });
   expect(r.code, r.stderr).toBe(0);
-  const { addon } = JSON.parse(r.stdout) as { addon: { path: string; sourceHash: string; simd: string; activeSimd: string; cuda: boolean } };
+  const { addon } = JSON.parse(r.stdout) as {
+    addon: { path: string; sourceHash: string; simd: string; activeSimd: string; cuda: boolean };
+  };
   expect(existsSync(addon.path)).toBe(true);
   expect(addon.sourceHash).toMatch(/^[0-9a-f]+$/);
   const text = await lowbit(['devices'], { cwd });
   expect(text.stdout).toContain(`addon    ${addon.path}`);
-  expect(text.stdout).toContain(`sources ${addon.sourceHash}; SIMD: ${addon.simd} detected, ${addon.activeSimd} in use; CUDA: `);
+  expect(text.stdout).toContain(
+    `sources ${addon.sourceHash}; SIMD: ${addon.simd} detected, ${addon.activeSimd} in use; CUDA: `,
+  );
 });

@@ -19,7 +19,14 @@ const llama3_8b = { hiddenSize: 4096, intermediateSize: 14336, numHeads: 32, num
 const stories260K = { hiddenSize: 64, intermediateSize: 172, numHeads: 8, numKvHeads: 4, headDim: 8 };
 
 test('the vllm preset: 4-bit, sym, group 128, gptq v1; act-order only with static groups; explicit choices kept', () => {
-  expect(applyPreset('vllm', {})).toEqual({ bits: 4, groupSize: 128, sym: true, actOrder: false, staticGroups: false, checkpointFormat: 'gptq' });
+  expect(applyPreset('vllm', {})).toEqual({
+    bits: 4,
+    groupSize: 128,
+    sym: true,
+    actOrder: false,
+    staticGroups: false,
+    checkpointFormat: 'gptq',
+  });
   expect(applyPreset('vllm', { actOrder: true })).toMatchObject({ actOrder: true, staticGroups: true });
   expect(applyPreset('vllm', { bits: 8, groupSize: -1 })).toMatchObject({ bits: 8, groupSize: -1, sym: true });
 });
@@ -47,19 +54,37 @@ test('warnings: none for Llama 2 7B and Llama 3 8B (up to 8 GPUs); each unsuppor
 });
 
 test('lowbit quantize --preset vllm --act-order: sym, group 128, static groups, desc_act false, trivial g_idx; warns about the shapes', async () => {
-  const r = await lowbit(['quantize', '--preset', 'vllm', '--act-order', '--samples', '8', '--seq-len', '128', '--out', 'q'], { cwd });
+  const r = await lowbit(
+    ['quantize', '--preset', 'vllm', '--act-order', '--samples', '8', '--seq-len', '128', '--out', 'q'],
+    { cwd },
+  );
   expect(r.code, r.stderr).toBe(0);
   expect(r.stderr).toMatch(/warning \(--preset vllm\): down_proj \(64x172\): input size 172 is not a multiple of 128/);
   const q = JSON.parse(readFileSync(join(cwd, 'q', 'quantize_config.json'), 'utf8')) as Record<string, unknown>;
-  expect(q).toMatchObject({ bits: 4, group_size: 128, sym: true, static_groups: true, desc_act: false, checkpoint_format: 'gptq' });
+  expect(q).toMatchObject({
+    bits: 4,
+    group_size: 128,
+    sym: true,
+    static_groups: true,
+    desc_act: false,
+    checkpoint_format: 'gptq',
+  });
   const bytes = readFileSync(join(cwd, 'q', 'model.safetensors'));
   const headerLength = Number(bytes.readBigUInt64LE(0));
-  const header = JSON.parse(bytes.subarray(8, 8 + headerLength).toString('utf8')) as Record<string, { dtype: string; shape: number[]; data_offsets: [number, number] }>;
+  const header = JSON.parse(bytes.subarray(8, 8 + headerLength).toString('utf8')) as Record<
+    string,
+    { dtype: string; shape: number[]; data_offsets: [number, number] }
+  >;
   const gIdx = Object.entries(header).filter(([name]) => name.endsWith('.g_idx'));
   expect(gIdx.length).toBe(35);
   for (const [name, info] of gIdx) {
     const K = info.shape[0]!;
-    const values = new Int32Array(bytes.buffer.slice(bytes.byteOffset + 8 + headerLength + info.data_offsets[0], bytes.byteOffset + 8 + headerLength + info.data_offsets[1]));
+    const values = new Int32Array(
+      bytes.buffer.slice(
+        bytes.byteOffset + 8 + headerLength + info.data_offsets[0],
+        bytes.byteOffset + 8 + headerLength + info.data_offsets[1],
+      ),
+    );
     expect(Array.from(values), name).toEqual(Array.from({ length: K }, (_, i) => Math.floor(i / 128)));
   }
   const bad = await lowbit(['quantize', '--preset', 'tgi', '--out', 'x'], { cwd });

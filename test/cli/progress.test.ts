@@ -12,9 +12,21 @@ function recorder(isTTY: boolean, columns?: number) {
 }
 
 test('durations and sizes read as a person writes them', () => {
-  expect([0, 4.4, 59.6, 185, 3600, 7384].map(formatDuration)).toEqual(['0 s', '4 s', '1 min 0 s', '3 min 5 s', '1 h 0 min', '2 h 3 min']);
+  expect([0, 4.4, 59.6, 185, 3600, 7384].map(formatDuration)).toEqual([
+    '0 s',
+    '4 s',
+    '1 min 0 s',
+    '3 min 5 s',
+    '1 h 0 min',
+    '2 h 3 min',
+  ]);
   expect(formatDuration(NaN)).toBe('?');
-  expect([512, 1536, 5 * 2 ** 20, 3.5 * 2 ** 30].map(formatBytes)).toEqual(['512 B', '1.50 KiB', '5.00 MiB', '3.50 GiB']);
+  expect([512, 1536, 5 * 2 ** 20, 3.5 * 2 ** 30].map(formatBytes)).toEqual([
+    '512 B',
+    '1.50 KiB',
+    '5.00 MiB',
+    '3.50 GiB',
+  ]);
 });
 
 test('on a terminal every line fits its width, whatever the detail, and the bar fills with the work', () => {
@@ -51,5 +63,5 @@ test('not on a terminal: plain lines, the first, at most one per interval, and t
   expect(writes).toHaveLength(2);
   expect(writes.every((w) => w.endsWith('\n') && !w.includes('\r') && !w.includes('\x1b'))).toBe(true);
   expect(writes[0]).toMatch(/^download\s+0%/);
-  expect(writes[1]).toMatch(/^download  100%  1000 bytes  done in/);
+  expect(writes[1]).toMatch(/^download {2}100% {2}1000 bytes {2}done in/);
 });

@@ -19,17 +19,24 @@ test('no --model: the bundled stories260K on its bundled calibration text, and t
   const run = await lowbit(['quantize', '--out', 'q', '--samples', '16', '--seq-len', '256', '--json'], { cwd });
   expect(run.code, run.stderr).toBe(0);
   // says what it is doing before it starts
-  expect(run.stderr.split('\n')[0]).toMatch(/no --model given: quantizing the bundled stories260K .*stories260K-hf.* on its bundled calibration text .*tinystories-valid\.calib\.txt/);
+  expect(run.stderr.split('\n')[0]).toMatch(
+    /no --model given: quantizing the bundled stories260K .*stories260K-hf.* on its bundled calibration text .*tinystories-valid\.calib\.txt/,
+  );
   const summary = JSON.parse(run.stdout) as { method: string; bits: number; layers: unknown[] };
   expect(summary.method).toBe('gptq');
   expect(summary.layers).toHaveLength(35);
-  const config = JSON.parse(readFileSync(join(cwd, 'q', 'config.json'), 'utf8')) as { quantization_config?: { bits: number } };
+  const config = JSON.parse(readFileSync(join(cwd, 'q', 'config.json'), 'utf8')) as {
+    quantization_config?: { bits: number };
+  };
   expect(config.quantization_config?.bits).toBe(4);
 
   // the checkpoint is the bundled model: its perplexity on the held-out half is near the fp32 one
   const evalText = dataFile('tinystories-valid.eval.txt');
   const ppl = async (model: string) => {
-    const r = await lowbit(['ppl', '--model', model, '--data', evalText, '--max-windows', '8', '--device', 'cpu', '--json'], { cwd });
+    const r = await lowbit(
+      ['ppl', '--model', model, '--data', evalText, '--max-windows', '8', '--device', 'cpu', '--json'],
+      { cwd },
+    );
     expect(r.code, r.stderr).toBe(0);
     return (JSON.parse(r.stdout) as { ppl: number }).ppl;
   };
@@ -48,12 +55,23 @@ test('GPTQ on a given --model without --calib: exit 2, naming --calib and --cali
 });
 
 test('16-bit models stay 16-bit: a bf16 model quantized keeps its embeddings and norms in bf16, and config.json says bfloat16', async () => {
-  const run = await lowbit(['quantize', '--model', dataFile('stories260K-hf-bf16'), '--method', 'rtn', '--out', 'bf16'], { cwd });
+  const run = await lowbit(
+    ['quantize', '--model', dataFile('stories260K-hf-bf16'), '--method', 'rtn', '--out', 'bf16'],
+    { cwd },
+  );
   expect(run.code, run.stderr).toBe(0);
   const bytes = readFileSync(join(cwd, 'bf16', 'model.safetensors'));
-  const header = JSON.parse(bytes.subarray(8, 8 + Number(bytes.readBigUInt64LE(0))).toString('utf8')) as Record<string, { dtype: string }>;
-  const dense = Object.entries(header).filter(([name]) => name.endsWith('embed_tokens.weight') || name.endsWith('norm.weight'));
+  const header = JSON.parse(bytes.subarray(8, 8 + Number(bytes.readBigUInt64LE(0))).toString('utf8')) as Record<
+    string,
+    { dtype: string }
+  >;
+  const dense = Object.entries(header).filter(
+    ([name]) => name.endsWith('embed_tokens.weight') || name.endsWith('norm.weight'),
+  );
   expect(dense.length).toBe(1 + 2 * 5 + 1);
   for (const [name, info] of dense) expect(info.dtype, name).toBe('BF16');
-  expect((JSON.parse(readFileSync(join(cwd, 'bf16', 'config.json'), 'utf8')) as { dtype?: string; torch_dtype?: string }).dtype ?? 'missing').toBe('bfloat16');
+  expect(
+    (JSON.parse(readFileSync(join(cwd, 'bf16', 'config.json'), 'utf8')) as { dtype?: string; torch_dtype?: string })
+      .dtype ?? 'missing',
+  ).toBe('bfloat16');
 });

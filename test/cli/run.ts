@@ -12,7 +12,10 @@ export interface CliResult {
 }
 
 /** Runs `lowbit ...args` with cwd and extra environment; resolves when it exits (never rejects on a non-zero code). */
-export function lowbit(args: string[], options: { cwd?: string; env?: Record<string, string | undefined>; timeoutMs?: number } = {}): Promise<CliResult> {
+export function lowbit(
+  args: string[],
+  options: { cwd?: string; env?: Record<string, string | undefined>; timeoutMs?: number } = {},
+): Promise<CliResult> {
   return new Promise((resolvePromise, reject) => {
     const child = spawn(process.execPath, [binPath, ...args], {
       cwd: options.cwd ?? projectRoot,

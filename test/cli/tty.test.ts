@@ -19,20 +19,23 @@ afterAll(() => {
   rmSync(work, { recursive: true, force: true });
 });
 
-test.skipIf(!haveTmux)('quantize in an 80-column terminal: one progress line, redrawn in place, never wider than the terminal', async () => {
-  const command = `cd ${work} && '${process.execPath}' '${binPath}' quantize --out q --samples 16 --seq-len 256; echo EXIT=$?; sleep 30`;
-  execFileSync('tmux', ['new-session', '-d', '-s', session, '-x', '80', '-y', '40', command]);
-  let screen = '';
-  const deadline = Date.now() + 100_000;
-  while (Date.now() < deadline) {
-    await new Promise((r) => setTimeout(r, 500));
-    screen = execFileSync('tmux', ['capture-pane', '-p', '-J', '-S', '-', '-t', session], { encoding: 'utf8' });
-    if (/EXIT=\d+/.test(screen)) break;
-  }
-  expect(screen).toContain('EXIT=0');
-  const lines = screen.split('\n');
-  const progress = lines.filter((l) => l.startsWith('quantizing ['));
-  expect(progress, screen).toHaveLength(1);
-  expect(progress[0]).toMatch(/100%.*done in/);
-  expect(progress[0]!.length).toBeLessThanOrEqual(80); // -J joins wrapped rows: a wider line would show here
-});
+test.skipIf(!haveTmux)(
+  'quantize in an 80-column terminal: one progress line, redrawn in place, never wider than the terminal',
+  async () => {
+    const command = `cd ${work} && '${process.execPath}' '${binPath}' quantize --out q --samples 16 --seq-len 256; echo EXIT=$?; sleep 30`;
+    execFileSync('tmux', ['new-session', '-d', '-s', session, '-x', '80', '-y', '40', command]);
+    let screen = '';
+    const deadline = Date.now() + 100_000;
+    while (Date.now() < deadline) {
+      await new Promise((r) => setTimeout(r, 500));
+      screen = execFileSync('tmux', ['capture-pane', '-p', '-J', '-S', '-', '-t', session], { encoding: 'utf8' });
+      if (/EXIT=\d+/.test(screen)) break;
+    }
+    expect(screen).toContain('EXIT=0');
+    const lines = screen.split('\n');
+    const progress = lines.filter((l) => l.startsWith('quantizing ['));
+    expect(progress, screen).toHaveLength(1);
+    expect(progress[0]).toMatch(/100%.*done in/);
+    expect(progress[0]!.length).toBeLessThanOrEqual(80); // -J joins wrapped rows: a wider line would show here
+  },
+);

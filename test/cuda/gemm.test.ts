@@ -6,7 +6,15 @@
 import { describe, expect, it } from 'vitest';
 import { LowbitError } from '../../src/errors.js';
 import { native } from '../../src/native.js';
-import { cudaAvailability, randomMatrix, randomPacked, randomSeed, referenceProduct, relativeError, rng } from './ref.js';
+import {
+  cudaAvailability,
+  randomMatrix,
+  randomPacked,
+  randomSeed,
+  referenceProduct,
+  relativeError,
+  rng,
+} from './ref.js';
 
 const cuda = cudaAvailability();
 if (!cuda.ok) console.log(`test/cuda/gemm.test.ts: CUDA tests skipped: ${cuda.reason}`);
@@ -69,7 +77,10 @@ describe('CUDA packed product without a usable device', () => {
     const missing = devices.length; // one past the last device: 0 on a machine without a GPU
     const err = await native()
       .packedGemm(X, 1, p.W, Y, missing)
-      .then(() => undefined, (e: unknown) => e);
+      .then(
+        () => undefined,
+        (e: unknown) => e,
+      );
     expect(err).toBeInstanceOf(LowbitError);
     expect((err as LowbitError).code).toBe('E_CUDA_UNAVAILABLE');
     if (devices.length === 0) expect(reason.length).toBeGreaterThan(0);

@@ -16,7 +16,11 @@ import { cudaAvailability } from './ref.js';
 
 const program = process.env.LOWBIT_CUDA_GEMM ?? join(import.meta.dirname, '../../build-cuda/bench/cuda-gemm');
 const cuda = cudaAvailability();
-const reason = !cuda.ok ? cuda.reason : !existsSync(program) ? `${program} not built (bench/device.sh --build-only)` : '';
+const reason = !cuda.ok
+  ? cuda.reason
+  : !existsSync(program)
+    ? `${program} not built (bench/device.sh --build-only)`
+    : '';
 if (reason) console.log(`test/cuda/gptq-kernels.test.ts: skipped: ${reason}`);
 
 describe.skipIf(reason !== '')('GPTQ GPU kernels (bench/cuda-gemm.cu check)', () => {

@@ -41,7 +41,8 @@ async function compare(name: string, N: number, K: number, options: NativeGptqOp
   let qDiff = 0;
   for (let i = 0; i < N * K; i++) if (cpu.q[i] !== gpu.q[i]) qDiff++;
   let gridDiff = 0;
-  for (let i = 0; i < cpu.scales.length; i++) if (cpu.scales[i] !== gpu.scales[i] || cpu.zeros[i] !== gpu.zeros[i]) gridDiff++;
+  for (let i = 0; i < cpu.scales.length; i++)
+    if (cpu.scales[i] !== gpu.scales[i] || cpu.zeros[i] !== gpu.zeros[i]) gridDiff++;
   // A tie flipped by rounding changes one code, and through the error feedback perhaps a few more.
   expect(qDiff, `codes differing, ${what}`).toBeLessThanOrEqual(Math.ceil((N * K) / 1000));
   expect(gridDiff, `grids differing, ${what}`).toBeLessThanOrEqual(Math.ceil(cpu.scales.length / 200));
@@ -61,7 +62,12 @@ describe.skipIf(!cuda.ok)(`GPTQ on CUDA vs the CPU (skipped without a GPU: ${cud
   });
   it('2-bit g32 act-order (groups follow the sweep), and static groups', async () => {
     await compare('2-bit g32 act-order', 120, 300, { bits: 2, groupSize: 32, actOrder: true });
-    await compare('4-bit g32 act-order static', 64, 172, { bits: 4, groupSize: 32, actOrder: true, staticGroups: true });
+    await compare('4-bit g32 act-order static', 64, 172, {
+      bits: 4,
+      groupSize: 32,
+      actOrder: true,
+      staticGroups: true,
+    });
   });
   it('symmetric grid, MSE grid search, 8 bits with dead inputs', async () => {
     await compare('4-bit g64 sym', 80, 200, { bits: 4, groupSize: 64, sym: true, zeroOffset: 0 });
@@ -77,7 +83,12 @@ describe.skipIf(!cuda.ok)(`GPTQ on CUDA vs the CPU (skipped without a GPU: ${cud
     const H = new Float32Array(K * K).fill(1); // rank one, and no dampening to rescue it
     const W = new Float32Array(8 * K).fill(0.5);
     const opts: NativeGptqOptions = { bits: 4, groupSize: -1, dampPercent: 0, maxDampRaises: 0, device: 0 };
-    const err = await native().gptqQuantize(W, 8, K, H, opts).then(() => undefined, (e: unknown) => e);
+    const err = await native()
+      .gptqQuantize(W, 8, K, H, opts)
+      .then(
+        () => undefined,
+        (e: unknown) => e,
+      );
     expect(err).toBeInstanceOf(LowbitError);
     expect((err as LowbitError).code).toBe('E_HESSIAN_SINGULAR');
   });
@@ -92,7 +103,10 @@ describe('GPTQ on a CUDA device that does not exist', () => {
     const missing = native().cudaDevices().devices.length;
     const err = await native()
       .gptqQuantize(W, 4, K, H, { bits: 4, groupSize: -1, device: missing })
-      .then(() => undefined, (e: unknown) => e);
+      .then(
+        () => undefined,
+        (e: unknown) => e,
+      );
     expect(err).toBeInstanceOf(LowbitError);
     expect((err as LowbitError).code).toBe('E_CUDA_UNAVAILABLE');
   });

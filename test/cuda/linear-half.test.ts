@@ -44,7 +44,12 @@ function randomHalf(rand: () => number, count: number, dt: Half): { bits: Uint16
 }
 
 /** Y = X · Wᵀ + bias in float64, with S = Σ_k |x_k w_nk| per element for the rounding bound. */
-function reference(X: Float64Array, M: number, p: RandomPacked, bias?: Float32Array): { Y: Float64Array; S: Float64Array } {
+function reference(
+  X: Float64Array,
+  M: number,
+  p: RandomPacked,
+  bias?: Float32Array,
+): { Y: Float64Array; S: Float64Array } {
   const { N, K } = p.W;
   const w = new Float64Array(N * K);
   for (let n = 0; n < N; n++)
@@ -70,7 +75,14 @@ function reference(X: Float64Array, M: number, p: RandomPacked, bias?: Float32Ar
 }
 
 /** Checks one product's bit patterns against the reference (see the header for the bounds). */
-function expectClose(out: Uint16Array, ref: { Y: Float64Array; S: Float64Array }, K: number, dt: Half, hasBias: boolean, what: string): void {
+function expectClose(
+  out: Uint16Array,
+  ref: { Y: Float64Array; S: Float64Array },
+  K: number,
+  dt: Half,
+  hasBias: boolean,
+  what: string,
+): void {
   const u = UNIT[dt];
   const got = Float64Array.from(out, (h) => fromBits(h, dt));
   let worst = -1;
@@ -85,7 +97,10 @@ function expectClose(out: Uint16Array, ref: { Y: Float64Array; S: Float64Array }
       break;
     }
   }
-  expect(worst, `element ${worst}: ${got[worst]} vs ${ref.Y[worst]} (${worstRatio.toFixed(2)}× the rounding bound), ${what}`).toBe(-1);
+  expect(
+    worst,
+    `element ${worst}: ${got[worst]} vs ${ref.Y[worst]} (${worstRatio.toFixed(2)}× the rounding bound), ${what}`,
+  ).toBe(-1);
   expect(relativeError(got, ref.Y), `relative error, ${what}`).toBeLessThan(4 * u);
 }
 
@@ -127,116 +142,128 @@ async function check(c: Case, dt: Half): Promise<void> {
 
 const ROWS = [1, 5, 16, 33, 130];
 
-describe.skipIf(!cuda.ok)(`prepared GPTQ linears with 16-bit activations (skipped without a GPU: ${cuda.reason || 'none'})`, () => {
-  for (const dt of HALVES) {
-    for (const bits of [2, 3, 4] as const) {
-      it(`${dt} ${bits}-bit, g128, K 300 (not a multiple of 128, partial group), N 200, M ${ROWS.join('/')}`, async () => {
-        await check({ bits, N: 200, K: 300, groupSize: 128, shuffled: false, rows: ROWS }, dt);
+describe.skipIf(!cuda.ok)(
+  `prepared GPTQ linears with 16-bit activations (skipped without a GPU: ${cuda.reason || 'none'})`,
+  () => {
+    for (const dt of HALVES) {
+      for (const bits of [2, 3, 4] as const) {
+        it(`${dt} ${bits}-bit, g128, K 300 (not a multiple of 128, partial group), N 200, M ${ROWS.join('/')}`, async () => {
+          await check({ bits, N: 200, K: 300, groupSize: 128, shuffled: false, rows: ROWS }, dt);
+        });
+        it(`${dt} ${bits}-bit, g32 with shuffled g_idx (act-order), K 172, N 100, M ${ROWS.join('/')}`, async () => {
+          await check({ bits, N: 100, K: 172, groupSize: 32, shuffled: true, rows: ROWS }, dt);
+        });
+        it(`${dt} ${bits}-bit, per channel, K 172, N 72, M 1/33`, async () => {
+          await check({ bits, N: 72, K: 172, groupSize: 172, shuffled: false, rows: [1, 33] }, dt);
+        });
+      }
+      it(`${dt} 4-bit g128 with a bias, K 384, N 192, M 1/16`, async () => {
+        await check({ bits: 4, N: 192, K: 384, groupSize: 128, shuffled: false, rows: [1, 16], bias: true }, dt);
       });
-      it(`${dt} ${bits}-bit, g32 with shuffled g_idx (act-order), K 172, N 100, M ${ROWS.join('/')}`, async () => {
-        await check({ bits, N: 100, K: 172, groupSize: 32, shuffled: true, rows: ROWS }, dt);
-      });
-      it(`${dt} ${bits}-bit, per channel, K 172, N 72, M 1/33`, async () => {
-        await check({ bits, N: 72, K: 172, groupSize: 172, shuffled: false, rows: [1, 33] }, dt);
+      it(`${dt} 4-bit g128, K 4096, N 256 (split-K): large K in one product, M 1/5`, async () => {
+        await check({ bits: 4, N: 256, K: 4096, groupSize: 128, shuffled: false, rows: [1, 5] }, dt);
       });
     }
-    it(`${dt} 4-bit g128 with a bias, K 384, N 192, M 1/16`, async () => {
-      await check({ bits: 4, N: 192, K: 384, groupSize: 128, shuffled: false, rows: [1, 16], bias: true }, dt);
-    });
-    it(`${dt} 4-bit g128, K 4096, N 256 (split-K): large K in one product, M 1/5`, async () => {
-      await check({ bits: 4, N: 256, K: 4096, groupSize: 128, shuffled: false, rows: [1, 5] }, dt);
-    });
-  }
 
-  // Catches: products on one device sharing split-K scratch (partial sums and tile counters) across
-  // operators, or one operator's calls overlapping: concurrent results would mix. K 4096 with M 1
-  // makes the kernel split K; several weights, several calls each, all in flight at once on the
-  // worker threads, each checked against its own float64 reference and its sequential result.
-  it('concurrent products on one device (Promise.all over 4 weights × 4 calls, split-K) match the sequential ones', async () => {
-    const seed = randomSeed();
-    const rand = rng(seed);
-    const dt: Half = 'f16';
-    const K = 4096;
-    const N = 256;
-    const lins: PreparedLinear<'f16'>[] = [];
-    const refs: { Y: Float64Array; S: Float64Array }[][] = [];
-    const xs: Uint16Array[][] = [];
-    const rowsOf = (j: number): number => [1, 2, 1, 3][j];
-    try {
-      for (let i = 0; i < 4; i++) {
-        const p = randomPacked(rand, { bits: 4, N, K, groupSize: 128, shuffled: i === 3 });
-        lins.push(prepareLinear(gptqWeights(p.W), { device: 'cuda', activations: dt }));
-        refs.push([]);
-        xs.push([]);
-        for (let j = 0; j < 4; j++) {
-          const X = randomHalf(rand, rowsOf(j) * K, dt);
-          xs[i].push(X.bits);
-          refs[i].push(reference(X.values, rowsOf(j), p));
-        }
-      }
-      const sequential: Uint16Array[][] = [];
-      for (let i = 0; i < 4; i++) {
-        sequential.push([]);
-        for (let j = 0; j < 4; j++) sequential[i].push(await lins[i].matmul(xs[i][j], rowsOf(j), new Uint16Array(rowsOf(j) * N).fill(NAN_BITS[dt])));
-      }
-      for (let round = 0; round < 5; round++) {
-        const calls: Promise<Uint16Array>[] = [];
-        for (let j = 0; j < 4; j++)
-          for (let i = 0; i < 4; i++) calls.push(lins[i].matmul(xs[i][j], rowsOf(j), new Uint16Array(rowsOf(j) * N).fill(NAN_BITS[dt])));
-        const results = await Promise.all(calls);
-        for (let j = 0; j < 4; j++)
-          for (let i = 0; i < 4; i++) {
-            const what = `weight ${i} call ${j} round ${round} seed ${seed}`;
-            const got = results[j * 4 + i];
-            expectClose(got, refs[i][j], K, dt, false, `concurrent, ${what}`);
-            // Split-K adds partial sums with atomics in any order: equal to the sequential result up
-            // to the output's rounding (one unit in the last place of f16 per element at most).
-            const seq = sequential[i][j];
-            let mismatch = '';
-            for (let e = 0; e < got.length && !mismatch; e++) {
-              const a = fromBits(got[e], dt);
-              const b = fromBits(seq[e], dt);
-              if (!(Math.abs(a - b) <= 2 * UNIT[dt] * Math.max(Math.abs(a), Math.abs(b)) + 2 ** -24)) mismatch = `concurrent ${a} vs sequential ${b} at ${e}`;
-            }
-            expect(mismatch, what).toBe('');
-          }
-      }
-    } finally {
-      for (const l of lins) l.close();
-    }
-  });
-
-  it('kernel choice: f32 keeps gptq-packed, 16-bit takes gptq-tc; 8-bit, dense and forced kernels give typed errors', () => {
-    const rand = rng(randomSeed());
-    const p4 = randomPacked(rand, { bits: 4, N: 64, K: 128, groupSize: 128, shuffled: false });
-    const f32 = prepareLinear(gptqWeights(p4.W), { device: 'cuda' });
-    // Catches: the f32 path (which must equal the CPU's to 1e-4 in the forward pass) moved off its kernel.
-    expect(f32.kernel).toBe('gptq-packed');
-    expect(f32.activations).toBe('f32');
-    f32.close();
-    const code = (f: () => unknown): string => {
+    // Catches: products on one device sharing split-K scratch (partial sums and tile counters) across
+    // operators, or one operator's calls overlapping: concurrent results would mix. K 4096 with M 1
+    // makes the kernel split K; several weights, several calls each, all in flight at once on the
+    // worker threads, each checked against its own float64 reference and its sequential result.
+    it('concurrent products on one device (Promise.all over 4 weights × 4 calls, split-K) match the sequential ones', async () => {
+      const seed = randomSeed();
+      const rand = rng(seed);
+      const dt: Half = 'f16';
+      const K = 4096;
+      const N = 256;
+      const lins: PreparedLinear<'f16'>[] = [];
+      const refs: { Y: Float64Array; S: Float64Array }[][] = [];
+      const xs: Uint16Array[][] = [];
+      const rowsOf = (j: number): number => [1, 2, 1, 3][j];
       try {
-        f();
-      } catch (e) {
-        expect(e).toBeInstanceOf(LowbitError);
-        return (e as LowbitError).code;
+        for (let i = 0; i < 4; i++) {
+          const p = randomPacked(rand, { bits: 4, N, K, groupSize: 128, shuffled: i === 3 });
+          lins.push(prepareLinear(gptqWeights(p.W), { device: 'cuda', activations: dt }));
+          refs.push([]);
+          xs.push([]);
+          for (let j = 0; j < 4; j++) {
+            const X = randomHalf(rand, rowsOf(j) * K, dt);
+            xs[i].push(X.bits);
+            refs[i].push(reference(X.values, rowsOf(j), p));
+          }
+        }
+        const sequential: Uint16Array[][] = [];
+        for (let i = 0; i < 4; i++) {
+          sequential.push([]);
+          for (let j = 0; j < 4; j++)
+            sequential[i].push(
+              await lins[i].matmul(xs[i][j], rowsOf(j), new Uint16Array(rowsOf(j) * N).fill(NAN_BITS[dt])),
+            );
+        }
+        for (let round = 0; round < 5; round++) {
+          const calls: Promise<Uint16Array>[] = [];
+          for (let j = 0; j < 4; j++)
+            for (let i = 0; i < 4; i++)
+              calls.push(lins[i].matmul(xs[i][j], rowsOf(j), new Uint16Array(rowsOf(j) * N).fill(NAN_BITS[dt])));
+          const results = await Promise.all(calls);
+          for (let j = 0; j < 4; j++)
+            for (let i = 0; i < 4; i++) {
+              const what = `weight ${i} call ${j} round ${round} seed ${seed}`;
+              const got = results[j * 4 + i];
+              expectClose(got, refs[i][j], K, dt, false, `concurrent, ${what}`);
+              // Split-K adds partial sums with atomics in any order: equal to the sequential result up
+              // to the output's rounding (one unit in the last place of f16 per element at most).
+              const seq = sequential[i][j];
+              let mismatch = '';
+              for (let e = 0; e < got.length && !mismatch; e++) {
+                const a = fromBits(got[e], dt);
+                const b = fromBits(seq[e], dt);
+                if (!(Math.abs(a - b) <= 2 * UNIT[dt] * Math.max(Math.abs(a), Math.abs(b)) + 2 ** -24))
+                  mismatch = `concurrent ${a} vs sequential ${b} at ${e}`;
+              }
+              expect(mismatch, what).toBe('');
+            }
+        }
+      } finally {
+        for (const l of lins) l.close();
       }
-      return 'no error';
-    };
-    const p8 = randomPacked(rand, { bits: 8, N: 64, K: 128, groupSize: 128, shuffled: false });
-    expect(code(() => prepareLinear(gptqWeights(p8.W), { device: 'cuda', activations: 'f16' }))).toBe('E_UNSUPPORTED');
-    const dense = { format: 'dense' as const, dtype: 'f32' as const, N: 4, K: 8, data: new Float32Array(32) };
-    expect(code(() => prepareLinear(dense, { device: 'cuda', activations: 'bf16' }))).toBe('E_UNSUPPORTED');
-    expect(code(() => prepareLinear(gptqWeights(p4.W), { device: 'cuda', kernel: 'gptq-tc' }))).toBe('E_ARGUMENT');
-    expect(code(() => prepareLinear(gptqWeights(p4.W), { device: 'cuda', kernel: 'gptq-packed', activations: 'f16' }))).toBe('E_ARGUMENT');
-    expect(native().linearKernels().cuda).toContain('gptq-tc');
-    // x of the wrong dtype is refused before the addon sees it.
-    const h = prepareLinear(gptqWeights(p4.W), { device: 'cuda', activations: 'f16' });
-    expect(code(() => h.matmulSync(new Float32Array(128) as unknown as Uint16Array, 1))).toBe('E_DTYPE');
-    expect(code(() => h.matmulSync(new Uint16Array(127), 1))).toBe('E_SHAPE');
-    h.close();
-  });
-});
+    });
+
+    it('kernel choice: f32 keeps gptq-packed, 16-bit takes gptq-tc; 8-bit, dense and forced kernels give typed errors', () => {
+      const rand = rng(randomSeed());
+      const p4 = randomPacked(rand, { bits: 4, N: 64, K: 128, groupSize: 128, shuffled: false });
+      const f32 = prepareLinear(gptqWeights(p4.W), { device: 'cuda' });
+      // Catches: the f32 path (which must equal the CPU's to 1e-4 in the forward pass) moved off its kernel.
+      expect(f32.kernel).toBe('gptq-packed');
+      expect(f32.activations).toBe('f32');
+      f32.close();
+      const code = (f: () => unknown): string => {
+        try {
+          f();
+        } catch (e) {
+          expect(e).toBeInstanceOf(LowbitError);
+          return (e as LowbitError).code;
+        }
+        return 'no error';
+      };
+      const p8 = randomPacked(rand, { bits: 8, N: 64, K: 128, groupSize: 128, shuffled: false });
+      expect(code(() => prepareLinear(gptqWeights(p8.W), { device: 'cuda', activations: 'f16' }))).toBe(
+        'E_UNSUPPORTED',
+      );
+      const dense = { format: 'dense' as const, dtype: 'f32' as const, N: 4, K: 8, data: new Float32Array(32) };
+      expect(code(() => prepareLinear(dense, { device: 'cuda', activations: 'bf16' }))).toBe('E_UNSUPPORTED');
+      expect(code(() => prepareLinear(gptqWeights(p4.W), { device: 'cuda', kernel: 'gptq-tc' }))).toBe('E_ARGUMENT');
+      expect(
+        code(() => prepareLinear(gptqWeights(p4.W), { device: 'cuda', kernel: 'gptq-packed', activations: 'f16' })),
+      ).toBe('E_ARGUMENT');
+      expect(native().linearKernels().cuda).toContain('gptq-tc');
+      // x of the wrong dtype is refused before the addon sees it.
+      const h = prepareLinear(gptqWeights(p4.W), { device: 'cuda', activations: 'f16' });
+      expect(code(() => h.matmulSync(new Float32Array(128) as unknown as Uint16Array, 1))).toBe('E_DTYPE');
+      expect(code(() => h.matmulSync(new Uint16Array(127), 1))).toBe('E_SHAPE');
+      h.close();
+    });
+  },
+);
 
 describe('16-bit activations where no kernel takes them', () => {
   const rand = rng(randomSeed());
@@ -255,8 +282,12 @@ describe('16-bit activations where no kernel takes them', () => {
     }
   });
   it('the addon itself refuses 16-bit activations on the CPU (E_UNSUPPORTED) and unknown names (E_ARGUMENT)', () => {
-    expect(() => native().linearCreate(gptqWeights(p.W), { device: -1, activations: 'f16' })).toThrow(/f32 activations only/);
-    expect(() => native().linearCreate(gptqWeights(p.W), { device: -1, activations: 'fp16' as 'f16' })).toThrow(/'f32', 'f16' or 'bf16'/);
+    expect(() => native().linearCreate(gptqWeights(p.W), { device: -1, activations: 'f16' })).toThrow(
+      /f32 activations only/,
+    );
+    expect(() => native().linearCreate(gptqWeights(p.W), { device: -1, activations: 'fp16' as 'f16' })).toThrow(
+      /'f32', 'f16' or 'bf16'/,
+    );
   });
   it("an unknown activations name is E_DTYPE listing 'f32', 'f16' and 'bf16'", () => {
     let err: unknown;

@@ -2,7 +2,14 @@ import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { LowbitError } from '../../src/errors.js';
-import { GptqWriter, linearDims, openGptqModel, packedWords, readPackedLinear, type GptqConfig } from '../../src/formats/gptq.js';
+import {
+  GptqWriter,
+  linearDims,
+  openGptqModel,
+  packedWords,
+  readPackedLinear,
+  type GptqConfig,
+} from '../../src/formats/gptq.js';
 import { HfModel, LINEAR_NAMES, type ModelReader } from '../../src/formats/hf.js';
 import { writeSafetensors } from '../../src/formats/safetensors-writer.js';
 import { native, type PackedWeights } from '../../src/native.js';
@@ -29,7 +36,12 @@ async function syntheticModel(dir: string, rand: () => number): Promise<void> {
     tie_word_embeddings: false,
     dtype: 'bfloat16',
   };
-  const r = (shape: number[]) => new Tensor('f32', shape, Float32Array.from({ length: shape.reduce((a, b) => a * b, 1) }, () => rand() - 0.5)).to('bf16');
+  const r = (shape: number[]) =>
+    new Tensor(
+      'f32',
+      shape,
+      Float32Array.from({ length: shape.reduce((a, b) => a * b, 1) }, () => rand() - 0.5),
+    ).to('bf16');
   const t: [string, Tensor][] = [['model.embed_tokens.weight', r([40, 32])]];
   for (let l = 0; l < 2; l++) {
     const p = `model.layers.${l}.`;
@@ -73,7 +85,11 @@ function makePacked(K: number, N: number, gptq: GptqConfig, rand: () => number):
   // v1 cannot store a zero point of 0 (it reads back as 2^bits): draw from [1, maxq] there
   const low = gptq.checkpointFormat === 'gptq' ? 1 : 0;
   const zeros = Int32Array.from({ length: groups * N }, () => low + Math.floor(rand() * (maxq + 1 - low)));
-  const scales16 = new Tensor('f32', [groups, N], Float32Array.from({ length: groups * N }, () => 1e-3 + rand() * 0.05)).to('f16');
+  const scales16 = new Tensor(
+    'f32',
+    [groups, N],
+    Float32Array.from({ length: groups * N }, () => 1e-3 + rand() * 0.05),
+  ).to('f16');
   const scales = scales16.to('f32').data;
   let gIdx: Int32Array | undefined;
   if (gptq.descAct) {
@@ -99,12 +115,16 @@ function makePacked(K: number, N: number, gptq: GptqConfig, rand: () => number):
 
 async function roundTrip(source: ModelReader, gptq: GptqConfig, out: string, seed: number): Promise<void> {
   const rand = prng(seed);
-  const writer = await GptqWriter.create(out, source, gptq, { tokenizerFrom: source instanceof HfModel ? source.dir : undefined });
+  const writer = await GptqWriter.create(out, source, gptq, {
+    tokenizerFrom: source instanceof HfModel ? source.dir : undefined,
+  });
   const made = new Map<string, Made>();
   // hand the linears over out of order: the writer must still lay them out right
   const prefixes = writer.remaining.reverse();
   for (const prefix of prefixes) {
-    const name = LINEAR_NAMES.find((n) => prefix.endsWith(n === 'gate' || n === 'up' || n === 'down' ? `mlp.${n}_proj` : `self_attn.${n}_proj`))!;
+    const name = LINEAR_NAMES.find((n) =>
+      prefix.endsWith(n === 'gate' || n === 'up' || n === 'down' ? `mlp.${n}_proj` : `self_attn.${n}_proj`),
+    )!;
     const { K, N } = linearDims(source.config, name);
     const m = makePacked(K, N, gptq, rand);
     made.set(prefix, m);
@@ -115,9 +135,24 @@ async function roundTrip(source: ModelReader, gptq: GptqConfig, out: string, see
   const model = await openGptqModel(out);
   try {
     const q = model.config.quantization!;
-    expect(q).toMatchObject({ bits: gptq.bits, groupSize: gptq.groupSize, descAct: gptq.descAct, checkpointFormat: gptq.checkpointFormat });
+    expect(q).toMatchObject({
+      bits: gptq.bits,
+      groupSize: gptq.groupSize,
+      descAct: gptq.descAct,
+      checkpointFormat: gptq.checkpointFormat,
+    });
     const qc = JSON.parse(readFileSync(join(out, 'quantize_config.json'), 'utf8')) as Record<string, unknown>;
-    expect(qc).toMatchObject({ quant_method: 'gptq', bits: gptq.bits, group_size: gptq.groupSize, desc_act: gptq.descAct, sym: gptq.sym, damp_percent: gptq.dampPercent, true_sequential: gptq.trueSequential, static_groups: gptq.staticGroups, checkpoint_format: gptq.checkpointFormat });
+    expect(qc).toMatchObject({
+      quant_method: 'gptq',
+      bits: gptq.bits,
+      group_size: gptq.groupSize,
+      desc_act: gptq.descAct,
+      sym: gptq.sym,
+      damp_percent: gptq.dampPercent,
+      true_sequential: gptq.trueSequential,
+      static_groups: gptq.staticGroups,
+      checkpoint_format: gptq.checkpointFormat,
+    });
     // unquantized tensors are kept as they were (dtype and bytes)
     for (const name of source.names.filter((n) => !/_proj\.weight$/.test(n))) {
       const a = await source.readTensor(name);
@@ -132,7 +167,13 @@ async function roundTrip(source: ModelReader, gptq: GptqConfig, out: string, see
         const got = await readPackedLinear(model, block.index, name);
         const ctx = `${prefix} ${gptq.bits}-bit g${gptq.groupSize} ${gptq.checkpointFormat} (seed ${seed})`;
         expect(model.shapeOf(`${prefix}.qweight`), ctx).toEqual([packedWords(gptq.bits, got.K), got.N]);
-        expect({ ...got, qweight: 0, qzeros: 0, scales: 0, gIdx: 0 }, ctx).toEqual({ ...want.packed, qweight: 0, qzeros: 0, scales: 0, gIdx: 0 });
+        expect({ ...got, qweight: 0, qzeros: 0, scales: 0, gIdx: 0 }, ctx).toEqual({
+          ...want.packed,
+          qweight: 0,
+          qzeros: 0,
+          scales: 0,
+          gIdx: 0,
+        });
         expect(sameBytes(got.qweight, want.packed.qweight), ctx).toBe(true);
         expect(sameBytes(got.qzeros, want.packed.qzeros), ctx).toBe(true);
         expect(sameBytes(got.scales, want.packed.scales), ctx).toBe(true);
@@ -145,7 +186,8 @@ async function roundTrip(source: ModelReader, gptq: GptqConfig, out: string, see
           for (let k = 0; k < K; k++) {
             const g = want.groupOf(k);
             const ref = want.scales[g * N + n]! * (want.q[n * K + k]! - want.zeros[g * N + n]!);
-            if (Math.abs(W[n * K + k]! - ref) > 1e-6 * Math.max(1, Math.abs(ref))) throw new Error(`${ctx}: W[${n},${k}] = ${W[n * K + k]} vs ${ref}`);
+            if (Math.abs(W[n * K + k]! - ref) > 1e-6 * Math.max(1, Math.abs(ref)))
+              throw new Error(`${ctx}: W[${n},${k}] = ${W[n * K + k]} vs ${ref}`);
           }
         }
       }
@@ -155,7 +197,12 @@ async function roundTrip(source: ModelReader, gptq: GptqConfig, out: string, see
   }
 }
 
-const base: Omit<GptqConfig, 'bits' | 'groupSize' | 'checkpointFormat' | 'descAct'> = { sym: false, dampPercent: 0.01, trueSequential: true, staticGroups: false };
+const base: Omit<GptqConfig, 'bits' | 'groupSize' | 'checkpointFormat' | 'descAct'> = {
+  sym: false,
+  dampPercent: 0.01,
+  trueSequential: true,
+  staticGroups: false,
+};
 
 describe('GPTQ checkpoints: write, read back byte-identical', () => {
   const src = join(tmp.dir, 'synthetic-src');
@@ -172,7 +219,12 @@ describe('GPTQ checkpoints: write, read back byte-identical', () => {
       if (!existsSync(src)) await syntheticModel(src, prng(seed));
       const source = await HfModel.open(src);
       try {
-        await roundTrip(source, { ...base, bits, groupSize, checkpointFormat, descAct }, join(tmp.dir, `q-${bits}-${groupSize}-${checkpointFormat}-${descAct}`), seed);
+        await roundTrip(
+          source,
+          { ...base, bits, groupSize, checkpointFormat, descAct },
+          join(tmp.dir, `q-${bits}-${groupSize}-${checkpointFormat}-${descAct}`),
+          seed,
+        );
       } finally {
         await source.close();
       }
@@ -181,9 +233,14 @@ describe('GPTQ checkpoints: write, read back byte-identical', () => {
 
   it('records the K padding, keeps biases and copies tokenizer files', async () => {
     const out = join(tmp.dir, 'q-4-16-gptq-false');
-    const config = JSON.parse(readFileSync(join(out, 'config.json'), 'utf8')) as { quantization_config: { lowbit: { padded_in_features: Record<string, unknown> } }; model_type: string };
+    const config = JSON.parse(readFileSync(join(out, 'config.json'), 'utf8')) as {
+      quantization_config: { lowbit: { padded_in_features: Record<string, unknown> } };
+      model_type: string;
+    };
     expect(config.model_type).toBe('qwen2');
-    expect(config.quantization_config.lowbit.padded_in_features).toEqual({ 'mlp.down_proj': { in_features: 44, packed_in_features: 48 } });
+    expect(config.quantization_config.lowbit.padded_in_features).toEqual({
+      'mlp.down_proj': { in_features: 44, packed_in_features: 48 },
+    });
     expect(existsSync(join(out, 'tokenizer_config.json'))).toBe(true);
     const m = await HfModel.open(out);
     expect(m.tensors.blocks[0]!.q.bias).toBe('model.layers.0.self_attn.q_proj.bias');
@@ -243,10 +300,16 @@ describe('GPTQ round trip on stories260K (K = 172)', () => {
     try {
       const out = join(tmp.dir, 'stories-gptq');
       await roundTrip(source, { ...base, bits: 4, groupSize: 32, checkpointFormat: 'gptq', descAct: false }, out, seed);
-      for (const f of ['tokenizer.json', 'tokenizer.model', 'tokenizer_config.json', 'generation_config.json']) expect(existsSync(join(out, f)), f).toBe(true);
-      const config = JSON.parse(readFileSync(join(out, 'config.json'), 'utf8')) as { quantization_config: { lowbit: { padded_in_features: unknown } }; tie_word_embeddings: boolean };
+      for (const f of ['tokenizer.json', 'tokenizer.model', 'tokenizer_config.json', 'generation_config.json'])
+        expect(existsSync(join(out, f)), f).toBe(true);
+      const config = JSON.parse(readFileSync(join(out, 'config.json'), 'utf8')) as {
+        quantization_config: { lowbit: { padded_in_features: unknown } };
+        tie_word_embeddings: boolean;
+      };
       expect(config.tie_word_embeddings).toBe(true);
-      expect(config.quantization_config.lowbit.padded_in_features).toEqual({ 'mlp.down_proj': { in_features: 172, packed_in_features: 176 } });
+      expect(config.quantization_config.lowbit.padded_in_features).toEqual({
+        'mlp.down_proj': { in_features: 172, packed_in_features: 176 },
+      });
     } finally {
       await source.close();
     }

@@ -5,7 +5,7 @@
  * both values (12), every user-caused failure is a LowbitError (13), and no error path leaks a file
  * handle (15).
  */
-import { readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { LowbitError } from '../../src/errors.js';
@@ -62,7 +62,16 @@ function llama2cHeader(fields: Partial<Record<(typeof LLAMA2C_FIELDS)[number], n
   const v = new DataView(out.buffer);
   v.setUint32(0, LLAMA2C_MAGIC, true);
   v.setInt32(4, 1, true);
-  const h = { dim: 64, hidden_dim: 172, n_layers: 5, n_heads: 8, n_kv_heads: 4, vocab_size: 512, seq_len: 512, ...fields };
+  const h = {
+    dim: 64,
+    hidden_dim: 172,
+    n_layers: 5,
+    n_heads: 8,
+    n_kv_heads: 4,
+    vocab_size: 512,
+    seq_len: 512,
+    ...fields,
+  };
   LLAMA2C_FIELDS.forEach((f, i) => v.setInt32(8 + 4 * i, h[f], true));
   v.setUint8(36, 1);
   return out;
@@ -162,7 +171,10 @@ describe('11: tokenizer.json ids are bounded by the vocabulary', () => {
       expect(ms, what).toBeLessThan(2000);
     }
     // the unedited file loads, and its ids round-trip
-    const dir = writeFiles(fresh('tok'), new Map([['tokenizer.json', Buffer.from(JSON.stringify(tinyTokenizerJson()))]]));
+    const dir = writeFiles(
+      fresh('tok'),
+      new Map([['tokenizer.json', Buffer.from(JSON.stringify(tinyTokenizerJson()))]]),
+    );
     const tok = await loadTokenizer(join(dir, 'tokenizer.json'));
     expect(tok.decode(tok.encode('ab ba c'))).toBe('ab ba c');
   });
@@ -218,16 +230,24 @@ describe('12: metadata that contradicts itself or the tensors is refused, naming
     files.set('config.json', Buffer.from(JSON.stringify(tinyConfig(claimed))));
     files.set('quantize_config.json', Buffer.from(JSON.stringify(quantizeConfig(claimed))));
     const dir = writeFiles(fresh('bits'), files);
-    for (const open of [() => HfModel.open(dir), () => openModel(dir, { device: 'cpu', load: 'globals' }), () => inspectModel(dir)]) {
+    for (const open of [
+      () => HfModel.open(dir),
+      () => openModel(dir, { device: 'cpu', load: 'globals' }),
+      () => inspectModel(dir),
+    ]) {
       const err = await failure(open());
       expect(err.code).toBe('E_GPTQ_FORMAT');
-      expect(err.message).toMatch(/qweight '.*' has shape \[2, 16\]; quantization_config.bits 8 .* needs \[4, 16\] \(the shape of 4-bit weights\)/);
+      expect(err.message).toMatch(
+        /qweight '.*' has shape \[2, 16\]; quantization_config.bits 8 .* needs \[4, 16\] \(the shape of 4-bit weights\)/,
+      );
     }
   });
 
   it('an I16 qweight is refused, not widened to int32 words', async () => {
     const rand = prng(randomSeed());
-    const tensors = tinyTensors(rand, GPTQ4).map((t) => (t.name.endsWith('.qweight') ? { ...t, dtype: 'I16' as const, bytes: t.bytes.slice(0, t.bytes.length / 2) } : t));
+    const tensors = tinyTensors(rand, GPTQ4).map((t) =>
+      t.name.endsWith('.qweight') ? { ...t, dtype: 'I16' as const, bytes: t.bytes.slice(0, t.bytes.length / 2) } : t,
+    );
     const files = tinyModelFiles(rand, GPTQ4);
     files.set('model.safetensors', safetensorsBytes(tensors));
     const dir = writeFiles(fresh('i16'), files);
@@ -267,7 +287,9 @@ describe('12: a tokenizer.model whose special ids lie outside its vocabulary', (
       const dir = writeFiles(fresh('sp'), new Map([['tokenizer.model', serializeSentencePieceModel(sp)]]));
       const err = await failure(loadTokenizer(join(dir, 'tokenizer.model')));
       expect(err.code, field).toBe('E_TOKENIZER');
-      expect(err.message, field).toContain(`${field.replace('Id', '_id')} ${sp.pieces.length + 5} is outside the vocabulary of ${sp.pieces.length} pieces`);
+      expect(err.message, field).toContain(
+        `${field.replace('Id', '_id')} ${sp.pieces.length + 5} is outside the vocabulary of ${sp.pieces.length} pieces`,
+      );
     }
   });
 });
@@ -304,8 +326,14 @@ describe('13: every failure a user can cause is a LowbitError naming the path or
 
   it('a path that is not a string is E_ARGUMENT for every reader (was a TypeError from node:path)', async () => {
     const readers: [string, (p: never) => Promise<unknown>][] = [
-      ['inspectModel', inspectModel], ['openModelFiles', openModelFiles], ['HfModel.open', HfModel.open], ['Checkpoint.open', Checkpoint.open],
-      ['Llama2cModel.open', Llama2cModel.open], ['SafetensorsFile.open', SafetensorsFile.open], ['openModel', openModel], ['loadTokenizer', loadTokenizer],
+      ['inspectModel', inspectModel],
+      ['openModelFiles', openModelFiles],
+      ['HfModel.open', HfModel.open],
+      ['Checkpoint.open', Checkpoint.open],
+      ['Llama2cModel.open', Llama2cModel.open],
+      ['SafetensorsFile.open', SafetensorsFile.open],
+      ['openModel', openModel],
+      ['loadTokenizer', loadTokenizer],
     ];
     for (const [what, open] of readers) {
       for (const bad of [undefined, null, 3, '', {}]) {
@@ -317,7 +345,12 @@ describe('13: every failure a user can cause is a LowbitError naming the path or
 
   it('paths that are not there or not readable as asked are E_IO naming them', async () => {
     const missing = join(tmp.dir, 'no-such-thing');
-    for (const open of [() => openModel(missing), () => inspectModel(missing), () => loadTokenizer(missing), () => loadTokenizer(join(missing, 'tokenizer.json'))]) {
+    for (const open of [
+      () => openModel(missing),
+      () => inspectModel(missing),
+      () => loadTokenizer(missing),
+      () => loadTokenizer(join(missing, 'tokenizer.json')),
+    ]) {
       const err = await failure(open());
       expect(err.code).toBe('E_IO');
       expect(String(err.details.file)).toContain('no-such-thing');
@@ -328,24 +361,27 @@ describe('13: every failure a user can cause is a LowbitError naming the path or
 describe('15: no error path leaks a file handle', () => {
   const openFds = (): number => readdirSync('/proc/self/fd').length;
 
-  it.runIf(process.platform === 'linux')('openModel failing on the device, maxSeq, the tokenizer or a weight closes every file', async () => {
-    const rand = prng(randomSeed());
-    const dir = writeFiles(fresh('fds'), tinyModelFiles(rand));
-    const badTokenizer = writeFiles(fresh('fds-tok'), tinyModelFiles(rand));
-    writeFileSync(join(badTokenizer, 'tokenizer.model'), 'not a model');
-    const l2c = fresh('fds.bin');
-    writeFileSync(l2c, tinyLlama2c(rand));
-    const cases: [string, () => Promise<unknown>, string][] = [
-      ['no such CUDA device', () => openModel(dir, { device: 'cuda:99' }), 'E_CUDA_UNAVAILABLE'],
-      ['bad maxSeq', () => openModel(dir, { device: 'cpu', maxSeq: -1 }), 'E_ARGUMENT'],
-      ['bad device name', () => openModel(dir, { device: 'tpu' as never }), 'E_ARGUMENT'],
-      ['broken tokenizer', () => openModel(badTokenizer, { device: 'cpu' }), 'E_TOKENIZER'],
-      ['llama2.c, no CUDA device', () => openModel(l2c, { device: 'cuda:99' }), 'E_CUDA_UNAVAILABLE'],
-    ];
-    const before = openFds();
-    for (const [what, open, code] of cases) {
-      expect((await failure(open())).code, what).toBe(code);
-      expect(openFds(), `${what} left a file open`).toBe(before);
-    }
-  });
+  it.runIf(process.platform === 'linux')(
+    'openModel failing on the device, maxSeq, the tokenizer or a weight closes every file',
+    async () => {
+      const rand = prng(randomSeed());
+      const dir = writeFiles(fresh('fds'), tinyModelFiles(rand));
+      const badTokenizer = writeFiles(fresh('fds-tok'), tinyModelFiles(rand));
+      writeFileSync(join(badTokenizer, 'tokenizer.model'), 'not a model');
+      const l2c = fresh('fds.bin');
+      writeFileSync(l2c, tinyLlama2c(rand));
+      const cases: [string, () => Promise<unknown>, string][] = [
+        ['no such CUDA device', () => openModel(dir, { device: 'cuda:99' }), 'E_CUDA_UNAVAILABLE'],
+        ['bad maxSeq', () => openModel(dir, { device: 'cpu', maxSeq: -1 }), 'E_ARGUMENT'],
+        ['bad device name', () => openModel(dir, { device: 'tpu' as never }), 'E_ARGUMENT'],
+        ['broken tokenizer', () => openModel(badTokenizer, { device: 'cpu' }), 'E_TOKENIZER'],
+        ['llama2.c, no CUDA device', () => openModel(l2c, { device: 'cuda:99' }), 'E_CUDA_UNAVAILABLE'],
+      ];
+      const before = openFds();
+      for (const [what, open, code] of cases) {
+        expect((await failure(open())).code, what).toBe(code);
+        expect(openFds(), `${what} left a file open`).toBe(before);
+      }
+    },
+  );
 });

@@ -15,13 +15,24 @@ describe('lowbit inspect', () => {
     const fp32 = await inspectModel(dataPath('stories260K-hf'));
     expect(fp32.format).toBe('hf-directory');
     expect(fp32.architecture).toBe('LlamaForCausalLM');
-    expect(fp32.config).toMatchObject({ hiddenSize: 64, intermediateSize: 172, numLayers: 5, vocabSize: 512, tieWordEmbeddings: true });
+    expect(fp32.config).toMatchObject({
+      hiddenSize: 64,
+      intermediateSize: 172,
+      numLayers: 5,
+      vocabSize: 512,
+      tieWordEmbeddings: true,
+    });
     expect(fp32.tensors).toHaveLength(47);
     const params = 512 * 64 + 5 * (2 * 64 + 64 * 64 * 2 + 32 * 64 * 2 + 3 * 172 * 64) + 64;
     expect(fp32.parameters).toBe(params);
     expect(fp32.totalBytes).toBe(params * 4);
     expect(fp32.bitsPerWeight.overall).toBe(32);
-    expect(fp32.tensors.find((t) => t.name === 'model.layers.2.mlp.down_proj.weight')).toEqual({ name: 'model.layers.2.mlp.down_proj.weight', dtype: 'F32', shape: [64, 172], bytes: 64 * 172 * 4 });
+    expect(fp32.tensors.find((t) => t.name === 'model.layers.2.mlp.down_proj.weight')).toEqual({
+      name: 'model.layers.2.mlp.down_proj.weight',
+      dtype: 'F32',
+      shape: [64, 172],
+      bytes: 64 * 172 * 4,
+    });
 
     const bf16 = await inspectModel(dataPath('stories260K-hf-bf16/model.safetensors'));
     expect(bf16.format).toBe('safetensors');
@@ -35,7 +46,16 @@ describe('lowbit inspect', () => {
 
   it('reports the quantization config and bits per weight of a GPTQ directory, as text and JSON', async () => {
     const source = await HfModel.open(dataPath('stories260K-hf'));
-    const gptq = { bits: 4 as const, groupSize: 32, descAct: false, sym: true, dampPercent: 0.01, trueSequential: true, staticGroups: false, checkpointFormat: 'gptq' as const };
+    const gptq = {
+      bits: 4 as const,
+      groupSize: 32,
+      descAct: false,
+      sym: true,
+      dampPercent: 0.01,
+      trueSequential: true,
+      staticGroups: false,
+      checkpointFormat: 'gptq' as const,
+    };
     const out = join(tmp.dir, 'gptq');
     const writer = await GptqWriter.create(out, source, gptq);
     let expectedBits = 0;

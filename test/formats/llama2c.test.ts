@@ -58,7 +58,25 @@ function writeV0(path: string, d: Dims, w: Weights): void {
   const freqs = new Float32Array(d.seqLen * (w.hd / 2));
   writeFileSync(
     path,
-    Buffer.concat([header, f32(w.emb, ...w.attNorm, ...w.wq, ...w.wk, ...w.wv, ...w.wo, ...w.ffnNorm, ...w.w1, ...w.w2, ...w.w3, w.norm, freqs, freqs), w.cls ? f32(w.cls) : Buffer.alloc(0)]),
+    Buffer.concat([
+      header,
+      f32(
+        w.emb,
+        ...w.attNorm,
+        ...w.wq,
+        ...w.wk,
+        ...w.wv,
+        ...w.wo,
+        ...w.ffnNorm,
+        ...w.w1,
+        ...w.w2,
+        ...w.w3,
+        w.norm,
+        freqs,
+        freqs,
+      ),
+      w.cls ? f32(w.cls) : Buffer.alloc(0),
+    ]),
   );
 }
 
@@ -73,7 +91,26 @@ function header256(version: number, d: Dims, shared: boolean, groupSize?: number
 }
 
 function writeV1(path: string, d: Dims, w: Weights): void {
-  writeFileSync(path, Buffer.concat([header256(1, d, !w.cls), f32(...w.attNorm, ...w.ffnNorm, w.norm, w.emb, ...w.wq, ...w.wk, ...w.wv, ...w.wo, ...w.w1, ...w.w2, ...w.w3, ...(w.cls ? [w.cls] : []))]));
+  writeFileSync(
+    path,
+    Buffer.concat([
+      header256(1, d, !w.cls),
+      f32(
+        ...w.attNorm,
+        ...w.ffnNorm,
+        w.norm,
+        w.emb,
+        ...w.wq,
+        ...w.wk,
+        ...w.wv,
+        ...w.wo,
+        ...w.w1,
+        ...w.w2,
+        ...w.w3,
+        ...(w.cls ? [w.cls] : []),
+      ),
+    ]),
+  );
 }
 
 /** Q8_0 as llama2.c's export does it; returns the dequantized values the reader must produce. */
@@ -99,7 +136,10 @@ function writeV2(path: string, d: Dims, w: Weights, gs: number): Map<Float32Arra
     scales.push(s);
     dequant.set(t, back);
   }
-  writeFileSync(path, Buffer.concat([header256(2, d, !w.cls, gs), f32(...w.attNorm, ...w.ffnNorm, w.norm), ...qs, f32(...scales)]));
+  writeFileSync(
+    path,
+    Buffer.concat([header256(2, d, !w.cls, gs), f32(...w.attNorm, ...w.ffnNorm, w.norm), ...qs, f32(...scales)]),
+  );
   return dequant;
 }
 
@@ -111,11 +151,16 @@ function hfPermuted(w: Float32Array, heads: number, cols: number): Float32Array 
   for (let h = 0; h < heads; h++)
     for (let t = 0; t < 2; t++)
       for (let i = 0; i < hd / 2; i++)
-        for (let c = 0; c < cols; c++) out[((h * 2 + t) * (hd / 2) + i) * cols + c] = w[((h * (hd / 2) + i) * 2 + t) * cols + c]!;
+        for (let c = 0; c < cols; c++)
+          out[((h * 2 + t) * (hd / 2) + i) * cols + c] = w[((h * (hd / 2) + i) * 2 + t) * cols + c]!;
   return out;
 }
 
-function expectedTensors(d: Dims, w: Weights, map: (t: Float32Array) => Float32Array = (t) => t): Map<string, Float32Array> {
+function expectedTensors(
+  d: Dims,
+  w: Weights,
+  map: (t: Float32Array) => Float32Array = (t) => t,
+): Map<string, Float32Array> {
   const m = new Map<string, Float32Array>([
     ['model.embed_tokens.weight', map(w.emb)],
     ['model.norm.weight', w.norm],
@@ -164,7 +209,16 @@ describe('llama2.c checkpoints (synthetic, random weights)', () => {
       const m = await Llama2cModel.open(join(tmp.dir, `v0-${shared}.bin`));
       expect(m.config.tieWordEmbeddings).toBe(shared);
       expect(m.tensors.lmHead).toBe(shared ? 'model.embed_tokens.weight' : 'lm_head.weight');
-      expect(m.config).toMatchObject({ hiddenSize: 24, intermediateSize: 40, numLayers: 2, numHeads: 6, numKvHeads: 2, headDim: 4, vocabSize: 18, maxPositionEmbeddings: 7 });
+      expect(m.config).toMatchObject({
+        hiddenSize: 24,
+        intermediateSize: 40,
+        numLayers: 2,
+        numHeads: 6,
+        numKvHeads: 2,
+        headDim: 4,
+        vocabSize: 18,
+        maxPositionEmbeddings: 7,
+      });
       await m.close();
     });
   }
@@ -173,11 +227,19 @@ describe('llama2.c checkpoints (synthetic, random weights)', () => {
     const seed = randomSeed();
     const w = randomWeights(dims, false, prng(seed));
     const dq = writeV2(join(tmp.dir, 'v2.bin'), dims, w, 8);
-    await expectModel(join(tmp.dir, 'v2.bin'), expectedTensors(dims, w, (t) => dq.get(t)!), seed);
+    await expectModel(
+      join(tmp.dir, 'v2.bin'),
+      expectedTensors(dims, w, (t) => dq.get(t)!),
+      seed,
+    );
     const report = await inspectModel(join(tmp.dir, 'v2.bin'));
     expect(report.llama2c).toMatchObject({ version: 2, sharedClassifier: false, q8GroupSize: 8 });
     const byName = new Map(report.tensors.map((t) => [t.name, t]));
-    expect(byName.get('model.layers.1.mlp.down_proj.weight')).toMatchObject({ dtype: 'Q8_0', shape: [24, 40], bytes: 24 * 40 + 4 * (24 * 40) / 8 });
+    expect(byName.get('model.layers.1.mlp.down_proj.weight')).toMatchObject({
+      dtype: 'Q8_0',
+      shape: [24, 40],
+      bytes: 24 * 40 + (4 * (24 * 40)) / 8,
+    });
     expect(byName.get('model.norm.weight')).toMatchObject({ dtype: 'F32', bytes: 24 * 4 });
     expect(report.totalBytes).toBe(report.tensors.reduce((a, t) => a + t.bytes, 0));
   });
@@ -215,7 +277,17 @@ describe('stories260K.bin', () => {
     const bin = await Llama2cModel.open(dataPath('stories260K.bin'));
     const hf = await HfModel.open(dataPath('stories260K-hf'));
     try {
-      expect(bin.header).toMatchObject({ version: 0, dim: 64, hiddenDim: 172, nLayers: 5, nHeads: 8, nKvHeads: 4, vocabSize: 512, seqLen: 512, sharedClassifier: true });
+      expect(bin.header).toMatchObject({
+        version: 0,
+        dim: 64,
+        hiddenDim: 172,
+        nLayers: 5,
+        nHeads: 8,
+        nKvHeads: 4,
+        vocabSize: 512,
+        seqLen: 512,
+        sharedClassifier: true,
+      });
       expect(bin.names.sort()).toEqual(hf.names.sort());
       for (const name of hf.names) {
         const a = await bin.readTensor(name);
@@ -230,10 +302,22 @@ describe('stories260K.bin', () => {
 
   it('lowbit convert writes an HF directory whose tensors, config and tokenizer match stories260K-hf', async () => {
     const out = join(tmp.dir, 'converted');
-    expect(await convertCli([dataPath('stories260K.bin'), '--tokenizer', dataPath('tok512.bin'), '--out', out])).toBe(0);
-    for (const f of ['config.json', 'generation_config.json', 'model.safetensors', 'tokenizer.model', 'tokenizer.json', 'tokenizer_config.json']) expect(existsSync(join(out, f)), f).toBe(true);
+    expect(await convertCli([dataPath('stories260K.bin'), '--tokenizer', dataPath('tok512.bin'), '--out', out])).toBe(
+      0,
+    );
+    for (const f of [
+      'config.json',
+      'generation_config.json',
+      'model.safetensors',
+      'tokenizer.model',
+      'tokenizer.json',
+      'tokenizer_config.json',
+    ])
+      expect(existsSync(join(out, f)), f).toBe(true);
     // the tokenizer.json is the one transformers itself wrote for stories260K-hf
-    expect(JSON.parse(readFileSync(join(out, 'tokenizer.json'), 'utf8'))).toEqual(JSON.parse(readFileSync(dataPath('stories260K-hf/tokenizer.json'), 'utf8')));
+    expect(JSON.parse(readFileSync(join(out, 'tokenizer.json'), 'utf8'))).toEqual(
+      JSON.parse(readFileSync(dataPath('stories260K-hf/tokenizer.json'), 'utf8')),
+    );
     const mine = await HfModel.open(out);
     const ref = await HfModel.open(dataPath('stories260K-hf'));
     try {
@@ -241,14 +325,19 @@ describe('stories260K.bin', () => {
       const { raw: _b, ...c2 } = ref.config;
       expect(c1).toEqual(c2);
       expect(mine.names.sort()).toEqual(ref.names.sort());
-      for (const name of ref.names) expect(sameBytes((await mine.readTensor(name)).data, (await ref.readTensor(name)).data), name).toBe(true);
+      for (const name of ref.names)
+        expect(sameBytes((await mine.readTensor(name)).data, (await ref.readTensor(name)).data), name).toBe(true);
     } finally {
       await Promise.all([mine.close(), ref.close()]);
     }
     // the written tokenizer.model is a SentencePiece model giving the reference stream
     const tok = await loadTokenizer(out);
     expect(tok.kind).toBe('sentencepiece');
-    const refStream = (JSON.parse(readFileSync(dataPath('reference.json'), 'utf8')) as { ppl: Record<string, { file: string; sentencepiece: { tokens: number; first16: number[] } }> }).ppl.tinystories_eval!;
+    const refStream = (
+      JSON.parse(readFileSync(dataPath('reference.json'), 'utf8')) as {
+        ppl: Record<string, { file: string; sentencepiece: { tokens: number; first16: number[] } }>;
+      }
+    ).ppl.tinystories_eval!;
     const ids = tok.encode(readFileSync(dataPath(refStream.file), 'utf8'), { bos: true });
     expect(ids.length).toBe(refStream.sentencepiece.tokens);
     expect(Array.from(ids.subarray(0, 16))).toEqual(refStream.sentencepiece.first16);

@@ -4,7 +4,12 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { LowbitError } from '../../src/errors.js';
 import { Checkpoint } from '../../src/formats/checkpoint.js';
 import { HfModel } from '../../src/formats/hf.js';
-import { CheckpointWriter, encodeHeader, writeSafetensors, type TensorSpec } from '../../src/formats/safetensors-writer.js';
+import {
+  CheckpointWriter,
+  encodeHeader,
+  writeSafetensors,
+  type TensorSpec,
+} from '../../src/formats/safetensors-writer.js';
 import { BufferSource, MAX_HEADER_BYTES, SafetensorsFile, type ByteSource } from '../../src/formats/safetensors.js';
 import { Tensor } from '../../src/tensor.js';
 import { prng, randomSeed, tempDir } from './helpers.js';
@@ -56,8 +61,13 @@ describe('safetensors reader', () => {
       [{ name: 'h.scalar', dtype: 'I32', shape: [] }, new Int32Array([-7])],
     ];
     const path = join(tmp.dir, 'dtypes.safetensors');
-    const w = await CheckpointWriter.create(tmp.dir, specs.map(([s]) => s), { fileName: 'dtypes.safetensors', metadata: { format: 'pt', note: 'ünïcode' } });
-    for (const [s, data] of [...specs].reverse()) await w.put(s.name, new Uint8Array(data.buffer, data.byteOffset, data.byteLength));
+    const w = await CheckpointWriter.create(
+      tmp.dir,
+      specs.map(([s]) => s),
+      { fileName: 'dtypes.safetensors', metadata: { format: 'pt', note: 'ünïcode' } },
+    );
+    for (const [s, data] of [...specs].reverse())
+      await w.put(s.name, new Uint8Array(data.buffer, data.byteOffset, data.byteLength));
     await w.finish();
     const file = await SafetensorsFile.open(path);
     try {
@@ -84,24 +94,52 @@ describe('safetensors reader', () => {
 
   it('gives each kind of bad header its precise code and names the tensor', async () => {
     const data = new Uint8Array(16);
-    const good = { __metadata__: { format: 'pt' }, x: { dtype: 'F32', shape: [2], data_offsets: [0, 8] }, y: { dtype: 'I32', shape: [2], data_offsets: [8, 16] } };
+    const good = {
+      __metadata__: { format: 'pt' },
+      x: { dtype: 'F32', shape: [2], data_offsets: [0, 8] },
+      y: { dtype: 'I32', shape: [2], data_offsets: [8, 16] },
+    };
     const cases: [string, Uint8Array, string, string?][] = [
       ['empty file', new Uint8Array(0), 'E_SAFETENSORS_HEADER'],
       ['length past EOF', fileOf(good, data).subarray(0, 40), 'E_SAFETENSORS_HEADER'],
-      ['not JSON', (() => { const b = fileOf(good, data); b[12] = 0x7b; b[13] = 0x7b; return b; })(), 'E_SAFETENSORS_HEADER'],
+      [
+        'not JSON',
+        (() => {
+          const b = fileOf(good, data);
+          b[12] = 0x7b;
+          b[13] = 0x7b;
+          return b;
+        })(),
+        'E_SAFETENSORS_HEADER',
+      ],
       ['not an object', fileOf([1, 2], data), 'E_SAFETENSORS_HEADER'],
       ['unknown dtype', fileOf({ ...good, y: { ...good.y, dtype: 'Q4' } }, data), 'E_SAFETENSORS_DTYPE', 'y'],
       ['bad shape', fileOf({ ...good, x: { ...good.x, shape: [-2] } }, data), 'E_SAFETENSORS_HEADER', 'x'],
       ['fractional shape', fileOf({ ...good, x: { ...good.x, shape: [1.5] } }, data), 'E_SAFETENSORS_HEADER', 'x'],
       ['size mismatch', fileOf({ ...good, x: { ...good.x, shape: [3] } }, data), 'E_SAFETENSORS_OFFSETS', 'x'],
       ['overlap', fileOf({ ...good, y: { ...good.y, data_offsets: [4, 12] } }, data), 'E_SAFETENSORS_OFFSETS', 'y'],
-      ['gap', fileOf({ x: good.x, y: { ...good.y, data_offsets: [12, 20] } }, new Uint8Array(20)), 'E_SAFETENSORS_OFFSETS', 'y'],
+      [
+        'gap',
+        fileOf({ x: good.x, y: { ...good.y, data_offsets: [12, 20] } }, new Uint8Array(20)),
+        'E_SAFETENSORS_OFFSETS',
+        'y',
+      ],
       ['past the data', fileOf(good, data.subarray(0, 12)), 'E_SAFETENSORS_OFFSETS', 'y'],
       ['trailing bytes', fileOf(good, new Uint8Array(20)), 'E_SAFETENSORS_OFFSETS'],
-      ['reversed offsets', fileOf({ ...good, y: { ...good.y, data_offsets: [16, 8] } }, data), 'E_SAFETENSORS_OFFSETS', 'y'],
+      [
+        'reversed offsets',
+        fileOf({ ...good, y: { ...good.y, data_offsets: [16, 8] } }, data),
+        'E_SAFETENSORS_OFFSETS',
+        'y',
+      ],
       ['missing offsets', fileOf({ ...good, y: { dtype: 'I32', shape: [2] } }, data), 'E_SAFETENSORS_HEADER', 'y'],
       ['non-string metadata', fileOf({ ...good, __metadata__: { n: 1 } }, data), 'E_SAFETENSORS_HEADER'],
-      ['huge shape', fileOf({ ...good, x: { ...good.x, shape: [2 ** 40, 2 ** 40] } }, data), 'E_SAFETENSORS_OFFSETS', 'x'],
+      [
+        'huge shape',
+        fileOf({ ...good, x: { ...good.x, shape: [2 ** 40, 2 ** 40] } }, data),
+        'E_SAFETENSORS_OFFSETS',
+        'x',
+      ],
     ];
     for (const [what, bytes, code, tensor] of cases) {
       const err = await errorOf(openBytes(bytes));
@@ -153,15 +191,25 @@ describe('safetensors reader', () => {
     expect((await errorOf(w.finish())).code).toBe('E_MISSING_TENSOR');
     await w.abort();
     expect(readdirSync(dir)).toEqual([]);
-    expect((await errorOf(CheckpointWriter.create(dir, [{ name: 'a', dtype: 'Q8' as 'U8', shape: [1] }]))).code).toBe('E_SAFETENSORS_DTYPE');
+    expect((await errorOf(CheckpointWriter.create(dir, [{ name: 'a', dtype: 'Q8' as 'U8', shape: [1] }]))).code).toBe(
+      'E_SAFETENSORS_DTYPE',
+    );
   });
 });
 
 describe('sharded checkpoints', () => {
   async function writeSharded(dir: string, rand: () => number): Promise<Map<string, Float32Array>> {
     const tensors = new Map<string, Float32Array>();
-    for (let i = 0; i < 7; i++) tensors.set(`t${i}`, Float32Array.from({ length: 10 + i }, () => rand()));
-    const w = await CheckpointWriter.create(dir, [...tensors].map(([name, d]) => ({ name, dtype: 'F32', shape: [d.length] })), { maxShardBytes: 100 });
+    for (let i = 0; i < 7; i++)
+      tensors.set(
+        `t${i}`,
+        Float32Array.from({ length: 10 + i }, () => rand()),
+      );
+    const w = await CheckpointWriter.create(
+      dir,
+      [...tensors].map(([name, d]) => ({ name, dtype: 'F32', shape: [d.length] })),
+      { maxShardBytes: 100 },
+    );
     for (const [name, d] of tensors) await w.put(name, new Tensor('f32', [d.length], d));
     await w.finish();
     return tensors;
@@ -194,7 +242,10 @@ describe('sharded checkpoints', () => {
     expect(err.code).toBe('E_MISSING_TENSOR');
     expect(err.details.tensor).toBe('extra');
 
-    writeFileSync(indexPath, JSON.stringify({ weight_map: { ...index.weight_map, t0: '../model-00001-of-00002.safetensors' } }));
+    writeFileSync(
+      indexPath,
+      JSON.stringify({ weight_map: { ...index.weight_map, t0: '../model-00001-of-00002.safetensors' } }),
+    );
     expect((await errorOf(Checkpoint.open(dir))).code).toBe('E_SAFETENSORS_HEADER');
 
     writeFileSync(indexPath, JSON.stringify(index));
@@ -212,7 +263,15 @@ describe('Hugging Face directories with missing pieces', () => {
   it('a config naming tensors the checkpoint lacks gives E_MISSING_TENSOR with file and tensor', async () => {
     const dir = join(tmp.dir, 'hf-missing');
     mkdirSync(dir, { recursive: true });
-    const config = { model_type: 'llama', hidden_size: 8, intermediate_size: 12, num_hidden_layers: 1, num_attention_heads: 2, vocab_size: 10, tie_word_embeddings: true };
+    const config = {
+      model_type: 'llama',
+      hidden_size: 8,
+      intermediate_size: 12,
+      num_hidden_layers: 1,
+      num_attention_heads: 2,
+      vocab_size: 10,
+      tie_word_embeddings: true,
+    };
     writeFileSync(join(dir, 'config.json'), JSON.stringify(config));
     await writeSafetensors(join(dir, 'model.safetensors'), [
       ['model.embed_tokens.weight', new Tensor('f32', [10, 8], new Float32Array(80))],

@@ -51,7 +51,11 @@ export function safetensorsBytes(tensors: readonly StoredTensorBytes[], metadata
 export function randomTensorBytes(dtype: SafetensorsDType, shape: readonly number[], rand: () => number): Uint8Array {
   const n = shape.reduce((a, b) => a * b, 1);
   if (dtype === 'F32' || dtype === 'F16' || dtype === 'BF16') {
-    const f = new Tensor('f32', [...shape], Float32Array.from({ length: n }, () => (rand() - 0.5) * 0.2));
+    const f = new Tensor(
+      'f32',
+      [...shape],
+      Float32Array.from({ length: n }, () => (rand() - 0.5) * 0.2),
+    );
     const t = dtype === 'F32' ? f : f.to(dtype === 'F16' ? 'f16' : 'bf16');
     return new Uint8Array(t.data.buffer.slice(t.data.byteOffset, t.data.byteOffset + t.data.byteLength));
   }
@@ -60,7 +64,15 @@ export function randomTensorBytes(dtype: SafetensorsDType, shape: readonly numbe
 
 function linearShape(name: (typeof LINEAR_NAMES)[number]): { K: number; N: number } {
   const { hidden: h, intermediate: f, heads, kvHeads } = TINY;
-  const dims = { q: [h, heads * HEAD_DIM], k: [h, kvHeads * HEAD_DIM], v: [h, kvHeads * HEAD_DIM], o: [heads * HEAD_DIM, h], gate: [h, f], up: [h, f], down: [f, h] } as const;
+  const dims = {
+    q: [h, heads * HEAD_DIM],
+    k: [h, kvHeads * HEAD_DIM],
+    v: [h, kvHeads * HEAD_DIM],
+    o: [heads * HEAD_DIM, h],
+    gate: [h, f],
+    up: [h, f],
+    down: [f, h],
+  } as const;
   const [K, N] = dims[name];
   return { K, N };
 }
@@ -68,7 +80,8 @@ function linearShape(name: (typeof LINEAR_NAMES)[number]): { K: number; N: numbe
 /** The tensors of the tiny model: dense f32, or with every block linear GPTQ-packed. */
 export function tinyTensors(rand: () => number, gptq?: GptqSpec): StoredTensorBytes[] {
   const out: StoredTensorBytes[] = [];
-  const add = (name: string, dtype: SafetensorsDType, shape: number[], bytes?: Uint8Array) => out.push({ name, dtype, shape, bytes: bytes ?? randomTensorBytes(dtype, shape, rand) });
+  const add = (name: string, dtype: SafetensorsDType, shape: number[], bytes?: Uint8Array) =>
+    out.push({ name, dtype, shape, bytes: bytes ?? randomTensorBytes(dtype, shape, rand) });
   add('model.embed_tokens.weight', 'F32', [TINY.vocab, TINY.hidden]);
   for (let l = 0; l < TINY.layers; l++) {
     const p = `model.layers.${l}`;
@@ -85,10 +98,18 @@ export function tinyTensors(rand: () => number, gptq?: GptqSpec): StoredTensorBy
       const groups = Math.ceil(K / groupSize);
       add(`${prefix}.qweight`, 'I32', [packedWords(gptq.bits, K), N]);
       add(`${prefix}.qzeros`, 'I32', [groups, packedWords(gptq.bits, N)]);
-      const scales = new Tensor('f32', [groups, N], Float32Array.from({ length: groups * N }, () => 1e-3 + rand() * 0.01)).to('f16');
+      const scales = new Tensor(
+        'f32',
+        [groups, N],
+        Float32Array.from({ length: groups * N }, () => 1e-3 + rand() * 0.01),
+      ).to('f16');
       add(`${prefix}.scales`, 'F16', [groups, N], new Uint8Array(scales.data.buffer.slice(0)));
       const gIdx = Int32Array.from({ length: K }, (_, k) => Math.floor(k / groupSize));
-      if (gptq.descAct) for (let k = K - 1; k > 0; k--) { const j = Math.floor(rand() * (k + 1)); [gIdx[k], gIdx[j]] = [gIdx[j]!, gIdx[k]!]; }
+      if (gptq.descAct)
+        for (let k = K - 1; k > 0; k--) {
+          const j = Math.floor(rand() * (k + 1));
+          [gIdx[k], gIdx[j]] = [gIdx[j]!, gIdx[k]!];
+        }
       add(`${prefix}.g_idx`, 'I32', [K], new Uint8Array(gIdx.buffer));
     }
   }
@@ -120,7 +141,14 @@ export function tinyConfig(gptq?: GptqSpec): Record<string, unknown> {
 }
 
 export function quantizeConfig(gptq: GptqSpec): Record<string, unknown> {
-  return { quant_method: 'gptq', bits: gptq.bits, group_size: gptq.groupSize, desc_act: gptq.descAct ?? false, sym: true, checkpoint_format: gptq.format };
+  return {
+    quant_method: 'gptq',
+    bits: gptq.bits,
+    group_size: gptq.groupSize,
+    desc_act: gptq.descAct ?? false,
+    sym: true,
+    checkpoint_format: gptq.format,
+  };
 }
 
 /** Pieces of the tiny vocabulary: <unk> <s> </s>, 256 byte tokens, then merges of a few letters. */
@@ -132,7 +160,11 @@ export function tinySentencePiece(): SentencePieceModel {
       { piece: '<unk>', score: 0, type: PieceType.Unknown },
       { piece: '<s>', score: 0, type: PieceType.Control },
       { piece: '</s>', score: 0, type: PieceType.Control },
-      ...Array.from({ length: 256 }, (_, b) => ({ piece: `<0x${b.toString(16).toUpperCase().padStart(2, '0')}>`, score: 0, type: PieceType.Byte })),
+      ...Array.from({ length: 256 }, (_, b) => ({
+        piece: `<0x${b.toString(16).toUpperCase().padStart(2, '0')}>`,
+        score: 0,
+        type: PieceType.Byte,
+      })),
       ...NORMAL_PIECES.map((p, i) => ({ piece: p, score: -i, type: PieceType.Normal })),
     ],
     modelType: 'bpe',
@@ -153,7 +185,15 @@ export function tinySentencePiece(): SentencePieceModel {
 export function tinyTokenizerJson(): Record<string, unknown> {
   const pieces = tinySentencePiece().pieces;
   const vocab = Object.fromEntries(pieces.map((p, i) => [p.piece, i]));
-  const special = (id: number, content: string) => ({ id, content, single_word: false, lstrip: false, rstrip: false, normalized: false, special: true });
+  const special = (id: number, content: string) => ({
+    id,
+    content,
+    single_word: false,
+    lstrip: false,
+    rstrip: false,
+    normalized: false,
+    special: true,
+  });
   return {
     version: '1.0',
     truncation: null,
@@ -162,7 +202,15 @@ export function tinyTokenizerJson(): Record<string, unknown> {
     normalizer: null,
     pre_tokenizer: { type: 'Metaspace', replacement: '▁', prepend_scheme: 'first', split: false },
     post_processor: null,
-    decoder: { type: 'Sequence', decoders: [{ type: 'Replace', pattern: { String: '▁' }, content: ' ' }, { type: 'ByteFallback' }, { type: 'Fuse' }, { type: 'Strip', content: ' ', start: 1, stop: 0 }] },
+    decoder: {
+      type: 'Sequence',
+      decoders: [
+        { type: 'Replace', pattern: { String: '▁' }, content: ' ' },
+        { type: 'ByteFallback' },
+        { type: 'Fuse' },
+        { type: 'Strip', content: ' ', start: 1, stop: 0 },
+      ],
+    },
     model: {
       type: 'BPE',
       dropout: null,
@@ -173,7 +221,17 @@ export function tinyTokenizerJson(): Record<string, unknown> {
       byte_fallback: true,
       ignore_merges: false,
       vocab,
-      merges: [['a', 'b'], ['b', 'a'], ['▁', 'a'], ['▁', 'b'], ['▁a', 'b'], ['c', 'a'], ['a', 'c'], ['▁', 'c'], ['ab', 'c']],
+      merges: [
+        ['a', 'b'],
+        ['b', 'a'],
+        ['▁', 'a'],
+        ['▁', 'b'],
+        ['▁a', 'b'],
+        ['c', 'a'],
+        ['a', 'c'],
+        ['▁', 'c'],
+        ['ab', 'c'],
+      ],
     },
   };
 }
@@ -201,13 +259,36 @@ export function writeFiles(dir: string, files: Map<string, Uint8Array>): string 
 }
 
 /** The llama2.c v1 header fields in file order (after magic and version). */
-export const LLAMA2C_FIELDS = ['dim', 'hidden_dim', 'n_layers', 'n_heads', 'n_kv_heads', 'vocab_size', 'seq_len'] as const;
+export const LLAMA2C_FIELDS = [
+  'dim',
+  'hidden_dim',
+  'n_layers',
+  'n_heads',
+  'n_kv_heads',
+  'vocab_size',
+  'seq_len',
+] as const;
 
 /** A llama2.c v1 checkpoint of the tiny shape (shared classifier), with random weights. */
-export function tinyLlama2c(rand: () => number, fields: Partial<Record<(typeof LLAMA2C_FIELDS)[number], number>> = {}): Uint8Array {
-  const h = { dim: TINY.hidden, hidden_dim: TINY.intermediate, n_layers: TINY.layers, n_heads: TINY.heads, n_kv_heads: TINY.kvHeads, vocab_size: TINY.vocab, seq_len: TINY.maxPos, ...fields };
+export function tinyLlama2c(
+  rand: () => number,
+  fields: Partial<Record<(typeof LLAMA2C_FIELDS)[number], number>> = {},
+): Uint8Array {
+  const h = {
+    dim: TINY.hidden,
+    hidden_dim: TINY.intermediate,
+    n_layers: TINY.layers,
+    n_heads: TINY.heads,
+    n_kv_heads: TINY.kvHeads,
+    vocab_size: TINY.vocab,
+    seq_len: TINY.maxPos,
+    ...fields,
+  };
   const hd = h.dim / h.n_heads;
-  const floats = h.n_layers * (2 * h.dim + 2 * h.dim * h.dim + 2 * h.n_kv_heads * hd * h.dim + 3 * h.hidden_dim * h.dim) + h.dim + h.vocab_size * h.dim;
+  const floats =
+    h.n_layers * (2 * h.dim + 2 * h.dim * h.dim + 2 * h.n_kv_heads * hd * h.dim + 3 * h.hidden_dim * h.dim) +
+    h.dim +
+    h.vocab_size * h.dim;
   const out = new Uint8Array(256 + 4 * floats);
   const v = new DataView(out.buffer);
   v.setUint32(0, LLAMA2C_MAGIC, true);

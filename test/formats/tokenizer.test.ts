@@ -20,7 +20,9 @@ interface FileRef {
 
 function sha256(ids: Int32Array): string {
   // int32 little-endian, as REFERENCE.md hashes them (this machine is little-endian, checked below)
-  return createHash('sha256').update(new Uint8Array(ids.buffer, ids.byteOffset, ids.byteLength)).digest('hex');
+  return createHash('sha256')
+    .update(new Uint8Array(ids.buffer, ids.byteOffset, ids.byteLength))
+    .digest('hex');
 }
 
 function checkStream(tok: TextTokenizer, file: string, ref: StreamRef): void {
@@ -77,7 +79,10 @@ describe('reference token streams (REFERENCE.md)', () => {
   });
 
   it('decodes byte-fallback tokens back to UTF-8, whole and streamed', async () => {
-    for (const tok of [await loadTokenizer(dataPath('tok512.model')), await loadTokenizer(dataPath('stories260K-hf/tokenizer.json'))]) {
+    for (const tok of [
+      await loadTokenizer(dataPath('tok512.model')),
+      await loadTokenizer(dataPath('stories260K-hf/tokenizer.json')),
+    ]) {
       const text = 'Tim saw a café 🐶 — naïve, 東京.';
       const ids = tok.encode(text, { bos: true, eos: true });
       expect(ids[0]).toBe(1);
@@ -104,7 +109,8 @@ describe.skipIf(!llama2Model || !llama2Bin)('Llama 2 vocabulary (32000 pieces, r
     const { readSentencePieceModel, SentencePieceTokenizer } = await import('../../src/formats/sentencepiece.js');
     const model = await readSentencePieceModel(llama2Model!);
     expect(model.normalizer.removeExtraWhitespaces).toBe(false);
-    const text = readFileSync(dataPath('wiki.test.raw'), 'utf8').slice(0, 60_000) + '\n    indented   code\tand\ttabs  ';
+    const text =
+      readFileSync(dataPath('wiki.test.raw'), 'utf8').slice(0, 60_000) + '\n    indented   code\tand\ttabs  ';
     const cut = new SentencePieceTokenizer(model).encode(text);
     const whole = new SentencePieceTokenizer(model, 'tokenizer.model', { cutWords: false }).encode(text);
     expect(cut).toEqual(whole);
@@ -118,16 +124,28 @@ describe.skipIf(!llama2Model || !llama2Bin)('Llama 2 vocabulary (32000 pieces, r
   });
 });
 
-describe.skipIf(process.env.LOWBIT_FULL_TOKENIZER_TESTS !== '1')('all reference streams (LOWBIT_FULL_TOKENIZER_TESTS=1)', () => {
-  for (const ref of Object.values(refs)) {
-    for (const kind of ['sentencepiece', 'tokenizer_json', 'llama2c'] as const) {
-      it(`${kind}: ${ref.file}`, async () => {
-        const source = kind === 'sentencepiece' ? 'tok512.model' : kind === 'llama2c' ? 'tok512.bin' : 'stories260K-hf/tokenizer.json';
-        checkStream(await loadTokenizer(dataPath(source)), ref.file, kind === 'tokenizer_json' ? ref.tokenizer_json : ref.sentencepiece);
-      });
+describe.skipIf(process.env.LOWBIT_FULL_TOKENIZER_TESTS !== '1')(
+  'all reference streams (LOWBIT_FULL_TOKENIZER_TESTS=1)',
+  () => {
+    for (const ref of Object.values(refs)) {
+      for (const kind of ['sentencepiece', 'tokenizer_json', 'llama2c'] as const) {
+        it(`${kind}: ${ref.file}`, async () => {
+          const source =
+            kind === 'sentencepiece'
+              ? 'tok512.model'
+              : kind === 'llama2c'
+                ? 'tok512.bin'
+                : 'stories260K-hf/tokenizer.json';
+          checkStream(
+            await loadTokenizer(dataPath(source)),
+            ref.file,
+            kind === 'tokenizer_json' ? ref.tokenizer_json : ref.sentencepiece,
+          );
+        });
+      }
     }
-  }
-});
+  },
+);
 
 describe('SentencePiece BPE on a synthetic model', () => {
   // pieces: <unk> <s> </s>, 256 bytes, then single characters and merges with chosen scores
@@ -143,10 +161,18 @@ describe('SentencePiece BPE on a synthetic model', () => {
       } while (n);
       return out;
     };
-    const lenField = (field: number, body: number[]): number[] => [...varint((field << 3) | 2), ...varint(body.length), ...body];
+    const lenField = (field: number, body: number[]): number[] => [
+      ...varint((field << 3) | 2),
+      ...varint(body.length),
+      ...body,
+    ];
     const intField = (field: number, v: number): number[] => [...varint(field << 3), ...varint(v)];
-    const floatField = (field: number, v: number): number[] => [(field << 3) | 5, ...new Uint8Array(new Float32Array([v]).buffer)];
-    const piece = (text: string, score: number, type: number) => lenField(1, [...lenField(1, enc(text)), ...floatField(2, score), ...intField(3, type)]);
+    const floatField = (field: number, v: number): number[] => [
+      (field << 3) | 5,
+      ...new Uint8Array(new Float32Array([v]).buffer),
+    ];
+    const piece = (text: string, score: number, type: number) =>
+      lenField(1, [...lenField(1, enc(text)), ...floatField(2, score), ...intField(3, type)]);
     const all = [
       ...piece('<unk>', 0, 2),
       ...piece('<s>', 0, 3),
@@ -154,7 +180,10 @@ describe('SentencePiece BPE on a synthetic model', () => {
       ...bytes.flatMap((b) => piece(b, 0, 6)),
       ...pieces.flatMap(([t, s]) => piece(t, s, 1)),
       ...lenField(2, [...intField(3, 2), ...intField(35, 1)]),
-      ...lenField(3, [...lenField(1, enc('identity')), ...Object.entries(normalizer).flatMap(([k, v]) => intField(k === 'addDummyPrefix' ? 3 : 4, v ? 1 : 0))]),
+      ...lenField(3, [
+        ...lenField(1, enc('identity')),
+        ...Object.entries(normalizer).flatMap(([k, v]) => intField(k === 'addDummyPrefix' ? 3 : 4, v ? 1 : 0)),
+      ]),
     ];
     return parseSentencePieceModel(Uint8Array.from(all));
   }
@@ -184,7 +213,9 @@ describe('SentencePiece BPE on a synthetic model', () => {
     expect(sp.encode('aé')).toEqual([id('\u2581a'), 3 + 0xc3, 3 + 0xa9]);
     // extra whitespace removed; without the dummy prefix there is no leading ▁
     expect(sp.encode('  a   b ')).toEqual([id('\u2581a'), id('\u2581'), id('b')]);
-    const raw = new SentencePieceTokenizer(model([['a', -1]], { addDummyPrefix: false, removeExtraWhitespaces: false }));
+    const raw = new SentencePieceTokenizer(
+      model([['a', -1]], { addDummyPrefix: false, removeExtraWhitespaces: false }),
+    );
     expect(raw.encode(' a')).toEqual([3 + 0xe2, 3 + 0x96, 3 + 0x81, 259]);
     expect(sp.encode('')).toEqual([]);
     expect(sp.encode('   ')).toEqual([]);

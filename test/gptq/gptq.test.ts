@@ -72,7 +72,10 @@ const CASES: Case[] = [
   { name: '3-bit g32 act-order static', opts: { bits: 3, groupSize: 32, actOrder: true, staticGroups: true } },
   { name: '2-bit g32 sym act-order', opts: { bits: 2, groupSize: 32, sym: true, actOrder: true } },
   { name: '2-bit per-channel asym', opts: { bits: 2, groupSize: -1 } },
-  { name: '4-bit g48 static, v2 zeros', opts: { bits: 4, groupSize: 48, staticGroups: true, checkpointFormat: 'gptq_v2' } },
+  {
+    name: '4-bit g48 static, v2 zeros',
+    opts: { bits: 4, groupSize: 48, staticGroups: true, checkpointFormat: 'gptq_v2' },
+  },
   { name: '8-bit g64 act-order', opts: { bits: 8, groupSize: 64, actOrder: true } },
 ];
 
@@ -109,7 +112,8 @@ describe('GPTQ against the float64 reference (K = 172, N = 100, 400 correlated t
       for (let i = 0; i < N * K; i++) if (r.q[i] !== ref.q[i]) differ++;
       expect(differ / (N * K), `${msg}: ${differ} of ${N * K} codes differ`).toBeLessThan(0.01);
       let scalesDiffer = 0;
-      for (let i = 0; i < r.scales.length; i++) if (r.scales[i] !== ref.scales[i] || r.zeros[i] !== ref.zeros[i]) scalesDiffer++;
+      for (let i = 0; i < r.scales.length; i++)
+        if (r.scales[i] !== ref.scales[i] || r.zeros[i] !== ref.zeros[i]) scalesDiffer++;
       expect(scalesDiffer / r.scales.length, msg).toBeLessThan(0.02);
       expect(Math.abs(r.loss - ref.loss) / ref.loss, `${msg}: loss ${r.loss} vs ${ref.loss}`).toBeLessThan(0.02);
       if (minZero === 1) expect(Math.min(...r.zeros), msg).toBeGreaterThanOrEqual(1);
@@ -120,8 +124,14 @@ describe('GPTQ against the float64 reference (K = 172, N = 100, 400 correlated t
       for (let i = 0; i < N * K; i += 7) expect(deq[i], msg).toBeCloseTo(What[i]!, 6);
 
       // GPTQ beats round-to-nearest on the layer's output error ||WX - What X||^2.
-      const rtn = await native().rtnQuantize(W, N, K, { bits: c.opts.bits, groupSize: c.opts.groupSize ?? 128, sym: c.opts.sym ?? false });
-      const plainIdx = Int32Array.from({ length: K }, (_, k) => Math.floor(k / (c.opts.groupSize === -1 ? K : (c.opts.groupSize ?? 128))));
+      const rtn = await native().rtnQuantize(W, N, K, {
+        bits: c.opts.bits,
+        groupSize: c.opts.groupSize ?? 128,
+        sym: c.opts.sym ?? false,
+      });
+      const plainIdx = Int32Array.from({ length: K }, (_, k) =>
+        Math.floor(k / (c.opts.groupSize === -1 ? K : (c.opts.groupSize ?? 128))),
+      );
       const errGptq = outputError(W, What, X, N, K, T);
       const errRtn = outputError(W, dequantize(rtn.q, rtn.scales, rtn.zeros, plainIdx, N, K), X, N, K, T);
       expect(errGptq, `${msg}: GPTQ ${errGptq} vs RTN ${errRtn}`).toBeLessThan(errRtn);
@@ -166,7 +176,15 @@ describe('GPTQ edge cases', () => {
     expect(r.damp).toBeCloseTo(0.1, 12);
     expect(r.lambda / (0.1 * 0.95 * mean)).toBeCloseTo(1, 5); // lambda from mean(diag) of the shifted H
     expect(r.warnings.join('\n')).toMatch(/failed with damp_percent 0.01; raised to 0.1/);
-    const ref = gptqReference(W, H, N, K, { bits: 4, groupSize: 16, sym: false, actOrder: false, staticGroups: false, damp: 0.01, minZero: 1 });
+    const ref = gptqReference(W, H, N, K, {
+      bits: 4,
+      groupSize: 16,
+      sym: false,
+      actOrder: false,
+      staticGroups: false,
+      damp: 0.01,
+      minZero: 1,
+    });
     expect(ref.dampPercent).toBeCloseTo(0.1, 12);
     let differ = 0;
     for (let i = 0; i < N * K; i++) if (r.q[i] !== ref.q[i]) differ++;
@@ -213,8 +231,12 @@ describe('GPTQ edge cases', () => {
     const cpu = await gptqQuantize(W, [N, K], h, opts);
     const gpus = native().cudaDevices().devices;
     if (gpus.length === 0) {
-      await expect(gptqQuantize(W, [N, K], h, { ...opts, device: 'cuda' })).rejects.toMatchObject({ code: 'E_CUDA_UNAVAILABLE' });
-      expect(() => Hessian.create(K, { device: 'cuda' })).toThrow(expect.objectContaining({ code: 'E_CUDA_UNAVAILABLE' }));
+      await expect(gptqQuantize(W, [N, K], h, { ...opts, device: 'cuda' })).rejects.toMatchObject({
+        code: 'E_CUDA_UNAVAILABLE',
+      });
+      expect(() => Hessian.create(K, { device: 'cuda' })).toThrow(
+        expect.objectContaining({ code: 'E_CUDA_UNAVAILABLE' }),
+      );
     } else {
       // The Hessian accumulated on the GPU, and GPTQ straight from it.
       const hg = await hessianOf(X, K, [100, 200]);
@@ -225,7 +247,8 @@ describe('GPTQ edge cases', () => {
       expect(hd.samples).toBe(300);
       const a = hg.read().data as Float32Array;
       const b = hd.read().data as Float32Array;
-      for (let i = 0; i < K * K; i += 13) expect(Math.abs(a[i]! - b[i]!), `seed ${seed}`).toBeLessThan(1e-4 * (Math.abs(a[i]!) + 1));
+      for (let i = 0; i < K * K; i += 13)
+        expect(Math.abs(a[i]! - b[i]!), `seed ${seed}`).toBeLessThan(1e-4 * (Math.abs(a[i]!) + 1));
       const fromDevice = await gptqQuantize(W, [N, K], hd, { ...opts, device: 'cuda' });
       expect(Math.abs(fromDevice.loss - cpu.loss) / cpu.loss, `seed ${seed}`).toBeLessThan(0.02);
       hg.free();
@@ -238,7 +261,9 @@ describe('GPTQ edge cases', () => {
       expect(Math.abs(gpu.loss - cpu.loss) / cpu.loss, `seed ${seed}`).toBeLessThan(0.02);
     }
     h.free();
-    await expect(gptqQuantize(W, [N, K], new Float32Array(K * K), { ...opts, device: 'gpu' as 'cuda' })).rejects.toMatchObject({ code: 'E_ARGUMENT' });
+    await expect(
+      gptqQuantize(W, [N, K], new Float32Array(K * K), { ...opts, device: 'gpu' as 'cuda' }),
+    ).rejects.toMatchObject({ code: 'E_ARGUMENT' });
   });
 
   it('validates options with precise messages', async () => {
@@ -246,10 +271,21 @@ describe('GPTQ edge cases', () => {
     const H = new Float32Array(K * K);
     const W = new Float32Array(2 * K);
     const bad = (opts: unknown) => gptqQuantize(W, [2, K], H, opts as GptqOptions);
-    await expect(bad({ bits: 5 })).rejects.toMatchObject({ code: 'E_BITS', message: 'Expected one of 2, 3, 4, 8 for bits but received 5 of type number' });
-    await expect(bad({ bits: 4, groupSize: 0 })).rejects.toMatchObject({ code: 'E_GROUP_SIZE', message: expect.stringMatching(/for groupSize but received 0 of type number/) });
-    await expect(bad({ bits: 4, damp: -0.1 })).rejects.toMatchObject({ code: 'E_ARGUMENT', message: expect.stringMatching(/for damp but received -0.1/) });
-    await expect(bad({ bits: 4, actOrder: 'yes' })).rejects.toMatchObject({ message: expect.stringMatching(/boolean for actOrder/) });
+    await expect(bad({ bits: 5 })).rejects.toMatchObject({
+      code: 'E_BITS',
+      message: 'Expected one of 2, 3, 4, 8 for bits but received 5 of type number',
+    });
+    await expect(bad({ bits: 4, groupSize: 0 })).rejects.toMatchObject({
+      code: 'E_GROUP_SIZE',
+      message: expect.stringMatching(/for groupSize but received 0 of type number/),
+    });
+    await expect(bad({ bits: 4, damp: -0.1 })).rejects.toMatchObject({
+      code: 'E_ARGUMENT',
+      message: expect.stringMatching(/for damp but received -0.1/),
+    });
+    await expect(bad({ bits: 4, actOrder: 'yes' })).rejects.toMatchObject({
+      message: expect.stringMatching(/boolean for actOrder/),
+    });
     await expect(gptqQuantize(W, [2, K], new Float32Array(10), { bits: 4 })).rejects.toMatchObject({ code: 'E_SHAPE' });
     await expect(gptqQuantize(W, [3, K], H, { bits: 4 })).rejects.toMatchObject({ code: 'E_SHAPE' });
   });

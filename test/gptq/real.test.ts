@@ -19,7 +19,15 @@ const textFile = join(data, 'tinystories-valid.calib.txt');
 
 const SEQ = 128;
 const WINDOWS = 6;
-const POINT_OF: Record<NativeLinearName, CapturePointName> = { q: 'qkv', k: 'qkv', v: 'qkv', o: 'o', gate: 'gateUp', up: 'gateUp', down: 'down' };
+const POINT_OF: Record<NativeLinearName, CapturePointName> = {
+  q: 'qkv',
+  k: 'qkv',
+  v: 'qkv',
+  o: 'o',
+  gate: 'gateUp',
+  up: 'gateUp',
+  down: 'down',
+};
 
 describe('GPTQ on stories260K block 1 with captured inputs', () => {
   let model: Model;
@@ -33,7 +41,8 @@ describe('GPTQ on stories260K block 1 with captured inputs', () => {
     const window = ids.slice(offset, offset + WINDOWS * SEQ);
     const h0 = await model.embed(window);
     const { hidden } = await model.runBlock(0, h0, { batch: WINDOWS, seq: SEQ });
-    inputs = (await model.runBlock(1, hidden, { batch: WINDOWS, seq: SEQ, capture: ['qkv', 'o', 'gateUp', 'down'] })).inputs;
+    inputs = (await model.runBlock(1, hidden, { batch: WINDOWS, seq: SEQ, capture: ['qkv', 'o', 'gateUp', 'down'] }))
+      .inputs;
   });
   afterAll(async () => {
     await model?.close();
@@ -75,7 +84,11 @@ describe('GPTQ on stories260K block 1 with captured inputs', () => {
 
       const What = dequantize(r.q, r.scales, r.zeros, r.packed.gIdx, N, K);
       const gs = opts.groupSize === -1 ? K : opts.groupSize;
-      const rtn = await native().rtnQuantize(W, N, K, { bits: opts.bits, groupSize: opts.groupSize, sym: 'sym' in opts ? opts.sym : false });
+      const rtn = await native().rtnQuantize(W, N, K, {
+        bits: opts.bits,
+        groupSize: opts.groupSize,
+        sym: 'sym' in opts ? opts.sym : false,
+      });
       const plainIdx = Int32Array.from({ length: K }, (_, k) => Math.floor(k / gs));
       const errGptq = outputError(W, What, X, N, K, T);
       const errRtn = outputError(W, dequantize(rtn.q, rtn.scales, rtn.zeros, plainIdx, N, K), X, N, K, T);

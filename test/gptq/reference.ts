@@ -116,7 +116,13 @@ export interface RefResult {
 }
 
 /** GPTQ in float64. W [N, K] and H [K, K] are not modified. */
-export function gptqReference(W0: ArrayLike<number>, H0: ArrayLike<number>, N: number, K: number, o: RefOptions): RefResult {
+export function gptqReference(
+  W0: ArrayLike<number>,
+  H0: ArrayLike<number>,
+  N: number,
+  K: number,
+  o: RefOptions,
+): RefResult {
   const maxq = 2 ** o.bits - 1;
   const gs = o.groupSize === -1 || o.groupSize >= K ? K : o.groupSize;
   const G = Math.ceil(K / gs);
@@ -180,7 +186,12 @@ export function gptqReference(W0: ArrayLike<number>, H0: ArrayLike<number>, N: n
       if (o.staticGroups) {
         grids[n] = staticGrids[Math.floor(perm[col]! / gs) * N + n]!;
       } else if (col % gs === 0) {
-        const grid = fitGrid(blockStartW.subarray(n * K + col, n * K + Math.min(K, col + gs)), o.bits, o.sym, o.minZero);
+        const grid = fitGrid(
+          blockStartW.subarray(n * K + col, n * K + Math.min(K, col + gs)),
+          o.bits,
+          o.sym,
+          o.minZero,
+        );
         grids[n] = grid;
         scales[(col / gs) * N + n] = grid.scale;
         zeros[(col / gs) * N + n] = grid.zero;
@@ -206,7 +217,14 @@ export function gptqReference(W0: ArrayLike<number>, H0: ArrayLike<number>, N: n
 }
 
 /** Dequantized weights [N, K] from codes, per-group grids and g_idx. */
-export function dequantize(q: Uint8Array, scales: ArrayLike<number>, zeros: ArrayLike<number>, gIdx: Int32Array, N: number, K: number): Float64Array {
+export function dequantize(
+  q: Uint8Array,
+  scales: ArrayLike<number>,
+  zeros: ArrayLike<number>,
+  gIdx: Int32Array,
+  N: number,
+  K: number,
+): Float64Array {
   const out = new Float64Array(N * K);
   for (let n = 0; n < N; n++)
     for (let k = 0; k < K; k++) {
@@ -217,7 +235,14 @@ export function dequantize(q: Uint8Array, scales: ArrayLike<number>, zeros: Arra
 }
 
 /** Mean over the tokens of X [T, K] of ||(W - What) x||^2. */
-export function outputError(W: ArrayLike<number>, What: ArrayLike<number>, X: ArrayLike<number>, N: number, K: number, T: number): number {
+export function outputError(
+  W: ArrayLike<number>,
+  What: ArrayLike<number>,
+  X: ArrayLike<number>,
+  N: number,
+  K: number,
+  T: number,
+): number {
   let total = 0;
   const D = new Float64Array(N * K);
   for (let i = 0; i < N * K; i++) D[i] = W[i]! - What[i]!;

@@ -20,7 +20,8 @@ export const sharedDataDir = resolve(projectRoot, '../shared/data');
  */
 export function dataFile(name: string): string {
   const path = join(dataDir, name);
-  if (!existsSync(path)) throw new Error(`test data missing: ${path} (data/ is part of the repository: the checkout is incomplete)`);
+  if (!existsSync(path))
+    throw new Error(`test data missing: ${path} (data/ is part of the repository: the checkout is incomplete)`);
   return path;
 }
 

@@ -149,7 +149,15 @@ export interface RtnRef {
 }
 
 /** RTN of W [N, K] (row-major) with contiguous groups of groupSize input columns. */
-export function rtnRef(W: ArrayLike<number>, N: number, K: number, groupSize: number, bits: Bits, sym: boolean, minZero = 0): RtnRef {
+export function rtnRef(
+  W: ArrayLike<number>,
+  N: number,
+  K: number,
+  groupSize: number,
+  bits: Bits,
+  sym: boolean,
+  minZero = 0,
+): RtnRef {
   const { groupSize: gs, groups } = groupLayout(K, groupSize);
   const q = new Uint8Array(N * K);
   const scales = new Float64Array(groups * N);
@@ -189,7 +197,7 @@ function putBits(out: Int32Array, word: (j: number) => number, i: number, v: num
   for (let b = 0; b < bits; b++) {
     if ((v >> b) & 1) {
       const pos = i * bits + b;
-      out[word(Math.floor(pos / 32))] |= 1 << pos % 32;
+      out[word(Math.floor(pos / 32))] |= 1 << (pos % 32);
     }
   }
 }
@@ -198,7 +206,7 @@ function getBits(src: Int32Array, word: (j: number) => number, i: number, bits: 
   let v = 0;
   for (let b = 0; b < bits; b++) {
     const pos = i * bits + b;
-    if ((src[word(Math.floor(pos / 32))] >>> pos % 32) & 1) v |= 1 << b;
+    if ((src[word(Math.floor(pos / 32))] >>> (pos % 32)) & 1) v |= 1 << b;
   }
   return v;
 }
@@ -217,18 +225,26 @@ export function unpackQweightRef(qweight: Int32Array, N: number, K: number, bits
 }
 
 /** qzeros [G, packedWords(N)] from zero points [G, N], storing zero − zeroOffset (masked to bits). */
-export function packQzerosRef(zeros: ArrayLike<number>, G: number, N: number, bits: Bits, zeroOffset: 0 | 1): Int32Array {
+export function packQzerosRef(
+  zeros: ArrayLike<number>,
+  G: number,
+  N: number,
+  bits: Bits,
+  zeroOffset: 0 | 1,
+): Int32Array {
   const cols = packedWordsRef(bits, N);
   const out = new Int32Array(G * cols);
   const mask = 2 ** bits - 1;
-  for (let g = 0; g < G; g++) for (let n = 0; n < N; n++) putBits(out, (j) => g * cols + j, n, (zeros[g * N + n] - zeroOffset) & mask, bits);
+  for (let g = 0; g < G; g++)
+    for (let n = 0; n < N; n++) putBits(out, (j) => g * cols + j, n, (zeros[g * N + n] - zeroOffset) & mask, bits);
   return out;
 }
 
 export function unpackQzerosRef(qzeros: Int32Array, G: number, N: number, bits: Bits, zeroOffset: 0 | 1): Int32Array {
   const cols = packedWordsRef(bits, N);
   const zeros = new Int32Array(G * N);
-  for (let g = 0; g < G; g++) for (let n = 0; n < N; n++) zeros[g * N + n] = getBits(qzeros, (j) => g * cols + j, n, bits) + zeroOffset;
+  for (let g = 0; g < G; g++)
+    for (let n = 0; n < N; n++) zeros[g * N + n] = getBits(qzeros, (j) => g * cols + j, n, bits) + zeroOffset;
   return zeros;
 }
 
@@ -328,7 +344,10 @@ export interface RandomPackedOptions {
  * Random packed weights: random codes, zero points (>= 1 for v1, which cannot store 0), fp16
  * scales around 0.01, and with actOrder a shuffled g_idx. Packed by the reference packers.
  */
-export function randomPackedWeights(rng: Rng, o: RandomPackedOptions): PackedWeights & { q: Uint8Array; zeros: Int32Array } {
+export function randomPackedWeights(
+  rng: Rng,
+  o: RandomPackedOptions,
+): PackedWeights & { q: Uint8Array; zeros: Int32Array } {
   const { N, K, bits } = o;
   const zeroOffset = o.zeroOffset ?? 1;
   const { groupSize, groups } = groupLayout(K, o.groupSize);

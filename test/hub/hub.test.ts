@@ -36,13 +36,24 @@ beforeAll(async () => {
     ['README.md', Buffer.from('# stories260K\n')],
     ['pytorch_model.bin', Buffer.from('a pickle lowbit must not fetch')],
   ]);
-  hub.repos.set('karpathy/stories260K', { commit: COMMIT, files, lfs: new Set(['model.safetensors', 'tokenizer.model', 'pytorch_model.bin']) });
+  hub.repos.set('karpathy/stories260K', {
+    commit: COMMIT,
+    files,
+    lfs: new Set(['model.safetensors', 'tokenizer.model', 'pytorch_model.bin']),
+  });
   hub.repos.set('meta/gated', { commit: COMMIT, files, lfs: new Set(['model.safetensors']), token: 'hf_secret' });
   hub.repos.set('org/sharded', {
     commit: COMMIT,
     files: new Map([
       ['config.json', model('config.json')],
-      ['model.safetensors.index.json', Buffer.from(JSON.stringify({ weight_map: { a: 'model-00001-of-00002.safetensors', b: 'model-00002-of-00002.safetensors' } }))],
+      [
+        'model.safetensors.index.json',
+        Buffer.from(
+          JSON.stringify({
+            weight_map: { a: 'model-00001-of-00002.safetensors', b: 'model-00002-of-00002.safetensors' },
+          }),
+        ),
+      ],
       ['model-00001-of-00002.safetensors', Buffer.from('shard one')],
       ['model-00002-of-00002.safetensors', Buffer.from('shard two')],
       ['consolidated.safetensors', Buffer.from('the same weights in another layout')],
@@ -53,7 +64,14 @@ beforeAll(async () => {
     commit: COMMIT,
     files: new Map([
       ['config.json', model('config.json')],
-      ['model.safetensors.index.json', Buffer.from(JSON.stringify({ weight_map: { a: 'model-00001-of-00002.safetensors', b: 'model-00002-of-00002.safetensors' } }))],
+      [
+        'model.safetensors.index.json',
+        Buffer.from(
+          JSON.stringify({
+            weight_map: { a: 'model-00001-of-00002.safetensors', b: 'model-00002-of-00002.safetensors' },
+          }),
+        ),
+      ],
       ['model-00001-of-00002.safetensors', Buffer.from('shard one')],
     ]),
     lfs: new Set(),
@@ -67,17 +85,28 @@ afterAll(async () => {
 test('model ids: org/name[@revision]; paths are not ids', () => {
   expect(parseHubModelId('karpathy/stories260K')).toEqual({ repo: 'karpathy/stories260K', revision: 'main' });
   expect(parseHubModelId('org/name@v1.0')).toEqual({ repo: 'org/name', revision: 'v1.0' });
-  for (const p of ['./model', '/abs/model', 'model.bin', 'a/b/c', '../x/y', 'org/name@', 'org/..']) expect(parseHubModelId(p), p).toBeUndefined();
+  for (const p of ['./model', '/abs/model', 'model.bin', 'a/b/c', '../x/y', 'org/name@', 'org/..'])
+    expect(parseHubModelId(p), p).toBeUndefined();
 });
 
 test("full download: the Hub cache layout, only the model's files, checksums as blob names, and the model opens", async () => {
   const cacheDir = freshCache();
   const seen: number[] = [];
-  const snap = await downloadHubModel({ repo: 'karpathy/stories260K', revision: 'main' }, { endpoint: hub.endpoint, cacheDir, token: undefined, offline: false, onProgress: (p) => seen.push(p.bytes) });
+  const snap = await downloadHubModel(
+    { repo: 'karpathy/stories260K', revision: 'main' },
+    { endpoint: hub.endpoint, cacheDir, token: undefined, offline: false, onProgress: (p) => seen.push(p.bytes) },
+  );
   const folder = join(cacheDir, 'models--karpathy--stories260K');
   expect(snap.dir).toBe(join(folder, 'snapshots', COMMIT));
   expect(readFileSync(join(folder, 'refs', 'main'), 'utf8')).toBe(COMMIT);
-  expect(readdirSync(snap.dir).sort()).toEqual(['config.json', 'generation_config.json', 'model.safetensors', 'tokenizer.json', 'tokenizer.model', 'tokenizer_config.json']);
+  expect(readdirSync(snap.dir).sort()).toEqual([
+    'config.json',
+    'generation_config.json',
+    'model.safetensors',
+    'tokenizer.json',
+    'tokenizer.model',
+    'tokenizer_config.json',
+  ]);
   // snapshots hold relative links to blobs named by the ETag: sha256 for LFS files, git's sha1 otherwise
   expect(readlinkSync(join(snap.dir, 'model.safetensors'))).toBe(`../../blobs/${sha256(model('model.safetensors'))}`);
   expect(readlinkSync(join(snap.dir, 'config.json'))).toBe(`../../blobs/${gitSha1(model('config.json'))}`);
@@ -85,13 +114,24 @@ test("full download: the Hub cache layout, only the model's files, checksums as 
   expect(readFileSync(join(snap.dir, 'model.safetensors')).equals(model('model.safetensors'))).toBe(true);
   expect(hub.requests.some((r) => r.url.includes('pytorch_model.bin') || r.url.includes('README.md'))).toBe(false);
   // progress ends at the total and never goes back
-  const total = [...'config.json generation_config.json tokenizer.json tokenizer_config.json tokenizer.model model.safetensors'.split(' ')].reduce((n, f) => n + model(f).length, 0);
+  const total = [
+    ...'config.json generation_config.json tokenizer.json tokenizer_config.json tokenizer.model model.safetensors'.split(
+      ' ',
+    ),
+  ].reduce((n, f) => n + model(f).length, 0);
   expect(seen.at(-1)).toBe(total);
   for (let i = 1; i < seen.length; i++) expect(seen[i]!).toBeGreaterThanOrEqual(seen[i - 1]!);
 
   // a second call downloads nothing
   const before = hub.requests.filter((r) => r.method === 'GET' && r.url.includes('/lfs/')).length;
-  expect((await downloadHubModel({ repo: 'karpathy/stories260K', revision: 'main' }, { endpoint: hub.endpoint, cacheDir, offline: false })).cached).toBe(true);
+  expect(
+    (
+      await downloadHubModel(
+        { repo: 'karpathy/stories260K', revision: 'main' },
+        { endpoint: hub.endpoint, cacheDir, offline: false },
+      )
+    ).cached,
+  ).toBe(true);
   expect(hub.requests.filter((r) => r.method === 'GET' && r.url.includes('/lfs/')).length).toBe(before);
 
   // openModel('org/name') through HF_ENDPOINT / HF_HUB_CACHE scores as the local directory does
@@ -112,9 +152,22 @@ test("full download: the Hub cache layout, only the model's files, checksums as 
 
 test('a sharded model: the index and the shards it names, not the consolidated copy; a shard the repository lacks is an error', async () => {
   const cacheDir = freshCache();
-  const snap = await downloadHubModel({ repo: 'org/sharded', revision: 'main' }, { endpoint: hub.endpoint, cacheDir, offline: false });
-  expect(readdirSync(snap.dir).sort()).toEqual(['config.json', 'model-00001-of-00002.safetensors', 'model-00002-of-00002.safetensors', 'model.safetensors.index.json']);
-  await expect(downloadHubModel({ repo: 'org/broken-index', revision: 'main' }, { endpoint: hub.endpoint, cacheDir, offline: false })).rejects.toMatchObject({
+  const snap = await downloadHubModel(
+    { repo: 'org/sharded', revision: 'main' },
+    { endpoint: hub.endpoint, cacheDir, offline: false },
+  );
+  expect(readdirSync(snap.dir).sort()).toEqual([
+    'config.json',
+    'model-00001-of-00002.safetensors',
+    'model-00002-of-00002.safetensors',
+    'model.safetensors.index.json',
+  ]);
+  await expect(
+    downloadHubModel(
+      { repo: 'org/broken-index', revision: 'main' },
+      { endpoint: hub.endpoint, cacheDir, offline: false },
+    ),
+  ).rejects.toMatchObject({
     code: 'E_HUB_NOT_FOUND',
     message: expect.stringContaining('model-00002-of-00002.safetensors'),
   });
@@ -125,13 +178,21 @@ test('a download cut mid-file resumes with a Range request from where it stopped
   const weights = model('model.safetensors');
   const hash = sha256(weights);
   hub.cutNext.set(hash, 300_000);
-  await expect(downloadHubModel({ repo: 'karpathy/stories260K', revision: 'main' }, { endpoint: hub.endpoint, cacheDir, offline: false })).rejects.toMatchObject({ code: 'E_HUB' });
+  await expect(
+    downloadHubModel(
+      { repo: 'karpathy/stories260K', revision: 'main' },
+      { endpoint: hub.endpoint, cacheDir, offline: false },
+    ),
+  ).rejects.toMatchObject({ code: 'E_HUB' });
   const partial = join(cacheDir, 'models--karpathy--stories260K', 'blobs', `${hash}.incomplete`);
   const kept = statSync(partial).size;
   expect(kept).toBeGreaterThan(0);
   expect(kept).toBeLessThanOrEqual(300_000);
 
-  const snap = await downloadHubModel({ repo: 'karpathy/stories260K', revision: 'main' }, { endpoint: hub.endpoint, cacheDir, offline: false });
+  const snap = await downloadHubModel(
+    { repo: 'karpathy/stories260K', revision: 'main' },
+    { endpoint: hub.endpoint, cacheDir, offline: false },
+  );
   const ranged = hub.requests.filter((r) => r.server === 'storage' && r.url.startsWith(`/lfs/${hash}`)).at(-1)!;
   expect(ranged.range).toBe(`bytes=${kept}-`);
   expect(readFileSync(join(snap.dir, 'model.safetensors')).equals(weights)).toBe(true);
@@ -145,7 +206,12 @@ test('a corrupted transfer fails its sha256 check and leaves no blob behind', as
   bad[1000] ^= 1;
   hub.corrupt.set(sha256(weights), bad);
   try {
-    await expect(downloadHubModel({ repo: 'karpathy/stories260K', revision: 'main' }, { endpoint: hub.endpoint, cacheDir, offline: false })).rejects.toMatchObject({ code: 'E_HUB', message: expect.stringContaining('checksum mismatch') });
+    await expect(
+      downloadHubModel(
+        { repo: 'karpathy/stories260K', revision: 'main' },
+        { endpoint: hub.endpoint, cacheDir, offline: false },
+      ),
+    ).rejects.toMatchObject({ code: 'E_HUB', message: expect.stringContaining('checksum mismatch') });
   } finally {
     hub.corrupt.clear();
   }
@@ -155,31 +221,71 @@ test('a corrupted transfer fails its sha256 check and leaves no blob behind', as
 
 test('a gated repository: 401 without a token (the error says HF_TOKEN); with one, the token goes to the Hub and never to the storage', async () => {
   const cacheDir = freshCache();
-  await expect(downloadHubModel({ repo: 'meta/gated', revision: 'main' }, { endpoint: hub.endpoint, cacheDir, token: undefined, offline: false })).rejects.toMatchObject({ code: 'E_HUB_AUTH', message: expect.stringContaining('HF_TOKEN') });
-  await expect(downloadHubModel({ repo: 'meta/gated', revision: 'main' }, { endpoint: hub.endpoint, cacheDir, token: 'hf_wrong', offline: false })).rejects.toMatchObject({ code: 'E_HUB_AUTH' });
+  await expect(
+    downloadHubModel(
+      { repo: 'meta/gated', revision: 'main' },
+      { endpoint: hub.endpoint, cacheDir, token: undefined, offline: false },
+    ),
+  ).rejects.toMatchObject({ code: 'E_HUB_AUTH', message: expect.stringContaining('HF_TOKEN') });
+  await expect(
+    downloadHubModel(
+      { repo: 'meta/gated', revision: 'main' },
+      { endpoint: hub.endpoint, cacheDir, token: 'hf_wrong', offline: false },
+    ),
+  ).rejects.toMatchObject({ code: 'E_HUB_AUTH' });
   const from = hub.requests.length;
-  const snap = await downloadHubModel({ repo: 'meta/gated', revision: 'main' }, { endpoint: hub.endpoint, cacheDir, token: 'hf_secret', offline: false });
+  const snap = await downloadHubModel(
+    { repo: 'meta/gated', revision: 'main' },
+    { endpoint: hub.endpoint, cacheDir, token: 'hf_secret', offline: false },
+  );
   expect(existsSync(join(snap.dir, 'model.safetensors'))).toBe(true);
   const requests = hub.requests.slice(from);
   expect(requests.filter((r) => r.server === 'hub').every((r) => r.authorization === 'Bearer hf_secret')).toBe(true);
   expect(requests.filter((r) => r.server === 'storage').length).toBeGreaterThan(0);
-  expect(requests.filter((r) => r.server === 'storage').map((r) => r.authorization)).toEqual(requests.filter((r) => r.server === 'storage').map(() => undefined));
+  expect(requests.filter((r) => r.server === 'storage').map((r) => r.authorization)).toEqual(
+    requests.filter((r) => r.server === 'storage').map(() => undefined),
+  );
 });
 
 test('no such repository or revision: E_HUB_NOT_FOUND', async () => {
   const cacheDir = freshCache();
-  await expect(downloadHubModel({ repo: 'nobody/nothing', revision: 'main' }, { endpoint: hub.endpoint, cacheDir, offline: false })).rejects.toMatchObject({ code: 'E_HUB_NOT_FOUND' });
-  await expect(downloadHubModel({ repo: 'karpathy/stories260K', revision: 'v9' }, { endpoint: hub.endpoint, cacheDir, offline: false })).rejects.toMatchObject({ code: 'E_HUB_NOT_FOUND' });
+  await expect(
+    downloadHubModel(
+      { repo: 'nobody/nothing', revision: 'main' },
+      { endpoint: hub.endpoint, cacheDir, offline: false },
+    ),
+  ).rejects.toMatchObject({ code: 'E_HUB_NOT_FOUND' });
+  await expect(
+    downloadHubModel(
+      { repo: 'karpathy/stories260K', revision: 'v9' },
+      { endpoint: hub.endpoint, cacheDir, offline: false },
+    ),
+  ).rejects.toMatchObject({ code: 'E_HUB_NOT_FOUND' });
 });
 
 test('HF_HUB_OFFLINE: a cached model opens with no request at all; one not cached is E_OFFLINE', async () => {
   const cacheDir = freshCache();
-  await downloadHubModel({ repo: 'karpathy/stories260K', revision: 'main' }, { endpoint: hub.endpoint, cacheDir, offline: false });
+  await downloadHubModel(
+    { repo: 'karpathy/stories260K', revision: 'main' },
+    { endpoint: hub.endpoint, cacheDir, offline: false },
+  );
   const from = hub.requests.length;
-  const snap = await downloadHubModel({ repo: 'karpathy/stories260K', revision: 'main' }, { endpoint: hub.endpoint, cacheDir, offline: true });
+  const snap = await downloadHubModel(
+    { repo: 'karpathy/stories260K', revision: 'main' },
+    { endpoint: hub.endpoint, cacheDir, offline: true },
+  );
   expect(snap.commit).toBe(COMMIT);
-  expect((await downloadHubModel({ repo: 'karpathy/stories260K', revision: COMMIT }, { endpoint: hub.endpoint, cacheDir, offline: true })).dir).toBe(snap.dir);
-  await expect(downloadHubModel({ repo: 'org/sharded', revision: 'main' }, { endpoint: hub.endpoint, cacheDir, offline: true })).rejects.toMatchObject({ code: 'E_OFFLINE' });
+  expect(
+    (
+      await downloadHubModel(
+        { repo: 'karpathy/stories260K', revision: COMMIT },
+        { endpoint: hub.endpoint, cacheDir, offline: true },
+      )
+    ).dir,
+  ).toBe(snap.dir);
+  await expect(
+    downloadHubModel({ repo: 'org/sharded', revision: 'main' }, { endpoint: hub.endpoint, cacheDir, offline: true }),
+  ).rejects.toMatchObject({ code: 'E_OFFLINE' });
   expect(hub.requests.length).toBe(from);
 });
 
@@ -191,7 +297,9 @@ test('the CLI: lowbit inspect org/name downloads with progress lines (not a term
   expect(run.stderr).toMatch(/downloading karpathy\/stories260K .*100%/);
   expect(run.stderr).not.toContain('\r');
   expect(run.stdout).toContain('LlamaForCausalLM');
-  const offline = await lowbit(['inspect', 'karpathy/stories260K'], { env: { ...env, HF_ENDPOINT: 'http://127.0.0.1:9', HF_HUB_OFFLINE: '1' } });
+  const offline = await lowbit(['inspect', 'karpathy/stories260K'], {
+    env: { ...env, HF_ENDPOINT: 'http://127.0.0.1:9', HF_HUB_OFFLINE: '1' },
+  });
   expect(offline.code, offline.stderr).toBe(0);
   const missing = await lowbit(['inspect', 'nobody/nothing'], { env });
   expect(missing.code).toBe(1);

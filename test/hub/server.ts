@@ -40,7 +40,9 @@ export const sha256 = (b: Buffer) => createHash('sha256').update(b).digest('hex'
 export const gitSha1 = (b: Buffer) => createHash('sha1').update(`blob ${b.length}\0`).update(b).digest('hex');
 
 function listen(server: Server): Promise<string> {
-  return new Promise((resolve) => server.listen(0, '127.0.0.1', () => resolve(`http://127.0.0.1:${(server.address() as AddressInfo).port}`)));
+  return new Promise((resolve) =>
+    server.listen(0, '127.0.0.1', () => resolve(`http://127.0.0.1:${(server.address() as AddressInfo).port}`)),
+  );
 }
 
 export async function startFakeHub(): Promise<FakeHub> {
@@ -50,7 +52,13 @@ export async function startFakeHub(): Promise<FakeHub> {
   const corrupt = new Map<string, Buffer>();
   const blobs = new Map<string, Buffer>();
   const log = (server: 'hub' | 'storage', req: IncomingMessage) =>
-    requests.push({ server, method: req.method!, url: req.url!, range: req.headers.range, authorization: req.headers.authorization });
+    requests.push({
+      server,
+      method: req.method!,
+      url: req.url!,
+      range: req.headers.range,
+      authorization: req.headers.authorization,
+    });
 
   const storage = createServer((req: IncomingMessage, res: ServerResponse) => {
     log('storage', req);
@@ -62,7 +70,11 @@ export async function startFakeHub(): Promise<FakeHub> {
     const start = m ? Number(m[1]) : 0;
     if (start >= body.length && m) return res.writeHead(416, { 'content-range': `bytes */${body.length}` }).end();
     const part = body.subarray(start);
-    res.writeHead(m ? 206 : 200, { 'content-length': part.length, 'accept-ranges': 'bytes', ...(m ? { 'content-range': `bytes ${start}-${body.length - 1}/${body.length}` } : {}) });
+    res.writeHead(m ? 206 : 200, {
+      'content-length': part.length,
+      'accept-ranges': 'bytes',
+      ...(m ? { 'content-range': `bytes ${start}-${body.length - 1}/${body.length}` } : {}),
+    });
     const cut = cutNext.get(hash!);
     if (cut !== undefined) {
       cutNext.delete(hash!);
@@ -81,14 +93,23 @@ export async function startFakeHub(): Promise<FakeHub> {
     const repoName = api?.[1] ?? resolve?.[1];
     const repo = repoName ? repos.get(repoName) : undefined;
     if (repo?.token !== undefined && req.headers.authorization !== `Bearer ${repo.token}`) {
-      return res.writeHead(401, { 'x-error-code': 'GatedRepo', 'content-type': 'application/json' }).end(JSON.stringify({ error: 'Access to this model is restricted' }));
+      return res
+        .writeHead(401, { 'x-error-code': 'GatedRepo', 'content-type': 'application/json' })
+        .end(JSON.stringify({ error: 'Access to this model is restricted' }));
     }
     if (!repo) return res.writeHead(404, { 'x-error-code': 'RepoNotFound' }).end();
     const revision = api?.[2] ?? resolve![2]!;
-    if (revision !== 'main' && revision !== repo.commit) return res.writeHead(404, { 'x-error-code': 'RevisionNotFound' }).end();
+    if (revision !== 'main' && revision !== repo.commit)
+      return res.writeHead(404, { 'x-error-code': 'RevisionNotFound' }).end();
     if (api) {
       res.writeHead(200, { 'content-type': 'application/json' });
-      return res.end(JSON.stringify({ id: repoName, sha: repo.commit, siblings: [...repo.files.keys()].map((rfilename) => ({ rfilename })) }));
+      return res.end(
+        JSON.stringify({
+          id: repoName,
+          sha: repo.commit,
+          siblings: [...repo.files.keys()].map((rfilename) => ({ rfilename })),
+        }),
+      );
     }
     const file = resolve![3]!;
     const content = repo.files.get(file);
@@ -106,7 +127,11 @@ export async function startFakeHub(): Promise<FakeHub> {
         })
         .end();
     }
-    res.writeHead(200, { 'content-length': content.length, etag: `"${gitSha1(content)}"`, 'x-repo-commit': repo.commit });
+    res.writeHead(200, {
+      'content-length': content.length,
+      etag: `"${gitSha1(content)}"`,
+      'x-repo-commit': repo.commit,
+    });
     res.end(req.method === 'HEAD' ? undefined : content);
   });
   const endpoint = await listen(hub);
@@ -117,6 +142,10 @@ export async function startFakeHub(): Promise<FakeHub> {
     repos,
     cutNext,
     corrupt,
-    close: () => Promise.all([new Promise<void>((r) => hub.close(() => r())), new Promise<void>((r) => storage.close(() => r()))]).then(() => undefined),
+    close: () =>
+      Promise.all([
+        new Promise<void>((r) => hub.close(() => r())),
+        new Promise<void>((r) => storage.close(() => r())),
+      ]).then(() => undefined),
   };
 }

@@ -15,7 +15,9 @@ export interface ReferenceStream {
   first16: number[];
 }
 
-export function referenceJson(): { ppl: Record<string, { file: string; sentencepiece: ReferenceStream; tokenizer_json: ReferenceStream }> } {
+export function referenceJson(): {
+  ppl: Record<string, { file: string; sentencepiece: ReferenceStream; tokenizer_json: ReferenceStream }>;
+} {
   return JSON.parse(readFileSync(dataPath('reference.json'), 'utf8'));
 }
 

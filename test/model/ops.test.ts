@@ -24,13 +24,20 @@ function check(name: string, got: ArrayLike<number>, want: ArrayLike<number>, at
 }
 
 function invFreq(headDim: number, theta: number): Float32Array {
-  return Float32Array.from({ length: headDim / 2 }, (_, i) => Math.fround(1 / Math.fround(theta ** Math.fround((2 * i) / headDim))));
+  return Float32Array.from({ length: headDim / 2 }, (_, i) =>
+    Math.fround(1 / Math.fround(theta ** Math.fround((2 * i) / headDim))),
+  );
 }
 
 describe.each(levels)('CPU ops (simd %s)', (level) => {
   test('RMSNorm', () => {
     addon.forceSimd(level as 'auto' | 'scalar');
-    for (const [rows, dim] of [[1, 1], [3, 64], [17, 37], [5, 300]] as const) {
+    for (const [rows, dim] of [
+      [1, 1],
+      [3, 64],
+      [17, 37],
+      [5, 300],
+    ] as const) {
       const x = randomF32(rows * dim, 2, normal);
       const w = randomF32(dim, 0.5, normal, 1);
       const out = new Float32Array(rows * dim);
@@ -41,7 +48,12 @@ describe.each(levels)('CPU ops (simd %s)', (level) => {
 
   test('RoPE (half-split) at offset positions', () => {
     addon.forceSimd(level as 'auto' | 'scalar');
-    for (const [rows, heads, hd, p0, scale] of [[1, 1, 2, 0, 1], [9, 3, 8, 500, 1], [13, 2, 6, 77, 1.25], [4, 5, 64, 2000, 1]] as const) {
+    for (const [rows, heads, hd, p0, scale] of [
+      [1, 1, 2, 0, 1],
+      [9, 3, 8, 500, 1],
+      [13, 2, 6, 77, 1.25],
+      [4, 5, 64, 2000, 1],
+    ] as const) {
       const x = randomF32(rows * heads * hd, 1, normal);
       const f = invFreq(hd, 10000);
       const want = refRope(Float64Array.from(x), rows, heads, hd, p0, f, scale);
@@ -52,13 +64,25 @@ describe.each(levels)('CPU ops (simd %s)', (level) => {
 
   test('causal grouped-query attention', () => {
     addon.forceSimd(level as 'auto' | 'scalar');
-    for (const [n, heads, kvHeads, hd] of [[1, 1, 1, 8], [37, 4, 2, 8], [70, 6, 3, 6], [33, 2, 1, 13], [65, 8, 8, 64]] as const) {
+    for (const [n, heads, kvHeads, hd] of [
+      [1, 1, 1, 8],
+      [37, 4, 2, 8],
+      [70, 6, 3, 6],
+      [33, 2, 1, 13],
+      [65, 8, 8, 64],
+    ] as const) {
       const q = randomF32(n * heads * hd, 1, normal);
       const k = randomF32(n * kvHeads * hd, 1, normal);
       const v = randomF32(n * kvHeads * hd, 1, normal);
       const out = new Float32Array(n * heads * hd);
       addon.opAttention(q, k, v, n, heads, kvHeads, hd, out);
-      check(`attention n${n} h${heads}/${kvHeads} hd${hd}`, out, refAttention(q, k, v, n, 0, heads, kvHeads, hd), 2e-6, 2e-5);
+      check(
+        `attention n${n} h${heads}/${kvHeads} hd${hd}`,
+        out,
+        refAttention(q, k, v, n, 0, heads, kvHeads, hd),
+        2e-6,
+        2e-5,
+      );
     }
   });
 
@@ -74,23 +98,37 @@ describe.each(levels)('CPU ops (simd %s)', (level) => {
     }
   });
 
-  test.each(['f32', 'f16', 'bf16'] as const)('dense linear with %s weights, odd shapes, with and without bias', (dtype) => {
-    addon.forceSimd(level as 'auto' | 'scalar');
-    for (const [M, N, K] of [[1, 1, 1], [1, 37, 19], [7, 16, 64], [13, 50, 33], [100, 17, 172]] as const) {
-      const x = randomF32(M * K, 1, normal);
-      const w32 = randomF32(N * K, 1 / Math.sqrt(K), normal);
-      const stored = dtype === 'f32' ? new Tensor('f32', [N, K], w32) : new Tensor('f32', [N, K], w32).to(dtype);
-      const exact = stored.toFloat32().data; // the values the kernel sees
-      const bias = M % 2 === 1 ? randomF32(N, 1, normal) : null;
-      const out = new Float32Array(M * N);
-      addon.opLinear(x, M, { dtype, data: stored.data as Float32Array | Uint16Array }, N, K, bias, out);
-      check(`linear ${dtype} ${M}x${N}x${K}`, out, refLinear(x, M, exact, N, K, bias ?? undefined), 1e-5, 1e-5);
-    }
-  });
+  test.each(['f32', 'f16', 'bf16'] as const)(
+    'dense linear with %s weights, odd shapes, with and without bias',
+    (dtype) => {
+      addon.forceSimd(level as 'auto' | 'scalar');
+      for (const [M, N, K] of [
+        [1, 1, 1],
+        [1, 37, 19],
+        [7, 16, 64],
+        [13, 50, 33],
+        [100, 17, 172],
+      ] as const) {
+        const x = randomF32(M * K, 1, normal);
+        const w32 = randomF32(N * K, 1 / Math.sqrt(K), normal);
+        const stored = dtype === 'f32' ? new Tensor('f32', [N, K], w32) : new Tensor('f32', [N, K], w32).to(dtype);
+        const exact = stored.toFloat32().data; // the values the kernel sees
+        const bias = M % 2 === 1 ? randomF32(N, 1, normal) : null;
+        const out = new Float32Array(M * N);
+        addon.opLinear(x, M, { dtype, data: stored.data as Float32Array | Uint16Array }, N, K, bias, out);
+        check(`linear ${dtype} ${M}x${N}x${K}`, out, refLinear(x, M, exact, N, K, bias ?? undefined), 1e-5, 1e-5);
+      }
+    },
+  );
 
   test('NLL of a row of logits', () => {
     addon.forceSimd(level as 'auto' | 'scalar');
-    for (const [rows, vocab] of [[1, 1], [3, 7], [5, 512], [2, 1001]] as const) {
+    for (const [rows, vocab] of [
+      [1, 1],
+      [3, 7],
+      [5, 512],
+      [2, 1001],
+    ] as const) {
       const logits = randomF32(rows * vocab, 5, normal);
       const targets = Int32Array.from({ length: rows }, (_, r) => (r * 7919) % vocab);
       const out = new Float32Array(rows);
@@ -103,8 +141,10 @@ describe.each(levels)('CPU ops (simd %s)', (level) => {
 
 test('ops reject short buffers with coded errors', () => {
   const out = new Float32Array(3);
-  expect(() => addon.opRmsNorm(new Float32Array(4), 2, 2, new Float32Array(2), 1e-5, out)).toThrow(expect.objectContaining({ code: 'E_BUFFER' }));
-  expect(() => addon.opAttention(new Float32Array(8), new Float32Array(8), new Float32Array(8), 1, 2, 3, 4, new Float32Array(8))).toThrow(
-    expect.objectContaining({ code: 'E_SHAPE' }),
+  expect(() => addon.opRmsNorm(new Float32Array(4), 2, 2, new Float32Array(2), 1e-5, out)).toThrow(
+    expect.objectContaining({ code: 'E_BUFFER' }),
   );
+  expect(() =>
+    addon.opAttention(new Float32Array(8), new Float32Array(8), new Float32Array(8), 1, 2, 3, 4, new Float32Array(8)),
+  ).toThrow(expect.objectContaining({ code: 'E_SHAPE' }));
 });

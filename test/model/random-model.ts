@@ -69,12 +69,31 @@ export function randomModel(s: TinyShape, invFreq: Float32Array, seed: number): 
   const embed = randomF32(s.vocab * s.dim, 1, normal);
   const finalNorm = randomF32(s.dim, 0.1, normal, 1);
   const head = s.tied ? undefined : randomF32(s.vocab * s.dim, 0.3, normal);
-  const config = { dim: s.dim, hidden: s.hidden, layers: s.layers, heads: s.heads, kvHeads: s.kvHeads, headDim: s.headDim, vocab: s.vocab, normEps: 1e-5, invFreq, ropeScale: 1 };
+  const config = {
+    dim: s.dim,
+    hidden: s.hidden,
+    layers: s.layers,
+    heads: s.heads,
+    kvHeads: s.kvHeads,
+    headDim: s.headDim,
+    vocab: s.vocab,
+    normEps: 1e-5,
+    invFreq,
+    ropeScale: 1,
+  };
   const blocks: NativeBlockWeights[] = [];
   const refBlocks: RefModel['blocks'] = [];
   for (let b = 0; b < s.layers; b++) {
-    const w = { attnNorm: randomF32(s.dim, 0.1, normal, 1), mlpNorm: randomF32(s.dim, 0.1, normal, 1) } as NativeBlockWeights;
-    const ref: RefModel['blocks'][number] = { attnNorm: w.attnNorm, mlpNorm: w.mlpNorm, weights: {} as RefModel['blocks'][number]['weights'], biases: {} };
+    const w = {
+      attnNorm: randomF32(s.dim, 0.1, normal, 1),
+      mlpNorm: randomF32(s.dim, 0.1, normal, 1),
+    } as NativeBlockWeights;
+    const ref: RefModel['blocks'][number] = {
+      attnNorm: w.attnNorm,
+      mlpNorm: w.mlpNorm,
+      weights: {} as RefModel['blocks'][number]['weights'],
+      biases: {},
+    };
     for (const name of LINEARS) {
       const { N, K } = linearDims(config, name);
       const data = randomF32(N * K, 1 / Math.sqrt(K), normal);
@@ -90,9 +109,15 @@ export function randomModel(s: TinyShape, invFreq: Float32Array, seed: number): 
 }
 
 /** Largest |a - b| / (atol + rtol·|b|) (≤ 1 means within tolerance) and where. */
-export function worst(a: ArrayLike<number>, b: ArrayLike<number>, atol: number, rtol = 0): { ratio: number; index: number; a: number; b: number } {
+export function worst(
+  a: ArrayLike<number>,
+  b: ArrayLike<number>,
+  atol: number,
+  rtol = 0,
+): { ratio: number; index: number; a: number; b: number } {
   if (a.length !== b.length) throw new Error(`length ${a.length} vs ${b.length}`);
-  let ratio = 0, index = -1;
+  let ratio = 0,
+    index = -1;
   for (let i = 0; i < a.length; i++) {
     const diff = Math.abs(a[i]! - b[i]!);
     const r = diff === 0 ? 0 : diff / (atol + rtol * Math.abs(b[i]!));

@@ -41,17 +41,29 @@ export interface RefModel {
 
 export function linearDims(c: RefConfig, name: LinearKey): { N: number; K: number } {
   switch (name) {
-    case 'q': return { N: c.heads * c.headDim, K: c.dim };
+    case 'q':
+      return { N: c.heads * c.headDim, K: c.dim };
     case 'k':
-    case 'v': return { N: c.kvHeads * c.headDim, K: c.dim };
-    case 'o': return { N: c.dim, K: c.heads * c.headDim };
+    case 'v':
+      return { N: c.kvHeads * c.headDim, K: c.dim };
+    case 'o':
+      return { N: c.dim, K: c.heads * c.headDim };
     case 'gate':
-    case 'up': return { N: c.hidden, K: c.dim };
-    case 'down': return { N: c.dim, K: c.hidden };
+    case 'up':
+      return { N: c.hidden, K: c.dim };
+    case 'down':
+      return { N: c.dim, K: c.hidden };
   }
 }
 
-export function refLinear(x: ArrayLike<number>, M: number, W: ArrayLike<number>, N: number, K: number, bias?: ArrayLike<number>): Float64Array {
+export function refLinear(
+  x: ArrayLike<number>,
+  M: number,
+  W: ArrayLike<number>,
+  N: number,
+  K: number,
+  bias?: ArrayLike<number>,
+): Float64Array {
   const y = new Float64Array(M * N);
   for (let m = 0; m < M; m++)
     for (let n = 0; n < N; n++) {
@@ -62,7 +74,13 @@ export function refLinear(x: ArrayLike<number>, M: number, W: ArrayLike<number>,
   return y;
 }
 
-export function refRmsNorm(x: ArrayLike<number>, rows: number, dim: number, w: ArrayLike<number>, eps: number): Float64Array {
+export function refRmsNorm(
+  x: ArrayLike<number>,
+  rows: number,
+  dim: number,
+  w: ArrayLike<number>,
+  eps: number,
+): Float64Array {
   const y = new Float64Array(rows * dim);
   for (let r = 0; r < rows; r++) {
     let ss = 0;
@@ -74,15 +92,25 @@ export function refRmsNorm(x: ArrayLike<number>, rows: number, dim: number, w: A
 }
 
 /** Rotates each head of each row in place (half-split form); row r is at position p0 + r. */
-export function refRope(x: Float64Array, rows: number, heads: number, headDim: number, p0: number, invFreq: ArrayLike<number>, scale: number): Float64Array {
+export function refRope(
+  x: Float64Array,
+  rows: number,
+  heads: number,
+  headDim: number,
+  p0: number,
+  invFreq: ArrayLike<number>,
+  scale: number,
+): Float64Array {
   const half = headDim / 2;
   for (let r = 0; r < rows; r++)
     for (let h = 0; h < heads; h++) {
       const base = (r * heads + h) * headDim;
       for (let i = 0; i < half; i++) {
         const angle = Math.fround(invFreq[i]! * (p0 + r));
-        const c = Math.cos(angle) * scale, s = Math.sin(angle) * scale;
-        const a = x[base + i]!, b = x[base + i + half]!;
+        const c = Math.cos(angle) * scale,
+          s = Math.sin(angle) * scale;
+        const a = x[base + i]!,
+          b = x[base + i + half]!;
         x[base + i] = a * c - b * s;
         x[base + i + half] = b * c + a * s;
       }
@@ -156,7 +184,14 @@ export interface BlockTrace {
  * One block over the n rows of one sequence at positions p0..; `cache` holds the keys and values
  * of positions 0..p0-1 ([p0, kvHeads*hd] each) and gets this call's appended.
  */
-export function refBlock(model: RefModel, index: number, x: ArrayLike<number>, n: number, p0 = 0, cache?: { k: number[]; v: number[] }): BlockTrace {
+export function refBlock(
+  model: RefModel,
+  index: number,
+  x: ArrayLike<number>,
+  n: number,
+  p0 = 0,
+  cache?: { k: number[]; v: number[] },
+): BlockTrace {
   const c = model.config;
   const b = model.blocks[index]!;
   const lin = (name: LinearKey, input: ArrayLike<number>) => {

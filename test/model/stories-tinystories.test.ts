@@ -36,7 +36,11 @@ test("window 0's logits match REFERENCE.md's table to 1e-4", async () => {
   for (const row of table) {
     expect(ids[row.pos]).toBe(row.id);
     const got = Array.from(logits.subarray(row.pos * 512, row.pos * 512 + 5));
-    for (let v = 0; v < 5; v++) expect(Math.abs(got[v]! - row.logits[v]!), `pos ${row.pos} id ${v}: ${got[v]} vs ${row.logits[v]}`).toBeLessThanOrEqual(1e-4);
+    for (let v = 0; v < 5; v++)
+      expect(
+        Math.abs(got[v]! - row.logits[v]!),
+        `pos ${row.pos} id ${v}: ${got[v]} vs ${row.logits[v]}`,
+      ).toBeLessThanOrEqual(1e-4);
   }
 });
 

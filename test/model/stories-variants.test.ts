@@ -51,12 +51,20 @@ test('one linear RTN 8-bit packed (K = 172, partial last group) runs and lands n
     const down = (await model.readBlockWeights(block)).down;
     if (down.packed) throw new Error('the fp32 checkpoint holds dense weights');
     const W = down.data as Float32Array; // [64, 172]
-    const N = 64, K = 172, bits = 8 as const, groupSize = 64;
+    const N = 64,
+      K = 172,
+      bits = 8 as const,
+      groupSize = 64;
     const r = await addon.rtnQuantize(W, N, K, { bits, groupSize, sym: true });
     const scales = new Uint16Array(r.scales.length);
     addon.convert(new Uint8Array(r.scales.buffer), 'f32', new Uint8Array(scales.buffer), 'f16', r.scales.length);
     const packed: PackedWeights = {
-      bits, K, N, groupSize, groups: r.groups, zeroOffset: 1,
+      bits,
+      K,
+      N,
+      groupSize,
+      groups: r.groups,
+      zeroOffset: 1,
       qweight: addon.packQweight(r.q, N, K, bits),
       qzeros: addon.packQzeros(r.zeros, r.groups, N, bits, 1),
       scales,
@@ -98,7 +106,14 @@ test('sampling is reproducible from a seed and stays in the vocabulary', async (
   const prompt = fp32.tokenizer!.encode('The cat', { bos: true });
   const run = async (seed: number) => {
     const out: number[] = [];
-    for await (const id of generateTokens(fp32, prompt, { maxTokens: 15, temperature: 0.9, topP: 0.9, seed, stopIds: [] })) out.push(id);
+    for await (const id of generateTokens(fp32, prompt, {
+      maxTokens: 15,
+      temperature: 0.9,
+      topP: 0.9,
+      seed,
+      stopIds: [],
+    }))
+      out.push(id);
     return out;
   };
   const seed = Math.floor(Math.random() * 2 ** 31);

@@ -16,7 +16,13 @@ type FloatType = 'f32' | 'f16' | 'bf16';
 
 function convert(src: Float32Array | Uint16Array, from: FloatType, to: FloatType): Float32Array | Uint16Array {
   const out = to === 'f32' ? new Float32Array(src.length) : new Uint16Array(src.length);
-  native().convert(new Uint8Array(src.buffer, src.byteOffset, src.byteLength), from, new Uint8Array(out.buffer), to, src.length);
+  native().convert(
+    new Uint8Array(src.buffer, src.byteOffset, src.byteLength),
+    from,
+    new Uint8Array(out.buffer),
+    to,
+    src.length,
+  );
   return out;
 }
 
@@ -42,9 +48,26 @@ function all16(): Uint16Array {
 
 /** f32 inputs: random bit patterns, random normals, and the cases rounding gets wrong. */
 function f32Cases(rng: Rng): Float32Array {
-  const values: number[] = [0, -0, Infinity, -Infinity, NaN, 65504, 65519.99, 65520, 65536, 1e-8, 2 ** -24, 2 ** -25, 3 * 2 ** -26, 2 ** -149, 3.4e38];
+  const values: number[] = [
+    0,
+    -0,
+    Infinity,
+    -Infinity,
+    NaN,
+    65504,
+    65519.99,
+    65520,
+    65536,
+    1e-8,
+    2 ** -24,
+    2 ** -25,
+    3 * 2 ** -26,
+    2 ** -149,
+    3.4e38,
+  ];
   // Exact ties between neighbouring fp16 and bf16 values, normal and subnormal.
-  for (let e = -24; e <= 15; e++) for (const m of [1, 3, 1025, 2047]) values.push(m * 2 ** (e - 11), -m * 2 ** (e - 11));
+  for (let e = -24; e <= 15; e++)
+    for (const m of [1, 3, 1025, 2047]) values.push(m * 2 ** (e - 11), -m * 2 ** (e - 11));
   for (let e = -130; e <= 127; e += 7) for (const m of [1, 3, 257, 511]) values.push(m * 2 ** (e - 8));
   const bits = new Uint32Array(20000);
   for (let i = 0; i < bits.length; i++) bits[i] = rng.uint32();
@@ -63,7 +86,10 @@ describe.each(availableSimdLevels())('dtype conversion at SIMD level %s', (level
     const bad = new Mismatches();
     for (let i = 0; i < h.length; i++) {
       const ref = f16Value(h[i]);
-      bad.check(Number.isNaN(ref) ? Number.isNaN(f[i]) : Object.is(f[i], ref), () => `0x${h[i].toString(16)} → ${f[i]}, want ${ref}`);
+      bad.check(
+        Number.isNaN(ref) ? Number.isNaN(f[i]) : Object.is(f[i], ref),
+        () => `0x${h[i].toString(16)} → ${f[i]}, want ${ref}`,
+      );
     }
     expect(bad.list).toEqual([]);
   });
@@ -75,7 +101,10 @@ describe.each(availableSimdLevels())('dtype conversion at SIMD level %s', (level
     const bad = new Mismatches();
     for (let i = 0; i < h.length; i++) {
       const ref = bf16Value(h[i]);
-      bad.check(Number.isNaN(ref) ? Number.isNaN(f[i]) : Object.is(f[i], ref), () => `0x${h[i].toString(16)} → ${f[i]}, want ${ref}`);
+      bad.check(
+        Number.isNaN(ref) ? Number.isNaN(f[i]) : Object.is(f[i], ref),
+        () => `0x${h[i].toString(16)} → ${f[i]}, want ${ref}`,
+      );
     }
     expect(bad.list).toEqual([]);
   });
@@ -89,8 +118,14 @@ describe.each(availableSimdLevels())('dtype conversion at SIMD level %s', (level
     const bad = new Mismatches();
     for (let i = 0; i < x.length; i++) {
       const nan = Number.isNaN(x[i]);
-      bad.check(nan ? isNanBits16(h[i], 5) : h[i] === f16Bits(x[i]), () => `f16 of ${x[i]}: 0x${h[i].toString(16)}, want 0x${f16Bits(x[i]).toString(16)}`);
-      bad.check(nan ? isNanBits16(b[i], 8) : b[i] === bf16Bits(x[i]), () => `bf16 of ${x[i]}: 0x${b[i].toString(16)}, want 0x${bf16Bits(x[i]).toString(16)}`);
+      bad.check(
+        nan ? isNanBits16(h[i], 5) : h[i] === f16Bits(x[i]),
+        () => `f16 of ${x[i]}: 0x${h[i].toString(16)}, want 0x${f16Bits(x[i]).toString(16)}`,
+      );
+      bad.check(
+        nan ? isNanBits16(b[i], 8) : b[i] === bf16Bits(x[i]),
+        () => `bf16 of ${x[i]}: 0x${b[i].toString(16)}, want 0x${bf16Bits(x[i]).toString(16)}`,
+      );
     }
     expect(bad.list, `seed ${rng.seed}`).toEqual([]);
   });
@@ -102,8 +137,14 @@ describe.each(availableSimdLevels())('dtype conversion at SIMD level %s', (level
     const back = convert(h, 'bf16', 'f16') as Uint16Array;
     const bad = new Mismatches();
     for (let i = 0; i < h.length; i++) {
-      bad.check(isNanBits16(h[i], 5) ? isNanBits16(b[i], 8) : b[i] === bf16Bits(f16Value(h[i])), () => `f16 0x${h[i].toString(16)} → bf16 0x${b[i].toString(16)}`);
-      bad.check(isNanBits16(h[i], 8) ? isNanBits16(back[i], 5) : back[i] === f16Bits(bf16Value(h[i])), () => `bf16 0x${h[i].toString(16)} → f16 0x${back[i].toString(16)}`);
+      bad.check(
+        isNanBits16(h[i], 5) ? isNanBits16(b[i], 8) : b[i] === bf16Bits(f16Value(h[i])),
+        () => `f16 0x${h[i].toString(16)} → bf16 0x${b[i].toString(16)}`,
+      );
+      bad.check(
+        isNanBits16(h[i], 8) ? isNanBits16(back[i], 5) : back[i] === f16Bits(bf16Value(h[i])),
+        () => `bf16 0x${h[i].toString(16)} → f16 0x${back[i].toString(16)}`,
+      );
     }
     expect(bad.list).toEqual([]);
   });
@@ -116,7 +157,8 @@ describe.each(availableSimdLevels())('dtype conversion at SIMD level %s', (level
     const back = t.to('f16').to('f32');
     expect(back.shape).toEqual([17, 59]);
     const bad = new Mismatches();
-    for (let i = 0; i < data.length; i++) bad.check(back.data[i] === f16Value(f16Bits(data[i])), () => `${data[i]} → ${back.data[i]}`);
+    for (let i = 0; i < data.length; i++)
+      bad.check(back.data[i] === f16Value(f16Bits(data[i])), () => `${data[i]} → ${back.data[i]}`);
     expect(bad.list, `seed ${rng.seed}`).toEqual([]);
   });
 });

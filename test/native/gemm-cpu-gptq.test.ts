@@ -78,7 +78,14 @@ function expectKernel(level: string, kernel: string, what: string): void {
 
 function checkCase(level: string, bits: Bits, c: Case): void {
   const rng = new Rng();
-  const W = randomPackedWeights(rng, { N: c.N, K: c.K, bits, groupSize: c.groupSize, actOrder: c.actOrder, zeroOffset: c.zeroOffset });
+  const W = randomPackedWeights(rng, {
+    N: c.N,
+    K: c.K,
+    bits,
+    groupSize: c.groupSize,
+    actOrder: c.actOrder,
+    zeroOffset: c.zeroOffset,
+  });
   const dense = dequantizeRef(W);
   const handle = native().cpuGptqPrepare(W);
   for (const M of c.batches) {
@@ -168,11 +175,15 @@ describe('repacked CPU GPTQ product, across levels and inputs', () => {
     expect(() => native().cpuGptqPrepare(W8)).toThrow(expect.objectContaining({ code: 'E_BITS' }));
     const W = randomPackedWeights(rng, { N: 8, K: 16, bits: 4, groupSize: -1 });
     const handle = native().cpuGptqPrepare(W);
-    expect(() => native().cpuGptqGemmSync({ N: 8, K: 16, bits: 4, bytes: 0 }, new Float32Array(16), 1, new Float32Array(8))).toThrow(
-      expect.objectContaining({ code: 'E_ARGUMENT' }),
+    expect(() =>
+      native().cpuGptqGemmSync({ N: 8, K: 16, bits: 4, bytes: 0 }, new Float32Array(16), 1, new Float32Array(8)),
+    ).toThrow(expect.objectContaining({ code: 'E_ARGUMENT' }));
+    expect(() => native().cpuGptqGemmSync(handle, new Float32Array(15), 1, new Float32Array(8))).toThrow(
+      expect.objectContaining({ code: 'E_BUFFER' }),
     );
-    expect(() => native().cpuGptqGemmSync(handle, new Float32Array(15), 1, new Float32Array(8))).toThrow(expect.objectContaining({ code: 'E_BUFFER' }));
-    expect(() => native().cpuGptqGemmSync(handle, new Float32Array(32), 2, new Float32Array(15))).toThrow(expect.objectContaining({ code: 'E_BUFFER' }));
+    expect(() => native().cpuGptqGemmSync(handle, new Float32Array(32), 2, new Float32Array(15))).toThrow(
+      expect.objectContaining({ code: 'E_BUFFER' }),
+    );
   });
 
   it('the streaming-read ceiling is a positive bandwidth and rejects bad sizes', () => {
@@ -180,4 +191,3 @@ describe('repacked CPU GPTQ product, across levels and inputs', () => {
     expect(() => native().streamReadBandwidth(10, 1, 1)).toThrow(expect.objectContaining({ code: 'E_ARGUMENT' }));
   });
 });
-

@@ -30,7 +30,14 @@ interface Case {
 /** Runs one weight against several batch sizes, checking async and sync results. */
 async function checkCase(level: string, bits: Bits, c: Case): Promise<void> {
   const rng = new Rng();
-  const W = randomPackedWeights(rng, { N: c.N, K: c.K, bits, groupSize: c.groupSize, actOrder: c.actOrder, zeroOffset: c.zeroOffset });
+  const W = randomPackedWeights(rng, {
+    N: c.N,
+    K: c.K,
+    bits,
+    groupSize: c.groupSize,
+    actOrder: c.actOrder,
+    zeroOffset: c.zeroOffset,
+  });
   const dense = dequantizeRef(W);
   for (const M of c.batches) {
     const X = randomMatrix(rng, M, c.K);
@@ -67,11 +74,14 @@ describe.each(availableSimdLevels())('packed product at SIMD level %s', (level) 
     await checkCase(level, bits, { N: 9, K: 45, groupSize: -1, batches: [1, 3] });
   });
 
-  it.each(BITS)('%i-bit, groups that split pack units (group 20), and gptq_v2 zero points including 0', async (bits) => {
-    forceSimd(level);
-    await checkCase(level, bits, { N: 37, K: 172, groupSize: 20, batches: [1, 5] });
-    await checkCase(level, bits, { N: 100, K: 172, groupSize: 32, zeroOffset: 0, batches: [1, 7] });
-  });
+  it.each(BITS)(
+    '%i-bit, groups that split pack units (group 20), and gptq_v2 zero points including 0',
+    async (bits) => {
+      forceSimd(level);
+      await checkCase(level, bits, { N: 37, K: 172, groupSize: 20, batches: [1, 5] });
+      await checkCase(level, bits, { N: 100, K: 172, groupSize: 32, zeroOffset: 0, batches: [1, 7] });
+    },
+  );
 
   it.each(BITS)('%i-bit, larger: K 1000 × N 300 (several K blocks, column tiles and K slices)', async (bits) => {
     forceSimd(level);
@@ -79,17 +89,23 @@ describe.each(availableSimdLevels())('packed product at SIMD level %s', (level) 
     await checkCase(level, bits, { N: 300, K: 1000, groupSize: 64, actOrder: true, batches: [1] });
   });
 
-  it.each(BITS)('%i-bit, an explicit monotone g_idx (k / group size, as checkpoints without act-order store)', async (bits) => {
-    forceSimd(level);
-    const rng = new Rng();
-    const W = randomPackedWeights(rng, { N: 100, K: 172, bits, groupSize: 32 });
-    const withGIdx = { ...W, gIdx: new Int32Array(172).map((_, k) => Math.floor(k / 32)) };
-    const dense = dequantizeRef(W);
-    for (const M of [1, 3]) {
-      const X = randomMatrix(rng, M, 172);
-      expect(relativeError(await packedMatmul(X, M, withGIdx), matmulRef(X, M, dense, 100, 172)), `seed ${rng.seed} M ${M}`).toBeLessThan(TOLERANCE);
-    }
-  });
+  it.each(BITS)(
+    '%i-bit, an explicit monotone g_idx (k / group size, as checkpoints without act-order store)',
+    async (bits) => {
+      forceSimd(level);
+      const rng = new Rng();
+      const W = randomPackedWeights(rng, { N: 100, K: 172, bits, groupSize: 32 });
+      const withGIdx = { ...W, gIdx: new Int32Array(172).map((_, k) => Math.floor(k / 32)) };
+      const dense = dequantizeRef(W);
+      for (const M of [1, 3]) {
+        const X = randomMatrix(rng, M, 172);
+        expect(
+          relativeError(await packedMatmul(X, M, withGIdx), matmulRef(X, M, dense, 100, 172)),
+          `seed ${rng.seed} M ${M}`,
+        ).toBeLessThan(TOLERANCE);
+      }
+    },
+  );
 
   it('tiny shapes: N 1, K 1 and N 3, K 7', async () => {
     forceSimd(level);
@@ -102,11 +118,17 @@ describe.each(availableSimdLevels())('packed product at SIMD level %s', (level) 
   it('dense f32 product (the benchmark baseline) matches float64', async () => {
     forceSimd(level);
     const rng = new Rng();
-    for (const [M, N, K] of [[1, 100, 172], [3, 37, 1000], [1, 5, 3]]) {
+    for (const [M, N, K] of [
+      [1, 100, 172],
+      [3, 37, 1000],
+      [1, 5, 3],
+    ]) {
       const X = randomMatrix(rng, M, K);
       const W = randomMatrix(rng, N, K);
       const Y = await denseMatmul(X, M, W, N, K);
-      expect(relativeError(Y, matmulRef(X, M, W, N, K)), `seed ${rng.seed}, ${level}, ${M}×${N}×${K}`).toBeLessThan(TOLERANCE);
+      expect(relativeError(Y, matmulRef(X, M, W, N, K)), `seed ${rng.seed}, ${level}, ${M}×${N}×${K}`).toBeLessThan(
+        TOLERANCE,
+      );
     }
   });
 });
@@ -115,7 +137,11 @@ describe('packed product, other inputs', () => {
   it('dequantizeWeights matches the reference exactly (groups, per channel, g_idx)', () => {
     const rng = new Rng();
     for (const bits of BITS) {
-      for (const [groupSize, actOrder] of [[32, false], [-1, false], [20, true]] as const) {
+      for (const [groupSize, actOrder] of [
+        [32, false],
+        [-1, false],
+        [20, true],
+      ] as const) {
         const W = randomPackedWeights(rng, { N: 37, K: 172, bits, groupSize, actOrder });
         const got = dequantizeWeights(W);
         expect(got.shape).toEqual([37, 172]);
@@ -140,13 +166,19 @@ describe('packed product, other inputs', () => {
   it('runs concurrent products (several libuv workers sharing the pool) correctly', async () => {
     forceSimd('auto');
     const rng = new Rng();
-    const cases = BITS.flatMap((bits) => [3, 5].map((M) => { // (M ≤ 2 runs in place, not on a worker)
-      const W = randomPackedWeights(rng, { N: 200, K: 300, bits, groupSize: 64, actOrder: M === 5 });
-      return { W, M, X: randomMatrix(rng, M, 300) };
-    }));
+    const cases = BITS.flatMap((bits) =>
+      [3, 5].map((M) => {
+        // (M ≤ 2 runs in place, not on a worker)
+        const W = randomPackedWeights(rng, { N: 200, K: 300, bits, groupSize: 64, actOrder: M === 5 });
+        return { W, M, X: randomMatrix(rng, M, 300) };
+      }),
+    );
     const results = await Promise.all(cases.map((c) => packedMatmul(c.X, c.M, c.W)));
     cases.forEach((c, i) => {
-      expect(relativeError(results[i], matmulRef(c.X, c.M, dequantizeRef(c.W), 200, 300)), `seed ${rng.seed} case ${i}`).toBeLessThan(TOLERANCE);
+      expect(
+        relativeError(results[i], matmulRef(c.X, c.M, dequantizeRef(c.W), 200, 300)),
+        `seed ${rng.seed} case ${i}`,
+      ).toBeLessThan(TOLERANCE);
     });
   });
 
@@ -159,7 +191,10 @@ describe('packed product, other inputs', () => {
     const threads = native().buildInfo().threads;
     try {
       native().setThreads(1);
-      expect(relativeError(await packedMatmul(X.subarray(0, 1000), 1, W), ref.subarray(0, 300)), `seed ${rng.seed}`).toBeLessThan(TOLERANCE);
+      expect(
+        relativeError(await packedMatmul(X.subarray(0, 1000), 1, W), ref.subarray(0, 300)),
+        `seed ${rng.seed}`,
+      ).toBeLessThan(TOLERANCE);
       expect(relativeError(await packedMatmul(X, 2, W), ref), `seed ${rng.seed}`).toBeLessThan(TOLERANCE);
     } finally {
       native().setThreads(threads);

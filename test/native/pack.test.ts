@@ -44,19 +44,25 @@ describe.each(BITS)('%i-bit packing', (bits) => {
 
   it('pads a partial last unit with zero bits', () => {
     const rng = new Rng();
-    const N = 5, K = 45;
+    const N = 5,
+      K = 45;
     const q = randomCodes(rng, N * K, bits);
     const qweight = native().packQweight(q, N, K, bits);
     const padded = Math.ceil(K / packUnitRef(bits).values) * packUnitRef(bits).values;
     const all = unpackQweightRef(qweight, N, padded, bits);
-    for (let n = 0; n < N; n++) for (let k = K; k < padded; k++) expect(all[n * padded + k], `seed ${rng.seed} n ${n} k ${k}`).toBe(0);
+    for (let n = 0; n < N; n++)
+      for (let k = K; k < padded; k++) expect(all[n * padded + k], `seed ${rng.seed} n ${n} k ${k}`).toBe(0);
   });
 
   it('packs qzeros along N: v2 stores the zero point, v1 stores zero − 1; both round-trip', () => {
     const addon = native();
     const rng = new Rng();
     const maxq = 2 ** bits - 1;
-    for (const [N, G] of [[100, 6], [7, 1], [33, 3]]) {
+    for (const [N, G] of [
+      [100, 6],
+      [7, 1],
+      [33, 3],
+    ]) {
       for (const offset of [0, 1] as const) {
         const what = `seed ${rng.seed}, N ${N} G ${G} offset ${offset}`;
         const zeros = new Int32Array(G * N).map(() => offset + rng.int(maxq + 1 - offset));
@@ -81,7 +87,10 @@ describe('3-bit units', () => {
     // Value i occupies stream bits [3i, 3i + 3): value 10 takes bits 30–31 of word 0 and bit 0 of
     // word 1; value 21 takes bit 31 of word 1 and bits 0–1 of word 2.
     const addon = native();
-    for (const [index, words] of [[10, [0, 1]], [21, [1, 2]]] as const) {
+    for (const [index, words] of [
+      [10, [0, 1]],
+      [21, [1, 2]],
+    ] as const) {
       const q = new Uint8Array(32);
       q[index] = 7;
       const qw = addon.packQweight(q, 1, 32, 3);

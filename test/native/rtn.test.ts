@@ -9,7 +9,18 @@ import { describe, expect, it } from 'vitest';
 import { Tensor } from '../../src/tensor.js';
 import { packCodes, rtnQuantize, rtnQuantizeCodes, type RtnCodes } from '../../src/quantize/rtn.js';
 import { dequantizeWeights, packedMatmul } from '../../src/quantize/packed.js';
-import { fitGridRef, fp16Round, groupLayout, roundScale, packWeightsRef, packedMatmulRef, quantizeRef, relativeError, type Bits, type GridRef } from '../helpers/reference.js';
+import {
+  fitGridRef,
+  fp16Round,
+  groupLayout,
+  roundScale,
+  packWeightsRef,
+  packedMatmulRef,
+  quantizeRef,
+  relativeError,
+  type Bits,
+  type GridRef,
+} from '../helpers/reference.js';
 import { Rng, randomMatrix } from '../helpers/random.js';
 import { readSafetensors, dataFile } from '../helpers/data.js';
 
@@ -46,17 +57,22 @@ function compareWithReference(W: Float32Array, c: RtnCodes, sym: boolean, minZer
   if (c.groups !== groups) bad(`groups ${c.groups}, want ${groups}`);
   for (let n = 0; n < N; n++) {
     for (let g = 0; g < groups; g++) {
-      const k0 = g * groupSize, k1 = Math.min(K, k0 + groupSize);
+      const k0 = g * groupSize,
+        k1 = Math.min(K, k0 + groupSize);
       const values = Array.from(W.subarray(n * K + k0, n * K + k1));
       const ref = fitGridRef(values, bits, sym, minZero);
       const got: GridRef = { scale: c.scales[g * N + n], zero: c.zeros[g * N + n] };
-      const xmin = Math.min(0, ...values), xmax = Math.max(0, ...values);
+      const xmin = Math.min(0, ...values),
+        xmax = Math.max(0, ...values);
       const raw = sym ? (2 * Math.max(-xmin, xmax)) / maxq : (xmax - xmin) / maxq;
       if (got.scale !== ref.scale || got.zero !== ref.zero) {
         // v1's widened grid has its own raw scale (see fitGridRef)
         const rawWide = minZero > 0 ? Math.max(xmax / (maxq - minZero), -xmin / minZero) : raw;
         // (or the plain zero point sat on a tie between 0, which v1 widens, and 1, which it keeps)
-        const tie = got.scale !== ref.scale ? nearFp16Tie(raw) || nearFp16Tie(rawWide) || nearHalf(-xmin / roundScale(raw)) : nearHalf(-xmin / ref.scale);
+        const tie =
+          got.scale !== ref.scale
+            ? nearFp16Tie(raw) || nearFp16Tie(rawWide) || nearHalf(-xmin / roundScale(raw))
+            : nearHalf(-xmin / ref.scale);
         if (tie) out.tieGroups++;
         else bad(`row ${n} group ${g}: grid ${JSON.stringify(got)}, want ${JSON.stringify(ref)}`);
         continue;
@@ -82,7 +98,8 @@ function expectMatches(cmp: Comparison, what: string): void {
 describe.each(BITS)('%i-bit RTN', (bits) => {
   it('matches the float64 reference: groups of 32, 64 and per channel; sym and asym; v1 and v2', async () => {
     const rng = new Rng();
-    const N = 37, K = 172;
+    const N = 37,
+      K = 172;
     const W = randomMatrix(rng, N, K, { outlierRows: 0.1, scale: 0.02 });
     const weight = new Tensor('f32', [N, K], W);
     for (const groupSize of [32, 64, -1]) {
@@ -90,7 +107,10 @@ describe.each(BITS)('%i-bit RTN', (bits) => {
         for (const checkpointFormat of ['gptq', 'gptq_v2'] as const) {
           const codes = await rtnQuantizeCodes(weight, { bits, groupSize, sym, checkpointFormat });
           const minZero = !sym && checkpointFormat === 'gptq' ? 1 : 0;
-          expectMatches(compareWithReference(W, codes, sym, minZero), `seed ${rng.seed}, group ${groupSize}, sym ${sym}, ${checkpointFormat}`);
+          expectMatches(
+            compareWithReference(W, codes, sym, minZero),
+            `seed ${rng.seed}, group ${groupSize}, sym ${sym}, ${checkpointFormat}`,
+          );
           if (sym) expect(codes.zeros.every((z) => z === 2 ** (bits - 1))).toBe(true);
         }
       }
@@ -99,30 +119,42 @@ describe.each(BITS)('%i-bit RTN', (bits) => {
 
   it('keeps every weight inside the grid within half a step', async () => {
     const rng = new Rng();
-    const N = 20, K = 172;
+    const N = 20,
+      K = 172;
     const W = randomMatrix(rng, N, K);
     const c = await rtnQuantizeCodes(new Tensor('f32', [N, K], W), { bits, groupSize: 32 });
     const maxq = 2 ** bits - 1;
     for (let n = 0; n < N; n++) {
       for (let k = 0; k < K; k++) {
         const i = Math.floor(k / 32) * N + n;
-        const s = c.scales[i], z = c.zeros[i], w = W[n * K + k];
+        const s = c.scales[i],
+          z = c.zeros[i],
+          w = W[n * K + k];
         if (w < -z * s || w > (maxq - z) * s) continue;
-        expect(Math.abs(s * (c.q[n * K + k] - z) - w), `seed ${rng.seed} n ${n} k ${k}`).toBeLessThanOrEqual(s / 2 + 1e-6 * s);
+        expect(Math.abs(s * (c.q[n * K + k] - z) - w), `seed ${rng.seed} n ${n} k ${k}`).toBeLessThanOrEqual(
+          s / 2 + 1e-6 * s,
+        );
       }
     }
   });
 
   it('v1 ("gptq") never uses a zero point of 0: such groups get a grid widened to zero 1', async () => {
     const rng = new Rng();
-    const N = 16, K = 96;
+    const N = 16,
+      K = 96;
     // Non-negative weights: every asymmetric group would have its zero point at 0.
     const W = randomMatrix(rng, N, K, { distribution: 'positive' });
     const weight = new Tensor('f32', [N, K], W);
     const v2 = await rtnQuantizeCodes(weight, { bits, groupSize: 32, checkpointFormat: 'gptq_v2' });
     const v1 = await rtnQuantizeCodes(weight, { bits, groupSize: 32, checkpointFormat: 'gptq' });
-    expect(v2.zeros.some((z) => z === 0), `seed ${rng.seed}`).toBe(true);
-    expect(v1.zeros.every((z) => z >= 1), `seed ${rng.seed}`).toBe(true);
+    expect(
+      v2.zeros.some((z) => z === 0),
+      `seed ${rng.seed}`,
+    ).toBe(true);
+    expect(
+      v1.zeros.every((z) => z >= 1),
+      `seed ${rng.seed}`,
+    ).toBe(true);
     expectMatches(compareWithReference(W, v1, false, 1), `seed ${rng.seed}`);
     // The packed v1 weights read back with the zero points that were used.
     const packed = await rtnQuantize(weight, { bits, groupSize: 32 });
@@ -137,7 +169,8 @@ describe.each(BITS)('%i-bit RTN', (bits) => {
 
   it('with the MSE grid search, never does worse than the plain grid', async () => {
     const rng = new Rng();
-    const N = 12, K = 172;
+    const N = 12,
+      K = 172;
     const W = randomMatrix(rng, N, K, { outlierRows: 0.2 });
     const weight = new Tensor('f32', [N, K], W);
     const plain = await rtnQuantizeCodes(weight, { bits, groupSize: 32 });
@@ -158,7 +191,11 @@ describe.each(BITS)('%i-bit RTN', (bits) => {
         for (let k = g * 32; k < Math.min(K, (g + 1) * 32); k++) {
           const want = quantizeRef(W[n * K + k], grid, bits);
           const q = mse.q[n * K + k];
-          if (q !== want) expect(Math.abs(q - want) === 1 && nearHalf(W[n * K + k] / grid.scale), `seed ${rng.seed} q[${n},${k}]`).toBe(true);
+          if (q !== want)
+            expect(
+              Math.abs(q - want) === 1 && nearHalf(W[n * K + k] / grid.scale),
+              `seed ${rng.seed} q[${n},${k}]`,
+            ).toBe(true);
         }
       }
     }
@@ -215,7 +252,10 @@ describe('RTN on real weights (stories260K)', () => {
     const rng = new Rng();
     for (const M of [1, 5]) {
       const X = randomMatrix(rng, M, K);
-      expect(relativeError(await packedMatmul(X, M, packed), packedMatmulRef(X, M, packed)), `seed ${rng.seed} M ${M}`).toBeLessThan(1e-5);
+      expect(
+        relativeError(await packedMatmul(X, M, packed), packedMatmulRef(X, M, packed)),
+        `seed ${rng.seed} M ${M}`,
+      ).toBeLessThan(1e-5);
     }
   });
 });

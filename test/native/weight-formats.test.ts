@@ -7,9 +7,26 @@ import { describe, expect, it } from 'vitest';
 import { LowbitError } from '../../src/errors.js';
 import { native } from '../../src/native.js';
 import { prepareLinear } from '../../src/quantize/linear.js';
-import { GPTQ_PACK_UNITS, WEIGHT_FORMATS, gptqTensors, packedCount, packedWords, type GptqBits } from '../../src/weights/formats.js';
+import {
+  GPTQ_PACK_UNITS,
+  WEIGHT_FORMATS,
+  gptqTensors,
+  packedCount,
+  packedWords,
+  type GptqBits,
+} from '../../src/weights/formats.js';
 import type { LinearWeights } from '../../src/weights/types.js';
-import { bf16Bits, bf16Value, dequantizeRef, f16Bits, f16Value, matmulRef, packedWordsRef, randomPackedWeights, relativeError } from '../helpers/reference.js';
+import {
+  bf16Bits,
+  bf16Value,
+  dequantizeRef,
+  f16Bits,
+  f16Value,
+  matmulRef,
+  packedWordsRef,
+  randomPackedWeights,
+  relativeError,
+} from '../helpers/reference.js';
 import { Rng, randomMatrix } from '../helpers/random.js';
 
 describe('the weight-format table', () => {
@@ -34,8 +51,18 @@ describe('the weight-format table', () => {
       }
     }
     const [qweight, qzeros, scales, gIdx] = gptqTensors(3, 100, 20, 4);
-    expect(qweight).toEqual({ suffix: 'qweight', dtype: 'I32', shape: [packedWordsRef(3, 100), 20], bytes: packedWordsRef(3, 100) * 20 * 4 });
-    expect(qzeros).toEqual({ suffix: 'qzeros', dtype: 'I32', shape: [4, packedWordsRef(3, 20)], bytes: 4 * packedWordsRef(3, 20) * 4 });
+    expect(qweight).toEqual({
+      suffix: 'qweight',
+      dtype: 'I32',
+      shape: [packedWordsRef(3, 100), 20],
+      bytes: packedWordsRef(3, 100) * 20 * 4,
+    });
+    expect(qzeros).toEqual({
+      suffix: 'qzeros',
+      dtype: 'I32',
+      shape: [4, packedWordsRef(3, 20)],
+      bytes: 4 * packedWordsRef(3, 20) * 4,
+    });
     expect(scales).toEqual({ suffix: 'scales', dtype: 'F16', shape: [4, 20], bytes: 4 * 20 * 2 });
     expect(gIdx).toEqual({ suffix: 'g_idx', dtype: 'I32', shape: [100], bytes: 400 });
   });
@@ -58,42 +85,56 @@ describe.each(devices)('prepared linears on %s', (device) => {
   // Catches: an operator that reads the wrong layout, drops the bias, writes only part of Y, or
   // keeps a view of the caller's buffers instead of a copy (the weights are scribbled over after
   // preparing).
-  it.each([2, 3, 4, 8] as GptqBits[])('gptq %i-bit matches the float64 reference (act-order, bias, odd shapes, M 1..33)', async (bits) => {
-    const rng = new Rng();
-    for (const c of [
-      { N: 37, K: 100, groupSize: 32, actOrder: false },
-      { N: 64, K: 172, groupSize: 64, actOrder: true, zeroOffset: 0 as const },
-    ]) {
-      const W = randomPackedWeights(rng, { N: c.N, K: c.K, bits, groupSize: c.groupSize, actOrder: c.actOrder, zeroOffset: c.zeroOffset });
-      const dense = dequantizeRef(W);
-      const bias = randomBias(rng, c.N);
-      const { q: _q, zeros: _z, ...packed } = W;
-      const lin = prepareLinear({ ...packed, format: 'gptq', bias }, { device });
-      expect(kernels[device]).toContain(lin.kernel);
-      const biasCopy = bias.slice();
-      W.qweight.fill(0x5a5a5a5a); // the operator must hold its own copies
-      bias.fill(1e6);
-      for (const M of [1, 2, 7, 33]) {
-        const X = randomMatrix(rng, M, c.K);
-        const ref = withBias(matmulRef(X, M, dense, c.N, c.K), M, c.N, biasCopy);
-        const what = `seed ${rng.seed} ${device} ${bits}-bit N ${c.N} K ${c.K} M ${M}`;
-        const out = new Float32Array(M * c.N).fill(Number.NaN);
-        const Y = await lin.matmul(X, M, out);
-        expect(Y).toBe(out);
-        expect(relativeError(Y, ref), what).toBeLessThan(1e-5);
-        expect(Array.from(lin.matmulSync(X, M)), what).toEqual(Array.from(Y));
+  it.each([2, 3, 4, 8] as GptqBits[])(
+    'gptq %i-bit matches the float64 reference (act-order, bias, odd shapes, M 1..33)',
+    async (bits) => {
+      const rng = new Rng();
+      for (const c of [
+        { N: 37, K: 100, groupSize: 32, actOrder: false },
+        { N: 64, K: 172, groupSize: 64, actOrder: true, zeroOffset: 0 as const },
+      ]) {
+        const W = randomPackedWeights(rng, {
+          N: c.N,
+          K: c.K,
+          bits,
+          groupSize: c.groupSize,
+          actOrder: c.actOrder,
+          zeroOffset: c.zeroOffset,
+        });
+        const dense = dequantizeRef(W);
+        const bias = randomBias(rng, c.N);
+        const { q: _q, zeros: _z, ...packed } = W;
+        const lin = prepareLinear({ ...packed, format: 'gptq', bias }, { device });
+        expect(kernels[device]).toContain(lin.kernel);
+        const biasCopy = bias.slice();
+        W.qweight.fill(0x5a5a5a5a); // the operator must hold its own copies
+        bias.fill(1e6);
+        for (const M of [1, 2, 7, 33]) {
+          const X = randomMatrix(rng, M, c.K);
+          const ref = withBias(matmulRef(X, M, dense, c.N, c.K), M, c.N, biasCopy);
+          const what = `seed ${rng.seed} ${device} ${bits}-bit N ${c.N} K ${c.K} M ${M}`;
+          const out = new Float32Array(M * c.N).fill(Number.NaN);
+          const Y = await lin.matmul(X, M, out);
+          expect(Y).toBe(out);
+          expect(relativeError(Y, ref), what).toBeLessThan(1e-5);
+          expect(Array.from(lin.matmulSync(X, M)), what).toEqual(Array.from(Y));
+        }
+        lin.close();
       }
-      lin.close();
-    }
-  });
+    },
+  );
 
   // Catches: a dense operator that ignores the stored dtype, N/K mixed up, or the bias lost.
   it.each(['f32', 'f16', 'bf16'] as const)('dense %s matches the float64 reference with a bias', async (dtype) => {
     const rng = new Rng();
-    const N = 29, K = 67;
+    const N = 29,
+      K = 67;
     const W32 = randomMatrix(rng, N, K);
     const data = dtype === 'f32' ? W32 : Uint16Array.from(W32, (v) => (dtype === 'f16' ? f16Bits(v) : bf16Bits(v)));
-    const Wref = dtype === 'f32' ? Float64Array.from(W32) : Float64Array.from(data as Uint16Array, dtype === 'f16' ? f16Value : bf16Value);
+    const Wref =
+      dtype === 'f32'
+        ? Float64Array.from(W32)
+        : Float64Array.from(data as Uint16Array, dtype === 'f16' ? f16Value : bf16Value);
     const bias = randomBias(rng, N);
     const lin = prepareLinear({ format: 'dense', dtype, data, N, K, bias }, { device });
     for (const M of [1, 5]) {
@@ -110,12 +151,20 @@ describe.each(devices)('prepared linears on %s', (device) => {
   // Catches: a kernel name that is silently ignored, or bad weights reaching native code.
   it('rejects unknown kernels, unknown formats and inconsistent weights with coded errors', () => {
     const w: LinearWeights = { format: 'dense', dtype: 'f32', data: new Float32Array(6), N: 2, K: 3 };
-    expect(() => prepareLinear(w, { device, kernel: 'no-such-kernel' })).toThrow(expect.objectContaining({ code: 'E_ARGUMENT' }));
-    expect(() => prepareLinear(w, { device, kernel: 'gptq-packed' })).toThrow(expect.objectContaining({ code: 'E_ARGUMENT' }));
-    expect(() => prepareLinear({ ...w, format: 'spqr' } as unknown as LinearWeights, { device })).toThrow(expect.objectContaining({ code: 'E_ARGUMENT' }));
+    expect(() => prepareLinear(w, { device, kernel: 'no-such-kernel' })).toThrow(
+      expect.objectContaining({ code: 'E_ARGUMENT' }),
+    );
+    expect(() => prepareLinear(w, { device, kernel: 'gptq-packed' })).toThrow(
+      expect.objectContaining({ code: 'E_ARGUMENT' }),
+    );
+    expect(() => prepareLinear({ ...w, format: 'spqr' } as unknown as LinearWeights, { device })).toThrow(
+      expect.objectContaining({ code: 'E_ARGUMENT' }),
+    );
     expect(() => prepareLinear({ ...w, N: 3 }, { device })).toThrow(expect.objectContaining({ code: 'E_SHAPE' }));
     // the native reader checks too, whatever the TypeScript layer let through
-    expect(() => native().linearCreate({ ...w, data: new Float32Array(5) }, { device: device === 'cpu' ? -1 : 0 })).toThrow(expect.objectContaining({ code: 'E_BUFFER' }));
+    expect(() =>
+      native().linearCreate({ ...w, data: new Float32Array(5) }, { device: device === 'cpu' ? -1 : 0 }),
+    ).toThrow(expect.objectContaining({ code: 'E_BUFFER' }));
     expect(() => native().linearCreate({ ...w, format: 'gptq' } as unknown as LinearWeights)).toThrow(LowbitError);
   });
 });

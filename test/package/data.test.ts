@@ -10,7 +10,9 @@ import { expect, test } from 'vitest';
 import { dataDir } from '../helpers/data.js';
 
 function filesUnder(dir: string): string[] {
-  return readdirSync(dir, { withFileTypes: true }).flatMap((e) => (e.isDirectory() ? filesUnder(join(dir, e.name)) : [join(dir, e.name)]));
+  return readdirSync(dir, { withFileTypes: true }).flatMap((e) =>
+    e.isDirectory() ? filesUnder(join(dir, e.name)) : [join(dir, e.name)],
+  );
 }
 
 test('every file of data/ matches SHA256SUMS, and SHA256SUMS lists every data file', () => {

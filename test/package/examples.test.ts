@@ -12,15 +12,27 @@ import { expect, test } from 'vitest';
 import { dataFile, projectRoot } from '../helpers/data.js';
 
 test('examples/ compile with tsc, and quickstart.ts prints a perplexity close to fp32', () => {
-  execFileSync(process.execPath, [join(projectRoot, 'node_modules/typescript/bin/tsc'), '-p', join(projectRoot, 'examples')], { stdio: 'pipe' });
+  execFileSync(
+    process.execPath,
+    [join(projectRoot, 'node_modules/typescript/bin/tsc'), '-p', join(projectRoot, 'examples')],
+    { stdio: 'pipe' },
+  );
   // the README shows the same program
   const source = readFileSync(join(projectRoot, 'examples/quickstart.ts'), 'utf8');
   const readme = readFileSync(join(projectRoot, 'README.md'), 'utf8');
-  const body = source.slice(source.indexOf("import { mkdtempSync }"));
+  const body = source.slice(source.indexOf('import { mkdtempSync }'));
   expect(readme).toContain(body.trim());
 
-  const fp32 = (JSON.parse(readFileSync(dataFile('reference.json'), 'utf8')) as { ppl: { tinystories_eval: { sentencepiece: { ppl: number } } } }).ppl.tinystories_eval.sentencepiece.ppl;
-  const r = spawnSync(process.execPath, [join(projectRoot, 'examples/dist/quickstart.js')], { cwd: projectRoot, encoding: 'utf8', timeout: 110_000 });
+  const fp32 = (
+    JSON.parse(readFileSync(dataFile('reference.json'), 'utf8')) as {
+      ppl: { tinystories_eval: { sentencepiece: { ppl: number } } };
+    }
+  ).ppl.tinystories_eval.sentencepiece.ppl;
+  const r = spawnSync(process.execPath, [join(projectRoot, 'examples/dist/quickstart.js')], {
+    cwd: projectRoot,
+    encoding: 'utf8',
+    timeout: 110_000,
+  });
   expect(r.status, r.stderr).toBe(0);
   const ppl = Number(/perplexity of the 4-bit model on the held-out text: ([0-9.]+)/.exec(r.stdout)?.[1]);
   // 4-bit g32 GPTQ costs stories260K a few percent (6.15 against 5.79 measured)

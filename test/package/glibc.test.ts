@@ -28,14 +28,17 @@ test(`the committed prebuilt needs glibc ${GLIBC_FLOOR} at most, and no shared l
   const glibc = glibcNeeded(needs)!;
   const fix = 'rebuild it against the Debian 11 root: bash scripts/make-sysroot.sh && npm run prebuild';
   expect(compareVersions(glibc, GLIBC_FLOOR), `${prebuilt} needs glibc ${glibc}: ${fix}`).toBeLessThanOrEqual(0);
-  expect([...needs.keys()].filter((lib) => /^lib(stdc\+\+|gcc_s)\.so/.test(lib)), fix).toEqual([]);
+  expect(
+    [...needs.keys()].filter((lib) => /^lib(stdc\+\+|gcc_s)\.so/.test(lib)),
+    fix,
+  ).toEqual([]);
   expect(readFileSync(join(projectRoot, 'scripts/prebuild.mjs'), 'utf8')).toContain(`GLIBC_FLOOR = '${GLIBC_FLOOR}'`);
 });
 
 test('the ELF reader lists the same version needs as readelf -V', () => {
   for (const path of [prebuilt, sourceBuild].filter(existsSync)) {
     const text = execFileSync('readelf', ['-V', '-W', path], { encoding: 'utf8' });
-    const section = text.slice(text.indexOf(".gnu.version_r"));
+    const section = text.slice(text.indexOf('.gnu.version_r'));
     const expected = new Map<string, string[]>();
     let file = '';
     for (const line of section.split('\n')) {
@@ -53,7 +56,16 @@ test('a binary needing a newer glibc fails to load with the glibc found and the 
   const source = existsSync(sourceBuild) ? sourceBuild : prebuilt;
   const bytes = readFileSync(source);
   // Rename one version it needs, GLIBC_2.x -> GLIBC_9.x (same length): the loader cannot find it.
-  const old = glibcNeeded(new Map([['libc.so.6', readVersionNeeds(source).get('libc.so.6')!.filter((v) => v.startsWith('GLIBC_2.'))]]))!;
+  const old = glibcNeeded(
+    new Map([
+      [
+        'libc.so.6',
+        readVersionNeeds(source)
+          .get('libc.so.6')!
+          .filter((v) => v.startsWith('GLIBC_2.')),
+      ],
+    ]),
+  )!;
   const at = bytes.indexOf(Buffer.from(`GLIBC_${old}\0`, 'latin1'));
   expect(at).toBeGreaterThan(0);
   bytes.write('9', at + 'GLIBC_'.length, 'latin1');
@@ -70,5 +82,7 @@ test('a binary needing a newer glibc fails to load with the glibc found and the 
   }
   expect(error?.code).toBe('E_ADDON_LOAD');
   expect(error!.message).toContain(`GLIBC_${wanted}`);
-  expect(error!.message).toContain(`this system has glibc ${glibcRuntime()}; this binary needs glibc ${wanted} or newer`);
+  expect(error!.message).toContain(
+    `this system has glibc ${glibcRuntime()}; this binary needs glibc ${wanted} or newer`,
+  );
 });

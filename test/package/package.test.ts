@@ -14,15 +14,34 @@ import { projectRoot } from '../helpers/data.js';
 let packed: Set<string>;
 beforeAll(() => {
   const npm = process.platform === 'win32' ? 'npm.cmd' : 'npm';
-  const out = execFileSync(npm, ['pack', '--dry-run', '--json', '--ignore-scripts'], { cwd: projectRoot, encoding: 'utf8' });
+  const out = execFileSync(npm, ['pack', '--dry-run', '--json', '--ignore-scripts'], {
+    cwd: projectRoot,
+    encoding: 'utf8',
+  });
   packed = new Set((JSON.parse(out) as { files: { path: string }[] }[])[0]!.files.map((f) => f.path));
 });
 
-const pkg = JSON.parse(readFileSync(join(projectRoot, 'package.json'), 'utf8')) as { engines: { node: string }; os: string[]; cpu: string[]; libc: string[] };
+const pkg = JSON.parse(readFileSync(join(projectRoot, 'package.json'), 'utf8')) as {
+  engines: { node: string };
+  os: string[];
+  cpu: string[];
+  libc: string[];
+};
 
 test('the tarball holds the bundled model and texts, the licences, the example, and no Llama 2 tokenizer', () => {
-  for (const f of ['config.json', 'model.safetensors', 'tokenizer.json', 'tokenizer_config.json', 'tokenizer.model']) expect(packed, f).toContain(`data/stories260K-hf/${f}`);
-  for (const f of ['data/tinystories-valid.calib.txt', 'data/tinystories-valid.eval.txt', 'data/LICENSES.md', 'LICENSE', 'CHANGELOG.md', 'README.md', 'examples/quickstart.ts', 'dist/index.js', 'dist/cli/bin.js']) {
+  for (const f of ['config.json', 'model.safetensors', 'tokenizer.json', 'tokenizer_config.json', 'tokenizer.model'])
+    expect(packed, f).toContain(`data/stories260K-hf/${f}`);
+  for (const f of [
+    'data/tinystories-valid.calib.txt',
+    'data/tinystories-valid.eval.txt',
+    'data/LICENSES.md',
+    'LICENSE',
+    'CHANGELOG.md',
+    'README.md',
+    'examples/quickstart.ts',
+    'dist/index.js',
+    'dist/cli/bin.js',
+  ]) {
     expect(packed, f).toContain(f);
   }
   expect([...packed].filter((f) => /(^|\/)tokenizer\.bin$/.test(f) || f === 'data/tokenizer.model')).toEqual([]);
@@ -53,10 +72,14 @@ test('engines, README and platform fields agree', () => {
 });
 
 test("require('lowbit') from a CommonJS program loads the package (ESM through require on this Node)", () => {
-  const r = spawnSync(process.execPath, ['-e', "const l = require('lowbit'); console.log(typeof l.quantize, typeof l.openModel, l.bundled.model)"], {
-    cwd: projectRoot,
-    encoding: 'utf8',
-  });
+  const r = spawnSync(
+    process.execPath,
+    ['-e', "const l = require('lowbit'); console.log(typeof l.quantize, typeof l.openModel, l.bundled.model)"],
+    {
+      cwd: projectRoot,
+      encoding: 'utf8',
+    },
+  );
   expect(r.status, r.stderr).toBe(0);
   expect(r.stdout).toMatch(/^function function .*data[\\/]stories260K-hf\n$/);
 });

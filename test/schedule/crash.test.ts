@@ -29,11 +29,21 @@ const ready = haveData('stories260K-hf/model.safetensors', 'tinystories-valid.ca
 const all = process.env.LOWBIT_CRASH_ALL === '1';
 const args = (out: string) => [
   'quantize',
-  '--model', join(dataDir, 'stories260K-hf'),
-  '--out', out,
-  '--calib', join(dataDir, 'tinystories-valid.calib.txt'),
-  '--samples', '2', '--seq-len', '16', '--seed', '3',
-  '--group-size', '32', '--act-order',
+  '--model',
+  join(dataDir, 'stories260K-hf'),
+  '--out',
+  out,
+  '--calib',
+  join(dataDir, 'tinystories-valid.calib.txt'),
+  '--samples',
+  '2',
+  '--seq-len',
+  '16',
+  '--seed',
+  '3',
+  '--group-size',
+  '32',
+  '--act-order',
 ];
 
 let work: string;
@@ -61,7 +71,10 @@ function runCli(argv: string[], env: Record<string, string> = {}): Promise<Run> 
 
 async function hashes(dir: string): Promise<Record<string, string>> {
   const out: Record<string, string> = {};
-  for (const f of (await readdir(dir)).sort()) out[f] = createHash('sha256').update(await readFile(join(dir, f))).digest('hex');
+  for (const f of (await readdir(dir)).sort())
+    out[f] = createHash('sha256')
+      .update(await readFile(join(dir, f)))
+      .digest('hex');
   return out;
 }
 
@@ -86,16 +99,22 @@ describe.skipIf(!ready)('a quantization killed at any file-system step resumes t
     expect(ref.code, ref.stderr).toBe(0);
     const want = await hashes(join(refParent, 'out'));
     expect(await readdir(refParent)).toEqual(['out']);
-    const steps = (await readFile(trace, 'utf8')).trim().split('\n').map((line) => {
-      const [n, kind, path] = line.split(' ');
-      // the site: kind and file, with pids, random suffixes and block numbers taken out
-      const file = path!
-        .slice(refParent.length)
-        .replace(/\d+/g, '#')
-        .replace(/tmp-#-[a-z0-9#]+/g, 'tmp')
-        .replace(/(\.out\.tmp\/\.?)(config|quantize_config|tokenizer|tokenizer_config|generation_config)\.(json|model)/, '$1<small file>');
-      return { n: Number(n), kind: kind!, site: `${kind} ${file}` };
-    });
+    const steps = (await readFile(trace, 'utf8'))
+      .trim()
+      .split('\n')
+      .map((line) => {
+        const [n, kind, path] = line.split(' ');
+        // the site: kind and file, with pids, random suffixes and block numbers taken out
+        const file = path!
+          .slice(refParent.length)
+          .replace(/\d+/g, '#')
+          .replace(/tmp-#-[a-z0-9#]+/g, 'tmp')
+          .replace(
+            /(\.out\.tmp\/\.?)(config|quantize_config|tokenizer|tokenizer_config|generation_config)\.(json|model)/,
+            '$1<small file>',
+          );
+        return { n: Number(n), kind: kind!, site: `${kind} ${file}` };
+      });
     expect(steps.length).toBeGreaterThan(100);
 
     let points: number[];
@@ -103,11 +122,16 @@ describe.skipIf(!ready)('a quantization killed at any file-system step resumes t
     else {
       const chosen = new Set<number>();
       const seen = new Set<string>();
-      for (const s of steps) if (!seen.has(s.site)) (seen.add(s.site), chosen.add(s.n));
+      for (const s of steps) {
+        if (seen.has(s.site)) continue;
+        seen.add(s.site);
+        chosen.add(s.n);
+      }
       // every step after block 0's commit up to just after block 1's (the first commit with a state
       // before it), the last block's commit, and the last checkpoint data write
       const commits = steps.filter((s) => s.kind === 'rename' && s.site.endsWith('/state.json'));
-      for (let n = commits[0]!.n + 1; n <= commits[1]!.n + 1; n++) if (!steps[n - 1]!.site.includes('.model.safetensors.tmp')) chosen.add(n);
+      for (let n = commits[0]!.n + 1; n <= commits[1]!.n + 1; n++)
+        if (!steps[n - 1]!.site.includes('.model.safetensors.tmp')) chosen.add(n);
       const data = steps.filter((s) => s.site.includes('.model.safetensors.tmp'));
       chosen.add(commits[commits.length - 2]!.n).add(data[data.length - 1]!.n);
       points = [...chosen].sort((a, b) => a - b);
@@ -119,22 +143,30 @@ describe.skipIf(!ready)('a quantization killed at any file-system step resumes t
       await mkdir(parent);
       const out = join(parent, 'out');
       const killed = await runCli(args(out), { LOWBIT_FAULT_AT: String(n) });
-      if (killed.signal !== 'SIGKILL') return void failures.push(`step ${n}: the run was not killed (${killed.code} ${killed.stderr})`);
+      if (killed.signal !== 'SIGKILL')
+        return void failures.push(`step ${n}: the run was not killed (${killed.code} ${killed.stderr})`);
       const leftovers = (await readdir(parent)).filter((f) => f !== 'out');
       // Killed after its resume state was gone, the run had finished: the checkpoint is in place, and
       // a resume may only say there is nothing to resume (after cleaning up).
-      const complete = existsSync(out) && JSON.stringify(await hashes(out)) === JSON.stringify(want) && !leftovers.some((f) => f.endsWith('.lowbit-resume'));
+      const complete =
+        existsSync(out) &&
+        JSON.stringify(await hashes(out)) === JSON.stringify(want) &&
+        !leftovers.some((f) => f.endsWith('.lowbit-resume'));
       const resumed = await runCli([...args(out), '--resume']);
       if (resumed.code !== 0 && !(complete && /nothing to resume/.test(resumed.stderr))) {
-        return void failures.push(`step ${n} (${steps[n - 1]!.site}): resume exited ${resumed.code}: ${resumed.stderr}`);
+        return void failures.push(
+          `step ${n} (${steps[n - 1]!.site}): resume exited ${resumed.code}: ${resumed.stderr}`,
+        );
       }
       const got = existsSync(out) ? await hashes(out) : {};
-      if (JSON.stringify(got) !== JSON.stringify(want)) failures.push(`step ${n} (${steps[n - 1]!.site}): the resumed checkpoint differs`);
+      if (JSON.stringify(got) !== JSON.stringify(want))
+        failures.push(`step ${n} (${steps[n - 1]!.site}): the resumed checkpoint differs`);
       const after = await readdir(parent);
       if (after.length !== 1) failures.push(`step ${n} (${steps[n - 1]!.site}): left ${after.join(', ')}`);
       // Leftovers of the killed run other than a resumable state are cleaned up with a warning.
       const stale = leftovers.filter((f) => !f.endsWith('.lowbit-resume'));
-      if (stale.length > 0 && !/warning: (removed|took over)/.test(resumed.stderr)) failures.push(`step ${n}: removed ${stale.join(', ')} without saying so`);
+      if (stale.length > 0 && !/warning: (removed|took over)/.test(resumed.stderr))
+        failures.push(`step ${n}: removed ${stale.join(', ')} without saying so`);
       await rm(parent, { recursive: true, force: true });
     };
     const queue = [...points];

@@ -30,8 +30,25 @@ const CONFIGS: Record<string, Omit<QuantizeOptions, 'model' | 'out'>> = {
   'rtn-4bit-g32': { method: 'rtn', bits: 4, groupSize: 32 },
   'gptq-4bit-g32-actorder': { method: 'gptq', bits: 4, groupSize: 32, actOrder: true, calibration },
   'gptq-3bit-channel': { method: 'gptq', bits: 3, groupSize: -1, calibration },
-  'gptq-2bit-g64-sym-v2-static': { method: 'gptq', bits: 2, groupSize: 64, sym: true, actOrder: true, staticGroups: true, checkpointFormat: 'gptq_v2', calibration },
-  'gptq-8bit-g128-mse-nts': { method: 'gptq', bits: 8, groupSize: 128, mse: true, trueSequential: false, damp: 0.05, calibration },
+  'gptq-2bit-g64-sym-v2-static': {
+    method: 'gptq',
+    bits: 2,
+    groupSize: 64,
+    sym: true,
+    actOrder: true,
+    staticGroups: true,
+    checkpointFormat: 'gptq_v2',
+    calibration,
+  },
+  'gptq-8bit-g128-mse-nts': {
+    method: 'gptq',
+    bits: 8,
+    groupSize: 128,
+    mse: true,
+    trueSequential: false,
+    damp: 0.05,
+    calibration,
+  },
 };
 
 type Golden = Partial<Record<SimdLevel, Record<string, Record<string, string>>>>;
@@ -49,7 +66,10 @@ afterAll(async () => {
 
 async function hashes(dir: string): Promise<Record<string, string>> {
   const out: Record<string, string> = {};
-  for (const f of (await readdir(dir)).sort()) out[f] = createHash('sha256').update(await readFile(join(dir, f))).digest('hex');
+  for (const f of (await readdir(dir)).sort())
+    out[f] = createHash('sha256')
+      .update(await readFile(join(dir, f)))
+      .digest('hex');
   return out;
 }
 
@@ -60,16 +80,19 @@ describe.skipIf(!ready)('checkpoint bytes are unchanged (golden SHA-256, stories
 
   for (const level of levels) {
     const want = golden[level];
-    it.skipIf(!record && !want)(`${level}: every output file matches (skipped where this level was never recorded)`, async () => {
-      forceSimd(level);
-      for (const [name, config] of Object.entries(CONFIGS)) {
-        const out = join(work, `${level}-${name}`);
-        await quantize({ model: modelDir, out, ...config });
-        const got = await hashes(out);
-        if (record) ((recorded[level] ??= {})[name] = got);
-        else expect(got, `${name} at simd ${level}`).toEqual(want![name]);
-      }
-    });
+    it.skipIf(!record && !want)(
+      `${level}: every output file matches (skipped where this level was never recorded)`,
+      async () => {
+        forceSimd(level);
+        for (const [name, config] of Object.entries(CONFIGS)) {
+          const out = join(work, `${level}-${name}`);
+          await quantize({ model: modelDir, out, ...config });
+          const got = await hashes(out);
+          if (record) (recorded[level] ??= {})[name] = got;
+          else expect(got, `${name} at simd ${level}`).toEqual(want![name]);
+        }
+      },
+    );
   }
 
   it.runIf(record)('records golden.json', async () => {

@@ -15,7 +15,6 @@ import { dataDir, haveData } from '../helpers/data.js';
 const traceFile = join(tmpdir(), `lowbit-output-trace-${process.pid}.txt`);
 process.env.LOWBIT_FAULT_TRACE = traceFile;
 const { quantize } = await import('../../src/quantize/index.js');
-const { resumeDir } = await import('../../src/schedule/resume.js');
 const { lockPath } = await import('../../src/schedule/output.js');
 const { openModel } = await import('../../src/model/model.js');
 const { perplexity } = await import('../../src/model/perplexity.js');
@@ -35,7 +34,14 @@ afterAll(async () => {
   await rm(traceFile, { force: true });
 });
 
-const rtn = (out: string, extra: Partial<QuantizeOptions> = {}): QuantizeOptions => ({ model: modelDir, out, method: 'rtn', bits: 4, groupSize: 32, ...extra });
+const rtn = (out: string, extra: Partial<QuantizeOptions> = {}): QuantizeOptions => ({
+  model: modelDir,
+  out,
+  method: 'rtn',
+  bits: 4,
+  groupSize: 32,
+  ...extra,
+});
 const gptq = (out: string, extra: Partial<QuantizeOptions> = {}): QuantizeOptions => ({
   model: modelDir,
   out,
@@ -65,7 +71,10 @@ async function poisonedModel(name: string, value: number): Promise<string> {
   const file = join(dir, 'model.safetensors');
   const bytes = await readFile(file);
   const headerLen = Number(bytes.readBigUInt64LE(0));
-  const header = JSON.parse(bytes.subarray(8, 8 + headerLen).toString('utf8')) as Record<string, { data_offsets: [number, number] }>;
+  const header = JSON.parse(bytes.subarray(8, 8 + headerLen).toString('utf8')) as Record<
+    string,
+    { data_offsets: [number, number] }
+  >;
   bytes.writeFloatLE(value, 8 + headerLen + header['model.layers.2.mlp.up_proj.weight']!.data_offsets[0] + 4 * 10);
   await writeFile(file, bytes);
   return dir;
@@ -92,7 +101,10 @@ describe.skipIf(!ready)('the output directory', () => {
     const out = join(work, 'stale-lock');
     const host = (await import('node:os')).hostname();
     await writeFile(lockPath(out), JSON.stringify({ pid: process.ppid, host, token: 'x', started: 'then' }));
-    await expect(quantize(rtn(out))).rejects.toMatchObject({ code: 'E_LOCKED', message: expect.stringContaining(`pid ${process.ppid}`) });
+    await expect(quantize(rtn(out))).rejects.toMatchObject({
+      code: 'E_LOCKED',
+      message: expect.stringContaining(`pid ${process.ppid}`),
+    });
     const dead = deadPid();
     await writeFile(lockPath(out), JSON.stringify({ pid: dead, host, token: 'x', started: 'then' }));
     const { warnings } = await warningsOf(rtn(out));
@@ -123,31 +135,45 @@ describe.skipIf(!ready)('the output directory', () => {
     await mkdir(out);
     const job = quantize(gptq(out));
     job.once('progress', () => void writeFile(join(out, 'notes.txt'), 'mine'));
-    await expect(job).rejects.toMatchObject({ code: 'E_IO', message: expect.stringMatching(/appeared during the run and is not empty/) });
+    await expect(job).rejects.toMatchObject({
+      code: 'E_IO',
+      message: expect.stringMatching(/appeared during the run and is not empty/),
+    });
     expect(await readFile(join(out, 'notes.txt'), 'utf8')).toBe('mine');
     await rm(join(out, 'notes.txt'));
     const resumed = await quantize(gptq(out, { resume: true }));
     expect(resumed.resumedBlocks).toBe(5);
     const fresh = join(work, 'intruded-ref');
     await quantize(gptq(fresh));
-    for (const f of await readdir(fresh)) expect((await readFile(join(out, f))).equals(await readFile(join(fresh, f))), f).toBe(true);
+    for (const f of await readdir(fresh))
+      expect((await readFile(join(out, f))).equals(await readFile(join(fresh, f))), f).toBe(true);
   });
 
   it('fsyncs every file before its rename and every directory after a rename (resume state, configs, the output)', async () => {
     await writeFile(traceFile, '');
     await quantize(gptq(join(work, 'durable')));
-    const steps = (await readFile(traceFile, 'utf8')).trim().split('\n').map((l) => l.split(' ') as [string, string, string]);
+    const steps = (await readFile(traceFile, 'utf8'))
+      .trim()
+      .split('\n')
+      .map((l) => l.split(' ') as [string, string, string]);
     const renames = steps.map((s, i) => [s, i] as const).filter(([s]) => s[1] === 'rename');
     expect(renames.length).toBeGreaterThan(20);
     for (const [[, , to], i] of renames) {
-      expect(steps[i + 1], `rename ${to} is followed by a fsync of its directory`).toEqual([expect.any(String), 'fsync-dir', dirname(to)]);
+      expect(steps[i + 1], `rename ${to} is followed by a fsync of its directory`).toEqual([
+        expect.any(String),
+        'fsync-dir',
+        dirname(to),
+      ]);
     }
     // every created (temporary) file is fsynced before it is renamed
     const created = steps.filter((s) => s[1] === 'create' || s[1] === 'copy').map((s) => s[2]);
     const synced = new Set(steps.filter((s) => s[1] === 'fsync').map((s) => s[2]));
     for (const f of created) if (!f.includes('.lowbit-lock.tmp')) expect(synced.has(f), `${f} is fsynced`).toBe(true);
     for (const must of ['state.json', 'block-0.bin', 'config.json', 'quantize_config.json', 'model.safetensors']) {
-      expect(renames.some(([s]) => s[2].endsWith(`/${must}`)), must).toBe(true);
+      expect(
+        renames.some(([s]) => s[2].endsWith(`/${must}`)),
+        must,
+      ).toBe(true);
     }
   });
 
@@ -155,17 +181,44 @@ describe.skipIf(!ready)('the output directory', () => {
     const nan = await poisonedModel('nan-model', NaN);
     const inf = await poisonedModel('inf-model', -Infinity);
     const tensor = 'model.layers.2.mlp.up_proj.weight';
-    await expect(quantize(rtn(join(work, 'nan-rtn'), { model: nan }))).rejects.toMatchObject({ code: 'E_NAN', details: { tensor }, message: expect.stringContaining(tensor) });
-    await expect(quantize(rtn(join(work, 'inf-rtn'), { model: inf }))).rejects.toMatchObject({ code: 'E_NAN', details: { tensor } });
-    await expect(quantize(gptq(join(work, 'inf-gptq'), { model: inf }))).rejects.toMatchObject({ code: 'E_NAN', details: { tensor } });
+    await expect(quantize(rtn(join(work, 'nan-rtn'), { model: nan }))).rejects.toMatchObject({
+      code: 'E_NAN',
+      details: { tensor },
+      message: expect.stringContaining(tensor),
+    });
+    await expect(quantize(rtn(join(work, 'inf-rtn'), { model: inf }))).rejects.toMatchObject({
+      code: 'E_NAN',
+      details: { tensor },
+    });
+    await expect(quantize(gptq(join(work, 'inf-gptq'), { model: inf }))).rejects.toMatchObject({
+      code: 'E_NAN',
+      details: { tensor },
+    });
     // a perplexity that comes out NaN is an error, not "ppl": null
     const model = await openModel(nan);
     try {
-      await expect(perplexity(model, await readFile(join(dataDir, 'tinystories-valid.eval.txt'), 'utf8'), { seqLen: 64, maxWindows: 2 })).rejects.toMatchObject({ code: 'E_NAN' });
+      await expect(
+        perplexity(model, await readFile(join(dataDir, 'tinystories-valid.eval.txt'), 'utf8'), {
+          seqLen: 64,
+          maxWindows: 2,
+        }),
+      ).rejects.toMatchObject({ code: 'E_NAN' });
     } finally {
       await model.close();
     }
-    await expect(runPpl(['--model', nan, '--data', join(dataDir, 'tinystories-valid.eval.txt'), '--seq-len', '64', '--max-windows', '1', '--json'])).rejects.toMatchObject({ code: 'E_NAN' });
+    await expect(
+      runPpl([
+        '--model',
+        nan,
+        '--data',
+        join(dataDir, 'tinystories-valid.eval.txt'),
+        '--seq-len',
+        '64',
+        '--max-windows',
+        '1',
+        '--json',
+      ]),
+    ).rejects.toMatchObject({ code: 'E_NAN' });
   });
 
   it('turns file-system errors on --out into E_IO naming the path', async () => {
@@ -175,13 +228,22 @@ describe.skipIf(!ready)('the output directory', () => {
       () => undefined,
       (e: unknown) => e,
     );
-    expect(err).toMatchObject({ code: 'E_IO', message: expect.stringMatching(/is not a directory \((ENOTDIR|EEXIST)\)/) });
+    expect(err).toMatchObject({
+      code: 'E_IO',
+      message: expect.stringMatching(/is not a directory \((ENOTDIR|EEXIST)\)/),
+    });
     expect((err as Error).message).toContain(file);
-    await expect(quantize(rtn(file))).rejects.toMatchObject({ code: 'E_IO', message: expect.stringContaining(`${file} exists and is not an empty directory`) });
+    await expect(quantize(rtn(file))).rejects.toMatchObject({
+      code: 'E_IO',
+      message: expect.stringContaining(`${file} exists and is not an empty directory`),
+    });
     if (process.getuid?.() !== 0) {
       const locked = join(work, 'readonly');
       await mkdir(locked, { mode: 0o500 });
-      await expect(quantize(rtn(join(locked, 'out')))).rejects.toMatchObject({ code: 'E_IO', message: expect.stringMatching(/permission denied \((EACCES|EPERM)\)/) });
+      await expect(quantize(rtn(join(locked, 'out')))).rejects.toMatchObject({
+        code: 'E_IO',
+        message: expect.stringMatching(/permission denied \((EACCES|EPERM)\)/),
+      });
     }
   });
 });

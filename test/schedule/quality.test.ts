@@ -58,18 +58,40 @@ describe.skipIf(!ready)('quantized stories260K, read back and scored', () => {
     // Measured (this calibration, 12 windows of 256 tokens): fp32 5.497, RTN 5.960 (+8.4%), GPTQ 5.764
     // (+4.9%), GPTQ act-order 5.809 (+5.7%): GPTQ removes 33-42% of RTN's loss on this tiny model.
     // The bounds leave about 2 points of margin: a regression that costs a few percent fails.
-    for (const [name, ppl] of [['act-order', act], ['plain', plain]] as const) {
+    for (const [name, ppl] of [
+      ['act-order', act],
+      ['plain', plain],
+    ] as const) {
       expect(ppl / fp32, `GPTQ ${name} vs fp32: ${report}`).toBeLessThan(1.075);
-      expect(ppl / fp32, `GPTQ ${name} vs fp32 (better than fp32 is a broken evaluation): ${report}`).toBeGreaterThan(1.0);
-      expect((ppl - fp32) / (rtn - fp32), `GPTQ ${name} removes at least 20% of RTN's loss: ${report}`).toBeLessThan(0.8);
+      expect(ppl / fp32, `GPTQ ${name} vs fp32 (better than fp32 is a broken evaluation): ${report}`).toBeGreaterThan(
+        1.0,
+      );
+      expect((ppl - fp32) / (rtn - fp32), `GPTQ ${name} removes at least 20% of RTN's loss: ${report}`).toBeLessThan(
+        0.8,
+      );
     }
   });
 
   it('true-sequential: block 0 o_proj is quantized from the inputs produced by the quantized q/k/v', async () => {
     const samples = 4;
     const seqLen = 64; // 4 windows of 64 tokens: one forward call and one Hessian batch, as the scheduler does
-    const gptq = { bits: 4 as const, groupSize: 32, sym: false, actOrder: false, staticGroups: false, damp: 0.01, mse: false, checkpointFormat: 'gptq' as const };
-    const summary = await quantize({ model: modelDir, out: join(work, 'seq'), ...gptq, calibration: { files: [calib], samples, seqLen, seed: 9 }, keepPacked: true });
+    const gptq = {
+      bits: 4 as const,
+      groupSize: 32,
+      sym: false,
+      actOrder: false,
+      staticGroups: false,
+      damp: 0.01,
+      mse: false,
+      checkpointFormat: 'gptq' as const,
+    };
+    const summary = await quantize({
+      model: modelDir,
+      out: join(work, 'seq'),
+      ...gptq,
+      calibration: { files: [calib], samples, seqLen, seed: 9 },
+      keepPacked: true,
+    });
     const packed = summary.packed!;
 
     const reader = await openModelFiles(modelDir);
@@ -81,8 +103,15 @@ describe.skipIf(!ready)('quantized stories260K, read back and scored', () => {
       const prefix = (name: string) => reader.tensors.blocks[0]![name as 'q'].prefix;
       const oInputs = async (quantizedQkv: boolean) => {
         await model.setBlockWeights(0, weights);
-        if (quantizedQkv) for (const name of ['q', 'k', 'v'] as const) await model.setLinear(0, name, { packed: packed.get(prefix(name))!, bias: weights[name].bias });
-        const { inputs } = await model.runBlock(0, hidden, { batch: samples, seq: seqLen, capture: ['o'], stopAfter: 'o' });
+        if (quantizedQkv)
+          for (const name of ['q', 'k', 'v'] as const)
+            await model.setLinear(0, name, { packed: packed.get(prefix(name))!, bias: weights[name].bias });
+        const { inputs } = await model.runBlock(0, hidden, {
+          batch: samples,
+          seq: seqLen,
+          capture: ['o'],
+          stopAfter: 'o',
+        });
         return inputs.o!;
       };
       const quantizeO = async (x: Float32Array) => {
@@ -101,8 +130,13 @@ describe.skipIf(!ready)('quantized stories260K, read back and scored', () => {
       const fromDense = await quantizeO(await oInputs(false));
       const written = packed.get(prefix('o'))!.qweight;
       const same = (a: Int32Array, b: Int32Array) => a.length === b.length && a.every((v, i) => v === b[i]);
-      expect(same(fromQuantized, fromDense), 'the two inputs must give different o_proj codes, or this test proves nothing').toBe(false);
-      expect(same(written, fromQuantized), 'o_proj was not quantized from the outputs of the quantized q/k/v').toBe(true);
+      expect(
+        same(fromQuantized, fromDense),
+        'the two inputs must give different o_proj codes, or this test proves nothing',
+      ).toBe(false);
+      expect(same(written, fromQuantized), 'o_proj was not quantized from the outputs of the quantized q/k/v').toBe(
+        true,
+      );
     } finally {
       await model.close();
     }

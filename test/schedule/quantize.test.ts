@@ -84,7 +84,10 @@ describe('quantize (stories260K)', () => {
       if (p.done === 8) controller.abort();
     });
     await expect(job).rejects.toMatchObject({ code: 'E_ABORTED' });
-    await expect(quantize(base(out, { bits: 3, resume: true }))).rejects.toMatchObject({ code: 'E_ARGUMENT', message: expect.stringMatching(/different options/) });
+    await expect(quantize(base(out, { bits: 3, resume: true }))).rejects.toMatchObject({
+      code: 'E_ARGUMENT',
+      message: expect.stringMatching(/different options/),
+    });
     await rm(resumeDir(out), { recursive: true, force: true });
   });
 
@@ -104,23 +107,34 @@ describe('quantize (stories260K)', () => {
     const needed = err.details.needed as number;
     expect(needed).toBeGreaterThan(100e3);
     expect(err.message).toContain(`${needed} bytes`);
-    await expect(quantize(base(join(work, 'budget2'), { maxMemory: 'lots' }))).rejects.toMatchObject({ code: 'E_ARGUMENT', message: expect.stringMatching(/for maxMemory but received "lots"/) });
+    await expect(quantize(base(join(work, 'budget2'), { maxMemory: 'lots' }))).rejects.toMatchObject({
+      code: 'E_ARGUMENT',
+      message: expect.stringMatching(/for maxMemory but received "lots"/),
+    });
   });
 
   it('reports bad calibration input', async () => {
-    await expect(quantize(base(join(work, 'nocal'), { calibration: { files: [join(work, 'missing.txt')] } }))).rejects.toMatchObject({ code: 'E_CALIBRATION', message: expect.stringMatching(/missing\.txt/) });
+    await expect(
+      quantize(base(join(work, 'nocal'), { calibration: { files: [join(work, 'missing.txt')] } })),
+    ).rejects.toMatchObject({ code: 'E_CALIBRATION', message: expect.stringMatching(/missing\.txt/) });
     const small = join(work, 'small.txt');
     await writeFile(small, 'Once upon a time there was a tiny story.');
-    await expect(quantize(base(join(work, 'fewtok'), { calibration: { files: [small], samples: 4, seqLen: 64 } }))).rejects.toMatchObject({
+    await expect(
+      quantize(base(join(work, 'fewtok'), { calibration: { files: [small], samples: 4, seqLen: 64 } })),
+    ).rejects.toMatchObject({
       code: 'E_CALIBRATION',
       message: expect.stringMatching(/4 samples of 64 tokens need 256/),
     });
-    await expect(quantize({ model: modelDir, out: join(work, 'nocalib'), bits: 4 })).rejects.toMatchObject({ code: 'E_CALIBRATION' });
+    await expect(quantize({ model: modelDir, out: join(work, 'nocalib'), bits: 4 })).rejects.toMatchObject({
+      code: 'E_CALIBRATION',
+    });
     await expect(quantize(base(join(work, 'badbits'), { bits: 5 as 4 }))).rejects.toMatchObject({ code: 'E_BITS' });
   });
 
   it('dampens singular Hessians (damp 0, 8 calibration tokens for 64+ inputs) and reports it per layer', async () => {
-    const summary = await quantize(base(join(work, 'singular'), { damp: 0, calibration: { files: [calib], samples: 1, seqLen: 8, seed: 3 } }));
+    const summary = await quantize(
+      base(join(work, 'singular'), { damp: 0, calibration: { files: [calib], samples: 1, seqLen: 8, seed: 3 } }),
+    );
     expect(summary.layers).toHaveLength(35);
     for (const l of summary.layers) {
       expect(l.dampRaises, l.prefix).toBeGreaterThanOrEqual(1);
@@ -137,7 +151,10 @@ describe('quantize (stories260K)', () => {
     const file = join(nanModel, 'model.safetensors');
     const bytes = await readFile(file);
     const headerLen = Number(bytes.readBigUInt64LE(0));
-    const header = JSON.parse(bytes.subarray(8, 8 + headerLen).toString('utf8')) as Record<string, { data_offsets: [number, number] }>;
+    const header = JSON.parse(bytes.subarray(8, 8 + headerLen).toString('utf8')) as Record<
+      string,
+      { data_offsets: [number, number] }
+    >;
     const at = 8 + headerLen + header['model.layers.2.mlp.up_proj.weight']!.data_offsets[0] + 4 * 10;
     bytes.writeFloatLE(NaN, at);
     await writeFile(file, bytes);
@@ -149,7 +166,8 @@ describe('quantize (stories260K)', () => {
   });
 
   it('calibrates on text sampled from the model itself (calib self), deterministically', async () => {
-    const opts = (out: string) => base(out, { calibration: { files: 'self', samples: 3, seqLen: 48, seed: 11 }, actOrder: false });
+    const opts = (out: string) =>
+      base(out, { calibration: { files: 'self', samples: 3, seqLen: 48, seed: 11 }, actOrder: false });
     const a = await quantize(opts(join(work, 'self-a')));
     const b = await quantize(opts(join(work, 'self-b')));
     expect(a.layers).toHaveLength(35);
@@ -166,13 +184,21 @@ describe('quantize (stories260K)', () => {
     const lines: string[] = [];
     console.log = (s: string) => lines.push(s);
     try {
-      expect(await runCli(['--model', modelDir, '--out', out, '--method', 'rtn', '--bits', '3', '--group-size', 'channel'])).toBe(0);
+      expect(
+        await runCli(['--model', modelDir, '--out', out, '--method', 'rtn', '--bits', '3', '--group-size', 'channel']),
+      ).toBe(0);
     } finally {
       console.log = log;
     }
     expect(lines.join('\n')).toMatch(/RTN 3-bit, group size -1: 35 linears/);
-    const config = JSON.parse(await readFile(join(out, 'quantize_config.json'), 'utf8')) as { bits: number; group_size: number };
+    const config = JSON.parse(await readFile(join(out, 'quantize_config.json'), 'utf8')) as {
+      bits: number;
+      group_size: number;
+    };
     expect(config).toMatchObject({ bits: 3, group_size: -1 });
-    await expect(runCli(['--model', modelDir])).rejects.toMatchObject({ code: 'E_ARGUMENT', message: expect.stringMatching(/--out is required/) });
+    await expect(runCli(['--model', modelDir])).rejects.toMatchObject({
+      code: 'E_ARGUMENT',
+      message: expect.stringMatching(/--out is required/),
+    });
   });
 });

@@ -23,7 +23,16 @@ import { dataDir } from '../helpers/data.js';
 import { Rng } from '../helpers/random.js';
 
 const modelDir = join(dataDir, 'stories260K-hf');
-const Q: SpqrQuantizationConfig = { bits: 3, beta1: 16, beta2: 16, statBits: 3, outlierThreshold: 0.2, outlierBudget: 0.01, damp: 1, actOrder: true };
+const Q: SpqrQuantizationConfig = {
+  bits: 3,
+  beta1: 16,
+  beta2: 16,
+  statBits: 3,
+  outlierThreshold: 0.2,
+  outlierBudget: 0.01,
+  damp: 1,
+  actOrder: true,
+};
 
 describe('SpQR checkpoints', () => {
   let work: string;
@@ -35,7 +44,12 @@ describe('SpQR checkpoints', () => {
     work = await mkdtemp(join(tmpdir(), 'lowbit-spqr-format-'));
     evalText = (await readFile(join(dataDir, 'tinystories-valid.eval.txt'), 'utf8')).slice(0, 20_000);
     const model = await openModel(modelDir, { device: 'cpu' });
-    const ids = await calibrationWindows(model, { source: [join(dataDir, 'tinystories-valid.calib.txt')], samples: 8, seqLen: 128, seed: 1 });
+    const ids = await calibrationWindows(model, {
+      source: [join(dataDir, 'tinystories-valid.calib.txt')],
+      samples: 8,
+      seqLen: 128,
+      seed: 1,
+    });
     const layers = await spqrQuantizeModel(model, ids, 128, Q);
     inMemoryPpl = (await perplexity(model, evalText, { seqLen: 256 })).ppl;
     await model.close();
@@ -52,7 +66,17 @@ describe('SpQR checkpoints', () => {
   it('reads back every array bit for bit, and the same perplexity', async () => {
     const ck = await openSpqrCheckpoint(out);
     const config = JSON.parse(await readFile(join(out, 'config.json'), 'utf8'));
-    expect(config.quantization_config).toMatchObject({ quant_method: 'spqr', bits: 3, beta1: 16, beta2: 16, stat_bits: 3, outlier_threshold: 0.2, outlier_budget: 0.01, damp_percent: 1, act_order: true });
+    expect(config.quantization_config).toMatchObject({
+      quant_method: 'spqr',
+      bits: 3,
+      beta1: 16,
+      beta2: 16,
+      stat_bits: 3,
+      outlier_threshold: 0.2,
+      outlier_budget: 0.01,
+      damp_percent: 1,
+      act_order: true,
+    });
     const source = await HfModel.open(modelDir);
     const fp = await openModel(modelDir, { device: 'cpu' });
     let storedBits = 0;
@@ -63,8 +87,20 @@ describe('SpQR checkpoints', () => {
         const { N, K } = linearDims(source.config, name);
         const w = await ck.readLinear(prefix, N, K);
         const want = linears.get(prefix)!;
-        for (const key of ['qweight', 'scaleCodes', 'zeroCodes', 'scaleStats', 'zeroStats', 'perm', 'outlierRowptr', 'outlierCols', 'outlierValues'] as const) {
-          expect(Array.from(w[key] as ArrayLike<number>), `${prefix} ${key}`).toEqual(Array.from(want[key] as ArrayLike<number>));
+        for (const key of [
+          'qweight',
+          'scaleCodes',
+          'zeroCodes',
+          'scaleStats',
+          'zeroStats',
+          'perm',
+          'outlierRowptr',
+          'outlierCols',
+          'outlierValues',
+        ] as const) {
+          expect(Array.from(w[key] as ArrayLike<number>), `${prefix} ${key}`).toEqual(
+            Array.from(want[key] as ArrayLike<number>),
+          );
         }
         const facts = ck.quantization.layers[prefix]!;
         expect(facts.outlierRate).toBe(w.outlierCols.length / (N * K));
@@ -86,12 +122,22 @@ describe('SpQR checkpoints', () => {
     const [prefix, w] = [...linears][0]!;
     const target = join(work, 'bad');
     const badPerm = { ...w, perm: w.perm!.map((v, i) => (i === 3 ? w.perm![4]! : v)) };
-    await expect(writeSpqrCheckpoint(target, source, Q, new Map([...linears, [prefix, badPerm]]))).rejects.toMatchObject({ code: 'E_SPQR_FORMAT', message: expect.stringMatching(/not a permutation/) });
+    await expect(
+      writeSpqrCheckpoint(target, source, Q, new Map([...linears, [prefix, badPerm]])),
+    ).rejects.toMatchObject({ code: 'E_SPQR_FORMAT', message: expect.stringMatching(/not a permutation/) });
     await expect(readFile(join(target, 'config.json'))).rejects.toThrow(); // nothing left behind
     const badRows = { ...w, outlierRowptr: w.outlierRowptr.map((v, i) => (i === 1 ? v + 1 : v)) };
-    await expect(writeSpqrCheckpoint(target, source, Q, new Map([...linears, [prefix, badRows]]))).rejects.toMatchObject({ code: 'E_SPQR_FORMAT' });
-    await expect(writeSpqrCheckpoint(target, source, { ...Q, bits: 4 }, linears)).rejects.toMatchObject({ code: 'E_SPQR_FORMAT', message: expect.stringMatching(/3 bits/) });
-    await expect(writeSpqrCheckpoint(target, source, { ...Q, outlierBudget: 1 }, linears)).rejects.toMatchObject({ code: 'E_SPQR_FORMAT', message: expect.stringMatching(/outlier_budget/) });
+    await expect(
+      writeSpqrCheckpoint(target, source, Q, new Map([...linears, [prefix, badRows]])),
+    ).rejects.toMatchObject({ code: 'E_SPQR_FORMAT' });
+    await expect(writeSpqrCheckpoint(target, source, { ...Q, bits: 4 }, linears)).rejects.toMatchObject({
+      code: 'E_SPQR_FORMAT',
+      message: expect.stringMatching(/3 bits/),
+    });
+    await expect(writeSpqrCheckpoint(target, source, { ...Q, outlierBudget: 1 }, linears)).rejects.toMatchObject({
+      code: 'E_SPQR_FORMAT',
+      message: expect.stringMatching(/outlier_budget/),
+    });
     await source.close();
   });
 
@@ -117,11 +163,24 @@ describe('SpQR checkpoints', () => {
         const t = mutated.get(name)!;
         const data = t.data.slice() as typeof t.data;
         for (let k = 0; k < 3; k++) if (data.length) data[rng.int(data.length)] = rng.int(70000) - 2;
-        mutated.set(name, new (t.constructor as typeof import('../../src/tensor.js').Tensor)(t.dtype, t.shape, data as never));
+        mutated.set(
+          name,
+          new (t.constructor as typeof import('../../src/tensor.js').Tensor)(t.dtype, t.shape, data as never),
+        );
       } else if (what === 1) {
         mutated.delete(spqrNames[rng.int(spqrNames.length)]!);
       } else {
-        const field = ['bits', 'beta1', 'beta2', 'stat_bits', 'outlier_threshold', 'outlier_budget', 'act_order', 'format_version', 'quant_method'][rng.int(9)]!;
+        const field = [
+          'bits',
+          'beta1',
+          'beta2',
+          'stat_bits',
+          'outlier_threshold',
+          'outlier_budget',
+          'act_order',
+          'format_version',
+          'quant_method',
+        ][rng.int(9)]!;
         cfg.quantization_config[field] = [-1, 0, 1, 5, 0.5, 'x', null, true, 1e9][rng.int(9)];
       }
       await writeSafetensors(join(dir, 'model.safetensors'), mutated);

@@ -27,7 +27,10 @@ describe('SpQR CPU product', () => {
         const W = randomSpqrLayout(rng, { N, K, bits, beta1, beta2, perm, outlierRate: 0.01 });
         const dense = decodeSpqrRef(W);
         const deq = spqrDequantize(W);
-        for (let i = 0; i < N * K; i++) expect(Math.abs(deq[i]! - dense[i]!), `seed ${rng.seed}, ${N}x${K} at ${i}`).toBeLessThan(1e-5 * (Math.abs(dense[i]!) + 1e-3));
+        for (let i = 0; i < N * K; i++)
+          expect(Math.abs(deq[i]! - dense[i]!), `seed ${rng.seed}, ${N}x${K} at ${i}`).toBeLessThan(
+            1e-5 * (Math.abs(dense[i]!) + 1e-3),
+          );
         for (const M of [1, 3, 16]) {
           const X = Float32Array.from({ length: M * K }, () => rng.normal());
           const Y = spqrMatmul(X, M, W);
@@ -43,21 +46,43 @@ describe('SpQR CPU product', () => {
     const good = randomSpqrLayout(rng, { N: 20, K: 40, bits: 3 });
     const X = new Float32Array(40);
     const bad = (patch: object) => () => spqrMatmul(X, 1, { ...good, ...patch });
-    expect(bad({ qweight: good.qweight.subarray(1) })).toThrow(expect.objectContaining({ code: 'E_BUFFER', message: expect.stringMatching(/qweight holds/) }));
+    expect(bad({ qweight: good.qweight.subarray(1) })).toThrow(
+      expect.objectContaining({ code: 'E_BUFFER', message: expect.stringMatching(/qweight holds/) }),
+    );
     expect(bad({ scaleStats: good.scaleStats.subarray(2) })).toThrow(expect.objectContaining({ code: 'E_BUFFER' }));
-    expect(bad({ perm: Int32Array.from({ length: 40 }, () => 0) })).toThrow(expect.objectContaining({ code: 'E_SPQR_FORMAT', message: expect.stringMatching(/not a permutation/) }));
-    expect(bad({ perm: Int32Array.from({ length: 40 }, (_, i) => (i === 5 ? 40 : i)) })).toThrow(expect.objectContaining({ code: 'E_SPQR_FORMAT' }));
+    expect(bad({ perm: Int32Array.from({ length: 40 }, () => 0) })).toThrow(
+      expect.objectContaining({ code: 'E_SPQR_FORMAT', message: expect.stringMatching(/not a permutation/) }),
+    );
+    expect(bad({ perm: Int32Array.from({ length: 40 }, (_, i) => (i === 5 ? 40 : i)) })).toThrow(
+      expect.objectContaining({ code: 'E_SPQR_FORMAT' }),
+    );
     const rowptr = good.outlierRowptr.slice();
     rowptr[3] = rowptr[4]! + 1;
     expect(bad({ outlierRowptr: rowptr })).toThrow(expect.objectContaining({ code: 'E_SPQR_FORMAT' }));
     const nnz = good.outlierCols.length;
-    expect(bad({ outlierRowptr: Int32Array.from({ length: 21 }, (_, i) => (i === 20 ? nnz + 1 : Math.min(i, nnz))) })).toThrow(expect.objectContaining({ code: 'E_BUFFER' }));
+    expect(
+      bad({ outlierRowptr: Int32Array.from({ length: 21 }, (_, i) => (i === 20 ? nnz + 1 : Math.min(i, nnz))) }),
+    ).toThrow(expect.objectContaining({ code: 'E_BUFFER' }));
     const cols = Int32Array.from({ length: 2 }, () => 7);
-    expect(bad({ outlierRowptr: Int32Array.from({ length: 21 }, (_, i) => (i === 0 ? 0 : 2)), outlierCols: cols, outlierValues: new Uint16Array(2) })).toThrow(expect.objectContaining({ code: 'E_SPQR_FORMAT', message: expect.stringMatching(/ascending/) }));
-    expect(bad({ outlierRowptr: Int32Array.from({ length: 21 }, (_, i) => (i === 0 ? 0 : 1)), outlierCols: Int32Array.of(40), outlierValues: new Uint16Array(1) })).toThrow(expect.objectContaining({ code: 'E_SPQR_FORMAT' }));
+    expect(
+      bad({
+        outlierRowptr: Int32Array.from({ length: 21 }, (_, i) => (i === 0 ? 0 : 2)),
+        outlierCols: cols,
+        outlierValues: new Uint16Array(2),
+      }),
+    ).toThrow(expect.objectContaining({ code: 'E_SPQR_FORMAT', message: expect.stringMatching(/ascending/) }));
+    expect(
+      bad({
+        outlierRowptr: Int32Array.from({ length: 21 }, (_, i) => (i === 0 ? 0 : 1)),
+        outlierCols: Int32Array.of(40),
+        outlierValues: new Uint16Array(1),
+      }),
+    ).toThrow(expect.objectContaining({ code: 'E_SPQR_FORMAT' }));
     expect(bad({ bits: 5 })).toThrow(expect.objectContaining({ code: 'E_BITS' }));
     expect(bad({ beta1: 1 })).toThrow(expect.objectContaining({ code: 'E_GROUP_SIZE' }));
     expect(() => spqrMatmul(new Float32Array(39), 1, good)).toThrow(expect.objectContaining({ code: 'E_BUFFER' }));
-    expect(bad({ qweight: new Float32Array(good.qweight.length) })).toThrow(expect.objectContaining({ code: 'E_DTYPE' }));
+    expect(bad({ qweight: new Float32Array(good.qweight.length) })).toThrow(
+      expect.objectContaining({ code: 'E_DTYPE' }),
+    );
   });
 });

@@ -36,7 +36,12 @@ describe.skipIf(!ready)('SpQR on stories260K, scored', () => {
     const calibration = { files: [calib], samples: 32, seqLen: 256, seed: 3 };
     const model = await openModel(modelDir, { device: 'cpu' });
     const fp32 = (await perplexity(model, text, SCORE)).ppl;
-    const ids = await calibrationWindows(model, { source: calibration.files, samples: calibration.samples, seqLen: calibration.seqLen, seed: calibration.seed });
+    const ids = await calibrationWindows(model, {
+      source: calibration.files,
+      samples: calibration.samples,
+      seqLen: calibration.seqLen,
+      seed: calibration.seed,
+    });
     await spqrQuantizeModel(model, ids, calibration.seqLen, { bits: 3 });
     const spqr = (await perplexity(model, text, SCORE)).ppl;
     await model.close();

@@ -22,7 +22,15 @@ const ready = haveData('stories260K-hf/model.safetensors', 'tinystories-valid.ca
 
 const SEQ = 128;
 const WINDOWS = 6;
-const POINT_OF: Record<NativeLinearName, CapturePointName> = { q: 'qkv', k: 'qkv', v: 'qkv', o: 'o', gate: 'gateUp', up: 'gateUp', down: 'down' };
+const POINT_OF: Record<NativeLinearName, CapturePointName> = {
+  q: 'qkv',
+  k: 'qkv',
+  v: 'qkv',
+  o: 'o',
+  gate: 'gateUp',
+  up: 'gateUp',
+  down: 'down',
+};
 
 describe.skipIf(!ready)('SpQR on stories260K block 1 with captured inputs', () => {
   let model: Model;
@@ -35,7 +43,8 @@ describe.skipIf(!ready)('SpQR on stories260K block 1 with captured inputs', () =
     const window = ids.slice(offset, offset + WINDOWS * SEQ);
     const h0 = await model.embed(window);
     const { hidden } = await model.runBlock(0, h0, { batch: WINDOWS, seq: SEQ });
-    inputs = (await model.runBlock(1, hidden, { batch: WINDOWS, seq: SEQ, capture: ['qkv', 'o', 'gateUp', 'down'] })).inputs;
+    inputs = (await model.runBlock(1, hidden, { batch: WINDOWS, seq: SEQ, capture: ['qkv', 'o', 'gateUp', 'down'] }))
+      .inputs;
   });
   afterAll(async () => {
     await model?.close();
@@ -51,11 +60,21 @@ describe.skipIf(!ready)('SpQR on stories260K block 1 with captured inputs', () =
       await h.addBatch(X, T);
       const H = h.read().data as Float32Array;
       const { weights, report } = await spqrQuantize(W, [N, K], H, { bits: 3 });
-      const ref = spqrReference(W, H, N, K, { bits: 3, beta1: 16, beta2: 16, statBits: 3, tau: 0.2, budget: 0.01, damp: 0.01, actOrder: true });
+      const ref = spqrReference(W, H, N, K, {
+        bits: 3,
+        beta1: 16,
+        beta2: 16,
+        statBits: 3,
+        tau: 0.2,
+        budget: 0.01,
+        damp: 0.01,
+        actOrder: true,
+      });
       const msg = `text offset ${offset}, ${name}`;
       const What = spqrDequantize(weights);
       let differ = 0;
-      for (let i = 0; i < N * K; i++) if (Math.abs(What[i]! - ref.What[i]!) > 1e-3 * (Math.abs(ref.What[i]!) + 0.01)) differ++;
+      for (let i = 0; i < N * K; i++)
+        if (Math.abs(What[i]! - ref.What[i]!) > 1e-3 * (Math.abs(ref.What[i]!) + 0.01)) differ++;
       expect(differ / (N * K), `${msg}: ${differ} weights differ from the reference`).toBeLessThan(0.02);
       expect(Math.abs(report.loss - ref.loss) / ref.loss, msg).toBeLessThan(0.03);
       expect(weights.outlierCols.length / (N * K), `${msg}: outlier rate`).toBeLessThanOrEqual(0.01);
@@ -67,7 +86,10 @@ describe.skipIf(!ready)('SpQR on stories260K block 1 with captured inputs', () =
       expect(errSpqr, `${msg}: SpQR ${errSpqr} vs GPTQ 3-bit g32 ${errGptq}`).toBeLessThan(errGptq);
 
       const Xs = X.subarray(0, 5 * K);
-      expect(relativeError(spqrMatmul(Xs, 5, weights), matmulRef(Xs, 5, decodeSpqrRef(weights), N, K)), msg).toBeLessThan(1e-5);
+      expect(
+        relativeError(spqrMatmul(Xs, 5, weights), matmulRef(Xs, 5, decodeSpqrRef(weights), N, K)),
+        msg,
+      ).toBeLessThan(1e-5);
     });
   }
 });

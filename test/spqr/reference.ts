@@ -86,7 +86,13 @@ function quantizeStats(v: number[], statBits: number): { codes: number[]; off: n
   return { codes, off, step };
 }
 
-export function spqrReference(W0: ArrayLike<number>, H0: ArrayLike<number>, N: number, K: number, o: SpqrRefOptions): SpqrRefResult {
+export function spqrReference(
+  W0: ArrayLike<number>,
+  H0: ArrayLike<number>,
+  N: number,
+  K: number,
+  o: SpqrRefOptions,
+): SpqrRefResult {
   const maxq = 2 ** o.bits - 1;
   const G = Math.ceil(K / o.beta1);
   const NB = Math.ceil(N / o.beta2);
@@ -157,14 +163,23 @@ export function spqrReference(W0: ArrayLike<number>, H0: ArrayLike<number>, N: n
         rows.forEach((w, n) => {
           const err = (grid: { scale: number; zero: number }, skip: number) => {
             let e = 0;
-            for (let j = 0; j < len; j++) if (j !== skip) e += (w[j]! - quantize(w[j]!, grid.scale, grid.zero, maxq).w) ** 2 / d(p + j) ** 2;
+            for (let j = 0; j < len; j++)
+              if (j !== skip) e += (w[j]! - quantize(w[j]!, grid.scale, grid.zero, maxq).w) ** 2 / d(p + j) ** 2;
             return e;
           };
           const base = err(realGrid(w, maxq), -1);
           let best = -1;
           let bestDrop = T;
           for (let i = 0; i < len; i++) {
-            const drop = base - err(realGrid(w.filter((_, j) => j !== i), maxq), i);
+            const drop =
+              base -
+              err(
+                realGrid(
+                  w.filter((_, j) => j !== i),
+                  maxq,
+                ),
+                i,
+              );
             if (drop > bestDrop) [best, bestDrop] = [i, drop];
           }
           if (best >= 0) cands.push({ n, i: best, drop: bestDrop });
@@ -174,13 +189,24 @@ export function spqrReference(W0: ArrayLike<number>, H0: ArrayLike<number>, N: n
         for (const c of kept) reserved[c.n] = p + c.i;
         pending = kept.length;
       }
-      const fitS = rows.map((w, n) => realGrid(w.filter((_, i) => p + i !== reserved[n]), maxq));
+      const fitS = rows.map((w, n) =>
+        realGrid(
+          w.filter((_, i) => p + i !== reserved[n]),
+          maxq,
+        ),
+      );
       const NBg = NB;
       for (let b = 0; b < NBg; b++) {
         const n0 = b * o.beta2;
         const n1 = Math.min(N, n0 + o.beta2);
-        const s = quantizeStats(fitS.slice(n0, n1).map((x) => x.scale), o.statBits);
-        const z = quantizeStats(fitS.slice(n0, n1).map((x) => x.zero), o.statBits);
+        const s = quantizeStats(
+          fitS.slice(n0, n1).map((x) => x.scale),
+          o.statBits,
+        );
+        const z = quantizeStats(
+          fitS.slice(n0, n1).map((x) => x.zero),
+          o.statBits,
+        );
         scaleStats.set([s.off, s.step], (g * NB + b) * 2);
         zeroStats.set([z.off, z.step], (g * NB + b) * 2);
         for (let n = n0; n < n1; n++) {
@@ -222,7 +248,19 @@ export function spqrReference(W0: ArrayLike<number>, H0: ArrayLike<number>, N: n
   }
   const What = new Float64Array(N * K);
   for (let n = 0; n < N; n++) for (let p = 0; p < K; p++) What[n * K + perm[p]!] = WhatP[n * K + p]!;
-  return { codes, scaleCodes, zeroCodes, scaleStats, zeroStats, perm, outliers, loss, typical, dampPercent: percent, What };
+  return {
+    codes,
+    scaleCodes,
+    zeroCodes,
+    scaleStats,
+    zeroStats,
+    perm,
+    outliers,
+    loss,
+    typical,
+    dampPercent: percent,
+    What,
+  };
 }
 
 // ------------------------------------------------------------------------- the stored layout
@@ -278,8 +316,14 @@ export function decodeSpqrRef(W: SpqrLayout): Float64Array {
     for (let p = 0; p < K; p++) {
       const g = Math.floor(p / W.beta1);
       const at = (g * NB + b) * 2;
-      const s = f32(f16Value(W.scaleStats[at]!) + f32(f16Value(W.scaleStats[at + 1]!) * bitstreamGet(W.scaleCodes, n * G + g, W.statBits)));
-      const z = f32(f16Value(W.zeroStats[at]!) + f32(f16Value(W.zeroStats[at + 1]!) * bitstreamGet(W.zeroCodes, n * G + g, W.statBits)));
+      const s = f32(
+        f16Value(W.scaleStats[at]!) +
+          f32(f16Value(W.scaleStats[at + 1]!) * bitstreamGet(W.scaleCodes, n * G + g, W.statBits)),
+      );
+      const z = f32(
+        f16Value(W.zeroStats[at]!) +
+          f32(f16Value(W.zeroStats[at + 1]!) * bitstreamGet(W.zeroCodes, n * G + g, W.statBits)),
+      );
       out[n * K + (W.perm ? W.perm[p]! : p)] = s * (bitstreamGet(W.qweight, n * K + p, W.bits) - z);
     }
     for (let i = W.outlierRowptr[n]!; i < W.outlierRowptr[n + 1]!; i++) {
@@ -293,7 +337,16 @@ export function decodeSpqrRef(W: SpqrLayout): Float64Array {
 /** Random SpQR weights with planted outliers, built directly in the layout (for kernel and format tests). */
 export function randomSpqrLayout(
   rng: { next(): number; normal(): number; int(n: number): number },
-  o: { N: number; K: number; bits: number; statBits?: number; beta1?: number; beta2?: number; outlierRate?: number; perm?: boolean },
+  o: {
+    N: number;
+    K: number;
+    bits: number;
+    statBits?: number;
+    beta1?: number;
+    beta2?: number;
+    outlierRate?: number;
+    perm?: boolean;
+  },
 ): SpqrLayout {
   const { N, K, bits } = o;
   const statBits = o.statBits ?? 3;

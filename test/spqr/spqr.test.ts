@@ -52,9 +52,27 @@ describe('SpQR sweep against the float64 reference', () => {
     it(`N ${N}, K ${K}, ${bits} bits, beta ${beta1}x${beta2}`, async () => {
       const seed = new Rng().seed;
       const { W, H, X, T, at } = problem(seed, N, K, Math.round(N * K * 0.003) + 1);
-      const opts: SpqrOptions = { bits, beta1, beta2, statBits: 3, outlierThreshold: 0.2, outlierBudget: 0.02, damp: 0.1, actOrder: true };
+      const opts: SpqrOptions = {
+        bits,
+        beta1,
+        beta2,
+        statBits: 3,
+        outlierThreshold: 0.2,
+        outlierBudget: 0.02,
+        damp: 0.1,
+        actOrder: true,
+      };
       const { weights, report } = await spqrQuantize(W, [N, K], H, opts);
-      const ref = spqrReference(W, H, N, K, { bits, beta1, beta2, statBits: 3, tau: 0.2, budget: 0.02, damp: 0.1, actOrder: true });
+      const ref = spqrReference(W, H, N, K, {
+        bits,
+        beta1,
+        beta2,
+        statBits: 3,
+        tau: 0.2,
+        budget: 0.02,
+        damp: 0.1,
+        actOrder: true,
+      });
       const msg = `seed ${seed}`;
       expect(Array.from(weights.perm!), msg).toEqual(Array.from(ref.perm));
       expect(Math.abs(report.typicalError - ref.typical) / ref.typical, msg).toBeLessThan(1e-4);
@@ -63,21 +81,34 @@ describe('SpQR sweep against the float64 reference', () => {
       const decoded = decodeSpqrRef(weights);
       let differ = 0;
       const nativeCodes = spqrDequantize(weights);
-      for (let i = 0; i < N * K; i++) if (Math.abs(decoded[i]! - ref.What[i]!) > 1e-3 * (Math.abs(ref.What[i]!) + 0.01)) differ++;
+      for (let i = 0; i < N * K; i++)
+        if (Math.abs(decoded[i]! - ref.What[i]!) > 1e-3 * (Math.abs(ref.What[i]!) + 0.01)) differ++;
       expect(differ / (N * K), `${msg}: ${differ} of ${N * K} weights differ from the reference`).toBeLessThan(0.05);
-      expect(Math.abs(report.loss - ref.loss) / ref.loss, `${msg}: loss ${report.loss} vs ${ref.loss}`).toBeLessThan(0.03);
+      expect(Math.abs(report.loss - ref.loss) / ref.loss, `${msg}: loss ${report.loss} vs ${ref.loss}`).toBeLessThan(
+        0.03,
+      );
       // Outliers: the same set (up to a few borderline ones), and the planted ones among them.
       const mine = new Set<number>();
-      for (let n = 0; n < N; n++) for (let i = weights.outlierRowptr[n]!; i < weights.outlierRowptr[n + 1]!; i++) mine.add(n * K + weights.outlierCols[i]!);
+      for (let n = 0; n < N; n++)
+        for (let i = weights.outlierRowptr[n]!; i < weights.outlierRowptr[n + 1]!; i++)
+          mine.add(n * K + weights.outlierCols[i]!);
       const common = [...mine].filter((x) => ref.outliers.has(x)).length;
-      expect(common / Math.max(1, Math.max(mine.size, ref.outliers.size)), `${msg}: outliers ${mine.size} vs ${ref.outliers.size}`).toBeGreaterThan(0.9);
+      expect(
+        common / Math.max(1, Math.max(mine.size, ref.outliers.size)),
+        `${msg}: outliers ${mine.size} vs ${ref.outliers.size}`,
+      ).toBeGreaterThan(0.9);
       const perm = weights.perm!;
       const inv = new Int32Array(K);
       for (let p = 0; p < K; p++) inv[perm[p]!] = p;
       const found = at.filter((i) => mine.has(Math.floor(i / K) * K + inv[i % K]!)).length;
-      expect(found, `${msg}: planted outliers kept in fp16 (${found} of ${at.length})`).toBeGreaterThanOrEqual(Math.floor(0.6 * at.length));
+      expect(found, `${msg}: planted outliers kept in fp16 (${found} of ${at.length})`).toBeGreaterThanOrEqual(
+        Math.floor(0.6 * at.length),
+      );
       // The native decoder equals the layout's definition.
-      for (let i = 0; i < N * K; i++) expect(Math.abs(nativeCodes[i]! - decoded[i]!), `${msg} at ${i}`).toBeLessThan(1e-6 * (Math.abs(decoded[i]!) + 1e-3));
+      for (let i = 0; i < N * K; i++)
+        expect(Math.abs(nativeCodes[i]! - decoded[i]!), `${msg} at ${i}`).toBeLessThan(
+          1e-6 * (Math.abs(decoded[i]!) + 1e-3),
+        );
       // SpQR beats no outliers on the layer's output error.
       const plain = await spqrQuantize(W, [N, K], H, { ...opts, outlierThreshold: Infinity });
       expect(plain.weights.outlierCols.length).toBe(0);
@@ -93,7 +124,11 @@ describe('SpQR sweep against the float64 reference', () => {
     const K = 64;
     const { W, H } = problem(seed, N, K, 20);
     const budget = 0.01;
-    const { weights, report } = await spqrQuantize(W, [N, K], H, { bits: 2, outlierThreshold: 1e-6, outlierBudget: budget });
+    const { weights, report } = await spqrQuantize(W, [N, K], H, {
+      bits: 2,
+      outlierThreshold: 1e-6,
+      outlierBudget: budget,
+    });
     const nnz = weights.outlierCols.length;
     expect(report.outlierCandidates, `seed ${seed}`).toBeGreaterThan(nnz);
     expect(nnz, `seed ${seed}`).toBe(Math.floor(budget * N * K));
@@ -104,17 +139,28 @@ describe('SpQR sweep against the float64 reference', () => {
     for (let p = 0; p < K; p++) {
       sum += perColumn[p]!;
       const g = Math.floor(p / 16);
-      if (p === K - 1 || (p + 1) % 16 === 0) expect(sum, `seed ${seed}, group ${g}`).toBeLessThanOrEqual(Math.floor(budget * N * Math.min(K, (g + 1) * 16)));
+      if (p === K - 1 || (p + 1) % 16 === 0)
+        expect(sum, `seed ${seed}, group ${g}`).toBeLessThanOrEqual(Math.floor(budget * N * Math.min(K, (g + 1) * 16)));
     }
   });
 
   it('counts every stored bit', async () => {
     const seed = new Rng().seed;
-    for (const [N, K, actOrder] of [[37, 172, true], [16, 48, false]] as const) {
+    for (const [N, K, actOrder] of [
+      [37, 172, true],
+      [16, 48, false],
+    ] as const) {
       const { W, H } = problem(seed, N, K, 5);
       const { weights: w, report } = await spqrQuantize(W, [N, K], H, { bits: 3, actOrder });
       const G = Math.ceil(K / 16);
-      const bytes = w.qweight.length + w.scaleCodes.length + w.zeroCodes.length + 2 * (w.scaleStats.length + w.zeroStats.length) + (w.perm ? 2 * K : 0) + 4 * (N + 1) + 4 * w.outlierCols.length;
+      const bytes =
+        w.qweight.length +
+        w.scaleCodes.length +
+        w.zeroCodes.length +
+        2 * (w.scaleStats.length + w.zeroStats.length) +
+        (w.perm ? 2 * K : 0) +
+        4 * (N + 1) +
+        4 * w.outlierCols.length;
       expect(w.qweight.length).toBe(Math.ceil((N * K * 3) / 8));
       expect(w.scaleCodes.length).toBe(Math.ceil((N * G * 3) / 8));
       expect(w.scaleStats.length).toBe(G * Math.ceil(N / 16) * 2);
@@ -129,14 +175,29 @@ describe('SpQR sweep against the float64 reference', () => {
     const H = new Float32Array(32 * 32);
     for (let i = 0; i < 32; i++) H[i * 32 + i] = 1;
     const bad = (o: SpqrOptions) => spqrQuantize(W, [8, 32], H, o);
-    await expect(bad({ bits: 5 })).rejects.toMatchObject({ code: 'E_BITS', message: expect.stringMatching(/one of 2, 3, 4 \(SpQR\) for bits but received 5/) });
+    await expect(bad({ bits: 5 })).rejects.toMatchObject({
+      code: 'E_BITS',
+      message: expect.stringMatching(/one of 2, 3, 4 \(SpQR\) for bits but received 5/),
+    });
     await expect(bad({ bits: 8 })).rejects.toMatchObject({ code: 'E_BITS' });
-    await expect(bad({ beta1: 1 })).rejects.toMatchObject({ code: 'E_GROUP_SIZE', message: expect.stringMatching(/for beta1/) });
-    await expect(bad({ beta1: 64 })).rejects.toMatchObject({ code: 'E_GROUP_SIZE', message: expect.stringMatching(/beta1 64 is longer than the layer's input dimension K = 32/) });
+    await expect(bad({ beta1: 1 })).rejects.toMatchObject({
+      code: 'E_GROUP_SIZE',
+      message: expect.stringMatching(/for beta1/),
+    });
+    await expect(bad({ beta1: 64 })).rejects.toMatchObject({
+      code: 'E_GROUP_SIZE',
+      message: expect.stringMatching(/beta1 64 is longer than the layer's input dimension K = 32/),
+    });
     await expect(bad({ beta2: 0 })).rejects.toMatchObject({ code: 'E_GROUP_SIZE' });
-    await expect(bad({ outlierThreshold: 0 })).rejects.toMatchObject({ code: 'E_ARGUMENT', message: expect.stringMatching(/number > 0 .* for outlierThreshold but received 0/) });
+    await expect(bad({ outlierThreshold: 0 })).rejects.toMatchObject({
+      code: 'E_ARGUMENT',
+      message: expect.stringMatching(/number > 0 .* for outlierThreshold but received 0/),
+    });
     await expect(bad({ outlierThreshold: -1 })).rejects.toMatchObject({ code: 'E_ARGUMENT' });
-    await expect(bad({ outlierBudget: 1 })).rejects.toMatchObject({ code: 'E_ARGUMENT', message: expect.stringMatching(/in \(0, 1\) for outlierBudget but received 1/) });
+    await expect(bad({ outlierBudget: 1 })).rejects.toMatchObject({
+      code: 'E_ARGUMENT',
+      message: expect.stringMatching(/in \(0, 1\) for outlierBudget but received 1/),
+    });
     await expect(bad({ outlierBudget: 0 })).rejects.toMatchObject({ code: 'E_ARGUMENT' });
     await expect(bad({ statBits: 9 })).rejects.toMatchObject({ code: 'E_BITS' });
     await expect(bad({ damp: -1 })).rejects.toMatchObject({ code: 'E_ARGUMENT' });

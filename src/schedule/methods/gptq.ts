@@ -32,16 +32,53 @@ export const gptq: QuantizationMethod<GptqMethodOptions> = {
     });
     const trueSequential = o.trueSequential ?? true;
     if (typeof trueSequential !== 'boolean') invalidArgument('trueSequential', 'boolean', trueSequential);
-    return { bits: g.bits, groupSize: g.groupSize, sym: g.sym, mse: g.mse, checkpointFormat: g.checkpointFormat, actOrder: g.actOrder, staticGroups: g.staticGroups, damp: g.damp, trueSequential };
+    return {
+      bits: g.bits,
+      groupSize: g.groupSize,
+      sym: g.sym,
+      mse: g.mse,
+      checkpointFormat: g.checkpointFormat,
+      actOrder: g.actOrder,
+      staticGroups: g.staticGroups,
+      damp: g.damp,
+      trueSequential,
+    };
   },
   async quantizeLinear({ W, hessian, device }, o) {
-    const r = await gptqQuantize(W, undefined, hessian!, { bits: o.bits, groupSize: o.groupSize, sym: o.sym, actOrder: o.actOrder, staticGroups: o.staticGroups, damp: o.damp, mse: o.mse, checkpointFormat: o.checkpointFormat, device });
+    const r = await gptqQuantize(W, undefined, hessian!, {
+      bits: o.bits,
+      groupSize: o.groupSize,
+      sym: o.sym,
+      actOrder: o.actOrder,
+      staticGroups: o.staticGroups,
+      damp: o.damp,
+      mse: o.mse,
+      checkpointFormat: o.checkpointFormat,
+      device,
+    });
     // With static groups the order never reaches the kernels: the block runs without g_idx.
     const forBlock = o.actOrder && !o.staticGroups ? r.packed : { ...r.packed, gIdx: undefined };
-    return { packed: r.packed, forBlock, loss: r.loss, damp: r.damp, lambda: r.lambda, dampRaises: r.dampRaises, warnings: r.warnings };
+    return {
+      packed: r.packed,
+      forBlock,
+      loss: r.loss,
+      damp: r.damp,
+      lambda: r.lambda,
+      dampRaises: r.dampRaises,
+      warnings: r.warnings,
+    };
   },
   checkpointConfig(o) {
-    return { bits: o.bits, groupSize: o.groupSize, descAct: o.actOrder, sym: o.sym, dampPercent: o.damp, trueSequential: o.trueSequential, staticGroups: o.staticGroups, checkpointFormat: o.checkpointFormat };
+    return {
+      bits: o.bits,
+      groupSize: o.groupSize,
+      descAct: o.actOrder,
+      sym: o.sym,
+      dampPercent: o.damp,
+      trueSequential: o.trueSequential,
+      staticGroups: o.staticGroups,
+      checkpointFormat: o.checkpointFormat,
+    };
   },
   linearBytes(N, K) {
     // f32 weight + GPTQ's working copies (W, its permuted copy, codes) + Hinv (f32) + the double factorization

@@ -15,6 +15,7 @@ export const DEFAULT_METHOD: MethodName = 'gptq';
 
 /** The plug-in for `name`, or E_ARGUMENT listing the methods there are. */
 export function methodOf(name: unknown, option = 'method'): QuantizationMethod {
-  if (typeof name !== 'string' || !Object.hasOwn(METHODS, name)) invalidArgument(option, METHOD_NAMES.map((n) => `"${n}"`).join(' or '), name);
+  if (typeof name !== 'string' || !Object.hasOwn(METHODS, name))
+    invalidArgument(option, METHOD_NAMES.map((n) => `"${n}"`).join(' or '), name);
   return METHODS[name as MethodName] as unknown as QuantizationMethod;
 }
