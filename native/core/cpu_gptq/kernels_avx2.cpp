@@ -28,7 +28,10 @@ namespace kernels_avx2_plain {
 #undef LOWBIT_OPS
 #undef LOWBIT_VNNI
 
-// With AVX-VNNI (Alder Lake, Sapphire Rapids, Zen 5 and later).
+// With AVX-VNNI (Alder Lake, Sapphire Rapids, Zen 5 and later). GCC learned the `avxvnni` target in
+// version 11; the prebuilt's older build root (GCC 10, for its glibc floor) builds the plain kernel only.
+#if defined(__clang__) || (defined(__GNUC__) && __GNUC__ >= 11)
+#define LOWBIT_HAVE_AVXVNNI 1
 #define LOWBIT_GPTQ_NS kernels_avx2_vnni
 #define LOWBIT_TARGET __attribute__((target(LOWBIT_AVX2 ",avxvnni")))
 #define LOWBIT_OPS static inline __attribute__((always_inline, target(LOWBIT_AVX2 ",avxvnni")))
@@ -41,21 +44,30 @@ namespace kernels_avx2_vnni {
 }  // namespace cpu_gptq
 }  // namespace lowbit
 #include "kernels_impl.hpp"
+#else
+#define LOWBIT_HAVE_AVXVNNI 0
+#endif
 
 namespace lowbit {
 namespace cpu_gptq {
 namespace kernels_avx2 {
 namespace {
 bool has_vnni() {
+#if LOWBIT_HAVE_AVXVNNI
   static const bool yes = __builtin_cpu_supports("avxvnni");
   return yes;
+#else
+  return false;
+#endif
 }
 }  // namespace
 const char* gemm_int8(const CpuGptqWeights& W, const Activations& A, float* Y) {
+#if LOWBIT_HAVE_AVXVNNI
   if (has_vnni()) {
     kernels_avx2_vnni::gemm_int8_t<kernels_avx2_vnni::Ops>(W, A, Y);
     return "avx2-vnni";
   }
+#endif
   kernels_avx2_plain::gemm_int8_t<kernels_avx2_plain::Ops>(W, A, Y);
   return "avx2";
 }
