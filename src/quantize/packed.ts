@@ -73,7 +73,8 @@ export function validatePackedWeights(W: unknown, name = 'W'): asserts W is Pack
     checkArray(`${name}.gIdx`, w.gIdx, Int32Array, K, `[${K}] group of each input column`);
     const gIdx = w.gIdx as Int32Array;
     for (let k = 0; k < K; k++) {
-      if (gIdx[k] < 0 || gIdx[k] >= groups) {
+      const g = gIdx[k]!;
+      if (g < 0 || g >= groups) {
         throw new LowbitError('E_GROUP_SIZE', `Expected ${name}.gIdx[${k}] in [0, ${groups}) but received ${gIdx[k]}`, {
           option: `${name}.gIdx`,
         });

@@ -71,7 +71,8 @@ function weightMatrix(weight: unknown): { data: Float32Array; N: number; K: numb
   if (weight.dtype !== 'f32' && weight.dtype !== 'f16' && weight.dtype !== 'bf16') {
     invalidArgument('weight', 'f32, f16 or bf16 tensor', `${weight.dtype} tensor`, 'E_DTYPE');
   }
-  if (weight.shape.length !== 2 || weight.shape[0] < 1 || weight.shape[1] < 1) {
+  const [N, K] = weight.shape;
+  if (weight.shape.length !== 2 || N === undefined || K === undefined || N < 1 || K < 1) {
     invalidArgument(
       'weight',
       'a 2-D tensor [N, K] (out × in) with N, K >= 1',
@@ -79,7 +80,7 @@ function weightMatrix(weight: unknown): { data: Float32Array; N: number; K: numb
       'E_SHAPE',
     );
   }
-  return { data: weight.toFloat32().data, N: weight.shape[0], K: weight.shape[1] };
+  return { data: weight.toFloat32().data, N, K };
 }
 
 async function runRtn(weight: Tensor, options: RtnOptions, pack: boolean) {
