@@ -10,7 +10,7 @@
 // (the path before the repack) is timed too, as `before_ms`.
 //
 // Options: --runs N (default 9), --shapes 4096x4096,11008x4096,4096x11008,4096x14336 (N×K),
-// --bits 4,3,2, --m 1,4,16,64, --act 0,1, --group 128, --out bench/results/cpu-gemv.json
+// --bits 4,3,2, --m 1,4,16,64, --act 0,1, --group 128, --threads N, --out bench/results/cpu-gemv.json
 import { mkdirSync, renameSync, writeFileSync } from 'node:fs';
 import { cpus, loadavg } from 'node:os';
 import { dirname, join } from 'node:path';
@@ -37,6 +37,8 @@ const OUT = option('out', join(root, 'bench/results/cpu-gemv.json'));
 
 const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 const addon = native();
+// --threads N: the pool size (default: every core), e.g. 2 to compare with a 2-core machine on a larger host.
+if (option('threads', '')) addon.setThreads(Number(option('threads', '')));
 const info = addon.buildInfo();
 const threads = info.threads;
 
