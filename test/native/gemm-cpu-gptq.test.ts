@@ -78,14 +78,7 @@ function expectKernel(level: string, kernel: string, what: string): void {
 
 function checkCase(level: string, bits: Bits, c: Case): void {
   const rng = new Rng();
-  const W = randomPackedWeights(rng, {
-    N: c.N,
-    K: c.K,
-    bits,
-    groupSize: c.groupSize,
-    actOrder: c.actOrder,
-    zeroOffset: c.zeroOffset,
-  });
+  const W = randomPackedWeights(rng, { ...c, bits });
   const dense = dequantizeRef(W);
   const handle = native().cpuGptqPrepare(W);
   for (const M of c.batches) {

@@ -30,14 +30,7 @@ interface Case {
 /** Runs one weight against several batch sizes, checking async and sync results. */
 async function checkCase(level: string, bits: Bits, c: Case): Promise<void> {
   const rng = new Rng();
-  const W = randomPackedWeights(rng, {
-    N: c.N,
-    K: c.K,
-    bits,
-    groupSize: c.groupSize,
-    actOrder: c.actOrder,
-    zeroOffset: c.zeroOffset,
-  });
+  const W = randomPackedWeights(rng, { ...c, bits });
   const dense = dequantizeRef(W);
   for (const M of c.batches) {
     const X = randomMatrix(rng, M, c.K);

@@ -93,14 +93,7 @@ describe.each(devices)('prepared linears on %s', (device) => {
         { N: 37, K: 100, groupSize: 32, actOrder: false },
         { N: 64, K: 172, groupSize: 64, actOrder: true, zeroOffset: 0 as const },
       ]) {
-        const W = randomPackedWeights(rng, {
-          N: c.N,
-          K: c.K,
-          bits,
-          groupSize: c.groupSize,
-          actOrder: c.actOrder,
-          zeroOffset: c.zeroOffset,
-        });
+        const W = randomPackedWeights(rng, { ...c, bits });
         const dense = dequantizeRef(W);
         const bias = randomBias(rng, c.N);
         const { q: _q, zeros: _z, ...packed } = W;
