@@ -5,7 +5,8 @@
 //     cuda/gptq_kernels/gemm.cu cuda/gptq_kernels/repack.cu cuda/packed_gemm.cu cuda/device.cu \
 //     native/core/pack.cpp native/core/thread_pool.cpp -o cuda-gemm
 //   cuda-gemm check              every kernel configuration against float64 (exit 1 on a failure)
-//   cuda-gemm bench [out.json]   timings over the issue's shapes (and a sweep of configurations)
+//   cuda-gemm bench [out.json [maxM]]   timings over the issue's shapes (M up to maxM, default 256)
+//   cuda-gemm sweep [out.json [maxM]]   the same, with every configuration and split timed too
 //
 // Check: random GPTQ checkpoints (2/3/4 bits, odd K and N, groups of 32/64/128/per-channel, shuffled
 // g_idx, v1 and v2 zeros), packed with native/core's packer, repacked (and the repack undone: it
@@ -21,6 +22,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <memory>
 #include <string>
@@ -223,7 +225,7 @@ void check_case(const Case& c, Rng& rng) {
                           c.bits, (long long)c.K, (long long)c.N, (long long)c.gs, c.shuffled ? " act-order" : "",
                           c.zero_offset, dt == GptqDtype::f16 ? "fp16" : "bf16", (long long)M,
                           cuda::gptq_config_name(config), splits, rep);
-            const bool defer = dW->uniform_chunks && config <= 1;
+            const bool defer = cuda::gptq_config_defers(*dW, config);
             worst = std::max(worst, compare(y, ref, absref, dt, defer, what));
             ++runs;
           }
@@ -247,7 +249,7 @@ void check_case(const Case& c, Rng& rng) {
           CK(cudaMemcpy(y.data(), dy, y.size() * 2, cudaMemcpyDeviceToHost));
           int config, splits;
           cuda::gptq_choose(*dW, M, &config, &splits);
-          compare(y, ref, absref, dt, dW->uniform_chunks && config <= 1, "graph replay");
+          compare(y, ref, absref, dt, cuda::gptq_config_defers(*dW, config), "graph replay");
         }
         CK(cudaGraphExecDestroy(exec));
         CK(cudaGraphDestroy(graph));
@@ -312,7 +314,7 @@ cuda::GptqRepacked random_repacked(int bits, int64_t K, int64_t N, int64_t gs, R
   return R;
 }
 
-int run_bench(const char* json_path, bool sweep) {
+int run_bench(const char* json_path, bool sweep, int64_t max_m) {
   cudaDeviceProp prop;
   CK(cudaGetDeviceProperties(&prop, 0));
   std::printf("device: %s, %d SMs, L2 %d MB\n", prop.name, prop.multiProcessorCount, prop.l2CacheSize >> 20);
@@ -359,6 +361,7 @@ int run_bench(const char* json_path, bool sweep) {
       CK(cudaMemcpy(dx, hx.data(), hx.size() * 2, cudaMemcpyHostToDevice));
     }
     for (int64_t M : Ms) {
+      if (M > max_m) continue;
       // Time per product inside a CUDA graph of kBatch products over rotating weight copies (the way
       // a forward pass would run them), so that launch latency is not counted.
       auto time_cfg = [&](int config, int splits) -> double {
@@ -385,8 +388,9 @@ int run_bench(const char* json_path, bool sweep) {
       int best_c = config, best_s = splits;
       if (sweep) {
         for (int c = 0; c < cuda::gptq_config_count(); ++c)
-          for (int sp : {1, 2, 4, 8, 16}) {
+          for (int sp : {1, 2, 3, 4, 6, 8, 12, 16}) {
             if (c == config && sp == splits) continue;
+            if (M > 64 && sp > 4) continue;  // large M fills the GPU without deep splits
             const double t = time_cfg(c, sp);
             if (t > 0 && t < best) best = t, best_c = c, best_s = sp;
           }
@@ -442,13 +446,13 @@ int main(int argc, char** argv) {
   const std::string mode = argc > 1 ? argv[1] : "check";
   try {
     if (mode == "check") return run_check();
-    if (mode == "bench") return run_bench(argc > 2 ? argv[2] : nullptr, false);
+    if (mode == "bench") return run_bench(argc > 2 ? argv[2] : nullptr, false, argc > 3 ? std::atoll(argv[3]) : 256);
     if (mode == "profile") return run_profile();
-    if (mode == "sweep") return run_bench(argc > 2 ? argv[2] : nullptr, true);
+    if (mode == "sweep") return run_bench(argc > 2 ? argv[2] : nullptr, true, argc > 3 ? std::atoll(argv[3]) : 256);
   } catch (const std::exception& e) {
     std::printf("error: %s\n", e.what());
     return 1;
   }
-  std::printf("usage: cuda-gemm check | bench [out.json] | sweep [out.json]\n");
+  std::printf("usage: cuda-gemm check | bench [out.json [maxM]] | sweep [out.json [maxM]] | profile\n");
   return 2;
 }

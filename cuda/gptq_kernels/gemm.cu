@@ -1,7 +1,7 @@
 // The GPTQ product on the tensor cores, for every batch size: Y [M, N] = X [M, K] · Wᵀ with W in
 // the repacked layout (layout.hpp), fp16 or bf16 X and Y, fp32 accumulation.
 //
-// One kernel template. A block owns BN = 16·NT·WN output columns and BM = 8·MT·WM rows of X, and a
+// gptq_mm_kernel, for every M: a block owns BN = 16·NT·WN output columns and BM = 8·MT·WM rows of X, and a
 // range of K (split-K over the grid's z when the (N, M) tiles alone would leave the GPU idle). Each
 // 128-wide chunk of K is one stage of a cp.async pipeline: X's tile, the block's weight records and
 // each lane's scale/zero record go to shared memory STAGES-1 chunks ahead of use. Each warp then
@@ -14,6 +14,9 @@
 // few rows of X (MT <= 2), the mma accumulates (q - zero) · x exactly per chunk and the fp16 scale is
 // applied once per chunk in fp32 ("deferred"); otherwise each weight is scaled in fp16/bf16 before
 // the mma ("inline").
+//
+// gptq_gemv_kernel, for up to 8 rows of X on matrices below 8192²: the same per-warp arithmetic with
+// the weights loaded straight into registers (no shared memory, no block barrier in the loop).
 //
 // Split-K: the partial sums go to an fp32 buffer with atomics; the last block of a tile (a counter per
 // tile) writes Y and zeroes the buffer and its counter again, so one launch does it all and the product
@@ -218,10 +221,62 @@ __device__ __forceinline__ uint32_t tile_word(const uint32_t (&w)[8], int j) {
   }
 }
 
+// Writes a block's results: straight to Y, or (split-K) added into the fp32 partial sums, the last
+// block of the tile writing Y and leaving the sums and its counter at zero for the next product.
+// acc[nt][mt][i]: output column n = tile + g + 8·(i >= 2), row m = 2t + (i & 1).
+template <class T, int MT, int NT, int WM, int WN>
+__device__ __forceinline__ void write_result(const KernelArgs& a, const float (&acc)[NT][MT][4], int ntile0, int m0) {
+  constexpr int THREADS = 32 * WM * WN, BM = 8 * MT * WM, BN = kTileN * NT * WN;
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int wn = warp % WN, wm = warp / WN, g = lane >> 2, t = lane & 3;
+  T* Y = static_cast<T*>(a.y);
+  if (a.splits == 1) {
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          const int n = (ntile0 + wn * NT + nt) * kTileN + g + 8 * (i >> 1);
+          const int m = m0 + wm * MT * 8 + mt * 8 + 2 * t + (i & 1);
+          if (m < a.M && n < a.N) Y[(int64_t)m * a.N + n] = from_float<T>(acc[nt][mt][i]);
+        }
+    return;
+  }
+#pragma unroll
+  for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const int n = (ntile0 + wn * NT + nt) * kTileN + g + 8 * (i >> 1);
+        const int m = m0 + wm * MT * 8 + mt * 8 + 2 * t + (i & 1);
+        if (m < a.M) atomicAdd(a.partial + (int64_t)m * a.Np + n, acc[nt][mt][i]);
+      }
+  __threadfence();
+  __syncthreads();
+  __shared__ int last;
+  int32_t* counter = a.counters + blockIdx.y * gridDim.x + blockIdx.x;
+  if (tid == 0) last = atomicAdd(counter, 1) == a.splits - 1;
+  __syncthreads();
+  if (!last) return;
+  __threadfence();
+  const int n0 = ntile0 * kTileN;
+  for (int i = tid; i < BM * BN; i += THREADS) {
+    const int m = m0 + i / BN, n = n0 + i % BN;
+    if (m >= a.M) break;
+    float* p = a.partial + (int64_t)m * a.Np + n;
+    const float v = __ldcg(p);
+    *p = 0.f;
+    if (n < a.N) Y[(int64_t)m * a.N + n] = from_float<T>(v);
+  }
+  if (tid == 0) *counter = 0;
+}
+
 template <int BITS, class T, int MT, int NT, int WM, int WN, bool DEFER>
 struct Config {
   static constexpr int threads = 32 * WM * WN;
-  static constexpr int BM = 8 * MT * WM, BN = kTileN * NT * WN;
+  static constexpr int BM = 8 * MT * WM;
   static constexpr int stages = BM >= 64 ? 3 : 4;
   static constexpr int rec = record_bytes(BITS);
   static constexpr int x_bytes = BM * kChunk * 2;
@@ -234,7 +289,7 @@ struct Config {
 template <int BITS, class T, int MT, int NT, int WM, int WN, bool DEFER>
 __global__ void __launch_bounds__(32 * WM * WN) gptq_mm_kernel(KernelArgs a) {
   using Cfg = Config<BITS, T, MT, NT, WM, WN, DEFER>;
-  constexpr int THREADS = Cfg::threads, BM = Cfg::BM, BN = Cfg::BN, STAGES = Cfg::stages;
+  constexpr int THREADS = Cfg::threads, BM = Cfg::BM, STAGES = Cfg::stages;
   constexpr int REC = Cfg::rec;
   extern __shared__ uint4 smem_u4[];
   char* smem = reinterpret_cast<char*>(smem_u4);
@@ -377,50 +432,91 @@ __global__ void __launch_bounds__(32 * WM * WN) gptq_mm_kernel(KernelArgs a) {
     }
   }
   cp_async_wait<0>();
+  write_result<T, MT, NT, WM, WN>(a, acc, ntile0, m0);
+}
 
-  // acc[nt][mt][i]: output column n = tile + g + 8·(i >= 2), row m = 2t + (i & 1).
-  T* Y = static_cast<T*>(a.y);
-  if (a.splits == 1) {
+// Up to 8 rows of X (decode): no shared memory. Each warp owns one 16-column tile and streams its
+// weight records straight from global memory into registers, DEPTH chunks ahead of use (the records
+// are read once, so staging them in shared memory only added copies and waits); X, which every warp
+// of the block reads, comes through the L1 cache. Same layout, dequantization and result writing as
+// gptq_mm_kernel; blocks of 8 warps cover 128 columns, split-K over the grid's z.
+template <int BITS, class T, bool DEFER, int DEPTH>
+__global__ void __launch_bounds__(256) gptq_gemv_kernel(KernelArgs a) {
+  constexpr int REC = record_bytes(BITS);
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int g = lane >> 2, t = lane & 3;
+  const int ntiles = a.Np / kTileN;
+  const int ntile0 = blockIdx.y * 8, ntile = ntile0 + warp;
+  const int c_begin = (int)((int64_t)blockIdx.z * a.chunks / a.splits);
+  const int c_end = (int)((int64_t)(blockIdx.z + 1) * a.chunks / a.splits);
+  const bool has_row = g < a.M;
+  const T* X = static_cast<const T*>(a.x) + (int64_t)(has_row ? g : 0) * a.ldx + t * kSlot;
+  const uint8_t* wrec = a.weights + (record_index(ntile, 0, a.chunks)) * REC;
+  const uint16_t* srec = a.scale_zero + ((int64_t)ntile * 8 + g) * 4;
+
+  struct Stage {
+    uint32_t w[8];
+    uint2 sz;
+    uint4 x[4];
+  };
+  auto load = [&](Stage& st, int c) {
+    const uint8_t* rec = wrec + (int64_t)c * 8 * REC;
+    const uint4 w0 = __ldcs(reinterpret_cast<const uint4*>(rec + lane * 16));
+    st.w[0] = w0.x, st.w[1] = w0.y, st.w[2] = w0.z, st.w[3] = w0.w;
+    if constexpr (BITS == 4) {
+      const uint4 w1 = __ldcs(reinterpret_cast<const uint4*>(rec + 512 + lane * 16));
+      st.w[4] = w1.x, st.w[5] = w1.y, st.w[6] = w1.z, st.w[7] = w1.w;
+    } else if constexpr (BITS == 3) {
+      const uint2 w1 = __ldcs(reinterpret_cast<const uint2*>(rec + 512 + lane * 8));
+      st.w[4] = w1.x, st.w[5] = w1.y, st.w[6] = 0, st.w[7] = 0;
+    } else {
+      st.w[4] = st.w[5] = st.w[6] = st.w[7] = 0;
+    }
+    const int grp = __ldg(a.slot_group + c * 4 + t);
+    st.sz = __ldg(reinterpret_cast<const uint2*>(srec + (int64_t)grp * ntiles * 32));
+    const int64_t k0 = (int64_t)c * kChunk + t * kSlot;
 #pragma unroll
-    for (int nt = 0; nt < NT; ++nt)
+    for (int v = 0; v < 4; ++v) {
+      // a unit of 8 inputs is whole or absent (kx is a multiple of 8 on the direct path, Kp otherwise)
+      const bool ok = has_row && k0 + 8 * v + 8 <= a.kx;
+      st.x[v] = ok ? __ldg(reinterpret_cast<const uint4*>(X + (int64_t)c * kChunk + 8 * v)) : make_uint4(0, 0, 0, 0);
+    }
+  };
+
+  float acc[1][1][4] = {{{0.f, 0.f, 0.f, 0.f}}};
+  Stage st[DEPTH];
 #pragma unroll
-      for (int mt = 0; mt < MT; ++mt)
+  for (int s = 0; s < DEPTH; ++s)
+    if (c_begin + s < c_end) load(st[s], c_begin + s);
+
+  for (int c0 = c_begin; c0 < c_end; c0 += DEPTH) {
 #pragma unroll
-        for (int i = 0; i < 4; ++i) {
-          const int n = (ntile0 + wn * NT + nt) * kTileN + g + 8 * (i >> 1);
-          const int m = m0 + wm * MT * 8 + mt * 8 + 2 * t + (i & 1);
-          if (m < a.M && n < a.N) Y[(int64_t)m * a.N + n] = from_float<T>(acc[nt][mt][i]);
+    for (int s = 0; s < DEPTH; ++s) {
+      const int c = c0 + s;
+      if (c < c_end) {
+        TileConsts<T, BITS, DEFER> consts;
+        consts.init(st[s].sz);
+        float cacc[4] = {0.f, 0.f, 0.f, 0.f};
+#pragma unroll
+        for (int j = 0; j < 8; ++j) {
+          uint32_t af[4];
+          dequant<T, BITS, DEFER>(tile_word<BITS>(st[s].w, j), consts, af);
+          const uint4& xv = st[s].x[j >> 1];
+          const uint32_t b0 = (j & 1) ? xv.z : xv.x, b1 = (j & 1) ? xv.w : xv.y;
+          if constexpr (DEFER) mma<T>(cacc, af, b0, b1);
+          else mma<T>(acc[0][0], af, b0, b1);
         }
-    return;
-  }
-#pragma unroll
-  for (int nt = 0; nt < NT; ++nt)
-#pragma unroll
-    for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        const int n = (ntile0 + wn * NT + nt) * kTileN + g + 8 * (i >> 1);
-        const int m = m0 + wm * MT * 8 + mt * 8 + 2 * t + (i & 1);
-        if (m < a.M) atomicAdd(a.partial + (int64_t)m * a.Np + n, acc[nt][mt][i]);
+        if constexpr (DEFER) {
+          acc[0][0][0] = fmaf(consts.scale_f[0], cacc[0], acc[0][0][0]);
+          acc[0][0][1] = fmaf(consts.scale_f[0], cacc[1], acc[0][0][1]);
+          acc[0][0][2] = fmaf(consts.scale_f[1], cacc[2], acc[0][0][2]);
+          acc[0][0][3] = fmaf(consts.scale_f[1], cacc[3], acc[0][0][3]);
+        }
+        if (c + DEPTH < c_end) load(st[s], c + DEPTH);
       }
-  __threadfence();
-  __syncthreads();
-  __shared__ int last;
-  int32_t* counter = a.counters + blockIdx.y * gridDim.x + blockIdx.x;
-  if (tid == 0) last = atomicAdd(counter, 1) == a.splits - 1;
-  __syncthreads();
-  if (!last) return;
-  __threadfence();
-  const int n0 = ntile0 * kTileN;
-  for (int i = tid; i < BM * BN; i += THREADS) {
-    const int m = m0 + i / BN, n = n0 + i % BN;
-    if (m >= a.M) break;
-    float* p = a.partial + (int64_t)m * a.Np + n;
-    const float v = __ldcg(p);
-    *p = 0.f;
-    if (n < a.N) Y[(int64_t)m * a.N + n] = from_float<T>(v);
+    }
   }
-  if (tid == 0) *counter = 0;
+  write_result<T, 1, 1, 1, 8>(a, acc, ntile0, 0);
 }
 
 // X gathered into the repacked order of K (act-order), or copied with zero padding to Kp columns
@@ -440,53 +536,78 @@ __global__ void gather_x(const T* __restrict__ X, int64_t K, int64_t Kp, int64_t
 using Launch = void (*)(const KernelArgs&, dim3, cudaStream_t);
 using Occupancy = int (*)();
 
-template <int BITS, class T, int MT, int NT, int WM, int WN, bool DEFER>
-void set_smem_attribute() {
-  using Cfg = Config<BITS, T, MT, NT, WM, WN, DEFER>;
-  static bool done = false;  // the attribute is per device function; set once (device 0's limit is every H200's)
-  if (!done) {
-    check(cudaFuncSetAttribute(gptq_mm_kernel<BITS, T, MT, NT, WM, WN, DEFER>,
-                               cudaFuncAttributeMaxDynamicSharedMemorySize, Cfg::smem),
-          "cudaFuncSetAttribute (GPTQ kernel)");
-    done = true;
+int current_device() {
+  int device = 0;
+  check(cudaGetDevice(&device), "cudaGetDevice");
+  return device;
+}
+
+// The shared-memory limit is an attribute of a kernel on one device: set on each device once.
+template <auto KERNEL>
+void set_smem_attribute(int smem) {
+  static bool done[64] = {};
+  const int device = current_device();
+  if (device >= 0 && device < 64 && done[device]) return;
+  check(cudaFuncSetAttribute(KERNEL, cudaFuncAttributeMaxDynamicSharedMemorySize, smem),
+        "cudaFuncSetAttribute (GPTQ kernel)");
+  if (device >= 0 && device < 64) done[device] = true;
+}
+
+// Blocks of a kernel that fit on one multiprocessor (registers and shared memory), per device.
+template <auto KERNEL>
+int occupancy_of(int threads, int smem) {
+  static int blocks[64] = {};
+  const int device = current_device();
+  const int slot = device >= 0 && device < 64 ? device : 0;
+  if (!blocks[slot]) {
+    set_smem_attribute<KERNEL>(smem);
+    int b = 0;
+    check(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&b, KERNEL, threads, smem),
+          "cudaOccupancyMaxActiveBlocksPerMultiprocessor");
+    blocks[slot] = b < 1 ? 1 : b;
   }
+  return blocks[slot];
 }
 
 template <int BITS, class T, int MT, int NT, int WM, int WN, bool DEFER>
 void launch_kernel(const KernelArgs& a, dim3 grid, cudaStream_t stream) {
   using Cfg = Config<BITS, T, MT, NT, WM, WN, DEFER>;
-  set_smem_attribute<BITS, T, MT, NT, WM, WN, DEFER>();
+  set_smem_attribute<gptq_mm_kernel<BITS, T, MT, NT, WM, WN, DEFER>>(Cfg::smem);
   gptq_mm_kernel<BITS, T, MT, NT, WM, WN, DEFER><<<grid, Cfg::threads, Cfg::smem, stream>>>(a);
 }
 
-// Blocks of this kernel that fit on one multiprocessor (registers and shared memory).
 template <int BITS, class T, int MT, int NT, int WM, int WN, bool DEFER>
 int occupancy() {
   using Cfg = Config<BITS, T, MT, NT, WM, WN, DEFER>;
-  static int blocks = 0;
-  if (!blocks) {
-    set_smem_attribute<BITS, T, MT, NT, WM, WN, DEFER>();
-    check(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, gptq_mm_kernel<BITS, T, MT, NT, WM, WN, DEFER>,
-                                                        Cfg::threads, Cfg::smem),
-          "cudaOccupancyMaxActiveBlocksPerMultiprocessor");
-    if (blocks < 1) blocks = 1;
-  }
-  return blocks;
+  return occupancy_of<gptq_mm_kernel<BITS, T, MT, NT, WM, WN, DEFER>>(Cfg::threads, Cfg::smem);
+}
+
+template <int BITS, class T, bool DEFER, int DEPTH>
+void launch_gemv(const KernelArgs& a, dim3 grid, cudaStream_t stream) {
+  gptq_gemv_kernel<BITS, T, DEFER, DEPTH><<<grid, 256, 0, stream>>>(a);
+}
+
+template <int BITS, class T, bool DEFER, int DEPTH>
+int occupancy_gemv() {
+  return occupancy_of<gptq_gemv_kernel<BITS, T, DEFER, DEPTH>>(256, 0);
 }
 
 struct ConfigInfo {
   const char* name;
   int MT, NT, WM, WN;
+  int max_m;  // the most rows of X the kernel takes (0: any)
 };
-// Row tiles of 8, 16, 32, 64 and 128 rows of X (name: rows × columns per block, w = warps).
-// (The sweep of 2026-12-01 also had m8n64 and m128n128 with 8 warps: rarely or never the best.)
+// Row tiles of 8, 16, 32, 64 and 128 rows of X (name: rows × columns per block, w = warps), and the
+// direct-load kernel for up to 8 rows (v). The direct-load kernel keeps 2 chunks in flight per warp:
+// with 4 (X prefetched too) it held one block per multiprocessor and ran 1.5-1.8x slower.
+// (Earlier sweeps also had m8n64, m32n128w8 and m128n128 with 8 warps: rarely or never the best.)
 constexpr ConfigInfo kConfigs[] = {
-    {"m8n128", 1, 1, 1, 8},
-    {"m16n128", 2, 2, 1, 4},
-    {"m32n128", 4, 2, 1, 4},
-    {"m64n128w4", 4, 4, 2, 2},
+    {"m8n128", 1, 1, 1, 8, 0},     {"m16n128", 2, 2, 1, 4, 0},   {"m32n128", 4, 2, 1, 4, 0},
+    {"m64n128w4", 4, 4, 2, 2, 0},  {"m16n128w8", 2, 1, 1, 8, 0}, {"m64n128w8", 8, 1, 1, 8, 0},
+    {"v8n128", 1, 1, 1, 8, 8},
 };
 constexpr int kConfigCount = sizeof(kConfigs) / sizeof(kConfigs[0]);
+constexpr int kGemv = 6;
 
 struct Kernel {
   Launch launch = nullptr;
@@ -498,6 +619,12 @@ Kernel kernel_of() {
   return {launch_kernel<BITS, T, MT, NT, WM, WN, DEFER>, occupancy<BITS, T, MT, NT, WM, WN, DEFER>};
 }
 
+template <int BITS, class T, int DEPTH>
+Kernel gemv_of(bool defer) {
+  if (defer) return {launch_gemv<BITS, T, true, DEPTH>, occupancy_gemv<BITS, T, true, DEPTH>};
+  return {launch_gemv<BITS, T, false, DEPTH>, occupancy_gemv<BITS, T, false, DEPTH>};
+}
+
 template <int BITS, class T>
 Kernel pick_kernel(int config, bool defer) {
   switch (config) {
@@ -505,6 +632,9 @@ Kernel pick_kernel(int config, bool defer) {
     case 1: return defer ? kernel_of<BITS, T, 2, 2, 1, 4, true>() : kernel_of<BITS, T, 2, 2, 1, 4, false>();
     case 2: return kernel_of<BITS, T, 4, 2, 1, 4, false>();
     case 3: return kernel_of<BITS, T, 4, 4, 2, 2, false>();
+    case 4: return defer ? kernel_of<BITS, T, 2, 1, 1, 8, true>() : kernel_of<BITS, T, 2, 1, 1, 8, false>();
+    case 5: return kernel_of<BITS, T, 8, 1, 1, 8, false>();
+    case kGemv: return gemv_of<BITS, T, 2>(defer);
   }
   return {};
 }
@@ -548,20 +678,37 @@ bool capturing(cudaStream_t stream) {
 
 int gptq_config_count() { return kConfigCount; }
 const char* gptq_config_name(int config) { return config >= 0 && config < kConfigCount ? kConfigs[config].name : "?"; }
+bool gptq_config_defers(const GptqDeviceWeights& W, int config) {
+  return config >= 0 && config < kConfigCount && W.uniform_chunks && kConfigs[config].MT <= 2;
+}
 
 void gptq_choose(const GptqDeviceWeights& W, int64_t M, int* config, int* splits) {
-  // The table, from the H200 sweep of 2026-12-01 (bench/cuda-gemm.cu sweep; bench/RESULTS.md): the
-  // best row tile by M — 8 rows up to M = 8, 16 up to 16, 32 up to 64, then 64-row tiles with 4
-  // warps of 32 × 64 on matrices of 8192² or more (32-row tiles on smaller ones) — with K split
-  // until the grid fills one wave of resident blocks (at least 4 chunks of K per split).
-  const bool large = W.K * W.N >= (int64_t)8192 * 8192;
-  const int c = M <= 8 ? 0 : M <= 16 ? 1 : M <= 64 ? 2 : large ? 3 : 2;
+  // The table, from the H200 sweeps of 2026-12-01 (bench/cuda-gemm.cu sweep; bench/RESULTS.md): up
+  // to 8 rows the direct-load kernel below 8192² (5-12% faster there) and the staged 8-row tiles
+  // from 8192² up (equal or up to 5% faster); 16-row tiles (one tile per warp, 8 warps, except on the largest
+  // matrices, where 2 × 2 tiles per warp with 4 warps win); 32-row tiles up to 32; 64-row tiles with
+  // 8 warps on matrices of 8192² or more up to 128 rows (32-row tiles on smaller ones); above that
+  // 64-row tiles of 4 warps of 32 × 64. K is split until the grid fills one wave of resident blocks,
+  // keeping at least 4 chunks of K per split and the split-K partial sums (8·M·Np bytes per split,
+  // read and written) under a quarter of the weight bytes: past that the atomics cost more than the
+  // fuller grid gains (4096² at M = 128: 49 µs with 3 splits, 34 µs with none).
+  check(cudaSetDevice(W.device), "cudaSetDevice");
+  const int64_t size = W.K * W.N;
+  const bool large = size >= (int64_t)8192 * 8192, huge = size > (int64_t)8192 * 8192;
+  int c;
+  if (M <= 8) c = large ? 0 : kGemv;
+  else if (M <= 16) c = huge ? 1 : 4;
+  else if (M <= 32) c = 2;
+  else if (M <= 64) c = large ? 5 : 2;
+  else if (M <= 128) c = large && !huge ? 5 : large ? 3 : 2;
+  else c = large ? 3 : 2;
   const ConfigInfo& ci = kConfigs[c];
   const int64_t tiles = grid_tiles(ci, M, W.Np), chunks = W.Kp / kChunk;
-  const Kernel k = pick(GptqDtype::f16, W.bits, c, W.uniform_chunks && ci.MT <= 2);
+  const Kernel k = pick(GptqDtype::f16, W.bits, c, gptq_config_defers(W, c));
   const int64_t target = (int64_t)k.occupancy() * multiprocessors(W.device);
+  const int64_t by_traffic = W.weight_bytes / (32 * M * W.Np);
   *config = c;
-  *splits = (int)std::max<int64_t>(1, std::min(target / tiles, chunks / 4));
+  *splits = (int)std::max<int64_t>(1, std::min({target / tiles, chunks / 4, by_traffic}));
 }
 
 bool gptq_matmul_config(const GptqDeviceWeights& W, const void* X, GptqDtype dtype, int64_t M, void* Y,
@@ -569,9 +716,10 @@ bool gptq_matmul_config(const GptqDeviceWeights& W, const void* X, GptqDtype dty
   require(M >= 1 && M <= (int64_t)1 << 30, "E_SHAPE", "M must be in [1, 2^30]");
   if (config < 0 || config >= kConfigCount || splits < 1) return false;
   const ConfigInfo& ci = kConfigs[config];
+  if (ci.max_m && M > ci.max_m) return false;
   const int64_t chunks = W.Kp / kChunk;
   if (splits > chunks) return false;
-  const bool defer = W.uniform_chunks && ci.MT <= 2;
+  const bool defer = gptq_config_defers(W, config);
   cudaStream_t stream = static_cast<cudaStream_t>(stream_ptr);
   check(cudaSetDevice(W.device), "cudaSetDevice");
   auto& Wm = const_cast<GptqDeviceWeights&>(W);  // scratch grows on demand

@@ -83,6 +83,9 @@ bool gptq_matmul_config(const GptqDeviceWeights& W, const void* X, GptqDtype dty
                         void* stream, int config, int splits);
 int gptq_config_count();
 const char* gptq_config_name(int config);
+// Whether that configuration applies scales once per chunk in fp32 (exact (q - z)·x sums) rather than
+// to each weight in fp16/bf16: the bound a check may hold it to differs.
+bool gptq_config_defers(const GptqDeviceWeights& W, int config);
 // The configuration and splits gptq_matmul picks.
 void gptq_choose(const GptqDeviceWeights& W, int64_t M, int* config, int* splits);
 
