@@ -1,6 +1,7 @@
 import { existsSync } from 'node:fs';
 import { bundled } from '../bundled.js';
 import { resolveDevice } from '../devices.js';
+import { writtenConfig } from '../formats/gptq.js';
 import { readLlamaConfig } from '../formats/hf.js';
 import { applyPreset, PRESETS, vllmWarnings, type PresetName, type PresetSettings } from '../presets.js';
 import { LowbitError } from '../errors.js';
@@ -180,7 +181,9 @@ export async function run(argv: string[]): Promise<number> {
         checkpointFormat: (format ?? 'gptq') as PresetSettings['checkpointFormat'],
       };
   if (preset === 'vllm') {
-    const config = await readLlamaConfig(modelPath).catch(() => undefined);
+    // the shapes as written: intermediate_size padded to whole groups (src/formats/padding.ts)
+    const source = await readLlamaConfig(modelPath).catch(() => undefined);
+    const config = source && writtenConfig(source, settings.groupSize);
     for (const w of vllmWarnings(settings, config)) process.stderr.write(`warning (--preset vllm): ${w}\n`);
   }
 

@@ -7,11 +7,11 @@
  * Packing is the addon's (native().packQweight / packQzeros); this module only moves the packed
  * words between files and PackedWeights, checking every shape on the way in.
  *
- * K padding: the packed dimension holds whole units (8 values per word at 4 bits, 32 values per 3
- * words at 3 bits...), so a K that is not a multiple of the unit (stories260K's 172) is padded with
- * zero values. Other loaders infer K from qweight's rows and would see the padded K; lowbit records
- * the logical K under quantization_config.lowbit.padded_in_features, e.g.
- * {"mlp.down_proj": {"in_features": 172, "packed_in_features": 176}}.
+ * Padding: a model whose intermediate_size does not divide into whole pack words and groups
+ * (stories260K's 172) is written with intermediate_size enlarged and the MLP padded with exact
+ * zeros (./padding.ts), so that the checkpoint has the shapes transformers, GPTQModel and vLLM
+ * expect. Checkpoints of earlier lowbit versions, which packed such a K into a partial last unit
+ * (qweight rows ceil(K / unit), `lowbit.padded_in_features` in the config), still read.
  */
 import { readdir, stat } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
@@ -23,7 +23,6 @@ import {
   gptqTensors,
   groupsOf,
   isGptqBits,
-  packedCount,
   packedWords,
   type GptqBits,
 } from '../weights/formats.js';
@@ -31,7 +30,6 @@ import { Tensor } from '../tensor.js';
 import { hfConfigJson } from './convert.js';
 import {
   HfModel,
-  LINEAR_MODULES,
   LINEAR_NAMES,
   type LinearName,
   type LinearTensors,
@@ -49,6 +47,7 @@ import {
   tempPath,
   writeFileAtomic,
 } from './durable.js';
+import { padPackedWeights, padTensor, paddedIntermediateSize } from './padding.js';
 import { CheckpointWriter, type TensorSpec } from './safetensors-writer.js';
 import { SAFETENSORS_DTYPE_OF } from './safetensors.js';
 
@@ -85,13 +84,7 @@ export function linearDims(config: LlamaConfig, name: LinearName): { K: number; 
 }
 
 /** The JSON written both as quantize_config.json and as config.json's quantization_config. */
-export function quantizationConfigJson(q: GptqConfig, config: LlamaConfig): Record<string, unknown> {
-  const padded: Record<string, { in_features: number; packed_in_features: number }> = {};
-  for (const name of LINEAR_NAMES) {
-    const { K } = linearDims(config, name);
-    if (packedCount(q.bits, K) !== K)
-      padded[LINEAR_MODULES[name]] = { in_features: K, packed_in_features: packedCount(q.bits, K) };
-  }
+export function quantizationConfigJson(q: GptqConfig): Record<string, unknown> {
   return {
     quant_method: 'gptq',
     bits: q.bits,
@@ -106,7 +99,6 @@ export function quantizationConfigJson(q: GptqConfig, config: LlamaConfig): Reco
     checkpoint_format: q.checkpointFormat,
     model_file_base_name: 'model',
     meta: { quantizer: ['lowbit:0.1.0'] },
-    lowbit: { padded_in_features: padded },
   };
 }
 
@@ -136,20 +128,40 @@ export interface GptqWriterOptions {
   skip?: (prefix: string) => boolean;
 }
 
+/** A linear's dimensions in the source model (what putLinear takes) and in the checkpoint (padded). */
+interface PendingLinear {
+  K: number;
+  N: number;
+  groups: number;
+  written: { K: number; N: number; groups: number };
+}
+
+/**
+ * The config a checkpoint is written with: the source's, with intermediate_size padded to whole pack
+ * words and groups (./padding.ts).
+ */
+export function writtenConfig(config: LlamaConfig, groupSize: number): LlamaConfig {
+  const intermediateSize = paddedIntermediateSize(config.intermediateSize, groupSize);
+  if (intermediateSize === config.intermediateSize) return config;
+  return { ...config, intermediateSize, raw: { ...config.raw, intermediate_size: intermediateSize } };
+}
+
 /**
  * Writes a GPTQ checkpoint directory, streamed: `create` declares every tensor and copies the
  * unquantized ones from the source model; then `putLinear` takes each quantized linear as it is
- * produced (block by block) and `finish` renames the directory into place.
+ * produced (block by block) and `finish` renames the directory into place. The MLP is padded on the
+ * way (see the module comment): putLinear takes the source's shapes, the files hold the padded ones.
  */
 export class GptqWriter {
   private constructor(
     readonly target: string,
     private readonly work: string,
     private readonly writer: CheckpointWriter,
+    /** the config written (intermediate_size padded) */
     readonly config: LlamaConfig,
     readonly gptq: GptqConfig,
-    /** prefix → expected dims and zero offset */
-    private readonly pending: Map<string, { K: number; N: number; groups: number }>,
+    /** prefix → expected dims, in the source and in the checkpoint */
+    private readonly pending: Map<string, PendingLinear>,
   ) {}
 
   static async create(
@@ -161,24 +173,42 @@ export class GptqWriter {
     checkGptqConfig(gptq);
     const target = resolve(outDir);
     await checkEmptyTarget(target);
-    const config = source.config;
-    const quantized = new Map<string, { K: number; N: number; groups: number }>();
+    const config = writtenConfig(source.config, gptq.groupSize);
+    const quantized = new Map<string, PendingLinear>();
     const replaced = new Set<string>();
+    // kept tensors of the MLP that grow with intermediate_size: name → [axis, size]
+    const padded = new Map<string, [number, number]>();
     for (const block of source.tensors.blocks) {
       for (const name of LINEAR_NAMES) {
         const linear = block[name];
-        if (!linear.weight || options.skip?.(linear.prefix)) continue;
-        const { K, N } = linearDims(config, name);
-        quantized.set(linear.prefix, { K, N, groups: groupsOf(K, gptq.groupSize) });
+        const { K, N } = linearDims(source.config, name);
+        const written = linearDims(config, name);
+        if (N !== written.N && linear.bias) padded.set(linear.bias, [0, written.N]);
+        if (!linear.weight) continue;
+        if (options.skip?.(linear.prefix)) {
+          if (N !== written.N) padded.set(linear.weight, [0, written.N]);
+          if (K !== written.K) padded.set(linear.weight, [1, written.K]);
+          continue;
+        }
+        quantized.set(linear.prefix, {
+          K,
+          N,
+          groups: groupsOf(K, gptq.groupSize),
+          written: { ...written, groups: groupsOf(written.K, gptq.groupSize) },
+        });
         replaced.add(linear.weight);
       }
     }
     const kept = source.names.filter((n) => !replaced.has(n));
     const specs: TensorSpec[] = [];
-    for (const name of kept)
-      specs.push({ name, dtype: SAFETENSORS_DTYPE_OF[source.dtypeOf(name)], shape: source.shapeOf(name) });
+    for (const name of kept) {
+      const shape = [...source.shapeOf(name)];
+      const pad = padded.get(name);
+      if (pad) shape[pad[0]] = pad[1];
+      specs.push({ name, dtype: SAFETENSORS_DTYPE_OF[source.dtypeOf(name)], shape });
+    }
     for (const [prefix, d] of quantized) {
-      for (const t of gptqTensors(gptq.bits, d.K, d.N, d.groups))
+      for (const t of gptqTensors(gptq.bits, d.written.K, d.written.N, d.written.groups))
         specs.push({ name: `${prefix}.${t.suffix}`, dtype: t.dtype, shape: t.shape });
     }
     const work = tempPath(target);
@@ -186,12 +216,16 @@ export class GptqWriter {
     let writer: CheckpointWriter | undefined;
     try {
       writer = await CheckpointWriter.create(work, specs, { maxShardBytes: options.maxShardBytes });
-      for (const name of kept) await writer.put(name, await source.readTensor(name));
-      const q = quantizationConfigJson(gptq, config);
+      for (const name of kept) {
+        const pad = padded.get(name);
+        const t = await source.readTensor(name);
+        await writer.put(name, pad ? padTensor(t, pad[0], pad[1]) : t);
+      }
+      const q = quantizationConfigJson(gptq);
       const sourceDir = source instanceof HfModel ? source.dir : undefined;
       const baseConfig =
         source instanceof HfModel
-          ? { ...source.config.raw }
+          ? { ...config.raw }
           : hfConfigJson(config, dtypeName(source.dtypeOf(source.tensors.embedding)));
       await writeFileAtomic(
         join(work, 'config.json'),
@@ -255,16 +289,18 @@ export class GptqWriter {
         `${prefix}: zeros packed with offset ${w.zeroOffset}, ${this.gptq.checkpointFormat} stores offset ${zeroOffset}`,
         where,
       );
-    let gIdx = w.gIdx;
+    const { K, N, groups } = want.written;
+    const p = padPackedWeights(w, K, N, this.gptq.groupSize === -1 ? K : groupSize);
+    let gIdx = p.gIdx;
     if (!gIdx) {
-      gIdx = new Int32Array(want.K);
-      for (let k = 0; k < want.K; k++) gIdx[k] = Math.floor(k / groupSize);
+      gIdx = new Int32Array(K);
+      for (let k = 0; k < K; k++) gIdx[k] = Math.floor(k / groupSize);
     }
     this.pending.delete(prefix);
-    await this.writer.put(`${prefix}.qweight`, new Tensor('i32', [packedWords(w.bits, want.K), want.N], w.qweight));
-    await this.writer.put(`${prefix}.qzeros`, new Tensor('i32', [want.groups, packedWords(w.bits, want.N)], w.qzeros));
-    await this.writer.put(`${prefix}.scales`, new Tensor('f16', [want.groups, want.N], w.scales));
-    await this.writer.put(`${prefix}.g_idx`, new Tensor('i32', [want.K], gIdx));
+    await this.writer.put(`${prefix}.qweight`, new Tensor('i32', [packedWords(w.bits, K), N], p.qweight));
+    await this.writer.put(`${prefix}.qzeros`, new Tensor('i32', [groups, packedWords(w.bits, N)], p.qzeros));
+    await this.writer.put(`${prefix}.scales`, new Tensor('f16', [groups, N], p.scales));
+    await this.writer.put(`${prefix}.g_idx`, new Tensor('i32', [K], gIdx));
   }
 
   /**

@@ -98,7 +98,7 @@ export interface QuantizeOptions {
   /** bytes, or a string such as '20GB' / '512MiB' */
   maxMemory?: number | string;
   signal?: AbortSignal;
-  /** also return every packed linear in the summary (prefix -> weights), e.g. to use the result in memory */
+  /** also return every packed linear in the summary (prefix -> weights), e.g. to use the result in memory; they have the source model's shapes (the checkpoint pads the MLP width: src/formats/padding.ts) */
   keepPacked?: boolean;
 }
 

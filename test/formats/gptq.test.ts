@@ -1,4 +1,4 @@
-import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { LowbitError } from '../../src/errors.js';
@@ -14,17 +14,17 @@ import { HfModel, LINEAR_NAMES, type ModelReader } from '../../src/formats/hf.js
 import { writeSafetensors } from '../../src/formats/safetensors-writer.js';
 import { native, type PackedWeights } from '../../src/native.js';
 import { Tensor } from '../../src/tensor.js';
-import { dataPath, prng, randomSeed, sameBytes, tempDir } from './helpers.js';
+import { dataPath, expectStandardShapes, prng, randomSeed, sameBytes, tempDir } from './helpers.js';
 
 const tmp = tempDir();
 afterAll(() => tmp.cleanup());
 
-/** A small qwen2-style HF directory (q/k/v biases) whose MLP width 44 is no multiple of any packing unit. */
+/** A small qwen2-style HF directory (q/k/v and MLP biases) whose MLP width 44 is no multiple of any packing unit. */
 async function syntheticModel(dir: string, rand: () => number): Promise<void> {
   const config = {
     architectures: ['Qwen2ForCausalLM'],
     model_type: 'qwen2',
-    hidden_size: 32,
+    hidden_size: 64,
     intermediate_size: 44,
     num_hidden_layers: 2,
     num_attention_heads: 4,
@@ -34,6 +34,7 @@ async function syntheticModel(dir: string, rand: () => number): Promise<void> {
     rms_norm_eps: 1e-6,
     rope_theta: 1e6,
     tie_word_embeddings: false,
+    mlp_bias: true,
     dtype: 'bfloat16',
   };
   const r = (shape: number[]) =>
@@ -42,25 +43,25 @@ async function syntheticModel(dir: string, rand: () => number): Promise<void> {
       shape,
       Float32Array.from({ length: shape.reduce((a, b) => a * b, 1) }, () => rand() - 0.5),
     ).to('bf16');
-  const t: [string, Tensor][] = [['model.embed_tokens.weight', r([40, 32])]];
+  const t: [string, Tensor][] = [['model.embed_tokens.weight', r([40, 64])]];
   for (let l = 0; l < 2; l++) {
     const p = `model.layers.${l}.`;
-    t.push([p + 'input_layernorm.weight', r([32])], [p + 'post_attention_layernorm.weight', r([32])]);
+    t.push([p + 'input_layernorm.weight', r([64])], [p + 'post_attention_layernorm.weight', r([64])]);
+    // head_dim 16: k/v have 32 outputs, so every dimension but the MLP width is a multiple of 32
     for (const [n, shape] of [
-      ['self_attn.q_proj', [32, 32]],
-      ['self_attn.k_proj', [16, 32]],
-      ['self_attn.v_proj', [16, 32]],
-      ['self_attn.o_proj', [32, 32]],
-      ['mlp.gate_proj', [44, 32]],
-      ['mlp.up_proj', [44, 32]],
-      ['mlp.down_proj', [32, 44]],
+      ['self_attn.q_proj', [64, 64]],
+      ['self_attn.k_proj', [32, 64]],
+      ['self_attn.v_proj', [32, 64]],
+      ['self_attn.o_proj', [64, 64]],
+      ['mlp.gate_proj', [44, 64]],
+      ['mlp.up_proj', [44, 64]],
+      ['mlp.down_proj', [64, 44]],
     ] as [string, number[]][]) {
       t.push([p + n + '.weight', r(shape)]);
-      if (/[qkv]_proj/.test(n)) t.push([p + n + '.bias', r([shape[0]!])]);
+      if (/[qkv]_proj|mlp/.test(n)) t.push([p + n + '.bias', r([shape[0]!])]);
     }
   }
-  t.push(['model.norm.weight', r([32])], ['lm_head.weight', r([40, 32])]);
-  const { mkdirSync } = await import('node:fs');
+  t.push(['model.norm.weight', r([64])], ['lm_head.weight', r([40, 64])]);
   mkdirSync(dir, { recursive: true });
   await writeSafetensors(join(dir, 'model.safetensors'), t);
   writeFileSync(join(dir, 'config.json'), JSON.stringify(config));
@@ -153,12 +154,19 @@ async function roundTrip(source: ModelReader, gptq: GptqConfig, out: string, see
       static_groups: gptq.staticGroups,
       checkpoint_format: gptq.checkpointFormat,
     });
-    // unquantized tensors are kept as they were (dtype and bytes)
+    // unquantized tensors are kept as they were (dtype and bytes); gate/up biases grow with zeros
     for (const name of source.names.filter((n) => !/_proj\.weight$/.test(n))) {
       const a = await source.readTensor(name);
       const b = await model.readTensor(name);
       expect(b.dtype, name).toBe(a.dtype);
-      expect(sameBytes(a.data, b.data), `${name} (seed ${seed})`).toBe(true);
+      if (/(gate|up)_proj\.bias$/.test(name)) {
+        expect(b.shape, name).toEqual([model.config.intermediateSize]);
+        expect(sameBytes(a.data, b.data.subarray(0, a.size)), `${name} (seed ${seed})`).toBe(true);
+        expect(
+          [...b.data.subarray(a.size)].every((v) => v === 0),
+          `${name}: padding is zero`,
+        ).toBe(true);
+      } else expect(sameBytes(a.data, b.data), `${name} (seed ${seed})`).toBe(true);
     }
     for (const block of model.tensors.blocks) {
       for (const name of LINEAR_NAMES) {
@@ -166,7 +174,11 @@ async function roundTrip(source: ModelReader, gptq: GptqConfig, out: string, see
         const want = made.get(prefix)!;
         const got = await readPackedLinear(model, block.index, name);
         const ctx = `${prefix} ${gptq.bits}-bit g${gptq.groupSize} ${gptq.checkpointFormat} (seed ${seed})`;
-        expect(model.shapeOf(`${prefix}.qweight`), ctx).toEqual([packedWords(gptq.bits, got.K), got.N]);
+        expectStandardShapes(model, prefix, gptq.bits, gptq.groupSize, ctx);
+        if (got.K !== want.packed.K || got.N !== want.packed.N) {
+          expectPaddedExactly(got, want, ctx);
+          continue;
+        }
         expect({ ...got, qweight: 0, qzeros: 0, scales: 0, gIdx: 0 }, ctx).toEqual({
           ...want.packed,
           qweight: 0,
@@ -197,6 +209,29 @@ async function roundTrip(source: ModelReader, gptq: GptqConfig, out: string, see
   }
 }
 
+/**
+ * A padded linear (gate/up with extra output rows, down with extra input columns) read back: its
+ * dequantized weights equal the reference on the source's K × N and are exactly 0 elsewhere, so the
+ * padded model computes the same function. Catches padding that lands in the wrong place (rows vs
+ * columns, a lost g_idx) or pads with values that are not zero.
+ */
+function expectPaddedExactly(got: PackedWeights, want: Made, ctx: string): void {
+  const { K, N } = want.packed;
+  expect(got.K >= K && got.N >= N && got.K > K !== got.N > N, `${ctx}: padded one way`).toBe(true);
+  const W = native().dequantize(got);
+  for (let n = 0; n < got.N; n++) {
+    for (let k = 0; k < got.K; k++) {
+      const v = W[n * got.K + k]!;
+      if (n < N && k < K) {
+        const g = want.groupOf(k);
+        const ref = want.scales[g * N + n]! * (want.q[n * K + k]! - want.zeros[g * N + n]!);
+        if (Math.abs(v - ref) > 1e-6 * Math.max(1, Math.abs(ref)))
+          throw new Error(`${ctx}: W[${n},${k}] = ${v} vs ${ref}`);
+      } else if (!Object.is(v, 0) && !Object.is(v, -0)) throw new Error(`${ctx}: padded W[${n},${k}] = ${v}, not 0`);
+    }
+  }
+}
+
 const base: Omit<GptqConfig, 'bits' | 'groupSize' | 'checkpointFormat' | 'descAct'> = {
   sym: false,
   dampPercent: 0.01,
@@ -214,7 +249,7 @@ describe('GPTQ checkpoints: write, read back byte-identical', () => {
     [8, 32, 'gptq', false],
   ];
   for (const [bits, groupSize, checkpointFormat, descAct] of cases) {
-    it(`${bits}-bit, group ${groupSize}, ${checkpointFormat}${descAct ? ', act-order' : ''} (qwen2 biases, K=44 padded)`, async () => {
+    it(`${bits}-bit, group ${groupSize}, ${checkpointFormat}${descAct ? ', act-order' : ''} (qwen2 biases, intermediate 44 padded)`, async () => {
       const seed = randomSeed();
       if (!existsSync(src)) await syntheticModel(src, prng(seed));
       const source = await HfModel.open(src);
@@ -231,16 +266,18 @@ describe('GPTQ checkpoints: write, read back byte-identical', () => {
     });
   }
 
-  it('records the K padding, keeps biases and copies tokenizer files', async () => {
+  it('pads intermediate_size in config.json (no lowbit-only keys), keeps biases and copies tokenizer files', async () => {
     const out = join(tmp.dir, 'q-4-16-gptq-false');
     const config = JSON.parse(readFileSync(join(out, 'config.json'), 'utf8')) as {
-      quantization_config: { lowbit: { padded_in_features: Record<string, unknown> } };
+      quantization_config: Record<string, unknown>;
       model_type: string;
+      intermediate_size: number;
     };
     expect(config.model_type).toBe('qwen2');
-    expect(config.quantization_config.lowbit.padded_in_features).toEqual({
-      'mlp.down_proj': { in_features: 44, packed_in_features: 48 },
-    });
+    expect(config.intermediate_size).toBe(64); // 44 → the next multiple of lcm(32, 16)
+    expect(config.quantization_config.lowbit).toBeUndefined();
+    const qc = JSON.parse(readFileSync(join(out, 'quantize_config.json'), 'utf8')) as Record<string, unknown>;
+    expect(qc.lowbit).toBeUndefined();
     expect(existsSync(join(out, 'tokenizer_config.json'))).toBe(true);
     const m = await HfModel.open(out);
     expect(m.tensors.blocks[0]!.q.bias).toBe('model.layers.0.self_attn.q_proj.bias');
@@ -248,14 +285,77 @@ describe('GPTQ checkpoints: write, read back byte-identical', () => {
     await m.close();
   });
 
+  it('still reads checkpoints of earlier lowbit versions: K = 44 in a partial pack unit, lowbit.padded_in_features', async () => {
+    const source = await HfModel.open(src);
+    const old = join(tmp.dir, 'old-partial-unit');
+    const gptq: GptqConfig = { ...base, bits: 3, groupSize: 16, checkpointFormat: 'gptq', descAct: false };
+    const rand = prng(randomSeed());
+    const made = new Map<string, PackedWeights>();
+    try {
+      const tensors: [string, Tensor][] = [];
+      for (const name of source.names.filter((n) => !/_proj\.weight$/.test(n)))
+        tensors.push([name, await source.readTensor(name)]);
+      for (const block of source.tensors.blocks) {
+        for (const name of LINEAR_NAMES) {
+          const { K, N } = linearDims(source.config, name);
+          const w = makePacked(K, N, gptq, rand).packed;
+          const prefix = block[name].prefix;
+          made.set(prefix, w);
+          // the layout those versions wrote: qweight rows ceil(K / 32) · 3, trivial g_idx of length K
+          tensors.push(
+            [`${prefix}.qweight`, new Tensor('i32', [packedWords(3, K), N], w.qweight)],
+            [`${prefix}.qzeros`, new Tensor('i32', [w.groups, packedWords(3, N)], w.qzeros)],
+            [`${prefix}.scales`, new Tensor('f16', [w.groups, N], w.scales)],
+            [
+              `${prefix}.g_idx`,
+              new Tensor(
+                'i32',
+                [K],
+                Int32Array.from({ length: K }, (_, k) => Math.floor(k / 16)),
+              ),
+            ],
+          );
+        }
+      }
+      mkdirSync(old, { recursive: true });
+      await writeSafetensors(join(old, 'model.safetensors'), tensors);
+      const quantization_config = {
+        quant_method: 'gptq',
+        bits: 3,
+        group_size: 16,
+        desc_act: false,
+        sym: false,
+        checkpoint_format: 'gptq',
+        lowbit: { padded_in_features: { 'mlp.down_proj': { in_features: 44, packed_in_features: 64 } } },
+      };
+      writeFileSync(join(old, 'config.json'), JSON.stringify({ ...source.config.raw, quantization_config }));
+    } finally {
+      await source.close();
+    }
+    const model = await openGptqModel(old);
+    try {
+      expect(model.config.intermediateSize).toBe(44);
+      for (const block of model.tensors.blocks) {
+        for (const name of LINEAR_NAMES) {
+          const want = made.get(block[name].prefix)!;
+          const got = await readPackedLinear(model, block.index, name);
+          expect({ ...got, qweight: 0, qzeros: 0, scales: 0 }).toEqual({ ...want, qweight: 0, qzeros: 0, scales: 0 });
+          expect(sameBytes(got.qweight, want.qweight), block[name].prefix).toBe(true);
+        }
+      }
+    } finally {
+      await model.close();
+    }
+  });
+
   it('refuses packed weights that do not fit the checkpoint, and unfinished writes', async () => {
     const source = await HfModel.open(src);
     const gptq: GptqConfig = { ...base, bits: 4, groupSize: 16, checkpointFormat: 'gptq', descAct: false };
     const writer = await GptqWriter.create(join(tmp.dir, 'refused'), source, gptq);
-    const prefix = writer.remaining[0]!; // q_proj: K = N = 32
-    const ok = makePacked(32, 32, gptq, prng(3)).packed;
+    const prefix = writer.remaining[0]!; // q_proj: K = N = 64
+    const ok = makePacked(64, 64, gptq, prng(3)).packed;
     await expect(writer.putLinear(prefix, { ...ok, bits: 3 })).rejects.toMatchObject({ code: 'E_BITS' });
-    await expect(writer.putLinear(prefix, { ...ok, K: 31 })).rejects.toMatchObject({ code: 'E_SHAPE' });
+    await expect(writer.putLinear(prefix, { ...ok, K: 63 })).rejects.toMatchObject({ code: 'E_SHAPE' });
     await expect(writer.putLinear(prefix, { ...ok, zeroOffset: 0 })).rejects.toMatchObject({ code: 'E_GPTQ_FORMAT' });
     await expect(writer.putLinear('model.nothing', ok)).rejects.toBeInstanceOf(LowbitError);
     await writer.putLinear(prefix, ok);
@@ -288,7 +388,7 @@ describe('GPTQ checkpoints: write, read back byte-identical', () => {
     );
     expect(err?.code).toBe('E_GPTQ_FORMAT');
     expect(err?.details.tensor).toBe(victim);
-    expect(err?.message).toMatch(/has shape \[2, 3\]; quantization_config.bits 4 with K=32, N=44 needs \[2, 6\]/);
+    expect(err?.message).toMatch(/has shape \[2, 3\]; quantization_config.bits 4 with K=64, N=64 needs \[4, 8\]/);
     await expect(openGptqModel(src)).rejects.toMatchObject({ code: 'E_GPTQ_FORMAT' });
   });
 });
@@ -303,13 +403,13 @@ describe('GPTQ round trip on stories260K (K = 172)', () => {
       for (const f of ['tokenizer.json', 'tokenizer.model', 'tokenizer_config.json', 'generation_config.json'])
         expect(existsSync(join(out, f)), f).toBe(true);
       const config = JSON.parse(readFileSync(join(out, 'config.json'), 'utf8')) as {
-        quantization_config: { lowbit: { padded_in_features: unknown } };
+        quantization_config: Record<string, unknown>;
         tie_word_embeddings: boolean;
+        intermediate_size: number;
       };
       expect(config.tie_word_embeddings).toBe(true);
-      expect(config.quantization_config.lowbit.padded_in_features).toEqual({
-        'mlp.down_proj': { in_features: 172, packed_in_features: 176 },
-      });
+      expect(config.intermediate_size).toBe(192);
+      expect(config.quantization_config.lowbit).toBeUndefined();
     } finally {
       await source.close();
     }
