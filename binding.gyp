@@ -15,6 +15,7 @@
         "native/core/packed_gemm_scalar.cpp",
         "native/core/packed_gemm_avx2.cpp",
         "native/core/packed_gemm_avx512.cpp",
+        "native/core/cpu_gptq/linear_op.cpp",
         "native/core/cpu_gptq/repack.cpp",
         "native/core/cpu_gptq/kernels_scalar.cpp",
         "native/core/cpu_gptq/kernels_avx2.cpp",

@@ -94,6 +94,7 @@ export {
   CAPTURE_POINTS,
   type OpenModelOptions,
   type CapturePointName,
+  type CpuActivations,
   type NativeBlockWeights,
   type NativeLinear,
   type NativeLinearName,

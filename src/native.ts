@@ -138,6 +138,14 @@ export interface NativeBlockWeights extends Record<NativeLinearName, NativeLinea
  * Calls on one model run one at a time, in order, on worker threads. Weights are copied into native
  * memory (reported to V8); the typed arrays passed in may be dropped once a call settles.
  */
+/**
+ * The precision of the activations inside the CPU's packed GPTQ (2/3/4-bit) products: 'int8'
+ * quantizes each row per 128-input segment for integer dot products on a repacked layout (kernel
+ * gptq-int8: fast; per output |Δy| ≤ ‖x‖∞ · ‖w_n‖₁ / 254), 'f32' keeps exact f32 activations
+ * (gptq-packed). Dense weights, 8-bit GPTQ and CUDA ignore it.
+ */
+export type CpuActivations = 'int8' | 'f32';
+
 export interface NativeModel {
   readonly device: number;
   setGlobals(globals: { embed: NativeDense; finalNorm: Float32Array; head?: NativeLinear }): Promise<void>;
@@ -249,12 +257,21 @@ export interface Addon {
   cpuGptqGemmSync(handle: CpuGptqHandle, X: Float32Array, M: number, Y: Float32Array, exact?: boolean): string;
   /** The SIMD level the last packedGemm call ran at (tests: forcing a level really changes the path). */
   lastPackedGemmSimd(): 'scalar' | 'avx2' | 'avx512';
+  /**
+   * Products run by the CPU's gptq-int8 linears (any thread) since the addon loaded, and the kernel
+   * family the latest one ran: tests check that a forward pass really took the int8 path.
+   */
+  cpuGptqInt8Stats(): { products: number; lastKernel: string };
   /** Median streaming-read bandwidth (bytes/s) over `runs` passes of `bytes` by `threads` threads. */
   streamReadBandwidth(bytes: number, threads: number, runs: number): number;
 
   // --- forward pass (native/binding/model.cpp)
   /** A Llama-family model on one device (-1: CPU); see NativeModel and docs/ARCHITECTURE.md "Forward pass". */
-  NativeModel: new (config: NativeModelConfig, device: number) => NativeModel;
+  NativeModel: new (
+    config: NativeModelConfig,
+    device: number,
+    options?: { cpuActivations?: CpuActivations },
+  ) => NativeModel;
   /** CPU ops of the forward pass, exposed for tests against float64 references (sync, small inputs). */
   opRmsNorm(x: Float32Array, rows: number, dim: number, weight: Float32Array, eps: number, out: Float32Array): void;
   /** in place; row r is at position p0 + r */
@@ -301,7 +318,12 @@ export interface Addon {
    */
   linearCreate(
     weights: LinearWeights,
-    options?: { device?: number; kernel?: string; activations?: 'f32' | 'f16' | 'bf16' },
+    options?: {
+      device?: number;
+      kernel?: string;
+      activations?: 'f32' | 'f16' | 'bf16';
+      cpuActivations?: CpuActivations;
+    },
   ): NativePreparedLinear;
 
   // --- GPTQ (native/binding/gptq.cpp)

@@ -4,6 +4,7 @@
 #include <memory>
 #include <string>
 
+#include "../core/cpu_gptq/linear_op.hpp"
 #include "../core/cpu_gptq/repack.hpp"
 #include "../core/packed_gemm.hpp"
 #include "../core/stream_read.hpp"
@@ -85,12 +86,23 @@ Napi::Value LastPackedGemmSimd(const Napi::CallbackInfo& info) {
   return Napi::String::New(info.Env(), simd_name(last_packed_gemm_level()));
 }
 
+// cpuGptqInt8Stats() -> {products, lastKernel}: products run by gptq-int8 linears (any thread) and
+// the kernel family the latest ran ('avx512-vnni', 'avx2', 'scalar', ...; 'none' before the first)
+Napi::Value CpuGptqInt8Stats(const Napi::CallbackInfo& info) {
+  const cpu_gptq::Int8LinearStats s = cpu_gptq::int8_linear_stats();
+  Napi::Object o = Napi::Object::New(info.Env());
+  o.Set("products", Napi::Number::New(info.Env(), (double)s.products));
+  o.Set("lastKernel", Napi::String::New(info.Env(), s.last_kernel));
+  return o;
+}
+
 }  // namespace
 
 void InitCpuGptq(Napi::Env env, Napi::Object exports) {
   exports.Set("cpuGptqPrepare", Napi::Function::New(env, CpuGptqPrepare));
   exports.Set("cpuGptqGemmSync", Napi::Function::New(env, CpuGptqGemmSync));
   exports.Set("lastPackedGemmSimd", Napi::Function::New(env, LastPackedGemmSimd));
+  exports.Set("cpuGptqInt8Stats", Napi::Function::New(env, CpuGptqInt8Stats));
   exports.Set("streamReadBandwidth", Napi::Function::New(env, StreamReadBandwidth));
 }
 

@@ -72,7 +72,8 @@ class NativeLinear : public Napi::ObjectWrap<NativeLinear> {
                        });
   }
 
-  // new NativeLinear(weights: {format, ...}, {device?: number, kernel?: string, activations?: 'f32' | 'f16' | 'bf16'})
+  // new NativeLinear(weights: {format, ...}, {device?: number, kernel?: string, activations?: 'f32' | 'f16' | 'bf16',
+  //                   cpuActivations?: 'f32' | 'int8'})
   // The operator copies (and possibly repacks) the weight now, on this thread. f16/bf16
   // activations: x and out are Uint16Arrays of bit patterns (CUDA kernels that take them only).
   NativeLinear(const Napi::CallbackInfo& info) : Napi::ObjectWrap<NativeLinear>(info) {
@@ -83,6 +84,8 @@ class NativeLinear : public Napi::ObjectWrap<NativeLinear> {
       if (info.Length() > 1 && !info[1].IsUndefined()) {
         const Napi::Object o = object_arg(info, 1, "options");
         const Napi::Value d = o.Get("device"), k = o.Get("kernel"), a = o.Get("activations");
+        options.cpu_activations = cpu_activations_arg(o.Get("cpuActivations"), "options.cpuActivations",
+                                                      LinearOptions::CpuActivations::F32);
         if (!d.IsUndefined()) device_ = (int)integer(d, "options.device");
         if (!k.IsUndefined()) {
           require(k.IsString(), "E_ARGUMENT", "options.kernel must be a string");

@@ -131,13 +131,18 @@ class NativeModel : public Napi::ObjectWrap<NativeModel> {
                        });
   }
 
-  // new NativeModel(config, device)
+  // new NativeModel(config, device, options?: {cpuActivations?: 'int8' | 'f32'}): cpuActivations is
+  // how the CPU backend's packed GPTQ linears take their inputs (LinearOptions; default 'f32').
   NativeModel(const Napi::CallbackInfo& info) : Napi::ObjectWrap<NativeModel>(info) {
     guarded(info, [&]() -> Napi::Value {
       config_ = config_arg(object_arg(info, 0, "config"));
       device_ = info.Length() > 1 && !info[1].IsUndefined() ? (int)integer(info[1], "device") : -1;
+      LinearOptions linears;
+      if (info.Length() > 2 && !info[2].IsUndefined())
+        linears.cpu_activations = cpu_activations_arg(object_arg(info, 2, "options").Get("cpuActivations"),
+                                                      "options.cpuActivations", linears.cpu_activations);
       handle_ = std::make_shared<ModelHandle>();
-      handle_->backend = model::make_backend(device_, config_);
+      handle_->backend = model::make_backend(device_, config_, linears);
       napi_type_tag_object(info.Env(), info.This(), &kModelTag);
       return info.Env().Undefined();
     });

@@ -19,6 +19,16 @@ inline DType float_dtype_arg(const Napi::Value& v, const char* name) {
   fail("E_DTYPE", std::string(name) + " must be 'f32', 'f16' or 'bf16'");
 }
 
+// 'int8' | 'f32' (LinearOptions::cpu_activations); undefined keeps `fallback`.
+inline LinearOptions::CpuActivations cpu_activations_arg(const Napi::Value& v, const char* name,
+                                                         LinearOptions::CpuActivations fallback) {
+  if (v.IsUndefined()) return fallback;
+  const std::string s = v.IsString() ? v.As<Napi::String>().Utf8Value() : "";
+  if (s == "int8") return LinearOptions::CpuActivations::Int8;
+  if (s == "f32") return LinearOptions::CpuActivations::F32;
+  fail("E_ARGUMENT", std::string(name) + " must be 'int8' or 'f32'");
+}
+
 inline void check_length(int64_t len, int64_t need, const std::string& name) {
   require(len >= need, "E_BUFFER", name + " holds " + std::to_string(len) + " elements, needs " + std::to_string(need));
 }

@@ -39,3 +39,11 @@ export function numberOption(
   }
   return n;
 }
+
+/** --cpu-activations: 'int8' or 'f32' (undefined when absent: the model's default, int8). */
+export function cpuActivationsOption(value: string | undefined): 'int8' | 'f32' | undefined {
+  if (value === undefined || value === 'int8' || value === 'f32') return value;
+  throw new LowbitError('E_ARGUMENT', `--cpu-activations must be int8 or f32, not ${JSON.stringify(value)}`, {
+    option: 'cpu-activations',
+  });
+}

@@ -3,7 +3,7 @@ import type { DeviceSpec } from '../devices.js';
 import { openModel } from '../model/model.js';
 import { generateTokens } from '../model/generate.js';
 import { StreamDecoder } from '../formats/tokenizer.js';
-import { numberOption, parse } from './args.js';
+import { cpuActivationsOption, numberOption, parse } from './args.js';
 import { resolveModelArg } from './model-arg.js';
 
 export const usage = `usage: lowbit generate --model <dir|file> --prompt "..." [options]
@@ -18,7 +18,10 @@ Generates text after a prompt with a KV cache, printing tokens as they come.
   --temperature <t>   0 for greedy (default 1)
   --top-p <p>         nucleus sampling threshold in (0, 1] (default 0.9)
   --seed <n>          sampler seed (default random)
-  --device <d>        cpu, cuda, cuda:N or auto (default auto)`;
+  --device <d>        cpu, cuda, cuda:N or auto (default auto)
+  --cpu-activations <a>
+                      int8 (default) or f32: activations inside the CPU's packed GPTQ 2/3/4-bit
+                      products (int8: the fast repacked kernels; f32: exact, slower)`;
 
 export async function run(argv: string[]): Promise<number> {
   const { values, positionals } = parse(
@@ -32,6 +35,7 @@ export async function run(argv: string[]): Promise<number> {
       'top-p': { type: 'string' },
       seed: { type: 'string' },
       device: { type: 'string' },
+      'cpu-activations': { type: 'string' },
     },
     usage,
   );
@@ -68,9 +72,11 @@ export async function run(argv: string[]): Promise<number> {
       ? undefined
       : numberOption(values.seed as string, 'seed', 0, Number.isInteger, 'an integer');
 
+  const cpuActivations = cpuActivationsOption(values['cpu-activations'] as string | undefined);
   const model = await openModel(await resolveModelArg(modelPath), {
     device: (values.device as DeviceSpec | undefined) ?? 'auto',
     tokenizer: (values.tokenizer as string | undefined) ?? true,
+    cpuActivations,
   });
   try {
     const tokenizer = model.tokenizer;

@@ -3,7 +3,7 @@ import { LowbitError } from '../errors.js';
 import type { DeviceSpec } from '../devices.js';
 import { openModel } from '../model/model.js';
 import { perplexity, type PerplexityProgress } from '../model/perplexity.js';
-import { numberOption, parse } from './args.js';
+import { cpuActivationsOption, numberOption, parse } from './args.js';
 import { resolveModelArg } from './model-arg.js';
 import { Progress } from './progress.js';
 
@@ -20,6 +20,9 @@ the seq-len - 1 next-token predictions of every window.
   --seq-len <n>      window length (default: the model's context, at most 2048)
   --max-windows <n>  evaluate only the first n windows
   --device <d>       cpu, cuda, cuda:N or auto (default auto)
+  --cpu-activations <a>
+                     int8 (default) or f32: activations inside the CPU's packed GPTQ 2/3/4-bit
+                     products (int8: the fast repacked kernels; f32: exact, slower)
   --json             print the result as JSON`;
 
 export async function run(argv: string[]): Promise<number> {
@@ -32,6 +35,7 @@ export async function run(argv: string[]): Promise<number> {
       'seq-len': { type: 'string' },
       'max-windows': { type: 'string' },
       device: { type: 'string' },
+      'cpu-activations': { type: 'string' },
       json: { type: 'boolean' },
     },
     usage,
@@ -69,9 +73,11 @@ export async function run(argv: string[]): Promise<number> {
       { cause: err },
     );
   }
+  const cpuActivations = cpuActivationsOption(values['cpu-activations'] as string | undefined);
   const model = await openModel(await resolveModelArg(modelPath), {
     device: (values.device as DeviceSpec | undefined) ?? 'auto',
     tokenizer: (values.tokenizer as string | undefined) ?? true,
+    cpuActivations,
   });
   const progress = new Progress('perplexity');
   try {

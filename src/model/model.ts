@@ -16,6 +16,7 @@ import {
   native,
   toLowbitError,
   type CapturePointName,
+  type CpuActivations,
   type NativeBlockWeights,
   type NativeDense,
   type NativeLinear,
@@ -27,7 +28,13 @@ import type { Tensor } from '../tensor.js';
 import { ropeFrequencies } from './rope.js';
 import { resolveModelPath, type HubDownloadOptions } from '../hub/index.js';
 
-export type { CapturePointName, NativeBlockWeights, NativeLinear, NativeLinearName } from '../native.js';
+export type {
+  CapturePointName,
+  CpuActivations,
+  NativeBlockWeights,
+  NativeLinear,
+  NativeLinearName,
+} from '../native.js';
 export const CAPTURE_POINTS: readonly CapturePointName[] = ['qkv', 'o', 'gateUp', 'down'];
 
 export interface OpenModelOptions {
@@ -42,6 +49,24 @@ export interface OpenModelOptions {
   maxSeq?: number;
   /** load the tokenizer from the model directory (default true; false for weights only) */
   tokenizer?: boolean;
+  /**
+   * CPU only: the precision of the activations inside packed GPTQ 2/3/4-bit linears. 'int8'
+   * (default) runs the repacked integer kernels (gptq-int8: the fast path for inference; each row is
+   * quantized per 128-input segment, so logits move by a small, bounded amount); 'f32' keeps exact
+   * f32 activations (gptq-packed), for results that must match the f32 reference or be reproducible
+   * bit for bit (GPTQ calibration uses it). Dense and 8-bit linears, and CUDA, ignore it.
+   */
+  cpuActivations?: CpuActivations;
+}
+
+const CPU_ACTIVATIONS: readonly CpuActivations[] = ['int8', 'f32'];
+
+/** The checked cpuActivations option (default 'int8'). */
+function cpuActivationsOf(value: unknown): CpuActivations {
+  if (value === undefined) return 'int8';
+  if (!(CPU_ACTIVATIONS as readonly unknown[]).includes(value))
+    invalidArgument('cpuActivations', "'int8' or 'f32'", value);
+  return value as CpuActivations;
 }
 
 /** Runs a native model call, turning its coded errors into LowbitErrors. */
@@ -125,18 +150,21 @@ export class Model {
     /** where the weights come from (kept open for loadBlock / readBlockWeights) */
     readonly reader: ModelReader | undefined,
     readonly tokenizer: TextTokenizer | undefined,
+    /** the precision of activations in the CPU's packed GPTQ linears (OpenModelOptions.cpuActivations) */
+    readonly cpuActivations: CpuActivations,
   ) {}
 
   /** A model with no weights yet, from a config (for tests and synthetic benchmarks). */
   static create(
     config: LlamaConfig,
-    options: { device?: DeviceSpec; maxSeq?: number; tokenizer?: TextTokenizer } = {},
+    options: { device?: DeviceSpec; maxSeq?: number; tokenizer?: TextTokenizer; cpuActivations?: CpuActivations } = {},
   ): Model {
     const device = resolveDevice(options.device ?? 'cpu');
     const nc = nativeModelConfig(config, options.maxSeq);
+    const cpuActivations = cpuActivationsOf(options.cpuActivations);
     const Ctor = native().NativeModel;
-    const handle = syncCall(() => new Ctor(nc, device));
-    return new Model(config, nc, device, handle, undefined, options.tokenizer);
+    const handle = syncCall(() => new Ctor(nc, device, { cpuActivations }));
+    return new Model(config, nc, device, handle, undefined, options.tokenizer, cpuActivations);
   }
 
   /** Builds the model from `reader`, which it then owns: on any failure the reader is closed too. */
@@ -145,9 +173,10 @@ export class Model {
     try {
       const device = resolveDevice(options.device ?? 'auto');
       const nc = nativeModelConfig(reader.config, options.maxSeq);
+      const cpuActivations = cpuActivationsOf(options.cpuActivations);
       const Ctor = native().NativeModel;
-      const handle = syncCall(() => new Ctor(nc, device));
-      model = new Model(reader.config, nc, device, handle, reader, undefined);
+      const handle = syncCall(() => new Ctor(nc, device, { cpuActivations }));
+      model = new Model(reader.config, nc, device, handle, reader, undefined, cpuActivations);
       if (options.tokenizer !== false && options.tokenizerFrom) {
         (model as { tokenizer: TextTokenizer | undefined }).tokenizer = await loadTokenizer(options.tokenizerFrom);
       }

@@ -6,7 +6,7 @@
  */
 import { resolveDevice, type DeviceSpec } from '../devices.js';
 import { LowbitError, invalidArgument } from '../errors.js';
-import { native, toLowbitError, type NativePreparedLinear } from '../native.js';
+import { native, toLowbitError, type CpuActivations, type NativePreparedLinear } from '../native.js';
 import { WEIGHT_FORMATS } from '../weights/formats.js';
 import type { LinearWeights } from '../weights/types.js';
 import { validatePackedWeights } from './packed.js';
@@ -29,7 +29,16 @@ export interface PrepareLinearOptions<A extends LinearActivations = 'f32'> {
    * GPTQ kernel (gptq-tc: GPTQ 2/3/4-bit); the CPU and the other kernels take f32 only (E_UNSUPPORTED).
    */
   activations?: A;
+  /**
+   * CPU only: the precision of the activations inside a packed GPTQ 2/3/4-bit product. 'f32'
+   * (default) is exact to f32 rounding (gptq-packed); 'int8' quantizes x per 128-input segment for
+   * the repacked integer kernels (gptq-int8: fast; per output |Δy| ≤ ‖x‖∞ · ‖w_n‖₁ / 254). The
+   * forward pass (Model) defaults to 'int8' instead. Dense weights and CUDA ignore it.
+   */
+  cpuActivations?: CpuActivations;
 }
+
+const CPU_ACTIVATIONS: readonly CpuActivations[] = ['int8', 'f32'];
 
 function isPositiveInteger(v: unknown): v is number {
   return typeof v === 'number' && Number.isInteger(v) && v > 0;
@@ -100,7 +109,15 @@ export class PreparedLinear<A extends LinearActivations = 'f32'> {
         },
       );
     }
-    const opts: { device: number; kernel?: string; activations: LinearActivations } = { device, activations };
+    const cpuActivations = options.cpuActivations ?? 'f32';
+    if (!CPU_ACTIVATIONS.includes(cpuActivations))
+      invalidArgument('options.cpuActivations', "'int8' or 'f32'", cpuActivations);
+    const opts: {
+      device: number;
+      kernel?: string;
+      activations: LinearActivations;
+      cpuActivations: CpuActivations;
+    } = { device, activations, cpuActivations };
     if (options.kernel !== undefined) opts.kernel = options.kernel;
     try {
       return new PreparedLinear<A>(native().linearCreate(weights, opts));

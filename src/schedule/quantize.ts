@@ -567,6 +567,9 @@ async function runLocked(r: Resolved, job: QuantizeJob, warn: Warn): Promise<Qua
       model = await Model.open(reader, {
         device: r.device,
         load: 'globals',
+        // exact activations: the later stages and blocks run on the quantized linears, and
+        // checkpoints must not depend on the int8 path's rounding (test/schedule/golden.test.ts)
+        cpuActivations: 'f32',
         maxSeq: Math.max(seqLen, 2),
         tokenizerFrom: modelDirOf(r.model),
       });

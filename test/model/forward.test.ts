@@ -49,7 +49,9 @@ function check(name: string, got: ArrayLike<number>, want: ArrayLike<number>, at
 
 async function build(shape: TinyShape, s: number) {
   const config = llamaConfig(shape);
-  const model = Model.create(config, { device: testDevice });
+  // exact f32 activations in packed linears: these tests hold the forward pass to the float64
+  // reference (the int8 default is checked against this path in cpu-int8.test.ts)
+  const model = Model.create(config, { device: testDevice, cpuActivations: 'f32' });
   const tiny = randomModel(shape, model.nativeConfig.invFreq, s);
   await model.setGlobals({
     embed: { dtype: 'f32', data: tiny.embed },

@@ -42,7 +42,8 @@ test.each([
 ])('an RTN %i-bit GPTQ checkpoint (group %i) runs packed and lands near fp32', async (bits, groupSize, tolerance) => {
   const out = join(tmp, `rtn${bits}g${groupSize}`);
   await quantize({ model: fp32Dir!, out, method: 'rtn', bits: bits as 4 | 8, groupSize, device: testDevice });
-  const model = await openModel(out, { device: testDevice });
+  // exact activations: held to the float64 reference below (the int8 default: cpu-int8.test.ts)
+  const model = await openModel(out, { device: testDevice, cpuActivations: 'f32' });
   try {
     const w = await model.readBlockWeights(0);
     for (const name of LINEAR_NAMES) expect(w[name].packed, name).toBeDefined();

@@ -161,3 +161,58 @@ describe.each(devices)('prepared linears on %s', (device) => {
     expect(() => native().linearCreate({ ...w, format: 'gptq' } as unknown as LinearWeights)).toThrow(LowbitError);
   });
 });
+
+describe('prepared GPTQ linears on the CPU: cpuActivations', () => {
+  // Catches: cpuActivations ignored (the int8 kernel never picked, or picked by default), 8-bit weights
+  // sent to a kernel that cannot take them, a lost bias, or an int8 product outside its stated bound
+  // |Δy[n]| ≤ ‖x‖∞ · ‖w_n‖₁ / 254 (plus f32 rounding) against the float64 reference.
+  it.each([2, 3, 4, 8] as GptqBits[])('%i-bit: int8 runs gptq-int8 (2/3/4 bits) within its bound', (bits) => {
+    const rng = new Rng();
+    const c = { N: 45, K: 300, groupSize: 64, actOrder: true };
+    const W = randomPackedWeights(rng, { ...c, bits });
+    const dense = dequantizeRef(W);
+    const bias = randomBias(rng, c.N);
+    const { q: _q, zeros: _z, ...packed } = W;
+    const weights: LinearWeights = { ...packed, format: 'gptq', bias };
+    expect(prepareLinear(weights).kernel).toBe('gptq-packed'); // the default stays exact
+    const lin = prepareLinear(weights, { cpuActivations: 'int8' });
+    expect(lin.kernel).toBe(bits === 8 ? 'gptq-packed' : 'gptq-int8');
+    for (const M of [1, 6]) {
+      const X = randomMatrix(rng, M, c.K);
+      const ref = withBias(matmulRef(X, M, dense, c.N, c.K), M, c.N, bias);
+      const before = native().cpuGptqInt8Stats().products;
+      const Y = lin.matmulSync(X, M);
+      expect(native().cpuGptqInt8Stats().products - before).toBe(bits === 8 ? 0 : 1);
+      for (let m = 0; m < M; m++) {
+        let xmax = 0;
+        for (let k = 0; k < c.K; k++) xmax = Math.max(xmax, Math.abs(X[m * c.K + k]!));
+        for (let n = 0; n < c.N; n++) {
+          let l1 = 0;
+          for (let k = 0; k < c.K; k++) l1 += Math.abs(dense[n * c.K + k]!);
+          const bound = (xmax * l1) / (bits === 8 ? 1e5 : 254) + 1e-5 * (xmax * l1 + Math.abs(bias[n]!));
+          const err = Math.abs(Y[m * c.N + n]! - ref[m * c.N + n]!);
+          if (!(err <= bound))
+            expect.fail(`seed ${rng.seed} ${bits}-bit M ${M}: y[${m}, ${n}] off by ${err}, bound ${bound}`);
+        }
+      }
+    }
+    lin.close();
+  });
+
+  // Catches: a typo taking a default silently, or the int8 kernel forced by name on the f32 path.
+  it('rejects an unknown cpuActivations and gptq-int8 by name without int8', () => {
+    const W = randomPackedWeights(new Rng(), { N: 16, K: 64, bits: 4, groupSize: 32 });
+    const { q: _q, zeros: _z, ...packed } = W;
+    const weights: LinearWeights = { ...packed, format: 'gptq' };
+    expect(() => prepareLinear(weights, { cpuActivations: 'int4' as never })).toThrow(
+      expect.objectContaining({ code: 'E_ARGUMENT' }),
+    );
+    expect(() => native().linearCreate(weights, { cpuActivations: 'int4' as never })).toThrow(
+      expect.objectContaining({ code: 'E_ARGUMENT' }),
+    );
+    expect(() => prepareLinear(weights, { kernel: 'gptq-int8' })).toThrow(
+      expect.objectContaining({ code: 'E_ARGUMENT' }),
+    );
+    expect(prepareLinear(weights, { kernel: 'gptq-int8', cpuActivations: 'int8' }).kernel).toBe('gptq-int8');
+  });
+});

@@ -203,8 +203,8 @@ void RopeTable::build(const std::vector<float>& inv_freq, float scale, int64_t p
     }
 }
 
-std::unique_ptr<LlamaBackend> make_backend(int device, const LlamaConfig& config) {
-  if (device < 0) return make_cpu_backend(config);
+std::unique_ptr<LlamaBackend> make_backend(int device, const LlamaConfig& config, const LinearOptions& cpu_linears) {
+  if (device < 0) return make_cpu_backend(config, cpu_linears);
   const BackendFactory factory = g_cuda_factory.load();
   require(factory != nullptr, "E_CUDA_UNAVAILABLE", "this build of lowbit has no CUDA forward pass");
   return factory(device, config);

@@ -181,8 +181,10 @@ class LlamaBackend {
 };
 
 // Creates the backend for a device: -1 the CPU, else a CUDA device through the registered factory.
-std::unique_ptr<LlamaBackend> make_backend(int device, const LlamaConfig& config);
-std::unique_ptr<LlamaBackend> make_cpu_backend(const LlamaConfig& config);
+// `cpu_linears`: how the CPU backend makes its linears' operators (make_cpu_linear's options, e.g.
+// int8 or f32 activations in packed products); the CUDA backend ignores it.
+std::unique_ptr<LlamaBackend> make_backend(int device, const LlamaConfig& config, const LinearOptions& cpu_linears = {});
+std::unique_ptr<LlamaBackend> make_cpu_backend(const LlamaConfig& config, const LinearOptions& linears = {});
 
 // The CUDA backend registers its factory at load time (a static initializer in cuda/), so that
 // CPU-only builds and the core need no CUDA symbol. Without one, make_backend(d >= 0) throws

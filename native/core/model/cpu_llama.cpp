@@ -64,7 +64,8 @@ struct Workspace {
 
 class CpuLlama : public LlamaBackend {
  public:
-  explicit CpuLlama(const LlamaConfig& config) : LlamaBackend(config), blocks_((size_t)config.layers) {}
+  CpuLlama(const LlamaConfig& config, const LinearOptions& linears)
+      : LlamaBackend(config), linear_options_(linears), blocks_((size_t)config.layers) {}
 
   int device() const override { return -1; }
 
@@ -79,19 +80,19 @@ class CpuLlama : public LlamaBackend {
     embed_ = DensePanels(w.embed, w.embed_dtype, config_.vocab, config_.dim);
     final_norm_.assign(w.final_norm, w.final_norm + config_.dim);
     head_.reset();
-    if (!config_.tie_embeddings) head_ = make_cpu_linear(w.head);
+    if (!config_.tie_embeddings) head_ = make_cpu_linear(w.head, linear_options_);
   }
 
   void do_set_block(int64_t i, const BlockWeights& w) override {
     auto b = std::make_unique<CpuBlock>();
     b->attn_norm.assign(w.attn_norm, w.attn_norm + config_.dim);
     b->mlp_norm.assign(w.mlp_norm, w.mlp_norm + config_.dim);
-    for (int l = 0; l < kBlockLinears; ++l) b->linears[l] = make_cpu_linear(w.linears[l]);
+    for (int l = 0; l < kBlockLinears; ++l) b->linears[l] = make_cpu_linear(w.linears[l], linear_options_);
     blocks_[(size_t)i] = std::move(b);
   }
 
   void do_set_linear(int64_t i, Linear which, const LinearWeights& w) override {
-    blocks_[(size_t)i]->linears[(int)which] = make_cpu_linear(w);
+    blocks_[(size_t)i]->linears[(int)which] = make_cpu_linear(w, linear_options_);
   }
 
   void do_drop_block(int64_t i) override { blocks_[(size_t)i].reset(); }
@@ -248,6 +249,7 @@ class CpuLlama : public LlamaBackend {
       std::memcpy(hidden, b.x, (size_t)(n * c.dim) * 4);
   }
 
+  LinearOptions linear_options_;  // how this model makes its linears (e.g. int8 activations)
   std::vector<std::unique_ptr<CpuBlock>> blocks_;
   DensePanels embed_;
   std::vector<float> final_norm_;
@@ -258,7 +260,9 @@ class CpuLlama : public LlamaBackend {
 
 }  // namespace
 
-std::unique_ptr<LlamaBackend> make_cpu_backend(const LlamaConfig& config) { return std::make_unique<CpuLlama>(config); }
+std::unique_ptr<LlamaBackend> make_cpu_backend(const LlamaConfig& config, const LinearOptions& linears) {
+  return std::make_unique<CpuLlama>(config, linears);
+}
 
 }  // namespace model
 }  // namespace lowbit

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <vector>
 
+#include "../cpu_gptq/linear_op.hpp"
 #include "../model/ops.hpp"
 #include "../packed_gemm.hpp"
 #include "linear.hpp"
@@ -88,7 +89,7 @@ class GptqPackedOp : public LinearOp {
 };
 
 template <class Op>
-std::unique_ptr<LinearOp> make(const LinearWeights& w) {
+std::unique_ptr<LinearOp> make(const LinearWeights& w, const LinearOptions&) {
   return std::make_unique<Op>(w);
 }
 
@@ -96,6 +97,8 @@ std::unique_ptr<LinearOp> make(const LinearWeights& w) {
 const std::vector<CpuKernel>& cpu_kernels() {
   static const std::vector<CpuKernel> table = {
       {"dense-panels", Format::Dense, nullptr, &make<DensePanelsOp>},
+      // 2/3/4-bit GPTQ with int8 activations (options.cpu_activations): repacked at load time.
+      {"gptq-int8", Format::Gptq, &cpu_gptq::accepts_int8_linear, &cpu_gptq::make_int8_linear},
       {"gptq-packed", Format::Gptq, nullptr, &make<GptqPackedOp>},
   };
   return table;
@@ -105,7 +108,7 @@ const std::vector<CpuKernel>& cpu_kernels() {
 
 std::unique_ptr<LinearOp> make_cpu_linear(const LinearWeights& w, const LinearOptions& options) {
   check_linear_weights(w, "weight");
-  return pick_kernel(cpu_kernels(), w, options).make(w);
+  return pick_kernel(cpu_kernels(), w, options, options).make(w, options);
 }
 
 std::vector<std::string> cpu_linear_kernels() {

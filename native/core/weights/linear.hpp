@@ -54,6 +54,13 @@ void check_linear_weights(const LinearWeights& w, const std::string& name, int64
 // (benchmarks and tests compare kernels this way; E_ARGUMENT when it does not take the weight).
 struct LinearOptions {
   std::string kernel;
+  // The precision of the activations inside the CPU's packed GPTQ products (dense weights and the
+  // CUDA kernels ignore it). F32: exact to f32 rounding (gptq-packed). Int8: each row quantized per
+  // 128-input segment for integer dot products on the repacked layout (gptq-int8: faster, error per
+  // output ≤ ‖x‖∞ · ‖w_n‖₁ / 254, see cpu_gptq/repack.hpp). F32 by default: callers that want the
+  // fast path ask for it (the model's inference calls do; calibration and reference checks do not).
+  enum class CpuActivations { F32, Int8 };
+  CpuActivations cpu_activations = CpuActivations::F32;
 };
 
 // Y = X · Wᵀ + bias for one weight, as one device runs it, with host f32 activations
@@ -88,7 +95,8 @@ struct KernelEntry {
   bool (*accepts)(const LinearWeights& w, Context... context);
   std::unique_ptr<Op> (*make)(const LinearWeights& w, Context... context);
 };
-using CpuKernel = KernelEntry<LinearOp>;
+// The CPU's entries see the caller's options (e.g. cpu_activations picks the int8 or the f32 path).
+using CpuKernel = KernelEntry<LinearOp, const LinearOptions&>;
 
 // The CPU's operator for `w` (checked with check_linear_weights first): the first entry of the
 // CPU kernel table that takes it, or options.kernel.
