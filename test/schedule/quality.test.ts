@@ -95,7 +95,14 @@ describe.skipIf(!ready)('quantized stories260K, read back and scored', () => {
     const packed = summary.packed!;
 
     const reader = await openModelFiles(modelDir);
-    const model = await Model.open(reader, { device: 'cpu', load: 'globals', maxSeq: seqLen, tokenizerFrom: modelDir });
+    // exact activations in the packed linears, as the scheduler's calibration passes use
+    const model = await Model.open(reader, {
+      device: 'cpu',
+      load: 'globals',
+      maxSeq: seqLen,
+      tokenizerFrom: modelDir,
+      cpuActivations: 'f32',
+    });
     try {
       const ids = await calibrationWindows(model, { source: [calib], samples, seqLen, seed: 9 });
       const hidden = await model.embed(ids);
