@@ -230,29 +230,26 @@ __device__ __forceinline__ void write_result(const KernelArgs& a, const float (&
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int wn = warp % WN, wm = warp / WN, g = lane >> 2, t = lane & 3;
   T* Y = static_cast<T*>(a.y);
-  if (a.splits == 1) {
+  // Each of this thread's accumulators with its output column n and row m of Y.
+  auto each_output = [&](auto&& f) {
 #pragma unroll
     for (int nt = 0; nt < NT; ++nt)
 #pragma unroll
       for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
-        for (int i = 0; i < 4; ++i) {
-          const int n = (ntile0 + wn * NT + nt) * kTileN + g + 8 * (i >> 1);
-          const int m = m0 + wm * MT * 8 + mt * 8 + 2 * t + (i & 1);
-          if (m < a.M && n < a.N) Y[(int64_t)m * a.N + n] = from_float<T>(acc[nt][mt][i]);
-        }
+        for (int i = 0; i < 4; ++i)
+          f((ntile0 + wn * NT + nt) * kTileN + g + 8 * (i >> 1), m0 + wm * MT * 8 + mt * 8 + 2 * t + (i & 1),
+            acc[nt][mt][i]);
+  };
+  if (a.splits == 1) {
+    each_output([&](int n, int m, float v) {
+      if (m < a.M && n < a.N) Y[(int64_t)m * a.N + n] = from_float<T>(v);
+    });
     return;
   }
-#pragma unroll
-  for (int nt = 0; nt < NT; ++nt)
-#pragma unroll
-    for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        const int n = (ntile0 + wn * NT + nt) * kTileN + g + 8 * (i >> 1);
-        const int m = m0 + wm * MT * 8 + mt * 8 + 2 * t + (i & 1);
-        if (m < a.M) atomicAdd(a.partial + (int64_t)m * a.Np + n, acc[nt][mt][i]);
-      }
+  each_output([&](int n, int m, float v) {
+    if (m < a.M) atomicAdd(a.partial + (int64_t)m * a.Np + n, v);
+  });
   __threadfence();
   __syncthreads();
   __shared__ int last;
