@@ -111,6 +111,9 @@ using CudaKernel = KernelEntry<DeviceLinearOp, const DeviceInfo&>;
 // The operator for `w` on GPU `device`: the first entry of the CUDA table that takes it (or
 // options.kernel). w is host memory (checked with check_linear_weights); the operator copies it.
 std::unique_ptr<DeviceLinearOp> make_device_linear(int device, const LinearWeights& w, const LinearOptions& options = {});
+// The first operator of the CUDA table of kernels with 16-bit activations (apply_half) that takes `w`
+// with `activations` (F16 or BF16), or null when none does (the caller picks another way).
+std::unique_ptr<DeviceLinearOp> make_device_linear_half(int device, const LinearWeights& w, DType activations);
 // The same operator behind the host-memory LinearOp interface: apply() copies X to the GPU and Y
 // back (for the binding's prepared linears and for tests; the forward pass uses the device op).
 std::unique_ptr<LinearOp> make_cuda_linear(int device, const LinearWeights& w, const LinearOptions& options = {});

@@ -1,6 +1,8 @@
 // GPU linear algebra for GPTQ (see linalg.cuh). cuBLAS and cuSOLVER are reached through dlopen with
 // our own declarations of the handful of entry points used (their C ABI is stable within a major
 // version), so the addon has no link-time dependency on them and loads where they are absent.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
 #include <dlfcn.h>
 
 #include <algorithm>
@@ -30,6 +32,9 @@ struct CublasApi {
   int (*sgemm)(Handle, int, int, int, int, int, const float*, const float*, int, const float*, int, const float*,
                float*, int) = nullptr;
   int (*dtrsm)(Handle, int, int, int, int, int, int, const double*, const double*, int, double*, int) = nullptr;
+  // cublasGemmEx: 16-bit operands on the tensor cores, f32 compute (optional: older libraries lack it)
+  int (*gemm_ex)(Handle, int, int, int, int, int, const void*, const void*, int, int, const void*, int, int,
+                 const void*, void*, int, int, int, int) = nullptr;
   Handle handle = nullptr;
   int version = 0;
 };
@@ -82,6 +87,7 @@ Libraries& libraries() {
                      bind(lib, "cublasGetVersion_v2", b.get_version) && bind(lib, "cublasSgemm_v2", b.sgemm) &&
                      bind(lib, "cublasDtrsm_v2", b.dtrsm) && b.create(&b.handle) == 0;
       if (libs.blas_ok) b.get_version(b.handle, &b.version);
+      if (libs.blas_ok && !bind(lib, "cublasGemmEx", b.gemm_ex)) b.gemm_ex = nullptr;
       else tried += "; cuBLAS opened but its entry points or handle failed";
     }
     if (void* lib = open_first(solver_names, &tried)) {
@@ -129,6 +135,22 @@ __global__ void __launch_bounds__(kTileThreads)
       });
 }
 
+// Built-in stand-in for cublasGemmEx: Y [M, N] = X [M, K] · W [N, K]ᵀ with 16-bit X and W, f32
+// accumulation; one warp per output, lanes over K. Correct, not fast (only without cuBLAS).
+template <class T>
+__global__ void gemm16_warps(int64_t M, int64_t N, int64_t K, const T* X, const T* W, void* Y, bool y_f32) {
+  const int64_t out = (blockIdx.x * (int64_t)blockDim.x + threadIdx.x) / 32;
+  const int lane = threadIdx.x % 32;
+  if (out >= M * N) return;
+  const int64_t m = out / N, n = out % N;
+  float acc = 0.f;
+  for (int64_t k = lane; k < K; k += 32) acc += float(X[m * K + k]) * float(W[n * K + k]);
+  for (int off = 16; off; off >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, off);
+  if (lane != 0) return;
+  if (y_f32) static_cast<float*>(Y)[out] = acc;
+  else static_cast<T*>(Y)[out] = T(acc);
+}
+
 __global__ void set_identity(double* out, int64_t n) {
   const int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
   if (i < n * n) out[i] = (i / n == i % n) ? 1.0 : 0.0;
@@ -166,6 +188,32 @@ void sgemm(cudaStream_t stream, bool trans_a, bool trans_b, int64_t M, int64_t N
   const dim3 grid((unsigned)ceil_div(N, kTileN), (unsigned)ceil_div(M, kTileM));
   sgemm_tiles<<<grid, kTileThreads, 0, stream>>>(trans_a, trans_b, M, N, Kd, alpha, A, lda, B, ldb, beta, C, ldc);
   check(cudaGetLastError(), "sgemm launch");
+}
+
+void gemm16(cudaStream_t stream, bool bf16, int64_t M, int64_t N, int64_t K, const void* X, const void* W, void* Y,
+            bool y_f32) {
+  if (M == 0 || N == 0) return;
+  Libraries& l = libraries();
+  const int64_t kIntMax = 2147483647;
+  if (l.blas_ok && l.blas.gemm_ex && M <= kIntMax && N <= kIntMax && K <= kIntMax) {
+    // cudaDataType_t: R_32F 0, R_16F 2, R_16BF 14; cublasComputeType_t COMPUTE_32F 68; GEMM_DEFAULT -1.
+    const int ab = bf16 ? 14 : 2, c = y_f32 ? 0 : ab;
+    const float one = 1.f, zero = 0.f;
+    // Row-major Y = X Wᵀ is column-major Yᵀ [N, M] = W Xᵀ: W (stored [N, K], column-major [K, N]) transposed.
+    blas_check(l.blas.set_stream(l.blas.handle, stream), "cublasSetStream");
+    blas_check(l.blas.gemm_ex(l.blas.handle, kOpT, kOpN, (int)N, (int)M, (int)K, &one, W, ab, (int)K, X, ab, (int)K,
+                              &zero, Y, c, (int)N, 68, -1),
+               "cublasGemmEx");
+    return;
+  }
+  const unsigned blocks = (unsigned)ceil_div(M * N * 32, 256);
+  if (bf16)
+    gemm16_warps<<<blocks, 256, 0, stream>>>(M, N, K, static_cast<const __nv_bfloat16*>(X),
+                                             static_cast<const __nv_bfloat16*>(W), Y, y_f32);
+  else
+    gemm16_warps<<<blocks, 256, 0, stream>>>(M, N, K, static_cast<const __half*>(X), static_cast<const __half*>(W), Y,
+                                             y_f32);
+  check(cudaGetLastError(), "gemm16 launch");
 }
 
 bool cholesky_lower_device(cudaStream_t stream, double* P, int64_t n) {

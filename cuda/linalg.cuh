@@ -22,6 +22,12 @@ bool have_cusolver();
 void sgemm(cudaStream_t stream, bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t Kd, float alpha,
            const float* A, int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc);
 
+// Row-major Y [M, N] = X [M, K] · W [N, K]ᵀ with X and W fp16 (bf16 = false) or bf16, f32 accumulation
+// on the tensor cores (cublasGemmEx; a plain built-in kernel without cuBLAS); Y in the operands' type,
+// or f32 when y_f32. Enqueued on `stream`.
+void gemm16(cudaStream_t stream, bool bf16, int64_t M, int64_t N, int64_t K, const void* X, const void* W, void* Y,
+            bool y_f32);
+
 // In place on the device: P [n, n] (double, symmetric positive definite, full matrix) becomes its
 // lower Cholesky factor L (P = L Lᵀ, row-major lower triangle; the rest is scratch). Returns false
 // when the factorization fails (a pivot not positive). Needs cuSOLVER.

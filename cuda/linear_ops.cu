@@ -262,6 +262,16 @@ std::unique_ptr<DeviceLinearOp> make_device_linear(int device, const LinearWeigh
   return pick_kernel(cuda_kernels(), w, options, d).make(w, d);
 }
 
+std::unique_ptr<DeviceLinearOp> make_device_linear_half(int device, const LinearWeights& w, DType activations) {
+  const DeviceInfo& d = device_info(device);
+  for (const auto& e : cuda_half_kernels())
+    if (e.format == w.format() && (!e.accepts || e.accepts(w, d))) {
+      auto op = e.make(w, d);
+      if (op->has_half(activations)) return op;
+    }
+  return nullptr;
+}
+
 std::unique_ptr<LinearOp> make_cuda_linear(int device, const LinearWeights& w, const LinearOptions& options) {
   return std::make_unique<HostCopyOp>(make_device_linear(device, w, options));
 }

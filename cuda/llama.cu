@@ -1,7 +1,8 @@
-// The Llama forward pass on one GPU: native/core/model/backend.hpp's LlamaBackend, with every weight
-// resident on the device (each linear as the DeviceLinearOp the CUDA kernel table picks for it) and
-// the ops of llama_ops.cu. Same math as cpu_llama.cpp, op for op; the argument and weight checks
-// are the base class's. Registered with make_backend() by a static initializer.
+// The f32 Llama forward pass on one GPU (llama16.cu has the fp16/bf16 one): native/core/model/
+// backend.hpp's LlamaBackend, with every weight resident on the device (each linear as the
+// DeviceLinearOp the CUDA kernel table picks for it) and the ops of llama_ops.cu. Same math as
+// cpu_llama.cpp, op for op; the argument and weight checks are the base class's. Registered with
+// make_backend() by a static initializer.
 #include <cuda_runtime.h>
 
 #include <cmath>
@@ -19,6 +20,10 @@
 
 namespace lowbit {
 namespace cuda {
+
+// The fp16/bf16 forward pass (llama16.cu).
+std::unique_ptr<model::LlamaBackend> make_cuda_llama16(int device, const model::LlamaConfig& config, DType activations);
+
 namespace {
 
 using model::BlockRun;
@@ -317,8 +322,9 @@ class CudaLlama : public LlamaBackend {
   std::vector<float> host_capture_;
 };
 
-std::unique_ptr<LlamaBackend> make_cuda_llama(int device, const LlamaConfig& config) {
+std::unique_ptr<LlamaBackend> make_cuda_llama(int device, const LlamaConfig& config, DType activations) {
   use_device(device);  // E_CUDA_UNAVAILABLE before anything else
+  if (activations != DType::F32) return make_cuda_llama16(device, config, activations);
   return std::make_unique<CudaLlama>(device, config);
 }
 

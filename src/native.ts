@@ -96,6 +96,9 @@ export interface NativeGptqResult {
 // --- forward pass types (native/binding/model.cpp, native/core/model/backend.hpp)
 
 /** The numbers the native forward pass needs; src/model builds them from a LlamaConfig. */
+/** The activations a forward pass computes in (native/core/model/backend.hpp says what stays f32). */
+export type ModelDtype = 'f32' | 'f16' | 'bf16';
+
 export interface NativeModelConfig {
   dim: number;
   hidden: number;
@@ -148,6 +151,8 @@ export type CpuActivations = 'int8' | 'f32';
 
 export interface NativeModel {
   readonly device: number;
+  /** what the forward pass computes in: 'f32', or 'f16' / 'bf16' activations (CUDA) */
+  readonly dtype: ModelDtype;
   setGlobals(globals: { embed: NativeDense; finalNorm: Float32Array; head?: NativeLinear }): Promise<void>;
   setBlock(block: number, weights: NativeBlockWeights): Promise<void>;
   setLinear(block: number, name: NativeLinearName, weights: NativeLinear): Promise<void>;
@@ -270,7 +275,7 @@ export interface Addon {
   NativeModel: new (
     config: NativeModelConfig,
     device: number,
-    options?: { cpuActivations?: CpuActivations },
+    options?: { cpuActivations?: CpuActivations; dtype?: ModelDtype },
   ) => NativeModel;
   /** CPU ops of the forward pass, exposed for tests against float64 references (sync, small inputs). */
   opRmsNorm(x: Float32Array, rows: number, dim: number, weight: Float32Array, eps: number, out: Float32Array): void;

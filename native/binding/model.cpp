@@ -113,6 +113,7 @@ class NativeModel : public Napi::ObjectWrap<NativeModel> {
     return DefineClass(env, "NativeModel",
                        {
                            InstanceAccessor<&NativeModel::Device>("device"),
+                           InstanceAccessor<&NativeModel::Dtype>("dtype"),
                            InstanceMethod<&NativeModel::SetGlobals>("setGlobals"),
                            InstanceMethod<&NativeModel::SetBlock>("setBlock"),
                            InstanceMethod<&NativeModel::SetLinear>("setLinear"),
@@ -131,18 +132,23 @@ class NativeModel : public Napi::ObjectWrap<NativeModel> {
                        });
   }
 
-  // new NativeModel(config, device, options?: {cpuActivations?: 'int8' | 'f32'}): cpuActivations is
-  // how the CPU backend's packed GPTQ linears take their inputs (LinearOptions; default 'f32').
+  // new NativeModel(config, device, options?: {cpuActivations?: 'int8' | 'f32', dtype?: 'f32' | 'f16' | 'bf16'}):
+  // cpuActivations is how the CPU backend's packed GPTQ linears take their inputs (LinearOptions;
+  // default 'f32'); dtype what the forward pass computes in (default 'f32'; 16-bit on CUDA only).
   NativeModel(const Napi::CallbackInfo& info) : Napi::ObjectWrap<NativeModel>(info) {
     guarded(info, [&]() -> Napi::Value {
       config_ = config_arg(object_arg(info, 0, "config"));
       device_ = info.Length() > 1 && !info[1].IsUndefined() ? (int)integer(info[1], "device") : -1;
       LinearOptions linears;
-      if (info.Length() > 2 && !info[2].IsUndefined())
-        linears.cpu_activations = cpu_activations_arg(object_arg(info, 2, "options").Get("cpuActivations"),
-                                                      "options.cpuActivations", linears.cpu_activations);
+      if (info.Length() > 2 && !info[2].IsUndefined()) {
+        const Napi::Object options = object_arg(info, 2, "options");
+        linears.cpu_activations =
+            cpu_activations_arg(options.Get("cpuActivations"), "options.cpuActivations", linears.cpu_activations);
+        const Napi::Value dtype = options.Get("dtype");
+        if (!dtype.IsUndefined()) dtype_ = dtype_arg(dtype);
+      }
       handle_ = std::make_shared<ModelHandle>();
-      handle_->backend = model::make_backend(device_, config_, linears);
+      handle_->backend = model::make_backend(device_, config_, linears, dtype_);
       napi_type_tag_object(info.Env(), info.This(), &kModelTag);
       return info.Env().Undefined();
     });
@@ -158,6 +164,15 @@ class NativeModel : public Napi::ObjectWrap<NativeModel> {
 
  private:
   Napi::Value Device(const Napi::CallbackInfo& info) { return Napi::Number::New(info.Env(), device_); }
+  Napi::Value Dtype(const Napi::CallbackInfo& info) { return Napi::String::New(info.Env(), dtype_name(dtype_)); }
+
+  static DType dtype_arg(const Napi::Value& v) {
+    const std::string a = v.IsString() ? v.As<Napi::String>().Utf8Value() : "";
+    if (a == "f32") return DType::F32;
+    if (a == "f16") return DType::F16;
+    if (a == "bf16") return DType::BF16;
+    fail("E_DTYPE", "options.dtype must be 'f32', 'f16' or 'bf16'");
+  }
 
   // Runs `work(backend)` on a worker under the model's lock; `done` builds the resolved value. `bufs`
   // owns every buffer the work touches (see CallBuffers: the caller's arrays are copied in, outputs
@@ -368,7 +383,7 @@ class NativeModel : public Napi::ObjectWrap<NativeModel> {
 
   // Bytes of a KV cache of `capacity` tokens: keys and values, f32, every layer (both backends).
   int64_t kv_cache_bytes(int64_t capacity) const {
-    return checked_product({2, config_.layers, config_.kv_heads, config_.head_dim, capacity, (int64_t)sizeof(float)},
+    return checked_product({2, config_.layers, config_.kv_heads, config_.head_dim, capacity, (int64_t)dtype_size(dtype_)},
                            "KV cache bytes");
   }
 
@@ -473,6 +488,7 @@ class NativeModel : public Napi::ObjectWrap<NativeModel> {
 
   model::LlamaConfig config_;
   int device_ = -1;
+  DType dtype_ = DType::F32;  // the activations the backend computes in
   std::shared_ptr<ModelHandle> handle_;
   int64_t reported_ = 0;
   std::map<int64_t, int64_t> kv_bytes_;  // sequence id -> KV cache bytes reported (main thread only)

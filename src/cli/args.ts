@@ -47,3 +47,24 @@ export function cpuActivationsOption(value: string | undefined): 'int8' | 'f32' 
     option: 'cpu-activations',
   });
 }
+
+/**
+ * --dtype: bf16, fp16 (or f16), f32 (or fp32) or auto; absent: auto (bf16 on a GPU, f32 on the CPU).
+ */
+export function dtypeOption(value: string | undefined): 'f32' | 'f16' | 'bf16' | 'auto' {
+  const names: Record<string, 'f32' | 'f16' | 'bf16' | 'auto'> = {
+    auto: 'auto',
+    bf16: 'bf16',
+    fp16: 'f16',
+    f16: 'f16',
+    fp32: 'f32',
+    f32: 'f32',
+  };
+  if (value === undefined) return 'auto';
+  const dtype = names[value];
+  if (!dtype)
+    throw new LowbitError('E_ARGUMENT', `--dtype must be bf16, fp16, f32 or auto, not ${JSON.stringify(value)}`, {
+      option: 'dtype',
+    });
+  return dtype;
+}

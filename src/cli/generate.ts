@@ -3,7 +3,7 @@ import type { DeviceSpec } from '../devices.js';
 import { openModel } from '../model/model.js';
 import { generateTokens } from '../model/generate.js';
 import { StreamDecoder } from '../formats/tokenizer.js';
-import { cpuActivationsOption, numberOption, parse } from './args.js';
+import { cpuActivationsOption, dtypeOption, numberOption, parse } from './args.js';
 import { resolveModelArg } from './model-arg.js';
 
 export const usage = `usage: lowbit generate --model <dir|file> --prompt "..." [options]
@@ -21,7 +21,9 @@ Generates text after a prompt with a KV cache, printing tokens as they come.
   --device <d>        cpu, cuda, cuda:N or auto (default auto)
   --cpu-activations <a>
                       int8 (default) or f32: activations inside the CPU's packed GPTQ 2/3/4-bit
-                      products (int8: the fast repacked kernels; f32: exact, slower)`;
+                      products (int8: the fast repacked kernels; f32: exact, slower)
+  --dtype <t>         what the GPU computes in: bf16, fp16 or f32 (default auto: bf16 on a GPU,
+                      f32 on the CPU; f32 reproduces the float64 reference)`;
 
 export async function run(argv: string[]): Promise<number> {
   const { values, positionals } = parse(
@@ -36,6 +38,7 @@ export async function run(argv: string[]): Promise<number> {
       seed: { type: 'string' },
       device: { type: 'string' },
       'cpu-activations': { type: 'string' },
+      dtype: { type: 'string' },
     },
     usage,
   );
@@ -75,6 +78,7 @@ export async function run(argv: string[]): Promise<number> {
   const cpuActivations = cpuActivationsOption(values['cpu-activations'] as string | undefined);
   const model = await openModel(await resolveModelArg(modelPath), {
     device: (values.device as DeviceSpec | undefined) ?? 'auto',
+    dtype: dtypeOption(values.dtype as string | undefined),
     tokenizer: (values.tokenizer as string | undefined) ?? true,
     cpuActivations,
   });

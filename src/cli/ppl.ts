@@ -3,7 +3,7 @@ import { LowbitError } from '../errors.js';
 import type { DeviceSpec } from '../devices.js';
 import { openModel } from '../model/model.js';
 import { perplexity, type PerplexityProgress } from '../model/perplexity.js';
-import { cpuActivationsOption, numberOption, parse } from './args.js';
+import { cpuActivationsOption, dtypeOption, numberOption, parse } from './args.js';
 import { resolveModelArg } from './model-arg.js';
 import { Progress } from './progress.js';
 
@@ -23,6 +23,8 @@ the seq-len - 1 next-token predictions of every window.
   --cpu-activations <a>
                      int8 (default) or f32: activations inside the CPU's packed GPTQ 2/3/4-bit
                      products (int8: the fast repacked kernels; f32: exact, slower)
+  --dtype <t>        what the GPU computes in: bf16, fp16 or f32 (default auto: bf16 on a GPU,
+                     f32 on the CPU; f32 reproduces the float64 reference)
   --json             print the result as JSON`;
 
 export async function run(argv: string[]): Promise<number> {
@@ -36,6 +38,7 @@ export async function run(argv: string[]): Promise<number> {
       'max-windows': { type: 'string' },
       device: { type: 'string' },
       'cpu-activations': { type: 'string' },
+      dtype: { type: 'string' },
       json: { type: 'boolean' },
     },
     usage,
@@ -76,6 +79,7 @@ export async function run(argv: string[]): Promise<number> {
   const cpuActivations = cpuActivationsOption(values['cpu-activations'] as string | undefined);
   const model = await openModel(await resolveModelArg(modelPath), {
     device: (values.device as DeviceSpec | undefined) ?? 'auto',
+    dtype: dtypeOption(values.dtype as string | undefined),
     tokenizer: (values.tokenizer as string | undefined) ?? true,
     cpuActivations,
   });
@@ -95,11 +99,11 @@ export async function run(argv: string[]): Promise<number> {
     progress.finish();
     const device = model.device < 0 ? 'cpu' : `cuda:${model.device}`;
     if (values.json) {
-      console.log(JSON.stringify({ model: modelPath, data: dataPath, device, ...result }, null, 2));
+      console.log(JSON.stringify({ model: modelPath, data: dataPath, device, dtype: model.dtype, ...result }, null, 2));
     } else {
       console.log(`ppl ${result.ppl.toFixed(4)}  (NLL ${result.nll.toFixed(6)} nats/token)`);
       console.log(
-        `${result.windows} windows x ${result.seqLen} tokens (${result.predicted} predictions of ${result.tokens} tokens), ${device}, ${result.seconds.toFixed(1)} s, ${Math.round((result.windows * result.seqLen) / result.seconds)} tok/s`,
+        `${result.windows} windows x ${result.seqLen} tokens (${result.predicted} predictions of ${result.tokens} tokens), ${device} ${model.dtype}, ${result.seconds.toFixed(1)} s, ${Math.round((result.windows * result.seqLen) / result.seconds)} tok/s`,
       );
     }
     return 0;

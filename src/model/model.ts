@@ -23,6 +23,7 @@ import {
   type NativeLinearName,
   type NativeModel,
   type NativeModelConfig,
+  type ModelDtype,
 } from '../native.js';
 import type { Tensor } from '../tensor.js';
 import { ropeFrequencies } from './rope.js';
@@ -31,6 +32,7 @@ import { resolveModelPath, type HubDownloadOptions } from '../hub/index.js';
 export type {
   CapturePointName,
   CpuActivations,
+  ModelDtype,
   NativeBlockWeights,
   NativeLinear,
   NativeLinearName,
@@ -40,6 +42,12 @@ export const CAPTURE_POINTS: readonly CapturePointName[] = ['qkv', 'o', 'gateUp'
 export interface OpenModelOptions {
   /** 'cpu', 'cuda', 'cuda:N' or 'auto' (default: 'auto', a GPU when there is one) */
   device?: DeviceSpec;
+  /**
+   * What the forward pass computes in: 'f32' (default; reproduces the float64 reference to 1e-4),
+   * or on a GPU 'bf16' / 'f16' activations and KV cache (tensor cores; the residual stream, norm
+   * and softmax statistics and the logits stay f32), or 'auto': 'bf16' on a GPU, else 'f32'.
+   */
+  dtype?: ModelDtype | 'auto';
   /**
    * Which weights to load now: 'all' (default), or 'globals' (embedding, final norm, head) for
    * block-at-a-time work that sets each block itself (setBlockWeights / loadBlock).
@@ -84,6 +92,19 @@ function syncCall<T>(fn: () => T): T {
   } catch (err) {
     throw toLowbitError(err);
   }
+}
+
+/** The dtype a model computes in on `device` (-1: the CPU) for the dtype option. */
+export function resolveModelDtype(dtype: ModelDtype | 'auto' | undefined, device: number): ModelDtype {
+  if (dtype === undefined) return 'f32';
+  if (dtype === 'auto') return device >= 0 ? 'bf16' : 'f32';
+  if (dtype !== 'f32' && dtype !== 'f16' && dtype !== 'bf16')
+    invalidArgument('dtype', "'f32', 'f16', 'bf16' or 'auto'", dtype);
+  if (device < 0 && dtype !== 'f32')
+    throw new LowbitError('E_UNSUPPORTED', `options.dtype: the CPU forward pass computes in f32, not ${dtype}`, {
+      option: 'dtype',
+    });
+  return dtype;
 }
 
 /** The native config of a parsed model config. */
@@ -146,6 +167,8 @@ export class Model {
     readonly nativeConfig: NativeModelConfig,
     /** -1 for the CPU, else the CUDA device index */
     readonly device: number,
+    /** what the forward pass computes in */
+    readonly dtype: ModelDtype,
     private readonly handle: NativeModel,
     /** where the weights come from (kept open for loadBlock / readBlockWeights) */
     readonly reader: ModelReader | undefined,
@@ -157,14 +180,21 @@ export class Model {
   /** A model with no weights yet, from a config (for tests and synthetic benchmarks). */
   static create(
     config: LlamaConfig,
-    options: { device?: DeviceSpec; maxSeq?: number; tokenizer?: TextTokenizer; cpuActivations?: CpuActivations } = {},
+    options: {
+      device?: DeviceSpec;
+      dtype?: ModelDtype | 'auto';
+      maxSeq?: number;
+      tokenizer?: TextTokenizer;
+      cpuActivations?: CpuActivations;
+    } = {},
   ): Model {
     const device = resolveDevice(options.device ?? 'cpu');
+    const dtype = resolveModelDtype(options.dtype, device);
     const nc = nativeModelConfig(config, options.maxSeq);
     const cpuActivations = cpuActivationsOf(options.cpuActivations);
     const Ctor = native().NativeModel;
-    const handle = syncCall(() => new Ctor(nc, device, { cpuActivations }));
-    return new Model(config, nc, device, handle, undefined, options.tokenizer, cpuActivations);
+    const handle = syncCall(() => new Ctor(nc, device, { cpuActivations, dtype }));
+    return new Model(config, nc, device, dtype, handle, undefined, options.tokenizer, cpuActivations);
   }
 
   /** Builds the model from `reader`, which it then owns: on any failure the reader is closed too. */
@@ -172,11 +202,12 @@ export class Model {
     let model: Model | undefined;
     try {
       const device = resolveDevice(options.device ?? 'auto');
+      const dtype = resolveModelDtype(options.dtype, device);
       const nc = nativeModelConfig(reader.config, options.maxSeq);
       const cpuActivations = cpuActivationsOf(options.cpuActivations);
       const Ctor = native().NativeModel;
-      const handle = syncCall(() => new Ctor(nc, device, { cpuActivations }));
-      model = new Model(reader.config, nc, device, handle, reader, undefined, cpuActivations);
+      const handle = syncCall(() => new Ctor(nc, device, { cpuActivations, dtype }));
+      model = new Model(reader.config, nc, device, dtype, handle, reader, undefined, cpuActivations);
       if (options.tokenizer !== false && options.tokenizerFrom) {
         (model as { tokenizer: TextTokenizer | undefined }).tokenizer = await loadTokenizer(options.tokenizerFrom);
       }

@@ -570,6 +570,7 @@ async function runLocked(r: Resolved, job: QuantizeJob, warn: Warn): Promise<Qua
         // exact activations: the later stages and blocks run on the quantized linears, and
         // checkpoints must not depend on the int8 path's rounding (test/schedule/golden.test.ts)
         cpuActivations: 'f32',
+        dtype: 'f32', // calibration: the f32 pass on a GPU too (checkpoints as the CPU writes them)
         maxSeq: Math.max(seqLen, 2),
         tokenizerFrom: modelDirOf(r.model),
       });

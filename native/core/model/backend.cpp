@@ -203,11 +203,18 @@ void RopeTable::build(const std::vector<float>& inv_freq, float scale, int64_t p
     }
 }
 
-std::unique_ptr<LlamaBackend> make_backend(int device, const LlamaConfig& config, const LinearOptions& cpu_linears) {
-  if (device < 0) return make_cpu_backend(config, cpu_linears);
+std::unique_ptr<LlamaBackend> make_backend(int device, const LlamaConfig& config, const LinearOptions& cpu_linears,
+                                           DType activations) {
+  require(activations == DType::F32 || activations == DType::F16 || activations == DType::BF16, "E_DTYPE",
+          "the forward pass computes in 'f32', 'f16' or 'bf16'");
+  if (device < 0) {
+    require(activations == DType::F32, "E_UNSUPPORTED",
+            std::string("dtype: the CPU forward pass computes in f32, not ") + dtype_name(activations));
+    return make_cpu_backend(config, cpu_linears);
+  }
   const BackendFactory factory = g_cuda_factory.load();
   require(factory != nullptr, "E_CUDA_UNAVAILABLE", "this build of lowbit has no CUDA forward pass");
-  return factory(device, config);
+  return factory(device, config, activations);
 }
 
 void register_cuda_backend(BackendFactory factory) { g_cuda_factory.store(factory); }

@@ -8,7 +8,11 @@
 //   given (the caller's buffers may be freed after the call returns).
 // - Activations are f32, row-major, [rows, features]; a batch of B sequences of S tokens is B*S rows,
 //   sequence-major. Each sequence of a batch starts at position 0 (no KV state crosses sequences).
-// - Accumulation is f32 (or wider). Dense weights may be f32, f16 or bf16; any linear may instead be
+// - Accumulation is f32 (or wider). A backend computes in f32 unless it was made with 16-bit
+//   activations (make_backend's `activations`, CUDA only): then the linears' inputs and outputs, the
+//   KV cache and attention's inputs are f16 or bf16 on the device, while the residual stream, the
+//   softmax and RMSNorm statistics and the logits stay f32; the host interface is f32 either way.
+// - Dense weights may be f32, f16 or bf16; any linear may instead be
 //   in a packed format (LinearWeights, weights/linear.hpp), so a partially quantized model runs.
 //   Each backend turns a linear into the operator it runs through its device's factory
 //   (make_cpu_linear, cuda::make_device_linear), which may repack the weight once at load time.
@@ -125,6 +129,7 @@ class LlamaBackend {
 
   const LlamaConfig& config() const { return config_; }
   virtual int device() const = 0;  // -1 for the CPU, else the CUDA device index
+  virtual DType activations() const { return DType::F32; }  // F32, or F16/BF16 (see the contract above)
 
   // --- weights: set, replace (one linear at a time, e.g. after quantizing it) and drop
   void set_globals(const GlobalWeights& w);
@@ -182,14 +187,16 @@ class LlamaBackend {
 
 // Creates the backend for a device: -1 the CPU, else a CUDA device through the registered factory.
 // `cpu_linears`: how the CPU backend makes its linears' operators (make_cpu_linear's options, e.g.
-// int8 or f32 activations in packed products); the CUDA backend ignores it.
-std::unique_ptr<LlamaBackend> make_backend(int device, const LlamaConfig& config, const LinearOptions& cpu_linears = {});
+// int8 or f32 activations in packed products); the CUDA backend ignores it. `activations`: F32
+// everywhere; F16 or BF16 on CUDA only (E_UNSUPPORTED on the CPU).
+std::unique_ptr<LlamaBackend> make_backend(int device, const LlamaConfig& config, const LinearOptions& cpu_linears = {},
+                                           DType activations = DType::F32);
 std::unique_ptr<LlamaBackend> make_cpu_backend(const LlamaConfig& config, const LinearOptions& linears = {});
 
 // The CUDA backend registers its factory at load time (a static initializer in cuda/), so that
 // CPU-only builds and the core need no CUDA symbol. Without one, make_backend(d >= 0) throws
 // E_CUDA_UNAVAILABLE.
-using BackendFactory = std::unique_ptr<LlamaBackend> (*)(int device, const LlamaConfig& config);
+using BackendFactory = std::unique_ptr<LlamaBackend> (*)(int device, const LlamaConfig& config, DType activations);
 void register_cuda_backend(BackendFactory factory);
 
 }  // namespace model

@@ -14,17 +14,21 @@ namespace lowbit {
 namespace model {
 
 // Buffers of one pass through a block, on the backend's device: rows of the widths the config gives.
-struct BlockBuffers {
-  float* x;      // [rows, dim] the residual stream (a copy of hidden)
-  float* norm;   // [rows, dim]
-  float* q;      // [rows, heads * head_dim]
-  float* k;      // [rows, kv_heads * head_dim]
-  float* v;      // [rows, kv_heads * head_dim]
-  float* attn;   // [rows, heads * head_dim]
-  float* proj;   // [rows, dim]
-  float* gate;   // [rows, hidden]
-  float* up;     // [rows, hidden]
+// The residual stream is f32; the other activations are `Act` (float, or 16-bit patterns in the
+// CUDA backend's fp16/bf16 pass).
+template <class Act>
+struct BlockBuffersOf {
+  float* x;    // [rows, dim] the residual stream (a copy of hidden)
+  Act* norm;   // [rows, dim]
+  Act* q;      // [rows, heads * head_dim]
+  Act* k;      // [rows, kv_heads * head_dim]
+  Act* v;      // [rows, kv_heads * head_dim]
+  Act* attn;   // [rows, heads * head_dim]
+  Act* proj;   // [rows, dim]
+  Act* gate;   // [rows, hidden]
+  Act* up;     // [rows, hidden]
 };
+using BlockBuffers = BlockBuffersOf<float>;
 
 // Ops supplies, all over the block's rows:
 //   rms_norm(in, weight, out)
@@ -35,8 +39,8 @@ struct BlockBuffers {
 //   swiglu(gate, up, out)
 //   emit(CapturePoint, data, cols)   hands a capture to the caller; true: stop here
 // Returns false when it stopped at a capture point (x is then incomplete).
-template <class Ops>
-bool block_recipe(const LlamaConfig& c, const BlockBuffers& b, const float* attn_norm, const float* mlp_norm,
+template <class Ops, class Act>
+bool block_recipe(const LlamaConfig& c, const BlockBuffersOf<Act>& b, const float* attn_norm, const float* mlp_norm,
                   Ops& ops) {
   const int64_t qw = c.heads * c.head_dim;
   ops.rms_norm(b.x, attn_norm, b.norm);

@@ -1,0 +1,211 @@
+// GPU forward-pass benchmark (issue 11), on the H200 machine; not a test. A Llama-2-7B-shaped model
+// (dim 4096, 32 layers, 32 heads of 128, MLP 11008, vocab 32000, untied head) with random weights,
+// built in this process (one random block set into all 32 layers: no checkpoint on disk), in fp16
+// weights and in GPTQ 4-bit g128 weights, run with bf16 activations (--dtype to change):
+//   - prefill: the NLL of one 1 x 2048 window (the head included), tokens/s;
+//   - decode: KV-cached batch-1 steps after a --context token prompt, tokens/s (host round trip
+//     and the 32000 f32 logits copied back included: what generate() sees);
+//   - the bound: bytes of weights one decode step reads (every linear and the head once) over the
+//     device-to-device copy bandwidth, --copy-gbs (GB/s, bytes read + written, measured by the
+//     caller in the same run: bench/forward-gpu.sh does it with torch).
+// Rows go to bench/results/h200-forward.json (written to a temp name, then renamed) and a Markdown
+// table is printed last. Usage: LOWBIT_ADDON=... node bench/forward-gpu.mjs --peer peer.json (or --copy-gbs N) [--layers 32]
+// [--context 512] [--decode 64] [--dtype bf16] [--kinds f16,4] [--out path]
+import { mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { performance } from 'node:perf_hooks';
+
+const root = join(dirname(fileURLToPath(import.meta.url)), '..');
+const dist = process.env.LOWBIT_DIST ?? join(root, 'dist');
+const { Model, native } = { ...(await import(join(dist, 'index.js'))), ...(await import(join(dist, 'native.js'))) };
+
+function option(name, fallback) {
+  const i = process.argv.indexOf(`--${name}`);
+  return i >= 0 && i + 1 < process.argv.length ? process.argv[i + 1] : fallback;
+}
+const LAYERS = Number(option('layers', 32));
+const CONTEXT = Number(option('context', 512));
+const DECODE = Number(option('decode', 64));
+const PREFILL = Number(option('prefill', 2048));
+const DTYPE = option('dtype', 'bf16');
+const KINDS = option('kinds', 'f16,4').split(',');
+// The ceilings and the peer measured in the same run (bench/forward-gpu-peer.py's output).
+const PEER = option('peer', undefined) ? JSON.parse(readFileSync(option('peer', ''), 'utf8')) : {};
+const COPY_GBS = Number(option('copy-gbs', PEER.copy_gbs ?? NaN));
+const OUT = option('out', join(root, 'bench/results/h200-forward.json'));
+
+const shape = { dim: 4096, hidden: 11008, heads: 32, kvHeads: 32, headDim: 128, vocab: 32000 };
+const config = {
+  architecture: 'LlamaForCausalLM',
+  modelType: 'llama',
+  hiddenSize: shape.dim,
+  intermediateSize: shape.hidden,
+  numLayers: LAYERS,
+  numHeads: shape.heads,
+  numKvHeads: shape.kvHeads,
+  headDim: shape.headDim,
+  vocabSize: shape.vocab,
+  maxPositionEmbeddings: Math.max(PREFILL, CONTEXT + DECODE + 1),
+  rmsNormEps: 1e-5,
+  rope: { theta: 10000, type: 'default', partialRotaryFactor: 1 },
+  hiddenAct: 'silu',
+  qkvBias: false,
+  oBias: false,
+  mlpBias: false,
+  tieWordEmbeddings: false,
+  eosTokenIds: [],
+  raw: {},
+};
+const dims = {
+  q: [shape.heads * shape.headDim, shape.dim],
+  k: [shape.kvHeads * shape.headDim, shape.dim],
+  v: [shape.kvHeads * shape.headDim, shape.dim],
+  o: [shape.dim, shape.heads * shape.headDim],
+  gate: [shape.hidden, shape.dim],
+  up: [shape.hidden, shape.dim],
+  down: [shape.dim, shape.hidden],
+};
+const addon = native();
+
+// A pool of random values, tiled into each weight (repeats do not change what a product costs).
+let state = 12345;
+const next = () => (state = (Math.imul(state, 1664525) + 1013904223) >>> 0);
+const POOL = 1 << 22;
+const poolF32 = Float32Array.from({ length: POOL }, () => (next() / 4294967296 - 0.5) * 2);
+function tiled(Type, n, pool) {
+  const a = new Type(n);
+  for (let i = 0; i < n; i += pool.length) a.set(pool.subarray(0, Math.min(pool.length, n - i)), i);
+  return a;
+}
+function f16Pool(scale) {
+  const scaled = poolF32.map((v) => v * scale);
+  const out = new Uint16Array(POOL);
+  addon.convert(new Uint8Array(scaled.buffer), 'f32', new Uint8Array(out.buffer), 'f16', POOL);
+  return out;
+}
+const poolI32 = Int32Array.from({ length: POOL }, () => next() | 0);
+
+function denseF16(N, K) {
+  return { dtype: 'f16', data: tiled(Uint16Array, N * K, f16Pool(1 / Math.sqrt(K))) };
+}
+
+/** A random GPTQ v1 linear, group 128: codes drawn uniformly, scales 1/(8 sqrt K), zero 8. */
+function packed4(N, K) {
+  const bits = 4,
+    groupSize = 128,
+    groups = Math.ceil(K / groupSize);
+  const scalesF32 = new Float32Array(groups * N).fill(1 / (8 * Math.sqrt(K)));
+  const scales = new Uint16Array(groups * N);
+  addon.convert(new Uint8Array(scalesF32.buffer), 'f32', new Uint8Array(scales.buffer), 'f16', scales.length);
+  return {
+    packed: {
+      bits,
+      K,
+      N,
+      groupSize,
+      groups,
+      zeroOffset: 1,
+      qweight: tiled(Int32Array, ((K * bits) / 32) * N, poolI32),
+      qzeros: addon.packQzeros(new Int32Array(groups * N).fill(8), groups, N, bits, 1),
+      scales,
+    },
+  };
+}
+
+/** Bytes one decode step reads: every block linear once (as stored), the fp16 head once. */
+function bytesPerStep(kind) {
+  let b = shape.vocab * shape.dim * 2;
+  for (const [N, K] of Object.values(dims))
+    b += LAYERS * (kind === 'f16' ? N * K * 2 : (N * K) / 2 + Math.ceil(K / 128) * N * 2.5);
+  return b;
+}
+
+const decodeRows = [];
+const prefillRows = [];
+const table = [];
+
+for (const kind of KINDS) {
+  const t0 = performance.now();
+  const model = Model.create(config, { device: 'cuda', dtype: DTYPE });
+  await model.setGlobals({
+    embed: denseF16(shape.vocab, shape.dim),
+    finalNorm: new Float32Array(shape.dim).fill(1),
+    head: denseF16(shape.vocab, shape.dim),
+  });
+  const block = { attnNorm: new Float32Array(shape.dim).fill(1), mlpNorm: new Float32Array(shape.dim).fill(1) };
+  for (const [name, [N, K]] of Object.entries(dims)) block[name] = kind === 'f16' ? denseF16(N, K) : packed4(N, K);
+  for (let b = 0; b < LAYERS; b++) await model.setBlockWeights(b, block);
+  const loadS = (performance.now() - t0) / 1000;
+  const gib = model.weightBytes / 2 ** 30;
+  const bits = kind === 'f16' ? 16 : Number(kind);
+
+  // prefill: NLL of one window (warm-up first, then the median of 3)
+  const ids = Int32Array.from({ length: PREFILL }, (_, i) => (i * 7919 + 13) % shape.vocab);
+  await model.nll(ids.subarray(0, 128));
+  await model.nll(ids);
+  const prefillTimes = [];
+  for (let r = 0; r < 3; r++) {
+    const t = performance.now();
+    await model.nll(ids);
+    prefillTimes.push((performance.now() - t) / 1000);
+  }
+  prefillTimes.sort((a, b) => a - b);
+  const prefillS = prefillTimes[1];
+  // linear FLOPs of the window (2 per weight per token) over the time: the tensor-core rate reached
+  let weights = shape.vocab * shape.dim;
+  for (const [N, K] of Object.values(dims)) weights += LAYERS * N * K;
+  const prefillTflops = (2 * weights * PREFILL) / prefillS / 1e12;
+  prefillRows.push({ bits, batch: 1, tokens: PREFILL, tok_s: PREFILL / prefillS, linear_tflops: prefillTflops });
+
+  // decode: batch 1 after a CONTEXT-token prompt
+  const session = await model.createSession(CONTEXT + DECODE + 1);
+  await session.feed(ids.subarray(0, CONTEXT));
+  await session.feed(ids.subarray(CONTEXT, CONTEXT + 1)); // warm-up step
+  const t = performance.now();
+  for (let i = 1; i < DECODE; i++) await session.feed(ids.subarray(CONTEXT + i, CONTEXT + i + 1));
+  const decodeS = (performance.now() - t) / 1000;
+  const tokS = (DECODE - 1) / decodeS;
+  const cacheGib = model.cacheBytes ? model.cacheBytes / 2 ** 30 : NaN;
+  session.close();
+  const bound = (COPY_GBS * 1e9) / bytesPerStep(kind);
+  decodeRows.push({ bits, batch: 1, context: CONTEXT, tok_s: tokS, bound_tok_s: bound });
+  table.push(
+    `| ${kind === 'f16' ? 'fp16' : `${kind}-bit g128`} | ${gib.toFixed(2)} GiB | ${(PREFILL / prefillS).toFixed(0)} tok/s (${prefillTflops.toFixed(0)} TFLOP/s) | ${tokS.toFixed(1)} tok/s | ${bound.toFixed(0)} tok/s | ${((100 * tokS) / bound).toFixed(0)}% | ${loadS.toFixed(0)} s |`,
+  );
+  console.error(
+    `${kind}: loaded in ${loadS.toFixed(1)} s; prefill ${prefillTimes.map((x) => x.toFixed(3))} s; decode ${tokS.toFixed(1)} tok/s; cache ${cacheGib}`,
+  );
+  await model.close();
+}
+
+const info = addon.buildInfo();
+const devices = addon.cudaDevices().devices;
+const result = {
+  device: devices[0]?.name ?? 'unknown',
+  date: new Date().toISOString(),
+  dtype: DTYPE,
+  layers: LAYERS,
+  copy_gbs: COPY_GBS,
+  addon: info.cudaArchs ?? '',
+  decode: decodeRows,
+  prefill: prefillRows,
+  ...(PEER.peer ? { peer: PEER.peer } : {}),
+};
+mkdirSync(dirname(OUT), { recursive: true });
+writeFileSync(`${OUT}.tmp`, JSON.stringify(result, null, 2) + '\n');
+renameSync(`${OUT}.tmp`, OUT);
+console.log(`\n${result.device}, ${LAYERS} layers, ${DTYPE} activations, copy ${COPY_GBS} GB/s, ${result.date}\n`);
+console.log(
+  '| weights | GPU memory (weights) | prefill 1x' +
+    PREFILL +
+    ' | decode batch 1 (ctx ' +
+    CONTEXT +
+    ') | bound | of bound | load |',
+);
+console.log('| --- | --- | --- | --- | --- | --- | --- |');
+for (const row of table) console.log(row);
+if (PEER.peer)
+  console.log(
+    `| fp16, ${PEER.peer.name} (peer) | ${PEER.peer.memory_gib.toFixed(2)} GiB (peak) | ${PEER.peer.prefill_tok_s.toFixed(0)} tok/s | ${PEER.peer.decode_tok_s.toFixed(1)} tok/s | | | |`,
+  );

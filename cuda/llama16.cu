@@ -1,0 +1,511 @@
+// The Llama forward pass on one GPU with fp16 or bf16 activations (make_backend's `activations`):
+// the linears' inputs and outputs, q/k/v, attention's output and the KV cache in 16 bits; the
+// residual stream, the RMSNorm and softmax statistics, every accumulation and the logits in f32.
+// Dense linears (and the head) run on the tensor cores through cuBLAS (gemm16, weights converted
+// once at load time), packed linears through the CUDA table's 16-bit kernels (gptq-tc), any other
+// format through its f32 operator with the activations widened and narrowed around it. The block
+// is block_recipe's, as in the f32 pass (llama.cu); the ops are llama16_ops.cu's, with the residual
+// add fused into the next RMSNorm.
+#include <cuda_runtime.h>
+
+#include <cmath>
+#include <cstdlib>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "../native/core/model/backend.hpp"
+#include "../native/core/model/block_recipe.hpp"
+#include "cuda_api.hpp"
+#include "cuda_check.cuh"
+#include "linalg.cuh"
+#include "linear_ops.cuh"
+#include "llama16_ops.cuh"
+#include "llama_ops.cuh"
+
+namespace lowbit {
+namespace cuda {
+
+namespace {
+
+using model::BlockRun;
+using model::BlockWeights;
+using model::CapturePoint;
+using model::GlobalWeights;
+using model::kBlockLinears;
+using model::Linear;
+using model::LlamaBackend;
+using model::LlamaConfig;
+
+// A 16-bit copy on the device of f32, f16 or bf16 host values, converted to `t` there.
+std::unique_ptr<DeviceBuffer<uint16_t>> upload_as(const void* src, DType from, DType t, int64_t n) {
+  auto out = std::make_unique<DeviceBuffer<uint16_t>>((size_t)n);
+  const size_t bytes = (size_t)n * dtype_size(from);
+  DeviceBuffer<uint8_t> staging(bytes);
+  staging.upload(static_cast<const uint8_t*>(src), bytes);
+  ops16::convert(from, staging.get(), t, n, out->get(), nullptr);
+  check(cudaStreamSynchronize(nullptr), "weight conversion");
+  return out;
+}
+
+std::unique_ptr<DeviceBuffer<float>> upload_floats(const float* src, int64_t n) {
+  auto b = std::make_unique<DeviceBuffer<float>>((size_t)n);
+  b->upload(src, (size_t)n);
+  return b;
+}
+
+// A dense weight in the activations' 16-bit type, multiplied through gemm16 (cuBLAS tensor cores).
+class DenseHalfOp : public DeviceLinearOp {
+ public:
+  DenseHalfOp(int device, const LinearWeights& w, DType t)
+      : DeviceLinearOp(device, w.N(), w.K()),
+        t_(t),
+        weight_(upload_as(w.dense()->data, w.dense()->dtype, t, w.N() * w.K())),
+        bias_(w.bias ? upload_floats(w.bias, w.N()) : nullptr) {}
+  void apply(const float*, int64_t, float*, DeviceScratch&, void*) const override {
+    fail("E_UNSUPPORTED", "this operator takes 16-bit activations");
+  }
+  bool has_half(DType dtype) const override { return dtype == t_; }
+  void apply_half(const uint16_t* X, DType dtype, int64_t M, uint16_t* Y, DeviceScratch&, void* stream) const override {
+    require(dtype == t_, "E_DTYPE", "activations of another type than the weight's");
+    product(X, M, Y, false, static_cast<cudaStream_t>(stream));
+  }
+  // Y [M, N] in f32 (the head: logits keep f32).
+  void apply_f32_out(const uint16_t* X, int64_t M, float* Y, cudaStream_t s) const { product(X, M, Y, true, s); }
+  int64_t bytes() const override { return N() * K() * 2 + (bias_ ? N() * 4 : 0); }
+  const char* kernel() const override { return "dense-gemm16"; }
+
+ private:
+  void product(const uint16_t* X, int64_t M, void* Y, bool y_f32, cudaStream_t s) const {
+    gemm16(s, t_ == DType::BF16, M, N(), K(), X, weight_->get(), Y, y_f32);
+    if (bias_) ops16::add_bias(t_, Y, y_f32, M, N(), bias_->get(), s);
+  }
+  DType t_;
+  std::unique_ptr<DeviceBuffer<uint16_t>> weight_;
+  std::unique_ptr<DeviceBuffer<float>> bias_;
+};
+
+// Any format without a 16-bit kernel: its f32 operator, with X widened and Y narrowed around it.
+class WidenedOp : public DeviceLinearOp {
+ public:
+  explicit WidenedOp(std::unique_ptr<DeviceLinearOp> op)
+      : DeviceLinearOp(op->device(), op->N(), op->K()), op_(std::move(op)) {}
+  void apply(const float* X, int64_t M, float* Y, DeviceScratch& scratch, void* stream) const override {
+    op_->apply(X, M, Y, scratch, stream);
+  }
+  bool has_half(DType dtype) const override { return dtype == DType::F16 || dtype == DType::BF16; }
+  void apply_half(const uint16_t* X, DType dtype, int64_t M, uint16_t* Y, DeviceScratch& scratch,
+                  void* stream) const override {
+    const cudaStream_t s = static_cast<cudaStream_t>(stream);
+    float* x = static_cast<float*>(x_.get(M * K() * 4));
+    float* y = static_cast<float*>(y_.get(M * N() * 4));
+    ops16::widen(dtype, X, M * K(), x, s);
+    op_->apply(x, M, y, scratch, stream);
+    ops16::narrow(dtype, y, M * N(), Y, s);
+  }
+  int64_t bytes() const override { return op_->bytes(); }
+  const char* kernel() const override { return op_->kernel(); }
+
+ private:
+  std::unique_ptr<DeviceLinearOp> op_;
+  mutable DeviceScratch x_, y_;  // one product at a time: the backend runs one stream
+};
+
+std::unique_ptr<DeviceLinearOp> make_linear16(int device, const LinearWeights& w, DType t) {
+  if (w.dense()) return std::make_unique<DenseHalfOp>(device, w, t);
+  if (auto op = make_device_linear_half(device, w, t)) return op;
+  return std::make_unique<WidenedOp>(make_device_linear(device, w));
+}
+
+struct Block16 {
+  std::unique_ptr<DeviceBuffer<float>> attn_norm, mlp_norm;
+  std::unique_ptr<DeviceLinearOp> linears[kBlockLinears];
+  int64_t bytes(int64_t dim) const {
+    int64_t b = 2 * dim * 4;
+    for (const auto& l : linears) b += l->bytes();
+    return b;
+  }
+};
+
+class Sequence16 : public model::Sequence {
+ public:
+  ~Sequence16() override {
+    if (step) cudaGraphExecDestroy(step);
+  }
+  std::vector<std::unique_ptr<DeviceBuffer<uint16_t>>> keys, values;  // per layer [capacity, kv_heads·hd]
+  // The captured one-token decode step, valid while the backend's epoch is step_epoch.
+  cudaGraphExec_t step = nullptr;
+  uint64_t step_epoch = 0;
+};
+
+class CudaLlama16 : public LlamaBackend {
+ public:
+  CudaLlama16(int device, const LlamaConfig& config, DType t)
+      : LlamaBackend(config), device_(device), t_(t), blocks_((size_t)config.layers) {
+    use_device(device);
+    check(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), "cudaStreamCreate");
+    check(cudaDeviceGetAttribute(&multiprocessors_, cudaDevAttrMultiProcessorCount, device), "device attribute");
+    inv_freq_ = upload_floats(config_.inv_freq.data(), (int64_t)config_.inv_freq.size());
+    pos_ = std::make_unique<DeviceBuffer<int32_t>>(1);
+    const char* graphs = std::getenv("LOWBIT_CUDA_GRAPHS");
+    graphs_ = !(graphs && std::string(graphs) == "0");
+  }
+  ~CudaLlama16() override { cudaStreamDestroy(stream_); }
+
+  int device() const override { return device_; }
+  DType activations() const override { return t_; }
+  bool has_block(int64_t i) const override { return i >= 0 && i < config_.layers && blocks_[(size_t)i] != nullptr; }
+  bool has_globals() const override { return embed_ != nullptr; }
+
+  int64_t weight_bytes() const override {
+    int64_t b = embed_ ? config_.vocab * config_.dim * 2 + config_.dim * 4 : 0;
+    if (head_) b += head_->bytes();
+    for (const auto& blk : blocks_)
+      if (blk) b += blk->bytes(config_.dim);
+    return b;
+  }
+
+ protected:
+  void do_set_globals(const GlobalWeights& w) override {
+    begin_eager();
+    embed_ = upload_as(w.embed, w.embed_dtype, t_, config_.vocab * config_.dim);
+    final_norm_ = upload_floats(w.final_norm, config_.dim);
+    head_.reset();
+    if (!config_.tie_embeddings) head_ = make_linear16(device_, w.head, t_);
+  }
+
+  void do_set_block(int64_t i, const BlockWeights& w) override {
+    begin_eager();
+    auto b = std::make_unique<Block16>();
+    b->attn_norm = upload_floats(w.attn_norm, config_.dim);
+    b->mlp_norm = upload_floats(w.mlp_norm, config_.dim);
+    for (int l = 0; l < kBlockLinears; ++l) b->linears[l] = make_linear16(device_, w.linears[l], t_);
+    blocks_[(size_t)i] = std::move(b);
+  }
+
+  void do_set_linear(int64_t i, Linear which, const LinearWeights& w) override {
+    begin_eager();
+    blocks_[(size_t)i]->linears[(int)which] = make_linear16(device_, w, t_);
+  }
+
+  void do_drop_block(int64_t i) override {
+    begin_eager();
+    blocks_[(size_t)i].reset();
+  }
+
+  void do_embed(const int32_t* ids, int64_t n, float* hidden) override {
+    begin_eager();
+    float* x = embed_device(ids, n);
+    download(hidden, x, n * config_.dim);
+  }
+
+  void do_run_block(int64_t i, float* hidden, int64_t batch, int64_t seq, const BlockRun& run) override {
+    begin_eager();
+    const int64_t rows = batch * seq;
+    float* x = floats(x_, rows * config_.dim);
+    upload(x, hidden, rows * config_.dim);
+    pending_add_ = nullptr;
+    set_position(0);
+    if (block_forward(block(i), x, rows, seq, seq, nullptr, 0, &run)) {
+      flush_add(rows);
+      download(hidden, x, rows * config_.dim);
+    } else {
+      pending_add_ = nullptr;  // stopped early: hidden is left as it was
+      sync();
+    }
+  }
+
+  void do_head(const float* hidden, int64_t rows, float* logits) override {
+    begin_eager();
+    float* x = floats(x_, rows * config_.dim);
+    upload(x, hidden, rows * config_.dim);
+    pending_add_ = nullptr;
+    float* out = floats(logits_, rows * config_.vocab);
+    head_rows(x, rows, out);
+    download(logits, out, rows * config_.vocab);
+  }
+
+  void do_logits(const int32_t* ids, int64_t batch, int64_t seq, float* out) override {
+    begin_eager();
+    const int64_t rows = batch * seq;
+    float* x = forward(ids, batch, seq);
+    constexpr int64_t kChunk = 1024;
+    for (int64_t r0 = 0; r0 < rows; r0 += kChunk) {
+      const int64_t n = std::min(kChunk, rows - r0);
+      float* lg = floats(logits_, n * config_.vocab);
+      head_rows(x + r0 * config_.dim, n, lg);
+      download(out + r0 * config_.vocab, lg, n * config_.vocab);
+    }
+  }
+
+  void do_nll(const int32_t* ids, int64_t batch, int64_t seq, float* out) override {
+    begin_eager();
+    float* x = forward(ids, batch, seq);
+    // Positions 0 .. seq-2 of each sequence predict ids[t + 1].
+    const int32_t* ids_dev = static_cast<const int32_t*>(ids_.get(batch * seq * 4));
+    float* nll_dev = floats(nll_, batch * (seq - 1));
+    for (int64_t b = 0; b < batch; ++b) {
+      float* lg = floats(logits_, (seq - 1) * config_.vocab);
+      head_rows(x + b * seq * config_.dim, seq - 1, lg);
+      ops::row_nll(lg, seq - 1, config_.vocab, ids_dev + b * seq + 1, nll_dev + b * (seq - 1), stream_);
+    }
+    download(out, nll_dev, batch * (seq - 1));
+  }
+
+  std::unique_ptr<model::Sequence> do_new_sequence(int64_t capacity) override {
+    begin_eager();
+    auto s = std::make_unique<Sequence16>();
+    const int64_t kw = config_.kv_heads * config_.head_dim;
+    for (int64_t l = 0; l < config_.layers; ++l) {
+      s->keys.push_back(std::make_unique<DeviceBuffer<uint16_t>>((size_t)(capacity * kw)));
+      s->values.push_back(std::make_unique<DeviceBuffer<uint16_t>>((size_t)(capacity * kw)));
+    }
+    return s;
+  }
+
+  // One token at a time (n == 1) replays a CUDA graph of the whole step, captured after an eager
+  // step and kept while nothing could have moved a buffer it uses (epoch_); several tokens run eagerly.
+  void do_decode(model::Sequence& sequence, const int32_t* ids, int64_t n, float* last_logits) override {
+    auto* s = static_cast<Sequence16*>(&sequence);  // the base checked that this backend made it
+    const bool replay = n == 1 && graphs_ && s->step && s->step_epoch == epoch_;
+    if (!replay) begin_eager();  // an eager step may grow buffers other sequences' graphs use
+    select();
+    float* x = embed_device(ids, n);
+    set_position(s->length);
+    float* lg = floats(logits_, config_.vocab);
+    if (replay) {
+      check(cudaGraphLaunch(s->step, stream_), "cudaGraphLaunch");
+    } else {
+      decode_body(x, n, s, lg);
+      if (n == 1 && graphs_) capture_step(x, s, lg);
+    }
+    download(last_logits, lg, config_.vocab);
+  }
+
+ private:
+  void select() const { check(cudaSetDevice(device_), "cudaSetDevice"); }
+  void sync() const { check(cudaStreamSynchronize(stream_), "forward pass"); }
+  template <class T>
+  void upload(T* dst, const T* src, int64_t n) {
+    check(cudaMemcpyAsync(dst, src, (size_t)n * sizeof(T), cudaMemcpyHostToDevice, stream_), "cudaMemcpy H2D");
+  }
+  template <class T>
+  void download(T* dst, const T* src, int64_t n) {
+    check(cudaMemcpyAsync(dst, src, (size_t)n * sizeof(T), cudaMemcpyDeviceToHost, stream_), "cudaMemcpy D2H");
+    sync();
+  }
+  static float* floats(DeviceScratch& s, int64_t n) { return static_cast<float*>(s.get(n * 4)); }
+  static uint16_t* halves(DeviceScratch& s, int64_t n) { return static_cast<uint16_t*>(s.get(n * 2)); }
+
+  const Block16& block(int64_t i) const { return *blocks_[(size_t)i]; }  // present: the base checked
+
+  // A call that may grow (move) scratch buffers: captured decode steps must be captured again.
+  void begin_eager() {
+    select();
+    ++epoch_;
+  }
+
+  // The position of the first row of this call, read on the device by RoPE, the KV append and attention.
+  void set_position(int64_t p) {
+    host_pos_ = (int32_t)p;
+    upload(pos_->get(), &host_pos_, 1);
+  }
+
+  // The blocks and the head over n new tokens of s (x: their embedded rows), last logits to lg.
+  // Attention splits its keys as for the sequence's whole capacity, so the step is the same kernels
+  // whatever the position (one graph for every step).
+  void decode_body(float* x, int64_t n, Sequence16* s, float* lg) {
+    const int64_t longest = n == 1 ? s->capacity : s->length + n;
+    for (int64_t i = 0; i < config_.layers; ++i) block_forward(block(i), x, n, n, longest, s, i, nullptr);
+    flush_add(n);
+    head_rows(x + (n - 1) * config_.dim, 1, lg);
+  }
+
+  // Records decode_body for one token as s->step (the eager step just run grew every buffer it needs).
+  void capture_step(float* x, Sequence16* s, float* lg) {
+    if (s->step) cudaGraphExecDestroy(s->step);
+    s->step = nullptr;
+    cudaGraph_t graph = nullptr;
+    check(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal), "cudaStreamBeginCapture");
+    try {
+      decode_body(x, 1, s, lg);
+    } catch (...) {
+      cudaStreamEndCapture(stream_, &graph);
+      if (graph) cudaGraphDestroy(graph);
+      graphs_ = false;  // something in the step cannot be captured: stay eager
+      return;
+    }
+    check(cudaStreamEndCapture(stream_, &graph), "cudaStreamEndCapture");
+    const cudaError_t made = cudaGraphInstantiate(&s->step, graph, 0);
+    cudaGraphDestroy(graph);
+    check(made, "cudaGraphInstantiate");
+    s->step_epoch = epoch_;
+  }
+
+  // ids (host) -> the f32 residual rows x_ on the device; ids stay in ids_ for nll.
+  float* embed_device(const int32_t* ids, int64_t n) {
+    int32_t* ids_dev = static_cast<int32_t*>(ids_.get(n * 4));
+    upload(ids_dev, ids, n);
+    float* x = floats(x_, n * config_.dim);
+    ops16::gather_rows(t_, embed_->get(), ids_dev, n, config_.dim, x, stream_);
+    pending_add_ = nullptr;
+    return x;
+  }
+
+  // The whole model over a batch; returns the last block's residual stream (device, f32; the last
+  // residual add still pending, for head_rows to fuse).
+  float* forward(const int32_t* ids, int64_t batch, int64_t seq) {
+    float* x = embed_device(ids, batch * seq);
+    set_position(0);
+    for (int64_t i = 0; i < config_.layers; ++i) block_forward(block(i), x, batch * seq, seq, seq, nullptr, 0, nullptr);
+    flush_add(batch * seq);
+    return x;
+  }
+
+  // Adds the pending residual (the last linear's output) into x_ over `rows` rows.
+  void flush_add(int64_t rows) {
+    if (!pending_add_) return;
+    ops16::add(t_, floats(x_, 0), pending_add_, rows * config_.dim, stream_);
+    pending_add_ = nullptr;
+  }
+
+  // final norm + lm_head of rows of x (device, f32, nothing pending), logits in f32.
+  void head_rows(const float* x, int64_t rows, float* out) {
+    uint16_t* normed = halves(head_norm_, rows * config_.dim);
+    ops16::add_rms_norm(t_, const_cast<float*>(x), nullptr, rows, config_.dim, final_norm_->get(), config_.norm_eps,
+                        normed, stream_);
+    if (!head_) {  // tied: the embedding is the head's weight
+      gemm16(stream_, t_ == DType::BF16, rows, config_.vocab, config_.dim, normed, embed_->get(), out, true);
+    } else if (auto* dense = dynamic_cast<const DenseHalfOp*>(head_.get())) {
+      dense->apply_f32_out(normed, rows, out, stream_);
+    } else {
+      uint16_t* lg16 = halves(head_out_, rows * config_.vocab);
+      head_->apply_half(normed, t_, rows, lg16, wide_, stream_);
+      ops16::widen(t_, lg16, rows * config_.vocab, out, stream_);
+    }
+  }
+
+  // One block over `rows` rows of the residual stream x (device, f32): sequences of S rows each at
+  // positions *pos_.., keys from this call (kv null) or appended to kv's cache of `layer`; `longest`
+  // bounds the keys a row attends to (attention's split heuristic). The block's
+  // last residual add is left pending (pending_add_) for the next norm to fuse. Returns false when
+  // the run stopped early at a capture point.
+  bool block_forward(const Block16& blk, float* x, int64_t rows, int64_t S, int64_t longest, Sequence16* kv,
+                     int64_t layer, const BlockRun* run) {
+    const LlamaConfig& c = config_;
+    const int64_t qw = c.heads * c.head_dim, kw = c.kv_heads * c.head_dim;
+    struct Ops {
+      CudaLlama16& m;
+      const Block16& blk;
+      int64_t rows, S, longest, kw;
+      Sequence16* kv;
+      int64_t layer;
+      const BlockRun* run;
+      void rms_norm(const float* in, const float* w, uint16_t* out) {
+        m.fused_norm(const_cast<float*>(in), rows, w, out);
+      }
+      void linear(Linear which, const uint16_t* in, uint16_t* out) {
+        blk.linears[(int)which]->apply_half(in, m.t_, rows, out, m.wide_, m.stream_);
+      }
+      void rope(uint16_t* q, uint16_t* k) {
+        const LlamaConfig& c = m.config_;
+        const int64_t half = c.head_dim / 2;
+        const int32_t* pos = m.pos_->get();
+        ops16::rope(m.t_, q, rows, S, pos, c.heads * c.head_dim, c.heads, half, m.inv_freq_->get(), c.rope_scale,
+                    m.stream_);
+        ops16::rope(m.t_, k, rows, S, pos, kw, c.kv_heads, half, m.inv_freq_->get(), c.rope_scale, m.stream_);
+      }
+      void attention(const uint16_t* q, const uint16_t* k, const uint16_t* v, uint16_t* out) {
+        const LlamaConfig& c = m.config_;
+        const uint16_t* keys = k;
+        const uint16_t* values = v;
+        int64_t key_stride = S;
+        if (kv) {  // append to the cache, then attend over all of it
+          uint16_t* kc = kv->keys[(size_t)layer]->get();
+          uint16_t* vc = kv->values[(size_t)layer]->get();
+          ops16::append_kv(k, v, rows, kw, m.pos_->get(), kc, vc, m.stream_);
+          keys = kc;
+          values = vc;
+          key_stride = 0;
+        }
+        const float scale = (float)(1.0 / std::sqrt((double)c.head_dim));
+        const int splits = ops16::attention_splits(rows, c.heads, longest, m.multiprocessors_);
+        float* partial = floats(m.partial_, ops16::attention_partial_floats(rows, c.heads, c.head_dim, splits));
+        ops16::attention(m.t_, q, rows, S, m.pos_->get(), keys, values, key_stride, c.heads, c.kv_heads, c.head_dim, scale, splits,
+                         partial, out, m.stream_);
+      }
+      void add(float* y, const uint16_t* x, int64_t cols) {
+        (void)cols;  // always dim: the residual stream
+        (void)y;
+        m.flush_add(rows);
+        m.pending_add_ = x;  // fused into the next rms_norm (or flushed)
+      }
+      void swiglu(const uint16_t* gate, const uint16_t* up, uint16_t* out) {
+        ops16::swiglu(m.t_, gate, up, rows * m.config_.hidden, out, m.stream_);
+      }
+      bool emit(CapturePoint p, const uint16_t* data, int64_t cols) {
+        const model::CaptureFn* capture = run ? run->capture : nullptr;
+        if (capture && *capture) {
+          float* wide = floats(m.capture_, rows * cols);
+          ops16::widen(m.t_, data, rows * cols, wide, m.stream_);
+          if (run->capture_on_device) {
+            m.sync();
+            (*capture)(p, model::Activations{wide, rows, cols, 0, m.device_});
+          } else {
+            m.host_capture_.resize((size_t)(rows * cols));
+            m.download(m.host_capture_.data(), wide, rows * cols);
+            (*capture)(p, model::Activations{m.host_capture_.data(), rows, cols, 0, -1});
+          }
+        }
+        return run && run->stop_after == (int)p;
+      }
+    } recipe_ops{*this, blk, rows, S, longest, kw, kv, layer, run};
+    const model::BlockBuffersOf<uint16_t> b{x,
+                                            halves(norm_, rows * c.dim),
+                                            halves(q_, rows * qw),
+                                            halves(k_, rows * kw),
+                                            halves(v_, rows * kw),
+                                            halves(att_, rows * qw),
+                                            halves(proj_, rows * c.dim),
+                                            halves(gate_, rows * c.hidden),
+                                            halves(up_, rows * c.hidden)};
+    return model::block_recipe(c, b, blk.attn_norm->get(), blk.mlp_norm->get(), recipe_ops);
+  }
+
+  // x += pending (if any), then out = rms_norm(x) * w, in one pass.
+  void fused_norm(float* x, int64_t rows, const float* w, uint16_t* out) {
+    ops16::add_rms_norm(t_, x, pending_add_, rows, config_.dim, w, config_.norm_eps, out, stream_);
+    pending_add_ = nullptr;
+  }
+
+  int device_;
+  DType t_;
+  cudaStream_t stream_ = nullptr;
+  int multiprocessors_ = 1;
+  std::vector<std::unique_ptr<Block16>> blocks_;
+  std::unique_ptr<DeviceBuffer<uint16_t>> embed_;
+  std::unique_ptr<DeviceBuffer<float>> final_norm_, inv_freq_;
+  std::unique_ptr<DeviceBuffer<int32_t>> pos_;  // the position of the call's first row (set_position)
+  int32_t host_pos_ = 0;
+  bool graphs_ = true;   // decode steps replayed as CUDA graphs (LOWBIT_CUDA_GRAPHS=0: never)
+  uint64_t epoch_ = 1;   // bumped by every call that may move a buffer a captured step uses
+  std::unique_ptr<DeviceLinearOp> head_;
+  // The block's last output (proj_), not yet added into x_: the next block's first norm adds it in
+  // the same pass (proj_ is next written by that block's o projection, after the norm).
+  const uint16_t* pending_add_ = nullptr;
+  // Scratch (a backend is used by one thread at a time). wide_: what a linear's operator needs.
+  DeviceScratch x_, norm_, q_, k_, v_, att_, proj_, gate_, up_, logits_, nll_, ids_, partial_, capture_, head_norm_,
+      head_out_;
+  DeviceScratch wide_;
+  std::vector<float> host_capture_;
+};
+
+}  // namespace
+
+std::unique_ptr<LlamaBackend> make_cuda_llama16(int device, const LlamaConfig& config, DType activations) {
+  require(activations == DType::F16 || activations == DType::BF16, "E_DTYPE", "16-bit activations are f16 or bf16");
+  return std::make_unique<CudaLlama16>(device, config, activations);
+}
+
+}  // namespace cuda
+}  // namespace lowbit

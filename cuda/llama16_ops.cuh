@@ -1,0 +1,60 @@
+// Launchers of the ops of the 16-bit forward pass (llama16_ops.cu): activations in fp16 or bf16
+// (`t`, DType::F16 or DType::BF16, passed as 16-bit patterns), the residual stream in f32, every
+// statistic (RMSNorm's mean square, softmax's max and sum) and every accumulation in f32. Device
+// memory, row-major, each enqueued on a stream; none allocates, so all of them can be captured in
+// a CUDA graph.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "../native/core/dtype.hpp"
+
+namespace lowbit {
+namespace cuda {
+namespace ops16 {
+
+// out [n, dim] (f32) = rows ids[i] of table [*, dim] (16-bit).
+void gather_rows(DType t, const uint16_t* table, const int32_t* ids, int64_t n, int64_t dim, float* out,
+                 cudaStream_t s);
+// With y: x += y (y 16-bit, x the f32 residual stream) first, in the same pass. Then
+// Y = w * x / sqrt(mean(x^2) + eps) per row in 16 bits (y null: the norm alone).
+void add_rms_norm(DType t, float* x, const uint16_t* y, int64_t rows, int64_t dim, const float* w, float eps,
+                  uint16_t* Y, cudaStream_t s);
+// x += y over n values (x f32, y 16-bit).
+void add(DType t, float* x, const uint16_t* y, int64_t n, cudaStream_t s);
+// Positions are read on the device (`pos`, one int32: the first row's), so that one captured graph
+// serves every decode step.
+// Half-split rotary embedding in place on X [rows, stride] (heads of 2*half values each); row r is
+// at position *pos + r % S. cos and sin of f32(inv_freq[i] * position), times `scale`, in f32.
+void rope(DType t, uint16_t* X, int64_t rows, int64_t S, const int32_t* pos, int64_t stride, int64_t heads,
+          int64_t half, const float* inv_freq, float scale, cudaStream_t s);
+// Rows k, v [rows, kw] into the caches kc, vc [capacity, kw] at rows *pos ...
+void append_kv(const uint16_t* k, const uint16_t* v, int64_t rows, int64_t kw, const int32_t* pos, uint16_t* kc,
+               uint16_t* vc, cudaStream_t s);
+// Y [rows, N] += bias [N] (f32), Y in 16 bits or (y_f32) f32.
+void add_bias(DType t, void* Y, bool y_f32, int64_t rows, int64_t N, const float* bias, cudaStream_t s);
+// out = silu(gate) * up over n values (out may be gate), in f32 rounded once.
+void swiglu(DType t, const uint16_t* gate, const uint16_t* up, int64_t n, uint16_t* out, cudaStream_t s);
+// 16-bit to f32 (exact) and f32 to 16-bit (round to nearest even).
+void widen(DType t, const uint16_t* x, int64_t n, float* y, cudaStream_t s);
+void narrow(DType t, const float* x, int64_t n, uint16_t* y, cudaStream_t s);
+// dst (type t) = src (f32, f16 or bf16, device memory) over n values.
+void convert(DType from, const void* src, DType t, int64_t n, uint16_t* dst, cudaStream_t s);
+
+// Causal grouped-query attention without a score matrix. Query row r (Q [rows, heads*hd]) is at
+// position *pos + r % S of sequence r / S and attends to its keys 0 .. *pos + r % S, rows
+// (r / S) * key_stride + j of K and V ([*, kv_heads*hd]). Each (row, head) is split into `splits`
+// ranges of keys, each run by one block with an online softmax (f32 max and sum); with more than one
+// split, the ranges' partial results go to `partial` and a second kernel merges them.
+// hd <= 256. partial: attention_partial_floats(...) floats (none for splits == 1).
+int attention_splits(int64_t rows, int64_t heads, int64_t longest, int multiprocessors);
+int64_t attention_partial_floats(int64_t rows, int64_t heads, int64_t hd, int splits);
+void attention(DType t, const uint16_t* Q, int64_t rows, int64_t S, const int32_t* pos, const uint16_t* K, const uint16_t* V,
+               int64_t key_stride, int64_t heads, int64_t kv_heads, int64_t hd, float scale, int splits, float* partial,
+               uint16_t* out, cudaStream_t s);
+
+}  // namespace ops16
+}  // namespace cuda
+}  // namespace lowbit

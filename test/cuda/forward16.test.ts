@@ -1,0 +1,279 @@
+/**
+ * The fp16/bf16 forward pass on CUDA (Model dtype 'f16' | 'bf16') against the f32 forward pass on the
+ * same device and weights (which test/model holds to the float64 reference at 1e-4). Needs a CUDA
+ * device: elsewhere the GPU blocks skip with the reason; the option checks at the end run everywhere.
+ *
+ * Tolerances come from the unit roundoff u of the activations' type (2^-8 for bf16, 2^-11 for f16).
+ * Along one block the 16-bit pass rounds about seven activations (the norm's output, q, k, v,
+ * attention's output, the projections, gate/up/SwiGLU), each by at most u relative, independently;
+ * over a few blocks and the head that is some sqrt(40) ≈ 6 roundings' worth, so the logits must lie
+ * within 16u of f32's in relative norm (‖Δ‖/‖ref‖). The perplexity, a mean of log-probabilities whose
+ * per-token errors largely cancel, must stay within 4u relative. Greedy generation must pick f32's
+ * tokens for the first 16 steps. A wrong mask, key range, GQA head map, split merge or RoPE position
+ * moves logits by O(1), far past these bounds.
+ */
+import { readFileSync } from 'node:fs';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { LowbitError } from '../../src/errors.js';
+import { Model, openModel, type ModelDtype } from '../../src/model/model.js';
+import { generateTokens } from '../../src/model/generate.js';
+import { perplexity, perplexityIds } from '../../src/model/perplexity.js';
+import { native, type PackedWeights } from '../../src/native.js';
+import { dataPath } from '../model/data.js';
+import { llamaConfig, randomModel, type TinyShape } from '../model/random-model.js';
+import { cudaAvailability, randomSeed, relativeError } from './ref.js';
+
+const cuda = cudaAvailability();
+if (!cuda.ok) console.log(`test/cuda/forward16.test.ts: CUDA tests skipped: ${cuda.reason}`);
+
+type Half = 'f16' | 'bf16';
+const HALVES: Half[] = ['bf16', 'f16'];
+const UNIT: Record<Half, number> = { f16: 2 ** -11, bf16: 2 ** -8 };
+const LOGITS_TOL = (dt: Half) => 16 * UNIT[dt];
+const PPL_TOL = (dt: Half) => 4 * UNIT[dt];
+const seed = randomSeed();
+
+describe.skipIf(!cuda.ok)(`stories260K in 16 bits (skipped without a GPU: ${cuda.reason || 'none'})`, () => {
+  const models = new Map<ModelDtype, Model>();
+  let ids: Int32Array;
+  beforeAll(async () => {
+    for (const dtype of ['f32', 'bf16', 'f16'] as const)
+      models.set(dtype, await openModel(dataPath('stories260K-hf'), { device: 'cuda', dtype }));
+    ids = perplexityIds(models.get('f32')!, readFileSync(dataPath('tinystories-valid.txt'), 'utf8'));
+  });
+  afterAll(async () => {
+    for (const m of models.values()) await m.close();
+  });
+
+  it.each(HALVES)('%s: the model reports its dtype and holds 16-bit weights', (dt) => {
+    const m = models.get(dt)!;
+    expect(m.dtype).toBe(dt);
+    expect(models.get('f32')!.dtype).toBe('f32');
+    // every weight but the norms is stored in 16 bits: about half of the f32 model's bytes
+    expect(m.weightBytes / models.get('f32')!.weightBytes).toBeLessThan(0.56);
+  });
+
+  it.each(HALVES)("%s: window 0's logits within 16u of f32's (relative norm)", async (dt) => {
+    const window = ids.subarray(0, 512);
+    const ref = await models.get('f32')!.logits(window);
+    const got = await models.get(dt)!.logits(window);
+    const err = relativeError(got, ref);
+    console.log(`stories260K ${dt}: logits relative error ${err.toExponential(3)} (bound ${LOGITS_TOL(dt)})`);
+    expect(err).toBeLessThanOrEqual(LOGITS_TOL(dt));
+  });
+
+  it.each(HALVES)('%s: perplexity over all windows within 4u of f32 (relative)', async (dt) => {
+    const ref = await perplexity(models.get('f32')!, ids, { seqLen: 512, batch: 4 });
+    const got = await perplexity(models.get(dt)!, ids, { seqLen: 512, batch: 4 });
+    const rel = Math.abs(got.ppl / ref.ppl - 1);
+    console.log(
+      `stories260K ${dt}: ppl ${got.ppl.toFixed(5)} vs f32 ${ref.ppl.toFixed(5)} (relative ${rel.toExponential(3)})`,
+    );
+    expect(got.windows).toBe(ref.windows);
+    expect(rel).toBeLessThanOrEqual(PPL_TOL(dt));
+  });
+
+  it.each(HALVES)('%s: greedy generation picks the f32 tokens for the first 16 steps', async (dt) => {
+    const prompt = ids.subarray(0, 9);
+    const run = async (m: Model) => {
+      const out: number[] = [];
+      for await (const t of generateTokens(m, prompt, { temperature: 0, maxTokens: 16, stopIds: [] })) out.push(t);
+      return out;
+    };
+    const ref = await run(models.get('f32')!);
+    expect(ref.length).toBe(16);
+    expect(await run(models.get(dt)!)).toEqual(ref);
+  });
+});
+
+// Odd shapes for attention: GQA, head sizes that leave lanes idle (24, 40, 72) or need 8 values per
+// lane (136), sequence lengths that are no multiple of the 4-key steps or of the warps' strides, and
+// decode steps long enough for the split-K path (several key ranges merged).
+const shapes: Record<string, TinyShape> = {
+  'GQA 6/3 heads of 24': {
+    dim: 48,
+    hidden: 61,
+    layers: 2,
+    heads: 6,
+    kvHeads: 3,
+    headDim: 24,
+    vocab: 71,
+    maxSeq: 400,
+    tied: false,
+    qkvBias: true,
+  },
+  'GQA 4/1 heads of 40': {
+    dim: 72,
+    hidden: 50,
+    layers: 2,
+    heads: 4,
+    kvHeads: 1,
+    headDim: 40,
+    vocab: 53,
+    maxSeq: 400,
+    tied: true,
+    qkvBias: false,
+  },
+  'MHA 3 heads of 72': {
+    dim: 40,
+    hidden: 33,
+    layers: 1,
+    heads: 3,
+    kvHeads: 3,
+    headDim: 72,
+    vocab: 45,
+    maxSeq: 400,
+    tied: false,
+    qkvBias: false,
+  },
+  'GQA 2/1 heads of 136': {
+    dim: 64,
+    hidden: 40,
+    layers: 1,
+    heads: 2,
+    kvHeads: 1,
+    headDim: 136,
+    vocab: 39,
+    maxSeq: 400,
+    tied: true,
+    qkvBias: false,
+  },
+};
+
+function randomIds(n: number, vocab: number, salt: number): Int32Array {
+  return Int32Array.from({ length: n }, (_, i) => (((i + 1) * 2654435761 + salt * 97 + seed) >>> 0) % vocab);
+}
+
+async function build(shape: TinyShape, dtype: ModelDtype, s: number): Promise<Model> {
+  const config = llamaConfig(shape);
+  const model = Model.create(config, { device: 'cuda', dtype });
+  const tiny = randomModel(shape, model.nativeConfig.invFreq, s);
+  await model.setGlobals({
+    embed: { dtype: 'f32', data: tiny.embed },
+    finalNorm: tiny.finalNorm,
+    head: tiny.head ? { dtype: 'f32', data: tiny.head } : undefined,
+  });
+  for (let b = 0; b < shape.layers; b++) await model.setBlockWeights(b, tiny.blocks[b]!);
+  return model;
+}
+
+function expectClose(name: string, got: Float32Array, ref: Float32Array, dt: Half): void {
+  const err = relativeError(got, ref);
+  expect(err, `${name}: relative error ${err} (bound ${LOGITS_TOL(dt)}, seed ${seed})`).toBeLessThanOrEqual(
+    LOGITS_TOL(dt),
+  );
+}
+
+describe.skipIf(!cuda.ok)(`16-bit attention on odd shapes (skipped without a GPU: ${cuda.reason || 'none'})`, () => {
+  describe.each(Object.entries(shapes))('%s', (_, shape) => {
+    it.each(HALVES)('%s: batched logits (2 sequences of 1, 7, 33 and 130 tokens) match f32', async (dt) => {
+      const ref = await build(shape, 'f32', seed);
+      const half = await build(shape, dt, seed);
+      for (const S of [1, 7, 33, 130]) {
+        const ids = randomIds(2 * S, shape.vocab, S);
+        expectClose(
+          `S ${S}`,
+          await half.logits(ids, { batch: 2, seq: S }),
+          await ref.logits(ids, { batch: 2, seq: S }),
+          dt,
+        );
+      }
+      await ref.close();
+      await half.close();
+    });
+
+    // Runs of one-token steps replay the captured step graph (positions read on the device); the
+    // pieces between them run eagerly and force a new capture. The same steps with graphs off
+    // (LOWBIT_CUDA_GRAPHS=0, read when a model is made) must give bit-identical logits.
+    it.each(HALVES)(
+      '%s: KV-cached decoding to 390 tokens (split key ranges, graph replays) matches f32',
+      async (dt) => {
+        const ref = await build(shape, 'f32', seed + 1);
+        const half = await build(shape, dt, seed + 1);
+        process.env.LOWBIT_CUDA_GRAPHS = '0';
+        const eager = await build(shape, dt, seed + 1);
+        delete process.env.LOWBIT_CUDA_GRAPHS;
+        const ids = randomIds(390, shape.vocab, 3);
+        const whole = await ref.logits(ids);
+        const session = await half.createSession(390);
+        const eagerSession = await eager.createSession(390);
+        const pieces = [300, 1, 1, 1, 1, 1, 1, 5, 1, 1, 1, 64, 1, 1, 1, 1, 1, 2];
+        let at = 0;
+        for (const piece of pieces) {
+          const last = await session.feed(ids.subarray(at, at + piece));
+          const lastEager = await eagerSession.feed(ids.subarray(at, at + piece));
+          at += piece;
+          expectClose(`decode after ${at}`, last, whole.subarray((at - 1) * shape.vocab, at * shape.vocab), dt);
+          expect(Array.from(last), `graph vs eager after ${at}`).toEqual(Array.from(lastEager));
+        }
+        expect(at).toBe(385);
+        session.close();
+        eagerSession.close();
+        for (const m of [ref, half, eager]) await m.close();
+      },
+    );
+  });
+
+  it.each(HALVES)('%s: a packed (4-bit, grouped) linear runs on the 16-bit GPTQ kernel and matches f32', async (dt) => {
+    const addon = native();
+    const shape = shapes['GQA 6/3 heads of 24']!;
+    const tiny = randomModel(shape, new Float32Array(shape.headDim / 2), seed + 2);
+    const W = tiny.ref.blocks[0]!.weights.gate as Float32Array;
+    const { N, K } = { N: shape.hidden, K: shape.dim };
+    const bits = 4 as const,
+      groupSize = 16;
+    const r = await addon.rtnQuantize(W, N, K, { bits, groupSize });
+    const scales = new Uint16Array(r.scales.length);
+    addon.convert(new Uint8Array(r.scales.buffer), 'f32', new Uint8Array(scales.buffer), 'f16', r.scales.length);
+    const packed: PackedWeights = {
+      bits,
+      K,
+      N,
+      groupSize,
+      groups: r.groups,
+      zeroOffset: 0,
+      qweight: addon.packQweight(r.q, N, K, bits),
+      qzeros: addon.packQzeros(r.zeros, r.groups, N, bits, 0),
+      scales,
+    };
+    const ref = await build(shape, 'f32', seed + 2);
+    const half = await build(shape, dt, seed + 2);
+    await ref.setLinear(0, 'gate', { packed });
+    await half.setLinear(0, 'gate', { packed });
+    const ids = randomIds(45, shape.vocab, 7);
+    expectClose('logits with a packed gate', await half.logits(ids), await ref.logits(ids), dt);
+    await ref.close();
+    await half.close();
+  });
+});
+
+describe('the dtype option', () => {
+  const shape = shapes['MHA 3 heads of 72']!;
+  it("16-bit activations on the CPU are E_UNSUPPORTED naming options.dtype; 'f32' and the default work", async () => {
+    for (const dtype of ['bf16', 'f16'] as const) {
+      let err: unknown;
+      try {
+        Model.create(llamaConfig(shape), { device: 'cpu', dtype });
+      } catch (e) {
+        err = e;
+      }
+      expect(err).toBeInstanceOf(LowbitError);
+      expect((err as LowbitError).code).toBe('E_UNSUPPORTED');
+      expect((err as LowbitError).message).toContain('options.dtype');
+    }
+    for (const dtype of [undefined, 'auto', 'f32'] as const) {
+      const m = Model.create(llamaConfig(shape), { device: 'cpu', dtype });
+      expect(m.dtype).toBe('f32');
+      await m.close();
+    }
+  });
+  it('an unknown dtype is E_ARGUMENT; the addon refuses one too (E_DTYPE)', async () => {
+    expect(() => Model.create(llamaConfig(shape), { device: 'cpu', dtype: 'fp8' as 'f32' })).toThrow(LowbitError);
+    const m = Model.create(llamaConfig(shape), { device: 'cpu' });
+    const nc = m.nativeConfig;
+    await m.close();
+    const Ctor = native().NativeModel;
+    expect(() => new Ctor(nc, -1, { dtype: 'fp8' as 'f32' })).toThrow(/options.dtype must be 'f32', 'f16' or 'bf16'/);
+    expect(() => new Ctor(nc, -1, { dtype: 'bf16' })).toThrow(/computes in f32/);
+  });
+});
