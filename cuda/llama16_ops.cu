@@ -127,6 +127,7 @@ __global__ void k_convert(const S* x, int64_t n, T* y) {
 constexpr int kAttnWarps = 4;  // warps per block; each takes groups of kKeysPerStep keys in turn
 constexpr int kKeysPerStep = 4;
 constexpr float kLog2e = 1.4426950408889634f;
+constexpr int64_t kFlashMinRows = 16;  // rows per sequence from which prefill runs on the tensor cores
 
 // One block per (query row, head, split of the keys). Lane l holds dims l*DPL .. l*DPL+DPL-1 of q
 // and of its share of the output; a warp scores kKeysPerStep keys per step (the dot products
@@ -260,10 +261,198 @@ void attention_t(const T* Q, int64_t rows, int64_t S, const int32_t* pos, const 
   }
 }
 
+
+// --- prefill attention on the tensor cores (flash-attention style)
+
+// d += a · b over one m16n8k16 tile: a row-major 16 × 16 (4 registers of 2 values), b 16 × 8 column-
+// major (2 registers), d 16 × 8 f32. Lane l = 4g + t holds a: rows g, g+8 × cols 2t.., 2t+8..; b:
+// rows (k) 2t.., 2t+8.. × col g; d: rows g, g+8 × cols 2t, 2t+1.
+template <class T>
+__device__ __forceinline__ void mma16816(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1);
+template <>
+__device__ __forceinline__ void mma16816<__half>(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+               : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+               : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+template <>
+__device__ __forceinline__ void mma16816<__nv_bfloat16>(float (&d)[4], const uint32_t (&a)[4], uint32_t b0,
+                                                        uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// Two values as one register of the 16-bit type, the first in the low half.
+template <class T>
+__device__ __forceinline__ uint32_t pack2(float lo, float hi) {
+  const uint32_t l = __half_as_ushort(__float2half_rn(lo)), h = __half_as_ushort(__float2half_rn(hi));
+  return l | (h << 16);
+}
+template <>
+__device__ __forceinline__ uint32_t pack2<__nv_bfloat16>(float lo, float hi) {
+  const uint32_t l = __bfloat16_as_ushort(__float2bfloat16_rn(lo)), h = __bfloat16_as_ushort(__float2bfloat16_rn(hi));
+  return l | (h << 16);
+}
+
+constexpr int kFlashRows = 64;  // query rows per block: 16 per warp, 4 warps
+constexpr int kFlashKeys = 64;  // keys per shared-memory tile
+constexpr int kFlashPad = 8;    // row padding (16 bytes): lanes g of a fragment load hit different banks
+
+// One block per (64 query rows of one sequence, head). Each warp keeps its 16 rows of Q as A
+// fragments, and per 64-key tile computes S = Q Kᵀ (mma), the causal mask and the online softmax
+// (log2 units, f32, per row: max m and sum l, the sum kept per lane and reduced at the end), then
+// O += P V (mma, P re-used from S's accumulators as A fragments). K is staged in shared memory as
+// is, V transposed, so every B fragment is one 32-bit shared load.
+template <class T, int HD>
+__global__ void __launch_bounds__(128)
+    k_flash_attention(const T* Q, int64_t S, const int32_t* pos, const T* K, const T* V, int64_t key_stride,
+                      int64_t heads, int64_t kv_heads, float scale_log2, T* out) {
+  __shared__ __align__(16) T ks[kFlashKeys][HD + kFlashPad];
+  __shared__ __align__(16) T vt[HD][kFlashKeys + kFlashPad];
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+  const int64_t i0 = (int64_t)blockIdx.x * kFlashRows, h = blockIdx.y, b = blockIdx.z;
+  const int64_t p0 = *pos, kvh = h / (heads / kv_heads), kw = kv_heads * HD, qw = heads * HD;
+  const T* kbase = K + b * key_stride * kw + kvh * HD;
+  const T* vbase = V + b * key_stride * kw + kvh * HD;
+
+  // This lane's query rows (within the sequence): ra (g) and rb (g + 8) of the warp's 16.
+  const int64_t ra = i0 + warp * 16 + g, rb = ra + 8;
+  uint32_t qf[HD / 16][4];
+  {
+    const T* qa = Q + (b * S + ra) * qw + h * HD;
+    const T* qb = Q + (b * S + rb) * qw + h * HD;
+#pragma unroll
+    for (int kk = 0; kk < HD / 16; ++kk) {
+      const int c = kk * 16 + 2 * t;
+      qf[kk][0] = ra < S ? *reinterpret_cast<const uint32_t*>(qa + c) : 0u;
+      qf[kk][1] = rb < S ? *reinterpret_cast<const uint32_t*>(qb + c) : 0u;
+      qf[kk][2] = ra < S ? *reinterpret_cast<const uint32_t*>(qa + c + 8) : 0u;
+      qf[kk][3] = rb < S ? *reinterpret_cast<const uint32_t*>(qb + c + 8) : 0u;
+    }
+  }
+  float o[HD / 8][4];
+#pragma unroll
+  for (int d = 0; d < HD / 8; ++d) o[d][0] = o[d][1] = o[d][2] = o[d][3] = 0.f;
+  float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
+  const int64_t pa = p0 + ra, pb = p0 + rb;  // the rows' positions: keys 0 .. p attended
+  const int64_t keys = p0 + min(i0 + kFlashRows, S);  // keys any row of the block attends to
+
+  for (int64_t k0 = 0; k0 < keys; k0 += kFlashKeys) {
+    __syncthreads();  // the previous tile's readers are done
+    // Stage K (as is) and V (transposed) for keys k0 .., 8 values (16 bytes) per load.
+    for (int e = threadIdx.x; e < kFlashKeys * HD / 8; e += blockDim.x) {
+      const int j = e / (HD / 8), c = (e % (HD / 8)) * 8;
+      uint4 kv4 = make_uint4(0, 0, 0, 0), vv4 = make_uint4(0, 0, 0, 0);
+      if (k0 + j < keys) {
+        kv4 = *reinterpret_cast<const uint4*>(kbase + (k0 + j) * kw + c);
+        vv4 = *reinterpret_cast<const uint4*>(vbase + (k0 + j) * kw + c);
+      }
+      *reinterpret_cast<uint4*>(&ks[j][c]) = kv4;
+      const T* vv = reinterpret_cast<const T*>(&vv4);
+#pragma unroll
+      for (int u = 0; u < 8; ++u) vt[c + u][j] = vv[u];
+    }
+    __syncthreads();
+
+    // S = Q Kᵀ over this tile: 8 tiles of 8 keys.
+    float sc[kFlashKeys / 8][4];
+#pragma unroll
+    for (int nt = 0; nt < kFlashKeys / 8; ++nt) {
+      sc[nt][0] = sc[nt][1] = sc[nt][2] = sc[nt][3] = 0.f;
+#pragma unroll
+      for (int kk = 0; kk < HD / 16; ++kk) {
+        const uint32_t b0 = *reinterpret_cast<const uint32_t*>(&ks[nt * 8 + g][kk * 16 + 2 * t]);
+        const uint32_t b1 = *reinterpret_cast<const uint32_t*>(&ks[nt * 8 + g][kk * 16 + 2 * t + 8]);
+        mma16816<T>(sc[nt], qf[kk], b0, b1);
+      }
+    }
+    // Mask (key past the row's position, or a row past the sequence) and scale; the rows' maxima.
+    float mx[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+    for (int nt = 0; nt < kFlashKeys / 8; ++nt)
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const int64_t j = k0 + nt * 8 + 2 * t + (i & 1);
+        const bool row_b = i >= 2;
+        const bool keep = row_b ? (rb < S && j <= pb) : (ra < S && j <= pa);
+        sc[nt][i] = keep ? sc[nt][i] * scale_log2 : -INFINITY;
+        mx[row_b] = fmaxf(mx[row_b], sc[nt][i]);
+      }
+    float corr[2], base[2];
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
+      mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
+      const float m_new = fmaxf(m[r], mx[r]);
+      base[r] = m_new == -INFINITY ? 0.f : m_new;  // a row with nothing yet: exp2(-inf) = 0 below
+      corr[r] = exp2f(m[r] - base[r]);
+      m[r] = m_new;
+      l[r] *= corr[r];
+    }
+#pragma unroll
+    for (int d = 0; d < HD / 8; ++d) {
+      o[d][0] *= corr[0];
+      o[d][1] *= corr[0];
+      o[d][2] *= corr[1];
+      o[d][3] *= corr[1];
+    }
+    // P = exp2(S - m) as A fragments (16 keys each), then O += P V.
+#pragma unroll
+    for (int kk = 0; kk < kFlashKeys / 16; ++kk) {
+      float p[2][4];
+#pragma unroll
+      for (int u = 0; u < 2; ++u)
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          p[u][i] = exp2f(sc[2 * kk + u][i] - base[i >= 2]);
+          l[i >= 2] += p[u][i];
+        }
+      const uint32_t pf[4] = {pack2<T>(p[0][0], p[0][1]), pack2<T>(p[0][2], p[0][3]), pack2<T>(p[1][0], p[1][1]),
+                              pack2<T>(p[1][2], p[1][3])};
+#pragma unroll
+      for (int d = 0; d < HD / 8; ++d) {
+        const uint32_t b0 = *reinterpret_cast<const uint32_t*>(&vt[d * 8 + g][kk * 16 + 2 * t]);
+        const uint32_t b1 = *reinterpret_cast<const uint32_t*>(&vt[d * 8 + g][kk * 16 + 2 * t + 8]);
+        mma16816<T>(o[d], pf, b0, b1);
+      }
+    }
+  }
+  // The sums across the 4 lanes of each row, then out = O / l.
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    l[r] += __shfl_xor_sync(0xffffffffu, l[r], 1);
+    l[r] += __shfl_xor_sync(0xffffffffu, l[r], 2);
+  }
+  T* oa = out + (b * S + ra) * qw + h * HD;
+  T* ob = out + (b * S + rb) * qw + h * HD;
+#pragma unroll
+  for (int d = 0; d < HD / 8; ++d) {
+    const int c = d * 8 + 2 * t;
+    if (ra < S) *reinterpret_cast<uint32_t*>(oa + c) = pack2<T>(o[d][0] / l[0], o[d][1] / l[0]);
+    if (rb < S) *reinterpret_cast<uint32_t*>(ob + c) = pack2<T>(o[d][2] / l[1], o[d][3] / l[1]);
+  }
+}
+
+template <class T, int HD>
+void flash_attention_t(const T* Q, int64_t rows, int64_t S, const int32_t* pos, const T* K, const T* V,
+                       int64_t key_stride, int64_t heads, int64_t kv_heads, float scale, T* out, cudaStream_t s) {
+  const dim3 grid((unsigned)ceil_div(S, kFlashRows), (unsigned)heads, (unsigned)(rows / S));
+  k_flash_attention<T, HD><<<grid, 128, 0, s>>>(Q, S, pos, K, V, key_stride, heads, kv_heads, scale * kLog2e, out);
+  check(cudaGetLastError(), "flash attention launch");
+}
+
 template <class T>
 void attention_dispatch(const T* Q, int64_t rows, int64_t S, const int32_t* pos, const T* K, const T* V, int64_t key_stride,
                         int64_t heads, int64_t kv_heads, int64_t hd, float scale, int splits, float* partial, T* out,
                         cudaStream_t s) {
+  // Prefill-sized calls with a head size the tensor-core kernel takes go to it.
+  if (S >= kFlashMinRows && splits == 1 && (hd == 64 || hd == 128)) {
+    if (hd == 64) flash_attention_t<T, 64>(Q, rows, S, pos, K, V, key_stride, heads, kv_heads, scale, out, s);
+    else flash_attention_t<T, 128>(Q, rows, S, pos, K, V, key_stride, heads, kv_heads, scale, out, s);
+    return;
+  }
   if (hd <= 32) attention_t<T, 1>(Q, rows, S, pos, K, V, key_stride, heads, kv_heads, hd, scale, splits, partial, out, s);
   else if (hd <= 64)
     attention_t<T, 2>(Q, rows, S, pos, K, V, key_stride, heads, kv_heads, hd, scale, splits, partial, out, s);

@@ -87,8 +87,9 @@ describe.skipIf(!cuda.ok)(`stories260K in 16 bits (skipped without a GPU: ${cuda
 });
 
 // Odd shapes for attention: GQA, head sizes that leave lanes idle (24, 40, 72) or need 8 values per
-// lane (136), sequence lengths that are no multiple of the 4-key steps or of the warps' strides, and
-// decode steps long enough for the split-K path (several key ranges merged).
+// lane (136), head sizes of the tensor-core prefill kernel (64, 128) with sequences that fill no
+// 64-row or 64-key tile (33, 130), and decode steps long enough for the split-K path (several key
+// ranges merged).
 const shapes: Record<string, TinyShape> = {
   'GQA 6/3 heads of 24': {
     dim: 48,
@@ -124,6 +125,31 @@ const shapes: Record<string, TinyShape> = {
     vocab: 45,
     maxSeq: 400,
     tied: false,
+    qkvBias: false,
+  },
+  // head sizes the tensor-core prefill kernel takes (64, 128): sequences of 16 rows or more
+  'GQA 4/2 heads of 64': {
+    dim: 96,
+    hidden: 70,
+    layers: 2,
+    heads: 4,
+    kvHeads: 2,
+    headDim: 64,
+    vocab: 61,
+    maxSeq: 400,
+    tied: false,
+    qkvBias: true,
+  },
+  'MHA 4 heads of 128': {
+    dim: 64,
+    hidden: 48,
+    layers: 1,
+    heads: 4,
+    kvHeads: 4,
+    headDim: 128,
+    vocab: 43,
+    maxSeq: 400,
+    tied: true,
     qkvBias: false,
   },
   'GQA 2/1 heads of 136': {
@@ -186,7 +212,7 @@ describe.skipIf(!cuda.ok)(`16-bit attention on odd shapes (skipped without a GPU
     // pieces between them run eagerly and force a new capture. The same steps with graphs off
     // (LOWBIT_CUDA_GRAPHS=0, read when a model is made) must give bit-identical logits.
     it.each(HALVES)(
-      '%s: KV-cached decoding to 390 tokens (split key ranges, graph replays) matches f32',
+      '%s: KV-cached decoding of 361 tokens in pieces (split key ranges, graph replays) matches f32',
       async (dt) => {
         const ref = await build(shape, 'f32', seed + 1);
         const half = await build(shape, dt, seed + 1);
@@ -197,7 +223,9 @@ describe.skipIf(!cuda.ok)(`16-bit attention on odd shapes (skipped without a GPU
         const whole = await ref.logits(ids);
         const session = await half.createSession(390);
         const eagerSession = await eager.createSession(390);
-        const pieces = [300, 1, 1, 1, 1, 1, 1, 5, 1, 1, 1, 64, 1, 1, 1, 1, 1, 2];
+        // 200 and 140 rows: prefill-sized pieces (the tensor-core kernel for head sizes 64 and 128, the
+        // second at position 215); 5: a short piece (split key ranges)
+        const pieces = [200, 1, 1, 1, 1, 1, 1, 5, 1, 1, 1, 140, 1, 1, 1, 1, 1, 2];
         let at = 0;
         for (const piece of pieces) {
           const last = await session.feed(ids.subarray(at, at + piece));
@@ -206,7 +234,7 @@ describe.skipIf(!cuda.ok)(`16-bit attention on odd shapes (skipped without a GPU
           expectClose(`decode after ${at}`, last, whole.subarray((at - 1) * shape.vocab, at * shape.vocab), dt);
           expect(Array.from(last), `graph vs eager after ${at}`).toEqual(Array.from(lastEager));
         }
-        expect(at).toBe(385);
+        expect(at).toBe(361);
         session.close();
         eagerSession.close();
         for (const m of [ref, half, eager]) await m.close();
