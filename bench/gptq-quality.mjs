@@ -75,11 +75,16 @@ try {
           method: s.method,
           bits,
           groupSize,
-          actOrder: s.actOrder,
-          staticGroups: STATIC && s.actOrder,
           mse: MSE,
-          damp: DAMP,
-          calibration: s.method === 'gptq' ? { files: [calib], samples: SAMPLES, seqLen: SEQ, seed: 0 } : undefined,
+          // GPTQ's own options (RTN refuses them)
+          ...(s.method === 'gptq'
+            ? {
+                actOrder: s.actOrder,
+                staticGroups: STATIC && s.actOrder,
+                damp: DAMP,
+                calibration: { files: [calib], samples: SAMPLES, seqLen: SEQ, seed: 0 },
+              }
+            : {}),
           keepPacked: true,
         });
         const memPpl = await inMemoryPpl(summary.packed);

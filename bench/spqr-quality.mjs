@@ -106,7 +106,7 @@ if (BASELINES) {
             method,
             bits,
             groupSize,
-            actOrder: method === 'gptq',
+            actOrder: method === 'gptq' ? true : undefined, // RTN refuses GPTQ's options
             calibration: method === 'gptq' ? { files: [calib], samples: SAMPLES, seqLen: SEQ, seed: 0 } : undefined,
           });
           const q = await openModel(out, { device: 'cpu' });

@@ -27,12 +27,14 @@ ${METHOD_NAMES.map((n) => `                          ${n}: ${METHODS[n].descript
   --bits 2|3|4|8          (default 4)
   --group-size N          input columns per group; 'channel' (or --group-size=-1) = one group
                           per output channel (default 128)
-  --act-order             quantize columns by descending Hessian diagonal
-  --static-groups         fit group grids up front (act-order stays cheap at inference)
+  --act-order             (gptq) quantize columns by descending Hessian diagonal
+  --static-groups         (gptq) fit group grids up front (act-order stays cheap at
+                          inference)
   --sym                   symmetric grid
   --mse                   search shrunken grid ranges
-  --damp F                dampening, fraction of mean(diag H) (default 0.01)
-  --no-true-sequential    quantize a block's linears all from its unquantized inputs
+  --damp F                (gptq) dampening, fraction of mean(diag H) (default 0.01)
+  --no-true-sequential    (gptq) quantize a block's linears all from its unquantized
+                          inputs
   --calib <file>|self     calibration text (repeatable), or 'self' to sample it from the model
   --samples N             calibration windows (default 128)
   --seq-len N             tokens per window (default min(2048, the model's context))
@@ -198,24 +200,26 @@ export async function run(argv: string[]): Promise<number> {
   process.on('SIGINT', onSigint);
   const progress = new Progress('quantizing');
   try {
+    // Only what the user gave (or the preset chose), never the CLI's defaults: the method's own
+    // defaults apply, and a method refuses an option it would otherwise ignore (RTN and --damp).
     const job = quantize({
       model: modelPath,
       out: str('out')!,
       method,
       bits: settings.bits,
       groupSize: settings.groupSize,
-      actOrder: settings.actOrder,
-      staticGroups: settings.staticGroups,
+      actOrder: settings.actOrder || undefined,
+      staticGroups: settings.staticGroups || undefined,
       sym: settings.sym,
-      mse: values.mse === true,
-      damp,
-      trueSequential: values['no-true-sequential'] !== true,
+      mse: values.mse === true || undefined,
+      damp: given('damp') ? damp : undefined,
+      trueSequential: given('no-true-sequential') ? false : undefined,
       checkpointFormat: settings.checkpointFormat,
       calibration: {
         files,
-        samples,
+        samples: given('samples') ? samples : undefined,
         seqLen,
-        seed,
+        seed: given('seed') ? seed : undefined,
       },
       device,
       resume: values.resume === true,

@@ -39,6 +39,7 @@ import { calibrationWindows } from './calibration.js';
 import {
   DEFAULT_METHOD,
   methodOf,
+  rejectOptions,
   type GptqMethodOptions,
   type GridOptions,
   type LinearOutput,
@@ -219,6 +220,16 @@ function resolveOptions(o: QuantizeOptions): Resolved {
   const method = methodOf(o.method ?? DEFAULT_METHOD);
   const options = method.resolve(o as unknown as Record<string, unknown>);
   const c = o.calibration ?? {};
+  if (method.calibration === 'none') {
+    const given = Object.keys(c).filter((k) => c[k as keyof typeof c] !== undefined);
+    rejectOptions(
+      method.name.toUpperCase(),
+      Object.fromEntries(given.map((k) => [`calibration.${k}`, true])),
+      given.map((k) => `calibration.${k}`),
+      'GPTQ',
+      `${method.name.toUpperCase()} runs no calibration`,
+    );
+  }
   const files = c.files ?? (method.calibration !== 'none' ? undefined : []);
   if (method.calibration !== 'none') {
     if (files === undefined)

@@ -43,6 +43,16 @@ test('usage errors exit 2 and name the option and what it accepts', async () => 
     [['quantize', '--out', 'q', '--damp', '2'], /--damp must be a fraction in \[0, 1\)/],
     [['quantize', '--out', 'q', '--calib', 'nowhere.txt'], /--calib nowhere\.txt: no such file/],
     [['quantize', '--out', 'q', '--device', 'gpu'], /--device must be cpu, cuda or cuda:N/],
+    // RTN refuses GPTQ's options instead of ignoring them (and the CLI passes only what was given)
+    [
+      ['quantize', '--out', 'q', '--method', 'rtn', '--damp', '0.1'],
+      /--damp \(damp\) is a GPTQ option and RTN does not take it/,
+    ],
+    [['quantize', '--out', 'q', '--method', 'rtn', '--act-order'], /--act-order \(actOrder\) is a GPTQ option/],
+    [
+      ['quantize', '--out', 'q', '--method', 'rtn', '--samples', '4'],
+      /--samples \(calibration.samples\) .*RTN runs no calibration/,
+    ],
     [['quantize', '--model', dataFile('stories260K-hf')], /--out is required/],
     [['ppl', '--model', dataFile('stories260K-hf')], /--data is required/],
     [['generate', '--model', dataFile('stories260K-hf'), '--prompt', 'x', '--top-p', '2'], /--top-p must be/],

@@ -131,6 +131,41 @@ describe('quantize (stories260K)', () => {
     await expect(quantize(base(join(work, 'badbits'), { bits: 5 as 4 }))).rejects.toMatchObject({ code: 'E_BITS' });
   });
 
+  it('RTN refuses every GPTQ-only option (any value) and calibration, naming the flag; GPTQ takes them', async () => {
+    // catches RTN silently ignoring --damp, --act-order... (it rounds each weight on its own)
+    const gptqOnly: [Partial<QuantizeOptions>, string, RegExp][] = [
+      [{ damp: 0.05 }, 'damp', /--damp \(damp\) is a GPTQ option and RTN does not take it/],
+      [{ actOrder: false }, 'actOrder', /--act-order \(actOrder\)/],
+      [{ staticGroups: true }, 'staticGroups', /--static-groups \(staticGroups\)/],
+      [{ trueSequential: false }, 'trueSequential', /--no-true-sequential \(trueSequential\)/],
+      [{ calibration: { files: [calib] } }, 'calibration.files', /--calib \(calibration.files\).*runs no calibration/],
+      [{ calibration: { seed: 1 } }, 'calibration.seed', /--seed \(calibration.seed\)/],
+    ];
+    for (const [extra, option, message] of gptqOnly) {
+      const out = join(work, `rtn-${option}`);
+      const options: QuantizeOptions = { model: modelDir, out, method: 'rtn', bits: 4, groupSize: 32, ...extra };
+      await expect(quantize(options), option).rejects.toMatchObject({
+        code: 'E_ARGUMENT',
+        message: expect.stringMatching(message),
+        details: { option },
+      });
+      expect(existsSync(out), `${option}: nothing written`).toBe(false);
+    }
+    // an option left undefined is not given
+    await quantize({
+      model: modelDir,
+      out: join(work, 'rtn-plain'),
+      method: 'rtn',
+      bits: 4,
+      damp: undefined,
+      calibration: {},
+    });
+    const summary = await quantize(
+      base(join(work, 'gptq-takes'), { damp: 0.05, actOrder: false, staticGroups: false, trueSequential: false }),
+    );
+    expect(summary.method).toBe('gptq');
+  });
+
   it('dampens singular Hessians (damp 0, 8 calibration tokens for 64+ inputs) and reports it per layer', async () => {
     const summary = await quantize(
       base(join(work, 'singular'), { damp: 0, calibration: { files: [calib], samples: 1, seqLen: 8, seed: 3 } }),

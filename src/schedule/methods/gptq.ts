@@ -1,7 +1,7 @@
 /** GPTQ: each linear quantized column by column against the Hessian of its calibration inputs (src/quantize/gptq.ts). */
 import { invalidArgument } from '../../errors.js';
-import { gptqQuantize, resolveGptqOptions } from '../../quantize/gptq.js';
-import type { GridOptions, QuantizationMethod } from './method.js';
+import { gptqQuantize } from '../../quantize/gptq.js';
+import { GRID_OPTION_NAMES, resolveNamed, type GridOptions, type QuantizationMethod } from './method.js';
 
 export interface GptqMethodOptions extends GridOptions {
   /** quantize columns by descending diag(H) (g_idx in the checkpoint unless staticGroups) */
@@ -20,29 +20,9 @@ export const gptq: QuantizationMethod<GptqMethodOptions> = {
   calibration: 'hessian',
   format: 'gptq',
   resolve(o) {
-    const g = resolveGptqOptions({
-      bits: o.bits as never,
-      groupSize: o.groupSize as never,
-      sym: o.sym as never,
-      actOrder: o.actOrder as never,
-      staticGroups: o.staticGroups as never,
-      damp: o.damp as never,
-      mse: o.mse as never,
-      checkpointFormat: o.checkpointFormat as never,
-    });
     const trueSequential = o.trueSequential ?? true;
     if (typeof trueSequential !== 'boolean') invalidArgument('trueSequential', 'boolean', trueSequential);
-    return {
-      bits: g.bits,
-      groupSize: g.groupSize,
-      sym: g.sym,
-      mse: g.mse,
-      checkpointFormat: g.checkpointFormat,
-      actOrder: g.actOrder,
-      staticGroups: g.staticGroups,
-      damp: g.damp,
-      trueSequential,
-    };
+    return { ...resolveNamed(o, [...GRID_OPTION_NAMES, 'actOrder', 'staticGroups', 'damp']), trueSequential };
   },
   async quantizeLinear({ W, hessian, device }, o) {
     const r = await gptqQuantize(W, undefined, hessian!, {

@@ -7,6 +7,7 @@ import { rtn } from './rtn.js';
 export type { GptqMethodOptions } from './gptq.js';
 export type { RtnMethodOptions } from './rtn.js';
 export type { GridOptions, LinearInput, LinearOutput, QuantizationMethod } from './method.js';
+export { OPTION_FLAGS, rejectOptions } from './method.js';
 
 export const METHODS = { gptq, rtn } as const;
 export type MethodName = keyof typeof METHODS;

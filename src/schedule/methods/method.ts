@@ -6,9 +6,10 @@
  * Adding a method: docs/ARCHITECTURE.md, "Adding a quantization method".
  */
 import type { DeviceSpec } from '../../devices.js';
+import { LowbitError } from '../../errors.js';
 import type { GptqConfig } from '../../formats/gptq.js';
 import type { PackedWeights } from '../../native.js';
-import type { Hessian } from '../../quantize/gptq.js';
+import { resolveGptqOptions, type GptqOptions, type Hessian } from '../../quantize/gptq.js';
 import type { Tensor } from '../../tensor.js';
 import type { GptqBits } from '../../weights/index.js';
 
@@ -65,4 +66,64 @@ export interface QuantizationMethod<O extends GridOptions = GridOptions> {
   checkpointConfig(options: O): GptqConfig;
   /** working memory to quantize one N × K linear (bytes), besides the scheduler's own */
   linearBytes(N: number, K: number): number;
+}
+
+/** The options of GridOptions, by name. */
+export const GRID_OPTION_NAMES = ['bits', 'groupSize', 'sym', 'mse', 'checkpointFormat'] as const;
+
+/** Each method option's `lowbit quantize` flag, so that errors name what the user typed. */
+export const OPTION_FLAGS: Record<string, string> = {
+  bits: '--bits',
+  groupSize: '--group-size',
+  sym: '--sym',
+  mse: '--mse',
+  checkpointFormat: '--format',
+  actOrder: '--act-order',
+  staticGroups: '--static-groups',
+  damp: '--damp',
+  trueSequential: '--no-true-sequential',
+  'calibration.files': '--calib',
+  'calibration.samples': '--samples',
+  'calibration.seqLen': '--seq-len',
+  'calibration.seed': '--seed',
+};
+
+type CheckedGptqOptions = ReturnType<typeof resolveGptqOptions>;
+
+/**
+ * The options `names` of `o`, checked and with their defaults, by the one validator of GPTQ-format
+ * options (resolveGptqOptions): what every plug-in's `resolve` starts from.
+ */
+export function resolveNamed<N extends keyof CheckedGptqOptions>(
+  o: Record<string, unknown>,
+  names: readonly N[],
+): Pick<CheckedGptqOptions, N> {
+  const given: Record<string, unknown> = {};
+  for (const name of names) given[name] = o[name];
+  const checked = resolveGptqOptions(given as unknown as GptqOptions);
+  const out = {} as Pick<CheckedGptqOptions, N>;
+  for (const name of names) out[name] = checked[name];
+  return out;
+}
+
+/**
+ * E_ARGUMENT for the first of `names` that `o` sets (any value but undefined): an option the method
+ * would otherwise ignore without a word. `why` says what the method does instead.
+ */
+export function rejectOptions(
+  method: string,
+  o: Record<string, unknown>,
+  names: readonly string[],
+  owner: string,
+  why: string,
+): void {
+  for (const name of names) {
+    if (o[name] === undefined) continue;
+    const flag = OPTION_FLAGS[name] ?? name;
+    throw new LowbitError(
+      'E_ARGUMENT',
+      `${flag} (${name}) is a ${owner} option and ${method} does not take it: ${why}; leave it out, or use --method ${owner.toLowerCase()}`,
+      { option: name },
+    );
+  }
 }

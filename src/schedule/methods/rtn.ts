@@ -1,9 +1,11 @@
 /** RTN: each linear rounded to the nearest grid point on its own, no calibration (src/quantize/rtn.ts). */
-import { resolveGptqOptions } from '../../quantize/gptq.js';
 import { rtnQuantize } from '../../quantize/rtn.js';
-import type { GridOptions, QuantizationMethod } from './method.js';
+import { GRID_OPTION_NAMES, rejectOptions, resolveNamed, type GridOptions, type QuantizationMethod } from './method.js';
 
 export type RtnMethodOptions = GridOptions;
+
+/** GPTQ's options, which RTN has nothing to apply to. */
+const GPTQ_ONLY = ['actOrder', 'staticGroups', 'damp', 'trueSequential'];
 
 export const rtn: QuantizationMethod<RtnMethodOptions> = {
   name: 'rtn',
@@ -11,14 +13,14 @@ export const rtn: QuantizationMethod<RtnMethodOptions> = {
   calibration: 'none',
   format: 'gptq',
   resolve(o) {
-    const g = resolveGptqOptions({
-      bits: o.bits as never,
-      groupSize: o.groupSize as never,
-      sym: o.sym as never,
-      mse: o.mse as never,
-      checkpointFormat: o.checkpointFormat as never,
-    });
-    return { bits: g.bits, groupSize: g.groupSize, sym: g.sym, mse: g.mse, checkpointFormat: g.checkpointFormat };
+    rejectOptions(
+      'RTN',
+      o,
+      GPTQ_ONLY,
+      'GPTQ',
+      'RTN rounds each weight on its own, with no Hessian, column order or stages',
+    );
+    return resolveNamed(o, GRID_OPTION_NAMES);
   },
   async quantizeLinear({ W }, o) {
     const packed = await rtnQuantize(W, {
