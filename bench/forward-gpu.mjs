@@ -141,13 +141,17 @@ for (const kind of KINDS) {
   const bits = kind === 'f16' ? 16 : Number(kind);
 
   // prefill: NLL of one window (warm-up first, then the median of 3)
-  const ids = Int32Array.from({ length: PREFILL }, (_, i) => (i * 7919 + 13) % shape.vocab);
-  await model.nll(ids.subarray(0, 128));
-  await model.nll(ids);
+  const ids = Int32Array.from(
+    { length: Math.max(PREFILL, CONTEXT + DECODE + 1) },
+    (_, i) => (i * 7919 + 13) % shape.vocab,
+  );
+  const prefillIds = ids.subarray(0, PREFILL);
+  await model.nll(prefillIds.subarray(0, Math.min(128, PREFILL)));
+  await model.nll(prefillIds);
   const prefillTimes = [];
   for (let r = 0; r < 3; r++) {
     const t = performance.now();
-    await model.nll(ids);
+    await model.nll(prefillIds);
     prefillTimes.push((performance.now() - t) / 1000);
   }
   prefillTimes.sort((a, b) => a - b);

@@ -8,8 +8,10 @@
 // add fused into the next RMSNorm.
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdlib>
+#include <initializer_list>
 #include <memory>
 #include <string>
 #include <vector>
@@ -37,14 +39,19 @@ using model::Linear;
 using model::LlamaBackend;
 using model::LlamaConfig;
 
-// A 16-bit copy on the device of f32, f16 or bf16 host values, converted to `t` there.
-std::unique_ptr<DeviceBuffer<uint16_t>> upload_as(const void* src, DType from, DType t, int64_t n) {
-  auto out = std::make_unique<DeviceBuffer<uint16_t>>((size_t)n);
+// n f32, f16 or bf16 host values converted to `t` into dst (device) there.
+void upload_into(uint16_t* dst, const void* src, DType from, DType t, int64_t n) {
   const size_t bytes = (size_t)n * dtype_size(from);
   DeviceBuffer<uint8_t> staging(bytes);
   staging.upload(static_cast<const uint8_t*>(src), bytes);
-  ops16::convert(from, staging.get(), t, n, out->get(), nullptr);
+  ops16::convert(from, staging.get(), t, n, dst, nullptr);
   check(cudaStreamSynchronize(nullptr), "weight conversion");
+}
+
+// A 16-bit copy on the device of f32, f16 or bf16 host values, converted to `t` there.
+std::unique_ptr<DeviceBuffer<uint16_t>> upload_as(const void* src, DType from, DType t, int64_t n) {
+  auto out = std::make_unique<DeviceBuffer<uint16_t>>((size_t)n);
+  upload_into(out->get(), src, from, t, n);
   return out;
 }
 
@@ -55,13 +62,18 @@ std::unique_ptr<DeviceBuffer<float>> upload_floats(const float* src, int64_t n) 
 }
 
 // A dense weight in the activations' 16-bit type, multiplied through gemm16 (cuBLAS tensor cores).
+// Either owns its weight, or views rows of a DenseGroup's (which outlives it: the block holds both).
 class DenseHalfOp : public DeviceLinearOp {
  public:
   DenseHalfOp(int device, const LinearWeights& w, DType t)
       : DeviceLinearOp(device, w.N(), w.K()),
         t_(t),
-        weight_(upload_as(w.dense()->data, w.dense()->dtype, t, w.N() * w.K())),
-        bias_(w.bias ? upload_floats(w.bias, w.N()) : nullptr) {}
+        owned_(upload_as(w.dense()->data, w.dense()->dtype, t, w.N() * w.K())),
+        owned_bias_(w.bias ? upload_floats(w.bias, w.N()) : nullptr),
+        weight_(owned_->get()),
+        bias_(owned_bias_ ? owned_bias_->get() : nullptr) {}
+  DenseHalfOp(int device, int64_t N, int64_t K, DType t, const uint16_t* weight, const float* bias)
+      : DeviceLinearOp(device, N, K), t_(t), weight_(weight), bias_(bias) {}
   void apply(const float*, int64_t, float*, DeviceScratch&, void*) const override {
     fail("E_UNSUPPORTED", "this operator takes 16-bit activations");
   }
@@ -72,18 +84,66 @@ class DenseHalfOp : public DeviceLinearOp {
   }
   // Y [M, N] in f32 (the head: logits keep f32).
   void apply_f32_out(const uint16_t* X, int64_t M, float* Y, cudaStream_t s) const { product(X, M, Y, true, s); }
-  int64_t bytes() const override { return N() * K() * 2 + (bias_ ? N() * 4 : 0); }
+  int64_t bytes() const override { return owned_ ? N() * K() * 2 + (bias_ ? N() * 4 : 0) : 0; }  // views: the group's
   const char* kernel() const override { return "dense-gemm16"; }
 
  private:
   void product(const uint16_t* X, int64_t M, void* Y, bool y_f32, cudaStream_t s) const {
-    gemm16(s, t_ == DType::BF16, M, N(), K(), X, weight_->get(), Y, y_f32);
-    if (bias_) ops16::add_bias(t_, Y, y_f32, M, N(), bias_->get(), s);
+    gemm16(s, t_ == DType::BF16, M, N(), K(), X, weight_, Y, y_f32);
+    if (bias_) ops16::add_bias(t_, Y, y_f32, M, N(), bias_, s);
   }
   DType t_;
-  std::unique_ptr<DeviceBuffer<uint16_t>> weight_;
-  std::unique_ptr<DeviceBuffer<float>> bias_;
+  std::unique_ptr<DeviceBuffer<uint16_t>> owned_;
+  std::unique_ptr<DeviceBuffer<float>> owned_bias_;
+  const uint16_t* weight_;
+  const float* bias_;
 };
+
+// Dense linears that share their input (q/k/v, gate/up) stored as one [ΣN, K] matrix: each
+// linear's operator views its rows, and a one-row product (decode) runs them as one GEMM into
+// outputs laid end to end. A member replaced by another format leaves the group (valid = false).
+struct DenseGroup {
+  std::unique_ptr<DeviceBuffer<uint16_t>> weight;
+  std::unique_ptr<DeviceBuffer<float>> bias;  // zeros where a member has none; null when none has
+  std::unique_ptr<DenseHalfOp> all;           // the whole [ΣN, K] product
+  std::vector<int64_t> row0;                  // first row of each member
+  bool valid = false;
+  int64_t bytes() const { return weight ? all->N() * all->K() * 2 + (bias ? all->N() * 4 : 0) : 0; }
+};
+
+// Builds `group` over the linears `which` of w (all dense, one K) and their view operators.
+void make_group(int device, DType t, const BlockWeights& w, std::initializer_list<Linear> which, DenseGroup& group,
+                std::unique_ptr<DeviceLinearOp>* ops) {
+  int64_t N = 0, K = 0;
+  bool any_bias = false;
+  for (Linear l : which) {
+    const LinearWeights& lw = w.linears[(int)l];
+    if (!lw.dense() || (K && lw.K() != K)) return;
+    K = lw.K();
+    N += lw.N();
+    any_bias = any_bias || lw.bias;
+  }
+  group.weight = std::make_unique<DeviceBuffer<uint16_t>>((size_t)(N * K));
+  std::vector<float> bias(any_bias ? (size_t)N : 0, 0.f);
+  int64_t r = 0;
+  for (Linear l : which) {
+    const LinearWeights& lw = w.linears[(int)l];
+    upload_into(group.weight->get() + r * K, lw.dense()->data, lw.dense()->dtype, t, lw.N() * K);
+    if (lw.bias) std::copy(lw.bias, lw.bias + lw.N(), bias.begin() + r);
+    group.row0.push_back(r);
+    r += lw.N();
+  }
+  if (any_bias) group.bias = upload_floats(bias.data(), N);
+  const float* b = group.bias ? group.bias->get() : nullptr;
+  group.all = std::make_unique<DenseHalfOp>(device, N, K, t, group.weight->get(), b);
+  size_t i = 0;
+  for (Linear l : which) {
+    const int64_t r0 = group.row0[i++];
+    ops[(int)l] = std::make_unique<DenseHalfOp>(device, w.linears[(int)l].N(), K, t, group.weight->get() + r0 * K,
+                                                b ? b + r0 : nullptr);
+  }
+  group.valid = true;
+}
 
 // Any format without a 16-bit kernel: its f32 operator, with X widened and Y narrowed around it.
 class WidenedOp : public DeviceLinearOp {
@@ -120,8 +180,9 @@ std::unique_ptr<DeviceLinearOp> make_linear16(int device, const LinearWeights& w
 struct Block16 {
   std::unique_ptr<DeviceBuffer<float>> attn_norm, mlp_norm;
   std::unique_ptr<DeviceLinearOp> linears[kBlockLinears];
+  DenseGroup qkv, gate_up;  // what the dense members of `linears` view (raw pointers, used only while the block lives)
   int64_t bytes(int64_t dim) const {
-    int64_t b = 2 * dim * 4;
+    int64_t b = 2 * dim * 4 + qkv.bytes() + gate_up.bytes();
     for (const auto& l : linears) b += l->bytes();
     return b;
   }
@@ -144,13 +205,21 @@ class CudaLlama16 : public LlamaBackend {
       : LlamaBackend(config), device_(device), t_(t), blocks_((size_t)config.layers) {
     use_device(device);
     check(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), "cudaStreamCreate");
+    for (auto& s : side_) check(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking), "cudaStreamCreate");
+    check(cudaEventCreateWithFlags(&fork_, cudaEventDisableTiming), "cudaEventCreate");
+    for (auto& e : join_) check(cudaEventCreateWithFlags(&e, cudaEventDisableTiming), "cudaEventCreate");
     check(cudaDeviceGetAttribute(&multiprocessors_, cudaDevAttrMultiProcessorCount, device), "device attribute");
     inv_freq_ = upload_floats(config_.inv_freq.data(), (int64_t)config_.inv_freq.size());
     pos_ = std::make_unique<DeviceBuffer<int32_t>>(1);
     const char* graphs = std::getenv("LOWBIT_CUDA_GRAPHS");
     graphs_ = !(graphs && std::string(graphs) == "0");
   }
-  ~CudaLlama16() override { cudaStreamDestroy(stream_); }
+  ~CudaLlama16() override {
+    cudaStreamDestroy(stream_);
+    for (auto s : side_) cudaStreamDestroy(s);
+    cudaEventDestroy(fork_);
+    for (auto e : join_) cudaEventDestroy(e);
+  }
 
   int device() const override { return device_; }
   DType activations() const override { return t_; }
@@ -179,13 +248,28 @@ class CudaLlama16 : public LlamaBackend {
     auto b = std::make_unique<Block16>();
     b->attn_norm = upload_floats(w.attn_norm, config_.dim);
     b->mlp_norm = upload_floats(w.mlp_norm, config_.dim);
-    for (int l = 0; l < kBlockLinears; ++l) b->linears[l] = make_linear16(device_, w.linears[l], t_);
+    make_group(device_, t_, w, {Linear::Q, Linear::K, Linear::V}, b->qkv, b->linears);
+    make_group(device_, t_, w, {Linear::Gate, Linear::Up}, b->gate_up, b->linears);
+    for (int l = 0; l < kBlockLinears; ++l)
+      if (!b->linears[l]) b->linears[l] = make_linear16(device_, w.linears[l], t_);
     blocks_[(size_t)i] = std::move(b);
   }
 
   void do_set_linear(int64_t i, Linear which, const LinearWeights& w) override {
     begin_eager();
-    blocks_[(size_t)i]->linears[(int)which] = make_linear16(device_, w, t_);
+    Block16& b = *blocks_[(size_t)i];
+    DenseGroup& group = (which == Linear::Gate || which == Linear::Up) ? b.gate_up : b.qkv;
+    const bool grouped = group.weight && which != Linear::O && which != Linear::Down;
+    if (grouped && group.valid && w.dense() && !w.bias == !group.bias) {
+      // a dense replacement (no bias where the group has none): rewritten in place, the group stays
+      const int index = which == Linear::Up ? 1 : which == Linear::Gate ? 0 : (int)which;
+      const int64_t r0 = group.row0[(size_t)index], K = group.all->K();
+      upload_into(group.weight->get() + r0 * K, w.dense()->data, w.dense()->dtype, t_, w.N() * K);
+      if (w.bias) check(cudaMemcpy(group.bias->get() + r0, w.bias, (size_t)w.N() * 4, cudaMemcpyHostToDevice), "bias");
+      return;
+    }
+    if (grouped) group.valid = false;  // the other members keep viewing the group's rows
+    b.linears[(int)which] = make_linear16(device_, w, t_);
   }
 
   void do_drop_block(int64_t i) override {
@@ -380,7 +464,7 @@ class CudaLlama16 : public LlamaBackend {
       dense->apply_f32_out(normed, rows, out, stream_);
     } else {
       uint16_t* lg16 = halves(head_out_, rows * config_.vocab);
-      head_->apply_half(normed, t_, rows, lg16, wide_, stream_);
+      head_->apply_half(normed, t_, rows, lg16, wide_[0], stream_);
       ops16::widen(t_, lg16, rows * config_.vocab, out, stream_);
     }
   }
@@ -404,16 +488,42 @@ class CudaLlama16 : public LlamaBackend {
       void rms_norm(const float* in, const float* w, uint16_t* out) {
         m.fused_norm(const_cast<float*>(in), rows, w, out);
       }
+      bool skip[kBlockLinears] = {};  // done by their group's one product
+      bool joins[2] = {};              // side streams whose work the main stream must wait for
+      // Q and Gate run on the main stream (after marking where side streams may start); K, V and Up
+      // run on side streams when they are not dense (cuBLAS keeps to one stream), else in turn. A
+      // one-row call (decode) of a valid dense group is one product into the outputs laid end to end.
       void linear(Linear which, const uint16_t* in, uint16_t* out) {
-        blk.linears[(int)which]->apply_half(in, m.t_, rows, out, m.wide_, m.stream_);
+        if (skip[(int)which]) return;
+        const DenseGroup* group = which == Linear::Q ? &blk.qkv : which == Linear::Gate ? &blk.gate_up : nullptr;
+        if (which == Linear::Q || which == Linear::Gate) check(cudaEventRecord(m.fork_, m.stream_), "event");
+        if (rows == 1 && group && group->valid) {
+          group->all->apply_half(in, m.t_, 1, out, m.wide_[0], m.stream_);
+          if (which == Linear::Q) skip[(int)Linear::K] = skip[(int)Linear::V] = true;
+          else skip[(int)Linear::Up] = true;
+          return;
+        }
+        const DeviceLinearOp& op = *blk.linears[(int)which];
+        const int side = which == Linear::K || which == Linear::Up ? 0 : which == Linear::V ? 1 : -1;
+        if (side < 0 || dynamic_cast<const DenseHalfOp*>(&op)) {
+          op.apply_half(in, m.t_, rows, out, m.wide_[0], m.stream_);
+          return;
+        }
+        check(cudaStreamWaitEvent(m.side_[side], m.fork_, 0), "event");
+        op.apply_half(in, m.t_, rows, out, m.wide_[1 + side], m.side_[side]);
+        check(cudaEventRecord(m.join_[side], m.side_[side]), "event");
+        joins[side] = true;
+      }
+      void join() {
+        for (int i = 0; i < 2; ++i)
+          if (joins[i]) check(cudaStreamWaitEvent(m.stream_, m.join_[i], 0), "event");
+        joins[0] = joins[1] = false;
       }
       void rope(uint16_t* q, uint16_t* k) {
+        join();
         const LlamaConfig& c = m.config_;
-        const int64_t half = c.head_dim / 2;
-        const int32_t* pos = m.pos_->get();
-        ops16::rope(m.t_, q, rows, S, pos, c.heads * c.head_dim, c.heads, half, m.inv_freq_->get(), c.rope_scale,
-                    m.stream_);
-        ops16::rope(m.t_, k, rows, S, pos, kw, c.kv_heads, half, m.inv_freq_->get(), c.rope_scale, m.stream_);
+        ops16::rope_qk(m.t_, q, k, rows, S, m.pos_->get(), c.heads, c.kv_heads, c.head_dim / 2, m.inv_freq_->get(),
+                       c.rope_scale, m.stream_);
       }
       void attention(const uint16_t* q, const uint16_t* k, const uint16_t* v, uint16_t* out) {
         const LlamaConfig& c = m.config_;
@@ -441,6 +551,7 @@ class CudaLlama16 : public LlamaBackend {
         m.pending_add_ = x;  // fused into the next rms_norm (or flushed)
       }
       void swiglu(const uint16_t* gate, const uint16_t* up, uint16_t* out) {
+        join();
         ops16::swiglu(m.t_, gate, up, rows * m.config_.hidden, out, m.stream_);
       }
       bool emit(CapturePoint p, const uint16_t* data, int64_t cols) {
@@ -460,15 +571,18 @@ class CudaLlama16 : public LlamaBackend {
         return run && run->stop_after == (int)p;
       }
     } recipe_ops{*this, blk, rows, S, longest, kw, kv, layer, run};
+    // q, k, v end to end (and gate, up): for one row, what a group's single product writes
+    uint16_t* qkv = halves(qkv_, rows * (qw + 2 * kw));
+    uint16_t* gate_up = halves(gate_up_, rows * 2 * c.hidden);
     const model::BlockBuffersOf<uint16_t> b{x,
                                             halves(norm_, rows * c.dim),
-                                            halves(q_, rows * qw),
-                                            halves(k_, rows * kw),
-                                            halves(v_, rows * kw),
+                                            qkv,
+                                            qkv + rows * qw,
+                                            qkv + rows * (qw + kw),
                                             halves(att_, rows * qw),
                                             halves(proj_, rows * c.dim),
-                                            halves(gate_, rows * c.hidden),
-                                            halves(up_, rows * c.hidden)};
+                                            gate_up,
+                                            gate_up + rows * c.hidden};
     return model::block_recipe(c, b, blk.attn_norm->get(), blk.mlp_norm->get(), recipe_ops);
   }
 
@@ -494,9 +608,11 @@ class CudaLlama16 : public LlamaBackend {
   // the same pass (proj_ is next written by that block's o projection, after the norm).
   const uint16_t* pending_add_ = nullptr;
   // Scratch (a backend is used by one thread at a time). wide_: what a linear's operator needs.
-  DeviceScratch x_, norm_, q_, k_, v_, att_, proj_, gate_, up_, logits_, nll_, ids_, partial_, capture_, head_norm_,
+  DeviceScratch x_, norm_, qkv_, att_, proj_, gate_up_, logits_, nll_, ids_, partial_, capture_, head_norm_,
       head_out_;
-  DeviceScratch wide_;
+  DeviceScratch wide_[3];  // per stream: main, side_[0], side_[1]
+  cudaStream_t side_[2] = {nullptr, nullptr};
+  cudaEvent_t fork_ = nullptr, join_[2] = {nullptr, nullptr};
   std::vector<float> host_capture_;
 };
 

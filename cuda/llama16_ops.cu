@@ -93,6 +93,25 @@ __global__ void k_add_bias(T* Y, int64_t rows, int64_t N, const float* bias) {
   if (i < rows * N) Y[i] = T(float(Y[i]) + bias[i % N]);
 }
 
+// q's heads first, then k's: one thread per rotated pair.
+template <class T>
+__global__ void k_rope_qk(T* q, T* k, int64_t rows, int64_t S, const int32_t* pos, int64_t q_heads, int64_t k_heads,
+                          int64_t half, const float* inv_freq, float scale) {
+  const int64_t heads = q_heads + k_heads;
+  const int64_t e = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
+  if (e >= rows * heads * half) return;
+  const int64_t i = e % half, hh = (e / half) % heads, r = e / (half * heads);
+  const float angle = inv_freq[i] * (float)(*pos + r % S);
+  float sn, cs;
+  sincosf(angle, &sn, &cs);
+  cs *= scale;
+  sn *= scale;
+  T* x = hh < q_heads ? q + (r * q_heads + hh) * 2 * half : k + (r * k_heads + hh - q_heads) * 2 * half;
+  const float a = to_f32(x[i]), b = to_f32(x[i + half]);
+  x[i] = from_f32<T>(a * cs - b * sn);
+  x[i + half] = from_f32<T>(b * cs + a * sn);
+}
+
 __global__ void k_append_kv(const uint16_t* k, const uint16_t* v, int64_t n, int64_t kw, const int32_t* pos,
                             uint16_t* kc, uint16_t* vc) {
   const int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
@@ -520,6 +539,16 @@ void add_bias(DType t, void* Y, bool y_f32, int64_t rows, int64_t N, const float
     });
   }
   check(cudaGetLastError(), "add_bias launch");
+}
+
+void rope_qk(DType t, uint16_t* q, uint16_t* k, int64_t rows, int64_t S, const int32_t* pos, int64_t q_heads,
+             int64_t k_heads, int64_t half, const float* inv_freq, float scale, cudaStream_t s) {
+  with_type(t, [&](auto* tag) {
+    using T = std::remove_pointer_t<decltype(tag)>;
+    k_rope_qk<<<grid_for(rows * (q_heads + k_heads) * half), 256, 0, s>>>(
+        reinterpret_cast<T*>(q), reinterpret_cast<T*>(k), rows, S, pos, q_heads, k_heads, half, inv_freq, scale);
+  });
+  check(cudaGetLastError(), "rope launch");
 }
 
 void append_kv(const uint16_t* k, const uint16_t* v, int64_t rows, int64_t kw, const int32_t* pos, uint16_t* kc,

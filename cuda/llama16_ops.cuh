@@ -30,6 +30,9 @@ void add(DType t, float* x, const uint16_t* y, int64_t n, cudaStream_t s);
 // at position *pos + r % S. cos and sin of f32(inv_freq[i] * position), times `scale`, in f32.
 void rope(DType t, uint16_t* X, int64_t rows, int64_t S, const int32_t* pos, int64_t stride, int64_t heads,
           int64_t half, const float* inv_freq, float scale, cudaStream_t s);
+// The same over q [rows, q_heads*2*half] and k [rows, k_heads*2*half] in one launch.
+void rope_qk(DType t, uint16_t* q, uint16_t* k, int64_t rows, int64_t S, const int32_t* pos, int64_t q_heads,
+             int64_t k_heads, int64_t half, const float* inv_freq, float scale, cudaStream_t s);
 // Rows k, v [rows, kw] into the caches kc, vc [capacity, kw] at rows *pos ...
 void append_kv(const uint16_t* k, const uint16_t* v, int64_t rows, int64_t kw, const int32_t* pos, uint16_t* kc,
                uint16_t* vc, cudaStream_t s);

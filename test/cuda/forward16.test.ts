@@ -242,34 +242,56 @@ describe.skipIf(!cuda.ok)(`16-bit attention on odd shapes (skipped without a GPU
     );
   });
 
-  it.each(HALVES)('%s: a packed (4-bit, grouped) linear runs on the 16-bit GPTQ kernel and matches f32', async (dt) => {
+  // Block 0: gate, up, k and v packed (gate on the main stream, k, v and up on side streams, joined
+  // before RoPE and SwiGLU; their dense groups dissolved); block 1: q replaced by other dense weights
+  // (rewritten in place in its q/k/v group). Prefill and graph-replayed decode steps against f32.
+  it.each(HALVES)('%s: packed (4-bit) and replaced linears: prefill and decode steps match f32', async (dt) => {
     const addon = native();
     const shape = shapes['GQA 6/3 heads of 24']!;
     const tiny = randomModel(shape, new Float32Array(shape.headDim / 2), seed + 2);
-    const W = tiny.ref.blocks[0]!.weights.gate as Float32Array;
-    const { N, K } = { N: shape.hidden, K: shape.dim };
-    const bits = 4 as const,
-      groupSize = 16;
-    const r = await addon.rtnQuantize(W, N, K, { bits, groupSize });
-    const scales = new Uint16Array(r.scales.length);
-    addon.convert(new Uint8Array(r.scales.buffer), 'f32', new Uint8Array(scales.buffer), 'f16', r.scales.length);
-    const packed: PackedWeights = {
-      bits,
-      K,
-      N,
-      groupSize,
-      groups: r.groups,
-      zeroOffset: 0,
-      qweight: addon.packQweight(r.q, N, K, bits),
-      qzeros: addon.packQzeros(r.zeros, r.groups, N, bits, 0),
-      scales,
+    const packedOf = async (name: 'gate' | 'up' | 'k' | 'v', N: number, K: number): Promise<PackedWeights> => {
+      const bits = 4 as const,
+        groupSize = 16;
+      const r = await addon.rtnQuantize(tiny.ref.blocks[0]!.weights[name] as Float32Array, N, K, { bits, groupSize });
+      const scales = new Uint16Array(r.scales.length);
+      addon.convert(new Uint8Array(r.scales.buffer), 'f32', new Uint8Array(scales.buffer), 'f16', r.scales.length);
+      return {
+        bits,
+        K,
+        N,
+        groupSize,
+        groups: r.groups,
+        zeroOffset: 0,
+        qweight: addon.packQweight(r.q, N, K, bits),
+        qzeros: addon.packQzeros(r.zeros, r.groups, N, bits, 0),
+        scales,
+      };
     };
+    const kw = shape.kvHeads * shape.headDim;
+    const replacements = {
+      gate: await packedOf('gate', shape.hidden, shape.dim),
+      up: await packedOf('up', shape.hidden, shape.dim),
+      k: await packedOf('k', kw, shape.dim),
+      v: await packedOf('v', kw, shape.dim),
+    };
+    const other = randomModel(shape, new Float32Array(shape.headDim / 2), seed + 5).blocks[1]!.q;
     const ref = await build(shape, 'f32', seed + 2);
     const half = await build(shape, dt, seed + 2);
-    await ref.setLinear(0, 'gate', { packed });
-    await half.setLinear(0, 'gate', { packed });
-    const ids = randomIds(45, shape.vocab, 7);
-    expectClose('logits with a packed gate', await half.logits(ids), await ref.logits(ids), dt);
+    for (const m of [ref, half]) {
+      for (const [name, packed] of Object.entries(replacements)) await m.setLinear(0, name as 'gate', { packed });
+      await m.setLinear(1, 'q', other);
+    }
+    const ids = randomIds(60, shape.vocab, 7);
+    const whole = await ref.logits(ids);
+    expectClose('logits', await half.logits(ids), whole, dt);
+    const session = await half.createSession(60);
+    let at = 0;
+    for (const piece of [50, 1, 1, 1, 1, 1, 1]) {
+      const last = await session.feed(ids.subarray(at, at + piece));
+      at += piece;
+      expectClose(`decode after ${at}`, last, whole.subarray((at - 1) * shape.vocab, at * shape.vocab), dt);
+    }
+    session.close();
     await ref.close();
     await half.close();
   });
