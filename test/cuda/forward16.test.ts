@@ -297,6 +297,34 @@ describe.skipIf(!cuda.ok)(`16-bit attention on odd shapes (skipped without a GPU
   });
 });
 
+describe.skipIf(!cuda.ok)(`the 16-bit block API (skipped without a GPU: ${cuda.reason || 'none'})`, () => {
+  // Calibration-style calls in 16 bits: embed -> runBlock with every capture point (16-bit inputs
+  // widened for the caller) -> head, against the f32 pass; stopAfter leaves hidden unchanged.
+  it.each(HALVES)('%s: embed, runBlock with captures, head and stopAfter match f32', async (dt) => {
+    const shape = shapes['GQA 4/2 heads of 64']!;
+    const ref = await build(shape, 'f32', seed + 6);
+    const half = await build(shape, dt, seed + 6);
+    const ids = randomIds(2 * 21, shape.vocab, 9);
+    let h32 = await ref.embed(ids);
+    let h16 = await half.embed(ids);
+    expectClose('embed (the table rounded to 16 bits)', h16, h32, dt);
+    const capture = ['qkv', 'o', 'gateUp', 'down'] as const;
+    for (let b = 0; b < shape.layers; b++) {
+      const r32 = await ref.runBlock(b, h32, { batch: 2, seq: 21, capture });
+      const r16 = await half.runBlock(b, h16, { batch: 2, seq: 21, capture });
+      for (const p of capture) expectClose(`block ${b} ${p}`, r16.inputs[p]!, r32.inputs[p]!, dt);
+      expectClose(`block ${b} hidden`, r16.hidden, r32.hidden, dt);
+      const stopped = await half.runBlock(b, h16, { batch: 2, seq: 21, capture: ['o'], stopAfter: 'o' });
+      expect(Array.from(stopped.hidden)).toEqual(Array.from(h16));
+      h32 = r32.hidden;
+      h16 = r16.hidden;
+    }
+    expectClose('head', await half.head(h16, 42), await ref.head(h32, 42), dt);
+    await ref.close();
+    await half.close();
+  });
+});
+
 describe('the dtype option', () => {
   const shape = shapes['MHA 3 heads of 72']!;
   it("16-bit activations on the CPU are E_UNSUPPORTED naming options.dtype; 'f32' and the default work", async () => {
