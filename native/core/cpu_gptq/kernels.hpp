@@ -26,6 +26,9 @@ struct Activations {
   /* Y [M, N] from int8 activations; returns the kernel family's name */                 \
   const char* gemm_int8(const CpuGptqWeights& W, const Activations& A, float* Y);        \
   const char* gemm_f32(const CpuGptqWeights& W, const Activations& A, float* Y);         \
+  /* rows [m0, m1) of X into A's layout: xq, dx, xsum (see kernels_impl.hpp) */          \
+  void quantize_rows(const CpuGptqWeights& W, const float* X, int64_t m0, int64_t m1,    \
+                     const Activations& A, int8_t* xq, float* dx, float* xsum);          \
   }
 
 LOWBIT_DECLARE_GPTQ_KERNELS(kernels_scalar)

@@ -68,6 +68,10 @@ const char* gemm_f32(const CpuGptqWeights& W, const Activations& A, float* Y) {
   kernels_avx512_plain::gemm_f32_t<kernels_avx512_plain::Ops>(W, A, Y);
   return "avx512";
 }
+void quantize_rows(const CpuGptqWeights& W, const float* X, int64_t m0, int64_t m1, const Activations& A, int8_t* xq,
+                   float* dx, float* xsum) {
+  kernels_avx512_plain::quantize_rows_t<kernels_avx512_plain::Ops>(W, X, m0, m1, A, xq, dx, xsum);
+}
 }  // namespace kernels_avx512
 }  // namespace cpu_gptq
 }  // namespace lowbit
@@ -79,6 +83,10 @@ namespace cpu_gptq {
 namespace kernels_avx512 {
 const char* gemm_int8(const CpuGptqWeights& W, const Activations& A, float* Y) { return kernels_scalar::gemm_int8(W, A, Y); }
 const char* gemm_f32(const CpuGptqWeights& W, const Activations& A, float* Y) { return kernels_scalar::gemm_f32(W, A, Y); }
+void quantize_rows(const CpuGptqWeights& W, const float* X, int64_t m0, int64_t m1, const Activations& A, int8_t* xq,
+                   float* dx, float* xsum) {
+  kernels_scalar::quantize_rows(W, X, m0, m1, A, xq, dx, xsum);
+}
 }  // namespace kernels_avx512
 }  // namespace cpu_gptq
 }  // namespace lowbit

@@ -17,7 +17,10 @@
 //   F load_u8(const uint8_t*) (16 bytes as floats); F load(const float*); void store(float*, F);
 //   F fma(F a, F b, F c) = a·b + c; F fnma(F a, F b, F c) = c − a·b; F mul(F, F); F sub(F, F);
 //   F byte<J>(U)                      byte J of each lane as a float
-//   constants GEMV_NB, GEMM_MR, GEMM_NB: column blocks per GEMV task, rows and blocks per GEMM tile.
+//   I srai<S>(I)                      arithmetic shift right of every int32 lane
+//   DOT_ANY_U8: dot is exact for any unsigned byte (VNNI, scalar), not only for values ≤ 15
+//   constants GEMV_NB, GEMM_MR, GEMM_NB: column blocks per GEMV task, rows and blocks per GEMM tile;
+//   GEMV_P2: accumulators per block in the 2-bit GEMV (4: SCALED slices, when registers allow; else 2).
 
 #include <algorithm>
 #include <cstdint>
@@ -41,11 +44,22 @@ namespace LOWBIT_GPTQ_NS {
 #endif
 #define LOWBIT_KERNEL LOWBIT_TARGET inline __attribute__((always_inline))
 
+// Slices of a unit that share a chunk (4 bits: two nibbles; 2 bits: four pairs; 3 bits: none, its
+// slices straddle the planes).
+template <int BITS>
+constexpr int slices_per_chunk() { return BITS == 4 ? 2 : BITS == 2 ? 4 : 0; }
+
 // Slice S (positions 4S..4S+3 of a unit) of the chunks c[] as unsigned bytes, per the layout in
 // repack.hpp. Every shift is a compile-time constant.
-template <int BITS, int S, class O>
+// SCALED (4 and 2 bits): the slice is only masked in place, q · 2^(BITS · (S % slices per chunk)),
+// one instruction instead of a shift and a mask; its dot products go to an accumulator of their own,
+// shifted back once per segment (exact: every term is a multiple of that power of two).
+template <int BITS, int S, class O, bool SCALED = false>
 LOWBIT_KERNEL typename O::U slice(const typename O::U* c) {
-  if constexpr (BITS == 4) {
+  if constexpr (SCALED) {
+    constexpr int PER = slices_per_chunk<BITS>();
+    return O::and8(c[S / PER], (uint8_t)(((1 << BITS) - 1) << (BITS * (S % PER))));
+  } else if constexpr (BITS == 4) {
     if constexpr (S % 2 == 0) return O::and8(c[S / 2], 0x0F);
     else return O::and8(O::template srl16<4>(c[S / 2]), 0x0F);
   } else if constexpr (BITS == 2) {
@@ -62,16 +76,27 @@ LOWBIT_KERNEL typename O::U slice(const typename O::U* c) {
   }
 }
 
+#ifndef LOWBIT_GPTQ_PREFETCH_UNITS
+#define LOWBIT_GPTQ_PREFETCH_UNITS 8
+#endif
+constexpr int64_t kPrefetchUnits = LOWBIT_GPTQ_PREFETCH_UNITS;  // distance, in units of each stream
+
 template <int BITS>
 constexpr int chunks_per_unit() { return BITS == 4 ? 4 : BITS == 3 ? 3 : 2; }
 
 // acc[r][nb][S % P] += slice S of block nb · x[r][4S..4S+3], for slices S..7 (compile-time recursion).
+// Whether tiles with P accumulators per block use SCALED slices: P must be the slices per chunk, so
+// that accumulator p holds the dot products of the slices at bit offset BITS · p, and the level's dot
+// must take any unsigned byte (vpmaddubsw's int16 pair sums would saturate on 0xF0 · 127 · 2).
+template <int BITS, int P, class O>
+constexpr bool scaled_slices() { return O::DOT_ANY_U8 && slices_per_chunk<BITS>() == P; }
+
 template <int BITS, int S, int MR, int NB, int P, class O>
 LOWBIT_KERNEL void dot_slices(const typename O::U (*c)[chunks_per_unit<BITS>()], const int8_t* const* x,
                               typename O::I (*acc)[NB][P]) {
   if constexpr (S < 8) {
     typename O::U w[NB];
-    LOWBIT_UNROLL for (int nb = 0; nb < NB; ++nb) w[nb] = slice<BITS, S, O>(c[nb]);
+    LOWBIT_UNROLL for (int nb = 0; nb < NB; ++nb) w[nb] = slice<BITS, S, O, scaled_slices<BITS, P, O>()>(c[nb]);
     LOWBIT_UNROLL for (int r = 0; r < MR; ++r)
       LOWBIT_UNROLL for (int nb = 0; nb < NB; ++nb) acc[r][nb][S % P] = O::dot(acc[r][nb][S % P], w[nb], x[r] + 4 * S);
     dot_slices<BITS, S + 1, MR, NB, P, O>(c, x, acc);
@@ -98,7 +123,9 @@ LOWBIT_TARGET void tile_int8(const CpuGptqWeights& W, int64_t block0, const Acti
       typename O::U c[NB][CH];
       LOWBIT_UNROLL for (int nb = 0; nb < NB; ++nb) {
         const uint8_t* p = base[nb] + u * W.unit_bytes;
-        __builtin_prefetch(p + 8 * W.unit_bytes);  // a few units ahead of each stream
+        // Every line of a unit a few units ahead of each stream, so that loads stay in flight while
+        // the core computes (one line per unit left the others to the hardware prefetcher).
+        LOWBIT_UNROLL for (int h = 0; h < CH; ++h) __builtin_prefetch(p + kPrefetchUnits * W.unit_bytes + 64 * h);
         LOWBIT_UNROLL for (int h = 0; h < CH; ++h) c[nb][h] = O::load(p + 64 * h);
       }
       const int8_t* x[MR];
@@ -111,7 +138,13 @@ LOWBIT_TARGET void tile_int8(const CpuGptqWeights& W, int64_t block0, const Acti
       const typename O::F zero = O::load_u8(W.zeros.data() + at);
       LOWBIT_UNROLL for (int r = 0; r < MR; ++r) {
         typename O::I a = acc[r][nb][0];
-        LOWBIT_UNROLL for (int p = 1; p < P; ++p) a = O::add_i(a, acc[r][nb][p]);
+        if constexpr (scaled_slices<BITS, P, O>()) {
+          if constexpr (P > 1) a = O::add_i(a, O::template srai<BITS>(acc[r][nb][1]));
+          if constexpr (P > 2) a = O::add_i(a, O::template srai<2 * BITS>(acc[r][nb][2]));
+          if constexpr (P > 3) a = O::add_i(a, O::template srai<3 * BITS>(acc[r][nb][3]));
+        } else {
+          LOWBIT_UNROLL for (int p = 1; p < P; ++p) a = O::add_i(a, acc[r][nb][p]);
+        }
         const int64_t rs = (row0 + r) * A.segments + si;
         // Σ q·xq and z·Σ xq are integers below 2^24: exact in f32, and so is their difference.
         const typename O::F dot = O::fnma(zero, O::set1(A.xsum[rs]), O::cvt(a));
@@ -153,18 +186,21 @@ void gemm_int8_bits(const CpuGptqWeights& W, const Activations& A, float* Y) {
   const int64_t M = A.M, N = W.N;
   if (M == 1) {
     // GEMV: each task streams GEMV_NB blocks (one contiguous run of memory each) over the whole of K.
+    // Accumulators per block: one per slice of a chunk where the level has the registers for it
+    // (SCALED slices), else two (independent chains for the dot products' latency).
     constexpr int NB = O::GEMV_NB;
+    constexpr int P = BITS == 2 ? O::GEMV_P2 : 2;
     const int64_t tasks = ceil_div(W.blocks, NB);
     global_pool()->parallel_for(tasks, 1, [&](int64_t t0, int64_t t1) {
       alignas(64) float ytile[NB * kBlockCols];
       for (int64_t t = t0; t < t1; ++t) {
         const int64_t b0 = t * NB;
         if (b0 + NB <= W.blocks) {
-          tile_int8<BITS, 1, NB, 2, O>(W, b0, A, 0, ytile);
+          tile_int8<BITS, 1, NB, P, O>(W, b0, A, 0, ytile);
           write_tile(ytile, 1, NB * kBlockCols, b0 * kBlockCols, N, 0, Y);
         } else {
           for (int64_t b = b0; b < W.blocks; ++b) {
-            tile_int8<BITS, 1, 1, 2, O>(W, b, A, 0, ytile);
+            tile_int8<BITS, 1, 1, P, O>(W, b, A, 0, ytile);
             write_tile(ytile, 1, kBlockCols, b * kBlockCols, N, 0, Y);
           }
         }
@@ -202,6 +238,43 @@ void gemm_int8_t(const CpuGptqWeights& W, const Activations& A, float* Y) {
     case 2: gemm_int8_bits<2, O>(W, A, Y); break;
     case 3: gemm_int8_bits<3, O>(W, A, Y); break;
     default: gemm_int8_bits<4, O>(W, A, Y); break;
+  }
+}
+
+// Rows of X gathered into the padded order (act-order's permutation and the padding, in one gather)
+// and quantized per segment: dx = max|x| / 127, xq = round-to-nearest-even(x · 127 / max|x|) (as
+// lrint), xsum = Σ xq. Vectorized because it runs before every product, on one thread for M = 1.
+template <class O>
+LOWBIT_TARGET void quantize_rows_t(const CpuGptqWeights& W, const float* X, int64_t m0, int64_t m1, const Activations& A,
+                                   int8_t* xq, float* dx, float* xsum) {
+  const int32_t* source = W.source.data();
+  alignas(64) float buf[kSegmentK];
+  for (int64_t m = m0; m < m1; ++m) {
+    const float* x = X + m * W.K;
+    for (int64_t si = 0; si < A.segments; ++si) {
+      const Segment& seg = W.segments[(size_t)si];
+      const int64_t p0 = seg.unit0 * kUnitK, len = seg.units * kUnitK;  // a multiple of 16
+      typename O::F amax = O::zero_f();
+      for (int64_t i = 0; i < len; i += 16) {
+        // Without act-order a run of 16 whose last position is real is x[k .. k + 16) (padding only
+        // ends a segment): a plain load; else a gather (zeros for padding).
+        const int32_t* src = source + p0 + i;
+        const typename O::F v = !W.permuted && src[15] >= 0 ? O::load(x + src[0]) : O::gather(x, src);
+        O::store(buf + i, v);
+        amax = O::max(amax, O::abs(v));
+      }
+      const float a = O::reduce_max(amax);
+      const typename O::F inv = O::set1(a > 0.f ? 127.f / a : 0.f);
+      typename O::I sum = O::zero_i();
+      int8_t* q = xq + m * A.padded_k + p0;
+      for (int64_t i = 0; i < len; i += 16) {
+        const typename O::I v = O::round_i(O::mul(O::load(buf + i), inv));
+        O::store_i8(q + i, v);
+        sum = O::add_i(sum, v);
+      }
+      dx[m * A.segments + si] = a / 127.f;
+      xsum[m * A.segments + si] = (float)O::reduce_add(sum);
+    }
   }
 }
 

@@ -1,5 +1,7 @@
 // Repacked GPTQ products without SIMD: the fallback for processors without AVX2 (and the reference
 // the SIMD levels are tested against). The kernels are those of kernels_impl.hpp with plain arrays.
+#include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 
@@ -14,7 +16,8 @@ namespace cpu_gptq {
 namespace kernels_scalar {
 
 struct Ops {
-  static constexpr int GEMV_NB = 1, GEMM_MR = 4, GEMM_NB = 1;
+  static constexpr int GEMV_NB = 1, GEMV_P2 = 4, GEMM_MR = 4, GEMM_NB = 1;
+  static constexpr bool DOT_ANY_U8 = true;
   struct U { uint8_t b[64]; };
   struct I { int32_t v[16]; };
   struct F { float v[16]; };
@@ -44,6 +47,7 @@ struct Ops {
   }
   LOWBIT_OPS I zero_i() { return I{}; }
   LOWBIT_OPS I add_i(I a, I b) { for (int c = 0; c < 16; ++c) a.v[c] += b.v[c]; return a; }
+  template <int S> LOWBIT_OPS I srai(I a) { for (auto& v : a.v) v >>= S; return a; }
   LOWBIT_OPS F zero_f() { return F{}; }
   LOWBIT_OPS F set1(float x) { F f; for (auto& v : f.v) v = x; return f; }
   LOWBIT_OPS F cvt(I a) { F f; for (int c = 0; c < 16; ++c) f.v[c] = (float)a.v[c]; return f; }
@@ -57,6 +61,17 @@ struct Ops {
   LOWBIT_OPS F fma(F a, F b, F c) { for (int i = 0; i < 16; ++i) c.v[i] = a.v[i] * b.v[i] + c.v[i]; return c; }
   LOWBIT_OPS F fnma(F a, F b, F c) { for (int i = 0; i < 16; ++i) c.v[i] = c.v[i] - a.v[i] * b.v[i]; return c; }
   template <int J> LOWBIT_OPS F byte(U u) { F f; for (int c = 0; c < 16; ++c) f.v[c] = (float)u.b[4 * c + J]; return f; }
+  LOWBIT_OPS F gather(const float* base, const int32_t* idx) {
+    F f;
+    for (int c = 0; c < 16; ++c) f.v[c] = idx[c] >= 0 ? base[idx[c]] : 0.f;
+    return f;
+  }
+  LOWBIT_OPS F abs(F a) { for (auto& v : a.v) v = std::fabs(v); return a; }
+  LOWBIT_OPS F max(F a, F b) { for (int c = 0; c < 16; ++c) a.v[c] = std::max(a.v[c], b.v[c]); return a; }
+  LOWBIT_OPS float reduce_max(F a) { float m = a.v[0]; for (float v : a.v) m = std::max(m, v); return m; }
+  LOWBIT_OPS I round_i(F a) { I r; for (int c = 0; c < 16; ++c) r.v[c] = (int32_t)std::lrint(a.v[c]); return r; }
+  LOWBIT_OPS void store_i8(int8_t* p, I a) { for (int c = 0; c < 16; ++c) p[c] = (int8_t)std::clamp(a.v[c], -127, 127); }
+  LOWBIT_OPS int32_t reduce_add(I a) { int32_t s = 0; for (int32_t v : a.v) s += v; return s; }
 };
 
 }  // namespace kernels_scalar
@@ -75,6 +90,10 @@ const char* gemm_int8(const CpuGptqWeights& W, const Activations& A, float* Y) {
 const char* gemm_f32(const CpuGptqWeights& W, const Activations& A, float* Y) {
   gemm_f32_t<Ops>(W, A, Y);
   return "scalar";
+}
+void quantize_rows(const CpuGptqWeights& W, const float* X, int64_t m0, int64_t m1, const Activations& A, int8_t* xq,
+                   float* dx, float* xsum) {
+  quantize_rows_t<Ops>(W, X, m0, m1, A, xq, dx, xsum);
 }
 }  // namespace kernels_scalar
 }  // namespace cpu_gptq

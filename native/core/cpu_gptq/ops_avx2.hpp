@@ -3,7 +3,8 @@
 // is two 256-bit halves. Included by kernels_avx2.cpp once without and once with AVX-VNNI
 // (LOWBIT_VNNI 0/1), each time in its own namespace with LOWBIT_OPS carrying that variant's target.
 struct Ops {
-  static constexpr int GEMV_NB = 2, GEMM_MR = 3, GEMM_NB = 1;
+  static constexpr int GEMV_NB = 2, GEMV_P2 = 2, GEMM_MR = 3, GEMM_NB = 1;  // 16 ymm registers
+  static constexpr bool DOT_ANY_U8 = LOWBIT_VNNI != 0;
   struct U { __m256i a, b; };
   using I = U;
   struct F { __m256 a, b; };
@@ -36,6 +37,7 @@ struct Ops {
   }
   LOWBIT_OPS I zero_i() { return {_mm256_setzero_si256(), _mm256_setzero_si256()}; }
   LOWBIT_OPS I add_i(I a, I b) { return {_mm256_add_epi32(a.a, b.a), _mm256_add_epi32(a.b, b.b)}; }
+  template <int S> LOWBIT_OPS I srai(I a) { return {_mm256_srai_epi32(a.a, S), _mm256_srai_epi32(a.b, S)}; }
   LOWBIT_OPS F zero_f() { return {_mm256_setzero_ps(), _mm256_setzero_ps()}; }
   LOWBIT_OPS F set1(float x) { return {_mm256_set1_ps(x), _mm256_set1_ps(x)}; }
   LOWBIT_OPS F cvt(I a) { return {_mm256_cvtepi32_ps(a.a), _mm256_cvtepi32_ps(a.b)}; }
@@ -58,5 +60,38 @@ struct Ops {
     const __m256i ff = _mm256_set1_epi32(0xFF);
     return {_mm256_cvtepi32_ps(_mm256_and_si256(_mm256_srli_epi32(u.a, 8 * J), ff)),
             _mm256_cvtepi32_ps(_mm256_and_si256(_mm256_srli_epi32(u.b, 8 * J), ff))};
+  }
+  // Activation quantization (kernels_impl.hpp's quantize_rows).
+  LOWBIT_OPS __m256 gather_half(const float* base, const int32_t* idx) {
+    const __m256i i = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(idx));
+    const __m256 valid = _mm256_castsi256_ps(_mm256_cmpgt_epi32(i, _mm256_set1_epi32(-1)));
+    return _mm256_mask_i32gather_ps(_mm256_setzero_ps(), base, i, valid, 4);
+  }
+  LOWBIT_OPS F gather(const float* base, const int32_t* idx) { return {gather_half(base, idx), gather_half(base, idx + 8)}; }
+  LOWBIT_OPS F abs(F x) {
+    const __m256 m = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFFFFFF));
+    return {_mm256_and_ps(x.a, m), _mm256_and_ps(x.b, m)};
+  }
+  LOWBIT_OPS F max(F x, F y) { return {_mm256_max_ps(x.a, y.a), _mm256_max_ps(x.b, y.b)}; }
+  LOWBIT_OPS float reduce_max(F x) {
+    __m256 m = _mm256_max_ps(x.a, x.b);
+    __m128 h = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+    h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+    h = _mm_max_ss(h, _mm_movehdup_ps(h));
+    return _mm_cvtss_f32(h);
+  }
+  LOWBIT_OPS I round_i(F x) { return {_mm256_cvtps_epi32(x.a), _mm256_cvtps_epi32(x.b)}; }  // nearest-even, as lrint
+  LOWBIT_OPS void store_i8(int8_t* p, I x) {
+    // |values| ≤ 127: the saturating packs keep them; packs work per 128-bit lane, hence the permute
+    const __m256i w = _mm256_packs_epi32(x.a, x.b);  // a0-3 b0-3 a4-7 b4-7 (int16)
+    const __m128i b = _mm_packs_epi16(_mm256_castsi256_si128(w), _mm256_extracti128_si256(w, 1));  // a0-3 b0-3 a4-7 b4-7
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm_shuffle_epi32(b, _MM_SHUFFLE(3, 1, 2, 0)));
+  }
+  LOWBIT_OPS int32_t reduce_add(I x) {
+    const __m256i s = _mm256_add_epi32(x.a, x.b);
+    __m128i h = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
+    h = _mm_add_epi32(h, _mm_shuffle_epi32(h, _MM_SHUFFLE(1, 0, 3, 2)));
+    h = _mm_add_epi32(h, _mm_shuffle_epi32(h, _MM_SHUFFLE(2, 3, 0, 1)));
+    return _mm_cvtsi128_si32(h);
   }
 };

@@ -4,7 +4,8 @@
 // namespace and with LOWBIT_OPS carrying that variant's target: without VNNI the compiler must not
 // be allowed to emit VNNI instructions on its own.
 struct Ops {
-  static constexpr int GEMV_NB = 4, GEMM_MR = 4, GEMM_NB = 2;
+  static constexpr int GEMV_NB = 4, GEMV_P2 = 4, GEMM_MR = 4, GEMM_NB = 2;
+  static constexpr bool DOT_ANY_U8 = LOWBIT_VNNI != 0;
   using U = __m512i;
   using I = __m512i;
   using F = __m512;
@@ -28,6 +29,7 @@ struct Ops {
   }
   LOWBIT_OPS I zero_i() { return _mm512_setzero_si512(); }
   LOWBIT_OPS I add_i(I a, I b) { return _mm512_add_epi32(a, b); }
+  template <int S> LOWBIT_OPS I srai(I a) { return _mm512_srai_epi32(a, S); }
   LOWBIT_OPS F zero_f() { return _mm512_setzero_ps(); }
   LOWBIT_OPS F set1(float x) { return _mm512_set1_ps(x); }
   LOWBIT_OPS F cvt(I a) { return _mm512_cvtepi32_ps(a); }
@@ -45,5 +47,16 @@ struct Ops {
   template <int J> LOWBIT_OPS F byte(U u) {
     return _mm512_cvtepi32_ps(_mm512_and_si512(_mm512_srli_epi32(u, 8 * J), _mm512_set1_epi32(0xFF)));
   }
+  // Activation quantization (kernels_impl.hpp's quantize_rows).
+  LOWBIT_OPS F gather(const float* base, const int32_t* idx) {
+    const __m512i i = _mm512_loadu_si512(idx);
+    return _mm512_mask_i32gather_ps(_mm512_setzero_ps(), _mm512_cmpge_epi32_mask(i, _mm512_setzero_si512()), i, base, 4);
+  }
+  LOWBIT_OPS F abs(F a) { return _mm512_abs_ps(a); }
+  LOWBIT_OPS F max(F a, F b) { return _mm512_max_ps(a, b); }
+  LOWBIT_OPS float reduce_max(F a) { return _mm512_reduce_max_ps(a); }
+  LOWBIT_OPS I round_i(F a) { return _mm512_cvtps_epi32(a); }  // MXCSR's nearest-even, as lrint
+  LOWBIT_OPS void store_i8(int8_t* p, I a) { _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm512_cvtsepi32_epi8(a)); }
+  LOWBIT_OPS int32_t reduce_add(I a) { return _mm512_reduce_add_epi32(a); }
 };
 

@@ -108,57 +108,47 @@ CpuGptqWeights repack(const PackedMatrix& W) {
 namespace {
 thread_local const char* t_last_kernel = "none";
 
-// Rows of X gathered into the padded order and quantized per segment (see repack.hpp).
+// Rows of X gathered into the padded order and quantized per segment (see repack.hpp). Grown, never
+// shrunk: a thread's buffers for decode-sized calls are reused (no allocation per product).
 struct PreparedActivations {
   std::vector<int8_t> xq;
   std::vector<float> dx, xsum, xf;
   Activations view;
 };
 
-void prepare(const CpuGptqWeights& W, const float* X, int64_t M, bool exact, PreparedActivations& P) {
+template <class T>
+void fit(std::vector<T>& v, int64_t n) {
+  if ((int64_t)v.size() < n) v.resize((size_t)n);
+}
+
+void prepare(const CpuGptqWeights& W, const float* X, int64_t M, bool exact, SimdLevel level, PreparedActivations& P) {
   const int64_t Kp = W.padded_k(), S = (int64_t)W.segments.size();
+  P.view = Activations{};
   P.view.M = M;
   P.view.padded_k = Kp;
   P.view.segments = S;
   if (exact) {
-    P.xf.assign((size_t)(M * Kp), 0.f);
+    fit(P.xf, M * Kp);
     for (int64_t m = 0; m < M; ++m)
       for (int64_t p = 0; p < Kp; ++p) {
         const int32_t k = W.source[(size_t)p];
-        if (k >= 0) P.xf[(size_t)(m * Kp + p)] = X[m * W.K + k];
+        P.xf[(size_t)(m * Kp + p)] = k >= 0 ? X[m * W.K + k] : 0.f;
       }
     P.view.xf = P.xf.data();
     return;
   }
-  P.xq.assign((size_t)(M * Kp), 0);
-  P.dx.assign((size_t)(M * S), 0.f);
-  P.xsum.assign((size_t)(M * S), 0.f);
-  global_pool()->parallel_for(M, 8, [&](int64_t m0, int64_t m1) {
-    float buf[kSegmentK];
-    for (int64_t m = m0; m < m1; ++m) {
-      const float* x = X + m * W.K;
-      for (int64_t si = 0; si < S; ++si) {
-        const Segment& s = W.segments[(size_t)si];
-        const int64_t p0 = s.unit0 * kUnitK, len = s.units * kUnitK;
-        float amax = 0.f;
-        for (int64_t i = 0; i < len; ++i) {
-          const int32_t k = W.source[(size_t)(p0 + i)];
-          buf[i] = k >= 0 ? x[k] : 0.f;
-          amax = std::max(amax, std::fabs(buf[i]));
-        }
-        const float inv = amax > 0.f ? 127.f / amax : 0.f;
-        int8_t* q = P.xq.data() + m * Kp + p0;
-        int32_t sum = 0;
-        for (int64_t i = 0; i < len; ++i) {
-          const int32_t v = std::clamp((int32_t)std::lrint(buf[i] * inv), -127, 127);
-          q[i] = (int8_t)v;
-          sum += v;
-        }
-        P.dx[(size_t)(m * S + si)] = amax / 127.f;
-        P.xsum[(size_t)(m * S + si)] = (float)sum;
-      }
+  fit(P.xq, M * Kp);
+  fit(P.dx, M * S);
+  fit(P.xsum, M * S);
+  auto rows = [&](int64_t m0, int64_t m1) {
+    switch (level) {
+      case SimdLevel::Avx512: kernels_avx512::quantize_rows(W, X, m0, m1, P.view, P.xq.data(), P.dx.data(), P.xsum.data()); break;
+      case SimdLevel::Avx2: kernels_avx2::quantize_rows(W, X, m0, m1, P.view, P.xq.data(), P.dx.data(), P.xsum.data()); break;
+      default: kernels_scalar::quantize_rows(W, X, m0, m1, P.view, P.xq.data(), P.dx.data(), P.xsum.data()); break;
     }
-  });
+  };
+  if (M == 1) rows(0, 1);  // a few microseconds: not worth waking the pool
+  else global_pool()->parallel_for(M, 4, rows);
   P.view.xq = P.xq.data();
   P.view.dx = P.dx.data();
   P.view.xsum = P.xsum.data();
@@ -167,10 +157,16 @@ void prepare(const CpuGptqWeights& W, const float* X, int64_t M, bool exact, Pre
 
 void gemm(const CpuGptqWeights& W, const float* X, int64_t M, float* Y, const Options& options) {
   if (M <= 0 || W.N == 0) return;
-  PreparedActivations P;
-  prepare(W, X, M, options.exact_activations, P);
+  // Decode-sized calls reuse this thread's buffers; larger ones allocate (amortized over the product)
+  // so that a long prefill does not pin its activations to the thread.
+  constexpr int64_t kReusedRows = 16;
+  thread_local PreparedActivations reused;
+  PreparedActivations fresh;
+  PreparedActivations& P = M <= kReusedRows ? reused : fresh;
   const bool exact = options.exact_activations;
-  switch (active_simd()) {
+  const SimdLevel level = active_simd();
+  prepare(W, X, M, exact, level, P);
+  switch (level) {
     case SimdLevel::Avx512:
       t_last_kernel = exact ? kernels_avx512::gemm_f32(W, P.view, Y) : kernels_avx512::gemm_int8(W, P.view, Y);
       break;
