@@ -1,6 +1,6 @@
 // Standalone microbenchmark and quick self-check of the repacked CPU GPTQ products
 // (native/core/cpu_gptq), for kernel development without the Node binding. Build and run:
-//   g++ -O3 -std=c++17 -pthread -Inative/core bench/cpu-gptq.cpp native/core/cpu_gptq/*.cpp \
+//   g++ -O3 -std=c++17 -pthread -Inative/core bench/cpu-gptq.cpp native/core/cpu_gptq/{repack,kernels_*}.cpp \
 //     native/core/{dtype,thread_pool,pack,packed_matrix,packed_gemm,packed_gemm_scalar,packed_gemm_avx2,packed_gemm_avx512,stream_read}.cpp -o /tmp/cpu-gptq
 //   /tmp/cpu-gptq N K M bits act_order(0|1) [simd: 0 scalar, 1 avx2, 2 avx512] [exact 0|1] [runs]
 // Prints the max error against a float64 reference (small shapes) or the median time per product.

@@ -7,8 +7,12 @@
 //    32000 (tied), random weights, with f32 weights and with 4-bit packed weights (group 128):
 //    prefill tokens/s (NLL of one 512-token window) and KV-cached decode tokens/s (batch 1).
 //
+// Packed models run with the default int8 activations (the repacked gptq-int8 kernels) and, for
+// decode only, with cpuActivations 'f32' (gptq-packed, the exact path decode used before).
+//
 // Options: --stories-windows N (default 200), --windows N (synthetic prefill windows, default 1),
-// --decode N (decode steps, default 16), --bits 4,3,2 (packed widths), --skip-f32, --skip-packed,
+// --decode N (decode steps, default 16), --bits 4,3,2 (packed widths), --threads N (pool size,
+// default every core), --skip-f32, --skip-packed, --skip-exact (no cpuActivations 'f32' rows),
 // --skip-stories, --skip-prefill. Decode rows also give the bound: bytes read per token (linears as
 // the CPU reads them: repacked codes + fp16 scales + u8 zeros; the tied f32 head) over the
 // streaming-read bandwidth measured in the same run. Rows also go to bench/results/forward-cpu.json.
@@ -39,6 +43,7 @@ const BITS_LIST = (() => {
 })();
 
 const addon = native();
+if (option('threads', 0) > 0) addon.setThreads(option('threads', 0));
 // CPU time of this process (all threads): throughput per CPU-second stays meaningful on a shared
 // machine, where wall time depends on what else runs.
 const cpuSeconds = () => {
@@ -156,8 +161,9 @@ const readBw = addon.streamReadBandwidth
   : NaN;
 const jsonRows = [];
 
-async function synthetic(kind, bits) {
-  const model = Model.create(config, { device: 'cpu' });
+async function synthetic(kind, bits, cpuActivations = 'int8') {
+  const model = Model.create(config, { device: 'cpu', cpuActivations });
+  const skipPrefill = flag('skip-prefill') || cpuActivations === 'f32';
   await model.setGlobals({
     embed: { dtype: 'f32', data: randomF32(shape.vocab * shape.dim, 0.02) },
     finalNorm: new Float32Array(shape.dim).fill(1),
@@ -176,7 +182,7 @@ async function synthetic(kind, bits) {
   await model.nll(ids.subarray(0, 64)); // warm-up
   let t = performance.now();
   let c = cpuSeconds();
-  if (!flag('skip-prefill')) await model.nll(ids, { batch: WINDOWS, seq: 512 });
+  if (!skipPrefill) await model.nll(ids, { batch: WINDOWS, seq: 512 });
   const prefill = (performance.now() - t) / 1000;
   const prefillCpu = cpuSeconds() - c;
   const session = await model.createSession(512);
@@ -188,7 +194,7 @@ async function synthetic(kind, bits) {
   const decodeCpu = cpuSeconds() - c;
   session.close();
   const gb = (model.weightBytes / 2 ** 30).toFixed(2);
-  if (!flag('skip-prefill'))
+  if (!skipPrefill)
     rows.push([
       `dim 2048 x 8 layers, ${kind} weights (${gb} GiB)`,
       `prefill ${WINDOWS} x 512`,
@@ -213,13 +219,18 @@ async function synthetic(kind, bits) {
     decode_tok_cpu_s: DECODE / decodeCpu,
     bound_tok_s: bound,
     bytes_per_token: bytesPerToken(bits),
-    prefill_tok_s: flag('skip-prefill') ? null : (512 * WINDOWS) / prefill,
+    cpu_activations: bits ? cpuActivations : null,
+    prefill_tok_s: skipPrefill ? null : (512 * WINDOWS) / prefill,
   });
   await model.close();
 }
 
 if (!flag('skip-f32')) await synthetic('f32', 0);
-if (!flag('skip-packed')) for (const bits of BITS_LIST) await synthetic(`${bits}-bit packed`, bits);
+if (!flag('skip-packed'))
+  for (const bits of BITS_LIST) {
+    await synthetic(`${bits}-bit packed, int8 activations`, bits);
+    if (!flag('skip-exact')) await synthetic(`${bits}-bit packed, f32 activations (gptq-packed)`, bits, 'f32');
+  }
 
 console.log(
   `CPU forward pass: ${cpus()[0]?.model ?? 'cpu'}, ${info.threads} threads, ${info.activeSimd}, load average ${loadavg()[0].toFixed(1)}, ${new Date().toISOString().slice(0, 10)}`,

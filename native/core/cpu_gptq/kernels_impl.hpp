@@ -79,7 +79,9 @@ LOWBIT_KERNEL typename O::U slice(const typename O::U* c) {
 #ifndef LOWBIT_GPTQ_PREFETCH_UNITS
 #define LOWBIT_GPTQ_PREFETCH_UNITS 8
 #endif
-constexpr int64_t kPrefetchUnits = LOWBIT_GPTQ_PREFETCH_UNITS;  // distance, in units of each stream
+// Distance in units of each stream (0: none, the hardware prefetcher alone); a macro so that
+// bench/cpu-gptq.cpp can be built with others to compare.
+constexpr int64_t kPrefetchUnits = LOWBIT_GPTQ_PREFETCH_UNITS;
 
 template <int BITS>
 constexpr int chunks_per_unit() { return BITS == 4 ? 4 : BITS == 3 ? 3 : 2; }
@@ -125,7 +127,8 @@ LOWBIT_TARGET void tile_int8(const CpuGptqWeights& W, int64_t block0, const Acti
         const uint8_t* p = base[nb] + u * W.unit_bytes;
         // Every line of a unit a few units ahead of each stream, so that loads stay in flight while
         // the core computes (one line per unit left the others to the hardware prefetcher).
-        LOWBIT_UNROLL for (int h = 0; h < CH; ++h) __builtin_prefetch(p + kPrefetchUnits * W.unit_bytes + 64 * h);
+        if constexpr (kPrefetchUnits > 0)
+          LOWBIT_UNROLL for (int h = 0; h < CH; ++h) __builtin_prefetch(p + kPrefetchUnits * W.unit_bytes + 64 * h);
         LOWBIT_UNROLL for (int h = 0; h < CH; ++h) c[nb][h] = O::load(p + 64 * h);
       }
       const int8_t* x[MR];
