@@ -287,14 +287,9 @@ class CudaLlama : public LlamaBackend {
       bool emit(CapturePoint p, const float* data, int64_t cols) {
         const model::CaptureFn* capture = run ? run->capture : nullptr;
         if (capture && *capture) {
-          if (run->capture_on_device) {
-            m.sync();
-            (*capture)(p, model::Activations{data, rows, cols, 0, m.device_});
-          } else {
-            m.host_capture_.resize((size_t)(rows * cols));
-            m.download(m.host_capture_.data(), data, rows * cols);
-            (*capture)(p, model::Activations{m.host_capture_.data(), rows, cols, 0, -1});
-          }
+          m.host_capture_.resize((size_t)(rows * cols));
+          m.download(m.host_capture_.data(), data, rows * cols);
+          (*capture)(p, model::Activations{m.host_capture_.data(), rows, cols, 0});
         }
         return run && run->stop_after == (int)p;
       }

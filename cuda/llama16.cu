@@ -559,14 +559,9 @@ class CudaLlama16 : public LlamaBackend {
         if (capture && *capture) {
           float* wide = floats(m.capture_, rows * cols);
           ops16::widen(m.t_, data, rows * cols, wide, m.stream_);
-          if (run->capture_on_device) {
-            m.sync();
-            (*capture)(p, model::Activations{wide, rows, cols, 0, m.device_});
-          } else {
-            m.host_capture_.resize((size_t)(rows * cols));
-            m.download(m.host_capture_.data(), wide, rows * cols);
-            (*capture)(p, model::Activations{m.host_capture_.data(), rows, cols, 0, -1});
-          }
+          m.host_capture_.resize((size_t)(rows * cols));
+          m.download(m.host_capture_.data(), wide, rows * cols);
+          (*capture)(p, model::Activations{m.host_capture_.data(), rows, cols, 0});
         }
         return run && run->stop_after == (int)p;
       }

@@ -1,20 +1,24 @@
 // The forward pass: the NativeModel class (one LlamaBackend, CPU or CUDA) and a few sync entry
 // points to the CPU ops for tests. Argument checks and worker dispatch only; the math is in
 // native/core/model.
-#include "model.hpp"
+#include <napi.h>
 
 #include <cmath>
 #include <cstring>
+#include <functional>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <string>
 
+#include "../core/model/backend.hpp"
 #include "../core/model/ops.hpp"
 #include "napi_util.hpp"
 #include "weights_arg.hpp"
 
 namespace lowbit {
 namespace binding {
+namespace {
 
 struct ModelHandle {
   std::mutex run_mutex;  // held for the whole of each call on the backend
@@ -36,19 +40,16 @@ struct ModelHandle {
   }
 };
 
+// Runs fn (on a worker thread) with the model's backend while holding the model's lock, so it never
+// overlaps another call on the same model. E_CLOSED after close().
 void with_backend(ModelHandle& handle, const std::function<void(model::LlamaBackend&)>& fn) {
   std::lock_guard<std::mutex> lock(handle.run_mutex);
   auto backend = handle.get();
   fn(*backend);
 }
 
-namespace {
-
 using model::Linear;
 using model::LinearWeights;
-
-// Tags NativeModel objects so model_handle() can tell them from look-alikes.
-const napi_type_tag kModelTag = {0x6c6f77626974ULL, 0x6d6f64656c3031ULL};
 
 std::vector<float> float_vector(const Napi::Value& v, const char* name) {
   const auto s = typed_array<float>(v, name);
@@ -149,7 +150,6 @@ class NativeModel : public Napi::ObjectWrap<NativeModel> {
       }
       handle_ = std::make_shared<ModelHandle>();
       handle_->backend = model::make_backend(device_, config_, linears, dtype_);
-      napi_type_tag_object(info.Env(), info.This(), &kModelTag);
       return info.Env().Undefined();
     });
   }
@@ -160,7 +160,6 @@ class NativeModel : public Napi::ObjectWrap<NativeModel> {
     ForgetCaches(Env());
   }
 
-  std::shared_ptr<ModelHandle> handle() const { return handle_; }
 
  private:
   Napi::Value Device(const Napi::CallbackInfo& info) { return Napi::Number::New(info.Env(), device_); }
@@ -318,7 +317,7 @@ class NativeModel : public Napi::ObjectWrap<NativeModel> {
       auto work = [=](model::LlamaBackend& b) {
         model::CaptureFn capture = [dest](model::CapturePoint p, const model::Activations& a) {
           float* d = dest[(int)p];
-          if (d && a.device < 0) std::memcpy(d + a.row0 * a.cols, a.data, (size_t)(a.rows * a.cols) * 4);
+          if (d) std::memcpy(d + a.row0 * a.cols, a.data, (size_t)(a.rows * a.cols) * 4);
         };
         model::BlockRun run;
         run.capture = &capture;
@@ -610,13 +609,6 @@ Napi::Value OpNll(const Napi::CallbackInfo& info) {
 }
 
 }  // namespace
-
-std::shared_ptr<ModelHandle> model_handle(const Napi::Value& v) {
-  bool tagged = false;
-  if (v.IsObject()) napi_check_object_type_tag(v.Env(), v, &kModelTag, &tagged);
-  require(tagged, "E_ARGUMENT", "expected a NativeModel");
-  return NativeModel::Unwrap(v.As<Napi::Object>())->handle();
-}
 
 void InitModel(Napi::Env env, Napi::Object exports) {
   exports.Set("NativeModel", NativeModel::Define(env));

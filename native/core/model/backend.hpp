@@ -91,7 +91,6 @@ struct Activations {
   int64_t rows;       // tokens
   int64_t cols;       // input features of the linears fed from this point
   int64_t row0;       // index of the first row within the whole run_block batch (B*S rows)
-  int device;         // -1: host memory; else a CUDA device index and `data` is device memory there
 };
 using CaptureFn = std::function<void(CapturePoint, const Activations&)>;
 
@@ -103,9 +102,6 @@ struct BlockRun {
   // of the linears they quantize next). -1: run the whole block. `hidden` is left unchanged when
   // the run stops early.
   int stop_after = -1;
-  // false: `capture` always gets host memory (a GPU backend copies it down first). true: it may get
-  // memory on the backend's device (Activations::device says which), e.g. for Hessians kept on the GPU.
-  bool capture_on_device = false;
 };
 
 // A KV cache for incremental decoding, made by the backend that uses it.

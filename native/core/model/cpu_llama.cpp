@@ -238,7 +238,7 @@ class CpuLlama : public LlamaBackend {
       void swiglu(const float* gate, const float* up, float* out) { cpu::swiglu(gate, up, n * c.hidden, out); }
       bool emit(CapturePoint p, const float* data, int64_t cols) {
         const CaptureFn* capture = run ? run->capture : nullptr;
-        if (capture && *capture) (*capture)(p, Activations{data, n, cols, row0, -1});
+        if (capture && *capture) (*capture)(p, Activations{data, n, cols, row0});
         return run && run->stop_after == (int)p;
       }
     } recipe_ops{c, blk, n, p0, row0, kv, run, ws};
