@@ -3,7 +3,8 @@
 // from tinystories-valid.calib.txt; evaluation: tinystories-valid.eval.txt, REFERENCE.md's protocol
 // (BOS once, 512-token windows). Each GPTQ/RTN result is measured twice: in memory (the packed
 // linears put into the fp32 model) and read back from the written checkpoint; the two must agree.
-// Prints a Markdown table. Not a test.
+// Models run with exact f32 activations (cpuActivations 'f32'): the method's quality, without the
+// int8 activations of the default CPU decode path. Prints a Markdown table. Not a test.
 //
 //   node bench/gptq-quality.mjs [--bits 4,3,2] [--groups -1,32] [--samples 128] [--seq-len 512]
 //        [--methods rtn,gptq] [--act-order no,yes] [--mse] [--static-groups] [--damp 0.01]
@@ -45,7 +46,7 @@ async function pplOf(model) {
   return (await perplexity(model, evalText, { seqLen: 512 })).ppl;
 }
 
-const fp = await openModel(modelDir, { device: 'cpu' });
+const fp = await openModel(modelDir, { device: 'cpu', cpuActivations: 'f32' });
 const fpPpl = await pplOf(fp);
 const blockPrefixes = fp.reader.tensors.blocks;
 
@@ -88,7 +89,7 @@ try {
           keepPacked: true,
         });
         const memPpl = await inMemoryPpl(summary.packed);
-        const q = await openModel(out, { device: 'cpu' });
+        const q = await openModel(out, { device: 'cpu', cpuActivations: 'f32' });
         const filePpl = await pplOf(q);
         await q.close();
         await rm(out, { recursive: true, force: true });

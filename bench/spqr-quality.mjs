@@ -5,7 +5,7 @@
 // bench/gptq-quality.mjs: calibration 128 windows of 512 tokens (seed 0) of tinystories-valid.calib.txt,
 // evaluation tinystories-valid.eval.txt in 512-token windows. SpQR linears are put into the model
 // dequantized (what the SpQR product computes; test/spqr/gemm.test.ts holds the product to it).
-// Writes bench/results/spqr-quality.json and prints a Markdown table. Not a test.
+// Models run with exact f32 activations (cpuActivations 'f32'), as bench/gptq-quality.mjs. Writes bench/results/spqr-quality.json and prints a Markdown table. Not a test.
 //
 //   node bench/spqr-quality.mjs [--out spqr-quality] [--bits 4,3,2] [--samples 128] [--seq-len 512] [--no-baselines]
 //        [--tau 0.2] [--budget 0.01] [--damp 0.01] [--beta1 16] [--beta2 16] [--stat-bits 3]
@@ -55,14 +55,14 @@ const evalText = await readFile(join(data, 'tinystories-valid.eval.txt'), 'utf8'
 const pplOf = async (model) => (await perplexity(model, evalText, { seqLen: 512 })).ppl;
 
 const rows = [];
-const fp = await openModel(modelDir, { device: 'cpu' });
+const fp = await openModel(modelDir, { device: 'cpu', cpuActivations: 'f32' });
 const fpPpl = await pplOf(fp);
 rows.push({ method: 'fp32', bits: 32, group: '-', ppl: fpPpl, bpw: 32 });
 const ids = await calibrationWindows(fp, { source: [calib], samples: SAMPLES, seqLen: SEQ, seed: 0 });
 await fp.close();
 
 for (const bits of BITS) {
-  const model = await openModel(modelDir, { device: 'cpu' });
+  const model = await openModel(modelDir, { device: 'cpu', cpuActivations: 'f32' });
   const t0 = performance.now();
   const layers = await spqrQuantizeModel(model, ids, SEQ, { ...spqrOptions, bits });
   const seconds = (performance.now() - t0) / 1000;
@@ -109,7 +109,7 @@ if (BASELINES) {
             actOrder: method === 'gptq' ? true : undefined, // RTN refuses GPTQ's options
             calibration: method === 'gptq' ? { files: [calib], samples: SAMPLES, seqLen: SEQ, seed: 0 } : undefined,
           });
-          const q = await openModel(out, { device: 'cpu' });
+          const q = await openModel(out, { device: 'cpu', cpuActivations: 'f32' });
           const ppl = await pplOf(q);
           await q.close();
           await rm(out, { recursive: true, force: true });
