@@ -65,6 +65,8 @@ export async function run(argv: string[]): Promise<number> {
       ? undefined
       : numberOption(values['max-windows'] as string, 'max-windows', 0, isCount, 'a positive integer');
 
+  const cpuActivations = cpuActivationsOption(values['cpu-activations'] as string | undefined);
+
   let text: string;
   try {
     text = await readFile(dataPath, 'utf8');
@@ -76,7 +78,6 @@ export async function run(argv: string[]): Promise<number> {
       { cause: err },
     );
   }
-  const cpuActivations = cpuActivationsOption(values['cpu-activations'] as string | undefined);
   const model = await openModel(await resolveModelArg(modelPath), {
     device: (values.device as DeviceSpec | undefined) ?? 'auto',
     dtype: dtypeOption(values.dtype as string | undefined),

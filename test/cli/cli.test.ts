@@ -55,6 +55,10 @@ test('usage errors exit 2 and name the option and what it accepts', async () => 
     ],
     [['quantize', '--model', dataFile('stories260K-hf')], /--out is required/],
     [['ppl', '--model', dataFile('stories260K-hf')], /--data is required/],
+    [
+      ['ppl', '--model', dataFile('stories260K-hf'), '--data', 'x.txt', '--cpu-activations', 'int4'],
+      /--cpu-activations must be int8 or f32, not "int4"/,
+    ],
     [['generate', '--model', dataFile('stories260K-hf'), '--prompt', 'x', '--top-p', '2'], /--top-p must be/],
   ];
   for (const [args, message] of cases) {

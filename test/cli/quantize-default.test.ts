@@ -3,7 +3,8 @@
  * no --model it quantizes the bundled stories260K on the bundled calibration text (the package's
  * data/, found from the code's own location, not the working directory); with a --model but no
  * --calib, GPTQ stops with a usage error that says how to give calibration text; a bf16 model keeps
- * its dense tensors (embeddings, norms) in bf16 (catches a writer widening them to fp32).
+ * its dense tensors (embeddings, norms) in bf16 (catches a writer widening them to fp32); `ppl
+ * --cpu-activations f32` runs the exact path (catches a flag that never reaches the model).
  */
 import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -32,9 +33,9 @@ test('no --model: the bundled stories260K on its bundled calibration text, and t
 
   // the checkpoint is the bundled model: its perplexity on the held-out half is near the fp32 one
   const evalText = dataFile('tinystories-valid.eval.txt');
-  const ppl = async (model: string) => {
+  const ppl = async (model: string, ...extra: string[]) => {
     const r = await lowbit(
-      ['ppl', '--model', model, '--data', evalText, '--max-windows', '8', '--device', 'cpu', '--json'],
+      ['ppl', '--model', model, '--data', evalText, '--max-windows', '8', '--device', 'cpu', '--json', ...extra],
       { cwd },
     );
     expect(r.code, r.stderr).toBe(0);
@@ -44,6 +45,12 @@ test('no --model: the bundled stories260K on its bundled calibration text, and t
   expect(fp32).toBeLessThan(6);
   expect(quantized).toBeGreaterThan(fp32);
   expect(quantized).toBeLessThan(fp32 * 1.5);
+
+  // --cpu-activations f32 reaches the forward pass (exact activations: another arithmetic, so another
+  // perplexity), and the default int8 path lands within 0.5% of it
+  const exact = await ppl(join(cwd, 'q'), '--cpu-activations', 'f32');
+  expect(exact).not.toBe(quantized);
+  expect(Math.abs(Math.log(quantized / exact))).toBeLessThan(0.005);
 });
 
 test('GPTQ on a given --model without --calib: exit 2, naming --calib and --calib self, nothing written', async () => {
