@@ -12,7 +12,7 @@ import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { LowbitError, isLowbitErrorCode } from './errors.js';
 import { glibcNeeded, glibcRuntime, readVersionNeeds } from './elf.js';
-import type { LinearWeights, PackedWeights } from './weights/types.js';
+import type { LinearWeights, PackedWeights, SpqrLinearWeights } from './weights/types.js';
 
 const require = createRequire(import.meta.url);
 
@@ -123,9 +123,11 @@ export interface NativeDense {
   data: Float32Array | Uint16Array;
 }
 
-/** One linear layer: dense, or packed in the GPTQ layout; an optional f32 bias [N]. */
+/** One linear layer: dense, packed in the GPTQ layout, or SpQR (tagged); an optional f32 bias [N]. */
 export type NativeLinear =
-  (NativeDense & { packed?: undefined; bias?: Float32Array }) | { packed: PackedWeights; bias?: Float32Array };
+  | (NativeDense & { packed?: undefined; format?: undefined; bias?: Float32Array })
+  | { packed: PackedWeights; format?: undefined; bias?: Float32Array }
+  | (SpqrLinearWeights & { packed?: undefined; bias?: Float32Array });
 
 export type NativeLinearName = 'q' | 'k' | 'v' | 'o' | 'gate' | 'up' | 'down';
 /** Inputs of a block's linears: q/k/v share one, gate/up share one. */
@@ -209,6 +211,8 @@ export interface NativePreparedLinear {
 export interface NativeWeightFormat {
   name: string;
   packUnits?: { bits: number; values: number; words: number }[];
+  /** SpQR: its code widths */
+  bits?: number[];
 }
 
 /** The addon's functions. Shapes are checked in src/ first, and again natively. */

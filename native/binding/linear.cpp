@@ -17,7 +17,7 @@ namespace lowbit {
 namespace binding {
 namespace {
 
-// weightFormats() -> [{name: 'dense'}, {name: 'gptq', packUnits: [{bits, values, words}, ...]}]
+// weightFormats() -> [{name: 'dense'}, {name: 'gptq', packUnits: [{bits, values, words}, ...]}, {name: 'spqr', bits: [2, 3, 4]}]
 Napi::Value WeightFormats(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   Napi::Array out = Napi::Array::New(env, kFormatCount);
@@ -35,6 +35,10 @@ Napi::Value WeightFormats(const Napi::CallbackInfo& info) {
         units.Set(i, e);
       }
       o.Set("packUnits", units);
+    } else if ((Format)f == Format::Spqr) {
+      Napi::Array bits = Napi::Array::New(env, kSpqrBitWidths);
+      for (int i = 0; i < kSpqrBitWidths; ++i) bits.Set(i, kSpqrBits[i]);
+      o.Set("bits", bits);
     }
     out.Set(f, o);
   }

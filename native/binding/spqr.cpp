@@ -9,6 +9,7 @@
 #include "../core/spqr.hpp"
 #include "../core/spqr_gemm.hpp"
 #include "napi_util.hpp"
+#include "weights_arg.hpp"
 
 namespace lowbit {
 namespace binding {
@@ -41,50 +42,6 @@ SpqrOptions spqr_options(const Napi::Object& o) {
   const Napi::Value act_order = o.Get("actOrder");
   if (!act_order.IsUndefined()) s.act_order = boolean(act_order, "actOrder");
   return s;
-}
-
-// The SpqrMatrix behind a JavaScript SpqrWeights object, every length and index checked. The index
-// arrays (perm, row pointers, columns) are private copies in `bufs`, so what was checked is what is used.
-SpqrMatrix spqr_matrix_arg(const Napi::Value& v, CallBuffers& bufs) {
-  if (!v.IsObject()) throw CoreError("E_ARGUMENT", "SpQR weights must be an object");
-  const Napi::Object o = v.As<Napi::Object>();
-  // Every property is read once, and all of them (getters may run JavaScript, e.g. detach another
-  // field's buffer) before the first pointer is taken (issue 8).
-  const char* const keys[] = {"bits", "statBits", "N", "K", "beta1", "beta2", "qweight", "scaleCodes", "zeroCodes",
-                              "scaleStats", "zeroStats", "perm", "outlierRowptr", "outlierCols", "outlierValues"};
-  std::vector<Napi::Value> f;
-  for (const char* key : keys) f.push_back(o.Get(key));
-  SpqrMatrix m;
-  m.bits = (int)integer(f[0], "bits");
-  m.stat_bits = (int)integer(f[1], "statBits");
-  m.N = integer(f[2], "N");
-  m.K = integer(f[3], "K");
-  m.beta1 = integer(f[4], "beta1");
-  m.beta2 = integer(f[5], "beta2");
-  SpqrLengths len;
-  const auto qw = typed_array<uint8_t>(f[6], "qweight");
-  const auto sc = typed_array<uint8_t>(f[7], "scaleCodes");
-  const auto zc = typed_array<uint8_t>(f[8], "zeroCodes");
-  const auto ss = typed_array<uint16_t>(f[9], "scaleStats");
-  const auto zs = typed_array<uint16_t>(f[10], "zeroStats");
-  const auto perm = optional_typed_array<int32_t>(f[11], "perm");
-  const auto rowptr = typed_array<int32_t>(f[12], "outlierRowptr");
-  const auto cols = typed_array<int32_t>(f[13], "outlierCols");
-  const auto vals = typed_array<uint16_t>(f[14], "outlierValues");
-  m.qweight = qw.data;
-  m.scale_codes = sc.data;
-  m.zero_codes = zc.data;
-  m.scale_stats = ss.data;
-  m.zero_stats = zs.data;
-  m.perm = bufs.index(perm);
-  m.outlier_rowptr = bufs.index(rowptr);
-  m.outlier_cols = bufs.index(cols);
-  m.outlier_values = vals.data;
-  len = {qw.length, sc.length, zc.length, ss.length, zs.length, perm.length, rowptr.length, cols.length, vals.length};
-  require(rowptr.length == m.N + 1 || m.N <= 0, "E_BUFFER",
-          "outlierRowptr holds " + std::to_string(rowptr.length) + " elements, expected N + 1");
-  validate_spqr(m, len);
-  return m;
 }
 
 template <class T>

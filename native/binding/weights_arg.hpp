@@ -73,11 +73,64 @@ inline LinearWeights read_gptq(const Napi::Object& o, int64_t, int64_t, const st
   return w;
 }
 
+// The SpqrMatrix behind a JavaScript SpqrWeights object (src/quantize/spqr.ts), every length and
+// index checked (validate_spqr). Every property is read once, and all of them (getters may run
+// JavaScript, e.g. detach another field's buffer) before the first pointer is taken. The arrays
+// come from `bufs` (copies for an async call); the index arrays (perm, row pointers, columns) are
+// always private copies, so what was checked is what the kernels index with.
+inline SpqrMatrix spqr_matrix_arg(const Napi::Value& v, CallBuffers& bufs) {
+  require(v.IsObject(), "E_ARGUMENT", "SpQR weights must be an object");
+  const Napi::Object o = v.As<Napi::Object>();
+  const char* const keys[] = {"bits", "statBits", "N", "K", "beta1", "beta2", "qweight", "scaleCodes", "zeroCodes",
+                              "scaleStats", "zeroStats", "perm", "outlierRowptr", "outlierCols", "outlierValues"};
+  std::vector<Napi::Value> f;
+  for (const char* key : keys) f.push_back(o.Get(key));
+  SpqrMatrix m;
+  m.bits = (int)integer(f[0], "bits");
+  m.stat_bits = (int)integer(f[1], "statBits");
+  m.N = integer(f[2], "N");
+  m.K = integer(f[3], "K");
+  m.beta1 = integer(f[4], "beta1");
+  m.beta2 = integer(f[5], "beta2");
+  const auto qw = typed_array<uint8_t>(f[6], "qweight");
+  const auto sc = typed_array<uint8_t>(f[7], "scaleCodes");
+  const auto zc = typed_array<uint8_t>(f[8], "zeroCodes");
+  const auto ss = typed_array<uint16_t>(f[9], "scaleStats");
+  const auto zs = typed_array<uint16_t>(f[10], "zeroStats");
+  const auto perm = optional_typed_array<int32_t>(f[11], "perm");
+  const auto rowptr = typed_array<int32_t>(f[12], "outlierRowptr");
+  const auto cols = typed_array<int32_t>(f[13], "outlierCols");
+  const auto vals = typed_array<uint16_t>(f[14], "outlierValues");
+  require(rowptr.length == m.N + 1 || m.N <= 0, "E_BUFFER",
+          "outlierRowptr holds " + std::to_string(rowptr.length) + " elements, expected N + 1");
+  // (validate_spqr requires every length to be exactly what the shape implies: the copies are of that size)
+  m.qweight = bufs.input(qw);
+  m.scale_codes = bufs.input(sc);
+  m.zero_codes = bufs.input(zc);
+  m.scale_stats = bufs.input(ss);
+  m.zero_stats = bufs.input(zs);
+  m.perm = bufs.index(perm);
+  m.outlier_rowptr = bufs.index(rowptr);
+  m.outlier_cols = bufs.index(cols);
+  m.outlier_values = bufs.input(vals);
+  validate_spqr(m, {qw.length, sc.length, zc.length, ss.length, zs.length, perm.length, rowptr.length, cols.length,
+                    vals.length});
+  return m;
+}
+
+// format 'spqr': the SpqrWeights fields (src/weights/types.ts) {bits, statBits, N, K, beta1, beta2,
+// qweight, scaleCodes, zeroCodes, scaleStats, zeroStats, perm?, outlierRowptr, outlierCols, outlierValues}
+inline LinearWeights read_spqr(const Napi::Object& o, int64_t, int64_t, const std::string&, CallBuffers& bufs) {
+  LinearWeights w;
+  w.matrix = spqr_matrix_arg(o, bufs);
+  return w;
+}
+
 using FormatReader = LinearWeights (*)(const Napi::Object&, int64_t, int64_t, const std::string&, CallBuffers&);
 // Indexed by Format.
-inline constexpr FormatReader kFormatReaders[kFormatCount] = {&read_dense, &read_gptq};
+inline constexpr FormatReader kFormatReaders[kFormatCount] = {&read_dense, &read_gptq, &read_spqr};
 
-// One linear's weight {format: 'dense' | 'gptq' | ..., ...the format's fields, bias?: Float32Array [N]}.
+// One linear's weight {format: 'dense' | 'gptq' | 'spqr', ...the format's fields, bias?: Float32Array [N]}.
 // Without a tag: {packed: PackedWeights, bias?} is GPTQ (NativeModel's form), anything else dense.
 // Checked (check_linear_weights) against N x K when given (0: any shape).
 inline LinearWeights linear_weights_arg(const Napi::Value& v, int64_t N, int64_t K, const std::string& name,

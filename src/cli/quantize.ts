@@ -5,7 +5,13 @@ import { writtenConfig } from '../formats/gptq.js';
 import { readLlamaConfig } from '../formats/hf.js';
 import { applyPreset, PRESETS, vllmWarnings, type PresetName, type PresetSettings } from '../presets.js';
 import { LowbitError } from '../errors.js';
-import { quantize, type QuantizeProgress, type QuantizeSummary, type QuantizeWarning } from '../schedule/quantize.js';
+import {
+  quantize,
+  type QuantizeOptions,
+  type QuantizeProgress,
+  type QuantizeSummary,
+  type QuantizeWarning,
+} from '../schedule/quantize.js';
 import { DEFAULT_METHOD, METHODS, METHOD_NAMES, methodOf, type MethodName } from '../schedule/methods/index.js';
 import { numberOption, parse } from './args.js';
 import { resolveModelArg } from './model-arg.js';
@@ -14,8 +20,8 @@ import { GPTQ_BITS_TEXT, isGptqBits, type GptqBits } from '../weights/formats.js
 
 export const usage = `usage: lowbit quantize [--model <dir>|<org/name[@revision]>] --out <dir> [options]
 
-Quantizes a Hugging Face Llama-family model into a GPTQ checkpoint, block by block (only one
-block's weights in memory). Ctrl-C stops cleanly; --resume continues from the finished blocks.
+Quantizes a Hugging Face Llama-family model into a GPTQ checkpoint (or, with --method spqr, a
+SpQR checkpoint), block by block (only one block's weights in memory). Ctrl-C stops cleanly; --resume continues from the finished blocks.
 Without --model it quantizes the small model shipped with lowbit (stories260K) on its shipped
 calibration text.
 
@@ -24,7 +30,7 @@ calibration text.
                           (desc_act false); warns about options or shapes they cannot take
   --method ${METHOD_NAMES.join('|').padEnd(14)} (default ${DEFAULT_METHOD})
 ${METHOD_NAMES.map((n) => `                          ${n}: ${METHODS[n].description}`).join('\n')}
-  --bits 2|3|4|8          (default 4)
+  --bits 2|3|4|8          (default 4; SpQR: 2|3|4, default 3)
   --group-size N          input columns per group; 'channel' (or --group-size=-1) = one group
                           per output channel (default 128)
   --act-order             (gptq) quantize columns by descending Hessian diagonal
@@ -40,6 +46,14 @@ ${METHOD_NAMES.map((n) => `                          ${n}: ${METHODS[n].descript
   --seq-len N             tokens per window (default min(2048, the model's context))
   --seed N                calibration seed (default 0)
   --format gptq|gptq_v2   qzeros layout (default gptq, i.e. v1)
+SpQR (--method spqr; --act-order and --damp apply, the GPTQ grid options do not):
+  --beta1 N               first-level group: input columns sharing a scale and zero (default 16)
+  --beta2 N               second-level group: output rows whose statistics share a grid (default 16)
+  --stat-bits N           bits of each quantized scale and zero, 1..8 (default 3)
+  --tau F                 outlier threshold relative to the layer's typical error, > 0, or
+                          'none' for no outliers (default 0.2)
+  --outlier-budget F      most outliers per layer, a fraction in (0, 1) (default 0.01)
+  --no-act-order          sweep columns in their stored order (SpQR's default is act-order)
   --device cpu|cuda       where forward passes run (default cpu)
   --resume                continue an interrupted run with the same options
   --max-memory SIZE       refuse up front if the estimated peak exceeds SIZE (e.g. 20GB)
@@ -50,22 +64,25 @@ function progressDetail(p: QuantizeProgress): string {
 }
 
 export function formatSummary(s: QuantizeSummary): string {
+  const spqr = s.outlierRate !== undefined;
   const rows = s.layers.map((l) =>
     [
       l.prefix.padEnd(36),
       `${l.N}x${l.K}`.padStart(11),
       (l.loss === null ? '-' : l.loss.toExponential(3)).padStart(10),
       l.bitsPerWeight.toFixed(3).padStart(7),
+      ...(spqr ? [`${(100 * (l.outlierRate ?? 0)).toFixed(3)}%`.padStart(9)] : []),
       `${(l.bytes / 1024).toFixed(1)} KiB`.padStart(12),
       `${l.seconds.toFixed(2)} s`.padStart(9),
       l.dampRaises > 0 ? `  damp raised x${l.dampRaises}` : '',
     ].join(' '),
   );
   return [
-    `${'layer'.padEnd(36)} ${'N x K'.padStart(11)} ${'loss'.padStart(10)} ${'bits/w'.padStart(7)} ${'size'.padStart(12)} ${'time'.padStart(9)}`,
+    `${'layer'.padEnd(36)} ${'N x K'.padStart(11)} ${'loss'.padStart(10)} ${'bits/w'.padStart(7)}${spqr ? ` ${'outliers'.padStart(9)}` : ''} ${'size'.padStart(12)} ${'time'.padStart(9)}`,
     ...rows,
     '',
-    `${s.method.toUpperCase()} ${s.bits}-bit, group size ${s.groupSize}: ${s.layers.length} linears, ${s.bitsPerWeight.toFixed(3)} bits/weight, ` +
+    `${s.method.toUpperCase()} ${s.bits}-bit, ${spqr ? 'first-level group' : 'group size'} ${s.groupSize}: ${s.layers.length} linears, ${s.bitsPerWeight.toFixed(3)} bits/weight, ` +
+      (spqr ? `${(100 * s.outlierRate!).toFixed(3)}% outliers, ` : '') +
       `${(s.quantizedBytes / 1e6).toFixed(2)} MB quantized, ${s.seconds.toFixed(1)} s${s.resumedBlocks ? ` (${s.resumedBlocks} blocks resumed)` : ''}`,
     `written to ${s.out}`,
   ].join('\n');
@@ -92,6 +109,12 @@ export async function run(argv: string[]): Promise<number> {
       'seq-len': { type: 'string' },
       seed: { type: 'string' },
       format: { type: 'string' },
+      beta1: { type: 'string' },
+      beta2: { type: 'string' },
+      'stat-bits': { type: 'string' },
+      tau: { type: 'string' },
+      'outlier-budget': { type: 'string' },
+      'no-act-order': { type: 'boolean' },
       device: { type: 'string' },
       resume: { type: 'boolean' },
       'max-memory': { type: 'string' },
@@ -140,6 +163,10 @@ export async function run(argv: string[]): Promise<number> {
     });
   resolveDevice(device);
   const isCount = (n: number) => Number.isInteger(n) && n >= 1;
+  if (method === 'spqr') return runSpqr(values, method, files, device, useBundled);
+  for (const k of SPQR_FLAGS)
+    if (values[k] !== undefined)
+      throw new LowbitError('E_ARGUMENT', `--${k} applies to --method spqr only`, { option: k });
   const bits = numberOption(str('bits'), 'bits', 4, isGptqBits, GPTQ_BITS_TEXT) as GptqBits;
   const groupSize =
     str('group-size') === 'channel'
@@ -189,6 +216,129 @@ export async function run(argv: string[]): Promise<number> {
     for (const w of vllmWarnings(settings, config)) process.stderr.write(`warning (--preset vllm): ${w}\n`);
   }
 
+  // Only what the user gave (or the preset chose), never the CLI's defaults: the method's own
+  // defaults apply, and a method refuses an option it would otherwise ignore (RTN and --damp).
+  return runJob(values, {
+    model: modelPath,
+    out: str('out')!,
+    method,
+    bits: settings.bits,
+    groupSize: settings.groupSize,
+    actOrder: settings.actOrder || undefined,
+    staticGroups: settings.staticGroups || undefined,
+    sym: settings.sym,
+    mse: values.mse === true || undefined,
+    damp: given('damp') ? damp : undefined,
+    trueSequential: given('no-true-sequential') ? false : undefined,
+    checkpointFormat: settings.checkpointFormat,
+    calibration: {
+      files,
+      samples: given('samples') ? samples : undefined,
+      seqLen,
+      seed: given('seed') ? seed : undefined,
+    },
+    device,
+    resume: values.resume === true,
+    maxMemory: str('max-memory'),
+  });
+}
+
+/** The flags only SpQR takes. */
+const SPQR_FLAGS = ['beta1', 'beta2', 'stat-bits', 'tau', 'outlier-budget', 'no-act-order'] as const;
+/** The flags SpQR does not take (GPTQ's grid and checkpoint layout). */
+const GPTQ_ONLY_FLAGS = [
+  'group-size',
+  'static-groups',
+  'sym',
+  'mse',
+  'format',
+  'preset',
+  'no-true-sequential',
+] as const;
+
+type Values = Record<string, string | boolean | (string | boolean)[] | undefined>;
+
+/** --method spqr: its options checked in CLI terms, then the same job as the other methods. */
+async function runSpqr(
+  values: Values,
+  method: MethodName,
+  files: string[] | 'self' | undefined,
+  device: 'cpu' | 'cuda',
+  useBundled: boolean,
+): Promise<number> {
+  const str = (k: string) => values[k] as string | undefined;
+  for (const k of GPTQ_ONLY_FLAGS)
+    if (values[k] !== undefined)
+      throw new LowbitError(
+        'E_ARGUMENT',
+        `--${k} does not apply to --method spqr${k === 'group-size' ? ' (its groups are --beta1 and --beta2)' : ''}`,
+        { option: k },
+      );
+  if (values['act-order'] !== undefined && values['no-act-order'] !== undefined)
+    throw new LowbitError('E_ARGUMENT', '--act-order and --no-act-order contradict each other', {
+      option: 'act-order',
+    });
+  const isCount = (n: number) => Number.isInteger(n) && n >= 1;
+  const bits = numberOption(str('bits'), 'bits', 3, (n) => n === 2 || n === 3 || n === 4, '2, 3 or 4 for SpQR');
+  const beta1 = numberOption(
+    str('beta1'),
+    'beta1',
+    16,
+    (n) => Number.isInteger(n) && n >= 2 && n <= 65536,
+    'an integer in [2, 65536] (input columns per first-level group, at most the smallest layer input)',
+  );
+  const beta2 = numberOption(
+    str('beta2'),
+    'beta2',
+    16,
+    (n) => Number.isInteger(n) && n >= 1 && n <= 65536,
+    'an integer in [1, 65536] (output rows per second-level group)',
+  );
+  const statBits = numberOption(
+    str('stat-bits'),
+    'stat-bits',
+    3,
+    (n) => Number.isInteger(n) && n >= 1 && n <= 8,
+    'an integer in [1, 8]',
+  );
+  const tau =
+    str('tau') === 'none' ? Infinity : numberOption(str('tau'), 'tau', 0.2, (n) => n > 0, "a number > 0, or 'none'");
+  const outlierBudget = numberOption(
+    str('outlier-budget'),
+    'outlier-budget',
+    0.01,
+    (n) => n > 0 && n < 1,
+    'a fraction in (0, 1), e.g. 0.01',
+  );
+  const damp = numberOption(str('damp'), 'damp', 0.01, (n) => n >= 0 && n < 1, 'a fraction in [0, 1)');
+  const samples = numberOption(str('samples'), 'samples', 128, isCount, 'a positive integer');
+  const seqLen =
+    str('seq-len') === undefined
+      ? undefined
+      : numberOption(str('seq-len'), 'seq-len', 0, (n) => Number.isInteger(n) && n >= 2, 'an integer >= 2');
+  const seed = numberOption(str('seed'), 'seed', 0, Number.isInteger, 'an integer');
+  const modelPath = useBundled ? bundled.model : await resolveModelArg(str('model')!);
+  return runJob(values, {
+    model: modelPath,
+    out: str('out')!,
+    method,
+    bits: bits as 2 | 3 | 4,
+    beta1,
+    beta2,
+    statBits,
+    outlierThreshold: tau,
+    outlierBudget,
+    damp,
+    actOrder: values['no-act-order'] !== true,
+    calibration: { files, samples, seqLen, seed },
+    device,
+    resume: values.resume === true,
+    maxMemory: str('max-memory'),
+  });
+}
+
+/** Runs the job with Ctrl-C handling and progress, and prints the summary. */
+async function runJob(values: Values, options: Omit<QuantizeOptions, 'signal'>): Promise<number> {
   const controller = new AbortController();
   let interrupted = false;
   const onSigint = () => {
@@ -200,32 +350,7 @@ export async function run(argv: string[]): Promise<number> {
   process.on('SIGINT', onSigint);
   const progress = new Progress('quantizing');
   try {
-    // Only what the user gave (or the preset chose), never the CLI's defaults: the method's own
-    // defaults apply, and a method refuses an option it would otherwise ignore (RTN and --damp).
-    const job = quantize({
-      model: modelPath,
-      out: str('out')!,
-      method,
-      bits: settings.bits,
-      groupSize: settings.groupSize,
-      actOrder: settings.actOrder || undefined,
-      staticGroups: settings.staticGroups || undefined,
-      sym: settings.sym,
-      mse: values.mse === true || undefined,
-      damp: given('damp') ? damp : undefined,
-      trueSequential: given('no-true-sequential') ? false : undefined,
-      checkpointFormat: settings.checkpointFormat,
-      calibration: {
-        files,
-        samples: given('samples') ? samples : undefined,
-        seqLen,
-        seed: given('seed') ? seed : undefined,
-      },
-      device,
-      resume: values.resume === true,
-      maxMemory: str('max-memory'),
-      signal: controller.signal,
-    });
+    const job = quantize({ ...options, signal: controller.signal });
     job.on('progress', (p: QuantizeProgress) => progress.update(p.done, p.total, progressDetail(p)));
     job.on('warning', (w: QuantizeWarning) => progress.note(`lowbit quantize: warning: ${w.message}`));
     const summary = await job;

@@ -11,6 +11,7 @@ import type { DType, Tensor } from '../tensor.js';
 import { Checkpoint } from './checkpoint.js';
 import { tensorDTypeOf } from './safetensors.js';
 import { checkQuantizedTensors } from './gptq.js';
+import { checkSpqrTensors, parseSpqrQuantizationConfig, type SpqrCheckpointConfig } from './spqr.js';
 import { GPTQ_BITS_TEXT, isGptqBits, type GptqBits } from '../weights/formats.js';
 
 /** Model types whose blocks are Llama's (RMSNorm, GQA attention with RoPE, SwiGLU MLP). */
@@ -77,6 +78,8 @@ export interface LlamaConfig {
   /** the stored dtype named by the config (dtype or torch_dtype), e.g. "float32", "bfloat16" */
   dtype?: string;
   quantization?: GptqQuantizationConfig;
+  /** a SpQR checkpoint's quantization_config (quant_method "spqr"; src/formats/spqr.ts) */
+  spqr?: SpqrCheckpointConfig;
   /** config.json as parsed */
   raw: Record<string, unknown>;
 }
@@ -217,7 +220,7 @@ export function parseLlamaConfig(raw: unknown, file = 'config.json'): LlamaConfi
     eosTokenIds: eosTokenIds as number[],
     padTokenId: optionalId('pad_token_id'),
     dtype: typeof dtype === 'string' ? dtype : undefined,
-    quantization: parseQuantization(c.quantization_config, file),
+    ...quantizationOf(c.quantization_config, file),
     raw: c,
   };
 }
@@ -277,6 +280,16 @@ function parseRope(
   return rope;
 }
 
+/** quantization_config: GPTQ's (`quantization`) or SpQR's (`spqr`). */
+function quantizationOf(
+  q: unknown,
+  file: string,
+): { quantization?: GptqQuantizationConfig; spqr?: SpqrCheckpointConfig } {
+  if (q !== null && typeof q === 'object' && (q as Record<string, unknown>).quant_method === 'spqr')
+    return { spqr: parseSpqrQuantizationConfig(q, file) };
+  return { quantization: parseQuantization(q, file) };
+}
+
 function parseQuantization(
   q: unknown,
   file: string,
@@ -290,7 +303,7 @@ function parseQuantization(
   if (method !== 'gptq') {
     throw new LowbitError(
       'E_UNSUPPORTED',
-      `${file}: ${path}quant_method ${JSON.stringify(method)} is not supported (lowbit reads "gptq")`,
+      `${file}: ${path}quant_method ${JSON.stringify(method)} is not supported (lowbit reads "gptq" and "spqr")`,
       { file, field: 'quantization_config' },
     );
   }
@@ -406,6 +419,8 @@ export interface LinearTensors {
   weight?: string;
   /** the GPTQ tensors, when stored quantized */
   quantized?: QuantizedLinearTensors;
+  /** stored in SpQR form: `<prefix>.spqr_*` (src/formats/spqr.ts) */
+  spqr?: boolean;
   bias?: string;
 }
 
@@ -465,7 +480,8 @@ export function describeTensors(
   };
   const linear = (prefix: string, withBias: boolean): LinearTensors => {
     const out: LinearTensors = { prefix };
-    if (has(`${prefix}.qweight`)) {
+    if (has(`${prefix}.spqr_qweight`)) out.spqr = true;
+    else if (has(`${prefix}.qweight`)) {
       out.quantized = {
         qweight: `${prefix}.qweight`,
         qzeros: need(`${prefix}.qzeros`),
@@ -593,6 +609,13 @@ export class HfModel implements ModelReader {
       checkLayerCount(config, checkpoint.names, root);
       checkShapes(config, tensors, (n) => checkpoint.info(n).shape, root);
       checkQuantizedTensors(config, tensors, (n) => checkpoint.info(n), root);
+      checkSpqrTensors(
+        config,
+        tensors,
+        (n) => checkpoint.has(n),
+        (n) => checkpoint.info(n),
+        root,
+      );
       return new HfModel(root, config, tensors, checkpoint);
     } catch (err) {
       await checkpoint.close();

@@ -19,6 +19,7 @@ import {
 import { Llama2cModel } from './llama2c.js';
 import { SAFETENSORS_DTYPES } from './safetensors.js';
 import { GPTQ_TENSOR_SUFFIXES } from '../weights/formats.js';
+import { SPQR_TENSOR_SUFFIXES, checkSpqrTensors, spqrTensorName } from './spqr.js';
 
 export interface TensorReport {
   name: string;
@@ -64,6 +65,19 @@ export interface InspectReport {
     /** over the quantized linears only (qweight + qzeros + scales + g_idx), when there are any */
     quantizedLinears?: number;
   };
+  /** SpQR checkpoints: each quantized linear's stored bits per weight and outlier rate */
+  spqrLayers?: SpqrLayerReport[];
+}
+
+export interface SpqrLayerReport {
+  prefix: string;
+  N: number;
+  K: number;
+  /** every spqr_* tensor of the linear, in bits, over N·K */
+  bitsPerWeight: number;
+  outliers: number;
+  /** outliers / (N·K) */
+  outlierRate: number;
 }
 
 function summary(c: LlamaConfig): InspectReport['config'] {
@@ -91,6 +105,14 @@ export async function inspectModel(path: string): Promise<InspectReport> {
         checkQuantizedTensors(
           config,
           describeTensors(config, (n) => ckpt.has(n), target),
+          (n) => ckpt.info(n),
+          target,
+        );
+      if (config.spqr)
+        checkSpqrTensors(
+          config,
+          describeTensors(config, (n) => ckpt.has(n), target),
+          (n) => ckpt.has(n),
           (n) => ckpt.info(n),
           target,
         );
@@ -125,6 +147,37 @@ export async function inspectModel(path: string): Promise<InspectReport> {
         }
       }
     }
+    // SpQR linears: every spqr_* tensor counts toward the layer's bits
+    const spqrLayers: SpqrLayerReport[] = [];
+    if (config?.spqr) {
+      for (let l = 0; l < config.numLayers; l++) {
+        for (const name of LINEAR_NAMES) {
+          const prefix = `model.layers.${l}.${LINEAR_MODULES[name]}`;
+          if (!byName.has(spqrTensorName(prefix, 'qweight'))) continue;
+          const { K, N } = linearDims(config, name);
+          let bytes = 0;
+          for (const part of SPQR_TENSOR_SUFFIXES) {
+            const t = byName.get(spqrTensorName(prefix, part));
+            if (t) {
+              bytes += t.bytes;
+              counted.add(t.name);
+            }
+          }
+          const outliers = byName.get(spqrTensorName(prefix, 'outlier_values'))?.shape[0] ?? 0;
+          spqrLayers.push({
+            prefix,
+            N,
+            K,
+            bitsPerWeight: (bytes * 8) / (N * K),
+            outliers,
+            outlierRate: outliers / (N * K),
+          });
+          parameters += K * N;
+          quantWeights += K * N;
+          quantBits += bytes * 8;
+        }
+      }
+    }
     for (const t of tensors) {
       if (counted.has(t.name)) continue;
       parameters += t.bytes / SAFETENSORS_DTYPES[t.dtype as keyof typeof SAFETENSORS_DTYPES];
@@ -141,10 +194,12 @@ export async function inspectModel(path: string): Promise<InspectReport> {
       bitsPerWeight: { overall: parameters ? (totalBytes * 8) / parameters : 0 },
     };
     if (quantWeights) report.bitsPerWeight.quantizedLinears = quantBits / quantWeights;
+    if (spqrLayers.length) report.spqrLayers = spqrLayers;
     if (config) {
       report.architecture = config.architecture;
       report.config = summary(config);
       if (config.quantization) report.quantization = config.quantization.raw;
+      if (config.spqr) report.quantization = config.raw.quantization_config as Record<string, unknown>;
     }
     return report;
   } finally {
@@ -204,13 +259,30 @@ export function formatReport(r: InspectReport): string {
     );
   }
   if (r.llama2c) lines.push(`llama2.c      ${JSON.stringify(r.llama2c)}`);
-  if (r.quantization) lines.push(`quantization  ${JSON.stringify(r.quantization)}`);
+  if (r.quantization) {
+    // (SpQR's per-layer facts are shown as the table below)
+    const { lowbit: _perLayer, ...q } = r.quantization;
+    lines.push(`quantization  ${JSON.stringify(r.spqrLayers ? q : r.quantization)}`);
+  }
   lines.push(`files         ${r.files.map((f) => basename(f)).join(', ')}`);
   const bpw = r.bitsPerWeight;
   lines.push(
     `size          ${formatBytes(r.totalBytes)} of tensors, ${r.parameters.toLocaleString('en-US')} weights, ${bpw.overall.toFixed(3)} bits/weight` +
       (bpw.quantizedLinears !== undefined ? ` (quantized linears: ${bpw.quantizedLinears.toFixed(3)})` : ''),
   );
+  if (r.spqrLayers) {
+    const outliers = r.spqrLayers.reduce((a, l) => a + l.outliers, 0);
+    const weights = r.spqrLayers.reduce((a, l) => a + l.N * l.K, 0);
+    const w = Math.max(...r.spqrLayers.map((l) => l.prefix.length), 5);
+    lines.push('', `SpQR linears (${r.spqrLayers.length}): bits/weight and outlier rate`);
+    for (const l of r.spqrLayers)
+      lines.push(
+        `  ${l.prefix.padEnd(w)}  ${`${l.N}x${l.K}`.padStart(11)}  ${l.bitsPerWeight.toFixed(3)} bits/weight  ${(100 * l.outlierRate).toFixed(3)}% outliers (${l.outliers})`,
+      );
+    lines.push(
+      `  ${'total'.padEnd(w)}  ${''.padStart(11)}  ${(bpw.quantizedLinears ?? 0).toFixed(3)} bits/weight  ${((100 * outliers) / weights).toFixed(3)}% outliers (${outliers})`,
+    );
+  }
   lines.push('', `tensors (${r.tensors.length}):`);
   const width = Math.max(...r.tensors.map((t) => t.name.length), 4);
   for (const t of r.tensors)

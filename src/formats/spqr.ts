@@ -13,15 +13,16 @@
  * every other tensor kept as it was, and config.json's `quantization_config` with
  * `quant_method: "spqr"` and every parameter. Writer and reader share one check (checkSpqrWeights).
  */
-import { mkdir, readFile, readdir, rename, rm, stat } from 'node:fs/promises';
+import { mkdir, readFile, readdir, rm, stat } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { LowbitError, invalidArgument } from '../errors.js';
-import type { SpqrWeights } from '../quantize/spqr.js';
+import type { SpqrWeights } from '../weights/types.js';
 import { Tensor } from '../tensor.js';
 import { Checkpoint } from './checkpoint.js';
 import { hfConfigJson } from './convert.js';
-import { HfModel, LINEAR_NAMES, type LinearName, type ModelReader } from './hf.js';
+import { HfModel, LINEAR_NAMES, type LinearName, type LlamaConfig, type ModelReader, type ModelTensors } from './hf.js';
 import { CheckpointWriter, tempPath, writeFileAtomic, type TensorSpec } from './safetensors-writer.js';
+import { renameDurable, syncDir } from './durable.js';
 import { SAFETENSORS_DTYPE_OF } from './safetensors.js';
 import { linearDims } from './gptq.js';
 
@@ -167,11 +168,15 @@ export function spqrQuantizationConfigJson(
   };
 }
 
+/** A checkpoint's SpQR quantization_config as parsed: the parameters and the per-layer facts. */
+export type SpqrCheckpointConfig = SpqrQuantizationConfig & {
+  layers: Record<string, SpqrLayerFacts>;
+  /** as recorded by the writer (null when absent) */
+  averageBitsPerWeight: number | null;
+};
+
 /** Parses a quantization_config with quant_method "spqr"; E_SPQR_FORMAT naming the field otherwise. */
-export function parseSpqrQuantizationConfig(
-  raw: unknown,
-  where: string,
-): SpqrQuantizationConfig & { layers: Record<string, SpqrLayerFacts> } {
+export function parseSpqrQuantizationConfig(raw: unknown, where: string): SpqrCheckpointConfig {
   if (raw === null || typeof raw !== 'object' || Array.isArray(raw))
     throw new LowbitError('E_SPQR_FORMAT', `${where}: quantization_config is not an object`, { file: where });
   const r = raw as Record<string, unknown>;
@@ -206,7 +211,66 @@ export function parseSpqrQuantizationConfig(
     if (typeof f?.bits_per_weight === 'number' && typeof f?.outlier_rate === 'number')
       layers[p] = { bitsPerWeight: f.bits_per_weight, outlierRate: f.outlier_rate };
   }
-  return { ...q, layers };
+  const average = typeof r.average_bits_per_weight === 'number' ? r.average_bits_per_weight : null;
+  return { ...q, layers, averageBitsPerWeight: average };
+}
+
+/**
+ * Checks, from the safetensors headers only, every SpQR linear a model's tensors describe: that the
+ * config is a SpQR one, each tensor's dtype, the shapes the config fixes (codes, statistics, row
+ * pointers, permutation) and that outlier columns and values agree. E_SPQR_FORMAT / E_MISSING_TENSOR.
+ */
+export function checkSpqrTensors(
+  config: LlamaConfig,
+  tensors: ModelTensors,
+  has: (name: string) => boolean,
+  stored: (name: string) => { dtype: string; shape: readonly number[] },
+  file: string,
+): void {
+  const q = config.spqr;
+  for (const block of tensors.blocks) {
+    for (const name of LINEAR_NAMES as readonly LinearName[]) {
+      const linear = block[name];
+      if (!linear.spqr) continue;
+      const prefix = linear.prefix;
+      if (!q)
+        throw formatError(
+          file,
+          `'${spqrTensorName(prefix, 'qweight')}' is SpQR, but config.json's quantization_config is not quant_method "spqr"`,
+          spqrTensorName(prefix, 'qweight'),
+        );
+      const { K, N } = linearDims(config, name);
+      const G = Math.ceil(K / q.beta1);
+      const NB = Math.ceil(N / q.beta2);
+      const index = K <= 65536 ? ['I16', 'I32'] : ['I32'];
+      const check = (part: (typeof SPQR_TENSOR_SUFFIXES)[number], dtypes: string[], shape?: number[]) => {
+        const tensor = spqrTensorName(prefix, part);
+        if (!has(tensor))
+          throw new LowbitError('E_MISSING_TENSOR', `${file}: '${tensor}' is missing`, { file, tensor });
+        const s = stored(tensor);
+        if (!dtypes.includes(s.dtype))
+          throw formatError(file, `'${tensor}' is stored as ${s.dtype}, expected ${dtypes.join(' or ')}`, tensor);
+        if (shape && (s.shape.length !== shape.length || s.shape.some((d, i) => d !== shape[i])))
+          throw formatError(
+            file,
+            `'${tensor}' has shape [${s.shape.join(', ')}]; ${q.bits}-bit SpQR with beta ${q.beta1}x${q.beta2}, stat bits ${q.statBits}, K=${K}, N=${N} needs [${shape.join(', ')}]`,
+            tensor,
+          );
+        return s.shape;
+      };
+      check('qweight', ['U8'], [bitstreamBytes(N * K, q.bits)]);
+      check('scale_codes', ['U8'], [bitstreamBytes(N * G, q.statBits)]);
+      check('zero_codes', ['U8'], [bitstreamBytes(N * G, q.statBits)]);
+      check('scale_stats', ['F16'], [G, NB, 2]);
+      check('zero_stats', ['F16'], [G, NB, 2]);
+      check('outlier_rowptr', ['I32'], [N + 1]);
+      const values = check('outlier_values', ['F16']);
+      check('outlier_cols', index, [values[0] ?? -1]);
+      if (q.actOrder) check('perm', index, [K]);
+      else if (has(spqrTensorName(prefix, 'perm')))
+        throw formatError(file, `'${spqrTensorName(prefix, 'perm')}' present but act_order is false`);
+    }
+  }
 }
 
 /** The tensors of one linear, as declared specs and as data. */
@@ -267,6 +331,11 @@ function linearTensors(prefix: string, w: SpqrWeights): { spec: TensorSpec; data
   return out;
 }
 
+/** Bytes one linear takes in the checkpoint (every tensor of linearTensors: the layout above). */
+export function spqrStoredBytes(w: SpqrWeights): number {
+  return linearTensors('x', w).reduce((n, t) => n + t.data.byteLength, 0);
+}
+
 /**
  * Writes a SpQR checkpoint directory atomically (a temporary directory renamed into place): every
  * block linear of `source` replaced by its SpQR tensors from `linears` (prefix → weights), every
@@ -280,88 +349,238 @@ export async function writeSpqrCheckpoint(
   linears: ReadonlyMap<string, SpqrWeights>,
   options: { tokenizerFrom?: string } = {},
 ): Promise<string> {
-  checkConfig(q, 'quantization options');
-  const target = resolve(outDir);
-  const existing = await stat(target).catch(() => undefined);
-  if (existing && (!existing.isDirectory() || (await readdir(target)).length > 0)) {
-    throw new LowbitError('E_IO', `${target} exists and is not an empty directory`, { file: target });
-  }
-  const replaced = new Set<string>();
-  const quantized: { prefix: string; w: SpqrWeights }[] = [];
-  const facts: Record<string, SpqrLayerFacts> = {};
-  let bits = 0;
-  let weights = 0;
-  for (const block of source.tensors.blocks) {
-    for (const name of LINEAR_NAMES as readonly LinearName[]) {
-      const linear = block[name];
-      const w = linears.get(linear.prefix);
-      if (!linear.weight || !w) continue;
-      const { K, N } = linearDims(source.config, name);
-      checkSpqrWeights(w, N, K, q, linear.prefix);
-      quantized.push({ prefix: linear.prefix, w });
-      replaced.add(linear.weight);
-      const stored = linearTensors(linear.prefix, w).reduce((n, t) => n + 8 * t.data.byteLength, 0);
-      facts[linear.prefix] = { bitsPerWeight: stored / (N * K), outlierRate: w.outlierCols.length / (N * K) };
-      bits += stored;
-      weights += N * K;
-    }
-  }
-  for (const prefix of linears.keys())
-    if (!quantized.some((x) => x.prefix === prefix))
-      invalidArgument('linears', `prefixes of the source model's block linears`, prefix);
-  const kept = source.names.filter((n) => !replaced.has(n));
-  const tensors = quantized.flatMap(({ prefix, w }) => linearTensors(prefix, w));
-  const specs: TensorSpec[] = [
-    ...kept.map((name) => ({ name, dtype: SAFETENSORS_DTYPE_OF[source.dtypeOf(name)], shape: source.shapeOf(name) })),
-    ...tensors.map((t) => t.spec),
-  ];
-  const work = tempPath(target);
-  await mkdir(work, { recursive: true });
-  let writer: CheckpointWriter | undefined;
+  const writer = await SpqrWriter.create(outDir, source, q, options);
   try {
-    writer = await CheckpointWriter.create(work, specs);
-    for (const name of kept) await writer.put(name, await source.readTensor(name));
-    for (const t of tensors) await writer.put(t.spec.name, t.data);
-    await writer.finish();
-    const baseConfig = source instanceof HfModel ? { ...source.config.raw } : hfConfigJson(source.config);
-    const config = {
-      ...baseConfig,
-      quantization_config: spqrQuantizationConfigJson(q, facts, weights ? bits / weights : 0),
-    };
-    await writeFileAtomic(join(work, 'config.json'), JSON.stringify(config, null, 2) + '\n');
-    const tokenizerDir = options.tokenizerFrom ?? (source instanceof HfModel ? source.dir : undefined);
-    if (tokenizerDir) {
-      for (const f of [
-        'tokenizer.json',
-        'tokenizer_config.json',
-        'tokenizer.model',
-        'special_tokens_map.json',
-        'generation_config.json',
-      ]) {
-        const from = join(tokenizerDir, f);
-        if (await stat(from).catch(() => undefined)) await writeFileAtomic(join(work, f), await readFile(from));
-      }
-    }
-    if (existing) await rm(target, { recursive: true });
-    await rename(work, target);
+    for (const [prefix, w] of linears) writer.putLinear(prefix, w);
+    return await writer.finish();
   } catch (err) {
-    await writer?.abort().catch(() => undefined);
-    await rm(work, { recursive: true, force: true });
+    await writer.abort();
     throw err;
   }
-  return target;
+}
+
+const TOKENIZER_FILES = [
+  'tokenizer.json',
+  'tokenizer_config.json',
+  'tokenizer.model',
+  'special_tokens_map.json',
+  'generation_config.json',
+];
+
+/**
+ * The SpQR checkpoint writer the scheduler streams into (the twin of GptqWriter): `create` checks
+ * the target and the config, `putLinear` takes each quantized linear as it is produced (checked at
+ * once), `finish` writes the directory and renames it into place. The outlier tensors' sizes are
+ * known only once a linear is quantized, and the safetensors header comes first, so the quantized
+ * linears are held in memory until `finish` (they are the compressed model: ~bits/16 of its fp16
+ * size); the unquantized tensors stream from the source then.
+ */
+export class SpqrWriter {
+  private readonly linears = new Map<string, SpqrWeights>();
+  private work: string | undefined;
+  private writer: CheckpointWriter | undefined;
+
+  private constructor(
+    readonly target: string,
+    private readonly source: ModelReader,
+    readonly spqr: SpqrQuantizationConfig,
+    /** prefix → expected dims, in file order */
+    private readonly expected: Map<string, { N: number; K: number; weight: string }>,
+    private readonly tokenizerFrom: string | undefined,
+  ) {}
+
+  static async create(
+    outDir: string,
+    source: ModelReader,
+    q: SpqrQuantizationConfig,
+    options: { tokenizerFrom?: string } = {},
+  ): Promise<SpqrWriter> {
+    checkConfig(q, 'quantization options');
+    const target = resolve(outDir);
+    const existing = await stat(target).catch(() => undefined);
+    if (existing && (!existing.isDirectory() || (await readdir(target)).length > 0)) {
+      throw new LowbitError('E_IO', `${target} exists and is not an empty directory`, { file: target });
+    }
+    const expected = new Map<string, { N: number; K: number; weight: string }>();
+    for (const block of source.tensors.blocks) {
+      for (const name of LINEAR_NAMES as readonly LinearName[]) {
+        const linear = block[name];
+        if (!linear.weight) continue;
+        const { K, N } = linearDims(source.config, name);
+        expected.set(linear.prefix, { N, K, weight: linear.weight });
+      }
+    }
+    const tokenizerFrom = options.tokenizerFrom ?? (source instanceof HfModel ? source.dir : undefined);
+    return new SpqrWriter(target, source, q, expected, tokenizerFrom);
+  }
+
+  /** Hands over one linear (checked now: E_SPQR_FORMAT, or E_ARGUMENT for a prefix that is not a block linear). */
+  putLinear(prefix: string, w: SpqrWeights): void {
+    const want = this.expected.get(prefix);
+    if (!want || this.linears.has(prefix))
+      invalidArgument('linears', `prefixes of the source model's block linears, each once`, prefix);
+    checkSpqrWeights(w, want.N, want.K, this.spqr, prefix);
+    this.linears.set(prefix, w);
+  }
+
+  /**
+   * Writes every tensor and config.json into a temporary directory and renames it into place.
+   * `beforeRename` sees the complete temporary directory just before (the scheduler records it
+   * for --resume). Linears never handed over stay dense.
+   */
+  async finish(beforeRename?: (work: string) => Promise<void>): Promise<string> {
+    const { source, target } = this;
+    const replaced = new Set<string>();
+    const quantized: { prefix: string; w: SpqrWeights }[] = [];
+    const facts: Record<string, SpqrLayerFacts> = {};
+    let bits = 0;
+    let weights = 0;
+    for (const [prefix, d] of this.expected) {
+      const w = this.linears.get(prefix);
+      if (!w) continue;
+      quantized.push({ prefix, w });
+      replaced.add(d.weight);
+      const stored = linearTensors(prefix, w).reduce((n, t) => n + 8 * t.data.byteLength, 0);
+      facts[prefix] = { bitsPerWeight: stored / (d.N * d.K), outlierRate: w.outlierCols.length / (d.N * d.K) };
+      bits += stored;
+      weights += d.N * d.K;
+    }
+    const kept = source.names.filter((n) => !replaced.has(n));
+    const tensors = quantized.flatMap(({ prefix, w }) => linearTensors(prefix, w));
+    const specs: TensorSpec[] = [
+      ...kept.map((name) => ({ name, dtype: SAFETENSORS_DTYPE_OF[source.dtypeOf(name)], shape: source.shapeOf(name) })),
+      ...tensors.map((t) => t.spec),
+    ];
+    this.work = tempPath(target);
+    await mkdir(this.work, { recursive: true });
+    const work = this.work;
+    try {
+      this.writer = await CheckpointWriter.create(work, specs);
+      for (const name of kept) await this.writer.put(name, await source.readTensor(name));
+      for (const t of tensors) await this.writer.put(t.spec.name, t.data);
+      await this.writer.finish();
+      this.writer = undefined;
+      const baseConfig = source instanceof HfModel ? { ...source.config.raw } : hfConfigJson(source.config);
+      const config = {
+        ...baseConfig,
+        quantization_config: spqrQuantizationConfigJson(this.spqr, facts, weights ? bits / weights : 0),
+      };
+      await writeFileAtomic(join(work, 'config.json'), JSON.stringify(config, null, 2) + '\n');
+      if (this.tokenizerFrom) {
+        for (const f of TOKENIZER_FILES) {
+          const from = join(this.tokenizerFrom, f);
+          if (await stat(from).catch(() => undefined)) await writeFileAtomic(join(work, f), await readFile(from));
+        }
+      }
+      await syncDir(work);
+      await beforeRename?.(work);
+      const existing = await stat(target).catch(() => undefined);
+      if (existing) {
+        if (!existing.isDirectory() || (await readdir(target)).length > 0)
+          throw new LowbitError(
+            'E_IO',
+            `${target} appeared during the run and is not empty; lowbit does not overwrite what it did not write`,
+            { file: target },
+          );
+        await rm(target, { recursive: true });
+      }
+      await renameDurable(work, target);
+      this.work = undefined;
+    } catch (err) {
+      await this.abort();
+      throw err;
+    }
+    return target;
+  }
+
+  async abort(): Promise<void> {
+    await this.writer?.abort().catch(() => undefined);
+    this.writer = undefined;
+    if (this.work) await rm(this.work, { recursive: true, force: true });
+    this.work = undefined;
+  }
 }
 
 /** An open SpQR checkpoint: its config, its quantization parameters, and a reader per linear. */
 export interface SpqrCheckpoint {
   dir: string;
-  quantization: SpqrQuantizationConfig & { layers: Record<string, SpqrLayerFacts> };
+  quantization: SpqrCheckpointConfig;
   checkpoint: Checkpoint;
   /** whether `prefix` is stored in SpQR form */
   has(prefix: string): boolean;
   /** one linear, every length and index checked (E_SPQR_FORMAT otherwise) */
   readLinear(prefix: string, N: number, K: number): Promise<SpqrWeights>;
   close(): Promise<void>;
+}
+
+/**
+ * Reads one SpQR linear `prefix` (N × K) from an open checkpoint, every length and index checked
+ * (E_SPQR_FORMAT / E_MISSING_TENSOR naming the tensor).
+ */
+export async function readSpqrTensors(
+  checkpoint: Checkpoint,
+  root: string,
+  q: SpqrQuantizationConfig,
+  prefix: string,
+  N: number,
+  K: number,
+): Promise<SpqrWeights> {
+  const read = async (
+    part: (typeof SPQR_TENSOR_SUFFIXES)[number],
+    dtypes: readonly string[],
+    shape?: readonly number[],
+  ): Promise<Tensor> => {
+    const name = spqrTensorName(prefix, part);
+    if (!checkpoint.has(name))
+      throw new LowbitError('E_MISSING_TENSOR', `${root}: '${name}' is missing`, { file: root, tensor: name });
+    const t = await checkpoint.readTensor(name);
+    if (!dtypes.includes(t.dtype))
+      throw formatError(root, `'${name}' is ${t.dtype}, expected ${dtypes.join(' or ')}`, name);
+    if (shape && (t.shape.length !== shape.length || t.shape.some((d, i) => d !== shape[i])))
+      throw formatError(root, `'${name}' has shape [${t.shape.join(', ')}], expected [${shape.join(', ')}]`, name);
+    return t;
+  };
+  // I16 tensors (read as i32, sign-extended) hold unsigned 16-bit indices.
+  const index = (t: Tensor): Int32Array => {
+    const d = t.data as Int32Array;
+    return K <= 65536 ? d.map((v) => v & 0xffff) : d;
+  };
+  const G = Math.ceil(K / q.beta1);
+  const NB = Math.ceil(N / q.beta2);
+  const w: SpqrWeights = {
+    bits: q.bits,
+    statBits: q.statBits,
+    N,
+    K,
+    beta1: q.beta1,
+    beta2: q.beta2,
+    qweight: (await read('qweight', ['u8'], [bitstreamBytes(N * K, q.bits)])).data as Uint8Array,
+    scaleCodes: (await read('scale_codes', ['u8'], [bitstreamBytes(N * G, q.statBits)])).data as Uint8Array,
+    zeroCodes: (await read('zero_codes', ['u8'], [bitstreamBytes(N * G, q.statBits)])).data as Uint8Array,
+    scaleStats: (await read('scale_stats', ['f16'], [G, NB, 2])).data as Uint16Array,
+    zeroStats: (await read('zero_stats', ['f16'], [G, NB, 2])).data as Uint16Array,
+    outlierRowptr: (await read('outlier_rowptr', ['i32'], [N + 1])).data as Int32Array,
+    outlierCols: new Int32Array(0),
+    outlierValues: (await read('outlier_values', ['f16'])).data as Uint16Array,
+  };
+  w.outlierCols = index(await read('outlier_cols', ['i32'], [w.outlierValues.length]));
+  if (q.actOrder) w.perm = index(await read('perm', ['i32'], [K]));
+  else if (checkpoint.has(spqrTensorName(prefix, 'perm')))
+    throw formatError(
+      root,
+      `'${spqrTensorName(prefix, 'perm')}' present but act_order is false`,
+      spqrTensorName(prefix, 'perm'),
+    );
+  checkSpqrWeights(w, N, K, q, prefix);
+  return w;
+}
+
+/** Block `block`'s linear `name` of a SpQR checkpoint opened as an HfModel (its config holds the SpQR parameters). */
+export async function readSpqrLinear(model: HfModel, block: number, name: LinearName): Promise<SpqrWeights> {
+  const q = model.config.spqr;
+  if (!q) throw formatError(model.dir, 'config.json has no SpQR quantization_config');
+  const { K, N } = linearDims(model.config, name);
+  return readSpqrTensors(model.checkpoint, model.dir, q, model.tensors.blocks[block]![name].prefix, N, K);
 }
 
 export async function openSpqrCheckpoint(dir: string): Promise<SpqrCheckpoint> {
@@ -379,63 +598,12 @@ export async function openSpqrCheckpoint(dir: string): Promise<SpqrCheckpoint> {
   }
   const quantization = parseSpqrQuantizationConfig(config.quantization_config, root);
   const checkpoint = await Checkpoint.open(root);
-  const read = async (
-    prefix: string,
-    part: (typeof SPQR_TENSOR_SUFFIXES)[number],
-    dtypes: readonly string[],
-    shape?: readonly number[],
-  ): Promise<Tensor> => {
-    const name = spqrTensorName(prefix, part);
-    if (!checkpoint.has(name))
-      throw new LowbitError('E_MISSING_TENSOR', `${root}: '${name}' is missing`, { file: root, tensor: name });
-    const t = await checkpoint.readTensor(name);
-    if (!dtypes.includes(t.dtype))
-      throw formatError(root, `'${name}' is ${t.dtype}, expected ${dtypes.join(' or ')}`, name);
-    if (shape && (t.shape.length !== shape.length || t.shape.some((d, i) => d !== shape[i])))
-      throw formatError(root, `'${name}' has shape [${t.shape.join(', ')}], expected [${shape.join(', ')}]`, name);
-    return t;
-  };
-  // I16 tensors (read as i32, sign-extended) hold unsigned 16-bit indices.
-  const index = (t: Tensor, K: number): Int32Array => {
-    const d = t.data as Int32Array;
-    return K <= 65536 ? d.map((v) => v & 0xffff) : d;
-  };
   return {
     dir: root,
     quantization,
     checkpoint,
     has: (prefix) => checkpoint.has(spqrTensorName(prefix, 'qweight')),
-    async readLinear(prefix, N, K) {
-      const q = quantization;
-      const G = Math.ceil(K / q.beta1);
-      const NB = Math.ceil(N / q.beta2);
-      const w: SpqrWeights = {
-        bits: q.bits,
-        statBits: q.statBits,
-        N,
-        K,
-        beta1: q.beta1,
-        beta2: q.beta2,
-        qweight: (await read(prefix, 'qweight', ['u8'], [bitstreamBytes(N * K, q.bits)])).data as Uint8Array,
-        scaleCodes: (await read(prefix, 'scale_codes', ['u8'], [bitstreamBytes(N * G, q.statBits)])).data as Uint8Array,
-        zeroCodes: (await read(prefix, 'zero_codes', ['u8'], [bitstreamBytes(N * G, q.statBits)])).data as Uint8Array,
-        scaleStats: (await read(prefix, 'scale_stats', ['f16'], [G, NB, 2])).data as Uint16Array,
-        zeroStats: (await read(prefix, 'zero_stats', ['f16'], [G, NB, 2])).data as Uint16Array,
-        outlierRowptr: (await read(prefix, 'outlier_rowptr', ['i32'], [N + 1])).data as Int32Array,
-        outlierCols: new Int32Array(0),
-        outlierValues: (await read(prefix, 'outlier_values', ['f16'])).data as Uint16Array,
-      };
-      w.outlierCols = index(await read(prefix, 'outlier_cols', ['i32'], [w.outlierValues.length]), K);
-      if (q.actOrder) w.perm = index(await read(prefix, 'perm', ['i32'], [K]), K);
-      else if (checkpoint.has(spqrTensorName(prefix, 'perm')))
-        throw formatError(
-          root,
-          `'${spqrTensorName(prefix, 'perm')}' present but act_order is false`,
-          spqrTensorName(prefix, 'perm'),
-        );
-      checkSpqrWeights(w, N, K, q, prefix);
-      return w;
-    },
+    readLinear: (prefix, N, K) => readSpqrTensors(checkpoint, root, quantization, prefix, N, K),
     close: () => checkpoint.close(),
   };
 }

@@ -10,6 +10,7 @@ import { LowbitError, invalidArgument } from '../errors.js';
 import { resolveDevice, type DeviceSpec } from '../devices.js';
 import { HfModel, LINEAR_NAMES, type LinearTensors, type LlamaConfig, type ModelReader } from '../formats/hf.js';
 import { readPackedLinear } from '../formats/gptq.js';
+import { readSpqrLinear } from '../formats/spqr.js';
 import { openModelFiles } from '../formats/open.js';
 import { loadTokenizer, type TextTokenizer } from '../formats/tokenizer.js';
 import {
@@ -298,9 +299,14 @@ export class Model {
   }
 
   private checkLinear(name: NativeLinearName, w: NativeLinear | undefined): void {
-    if (!w || typeof w !== 'object') invalidArgument(name, 'a linear ({dtype, data} or {packed})', w);
+    if (!w || typeof w !== 'object')
+      invalidArgument(name, "a linear ({dtype, data}, {packed} or {format: 'spqr', ...})", w);
     const { K, N } = linearShape(this.config, name);
-    if (w.packed) {
+    if (w.format === 'spqr') {
+      // (every buffer and index is checked natively, validate_spqr)
+      if (w.K !== K || w.N !== N)
+        throw new LowbitError('E_SHAPE', `${name}: SpQR weight is ${w.N} x ${w.K}, the model needs ${N} x ${K}`);
+    } else if (w.packed) {
       if (w.packed.K !== K || w.packed.N !== N)
         throw new LowbitError(
           'E_SHAPE',
@@ -341,7 +347,11 @@ export class Model {
     } as NativeBlockWeights;
     for (const name of LINEAR_NAMES) {
       const lt = t[name];
-      if (lt.quantized && reader instanceof HfModel) {
+      if (lt.spqr && reader instanceof HfModel) {
+        // SpQR linears: checked against the config and the format (every length and index)
+        const bias = lt.bias ? (await reader.readFloat32(lt.bias)).data : undefined;
+        w[name] = { ...(await readSpqrLinear(reader, block, name)), format: 'spqr', bias };
+      } else if (lt.quantized && reader instanceof HfModel) {
         // GPTQ linears: the formats reader checks every shape against the config
         const bias = lt.bias ? (await reader.readFloat32(lt.bias)).data : undefined;
         w[name] = { packed: await readPackedLinear(reader, block, name), bias };

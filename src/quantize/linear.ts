@@ -51,6 +51,10 @@ function checkWeights(w: unknown): asserts w is LinearWeights {
     invalidArgument('weights.format', `one of ${WEIGHT_FORMATS.map((f) => `'${f}'`).join(', ')}`, o.format);
   if (o.format === 'gptq') {
     validatePackedWeights(o, 'weights');
+  } else if (o.format === 'spqr') {
+    // shapes here; every buffer, index and option is checked natively (validate_spqr)
+    if (!isPositiveInteger(o.N)) invalidArgument('weights.N', 'positive integer', o.N, 'E_SHAPE');
+    if (!isPositiveInteger(o.K)) invalidArgument('weights.K', 'positive integer', o.K, 'E_SHAPE');
   } else {
     if (!isPositiveInteger(o.N)) invalidArgument('weights.N', 'positive integer', o.N, 'E_SHAPE');
     if (!isPositiveInteger(o.K)) invalidArgument('weights.K', 'positive integer', o.K, 'E_SHAPE');

@@ -7,35 +7,10 @@
 import { LowbitError, invalidArgument } from '../errors.js';
 import { native } from '../native.js';
 import { Tensor } from '../tensor.js';
+import type { SpqrWeights } from '../weights/types.js';
 import type { Hessian } from './gptq.js';
 
-/** One linear in SpQR form, in the layout docs/FORMATS.md "SpQR" describes (sweep order). */
-export interface SpqrWeights {
-  bits: number;
-  statBits: number;
-  /** output features */
-  N: number;
-  /** input features */
-  K: number;
-  /** first-level group (sweep columns sharing a scale and zero) */
-  beta1: number;
-  /** second-level group (rows whose first-level statistics share one grid) */
-  beta2: number;
-  /** bit stream of N·K codes, row-major, sweep order */
-  qweight: Uint8Array;
-  /** bit streams of N·G first-level scale / zero codes [N, G] */
-  scaleCodes: Uint8Array;
-  zeroCodes: Uint8Array;
-  /** fp16 bits [G, ceil(N / beta2), 2]: (offset, step) of each second-level grid */
-  scaleStats: Uint16Array;
-  zeroStats: Uint16Array;
-  /** [K] original input column of each sweep position; absent: identity (no act-order) */
-  perm?: Int32Array;
-  /** CSR outliers: [N + 1] row pointers, [nnz] sweep positions, [nnz] fp16 residuals */
-  outlierRowptr: Int32Array;
-  outlierCols: Int32Array;
-  outlierValues: Uint16Array;
-}
+export type { SpqrWeights } from '../weights/types.js';
 
 /** Exact storage of one linear in the checkpoint, in bits, by part. */
 export interface SpqrStorageBits {

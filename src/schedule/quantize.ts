@@ -25,12 +25,12 @@ import { join } from 'node:path';
 import { createHash } from 'node:crypto';
 import { resolve } from 'node:path';
 import { LowbitError, invalidArgument } from '../errors.js';
-import { GptqWriter, checkEmptyTarget, linearDims } from '../formats/gptq.js';
+import { GptqWriter, checkEmptyTarget, linearDims, type GptqConfig } from '../formats/gptq.js';
+import { SpqrWriter, spqrStoredBytes, type SpqrQuantizationConfig } from '../formats/spqr.js';
 import { listDir, removeFile } from '../formats/durable.js';
 import { LINEAR_NAMES, type LinearName, type ModelReader } from '../formats/hf.js';
 import { openModelFiles } from '../formats/open.js';
 import { Model, type CapturePointName } from '../model/model.js';
-import type { PackedWeights } from '../native.js';
 import { Hessian } from '../quantize/gptq.js';
 import { Tensor } from '../tensor.js';
 import type { GptqBits } from '../weights/index.js';
@@ -39,12 +39,13 @@ import { calibrationWindows } from './calibration.js';
 import {
   DEFAULT_METHOD,
   methodOf,
+  isSpqrWeights,
   rejectOptions,
-  type GptqMethodOptions,
-  type GridOptions,
   type LinearOutput,
+  type MethodOptions,
   type MethodName,
   type QuantizationMethod,
+  type QuantizedWeights,
 } from './methods/index.js';
 import { lockOutput, removeOrphans, type Warn } from './output.js';
 import {
@@ -67,10 +68,11 @@ import {
 export interface QuantizeOptions {
   /** a Hugging Face model directory (or a llama2.c checkpoint) */
   model: string;
-  /** the GPTQ checkpoint directory to write (must not exist, or be empty) */
+  /** the checkpoint directory to write (must not exist, or be empty) */
   out: string;
-  /** a name from METHODS (./methods/index.ts): 'gptq' (default) or 'rtn' */
+  /** a name from METHODS (./methods/index.ts): 'gptq' (default), 'rtn' or 'spqr' */
   method?: MethodName;
+  /** GPTQ/RTN: 2, 3, 4 or 8; SpQR: 2, 3 or 4 (default 3) */
   bits: GptqBits;
   /** default 128; -1 = per channel */
   groupSize?: number;
@@ -83,6 +85,16 @@ export interface QuantizeOptions {
   /** quantize q/k/v → o → gate/up → down, each stage on inputs from the quantized earlier ones (default true) */
   trueSequential?: boolean;
   checkpointFormat?: 'gptq' | 'gptq_v2';
+  /** SpQR: first-level group (default 16), along the input dimension */
+  beta1?: number;
+  /** SpQR: second-level group (default 16), along the output dimension */
+  beta2?: number;
+  /** SpQR: bits of each quantized first-level scale and zero (default 3) */
+  statBits?: number;
+  /** SpQR: τ, the outlier threshold relative to the layer's typical error, > 0 (default 0.2; Infinity: none) */
+  outlierThreshold?: number;
+  /** SpQR: most outliers as a fraction of each layer's weights, in (0, 1) (default 0.01) */
+  outlierBudget?: number;
   calibration?: {
     /** text files, or 'self' to sample calibration text from the model */
     files?: string[] | 'self';
@@ -122,8 +134,10 @@ export interface QuantizeSummary {
   bits: number;
   groupSize: number;
   layers: LayerReport[];
-  /** bits per quantized weight, codes + scales + zeros + g_idx */
+  /** bits per quantized weight: everything the quantized linears store (GPTQ: codes + scales + zeros + g_idx; SpQR: codes, both levels of statistics, permutation, outliers) */
   bitsPerWeight: number;
+  /** SpQR: outliers / weights over the quantized linears */
+  outlierRate?: number;
   /** bytes of the quantized linears' tensors */
   quantizedBytes: number;
   /** the memory estimate checked against maxMemory */
@@ -131,7 +145,7 @@ export interface QuantizeSummary {
   resumedBlocks: number;
   seconds: number;
   /** with keepPacked: every quantized linear, by module prefix */
-  packed?: Map<string, PackedWeights>;
+  packed?: Map<string, QuantizedWeights>;
 }
 
 /** Something the run did on its own that the user should hear about (e.g. leftovers of a stopped run removed). */
@@ -198,9 +212,9 @@ const STAGES: { point: CapturePointName; linears: LinearName[] }[] = [
 interface Resolved {
   model: string;
   out: string;
-  method: QuantizationMethod;
-  /** the method's own options (GptqMethodOptions, RtnMethodOptions...), checked by the method */
-  options: GridOptions & Partial<GptqMethodOptions>;
+  method: QuantizationMethod<MethodOptions>;
+  /** the method's own options (GptqMethodOptions, RtnMethodOptions, SpqrMethodOptions), checked by the method */
+  options: MethodOptions & { beta1?: number };
   files: string[] | 'self';
   samples: number;
   seqLen: number | undefined;
@@ -312,8 +326,44 @@ export function estimatePeakBytes(
   return globals + hidden + perCall + 2 * blockBytes + hessians + linearMax;
 }
 
-function packedBytes(w: PackedWeights): number {
+/** Bytes a quantized linear takes in its checkpoint. */
+function storedBytes(w: QuantizedWeights): number {
+  if (isSpqrWeights(w)) return spqrStoredBytes(w);
   return w.qweight.byteLength + w.qzeros.byteLength + w.scales.byteLength + (w.gIdx?.byteLength ?? w.K * 4);
+}
+
+/** What the scheduler writes into: the checkpoint writer of the method's format. */
+interface CheckpointSink {
+  putLinear(prefix: string, w: QuantizedWeights): Promise<void>;
+  finish(beforeRename?: (work: string) => Promise<void>): Promise<string>;
+  abort(): Promise<void>;
+}
+
+async function openWriter(r: Resolved, reader: ModelReader): Promise<CheckpointSink> {
+  const config = r.method.checkpointConfig(r.options);
+  const wrongFormat = (prefix: string): never => {
+    throw new LowbitError('E_INTERNAL', `${prefix}: method ${r.method.name} returned weights of another format`);
+  };
+  if (r.method.format === 'spqr') {
+    const w = await SpqrWriter.create(r.out, reader, config as SpqrQuantizationConfig, {
+      tokenizerFrom: modelDirOf(r.model),
+    });
+    return {
+      putLinear: async (prefix, q) => (isSpqrWeights(q) ? w.putLinear(prefix, q) : wrongFormat(prefix)),
+      finish: (before) => w.finish(before),
+      abort: () => w.abort(),
+    };
+  }
+  const w = await GptqWriter.create(r.out, reader, config as GptqConfig);
+  // The checkpoint states the configured group size even where it exceeds a layer's K (one group);
+  // the packed weights handed to kernels carry min(groupSize, K).
+  const groupSize = r.options.groupSize ?? 0;
+  return {
+    putLinear: (prefix, q) =>
+      isSpqrWeights(q) ? wrongFormat(prefix) : w.putLinear(prefix, groupSize > q.K ? { ...q, groupSize } : q),
+    finish: (before) => w.finish(before),
+    abort: () => w.abort(),
+  };
 }
 
 /** Starts quantizing; the returned job is a promise of the summary and emits 'progress'. */
@@ -364,7 +414,7 @@ async function runLocked(r: Resolved, job: QuantizeJob, warn: Warn): Promise<Qua
   const started = performance.now();
   const reader = await openModelFiles(r.model);
   let model: Model | undefined;
-  let writer: GptqWriter | undefined;
+  let writer: CheckpointSink | undefined;
   try {
     for (const b of reader.tensors.blocks)
       for (const name of LINEAR_NAMES) {
@@ -376,6 +426,10 @@ async function runLocked(r: Resolved, job: QuantizeJob, warn: Warn): Promise<Qua
           );
       }
     const c = reader.config;
+    r.method.checkShapes?.(
+      r.options,
+      LINEAR_NAMES.map((n) => linearDims(c, n)),
+    );
     const blocks = c.numLayers;
     const seqLen = r.seqLen ?? Math.min(2048, c.maxPositionEmbeddings);
     const tokens = r.samples * seqLen;
@@ -400,11 +454,15 @@ async function runLocked(r: Resolved, job: QuantizeJob, warn: Warn): Promise<Qua
     const summaryOf = (layers: LayerReport[], out: string, resumedBlocks: number): QuantizeSummary => {
       const quantizedBytes = layers.reduce((a, l) => a + l.bytes, 0);
       const weightsCount = layers.reduce((a, l) => a + l.N * l.K, 0);
+      const outliers = layers.some((l) => l.outlierRate !== undefined)
+        ? { outlierRate: layers.reduce((a, l) => a + (l.outlierRate ?? 0) * l.N * l.K, 0) / weightsCount }
+        : {};
       return {
+        ...outliers,
         out,
         method: r.method.name as MethodName,
         bits: r.options.bits,
-        groupSize: r.options.groupSize,
+        groupSize: r.options.groupSize ?? r.options.beta1 ?? 0,
         layers,
         bitsPerWeight: (quantizedBytes * 8) / weightsCount,
         quantizedBytes,
@@ -474,15 +532,11 @@ async function runLocked(r: Resolved, job: QuantizeJob, warn: Warn): Promise<Qua
     await createStateDir(stateDir);
     const resumedBlocks = state.finishedBlocks;
 
-    writer = await GptqWriter.create(r.out, reader, r.method.checkpointConfig(r.options));
-    const kept = r.keepPacked ? new Map<string, PackedWeights>() : undefined;
-    // The checkpoint states the configured group size even where it exceeds a layer's K (one group);
-    // the packed weights handed to kernels carry min(groupSize, K).
-    const groupSize = r.options.groupSize;
-    const forCheckpoint = (w: PackedWeights): PackedWeights => (groupSize > w.K ? { ...w, groupSize } : w);
+    writer = await openWriter(r, reader);
+    const kept = r.keepPacked ? new Map<string, QuantizedWeights>() : undefined;
     for (let b = 0; b < state.finishedBlocks; b++) {
       for (const [prefix, w] of await readBlock(stateDir, fp, b)) {
-        await writer.putLinear(prefix, forCheckpoint(w));
+        await writer.putLinear(prefix, w);
         kept?.set(prefix, w);
       }
     }
@@ -528,16 +582,17 @@ async function runLocked(r: Resolved, job: QuantizeJob, warn: Warn): Promise<Qua
         lambda: out.lambda,
         dampRaises: out.dampRaises,
         warnings: out.warnings,
-        bitsPerWeight: (packedBytes(w) * 8) / (w.N * w.K),
-        bytes: packedBytes(w),
+        bitsPerWeight: (storedBytes(w) * 8) / (w.N * w.K),
+        bytes: storedBytes(w),
         seconds: (performance.now() - t0) / 1000,
       };
+      if (isSpqrWeights(w)) layer.outlierRate = w.outlierCols.length / (w.N * w.K);
       report(block, layer);
       return { out, layer };
     };
     const finishBlock = async (
       block: number,
-      linears: Map<string, PackedWeights>,
+      linears: Map<string, QuantizedWeights>,
       layers: LayerReport[],
       hidden?: Float32Array,
     ) => {
@@ -554,7 +609,7 @@ async function runLocked(r: Resolved, job: QuantizeJob, warn: Warn): Promise<Qua
       await writeState(stateDir, state);
       if (previous && previous !== state.hidden) await removeFile(join(stateDir, previous));
       for (const [prefix, w] of linears) {
-        await writer!.putLinear(prefix, forCheckpoint(w));
+        await writer!.putLinear(prefix, w);
         kept?.set(prefix, w);
       }
     };
@@ -562,7 +617,7 @@ async function runLocked(r: Resolved, job: QuantizeJob, warn: Warn): Promise<Qua
     if (r.method.calibration === 'none') {
       // Each linear on its own weights: no model, no forward passes.
       for (let b = state.finishedBlocks; b < blocks; b++) {
-        const linears = new Map<string, PackedWeights>();
+        const linears = new Map<string, QuantizedWeights>();
         const layers: LayerReport[] = [];
         for (const name of LINEAR_NAMES) {
           checkAbort(r.signal);
@@ -604,7 +659,7 @@ async function runLocked(r: Resolved, job: QuantizeJob, warn: Warn): Promise<Qua
         checkAbort(r.signal);
         const weights = await model.readBlockWeights(b);
         await model.setBlockWeights(b, weights);
-        const linears = new Map<string, PackedWeights>();
+        const linears = new Map<string, QuantizedWeights>();
         const layers: LayerReport[] = [];
         const stages = trueSequential ? STAGES.map((s) => [s]) : [STAGES];
         for (const group of stages) {
@@ -634,7 +689,9 @@ async function runLocked(r: Resolved, job: QuantizeJob, warn: Warn): Promise<Qua
                 const W = new Tensor(dense.dtype, [N, K], dense.data as never).toFloat32();
                 const { out, layer } = await quantizeLinear(b, name, W, hessians.get(s.point)!);
                 // Into the block at once: the later stages run on the quantized linear.
-                await model.setLinear(b, name, { packed: out.forBlock ?? out.packed, bias: weights[name].bias });
+                const run = out.forBlock ?? out.packed;
+                const bias = weights[name].bias;
+                await model.setLinear(b, name, isSpqrWeights(run) ? { ...run, bias } : { packed: run, bias });
                 linears.set(reader.tensors.blocks[b]![name].prefix, out.packed);
                 layers.push(layer);
               }
@@ -680,8 +737,8 @@ async function runLocked(r: Resolved, job: QuantizeJob, warn: Warn): Promise<Qua
   }
 }
 
-async function readAllBlocks(dir: string, fp: string, blocks: number): Promise<Map<string, PackedWeights>> {
-  const out = new Map<string, PackedWeights>();
+async function readAllBlocks(dir: string, fp: string, blocks: number): Promise<Map<string, QuantizedWeights>> {
+  const out = new Map<string, QuantizedWeights>();
   for (let b = 0; b < blocks; b++) for (const [prefix, w] of await readBlock(dir, fp, b)) out.set(prefix, w);
   return out;
 }

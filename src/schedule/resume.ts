@@ -16,8 +16,9 @@ import { readFile } from 'node:fs/promises';
 import { basename, dirname, join, resolve } from 'node:path';
 import { LowbitError } from '../errors.js';
 import { listDir, mkdirDurable, removeTree, renameDurable, tempPath, writeFileAtomic } from '../formats/durable.js';
+import { checkSpqrWeights } from '../formats/spqr.js';
 import type { PackedWeights } from '../native.js';
-import { GPTQ_TENSOR_SUFFIXES, gptqTensors } from '../weights/index.js';
+import { GPTQ_TENSOR_SUFFIXES, gptqTensors, type SpqrLinearWeights } from '../weights/index.js';
 
 export interface LayerReport {
   block: number;
@@ -35,6 +36,8 @@ export interface LayerReport {
   bitsPerWeight: number;
   bytes: number;
   seconds: number;
+  /** SpQR: outliers / weights */
+  outlierRate?: number;
 }
 
 /** The output directory as it was renamed into place: enough to recognise it afterwards. */
@@ -208,22 +211,38 @@ type Suffix = (typeof GPTQ_TENSOR_SUFFIXES)[number];
 const FIELD: Record<Suffix, ArrayKey> = { qweight: 'qweight', qzeros: 'qzeros', scales: 'scales', g_idx: 'gIdx' };
 const ARRAYS = GPTQ_TENSOR_SUFFIXES.map((suffix) => ({ suffix, field: FIELD[suffix] }));
 
+/** The arrays of a SpQR linear (fields of SpqrWeights) and their element types. */
+const SPQR_ARRAYS = {
+  qweight: Uint8Array,
+  scaleCodes: Uint8Array,
+  zeroCodes: Uint8Array,
+  scaleStats: Uint16Array,
+  zeroStats: Uint16Array,
+  perm: Int32Array,
+  outlierRowptr: Int32Array,
+  outlierCols: Int32Array,
+  outlierValues: Uint16Array,
+} as const;
+type SpqrArrayKey = keyof typeof SPQR_ARRAYS;
+
 interface BlockHeader {
   fingerprint: string;
   block: number;
   linears: {
     prefix: string;
-    meta: Omit<PackedWeights, ArrayKey>;
-    arrays: Partial<Record<Suffix, [offset: number, bytes: number]>>;
+    /** absent: gptq (the layout of earlier versions) */
+    format?: 'gptq' | 'spqr';
+    meta: Record<string, unknown>;
+    arrays: Partial<Record<string, [offset: number, bytes: number]>>;
   }[];
 }
 
-/** Writes block b's packed linears (prefix -> weights). */
+/** Writes block b's quantized linears (prefix -> weights: GPTQ PackedWeights, or tagged SpQR weights). */
 export async function writeBlock(
   dir: string,
   fingerprint: string,
   block: number,
-  linears: Map<string, PackedWeights>,
+  linears: Map<string, PackedWeights | SpqrLinearWeights>,
 ): Promise<void> {
   const header: BlockHeader = { fingerprint, block, linears: [] };
   const chunks: Uint8Array[] = [];
@@ -231,26 +250,47 @@ export async function writeBlock(
   for (const [prefix, w] of linears) {
     const meta: Record<string, unknown> = { ...w };
     const arrays: BlockHeader['linears'][number]['arrays'] = {};
+    if ((w as { format?: string }).format === 'spqr') {
+      for (const field of Object.keys(SPQR_ARRAYS) as SpqrArrayKey[]) {
+        delete meta[field];
+        const a = (w as SpqrLinearWeights)[field];
+        if (!a) continue;
+        const bytes = new Uint8Array(a.buffer, a.byteOffset, a.byteLength);
+        arrays[field] = [offset, bytes.byteLength];
+        chunks.push(bytes);
+        offset += bytes.byteLength + ((8 - (bytes.byteLength % 8)) % 8);
+      }
+      header.linears.push({ prefix, format: 'spqr', meta, arrays });
+      continue;
+    }
     for (const { suffix, field } of ARRAYS) {
       delete meta[field];
-      const a = w[field];
+      const a = (w as PackedWeights)[field];
       if (!a) continue;
       const bytes = new Uint8Array(a.buffer, a.byteOffset, a.byteLength);
       arrays[suffix] = [offset, bytes.byteLength];
       chunks.push(bytes);
       offset += bytes.byteLength + ((8 - (bytes.byteLength % 8)) % 8);
     }
-    header.linears.push({ prefix, meta: meta as Omit<PackedWeights, ArrayKey>, arrays });
+    header.linears.push({ prefix, meta, arrays });
   }
   await writeFileAtomic(join(dir, `block-${block}.bin`), frame(header, chunks));
 }
 
-export async function readBlock(dir: string, fingerprint: string, block: number): Promise<Map<string, PackedWeights>> {
+export async function readBlock(
+  dir: string,
+  fingerprint: string,
+  block: number,
+): Promise<Map<string, PackedWeights | SpqrLinearWeights>> {
   const file = join(dir, `block-${block}.bin`);
   const { header, bytes, base } = await unframe<BlockHeader>(file, fingerprint, block);
-  const out = new Map<string, PackedWeights>();
+  const out = new Map<string, PackedWeights | SpqrLinearWeights>();
   for (const l of header.linears) {
-    const w = { ...l.meta } as PackedWeights;
+    if (l.format === 'spqr') {
+      out.set(l.prefix, readSpqrLinear(file, l, bytes, base));
+      continue;
+    }
+    const w = { ...l.meta } as unknown as PackedWeights;
     const specs = gptqTensors(w.bits, w.K, w.N, w.groups);
     for (const { suffix, field } of ARRAYS) {
       const r = l.arrays[suffix];
@@ -271,6 +311,51 @@ export async function readBlock(dir: string, fingerprint: string, block: number)
     out.set(l.prefix, w);
   }
   return out;
+}
+
+/** A SpQR linear of a block file: its arrays bounds-checked in the file, then the format's own check. */
+function readSpqrLinear(
+  file: string,
+  l: BlockHeader['linears'][number],
+  bytes: Uint8Array,
+  base: number,
+): SpqrLinearWeights {
+  const w = { ...l.meta, format: 'spqr' } as Record<string, unknown>;
+  for (const [field, Type] of Object.entries(SPQR_ARRAYS)) {
+    const r = l.arrays[field];
+    if (!r) continue;
+    const [off, len] = r;
+    if (
+      !(Number.isInteger(off) && Number.isInteger(len) && off >= 0 && len >= 0) ||
+      base + off + len > bytes.byteLength
+    )
+      throw corrupt(file, `${l.prefix}.${field} lies past the end`);
+    if (len % Type.BYTES_PER_ELEMENT !== 0 || (base + off) % Type.BYTES_PER_ELEMENT !== 0)
+      throw corrupt(file, `${l.prefix}.${field} is not whole ${Type.name} elements`);
+    w[field] = new Type(bytes.buffer as ArrayBuffer, base + off, len / Type.BYTES_PER_ELEMENT);
+  }
+  const s = w as unknown as SpqrLinearWeights;
+  try {
+    checkSpqrWeights(
+      s,
+      s.N,
+      s.K,
+      {
+        bits: s.bits,
+        statBits: s.statBits,
+        beta1: s.beta1,
+        beta2: s.beta2,
+        actOrder: s.perm !== undefined,
+        outlierThreshold: 1,
+        outlierBudget: 0.5,
+        damp: 0,
+      },
+      l.prefix,
+    );
+  } catch (err) {
+    throw corrupt(file, (err as Error).message);
+  }
+  return s;
 }
 
 /** Writes the hidden states entering `block` as hiddenName(block). */

@@ -9,7 +9,7 @@
  */
 
 /** The formats a linear layer's weight may be in, in the native Format enum's order. */
-export const WEIGHT_FORMATS = ['dense', 'gptq'] as const;
+export const WEIGHT_FORMATS = ['dense', 'gptq', 'spqr'] as const;
 export type WeightFormatName = (typeof WEIGHT_FORMATS)[number];
 
 /**
@@ -59,6 +59,10 @@ export function packedCount(bits: GptqBits, count: number): number {
 export function groupsOf(K: number, groupSize: number): number {
   return groupSize === -1 ? 1 : Math.ceil(K / groupSize);
 }
+
+/** SpQR's code widths (native kSpqrBits); its statistics take 1..8 bits. */
+export const SPQR_BITS = [2, 3, 4] as const;
+export type SpqrBits = (typeof SPQR_BITS)[number];
 
 /** A tensor a quantized linear stores in a checkpoint, named `<prefix>.<suffix>`. */
 export interface FormatTensor {

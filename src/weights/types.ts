@@ -38,8 +38,51 @@ export interface DenseWeights {
   K: number;
 }
 
+/**
+ * One linear in SpQR form, in the layout docs/FORMATS.md "SpQR" describes (sweep order):
+ * bilevel-quantized codes plus CSR fp16 outliers (native/core/spqr.hpp).
+ */
+export interface SpqrWeights {
+  /** code bits: 2, 3 or 4 */
+  bits: number;
+  /** bits of each first-level scale / zero code */
+  statBits: number;
+  /** output features */
+  N: number;
+  /** input features */
+  K: number;
+  /** first-level group (sweep columns sharing a scale and zero) */
+  beta1: number;
+  /** second-level group (rows whose first-level statistics share one grid) */
+  beta2: number;
+  /** bit stream of N·K codes, row-major, sweep order */
+  qweight: Uint8Array;
+  /** bit streams of N·G first-level scale / zero codes [N, G] */
+  scaleCodes: Uint8Array;
+  zeroCodes: Uint8Array;
+  /** fp16 bits [G, ceil(N / beta2), 2]: (offset, step) of each second-level grid */
+  scaleStats: Uint16Array;
+  zeroStats: Uint16Array;
+  /** [K] original input column of each sweep position; absent: identity (no act-order) */
+  perm?: Int32Array;
+  /** CSR outliers: [N + 1] row pointers, [nnz] sweep positions, [nnz] fp16 residuals */
+  outlierRowptr: Int32Array;
+  outlierCols: Int32Array;
+  outlierValues: Uint16Array;
+}
+
+/** SpQR weights tagged with their format. */
+export interface SpqrLinearWeights extends SpqrWeights {
+  format: 'spqr';
+}
+
 /** One linear layer's weight in any format, with an optional f32 bias [N]. */
-export type LinearWeights = (DenseWeights | GptqWeights) & { bias?: Float32Array };
+export type LinearWeights = (DenseWeights | GptqWeights | SpqrLinearWeights) & { bias?: Float32Array };
+
+/** SpQR weights as a tagged LinearWeights. */
+export function spqrWeights(w: SpqrWeights, bias?: Float32Array): LinearWeights {
+  return bias ? { ...w, format: 'spqr', bias } : { ...w, format: 'spqr' };
+}
 
 /** GPTQ weights as a tagged LinearWeights. */
 export function gptqWeights(w: PackedWeights, bias?: Float32Array): LinearWeights {

@@ -22,6 +22,7 @@ import { openModel, type Model } from '../../src/model/model.js';
 import { perplexityIds } from '../../src/model/perplexity.js';
 import { quantize, type QuantizeOptions } from '../../src/schedule/quantize.js';
 import type { Tensor } from '../../src/tensor.js';
+import type { PackedWeights } from '../../src/native.js';
 import { expectStandardShapes } from '../formats/helpers.js';
 import { dataPath, testDevice } from './data.js';
 
@@ -116,7 +117,10 @@ describe('padded stories260K computes what the unpadded one computes', () => {
           const dense = await unpadded.readBlockWeights(b);
           for (const name of LINEAR_NAMES) {
             const prefix = unpadded.reader!.tensors.blocks[b]![name].prefix;
-            await unpadded.setLinear(b, name, { packed: summary.packed!.get(prefix)!, bias: dense[name].bias });
+            await unpadded.setLinear(b, name, {
+              packed: summary.packed!.get(prefix)! as PackedWeights,
+              bias: dense[name].bias,
+            });
           }
         }
         const gap = relativeGap(await unpadded.logits(probe), await padded.logits(probe));

@@ -49,7 +49,7 @@ test('one linear RTN 8-bit packed (K = 172, partial last group) runs and lands n
   try {
     const block = 2;
     const down = (await model.readBlockWeights(block)).down;
-    if (down.packed) throw new Error('the fp32 checkpoint holds dense weights');
+    if (down.packed || down.format === 'spqr') throw new Error('the fp32 checkpoint holds dense weights');
     const W = down.data as Float32Array; // [64, 172]
     const N = 64,
       K = 172,

@@ -150,7 +150,7 @@ describe.each(devices)('prepared linears on %s', (device) => {
     expect(() => prepareLinear(w, { device, kernel: 'gptq-packed' })).toThrow(
       expect.objectContaining({ code: 'E_ARGUMENT' }),
     );
-    expect(() => prepareLinear({ ...w, format: 'spqr' } as unknown as LinearWeights, { device })).toThrow(
+    expect(() => prepareLinear({ ...w, format: 'awq' } as unknown as LinearWeights, { device })).toThrow(
       expect.objectContaining({ code: 'E_ARGUMENT' }),
     );
     expect(() => prepareLinear({ ...w, N: 3 }, { device })).toThrow(expect.objectContaining({ code: 'E_SHAPE' }));

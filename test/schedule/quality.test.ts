@@ -19,6 +19,7 @@ import { perplexity } from '../../src/model/perplexity.js';
 import { openModelFiles } from '../../src/formats/open.js';
 import { calibrationWindows } from '../../src/schedule/calibration.js';
 import { Tensor } from '../../src/tensor.js';
+import type { PackedWeights } from '../../src/native.js';
 
 const modelDir = join(dataDir, 'stories260K-hf');
 const calib = join(dataDir, 'tinystories-valid.calib.txt');
@@ -92,7 +93,7 @@ describe.skipIf(!ready)('quantized stories260K, read back and scored', () => {
       calibration: { files: [calib], samples, seqLen, seed: 9 },
       keepPacked: true,
     });
-    const packed = summary.packed!;
+    const packed = summary.packed! as Map<string, PackedWeights>; // (GPTQ: untagged PackedWeights)
 
     const reader = await openModelFiles(modelDir);
     // exact activations in the packed linears, as the scheduler's calibration passes use

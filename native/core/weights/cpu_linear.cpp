@@ -6,6 +6,7 @@
 #include "../cpu_gptq/linear_op.hpp"
 #include "../model/ops.hpp"
 #include "../packed_gemm.hpp"
+#include "../spqr_gemm.hpp"
 #include "linear.hpp"
 
 namespace lowbit {
@@ -18,11 +19,14 @@ void check_linear_weights(const LinearWeights& w, const std::string& name, int64
             name + ": dense weights must be f32, f16 or bf16");
   } else if (const PackedMatrix* q = w.gptq()) {
     require(q->qweight && q->qzeros && q->scales, "E_BUFFER", name + ": packed weight has no data");
+  } else if (const SpqrMatrix* q = w.spqr()) {
+    require(q->qweight && q->scale_codes && q->zero_codes && q->scale_stats && q->zero_stats && q->outlier_rowptr,
+            "E_BUFFER", name + ": SpQR weight has no data");
   }
   require(w.N() > 0 && w.K() > 0, "E_SHAPE", name + ": N and K must be positive");
   if (N > 0 || K > 0)
     require(w.N() == N && w.K() == K, "E_SHAPE",
-            name + ": " + (w.gptq() ? "packed" : "dense") + " weight is " + str(w.N()) + " x " + str(w.K()) +
+            name + ": " + kFormatNames[(int)w.format()] + " weight is " + str(w.N()) + " x " + str(w.K()) +
                 ", the model needs " + str(N) + " x " + str(K));
 }
 
@@ -88,6 +92,29 @@ class GptqPackedOp : public LinearOp {
   std::vector<float> bias_;
 };
 
+// SpQR weights repacked once (SpqrCpuWeights: byte-aligned code rows, decoded second-level grids),
+// multiplied by spqr_gemm without materialising W (dense part decoded row by row, plus CSR outliers).
+class SpqrCpuOp : public LinearOp {
+ public:
+  explicit SpqrCpuOp(const LinearWeights& w)
+      : LinearOp(w.N(), w.K()), weights_(SpqrCpuWeights::from(*w.spqr())), bias_(copy_bias(w)) {}
+  void apply(const float* X, int64_t M, float* Y) const override {
+    spqr_gemm(X, M, weights_, Y);
+    add_bias(Y, M, N(), bias_);
+  }
+  int64_t bytes() const override {
+    const SpqrCpuWeights& c = weights_;
+    return (int64_t)(c.codes.size() + c.scale_code.size() + c.zero_code.size() +
+                     4 * (c.s_off.size() + c.s_step.size() + c.z_off.size() + c.z_step.size() + c.perm.size() +
+                          c.rowptr.size() + c.cols.size() + c.values.size() + bias_.size()));
+  }
+  const char* kernel() const override { return "spqr-cpu"; }
+
+ private:
+  SpqrCpuWeights weights_;
+  std::vector<float> bias_;
+};
+
 template <class Op>
 std::unique_ptr<LinearOp> make(const LinearWeights& w, const LinearOptions&) {
   return std::make_unique<Op>(w);
@@ -100,6 +127,7 @@ const std::vector<CpuKernel>& cpu_kernels() {
       // 2/3/4-bit GPTQ with int8 activations (options.cpu_activations): repacked at load time.
       {"gptq-int8", Format::Gptq, &cpu_gptq::accepts_int8_linear, &cpu_gptq::make_int8_linear},
       {"gptq-packed", Format::Gptq, nullptr, &make<GptqPackedOp>},
+      {"spqr-cpu", Format::Spqr, nullptr, &make<SpqrCpuOp>},
   };
   return table;
 }

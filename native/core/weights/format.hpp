@@ -23,9 +23,14 @@ namespace lowbit {
 enum class Format : int {
   Dense = 0,  // f32 / f16 / bf16 [N, K]
   Gptq = 1,   // AutoGPTQ/GPTQModel "gptq" and "gptq_v2" (zero offset 1 / 0), docs/FORMATS.md
+  Spqr = 2,   // SpQR: bilevel small-group codes + CSR fp16 outliers (native/core/spqr.hpp, docs/FORMATS.md)
 };
-inline constexpr int kFormatCount = 2;
-inline constexpr const char* kFormatNames[kFormatCount] = {"dense", "gptq"};
+inline constexpr int kFormatCount = 3;
+inline constexpr const char* kFormatNames[kFormatCount] = {"dense", "gptq", "spqr"};
+
+// SpQR's code widths (its bit streams hold any width; the sweep and the kernels take these).
+inline constexpr int kSpqrBitWidths = 3;
+inline constexpr int kSpqrBits[kSpqrBitWidths] = {2, 3, 4};
 
 // GPTQ packs `values_per_unit` values of `bits` bits into `words_per_unit` int32 words, as one
 // little-endian bit stream (3 bits: 32 values in 3 words, values straddle words).

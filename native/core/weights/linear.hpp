@@ -17,6 +17,7 @@
 
 #include "../dtype.hpp"
 #include "../packed_matrix.hpp"
+#include "../spqr.hpp"
 #include "format.hpp"
 
 namespace lowbit {
@@ -30,14 +31,17 @@ struct DenseMatrix {
 };
 
 // One linear layer's weight as the caller holds it (views; operators copy what they keep).
-// The variant's alternatives are in Format's order; GPTQ's view is PackedMatrix (packed_matrix.hpp).
+// The variant's alternatives are in Format's order; GPTQ's view is PackedMatrix (packed_matrix.hpp),
+// SpQR's SpqrMatrix (spqr.hpp; whoever builds one runs validate_spqr on it first, as the binding's
+// reader does).
 struct LinearWeights {
-  std::variant<DenseMatrix, PackedMatrix> matrix;
+  std::variant<DenseMatrix, PackedMatrix, SpqrMatrix> matrix;
   const float* bias = nullptr;  // [N] or null (qwen2 has q/k/v biases)
 
   Format format() const { return (Format)matrix.index(); }
   const DenseMatrix* dense() const { return std::get_if<DenseMatrix>(&matrix); }
   const PackedMatrix* gptq() const { return std::get_if<PackedMatrix>(&matrix); }
+  const SpqrMatrix* spqr() const { return std::get_if<SpqrMatrix>(&matrix); }
   int64_t N() const {
     return std::visit([](const auto& m) { return m.N; }, matrix);
   }

@@ -1,7 +1,14 @@
 /** GPTQ: each linear quantized column by column against the Hessian of its calibration inputs (src/quantize/gptq.ts). */
 import { invalidArgument } from '../../errors.js';
 import { gptqQuantize } from '../../quantize/gptq.js';
-import { GRID_OPTION_NAMES, resolveNamed, type GridOptions, type QuantizationMethod } from './method.js';
+import {
+  GRID_OPTION_NAMES,
+  SPQR_OPTION_NAMES,
+  rejectOptions,
+  resolveNamed,
+  type GridOptions,
+  type QuantizationMethod,
+} from './method.js';
 
 export interface GptqMethodOptions extends GridOptions {
   /** quantize columns by descending diag(H) (g_idx in the checkpoint unless staticGroups) */
@@ -20,6 +27,7 @@ export const gptq: QuantizationMethod<GptqMethodOptions> = {
   calibration: 'hessian',
   format: 'gptq',
   resolve(o) {
+    rejectOptions('GPTQ', o, SPQR_OPTION_NAMES, 'SpQR', 'GPTQ has one grid per group (--group-size) and no outliers');
     const trueSequential = o.trueSequential ?? true;
     if (typeof trueSequential !== 'boolean') invalidArgument('trueSequential', 'boolean', trueSequential);
     return { ...resolveNamed(o, [...GRID_OPTION_NAMES, 'actOrder', 'staticGroups', 'damp']), trueSequential };

@@ -8,13 +8,23 @@
 import type { DeviceSpec } from '../../devices.js';
 import { LowbitError } from '../../errors.js';
 import type { GptqConfig } from '../../formats/gptq.js';
+import type { SpqrQuantizationConfig } from '../../formats/spqr.js';
 import type { PackedWeights } from '../../native.js';
 import { resolveGptqOptions, type GptqOptions, type Hessian } from '../../quantize/gptq.js';
 import type { Tensor } from '../../tensor.js';
-import type { GptqBits } from '../../weights/index.js';
+import type { GptqBits, SpqrLinearWeights } from '../../weights/index.js';
+
+/** What every method's resolved options have. */
+export interface MethodOptions {
+  bits: number;
+  /** GPTQ-format methods: input columns per group */
+  groupSize?: number;
+  /** quantize stage by stage (q/k/v, o, gate/up, down) */
+  trueSequential?: boolean;
+}
 
 /** The options every method producing GPTQ-format weights has (the checkpoint's grid). */
-export interface GridOptions {
+export interface GridOptions extends MethodOptions {
   bits: GptqBits;
   /** input columns per group; -1 = one group per output channel */
   groupSize: number;
@@ -35,12 +45,19 @@ export interface LinearInput {
   device: DeviceSpec;
 }
 
+/** A quantized linear in its method's format: GPTQ's PackedWeights (untagged), or tagged SpQR weights. */
+export type QuantizedWeights = PackedWeights | SpqrLinearWeights;
+
+export function isSpqrWeights(w: QuantizedWeights): w is SpqrLinearWeights {
+  return (w as { format?: string }).format === 'spqr';
+}
+
 /** One quantized linear. */
 export interface LinearOutput {
   /** what the checkpoint (and the resume state) stores */
-  packed: PackedWeights;
+  packed: QuantizedWeights;
   /** what the block runs on for the later stages and blocks (default: packed) */
-  forBlock?: PackedWeights;
+  forBlock?: QuantizedWeights;
   /** the method's objective for this linear, or null (RTN) */
   loss: number | null;
   /** the dampening fraction of mean(diag H) finally used, and the absolute λ it came to (null without a Hessian) */
@@ -50,26 +67,31 @@ export interface LinearOutput {
   warnings: string[];
 }
 
-export interface QuantizationMethod<O extends GridOptions = GridOptions> {
+export interface QuantizationMethod<O extends MethodOptions = GridOptions> {
   /** the name in options and on the command line */
   readonly name: string;
   /** one line for help texts */
   readonly description: string;
   /** 'none': each linear on its own weights; 'hessian': block by block over calibration text */
   readonly calibration: 'none' | 'hessian';
-  /** the weight format of its output (src/weights' table) */
-  readonly format: 'gptq';
+  /** the weight format of its output (src/weights' table): which checkpoint writer the scheduler opens */
+  readonly format: 'gptq' | 'spqr';
   /** the options it reads from QuantizeOptions, checked, defaults filled in */
   resolve(options: Record<string, unknown>): O;
+  /** checks the options against the model's linears (N × K each) before anything runs */
+  checkShapes?(options: O, dims: { N: number; K: number }[]): void;
   quantizeLinear(input: LinearInput, options: O): Promise<LinearOutput>;
-  /** the checkpoint's quantization config */
-  checkpointConfig(options: O): GptqConfig;
+  /** the checkpoint's quantization config (GptqConfig for format 'gptq', SpqrQuantizationConfig for 'spqr') */
+  checkpointConfig(options: O): GptqConfig | SpqrQuantizationConfig;
   /** working memory to quantize one N × K linear (bytes), besides the scheduler's own */
   linearBytes(N: number, K: number): number;
 }
 
 /** The options of GridOptions, by name. */
 export const GRID_OPTION_NAMES = ['bits', 'groupSize', 'sym', 'mse', 'checkpointFormat'] as const;
+
+/** SpQR's own options, which the GPTQ-format methods refuse. */
+export const SPQR_OPTION_NAMES = ['beta1', 'beta2', 'statBits', 'outlierThreshold', 'outlierBudget'] as const;
 
 /** Each method option's `lowbit quantize` flag, so that errors name what the user typed. */
 export const OPTION_FLAGS: Record<string, string> = {
@@ -82,6 +104,11 @@ export const OPTION_FLAGS: Record<string, string> = {
   staticGroups: '--static-groups',
   damp: '--damp',
   trueSequential: '--no-true-sequential',
+  beta1: '--beta1',
+  beta2: '--beta2',
+  statBits: '--stat-bits',
+  outlierThreshold: '--tau',
+  outlierBudget: '--outlier-budget',
   'calibration.files': '--calib',
   'calibration.samples': '--samples',
   'calibration.seqLen': '--seq-len',

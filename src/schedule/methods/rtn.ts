@@ -1,6 +1,13 @@
 /** RTN: each linear rounded to the nearest grid point on its own, no calibration (src/quantize/rtn.ts). */
 import { rtnQuantize } from '../../quantize/rtn.js';
-import { GRID_OPTION_NAMES, rejectOptions, resolveNamed, type GridOptions, type QuantizationMethod } from './method.js';
+import {
+  GRID_OPTION_NAMES,
+  SPQR_OPTION_NAMES,
+  rejectOptions,
+  resolveNamed,
+  type GridOptions,
+  type QuantizationMethod,
+} from './method.js';
 
 export type RtnMethodOptions = GridOptions;
 
@@ -20,6 +27,7 @@ export const rtn: QuantizationMethod<RtnMethodOptions> = {
       'GPTQ',
       'RTN rounds each weight on its own, with no Hessian, column order or stages',
     );
+    rejectOptions('RTN', o, SPQR_OPTION_NAMES, 'SpQR', 'RTN has one grid per group and no outliers');
     return resolveNamed(o, GRID_OPTION_NAMES);
   },
   async quantizeLinear({ W }, o) {
