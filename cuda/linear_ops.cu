@@ -171,6 +171,7 @@ const std::vector<CudaKernel>& cuda_kernels() {
   static const std::vector<CudaKernel> table = {
       {"dense-sgemm", Format::Dense, nullptr, &make<DenseSgemmOp>},
       {"gptq-packed", Format::Gptq, nullptr, &make<GptqPackedDeviceOp>},
+      {"spqr-cuda", Format::Spqr, nullptr, &make_spqr_device_op},
   };
   return table;
 }
@@ -179,6 +180,7 @@ const std::vector<CudaKernel>& cuda_kernels() {
 const std::vector<CudaKernel>& cuda_half_kernels() {
   static const std::vector<CudaKernel> table = {
       {"gptq-tc", Format::Gptq, &gptq_tc_takes, &make<GptqTensorCoreOp>},
+      {"spqr-cuda-half", Format::Spqr, nullptr, &make_spqr_device_op_half},
   };
   return table;
 }
@@ -295,7 +297,7 @@ std::unique_ptr<HalfLinearOp> make_cuda_linear_half(int device, const LinearWeig
   std::string what = std::string(kFormatNames[(int)w.format()]);
   if (const PackedMatrix* q = w.gptq()) what += " " + std::to_string(q->bits) + "-bit";
   fail("E_UNSUPPORTED", "no CUDA kernel takes " + what + " weights with " + act +
-                            " activations on this device (gptq-tc: GPTQ 2/3/4-bit, compute capability 8.0+)");
+                            " activations on this device (gptq-tc: GPTQ 2/3/4-bit, compute capability 8.0+; spqr-cuda-half: SpQR)");
 }
 
 // Both tables' names: the f32 kernels, then those with 16-bit activations.

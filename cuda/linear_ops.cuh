@@ -43,5 +43,10 @@ class DeviceBias {
   std::unique_ptr<DeviceBuffer<float>> buf_;
 };
 
+// The spqr format's operator (spqr_linear.cu): f32 activations ('spqr-cuda', the f32 table) and
+// f16/bf16 ('spqr-cuda-half', the half table); one kernel templated on the activation type.
+std::unique_ptr<DeviceLinearOp> make_spqr_device_op(const LinearWeights& w, const DeviceInfo& d);
+std::unique_ptr<DeviceLinearOp> make_spqr_device_op_half(const LinearWeights& w, const DeviceInfo& d);
+
 }  // namespace cuda
 }  // namespace lowbit

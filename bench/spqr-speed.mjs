@@ -1,0 +1,176 @@
+// SpQR products on a GPU against the GPTQ tensor-core kernel of the same bit width, through
+// prepared linears (prepareLinear, f16 activations): 'spqr-cuda-half' vs 'gptq-tc' (group 128),
+// random weights, 1% outliers. Writes bench/results/h200-spqr.json (or --out): the fields of
+// h200-gemm.json where they apply, plus outlier_rate and spqr_vs_gptq.
+//
+// Timing: median wall time of matmulSync over 200 calls after 20 warm-ups. Each call is a host
+// round trip (x copied to the GPU, the kernel(s), y copied back, a stream sync), so the times
+// include the same fixed overhead for both kernels; the kernel-only time is not separable from
+// Node. pct_copy (weight bytes over the time, against --copy-gbs) is therefore a lower bound.
+//
+//   node bench/spqr-speed.mjs [--shapes 4096x4096,11008x4096] [--m 1,16] [--bits 3,4] [--copy-gbs 4201]
+import { mkdir, writeFile } from 'node:fs/promises';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const root = resolve(dirname(fileURLToPath(import.meta.url)), '..');
+const dist = process.env.LOWBIT_DIST ? resolve(process.env.LOWBIT_DIST) : join(root, 'dist');
+const { prepareLinear } = await import(join(dist, 'quantize/linear.js'));
+const { native } = await import(join(dist, 'native.js'));
+
+function option(name, fallback) {
+  const i = process.argv.indexOf(`--${name}`);
+  return i >= 0 && i + 1 < process.argv.length ? process.argv[i + 1] : fallback;
+}
+const SHAPES = option('shapes', '4096x4096')
+  .split(',')
+  .map((s) => s.split('x').map(Number)); // N x K
+const MS = option('m', '1,16').split(',').map(Number);
+const BITS = option('bits', '3,4').split(',').map(Number);
+const COPY_GBS = Number(option('copy-gbs', '4201.4')); // measured on the H200 (h200-gemm.json)
+const OUT = option('out', join(root, 'bench/results/h200-spqr.json'));
+const OUTLIERS = 0.01;
+
+let seed = 12345;
+const rand = () => {
+  seed = (seed * 1103515245 + 12345) >>> 0;
+  return seed / 2 ** 32;
+};
+const f16 = (x) => {
+  const f = new Float32Array([x]);
+  const u = new Uint32Array(f.buffer)[0];
+  const sign = (u >>> 16) & 0x8000;
+  const e = ((u >>> 23) & 0xff) - 127 + 15;
+  if (e <= 0) return sign;
+  if (e >= 31) return sign | 0x7c00;
+  return sign | (e << 10) | ((u >>> 13) & 0x3ff);
+};
+const randomBytes = (n) => Uint8Array.from({ length: n }, () => Math.floor(rand() * 256));
+
+function spqrWeights(N, K, bits) {
+  const beta1 = 16,
+    beta2 = 16,
+    statBits = 3;
+  const G = Math.ceil(K / beta1),
+    NB = Math.ceil(N / beta2);
+  const stats = () => {
+    const s = new Uint16Array(G * NB * 2);
+    for (let i = 0; i < G * NB; i++) {
+      s[2 * i] = f16(0.001 + 0.01 * rand());
+      s[2 * i + 1] = f16(0.001 * rand());
+    }
+    return s;
+  };
+  const perm = Int32Array.from({ length: K }, (_, i) => i);
+  for (let i = K - 1; i > 0; i--) {
+    const j = Math.floor(rand() * (i + 1));
+    [perm[i], perm[j]] = [perm[j], perm[i]];
+  }
+  const rowptr = new Int32Array(N + 1);
+  const cols = [];
+  for (let n = 0; n < N; n++) {
+    for (let p = 0; p < K; p++) if (rand() < OUTLIERS) cols.push(p);
+    rowptr[n + 1] = cols.length;
+  }
+  return {
+    format: 'spqr',
+    bits,
+    statBits,
+    N,
+    K,
+    beta1,
+    beta2,
+    qweight: randomBytes(Math.ceil((N * K * bits) / 8)),
+    scaleCodes: randomBytes(Math.ceil((N * G * statBits) / 8)),
+    zeroCodes: randomBytes(Math.ceil((N * G * statBits) / 8)),
+    scaleStats: stats(),
+    zeroStats: stats(),
+    perm,
+    outlierRowptr: rowptr,
+    outlierCols: Int32Array.from(cols),
+    outlierValues: Uint16Array.from(cols, () => f16((rand() - 0.5) * 0.1)),
+  };
+}
+
+function gptqWeights(N, K, bits) {
+  const groupSize = 128,
+    groups = Math.ceil(K / groupSize);
+  const words = (count) => Math.ceil(count / { 2: 16, 3: 32, 4: 8 }[bits]) * (bits === 3 ? 3 : 1);
+  const i32 = (n) => Int32Array.from({ length: n }, () => (rand() * 2 ** 32) | 0);
+  return {
+    format: 'gptq',
+    bits,
+    K,
+    N,
+    groupSize,
+    groups,
+    zeroOffset: 1,
+    qweight: i32(words(K) * N),
+    qzeros: i32(groups * words(N)),
+    scales: Uint16Array.from({ length: groups * N }, () => f16(0.001 + 0.01 * rand())),
+  };
+}
+
+function time(lin, M, K) {
+  const x = Uint16Array.from({ length: M * K }, () => f16(rand() - 0.5));
+  const out = new Uint16Array(M * lin.N);
+  for (let i = 0; i < 20; i++) lin.matmulSync(x, M, out);
+  const t = [];
+  for (let i = 0; i < 200; i++) {
+    const t0 = process.hrtime.bigint();
+    lin.matmulSync(x, M, out);
+    t.push(Number(process.hrtime.bigint() - t0) / 1e3);
+  }
+  t.sort((a, b) => a - b);
+  return t[t.length >> 1];
+}
+
+const device = native().cudaDevices().devices[0];
+if (!device) throw new Error('no CUDA device');
+const rows = [];
+for (const [N, K] of SHAPES)
+  for (const bits of BITS) {
+    const s = spqrWeights(N, K, bits);
+    const spqr = prepareLinear(s, { device: 'cuda', activations: 'f16', kernel: 'spqr-cuda-half' });
+    const gptq = prepareLinear(gptqWeights(N, K, bits), { device: 'cuda', activations: 'f16', kernel: 'gptq-tc' });
+    for (const M of MS) {
+      const us = time(spqr, M, K);
+      const gptqUs = time(gptq, M, K);
+      const row = {
+        K,
+        N,
+        M,
+        bits,
+        group: 16,
+        us: +us.toFixed(2),
+        pct_copy: +((spqr.bytes / (us * 1e-6) / 1e9 / COPY_GBS) * 100).toFixed(1),
+        tflops: +((2 * M * N * K) / (us * 1e-6) / 1e12).toFixed(3),
+        config: 'spqr-cuda-half (warp per row, 1/2/4/8-row tiles)',
+        gptq_tc_us: +gptqUs.toFixed(2),
+        spqr_vs_gptq: +(gptqUs / us).toFixed(3),
+        outlier_rate: +(s.outlierCols.length / (N * K)).toFixed(5),
+        weight_bytes: spqr.bytes,
+      };
+      rows.push(row);
+      console.log(JSON.stringify(row));
+    }
+    spqr.close();
+    gptq.close();
+  }
+await mkdir(dirname(OUT), { recursive: true });
+await writeFile(
+  OUT,
+  JSON.stringify(
+    {
+      device: device.name,
+      copy_gbs: COPY_GBS,
+      timing:
+        'median host round trip of matmulSync (x H2D, kernel, y D2H, sync) over 200 calls; both kernels carry the same overhead',
+      date: new Date().toISOString(),
+      rows,
+    },
+    null,
+    1,
+  ) + '\n',
+);
+console.log(`wrote ${OUT}`);

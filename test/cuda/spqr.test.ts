@@ -1,0 +1,187 @@
+/**
+ * SpQR on CUDA (cuda/spqr_linear.cu): the prepared operator with f32 activations ('spqr-cuda') and
+ * with f16/bf16 activations ('spqr-cuda-half') against the float64 product of the weights decoded
+ * by the independent reference decoder (test/spqr/reference.ts: bit streams, bilevel statistics,
+ * permutation, CSR outliers), with planted outliers, odd shapes, a bias and M from 1 to 33 (the
+ * kernel's 1/2/4/8-row tiles and their remainders); and stories260K with every block linear in
+ * SpQR form, on the GPU against the CPU. Needs a CUDA device: elsewhere the blocks skip.
+ *
+ * Tolerances: f32 activations accumulate in f32 (relative 1e-5 in norm, as the CPU operator). With
+ * 16-bit activations the inputs are exact in f32 and only the output is rounded once to the dtype
+ * (u = 2^-11 for f16, 2^-8 for bf16): each element within u·|y| + 1e-5·Σ|x·w| of the reference.
+ */
+import { readFileSync } from 'node:fs';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { native } from '../../src/native.js';
+import { openModel, linearShape, type Model, type NativeLinearName } from '../../src/model/model.js';
+import { perplexity, perplexityIds } from '../../src/model/perplexity.js';
+import { quantize } from '../../src/schedule/quantize.js';
+import { Hessian } from '../../src/quantize/gptq.js';
+import { prepareLinear } from '../../src/quantize/linear.js';
+import { spqrQuantize } from '../../src/quantize/spqr.js';
+import { spqrWeights } from '../../src/weights/types.js';
+import { dataDir } from '../helpers/data.js';
+import { Rng } from '../helpers/random.js';
+import { bf16Bits, bf16Value, f16Bits, f16Value, matmulRef, relativeError } from '../helpers/reference.js';
+import { decodeSpqrRef, randomSpqrLayout } from '../spqr/reference.js';
+import { cudaAvailability } from './ref.js';
+
+const cuda = cudaAvailability();
+if (!cuda.ok) console.log(`test/cuda/spqr.test.ts: CUDA tests skipped: ${cuda.reason}`);
+
+const SHAPES = [
+  [37, 172, 2, 16, 16, true],
+  [64, 172, 3, 16, 16, false],
+  [50, 100, 4, 20, 7, true],
+  [9, 33, 3, 11, 16, true],
+  [300, 1000, 3, 16, 16, true],
+] as const;
+
+describe.skipIf(!cuda.ok)('SpQR on CUDA', () => {
+  // Catches: a kernel that mis-decodes the repacked words (10 codes per word at 3 bits), a group
+  // boundary inside a word, the statistics' bit streams, the permutation or the outliers; a tile
+  // that drops remainder rows; a missing bias.
+  it('f32 activations match the float64 product (spqr-cuda)', async () => {
+    const rng = new Rng();
+    for (const [N, K, bits, beta1, beta2, perm] of SHAPES) {
+      const W = randomSpqrLayout(rng, { N, K, bits, beta1, beta2, perm, outlierRate: 0.02 });
+      const dense = decodeSpqrRef(W);
+      const bias = Float32Array.from({ length: N }, () => rng.normal());
+      const lin = prepareLinear(spqrWeights(W, bias), { device: 'cuda' });
+      expect(lin.kernel).toBe('spqr-cuda');
+      for (const M of [1, 2, 3, 5, 8, 9, 16, 33]) {
+        const X = Float32Array.from({ length: M * K }, () => rng.normal());
+        const ref = matmulRef(X, M, dense, N, K);
+        for (let m = 0; m < M; m++) for (let n = 0; n < N; n++) ref[m * N + n]! += bias[n]!;
+        const out = new Float32Array(M * N).fill(Number.NaN);
+        const Y = await lin.matmul(X, M, out);
+        expect(relativeError(Y, ref), `seed ${rng.seed} ${N}x${K} ${bits}-bit M ${M}`).toBeLessThan(1e-5);
+      }
+      lin.close();
+    }
+  });
+
+  // Catches: the 16-bit entry reading or writing the wrong dtype, or rounding inputs or weights.
+  it.each(['f16', 'bf16'] as const)('%s activations match the float64 product (spqr-cuda-half)', async (dt) => {
+    const rng = new Rng();
+    const u = dt === 'f16' ? 2 ** -11 : 2 ** -8;
+    const toBits = dt === 'f16' ? f16Bits : bf16Bits;
+    const value = dt === 'f16' ? f16Value : bf16Value;
+    for (const [N, K, bits, beta1, beta2, perm] of SHAPES) {
+      const W = randomSpqrLayout(rng, { N, K, bits, beta1, beta2, perm, outlierRate: 0.02 });
+      const dense = decodeSpqrRef(W);
+      const lin = prepareLinear(spqrWeights(W), { device: 'cuda', activations: dt });
+      expect(lin.kernel).toBe('spqr-cuda-half');
+      for (const M of [1, 4, 16, 33]) {
+        const xb = Uint16Array.from({ length: M * K }, () => toBits(rng.normal()));
+        const X = Float64Array.from(xb, value);
+        const ref = matmulRef(X, M, dense, N, K);
+        const Y = Float64Array.from(await lin.matmul(xb, M), value);
+        const what = `seed ${rng.seed} ${dt} ${N}x${K} ${bits}-bit M ${M}`;
+        for (let m = 0; m < M; m++)
+          for (let n = 0; n < N; n++) {
+            let s = 0;
+            for (let k = 0; k < K; k++) s += Math.abs(X[m * K + k]! * dense[n * K + k]!);
+            const r = ref[m * N + n]!;
+            expect(Math.abs(Y[m * N + n]! - r), `${what} at ${m},${n}`).toBeLessThanOrEqual(u * Math.abs(r) + 1e-5 * s);
+          }
+        expect(relativeError(Y, ref), what).toBeLessThan(2 * u);
+      }
+      lin.close();
+    }
+  });
+
+  describe('stories260K with SpQR linears', () => {
+    const names: NativeLinearName[] = ['q', 'k', 'v', 'o', 'gate', 'up', 'down'];
+    const modelDir = join(dataDir, 'stories260K-hf');
+    let gpu: Model;
+    let cpu: Model;
+    beforeAll(async () => {
+      gpu = await openModel(modelDir, { device: 'cuda' });
+      cpu = await openModel(modelDir, { device: 'cpu' });
+    });
+    afterAll(async () => {
+      await gpu?.close();
+      await cpu?.close();
+    });
+
+    // Catches: the CUDA forward pass not taking SpQR linears through the kernel table.
+    it('gives the CPU logits on the GPU', async () => {
+      const rng = new Rng();
+      for (let block = 0; block < cpu.config.numLayers; block++) {
+        const weights = await cpu.readBlockWeights(block);
+        for (const name of names) {
+          const { N, K } = linearShape(cpu.config, name);
+          const w = weights[name];
+          if (w.format === 'spqr' || w.packed) throw new Error('stories260K holds dense weights');
+          const h = Hessian.create(K);
+          await h.addBatch(
+            Float32Array.from({ length: 64 * K }, () => rng.normal()),
+            64,
+          );
+          const { weights: q } = await spqrQuantize(w.data as Float32Array, [N, K], h, { bits: 3 });
+          h.free();
+          await cpu.setLinear(block, name, { ...q, format: 'spqr', bias: w.bias });
+          await gpu.setLinear(block, name, { ...q, format: 'spqr', bias: w.bias });
+        }
+      }
+      const ids = perplexityIds(cpu, readFileSync(join(dataDir, 'tinystories-valid.txt'), 'utf8')).subarray(0, 128);
+      const a = await gpu.logits(ids, { batch: 2, seq: 64 });
+      const b = await cpu.logits(ids, { batch: 2, seq: 64 });
+      expect(relativeError(a, b)).toBeLessThan(1e-4);
+    });
+  });
+});
+
+describe.skipIf(!cuda.ok)('quantize --method spqr with --device cuda', () => {
+  let work: string;
+  beforeAll(async () => {
+    work = await mkdtemp(join(tmpdir(), 'lowbit-cuda-spqr-'));
+  });
+  afterAll(async () => {
+    await rm(work, { recursive: true, force: true });
+  });
+
+  // Catches: the SpQR plug-in failing with GPU Hessians (forward passes and Hessians on the GPU,
+  // the sweep on the CPU), or a SpQR checkpoint that the CUDA model cannot run: its perplexity on
+  // the GPU must be the CPU's for the same checkpoint, and the GPU-quantized checkpoint must score
+  // as the CPU-quantized one does.
+  it('writes a checkpoint that ppl runs on the GPU like on the CPU', async () => {
+    const calib = join(dataDir, 'tinystories-valid.calib.txt');
+    const text = readFileSync(join(dataDir, 'tinystories-valid.eval.txt'), 'utf8');
+    const options = {
+      model: join(dataDir, 'stories260K-hf'),
+      method: 'spqr' as const,
+      bits: 3 as const,
+      calibration: { files: [calib], samples: 8, seqLen: 128, seed: 3 },
+    };
+    await quantize({ ...options, out: join(work, 'gpu'), device: 'cuda' });
+    await quantize({ ...options, out: join(work, 'cpu'), device: 'cpu' });
+    const ppl = async (dir: string, device: 'cpu' | 'cuda') => {
+      const m = await openModel(dir, { device });
+      try {
+        return (await perplexity(m, text, { seqLen: 256, maxWindows: 8 })).ppl;
+      } finally {
+        await m.close();
+      }
+    };
+    const gpuOnGpu = await ppl(join(work, 'gpu'), 'cuda');
+    const gpuOnCpu = await ppl(join(work, 'gpu'), 'cpu');
+    const cpuOnCpu = await ppl(join(work, 'cpu'), 'cpu');
+    expect(Math.abs(gpuOnGpu / gpuOnCpu - 1), `${gpuOnGpu} on the GPU, ${gpuOnCpu} on the CPU`).toBeLessThan(1e-3);
+    expect(Math.abs(gpuOnCpu / cpuOnCpu - 1), `GPU-quantized ${gpuOnCpu}, CPU-quantized ${cpuOnCpu}`).toBeLessThan(
+      0.02,
+    );
+  });
+});
+
+describe('SpQR CUDA kernels are listed', () => {
+  // Catches: a kernel table entry missing from the names the addon reports.
+  it('in linearKernels() when the addon has CUDA', () => {
+    const { cuda: names } = native().linearKernels();
+    if (names.length > 0) expect(names).toEqual(expect.arrayContaining(['spqr-cuda', 'spqr-cuda-half']));
+  });
+});
