@@ -23,8 +23,10 @@
 //   GEMV_P2: accumulators per block in the 2-bit GEMV (4: SCALED slices, when registers allow; else 2).
 
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
 #include <cstring>
+#include <memory>
 #include <vector>
 
 #include "../thread_pool.hpp"
@@ -184,6 +186,19 @@ LOWBIT_TARGET void tile_rows_1(int rows, const CpuGptqWeights& W, int64_t block,
   tile_rows<BITS, MR, 1, P, O>(rows, W, block, A, row0, ytile);
 }
 
+// Runs fn(t) for t in [0, tasks) on the pool, each thread claiming the next task as it finishes one,
+// so the threads end within one task of each other and one that starts late (a worker waking up)
+// takes fewer; the pool's own split is a few large chunks per thread.
+template <class Fn>
+void for_each_task(int64_t tasks, const Fn& fn) {
+  const std::shared_ptr<ThreadPool> pool = global_pool();
+  std::atomic<int64_t> next{0};
+  pool->parallel_for(std::min<int64_t>(pool->size(), tasks), 1, [&](int64_t, int64_t) {
+    for (int64_t t = next.fetch_add(1, std::memory_order_relaxed); t < tasks; t = next.fetch_add(1, std::memory_order_relaxed))
+      fn(t);
+  });
+}
+
 template <int BITS, class O>
 void gemm_int8_bits(const CpuGptqWeights& W, const Activations& A, float* Y) {
   const int64_t M = A.M, N = W.N;
@@ -193,19 +208,16 @@ void gemm_int8_bits(const CpuGptqWeights& W, const Activations& A, float* Y) {
     // (SCALED slices), else two (independent chains for the dot products' latency).
     constexpr int NB = O::GEMV_NB;
     constexpr int P = BITS == 2 ? O::GEMV_P2 : 2;
-    const int64_t tasks = ceil_div(W.blocks, NB);
-    global_pool()->parallel_for(tasks, 1, [&](int64_t t0, int64_t t1) {
+    for_each_task(ceil_div(W.blocks, NB), [&](int64_t t) {
       alignas(64) float ytile[NB * kBlockCols];
-      for (int64_t t = t0; t < t1; ++t) {
-        const int64_t b0 = t * NB;
-        if (b0 + NB <= W.blocks) {
-          tile_int8<BITS, 1, NB, P, O>(W, b0, A, 0, ytile);
-          write_tile(ytile, 1, NB * kBlockCols, b0 * kBlockCols, N, 0, Y);
-        } else {
-          for (int64_t b = b0; b < W.blocks; ++b) {
-            tile_int8<BITS, 1, 1, P, O>(W, b, A, 0, ytile);
-            write_tile(ytile, 1, kBlockCols, b * kBlockCols, N, 0, Y);
-          }
+      const int64_t b0 = t * NB;
+      if (b0 + NB <= W.blocks) {
+        tile_int8<BITS, 1, NB, P, O>(W, b0, A, 0, ytile);
+        write_tile(ytile, 1, NB * kBlockCols, b0 * kBlockCols, N, 0, Y);
+      } else {
+        for (int64_t b = b0; b < W.blocks; ++b) {
+          tile_int8<BITS, 1, 1, P, O>(W, b, A, 0, ytile);
+          write_tile(ytile, 1, kBlockCols, b * kBlockCols, N, 0, Y);
         }
       }
     });
