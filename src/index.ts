@@ -83,7 +83,15 @@ export {
 export { CheckpointWriter, writeSafetensors, type TensorSpec } from './formats/safetensors-writer.js';
 export { Llama2cModel, type Llama2cHeader } from './formats/llama2c.js';
 export { convertLlama2c, type ConvertOptions } from './formats/convert.js';
-export { GptqWriter, openGptqModel, readPackedLinear, linearDims, type GptqConfig } from './formats/gptq.js';
+export {
+  GptqWriter,
+  openGptqModel,
+  readPackedLinear,
+  readPackedHead,
+  linearDims,
+  writtenConfig,
+  type GptqConfig,
+} from './formats/gptq.js';
 export { inspectModel, type InspectReport } from './formats/inspect.js';
 export { openModelFiles } from './formats/open.js';
 export {

@@ -46,6 +46,8 @@ ${METHOD_NAMES.map((n) => `                          ${n}: ${METHODS[n].descript
   --seq-len N             tokens per window (default min(2048, the model's context))
   --seed N                calibration seed (default 0)
   --format gptq|gptq_v2   qzeros layout (default gptq, i.e. v1)
+  --quantize-lm-head      quantize lm_head too, last (GPTQ: on the final norm's outputs);
+                          a tied embedding is untied and stays dense
 SpQR (--method spqr; --act-order and --damp apply, the GPTQ grid options do not):
   --beta1 N               first-level group: input columns sharing a scale and zero (default 16)
   --beta2 N               second-level group: output rows whose statistics share a grid (default 16)
@@ -115,6 +117,7 @@ export async function run(argv: string[]): Promise<number> {
       tau: { type: 'string' },
       'outlier-budget': { type: 'string' },
       'no-act-order': { type: 'boolean' },
+      'quantize-lm-head': { type: 'boolean' },
       device: { type: 'string' },
       resume: { type: 'boolean' },
       'max-memory': { type: 'string' },
@@ -231,6 +234,7 @@ export async function run(argv: string[]): Promise<number> {
     damp: given('damp') ? damp : undefined,
     trueSequential: given('no-true-sequential') ? false : undefined,
     checkpointFormat: settings.checkpointFormat,
+    lmHead: values['quantize-lm-head'] === true || undefined,
     calibration: {
       files,
       samples: given('samples') ? samples : undefined,
@@ -254,6 +258,7 @@ const GPTQ_ONLY_FLAGS = [
   'format',
   'preset',
   'no-true-sequential',
+  'quantize-lm-head',
 ] as const;
 
 type Values = Record<string, string | boolean | (string | boolean)[] | undefined>;

@@ -36,6 +36,7 @@ import {
   type LlamaConfig,
   type ModelReader,
   type ModelTensors,
+  type QuantizedLinearTensors,
 } from './hf.js';
 import {
   copyFileAtomic,
@@ -65,6 +66,8 @@ export interface GptqConfig {
   staticGroups: boolean;
   /** "gptq" stores zero − 1 (v1); "gptq_v2" stores the zero itself */
   checkpointFormat: 'gptq' | 'gptq_v2';
+  /** lm_head is quantized too (GPTQModel's lm_head: true; a tied embedding is untied: it stays dense) */
+  lmHead?: boolean;
 }
 
 /** Input (K) and output (N) features of a block's linear. */
@@ -99,6 +102,8 @@ export function quantizationConfigJson(q: GptqConfig): Record<string, unknown> {
     checkpoint_format: q.checkpointFormat,
     model_file_base_name: 'model',
     meta: { quantizer: ['lowbit:0.1.0'] },
+    // written only when true, as GPTQModel reads an absent lm_head as false
+    ...(q.lmHead ? { lm_head: true } : {}),
   };
 }
 
@@ -140,10 +145,14 @@ interface PendingLinear {
  * The config a checkpoint is written with: the source's, with intermediate_size padded to whole pack
  * words and groups (./padding.ts).
  */
-export function writtenConfig(config: LlamaConfig, groupSize: number): LlamaConfig {
+export function writtenConfig(config: LlamaConfig, groupSize: number, lmHead = false): LlamaConfig {
   const intermediateSize = paddedIntermediateSize(config.intermediateSize, groupSize);
-  if (intermediateSize === config.intermediateSize) return config;
-  return { ...config, intermediateSize, raw: { ...config.raw, intermediate_size: intermediateSize } };
+  const untie = lmHead && config.tieWordEmbeddings;
+  if (intermediateSize === config.intermediateSize && !untie) return config;
+  const raw: Record<string, unknown> = { ...config.raw, intermediate_size: intermediateSize };
+  // a quantized lm_head is its own tensor: the embedding it was tied to stays dense
+  if (untie) raw.tie_word_embeddings = false;
+  return { ...config, intermediateSize, tieWordEmbeddings: config.tieWordEmbeddings && !untie, raw };
 }
 
 /**
@@ -173,7 +182,7 @@ export class GptqWriter {
     checkGptqConfig(gptq);
     const target = resolve(outDir);
     await checkEmptyTarget(target);
-    const config = writtenConfig(source.config, gptq.groupSize);
+    const config = writtenConfig(source.config, gptq.groupSize, gptq.lmHead);
     const quantized = new Map<string, PendingLinear>();
     const replaced = new Set<string>();
     // kept tensors of the MLP that grow with intermediate_size: name → [axis, size]
@@ -198,6 +207,12 @@ export class GptqWriter {
         });
         replaced.add(linear.weight);
       }
+    }
+    if (gptq.lmHead) {
+      const { hiddenSize: K, vocabSize: N } = config;
+      const groups = groupsOf(K, gptq.groupSize);
+      quantized.set('lm_head', { K, N, groups, written: { K, N, groups } });
+      if (!source.tensors.tied) replaced.add(source.tensors.lmHead);
     }
     const kept = source.names.filter((n) => !replaced.has(n));
     const specs: TensorSpec[] = [];
@@ -397,62 +412,65 @@ export function checkQuantizedTensors(
   file: string,
 ): void {
   const q = config.quantization;
+  const linears: { t: QuantizedLinearTensors; K: number; N: number }[] = [];
   for (const block of tensors.blocks) {
     for (const name of LINEAR_NAMES) {
       const t = block[name].quantized;
-      if (!t) continue;
-      if (!q)
-        throw gptqError(
-          file,
-          `'${t.qweight}' is GPTQ-packed, but config.json has no quantization_config (and there is no quantize_config.json)`,
-          t.qweight,
-        );
-      const { K, N } = linearDims(config, name);
-      const bits = q.bits;
-      const check = (
-        tensor: string,
-        dtypes: string[],
-        want: (shape: readonly number[]) => number[],
-        what: string,
-        hint?: (shape: readonly number[]) => string,
-      ): readonly number[] => {
-        const s = stored(tensor);
-        if (!dtypes.includes(s.dtype))
-          throw gptqError(file, `${what} '${tensor}' is stored as ${s.dtype}, expected ${dtypes.join(' or ')}`, tensor);
-        const w = want(s.shape);
-        if (s.shape.length !== w.length || s.shape.some((d, i) => d !== w[i])) {
-          throw gptqError(
-            file,
-            `${what} '${tensor}' has shape [${s.shape.join(', ')}]; quantization_config.bits ${bits} with K=${K}, N=${N} needs [${w.join(', ')}]${hint?.(s.shape) ?? ''}`,
-            tensor,
-          );
-        }
-        return s.shape;
-      };
-      const bitsHint =
-        (count: number) =>
-        (shape: readonly number[]): string => {
-          const fits = GPTQ_BITS.filter((b) => b !== bits && packedWords(b, count) === shape[0]);
-          return fits.length ? ` (the shape of ${fits.join(' or ')}-bit weights)` : '';
-        };
-      check(t.qweight, ['I32'], () => [packedWords(bits, K), N], 'qweight', bitsHint(K));
-      const scales = check(t.scales, ['F16', 'BF16', 'F32'], (shape) => [Math.max(1, shape[0] ?? 0), N], 'scales');
-      const groups = scales[0]!;
-      check(
-        t.qzeros,
-        ['I32'],
-        () => [groups, packedWords(bits, N)],
-        'qzeros',
-        (shape) => (shape[1] !== undefined && packedWords(bits, N) !== shape[1] ? bitsHint(N)([shape[1]]) : ''),
+      if (t) linears.push({ t, ...linearDims(config, name) });
+    }
+  }
+  if (tensors.lmHeadQuantized) linears.push({ t: tensors.lmHeadQuantized, K: config.hiddenSize, N: config.vocabSize });
+  for (const { t, K, N } of linears) {
+    if (!q)
+      throw gptqError(
+        file,
+        `'${t.qweight}' is GPTQ-packed, but config.json has no quantization_config (and there is no quantize_config.json)`,
+        t.qweight,
       );
-      if (t.gIdx) check(t.gIdx, ['I32'], () => [K], 'g_idx');
-      else if (groups !== groupsOf(K, q.groupSize)) {
+    const bits = q.bits;
+    const check = (
+      tensor: string,
+      dtypes: string[],
+      want: (shape: readonly number[]) => number[],
+      what: string,
+      hint?: (shape: readonly number[]) => string,
+    ): readonly number[] => {
+      const s = stored(tensor);
+      if (!dtypes.includes(s.dtype))
+        throw gptqError(file, `${what} '${tensor}' is stored as ${s.dtype}, expected ${dtypes.join(' or ')}`, tensor);
+      const w = want(s.shape);
+      if (s.shape.length !== w.length || s.shape.some((d, i) => d !== w[i])) {
         throw gptqError(
           file,
-          `'${t.scales}' has ${groups} groups, K=${K} with quantization_config.group_size ${q.groupSize} needs ${groupsOf(K, q.groupSize)}`,
-          t.scales,
+          `${what} '${tensor}' has shape [${s.shape.join(', ')}]; quantization_config.bits ${bits} with K=${K}, N=${N} needs [${w.join(', ')}]${hint?.(s.shape) ?? ''}`,
+          tensor,
         );
       }
+      return s.shape;
+    };
+    const bitsHint =
+      (count: number) =>
+      (shape: readonly number[]): string => {
+        const fits = GPTQ_BITS.filter((b) => b !== bits && packedWords(b, count) === shape[0]);
+        return fits.length ? ` (the shape of ${fits.join(' or ')}-bit weights)` : '';
+      };
+    check(t.qweight, ['I32'], () => [packedWords(bits, K), N], 'qweight', bitsHint(K));
+    const scales = check(t.scales, ['F16', 'BF16', 'F32'], (shape) => [Math.max(1, shape[0] ?? 0), N], 'scales');
+    const groups = scales[0]!;
+    check(
+      t.qzeros,
+      ['I32'],
+      () => [groups, packedWords(bits, N)],
+      'qzeros',
+      (shape) => (shape[1] !== undefined && packedWords(bits, N) !== shape[1] ? bitsHint(N)([shape[1]]) : ''),
+    );
+    if (t.gIdx) check(t.gIdx, ['I32'], () => [K], 'g_idx');
+    else if (groups !== groupsOf(K, q.groupSize)) {
+      throw gptqError(
+        file,
+        `'${t.scales}' has ${groups} groups, K=${K} with quantization_config.group_size ${q.groupSize} needs ${groupsOf(K, q.groupSize)}`,
+        t.scales,
+      );
     }
   }
 }
@@ -469,20 +487,30 @@ export async function openGptqModel(dir: string): Promise<HfModel> {
 
 /** Reads one quantized linear into PackedWeights, checking every shape against the config. */
 export async function readPackedLinear(model: HfModel, block: number, name: LinearName): Promise<PackedWeights> {
-  const q = model.config.quantization;
-  const file = model.dir;
-  if (!q) throw gptqError(file, 'config.json has no quantization_config');
   const b = model.tensors.blocks[block];
   if (!b) invalidArgument('block', `a block index below ${model.tensors.blocks.length}`, block);
   const linear: LinearTensors = b[name];
   if (!linear.quantized)
-    throw gptqError(file, `'${linear.prefix}' is stored dense (no qweight)`, `${linear.prefix}.qweight`);
+    throw gptqError(model.dir, `'${linear.prefix}' is stored dense (no qweight)`, `${linear.prefix}.qweight`);
   const { K, N } = linearDims(model.config, name);
+  return readPacked(model, linear.quantized, K, N);
+}
+
+/** Reads a quantized lm_head (GPTQModel's lm_head: true) into PackedWeights: K = hidden size, N = vocabulary. */
+export async function readPackedHead(model: HfModel): Promise<PackedWeights> {
+  const t = model.tensors.lmHeadQuantized;
+  if (!t) throw gptqError(model.dir, 'lm_head is not stored quantized (no lm_head.qweight)', 'lm_head.qweight');
+  return readPacked(model, t, model.config.hiddenSize, model.config.vocabSize);
+}
+
+async function readPacked(model: HfModel, t: QuantizedLinearTensors, K: number, N: number): Promise<PackedWeights> {
+  const q = model.config.quantization;
+  const file = model.dir;
+  if (!q) throw gptqError(file, 'config.json has no quantization_config');
   const bits = q.bits;
   // A group as large as K (or larger: a model whose smaller linears have K under the configured
   // group size, such as stories260K's K = 64 at group size 128) is one group per output channel.
   const groupSize = q.groupSize === -1 || q.groupSize > K ? K : q.groupSize;
-  const t = linear.quantized;
 
   const expectShape = (tensor: string, shape: readonly number[], want: number[], what: string): void => {
     if (shape.length !== want.length || shape.some((d, i) => d !== want[i])) {

@@ -441,8 +441,10 @@ export interface ModelTensors {
   embedding: string;
   blocks: BlockTensors[];
   norm: string;
-  /** the output projection: lm_head.weight, or the embedding when tied */
+  /** the output projection: lm_head.weight, or the embedding when tied, or lm_head.qweight when quantized */
   lmHead: string;
+  /** lm_head's GPTQ tensors, when the checkpoint stores it quantized (GPTQModel's lm_head: true) */
+  lmHeadQuantized?: QuantizedLinearTensors;
   tied: boolean;
 }
 
@@ -478,17 +480,20 @@ export function describeTensors(
       );
     return name;
   };
+  const quantized = (prefix: string): QuantizedLinearTensors => {
+    const q: QuantizedLinearTensors = {
+      qweight: `${prefix}.qweight`,
+      qzeros: need(`${prefix}.qzeros`),
+      scales: need(`${prefix}.scales`),
+    };
+    if (has(`${prefix}.g_idx`)) q.gIdx = `${prefix}.g_idx`;
+    return q;
+  };
   const linear = (prefix: string, withBias: boolean): LinearTensors => {
     const out: LinearTensors = { prefix };
     if (has(`${prefix}.spqr_qweight`)) out.spqr = true;
-    else if (has(`${prefix}.qweight`)) {
-      out.quantized = {
-        qweight: `${prefix}.qweight`,
-        qzeros: need(`${prefix}.qzeros`),
-        scales: need(`${prefix}.scales`),
-      };
-      if (has(`${prefix}.g_idx`)) out.quantized.gIdx = `${prefix}.g_idx`;
-    } else out.weight = need(`${prefix}.weight`);
+    else if (has(`${prefix}.qweight`)) out.quantized = quantized(prefix);
+    else out.weight = need(`${prefix}.weight`);
     // A bias the config does not announce is still used when present (some exports add them).
     if (withBias) out.bias = need(`${prefix}.bias`);
     else if (has(`${prefix}.bias`)) out.bias = `${prefix}.bias`;
@@ -517,11 +522,20 @@ export function describeTensors(
   }
   const embedding = need('model.embed_tokens.weight');
   const tied = config.tieWordEmbeddings;
+  const headQuantized = !tied && has('lm_head.qweight');
+  if (!headQuantized && config.quantization?.raw.lm_head === true) {
+    throw new LowbitError(
+      'E_GPTQ_FORMAT',
+      `${file}: quantization_config.lm_head is true, but the checkpoint has no lm_head.qweight${tied ? ' (and tie_word_embeddings is true)' : ''}`,
+      { file, tensor: 'lm_head.qweight' },
+    );
+  }
   return {
     embedding,
     blocks,
     norm: need('model.norm.weight'),
-    lmHead: tied ? embedding : need('lm_head.weight'),
+    lmHead: tied ? embedding : headQuantized ? 'lm_head.qweight' : need('lm_head.weight'),
+    ...(headQuantized ? { lmHeadQuantized: quantized('lm_head') } : {}),
     tied,
   };
 }
@@ -547,7 +561,7 @@ export function checkShapes(
   };
   expect(tensors.embedding, [vocabSize, h]);
   expect(tensors.norm, [h]);
-  if (!tensors.tied) expect(tensors.lmHead, [vocabSize, h]);
+  if (!tensors.tied && !tensors.lmHeadQuantized) expect(tensors.lmHead, [vocabSize, h]);
   const dims: Record<LinearName, [number, number]> = {
     q: [numHeads * headDim, h],
     k: [numKvHeads * headDim, h],

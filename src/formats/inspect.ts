@@ -128,23 +128,25 @@ export async function inspectModel(path: string): Promise<InspectReport> {
     const counted = new Set<string>();
     // quantized linears: K×N logical weights for all four tensors' bytes
     if (config?.quantization) {
-      for (let l = 0; l < config.numLayers; l++) {
-        for (const name of LINEAR_NAMES) {
-          const prefix = `model.layers.${l}.${LINEAR_MODULES[name]}`;
-          if (!byName.has(`${prefix}.qweight`)) continue;
-          const { K, N } = linearDims(config, name);
-          let bytes = 0;
-          for (const part of GPTQ_TENSOR_SUFFIXES) {
-            const t = byName.get(`${prefix}.${part}`);
-            if (t) {
-              bytes += t.bytes;
-              counted.add(t.name);
-            }
+      const linears: [string, { K: number; N: number }][] = [];
+      for (let l = 0; l < config.numLayers; l++)
+        for (const name of LINEAR_NAMES)
+          linears.push([`model.layers.${l}.${LINEAR_MODULES[name]}`, linearDims(config, name)]);
+      // a quantized lm_head (lm_head: true)
+      linears.push(['lm_head', { K: config.hiddenSize, N: config.vocabSize }]);
+      for (const [prefix, { K, N }] of linears) {
+        if (!byName.has(`${prefix}.qweight`)) continue;
+        let bytes = 0;
+        for (const part of GPTQ_TENSOR_SUFFIXES) {
+          const t = byName.get(`${prefix}.${part}`);
+          if (t) {
+            bytes += t.bytes;
+            counted.add(t.name);
           }
-          parameters += K * N;
-          quantWeights += K * N;
-          quantBits += bytes * 8;
         }
+        parameters += K * N;
+        quantWeights += K * N;
+        quantBits += bytes * 8;
       }
     }
     // SpQR linears: every spqr_* tensor counts toward the layer's bits

@@ -9,7 +9,7 @@ import { join } from 'node:path';
 import { LowbitError, invalidArgument } from '../errors.js';
 import { resolveDevice, type DeviceSpec } from '../devices.js';
 import { HfModel, LINEAR_NAMES, type LinearTensors, type LlamaConfig, type ModelReader } from '../formats/hf.js';
-import { readPackedLinear } from '../formats/gptq.js';
+import { readPackedHead, readPackedLinear } from '../formats/gptq.js';
 import { readSpqrLinear } from '../formats/spqr.js';
 import { openModelFiles } from '../formats/open.js';
 import { loadTokenizer, type TextTokenizer } from '../formats/tokenizer.js';
@@ -327,13 +327,9 @@ export class Model {
     const bias = t.bias ? (await reader.readFloat32(t.bias)).data : undefined;
     if (t.weight) return { ...denseOf(await reader.readTensor(t.weight), t.weight), bias };
     // Packed linears are read by readBlockWeights through the formats module's readPackedLinear.
-    throw new LowbitError(
-      'E_UNSUPPORTED',
-      `${t.prefix} is GPTQ-packed where lowbit reads only dense weights (e.g. a quantized lm_head)`,
-      {
-        tensor: t.quantized?.qweight,
-      },
-    );
+    throw new LowbitError('E_UNSUPPORTED', `${t.prefix} is GPTQ-packed where lowbit reads only dense weights`, {
+      tensor: t.quantized?.qweight,
+    });
   }
 
   /** Block `block`'s weights as stored in the checkpoint (dense in their dtype, or packed). */
@@ -372,7 +368,10 @@ export class Model {
     const embed = denseOf(await reader.readTensor(t.embedding), t.embedding);
     const finalNorm = (await reader.readFloat32(t.norm)).data;
     let head: NativeLinear | undefined;
-    if (!t.tied) {
+    if (t.lmHeadQuantized && reader instanceof HfModel) {
+      // a GPTQ-packed lm_head (GPTQModel's lm_head: true) runs on the packed kernels like the blocks
+      head = { packed: await readPackedHead(reader) };
+    } else if (!t.tied) {
       const headTensors: LinearTensors = { prefix: 'lm_head', weight: t.lmHead };
       head = await this.readLinear(headTensors, { K: this.config.hiddenSize, N: this.config.vocabSize });
     }

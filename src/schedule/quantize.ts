@@ -31,6 +31,7 @@ import { listDir, removeFile } from '../formats/durable.js';
 import { LINEAR_NAMES, type LinearName, type ModelReader } from '../formats/hf.js';
 import { openModelFiles } from '../formats/open.js';
 import { Model, type CapturePointName } from '../model/model.js';
+import { native } from '../native.js';
 import { Hessian } from '../quantize/gptq.js';
 import { Tensor } from '../tensor.js';
 import type { GptqBits } from '../weights/index.js';
@@ -111,6 +112,11 @@ export interface QuantizeOptions {
   /** bytes, or a string such as '20GB' / '512MiB' */
   maxMemory?: number | string;
   signal?: AbortSignal;
+  /**
+   * quantize lm_head too (GPTQModel's lm_head: true), as the last stage: GPTQ calibrates it on the
+   * final norm's outputs of the quantized blocks. A tied embedding is untied (it stays dense). Default false.
+   */
+  lmHead?: boolean;
   /** also return every packed linear in the summary (prefix -> weights), e.g. to use the result in memory; they have the source model's shapes (the checkpoint pads the MLP width: src/formats/padding.ts) */
   keepPacked?: boolean;
 }
@@ -224,6 +230,7 @@ interface Resolved {
   maxMemory: number | undefined;
   signal: AbortSignal | undefined;
   keepPacked: boolean;
+  lmHead: boolean;
 }
 
 function resolveOptions(o: QuantizeOptions): Resolved {
@@ -266,6 +273,13 @@ function resolveOptions(o: QuantizeOptions): Resolved {
   if (!Number.isInteger(seed)) invalidArgument('calibration.seed', 'an integer', seed);
   if (o.signal !== undefined && !(o.signal instanceof AbortSignal))
     invalidArgument('signal', 'an AbortSignal', o.signal);
+  if (o.lmHead !== undefined && typeof o.lmHead !== 'boolean') invalidArgument('lmHead', 'true or false', o.lmHead);
+  if (o.lmHead && method.format !== 'gptq')
+    throw new LowbitError(
+      'E_ARGUMENT',
+      `--quantize-lm-head (lmHead) is written in the GPTQ format only; --method ${method.name} does not take it`,
+      { option: 'lmHead' },
+    );
   return {
     model: o.model,
     out: resolve(o.out),
@@ -280,13 +294,14 @@ function resolveOptions(o: QuantizeOptions): Resolved {
     maxMemory: o.maxMemory === undefined ? undefined : parseBytes(o.maxMemory),
     signal: o.signal,
     keepPacked: o.keepPacked ?? false,
+    lmHead: o.lmHead ?? false,
   };
 }
 
 /** What decides the result: a resumed run must have been started with the same. */
 function fingerprint(r: Resolved, seqLen: number): string {
-  const { model, method, options, files, samples, seed } = r;
-  const key = { model: resolve(model), method: method.name, options, files, samples, seqLen, seed };
+  const { model, method, options, files, samples, seed, lmHead } = r;
+  const key = { model: resolve(model), method: method.name, options, files, samples, seqLen, seed, lmHead };
   return createHash('sha256').update(JSON.stringify(key)).digest('hex');
 }
 
@@ -302,6 +317,7 @@ export function estimatePeakBytes(
   tokens: number,
   trueSequential: boolean,
   rowsPerCall: number,
+  lmHead = false,
 ): number {
   const method = methodOf(methodName);
   const c = reader.config;
@@ -316,6 +332,7 @@ export function estimatePeakBytes(
     blockBytes += N * K * 4;
     linearMax = Math.max(linearMax, method.linearBytes(N, K));
   }
+  if (lmHead) linearMax = Math.max(linearMax, method.linearBytes(c.vocabSize, c.hiddenSize));
   if (method.calibration === 'none') return linearMax;
   const globals = bytesOf(reader.tensors.embedding) + (reader.tensors.tied ? 0 : bytesOf(reader.tensors.lmHead));
   const hidden = tokens * c.hiddenSize * 4;
@@ -354,7 +371,8 @@ async function openWriter(r: Resolved, reader: ModelReader): Promise<CheckpointS
       abort: () => w.abort(),
     };
   }
-  const w = await GptqWriter.create(r.out, reader, config as GptqConfig);
+  const gptq = config as GptqConfig;
+  const w = await GptqWriter.create(r.out, reader, r.lmHead ? { ...gptq, lmHead: true } : gptq);
   // The checkpoint states the configured group size even where it exceeds a layer's K (one group);
   // the packed weights handed to kernels carry min(groupSize, K).
   const groupSize = r.options.groupSize ?? 0;
@@ -441,6 +459,7 @@ async function runLocked(r: Resolved, job: QuantizeJob, warn: Warn): Promise<Qua
       tokens,
       trueSequential,
       rowsPerCall * seqLen,
+      r.lmHead,
     );
     if (r.maxMemory !== undefined && estimatedPeakBytes > r.maxMemory) {
       throw new LowbitError(
@@ -541,7 +560,7 @@ async function runLocked(r: Resolved, job: QuantizeJob, warn: Warn): Promise<Qua
       }
     }
 
-    const total = blocks * LINEAR_NAMES.length;
+    const total = blocks * LINEAR_NAMES.length + (r.lmHead ? 1 : 0);
     let done = state.finishedBlocks * LINEAR_NAMES.length;
     const runStart = performance.now();
     const doneAtStart = done;
@@ -560,14 +579,16 @@ async function runLocked(r: Resolved, job: QuantizeJob, warn: Warn): Promise<Qua
       job.emit('progress', progress);
     };
     /** One linear through the method: checked finite, quantized, reported. */
+    /** lm_head, quantized with the last block (its file holds it for resume) */
+    const head = { name: 'head', prefix: 'lm_head', weight: reader.tensors.lmHead };
     const quantizeLinear = async (
       block: number,
-      name: LinearName,
+      name: LinearName | 'head',
       W: Tensor<'f32'>,
       hessian?: Hessian,
     ): Promise<{ out: LinearOutput; layer: LayerReport }> => {
       const t0 = performance.now();
-      const t = reader.tensors.blocks[block]![name];
+      const t = name === 'head' ? head : reader.tensors.blocks[block]![name];
       assertFinite(W.data, t.weight ?? `${t.prefix}.weight`);
       const out = await r.method.quantizeLinear({ W, hessian, device: r.device }, r.options);
       const w = out.packed;
@@ -626,6 +647,11 @@ async function runLocked(r: Resolved, job: QuantizeJob, warn: Warn): Promise<Qua
           linears.set(t.prefix, out.packed);
           layers.push(layer);
         }
+        if (r.lmHead && b === blocks - 1) {
+          const { out, layer } = await quantizeLinear(b, 'head', await reader.readFloat32(head.weight));
+          linears.set(head.prefix, out.packed);
+          layers.push(layer);
+        }
         await finishBlock(b, linears, layers);
       }
     } else if (state.finishedBlocks < blocks) {
@@ -655,6 +681,26 @@ async function runLocked(r: Resolved, job: QuantizeJob, warn: Warn): Promise<Qua
         if (r.files === 'self') for (let b = 0; b < blocks; b++) await model.dropBlock(b);
         hidden = await model.embed(ids);
       }
+      const quantizeHead = async (finalHidden: Float32Array) => {
+        const h = c.hiddenSize;
+        const norm = (await reader.readFloat32(reader.tensors.norm)).data;
+        const H = Hessian.create(h, { device: r.device });
+        try {
+          const rows = rowsPerCall * seqLen;
+          const normed = new Float32Array(rows * h);
+          for (let row = 0; row < tokens; row += rows) {
+            checkAbort(r.signal);
+            const n = Math.min(rows, tokens - row);
+            const x = finalHidden.subarray(row * h, (row + n) * h);
+            const y = normed.subarray(0, n * h);
+            native().opRmsNorm(x, n, h, norm, c.rmsNormEps, y);
+            await H.addBatch(y, n);
+          }
+          return await quantizeLinear(blocks - 1, 'head', await reader.readFloat32(head.weight), H);
+        } finally {
+          H.free();
+        }
+      };
       for (let b = state.finishedBlocks; b < blocks; b++) {
         checkAbort(r.signal);
         const weights = await model.readBlockWeights(b);
@@ -706,6 +752,12 @@ async function runLocked(r: Resolved, job: QuantizeJob, warn: Warn): Promise<Qua
           const batch = Math.min(rowsPerCall, r.samples - s0);
           const x = hidden.subarray(s0 * seqLen * c.hiddenSize, (s0 + batch) * seqLen * c.hiddenSize);
           await model.runBlock(b, x, { batch, seq: seqLen, inPlace: true });
+        }
+        if (r.lmHead && b === blocks - 1) {
+          // The last stage, as GPTQModel runs it: lm_head on the final norm's outputs of the quantized blocks.
+          const { out, layer } = await quantizeHead(hidden);
+          linears.set(head.prefix, out.packed);
+          layers.push(layer);
         }
         await model.dropBlock(b);
         await finishBlock(b, linears, layers, b + 1 < blocks ? hidden : undefined);
