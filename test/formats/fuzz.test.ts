@@ -42,7 +42,6 @@ import {
   parseSentencePieceModel,
   serializeSentencePieceModel,
   SentencePieceTokenizer,
-  type SentencePieceModel,
 } from '../../src/formats/sentencepiece.js';
 import { prng, randomSeed } from './helpers.js';
 
@@ -281,31 +280,11 @@ describe('fuzz: llama2.c headers and SentencePiece models', () => {
     () => {
       const seed = randomSeed();
       const rand = prng(seed);
-      const pieces = [
-        { piece: '<unk>', score: 0, type: PieceType.Unknown },
-        { piece: '<s>', score: 0, type: PieceType.Control },
-        { piece: '</s>', score: 0, type: PieceType.Control },
-        ...Array.from({ length: 256 }, (_, b) => ({
-          piece: `<0x${b.toString(16).toUpperCase().padStart(2, '0')}>`,
-          score: 0,
-          type: PieceType.Byte,
-        })),
-        ...['▁', 'a', 'b', 'ab', '▁a', 'ba', '▁ab'].map((p, i) => ({ piece: p, score: -i, type: PieceType.Normal })),
-      ];
-      const model: SentencePieceModel = {
-        pieces,
-        modelType: 'bpe',
-        byteFallback: true,
-        unkId: 0,
-        bosId: 1,
-        eosId: 2,
-        padId: -1,
-        unkSurface: ' ⁇ ',
-        normalizerName: 'identity',
-        hasCharsMap: false,
-        normalizer: { removeExtraWhitespaces: true, addDummyPrefix: true, escapeWhitespaces: true },
-        treatWhitespaceAsSuffix: false,
-      };
+      const model = tinySentencePiece({
+        normal: ['▁', 'a', 'b', 'ab', '▁a', 'ba', '▁ab'],
+        removeExtraWhitespaces: true,
+      });
+      const pieces = model.pieces;
       const good = serializeSentencePieceModel(model);
       // the serializer and parser agree
       expect(parseSentencePieceModel(good).pieces).toEqual(pieces);

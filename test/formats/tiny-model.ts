@@ -154,7 +154,13 @@ export function quantizeConfig(gptq: GptqSpec): Record<string, unknown> {
 /** Pieces of the tiny vocabulary: <unk> <s> </s>, 256 byte tokens, then merges of a few letters. */
 const NORMAL_PIECES = ['▁', 'a', 'b', 'c', 'ab', 'ba', '▁a', '▁b', '▁ab', 'ca', 'ac', '▁c', 'abc'];
 
-export function tinySentencePiece(): SentencePieceModel {
+/**
+ * The tiny vocabulary as a SentencePiece BPE model with byte fallback; `normal` replaces the merged
+ * pieces and `removeExtraWhitespaces` the normalizer's switch (the fuzz test's variant).
+ */
+export function tinySentencePiece(
+  options: { normal?: readonly string[]; removeExtraWhitespaces?: boolean } = {},
+): SentencePieceModel {
   return {
     pieces: [
       { piece: '<unk>', score: 0, type: PieceType.Unknown },
@@ -165,7 +171,7 @@ export function tinySentencePiece(): SentencePieceModel {
         score: 0,
         type: PieceType.Byte,
       })),
-      ...NORMAL_PIECES.map((p, i) => ({ piece: p, score: -i, type: PieceType.Normal })),
+      ...(options.normal ?? NORMAL_PIECES).map((p, i) => ({ piece: p, score: -i, type: PieceType.Normal })),
     ],
     modelType: 'bpe',
     byteFallback: true,
@@ -176,7 +182,11 @@ export function tinySentencePiece(): SentencePieceModel {
     unkSurface: ' ⁇ ',
     normalizerName: 'identity',
     hasCharsMap: false,
-    normalizer: { removeExtraWhitespaces: false, addDummyPrefix: true, escapeWhitespaces: true },
+    normalizer: {
+      removeExtraWhitespaces: options.removeExtraWhitespaces ?? false,
+      addDummyPrefix: true,
+      escapeWhitespaces: true,
+    },
     treatWhitespaceAsSuffix: false,
   };
 }

@@ -3,50 +3,18 @@
  * captured by the forward pass on TinyStories text, against the float64 reference; GPTQ must beat
  * RTN on the layer's output error.
  */
-import { readFileSync } from 'node:fs';
-import { join } from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { dataDir } from '../helpers/data.js';
+import { describe, expect, it } from 'vitest';
+import { CAPTURE_POINT_OF, useCapturedBlock1 } from '../helpers/captured.js';
 import { linearDims } from '../../src/formats/gptq.js';
-import { openModel, type Model, type CapturePointName, type NativeLinearName } from '../../src/model/model.js';
 import { native } from '../../src/native.js';
 import { Hessian, gptqQuantize } from '../../src/quantize/gptq.js';
 import { dequantize, gptqReference, outputError } from './reference.js';
 
-const data = dataDir;
-const modelDir = join(data, 'stories260K-hf');
-const textFile = join(data, 'tinystories-valid.calib.txt');
-
 const SEQ = 128;
 const WINDOWS = 6;
-const POINT_OF: Record<NativeLinearName, CapturePointName> = {
-  q: 'qkv',
-  k: 'qkv',
-  v: 'qkv',
-  o: 'o',
-  gate: 'gateUp',
-  up: 'gateUp',
-  down: 'down',
-};
 
 describe('GPTQ on stories260K block 1 with captured inputs', () => {
-  let model: Model;
-  let inputs: Partial<Record<CapturePointName, Float32Array>>;
-  let offset: number;
-  beforeAll(async () => {
-    model = await openModel(modelDir, { device: 'cpu' });
-    const ids = model.tokenizer!.encode(readFileSync(textFile, 'utf8').slice(0, 60_000), { bos: true });
-    // A random stretch of the text each run.
-    offset = Math.floor(Math.random() * (ids.length - WINDOWS * SEQ));
-    const window = ids.slice(offset, offset + WINDOWS * SEQ);
-    const h0 = await model.embed(window);
-    const { hidden } = await model.runBlock(0, h0, { batch: WINDOWS, seq: SEQ });
-    inputs = (await model.runBlock(1, hidden, { batch: WINDOWS, seq: SEQ, capture: ['qkv', 'o', 'gateUp', 'down'] }))
-      .inputs;
-  });
-  afterAll(async () => {
-    await model?.close();
-  });
+  const c = useCapturedBlock1(WINDOWS, SEQ);
 
   for (const [name, opts] of [
     ['q', { bits: 4, groupSize: 32, actOrder: true }],
@@ -55,10 +23,10 @@ describe('GPTQ on stories260K block 1 with captured inputs', () => {
     ['down', { bits: 3, groupSize: 32, sym: true }],
   ] as const) {
     it(`${name}_proj, ${JSON.stringify(opts)}`, async () => {
-      const { K, N } = linearDims(model.config, name);
-      const X = inputs[POINT_OF[name]]!;
+      const { K, N } = linearDims(c.model.config, name);
+      const X = c.inputs[CAPTURE_POINT_OF[name]]!;
       const T = X.length / K;
-      const weights = await model.readBlockWeights(1);
+      const weights = await c.model.readBlockWeights(1);
       const W = (weights[name] as { data: Float32Array }).data;
       const h = Hessian.create(K);
       await h.addBatch(X.subarray(0, 300 * K), 300);
@@ -75,7 +43,7 @@ describe('GPTQ on stories260K block 1 with captured inputs', () => {
         damp: 0.01,
         minZero: 1,
       });
-      const msg = `text offset ${offset}, ${name}`;
+      const msg = `text offset ${c.offset}, ${name}`;
       let differ = 0;
       for (let i = 0; i < N * K; i++) if (r.q[i] !== ref.q[i]) differ++;
       expect(differ / (N * K), `${msg}: ${differ} codes differ`).toBeLessThan(0.01);

@@ -9,6 +9,7 @@
 
 /** The shared seeded PRNG (mulberry32, with a normal sampler); the seed goes into failure messages. */
 import { Rng } from '../helpers/random.js';
+import { dampenedFactor, permuted, withDeadInputs } from '../helpers/sweep-ref.js';
 
 export { Rng, randomSeed } from '../helpers/random.js';
 
@@ -127,15 +128,7 @@ export function gptqReference(
   const gs = o.groupSize === -1 || o.groupSize >= K ? K : o.groupSize;
   const G = Math.ceil(K / gs);
   const B = o.blockSize ?? 128;
-  const W = Float64Array.from(W0);
-  const H = Float64Array.from(H0);
-
-  // Dead inputs.
-  for (let i = 0; i < K; i++)
-    if (H[i * K + i] === 0) {
-      H[i * K + i] = 1;
-      for (let n = 0; n < N; n++) W[n * K + i] = 0;
-    }
+  const { W, H } = withDeadInputs(W0, H0, N, K);
 
   const scales = new Float64Array(G * N);
   const zeros = new Int32Array(G * N);
@@ -149,28 +142,10 @@ export function gptqReference(
         zeros[g * N + n] = grid.zero;
       }
 
-  // Act-order: columns by descending diag(H) (ties keep their order).
-  const perm = Array.from({ length: K }, (_, i) => i);
-  if (o.actOrder) perm.sort((a, b) => H[b * K + b]! - H[a * K + a]! || a - b);
-  const Wp = new Float64Array(N * K);
-  for (let n = 0; n < N; n++) for (let p = 0; p < K; p++) Wp[n * K + p] = W[n * K + perm[p]!]!;
-  const Hp = new Float64Array(K * K);
-  for (let a = 0; a < K; a++) for (let b = 0; b < K; b++) Hp[a * K + b] = H[perm[a]! * K + perm[b]!]!;
-
-  // Dampening, raised x10 while the factorization fails (up to 3 times).
-  let meanDiag = 0;
-  for (let i = 0; i < K; i++) meanDiag += Hp[i * K + i]!;
-  meanDiag /= K;
-  let percent = o.damp;
-  let L: Float64Array | null = null;
-  for (let attempt = 0; attempt <= 3; attempt++) {
-    const Hd = Float64Array.from(Hp);
-    for (let i = 0; i < K; i++) Hd[i * K + i] += percent * meanDiag;
-    L = cholesky(Hd, K);
-    if (L) break;
-    percent = percent > 0 ? percent * 10 : 0.01;
-  }
-  if (!L) throw new Error('reference: Hessian singular');
+  // Act-order: columns by descending diag(H) (ties keep their order); dampening raised x10 while the
+  // factorization fails (up to 3 times).
+  const { perm, Wp, Hp } = permuted(W, H, N, K, o.actOrder);
+  const { factor: L, percent } = dampenedFactor(Hp, K, o.damp, cholesky);
   // U: upper Cholesky factor of H^-1 (H^-1 = U^T U), i.e. the transpose of chol(H^-1).
   const Linv = cholesky(inverseFromCholesky(L, K), K)!;
   const U = (i: number, j: number) => Linv[j * K + i]!;

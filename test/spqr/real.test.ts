@@ -4,58 +4,30 @@
  * beats GPTQ 3-bit g32 act-order on the layer's output error, and the CPU product on the real
  * SpQR weights matches the float64 product.
  */
-import { readFileSync } from 'node:fs';
-import { join } from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { dataDir, haveData } from '../helpers/data.js';
+import { describe, expect, it } from 'vitest';
+import { CAPTURE_POINT_OF, useCapturedBlock1 } from '../helpers/captured.js';
+import { haveData } from '../helpers/data.js';
 import { matmulRef, relativeError } from '../helpers/reference.js';
 import { linearDims } from '../../src/formats/gptq.js';
-import { openModel, type Model, type CapturePointName, type NativeLinearName } from '../../src/model/model.js';
 import { Hessian, gptqQuantize } from '../../src/quantize/gptq.js';
 import { spqrDequantize, spqrMatmul, spqrQuantize } from '../../src/quantize/spqr.js';
 import { dequantize, outputError } from '../gptq/reference.js';
 import { decodeSpqrRef, spqrReference } from './reference.js';
 
-const modelDir = join(dataDir, 'stories260K-hf');
-const textFile = join(dataDir, 'tinystories-valid.calib.txt');
 const ready = haveData('stories260K-hf/model.safetensors', 'tinystories-valid.calib.txt');
 
 const SEQ = 128;
 const WINDOWS = 6;
-const POINT_OF: Record<NativeLinearName, CapturePointName> = {
-  q: 'qkv',
-  k: 'qkv',
-  v: 'qkv',
-  o: 'o',
-  gate: 'gateUp',
-  up: 'gateUp',
-  down: 'down',
-};
 
 describe.skipIf(!ready)('SpQR on stories260K block 1 with captured inputs', () => {
-  let model: Model;
-  let inputs: Partial<Record<CapturePointName, Float32Array>>;
-  let offset: number;
-  beforeAll(async () => {
-    model = await openModel(modelDir, { device: 'cpu' });
-    const ids = model.tokenizer!.encode(readFileSync(textFile, 'utf8').slice(0, 60_000), { bos: true });
-    offset = Math.floor(Math.random() * (ids.length - WINDOWS * SEQ));
-    const window = ids.slice(offset, offset + WINDOWS * SEQ);
-    const h0 = await model.embed(window);
-    const { hidden } = await model.runBlock(0, h0, { batch: WINDOWS, seq: SEQ });
-    inputs = (await model.runBlock(1, hidden, { batch: WINDOWS, seq: SEQ, capture: ['qkv', 'o', 'gateUp', 'down'] }))
-      .inputs;
-  });
-  afterAll(async () => {
-    await model?.close();
-  });
+  const c = useCapturedBlock1(WINDOWS, SEQ);
 
   for (const name of ['q', 'k', 'down', 'up'] as const) {
     it(`${name}_proj at 3 bits, 16x16`, async () => {
-      const { K, N } = linearDims(model.config, name);
-      const X = inputs[POINT_OF[name]]!;
+      const { K, N } = linearDims(c.model.config, name);
+      const X = c.inputs[CAPTURE_POINT_OF[name]]!;
       const T = X.length / K;
-      const W = ((await model.readBlockWeights(1))[name] as { data: Float32Array }).data;
+      const W = ((await c.model.readBlockWeights(1))[name] as { data: Float32Array }).data;
       const h = Hessian.create(K);
       await h.addBatch(X, T);
       const H = h.read().data as Float32Array;
@@ -70,7 +42,7 @@ describe.skipIf(!ready)('SpQR on stories260K block 1 with captured inputs', () =
         damp: 0.01,
         actOrder: true,
       });
-      const msg = `text offset ${offset}, ${name}`;
+      const msg = `text offset ${c.offset}, ${name}`;
       const What = spqrDequantize(weights);
       let differ = 0;
       for (let i = 0; i < N * K; i++)

@@ -7,6 +7,7 @@
  */
 import { f16Bits, f16Value, roundHalfEven } from '../helpers/reference.js';
 import { cholesky } from '../gptq/reference.js';
+import { dampenedFactor, permuted, withDeadInputs } from '../helpers/sweep-ref.js';
 
 export interface SpqrRefOptions {
   bits: number;
@@ -96,32 +97,10 @@ export function spqrReference(
   const maxq = 2 ** o.bits - 1;
   const G = Math.ceil(K / o.beta1);
   const NB = Math.ceil(N / o.beta2);
-  const W = Float64Array.from(W0);
-  const H = Float64Array.from(H0);
-  for (let i = 0; i < K; i++)
-    if (H[i * K + i] === 0) {
-      H[i * K + i] = 1;
-      for (let n = 0; n < N; n++) W[n * K + i] = 0;
-    }
-  const perm = Int32Array.from({ length: K }, (_, i) => i);
-  if (o.actOrder) perm.sort((a, b) => H[b * K + b]! - H[a * K + a]! || a - b);
-  const Wp = new Float64Array(N * K);
-  for (let n = 0; n < N; n++) for (let p = 0; p < K; p++) Wp[n * K + p] = W[n * K + perm[p]!]!;
-  const Hp = new Float64Array(K * K);
-  for (let a = 0; a < K; a++) for (let b = 0; b < K; b++) Hp[a * K + b] = H[perm[a]! * K + perm[b]!]!;
-  let meanDiag = 0;
-  for (let i = 0; i < K; i++) meanDiag += Hp[i * K + i]!;
-  meanDiag /= K;
-  let percent = o.damp;
-  let U: Float64Array | null = null;
-  for (let attempt = 0; attempt <= 3 && !U; attempt++) {
-    const Hd = Float64Array.from(Hp);
-    for (let i = 0; i < K; i++) Hd[i * K + i] += percent * meanDiag;
-    U = inverseFactor(Hd, K);
-    if (!U) percent = percent > 0 ? percent * 10 : 0.01;
-  }
-  if (!U) throw new Error('reference: Hessian singular');
-  const d = (p: number) => U![p * K + p]!;
+  const { W, H } = withDeadInputs(W0, H0, N, K);
+  const { perm, Wp, Hp } = permuted(W, H, N, K, o.actOrder);
+  const { factor: U, percent } = dampenedFactor(Hp, K, o.damp, inverseFactor);
+  const d = (p: number) => U[p * K + p]!;
 
   let typical = 0;
   for (let p = 0; p < K; p++) {
