@@ -52,9 +52,7 @@ export function expectStandardShapes(
   ctx: string,
 ): void {
   const name = LINEAR_NAMES.find((n) => prefix.endsWith(LINEAR_MODULES[n]));
-  const { K, N } = name
-    ? linearDims(model.config, name)
-    : { K: model.config.hiddenSize, N: model.config.vocabSize }; // lm_head
+  const { K, N } = name ? linearDims(model.config, name) : { K: model.config.hiddenSize, N: model.config.vocabSize }; // lm_head
   const g = groupSize === -1 ? K : groupSize;
   expect(K % 32, `${ctx}: in_features ${K} is a multiple of 32`).toBe(0);
   expect(N % 32, `${ctx}: out_features ${N} is a multiple of 32`).toBe(0);
