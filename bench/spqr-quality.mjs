@@ -8,7 +8,7 @@
 // Models run with exact f32 activations (cpuActivations 'f32'), as bench/gptq-quality.mjs. Writes bench/results/spqr-quality.json and prints a Markdown table. Not a test.
 //
 //   node bench/spqr-quality.mjs [--out spqr-quality] [--bits 4,3,2] [--samples 128] [--seq-len 512] [--no-baselines]
-//        [--tau 0.2] [--budget 0.01] [--damp 0.01] [--beta1 16] [--beta2 16] [--stat-bits 3]
+//        [--tau 0.2] [--budget 0.01] [--damp 0.01] [--beta1 16] [--beta2 16] [--stat-bits 3] [--no-act-order]
 // Imports the package from dist/ (npm run build:ts), or from $LOWBIT_DIST.
 import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { statSync } from 'node:fs';
@@ -39,6 +39,7 @@ const spqrOptions = {
   outlierThreshold: Number(option('tau', '0.2')),
   outlierBudget: Number(option('budget', '0.01')),
   damp: Number(option('damp', '0.01')),
+  actOrder: !process.argv.includes('--no-act-order'),
 };
 
 const data = existsDir(join(root, 'data')) ? join(root, 'data') : resolve(root, '../shared/data');
@@ -145,7 +146,7 @@ await writeFile(
   JSON.stringify({ meta, rows }, null, 2) + '\n',
 );
 console.log(
-  `stories260K-hf, eval tinystories-valid.eval.txt (512-token windows), calibration ${SAMPLES}×${SEQ} tokens of tinystories-valid.calib.txt (seed 0); SpQR ${JSON.stringify(spqrOptions)}, act-order; GPTQ act-order; ${meta.threads} CPU threads; ${meta.date.slice(0, 10)}`,
+  `stories260K-hf, eval tinystories-valid.eval.txt (512-token windows), calibration ${SAMPLES}×${SEQ} tokens of tinystories-valid.calib.txt (seed 0); SpQR ${JSON.stringify(spqrOptions)}; GPTQ act-order; ${meta.threads} CPU threads; ${meta.date.slice(0, 10)}`,
 );
 console.log('');
 console.log('| method | bits | groups | ppl | vs fp32 | bits/weight | outliers |');

@@ -10,7 +10,7 @@ export const usage = `usage: lowbit generate --model <dir|file> --prompt "..." [
 
 Generates text after a prompt with a KV cache, printing tokens as they come.
 
-  --model <path>      Hugging Face directory (fp32/fp16/bf16 or GPTQ), llama2.c checkpoint, or Hub id
+  --model <path>      Hugging Face directory (fp32/fp16/bf16, GPTQ or SpQR), llama2.c checkpoint, or Hub id
                       org/name[@revision]
   --tokenizer <path>  tokenizer to use (default: the model directory's; required for llama2.c)
   --prompt <text>     the prompt (BOS is added)

@@ -5,9 +5,10 @@ import { resolveModelArg } from './model-arg.js';
 
 export const usage = `usage: lowbit inspect <file|dir> [--json]
 
-Shows a model: a Hugging Face directory (single or sharded safetensors, GPTQ included), one
-.safetensors file, or a llama2.c .bin checkpoint. Prints the architecture, the quantization config,
-bits per weight, the total size and every tensor (name, dtype, shape, bytes).
+Shows a model: a Hugging Face directory (single or sharded safetensors, GPTQ and SpQR included),
+one .safetensors file, or a llama2.c .bin checkpoint. Prints the architecture, the quantization
+config, bits per weight, the total size and every tensor (name, dtype, shape, bytes); for SpQR, each
+linear's bits per weight and outlier rate.
 
   --json   print the report as JSON`;
 

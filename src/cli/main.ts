@@ -27,7 +27,7 @@ const COMMANDS: Record<string, Command> = {
     load: () => import('./inspect.js'),
   },
   quantize: {
-    summary: 'quantize a model into a GPTQ checkpoint (GPTQ or RTN, 2/3/4/8 bits)',
+    summary: 'quantize a model: GPTQ or RTN (2/3/4/8 bits) into a GPTQ checkpoint, or SpQR (2/3/4 bits)',
     load: () => import('./quantize.js'),
   },
 };

@@ -13,7 +13,7 @@ Perplexity of a text under a model: the text is tokenized once (BOS at the start
 non-overlapping windows of --seq-len tokens (the remainder dropped), and ppl = exp(mean NLL) over
 the seq-len - 1 next-token predictions of every window.
 
-  --model <path>     Hugging Face directory (fp32/fp16/bf16 or GPTQ), llama2.c checkpoint, or a
+  --model <path>     Hugging Face directory (fp32/fp16/bf16, GPTQ or SpQR), llama2.c checkpoint, or a
                      Hub id org/name[@revision] (downloaded into the Hub cache)
   --tokenizer <path> tokenizer to use (default: the model directory's)
   --data <file>      the text (UTF-8, used as-is)
