@@ -684,11 +684,12 @@ void gptq_choose(const GptqDeviceWeights& W, int64_t M, int* config, int* splits
   // to 8 rows the direct-load kernel below 8192² (5-12% faster there) and the staged 8-row tiles
   // from 8192² up (equal or up to 5% faster); 16-row tiles (one tile per warp, 8 warps, except on the largest
   // matrices, where 2 × 2 tiles per warp with 4 warps win); 32-row tiles up to 32; 64-row tiles with
-  // 8 warps on matrices of 8192² or more up to 128 rows (32-row tiles on smaller ones); above that
-  // 64-row tiles of 4 warps of 32 × 64. K is split until the grid fills one wave of resident blocks,
-  // keeping at least 4 chunks of K per split and the split-K partial sums (8·M·Np bytes per split,
-  // read and written) under a quarter of the weight bytes: past that the atomics cost more than the
-  // fuller grid gains (4096² at M = 128: 49 µs with 3 splits, 34 µs with none).
+  // 8 warps up to 64 rows above 8192² and up to 128 rows on 8192² (32-row tiles on smaller ones);
+  // above that 64-row tiles of 4 warps of 32 × 64. K is split until the grid fills one wave of
+  // resident blocks, keeping at least 4 chunks of K per split and, above 64 rows, the split-K partial
+  // sums (8·M·Np bytes per split, read and written) under the weight bytes: past that the atomics
+  // cost more than the fuller grid gains (4096² at M = 128: 49 µs with 3 splits, 34 µs with none).
+  // Capping smaller M the same way cost 10-40% at M = 8-64 (second sweep of 2026-12-01).
   check(cudaSetDevice(W.device), "cudaSetDevice");
   const int64_t size = W.K * W.N;
   const bool large = size >= (int64_t)8192 * 8192, huge = size > (int64_t)8192 * 8192;
@@ -696,14 +697,14 @@ void gptq_choose(const GptqDeviceWeights& W, int64_t M, int* config, int* splits
   if (M <= 8) c = large ? 0 : kGemv;
   else if (M <= 16) c = huge ? 1 : 4;
   else if (M <= 32) c = 2;
-  else if (M <= 64) c = large ? 5 : 2;
+  else if (M <= 64) c = huge ? 5 : 2;
   else if (M <= 128) c = large && !huge ? 5 : large ? 3 : 2;
   else c = large ? 3 : 2;
   const ConfigInfo& ci = kConfigs[c];
   const int64_t tiles = grid_tiles(ci, M, W.Np), chunks = W.Kp / kChunk;
   const Kernel k = pick(GptqDtype::f16, W.bits, c, gptq_config_defers(W, c));
   const int64_t target = (int64_t)k.occupancy() * multiprocessors(W.device);
-  const int64_t by_traffic = W.weight_bytes / (32 * M * W.Np);
+  const int64_t by_traffic = M > 64 ? W.weight_bytes / (8 * M * W.Np) : chunks;
   *config = c;
   *splits = (int)std::max<int64_t>(1, std::min({target / tiles, chunks / 4, by_traffic}));
 }
