@@ -40,6 +40,19 @@ export function numberOption(
   return n;
 }
 
+/** An integer option in [lo, hi]; `note` says what it counts, in the error message. */
+export function integerOption(
+  value: string | undefined,
+  name: string,
+  fallback: number,
+  lo: number,
+  hi: number,
+  note?: string,
+): number {
+  const expected = `an integer in [${lo}, ${hi}]${note ? ` (${note})` : ''}`;
+  return numberOption(value, name, fallback, (n) => Number.isInteger(n) && n >= lo && n <= hi, expected);
+}
+
 /** --cpu-activations: 'int8' or 'f32' (undefined when absent: the model's default, int8). */
 export function cpuActivationsOption(value: string | undefined): 'int8' | 'f32' | undefined {
   if (value === undefined || value === 'int8' || value === 'f32') return value;

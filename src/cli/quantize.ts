@@ -13,7 +13,7 @@ import {
   type QuantizeWarning,
 } from '../schedule/quantize.js';
 import { DEFAULT_METHOD, METHODS, METHOD_NAMES, methodOf, type MethodName } from '../schedule/methods/index.js';
-import { numberOption, parse } from './args.js';
+import { integerOption, numberOption, parse } from './args.js';
 import { resolveModelArg } from './model-arg.js';
 import { Progress } from './progress.js';
 import { GPTQ_BITS_TEXT, isGptqBits, type GptqBits } from '../weights/formats.js';
@@ -285,27 +285,16 @@ async function runSpqr(
     });
   const isCount = (n: number) => Number.isInteger(n) && n >= 1;
   const bits = numberOption(str('bits'), 'bits', 3, (n) => n === 2 || n === 3 || n === 4, '2, 3 or 4 for SpQR');
-  const beta1 = numberOption(
+  const beta1 = integerOption(
     str('beta1'),
     'beta1',
     16,
-    (n) => Number.isInteger(n) && n >= 2 && n <= 65536,
-    'an integer in [2, 65536] (input columns per first-level group, at most the smallest layer input)',
+    2,
+    65536,
+    'input columns per first-level group, at most the smallest layer input',
   );
-  const beta2 = numberOption(
-    str('beta2'),
-    'beta2',
-    16,
-    (n) => Number.isInteger(n) && n >= 1 && n <= 65536,
-    'an integer in [1, 65536] (output rows per second-level group)',
-  );
-  const statBits = numberOption(
-    str('stat-bits'),
-    'stat-bits',
-    3,
-    (n) => Number.isInteger(n) && n >= 1 && n <= 8,
-    'an integer in [1, 8]',
-  );
+  const beta2 = integerOption(str('beta2'), 'beta2', 16, 1, 65536, 'output rows per second-level group');
+  const statBits = integerOption(str('stat-bits'), 'stat-bits', 3, 1, 8);
   const tau =
     str('tau') === 'none' ? Infinity : numberOption(str('tau'), 'tau', 0.2, (n) => n > 0, "a number > 0, or 'none'");
   const outlierBudget = numberOption(

@@ -29,6 +29,12 @@ export interface SpqrMethodOptions {
   trueSequential: true;
 }
 
+/** The method's settings as spqrQuantize takes them and the checkpoint records them. */
+function spqrSettings(o: SpqrMethodOptions): SpqrQuantizationConfig {
+  const { bits, beta1, beta2, statBits, outlierThreshold, outlierBudget, damp, actOrder } = o;
+  return { bits, beta1, beta2, statBits, outlierThreshold, outlierBudget, damp, actOrder };
+}
+
 export const spqr: QuantizationMethod<SpqrMethodOptions> = {
   name: 'spqr',
   description: 'GPTQ with tiny bilevel groups and fp16 outliers (needs --calib)',
@@ -83,16 +89,7 @@ export const spqr: QuantizationMethod<SpqrMethodOptions> = {
   },
   async quantizeLinear({ W, hessian }, o) {
     const [N, K] = W.shape as [number, number];
-    const { weights, report } = await spqrQuantize(W, [N, K], hessian!, {
-      bits: o.bits,
-      beta1: o.beta1,
-      beta2: o.beta2,
-      statBits: o.statBits,
-      outlierThreshold: o.outlierThreshold,
-      outlierBudget: o.outlierBudget,
-      damp: o.damp,
-      actOrder: o.actOrder,
-    });
+    const { weights, report } = await spqrQuantize(W, [N, K], hessian!, spqrSettings(o));
     return {
       packed: { ...weights, format: 'spqr' },
       loss: report.loss,
@@ -103,16 +100,7 @@ export const spqr: QuantizationMethod<SpqrMethodOptions> = {
     };
   },
   checkpointConfig(o): SpqrQuantizationConfig {
-    return {
-      bits: o.bits,
-      beta1: o.beta1,
-      beta2: o.beta2,
-      statBits: o.statBits,
-      outlierThreshold: o.outlierThreshold,
-      outlierBudget: o.outlierBudget,
-      damp: o.damp,
-      actOrder: o.actOrder,
-    };
+    return spqrSettings(o);
   },
   linearBytes(N, K) {
     // f32 weight and its working copies (W, reconstruction, error) + Hinv (f32) + the double factorization
