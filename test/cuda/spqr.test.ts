@@ -16,15 +16,14 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { native } from '../../src/native.js';
-import { openModel, linearShape, type Model, type NativeLinearName } from '../../src/model/model.js';
+import { openModel, type Model } from '../../src/model/model.js';
 import { perplexity, perplexityIds } from '../../src/model/perplexity.js';
 import { quantize } from '../../src/schedule/quantize.js';
-import { Hessian } from '../../src/quantize/gptq.js';
 import { prepareLinear } from '../../src/quantize/linear.js';
-import { spqrQuantize } from '../../src/quantize/spqr.js';
 import { spqrWeights } from '../../src/weights/types.js';
 import { dataDir } from '../helpers/data.js';
 import { Rng } from '../helpers/random.js';
+import { forEachSpqrLinear } from '../helpers/spqr-model.js';
 import { bf16Bits, bf16Value, f16Bits, f16Value, matmulRef, relativeError } from '../helpers/reference.js';
 import { decodeSpqrRef, randomSpqrLayout } from '../spqr/reference.js';
 import { cudaAvailability } from './ref.js';
@@ -95,7 +94,6 @@ describe.skipIf(!cuda.ok)('SpQR on CUDA', () => {
   });
 
   describe('stories260K with SpQR linears', () => {
-    const names: NativeLinearName[] = ['q', 'k', 'v', 'o', 'gate', 'up', 'down'];
     const modelDir = join(dataDir, 'stories260K-hf');
     let gpu: Model;
     let cpu: Model;
@@ -110,24 +108,10 @@ describe.skipIf(!cuda.ok)('SpQR on CUDA', () => {
 
     // Catches: the CUDA forward pass not taking SpQR linears through the kernel table.
     it('gives the CPU logits on the GPU', async () => {
-      const rng = new Rng();
-      for (let block = 0; block < cpu.config.numLayers; block++) {
-        const weights = await cpu.readBlockWeights(block);
-        for (const name of names) {
-          const { N, K } = linearShape(cpu.config, name);
-          const w = weights[name];
-          if (w.format === 'spqr' || w.packed) throw new Error('stories260K holds dense weights');
-          const h = Hessian.create(K);
-          await h.addBatch(
-            Float32Array.from({ length: 64 * K }, () => rng.normal()),
-            64,
-          );
-          const { weights: q } = await spqrQuantize(w.data as Float32Array, [N, K], h, { bits: 3 });
-          h.free();
-          await cpu.setLinear(block, name, { ...q, format: 'spqr', bias: w.bias });
-          await gpu.setLinear(block, name, { ...q, format: 'spqr', bias: w.bias });
-        }
-      }
+      await forEachSpqrLinear(cpu, { bits: 3 }, async (block, name, q, bias) => {
+        await cpu.setLinear(block, name, { ...q, format: 'spqr', bias });
+        await gpu.setLinear(block, name, { ...q, format: 'spqr', bias });
+      });
       const ids = perplexityIds(cpu, readFileSync(join(dataDir, 'tinystories-valid.txt'), 'utf8')).subarray(0, 128);
       const a = await gpu.logits(ids, { batch: 2, seq: 64 });
       const b = await cpu.logits(ids, { batch: 2, seq: 64 });

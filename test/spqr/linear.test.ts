@@ -10,13 +10,13 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { dataDir, haveData } from '../helpers/data.js';
 import { Rng } from '../helpers/random.js';
+import { forEachSpqrLinear } from '../helpers/spqr-model.js';
 import { matmulRef, relativeError } from '../helpers/reference.js';
 import { native } from '../../src/native.js';
-import { openModel, linearShape, type Model, type NativeLinearName } from '../../src/model/model.js';
+import { openModel, type Model } from '../../src/model/model.js';
 import { perplexityIds } from '../../src/model/perplexity.js';
-import { Hessian } from '../../src/quantize/gptq.js';
 import { prepareLinear } from '../../src/quantize/linear.js';
-import { spqrDequantize, spqrQuantize } from '../../src/quantize/spqr.js';
+import { spqrDequantize } from '../../src/quantize/spqr.js';
 import { spqrWeights } from '../../src/weights/types.js';
 import { WEIGHT_FORMATS, SPQR_BITS } from '../../src/weights/formats.js';
 import { decodeSpqrRef, randomSpqrLayout } from './reference.js';
@@ -85,7 +85,6 @@ const modelDir = join(dataDir, 'stories260K-hf');
 const ready = haveData('stories260K-hf/model.safetensors', 'tinystories-valid.txt');
 
 describe.skipIf(!ready)('stories260K with SpQR linears', () => {
-  const names: NativeLinearName[] = ['q', 'k', 'v', 'o', 'gate', 'up', 'down'];
   let spqr: Model;
   let dense: Model;
   beforeAll(async () => {
@@ -100,28 +99,10 @@ describe.skipIf(!ready)('stories260K with SpQR linears', () => {
   // Catches: the forward pass taking SpQR linears through a path other than the one tested above
   // (e.g. ignoring them, or a reader that transposes or mis-sizes them inside the model).
   it('runs the same logits as the model with the dequantized weights', async () => {
-    const rng = new Rng();
-    for (let block = 0; block < spqr.config.numLayers; block++) {
-      const weights = await spqr.readBlockWeights(block);
-      for (const name of names) {
-        const { N, K } = linearShape(spqr.config, name);
-        const w = weights[name];
-        if (w.format === 'spqr' || w.packed) throw new Error('stories260K holds dense weights');
-        // A Hessian of random inputs: enough for real SpQR codes and outliers on real weights.
-        const h = Hessian.create(K);
-        await h.addBatch(
-          Float32Array.from({ length: 64 * K }, () => rng.normal()),
-          64,
-        );
-        const { weights: q } = await spqrQuantize(w.data as Float32Array, [N, K], h, {
-          bits: 3,
-          outlierThreshold: 0.1,
-        });
-        h.free();
-        await spqr.setLinear(block, name, { ...q, format: 'spqr', bias: w.bias });
-        await dense.setLinear(block, name, { dtype: 'f32', data: spqrDequantize(q), bias: w.bias });
-      }
-    }
+    await forEachSpqrLinear(spqr, { bits: 3, outlierThreshold: 0.1 }, async (block, name, q, bias) => {
+      await spqr.setLinear(block, name, { ...q, format: 'spqr', bias });
+      await dense.setLinear(block, name, { dtype: 'f32', data: spqrDequantize(q), bias });
+    });
     const ids = perplexityIds(spqr, readFileSync(join(dataDir, 'tinystories-valid.txt'), 'utf8')).subarray(0, 2 * 64);
     const a = await spqr.logits(ids, { batch: 2, seq: 64 });
     const b = await dense.logits(ids, { batch: 2, seq: 64 });
