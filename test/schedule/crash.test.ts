@@ -16,12 +16,12 @@
  * at every step (290 of them): `LOWBIT_CRASH_ALL=1 npx vitest run test/schedule/crash.test.ts`.
  */
 import { spawn } from 'node:child_process';
-import { createHash } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { mkdir, mkdtemp, readFile, readdir, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { hashes } from '../helpers/files.js';
 import { dataDir, haveData, projectRoot } from '../helpers/data.js';
 import { addonPath, native } from '../../src/native.js';
 
@@ -67,15 +67,6 @@ function runCli(argv: string[], env: Record<string, string> = {}): Promise<Run> 
     child.on('error', reject);
     child.on('close', (code, signal) => resolve({ code, signal, stderr }));
   });
-}
-
-async function hashes(dir: string): Promise<Record<string, string>> {
-  const out: Record<string, string> = {};
-  for (const f of (await readdir(dir)).sort())
-    out[f] = createHash('sha256')
-      .update(await readFile(join(dir, f)))
-      .digest('hex');
-  return out;
 }
 
 beforeAll(async () => {

@@ -8,12 +8,12 @@
  * level the recording machine has; a level never recorded is skipped).
  * To re-record after an intended format change: LOWBIT_GOLDEN_RECORD=1 npx vitest run test/schedule/golden.test.ts
  */
-import { createHash } from 'node:crypto';
 import { existsSync, readFileSync } from 'node:fs';
-import { mkdtemp, readFile, readdir, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { hashes } from '../helpers/files.js';
 import { dataDir, haveData, projectRoot } from '../helpers/data.js';
 import { availableSimdLevels, forceSimd, type SimdLevel } from '../helpers/simd.js';
 import { quantize, type QuantizeOptions } from '../../src/quantize/index.js';
@@ -63,15 +63,6 @@ afterAll(async () => {
   native().setThreads(0);
   await rm(work, { recursive: true, force: true });
 });
-
-async function hashes(dir: string): Promise<Record<string, string>> {
-  const out: Record<string, string> = {};
-  for (const f of (await readdir(dir)).sort())
-    out[f] = createHash('sha256')
-      .update(await readFile(join(dir, f)))
-      .digest('hex');
-  return out;
-}
 
 describe.skipIf(!ready)('checkpoint bytes are unchanged (golden SHA-256, stories260K)', () => {
   const levels = availableSimdLevels();

@@ -7,6 +7,7 @@ import { existsSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { filesOf } from '../helpers/files.js';
 import { dataDir } from '../helpers/data.js';
 import { LowbitError } from '../../src/errors.js';
 import { quantize, type QuantizeOptions, type QuantizeProgress } from '../../src/quantize/index.js';
@@ -35,12 +36,6 @@ function base(out: string, extra: Partial<QuantizeOptions> = {}): QuantizeOption
     calibration: { files: [calib], samples: 6, seqLen: 64, seed: 7 },
     ...extra,
   };
-}
-
-async function filesOf(dir: string): Promise<Map<string, Buffer>> {
-  const out = new Map<string, Buffer>();
-  for (const f of (await readdir(dir)).sort()) out.set(f, await readFile(join(dir, f)));
-  return out;
 }
 
 describe('quantize (stories260K)', () => {

@@ -3,11 +3,13 @@
  * cancellation writes a byte-identical SpQR checkpoint; the checkpoint's linears are what the run
  * returned (read back through the model reader); bad options get typed errors naming the option.
  */
-import { mkdtemp, readFile, readdir, rm } from 'node:fs/promises';
+import { mkdtemp, rm } from 'node:fs/promises';
 import { existsSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { filesOf } from '../helpers/files.js';
+import { SPQR_ARRAYS } from '../spqr/reference.js';
 import { dataDir } from '../helpers/data.js';
 import { quantize, type QuantizeOptions, type QuantizeProgress } from '../../src/quantize/index.js';
 import { openModel } from '../../src/model/model.js';
@@ -34,12 +36,6 @@ function base(out: string, extra: Partial<QuantizeOptions> = {}): QuantizeOption
     calibration: { files: [calib], samples: 6, seqLen: 64, seed: 7 },
     ...extra,
   };
-}
-
-async function filesOf(dir: string): Promise<Map<string, Buffer>> {
-  const out = new Map<string, Buffer>();
-  for (const f of (await readdir(dir)).sort()) out.set(f, await readFile(join(dir, f)));
-  return out;
 }
 
 describe('quantize --method spqr (stories260K)', () => {
@@ -82,18 +78,7 @@ describe('quantize --method spqr (stories260K)', () => {
       const got = w.down as SpqrLinearWeights;
       expect(got.format).toBe('spqr');
       const want = summary.packed!.get('model.layers.3.mlp.down_proj') as SpqrLinearWeights;
-      for (const k of [
-        'qweight',
-        'scaleCodes',
-        'zeroCodes',
-        'scaleStats',
-        'zeroStats',
-        'perm',
-        'outlierRowptr',
-        'outlierCols',
-        'outlierValues',
-      ] as const)
-        expect(Array.from(got[k]!), k).toEqual(Array.from(want[k]!));
+      for (const k of SPQR_ARRAYS) expect(Array.from(got[k]!), k).toEqual(Array.from(want[k]!));
     } finally {
       await model.close();
     }

@@ -21,6 +21,7 @@ import { spqrQuantizeModel } from '../../src/quantize/spqr-model.js';
 import { calibrationWindows } from '../../src/schedule/calibration.js';
 import { dataDir } from '../helpers/data.js';
 import { Rng } from '../helpers/random.js';
+import { SPQR_ARRAYS } from './reference.js';
 
 const modelDir = join(dataDir, 'stories260K-hf');
 const Q: SpqrQuantizationConfig = {
@@ -87,17 +88,7 @@ describe('SpQR checkpoints', () => {
         const { N, K } = linearDims(source.config, name);
         const w = await ck.readLinear(prefix, N, K);
         const want = linears.get(prefix)!;
-        for (const key of [
-          'qweight',
-          'scaleCodes',
-          'zeroCodes',
-          'scaleStats',
-          'zeroStats',
-          'perm',
-          'outlierRowptr',
-          'outlierCols',
-          'outlierValues',
-        ] as const) {
+        for (const key of SPQR_ARRAYS) {
           expect(Array.from(w[key] as ArrayLike<number>), `${prefix} ${key}`).toEqual(
             Array.from(want[key] as ArrayLike<number>),
           );

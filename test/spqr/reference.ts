@@ -5,6 +5,7 @@
  * candidates, bilevel statistics with fp16 offsets and steps, the cumulative outlier budget. Plus an
  * independent decoder of the stored layout (bit streams, CSR) and the float64 product.
  */
+import type { SpqrWeights } from '../../src/weights/types.js';
 import { f16Bits, f16Value, roundHalfEven } from '../helpers/reference.js';
 import { cholesky } from '../gptq/reference.js';
 import { dampenedFactor, permuted, withDeadInputs } from '../helpers/sweep-ref.js';
@@ -265,23 +266,21 @@ export function bitstreamPack(values: ArrayLike<number>, bits: number): Uint8Arr
   return out;
 }
 
-export interface SpqrLayout {
-  bits: number;
-  statBits: number;
-  N: number;
-  K: number;
-  beta1: number;
-  beta2: number;
-  qweight: Uint8Array;
-  scaleCodes: Uint8Array;
-  zeroCodes: Uint8Array;
-  scaleStats: Uint16Array;
-  zeroStats: Uint16Array;
-  perm?: Int32Array;
-  outlierRowptr: Int32Array;
-  outlierCols: Int32Array;
-  outlierValues: Uint16Array;
-}
+/** The stored layout: the library's own type (the reference decodes it independently). */
+export type SpqrLayout = SpqrWeights;
+
+/** Every array of the layout, for tests that compare two copies field by field. */
+export const SPQR_ARRAYS = [
+  'qweight',
+  'scaleCodes',
+  'zeroCodes',
+  'scaleStats',
+  'zeroStats',
+  'perm',
+  'outlierRowptr',
+  'outlierCols',
+  'outlierValues',
+] as const satisfies readonly (keyof SpqrWeights)[];
 
 /** W [N, K] in original column order, decoded from the stored layout in float64 (statistics in f32, as the format says). */
 export function decodeSpqrRef(W: SpqrLayout): Float64Array {
