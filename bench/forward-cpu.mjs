@@ -21,6 +21,7 @@ import { cpus, loadavg } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { performance } from 'node:perf_hooks';
+import { syntheticLlama } from './synthetic-llama.mjs';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
 const dist = process.env.LOWBIT_DIST ?? join(root, 'dist');
@@ -79,36 +80,7 @@ if (!flag('skip-stories')) {
 
 // ---------------------------------------------------------------- synthetic dim-2048 model
 const shape = { dim: 2048, hidden: 5504, layers: 8, heads: 16, kvHeads: 16, headDim: 128, vocab: 32000, maxSeq: 512 };
-const config = {
-  architecture: 'LlamaForCausalLM',
-  modelType: 'llama',
-  hiddenSize: shape.dim,
-  intermediateSize: shape.hidden,
-  numLayers: shape.layers,
-  numHeads: shape.heads,
-  numKvHeads: shape.kvHeads,
-  headDim: shape.headDim,
-  vocabSize: shape.vocab,
-  maxPositionEmbeddings: shape.maxSeq,
-  rmsNormEps: 1e-5,
-  rope: { theta: 10000, type: 'default', partialRotaryFactor: 1 },
-  hiddenAct: 'silu',
-  qkvBias: false,
-  oBias: false,
-  mlpBias: false,
-  tieWordEmbeddings: true,
-  eosTokenIds: [],
-  raw: {},
-};
-const dims = {
-  q: [shape.heads * shape.headDim, shape.dim],
-  k: [shape.kvHeads * shape.headDim, shape.dim],
-  v: [shape.kvHeads * shape.headDim, shape.dim],
-  o: [shape.dim, shape.heads * shape.headDim],
-  gate: [shape.hidden, shape.dim],
-  up: [shape.hidden, shape.dim],
-  down: [shape.dim, shape.hidden],
-};
+const { config, dims } = await syntheticLlama({ ...shape, tied: true }, dist);
 
 let state = 12345;
 function randomF32(n, scale) {

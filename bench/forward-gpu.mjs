@@ -15,6 +15,7 @@ import { mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { performance } from 'node:perf_hooks';
+import { syntheticLlama } from './synthetic-llama.mjs';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
 const dist = process.env.LOWBIT_DIST ?? join(root, 'dist');
@@ -36,36 +37,10 @@ const COPY_GBS = Number(option('copy-gbs', PEER.copy_gbs ?? NaN));
 const OUT = option('out', join(root, 'bench/results/h200-forward.json'));
 
 const shape = { dim: 4096, hidden: 11008, heads: 32, kvHeads: 32, headDim: 128, vocab: 32000 };
-const config = {
-  architecture: 'LlamaForCausalLM',
-  modelType: 'llama',
-  hiddenSize: shape.dim,
-  intermediateSize: shape.hidden,
-  numLayers: LAYERS,
-  numHeads: shape.heads,
-  numKvHeads: shape.kvHeads,
-  headDim: shape.headDim,
-  vocabSize: shape.vocab,
-  maxPositionEmbeddings: Math.max(PREFILL, CONTEXT + DECODE + 1),
-  rmsNormEps: 1e-5,
-  rope: { theta: 10000, type: 'default', partialRotaryFactor: 1 },
-  hiddenAct: 'silu',
-  qkvBias: false,
-  oBias: false,
-  mlpBias: false,
-  tieWordEmbeddings: false,
-  eosTokenIds: [],
-  raw: {},
-};
-const dims = {
-  q: [shape.heads * shape.headDim, shape.dim],
-  k: [shape.kvHeads * shape.headDim, shape.dim],
-  v: [shape.kvHeads * shape.headDim, shape.dim],
-  o: [shape.dim, shape.heads * shape.headDim],
-  gate: [shape.hidden, shape.dim],
-  up: [shape.hidden, shape.dim],
-  down: [shape.dim, shape.hidden],
-};
+const { config, dims } = await syntheticLlama(
+  { ...shape, layers: LAYERS, maxSeq: Math.max(PREFILL, CONTEXT + DECODE + 1), tied: false },
+  dist,
+);
 const addon = native();
 
 // A pool of random values, tiled into each weight (repeats do not change what a product costs).
