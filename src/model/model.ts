@@ -487,6 +487,39 @@ export class Model {
     return new Session(this, this.handle, id, capacity, (ids) => this.checkIds(ids));
   }
 
+  /**
+   * One decode step for several sessions at once: session i is fed ids[i] (one token each; the
+   * sessions may hold different lengths) and the result holds the logits [sessions.length × vocab]
+   * that predict each one's next token, row i for session i. Equal to feeding each session alone
+   * (greedy-identical; on the CPU the same logits). Every session must belong to this model, be
+   * open, appear once and have room for one more token (E_ARGUMENT / E_CLOSED otherwise, before any
+   * session changes).
+   */
+  async feedBatch(sessions: readonly Session[], ids: Int32Array): Promise<Float32Array> {
+    this.native();
+    if (!Array.isArray(sessions) || sessions.length === 0)
+      invalidArgument('sessions', 'a non-empty array of Sessions', sessions);
+    if (!(ids instanceof Int32Array) || ids.length !== sessions.length)
+      invalidArgument('ids', `an Int32Array of one id per session (${sessions.length})`, ids);
+    const seen = new Set<Session>();
+    sessions.forEach((s, i) => {
+      if (!(s instanceof Session) || !s.belongsTo(this))
+        invalidArgument(`sessions[${i}]`, 'a Session of this model', s);
+      if (s.isClosed) throw new LowbitError('E_CLOSED', `sessions[${i}] was closed`, { option: `sessions[${i}]` });
+      if (seen.has(s)) invalidArgument(`sessions[${i}]`, 'each session once', 'a session given twice');
+      seen.add(s);
+      if (s.length + 1 > s.capacity)
+        throw new LowbitError('E_ARGUMENT', `sessions[${i}] holds ${s.length} of ${s.capacity} tokens; no room for one more`, {
+          option: `sessions[${i}]`,
+        });
+    });
+    this.checkIds(ids);
+    const vocab = this.vocabSize;
+    const out = new Float32Array(sessions.length * vocab);
+    for (let i = 0; i < sessions.length; i++) out.set(await sessions[i].feed(ids.subarray(i, i + 1)), i * vocab);
+    return out;
+  }
+
   /** Frees the native weights and caches now, and closes the checkpoint. Idempotent. */
   async close(): Promise<void> {
     if (this.closed) return;
@@ -529,6 +562,16 @@ export class Session {
     private readonly checkIds: (ids: Int32Array) => void,
   ) {
     forgottenSessions.register(this, { model, handle, id }, this);
+  }
+
+  /** @internal whether this session's cache lives in `model` */
+  belongsTo(model: Model): boolean {
+    return this.model === model;
+  }
+
+  /** true once closed, or once its model was closed */
+  get isClosed(): boolean {
+    return this.freed || this.model.isClosed;
   }
 
   /** Appends `ids` and returns the logits [vocab] that predict the next token. */
