@@ -509,9 +509,13 @@ export class Model {
       if (seen.has(s)) invalidArgument(`sessions[${i}]`, 'each session once', 'a session given twice');
       seen.add(s);
       if (s.length + 1 > s.capacity)
-        throw new LowbitError('E_ARGUMENT', `sessions[${i}] holds ${s.length} of ${s.capacity} tokens; no room for one more`, {
-          option: `sessions[${i}]`,
-        });
+        throw new LowbitError(
+          'E_ARGUMENT',
+          `sessions[${i}] holds ${s.length} of ${s.capacity} tokens; no room for one more`,
+          {
+            option: `sessions[${i}]`,
+          },
+        );
     });
     this.checkIds(ids);
     const vocab = this.vocabSize;
