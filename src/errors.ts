@@ -36,6 +36,7 @@ export const ERROR_CODES = [
   'E_HUB_NOT_FOUND', // no such repository, revision or file on the Hub
   'E_OFFLINE', // HF_HUB_OFFLINE=1 and the model is not in the local Hub cache
   'E_CLOSED', // the object was closed
+  'E_BUSY', // a scheduler's queue is full: retry later (backpressure)
   'E_DETACHED', // a typed array's buffer was detached (transferred) before or while a call used it
   'E_INTERNAL', // a bug in lowbit: please report it
 ] as const;

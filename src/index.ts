@@ -115,6 +115,15 @@ export {
   type PerplexityProgress,
 } from './model/perplexity.js';
 export { generate, generateTokens, sampleToken, seededRandom, type GenerateOptions } from './model/generate.js';
+export { type SamplingOptions } from './model/sampling.js';
+export {
+  Scheduler,
+  TokenStream,
+  schedulerOf,
+  type SchedulerOptions,
+  type SchedulerStats,
+  type SubmitOptions,
+} from './serve/scheduler.js';
 export { ropeFrequencies, type RopeFrequencies } from './model/rope.js';
 export { bundled } from './bundled.js';
 export {
