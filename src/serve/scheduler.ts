@@ -65,9 +65,6 @@ export interface SchedulerStats {
   refused: number;
 }
 
-/** The model's decode step for several sessions, one token each: logits [sessions × vocab]. */
-type FeedBatch = (sessions: Session[], ids: Int32Array) => Promise<Float32Array>;
-
 type RequestState = 'queued' | 'running' | 'done';
 
 interface Request {
@@ -345,7 +342,7 @@ export class Scheduler {
     for (const r of batch) r.inFlight = true;
     let logits: Float32Array;
     try {
-      logits = await this.feedBatch(
+      logits = await this.model.feedBatch(
         batch.map((r) => r.session!),
         ids,
       );
@@ -369,13 +366,6 @@ export class Scheduler {
         r.session?.close(); // aborted during the step
       else this.accept(r, logits.subarray(i * V, (i + 1) * V));
     });
-  }
-
-  /** The decode step of the model (the native batched call when the model has it). */
-  private feedBatch(sessions: Session[], ids: Int32Array): Promise<Float32Array> {
-    const own = (this.model as { feedBatch?: FeedBatch }).feedBatch;
-    if (typeof own === 'function') return own.call(this.model, sessions, ids);
-    return feedEach(this.model, sessions, ids);
   }
 
   /** Samples the request's next token from `logits`; it either ends or waits for the next step. */
@@ -410,14 +400,6 @@ export class Scheduler {
   private failAll(error: LowbitError): void {
     for (const r of [...this.queue, ...this.running]) this.finish(r, 'failed', error);
   }
-}
-
-/** Until the model has a batched decode step: one feed per session, same logits. */
-async function feedEach(model: Model, sessions: Session[], ids: Int32Array): Promise<Float32Array> {
-  const V = model.vocabSize;
-  const out = new Float32Array(sessions.length * V);
-  for (let i = 0; i < sessions.length; i++) out.set(await sessions[i]!.feed(ids.subarray(i, i + 1)), i * V);
-  return out;
 }
 
 function abortedError(signal: AbortSignal): LowbitError {

@@ -4,7 +4,7 @@
  * (`scheduler: false`: its own session, one feed per token); batched runs must match it token for
  * token, greedy and seeded. Each test names the bug it catches.
  */
-import { afterAll, beforeAll, expect, test } from 'vitest';
+import { afterAll, beforeAll, expect, test, vi } from 'vitest';
 import { LowbitError } from '../../src/errors.js';
 import { openModel, type Model, type Session } from '../../src/model/model.js';
 import { generate, generateTokens, type GenerateOptions } from '../../src/model/generate.js';
@@ -61,29 +61,13 @@ async function collect(stream: AsyncIterable<number>, onToken?: (count: number) 
 function recordSteps(target: Model, scheduler?: Scheduler): { sizes: number[]; reserved: number[]; restore(): void } {
   const sizes: number[] = [];
   const reserved: number[] = [];
-  const holder = target as unknown as {
-    feedBatch?: (s: Session[], ids: Int32Array) => Promise<Float32Array>;
-  };
-  const own = Object.prototype.hasOwnProperty.call(holder, 'feedBatch');
-  const real = holder.feedBatch;
-  holder.feedBatch = async (sessions, ids) => {
+  const real = target.feedBatch;
+  const spy = vi.spyOn(target, 'feedBatch').mockImplementation((sessions, ids) => {
     sizes.push(sessions.length);
     if (scheduler) reserved.push(scheduler.stats.reservedTokens);
-    if (real) return real.call(target, sessions, ids);
-    // (the model has no batched step yet: the same logits, one session at a time)
-    const V = target.vocabSize;
-    const out = new Float32Array(sessions.length * V);
-    for (let i = 0; i < sessions.length; i++) out.set(await sessions[i]!.feed(ids.subarray(i, i + 1)), i * V);
-    return out;
-  };
-  return {
-    sizes,
-    reserved,
-    restore() {
-      if (own) holder.feedBatch = real;
-      else delete holder.feedBatch;
-    },
-  };
+    return real.call(target, sessions, ids);
+  });
+  return { sizes, reserved, restore: () => spy.mockRestore() };
 }
 
 test('concurrent greedy and seeded requests joining at different times equal their runs alone, in shared decode steps', async () => {
@@ -307,24 +291,21 @@ test('a failed step rejects only its own requests, and the scheduler goes on', a
   // catches: one failure poisoning every request or leaving the scheduler stuck
   const scheduler = new Scheduler(model, { maxBatch: 2 });
   const opts = { temperature: 0, maxTokens: 10, stopIds: [] };
-  const holder = model as unknown as { createSession: (capacity?: number) => Promise<Session> };
-  const realCreate = holder.createSession;
+  const realCreate = model.createSession;
+  const realFeedBatch = model.feedBatch;
   // a prefill failure: the first session asked for cannot be made
   let sessions = 0;
-  holder.createSession = async (capacity?: number) => {
-    if (sessions++ === 0) throw new LowbitError('E_CUDA', 'injected: out of memory');
+  const create = vi.spyOn(model, 'createSession').mockImplementation((capacity?: number) => {
+    if (sessions++ === 0) return Promise.reject(new LowbitError('E_CUDA', 'injected: out of memory'));
     return realCreate.call(model, capacity);
-  };
-  const steps = recordSteps(model, scheduler);
-  const real = (model as unknown as { feedBatch: (s: Session[], ids: Int32Array) => Promise<Float32Array> }).feedBatch;
+  });
+  // a decode-step failure, when failNext is set
   let failNext = false;
-  (model as unknown as { feedBatch: typeof real }).feedBatch = async (s, ids) => {
-    if (failNext) {
-      failNext = false;
-      throw new LowbitError('E_CUDA', 'injected: the step failed');
-    }
-    return real.call(model, s, ids);
-  };
+  const feed = vi.spyOn(model, 'feedBatch').mockImplementation((s: readonly Session[], ids: Int32Array) => {
+    if (!failNext) return realFeedBatch.call(model, s, ids);
+    failNext = false;
+    return Promise.reject(new LowbitError('E_CUDA', 'injected: the step failed'));
+  });
   try {
     const doomed = collect(scheduler.submit(prompt(0), opts));
     const fine = collect(scheduler.submit(prompt(1), opts));
@@ -349,8 +330,8 @@ test('a failed step rejects only its own requests, and the scheduler goes on', a
     expect(await collect(scheduler.submit(prompt(5), opts))).toEqual(await alone(prompt(5), opts));
     expect(scheduler.stats.failed).toBe(3);
   } finally {
-    holder.createSession = realCreate;
-    steps.restore();
+    create.mockRestore();
+    feed.mockRestore();
   }
   expect(model.cacheBytes).toBe(0);
 });
