@@ -10,7 +10,7 @@
 //   U: 64 bytes (lane c = bytes 4c..4c+3), I: 16 int32, F: 16 float
 //   U load(const uint8_t*)            64-byte aligned load of a chunk
 //   U and8(U, uint8_t)                bytewise and with a constant
-//   U srl16<S>(U), sll16<S>(U)        shift every 16-bit element (bits cross bytes: callers mask)
+//   U srl16<S>(U)                     shift every 16-bit element right (bits cross bytes: callers mask)
 //   U merge3(U lo, U hi)              (lo & 3) | (hi & 4), bytewise
 //   I dot(I acc, U w, const int8_t* x)  lane c += Σ_j w[4c + j] · x[j] (w unsigned, x signed)
 //   I zero_i(); F zero_f(); F set1(float); F cvt(I); F load_f16(const uint16_t*) (16 halves);
@@ -20,7 +20,8 @@
 //   I srai<S>(I)                      arithmetic shift right of every int32 lane
 //   DOT_ANY_U8: dot is exact for any unsigned byte (VNNI, scalar), not only for values ≤ 15
 //   constants GEMV_NB, GEMM_MR, GEMM_NB: column blocks per GEMV task, rows and blocks per GEMM tile;
-//   GEMV_P2: accumulators per block in the 2-bit GEMV (4: SCALED slices, when registers allow; else 2).
+//   GEMV_NB3: column blocks per 3-bit GEMV task (its 3 chunks and 4 scaled accumulators per block);
+//   GEMV_P: accumulators per block in the 2- and 3-bit GEMV (4: SCALED parts, when registers allow; else 2).
 
 #include <algorithm>
 #include <atomic>
@@ -46,36 +47,54 @@ namespace LOWBIT_GPTQ_NS {
 #endif
 #define LOWBIT_KERNEL LOWBIT_TARGET inline __attribute__((always_inline))
 
-// Slices of a unit that share a chunk (4 bits: two nibbles; 2 bits: four pairs; 3 bits: none, its
-// slices straddle the planes).
-template <int BITS>
-constexpr int slices_per_chunk() { return BITS == 4 ? 2 : BITS == 2 ? 4 : 0; }
-
-// Slice S (positions 4S..4S+3 of a unit) of the chunks c[] as unsigned bytes, per the layout in
-// repack.hpp. Every shift is a compile-time constant.
-// SCALED (4 and 2 bits): the slice is only masked in place, q · 2^(BITS · (S % slices per chunk)),
-// one instruction instead of a shift and a mask; its dot products go to an accumulator of their own,
-// shifted back once per segment (exact: every term is a multiple of that power of two).
-template <int BITS, int S, class O, bool SCALED = false>
+// Slice S (positions 4S..4S+3 of a unit) of the chunks c[] as unsigned bytes 0..2^BITS − 1, per the
+// layout in repack.hpp. Every shift is a compile-time constant (the exact path and the levels whose
+// dot cannot take every byte use these).
+template <int BITS, int S, class O>
 LOWBIT_KERNEL typename O::U slice(const typename O::U* c) {
-  if constexpr (SCALED) {
-    constexpr int PER = slices_per_chunk<BITS>();
-    return O::and8(c[S / PER], (uint8_t)(((1 << BITS) - 1) << (BITS * (S % PER))));
-  } else if constexpr (BITS == 4) {
+  if constexpr (BITS == 4) {
     if constexpr (S % 2 == 0) return O::and8(c[S / 2], 0x0F);
     else return O::and8(O::template srl16<4>(c[S / 2]), 0x0F);
   } else if constexpr (BITS == 2) {
     if constexpr (S % 4 == 0) return O::and8(c[S / 4], 0x03);
     else if constexpr (S % 4 == 3) return O::template srl16<6>(O::and8(c[S / 4], 0xC0));
     else return O::and8(O::template srl16<2 * (S % 4)>(c[S / 4]), 0x03);
-  } else {  // 3 bits: the 2-bit planes c[0], c[1] and the high-bit plane c[2]
-    typename O::U lo = c[S / 4];
-    if constexpr (S % 4 != 0) lo = O::template srl16<2 * (S % 4)>(lo);
-    typename O::U hi = c[2];
-    if constexpr (S < 2) hi = O::template sll16<2 - S>(hi);
-    else if constexpr (S > 2) hi = O::template srl16<S - 2>(hi);
-    return O::merge3(lo, hi);
+  } else if constexpr (S == 0 || S == 2 || S == 4) {  // 3 bits: a whole value at bit 0 of b0, b1, b2
+    return O::and8(c[S / 2], 0x07);
+  } else if constexpr (S == 1 || S == 3) {  // at bit 5 of b0, b1
+    return O::and8(O::template srl16<5>(c[S / 2]), 0x07);
+  } else if constexpr (S == 5) {  // at bit 3 of b2
+    return O::and8(O::template srl16<3>(c[2]), 0x07);
+  } else {  // slices 6, 7: low bits at bit 3 of b0 / b1, high bit at bit S of b2
+    return O::merge3(O::template srl16<3>(c[S - 6]), O::template srl16<S - 2>(c[2]));
   }
+}
+
+// SCALED unpacking, for levels whose dot takes any unsigned byte (VNNI, scalar): a field is only
+// masked in place, giving q · 2^offset, one instruction instead of a shift and a mask; its dot
+// products go to the accumulator of that offset, shifted back once per segment (exact: every term
+// is a multiple of that power of two). A slice is one part (4 and 2 bits, 3-bit slices 0-5) or two
+// (3-bit slices 6 and 7: the low 2 bits, and the high bit, worth 4 · bit, in the accumulator whose
+// shift makes it so). Accumulator p of a width sums the parts whose value is 2^scaled_shift(p) too large.
+template <int BITS>
+constexpr int scaled_accumulators() { return BITS == 4 ? 2 : 4; }
+template <int BITS>
+constexpr int scaled_shift(int p) { return BITS == 4 ? 4 * p : BITS == 2 ? 2 * p : (p == 0 ? 0 : p + 2); }  // 3: 0, 3, 4, 5
+template <int BITS, int S>
+constexpr int scaled_parts() { return BITS == 3 && S >= 6 ? 2 : 1; }
+
+struct ScaledPart {
+  int chunk, mask, acc;
+};
+template <int BITS, int S, int PART>
+constexpr ScaledPart scaled_part() {
+  if constexpr (BITS == 4) return {S / 2, 0x0F << (4 * (S % 2)), S % 2};
+  else if constexpr (BITS == 2) return {S / 4, 0x03 << (2 * (S % 4)), S % 4};
+  else if constexpr (S == 0 || S == 2 || S == 4) return {S / 2, 0x07, 0};
+  else if constexpr (S == 1 || S == 3) return {S / 2, 0xE0, 3};  // q · 32
+  else if constexpr (S == 5) return {2, 0x38, 1};                  // q · 8
+  else if constexpr (PART == 0) return {S - 6, 0x18, 1};           // low bits · 8
+  else return {2, 1 << S, S - 4};  // high bit · 2^S = (4 · bit) · 2^(S − 2): shift 4 (S = 6), 5 (S = 7)
 }
 
 #ifndef LOWBIT_GPTQ_PREFETCH_UNITS
@@ -88,21 +107,36 @@ constexpr int64_t kPrefetchUnits = LOWBIT_GPTQ_PREFETCH_UNITS;
 template <int BITS>
 constexpr int chunks_per_unit() { return BITS == 4 ? 4 : BITS == 3 ? 3 : 2; }
 
-// acc[r][nb][S % P] += slice S of block nb · x[r][4S..4S+3], for slices S..7 (compile-time recursion).
-// Whether tiles with P accumulators per block use SCALED slices: P must be the slices per chunk, so
-// that accumulator p holds the dot products of the slices at bit offset BITS · p, and the level's dot
-// must take any unsigned byte (vpmaddubsw's int16 pair sums would saturate on 0xF0 · 127 · 2).
+// Whether tiles with P accumulators per block use SCALED parts: P must be the width's scaled
+// accumulators and the level's dot must take any unsigned byte (vpmaddubsw's int16 pair sums would
+// saturate on 0xE0 · 127 · 2).
 template <int BITS, int P, class O>
-constexpr bool scaled_slices() { return O::DOT_ANY_U8 && slices_per_chunk<BITS>() == P; }
+constexpr bool scaled_slices() { return O::DOT_ANY_U8 && scaled_accumulators<BITS>() == P; }
 
+// Scaled: acc[r][nb][part's accumulator] += each part of slice S of block nb · x[r][4S..4S+3]; else
+// acc[r][nb][S % P] += slice S · x. For slices S..7 (compile-time recursion).
 template <int BITS, int S, int MR, int NB, int P, class O>
 LOWBIT_KERNEL void dot_slices(const typename O::U (*c)[chunks_per_unit<BITS>()], const int8_t* const* x,
                               typename O::I (*acc)[NB][P]) {
   if constexpr (S < 8) {
-    typename O::U w[NB];
-    LOWBIT_UNROLL for (int nb = 0; nb < NB; ++nb) w[nb] = slice<BITS, S, O, scaled_slices<BITS, P, O>()>(c[nb]);
-    LOWBIT_UNROLL for (int r = 0; r < MR; ++r)
-      LOWBIT_UNROLL for (int nb = 0; nb < NB; ++nb) acc[r][nb][S % P] = O::dot(acc[r][nb][S % P], w[nb], x[r] + 4 * S);
+    if constexpr (scaled_slices<BITS, P, O>()) {
+      constexpr ScaledPart a = scaled_part<BITS, S, 0>();
+      typename O::U w[NB];
+      LOWBIT_UNROLL for (int nb = 0; nb < NB; ++nb) w[nb] = O::and8(c[nb][a.chunk], (uint8_t)a.mask);
+      LOWBIT_UNROLL for (int r = 0; r < MR; ++r)
+        LOWBIT_UNROLL for (int nb = 0; nb < NB; ++nb) acc[r][nb][a.acc] = O::dot(acc[r][nb][a.acc], w[nb], x[r] + 4 * S);
+      if constexpr (scaled_parts<BITS, S>() > 1) {
+        constexpr ScaledPart b = scaled_part<BITS, S, 1>();
+        LOWBIT_UNROLL for (int nb = 0; nb < NB; ++nb) w[nb] = O::and8(c[nb][b.chunk], (uint8_t)b.mask);
+        LOWBIT_UNROLL for (int r = 0; r < MR; ++r)
+          LOWBIT_UNROLL for (int nb = 0; nb < NB; ++nb) acc[r][nb][b.acc] = O::dot(acc[r][nb][b.acc], w[nb], x[r] + 4 * S);
+      }
+    } else {
+      typename O::U w[NB];
+      LOWBIT_UNROLL for (int nb = 0; nb < NB; ++nb) w[nb] = slice<BITS, S, O>(c[nb]);
+      LOWBIT_UNROLL for (int r = 0; r < MR; ++r)
+        LOWBIT_UNROLL for (int nb = 0; nb < NB; ++nb) acc[r][nb][S % P] = O::dot(acc[r][nb][S % P], w[nb], x[r] + 4 * S);
+    }
     dot_slices<BITS, S + 1, MR, NB, P, O>(c, x, acc);
   }
 }
@@ -144,9 +178,9 @@ LOWBIT_TARGET void tile_int8(const CpuGptqWeights& W, int64_t block0, const Acti
       LOWBIT_UNROLL for (int r = 0; r < MR; ++r) {
         typename O::I a = acc[r][nb][0];
         if constexpr (scaled_slices<BITS, P, O>()) {
-          if constexpr (P > 1) a = O::add_i(a, O::template srai<BITS>(acc[r][nb][1]));
-          if constexpr (P > 2) a = O::add_i(a, O::template srai<2 * BITS>(acc[r][nb][2]));
-          if constexpr (P > 3) a = O::add_i(a, O::template srai<3 * BITS>(acc[r][nb][3]));
+          if constexpr (P > 1) a = O::add_i(a, O::template srai<scaled_shift<BITS>(1)>(acc[r][nb][1]));
+          if constexpr (P > 2) a = O::add_i(a, O::template srai<scaled_shift<BITS>(2)>(acc[r][nb][2]));
+          if constexpr (P > 3) a = O::add_i(a, O::template srai<scaled_shift<BITS>(3)>(acc[r][nb][3]));
         } else {
           LOWBIT_UNROLL for (int p = 1; p < P; ++p) a = O::add_i(a, acc[r][nb][p]);
         }
@@ -204,10 +238,10 @@ void gemm_int8_bits(const CpuGptqWeights& W, const Activations& A, float* Y) {
   const int64_t M = A.M, N = W.N;
   if (M == 1) {
     // GEMV: each task streams GEMV_NB blocks (one contiguous run of memory each) over the whole of K.
-    // Accumulators per block: one per slice of a chunk where the level has the registers for it
-    // (SCALED slices), else two (independent chains for the dot products' latency).
-    constexpr int NB = O::GEMV_NB;
-    constexpr int P = BITS == 2 ? O::GEMV_P2 : 2;
+    // Accumulators per block: one per SCALED offset where the level has the registers for it, else
+    // two (independent chains for the dot products' latency).
+    constexpr int NB = BITS == 3 ? O::GEMV_NB3 : O::GEMV_NB;
+    constexpr int P = BITS == 4 ? 2 : O::GEMV_P;
     for_each_task(ceil_div(W.blocks, NB), [&](int64_t t) {
       alignas(64) float ytile[NB * kBlockCols];
       const int64_t b0 = t * NB;

@@ -16,7 +16,7 @@ namespace cpu_gptq {
 namespace kernels_scalar {
 
 struct Ops {
-  static constexpr int GEMV_NB = 1, GEMV_P2 = 4, GEMM_MR = 4, GEMM_NB = 1;
+  static constexpr int GEMV_NB3 = 1, GEMV_NB = 1, GEMV_P = 4, GEMM_MR = 4, GEMM_NB = 1;
   static constexpr bool DOT_ANY_U8 = true;
   struct U { uint8_t b[64]; };
   struct I { int32_t v[16]; };
@@ -27,14 +27,6 @@ struct Ops {
     U r;
     for (int i = 0; i < 64; i += 2) {
       const uint16_t w = (uint16_t)(u.b[i] | (u.b[i + 1] << 8)) >> S;
-      r.b[i] = (uint8_t)w; r.b[i + 1] = (uint8_t)(w >> 8);
-    }
-    return r;
-  }
-  template <int S> LOWBIT_OPS U sll16(U u) {
-    U r;
-    for (int i = 0; i < 64; i += 2) {
-      const uint16_t w = (uint16_t)((u.b[i] | (u.b[i + 1] << 8)) << S);
       r.b[i] = (uint8_t)w; r.b[i + 1] = (uint8_t)(w >> 8);
     }
     return r;

@@ -3,7 +3,7 @@
 // is two 256-bit halves. Included by kernels_avx2.cpp once without and once with AVX-VNNI
 // (LOWBIT_VNNI 0/1), each time in its own namespace with LOWBIT_OPS carrying that variant's target.
 struct Ops {
-  static constexpr int GEMV_NB = 2, GEMV_P2 = 2, GEMM_MR = 3, GEMM_NB = 1;  // 16 ymm registers
+  static constexpr int GEMV_NB3 = 2, GEMV_NB = 2, GEMV_P = 2, GEMM_MR = 3, GEMM_NB = 1;  // 16 ymm registers
   static constexpr bool DOT_ANY_U8 = LOWBIT_VNNI != 0;
   struct U { __m256i a, b; };
   using I = U;
@@ -16,7 +16,6 @@ struct Ops {
     return {_mm256_and_si256(u.a, k), _mm256_and_si256(u.b, k)};
   }
   template <int S> LOWBIT_OPS U srl16(U u) { return {_mm256_srli_epi16(u.a, S), _mm256_srli_epi16(u.b, S)}; }
-  template <int S> LOWBIT_OPS U sll16(U u) { return {_mm256_slli_epi16(u.a, S), _mm256_slli_epi16(u.b, S)}; }
   LOWBIT_OPS U merge3(U lo, U hi) {
     const __m256i three = _mm256_set1_epi8(3), four = _mm256_set1_epi8(4);
     return {_mm256_or_si256(_mm256_and_si256(lo.a, three), _mm256_and_si256(hi.a, four)),

@@ -4,7 +4,7 @@
 // namespace and with LOWBIT_OPS carrying that variant's target: without VNNI the compiler must not
 // be allowed to emit VNNI instructions on its own.
 struct Ops {
-  static constexpr int GEMV_NB = 4, GEMV_P2 = 4, GEMM_MR = 4, GEMM_NB = 2;
+  static constexpr int GEMV_NB3 = 2, GEMV_NB = 4, GEMV_P = 4, GEMM_MR = 4, GEMM_NB = 2;
   static constexpr bool DOT_ANY_U8 = LOWBIT_VNNI != 0;
   using U = __m512i;
   using I = __m512i;
@@ -12,7 +12,6 @@ struct Ops {
   LOWBIT_OPS U load(const uint8_t* p) { return _mm512_load_si512(p); }
   LOWBIT_OPS U and8(U u, uint8_t m) { return _mm512_and_si512(u, _mm512_set1_epi8((char)m)); }
   template <int S> LOWBIT_OPS U srl16(U u) { return _mm512_srli_epi16(u, S); }
-  template <int S> LOWBIT_OPS U sll16(U u) { return _mm512_slli_epi16(u, S); }
   // (lo & 3) | (hi & 4): mask hi, then one ternary-logic op computes (A & C) | B.
   LOWBIT_OPS U merge3(U lo, U hi) {
     return _mm512_ternarylogic_epi32(lo, _mm512_and_si512(hi, _mm512_set1_epi8(4)), _mm512_set1_epi8(3), 0xEC);

@@ -34,9 +34,14 @@ void put(uint8_t* unit, int bits, int64_t c, int64_t p, uint32_t q) {
     unit[64 * (s / 2) + lane] |= (uint8_t)(q << (4 * (s % 2)));
   } else if (bits == 2) {
     unit[64 * (s / 4) + lane] |= (uint8_t)(q << (2 * (s % 4)));
-  } else {  // 3: two 2-bit planes, then the high bits
-    unit[64 * (s / 4) + lane] |= (uint8_t)((q & 3u) << (2 * (s % 4)));
-    unit[128 + lane] |= (uint8_t)((q >> 2) << s);
+  } else {  // 3: per slice, the chunk and bit offset of its whole value, or of its low 2 bits and high bit
+    static constexpr int kChunk[6] = {0, 0, 1, 1, 2, 2}, kShift[6] = {0, 5, 0, 5, 0, 3};
+    if (s < 6) {
+      unit[64 * kChunk[s] + lane] |= (uint8_t)(q << kShift[s]);
+    } else {  // slice 6: b0 bits 3-4 and b2 bit 6; slice 7: b1 bits 3-4 and b2 bit 7
+      unit[64 * (s - 6) + lane] |= (uint8_t)((q & 3u) << 3);
+      unit[128 + lane] |= (uint8_t)((q >> 2) << s);
+    }
   }
 }
 

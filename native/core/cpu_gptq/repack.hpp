@@ -10,8 +10,13 @@
 // int32 lanes of an int8 dot product (vpdpbusd: lane c += Σ_j w[c][j] · x[j]):
 //   4 bits, 4 chunks: chunk s/2, nibble s%2 holds slice s (s = 0..7);
 //   2 bits, 2 chunks: chunk s/4, bits 2·(s%4) hold slice s;
-//   3 bits, 3 chunks: the low two bits as the 2-bit layout (2 chunks), then one chunk whose bit s
-//                     is the high bit of slice s.
+//   3 bits, 3 chunks b0, b1, b2 (bits of one byte listed low to high):
+//                     b0 = slice 0 (3 bits), slice 6's low 2 bits, slice 1 (3 bits);
+//                     b1 = slice 2, slice 7's low 2 bits, slice 3;
+//                     b2 = slice 4, slice 5, slice 6's high bit, slice 7's high bit.
+//     Every field then sits below bit 8 where a mask alone leaves it (q · 2^offset fits a byte), so
+//     the int8 GEMV unpacks each 3-bit slice with one `and` (slices 6 and 7: two, one per part) and
+//     sums the products per offset, shifting back once per segment (see kernels_impl.hpp).
 // Each (group, column) keeps its scale (fp16) and integer zero point (u8) next to its block.
 //
 // Activations. By default each row of X is quantized per segment to int8 (dx = max|x| / 127,
