@@ -4,7 +4,7 @@
 #   npx cmake-js compile --out build-cuda --CDCMAKE_CUDA_ARCHITECTURES=90
 #   bench/device.sh --build-only            (the standalone benchmark programs, into build-cuda/bench)
 #   ../shared/device/prepare.sh --modules
-# then run there with carry [".device", "build-cuda"]:   bash bench/device.sh [probe] [tests] [gemm] [gptq] [model]
+# then run there with carry [".device", "build-cuda"]:   bash bench/device.sh [probe] [tests] [gemm] [spqr] [gptq] [model]
 set -uo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -18,6 +18,10 @@ if [[ ${1:-} == --build-only ]]; then
   # The GPTQ check links the CPU implementation (native/core, without the model) to compare against.
   nvcc "${nvcc_flags[@]}" bench/cuda-gptq.cu cuda/gptq.cu cuda/linalg.cu cuda/device.cu \
     $(ls native/core/*.cpp) -o "$bin/cuda-gptq" -ldl
+  # The SpQR tensor-core product against float64, and timed beside gptq-tc and cuBLAS fp16.
+  nvcc "${nvcc_flags[@]}" bench/cuda-spqr.cu cuda/spqr_kernels/gemm.cu cuda/spqr_kernels/repack.cu \
+    cuda/gptq_kernels/gemm.cu cuda/gptq_kernels/repack.cu cuda/linalg.cu cuda/device.cu \
+    $(ls native/core/*.cpp native/core/cpu_gptq/*.cpp) -o "$bin/cuda-spqr" -ldl
   exit
 fi
 
@@ -56,6 +60,14 @@ for step in "${steps[@]}"; do
       "$bin/cuda-gemm" sweep "$OUT/mine.json" 2>&1 | tee "$OUT/gemm.log" >&2
       (cd "$OUT" && PYTHONUNBUFFERED=1 python3 "$root/bench/gemm-peers.py" "$OUT/peers.json") 2>&1 | tee "$OUT/peers.log" >&2
       { echo "## GPTQ GEMV/GEMM"; tail -1 "$OUT/gemm-check.log"; grep -E "^\||device" "$OUT/gemm.log"; } >> "$summary"
+      ;;
+    spqr)
+      # The SpQR kernels: correctness against float64, then SpQR vs gptq-tc vs cuBLAS fp16 (rows into
+      # spqr.json; bench/results/h200-spqr.json is that file).
+      "$bin/cuda-spqr" check 2>&1 | tee "$OUT/spqr-check.log" >&2
+      [[ ${PIPESTATUS[0]} -ne 0 ]] && status=1
+      "$bin/cuda-spqr" bench "$OUT/spqr.json" 2>&1 | tee "$OUT/spqr.log" >&2
+      { echo "## SpQR"; tail -1 "$OUT/spqr-check.log"; grep -E "^\||device" "$OUT/spqr.log"; } >> "$summary"
       ;;
     gptq)
       if [[ -x $bin/cuda-gptq ]]; then

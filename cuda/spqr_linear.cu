@@ -21,6 +21,7 @@
 #include "linear_ops.cuh"
 #include "../native/core/dtype.hpp"
 #include "../native/core/spqr.hpp"
+#include "spqr_kernels/spqr_kernels.hpp"
 
 namespace lowbit {
 namespace cuda {
@@ -216,31 +217,43 @@ class SpqrDevice {
   int64_t bytes_ = 0;
 };
 
-// The spqr format's CUDA operator: f32 activations (apply, the forward pass's path) and f16/bf16
-// (apply_half), the same kernel templated on the activation type.
+// The spqr format's CUDA operator: f32 activations (apply, the forward pass's path: the plain
+// kernel above, f32 throughout) and f16/bf16 (apply_half): the tensor-core kernel of spqr_kernels/
+// when the weights fit it (spqr_tc_supports; sm_80 and newer), else the plain kernel. The
+// repacked weights own that kernel's scratch, so products of one operator must not overlap (the
+// host-memory wrapper serializes its calls; the forward pass runs one stream).
 class SpqrDeviceOp : public DeviceLinearOp {
  public:
-  SpqrDeviceOp(int device, const LinearWeights& w, const char* name)
-      : DeviceLinearOp(device, w.N(), w.K()), weights_(*w.spqr()), bias_(w.bias, w.N()), name_(name) {}
+  SpqrDeviceOp(int device, const LinearWeights& w, const char* name, bool fast)
+      : DeviceLinearOp(device, w.N(), w.K()), bias_(w.bias, w.N()), name_(name) {
+    if (fast) fast_ = spqr_repack(*w.spqr(), device);
+    else weights_ = std::make_unique<SpqrDevice>(*w.spqr());
+  }
   void apply(const float* X, int64_t M, float* Y, DeviceScratch& scratch, void* stream) const override {
-    weights_.run(X, M, Y, bias_.data(), scratch, static_cast<cudaStream_t>(stream));
+    require(weights_ != nullptr, "E_UNSUPPORTED", std::string(name_) + " takes f16 or bf16 activations (f32: spqr-cuda)");
+    weights_->run(X, M, Y, bias_.data(), scratch, static_cast<cudaStream_t>(stream));
   }
   bool has_half(DType dtype) const override { return dtype == DType::F16 || dtype == DType::BF16; }
   void apply_half(const uint16_t* X, DType dtype, int64_t M, uint16_t* Y, DeviceScratch& scratch,
                   void* stream) const override {
     require(has_half(dtype), "E_DTYPE", std::string(name_) + " takes f32, f16 or bf16 activations");
+    if (fast_) {
+      spqr_matmul(*fast_, X, dtype == DType::F16 ? SpqrDtype::f16 : SpqrDtype::bf16, M, Y, bias_.data(), stream);
+      return;
+    }
     const cudaStream_t s = static_cast<cudaStream_t>(stream);
     if (dtype == DType::F16)
-      weights_.run(reinterpret_cast<const __half*>(X), M, reinterpret_cast<__half*>(Y), bias_.data(), scratch, s);
+      weights_->run(reinterpret_cast<const __half*>(X), M, reinterpret_cast<__half*>(Y), bias_.data(), scratch, s);
     else
-      weights_.run(reinterpret_cast<const __nv_bfloat16*>(X), M, reinterpret_cast<__nv_bfloat16*>(Y), bias_.data(),
-                   scratch, s);
+      weights_->run(reinterpret_cast<const __nv_bfloat16*>(X), M, reinterpret_cast<__nv_bfloat16*>(Y), bias_.data(),
+                    scratch, s);
   }
-  int64_t bytes() const override { return weights_.bytes() + bias_.bytes(); }
+  int64_t bytes() const override { return (fast_ ? fast_->bytes : weights_->bytes()) + bias_.bytes(); }
   const char* kernel() const override { return name_; }
 
  private:
-  SpqrDevice weights_;
+  std::unique_ptr<SpqrDevice> weights_;
+  std::unique_ptr<SpqrDeviceWeights> fast_;
   DeviceBias bias_;
   const char* name_;
 };
@@ -248,11 +261,12 @@ class SpqrDeviceOp : public DeviceLinearOp {
 }  // namespace
 
 std::unique_ptr<DeviceLinearOp> make_spqr_device_op(const LinearWeights& w, const DeviceInfo& d) {
-  return std::make_unique<SpqrDeviceOp>(d.index, w, "spqr-cuda");
+  return std::make_unique<SpqrDeviceOp>(d.index, w, "spqr-cuda", false);
 }
 
 std::unique_ptr<DeviceLinearOp> make_spqr_device_op_half(const LinearWeights& w, const DeviceInfo& d) {
-  return std::make_unique<SpqrDeviceOp>(d.index, w, "spqr-cuda-half");
+  const bool fast = d.major >= 8 && spqr_tc_supports(*w.spqr(), nullptr);  // mma.sync with bf16: sm_80+
+  return std::make_unique<SpqrDeviceOp>(d.index, w, "spqr-cuda-half", fast);
 }
 
 }  // namespace cuda

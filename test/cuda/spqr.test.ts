@@ -7,8 +7,10 @@
  * SpQR form, on the GPU against the CPU. Needs a CUDA device: elsewhere the blocks skip.
  *
  * Tolerances: f32 activations accumulate in f32 (relative 1e-5 in norm, as the CPU operator). With
- * 16-bit activations the inputs are exact in f32 and only the output is rounded once to the dtype
- * (u = 2^-11 for f16, 2^-8 for bf16): each element within u·|y| + 1e-5·Σ|x·w| of the reference.
+ * 16-bit activations the output is rounded once to the dtype (u = 2^-11 for f16, 2^-8 for bf16);
+ * the plain kernel (β1 or β2 not a multiple of 16) keeps the weights in f32: each element within
+ * u·|y| + 1e-5·Σ|x·w|; the tensor-core kernel (cuda/spqr_kernels) rounds each weight's scale and shift
+ * to the dtype and forms code · scale + shift with one fma: 2u·Σ|x|·(|q·scale| + |scale·zero|) more.
  */
 import { readFileSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
@@ -25,11 +27,72 @@ import { dataDir } from '../helpers/data.js';
 import { Rng } from '../helpers/random.js';
 import { forEachSpqrLinear } from '../helpers/spqr-model.js';
 import { bf16Bits, bf16Value, f16Bits, f16Value, matmulRef, relativeError } from '../helpers/reference.js';
-import { decodeSpqrRef, randomSpqrLayout } from '../spqr/reference.js';
+import { bitstreamGet, decodeSpqrRef, randomSpqrLayout, type SpqrLayout } from '../spqr/reference.js';
 import { cudaAvailability } from './ref.js';
 
 const cuda = cudaAvailability();
 if (!cuda.ok) console.log(`test/cuda/spqr.test.ts: CUDA tests skipped: ${cuda.reason}`);
+
+/** |q·scale| + |scale·zero| of every weight, [N, K] in original column order (the rounding bound's scale). */
+function magnitudeRef(W: SpqrLayout): Float64Array {
+  const { N, K } = W;
+  const G = Math.ceil(K / W.beta1);
+  const NB = Math.ceil(N / W.beta2);
+  const out = new Float64Array(N * K);
+  for (let n = 0; n < N; n++)
+    for (let p = 0; p < K; p++) {
+      const g = Math.floor(p / W.beta1);
+      const at = (g * NB + Math.floor(n / W.beta2)) * 2;
+      const s =
+        f16Value(W.scaleStats[at]!) +
+        f16Value(W.scaleStats[at + 1]!) * bitstreamGet(W.scaleCodes, n * G + g, W.statBits);
+      const z =
+        f16Value(W.zeroStats[at]!) + f16Value(W.zeroStats[at + 1]!) * bitstreamGet(W.zeroCodes, n * G + g, W.statBits);
+      out[n * K + (W.perm ? W.perm[p]! : p)] =
+        Math.abs(s * bitstreamGet(W.qweight, n * K + p, W.bits)) + Math.abs(s * z);
+    }
+  return out;
+}
+
+/** Whether spqr-cuda-half runs these weights on the tensor-core kernel (cuda/spqr_kernels: spqr_tc_supports). */
+const tensorCore = (W: SpqrLayout) => W.beta1 % 16 === 0 && W.beta2 % 16 === 0 && W.statBits <= 4 && W.K <= 65536;
+
+/**
+ * Y of spqr-cuda-half (outputs poisoned with NaN first) against the float64 product, element by
+ * element within the bound of the header.
+ */
+async function expectHalfProduct(W: SpqrLayout, dt: 'f16' | 'bf16', Ms: number[], rng: Rng, what: string) {
+  const u = dt === 'f16' ? 2 ** -11 : 2 ** -8;
+  const toBits = dt === 'f16' ? f16Bits : bf16Bits;
+  const value = dt === 'f16' ? f16Value : bf16Value;
+  const { N, K } = W;
+  const dense = decodeSpqrRef(W);
+  const mag = magnitudeRef(W);
+  const rounded = tensorCore(W);
+  const lin = prepareLinear(spqrWeights(W), { device: 'cuda', activations: dt });
+  expect(lin.kernel).toBe('spqr-cuda-half');
+  for (const M of Ms) {
+    const xb = Uint16Array.from({ length: M * K }, () => toBits(rng.normal()));
+    const X = Float64Array.from(xb, value);
+    const ref = matmulRef(X, M, dense, N, K);
+    const Y = Float64Array.from(await lin.matmul(xb, M, new Uint16Array(M * N).fill(0xffff)), value);
+    const at = `${what} ${dt} ${N}x${K} ${W.bits}-bit β ${W.beta1}x${W.beta2} M ${M}`;
+    for (let m = 0; m < M; m++)
+      for (let n = 0; n < N; n++) {
+        let s = 0;
+        let sm = 0;
+        for (let k = 0; k < K; k++) {
+          s += Math.abs(X[m * K + k]! * dense[n * K + k]!);
+          sm += Math.abs(X[m * K + k]!) * mag[n * K + k]!;
+        }
+        const r = ref[m * N + n]!;
+        const bound = u * Math.abs(r) + 1e-5 * s + (rounded ? 2 * u * sm : 0);
+        expect(Math.abs(Y[m * N + n]! - r), `${at} at ${m},${n}`).toBeLessThanOrEqual(bound);
+      }
+    expect(relativeError(Y, ref), at).toBeLessThan(rounded ? 4 * u : 2 * u);
+  }
+  lin.close();
+}
 
 const SHAPES = [
   [37, 172, 2, 16, 16, true],
@@ -63,33 +126,46 @@ describe.skipIf(!cuda.ok)('SpQR on CUDA', () => {
     }
   });
 
-  // Catches: the 16-bit entry reading or writing the wrong dtype, or rounding inputs or weights.
+  // Catches: the 16-bit entry reading or writing the wrong dtype or rounding inputs; on the
+  // tensor-core kernel (β 16×16 shapes, 4-bit statistics, β1 = 32): a mis-placed code or statistic in
+  // the repacked records, a group boundary inside a 32-wide slot, K or N padding read as weights, the
+  // permutation, an outlier dropped or added twice (row tiles of 8 and 16 rows of X, M = 17 and 33
+  // spanning several), unwritten outputs (poisoned with NaN).
   it.each(['f16', 'bf16'] as const)('%s activations match the float64 product (spqr-cuda-half)', async (dt) => {
     const rng = new Rng();
-    const u = dt === 'f16' ? 2 ** -11 : 2 ** -8;
-    const toBits = dt === 'f16' ? f16Bits : bf16Bits;
-    const value = dt === 'f16' ? f16Value : bf16Value;
     for (const [N, K, bits, beta1, beta2, perm] of SHAPES) {
       const W = randomSpqrLayout(rng, { N, K, bits, beta1, beta2, perm, outlierRate: 0.02 });
-      const dense = decodeSpqrRef(W);
-      const lin = prepareLinear(spqrWeights(W), { device: 'cuda', activations: dt });
-      expect(lin.kernel).toBe('spqr-cuda-half');
-      for (const M of [1, 4, 16, 33]) {
-        const xb = Uint16Array.from({ length: M * K }, () => toBits(rng.normal()));
-        const X = Float64Array.from(xb, value);
-        const ref = matmulRef(X, M, dense, N, K);
-        const Y = Float64Array.from(await lin.matmul(xb, M), value);
-        const what = `seed ${rng.seed} ${dt} ${N}x${K} ${bits}-bit M ${M}`;
-        for (let m = 0; m < M; m++)
-          for (let n = 0; n < N; n++) {
-            let s = 0;
-            for (let k = 0; k < K; k++) s += Math.abs(X[m * K + k]! * dense[n * K + k]!);
-            const r = ref[m * N + n]!;
-            expect(Math.abs(Y[m * N + n]! - r), `${what} at ${m},${n}`).toBeLessThanOrEqual(u * Math.abs(r) + 1e-5 * s);
-          }
-        expect(relativeError(Y, ref), what).toBeLessThan(2 * u);
+      await expectHalfProduct(W, dt, [1, 4, 16, 17, 33], rng, `seed ${rng.seed}`);
+    }
+    for (const [N, K, bits, statBits, beta1] of [
+      [129, 300, 4, 4, 32],
+      [33, 1030, 2, 3, 16],
+    ] as const) {
+      const W = randomSpqrLayout(rng, { N, K, bits, statBits, beta1, beta2: 16, perm: true, outlierRate: 0.03 });
+      expect(tensorCore(W)).toBe(true);
+      await expectHalfProduct(W, dt, [1, 9, 16], rng, `seed ${rng.seed}`);
+    }
+  });
+
+  // Catches: the tensor-core kernel failing on real codes and outliers (stories260K's linears
+  // quantized with SpQR at 2, 3 and 4 bits: real statistics, real act-order permutations).
+  it('real stories260K linears match the float64 product in f16 and bf16', async () => {
+    const cpu = await openModel(join(dataDir, 'stories260K-hf'), { device: 'cpu' });
+    const rng = new Rng();
+    try {
+      for (const bits of [2, 3, 4] as const) {
+        let seen = 0;
+        await forEachSpqrLinear(cpu, { bits }, async (block, name, q) => {
+          if (block !== bits - 2 || (name !== 'q' && name !== 'down')) return;
+          expect(tensorCore(q), `${name}`).toBe(true);
+          for (const dt of ['f16', 'bf16'] as const)
+            await expectHalfProduct(q, dt, [1, 16], rng, `stories260K block ${block} ${name}`);
+          seen++;
+        });
+        expect(seen).toBe(2);
       }
-      lin.close();
+    } finally {
+      await cpu.close();
     }
   });
 
