@@ -5,6 +5,8 @@
 //   nvcc -O3 -std=c++17 -gencode arch=compute_90,code=sm_90 --expt-relaxed-constexpr bench/cuda-spqr.cu \
 //     cuda/spqr_kernels/gemm.cu cuda/spqr_kernels/repack.cu cuda/gptq_kernels/gemm.cu \
 //     cuda/gptq_kernels/repack.cu cuda/linalg.cu cuda/device.cu $(ls native/core/*.cpp) -o cuda-spqr -ldl
+//   cuda-spqr one N K bits M  three products of one shape (for ncu)
+//   cuda-spqr repack          the repack round trip alone (no GPU needed)
 //   cuda-spqr check           every bit width, dtype, row tile and split against float64 (exit 1 on a failure)
 //   cuda-spqr bench [out.json] SpQR vs gptq-tc (same bits, groups of 128) vs cuBLAS fp16, M = 1 and 16
 //
@@ -170,6 +172,8 @@ void decode(const SpqrMatrix& m, std::vector<double>& dense, std::vector<double>
 
 int failures = 0;
 
+bool host_only = false;  // 'repack' mode: the round trip alone (no GPU needed)
+
 void check_case(Rng& rng, int bits, int stat_bits, int64_t N, int64_t K, int64_t beta1, int64_t beta2, bool perm) {
   const Weights w = random_weights(rng, bits, stat_bits, N, K, beta1, beta2, 0.02, perm, true);
   const SpqrMatrix m = w.view();
@@ -190,6 +194,10 @@ void check_case(Rng& rng, int bits, int stat_bits, int64_t N, int64_t K, int64_t
       ++failures;
       std::printf("FAIL repack round trip: %s\n", what);
     }
+  }
+  if (host_only) {
+    std::printf("round trip %s\n", what);
+    return;
   }
   cuda::SpqrDeviceWeights W(R, 0);
   std::vector<double> dense, mag, outl;
@@ -250,10 +258,10 @@ void check_case(Rng& rng, int bits, int stat_bits, int64_t N, int64_t K, int64_t
       for (int splits : {0, 1, 3})
         for (int rep = 0; rep < 2; ++rep) {
           CK(cudaMemset(dy, 0xff, (size_t)(M * N) * 2));  // NaN in fp16 and bf16
-          cuda::spqr_matmul_splits(W, dx, dt, M, dy, with_bias ? dbias : nullptr, st, splits);
+          cuda::spqr_matmul_splits(W, dx, dt, M, dy, with_bias ? dbias : nullptr, st, splits, rep == 0);
           CK(cudaStreamSynchronize(st));
           char how[40];
-          std::snprintf(how, sizeof how, "splits %d run %d", splits, rep);
+          std::snprintf(how, sizeof how, "splits %d run %d (overlap %d)", splits, rep, rep == 0);
           compare(how);
         }
       {  // through a captured graph (scratch already grown by the runs above)
@@ -365,8 +373,8 @@ int run_bench(const char* json_path) {
   Rng rng(5);
   struct Shape { int64_t N, K; };
   const Shape shapes[] = {{4096, 4096}, {11008, 4096}, {8192, 8192}};
-  std::printf("\n| N x K | bits | M | SpQR us | product only | best (splits) | of copy | config | gptq-tc us | SpQR/GPTQ speed | cuBLAS fp16 us | SpQR x cuBLAS |\n");
-  std::printf("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n");
+  std::printf("\n| N x K | bits | M | SpQR us | no overlap | product only | best (splits) | of copy | config | gptq-tc us | SpQR/GPTQ speed | cuBLAS fp16 us | SpQR x cuBLAS |\n");
+  std::printf("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n");
   for (const Shape& s : shapes) {
     // cuBLAS fp16 on rotating dense copies.
     std::vector<void*> dense;
@@ -414,22 +422,23 @@ int run_bench(const char* json_path) {
                                  (double)(s.N * s.K);
       for (int mi = 0; mi < 2; ++mi) {
         const int64_t M = mi ? 16 : 1;
-        auto spqr_us = [&](int splits) {
+        auto spqr_us = [&](int splits, bool overlap) {
           return graph_us(stream, [&](int i) {
             cuda::spqr_matmul_splits(*copies[(size_t)i % copies.size()], dx, SpqrDtype::f16, M, dy, nullptr, stream,
-                                     splits);
+                                     splits, overlap);
           });
         };
-        const double us = spqr_us(0);
+        const double us = spqr_us(0, true);
+        const double serial_us = spqr_us(0, false);  // the two launches one after the other
         // The product alone (X gathered beforehand), and the best split of K.
         for (auto& c : copies) cuda::spqr_gather(*c, dx, SpqrDtype::f16, M, stream);
         const double product_us = graph_us(stream, [&](int i) {
-          cuda::spqr_product(*copies[(size_t)i % copies.size()], SpqrDtype::f16, M, dy, nullptr, stream, 0);
+          cuda::spqr_product(*copies[(size_t)i % copies.size()], SpqrDtype::f16, M, dy, nullptr, stream, 0, false);
         });
         double best_us = us;
         int best_splits = 0;
         for (int sp : {1, 2, 4, 8, 16, 32}) {
-          const double t = spqr_us(sp);
+          const double t = spqr_us(sp, true);
           if (t < best_us) best_us = t, best_splits = sp;
         }
         const double gus = graph_us(stream, [&](int i) {
@@ -439,8 +448,8 @@ int run_bench(const char* json_path) {
         cuda::spqr_choose(*copies[0], M, &rows, &splits);
         const double moved = wbytes + (double)(M * s.K * 2 + M * s.N * 2);
         const double pct = 100.0 * moved / us / 1e3 / copy_gbs;
-        std::printf("| %lld x %lld | %d | %lld | %.1f | %.1f | %.1f (%d) | %.0f%% | m%d/%d | %.1f | %.2f | %.1f | %.2f |\n",
-                    (long long)s.N, (long long)s.K, bits, (long long)M, us, product_us, best_us, best_splits, pct, rows,
+        std::printf("| %lld x %lld | %d | %lld | %.1f | %.1f | %.1f | %.1f (%d) | %.0f%% | m%d/%d | %.1f | %.2f | %.1f | %.2f |\n",
+                    (long long)s.N, (long long)s.K, bits, (long long)M, us, serial_us, product_us, best_us, best_splits, pct, rows,
                     splits, gus, gus / us, cublas_us[mi], cublas_us[mi] / us);
         std::fflush(stdout);
         if (js) {
@@ -449,10 +458,10 @@ int run_bench(const char* json_path) {
                        "\"tflops\":%.3f,\"config\":\"spqr-tc m%d splits %d\",\"weight_bytes\":%.0f,"
                        "\"stored_bits_per_weight\":%.3f,\"outlier_rate\":%.5f,\"gptq_tc_us\":%.2f,"
                        "\"gptq_group\":128,\"spqr_vs_gptq\":%.3f,\"cublas_fp16_us\":%.2f,\"x_cublas_fp16\":%.3f,"
-                       "\"product_only_us\":%.2f,\"best_us\":%.2f,\"best_splits\":%d}",
+                       "\"product_only_us\":%.2f,\"no_overlap_us\":%.2f,\"best_us\":%.2f,\"best_splits\":%d}",
                        first_row ? "" : ",\n", (long long)s.K, (long long)s.N, (long long)M, bits, us, pct,
                        2.0 * M * s.N * s.K / us / 1e6, rows, splits, wbytes, stored_bits, rate, gus, gus / us,
-                       cublas_us[mi], cublas_us[mi] / us, product_us, best_us, best_splits);
+                       cublas_us[mi], cublas_us[mi] / us, product_us, serial_us, best_us, best_splits);
           first_row = false;
         }
       }
@@ -467,11 +476,30 @@ int run_bench(const char* json_path) {
   return 0;
 }
 
+// One shape, a few products (for ncu): cuda-spqr one N K bits M
+int run_one(int64_t N, int64_t K, int bits, int64_t M) {
+  Rng rng(3);
+  const Weights w = random_weights(rng, bits, 3, N, K, 16, 16, 0.01, true, false);
+  cuda::SpqrDeviceWeights W(cuda::repack_spqr_host(w.view()), 0);
+  void *dx, *dy;
+  CK(cudaMalloc(&dx, (size_t)(M * K * 2)));
+  CK(cudaMalloc(&dy, (size_t)(M * N * 2)));
+  CK(cudaMemset(dx, 0, (size_t)(M * K * 2)));
+  for (int i = 0; i < 3; ++i) cuda::spqr_matmul(W, dx, SpqrDtype::f16, M, dy, nullptr, nullptr);
+  CK(cudaDeviceSynchronize());
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   const std::string mode = argc > 1 ? argv[1] : "check";
   if (mode == "check") return run_check();
+  if (mode == "one" && argc > 5) return run_one(std::atoll(argv[2]), std::atoll(argv[3]), std::atoi(argv[4]), std::atoll(argv[5]));
+  if (mode == "repack") {
+    host_only = true;
+    return run_check();
+  }
   if (mode == "bench") return run_bench(argc > 2 ? argv[2] : nullptr);
   std::fprintf(stderr, "usage: cuda-spqr check | bench [out.json]\n");
   return 2;

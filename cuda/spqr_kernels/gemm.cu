@@ -187,7 +187,7 @@ __global__ void __launch_bounds__(256) spqr_tc_kernel(Args a) {
     uint4 second;  // units 2t and 2t+1: (scale offset, step, zero offset, step) each
     uint4 x[MT][4];
   };
-  auto load = [&](Stage& st, int c) {
+  auto load_w = [&](Stage& st, int c) {
     const uint8_t* rec = wrec + (int64_t)c * 8 * REC;
     const uint4 w0 = __ldcs(reinterpret_cast<const uint4*>(rec + lane * 16));
     st.w[0] = w0.x, st.w[1] = w0.y, st.w[2] = w0.z, st.w[3] = w0.w;
@@ -202,6 +202,8 @@ __global__ void __launch_bounds__(256) spqr_tc_kernel(Args a) {
     }
     st.codes = __ldcs(reinterpret_cast<const uint32_t*>(rec + CB) + lane);
     st.second = __ldcs(reinterpret_cast<const uint4*>(rec + CB + 128) + t);
+  };
+  auto load_x = [&](Stage& st, int c) {
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt) {
       const int row = m0 + 8 * mt + g;
@@ -214,7 +216,15 @@ __global__ void __launch_bounds__(256) spqr_tc_kernel(Args a) {
   Stage st[DEPTH];
 #pragma unroll
   for (int s = 0; s < DEPTH; ++s)
-    if (c_begin + s < c_end) load(st[s], c_begin + s);
+    if (c_begin + s < c_end) load_w(st[s], c_begin + s);
+  // Launched with programmatic dependency on the gather (sm_90): everything above overlapped it;
+  // from here on X is read, so wait until the gather has completed (a no-op otherwise).
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;\n" ::: "memory");
+#endif
+#pragma unroll
+  for (int s = 0; s < DEPTH; ++s)
+    if (c_begin + s < c_end) load_x(st[s], c_begin + s);
 
   // This split's share of the tile's outliers: lane r (and r + 16) takes row r's entries
   // z·2 + (lane ≥ 16), stepping 2·splits; the two halves meet by a shuffle, then shared memory hands
@@ -292,7 +302,10 @@ __global__ void __launch_bounds__(256) spqr_tc_kernel(Args a) {
           mma<T>(acc[mt], af, (j & 1) ? xv.z : xv.x, (j & 1) ? xv.w : xv.y);
         }
       }
-      if (c + DEPTH < c_end) load(st[s], c + DEPTH);
+      if (c + DEPTH < c_end) {
+        load_w(st[s], c + DEPTH);
+        load_x(st[s], c + DEPTH);
+      }
     }
   }
   write_result<T, MT>(a, acc, ntile0, m0);
@@ -302,6 +315,9 @@ __global__ void __launch_bounds__(256) spqr_tc_kernel(Args a) {
 template <class T>
 __global__ void gather_kernel(const T* __restrict__ X, int64_t M, int64_t K, int64_t Mp, int64_t Kp,
                               const int32_t* __restrict__ perm, T* __restrict__ xs, T* __restrict__ xst) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");  // the product may start (it waits for X)
+#endif
   const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
   if (i >= Mp * Kp) return;
   const int64_t m = i / Kp, p = i % Kp;
@@ -342,14 +358,25 @@ int occupancy() {
   return blocks[slot];
 }
 
-using Launch = void (*)(const Args&, dim3, cudaStream_t);
+using Launch = void (*)(const Args&, dim3, cudaStream_t, bool);
 struct Kernel {
   Launch launch;
   int (*occupancy)();
 };
+// overlap: launched with a programmatic dependency on the previous launch in the stream (the gather),
+// so that its blocks start and request their records while the gather runs (sm_90 and newer).
 template <int BITS, class T, int MT>
-void launch(const Args& a, dim3 grid, cudaStream_t s) {
-  spqr_tc_kernel<BITS, T, MT><<<grid, 256, 0, s>>>(a);
+void launch(const Args& a, dim3 grid, cudaStream_t s, bool overlap) {
+  cudaLaunchConfig_t config{};
+  config.gridDim = grid;
+  config.blockDim = dim3(256);
+  config.stream = s;
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[0].val.programmaticStreamSerializationAllowed = 1;
+  config.attrs = attr;
+  config.numAttrs = overlap ? 1 : 0;
+  check(cudaLaunchKernelEx(&config, spqr_tc_kernel<BITS, T, MT>, a), "SpQR product launch");
 }
 template <int BITS, class T>
 Kernel kernel_for(int mt) {
@@ -369,6 +396,14 @@ Kernel kernel_for(SpqrDtype dtype, int bits, int mt) {
 }
 
 int rows_for(int64_t M) { return M <= 8 ? 8 : 16; }
+
+// Programmatic dependent launch needs compute capability 9.0.
+bool overlap_supported(int device) {
+  static int major[64] = {};
+  if (device < 0 || device >= 64) return false;
+  if (!major[device]) check(cudaDeviceGetAttribute(&major[device], cudaDevAttrComputeCapabilityMajor, device), "compute capability");
+  return major[device] >= 9;
+}
 
 }  // namespace
 
@@ -415,7 +450,7 @@ void spqr_gather(const SpqrDeviceWeights& W, const void* X, SpqrDtype dtype, int
 }
 
 void spqr_product(const SpqrDeviceWeights& W, SpqrDtype dtype, int64_t M, void* Y, const float* bias,
-                  void* stream_ptr, int splits) {
+                  void* stream_ptr, int splits, bool overlap) {
   require(M >= 1 && M <= (int64_t)1 << 24, "E_SHAPE", "M must be in [1, 2^24]");
   int rows = 8, chosen = 1;
   spqr_choose(W, M, &rows, &chosen);
@@ -464,19 +499,19 @@ void spqr_product(const SpqrDeviceWeights& W, SpqrDtype dtype, int64_t M, void* 
     a.partial = Wm.partial;
     a.counters = Wm.counters;
   }
-  kernel_for(dtype, W.bits, rows / 8).launch(a, grid, stream);
+  kernel_for(dtype, W.bits, rows / 8).launch(a, grid, stream, overlap && overlap_supported(W.device));
   check(cudaGetLastError(), "SpQR product launch");
 }
 
 void spqr_matmul_splits(const SpqrDeviceWeights& W, const void* X, SpqrDtype dtype, int64_t M, void* Y,
-                        const float* bias, void* stream, int splits) {
+                        const float* bias, void* stream, int splits, bool overlap) {
   spqr_gather(W, X, dtype, M, stream);
-  spqr_product(W, dtype, M, Y, bias, stream, splits);
+  spqr_product(W, dtype, M, Y, bias, stream, splits, overlap);
 }
 
 void spqr_matmul(const SpqrDeviceWeights& W, const void* X, SpqrDtype dtype, int64_t M, void* Y, const float* bias,
                  void* stream) {
-  spqr_matmul_splits(W, X, dtype, M, Y, bias, stream, 0);
+  spqr_matmul_splits(W, X, dtype, M, Y, bias, stream, 0, true);
 }
 
 }  // namespace cuda

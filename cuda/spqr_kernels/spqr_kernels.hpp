@@ -106,17 +106,20 @@ class SpqrDeviceWeights {
 std::unique_ptr<SpqrDeviceWeights> spqr_repack(const SpqrMatrix& host, int device);
 
 // Y [M, N] = X [M, K] · Wᵀ (+ bias [N] f32 on the device, or null), X and Y device memory of
-// `dtype` on W's device, enqueued on `stream` (a cudaStream_t). Two launches (gather, product).
+// `dtype` on W's device, enqueued on `stream` (a cudaStream_t). Two launches (gather, product; the
+// product overlapping the gather on sm_90).
 void spqr_matmul(const SpqrDeviceWeights& W, const void* X, SpqrDtype dtype, int64_t M, void* Y, const float* bias,
                  void* stream);
-// The same with the split of K forced (benchmarks); splits < 1: the default choice.
+// The same with the split of K forced (benchmarks; splits < 1: the default choice) and the overlap
+// of the two launches (programmatic dependent launch on sm_90: the product's blocks start and read
+// their first records while the gather runs) on or off.
 void spqr_matmul_splits(const SpqrDeviceWeights& W, const void* X, SpqrDtype dtype, int64_t M, void* Y,
-                        const float* bias, void* stream, int splits);
+                        const float* bias, void* stream, int splits, bool overlap);
 // The two launches of a product, separately (benchmarks time the second alone): X into sweep
 // order in W's scratch, then the product from there (splits < 1: the default choice).
 void spqr_gather(const SpqrDeviceWeights& W, const void* X, SpqrDtype dtype, int64_t M, void* stream);
 void spqr_product(const SpqrDeviceWeights& W, SpqrDtype dtype, int64_t M, void* Y, const float* bias, void* stream,
-                  int splits);
+                  int splits, bool overlap);
 // The row tile (8 or 16 rows of X per block) and split of K spqr_matmul picks.
 void spqr_choose(const SpqrDeviceWeights& W, int64_t M, int* rows_per_block, int* splits);
 
