@@ -1,6 +1,6 @@
 // SpQR products on a GPU against the GPTQ tensor-core kernel of the same bit width, through
 // prepared linears (prepareLinear, f16 activations): 'spqr-cuda-half' vs 'gptq-tc' (group 128),
-// random weights, 1% outliers. Writes bench/results/h200-spqr.json (or --out): the fields of
+// random weights, 1% outliers. Writes bench/results/h200-spqr-roundtrip.json (or --out): the fields of
 // h200-gemm.json where they apply, plus outlier_rate and spqr_vs_gptq.
 //
 // Timing: median wall time of matmulSync over 200 calls after 20 warm-ups. Each call is a host
@@ -28,7 +28,7 @@ const SHAPES = option('shapes', '4096x4096')
 const MS = option('m', '1,16').split(',').map(Number);
 const BITS = option('bits', '3,4').split(',').map(Number);
 const COPY_GBS = Number(option('copy-gbs', '4201.4')); // measured on the H200 (h200-gemm.json)
-const OUT = option('out', join(root, 'bench/results/h200-spqr.json'));
+const OUT = option('out', join(root, 'bench/results/h200-spqr-roundtrip.json'));
 const OUTLIERS = 0.01;
 
 let seed = 12345;
