@@ -255,15 +255,16 @@ void check_case(Rng& rng, int bits, int stat_bits, int64_t N, int64_t K, int64_t
                       from_bits(y[first], dt), ref[first]);
         }
       };
-      for (int splits : {0, 1, 3})
-        for (int rep = 0; rep < 2; ++rep) {
-          CK(cudaMemset(dy, 0xff, (size_t)(M * N) * 2));  // NaN in fp16 and bf16
-          cuda::spqr_matmul_splits(W, dx, dt, M, dy, with_bias ? dbias : nullptr, st, splits, rep == 0);
-          CK(cudaStreamSynchronize(st));
-          char how[40];
-          std::snprintf(how, sizeof how, "splits %d run %d (overlap %d)", splits, rep, rep == 0);
-          compare(how);
-        }
+      for (int variant = 0; variant < cuda::spqr_variant_count(); ++variant)
+        for (int splits : {0, 1, 3})
+          for (int rep = 0; rep < 2; ++rep) {
+            CK(cudaMemset(dy, 0xff, (size_t)(M * N) * 2));  // NaN in fp16 and bf16
+            cuda::spqr_matmul_splits(W, dx, dt, M, dy, with_bias ? dbias : nullptr, st, splits, rep == 0, variant);
+            CK(cudaStreamSynchronize(st));
+            char how[64];
+            std::snprintf(how, sizeof how, "variant %d splits %d run %d (overlap %d)", variant, splits, rep, rep == 0);
+            compare(how);
+          }
       {  // through a captured graph (scratch already grown by the runs above)
         cudaGraph_t graph;
         cudaGraphExec_t exec;
@@ -373,8 +374,8 @@ int run_bench(const char* json_path) {
   Rng rng(5);
   struct Shape { int64_t N, K; };
   const Shape shapes[] = {{4096, 4096}, {11008, 4096}, {8192, 8192}};
-  std::printf("\n| N x K | bits | M | SpQR us | no overlap | product only | best (splits) | of copy | config | gptq-tc us | SpQR/GPTQ speed | cuBLAS fp16 us | SpQR x cuBLAS |\n");
-  std::printf("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n");
+  std::printf("\n| N x K | bits | M | SpQR us | no overlap | product only | best (splits) | variants us (best) | of copy | config | gptq-tc us | SpQR/GPTQ speed | cuBLAS fp16 us | SpQR x cuBLAS |\n");
+  std::printf("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n");
   for (const Shape& s : shapes) {
     // cuBLAS fp16 on rotating dense copies.
     std::vector<void*> dense;
@@ -422,10 +423,10 @@ int run_bench(const char* json_path) {
                                  (double)(s.N * s.K);
       for (int mi = 0; mi < 2; ++mi) {
         const int64_t M = mi ? 16 : 1;
-        auto spqr_us = [&](int splits, bool overlap) {
+        auto spqr_us = [&](int splits, bool overlap, int variant = -1) {
           return graph_us(stream, [&](int i) {
             cuda::spqr_matmul_splits(*copies[(size_t)i % copies.size()], dx, SpqrDtype::f16, M, dy, nullptr, stream,
-                                     splits, overlap);
+                                     splits, overlap, variant);
           });
         };
         const double us = spqr_us(0, true);
@@ -433,13 +434,24 @@ int run_bench(const char* json_path) {
         // The product alone (X gathered beforehand), and the best split of K.
         for (auto& c : copies) cuda::spqr_gather(*c, dx, SpqrDtype::f16, M, stream);
         const double product_us = graph_us(stream, [&](int i) {
-          cuda::spqr_product(*copies[(size_t)i % copies.size()], SpqrDtype::f16, M, dy, nullptr, stream, 0, false);
+          cuda::spqr_product(*copies[(size_t)i % copies.size()], SpqrDtype::f16, M, dy, nullptr, stream, 0, false, -1);
         });
         double best_us = us;
         int best_splits = 0;
         for (int sp : {1, 2, 4, 8, 16, 32}) {
           const double t = spqr_us(sp, true);
           if (t < best_us) best_us = t, best_splits = sp;
+        }
+        // Every kernel variant with its own default split.
+        std::string variants;
+        double best_variant_us = 1e30;
+        int best_variant = 0;
+        for (int v = 0; v < cuda::spqr_variant_count(); ++v) {
+          const double t = spqr_us(0, true, v);
+          char b[32];
+          std::snprintf(b, sizeof b, "%s%.2f", v ? "," : "", t);
+          variants += b;
+          if (t < best_variant_us) best_variant_us = t, best_variant = v;
         }
         const double gus = graph_us(stream, [&](int i) {
           cuda::gptq_matmul(*gcopies[(size_t)i % gcopies.size()], dx, cuda::GptqDtype::f16, M, dy, stream);
@@ -448,9 +460,9 @@ int run_bench(const char* json_path) {
         cuda::spqr_choose(*copies[0], M, &rows, &splits);
         const double moved = wbytes + (double)(M * s.K * 2 + M * s.N * 2);
         const double pct = 100.0 * moved / us / 1e3 / copy_gbs;
-        std::printf("| %lld x %lld | %d | %lld | %.1f | %.1f | %.1f | %.1f (%d) | %.0f%% | m%d/%d | %.1f | %.2f | %.1f | %.2f |\n",
-                    (long long)s.N, (long long)s.K, bits, (long long)M, us, serial_us, product_us, best_us, best_splits, pct, rows,
-                    splits, gus, gus / us, cublas_us[mi], cublas_us[mi] / us);
+        std::printf("| %lld x %lld | %d | %lld | %.1f | %.1f | %.1f | %.1f (%d) | %s (%d) | %.0f%% | m%d/%d | %.1f | %.2f | %.1f | %.2f |\n",
+                    (long long)s.N, (long long)s.K, bits, (long long)M, us, serial_us, product_us, best_us, best_splits,
+                    variants.c_str(), best_variant, pct, rows, splits, gus, gus / us, cublas_us[mi], cublas_us[mi] / us);
         std::fflush(stdout);
         if (js) {
           std::fprintf(js,
@@ -458,10 +470,12 @@ int run_bench(const char* json_path) {
                        "\"tflops\":%.3f,\"config\":\"spqr-tc m%d splits %d\",\"weight_bytes\":%.0f,"
                        "\"stored_bits_per_weight\":%.3f,\"outlier_rate\":%.5f,\"gptq_tc_us\":%.2f,"
                        "\"gptq_group\":128,\"spqr_vs_gptq\":%.3f,\"cublas_fp16_us\":%.2f,\"x_cublas_fp16\":%.3f,"
-                       "\"product_only_us\":%.2f,\"no_overlap_us\":%.2f,\"best_us\":%.2f,\"best_splits\":%d}",
+                       "\"product_only_us\":%.2f,\"no_overlap_us\":%.2f,\"best_us\":%.2f,\"best_splits\":%d,"
+                       "\"variant_us\":[%s],\"best_variant\":%d}",
                        first_row ? "" : ",\n", (long long)s.K, (long long)s.N, (long long)M, bits, us, pct,
                        2.0 * M * s.N * s.K / us / 1e6, rows, splits, wbytes, stored_bits, rate, gus, gus / us,
-                       cublas_us[mi], cublas_us[mi] / us, product_us, serial_us, best_us, best_splits);
+                       cublas_us[mi], cublas_us[mi] / us, product_us, serial_us, best_us, best_splits, variants.c_str(),
+                       best_variant);
           first_row = false;
         }
       }

@@ -168,10 +168,11 @@ __device__ __forceinline__ void write_result(const Args& a, const float (&acc)[M
   if (tid == 0) *counter = 0;
 }
 
-template <int BITS, class T, int MT>
-__global__ void __launch_bounds__(256) spqr_tc_kernel(Args a) {
+// DEPTH: chunks in flight per warp; MINB: blocks per SM the registers are capped for.
+template <int BITS, class T, int MT, int DEPTH, int MINB>
+__global__ void __launch_bounds__(256, MINB) spqr_tc_kernel(Args a) {
   using T2 = typename Half<T>::T2;
-  constexpr int BM = 8 * MT, CB = code_bytes(BITS), REC = record_bytes(BITS), DEPTH = 2;
+  constexpr int BM = 8 * MT, CB = code_bytes(BITS), REC = record_bytes(BITS);
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, g = lane >> 2, t = lane & 3;
   const int ntile0 = blockIdx.y * 8, ntile = ntile0 + warp;
   const int m0 = blockIdx.x * BM;
@@ -345,13 +346,13 @@ int multiprocessors(int device) {
   return cached[device];
 }
 
-template <int BITS, class T, int MT>
+template <int BITS, class T, int MT, int DEPTH, int MINB>
 int occupancy() {
   static int blocks[64] = {};
   const int device = current_device(), slot = device >= 0 && device < 64 ? device : 0;
   if (!blocks[slot]) {
     int b = 0;
-    check(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&b, spqr_tc_kernel<BITS, T, MT>, 256, 0),
+    check(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&b, spqr_tc_kernel<BITS, T, MT, DEPTH, MINB>, 256, 0),
           "cudaOccupancyMaxActiveBlocksPerMultiprocessor (SpQR)");
     blocks[slot] = b < 1 ? 1 : b;
   }
@@ -365,7 +366,7 @@ struct Kernel {
 };
 // overlap: launched with a programmatic dependency on the previous launch in the stream (the gather),
 // so that its blocks start and request their records while the gather runs (sm_90 and newer).
-template <int BITS, class T, int MT>
+template <int BITS, class T, int MT, int DEPTH, int MINB>
 void launch(const Args& a, dim3 grid, cudaStream_t s, bool overlap) {
   cudaLaunchConfig_t config{};
   config.gridDim = grid;
@@ -376,24 +377,36 @@ void launch(const Args& a, dim3 grid, cudaStream_t s, bool overlap) {
   attr[0].val.programmaticStreamSerializationAllowed = 1;
   config.attrs = attr;
   config.numAttrs = overlap ? 1 : 0;
-  check(cudaLaunchKernelEx(&config, spqr_tc_kernel<BITS, T, MT>, a), "SpQR product launch");
+  check(cudaLaunchKernelEx(&config, spqr_tc_kernel<BITS, T, MT, DEPTH, MINB>, a), "SpQR product launch");
 }
-template <int BITS, class T>
-Kernel kernel_for(int mt) {
-  if (mt == 1) return {launch<BITS, T, 1>, occupancy<BITS, T, 1>};
-  return {launch<BITS, T, 2>, occupancy<BITS, T, 2>};
+// The variants (chunks in flight per warp, blocks per SM the registers are capped for): 0 (2, 1);
+// 1 (2, 3 for 8-row tiles, 2 for 16-row tiles). The H200 sweep of 2026-12-01 (bench/cuda-spqr.cu;
+// bench/RESULTS.md) also timed (3, 2) and (4, 1): never faster.
+constexpr int kVariants = 2;
+template <int BITS, class T, int MT>
+Kernel kernel_for(int variant) {
+  if (variant == 1) return {launch<BITS, T, MT, 2, MT == 1 ? 3 : 2>, occupancy<BITS, T, MT, 2, MT == 1 ? 3 : 2>};
+  return {launch<BITS, T, MT, 2, 1>, occupancy<BITS, T, MT, 2, 1>};
 }
 template <class T>
-Kernel kernel_for(int bits, int mt) {
-  switch (bits) {
-    case 2: return kernel_for<2, T>(mt);
-    case 3: return kernel_for<3, T>(mt);
-    default: return kernel_for<4, T>(mt);
+Kernel kernel_for(int bits, int mt, int variant) {
+  switch (bits * 2 + (mt - 1)) {
+    case 4: return kernel_for<2, T, 1>(variant);
+    case 5: return kernel_for<2, T, 2>(variant);
+    case 6: return kernel_for<3, T, 1>(variant);
+    case 7: return kernel_for<3, T, 2>(variant);
+    case 8: return kernel_for<4, T, 1>(variant);
+    default: return kernel_for<4, T, 2>(variant);
   }
 }
-Kernel kernel_for(SpqrDtype dtype, int bits, int mt) {
-  return dtype == SpqrDtype::f16 ? kernel_for<__half>(bits, mt) : kernel_for<__nv_bfloat16>(bits, mt);
+Kernel kernel_for(SpqrDtype dtype, int bits, int mt, int variant) {
+  return dtype == SpqrDtype::f16 ? kernel_for<__half>(bits, mt, variant) : kernel_for<__nv_bfloat16>(bits, mt, variant);
 }
+
+// The variant a product runs by default, per row tile, from that sweep: 8-row tiles as they are
+// (102 registers, 2 blocks per SM; capping for 3 was up to 7% slower on 4-bit), 16-row tiles capped
+// at 128 registers for 2 blocks per SM instead of 1 (146 registers): 7-22% faster at M = 16.
+int default_variant(int mt) { return mt == 1 ? 0 : 1; }
 
 int rows_for(int64_t M) { return M <= 8 ? 8 : 16; }
 
@@ -407,16 +420,20 @@ bool overlap_supported(int device) {
 
 }  // namespace
 
-void spqr_choose(const SpqrDeviceWeights& W, int64_t M, int* rows_per_block, int* splits) {
+void spqr_choose(const SpqrDeviceWeights& W, int64_t M, int* rows_per_block, int* splits, int variant) {
   // 8 rows of X per block up to 8 rows, else 16. K is split until the grid fills one wave of
   // resident blocks, keeping at least 4 chunks of K per split (as the GPTQ kernels choose).
   check(cudaSetDevice(W.device), "cudaSetDevice");
   const int mt = rows_for(M) / 8;
+  if (variant < 0 || variant >= kVariants) variant = default_variant(mt);
   const int64_t tiles = ceil_div(M, 8 * mt) * (W.Np / 128), chunks = W.Kp / kChunk;
-  const int64_t target = (int64_t)kernel_for(SpqrDtype::f16, W.bits, mt).occupancy() * multiprocessors(W.device);
+  const int64_t target =
+      (int64_t)kernel_for(SpqrDtype::f16, W.bits, mt, variant).occupancy() * multiprocessors(W.device);
   *rows_per_block = 8 * mt;
   *splits = (int)std::max<int64_t>(1, std::min(target / tiles, chunks / 4));
 }
+
+int spqr_variant_count() { return kVariants; }
 
 void spqr_gather(const SpqrDeviceWeights& W, const void* X, SpqrDtype dtype, int64_t M, void* stream_ptr) {
   require(M >= 1 && M <= (int64_t)1 << 24, "E_SHAPE", "M must be in [1, 2^24]");
@@ -450,10 +467,11 @@ void spqr_gather(const SpqrDeviceWeights& W, const void* X, SpqrDtype dtype, int
 }
 
 void spqr_product(const SpqrDeviceWeights& W, SpqrDtype dtype, int64_t M, void* Y, const float* bias,
-                  void* stream_ptr, int splits, bool overlap) {
+                  void* stream_ptr, int splits, bool overlap, int variant) {
   require(M >= 1 && M <= (int64_t)1 << 24, "E_SHAPE", "M must be in [1, 2^24]");
   int rows = 8, chosen = 1;
-  spqr_choose(W, M, &rows, &chosen);
+  if (variant < 0 || variant >= kVariants) variant = default_variant(rows_for(M) / 8);
+  spqr_choose(W, M, &rows, &chosen, variant);
   if (splits < 1) splits = chosen;
   const int64_t chunks = W.Kp / kChunk;
   splits = (int)std::min<int64_t>(splits, chunks);
@@ -499,19 +517,19 @@ void spqr_product(const SpqrDeviceWeights& W, SpqrDtype dtype, int64_t M, void* 
     a.partial = Wm.partial;
     a.counters = Wm.counters;
   }
-  kernel_for(dtype, W.bits, rows / 8).launch(a, grid, stream, overlap && overlap_supported(W.device));
+  kernel_for(dtype, W.bits, rows / 8, variant).launch(a, grid, stream, overlap && overlap_supported(W.device));
   check(cudaGetLastError(), "SpQR product launch");
 }
 
 void spqr_matmul_splits(const SpqrDeviceWeights& W, const void* X, SpqrDtype dtype, int64_t M, void* Y,
-                        const float* bias, void* stream, int splits, bool overlap) {
+                        const float* bias, void* stream, int splits, bool overlap, int variant) {
   spqr_gather(W, X, dtype, M, stream);
-  spqr_product(W, dtype, M, Y, bias, stream, splits, overlap);
+  spqr_product(W, dtype, M, Y, bias, stream, splits, overlap, variant);
 }
 
 void spqr_matmul(const SpqrDeviceWeights& W, const void* X, SpqrDtype dtype, int64_t M, void* Y, const float* bias,
                  void* stream) {
-  spqr_matmul_splits(W, X, dtype, M, Y, bias, stream, 0, true);
+  spqr_matmul_splits(W, X, dtype, M, Y, bias, stream, 0, true, -1);
 }
 
 }  // namespace cuda

@@ -113,15 +113,18 @@ void spqr_matmul(const SpqrDeviceWeights& W, const void* X, SpqrDtype dtype, int
 // The same with the split of K forced (benchmarks; splits < 1: the default choice) and the overlap
 // of the two launches (programmatic dependent launch on sm_90: the product's blocks start and read
 // their first records while the gather runs) on or off.
+// variant: one of spqr_variant_count() kernel variants (chunks in flight per warp, register cap),
+// < 0 the default.
 void spqr_matmul_splits(const SpqrDeviceWeights& W, const void* X, SpqrDtype dtype, int64_t M, void* Y,
-                        const float* bias, void* stream, int splits, bool overlap);
+                        const float* bias, void* stream, int splits, bool overlap, int variant);
+int spqr_variant_count();
 // The two launches of a product, separately (benchmarks time the second alone): X into sweep
 // order in W's scratch, then the product from there (splits < 1: the default choice).
 void spqr_gather(const SpqrDeviceWeights& W, const void* X, SpqrDtype dtype, int64_t M, void* stream);
 void spqr_product(const SpqrDeviceWeights& W, SpqrDtype dtype, int64_t M, void* Y, const float* bias, void* stream,
-                  int splits, bool overlap);
+                  int splits, bool overlap, int variant);
 // The row tile (8 or 16 rows of X per block) and split of K spqr_matmul picks.
-void spqr_choose(const SpqrDeviceWeights& W, int64_t M, int* rows_per_block, int* splits);
+void spqr_choose(const SpqrDeviceWeights& W, int64_t M, int* rows_per_block, int* splits, int variant = -1);
 
 }  // namespace cuda
 }  // namespace lowbit
