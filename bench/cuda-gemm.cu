@@ -1,9 +1,7 @@
 // The GPTQ GPU products (cuda/gptq_kernels): a correctness check against float64 and the timings.
 // A standalone program built with nvcc from the same sources as the addon; not part of the addon.
 //
-//   nvcc -O3 -std=c++17 -gencode arch=compute_90,code=sm_90 --expt-relaxed-constexpr bench/cuda-gemm.cu \
-//     cuda/gptq_kernels/gemm.cu cuda/gptq_kernels/repack.cu cuda/packed_gemm.cu cuda/device.cu \
-//     native/core/pack.cpp native/core/thread_pool.cpp -o cuda-gemm
+//   bench/device.sh --build-only     (nvcc for sm_90 with the CPU objects of native/core: build-cuda/bench)
 //   cuda-gemm check              every kernel configuration against float64 (exit 1 on a failure)
 //   cuda-gemm bench [out.json [maxM]]   timings over the issue's shapes (M up to maxM, default 256)
 //   cuda-gemm sweep [out.json [maxM]]   the same, with every configuration and split timed too
@@ -11,8 +9,8 @@
 // Check: random GPTQ checkpoints (2/3/4 bits, odd K and N, groups of 32/64/128/per-channel, shuffled
 // g_idx, v1 and v2 zeros), packed with native/core's packer, repacked (and the repack undone: it
 // must give back q, zeros and scales exactly), multiplied in fp16 and bf16 by every configuration
-// and split, outputs poisoned with NaN before each run and each run done twice (the split-K scratch
-// must be left clean), and once more through a captured CUDA graph. Each element must lie within a
+// and split and by the dequantize + cuBLAS path, outputs poisoned with NaN before each run and each
+// run done twice (the split-K scratch must be left clean), and once more through a captured CUDA graph. Each element must lie within a
 // bound derived from the rounding of the weights to fp16/bf16 (inline scaling), of the output, and
 // fp32 accumulation: |y - ref| <= 2·u_w·Σ|x·w| + u_out·|ref| + 2^-20·Σ|x·w|.
 #include <cuda_bf16.h>
@@ -30,6 +28,7 @@
 
 #include "../cuda/cuda_api.hpp"
 #include "../cuda/gptq_kernels/gptq_kernels.hpp"
+#include "../cuda/linalg.cuh"
 #include "../native/core/pack.hpp"
 #include "../native/core/weight_format.hpp"
 #include "cuda_bench.cuh"
@@ -38,6 +37,8 @@ using namespace lowbit;
 using cuda::GptqDtype;
 
 namespace {
+
+constexpr int kDequant = -1;  // the bench's name for the dequantize + cuBLAS path
 
 struct Rng {
   uint64_t s;
@@ -230,16 +231,43 @@ void check_case(const Case& c, Rng& rng) {
             ++runs;
           }
         }
+      // The dequantize + cuBLAS path (scales applied to each weight: the inline bound), its scratch
+      // poisoned too so that an unwritten weight shows.
+      {
+        void* wide;
+        const size_t wide_bytes = (size_t)cuda::gptq_dequant_bytes(*dW);
+        CK(cudaMalloc(&wide, wide_bytes));
+        for (int rep = 0; rep < 2; ++rep) {
+          CK(cudaMemset(wide, 0xff, wide_bytes));
+          CK(cudaMemset(dy, 0xff, y.size() * 2));
+          if (!cuda::gptq_matmul_dequant(*dW, dx, dt, M, dy, nullptr, wide)) {
+            ++failures;
+            std::printf("FAIL dequantize path: no cuBLAS\n");
+            break;
+          }
+          CK(cudaDeviceSynchronize());
+          CK(cudaMemcpy(y.data(), dy, y.size() * 2, cudaMemcpyDeviceToHost));
+          char what[256];
+          std::snprintf(what, sizeof what, "bits %d K %lld N %lld gs %lld%s zo %d %s M %lld dequant+cuBLAS run %d",
+                        c.bits, (long long)c.K, (long long)c.N, (long long)c.gs, c.shuffled ? " act-order" : "",
+                        c.zero_offset, dt == GptqDtype::f16 ? "fp16" : "bf16", (long long)M, rep);
+          worst = std::max(worst, compare(y, ref, absref, dt, false, what));
+          ++runs;
+        }
+        CK(cudaFree(wide));
+      }
       // The default choice, through a captured graph, replayed twice.
       {
         cudaStream_t st;
         CK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
-        cuda::gptq_matmul(*dW, dx, dt, M, dy, st);  // grows the scratch outside capture
+        void* wide;
+        CK(cudaMalloc(&wide, (size_t)cuda::gptq_dequant_bytes(*dW)));
+        cuda::gptq_matmul(*dW, dx, dt, M, dy, st, wide);  // grows the scratch outside capture
         CK(cudaStreamSynchronize(st));
         cudaGraph_t graph;
         cudaGraphExec_t exec;
         CK(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal));
-        cuda::gptq_matmul(*dW, dx, dt, M, dy, st);
+        cuda::gptq_matmul(*dW, dx, dt, M, dy, st, wide);
         CK(cudaStreamEndCapture(st, &graph));
         CK(cudaGraphInstantiate(&exec, graph, 0));
         for (int rep = 0; rep < 2; ++rep) {
@@ -249,11 +277,13 @@ void check_case(const Case& c, Rng& rng) {
           CK(cudaMemcpy(y.data(), dy, y.size() * 2, cudaMemcpyDeviceToHost));
           int config, splits;
           cuda::gptq_choose(*dW, M, &config, &splits);
-          compare(y, ref, absref, dt, cuda::gptq_config_defers(*dW, config), "graph replay");
+          const bool defer = !cuda::gptq_dequant_wins(*dW, M) && cuda::gptq_config_defers(*dW, config);
+          compare(y, ref, absref, dt, defer, "graph replay");
         }
         CK(cudaGraphExecDestroy(exec));
         CK(cudaGraphDestroy(graph));
         CK(cudaStreamDestroy(st));
+        CK(cudaFree(wide));
       }
       CK(cudaFree(dx));
       CK(cudaFree(dy));
@@ -338,8 +368,8 @@ int run_bench(const char* json_path, bool sweep, int64_t max_m) {
   struct Shape { int64_t K, N; };
   const Shape shapes[] = {{4096, 4096}, {4096, 11008}, {11008, 4096}, {8192, 8192}, {8192, 28672}, {28672, 8192}};
   const int64_t Ms[] = {1, 2, 4, 8, 16, 32, 64, 128, 256};
-  std::printf("\n| K x N | bits | group | M | us | GB/s | of copy | TFLOP/s | config | best us (config, splits) |\n");
-  std::printf("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n");
+  std::printf("\n| K x N | bits | group | M | us | GB/s | of copy | TFLOP/s | config | fused us | dequant us | best us (config, splits) |\n");
+  std::printf("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n");
   struct Job { Shape s; int bits; int64_t gs; };
   std::vector<Job> jobs;
   for (const Shape& s : shapes)
@@ -352,9 +382,10 @@ int run_bench(const char* json_path, bool sweep, int64_t max_m) {
     copies.emplace_back(new cuda::GptqDeviceWeights(R, 0));
     const double wbytes = (double)copies[0]->weight_bytes;
     while ((double)copies.size() * wbytes < 300e6) copies.emplace_back(new cuda::GptqDeviceWeights(R, 0));
-    void *dx, *dy;
+    void *dx, *dy, *wide;
     CK(cudaMalloc(&dx, (size_t)(256 * s.K * 2)));
     CK(cudaMalloc(&dy, (size_t)(256 * s.N * 2)));
+    CK(cudaMalloc(&wide, (size_t)cuda::gptq_dequant_bytes(*copies[0])));
     {
       std::vector<uint16_t> hx((size_t)(256 * s.K));
       for (auto& v : hx) v = to_bits((float)rng.normal(), GptqDtype::f16);
@@ -364,16 +395,20 @@ int run_bench(const char* json_path, bool sweep, int64_t max_m) {
       if (M > max_m) continue;
       // Time per product inside a CUDA graph of kBatch products over rotating weight copies (the way
       // a forward pass would run them), so that launch latency is not counted.
+      // config kDequant: the dequantize + cuBLAS path.
+      auto run = [&](const cuda::GptqDeviceWeights& c, cudaStream_t st, int config, int splits) {
+        if (config == kDequant) return cuda::gptq_matmul_dequant(c, dx, GptqDtype::f16, M, dy, st, wide);
+        return cuda::gptq_matmul_config(c, dx, GptqDtype::f16, M, dy, st, config, splits);
+      };
       auto time_cfg = [&](int config, int splits) -> double {
         for (auto& c : copies)
-          if (!cuda::gptq_matmul_config(*c, dx, GptqDtype::f16, M, dy, nullptr, config, splits)) return -1.0;
+          if (!run(*c, nullptr, config, splits)) return -1.0;
         CK(cudaDeviceSynchronize());
         constexpr int kBatch = 20;
         cudaGraph_t graph;
         cudaGraphExec_t exec;
         CK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
-        for (int i = 0; i < kBatch; ++i)
-          cuda::gptq_matmul_config(*copies[i % copies.size()], dx, GptqDtype::f16, M, dy, stream, config, splits);
+        for (int i = 0; i < kBatch; ++i) run(*copies[i % copies.size()], stream, config, splits);
         CK(cudaStreamEndCapture(stream, &graph));
         CK(cudaGraphInstantiate(&exec, graph, 0));
         const double us = median_us([&] { CK(cudaGraphLaunch(exec, stream)); }, 10, stream) / kBatch;
@@ -383,35 +418,41 @@ int run_bench(const char* json_path, bool sweep, int64_t max_m) {
       };
       int config, splits;
       cuda::gptq_choose(*copies[0], M, &config, &splits);
-      const double us = time_cfg(config, splits);
+      const double fused_us = time_cfg(config, splits);
+      const double dequant_us = M >= 16 ? time_cfg(kDequant, 1) : -1.0;
+      const bool dequant = cuda::gptq_dequant_wins(*copies[0], M);
+      const double us = dequant ? dequant_us : fused_us;
       double best = us;
       int best_c = config, best_s = splits;
       if (sweep) {
         for (int c = 0; c < cuda::gptq_config_count(); ++c)
           for (int sp : {1, 2, 3, 4, 6, 8, 12, 16}) {
-            if (c == config && sp == splits) continue;
+            if (!dequant && c == config && sp == splits) continue;
             if (M > 64 && sp > 4) continue;  // large M fills the GPU without deep splits
             const double t = time_cfg(c, sp);
             if (t > 0 && t < best) best = t, best_c = c, best_s = sp;
           }
       }
       const double gbs = wbytes / us / 1e3;
-      std::printf("| %lld x %lld | %d | %lld | %lld | %.1f | %.0f | %.0f%% | %.1f | %s/%d | %.1f (%s, %d) |\n",
+      const char* picked = dequant ? "dequant" : cuda::gptq_config_name(config);
+      std::printf("| %lld x %lld | %d | %lld | %lld | %.1f | %.0f | %.0f%% | %.1f | %s/%d | %.1f | %.1f | %.1f (%s, %d) |\n",
                   (long long)s.K, (long long)s.N, job.bits, (long long)job.gs, (long long)M, us, gbs,
-                  100.0 * gbs / copy_gbs, 2.0 * M * s.K * s.N / us / 1e6, cuda::gptq_config_name(config), splits, best,
+                  100.0 * gbs / copy_gbs, 2.0 * M * s.K * s.N / us / 1e6, picked, splits, fused_us, dequant_us, best,
                   cuda::gptq_config_name(best_c), best_s);
       std::fflush(stdout);
       if (js) {
         std::fprintf(js,
                      "%s{\"K\":%lld,\"N\":%lld,\"M\":%lld,\"bits\":%d,\"group\":%lld,\"us\":%.2f,\"weight_bytes\":%.0f,"
-                     "\"config\":\"%s\",\"splits\":%d,\"best_us\":%.2f,\"best_config\":\"%s\",\"best_splits\":%d}",
+                     "\"config\":\"%s\",\"splits\":%d,\"fused_us\":%.2f,\"dequant_us\":%.2f,\"best_us\":%.2f,"
+                     "\"best_config\":\"%s\",\"best_splits\":%d}",
                      first_row ? "" : ",\n", (long long)s.K, (long long)s.N, (long long)M, job.bits, (long long)job.gs, us,
-                     wbytes, cuda::gptq_config_name(config), splits, best, cuda::gptq_config_name(best_c), best_s);
+                     wbytes, picked, splits, fused_us, dequant_us, best, cuda::gptq_config_name(best_c), best_s);
         first_row = false;
       }
     }
     CK(cudaFree(dx));
     CK(cudaFree(dy));
+    CK(cudaFree(wide));
   }
   if (js) {
     std::fprintf(js, "\n]}\n");
@@ -439,6 +480,27 @@ int run_profile() {
   return 0;
 }
 
+// The dequantize + cuBLAS path's two parts timed apart (events, warm), for a profiler too:
+// 4-bit 8192 x 28672, M = 64.
+int run_dequant_profile() {
+  Rng rng(5);
+  const cuda::GptqRepacked R = random_repacked(4, 8192, 28672, 128, rng);
+  cuda::GptqDeviceWeights W(R, 0);
+  void *dx, *dy, *wide;
+  CK(cudaMalloc(&dx, 256 * 8192 * 2));
+  CK(cudaMalloc(&dy, 256 * 28672 * 2));
+  CK(cudaMalloc(&wide, (size_t)cuda::gptq_dequant_bytes(W)));
+  CK(cudaMemset(dx, 0x3c, 256 * 8192 * 2));
+  for (int64_t M : {64, 256}) {
+    const double whole = median_us([&] { cuda::gptq_matmul_dequant(W, dx, GptqDtype::f16, M, dy, nullptr, wide); }, 10);
+    const double gemm = median_us([&] { cuda::gemm16(nullptr, false, M, W.N, W.K, dx, wide, dy, false); }, 10);
+    std::printf("dequant path M %lld: whole %.1f us, cuBLAS alone %.1f us, dequantize %.1f us\n", (long long)M, whole,
+                gemm, whole - gemm);
+  }
+  CK(cudaDeviceSynchronize());
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -448,11 +510,12 @@ int main(int argc, char** argv) {
     if (mode == "check") return run_check();
     if (mode == "bench") return run_bench(argc > 2 ? argv[2] : nullptr, false, argc > 3 ? std::atoll(argv[3]) : 256);
     if (mode == "profile") return run_profile();
+    if (mode == "dequant-profile") return run_dequant_profile();
     if (mode == "sweep") return run_bench(argc > 2 ? argv[2] : nullptr, true, argc > 3 ? std::atoll(argv[3]) : 256);
   } catch (const std::exception& e) {
     std::printf("error: %s\n", e.what());
     return 1;
   }
-  std::printf("usage: cuda-gemm check | bench [out.json [maxM]] | sweep [out.json [maxM]] | profile\n");
+  std::printf("usage: cuda-gemm check | bench [out.json [maxM]] | sweep [out.json [maxM]] | profile | dequant-profile\n");
   return 2;
 }

@@ -12,16 +12,25 @@ bin=$root/build-cuda/bench
 nvcc_flags=(-O3 -std=c++17 -arch=sm_90 --expt-relaxed-constexpr)
 
 if [[ ${1:-} == --build-only ]]; then
-  mkdir -p "$bin"
-  nvcc "${nvcc_flags[@]}" bench/cuda-gemm.cu cuda/gptq_kernels/gemm.cu cuda/gptq_kernels/repack.cu cuda/device.cu \
-    native/core/pack.cpp native/core/thread_pool.cpp -o "$bin/cuda-gemm"
+  mkdir -p "$bin/obj"
+  # The CPU side (packing, the CPU GPTQ and linear algebra the checks compare with and fall back to),
+  # compiled once by the host compiler: the SIMD kernels carry their own target attributes.
+  cpu_objs=()
+  for f in native/core/*.cpp native/core/cpu_gptq/*.cpp; do
+    o=$bin/obj/$(echo "${f#native/core/}" | tr / _).o
+    [[ $o -nt $f ]] || g++ -O2 -std=c++17 -c "$f" -o "$o" || exit 1
+    cpu_objs+=("$o")
+  done
+  gptq_kernels=(cuda/gptq_kernels/gemm.cu cuda/gptq_kernels/dequant.cu cuda/gptq_kernels/repack.cu)
+  # The dequantize + cuBLAS path links linalg.cu (cuBLAS through dlopen).
+  nvcc "${nvcc_flags[@]}" bench/cuda-gemm.cu "${gptq_kernels[@]}" cuda/linalg.cu cuda/device.cu "${cpu_objs[@]}" \
+    -o "$bin/cuda-gemm" -ldl
   # The GPTQ check links the CPU implementation (native/core, without the model) to compare against.
-  nvcc "${nvcc_flags[@]}" bench/cuda-gptq.cu cuda/gptq.cu cuda/linalg.cu cuda/device.cu \
-    $(ls native/core/*.cpp) -o "$bin/cuda-gptq" -ldl
+  nvcc "${nvcc_flags[@]}" bench/cuda-gptq.cu cuda/gptq.cu cuda/linalg.cu cuda/device.cu "${cpu_objs[@]}" \
+    -o "$bin/cuda-gptq" -ldl
   # The SpQR tensor-core product against float64, and timed beside gptq-tc and cuBLAS fp16.
   nvcc "${nvcc_flags[@]}" bench/cuda-spqr.cu cuda/spqr_kernels/gemm.cu cuda/spqr_kernels/repack.cu \
-    cuda/gptq_kernels/gemm.cu cuda/gptq_kernels/repack.cu cuda/linalg.cu cuda/device.cu \
-    $(ls native/core/*.cpp native/core/cpu_gptq/*.cpp) -o "$bin/cuda-spqr" -ldl
+    "${gptq_kernels[@]}" cuda/linalg.cu cuda/device.cu "${cpu_objs[@]}" -o "$bin/cuda-spqr" -ldl
   exit
 fi
 

@@ -24,6 +24,8 @@ for r in mine["rows"]:
         "x_fp16": round(p["fp16_us"] / r["us"], 2),
         "x_bf16": round(p["bf16_us"] / r["us"], 2),
         "config": f'{r["config"]}/{r["splits"]}',
+        "fused_us": r.get("fused_us"),
+        "dequant_us": r.get("dequant_us") if r.get("dequant_us", -1) > 0 else None,
         "best_us": r["best_us"],
         "best_config": f'{r["best_config"]}/{r["best_splits"]}',
         "fp16_us": round(p["fp16_us"], 2),

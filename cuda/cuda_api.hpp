@@ -66,6 +66,7 @@ class DeviceScratch {
   DeviceScratch(const DeviceScratch&) = delete;
   DeviceScratch& operator=(const DeviceScratch&) = delete;
   void* get(int64_t bytes);  // at least `bytes`, on the current device
+  int64_t size() const { return size_; }  // bytes held now (get() may grow and move it)
 
  private:
   void* ptr_ = nullptr;

@@ -52,6 +52,9 @@ struct Libraries {
   CusolverApi solver;
   bool blas_ok = false, solver_ok = false;
   std::string why;  // what could not be opened
+  // One handle serves every thread: setting its stream and enqueuing a call must not interleave with
+  // another thread's (two models, or a prepared linear beside a model, on worker threads).
+  std::mutex call_lock;
 };
 
 void* open_first(const char* const* names, std::string* tried) {
@@ -160,6 +163,7 @@ __global__ void set_identity(double* out, int64_t n) {
 
 std::string linalg_backend_description() {
   Libraries& l = libraries();
+  std::lock_guard<std::mutex> guard(l.call_lock);
   std::string s;
   if (l.blas_ok) s += "cuBLAS " + std::to_string(l.blas.version) + " (dlopen)";
   else s += "built-in GEMM kernels (no cuBLAS)";
@@ -175,6 +179,7 @@ void sgemm(cudaStream_t stream, bool trans_a, bool trans_b, int64_t M, int64_t N
            const float* A, int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
   if (M == 0 || N == 0) return;
   Libraries& l = libraries();
+  std::lock_guard<std::mutex> guard(l.call_lock);
   const int64_t kIntMax = 2147483647;
   if (l.blas_ok && M <= kIntMax && N <= kIntMax && Kd <= kIntMax && lda <= kIntMax && ldb <= kIntMax &&
       ldc <= kIntMax) {
@@ -194,6 +199,7 @@ void gemm16(cudaStream_t stream, bool bf16, int64_t M, int64_t N, int64_t K, con
             bool y_f32) {
   if (M == 0 || N == 0) return;
   Libraries& l = libraries();
+  std::lock_guard<std::mutex> guard(l.call_lock);
   const int64_t kIntMax = 2147483647;
   if (l.blas_ok && l.blas.gemm_ex && M <= kIntMax && N <= kIntMax && K <= kIntMax) {
     // cudaDataType_t: R_32F 0, R_16F 2, R_16BF 14; cublasComputeType_t COMPUTE_32F 68; GEMM_DEFAULT -1.
@@ -218,6 +224,7 @@ void gemm16(cudaStream_t stream, bool bf16, int64_t M, int64_t N, int64_t K, con
 
 bool cholesky_lower_device(cudaStream_t stream, double* P, int64_t n) {
   Libraries& l = libraries();
+  std::lock_guard<std::mutex> guard(l.call_lock);
   require(l.solver_ok, "E_INTERNAL", "cholesky_lower_device needs cuSOLVER");
   require(n <= 2147483647, "E_SHAPE", "matrix too large for cuSOLVER's 32-bit interface");
   // Row-major lower L with P = L Lᵀ is, read column-major, the upper U = Lᵀ with P = Uᵀ U.
@@ -238,6 +245,7 @@ bool cholesky_lower_device(cudaStream_t stream, double* P, int64_t n) {
 
 void invert_lower_device(cudaStream_t stream, const double* L, double* out, int64_t n) {
   Libraries& l = libraries();
+  std::lock_guard<std::mutex> guard(l.call_lock);
   require(l.blas_ok, "E_INTERNAL", "invert_lower_device needs cuBLAS");
   // Read column-major, L is U = Lᵀ (upper). Solving U X = I gives X = U⁻¹ = (L⁻¹)ᵀ column-major,
   // whose memory read row-major is L⁻¹: the answer, in place in `out`.

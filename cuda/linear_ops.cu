@@ -135,12 +135,21 @@ class GptqTensorCoreOp : public DeviceLinearOp {
     fail("E_UNSUPPORTED", "kernel 'gptq-tc' takes fp16 or bf16 activations, not f32 (use gptq-packed)");
   }
   bool has_half(DType dtype) const override { return dtype == DType::F16 || dtype == DType::BF16; }
-  void apply_half(const uint16_t* X, DType dtype, int64_t M, uint16_t* Y, DeviceScratch&,
+  void apply_half(const uint16_t* X, DType dtype, int64_t M, uint16_t* Y, DeviceScratch& scratch,
                   void* stream) const override {
     require(has_half(dtype), "E_DTYPE", "gptq-tc takes f16 or bf16 activations");
-    gptq_matmul(*repacked_, X, dtype == DType::F16 ? GptqDtype::f16 : GptqDtype::bf16, M, Y, stream);
-    if (bias_.bytes() == 0) return;
     const cudaStream_t s = static_cast<cudaStream_t>(stream);
+    // Large M: the dequantize + cuBLAS path, in the caller's scratch (grown only outside graph capture;
+    // a captured product whose scratch is too small keeps the fused kernels).
+    void* wide = nullptr;
+    if (gptq_dequant_wins(*repacked_, M) && have_cublas()) {
+      const int64_t need = gptq_dequant_bytes(*repacked_);
+      cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+      check(cudaStreamIsCapturing(s, &capture), "cudaStreamIsCapturing");
+      if (capture == cudaStreamCaptureStatusNone || scratch.size() >= need) wide = scratch.get(need);
+    }
+    gptq_matmul(*repacked_, X, dtype == DType::F16 ? GptqDtype::f16 : GptqDtype::bf16, M, Y, stream, wide);
+    if (bias_.bytes() == 0) return;
     const unsigned blocks = blocks_for(M * N(), 256);
     if (dtype == DType::F16)
       add_bias_half<<<blocks, 256, 0, s>>>(reinterpret_cast<__half*>(Y), M, N(), bias_.data());

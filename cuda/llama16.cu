@@ -491,7 +491,7 @@ class CudaLlama16 : public LlamaBackend {
       bool skip[kBlockLinears] = {};  // done by their group's one product
       bool joins[2] = {};              // side streams whose work the main stream must wait for
       // Q and Gate run on the main stream (after marking where side streams may start); K, V and Up
-      // run on side streams when they are not dense (cuBLAS keeps to one stream), else in turn. A
+      // run on side streams when they are not dense and small (cuBLAS keeps to one stream), else in turn. A
       // one-row call (decode) of a valid dense group is one product into the outputs laid end to end.
       void linear(Linear which, const uint16_t* in, uint16_t* out) {
         if (skip[(int)which]) return;
@@ -505,7 +505,9 @@ class CudaLlama16 : public LlamaBackend {
         }
         const DeviceLinearOp& op = *blk.linears[(int)which];
         const int side = which == Linear::K || which == Linear::Up ? 0 : which == Linear::V ? 1 : -1;
-        if (side < 0 || dynamic_cast<const DenseHalfOp*>(&op)) {
+        // Side streams only for small products (decode), where one product leaves the GPU idle: a
+        // large packed product may go through cuBLAS (gptq-tc's dequantize path), which keeps to one stream.
+        if (side < 0 || dynamic_cast<const DenseHalfOp*>(&op) || rows > 16) {
           op.apply_half(in, m.t_, rows, out, m.wide_[0], m.stream_);
           return;
         }

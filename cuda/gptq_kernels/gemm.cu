@@ -33,11 +33,13 @@
 #include "../cuda_check.cuh"
 #include "gptq_kernels.hpp"
 #include "layout.hpp"
+#include "tile_math.cuh"
 
 namespace lowbit {
 namespace cuda {
 
 using namespace gptq_layout;
+using namespace gptq_tile;
 
 namespace {
 
@@ -59,7 +61,7 @@ struct KernelArgs {
   int32_t* counters;
 };
 
-// ---- small PTX helpers ----
+// ---- cp.async helpers ----
 
 __device__ __forceinline__ uint32_t smem_addr(const void* p) { return (uint32_t)__cvta_generic_to_shared(p); }
 
@@ -73,152 +75,6 @@ __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commi
 template <int N>
 __device__ __forceinline__ void cp_async_wait() {
   asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
-}
-
-// (a & b) | c
-__device__ __forceinline__ uint32_t and_or(uint32_t a, uint32_t b, uint32_t c) {
-  uint32_t d;
-  asm("lop3.b32 %0, %1, %2, %3, 0xEA;\n" : "=r"(d) : "r"(a), "r"(b), "r"(c));
-  return d;
-}
-// (a & 0x33333333) | (b & 0xCCCCCCCC): two low bits from a, two high bits from b, per nibble
-__device__ __forceinline__ uint32_t merge_nibbles(uint32_t a, uint32_t b) {
-  uint32_t d;
-  asm("lop3.b32 %0, %1, %2, %3, 0xE4;\n" : "=r"(d) : "r"(a), "r"(b), "r"(0x33333333u));
-  return d;
-}
-
-template <class T> struct Dtype;
-template <> struct Dtype<__half> {
-  using T2 = __half2;
-  static constexpr uint32_t magic = 0x64006400u;  // 1024.0 in both halves
-  static constexpr float bias = 1024.f;
-};
-template <> struct Dtype<__nv_bfloat16> {
-  using T2 = __nv_bfloat162;
-  static constexpr uint32_t magic = 0x43004300u;  // 128.0 in both halves
-  static constexpr float bias = 128.f;
-};
-
-template <class T2> __device__ __forceinline__ T2 as_t2(uint32_t u) { return *reinterpret_cast<T2*>(&u); }
-template <class T2> __device__ __forceinline__ uint32_t as_u32(T2 v) { return *reinterpret_cast<uint32_t*>(&v); }
-
-template <class T> __device__ __forceinline__ void mma(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1);
-template <> __device__ __forceinline__ void mma<__half>(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-template <>
-__device__ __forceinline__ void mma<__nv_bfloat16>(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
-template <class T> __device__ __forceinline__ T from_float(float v);
-template <> __device__ __forceinline__ __half from_float<__half>(float v) { return __float2half_rn(v); }
-template <> __device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
-
-// ---- dequantization of one lane's share of a 16 × 16 tile into the 4 A-fragment registers ----
-
-// Per lane and 16-column tile: what turns the biased integers into weights. Row g of the tile uses
-// index 0, row g + 8 index 1.
-template <class T, int BITS, bool DEFER>
-struct TileConsts {
-  using T2 = typename Dtype<T>::T2;
-  T2 sub[4];    // per register r: the constant subtracted after scaling by mult[r]
-  T2 scale[2];  // inline scaling
-  float scale_f[2];
-
-  __device__ __forceinline__ void init(uint2 rec) {
-    const __half s0 = __ushort_as_half((unsigned short)(rec.x & 0xffff));
-    const __half s1 = __ushort_as_half((unsigned short)(rec.x >> 16));
-    const float z0 = __half2float(__ushort_as_half((unsigned short)(rec.y & 0xffff)));
-    const float z1 = __half2float(__ushort_as_half((unsigned short)(rec.y >> 16)));
-    scale_f[0] = __half2float(s0);
-    scale_f[1] = __half2float(s1);
-    if constexpr (!DEFER) {
-      scale[0] = as_t2<T2>(pack2(from_float<T>(scale_f[0])));
-      scale[1] = as_t2<T2>(pack2(from_float<T>(scale_f[1])));
-    }
-#pragma unroll
-    for (int r = 0; r < 4; ++r) {
-      const float z = (r & 1) ? z1 : z0;
-      sub[r] = as_t2<T2>(pack2(from_float<T>(Dtype<T>::bias / (float)multiplier(r) + z)));
-    }
-  }
-  // fp16 reads some fields in place (scaled by a power of 2, undone by one fma); bf16 shifts them down.
-  static __device__ __forceinline__ constexpr int multiplier(int r) {
-    if constexpr (std::is_same<T, __half>::value) {
-      if constexpr (BITS == 2) return 1 << (2 * r);
-      else return (r & 1) ? 16 : 1;
-    } else {
-      return 1;
-    }
-  }
-  static __device__ __forceinline__ uint32_t pack2(T v) {
-    const uint16_t b = *reinterpret_cast<uint16_t*>(&v);
-    return (uint32_t)b | ((uint32_t)b << 16);
-  }
-};
-
-// The biased field r of the word holding a tile's elements (4- and 3-bit: nibble word; 2-bit: the
-// tile's byte pair selected by `shift`).
-template <class T, int BITS>
-__device__ __forceinline__ uint32_t biased_field(uint32_t w, int r) {
-  constexpr uint32_t magic = Dtype<T>::magic;
-  if constexpr (BITS == 2) {
-    if constexpr (std::is_same<T, __half>::value) return and_or(w, 0x00030003u << (2 * r), magic);
-    else return and_or(w >> (2 * r), 0x00030003u, magic);
-  } else {
-    constexpr uint32_t lo = BITS == 4 ? 0x000f000fu : 0x00070007u;
-    if constexpr (std::is_same<T, __half>::value) {
-      const uint32_t src = (r >= 2) ? (w >> 8) : w;
-      return and_or(src, (r & 1) ? (lo << 4) : lo, magic);
-    } else {
-      return and_or(w >> (4 * r), lo, magic);
-    }
-  }
-}
-
-template <class T, int BITS, bool DEFER>
-__device__ __forceinline__ void dequant(uint32_t w, const TileConsts<T, BITS, DEFER>& c, uint32_t (&a)[4]) {
-  using T2 = typename Dtype<T>::T2;
-  using C = TileConsts<T, BITS, DEFER>;
-#pragma unroll
-  for (int r = 0; r < 4; ++r) {
-    const T2 raw = as_t2<T2>(biased_field<T, BITS>(w, r));
-    T2 v;
-    if constexpr (std::is_same<T, __half>::value) {
-      if (C::multiplier(r) == 1) v = __hsub2(raw, c.sub[r]);
-      else v = __hfma2(raw, __float2half2_rn(1.f / (float)C::multiplier(r)), __hneg2(c.sub[r]));
-    } else {
-      v = __hsub2(raw, c.sub[r]);
-    }
-    if constexpr (!DEFER) v = __hmul2(v, c.scale[r & 1]);
-    a[r] = as_u32(v);
-  }
-}
-
-// Tile j's word: 4-bit word j; 3-bit the rebuilt nibble word; 2-bit word j/2, shifted to tile j's byte pair.
-template <int BITS>
-__device__ __forceinline__ uint32_t tile_word(const uint32_t (&w)[8], int j) {
-  if constexpr (BITS == 4) {
-    return w[j];
-  } else if constexpr (BITS == 2) {
-    return (j & 1) ? (w[j >> 1] >> 8) : w[j >> 1];
-  } else {
-    const uint32_t lo = w[j >> 1], hi = w[4 + (j >> 2)];
-    switch (j & 3) {
-      case 0: return merge_nibbles(lo, hi);
-      case 1: return merge_nibbles(lo >> 2, hi >> 1);
-      case 2: return merge_nibbles(lo, hi << 2);
-      default: return merge_nibbles(lo >> 2, hi << 1);
-    }
-  }
 }
 
 // Writes a block's results: straight to Y, or (split-K) added into the fp32 partial sums, the last
@@ -709,6 +565,37 @@ void gptq_choose(const GptqDeviceWeights& W, int64_t M, int* config, int* splits
   *splits = (int)std::max<int64_t>(1, std::min({target / tiles, chunks / 4, by_traffic}));
 }
 
+const void* gptq_activations(const GptqDeviceWeights& W, const void* X, GptqDtype dtype, int64_t M, void* stream_ptr,
+                             int64_t* ld) {
+  cudaStream_t stream = static_cast<cudaStream_t>(stream_ptr);
+  // X straight from the caller when its rows are 16-byte aligned in the original order; else gathered.
+  if (W.identity_k && W.K % 8 == 0 && (reinterpret_cast<uintptr_t>(X) & 15) == 0) {
+    *ld = W.K;
+    return X;
+  }
+  auto& Wm = const_cast<GptqDeviceWeights&>(W);  // scratch grows on demand
+  const int64_t need = M * W.Kp * 2;
+  if (Wm.xperm_bytes < need) {
+    require(!capturing(stream), "E_CUDA", "GPTQ product: scratch for X must grow outside graph capture (run once first)");
+    if (Wm.xperm) cudaFree(Wm.xperm);
+    Wm.xperm = nullptr;
+    Wm.xperm_bytes = 0;
+    check(cudaMalloc(&Wm.xperm, (size_t)need), "cudaMalloc (GPTQ X scratch)");
+    Wm.xperm_bytes = need;
+  }
+  const int64_t total = M * W.Kp;
+  const unsigned blocks = (unsigned)((total + 255) / 256);
+  if (dtype == GptqDtype::f16)
+    gather_x<__half><<<blocks, 256, 0, stream>>>(static_cast<const __half*>(X), W.K, W.Kp, M, W.perm,
+                                                 static_cast<__half*>(Wm.xperm));
+  else
+    gather_x<__nv_bfloat16><<<blocks, 256, 0, stream>>>(static_cast<const __nv_bfloat16*>(X), W.K, W.Kp, M, W.perm,
+                                                        static_cast<__nv_bfloat16*>(Wm.xperm));
+  check(cudaGetLastError(), "GPTQ gather launch");
+  *ld = W.Kp;
+  return Wm.xperm;
+}
+
 bool gptq_matmul_config(const GptqDeviceWeights& W, const void* X, GptqDtype dtype, int64_t M, void* Y,
                         void* stream_ptr, int config, int splits) {
   require(M >= 1 && M <= (int64_t)1 << 30, "E_SHAPE", "M must be in [1, 2^30]");
@@ -733,35 +620,10 @@ bool gptq_matmul_config(const GptqDeviceWeights& W, const void* X, GptqDtype dty
   a.chunks = (int)chunks;
   a.splits = splits;
 
-  // X straight from the caller when its rows are 16-byte aligned in the original order; else gathered.
-  const bool direct = W.identity_k && W.K % 8 == 0 && (reinterpret_cast<uintptr_t>(X) & 15) == 0;
-  if (direct) {
-    a.x = X;
-    a.ldx = W.K;
-    a.kx = W.K;
-  } else {
-    const int64_t need = M * W.Kp * 2;
-    if (Wm.xperm_bytes < need) {
-      require(!capturing(stream), "E_CUDA", "GPTQ product: scratch for X must grow outside graph capture (run once first)");
-      if (Wm.xperm) cudaFree(Wm.xperm);
-      Wm.xperm = nullptr;
-      Wm.xperm_bytes = 0;
-      check(cudaMalloc(&Wm.xperm, (size_t)need), "cudaMalloc (GPTQ X scratch)");
-      Wm.xperm_bytes = need;
-    }
-    const int64_t total = M * W.Kp;
-    const unsigned blocks = (unsigned)((total + 255) / 256);
-    if (dtype == GptqDtype::f16)
-      gather_x<__half><<<blocks, 256, 0, stream>>>(static_cast<const __half*>(X), W.K, W.Kp, M, W.perm,
-                                                   static_cast<__half*>(Wm.xperm));
-    else
-      gather_x<__nv_bfloat16><<<blocks, 256, 0, stream>>>(static_cast<const __nv_bfloat16*>(X), W.K, W.Kp, M, W.perm,
-                                                          static_cast<__nv_bfloat16*>(Wm.xperm));
-    check(cudaGetLastError(), "GPTQ gather launch");
-    a.x = Wm.xperm;
-    a.ldx = W.Kp;
-    a.kx = W.Kp;
-  }
+  int64_t ldx = 0;
+  a.x = gptq_activations(W, X, dtype, M, stream, &ldx);
+  a.ldx = ldx;
+  a.kx = ldx;
   if (splits > 1) {
     // The weights' own scratch (one product at a time per weights object; gptq_kernels.hpp): a
     // scratch per device would let two streams' products add into one buffer.
@@ -794,7 +656,19 @@ bool gptq_matmul_config(const GptqDeviceWeights& W, const void* X, GptqDtype dty
   return true;
 }
 
-void gptq_matmul(const GptqDeviceWeights& W, const void* X, GptqDtype dtype, int64_t M, void* Y, void* stream) {
+bool gptq_dequant_wins(const GptqDeviceWeights& W, int64_t M) {
+  // From the H200 bench of 2026-12-01 (bench/cuda-gemm.cu bench: fused_us against dequant_us, the
+  // same for 2, 3 and 4 bits). Dequantizing runs at ~80% of DRAM bandwidth (the packed weights read,
+  // 2 bytes per weight written: 42 us for 8192², 148 us for 8192 x 28672), so it pays from 128 rows
+  // on every shape (8192²: 84 against 124 us), and from 64 on the 7B attention/MLP-up shapes with
+  // K <= 4096 (4096²: 22 against 33 us; 4096 x 11008: 57 against 63) but not on 11008 x 4096 (61 against 54).
+  if (M >= 128) return true;
+  return M >= 64 && W.K <= 4096 && W.K * W.N <= (int64_t)4096 * 11008;
+}
+
+void gptq_matmul(const GptqDeviceWeights& W, const void* X, GptqDtype dtype, int64_t M, void* Y, void* stream,
+                 void* scratch) {
+  if (scratch && gptq_dequant_wins(W, M) && gptq_matmul_dequant(W, X, dtype, M, Y, stream, scratch)) return;
   int config = 0, splits = 1;
   gptq_choose(W, M, &config, &splits);
   gptq_matmul_config(W, X, dtype, M, Y, stream, config, splits);

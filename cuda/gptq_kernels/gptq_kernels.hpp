@@ -75,7 +75,26 @@ std::unique_ptr<GptqDeviceWeights> gptq_repack(const PackedMatrix& host, int dev
 
 // Y [M, N] = X [M, K] · Wᵀ, X and Y device pointers of type `dtype` on W's device, enqueued on
 // `stream` (a cudaStream_t, null for the default). One launch (two for act-order: the gather of X).
-void gptq_matmul(const GptqDeviceWeights& W, const void* X, GptqDtype dtype, int64_t M, void* Y, void* stream);
+// `scratch`, when given, is device memory of at least gptq_dequant_bytes(W) that the product may use
+// for the dequantize + cuBLAS path where the table says it wins (large M); it must not be in use by
+// another stream's work during the product.
+void gptq_matmul(const GptqDeviceWeights& W, const void* X, GptqDtype dtype, int64_t M, void* Y, void* stream,
+                 void* scratch = nullptr);
+
+// The large-M path: W dequantized once into `scratch` (fp16/bf16 [N, K'] in the repacked order of K,
+// scaled as the inline kernels scale), then one cuBLAS GEMM (linalg.cuh gemm16: fp32 accumulation on
+// the tensor cores). Two launches plus cuBLAS's; capturable once X's scratch has grown. Returns false,
+// enqueuing nothing, when cuBLAS is not available.
+int64_t gptq_dequant_bytes(const GptqDeviceWeights& W);
+bool gptq_matmul_dequant(const GptqDeviceWeights& W, const void* X, GptqDtype dtype, int64_t M, void* Y, void* stream,
+                         void* scratch);
+// Whether the dequantize + cuBLAS path is the faster one for M rows of X (a measured table).
+bool gptq_dequant_wins(const GptqDeviceWeights& W, int64_t M);
+// X as the kernels read it: the caller's X when its rows are 16-byte aligned and in order, else
+// gathered (act-order permutation, zero padding to Kp) into the weights' scratch; *ld = its row stride,
+// which is also the number of columns of K the product uses.
+const void* gptq_activations(const GptqDeviceWeights& W, const void* X, GptqDtype dtype, int64_t M, void* stream,
+                             int64_t* ld);
 
 // The same with an explicit kernel configuration (benchmarks sweep these): config index into the
 // kernel table, splits of K (>= 1). Returns false when the configuration does not apply.

@@ -157,11 +157,11 @@ describe.skipIf(!cuda.ok)(
           await check({ bits, N: 72, K: 172, groupSize: 172, shuffled: false, rows: [1, 33] }, dt);
         });
       }
-      it(`${dt} 4-bit g128 with a bias, K 384, N 192, M 1/16`, async () => {
-        await check({ bits: 4, N: 192, K: 384, groupSize: 128, shuffled: false, rows: [1, 16], bias: true }, dt);
+      it(`${dt} 4-bit g128 with a bias, K 384, N 192, M 1/16/100 (100: the dequantize + cuBLAS path, X read in place)`, async () => {
+        await check({ bits: 4, N: 192, K: 384, groupSize: 128, shuffled: false, rows: [1, 16, 100], bias: true }, dt);
       });
-      it(`${dt} 4-bit g128, K 4096, N 256 (split-K): large K in one product, M 1/5`, async () => {
-        await check({ bits: 4, N: 256, K: 4096, groupSize: 128, shuffled: false, rows: [1, 5] }, dt);
+      it(`${dt} 4-bit g128, K 4096, N 256 (split-K): large K in one product, M 1/5/64`, async () => {
+        await check({ bits: 4, N: 256, K: 4096, groupSize: 128, shuffled: false, rows: [1, 5, 64] }, dt);
       });
     }
 
