@@ -168,8 +168,9 @@ __device__ __forceinline__ void write_result(const Args& a, const float (&acc)[M
   if (tid == 0) *counter = 0;
 }
 
-// DEPTH: chunks in flight per warp; MINB: blocks per SM the registers are capped for.
-template <int BITS, class T, int MT, int DEPTH, int MINB>
+// DEPTH: chunks in flight per warp; MINB: blocks per SM the registers are capped for; LATE: the
+// outliers summed after the dense loop rather than before.
+template <int BITS, class T, int MT, int DEPTH, int MINB, bool LATE>
 __global__ void __launch_bounds__(256, MINB) spqr_tc_kernel(Args a) {
   using T2 = typename Half<T>::T2;
   constexpr int BM = 8 * MT, CB = code_bytes(BITS), REC = record_bytes(BITS);
@@ -179,7 +180,12 @@ __global__ void __launch_bounds__(256, MINB) spqr_tc_kernel(Args a) {
   const int z = blockIdx.z;
   const int c_begin = (int)((int64_t)z * a.chunks / a.splits), c_end = (int)((int64_t)(z + 1) * a.chunks / a.splits);
 
-  // The first records are requested before the outliers are summed, so that their latency overlaps.
+  // This lane's outlier entries (row ntile·16 + lane % 16): requested before anything else.
+  int e_begin = 0, e_end = 0;
+  {
+    const int64_t n = (int64_t)ntile * kTileN + (lane & 15);
+    if (n < a.N) e_begin = __ldg(a.rowptr + n) + 2 * z + (lane >> 4), e_end = __ldg(a.rowptr + n + 1);
+  }
   const T* X = static_cast<const T*>(a.xs);
   const uint8_t* wrec = a.records + record_index(ntile, 0, a.chunks) * REC;
   struct Stage {
@@ -229,32 +235,34 @@ __global__ void __launch_bounds__(256, MINB) spqr_tc_kernel(Args a) {
 
   // This split's share of the tile's outliers: lane r (and r + 16) takes row r's entries
   // z·2 + (lane ≥ 16), stepping 2·splits; the two halves meet by a shuffle, then shared memory hands
-  // each sum to the lane that holds that output.
+  // each sum to the lane that holds that output. LATE: after the dense loop (the row pointers were
+  // requested first thing, so only the loads of the entries and of x remain on the warp's path),
+  // else before it.
   __shared__ float osum[8][kTileN][BM + 1];
-  {
+  float acc[MT][4];
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+    for (int i = 0; i < 4; ++i) acc[mt][i] = 0.f;
+  auto add_outliers = [&]() {
     float part[BM];
 #pragma unroll
     for (int i = 0; i < BM; ++i) part[i] = 0.f;
-    const int r = lane & 15;
-    const int64_t n = (int64_t)ntile * kTileN + r;
-    if (n < a.N) {
-      const int end = a.rowptr[n + 1];
-      const T* xst = static_cast<const T*>(a.xst) + m0;
+    const T* xst = static_cast<const T*>(a.xst) + m0;
 #pragma unroll 4
-      for (int e = a.rowptr[n] + 2 * z + (lane >> 4); e < end; e += 2 * a.splits) {
-        const uint32_t entry = __ldg(a.outliers + e);
-        const float v = __half2float(__ushort_as_half((unsigned short)(entry & 0xffff)));
-        const uint4* xc = reinterpret_cast<const uint4*>(xst + (int64_t)(entry >> 16) * a.Mp);
+    for (int e = e_begin; e < e_end; e += 2 * a.splits) {
+      const uint32_t entry = __ldg(a.outliers + e);
+      const float v = __half2float(__ushort_as_half((unsigned short)(entry & 0xffff)));
+      const uint4* xc = reinterpret_cast<const uint4*>(xst + (int64_t)(entry >> 16) * a.Mp);
 #pragma unroll
-        for (int mt = 0; mt < MT; ++mt) {
-          const uint4 xv = __ldg(xc + mt);
-          const uint32_t u[4] = {xv.x, xv.y, xv.z, xv.w};
+      for (int mt = 0; mt < MT; ++mt) {
+        const uint4 xv = __ldg(xc + mt);
+        const uint32_t u[4] = {xv.x, xv.y, xv.z, xv.w};
 #pragma unroll
-          for (int q = 0; q < 4; ++q) {
-            const float2 f = to_float2(u[q], T());
-            part[8 * mt + 2 * q] = fmaf(v, f.x, part[8 * mt + 2 * q]);
-            part[8 * mt + 2 * q + 1] = fmaf(v, f.y, part[8 * mt + 2 * q + 1]);
-          }
+        for (int q = 0; q < 4; ++q) {
+          const float2 f = to_float2(u[q], T());
+          part[8 * mt + 2 * q] = fmaf(v, f.x, part[8 * mt + 2 * q]);
+          part[8 * mt + 2 * q + 1] = fmaf(v, f.y, part[8 * mt + 2 * q + 1]);
         }
       }
     }
@@ -264,12 +272,12 @@ __global__ void __launch_bounds__(256, MINB) spqr_tc_kernel(Args a) {
 #pragma unroll
       for (int i = 0; i < BM; ++i) osum[warp][lane][i] = part[i];
     __syncwarp();
-  }
-  float acc[MT][4];
 #pragma unroll
-  for (int mt = 0; mt < MT; ++mt)
+    for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
-    for (int i = 0; i < 4; ++i) acc[mt][i] = osum[warp][g + 8 * (i >> 1)][8 * mt + 2 * t + (i & 1)];
+      for (int i = 0; i < 4; ++i) acc[mt][i] += osum[warp][g + 8 * (i >> 1)][8 * mt + 2 * t + (i & 1)];
+  };
+  if constexpr (!LATE) add_outliers();
 
   for (int c0 = c_begin; c0 < c_end; c0 += DEPTH) {
 #pragma unroll
@@ -309,6 +317,7 @@ __global__ void __launch_bounds__(256, MINB) spqr_tc_kernel(Args a) {
       }
     }
   }
+  if constexpr (LATE) add_outliers();
   write_result<T, MT>(a, acc, ntile0, m0);
 }
 
@@ -346,13 +355,13 @@ int multiprocessors(int device) {
   return cached[device];
 }
 
-template <int BITS, class T, int MT, int DEPTH, int MINB>
+template <int BITS, class T, int MT, int DEPTH, int MINB, bool LATE>
 int occupancy() {
   static int blocks[64] = {};
   const int device = current_device(), slot = device >= 0 && device < 64 ? device : 0;
   if (!blocks[slot]) {
     int b = 0;
-    check(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&b, spqr_tc_kernel<BITS, T, MT, DEPTH, MINB>, 256, 0),
+    check(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&b, spqr_tc_kernel<BITS, T, MT, DEPTH, MINB, LATE>, 256, 0),
           "cudaOccupancyMaxActiveBlocksPerMultiprocessor (SpQR)");
     blocks[slot] = b < 1 ? 1 : b;
   }
@@ -366,7 +375,7 @@ struct Kernel {
 };
 // overlap: launched with a programmatic dependency on the previous launch in the stream (the gather),
 // so that its blocks start and request their records while the gather runs (sm_90 and newer).
-template <int BITS, class T, int MT, int DEPTH, int MINB>
+template <int BITS, class T, int MT, int DEPTH, int MINB, bool LATE>
 void launch(const Args& a, dim3 grid, cudaStream_t s, bool overlap) {
   cudaLaunchConfig_t config{};
   config.gridDim = grid;
@@ -377,16 +386,22 @@ void launch(const Args& a, dim3 grid, cudaStream_t s, bool overlap) {
   attr[0].val.programmaticStreamSerializationAllowed = 1;
   config.attrs = attr;
   config.numAttrs = overlap ? 1 : 0;
-  check(cudaLaunchKernelEx(&config, spqr_tc_kernel<BITS, T, MT, DEPTH, MINB>, a), "SpQR product launch");
+  check(cudaLaunchKernelEx(&config, spqr_tc_kernel<BITS, T, MT, DEPTH, MINB, LATE>, a), "SpQR product launch");
 }
-// The variants (chunks in flight per warp, blocks per SM the registers are capped for): 0 (2, 1);
-// 1 (2, 3 for 8-row tiles, 2 for 16-row tiles). The H200 sweep of 2026-12-01 (bench/cuda-spqr.cu;
-// bench/RESULTS.md) also timed (3, 2) and (4, 1): never faster.
-constexpr int kVariants = 2;
+// The variants: registers capped (3 blocks per SM for 8-row tiles, 2 for 16-row tiles) or not,
+// outliers before or after the dense loop: 0 (no cap, before), 1 (cap, before), 2 (no cap, after),
+// 3 (cap, after); two chunks in flight per warp. The H200 sweep of 2026-12-01 (bench/cuda-spqr.cu;
+// bench/RESULTS.md) also timed 3 and 4 chunks in flight: never faster.
+constexpr int kVariants = 4;
 template <int BITS, class T, int MT>
 Kernel kernel_for(int variant) {
-  if (variant == 1) return {launch<BITS, T, MT, 2, MT == 1 ? 3 : 2>, occupancy<BITS, T, MT, 2, MT == 1 ? 3 : 2>};
-  return {launch<BITS, T, MT, 2, 1>, occupancy<BITS, T, MT, 2, 1>};
+  constexpr int CAP = MT == 1 ? 3 : 2;
+  switch (variant) {
+    case 1: return {launch<BITS, T, MT, 2, CAP, false>, occupancy<BITS, T, MT, 2, CAP, false>};
+    case 2: return {launch<BITS, T, MT, 2, 1, true>, occupancy<BITS, T, MT, 2, 1, true>};
+    case 3: return {launch<BITS, T, MT, 2, CAP, true>, occupancy<BITS, T, MT, 2, CAP, true>};
+    default: return {launch<BITS, T, MT, 2, 1, false>, occupancy<BITS, T, MT, 2, 1, false>};
+  }
 }
 template <class T>
 Kernel kernel_for(int bits, int mt, int variant) {
@@ -403,10 +418,11 @@ Kernel kernel_for(SpqrDtype dtype, int bits, int mt, int variant) {
   return dtype == SpqrDtype::f16 ? kernel_for<__half>(bits, mt, variant) : kernel_for<__nv_bfloat16>(bits, mt, variant);
 }
 
-// The variant a product runs by default, per row tile, from that sweep: 8-row tiles as they are
-// (102 registers, 2 blocks per SM; capping for 3 was up to 7% slower on 4-bit), 16-row tiles capped
-// at 128 registers for 2 blocks per SM instead of 1 (146 registers): 7-22% faster at M = 16.
-int default_variant(int mt) { return mt == 1 ? 0 : 1; }
+// The variant a product runs by default, per row tile, from the H200 sweeps of 2026-12-01: the
+// outliers after the dense loop (1.5-5% faster at M = 1, up to 3% at M = 16), and for 16-row tiles
+// the registers capped at 128 for 2 blocks per SM instead of 1 (146 registers; 9-38% faster at
+// M = 16). Capping 8-row tiles for 3 blocks was as often slower as faster.
+int default_variant(int mt) { return mt == 1 ? 2 : 3; }
 
 int rows_for(int64_t M) { return M <= 8 ? 8 : 16; }
 
