@@ -4,14 +4,16 @@
 // gather_kernel writes X in sweep order twice: Xs [Mp, Kp] for the dense loop (zero padded) and
 // XsT [Kp, Mp] for the outliers. spqr_tc_kernel: a block of 8 warps owns 128 output rows (a warp one
 // 16-row tile) and BM = 8·MT rows of X, and a range of K (split-K over the grid's z). Each warp
-//  1. requests its first records, then sums its tile's outliers (each lane one row, alternate
-//     entries; this split's share) and starts its accumulators from them (via shared memory);
+//  1. requests its outlier row pointers and its first records;
 //  2. streams its records straight from global memory into registers, two chunks ahead of use,
 //     decodes per chunk its 8 (scale, zero) pairs from the first-level codes and the second-level
 //     (offset, step) pairs in f32, then each weight as code · scale + shift (shift = −scale · zero)
 //     with one fp16/bf16 fma per pair of weights (the code read exactly through a magic-number
 //     conversion), and multiplies with mma.sync m16n8k16 (weights as operand A, X as operand B);
-//  3. writes Y, or with split-K adds into fp32 partial sums whose last block writes Y and zeroes
+//  3. adds its tile's outliers (each lane one row, alternate entries; this split's share; summed
+//     through shared memory into the lanes that hold the outputs), before the dense loop or after
+//     it (the default: only the loads of entries and x remain on the warp's path by then);
+//  4. writes Y, or with split-K adds into fp32 partial sums whose last block writes Y and zeroes
 //     them again (one launch, graph-capturable), as the GPTQ kernels do.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
