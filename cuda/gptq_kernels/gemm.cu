@@ -293,14 +293,19 @@ __global__ void __launch_bounds__(32 * WM * WN) gptq_mm_kernel(KernelArgs a) {
 // are read once, so staging them in shared memory only added copies and waits); X, which every warp
 // of the block reads, comes through the L1 cache. Same layout, dequantization and result writing as
 // gptq_mm_kernel; blocks of 8 warps cover 128 columns, split-K over the grid's z.
-template <int BITS, class T, bool DEFER, int DEPTH>
+//
+// KSPLIT: the block's 8 warps share one 16-column tile and take every 8th chunk of K each, their sums
+// added in shared memory at the end: 8-way parallelism along K without split-K's atomics and
+// last-block pass (a second trip through memory that costs most on small matrices); splits must be 1.
+template <int BITS, class T, bool DEFER, int DEPTH, bool KSPLIT>
 __global__ void __launch_bounds__(256) gptq_gemv_kernel(KernelArgs a) {
   constexpr int REC = record_bytes(BITS);
+  constexpr int CSTEP = KSPLIT ? 8 : 1;  // chunk stride of one warp
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int g = lane >> 2, t = lane & 3;
   const int ntiles = a.Np / kTileN;
-  const int ntile0 = blockIdx.y * 8, ntile = ntile0 + warp;
-  const int c_begin = (int)((int64_t)blockIdx.z * a.chunks / a.splits);
+  const int ntile0 = KSPLIT ? blockIdx.y : blockIdx.y * 8, ntile = KSPLIT ? ntile0 : ntile0 + warp;
+  const int c_begin = (int)((int64_t)blockIdx.z * a.chunks / a.splits) + (KSPLIT ? warp : 0);
   const int c_end = (int)((int64_t)(blockIdx.z + 1) * a.chunks / a.splits);
   const bool has_row = g < a.M;
   const T* X = static_cast<const T*>(a.x) + (int64_t)(has_row ? g : 0) * a.ldx + t * kSlot;
@@ -340,12 +345,12 @@ __global__ void __launch_bounds__(256) gptq_gemv_kernel(KernelArgs a) {
   Stage st[DEPTH];
 #pragma unroll
   for (int s = 0; s < DEPTH; ++s)
-    if (c_begin + s < c_end) load(st[s], c_begin + s);
+    if (c_begin + s * CSTEP < c_end) load(st[s], c_begin + s * CSTEP);
 
-  for (int c0 = c_begin; c0 < c_end; c0 += DEPTH) {
+  for (int c0 = c_begin; c0 < c_end; c0 += DEPTH * CSTEP) {
 #pragma unroll
     for (int s = 0; s < DEPTH; ++s) {
-      const int c = c0 + s;
+      const int c = c0 + s * CSTEP;
       if (c < c_end) {
         TileConsts<T, BITS, DEFER> consts;
         consts.init(st[s].sz);
@@ -365,11 +370,24 @@ __global__ void __launch_bounds__(256) gptq_gemv_kernel(KernelArgs a) {
           acc[0][0][2] = fmaf(consts.scale_f[1], cacc[2], acc[0][0][2]);
           acc[0][0][3] = fmaf(consts.scale_f[1], cacc[3], acc[0][0][3]);
         }
-        if (c + DEPTH < c_end) load(st[s], c + DEPTH);
+        if (c + DEPTH * CSTEP < c_end) load(st[s], c + DEPTH * CSTEP);
       }
     }
   }
-  write_result<T, 1, 1, 1, 8>(a, acc, ntile0, 0);
+  if constexpr (KSPLIT) {
+    __shared__ float part[8][32][4];
+#pragma unroll
+    for (int i = 0; i < 4; ++i) part[warp][lane][i] = acc[0][0][i];
+    __syncthreads();
+    if (warp != 0) return;
+#pragma unroll
+    for (int w = 1; w < 8; ++w)
+#pragma unroll
+      for (int i = 0; i < 4; ++i) acc[0][0][i] += part[w][lane][i];
+    write_result<T, 1, 1, 1, 1>(a, acc, ntile0, 0);  // splits == 1: no barrier inside
+  } else {
+    write_result<T, 1, 1, 1, 8>(a, acc, ntile0, 0);
+  }
 }
 
 // X gathered into the repacked order of K (act-order), or copied with zero padding to Kp columns
@@ -435,14 +453,14 @@ int occupancy() {
   return occupancy_of<gptq_mm_kernel<BITS, T, MT, NT, WM, WN, DEFER>>(Cfg::threads, Cfg::smem);
 }
 
-template <int BITS, class T, bool DEFER, int DEPTH>
+template <int BITS, class T, bool DEFER, int DEPTH, bool KSPLIT>
 void launch_gemv(const KernelArgs& a, dim3 grid, cudaStream_t stream) {
-  gptq_gemv_kernel<BITS, T, DEFER, DEPTH><<<grid, 256, 0, stream>>>(a);
+  gptq_gemv_kernel<BITS, T, DEFER, DEPTH, KSPLIT><<<grid, 256, 0, stream>>>(a);
 }
 
-template <int BITS, class T, bool DEFER, int DEPTH>
+template <int BITS, class T, bool DEFER, int DEPTH, bool KSPLIT>
 int occupancy_gemv() {
-  return occupancy_of<gptq_gemv_kernel<BITS, T, DEFER, DEPTH>>(256, 0);
+  return occupancy_of<gptq_gemv_kernel<BITS, T, DEFER, DEPTH, KSPLIT>>(256, 0);
 }
 
 struct ConfigInfo {
@@ -451,16 +469,17 @@ struct ConfigInfo {
   int max_m;  // the most rows of X the kernel takes (0: any)
 };
 // Row tiles of 8, 16, 32, 64 and 128 rows of X (name: rows × columns per block, w = warps), and the
-// direct-load kernel for up to 8 rows (v). The direct-load kernel keeps 2 chunks in flight per warp:
+// direct-load kernels for up to 8 rows (v; k8: one tile per block, its 8 warps splitting K). The
+// direct-load kernels keep 2 chunks in flight per warp:
 // with 4 (X prefetched too) it held one block per multiprocessor and ran 1.5-1.8x slower.
 // (Earlier sweeps also had m8n64, m32n128w8 and m128n128 with 8 warps: rarely or never the best.)
 constexpr ConfigInfo kConfigs[] = {
     {"m8n128", 1, 1, 1, 8, 0},     {"m16n128", 2, 2, 1, 4, 0},   {"m32n128", 4, 2, 1, 4, 0},
     {"m64n128w4", 4, 4, 2, 2, 0},  {"m16n128w8", 2, 1, 1, 8, 0}, {"m64n128w8", 8, 1, 1, 8, 0},
-    {"v8n128", 1, 1, 1, 8, 8},
+    {"v8n128", 1, 1, 1, 8, 8},     {"v8n16k8", 1, 1, 1, 1, 8},
 };
 constexpr int kConfigCount = sizeof(kConfigs) / sizeof(kConfigs[0]);
-constexpr int kGemv = 6;
+constexpr int kGemv = 6, kGemvK = 7;  // the direct-load kernels: 8 tiles a block, or one tile split 8 ways along K
 
 struct Kernel {
   Launch launch = nullptr;
@@ -472,10 +491,10 @@ Kernel kernel_of() {
   return {launch_kernel<BITS, T, MT, NT, WM, WN, DEFER>, occupancy<BITS, T, MT, NT, WM, WN, DEFER>};
 }
 
-template <int BITS, class T, int DEPTH>
+template <int BITS, class T, int DEPTH, bool KSPLIT>
 Kernel gemv_of(bool defer) {
-  if (defer) return {launch_gemv<BITS, T, true, DEPTH>, occupancy_gemv<BITS, T, true, DEPTH>};
-  return {launch_gemv<BITS, T, false, DEPTH>, occupancy_gemv<BITS, T, false, DEPTH>};
+  if (defer) return {launch_gemv<BITS, T, true, DEPTH, KSPLIT>, occupancy_gemv<BITS, T, true, DEPTH, KSPLIT>};
+  return {launch_gemv<BITS, T, false, DEPTH, KSPLIT>, occupancy_gemv<BITS, T, false, DEPTH, KSPLIT>};
 }
 
 template <int BITS, class T>
@@ -487,7 +506,8 @@ Kernel pick_kernel(int config, bool defer) {
     case 3: return kernel_of<BITS, T, 4, 4, 2, 2, false>();
     case 4: return defer ? kernel_of<BITS, T, 2, 1, 1, 8, true>() : kernel_of<BITS, T, 2, 1, 1, 8, false>();
     case 5: return kernel_of<BITS, T, 8, 1, 1, 8, false>();
-    case kGemv: return gemv_of<BITS, T, 2>(defer);
+    case kGemv: return gemv_of<BITS, T, 2, false>(defer);
+    case kGemvK: return gemv_of<BITS, T, 2, true>(defer);
   }
   return {};
 }
@@ -537,8 +557,9 @@ bool gptq_config_defers(const GptqDeviceWeights& W, int config) {
 
 void gptq_choose(const GptqDeviceWeights& W, int64_t M, int* config, int* splits) {
   // The table, from the H200 sweeps of 2026-12-01 (bench/cuda-gemm.cu sweep; bench/RESULTS.md): up
-  // to 8 rows the direct-load kernel below 8192² (5-12% faster there) and the staged 8-row tiles
-  // from 8192² up (equal or up to 5% faster); 16-row tiles (one tile per warp, 8 warps, except on the largest
+  // to 8 rows the direct-load kernel with its warps splitting K inside the block (4096² M = 1: 5.7
+  // against 7.1 us; 11008 x 4096: 11.4 against 12.9), except on matrices above 8192² with K > N, where
+  // the staged 8-row tiles stay ahead (28672 x 8192: 43 against 45); 16-row tiles (one tile per warp, 8 warps, except on the largest
   // matrices, where 2 × 2 tiles per warp with 4 warps win); 32-row tiles up to 32; 64-row tiles with
   // 8 warps up to 64 rows above 8192² and up to 128 rows on 8192² (32-row tiles on smaller ones);
   // above that 64-row tiles of 4 warps of 32 × 64. K is split until the grid fills one wave of
@@ -550,7 +571,7 @@ void gptq_choose(const GptqDeviceWeights& W, int64_t M, int* config, int* splits
   const int64_t size = W.K * W.N;
   const bool large = size >= (int64_t)8192 * 8192, huge = size > (int64_t)8192 * 8192;
   int c;
-  if (M <= 8) c = large ? 0 : kGemv;
+  if (M <= 8) c = huge && W.K > W.N ? 0 : kGemvK;
   else if (M <= 16) c = huge ? 1 : 4;
   else if (M <= 32) c = 2;
   else if (M <= 64) c = huge ? 5 : 2;
@@ -562,7 +583,7 @@ void gptq_choose(const GptqDeviceWeights& W, int64_t M, int* config, int* splits
   const int64_t target = (int64_t)k.occupancy() * multiprocessors(W.device);
   const int64_t by_traffic = M > 64 ? W.weight_bytes / (8 * M * W.Np) : chunks;
   *config = c;
-  *splits = (int)std::max<int64_t>(1, std::min({target / tiles, chunks / 4, by_traffic}));
+  *splits = c == kGemvK ? 1 : (int)std::max<int64_t>(1, std::min({target / tiles, chunks / 4, by_traffic}));
 }
 
 const void* gptq_activations(const GptqDeviceWeights& W, const void* X, GptqDtype dtype, int64_t M, void* stream_ptr,
@@ -602,6 +623,7 @@ bool gptq_matmul_config(const GptqDeviceWeights& W, const void* X, GptqDtype dty
   if (config < 0 || config >= kConfigCount || splits < 1) return false;
   const ConfigInfo& ci = kConfigs[config];
   if (ci.max_m && M > ci.max_m) return false;
+  if (config == kGemvK && splits != 1) return false;  // its warps split K inside the block instead
   const int64_t chunks = W.Kp / kChunk;
   if (splits > chunks) return false;
   const bool defer = gptq_config_defers(W, config);
