@@ -3,14 +3,18 @@
 // built in this process (one random block set into all 32 layers: no checkpoint on disk), in fp16
 // weights and in GPTQ 4-bit g128 weights, run with bf16 activations (--dtype to change):
 //   - prefill: the NLL of one 1 x 2048 window (the head included), tokens/s;
-//   - decode: KV-cached batch-1 steps after a --context token prompt, tokens/s (host round trip
-//     and the 32000 f32 logits copied back included: what generate() sees);
-//   - the bound: bytes of weights one decode step reads (every linear and the head once) over the
-//     device-to-device copy bandwidth, --copy-gbs (GB/s, bytes read + written, measured by the
-//     caller in the same run: bench/forward-gpu.sh does it with torch).
+//   - decode: KV-cached steps (model.feedBatch) of --batches B sessions at once (default 1,8,32,64),
+//     each after its own --context token prompt: B x steps / seconds, tokens/s over the batch (host
+//     round trip and the B x 32000 f32 logits copied back included: what a server sees);
+//   - the bound: bytes one decode step reads (every linear and the head once, plus each session's
+//     keys and values over its context) over the device-to-device copy bandwidth, --copy-gbs (GB/s,
+//     bytes read + written, measured by the caller in the same run: bench/forward-gpu.sh does it
+//     with torch), times B tokens per step.
+// --skip-prefill keeps the prefill rows already in the output file (decode rows are replaced by
+// (bits, batch, context)); other keys of the file are kept.
 // Rows go to bench/results/h200-forward.json (written to a temp name, then renamed) and a Markdown
 // table is printed last. Usage: LOWBIT_ADDON=... node bench/forward-gpu.mjs --peer peer.json (or --copy-gbs N) [--layers 32]
-// [--context 512] [--decode 64] [--dtype bf16] [--kinds f16,4] [--out path]
+// [--context 512] [--decode 64] [--batches 1,8,32,64] [--skip-prefill] [--dtype bf16] [--kinds f16,4] [--out path]
 import { mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -31,6 +35,8 @@ const DECODE = Number(option('decode', 64));
 const PREFILL = Number(option('prefill', 2048));
 const DTYPE = option('dtype', 'bf16');
 const KINDS = option('kinds', 'f16,4').split(',');
+const BATCHES = option('batches', '1,8,32,64').split(',').map(Number);
+const SKIP_PREFILL = process.argv.includes('--skip-prefill');
 // The ceilings and the peer measured in the same run (bench/forward-gpu-peer.py's output).
 const PEER = option('peer', undefined) ? JSON.parse(readFileSync(option('peer', ''), 'utf8')) : {};
 const COPY_GBS = Number(option('copy-gbs', PEER.copy_gbs ?? NaN));
@@ -38,7 +44,7 @@ const OUT = option('out', join(root, 'bench/results/h200-forward.json'));
 
 const shape = { dim: 4096, hidden: 11008, heads: 32, kvHeads: 32, headDim: 128, vocab: 32000 };
 const { config, dims } = await syntheticLlama(
-  { ...shape, layers: LAYERS, maxSeq: Math.max(PREFILL, CONTEXT + DECODE + 1), tied: false },
+  { ...shape, layers: LAYERS, maxSeq: Math.max(PREFILL, CONTEXT + DECODE + 2), tied: false },
   dist,
 );
 const addon = native();
@@ -95,6 +101,8 @@ function bytesPerStep(kind) {
     b += LAYERS * (kind === 'f16' ? N * K * 2 : (N * K) / 2 + Math.ceil(K / 128) * N * 2.5);
   return b;
 }
+/** Bytes of keys and values (16-bit) one session's step reads at `context` tokens. */
+const kvBytesPerToken = LAYERS * 2 * shape.kvHeads * shape.headDim * 2;
 
 const decodeRows = [];
 const prefillRows = [];
@@ -115,60 +123,88 @@ for (const kind of KINDS) {
   const gib = model.weightBytes / 2 ** 30;
   const bits = kind === 'f16' ? 16 : Number(kind);
 
-  // prefill: NLL of one window (warm-up first, then the median of 3)
   const ids = Int32Array.from(
     { length: Math.max(PREFILL, CONTEXT + DECODE + 1) },
     (_, i) => (i * 7919 + 13) % shape.vocab,
   );
-  const prefillIds = ids.subarray(0, PREFILL);
-  await model.nll(prefillIds.subarray(0, Math.min(128, PREFILL)));
-  await model.nll(prefillIds);
-  const prefillTimes = [];
-  for (let r = 0; r < 3; r++) {
-    const t = performance.now();
+  let prefillCell = '(kept)';
+  if (!SKIP_PREFILL) {
+    // prefill: NLL of one window (warm-up first, then the median of 3)
+    const prefillIds = ids.subarray(0, PREFILL);
+    await model.nll(prefillIds.subarray(0, Math.min(128, PREFILL)));
     await model.nll(prefillIds);
-    prefillTimes.push((performance.now() - t) / 1000);
+    const prefillTimes = [];
+    for (let r = 0; r < 3; r++) {
+      const t = performance.now();
+      await model.nll(prefillIds);
+      prefillTimes.push((performance.now() - t) / 1000);
+    }
+    prefillTimes.sort((a, b) => a - b);
+    const prefillS = prefillTimes[1];
+    // linear FLOPs of the window (2 per weight per token) over the time: the tensor-core rate reached
+    let weights = shape.vocab * shape.dim;
+    for (const [N, K] of Object.values(dims)) weights += LAYERS * N * K;
+    const prefillTflops = (2 * weights * PREFILL) / prefillS / 1e12;
+    prefillRows.push({ bits, batch: 1, tokens: PREFILL, tok_s: PREFILL / prefillS, linear_tflops: prefillTflops });
+    prefillCell = `${(PREFILL / prefillS).toFixed(0)} tok/s (${prefillTflops.toFixed(0)} TFLOP/s)`;
+    console.error(`${kind}: prefill ${prefillTimes.map((x) => x.toFixed(3))} s`);
   }
-  prefillTimes.sort((a, b) => a - b);
-  const prefillS = prefillTimes[1];
-  // linear FLOPs of the window (2 per weight per token) over the time: the tensor-core rate reached
-  let weights = shape.vocab * shape.dim;
-  for (const [N, K] of Object.values(dims)) weights += LAYERS * N * K;
-  const prefillTflops = (2 * weights * PREFILL) / prefillS / 1e12;
-  prefillRows.push({ bits, batch: 1, tokens: PREFILL, tok_s: PREFILL / prefillS, linear_tflops: prefillTflops });
 
-  // decode: batch 1 after a CONTEXT-token prompt
-  const session = await model.createSession(CONTEXT + DECODE + 1);
-  await session.feed(ids.subarray(0, CONTEXT));
-  await session.feed(ids.subarray(CONTEXT, CONTEXT + 1)); // warm-up step
-  const t = performance.now();
-  for (let i = 1; i < DECODE; i++) await session.feed(ids.subarray(CONTEXT + i, CONTEXT + i + 1));
-  const decodeS = (performance.now() - t) / 1000;
-  const tokS = (DECODE - 1) / decodeS;
-  const cacheGib = model.cacheBytes ? model.cacheBytes / 2 ** 30 : NaN;
-  session.close();
-  const bound = (COPY_GBS * 1e9) / bytesPerStep(kind);
-  decodeRows.push({ bits, batch: 1, context: CONTEXT, tok_s: tokS, bound_tok_s: bound });
-  table.push(
-    `| ${kind === 'f16' ? 'fp16' : `${kind}-bit g128`} | ${gib.toFixed(2)} GiB | ${(PREFILL / prefillS).toFixed(0)} tok/s (${prefillTflops.toFixed(0)} TFLOP/s) | ${tokS.toFixed(1)} tok/s | ${bound.toFixed(0)} tok/s | ${((100 * tokS) / bound).toFixed(0)}% | ${loadS.toFixed(0)} s |`,
-  );
-  console.error(
-    `${kind}: loaded in ${loadS.toFixed(1)} s; prefill ${prefillTimes.map((x) => x.toFixed(3))} s; decode ${tokS.toFixed(1)} tok/s; cache ${cacheGib}`,
-  );
+  // decode: B sessions, each after its own CONTEXT-token prompt (offset so that they differ), then
+  // one warm-up step (captures the bucket's graph) and DECODE - 1 timed steps of all B at once
+  const cells = [];
+  for (const B of BATCHES) {
+    const sessions = [];
+    for (let b = 0; b < B; b++) {
+      const s = await model.createSession(CONTEXT + DECODE + 1);
+      await s.feed(ids.subarray(0, CONTEXT).map((v) => (v + b) % shape.vocab));
+      sessions.push(s);
+    }
+    const step = (i) => Int32Array.from(sessions, (_, b) => (ids[CONTEXT + i] + b) % shape.vocab);
+    await model.feedBatch(sessions, step(0)); // warm-up
+    const t = performance.now();
+    for (let i = 1; i < DECODE; i++) await model.feedBatch(sessions, step(i));
+    const decodeS = (performance.now() - t) / 1000;
+    const tokS = (B * (DECODE - 1)) / decodeS;
+    const kv = model.kvCache;
+    for (const s of sessions) s.close();
+    // the mean context over the timed steps
+    const context = CONTEXT + DECODE / 2;
+    const bound = (B * COPY_GBS * 1e9) / (bytesPerStep(kind) + B * context * kvBytesPerToken);
+    decodeRows.push({ bits, batch: B, context: CONTEXT, tok_s: tokS, bound_tok_s: bound });
+    cells.push({ B, tokS, bound });
+    console.error(
+      `${kind}: decode batch ${B}: ${tokS.toFixed(1)} tok/s (${((1000 * decodeS) / (DECODE - 1)).toFixed(2)} ms/step), bound ${bound.toFixed(0)}; pages ${kv.pagesTotal} (${kv.pagesFree} free)`,
+    );
+  }
+  const b1 = cells.find((c) => c.B === 1);
+  for (const c of cells)
+    table.push(
+      `| ${kind === 'f16' ? 'fp16' : `${kind}-bit g128`} | ${gib.toFixed(2)} GiB | ${prefillCell} | ${c.B} | ${c.tokS.toFixed(1)} tok/s | ${b1 ? (c.tokS / b1.tokS).toFixed(1) + 'x' : ''} | ${c.bound.toFixed(0)} tok/s | ${((100 * c.tokS) / c.bound).toFixed(0)}% | ${loadS.toFixed(0)} s |`,
+    );
+  console.error(`${kind}: loaded in ${loadS.toFixed(1)} s`);
   await model.close();
 }
 
 const info = addon.buildInfo();
 const devices = addon.cudaDevices().devices;
+let previous = {};
+try {
+  previous = JSON.parse(readFileSync(OUT, 'utf8'));
+} catch {
+  // no earlier results: a new file
+}
+const sameRow = (a, b) => a.bits === b.bits && a.batch === b.batch && (a.context ?? CONTEXT) === (b.context ?? CONTEXT);
 const result = {
+  ...previous,
   device: devices[0]?.name ?? 'unknown',
   date: new Date().toISOString(),
   dtype: DTYPE,
   layers: LAYERS,
   copy_gbs: COPY_GBS,
   addon: info.cudaArchs ?? '',
-  decode: decodeRows,
-  prefill: prefillRows,
+  decode: [...(previous.decode ?? []).filter((r) => !decodeRows.some((n) => sameRow(r, n))), ...decodeRows],
+  prefill: SKIP_PREFILL ? (previous.prefill ?? []) : prefillRows,
   ...(PEER.peer ? { peer: PEER.peer } : {}),
 };
 mkdirSync(dirname(OUT), { recursive: true });
@@ -178,13 +214,13 @@ console.log(`\n${result.device}, ${LAYERS} layers, ${DTYPE} activations, copy ${
 console.log(
   '| weights | GPU memory (weights) | prefill 1x' +
     PREFILL +
-    ' | decode batch 1 (ctx ' +
+    ' | decode batch | decode tok/s (ctx ' +
     CONTEXT +
-    ') | bound | of bound | load |',
+    ') | vs batch 1 | bound | of bound | load |',
 );
-console.log('| --- | --- | --- | --- | --- | --- | --- |');
+console.log('| --- | --- | --- | --- | --- | --- | --- | --- | --- |');
 for (const row of table) console.log(row);
 if (PEER.peer)
   console.log(
-    `| fp16, ${PEER.peer.name} (peer) | ${PEER.peer.memory_gib.toFixed(2)} GiB (peak) | ${PEER.peer.prefill_tok_s.toFixed(0)} tok/s | ${PEER.peer.decode_tok_s.toFixed(1)} tok/s | | | |`,
+    `| fp16, ${PEER.peer.name} (peer) | ${PEER.peer.memory_gib.toFixed(2)} GiB (peak) | ${PEER.peer.prefill_tok_s.toFixed(0)} tok/s | 1 | ${PEER.peer.decode_tok_s.toFixed(1)} tok/s | | | | |`,
   );

@@ -12,7 +12,9 @@
 #include <cmath>
 #include <cstdlib>
 #include <initializer_list>
+#include <map>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -188,15 +190,106 @@ struct Block16 {
   }
 };
 
+// The paged KV cache of one model (model::KvCacheInfo): pages of ops16::kPageTokens tokens of every
+// layer's keys and values, carved from slabs allocated as needed (never moved, so page pointers stay
+// valid for captured graphs) up to limit_pages, or while device memory keeps kReserve free. Thread-
+// safe: a sequence freed on the main thread gives its pages back while a worker takes others.
+class PagePool {
+ public:
+  PagePool(int64_t page_elems, int64_t slab_pages) : page_elems_(page_elems), slab_pages_(slab_pages) {}
+  ~PagePool() {
+    for (void* slab : slabs_) cudaFree(slab);
+  }
+  int64_t page_bytes() const { return page_elems_ * 2; }
+
+  // A free page (growing the pool by a slab when none is); E_KV_FULL when the limit or device memory is reached.
+  uint16_t* take() {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (free_.empty()) grow();
+    uint16_t* page = free_.back();
+    free_.pop_back();
+    return page;
+  }
+  void give(uint16_t* page) {
+    std::lock_guard<std::mutex> lock(mu_);
+    free_.push_back(page);
+  }
+  void set_limit(int64_t pages) {
+    std::lock_guard<std::mutex> lock(mu_);
+    limit_ = pages;
+  }
+  model::KvCacheInfo info() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    model::KvCacheInfo k;
+    k.paged = true;
+    k.page_tokens = ops16::kPageTokens;
+    k.page_bytes = page_bytes();
+    k.pages_total = total_;
+    k.pages_free = (int64_t)free_.size();
+    k.limit_pages = limit_;
+    return k;
+  }
+
+ private:
+  static constexpr int64_t kReserve = int64_t(1) << 30;  // device memory left free when the pool has no limit
+
+  void grow() {
+    int64_t n = slab_pages_;
+    if (limit_ > 0) n = std::min(n, limit_ - total_);
+    if (n > 0 && limit_ == 0) {
+      size_t free_bytes = 0, total_bytes = 0;
+      check(cudaMemGetInfo(&free_bytes, &total_bytes), "cudaMemGetInfo");
+      n = std::min<int64_t>(n, ((int64_t)free_bytes - kReserve) / page_bytes());
+    }
+    void* slab = nullptr;
+    if (n <= 0 || cudaMalloc(&slab, (size_t)(n * page_bytes())) != cudaSuccess) {
+      cudaGetLastError();  // (clear a failed allocation's error)
+      fail("E_KV_FULL", "the KV cache pool is full: its " + std::to_string(total_) + " pages of " +
+                            std::to_string(ops16::kPageTokens) + " tokens are held by sequences" +
+                            (limit_ > 0 ? " (the kvCacheTokens limit)" : " and device memory is exhausted") +
+                            "; close sessions or open the model with a larger kvCacheTokens");
+    }
+    slabs_.push_back(slab);
+    for (int64_t i = n - 1; i >= 0; --i) free_.push_back(static_cast<uint16_t*>(slab) + i * page_elems_);
+    total_ += n;
+  }
+
+  const int64_t page_elems_, slab_pages_;
+  mutable std::mutex mu_;
+  std::vector<void*> slabs_;
+  std::vector<uint16_t*> free_;
+  int64_t total_ = 0, limit_ = 0;
+};
+
+// A sequence's KV cache: the pages it holds, in token order (token p in pages[p / kPageTokens]).
 class Sequence16 : public model::Sequence {
  public:
+  explicit Sequence16(std::shared_ptr<PagePool> pool) : pool_(std::move(pool)) {}
   ~Sequence16() override {
-    if (step) cudaGraphExecDestroy(step);
+    for (uint16_t* page : pages) pool_->give(page);
   }
-  std::vector<std::unique_ptr<DeviceBuffer<uint16_t>>> keys, values;  // per layer [capacity, kv_heads·hd]
-  // The captured one-token decode step, valid while the backend's epoch is step_epoch.
-  cudaGraphExec_t step = nullptr;
-  uint64_t step_epoch = 0;
+  // Takes pages until `tokens` fit; returns how many it took (for give_back on a failed step).
+  int64_t reserve(int64_t tokens) {
+    const int64_t before = (int64_t)pages.size();
+    while ((int64_t)pages.size() * ops16::kPageTokens < tokens) pages.push_back(pool_->take());
+    return (int64_t)pages.size() - before;
+  }
+  void give_back(int64_t n) {
+    for (; n > 0; --n) {
+      pool_->give(pages.back());
+      pages.pop_back();
+    }
+  }
+  std::vector<uint16_t*> pages;
+
+ private:
+  std::shared_ptr<PagePool> pool_;
+};
+
+// A captured decode step over a batch bucket: valid while the backend's epoch is `epoch`.
+struct StepGraph {
+  cudaGraphExec_t exec = nullptr;
+  uint64_t epoch = 0;
 };
 
 class CudaLlama16 : public LlamaBackend {
@@ -210,11 +303,24 @@ class CudaLlama16 : public LlamaBackend {
     for (auto& e : join_) check(cudaEventCreateWithFlags(&e, cudaEventDisableTiming), "cudaEventCreate");
     check(cudaDeviceGetAttribute(&multiprocessors_, cudaDevAttrMultiProcessorCount, device), "device attribute");
     inv_freq_ = upload_floats(config_.inv_freq.data(), (int64_t)config_.inv_freq.size());
-    pos_ = std::make_unique<DeviceBuffer<int32_t>>(1);
+    pos_ = std::make_unique<DeviceBuffer<int32_t>>((size_t)kMaxRows);
+    // the KV pages: slabs of about 256 MiB, at least a whole longest sequence's pages (or 64)
+    const int64_t kw = config_.kv_heads * config_.head_dim;
+    const int64_t page_elems = checked_product({config_.layers, 2, ops16::kPageTokens, kw}, "KV page size");
+    table_stride_ = (config_.max_seq + ops16::kPageTokens - 1) / ops16::kPageTokens;
+    const int64_t slab_pages = std::max<int64_t>(
+        1, std::min<int64_t>((int64_t(256) << 20) / (page_elems * 2), std::max<int64_t>(64, table_stride_)));
+    pool_ = std::make_shared<PagePool>(page_elems, slab_pages);
+    tables_ = std::make_unique<DeviceBuffer<uint16_t*>>((size_t)(kMaxRows * table_stride_));
+    host_tables_.assign((size_t)(kMaxRows * table_stride_), nullptr);
+    host_positions_.assign((size_t)kMaxRows, 0);
+    pad_page_ = std::make_unique<DeviceBuffer<uint16_t>>((size_t)page_elems);
     const char* graphs = std::getenv("LOWBIT_CUDA_GRAPHS");
     graphs_ = !(graphs && std::string(graphs) == "0");
   }
   ~CudaLlama16() override {
+    for (auto& g : steps_)
+      if (g.second.exec) cudaGraphExecDestroy(g.second.exec);
     cudaStreamDestroy(stream_);
     for (auto s : side_) cudaStreamDestroy(s);
     cudaEventDestroy(fork_);
@@ -223,6 +329,10 @@ class CudaLlama16 : public LlamaBackend {
 
   int device() const override { return device_; }
   DType activations() const override { return t_; }
+  model::KvCacheInfo kv_cache() const override { return pool_->info(); }
+  void set_kv_cache_tokens(int64_t tokens) override {
+    pool_->set_limit((tokens + ops16::kPageTokens - 1) / ops16::kPageTokens);
+  }
   bool has_block(int64_t i) const override { return i >= 0 && i < config_.layers && blocks_[(size_t)i] != nullptr; }
   bool has_globals() const override { return embed_ != nullptr; }
 
@@ -336,37 +446,138 @@ class CudaLlama16 : public LlamaBackend {
     download(out, nll_dev, batch * (seq - 1));
   }
 
+  // A sequence takes its pages as it grows (reserve, at each call).
   std::unique_ptr<model::Sequence> do_new_sequence(int64_t capacity) override {
-    begin_eager();
-    auto s = std::make_unique<Sequence16>();
-    const int64_t kw = config_.kv_heads * config_.head_dim;
-    for (int64_t l = 0; l < config_.layers; ++l) {
-      s->keys.push_back(std::make_unique<DeviceBuffer<uint16_t>>((size_t)(capacity * kw)));
-      s->values.push_back(std::make_unique<DeviceBuffer<uint16_t>>((size_t)(capacity * kw)));
-    }
-    return s;
+    (void)capacity;
+    return std::make_unique<Sequence16>(pool_);
   }
 
-  // One token at a time (n == 1) replays a CUDA graph of the whole step, captured after an eager
-  // step and kept while nothing could have moved a buffer it uses (epoch_); several tokens run eagerly.
+  // One token goes through the batched step (a batch of one: a replayed CUDA graph); several run
+  // eagerly, attention reading the sequence's keys gathered from its pages.
   void do_decode(model::Sequence& sequence, const int32_t* ids, int64_t n, float* last_logits) override {
     auto* s = static_cast<Sequence16*>(&sequence);  // the base checked that this backend made it
-    const bool replay = n == 1 && graphs_ && s->step && s->step_epoch == epoch_;
-    if (!replay) begin_eager();  // an eager step may grow buffers other sequences' graphs use
-    select();
-    float* x = embed_device(ids, n);
-    set_position(s->length);
-    float* lg = floats(logits_, config_.vocab);
-    if (replay) {
-      check(cudaGraphLaunch(s->step, stream_), "cudaGraphLaunch");
-    } else {
-      decode_body(x, n, s, lg);
-      if (n == 1 && graphs_) capture_step(x, s, lg);
+    if (n == 1) {
+      model::Sequence* one = s;
+      do_decode_batch(&one, 1, ids, last_logits);
+      return;
     }
-    download(last_logits, lg, config_.vocab);
+    begin_eager();
+    const int64_t taken = s->reserve(s->length + n);
+    try {
+      float* x = embed_device(ids, n);
+      set_position(s->length);
+      std::copy(s->pages.begin(), s->pages.end(), host_tables_.begin());
+      upload(tables_->get(), host_tables_.data(), table_stride_);
+      KvTarget kv{KvTarget::Prefill, s->length + n};
+      for (int64_t i = 0; i < config_.layers; ++i) block_forward(block(i), x, n, n, s->length + n, &kv, i, nullptr);
+      flush_add(n);
+      float* lg = floats(logits_, config_.vocab);
+      head_rows(x + (n - 1) * config_.dim, 1, lg);
+      download(last_logits, lg, config_.vocab);
+    } catch (...) {
+      s->give_back(taken);
+      throw;
+    }
+  }
+
+  // One token for each sequence, kMaxRows at a time: the rows padded to a bucket (1, 2, 4, ... kMaxRows)
+  // whose step is one CUDA graph, captured after an eager step and replayed while nothing could have
+  // moved a buffer it uses (epoch_). Padding rows write to and read from pad_page_ only.
+  void do_decode_batch(model::Sequence* const* seqs, int64_t count, const int32_t* ids, float* logits) override {
+    for (int64_t r0 = 0; r0 < count; r0 += kMaxRows)
+      decode_rows(seqs + r0, std::min(kMaxRows, count - r0), ids + r0, logits + r0 * config_.vocab);
   }
 
  private:
+  static constexpr int64_t kMaxRows = 256;  // the largest batch bucket
+
+  // What block_forward does with the keys and values: use them in place (no cache), append them to
+  // one sequence's pages and attend over all its keys (Prefill: `length` tokens after the call), or
+  // append each row to its own sequence (Rows: one token each, positions pos_[r]).
+  struct KvTarget {
+    enum Kind { Prefill, Rows } kind;
+    int64_t length;
+  };
+
+  void decode_rows(model::Sequence* const* seqs, int64_t count, const int32_t* ids, float* logits) {
+    select();
+    int64_t bucket = 1;
+    while (bucket < count) bucket *= 2;
+    // every sequence's page for its new token, or none (a full pool leaves each as it was)
+    std::vector<int64_t> taken((size_t)count, 0);
+    try {
+      for (int64_t r = 0; r < count; ++r) {
+        auto* s = static_cast<Sequence16*>(seqs[r]);
+        taken[(size_t)r] = s->reserve(s->length + 1);
+      }
+    } catch (...) {
+      for (int64_t r = 0; r < count; ++r) static_cast<Sequence16*>(seqs[r])->give_back(taken[(size_t)r]);
+      throw;
+    }
+    for (int64_t r = 0; r < bucket; ++r) {
+      uint16_t** row = host_tables_.data() + r * table_stride_;
+      if (r < count) {
+        const auto* s = static_cast<const Sequence16*>(seqs[r]);
+        std::copy(s->pages.begin(), s->pages.end(), row);
+        host_positions_[(size_t)r] = (int32_t)s->length;
+        host_ids_[(size_t)r] = ids[r];
+      } else {
+        std::fill(row, row + table_stride_, pad_page_->get());
+        host_positions_[(size_t)r] = 0;
+        host_ids_[(size_t)r] = 0;
+      }
+    }
+    StepGraph& graph = steps_[bucket];
+    const bool replay = graphs_ && graph.exec && graph.epoch == epoch_;
+    if (!replay) begin_eager();  // an eager step may grow buffers other buckets' graphs use
+    int32_t* ids_dev = static_cast<int32_t*>(ids_.get(bucket * 4));
+    upload(ids_dev, host_ids_.data(), bucket);
+    upload(pos_->get(), host_positions_.data(), bucket);
+    upload(tables_->get(), host_tables_.data(), bucket * table_stride_);
+    float* lg = floats(logits_, bucket * config_.vocab);
+    if (replay) {
+      check(cudaGraphLaunch(graph.exec, stream_), "cudaGraphLaunch");
+    } else {
+      float* x = floats(x_, bucket * config_.dim);
+      rows_body(ids_dev, x, bucket, lg);
+      if (graphs_) capture_rows(ids_dev, x, bucket, lg, graph);
+    }
+    download(logits, lg, count * config_.vocab);
+  }
+
+  // The blocks and the head over one new token of each of `rows` sequences (ids on the device; their
+  // positions, pages in pos_ and tables_), logits [rows, vocab] to lg. Attention splits its keys as
+  // for the model's longest sequence, so one graph serves every length.
+  void rows_body(const int32_t* ids_dev, float* x, int64_t rows, float* lg) {
+    ops16::gather_rows(t_, embed_->get(), ids_dev, rows, config_.dim, x, stream_);
+    pending_add_ = nullptr;
+    KvTarget kv{KvTarget::Rows, 0};
+    for (int64_t i = 0; i < config_.layers; ++i) block_forward(block(i), x, rows, 1, config_.max_seq, &kv, i, nullptr);
+    flush_add(rows);
+    head_rows(x, rows, lg);
+  }
+
+  // Records rows_body as the bucket's graph (the eager step just run grew every buffer it needs).
+  void capture_rows(const int32_t* ids_dev, float* x, int64_t rows, float* lg, StepGraph& g) {
+    if (g.exec) cudaGraphExecDestroy(g.exec);
+    g.exec = nullptr;
+    cudaGraph_t graph = nullptr;
+    check(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal), "cudaStreamBeginCapture");
+    try {
+      rows_body(ids_dev, x, rows, lg);
+    } catch (...) {
+      cudaStreamEndCapture(stream_, &graph);
+      if (graph) cudaGraphDestroy(graph);
+      graphs_ = false;  // something in the step cannot be captured: stay eager
+      return;
+    }
+    check(cudaStreamEndCapture(stream_, &graph), "cudaStreamEndCapture");
+    const cudaError_t made = cudaGraphInstantiate(&g.exec, graph, 0);
+    cudaGraphDestroy(graph);
+    check(made, "cudaGraphInstantiate");
+    g.epoch = epoch_;
+  }
+
   void select() const { check(cudaSetDevice(device_), "cudaSetDevice"); }
   void sync() const { check(cudaStreamSynchronize(stream_), "forward pass"); }
   template <class T>
@@ -393,37 +604,6 @@ class CudaLlama16 : public LlamaBackend {
   void set_position(int64_t p) {
     host_pos_ = (int32_t)p;
     upload(pos_->get(), &host_pos_, 1);
-  }
-
-  // The blocks and the head over n new tokens of s (x: their embedded rows), last logits to lg.
-  // Attention splits its keys as for the sequence's whole capacity, so the step is the same kernels
-  // whatever the position (one graph for every step).
-  void decode_body(float* x, int64_t n, Sequence16* s, float* lg) {
-    const int64_t longest = n == 1 ? s->capacity : s->length + n;
-    for (int64_t i = 0; i < config_.layers; ++i) block_forward(block(i), x, n, n, longest, s, i, nullptr);
-    flush_add(n);
-    head_rows(x + (n - 1) * config_.dim, 1, lg);
-  }
-
-  // Records decode_body for one token as s->step (the eager step just run grew every buffer it needs).
-  void capture_step(float* x, Sequence16* s, float* lg) {
-    if (s->step) cudaGraphExecDestroy(s->step);
-    s->step = nullptr;
-    cudaGraph_t graph = nullptr;
-    check(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal), "cudaStreamBeginCapture");
-    try {
-      decode_body(x, 1, s, lg);
-    } catch (...) {
-      cudaStreamEndCapture(stream_, &graph);
-      if (graph) cudaGraphDestroy(graph);
-      graphs_ = false;  // something in the step cannot be captured: stay eager
-      return;
-    }
-    check(cudaStreamEndCapture(stream_, &graph), "cudaStreamEndCapture");
-    const cudaError_t made = cudaGraphInstantiate(&s->step, graph, 0);
-    cudaGraphDestroy(graph);
-    check(made, "cudaGraphInstantiate");
-    s->step_epoch = epoch_;
   }
 
   // ids (host) -> the f32 residual rows x_ on the device; ids stay in ids_ for nll.
@@ -474,7 +654,7 @@ class CudaLlama16 : public LlamaBackend {
   // bounds the keys a row attends to (attention's split heuristic). The block's
   // last residual add is left pending (pending_add_) for the next norm to fuse. Returns false when
   // the run stopped early at a capture point.
-  bool block_forward(const Block16& blk, float* x, int64_t rows, int64_t S, int64_t longest, Sequence16* kv,
+  bool block_forward(const Block16& blk, float* x, int64_t rows, int64_t S, int64_t longest, const KvTarget* kv,
                      int64_t layer, const BlockRun* run) {
     const LlamaConfig& c = config_;
     const int64_t qw = c.heads * c.head_dim, kw = c.kv_heads * c.head_dim;
@@ -482,7 +662,7 @@ class CudaLlama16 : public LlamaBackend {
       CudaLlama16& m;
       const Block16& blk;
       int64_t rows, S, longest, kw;
-      Sequence16* kv;
+      const KvTarget* kv;
       int64_t layer;
       const BlockRun* run;
       void rms_norm(const float* in, const float* w, uint16_t* out) {
@@ -524,25 +704,35 @@ class CudaLlama16 : public LlamaBackend {
       void rope(uint16_t* q, uint16_t* k) {
         join();
         const LlamaConfig& c = m.config_;
+        const int64_t pos_stride = kv && kv->kind == KvTarget::Rows ? 1 : 0;
         ops16::rope_qk(m.t_, q, k, rows, S, m.pos_->get(), c.heads, c.kv_heads, c.head_dim / 2, m.inv_freq_->get(),
-                       c.rope_scale, m.stream_);
+                       c.rope_scale, m.stream_, pos_stride);
       }
       void attention(const uint16_t* q, const uint16_t* k, const uint16_t* v, uint16_t* out) {
         const LlamaConfig& c = m.config_;
         const uint16_t* keys = k;
         const uint16_t* values = v;
         int64_t key_stride = S;
-        if (kv) {  // append to the cache, then attend over all of it
-          uint16_t* kc = kv->keys[(size_t)layer]->get();
-          uint16_t* vc = kv->values[(size_t)layer]->get();
-          ops16::append_kv(k, v, rows, kw, m.pos_->get(), kc, vc, m.stream_);
+        const float scale = (float)(1.0 / std::sqrt((double)c.head_dim));
+        const int splits = ops16::attention_splits(rows, c.heads, longest, m.multiprocessors_);
+        float* partial = floats(m.partial_, ops16::attention_partial_floats(rows, c.heads, c.head_dim, splits));
+        if (kv) {  // append to the pages, then attend over all of the sequence's keys
+          const int64_t page_off = 2 * layer * ops16::kPageTokens * kw;
+          const bool own_rows = kv->kind == KvTarget::Rows;
+          ops16::append_kv_paged(k, v, rows, S, kw, m.pos_->get(), own_rows ? 1 : 0, m.tables_->get(), m.table_stride_,
+                                 page_off, m.stream_);
+          if (own_rows) {
+            ops16::attention_paged(m.t_, q, rows, m.pos_->get(), m.tables_->get(), m.table_stride_, page_off, c.heads,
+                                   c.kv_heads, c.head_dim, scale, splits, partial, out, m.stream_);
+            return;
+          }
+          uint16_t* kc = halves(m.keys_, kv->length * kw);
+          uint16_t* vc = halves(m.values_, kv->length * kw);
+          ops16::gather_kv(m.tables_->get(), kv->length, kw, page_off, kc, vc, m.stream_);
           keys = kc;
           values = vc;
           key_stride = 0;
         }
-        const float scale = (float)(1.0 / std::sqrt((double)c.head_dim));
-        const int splits = ops16::attention_splits(rows, c.heads, longest, m.multiprocessors_);
-        float* partial = floats(m.partial_, ops16::attention_partial_floats(rows, c.heads, c.head_dim, splits));
         ops16::attention(m.t_, q, rows, S, m.pos_->get(), keys, values, key_stride, c.heads, c.kv_heads, c.head_dim, scale, splits,
                          partial, out, m.stream_);
       }
@@ -596,7 +786,16 @@ class CudaLlama16 : public LlamaBackend {
   std::vector<std::unique_ptr<Block16>> blocks_;
   std::unique_ptr<DeviceBuffer<uint16_t>> embed_;
   std::unique_ptr<DeviceBuffer<float>> final_norm_, inv_freq_;
-  std::unique_ptr<DeviceBuffer<int32_t>> pos_;  // the position of the call's first row (set_position)
+  // Positions read on the device: pos_[0] the call's first row's (set_position), or (batched decode)
+  // pos_[r] row r's; tables_ [kMaxRows, table_stride_]: the page tables of the batch's sequences.
+  std::unique_ptr<DeviceBuffer<int32_t>> pos_;
+  std::shared_ptr<PagePool> pool_;  // shared with the sequences, which may outlive the backend
+  int64_t table_stride_ = 0;        // pages of the longest sequence
+  std::unique_ptr<DeviceBuffer<uint16_t*>> tables_;
+  std::unique_ptr<DeviceBuffer<uint16_t>> pad_page_;  // where a batch's padding rows write and read
+  std::vector<uint16_t*> host_tables_;
+  std::vector<int32_t> host_positions_, host_ids_ = std::vector<int32_t>((size_t)kMaxRows);
+  std::map<int64_t, StepGraph> steps_;  // by bucket
   int32_t host_pos_ = 0;
   bool graphs_ = true;   // decode steps replayed as CUDA graphs (LOWBIT_CUDA_GRAPHS=0: never)
   uint64_t epoch_ = 1;   // bumped by every call that may move a buffer a captured step uses
@@ -606,7 +805,7 @@ class CudaLlama16 : public LlamaBackend {
   const uint16_t* pending_add_ = nullptr;
   // Scratch (a backend is used by one thread at a time). wide_: what a linear's operator needs.
   DeviceScratch x_, norm_, qkv_, att_, proj_, gate_up_, logits_, nll_, ids_, partial_, capture_, head_norm_,
-      head_out_;
+      head_out_, keys_, values_;
   DeviceScratch wide_[3];  // per stream: main, side_[0], side_[1]
   cudaStream_t side_[2] = {nullptr, nullptr};
   cudaEvent_t fork_ = nullptr, join_[2] = {nullptr, nullptr};

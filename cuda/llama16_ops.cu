@@ -95,13 +95,13 @@ __global__ void k_add_bias(T* Y, int64_t rows, int64_t N, const float* bias) {
 
 // q's heads first, then k's: one thread per rotated pair.
 template <class T>
-__global__ void k_rope_qk(T* q, T* k, int64_t rows, int64_t S, const int32_t* pos, int64_t q_heads, int64_t k_heads,
-                          int64_t half, const float* inv_freq, float scale) {
+__global__ void k_rope_qk(T* q, T* k, int64_t rows, int64_t S, const int32_t* pos, int64_t pos_stride, int64_t q_heads,
+                          int64_t k_heads, int64_t half, const float* inv_freq, float scale) {
   const int64_t heads = q_heads + k_heads;
   const int64_t e = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
   if (e >= rows * heads * half) return;
   const int64_t i = e % half, hh = (e / half) % heads, r = e / (half * heads);
-  const float angle = inv_freq[i] * (float)(*pos + r % S);
+  const float angle = inv_freq[i] * (float)(pos[(r / S) * pos_stride] + r % S);
   float sn, cs;
   sincosf(angle, &sn, &cs);
   cs *= scale;
@@ -119,6 +119,34 @@ __global__ void k_append_kv(const uint16_t* k, const uint16_t* v, int64_t n, int
   const int64_t at = (int64_t)*pos * kw + i;
   kc[at] = k[i];
   vc[at] = v[i];
+}
+
+// Paged KV cache: row r (of sequence r / S, at position pos[(r / S) * pos_stride] + r % S) goes to
+// its page tables[b * table_stride + p / kPageTokens], at page_off + (p % kPageTokens) * kw for the
+// key and kPageTokens * kw further for the value.
+__global__ void k_append_kv_paged(const uint16_t* k, const uint16_t* v, int64_t rows, int64_t S, int64_t kw,
+                                  const int32_t* pos, int64_t pos_stride, uint16_t* const* tables, int64_t table_stride,
+                                  int64_t page_off) {
+  const int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
+  if (i >= rows * kw) return;
+  const int64_t r = i / kw, c = i % kw, b = r / S;
+  const int64_t p = pos[b * pos_stride] + r % S;
+  uint16_t* page = tables[b * table_stride + p / kPageTokens];
+  const int64_t at = page_off + (p % kPageTokens) * kw + c;
+  page[at] = k[i];
+  page[at + kPageTokens * kw] = v[i];
+}
+
+// Keys and values 0 .. len-1 of one sequence's pages (table) into contiguous kc, vc [len, kw].
+__global__ void k_gather_kv(uint16_t* const* table, int64_t len, int64_t kw, int64_t page_off, uint16_t* kc,
+                            uint16_t* vc) {
+  const int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
+  if (i >= len * kw) return;
+  const int64_t p = i / kw, c = i % kw;
+  const uint16_t* page = table[p / kPageTokens];
+  const int64_t at = page_off + (p % kPageTokens) * kw + c;
+  kc[i] = page[at];
+  vc[i] = page[at + kPageTokens * kw];
 }
 
 template <class T>
@@ -155,18 +183,29 @@ constexpr int64_t kFlashMinRows = 16;  // rows per sequence from which prefill r
 // (m, l, acc) to `partial` [rows][heads][splits][hd + 2] for k_attention_merge.
 template <class T, int DPL>
 __global__ void __launch_bounds__(kAttnWarps * 32)
-    k_attention(const T* Q, int64_t S, const int32_t* pos, const T* K, const T* V, int64_t key_stride, int64_t heads,
-                int64_t kv_heads, int64_t hd, float scale_log2, int splits, float* partial, T* out) {
+    k_attention(const T* Q, int64_t S, const int32_t* pos, int64_t pos_stride, const T* K, const T* V, int64_t key_stride,
+                const T* const* tables, int64_t table_stride, int64_t page_off, int64_t heads, int64_t kv_heads,
+                int64_t hd, float scale_log2, int splits, float* partial, T* out) {
   __shared__ float sm[kAttnWarps], sl[kAttnWarps];
   __shared__ float sacc[kAttnWarps][32 * DPL];
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int64_t r = blockIdx.x, h = blockIdx.y, split = blockIdx.z;
-  const int64_t b = r / S, len = *pos + r % S + 1;
+  const int64_t b = r / S, len = pos[b * pos_stride] + r % S + 1;
   const int64_t kvh = h / (heads / kv_heads), kw = kv_heads * hd;
   const int64_t chunk = (len + splits - 1) / splits, j0 = split * chunk, j1 = min(len, j0 + chunk);
   const T* q = Q + r * heads * hd + h * hd;
-  const T* kbase = K + b * key_stride * kw + kvh * hd;
-  const T* vbase = V + b * key_stride * kw + kvh * hd;
+  // Key j of this row's sequence: row j of K (contiguous), or in its page (tables non-null).
+  const T* kbase = tables ? nullptr : K + b * key_stride * kw + kvh * hd;
+  const T* vbase = tables ? nullptr : V + b * key_stride * kw + kvh * hd;
+  const T* const* table = tables ? tables + b * table_stride : nullptr;
+  auto key = [&](int64_t j) -> const T* {
+    if (!table) return kbase + j * kw;
+    return table[j / kPageTokens] + page_off + (j % kPageTokens) * kw + kvh * hd;
+  };
+  auto value = [&](int64_t j) -> const T* {
+    if (!table) return vbase + j * kw;
+    return table[j / kPageTokens] + page_off + (kPageTokens + j % kPageTokens) * kw + kvh * hd;
+  };
 
   float qv[DPL], acc[DPL];
 #pragma unroll
@@ -182,7 +221,7 @@ __global__ void __launch_bounds__(kAttnWarps * 32)
     for (int u = 0; u < kKeysPerStep; ++u) {
       s[u] = 0.f;
       if (j + u < j1) {
-        const T* k = kbase + (j + u) * kw;
+        const T* k = key(j + u);
 #pragma unroll
         for (int e = 0; e < DPL; ++e) {
           const int64_t d = lane * DPL + e;
@@ -207,7 +246,7 @@ __global__ void __launch_bounds__(kAttnWarps * 32)
       if (j + u >= j1) continue;
       const float p = exp2f(s[u] - m_new);
       l += p;
-      const T* v = vbase + (j + u) * kw;
+      const T* v = value(j + u);
 #pragma unroll
       for (int e = 0; e < DPL; ++e) {
         const int64_t d = lane * DPL + e;
@@ -269,10 +308,12 @@ __global__ void k_attention_merge(const float* partial, int64_t heads, int64_t h
 template <class T, int DPL>
 void attention_t(const T* Q, int64_t rows, int64_t S, const int32_t* pos, const T* K, const T* V, int64_t key_stride,
                  int64_t heads, int64_t kv_heads, int64_t hd, float scale, int splits, float* partial, T* out,
-                 cudaStream_t s) {
+                 cudaStream_t s, int64_t pos_stride = 0, const T* const* tables = nullptr, int64_t table_stride = 0,
+                 int64_t page_off = 0) {
   const dim3 grid((unsigned)rows, (unsigned)heads, (unsigned)splits);
-  k_attention<T, DPL><<<grid, kAttnWarps * 32, 0, s>>>(Q, S, pos, K, V, key_stride, heads, kv_heads, hd,
-                                                        scale * kLog2e, splits, partial, out);
+  k_attention<T, DPL><<<grid, kAttnWarps * 32, 0, s>>>(Q, S, pos, pos_stride, K, V, key_stride, tables, table_stride,
+                                                        page_off, heads, kv_heads, hd, scale * kLog2e, splits, partial,
+                                                        out);
   check(cudaGetLastError(), "attention launch");
   if (splits > 1) {
     k_attention_merge<T><<<dim3((unsigned)rows, (unsigned)heads), 128, 0, s>>>(partial, heads, hd, splits, out);
@@ -545,11 +586,12 @@ void add_bias(DType t, void* Y, bool y_f32, int64_t rows, int64_t N, const float
 }
 
 void rope_qk(DType t, uint16_t* q, uint16_t* k, int64_t rows, int64_t S, const int32_t* pos, int64_t q_heads,
-             int64_t k_heads, int64_t half, const float* inv_freq, float scale, cudaStream_t s) {
+             int64_t k_heads, int64_t half, const float* inv_freq, float scale, cudaStream_t s, int64_t pos_stride) {
   with_type(t, [&](auto* tag) {
     using T = std::remove_pointer_t<decltype(tag)>;
-    k_rope_qk<<<grid_for(rows * (q_heads + k_heads) * half), 256, 0, s>>>(
-        reinterpret_cast<T*>(q), reinterpret_cast<T*>(k), rows, S, pos, q_heads, k_heads, half, inv_freq, scale);
+    k_rope_qk<<<grid_for(rows * (q_heads + k_heads) * half), 256, 0, s>>>(reinterpret_cast<T*>(q), reinterpret_cast<T*>(k),
+                                                                          rows, S, pos, pos_stride, q_heads, k_heads, half,
+                                                                          inv_freq, scale);
   });
   check(cudaGetLastError(), "rope launch");
 }
@@ -589,6 +631,37 @@ void convert(DType from, const void* src, DType t, int64_t n, uint16_t* dst, cud
     else fail("E_DTYPE", "weights to convert must be f32, f16 or bf16");
   });
   check(cudaGetLastError(), "convert launch");
+}
+
+void append_kv_paged(const uint16_t* k, const uint16_t* v, int64_t rows, int64_t S, int64_t kw, const int32_t* pos,
+                     int64_t pos_stride, uint16_t* const* tables, int64_t table_stride, int64_t page_off, cudaStream_t s) {
+  k_append_kv_paged<<<grid_for(rows * kw), 256, 0, s>>>(k, v, rows, S, kw, pos, pos_stride, tables, table_stride,
+                                                        page_off);
+  check(cudaGetLastError(), "append_kv_paged launch");
+}
+
+void gather_kv(uint16_t* const* table, int64_t len, int64_t kw, int64_t page_off, uint16_t* kc, uint16_t* vc,
+               cudaStream_t s) {
+  k_gather_kv<<<grid_for(len * kw), 256, 0, s>>>(table, len, kw, page_off, kc, vc);
+  check(cudaGetLastError(), "gather_kv launch");
+}
+
+void attention_paged(DType t, const uint16_t* Q, int64_t rows, const int32_t* pos, uint16_t* const* tables,
+                     int64_t table_stride, int64_t page_off, int64_t heads, int64_t kv_heads, int64_t hd, float scale,
+                     int splits, float* partial, uint16_t* out, cudaStream_t s) {
+  require(hd >= 1 && hd <= 256, "E_UNSUPPORTED", "the 16-bit attention kernel takes head_dim up to 256");
+  require(splits >= 1 && (splits == 1 || partial != nullptr), "E_INTERNAL", "attention splits need scratch");
+  with_type(t, [&](auto* tag) {
+    using T = std::remove_pointer_t<decltype(tag)>;
+    const T* q = reinterpret_cast<const T*>(Q);
+    T* o = reinterpret_cast<T*>(out);
+    const T* const* tb = reinterpret_cast<const T* const*>(tables);
+    // one query row per sequence (S = 1), at its own position pos[r]
+    if (hd <= 32) attention_t<T, 1>(q, rows, 1, pos, nullptr, nullptr, 0, heads, kv_heads, hd, scale, splits, partial, o, s, 1, tb, table_stride, page_off);
+    else if (hd <= 64) attention_t<T, 2>(q, rows, 1, pos, nullptr, nullptr, 0, heads, kv_heads, hd, scale, splits, partial, o, s, 1, tb, table_stride, page_off);
+    else if (hd <= 128) attention_t<T, 4>(q, rows, 1, pos, nullptr, nullptr, 0, heads, kv_heads, hd, scale, splits, partial, o, s, 1, tb, table_stride, page_off);
+    else attention_t<T, 8>(q, rows, 1, pos, nullptr, nullptr, 0, heads, kv_heads, hd, scale, splits, partial, o, s, 1, tb, table_stride, page_off);
+  });
 }
 
 int attention_splits(int64_t rows, int64_t heads, int64_t longest, int multiprocessors) {

@@ -30,9 +30,23 @@ void add(DType t, float* x, const uint16_t* y, int64_t n, cudaStream_t s);
 // at position *pos + r % S. cos and sin of f32(inv_freq[i] * position), times `scale`, in f32.
 void rope(DType t, uint16_t* X, int64_t rows, int64_t S, const int32_t* pos, int64_t stride, int64_t heads,
           int64_t half, const float* inv_freq, float scale, cudaStream_t s);
-// The same over q [rows, q_heads*2*half] and k [rows, k_heads*2*half] in one launch.
+// The same over q [rows, q_heads*2*half] and k [rows, k_heads*2*half] in one launch; with
+// pos_stride, row r is at position pos[(r / S) * pos_stride] + r % S (1: each sequence its own).
 void rope_qk(DType t, uint16_t* q, uint16_t* k, int64_t rows, int64_t S, const int32_t* pos, int64_t q_heads,
-             int64_t k_heads, int64_t half, const float* inv_freq, float scale, cudaStream_t s);
+             int64_t k_heads, int64_t half, const float* inv_freq, float scale, cudaStream_t s, int64_t pos_stride = 0);
+
+// The paged KV cache: a page holds kPageTokens tokens of every layer's keys and values, laid out
+// [layers][K, V][kPageTokens][kw] (kw = kv_heads * head_dim), so layer l's keys start at
+// page_off = 2 * l * kPageTokens * kw and its values kPageTokens * kw after. A sequence's page
+// table lists its pages in order (token p in page p / kPageTokens); tables are device arrays of
+// page pointers, `table_stride` entries per sequence.
+constexpr int64_t kPageTokens = 16;
+// Rows k, v [rows, kw] (row r of sequence r / S at position pos[(r / S) * pos_stride] + r % S) into their pages.
+void append_kv_paged(const uint16_t* k, const uint16_t* v, int64_t rows, int64_t S, int64_t kw, const int32_t* pos,
+                     int64_t pos_stride, uint16_t* const* tables, int64_t table_stride, int64_t page_off, cudaStream_t s);
+// Keys and values 0 .. len-1 of one sequence (its table) into contiguous kc, vc [len, kw].
+void gather_kv(uint16_t* const* table, int64_t len, int64_t kw, int64_t page_off, uint16_t* kc, uint16_t* vc,
+               cudaStream_t s);
 // Rows k, v [rows, kw] into the caches kc, vc [capacity, kw] at rows *pos ...
 void append_kv(const uint16_t* k, const uint16_t* v, int64_t rows, int64_t kw, const int32_t* pos, uint16_t* kc,
                uint16_t* vc, cudaStream_t s);
@@ -57,6 +71,13 @@ int64_t attention_partial_floats(int64_t rows, int64_t heads, int64_t hd, int sp
 void attention(DType t, const uint16_t* Q, int64_t rows, int64_t S, const int32_t* pos, const uint16_t* K, const uint16_t* V,
                int64_t key_stride, int64_t heads, int64_t kv_heads, int64_t hd, float scale, int splits, float* partial,
                uint16_t* out, cudaStream_t s);
+
+// Decode attention over paged caches: query row r (Q [rows, heads*hd]) is one token of sequence r at
+// position pos[r], attending to its keys 0 .. pos[r] through its table tables[r * table_stride ..];
+// splits and partial as for attention.
+void attention_paged(DType t, const uint16_t* Q, int64_t rows, const int32_t* pos, uint16_t* const* tables,
+                     int64_t table_stride, int64_t page_off, int64_t heads, int64_t kv_heads, int64_t hd, float scale,
+                     int splits, float* partial, uint16_t* out, cudaStream_t s);
 
 }  // namespace ops16
 }  // namespace cuda

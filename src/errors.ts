@@ -29,6 +29,7 @@ export const ERROR_CODES = [
   'E_NAN', // NaN or infinity in weights or activations
   'E_CALIBRATION', // calibration data missing or too short
   'E_MEMORY_BUDGET', // the requested work does not fit the memory budget
+  'E_KV_FULL', // the KV cache pool has no free page for the step (close sessions or raise kvCacheTokens)
   'E_ABORTED', // cancelled through an AbortSignal
   'E_LOCKED', // another live run holds the output directory's lock
   'E_HUB', // a Hugging Face Hub request failed, or a download did not match its checksum

@@ -182,7 +182,31 @@ export interface NativeModel {
   cacheBytes(): number;
   /** appends ids to the sequence's KV cache; out [vocab] = logits of the last one; resolves with the new length */
   decode(sequence: number, ids: Int32Array, out: Float32Array): Promise<number>;
+  /** one token for each of several distinct sequences; out [B*vocab]; resolves with the new lengths */
+  decodeBatch(sequences: Int32Array, ids: Int32Array, out: Float32Array): Promise<Int32Array>;
+  /** the KV cache memory: the paged pool's counts (16-bit CUDA), or paged false */
+  kvCache(): KvCacheInfo;
   close(): void;
+}
+
+/**
+ * The KV cache memory of a model. The 16-bit CUDA pass keeps every session's keys and values in one
+ * pool of pages of `pageTokens` tokens (every layer's K and V): a session takes pages as it grows
+ * and returns them when closed; a step that needs a page when the pool is at `limitPages` fails with
+ * E_KV_FULL. The CPU and the f32 CUDA pass give each session a contiguous cache for its whole
+ * capacity at createSession (paged false, counts 0).
+ */
+export interface KvCacheInfo {
+  paged: boolean;
+  pageTokens: number;
+  /** device bytes of one page */
+  pageBytes: number;
+  /** pages allocated so far (held by sessions or free) */
+  pagesTotal: number;
+  /** of those, not held by a session */
+  pagesFree: number;
+  /** the most pages the pool may hold (0: as many as device memory allows, keeping 1 GiB free) */
+  limitPages: number;
 }
 
 /**
@@ -279,7 +303,7 @@ export interface Addon {
   NativeModel: new (
     config: NativeModelConfig,
     device: number,
-    options?: { cpuActivations?: CpuActivations; dtype?: ModelDtype },
+    options?: { cpuActivations?: CpuActivations; dtype?: ModelDtype; kvCacheTokens?: number },
   ) => NativeModel;
   /** CPU ops of the forward pass, exposed for tests against float64 references (sync, small inputs). */
   opRmsNorm(x: Float32Array, rows: number, dim: number, weight: Float32Array, eps: number, out: Float32Array): void;

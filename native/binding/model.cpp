@@ -129,27 +129,37 @@ class NativeModel : public Napi::ObjectWrap<NativeModel> {
                            InstanceMethod<&NativeModel::FreeSequence>("freeSequence"),
                            InstanceMethod<&NativeModel::CacheBytes>("cacheBytes"),
                            InstanceMethod<&NativeModel::Decode>("decode"),
+                           InstanceMethod<&NativeModel::DecodeBatch>("decodeBatch"),
+                           InstanceMethod<&NativeModel::KvCache>("kvCache"),
                            InstanceMethod<&NativeModel::Close>("close"),
                        });
   }
 
-  // new NativeModel(config, device, options?: {cpuActivations?: 'int8' | 'f32', dtype?: 'f32' | 'f16' | 'bf16'}):
-  // cpuActivations is how the CPU backend's packed GPTQ linears take their inputs (LinearOptions;
-  // default 'f32'); dtype what the forward pass computes in (default 'f32'; 16-bit on CUDA only).
+  // new NativeModel(config, device, options?: {cpuActivations?: 'int8' | 'f32', dtype?: 'f32' | 'f16' | 'bf16',
+  // kvCacheTokens?: number}): cpuActivations is how the CPU backend's packed GPTQ linears take their
+  // inputs (LinearOptions; default 'f32'); dtype what the forward pass computes in (default 'f32';
+  // 16-bit on CUDA only); kvCacheTokens the most tokens the paged KV cache pool holds (KvCacheInfo).
   NativeModel(const Napi::CallbackInfo& info) : Napi::ObjectWrap<NativeModel>(info) {
     guarded(info, [&]() -> Napi::Value {
       config_ = config_arg(object_arg(info, 0, "config"));
       device_ = info.Length() > 1 && !info[1].IsUndefined() ? (int)integer(info[1], "device") : -1;
       LinearOptions linears;
+      int64_t kv_cache_tokens = 0;
       if (info.Length() > 2 && !info[2].IsUndefined()) {
         const Napi::Object options = object_arg(info, 2, "options");
         linears.cpu_activations =
             cpu_activations_arg(options.Get("cpuActivations"), "options.cpuActivations", linears.cpu_activations);
         const Napi::Value dtype = options.Get("dtype");
         if (!dtype.IsUndefined()) dtype_ = dtype_arg(dtype);
+        const Napi::Value kv_tokens = options.Get("kvCacheTokens");
+        if (!kv_tokens.IsUndefined()) {
+          kv_cache_tokens = integer(kv_tokens, "kvCacheTokens");
+          require(kv_cache_tokens >= 1, "E_ARGUMENT", "kvCacheTokens must be a positive integer");
+        }
       }
       handle_ = std::make_shared<ModelHandle>();
       handle_->backend = model::make_backend(device_, config_, linears, dtype_);
+      if (kv_cache_tokens > 0) handle_->backend->set_kv_cache_tokens(kv_cache_tokens);
       return info.Env().Undefined();
     });
   }
@@ -463,6 +473,56 @@ class NativeModel : public Napi::ObjectWrap<NativeModel> {
           },
           std::move(bufs), false,
           [seq](Napi::Env env) -> Napi::Value { return Napi::Number::New(env, (double)seq->length); });
+    });
+  }
+
+  // decodeBatch(sequences: Int32Array [B] of sequence ids, ids: Int32Array [B], out: Float32Array [B*vocab])
+  //   -> Promise<Int32Array [B]> (the new lengths). Every sequence distinct, with room for one token.
+  Napi::Value DecodeBatch(const Napi::CallbackInfo& info) {
+    return guarded(info, [&]() -> Napi::Value {
+      const auto seq_ids = typed_array<int32_t>(info[0], "sequences");
+      const auto ids = typed_array<int32_t>(info[1], "ids");
+      const auto out = typed_array<float>(info[2], "out");
+      const int64_t count = seq_ids.length;
+      require(count >= 1, "E_SHAPE", "decodeBatch needs at least one sequence");
+      check_length(ids.length, count, "ids");
+      const int64_t outn = checked_mul(count, config_.vocab, "sequences x vocab");
+      check_length(out.length, outn, "out");
+      auto seqs = std::make_shared<std::vector<std::shared_ptr<model::Sequence>>>();
+      for (int64_t i = 0; i < count; ++i) seqs->push_back(handle_->sequence(seq_ids.data[i]));
+      auto bufs = std::make_unique<CallBuffers>(true);
+      const int32_t* ip = bufs->input(ids);
+      float* op = bufs->output(info[2], Span<float>{out.data, outn}, "out");
+      auto lengths = std::make_shared<std::vector<int32_t>>((size_t)count);
+      return Queue(
+          info,
+          [=](model::LlamaBackend& b) {
+            std::vector<model::Sequence*> raw;
+            for (const auto& s : *seqs) raw.push_back(s.get());
+            b.decode_batch(raw.data(), count, ip, op);
+            for (int64_t i = 0; i < count; ++i) (*lengths)[(size_t)i] = (int32_t)raw[(size_t)i]->length;
+          },
+          std::move(bufs), false,
+          [lengths](Napi::Env env) -> Napi::Value {
+            Napi::Int32Array r = Napi::Int32Array::New(env, lengths->size());
+            std::copy(lengths->begin(), lengths->end(), r.Data());
+            return r;
+          });
+    });
+  }
+
+  // kvCache() -> {paged, pageTokens, pageBytes, pagesTotal, pagesFree, limitPages} (KvCacheInfo)
+  Napi::Value KvCache(const Napi::CallbackInfo& info) {
+    return guarded(info, [&]() -> Napi::Value {
+      const model::KvCacheInfo k = handle_->get()->kv_cache();  // (the pool's counts are guarded by its own lock)
+      Napi::Object r = Napi::Object::New(info.Env());
+      r.Set("paged", Napi::Boolean::New(info.Env(), k.paged));
+      r.Set("pageTokens", Napi::Number::New(info.Env(), (double)k.page_tokens));
+      r.Set("pageBytes", Napi::Number::New(info.Env(), (double)k.page_bytes));
+      r.Set("pagesTotal", Napi::Number::New(info.Env(), (double)k.pages_total));
+      r.Set("pagesFree", Napi::Number::New(info.Env(), (double)k.pages_free));
+      r.Set("limitPages", Napi::Number::New(info.Env(), (double)k.limit_pages));
+      return r;
     });
   }
 

@@ -25,6 +25,7 @@ import {
   type NativeModel,
   type NativeModelConfig,
   type ModelDtype,
+  type KvCacheInfo,
 } from '../native.js';
 import type { Tensor } from '../tensor.js';
 import { ropeFrequencies } from './rope.js';
@@ -33,6 +34,7 @@ import { resolveModelPath, type HubDownloadOptions } from '../hub/index.js';
 export type {
   CapturePointName,
   CpuActivations,
+  KvCacheInfo,
   ModelDtype,
   NativeBlockWeights,
   NativeLinear,
@@ -66,6 +68,21 @@ export interface OpenModelOptions {
    * bit for bit (GPTQ calibration uses it). Dense and 8-bit linears, and CUDA, ignore it.
    */
   cpuActivations?: CpuActivations;
+  /**
+   * 16-bit CUDA only: the most tokens the paged KV cache pool holds over all sessions (rounded up to
+   * whole pages; default: as many as device memory allows, keeping 1 GiB free). A step that needs a
+   * page beyond it fails with E_KV_FULL. Elsewhere each session's cache is allocated at
+   * createSession and this is ignored.
+   */
+  kvCacheTokens?: number;
+}
+
+/** The checked kvCacheTokens option. */
+function kvCacheTokensOf(value: unknown): number | undefined {
+  if (value === undefined) return undefined;
+  if (typeof value !== 'number' || !Number.isSafeInteger(value) || value < 1)
+    invalidArgument('kvCacheTokens', 'a positive integer', value);
+  return value;
 }
 
 const CPU_ACTIVATIONS: readonly CpuActivations[] = ['int8', 'f32'];
@@ -187,14 +204,16 @@ export class Model {
       maxSeq?: number;
       tokenizer?: TextTokenizer;
       cpuActivations?: CpuActivations;
+      kvCacheTokens?: number;
     } = {},
   ): Model {
     const device = resolveDevice(options.device ?? 'cpu');
     const dtype = resolveModelDtype(options.dtype, device);
     const nc = nativeModelConfig(config, options.maxSeq);
     const cpuActivations = cpuActivationsOf(options.cpuActivations);
+    const kvCacheTokens = kvCacheTokensOf(options.kvCacheTokens);
     const Ctor = native().NativeModel;
-    const handle = syncCall(() => new Ctor(nc, device, { cpuActivations, dtype }));
+    const handle = syncCall(() => new Ctor(nc, device, { cpuActivations, dtype, kvCacheTokens }));
     return new Model(config, nc, device, dtype, handle, undefined, options.tokenizer, cpuActivations);
   }
 
@@ -206,8 +225,9 @@ export class Model {
       const dtype = resolveModelDtype(options.dtype, device);
       const nc = nativeModelConfig(reader.config, options.maxSeq);
       const cpuActivations = cpuActivationsOf(options.cpuActivations);
+      const kvCacheTokens = kvCacheTokensOf(options.kvCacheTokens);
       const Ctor = native().NativeModel;
-      const handle = syncCall(() => new Ctor(nc, device, { cpuActivations, dtype }));
+      const handle = syncCall(() => new Ctor(nc, device, { cpuActivations, dtype, kvCacheTokens }));
       model = new Model(reader.config, nc, device, dtype, handle, reader, undefined, cpuActivations);
       if (options.tokenizer !== false && options.tokenizerFrom) {
         (model as { tokenizer: TextTokenizer | undefined }).tokenizer = await loadTokenizer(options.tokenizerFrom);
@@ -518,10 +538,25 @@ export class Model {
         );
     });
     this.checkIds(ids);
-    const vocab = this.vocabSize;
-    const out = new Float32Array(sessions.length * vocab);
-    for (let i = 0; i < sessions.length; i++) out.set(await sessions[i].feed(ids.subarray(i, i + 1)), i * vocab);
+    const out = new Float32Array(sessions.length * this.vocabSize);
+    const lengths = await call(() =>
+      this.native().decodeBatch(
+        Int32Array.from(sessions, (s) => s.nativeId),
+        ids,
+        out,
+      ),
+    );
+    sessions.forEach((s, i) => (s.length = lengths[i]!));
     return out;
+  }
+
+  /**
+   * The KV cache memory, for a scheduler to plan with (KvCacheInfo): on the 16-bit CUDA pass, the
+   * page pool (a session needs ceil(tokens / pageTokens) pages; E_KV_FULL when none is free);
+   * elsewhere `paged: false` (each session's cache is allocated whole at createSession).
+   */
+  get kvCache(): KvCacheInfo {
+    return syncCall(() => this.native().kvCache());
   }
 
   /** Frees the native weights and caches now, and closes the checkpoint. Idempotent. */
@@ -566,6 +601,11 @@ export class Session {
     private readonly checkIds: (ids: Int32Array) => void,
   ) {
     forgottenSessions.register(this, { model, handle, id }, this);
+  }
+
+  /** @internal the native sequence's id */
+  get nativeId(): number {
+    return this.id;
   }
 
   /** @internal whether this session's cache lives in `model` */

@@ -189,6 +189,33 @@ void LlamaBackend::decode(Sequence& seq, const int32_t* ids, int64_t n, float* l
   seq.length += n;
 }
 
+void LlamaBackend::decode_batch(Sequence* const* seqs, int64_t count, const int32_t* ids, float* logits) {
+  require(count >= 1, "E_SHAPE", "decode_batch needs at least one sequence");
+  for (int64_t i = 0; i < count; ++i) {
+    require(seqs[i] != nullptr && seqs[i]->owner == this, "E_ARGUMENT",
+            "sequence " + str(i) + " of the batch belongs to another backend");
+    require(seqs[i]->length + 1 <= seqs[i]->capacity, "E_SHAPE",
+            "sequence " + str(i) + " of the batch holds " + str(seqs[i]->length) + " of " + str(seqs[i]->capacity) +
+                " tokens; one more does not fit");
+    for (int64_t j = 0; j < i; ++j)
+      require(seqs[j] != seqs[i], "E_ARGUMENT", "sequences " + str(j) + " and " + str(i) + " of the batch are the same");
+  }
+  require_all_blocks();
+  check_ids(ids, count);
+  std::vector<int64_t> before((size_t)count);
+  for (int64_t i = 0; i < count; ++i) before[(size_t)i] = seqs[i]->length;
+  do_decode_batch(seqs, count, ids, logits);
+  // (the default loop advances each sequence itself; a batched override advances none)
+  for (int64_t i = 0; i < count; ++i) seqs[i]->length = before[(size_t)i] + 1;
+}
+
+void LlamaBackend::do_decode_batch(Sequence* const* seqs, int64_t count, const int32_t* ids, float* logits) {
+  for (int64_t i = 0; i < count; ++i) {
+    do_decode(*seqs[i], ids + i, 1, logits + i * config_.vocab);
+    seqs[i]->length += 1;
+  }
+}
+
 void RopeTable::build(const std::vector<float>& inv_freq, float scale, int64_t p0, int64_t n) {
 
   half = (int64_t)inv_freq.size();

@@ -104,6 +104,23 @@ struct BlockRun {
   int stop_after = -1;
 };
 
+// The KV cache memory of a backend, for a scheduler to plan with. The 16-bit CUDA backend keeps
+// every sequence's keys and values in one pool of fixed-size pages (page_tokens tokens of every
+// layer's K and V each): a sequence takes pages as it grows and gives them back when freed, so
+// memory does not fragment, and a step that needs a page when none is left fails with E_KV_FULL
+// (no sequence changed). The pool grows in slabs up to `limit_pages`, set by
+// set_kv_cache_tokens (default: as much as device memory allows, keeping 1 GiB free). The CPU and
+// the f32 CUDA backends keep one contiguous cache per sequence, allocated at new_sequence for its
+// whole capacity (paged = false; the counts are 0).
+struct KvCacheInfo {
+  bool paged = false;
+  int64_t page_tokens = 0;  // tokens per page
+  int64_t page_bytes = 0;   // device bytes of one page (every layer's K and V)
+  int64_t pages_total = 0;  // pages allocated so far (held by sequences or free)
+  int64_t pages_free = 0;   // of those, not held by a sequence
+  int64_t limit_pages = 0;  // the most the pool may hold (0: bounded by device memory only)
+};
+
 // A KV cache for incremental decoding, made by the backend that uses it.
 class Sequence {
  public:
@@ -152,6 +169,14 @@ class LlamaBackend {
   // KV-cached decoding: appends ids [n] to the sequence and writes the logits [vocab] of its last token.
   std::unique_ptr<Sequence> new_sequence(int64_t capacity);
   void decode(Sequence& seq, const int32_t* ids, int64_t n, float* last_logits);
+  // One decode step for `count` distinct sequences at once: sequence i appends ids[i] (any lengths),
+  // logits [count, vocab] row i for sequence i; the same results as decode() of each alone (to
+  // rounding: the linears run at M = count). All or none advance (E_KV_FULL leaves every one as it was).
+  void decode_batch(Sequence* const* seqs, int64_t count, const int32_t* ids, float* logits);
+
+  // The KV cache memory (KvCacheInfo); set_kv_cache_tokens bounds a paged pool (others ignore it).
+  virtual KvCacheInfo kv_cache() const { return {}; }
+  virtual void set_kv_cache_tokens(int64_t tokens) { (void)tokens; }
 
   // Throws E_ARGUMENT unless every id is in [0, vocab). Callers check before any call that takes ids.
   void check_ids(const int32_t* ids, int64_t n) const;
@@ -171,6 +196,11 @@ class LlamaBackend {
   virtual void do_nll(const int32_t* ids, int64_t batch, int64_t seq, float* out) = 0;
   virtual std::unique_ptr<Sequence> do_new_sequence(int64_t capacity) = 0;
   virtual void do_decode(Sequence& seq, const int32_t* ids, int64_t n, float* last_logits) = 0;
+  // The default runs do_decode on each sequence in turn (the f32 CUDA backend keeps it: its linears
+  // are not the fast path; an error part way leaves the earlier sequences advanced); it advances
+  // each sequence's length itself. Overrides leave the lengths
+  // to the caller (decode_batch adds one to each after the call).
+  virtual void do_decode_batch(Sequence* const* seqs, int64_t count, const int32_t* ids, float* logits);
 
   void check_block_index(int64_t block) const;
   void check_batch(int64_t batch, int64_t seq) const;

@@ -166,8 +166,65 @@ class CpuLlama : public LlamaBackend {
     head_rows(ws.hidden.data() + (n - 1) * config_.dim, 1, last_logits, ws);
   }
 
+  // One token for each of `count` sequences: the linears run once over the count rows (M = count),
+  // RoPE and attention per row against that row's own cache.
+  void do_decode_batch(Sequence* const* seqs, int64_t count, const int32_t* ids, float* logits) override {
+    Workspace& ws = main_;
+    ws.hidden.resize((size_t)(count * config_.dim));
+    do_embed(ids, count, ws.hidden.data());
+    std::vector<CpuSequence*> rows((size_t)count);
+    for (int64_t r = 0; r < count; ++r) rows[(size_t)r] = static_cast<CpuSequence*>(seqs[r]);
+    for (int64_t i = 0; i < config_.layers; ++i) block_forward_rows(block(i), ws.hidden.data(), rows, i, ws);
+    head_rows(ws.hidden.data(), count, logits, ws);
+  }
+
  private:
   const CpuBlock& block(int64_t i) const { return *blocks_[(size_t)i]; }  // present: the base checked
+
+  // One block over one new token of each sequence of `rows` (row r at position rows[r]->length),
+  // in place on `hidden` [rows, dim]; each row's key and value go to its own cache of `layer`.
+  void block_forward_rows(const CpuBlock& blk, float* hidden, const std::vector<CpuSequence*>& rows, int64_t layer,
+                          Workspace& ws) {
+    const LlamaConfig& c = config_;
+    const int64_t n = (int64_t)rows.size();
+    Scratch& s = ws.scratch;
+    s.resize(c, n);
+    struct Ops {
+      const LlamaConfig& c;
+      const CpuBlock& blk;
+      const std::vector<CpuSequence*>& rows;
+      int64_t n, layer;
+      Workspace& ws;
+      void rms_norm(const float* in, const float* w, float* out) { cpu::rms_norm(in, n, c.dim, w, c.norm_eps, out); }
+      void linear(Linear which, const float* in, float* out) { blk.linears[(int)which]->apply(in, n, out); }
+      void rope(float* q, float* k) {
+        const int64_t qw = c.heads * c.head_dim, kw = c.kv_heads * c.head_dim;
+        for (int64_t r = 0; r < n; ++r) {
+          ws.rope.build(c.inv_freq, c.rope_scale, rows[(size_t)r]->length, 1);
+          cpu::apply_rope(q + r * qw, 1, qw, c.heads, ws.rope);
+          cpu::apply_rope(k + r * kw, 1, kw, c.kv_heads, ws.rope);
+        }
+      }
+      void attention(const float* q, const float* k, const float* v, float* out) {
+        const int64_t qw = c.heads * c.head_dim, kw = c.kv_heads * c.head_dim;
+        const float scale = (float)(1.0 / std::sqrt((double)c.head_dim));
+        for (int64_t r = 0; r < n; ++r) {
+          KvBlock& kv = rows[(size_t)r]->layers[(size_t)layer];
+          const int64_t p = rows[(size_t)r]->length;
+          cpu::store_kv(k + r * kw, v + r * kw, 1, p, kv);
+          cpu::causal_attention(q + r * qw, 1, p, c.heads, kv, scale, out + r * qw);
+        }
+      }
+      void add(float* y, const float* x, int64_t cols) { cpu::add_inplace(y, x, n * cols); }
+      void swiglu(const float* gate, const float* up, float* out) { cpu::swiglu(gate, up, n * c.hidden, out); }
+      bool emit(CapturePoint, const float*, int64_t) { return false; }
+    } recipe_ops{c, blk, rows, n, layer, ws};
+    const BlockBuffers b{s.x.data(),    s.norm.data(),  s.q.data(),    s.k.data(), s.v.data(),
+                         s.attn.data(), s.proj.data(), s.gate.data(), s.up.data()};
+    std::memcpy(b.x, hidden, (size_t)(n * c.dim) * 4);
+    block_recipe(c, b, blk.attn_norm.data(), blk.mlp_norm.data(), recipe_ops);
+    std::memcpy(hidden, b.x, (size_t)(n * c.dim) * 4);
+  }
 
   // final norm + lm_head over rows, in chunks that bound the normalised copy.
   void head_rows(const float* hidden, int64_t rows, float* logits, Workspace& ws) const {
