@@ -5,7 +5,12 @@
 #include <cstring>
 #include <vector>
 
+#if defined(__x86_64__) || defined(_M_X64)
+#include <immintrin.h>
+#endif
+
 #include "common.hpp"
+#include "packed_gemm.hpp"
 #include "cpu_gptq/repack.hpp"
 #include "thread_pool.hpp"
 
@@ -22,6 +27,50 @@ uint64_t read_words(const uint64_t* p, int64_t n) {
   return a[0] + a[1] + a[2] + a[3] + a[4] + a[5] + a[6] + a[7];
 }
 
+#if defined(__x86_64__) || defined(_M_X64)
+// The widest loads the processor has, four independent sums: the plain 64-bit loop leaves bandwidth
+// unused (on the Xeon hosts here one thread read DRAM at 8.9 GB/s with it, 12.5 with 64-byte loads),
+// and the ceiling must be the best plain read, not an easy one. p is 64-byte aligned; the tail goes word by word.
+__attribute__((target("avx512f"))) uint64_t read_avx512(const uint64_t* p, int64_t n) {
+  __m512i a = _mm512_setzero_si512(), b = a, c = a, d = a;
+  int64_t i = 0;
+  for (; i + 32 <= n; i += 32) {
+    a = _mm512_add_epi64(a, _mm512_load_si512(p + i));
+    b = _mm512_add_epi64(b, _mm512_load_si512(p + i + 8));
+    c = _mm512_add_epi64(c, _mm512_load_si512(p + i + 16));
+    d = _mm512_add_epi64(d, _mm512_load_si512(p + i + 24));
+  }
+  alignas(64) uint64_t lanes[8];  // (not _mm512_reduce_add_epi64: GCC 12 warns inside it, bug 105593)
+  _mm512_store_si512(lanes, _mm512_add_epi64(_mm512_add_epi64(a, b), _mm512_add_epi64(c, d)));
+  return read_words(lanes, 8) + read_words(p + i, n - i);
+}
+__attribute__((target("avx2"))) uint64_t read_avx2(const uint64_t* p, int64_t n) {
+  __m256i a = _mm256_setzero_si256(), b = a, c = a, d = a;
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    a = _mm256_add_epi64(a, _mm256_load_si256(reinterpret_cast<const __m256i*>(p + i)));
+    b = _mm256_add_epi64(b, _mm256_load_si256(reinterpret_cast<const __m256i*>(p + i + 4)));
+    c = _mm256_add_epi64(c, _mm256_load_si256(reinterpret_cast<const __m256i*>(p + i + 8)));
+    d = _mm256_add_epi64(d, _mm256_load_si256(reinterpret_cast<const __m256i*>(p + i + 12)));
+  }
+  alignas(32) uint64_t lanes[4];
+  _mm256_store_si256(reinterpret_cast<__m256i*>(lanes), _mm256_add_epi64(_mm256_add_epi64(a, b), _mm256_add_epi64(c, d)));
+  return lanes[0] + lanes[1] + lanes[2] + lanes[3] + read_words(p + i, n - i);
+}
+#endif
+
+// Reads n words at p (64-byte aligned) with the widest loads this processor has.
+uint64_t read_block(const uint64_t* p, int64_t n) {
+#if defined(__x86_64__) || defined(_M_X64)
+  switch (detected_simd()) {
+    case SimdLevel::Avx512: return read_avx512(p, n);
+    case SimdLevel::Avx2: return read_avx2(p, n);
+    default: break;
+  }
+#endif
+  return read_words(p, n);
+}
+
 }  // namespace
 
 double stream_read_bandwidth(int64_t bytes, int threads, int runs) {
@@ -35,12 +84,16 @@ double stream_read_bandwidth(int64_t bytes, int threads, int runs) {
   volatile uint64_t sink = 0;
   auto pass = [&] {
     if (threads == 1) {
-      sink = sink + read_words(p, words);
+      sink = sink + read_block(p, words);
       return;
     }
     std::vector<uint64_t> part((size_t)threads, 0);
     global_pool()->parallel_for(threads, 1, [&](int64_t t0, int64_t t1) {
-      for (int64_t t = t0; t < t1; ++t) part[(size_t)t] = read_words(p + words * t / threads, words * (t + 1) / threads - words * t / threads);
+      // Each thread's share starts on a 64-byte boundary (8 words).
+      for (int64_t t = t0; t < t1; ++t) {
+        const int64_t w0 = words / 8 * t / threads * 8, w1 = t + 1 == threads ? words : words / 8 * (t + 1) / threads * 8;
+        part[(size_t)t] = read_block(p + w0, w1 - w0);
+      }
     });
     for (uint64_t v : part) sink = sink + v;
   };
