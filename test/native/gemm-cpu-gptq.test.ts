@@ -162,6 +162,15 @@ describe('repacked CPU GPTQ product, across levels and inputs', () => {
     expect(relativeError(top.Y, scalar.Y), `seed ${rng.seed}`).toBeLessThan(1e-6);
   });
 
+  // Repacked data of 2 MiB and more is allocated 2 MiB-aligned with a huge-page hint: a size rounded
+  // wrongly there drops the last blocks' data. Also the new 3-bit layout over many groups and blocks.
+  it('3-bit weights over 2 MiB (the huge-page aligned buffer), at the top level', () => {
+    const level = levels[levels.length - 1];
+    forceSimd(level);
+    checkCase(level, 3, { N: 2000, K: 3000, groupSize: 128, batches: [1, 3] });
+    forceSimd('auto');
+  });
+
   it('rejects 8-bit weights, foreign handles and short buffers with typed errors', () => {
     const rng = new Rng();
     const W8 = randomPackedWeights(rng, { N: 8, K: 16, bits: 8, groupSize: -1 });
@@ -181,6 +190,8 @@ describe('repacked CPU GPTQ product, across levels and inputs', () => {
 
   it('the streaming-read ceiling is a positive bandwidth and rejects bad sizes', () => {
     expect(native().streamReadBandwidth(1 << 20, 1, 3)).toBeGreaterThan(0);
+    // over 2 MiB (huge-page buffer), not a multiple of 64 bytes: split over threads with a tail
+    expect(native().streamReadBandwidth((3 << 20) + 200, 2, 1)).toBeGreaterThan(0);
     expect(() => native().streamReadBandwidth(10, 1, 1)).toThrow(expect.objectContaining({ code: 'E_ARGUMENT' }));
   });
 });

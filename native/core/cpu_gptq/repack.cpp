@@ -5,6 +5,10 @@
 #include <cstring>
 #include <string>
 
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
+
 #include "../pack.hpp"
 #include "../packed_gemm.hpp"
 #include "../thread_pool.hpp"
@@ -15,9 +19,17 @@ namespace lowbit {
 namespace cpu_gptq {
 
 void AlignedBytes::allocate(int64_t bytes) {
-  const int64_t rounded = std::max<int64_t>(64, ceil_div(bytes, 64) * 64);
-  void* p = std::aligned_alloc(64, (size_t)rounded);
+  // Buffers of 2 MiB and more start on a 2 MiB boundary and ask for transparent huge pages (Linux,
+  // best effort: where THP is "madvise", the default of many distributions, 4 KiB pages are the rule
+  // otherwise): a GEMV streams many MiB, and with 4 KiB pages every 4 KiB costs a TLB miss.
+  constexpr int64_t kHuge = int64_t(2) << 20;
+  const int64_t align = bytes >= kHuge ? kHuge : 64;
+  const int64_t rounded = std::max<int64_t>(64, ceil_div(bytes, align) * align);
+  void* p = std::aligned_alloc((size_t)align, (size_t)rounded);
   require(p != nullptr, "E_ALLOC", "cannot allocate " + std::to_string(rounded) + " bytes for repacked weights");
+#if defined(__linux__)
+  if (align == kHuge) madvise(p, (size_t)rounded, MADV_HUGEPAGE);
+#endif
   std::memset(p, 0, (size_t)rounded);
   ptr.reset(static_cast<uint8_t*>(p));
   size = bytes;
