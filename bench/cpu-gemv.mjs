@@ -10,7 +10,8 @@
 // (the path before the repack) is timed too, as `before_ms`.
 //
 // Options: --runs N (default 9), --shapes 4096x4096,11008x4096,4096x11008,4096x14336 (N×K),
-// --bits 4,3,2, --m 1,4,16,64, --act 0,1, --group 128, --threads N, --out bench/results/cpu-gemv.json
+// --bits 4,3,2, --m 1,4,16,64, --act 0,1, --group 128, --threads N, --before 0 (skip before_ms),
+// --out bench/results/cpu-gemv.json
 import { mkdirSync, renameSync, writeFileSync } from 'node:fs';
 import { cpus, loadavg } from 'node:os';
 import { dirname, join } from 'node:path';
@@ -33,6 +34,7 @@ const BITS = list(option('bits', '4,3,2'));
 const MS = list(option('m', '1,4,16,64'));
 const ACT = list(option('act', '0,1'));
 const GROUP = Number(option('group', '128'));
+const BEFORE = option('before', '1') !== '0'; // --before 0: skip the one-shot GPTQ-layout product
 const OUT = option('out', join(root, 'bench/results/cpu-gemv.json'));
 
 const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
@@ -66,7 +68,11 @@ function randomPacked(N, K, bits, actOrder) {
   return W;
 }
 
-/** Median seconds of fn, each run followed by a same-size streaming read; returns [s, read bytes/s]. */
+/**
+ * Seconds of fn, each run followed by a same-size streaming read; returns [median s, median read
+ * bytes/s, fastest s, fastest read bytes/s]. The fastest pair is the one least disturbed by other
+ * work on a shared host (interference only ever slows a run down).
+ */
 function timeWithRead(fn, bytes) {
   for (let i = 0; i < 2; i++) fn();
   const t = [],
@@ -77,7 +83,7 @@ function timeWithRead(fn, bytes) {
     t.push((performance.now() - t0) / 1e3);
     r.push(addon.streamReadBandwidth(Math.max(bytes, 4096), threads, 1));
   }
-  return [median(t), median(r)];
+  return [median(t), median(r), Math.min(...t), Math.max(...r)];
 }
 
 const cpu = cpus()[0]?.model ?? 'unknown CPU';
@@ -94,10 +100,12 @@ console.log(
   `streaming read of 256 MiB: 1 thread ${(readOne / 1e9).toFixed(1)} GB/s, ${threads} threads ${(readAll / 1e9).toFixed(1)} GB/s`,
 );
 console.log(
-  `median of ${RUNS} runs; bytes = repacked weight bytes read per product; % read = against a same-size streaming read timed alternately\n`,
+  `median of ${RUNS} runs; bytes = repacked weight bytes read per product; % read = against a same-size streaming read timed alternately (medians; fastest: the fastest product against the fastest read)\n`,
 );
-console.log('| N × K | bits | act-order | M | ms | GB/s | % read | GFLOP/s | kernel | before (GPTQ layout) ms |');
-console.log('|---|---|---|---|---|---|---|---|---|---|');
+console.log(
+  '| N × K | bits | act-order | M | ms | GB/s | % read | % read (fastest) | GFLOP/s | kernel | before (GPTQ layout) ms |',
+);
+console.log('|---|---|---|---|---|---|---|---|---|---|---|');
 
 const rows = [];
 for (const [N, K] of SHAPES) {
@@ -109,9 +117,12 @@ for (const [N, K] of SHAPES) {
         const X = new Float32Array(M * K).map(() => Math.random() - 0.5);
         const Y = new Float32Array(M * N);
         let kernel = '';
-        const [t, read] = timeWithRead(() => (kernel = addon.cpuGptqGemmSync(handle, X, M, Y)), handle.bytes);
+        const [t, read, tBest, readBest] = timeWithRead(
+          () => (kernel = addon.cpuGptqGemmSync(handle, X, M, Y)),
+          handle.bytes,
+        );
         let before = null;
-        if (M === 1) [before] = timeWithRead(() => addon.packedGemmSync(X, 1, W, Y), handle.bytes);
+        if (M === 1 && BEFORE) [before] = timeWithRead(() => addon.packedGemmSync(X, 1, W, Y), handle.bytes);
         const row = {
           N,
           K,
@@ -121,6 +132,7 @@ for (const [N, K] of SHAPES) {
           ms: +(t * 1e3).toFixed(4),
           gbs: +(handle.bytes / t / 1e9).toFixed(2),
           pct_read: +((100 * handle.bytes) / t / read).toFixed(1),
+          pct_read_best: +((100 * handle.bytes) / tBest / readBest).toFixed(1),
           gflops: M > 1 ? +((2 * N * K * M) / t / 1e9).toFixed(1) : null,
           read_gbs_same_size: +(read / 1e9).toFixed(2),
           bytes: handle.bytes,
@@ -129,7 +141,7 @@ for (const [N, K] of SHAPES) {
         };
         rows.push(row);
         console.log(
-          `| ${N} × ${K} | ${bits} | ${act ? 'on' : 'off'} | ${M} | ${row.ms.toFixed(3)} | ${row.gbs} | ${row.pct_read}% | ${row.gflops ?? '–'} | ${kernel} | ${row.before_ms?.toFixed(3) ?? '–'} |`,
+          `| ${N} × ${K} | ${bits} | ${act ? 'on' : 'off'} | ${M} | ${row.ms.toFixed(3)} | ${row.gbs} | ${row.pct_read}% | ${row.pct_read_best}% | ${row.gflops ?? '–'} | ${kernel} | ${row.before_ms?.toFixed(3) ?? '–'} |`,
         );
       }
     }

@@ -2,8 +2,11 @@
 // (native/core/cpu_gptq), for kernel development without the Node binding. Build and run:
 //   g++ -O3 -std=c++17 -pthread -Inative/core bench/cpu-gptq.cpp native/core/cpu_gptq/{repack,kernels_*}.cpp \
 //     native/core/{dtype,thread_pool,pack,packed_matrix,packed_gemm,packed_gemm_scalar,packed_gemm_avx2,packed_gemm_avx512,stream_read}.cpp -o /tmp/cpu-gptq
-//   /tmp/cpu-gptq N K M bits act_order(0|1) [simd: 0 scalar, 1 avx2, 2 avx512] [exact 0|1] [runs]
-// Prints the max error against a float64 reference (small shapes) or the median time per product.
+//   /tmp/cpu-gptq N K M bits act_order(0|1) [simd: 0 scalar, 1 avx2, 2 avx512] [exact 0|1] [runs] [threads] [kernel]
+// Prints the max error against a float64 reference (small shapes) and the median time per product.
+// `kernel` as the last argument (with threads 1, M 1): the fastest CPU time of the int8 kernel alone,
+// activations prepared once, e.g. `256 4096 1 3 0 2 0 400 1 kernel` (0.4 MiB: L2-resident, so the
+// figure is the kernel's compute rate, not memory's).
 #include <algorithm>
 #include <chrono>
 #include <ctime>
@@ -12,8 +15,10 @@
 #include <cstdlib>
 #include <numeric>
 #include <random>
+#include <string>
 #include <vector>
 
+#include "cpu_gptq/kernels.hpp"
 #include "cpu_gptq/repack.hpp"
 #include "dtype.hpp"
 #include "pack.hpp"
@@ -79,6 +84,37 @@ int main(int argc, char** argv) {
       }
     }
     std::printf("check %s: max |err| %.3g, max |ref| %.3g, err / int8 bound (global) %.3f\n", cpu_gptq::last_kernel(), maxerr, maxref, maxratio);
+  }
+  if (argc > 10 && std::string(argv[10]) == "kernel") {
+    cpu_gptq::Activations A;
+    A.M = 1;
+    A.padded_k = R.padded_k();
+    A.segments = (int64_t)R.segments.size();
+    std::vector<int8_t> xq((size_t)A.padded_k);
+    std::vector<float> dx((size_t)A.segments), xsum((size_t)A.segments);
+    const SimdLevel level = active_simd();
+    auto quantize = level == SimdLevel::Avx512 ? cpu_gptq::kernels_avx512::quantize_rows
+                    : level == SimdLevel::Avx2 ? cpu_gptq::kernels_avx2::quantize_rows
+                                               : cpu_gptq::kernels_scalar::quantize_rows;
+    auto kernel = level == SimdLevel::Avx512 ? cpu_gptq::kernels_avx512::gemm_int8
+                  : level == SimdLevel::Avx2 ? cpu_gptq::kernels_avx2::gemm_int8
+                                             : cpu_gptq::kernels_scalar::gemm_int8;
+    quantize(R, X.data(), 0, 1, A, xq.data(), dx.data(), xsum.data());
+    A.xq = xq.data();
+    A.dx = dx.data();
+    A.xsum = xsum.data();
+    double best = 1e30;
+    const char* name = "";
+    for (int r = 0; r < runs; ++r) {
+      timespec t0, t1;
+      clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t0);
+      name = kernel(R, A, Y.data());
+      clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t1);
+      best = std::min(best, (t1.tv_sec - t0.tv_sec) + (t1.tv_nsec - t0.tv_nsec) * 1e-9);
+    }
+    std::printf("kernel only %s N %lld K %lld bits %d: fastest %.2f us (CPU time), %.1f GB/s of %.2f MB\n", name,
+                (long long)N, (long long)K, bits, best * 1e6, R.bytes() / best / 1e9, R.bytes() / 1e6);
+    return 0;
   }
   // Kernel runs alternate with streaming reads of the same byte count (all threads), so the ratio
   // sees the same background load.

@@ -13,9 +13,9 @@
 // Options: --stories-windows N (default 200), --windows N (synthetic prefill windows, default 1),
 // --decode N (decode steps, default 16), --bits 4,3,2 (packed widths), --threads N (pool size,
 // default every core), --skip-f32, --skip-packed, --skip-exact (no cpuActivations 'f32' rows),
-// --skip-stories, --skip-prefill. Decode rows also give the bound: bytes read per token (linears as
-// the CPU reads them: repacked codes + fp16 scales + u8 zeros; the tied f32 head) over the
-// streaming-read bandwidth measured in the same run. Rows also go to bench/results/forward-cpu.json.
+// --skip-stories, --skip-prefill, --out PATH (default bench/results/forward-cpu.json). Decode rows
+// also give the bound: bytes read per token (linears as the CPU reads them: repacked codes + fp16
+// scales + u8 zeros; the tied f32 head) over the streaming-read bandwidth measured in the same run.
 import { existsSync, mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { cpus, loadavg } from 'node:os';
 import { dirname, join } from 'node:path';
@@ -213,7 +213,8 @@ console.log('| model | work | throughput (wall) | per CPU-second | time | bound 
 console.log('| --- | --- | --- | --- | --- | --- |');
 for (const r of rows) console.log(`| ${r.join(' | ')} |`);
 
-const out = join(root, 'bench/results/forward-cpu.json');
+const outIndex = process.argv.indexOf('--out'); // --out PATH: where the rows go (default below)
+const out = outIndex >= 0 ? process.argv[outIndex + 1] : join(root, 'bench/results/forward-cpu.json');
 mkdirSync(dirname(out), { recursive: true });
 writeFileSync(
   `${out}.tmp`,
