@@ -31,6 +31,7 @@
 
 #include "../../native/core/common.hpp"
 #include "../cuda_check.cuh"
+#include "../packed_memory.cuh"
 #include "gptq_kernels.hpp"
 #include "layout.hpp"
 #include "tile_math.cuh"
@@ -649,22 +650,8 @@ bool gptq_matmul_config(const GptqDeviceWeights& W, const void* X, GptqDtype dty
   if (splits > 1) {
     // The weights' own scratch (one product at a time per weights object; gptq_kernels.hpp): a
     // scratch per device would let two streams' products add into one buffer.
-    const int64_t floats = M * W.Np, counters = (int64_t)grid_tiles(ci, M, W.Np);
-    if (Wm.partial_floats < floats || Wm.counter_count < counters) {
-      require(!capturing(stream), "E_CUDA", "GPTQ product: split-K scratch must grow outside graph capture (run once first)");
-      check(cudaStreamSynchronize(stream), "cudaStreamSynchronize");  // a product of W still using it
-      if (Wm.partial) cudaFree(Wm.partial);
-      if (Wm.counters) cudaFree(Wm.counters);
-      Wm.partial = nullptr;
-      Wm.counters = nullptr;
-      Wm.partial_floats = Wm.counter_count = 0;
-      check(cudaMalloc(&Wm.partial, (size_t)(floats * 4)), "cudaMalloc (GPTQ partial sums)");
-      check(cudaMalloc(&Wm.counters, (size_t)(counters * 4)), "cudaMalloc (GPTQ counters)");
-      check(cudaMemsetAsync(Wm.partial, 0, (size_t)(floats * 4), stream), "cudaMemsetAsync");
-      check(cudaMemsetAsync(Wm.counters, 0, (size_t)(counters * 4), stream), "cudaMemsetAsync");
-      Wm.partial_floats = floats;
-      Wm.counter_count = counters;
-    }
+    grow_split_k(Wm.partial, Wm.counters, Wm.partial_floats, Wm.counter_count, M * W.Np, grid_tiles(ci, M, W.Np),
+                 stream, "GPTQ product");
     a.partial = Wm.partial;
     a.counters = Wm.counters;
   }

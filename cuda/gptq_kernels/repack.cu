@@ -14,6 +14,7 @@
 #include "../../native/core/common.hpp"
 #include "../../native/core/pack.hpp"
 #include "../cuda_check.cuh"
+#include "../packed_memory.cuh"
 #include "gptq_kernels.hpp"
 #include "layout.hpp"
 
@@ -204,7 +205,6 @@ void unrepack_gptq_host(const GptqRepacked& R, std::vector<uint8_t>& q, std::vec
 }
 
 namespace {
-int64_t align256(int64_t b) { return (b + 255) / 256 * 256; }
 }  // namespace
 
 GptqDeviceWeights::GptqDeviceWeights(const GptqRepacked& h, int dev) {
@@ -216,27 +216,14 @@ GptqDeviceWeights::GptqDeviceWeights(const GptqRepacked& h, int dev) {
   const int64_t wb = (int64_t)h.weights.size(), sb = (int64_t)h.scale_zero.size() * 2,
                 gb = (int64_t)h.slot_group.size() * 4, pb = identity_k ? 0 : (int64_t)h.perm.size() * 4;
   weight_bytes = wb + sb;
-  bytes = align256(wb) + align256(sb) + align256(gb) + align256(pb);
   use_device(dev);
-  check(cudaMalloc(&storage_, (size_t)bytes), "cudaMalloc (GPTQ weights)");
-  char* base = static_cast<char*>(storage_);
-  auto place = [&](const void* src, int64_t n) -> void* {
-    char* dst = base;
-    if (n) {
-      const cudaError_t err = cudaMemcpy(dst, src, (size_t)n, cudaMemcpyHostToDevice);
-      if (err != cudaSuccess) {
-        cudaFree(storage_);
-        storage_ = nullptr;
-        check(err, "cudaMemcpy H2D (GPTQ weights)");
-      }
-    }
-    base += align256(n);
-    return dst;
-  };
-  weights = place(h.weights.data(), wb);
-  scale_zero = place(h.scale_zero.data(), sb);
-  slot_group = static_cast<const int32_t*>(place(h.slot_group.data(), gb));
-  perm = identity_k ? nullptr : static_cast<const int32_t*>(place(h.perm.data(), pb));
+  void* at[4];
+  storage_ = upload_arrays({{h.weights.data(), wb}, {h.scale_zero.data(), sb}, {h.slot_group.data(), gb}, {h.perm.data(), pb}},
+                           at, &bytes, "GPTQ weights");
+  weights = at[0];
+  scale_zero = at[1];
+  slot_group = static_cast<const int32_t*>(at[2]);
+  perm = static_cast<const int32_t*>(at[3]);  // null when identity_k
 }
 
 GptqDeviceWeights::~GptqDeviceWeights() {

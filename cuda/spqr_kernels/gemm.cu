@@ -23,12 +23,15 @@
 
 #include "../../native/core/common.hpp"
 #include "../cuda_check.cuh"
+#include "../packed_memory.cuh"
+#include "../gptq_kernels/tile_math.cuh"
 #include "spqr_kernels.hpp"
 
 namespace lowbit {
 namespace cuda {
 
 using namespace spqr_layout;
+using namespace gptq_tile;  // the magic-number fields, tile words and mma shared with the GPTQ kernels
 
 namespace {
 
@@ -45,85 +48,22 @@ struct Args {
   int32_t* counters;
 };
 
-template <class T> struct Half;
-template <> struct Half<__half> {
-  using T2 = __half2;
-  static constexpr uint32_t magic = 0x64006400u;  // 1024.0 in both halves: a 10-bit mantissa field reads as 1024 + v
-};
-template <> struct Half<__nv_bfloat16> {
-  using T2 = __nv_bfloat162;
-  static constexpr uint32_t magic = 0x43004300u;  // 128.0: a 7-bit mantissa field reads as 128 + v
-};
-
-template <class T2> __device__ __forceinline__ T2 as_t2(uint32_t u) { return *reinterpret_cast<T2*>(&u); }
-template <class T2> __device__ __forceinline__ uint32_t as_u32(T2 v) { return *reinterpret_cast<uint32_t*>(&v); }
-
 __device__ __forceinline__ float2 to_float2(uint32_t u, __half) { return __half22float2(as_t2<__half2>(u)); }
 __device__ __forceinline__ float2 to_float2(uint32_t u, __nv_bfloat16) {
   return __bfloat1622float2(as_t2<__nv_bfloat162>(u));
 }
-template <class T> __device__ __forceinline__ T from_float(float v);
-template <> __device__ __forceinline__ __half from_float<__half>(float v) { return __float2half_rn(v); }
-template <> __device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
-template <class T> __device__ __forceinline__ typename Half<T>::T2 pair_of(float v);
+template <class T> __device__ __forceinline__ typename Dtype<T>::T2 pair_of(float v);
 template <> __device__ __forceinline__ __half2 pair_of<__half>(float v) { return __float2half2_rn(v); }
 template <> __device__ __forceinline__ __nv_bfloat162 pair_of<__nv_bfloat16>(float v) { return __float2bfloat162_rn(v); }
 
-template <class T> __device__ __forceinline__ void mma(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1);
-template <> __device__ __forceinline__ void mma<__half>(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-template <>
-__device__ __forceinline__ void mma<__nv_bfloat16>(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
-// (a & b) | c
-__device__ __forceinline__ uint32_t and_or(uint32_t a, uint32_t b, uint32_t c) {
-  uint32_t d;
-  asm("lop3.b32 %0, %1, %2, %3, 0xEA;\n" : "=r"(d) : "r"(a), "r"(b), "r"(c));
-  return d;
-}
-// (a & 0x33333333) | (b & 0xCCCCCCCC): two low bits per nibble from a, two high bits from b
-__device__ __forceinline__ uint32_t merge_nibbles(uint32_t a, uint32_t b) {
-  uint32_t d;
-  asm("lop3.b32 %0, %1, %2, %3, 0xE4;\n" : "=r"(d) : "r"(a), "r"(b), "r"(0x33333333u));
-  return d;
-}
-
-// Tile j's word (gptq_kernels/layout.hpp): 4-bit word j; 3-bit the nibble word rebuilt from its two
-// low bits and its high bit; 2-bit word j/2 shifted to tile j's byte pair.
-template <int BITS>
-__device__ __forceinline__ uint32_t tile_word(const uint32_t (&w)[8], int j) {
-  if constexpr (BITS == 4) {
-    return w[j];
-  } else if constexpr (BITS == 2) {
-    return (j & 1) ? (w[j >> 1] >> 8) : w[j >> 1];
-  } else {
-    const uint32_t lo = w[j >> 1], hi = w[4 + (j >> 2)];
-    switch (j & 3) {
-      case 0: return merge_nibbles(lo, hi);
-      case 1: return merge_nibbles(lo >> 2, hi >> 1);
-      case 2: return merge_nibbles(lo, hi << 2);
-      default: return merge_nibbles(lo >> 2, hi << 1);
-    }
-  }
-}
-
 // The codes of A-fragment register r (both halves) as exact fp16/bf16 integers.
 template <class T, int BITS>
-__device__ __forceinline__ typename Half<T>::T2 codes_of(uint32_t word, int r) {
-  using T2 = typename Half<T>::T2;
+__device__ __forceinline__ typename Dtype<T>::T2 codes_of(uint32_t word, int r) {
+  using T2 = typename Dtype<T>::T2;
   constexpr uint32_t mask = BITS == 4 ? 0x000f000fu : BITS == 3 ? 0x00070007u : 0x00030003u;
   constexpr int step = BITS == 2 ? 2 : 4;
-  const T2 biased = as_t2<T2>(and_or(word >> (step * r), mask, Half<T>::magic));
-  return __hsub2(biased, as_t2<T2>(Half<T>::magic));
+  const T2 biased = as_t2<T2>(and_or(word >> (step * r), mask, Dtype<T>::magic));
+  return __hsub2(biased, as_t2<T2>(Dtype<T>::magic));
 }
 
 // Writes the block's results: straight to Y (+ bias), or with split-K into the partial sums, the
@@ -174,7 +114,7 @@ __device__ __forceinline__ void write_result(const Args& a, const float (&acc)[M
 // outliers summed after the dense loop rather than before.
 template <int BITS, class T, int MT, int DEPTH, int MINB, bool LATE>
 __global__ void __launch_bounds__(256, MINB) spqr_tc_kernel(Args a) {
-  using T2 = typename Half<T>::T2;
+  using T2 = typename Dtype<T>::T2;
   constexpr int BM = 8 * MT, CB = code_bytes(BITS), REC = record_bytes(BITS);
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, g = lane >> 2, t = lane & 3;
   const int ntile0 = blockIdx.y * 8, ntile = ntile0 + warp;
@@ -516,22 +456,8 @@ void spqr_product(const SpqrDeviceWeights& W, SpqrDtype dtype, int64_t M, void* 
   a.chunks = (int)chunks;
   a.splits = splits;
   if (splits > 1) {
-    const int64_t floats = M * W.Np, counters = (int64_t)grid.x * grid.y;
-    if (Wm.partial_floats < floats || Wm.counter_count < counters) {
-      require(!capturing(stream), "E_CUDA", "SpQR product: split-K scratch must grow outside graph capture (run once first)");
-      check(cudaStreamSynchronize(stream), "cudaStreamSynchronize");  // a product of W still using it
-      if (Wm.partial) cudaFree(Wm.partial);
-      if (Wm.counters) cudaFree(Wm.counters);
-      Wm.partial = nullptr;
-      Wm.counters = nullptr;
-      Wm.partial_floats = Wm.counter_count = 0;
-      check(cudaMalloc(&Wm.partial, (size_t)(floats * 4)), "cudaMalloc (SpQR partial sums)");
-      check(cudaMalloc(&Wm.counters, (size_t)(counters * 4)), "cudaMalloc (SpQR counters)");
-      check(cudaMemsetAsync(Wm.partial, 0, (size_t)(floats * 4), stream), "cudaMemsetAsync");
-      check(cudaMemsetAsync(Wm.counters, 0, (size_t)(counters * 4), stream), "cudaMemsetAsync");
-      Wm.partial_floats = floats;
-      Wm.counter_count = counters;
-    }
+    grow_split_k(Wm.partial, Wm.counters, Wm.partial_floats, Wm.counter_count, M * W.Np, (int64_t)grid.x * grid.y,
+                 stream, "SpQR product");
     a.partial = Wm.partial;
     a.counters = Wm.counters;
   }

@@ -7,6 +7,7 @@
 
 #include "../../native/core/common.hpp"
 #include "../cuda_check.cuh"
+#include "../packed_memory.cuh"
 #include "../gptq_kernels/layout.hpp"
 #include "spqr_kernels.hpp"
 
@@ -186,7 +187,6 @@ SpqrUnpacked unrepack_spqr_host(const SpqrRepacked& R, int64_t beta1, int64_t be
 }
 
 namespace {
-int64_t align256(int64_t b) { return (b + 255) / 256 * 256; }
 }  // namespace
 
 SpqrDeviceWeights::SpqrDeviceWeights(const SpqrRepacked& h, int dev) {
@@ -196,27 +196,14 @@ SpqrDeviceWeights::SpqrDeviceWeights(const SpqrRepacked& h, int dev) {
   const int64_t wb = (int64_t)h.records.size(), pb = (int64_t)h.perm.size() * 4, rb = (int64_t)h.rowptr.size() * 4,
                 ob = nnz * 4;
   weight_bytes = wb + rb + ob;
-  bytes = align256(wb) + align256(pb) + align256(rb) + align256(ob);
   use_device(dev);
-  check(cudaMalloc(&storage_, (size_t)bytes), "cudaMalloc (SpQR weights)");
-  char* base = static_cast<char*>(storage_);
-  auto place = [&](const void* src, int64_t n) -> void* {
-    char* dst = base;
-    if (n) {
-      const cudaError_t err = cudaMemcpy(dst, src, (size_t)n, cudaMemcpyHostToDevice);
-      if (err != cudaSuccess) {
-        cudaFree(storage_);
-        storage_ = nullptr;
-        check(err, "cudaMemcpy H2D (SpQR weights)");
-      }
-    }
-    base += align256(n);
-    return dst;
-  };
-  records = static_cast<const uint8_t*>(place(h.records.data(), wb));
-  perm = pb ? static_cast<const int32_t*>(place(h.perm.data(), pb)) : nullptr;
-  rowptr = static_cast<const int32_t*>(place(h.rowptr.data(), rb));
-  outliers = static_cast<const uint32_t*>(place(h.outliers.data(), ob));
+  void* at[4];
+  storage_ = upload_arrays({{h.records.data(), wb}, {h.perm.data(), pb}, {h.rowptr.data(), rb}, {h.outliers.data(), ob}},
+                           at, &bytes, "SpQR weights");
+  records = static_cast<const uint8_t*>(at[0]);
+  perm = static_cast<const int32_t*>(at[1]);  // null without a permutation
+  rowptr = static_cast<const int32_t*>(at[2]);
+  outliers = static_cast<const uint32_t*>(at[3]);
 }
 
 SpqrDeviceWeights::~SpqrDeviceWeights() {
