@@ -70,6 +70,8 @@ type RequestState = 'queued' | 'running' | 'done';
 interface Request {
   readonly prompt: Int32Array;
   readonly plan: GenerationPlan;
+  /** KV tokens it reserves while running: its capacity, in whole pages of a paged pool */
+  readonly reserve: number;
   readonly sampler: TokenSampler;
   readonly stream: TokenStream;
   readonly signal: AbortSignal | undefined;
@@ -165,10 +167,14 @@ export class Scheduler {
   readonly maxKvTokens: number;
   readonly maxQueue: number;
   readonly prefillTokens: number;
+  /** tokens per page of the model's paged KV pool (1 when each session's cache is allocated whole) */
+  readonly pageTokens: number;
 
   private readonly queue: Request[] = [];
   private readonly running = new Set<Request>();
   private reservedTokens = 0;
+  /** the KV pool refused a prefill: admit nothing more until a running sequence ends */
+  private poolFull = false;
   private looping = false;
   private idle: Promise<void> = Promise.resolve();
   private closed = false;
@@ -189,7 +195,16 @@ export class Scheduler {
   ) {
     if (options === null || typeof options !== 'object') invalidArgument('options', 'an object', options);
     this.maxBatch = positiveInteger('maxBatch', options.maxBatch, DEFAULTS.maxBatch);
-    this.maxKvTokens = positiveInteger('maxKvTokens', options.maxKvTokens, this.maxBatch * model.maxSeq);
+    // On a paged KV pool (16-bit CUDA) reservations count whole pages, and by default the bound is
+    // the pool's own limit when it has one; elsewhere the bound is maxBatch full contexts.
+    const pool = kvPoolOf(model);
+    this.pageTokens = pool?.paged ? Math.max(1, pool.pageTokens) : 1;
+    const poolTokens = pool?.paged && pool.limitPages > 0 ? pool.limitPages * this.pageTokens : Infinity;
+    this.maxKvTokens = positiveInteger(
+      'maxKvTokens',
+      options.maxKvTokens,
+      Math.min(poolTokens, this.maxBatch * roundUp(model.maxSeq, this.pageTokens)),
+    );
     this.maxQueue = positiveInteger('maxQueue', options.maxQueue, DEFAULTS.maxQueue);
     this.prefillTokens = positiveInteger('prefillTokens', options.prefillTokens, DEFAULTS.prefillTokens);
   }
@@ -220,10 +235,11 @@ export class Scheduler {
     const { signal } = options;
     if (signal !== undefined && !(signal instanceof AbortSignal)) invalidArgument('signal', 'an AbortSignal', signal);
     if (signal?.aborted) throw abortedError(signal);
-    if (plan.capacity > this.maxKvTokens) {
+    const reserve = roundUp(plan.capacity, this.pageTokens);
+    if (reserve > this.maxKvTokens) {
       throw new LowbitError(
         'E_MEMORY_BUDGET',
-        `the request needs ${plan.capacity} KV tokens (prompt ${promptIds.length} + maxTokens ${plan.maxTokens}, ` +
+        `the request needs ${reserve} KV tokens (prompt ${promptIds.length} + maxTokens ${plan.maxTokens}, ` +
           `at most the context ${this.model.maxSeq}); the scheduler's maxKvTokens is ${this.maxKvTokens}`,
         { option: 'maxTokens' },
       );
@@ -239,6 +255,7 @@ export class Scheduler {
     const request: Request = {
       prompt: promptIds.slice(), // the caller may reuse its array while the request waits
       plan,
+      reserve,
       sampler: new TokenSampler(plan),
       stream: new TokenStream(() => this.finish(request, 'cancelled')),
       signal,
@@ -302,13 +319,13 @@ export class Scheduler {
     let admitted = 0;
     while (this.queue.length > 0) {
       const request = this.queue[0]!;
-      if (this.running.size >= this.maxBatch) return;
-      if (this.reservedTokens + request.plan.capacity > this.maxKvTokens) return;
+      if (this.running.size >= this.maxBatch || this.poolFull) return;
+      if (this.reservedTokens + request.reserve > this.maxKvTokens) return;
       if (admitted > 0 && request.prompt.length > budget) return;
       this.queue.shift();
       request.state = 'running';
       this.running.add(request);
-      this.reservedTokens += request.plan.capacity;
+      this.reservedTokens += request.reserve;
       budget -= request.prompt.length;
       admitted++;
       await this.prefill(request);
@@ -323,15 +340,29 @@ export class Scheduler {
       request.session = await this.model.createSession(request.plan.capacity);
       if (request.state === 'running') logits = await request.session.feed(request.prompt);
     } catch (err) {
-      this.finish(request, 'failed', err);
+      if (isKvFull(err) && this.running.size > 1) this.requeue(request);
+      else this.finish(request, 'failed', err);
     } finally {
       request.inFlight = false;
-      if (request.state === 'done') request.session?.close(); // failed, or aborted during the calls
+      // failed, put back, or aborted during the calls
+      if (request.state !== 'running') request.session?.close();
     }
     if (request.state !== 'running' || !logits) return;
     this.counters.prefills++;
     request.length = request.prompt.length;
     this.accept(request, logits);
+  }
+
+  /**
+   * The KV pool had no room for the request's prefill while other sequences hold pages: it goes back
+   * to the head of the queue (it keeps its turn) and waits until one of them ends.
+   */
+  private requeue(request: Request): void {
+    this.running.delete(request);
+    this.reservedTokens -= request.reserve;
+    request.state = 'queued';
+    this.queue.unshift(request);
+    this.poolFull = true;
   }
 
   /** One decode step for every sequence that has a token to feed. */
@@ -387,7 +418,8 @@ export class Scheduler {
     if (request.state === 'queued') this.queue.splice(this.queue.indexOf(request), 1);
     else {
       this.running.delete(request);
-      this.reservedTokens -= request.plan.capacity;
+      this.reservedTokens -= request.reserve;
+      this.poolFull = false; // its pages are free again
     }
     request.state = 'done';
     request.pending = undefined;
@@ -400,6 +432,24 @@ export class Scheduler {
   private failAll(error: LowbitError): void {
     for (const r of [...this.queue, ...this.running]) this.finish(r, 'failed', error);
   }
+}
+
+const roundUp = (n: number, unit: number): number => Math.ceil(n / unit) * unit;
+
+/** What the scheduler reads of a model's KV cache pool (Model.kvCache where the model has it). */
+interface KvPool {
+  paged: boolean;
+  pageTokens: number;
+  limitPages: number;
+}
+
+function kvPoolOf(model: Model): KvPool | undefined {
+  return (model as { kvCache?: KvPool }).kvCache;
+}
+
+/** The paged KV pool had no free page (E_KV_FULL). */
+function isKvFull(err: unknown): boolean {
+  return (err as { code?: unknown } | undefined)?.code === 'E_KV_FULL';
 }
 
 function abortedError(signal: AbortSignal): LowbitError {

@@ -336,6 +336,37 @@ test('a failed step rejects only its own requests, and the scheduler goes on', a
   expect(model.cacheBytes).toBe(0);
 });
 
+test('a prefill the KV pool cannot hold (E_KV_FULL) waits for a running sequence to end, or fails when none runs', async () => {
+  // catches: a full pool failing requests that fit once others end, losing their turn, or spinning
+  const scheduler = new Scheduler(model, { maxBatch: 4 });
+  const opts = { temperature: 0, maxTokens: 12, stopIds: [] };
+  const realCreate = model.createSession;
+  const kvFull = () => Object.assign(new LowbitError('E_ARGUMENT', 'injected: no free KV page'), { code: 'E_KV_FULL' });
+  // a pool that holds one sequence: a second session is refused
+  let capacityOfPool = 1;
+  let refusals = 0;
+  const create = vi.spyOn(model, 'createSession').mockImplementation((capacity?: number) => {
+    if (scheduler.stats.running > capacityOfPool) {
+      refusals++;
+      return Promise.reject(kvFull());
+    }
+    return realCreate.call(model, capacity);
+  });
+  try {
+    const got = await Promise.all([0, 1, 2].map((i) => collect(scheduler.submit(prompt(i), opts))));
+    for (let i = 0; i < 3; i++) expect(got[i]).toEqual(await alone(prompt(i), opts));
+    expect(refusals).toBeGreaterThanOrEqual(2);
+    expect(refusals).toBeLessThanOrEqual(4); // one retry per sequence that ended, no spinning
+    expect(scheduler.stats).toMatchObject({ failed: 0, completed: 3, largestBatch: 1, prefills: 3 });
+    // with nothing running there is nothing to wait for: the request fails with the pool's error
+    capacityOfPool = 0;
+    await expect(collect(scheduler.submit(prompt(3), opts))).rejects.toMatchObject({ code: 'E_KV_FULL' });
+  } finally {
+    create.mockRestore();
+  }
+  expect(model.cacheBytes).toBe(0);
+});
+
 test('closing the scheduler or the model rejects every pending request with E_CLOSED', async () => {
   // catches: requests left hanging forever when the scheduler or the model goes away
   const opts = { temperature: 0, maxTokens: 50, stopIds: [] };
