@@ -3,7 +3,7 @@
 // (`npm run build:ts && npx tsc -p examples`).
 //
 //   node bench/serve-load.mjs [--model PATH] [--device cpu|cuda|auto] [--requests 48]
-//        [--concurrency 1,4,8,16] [--max-tokens 64] [--max-batch 16,1] [--warmup 2]
+//        [--concurrency 1,4,8,16] [--max-tokens 64] [--max-batch 16,1] [--warmup 8]
 //
 // For each server setting (--max-batch: 1 = no batching, the baseline) it starts the server on
 // 127.0.0.1 with a free port, then for each concurrency level sends --requests POST /generate requests
@@ -29,7 +29,7 @@ const REQUESTS = Number(option('requests', '48'));
 const CONCURRENCY = list(option('concurrency', '1,4,8,16'));
 const MAX_TOKENS = Number(option('max-tokens', '64'));
 const MAX_BATCH = list(option('max-batch', '16,1'));
-const WARMUP = Number(option('warmup', '2'));
+const WARMUP = Number(option('warmup', '8'));
 const DEVICE = option('device', 'cpu');
 const MODEL = option('model', undefined);
 for (const [name, v] of [

@@ -197,9 +197,9 @@ export class Scheduler {
     this.maxBatch = positiveInteger('maxBatch', options.maxBatch, DEFAULTS.maxBatch);
     // On a paged KV pool (16-bit CUDA) reservations count whole pages, and by default the bound is
     // the pool's own limit when it has one; elsewhere the bound is maxBatch full contexts.
-    const pool = kvPoolOf(model);
-    this.pageTokens = pool?.paged ? Math.max(1, pool.pageTokens) : 1;
-    const poolTokens = pool?.paged && pool.limitPages > 0 ? pool.limitPages * this.pageTokens : Infinity;
+    const pool = model.kvCache;
+    this.pageTokens = pool.paged ? Math.max(1, pool.pageTokens) : 1;
+    const poolTokens = pool.paged && pool.limitPages > 0 ? pool.limitPages * this.pageTokens : Infinity;
     this.maxKvTokens = positiveInteger(
       'maxKvTokens',
       options.maxKvTokens,
@@ -436,20 +436,9 @@ export class Scheduler {
 
 const roundUp = (n: number, unit: number): number => Math.ceil(n / unit) * unit;
 
-/** What the scheduler reads of a model's KV cache pool (Model.kvCache where the model has it). */
-interface KvPool {
-  paged: boolean;
-  pageTokens: number;
-  limitPages: number;
-}
-
-function kvPoolOf(model: Model): KvPool | undefined {
-  return (model as { kvCache?: KvPool }).kvCache;
-}
-
-/** The paged KV pool had no free page (E_KV_FULL). */
+/** The paged KV pool had no free page. */
 function isKvFull(err: unknown): boolean {
-  return (err as { code?: unknown } | undefined)?.code === 'E_KV_FULL';
+  return err instanceof LowbitError && err.code === 'E_KV_FULL';
 }
 
 function abortedError(signal: AbortSignal): LowbitError {

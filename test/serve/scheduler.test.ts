@@ -341,7 +341,7 @@ test('a prefill the KV pool cannot hold (E_KV_FULL) waits for a running sequence
   const scheduler = new Scheduler(model, { maxBatch: 4 });
   const opts = { temperature: 0, maxTokens: 12, stopIds: [] };
   const realCreate = model.createSession;
-  const kvFull = () => Object.assign(new LowbitError('E_ARGUMENT', 'injected: no free KV page'), { code: 'E_KV_FULL' });
+  const kvFull = () => new LowbitError('E_KV_FULL', 'injected: no free KV page');
   // a pool that holds one sequence: a second session is refused
   let capacityOfPool = 1;
   let refusals = 0;
