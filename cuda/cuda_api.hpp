@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "../native/core/dtype.hpp"
 #include "../native/core/gptq.hpp"
 #include "../native/core/packed_matrix.hpp"
 #include "../native/core/weights/linear.hpp"
@@ -136,6 +137,9 @@ class HessianAccumulatorDevice {
   // E_NAN (H unchanged) when X holds NaN or infinity. Not thread-safe: callers serialize.
   void add_batch(const float* X, int64_t m);
   void add_batch_device(const float* X, int64_t m);
+  // X [m, K] on this device in F32, F16 or BF16 (e.g. a 16-bit forward pass's captures, read where
+  // they are): 16-bit products on the tensor cores with f32 accumulation, the lower half only.
+  void add_batch_device(const void* X, DType dtype, int64_t m);
   void download(float* H) const;  // [K, K], full symmetric
   void reset();
 

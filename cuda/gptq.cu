@@ -10,6 +10,7 @@
 //   6. un-permute         q back to the original column order
 // The per-column arithmetic is written with explicit roundings (__fmul_rn, __fsub_rn) so that it is
 // the CPU's, operation for operation; only the lazy-update GEMM sums in a different order.
+#include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
 #include <algorithm>
@@ -61,6 +62,19 @@ unsigned blocks_for(int64_t n, int threads) { return (unsigned)ceil_div(n, threa
 __global__ void find_nonfinite(const float* x, int64_t n, unsigned long long* first) {
   for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x)
     if (!isfinite(x[i])) atomicMin(first, (unsigned long long)i);
+}
+
+// The same over 16-bit values (T: __half or __nv_bfloat16).
+template <class T>
+__global__ void find_nonfinite16(const T* x, int64_t n, unsigned long long* first) {
+  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x)
+    if (!isfinite(static_cast<float>(x[i]))) atomicMin(first, (unsigned long long)i);
+}
+
+__global__ void widen16(const uint16_t* x, bool bf16, int64_t n, float* y) {
+  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x)
+    y[i] = bf16 ? __bfloat162float(reinterpret_cast<const __nv_bfloat16*>(x)[i])
+                : __half2float(reinterpret_cast<const __half*>(x)[i]);
 }
 
 // H's upper triangle from its lower one, so that H is exactly symmetric as on the CPU.
@@ -422,23 +436,41 @@ void HessianAccumulatorDevice::add_batch(const float* X, int64_t m) {
 }
 
 void HessianAccumulatorDevice::add_batch_device(const float* X, int64_t m) {
+  add_batch_device(X, DType::F32, m);
+}
+
+void HessianAccumulatorDevice::add_batch_device(const void* X, DType dtype, int64_t m) {
   require(m >= 0, "E_SHAPE", "add_batch: bad sizes");
+  require(dtype == DType::F32 || dtype == DType::F16 || dtype == DType::BF16, "E_DTYPE",
+          "Hessian inputs are f32, f16 or bf16");
   if (m == 0) return;
   check(cudaSetDevice(device_), "cudaSetDevice");
   const Stream s;
+  const bool half = dtype != DType::F32, bf16 = dtype == DType::BF16;
+  const int64_t n = m * K_;
   // Same message as the CPU: the token and the feature of the first bad value.
   {
     auto* first = reinterpret_cast<unsigned long long*>(flag_);
-    const unsigned long long none = (unsigned long long)(m * K_);
+    const unsigned long long none = (unsigned long long)n;
     upload_async(first, &none, 1, s);
-    find_nonfinite<<<std::min<unsigned>(blocks_for(m * K_, 256), 4096), 256, 0, s>>>(X, m * K_, first);
+    const unsigned grid = std::min<unsigned>(blocks_for(n, 256), 4096);
+    if (!half) find_nonfinite<<<grid, 256, 0, s>>>(static_cast<const float*>(X), n, first);
+    else if (bf16) find_nonfinite16<<<grid, 256, 0, s>>>(static_cast<const __nv_bfloat16*>(X), n, first);
+    else find_nonfinite16<<<grid, 256, 0, s>>>(static_cast<const __half*>(X), n, first);
     check(cudaGetLastError(), "find_nonfinite launch");
     unsigned long long at = 0;
     download_async(&at, first, 1, s);
     s.sync();
     if (at < none) {
       float v = 0;
-      download_async(&v, X + at, 1, s);
+      if (!half) {
+        download_async(&v, static_cast<const float*>(X) + at, 1, s);
+      } else {
+        uint16_t h = 0;
+        download_async(&h, static_cast<const uint16_t*>(X) + at, 1, s);
+        s.sync();
+        v = bf16 ? bf16_to_f32(h) : f16_to_f32(h);
+      }
       s.sync();
       fail("E_NAN", "calibration inputs hold " + std::string(std::isnan(v) ? "NaN" : "infinity") + " at token " +
                         std::to_string(at / K_) + ", feature " + std::to_string(at % K_));
@@ -447,8 +479,25 @@ void HessianAccumulatorDevice::add_batch_device(const float* X, int64_t m) {
   const double total = (double)samples_ + (double)m;
   const float keep = (float)((double)samples_ / total);
   const float alpha = (float)(2.0 / total);
-  // H = keep · H + alpha · Xᵀ X (full product; exactly symmetric afterwards by mirroring the lower half).
-  sgemm(s, true, false, K_, K_, m, alpha, X, K_, X, K_, keep, H_, K_);
+  // H = keep · H + alpha · Xᵀ X on the lower half, then mirrored: exactly symmetric as on the CPU.
+  if (!half) {
+    sgemm(s, true, false, K_, K_, m, alpha, static_cast<const float*>(X), K_, static_cast<const float*>(X), K_, keep,
+          H_, K_);
+  } else if (have_gemm16_tc()) {
+    syrk16_lower(s, bf16, K_, m, alpha, X, keep, H_);
+  } else {  // no cublasGemmEx: widen, then the f32 product
+    if (m > staging_rows_) {
+      cudaFree(staging_);
+      staging_ = nullptr;
+      staging_rows_ = 0;
+      check(cudaMalloc(&staging_, (size_t)n * sizeof(float)), "cudaMalloc (Hessian batch)");
+      staging_rows_ = m;
+    }
+    widen16<<<std::min<unsigned>(blocks_for(n, 256), 4096), 256, 0, s>>>(static_cast<const uint16_t*>(X), bf16, n,
+                                                                         staging_);
+    check(cudaGetLastError(), "widen launch");
+    sgemm(s, true, false, K_, K_, m, alpha, staging_, K_, staging_, K_, keep, H_, K_);
+  }
   const dim3 block(32, 8), grid(blocks_for(K_, 32), blocks_for(K_, 8));
   mirror_lower<<<grid, block, 0, s>>>(H_, K_);
   check(cudaGetLastError(), "mirror launch");

@@ -222,6 +222,34 @@ void gemm16(cudaStream_t stream, bool bf16, int64_t M, int64_t N, int64_t K, con
   check(cudaGetLastError(), "gemm16 launch");
 }
 
+bool have_gemm16_tc() {
+  Libraries& l = libraries();
+  return l.blas_ok && l.blas.gemm_ex != nullptr;
+}
+
+void syrk16_lower(cudaStream_t stream, bool bf16, int64_t K, int64_t m, float alpha, const void* X, float beta,
+                  float* C) {
+  Libraries& l = libraries();
+  require(have_gemm16_tc(), "E_INTERNAL", "syrk16_lower needs cublasGemmEx");
+  require(K <= 2147483647 && m <= 2147483647, "E_SHAPE", "matrix too large for cuBLAS's 32-bit interface");
+  if (K == 0 || m == 0) return;
+  const int ab = bf16 ? 14 : 2;  // R_16BF, R_16F (C is R_32F = 0, compute COMPUTE_32F = 68)
+  const size_t elem = 2;
+  blas_check(l.blas.set_stream(l.blas.handle, stream), "cublasSetStream");
+  // Strips of rows [r0, r1) of C, each against columns [0, r1): with T strips the work is (T+1)/2T
+  // of the full product. Column-major, row-major C's strip is Cc [r1, r1 - r0] (ld K) at C + r0 K,
+  // Cc = Xc[0:r1, :] · Xc[r0:r1, :]ᵀ where Xc is X read column-major ([K, m], ld K).
+  const int64_t strips = std::min<int64_t>(8, std::max<int64_t>(1, K / 512));
+  const int64_t strip = (K + strips - 1) / strips;
+  for (int64_t r0 = 0; r0 < K; r0 += strip) {
+    const int64_t r1 = std::min(K, r0 + strip);
+    const void* B = static_cast<const uint8_t*>(X) + (size_t)r0 * elem;
+    blas_check(l.blas.gemm_ex(l.blas.handle, kOpN, kOpT, (int)r1, (int)(r1 - r0), (int)m, &alpha, X, ab, (int)K, B,
+                              ab, (int)K, &beta, C + r0 * K, 0, (int)K, 68, -1),
+               "cublasGemmEx (Hessian)");
+  }
+}
+
 bool cholesky_lower_device(cudaStream_t stream, double* P, int64_t n) {
   Libraries& l = libraries();
   std::lock_guard<std::mutex> guard(l.call_lock);

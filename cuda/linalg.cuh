@@ -28,6 +28,14 @@ void sgemm(cudaStream_t stream, bool trans_a, bool trans_b, int64_t M, int64_t N
 void gemm16(cudaStream_t stream, bool bf16, int64_t M, int64_t N, int64_t K, const void* X, const void* W, void* Y,
             bool y_f32);
 
+// The lower triangle (row-major) of C [K, K] = alpha · Xᵀ X + beta · C for X [m, K] row-major in fp16
+// (bf16 = false) or bf16, f32 accumulation on the tensor cores: a strip of rows at a time, each strip
+// only up to the diagonal, so about half the full product's work. Entries above the diagonal are left
+// undefined (the caller mirrors). Needs cublasGemmEx (have_gemm16_tc()). Enqueued on `stream`.
+void syrk16_lower(cudaStream_t stream, bool bf16, int64_t K, int64_t m, float alpha, const void* X, float beta,
+                  float* C);
+bool have_gemm16_tc();
+
 // In place on the device: P [n, n] (double, symmetric positive definite, full matrix) becomes its
 // lower Cholesky factor L (P = L Lᵀ, row-major lower triangle; the rest is scratch). Returns false
 // when the factorization fails (a pivot not positive). Needs cuSOLVER.

@@ -261,6 +261,13 @@ class PagePool {
   int64_t total_ = 0, limit_ = 0;
 };
 
+// Calibration hidden states kept in this GPU's memory (f32 residual stream, [rows, dim]).
+class DeviceStates : public model::HiddenStates {
+ public:
+  explicit DeviceStates(int64_t n) : data((size_t)n) {}
+  DeviceBuffer<float> data;
+};
+
 // A sequence's KV cache: the pages it holds, in token order (token p in pages[p / kPageTokens]).
 class Sequence16 : public model::Sequence {
  public:
@@ -407,6 +414,43 @@ class CudaLlama16 : public LlamaBackend {
       pending_add_ = nullptr;  // stopped early: hidden is left as it was
       sync();
     }
+  }
+
+  int64_t states_device_bytes(int64_t rows) const override { return rows * config_.dim * 4; }
+
+  std::unique_ptr<model::HiddenStates> do_new_states(const float* hidden, int64_t rows) override {
+    select();
+    auto s = std::make_unique<DeviceStates>(rows * config_.dim);
+    s->data.upload(hidden, (size_t)(rows * config_.dim));
+    return s;
+  }
+
+  void do_read_states(const model::HiddenStates& states, int64_t row0, int64_t rows, float* out) const override {
+    select();
+    const auto& s = static_cast<const DeviceStates&>(states);
+    check(cudaMemcpy(out, s.data.get() + row0 * config_.dim, (size_t)(rows * config_.dim) * 4, cudaMemcpyDeviceToHost),
+          "cudaMemcpy D2H");
+  }
+
+  // As do_run_block, over rows of the resident states: copied into the block's residual buffer and
+  // back (device to device), so the block runs exactly as it does on host rows.
+  void do_run_block_states(int64_t i, model::HiddenStates& states, int64_t row0, int64_t batch, int64_t seq,
+                           const BlockRun& run) override {
+    begin_eager();
+    const int64_t rows = batch * seq;
+    float* h = static_cast<DeviceStates&>(states).data.get() + row0 * config_.dim;
+    float* x = floats(x_, rows * config_.dim);
+    const size_t bytes = (size_t)(rows * config_.dim) * 4;
+    check(cudaMemcpyAsync(x, h, bytes, cudaMemcpyDeviceToDevice, stream_), "cudaMemcpy D2D");
+    pending_add_ = nullptr;
+    set_position(0);
+    if (block_forward(block(i), x, rows, seq, seq, nullptr, 0, &run)) {
+      flush_add(rows);
+      check(cudaMemcpyAsync(h, x, bytes, cudaMemcpyDeviceToDevice, stream_), "cudaMemcpy D2D");
+    } else {
+      pending_add_ = nullptr;  // stopped early: the states are left as they were
+    }
+    sync();
   }
 
   void do_head(const float* hidden, int64_t rows, float* logits) override {
@@ -748,7 +792,13 @@ class CudaLlama16 : public LlamaBackend {
       }
       bool emit(CapturePoint p, const uint16_t* data, int64_t cols) {
         const model::CaptureFn* capture = run ? run->capture : nullptr;
-        if (capture && *capture) {
+        if (capture && *capture && run->device_captures) {
+          m.sync();  // the capture's reader (e.g. a Hessian on its own stream) sees finished values
+          model::Activations a{nullptr, rows, cols, 0};
+          a.device_data = data;
+          a.device_dtype = m.t_;
+          (*capture)(p, a);
+        } else if (capture && *capture) {
           float* wide = floats(m.capture_, rows * cols);
           ops16::widen(m.t_, data, rows * cols, wide, m.stream_);
           m.host_capture_.resize((size_t)(rows * cols));

@@ -38,6 +38,7 @@ HessianAccumulatorDevice::HessianAccumulatorDevice(int, int64_t) { unavailable()
 HessianAccumulatorDevice::~HessianAccumulatorDevice() = default;
 void HessianAccumulatorDevice::add_batch(const float*, int64_t) { unavailable(); }
 void HessianAccumulatorDevice::add_batch_device(const float*, int64_t) { unavailable(); }
+void HessianAccumulatorDevice::add_batch_device(const void*, DType, int64_t) { unavailable(); }
 void HessianAccumulatorDevice::download(float*) const { unavailable(); }
 void HessianAccumulatorDevice::reset() { unavailable(); }
 

@@ -97,6 +97,7 @@ export { openModelFiles } from './formats/open.js';
 export {
   openModel,
   Model,
+  HiddenStates,
   Session,
   nativeModelConfig,
   CAPTURE_POINTS,

@@ -187,6 +187,22 @@ export interface NativeModel {
   /** the KV cache memory: the paged pool's counts (16-bit CUDA), or paged false */
   kvCache(): KvCacheInfo;
   close(): void;
+  /** calibration hidden states [rows*dim] copied where the model computes (GPU memory on CUDA); resolves with their id */
+  createStates(hidden: Float32Array, rows: number): Promise<number>;
+  /** out [rows*dim] = rows [row0, row0+rows) of the states */
+  readStates(states: number, row0: number, rows: number, out: Float32Array): Promise<void>;
+  /** block over rows [row0, row0+batch*seq) of the states, in place (unchanged with stopAfter); each capture folded into its Hessian where it is; resolves with the seconds spent in the Hessians */
+  runBlockStates(
+    states: number,
+    block: number,
+    row0: number,
+    batch: number,
+    seq: number,
+    options?: { hessians?: Partial<Record<CapturePointName, NativeHessian>>; stopAfter?: CapturePointName },
+  ): Promise<number>;
+  freeStates(states: number): void;
+  /** device memory of resident states of `rows` rows (0 where they stay on the host) */
+  statesDeviceBytes(rows: number): number;
 }
 
 /**

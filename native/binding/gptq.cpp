@@ -13,27 +13,14 @@
 #include "../core/pack.hpp"
 #include "../core/rtn.hpp"
 #include "../core/weight_format.hpp"
+#include "hessian_handle.hpp"
 #include "napi_util.hpp"
 
 namespace lowbit {
 namespace binding {
 namespace {
 
-// A Hessian accumulator owned by a JavaScript handle ({ [External] }): in host memory (acc) or on a
-// CUDA device (dev). The mutex serializes batches (each runs on a libuv worker) and reads; after
-// hessianFree both are null and later use is E_CLOSED.
-struct HessianHolder {
-  std::mutex mutex;
-  std::unique_ptr<HessianAccumulator> acc;
-  std::unique_ptr<cuda::HessianAccumulatorDevice> dev;
-  int64_t K = 0;
-  int64_t reported_bytes = 0;  // external memory reported to V8 (host accumulators only)
-
-  void require_open() const { require(acc || dev, "E_CLOSED", "the Hessian accumulator was freed"); }
-  int64_t samples() const { return acc ? acc->samples() : dev->samples(); }
-};
-
-using HolderPtr = std::shared_ptr<HessianHolder>;
+using HolderPtr = HessianPtr;
 
 constexpr const char* kHandleKey = "__lowbitHessian";
 
@@ -286,6 +273,8 @@ Napi::Value GptqQuantize(const Napi::CallbackInfo& info) {
 }
 
 }  // namespace
+
+HessianPtr hessian_arg(const Napi::Value& v) { return holder_arg(v); }
 
 void InitGptq(Napi::Env env, Napi::Object exports) {
   exports.Set("hessianCreate", Napi::Function::New(env, HessianCreate));

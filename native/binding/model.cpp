@@ -3,6 +3,7 @@
 // native/core/model.
 #include <napi.h>
 
+#include <chrono>
 #include <cmath>
 #include <cstring>
 #include <functional>
@@ -13,6 +14,7 @@
 
 #include "../core/model/backend.hpp"
 #include "../core/model/ops.hpp"
+#include "hessian_handle.hpp"
 #include "napi_util.hpp"
 #include "weights_arg.hpp"
 
@@ -26,6 +28,8 @@ struct ModelHandle {
   std::shared_ptr<model::LlamaBackend> backend;
   std::map<int64_t, std::shared_ptr<model::Sequence>> sequences;
   int64_t next_sequence = 1;
+  std::map<int64_t, std::shared_ptr<model::HiddenStates>> states;  // resident calibration states
+  int64_t next_states = 1;
 
   std::shared_ptr<model::LlamaBackend> get() {
     std::lock_guard<std::mutex> lock(ptr_mutex);
@@ -36,6 +40,12 @@ struct ModelHandle {
     std::lock_guard<std::mutex> lock(ptr_mutex);
     auto it = sequences.find(id);
     require(it != sequences.end(), "E_ARGUMENT", "no sequence " + std::to_string(id) + " (freed, or never created)");
+    return it->second;
+  }
+  std::shared_ptr<model::HiddenStates> hidden_states(int64_t id) {
+    std::lock_guard<std::mutex> lock(ptr_mutex);
+    auto it = states.find(id);
+    require(it != states.end(), "E_ARGUMENT", "no hidden states " + std::to_string(id) + " (freed, or never created)");
     return it->second;
   }
 };
@@ -132,6 +142,11 @@ class NativeModel : public Napi::ObjectWrap<NativeModel> {
                            InstanceMethod<&NativeModel::DecodeBatch>("decodeBatch"),
                            InstanceMethod<&NativeModel::KvCache>("kvCache"),
                            InstanceMethod<&NativeModel::Close>("close"),
+                           InstanceMethod<&NativeModel::CreateStates>("createStates"),
+                           InstanceMethod<&NativeModel::ReadStates>("readStates"),
+                           InstanceMethod<&NativeModel::RunBlockStates>("runBlockStates"),
+                           InstanceMethod<&NativeModel::FreeStates>("freeStates"),
+                           InstanceMethod<&NativeModel::StatesDeviceBytes>("statesDeviceBytes"),
                        });
   }
 
@@ -526,12 +541,147 @@ class NativeModel : public Napi::ObjectWrap<NativeModel> {
     });
   }
 
+  // --- resident calibration states (LlamaBackend::new_states): GPTQ's passes over the calibration
+  // samples without a host round trip of the hidden states or the captures.
+
+  // createStates(hidden: Float32Array [rows*dim], rows) -> Promise<id>
+  Napi::Value CreateStates(const Napi::CallbackInfo& info) {
+    return guarded(info, [&]() -> Napi::Value {
+      const int64_t rows = integer(info[1], "rows");
+      require(rows >= 1, "E_SHAPE", "rows must be positive");
+      const auto hidden = typed_array<float>(info[0], "hidden");
+      const int64_t need = checked_mul(rows, config_.dim, "rows x dim");
+      check_length(hidden.length, need, "hidden");
+      auto bufs = std::make_unique<CallBuffers>(true);
+      const float* hp = bufs->input(Span<float>{hidden.data, need});
+      auto handle = handle_;
+      auto id = std::make_shared<int64_t>(0);
+      return Queue(
+          info,
+          [handle, hp, rows, id](model::LlamaBackend& b) {
+            std::shared_ptr<model::HiddenStates> s = b.new_states(hp, rows);
+            std::lock_guard<std::mutex> lock(handle->ptr_mutex);
+            *id = handle->next_states++;
+            handle->states[*id] = std::move(s);
+          },
+          std::move(bufs), false, [id](Napi::Env env) -> Napi::Value { return Napi::Number::New(env, (double)*id); });
+    });
+  }
+
+  // readStates(id, row0, rows, out: Float32Array [rows*dim]) -> Promise<void>
+  Napi::Value ReadStates(const Napi::CallbackInfo& info) {
+    return guarded(info, [&]() -> Napi::Value {
+      auto states = handle_->hidden_states(integer(info[0], "states"));
+      const int64_t row0 = integer(info[1], "row0"), rows = integer(info[2], "rows");
+      require(row0 >= 0 && rows >= 0, "E_SHAPE", "row0 and rows must be non-negative");
+      const auto out = typed_array<float>(info[3], "out");
+      const int64_t need = checked_mul(rows, config_.dim, "rows x dim");
+      check_length(out.length, need, "out");
+      auto bufs = std::make_unique<CallBuffers>(true);
+      float* op = bufs->output(info[3], Span<float>{out.data, need}, "out");
+      return Queue(
+          info, [states, row0, rows, op](model::LlamaBackend& b) { b.read_states(*states, row0, rows, op); },
+          std::move(bufs), false);
+    });
+  }
+
+  // runBlockStates(id, block, row0, batch, seq, {hessians?: {qkv?, o?, gateUp?, down?: Hessian handle},
+  //   stopAfter?: name}) -> Promise<number>: block `block` over rows [row0, row0 + batch*seq) of the
+  // states (in place unless it stops early), each capture point's inputs folded into its Hessian
+  // where they are (on the GPU when the Hessian is on the model's GPU). Resolves with the seconds
+  // spent in the Hessians.
+  Napi::Value RunBlockStates(const Napi::CallbackInfo& info) {
+    return guarded(info, [&]() -> Napi::Value {
+      auto states = handle_->hidden_states(integer(info[0], "states"));
+      const int64_t i = block_arg(info[1]);
+      const int64_t row0 = integer(info[2], "row0");
+      const int64_t batch = integer(info[3], "batch"), seq = integer(info[4], "seq");
+      require(batch >= 1 && seq >= 1 && row0 >= 0, "E_SHAPE", "batch and seq must be positive, row0 non-negative");
+      checked_mul(batch, seq, "batch x seq");
+      std::vector<HessianPtr> hessians(model::kCapturePoints);
+      int stop_after = -1;
+      if (info.Length() > 5 && !info[5].IsUndefined()) {
+        const Napi::Object opts = object_arg(info, 5, "options");
+        const Napi::Value hs = opts.Get("hessians");
+        if (!hs.IsUndefined()) {
+          require(hs.IsObject(), "E_ARGUMENT", "hessians must be an object of capture point names to Hessians");
+          const Napi::Object ho = hs.As<Napi::Object>();
+          for (int p = 0; p < model::kCapturePoints; ++p) {
+            const Napi::Value h = ho.Get(model::capture_name((model::CapturePoint)p));
+            if (h.IsUndefined()) continue;
+            HessianPtr holder = hessian_arg(h);
+            const int64_t cols = capture_cols(config_, p);
+            require(holder->K == cols, "E_SHAPE",
+                    std::string("the Hessian for ") + model::capture_name((model::CapturePoint)p) + " is " +
+                        std::to_string(holder->K) + " x " + std::to_string(holder->K) + ", its inputs have " +
+                        std::to_string(cols) + " features");
+            hessians[(size_t)p] = holder;
+          }
+        }
+        const Napi::Value stop = opts.Get("stopAfter");
+        if (!stop.IsUndefined()) {
+          require(stop.IsString(), "E_ARGUMENT", "stopAfter must be a capture point name");
+          stop_after = capture_by_name(stop.As<Napi::String>().Utf8Value());
+        }
+      }
+      auto seconds = std::make_shared<double>(0.0);
+      auto work = [=](model::LlamaBackend& b) {
+        // Device captures only when every Hessian can take them where they are.
+        bool on_device = b.device() >= 0;
+        for (const auto& h : hessians) {
+          if (!h) continue;
+          std::lock_guard<std::mutex> lock(h->mutex);
+          h->require_open();
+          on_device = on_device && h->dev && h->dev->device() == b.device();
+        }
+        model::CaptureFn capture = [&](model::CapturePoint p, const model::Activations& a) {
+          const HessianPtr& h = hessians[(size_t)p];
+          if (!h) return;
+          const auto t0 = std::chrono::steady_clock::now();
+          std::lock_guard<std::mutex> lock(h->mutex);
+          h->require_open();
+          if (a.device_data) h->dev->add_batch_device(a.device_data, a.device_dtype, a.rows);
+          else if (h->acc) h->acc->add_batch(a.data, a.rows);
+          else h->dev->add_batch(a.data, a.rows);
+          *seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+        };
+        model::BlockRun run;
+        run.capture = &capture;
+        run.stop_after = stop_after;
+        run.device_captures = on_device;
+        b.run_block_states(i, *states, row0, batch, seq, run);
+      };
+      return Queue(info, work, nullptr, false,
+                   [seconds](Napi::Env env) -> Napi::Value { return Napi::Number::New(env, *seconds); });
+    });
+  }
+
+  // freeStates(id): forgets the states (their memory goes when no queued call holds them).
+  Napi::Value FreeStates(const Napi::CallbackInfo& info) {
+    return guarded(info, [&]() -> Napi::Value {
+      const int64_t id = integer(info[0], "states");
+      std::lock_guard<std::mutex> lock(handle_->ptr_mutex);
+      handle_->states.erase(id);
+      return info.Env().Undefined();
+    });
+  }
+
+  // statesDeviceBytes(rows): device memory resident states of `rows` rows take (0 on the host).
+  Napi::Value StatesDeviceBytes(const Napi::CallbackInfo& info) {
+    return guarded(info, [&]() -> Napi::Value {
+      const int64_t rows = integer(info[0], "rows");
+      require(rows >= 0, "E_SHAPE", "rows must be non-negative");
+      return Napi::Number::New(info.Env(), (double)handle_->get()->states_device_bytes(rows));
+    });
+  }
+
   // close(): frees the weights and caches now (after any call already running on the model).
   Napi::Value Close(const Napi::CallbackInfo& info) {
     {
       std::lock_guard<std::mutex> lock(handle_->ptr_mutex);
       handle_->backend.reset();
       handle_->sequences.clear();
+      handle_->states.clear();
     }
     Report(info.Env(), 0);
     ForgetCaches(info.Env());

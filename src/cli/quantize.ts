@@ -57,6 +57,9 @@ SpQR (--method spqr; --act-order and --damp apply, the GPTQ grid options do not)
   --outlier-budget F      most outliers per layer, a fraction in (0, 1) (default 0.01)
   --no-act-order          sweep columns in their stored order (SpQR's default is act-order)
   --device cpu|cuda       where forward passes run (default cpu)
+  --calibration-dtype bf16|f16|f32
+                          (cuda) what calibration passes compute in: bf16 (default) keeps the
+                          states and captures on the GPU; f32 writes the CPU's checkpoints
   --resume                continue an interrupted run with the same options
   --max-memory SIZE       refuse up front if the estimated peak exceeds SIZE (e.g. 20GB)
   --json                  print the summary as JSON`;
@@ -119,6 +122,7 @@ export async function run(argv: string[]): Promise<number> {
       'no-act-order': { type: 'boolean' },
       'quantize-lm-head': { type: 'boolean' },
       device: { type: 'string' },
+      'calibration-dtype': { type: 'string' },
       resume: { type: 'boolean' },
       'max-memory': { type: 'string' },
       json: { type: 'boolean' },
@@ -333,6 +337,18 @@ async function runSpqr(
 
 /** Runs the job with Ctrl-C handling and progress, and prints the summary. */
 async function runJob(values: Values, options: Omit<QuantizeOptions, 'signal'>): Promise<number> {
+  const dtype = values['calibration-dtype'];
+  if (dtype !== undefined) {
+    if (dtype !== 'bf16' && dtype !== 'f16' && dtype !== 'f32')
+      throw new LowbitError(
+        'E_ARGUMENT',
+        `--calibration-dtype must be bf16, f16 or f32, not ${JSON.stringify(dtype)}`,
+        {
+          option: 'calibration-dtype',
+        },
+      );
+    options = { ...options, calibrationDtype: dtype };
+  }
   const controller = new AbortController();
   let interrupted = false;
   const onSigint = () => {

@@ -22,12 +22,14 @@ import {
   type NativeDense,
   type NativeLinear,
   type NativeLinearName,
+  type NativeHessian,
   type NativeModel,
   type NativeModelConfig,
   type ModelDtype,
   type KvCacheInfo,
 } from '../native.js';
 import type { Tensor } from '../tensor.js';
+import { Hessian } from '../quantize/gptq.js';
 import { ropeFrequencies } from './rope.js';
 import { resolveModelPath, type HubDownloadOptions } from '../hub/index.js';
 
@@ -265,6 +267,11 @@ export class Model {
     return this.handle;
   }
 
+  /** @internal the native model (HiddenStates calls it) */
+  get nativeModel(): NativeModel {
+    return this.native();
+  }
+
   private requireReader(): ModelReader {
     if (!this.reader)
       throw new LowbitError(
@@ -462,6 +469,30 @@ export class Model {
     return { hidden: out, inputs };
   }
 
+  /**
+   * Calibration hidden states [rows, dim] (f32) copied where the model computes: a GPU's memory on
+   * CUDA with 16-bit activations, a host copy otherwise. GPTQ's passes over them (HiddenStates.runBlock)
+   * then need no host round trip of the states or of the captured activations.
+   */
+  async createStates(hidden: Float32Array, rows: number): Promise<HiddenStates> {
+    if (!Number.isInteger(rows) || rows < 1) invalidArgument('rows', 'a positive integer', rows);
+    if (!(hidden instanceof Float32Array) || hidden.length !== rows * this.dim)
+      invalidArgument('hidden', `a Float32Array of rows*dim = ${rows * this.dim} values`, hidden);
+    const id = await call(() => this.native().createStates(hidden, rows));
+    return new HiddenStates(this, id, rows);
+  }
+
+  /** Device memory that resident states of `rows` rows take (0 where they stay on the host). */
+  statesDeviceBytes(rows: number): number {
+    return this.native().statesDeviceBytes(rows);
+  }
+
+  /** @internal checks for HiddenStates.runBlock */
+  checkBlockRun(block: number, batch: number, seq: number): void {
+    this.checkBlock(block);
+    this.checkBatch(batch, seq);
+  }
+
   /** Logits [rows, vocab] of hidden states [rows, dim] (final norm, then lm_head). */
   async head(hidden: Float32Array, rows: number): Promise<Float32Array> {
     if (!Number.isInteger(rows) || rows < 1) invalidArgument('rows', 'a positive integer', rows);
@@ -648,6 +679,76 @@ export class Session {
  * (tokenizer.model, else tokenizer.json), or from `options.tokenizer` when that is a path (e.g. the
  * tokenizer.model of a llama2.c checkpoint).
  */
+/**
+ * Calibration hidden states held by a model (Model.createStates): rows [rows, dim] of the residual
+ * stream that blocks run over in place, each capture point's inputs folded straight into a Hessian.
+ */
+export class HiddenStates {
+  #freed = false;
+
+  constructor(
+    private readonly model: Model,
+    private readonly id: number,
+    readonly rows: number,
+  ) {}
+
+  private native(): NativeModel {
+    if (this.#freed || this.model.isClosed)
+      throw new LowbitError('E_CLOSED', 'the hidden states (or their model) were freed');
+    return this.model.nativeModel;
+  }
+
+  /**
+   * Runs block `block` over rows [row0, row0 + batch*seq) (batch sequences of seq tokens) in place,
+   * folding each capture point's inputs into `hessians[point]` (same K as the point's features; on the
+   * model's GPU they are read where they are). With `stopAfter` the rows stay unchanged. Resolves
+   * with the seconds spent in the Hessians.
+   */
+  async runBlock(
+    block: number,
+    options: {
+      row0: number;
+      batch: number;
+      seq: number;
+      hessians?: Partial<Record<CapturePointName, Hessian>>;
+      stopAfter?: CapturePointName;
+    },
+  ): Promise<number> {
+    const { row0, batch, seq } = options;
+    this.model.checkBlockRun(block, batch, seq);
+    if (!Number.isInteger(row0) || row0 < 0 || row0 + batch * seq > this.rows)
+      invalidArgument('row0', `an integer with row0 + batch*seq <= ${this.rows}`, row0);
+    const hessians: Partial<Record<CapturePointName, NativeHessian>> = {};
+    for (const [p, h] of Object.entries(options.hessians ?? {})) {
+      if (!CAPTURE_POINTS.includes(p as CapturePointName))
+        invalidArgument('hessians', `keys from ${CAPTURE_POINTS.join(', ')}`, p);
+      if (!(h instanceof Hessian)) invalidArgument(`hessians.${p}`, 'a Hessian', h);
+      hessians[p as CapturePointName] = h.handle;
+    }
+    if (options.stopAfter !== undefined && !CAPTURE_POINTS.includes(options.stopAfter))
+      invalidArgument('stopAfter', `one of ${CAPTURE_POINTS.join(', ')}`, options.stopAfter);
+    const n = this.native();
+    return call(() => n.runBlockStates(this.id, block, row0, batch, seq, { hessians, stopAfter: options.stopAfter }));
+  }
+
+  /** A copy of rows [row0, row0 + rows) as [rows, dim] f32 (default: all of them). */
+  async read(row0 = 0, rows = this.rows - row0): Promise<Float32Array> {
+    if (!Number.isInteger(row0) || !Number.isInteger(rows) || row0 < 0 || rows < 0 || row0 + rows > this.rows)
+      invalidArgument('rows', `a range within [0, ${this.rows})`, `[${row0}, ${row0 + rows})`);
+    const out = new Float32Array(rows * this.model.dim);
+    const n = this.native();
+    if (rows > 0) await call(() => n.readStates(this.id, row0, rows, out));
+    return out;
+  }
+
+  /** Releases the states now (their memory goes once no queued call holds them). Idempotent. */
+  free(): void {
+    if (this.#freed) return;
+    this.#freed = true;
+    if (!this.model.isClosed) this.model.nativeModel.freeStates(this.id);
+  }
+}
+
 export async function openModel(
   path: string,
   options: Omit<OpenModelOptions, 'tokenizer'> & { tokenizer?: boolean | string; hub?: HubDownloadOptions } = {},

@@ -35,8 +35,9 @@ import { native } from '../native.js';
 import { Hessian } from '../quantize/gptq.js';
 import { Tensor } from '../tensor.js';
 import type { GptqBits } from '../weights/index.js';
-import type { DeviceSpec } from '../devices.js';
+import { resolveDevice, type DeviceSpec } from '../devices.js';
 import { calibrationWindows } from './calibration.js';
+import { HostStates, ResidentStates, type CalibrationStates } from './states.js';
 import {
   DEFAULT_METHOD,
   methodOf,
@@ -107,6 +108,12 @@ export interface QuantizeOptions {
   };
   /** where the forward passes and the GPTQ sweeps run (default 'cpu') */
   device?: DeviceSpec;
+  /**
+   * what the calibration forward passes compute in on a GPU: 'bf16' (the default on CUDA: the hidden
+   * states stay on the GPU in f32 and the captures feed the Hessians there, no host round trip), 'f16',
+   * or 'f32' (the f32 pass through the host, whose checkpoints equal the CPU's). The CPU always runs f32.
+   */
+  calibrationDtype?: 'f32' | 'f16' | 'bf16';
   /** continue from the blocks a previous, interrupted run finished */
   resume?: boolean;
   /** bytes, or a string such as '20GB' / '512MiB' */
@@ -148,10 +155,21 @@ export interface QuantizeSummary {
   quantizedBytes: number;
   /** the memory estimate checked against maxMemory */
   estimatedPeakBytes: number;
+  /** with calibration on a GPU's 16-bit path: the GPU memory the estimate expects (states, block, scratch, Hessians, GPTQ) */
+  estimatedDeviceBytes?: number;
   resumedBlocks: number;
   seconds: number;
+  /** where the wall time went (seconds): forward passes, Hessian accumulation, the method's sweeps, reading/writing weights and states */
+  timings: QuantizeTimings;
   /** with keepPacked: every quantized linear, by module prefix */
   packed?: Map<string, QuantizedWeights>;
+}
+
+export interface QuantizeTimings {
+  forward: number;
+  hessian: number;
+  gptq: number;
+  io: number;
 }
 
 /** Something the run did on its own that the user should hear about (e.g. leftovers of a stopped run removed). */
@@ -231,6 +249,7 @@ interface Resolved {
   signal: AbortSignal | undefined;
   keepPacked: boolean;
   lmHead: boolean;
+  calibrationDtype: 'f32' | 'f16' | 'bf16';
 }
 
 function resolveOptions(o: QuantizeOptions): Resolved {
@@ -280,7 +299,19 @@ function resolveOptions(o: QuantizeOptions): Resolved {
       `--quantize-lm-head (lmHead) is written in the GPTQ format only; --method ${method.name} does not take it`,
       { option: 'lmHead' },
     );
+  const device = o.device ?? 'cpu';
+  const onGpu = resolveDevice(device) >= 0;
+  const calibrationDtype = o.calibrationDtype ?? (onGpu ? 'bf16' : 'f32');
+  if (calibrationDtype !== 'f32' && calibrationDtype !== 'f16' && calibrationDtype !== 'bf16')
+    invalidArgument('calibrationDtype', "'f32', 'f16' or 'bf16'", calibrationDtype);
+  if (!onGpu && calibrationDtype !== 'f32')
+    throw new LowbitError(
+      'E_UNSUPPORTED',
+      `calibrationDtype: the CPU's calibration passes compute in f32, not ${calibrationDtype}`,
+      { option: 'calibrationDtype' },
+    );
   return {
+    calibrationDtype,
     model: o.model,
     out: resolve(o.out),
     method,
@@ -289,7 +320,7 @@ function resolveOptions(o: QuantizeOptions): Resolved {
     samples,
     seqLen: c.seqLen,
     seed,
-    device: o.device ?? 'cpu',
+    device,
     resume: o.resume ?? false,
     maxMemory: o.maxMemory === undefined ? undefined : parseBytes(o.maxMemory),
     signal: o.signal,
@@ -301,7 +332,10 @@ function resolveOptions(o: QuantizeOptions): Resolved {
 /** What decides the result: a resumed run must have been started with the same. */
 function fingerprint(r: Resolved, seqLen: number): string {
   const { model, method, options, files, samples, seed, lmHead } = r;
-  const key = { model: resolve(model), method: method.name, options, files, samples, seqLen, seed, lmHead };
+  // (16-bit calibration only: f32 runs keep the fingerprints they always had)
+  const dtype =
+    r.calibrationDtype === 'f32' || method.calibration === 'none' ? {} : { calibrationDtype: r.calibrationDtype };
+  const key = { model: resolve(model), method: method.name, options, files, samples, seqLen, seed, lmHead, ...dtype };
   return createHash('sha256').update(JSON.stringify(key)).digest('hex');
 }
 
@@ -341,6 +375,34 @@ export function estimatePeakBytes(
     ? Math.max(...STAGES.map((s) => linearDims(c, s.linears[0]!).K ** 2 * 4))
     : STAGES.reduce((a, s) => a + linearDims(c, s.linears[0]!).K ** 2 * 4, 0);
   return globals + hidden + perCall + 2 * blockBytes + hessians + linearMax;
+}
+
+/**
+ * GPU memory of calibration on a GPU's 16-bit path (bytes): the resident hidden states (f32), one
+ * block's weights (16-bit), one call's activations (rowsPerCall tokens), the stage's Hessians and
+ * the GPTQ sweep's working set on the largest linear (W and its update in f32, H's factor in f64).
+ */
+export function estimateDeviceBytes(
+  reader: ModelReader,
+  tokens: number,
+  rowsPerCall: number,
+  trueSequential = true,
+): number {
+  const c = reader.config;
+  let blockBytes = 0;
+  let maxK = 0;
+  let sweep = 0;
+  for (const name of LINEAR_NAMES) {
+    const { K, N } = linearDims(c, name);
+    maxK = Math.max(maxK, K);
+    blockBytes += N * K * 2;
+    sweep = Math.max(sweep, N * K * (4 + 4 + 1) + K * K * (8 * 2 + 4));
+  }
+  const qkvWidth = linearDims(c, 'q').N + 2 * linearDims(c, 'k').N;
+  const perCall = rowsPerCall * (c.hiddenSize * 4 + 2 * (3 * c.hiddenSize + qkvWidth + 2 * c.intermediateSize));
+  const sizes = STAGES.map((s) => linearDims(c, s.linears[0]!).K ** 2 * 4);
+  const hessians = trueSequential ? Math.max(...sizes) : sizes.reduce((a, b) => a + b, 0);
+  return tokens * c.hiddenSize * 4 + blockBytes + perCall + hessians + sweep;
 }
 
 /** Bytes a quantized linear takes in its checkpoint. */
@@ -433,6 +495,8 @@ async function runLocked(r: Resolved, job: QuantizeJob, warn: Warn): Promise<Qua
   const reader = await openModelFiles(r.model);
   let model: Model | undefined;
   let writer: CheckpointSink | undefined;
+  let states: CalibrationStates | undefined;
+  const timings: QuantizeTimings = { forward: 0, hessian: 0, gptq: 0, io: 0 };
   try {
     for (const b of reader.tensors.blocks)
       for (const name of LINEAR_NAMES) {
@@ -452,6 +516,9 @@ async function runLocked(r: Resolved, job: QuantizeJob, warn: Warn): Promise<Qua
     const seqLen = r.seqLen ?? Math.min(2048, c.maxPositionEmbeddings);
     const tokens = r.samples * seqLen;
     const rowsPerCall = Math.max(1, Math.floor(4096 / seqLen)); // sequences per forward call
+    // On the GPU's 16-bit path: larger calls (the tensor cores want long products; the Hessians'
+    // products get 16k tokens at a time)
+    const residentPerCall = Math.max(1, Math.floor(16384 / seqLen));
     const trueSequential = r.options.trueSequential ?? false;
     const estimatedPeakBytes = estimatePeakBytes(
       reader,
@@ -461,6 +528,10 @@ async function runLocked(r: Resolved, job: QuantizeJob, warn: Warn): Promise<Qua
       rowsPerCall * seqLen,
       r.lmHead,
     );
+    const estimatedDeviceBytes =
+      r.calibrationDtype !== 'f32' && r.method.calibration !== 'none'
+        ? estimateDeviceBytes(reader, tokens, residentPerCall * seqLen, trueSequential)
+        : undefined;
     if (r.maxMemory !== undefined && estimatedPeakBytes > r.maxMemory) {
       throw new LowbitError(
         'E_MEMORY_BUDGET',
@@ -486,8 +557,10 @@ async function runLocked(r: Resolved, job: QuantizeJob, warn: Warn): Promise<Qua
         bitsPerWeight: (quantizedBytes * 8) / weightsCount,
         quantizedBytes,
         estimatedPeakBytes,
+        ...(estimatedDeviceBytes !== undefined ? { estimatedDeviceBytes } : {}),
         resumedBlocks,
         seconds: (performance.now() - started) / 1000,
+        timings: { ...timings },
       };
     };
 
@@ -591,6 +664,7 @@ async function runLocked(r: Resolved, job: QuantizeJob, warn: Warn): Promise<Qua
       const t = name === 'head' ? head : reader.tensors.blocks[block]![name];
       assertFinite(W.data, t.weight ?? `${t.prefix}.weight`);
       const out = await r.method.quantizeLinear({ W, hessian, device: r.device }, r.options);
+      timings.gptq += (performance.now() - t0) / 1000;
       const w = out.packed;
       const layer: LayerReport = {
         block,
@@ -656,19 +730,24 @@ async function runLocked(r: Resolved, job: QuantizeJob, warn: Warn): Promise<Qua
       }
     } else if (state.finishedBlocks < blocks) {
       // Block by block over the calibration states, stage by stage (true-sequential).
+      // The CPU and the f32 pass on a GPU keep the states on the host; the 16-bit pass on a GPU keeps
+      // them there (ResidentStates), with the captures feeding the Hessians where they are.
+      const resident = r.calibrationDtype !== 'f32';
       model = await Model.open(reader, {
         device: r.device,
         load: 'globals',
         // exact activations: the later stages and blocks run on the quantized linears, and
         // checkpoints must not depend on the int8 path's rounding (test/schedule/golden.test.ts)
         cpuActivations: 'f32',
-        dtype: 'f32', // calibration: the f32 pass on a GPU too (checkpoints as the CPU writes them)
+        dtype: r.calibrationDtype,
         maxSeq: Math.max(seqLen, 2),
         tokenizerFrom: modelDirOf(r.model),
       });
       let hidden: Float32Array;
+      const t0 = performance.now();
       if (state.finishedBlocks > 0) {
         hidden = await readHidden(stateDir, fp, state.finishedBlocks, tokens * c.hiddenSize);
+        timings.io += (performance.now() - t0) / 1000;
       } else {
         if (r.files === 'self') for (let b = 0; b < blocks; b++) await model.loadBlock(b);
         const ids = await calibrationWindows(model, {
@@ -680,7 +759,17 @@ async function runLocked(r: Resolved, job: QuantizeJob, warn: Warn): Promise<Qua
         });
         if (r.files === 'self') for (let b = 0; b < blocks; b++) await model.dropBlock(b);
         hidden = await model.embed(ids);
+        timings.forward += (performance.now() - t0) / 1000;
       }
+      const shape = {
+        samples: r.samples,
+        seqLen,
+        dim: c.hiddenSize,
+        perCall: resident ? residentPerCall : rowsPerCall,
+      };
+      states = resident
+        ? await ResidentStates.create(model, hidden, shape, timings)
+        : new HostStates(model, hidden, shape, timings);
       const quantizeHead = async (finalHidden: Float32Array) => {
         const h = c.hiddenSize;
         const norm = (await reader.readFloat32(reader.tensors.norm)).data;
@@ -688,6 +777,7 @@ async function runLocked(r: Resolved, job: QuantizeJob, warn: Warn): Promise<Qua
         try {
           const rows = rowsPerCall * seqLen;
           const normed = new Float32Array(rows * h);
+          const t0 = performance.now();
           for (let row = 0; row < tokens; row += rows) {
             checkAbort(r.signal);
             const n = Math.min(rows, tokens - row);
@@ -696,15 +786,19 @@ async function runLocked(r: Resolved, job: QuantizeJob, warn: Warn): Promise<Qua
             native().opRmsNorm(x, n, h, norm, c.rmsNormEps, y);
             await H.addBatch(y, n);
           }
+          timings.hessian += (performance.now() - t0) / 1000;
           return await quantizeLinear(blocks - 1, 'head', await reader.readFloat32(head.weight), H);
         } finally {
           H.free();
         }
       };
+      const abort = () => checkAbort(r.signal);
       for (let b = state.finishedBlocks; b < blocks; b++) {
         checkAbort(r.signal);
+        let t = performance.now();
         const weights = await model.readBlockWeights(b);
         await model.setBlockWeights(b, weights);
+        timings.io += (performance.now() - t) / 1000;
         const linears = new Map<string, QuantizedWeights>();
         const layers: LayerReport[] = [];
         const stages = trueSequential ? STAGES.map((s) => [s]) : [STAGES];
@@ -714,19 +808,7 @@ async function runLocked(r: Resolved, job: QuantizeJob, warn: Warn): Promise<Qua
           for (const s of group)
             hessians.set(s.point, Hessian.create(linearDims(c, s.linears[0]!).K, { device: r.device }));
           try {
-            const last = group[group.length - 1]!.point;
-            for (let s0 = 0; s0 < r.samples; s0 += rowsPerCall) {
-              checkAbort(r.signal);
-              const batch = Math.min(rowsPerCall, r.samples - s0);
-              const x = hidden.subarray(s0 * seqLen * c.hiddenSize, (s0 + batch) * seqLen * c.hiddenSize);
-              const { inputs } = await model.runBlock(b, x, {
-                batch,
-                seq: seqLen,
-                capture: group.map((s) => s.point),
-                stopAfter: last,
-              });
-              for (const s of group) await hessians.get(s.point)!.addBatch(inputs[s.point]!, batch * seqLen);
-            }
+            await states.pass(b, hessians, group[group.length - 1]!.point, abort);
             for (const s of group) {
               for (const name of s.linears) {
                 checkAbort(r.signal);
@@ -735,9 +817,11 @@ async function runLocked(r: Resolved, job: QuantizeJob, warn: Warn): Promise<Qua
                 const W = new Tensor(dense.dtype, [N, K], dense.data as never).toFloat32();
                 const { out, layer } = await quantizeLinear(b, name, W, hessians.get(s.point)!);
                 // Into the block at once: the later stages run on the quantized linear.
+                t = performance.now();
                 const run = out.forBlock ?? out.packed;
                 const bias = weights[name].bias;
                 await model.setLinear(b, name, isSpqrWeights(run) ? { ...run, bias } : { packed: run, bias });
+                timings.io += (performance.now() - t) / 1000;
                 linears.set(reader.tensors.blocks[b]![name].prefix, out.packed);
                 layers.push(layer);
               }
@@ -747,20 +831,19 @@ async function runLocked(r: Resolved, job: QuantizeJob, warn: Warn): Promise<Qua
           }
         }
         // The quantized block's outputs are the next block's inputs.
-        for (let s0 = 0; s0 < r.samples; s0 += rowsPerCall) {
-          checkAbort(r.signal);
-          const batch = Math.min(rowsPerCall, r.samples - s0);
-          const x = hidden.subarray(s0 * seqLen * c.hiddenSize, (s0 + batch) * seqLen * c.hiddenSize);
-          await model.runBlock(b, x, { batch, seq: seqLen, inPlace: true });
-        }
-        if (r.lmHead && b === blocks - 1) {
+        await states.pass(b, new Map(), undefined, abort);
+        const last = b === blocks - 1;
+        const after = !last || r.lmHead ? await states.read() : undefined;
+        if (r.lmHead && last) {
           // The last stage, as GPTQModel runs it: lm_head on the final norm's outputs of the quantized blocks.
-          const { out, layer } = await quantizeHead(hidden);
+          const { out, layer } = await quantizeHead(after!);
           linears.set(head.prefix, out.packed);
           layers.push(layer);
         }
+        t = performance.now();
         await model.dropBlock(b);
-        await finishBlock(b, linears, layers, b + 1 < blocks ? hidden : undefined);
+        await finishBlock(b, linears, layers, last ? undefined : after);
+        timings.io += (performance.now() - t) / 1000;
       }
     }
 
@@ -783,6 +866,7 @@ async function runLocked(r: Resolved, job: QuantizeJob, warn: Warn): Promise<Qua
     await writer?.abort().catch(() => undefined);
     throw err;
   } finally {
+    states?.free();
     // Model.close closes the reader too; close it here when no model was opened.
     if (model) await model.close();
     else await reader.close();

@@ -1,7 +1,9 @@
 #include "backend.hpp"
 #include "rope.hpp"
 
+#include <algorithm>
 #include <atomic>
+#include <climits>
 #include <cmath>
 
 namespace lowbit {
@@ -147,6 +149,60 @@ void LlamaBackend::run_block(int64_t block, float* hidden, int64_t batch, int64_
   require(run.stop_after >= -1 && run.stop_after < kCapturePoints, "E_ARGUMENT", "stop_after is out of range");
   require_block(block);
   do_run_block(block, hidden, batch, seq, run);
+}
+
+namespace {
+// The default resident states: rows x dim floats in host memory.
+class HostStates : public HiddenStates {
+ public:
+  std::vector<float> data;
+};
+}  // namespace
+
+std::unique_ptr<HiddenStates> LlamaBackend::new_states(const float* hidden, int64_t rows) {
+  require(rows >= 1, "E_SHAPE", "hidden states need at least one row, got " + str(rows));
+  require(rows <= INT64_MAX / config_.dim, "E_SHAPE", "rows x dim overflows");
+  std::unique_ptr<HiddenStates> s = do_new_states(hidden, rows);
+  s->rows = rows;
+  s->owner = this;
+  return s;
+}
+
+void LlamaBackend::read_states(const HiddenStates& states, int64_t row0, int64_t rows, float* out) const {
+  require(states.owner == this, "E_ARGUMENT", "the hidden states belong to another backend");
+  require(row0 >= 0 && rows >= 0 && row0 <= states.rows && rows <= states.rows - row0, "E_SHAPE",
+          "rows [" + str(row0) + ", " + str(row0 + rows) + ") are outside the " + str(states.rows) + " held");
+  do_read_states(states, row0, rows, out);
+}
+
+void LlamaBackend::run_block_states(int64_t block, HiddenStates& states, int64_t row0, int64_t batch, int64_t seq,
+                                    const BlockRun& run) {
+  require(states.owner == this, "E_ARGUMENT", "the hidden states belong to another backend");
+  check_block_index(block);
+  check_batch(batch, seq);
+  const int64_t rows = batch * seq;
+  require(row0 >= 0 && row0 <= states.rows && rows <= states.rows - row0, "E_SHAPE",
+          "rows [" + str(row0) + ", " + str(row0 + rows) + ") are outside the " + str(states.rows) + " held");
+  require(run.stop_after >= -1 && run.stop_after < kCapturePoints, "E_ARGUMENT", "stop_after is out of range");
+  require_block(block);
+  do_run_block_states(block, states, row0, batch, seq, run);
+}
+
+std::unique_ptr<HiddenStates> LlamaBackend::do_new_states(const float* hidden, int64_t rows) {
+  auto s = std::make_unique<HostStates>();
+  s->data.assign(hidden, hidden + rows * config_.dim);
+  return s;
+}
+
+void LlamaBackend::do_read_states(const HiddenStates& states, int64_t row0, int64_t rows, float* out) const {
+  const auto& s = static_cast<const HostStates&>(states);
+  std::copy(s.data.begin() + row0 * config_.dim, s.data.begin() + (row0 + rows) * config_.dim, out);
+}
+
+void LlamaBackend::do_run_block_states(int64_t block, HiddenStates& states, int64_t row0, int64_t batch, int64_t seq,
+                                       const BlockRun& run) {
+  auto& s = static_cast<HostStates&>(states);
+  do_run_block(block, s.data.data() + row0 * config_.dim, batch, seq, run);
 }
 
 void LlamaBackend::head(const float* hidden, int64_t rows, float* logits) {

@@ -87,10 +87,15 @@ constexpr int kCapturePoints = 4;
 const char* capture_name(CapturePoint p);  // "qkv", "o", "gateUp", "down"
 
 struct Activations {
-  const float* data;  // [rows, cols] row-major; valid only during the callback
+  const float* data;  // [rows, cols] row-major; valid only during the callback (null: see device_data)
   int64_t rows;       // tokens
   int64_t cols;       // input features of the linears fed from this point
   int64_t row0;       // index of the first row within the whole run_block batch (B*S rows)
+  // Only with BlockRun::device_captures on a GPU backend: the same [rows, cols] in that GPU's memory,
+  // in `device_dtype` (the backend's activations: F32, F16 or BF16), the work that wrote them
+  // finished; `data` is then null.
+  const void* device_data = nullptr;
+  DType device_dtype = DType::F32;
 };
 using CaptureFn = std::function<void(CapturePoint, const Activations&)>;
 
@@ -102,6 +107,19 @@ struct BlockRun {
   // of the linears they quantize next). -1: run the whole block. `hidden` is left unchanged when
   // the run stops early.
   int stop_after = -1;
+  // Captures may stay in device memory (Activations::device_data) on a backend that computes on a
+  // GPU, e.g. for Hessian accumulators on that GPU; a host backend ignores it.
+  bool device_captures = false;
+};
+
+// The calibration samples' hidden states [rows, dim] (f32, the residual stream) held where the
+// backend computes, so that GPTQ's many passes over them cross no bus (a GPU's memory for CUDA; a
+// host copy by default). Made by LlamaBackend::new_states; used only with the backend that made it.
+class HiddenStates {
+ public:
+  virtual ~HiddenStates() = default;
+  int64_t rows = 0;
+  const void* owner = nullptr;  // the backend that made it
 };
 
 // The KV cache memory of a backend, for a scheduler to plan with. The 16-bit CUDA backend keeps
@@ -158,6 +176,17 @@ class LlamaBackend {
   void embed(const int32_t* ids, int64_t n, float* hidden);
   // hidden [batch*seq, dim] in, block's output out (in place).
   void run_block(int64_t block, float* hidden, int64_t batch, int64_t seq, const BlockRun& run);
+  // The same over rows [row0, row0 + batch*seq) of resident hidden states (in place), which cross
+  // to the host only through read_states.
+  std::unique_ptr<HiddenStates> new_states(const float* hidden, int64_t rows);  // copies hidden [rows, dim]
+  void read_states(const HiddenStates& states, int64_t row0, int64_t rows, float* out) const;  // out [rows, dim]
+  void run_block_states(int64_t block, HiddenStates& states, int64_t row0, int64_t batch, int64_t seq,
+                        const BlockRun& run);
+  // Device memory the resident states of `rows` rows take (0 where they live on the host).
+  virtual int64_t states_device_bytes(int64_t rows) const {
+    (void)rows;
+    return 0;
+  }
   // logits [rows, vocab] = lm_head(final_norm(hidden [rows, dim])).
   void head(const float* hidden, int64_t rows, float* logits);
 
@@ -192,6 +221,13 @@ class LlamaBackend {
   virtual void do_embed(const int32_t* ids, int64_t n, float* hidden) = 0;
   virtual void do_run_block(int64_t block, float* hidden, int64_t batch, int64_t seq, const BlockRun& run) = 0;
   virtual void do_head(const float* hidden, int64_t rows, float* logits) = 0;
+  // Resident hidden states: by default a host copy run through do_run_block. A GPU backend that keeps
+  // them in its memory overrides all three (the defaults take only states of their own making).
+  // Called with checked rows.
+  virtual std::unique_ptr<HiddenStates> do_new_states(const float* hidden, int64_t rows);
+  virtual void do_read_states(const HiddenStates& states, int64_t row0, int64_t rows, float* out) const;
+  virtual void do_run_block_states(int64_t block, HiddenStates& states, int64_t row0, int64_t batch, int64_t seq,
+                                   const BlockRun& run);
   virtual void do_logits(const int32_t* ids, int64_t batch, int64_t seq, float* out) = 0;
   virtual void do_nll(const int32_t* ids, int64_t batch, int64_t seq, float* out) = 0;
   virtual std::unique_ptr<Sequence> do_new_sequence(int64_t capacity) = 0;
