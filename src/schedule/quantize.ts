@@ -685,24 +685,37 @@ async function runLocked(r: Resolved, job: QuantizeJob, warn: Warn): Promise<Qua
       report(block, layer);
       return { out, layer };
     };
+    // Layers of blocks written but not yet committed (see `commit` below).
+    let uncommitted: LayerReport[] = [];
+    /**
+     * Writes a finished block for resume and puts its linears into the checkpoint. With `commit`
+     * false (only the GPU's resident path, where the states are GBs and blocks take seconds) the
+     * block's file is written but the states are not saved nor the state committed: a resume then
+     * restarts after the last committed block and computes the later ones again, the same way.
+     */
     const finishBlock = async (
       block: number,
       linears: Map<string, QuantizedWeights>,
       layers: LayerReport[],
       hidden?: Float32Array,
+      commit = true,
     ) => {
       // Block and hidden-state files first, then the one commit that names them.
       await writeBlock(stateDir, fp, block, linears);
-      if (hidden) await writeHidden(stateDir, fp, block + 1, hidden);
-      const previous = state.hidden;
-      state = {
-        ...state,
-        finishedBlocks: block + 1,
-        layers: [...state.layers, ...layers],
-        hidden: hidden ? hiddenName(block + 1) : null,
-      };
-      await writeState(stateDir, state);
-      if (previous && previous !== state.hidden) await removeFile(join(stateDir, previous));
+      uncommitted.push(...layers);
+      if (commit) {
+        if (hidden) await writeHidden(stateDir, fp, block + 1, hidden);
+        const previous = state.hidden;
+        state = {
+          ...state,
+          finishedBlocks: block + 1,
+          layers: [...state.layers, ...uncommitted],
+          hidden: hidden ? hiddenName(block + 1) : null,
+        };
+        uncommitted = [];
+        await writeState(stateDir, state);
+        if (previous && previous !== state.hidden) await removeFile(join(stateDir, previous));
+      }
       for (const [prefix, w] of linears) {
         await writer!.putLinear(prefix, w);
         kept?.set(prefix, w);
@@ -793,6 +806,8 @@ async function runLocked(r: Resolved, job: QuantizeJob, warn: Warn): Promise<Qua
         }
       };
       const abort = () => checkAbort(r.signal);
+      let lastCommit = performance.now();
+      let lastCommitCost = 0;
       for (let b = state.finishedBlocks; b < blocks; b++) {
         checkAbort(r.signal);
         let t = performance.now();
@@ -833,7 +848,11 @@ async function runLocked(r: Resolved, job: QuantizeJob, warn: Warn): Promise<Qua
         // The quantized block's outputs are the next block's inputs.
         await states.pass(b, new Map(), undefined, abort);
         const last = b === blocks - 1;
-        const after = !last || r.lmHead ? await states.read() : undefined;
+        // Resident states are saved for resume when the work since the last save outweighs 4× what
+        // saving took (bounds that I/O to ~20% of the run); host states after every block.
+        const commit = !resident || last || performance.now() - lastCommit >= 4 * lastCommitCost;
+        const saving = performance.now();
+        const after = (commit && !last) || (r.lmHead && last) ? await states.read() : undefined;
         if (r.lmHead && last) {
           // The last stage, as GPTQModel runs it: lm_head on the final norm's outputs of the quantized blocks.
           const { out, layer } = await quantizeHead(after!);
@@ -842,8 +861,12 @@ async function runLocked(r: Resolved, job: QuantizeJob, warn: Warn): Promise<Qua
         }
         t = performance.now();
         await model.dropBlock(b);
-        await finishBlock(b, linears, layers, last ? undefined : after);
+        await finishBlock(b, linears, layers, last ? undefined : after, commit);
         timings.io += (performance.now() - t) / 1000;
+        if (commit) {
+          lastCommitCost = performance.now() - saving;
+          lastCommit = performance.now();
+        }
       }
     }
 
