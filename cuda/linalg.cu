@@ -235,6 +235,7 @@ void syrk16_lower(cudaStream_t stream, bool bf16, int64_t K, int64_t m, float al
   if (K == 0 || m == 0) return;
   const int ab = bf16 ? 14 : 2;  // R_16BF, R_16F (C is R_32F = 0, compute COMPUTE_32F = 68)
   const size_t elem = 2;
+  std::lock_guard<std::mutex> guard(l.call_lock);  // (the handle's stream and the calls, together)
   blas_check(l.blas.set_stream(l.blas.handle, stream), "cublasSetStream");
   // Strips of rows [r0, r1) of C, each against columns [0, r1): with T strips the work is (T+1)/2T
   // of the full product. Column-major, row-major C's strip is Cc [r1, r1 - r0] (ld K) at C + r0 K,
