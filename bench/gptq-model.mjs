@@ -135,6 +135,7 @@ try {
   );
   cpSync(join(data, 'tokenizer.model'), join(model, 'tokenizer.model'));
 
+  console.error(`model written in ${((performance.now() - writeStarted) / 1000).toFixed(1)} s`);
   const started = performance.now();
   const job = lowbit.quantize({
     model,

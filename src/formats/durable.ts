@@ -131,13 +131,18 @@ export async function renameDurable(from: string, to: string): Promise<void> {
 }
 
 /** Writes `data` to `path` durably: temporary name, fsync, rename, fsync of the directory. */
-export async function writeFileAtomic(path: string, data: string | Uint8Array): Promise<void> {
+export async function writeFileAtomic(path: string, data: string | Uint8Array | Uint8Array[]): Promise<void> {
   const tmp = tempPath(path);
-  const bytes = typeof data === 'string' ? new TextEncoder().encode(data) : data;
+  // (parts are written one after another: a file larger than one typed array can be)
+  const parts = typeof data === 'string' ? [new TextEncoder().encode(data)] : Array.isArray(data) ? data : [data];
   try {
     const h = await createFile(tmp);
     try {
-      await writeAll(h, tmp, bytes, 0);
+      let at = 0;
+      for (const part of parts) {
+        await writeAll(h, tmp, part, at);
+        at += part.byteLength;
+      }
     } finally {
       await syncClose(h, tmp);
     }

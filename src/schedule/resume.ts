@@ -12,7 +12,7 @@
  * last committed block; files no commit names are leftovers and are removed (`prune`).
  */
 import { existsSync } from 'node:fs';
-import { readFile } from 'node:fs/promises';
+import { open, readFile, type FileHandle } from 'node:fs/promises';
 import { basename, dirname, join, resolve } from 'node:path';
 import { LowbitError } from '../errors.js';
 import { listDir, mkdirDurable, removeTree, renameDurable, tempPath, writeFileAtomic } from '../formats/durable.js';
@@ -150,20 +150,31 @@ export async function pruneState(dir: string, state: ResumeState | undefined | n
   return removed;
 }
 
-/** A file of a JSON header (length-prefixed, padded to 8 bytes) followed by 8-byte aligned arrays. */
-function frame(header: object, chunks: Uint8Array[]): Uint8Array {
+/**
+ * A file of a JSON header (length-prefixed, padded to 8 bytes) followed by 8-byte aligned arrays,
+ * as the parts to write in order (never one array: calibration states can exceed a typed array's
+ * largest length, 4 GiB at 128 × 2048 tokens of dim 4096).
+ */
+function frame(header: object, chunks: Uint8Array[]): Uint8Array[] {
   const json = new TextEncoder().encode(JSON.stringify(header));
-  const headLen = Math.ceil((json.byteLength + 8) / 8) * 8;
-  const size = chunks.reduce((n, c) => n + c.byteLength + ((8 - (c.byteLength % 8)) % 8), 0);
-  const out = new Uint8Array(headLen + size);
-  new DataView(out.buffer).setUint32(0, json.byteLength, true);
-  out.set(json, 8);
-  let at = headLen;
+  const head = new Uint8Array(Math.ceil((json.byteLength + 8) / 8) * 8);
+  new DataView(head.buffer).setUint32(0, json.byteLength, true);
+  head.set(json, 8);
+  const parts: Uint8Array[] = [head];
   for (const c of chunks) {
-    out.set(c, at);
-    at += c.byteLength + ((8 - (c.byteLength % 8)) % 8);
+    parts.push(c);
+    const pad = (8 - (c.byteLength % 8)) % 8;
+    if (pad) parts.push(new Uint8Array(pad));
   }
-  return out;
+  return parts;
+}
+
+/** Views of at most 1 GiB over the bytes of `a` (a typed array's byteLength can exceed a Uint8Array's). */
+function byteViews(a: Float32Array): Uint8Array[] {
+  const views: Uint8Array[] = [];
+  for (let off = 0; off < a.byteLength; off += 1 << 30)
+    views.push(new Uint8Array(a.buffer, a.byteOffset + off, Math.min(1 << 30, a.byteLength - off)));
+  return views;
 }
 
 async function unframe<H extends { fingerprint: string; block: number }>(
@@ -365,8 +376,11 @@ export async function writeHidden(
   block: number,
   hidden: Float32Array,
 ): Promise<void> {
-  const bytes = new Uint8Array(hidden.buffer, hidden.byteOffset, hidden.byteLength);
-  await writeFileAtomic(join(dir, hiddenName(block)), frame({ fingerprint, block, length: hidden.length }, [bytes]));
+  // 1 GiB views are multiples of 8 bytes: no padding between them, the layout of one array
+  await writeFileAtomic(
+    join(dir, hiddenName(block)),
+    frame({ fingerprint, block, length: hidden.length }, byteViews(hidden)),
+  );
 }
 
 export async function readHidden(
@@ -375,13 +389,58 @@ export async function readHidden(
   block: number,
   length: number,
 ): Promise<Float32Array> {
+  // Read in place, in 1 GiB pieces (the file may exceed what readFile or one Uint8Array holds).
   const file = join(dir, hiddenName(block));
-  const { header, bytes, base } = await unframe<{ fingerprint: string; block: number; length: number }>(
-    file,
-    fingerprint,
-    block,
-  );
-  if (header.length !== length || bytes.byteLength - base < length * 4)
-    throw corrupt(file, `expected ${length} values`);
-  return new Float32Array(bytes.buffer, base, length);
+  let handle: FileHandle;
+  try {
+    handle = await open(file, 'r');
+  } catch (err) {
+    throw new LowbitError(
+      'E_IO',
+      `resume state is missing ${file}: ${(err as Error).message}`,
+      { file },
+      { cause: err },
+    );
+  }
+  try {
+    const size = (await handle.stat()).size;
+    const readAt = async (into: Uint8Array, position: number) => {
+      let done = 0;
+      while (done < into.byteLength) {
+        const { bytesRead } = await handle.read(into, done, into.byteLength - done, position + done);
+        if (bytesRead === 0) throw corrupt(file, 'shorter than its header says');
+        done += bytesRead;
+      }
+    };
+    if (size < 8) throw corrupt(file, 'too short');
+    const lenBytes = new Uint8Array(8);
+    await readAt(lenBytes, 0);
+    const jsonLen = new DataView(lenBytes.buffer).getUint32(0, true);
+    if (8 + jsonLen > size) throw corrupt(file, 'header past the end');
+    const json = new Uint8Array(jsonLen);
+    await readAt(json, 8);
+    let header: { fingerprint: string; block: number; length: number };
+    try {
+      header = JSON.parse(new TextDecoder().decode(json)) as typeof header;
+    } catch {
+      throw corrupt(file, 'header is not JSON');
+    }
+    if (header.fingerprint !== fingerprint || header.block !== block) {
+      throw corrupt(
+        file,
+        `it belongs to block ${String(header.block)} of run ${String(header.fingerprint).slice(0, 12)}, not block ${block} of ${fingerprint.slice(0, 12)}`,
+      );
+    }
+    const base = Math.ceil((jsonLen + 8) / 8) * 8;
+    if (header.length !== length || size - base < length * 4) throw corrupt(file, `expected ${length} values`);
+    const out = new Float32Array(length);
+    let at = base;
+    for (const view of byteViews(out)) {
+      await readAt(view, at);
+      at += view.byteLength;
+    }
+    return out;
+  } finally {
+    await handle.close().catch(() => undefined);
+  }
 }
