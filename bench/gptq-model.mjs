@@ -154,7 +154,9 @@ try {
   });
   job.on('progress', (p) => {
     if (p.linear.endsWith('down_proj'))
-      console.error(`block ${p.block + 1}/${p.blocks} done at ${((performance.now() - started) / 1000).toFixed(1)} s`);
+      console.error(
+        `block ${p.block + 1}/${p.blocks} done at ${((performance.now() - started) / 1000).toFixed(1)} s ${JSON.stringify(p.timings)}`,
+      );
   });
   const summary = await job;
   const seconds = (performance.now() - started) / 1000;

@@ -139,6 +139,8 @@ export interface QuantizeProgress {
   done: number;
   total: number;
   etaSeconds: number;
+  /** where the wall time went so far (seconds), as in the summary */
+  timings: QuantizeTimings;
 }
 
 export interface QuantizeSummary {
@@ -648,6 +650,7 @@ async function runLocked(r: Resolved, job: QuantizeJob, warn: Warn): Promise<Qua
         done,
         total,
         etaSeconds: rate * (total - done),
+        timings: { ...timings },
       };
       job.emit('progress', progress);
     };
