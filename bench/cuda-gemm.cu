@@ -36,50 +36,13 @@
 using namespace lowbit;
 using cuda::GptqDtype;
 
+using bench::Rng;
+using bench::f16_value;
+using bench::median_us;
+
 namespace {
 
 constexpr int kDequant = -1;  // the bench's name for the dequantize + cuBLAS path
-
-struct Rng {
-  uint64_t s;
-  explicit Rng(uint64_t seed) : s(seed * 0x9E3779B97F4A7C15ull + 1) {}
-  uint64_t next() {
-    s ^= s << 13;
-    s ^= s >> 7;
-    s ^= s << 17;
-    return s;
-  }
-  double uniform() { return (double)(next() >> 11) * (1.0 / 9007199254740992.0); }
-  double normal() {
-    const double u = 1.0 - uniform(), v = uniform();
-    return std::sqrt(-2.0 * std::log(u)) * std::cos(6.283185307179586 * v);
-  }
-};
-
-double f16_value(uint16_t h) { return (double)__half2float(__ushort_as_half(h)); }
-
-template <class F>
-double median_us(F f, int reps = 30, cudaStream_t stream = nullptr) {
-  for (int i = 0; i < 3; ++i) f();
-  cudaEvent_t a, b;
-  CK(cudaEventCreate(&a));
-  CK(cudaEventCreate(&b));
-  std::vector<float> t;
-  for (int i = 0; i < reps; ++i) {
-    CK(cudaEventRecord(a, stream));
-    f();
-    CK(cudaEventRecord(b, stream));
-    CK(cudaEventSynchronize(b));
-    float ms = 0;
-    CK(cudaEventElapsedTime(&ms, a, b));
-    t.push_back(ms * 1000.f);
-  }
-  CK(cudaGetLastError());
-  CK(cudaEventDestroy(a));
-  CK(cudaEventDestroy(b));
-  std::sort(t.begin(), t.end());
-  return t[t.size() / 2];
-}
 
 // ---------------------------------------------------------------- check
 

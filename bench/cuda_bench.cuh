@@ -1,4 +1,5 @@
-// Shared by the standalone CUDA benchmark programs: exit with the failing call on any CUDA error.
+// Shared by the standalone CUDA benchmark programs: exit with the failing call on any CUDA error, a
+// seeded random stream, and a median event timing.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -14,3 +15,57 @@
       std::exit(1);                                                 \
     }                                                               \
   } while (0)
+
+#include <cuda_fp16.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <vector>
+
+namespace bench {
+
+// A xorshift stream: uniform doubles and normals (Box-Muller), reproducible from a seed.
+struct Rng {
+  uint64_t s;
+  explicit Rng(uint64_t seed) : s(seed * 0x9E3779B97F4A7C15ull + 1) {}
+  uint64_t next() {
+    s ^= s << 13;
+    s ^= s >> 7;
+    s ^= s << 17;
+    return s;
+  }
+  double uniform() { return (double)(next() >> 11) * (1.0 / 9007199254740992.0); }
+  double normal() {
+    const double u = 1.0 - uniform(), v = uniform();
+    return std::sqrt(-2.0 * std::log(u)) * std::cos(6.283185307179586 * v);
+  }
+};
+
+inline double f16_value(uint16_t h) { return (double)__half2float(__ushort_as_half(h)); }
+
+// The median of `reps` CUDA-event timings of f() on `stream`, in microseconds, after 3 warm-up calls.
+template <class F>
+double median_us(F f, int reps = 30, cudaStream_t stream = nullptr) {
+  for (int i = 0; i < 3; ++i) f();
+  cudaEvent_t a, b;
+  CK(cudaEventCreate(&a));
+  CK(cudaEventCreate(&b));
+  std::vector<float> t;
+  for (int i = 0; i < reps; ++i) {
+    CK(cudaEventRecord(a, stream));
+    f();
+    CK(cudaEventRecord(b, stream));
+    CK(cudaEventSynchronize(b));
+    float ms = 0;
+    CK(cudaEventElapsedTime(&ms, a, b));
+    t.push_back(ms * 1000.f);
+  }
+  CK(cudaGetLastError());
+  CK(cudaEventDestroy(a));
+  CK(cudaEventDestroy(b));
+  std::sort(t.begin(), t.end());
+  return t[t.size() / 2];
+}
+
+}  // namespace bench
