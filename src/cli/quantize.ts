@@ -169,7 +169,6 @@ export async function run(argv: string[]): Promise<number> {
       option: 'device',
     });
   resolveDevice(device);
-  const isCount = (n: number) => Number.isInteger(n) && n >= 1;
   if (method === 'spqr') return runSpqr(values, method, files, device, useBundled);
   for (const k of SPQR_FLAGS)
     if (values[k] !== undefined)
@@ -185,13 +184,7 @@ export async function run(argv: string[]): Promise<number> {
           (n) => n === -1 || isCount(n),
           "a positive integer, or 'channel' (-1) for one group per output channel",
         );
-  const damp = numberOption(str('damp'), 'damp', 0.01, (n) => n >= 0 && n < 1, 'a fraction in [0, 1)');
-  const samples = numberOption(str('samples'), 'samples', 128, isCount, 'a positive integer');
-  const seqLen =
-    str('seq-len') === undefined
-      ? undefined
-      : numberOption(str('seq-len'), 'seq-len', 0, (n) => Number.isInteger(n) && n >= 2, 'an integer >= 2');
-  const seed = numberOption(str('seed'), 'seed', 0, Number.isInteger, 'an integer');
+  const { damp, samples, seqLen, seed } = dampAndCalibration(values);
   const preset = str('preset');
   if (preset !== undefined && !(PRESETS as readonly string[]).includes(preset))
     throw new LowbitError('E_ARGUMENT', `--preset must be ${PRESETS.join(' or ')}, not ${JSON.stringify(preset)}`, {
@@ -268,6 +261,22 @@ const GPTQ_ONLY_FLAGS = [
 type Values = Record<string, string | boolean | (string | boolean)[] | undefined>;
 
 /** --method spqr: its options checked in CLI terms, then the same job as the other methods. */
+const isCount = (n: number) => Number.isInteger(n) && n >= 1;
+
+/** --damp and the calibration windows (--samples, --seq-len, --seed), read alike by every method. */
+function dampAndCalibration(values: Values): { damp: number; samples: number; seqLen?: number; seed: number } {
+  const str = (k: string) => values[k] as string | undefined;
+  return {
+    damp: numberOption(str('damp'), 'damp', 0.01, (n) => n >= 0 && n < 1, 'a fraction in [0, 1)'),
+    samples: numberOption(str('samples'), 'samples', 128, isCount, 'a positive integer'),
+    seqLen:
+      str('seq-len') === undefined
+        ? undefined
+        : numberOption(str('seq-len'), 'seq-len', 0, (n) => Number.isInteger(n) && n >= 2, 'an integer >= 2'),
+    seed: numberOption(str('seed'), 'seed', 0, Number.isInteger, 'an integer'),
+  };
+}
+
 async function runSpqr(
   values: Values,
   method: MethodName,
@@ -287,7 +296,6 @@ async function runSpqr(
     throw new LowbitError('E_ARGUMENT', '--act-order and --no-act-order contradict each other', {
       option: 'act-order',
     });
-  const isCount = (n: number) => Number.isInteger(n) && n >= 1;
   const bits = numberOption(str('bits'), 'bits', 3, (n) => n === 2 || n === 3 || n === 4, '2, 3 or 4 for SpQR');
   const beta1 = integerOption(
     str('beta1'),
@@ -308,13 +316,7 @@ async function runSpqr(
     (n) => n > 0 && n < 1,
     'a fraction in (0, 1), e.g. 0.01',
   );
-  const damp = numberOption(str('damp'), 'damp', 0.01, (n) => n >= 0 && n < 1, 'a fraction in [0, 1)');
-  const samples = numberOption(str('samples'), 'samples', 128, isCount, 'a positive integer');
-  const seqLen =
-    str('seq-len') === undefined
-      ? undefined
-      : numberOption(str('seq-len'), 'seq-len', 0, (n) => Number.isInteger(n) && n >= 2, 'an integer >= 2');
-  const seed = numberOption(str('seed'), 'seed', 0, Number.isInteger, 'an integer');
+  const { damp, samples, seqLen, seed } = dampAndCalibration(values);
   const modelPath = useBundled ? bundled.model : await resolveModelArg(str('model')!);
   return runJob(values, {
     model: modelPath,
