@@ -261,28 +261,22 @@ export async function writeBlock(
   for (const [prefix, w] of linears) {
     const meta: Record<string, unknown> = { ...w };
     const arrays: BlockHeader['linears'][number]['arrays'] = {};
+    // Moves field `field` of w out of the metadata into the frame, under `key`, 8-byte aligned.
+    const put = (key: string, field: string, a: ArrayBufferView | undefined) => {
+      delete meta[field];
+      if (!a) return;
+      const bytes = new Uint8Array(a.buffer, a.byteOffset, a.byteLength);
+      arrays[key] = [offset, bytes.byteLength];
+      chunks.push(bytes);
+      offset += bytes.byteLength + ((8 - (bytes.byteLength % 8)) % 8);
+    };
     if ((w as { format?: string }).format === 'spqr') {
-      for (const field of Object.keys(SPQR_ARRAYS) as SpqrArrayKey[]) {
-        delete meta[field];
-        const a = (w as SpqrLinearWeights)[field];
-        if (!a) continue;
-        const bytes = new Uint8Array(a.buffer, a.byteOffset, a.byteLength);
-        arrays[field] = [offset, bytes.byteLength];
-        chunks.push(bytes);
-        offset += bytes.byteLength + ((8 - (bytes.byteLength % 8)) % 8);
-      }
+      for (const field of Object.keys(SPQR_ARRAYS) as SpqrArrayKey[])
+        put(field, field, (w as SpqrLinearWeights)[field]);
       header.linears.push({ prefix, format: 'spqr', meta, arrays });
       continue;
     }
-    for (const { suffix, field } of ARRAYS) {
-      delete meta[field];
-      const a = (w as PackedWeights)[field];
-      if (!a) continue;
-      const bytes = new Uint8Array(a.buffer, a.byteOffset, a.byteLength);
-      arrays[suffix] = [offset, bytes.byteLength];
-      chunks.push(bytes);
-      offset += bytes.byteLength + ((8 - (bytes.byteLength % 8)) % 8);
-    }
+    for (const { suffix, field } of ARRAYS) put(suffix, field, (w as PackedWeights)[field]);
     header.linears.push({ prefix, meta, arrays });
   }
   await writeFileAtomic(join(dir, `block-${block}.bin`), frame(header, chunks));
