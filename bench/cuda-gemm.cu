@@ -311,16 +311,8 @@ int run_bench(const char* json_path, bool sweep, int64_t max_m) {
   cudaDeviceProp prop;
   CK(cudaGetDeviceProperties(&prop, 0));
   std::printf("device: %s, %d SMs, L2 %d MB\n", prop.name, prop.multiProcessorCount, prop.l2CacheSize >> 20);
-  const size_t copy_bytes = size_t(1) << 30;
-  void *src, *dst;
-  CK(cudaMalloc(&src, copy_bytes));
-  CK(cudaMalloc(&dst, copy_bytes));
-  CK(cudaMemset(src, 1, copy_bytes));
-  const double copy_us = median_us([&] { CK(cudaMemcpyAsync(dst, src, copy_bytes, cudaMemcpyDeviceToDevice)); }, 20);
-  const double copy_gbs = 2.0 * copy_bytes / copy_us / 1e3;
+  const double copy_gbs = bench::copy_bandwidth_gbs();
   std::printf("device-to-device copy: %.0f GB/s (read + write)\n", copy_gbs);
-  CK(cudaFree(src));
-  CK(cudaFree(dst));
 
   cudaStream_t stream;
   CK(cudaStreamCreate(&stream));
