@@ -3,16 +3,30 @@
 // `node bench/cpu-gemv.mjs` after `npm run build:ts` (or `npm run bench -- cpu-gemv`).
 //
 // The weights are repacked once (cpuGptqPrepare) and every timed call runs the prepared operator.
-// Each timed product alternates with a streaming read of the same byte count by all threads
-// (streamReadBandwidth: a read-only kernel, not a copy), so both see the same background load and
-// the same cache regime; the ratio is `pct_read`. The ceiling for a large buffer (256 MiB, 1 and all
-// threads) is printed and stored as `read_gbs`. For M = 1 the one-shot packedGemm on the GPTQ layout
-// (the path before the repack) is timed too, as `before_ms`.
+// Two regimes, each row labelled with its `regime`:
+//   l3:   one copy of the matrix, products timed back to back: the 5-31 MB matrices stay in the
+//         last-level cache (300 MiB on the Xeon hosts here), so the ceiling is an L3 read.
+//   dram: the product rotates over enough copies of the matrix (cpuGptqCopy) that they total at
+//         least --rotate-mb (default 2 × the L3 size from /sys), so each product reads its weights
+//         from DRAM as a real forward pass does; its ceiling reads slices of the same size rotating
+//         over a buffer of the same total (streamReader).
+// In both, each timed product is followed by a timed streaming read of the same byte count by the
+// same threads (a read-only kernel, not a copy), so the two see the same background load and
+// memory regime. `pct_read` is the median over those pairs of read time / product time (per pair:
+// the product's bandwidth as a share of the read's); `pct_read_medians` the ratio of the medians;
+// `pct_read_best` the fastest product against the fastest read. The large-buffer ceiling (the
+// rotation buffer, at least 256 MiB, 1 and all threads) is `read_gbs`. For M = 1 in the l3 regime
+// the one-shot packedGemm on the GPTQ layout (the path before the repack) is timed too, as `before_ms`.
 //
-// Options: --runs N (default 9), --shapes 4096x4096,11008x4096,4096x11008,4096x14336 (N×K),
-// --bits 4,3,2, --m 1,4,16,64, --act 0,1, --group 128, --threads N, --before 0 (skip before_ms),
-// --out bench/results/cpu-gemv.json
-import { mkdirSync, renameSync, writeFileSync } from 'node:fs';
+// Options: --runs N (l3 pairs, default 9), --dram-passes N (times over every copy, default 2),
+// --regime l3,dram, --rotate-mb MB, --shapes 4096x4096,11008x4096,4096x11008,4096x14336 (N×K),
+// --bits 4,3,2, --m 1,4,16,64 (l3), --dram-m 1, --act 0,1, --group 128, --threads N,
+// --simd auto|avx2|scalar (cap the kernels' SIMD level: forceSimd), --before 0 (skip before_ms),
+// --variants L1:L2:SPIN[:SCALES],... (software prefetch: units ahead into L1 and L2, segments ahead
+// for scales and zero points, cpuGptqSetPrefetch; the pool's idle spin in µs, LOWBIT_POOL_SPIN_US;
+// the first is used for every row, the others add M = 1 rows to compare; default: the addon's own), --out bench/results/cpu-gemv.json
+import { mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
+import { randomFillSync } from 'node:crypto';
 import { cpus, loadavg } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -36,13 +50,56 @@ const ACT = list(option('act', '0,1'));
 const GROUP = Number(option('group', '128'));
 const BEFORE = option('before', '1') !== '0'; // --before 0: skip the one-shot GPTQ-layout product
 const OUT = option('out', join(root, 'bench/results/cpu-gemv.json'));
+const REGIMES = option('regime', 'l3,dram').split(',');
+const DRAM_MS = list(option('dram-m', '1'));
+const DRAM_PASSES = Number(option('dram-passes', '2'));
+const VARIANTS = option('variants', '')
+  .split(',')
+  .filter(Boolean)
+  .map((v) => v.split(':').map(Number));
+
+/** Bytes of the last-level cache (sysfs "307200K"), or null where it cannot be read. */
+function l3Bytes() {
+  try {
+    const text = readFileSync('/sys/devices/system/cpu/cpu0/cache/index3/size', 'utf8').trim();
+    const m = /^(\d+)([KMG]?)/.exec(text);
+    return m ? Number(m[1]) * { '': 1, K: 2 ** 10, M: 2 ** 20, G: 2 ** 30 }[m[2]] : null;
+  } catch {
+    return null;
+  }
+}
+const L3 = l3Bytes();
+const ROTATE = Number(option('rotate-mb', '0')) * 2 ** 20 || 2 * (L3 ?? 256 * 2 ** 20);
 
 const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 const addon = native();
 // --threads N: the pool size (default: every core), e.g. 2 to compare with a 2-core machine on a larger host.
 if (option('threads', '')) addon.setThreads(Number(option('threads', '')));
+const simdOption = option('simd', '');
+if (simdOption) addon.forceSimd(simdOption);
 const info = addon.buildInfo();
 const threads = info.threads;
+const prefetchDefault = addon.cpuGptqSetPrefetch(4, 0);
+addon.cpuGptqSetPrefetch(prefetchDefault.near, prefetchDefault.far, prefetchDefault.scales);
+const spinDefault = process.env.LOWBIT_POOL_SPIN_US ?? '';
+/** Applies a variant ([l1, l2, spin, scales] or null: the addon's defaults); returns its label fields. */
+function applyVariant(v) {
+  const [l1, l2, spin, scales] = v ?? [prefetchDefault.near, prefetchDefault.far, null];
+  const sc = scales ?? prefetchDefault.scales;
+  addon.cpuGptqSetPrefetch(l1, l2, sc);
+  const spinText = spin === null || spin === undefined ? spinDefault : String(spin);
+  if ((process.env.LOWBIT_POOL_SPIN_US ?? '') !== spinText) {
+    process.env.LOWBIT_POOL_SPIN_US = spinText; // read when a pool is made: make one
+    addon.setThreads(threads);
+  }
+  return {
+    prefetch_l1: l1,
+    prefetch_l2: l2,
+    prefetch_scales: sc,
+    spin_us: spinText === '' ? 'default' : Number(spinText),
+  };
+}
+const variantList = VARIANTS.length ? VARIANTS : [null];
 
 const packUnit = (bits) => (bits === 3 ? { values: 32, words: 3 } : { values: 32 / bits, words: 1 });
 const packedWords = (bits, count) => Math.ceil(count / packUnit(bits).values) * packUnit(bits).words;
@@ -50,10 +107,8 @@ const packedWords = (bits, count) => Math.ceil(count / packUnit(bits).values) * 
 /** Random packed weights (speed does not depend on the values); act-order: a shuffled g_idx. */
 function randomPacked(N, K, bits, actOrder) {
   const groups = Math.ceil(K / GROUP);
-  const qweight = new Int32Array(packedWords(bits, K) * N);
-  for (let i = 0; i < qweight.length; i++) qweight[i] = (Math.random() * 2 ** 32) | 0;
-  const qzeros = new Int32Array(groups * packedWords(bits, N));
-  for (let i = 0; i < qzeros.length; i++) qzeros[i] = (Math.random() * 2 ** 32) | 0;
+  const qweight = randomFillSync(new Int32Array(packedWords(bits, K) * N));
+  const qzeros = randomFillSync(new Int32Array(groups * packedWords(bits, N)));
   const scales = new Uint16Array(groups * N);
   for (let i = 0; i < scales.length; i++) scales[i] = 0x2000 + Math.floor(Math.random() * 1024);
   const W = { bits, K, N, groupSize: GROUP, groups, zeroOffset: 1, qweight, qzeros, scales };
@@ -68,81 +123,129 @@ function randomPacked(N, K, bits, actOrder) {
   return W;
 }
 
-/**
- * Seconds of fn, each run followed by a same-size streaming read; returns [median s, median read
- * bytes/s, fastest s, fastest read bytes/s]. The fastest pair is the one least disturbed by other
- * work on a shared host (interference only ever slows a run down).
- */
-function timeWithRead(fn, bytes) {
-  for (let i = 0; i < 2; i++) fn();
-  const t = [],
-    r = [];
-  for (let i = 0; i < RUNS; i++) {
-    const t0 = performance.now();
-    fn();
-    t.push((performance.now() - t0) / 1e3);
-    r.push(addon.streamReadBandwidth(Math.max(bytes, 4096), threads, 1));
-  }
-  return [median(t), median(r), Math.min(...t), Math.max(...r)];
-}
+const roundUp64 = (n) => Math.ceil(n / 64) * 64;
 
+/**
+ * `pairs` times: product(i), then a streaming read of `bytes` at readOffset(i), by all threads.
+ * Returns medians and fastest of both, and the median over pairs of read time / product time.
+ */
+function timePairs(product, reader, readOffset, bytes, pairs) {
+  const t = [],
+    r = [],
+    ratio = [];
+  for (let i = 0; i < pairs; i++) {
+    const t0 = performance.now();
+    product(i);
+    const dt = (performance.now() - t0) / 1e3;
+    const dr = addon.streamReadSeconds(reader, readOffset(i), bytes, threads);
+    t.push(dt);
+    r.push(dr);
+    ratio.push(dr / dt);
+  }
+  return { t: median(t), r: median(r), tBest: Math.min(...t), rBest: Math.min(...r), ratio: median(ratio) };
+}
 const cpu = cpus()[0]?.model ?? 'unknown CPU';
 const date = new Date().toISOString();
 const load0 = loadavg();
-const readOne = addon.streamReadBandwidth(256 << 20, 1, 5);
-const readAll = addon.streamReadBandwidth(256 << 20, threads, 5);
+// One rotation buffer for every dram row: ROTATE plus room for the largest matrix's last copy.
+const maxBytes = Math.max(...SHAPES.map(([N, K]) => Math.ceil(N / 16) * 16 * (Math.ceil(K / 32) * 32 + Math.ceil(K / GROUP) * 24)));
+const bigReader = addon.streamReader(roundUp64(Math.max(ROTATE, 256 * 2 ** 20) + maxBytes));
+const bigRead = (n) => {
+  addon.streamReadSeconds(bigReader, 0, bigReader.bytes, n);
+  const s = [];
+  for (let i = 0; i < 5; i++) s.push(addon.streamReadSeconds(bigReader, 0, bigReader.bytes, n));
+  return bigReader.bytes / median(s);
+};
+const readOne = bigRead(1);
+const readAll = bigRead(threads);
 const readGbs = Math.max(readOne, readAll) / 1e9;
 console.log(`# CPU repacked GPTQ products`);
 console.log(
-  `${date}, ${cpu}, ${cpus().length} logical CPUs, SIMD ${info.activeSimd}, ${threads} threads, addon ${addonPath()}, Node ${process.version}, load average ${load0.map((l) => l.toFixed(1)).join(' ')}`,
+  `${date}, ${cpu}, ${cpus().length} logical CPUs, L3 ${L3 === null ? 'unknown' : (L3 / 2 ** 20).toFixed(0) + ' MiB'}, SIMD ${addon.buildInfo().activeSimd}, ${threads} threads, addon ${addonPath()}, Node ${process.version}, load average ${load0.map((l) => l.toFixed(1)).join(' ')}`,
 );
 console.log(
-  `streaming read of 256 MiB: 1 thread ${(readOne / 1e9).toFixed(1)} GB/s, ${threads} threads ${(readAll / 1e9).toFixed(1)} GB/s`,
+  `streaming read of ${(bigReader.bytes / 2 ** 20).toFixed(0)} MiB: 1 thread ${(readOne / 1e9).toFixed(1)} GB/s, ${threads} threads ${(readAll / 1e9).toFixed(1)} GB/s; dram rows rotate over ≥ ${(ROTATE / 2 ** 20).toFixed(0)} MiB of copies`,
 );
 console.log(
-  `median of ${RUNS} runs; bytes = repacked weight bytes read per product; % read = against a same-size streaming read timed alternately (medians; fastest: the fastest product against the fastest read)\n`,
+  `l3: ${RUNS} pairs; dram: ${DRAM_PASSES} passes over the copies; bytes = repacked weight bytes read per product; % read = median over pairs of (read time / product time), same-size streaming read by the same threads; of medians: the medians' ratio; fastest: the fastest product against the fastest read\n`,
 );
 console.log(
-  '| N × K | bits | act-order | M | ms | GB/s | % read | % read (fastest) | GFLOP/s | kernel | before (GPTQ layout) ms |',
+  '| regime | N × K | bits | act-order | M | ms | GB/s | % read (pairs) | % read (medians) | % read (fastest) | read GB/s | GFLOP/s | kernel | before (GPTQ layout) ms |',
 );
-console.log('|---|---|---|---|---|---|---|---|---|---|---|');
+console.log('|---|---|---|---|---|---|---|---|---|---|---|---|---|---|');
 
 const rows = [];
+function record(regime, N, K, bits, act, M, handle, timing, kernel, before, copies, variant) {
+  const { t, r, tBest, rBest, ratio } = timing;
+  const row = {
+    regime,
+    N,
+    K,
+    M,
+    bits,
+    act_order: act === 1,
+    ms: +(t * 1e3).toFixed(4),
+    gbs: +(handle.bytes / t / 1e9).toFixed(2),
+    pct_read: +(100 * ratio).toFixed(1),
+    pct_read_medians: +((100 * r) / t).toFixed(1),
+    pct_read_best: +((100 * rBest) / tBest).toFixed(1),
+    gflops: M > 1 ? +((2 * N * K * M) / t / 1e9).toFixed(1) : null,
+    read_gbs_same_size: +(handle.bytes / r / 1e9).toFixed(2),
+    bytes: handle.bytes,
+    copies,
+    ...variant,
+    kernel,
+    before_ms: before === null ? null : +(before * 1e3).toFixed(4),
+  };
+  rows.push(row);
+  console.log(
+    `| ${regime}${VARIANTS.length ? ` ${variant.prefetch_l1}:${variant.prefetch_l2}:${variant.spin_us}:${variant.prefetch_scales}` : ''} | ${N} × ${K} | ${bits} | ${act ? 'on' : 'off'} | ${M} | ${row.ms.toFixed(3)} | ${row.gbs} | ${row.pct_read}% | ${row.pct_read_medians}% | ${row.pct_read_best}% | ${row.read_gbs_same_size} | ${row.gflops ?? '–'} | ${kernel} | ${row.before_ms?.toFixed(3) ?? '–'} |`,
+  );
+}
+
 for (const [N, K] of SHAPES) {
   for (const bits of BITS) {
     for (const act of ACT) {
       const W = randomPacked(N, K, bits, act === 1);
       const handle = addon.cpuGptqPrepare(W);
-      for (const M of MS) {
-        const X = new Float32Array(M * K).map(() => Math.random() - 0.5);
-        const Y = new Float32Array(M * N);
-        let kernel = '';
-        const [t, read, tBest, readBest] = timeWithRead(
-          () => (kernel = addon.cpuGptqGemmSync(handle, X, M, Y)),
-          handle.bytes,
-        );
-        let before = null;
-        if (M === 1 && BEFORE) [before] = timeWithRead(() => addon.packedGemmSync(X, 1, W, Y), handle.bytes);
-        const row = {
-          N,
-          K,
-          M,
-          bits,
-          act_order: act === 1,
-          ms: +(t * 1e3).toFixed(4),
-          gbs: +(handle.bytes / t / 1e9).toFixed(2),
-          pct_read: +((100 * handle.bytes) / t / read).toFixed(1),
-          pct_read_best: +((100 * handle.bytes) / tBest / readBest).toFixed(1),
-          gflops: M > 1 ? +((2 * N * K * M) / t / 1e9).toFixed(1) : null,
-          read_gbs_same_size: +(read / 1e9).toFixed(2),
-          bytes: handle.bytes,
-          kernel,
-          before_ms: before === null ? null : +(before * 1e3).toFixed(4),
-        };
-        rows.push(row);
-        console.log(
-          `| ${N} × ${K} | ${bits} | ${act ? 'on' : 'off'} | ${M} | ${row.ms.toFixed(3)} | ${row.gbs} | ${row.pct_read}% | ${row.pct_read_best}% | ${row.gflops ?? '–'} | ${kernel} | ${row.before_ms?.toFixed(3) ?? '–'} |`,
-        );
+      const bytes = handle.bytes;
+      if (REGIMES.includes('l3')) {
+        const reader = addon.streamReader(Math.max(roundUp64(bytes), 4096));
+        for (const M of MS) {
+          const X = new Float32Array(M * K).map(() => Math.random() - 0.5);
+          const Y = new Float32Array(M * N);
+          for (const v of M === 1 ? variantList : variantList.slice(0, 1)) {
+            const variant = applyVariant(v);
+            let kernel = '';
+            const product = () => (kernel = addon.cpuGptqGemmSync(handle, X, M, Y));
+            for (let i = 0; i < 2; i++) product(), addon.streamReadSeconds(reader, 0, bytes, threads);
+            const timing = timePairs(product, reader, () => 0, bytes, RUNS);
+            let before = null;
+            if (M === 1 && BEFORE && v === variantList[0])
+              before = timePairs(() => addon.packedGemmSync(X, 1, W, Y), reader, () => 0, bytes, RUNS).t;
+            record('l3', N, K, bits, act, M, handle, timing, kernel, before, 1, variant);
+          }
+        }
+      }
+      if (REGIMES.includes('dram')) {
+        const copies = Math.max(2, Math.ceil(ROTATE / bytes));
+        const stride = roundUp64(bytes);
+        let set = [handle];
+        while (set.length < copies) set.push(addon.cpuGptqCopy(handle));
+        for (const M of DRAM_MS) {
+          const X = new Float32Array(M * K).map(() => Math.random() - 0.5);
+          const Y = new Float32Array(M * N);
+          for (const v of M === 1 ? variantList : variantList.slice(0, 1)) {
+            const variant = applyVariant(v);
+            let kernel = '';
+            const product = (i) => (kernel = addon.cpuGptqGemmSync(set[i % copies], X, M, Y));
+            const readOffset = (i) => (i % copies) * stride;
+            for (let i = 0; i < copies; i++) product(i), addon.streamReadSeconds(bigReader, readOffset(i), bytes, threads);
+            const timing = timePairs(product, bigReader, readOffset, bytes, Math.max(DRAM_PASSES * copies, 5));
+            record('dram', N, K, bits, act, M, handle, timing, kernel, null, copies, variant);
+          }
+        }
+        set = null;
       }
     }
   }
@@ -150,9 +253,15 @@ for (const [N, K] of SHAPES) {
 
 const result = {
   cpu,
-  simd: info.activeSimd,
+  simd: addon.buildInfo().activeSimd,
   threads,
   read_gbs: +readGbs.toFixed(2),
+  read_gbs_one_thread: +(readOne / 1e9).toFixed(2),
+  read_buffer_bytes: bigReader.bytes,
+  l3_bytes: L3,
+  rotate_bytes: ROTATE,
+  regimes: REGIMES,
+  variants: VARIANTS.length ? VARIANTS : null,
   date,
   load_average: [load0, loadavg()],
   rows,

@@ -16,6 +16,7 @@
 // --skip-stories, --skip-prefill, --out PATH (default bench/results/forward-cpu.json). Decode rows
 // also give the bound: bytes read per token (linears as the CPU reads them: repacked codes + fp16
 // scales + u8 zeros; the tied f32 head) over the streaming-read bandwidth measured in the same run.
+import { randomFillSync } from 'node:crypto';
 import { existsSync, mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { cpus, loadavg } from 'node:os';
 import { dirname, join } from 'node:path';
@@ -92,15 +93,13 @@ function randomF32(n, scale) {
   return a;
 }
 
+/** 32-bit words holding `count` packed codes (3 bits: 32 codes in 3 words). */
+const packedWords = (bits, count) => (bits === 3 ? Math.ceil(count / 32) * 3 : Math.ceil(count / (32 / bits)));
+
 /** A random linear, group 128, in the GPTQ layout: codes drawn uniformly, scales ~ 1/(8 sqrt K). */
 function randomPacked(N, K, bits) {
   const groupSize = 128,
     groups = Math.ceil(K / groupSize);
-  const q = new Uint8Array(N * K);
-  for (let i = 0; i < q.length; i++) {
-    state = (Math.imul(state, 1664525) + 1013904223) >>> 0;
-    q[i] = state >>> (32 - bits);
-  }
   const scalesF32 = new Float32Array(groups * N).fill(1 / (8 * Math.sqrt(K)));
   const scales = new Uint16Array(groups * N);
   addon.convert(new Uint8Array(scalesF32.buffer), 'f32', new Uint8Array(scales.buffer), 'f16', scales.length);
@@ -111,7 +110,9 @@ function randomPacked(N, K, bits) {
     groupSize,
     groups,
     zeroOffset: 1,
-    qweight: addon.packQweight(q, N, K, bits),
+    // Uniformly random packed words are uniformly random codes at every width (speed does not
+    // depend on the values), and filling them natively takes milliseconds, not seconds per layer.
+    qweight: randomFillSync(new Int32Array(packedWords(bits, K) * N)),
     qzeros: addon.packQzeros(new Int32Array(groups * N).fill(1 << (bits - 1)), groups, N, bits, 1),
     scales,
   };

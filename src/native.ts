@@ -18,6 +18,11 @@ const require = createRequire(import.meta.url);
 
 export type { PackedWeights } from './weights/types.js';
 
+/** A filled buffer for streaming-read timings (streamReader). */
+export interface StreamReaderHandle {
+  readonly bytes: number;
+}
+
 /** A repacked CPU GPTQ weight (cpuGptqPrepare); `bytes` is what one product reads. */
 export interface CpuGptqHandle {
   readonly N: number;
@@ -299,6 +304,15 @@ export interface Addon {
   // --- repacked CPU GPTQ operator (native/binding/cpu_gptq.cpp; native/core/cpu_gptq/repack.hpp)
   /** Repacks 2/3/4-bit GPTQ weights once into the CPU layout (int8 dot-product kernels). */
   cpuGptqPrepare(W: PackedWeights): CpuGptqHandle;
+  /** A deep copy of a prepared weight in fresh memory (benchmarks rotate copies to read from DRAM). */
+  cpuGptqCopy(handle: CpuGptqHandle): CpuGptqHandle;
+  /**
+   * Software prefetch of the repacked int8 kernels, process-wide: `near` units of each column block's
+   * stream ahead into L1, `far` into L2, the scales and zero points `scales` segments ahead (0: off;
+   * each in [0, 64]; `scales` unchanged when omitted). For benchmarks comparing settings; returns
+   * the previous one.
+   */
+  cpuGptqSetPrefetch(near: number, far: number, scales?: number): { near: number; far: number; scales: number };
   /**
    * Y = X · Wᵀ on a prepared handle; activations quantized to int8 per 128-input segment unless
    * `exact` (f32). Returns the kernel family that ran: 'scalar' | 'avx2' | 'avx2-vnni' | 'avx512' | 'avx512-vnni'.
@@ -313,6 +327,10 @@ export interface Addon {
   cpuGptqInt8Stats(): { products: number; lastKernel: string };
   /** Median streaming-read bandwidth (bytes/s) over `runs` passes of `bytes` by `threads` threads. */
   streamReadBandwidth(bytes: number, threads: number, runs: number): number;
+  /** A buffer of `bytes` (in [4096, 2^36]) allocated and filled once, to time slices of. */
+  streamReader(bytes: number): StreamReaderHandle;
+  /** Seconds of one streaming read of [offset, offset + bytes) (offset a multiple of 64) by `threads` threads. */
+  streamReadSeconds(reader: StreamReaderHandle, offset: number, bytes: number, threads: number): number;
 
   // --- forward pass (native/binding/model.cpp)
   /** A Llama-family model on one device (-1: CPU); see NativeModel and docs/ARCHITECTURE.md "Forward pass". */

@@ -31,26 +31,37 @@ WeightsPtr weights_arg(const Napi::Value& v) {
   return *ext.As<Napi::External<WeightsPtr>>().Data();
 }
 
+// The JavaScript handle { N, K, bits, bytes } owning one reference to the weights.
+Napi::Object make_handle(Napi::Env env, WeightsPtr weights) {
+  const int64_t bytes = weights->bytes();
+  Napi::MemoryManagement::AdjustExternalMemory(env, bytes);
+  auto ext = Napi::External<WeightsPtr>::New(env, new WeightsPtr(weights), [bytes](Napi::Env env, WeightsPtr* p) {
+    Napi::MemoryManagement::AdjustExternalMemory(env, -bytes);
+    delete p;
+  });
+  Napi::Object handle = Napi::Object::New(env);
+  handle.Set(kHandleKey, ext);
+  handle.Set("N", Napi::Number::New(env, (double)weights->N));
+  handle.Set("K", Napi::Number::New(env, (double)weights->K));
+  handle.Set("bits", Napi::Number::New(env, weights->bits));
+  handle.Set("bytes", Napi::Number::New(env, (double)bytes));
+  return handle;
+}
+
 // cpuGptqPrepare(W: packed) -> handle { N, K, bits, bytes }
 Napi::Value CpuGptqPrepare(const Napi::CallbackInfo& info) {
   return guarded(info, [&]() -> Napi::Value {
     CallBuffers bufs(false);  // synchronous: repack reads the caller's arrays and copies what it keeps
     const PackedMatrix W = packed_matrix_arg(object_arg(info, 0, "W"), bufs);
-    WeightsPtr weights = std::make_shared<const cpu_gptq::CpuGptqWeights>(cpu_gptq::repack(W));
-    Napi::Env env = info.Env();
-    const int64_t bytes = weights->bytes();
-    Napi::MemoryManagement::AdjustExternalMemory(env, bytes);
-    auto ext = Napi::External<WeightsPtr>::New(env, new WeightsPtr(weights), [bytes](Napi::Env env, WeightsPtr* p) {
-      Napi::MemoryManagement::AdjustExternalMemory(env, -bytes);
-      delete p;
-    });
-    Napi::Object handle = Napi::Object::New(env);
-    handle.Set(kHandleKey, ext);
-    handle.Set("N", Napi::Number::New(env, (double)weights->N));
-    handle.Set("K", Napi::Number::New(env, (double)weights->K));
-    handle.Set("bits", Napi::Number::New(env, weights->bits));
-    handle.Set("bytes", Napi::Number::New(env, (double)bytes));
-    return handle;
+    return make_handle(info.Env(), std::make_shared<const cpu_gptq::CpuGptqWeights>(cpu_gptq::repack(W)));
+  });
+}
+
+// cpuGptqCopy(handle) -> a new handle on a deep copy of the weights (benchmarks: rotate past the cache)
+Napi::Value CpuGptqCopy(const Napi::CallbackInfo& info) {
+  return guarded(info, [&]() -> Napi::Value {
+    const WeightsPtr W = weights_arg(info[0]);
+    return make_handle(info.Env(), std::make_shared<const cpu_gptq::CpuGptqWeights>(cpu_gptq::copy_of(*W)));
   });
 }
 
@@ -81,6 +92,61 @@ Napi::Value StreamReadBandwidth(const Napi::CallbackInfo& info) {
   });
 }
 
+// cpuGptqSetPrefetch(near, far, scales?) -> previous { near, far, scales } (benchmarks compare settings)
+Napi::Value CpuGptqSetPrefetch(const Napi::CallbackInfo& info) {
+  return guarded(info, [&]() -> Napi::Value {
+    const cpu_gptq::Prefetch before = cpu_gptq::prefetch();
+    const int64_t l1 = integer(info[0], "near"), l2 = integer(info[1], "far");
+    const int64_t sc = info.Length() > 2 && !info[2].IsUndefined() ? integer(info[2], "scales") : before.scale_segments;
+    const auto ok = [](int64_t v) { return v >= 0 && v <= 64; };
+    require(ok(l1) && ok(l2) && ok(sc), "E_ARGUMENT", "near, far and scales must be in [0, 64]");
+    cpu_gptq::Prefetch p;
+    p.near_units = (int)l1;
+    p.far_units = (int)l2;
+    p.scale_segments = (int)sc;
+    cpu_gptq::set_prefetch(p);
+    Napi::Object o = Napi::Object::New(info.Env());
+    o.Set("near", Napi::Number::New(info.Env(), before.near_units));
+    o.Set("far", Napi::Number::New(info.Env(), before.far_units));
+    o.Set("scales", Napi::Number::New(info.Env(), before.scale_segments));
+    return o;
+  });
+}
+
+using ReaderPtr = std::shared_ptr<const StreamReader>;
+constexpr const char* kReaderKey = "__lowbitStreamReader";
+
+// streamReader(bytes) -> reader { bytes }: a filled buffer to time slices of (streamReadSeconds)
+Napi::Value StreamReaderNew(const Napi::CallbackInfo& info) {
+  return guarded(info, [&]() -> Napi::Value {
+    const int64_t bytes = integer(info[0], "bytes");
+    ReaderPtr reader = std::make_shared<const StreamReader>(bytes);
+    Napi::Env env = info.Env();
+    Napi::MemoryManagement::AdjustExternalMemory(env, bytes);
+    auto ext = Napi::External<ReaderPtr>::New(env, new ReaderPtr(reader), [bytes](Napi::Env env, ReaderPtr* p) {
+      Napi::MemoryManagement::AdjustExternalMemory(env, -bytes);
+      delete p;
+    });
+    Napi::Object o = Napi::Object::New(env);
+    o.Set(kReaderKey, ext);
+    o.Set("bytes", Napi::Number::New(env, (double)bytes));
+    return o;
+  });
+}
+
+// streamReadSeconds(reader, offset, bytes, threads) -> seconds of one pass over that slice
+Napi::Value StreamReadSeconds(const Napi::CallbackInfo& info) {
+  return guarded(info, [&]() -> Napi::Value {
+    const Napi::Value ext = info[0].IsObject() ? info[0].As<Napi::Object>().Get(kReaderKey) : info.Env().Undefined();
+    if (!ext.IsExternal()) throw CoreError("E_ARGUMENT", "expected a reader from streamReader");
+    const ReaderPtr reader = *ext.As<Napi::External<ReaderPtr>>().Data();
+    const int64_t offset = integer(info[1], "offset"), bytes = integer(info[2], "bytes");
+    const int64_t threads = integer(info[3], "threads");
+    require(threads >= 1 && threads <= 1024, "E_ARGUMENT", "threads in [1, 1024]");
+    return Napi::Number::New(info.Env(), reader->read_seconds(offset, bytes, (int)threads));
+  });
+}
+
 // lastPackedGemmSimd() -> the SIMD level the last packedGemm ran at ('scalar' | 'avx2' | 'avx512')
 Napi::Value LastPackedGemmSimd(const Napi::CallbackInfo& info) {
   return Napi::String::New(info.Env(), simd_name(last_packed_gemm_level()));
@@ -100,6 +166,10 @@ Napi::Value CpuGptqInt8Stats(const Napi::CallbackInfo& info) {
 
 void InitCpuGptq(Napi::Env env, Napi::Object exports) {
   exports.Set("cpuGptqPrepare", Napi::Function::New(env, CpuGptqPrepare));
+  exports.Set("cpuGptqSetPrefetch", Napi::Function::New(env, CpuGptqSetPrefetch));
+  exports.Set("cpuGptqCopy", Napi::Function::New(env, CpuGptqCopy));
+  exports.Set("streamReader", Napi::Function::New(env, StreamReaderNew));
+  exports.Set("streamReadSeconds", Napi::Function::New(env, StreamReadSeconds));
   exports.Set("cpuGptqGemmSync", Napi::Function::New(env, CpuGptqGemmSync));
   exports.Set("lastPackedGemmSimd", Napi::Function::New(env, LastPackedGemmSimd));
   exports.Set("cpuGptqInt8Stats", Napi::Function::New(env, CpuGptqInt8Stats));

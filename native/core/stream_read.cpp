@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstring>
+#include <string>
 #include <vector>
 
 #if defined(__x86_64__) || defined(_M_X64)
@@ -71,41 +72,53 @@ uint64_t read_block(const uint64_t* p, int64_t n) {
   return read_words(p, n);
 }
 
+// One pass over n words at p (64-byte aligned), split evenly over `threads` threads of the pool
+// (1: the calling thread alone); returns the words' sum so the reads cannot be dropped.
+uint64_t read_pass(const uint64_t* p, int64_t words, int threads) {
+  if (threads == 1) return read_block(p, words);
+  std::vector<uint64_t> part((size_t)threads, 0);
+  global_pool()->parallel_for(threads, 1, [&](int64_t t0, int64_t t1) {
+    // Each thread's share starts on a 64-byte boundary (8 words).
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t w0 = words / 8 * t / threads * 8, w1 = t + 1 == threads ? words : words / 8 * (t + 1) / threads * 8;
+      part[(size_t)t] = read_block(p + w0, w1 - w0);
+    }
+  });
+  uint64_t sum = 0;
+  for (uint64_t v : part) sum += v;
+  return sum;
+}
+
+volatile uint64_t g_sink = 0;
+
 }  // namespace
 
 double stream_read_bandwidth(int64_t bytes, int threads, int runs) {
   require(bytes >= 4096 && bytes <= (int64_t(1) << 36), "E_ARGUMENT", "bytes must be in [4096, 2^36]");
   require(threads >= 1 && runs >= 1, "E_ARGUMENT", "threads and runs must be at least 1");
-  cpu_gptq::AlignedBytes buf;
-  buf.allocate(bytes);
-  std::memset(buf.data(), 1, (size_t)bytes);
-  const int64_t words = bytes / 8;
-  const auto* p = reinterpret_cast<const uint64_t*>(buf.data());
-  volatile uint64_t sink = 0;
-  auto pass = [&] {
-    if (threads == 1) {
-      sink = sink + read_block(p, words);
-      return;
-    }
-    std::vector<uint64_t> part((size_t)threads, 0);
-    global_pool()->parallel_for(threads, 1, [&](int64_t t0, int64_t t1) {
-      // Each thread's share starts on a 64-byte boundary (8 words).
-      for (int64_t t = t0; t < t1; ++t) {
-        const int64_t w0 = words / 8 * t / threads * 8, w1 = t + 1 == threads ? words : words / 8 * (t + 1) / threads * 8;
-        part[(size_t)t] = read_block(p + w0, w1 - w0);
-      }
-    });
-    for (uint64_t v : part) sink = sink + v;
-  };
-  pass();
+  StreamReader reader(bytes);
+  reader.read_seconds(0, bytes, threads);  // untimed first pass
   std::vector<double> seconds;
-  for (int r = 0; r < runs; ++r) {
-    const auto t0 = std::chrono::steady_clock::now();
-    pass();
-    seconds.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
-  }
+  for (int r = 0; r < runs; ++r) seconds.push_back(reader.read_seconds(0, bytes, threads));
   std::sort(seconds.begin(), seconds.end());
-  return (double)(words * 8) / seconds[seconds.size() / 2];
+  return (double)(bytes / 8 * 8) / seconds[seconds.size() / 2];
+}
+
+StreamReader::StreamReader(int64_t bytes) {
+  require(bytes >= 4096 && bytes <= (int64_t(1) << 36), "E_ARGUMENT", "bytes must be in [4096, 2^36]");
+  buf_.allocate(bytes);
+  std::memset(buf_.data(), 1, (size_t)bytes);  // every page touched: no shared zero page to read instead
+}
+
+double StreamReader::read_seconds(int64_t offset, int64_t bytes, int threads) const {
+  require(threads >= 1, "E_ARGUMENT", "threads must be at least 1");
+  require(offset >= 0 && offset % 64 == 0, "E_ARGUMENT", "offset must be a non-negative multiple of 64");
+  require(bytes >= 64 && offset <= buf_.size && bytes <= buf_.size - offset, "E_ARGUMENT",
+          "the read [offset, offset + bytes) must lie inside the reader's " + std::to_string(buf_.size) + " bytes");
+  const auto* p = reinterpret_cast<const uint64_t*>(buf_.data() + offset);
+  const auto t0 = std::chrono::steady_clock::now();
+  g_sink = g_sink + read_pass(p, bytes / 8, threads);
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
 
 }  // namespace lowbit

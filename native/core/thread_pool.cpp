@@ -2,12 +2,27 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
+#include <cstdlib>
 #include <exception>
 #include <memory>
 
+#if defined(__x86_64__) || defined(_M_X64)
+#include <immintrin.h>
+#endif
+
 namespace lowbit {
 
-ThreadPool::ThreadPool(int threads) {
+namespace {
+int spin_from_env() {
+  const char* v = std::getenv("LOWBIT_POOL_SPIN_US");
+  if (v == nullptr || *v == '\0') return kDefaultPoolSpinUs;
+  const long us = std::strtol(v, nullptr, 10);
+  return (int)std::clamp<long>(us, 0, 100000);
+}
+}  // namespace
+
+ThreadPool::ThreadPool(int threads, int spin_us) : spin_us_(spin_us < 0 ? spin_from_env() : spin_us) {
   for (int i = 1; i < std::max(threads, 1); ++i) workers_.emplace_back([this] { worker_loop(); });
 }
 
@@ -20,8 +35,24 @@ ThreadPool::~ThreadPool() {
   for (auto& t : workers_) t.join();
 }
 
+// Polls the queue's size for up to spin_us_ before the worker blocks on the condition variable.
+void ThreadPool::spin_for_work() const {
+  if (spin_us_ <= 0) return;
+  const auto until = std::chrono::steady_clock::now() + std::chrono::microseconds(spin_us_);
+  for (;;) {
+    for (int i = 0; i < 64; ++i) {
+      if (queued_.load(std::memory_order_acquire) > 0) return;
+#if defined(__x86_64__) || defined(_M_X64)
+      _mm_pause();
+#endif
+    }
+    if (std::chrono::steady_clock::now() >= until) return;
+  }
+}
+
 void ThreadPool::worker_loop() {
   for (;;) {
+    spin_for_work();
     std::function<void()> task;
     {
       std::unique_lock<std::mutex> lock(mutex_);
@@ -29,6 +60,7 @@ void ThreadPool::worker_loop() {
       if (stopping_ && queue_.empty()) return;
       task = std::move(queue_.front());
       queue_.pop_front();
+      queued_.fetch_sub(1, std::memory_order_relaxed);
     }
     task();
   }
@@ -83,9 +115,19 @@ void ThreadPool::parallel_for(int64_t n, int64_t grain, const std::function<void
   {
     std::lock_guard<std::mutex> lock(mutex_);
     for (int i = 0; i < helpers; ++i) queue_.emplace_back([job] { job->run_chunks(); });
+    queued_.fetch_add(helpers, std::memory_order_release);
   }
   wake_.notify_all();
   job->run_chunks();
+  // The helpers' last chunks usually end within microseconds: poll before sleeping (a wake-up costs more).
+  if (spin_us_ > 0 && job->done.load() != job->chunks) {
+    const auto until = std::chrono::steady_clock::now() + std::chrono::microseconds(spin_us_);
+    while (job->done.load(std::memory_order_acquire) != job->chunks && std::chrono::steady_clock::now() < until) {
+#if defined(__x86_64__) || defined(_M_X64)
+      _mm_pause();
+#endif
+    }
+  }
   {
     std::unique_lock<std::mutex> lock(job->mutex);
     job->finished.wait(lock, [&] { return job->done.load() == job->chunks; });

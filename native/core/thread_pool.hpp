@@ -2,6 +2,7 @@
 // free) and fan their loops out here, instead of competing for libuv's four shared threads.
 #pragma once
 
+#include <atomic>
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
@@ -15,7 +16,9 @@ namespace lowbit {
 
 class ThreadPool {
  public:
-  explicit ThreadPool(int threads);
+  // spin_us: how long an idle worker polls for new work before it sleeps (< 0: LOWBIT_POOL_SPIN_US
+  // from the environment, else the default below).
+  explicit ThreadPool(int threads, int spin_us = -1);
   ~ThreadPool();
   ThreadPool(const ThreadPool&) = delete;
   ThreadPool& operator=(const ThreadPool&) = delete;
@@ -29,12 +32,22 @@ class ThreadPool {
 
  private:
   void worker_loop();
+  void spin_for_work() const;
   std::vector<std::thread> workers_;
   std::deque<std::function<void()>> queue_;
   std::mutex mutex_;
   std::condition_variable wake_;
   bool stopping_ = false;
+  std::atomic<int64_t> queued_{0};  // queue_.size(), readable without the mutex by spinning workers
+  int spin_us_ = 0;
 };
+
+// Default spin of an idle worker, in microseconds (0: sleep at once). Waking a sleeping thread costs
+// tens of microseconds (more in a VM), a decode-step GEMV lasts 0.1-1 ms; but on the quiet host Xeon
+// (2 threads, 2026-12-01) a 100 µs spin changed neither the repacked GEMV (their tasks are claimed
+// dynamically, so a late worker just takes fewer) nor the same-size streaming reads, within the
+// noise: off by default, LOWBIT_POOL_SPIN_US=100 to compare elsewhere.
+constexpr int kDefaultPoolSpinUs = 0;
 
 // The process-wide pool (hardware threads by default). Callers hold the returned pointer for as long
 // as they use the pool (`global_pool()->parallel_for(...)` holds it for the call), so that

@@ -171,6 +171,80 @@ describe('repacked CPU GPTQ product, across levels and inputs', () => {
     forceSimd('auto');
   });
 
+  // Benchmarks rotate over deep copies (cpuGptqCopy) to read weights from DRAM: a copy that dropped
+  // a field (the act-order permutation flag, scales, zero points, the data past the first pages)
+  // would time a different product. Act-order so the permutation matters; over 2 MiB of data.
+  it('a copy of a prepared weight gives the same products and outlives the original', () => {
+    const rng = new Rng();
+    const W = randomPackedWeights(rng, { N: 1500, K: 3000, bits: 4, groupSize: 128, actOrder: true });
+    let handle: ReturnType<ReturnType<typeof native>['cpuGptqPrepare']> | null = native().cpuGptqPrepare(W);
+    const copy = native().cpuGptqCopy(handle);
+    expect({ N: copy.N, K: copy.K, bits: copy.bits, bytes: copy.bytes }).toEqual({
+      N: handle.N,
+      K: handle.K,
+      bits: handle.bits,
+      bytes: handle.bytes,
+    });
+    expect(copy.bytes).toBeGreaterThan(2 << 20);
+    const X = randomMatrix(rng, 2, 3000);
+    const a = new Float32Array(2 * 1500),
+      b = new Float32Array(2 * 1500).fill(NaN);
+    native().cpuGptqGemmSync(handle, X, 2, a);
+    handle = null; // the copy owns its memory
+    native().cpuGptqGemmSync(copy, X, 2, b);
+    expect(b, `seed ${rng.seed}`).toEqual(a);
+    expect(relativeError(b, int8ModelRef(X, 2, W, dequantizeRef(W))), `seed ${rng.seed}`).toBeLessThan(1e-5);
+    expect(() => native().cpuGptqCopy({ N: 1, K: 1, bits: 4, bytes: 0 })).toThrow(
+      expect.objectContaining({ code: 'E_ARGUMENT' }),
+    );
+  });
+
+  // The prefetch settings are process-wide benchmark knobs: a setter that stored a field in the wrong
+  // place, or accepted a distance past the [0, 64] units the kernels are built for, is caught here.
+  it('prefetch settings round-trip, reject out-of-range distances, and leave products unchanged', () => {
+    const rng = new Rng();
+    const W = randomPackedWeights(rng, { N: 300, K: 1000, bits: 3, groupSize: 128, actOrder: true });
+    const handle = native().cpuGptqPrepare(W);
+    const X = randomMatrix(rng, 1, 1000);
+    const a = new Float32Array(300),
+      b = new Float32Array(300).fill(NaN);
+    const initial = native().cpuGptqSetPrefetch(0, 0, 0);
+    native().cpuGptqGemmSync(handle, X, 1, a);
+    expect(native().cpuGptqSetPrefetch(7, 9, 2)).toEqual({ near: 0, far: 0, scales: 0 });
+    native().cpuGptqGemmSync(handle, X, 1, b);
+    expect(b, `seed ${rng.seed}`).toEqual(a);
+    expect(native().cpuGptqSetPrefetch(initial.near, initial.far)).toEqual({ near: 7, far: 9, scales: 2 });
+    expect(native().cpuGptqSetPrefetch(initial.near, initial.far, initial.scales).scales).toBe(2); // omitted: kept
+    for (const bad of [
+      [-1, 0, 0],
+      [0, 65, 0],
+      [0, 0, 65],
+    ])
+      expect(() => native().cpuGptqSetPrefetch(bad[0], bad[1], bad[2])).toThrow(
+        expect.objectContaining({ code: 'E_ARGUMENT' }),
+      );
+    expect(native().cpuGptqSetPrefetch(initial.near, initial.far, initial.scales)).toEqual(initial);
+  });
+
+  it('the rotating streaming reader times slices inside its buffer and rejects others', () => {
+    const reader = native().streamReader(3 << 20);
+    expect(reader.bytes).toBe(3 << 20);
+    expect(native().streamReadSeconds(reader, 0, 3 << 20, 2)).toBeGreaterThan(0);
+    expect(native().streamReadSeconds(reader, 1 << 20, (2 << 20) - 64, 1)).toBeGreaterThan(0);
+    const bad = (offset: number, bytes: number) =>
+      expect(() => native().streamReadSeconds(reader, offset, bytes, 1)).toThrow(
+        expect.objectContaining({ code: 'E_ARGUMENT' }),
+      );
+    bad(32, 4096); // not a multiple of 64
+    bad(1 << 20, (2 << 20) + 64); // past the end
+    bad(-64, 4096);
+    bad(0, 0);
+    expect(() => native().streamReadSeconds({ bytes: 4096 }, 0, 4096, 1)).toThrow(
+      expect.objectContaining({ code: 'E_ARGUMENT' }),
+    );
+    expect(() => native().streamReader(100)).toThrow(expect.objectContaining({ code: 'E_ARGUMENT' }));
+  });
+
   it('rejects 8-bit weights, foreign handles and short buffers with typed errors', () => {
     const rng = new Rng();
     const W8 = randomPackedWeights(rng, { N: 8, K: 16, bits: 8, groupSize: -1 });

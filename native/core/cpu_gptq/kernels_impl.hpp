@@ -97,15 +97,6 @@ constexpr ScaledPart scaled_part() {
   else return {2, 1 << S, S - 4};  // high bit · 2^S = (4 · bit) · 2^(S − 2): shift 4 (S = 6), 5 (S = 7)
 }
 
-#ifndef LOWBIT_GPTQ_PREFETCH_UNITS
-#define LOWBIT_GPTQ_PREFETCH_UNITS 4
-#endif
-// Distance in units of each stream (0: none, the hardware prefetcher alone); a macro so that
-// bench/cpu-gptq.cpp can be built with others to compare. 4: on the quiet host Xeon (2 threads,
-// L3-resident shapes, 2026-12-01, two runs) 0, 4 and 8 were within the noise of each other row by
-// row, and 4 the fastest summed over the rows both times (by 2-8%).
-constexpr int64_t kPrefetchUnits = LOWBIT_GPTQ_PREFETCH_UNITS;
-
 template <int BITS>
 constexpr int chunks_per_unit() { return BITS == 4 ? 4 : BITS == 3 ? 3 : 2; }
 
@@ -154,8 +145,21 @@ LOWBIT_TARGET void tile_int8(const CpuGptqWeights& W, int64_t block0, const Acti
   const uint8_t* base[NB];
   LOWBIT_UNROLL for (int nb = 0; nb < NB; ++nb) base[nb] = W.data.data() + (block0 + nb) * W.units * W.unit_bytes;
   const int64_t S = (int64_t)W.segments.size();
+  // Software prefetch distances in bytes of each block's stream (repack.hpp's prefetch settings).
+  const Prefetch pf = prefetch();
+  const int64_t ahead_l1 = pf.near_units * W.unit_bytes, ahead_l2 = pf.far_units * W.unit_bytes;
   for (int64_t si = 0; si < S; ++si) {
     const Segment& seg = W.segments[(size_t)si];
+    // The scales and zero points are small separate streams (48 bytes per block and segment) that
+    // the hardware prefetcher is slow to pick up: fetch those of a later segment now.
+    if (pf.scale_segments > 0 && si + pf.scale_segments < S) {
+      const int64_t g = W.segments[(size_t)(si + pf.scale_segments)].group;
+      LOWBIT_UNROLL for (int nb = 0; nb < NB; ++nb) {
+        const int64_t at = ((block0 + nb) * W.groups + g) * kBlockCols;
+        __builtin_prefetch(W.scales.data() + at, 0, 2);
+        __builtin_prefetch(W.zeros.data() + at, 0, 2);
+      }
+    }
     typename O::I acc[MR][NB][P];
     LOWBIT_UNROLL for (int r = 0; r < MR; ++r) LOWBIT_UNROLL for (int nb = 0; nb < NB; ++nb)
       LOWBIT_UNROLL for (int p = 0; p < P; ++p) acc[r][nb][p] = O::zero_i();
@@ -163,10 +167,11 @@ LOWBIT_TARGET void tile_int8(const CpuGptqWeights& W, int64_t block0, const Acti
       typename O::U c[NB][CH];
       LOWBIT_UNROLL for (int nb = 0; nb < NB; ++nb) {
         const uint8_t* p = base[nb] + u * W.unit_bytes;
-        // Every line of a unit a few units ahead of each stream, so that loads stay in flight while
-        // the core computes (one line per unit left the others to the hardware prefetcher).
-        if constexpr (kPrefetchUnits > 0)
-          LOWBIT_UNROLL for (int h = 0; h < CH; ++h) __builtin_prefetch(p + kPrefetchUnits * W.unit_bytes + 64 * h);
+        // Every line of a unit a few units ahead of each stream into L1, so that loads stay in flight
+        // while the core computes (one line per unit left the others to the hardware prefetcher);
+        // optionally farther ahead into L2 as well, for weights streamed from DRAM.
+        if (ahead_l1 > 0) LOWBIT_UNROLL for (int h = 0; h < CH; ++h) __builtin_prefetch(p + ahead_l1 + 64 * h, 0, 3);
+        if (ahead_l2 > 0) LOWBIT_UNROLL for (int h = 0; h < CH; ++h) __builtin_prefetch(p + ahead_l2 + 64 * h, 0, 2);
         LOWBIT_UNROLL for (int h = 0; h < CH; ++h) c[nb][h] = O::load(p + 64 * h);
       }
       const int8_t* x[MR];

@@ -1,6 +1,7 @@
 #include "repack.hpp"
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstring>
 #include <string>
@@ -119,6 +120,44 @@ CpuGptqWeights repack(const PackedMatrix& W) {
         }
       }
   });
+  return R;
+}
+
+namespace {
+std::atomic<int> g_prefetch_near{Prefetch{}.near_units}, g_prefetch_far{Prefetch{}.far_units},
+    g_prefetch_scales{Prefetch{}.scale_segments};
+}  // namespace
+
+void set_prefetch(const Prefetch& p) {
+  const auto ok = [](int v) { return v >= 0 && v <= 64; };
+  require(ok(p.near_units) && ok(p.far_units) && ok(p.scale_segments), "E_ARGUMENT",
+          "prefetch distances must be in [0, 64]");
+  g_prefetch_near.store(p.near_units, std::memory_order_relaxed);
+  g_prefetch_far.store(p.far_units, std::memory_order_relaxed);
+  g_prefetch_scales.store(p.scale_segments, std::memory_order_relaxed);
+}
+
+Prefetch prefetch() {
+  return {g_prefetch_near.load(std::memory_order_relaxed), g_prefetch_far.load(std::memory_order_relaxed),
+          g_prefetch_scales.load(std::memory_order_relaxed)};
+}
+
+CpuGptqWeights copy_of(const CpuGptqWeights& W) {
+  CpuGptqWeights R;
+  R.bits = W.bits;
+  R.N = W.N;
+  R.K = W.K;
+  R.blocks = W.blocks;
+  R.units = W.units;
+  R.groups = W.groups;
+  R.unit_bytes = W.unit_bytes;
+  R.data.allocate(W.data.size);
+  std::memcpy(R.data.data(), W.data.data(), (size_t)W.data.size);
+  R.scales = W.scales;
+  R.zeros = W.zeros;
+  R.segments = W.segments;
+  R.source = W.source;
+  R.permuted = W.permuted;
   return R;
 }
 

@@ -82,6 +82,23 @@ bool supports(const PackedMatrix& W);
 // Validated PackedMatrix (validate_packed) → CPU layout. Throws E_BITS for unsupported widths.
 CpuGptqWeights repack(const PackedMatrix& W);
 
+// A deep copy in fresh memory (its own huge-page buffer): benchmarks rotate over copies of one weight
+// to read it from DRAM rather than from the last-level cache.
+CpuGptqWeights copy_of(const CpuGptqWeights& W);
+
+// Software prefetch of the int8 kernels, in units (16 columns × 32 positions) ahead of each block's
+// stream: `near` into L1 (prefetcht0), `far` into L2 (prefetcht1), and the scales and zero points
+// `scale_segments` segments ahead (into L2); 0 turns any off. Process-wide, set by benchmarks
+// comparing settings (cpu-gemv.mjs --variants). Defaults: near 4, far 16 — on the quiet host Xeon
+// (2 threads, 2026-12-01) far 16 cut the summed M = 1 time of 24 DRAM-streamed products by 6%
+// (17.05 vs 18.13 ms) and left the L3-resident ones within the noise; near 0 was 11% slower from
+// DRAM; scale_segments 4 (see RESULTS.md, issue 13).
+struct Prefetch {
+  int near_units = 4, far_units = 16, scale_segments = 4;
+};
+void set_prefetch(const Prefetch& p);  // each in [0, 64]; throws E_ARGUMENT otherwise
+Prefetch prefetch();
+
 struct Options {
   bool exact_activations = false;  // f32 activations (dequantized panels) instead of int8
 };
