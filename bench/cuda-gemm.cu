@@ -416,9 +416,13 @@ int run_bench(const char* json_path, bool sweep, int64_t max_m) {
   return 0;
 }
 
-// A few launches of one shape per bit width, for a profiler: M = 1, 16 and 256 at 8192 x 28672.
-int run_profile() {
+// A few launches of one shape per bit width, for a profiler: M = 1, 16 and 256 at 8192 x 28672, each
+// through gptq_matmul's own choice; with a configuration name, M = 1 through that configuration (split 1).
+int run_profile(const char* config_name) {
   Rng rng(3);
+  int config = -1;
+  for (int c = 0; config_name && c < cuda::gptq_config_count(); ++c)
+    if (std::string(config_name) == cuda::gptq_config_name(c)) config = c;
   for (int bits : {4, 3, 2}) {
     const cuda::GptqRepacked R = random_repacked(bits, 8192, 28672, 128, rng);
     cuda::GptqDeviceWeights W(R, 0);
@@ -426,8 +430,9 @@ int run_profile() {
     CK(cudaMalloc(&dx, 256 * 8192 * 2));
     CK(cudaMalloc(&dy, 256 * 28672 * 2));
     CK(cudaMemset(dx, 0x3c, 256 * 8192 * 2));
-    for (int64_t M : {1, 16, 256})
-      cuda::gptq_matmul(W, dx, GptqDtype::f16, M, dy, nullptr);
+    if (config >= 0) cuda::gptq_matmul_config(W, dx, GptqDtype::f16, 1, dy, nullptr, config, 1);
+    else
+      for (int64_t M : {1, 16, 256}) cuda::gptq_matmul(W, dx, GptqDtype::f16, M, dy, nullptr);
     CK(cudaDeviceSynchronize());
     CK(cudaFree(dx));
     CK(cudaFree(dy));
@@ -464,13 +469,13 @@ int main(int argc, char** argv) {
   try {
     if (mode == "check") return run_check();
     if (mode == "bench") return run_bench(argc > 2 ? argv[2] : nullptr, false, argc > 3 ? std::atoll(argv[3]) : 256);
-    if (mode == "profile") return run_profile();
+    if (mode == "profile") return run_profile(argc > 2 ? argv[2] : nullptr);
     if (mode == "dequant-profile") return run_dequant_profile();
     if (mode == "sweep") return run_bench(argc > 2 ? argv[2] : nullptr, true, argc > 3 ? std::atoll(argv[3]) : 256);
   } catch (const std::exception& e) {
     std::printf("error: %s\n", e.what());
     return 1;
   }
-  std::printf("usage: cuda-gemm check | bench [out.json [maxM]] | sweep [out.json [maxM]] | profile | dequant-profile\n");
+  std::printf("usage: cuda-gemm check | bench [out.json [maxM]] | sweep [out.json [maxM]] | profile [config] | dequant-profile\n");
   return 2;
 }

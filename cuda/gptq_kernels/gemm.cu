@@ -17,6 +17,9 @@
 //
 // gptq_gemv_kernel, for up to 8 rows of X on matrices below 8192²: the same per-warp arithmetic with
 // the weights loaded straight into registers (no shared memory, no block barrier in the loop).
+// gptq_gemv_fold_kernel, for up to 8 rows when groups hold whole chunks: the same, with the zero point
+// taken out of the per-weight work (an fp16 subnormal or bf16 magic-number code per weight, the zero
+// point subtracted by a second mma per tile), for the large decode products.
 //
 // Split-K: the partial sums go to an fp32 buffer with atomics; the last block of a tile (a counter per
 // tile) writes Y and zeroes the buffer and its counter again, so one launch does it all and the product
@@ -391,6 +394,153 @@ __global__ void __launch_bounds__(256) gptq_gemv_kernel(KernelArgs a) {
   }
 }
 
+// ---- the decode GEMV with the zero point folded out of the dequantization ----
+//
+// For up to 8 rows of X when every chunk lies in one group (groups of 128 or more): each weight enters
+// the mma as its bare code, without the per-weight subtraction of the kernels above. fp16: the field
+// masked in place is an fp16 subnormal, q·2^-24 (or μ·q·2^-24 when it sits μ = 4 or 16 times higher
+// in its half-word), so there is no bias at all; bf16: the magic-number value 128 + q. A second mma per
+// tile, of a constant A holding −(bias + μ·z) per output column with the same X, subtracts the zero
+// point (and bias) as −(bias + μ·z)·Σx, exactly, in the fp32 sum; the scale (with 2^24/μ) is applied
+// to each chunk's sum. Per 16 × 16 tile and lane: 4 masks (+ 1–3 shifts) and 2 mma, against 4 masks,
+// 4 subtractions and 1 mma before. Column g of a lane's tile always has μ = 1, column g + 8 μ = 16
+// (4/3-bit fp16), 4 (2-bit fp16) or 1 (bf16).
+//
+// The block is 8 warps on one 16-column tile, each warp taking every 8th chunk of K (no split-K
+// atomics), with DEPTH chunks of weights in flight per warp in registers; X (read by every block)
+// comes through L1 when its chunk is used, not staged, which keeps the registers for the weights.
+template <class T, int BITS>
+struct FoldTile {
+  static constexpr bool kHalf = std::is_same<T, __half>::value;
+  static constexpr int mu_hi = kHalf ? (BITS == 2 ? 4 : 16) : 1;  // μ of column g + 8
+  static constexpr float bias = kHalf ? 0.f : 128.f;
+  static constexpr float unit = kHalf ? 5.9604644775390625e-08f : 1.f;  // value of code 1 in the mma: 2^-24 or 1
+
+  // A fragment of tile word w (4/3-bit: the nibble word; 2-bit: the tile's byte pair at bits 0-7, 16-23).
+  static __device__ __forceinline__ void fields(uint32_t w, uint32_t (&a)[4]) {
+    if constexpr (kHalf) {
+      if constexpr (BITS == 2) {
+        const uint32_t w4 = w >> 4;
+        a[0] = w & 0x00030003u, a[1] = w & 0x000c000cu, a[2] = w4 & 0x00030003u, a[3] = w4 & 0x000c000cu;
+      } else {
+        constexpr uint32_t lo = BITS == 4 ? 0x000f000fu : 0x00070007u;
+        const uint32_t w8 = w >> 8;
+        a[0] = w & lo, a[1] = w & (lo << 4), a[2] = w8 & lo, a[3] = w8 & (lo << 4);
+      }
+    } else {
+      constexpr uint32_t magic = Dtype<T>::magic;
+      constexpr int step = BITS == 2 ? 2 : 4;
+      constexpr uint32_t lo = BITS == 4 ? 0x000f000fu : BITS == 3 ? 0x00070007u : 0x00030003u;
+#pragma unroll
+      for (int r = 0; r < 4; ++r) a[r] = and_or(w >> (step * r), lo, magic);
+    }
+  }
+  // The constant A of the zero-point mma and the per-column factors of the chunk's sum, from the
+  // lane's scale/zero record (s(g), s(g+8), z(g), z(g+8)).
+  static __device__ __forceinline__ void consts(uint2 rec, uint32_t (&zc)[4], float (&scale)[2]) {
+    const float s0 = __half2float(__ushort_as_half((unsigned short)(rec.x & 0xffff)));
+    const float s1 = __half2float(__ushort_as_half((unsigned short)(rec.x >> 16)));
+    const float z0 = __half2float(__ushort_as_half((unsigned short)(rec.y & 0xffff)));
+    const float z1 = __half2float(__ushort_as_half((unsigned short)(rec.y >> 16)));
+    const uint32_t c0 = TileConsts<T, BITS, true>::pack2(from_float<T>(-(bias + z0) * unit));
+    const uint32_t c1 = TileConsts<T, BITS, true>::pack2(from_float<T>(-(bias + mu_hi * z1) * unit));
+    zc[0] = c0, zc[1] = c1, zc[2] = c0, zc[3] = c1;
+    scale[0] = s0 / unit;
+    scale[1] = s1 / (unit * mu_hi);
+  }
+};
+
+template <int BITS, class T, int DEPTH, int MINB>
+__global__ void __launch_bounds__(256, MINB) gptq_gemv_fold_kernel(KernelArgs a) {
+  using F = FoldTile<T, BITS>;
+  constexpr int REC = record_bytes(BITS);
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int g = lane >> 2, t = lane & 3;
+  const int ntile = blockIdx.y;
+  const int chunks = a.chunks;
+  // Lanes of rows past M read row 0: their mma columns are results nobody writes.
+  const T* X = static_cast<const T*>(a.x) + (int64_t)(g < a.M ? g : 0) * a.ldx + t * kSlot;
+  // This warp's chunks are warp, warp + 8, ...: loaded in that order, 8 records apart each.
+  const uint8_t* wnext = a.weights + record_index(ntile, warp, chunks) * REC + lane * 16;
+  const uint16_t* srec = a.scale_zero + ((int64_t)ntile * 8 + g) * 4;
+  const int64_t s_stride = (int64_t)(a.Np / kTileN) * 32;  // fp16 values between groups
+
+  struct Stage {
+    uint32_t w[8];
+    uint2 sz;
+  };
+  auto load = [&](Stage& st, int c) {
+    const uint4 w0 = __ldcs(reinterpret_cast<const uint4*>(wnext));
+    st.w[0] = w0.x, st.w[1] = w0.y, st.w[2] = w0.z, st.w[3] = w0.w;
+    if constexpr (BITS == 4) {
+      const uint4 w1 = __ldcs(reinterpret_cast<const uint4*>(wnext + 512));
+      st.w[4] = w1.x, st.w[5] = w1.y, st.w[6] = w1.z, st.w[7] = w1.w;
+    } else if constexpr (BITS == 3) {
+      const uint2 w1 = __ldcs(reinterpret_cast<const uint2*>(wnext + 512 - lane * 8));
+      st.w[4] = w1.x, st.w[5] = w1.y, st.w[6] = 0, st.w[7] = 0;
+    } else {
+      st.w[4] = st.w[5] = st.w[6] = st.w[7] = 0;
+    }
+    wnext += 64 * REC;
+    st.sz = __ldg(reinterpret_cast<const uint2*>(srec + __ldg(a.slot_group + c * 4) * s_stride));
+  };
+
+  float acc[1][1][4] = {{{0.f, 0.f, 0.f, 0.f}}};
+  Stage st[DEPTH];
+#pragma unroll
+  for (int s = 0; s < DEPTH; ++s)
+    if (warp + 8 * s < chunks) load(st[s], warp + 8 * s);
+
+  for (int c0 = warp; c0 < chunks; c0 += 8 * DEPTH) {
+#pragma unroll
+    for (int s = 0; s < DEPTH; ++s) {
+      const int c = c0 + 8 * s;
+      if (c < chunks) {
+        // X of this chunk: whole, or (the last chunk of a K that is not a multiple of 128) whole
+        // units of 8 inputs up to kx and zeros past it (0 · x must not meet garbage there).
+        uint4 xv[4];
+        const T* xc = X + (int64_t)c * kChunk;
+        if ((int64_t)(c + 1) * kChunk <= a.kx) {
+#pragma unroll
+          for (int v = 0; v < 4; ++v) xv[v] = __ldg(reinterpret_cast<const uint4*>(xc + 8 * v));
+        } else {
+          const int64_t k0 = (int64_t)c * kChunk + t * kSlot;
+#pragma unroll
+          for (int v = 0; v < 4; ++v)
+            xv[v] = k0 + 8 * v + 8 <= a.kx ? __ldg(reinterpret_cast<const uint4*>(xc + 8 * v)) : make_uint4(0, 0, 0, 0);
+        }
+        uint32_t zc[4];
+        float scale[2];
+        F::consts(st[s].sz, zc, scale);
+        float cacc[4] = {0.f, 0.f, 0.f, 0.f};
+#pragma unroll
+        for (int j = 0; j < 8; ++j) {
+          uint32_t af[4];
+          F::fields(tile_word<BITS>(st[s].w, j), af);
+          const uint32_t b0 = (j & 1) ? xv[j >> 1].z : xv[j >> 1].x, b1 = (j & 1) ? xv[j >> 1].w : xv[j >> 1].y;
+          mma<T>(cacc, af, b0, b1);
+          mma<T>(cacc, zc, b0, b1);
+        }
+        acc[0][0][0] = fmaf(scale[0], cacc[0], acc[0][0][0]);
+        acc[0][0][1] = fmaf(scale[0], cacc[1], acc[0][0][1]);
+        acc[0][0][2] = fmaf(scale[1], cacc[2], acc[0][0][2]);
+        acc[0][0][3] = fmaf(scale[1], cacc[3], acc[0][0][3]);
+        if (c + 8 * DEPTH < chunks) load(st[s], c + 8 * DEPTH);
+      }
+    }
+  }
+  __shared__ float part[8][4][32];  // [warp][accumulator][lane]: no bank conflicts
+#pragma unroll
+  for (int i = 0; i < 4; ++i) part[warp][i][lane] = acc[0][0][i];
+  __syncthreads();
+  if (warp != 0) return;
+#pragma unroll
+  for (int w = 1; w < 8; ++w)
+#pragma unroll
+    for (int i = 0; i < 4; ++i) acc[0][0][i] += part[w][i][lane];
+  write_result<T, 1, 1, 1, 1>(a, acc, ntile, 0);  // splits == 1: no barrier inside
+}
+
 // X gathered into the repacked order of K (act-order), or copied with zero padding to Kp columns
 // when its rows are not 16-byte aligned.
 template <class T>
@@ -470,17 +620,21 @@ struct ConfigInfo {
   int max_m;  // the most rows of X the kernel takes (0: any)
 };
 // Row tiles of 8, 16, 32, 64 and 128 rows of X (name: rows × columns per block, w = warps), and the
-// direct-load kernels for up to 8 rows (v; k8: one tile per block, its 8 warps splitting K). The
+// direct-load kernels for up to 8 rows (v; k8: one tile per block, its 8 warps splitting K; f: the
+// same with the zero point folded out, 2 or (d4) 4 chunks in flight per warp). The
 // direct-load kernels keep 2 chunks in flight per warp:
 // with 4 (X prefetched too) it held one block per multiprocessor and ran 1.5-1.8x slower.
 // (Earlier sweeps also had m8n64, m32n128w8 and m128n128 with 8 warps: rarely or never the best.)
 constexpr ConfigInfo kConfigs[] = {
     {"m8n128", 1, 1, 1, 8, 0},     {"m16n128", 2, 2, 1, 4, 0},   {"m32n128", 4, 2, 1, 4, 0},
     {"m64n128w4", 4, 4, 2, 2, 0},  {"m16n128w8", 2, 1, 1, 8, 0}, {"m64n128w8", 8, 1, 1, 8, 0},
-    {"v8n128", 1, 1, 1, 8, 8},     {"v8n16k8", 1, 1, 1, 1, 8},
+    {"v8n128", 1, 1, 1, 8, 8},     {"v8n16k8", 1, 1, 1, 1, 8},   {"f8n16k8", 1, 1, 1, 1, 8},
+    {"f8n16k8d4", 1, 1, 1, 1, 8},
 };
 constexpr int kConfigCount = sizeof(kConfigs) / sizeof(kConfigs[0]);
 constexpr int kGemv = 6, kGemvK = 7;  // the direct-load kernels: 8 tiles a block, or one tile split 8 ways along K
+constexpr int kFold = 8, kFold4 = 9;  // the zero-point-folded GEMV, 2 or 4 chunks in flight per warp
+constexpr bool is_fold(int config) { return config == kFold || config == kFold4; }
 
 struct Kernel {
   Launch launch = nullptr;
@@ -498,6 +652,16 @@ Kernel gemv_of(bool defer) {
   return {launch_gemv<BITS, T, false, DEPTH, KSPLIT>, occupancy_gemv<BITS, T, false, DEPTH, KSPLIT>};
 }
 
+template <int BITS, class T, int DEPTH, int MINB>
+void launch_fold(const KernelArgs& a, dim3 grid, cudaStream_t stream) {
+  gptq_gemv_fold_kernel<BITS, T, DEPTH, MINB><<<grid, 256, 0, stream>>>(a);
+}
+
+template <int BITS, class T, int DEPTH, int MINB>
+int occupancy_fold() {
+  return occupancy_of<gptq_gemv_fold_kernel<BITS, T, DEPTH, MINB>>(256, 0);
+}
+
 template <int BITS, class T>
 Kernel pick_kernel(int config, bool defer) {
   switch (config) {
@@ -509,6 +673,8 @@ Kernel pick_kernel(int config, bool defer) {
     case 5: return kernel_of<BITS, T, 8, 1, 1, 8, false>();
     case kGemv: return gemv_of<BITS, T, 2, false>(defer);
     case kGemvK: return gemv_of<BITS, T, 2, true>(defer);
+    case kFold: return {launch_fold<BITS, T, 2, 4>, occupancy_fold<BITS, T, 2, 4>};
+    case kFold4: return {launch_fold<BITS, T, 4, BITS == 4 ? 2 : 3>, occupancy_fold<BITS, T, 4, BITS == 4 ? 2 : 3>};
   }
   return {};
 }
@@ -553,14 +719,17 @@ bool capturing(cudaStream_t stream) {
 int gptq_config_count() { return kConfigCount; }
 const char* gptq_config_name(int config) { return config >= 0 && config < kConfigCount ? kConfigs[config].name : "?"; }
 bool gptq_config_defers(const GptqDeviceWeights& W, int config) {
-  return config >= 0 && config < kConfigCount && W.uniform_chunks && kConfigs[config].MT <= 2;
+  return config >= 0 && config < kConfigCount && W.uniform_chunks && kConfigs[config].MT <= 2;  // fold: MT 1
 }
 
 void gptq_choose(const GptqDeviceWeights& W, int64_t M, int* config, int* splits) {
   // The table, from the H200 sweeps of 2026-12-01 (bench/cuda-gemm.cu sweep; bench/RESULTS.md): up
-  // to 8 rows the direct-load kernel with its warps splitting K inside the block (4096² M = 1: 5.7
-  // against 7.1 us; 11008 x 4096: 11.4 against 12.9), except on matrices above 8192² with K > N, where
-  // the staged 8-row tiles stay ahead (28672 x 8192: 43 against 45); 16-row tiles (one tile per warp, 8 warps, except on the largest
+  // to 8 rows, with groups of 128 or more, the zero-point-folded GEMV on matrices from 8192² (8192 x
+  // 28672 int4 M = 1: 38.7 against 50.6 us; 28672 x 8192: 36.6 against 43.3) and on wide ones from
+  // 4096 x 11008 (11.5 against 13.5), with 4 chunks in flight per warp below 8192²; else the
+  // direct-load kernel with its warps splitting K inside the block (4096² M = 1: 5.7 against 7.1 us;
+  // 11008 x 4096: 11.4 against 12.9), except on matrices above 8192² with K > N, where the staged
+  // 8-row tiles stay ahead (28672 x 8192 g128 before the folded kernel: 43 against 45); 16-row tiles (one tile per warp, 8 warps, except on the largest
   // matrices, where 2 × 2 tiles per warp with 4 warps win); 32-row tiles up to 32; 64-row tiles with
   // 8 warps up to 64 rows above 8192² and up to 128 rows on 8192² (32-row tiles on smaller ones);
   // above that 64-row tiles of 4 warps of 32 × 64. K is split until the grid fills one wave of
@@ -572,7 +741,8 @@ void gptq_choose(const GptqDeviceWeights& W, int64_t M, int* config, int* splits
   const int64_t size = W.K * W.N;
   const bool large = size >= (int64_t)8192 * 8192, huge = size > (int64_t)8192 * 8192;
   int c;
-  if (M <= 8) c = huge && W.K > W.N ? 0 : kGemvK;
+  const bool fold = W.uniform_chunks && (large || (W.N > W.K && size >= (int64_t)4096 * 11008));
+  if (M <= 8) c = fold ? (large ? kFold : kFold4) : huge && W.K > W.N ? 0 : kGemvK;
   else if (M <= 16) c = huge ? 1 : 4;
   else if (M <= 32) c = 2;
   else if (M <= 64) c = huge ? 5 : 2;
@@ -584,7 +754,7 @@ void gptq_choose(const GptqDeviceWeights& W, int64_t M, int* config, int* splits
   const int64_t target = (int64_t)k.occupancy() * multiprocessors(W.device);
   const int64_t by_traffic = M > 64 ? W.weight_bytes / (8 * M * W.Np) : chunks;
   *config = c;
-  *splits = c == kGemvK ? 1 : (int)std::max<int64_t>(1, std::min({target / tiles, chunks / 4, by_traffic}));
+  *splits = c == kGemvK || is_fold(c) ? 1 : (int)std::max<int64_t>(1, std::min({target / tiles, chunks / 4, by_traffic}));
 }
 
 const void* gptq_activations(const GptqDeviceWeights& W, const void* X, GptqDtype dtype, int64_t M, void* stream_ptr,
@@ -624,7 +794,8 @@ bool gptq_matmul_config(const GptqDeviceWeights& W, const void* X, GptqDtype dty
   if (config < 0 || config >= kConfigCount || splits < 1) return false;
   const ConfigInfo& ci = kConfigs[config];
   if (ci.max_m && M > ci.max_m) return false;
-  if (config == kGemvK && splits != 1) return false;  // its warps split K inside the block instead
+  if ((config == kGemvK || is_fold(config)) && splits != 1) return false;  // their warps split K inside the block
+  if (is_fold(config) && !W.uniform_chunks) return false;  // the folded zero point is one per chunk
   const int64_t chunks = W.Kp / kChunk;
   if (splits > chunks) return false;
   const bool defer = gptq_config_defers(W, config);
