@@ -148,7 +148,9 @@ const cpu = cpus()[0]?.model ?? 'unknown CPU';
 const date = new Date().toISOString();
 const load0 = loadavg();
 // One rotation buffer for every dram row: ROTATE plus room for the largest matrix's last copy.
-const maxBytes = Math.max(...SHAPES.map(([N, K]) => Math.ceil(N / 16) * 16 * (Math.ceil(K / 32) * 32 + Math.ceil(K / GROUP) * 24)));
+const maxBytes = Math.max(
+  ...SHAPES.map(([N, K]) => Math.ceil(N / 16) * 16 * (Math.ceil(K / 32) * 32 + Math.ceil(K / GROUP) * 24)),
+);
 const bigReader = addon.streamReader(roundUp64(Math.max(ROTATE, 256 * 2 ** 20) + maxBytes));
 const bigRead = (n) => {
   addon.streamReadSeconds(bigReader, 0, bigReader.bytes, n);
@@ -218,11 +220,17 @@ for (const [N, K] of SHAPES) {
             const variant = applyVariant(v);
             let kernel = '';
             const product = () => (kernel = addon.cpuGptqGemmSync(handle, X, M, Y));
-            for (let i = 0; i < 2; i++) product(), addon.streamReadSeconds(reader, 0, bytes, threads);
+            for (let i = 0; i < 2; i++) (product(), addon.streamReadSeconds(reader, 0, bytes, threads));
             const timing = timePairs(product, reader, () => 0, bytes, RUNS);
             let before = null;
             if (M === 1 && BEFORE && v === variantList[0])
-              before = timePairs(() => addon.packedGemmSync(X, 1, W, Y), reader, () => 0, bytes, RUNS).t;
+              before = timePairs(
+                () => addon.packedGemmSync(X, 1, W, Y),
+                reader,
+                () => 0,
+                bytes,
+                RUNS,
+              ).t;
             record('l3', N, K, bits, act, M, handle, timing, kernel, before, 1, variant);
           }
         }
@@ -240,7 +248,8 @@ for (const [N, K] of SHAPES) {
             let kernel = '';
             const product = (i) => (kernel = addon.cpuGptqGemmSync(set[i % copies], X, M, Y));
             const readOffset = (i) => (i % copies) * stride;
-            for (let i = 0; i < copies; i++) product(i), addon.streamReadSeconds(bigReader, readOffset(i), bytes, threads);
+            for (let i = 0; i < copies; i++)
+              (product(i), addon.streamReadSeconds(bigReader, readOffset(i), bytes, threads));
             const timing = timePairs(product, bigReader, readOffset, bytes, Math.max(DRAM_PASSES * copies, 5));
             record('dram', N, K, bits, act, M, handle, timing, kernel, null, copies, variant);
           }

@@ -130,10 +130,21 @@ describe.each(devices)('prepared linears on %s', (device) => {
         : Float64Array.from(data as Uint16Array, dtype === 'f16' ? f16Value : bf16Value);
     const bias = randomBias(rng, N);
     const lin = prepareLinear({ format: 'dense', dtype, data, N, K, bias }, { device });
-    for (const M of [1, 5]) {
+    for (const M of [1, 5, 7]) {
       const X = randomMatrix(rng, M, K);
       const ref = withBias(matmulRef(X, M, Wref, N, K), M, N, bias);
-      expect(relativeError(await lin.matmul(X, M), ref), `seed ${rng.seed} ${dtype} M ${M}`).toBeLessThan(1e-5);
+      const Y = await lin.matmul(X, M);
+      expect(relativeError(Y, ref), `seed ${rng.seed} ${dtype} M ${M}`).toBeLessThan(1e-5);
+      // On the CPU, one row alone (the one-row decode kernel) gives the bits that row gets inside a larger
+      // product (6-row tiles; M 7 ends with a lone row): a one-row path that summed in another order,
+      // read another row or wrote with the wrong stride would differ.
+      if (device === 'cpu')
+        for (const m of [0, M - 1]) {
+          const one = await lin.matmul(X.subarray(m * K, (m + 1) * K), 1);
+          expect(Array.from(one), `seed ${rng.seed} ${dtype} M ${M} row ${m}`).toEqual(
+            Array.from(Y.subarray(m * N, (m + 1) * N)),
+          );
+        }
     }
     expect(lin.bytes).toBeGreaterThanOrEqual(N * K * (dtype === 'f32' ? 4 : 2));
     lin.close();

@@ -148,12 +148,44 @@ AVX2_FN void panel_kernel(const float* X, int64_t rows, int64_t K, const void* p
   }
 }
 
+// One row of X times one panel (decode, M = 1): the same operations in the same order as row 0 of
+// panel_kernel (so the same bits), without the five unused rows' FMAs, and with the panel prefetched
+// 4 KiB ahead into L2. panel_kernel on one row read a DRAM-resident panel at ~47% of a streaming
+// read; this at 88-95% (2 threads, 32000 x 2048 f32 rotated past the L3, Xeon 2026-12-01: bench
+// note in RESULTS.md, issue 13), which is most of a decode step's time when the head is tied f32.
+template <DType D>
+AVX2_FN void panel_row1(const float* x, int64_t K, const void* panel, float* y, int64_t cols) {
+  constexpr int64_t kStep = 16 * (D == DType::F32 ? 4 : 2);  // bytes of one k
+  const char* bytes = static_cast<const char*>(panel);
+  __m256 a0 = _mm256_setzero_ps(), a1 = a0;
+  for (int64_t k = 0; k < K; ++k) {
+    if (k % 4 == 0)  // prefetching never faults, so reaching past the panel's end is harmless
+      for (int64_t off = 0; off < 4 * kStep; off += 64) _mm_prefetch(bytes + k * kStep + 4096 + off, _MM_HINT_T1);
+    __m256 w0, w1;
+    load16<D>(panel, k, w0, w1);
+    const __m256 xk = _mm256_broadcast_ss(x + k);
+    a0 = _mm256_fmadd_ps(xk, w0, a0);
+    a1 = _mm256_fmadd_ps(xk, w1, a1);
+  }
+  if (cols == 16) {
+    _mm256_storeu_ps(y, a0);
+    _mm256_storeu_ps(y + 8, a1);
+  } else {
+    alignas(32) float tmp[16];
+    _mm256_store_ps(tmp, a0);
+    _mm256_store_ps(tmp + 8, a1);
+    std::memcpy(y, tmp, (size_t)cols * 4);
+  }
+}
+
 template <DType D>
 AVX2_FN void panel_rows_avx2(const float* X, int64_t rows, int64_t K, const void* panel, float* Y, int64_t ldy,
                              int64_t cols) {
   constexpr int64_t kRows = 6;  // 12 accumulators + 2 weights + 1 broadcast of the 16 ymm registers
-  for (int64_t r = 0; r < rows; r += kRows)
-    panel_kernel<D>(X + r * K, std::min(kRows, rows - r), K, panel, Y + r * ldy, ldy, cols);
+  for (int64_t r = 0; r < rows; r += kRows) {
+    if (rows - r == 1) panel_row1<D>(X + r * K, K, panel, Y + r * ldy, cols);
+    else panel_kernel<D>(X + r * K, std::min(kRows, rows - r), K, panel, Y + r * ldy, ldy, cols);
+  }
 }
 
 AVX2_FN void swiglu_avx2(const float* gate, const float* up, int64_t n, float* out) {
