@@ -268,6 +268,7 @@ int run_check() {
       {3, 2048, 144, 64, false, 1},
       {2, 1000, 200, 128, false, 1}, {2, 1003, 77, 32, true, 1}, {2, 768, 130, 128, true, 0},
       {2, 2048, 144, 2048, false, 1},
+      {4, 4096, 144, 128, false, 1},  // 32 chunks: the folded GEMV split 3 ways (its split-K epilogue)
   };
   for (const Case& c : cases) check_case(c, rng);
   std::printf("check: %s (%d failures)\n", failures ? "FAILED" : "passed", failures);

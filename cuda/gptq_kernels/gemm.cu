@@ -450,18 +450,24 @@ struct FoldTile {
   }
 };
 
-template <int BITS, class T, int DEPTH, int MINB>
+template <int BITS, class T, int MT, int DEPTH, int MINB>
 __global__ void __launch_bounds__(256, MINB) gptq_gemv_fold_kernel(KernelArgs a) {
   using F = FoldTile<T, BITS>;
   constexpr int REC = record_bytes(BITS);
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int g = lane >> 2, t = lane & 3;
   const int ntile = blockIdx.y;
-  const int chunks = a.chunks;
-  // Lanes of rows past M read row 0: their mma columns are results nobody writes.
-  const T* X = static_cast<const T*>(a.x) + (int64_t)(g < a.M ? g : 0) * a.ldx + t * kSlot;
+  // Split-K over the grid's z (to even out the last wave of a large grid): chunks [c_begin, c_end).
+  const int c_begin = (int)((int64_t)blockIdx.z * a.chunks / a.splits);
+  const int chunks = (int)((int64_t)(blockIdx.z + 1) * a.chunks / a.splits);
+  // Row g of each 8-row tile of X (MT tiles); lanes of rows past M read row 0: their mma columns are
+  // results nobody writes.
+  const T* X[MT];
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt)
+    X[mt] = static_cast<const T*>(a.x) + (int64_t)(8 * mt + g < a.M ? 8 * mt + g : 0) * a.ldx + t * kSlot;
   // This warp's chunks are warp, warp + 8, ...: loaded in that order, 8 records apart each.
-  const uint8_t* wnext = a.weights + record_index(ntile, warp, chunks) * REC + lane * 16;
+  const uint8_t* wnext = a.weights + record_index(ntile, c_begin + warp, a.chunks) * REC + lane * 16;
   const uint16_t* srec = a.scale_zero + ((int64_t)ntile * 8 + g) * 4;
   const int64_t s_stride = (int64_t)(a.Np / kTileN) * 32;  // fp16 values between groups
 
@@ -485,60 +491,103 @@ __global__ void __launch_bounds__(256, MINB) gptq_gemv_fold_kernel(KernelArgs a)
     st.sz = __ldg(reinterpret_cast<const uint2*>(srec + __ldg(a.slot_group + c * 4) * s_stride));
   };
 
-  float acc[1][1][4] = {{{0.f, 0.f, 0.f, 0.f}}};
+  float acc[1][MT][4] = {};
   Stage st[DEPTH];
 #pragma unroll
   for (int s = 0; s < DEPTH; ++s)
-    if (warp + 8 * s < chunks) load(st[s], warp + 8 * s);
+    if (c_begin + warp + 8 * s < chunks) load(st[s], c_begin + warp + 8 * s);
 
-  for (int c0 = warp; c0 < chunks; c0 += 8 * DEPTH) {
+  for (int c0 = c_begin + warp; c0 < chunks; c0 += 8 * DEPTH) {
 #pragma unroll
     for (int s = 0; s < DEPTH; ++s) {
       const int c = c0 + 8 * s;
       if (c < chunks) {
         // X of this chunk: whole, or (the last chunk of a K that is not a multiple of 128) whole
         // units of 8 inputs up to kx and zeros past it (0 · x must not meet garbage there).
-        uint4 xv[4];
-        const T* xc = X + (int64_t)c * kChunk;
-        if ((int64_t)(c + 1) * kChunk <= a.kx) {
+        uint4 xv[MT][4];
+        const bool whole = (int64_t)(c + 1) * kChunk <= a.kx;
+        const int64_t k0 = (int64_t)c * kChunk + t * kSlot;
 #pragma unroll
-          for (int v = 0; v < 4; ++v) xv[v] = __ldg(reinterpret_cast<const uint4*>(xc + 8 * v));
-        } else {
-          const int64_t k0 = (int64_t)c * kChunk + t * kSlot;
+        for (int mt = 0; mt < MT; ++mt) {
+          const T* xc = X[mt] + (int64_t)c * kChunk;
+          if (whole) {
 #pragma unroll
-          for (int v = 0; v < 4; ++v)
-            xv[v] = k0 + 8 * v + 8 <= a.kx ? __ldg(reinterpret_cast<const uint4*>(xc + 8 * v)) : make_uint4(0, 0, 0, 0);
+            for (int v = 0; v < 4; ++v) xv[mt][v] = __ldg(reinterpret_cast<const uint4*>(xc + 8 * v));
+          } else {
+#pragma unroll
+            for (int v = 0; v < 4; ++v)
+              xv[mt][v] = k0 + 8 * v + 8 <= a.kx ? __ldg(reinterpret_cast<const uint4*>(xc + 8 * v)) : make_uint4(0, 0, 0, 0);
+          }
         }
         uint32_t zc[4];
         float scale[2];
         F::consts(st[s].sz, zc, scale);
-        float cacc[4] = {0.f, 0.f, 0.f, 0.f};
+        // Two sums per row tile (even and odd tiles): two chains of dependent mma instead of one of 16
+        // (four would spill at 64 registers).
+        float cacc[MT][2][4] = {};
 #pragma unroll
         for (int j = 0; j < 8; ++j) {
           uint32_t af[4];
           F::fields(tile_word<BITS>(st[s].w, j), af);
-          const uint32_t b0 = (j & 1) ? xv[j >> 1].z : xv[j >> 1].x, b1 = (j & 1) ? xv[j >> 1].w : xv[j >> 1].y;
-          mma<T>(cacc, af, b0, b1);
-          mma<T>(cacc, zc, b0, b1);
+#pragma unroll
+          for (int mt = 0; mt < MT; ++mt) {
+            const uint4& xj = xv[mt][j >> 1];
+            const uint32_t b0 = (j & 1) ? xj.z : xj.x, b1 = (j & 1) ? xj.w : xj.y;
+            mma<T>(cacc[mt][j & 1], af, b0, b1);
+            mma<T>(cacc[mt][j & 1], zc, b0, b1);
+          }
         }
-        acc[0][0][0] = fmaf(scale[0], cacc[0], acc[0][0][0]);
-        acc[0][0][1] = fmaf(scale[0], cacc[1], acc[0][0][1]);
-        acc[0][0][2] = fmaf(scale[1], cacc[2], acc[0][0][2]);
-        acc[0][0][3] = fmaf(scale[1], cacc[3], acc[0][0][3]);
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+          for (int i = 0; i < 4; ++i)
+            acc[0][mt][i] = fmaf(scale[i >> 1], cacc[mt][0][i] + cacc[mt][1][i], acc[0][mt][i]);
         if (c + 8 * DEPTH < chunks) load(st[s], c + 8 * DEPTH);
       }
     }
   }
-  __shared__ float part[8][4][32];  // [warp][accumulator][lane]: no bank conflicts
+  __shared__ float part[8][MT * 4][32];  // [warp][accumulator][lane]: no bank conflicts
 #pragma unroll
-  for (int i = 0; i < 4; ++i) part[warp][i][lane] = acc[0][0][i];
+  for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+    for (int i = 0; i < 4; ++i) part[warp][mt * 4 + i][lane] = acc[0][mt][i];
   __syncthreads();
   if (warp != 0) return;
 #pragma unroll
   for (int w = 1; w < 8; ++w)
 #pragma unroll
-    for (int i = 0; i < 4; ++i) acc[0][0][i] += part[w][i][lane];
-  write_result<T, 1, 1, 1, 1>(a, acc, ntile, 0);  // splits == 1: no barrier inside
+    for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+      for (int i = 0; i < 4; ++i) acc[0][mt][i] += part[w][mt * 4 + i][lane];
+  if (a.splits == 1) {
+    write_result<T, MT, 1, 1, 1>(a, acc, ntile, 0);  // no barrier inside when splits == 1
+    return;
+  }
+  // Split-K, by warp 0 alone: add into the fp32 partial sums; the last block of the tile writes Y and
+  // leaves the sums and its counter at zero for the next product.
+  T* Y = static_cast<T*>(a.y);
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const int m = 8 * mt + 2 * t + (i & 1), n = ntile * kTileN + g + 8 * (i >> 1);
+      if (m < a.M) atomicAdd(a.partial + (int64_t)m * a.Np + n, acc[0][mt][i]);
+    }
+  __threadfence();
+  int32_t* counter = a.counters + ntile;
+  int last = 0;
+  if (lane == 0) last = atomicAdd(counter, 1) == a.splits - 1;
+  if (!__shfl_sync(0xffffffffu, last, 0)) return;
+  __threadfence();
+  for (int i = lane; i < 8 * MT * kTileN; i += 32) {
+    const int m = i / kTileN, n = ntile * kTileN + i % kTileN;
+    if (m >= a.M) break;
+    float* p = a.partial + (int64_t)m * a.Np + n;
+    const float v = __ldcg(p);
+    *p = 0.f;
+    if (n < a.N) Y[(int64_t)m * a.N + n] = from_float<T>(v);
+  }
+  if (lane == 0) *counter = 0;
 }
 
 // X gathered into the repacked order of K (act-order), or copied with zero padding to Kp columns
@@ -621,7 +670,7 @@ struct ConfigInfo {
 };
 // Row tiles of 8, 16, 32, 64 and 128 rows of X (name: rows × columns per block, w = warps), and the
 // direct-load kernels for up to 8 rows (v; k8: one tile per block, its 8 warps splitting K; f: the
-// same with the zero point folded out, 2 or (d4) 4 chunks in flight per warp). The
+// same with the zero point folded out, for 8 or 16 rows). The
 // direct-load kernels keep 2 chunks in flight per warp:
 // with 4 (X prefetched too) it held one block per multiprocessor and ran 1.5-1.8x slower.
 // (Earlier sweeps also had m8n64, m32n128w8 and m128n128 with 8 warps: rarely or never the best.)
@@ -629,12 +678,12 @@ constexpr ConfigInfo kConfigs[] = {
     {"m8n128", 1, 1, 1, 8, 0},     {"m16n128", 2, 2, 1, 4, 0},   {"m32n128", 4, 2, 1, 4, 0},
     {"m64n128w4", 4, 4, 2, 2, 0},  {"m16n128w8", 2, 1, 1, 8, 0}, {"m64n128w8", 8, 1, 1, 8, 0},
     {"v8n128", 1, 1, 1, 8, 8},     {"v8n16k8", 1, 1, 1, 1, 8},   {"f8n16k8", 1, 1, 1, 1, 8},
-    {"f8n16k8d4", 1, 1, 1, 1, 8},
+    {"f16n16k8", 2, 1, 1, 1, 16},
 };
 constexpr int kConfigCount = sizeof(kConfigs) / sizeof(kConfigs[0]);
 constexpr int kGemv = 6, kGemvK = 7;  // the direct-load kernels: 8 tiles a block, or one tile split 8 ways along K
-constexpr int kFold = 8, kFold4 = 9;  // the zero-point-folded GEMV, 2 or 4 chunks in flight per warp
-constexpr bool is_fold(int config) { return config == kFold || config == kFold4; }
+constexpr int kFold = 8, kFold16 = 9;  // the zero-point-folded GEMV for 8 and 16 rows
+constexpr bool is_fold(int config) { return config == kFold || config == kFold16; }
 
 struct Kernel {
   Launch launch = nullptr;
@@ -652,14 +701,19 @@ Kernel gemv_of(bool defer) {
   return {launch_gemv<BITS, T, false, DEPTH, KSPLIT>, occupancy_gemv<BITS, T, false, DEPTH, KSPLIT>};
 }
 
-template <int BITS, class T, int DEPTH, int MINB>
+template <int BITS, class T, int MT, int DEPTH, int MINB>
 void launch_fold(const KernelArgs& a, dim3 grid, cudaStream_t stream) {
-  gptq_gemv_fold_kernel<BITS, T, DEPTH, MINB><<<grid, 256, 0, stream>>>(a);
+  gptq_gemv_fold_kernel<BITS, T, MT, DEPTH, MINB><<<grid, 256, 0, stream>>>(a);
 }
 
-template <int BITS, class T, int DEPTH, int MINB>
+template <int BITS, class T, int MT, int DEPTH, int MINB>
 int occupancy_fold() {
-  return occupancy_of<gptq_gemv_fold_kernel<BITS, T, DEPTH, MINB>>(256, 0);
+  return occupancy_of<gptq_gemv_fold_kernel<BITS, T, MT, DEPTH, MINB>>(256, 0);
+}
+
+template <int BITS, class T, int MT, int DEPTH, int MINB>
+Kernel fold_of() {
+  return {launch_fold<BITS, T, MT, DEPTH, MINB>, occupancy_fold<BITS, T, MT, DEPTH, MINB>};
 }
 
 template <int BITS, class T>
@@ -673,8 +727,8 @@ Kernel pick_kernel(int config, bool defer) {
     case 5: return kernel_of<BITS, T, 8, 1, 1, 8, false>();
     case kGemv: return gemv_of<BITS, T, 2, false>(defer);
     case kGemvK: return gemv_of<BITS, T, 2, true>(defer);
-    case kFold: return {launch_fold<BITS, T, 2, 4>, occupancy_fold<BITS, T, 2, 4>};
-    case kFold4: return {launch_fold<BITS, T, 4, BITS == 4 ? 2 : 3>, occupancy_fold<BITS, T, 4, BITS == 4 ? 2 : 3>};
+    case kFold: return fold_of<BITS, T, 1, 2, 4>();
+    case kFold16: return fold_of<BITS, T, 2, 2, 2>();
   }
   return {};
 }
@@ -726,7 +780,9 @@ void gptq_choose(const GptqDeviceWeights& W, int64_t M, int* config, int* splits
   // The table, from the H200 sweeps of 2026-12-01 (bench/cuda-gemm.cu sweep; bench/RESULTS.md): up
   // to 8 rows, with groups of 128 or more, the zero-point-folded GEMV on matrices from 8192² (8192 x
   // 28672 int4 M = 1: 38.7 against 50.6 us; 28672 x 8192: 36.6 against 43.3) and on wide ones from
-  // 4096 x 11008 (11.5 against 13.5), with 4 chunks in flight per warp below 8192²; else the
+  // 4096 x 11008 (11.9 against 13.4); 9-16 rows its 16-row form with groups of 128 or more (4096²
+  // M = 16: 9.3 against 14.4 us; 8192²: 27.1 against 29.4), except 3/2-bit above 8192² (staged
+  // 16-row tiles 1-5% faster there); else the
   // direct-load kernel with its warps splitting K inside the block (4096² M = 1: 5.7 against 7.1 us;
   // 11008 x 4096: 11.4 against 12.9), except on matrices above 8192² with K > N, where the staged
   // 8-row tiles stay ahead (28672 x 8192 g128 before the folded kernel: 43 against 45); 16-row tiles (one tile per warp, 8 warps, except on the largest
@@ -742,8 +798,8 @@ void gptq_choose(const GptqDeviceWeights& W, int64_t M, int* config, int* splits
   const bool large = size >= (int64_t)8192 * 8192, huge = size > (int64_t)8192 * 8192;
   int c;
   const bool fold = W.uniform_chunks && (large || (W.N > W.K && size >= (int64_t)4096 * 11008));
-  if (M <= 8) c = fold ? (large ? kFold : kFold4) : huge && W.K > W.N ? 0 : kGemvK;
-  else if (M <= 16) c = huge ? 1 : 4;
+  if (M <= 8) c = fold ? kFold : huge && W.K > W.N ? 0 : kGemvK;
+  else if (M <= 16) c = W.uniform_chunks && !(huge && W.bits < 4) ? kFold16 : huge ? 1 : 4;
   else if (M <= 32) c = 2;
   else if (M <= 64) c = huge ? 5 : 2;
   else if (M <= 128) c = large && !huge ? 5 : large ? 3 : 2;
@@ -754,6 +810,7 @@ void gptq_choose(const GptqDeviceWeights& W, int64_t M, int* config, int* splits
   const int64_t target = (int64_t)k.occupancy() * multiprocessors(W.device);
   const int64_t by_traffic = M > 64 ? W.weight_bytes / (8 * M * W.Np) : chunks;
   *config = c;
+  // The folded GEMV: split-K (its z) made 8192 x 28672 slower (2 splits: 52.8 against 38.9 us).
   *splits = c == kGemvK || is_fold(c) ? 1 : (int)std::max<int64_t>(1, std::min({target / tiles, chunks / 4, by_traffic}));
 }
 
@@ -794,10 +851,11 @@ bool gptq_matmul_config(const GptqDeviceWeights& W, const void* X, GptqDtype dty
   if (config < 0 || config >= kConfigCount || splits < 1) return false;
   const ConfigInfo& ci = kConfigs[config];
   if (ci.max_m && M > ci.max_m) return false;
-  if ((config == kGemvK || is_fold(config)) && splits != 1) return false;  // their warps split K inside the block
+  if (config == kGemvK && splits != 1) return false;  // its warps split K inside the block instead
   if (is_fold(config) && !W.uniform_chunks) return false;  // the folded zero point is one per chunk
   const int64_t chunks = W.Kp / kChunk;
   if (splits > chunks) return false;
+  if (is_fold(config) && splits > 1 && chunks / splits < 8) return false;  // a chunk for each warp
   const bool defer = gptq_config_defers(W, config);
   cudaStream_t stream = static_cast<cudaStream_t>(stream_ptr);
   check(cudaSetDevice(W.device), "cudaSetDevice");
