@@ -163,6 +163,13 @@ describe.skipIf(!cuda.ok)(
       it(`${dt} 4-bit g128, K 4096, N 256 (split-K): large K in one product, M 1/5/64`, async () => {
         await check({ bits: 4, N: 256, K: 4096, groupSize: 128, shuffled: false, rows: [1, 5, 64] }, dt);
       });
+      // Catches: the folded decode GEMV (taken for up to 16 rows with groups of 128 or more on matrices
+      // of 4096 x 11008 weights and up, N > K) using a wrong zero point, scale, field or row of X.
+      for (const bits of [2, 3, 4] as const) {
+        it(`${dt} ${bits}-bit g128, K 1024, N 44032 (the folded decode GEMV for 8 and 16 rows), M 1/16`, async () => {
+          await check({ bits, N: 44032, K: 1024, groupSize: 128, shuffled: false, rows: [1, 16] }, dt);
+        });
+      }
     }
 
     // Catches: products on one device sharing split-K scratch (partial sums and tile counters) across
