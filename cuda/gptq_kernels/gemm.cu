@@ -396,7 +396,7 @@ __global__ void __launch_bounds__(256) gptq_gemv_kernel(KernelArgs a) {
 
 // ---- the decode GEMV with the zero point folded out of the dequantization ----
 //
-// For up to 8 rows of X when every chunk lies in one group (groups of 128 or more): each weight enters
+// For up to 8·MT rows of X when every chunk lies in one group (groups of 128 or more): each weight enters
 // the mma as its bare code, without the per-weight subtraction of the kernels above. fp16: the field
 // masked in place is an fp16 subnormal, q·2^-24 (or μ·q·2^-24 when it sits μ = 4 or 16 times higher
 // in its half-word), so there is no bias at all; bf16: the magic-number value 128 + q. A second mma per
@@ -406,9 +406,10 @@ __global__ void __launch_bounds__(256) gptq_gemv_kernel(KernelArgs a) {
 // 4 subtractions and 1 mma before. Column g of a lane's tile always has μ = 1, column g + 8 μ = 16
 // (4/3-bit fp16), 4 (2-bit fp16) or 1 (bf16).
 //
-// The block is 8 warps on one 16-column tile, each warp taking every 8th chunk of K (no split-K
-// atomics), with DEPTH chunks of weights in flight per warp in registers; X (read by every block)
-// comes through L1 when its chunk is used, not staged, which keeps the registers for the weights.
+// The block is 8 warps on one 16-column tile, each warp taking every 8th chunk of K (of the block's
+// split of K, when the grid's z splits it), with DEPTH chunks of weights in flight per warp in
+// registers; X (read by every block) comes through L1 when its chunk is used, not staged, which keeps
+// the registers for the weights. With MT = 2 each dequantized tile feeds two 8-row mma.
 template <class T, int BITS>
 struct FoldTile {
   static constexpr bool kHalf = std::is_same<T, __half>::value;
@@ -457,16 +458,16 @@ __global__ void __launch_bounds__(256, MINB) gptq_gemv_fold_kernel(KernelArgs a)
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int g = lane >> 2, t = lane & 3;
   const int ntile = blockIdx.y;
-  // Split-K over the grid's z (to even out the last wave of a large grid): chunks [c_begin, c_end).
+  // Split-K over the grid's z: this block's chunks are [c_begin, c_end).
   const int c_begin = (int)((int64_t)blockIdx.z * a.chunks / a.splits);
-  const int chunks = (int)((int64_t)(blockIdx.z + 1) * a.chunks / a.splits);
+  const int c_end = (int)((int64_t)(blockIdx.z + 1) * a.chunks / a.splits);
   // Row g of each 8-row tile of X (MT tiles); lanes of rows past M read row 0: their mma columns are
   // results nobody writes.
   const T* X[MT];
 #pragma unroll
   for (int mt = 0; mt < MT; ++mt)
     X[mt] = static_cast<const T*>(a.x) + (int64_t)(8 * mt + g < a.M ? 8 * mt + g : 0) * a.ldx + t * kSlot;
-  // This warp's chunks are warp, warp + 8, ...: loaded in that order, 8 records apart each.
+  // This warp's chunks are c_begin + warp, + 8, ...: loaded in that order, 8 records apart each.
   const uint8_t* wnext = a.weights + record_index(ntile, c_begin + warp, a.chunks) * REC + lane * 16;
   const uint16_t* srec = a.scale_zero + ((int64_t)ntile * 8 + g) * 4;
   const int64_t s_stride = (int64_t)(a.Np / kTileN) * 32;  // fp16 values between groups
@@ -495,13 +496,13 @@ __global__ void __launch_bounds__(256, MINB) gptq_gemv_fold_kernel(KernelArgs a)
   Stage st[DEPTH];
 #pragma unroll
   for (int s = 0; s < DEPTH; ++s)
-    if (c_begin + warp + 8 * s < chunks) load(st[s], c_begin + warp + 8 * s);
+    if (c_begin + warp + 8 * s < c_end) load(st[s], c_begin + warp + 8 * s);
 
-  for (int c0 = c_begin + warp; c0 < chunks; c0 += 8 * DEPTH) {
+  for (int c0 = c_begin + warp; c0 < c_end; c0 += 8 * DEPTH) {
 #pragma unroll
     for (int s = 0; s < DEPTH; ++s) {
       const int c = c0 + 8 * s;
-      if (c < chunks) {
+      if (c < c_end) {
         // X of this chunk: whole, or (the last chunk of a K that is not a multiple of 128) whole
         // units of 8 inputs up to kx and zeros past it (0 · x must not meet garbage there).
         uint4 xv[MT][4];
@@ -542,7 +543,7 @@ __global__ void __launch_bounds__(256, MINB) gptq_gemv_fold_kernel(KernelArgs a)
 #pragma unroll
           for (int i = 0; i < 4; ++i)
             acc[0][mt][i] = fmaf(scale[i >> 1], cacc[mt][0][i] + cacc[mt][1][i], acc[0][mt][i]);
-        if (c + 8 * DEPTH < chunks) load(st[s], c + 8 * DEPTH);
+        if (c + 8 * DEPTH < c_end) load(st[s], c + 8 * DEPTH);
       }
     }
   }
