@@ -41,6 +41,8 @@ SpqrOptions spqr_options(const Napi::Object& o) {
   opt_int("blockSize", s.block_size);
   const Napi::Value act_order = o.Get("actOrder");
   if (!act_order.IsUndefined()) s.act_order = boolean(act_order, "actOrder");
+  const Napi::Value grid_search = o.Get("gridSearch");
+  if (!grid_search.IsUndefined()) s.grid_search = boolean(grid_search, "gridSearch");
   return s;
 }
 

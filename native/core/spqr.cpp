@@ -189,6 +189,70 @@ inline float quantize_real(float w, float scale, float zero, int maxq, int32_t* 
   return scale * (q - zero);
 }
 
+// The scaled squared error Σ c[i] (w[i] − ŵ[i])² of the values with keep[i] (all when keep is null)
+// on the grid (scale, zero): the group's share of GPTQ's objective, c[i] = 1 / Hinv_pp².
+double grid_error(const float* w, const float* c, int64_t n, const uint8_t* keep, float scale, float zero, int maxq) {
+  double e = 0;
+  int32_t code;
+  for (int64_t i = 0; i < n; ++i)
+    if (!keep || keep[i]) {
+      const double d = (double)w[i] - (double)quantize_real(w[i], scale, zero, maxq, &code);
+      e += d * d * (double)c[i];
+    }
+  return e;
+}
+
+// The grid search over shrunken ranges: each end of [lo, hi] moves inward by 0..kShrinkSteps steps of
+// kShrinkStep · (hi − lo), independently (at 2 bits a range that clips the extremes is usually better).
+constexpr int kShrinkSteps = 12;
+constexpr float kShrinkStep = 0.03f;
+// Rounds of alternating refinement after the range search.
+constexpr int kRefineRounds = 4;
+
+// The grid of the kept w[i] with the lowest grid_error: the best shrunken range (the min–max grid is
+// the unshrunken candidate, so never worse), then rounds that alternate the codes' optimal values
+// (nearest level) with the weighted least-squares (scale, zero) for those codes, each kept only if
+// it lowers the error. Returns the grid and writes its error.
+RealGrid search_real_grid(const float* w, const float* c, int64_t n, const uint8_t* keep, int maxq, double* error_out) {
+  const RealGrid minmax = fit_real_grid(w, n, keep, maxq);
+  RealGrid best = minmax;
+  double best_e = grid_error(w, c, n, keep, best.scale, best.zero, maxq);
+  const float lo = -minmax.zero * minmax.scale, range = minmax.scale * (float)maxq;
+  for (int a = 0; a <= kShrinkSteps; ++a)
+    for (int b = 0; b <= kShrinkSteps; ++b) {
+      if (a == 0 && b == 0) continue;
+      const float l = lo + (float)a * kShrinkStep * range, h = lo + range - (float)b * kShrinkStep * range;
+      RealGrid g;
+      g.scale = std::max((h - l) / (float)maxq, kMinScale);
+      g.zero = -l / g.scale;
+      const double e = grid_error(w, c, n, keep, g.scale, g.zero, maxq);
+      if (e < best_e) best = g, best_e = e;
+    }
+  for (int round = 0; round < kRefineRounds; ++round) {
+    // w ≈ s·q + m by weighted least squares over the current codes q; zero = −m / s
+    double sc = 0, sq = 0, sw = 0, sqq = 0, sqw = 0;
+    int32_t q;
+    for (int64_t i = 0; i < n; ++i)
+      if (!keep || keep[i]) {
+        quantize_real(w[i], best.scale, best.zero, maxq, &q);
+        sc += c[i], sq += c[i] * (double)q, sw += c[i] * (double)w[i];
+        sqq += c[i] * (double)q * q, sqw += c[i] * (double)q * w[i];
+      }
+    const double det = sc * sqq - sq * sq;
+    if (!(det > 1e-12 * sc * sqq)) break;  // one code only: no slope to fit
+    const double s = (sc * sqw - sq * sw) / det, m = (sw - s * sq) / sc;
+    if (!(s >= (double)kMinScale)) break;
+    RealGrid g;
+    g.scale = (float)s;
+    g.zero = (float)(-m / s);
+    const double e = grid_error(w, c, n, keep, g.scale, g.zero, maxq);
+    if (!(e < best_e)) break;
+    best = g, best_e = e;
+  }
+  *error_out = best_e;
+  return best;
+}
+
 // Leave-one-out: for each i, how much the group's Hinv-scaled squared error drops when w[i] is left
 // out of the fit (and not quantized at all). Returns the weight with the largest drop if that drop
 // exceeds `threshold` (else -1), and the drop.
@@ -239,6 +303,24 @@ void quantize_stats(const float* v, int64_t m, int stat_bits, uint8_t* codes, ui
     float c = step32 > 0.f ? std::nearbyint((v[i] - off32) / step32) : 0.f;
     codes[i] = (uint8_t)(c < 0.f ? 0.f : (c > (float)maxc ? (float)maxc : c));
   }
+}
+
+// One row's (scale code, zero code) under its block's second-level grids (offset, step pairs) with
+// the lowest grid_error: every pair within kCodeRadius of the given codes (all pairs at ≤ 3 statistic
+// bits); the given pair is kept unless another is strictly better. Returns the error.
+constexpr int kCodeRadius = 4;
+double search_stat_codes(const float* w, const float* c, int64_t n, const uint8_t* keep, const uint16_t* s_stats,
+                         const uint16_t* z_stats, int stat_bits, int maxq, uint8_t* sc, uint8_t* zc) {
+  const int maxc = (1 << stat_bits) - 1, radius = stat_bits <= 3 ? maxc : kCodeRadius;
+  const int s0 = *sc, z0 = *zc;
+  double best_e = grid_error(w, c, n, keep, decode_stat(s_stats, 0, s0), decode_stat(z_stats, 0, z0), maxq);
+  for (int s = std::max(0, s0 - radius); s <= std::min(maxc, s0 + radius); ++s)
+    for (int z = std::max(0, z0 - radius); z <= std::min(maxc, z0 + radius); ++z) {
+      if (s == s0 && z == z0) continue;
+      const double e = grid_error(w, c, n, keep, decode_stat(s_stats, 0, (uint32_t)s), decode_stat(z_stats, 0, (uint32_t)z), maxq);
+      if (e < best_e) best_e = e, *sc = (uint8_t)s, *zc = (uint8_t)z;
+    }
+  return best_e;
 }
 
 }  // namespace
@@ -308,7 +390,13 @@ SpqrResult spqr_quantize(const float* W_in, int64_t N, int64_t K, const float* H
   r.scale_stats.assign((size_t)(G * NB * 2), 0);
   r.zero_stats.assign((size_t)(G * NB * 2), 0);
   std::vector<float> row_scale((size_t)N), row_zero((size_t)N);  // the current group's decoded statistics
-  std::vector<float> fit_scale((size_t)N), fit_zero((size_t)N);  // ... and their unquantized fit
+  std::vector<float> fit_scale((size_t)N), fit_zero((size_t)N);  // ... their min–max fit
+  std::vector<float> search_scale((size_t)N), search_zero((size_t)N);  // ... their searched fit
+  // The two candidate second-level grids of each block ((offset, step) of the scales, then of the
+  // zeros), each row's codes under them and its error (grid_search only).
+  std::vector<uint16_t> stats_a((size_t)(NB * 4)), stats_b((size_t)(NB * 4));
+  std::vector<uint8_t> sc_a((size_t)N), zc_a((size_t)N), sc_b((size_t)N), zc_b((size_t)N);
+  std::vector<double> err_a((size_t)N), err_b((size_t)N);
   std::vector<std::vector<std::pair<int32_t, uint16_t>>> row_outliers((size_t)N);
   std::vector<double> row_loss((size_t)N, 0.0);
   std::vector<int32_t> col_code((size_t)N);
@@ -327,6 +415,12 @@ SpqrResult spqr_quantize(const float* W_in, int64_t N, int64_t K, const float* H
   std::vector<int64_t> reserved((size_t)N, -1);  // sweep position of each row's reserved outlier in this group
   std::vector<double> loo_drop((size_t)N);
   int64_t pending = 0;                           // reserved outliers not yet swept
+
+  // keep[i]: weight p0 + i of row n is fitted (not the row's reserved outlier)
+  auto group_keep = [&](int64_t n, int64_t p0, int64_t len, uint8_t* keep) {
+    std::fill(keep, keep + len, (uint8_t)1);
+    if (reserved[n] >= 0) keep[reserved[n] - p0] = 0;
+  };
 
   auto fit_group = [&](int64_t p0) {
     const int64_t g = p0 / beta1, len = std::min(beta1, K - p0);
@@ -351,28 +445,64 @@ SpqrResult spqr_quantize(const float* W_in, int64_t N, int64_t K, const float* H
       }
       pending = std::min<int64_t>((int64_t)candidates.size(), room);
     }
-    // b. first-level grids without the reserved weights
+    // b. first-level grids without the reserved weights: min–max, and the searched grid
     global_pool()->parallel_for(N, 16, [&](int64_t n0, int64_t n1) {
       std::vector<uint8_t> keep((size_t)len);
       for (int64_t n = n0; n < n1; ++n) {
-        std::fill(keep.begin(), keep.end(), (uint8_t)1);
-        if (reserved[n] >= 0) keep[(size_t)(reserved[n] - p0)] = 0;
-        const RealGrid rg = fit_real_grid(W.data() + n * K + p0, len, keep.data(), maxq);
-        fit_scale[n] = rg.scale;
-        fit_zero[n] = rg.zero;
+        group_keep(n, p0, len, keep.data());
+        const float* w = W.data() + n * K + p0;
+        const RealGrid mm = fit_real_grid(w, len, keep.data(), maxq);
+        fit_scale[n] = mm.scale;
+        fit_zero[n] = mm.zero;
+        if (opt.grid_search) {
+          double e;
+          const RealGrid sg = search_real_grid(w, inv_d2.data() + p0, len, keep.data(), maxq, &e);
+          search_scale[n] = sg.scale;
+          search_zero[n] = sg.zero;
+        }
       }
     });
-    std::vector<uint8_t> sc((size_t)beta2), zc((size_t)beta2);
+    // c. second-level statistics of every β2 rows, quantized on their own min–max grid. With the
+    //    search: from the min–max fits and from the searched fits, each row then taking the pair of
+    //    statistic codes with the lowest error under them; the block keeps whichever of the two gives
+    //    the lower total error (so never more than min–max with rounded codes).
     for (int64_t b = 0; b < NB; ++b) {
       const int64_t n0 = b * beta2, m = std::min(beta2, N - n0);
-      quantize_stats(fit_scale.data() + n0, m, opt.stat_bits, sc.data(), r.scale_stats.data() + (g * NB + b) * 2);
-      quantize_stats(fit_zero.data() + n0, m, opt.stat_bits, zc.data(), r.zero_stats.data() + (g * NB + b) * 2);
-      for (int64_t i = 0; i < m; ++i) {
-        const int64_t n = n0 + i;
-        scode[n * G + g] = sc[(size_t)i];
-        zcode[n * G + g] = zc[(size_t)i];
-        row_scale[n] = decode_stat(r.scale_stats.data(), g * NB + b, sc[(size_t)i]);
-        row_zero[n] = decode_stat(r.zero_stats.data(), g * NB + b, zc[(size_t)i]);
+      quantize_stats(fit_scale.data() + n0, m, opt.stat_bits, sc_a.data() + n0, stats_a.data() + b * 4);
+      quantize_stats(fit_zero.data() + n0, m, opt.stat_bits, zc_a.data() + n0, stats_a.data() + b * 4 + 2);
+      if (opt.grid_search) {
+        quantize_stats(search_scale.data() + n0, m, opt.stat_bits, sc_b.data() + n0, stats_b.data() + b * 4);
+        quantize_stats(search_zero.data() + n0, m, opt.stat_bits, zc_b.data() + n0, stats_b.data() + b * 4 + 2);
+      }
+    }
+    if (opt.grid_search)
+      global_pool()->parallel_for(N, 8, [&](int64_t n0, int64_t n1) {
+        std::vector<uint8_t> keep((size_t)len);
+        for (int64_t n = n0; n < n1; ++n) {
+          group_keep(n, p0, len, keep.data());
+          const float *w = W.data() + n * K + p0, *c = inv_d2.data() + p0;
+          const uint16_t *a = stats_a.data() + n / beta2 * 4, *bb = stats_b.data() + n / beta2 * 4;
+          err_a[n] = search_stat_codes(w, c, len, keep.data(), a, a + 2, opt.stat_bits, maxq, &sc_a[n], &zc_a[n]);
+          err_b[n] = search_stat_codes(w, c, len, keep.data(), bb, bb + 2, opt.stat_bits, maxq, &sc_b[n], &zc_b[n]);
+        }
+      });
+    for (int64_t b = 0; b < NB; ++b) {
+      const int64_t n0 = b * beta2, m = std::min(beta2, N - n0);
+      bool use_b = false;
+      if (opt.grid_search) {
+        double ea = 0, eb = 0;
+        for (int64_t n = n0; n < n0 + m; ++n) ea += err_a[n], eb += err_b[n];
+        use_b = eb < ea;
+      }
+      const uint16_t* st = (use_b ? stats_b : stats_a).data() + b * 4;
+      std::copy(st, st + 2, r.scale_stats.data() + (g * NB + b) * 2);
+      std::copy(st + 2, st + 4, r.zero_stats.data() + (g * NB + b) * 2);
+      for (int64_t n = n0; n < n0 + m; ++n) {
+        const uint8_t sc = use_b ? sc_b[n] : sc_a[n], zc = use_b ? zc_b[n] : zc_a[n];
+        scode[n * G + g] = sc;
+        zcode[n * G + g] = zc;
+        row_scale[n] = decode_stat(st, 0, sc);
+        row_zero[n] = decode_stat(st + 2, 0, zc);
       }
     }
   };

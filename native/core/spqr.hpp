@@ -28,6 +28,9 @@ struct SpqrOptions {
   double damp_percent = 0.01;       // lambda = damp_percent * mean(diag H), raised on failure as GPTQ's
   int max_damp_raises = 3;
   bool act_order = true;            // sweep columns by descending diag(H)
+  // Fit each first-level group's scale and zero by search (lowest scaled error over shrunken
+  // ranges, then over the quantized statistics' codes) instead of plain min–max.
+  bool grid_search = true;
   int64_t block_size = 128;         // lazy-batch block, rounded up to a multiple of beta1
 };
 

@@ -38,6 +38,8 @@ export interface SpqrQuantizationConfig {
   outlierBudget: number;
   damp: number;
   actOrder: boolean;
+  /** first-level statistics searched (true) or min–max (false); absent in checkpoints written before the option */
+  gridSearch?: boolean;
 }
 
 /** Per-linear facts the config also records (lowbit inspect prints them). */
@@ -139,6 +141,8 @@ function checkConfig(q: SpqrQuantizationConfig, where: string): void {
     bad('outlier_budget', 'a number in (0, 1)', q.outlierBudget);
   if (typeof q.damp !== 'number' || !(q.damp >= 0)) bad('damp_percent', 'a number >= 0', q.damp);
   if (typeof q.actOrder !== 'boolean') bad('act_order', 'a boolean', q.actOrder);
+  if (q.gridSearch !== undefined && typeof q.gridSearch !== 'boolean')
+    bad('grid_search', 'a boolean (or absent)', q.gridSearch);
 }
 
 /** The quantization_config JSON of a SpQR checkpoint. */
@@ -158,6 +162,7 @@ export function spqrQuantizationConfigJson(
     outlier_budget: q.outlierBudget,
     damp_percent: q.damp,
     act_order: q.actOrder,
+    ...(q.gridSearch !== undefined ? { grid_search: q.gridSearch } : {}),
     average_bits_per_weight: averageBitsPerWeight,
     meta: { quantizer: ['lowbit:0.1.0'] },
     lowbit: {
@@ -201,6 +206,7 @@ export function parseSpqrQuantizationConfig(raw: unknown, where: string): SpqrCh
     outlierBudget: r.outlier_budget as number,
     damp: r.damp_percent as number,
     actOrder: r.act_order as boolean,
+    ...(r.grid_search !== undefined ? { gridSearch: r.grid_search as boolean } : {}),
   };
   checkConfig(q, where);
   const layers: Record<string, SpqrLayerFacts> = {};

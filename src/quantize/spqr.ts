@@ -57,6 +57,11 @@ export interface SpqrOptions {
   damp?: number;
   /** sweep columns by descending diag(H) (default true) */
   actOrder?: boolean;
+  /**
+   * fit each first-level group's scale and zero by search (lowest scaled error over shrunken ranges,
+   * then over the quantized statistics' codes) rather than min–max (default true)
+   */
+  gridSearch?: boolean;
   maxDampRaises?: number;
   blockSize?: number;
 }
@@ -72,6 +77,7 @@ export const SPQR_DEFAULTS: ResolvedSpqrOptions = {
   outlierBudget: 0.01,
   damp: 0.01,
   actOrder: true,
+  gridSearch: true,
   maxDampRaises: 3,
   blockSize: 128,
 };
@@ -113,6 +119,7 @@ export function resolveSpqrOptions(options: SpqrOptions = {}, K?: number): Resol
   if (typeof o.damp !== 'number' || !Number.isFinite(o.damp) || o.damp < 0)
     invalidArgument('damp', 'finite number >= 0', o.damp);
   if (typeof o.actOrder !== 'boolean') invalidArgument('actOrder', 'boolean', o.actOrder);
+  if (typeof o.gridSearch !== 'boolean') invalidArgument('gridSearch', 'boolean', o.gridSearch);
   integerIn('maxDampRaises', o.maxDampRaises, 0, 20);
   integerIn('blockSize', o.blockSize, 1, 1 << 20);
   return o;
@@ -180,6 +187,7 @@ export async function spqrQuantize(
     outlierBudget: o.outlierBudget,
     dampPercent: o.damp,
     actOrder: o.actOrder,
+    gridSearch: o.gridSearch,
     maxDampRaises: o.maxDampRaises,
     blockSize: o.blockSize,
   });

@@ -97,6 +97,8 @@ export interface QuantizeOptions {
   outlierThreshold?: number;
   /** SpQR: most outliers as a fraction of each layer's weights, in (0, 1) (default 0.01) */
   outlierBudget?: number;
+  /** SpQR: search each first-level group's scale and zero for the lowest error (default true; false: min–max) */
+  gridSearch?: boolean;
   calibration?: {
     /** text files, or 'self' to sample calibration text from the model */
     files?: string[] | 'self';

@@ -11,7 +11,12 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { LowbitError } from '../../src/errors.js';
 import { HfModel } from '../../src/formats/hf.js';
 import { linearDims } from '../../src/formats/gptq.js';
-import { openSpqrCheckpoint, writeSpqrCheckpoint, type SpqrQuantizationConfig } from '../../src/formats/spqr.js';
+import {
+  openSpqrCheckpoint,
+  parseSpqrQuantizationConfig,
+  writeSpqrCheckpoint,
+  type SpqrQuantizationConfig,
+} from '../../src/formats/spqr.js';
 import { writeSafetensors } from '../../src/formats/safetensors-writer.js';
 import { Checkpoint } from '../../src/formats/checkpoint.js';
 import { openModel } from '../../src/model/model.js';
@@ -33,6 +38,7 @@ const Q: SpqrQuantizationConfig = {
   outlierBudget: 0.01,
   damp: 1,
   actOrder: true,
+  gridSearch: true,
 };
 
 describe('SpQR checkpoints', () => {
@@ -132,6 +138,22 @@ describe('SpQR checkpoints', () => {
     await source.close();
   });
 
+  // grid_search records how the statistics were fitted; checkpoints written before it lack it.
+  // Catches a reader that requires it (old checkpoints refused) or takes any value.
+  it('records grid_search, reads checkpoints without it and refuses a non-boolean', async () => {
+    const config = JSON.parse(await readFile(join(out, 'config.json'), 'utf8'));
+    expect(config.quantization_config.grid_search).toBe(true);
+    expect(parseSpqrQuantizationConfig(config.quantization_config, 'c').gridSearch).toBe(true);
+    const { grid_search: _, ...old } = config.quantization_config;
+    expect(parseSpqrQuantizationConfig(old, 'c').gridSearch).toBeUndefined();
+    expect(() => parseSpqrQuantizationConfig({ ...old, grid_search: 'yes' }, 'c')).toThrow(
+      expect.objectContaining({
+        code: 'E_SPQR_FORMAT',
+        message: expect.stringMatching(/grid_search should be a boolean/),
+      }),
+    );
+  });
+
   it('fails with typed errors on fuzzed tensors and configs', async () => {
     const rng = new Rng();
     const ck = await Checkpoint.open(out);
@@ -169,9 +191,10 @@ describe('SpQR checkpoints', () => {
           'outlier_threshold',
           'outlier_budget',
           'act_order',
+          'grid_search',
           'format_version',
           'quant_method',
-        ][rng.int(9)]!;
+        ][rng.int(10)]!;
         cfg.quantization_config[field] = [-1, 0, 1, 5, 0.5, 'x', null, true, 1e9][rng.int(9)];
       }
       await writeSafetensors(join(dir, 'model.safetensors'), mutated);

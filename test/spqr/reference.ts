@@ -19,6 +19,8 @@ export interface SpqrRefOptions {
   budget: number;
   damp: number;
   actOrder: boolean;
+  /** docs/SPQR.md "grid search" (default true) */
+  gridSearch?: boolean;
 }
 
 export interface SpqrRefResult {
@@ -74,6 +76,54 @@ function realGrid(values: number[], maxq: number): { scale: number; zero: number
 function quantize(w: number, scale: number, zero: number, maxq: number): { q: number; w: number } {
   const q = Math.min(Math.max(roundHalfEven(w / scale + zero), 0), maxq);
   return { q, w: scale * (q - zero) };
+}
+
+/** Σ c[i] (w[i] − ŵ[i])²: a group's scaled squared error on a grid. */
+function gridError(w: number[], c: number[], scale: number, zero: number, maxq: number): number {
+  let e = 0;
+  for (let i = 0; i < w.length; i++) e += c[i]! * (w[i]! - quantize(w[i]!, scale, zero, maxq).w) ** 2;
+  return e;
+}
+
+/**
+ * The searched grid (docs/SPQR.md): the best of the ranges [lo + a·0.03·R, hi − b·0.03·R], a, b in
+ * 0..12 (a = b = 0 is min–max), then up to 4 rounds of weighted least squares of w on its codes,
+ * each kept only if it lowers the error.
+ */
+function searchGrid(w: number[], c: number[], maxq: number): { scale: number; zero: number } {
+  const mm = realGrid(w, maxq);
+  let best = mm;
+  let bestE = gridError(w, c, mm.scale, mm.zero, maxq);
+  const lo = -mm.zero * mm.scale;
+  const range = mm.scale * maxq;
+  for (let a = 0; a <= 12; a++)
+    for (let b = 0; b <= 12; b++) {
+      const l = lo + a * 0.03 * range;
+      const h = lo + range - b * 0.03 * range;
+      const scale = Math.max((h - l) / maxq, 1e-7);
+      const e = gridError(w, c, scale, -l / scale, maxq);
+      if (e < bestE) [best, bestE] = [{ scale, zero: -l / scale }, e];
+    }
+  for (let round = 0; round < 4; round++) {
+    let [sc, sq, sw, sqq, sqw] = [0, 0, 0, 0, 0];
+    w.forEach((x, i) => {
+      const q = quantize(x, best.scale, best.zero, maxq).q;
+      sc += c[i]!;
+      sq += c[i]! * q;
+      sw += c[i]! * x;
+      sqq += c[i]! * q * q;
+      sqw += c[i]! * q * x;
+    });
+    const det = sc * sqq - sq * sq;
+    if (!(det > 1e-12 * sc * sqq)) break;
+    const scale = (sc * sqw - sq * sw) / det;
+    if (!(scale >= 1e-7)) break;
+    const zero = -(sw - scale * sq) / sc / scale;
+    const e = gridError(w, c, scale, zero, maxq);
+    if (!(e < bestE)) break;
+    [best, bestE] = [{ scale, zero }, e];
+  }
+  return best;
 }
 
 /** Codes and fp16 (offset, step) of values on a statBits min–max grid. */
@@ -169,31 +219,55 @@ export function spqrReference(
         for (const c of kept) reserved[c.n] = p + c.i;
         pending = kept.length;
       }
-      const fitS = rows.map((w, n) =>
-        realGrid(
-          w.filter((_, i) => p + i !== reserved[n]),
-          maxq,
-        ),
-      );
-      const NBg = NB;
-      for (let b = 0; b < NBg; b++) {
+      // each row's fitted weights (without its reserved one) and their error weights 1/d²
+      const fitted = rows.map((w, n) => w.filter((_, i) => p + i !== reserved[n]));
+      const weightsOf = rows.map((w, n) => w.map((_, i) => 1 / d(p + i) ** 2).filter((_, i) => p + i !== reserved[n]));
+      const minmax = fitted.map((w) => realGrid(w, maxq));
+      const searched = o.gridSearch === false ? null : fitted.map((w, n) => searchGrid(w, weightsOf[n]!, maxq));
+      for (let b = 0; b < NB; b++) {
         const n0 = b * o.beta2;
         const n1 = Math.min(N, n0 + o.beta2);
-        const s = quantizeStats(
-          fitS.slice(n0, n1).map((x) => x.scale),
-          o.statBits,
-        );
-        const z = quantizeStats(
-          fitS.slice(n0, n1).map((x) => x.zero),
-          o.statBits,
-        );
-        scaleStats.set([s.off, s.step], (g * NB + b) * 2);
-        zeroStats.set([z.off, z.step], (g * NB + b) * 2);
+        // the block's second-level grids from a set of fits, and each row's codes under them
+        const level2 = (fits: { scale: number; zero: number }[]) => {
+          const s = quantizeStats(
+            fits.slice(n0, n1).map((x) => x.scale),
+            o.statBits,
+          );
+          const z = quantizeStats(
+            fits.slice(n0, n1).map((x) => x.zero),
+            o.statBits,
+          );
+          const dec = (st: { off: number; step: number }, code: number) =>
+            Math.fround(f16Value(st.off) + Math.fround(f16Value(st.step) * code));
+          let total = 0;
+          if (searched) {
+            // every (scale code, zero code) pair within 4 of the rounded ones (all at <= 3 bits); ties keep the rounded pair
+            const maxc = 2 ** o.statBits - 1;
+            const radius = o.statBits <= 3 ? maxc : 4;
+            for (let n = n0; n < n1; n++) {
+              const [s0, z0] = [s.codes[n - n0]!, z.codes[n - n0]!];
+              const err = (sc: number, zc: number) =>
+                gridError(fitted[n]!, weightsOf[n]!, dec(s, sc), dec(z, zc), maxq);
+              let bestE = err(s0, z0);
+              for (let sc = Math.max(0, s0 - radius); sc <= Math.min(maxc, s0 + radius); sc++)
+                for (let zc = Math.max(0, z0 - radius); zc <= Math.min(maxc, z0 + radius); zc++) {
+                  const e = err(sc, zc);
+                  if (e < bestE) [bestE, s.codes[n - n0], z.codes[n - n0]] = [e, sc, zc];
+                }
+              total += bestE;
+            }
+          }
+          return { s, z, total, dec };
+        };
+        const a = level2(minmax);
+        const best = searched ? [a, level2(searched)].reduce((x, y) => (y.total < x.total ? y : x)) : a;
+        scaleStats.set([best.s.off, best.s.step], (g * NB + b) * 2);
+        zeroStats.set([best.z.off, best.z.step], (g * NB + b) * 2);
         for (let n = n0; n < n1; n++) {
-          scaleCodes[n * G + g] = s.codes[n - n0]!;
-          zeroCodes[n * G + g] = z.codes[n - n0]!;
-          scale[n] = Math.fround(f16Value(s.off) + Math.fround(f16Value(s.step) * s.codes[n - n0]!));
-          zero[n] = Math.fround(f16Value(z.off) + Math.fround(f16Value(z.step) * z.codes[n - n0]!));
+          scaleCodes[n * G + g] = best.s.codes[n - n0]!;
+          zeroCodes[n * G + g] = best.z.codes[n - n0]!;
+          scale[n] = best.dec(best.s, best.s.codes[n - n0]!);
+          zero[n] = best.dec(best.z, best.z.codes[n - n0]!);
         }
       }
     }

@@ -43,13 +43,14 @@ function problem(seed: number, N: number, K: number, planted: number) {
 }
 
 describe('SpQR sweep against the float64 reference', () => {
-  for (const [N, K, bits, beta1, beta2] of [
-    [48, 80, 3, 16, 16],
-    [37, 172, 2, 16, 16],
-    [40, 96, 4, 16, 8],
-    [24, 60, 3, 12, 5],
+  for (const [N, K, bits, beta1, beta2, gridSearch] of [
+    [48, 80, 3, 16, 16, true],
+    [37, 172, 2, 16, 16, true],
+    [40, 96, 4, 16, 8, true],
+    [24, 60, 3, 12, 5, true],
+    [37, 172, 2, 16, 16, false],
   ] as const) {
-    it(`N ${N}, K ${K}, ${bits} bits, beta ${beta1}x${beta2}`, async () => {
+    it(`N ${N}, K ${K}, ${bits} bits, beta ${beta1}x${beta2}, ${gridSearch ? 'grid search' : 'min-max'}`, async () => {
       const seed = new Rng().seed;
       const { W, H, X, T, at } = problem(seed, N, K, Math.round(N * K * 0.003) + 1);
       const opts: SpqrOptions = {
@@ -61,6 +62,7 @@ describe('SpQR sweep against the float64 reference', () => {
         outlierBudget: 0.02,
         damp: 0.1,
         actOrder: true,
+        gridSearch,
       };
       const { weights, report } = await spqrQuantize(W, [N, K], H, opts);
       const ref = spqrReference(W, H, N, K, {
@@ -72,6 +74,7 @@ describe('SpQR sweep against the float64 reference', () => {
         budget: 0.02,
         damp: 0.1,
         actOrder: true,
+        gridSearch,
       });
       const msg = `seed ${seed}`;
       expect(Array.from(weights.perm!), msg).toEqual(Array.from(ref.perm));
@@ -117,6 +120,52 @@ describe('SpQR sweep against the float64 reference', () => {
       expect(eOut, `${msg}: with outliers ${eOut}, without ${ePlain}`).toBeLessThan(ePlain);
     });
   }
+
+  // With a diagonal H the inverse factor is diagonal: no error feedback, so each weight's scaled
+  // error ((w − ŵ)/d_p)², d_p² = 1/(H_pp + λ), is exactly what the group's fit chose. Catches a search
+  // that ends on a worse grid than min–max (a candidate kept without comparing, the two second-level
+  // grids mixed up, codes searched against the wrong statistics).
+  it('grid search never has more error than min-max on any first-level group x second-level block', async () => {
+    const seed = new Rng().seed;
+    const rng = new Rng(seed);
+    for (const [N, K, bits, beta1, beta2, statBits] of [
+      [37, 91, 2, 16, 16, 3],
+      [20, 64, 3, 7, 6, 2],
+      [33, 50, 4, 16, 32, 4],
+      [9, 40, 2, 8, 4, 5],
+    ] as const) {
+      const W = Float32Array.from({ length: N * K }, () => 0.05 * rng.normal() * (rng.next() < 0.05 ? 6 : 1));
+      const H = new Float32Array(K * K);
+      for (let p = 0; p < K; p++) H[p * K + p] = 0.2 + 3 * rng.next();
+      const opts: SpqrOptions = {
+        bits,
+        beta1,
+        beta2,
+        statBits,
+        outlierThreshold: Infinity,
+        damp: 0.01,
+        actOrder: false,
+      };
+      const lambda = (0.01 * Array.from({ length: K }, (_, p) => H[p * K + p]!).reduce((a, b) => a + b)) / K;
+      const errorsOf = async (gridSearch: boolean) => {
+        const { weights } = await spqrQuantize(W, [N, K], H, { ...opts, gridSearch });
+        const What = decodeSpqrRef(weights);
+        const tiles = new Float64Array(Math.ceil(N / beta2) * Math.ceil(K / beta1));
+        for (let n = 0; n < N; n++)
+          for (let p = 0; p < K; p++)
+            tiles[Math.floor(n / beta2) * Math.ceil(K / beta1) + Math.floor(p / beta1)] +=
+              (W[n * K + p]! - What[n * K + p]!) ** 2 * (H[p * K + p]! + lambda);
+        return tiles;
+      };
+      const searched = await errorsOf(true);
+      const minmax = await errorsOf(false);
+      const msg = `seed ${seed}, N ${N} K ${K} ${bits} bits ${beta1}x${beta2}, ${statBits}-bit statistics`;
+      searched.forEach((e, t) => expect(e, `${msg}, tile ${t}`).toBeLessThanOrEqual(minmax[t]! * (1 + 1e-5) + 1e-12));
+      // and it is a search: the total error drops clearly
+      const sum = (a: Float64Array) => a.reduce((x, y) => x + y, 0);
+      expect(sum(searched), msg).toBeLessThan(0.95 * sum(minmax));
+    }
+  });
 
   it('keeps to the outlier budget, cumulatively along the sweep', async () => {
     const seed = new Rng().seed;
@@ -201,6 +250,10 @@ describe('SpQR sweep against the float64 reference', () => {
     await expect(bad({ outlierBudget: 0 })).rejects.toMatchObject({ code: 'E_ARGUMENT' });
     await expect(bad({ statBits: 9 })).rejects.toMatchObject({ code: 'E_BITS' });
     await expect(bad({ damp: -1 })).rejects.toMatchObject({ code: 'E_ARGUMENT' });
+    await expect(bad({ gridSearch: 1 as unknown as boolean })).rejects.toMatchObject({
+      code: 'E_ARGUMENT',
+      message: expect.stringMatching(/boolean for gridSearch but received 1/),
+    });
     await expect(spqrQuantize(W, [8, 32], new Float32Array(10), {})).rejects.toMatchObject({ code: 'E_SHAPE' });
     const nan = W.slice();
     nan[3] = NaN;

@@ -91,7 +91,14 @@ export interface QuantizationMethod<O extends MethodOptions = GridOptions> {
 export const GRID_OPTION_NAMES = ['bits', 'groupSize', 'sym', 'mse', 'checkpointFormat'] as const;
 
 /** SpQR's own options, which the GPTQ-format methods refuse. */
-export const SPQR_OPTION_NAMES = ['beta1', 'beta2', 'statBits', 'outlierThreshold', 'outlierBudget'] as const;
+export const SPQR_OPTION_NAMES = [
+  'beta1',
+  'beta2',
+  'statBits',
+  'outlierThreshold',
+  'outlierBudget',
+  'gridSearch',
+] as const;
 
 /** Each method option's `lowbit quantize` flag, so that errors name what the user typed. */
 export const OPTION_FLAGS: Record<string, string> = {
@@ -109,6 +116,7 @@ export const OPTION_FLAGS: Record<string, string> = {
   statBits: '--stat-bits',
   outlierThreshold: '--tau',
   outlierBudget: '--outlier-budget',
+  gridSearch: '--no-grid-search',
   'calibration.files': '--calib',
   'calibration.samples': '--samples',
   'calibration.seqLen': '--seq-len',

@@ -25,14 +25,16 @@ export interface SpqrMethodOptions {
   damp: number;
   /** sweep columns by descending diag(H) (the permutation is stored) */
   actOrder: boolean;
+  /** search each first-level group's scale and zero for the lowest error (else min–max) */
+  gridSearch: boolean;
   /** q/k/v -> o -> gate/up -> down, each stage on inputs from the quantized earlier ones (always) */
   trueSequential: true;
 }
 
 /** The method's settings as spqrQuantize takes them and the checkpoint records them. */
 function spqrSettings(o: SpqrMethodOptions): SpqrQuantizationConfig {
-  const { bits, beta1, beta2, statBits, outlierThreshold, outlierBudget, damp, actOrder } = o;
-  return { bits, beta1, beta2, statBits, outlierThreshold, outlierBudget, damp, actOrder };
+  const { bits, beta1, beta2, statBits, outlierThreshold, outlierBudget, damp, actOrder, gridSearch } = o;
+  return { bits, beta1, beta2, statBits, outlierThreshold, outlierBudget, damp, actOrder, gridSearch };
 }
 
 export const spqr: QuantizationMethod<SpqrMethodOptions> = {
@@ -65,6 +67,7 @@ export const spqr: QuantizationMethod<SpqrMethodOptions> = {
       outlierBudget: o.outlierBudget as number | undefined,
       damp: o.damp as number | undefined,
       actOrder: o.actOrder as boolean | undefined,
+      gridSearch: o.gridSearch as boolean | undefined,
     });
     return {
       bits: s.bits as 2 | 3 | 4,
@@ -75,6 +78,7 @@ export const spqr: QuantizationMethod<SpqrMethodOptions> = {
       outlierBudget: s.outlierBudget,
       damp: s.damp,
       actOrder: s.actOrder,
+      gridSearch: s.gridSearch,
       trueSequential: true,
     };
   },
