@@ -1,7 +1,7 @@
 /**
- * The fast GPTQ kernels (cuda/gptq_kernels, fp16/bf16) have no JavaScript entry point yet (they plug
- * into the per-device operator seam when it lands), so their correctness check is the standalone
- * program bench/cuda-gemm.cu: every kernel configuration and split against float64 on fresh random
+ * The fast GPTQ kernels (cuda/gptq_kernels, fp16/bf16) are reached from Node only through the choice
+ * gptq_matmul makes for a shape (test/cuda/linear-half.test.ts), so every configuration and split is
+ * checked by the standalone program bench/cuda-gemm.cu: each against float64 on fresh random
  * checkpoints (2/3/4 bits, odd K and N, groups of 32/64/128/per-channel, shuffled g_idx, v1/v2
  * zeros, fp16 and bf16, M = 1..256, outputs poisoned with NaN, each run twice and once through a CUDA
  * graph) and the exact round trip of the repack. This test runs it where there is a CUDA device and
