@@ -20,6 +20,7 @@
 
 #include "../native/core/model/backend.hpp"
 #include "../native/core/model/block_recipe.hpp"
+#include "../native/core/packed_matrix.hpp"
 #include "cuda_api.hpp"
 #include "cuda_check.cuh"
 #include "linalg.cuh"
@@ -101,20 +102,27 @@ class DenseHalfOp : public DeviceLinearOp {
   const float* bias_;
 };
 
-// Dense linears that share their input (q/k/v, gate/up) stored as one [ΣN, K] matrix: each
-// linear's operator views its rows, and a one-row product (decode) runs them as one GEMM into
-// outputs laid end to end. A member replaced by another format leaves the group (valid = false).
-struct DenseGroup {
-  std::unique_ptr<DeviceBuffer<uint16_t>> weight;
-  std::unique_ptr<DeviceBuffer<float>> bias;  // zeros where a member has none; null when none has
-  std::unique_ptr<DenseHalfOp> all;           // the whole [ΣN, K] product
-  std::vector<int64_t> row0;                  // first row of each member
+// Linears that share their input (q/k/v, gate/up) as one product of N = ΣN, whose output row is
+// theirs laid end to end: a decode step runs one product instead of one each. Dense members are
+// stored as one [ΣN, K] matrix whose rows each member's operator views (a prefill runs them one by
+// one); packed members (GPTQ with equal bits, groups and act-order permutation) as one packed
+// matrix, which every product runs whole (members' operators are column views of it). A member
+// replaced by another format leaves the group (valid = false); the others keep their views.
+struct LinearGroup {
+  std::unique_ptr<DeviceBuffer<uint16_t>> weight;  // dense: the [ΣN, K] matrix; null when packed
+  std::unique_ptr<DeviceBuffer<float>> bias;       // dense: zeros where a member has none; null when none has
+  std::unique_ptr<DeviceLinearOp> all;             // the whole [ΣN, K] product
+  std::vector<int64_t> row0;                       // first row (output column) of each member
   bool valid = false;
-  int64_t bytes() const { return weight ? all->N() * all->K() * 2 + (bias ? all->N() * 4 : 0) : 0; }
+  bool dense() const { return weight != nullptr; }
+  int64_t bytes() const {
+    if (!all) return 0;
+    return dense() ? all->N() * all->K() * 2 + (bias ? all->N() * 4 : 0) : all->bytes();
+  }
 };
 
 // Builds `group` over the linears `which` of w (all dense, one K) and their view operators.
-void make_group(int device, DType t, const BlockWeights& w, std::initializer_list<Linear> which, DenseGroup& group,
+void make_group(int device, DType t, const BlockWeights& w, std::initializer_list<Linear> which, LinearGroup& group,
                 std::unique_ptr<DeviceLinearOp>* ops) {
   int64_t N = 0, K = 0;
   bool any_bias = false;
@@ -144,6 +152,68 @@ void make_group(int device, DType t, const BlockWeights& w, std::initializer_lis
     ops[(int)l] = std::make_unique<DenseHalfOp>(device, w.linears[(int)l].N(), K, t, group.weight->get() + r0 * K,
                                                 b ? b + r0 : nullptr);
   }
+  group.valid = true;
+}
+
+// Columns col0 .. col0+N-1 of a packed group's product: the whole product into scratch, then the
+// member's columns copied out (used only where the group does not run whole: a replaced member's
+// siblings). Shares the group's weights and their scratch: run on the main stream only.
+class ColumnViewOp : public DeviceLinearOp {
+ public:
+  ColumnViewOp(const DeviceLinearOp& all, int64_t col0, int64_t N)
+      : DeviceLinearOp(all.device(), N, all.K()), all_(all), col0_(col0) {}
+  void apply(const float*, int64_t, float*, DeviceScratch&, void*) const override {
+    fail("E_UNSUPPORTED", "this operator takes 16-bit activations");
+  }
+  bool has_half(DType dtype) const override { return all_.has_half(dtype); }
+  void apply_half(const uint16_t* X, DType dtype, int64_t M, uint16_t* Y, DeviceScratch& scratch,
+                  void* stream) const override {
+    uint16_t* whole = static_cast<uint16_t*>(whole_.get(M * all_.N() * 2));
+    all_.apply_half(X, dtype, M, whole, scratch, stream);
+    ops16::copy_columns(whole, M, all_.N(), col0_, N(), Y, static_cast<cudaStream_t>(stream));
+  }
+  int64_t bytes() const override { return 0; }  // the group's
+  const char* kernel() const override { return all_.kernel(); }
+
+ private:
+  const DeviceLinearOp& all_;
+  int64_t col0_;
+  mutable DeviceScratch whole_;
+};
+
+// Builds `group` over the linears `which` of w when all are GPTQ matrices that can run as one
+// (concat_packed_columns: same bits, K, groups and act-order permutation) with a 16-bit kernel,
+// and their column-view operators; leaves group empty otherwise.
+void make_packed_group(int device, DType t, const BlockWeights& w, std::initializer_list<Linear> which,
+                       LinearGroup& group, std::unique_ptr<DeviceLinearOp>* ops) {
+  std::vector<const PackedMatrix*> parts;
+  bool any_bias = false;
+  for (Linear l : which) {
+    const LinearWeights& lw = w.linears[(int)l];
+    if (!lw.gptq()) return;
+    parts.push_back(lw.gptq());
+    any_bias = any_bias || lw.bias;
+  }
+  PackedColumns joined;
+  if (!concat_packed_columns(parts, joined)) return;
+  std::vector<float> bias(any_bias ? (size_t)joined.matrix.N : 0, 0.f);
+  std::vector<int64_t> row0;
+  int64_t r = 0;
+  for (Linear l : which) {
+    const LinearWeights& lw = w.linears[(int)l];
+    if (lw.bias) std::copy(lw.bias, lw.bias + lw.N(), bias.begin() + r);
+    row0.push_back(r);
+    r += lw.N();
+  }
+  LinearWeights whole;
+  whole.matrix = joined.matrix;
+  whole.bias = any_bias ? bias.data() : nullptr;
+  auto all = make_device_linear_half(device, whole, t);
+  if (!all) return;
+  group.all = std::move(all);
+  group.row0 = row0;
+  size_t i = 0;
+  for (Linear l : which) ops[(int)l] = std::make_unique<ColumnViewOp>(*group.all, group.row0[i++], w.linears[(int)l].N());
   group.valid = true;
 }
 
@@ -182,7 +252,7 @@ std::unique_ptr<DeviceLinearOp> make_linear16(int device, const LinearWeights& w
 struct Block16 {
   std::unique_ptr<DeviceBuffer<float>> attn_norm, mlp_norm;
   std::unique_ptr<DeviceLinearOp> linears[kBlockLinears];
-  DenseGroup qkv, gate_up;  // what the dense members of `linears` view (raw pointers, used only while the block lives)
+  LinearGroup qkv, gate_up;  // what the grouped members of `linears` view (used only while the block lives)
   int64_t bytes(int64_t dim) const {
     int64_t b = 2 * dim * 4 + qkv.bytes() + gate_up.bytes();
     for (const auto& l : linears) b += l->bytes();
@@ -324,6 +394,8 @@ class CudaLlama16 : public LlamaBackend {
     pad_page_ = std::make_unique<DeviceBuffer<uint16_t>>((size_t)page_elems);
     const char* graphs = std::getenv("LOWBIT_CUDA_GRAPHS");
     graphs_ = !(graphs && std::string(graphs) == "0");
+    const char* groups = std::getenv("LOWBIT_CUDA_GROUPS");
+    groups_ = !(groups && std::string(groups) == "0");
   }
   ~CudaLlama16() override {
     for (auto& g : steps_)
@@ -367,6 +439,8 @@ class CudaLlama16 : public LlamaBackend {
     b->mlp_norm = upload_floats(w.mlp_norm, config_.dim);
     make_group(device_, t_, w, {Linear::Q, Linear::K, Linear::V}, b->qkv, b->linears);
     make_group(device_, t_, w, {Linear::Gate, Linear::Up}, b->gate_up, b->linears);
+    if (!b->qkv.valid && groups_) make_packed_group(device_, t_, w, {Linear::Q, Linear::K, Linear::V}, b->qkv, b->linears);
+    if (!b->gate_up.valid && groups_) make_packed_group(device_, t_, w, {Linear::Gate, Linear::Up}, b->gate_up, b->linears);
     for (int l = 0; l < kBlockLinears; ++l)
       if (!b->linears[l]) b->linears[l] = make_linear16(device_, w.linears[l], t_);
     blocks_[(size_t)i] = std::move(b);
@@ -375,9 +449,9 @@ class CudaLlama16 : public LlamaBackend {
   void do_set_linear(int64_t i, Linear which, const LinearWeights& w) override {
     begin_eager();
     Block16& b = *blocks_[(size_t)i];
-    DenseGroup& group = (which == Linear::Gate || which == Linear::Up) ? b.gate_up : b.qkv;
-    const bool grouped = group.weight && which != Linear::O && which != Linear::Down;
-    if (grouped && group.valid && w.dense() && !w.bias == !group.bias) {
+    LinearGroup& group = (which == Linear::Gate || which == Linear::Up) ? b.gate_up : b.qkv;
+    const bool grouped = group.all && which != Linear::O && which != Linear::Down;
+    if (grouped && group.valid && group.dense() && w.dense() && !w.bias == !group.bias) {
       // a dense replacement (no bias where the group has none): rewritten in place, the group stays
       const int index = which == Linear::Up ? 1 : which == Linear::Gate ? 0 : (int)which;
       const int64_t r0 = group.row0[(size_t)index], K = group.all->K();
@@ -714,24 +788,32 @@ class CudaLlama16 : public LlamaBackend {
       }
       bool skip[kBlockLinears] = {};  // done by their group's one product
       bool joins[2] = {};              // side streams whose work the main stream must wait for
+      uint16_t* v = nullptr;           // v's buffer (rows of kw): with q and k, what the recipe names
+      // Where a group's product left q/k/v (row stride qkv_stride, each row q | k | v) or gate/up
+      // (gu, row stride gu_stride); 0: each in its own [rows, width] array.
+      int64_t qkv_stride = 0, gu_stride = 0;
+      const uint16_t* gu = nullptr;
+      bool appended = false;  // this step's keys and values are in the pages already
+      bool decode_rows() const { return kv && kv->kind == KvTarget::Rows && m.groups_; }
       // Q and Gate run on the main stream (after marking where side streams may start); K, V and Up
-      // run on side streams when they are not dense and small (cuBLAS keeps to one stream), else in turn. A
-      // one-row call (decode) of a valid dense group is one product into the outputs laid end to end.
+      // run on side streams when they are not dense and small (cuBLAS keeps to one stream), else in turn.
+      // A valid group runs as one product for one row, for decode rows (whose consumers read the
+      // rows laid end to end) and always when packed (its members' columns then copied apart).
       void linear(Linear which, const uint16_t* in, uint16_t* out) {
         if (skip[(int)which]) return;
-        const DenseGroup* group = which == Linear::Q ? &blk.qkv : which == Linear::Gate ? &blk.gate_up : nullptr;
+        const LinearGroup* group = which == Linear::Q ? &blk.qkv : which == Linear::Gate ? &blk.gate_up : nullptr;
         if (which == Linear::Q || which == Linear::Gate) check(cudaEventRecord(m.fork_, m.stream_), "event");
-        if (rows == 1 && group && group->valid) {
-          group->all->apply_half(in, m.t_, 1, out, m.wide_[0], m.stream_);
-          if (which == Linear::Q) skip[(int)Linear::K] = skip[(int)Linear::V] = true;
-          else skip[(int)Linear::Up] = true;
+        if (group && group->valid && (rows == 1 || decode_rows() || !group->dense())) {
+          grouped(which, *group, in, out);
           return;
         }
         const DeviceLinearOp& op = *blk.linears[(int)which];
         const int side = which == Linear::K || which == Linear::Up ? 0 : which == Linear::V ? 1 : -1;
         // Side streams only for small products (decode), where one product leaves the GPU idle: a
-        // large packed product may go through cuBLAS (gptq-tc's dequantize path), which keeps to one stream.
-        if (side < 0 || dynamic_cast<const DenseHalfOp*>(&op) || rows > 16) {
+        // large packed product may go through cuBLAS (gptq-tc's dequantize path), which keeps to one
+        // stream; column views share their group's weights and scratch.
+        if (side < 0 || dynamic_cast<const DenseHalfOp*>(&op) || dynamic_cast<const ColumnViewOp*>(&op) ||
+            rows > 16) {
           op.apply_half(in, m.t_, rows, out, m.wide_[0], m.stream_);
           return;
         }
@@ -739,6 +821,30 @@ class CudaLlama16 : public LlamaBackend {
         op.apply_half(in, m.t_, rows, out, m.wide_[1 + side], m.side_[side]);
         check(cudaEventRecord(m.join_[side], m.side_[side]), "event");
         joins[side] = true;
+      }
+      // One product for the group whose first member is `which` (Q or Gate); out is that member's
+      // buffer, which holds the whole group's rows (the recipe's buffers are laid end to end).
+      void grouped(Linear which, const LinearGroup& group, const uint16_t* in, uint16_t* out) {
+        const int64_t N = group.all->N();
+        const bool qkv = which == Linear::Q;
+        if (qkv) skip[(int)Linear::K] = skip[(int)Linear::V] = true;
+        else skip[(int)Linear::Up] = true;
+        // one row, or decode rows for q/k/v: straight into the buffer (for one row, each member's
+        // output is where the recipe expects it); else into scratch, then apart
+        uint16_t* dst = rows == 1 || (qkv && decode_rows()) ? out : halves(m.group_out_, rows * N);
+        group.all->apply_half(in, m.t_, rows, dst, m.wide_[0], m.stream_);
+        if (!qkv) {
+          gu = dst;
+          gu_stride = N;  // SwiGLU reads gate and up from each row
+        } else if (rows > 1 && decode_rows()) {
+          qkv_stride = N;  // RoPE, the KV append and attention read each row's q | k | v
+        } else if (rows > 1) {
+          uint16_t* parts[3] = {out, out + rows * group.row0[1], v};
+          for (int i = 0; i < 3; ++i) {
+            const int64_t width = (i == 2 ? N : group.row0[(size_t)i + 1]) - group.row0[(size_t)i];
+            ops16::copy_columns(dst, rows, N, group.row0[(size_t)i], width, parts[i], m.stream_);
+          }
+        }
       }
       void join() {
         for (int i = 0; i < 2; ++i)
@@ -748,6 +854,17 @@ class CudaLlama16 : public LlamaBackend {
       void rope(uint16_t* q, uint16_t* k) {
         join();
         const LlamaConfig& c = m.config_;
+        if (decode_rows()) {  // with the KV append: keys and values go straight to the pages
+          const int64_t qw = c.heads * c.head_dim, page_off = 2 * layer * ops16::kPageTokens * kw;
+          const uint16_t* kk = qkv_stride ? q + qw : k;
+          const uint16_t* vv = qkv_stride ? q + qw + kw : v;
+          ops16::rope_append_rows(m.t_, q, qkv_stride ? qkv_stride : qw, kk, qkv_stride ? qkv_stride : kw, vv,
+                                  qkv_stride ? qkv_stride : kw, rows, m.pos_->get(), c.heads, c.kv_heads,
+                                  c.head_dim / 2, m.inv_freq_->get(), c.rope_scale, m.tables_->get(), m.table_stride_,
+                                  page_off, m.stream_);
+          appended = true;
+          return;
+        }
         const int64_t pos_stride = kv && kv->kind == KvTarget::Rows ? 1 : 0;
         ops16::rope_qk(m.t_, q, k, rows, S, m.pos_->get(), c.heads, c.kv_heads, c.head_dim / 2, m.inv_freq_->get(),
                        c.rope_scale, m.stream_, pos_stride);
@@ -763,11 +880,12 @@ class CudaLlama16 : public LlamaBackend {
         if (kv) {  // append to the pages, then attend over all of the sequence's keys
           const int64_t page_off = 2 * layer * ops16::kPageTokens * kw;
           const bool own_rows = kv->kind == KvTarget::Rows;
-          ops16::append_kv_paged(k, v, rows, S, kw, m.pos_->get(), own_rows ? 1 : 0, m.tables_->get(), m.table_stride_,
-                                 page_off, m.stream_);
+          if (!appended)
+            ops16::append_kv_paged(k, v, rows, S, kw, m.pos_->get(), own_rows ? 1 : 0, m.tables_->get(),
+                                   m.table_stride_, page_off, m.stream_);
           if (own_rows) {
             ops16::attention_paged(m.t_, q, rows, m.pos_->get(), m.tables_->get(), m.table_stride_, page_off, c.heads,
-                                   c.kv_heads, c.head_dim, scale, splits, partial, out, m.stream_);
+                                   c.kv_heads, c.head_dim, scale, splits, partial, out, m.stream_, qkv_stride);
             return;
           }
           uint16_t* kc = halves(m.keys_, kv->length * kw);
@@ -788,7 +906,8 @@ class CudaLlama16 : public LlamaBackend {
       }
       void swiglu(const uint16_t* gate, const uint16_t* up, uint16_t* out) {
         join();
-        ops16::swiglu(m.t_, gate, up, rows * m.config_.hidden, out, m.stream_);
+        if (gu) ops16::swiglu_rows(m.t_, gu, rows, m.config_.hidden, gu_stride, out, m.stream_);
+        else ops16::swiglu(m.t_, gate, up, rows * m.config_.hidden, out, m.stream_);
       }
       bool emit(CapturePoint p, const uint16_t* data, int64_t cols) {
         const model::CaptureFn* capture = run ? run->capture : nullptr;
@@ -820,6 +939,7 @@ class CudaLlama16 : public LlamaBackend {
                                             halves(proj_, rows * c.dim),
                                             gate_up,
                                             gate_up + rows * c.hidden};
+    recipe_ops.v = b.v;
     return model::block_recipe(c, b, blk.attn_norm->get(), blk.mlp_norm->get(), recipe_ops);
   }
 
@@ -848,13 +968,16 @@ class CudaLlama16 : public LlamaBackend {
   std::map<int64_t, StepGraph> steps_;  // by bucket
   int32_t host_pos_ = 0;
   bool graphs_ = true;   // decode steps replayed as CUDA graphs (LOWBIT_CUDA_GRAPHS=0: never)
+  // Packed groups and decode rows through one group product with RoPE + KV append in one launch
+  // (LOWBIT_CUDA_GROUPS=0: the linears one by one, dense groups at one row only, for comparisons)
+  bool groups_ = true;
   uint64_t epoch_ = 1;   // bumped by every call that may move a buffer a captured step uses
   std::unique_ptr<DeviceLinearOp> head_;
   // The block's last output (proj_), not yet added into x_: the next block's first norm adds it in
   // the same pass (proj_ is next written by that block's o projection, after the norm).
   const uint16_t* pending_add_ = nullptr;
   // Scratch (a backend is used by one thread at a time). wide_: what a linear's operator needs.
-  DeviceScratch x_, norm_, qkv_, att_, proj_, gate_up_, logits_, nll_, ids_, partial_, capture_, head_norm_,
+  DeviceScratch x_, norm_, qkv_, att_, proj_, gate_up_, group_out_, logits_, nll_, ids_, partial_, capture_, head_norm_,
       head_out_, keys_, values_;
   DeviceScratch wide_[3];  // per stream: main, side_[0], side_[1]
   cudaStream_t side_[2] = {nullptr, nullptr};

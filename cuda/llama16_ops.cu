@@ -6,6 +6,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
+#include <string>
 
 #include "cuda_check.cuh"
 #include "linear_ops.cuh"
@@ -29,6 +31,46 @@ __device__ __forceinline__ __nv_bfloat16 from_f32<__nv_bfloat16>(float v) {
   return __float2bfloat16_rn(v);
 }
 
+// Programmatic dependent launch (compute capability 9.0 and newer): a kernel launched with
+// launch_pdl may be scheduled while the kernel before it on the stream is still finishing, which
+// hides its launch and prologue behind that kernel's tail; it must call pdl_wait() before it reads
+// or writes anything (the wait returns once the previous kernel has completed and its writes are
+// visible; without the launch attribute it returns at once). LOWBIT_CUDA_PDL=0 turns it off.
+__device__ __forceinline__ void pdl_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
+bool pdl_on() {
+  static const bool env_on = [] {
+    const char* v = std::getenv("LOWBIT_CUDA_PDL");
+    return !(v && std::string(v) == "0");
+  }();
+  if (!env_on) return false;
+  static int major[64] = {};  // per device, 0 until asked
+  int device = 0;
+  check(cudaGetDevice(&device), "cudaGetDevice");
+  if (device < 0 || device >= 64) return false;
+  if (!major[device]) check(cudaDeviceGetAttribute(&major[device], cudaDevAttrComputeCapabilityMajor, device), "device attribute");
+  return major[device] >= 9;
+}
+
+template <class... Params, class... Args>
+void launch_pdl(void (*kernel)(Params...), dim3 grid, dim3 block, cudaStream_t s, const char* what, Args... args) {
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[0].val.programmaticStreamSerializationAllowed = 1;
+  cudaLaunchConfig_t config = {};
+  config.gridDim = grid;
+  config.blockDim = block;
+  config.dynamicSmemBytes = 0;
+  config.stream = s;
+  config.attrs = attr;
+  config.numAttrs = pdl_on() ? 1 : 0;
+  check(cudaLaunchKernelEx(&config, kernel, static_cast<Params>(args)...), what);
+}
+
 template <class T>
 __global__ void k_gather_rows(const T* table, const int32_t* ids, int64_t n, int64_t dim, float* out) {
   const int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
@@ -38,6 +80,7 @@ __global__ void k_gather_rows(const T* table, const int32_t* ids, int64_t n, int
 // One block per row: x += y (when y), then the f32 mean square and the normed row in 16 bits.
 template <class T>
 __global__ void k_add_rms_norm(float* X, const T* Yadd, int64_t dim, const float* w, float eps, T* out) {
+  pdl_wait();
   __shared__ float part[32];
   float* x = X + blockIdx.x * dim;
   const T* y = Yadd ? Yadd + blockIdx.x * dim : nullptr;
@@ -137,6 +180,43 @@ __global__ void k_append_kv_paged(const uint16_t* k, const uint16_t* v, int64_t 
   page[at + kPageTokens * kw] = v[i];
 }
 
+// Decode rows: a thread per pair (i, i + half) of one head of row r: q's heads rotated in place, k's
+// rotated into the key slot of the row's page, v's copied into the value slot. The rotation is
+// k_rope_qk's, value for value.
+template <class T>
+__global__ void k_rope_append_rows(T* q, int64_t q_stride, const T* k, int64_t k_stride, const T* v, int64_t v_stride,
+                                   int64_t rows, const int32_t* pos, int64_t q_heads, int64_t k_heads, int64_t half,
+                                   const float* inv_freq, float scale, T* const* tables, int64_t table_stride,
+                                   int64_t page_off) {
+  pdl_wait();
+  const int64_t heads = q_heads + 2 * k_heads;
+  const int64_t e = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
+  if (e >= rows * heads * half) return;
+  const int64_t i = e % half, hh = (e / half) % heads, r = e / (half * heads);
+  const int64_t p = pos[r], kw = k_heads * 2 * half;
+  T* page = tables[r * table_stride + p / kPageTokens] + page_off + (p % kPageTokens) * kw;
+  if (hh >= q_heads + k_heads) {
+    const int64_t h = hh - q_heads - k_heads;
+    const T* src = v + r * v_stride + h * 2 * half;
+    T* dst = page + kPageTokens * kw + h * 2 * half;
+    dst[i] = src[i];
+    dst[i + half] = src[i + half];
+    return;
+  }
+  const float angle = inv_freq[i] * (float)p;
+  float sn, cs;
+  sincosf(angle, &sn, &cs);
+  cs *= scale;
+  sn *= scale;
+  const bool is_q = hh < q_heads;
+  T* x = is_q ? q + r * q_stride + hh * 2 * half : nullptr;
+  const T* src = is_q ? x : k + r * k_stride + (hh - q_heads) * 2 * half;
+  T* dst = is_q ? x : page + (hh - q_heads) * 2 * half;
+  const float a = to_f32(src[i]), b = to_f32(src[i + half]);
+  dst[i] = from_f32<T>(a * cs - b * sn);
+  dst[i + half] = from_f32<T>(b * cs + a * sn);
+}
+
 // Keys and values 0 .. len-1 of one sequence's pages (table) into contiguous kc, vc [len, kw].
 __global__ void k_gather_kv(uint16_t* const* table, int64_t len, int64_t kw, int64_t page_off, uint16_t* kc,
                             uint16_t* vc) {
@@ -155,6 +235,21 @@ __global__ void k_swiglu(const T* gate, const T* up, int64_t n, T* out) {
   if (i >= n) return;
   const float g = to_f32(gate[i]);
   out[i] = from_f32<T>(g / (1.0f + expf(-g)) * to_f32(up[i]));
+}
+
+template <class T>
+__global__ void k_swiglu_rows(const T* gu, int64_t rows, int64_t hidden, int64_t stride, T* out) {
+  pdl_wait();
+  const int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
+  if (i >= rows * hidden) return;
+  const T* row = gu + (i / hidden) * stride + i % hidden;
+  const float g = to_f32(row[0]);
+  out[i] = from_f32<T>(g / (1.0f + expf(-g)) * to_f32(row[hidden]));
+}
+
+__global__ void k_copy_columns(const uint16_t* src, int64_t rows, int64_t stride, int64_t n, uint16_t* dst) {
+  const int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
+  if (i < rows * n) dst[i] = src[(i / n) * stride + i % n];
 }
 
 template <class T>
@@ -185,7 +280,8 @@ template <class T, int DPL>
 __global__ void __launch_bounds__(kAttnWarps * 32)
     k_attention(const T* Q, int64_t S, const int32_t* pos, int64_t pos_stride, const T* K, const T* V, int64_t key_stride,
                 const T* const* tables, int64_t table_stride, int64_t page_off, int64_t heads, int64_t kv_heads,
-                int64_t hd, float scale_log2, int splits, float* partial, T* out) {
+                int64_t hd, float scale_log2, int splits, float* partial, T* out, int64_t q_stride) {
+  pdl_wait();
   __shared__ float sm[kAttnWarps], sl[kAttnWarps];
   __shared__ float sacc[kAttnWarps][32 * DPL];
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -193,7 +289,7 @@ __global__ void __launch_bounds__(kAttnWarps * 32)
   const int64_t b = r / S, len = pos[b * pos_stride] + r % S + 1;
   const int64_t kvh = h / (heads / kv_heads), kw = kv_heads * hd;
   const int64_t chunk = (len + splits - 1) / splits, j0 = split * chunk, j1 = min(len, j0 + chunk);
-  const T* q = Q + r * heads * hd + h * hd;
+  const T* q = Q + r * q_stride + h * hd;
   // Key j of this row's sequence: row j of K (contiguous), or in its page (tables non-null).
   const T* kbase = tables ? nullptr : K + b * key_stride * kw + kvh * hd;
   const T* vbase = tables ? nullptr : V + b * key_stride * kw + kvh * hd;
@@ -286,6 +382,7 @@ __global__ void __launch_bounds__(kAttnWarps * 32)
 // One block per (row, head): merges the splits' (m, l, acc) into the output.
 template <class T>
 __global__ void k_attention_merge(const float* partial, int64_t heads, int64_t hd, int splits, T* out) {
+  pdl_wait();
   const size_t rh = (size_t)blockIdx.x * heads + blockIdx.y;
   const float* p = partial + rh * splits * (hd + 2);
   float M = -INFINITY;
@@ -309,16 +406,14 @@ template <class T, int DPL>
 void attention_t(const T* Q, int64_t rows, int64_t S, const int32_t* pos, const T* K, const T* V, int64_t key_stride,
                  int64_t heads, int64_t kv_heads, int64_t hd, float scale, int splits, float* partial, T* out,
                  cudaStream_t s, int64_t pos_stride = 0, const T* const* tables = nullptr, int64_t table_stride = 0,
-                 int64_t page_off = 0) {
+                 int64_t page_off = 0, int64_t q_stride = 0) {
   const dim3 grid((unsigned)rows, (unsigned)heads, (unsigned)splits);
-  k_attention<T, DPL><<<grid, kAttnWarps * 32, 0, s>>>(Q, S, pos, pos_stride, K, V, key_stride, tables, table_stride,
-                                                        page_off, heads, kv_heads, hd, scale * kLog2e, splits, partial,
-                                                        out);
-  check(cudaGetLastError(), "attention launch");
-  if (splits > 1) {
-    k_attention_merge<T><<<dim3((unsigned)rows, (unsigned)heads), 128, 0, s>>>(partial, heads, hd, splits, out);
-    check(cudaGetLastError(), "attention merge launch");
-  }
+  launch_pdl(k_attention<T, DPL>, grid, dim3(kAttnWarps * 32), s, "attention launch", Q, S, pos, pos_stride, K, V,
+             key_stride, tables, table_stride, page_off, heads, kv_heads, hd, scale * kLog2e, splits, partial, out,
+             q_stride ? q_stride : heads * hd);
+  if (splits > 1)
+    launch_pdl(k_attention_merge<T>, dim3((unsigned)rows, (unsigned)heads), dim3(128), s, "attention merge launch",
+               partial, heads, hd, splits, out);
 }
 
 
@@ -549,10 +644,9 @@ void add_rms_norm(DType t, float* x, const uint16_t* y, int64_t rows, int64_t di
     // About 4 values per thread: one row per block is all a decode step has, so the block's width
     // is its latency (256 threads took 13 µs for a 4096-wide row on the H200, ncu).
     const int threads = (int)std::min<int64_t>(1024, std::max<int64_t>(32, ceil_div(ceil_div(dim, 4), 32) * 32));
-    k_add_rms_norm<<<(unsigned)rows, threads, 0, s>>>(x, reinterpret_cast<const T*>(y), dim, w, eps,
-                                                      reinterpret_cast<T*>(Y));
+    launch_pdl(k_add_rms_norm<T>, dim3((unsigned)rows), dim3(threads), s, "rms_norm launch", x,
+               reinterpret_cast<const T*>(y), dim, w, eps, reinterpret_cast<T*>(Y));
   });
-  check(cudaGetLastError(), "rms_norm launch");
 }
 
 void add(DType t, float* x, const uint16_t* y, int64_t n, cudaStream_t s) {
@@ -611,6 +705,34 @@ void swiglu(DType t, const uint16_t* gate, const uint16_t* up, int64_t n, uint16
   check(cudaGetLastError(), "swiglu launch");
 }
 
+void swiglu_rows(DType t, const uint16_t* gu, int64_t rows, int64_t hidden, int64_t stride, uint16_t* out,
+                 cudaStream_t s) {
+  with_type(t, [&](auto* tag) {
+    using T = std::remove_pointer_t<decltype(tag)>;
+    launch_pdl(k_swiglu_rows<T>, dim3(grid_for(rows * hidden)), dim3(256), s, "swiglu launch",
+               reinterpret_cast<const T*>(gu), rows, hidden, stride, reinterpret_cast<T*>(out));
+  });
+}
+
+void copy_columns(const uint16_t* src, int64_t rows, int64_t stride, int64_t col0, int64_t n, uint16_t* dst,
+                  cudaStream_t s) {
+  k_copy_columns<<<grid_for(rows * n), 256, 0, s>>>(src + col0, rows, stride, n, dst);
+  check(cudaGetLastError(), "copy_columns launch");
+}
+
+void rope_append_rows(DType t, uint16_t* q, int64_t q_stride, const uint16_t* k, int64_t k_stride, const uint16_t* v,
+                      int64_t v_stride, int64_t rows, const int32_t* pos, int64_t q_heads, int64_t k_heads, int64_t half,
+                      const float* inv_freq, float scale, uint16_t* const* tables, int64_t table_stride,
+                      int64_t page_off, cudaStream_t s) {
+  with_type(t, [&](auto* tag) {
+    using T = std::remove_pointer_t<decltype(tag)>;
+    launch_pdl(k_rope_append_rows<T>, dim3(grid_for(rows * (q_heads + 2 * k_heads) * half)), dim3(256), s,
+               "rope_append_rows launch", reinterpret_cast<T*>(q), q_stride, reinterpret_cast<const T*>(k), k_stride,
+               reinterpret_cast<const T*>(v), v_stride, rows, pos, q_heads, k_heads, half, inv_freq, scale,
+               reinterpret_cast<T* const*>(tables), table_stride, page_off);
+  });
+}
+
 void widen(DType t, const uint16_t* x, int64_t n, float* y, cudaStream_t s) {
   with_type(t, [&](auto* tag) {
     using T = std::remove_pointer_t<decltype(tag)>;
@@ -648,19 +770,20 @@ void gather_kv(uint16_t* const* table, int64_t len, int64_t kw, int64_t page_off
 
 void attention_paged(DType t, const uint16_t* Q, int64_t rows, const int32_t* pos, uint16_t* const* tables,
                      int64_t table_stride, int64_t page_off, int64_t heads, int64_t kv_heads, int64_t hd, float scale,
-                     int splits, float* partial, uint16_t* out, cudaStream_t s) {
+                     int splits, float* partial, uint16_t* out, cudaStream_t s, int64_t q_stride) {
   require(hd >= 1 && hd <= 256, "E_UNSUPPORTED", "the 16-bit attention kernel takes head_dim up to 256");
   require(splits >= 1 && (splits == 1 || partial != nullptr), "E_INTERNAL", "attention splits need scratch");
   with_type(t, [&](auto* tag) {
     using T = std::remove_pointer_t<decltype(tag)>;
     const T* q = reinterpret_cast<const T*>(Q);
+    const int64_t qs = q_stride;
     T* o = reinterpret_cast<T*>(out);
     const T* const* tb = reinterpret_cast<const T* const*>(tables);
     // one query row per sequence (S = 1), at its own position pos[r]
-    if (hd <= 32) attention_t<T, 1>(q, rows, 1, pos, nullptr, nullptr, 0, heads, kv_heads, hd, scale, splits, partial, o, s, 1, tb, table_stride, page_off);
-    else if (hd <= 64) attention_t<T, 2>(q, rows, 1, pos, nullptr, nullptr, 0, heads, kv_heads, hd, scale, splits, partial, o, s, 1, tb, table_stride, page_off);
-    else if (hd <= 128) attention_t<T, 4>(q, rows, 1, pos, nullptr, nullptr, 0, heads, kv_heads, hd, scale, splits, partial, o, s, 1, tb, table_stride, page_off);
-    else attention_t<T, 8>(q, rows, 1, pos, nullptr, nullptr, 0, heads, kv_heads, hd, scale, splits, partial, o, s, 1, tb, table_stride, page_off);
+    if (hd <= 32) attention_t<T, 1>(q, rows, 1, pos, nullptr, nullptr, 0, heads, kv_heads, hd, scale, splits, partial, o, s, 1, tb, table_stride, page_off, qs);
+    else if (hd <= 64) attention_t<T, 2>(q, rows, 1, pos, nullptr, nullptr, 0, heads, kv_heads, hd, scale, splits, partial, o, s, 1, tb, table_stride, page_off, qs);
+    else if (hd <= 128) attention_t<T, 4>(q, rows, 1, pos, nullptr, nullptr, 0, heads, kv_heads, hd, scale, splits, partial, o, s, 1, tb, table_stride, page_off, qs);
+    else attention_t<T, 8>(q, rows, 1, pos, nullptr, nullptr, 0, heads, kv_heads, hd, scale, splits, partial, o, s, 1, tb, table_stride, page_off, qs);
   });
 }
 

@@ -44,6 +44,14 @@ constexpr int64_t kPageTokens = 16;
 // Rows k, v [rows, kw] (row r of sequence r / S at position pos[(r / S) * pos_stride] + r % S) into their pages.
 void append_kv_paged(const uint16_t* k, const uint16_t* v, int64_t rows, int64_t S, int64_t kw, const int32_t* pos,
                      int64_t pos_stride, uint16_t* const* tables, int64_t table_stride, int64_t page_off, cudaStream_t s);
+// A decode step's rows (one token of sequence r at position pos[r]): RoPE on q in place and on k,
+// and k and v written straight into their pages (the step reads them only there), in one launch.
+// q, k, v: row r at q + r * q_stride (..., heads of 2*half values); q/k/v of one product laid end
+// to end in each row (stride qw + 2 kw) or each in its own [rows, width] array.
+void rope_append_rows(DType t, uint16_t* q, int64_t q_stride, const uint16_t* k, int64_t k_stride, const uint16_t* v,
+                      int64_t v_stride, int64_t rows, const int32_t* pos, int64_t q_heads, int64_t k_heads, int64_t half,
+                      const float* inv_freq, float scale, uint16_t* const* tables, int64_t table_stride,
+                      int64_t page_off, cudaStream_t s);
 // Keys and values 0 .. len-1 of one sequence (its table) into contiguous kc, vc [len, kw].
 void gather_kv(uint16_t* const* table, int64_t len, int64_t kw, int64_t page_off, uint16_t* kc, uint16_t* vc,
                cudaStream_t s);
@@ -54,6 +62,13 @@ void append_kv(const uint16_t* k, const uint16_t* v, int64_t rows, int64_t kw, c
 void add_bias(DType t, void* Y, bool y_f32, int64_t rows, int64_t N, const float* bias, cudaStream_t s);
 // out = silu(gate) * up over n values (out may be gate), in f32 rounded once.
 void swiglu(DType t, const uint16_t* gate, const uint16_t* up, int64_t n, uint16_t* out, cudaStream_t s);
+// The same over rows of one gate/up product: gate in columns 0 .. hidden-1 of row r of gu (row
+// stride `stride`), up in the next hidden; out [rows, hidden] (out may be gu only when rows == 1).
+void swiglu_rows(DType t, const uint16_t* gu, int64_t rows, int64_t hidden, int64_t stride, uint16_t* out,
+                 cudaStream_t s);
+// dst [rows, n] = columns col0 .. col0+n-1 of src [rows, stride] (16-bit values).
+void copy_columns(const uint16_t* src, int64_t rows, int64_t stride, int64_t col0, int64_t n, uint16_t* dst,
+                  cudaStream_t s);
 // 16-bit to f32 (exact) and f32 to 16-bit (round to nearest even).
 void widen(DType t, const uint16_t* x, int64_t n, float* y, cudaStream_t s);
 void narrow(DType t, const float* x, int64_t n, uint16_t* y, cudaStream_t s);
@@ -75,9 +90,10 @@ void attention(DType t, const uint16_t* Q, int64_t rows, int64_t S, const int32_
 // Decode attention over paged caches: query row r (Q [rows, heads*hd]) is one token of sequence r at
 // position pos[r], attending to its keys 0 .. pos[r] through its table tables[r * table_stride ..];
 // splits and partial as for attention.
+// q_stride: elements between Q's rows (0: heads*hd, rows packed).
 void attention_paged(DType t, const uint16_t* Q, int64_t rows, const int32_t* pos, uint16_t* const* tables,
                      int64_t table_stride, int64_t page_off, int64_t heads, int64_t kv_heads, int64_t hd, float scale,
-                     int splits, float* partial, uint16_t* out, cudaStream_t s);
+                     int splits, float* partial, uint16_t* out, cudaStream_t s, int64_t q_stride = 0);
 
 }  // namespace ops16
 }  // namespace cuda

@@ -4,6 +4,7 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "common.hpp"
 #include "weight_format.hpp"
@@ -40,5 +41,23 @@ void validate_g_idx(const PackedMatrix& W);
 // g_idx entries lie in [0, groups). Throws E_SHAPE / E_BUFFER / E_GROUP_SIZE / E_BITS.
 void validate_packed(const PackedMatrix& W, int64_t qweight_len, int64_t qzeros_len, int64_t scales_len,
                      int64_t g_idx_len);
+
+// Several matrices that read one input (q/k/v, gate/up) side by side along N: one product whose
+// output row is theirs laid end to end, in place of one product each. Owns its buffers; `matrix`
+// views them (so the object is not copied or moved once built).
+struct PackedColumns {
+  std::vector<int32_t> qweight, qzeros, g_idx;
+  std::vector<uint16_t> scales;
+  PackedMatrix matrix;
+  PackedColumns() = default;
+  PackedColumns(const PackedColumns&) = delete;
+  PackedColumns& operator=(const PackedColumns&) = delete;
+};
+
+// Fills `out` with `parts` side by side when they agree on bits, K, group size, groups, zero offset
+// and g_idx (the act-order permutation: equal entries, or none on every part), and each part's N is
+// a whole number of qzeros pack units (so qzeros rows join word by word); returns false otherwise,
+// leaving out as it was. Every part must be valid (validate_packed).
+bool concat_packed_columns(const std::vector<const PackedMatrix*>& parts, PackedColumns& out);
 
 }  // namespace lowbit

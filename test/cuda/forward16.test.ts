@@ -15,7 +15,7 @@
 import { readFileSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { LowbitError } from '../../src/errors.js';
-import { Model, openModel, type ModelDtype } from '../../src/model/model.js';
+import { Model, openModel, type ModelDtype, type Session } from '../../src/model/model.js';
 import { generateTokens } from '../../src/model/generate.js';
 import { perplexity, perplexityIds } from '../../src/model/perplexity.js';
 import { native, type PackedWeights } from '../../src/native.js';
@@ -294,6 +294,132 @@ describe.skipIf(!cuda.ok)(`16-bit attention on odd shapes (skipped without a GPU
     session.close();
     await ref.close();
     await half.close();
+  });
+});
+
+// q/k/v and gate/up packed alike (bits, groups, act-order permutation) run as one product each
+// (cuda/llama16.cu make_packed_group over concat_packed_columns); q with another permutation than
+// k and v leaves q/k/v apart while gate/up still join. Each model is built twice: whole blocks at once
+// (where groups form) and dense blocks whose linears are then replaced one by one (no group).
+describe.skipIf(!cuda.ok)(`packed groups (skipped without a GPU: ${cuda.reason || 'none'})`, () => {
+  const shape: TinyShape = {
+    dim: 64,
+    hidden: 96,
+    layers: 2,
+    heads: 4,
+    kvHeads: 2,
+    headDim: 16,
+    vocab: 67,
+    maxSeq: 128,
+    tied: false,
+    qkvBias: true,
+  };
+  const grouped = ['q', 'k', 'v', 'gate', 'up'] as const;
+  const groups = shape.dim / 16;
+  // act-order style: groups not in the order of K (two different assignments)
+  const orderA = Int32Array.from({ length: shape.dim }, (_, k) => (k * 5 + 3) % groups);
+  const orderB = Int32Array.from({ length: shape.dim }, (_, k) => (k * 3 + 1) % groups);
+
+  async function packedBlocks(gIdx: (name: string) => Int32Array | undefined) {
+    const addon = native();
+    const tiny = randomModel(shape, new Float32Array(shape.headDim / 2), seed + 8);
+    const blocks = [];
+    for (const block of tiny.blocks) {
+      const out: Record<string, unknown> = { ...block };
+      for (const name of grouped) {
+        const w = block[name] as { data: Float32Array; bias?: Float32Array };
+        const K = shape.dim,
+          N = w.data.length / K;
+        const r = await addon.rtnQuantize(w.data, N, K, { bits: 4, groupSize: 16 });
+        const scales = new Uint16Array(r.scales.length);
+        addon.convert(new Uint8Array(r.scales.buffer), 'f32', new Uint8Array(scales.buffer), 'f16', r.scales.length);
+        const packed: PackedWeights = {
+          bits: 4,
+          K,
+          N,
+          groupSize: 16,
+          groups: r.groups,
+          zeroOffset: 0,
+          qweight: addon.packQweight(r.q, N, K, 4),
+          qzeros: addon.packQzeros(r.zeros, r.groups, N, 4, 0),
+          scales,
+          gIdx: gIdx(name),
+        };
+        out[name] = { packed, bias: w.bias };
+      }
+      blocks.push(out as unknown as (typeof tiny.blocks)[number]);
+    }
+    return { tiny, blocks };
+  }
+
+  // whole: setBlockWeights with the packed linears (groups form); else dense blocks, then setLinear
+  async function load(dtype: ModelDtype, gIdx: (name: string) => Int32Array | undefined, whole: boolean) {
+    const { tiny, blocks } = await packedBlocks(gIdx);
+    const model = Model.create(llamaConfig(shape), { device: 'cuda', dtype });
+    await model.setGlobals({
+      embed: { dtype: 'f32', data: tiny.embed },
+      finalNorm: tiny.finalNorm,
+      head: tiny.head ? { dtype: 'f32', data: tiny.head } : undefined,
+    });
+    for (let b = 0; b < shape.layers; b++) {
+      await model.setBlockWeights(b, whole ? blocks[b]! : tiny.blocks[b]!);
+      if (!whole) for (const name of grouped) await model.setLinear(b, name, blocks[b]![name] as never);
+    }
+    return model;
+  }
+
+  const cases = {
+    'one act-order permutation (q/k/v and gate/up joined)': () => orderA,
+    'q permuted unlike k and v (q/k/v apart, gate/up joined)': (name: string) => (name === 'q' ? orderB : orderA),
+    'no permutation (both joined)': () => undefined,
+  };
+  describe.each(Object.entries(cases))('%s', (label, gIdx) => {
+    it.each(HALVES)('%s: prefill, decode and batched decode match f32 and the linears run apart', async (dt) => {
+      // catches: a member's columns taken from another member (offsets), its bias misplaced, q, k or
+      // v read with the wrong row stride in a batched step, permutations that differ joined anyway
+      // (q multiplied in k's order of K), and (weightBytes) a group that never formed
+      const ref = await load('f32', gIdx, true);
+      const joined = await load(dt, gIdx, true);
+      const apart = await load(dt, gIdx, false);
+      // one matrix padded to 128 columns instead of each member (gptq-tc's repack): fewer bytes
+      if (label.includes('q/k/v and gate/up joined') || label.includes('both joined'))
+        expect(joined.weightBytes).toBeLessThan(apart.weightBytes);
+      const ids = randomIds(40, shape.vocab, 11);
+      const whole = await ref.logits(ids);
+      expectClose('prefill', await joined.logits(ids), whole, dt);
+      // sessions of 20, 9 and 33 tokens, then batched steps of all three and single steps of one
+      const prompts = [ids.subarray(0, 20), ids.subarray(3, 12), ids.subarray(5, 38)];
+      const open = async (m: Model) => {
+        const ss: Session[] = [];
+        for (const p of prompts) {
+          const s = await m.createSession(64);
+          await s.feed(p);
+          ss.push(s);
+        }
+        return ss;
+      };
+      const [rs, js, as] = [await open(ref), await open(joined), await open(apart)];
+      const vocab = shape.vocab;
+      for (let t = 0; t < 5; t++) {
+        const step = Int32Array.from(prompts, (_, i) => ids[(7 * t + 5 * i) % ids.length]!);
+        const r = await ref.feedBatch(rs, step);
+        const j = await joined.feedBatch(js, step);
+        const a = await apart.feedBatch(as, step);
+        for (let i = 0; i < prompts.length; i++) {
+          const row = (x: Float32Array) => x.subarray(i * vocab, (i + 1) * vocab);
+          expectClose(`batched step ${t} row ${i}`, row(j), row(r), dt);
+          // the same kernels per output column: equal to f32 noise
+          expect(relativeError(row(j), row(a)), `batched step ${t} row ${i}: joined vs apart`).toBeLessThanOrEqual(1e-6);
+        }
+        const r1 = await rs[0]!.feed(Int32Array.of(step[0]!));
+        const j1 = await js[0]!.feed(Int32Array.of(step[0]!));
+        const a1 = await as[0]!.feed(Int32Array.of(step[0]!));
+        expectClose(`step ${t}`, j1, r1, dt);
+        expect(relativeError(j1, a1), `step ${t}: joined vs apart`).toBeLessThanOrEqual(1e-6);
+      }
+      for (const s of [...rs, ...js, ...as]) s.close();
+      for (const m of [ref, joined, apart]) await m.close();
+    });
   });
 });
 
