@@ -9,7 +9,9 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
+#include <cstdio>
 #include <cstdlib>
 #include <initializer_list>
 #include <map>
@@ -394,6 +396,12 @@ class CudaLlama16 : public LlamaBackend {
     pad_page_ = std::make_unique<DeviceBuffer<uint16_t>>((size_t)page_elems);
     const char* graphs = std::getenv("LOWBIT_CUDA_GRAPHS");
     graphs_ = !(graphs && std::string(graphs) == "0");
+    const char* timing = std::getenv("LOWBIT_CUDA_STEP_TIMING");
+    if (timing && std::string(timing) == "1") {
+      timing_.on = true;
+      check(cudaEventCreate(&timing_.start), "cudaEventCreate");
+      check(cudaEventCreate(&timing_.stop), "cudaEventCreate");
+    }
     const char* groups = std::getenv("LOWBIT_CUDA_GROUPS");
     groups_ = !(groups && std::string(groups) == "0");
   }
@@ -404,6 +412,8 @@ class CudaLlama16 : public LlamaBackend {
     for (auto s : side_) cudaStreamDestroy(s);
     cudaEventDestroy(fork_);
     for (auto e : join_) cudaEventDestroy(e);
+    if (timing_.start) cudaEventDestroy(timing_.start);
+    if (timing_.stop) cudaEventDestroy(timing_.stop);
   }
 
   int device() const override { return device_; }
@@ -618,6 +628,7 @@ class CudaLlama16 : public LlamaBackend {
   };
 
   void decode_rows(model::Sequence* const* seqs, int64_t count, const int32_t* ids, float* logits) {
+    const auto host_start = std::chrono::steady_clock::now();
     select();
     int64_t bucket = 1;
     while (bucket < count) bucket *= 2;
@@ -654,14 +665,38 @@ class CudaLlama16 : public LlamaBackend {
     upload(tables_->get(), host_tables_.data(), bucket * table_stride_);
     float* lg = floats(logits_, bucket * config_.vocab);
     if (replay) {
+      if (timing_.on) check(cudaEventRecord(timing_.start, stream_), "event");
       check(cudaGraphLaunch(graph.exec, stream_), "cudaGraphLaunch");
+      if (timing_.on) check(cudaEventRecord(timing_.stop, stream_), "event");
     } else {
       float* x = floats(x_, bucket * config_.dim);
       rows_body(ids_dev, x, bucket, lg);
       if (graphs_) capture_rows(ids_dev, x, bucket, lg, graph);
     }
     download(logits, lg, count * config_.vocab);
+    if (replay && timing_.on) timing_.add(bucket, host_start);
   }
+
+  // LOWBIT_CUDA_STEP_TIMING=1 (diagnostics for benchmarks): the GPU time of each replayed decode
+  // step's graph and the host time of the whole call (uploads, replay, logits copied back), their
+  // means printed to stderr every 32 steps.
+  struct StepTiming {
+    bool on = false;
+    cudaEvent_t start = nullptr, stop = nullptr;
+    int steps = 0;
+    double gpu_us = 0, host_us = 0;
+    void add(int64_t bucket, std::chrono::steady_clock::time_point host_start) {
+      float ms = 0;
+      check(cudaEventElapsedTime(&ms, start, stop), "cudaEventElapsedTime");
+      gpu_us += 1000.0 * ms;
+      host_us += std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - host_start).count();
+      if (++steps < 32) return;
+      std::fprintf(stderr, "lowbit decode step, bucket %lld: graph %.1f us on the GPU, call %.1f us on the host\n",
+                   (long long)bucket, gpu_us / steps, host_us / steps);
+      steps = 0;
+      gpu_us = host_us = 0;
+    }
+  } timing_;
 
   // The blocks and the head over one new token of each of `rows` sequences (ids on the device; their
   // positions, pages in pos_ and tables_), logits [rows, vocab] to lg. Attention splits its keys as

@@ -8,6 +8,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <string>
+#include <type_traits>
 
 #include "cuda_check.cuh"
 #include "linear_ops.cuh"
@@ -402,6 +403,161 @@ __global__ void k_attention_merge(const float* partial, int64_t heads, int64_t h
   }
 }
 
+// Eight 16-bit values (one 16-byte load) as f32.
+__device__ __forceinline__ void widen8(const uint4& w, const __half*, float (&f)[8]) {
+  const __half2* h = reinterpret_cast<const __half2*>(&w);
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const float2 v = __half22float2(h[i]);
+    f[2 * i] = v.x, f[2 * i + 1] = v.y;
+  }
+}
+__device__ __forceinline__ void widen8(const uint4& w, const __nv_bfloat16*, float (&f)[8]) {
+  const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&w);
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const float2 v = __bfloat1622float2(h[i]);
+    f[2 * i] = v.x, f[2 * i + 1] = v.y;
+  }
+}
+
+// Decode attention over paged caches for head sizes 32·VPL (64, 128, 256): one block of 4 warps per
+// (row, head, split of the keys), as k_attention, but each key is read by a group of 4 lanes with
+// 16-byte loads (lane t of the group holds dims 8(t + 4v) .. +7 for v < VPL), so a warp scores 8 keys
+// per step and loads each key's and value's row whole, both issued before either is used (k_attention
+// loads 2-byte values one by one, each key's reduction across the whole warp: latency-bound at B >= 8).
+// The 8 groups of a warp share its running max; each keeps its own sum and output, added up at the end.
+template <class T, int VPL>
+__global__ void __launch_bounds__(kAttnWarps * 32)
+    k_attention_decode(const T* Q, int64_t q_stride, const int32_t* pos, const T* const* tables, int64_t table_stride,
+                       int64_t page_off, int64_t heads, int64_t kv_heads, float scale_log2, int splits, float* partial,
+                       T* out) {
+  pdl_wait();
+  constexpr int HD = 32 * VPL;
+  __shared__ float sm[kAttnWarps], sl[kAttnWarps];
+  __shared__ float sacc[kAttnWarps][HD];
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, t = lane % 4;
+  const int64_t r = blockIdx.x, h = blockIdx.y, split = blockIdx.z;
+  const int64_t len = pos[r] + 1;
+  const int64_t kvh = h / (heads / kv_heads), kw = kv_heads * HD;
+  const int64_t chunk = (len + splits - 1) / splits, j0 = split * chunk, j1 = min(len, j0 + chunk);
+  const T* const* table = tables + r * table_stride;
+  const T* q = Q + r * q_stride + h * HD;
+  float qv[VPL][8], acc[VPL][8];
+#pragma unroll
+  for (int v = 0; v < VPL; ++v) {
+    widen8(*reinterpret_cast<const uint4*>(q + 8 * (t + 4 * v)), q, qv[v]);
+#pragma unroll
+    for (int e = 0; e < 8; ++e) {
+      qv[v][e] *= scale_log2;
+      acc[v][e] = 0.f;
+    }
+  }
+  float m = -INFINITY, l = 0.f;
+  for (int64_t jb = j0 + (int64_t)warp * 8; jb < j1; jb += kAttnWarps * 8) {
+    const int64_t j = jb + lane / 4;
+    const bool valid = j < j1;
+    uint4 kr[VPL], vr[VPL];
+    if (valid) {
+      const T* key = table[j / kPageTokens] + page_off + (j % kPageTokens) * kw + kvh * HD;
+      const T* value = key + kPageTokens * kw;
+#pragma unroll
+      for (int v = 0; v < VPL; ++v) {
+        kr[v] = __ldg(reinterpret_cast<const uint4*>(key + 8 * (t + 4 * v)));
+        vr[v] = __ldg(reinterpret_cast<const uint4*>(value + 8 * (t + 4 * v)));
+      }
+    } else {
+#pragma unroll
+      for (int v = 0; v < VPL; ++v) kr[v] = vr[v] = make_uint4(0, 0, 0, 0);
+    }
+    float s = 0.f;
+#pragma unroll
+    for (int v = 0; v < VPL; ++v) {
+      float kf[8];
+      widen8(kr[v], q, kf);
+#pragma unroll
+      for (int e = 0; e < 8; ++e) s = fmaf(qv[v][e], kf[e], s);
+    }
+    s += __shfl_xor_sync(0xffffffffu, s, 1);
+    s += __shfl_xor_sync(0xffffffffu, s, 2);
+    if (!valid) s = -INFINITY;
+    float mx = s;
+    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 4));
+    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 8));
+    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 16));
+    const float m_new = fmaxf(m, mx);  // finite: key jb is valid
+    const float corr = exp2f(m - m_new);  // 0 on the first step (m = -inf)
+    const float p = valid ? exp2f(s - m_new) : 0.f;
+    l = l * corr + p;
+#pragma unroll
+    for (int v = 0; v < VPL; ++v) {
+      float vf[8];
+      widen8(vr[v], q, vf);
+#pragma unroll
+      for (int e = 0; e < 8; ++e) acc[v][e] = fmaf(p, vf[e], acc[v][e] * corr);
+    }
+    m = m_new;
+  }
+  // the warp's 8 key groups share m: their sums and outputs add up
+#pragma unroll
+  for (int off = 4; off < 32; off <<= 1) {
+    l += __shfl_xor_sync(0xffffffffu, l, off);
+#pragma unroll
+    for (int v = 0; v < VPL; ++v)
+#pragma unroll
+      for (int e = 0; e < 8; ++e) acc[v][e] += __shfl_xor_sync(0xffffffffu, acc[v][e], off);
+  }
+  if (lane == 0) {
+    sm[warp] = m;
+    sl[warp] = l;
+  }
+  if (lane < 4)
+#pragma unroll
+    for (int v = 0; v < VPL; ++v)
+#pragma unroll
+      for (int e = 0; e < 8; ++e) sacc[warp][8 * (t + 4 * v) + e] = acc[v][e];
+  __syncthreads();
+  float M = -INFINITY;
+  for (int w = 0; w < kAttnWarps; ++w) M = fmaxf(M, sm[w]);
+  float L = 0.f, wscale[kAttnWarps];
+  for (int w = 0; w < kAttnWarps; ++w) {
+    wscale[w] = sm[w] == -INFINITY ? 0.f : exp2f(sm[w] - M);
+    L += sl[w] * wscale[w];
+  }
+  const size_t rh = (size_t)r * heads + h;
+  for (int d = threadIdx.x; d < HD; d += blockDim.x) {
+    float o = 0.f;
+    for (int w = 0; w < kAttnWarps; ++w) o += sacc[w][d] * wscale[w];
+    if (splits == 1) out[rh * HD + d] = from_f32<T>(o / L);
+    else partial[(rh * splits + split) * (HD + 2) + 2 + d] = o;
+  }
+  if (splits > 1 && threadIdx.x == 0) {
+    partial[(rh * splits + split) * (HD + 2)] = M;
+    partial[(rh * splits + split) * (HD + 2) + 1] = L;
+  }
+}
+
+template <class T, int VPL>
+void attention_decode_t(const T* Q, int64_t q_stride, int64_t rows, const int32_t* pos, const T* const* tables,
+                        int64_t table_stride, int64_t page_off, int64_t heads, int64_t kv_heads, float scale, int splits,
+                        float* partial, T* out, cudaStream_t s) {
+  launch_pdl(k_attention_decode<T, VPL>, dim3((unsigned)rows, (unsigned)heads, (unsigned)splits), dim3(kAttnWarps * 32),
+             s, "attention launch", Q, q_stride, pos, tables, table_stride, page_off, heads, kv_heads, scale * kLog2e,
+             splits, partial, out);
+  if (splits > 1)
+    launch_pdl(k_attention_merge<T>, dim3((unsigned)rows, (unsigned)heads), dim3(128), s, "attention merge launch",
+               partial, heads, (int64_t)(32 * VPL), splits, out);
+}
+
+// The vector-load decode kernel unless LOWBIT_CUDA_ATTN=0 (comparisons).
+bool vector_decode_attention() {
+  static const bool on = [] {
+    const char* v = std::getenv("LOWBIT_CUDA_ATTN");
+    return !(v && std::string(v) == "0");
+  }();
+  return on;
+}
+
 template <class T, int DPL>
 void attention_t(const T* Q, int64_t rows, int64_t S, const int32_t* pos, const T* K, const T* V, int64_t key_stride,
                  int64_t heads, int64_t kv_heads, int64_t hd, float scale, int splits, float* partial, T* out,
@@ -776,9 +932,20 @@ void attention_paged(DType t, const uint16_t* Q, int64_t rows, const int32_t* po
   with_type(t, [&](auto* tag) {
     using T = std::remove_pointer_t<decltype(tag)>;
     const T* q = reinterpret_cast<const T*>(Q);
-    const int64_t qs = q_stride;
     T* o = reinterpret_cast<T*>(out);
     const T* const* tb = reinterpret_cast<const T* const*>(tables);
+    const int64_t qs = q_stride;
+    const int64_t q_rows = q_stride ? q_stride : heads * hd;
+    if (vector_decode_attention() && (hd == 64 || hd == 128 || hd == 256)) {
+      auto run = [&](auto vpl) {
+        attention_decode_t<T, decltype(vpl)::value>(q, q_rows, rows, pos, tb, table_stride, page_off, heads, kv_heads,
+                                                    scale, splits, partial, o, s);
+      };
+      if (hd == 64) run(std::integral_constant<int, 2>{});
+      else if (hd == 128) run(std::integral_constant<int, 4>{});
+      else run(std::integral_constant<int, 8>{});
+      return;
+    }
     // one query row per sequence (S = 1), at its own position pos[r]
     if (hd <= 32) attention_t<T, 1>(q, rows, 1, pos, nullptr, nullptr, 0, heads, kv_heads, hd, scale, splits, partial, o, s, 1, tb, table_stride, page_off, qs);
     else if (hd <= 64) attention_t<T, 2>(q, rows, 1, pos, nullptr, nullptr, 0, heads, kv_heads, hd, scale, splits, partial, o, s, 1, tb, table_stride, page_off, qs);
