@@ -32,44 +32,11 @@ __device__ __forceinline__ __nv_bfloat16 from_f32<__nv_bfloat16>(float v) {
   return __float2bfloat16_rn(v);
 }
 
-// Programmatic dependent launch (compute capability 9.0 and newer): a kernel launched with
-// launch_pdl may be scheduled while the kernel before it on the stream is still finishing, which
-// hides its launch and prologue behind that kernel's tail; it must call pdl_wait() before it reads
-// or writes anything (the wait returns once the previous kernel has completed and its writes are
-// visible; without the launch attribute it returns at once). LOWBIT_CUDA_PDL=0 turns it off.
-__device__ __forceinline__ void pdl_wait() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("griddepcontrol.wait;" ::: "memory");
-#endif
-}
-
-bool pdl_on() {
-  static const bool env_on = [] {
-    const char* v = std::getenv("LOWBIT_CUDA_PDL");
-    return !(v && std::string(v) == "0");
-  }();
-  if (!env_on) return false;
-  static int major[64] = {};  // per device, 0 until asked
-  int device = 0;
-  check(cudaGetDevice(&device), "cudaGetDevice");
-  if (device < 0 || device >= 64) return false;
-  if (!major[device]) check(cudaDeviceGetAttribute(&major[device], cudaDevAttrComputeCapabilityMajor, device), "device attribute");
-  return major[device] >= 9;
-}
-
+// kernel<<<grid, block, 0, s>>>(args...) with the arguments converted to the kernel's parameter types.
 template <class... Params, class... Args>
-void launch_pdl(void (*kernel)(Params...), dim3 grid, dim3 block, cudaStream_t s, const char* what, Args... args) {
-  cudaLaunchAttribute attr[1];
-  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attr[0].val.programmaticStreamSerializationAllowed = 1;
-  cudaLaunchConfig_t config = {};
-  config.gridDim = grid;
-  config.blockDim = block;
-  config.dynamicSmemBytes = 0;
-  config.stream = s;
-  config.attrs = attr;
-  config.numAttrs = pdl_on() ? 1 : 0;
-  check(cudaLaunchKernelEx(&config, kernel, static_cast<Params>(args)...), what);
+void launch(void (*kernel)(Params...), dim3 grid, dim3 block, cudaStream_t s, const char* what, Args... args) {
+  kernel<<<grid, block, 0, s>>>(static_cast<Params>(args)...);
+  check(cudaGetLastError(), what);
 }
 
 template <class T>
@@ -81,7 +48,6 @@ __global__ void k_gather_rows(const T* table, const int32_t* ids, int64_t n, int
 // One block per row: x += y (when y), then the f32 mean square and the normed row in 16 bits.
 template <class T>
 __global__ void k_add_rms_norm(float* X, const T* Yadd, int64_t dim, const float* w, float eps, T* out) {
-  pdl_wait();
   __shared__ float part[32];
   float* x = X + blockIdx.x * dim;
   const T* y = Yadd ? Yadd + blockIdx.x * dim : nullptr;
@@ -106,6 +72,63 @@ __global__ void k_add_rms_norm(float* X, const T* Yadd, int64_t dim, const float
   __syncthreads();
   const float inv = rsqrtf(part[0] / (float)dim + eps);
   for (int64_t i = threadIdx.x; i < dim; i += blockDim.x) o[i] = from_f32<T>(w[i] * (x[i] * inv));
+}
+
+// The same for rows of up to 1024·CH values (dim a multiple of 4): 256 threads, each loading its
+// 4-value pieces of x, y and w once, up front, and keeping them in registers for the second pass, so
+// the row costs one trip to memory instead of k_add_rms_norm's two dependent ones (the decode step's
+// norms are a single row each: latency, not bandwidth).
+constexpr int kNormThreads = 256;
+template <class T, int CH>
+__global__ void __launch_bounds__(kNormThreads)
+    k_add_rms_norm_rows(float* X, const T* Yadd, int64_t dim, const float* w, float eps, T* out) {
+  __shared__ float part[kNormThreads / 32];
+  const int64_t n4 = dim / 4;
+  float4* x = reinterpret_cast<float4*>(X + blockIdx.x * dim);
+  const uint2* y = Yadd ? reinterpret_cast<const uint2*>(Yadd + blockIdx.x * dim) : nullptr;
+  const float4* w4 = reinterpret_cast<const float4*>(w);
+  float4 v[CH], wv[CH];
+  uint2 yv[CH];
+#pragma unroll
+  for (int c = 0; c < CH; ++c) {
+    const int64_t i = threadIdx.x + (int64_t)c * kNormThreads;
+    if (i < n4) {
+      v[c] = x[i];
+      wv[c] = __ldg(w4 + i);
+      if (y) yv[c] = y[i];
+    }
+  }
+  float ss = 0.f;
+#pragma unroll
+  for (int c = 0; c < CH; ++c) {
+    const int64_t i = threadIdx.x + (int64_t)c * kNormThreads;
+    if (i >= n4) continue;
+    if (y) {
+      const T* yt = reinterpret_cast<const T*>(&yv[c]);
+      v[c].x += to_f32(yt[0]);
+      v[c].y += to_f32(yt[1]);
+      v[c].z += to_f32(yt[2]);
+      v[c].w += to_f32(yt[3]);
+      x[i] = v[c];
+    }
+    ss += v[c].x * v[c].x + v[c].y * v[c].y + v[c].z * v[c].z + v[c].w * v[c].w;
+  }
+  for (int off = 16; off; off >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, off);
+  if (threadIdx.x % 32 == 0) part[threadIdx.x / 32] = ss;
+  __syncthreads();
+  float total = 0.f;
+#pragma unroll
+  for (int i = 0; i < kNormThreads / 32; ++i) total += part[i];
+  const float inv = rsqrtf(total / (float)dim + eps);
+  uint2* o = reinterpret_cast<uint2*>(out + blockIdx.x * dim);
+#pragma unroll
+  for (int c = 0; c < CH; ++c) {
+    const int64_t i = threadIdx.x + (int64_t)c * kNormThreads;
+    if (i >= n4) continue;
+    alignas(8) T r[4] = {from_f32<T>(wv[c].x * (v[c].x * inv)), from_f32<T>(wv[c].y * (v[c].y * inv)),
+                         from_f32<T>(wv[c].z * (v[c].z * inv)), from_f32<T>(wv[c].w * (v[c].w * inv))};
+    o[i] = *reinterpret_cast<const uint2*>(r);
+  }
 }
 
 template <class T>
@@ -189,7 +212,6 @@ __global__ void k_rope_append_rows(T* q, int64_t q_stride, const T* k, int64_t k
                                    int64_t rows, const int32_t* pos, int64_t q_heads, int64_t k_heads, int64_t half,
                                    const float* inv_freq, float scale, T* const* tables, int64_t table_stride,
                                    int64_t page_off) {
-  pdl_wait();
   const int64_t heads = q_heads + 2 * k_heads;
   const int64_t e = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
   if (e >= rows * heads * half) return;
@@ -240,7 +262,6 @@ __global__ void k_swiglu(const T* gate, const T* up, int64_t n, T* out) {
 
 template <class T>
 __global__ void k_swiglu_rows(const T* gu, int64_t rows, int64_t hidden, int64_t stride, T* out) {
-  pdl_wait();
   const int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
   if (i >= rows * hidden) return;
   const T* row = gu + (i / hidden) * stride + i % hidden;
@@ -269,6 +290,7 @@ __global__ void k_convert(const S* x, int64_t n, T* y) {
 
 constexpr int kAttnWarps = 4;  // warps per block; each takes groups of kKeysPerStep keys in turn
 constexpr int kKeysPerStep = 4;
+constexpr int kMaxSplits = 64;  // key ranges per (row, head) at most (attention_splits; the merge's weights)
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr int64_t kFlashMinRows = 16;  // rows per sequence from which prefill runs on the tensor cores
 
@@ -282,7 +304,6 @@ __global__ void __launch_bounds__(kAttnWarps * 32)
     k_attention(const T* Q, int64_t S, const int32_t* pos, int64_t pos_stride, const T* K, const T* V, int64_t key_stride,
                 const T* const* tables, int64_t table_stride, int64_t page_off, int64_t heads, int64_t kv_heads,
                 int64_t hd, float scale_log2, int splits, float* partial, T* out, int64_t q_stride) {
-  pdl_wait();
   __shared__ float sm[kAttnWarps], sl[kAttnWarps];
   __shared__ float sacc[kAttnWarps][32 * DPL];
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -380,26 +401,38 @@ __global__ void __launch_bounds__(kAttnWarps * 32)
   }
 }
 
-// One block per (row, head): merges the splits' (m, l, acc) into the output.
+// One block per (row, head): merges the splits' (m, l, acc) into the output. The first warp turns
+// each split's (m, l) into its weight 2^(m - M) / L (lanes over the splits), then each thread sums
+// its dims' partial outputs with those weights: one pass of independent loads (recomputing M and L
+// in every thread, with a loop of dependent steps each, made this kernel cost more than attention).
 template <class T>
 __global__ void k_attention_merge(const float* partial, int64_t heads, int64_t hd, int splits, T* out) {
-  pdl_wait();
+  __shared__ float weight[kMaxSplits];
   const size_t rh = (size_t)blockIdx.x * heads + blockIdx.y;
   const float* p = partial + rh * splits * (hd + 2);
-  float M = -INFINITY;
-  for (int s = 0; s < splits; ++s) M = fmaxf(M, p[s * (hd + 2)]);
-  float L = 0.f;
-  for (int s = 0; s < splits; ++s) {
-    const float ms = p[s * (hd + 2)];
-    if (ms != -INFINITY) L += p[s * (hd + 2) + 1] * exp2f(ms - M);
+  if (threadIdx.x < 32) {
+    const int lane = threadIdx.x;
+    float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};  // splits lane and lane + 32
+#pragma unroll
+    for (int u = 0; u < 2; ++u)
+      if (lane + 32 * u < splits) {
+        m[u] = p[(lane + 32 * u) * (hd + 2)];
+        l[u] = p[(lane + 32 * u) * (hd + 2) + 1];
+      }
+    float M = fmaxf(m[0], m[1]);
+    for (int off = 16; off; off >>= 1) M = fmaxf(M, __shfl_xor_sync(0xffffffffu, M, off));
+    // M is finite: split 0 holds key 0 at least
+    const float e0 = m[0] == -INFINITY ? 0.f : exp2f(m[0] - M), e1 = m[1] == -INFINITY ? 0.f : exp2f(m[1] - M);
+    float L = l[0] * e0 + l[1] * e1;
+    for (int off = 16; off; off >>= 1) L += __shfl_xor_sync(0xffffffffu, L, off);
+    if (lane < splits) weight[lane] = e0 / L;
+    if (lane + 32 < splits) weight[lane + 32] = e1 / L;
   }
+  __syncthreads();
   for (int64_t d = threadIdx.x; d < hd; d += blockDim.x) {
     float o = 0.f;
-    for (int s = 0; s < splits; ++s) {
-      const float ms = p[s * (hd + 2)];
-      if (ms != -INFINITY) o += p[s * (hd + 2) + 2 + d] * exp2f(ms - M);
-    }
-    out[rh * hd + d] = from_f32<T>(o / L);
+    for (int s = 0; s < splits; ++s) o = fmaf(p[s * (hd + 2) + 2 + d], weight[s], o);
+    out[rh * hd + d] = from_f32<T>(o);
   }
 }
 
@@ -432,7 +465,6 @@ __global__ void __launch_bounds__(kAttnWarps * 32)
     k_attention_decode(const T* Q, int64_t q_stride, const int32_t* pos, const T* const* tables, int64_t table_stride,
                        int64_t page_off, int64_t heads, int64_t kv_heads, float scale_log2, int splits, float* partial,
                        T* out) {
-  pdl_wait();
   constexpr int HD = 32 * VPL;
   __shared__ float sm[kAttnWarps], sl[kAttnWarps];
   __shared__ float sacc[kAttnWarps][HD];
@@ -541,11 +573,11 @@ template <class T, int VPL>
 void attention_decode_t(const T* Q, int64_t q_stride, int64_t rows, const int32_t* pos, const T* const* tables,
                         int64_t table_stride, int64_t page_off, int64_t heads, int64_t kv_heads, float scale, int splits,
                         float* partial, T* out, cudaStream_t s) {
-  launch_pdl(k_attention_decode<T, VPL>, dim3((unsigned)rows, (unsigned)heads, (unsigned)splits), dim3(kAttnWarps * 32),
+  launch(k_attention_decode<T, VPL>, dim3((unsigned)rows, (unsigned)heads, (unsigned)splits), dim3(kAttnWarps * 32),
              s, "attention launch", Q, q_stride, pos, tables, table_stride, page_off, heads, kv_heads, scale * kLog2e,
              splits, partial, out);
   if (splits > 1)
-    launch_pdl(k_attention_merge<T>, dim3((unsigned)rows, (unsigned)heads), dim3(128), s, "attention merge launch",
+    launch(k_attention_merge<T>, dim3((unsigned)rows, (unsigned)heads), dim3(128), s, "attention merge launch",
                partial, heads, (int64_t)(32 * VPL), splits, out);
 }
 
@@ -564,11 +596,11 @@ void attention_t(const T* Q, int64_t rows, int64_t S, const int32_t* pos, const 
                  cudaStream_t s, int64_t pos_stride = 0, const T* const* tables = nullptr, int64_t table_stride = 0,
                  int64_t page_off = 0, int64_t q_stride = 0) {
   const dim3 grid((unsigned)rows, (unsigned)heads, (unsigned)splits);
-  launch_pdl(k_attention<T, DPL>, grid, dim3(kAttnWarps * 32), s, "attention launch", Q, S, pos, pos_stride, K, V,
+  launch(k_attention<T, DPL>, grid, dim3(kAttnWarps * 32), s, "attention launch", Q, S, pos, pos_stride, K, V,
              key_stride, tables, table_stride, page_off, heads, kv_heads, hd, scale * kLog2e, splits, partial, out,
              q_stride ? q_stride : heads * hd);
   if (splits > 1)
-    launch_pdl(k_attention_merge<T>, dim3((unsigned)rows, (unsigned)heads), dim3(128), s, "attention merge launch",
+    launch(k_attention_merge<T>, dim3((unsigned)rows, (unsigned)heads), dim3(128), s, "attention merge launch",
                partial, heads, hd, splits, out);
 }
 
@@ -800,8 +832,18 @@ void add_rms_norm(DType t, float* x, const uint16_t* y, int64_t rows, int64_t di
     // About 4 values per thread: one row per block is all a decode step has, so the block's width
     // is its latency (256 threads took 13 µs for a 4096-wide row on the H200, ncu).
     const int threads = (int)std::min<int64_t>(1024, std::max<int64_t>(32, ceil_div(ceil_div(dim, 4), 32) * 32));
-    launch_pdl(k_add_rms_norm<T>, dim3((unsigned)rows), dim3(threads), s, "rms_norm launch", x,
-               reinterpret_cast<const T*>(y), dim, w, eps, reinterpret_cast<T*>(Y));
+    const T* yt = reinterpret_cast<const T*>(y);
+    T* out = reinterpret_cast<T*>(Y);
+    const int64_t pieces = ceil_div(dim / 4, (int64_t)kNormThreads);  // 4-value pieces per thread
+    if (dim % 4 == 0 && pieces <= 8) {
+      const dim3 grid((unsigned)rows), block(kNormThreads);
+      if (pieces <= 1) launch(k_add_rms_norm_rows<T, 1>, grid, block, s, "rms_norm launch", x, yt, dim, w, eps, out);
+      else if (pieces <= 2) launch(k_add_rms_norm_rows<T, 2>, grid, block, s, "rms_norm launch", x, yt, dim, w, eps, out);
+      else if (pieces <= 4) launch(k_add_rms_norm_rows<T, 4>, grid, block, s, "rms_norm launch", x, yt, dim, w, eps, out);
+      else launch(k_add_rms_norm_rows<T, 8>, grid, block, s, "rms_norm launch", x, yt, dim, w, eps, out);
+      return;
+    }
+    launch(k_add_rms_norm<T>, dim3((unsigned)rows), dim3(threads), s, "rms_norm launch", x, yt, dim, w, eps, out);
   });
 }
 
@@ -865,7 +907,7 @@ void swiglu_rows(DType t, const uint16_t* gu, int64_t rows, int64_t hidden, int6
                  cudaStream_t s) {
   with_type(t, [&](auto* tag) {
     using T = std::remove_pointer_t<decltype(tag)>;
-    launch_pdl(k_swiglu_rows<T>, dim3(grid_for(rows * hidden)), dim3(256), s, "swiglu launch",
+    launch(k_swiglu_rows<T>, dim3(grid_for(rows * hidden)), dim3(256), s, "swiglu launch",
                reinterpret_cast<const T*>(gu), rows, hidden, stride, reinterpret_cast<T*>(out));
   });
 }
@@ -882,7 +924,7 @@ void rope_append_rows(DType t, uint16_t* q, int64_t q_stride, const uint16_t* k,
                       int64_t page_off, cudaStream_t s) {
   with_type(t, [&](auto* tag) {
     using T = std::remove_pointer_t<decltype(tag)>;
-    launch_pdl(k_rope_append_rows<T>, dim3(grid_for(rows * (q_heads + 2 * k_heads) * half)), dim3(256), s,
+    launch(k_rope_append_rows<T>, dim3(grid_for(rows * (q_heads + 2 * k_heads) * half)), dim3(256), s,
                "rope_append_rows launch", reinterpret_cast<T*>(q), q_stride, reinterpret_cast<const T*>(k), k_stride,
                reinterpret_cast<const T*>(v), v_stride, rows, pos, q_heads, k_heads, half, inv_freq, scale,
                reinterpret_cast<T* const*>(tables), table_stride, page_off);
@@ -928,7 +970,8 @@ void attention_paged(DType t, const uint16_t* Q, int64_t rows, const int32_t* po
                      int64_t table_stride, int64_t page_off, int64_t heads, int64_t kv_heads, int64_t hd, float scale,
                      int splits, float* partial, uint16_t* out, cudaStream_t s, int64_t q_stride) {
   require(hd >= 1 && hd <= 256, "E_UNSUPPORTED", "the 16-bit attention kernel takes head_dim up to 256");
-  require(splits >= 1 && (splits == 1 || partial != nullptr), "E_INTERNAL", "attention splits need scratch");
+  require(splits >= 1 && splits <= kMaxSplits && (splits == 1 || partial != nullptr), "E_INTERNAL",
+          "attention splits: 1 to 64, with scratch");
   with_type(t, [&](auto* tag) {
     using T = std::remove_pointer_t<decltype(tag)>;
     const T* q = reinterpret_cast<const T*>(Q);
@@ -957,7 +1000,7 @@ void attention_paged(DType t, const uint16_t* Q, int64_t rows, const int32_t* po
 int attention_splits(int64_t rows, int64_t heads, int64_t longest, int multiprocessors) {
   // Enough blocks to give every multiprocessor about four, each range at least 64 keys long.
   const int64_t want = ceil_div(4 * (int64_t)std::max(multiprocessors, 1), rows * heads);
-  return (int)std::max<int64_t>(1, std::min<int64_t>({want, ceil_div(longest, 64), 64}));
+  return (int)std::max<int64_t>(1, std::min<int64_t>({want, ceil_div(longest, 64), kMaxSplits}));
 }
 
 int64_t attention_partial_floats(int64_t rows, int64_t heads, int64_t hd, int splits) {
@@ -968,7 +1011,8 @@ void attention(DType t, const uint16_t* Q, int64_t rows, int64_t S, const int32_
                int64_t key_stride, int64_t heads, int64_t kv_heads, int64_t hd, float scale, int splits, float* partial,
                uint16_t* out, cudaStream_t s) {
   require(hd >= 1 && hd <= 256, "E_UNSUPPORTED", "the 16-bit attention kernel takes head_dim up to 256");
-  require(splits >= 1 && (splits == 1 || partial != nullptr), "E_INTERNAL", "attention splits need scratch");
+  require(splits >= 1 && splits <= kMaxSplits && (splits == 1 || partial != nullptr), "E_INTERNAL",
+          "attention splits: 1 to 64, with scratch");
   with_type(t, [&](auto* tag) {
     using T = std::remove_pointer_t<decltype(tag)>;
     attention_dispatch<T>(reinterpret_cast<const T*>(Q), rows, S, pos, reinterpret_cast<const T*>(K),
