@@ -901,8 +901,10 @@ bool gptq_dequant_wins(const GptqDeviceWeights& W, int64_t M) {
   // 2 bytes per weight written: 42 us for 8192², 148 us for 8192 x 28672), so it pays from 128 rows
   // on every shape (8192²: 84 against 124 us), and from 64 on the 7B attention/MLP-up shapes with
   // K <= 4096 (4096²: 22 against 33 us; 4096 x 11008: 57 against 63) but not on 11008 x 4096 (61 against 54).
+  // With K <= 4096 both paths grow in proportion to N, so the joined q/k/v (N = 12288) and gate/up
+  // (N = 22016) products of the decode step take it from 64 rows too (not timed apart).
   if (M >= 128) return true;
-  return M >= 64 && W.K <= 4096 && W.K * W.N <= (int64_t)4096 * 11008;
+  return M >= 64 && W.K <= 4096;
 }
 
 void gptq_matmul(const GptqDeviceWeights& W, const void* X, GptqDtype dtype, int64_t M, void* Y, void* stream,
