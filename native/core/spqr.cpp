@@ -51,6 +51,8 @@ namespace {
 
 // Column indices and the permutation are 16-bit in the file where they fit.
 int index_bits(int64_t K) { return K <= 65536 ? 16 : 32; }
+// So are the outlier row pointers (unsigned, each at most nnz).
+int rowptr_bits(int64_t outliers) { return outliers <= 65535 ? 16 : 32; }
 
 }  // namespace
 
@@ -62,7 +64,7 @@ SpqrBits spqr_storage_bits(int bits, int stat_bits, int64_t N, int64_t K, int64_
   b.first_level = 2 * 8 * bitstream_bytes(N * G, stat_bits);
   b.second_level = 2 * G * NB * 2 * 16;
   b.permutation = has_perm ? K * index_bits(K) : 0;
-  b.outliers = outliers * (16 + index_bits(K)) + (N + 1) * 32;
+  b.outliers = outliers * (16 + index_bits(K)) + (N + 1) * rowptr_bits(outliers);
   return b;
 }
 

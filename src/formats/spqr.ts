@@ -8,8 +8,9 @@
  *   .spqr_perm           I16* [K]                        original column of each sweep position (act-order only)
  *   .spqr_outlier_values F16  [nnz]                      w − (dense part) at each outlier
  *   .spqr_outlier_cols   I16* [nnz]                      sweep positions, ascending within a row
- *   .spqr_outlier_rowptr I32  [N + 1]                    CSR row pointers
- * (* 16-bit unsigned values in an I16 tensor where K ≤ 65536 — read back as v & 0xffff — else I32),
+ *   .spqr_outlier_rowptr I16† [N + 1]                    CSR row pointers
+ * (* 16-bit unsigned values in an I16 tensor where K ≤ 65536 — read back as v & 0xffff — else I32;
+ *  † the same where nnz ≤ 65535, else I32; I32 always read, as checkpoints before 16-bit row pointers have it),
  * every other tensor kept as it was, and config.json's `quantization_config` with
  * `quant_method: "spqr"` and every parameter. Writer and reader share one check (checkSpqrWeights).
  */
@@ -269,8 +270,9 @@ export function checkSpqrTensors(
       check('zero_codes', ['U8'], [bitstreamBytes(N * G, q.statBits)]);
       check('scale_stats', ['F16'], [G, NB, 2]);
       check('zero_stats', ['F16'], [G, NB, 2]);
-      check('outlier_rowptr', ['I32'], [N + 1]);
       const values = check('outlier_values', ['F16']);
+      // 16-bit row pointers hold nnz ≤ 65535 only (all of them are ≤ nnz)
+      check('outlier_rowptr', (values[0] ?? Infinity) <= ROWPTR16_MAX_NNZ ? ['I16', 'I32'] : ['I32'], [N + 1]);
       check('outlier_cols', index, [values[0] ?? -1]);
       if (q.actOrder) check('perm', index, [K]);
       else if (has(spqrTensorName(prefix, 'perm')))
@@ -279,9 +281,13 @@ export function checkSpqrTensors(
   }
 }
 
+/** Most outliers a linear may have for 16-bit (unsigned) row pointers: each pointer is ≤ nnz. */
+export const ROWPTR16_MAX_NNZ = 65535;
+
 /** The tensors of one linear, as declared specs and as data. */
 function linearTensors(prefix: string, w: SpqrWeights): { spec: TensorSpec; data: Uint8Array }[] {
   const wide = w.K > 65536;
+  const narrowRows = w.outlierCols.length <= ROWPTR16_MAX_NNZ;
   const bytes = (a: ArrayBufferView) => new Uint8Array(a.buffer, a.byteOffset, a.byteLength);
   const index16 = (a: Int32Array) => bytes(Uint16Array.from(a));
   const out: { spec: TensorSpec; data: Uint8Array }[] = [
@@ -330,8 +336,12 @@ function linearTensors(prefix: string, w: SpqrWeights): { spec: TensorSpec; data
       data: wide ? bytes(w.outlierCols) : index16(w.outlierCols),
     },
     {
-      spec: { name: spqrTensorName(prefix, 'outlier_rowptr'), dtype: 'I32', shape: [w.N + 1] },
-      data: bytes(w.outlierRowptr),
+      spec: {
+        name: spqrTensorName(prefix, 'outlier_rowptr'),
+        dtype: narrowRows ? 'I16' : 'I32',
+        shape: [w.N + 1],
+      },
+      data: narrowRows ? index16(w.outlierRowptr) : bytes(w.outlierRowptr),
     },
   );
   return out;
@@ -551,6 +561,12 @@ export async function readSpqrTensors(
     const d = t.data as Int32Array;
     return K <= 65536 ? d.map((v) => v & 0xffff) : d;
   };
+  // Row pointers are I16 (unsigned, where nnz ≤ 65535) or I32 (any nnz; every checkpoint before
+  // 16-bit row pointers); both are read as i32, so the stored dtype says whether to unsign.
+  const rowPointers = (t: Tensor): Int32Array => {
+    const d = t.data as Int32Array;
+    return checkpoint.info(spqrTensorName(prefix, 'outlier_rowptr')).dtype === 'I16' ? d.map((v) => v & 0xffff) : d;
+  };
   const G = Math.ceil(K / q.beta1);
   const NB = Math.ceil(N / q.beta2);
   const w: SpqrWeights = {
@@ -565,10 +581,17 @@ export async function readSpqrTensors(
     zeroCodes: (await read('zero_codes', ['u8'], [bitstreamBytes(N * G, q.statBits)])).data as Uint8Array,
     scaleStats: (await read('scale_stats', ['f16'], [G, NB, 2])).data as Uint16Array,
     zeroStats: (await read('zero_stats', ['f16'], [G, NB, 2])).data as Uint16Array,
-    outlierRowptr: (await read('outlier_rowptr', ['i32'], [N + 1])).data as Int32Array,
+    outlierRowptr: rowPointers(await read('outlier_rowptr', ['i32'], [N + 1])),
     outlierCols: new Int32Array(0),
     outlierValues: (await read('outlier_values', ['f16'])).data as Uint16Array,
   };
+  const rowptrName = spqrTensorName(prefix, 'outlier_rowptr');
+  if (checkpoint.info(rowptrName).dtype === 'I16' && w.outlierValues.length > ROWPTR16_MAX_NNZ)
+    throw formatError(
+      root,
+      `'${rowptrName}' is I16 but the linear has ${w.outlierValues.length} outliers (16-bit row pointers hold at most ${ROWPTR16_MAX_NNZ})`,
+      rowptrName,
+    );
   w.outlierCols = index(await read('outlier_cols', ['i32'], [w.outlierValues.length]));
   if (q.actOrder) w.perm = index(await read('perm', ['i32'], [K]));
   else if (checkpoint.has(spqrTensorName(prefix, 'perm')))

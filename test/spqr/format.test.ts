@@ -14,10 +14,12 @@ import { linearDims } from '../../src/formats/gptq.js';
 import {
   openSpqrCheckpoint,
   parseSpqrQuantizationConfig,
+  readSpqrTensors,
   writeSpqrCheckpoint,
   type SpqrQuantizationConfig,
 } from '../../src/formats/spqr.js';
-import { writeSafetensors } from '../../src/formats/safetensors-writer.js';
+import { CheckpointWriter, writeSafetensors, type TensorSpec } from '../../src/formats/safetensors-writer.js';
+import { SAFETENSORS_DTYPE_OF } from '../../src/formats/safetensors.js';
 import { Checkpoint } from '../../src/formats/checkpoint.js';
 import { openModel } from '../../src/model/model.js';
 import { perplexity } from '../../src/model/perplexity.js';
@@ -26,7 +28,7 @@ import { spqrQuantizeModel } from '../../src/quantize/spqr-model.js';
 import { calibrationWindows } from '../../src/schedule/calibration.js';
 import { dataDir } from '../helpers/data.js';
 import { Rng } from '../helpers/random.js';
-import { SPQR_ARRAYS } from './reference.js';
+import { SPQR_ARRAYS, randomSpqrLayout } from './reference.js';
 
 const modelDir = join(dataDir, 'stories260K-hf');
 const Q: SpqrQuantizationConfig = {
@@ -136,6 +138,112 @@ describe('SpQR checkpoints', () => {
       message: expect.stringMatching(/outlier_budget/),
     });
     await source.close();
+  });
+
+  // Row pointers are I16 where nnz ≤ 65535 (16/K bits per weight instead of 32/K), I32 in every
+  // checkpoint written before. Catches a writer that keeps I32 (the bits accounting would then be
+  // wrong), a reader that refuses I32 (old checkpoints no longer load) or reads I16 signed, and a
+  // corrupt I16 row pointer getting through.
+  it('stores 16-bit row pointers, still reads 32-bit ones, refuses corrupt 16-bit ones', async () => {
+    const ck = await Checkpoint.open(out);
+    const names = ck.names;
+    const rowptrs = names.filter((n) => n.endsWith('.spqr_outlier_rowptr'));
+    expect(rowptrs.length).toBe(linears.size);
+    for (const n of rowptrs) expect(ck.info(n).dtype, n).toBe('I16');
+    const tensors = new Map(await Promise.all(names.map(async (n) => [n, await ck.readTensor(n)] as const)));
+    await ck.close();
+    const config = await readFile(join(out, 'config.json'), 'utf8');
+    const source = await HfModel.open(modelDir);
+    const dims = new Map(
+      source.tensors.blocks.flatMap((block) =>
+        (['q', 'k', 'v', 'o', 'gate', 'up', 'down'] as const).map(
+          (name) => [block[name].prefix, linearDims(source.config, name)] as const,
+        ),
+      ),
+    );
+    await source.close();
+    // every index tensor rewritten as I32 (as the checkpoints before 16-bit row pointers): same arrays
+    const wide = join(work, 'rowptr-i32');
+    await writeSafetensors(join(wide, 'model.safetensors'), tensors);
+    await writeFile(join(wide, 'config.json'), config);
+    const old = await openSpqrCheckpoint(wide);
+    for (const [prefix, want] of linears) {
+      const { N, K } = dims.get(prefix)!;
+      const w = await old.readLinear(prefix, N, K);
+      for (const key of SPQR_ARRAYS)
+        expect(Array.from(w[key] as ArrayLike<number>), `${prefix} ${key}`).toEqual(
+          Array.from(want[key] as ArrayLike<number>),
+        );
+    }
+    await old.close();
+    // one I16 row pointer tensor with a corrupt entry: 0xffff (65535 unsigned) in the middle
+    const [prefix, w] = [...linears].find(([, l]) => l.outlierCols.length > 0)!;
+    const name = `${prefix}.spqr_outlier_rowptr`;
+    const bad = Uint16Array.from(w.outlierRowptr);
+    bad[Math.floor(w.N / 2)] = 0xffff;
+    const dir = join(work, 'rowptr-bad');
+    const specs = [...tensors]
+      .filter(([n]) => n !== name)
+      .map(([n, t]) => ({ name: n, dtype: SAFETENSORS_DTYPE_OF[t.dtype], shape: t.shape }));
+    specs.push({ name, dtype: 'I16', shape: [w.N + 1] });
+    const writer = await CheckpointWriter.create(dir, specs, { fileName: 'model.safetensors' });
+    for (const [n, t] of tensors) if (n !== name) await writer.put(n, t);
+    await writer.put(name, new Uint8Array(bad.buffer));
+    await writer.finish();
+    await writeFile(join(dir, 'config.json'), config);
+    const c = await openSpqrCheckpoint(dir);
+    const { N, K } = dims.get(prefix)!;
+    await expect(c.readLinear(prefix, N, K)).rejects.toMatchObject({
+      code: 'E_SPQR_FORMAT',
+      message: expect.stringMatching(/outlier_rowptr decreases/),
+    });
+    await c.close();
+  });
+
+  // Row pointers over 32767 (a linear with 32768..65535 outliers) are stored in I16 as unsigned
+  // 16-bit values. Catches a reader that takes them signed (negative pointers) and one that
+  // unsigns I32 pointers too. stories260K's linears are too small for it: a synthetic one.
+  it('reads 16-bit row pointers above 32767 as unsigned', async () => {
+    const rng = new Rng();
+    const [N, K] = [200, 300];
+    const w = randomSpqrLayout(rng, { N, K, bits: 3, outlierRate: 0.7 });
+    expect(w.outlierCols.length, `seed ${rng.seed}`).toBeGreaterThan(32768);
+    expect(w.outlierCols.length, `seed ${rng.seed}`).toBeLessThanOrEqual(65535);
+    const bytes = (a: ArrayBufferView) => new Uint8Array(a.buffer, a.byteOffset, a.byteLength);
+    const [G, NB] = [Math.ceil(K / 16), Math.ceil(N / 16)];
+    for (const rowptrDtype of ['I16', 'I32'] as const) {
+      const parts: [string, TensorSpec['dtype'], number[], Uint8Array][] = [
+        ['qweight', 'U8', [w.qweight.length], w.qweight],
+        ['scale_codes', 'U8', [w.scaleCodes.length], w.scaleCodes],
+        ['zero_codes', 'U8', [w.zeroCodes.length], w.zeroCodes],
+        ['scale_stats', 'F16', [G, NB, 2], bytes(w.scaleStats)],
+        ['zero_stats', 'F16', [G, NB, 2], bytes(w.zeroStats)],
+        ['perm', 'I16', [K], bytes(Uint16Array.from(w.perm!))],
+        ['outlier_values', 'F16', [w.outlierValues.length], bytes(w.outlierValues)],
+        ['outlier_cols', 'I16', [w.outlierCols.length], bytes(Uint16Array.from(w.outlierCols))],
+        [
+          'outlier_rowptr',
+          rowptrDtype,
+          [N + 1],
+          bytes(rowptrDtype === 'I16' ? Uint16Array.from(w.outlierRowptr) : w.outlierRowptr),
+        ],
+      ];
+      const dir = join(work, `synthetic-${rowptrDtype}`);
+      const writer = await CheckpointWriter.create(
+        dir,
+        parts.map(([part, dtype, shape]) => ({ name: `x.spqr_${part}`, dtype, shape })),
+        { fileName: 'model.safetensors' },
+      );
+      for (const [part, , , data] of parts) await writer.put(`x.spqr_${part}`, data);
+      await writer.finish();
+      const ck = await Checkpoint.open(join(dir, 'model.safetensors'));
+      const r = await readSpqrTensors(ck, dir, { ...Q, bits: 3 }, 'x', N, K);
+      await ck.close();
+      for (const key of SPQR_ARRAYS)
+        expect(Array.from(r[key] as ArrayLike<number>), `${rowptrDtype} ${key}`).toEqual(
+          Array.from(w[key] as ArrayLike<number>),
+        );
+    }
   });
 
   // grid_search records how the statistics were fitted; checkpoints written before it lack it.

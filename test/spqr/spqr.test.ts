@@ -6,8 +6,9 @@
 import { describe, expect, it } from 'vitest';
 import { Rng } from '../helpers/random.js';
 import { correlatedInputs, outputError } from '../gptq/reference.js';
-import { spqrDequantize, spqrQuantize, type SpqrOptions } from '../../src/quantize/spqr.js';
-import { decodeSpqrRef, spqrReference } from './reference.js';
+import { spqrDequantize, spqrQuantize, spqrStorageBits, type SpqrOptions } from '../../src/quantize/spqr.js';
+import { spqrStoredBytes } from '../../src/formats/spqr.js';
+import { decodeSpqrRef, randomSpqrLayout, spqrReference } from './reference.js';
 
 /** H = (2/T) XᵀX in f32, as the Hessian accumulator gives it. */
 function hessianOf(X: Float32Array, T: number, K: number): Float32Array {
@@ -208,14 +209,47 @@ describe('SpQR sweep against the float64 reference', () => {
         w.zeroCodes.length +
         2 * (w.scaleStats.length + w.zeroStats.length) +
         (w.perm ? 2 * K : 0) +
-        4 * (N + 1) +
+        2 * (N + 1) +
         4 * w.outlierCols.length;
       expect(w.qweight.length).toBe(Math.ceil((N * K * 3) / 8));
       expect(w.scaleCodes.length).toBe(Math.ceil((N * G * 3) / 8));
       expect(w.scaleStats.length).toBe(G * Math.ceil(N / 16) * 2);
       expect(w.perm === undefined).toBe(!actOrder);
       expect(report.bits.total, `seed ${seed}`).toBe(8 * bytes);
-      expect(report.bits.outliers).toBe(32 * w.outlierCols.length + 32 * (N + 1));
+      expect(report.bits.outliers).toBe(32 * w.outlierCols.length + 16 * (N + 1));
+      // and the checkpoint writer's own count of the same linear
+      expect(8 * spqrStoredBytes(w)).toBe(report.bits.total);
+    }
+  });
+
+  // Row pointers are 16-bit up to 65535 outliers and 32-bit above: the native accounting and the
+  // checkpoint writer must switch at the same count (a mismatch misreports bits per weight).
+  it('counts 16-bit row pointers up to 65535 outliers and 32-bit ones above, as the writer stores them', () => {
+    const rng = new Rng();
+    const w = randomSpqrLayout(rng, { N: 300, K: 300, bits: 2, outlierRate: 0.75, perm: false });
+    const nnz = w.outlierCols.length;
+    expect(nnz, `seed ${rng.seed}`).toBeGreaterThan(65536);
+    for (const keep of [65535, 65536, nnz]) {
+      // the first `keep` outliers of the CSR
+      const rowptr = w.outlierRowptr.map((v) => Math.min(v, keep));
+      const cut = {
+        ...w,
+        outlierRowptr: rowptr,
+        outlierCols: w.outlierCols.slice(0, keep),
+        outlierValues: w.outlierValues.slice(0, keep),
+      };
+      const bits = spqrStorageBits({
+        bits: 2,
+        statBits: 3,
+        N: 300,
+        K: 300,
+        beta1: 16,
+        beta2: 16,
+        hasPerm: false,
+        outliers: keep,
+      });
+      expect(bits.outliers, `${keep} outliers`).toBe(32 * keep + (keep <= 65535 ? 16 : 32) * 301);
+      expect(8 * spqrStoredBytes(cut), `${keep} outliers`).toBe(bits.total);
     }
   });
 
