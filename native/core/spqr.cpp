@@ -210,6 +210,12 @@ constexpr int kShrinkSteps = 12;
 constexpr float kShrinkStep = 0.03f;
 // Rounds of alternating refinement after the range search.
 constexpr int kRefineRounds = 4;
+// Every choice of the search (range, refinement, statistic codes, second-level grid) takes a
+// candidate only if it lowers the error by more than this fraction: candidates that are the same
+// grid up to rounding (common: the refinement converges to one optimum from many ranges) then never
+// swap on f32 noise, so the choice is stable (and a float64 reference makes the same one).
+constexpr double kMinGain = 1e-4;
+inline bool better(double e, double best) { return e < best * (1.0 - kMinGain); }
 
 // The grid of the kept w[i] with the lowest grid_error: the best shrunken range (the min–max grid is
 // the unshrunken candidate, so never worse), then rounds that alternate the codes' optimal values
@@ -228,7 +234,7 @@ RealGrid search_real_grid(const float* w, const float* c, int64_t n, const uint8
       g.scale = std::max((h - l) / (float)maxq, kMinScale);
       g.zero = -l / g.scale;
       const double e = grid_error(w, c, n, keep, g.scale, g.zero, maxq);
-      if (e < best_e) best = g, best_e = e;
+      if (better(e, best_e)) best = g, best_e = e;
     }
   for (int round = 0; round < kRefineRounds; ++round) {
     // w ≈ s·q + m by weighted least squares over the current codes q; zero = −m / s
@@ -248,7 +254,7 @@ RealGrid search_real_grid(const float* w, const float* c, int64_t n, const uint8
     g.scale = (float)s;
     g.zero = (float)(-m / s);
     const double e = grid_error(w, c, n, keep, g.scale, g.zero, maxq);
-    if (!(e < best_e)) break;
+    if (!better(e, best_e)) break;
     best = g, best_e = e;
   }
   *error_out = best_e;
@@ -320,7 +326,7 @@ double search_stat_codes(const float* w, const float* c, int64_t n, const uint8_
     for (int z = std::max(0, z0 - radius); z <= std::min(maxc, z0 + radius); ++z) {
       if (s == s0 && z == z0) continue;
       const double e = grid_error(w, c, n, keep, decode_stat(s_stats, 0, (uint32_t)s), decode_stat(z_stats, 0, (uint32_t)z), maxq);
-      if (e < best_e) best_e = e, *sc = (uint8_t)s, *zc = (uint8_t)z;
+      if (better(e, best_e)) best_e = e, *sc = (uint8_t)s, *zc = (uint8_t)z;
     }
   return best_e;
 }
@@ -494,7 +500,7 @@ SpqrResult spqr_quantize(const float* W_in, int64_t N, int64_t K, const float* H
       if (opt.grid_search) {
         double ea = 0, eb = 0;
         for (int64_t n = n0; n < n0 + m; ++n) ea += err_a[n], eb += err_b[n];
-        use_b = eb < ea;
+        use_b = better(eb, ea);
       }
       const uint16_t* st = (use_b ? stats_b : stats_a).data() + b * 4;
       std::copy(st, st + 2, r.scale_stats.data() + (g * NB + b) * 2);

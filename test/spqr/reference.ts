@@ -78,6 +78,9 @@ function quantize(w: number, scale: number, zero: number, maxq: number): { q: nu
   return { q, w: scale * (q - zero) };
 }
 
+/** The search takes a candidate only if it lowers the error by more than 1e-4 of it (docs/SPQR.md). */
+const better = (e: number, best: number) => e < best * (1 - 1e-4);
+
 /** Σ c[i] (w[i] − ŵ[i])²: a group's scaled squared error on a grid. */
 function gridError(w: number[], c: number[], scale: number, zero: number, maxq: number): number {
   let e = 0;
@@ -102,7 +105,7 @@ function searchGrid(w: number[], c: number[], maxq: number): { scale: number; ze
       const h = lo + range - b * 0.03 * range;
       const scale = Math.max((h - l) / maxq, 1e-7);
       const e = gridError(w, c, scale, -l / scale, maxq);
-      if (e < bestE) [best, bestE] = [{ scale, zero: -l / scale }, e];
+      if (better(e, bestE)) [best, bestE] = [{ scale, zero: -l / scale }, e];
     }
   for (let round = 0; round < 4; round++) {
     let [sc, sq, sw, sqq, sqw] = [0, 0, 0, 0, 0];
@@ -120,7 +123,7 @@ function searchGrid(w: number[], c: number[], maxq: number): { scale: number; ze
     if (!(scale >= 1e-7)) break;
     const zero = -(sw - scale * sq) / sc / scale;
     const e = gridError(w, c, scale, zero, maxq);
-    if (!(e < bestE)) break;
+    if (!better(e, bestE)) break;
     [best, bestE] = [{ scale, zero }, e];
   }
   return best;
@@ -252,7 +255,7 @@ export function spqrReference(
               for (let sc = Math.max(0, s0 - radius); sc <= Math.min(maxc, s0 + radius); sc++)
                 for (let zc = Math.max(0, z0 - radius); zc <= Math.min(maxc, z0 + radius); zc++) {
                   const e = err(sc, zc);
-                  if (e < bestE) [bestE, s.codes[n - n0], z.codes[n - n0]] = [e, sc, zc];
+                  if (better(e, bestE)) [bestE, s.codes[n - n0], z.codes[n - n0]] = [e, sc, zc];
                 }
               total += bestE;
             }
@@ -260,7 +263,7 @@ export function spqrReference(
           return { s, z, total, dec };
         };
         const a = level2(minmax);
-        const best = searched ? [a, level2(searched)].reduce((x, y) => (y.total < x.total ? y : x)) : a;
+        const best = searched ? [a, level2(searched)].reduce((x, y) => (better(y.total, x.total) ? y : x)) : a;
         scaleStats.set([best.s.off, best.s.step], (g * NB + b) * 2);
         zeroStats.set([best.z.off, best.z.step], (g * NB + b) * 2);
         for (let n = n0; n < n1; n++) {
