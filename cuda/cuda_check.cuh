@@ -14,6 +14,16 @@ inline void check(cudaError_t err, const char* what) {
   if (err != cudaSuccess) fail("E_CUDA", std::string(what) + ": " + cudaGetErrorString(err));
 }
 
+// A host-to-device copy that has landed when it returns. cudaMemcpy from pageable host memory may
+// return once the data is staged, before its DMA (ordered on the legacy default stream) has reached
+// `dst` (CUDA's API synchronization behavior), and this library's streams are non-blocking, so they
+// do not wait for that stream: a kernel launched right after could read the old bytes.
+inline cudaError_t memcpy_to_device(void* dst, const void* src, size_t bytes) {
+  cudaError_t err = cudaMemcpy(dst, src, bytes, cudaMemcpyHostToDevice);
+  if (err == cudaSuccess) err = cudaStreamSynchronize(cudaStreamLegacy);
+  return err;
+}
+
 // Owns one device allocation; freed on scope exit, also when an error unwinds.
 template <class T>
 class DeviceBuffer {
@@ -28,7 +38,7 @@ class DeviceBuffer {
   DeviceBuffer& operator=(const DeviceBuffer&) = delete;
   T* get() const { return ptr_; }
   void upload(const T* host, size_t count) {
-    if (count) check(cudaMemcpy(ptr_, host, count * sizeof(T), cudaMemcpyHostToDevice), "cudaMemcpy H2D");
+    if (count) check(memcpy_to_device(ptr_, host, count * sizeof(T)), "cudaMemcpy H2D");
   }
   void download(T* host, size_t count) const {
     if (count) check(cudaMemcpy(host, ptr_, count * sizeof(T), cudaMemcpyDeviceToHost), "cudaMemcpy D2H");

@@ -417,6 +417,9 @@ HessianAccumulatorDevice::~HessianAccumulatorDevice() {
 void HessianAccumulatorDevice::reset() {
   check(cudaSetDevice(device_), "cudaSetDevice");
   check(cudaMemset(H_, 0, (size_t)(K_ * K_) * sizeof(float)), "cudaMemset");
+  // cudaMemset of device memory returns before it has run, on the legacy default stream, which the
+  // non-blocking stream of add_batch does not wait for: it could clear H after a product there.
+  check(cudaStreamSynchronize(cudaStreamLegacy), "cudaMemset (Hessian reset)");
   samples_ = 0;
 }
 
@@ -431,7 +434,7 @@ void HessianAccumulatorDevice::add_batch(const float* X, int64_t m) {
     check(cudaMalloc(&staging_, (size_t)(m * K_) * sizeof(float)), "cudaMalloc (Hessian batch)");
     staging_rows_ = m;
   }
-  check(cudaMemcpy(staging_, X, (size_t)(m * K_) * sizeof(float), cudaMemcpyHostToDevice), "cudaMemcpy H2D");
+  check(memcpy_to_device(staging_, X, (size_t)(m * K_) * sizeof(float)), "cudaMemcpy H2D");
   add_batch_device(staging_, m);
 }
 

@@ -466,7 +466,7 @@ class CudaLlama16 : public LlamaBackend {
       const int index = which == Linear::Up ? 1 : which == Linear::Gate ? 0 : (int)which;
       const int64_t r0 = group.row0[(size_t)index], K = group.all->K();
       upload_into(group.weight->get() + r0 * K, w.dense()->data, w.dense()->dtype, t_, w.N() * K);
-      if (w.bias) check(cudaMemcpy(group.bias->get() + r0, w.bias, (size_t)w.N() * 4, cudaMemcpyHostToDevice), "bias");
+      if (w.bias) check(memcpy_to_device(group.bias->get() + r0, w.bias, (size_t)w.N() * 4), "bias");
       return;
     }
     if (grouped) group.valid = false;  // the other members keep viewing the group's rows

@@ -279,7 +279,7 @@ PackedMatrixDevice::PackedMatrixDevice(int device, const PackedMatrix& host) : d
   auto place = [&](const void* src, int64_t n) {
     char* dst = base;
     if (n) {
-      const cudaError_t err = cudaMemcpy(dst, src, (size_t)n, cudaMemcpyHostToDevice);
+      const cudaError_t err = memcpy_to_device(dst, src, (size_t)n);
       if (err != cudaSuccess) {
         cudaFree(storage_);
         check(err, "cudaMemcpy H2D (packed matrix)");

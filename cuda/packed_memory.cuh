@@ -34,7 +34,7 @@ inline void* upload_arrays(std::initializer_list<HostArray> arrays, void** dst, 
   for (const HostArray& a : arrays) {
     dst[i++] = a.bytes ? base : nullptr;
     if (!a.bytes) continue;
-    const cudaError_t err = cudaMemcpy(base, a.data, (size_t)a.bytes, cudaMemcpyHostToDevice);
+    const cudaError_t err = memcpy_to_device(base, a.data, (size_t)a.bytes);
     if (err != cudaSuccess) {
       cudaFree(storage);
       check(err, (std::string("cudaMemcpy H2D (") + what + ")").c_str());
