@@ -220,7 +220,10 @@ for (const [N, K] of SHAPES) {
             const variant = applyVariant(v);
             let kernel = '';
             const product = () => (kernel = addon.cpuGptqGemmSync(handle, X, M, Y));
-            for (let i = 0; i < 2; i++) (product(), addon.streamReadSeconds(reader, 0, bytes, threads));
+            for (let i = 0; i < 2; i++) {
+              product();
+              addon.streamReadSeconds(reader, 0, bytes, threads);
+            }
             const timing = timePairs(product, reader, () => 0, bytes, RUNS);
             let before = null;
             if (M === 1 && BEFORE && v === variantList[0])
@@ -248,8 +251,10 @@ for (const [N, K] of SHAPES) {
             let kernel = '';
             const product = (i) => (kernel = addon.cpuGptqGemmSync(set[i % copies], X, M, Y));
             const readOffset = (i) => (i % copies) * stride;
-            for (let i = 0; i < copies; i++)
-              (product(i), addon.streamReadSeconds(bigReader, readOffset(i), bytes, threads));
+            for (let i = 0; i < copies; i++) {
+              product(i);
+              addon.streamReadSeconds(bigReader, readOffset(i), bytes, threads);
+            }
             const timing = timePairs(product, bigReader, readOffset, bytes, Math.max(DRAM_PASSES * copies, 5));
             record('dram', N, K, bits, act, M, handle, timing, kernel, null, copies, variant);
           }

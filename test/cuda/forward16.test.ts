@@ -409,7 +409,9 @@ describe.skipIf(!cuda.ok)(`packed groups (skipped without a GPU: ${cuda.reason |
           const row = (x: Float32Array) => x.subarray(i * vocab, (i + 1) * vocab);
           expectClose(`batched step ${t} row ${i}`, row(j), row(r), dt);
           // the same kernels per output column: equal to f32 noise
-          expect(relativeError(row(j), row(a)), `batched step ${t} row ${i}: joined vs apart`).toBeLessThanOrEqual(1e-6);
+          expect(relativeError(row(j), row(a)), `batched step ${t} row ${i}: joined vs apart`).toBeLessThanOrEqual(
+            1e-6,
+          );
         }
         const r1 = await rs[0]!.feed(Int32Array.of(step[0]!));
         const j1 = await js[0]!.feed(Int32Array.of(step[0]!));

@@ -190,7 +190,8 @@ describe('repacked CPU GPTQ product, across levels and inputs', () => {
     const a = new Float32Array(2 * 1500),
       b = new Float32Array(2 * 1500).fill(NaN);
     native().cpuGptqGemmSync(handle, X, 2, a);
-    handle = null; // the copy owns its memory
+    // eslint-disable-next-line no-useless-assignment -- drops the original's last reference: the copy owns its memory
+    handle = null;
     native().cpuGptqGemmSync(copy, X, 2, b);
     expect(b, `seed ${rng.seed}`).toEqual(a);
     expect(relativeError(b, int8ModelRef(X, 2, W, dequantizeRef(W))), `seed ${rng.seed}`).toBeLessThan(1e-5);
