@@ -79,6 +79,28 @@ function corrupt(file: string, why: string): LowbitError {
   });
 }
 
+/** A block file's JSON header, checked to belong to block `block` of run `fingerprint`. */
+function blockHeader<H extends { fingerprint: string; block: number }>(
+  file: string,
+  json: Uint8Array,
+  fingerprint: string,
+  block: number,
+): H {
+  let header: H;
+  try {
+    header = JSON.parse(new TextDecoder().decode(json)) as H;
+  } catch {
+    throw corrupt(file, 'header is not JSON');
+  }
+  if (header.fingerprint !== fingerprint || header.block !== block) {
+    throw corrupt(
+      file,
+      `it belongs to block ${String(header.block)} of run ${String(header.fingerprint).slice(0, 12)}, not block ${block} of ${fingerprint.slice(0, 12)}`,
+    );
+  }
+  return header;
+}
+
 /** The committed state, or undefined when there is none. */
 export async function readState(dir: string): Promise<ResumeState | undefined> {
   const file = join(dir, STATE_FILE);
@@ -198,18 +220,7 @@ async function unframe<H extends { fingerprint: string; block: number }>(
   if (bytes.byteLength < 8) throw corrupt(file, 'too short');
   const jsonLen = new DataView(bytes.buffer).getUint32(0, true);
   if (8 + jsonLen > bytes.byteLength) throw corrupt(file, 'header past the end');
-  let header: H;
-  try {
-    header = JSON.parse(new TextDecoder().decode(bytes.subarray(8, 8 + jsonLen))) as H;
-  } catch {
-    throw corrupt(file, 'header is not JSON');
-  }
-  if (header.fingerprint !== fingerprint || header.block !== block) {
-    throw corrupt(
-      file,
-      `it belongs to block ${String(header.block)} of run ${String(header.fingerprint).slice(0, 12)}, not block ${block} of ${fingerprint.slice(0, 12)}`,
-    );
-  }
+  const header = blockHeader<H>(file, bytes.subarray(8, 8 + jsonLen), fingerprint, block);
   return { header, bytes, base: Math.ceil((jsonLen + 8) / 8) * 8 };
 }
 
@@ -413,18 +424,7 @@ export async function readHidden(
     if (8 + jsonLen > size) throw corrupt(file, 'header past the end');
     const json = new Uint8Array(jsonLen);
     await readAt(json, 8);
-    let header: { fingerprint: string; block: number; length: number };
-    try {
-      header = JSON.parse(new TextDecoder().decode(json)) as typeof header;
-    } catch {
-      throw corrupt(file, 'header is not JSON');
-    }
-    if (header.fingerprint !== fingerprint || header.block !== block) {
-      throw corrupt(
-        file,
-        `it belongs to block ${String(header.block)} of run ${String(header.fingerprint).slice(0, 12)}, not block ${block} of ${fingerprint.slice(0, 12)}`,
-      );
-    }
+    const header = blockHeader<{ fingerprint: string; block: number; length: number }>(file, json, fingerprint, block);
     const base = Math.ceil((jsonLen + 8) / 8) * 8;
     if (header.length !== length || size - base < length * 4) throw corrupt(file, `expected ${length} values`);
     const out = new Float32Array(length);
