@@ -91,18 +91,8 @@ void make_checkpoint(const Case& c, Rng& rng, Checkpoint& ck) {
   W.g_idx = c.shuffled ? ck.gidx.data() : nullptr;
 }
 
-uint16_t to_bits(float v, GptqDtype dt) {
-  if (dt == GptqDtype::f16) return __half_as_ushort(__float2half_rn(v));
-  const __nv_bfloat16 b = __float2bfloat16_rn(v);
-  return *reinterpret_cast<const uint16_t*>(&b);
-}
-double from_bits(uint16_t h, GptqDtype dt) {
-  if (dt == GptqDtype::f16) return f16_value(h);
-  uint32_t u = (uint32_t)h << 16;
-  float f;
-  std::memcpy(&f, &u, 4);
-  return f;
-}
+uint16_t to_bits(float v, GptqDtype dt) { return bench::half_bits(v, dt == GptqDtype::bf16); }
+double from_bits(uint16_t h, GptqDtype dt) { return bench::half_value(h, dt == GptqDtype::bf16); }
 
 int failures = 0;
 

@@ -47,19 +47,9 @@ using bench::median_us;
 namespace {
 
 
-uint16_t f16_bits(float v) { return __half_as_ushort(__float2half_rn(v)); }
-uint16_t to_bits(float v, SpqrDtype dt) {
-  if (dt == SpqrDtype::f16) return f16_bits(v);
-  const __nv_bfloat16 b = __float2bfloat16_rn(v);
-  return *reinterpret_cast<const uint16_t*>(&b);
-}
-double from_bits(uint16_t h, SpqrDtype dt) {
-  if (dt == SpqrDtype::f16) return f16_value(h);
-  uint32_t u = (uint32_t)h << 16;
-  float f;
-  std::memcpy(&f, &u, 4);
-  return f;
-}
+uint16_t f16_bits(float v) { return bench::half_bits(v, false); }
+uint16_t to_bits(float v, SpqrDtype dt) { return bench::half_bits(v, dt == SpqrDtype::bf16); }
+double from_bits(uint16_t h, SpqrDtype dt) { return bench::half_value(h, dt == SpqrDtype::bf16); }
 
 
 // SpQR weights owning their arrays (the checkpoint layout of native/core/spqr.hpp).

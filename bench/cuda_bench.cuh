@@ -16,11 +16,13 @@
     }                                                               \
   } while (0)
 
+#include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <vector>
 
 namespace bench {
@@ -43,6 +45,20 @@ struct Rng {
 };
 
 inline double f16_value(uint16_t h) { return (double)__half2float(__ushort_as_half(h)); }
+
+// A 16-bit activation's bit pattern (fp16, or bf16 when `bf16`), rounded to nearest, and its value back.
+inline uint16_t half_bits(float v, bool bf16) {
+  if (!bf16) return __half_as_ushort(__float2half_rn(v));
+  const __nv_bfloat16 b = __float2bfloat16_rn(v);
+  return *reinterpret_cast<const uint16_t*>(&b);
+}
+inline double half_value(uint16_t h, bool bf16) {
+  if (!bf16) return f16_value(h);
+  uint32_t u = (uint32_t)h << 16;
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
 
 // The median of `reps` CUDA-event timings of f() on `stream`, in microseconds, after 3 warm-up calls.
 template <class F>
