@@ -5,16 +5,19 @@
 //   nvcc -O3 -std=c++17 -gencode arch=compute_90,code=sm_90 --expt-relaxed-constexpr bench/cuda-spqr.cu \
 //     cuda/spqr_kernels/gemm.cu cuda/spqr_kernels/repack.cu cuda/gptq_kernels/gemm.cu \
 //     cuda/gptq_kernels/repack.cu cuda/linalg.cu cuda/device.cu $(ls native/core/*.cpp) -o cuda-spqr -ldl
-//   cuda-spqr one N K bits M  three products of one shape (for ncu)
+//   cuda-spqr one N K bits M  three products of one shape, then three of GPTQ g128 (for ncu)
 //   cuda-spqr repack          the repack round trip alone (no GPU needed)
 //   cuda-spqr check           every bit width, dtype, row tile and split against float64 (exit 1 on a failure)
-//   cuda-spqr bench [out.json] SpQR vs gptq-tc (same bits, groups of 128) vs cuBLAS fp16, M = 1 and 16
+//   cuda-spqr bench [out.json] SpQR vs gptq-tc (same bits, groups of 128; both without and with an
+//                             act-order permutation) vs cuBLAS fp16, M = 1 and 16
 //
 // Check: random SpQR weights (2/3/4 bits, 3- and 4-bit statistics, β1/β2 of 16 and 32, odd N, K not a
 // multiple of 128, a random permutation, ~2% planted outliers with one row full of them), repacked
 // (the repack undone must give back every stored array exactly), multiplied in fp16 and bf16 with a
 // bias, M from 1 to 40, default and forced splits of K, outputs poisoned with NaN before each run,
-// each run twice (the split-K scratch must be left clean), and once through a captured CUDA graph.
+// each run twice (the split-K scratch must be left clean), and once through a captured CUDA graph; every
+// kernel variant (tile kernel, GEMV) at every M; without a permutation X read in place by the GEMV,
+// and gathered when it is not 16-byte aligned.
 // Each element must lie within the bound of the kernel's arithmetic: the scale and shift of each
 // weight rounded to the dtype and one fma (2·u·Σ|x|·(|q·scale| + |shift|)), the output rounded
 // once (u·|y|), fp32 accumulation (2^-20·Σ|x|·(|q·scale| + |shift| + |outlier|)).
@@ -218,10 +221,26 @@ void check_case(Rng& rng, int bits, int stat_bits, int64_t N, int64_t K, int64_t
             CK(cudaMemset(dy, 0xff, (size_t)(M * N) * 2));  // NaN in fp16 and bf16
             cuda::spqr_matmul_splits(W, dx, dt, M, dy, with_bias ? dbias : nullptr, st, splits, rep == 0, variant);
             CK(cudaStreamSynchronize(st));
-            char how[64];
-            std::snprintf(how, sizeof how, "variant %d splits %d run %d (overlap %d)", variant, splits, rep, rep == 0);
+            char how[96];
+            std::snprintf(how, sizeof how, "variant %d splits %d run %d (overlap %d, X %s)", variant, splits, rep,
+                          rep == 0, cuda::spqr_reads_x_in_place(W, dx, M, variant) ? "in place" : "gathered");
             compare(how);
           }
+      {  // X at an address that is not 16-byte aligned: gathered, never read in place
+        void* dx2;
+        CK(cudaMalloc(&dx2, x.size() * 2 + 16));
+        void* xo = static_cast<char*>(dx2) + 2;
+        CK(cudaMemcpy(xo, x.data(), x.size() * 2, cudaMemcpyHostToDevice));
+        if (cuda::spqr_reads_x_in_place(W, xo, M)) {
+          ++failures;
+          std::printf("FAIL %s: misaligned X would be read in place\n", what);
+        }
+        CK(cudaMemset(dy, 0xff, (size_t)(M * N) * 2));
+        cuda::spqr_matmul(W, xo, dt, M, dy, with_bias ? dbias : nullptr, st);
+        CK(cudaStreamSynchronize(st));
+        compare("misaligned X");
+        CK(cudaFree(dx2));
+      }
       {  // through a captured graph (scratch already grown by the runs above)
         cudaGraph_t graph;
         cudaGraphExec_t exec;
@@ -255,6 +274,8 @@ int run_check() {
       {2, 3, 37, 172, 16, 16, true},   {3, 3, 64, 300, 16, 16, false}, {4, 3, 129, 1000, 16, 16, true},
       {3, 4, 300, 1000, 32, 16, true}, {4, 4, 50, 260, 16, 32, true},  {2, 2, 200, 513, 48, 32, true},
       {3, 3, 257, 2048, 16, 16, true}, {4, 3, 33, 4100, 16, 16, true},
+      // No permutation, K a multiple of 8: the GEMV reads X in place (a partial last chunk, rows past M).
+      {4, 3, 100, 1000, 16, 16, false}, {2, 3, 45, 2056, 32, 16, false}, {3, 4, 130, 4096, 16, 16, false},
   };
   for (const C& c : cases) check_case(rng, c.bits, c.stat_bits, c.N, c.K, c.beta1, c.beta2, c.perm);
   std::printf(failures ? "check: %d FAILURES\n" : "check: passed\n", failures);
@@ -315,16 +336,28 @@ int run_bench(const char* json_path) {
   CK(cudaStreamCreate(&stream));
   FILE* js = json_path ? std::fopen(json_path, "w") : nullptr;
   if (js)
-    std::fprintf(js, "{\"device\":\"%s\",\"copy_gbs\":%.1f,\"cublas\":%s,\"timing\":\"%s\",\"rows\":[\n", prop.name,
-                 copy_gbs, cuda::have_cublas() ? "true" : "false",
+    std::fprintf(js,
+                 "{\"device\":\"%s\",\"copy_gbs\":%.1f,\"cublas\":%s,\"timing\":\"%s\",\"note\":\"%s\",\"variants\":[%s],"
+                 "\"rows\":[\n",
+                 prop.name, copy_gbs, cuda::have_cublas() ? "true" : "false",
                  "median per product inside a CUDA graph of 20 products over rotating weight copies (>= 300 MB), 10 "
-                 "replays; SpQR: gather + product launches");
+                 "replays",
+                 "us, pct_copy, tflops, spqr_vs_gptq (gptq_tc_us / us), x_cublas_fp16: SpQR without a permutation (X "
+                 "read in place where the config says so) against GPTQ g128 without act-order (gptq_tc_us, its "
+                 "config gptq_config/splits). act_order_us: the same SpQR weights with a random permutation (X "
+                 "gathered first, two launches), against GPTQ g128 with one (gptq_act_order_us; "
+                 "spqr_vs_gptq_act_order = gptq_act_order_us / act_order_us); product_only_us, no_overlap_us, "
+                 "best_us/best_splits (splits 0: the default was best), variant_us/best_variant: of the act-order "
+                 "product",
+                 "\"0: tile kernel (8 tiles a block, split-K through atomics)\",\"1: GEMV (one tile a block, warps "
+                 "split K), 2 chunks in flight, outliers first\",\"2: GEMV, 2 chunks in flight, outliers last\",\"3: "
+                 "GEMV, 4 chunks in flight (3 for 16 rows), outliers last\"");
   bool first_row = true;
   Rng rng(5);
   struct Shape { int64_t N, K; };
   const Shape shapes[] = {{4096, 4096}, {11008, 4096}, {8192, 8192}};
-  std::printf("\n| N x K | bits | M | SpQR us | no overlap | product only | best (splits) | variants us (best) | of copy | config | gptq-tc us | SpQR/GPTQ speed | cuBLAS fp16 us | SpQR x cuBLAS |\n");
-  std::printf("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n");
+  std::printf("\n| N x K | bits | M | SpQR us | GPTQ us | GPTQ/SpQR | SpQR act-order us | GPTQ act-order us | GPTQ/SpQR act-order | act-order no overlap | act-order product only | act-order best (splits) | act-order variants us (best) | SpQR of copy | SpQR config | GPTQ config | cuBLAS fp16 us | SpQR x cuBLAS |\n");
+  std::printf("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n");
   for (const Shape& s : shapes) {
     // cuBLAS fp16 on rotating dense copies.
     std::vector<void*> dense;
@@ -356,16 +389,25 @@ int run_bench(const char* json_path) {
     }
     for (void* p : dense) CK(cudaFree(p));
     for (int bits : {4, 3, 2}) {
+      // SpQR with a permutation (act-order: X gathered first) and the same weights without one
+      // (X read in place up to 16 rows); GPTQ g128 likewise.
       const Weights w = random_weights(rng, bits, 3, s.N, s.K, 16, 16, 0.01, true, false);
       const cuda::SpqrRepacked R = cuda::repack_spqr_host(w.view());
-      std::vector<std::unique_ptr<cuda::SpqrDeviceWeights>> copies;
+      cuda::SpqrRepacked Rn = R;
+      Rn.perm.clear();
+      std::vector<std::unique_ptr<cuda::SpqrDeviceWeights>> copies, ncopies;
       copies.emplace_back(new cuda::SpqrDeviceWeights(R, 0));
       const double wbytes = (double)copies[0]->weight_bytes;
       while ((double)copies.size() * wbytes < 300e6) copies.emplace_back(new cuda::SpqrDeviceWeights(R, 0));
+      while ((double)ncopies.size() * wbytes < 300e6) ncopies.emplace_back(new cuda::SpqrDeviceWeights(Rn, 0));
       const cuda::GptqRepacked G = random_gptq(rng, bits, s.K, s.N);
-      std::vector<std::unique_ptr<cuda::GptqDeviceWeights>> gcopies;
+      cuda::GptqRepacked Ga = G;
+      Ga.identity_k = false;
+      for (int64_t k = s.K - 1; k > 0; --k) std::swap(Ga.perm[(size_t)k], Ga.perm[(size_t)(rng.next() % (uint64_t)(k + 1))]);
+      std::vector<std::unique_ptr<cuda::GptqDeviceWeights>> gcopies, gacopies;
       gcopies.emplace_back(new cuda::GptqDeviceWeights(G, 0));
       while ((double)gcopies.size() * gcopies[0]->weight_bytes < 300e6) gcopies.emplace_back(new cuda::GptqDeviceWeights(G, 0));
+      while ((double)gacopies.size() * gcopies[0]->weight_bytes < 300e6) gacopies.emplace_back(new cuda::GptqDeviceWeights(Ga, 0));
       const double rate = (double)R.outliers.size() / (double)(s.N * s.K);
       const double stored_bits = (double)SpqrBits(spqr_storage_bits(bits, 3, s.N, s.K, 16, 16, true,
                                                                     (int64_t)R.outliers.size())).total() /
@@ -380,6 +422,10 @@ int run_bench(const char* json_path) {
         };
         const double us = spqr_us(0, true);
         const double serial_us = spqr_us(0, false);  // the two launches one after the other
+        const double noperm_us = graph_us(stream, [&](int i) {
+          cuda::spqr_matmul(*ncopies[(size_t)i % ncopies.size()], dx, SpqrDtype::f16, M, dy, nullptr, stream);
+        });
+        const bool in_place = cuda::spqr_reads_x_in_place(*ncopies[0], dx, M);
         // The product alone (X gathered beforehand), and the best split of K.
         for (auto& c : copies) cuda::spqr_gather(*c, dx, SpqrDtype::f16, M, stream);
         const double product_us = graph_us(stream, [&](int i) {
@@ -405,26 +451,35 @@ int run_bench(const char* json_path) {
         const double gus = graph_us(stream, [&](int i) {
           cuda::gptq_matmul(*gcopies[(size_t)i % gcopies.size()], dx, cuda::GptqDtype::f16, M, dy, stream);
         });
+        const double gaus = graph_us(stream, [&](int i) {
+          cuda::gptq_matmul(*gacopies[(size_t)i % gacopies.size()], dx, cuda::GptqDtype::f16, M, dy, stream);
+        });
+        int gconfig = 0, gsplits = 1;
+        cuda::gptq_choose(*gcopies[0], M, &gconfig, &gsplits);
         int rows, splits;
         cuda::spqr_choose(*copies[0], M, &rows, &splits);
         const double moved = wbytes + (double)(M * s.K * 2 + M * s.N * 2);
-        const double pct = 100.0 * moved / us / 1e3 / copy_gbs;
-        std::printf("| %lld x %lld | %d | %lld | %.1f | %.1f | %.1f | %.1f (%d) | %s (%d) | %.0f%% | m%d/%d | %.1f | %.2f | %.1f | %.2f |\n",
-                    (long long)s.N, (long long)s.K, bits, (long long)M, us, serial_us, product_us, best_us, best_splits,
-                    variants.c_str(), best_variant, pct, rows, splits, gus, gus / us, cublas_us[mi], cublas_us[mi] / us);
+        const double pct = 100.0 * moved / noperm_us / 1e3 / copy_gbs;
+        std::printf("| %lld x %lld | %d | %lld | %.1f | %.1f | %.2f | %.1f | %.1f | %.2f | %.1f | %.1f | %.1f (%d) | %s (%d) | %.0f%% | m%d/%d | %s/%d | %.1f | %.2f |\n",
+                    (long long)s.N, (long long)s.K, bits, (long long)M, noperm_us, gus, gus / noperm_us, us, gaus,
+                    gaus / us, serial_us, product_us, best_us, best_splits, variants.c_str(), best_variant, pct, rows,
+                    splits, cuda::gptq_config_name(gconfig), gsplits, cublas_us[mi], cublas_us[mi] / noperm_us);
         std::fflush(stdout);
         if (js) {
           std::fprintf(js,
                        "%s{\"K\":%lld,\"N\":%lld,\"M\":%lld,\"bits\":%d,\"group\":16,\"us\":%.2f,\"pct_copy\":%.1f,"
-                       "\"tflops\":%.3f,\"config\":\"spqr-tc m%d splits %d\",\"weight_bytes\":%.0f,"
+                       "\"tflops\":%.3f,\"config\":\"spqr m%d splits %d variant %d%s\",\"weight_bytes\":%.0f,"
                        "\"stored_bits_per_weight\":%.3f,\"outlier_rate\":%.5f,\"gptq_tc_us\":%.2f,"
-                       "\"gptq_group\":128,\"spqr_vs_gptq\":%.3f,\"cublas_fp16_us\":%.2f,\"x_cublas_fp16\":%.3f,"
-                       "\"product_only_us\":%.2f,\"no_overlap_us\":%.2f,\"best_us\":%.2f,\"best_splits\":%d,"
-                       "\"variant_us\":[%s],\"best_variant\":%d}",
-                       first_row ? "" : ",\n", (long long)s.K, (long long)s.N, (long long)M, bits, us, pct,
-                       2.0 * M * s.N * s.K / us / 1e6, rows, splits, wbytes, stored_bits, rate, gus, gus / us,
-                       cublas_us[mi], cublas_us[mi] / us, product_us, serial_us, best_us, best_splits, variants.c_str(),
-                       best_variant);
+                       "\"gptq_config\":\"%s/%d\",\"gptq_group\":128,\"spqr_vs_gptq\":%.3f,\"cublas_fp16_us\":%.2f,"
+                       "\"x_cublas_fp16\":%.3f,\"act_order_us\":%.2f,\"gptq_act_order_us\":%.2f,"
+                       "\"spqr_vs_gptq_act_order\":%.3f,\"product_only_us\":%.2f,\"no_overlap_us\":%.2f,"
+                       "\"best_us\":%.2f,\"best_splits\":%d,\"variant_us\":[%s],\"best_variant\":%d}",
+                       first_row ? "" : ",\n", (long long)s.K, (long long)s.N, (long long)M, bits, noperm_us, pct,
+                       2.0 * M * s.N * s.K / noperm_us / 1e6, rows, splits, cuda::spqr_default_variant(M),
+                       in_place ? ", X in place" : "", wbytes, stored_bits, rate, gus,
+                       cuda::gptq_config_name(gconfig), gsplits, gus / noperm_us, cublas_us[mi],
+                       cublas_us[mi] / noperm_us, us, gaus, gaus / us, product_us, serial_us, best_us, best_splits,
+                       variants.c_str(), best_variant);
           first_row = false;
         }
       }
@@ -442,13 +497,15 @@ int run_bench(const char* json_path) {
 // One shape, a few products (for ncu): cuda-spqr one N K bits M
 int run_one(int64_t N, int64_t K, int bits, int64_t M) {
   Rng rng(3);
-  const Weights w = random_weights(rng, bits, 3, N, K, 16, 16, 0.01, true, false);
+  const Weights w = random_weights(rng, bits, 3, N, K, 16, 16, 0.01, false, false);
   cuda::SpqrDeviceWeights W(cuda::repack_spqr_host(w.view()), 0);
+  cuda::GptqDeviceWeights G(random_gptq(rng, bits, K, N), 0);
   void *dx, *dy;
   CK(cudaMalloc(&dx, (size_t)(M * K * 2)));
   CK(cudaMalloc(&dy, (size_t)(M * N * 2)));
   CK(cudaMemset(dx, 0, (size_t)(M * K * 2)));
   for (int i = 0; i < 3; ++i) cuda::spqr_matmul(W, dx, SpqrDtype::f16, M, dy, nullptr, nullptr);
+  for (int i = 0; i < 3; ++i) cuda::gptq_matmul(G, dx, cuda::GptqDtype::f16, M, dy, nullptr);
   CK(cudaDeviceSynchronize());
   return 0;
 }

@@ -1,20 +1,33 @@
 // The SpQR product on the tensor cores (records: spqr_kernels.hpp): Y [M, N] = X [M, K] · Wᵀ + bias,
-// fp16 or bf16 X and Y, fp32 accumulation, for every M (blocks of 8 or 16 rows of X).
+// fp16 or bf16 X and Y, fp32 accumulation, for every M.
 //
 // gather_kernel writes X in sweep order twice: Xs [Mp, Kp] for the dense loop (zero padded) and
-// XsT [Kp, Mp] for the outliers. spqr_tc_kernel: a block of 8 warps owns 128 output rows (a warp one
-// 16-row tile) and BM = 8·MT rows of X, and a range of K (split-K over the grid's z). Each warp
-//  1. requests its outlier row pointers and its first records;
-//  2. streams its records straight from global memory into registers, two chunks ahead of use,
-//     decodes per chunk its 8 (scale, zero) pairs from the first-level codes and the second-level
+// XsT [Kp, Mp] for the outliers. Then one of two products (both launched with a programmatic
+// dependency on the gather, so that their first records are requested while it runs):
+//
+// spqr_gemv_kernel (up to 16 rows of X, the decode products): a block of 8 warps owns ONE 16-row
+// tile and BM = 8·MT rows of X; its warps split K among themselves (warp w takes every 8th chunk of
+// the block's range, as gptq_gemv_fold_kernel does), so a tile's records are read by 8 warps at once
+// and the sums meet in shared memory, without split-K's atomics and last-block pass. Each warp
+//  1. requests its outlier row pointers and its first DEPTH chunks of records, straight from global
+//     memory into registers, and keeps DEPTH chunks in flight;
+//  2. per chunk decodes its 8 (scale, zero) pairs from the first-level codes and the second-level
 //     (offset, step) pairs in f32, then each weight as code · scale + shift (shift = −scale · zero)
 //     with one fp16/bf16 fma per pair of weights (the code read exactly through a magic-number
-//     conversion), and multiplies with mma.sync m16n8k16 (weights as operand A, X as operand B);
-//  3. adds its tile's outliers (each lane one row, alternate entries; this split's share; summed
-//     through shared memory into the lanes that hold the outputs), before the dense loop or after
-//     it (the default: only the loads of entries and x remain on the warp's path by then);
-//  4. writes Y, or with split-K adds into fp32 partial sums whose last block writes Y and zeroes
-//     them again (one launch, graph-capturable), as the GPTQ kernels do.
+//     conversion; fp16 reads the fields in place where it can: GPTQ's biased_field), loads X of that
+//     chunk (L1/L2: every block reads it) and multiplies with mma.sync m16n8k16 (weights as operand A,
+//     X as operand B, MT mma per decoded tile);
+//  3. adds its share of the tile's outliers (16 streams per row over the block's 8 warps × 2 halves,
+//     each lane one row; summed through shared memory into the lanes that hold the outputs), before
+//     the dense loop or after it;
+//  4. the block's 8 partial sums are added in shared memory and warp 0 writes Y (+ bias), or with a
+//     split of K over the grid's z adds into fp32 partial sums whose last block writes Y and zeroes
+//     them again (one launch, graph-capturable).
+//
+// spqr_tc_kernel (every M; the default above 16 rows): a block of 8 warps owns 128 output rows (a warp
+// one 16-row tile) and BM = 8·MT rows of X, and a range of K (split-K over the grid's z), with the same
+// per-chunk arithmetic, X prefetched with the records, and the outliers after the dense loop; split-K
+// through atomics and a last-block pass, as the GPTQ kernels do.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -39,8 +52,10 @@ struct Args {
   const uint8_t* records;
   const int32_t* rowptr;
   const uint32_t* outliers;
-  const void* xs;   // [Mp, Kp]
-  const void* xst;  // [Kp, Mp]
+  const void* xs;   // [Mp, Kp] gathered, or (GEMV, xst null) the caller's X [M, K] itself
+  const void* xst;  // [Kp, Mp], or null: X read in place
+  int64_t ldx;      // elements between rows of xs (Kp, or K in place)
+  int64_t kx;       // columns of xs that hold data (Kp, or K in place: the rest reads as zero)
   const float* bias;
   void* y;
   int M, Mp, N, Np, Kp, chunks, splits;
@@ -52,6 +67,8 @@ __device__ __forceinline__ float2 to_float2(uint32_t u, __half) { return __half2
 __device__ __forceinline__ float2 to_float2(uint32_t u, __nv_bfloat16) {
   return __bfloat1622float2(as_t2<__nv_bfloat162>(u));
 }
+__device__ __forceinline__ float to_float(__half v) { return __half2float(v); }
+__device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
 template <class T> __device__ __forceinline__ typename Dtype<T>::T2 pair_of(float v);
 template <> __device__ __forceinline__ __half2 pair_of<__half>(float v) { return __float2half2_rn(v); }
 template <> __device__ __forceinline__ __nv_bfloat162 pair_of<__nv_bfloat16>(float v) { return __float2bfloat162_rn(v); }
@@ -64,6 +81,125 @@ __device__ __forceinline__ typename Dtype<T>::T2 codes_of(uint32_t word, int r) 
   constexpr int step = BITS == 2 ? 2 : 4;
   const T2 biased = as_t2<T2>(and_or(word >> (step * r), mask, Dtype<T>::magic));
   return __hsub2(biased, as_t2<T2>(Dtype<T>::magic));
+}
+
+// Tile word `word`'s four A-fragment registers as weights code · scale + shift, register r in row
+// h = r & 1 (scale[h], shift[h]). fp16 masks the fields in place where they lie (1024 + μ·code,
+// μ = 1, 4, 16 or 64: GPTQ's biased_field), and one fma by 1/μ takes off the bias exactly (the
+// values are small integers); bf16 shifts each field down (codes_of).
+template <class T, int BITS>
+__device__ __forceinline__ void weights_of(uint32_t word, const typename Dtype<T>::T2 (&scale)[2],
+                                           const typename Dtype<T>::T2 (&shift)[2], uint32_t (&af)[4]) {
+  using T2 = typename Dtype<T>::T2;
+#pragma unroll
+  for (int r = 0; r < 4; ++r) {
+    T2 code;
+    if constexpr (std::is_same<T, __half>::value) {
+      const T2 raw = as_t2<T2>(biased_field<T, BITS>(word, r));
+      constexpr float bias = Dtype<T>::bias;
+      const int mu = TileConsts<T, BITS, false>::multiplier(r);
+      if (mu == 1) code = __hsub2(raw, as_t2<T2>(Dtype<T>::magic));
+      else code = __hfma2(raw, __float2half2_rn(1.f / (float)mu), __float2half2_rn(-bias / (float)mu));
+    } else {
+      code = codes_of<T, BITS>(word, r);
+    }
+    af[r] = as_u32(__hfma2(code, scale[r & 1], shift[r & 1]));
+  }
+}
+
+// The scale and shift of rows g (h = 0) and g + 8 (h = 1) of a lane's two units 2t (u = 0) and
+// 2t + 1, from its word of first-level codes and the units' second-level (offset, step) pairs.
+template <class T>
+__device__ __forceinline__ void unit_stats(uint32_t codes, uint4 second, typename Dtype<T>::T2 (&scale)[2][2],
+                                           typename Dtype<T>::T2 (&shift)[2][2]) {
+#pragma unroll
+  for (int u = 0; u < 2; ++u) {
+    const uint32_t sp = u ? second.z : second.x, zp = u ? second.w : second.y;
+    const float2 sv = __half22float2(as_t2<__half2>(sp)), zv = __half22float2(as_t2<__half2>(zp));
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const float sc = fmaf(sv.y, (float)((codes >> (4 * stat_field(u, 0, h))) & 15u), sv.x);
+      const float ze = fmaf(zv.y, (float)((codes >> (4 * stat_field(u, 1, h))) & 15u), zv.x);
+      scale[u][h] = pair_of<T>(sc);
+      shift[u][h] = pair_of<T>(-sc * ze);
+    }
+  }
+}
+
+// A lane's share of one record (16 rows × 128 sweep positions): the code words, its word of
+// first-level codes and the second-level pairs of its two units.
+template <int BITS>
+struct RecordShare {
+  static constexpr int CB = code_bytes(BITS);
+  uint32_t w[8];
+  uint32_t codes;
+  uint4 second;  // units 2t and 2t+1: (scale offset, step, zero offset, step) each
+
+  __device__ __forceinline__ void load(const uint8_t* rec, int lane) {
+    const uint4 w0 = __ldcs(reinterpret_cast<const uint4*>(rec + lane * 16));
+    w[0] = w0.x, w[1] = w0.y, w[2] = w0.z, w[3] = w0.w;
+    if constexpr (BITS == 4) {
+      const uint4 w1 = __ldcs(reinterpret_cast<const uint4*>(rec + 512 + lane * 16));
+      w[4] = w1.x, w[5] = w1.y, w[6] = w1.z, w[7] = w1.w;
+    } else if constexpr (BITS == 3) {
+      const uint2 w1 = __ldcs(reinterpret_cast<const uint2*>(rec + 512 + lane * 8));
+      w[4] = w1.x, w[5] = w1.y, w[6] = 0, w[7] = 0;
+    } else {
+      w[4] = w[5] = w[6] = w[7] = 0;
+    }
+    codes = __ldcs(reinterpret_cast<const uint32_t*>(rec + CB) + lane);
+    second = __ldcs(reinterpret_cast<const uint4*>(rec + CB + 128) + (lane & 3));
+  }
+};
+
+// This lane's sum of outliers of row `row` of its 16-row tile over entries [e_begin, e_end) stepping
+// `step`, for the BM rows of X at xst (XsT shifted to the block's first row), handed through shared
+// memory `osum` (this warp's [16][BM + 1]) to the lanes that hold those outputs and added to acc.
+// Lanes r and r + 16 take the same row (alternate entries) and meet by a shuffle first.
+// In place (xst null): x from the caller's X [M, K] (xs shifted to the block's first row, rows apart
+// by ldx), `rows` of them valid.
+template <class T, int MT>
+__device__ __forceinline__ void add_outliers(const uint32_t* __restrict__ outliers, const T* xst, int Mp, const T* xs,
+                                             int64_t ldx, int rows, int e_begin, int e_end, int step,
+                                             float (*osum)[8 * MT + 1], float (&acc)[MT][4]) {
+  constexpr int BM = 8 * MT;
+  const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+  float part[BM];
+#pragma unroll
+  for (int i = 0; i < BM; ++i) part[i] = 0.f;
+#pragma unroll 4
+  for (int e = e_begin; e < e_end; e += step) {
+    const uint32_t entry = __ldg(outliers + e);
+    const float v = __half2float(__ushort_as_half((unsigned short)(entry & 0xffff)));
+    if (!xst) {
+#pragma unroll
+      for (int i = 0; i < BM; ++i)
+        if (i < rows) part[i] = fmaf(v, to_float(xs[(int64_t)i * ldx + (entry >> 16)]), part[i]);
+      continue;
+    }
+    const uint4* xc = reinterpret_cast<const uint4*>(xst + (int64_t)(entry >> 16) * Mp);
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt) {
+      const uint4 xv = __ldg(xc + mt);
+      const uint32_t u[4] = {xv.x, xv.y, xv.z, xv.w};
+#pragma unroll
+      for (int q = 0; q < 4; ++q) {
+        const float2 f = to_float2(u[q], T());
+        part[8 * mt + 2 * q] = fmaf(v, f.x, part[8 * mt + 2 * q]);
+        part[8 * mt + 2 * q + 1] = fmaf(v, f.y, part[8 * mt + 2 * q + 1]);
+      }
+    }
+  }
+#pragma unroll
+  for (int i = 0; i < BM; ++i) part[i] += __shfl_xor_sync(0xffffffffu, part[i], 16);
+  if (lane < 16)
+#pragma unroll
+    for (int i = 0; i < BM; ++i) osum[lane][i] = part[i];
+  __syncwarp();
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+    for (int i = 0; i < 4; ++i) acc[mt][i] += osum[g + 8 * (i >> 1)][8 * mt + 2 * t + (i & 1)];
 }
 
 // Writes the block's results: straight to Y (+ bias), or with split-K into the partial sums, the
@@ -115,7 +251,7 @@ __device__ __forceinline__ void write_result(const Args& a, const float (&acc)[M
 template <int BITS, class T, int MT, int DEPTH, int MINB, bool LATE>
 __global__ void __launch_bounds__(256, MINB) spqr_tc_kernel(Args a) {
   using T2 = typename Dtype<T>::T2;
-  constexpr int BM = 8 * MT, CB = code_bytes(BITS), REC = record_bytes(BITS);
+  constexpr int BM = 8 * MT, REC = record_bytes(BITS);
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, g = lane >> 2, t = lane & 3;
   const int ntile0 = blockIdx.y * 8, ntile = ntile0 + warp;
   const int m0 = blockIdx.x * BM;
@@ -131,26 +267,8 @@ __global__ void __launch_bounds__(256, MINB) spqr_tc_kernel(Args a) {
   const T* X = static_cast<const T*>(a.xs);
   const uint8_t* wrec = a.records + record_index(ntile, 0, a.chunks) * REC;
   struct Stage {
-    uint32_t w[8];
-    uint32_t codes;
-    uint4 second;  // units 2t and 2t+1: (scale offset, step, zero offset, step) each
+    RecordShare<BITS> r;
     uint4 x[MT][4];
-  };
-  auto load_w = [&](Stage& st, int c) {
-    const uint8_t* rec = wrec + (int64_t)c * 8 * REC;
-    const uint4 w0 = __ldcs(reinterpret_cast<const uint4*>(rec + lane * 16));
-    st.w[0] = w0.x, st.w[1] = w0.y, st.w[2] = w0.z, st.w[3] = w0.w;
-    if constexpr (BITS == 4) {
-      const uint4 w1 = __ldcs(reinterpret_cast<const uint4*>(rec + 512 + lane * 16));
-      st.w[4] = w1.x, st.w[5] = w1.y, st.w[6] = w1.z, st.w[7] = w1.w;
-    } else if constexpr (BITS == 3) {
-      const uint2 w1 = __ldcs(reinterpret_cast<const uint2*>(rec + 512 + lane * 8));
-      st.w[4] = w1.x, st.w[5] = w1.y, st.w[6] = 0, st.w[7] = 0;
-    } else {
-      st.w[4] = st.w[5] = st.w[6] = st.w[7] = 0;
-    }
-    st.codes = __ldcs(reinterpret_cast<const uint32_t*>(rec + CB) + lane);
-    st.second = __ldcs(reinterpret_cast<const uint4*>(rec + CB + 128) + t);
   };
   auto load_x = [&](Stage& st, int c) {
 #pragma unroll
@@ -165,7 +283,7 @@ __global__ void __launch_bounds__(256, MINB) spqr_tc_kernel(Args a) {
   Stage st[DEPTH];
 #pragma unroll
   for (int s = 0; s < DEPTH; ++s)
-    if (c_begin + s < c_end) load_w(st[s], c_begin + s);
+    if (c_begin + s < c_end) st[s].r.load(wrec + (int64_t)(c_begin + s) * 8 * REC, lane);
   // Launched with programmatic dependency on the gather (sm_90): everything above overlapped it;
   // from here on X is read, so wait until the gather has completed (a no-op otherwise).
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
@@ -176,8 +294,7 @@ __global__ void __launch_bounds__(256, MINB) spqr_tc_kernel(Args a) {
     if (c_begin + s < c_end) load_x(st[s], c_begin + s);
 
   // This split's share of the tile's outliers: lane r (and r + 16) takes row r's entries
-  // z·2 + (lane ≥ 16), stepping 2·splits; the two halves meet by a shuffle, then shared memory hands
-  // each sum to the lane that holds that output. LATE: after the dense loop (the row pointers were
+  // z·2 + (lane ≥ 16), stepping 2·splits. LATE: after the dense loop (the row pointers were
   // requested first thing, so only the loads of the entries and of x remain on the warp's path),
   // else before it.
   __shared__ float osum[8][kTileN][BM + 1];
@@ -186,67 +303,20 @@ __global__ void __launch_bounds__(256, MINB) spqr_tc_kernel(Args a) {
   for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
     for (int i = 0; i < 4; ++i) acc[mt][i] = 0.f;
-  auto add_outliers = [&]() {
-    float part[BM];
-#pragma unroll
-    for (int i = 0; i < BM; ++i) part[i] = 0.f;
-    const T* xst = static_cast<const T*>(a.xst) + m0;
-#pragma unroll 4
-    for (int e = e_begin; e < e_end; e += 2 * a.splits) {
-      const uint32_t entry = __ldg(a.outliers + e);
-      const float v = __half2float(__ushort_as_half((unsigned short)(entry & 0xffff)));
-      const uint4* xc = reinterpret_cast<const uint4*>(xst + (int64_t)(entry >> 16) * a.Mp);
-#pragma unroll
-      for (int mt = 0; mt < MT; ++mt) {
-        const uint4 xv = __ldg(xc + mt);
-        const uint32_t u[4] = {xv.x, xv.y, xv.z, xv.w};
-#pragma unroll
-        for (int q = 0; q < 4; ++q) {
-          const float2 f = to_float2(u[q], T());
-          part[8 * mt + 2 * q] = fmaf(v, f.x, part[8 * mt + 2 * q]);
-          part[8 * mt + 2 * q + 1] = fmaf(v, f.y, part[8 * mt + 2 * q + 1]);
-        }
-      }
-    }
-#pragma unroll
-    for (int i = 0; i < BM; ++i) part[i] += __shfl_xor_sync(0xffffffffu, part[i], 16);
-    if (lane < 16)
-#pragma unroll
-      for (int i = 0; i < BM; ++i) osum[warp][lane][i] = part[i];
-    __syncwarp();
-#pragma unroll
-    for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-      for (int i = 0; i < 4; ++i) acc[mt][i] += osum[warp][g + 8 * (i >> 1)][8 * mt + 2 * t + (i & 1)];
-  };
-  if constexpr (!LATE) add_outliers();
+  const T* xst = static_cast<const T*>(a.xst) + m0;
+  if constexpr (!LATE) add_outliers<T, MT>(a.outliers, xst, a.Mp, nullptr, 0, 0, e_begin, e_end, 2 * a.splits, osum[warp], acc);
 
   for (int c0 = c_begin; c0 < c_end; c0 += DEPTH) {
 #pragma unroll
     for (int s = 0; s < DEPTH; ++s) {
       const int c = c0 + s;
       if (c >= c_end) break;
-      // Scale and shift of rows g (h = 0) and g + 8 (h = 1) in units 2t (u = 0) and 2t + 1.
       T2 scale[2][2], shift[2][2];
-#pragma unroll
-      for (int u = 0; u < 2; ++u) {
-        const uint32_t sp = u ? st[s].second.z : st[s].second.x, zp = u ? st[s].second.w : st[s].second.y;
-        const float2 sv = __half22float2(as_t2<__half2>(sp)), zv = __half22float2(as_t2<__half2>(zp));
-#pragma unroll
-        for (int h = 0; h < 2; ++h) {
-          const float sc = fmaf(sv.y, (float)((st[s].codes >> (4 * stat_field(u, 0, h))) & 15u), sv.x);
-          const float ze = fmaf(zv.y, (float)((st[s].codes >> (4 * stat_field(u, 1, h))) & 15u), zv.x);
-          scale[u][h] = pair_of<T>(sc);
-          shift[u][h] = pair_of<T>(-sc * ze);
-        }
-      }
+      unit_stats<T>(st[s].r.codes, st[s].r.second, scale, shift);
 #pragma unroll
       for (int j = 0; j < 8; ++j) {
-        const uint32_t word = tile_word<BITS>(st[s].w, j);
         uint32_t af[4];
-#pragma unroll
-        for (int r = 0; r < 4; ++r)
-          af[r] = as_u32(__hfma2(codes_of<T, BITS>(word, r), scale[j >> 2][r & 1], shift[j >> 2][r & 1]));
+        weights_of<T, BITS>(tile_word<BITS>(st[s].r.w, j), scale[j >> 2], shift[j >> 2], af);
 #pragma unroll
         for (int mt = 0; mt < MT; ++mt) {
           const uint4& xv = st[s].x[mt][j >> 1];
@@ -254,13 +324,148 @@ __global__ void __launch_bounds__(256, MINB) spqr_tc_kernel(Args a) {
         }
       }
       if (c + DEPTH < c_end) {
-        load_w(st[s], c + DEPTH);
+        st[s].r.load(wrec + (int64_t)(c + DEPTH) * 8 * REC, lane);
         load_x(st[s], c + DEPTH);
       }
     }
   }
-  if constexpr (LATE) add_outliers();
+  if constexpr (LATE) add_outliers<T, MT>(a.outliers, xst, a.Mp, nullptr, 0, 0, e_begin, e_end, 2 * a.splits, osum[warp], acc);
   write_result<T, MT>(a, acc, ntile0, m0);
+}
+
+// DEPTH: chunks of records in flight per warp; MINB: blocks per SM the registers are capped for;
+// LATE: the outliers summed after the dense loop rather than before. Grid: (Mp / BM, Np / 16, splits).
+template <int BITS, class T, int MT, int DEPTH, int MINB, bool LATE>
+__global__ void __launch_bounds__(256, MINB) spqr_gemv_kernel(Args a) {
+  using T2 = typename Dtype<T>::T2;
+  constexpr int BM = 8 * MT, REC = record_bytes(BITS);
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, g = lane >> 2, t = lane & 3;
+  const int ntile = blockIdx.y, m0 = blockIdx.x * BM, z = blockIdx.z;
+  if (ntile * kTileN >= a.N) return;  // a padding tile (the whole block: no counter to keep)
+  const int c_begin = (int)((int64_t)z * a.chunks / a.splits), c_end = (int)((int64_t)(z + 1) * a.chunks / a.splits);
+
+  // Outliers of row ntile·16 + lane % 16: 16 streams per row (warp, lane ≥ 16), then the splits.
+  const int stream = 2 * warp + (lane >> 4), e_step = 16 * a.splits;
+  int e_begin = 0, e_end = 0;
+  {
+    const int64_t n = (int64_t)ntile * kTileN + (lane & 15);
+    if (n < a.N) e_begin = __ldg(a.rowptr + n) + 16 * z + stream, e_end = __ldg(a.rowptr + n + 1);
+  }
+  // This warp's chunks: c_begin + warp, + 8, ... (8 records apart per chunk, 64 per step).
+  const uint8_t* wrec = a.records + record_index(ntile, 0, a.chunks) * REC;
+  RecordShare<BITS> st[DEPTH];
+#pragma unroll
+  for (int s = 0; s < DEPTH; ++s) {
+    const int c = c_begin + warp + 8 * s;
+    if (c < c_end) st[s].load(wrec + (int64_t)c * 8 * REC, lane);
+  }
+  // X is read from here on: wait for the gather (programmatic dependent launch; a no-op otherwise).
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;\n" ::: "memory");
+#endif
+  __shared__ float osum[8][kTileN][BM + 1];
+  float acc[MT][4];
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+    for (int i = 0; i < 4; ++i) acc[mt][i] = 0.f;
+  // Gathered (Xs and XsT, zero padded to Mp rows and Kp columns) or in place (the caller's X).
+  const T* xs = static_cast<const T*>(a.xs);
+  const T* xst = a.xst ? static_cast<const T*>(a.xst) + m0 : nullptr;
+  const int rows = a.M - m0;
+  auto outliers = [&]() {
+    add_outliers<T, MT>(a.outliers, xst, a.Mp, xs + (int64_t)m0 * a.ldx, a.ldx, rows, e_begin, e_end, e_step,
+                        osum[warp], acc);
+  };
+  if constexpr (!LATE) outliers();
+
+  // Row g of each 8-row tile of X at this lane's 32 positions of a chunk; in place, rows past M read
+  // row 0 (their results are never written) and columns past K read as zero.
+  const T* X[MT];
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt) {
+    const int row = m0 + 8 * mt + g;
+    X[mt] = xs + (int64_t)(xst || row < a.M ? row : 0) * a.ldx + 32 * t;
+  }
+  for (int c0 = c_begin + warp; c0 < c_end; c0 += 8 * DEPTH) {
+#pragma unroll
+    for (int s = 0; s < DEPTH; ++s) {
+      const int c = c0 + 8 * s;
+      if (c >= c_end) break;
+      uint4 xv[MT][4];
+      const bool whole = (int64_t)(c + 1) * kChunk <= a.kx;
+      const int64_t k0 = (int64_t)c * kChunk + 32 * t;
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+        for (int v = 0; v < 4; ++v)
+          xv[mt][v] = whole || k0 + 8 * v + 8 <= a.kx
+                          ? __ldg(reinterpret_cast<const uint4*>(X[mt] + (int64_t)c * kChunk) + v)
+                          : make_uint4(0, 0, 0, 0);
+      T2 scale[2][2], shift[2][2];
+      unit_stats<T>(st[s].codes, st[s].second, scale, shift);
+#pragma unroll
+      for (int j = 0; j < 8; ++j) {
+        uint32_t af[4];
+        weights_of<T, BITS>(tile_word<BITS>(st[s].w, j), scale[j >> 2], shift[j >> 2], af);
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt) {
+          const uint4& xj = xv[mt][j >> 1];
+          mma<T>(acc[mt], af, (j & 1) ? xj.z : xj.x, (j & 1) ? xj.w : xj.y);
+        }
+      }
+      if (c + 8 * DEPTH < c_end) st[s].load(wrec + (int64_t)(c + 8 * DEPTH) * 8 * REC, lane);
+    }
+  }
+  if constexpr (LATE) outliers();
+
+  // The 8 warps' sums meet in shared memory ([warp][accumulator][lane]: no bank conflicts); warp 0 writes.
+  __shared__ float part[8][MT * 4][32];
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+    for (int i = 0; i < 4; ++i) part[warp][mt * 4 + i][lane] = acc[mt][i];
+  __syncthreads();
+  if (warp != 0) return;
+#pragma unroll
+  for (int w = 1; w < 8; ++w)
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+      for (int i = 0; i < 4; ++i) acc[mt][i] += part[w][mt * 4 + i][lane];
+  T* Y = static_cast<T*>(a.y);
+  auto each_output = [&](auto&& f) {
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+      for (int i = 0; i < 4; ++i) f(ntile * kTileN + g + 8 * (i >> 1), m0 + 8 * mt + 2 * t + (i & 1), acc[mt][i]);
+  };
+  if (a.splits == 1) {
+    each_output([&](int n, int m, float v) {
+      if (m < a.M && n < a.N) Y[(int64_t)m * a.N + n] = from_float<T>(a.bias ? v + a.bias[n] : v);
+    });
+    return;
+  }
+  // Split-K, by warp 0 alone: add into the partial sums; the tile's last block writes Y and leaves
+  // the sums and its counter at zero for the next product.
+  each_output([&](int n, int m, float v) {
+    if (m < a.M) atomicAdd(a.partial + (int64_t)m * a.Np + n, v);
+  });
+  __threadfence();
+  int32_t* counter = a.counters + blockIdx.y * gridDim.x + blockIdx.x;
+  int last = 0;
+  if (lane == 0) last = atomicAdd(counter, 1) == a.splits - 1;
+  if (!__shfl_sync(0xffffffffu, last, 0)) return;
+  __threadfence();
+  for (int i = lane; i < BM * kTileN; i += 32) {
+    const int m = m0 + i / kTileN, n = ntile * kTileN + i % kTileN;
+    if (m >= a.M) break;
+    float* p = a.partial + (int64_t)m * a.Np + n;
+    const float v = __ldcg(p);
+    *p = 0.f;
+    if (n < a.N) Y[(int64_t)m * a.N + n] = from_float<T>(a.bias ? v + a.bias[n] : v);
+  }
+  if (lane == 0) *counter = 0;
 }
 
 // X [M, K] → Xs [Mp, Kp] in sweep order (zero padded) and its transpose XsT [Kp, Mp].
@@ -297,13 +502,13 @@ int multiprocessors(int device) {
   return cached[device];
 }
 
-template <int BITS, class T, int MT, int DEPTH, int MINB, bool LATE>
+template <auto KERNEL>
 int occupancy() {
   static int blocks[64] = {};
   const int device = current_device(), slot = device >= 0 && device < 64 ? device : 0;
   if (!blocks[slot]) {
     int b = 0;
-    check(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&b, spqr_tc_kernel<BITS, T, MT, DEPTH, MINB, LATE>, 256, 0),
+    check(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&b, KERNEL, 256, 0),
           "cudaOccupancyMaxActiveBlocksPerMultiprocessor (SpQR)");
     blocks[slot] = b < 1 ? 1 : b;
   }
@@ -314,10 +519,11 @@ using Launch = void (*)(const Args&, dim3, cudaStream_t, bool);
 struct Kernel {
   Launch launch;
   int (*occupancy)();
+  bool gemv;  // spqr_gemv_kernel: one 16-row tile per block (grid y = Np / 16), at least 8 chunks per split
 };
 // overlap: launched with a programmatic dependency on the previous launch in the stream (the gather),
 // so that its blocks start and request their records while the gather runs (sm_90 and newer).
-template <int BITS, class T, int MT, int DEPTH, int MINB, bool LATE>
+template <auto KERNEL>
 void launch(const Args& a, dim3 grid, cudaStream_t s, bool overlap) {
   cudaLaunchConfig_t config{};
   config.gridDim = grid;
@@ -328,21 +534,30 @@ void launch(const Args& a, dim3 grid, cudaStream_t s, bool overlap) {
   attr[0].val.programmaticStreamSerializationAllowed = 1;
   config.attrs = attr;
   config.numAttrs = overlap ? 1 : 0;
-  check(cudaLaunchKernelEx(&config, spqr_tc_kernel<BITS, T, MT, DEPTH, MINB, LATE>, a), "SpQR product launch");
+  check(cudaLaunchKernelEx(&config, KERNEL, a), "SpQR product launch");
 }
-// The variants: registers capped (3 blocks per SM for 8-row tiles, 2 for 16-row tiles) or not,
-// outliers before or after the dense loop: 0 (no cap, before), 1 (cap, before), 2 (no cap, after),
-// 3 (cap, after); two chunks in flight per warp. The H200 sweep of 2026-12-01 (bench/cuda-spqr.cu;
-// bench/RESULTS.md) also timed 3 and 4 chunks in flight: never faster.
+template <auto KERNEL>
+Kernel kernel_of(bool gemv) {
+  return {launch<KERNEL>, occupancy<KERNEL>, gemv};
+}
+// The variants (bench/cuda-spqr.cu times each; the check runs each):
+//  0: spqr_tc_kernel, 2 chunks in flight, outliers after the dense loop, 16-row tiles capped at 128
+//     registers (2 blocks per SM). The sweeps of 2026-12-01 chose these over outliers first (1.5-5%
+//     slower at M = 1) and uncapped 16-row tiles (146 registers, 1 block per SM: 9-38% slower at
+//     M = 16); 3 and 4 chunks in flight were never faster.
+//  1: spqr_gemv_kernel, 2 chunks in flight per warp, outliers before the dense loop;
+//  2: the same with the outliers after it;
+//  3: 4 chunks in flight (3 for 16 rows of X), outliers after, registers capped for 2 blocks per SM
+//     (at 3 blocks, 80 registers, 4 chunks spilled 250 bytes).
 constexpr int kVariants = 4;
 template <int BITS, class T, int MT>
 Kernel kernel_for(int variant) {
-  constexpr int CAP = MT == 1 ? 3 : 2;
+  constexpr int CAP = MT == 1 ? 1 : 2, GCAP = MT == 1 ? 4 : 2, DEEP = MT == 1 ? 4 : 3;
   switch (variant) {
-    case 1: return {launch<BITS, T, MT, 2, CAP, false>, occupancy<BITS, T, MT, 2, CAP, false>};
-    case 2: return {launch<BITS, T, MT, 2, 1, true>, occupancy<BITS, T, MT, 2, 1, true>};
-    case 3: return {launch<BITS, T, MT, 2, CAP, true>, occupancy<BITS, T, MT, 2, CAP, true>};
-    default: return {launch<BITS, T, MT, 2, 1, false>, occupancy<BITS, T, MT, 2, 1, false>};
+    case 1: return kernel_of<spqr_gemv_kernel<BITS, T, MT, 2, GCAP, false>>(true);
+    case 2: return kernel_of<spqr_gemv_kernel<BITS, T, MT, 2, GCAP, true>>(true);
+    case 3: return kernel_of<spqr_gemv_kernel<BITS, T, MT, DEEP, 2, true>>(true);
+    default: return kernel_of<spqr_tc_kernel<BITS, T, MT, 2, CAP, true>>(false);
   }
 }
 template <class T>
@@ -360,11 +575,8 @@ Kernel kernel_for(SpqrDtype dtype, int bits, int mt, int variant) {
   return dtype == SpqrDtype::f16 ? kernel_for<__half>(bits, mt, variant) : kernel_for<__nv_bfloat16>(bits, mt, variant);
 }
 
-// The variant a product runs by default, per row tile, from the H200 sweeps of 2026-12-01: the
-// outliers after the dense loop (1.5-5% faster at M = 1, up to 3% at M = 16), and for 16-row tiles
-// the registers capped at 128 for 2 blocks per SM instead of 1 (146 registers; 9-38% faster at
-// M = 16). Capping 8-row tiles for 3 blocks was as often slower as faster.
-int default_variant(int mt) { return mt == 1 ? 2 : 3; }
+// The variant a product runs by default: the K-splitting GEMV up to 16 rows of X, the tile kernel above.
+int default_variant(int64_t M) { return M <= 16 ? 2 : 0; }
 
 int rows_for(int64_t M) { return M <= 8 ? 8 : 16; }
 
@@ -379,19 +591,27 @@ bool overlap_supported(int device) {
 }  // namespace
 
 void spqr_choose(const SpqrDeviceWeights& W, int64_t M, int* rows_per_block, int* splits, int variant) {
-  // 8 rows of X per block up to 8 rows, else 16. K is split until the grid fills one wave of
-  // resident blocks, keeping at least 4 chunks of K per split (as the GPTQ kernels choose).
+  // 8 rows of X per block up to 8 rows, else 16. The tile kernel splits K until the grid fills one
+  // wave of resident blocks, keeping at least 4 chunks of K per split (as the GPTQ kernels choose);
+  // the GEMV, whose blocks already split K 8 ways, only until every multiprocessor has a block,
+  // keeping at least 8 chunks (one per warp) per split.
   check(cudaSetDevice(W.device), "cudaSetDevice");
   const int mt = rows_for(M) / 8;
-  if (variant < 0 || variant >= kVariants) variant = default_variant(mt);
-  const int64_t tiles = ceil_div(M, 8 * mt) * (W.Np / 128), chunks = W.Kp / kChunk;
-  const int64_t target =
-      (int64_t)kernel_for(SpqrDtype::f16, W.bits, mt, variant).occupancy() * multiprocessors(W.device);
+  if (variant < 0 || variant >= kVariants) variant = default_variant(M);
+  const Kernel k = kernel_for(SpqrDtype::f16, W.bits, mt, variant);
+  const int64_t chunks = W.Kp / kChunk, row_blocks = ceil_div(M, 8 * mt);
   *rows_per_block = 8 * mt;
-  *splits = (int)std::max<int64_t>(1, std::min(target / tiles, chunks / 4));
+  if (k.gemv) {
+    const int64_t tiles = row_blocks * ceil_div(W.N, kTileN);
+    *splits = (int)std::max<int64_t>(1, std::min(multiprocessors(W.device) / tiles, chunks / 8));
+  } else {
+    const int64_t tiles = row_blocks * (W.Np / 128), target = (int64_t)k.occupancy() * multiprocessors(W.device);
+    *splits = (int)std::max<int64_t>(1, std::min(target / tiles, chunks / 4));
+  }
 }
 
 int spqr_variant_count() { return kVariants; }
+int spqr_default_variant(int64_t M) { return default_variant(M); }
 
 void spqr_gather(const SpqrDeviceWeights& W, const void* X, SpqrDtype dtype, int64_t M, void* stream_ptr) {
   require(M >= 1 && M <= (int64_t)1 << 24, "E_SHAPE", "M must be in [1, 2^24]");
@@ -424,28 +644,42 @@ void spqr_gather(const SpqrDeviceWeights& W, const void* X, SpqrDtype dtype, int
   check(cudaGetLastError(), "SpQR gather launch");
 }
 
-void spqr_product(const SpqrDeviceWeights& W, SpqrDtype dtype, int64_t M, void* Y, const float* bias,
-                  void* stream_ptr, int splits, bool overlap, int variant) {
+namespace {
+
+// The product from the gathered X in W's scratch (x_in_place null) or from the caller's X itself
+// (the GEMV only; rows 16-byte aligned, in sweep order: no permutation).
+void run_product(const SpqrDeviceWeights& W, const void* x_in_place, SpqrDtype dtype, int64_t M, void* Y,
+                 const float* bias, cudaStream_t stream, int splits, bool overlap, int variant) {
   require(M >= 1 && M <= (int64_t)1 << 24, "E_SHAPE", "M must be in [1, 2^24]");
   int rows = 8, chosen = 1;
-  if (variant < 0 || variant >= kVariants) variant = default_variant(rows_for(M) / 8);
+  if (variant < 0 || variant >= kVariants) variant = default_variant(M);
   spqr_choose(W, M, &rows, &chosen, variant);
   if (splits < 1) splits = chosen;
   const int64_t chunks = W.Kp / kChunk;
   splits = (int)std::min<int64_t>(splits, chunks);
-  const cudaStream_t stream = static_cast<cudaStream_t>(stream_ptr);
   auto& Wm = const_cast<SpqrDeviceWeights&>(W);  // scratch grows on demand
   const int64_t Mp = ceil_div(M, rows) * rows;
-  require(W.xs != nullptr && W.xs_bytes >= checked_product({2, Mp, W.Kp, 2}), "E_INTERNAL",
+  const Kernel k = kernel_for(dtype, W.bits, rows / 8, variant);
+  require(!x_in_place || (k.gemv && !W.perm), "E_INTERNAL", "SpQR product: X in place needs the GEMV and no permutation");
+  require(x_in_place || (W.xs != nullptr && W.xs_bytes >= checked_product({2, Mp, W.Kp, 2})), "E_INTERNAL",
           "SpQR product: X not gathered (spqr_gather first)");
 
-  const dim3 grid((unsigned)(Mp / rows), (unsigned)(W.Np / 128), (unsigned)splits);
+  const dim3 grid((unsigned)(Mp / rows), (unsigned)(W.Np / (k.gemv ? kTileN : 128)), (unsigned)splits);
   Args a{};
   a.records = W.records;
   a.rowptr = W.rowptr;
   a.outliers = W.outliers;
-  a.xs = W.xs;
-  a.xst = static_cast<const char*>(W.xs) + Mp * W.Kp * 2;
+  if (x_in_place) {
+    a.xs = x_in_place;
+    a.xst = nullptr;
+    a.ldx = W.K;
+    a.kx = W.K;
+  } else {
+    a.xs = W.xs;
+    a.xst = static_cast<const char*>(W.xs) + Mp * W.Kp * 2;
+    a.ldx = W.Kp;
+    a.kx = W.Kp;
+  }
   a.bias = bias;
   a.y = Y;
   a.M = (int)M;
@@ -461,12 +695,30 @@ void spqr_product(const SpqrDeviceWeights& W, SpqrDtype dtype, int64_t M, void* 
     a.partial = Wm.partial;
     a.counters = Wm.counters;
   }
-  kernel_for(dtype, W.bits, rows / 8, variant).launch(a, grid, stream, overlap && overlap_supported(W.device));
+  k.launch(a, grid, stream, overlap && overlap_supported(W.device));
   check(cudaGetLastError(), "SpQR product launch");
+}
+
+}  // namespace
+
+void spqr_product(const SpqrDeviceWeights& W, SpqrDtype dtype, int64_t M, void* Y, const float* bias,
+                  void* stream_ptr, int splits, bool overlap, int variant) {
+  run_product(W, nullptr, dtype, M, Y, bias, static_cast<cudaStream_t>(stream_ptr), splits, overlap, variant);
+}
+
+bool spqr_reads_x_in_place(const SpqrDeviceWeights& W, const void* X, int64_t M, int variant) {
+  if (variant < 0 || variant >= kVariants) variant = default_variant(M);
+  return !W.perm && W.K % 8 == 0 && (reinterpret_cast<uintptr_t>(X) & 15) == 0 &&
+         kernel_for(SpqrDtype::f16, W.bits, rows_for(M) / 8, variant).gemv;
 }
 
 void spqr_matmul_splits(const SpqrDeviceWeights& W, const void* X, SpqrDtype dtype, int64_t M, void* Y,
                         const float* bias, void* stream, int splits, bool overlap, int variant) {
+  // Without a permutation the GEMV reads X where it is (one launch); else X is gathered first.
+  if (spqr_reads_x_in_place(W, X, M, variant)) {
+    run_product(W, X, dtype, M, Y, bias, static_cast<cudaStream_t>(stream), splits, overlap, variant);
+    return;
+  }
   spqr_gather(W, X, dtype, M, stream);
   spqr_product(W, dtype, M, Y, bias, stream, splits, overlap, variant);
 }

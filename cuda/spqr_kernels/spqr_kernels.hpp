@@ -1,8 +1,8 @@
 // Fast SpQR products on the GPU (fp16/bf16 activations, tensor cores): the SpQR layout
 // (native/core/spqr.hpp) repacked once at load time into records made for mma.sync, then
-// Y = X · Wᵀ (+ bias) in two launches per product: X gathered into sweep order, then one kernel
-// that decodes the dense codes and both levels of statistics in registers, multiplies on the tensor
-// cores with fp32 accumulation, and adds the sparse outliers.
+// Y = X · Wᵀ (+ bias) in one kernel that decodes the dense codes and both levels of statistics in
+// registers, multiplies on the tensor cores with fp32 accumulation, and adds the sparse outliers;
+// with a permutation (or above 16 rows of X) X is first gathered into sweep order by a second launch.
 //
 // The repacked record of 16 output rows × 128 sweep positions (one mma tile column × one chunk):
 //  - the codes, exactly as the GPTQ kernels' record (gptq_kernels/layout.hpp): 256·bits bytes;
@@ -106,18 +106,22 @@ class SpqrDeviceWeights {
 std::unique_ptr<SpqrDeviceWeights> spqr_repack(const SpqrMatrix& host, int device);
 
 // Y [M, N] = X [M, K] · Wᵀ (+ bias [N] f32 on the device, or null), X and Y device memory of
-// `dtype` on W's device, enqueued on `stream` (a cudaStream_t). Two launches (gather, product; the
-// product overlapping the gather on sm_90).
+// `dtype` on W's device, enqueued on `stream` (a cudaStream_t). Up to 16 rows without a permutation
+// (and K a multiple of 8, X 16-byte aligned) one launch that reads X in place; else two (gather,
+// product; the product overlapping the gather on sm_90).
 void spqr_matmul(const SpqrDeviceWeights& W, const void* X, SpqrDtype dtype, int64_t M, void* Y, const float* bias,
                  void* stream);
 // The same with the split of K forced (benchmarks; splits < 1: the default choice) and the overlap
 // of the two launches (programmatic dependent launch on sm_90: the product's blocks start and read
 // their first records while the gather runs) on or off.
-// variant: one of spqr_variant_count() kernel variants (chunks in flight per warp, register cap),
-// < 0 the default.
+// variant: one of spqr_variant_count() kernel variants (tile kernel or K-splitting GEMV, chunks in
+// flight per warp, outliers before or after the dense loop; spqr_kernels/gemm.cu), < 0 the default.
 void spqr_matmul_splits(const SpqrDeviceWeights& W, const void* X, SpqrDtype dtype, int64_t M, void* Y,
                         const float* bias, void* stream, int splits, bool overlap, int variant);
 int spqr_variant_count();
+int spqr_default_variant(int64_t M);  // the variant spqr_matmul runs for M rows of X
+// Whether spqr_matmul* reads X in place (no gather) for these weights, X, M and variant (< 0: the default).
+bool spqr_reads_x_in_place(const SpqrDeviceWeights& W, const void* X, int64_t M, int variant = -1);
 // The two launches of a product, separately (benchmarks time the second alone): X into sweep
 // order in W's scratch, then the product from there (splits < 1: the default choice).
 void spqr_gather(const SpqrDeviceWeights& W, const void* X, SpqrDtype dtype, int64_t M, void* stream);
