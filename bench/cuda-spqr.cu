@@ -351,7 +351,7 @@ int run_bench(const char* json_path) {
                  "product",
                  "\"0: tile kernel (8 tiles a block, split-K through atomics)\",\"1: GEMV (one tile a block, warps "
                  "split K), 2 chunks in flight, outliers first\",\"2: GEMV, 2 chunks in flight, outliers last\",\"3: "
-                 "GEMV, 4 chunks in flight (3 for 16 rows), outliers last\"");
+                 "GEMV, 2 chunks in flight capped for 3 blocks per SM (16 rows: 3 chunks), outliers last\"");
   bool first_row = true;
   Rng rng(5);
   struct Shape { int64_t N, K; };

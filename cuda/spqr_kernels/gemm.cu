@@ -83,29 +83,40 @@ __device__ __forceinline__ typename Dtype<T>::T2 codes_of(uint32_t word, int r) 
   return __hsub2(biased, as_t2<T2>(Dtype<T>::magic));
 }
 
-// Tile word `word`'s four A-fragment registers as weights code · scale + shift, register r in row
-// h = r & 1 (scale[h], shift[h]). fp16 masks the fields in place where they lie (1024 + μ·code,
+// 2^e in both halves of an fp16 pair (e in [-14, 15]), as bits: constants without a conversion.
+__host__ __device__ constexpr uint32_t half_pow2(int e) { return ((uint32_t)(e + 15) << 10) * 0x10001u; }
+
+// Tile word `word`'s four A-fragment registers as weights code · scale + shift, register R in row
+// h = R & 1 (scale[h], shift[h]). fp16 masks the fields in place where they lie (1024 + μ·code,
 // μ = 1, 4, 16 or 64: GPTQ's biased_field), and one fma by 1/μ takes off the bias exactly (the
 // values are small integers); bf16 shifts each field down (codes_of).
+template <class T, int BITS, int R>
+__device__ __forceinline__ uint32_t weight_pair(uint32_t word, typename Dtype<T>::T2 scale, typename Dtype<T>::T2 shift) {
+  using T2 = typename Dtype<T>::T2;
+  T2 code;
+  if constexpr (std::is_same<T, __half>::value) {
+    const T2 raw = as_t2<T2>(biased_field<T, BITS>(word, R));
+    constexpr int mu_log2 = BITS == 2 ? 2 * R : (R & 1) ? 4 : 0;  // μ = 2^mu_log2
+    static_assert(1 << mu_log2 == TileConsts<T, BITS, false>::multiplier(R), "μ of register R");
+    if constexpr (mu_log2 == 0) code = __hsub2(raw, as_t2<T2>(Dtype<T>::magic));
+    else code = __hfma2(raw, as_t2<T2>(half_pow2(-mu_log2)), as_t2<T2>(0x80008000u | half_pow2(10 - mu_log2)));
+  } else {
+    code = codes_of<T, BITS>(word, R);
+  }
+  return as_u32(__hfma2(code, scale, shift));
+}
 template <class T, int BITS>
 __device__ __forceinline__ void weights_of(uint32_t word, const typename Dtype<T>::T2 (&scale)[2],
                                            const typename Dtype<T>::T2 (&shift)[2], uint32_t (&af)[4]) {
-  using T2 = typename Dtype<T>::T2;
-#pragma unroll
-  for (int r = 0; r < 4; ++r) {
-    T2 code;
-    if constexpr (std::is_same<T, __half>::value) {
-      const T2 raw = as_t2<T2>(biased_field<T, BITS>(word, r));
-      constexpr float bias = Dtype<T>::bias;
-      const int mu = TileConsts<T, BITS, false>::multiplier(r);
-      if (mu == 1) code = __hsub2(raw, as_t2<T2>(Dtype<T>::magic));
-      else code = __hfma2(raw, __float2half2_rn(1.f / (float)mu), __float2half2_rn(-bias / (float)mu));
-    } else {
-      code = codes_of<T, BITS>(word, r);
-    }
-    af[r] = as_u32(__hfma2(code, scale[r & 1], shift[r & 1]));
-  }
+  af[0] = weight_pair<T, BITS, 0>(word, scale[0], shift[0]);
+  af[1] = weight_pair<T, BITS, 1>(word, scale[1], shift[1]);
+  af[2] = weight_pair<T, BITS, 2>(word, scale[0], shift[0]);
+  af[3] = weight_pair<T, BITS, 3>(word, scale[1], shift[1]);
 }
+
+// The low 4 bits of v as a float, through the magic number 2^23 (an or and a subtraction instead of
+// the slower integer conversion).
+__device__ __forceinline__ float small_float(uint32_t v) { return __uint_as_float(0x4b000000u | (v & 15u)) - 8388608.f; }
 
 // The scale and shift of rows g (h = 0) and g + 8 (h = 1) of a lane's two units 2t (u = 0) and
 // 2t + 1, from its word of first-level codes and the units' second-level (offset, step) pairs.
@@ -118,8 +129,8 @@ __device__ __forceinline__ void unit_stats(uint32_t codes, uint4 second, typenam
     const float2 sv = __half22float2(as_t2<__half2>(sp)), zv = __half22float2(as_t2<__half2>(zp));
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
-      const float sc = fmaf(sv.y, (float)((codes >> (4 * stat_field(u, 0, h))) & 15u), sv.x);
-      const float ze = fmaf(zv.y, (float)((codes >> (4 * stat_field(u, 1, h))) & 15u), zv.x);
+      const float sc = fmaf(sv.y, small_float(codes >> (4 * stat_field(u, 0, h))), sv.x);
+      const float ze = fmaf(zv.y, small_float(codes >> (4 * stat_field(u, 1, h))), zv.x);
       scale[u][h] = pair_of<T>(sc);
       shift[u][h] = pair_of<T>(-sc * ze);
     }
@@ -173,8 +184,10 @@ __device__ __forceinline__ void add_outliers(const uint32_t* __restrict__ outlie
     const float v = __half2float(__ushort_as_half((unsigned short)(entry & 0xffff)));
     if (!xst) {
 #pragma unroll
-      for (int i = 0; i < BM; ++i)
-        if (i < rows) part[i] = fmaf(v, to_float(xs[(int64_t)i * ldx + (entry >> 16)]), part[i]);
+      for (int i = 0; i < BM; ++i) {
+        if (i >= rows) break;
+        part[i] = fmaf(v, to_float(xs[(int64_t)i * ldx + (entry >> 16)]), part[i]);
+      }
       continue;
     }
     const uint4* xc = reinterpret_cast<const uint4*>(xst + (int64_t)(entry >> 16) * Mp);
@@ -379,29 +392,40 @@ __global__ void __launch_bounds__(256, MINB) spqr_gemv_kernel(Args a) {
   };
   if constexpr (!LATE) outliers();
 
-  // Row g of each 8-row tile of X at this lane's 32 positions of a chunk; in place, rows past M read
-  // row 0 (their results are never written) and columns past K read as zero.
-  const T* X[MT];
+  // Row g of each 8-row tile of X at this lane's 32 positions of its first chunk, 8 chunks apart per
+  // step; in place, rows past M read row 0 (their results are never written) and columns past K read
+  // as zero (only the last chunk can hold them).
+  const uint4* X[MT];
 #pragma unroll
   for (int mt = 0; mt < MT; ++mt) {
     const int row = m0 + 8 * mt + g;
-    X[mt] = xs + (int64_t)(xst || row < a.M ? row : 0) * a.ldx + 32 * t;
+    X[mt] = reinterpret_cast<const uint4*>(xs + (int64_t)(xst || row < a.M ? row : 0) * a.ldx +
+                                           (int64_t)(c_begin + warp) * kChunk + 32 * t);
   }
+  constexpr int X_STEP = 8 * kChunk / 8;  // uint4 between a warp's consecutive chunks
+  const int c_whole = (int)(a.kx / kChunk);  // chunks below this one are whole
+  // Two sums per row tile (even and odd tiles): two chains of dependent mma instead of one of 8.
+  float acc2[MT][4] = {};
   for (int c0 = c_begin + warp; c0 < c_end; c0 += 8 * DEPTH) {
 #pragma unroll
     for (int s = 0; s < DEPTH; ++s) {
       const int c = c0 + 8 * s;
       if (c >= c_end) break;
       uint4 xv[MT][4];
-      const bool whole = (int64_t)(c + 1) * kChunk <= a.kx;
-      const int64_t k0 = (int64_t)c * kChunk + 32 * t;
+      if (c < c_whole) {
 #pragma unroll
-      for (int mt = 0; mt < MT; ++mt)
+        for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
-        for (int v = 0; v < 4; ++v)
-          xv[mt][v] = whole || k0 + 8 * v + 8 <= a.kx
-                          ? __ldg(reinterpret_cast<const uint4*>(X[mt] + (int64_t)c * kChunk) + v)
-                          : make_uint4(0, 0, 0, 0);
+          for (int v = 0; v < 4; ++v) xv[mt][v] = __ldg(X[mt] + v);
+      } else {
+        const int64_t k0 = (int64_t)c * kChunk + 32 * t;
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+          for (int v = 0; v < 4; ++v) xv[mt][v] = k0 + 8 * v + 8 <= a.kx ? __ldg(X[mt] + v) : make_uint4(0, 0, 0, 0);
+      }
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt) X[mt] += X_STEP;
       T2 scale[2][2], shift[2][2];
       unit_stats<T>(st[s].codes, st[s].second, scale, shift);
 #pragma unroll
@@ -411,12 +435,16 @@ __global__ void __launch_bounds__(256, MINB) spqr_gemv_kernel(Args a) {
 #pragma unroll
         for (int mt = 0; mt < MT; ++mt) {
           const uint4& xj = xv[mt][j >> 1];
-          mma<T>(acc[mt], af, (j & 1) ? xj.z : xj.x, (j & 1) ? xj.w : xj.y);
+          mma<T>((j & 1) ? acc2[mt] : acc[mt], af, (j & 1) ? xj.z : xj.x, (j & 1) ? xj.w : xj.y);
         }
       }
       if (c + 8 * DEPTH < c_end) st[s].load(wrec + (int64_t)(c + 8 * DEPTH) * 8 * REC, lane);
     }
   }
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+    for (int i = 0; i < 4; ++i) acc[mt][i] += acc2[mt][i];
   if constexpr (LATE) outliers();
 
   // The 8 warps' sums meet in shared memory ([warp][accumulator][lane]: no bank conflicts); warp 0 writes.
@@ -547,16 +575,18 @@ Kernel kernel_of(bool gemv) {
 //     M = 16); 3 and 4 chunks in flight were never faster.
 //  1: spqr_gemv_kernel, 2 chunks in flight per warp, outliers before the dense loop;
 //  2: the same with the outliers after it;
-//  3: 4 chunks in flight (3 for 16 rows of X), outliers after, registers capped for 2 blocks per SM
-//     (at 3 blocks, 80 registers, 4 chunks spilled 250 bytes).
+//  3: 8 rows of X: 2 chunks in flight, outliers after, registers capped for 3 blocks per SM (85)
+//     instead of 4 (64: spills 20-40 bytes); 16 rows: 3 chunks in flight, outliers after. (4 chunks
+//     in flight for 8 rows, capped for 2 blocks per SM, ran 5-22% slower on 11008 x 4096 and 8192²,
+//     4% faster on 4096², H200 2026-12-02.)
 constexpr int kVariants = 4;
 template <int BITS, class T, int MT>
 Kernel kernel_for(int variant) {
-  constexpr int CAP = MT == 1 ? 1 : 2, GCAP = MT == 1 ? 4 : 2, DEEP = MT == 1 ? 4 : 3;
+  constexpr int CAP = MT == 1 ? 1 : 2, GCAP = MT == 1 ? 4 : 2, DEEP = MT == 1 ? 2 : 3, DEEP_CAP = MT == 1 ? 3 : 2;
   switch (variant) {
     case 1: return kernel_of<spqr_gemv_kernel<BITS, T, MT, 2, GCAP, false>>(true);
     case 2: return kernel_of<spqr_gemv_kernel<BITS, T, MT, 2, GCAP, true>>(true);
-    case 3: return kernel_of<spqr_gemv_kernel<BITS, T, MT, DEEP, 2, true>>(true);
+    case 3: return kernel_of<spqr_gemv_kernel<BITS, T, MT, DEEP, DEEP_CAP, true>>(true);
     default: return kernel_of<spqr_tc_kernel<BITS, T, MT, 2, CAP, true>>(false);
   }
 }
@@ -707,8 +737,11 @@ void spqr_product(const SpqrDeviceWeights& W, SpqrDtype dtype, int64_t M, void* 
 }
 
 bool spqr_reads_x_in_place(const SpqrDeviceWeights& W, const void* X, int64_t M, int variant) {
+  // Up to 8 rows: from 9 the outliers' 16 scattered loads of X per entry (one per row, where the
+  // gathered XsT gives them in two 16-byte loads) cost more than the gather saves (H200, 2026-12-02:
+  // 8192² M = 16, 47 us in place against 36 gathered).
   if (variant < 0 || variant >= kVariants) variant = default_variant(M);
-  return !W.perm && W.K % 8 == 0 && (reinterpret_cast<uintptr_t>(X) & 15) == 0 &&
+  return M <= 8 && !W.perm && W.K % 8 == 0 && (reinterpret_cast<uintptr_t>(X) & 15) == 0 &&
          kernel_for(SpqrDtype::f16, W.bits, rows_for(M) / 8, variant).gemv;
 }
 

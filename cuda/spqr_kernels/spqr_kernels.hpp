@@ -2,7 +2,7 @@
 // (native/core/spqr.hpp) repacked once at load time into records made for mma.sync, then
 // Y = X · Wᵀ (+ bias) in one kernel that decodes the dense codes and both levels of statistics in
 // registers, multiplies on the tensor cores with fp32 accumulation, and adds the sparse outliers;
-// with a permutation (or above 16 rows of X) X is first gathered into sweep order by a second launch.
+// with a permutation (or above 8 rows of X) X is first gathered into sweep order by a second launch.
 //
 // The repacked record of 16 output rows × 128 sweep positions (one mma tile column × one chunk):
 //  - the codes, exactly as the GPTQ kernels' record (gptq_kernels/layout.hpp): 256·bits bytes;
@@ -106,7 +106,7 @@ class SpqrDeviceWeights {
 std::unique_ptr<SpqrDeviceWeights> spqr_repack(const SpqrMatrix& host, int device);
 
 // Y [M, N] = X [M, K] · Wᵀ (+ bias [N] f32 on the device, or null), X and Y device memory of
-// `dtype` on W's device, enqueued on `stream` (a cudaStream_t). Up to 16 rows without a permutation
+// `dtype` on W's device, enqueued on `stream` (a cudaStream_t). Up to 8 rows without a permutation
 // (and K a multiple of 8, X 16-byte aligned) one launch that reads X in place; else two (gather,
 // product; the product overlapping the gather on sm_90).
 void spqr_matmul(const SpqrDeviceWeights& W, const void* X, SpqrDtype dtype, int64_t M, void* Y, const float* bias,
