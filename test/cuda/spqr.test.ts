@@ -100,6 +100,9 @@ const SHAPES = [
   [50, 100, 4, 20, 7, true],
   [9, 33, 3, 11, 16, true],
   [300, 1000, 3, 16, 16, true],
+  // No permutation and K a multiple of 8 (not of 128): up to 8 rows the f16/bf16 GEMV reads X in
+  // place (a partial last chunk, rows of its 8-row tile past M, outliers from X's own rows).
+  [120, 1000, 4, 16, 16, false],
 ] as const;
 
 describe.skipIf(!cuda.ok)('SpQR on CUDA', () => {
@@ -130,7 +133,8 @@ describe.skipIf(!cuda.ok)('SpQR on CUDA', () => {
   // tensor-core kernel (β 16×16 shapes, 4-bit statistics, β1 = 32): a mis-placed code or statistic in
   // the repacked records, a group boundary inside a 32-wide slot, K or N padding read as weights, the
   // permutation, an outlier dropped or added twice (row tiles of 8 and 16 rows of X, M = 17 and 33
-  // spanning several), unwritten outputs (poisoned with NaN).
+  // spanning several), unwritten outputs (poisoned with NaN); X read in place without a permutation
+  // (garbage past K or past M entering the sums, outliers read from the wrong row of X).
   it.each(['f16', 'bf16'] as const)('%s activations match the float64 product (spqr-cuda-half)', async (dt) => {
     const rng = new Rng();
     for (const [N, K, bits, beta1, beta2, perm] of SHAPES) {
