@@ -298,6 +298,14 @@ cuda::GptqRepacked random_repacked(int bits, int64_t K, int64_t N, int64_t gs, R
   return R;
 }
 
+// LOWBIT_SWEEP_CONFIGS=name,name,... limits a sweep to those configurations (all when unset).
+bool sweep_includes(const char* name) {
+  const char* only = std::getenv("LOWBIT_SWEEP_CONFIGS");
+  if (!only) return true;
+  const std::string list = std::string(",") + only + ",";
+  return list.find(std::string(",") + name + ",") != std::string::npos;
+}
+
 int run_bench(const char* json_path, bool sweep, int64_t max_m) {
   cudaDeviceProp prop;
   CK(cudaGetDeviceProperties(&prop, 0));
@@ -373,9 +381,13 @@ int run_bench(const char* json_path, bool sweep, int64_t max_m) {
       if (sweep) {
         for (int c = 0; c < cuda::gptq_config_count(); ++c)
           for (int sp : {1, 2, 3, 4, 6, 8, 12, 16}) {
+            if (!sweep_includes(cuda::gptq_config_name(c))) continue;
             if (!dequant && c == config && sp == splits) continue;
             if (M > 64 && sp > 4) continue;  // large M fills the GPU without deep splits
             const double t = time_cfg(c, sp);
+            if (t > 0 && std::getenv("LOWBIT_SWEEP_VERBOSE"))
+              std::printf("  %lld x %lld b%d M%lld %s/%d %.2f\n", (long long)s.K, (long long)s.N, job.bits, (long long)M,
+                          cuda::gptq_config_name(c), sp, t);
             if (t > 0 && t < best) best = t, best_c = c, best_s = sp;
           }
       }
