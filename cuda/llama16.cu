@@ -13,6 +13,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <initializer_list>
 #include <map>
 #include <memory>
@@ -404,6 +405,12 @@ class CudaLlama16 : public LlamaBackend {
     }
     const char* groups = std::getenv("LOWBIT_CUDA_GROUPS");
     groups_ = !(groups && std::string(groups) == "0");
+    const char* fused = std::getenv("LOWBIT_CUDA_FUSED_DECODE");
+    fused_decode_ = !(fused && std::string(fused) == "0");
+    // the fused decode attention's merge counters: one per (row, head), zero between launches
+    merge_counters_ = std::make_unique<DeviceBuffer<uint32_t>>((size_t)(kMaxRows * config_.heads));
+    check(cudaMemsetAsync(merge_counters_->get(), 0, (size_t)(kMaxRows * config_.heads) * 4, stream_), "cudaMemset");
+    sync();
   }
   ~CudaLlama16() override {
     for (auto& g : steps_)
@@ -414,6 +421,7 @@ class CudaLlama16 : public LlamaBackend {
     for (auto e : join_) cudaEventDestroy(e);
     if (timing_.start) cudaEventDestroy(timing_.start);
     if (timing_.stop) cudaEventDestroy(timing_.stop);
+    if (staged_) cudaFreeHost(staged_);
   }
 
   int device() const override { return device_; }
@@ -673,7 +681,7 @@ class CudaLlama16 : public LlamaBackend {
       rows_body(ids_dev, x, bucket, lg);
       if (graphs_) capture_rows(ids_dev, x, bucket, lg, graph);
     }
-    download(logits, lg, count * config_.vocab);
+    download_staged(logits, lg, count * config_.vocab);
     if (replay && timing_.on) timing_.add(bucket, host_start);
   }
 
@@ -741,6 +749,20 @@ class CudaLlama16 : public LlamaBackend {
   void download(T* dst, const T* src, int64_t n) {
     check(cudaMemcpyAsync(dst, src, (size_t)n * sizeof(T), cudaMemcpyDeviceToHost, stream_), "cudaMemcpy D2H");
     sync();
+  }
+  // The same through pinned memory kept by the backend (grown when too small): the copy engine
+  // writes pinned memory straight, where a copy into pageable memory goes through the driver's own
+  // staging in pieces (the decode step's logits: B x vocab floats every step).
+  void download_staged(float* dst, const float* src, int64_t n) {
+    if (n > staged_count_) {
+      if (staged_) cudaFreeHost(staged_);
+      staged_ = nullptr;
+      staged_count_ = 0;
+      check(cudaMallocHost(reinterpret_cast<void**>(&staged_), (size_t)n * sizeof(float)), "cudaMallocHost");
+      staged_count_ = n;
+    }
+    download(staged_, src, n);
+    std::memcpy(dst, staged_, (size_t)n * sizeof(float));
   }
   static float* floats(DeviceScratch& s, int64_t n) { return static_cast<float*>(s.get(n * 4)); }
   static uint16_t* halves(DeviceScratch& s, int64_t n) { return static_cast<uint16_t*>(s.get(n * 2)); }
@@ -829,6 +851,11 @@ class CudaLlama16 : public LlamaBackend {
       int64_t qkv_stride = 0, gu_stride = 0;
       const uint16_t* gu = nullptr;
       bool appended = false;  // this step's keys and values are in the pages already
+      // Decode rows whose RoPE and KV append run inside attention (one fused launch): where the
+      // product left this step's keys and values, and their row strides.
+      bool fresh = false;
+      const uint16_t *fresh_k = nullptr, *fresh_v = nullptr;
+      int64_t fresh_q_stride = 0, fresh_k_stride = 0, fresh_v_stride = 0;
       bool decode_rows() const { return kv && kv->kind == KvTarget::Rows && m.groups_; }
       // Q and Gate run on the main stream (after marking where side streams may start); K, V and Up
       // run on side streams when they are not dense and small (cuBLAS keeps to one stream), else in turn.
@@ -893,6 +920,14 @@ class CudaLlama16 : public LlamaBackend {
           const int64_t qw = c.heads * c.head_dim, page_off = 2 * layer * ops16::kPageTokens * kw;
           const uint16_t* kk = qkv_stride ? q + qw : k;
           const uint16_t* vv = qkv_stride ? q + qw + kw : v;
+          if (m.fused_decode_ && ops16::decode_attention_fusable(c.head_dim)) {
+            fresh = true;
+            fresh_k = kk;
+            fresh_v = vv;
+            fresh_q_stride = qkv_stride ? qkv_stride : qw;
+            fresh_k_stride = fresh_v_stride = qkv_stride ? qkv_stride : kw;
+            return;
+          }
           ops16::rope_append_rows(m.t_, q, qkv_stride ? qkv_stride : qw, kk, qkv_stride ? qkv_stride : kw, vv,
                                   qkv_stride ? qkv_stride : kw, rows, m.pos_->get(), c.heads, c.kv_heads,
                                   c.head_dim / 2, m.inv_freq_->get(), c.rope_scale, m.tables_->get(), m.table_stride_,
@@ -915,6 +950,13 @@ class CudaLlama16 : public LlamaBackend {
         if (kv) {  // append to the pages, then attend over all of the sequence's keys
           const int64_t page_off = 2 * layer * ops16::kPageTokens * kw;
           const bool own_rows = kv->kind == KvTarget::Rows;
+          if (fresh) {
+            ops16::attention_decode_fused(m.t_, q, fresh_q_stride, fresh_k, fresh_k_stride, fresh_v, fresh_v_stride,
+                                          rows, m.pos_->get(), c.heads, c.kv_heads, c.head_dim, m.inv_freq_->get(),
+                                          c.rope_scale, scale, m.tables_->get(), m.table_stride_, page_off, splits,
+                                          partial, m.merge_counters_->get(), kMaxRows * c.heads, out, m.stream_);
+            return;
+          }
           if (!appended)
             ops16::append_kv_paged(k, v, rows, S, kw, m.pos_->get(), own_rows ? 1 : 0, m.tables_->get(),
                                    m.table_stride_, page_off, m.stream_);
@@ -1006,6 +1048,10 @@ class CudaLlama16 : public LlamaBackend {
   // Packed groups and decode rows through one group product with RoPE + KV append in one launch
   // (LOWBIT_CUDA_GROUPS=0: the linears one by one, dense groups at one row only, for comparisons)
   bool groups_ = true;
+  // Decode rows' RoPE, KV append, attention and split merge in one launch (LOWBIT_CUDA_FUSED_DECODE=0:
+  // three, for comparisons), for the head sizes the fused kernel takes.
+  bool fused_decode_ = true;
+  std::unique_ptr<DeviceBuffer<uint32_t>> merge_counters_;
   uint64_t epoch_ = 1;   // bumped by every call that may move a buffer a captured step uses
   std::unique_ptr<DeviceLinearOp> head_;
   // The block's last output (proj_), not yet added into x_: the next block's first norm adds it in
@@ -1018,6 +1064,8 @@ class CudaLlama16 : public LlamaBackend {
   cudaStream_t side_[2] = {nullptr, nullptr};
   cudaEvent_t fork_ = nullptr, join_[2] = {nullptr, nullptr};
   std::vector<float> host_capture_;
+  float* staged_ = nullptr;  // pinned host memory for the decode step's logits (download_staged)
+  int64_t staged_count_ = 0;
 };
 
 }  // namespace

@@ -39,6 +39,27 @@ void launch(void (*kernel)(Params...), dim3 grid, dim3 block, cudaStream_t s, co
   check(cudaGetLastError(), what);
 }
 
+// RoPE at position p for frequency f: cos and sin of f32(f * p), times scale; then one pair (a, b)
+// of a head rotated in f32 and rounded once. Every RoPE kernel (and the fused decode attention)
+// goes through these two functions, with the roundings spelled out (no contraction into fma), so
+// that fused and separate kernels give the same values bit for bit.
+__device__ __forceinline__ void rope_cos_sin(float f, int64_t p, float scale, float& cs, float& sn) {
+  sincosf(__fmul_rn(f, (float)p), &sn, &cs);
+  cs = __fmul_rn(cs, scale);
+  sn = __fmul_rn(sn, scale);
+}
+template <class T>
+__device__ __forceinline__ void rotate_by(float a, float b, float cs, float sn, T& x, T& y) {
+  x = from_f32<T>(__fsub_rn(__fmul_rn(a, cs), __fmul_rn(b, sn)));
+  y = from_f32<T>(__fadd_rn(__fmul_rn(b, cs), __fmul_rn(a, sn)));
+}
+template <class T>
+__device__ __forceinline__ void rotate_pair(float a, float b, float f, int64_t p, float scale, T& x, T& y) {
+  float cs, sn;
+  rope_cos_sin(f, p, scale, cs, sn);
+  rotate_by(a, b, cs, sn, x, y);
+}
+
 template <class T>
 __global__ void k_gather_rows(const T* table, const int32_t* ids, int64_t n, int64_t dim, float* out) {
   const int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
@@ -143,15 +164,8 @@ __global__ void k_rope(T* X, int64_t rows, int64_t S, const int32_t* pos, int64_
   const int64_t e = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
   if (e >= rows * heads * half) return;
   const int64_t i = e % half, h = (e / half) % heads, r = e / (half * heads);
-  const float angle = inv_freq[i] * (float)(*pos + r % S);
-  float sn, cs;
-  sincosf(angle, &sn, &cs);
-  cs *= scale;
-  sn *= scale;
   T* x = X + r * stride + h * 2 * half;
-  const float a = to_f32(x[i]), b = to_f32(x[i + half]);
-  x[i] = from_f32<T>(a * cs - b * sn);
-  x[i + half] = from_f32<T>(b * cs + a * sn);
+  rotate_pair(to_f32(x[i]), to_f32(x[i + half]), inv_freq[i], *pos + r % S, scale, x[i], x[i + half]);
 }
 
 template <class T>
@@ -168,15 +182,9 @@ __global__ void k_rope_qk(T* q, T* k, int64_t rows, int64_t S, const int32_t* po
   const int64_t e = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
   if (e >= rows * heads * half) return;
   const int64_t i = e % half, hh = (e / half) % heads, r = e / (half * heads);
-  const float angle = inv_freq[i] * (float)(pos[(r / S) * pos_stride] + r % S);
-  float sn, cs;
-  sincosf(angle, &sn, &cs);
-  cs *= scale;
-  sn *= scale;
   T* x = hh < q_heads ? q + (r * q_heads + hh) * 2 * half : k + (r * k_heads + hh - q_heads) * 2 * half;
-  const float a = to_f32(x[i]), b = to_f32(x[i + half]);
-  x[i] = from_f32<T>(a * cs - b * sn);
-  x[i + half] = from_f32<T>(b * cs + a * sn);
+  rotate_pair(to_f32(x[i]), to_f32(x[i + half]), inv_freq[i], pos[(r / S) * pos_stride] + r % S, scale, x[i],
+              x[i + half]);
 }
 
 __global__ void k_append_kv(const uint16_t* k, const uint16_t* v, int64_t n, int64_t kw, const int32_t* pos,
@@ -226,18 +234,11 @@ __global__ void k_rope_append_rows(T* q, int64_t q_stride, const T* k, int64_t k
     dst[i + half] = src[i + half];
     return;
   }
-  const float angle = inv_freq[i] * (float)p;
-  float sn, cs;
-  sincosf(angle, &sn, &cs);
-  cs *= scale;
-  sn *= scale;
   const bool is_q = hh < q_heads;
   T* x = is_q ? q + r * q_stride + hh * 2 * half : nullptr;
   const T* src = is_q ? x : k + r * k_stride + (hh - q_heads) * 2 * half;
   T* dst = is_q ? x : page + (hh - q_heads) * 2 * half;
-  const float a = to_f32(src[i]), b = to_f32(src[i + half]);
-  dst[i] = from_f32<T>(a * cs - b * sn);
-  dst[i + half] = from_f32<T>(b * cs + a * sn);
+  rotate_pair(to_f32(src[i]), to_f32(src[i + half]), inv_freq[i], p, scale, dst[i], dst[i + half]);
 }
 
 // Keys and values 0 .. len-1 of one sequence's pages (table) into contiguous kc, vc [len, kw].
@@ -401,23 +402,23 @@ __global__ void __launch_bounds__(kAttnWarps * 32)
   }
 }
 
-// One block per (row, head): merges the splits' (m, l, acc) into the output. The first warp turns
-// each split's (m, l) into its weight 2^(m - M) / L (lanes over the splits), then each thread sums
-// its dims' partial outputs with those weights: one pass of independent loads (recomputing M and L
-// in every thread, with a loop of dependent steps each, made this kernel cost more than attention).
+// Merges one (row, head)'s splits: p holds each split's (m, l, acc) [splits][hd + 2], out its hd
+// outputs; run by a whole block (all its threads call it), `weight` kMaxSplits floats of shared
+// memory. The first warp turns each split's (m, l) into its weight 2^(m - M) / L (lanes over the
+// splits), then each thread sums its dims' partial outputs with those weights: one pass of
+// independent loads (recomputing M and L in every thread, with a loop of dependent steps each, made
+// the merge cost more than attention). Loads bypass L1 (__ldcg): in the fused decode kernel other
+// blocks wrote p during this kernel.
 template <class T>
-__global__ void k_attention_merge(const float* partial, int64_t heads, int64_t hd, int splits, T* out) {
-  __shared__ float weight[kMaxSplits];
-  const size_t rh = (size_t)blockIdx.x * heads + blockIdx.y;
-  const float* p = partial + rh * splits * (hd + 2);
+__device__ __forceinline__ void merge_splits(const float* p, int64_t hd, int splits, T* out, float* weight) {
   if (threadIdx.x < 32) {
     const int lane = threadIdx.x;
     float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};  // splits lane and lane + 32
 #pragma unroll
     for (int u = 0; u < 2; ++u)
       if (lane + 32 * u < splits) {
-        m[u] = p[(lane + 32 * u) * (hd + 2)];
-        l[u] = p[(lane + 32 * u) * (hd + 2) + 1];
+        m[u] = __ldcg(p + (lane + 32 * u) * (hd + 2));
+        l[u] = __ldcg(p + (lane + 32 * u) * (hd + 2) + 1);
       }
     float M = fmaxf(m[0], m[1]);
     for (int off = 16; off; off >>= 1) M = fmaxf(M, __shfl_xor_sync(0xffffffffu, M, off));
@@ -431,9 +432,18 @@ __global__ void k_attention_merge(const float* partial, int64_t heads, int64_t h
   __syncthreads();
   for (int64_t d = threadIdx.x; d < hd; d += blockDim.x) {
     float o = 0.f;
-    for (int s = 0; s < splits; ++s) o = fmaf(p[s * (hd + 2) + 2 + d], weight[s], o);
-    out[rh * hd + d] = from_f32<T>(o);
+#pragma unroll 8
+    for (int s = 0; s < splits; ++s) o = fmaf(__ldcg(p + s * (hd + 2) + 2 + d), weight[s], o);
+    out[d] = from_f32<T>(o);
   }
+}
+
+// One block per (row, head): merges the splits' (m, l, acc) into the output.
+template <class T>
+__global__ void k_attention_merge(const float* partial, int64_t heads, int64_t hd, int splits, T* out) {
+  __shared__ float weight[kMaxSplits];
+  const size_t rh = (size_t)blockIdx.x * heads + blockIdx.y;
+  merge_splits(partial + rh * splits * (hd + 2), hd, splits, out + rh * hd, weight);
 }
 
 // Eight 16-bit values (one 16-byte load) as f32.
@@ -454,17 +464,57 @@ __device__ __forceinline__ void widen8(const uint4& w, const __nv_bfloat16*, flo
   }
 }
 
+// What the fused decode kernel (FUSED) takes besides k_attention_decode's arguments: this step's
+// keys and values as the q/k/v product left them (row r at k + r * k_stride, before RoPE), RoPE's
+// frequencies and scale, and one zeroed counter per (row, head) for the split merge.
+template <class T>
+struct FreshKeys {
+  const T* k;
+  int64_t k_stride;
+  const T* v;
+  int64_t v_stride;
+  const float* inv_freq;
+  float rope_scale;
+  uint32_t* counters;
+};
+
+// RoPE on 16-bit values as lane t of a key group holds them (x[v]: dims 8(t + 4v) .. +7, v < VPL):
+// dim i pairs with i + HD/2, which is the same lane's x[v + VPL/2]. cs, sn: the block's cosines and
+// sines (shared memory, HD/2 each). Rounded to T, as the separate kernels store them.
+template <class T, int VPL>
+__device__ __forceinline__ void rotate_lane(uint4 (&x)[VPL], int t, const float* cs, const float* sn) {
+#pragma unroll
+  for (int v = 0; v < VPL / 2; ++v) {
+    float a[8], b[8];
+    widen8(x[v], (const T*)nullptr, a);
+    widen8(x[v + VPL / 2], (const T*)nullptr, b);
+    alignas(16) T ra[8], rb[8];
+#pragma unroll
+    for (int e = 0; e < 8; ++e) rotate_by(a[e], b[e], cs[8 * (t + 4 * v) + e], sn[8 * (t + 4 * v) + e], ra[e], rb[e]);
+    x[v] = *reinterpret_cast<const uint4*>(ra);
+    x[v + VPL / 2] = *reinterpret_cast<const uint4*>(rb);
+  }
+}
+
 // Decode attention over paged caches for head sizes 32·VPL (64, 128, 256): one block of 4 warps per
 // (row, head, split of the keys), as k_attention, but each key is read by a group of 4 lanes with
 // 16-byte loads (lane t of the group holds dims 8(t + 4v) .. +7 for v < VPL), so a warp scores 8 keys
 // per step and loads each key's and value's row whole, both issued before either is used (k_attention
 // loads 2-byte values one by one, each key's reduction across the whole warp: latency-bound at B >= 8).
 // The 8 groups of a warp share its running max; each keeps its own sum and output, added up at the end.
-template <class T, int VPL>
-__global__ void __launch_bounds__(kAttnWarps * 32)
-    k_attention_decode(const T* Q, int64_t q_stride, const int32_t* pos, const T* const* tables, int64_t table_stride,
+// FUSED (a decode step's one launch for what k_rope_append_rows, this kernel and k_attention_merge do
+// apart): q is read before RoPE and rotated in registers; this step's key (position pos[r]) is
+// taken from the product's row and rotated where it is scored, and the first query head of each KV
+// head writes it and its value into the page (no block reads that slot in this launch); with
+// several splits, the last block of a (row, head) to finish (a counter per pair, left at zero
+// again) merges them.
+// (At most 128 registers for head sizes up to 128: 4 blocks per multiprocessor, the grid that
+// attention_splits plans; the fused kernel took 154 unbounded, 3 blocks, two waves of them.)
+template <class T, int VPL, bool FUSED>
+__global__ void __launch_bounds__(kAttnWarps * 32, VPL <= 4 ? 4 : 1)
+    k_attention_decode(const T* Q, int64_t q_stride, const int32_t* pos, T* const* tables, int64_t table_stride,
                        int64_t page_off, int64_t heads, int64_t kv_heads, float scale_log2, int splits, float* partial,
-                       T* out) {
+                       T* out, FreshKeys<T> fresh) {
   constexpr int HD = 32 * VPL;
   __shared__ float sm[kAttnWarps], sl[kAttnWarps];
   __shared__ float sacc[kAttnWarps][HD];
@@ -473,24 +523,54 @@ __global__ void __launch_bounds__(kAttnWarps * 32)
   const int64_t len = pos[r] + 1;
   const int64_t kvh = h / (heads / kv_heads), kw = kv_heads * HD;
   const int64_t chunk = (len + splits - 1) / splits, j0 = split * chunk, j1 = min(len, j0 + chunk);
-  const T* const* table = tables + r * table_stride;
+  T* const* table = tables + r * table_stride;
   const T* q = Q + r * q_stride + h * HD;
+  // FUSED: the cosines and sines of this step's position, once per block
+  __shared__ float rope_cs[FUSED ? HD / 2 : 1], rope_sn[FUSED ? HD / 2 : 1];
+  if (FUSED) {
+    for (int i = threadIdx.x; i < HD / 2; i += blockDim.x)
+      rope_cos_sin(fresh.inv_freq[i], len - 1, fresh.rope_scale, rope_cs[i], rope_sn[i]);
+    __syncthreads();
+  }
   float qv[VPL][8], acc[VPL][8];
+  {
+    uint4 qr[VPL];
 #pragma unroll
-  for (int v = 0; v < VPL; ++v) {
-    widen8(*reinterpret_cast<const uint4*>(q + 8 * (t + 4 * v)), q, qv[v]);
+    for (int v = 0; v < VPL; ++v) qr[v] = *reinterpret_cast<const uint4*>(q + 8 * (t + 4 * v));
+    if (FUSED) rotate_lane<T, VPL>(qr, t, rope_cs, rope_sn);
+#pragma unroll
+    for (int v = 0; v < VPL; ++v) widen8(qr[v], q, qv[v]);
+  }
+#pragma unroll
+  for (int v = 0; v < VPL; ++v)
 #pragma unroll
     for (int e = 0; e < 8; ++e) {
       qv[v][e] *= scale_log2;
       acc[v][e] = 0.f;
     }
-  }
   float m = -INFINITY, l = 0.f;
   for (int64_t jb = j0 + (int64_t)warp * 8; jb < j1; jb += kAttnWarps * 8) {
     const int64_t j = jb + lane / 4;
     const bool valid = j < j1;
     uint4 kr[VPL], vr[VPL];
-    if (valid) {
+    if (FUSED && valid && j == len - 1) {  // this step's token: from the product's row
+      const T* key = fresh.k + r * fresh.k_stride + kvh * HD;
+      const T* value = fresh.v + r * fresh.v_stride + kvh * HD;
+#pragma unroll
+      for (int v = 0; v < VPL; ++v) {
+        kr[v] = *reinterpret_cast<const uint4*>(key + 8 * (t + 4 * v));
+        vr[v] = *reinterpret_cast<const uint4*>(value + 8 * (t + 4 * v));
+      }
+      rotate_lane<T, VPL>(kr, t, rope_cs, rope_sn);
+      if (h % (heads / kv_heads) == 0) {
+        T* slot = table[j / kPageTokens] + page_off + (j % kPageTokens) * kw + kvh * HD;
+#pragma unroll
+        for (int v = 0; v < VPL; ++v) {
+          *reinterpret_cast<uint4*>(slot + 8 * (t + 4 * v)) = kr[v];
+          *reinterpret_cast<uint4*>(slot + kPageTokens * kw + 8 * (t + 4 * v)) = vr[v];
+        }
+      }
+    } else if (valid) {
       const T* key = table[j / kPageTokens] + page_off + (j % kPageTokens) * kw + kvh * HD;
       const T* value = key + kPageTokens * kw;
 #pragma unroll
@@ -567,15 +647,27 @@ __global__ void __launch_bounds__(kAttnWarps * 32)
     partial[(rh * splits + split) * (HD + 2)] = M;
     partial[(rh * splits + split) * (HD + 2) + 1] = L;
   }
+  if (!FUSED || splits == 1) return;
+  // The last of the pair's blocks merges: each publishes its partial (fence) before counting itself.
+  __shared__ bool last;
+  __shared__ float weight[kMaxSplits];
+  __threadfence();
+  __syncthreads();
+  if (threadIdx.x == 0) last = atomicAdd(fresh.counters + rh, 1u) == (uint32_t)splits - 1;
+  __syncthreads();
+  if (!last) return;
+  __threadfence();
+  merge_splits(partial + rh * splits * (HD + 2), HD, splits, out + rh * HD, weight);
+  if (threadIdx.x == 0) fresh.counters[rh] = 0;  // ready for the next launch (a graph replays it)
 }
 
 template <class T, int VPL>
-void attention_decode_t(const T* Q, int64_t q_stride, int64_t rows, const int32_t* pos, const T* const* tables,
+void attention_decode_t(const T* Q, int64_t q_stride, int64_t rows, const int32_t* pos, T* const* tables,
                         int64_t table_stride, int64_t page_off, int64_t heads, int64_t kv_heads, float scale, int splits,
                         float* partial, T* out, cudaStream_t s) {
-  launch(k_attention_decode<T, VPL>, dim3((unsigned)rows, (unsigned)heads, (unsigned)splits), dim3(kAttnWarps * 32),
-             s, "attention launch", Q, q_stride, pos, tables, table_stride, page_off, heads, kv_heads, scale * kLog2e,
-             splits, partial, out);
+  launch(k_attention_decode<T, VPL, false>, dim3((unsigned)rows, (unsigned)heads, (unsigned)splits),
+         dim3(kAttnWarps * 32), s, "attention launch", Q, q_stride, pos, tables, table_stride, page_off, heads,
+         kv_heads, scale * kLog2e, splits, partial, out, FreshKeys<T>{});
   if (splits > 1)
     launch(k_attention_merge<T>, dim3((unsigned)rows, (unsigned)heads), dim3(128), s, "attention merge launch",
                partial, heads, (int64_t)(32 * VPL), splits, out);
@@ -976,7 +1068,7 @@ void attention_paged(DType t, const uint16_t* Q, int64_t rows, const int32_t* po
     using T = std::remove_pointer_t<decltype(tag)>;
     const T* q = reinterpret_cast<const T*>(Q);
     T* o = reinterpret_cast<T*>(out);
-    const T* const* tb = reinterpret_cast<const T* const*>(tables);
+    T* const* tb = reinterpret_cast<T* const*>(tables);
     const int64_t qs = q_stride;
     const int64_t q_rows = q_stride ? q_stride : heads * hd;
     if (vector_decode_attention() && (hd == 64 || hd == 128 || hd == 256)) {
@@ -997,9 +1089,39 @@ void attention_paged(DType t, const uint16_t* Q, int64_t rows, const int32_t* po
   });
 }
 
+bool decode_attention_fusable(int64_t hd) { return vector_decode_attention() && (hd == 64 || hd == 128 || hd == 256); }
+
+void attention_decode_fused(DType t, const uint16_t* q, int64_t q_stride, const uint16_t* k, int64_t k_stride,
+                            const uint16_t* v, int64_t v_stride, int64_t rows, const int32_t* pos, int64_t heads,
+                            int64_t kv_heads, int64_t hd, const float* inv_freq, float rope_scale, float scale,
+                            uint16_t* const* tables, int64_t table_stride, int64_t page_off, int splits, float* partial,
+                            uint32_t* counters, int64_t counter_count, uint16_t* out, cudaStream_t s) {
+  require(decode_attention_fusable(hd), "E_INTERNAL", "the fused decode attention takes head_dim 64, 128 or 256");
+  require(kv_heads >= 1 && heads % kv_heads == 0, "E_INTERNAL", "attention: heads a multiple of kv_heads");
+  require(splits >= 1 && splits <= kMaxSplits && (splits == 1 || (partial != nullptr && counters != nullptr)),
+          "E_INTERNAL", "attention splits: 1 to 64, with scratch and counters");
+  require(splits == 1 || rows * heads <= counter_count, "E_INTERNAL", "attention: a merge counter per (row, head)");
+  with_type(t, [&](auto* tag) {
+    using T = std::remove_pointer_t<decltype(tag)>;
+    const FreshKeys<T> fresh{reinterpret_cast<const T*>(k), k_stride, reinterpret_cast<const T*>(v), v_stride,
+                             inv_freq, rope_scale, counters};
+    auto run = [&](auto vpl) {
+      launch(k_attention_decode<T, decltype(vpl)::value, true>, dim3((unsigned)rows, (unsigned)heads, (unsigned)splits),
+             dim3(kAttnWarps * 32), s, "fused decode attention launch", reinterpret_cast<const T*>(q), q_stride, pos,
+             reinterpret_cast<T* const*>(tables), table_stride, page_off, heads, kv_heads, scale * kLog2e, splits,
+             partial, reinterpret_cast<T*>(out), fresh);
+    };
+    if (hd == 64) run(std::integral_constant<int, 2>{});
+    else if (hd == 128) run(std::integral_constant<int, 4>{});
+    else run(std::integral_constant<int, 8>{});
+  });
+}
+
 int attention_splits(int64_t rows, int64_t heads, int64_t longest, int multiprocessors) {
-  // Enough blocks to give every multiprocessor about four, each range at least 64 keys long.
-  const int64_t want = ceil_div(4 * (int64_t)std::max(multiprocessors, 1), rows * heads);
+  // About four blocks for every multiprocessor, as many as run at once (k_attention_decode's
+  // launch bounds), not more: one more split than fit (ceil) left a second wave of a few blocks,
+  // the whole kernel's latency again. Each range at least 64 keys long.
+  const int64_t want = 4 * (int64_t)std::max(multiprocessors, 1) / (rows * heads);
   return (int)std::max<int64_t>(1, std::min<int64_t>({want, ceil_div(longest, 64), kMaxSplits}));
 }
 

@@ -95,6 +95,18 @@ void attention_paged(DType t, const uint16_t* Q, int64_t rows, const int32_t* po
                      int64_t table_stride, int64_t page_off, int64_t heads, int64_t kv_heads, int64_t hd, float scale,
                      int splits, float* partial, uint16_t* out, cudaStream_t s, int64_t q_stride = 0);
 
+// A decode step's attention in one launch: what rope_append_rows, attention_paged and the split
+// merge do apart, value for value. q, k, v as the q/k/v product left them (before RoPE; row r at
+// q + r * q_stride, ...); q is not written. The merge's counters: rows * heads uint32 (at most
+// counter_count), zero before the call and left zero after it. Only for head sizes
+// decode_attention_fusable accepts (64, 128, 256, unless LOWBIT_CUDA_ATTN=0).
+bool decode_attention_fusable(int64_t hd);
+void attention_decode_fused(DType t, const uint16_t* q, int64_t q_stride, const uint16_t* k, int64_t k_stride,
+                            const uint16_t* v, int64_t v_stride, int64_t rows, const int32_t* pos, int64_t heads,
+                            int64_t kv_heads, int64_t hd, const float* inv_freq, float rope_scale, float scale,
+                            uint16_t* const* tables, int64_t table_stride, int64_t page_off, int splits, float* partial,
+                            uint32_t* counters, int64_t counter_count, uint16_t* out, cudaStream_t s);
+
 }  // namespace ops16
 }  // namespace cuda
 }  // namespace lowbit

@@ -242,6 +242,51 @@ describe.skipIf(!cuda.ok)(`16-bit attention on odd shapes (skipped without a GPU
     );
   });
 
+  // The decode step's RoPE, KV append, attention and split merge run as one launch (head sizes 64,
+  // 128, 256; the shapes of 64 and 128 here) or as three kernels (LOWBIT_CUDA_FUSED_DECODE=0, read
+  // when a model is made): the same values bit for bit, for one session and for three sessions of
+  // different lengths batched (a bucket of 4 with a padding row), over steps that cross pages and
+  // leave some key splits empty (7 splits of a few keys at the 3-token session's start). Catches a
+  // fresh key or query rotated differently, the new key or value written to the wrong slot or not at
+  // all (later steps read it back from the page), a merge done by the wrong block or missing, and a
+  // merge counter not left at zero (the next replay would merge early or never).
+  describe.each(Object.entries(shapes).filter(([, sh]) => [64, 128, 256].includes(sh.headDim)))('%s', (_, shape) => {
+    it.each(HALVES)('%s: fused decode attention equals the separate kernels bit for bit', async (dt) => {
+      const fused = await build(shape, dt, seed + 3);
+      process.env.LOWBIT_CUDA_FUSED_DECODE = '0';
+      const apart = await build(shape, dt, seed + 3);
+      delete process.env.LOWBIT_CUDA_FUSED_DECODE;
+      const ids = randomIds(300, shape.vocab, 11);
+      const prompts = [37, 90, 3];
+      const run = async (m: Model): Promise<Float32Array[]> => {
+        const sessions: Session[] = [];
+        const out: Float32Array[] = [];
+        for (const n of prompts) {
+          const s = await m.createSession(300);
+          out.push(await s.feed(ids.subarray(0, n)));
+          sessions.push(s);
+        }
+        for (let step = 0; step < 40; step++) {
+          out.push(await sessions[0]!.feed(ids.subarray(100 + step, 101 + step)));
+          out.push(
+            await m.feedBatch(
+              sessions,
+              Int32Array.from(sessions, (_, b) => ids[200 + 3 * step + b]!),
+            ),
+          );
+        }
+        for (const s of sessions) s.close();
+        return out;
+      };
+      const got = await run(fused);
+      const want = await run(apart);
+      expect(got.length).toBe(want.length);
+      got.forEach((g, i) => expect(Array.from(g), `output ${i}`).toEqual(Array.from(want[i]!)));
+      await fused.close();
+      await apart.close();
+    });
+  });
+
   // Block 0: gate, up, k and v packed (gate on the main stream, k, v and up on side streams, joined
   // before RoPE and SwiGLU; their dense groups dissolved); block 1: q replaced by other dense weights
   // (rewritten in place in its q/k/v group). Prefill and graph-replayed decode steps against f32.
