@@ -161,9 +161,11 @@ for (const kind of KINDS) {
       sessions.push(s);
     }
     const step = (i) => Int32Array.from(sessions, (_, b) => (ids[CONTEXT + i] + b) % shape.vocab);
-    await model.feedBatch(sessions, step(0)); // warm-up
+    // one logits array for every step, as a serving loop keeps (src/serve/scheduler.ts)
+    const logits = new Float32Array(B * shape.vocab);
+    await model.feedBatch(sessions, step(0), logits); // warm-up
     const t = performance.now();
-    for (let i = 1; i < DECODE; i++) await model.feedBatch(sessions, step(i));
+    for (let i = 1; i < DECODE; i++) await model.feedBatch(sessions, step(i), logits);
     const decodeS = (performance.now() - t) / 1000;
     const tokS = (B * (DECODE - 1)) / decodeS;
     const kv = model.kvCache;

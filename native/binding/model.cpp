@@ -374,7 +374,7 @@ class NativeModel : public Napi::ObjectWrap<NativeModel> {
       check_length(out.length, outn, "out");
       auto bufs = std::make_unique<CallBuffers>(true);
       const float* hp = bufs->input(Span<float>{hidden.data, in});
-      float* op = bufs->output(info[2], Span<float>{out.data, outn}, "out");
+      float* op = bufs->output(info[2], Span<float>{out.data, outn}, "out", false, true);
       return Queue(info, [=](model::LlamaBackend& b) { b.head(hp, rows, op); }, std::move(bufs), false);
     });
   }
@@ -478,7 +478,7 @@ class NativeModel : public Napi::ObjectWrap<NativeModel> {
       auto seq = handle_->sequence(id);
       auto bufs = std::make_unique<CallBuffers>(true);
       const int32_t* ip = bufs->input(ids);
-      float* op = bufs->output(info[2], Span<float>{out.data, config_.vocab}, "out");
+      float* op = bufs->output(info[2], Span<float>{out.data, config_.vocab}, "out", false, true);
       const int64_t n = ids.length;
       return Queue(
           info,
@@ -507,7 +507,7 @@ class NativeModel : public Napi::ObjectWrap<NativeModel> {
       for (int64_t i = 0; i < count; ++i) seqs->push_back(handle_->sequence(seq_ids.data[i]));
       auto bufs = std::make_unique<CallBuffers>(true);
       const int32_t* ip = bufs->input(ids);
-      float* op = bufs->output(info[2], Span<float>{out.data, outn}, "out");
+      float* op = bufs->output(info[2], Span<float>{out.data, outn}, "out", false, true);
       auto lengths = std::make_shared<std::vector<int32_t>>((size_t)count);
       return Queue(
           info,

@@ -10,7 +10,9 @@
 #include <cstring>
 #include <functional>
 #include <memory>
+#include <mutex>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "../core/common.hpp"
@@ -105,6 +107,59 @@ inline Napi::Object object_arg(const Napi::CallbackInfo& info, size_t i, const c
   return info[i].As<Napi::Object>();
 }
 
+// Host buffers that outputs written whole (CallBuffers::output with `whole`) borrow for one call
+// and give back when the call's buffers go: a decode step's B x vocab logits then land in memory
+// already mapped, where a fresh allocation of megabytes is fresh pages from the kernel, faulted in
+// and zeroed by it on first touch, every step. At most kKeep buffers of
+// at most kKeepBytes together stay between calls; a borrowed buffer is the call's alone until the
+// call's CallBuffers is destroyed.
+class HostBufferPool {
+ public:
+  static std::shared_ptr<void> borrow(size_t bytes) {
+    HostBufferPool& p = instance();
+    std::unique_ptr<unsigned char[]> buf;
+    size_t size = 0;
+    {
+      std::lock_guard<std::mutex> lock(p.mutex_);
+      // the smallest free buffer that is large enough
+      auto best = p.free_.end();
+      for (auto it = p.free_.begin(); it != p.free_.end(); ++it)
+        if (it->second >= bytes && (best == p.free_.end() || it->second < best->second)) best = it;
+      if (best != p.free_.end()) {
+        buf = std::move(best->first);
+        size = best->second;
+        p.kept_ -= size;
+        p.free_.erase(best);
+      }
+    }
+    if (!buf) {
+      buf.reset(new unsigned char[bytes ? bytes : 1]);
+      size = bytes;
+    }
+    unsigned char* raw = buf.release();
+    return std::shared_ptr<void>(raw, [size](void* q) { instance().give_back(static_cast<unsigned char*>(q), size); });
+  }
+
+ private:
+  static constexpr size_t kKeep = 4;
+  static constexpr size_t kKeepBytes = size_t(64) << 20;
+  static HostBufferPool& instance() {
+    static HostBufferPool* pool = new HostBufferPool();  // never destroyed: buffers may return at exit
+    return *pool;
+  }
+  void give_back(unsigned char* q, size_t size) {
+    std::unique_ptr<unsigned char[]> buf(q);
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (free_.size() < kKeep && kept_ + size <= kKeepBytes) {
+      free_.emplace_back(std::move(buf), size);
+      kept_ += size;
+    }
+  }
+  std::mutex mutex_;
+  std::vector<std::pair<std::unique_ptr<unsigned char[]>, size_t>> free_;
+  size_t kept_ = 0;
+};
+
 // The memory a call works on (issue 8). JavaScript may transfer or detach a typed array the moment a
 // call returns (structuredClone(buf, {transfer: [buf]}), postMessage), which frees its memory, and a
 // SharedArrayBuffer may change under us at any time. So:
@@ -138,11 +193,14 @@ class CallBuffers {
   }
 
   // An output array of the caller, `array` being the value `s` was read from. With `in_place` the
-  // native buffer starts as a copy of the array (the call updates it in place).
+  // native buffer starts as a copy of the array (the call updates it in place). With `whole` the
+  // call writes every element before it succeeds (and nothing is copied back when it fails), so the
+  // native buffer need not be zeroed first and is borrowed from HostBufferPool (a decode step's
+  // logits: B x vocab floats every step).
   template <class T>
-  T* output(const Napi::Value& array, const Span<T>& s, const char* name, bool in_place = false) {
+  T* output(const Napi::Value& array, const Span<T>& s, const char* name, bool in_place = false, bool whole = false) {
     if (!async_) return s.data;
-    T* buf = in_place ? copy(s) : fresh<T>(s.length);
+    T* buf = in_place ? copy(s) : whole ? uninitialized<T>(s.length) : fresh<T>(s.length);
     targets_.push_back(Target{Napi::Persistent(array), typed_array_kind<T>(), buf, (size_t)s.length * sizeof(T), name});
     return buf;
   }
@@ -177,6 +235,13 @@ class CallBuffers {
   }
 
  private:
+  template <class T>
+  T* uninitialized(int64_t n) {
+    static_assert(std::is_trivial<T>::value, "an uninitialized buffer holds plain values");
+    std::shared_ptr<void> buf = HostBufferPool::borrow((size_t)n * sizeof(T));
+    owned_.push_back(buf);
+    return static_cast<T*>(buf.get());
+  }
   template <class T>
   T* copy(const Span<T>& s) {
     auto buf = std::make_shared<std::vector<T>>(s.data, s.data + s.length);

@@ -4,6 +4,7 @@
  * calibration: embed → runBlock(0..L-1) → head, with the weights of any block set, replaced (one
  * linear at a time, dense or packed) or dropped individually. See docs/ARCHITECTURE.md, "Forward pass".
  */
+import { Buffer } from 'node:buffer';
 import { existsSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { LowbitError, invalidArgument } from '../errors.js';
@@ -544,9 +545,10 @@ export class Model {
    * that predict each one's next token, row i for session i. Equal to feeding each session alone
    * (greedy-identical; on the CPU the same logits). Every session must belong to this model, be
    * open, appear once and have room for one more token (E_ARGUMENT / E_CLOSED otherwise, before any
-   * session changes).
+   * session changes). `out` (length sessions.length × vocab), when given, receives the logits and is
+   * returned: a serving loop that reuses one array saves allocating B × vocab floats every step.
    */
-  async feedBatch(sessions: readonly Session[], ids: Int32Array): Promise<Float32Array> {
+  async feedBatch(sessions: readonly Session[], ids: Int32Array, out?: Float32Array): Promise<Float32Array> {
     this.native();
     if (!Array.isArray(sessions) || sessions.length === 0)
       invalidArgument('sessions', 'a non-empty array of Sessions', sessions);
@@ -569,16 +571,19 @@ export class Model {
         );
     });
     this.checkIds(ids);
-    const out = new Float32Array(sessions.length * this.vocabSize);
+    const n = sessions.length * this.vocabSize;
+    if (out !== undefined && !(out instanceof Float32Array && out.length === n))
+      invalidArgument('out', `a Float32Array of sessions.length × vocab (${n}) values`, out);
+    const logits = out ?? logitsArray(n);
     const lengths = await call(() =>
       this.native().decodeBatch(
         Int32Array.from(sessions, (s) => s.nativeId),
         ids,
-        out,
+        logits,
       ),
     );
     sessions.forEach((s, i) => (s.length = lengths[i]!));
-    return out;
+    return logits;
   }
 
   /**
@@ -606,6 +611,16 @@ export class Model {
   get cacheBytes(): number {
     return this.handle.cacheBytes();
   }
+}
+
+/**
+ * A Float32Array of n values for a decode step's logits, not zeroed first: the native call writes
+ * every value before it resolves (a failed call's array is dropped unseen), so zeroing B x vocab
+ * floats each step would be work thrown away.
+ */
+function logitsArray(n: number): Float32Array {
+  const bytes = Buffer.allocUnsafeSlow(n * 4); // its own ArrayBuffer, at offset 0
+  return new Float32Array(bytes.buffer, bytes.byteOffset, n);
 }
 
 /**
@@ -660,7 +675,7 @@ export class Session {
         `the session holds ${this.length} of ${this.capacity} tokens; ${ids.length} more do not fit`,
       );
     }
-    const out = new Float32Array(this.model.vocabSize);
+    const out = logitsArray(this.model.vocabSize);
     this.length = await call(() => this.handle.decode(this.id, ids, out));
     return out;
   }

@@ -175,6 +175,7 @@ export class Scheduler {
   private reservedTokens = 0;
   /** the KV pool refused a prefill: admit nothing more until a running sequence ends */
   private poolFull = false;
+  private logitsOut: Float32Array | undefined; // decode steps' logits, reused (decodeStep)
   private looping = false;
   private idle: Promise<void> = Promise.resolve();
   private closed = false;
@@ -373,9 +374,13 @@ export class Scheduler {
     for (const r of batch) r.inFlight = true;
     let logits: Float32Array;
     try {
+      // one array for every step's logits (a step's are read before the next step starts)
+      const n = batch.length * this.model.vocabSize;
+      if (!this.logitsOut || this.logitsOut.length < n) this.logitsOut = new Float32Array(n);
       logits = await this.model.feedBatch(
         batch.map((r) => r.session!),
         ids,
+        this.logitsOut.subarray(0, n),
       );
     } catch (err) {
       // the step's sessions are in an unknown state: its requests end with the error, the others go on

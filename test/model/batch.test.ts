@@ -90,6 +90,35 @@ describe(`feedBatch on stories260K (${testDevice})`, () => {
     for (const s of sessions) s.close();
   });
 
+  test('feedBatch writes the logits into a given out array; a step after a larger one is exact', async () => {
+    // catches: `out` ignored or returned unfilled, an `out` of the wrong length accepted (a short
+    // write or one past its end), and a reused native output buffer (the binding keeps the last
+    // step's, which held 3 rows) leaking an earlier step's values into a smaller step's rows
+    const V = model.vocabSize;
+    const open = async (): Promise<Session> => {
+      const s = await model.createSession(64);
+      await s.feed(text.subarray(0, 9));
+      return s;
+    };
+    const [a, b, c, a2, b2] = [await open(), await open(), await open(), await open(), await open()];
+    await expect(model.feedBatch([a], Int32Array.of(3), new Float32Array(V + 1))).rejects.toMatchObject({
+      code: 'E_ARGUMENT',
+    });
+    await expect(
+      model.feedBatch([a], Int32Array.of(3), new Float64Array(V) as unknown as Float32Array),
+    ).rejects.toMatchObject({ code: 'E_ARGUMENT' });
+    expect(a.length).toBe(9); // nothing was fed
+    await model.feedBatch([a, b, c], Int32Array.of(3, 4, 5));
+    const out = new Float32Array(2 * V).fill(Number.NaN);
+    const got = await model.feedBatch([a, b], Int32Array.of(6, 7), out);
+    expect(got).toBe(out);
+    // the same two histories, without `out` and never in a batch of three
+    await model.feedBatch([a2, b2], Int32Array.of(3, 4));
+    const want = await model.feedBatch([a2, b2], Int32Array.of(6, 7));
+    expect(relMax(got, want)).toBeLessThanOrEqual(1e-5);
+    for (const s of [a, b, c, a2, b2]) s.close();
+  });
+
   test('feedBatch rejects foreign, closed, repeated and full sessions before changing any', async () => {
     // catches: a check missing from the batched path (a session of another model reaching the
     // native side, a full session overflowing its cache, a session advanced twice in one step)
