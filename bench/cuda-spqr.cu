@@ -4,7 +4,8 @@
 //
 //   nvcc -O3 -std=c++17 -gencode arch=compute_90,code=sm_90 --expt-relaxed-constexpr bench/cuda-spqr.cu \
 //     cuda/spqr_kernels/gemm.cu cuda/spqr_kernels/repack.cu cuda/gptq_kernels/gemm.cu \
-//     cuda/gptq_kernels/repack.cu cuda/linalg.cu cuda/device.cu $(ls native/core/*.cpp) -o cuda-spqr -ldl
+//     cuda/gptq_kernels/dequant.cu cuda/gptq_kernels/repack.cu cuda/linalg.cu cuda/device.cu \
+//     $(ls native/core/*.cpp native/core/cpu_gptq/*.cpp) -o cuda-spqr -ldl   (or bench/device.sh --build-only)
 //   cuda-spqr one N K bits M  three products of one shape, then three of GPTQ g128 (for ncu)
 //   cuda-spqr repack          the repack round trip alone (no GPU needed)
 //   cuda-spqr check           every bit width, dtype, row tile and split against float64 (exit 1 on a failure)
