@@ -4,6 +4,7 @@
 //     native/core/{dtype,thread_pool,pack,packed_matrix,packed_gemm,packed_gemm_scalar,packed_gemm_avx2,packed_gemm_avx512,stream_read}.cpp -o /tmp/cpu-gptq
 //   /tmp/cpu-gptq N K M bits act_order(0|1) [simd: 0 scalar, 1 avx2, 2 avx512] [exact 0|1] [runs] [threads] [kernel]
 // Prints the max error against a float64 reference (small shapes) and the median time per product.
+// `dram` as the last argument: the product from DRAM (rotating copies) against same-size reads.
 // `kernel` as the last argument (with threads 1, M 1): the fastest CPU time of the int8 kernel alone,
 // activations prepared once, e.g. `256 4096 1 3 0 2 0 400 1 kernel` (0.4 MiB: L2-resident, so the
 // figure is the kernel's compute rate, not memory's).
@@ -37,6 +38,12 @@ int main(int argc, char** argv) {
   if (argc > 6) force_simd((SimdLevel)atoi(argv[6]));
   const bool exact = argc > 7 && atoi(argv[7]) != 0;
   const int runs = argc > 8 ? atoi(argv[8]) : 21;
+  // LOWBIT_PREFETCH=near:far:scales overrides the kernels' software prefetch (cpu_gptq::set_prefetch).
+  if (const char* pf = std::getenv("LOWBIT_PREFETCH")) {
+    cpu_gptq::Prefetch p;
+    std::sscanf(pf, "%d:%d:%d", &p.near_units, &p.far_units, &p.scale_segments);
+    cpu_gptq::set_prefetch(p);
+  }
   // threads = 1: one thread, timed by its CPU time (cycles this thread really ran: steadier than
   // wall time on a machine shared with other work).
   const int threads_arg = argc > 9 ? atoi(argv[9]) : 0;
@@ -114,6 +121,37 @@ int main(int argc, char** argv) {
     }
     std::printf("kernel only %s N %lld K %lld bits %d: fastest %.2f us (CPU time), %.1f GB/s of %.2f MB\n", name,
                 (long long)N, (long long)K, bits, best * 1e6, R.bytes() / best / 1e9, R.bytes() / 1e6);
+    return 0;
+  }
+  // `dram` as the last argument (M 1): the product rotates over copies of the weight totalling
+  // LOWBIT_ROTATE_MB (default 640) so each reads from DRAM, each followed by a read of the same byte
+  // count from a rotating buffer of that total; prints the median product time, the median read
+  // time, and the median over the pairs of read time / product time.
+  if (argc > 10 && std::string(argv[10]) == "dram") {
+    const int64_t total = (int64_t)(std::getenv("LOWBIT_ROTATE_MB") ? atof(std::getenv("LOWBIT_ROTATE_MB")) : 640) << 20;
+    std::vector<cpu_gptq::CpuGptqWeights> copies;
+    for (int64_t have = 0; have < total; have += R.bytes()) copies.push_back(cpu_gptq::copy_of(R));
+    const int64_t slice = R.bytes() / 64 * 64;
+    StreamReader reader(std::max<int64_t>((int64_t)copies.size() * slice, 4096));
+    const int threads = global_pool()->size();
+    std::vector<double> tp, tr, ratio;
+    for (int pass = 0; pass < runs; ++pass)
+      for (size_t i = 0; i < copies.size(); ++i) {
+        const auto t0 = std::chrono::steady_clock::now();
+        cpu_gptq::gemm(copies[i], X.data(), 1, Y.data(), opt);
+        const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+        const double r = reader.read_seconds((int64_t)i * slice, slice, threads);
+        if (pass == 0) continue;  // warm-up pass
+        tp.push_back(s);
+        tr.push_back(r);
+        ratio.push_back(r / s);
+      }
+    std::sort(tp.begin(), tp.end());
+    std::sort(tr.begin(), tr.end());
+    std::sort(ratio.begin(), ratio.end());
+    std::printf("dram %s N %lld K %lld bits %d act %d: product %.3f ms, read %.3f ms, %.1f%% of read (pairs), %zu copies\n",
+                cpu_gptq::last_kernel(), (long long)N, (long long)K, bits, (int)act, tp[tp.size() / 2] * 1e3,
+                tr[tr.size() / 2] * 1e3, 100 * ratio[ratio.size() / 2], copies.size());
     return 0;
   }
   // Kernel runs alternate with streaming reads of the same byte count (all threads), so the ratio

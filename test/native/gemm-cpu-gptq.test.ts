@@ -131,6 +131,18 @@ describe.each(availableSimdLevels())('repacked CPU GPTQ product at SIMD level %s
     checkCase(level, bits, { N: 3, K: 7, groupSize: 2, actOrder: true, batches: [1, 2] });
   });
 
+  // The layout's panels (repack.hpp): 4 column blocks share one stream, each segment a header of
+  // their scales and zero points followed by its units with the 4 blocks side by side. N 200 is 13
+  // blocks, so 4 panels with a last one of 1 real block and 3 padding blocks; groups of 160 make
+  // segments of 128 and 32 positions (4 and 1 units), so every header sits at a different offset.
+  // Catches a block reading another slot's data or scales (GEMM tiles start at slots 0 and 2), a
+  // header offset that assumes equal segments, and padding columns written into Y.
+  it.each(BITS)('%i-bit, panels of 4 blocks with a partial last panel and unequal segments', (bits) => {
+    forceSimd(level);
+    checkCase(level, bits, { N: 200, K: 400, groupSize: 160, batches: [1, 2, 7] });
+    checkCase(level, bits, { N: 200, K: 400, groupSize: 160, actOrder: true, batches: [1] });
+  });
+
   it('wide enough for several GEMV tasks and GEMM column tiles: N 300 × K 1000', () => {
     forceSimd(level);
     checkCase(level, 4, { N: 300, K: 1000, groupSize: 128, batches: [1, 9] });

@@ -19,8 +19,10 @@
 //   F byte<J>(U)                      byte J of each lane as a float
 //   I srai<S>(I)                      arithmetic shift right of every int32 lane
 //   DOT_ANY_U8: dot is exact for any unsigned byte (VNNI, scalar), not only for values ≤ 15
-//   constants GEMV_NB, GEMM_MR, GEMM_NB: column blocks per GEMV task, rows and blocks per GEMM tile;
-//   GEMV_NB3: column blocks per 3-bit GEMV task (its 3 chunks and 4 scaled accumulators per block);
+//   constants GEMV_NB, GEMM_MR, GEMM_NB: column blocks per GEMV register tile (a GEMV task is one
+//   panel of 4 blocks, GEMV_NB at a time within each segment), rows and blocks per GEMM tile;
+//   GEMV_NB3: the same for 3 bits (its 3 chunks and 4 scaled accumulators per block);
+//   all of them divide kPanelBlocks (4);
 //   GEMV_P: accumulators per block in the 2- and 3-bit GEMV (4: SCALED parts, when registers allow; else 2).
 
 #include <algorithm>
@@ -134,72 +136,78 @@ LOWBIT_KERNEL void dot_slices(const typename O::U (*c)[chunks_per_unit<BITS>()],
   }
 }
 
-// One tile: rows [row0, row0 + MR) × blocks [block0, block0 + NB) over the whole of K, written to
-// ytile[r][nb·16 + c]. Per segment the int32 sums become floats once: y += s·dx·(Σ q·xq − z·Σ xq).
-template <int BITS, int MR, int NB, int P, class O>
+// One tile: rows [row0, row0 + MR) × blocks [block0, block0 + TB) (inside one panel) over the whole
+// of K, written to ytile[r][b·16 + c]. Within each segment the blocks go NB at a time (the register
+// tile); per segment and block the int32 sums become floats once: y += s·dx·(Σ q·xq − z·Σ xq).
+template <int BITS, int MR, int NB, int TB, int P, class O>
 LOWBIT_TARGET void tile_int8(const CpuGptqWeights& W, int64_t block0, const Activations& A, int64_t row0,
                              float* ytile) {
+  static_assert(TB % NB == 0 && kPanelBlocks % TB == 0, "a tile is whole register tiles inside one panel");
   constexpr int CH = chunks_per_unit<BITS>();
-  typename O::F y[MR][NB];
-  LOWBIT_UNROLL for (int r = 0; r < MR; ++r) LOWBIT_UNROLL for (int nb = 0; nb < NB; ++nb) y[r][nb] = O::zero_f();
-  const uint8_t* base[NB];
-  LOWBIT_UNROLL for (int nb = 0; nb < NB; ++nb) base[nb] = W.data.data() + (block0 + nb) * W.units * W.unit_bytes;
+  constexpr int64_t unit_bytes = 64 * CH, row_bytes = kPanelBlocks * unit_bytes;  // W.unit_bytes, as a constant
+  typename O::F y[MR][TB];
+  LOWBIT_UNROLL for (int r = 0; r < MR; ++r) LOWBIT_UNROLL for (int b = 0; b < TB; ++b) y[r][b] = O::zero_f();
+  const uint8_t* const panel = W.header(block0, W.segments[0]);  // the first segment starts the panel
+  const int64_t slot0 = block0 % kPanelBlocks;
   const int64_t S = (int64_t)W.segments.size();
-  // Software prefetch distances in bytes of each block's stream (repack.hpp's prefetch settings).
+  // Software prefetch distances in bytes of the panel's stream (repack.hpp's prefetch settings); a
+  // unit of the stream is the 4 blocks' unit data.
   const Prefetch pf = prefetch();
-  const int64_t ahead_l1 = pf.near_units * W.unit_bytes, ahead_l2 = pf.far_units * W.unit_bytes;
+  const int64_t ahead_l1 = pf.near_units * row_bytes, ahead_l2 = pf.far_units * row_bytes;
   for (int64_t si = 0; si < S; ++si) {
     const Segment& seg = W.segments[(size_t)si];
-    // The scales and zero points are small separate streams (48 bytes per block and segment) that
-    // the hardware prefetcher is slow to pick up: fetch those of a later segment now.
+    const uint8_t* const header = panel + seg.offset;
+    // The unit prefetches below step over the stream a unit at a time from each unit's start; the
+    // header's three lines shift the next segment by 192 bytes, so those lines at the prefetch
+    // distance are fetched here. And a later segment's header (scales, zero points) into L2.
+    if (ahead_l1 > 0) LOWBIT_UNROLL for (int h = 0; h < 3; ++h) __builtin_prefetch(header + ahead_l1 + 64 * h, 0, 3);
+    if (ahead_l2 > 0) LOWBIT_UNROLL for (int h = 0; h < 3; ++h) __builtin_prefetch(header + ahead_l2 + 64 * h, 0, 2);
     if (pf.scale_segments > 0 && si + pf.scale_segments < S) {
-      const int64_t g = W.segments[(size_t)(si + pf.scale_segments)].group;
-      LOWBIT_UNROLL for (int nb = 0; nb < NB; ++nb) {
-        const int64_t at = ((block0 + nb) * W.groups + g) * kBlockCols;
-        __builtin_prefetch(W.scales.data() + at, 0, 2);
-        __builtin_prefetch(W.zeros.data() + at, 0, 2);
-      }
+      const uint8_t* later = panel + W.segments[(size_t)(si + pf.scale_segments)].offset;
+      LOWBIT_UNROLL for (int h = 0; h < 3; ++h) __builtin_prefetch(later + 64 * h, 0, 2);
     }
-    typename O::I acc[MR][NB][P];
-    LOWBIT_UNROLL for (int r = 0; r < MR; ++r) LOWBIT_UNROLL for (int nb = 0; nb < NB; ++nb)
-      LOWBIT_UNROLL for (int p = 0; p < P; ++p) acc[r][nb][p] = O::zero_i();
-    for (int64_t u = seg.unit0; u < seg.unit0 + seg.units; ++u) {
-      typename O::U c[NB][CH];
-      LOWBIT_UNROLL for (int nb = 0; nb < NB; ++nb) {
-        const uint8_t* p = base[nb] + u * W.unit_bytes;
-        // Every line of a unit a few units ahead of each stream into L1, so that loads stay in flight
-        // while the core computes (one line per unit left the others to the hardware prefetcher);
-        // optionally farther ahead into L2 as well, for weights streamed from DRAM.
-        if (ahead_l1 > 0) LOWBIT_UNROLL for (int h = 0; h < CH; ++h) __builtin_prefetch(p + ahead_l1 + 64 * h, 0, 3);
-        if (ahead_l2 > 0) LOWBIT_UNROLL for (int h = 0; h < CH; ++h) __builtin_prefetch(p + ahead_l2 + 64 * h, 0, 2);
-        LOWBIT_UNROLL for (int h = 0; h < CH; ++h) c[nb][h] = O::load(p + 64 * h);
-      }
+    LOWBIT_UNROLL for (int j = 0; j < TB; j += NB) {
+      typename O::I acc[MR][NB][P];
+      LOWBIT_UNROLL for (int r = 0; r < MR; ++r) LOWBIT_UNROLL for (int nb = 0; nb < NB; ++nb)
+        LOWBIT_UNROLL for (int p = 0; p < P; ++p) acc[r][nb][p] = O::zero_i();
+      // This pass's NB blocks are side by side in every unit of the stream.
+      const uint8_t* row = header + kHeaderBytes + (slot0 + j) * unit_bytes;
       const int8_t* x[MR];
-      LOWBIT_UNROLL for (int r = 0; r < MR; ++r) x[r] = A.xq + (row0 + r) * A.padded_k + u * kUnitK;
-      dot_slices<BITS, 0, MR, NB, P, O>(c, x, acc);
-    }
-    LOWBIT_UNROLL for (int nb = 0; nb < NB; ++nb) {
-      const int64_t at = ((block0 + nb) * W.groups + seg.group) * kBlockCols;
-      const typename O::F scale = O::load_f16(W.scales.data() + at);
-      const typename O::F zero = O::load_u8(W.zeros.data() + at);
-      LOWBIT_UNROLL for (int r = 0; r < MR; ++r) {
-        typename O::I a = acc[r][nb][0];
-        if constexpr (scaled_slices<BITS, P, O>()) {
-          if constexpr (P > 1) a = O::add_i(a, O::template srai<scaled_shift<BITS>(1)>(acc[r][nb][1]));
-          if constexpr (P > 2) a = O::add_i(a, O::template srai<scaled_shift<BITS>(2)>(acc[r][nb][2]));
-          if constexpr (P > 3) a = O::add_i(a, O::template srai<scaled_shift<BITS>(3)>(acc[r][nb][3]));
-        } else {
-          LOWBIT_UNROLL for (int p = 1; p < P; ++p) a = O::add_i(a, acc[r][nb][p]);
+      LOWBIT_UNROLL for (int r = 0; r < MR; ++r) x[r] = A.xq + (row0 + r) * A.padded_k + seg.unit0 * kUnitK;
+      for (int64_t u = 0; u < seg.units; ++u, row += row_bytes) {
+        // Every line of this pass a few units ahead into L1, so that loads stay in flight while the
+        // core computes; optionally farther ahead into L2 as well, for weights streamed from DRAM.
+        if (ahead_l1 > 0) LOWBIT_UNROLL for (int h = 0; h < NB * CH; ++h) __builtin_prefetch(row + ahead_l1 + 64 * h, 0, 3);
+        if (ahead_l2 > 0) LOWBIT_UNROLL for (int h = 0; h < NB * CH; ++h) __builtin_prefetch(row + ahead_l2 + 64 * h, 0, 2);
+        typename O::U c[NB][CH];
+        LOWBIT_UNROLL for (int nb = 0; nb < NB; ++nb)
+          LOWBIT_UNROLL for (int h = 0; h < CH; ++h) c[nb][h] = O::load(row + nb * unit_bytes + 64 * h);
+        dot_slices<BITS, 0, MR, NB, P, O>(c, x, acc);
+        LOWBIT_UNROLL for (int r = 0; r < MR; ++r) x[r] += kUnitK;
+      }
+      LOWBIT_UNROLL for (int nb = 0; nb < NB; ++nb) {
+        const int64_t block = block0 + j + nb;
+        const typename O::F scale = O::load_f16(CpuGptqWeights::scales_of(header, block));
+        const typename O::F zero = O::load_u8(CpuGptqWeights::zeros_of(header, block));
+        LOWBIT_UNROLL for (int r = 0; r < MR; ++r) {
+          typename O::I a = acc[r][nb][0];
+          if constexpr (scaled_slices<BITS, P, O>()) {
+            if constexpr (P > 1) a = O::add_i(a, O::template srai<scaled_shift<BITS>(1)>(acc[r][nb][1]));
+            if constexpr (P > 2) a = O::add_i(a, O::template srai<scaled_shift<BITS>(2)>(acc[r][nb][2]));
+            if constexpr (P > 3) a = O::add_i(a, O::template srai<scaled_shift<BITS>(3)>(acc[r][nb][3]));
+          } else {
+            LOWBIT_UNROLL for (int p = 1; p < P; ++p) a = O::add_i(a, acc[r][nb][p]);
+          }
+          const int64_t rs = (row0 + r) * A.segments + si;
+          // Σ q·xq and z·Σ xq are integers below 2^24: exact in f32, and so is their difference.
+          const typename O::F dot = O::fnma(zero, O::set1(A.xsum[rs]), O::cvt(a));
+          y[r][j + nb] = O::fma(O::mul(scale, O::set1(A.dx[rs])), dot, y[r][j + nb]);
         }
-        const int64_t rs = (row0 + r) * A.segments + si;
-        // Σ q·xq and z·Σ xq are integers below 2^24: exact in f32, and so is their difference.
-        const typename O::F dot = O::fnma(zero, O::set1(A.xsum[rs]), O::cvt(a));
-        y[r][nb] = O::fma(O::mul(scale, O::set1(A.dx[rs])), dot, y[r][nb]);
       }
     }
   }
   LOWBIT_UNROLL for (int r = 0; r < MR; ++r)
-    LOWBIT_UNROLL for (int nb = 0; nb < NB; ++nb) O::store(ytile + r * NB * kBlockCols + nb * kBlockCols, y[r][nb]);
+    LOWBIT_UNROLL for (int b = 0; b < TB; ++b) O::store(ytile + (r * TB + b) * kBlockCols, y[r][b]);
 }
 
 // Copies a tile's rows into Y, dropping the padding columns past N.
@@ -217,14 +225,7 @@ LOWBIT_TARGET void tile_rows(int rows, const CpuGptqWeights& W, int64_t block0, 
   if constexpr (MR > 1) {
     if (rows < MR) return tile_rows<BITS, MR - 1, NB, 1, O>(rows, W, block0, A, row0, ytile);
   }
-  tile_int8<BITS, MR, NB, P, O>(W, block0, A, row0, ytile);
-}
-
-// A run of blocks narrower than NB (the last task): one block at a time.
-template <int BITS, int MR, int P, class O>
-LOWBIT_TARGET void tile_rows_1(int rows, const CpuGptqWeights& W, int64_t block, const Activations& A, int64_t row0,
-                               float* ytile) {
-  tile_rows<BITS, MR, 1, P, O>(rows, W, block, A, row0, ytile);
+  tile_int8<BITS, MR, NB, NB, P, O>(W, block0, A, row0, ytile);
 }
 
 // Runs fn(t) for t in [0, tasks) on the pool, each thread claiming the next task as it finishes one,
@@ -244,45 +245,32 @@ template <int BITS, class O>
 void gemm_int8_bits(const CpuGptqWeights& W, const Activations& A, float* Y) {
   const int64_t M = A.M, N = W.N;
   if (M == 1) {
-    // GEMV: each task streams GEMV_NB blocks (one contiguous run of memory each) over the whole of K.
-    // Accumulators per block: one per SCALED offset where the level has the registers for it, else
-    // two (independent chains for the dot products' latency).
+    // GEMV: each task streams one panel (one contiguous run of memory) over the whole of K, GEMV_NB
+    // blocks at a time. Accumulators per block: one per SCALED offset where the level has the
+    // registers for it, else two (independent chains for the dot products' latency).
     constexpr int NB = BITS == 3 ? O::GEMV_NB3 : O::GEMV_NB;
     constexpr int P = BITS == 4 ? 2 : O::GEMV_P;
-    for_each_task(ceil_div(W.blocks, NB), [&](int64_t t) {
-      alignas(64) float ytile[NB * kBlockCols];
-      const int64_t b0 = t * NB;
-      if (b0 + NB <= W.blocks) {
-        tile_int8<BITS, 1, NB, P, O>(W, b0, A, 0, ytile);
-        write_tile(ytile, 1, NB * kBlockCols, b0 * kBlockCols, N, 0, Y);
-      } else {
-        for (int64_t b = b0; b < W.blocks; ++b) {
-          tile_int8<BITS, 1, 1, P, O>(W, b, A, 0, ytile);
-          write_tile(ytile, 1, kBlockCols, b * kBlockCols, N, 0, Y);
-        }
-      }
+    for_each_task(W.blocks / kPanelBlocks, [&](int64_t t) {
+      alignas(64) float ytile[kPanelBlocks * kBlockCols];
+      const int64_t b0 = t * kPanelBlocks;
+      tile_int8<BITS, 1, NB, kPanelBlocks, P, O>(W, b0, A, 0, ytile);
+      write_tile(ytile, 1, kPanelBlocks * kBlockCols, b0 * kBlockCols, N, 0, Y);
     });
     return;
   }
   // GEMM: a task owns GEMM_NB blocks and walks the rows GEMM_MR at a time; the blocks' weights stay
-  // in cache across row tiles, and each unit is unpacked once per GEMM_MR rows.
+  // in cache across row tiles, and each unit is unpacked once per GEMM_MR rows. Whole panels of
+  // blocks make every task full (GEMM_NB divides kPanelBlocks).
   constexpr int MR = O::GEMM_MR, NB = O::GEMM_NB;
-  const int64_t tasks = ceil_div(W.blocks, NB);
-  global_pool()->parallel_for(tasks, 1, [&](int64_t t0, int64_t t1) {
+  static_assert(kPanelBlocks % NB == 0, "GEMM column tiles inside one panel");
+  global_pool()->parallel_for(W.blocks / NB, 1, [&](int64_t t0, int64_t t1) {
     alignas(64) float ytile[MR * NB * kBlockCols];
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t b0 = t * NB;
       for (int64_t r0 = 0; r0 < M; r0 += MR) {
         const int rows = (int)std::min<int64_t>(MR, M - r0);
-        if (b0 + NB <= W.blocks) {
-          tile_rows<BITS, MR, NB, 1, O>(rows, W, b0, A, r0, ytile);
-          write_tile(ytile, rows, NB * kBlockCols, b0 * kBlockCols, N, r0, Y);
-        } else {
-          for (int64_t b = b0; b < W.blocks; ++b) {
-            tile_rows_1<BITS, MR, 1, O>(rows, W, b, A, r0, ytile);
-            write_tile(ytile, rows, kBlockCols, b * kBlockCols, N, r0, Y);
-          }
-        }
+        tile_rows<BITS, MR, NB, 1, O>(rows, W, b0, A, r0, ytile);
+        write_tile(ytile, rows, NB * kBlockCols, b0 * kBlockCols, N, r0, Y);
       }
     }
   });
@@ -352,13 +340,13 @@ LOWBIT_KERNEL void dequant_slices(const typename O::U* c, typename O::F zero, ty
 template <int BITS, class O>
 LOWBIT_TARGET void dequant_block(const CpuGptqWeights& W, int64_t block, float* panel) {
   constexpr int CH = chunks_per_unit<BITS>();
-  const uint8_t* base = W.data.data() + block * W.units * W.unit_bytes;
   for (const Segment& seg : W.segments) {
-    const int64_t at = (block * W.groups + seg.group) * kBlockCols;
-    const typename O::F scale = O::load_f16(W.scales.data() + at), zero = O::load_u8(W.zeros.data() + at);
+    uint8_t* const header = W.header(block, seg);
+    const typename O::F scale = O::load_f16(CpuGptqWeights::scales_of(header, block));
+    const typename O::F zero = O::load_u8(CpuGptqWeights::zeros_of(header, block));
     for (int64_t u = seg.unit0; u < seg.unit0 + seg.units; ++u) {
       typename O::U c[CH];
-      LOWBIT_UNROLL for (int h = 0; h < CH; ++h) c[h] = O::load(base + u * W.unit_bytes + 64 * h);
+      LOWBIT_UNROLL for (int h = 0; h < CH; ++h) c[h] = O::load(W.unit(block, seg, u) + 64 * h);
       dequant_slices<BITS, 0, O>(c, zero, scale, panel + u * kUnitK * kBlockCols);
     }
   }

@@ -4,7 +4,7 @@
 // namespace and with LOWBIT_OPS carrying that variant's target: without VNNI the compiler must not
 // be allowed to emit VNNI instructions on its own.
 struct Ops {
-  static constexpr int GEMV_NB3 = 2, GEMV_NB = 4, GEMV_P = 4, GEMM_MR = 4, GEMM_NB = 2;
+  static constexpr int GEMV_NB3 = 4, GEMV_NB = 4, GEMV_P = 4, GEMM_MR = 4, GEMM_NB = 2;
   static constexpr bool DOT_ANY_U8 = LOWBIT_VNNI != 0;
   using U = __m512i;
   using I = __m512i;

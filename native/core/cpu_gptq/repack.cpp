@@ -67,7 +67,7 @@ CpuGptqWeights repack(const PackedMatrix& W) {
   R.N = W.N;
   R.K = W.K;
   R.groups = W.groups;
-  R.blocks = ceil_div(W.N, kBlockCols);
+  R.blocks = ceil_div(ceil_div(W.N, kBlockCols), kPanelBlocks) * kPanelBlocks;
   R.unit_bytes = kBlockCols * kUnitK * W.bits / 8;
 
   // Input positions ordered by group (stable: increasing k inside a group), then cut into segments.
@@ -81,7 +81,7 @@ CpuGptqWeights repack(const PackedMatrix& W) {
   for (int64_t g = 0; g < W.groups; ++g)
     for (int64_t i = count[(size_t)g]; i < count[(size_t)g + 1]; i += kSegmentK) {
       const int64_t len = std::min(kSegmentK, count[(size_t)g + 1] - i);
-      R.segments.push_back({units, ceil_div(len, kUnitK), g});
+      R.segments.push_back({units, ceil_div(len, kUnitK), g, 0});
       runs.emplace_back(i, len);
       units += ceil_div(len, kUnitK);
     }
@@ -93,32 +93,44 @@ CpuGptqWeights repack(const PackedMatrix& W) {
   for (int64_t p = 0, k = 0; p < (int64_t)R.source.size(); ++p)
     if (R.source[(size_t)p] >= 0 && R.source[(size_t)p] != k++) R.permuted = true;
 
-  // Scales and zero points per block: [blocks][groups][16].
-  const int64_t zwords = packed_words(W.bits, W.N);
-  R.scales.assign((size_t)(R.blocks * W.groups * kBlockCols), 0);
-  R.zeros.assign((size_t)(R.blocks * W.groups * kBlockCols), 0);
-  for (int64_t g = 0; g < W.groups; ++g)
-    for (int64_t n = 0; n < W.N; ++n) {
-      const size_t at = (size_t)(((n / kBlockCols) * W.groups + g) * kBlockCols + n % kBlockCols);
-      R.scales[at] = W.scales[g * W.N + n];
-      R.zeros[at] = (uint8_t)((int)read_packed(W.qzeros + g * zwords, 1, W.bits, n) + W.zero_offset);
-    }
+  // Each panel: per segment, its header and then its units (repack.hpp). Every part is a multiple of
+  // 64 bytes (unit_bytes is 128, 192 or 256), so every chunk stays 64-byte aligned.
+  int64_t offset = 0;
+  for (Segment& seg : R.segments) {
+    seg.offset = offset;
+    offset = checked_add(offset, checked_mul(seg.units, kPanelBlocks * R.unit_bytes, "repacked weights"), "repacked weights");
+    offset = checked_add(offset, kHeaderBytes, "repacked weights");
+  }
+  R.panel_bytes = offset;
+  R.data.allocate(checked_mul(R.blocks / kPanelBlocks, R.panel_bytes, "repacked weights"));
 
-  // The weights, one block per task.
-  R.data.allocate(R.blocks * R.units * R.unit_bytes);
+  // One block per task: its columns of every header, and its slot of every unit (disjoint bytes).
+  const int64_t zwords = packed_words(W.bits, W.N);
   const WeightFormat& f = weight_format(W.bits);
   global_pool()->parallel_for(R.blocks, 1, [&](int64_t b0, int64_t b1) {
-    for (int64_t b = b0; b < b1; ++b)
-      for (int64_t u = 0; u < R.units; ++u) {
-        uint8_t* unit = R.data.data() + (b * R.units + u) * R.unit_bytes;
-        for (int64_t p = 0; p < kUnitK; ++p) {
-          const int32_t k = R.source[(size_t)(u * kUnitK + p)];
-          if (k < 0) continue;  // padding: weight 0 against activation 0
-          const int32_t* words = W.qweight + (k / f.values_per_unit) * f.words_per_unit * W.N;
-          for (int64_t c = 0; c < kBlockCols && b * kBlockCols + c < W.N; ++c)
-            put(unit, W.bits, c, p, read_packed(words + b * kBlockCols + c, W.N, W.bits, k % f.values_per_unit));
+    for (int64_t b = b0; b < b1; ++b) {
+      const int64_t cols = std::min(kBlockCols, W.N - b * kBlockCols);  // ≤ 0 for padding blocks
+      for (const Segment& seg : R.segments) {
+        uint8_t* header = R.header(b, seg);
+        uint16_t* scales = CpuGptqWeights::scales_of(header, b);
+        uint8_t* zeros = CpuGptqWeights::zeros_of(header, b);
+        for (int64_t c = 0; c < cols; ++c) {
+          const int64_t n = b * kBlockCols + c;
+          scales[c] = W.scales[seg.group * W.N + n];
+          zeros[c] = (uint8_t)((int)read_packed(W.qzeros + seg.group * zwords, 1, W.bits, n) + W.zero_offset);
+        }
+        for (int64_t u = seg.unit0; u < seg.unit0 + seg.units; ++u) {
+          uint8_t* unit = R.unit(b, seg, u);
+          for (int64_t p = 0; p < kUnitK; ++p) {
+            const int32_t k = R.source[(size_t)(u * kUnitK + p)];
+            if (k < 0) continue;  // padding: weight 0 against activation 0
+            const int32_t* words = W.qweight + (k / f.values_per_unit) * f.words_per_unit * W.N;
+            for (int64_t c = 0; c < cols; ++c)
+              put(unit, W.bits, c, p, read_packed(words + b * kBlockCols + c, W.N, W.bits, k % f.values_per_unit));
+          }
         }
       }
+    }
   });
   return R;
 }
@@ -151,10 +163,9 @@ CpuGptqWeights copy_of(const CpuGptqWeights& W) {
   R.units = W.units;
   R.groups = W.groups;
   R.unit_bytes = W.unit_bytes;
+  R.panel_bytes = W.panel_bytes;
   R.data.allocate(W.data.size);
   std::memcpy(R.data.data(), W.data.data(), (size_t)W.data.size);
-  R.scales = W.scales;
-  R.zeros = W.zeros;
   R.segments = W.segments;
   R.source = W.source;
   R.permuted = W.permuted;

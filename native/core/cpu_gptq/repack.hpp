@@ -3,11 +3,15 @@
 //
 // Layout. Input positions are first permuted so every group is contiguous (act-order's g_idx becomes
 // a permutation of x, applied once per call), then cut into segments of at most 128 positions inside
-// one group, each padded with zero weights to a multiple of 32. Output columns come in blocks of 16
-// (padded). For each block, the segments' 32-position units follow one another (one contiguous stream
-// per block); a unit holds 16 columns × 32 positions as 64-byte chunks whose byte 4c + j (column c)
-// carries positions 4s + j of several 4-position slices s, so that one 64-byte vector feeds 16
-// int32 lanes of an int8 dot product (vpdpbusd: lane c += Σ_j w[c][j] · x[j]):
+// one group, each padded with zero weights to a multiple of 32. Output columns come in blocks of 16,
+// and blocks in panels of 4 (both padded). Each panel is one contiguous stream, segment after
+// segment: first the segment's header (the 4 blocks' scales, 4 × 16 fp16, then their zero points,
+// 4 × 16 u8: 192 bytes, three cache lines), then its 32-position units, each as the 4 blocks' unit
+// data side by side. A GEMV task reads one panel front to back, so each thread streams one run of
+// memory (scales included) that the hardware prefetcher follows, instead of 4 weight streams plus 2
+// scale/zero streams per thread. A block's unit holds 16 columns × 32 positions as 64-byte chunks
+// whose byte 4c + j (column c) carries positions 4s + j of several 4-position slices s, so that one
+// 64-byte vector feeds 16 int32 lanes of an int8 dot product (vpdpbusd: lane c += Σ_j w[c][j] · x[j]):
 //   4 bits, 4 chunks: chunk s/2, nibble s%2 holds slice s (s = 0..7);
 //   2 bits, 2 chunks: chunk s/4, bits 2·(s%4) hold slice s;
 //   3 bits, 3 chunks b0, b1, b2 (bits of one byte listed low to high):
@@ -17,7 +21,6 @@
 //     Every field then sits below bit 8 where a mask alone leaves it (q · 2^offset fits a byte), so
 //     the int8 GEMV unpacks each 3-bit slice with one `and` (slices 6 and 7: two, one per part) and
 //     sums the products per offset, shifting back once per segment (see kernels_impl.hpp).
-// Each (group, column) keeps its scale (fp16) and integer zero point (u8) next to its block.
 //
 // Activations. By default each row of X is quantized per segment to int8 (dx = max|x| / 127,
 // xq = round(x / dx)); the kernel accumulates Σ q·xq exactly in int32 and applies, per segment,
@@ -30,6 +33,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <memory>
+#include <type_traits>
 #include <vector>
 
 #include "../packed_matrix.hpp"
@@ -40,6 +44,8 @@ namespace cpu_gptq {
 constexpr int64_t kBlockCols = 16;      // output columns per block (one int32 lane each)
 constexpr int64_t kUnitK = 32;          // input positions per unit
 constexpr int64_t kSegmentK = 128;      // input positions per segment at most (one activation scale)
+constexpr int64_t kPanelBlocks = 4;     // column blocks per panel (one contiguous stream)
+constexpr int64_t kHeaderBytes = kPanelBlocks * kBlockCols * 3;  // a segment's scales and zero points
 
 // A 64-byte aligned byte buffer (vector loads of whole chunks).
 struct AlignedBytes {
@@ -55,25 +61,43 @@ struct AlignedBytes {
 struct Segment {
   int64_t unit0, units;  // first unit (in the padded order) and how many
   int64_t group;         // the group whose scale and zero point apply
+  int64_t offset;        // bytes from a panel's start to this segment's header
 };
 
 struct CpuGptqWeights {
   int bits = 4;
   int64_t N = 0, K = 0;    // logical shape (out × in)
-  int64_t blocks = 0;      // ceil(N / 16)
+  int64_t blocks = 0;      // ceil(N / 16) rounded up to whole panels
   int64_t units = 0;       // 32-position units per block (padded K = units · 32)
   int64_t groups = 0;
   int64_t unit_bytes = 0;  // 16 · 32 · bits / 8
-  AlignedBytes data;       // [blocks][units][unit_bytes]
-  std::vector<uint16_t> scales;  // fp16 [blocks][groups][16] (padding columns: 0)
-  std::vector<uint8_t> zeros;    // [blocks][groups][16] zero point, zero_offset applied
+  int64_t panel_bytes = 0; // Σ over segments of the header and 4 blocks' units
+  AlignedBytes data;       // [blocks / 4][panel_bytes] (scales 0 and zero points 0 in padding columns)
   std::vector<Segment> segments;
   std::vector<int32_t> source;   // [units · 32]: input position k of each padded position, or −1
   bool permuted = false;         // source is not the identity on the real positions (act-order)
 
   int64_t padded_k() const { return units * kUnitK; }
-  // Bytes a product reads from the weight (data + scales + zeros), for bandwidth figures.
-  int64_t bytes() const { return data.size + (int64_t)scales.size() * 2 + (int64_t)zeros.size(); }
+  // Bytes a product reads from the weight (units, scales and zero points), for bandwidth figures.
+  int64_t bytes() const { return data.size; }
+  // The header of segment s in the panel of `block`: fp16 scales [4][16], then u8 zero points [4][16].
+  // (Non-const pointers: repack fills them; the products only read.)
+  uint8_t* header(int64_t block, const Segment& s) const {
+    return data.data() + (block / kPanelBlocks) * panel_bytes + s.offset;
+  }
+  // Unit u (inside segment s) of `block`.
+  uint8_t* unit(int64_t block, const Segment& s, int64_t u) const {
+    return header(block, s) + kHeaderBytes + ((u - s.unit0) * kPanelBlocks + block % kPanelBlocks) * unit_bytes;
+  }
+  template <class Byte>  // uint8_t or const uint8_t
+  static auto scales_of(Byte* header, int64_t block) {
+    using Half = std::conditional_t<std::is_const_v<Byte>, const uint16_t, uint16_t>;
+    return reinterpret_cast<Half*>(header) + (block % kPanelBlocks) * kBlockCols;
+  }
+  template <class Byte>
+  static Byte* zeros_of(Byte* header, int64_t block) {
+    return header + kPanelBlocks * kBlockCols * 2 + (block % kPanelBlocks) * kBlockCols;
+  }
 };
 
 // True when repack supports these weights (bits 2, 3, 4); 8-bit weights stay on packed_gemm.
@@ -86,9 +110,9 @@ CpuGptqWeights repack(const PackedMatrix& W);
 // to read it from DRAM rather than from the last-level cache.
 CpuGptqWeights copy_of(const CpuGptqWeights& W);
 
-// Software prefetch of the int8 kernels, in units (16 columns × 32 positions) ahead of each block's
-// stream: `near` into L1 (prefetcht0), `far` into L2 (prefetcht1), and the scales and zero points
-// `scale_segments` segments ahead (into L2); 0 turns any off. Process-wide, set by benchmarks
+// Software prefetch of the int8 kernels, in units (32 positions of the panel's stream) ahead:
+// `near` into L1 (prefetcht0), `far` into L2 (prefetcht1), and the segment headers (scales and zero
+// points) `scale_segments` segments ahead (into L2); 0 turns any off. Process-wide, set by benchmarks
 // comparing settings (cpu-gemv.mjs --variants). Defaults: near 4, far 16 — on the quiet host Xeon
 // (2 threads, 2026-12-01) far 16 cut the summed M = 1 time of 24 DRAM-streamed products by 6%
 // (17.05 vs 18.13 ms) and left the L3-resident ones within the noise; near 0 was 11% slower from
