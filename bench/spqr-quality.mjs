@@ -8,7 +8,7 @@
 // Models run with exact f32 activations (cpuActivations 'f32'), as bench/gptq-quality.mjs. Writes bench/results/spqr-quality.json and prints a Markdown table. Not a test.
 //
 //   node bench/spqr-quality.mjs [--out spqr-quality] [--bits 4,3,2] [--samples 128] [--seq-len 512] [--no-baselines]
-//        [--tau 0.2] [--budget 0.01] [--damp 0.01] [--beta1 16] [--beta2 16] [--stat-bits 3] [--no-act-order] [--no-grid-search]
+//        [--tau 0.2] [--budget 0.01] [--damp 0.01] [--beta1 16] [--beta2 16] [--stat-bits 3] [--no-act-order] [--no-grid-search] [--no-stat-search]
 // Imports the package from dist/ (npm run build:ts), or from $LOWBIT_DIST.
 import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { statSync } from 'node:fs';
@@ -41,6 +41,7 @@ const spqrOptions = {
   damp: Number(option('damp', '0.01')),
   actOrder: !process.argv.includes('--no-act-order'),
   gridSearch: !process.argv.includes('--no-grid-search'),
+  statSearch: !process.argv.includes('--no-grid-search') && !process.argv.includes('--no-stat-search'),
 };
 
 const data = existsDir(join(root, 'data')) ? join(root, 'data') : resolve(root, '../shared/data');

@@ -43,6 +43,8 @@ SpqrOptions spqr_options(const Napi::Object& o) {
   if (!act_order.IsUndefined()) s.act_order = boolean(act_order, "actOrder");
   const Napi::Value grid_search = o.Get("gridSearch");
   if (!grid_search.IsUndefined()) s.grid_search = boolean(grid_search, "gridSearch");
+  const Napi::Value stat_search = o.Get("statSearch");
+  if (!stat_search.IsUndefined()) s.stat_search = boolean(stat_search, "statSearch");
   return s;
 }
 

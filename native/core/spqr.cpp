@@ -64,7 +64,8 @@ SpqrBits spqr_storage_bits(int bits, int stat_bits, int64_t N, int64_t K, int64_
   b.first_level = 2 * 8 * bitstream_bytes(N * G, stat_bits);
   b.second_level = 2 * G * NB * 2 * 16;
   b.permutation = has_perm ? K * index_bits(K) : 0;
-  b.outliers = outliers * (16 + index_bits(K)) + (N + 1) * rowptr_bits(outliers);
+  // a linear without outliers stores no outlier tensors at all (not even its row pointers)
+  b.outliers = outliers == 0 ? 0 : outliers * (16 + index_bits(K)) + (N + 1) * rowptr_bits(outliers);
   return b;
 }
 
@@ -82,6 +83,8 @@ void validate_spqr_options(const SpqrOptions& opt, int64_t K) {
   require(std::isfinite(opt.damp_percent) && opt.damp_percent >= 0, "E_ARGUMENT", "damp_percent must be a finite number >= 0");
   require(opt.max_damp_raises >= 0 && opt.max_damp_raises <= 20, "E_ARGUMENT", "max_damp_raises must be in [0, 20]");
   require(opt.block_size > 0, "E_ARGUMENT", "block_size must be positive");
+  require(!opt.stat_search || opt.grid_search, "E_ARGUMENT",
+          "stat_search (the second-level search) works on the searched first-level fits: it needs grid_search");
 }
 
 SpqrMatrix SpqrResult::view() const {
@@ -216,6 +219,11 @@ constexpr int kRefineRounds = 4;
 // swap on f32 noise, so the choice is stable (and a float64 reference makes the same one).
 constexpr double kMinGain = 1e-4;
 inline bool better(double e, double best) { return e < best * (1.0 - kMinGain); }
+// The second-level search (stat_search): each end of the rows' range of fitted scales (or zeros)
+// moves inward by 0..kStatShrinkSteps steps of kStatShrinkStep · range; up to kStatRounds rounds.
+constexpr int kStatShrinkSteps = 6;
+constexpr float kStatShrinkStep = 0.05f;
+constexpr int kStatRounds = 2;
 
 // The grid of the kept w[i] with the lowest grid_error: the best shrunken range (the min–max grid is
 // the unshrunken candidate, so never worse), then rounds that alternate the codes' optimal values
@@ -292,25 +300,34 @@ int64_t leave_one_out(const float* w, const float* inv_d2, int64_t n, int maxq, 
   return best;
 }
 
+// The fp16 (offset, step) of a stat_bits grid from lo to hi: offset = fp16(lo), step = fp16((hi − offset)
+// / maxc), 0 when hi is not above the offset.
+void stat_grid(float lo, float hi, int stat_bits, uint16_t* offset_step) {
+  const int maxc = (1 << stat_bits) - 1;
+  const auto f16 = [](float x) { return f32_to_f16(std::min(std::max(x, -65504.f), 65504.f)); };
+  const uint16_t off = f16(lo);
+  const float off32 = f16_to_f32(off);
+  offset_step[0] = off;
+  offset_step[1] = hi > off32 ? f16((hi - off32) / (float)maxc) : (uint16_t)0;
+}
+
+// The nearest code of v on a grid (offset, step).
+inline uint8_t stat_code(float v, const uint16_t* offset_step, int stat_bits) {
+  const int maxc = (1 << stat_bits) - 1;
+  const float off32 = f16_to_f32(offset_step[0]), step32 = f16_to_f32(offset_step[1]);
+  const float c = step32 > 0.f ? std::nearbyint((v - off32) / step32) : 0.f;
+  return (uint8_t)(c < 0.f ? 0.f : (c > (float)maxc ? (float)maxc : c));
+}
+
 // Quantizes values v[0..m) on a stat_bits min–max grid: writes codes and the fp16 (offset, step).
 void quantize_stats(const float* v, int64_t m, int stat_bits, uint8_t* codes, uint16_t* offset_step) {
-  const int maxc = (1 << stat_bits) - 1;
   float lo = v[0], hi = v[0];
   for (int64_t i = 1; i < m; ++i) {
     lo = std::min(lo, v[i]);
     hi = std::max(hi, v[i]);
   }
-  const auto f16 = [](float x) { return f32_to_f16(std::min(std::max(x, -65504.f), 65504.f)); };
-  const uint16_t off = f16(lo);
-  const float off32 = f16_to_f32(off);
-  const uint16_t step = hi > off32 ? f16((hi - off32) / (float)maxc) : (uint16_t)0;
-  const float step32 = f16_to_f32(step);
-  offset_step[0] = off;
-  offset_step[1] = step;
-  for (int64_t i = 0; i < m; ++i) {
-    float c = step32 > 0.f ? std::nearbyint((v[i] - off32) / step32) : 0.f;
-    codes[i] = (uint8_t)(c < 0.f ? 0.f : (c > (float)maxc ? (float)maxc : c));
-  }
+  stat_grid(lo, hi, stat_bits, offset_step);
+  for (int64_t i = 0; i < m; ++i) codes[i] = stat_code(v[i], offset_step, stat_bits);
 }
 
 // One row's (scale code, zero code) under its block's second-level grids (offset, step pairs) with
@@ -405,6 +422,9 @@ SpqrResult spqr_quantize(const float* W_in, int64_t N, int64_t K, const float* H
   std::vector<uint16_t> stats_a((size_t)(NB * 4)), stats_b((size_t)(NB * 4));
   std::vector<uint8_t> sc_a((size_t)N), zc_a((size_t)N), sc_b((size_t)N), zc_b((size_t)N);
   std::vector<double> err_a((size_t)N), err_b((size_t)N);
+  // Each row's chosen statistic codes and error for the current group, and a candidate's (stat_search).
+  std::vector<uint8_t> cur_sc((size_t)N), cur_zc((size_t)N), try_sc((size_t)N), try_zc((size_t)N);
+  std::vector<double> cur_err((size_t)N), try_err((size_t)N);
   std::vector<std::vector<std::pair<int32_t, uint16_t>>> row_outliers((size_t)N);
   std::vector<double> row_loss((size_t)N, 0.0);
   std::vector<int32_t> col_code((size_t)N);
@@ -428,6 +448,84 @@ SpqrResult spqr_quantize(const float* W_in, int64_t N, int64_t K, const float* H
   auto group_keep = [&](int64_t n, int64_t p0, int64_t len, uint8_t* keep) {
     std::fill(keep, keep + len, (uint8_t)1);
     if (reserved[n] >= 0) keep[reserved[n] - p0] = 0;
+  };
+
+  // The second-level search (stat_search) of the block of rows [n0, n0 + m) in the group at p0,
+  // starting from its grids st (scale offset, step, zero offset, step) and each row's codes and error
+  // in cur_*: for the scales' grid, then the zeros', every range [lo + a·δ·R, hi − b·δ·R] of the rows'
+  // searched fits (a, b in 0..kStatShrinkSteps), then the least-squares (offset, step) of the fits on
+  // their current codes; each candidate scored by the block's total error with every row re-taking
+  // its best code pair under it, kept only if better. Up to kStatRounds rounds, while one helps.
+  auto search_second_level = [&](int64_t p0, int64_t len, int64_t n0, int64_t m, uint16_t* st) {
+    double best_e = 0;
+    for (int64_t n = n0; n < n0 + m; ++n) best_e += cur_err[n];
+    // The block's total error with component `comp` (0: scales, 1: zeros) on grid cand; rows start
+    // from the nearest code of their fit on it and their current code of the other component.
+    auto score = [&](int comp, const uint16_t* cand) {
+      uint16_t trial[4];
+      std::copy_n(st, 4, trial);
+      std::copy_n(cand, 2, trial + 2 * comp);
+      global_pool()->parallel_for(m, 8, [&](int64_t i0, int64_t i1) {
+        std::vector<uint8_t> keep((size_t)len);
+        for (int64_t n = n0 + i0; n < n0 + i1; ++n) {
+          group_keep(n, p0, len, keep.data());
+          uint8_t sc = comp == 0 ? stat_code(search_scale[n], trial, opt.stat_bits) : cur_sc[n];
+          uint8_t zc = comp == 1 ? stat_code(search_zero[n], trial + 2, opt.stat_bits) : cur_zc[n];
+          try_err[n] = search_stat_codes(W.data() + n * K + p0, inv_d2.data() + p0, len, keep.data(), trial, trial + 2,
+                                         opt.stat_bits, maxq, &sc, &zc);
+          try_sc[n] = sc;
+          try_zc[n] = zc;
+        }
+      });
+      double e = 0;
+      for (int64_t n = n0; n < n0 + m; ++n) e += try_err[n];
+      return e;
+    };
+    auto take = [&](int comp, const uint16_t* cand, double e) {
+      std::copy_n(cand, 2, st + 2 * comp);
+      best_e = e;
+      for (int64_t n = n0; n < n0 + m; ++n) cur_sc[n] = try_sc[n], cur_zc[n] = try_zc[n], cur_err[n] = try_err[n];
+    };
+    // a decoded scale must stay positive: the scales' offset (code 0) at least kMinScale
+    auto usable = [&](int comp, const uint16_t* cand) { return comp == 1 || f16_to_f32(cand[0]) >= kMinScale; };
+    for (int round = 0; round < kStatRounds; ++round) {
+      const double start = best_e;
+      for (int comp = 0; comp < 2; ++comp) {
+        const float* fit = (comp == 0 ? search_scale : search_zero).data();
+        float lo = fit[n0], hi = fit[n0];
+        for (int64_t n = n0 + 1; n < n0 + m; ++n) lo = std::min(lo, fit[n]), hi = std::max(hi, fit[n]);
+        const float range = hi - lo;
+        uint16_t cand[2];
+        for (int a = 0; a <= kStatShrinkSteps; ++a)
+          for (int bb = 0; bb <= kStatShrinkSteps; ++bb) {
+            const float l = lo + (float)a * kStatShrinkStep * range, h = hi - (float)bb * kStatShrinkStep * range;
+            if (h < l) continue;
+            stat_grid(l, h, opt.stat_bits, cand);
+            if (!usable(comp, cand)) continue;
+            const double e = score(comp, cand);
+            if (better(e, best_e)) take(comp, cand, e);
+          }
+        // least squares fit ≈ offset + step · code over the current codes
+        double s1 = 0, sc = 0, sf = 0, scc = 0, scf = 0;
+        for (int64_t n = n0; n < n0 + m; ++n) {
+          const double c = comp == 0 ? cur_sc[n] : cur_zc[n];
+          s1 += 1, sc += c, sf += fit[n], scc += c * c, scf += c * fit[n];
+        }
+        const double det = s1 * scc - sc * sc;
+        if (det > 0) {
+          const double step = (s1 * scf - sc * sf) / det, off = (sf - step * sc) / s1;
+          if (step > 0 && std::fabs(off) <= 65504 && step <= 65504) {
+            cand[0] = f32_to_f16((float)off);
+            cand[1] = f32_to_f16((float)step);
+            if (f16_to_f32(cand[1]) > 0.f && usable(comp, cand)) {
+              const double e = score(comp, cand);
+              if (better(e, best_e)) take(comp, cand, e);
+            }
+          }
+        }
+      }
+      if (!better(best_e, start)) break;
+    }
   };
 
   auto fit_group = [&](int64_t p0) {
@@ -502,15 +600,21 @@ SpqrResult spqr_quantize(const float* W_in, int64_t N, int64_t K, const float* H
         for (int64_t n = n0; n < n0 + m; ++n) ea += err_a[n], eb += err_b[n];
         use_b = better(eb, ea);
       }
-      const uint16_t* st = (use_b ? stats_b : stats_a).data() + b * 4;
+      uint16_t st[4];
+      std::copy_n((use_b ? stats_b : stats_a).data() + b * 4, 4, st);
+      for (int64_t n = n0; n < n0 + m; ++n) {
+        cur_sc[n] = use_b ? sc_b[n] : sc_a[n];
+        cur_zc[n] = use_b ? zc_b[n] : zc_a[n];
+        cur_err[n] = use_b ? err_b[n] : err_a[n];
+      }
+      if (opt.stat_search) search_second_level(p0, len, n0, m, st);
       std::copy(st, st + 2, r.scale_stats.data() + (g * NB + b) * 2);
       std::copy(st + 2, st + 4, r.zero_stats.data() + (g * NB + b) * 2);
       for (int64_t n = n0; n < n0 + m; ++n) {
-        const uint8_t sc = use_b ? sc_b[n] : sc_a[n], zc = use_b ? zc_b[n] : zc_a[n];
-        scode[n * G + g] = sc;
-        zcode[n * G + g] = zc;
-        row_scale[n] = decode_stat(st, 0, sc);
-        row_zero[n] = decode_stat(st + 2, 0, zc);
+        scode[n * G + g] = cur_sc[n];
+        zcode[n * G + g] = cur_zc[n];
+        row_scale[n] = decode_stat(st, 0, cur_sc[n]);
+        row_zero[n] = decode_stat(st + 2, 0, cur_zc[n]);
       }
     }
   };

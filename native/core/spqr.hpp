@@ -31,6 +31,9 @@ struct SpqrOptions {
   // Fit each first-level group's scale and zero by search (lowest scaled error over shrunken
   // ranges, then over the quantized statistics' codes) instead of plain min–max.
   bool grid_search = true;
+  // With grid_search: also search each block's second-level grids (the statistics' own offset and
+  // step) for the lowest total scaled error instead of keeping min–max ones (docs/SPQR.md).
+  bool stat_search = true;
   int64_t block_size = 128;         // lazy-batch block, rounded up to a multiple of beta1
 };
 

@@ -57,7 +57,9 @@ SpQR (--method spqr; --act-order and --damp apply, the GPTQ grid options do not)
   --outlier-budget F      most outliers per layer, a fraction in (0, 1) (default 0.01)
   --no-act-order          sweep columns in their stored order (SpQR's default is act-order)
   --no-grid-search        fit each first-level group min-max instead of searching its scale and
-                          zero for the lowest error (the default)
+                          zero for the lowest error (the default; also turns the next one off)
+  --no-stat-search        quantize each second-level block's scales and zeros on their min-max
+                          grid instead of searching that grid for the lowest error (the default)
   --device cpu|cuda       where forward passes run (default cpu)
   --calibration-dtype bf16|f16|f32
                           (cuda) what calibration passes compute in: bf16 (default) keeps the
@@ -123,6 +125,7 @@ export async function run(argv: string[]): Promise<number> {
       'outlier-budget': { type: 'string' },
       'no-act-order': { type: 'boolean' },
       'no-grid-search': { type: 'boolean' },
+      'no-stat-search': { type: 'boolean' },
       'quantize-lm-head': { type: 'boolean' },
       device: { type: 'string' },
       'calibration-dtype': { type: 'string' },
@@ -248,7 +251,16 @@ export async function run(argv: string[]): Promise<number> {
 }
 
 /** The flags only SpQR takes. */
-const SPQR_FLAGS = ['beta1', 'beta2', 'stat-bits', 'tau', 'outlier-budget', 'no-act-order', 'no-grid-search'] as const;
+const SPQR_FLAGS = [
+  'beta1',
+  'beta2',
+  'stat-bits',
+  'tau',
+  'outlier-budget',
+  'no-act-order',
+  'no-grid-search',
+  'no-stat-search',
+] as const;
 /** The flags SpQR does not take (GPTQ's grid and checkpoint layout). */
 const GPTQ_ONLY_FLAGS = [
   'group-size',
@@ -334,6 +346,7 @@ async function runSpqr(
     damp,
     actOrder: values['no-act-order'] !== true,
     gridSearch: values['no-grid-search'] !== true,
+    statSearch: values['no-stat-search'] === true ? false : undefined,
     calibration: { files, samples, seqLen, seed },
     device,
     resume: values.resume === true,

@@ -10,7 +10,8 @@
  *   .spqr_outlier_cols   I16* [nnz]                      sweep positions, ascending within a row
  *   .spqr_outlier_rowptr I16† [N + 1]                    CSR row pointers
  * (* 16-bit unsigned values in an I16 tensor where K ≤ 65536 — read back as v & 0xffff — else I32;
- *  † the same where nnz ≤ 65535, else I32; I32 always read, as checkpoints before 16-bit row pointers have it),
+ *  † the same where nnz ≤ 65535, else I32; I32 always read, as checkpoints before 16-bit row pointers have it;
+ *  a linear without outliers has none of the three outlier tensors),
  * every other tensor kept as it was, and config.json's `quantization_config` with
  * `quant_method: "spqr"` and every parameter. Writer and reader share one check (checkSpqrWeights).
  */
@@ -41,6 +42,8 @@ export interface SpqrQuantizationConfig {
   actOrder: boolean;
   /** first-level statistics searched (true) or min–max (false); absent in checkpoints written before the option */
   gridSearch?: boolean;
+  /** second-level grids searched (true) or min–max (false); absent in checkpoints written before the option */
+  statSearch?: boolean;
 }
 
 /** Per-linear facts the config also records (lowbit inspect prints them). */
@@ -144,6 +147,8 @@ function checkConfig(q: SpqrQuantizationConfig, where: string): void {
   if (typeof q.actOrder !== 'boolean') bad('act_order', 'a boolean', q.actOrder);
   if (q.gridSearch !== undefined && typeof q.gridSearch !== 'boolean')
     bad('grid_search', 'a boolean (or absent)', q.gridSearch);
+  if (q.statSearch !== undefined && typeof q.statSearch !== 'boolean')
+    bad('stat_search', 'a boolean (or absent)', q.statSearch);
 }
 
 /** The quantization_config JSON of a SpQR checkpoint. */
@@ -164,6 +169,7 @@ export function spqrQuantizationConfigJson(
     damp_percent: q.damp,
     act_order: q.actOrder,
     ...(q.gridSearch !== undefined ? { grid_search: q.gridSearch } : {}),
+    ...(q.statSearch !== undefined ? { stat_search: q.statSearch } : {}),
     average_bits_per_weight: averageBitsPerWeight,
     meta: { quantizer: ['lowbit:0.1.0'] },
     lowbit: {
@@ -208,6 +214,7 @@ export function parseSpqrQuantizationConfig(raw: unknown, where: string): SpqrCh
     damp: r.damp_percent as number,
     actOrder: r.act_order as boolean,
     ...(r.grid_search !== undefined ? { gridSearch: r.grid_search as boolean } : {}),
+    ...(r.stat_search !== undefined ? { statSearch: r.stat_search as boolean } : {}),
   };
   checkConfig(q, where);
   const layers: Record<string, SpqrLayerFacts> = {};
@@ -270,15 +277,37 @@ export function checkSpqrTensors(
       check('zero_codes', ['U8'], [bitstreamBytes(N * G, q.statBits)]);
       check('scale_stats', ['F16'], [G, NB, 2]);
       check('zero_stats', ['F16'], [G, NB, 2]);
-      const values = check('outlier_values', ['F16']);
-      // 16-bit row pointers hold nnz ≤ 65535 only (all of them are ≤ nnz)
-      check('outlier_rowptr', (values[0] ?? Infinity) <= ROWPTR16_MAX_NNZ ? ['I16', 'I32'] : ['I32'], [N + 1]);
-      check('outlier_cols', index, [values[0] ?? -1]);
+      if (outlierTensorsPresent(prefix, has, file)) {
+        const values = check('outlier_values', ['F16']);
+        // 16-bit row pointers hold nnz ≤ 65535 only (all of them are ≤ nnz)
+        check('outlier_rowptr', (values[0] ?? Infinity) <= ROWPTR16_MAX_NNZ ? ['I16', 'I32'] : ['I32'], [N + 1]);
+        check('outlier_cols', index, [values[0] ?? -1]);
+      }
       if (q.actOrder) check('perm', index, [K]);
       else if (has(spqrTensorName(prefix, 'perm')))
         throw formatError(file, `'${spqrTensorName(prefix, 'perm')}' present but act_order is false`);
     }
   }
+}
+
+const OUTLIER_PARTS = ['outlier_values', 'outlier_cols', 'outlier_rowptr'] as const;
+
+/**
+ * Whether a linear stores outliers: all three outlier tensors (true) or none of them (false: a
+ * linear without outliers stores none). Some but not all is E_SPQR_FORMAT.
+ */
+function outlierTensorsPresent(prefix: string, has: (name: string) => boolean, file: string): boolean {
+  const present = OUTLIER_PARTS.filter((part) => has(spqrTensorName(prefix, part)));
+  if (present.length === 0) return false;
+  if (present.length < OUTLIER_PARTS.length) {
+    const missing = OUTLIER_PARTS.find((part) => !present.includes(part))!;
+    throw formatError(
+      file,
+      `'${spqrTensorName(prefix, missing)}' is missing but '${spqrTensorName(prefix, present[0]!)}' is present: a linear stores all three outlier tensors or none (no outliers)`,
+      spqrTensorName(prefix, missing),
+    );
+  }
+  return true;
 }
 
 /** Most outliers a linear may have for 16-bit (unsigned) row pointers: each pointer is ≤ nnz. */
@@ -322,6 +351,8 @@ function linearTensors(prefix: string, w: SpqrWeights): { spec: TensorSpec; data
       spec: { name: spqrTensorName(prefix, 'perm'), dtype: wide ? 'I32' : 'I16', shape: [w.K] },
       data: wide ? bytes(w.perm) : index16(w.perm),
     });
+  // no outliers: no outlier tensors (the reader restores an empty CSR)
+  if (w.outlierValues.length === 0) return out;
   out.push(
     {
       spec: { name: spqrTensorName(prefix, 'outlier_values'), dtype: 'F16', shape: [w.outlierValues.length] },
@@ -581,18 +612,22 @@ export async function readSpqrTensors(
     zeroCodes: (await read('zero_codes', ['u8'], [bitstreamBytes(N * G, q.statBits)])).data as Uint8Array,
     scaleStats: (await read('scale_stats', ['f16'], [G, NB, 2])).data as Uint16Array,
     zeroStats: (await read('zero_stats', ['f16'], [G, NB, 2])).data as Uint16Array,
-    outlierRowptr: rowPointers(await read('outlier_rowptr', ['i32'], [N + 1])),
+    outlierRowptr: new Int32Array(N + 1),
     outlierCols: new Int32Array(0),
-    outlierValues: (await read('outlier_values', ['f16'])).data as Uint16Array,
+    outlierValues: new Uint16Array(0),
   };
-  const rowptrName = spqrTensorName(prefix, 'outlier_rowptr');
-  if (checkpoint.info(rowptrName).dtype === 'I16' && w.outlierValues.length > ROWPTR16_MAX_NNZ)
-    throw formatError(
-      root,
-      `'${rowptrName}' is I16 but the linear has ${w.outlierValues.length} outliers (16-bit row pointers hold at most ${ROWPTR16_MAX_NNZ})`,
-      rowptrName,
-    );
-  w.outlierCols = index(await read('outlier_cols', ['i32'], [w.outlierValues.length]));
+  if (outlierTensorsPresent(prefix, (name) => checkpoint.has(name), root)) {
+    w.outlierRowptr = rowPointers(await read('outlier_rowptr', ['i32'], [N + 1]));
+    w.outlierValues = (await read('outlier_values', ['f16'])).data as Uint16Array;
+    const rowptrName = spqrTensorName(prefix, 'outlier_rowptr');
+    if (checkpoint.info(rowptrName).dtype === 'I16' && w.outlierValues.length > ROWPTR16_MAX_NNZ)
+      throw formatError(
+        root,
+        `'${rowptrName}' is I16 but the linear has ${w.outlierValues.length} outliers (16-bit row pointers hold at most ${ROWPTR16_MAX_NNZ})`,
+        rowptrName,
+      );
+    w.outlierCols = index(await read('outlier_cols', ['i32'], [w.outlierValues.length]));
+  }
   if (q.actOrder) w.perm = index(await read('perm', ['i32'], [K]));
   else if (checkpoint.has(spqrTensorName(prefix, 'perm')))
     throw formatError(

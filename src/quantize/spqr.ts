@@ -62,6 +62,12 @@ export interface SpqrOptions {
    * then over the quantized statistics' codes) rather than min–max (default true)
    */
   gridSearch?: boolean;
+  /**
+   * with gridSearch: also search each second-level block's grids (the offset and step its rows'
+   * scales and zeros are quantized on) for the lowest total scaled error, rather than their min–max
+   * (default: gridSearch)
+   */
+  statSearch?: boolean;
   maxDampRaises?: number;
   blockSize?: number;
 }
@@ -78,6 +84,7 @@ export const SPQR_DEFAULTS: ResolvedSpqrOptions = {
   damp: 0.01,
   actOrder: true,
   gridSearch: true,
+  statSearch: true,
   maxDampRaises: 3,
   blockSize: 128,
 };
@@ -97,9 +104,11 @@ function integerIn(
 /** Checks SpQR options and fills in the defaults. K, when given, bounds beta1 (a group longer than the row is refused). */
 export function resolveSpqrOptions(options: SpqrOptions = {}, K?: number): ResolvedSpqrOptions {
   if (options === null || typeof options !== 'object') invalidArgument('options', 'object', options);
+  const given = Object.fromEntries(Object.entries(options).filter(([, v]) => v !== undefined)) as SpqrOptions;
   const o = {
     ...SPQR_DEFAULTS,
-    ...Object.fromEntries(Object.entries(options).filter(([, v]) => v !== undefined)),
+    statSearch: given.gridSearch ?? SPQR_DEFAULTS.gridSearch,
+    ...given,
   } as ResolvedSpqrOptions;
   if (![2, 3, 4].includes(o.bits)) invalidArgument('bits', 'one of 2, 3, 4 (SpQR)', o.bits, 'E_BITS');
   integerIn('beta1', o.beta1, 2, 65536, 'E_GROUP_SIZE');
@@ -120,6 +129,14 @@ export function resolveSpqrOptions(options: SpqrOptions = {}, K?: number): Resol
     invalidArgument('damp', 'finite number >= 0', o.damp);
   if (typeof o.actOrder !== 'boolean') invalidArgument('actOrder', 'boolean', o.actOrder);
   if (typeof o.gridSearch !== 'boolean') invalidArgument('gridSearch', 'boolean', o.gridSearch);
+  if (typeof o.statSearch !== 'boolean') invalidArgument('statSearch', 'boolean', o.statSearch);
+  if (o.statSearch && !o.gridSearch) {
+    throw new LowbitError(
+      'E_ARGUMENT',
+      'statSearch (the second-level grid search) works on the searched first-level fits: it needs gridSearch (or set statSearch: false)',
+      { option: 'statSearch' },
+    );
+  }
   integerIn('maxDampRaises', o.maxDampRaises, 0, 20);
   integerIn('blockSize', o.blockSize, 1, 1 << 20);
   return o;
@@ -188,6 +205,7 @@ export async function spqrQuantize(
     dampPercent: o.damp,
     actOrder: o.actOrder,
     gridSearch: o.gridSearch,
+    statSearch: o.statSearch,
     maxDampRaises: o.maxDampRaises,
     blockSize: o.blockSize,
   });

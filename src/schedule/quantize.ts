@@ -99,6 +99,11 @@ export interface QuantizeOptions {
   outlierBudget?: number;
   /** SpQR: search each first-level group's scale and zero for the lowest error (default true; false: min–max) */
   gridSearch?: boolean;
+  /**
+   * SpQR: with gridSearch, also search each second-level block's grids (the offset and step the
+   * statistics are quantized on) for the lowest error (default: gridSearch; false: min–max)
+   */
+  statSearch?: boolean;
   calibration?: {
     /** text files, or 'self' to sample calibration text from the model */
     files?: string[] | 'self';

@@ -15,6 +15,7 @@ import {
   openSpqrCheckpoint,
   parseSpqrQuantizationConfig,
   readSpqrTensors,
+  spqrTensorName,
   writeSpqrCheckpoint,
   type SpqrQuantizationConfig,
 } from '../../src/formats/spqr.js';
@@ -41,6 +42,7 @@ const Q: SpqrQuantizationConfig = {
   damp: 1,
   actOrder: true,
   gridSearch: true,
+  statSearch: true,
 };
 
 describe('SpQR checkpoints', () => {
@@ -125,10 +127,11 @@ describe('SpQR checkpoints', () => {
       writeSpqrCheckpoint(target, source, Q, new Map([...linears, [prefix, badPerm]])),
     ).rejects.toMatchObject({ code: 'E_SPQR_FORMAT', message: expect.stringMatching(/not a permutation/) });
     await expect(readFile(join(target, 'config.json'))).rejects.toThrow(); // nothing left behind
-    const badRows = { ...w, outlierRowptr: w.outlierRowptr.map((v, i) => (i === 1 ? v + 1 : v)) };
+    // row 1's pointer above row 2's: decreasing whatever the outliers are
+    const badRows = { ...w, outlierRowptr: w.outlierRowptr.map((v, i) => (i === 1 ? w.outlierRowptr[2]! + 1 : v)) };
     await expect(
       writeSpqrCheckpoint(target, source, Q, new Map([...linears, [prefix, badRows]])),
-    ).rejects.toMatchObject({ code: 'E_SPQR_FORMAT' });
+    ).rejects.toMatchObject({ code: 'E_SPQR_FORMAT', message: expect.stringMatching(/decreases at row 1/) });
     await expect(writeSpqrCheckpoint(target, source, { ...Q, bits: 4 }, linears)).rejects.toMatchObject({
       code: 'E_SPQR_FORMAT',
       message: expect.stringMatching(/3 bits/),
@@ -260,6 +263,59 @@ describe('SpQR checkpoints', () => {
         message: expect.stringMatching(/grid_search should be a boolean/),
       }),
     );
+    // stat_search the same way
+    expect(config.quantization_config.stat_search).toBe(true);
+    expect(parseSpqrQuantizationConfig(config.quantization_config, 'c').statSearch).toBe(true);
+    expect(parseSpqrQuantizationConfig(old, 'c').statSearch).toBe(true);
+    const { stat_search: __, ...older } = old;
+    expect(parseSpqrQuantizationConfig(older, 'c').statSearch).toBeUndefined();
+    expect(() => parseSpqrQuantizationConfig({ ...old, stat_search: 1 }, 'c')).toThrow(
+      expect.objectContaining({
+        code: 'E_SPQR_FORMAT',
+        message: expect.stringMatching(/stat_search should be a boolean/),
+      }),
+    );
+  });
+
+  // A linear without outliers stores no outlier tensors (FORMATS.md): catches a writer that still
+  // stores the empty CSR (bits counted and stored would disagree), a reader that requires the
+  // tensors, and one that takes a linear with only some of them.
+  it('stores no outlier tensors for a linear without outliers, and refuses a partial set', async () => {
+    const source = await HfModel.open(modelDir);
+    const [prefix, w] = [...linears][0]!;
+    const bare: SpqrWeights = {
+      ...w,
+      outlierRowptr: new Int32Array(w.N + 1),
+      outlierCols: new Int32Array(0),
+      outlierValues: new Uint16Array(0),
+    };
+    const dir = join(work, 'no-outliers');
+    await writeSpqrCheckpoint(dir, source, Q, new Map([...linears, [prefix, bare]]));
+    await source.close();
+    const ck = await openSpqrCheckpoint(dir);
+    for (const part of ['outlier_values', 'outlier_cols', 'outlier_rowptr'] as const)
+      expect(ck.checkpoint.has(spqrTensorName(prefix, part)), part).toBe(false);
+    const back = await ck.readLinear(prefix, w.N, w.K);
+    for (const key of SPQR_ARRAYS)
+      expect(Array.from(back[key] as ArrayLike<number>), key).toEqual(Array.from(bare[key] as ArrayLike<number>));
+    const facts = ck.quantization.layers[prefix]!;
+    expect(facts.outlierRate).toBe(0);
+    await ck.close();
+    // the main checkpoint with one of a linear's three outlier tensors removed
+    const full = await Checkpoint.open(out);
+    const tensors = new Map(await Promise.all(full.names.map(async (n) => [n, await full.readTensor(n)] as const)));
+    await full.close();
+    tensors.delete(spqrTensorName(prefix, 'outlier_cols'));
+    const partial = join(work, 'partial-outliers');
+    await writeSafetensors(join(partial, 'model.safetensors'), tensors);
+    await writeFile(join(partial, 'config.json'), await readFile(join(out, 'config.json'), 'utf8'));
+    const c = await openSpqrCheckpoint(partial);
+    const { N, K } = bare;
+    await expect(c.readLinear(prefix, N, K)).rejects.toMatchObject({
+      code: 'E_SPQR_FORMAT',
+      message: expect.stringMatching(/outlier_cols' is missing .* all three outlier tensors or none/),
+    });
+    await c.close();
   });
 
   it('fails with typed errors on fuzzed tensors and configs', async () => {
@@ -300,9 +356,10 @@ describe('SpQR checkpoints', () => {
           'outlier_budget',
           'act_order',
           'grid_search',
+          'stat_search',
           'format_version',
           'quant_method',
-        ][rng.int(10)]!;
+        ][rng.int(11)]!;
         cfg.quantization_config[field] = [-1, 0, 1, 5, 0.5, 'x', null, true, 1e9][rng.int(9)];
       }
       await writeSafetensors(join(dir, 'model.safetensors'), mutated);

@@ -21,6 +21,8 @@ export interface SpqrRefOptions {
   actOrder: boolean;
   /** docs/SPQR.md "grid search" (default true) */
   gridSearch?: boolean;
+  /** docs/SPQR.md "second-level search" (default: gridSearch) */
+  statSearch?: boolean;
 }
 
 export interface SpqrRefResult {
@@ -129,16 +131,24 @@ function searchGrid(w: number[], c: number[], maxq: number): { scale: number; ze
   return best;
 }
 
+/** The fp16 (offset, step) of a statBits grid from lo to hi. */
+function statGrid(lo: number, hi: number, statBits: number): { off: number; step: number } {
+  const clamp16 = (x: number) => f16Bits(Math.min(Math.max(x, -65504), 65504));
+  const off = clamp16(lo);
+  const step = hi > f16Value(off) ? clamp16((hi - f16Value(off)) / (2 ** statBits - 1)) : 0;
+  return { off, step };
+}
+
+/** The nearest code of v on a grid. */
+function statCode(v: number, g: { off: number; step: number }, statBits: number): number {
+  const s = f16Value(g.step);
+  return s > 0 ? Math.min(Math.max(roundHalfEven((v - f16Value(g.off)) / s), 0), 2 ** statBits - 1) : 0;
+}
+
 /** Codes and fp16 (offset, step) of values on a statBits min–max grid. */
 function quantizeStats(v: number[], statBits: number): { codes: number[]; off: number; step: number } {
-  const maxc = 2 ** statBits - 1;
-  const clamp16 = (x: number) => f16Bits(Math.min(Math.max(x, -65504), 65504));
-  const off = clamp16(Math.min(...v));
-  const hi = Math.max(...v);
-  const step = hi > f16Value(off) ? clamp16((hi - f16Value(off)) / maxc) : 0;
-  const s = f16Value(step);
-  const codes = v.map((x) => (s > 0 ? Math.min(Math.max(roundHalfEven((x - f16Value(off)) / s), 0), maxc) : 0));
-  return { codes, off, step };
+  const g = statGrid(Math.min(...v), Math.max(...v), statBits);
+  return { codes: v.map((x) => statCode(x, g, statBits)), ...g };
 }
 
 export function spqrReference(
@@ -230,6 +240,23 @@ export function spqrReference(
       for (let b = 0; b < NB; b++) {
         const n0 = b * o.beta2;
         const n1 = Math.min(N, n0 + o.beta2);
+        const dec = (st: { off: number; step: number }, code: number) =>
+          Math.fround(f16Value(st.off) + Math.fround(f16Value(st.step) * code));
+        // a row's best (scale code, zero code) under grids (s, z), starting from (s0, z0): every pair
+        // within 4 of them (all at <= 3 bits); the start unless another is better
+        const maxc = 2 ** o.statBits - 1;
+        const radius = o.statBits <= 3 ? maxc : 4;
+        type Grid = { off: number; step: number };
+        const rowCodes = (n: number, s: Grid, z: Grid, s0: number, z0: number) => {
+          const err = (sc: number, zc: number) => gridError(fitted[n]!, weightsOf[n]!, dec(s, sc), dec(z, zc), maxq);
+          let best = { e: err(s0, z0), sc: s0, zc: z0 };
+          for (let sc = Math.max(0, s0 - radius); sc <= Math.min(maxc, s0 + radius); sc++)
+            for (let zc = Math.max(0, z0 - radius); zc <= Math.min(maxc, z0 + radius); zc++) {
+              const e = err(sc, zc);
+              if (better(e, best.e)) best = { e, sc, zc };
+            }
+          return best;
+        };
         // the block's second-level grids from a set of fits, and each row's codes under them
         const level2 = (fits: { scale: number; zero: number }[]) => {
           const s = quantizeStats(
@@ -240,37 +267,82 @@ export function spqrReference(
             fits.slice(n0, n1).map((x) => x.zero),
             o.statBits,
           );
-          const dec = (st: { off: number; step: number }, code: number) =>
-            Math.fround(f16Value(st.off) + Math.fround(f16Value(st.step) * code));
           let total = 0;
           if (searched) {
-            // every (scale code, zero code) pair within 4 of the rounded ones (all at <= 3 bits); ties keep the rounded pair
-            const maxc = 2 ** o.statBits - 1;
-            const radius = o.statBits <= 3 ? maxc : 4;
             for (let n = n0; n < n1; n++) {
-              const [s0, z0] = [s.codes[n - n0]!, z.codes[n - n0]!];
-              const err = (sc: number, zc: number) =>
-                gridError(fitted[n]!, weightsOf[n]!, dec(s, sc), dec(z, zc), maxq);
-              let bestE = err(s0, z0);
-              for (let sc = Math.max(0, s0 - radius); sc <= Math.min(maxc, s0 + radius); sc++)
-                for (let zc = Math.max(0, z0 - radius); zc <= Math.min(maxc, z0 + radius); zc++) {
-                  const e = err(sc, zc);
-                  if (better(e, bestE)) [bestE, s.codes[n - n0], z.codes[n - n0]] = [e, sc, zc];
-                }
-              total += bestE;
+              const r = rowCodes(n, s, z, s.codes[n - n0]!, z.codes[n - n0]!);
+              [s.codes[n - n0], z.codes[n - n0]] = [r.sc, r.zc];
+              total += r.e;
             }
           }
-          return { s, z, total, dec };
+          return { s, z, total };
         };
         const a = level2(minmax);
-        const best = searched ? [a, level2(searched)].reduce((x, y) => (better(y.total, x.total) ? y : x)) : a;
+        let best = searched ? [a, level2(searched)].reduce((x, y) => (better(y.total, x.total) ? y : x)) : a;
+        if (searched && (o.statSearch ?? true)) best = searchSecondLevel(best, searched.slice(n0, n1));
+        // docs/SPQR.md: per component (scales, then zeros), every shrunken range of the rows' searched
+        // fits, then the least-squares (offset, step) of the fits on their codes; each scored by the
+        // block's total error with every row re-taking its best code pair; up to 2 rounds
+        function searchSecondLevel(cur: ReturnType<typeof level2>, fits: { scale: number; zero: number }[]) {
+          let state = { s: { ...cur.s }, z: { ...cur.z }, total: cur.total };
+          const score = (comp: 0 | 1, g: Grid) => {
+            const s = comp === 0 ? { ...g, codes: [] as number[] } : { ...state.s, codes: [] as number[] };
+            const z = comp === 1 ? { ...g, codes: [] as number[] } : { ...state.z, codes: [] as number[] };
+            let total = 0;
+            for (let n = n0; n < n1; n++) {
+              const s0 = comp === 0 ? statCode(fits[n - n0]!.scale, g, o.statBits) : state.s.codes[n - n0]!;
+              const z0 = comp === 1 ? statCode(fits[n - n0]!.zero, g, o.statBits) : state.z.codes[n - n0]!;
+              const r = rowCodes(n, s, z, s0, z0);
+              s.codes.push(r.sc);
+              z.codes.push(r.zc);
+              total += r.e;
+            }
+            return { s, z, total };
+          };
+          const usable = (comp: 0 | 1, g: Grid) => comp === 1 || f16Value(g.off) >= 1e-7;
+          for (let round = 0; round < 2; round++) {
+            const start = state.total;
+            for (const comp of [0, 1] as const) {
+              const v = fits.map((f) => (comp === 0 ? f.scale : f.zero));
+              const [lo, hi] = [Math.min(...v), Math.max(...v)];
+              for (let a = 0; a <= 6; a++)
+                for (let b = 0; b <= 6; b++) {
+                  const [l, h] = [lo + a * 0.05 * (hi - lo), hi - b * 0.05 * (hi - lo)];
+                  if (h < l) continue;
+                  const g = statGrid(l, h, o.statBits);
+                  if (!usable(comp, g)) continue;
+                  const t = score(comp, g);
+                  if (better(t.total, state.total)) state = t;
+                }
+              const codes = comp === 0 ? state.s.codes : state.z.codes;
+              const m = codes.length;
+              const [sc, sf] = [codes.reduce((x, y) => x + y, 0), v.reduce((x, y) => x + y, 0)];
+              const scc = codes.reduce((x, c) => x + c * c, 0);
+              const scf = codes.reduce((x, c, i) => x + c * v[i]!, 0);
+              const det = m * scc - sc * sc;
+              if (det > 0) {
+                const step = (m * scf - sc * sf) / det;
+                const off = (sf - step * sc) / m;
+                if (step > 0 && Math.abs(off) <= 65504 && step <= 65504) {
+                  const g = { off: f16Bits(off), step: f16Bits(step) };
+                  if (f16Value(g.step) > 0 && usable(comp, g)) {
+                    const t = score(comp, g);
+                    if (better(t.total, state.total)) state = t;
+                  }
+                }
+              }
+            }
+            if (!better(state.total, start)) break;
+          }
+          return state;
+        }
         scaleStats.set([best.s.off, best.s.step], (g * NB + b) * 2);
         zeroStats.set([best.z.off, best.z.step], (g * NB + b) * 2);
         for (let n = n0; n < n1; n++) {
           scaleCodes[n * G + g] = best.s.codes[n - n0]!;
           zeroCodes[n * G + g] = best.z.codes[n - n0]!;
-          scale[n] = best.dec(best.s, best.s.codes[n - n0]!);
-          zero[n] = best.dec(best.z, best.z.codes[n - n0]!);
+          scale[n] = dec(best.s, best.s.codes[n - n0]!);
+          zero[n] = dec(best.z, best.z.codes[n - n0]!);
         }
       }
     }

@@ -44,14 +44,19 @@ function problem(seed: number, N: number, K: number, planted: number) {
 }
 
 describe('SpQR sweep against the float64 reference', () => {
-  for (const [N, K, bits, beta1, beta2, gridSearch] of [
-    [48, 80, 3, 16, 16, true],
-    [37, 172, 2, 16, 16, true],
-    [40, 96, 4, 16, 8, true],
-    [24, 60, 3, 12, 5, true],
-    [37, 172, 2, 16, 16, false],
+  // gridSearch rows search the second-level grids too (statSearch defaults to gridSearch) unless the
+  // last entry says false
+  for (const [N, K, bits, beta1, beta2, gridSearch, statSearch] of [
+    [48, 80, 3, 16, 16, true, undefined],
+    [37, 172, 2, 16, 16, true, undefined],
+    [40, 96, 4, 16, 8, true, undefined],
+    [24, 60, 3, 12, 5, true, undefined],
+    [45, 64, 2, 8, 45, true, undefined],
+    [37, 172, 2, 16, 16, true, false],
+    [37, 172, 2, 16, 16, false, undefined],
   ] as const) {
-    it(`N ${N}, K ${K}, ${bits} bits, beta ${beta1}x${beta2}, ${gridSearch ? 'grid search' : 'min-max'}`, async () => {
+    const how = gridSearch ? (statSearch === false ? 'grid search, min-max second level' : 'grid search') : 'min-max';
+    it(`N ${N}, K ${K}, ${bits} bits, beta ${beta1}x${beta2}, ${how}`, async () => {
       const seed = new Rng().seed;
       const { W, H, X, T, at } = problem(seed, N, K, Math.round(N * K * 0.003) + 1);
       const opts: SpqrOptions = {
@@ -64,6 +69,7 @@ describe('SpQR sweep against the float64 reference', () => {
         damp: 0.1,
         actOrder: true,
         gridSearch,
+        statSearch,
       };
       const { weights, report } = await spqrQuantize(W, [N, K], H, opts);
       const ref = spqrReference(W, H, N, K, {
@@ -76,6 +82,7 @@ describe('SpQR sweep against the float64 reference', () => {
         damp: 0.1,
         actOrder: true,
         gridSearch,
+        statSearch,
       });
       const msg = `seed ${seed}`;
       expect(Array.from(weights.perm!), msg).toEqual(Array.from(ref.perm));
@@ -168,6 +175,51 @@ describe('SpQR sweep against the float64 reference', () => {
     }
   });
 
+  // The same tile-by-tile argument for the second-level search: it starts from the min–max second
+  // level's grids and codes and keeps a candidate only if the block's total error drops. Catches a
+  // search that is ignored (statSearch not reaching the sweep: no drop), that keeps a worse grid, or
+  // whose codes are scored against other grids than the ones stored.
+  it('the second-level search never has more error than min-max second-level grids, tile by tile', async () => {
+    const seed = new Rng().seed;
+    const rng = new Rng(seed);
+    for (const [N, K, bits, beta1, beta2, statBits] of [
+      [70, 64, 2, 8, 64, 2],
+      [37, 91, 2, 16, 16, 3],
+      [33, 50, 3, 16, 32, 3],
+      [20, 48, 4, 12, 20, 4],
+    ] as const) {
+      const W = Float32Array.from({ length: N * K }, () => 0.05 * rng.normal() * (rng.next() < 0.05 ? 6 : 1));
+      const H = new Float32Array(K * K);
+      for (let p = 0; p < K; p++) H[p * K + p] = 0.2 + 3 * rng.next();
+      const opts: SpqrOptions = {
+        bits,
+        beta1,
+        beta2,
+        statBits,
+        outlierThreshold: Infinity,
+        damp: 0.01,
+        actOrder: false,
+      };
+      const lambda = (0.01 * Array.from({ length: K }, (_, p) => H[p * K + p]!).reduce((a, b) => a + b)) / K;
+      const errorsOf = async (statSearch: boolean) => {
+        const { weights } = await spqrQuantize(W, [N, K], H, { ...opts, statSearch });
+        const What = decodeSpqrRef(weights);
+        const tiles = new Float64Array(Math.ceil(N / beta2) * Math.ceil(K / beta1));
+        for (let n = 0; n < N; n++)
+          for (let p = 0; p < K; p++)
+            tiles[Math.floor(n / beta2) * Math.ceil(K / beta1) + Math.floor(p / beta1)] +=
+              (W[n * K + p]! - What[n * K + p]!) ** 2 * (H[p * K + p]! + lambda);
+        return tiles;
+      };
+      const searched = await errorsOf(true);
+      const minmax = await errorsOf(false);
+      const msg = `seed ${seed}, N ${N} K ${K} ${bits} bits ${beta1}x${beta2}, ${statBits}-bit statistics`;
+      searched.forEach((e, t) => expect(e, `${msg}, tile ${t}`).toBeLessThanOrEqual(minmax[t]! * (1 + 1e-5) + 1e-12));
+      const sum = (a: Float64Array) => a.reduce((x, y) => x + y, 0);
+      expect(sum(searched), msg).toBeLessThan(0.99 * sum(minmax));
+    }
+  });
+
   it('keeps to the outlier budget, cumulatively along the sweep', async () => {
     const seed = new Rng().seed;
     const N = 32;
@@ -220,6 +272,12 @@ describe('SpQR sweep against the float64 reference', () => {
       // and the checkpoint writer's own count of the same linear
       expect(8 * spqrStoredBytes(w)).toBe(report.bits.total);
     }
+    // Without outliers nothing of the CSR is stored (FORMATS.md), row pointers included.
+    const { W, H } = problem(seed, 24, 40, 3);
+    const { weights: w, report } = await spqrQuantize(W, [24, 40], H, { bits: 2, outlierThreshold: Infinity });
+    expect(w.outlierCols.length).toBe(0);
+    expect(report.bits.outliers, `seed ${seed}`).toBe(0);
+    expect(8 * spqrStoredBytes(w)).toBe(report.bits.total);
   });
 
   // Row pointers are 16-bit up to 65535 outliers and 32-bit above: the native accounting and the
@@ -229,7 +287,7 @@ describe('SpQR sweep against the float64 reference', () => {
     const w = randomSpqrLayout(rng, { N: 300, K: 300, bits: 2, outlierRate: 0.75, perm: false });
     const nnz = w.outlierCols.length;
     expect(nnz, `seed ${rng.seed}`).toBeGreaterThan(65536);
-    for (const keep of [65535, 65536, nnz]) {
+    for (const keep of [0, 1, 65535, 65536, nnz]) {
       // the first `keep` outliers of the CSR
       const rowptr = w.outlierRowptr.map((v) => Math.min(v, keep));
       const cut = {
@@ -248,7 +306,7 @@ describe('SpQR sweep against the float64 reference', () => {
         hasPerm: false,
         outliers: keep,
       });
-      expect(bits.outliers, `${keep} outliers`).toBe(32 * keep + (keep <= 65535 ? 16 : 32) * 301);
+      expect(bits.outliers, `${keep} outliers`).toBe(keep === 0 ? 0 : 32 * keep + (keep <= 65535 ? 16 : 32) * 301);
       expect(8 * spqrStoredBytes(cut), `${keep} outliers`).toBe(bits.total);
     }
   });
@@ -288,6 +346,16 @@ describe('SpQR sweep against the float64 reference', () => {
       code: 'E_ARGUMENT',
       message: expect.stringMatching(/boolean for gridSearch but received 1/),
     });
+    await expect(bad({ statSearch: 'yes' as unknown as boolean })).rejects.toMatchObject({
+      code: 'E_ARGUMENT',
+      message: expect.stringMatching(/boolean for statSearch but received/),
+    });
+    await expect(bad({ gridSearch: false, statSearch: true })).rejects.toMatchObject({
+      code: 'E_ARGUMENT',
+      message: expect.stringMatching(/statSearch .* needs gridSearch/),
+    });
+    // without the first-level search the second-level one defaults to off (no error)
+    await expect(bad({ gridSearch: false })).resolves.toBeDefined();
     await expect(spqrQuantize(W, [8, 32], new Float32Array(10), {})).rejects.toMatchObject({ code: 'E_SHAPE' });
     const nan = W.slice();
     nan[3] = NaN;

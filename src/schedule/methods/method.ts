@@ -98,6 +98,7 @@ export const SPQR_OPTION_NAMES = [
   'outlierThreshold',
   'outlierBudget',
   'gridSearch',
+  'statSearch',
 ] as const;
 
 /** Each method option's `lowbit quantize` flag, so that errors name what the user typed. */
@@ -117,6 +118,7 @@ export const OPTION_FLAGS: Record<string, string> = {
   outlierThreshold: '--tau',
   outlierBudget: '--outlier-budget',
   gridSearch: '--no-grid-search',
+  statSearch: '--no-stat-search',
   'calibration.files': '--calib',
   'calibration.samples': '--samples',
   'calibration.seqLen': '--seq-len',

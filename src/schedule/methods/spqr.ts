@@ -27,14 +27,16 @@ export interface SpqrMethodOptions {
   actOrder: boolean;
   /** search each first-level group's scale and zero for the lowest error (else min–max) */
   gridSearch: boolean;
+  /** search each second-level block's grids (offset, step) for the lowest error (else min–max) */
+  statSearch: boolean;
   /** q/k/v -> o -> gate/up -> down, each stage on inputs from the quantized earlier ones (always) */
   trueSequential: true;
 }
 
 /** The method's settings as spqrQuantize takes them and the checkpoint records them. */
 function spqrSettings(o: SpqrMethodOptions): SpqrQuantizationConfig {
-  const { bits, beta1, beta2, statBits, outlierThreshold, outlierBudget, damp, actOrder, gridSearch } = o;
-  return { bits, beta1, beta2, statBits, outlierThreshold, outlierBudget, damp, actOrder, gridSearch };
+  const { bits, beta1, beta2, statBits, outlierThreshold, outlierBudget, damp, actOrder, gridSearch, statSearch } = o;
+  return { bits, beta1, beta2, statBits, outlierThreshold, outlierBudget, damp, actOrder, gridSearch, statSearch };
 }
 
 export const spqr: QuantizationMethod<SpqrMethodOptions> = {
@@ -68,6 +70,7 @@ export const spqr: QuantizationMethod<SpqrMethodOptions> = {
       damp: o.damp as number | undefined,
       actOrder: o.actOrder as boolean | undefined,
       gridSearch: o.gridSearch as boolean | undefined,
+      statSearch: o.statSearch as boolean | undefined,
     });
     return {
       bits: s.bits as 2 | 3 | 4,
@@ -79,6 +82,7 @@ export const spqr: QuantizationMethod<SpqrMethodOptions> = {
       damp: s.damp,
       actOrder: s.actOrder,
       gridSearch: s.gridSearch,
+      statSearch: s.statSearch,
       trueSequential: true,
     };
   },
