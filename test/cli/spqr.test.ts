@@ -74,6 +74,8 @@ test('quantize --method spqr, then ppl, generate and inspect the checkpoint on t
     outlier_budget: 0.005,
     damp_percent: 0.01,
     act_order: true,
+    grid_search: true,
+    stat_search: true, // the second-level search's default reaches the run and the config
   });
   expect(Object.keys(q.lowbit.layers)).toHaveLength(35);
   expect(q.average_bits_per_weight).toBeCloseTo(summary.bitsPerWeight, 6);
@@ -175,5 +177,10 @@ test('bad SpQR options: exit 2, naming the option and what it accepts, nothing w
   });
   expect(other.code).toBe(2);
   expect(other.stderr).toMatch(/--tau applies to --method spqr only/);
+  const gptq = await lowbit(['quantize', '--model', model, '--method', 'rtn', '--no-stat-search', '--out', 'bad'], {
+    cwd,
+  });
+  expect(gptq.code).toBe(2);
+  expect(gptq.stderr).toMatch(/--no-stat-search applies to --method spqr only/);
   expect(existsSync(join(cwd, 'bad'))).toBe(false);
 });
