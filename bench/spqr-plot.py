@@ -24,29 +24,27 @@ for path in sorted(glob.glob(os.path.join(res, "spqr-quality-*.json"))):
     fp = next((r["ppl"] for r in data["rows"] if r["method"] == "fp32"), fp)
     label = f"SpQR {o['beta1']}x{o['beta2']}, stat {o['statBits']} bits, budget {o['outlierBudget']*100:g}%, damp {o['damp']:g}"
     ax.plot([p[0] for p in rows], [p[1] for p in rows], marker="*", markersize=10, label=label)
-# The grid-search round (bench/RESULTS.md, SpQR third round): the best row at each width, one run each.
-best = ["spqr-2bit-16x16-noact-search-rowptr16", "spqr-3bit-32x32-search", "spqr-4bit-32x32-stat4-search"]
-pts = []
-for name in best:
-    path = os.path.join(res, name + ".json")
-    if os.path.exists(path):
-        pts += [(r["bpw"], r["ppl"]) for r in json.load(open(path))["rows"] if r["method"] == "spqr"]
-if pts:
-    pts.sort()
-    ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="P", markersize=10, color="black", lw=2,
-            label="SpQR + grid search (2-bit 16x16 no act-order, 3/4-bit 32x32)")
-# The second-level search round (bench/RESULTS.md, SpQR fourth round): 2-bit 8x128 without outliers,
-# 3-bit 32x32 with the search; 4-bit keeps the third round's row (the search was worse there).
-best4 = ["spqr-2bit-8x128-noact-nooutliers-statsearch", "spqr-3bit-32x32-statsearch", "spqr-4bit-32x32-stat4-search"]
-pts = []
-for name in best4:
-    path = os.path.join(res, name + ".json")
-    if os.path.exists(path):
-        pts += [(r["bpw"], r["ppl"]) for r in json.load(open(path))["rows"] if r["method"] == "spqr"]
-if pts:
-    pts.sort()
-    ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="X", markersize=10, color="tab:red", lw=2,
-            label="SpQR + second-level search (2-bit 8x128 no outliers, 3-bit 32x32; 4-bit as above)")
+
+
+def plot_round(names, marker, color, label):
+    """One round's best row at each width (one run each), as one line; rounds whose files are absent are skipped."""
+    pts = []
+    for name in names:
+        path = os.path.join(res, name + ".json")
+        if os.path.exists(path):
+            pts += [(r["bpw"], r["ppl"]) for r in json.load(open(path))["rows"] if r["method"] == "spqr"]
+    if pts:
+        pts.sort()
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=marker, markersize=10, color=color, lw=2, label=label)
+
+
+# The grid-search round (bench/RESULTS.md, SpQR third round).
+plot_round(["spqr-2bit-16x16-noact-search-rowptr16", "spqr-3bit-32x32-search", "spqr-4bit-32x32-stat4-search"],
+           "P", "black", "SpQR + grid search (2-bit 16x16 no act-order, 3/4-bit 32x32)")
+# The second-level search round (SpQR fourth round): 2-bit 8x128 without outliers, 3-bit 32x32 with the
+# search; 4-bit keeps the third round's row (the search was worse there).
+plot_round(["spqr-2bit-8x128-noact-nooutliers-statsearch", "spqr-3bit-32x32-statsearch", "spqr-4bit-32x32-stat4-search"],
+           "X", "tab:red", "SpQR + second-level search (2-bit 8x128 no outliers, 3-bit 32x32; 4-bit as above)")
 if fp:
     ax.axhline(fp, color="k", lw=0.8, ls="--", label=f"fp32 {fp:.2f}")
     ax.axhline(2 * fp, color="r", lw=0.8, ls=":", label="2x fp32")
