@@ -592,12 +592,6 @@ export async function readSpqrTensors(
     const d = t.data as Int32Array;
     return K <= 65536 ? d.map((v) => v & 0xffff) : d;
   };
-  // Row pointers are I16 (unsigned, where nnz ≤ 65535) or I32 (any nnz; every checkpoint before
-  // 16-bit row pointers); both are read as i32, so the stored dtype says whether to unsign.
-  const rowPointers = (t: Tensor): Int32Array => {
-    const d = t.data as Int32Array;
-    return checkpoint.info(spqrTensorName(prefix, 'outlier_rowptr')).dtype === 'I16' ? d.map((v) => v & 0xffff) : d;
-  };
   const G = Math.ceil(K / q.beta1);
   const NB = Math.ceil(N / q.beta2);
   const w: SpqrWeights = {
@@ -617,10 +611,14 @@ export async function readSpqrTensors(
     outlierValues: new Uint16Array(0),
   };
   if (outlierTensorsPresent(prefix, (name) => checkpoint.has(name), root)) {
-    w.outlierRowptr = rowPointers(await read('outlier_rowptr', ['i32'], [N + 1]));
-    w.outlierValues = (await read('outlier_values', ['f16'])).data as Uint16Array;
+    // Row pointers are I16 (unsigned, where nnz ≤ 65535) or I32 (any nnz; every checkpoint before
+    // 16-bit row pointers); both are read as i32, so the stored dtype says whether to unsign.
     const rowptrName = spqrTensorName(prefix, 'outlier_rowptr');
-    if (checkpoint.info(rowptrName).dtype === 'I16' && w.outlierValues.length > ROWPTR16_MAX_NNZ)
+    const rowptr16 = checkpoint.info(rowptrName).dtype === 'I16';
+    const rowptr = (await read('outlier_rowptr', ['i32'], [N + 1])).data as Int32Array;
+    w.outlierRowptr = rowptr16 ? rowptr.map((v) => v & 0xffff) : rowptr;
+    w.outlierValues = (await read('outlier_values', ['f16'])).data as Uint16Array;
+    if (rowptr16 && w.outlierValues.length > ROWPTR16_MAX_NNZ)
       throw formatError(
         root,
         `'${rowptrName}' is I16 but the linear has ${w.outlierValues.length} outliers (16-bit row pointers hold at most ${ROWPTR16_MAX_NNZ})`,
