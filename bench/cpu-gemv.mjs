@@ -22,7 +22,7 @@
 // --regime l3,dram, --rotate-mb MB, --shapes 4096x4096,11008x4096,4096x11008,4096x14336 (N×K),
 // --bits 4,3,2, --m 1,4,16,64 (l3), --dram-m 1, --act 0,1, --group 128, --threads N,
 // --simd auto|avx2|scalar (cap the kernels' SIMD level: forceSimd), --before 0 (skip before_ms),
-// --variants L1:L2:SPIN[:SCALES],... (software prefetch: units ahead into L1 and L2, segments ahead
+// --variants L1:L2:SPIN[:SCALES],... (software prefetch: KiB of the stream ahead into L1 and L2, segments ahead
 // for scales and zero points, cpuGptqSetPrefetch; the pool's idle spin in µs, LOWBIT_POOL_SPIN_US;
 // the first is used for every row, the others add M = 1 rows to compare; default: the addon's own), --out bench/results/cpu-gemv.json
 import { mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';

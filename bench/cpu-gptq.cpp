@@ -38,10 +38,10 @@ int main(int argc, char** argv) {
   if (argc > 6) force_simd((SimdLevel)atoi(argv[6]));
   const bool exact = argc > 7 && atoi(argv[7]) != 0;
   const int runs = argc > 8 ? atoi(argv[8]) : 21;
-  // LOWBIT_PREFETCH=near:far:scales overrides the kernels' software prefetch (cpu_gptq::set_prefetch).
+  // LOWBIT_PREFETCH=near:far:scales (KiB, KiB, segments ahead) overrides the kernels' software prefetch (cpu_gptq::set_prefetch).
   if (const char* pf = std::getenv("LOWBIT_PREFETCH")) {
     cpu_gptq::Prefetch p;
-    std::sscanf(pf, "%d:%d:%d", &p.near_units, &p.far_units, &p.scale_segments);
+    std::sscanf(pf, "%d:%d:%d", &p.near_kib, &p.far_kib, &p.scale_segments);
     cpu_gptq::set_prefetch(p);
   }
   // threads = 1: one thread, timed by its CPU time (cycles this thread really ran: steadier than

@@ -307,8 +307,8 @@ export interface Addon {
   /** A deep copy of a prepared weight in fresh memory (benchmarks rotate copies to read from DRAM). */
   cpuGptqCopy(handle: CpuGptqHandle): CpuGptqHandle;
   /**
-   * Software prefetch of the repacked int8 kernels, process-wide: `near` units of each column block's
-   * stream ahead into L1, `far` into L2, the scales and zero points `scales` segments ahead (0: off;
+   * Software prefetch of the repacked int8 kernels, process-wide: `near` KiB of each panel's stream
+   * ahead into L1, `far` KiB into L2, the scales and zero points `scales` segments ahead (0: off;
    * each in [0, 64]; `scales` unchanged when omitted). For benchmarks comparing settings; returns
    * the previous one.
    */

@@ -92,7 +92,8 @@ Napi::Value StreamReadBandwidth(const Napi::CallbackInfo& info) {
   });
 }
 
-// cpuGptqSetPrefetch(near, far, scales?) -> previous { near, far, scales } (benchmarks compare settings)
+// cpuGptqSetPrefetch(near, far, scales?) -> previous { near, far, scales } (KiB, KiB, segments ahead;
+// benchmarks compare settings)
 Napi::Value CpuGptqSetPrefetch(const Napi::CallbackInfo& info) {
   return guarded(info, [&]() -> Napi::Value {
     const cpu_gptq::Prefetch before = cpu_gptq::prefetch();
@@ -101,13 +102,13 @@ Napi::Value CpuGptqSetPrefetch(const Napi::CallbackInfo& info) {
     const auto ok = [](int64_t v) { return v >= 0 && v <= 64; };
     require(ok(l1) && ok(l2) && ok(sc), "E_ARGUMENT", "near, far and scales must be in [0, 64]");
     cpu_gptq::Prefetch p;
-    p.near_units = (int)l1;
-    p.far_units = (int)l2;
+    p.near_kib = (int)l1;
+    p.far_kib = (int)l2;
     p.scale_segments = (int)sc;
     cpu_gptq::set_prefetch(p);
     Napi::Object o = Napi::Object::New(info.Env());
-    o.Set("near", Napi::Number::New(info.Env(), before.near_units));
-    o.Set("far", Napi::Number::New(info.Env(), before.far_units));
+    o.Set("near", Napi::Number::New(info.Env(), before.near_kib));
+    o.Set("far", Napi::Number::New(info.Env(), before.far_kib));
     o.Set("scales", Napi::Number::New(info.Env(), before.scale_segments));
     return o;
   });

@@ -174,6 +174,38 @@ describe('repacked CPU GPTQ product, across levels and inputs', () => {
     expect(relativeError(top.Y, scalar.Y), `seed ${rng.seed}`).toBeLessThan(1e-6);
   });
 
+  // GEMV work split (kernels_impl.hpp's TaskRanges): each thread owns a contiguous range of panels
+  // and, when done, takes the other ranges' panels from their back ends. Panel counts 1, 2, 3 and 7
+  // (N 64, 100, 150, 420) against 1, 2, 3, 5 and 8 threads, so ranges are empty, single, uneven and
+  // more than the panels, and threads beyond the cores arrive late and leave their ranges to be
+  // taken from the back. Catches a panel no thread computes (its columns stay NaN), a range bound
+  // off by one (a panel twice and its neighbour never, or a write past the last panel), and a
+  // front/back hand-off that gives two threads the same panel while another is dropped.
+  it('the GEMV split over threads computes every panel exactly once, whatever the thread count', () => {
+    const rng = new Rng();
+    const level = levels[levels.length - 1];
+    forceSimd(level);
+    try {
+      for (const N of [64, 100, 150, 420]) {
+        const W = randomPackedWeights(rng, { N, K: 256, bits: 2, groupSize: 128, actOrder: N === 150 });
+        const handle = native().cpuGptqPrepare(W);
+        const X = randomMatrix(rng, 1, 256);
+        const want = int8ModelRef(X, 1, W, dequantizeRef(W));
+        for (const threads of [1, 2, 3, 5, 8]) {
+          native().setThreads(threads);
+          for (let call = 0; call < 3; call++) {
+            const Y = new Float32Array(N).fill(NaN);
+            native().cpuGptqGemmSync(handle, X, 1, Y);
+            expect(relativeError(Y, want), `seed ${rng.seed}, N ${N}, ${threads} threads, call ${call}`).toBeLessThan(1e-5);
+          }
+        }
+      }
+    } finally {
+      native().setThreads(0);
+      forceSimd('auto');
+    }
+  });
+
   // Repacked data of 2 MiB and more is allocated 2 MiB-aligned with a huge-page hint: a size rounded
   // wrongly there drops the last blocks' data. Also the new 3-bit layout over many groups and blocks.
   it('3-bit weights over 2 MiB (the huge-page aligned buffer), at the top level', () => {
@@ -213,7 +245,7 @@ describe('repacked CPU GPTQ product, across levels and inputs', () => {
   });
 
   // The prefetch settings are process-wide benchmark knobs: a setter that stored a field in the wrong
-  // place, or accepted a distance past the [0, 64] units the kernels are built for, is caught here.
+  // place, or accepted a distance past the [0, 64] KiB / segments the kernels are built for, is caught here.
   it('prefetch settings round-trip, reject out-of-range distances, and leave products unchanged', () => {
     const rng = new Rng();
     const W = randomPackedWeights(rng, { N: 300, K: 1000, bits: 3, groupSize: 128, actOrder: true });

@@ -32,6 +32,7 @@
 #include <memory>
 #include <vector>
 
+#include "../common.hpp"
 #include "../thread_pool.hpp"
 #include "kernels.hpp"
 #include "repack.hpp"
@@ -150,10 +151,10 @@ LOWBIT_TARGET void tile_int8(const CpuGptqWeights& W, int64_t block0, const Acti
   const uint8_t* const panel = W.header(block0, W.segments[0]);  // the first segment starts the panel
   const int64_t slot0 = block0 % kPanelBlocks;
   const int64_t S = (int64_t)W.segments.size();
-  // Software prefetch distances in bytes of the panel's stream (repack.hpp's prefetch settings); a
-  // unit of the stream is the 4 blocks' unit data.
+  // Software prefetch distances in bytes of the panel's stream (repack.hpp's prefetch settings, in
+  // KiB: the same bytes in flight whatever the width); a unit of the stream is the 4 blocks' unit data.
   const Prefetch pf = prefetch();
-  const int64_t ahead_l1 = pf.near_units * row_bytes, ahead_l2 = pf.far_units * row_bytes;
+  const int64_t ahead_l1 = pf.near_kib * int64_t{1024}, ahead_l2 = pf.far_kib * int64_t{1024};
   for (int64_t si = 0; si < S; ++si) {
     const Segment& seg = W.segments[(size_t)si];
     const uint8_t* const header = panel + seg.offset;
@@ -228,16 +229,55 @@ LOWBIT_TARGET void tile_rows(int rows, const CpuGptqWeights& W, int64_t block0, 
   tile_int8<BITS, MR, NB, NB, P, O>(W, block0, A, row0, ytile);
 }
 
-// Runs fn(t) for t in [0, tasks) on the pool, each thread claiming the next task as it finishes one,
-// so the threads end within one task of each other and one that starts late (a worker waking up)
-// takes fewer; the pool's own split is a few large chunks per thread.
+// Runs fn(t) for t in [0, tasks) on the pool. Each thread owns a contiguous range of tasks (thread
+// i of T: [i·tasks/T, (i+1)·tasks/T)) and takes them in order from its front, so what it reads is
+// one run of memory from its first panel to its last, as a streaming read's share is: the software
+// and hardware prefetchers run on into the next panel instead of restarting at every task (with
+// tasks claimed from one shared counter, the threads alternated panels). A thread that runs out
+// takes the other ranges' tasks from their back ends, so the threads still end within one task of
+// each other, and a worker that starts late just owns fewer. A range is one 64-bit atomic: front in
+// the low half, back (one past the last) in the high half.
+class TaskRanges {
+ public:
+  TaskRanges(int64_t tasks, int ranges) : count_(ranges), ranges_(new Range[(size_t)ranges]) {
+    for (int i = 0; i < ranges; ++i)
+      ranges_[i].bounds.store(pack(tasks * i / ranges, tasks * (i + 1) / ranges), std::memory_order_relaxed);
+  }
+  // The next task of range i from its front, else the last of another range, else −1 (all taken).
+  int64_t next(int i) {
+    int64_t t = take(i, false);
+    for (int j = 1; t < 0 && j < count_; ++j) t = take((i + j) % count_, true);
+    return t;
+  }
+
+ private:
+  struct alignas(64) Range {
+    std::atomic<uint64_t> bounds{0};
+  };
+  static uint64_t pack(int64_t front, int64_t back) { return (uint64_t)front | ((uint64_t)back << 32); }
+  int64_t take(int i, bool from_back) {
+    std::atomic<uint64_t>& b = ranges_[i].bounds;
+    uint64_t v = b.load(std::memory_order_relaxed);
+    for (;;) {
+      const int64_t front = (int64_t)(v & 0xFFFFFFFFu), back = (int64_t)(v >> 32);
+      if (front >= back) return -1;
+      const uint64_t taken = from_back ? pack(front, back - 1) : pack(front + 1, back);
+      if (b.compare_exchange_weak(v, taken, std::memory_order_relaxed)) return from_back ? back - 1 : front;
+    }
+  }
+  int count_;
+  std::unique_ptr<Range[]> ranges_;
+};
+
 template <class Fn>
 void for_each_task(int64_t tasks, const Fn& fn) {
+  require(tasks < ((int64_t)1 << 31), "E_ARGUMENT", "too many GEMV tasks for one call");
   const std::shared_ptr<ThreadPool> pool = global_pool();
-  std::atomic<int64_t> next{0};
-  pool->parallel_for(std::min<int64_t>(pool->size(), tasks), 1, [&](int64_t, int64_t) {
-    for (int64_t t = next.fetch_add(1, std::memory_order_relaxed); t < tasks; t = next.fetch_add(1, std::memory_order_relaxed))
-      fn(t);
+  const int ranges = (int)std::min<int64_t>(pool->size(), tasks);
+  TaskRanges work(tasks, ranges);
+  pool->parallel_for(ranges, 1, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r)
+      for (int64_t t = work.next((int)r); t >= 0; t = work.next((int)r)) fn(t);
   });
 }
 

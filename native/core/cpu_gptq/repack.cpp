@@ -136,16 +136,16 @@ CpuGptqWeights repack(const PackedMatrix& W) {
 }
 
 namespace {
-std::atomic<int> g_prefetch_near{Prefetch{}.near_units}, g_prefetch_far{Prefetch{}.far_units},
+std::atomic<int> g_prefetch_near{Prefetch{}.near_kib}, g_prefetch_far{Prefetch{}.far_kib},
     g_prefetch_scales{Prefetch{}.scale_segments};
 }  // namespace
 
 void set_prefetch(const Prefetch& p) {
   const auto ok = [](int v) { return v >= 0 && v <= 64; };
-  require(ok(p.near_units) && ok(p.far_units) && ok(p.scale_segments), "E_ARGUMENT",
+  require(ok(p.near_kib) && ok(p.far_kib) && ok(p.scale_segments), "E_ARGUMENT",
           "prefetch distances must be in [0, 64]");
-  g_prefetch_near.store(p.near_units, std::memory_order_relaxed);
-  g_prefetch_far.store(p.far_units, std::memory_order_relaxed);
+  g_prefetch_near.store(p.near_kib, std::memory_order_relaxed);
+  g_prefetch_far.store(p.far_kib, std::memory_order_relaxed);
   g_prefetch_scales.store(p.scale_segments, std::memory_order_relaxed);
 }
 

@@ -110,15 +110,16 @@ CpuGptqWeights repack(const PackedMatrix& W);
 // to read it from DRAM rather than from the last-level cache.
 CpuGptqWeights copy_of(const CpuGptqWeights& W);
 
-// Software prefetch of the int8 kernels, in units (32 positions of the panel's stream) ahead:
-// `near` into L1 (prefetcht0), `far` into L2 (prefetcht1), and the segment headers (scales and zero
-// points) `scale_segments` segments ahead (into L2); 0 turns any off. Process-wide, set by benchmarks
-// comparing settings (cpu-gemv.mjs --variants). Defaults: near 4, far 16 — on the quiet host Xeon
-// (2 threads, 2026-12-01) far 16 cut the summed M = 1 time of 24 DRAM-streamed products by 6%
-// (17.05 vs 18.13 ms) and left the L3-resident ones within the noise; near 0 was 11% slower from
-// DRAM; scale_segments 4 (see RESULTS.md, issue 13).
+// Software prefetch of the int8 kernels, in KiB of the panel's stream ahead, the same bytes for
+// every width: `near` into L1 (prefetcht0), `far` into L2 (prefetcht1), and the segment headers
+// (scales and zero points) `scale_segments` segments ahead (into L2); 0 turns any off. Process-wide,
+// set by benchmarks comparing settings (cpu-gemv.mjs --variants). Defaults near 4, far 16: what
+// 4-bit weights had as 4 and 16 units (1 KiB each) on the quiet host Xeon (2 threads, 2026-12-01:
+// far 16 cut the summed M = 1 time of 24 DRAM-streamed products by 6%, near 0 was 11% slower from
+// DRAM; scale_segments 4). Until 2026-12-02 the distances counted units, so 3- and 2-bit weights
+// had 3/4 and 1/2 of these bytes in flight (see RESULTS.md, issue 13).
 struct Prefetch {
-  int near_units = 4, far_units = 16, scale_segments = 4;
+  int near_kib = 4, far_kib = 16, scale_segments = 4;
 };
 void set_prefetch(const Prefetch& p);  // each in [0, 64]; throws E_ARGUMENT otherwise
 Prefetch prefetch();
