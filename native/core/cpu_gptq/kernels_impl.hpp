@@ -176,8 +176,9 @@ LOWBIT_TARGET void tile_int8(const CpuGptqWeights& W, int64_t block0, const Acti
       const int8_t* x[MR];
       LOWBIT_UNROLL for (int r = 0; r < MR; ++r) x[r] = A.xq + (row0 + r) * A.padded_k + seg.unit0 * kUnitK;
       for (int64_t u = 0; u < seg.units; ++u, row += row_bytes) {
-        // Every line of this pass a few units ahead into L1, so that loads stay in flight while the
-        // core computes; optionally farther ahead into L2 as well, for weights streamed from DRAM.
+        // Every line of this pass a few KiB ahead into L1, so that loads stay in flight while the
+        // core computes; farther ahead into L2 as well, for weights streamed from DRAM. Past the
+        // panel's end these reach the next panel, which the same thread reads next (for_each_task).
         if (ahead_l1 > 0) LOWBIT_UNROLL for (int h = 0; h < NB * CH; ++h) __builtin_prefetch(row + ahead_l1 + 64 * h, 0, 3);
         if (ahead_l2 > 0) LOWBIT_UNROLL for (int h = 0; h < NB * CH; ++h) __builtin_prefetch(row + ahead_l2 + 64 * h, 0, 2);
         typename O::U c[NB][CH];
