@@ -13,6 +13,7 @@
 #include "cuda_check.cuh"
 #include "linear_ops.cuh"
 #include "llama16_ops.cuh"
+#include "overlap.cuh"
 
 namespace lowbit {
 namespace cuda {
@@ -103,6 +104,7 @@ constexpr int kNormThreads = 256;
 template <class T, int CH>
 __global__ void __launch_bounds__(kNormThreads)
     k_add_rms_norm_rows(float* X, const T* Yadd, int64_t dim, const float* w, float eps, T* out) {
+  let_next_launch();  // the packed product after it may start fetching its weights (overlap.cuh)
   __shared__ float part[kNormThreads / 32];
   const int64_t n4 = dim / 4;
   float4* x = reinterpret_cast<float4*>(X + blockIdx.x * dim);
@@ -263,6 +265,7 @@ __global__ void k_swiglu(const T* gate, const T* up, int64_t n, T* out) {
 
 template <class T>
 __global__ void k_swiglu_rows(const T* gu, int64_t rows, int64_t hidden, int64_t stride, T* out) {
+  let_next_launch();  // the packed product after it may start fetching its weights (overlap.cuh)
   const int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
   if (i >= rows * hidden) return;
   const T* row = gu + (i / hidden) * stride + i % hidden;
@@ -441,6 +444,7 @@ __device__ __forceinline__ void merge_splits(const float* p, int64_t hd, int spl
 // One block per (row, head): merges the splits' (m, l, acc) into the output.
 template <class T>
 __global__ void k_attention_merge(const float* partial, int64_t heads, int64_t hd, int splits, T* out) {
+  let_next_launch();  // the packed product after it may start fetching its weights (overlap.cuh)
   __shared__ float weight[kMaxSplits];
   const size_t rh = (size_t)blockIdx.x * heads + blockIdx.y;
   merge_splits(partial + rh * splits * (hd + 2), hd, splits, out + rh * hd, weight);
@@ -515,6 +519,7 @@ __global__ void __launch_bounds__(kAttnWarps * 32, VPL <= 4 ? 4 : 1)
     k_attention_decode(const T* Q, int64_t q_stride, const int32_t* pos, T* const* tables, int64_t table_stride,
                        int64_t page_off, int64_t heads, int64_t kv_heads, float scale_log2, int splits, float* partial,
                        T* out, FreshKeys<T> fresh) {
+  let_next_launch();  // the packed product after it may start fetching its weights (overlap.cuh)
   constexpr int HD = 32 * VPL;
   __shared__ float sm[kAttnWarps], sl[kAttnWarps];
   __shared__ float sacc[kAttnWarps][HD];

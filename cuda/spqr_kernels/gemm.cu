@@ -36,6 +36,7 @@
 
 #include "../../native/core/common.hpp"
 #include "../cuda_check.cuh"
+#include "../overlap.cuh"
 #include "../packed_memory.cuh"
 #include "../gptq_kernels/tile_math.cuh"
 #include "spqr_kernels.hpp"
@@ -297,11 +298,11 @@ __global__ void __launch_bounds__(256, MINB) spqr_tc_kernel(Args a) {
 #pragma unroll
   for (int s = 0; s < DEPTH; ++s)
     if (c_begin + s < c_end) st[s].r.load(wrec + (int64_t)(c_begin + s) * 8 * REC, lane);
-  // Launched with programmatic dependency on the gather (sm_90): everything above overlapped it;
-  // from here on X is read, so wait until the gather has completed (a no-op otherwise).
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("griddepcontrol.wait;\n" ::: "memory");
-#endif
+  // Launched overlapped (overlap.cuh): everything above overlapped the previous kernel (the gather
+  // or the previous product); from here on X is read, so wait until it has completed. Then the next
+  // product may start fetching its records (after the wait: one product ahead at most).
+  wait_for_previous();
+  let_next_launch();
 #pragma unroll
   for (int s = 0; s < DEPTH; ++s)
     if (c_begin + s < c_end) load_x(st[s], c_begin + s);
@@ -372,10 +373,10 @@ __global__ void __launch_bounds__(256, MINB) spqr_gemv_kernel(Args a) {
     const int c = c_begin + warp + 8 * s;
     if (c < c_end) st[s].load(wrec + (int64_t)c * 8 * REC, lane);
   }
-  // X is read from here on: wait for the gather (programmatic dependent launch; a no-op otherwise).
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("griddepcontrol.wait;\n" ::: "memory");
-#endif
+  // X is read from here on: wait for the previous kernel (the gather or another product; overlap.cuh),
+  // then let the next product start fetching its records (one product ahead at most).
+  wait_for_previous();
+  let_next_launch();
   __shared__ float osum[8][kTileN][BM + 1];
   float acc[MT][4];
 #pragma unroll
@@ -500,9 +501,7 @@ __global__ void __launch_bounds__(256, MINB) spqr_gemv_kernel(Args a) {
 template <class T>
 __global__ void gather_kernel(const T* __restrict__ X, int64_t M, int64_t K, int64_t Mp, int64_t Kp,
                               const int32_t* __restrict__ perm, T* __restrict__ xs, T* __restrict__ xst) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");  // the product may start (it waits for X)
-#endif
+  let_next_launch();  // the product may start (it waits for X)
   const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
   if (i >= Mp * Kp) return;
   const int64_t m = i / Kp, p = i % Kp;
@@ -549,20 +548,11 @@ struct Kernel {
   int (*occupancy)();
   bool gemv;  // spqr_gemv_kernel: one 16-row tile per block (grid y = Np / 16), at least 8 chunks per split
 };
-// overlap: launched with a programmatic dependency on the previous launch in the stream (the gather),
-// so that its blocks start and request their records while the gather runs (sm_90 and newer).
+// overlap: launched overlapped with the previous kernel in the stream (overlap.cuh), so that its
+// blocks start and request their records while the gather or the previous product finishes.
 template <auto KERNEL>
 void launch(const Args& a, dim3 grid, cudaStream_t s, bool overlap) {
-  cudaLaunchConfig_t config{};
-  config.gridDim = grid;
-  config.blockDim = dim3(256);
-  config.stream = s;
-  cudaLaunchAttribute attr[1];
-  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attr[0].val.programmaticStreamSerializationAllowed = 1;
-  config.attrs = attr;
-  config.numAttrs = overlap ? 1 : 0;
-  check(cudaLaunchKernelEx(&config, KERNEL, a), "SpQR product launch");
+  launch_maybe_overlapped(KERNEL, grid, dim3(256), 0, s, overlap, "SpQR product launch", a);
 }
 template <auto KERNEL>
 Kernel kernel_of(bool gemv) {
@@ -609,14 +599,6 @@ Kernel kernel_for(SpqrDtype dtype, int bits, int mt, int variant) {
 int default_variant(int64_t M) { return M <= 16 ? 2 : 0; }
 
 int rows_for(int64_t M) { return M <= 8 ? 8 : 16; }
-
-// Programmatic dependent launch needs compute capability 9.0.
-bool overlap_supported(int device) {
-  static int major[64] = {};
-  if (device < 0 || device >= 64) return false;
-  if (!major[device]) check(cudaDeviceGetAttribute(&major[device], cudaDevAttrComputeCapabilityMajor, device), "compute capability");
-  return major[device] >= 9;
-}
 
 }  // namespace
 
@@ -725,7 +707,7 @@ void run_product(const SpqrDeviceWeights& W, const void* x_in_place, SpqrDtype d
     a.partial = Wm.partial;
     a.counters = Wm.counters;
   }
-  k.launch(a, grid, stream, overlap && overlap_supported(W.device));
+  k.launch(a, grid, stream, overlap && overlap_enabled(W.device));
   check(cudaGetLastError(), "SpQR product launch");
 }
 

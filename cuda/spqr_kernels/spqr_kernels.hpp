@@ -108,12 +108,12 @@ std::unique_ptr<SpqrDeviceWeights> spqr_repack(const SpqrMatrix& host, int devic
 // Y [M, N] = X [M, K] · Wᵀ (+ bias [N] f32 on the device, or null), X and Y device memory of
 // `dtype` on W's device, enqueued on `stream` (a cudaStream_t). Up to 8 rows without a permutation
 // (and K a multiple of 8, X 16-byte aligned) one launch that reads X in place; else two (gather,
-// product; the product overlapping the gather on sm_90).
+// product). On sm_90 the product is launched overlapped with the kernel before it (cuda/overlap.cuh).
 void spqr_matmul(const SpqrDeviceWeights& W, const void* X, SpqrDtype dtype, int64_t M, void* Y, const float* bias,
                  void* stream);
-// The same with the split of K forced (benchmarks; splits < 1: the default choice) and the overlap
-// of the two launches (programmatic dependent launch on sm_90: the product's blocks start and read
-// their first records while the gather runs) on or off.
+// The same with the split of K forced (benchmarks; splits < 1: the default choice) and the overlapped
+// launch (programmatic dependent launch on sm_90: the product's blocks start and read their first
+// records while the kernel before it, the gather or another product, finishes) on or off.
 // variant: one of spqr_variant_count() kernel variants (tile kernel or K-splitting GEMV, chunks in
 // flight per warp, outliers before or after the dense loop; spqr_kernels/gemm.cu), < 0 the default.
 void spqr_matmul_splits(const SpqrDeviceWeights& W, const void* X, SpqrDtype dtype, int64_t M, void* Y,
