@@ -495,15 +495,11 @@ __device__ __forceinline__ void fold_load(FoldStage& st, const uint8_t* rec, con
   st.sz = __ldg(reinterpret_cast<const uint2*>(sz));
 }
 
-// Adds chunk c of a tile to acc (the mma C fragments of MT 8-row tiles of X): X[mt] is row g of X
-// tile mt at this lane's slot.
-template <int BITS, class T, int MT>
-__device__ __forceinline__ void fold_chunk(const FoldStage& st, const T* const (&X)[MT], int c, int64_t kx, int t,
-                                           float (&acc)[MT][4]) {
-  using F = FoldTile<T, BITS>;
-  // X of this chunk: whole, or (the last chunk of a K that is not a multiple of 128) whole units of
-  // 8 inputs up to kx and zeros past it (0 · x must not meet garbage there).
-  uint4 xv[MT][4];
+// X of chunk c for this lane (X[mt]: row g of X tile mt at this lane's slot): whole, or (the last
+// chunk of a K that is not a multiple of 128) whole units of 8 inputs up to kx and zeros past it
+// (0 · x must not meet garbage there).
+template <class T, int MT>
+__device__ __forceinline__ void fold_x(const T* const (&X)[MT], int c, int64_t kx, int t, uint4 (&xv)[MT][4]) {
   const bool whole = (int64_t)(c + 1) * kChunk <= kx;
   const int64_t k0 = (int64_t)c * kChunk + t * kSlot;
 #pragma unroll
@@ -518,6 +514,12 @@ __device__ __forceinline__ void fold_chunk(const FoldStage& st, const T* const (
         xv[mt][v] = k0 + 8 * v + 8 <= kx ? __ldg(reinterpret_cast<const uint4*>(xc + 8 * v)) : make_uint4(0, 0, 0, 0);
     }
   }
+}
+
+// Adds one tile's chunk to acc (the mma C fragments of MT 8-row tiles of X), X of the chunk in xv.
+template <int BITS, class T, int MT>
+__device__ __forceinline__ void fold_tile(const FoldStage& st, const uint4 (&xv)[MT][4], float (&acc)[MT][4]) {
+  using F = FoldTile<T, BITS>;
   uint32_t zc[4];
   float scale[2];
   F::consts(st.sz, zc, scale);
@@ -597,28 +599,33 @@ __device__ __forceinline__ void add_partial(const KernelArgs& a, int ntile, cons
   if (lane == 0) *counter = 0;
 }
 
-template <int BITS, class T, int MT, int DEPTH, int MINB>
+// NT adjacent tiles per block (the same chunk of each in one pass, so X, its bounds and the group
+// lookup are paid once for NT records).
+template <int BITS, class T, int MT, int NT, int DEPTH, int MINB>
 __global__ void __launch_bounds__(256, MINB) gptq_gemv_fold_kernel(KernelArgs a) {
   constexpr int REC = record_bytes(BITS);
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int g = lane >> 2, t = lane & 3;
-  const int ntile = blockIdx.y;
+  const int ntile0 = blockIdx.y * NT;
   // Split-K over the grid's z: this block's chunks are [c_begin, c_end).
   const int c_begin = (int)((int64_t)blockIdx.z * a.chunks / a.splits);
   const int c_end = (int)((int64_t)(blockIdx.z + 1) * a.chunks / a.splits);
   const T* X[MT];
   fold_rows<T, MT>(a, g, t, X);
-  // This warp's chunks are c_begin + warp, + 8, ...: loaded in that order, 8 records apart each.
-  const uint8_t* wnext = a.weights + record_index(ntile, c_begin + warp, a.chunks) * REC + lane * 16;
-  const uint16_t* srec = a.scale_zero + ((int64_t)ntile * 8 + g) * 4;
+  // This warp's chunks are c_begin + warp, + 8, ...: loaded in that order, 8 records apart each (the
+  // NT tiles' records of a chunk are adjacent: NT divides 8).
+  const uint8_t* wnext = a.weights + record_index(ntile0, c_begin + warp, a.chunks) * REC + lane * 16;
+  const uint16_t* srec = a.scale_zero + ((int64_t)ntile0 * 8 + g) * 4;
   const int64_t s_stride = (int64_t)(a.Np / kTileN) * 32;  // fp16 values between groups
-  auto load = [&](FoldStage& st, int c) {
-    fold_load<BITS>(st, wnext, srec + __ldg(a.slot_group + c * 4) * s_stride, lane);
+  auto load = [&](FoldStage (&st)[NT], int c) {
+    const uint16_t* sz = srec + __ldg(a.slot_group + c * 4) * s_stride;
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt) fold_load<BITS>(st[nt], wnext + nt * REC, sz + nt * 32, lane);
     wnext += 64 * REC;
   };
 
-  float acc[1][MT][4] = {};
-  FoldStage st[DEPTH];
+  float acc[NT][MT][4] = {};
+  FoldStage st[DEPTH][NT];
   // The first chunks' weights before the previous kernel has finished (overlap.cuh); X is read in
   // the loop, after the wait.
 #pragma unroll
@@ -632,26 +639,36 @@ __global__ void __launch_bounds__(256, MINB) gptq_gemv_fold_kernel(KernelArgs a)
     for (int s = 0; s < DEPTH; ++s) {
       const int c = c0 + 8 * s;
       if (c < c_end) {
-        fold_chunk<BITS, T, MT>(st[s], X, c, a.kx, t, acc[0]);
+        uint4 xv[MT][4];
+        fold_x<T, MT>(X, c, a.kx, t, xv);
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt) fold_tile<BITS, T, MT>(st[s][nt], xv, acc[nt]);
         if (c + 8 * DEPTH < c_end) load(st[s], c + 8 * DEPTH);
       }
     }
   }
-  __shared__ float part[8][MT * 4][32];  // [warp][accumulator][lane]: no bank conflicts
+  __shared__ float part[8][NT * MT * 4][32];  // [warp][accumulator][lane]: no bank conflicts
 #pragma unroll
-  for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-    for (int i = 0; i < 4; ++i) part[warp][mt * 4 + i][lane] = acc[0][mt][i];
-  __syncthreads();
-  if (warp != 0) return;
-#pragma unroll
-  for (int w = 1; w < 8; ++w)
+  for (int nt = 0; nt < NT; ++nt)
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
-      for (int i = 0; i < 4; ++i) acc[0][mt][i] += part[w][mt * 4 + i][lane];
-  if (a.splits == 1) store_tile<T, MT>(a, ntile, acc[0], lane);  // by warp 0 alone
-  else add_partial<T, MT>(a, ntile, acc[0], 1, a.splits, lane);
+      for (int i = 0; i < 4; ++i) part[warp][(nt * MT + mt) * 4 + i][lane] = acc[nt][mt][i];
+  __syncthreads();
+  if (warp >= NT) return;
+  // Warp nt sums and writes tile ntile0 + nt.
+  float sum[MT][4];
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      float v = 0.f;
+#pragma unroll
+      for (int w = 0; w < 8; ++w) v += part[w][(warp * MT + mt) * 4 + i][lane];
+      sum[mt][i] = v;
+    }
+  if (a.splits == 1) store_tile<T, MT>(a, ntile0 + warp, sum, lane);
+  else add_partial<T, MT>(a, ntile0 + warp, sum, 1, a.splits, lane);
 }
 
 // X gathered into the repacked order of K (act-order), or copied with zero padding to Kp columns
@@ -747,13 +764,16 @@ constexpr ConfigInfo kConfigs[] = {
     {"m8n128", 1, 1, 1, 8, 0},     {"m16n128", 2, 2, 1, 4, 0},   {"m32n128", 4, 2, 1, 4, 0},
     {"m64n128w4", 4, 4, 2, 2, 0},  {"m16n128w8", 2, 1, 1, 8, 0}, {"m64n128w8", 8, 1, 1, 8, 0},
     {"v8n128", 1, 1, 1, 8, 8},     {"v8n16k8", 1, 1, 1, 1, 8},   {"f8n16k8", 1, 1, 1, 1, 8},
-    {"f16n16k8", 2, 1, 1, 1, 16}, {"f8n16k8d", 1, 1, 1, 1, 8},
+    {"f16n16k8", 2, 1, 1, 1, 16}, {"f8n16k8d", 1, 1, 1, 1, 8},  {"f8n32k8", 1, 2, 1, 1, 8},
 };
 constexpr int kConfigCount = sizeof(kConfigs) / sizeof(kConfigs[0]);
 constexpr int kGemv = 6, kGemvK = 7;  // the direct-load kernels: 8 tiles a block, or one tile split 8 ways along K
 constexpr int kFold = 8, kFold16 = 9;  // the zero-point-folded GEMV for 8 and 16 rows
 constexpr int kFoldDeep = 10;  // the folded GEMV with 4 chunks in flight per warp (3 at 4-bit), 3 blocks per SM
-constexpr bool is_fold(int config) { return config == kFold || config == kFold16 || config == kFoldDeep; }
+constexpr int kFoldWide = 11;  // the folded GEMV on 2 tiles (32 columns) per block
+constexpr bool is_fold(int config) {
+  return config == kFold || config == kFold16 || config == kFoldDeep || config == kFoldWide;
+}
 
 struct Kernel {
   Launch launch = nullptr;
@@ -771,20 +791,20 @@ Kernel gemv_of(bool defer) {
   return {launch_gemv<BITS, T, false, DEPTH, KSPLIT>, occupancy_gemv<BITS, T, false, DEPTH, KSPLIT>};
 }
 
-template <int BITS, class T, int MT, int DEPTH, int MINB>
+template <int BITS, class T, int MT, int NT, int DEPTH, int MINB>
 void launch_fold(const KernelArgs& a, dim3 grid, cudaStream_t stream) {
-  launch_maybe_overlapped(gptq_gemv_fold_kernel<BITS, T, MT, DEPTH, MINB>, grid, dim3(256), 0, stream,
+  launch_maybe_overlapped(gptq_gemv_fold_kernel<BITS, T, MT, NT, DEPTH, MINB>, grid, dim3(256), 0, stream,
                           overlap_enabled(current_device()), "GPTQ product launch", a);
 }
 
-template <int BITS, class T, int MT, int DEPTH, int MINB>
+template <int BITS, class T, int MT, int NT, int DEPTH, int MINB>
 int occupancy_fold() {
-  return occupancy_of<gptq_gemv_fold_kernel<BITS, T, MT, DEPTH, MINB>>(256, 0);
+  return occupancy_of<gptq_gemv_fold_kernel<BITS, T, MT, NT, DEPTH, MINB>>(256, 0);
 }
 
-template <int BITS, class T, int MT, int DEPTH, int MINB>
+template <int BITS, class T, int MT, int NT, int DEPTH, int MINB>
 Kernel fold_of() {
-  return {launch_fold<BITS, T, MT, DEPTH, MINB>, occupancy_fold<BITS, T, MT, DEPTH, MINB>};
+  return {launch_fold<BITS, T, MT, NT, DEPTH, MINB>, occupancy_fold<BITS, T, MT, NT, DEPTH, MINB>};
 }
 
 template <int BITS, class T>
@@ -798,9 +818,10 @@ Kernel pick_kernel(int config, bool defer) {
     case 5: return kernel_of<BITS, T, 8, 1, 1, 8, false>();
     case kGemv: return gemv_of<BITS, T, 2, false>(defer);
     case kGemvK: return gemv_of<BITS, T, 2, true>(defer);
-    case kFold: return fold_of<BITS, T, 1, 2, 4>();
-    case kFold16: return fold_of<BITS, T, 2, 2, 2>();
-    case kFoldDeep: return fold_of<BITS, T, 1, BITS == 4 ? 3 : 4, 3>();
+    case kFold: return fold_of<BITS, T, 1, 1, 2, 4>();
+    case kFold16: return fold_of<BITS, T, 2, 1, 2, 2>();
+    case kFoldDeep: return fold_of<BITS, T, 1, 1, BITS == 4 ? 3 : 4, 3>();
+    case kFoldWide: return fold_of<BITS, T, 1, 2, 2, BITS == 4 ? 2 : 3>();
   }
   return {};
 }
@@ -854,8 +875,14 @@ void gptq_choose(const GptqDeviceWeights& W, int64_t M, int* config, int* splits
   // matrices from 8192² and wide ones from 4096 x 11008 (2026-12-02, the GEMVs launched overlapped:
   // 4096² 3-bit M = 8 5.8 against 7.0 us for the K-split direct-load kernel, 11008 x 4096 3-bit M = 1
   // 11.2 against 13.0; 4-bit 4096² 4.8 against 5.3 and 11008 x 4096 10.6 against 11.4 the other way),
-  // with 4 chunks in flight per warp (3 at 4-bit) on wide K <= 4096 matrices from 4 rows (4096 x
-  // 11008 M = 8: 12.6 against 14.2 us at 4-bit, 11.3 against 13.3 at 2-bit); else the direct-load
+  // on two tiles per block (f8n32k8: half the blocks, X and the group lookup shared by two records)
+  // at 3/2-bit on wide K <= 4096 matrices (4096 x 11008 M = 1 3-bit 8.9 against 10.7 us, 2-bit 7.5
+  // against 9.8: 344 blocks fit one wave where 688 took two), at 2-bit on wide ones from 8192² (8192 x
+  // 28672: 31.8 against 36.2) and at 4-bit from 8192² where K >= N or from 4 rows (28672 x 8192 M = 1
+  // 33.6 against 35.3; 8192 x 28672 M = 8 44.1 against 50.0); at 4-bit with 4 chunks in flight per
+  // warp (3 blocks per SM) on wide K <= 4096 matrices from 4 rows (4096 x 11008 M = 8: 12.7 against
+  // 14.2). Elsewhere one tile per block was ahead (8192² 3-bit: 12.4 against 15.7, its 256 blocks of
+  // two tiles underfilling the GPU). Else the direct-load
   // kernel with its warps splitting K inside the block, except on matrices above 8192² with K > N,
   // where the staged 8-row tiles stay ahead (28672 x 8192 g128 before the folded kernel: 43 against
   // 45). 9-16 rows: the folded GEMV's 16-row form with groups of 128 or more (4096² M = 16: 9.3
@@ -873,8 +900,11 @@ void gptq_choose(const GptqDeviceWeights& W, int64_t M, int* config, int* splits
   const bool large = size >= (int64_t)8192 * 8192, huge = size > (int64_t)8192 * 8192;
   int c;
   const bool fold = W.uniform_chunks && (W.bits < 4 || large || (W.N > W.K && size >= (int64_t)4096 * 11008));
-  const bool deep = W.N > W.K && W.K <= 4096 && M >= 4;
-  if (M <= 8) c = fold ? (deep ? kFoldDeep : kFold) : huge && W.K > W.N ? 0 : kGemvK;
+  const bool wide_short = W.N > W.K && W.K <= 4096;
+  const bool two_tiles = W.bits < 4 ? wide_short || (W.bits == 2 && large && W.N > W.K)
+                                    : large && (W.K >= W.N || M >= 4);
+  const bool deep = W.bits == 4 && wide_short && M >= 4;
+  if (M <= 8) c = !fold ? (huge && W.K > W.N ? 0 : kGemvK) : two_tiles ? kFoldWide : deep ? kFoldDeep : kFold;
   else if (M <= 16) c = W.uniform_chunks && !(huge && W.bits < 4 && W.K > W.N) ? kFold16 : huge ? 1 : 4;
   else if (M <= 32) c = 2;
   else if (M <= 64) c = huge ? 5 : 2;
