@@ -50,17 +50,7 @@ __global__ void __launch_bounds__(256) gptq_dequant_kernel(DequantArgs a) {
 
   const uint8_t* src = a.weights + record_index(ntile, chunk, a.chunks) * REC;
   uint32_t w[8];
-  const uint4 w0 = __ldcs(reinterpret_cast<const uint4*>(src + lane * 16));
-  w[0] = w0.x, w[1] = w0.y, w[2] = w0.z, w[3] = w0.w;
-  if constexpr (BITS == 4) {
-    const uint4 w1 = __ldcs(reinterpret_cast<const uint4*>(src + 512 + lane * 16));
-    w[4] = w1.x, w[5] = w1.y, w[6] = w1.z, w[7] = w1.w;
-  } else if constexpr (BITS == 3) {
-    const uint2 w1 = __ldcs(reinterpret_cast<const uint2*>(src + 512 + lane * 8));
-    w[4] = w1.x, w[5] = w1.y, w[6] = 0, w[7] = 0;
-  } else {
-    w[4] = w[5] = w[6] = w[7] = 0;
-  }
+  load_words<BITS>(src, lane, w);
   const int grp = __ldg(a.slot_group + chunk * 4 + t);
   TileConsts<T, BITS, false> consts;
   consts.init(__ldg(reinterpret_cast<const uint2*>(a.scale_zero + ((grp * ntiles + ntile) * 8 + g) * 4)));

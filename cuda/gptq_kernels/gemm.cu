@@ -41,6 +41,7 @@
 #include "../cuda_check.cuh"
 #include "../overlap.cuh"
 #include "../packed_memory.cuh"
+#include "../split_k.cuh"
 #include "gptq_kernels.hpp"
 #include "layout.hpp"
 #include "tile_math.cuh"
@@ -87,15 +88,15 @@ __device__ __forceinline__ void cp_async_wait() {
   asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
 }
 
-// Writes a block's results: straight to Y, or (split-K) added into the fp32 partial sums, the last
-// block of the tile writing Y and leaving the sums and its counter at zero for the next product.
+__device__ __forceinline__ split_k::Output output_of(const KernelArgs& a) { return {a.y, nullptr, a.M, a.N, a.Np, a.partial, a.counters}; }
+
+// Writes a block's results (split_k.cuh; the block's grid tile counts one of a.splits).
 // acc[nt][mt][i]: output column n = tile + g + 8·(i >= 2), row m = 2t + (i & 1).
 template <class T, int MT, int NT, int WM, int WN>
 __device__ __forceinline__ void write_result(const KernelArgs& a, const float (&acc)[NT][MT][4], int ntile0, int m0) {
-  constexpr int THREADS = 32 * WM * WN, BM = 8 * MT * WM, BN = kTileN * NT * WN;
-  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  constexpr int BM = 8 * MT * WM, BN = kTileN * NT * WN;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int wn = warp % WN, wm = warp / WN, g = lane >> 2, t = lane & 3;
-  T* Y = static_cast<T*>(a.y);
   // Each of this thread's accumulators with its output column n and row m of Y.
   auto each_output = [&](auto&& f) {
 #pragma unroll
@@ -107,33 +108,8 @@ __device__ __forceinline__ void write_result(const KernelArgs& a, const float (&
           f((ntile0 + wn * NT + nt) * kTileN + g + 8 * (i >> 1), m0 + wm * MT * 8 + mt * 8 + 2 * t + (i & 1),
             acc[nt][mt][i]);
   };
-  if (a.splits == 1) {
-    each_output([&](int n, int m, float v) {
-      if (m < a.M && n < a.N) Y[(int64_t)m * a.N + n] = from_float<T>(v);
-    });
-    return;
-  }
-  each_output([&](int n, int m, float v) {
-    if (m < a.M) atomicAdd(a.partial + (int64_t)m * a.Np + n, v);
-  });
-  __threadfence();
-  __syncthreads();
-  __shared__ int last;
-  int32_t* counter = a.counters + blockIdx.y * gridDim.x + blockIdx.x;
-  if (tid == 0) last = atomicAdd(counter, 1) == a.splits - 1;
-  __syncthreads();
-  if (!last) return;
-  __threadfence();
-  const int n0 = ntile0 * kTileN;
-  for (int i = tid; i < BM * BN; i += THREADS) {
-    const int m = m0 + i / BN, n = n0 + i % BN;
-    if (m >= a.M) break;
-    float* p = a.partial + (int64_t)m * a.Np + n;
-    const float v = __ldcg(p);
-    *p = 0.f;
-    if (n < a.N) Y[(int64_t)m * a.N + n] = from_float<T>(v);
-  }
-  if (tid == 0) *counter = 0;
+  split_k::write_tile<T, true>(output_of(a), each_output, a.splits == 1, blockIdx.y * gridDim.x + blockIdx.x, 1,
+                               a.splits, m0, ntile0 * kTileN, BM, BN);
 }
 
 template <int BITS, class T, int MT, int NT, int WM, int WN, bool DEFER>
@@ -328,18 +304,7 @@ __global__ void __launch_bounds__(256) gptq_gemv_kernel(KernelArgs a) {
     uint4 x[4];
   };
   auto load_w = [&](Stage& st, int c) {
-    const uint8_t* rec = wrec + (int64_t)c * 8 * REC;
-    const uint4 w0 = __ldcs(reinterpret_cast<const uint4*>(rec + lane * 16));
-    st.w[0] = w0.x, st.w[1] = w0.y, st.w[2] = w0.z, st.w[3] = w0.w;
-    if constexpr (BITS == 4) {
-      const uint4 w1 = __ldcs(reinterpret_cast<const uint4*>(rec + 512 + lane * 16));
-      st.w[4] = w1.x, st.w[5] = w1.y, st.w[6] = w1.z, st.w[7] = w1.w;
-    } else if constexpr (BITS == 3) {
-      const uint2 w1 = __ldcs(reinterpret_cast<const uint2*>(rec + 512 + lane * 8));
-      st.w[4] = w1.x, st.w[5] = w1.y, st.w[6] = 0, st.w[7] = 0;
-    } else {
-      st.w[4] = st.w[5] = st.w[6] = st.w[7] = 0;
-    }
+    load_words<BITS>(wrec + (int64_t)c * 8 * REC, lane, st.w);
     const int grp = __ldg(a.slot_group + c * 4 + t);
     st.sz = __ldg(reinterpret_cast<const uint2*>(srec + (int64_t)grp * ntiles * 32));
   };
@@ -477,21 +442,11 @@ struct FoldStage {
   uint2 sz;
 };
 
-// Loads the record of one (tile, chunk) into st: rec at the record's lane share (+ lane·16 bytes),
-// sz the lane's scale/zero record of the chunk's group.
+// Loads the record of one (tile, chunk) into st: rec the record, sz the lane's scale/zero record of
+// the chunk's group.
 template <int BITS>
 __device__ __forceinline__ void fold_load(FoldStage& st, const uint8_t* rec, const uint16_t* sz, int lane) {
-  const uint4 w0 = __ldcs(reinterpret_cast<const uint4*>(rec));
-  st.w[0] = w0.x, st.w[1] = w0.y, st.w[2] = w0.z, st.w[3] = w0.w;
-  if constexpr (BITS == 4) {
-    const uint4 w1 = __ldcs(reinterpret_cast<const uint4*>(rec + 512));
-    st.w[4] = w1.x, st.w[5] = w1.y, st.w[6] = w1.z, st.w[7] = w1.w;
-  } else if constexpr (BITS == 3) {
-    const uint2 w1 = __ldcs(reinterpret_cast<const uint2*>(rec + 512 - lane * 8));
-    st.w[4] = w1.x, st.w[5] = w1.y, st.w[6] = 0, st.w[7] = 0;
-  } else {
-    st.w[4] = st.w[5] = st.w[6] = st.w[7] = 0;
-  }
+  load_words<BITS>(rec, lane, st.w);
   st.sz = __ldg(reinterpret_cast<const uint2*>(sz));
 }
 
@@ -553,52 +508,6 @@ __device__ __forceinline__ void fold_rows(const KernelArgs& a, int g, int t, con
     X[mt] = static_cast<const T*>(a.x) + (int64_t)(8 * mt + g < a.M ? 8 * mt + g : 0) * a.ldx + t * kSlot;
 }
 
-// Writes one warp's sums for a whole tile (the mma C fragments of MT 8-row tiles of X) to Y.
-template <class T, int MT>
-__device__ __forceinline__ void store_tile(const KernelArgs& a, int ntile, const float (&acc)[MT][4], int lane) {
-  const int g = lane >> 2, t = lane & 3;
-  T* Y = static_cast<T*>(a.y);
-#pragma unroll
-  for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      const int m = 8 * mt + 2 * t + (i & 1), n = ntile * kTileN + g + 8 * (i >> 1);
-      if (m < a.M && n < a.N) Y[(int64_t)m * a.N + n] = from_float<T>(acc[mt][i]);
-    }
-}
-
-// Adds a warp's sums for one tile into the fp32 partial sums (split-K); the warp that brings the
-// tile's count to `total` writes Y and leaves the sums and the counter at zero for the next product.
-template <class T, int MT>
-__device__ __forceinline__ void add_partial(const KernelArgs& a, int ntile, const float (&acc)[MT][4], int count,
-                                            int total, int lane) {
-  const int g = lane >> 2, t = lane & 3;
-#pragma unroll
-  for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      const int m = 8 * mt + 2 * t + (i & 1), n = ntile * kTileN + g + 8 * (i >> 1);
-      if (m < a.M) atomicAdd(a.partial + (int64_t)m * a.Np + n, acc[mt][i]);
-    }
-  __threadfence();
-  __syncwarp();
-  int32_t* counter = a.counters + ntile;
-  int last = 0;
-  if (lane == 0) last = atomicAdd(counter, count) + count == total;
-  if (!__shfl_sync(0xffffffffu, last, 0)) return;
-  __threadfence();
-  T* Y = static_cast<T*>(a.y);
-  for (int i = lane; i < 8 * MT * kTileN; i += 32) {
-    const int m = i / kTileN, n = ntile * kTileN + i % kTileN;
-    if (m >= a.M) break;
-    float* p = a.partial + (int64_t)m * a.Np + n;
-    const float v = __ldcg(p);
-    *p = 0.f;
-    if (n < a.N) Y[(int64_t)m * a.N + n] = from_float<T>(v);
-  }
-  if (lane == 0) *counter = 0;
-}
-
 // NT adjacent tiles per block (the same chunk of each in one pass, so X, its bounds and the group
 // lookup are paid once for NT records).
 template <int BITS, class T, int MT, int NT, int DEPTH, int MINB>
@@ -614,7 +523,7 @@ __global__ void __launch_bounds__(256, MINB) gptq_gemv_fold_kernel(KernelArgs a)
   fold_rows<T, MT>(a, g, t, X);
   // This warp's chunks are c_begin + warp, + 8, ...: loaded in that order, 8 records apart each (the
   // NT tiles' records of a chunk are adjacent: NT divides 8).
-  const uint8_t* wnext = a.weights + record_index(ntile0, c_begin + warp, a.chunks) * REC + lane * 16;
+  const uint8_t* wnext = a.weights + record_index(ntile0, c_begin + warp, a.chunks) * REC;
   const uint16_t* srec = a.scale_zero + ((int64_t)ntile0 * 8 + g) * 4;
   const int64_t s_stride = (int64_t)(a.Np / kTileN) * 32;  // fp16 values between groups
   auto load = [&](FoldStage (&st)[NT], int c) {
@@ -667,8 +576,16 @@ __global__ void __launch_bounds__(256, MINB) gptq_gemv_fold_kernel(KernelArgs a)
       for (int w = 0; w < 8; ++w) v += part[w][(warp * MT + mt) * 4 + i][lane];
       sum[mt][i] = v;
     }
-  if (a.splits == 1) store_tile<T, MT>(a, ntile0 + warp, sum, lane);
-  else add_partial<T, MT>(a, ntile0 + warp, sum, 1, a.splits, lane);
+  const int ntile = ntile0 + warp;
+  auto each_output = [&](auto&& f) {
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+      for (int i = 0; i < 4; ++i) f(ntile * kTileN + g + 8 * (i >> 1), 8 * mt + 2 * t + (i & 1), sum[mt][i]);
+  };
+  // Split-K by this warp alone (split_k.cuh; a counter per tile).
+  split_k::write_tile<T, false>(output_of(a), each_output, a.splits == 1, ntile, 1, a.splits, 0, ntile * kTileN, 8 * MT,
+                                kTileN);
 }
 
 // X gathered into the repacked order of K (act-order), or copied with zero padding to Kp columns
@@ -985,8 +902,9 @@ bool gptq_matmul_config(const GptqDeviceWeights& W, const void* X, GptqDtype dty
   if (splits > 1) {
     // The weights' own scratch (one product at a time per weights object; gptq_kernels.hpp): a
     // scratch per device would let two streams' products add into one buffer.
-    grow_split_k(Wm.partial, Wm.counters, Wm.partial_floats, Wm.counter_count, M * W.Np, grid_tiles(ci, M, W.Np),
-                 stream, "GPTQ product");
+    // A counter per grid tile (the staged kernels), or per 16-column tile (the folded GEMV's warps).
+    grow_split_k(Wm.partial, Wm.counters, Wm.partial_floats, Wm.counter_count, M * W.Np,
+                 std::max<int64_t>(grid_tiles(ci, M, W.Np), W.Np / kTileN), stream, "GPTQ product");
     a.partial = Wm.partial;
     a.counters = Wm.counters;
   }

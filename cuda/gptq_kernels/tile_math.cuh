@@ -142,6 +142,24 @@ __device__ __forceinline__ void dequant(uint32_t w, const TileConsts<T, BITS, DE
   }
 }
 
+// A lane's weight words of one record (layout.hpp) from global memory, read once (streaming): rec
+// is the record; 4/3-bit words 0-3 at rec + 16·lane, 4-bit words 4-7 at rec + 512 + 16·lane, 3-bit
+// words 4-5 at rec + 512 + 8·lane; the words a width does not have are zero.
+template <int BITS>
+__device__ __forceinline__ void load_words(const uint8_t* rec, int lane, uint32_t (&w)[8]) {
+  const uint4 w0 = __ldcs(reinterpret_cast<const uint4*>(rec + lane * 16));
+  w[0] = w0.x, w[1] = w0.y, w[2] = w0.z, w[3] = w0.w;
+  if constexpr (BITS == 4) {
+    const uint4 w1 = __ldcs(reinterpret_cast<const uint4*>(rec + 512 + lane * 16));
+    w[4] = w1.x, w[5] = w1.y, w[6] = w1.z, w[7] = w1.w;
+  } else if constexpr (BITS == 3) {
+    const uint2 w1 = __ldcs(reinterpret_cast<const uint2*>(rec + 512 + lane * 8));
+    w[4] = w1.x, w[5] = w1.y, w[6] = 0, w[7] = 0;
+  } else {
+    w[4] = w[5] = w[6] = w[7] = 0;
+  }
+}
+
 // Tile j's word: 4-bit word j; 3-bit the rebuilt nibble word; 2-bit word j/2, shifted to tile j's byte pair.
 template <int BITS>
 __device__ __forceinline__ uint32_t tile_word(const uint32_t (&w)[8], int j) {

@@ -38,6 +38,7 @@
 #include "../cuda_check.cuh"
 #include "../overlap.cuh"
 #include "../packed_memory.cuh"
+#include "../split_k.cuh"
 #include "../gptq_kernels/tile_math.cuh"
 #include "spqr_kernels.hpp"
 
@@ -148,17 +149,7 @@ struct RecordShare {
   uint4 second;  // units 2t and 2t+1: (scale offset, step, zero offset, step) each
 
   __device__ __forceinline__ void load(const uint8_t* rec, int lane) {
-    const uint4 w0 = __ldcs(reinterpret_cast<const uint4*>(rec + lane * 16));
-    w[0] = w0.x, w[1] = w0.y, w[2] = w0.z, w[3] = w0.w;
-    if constexpr (BITS == 4) {
-      const uint4 w1 = __ldcs(reinterpret_cast<const uint4*>(rec + 512 + lane * 16));
-      w[4] = w1.x, w[5] = w1.y, w[6] = w1.z, w[7] = w1.w;
-    } else if constexpr (BITS == 3) {
-      const uint2 w1 = __ldcs(reinterpret_cast<const uint2*>(rec + 512 + lane * 8));
-      w[4] = w1.x, w[5] = w1.y, w[6] = 0, w[7] = 0;
-    } else {
-      w[4] = w[5] = w[6] = w[7] = 0;
-    }
+    load_words<BITS>(rec, lane, w);
     codes = __ldcs(reinterpret_cast<const uint32_t*>(rec + CB) + lane);
     second = __ldcs(reinterpret_cast<const uint4*>(rec + CB + 128) + (lane & 3));
   }
@@ -216,14 +207,15 @@ __device__ __forceinline__ void add_outliers(const uint32_t* __restrict__ outlie
     for (int i = 0; i < 4; ++i) acc[mt][i] += osum[g + 8 * (i >> 1)][8 * mt + 2 * t + (i & 1)];
 }
 
-// Writes the block's results: straight to Y (+ bias), or with split-K into the partial sums, the
-// last block of the tile writing Y and leaving the sums and its counter at zero.
+__device__ __forceinline__ split_k::Output output_of(const Args& a) {
+  return {a.y, a.bias, a.M, a.N, a.Np, a.partial, a.counters};
+}
+
+// Writes the block's results (+ bias; split_k.cuh, the block's grid tile counting one of a.splits).
 // acc[mt][i]: output row n = tile·16 + g + 8·(i >= 2), row of X m = m0 + 8·mt + 2t + (i & 1).
 template <class T, int MT>
 __device__ __forceinline__ void write_result(const Args& a, const float (&acc)[MT][4], int ntile0, int m0) {
-  constexpr int BM = 8 * MT, BN = 128;
-  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, g = lane >> 2, t = lane & 3;
-  T* Y = static_cast<T*>(a.y);
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
   auto each_output = [&](auto&& f) {
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt)
@@ -231,33 +223,8 @@ __device__ __forceinline__ void write_result(const Args& a, const float (&acc)[M
       for (int i = 0; i < 4; ++i)
         f((ntile0 + warp) * kTileN + g + 8 * (i >> 1), m0 + mt * 8 + 2 * t + (i & 1), acc[mt][i]);
   };
-  if (a.splits == 1) {
-    each_output([&](int n, int m, float v) {
-      if (m < a.M && n < a.N) Y[(int64_t)m * a.N + n] = from_float<T>(a.bias ? v + a.bias[n] : v);
-    });
-    return;
-  }
-  each_output([&](int n, int m, float v) {
-    if (m < a.M) atomicAdd(a.partial + (int64_t)m * a.Np + n, v);
-  });
-  __threadfence();
-  __syncthreads();
-  __shared__ int last;
-  int32_t* counter = a.counters + blockIdx.y * gridDim.x + blockIdx.x;
-  if (tid == 0) last = atomicAdd(counter, 1) == a.splits - 1;
-  __syncthreads();
-  if (!last) return;
-  __threadfence();
-  const int n0 = ntile0 * kTileN;
-  for (int i = tid; i < BM * BN; i += blockDim.x) {
-    const int m = m0 + i / BN, n = n0 + i % BN;
-    if (m >= a.M) break;
-    float* p = a.partial + (int64_t)m * a.Np + n;
-    const float v = __ldcg(p);
-    *p = 0.f;
-    if (n < a.N) Y[(int64_t)m * a.N + n] = from_float<T>(a.bias ? v + a.bias[n] : v);
-  }
-  if (tid == 0) *counter = 0;
+  split_k::write_tile<T, true>(output_of(a), each_output, a.splits == 1, blockIdx.y * gridDim.x + blockIdx.x, 1,
+                               a.splits, m0, ntile0 * kTileN, 8 * MT, 128);
 }
 
 // DEPTH: chunks in flight per warp; MINB: blocks per SM the registers are capped for; LATE: the
@@ -462,39 +429,15 @@ __global__ void __launch_bounds__(256, MINB) spqr_gemv_kernel(Args a) {
     for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
       for (int i = 0; i < 4; ++i) acc[mt][i] += part[w][mt * 4 + i][lane];
-  T* Y = static_cast<T*>(a.y);
   auto each_output = [&](auto&& f) {
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
       for (int i = 0; i < 4; ++i) f(ntile * kTileN + g + 8 * (i >> 1), m0 + 8 * mt + 2 * t + (i & 1), acc[mt][i]);
   };
-  if (a.splits == 1) {
-    each_output([&](int n, int m, float v) {
-      if (m < a.M && n < a.N) Y[(int64_t)m * a.N + n] = from_float<T>(a.bias ? v + a.bias[n] : v);
-    });
-    return;
-  }
-  // Split-K, by warp 0 alone: add into the partial sums; the tile's last block writes Y and leaves
-  // the sums and its counter at zero for the next product.
-  each_output([&](int n, int m, float v) {
-    if (m < a.M) atomicAdd(a.partial + (int64_t)m * a.Np + n, v);
-  });
-  __threadfence();
-  int32_t* counter = a.counters + blockIdx.y * gridDim.x + blockIdx.x;
-  int last = 0;
-  if (lane == 0) last = atomicAdd(counter, 1) == a.splits - 1;
-  if (!__shfl_sync(0xffffffffu, last, 0)) return;
-  __threadfence();
-  for (int i = lane; i < BM * kTileN; i += 32) {
-    const int m = m0 + i / kTileN, n = ntile * kTileN + i % kTileN;
-    if (m >= a.M) break;
-    float* p = a.partial + (int64_t)m * a.Np + n;
-    const float v = __ldcg(p);
-    *p = 0.f;
-    if (n < a.N) Y[(int64_t)m * a.N + n] = from_float<T>(a.bias ? v + a.bias[n] : v);
-  }
-  if (lane == 0) *counter = 0;
+  // Split-K by warp 0 alone (split_k.cuh; the block's grid tile counts one of a.splits).
+  split_k::write_tile<T, false>(output_of(a), each_output, a.splits == 1, blockIdx.y * gridDim.x + blockIdx.x, 1,
+                                a.splits, m0, ntile * kTileN, 8 * MT, kTileN);
 }
 
 // X [M, K] → Xs [Mp, Kp] in sweep order (zero padded) and its transpose XsT [Kp, Mp].

@@ -1,0 +1,75 @@
+// How the packed products (gptq_kernels/, spqr_kernels/) write a tile of results: straight to Y, or,
+// when K is split across blocks (or warps), added into fp32 partial sums with atomics, the last
+// contributor to the tile (a counter per tile) writing Y and leaving the sums and its counter at
+// zero again, so that a product is one launch and can be captured in a CUDA graph. Device code.
+#pragma once
+
+#include <cstdint>
+
+#include "gptq_kernels/tile_math.cuh"
+
+namespace lowbit {
+namespace cuda {
+namespace split_k {
+
+// Where a product's results go: Y [M, N] of T (+ bias [N] f32, or null), and with split-K the
+// partial sums [M, ld] and the tile counters.
+struct Output {
+  void* y;
+  const float* bias;
+  int M, N;
+  int64_t ld;
+  float* partial;
+  int32_t* counters;
+};
+
+// Writes the tile's results that this thread holds: each_output(f) calls f(n, m, v) for each
+// (output column n, row of X m, value v). whole: the tile is complete here (no split of K). Else the
+// values go into the partial sums and this contribution counts `count` of the tile's `total`; the
+// contributor that completes the tile writes the region rows × cols at (m0, n0) from the sums.
+// BLOCK: the contributor is the whole block (every thread calls this); else one warp.
+template <class T, bool BLOCK, class EachOutput>
+__device__ __forceinline__ void write_tile(const Output& o, EachOutput&& each_output, bool whole, int tile, int count,
+                                           int total, int m0, int n0, int rows, int cols) {
+  T* Y = static_cast<T*>(o.y);
+  if (whole) {
+    each_output([&](int n, int m, float v) {
+      if (m < o.M && n < o.N) Y[(int64_t)m * o.N + n] = gptq_tile::from_float<T>(o.bias ? v + o.bias[n] : v);
+    });
+    return;
+  }
+  each_output([&](int n, int m, float v) {
+    if (m < o.M) atomicAdd(o.partial + (int64_t)m * o.ld + n, v);
+  });
+  __threadfence();
+  int32_t* counter = o.counters + tile;
+  const int member = BLOCK ? (int)threadIdx.x : (int)(threadIdx.x & 31), members = BLOCK ? (int)blockDim.x : 32;
+  int last;
+  if constexpr (BLOCK) {
+    __shared__ int block_last;
+    __syncthreads();
+    if (member == 0) block_last = atomicAdd(counter, count) + count == total;
+    __syncthreads();
+    last = block_last;
+  } else {
+    __syncwarp();
+    last = 0;
+    if (member == 0) last = atomicAdd(counter, count) + count == total;
+    last = __shfl_sync(0xffffffffu, last, 0);
+  }
+  if (!last) return;
+  __threadfence();
+  for (int i = member; i < rows * cols; i += members) {
+    const int m = m0 + i / cols, n = n0 + i % cols;
+    if (m >= o.M) break;
+    float* p = o.partial + (int64_t)m * o.ld + n;
+    const float v = __ldcg(p);
+    *p = 0.f;
+    if (n < o.N) Y[(int64_t)m * o.N + n] = gptq_tile::from_float<T>(o.bias ? v + o.bias[n] : v);
+  }
+  if (member == 0) *counter = 0;
+}
+
+}  // namespace split_k
+}  // namespace cuda
+}  // namespace lowbit
