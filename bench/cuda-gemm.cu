@@ -246,6 +246,83 @@ void check_case(const Case& c, Rng& rng) {
               "identity", (int)R.identity_k, "uniform", (int)R.uniform_chunks, runs, worst);
 }
 
+// A dependent chain on one stream, launched back to back: Y1 = W1·X, then Y2 = W2·Y1, each product
+// through gptq_matmul's own choice, both outputs poisoned first; three times directly and twice
+// through a captured graph. The products are launched overlapped (cuda/overlap.cuh): the second
+// may start while the first runs, and must not read Y1 before the first has finished — an early
+// read sees the NaN poison or a half-written Y1, and Y2 misses W2 · (the final Y1).
+void check_chain(Rng& rng) {
+  Checkpoint c1, c2;
+  make_checkpoint({4, 8192, 4096, 128, false, 1}, rng, c1);  // the slow first product
+  make_checkpoint({2, 4096, 1000, 128, false, 1}, rng, c2);
+  const cuda::GptqRepacked R1 = cuda::repack_gptq_host(c1.W), R2 = cuda::repack_gptq_host(c2.W);
+  cuda::GptqDeviceWeights W1(R1, 0), W2(R2, 0);
+  for (GptqDtype dt : {GptqDtype::f16, GptqDtype::bf16})
+    for (int64_t M : {1, 8, 16}) {
+      std::vector<uint16_t> x((size_t)(M * 8192));
+      for (auto& v : x) v = to_bits((float)rng.normal(), dt);
+      void *dx, *dy1, *dy2, *wide;
+      CK(cudaMalloc(&dx, x.size() * 2));
+      CK(cudaMalloc(&dy1, (size_t)(M * 4096 * 2)));
+      CK(cudaMalloc(&dy2, (size_t)(M * 1000 * 2)));
+      CK(cudaMalloc(&wide, (size_t)std::max(cuda::gptq_dequant_bytes(W1), cuda::gptq_dequant_bytes(W2))));
+      CK(cudaMemcpy(dx, x.data(), x.size() * 2, cudaMemcpyHostToDevice));
+      cudaStream_t st;
+      CK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
+      auto enqueue = [&] {
+        CK(cudaMemsetAsync(dy1, 0xff, (size_t)(M * 4096 * 2), st));
+        CK(cudaMemsetAsync(dy2, 0xff, (size_t)(M * 1000 * 2), st));
+        cuda::gptq_matmul(W1, dx, dt, M, dy1, st, wide);
+        cuda::gptq_matmul(W2, dy1, dt, M, dy2, st, wide);
+      };
+      auto verify = [&](const char* how, int rep) {
+        CK(cudaStreamSynchronize(st));
+        std::vector<uint16_t> y1((size_t)(M * 4096)), y2((size_t)(M * 1000));
+        CK(cudaMemcpy(y1.data(), dy1, y1.size() * 2, cudaMemcpyDeviceToHost));
+        CK(cudaMemcpy(y2.data(), dy2, y2.size() * 2, cudaMemcpyDeviceToHost));
+        std::vector<double> ref(y2.size()), absref(y2.size());
+        for (int64_t m = 0; m < M; ++m)
+          for (int64_t n = 0; n < 1000; ++n) {
+            double s = 0, a = 0;
+            for (int64_t k = 0; k < 4096; ++k) {
+              const int64_t g = c2.W.group_of(k);
+              const double w = ((double)c2.q[(size_t)(n * 4096 + k)] - c2.zeros[(size_t)(g * 1000 + n)]) *
+                               f16_value(c2.scales[(size_t)(g * 1000 + n)]);
+              const double v = w * from_bits(y1[(size_t)(m * 4096 + k)], dt);
+              s += v, a += std::fabs(v);
+            }
+            ref[(size_t)(m * 1000 + n)] = s;
+            absref[(size_t)(m * 1000 + n)] = a;
+          }
+        int config, splits;
+        cuda::gptq_choose(W2, M, &config, &splits);
+        char what[160];
+        std::snprintf(what, sizeof what, "chain %s %s M %lld run %d", how, dt == GptqDtype::f16 ? "fp16" : "bf16",
+                      (long long)M, rep);
+        compare(y2, ref, absref, dt, cuda::gptq_config_defers(W2, config), what);
+      };
+      for (int rep = 0; rep < 3; ++rep) {
+        enqueue();
+        verify("direct", rep);
+      }
+      cudaGraph_t graph;
+      cudaGraphExec_t exec;
+      CK(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal));
+      enqueue();
+      CK(cudaStreamEndCapture(st, &graph));
+      CK(cudaGraphInstantiate(&exec, graph, 0));
+      for (int rep = 0; rep < 2; ++rep) {
+        CK(cudaGraphLaunch(exec, st));
+        verify("graph", rep);
+      }
+      CK(cudaGraphExecDestroy(exec));
+      CK(cudaGraphDestroy(graph));
+      CK(cudaStreamDestroy(st));
+      for (void* p : {dx, dy1, dy2, wide}) CK(cudaFree(p));
+    }
+  std::printf("check chain: W1 8192 x 4096 4-bit then W2 4096 x 1000 2-bit, M 1/8/16, fp16/bf16\n");
+}
+
 int run_check() {
   Rng rng(20261201);
   const Case cases[] = {
@@ -261,6 +338,7 @@ int run_check() {
       {4, 4096, 144, 128, false, 1},  // 32 chunks: the folded GEMV split 3 ways (its split-K epilogue)
   };
   for (const Case& c : cases) check_case(c, rng);
+  check_chain(rng);
   std::printf("check: %s (%d failures)\n", failures ? "FAILED" : "passed", failures);
   return failures ? 1 : 0;
 }
