@@ -24,7 +24,13 @@
 // --simd auto|avx2|scalar (cap the kernels' SIMD level: forceSimd), --before 0 (skip before_ms),
 // --variants L1:L2:SPIN[:SCALES],... (software prefetch: KiB of the stream ahead into L1 and L2, segments ahead
 // for scales and zero points, cpuGptqSetPrefetch; the pool's idle spin in µs, LOWBIT_POOL_SPIN_US;
-// the first is used for every row, the others add M = 1 rows to compare; default: the addon's own), --out bench/results/cpu-gemv.json
+// the first is used for every row, the others add M = 1 rows to compare; default: the addon's own), --out bench/results/cpu-gemv.json,
+// --act-paired 1 (dram, M = 1 only: act-order's cost measured in pairs instead of --act's separate rows. The same
+// weights are prepared twice, without g_idx and with a shuffled one, each rotated over its own copies; every pair
+// runs the off and the on product of the same copy index back to back, each followed by its same-size read, in
+// an order swapped from pair to pair. Both rows carry `on_off_time`: the median over pairs of on / off time, and
+// `huge_mib`: MiB of each set's copies on transparent huge pages (Linux). --act-paired control: both sides
+// without act-order, the noise floor of two sets of copies.)
 import { mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { randomFillSync } from 'node:crypto';
 import { cpus, loadavg } from 'node:os';
@@ -53,6 +59,8 @@ const OUT = option('out', join(root, 'bench/results/cpu-gemv.json'));
 const REGIMES = option('regime', 'l3,dram').split(',');
 const DRAM_MS = list(option('dram-m', '1'));
 const DRAM_PASSES = Number(option('dram-passes', '2'));
+const ACT_PAIRED = ['1', 'control'].includes(option('act-paired', '0'));
+const ACT_CONTROL = option('act-paired', '0') === 'control';
 const VARIANTS = option('variants', '')
   .split(',')
   .filter(Boolean)
@@ -112,15 +120,27 @@ function randomPacked(N, K, bits, actOrder) {
   const scales = new Uint16Array(groups * N);
   for (let i = 0; i < scales.length; i++) scales[i] = 0x2000 + Math.floor(Math.random() * 1024);
   const W = { bits, K, N, groupSize: GROUP, groups, zeroOffset: 1, qweight, qzeros, scales };
-  if (actOrder) {
-    const gIdx = new Int32Array(K).map((_, k) => Math.floor(k / GROUP));
-    for (let i = K - 1; i > 0; i--) {
-      const j = Math.floor(Math.random() * (i + 1));
-      [gIdx[i], gIdx[j]] = [gIdx[j], gIdx[i]];
-    }
-    W.gIdx = gIdx;
-  }
+  if (actOrder) W.gIdx = shuffledGroups(K);
   return W;
+}
+
+/** MiB of this process's anonymous memory on transparent huge pages (Linux), or NaN. */
+function hugeMib() {
+  try {
+    return Number(/AnonHugePages:\s+(\d+) kB/.exec(readFileSync('/proc/self/smaps_rollup', 'utf8'))[1]) / 1024;
+  } catch {
+    return NaN;
+  }
+}
+
+/** An act-order g_idx: every group's GROUP positions (k / GROUP) scattered over K by a shuffle. */
+function shuffledGroups(K) {
+  const gIdx = new Int32Array(K).map((_, k) => Math.floor(k / GROUP));
+  for (let i = K - 1; i > 0; i--) {
+    const j = Math.floor(Math.random() * (i + 1));
+    [gIdx[i], gIdx[j]] = [gIdx[j], gIdx[i]];
+  }
+  return gIdx;
 }
 
 const roundUp64 = (n) => Math.ceil(n / 64) * 64;
@@ -205,8 +225,85 @@ function record(regime, N, K, bits, act, M, handle, timing, kernel, before, copi
   );
 }
 
+/**
+ * --act-paired: act-order off and on of the same weights from DRAM, M = 1, in pairs (see the header).
+ * Per pair i (copy i % copies of each): product, read, product, read; off first on even pairs.
+ */
+function actPairedRows(N, K, bits) {
+  const Woff = randomPacked(N, K, bits, false);
+  const handles = [Woff, ACT_CONTROL ? Woff : { ...Woff, gIdx: shuffledGroups(K) }].map((w) => addon.cpuGptqPrepare(w));
+  const bytes = handles[0].bytes;
+  if (handles[1].bytes !== bytes)
+    throw new Error(`act-order changed the repacked bytes: ${bytes} vs ${handles[1].bytes}`);
+  const copies = Math.max(2, Math.ceil(ROTATE / bytes));
+  const stride = roundUp64(bytes);
+  const huge = [];
+  const sets = handles.map((h) => {
+    const before = hugeMib();
+    const set = [h];
+    while (set.length < copies) set.push(addon.cpuGptqCopy(h));
+    huge.push(hugeMib() - before);
+    return set;
+  });
+  const X = new Float32Array(K).map(() => Math.random() - 0.5);
+  const Y = new Float32Array(N);
+  const variant = applyVariant(variantList[0]);
+  let kernel = '';
+  const readOffset = (i) => (i % copies) * stride;
+  for (let i = 0; i < copies; i++)
+    for (const set of sets) {
+      kernel = addon.cpuGptqGemmSync(set[i], X, 1, Y);
+      addon.streamReadSeconds(bigReader, readOffset(i), bytes, threads);
+    }
+  const pairs = Math.max(DRAM_PASSES * copies, 5);
+  const t = [[], []],
+    r = [[], []],
+    ratio = [[], []],
+    onOff = [];
+  for (let i = 0; i < pairs; i++) {
+    for (const a of i % 2 === 0 ? [0, 1] : [1, 0]) {
+      const t0 = performance.now();
+      kernel = addon.cpuGptqGemmSync(sets[a][i % copies], X, 1, Y);
+      const dt = (performance.now() - t0) / 1e3;
+      const dr = addon.streamReadSeconds(bigReader, readOffset(i), bytes, threads);
+      t[a].push(dt);
+      r[a].push(dr);
+      ratio[a].push(dr / dt);
+    }
+    onOff.push(t[1].at(-1) / t[0].at(-1));
+  }
+  const sorted = [...onOff].sort((a, b) => a - b);
+  const pairFields = {
+    act_paired: ACT_CONTROL ? 'control' : true,
+    huge_mib: huge,
+    on_off_time: +median(onOff).toFixed(4),
+    on_off_time_quartiles: [+sorted[Math.floor(pairs / 4)].toFixed(4), +sorted[Math.floor((3 * pairs) / 4)].toFixed(4)],
+  };
+  for (const a of [0, 1]) {
+    const timing = {
+      t: median(t[a]),
+      r: median(r[a]),
+      tBest: Math.min(...t[a]),
+      rBest: Math.min(...r[a]),
+      ratio: median(ratio[a]),
+    };
+    record('dram', N, K, bits, ACT_CONTROL ? 0 : a, 1, handles[a], timing, kernel, null, copies, {
+      ...variant,
+      ...pairFields,
+    });
+  }
+  console.log(
+    `|   | ${ACT_CONTROL ? 'control (both off): second / first' : 'on / off'} time, median over ${pairs} pairs: ${pairFields.on_off_time} (quartiles ${pairFields.on_off_time_quartiles.join(' - ')}); MiB on huge pages per set ${huge.join(', ')} |`,
+  );
+}
+
 for (const [N, K] of SHAPES) {
   for (const bits of BITS) {
+    if (ACT_PAIRED) {
+      actPairedRows(N, K, bits);
+      globalThis.gc?.(); // (node --expose-gc) two rotation sets per row: free them before the next row's
+      continue;
+    }
     for (const act of ACT) {
       const W = randomPacked(N, K, bits, act === 1);
       const handle = addon.cpuGptqPrepare(W);
@@ -274,7 +371,8 @@ const result = {
   read_buffer_bytes: bigReader.bytes,
   l3_bytes: L3,
   rotate_bytes: ROTATE,
-  regimes: REGIMES,
+  regimes: ACT_PAIRED ? ['dram'] : REGIMES,
+  act_paired: ACT_PAIRED,
   variants: VARIANTS.length ? VARIANTS : null,
   date,
   load_average: [load0, loadavg()],

@@ -5,6 +5,7 @@
 //   /tmp/cpu-gptq N K M bits act_order(0|1) [simd: 0 scalar, 1 avx2, 2 avx512] [exact 0|1] [runs] [threads] [kernel]
 // Prints the max error against a float64 reference (small shapes) and the median time per product.
 // `dram` as the last argument: the product from DRAM (rotating copies) against same-size reads.
+// `actpair` as the last argument (M 1, act_order 0): act-order on against off in one process (below).
 // `kernel` as the last argument (with threads 1, M 1): the fastest CPU time of the int8 kernel alone,
 // activations prepared once, e.g. `256 4096 1 3 0 2 0 400 1 kernel` (0.4 MiB: L2-resident, so the
 // figure is the kernel's compute rate, not memory's).
@@ -17,6 +18,7 @@
 #include <numeric>
 #include <random>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "cpu_gptq/kernels.hpp"
@@ -152,6 +154,83 @@ int main(int argc, char** argv) {
     std::printf("dram %s N %lld K %lld bits %d act %d: product %.3f ms, read %.3f ms, %.1f%% of read (pairs), %zu copies\n",
                 cpu_gptq::last_kernel(), (long long)N, (long long)K, bits, (int)act, tp[tp.size() / 2] * 1e3,
                 tr[tr.size() / 2] * 1e3, 100 * ratio[ratio.size() / 2], copies.size());
+    return 0;
+  }
+  // `actpair` as the last argument (M 1): act-order's cost in one process. The same weights (q,
+  // scales, zero points) repacked twice, without g_idx and with a shuffled one (which permutes x
+  // and regroups the positions, so the layouts have the same bytes), each rotated over copies of
+  // LOWBIT_ROTATE_MB; every pair of products, off and on of the same copy index (order swapped every
+  // pass so neither always runs second), is followed by a same-size read. Prints the median over
+  // pairs of on / off time, each product's % of read (pairs), and the activation preparation alone
+  // (gather + quantize, the only step that differs) for both, fastest of many, one thread.
+  if (argc > 10 && std::string(argv[10]) == "actpair") {
+    std::vector<int32_t> shuffled((size_t)K);
+    for (int64_t k = 0; k < K; ++k) shuffled[(size_t)k] = (int32_t)(k / gs);
+    std::shuffle(shuffled.begin(), shuffled.end(), rng);
+    PackedMatrix Won = W, Woff = W;
+    // LOWBIT_ACTPAIR_CONTROL=1: both sides without act-order (what two sets of copies differ by alone).
+    const bool control = std::getenv("LOWBIT_ACTPAIR_CONTROL") && atoi(std::getenv("LOWBIT_ACTPAIR_CONTROL")) != 0;
+    Won.g_idx = control ? nullptr : shuffled.data();
+    Woff.g_idx = nullptr;
+    const cpu_gptq::CpuGptqWeights Roff = cpu_gptq::repack(Woff), Ron = cpu_gptq::repack(Won);
+    if (Ron.bytes() != Roff.bytes() || Ron.permuted == control || Roff.permuted) { std::fprintf(stderr, "actpair: layouts differ\n"); return 1; }
+    const int64_t total = (int64_t)(std::getenv("LOWBIT_ROTATE_MB") ? atof(std::getenv("LOWBIT_ROTATE_MB")) : 640) << 20;
+    std::vector<cpu_gptq::CpuGptqWeights> off, on;
+    for (int64_t have = 0; have < total; have += Roff.bytes()) {
+      off.push_back(cpu_gptq::copy_of(Roff));
+      on.push_back(cpu_gptq::copy_of(Ron));
+    }
+    const int64_t slice = Roff.bytes() / 64 * 64;
+    StreamReader reader(std::max<int64_t>((int64_t)off.size() * slice, 4096));
+    const int threads = global_pool()->size();
+    std::vector<double> t_off, t_on, ratio, pct_off, pct_on;
+    auto timed = [&](const cpu_gptq::CpuGptqWeights& w, size_t i) {
+      const auto t0 = std::chrono::steady_clock::now();
+      cpu_gptq::gemm(w, X.data(), 1, Y.data(), opt);
+      const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      return std::make_pair(s, reader.read_seconds((int64_t)i * slice, slice, threads));
+    };
+    for (int pass = 0; pass < runs; ++pass)
+      for (size_t i = 0; i < off.size(); ++i) {
+        std::pair<double, double> a, b;
+        if (pass % 2 == 0) { a = timed(off[i], i); b = timed(on[i], i); }
+        else { b = timed(on[i], i); a = timed(off[i], i); }
+        if (pass == 0) continue;  // warm-up pass
+        t_off.push_back(a.first);
+        t_on.push_back(b.first);
+        ratio.push_back(b.first / a.first);
+        pct_off.push_back(a.second / a.first);
+        pct_on.push_back(b.second / b.first);
+      }
+    auto med = [](std::vector<double> v) { std::sort(v.begin(), v.end()); return v[v.size() / 2]; };
+    // The preparation alone, as gemm runs it for M = 1 (one thread).
+    cpu_gptq::Activations A;
+    A.M = 1;
+    A.padded_k = Roff.padded_k();
+    A.segments = (int64_t)Roff.segments.size();
+    std::vector<int8_t> xq((size_t)A.padded_k);
+    std::vector<float> dx((size_t)A.segments), xsum((size_t)A.segments);
+    const SimdLevel level = active_simd();
+    auto quantize = level == SimdLevel::Avx512 ? cpu_gptq::kernels_avx512::quantize_rows
+                    : level == SimdLevel::Avx2 ? cpu_gptq::kernels_avx2::quantize_rows
+                                               : cpu_gptq::kernels_scalar::quantize_rows;
+    auto prep = [&](const cpu_gptq::CpuGptqWeights& w) {
+      double best = 1e30;
+      for (int r = 0; r < 200; ++r) {
+        const auto t0 = std::chrono::steady_clock::now();
+        quantize(w, X.data(), 0, 1, A, xq.data(), dx.data(), xsum.data());
+        best = std::min(best, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+      }
+      return best;
+    };
+    const double prep_off = prep(Roff), prep_on = prep(Ron);
+    std::printf("actpair %s N %lld K %lld bits %d: on/off time %.3f (median of %zu pairs; quartiles %.3f-%.3f), "
+                "off %.3f ms %.1f%% of read, on %.3f ms %.1f%% of read, prepare off %.2f us on %.2f us, %zu copies each\n",
+                cpu_gptq::last_kernel(), (long long)N, (long long)K, bits, med(ratio), ratio.size(),
+                [&] { auto v = ratio; std::sort(v.begin(), v.end()); return v[v.size() / 4]; }(),
+                [&] { auto v = ratio; std::sort(v.begin(), v.end()); return v[v.size() * 3 / 4]; }(),
+                med(t_off) * 1e3, 100 * med(pct_off), med(t_on) * 1e3, 100 * med(pct_on), prep_off * 1e6, prep_on * 1e6,
+                off.size());
     return 0;
   }
   // Kernel runs alternate with streaming reads of the same byte count (all threads), so the ratio
