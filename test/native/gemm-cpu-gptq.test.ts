@@ -196,7 +196,9 @@ describe('repacked CPU GPTQ product, across levels and inputs', () => {
           for (let call = 0; call < 3; call++) {
             const Y = new Float32Array(N).fill(NaN);
             native().cpuGptqGemmSync(handle, X, 1, Y);
-            expect(relativeError(Y, want), `seed ${rng.seed}, N ${N}, ${threads} threads, call ${call}`).toBeLessThan(1e-5);
+            expect(relativeError(Y, want), `seed ${rng.seed}, N ${N}, ${threads} threads, call ${call}`).toBeLessThan(
+              1e-5,
+            );
           }
         }
       }
