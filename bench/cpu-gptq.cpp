@@ -32,6 +32,26 @@
 
 using namespace lowbit;
 
+// One row of int8 activations for weights R (M = 1) and the active SIMD level's quantizer.
+struct OneRow {
+  cpu_gptq::Activations A;
+  std::vector<int8_t> xq;
+  std::vector<float> dx, xsum;
+  decltype(&cpu_gptq::kernels_scalar::quantize_rows) quantize;
+  explicit OneRow(const cpu_gptq::CpuGptqWeights& R) {
+    A.M = 1;
+    A.padded_k = R.padded_k();
+    A.segments = (int64_t)R.segments.size();
+    xq.resize((size_t)A.padded_k);
+    dx.resize((size_t)A.segments);
+    xsum.resize((size_t)A.segments);
+    const SimdLevel level = active_simd();
+    quantize = level == SimdLevel::Avx512 ? cpu_gptq::kernels_avx512::quantize_rows
+               : level == SimdLevel::Avx2 ? cpu_gptq::kernels_avx2::quantize_rows
+                                          : cpu_gptq::kernels_scalar::quantize_rows;
+  }
+};
+
 int main(int argc, char** argv) {
   if (argc < 6) { std::fprintf(stderr, "usage: N K M bits act_order [simd] [exact] [runs]\n"); return 2; }
   const int64_t N = atoll(argv[1]), K = atoll(argv[2]), M = atoll(argv[3]);
@@ -95,16 +115,12 @@ int main(int argc, char** argv) {
     std::printf("check %s: max |err| %.3g, max |ref| %.3g, err / int8 bound (global) %.3f\n", cpu_gptq::last_kernel(), maxerr, maxref, maxratio);
   }
   if (argc > 10 && std::string(argv[10]) == "kernel") {
-    cpu_gptq::Activations A;
-    A.M = 1;
-    A.padded_k = R.padded_k();
-    A.segments = (int64_t)R.segments.size();
-    std::vector<int8_t> xq((size_t)A.padded_k);
-    std::vector<float> dx((size_t)A.segments), xsum((size_t)A.segments);
+    OneRow row(R);
+    cpu_gptq::Activations& A = row.A;
+    std::vector<int8_t>& xq = row.xq;
+    std::vector<float>&dx = row.dx, &xsum = row.xsum;
     const SimdLevel level = active_simd();
-    auto quantize = level == SimdLevel::Avx512 ? cpu_gptq::kernels_avx512::quantize_rows
-                    : level == SimdLevel::Avx2 ? cpu_gptq::kernels_avx2::quantize_rows
-                                               : cpu_gptq::kernels_scalar::quantize_rows;
+    const auto quantize = row.quantize;
     auto kernel = level == SimdLevel::Avx512 ? cpu_gptq::kernels_avx512::gemm_int8
                   : level == SimdLevel::Avx2 ? cpu_gptq::kernels_avx2::gemm_int8
                                              : cpu_gptq::kernels_scalar::gemm_int8;
@@ -204,21 +220,12 @@ int main(int argc, char** argv) {
       }
     auto med = [](std::vector<double> v) { std::sort(v.begin(), v.end()); return v[v.size() / 2]; };
     // The preparation alone, as gemm runs it for M = 1 (one thread).
-    cpu_gptq::Activations A;
-    A.M = 1;
-    A.padded_k = Roff.padded_k();
-    A.segments = (int64_t)Roff.segments.size();
-    std::vector<int8_t> xq((size_t)A.padded_k);
-    std::vector<float> dx((size_t)A.segments), xsum((size_t)A.segments);
-    const SimdLevel level = active_simd();
-    auto quantize = level == SimdLevel::Avx512 ? cpu_gptq::kernels_avx512::quantize_rows
-                    : level == SimdLevel::Avx2 ? cpu_gptq::kernels_avx2::quantize_rows
-                                               : cpu_gptq::kernels_scalar::quantize_rows;
+    OneRow row(Roff);
     auto prep = [&](const cpu_gptq::CpuGptqWeights& w) {
       double best = 1e30;
       for (int r = 0; r < 200; ++r) {
         const auto t0 = std::chrono::steady_clock::now();
-        quantize(w, X.data(), 0, 1, A, xq.data(), dx.data(), xsum.data());
+        row.quantize(w, X.data(), 0, 1, row.A, row.xq.data(), row.dx.data(), row.xsum.data());
         best = std::min(best, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
       }
       return best;
