@@ -407,7 +407,9 @@ int run_bench(const char* json_path, bool sweep, int64_t max_m) {
   for (const Shape& s : shapes)
     for (int bits : {4, 3, 2}) jobs.push_back({s, bits, 128});
   for (int bits : {4, 3, 2}) jobs.push_back({{8192, 8192}, bits, 32});
+  const char* bits_env = std::getenv("LOWBIT_SWEEP_BITS");  // one bit width alone
   for (const Job& job : jobs) {
+    if (bits_env && job.bits != std::atoi(bits_env)) continue;
     const Shape s = job.s;
     const cuda::GptqRepacked R = random_repacked(job.bits, s.K, s.N, job.gs, rng);
     std::vector<std::unique_ptr<cuda::GptqDeviceWeights>> copies;
@@ -423,8 +425,10 @@ int run_bench(const char* json_path, bool sweep, int64_t max_m) {
       for (auto& v : hx) v = to_bits((float)rng.normal(), GptqDtype::f16);
       CK(cudaMemcpy(dx, hx.data(), hx.size() * 2, cudaMemcpyHostToDevice));
     }
+    const char* min_m_env = std::getenv("LOWBIT_SWEEP_MIN_M");  // sweeps of the larger batches alone
+    const int64_t min_m = min_m_env ? std::atoll(min_m_env) : 1;
     for (int64_t M : Ms) {
-      if (M > max_m) continue;
+      if (M > max_m || M < min_m) continue;
       // Time per product inside a CUDA graph of kBatch products over rotating weight copies (the way
       // a forward pass would run them), so that launch latency is not counted.
       // config kDequant: the dequantize + cuBLAS path.
@@ -498,7 +502,8 @@ int run_bench(const char* json_path, bool sweep, int64_t max_m) {
 }
 
 // A few launches of one shape per bit width, for a profiler: M = 1, 16 and 256 at 8192 x 28672, each
-// through gptq_matmul's own choice; with a configuration name, M = 1 through that configuration (split 1).
+// through gptq_matmul's own choice; with a configuration name, M = LOWBIT_PROFILE_M (1) through that
+// configuration, LOWBIT_PROFILE_SPLITS (1) splits.
 int run_profile(const char* config_name) {
   Rng rng(3);
   int config = -1;
@@ -511,7 +516,11 @@ int run_profile(const char* config_name) {
     CK(cudaMalloc(&dx, 256 * 8192 * 2));
     CK(cudaMalloc(&dy, 256 * 28672 * 2));
     CK(cudaMemset(dx, 0x3c, 256 * 8192 * 2));
-    if (config >= 0) cuda::gptq_matmul_config(W, dx, GptqDtype::f16, 1, dy, nullptr, config, 1);
+    const char* m_env = std::getenv("LOWBIT_PROFILE_M");  // rows of X for a named configuration (1)
+    const char* s_env = std::getenv("LOWBIT_PROFILE_SPLITS");
+    if (config >= 0)
+      cuda::gptq_matmul_config(W, dx, GptqDtype::f16, m_env ? std::atoll(m_env) : 1, dy, nullptr, config,
+                               s_env ? std::atoi(s_env) : 1);
     else
       for (int64_t M : {1, 16, 256}) cuda::gptq_matmul(W, dx, GptqDtype::f16, M, dy, nullptr);
     CK(cudaDeviceSynchronize());

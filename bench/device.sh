@@ -21,7 +21,10 @@ if [[ ${1:-} == --build-only ]]; then
     [[ $o -nt $f ]] || g++ -O2 -std=c++17 -c "$f" -o "$o" || exit 1
     cpu_objs+=("$o")
   done
-  gptq_kernels=(cuda/gptq_kernels/gemm.cu cuda/gptq_kernels/dequant.cu cuda/gptq_kernels/repack.cu)
+  # The wgmma kernels (sm_90a alone, as CMakeLists.txt builds them) as an object of their own.
+  nvcc -O3 -std=c++17 -gencode=arch=compute_90a,code=sm_90a --expt-relaxed-constexpr \
+    -c cuda/gptq_kernels/gemm_wgmma.cu -o "$bin/obj/gemm_wgmma.o" || exit 1
+  gptq_kernels=(cuda/gptq_kernels/gemm.cu cuda/gptq_kernels/dequant.cu cuda/gptq_kernels/repack.cu "$bin/obj/gemm_wgmma.o")
   # The dequantize + cuBLAS path links linalg.cu (cuBLAS through dlopen).
   nvcc "${nvcc_flags[@]}" bench/cuda-gemm.cu "${gptq_kernels[@]}" cuda/linalg.cu cuda/device.cu "${cpu_objs[@]}" \
     -o "$bin/cuda-gemm" -ldl

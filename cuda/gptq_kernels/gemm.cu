@@ -42,8 +42,10 @@
 #include "../overlap.cuh"
 #include "../packed_memory.cuh"
 #include "../split_k.cuh"
+#include "gemm_wgmma.hpp"
 #include "gptq_kernels.hpp"
 #include "layout.hpp"
+#include "product.cuh"
 #include "tile_math.cuh"
 
 namespace lowbit {
@@ -51,66 +53,10 @@ namespace cuda {
 
 using namespace gptq_layout;
 using namespace gptq_tile;
+using namespace gptq_product;
 
 namespace {
 
-
-struct KernelArgs {
-  const uint8_t* weights;
-  const uint16_t* scale_zero;
-  const int32_t* slot_group;
-  const void* x;
-  int64_t ldx;  // elements between rows of x
-  int64_t kx;   // columns of x that hold data (the rest reads as zero)
-  int M;
-  void* y;
-  int N;
-  int Np;
-  int chunks;
-  int splits;
-  float* partial;
-  int32_t* counters;
-};
-
-// ---- cp.async helpers ----
-
-__device__ __forceinline__ uint32_t smem_addr(const void* p) { return (uint32_t)__cvta_generic_to_shared(p); }
-
-__device__ __forceinline__ void cp_async16(void* dst, const void* src, int src_bytes) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr(dst)), "l"(src), "r"(src_bytes));
-}
-__device__ __forceinline__ void cp_async8(void* dst, const void* src) {
-  asm volatile("cp.async.ca.shared.global [%0], [%1], 8;\n" ::"r"(smem_addr(dst)), "l"(src));
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-template <int N>
-__device__ __forceinline__ void cp_async_wait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
-}
-
-__device__ __forceinline__ split_k::Output output_of(const KernelArgs& a) { return {a.y, nullptr, a.M, a.N, a.Np, a.partial, a.counters}; }
-
-// Writes a block's results (split_k.cuh; the block's grid tile counts one of a.splits).
-// acc[nt][mt][i]: output column n = tile + g + 8·(i >= 2), row m = 2t + (i & 1).
-template <class T, int MT, int NT, int WM, int WN>
-__device__ __forceinline__ void write_result(const KernelArgs& a, const float (&acc)[NT][MT][4], int ntile0, int m0) {
-  constexpr int BM = 8 * MT * WM, BN = kTileN * NT * WN;
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  const int wn = warp % WN, wm = warp / WN, g = lane >> 2, t = lane & 3;
-  // Each of this thread's accumulators with its output column n and row m of Y.
-  auto each_output = [&](auto&& f) {
-#pragma unroll
-    for (int nt = 0; nt < NT; ++nt)
-#pragma unroll
-      for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-        for (int i = 0; i < 4; ++i)
-          f((ntile0 + wn * NT + nt) * kTileN + g + 8 * (i >> 1), m0 + wm * MT * 8 + mt * 8 + 2 * t + (i & 1),
-            acc[nt][mt][i]);
-  };
-  split_k::write_tile<T, true>(output_of(a), each_output, a.splits == 1, blockIdx.y * gridDim.x + blockIdx.x, 1,
-                               a.splits, m0, ntile0 * kTileN, BM, BN);
-}
 
 template <int BITS, class T, int MT, int NT, int WM, int WN, bool DEFER>
 struct Config {
@@ -435,20 +381,6 @@ struct FoldTile {
   }
 };
 
-// One warp's share of one (tile, chunk) for the folded GEMVs: the lane's weight words and its
-// scale/zero record, loaded ahead of use.
-struct FoldStage {
-  uint32_t w[8];
-  uint2 sz;
-};
-
-// Loads the record of one (tile, chunk) into st: rec the record, sz the lane's scale/zero record of
-// the chunk's group.
-template <int BITS>
-__device__ __forceinline__ void fold_load(FoldStage& st, const uint8_t* rec, const uint16_t* sz, int lane) {
-  load_words<BITS>(rec, lane, st.w);
-  st.sz = __ldg(reinterpret_cast<const uint2*>(sz));
-}
 
 // X of chunk c for this lane (X[mt]: row g of X tile mt at this lane's slot): whole, or (the last
 // chunk of a K that is not a multiple of 128) whole units of 8 inputs up to kx and zeros past it
@@ -603,41 +535,6 @@ __global__ void gather_x(const T* __restrict__ X, int64_t K, int64_t Kp, int64_t
 
 // ---- the table of kernel configurations ----
 
-using Launch = void (*)(const KernelArgs&, dim3, cudaStream_t);
-using Occupancy = int (*)();
-
-int current_device() {
-  int device = 0;
-  check(cudaGetDevice(&device), "cudaGetDevice");
-  return device;
-}
-
-// The shared-memory limit is an attribute of a kernel on one device: set on each device once.
-template <auto KERNEL>
-void set_smem_attribute(int smem) {
-  static bool done[64] = {};
-  const int device = current_device();
-  if (device >= 0 && device < 64 && done[device]) return;
-  check(cudaFuncSetAttribute(KERNEL, cudaFuncAttributeMaxDynamicSharedMemorySize, smem),
-        "cudaFuncSetAttribute (GPTQ kernel)");
-  if (device >= 0 && device < 64) done[device] = true;
-}
-
-// Blocks of a kernel that fit on one multiprocessor (registers and shared memory), per device.
-template <auto KERNEL>
-int occupancy_of(int threads, int smem) {
-  static int blocks[64] = {};
-  const int device = current_device();
-  const int slot = device >= 0 && device < 64 ? device : 0;
-  if (!blocks[slot]) {
-    set_smem_attribute<KERNEL>(smem);
-    int b = 0;
-    check(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&b, KERNEL, threads, smem),
-          "cudaOccupancyMaxActiveBlocksPerMultiprocessor");
-    blocks[slot] = b < 1 ? 1 : b;
-  }
-  return blocks[slot];
-}
 
 template <int BITS, class T, int MT, int NT, int WM, int WN, bool DEFER>
 void launch_kernel(const KernelArgs& a, dim3 grid, cudaStream_t stream) {
@@ -676,26 +573,31 @@ struct ConfigInfo {
 // 1.5-1.8x slower); f8n16k8d keeps 4 (3 at 4-bit) with 3 blocks per multiprocessor. (Earlier sweeps
 // also had m8n64, m32n128w8 and m128n128 with 8 warps: rarely or never the best; and a GEMV
 // streaming all tiles through a grid of resident blocks, per warp or per block, split-K at tile
-// boundaries: 1.3-1.6x slower than f8n16k8 on every shape, 2026-12-02.)
+// boundaries: 1.3-1.6x slower than f8n16k8 on every shape, 2026-12-02.) w: the sm_90a warpgroup
+// kernel (gemm_wgmma.cu), rows of X × columns per block.
 constexpr ConfigInfo kConfigs[] = {
     {"m8n128", 1, 1, 1, 8, 0},     {"m16n128", 2, 2, 1, 4, 0},   {"m32n128", 4, 2, 1, 4, 0},
     {"m64n128w4", 4, 4, 2, 2, 0},  {"m16n128w8", 2, 1, 1, 8, 0}, {"m64n128w8", 8, 1, 1, 8, 0},
     {"v8n128", 1, 1, 1, 8, 8},     {"v8n16k8", 1, 1, 1, 1, 8},   {"f8n16k8", 1, 1, 1, 1, 8},
     {"f16n16k8", 2, 1, 1, 1, 16}, {"f8n16k8d", 1, 1, 1, 1, 8},  {"f8n32k8", 1, 2, 1, 1, 8},
+    {"w16n64", 2, 1, 1, 4, 0},    {"w32n64", 4, 1, 1, 4, 0},    {"w64n64", 8, 1, 1, 4, 0},
+    {"w128n64", 16, 1, 1, 4, 0},  {"w16n128", 2, 1, 1, 8, 0},   {"w32n128", 4, 1, 1, 8, 0},
+    {"w64n128", 8, 1, 1, 8, 0},   {"w128n128", 16, 1, 1, 8, 0},
 };
 constexpr int kConfigCount = sizeof(kConfigs) / sizeof(kConfigs[0]);
 constexpr int kGemv = 6, kGemvK = 7;  // the direct-load kernels: 8 tiles a block, or one tile split 8 ways along K
 constexpr int kFold = 8, kFold16 = 9;  // the zero-point-folded GEMV for 8 and 16 rows
 constexpr int kFoldDeep = 10;  // the folded GEMV with 4 chunks in flight per warp (3 at 4-bit), 3 blocks per SM
 constexpr int kFoldWide = 11;  // the folded GEMV on 2 tiles (32 columns) per block
+// kWgmma..kWgmma + 7: the sm_90a warpgroup kernel (gemm_wgmma.cu), 16-128 rows of X per block, one
+// or two warpgroups (64 or 128 columns)
+constexpr int kWgmma = 12;
+constexpr int kWgmma16 = 16, kWgmma32 = 17, kWgmma64 = 18;  // two warpgroups, 16/32/64 rows
+constexpr bool is_wgmma(int config) { return config >= kWgmma && config < kWgmma + 8; }
 constexpr bool is_fold(int config) {
   return config == kFold || config == kFold16 || config == kFoldDeep || config == kFoldWide;
 }
 
-struct Kernel {
-  Launch launch = nullptr;
-  Occupancy occupancy = nullptr;
-};
 
 template <int BITS, class T, int MT, int NT, int WM, int WN, bool DEFER>
 Kernel kernel_of() {
@@ -744,6 +646,7 @@ Kernel pick_kernel(int config, bool defer) {
 }
 
 Kernel pick(GptqDtype dtype, int bits, int config, bool defer) {
+  if (is_wgmma(config)) return wgmma_kernel(dtype, bits, 8 * kConfigs[config].MT, kConfigs[config].WN / 4);
   if (dtype == GptqDtype::f16) {
     switch (bits) {
       case 2: return pick_kernel<2, __half>(config, defer);
@@ -783,7 +686,7 @@ bool capturing(cudaStream_t stream) {
 int gptq_config_count() { return kConfigCount; }
 const char* gptq_config_name(int config) { return config >= 0 && config < kConfigCount ? kConfigs[config].name : "?"; }
 bool gptq_config_defers(const GptqDeviceWeights& W, int config) {
-  return config >= 0 && config < kConfigCount && W.uniform_chunks && kConfigs[config].MT <= 2;  // fold: MT 1
+  return config >= 0 && config < kConfigCount && !is_wgmma(config) && W.uniform_chunks && kConfigs[config].MT <= 2;
 }
 
 void gptq_choose(const GptqDeviceWeights& W, int64_t M, int* config, int* splits) {
@@ -808,6 +711,12 @@ void gptq_choose(const GptqDeviceWeights& W, int64_t M, int* config, int* splits
   // warps, except on the largest matrices, where 2 × 2 tiles per warp with 4 warps win); 32-row
   // tiles up to 32; 64-row tiles with 8 warps up to 64 rows above 8192² and up to 128 rows on 8192²
   // (32-row tiles on smaller ones); above that 64-row tiles of 4 warps of 32 × 64 (2026-12-01). K is
+  // On compute capability 9.0 (sm_90a), from 17 rows, and from 9 on the largest wide matrices, the
+  // warpgroup kernel with two warpgroups (128 columns) per block, 16/32/64 rows of X per block for up to
+  // 16/32 rows and beyond (H200 sweep 2026-12-02, 4-bit: 8192² M = 32 37.9 against 46.3 us for 32-row
+  // tiles, M = 64 54.7 against 74.6; 8192 x 28672 M = 16 78.8 against 87.6 for the folded GEMV, M = 64
+  // 119.5 against 221.8; 11008 x 4096 M = 64 38.6 against 55.3; elsewhere at 16 rows the folded GEMV
+  // stayed ahead: 8192² 26.3 against 30.5). K is
   // split until the grid fills one wave of resident blocks, keeping at least 4 chunks of K per split
   // and, above 64 rows, the split-K partial sums (8·M·Np bytes per split, read and written) under the
   // weight bytes: past that the atomics cost more than the fuller grid gains (4096² at M = 128: 49 µs
@@ -821,7 +730,9 @@ void gptq_choose(const GptqDeviceWeights& W, int64_t M, int* config, int* splits
   const bool two_tiles = W.bits < 4 ? wide_short || (W.bits == 2 && large && W.N > W.K)
                                     : large && (W.K >= W.N || M >= 4);
   const bool deep = W.bits == 4 && wide_short && M >= 4;
+  const bool wgmma = wgmma_available(W.device);
   if (M <= 8) c = !fold ? (huge && W.K > W.N ? 0 : kGemvK) : two_tiles ? kFoldWide : deep ? kFoldDeep : kFold;
+  else if (wgmma && (M > 16 || (huge && W.N > W.K))) c = M <= 16 ? kWgmma16 : M <= 32 ? kWgmma32 : kWgmma64;
   else if (M <= 16) c = W.uniform_chunks && !(huge && W.bits < 4 && W.K > W.N) ? kFold16 : huge ? 1 : 4;
   else if (M <= 32) c = 2;
   else if (M <= 64) c = huge ? 5 : 2;
@@ -876,6 +787,7 @@ bool gptq_matmul_config(const GptqDeviceWeights& W, const void* X, GptqDtype dty
   if (ci.max_m && M > ci.max_m) return false;
   if (config == kGemvK && splits != 1) return false;  // its warps split K inside the block instead
   if (is_fold(config) && !W.uniform_chunks) return false;  // the folded zero point is one per chunk
+  if (is_wgmma(config) && !wgmma_available(W.device)) return false;
   const int64_t chunks = W.Kp / kChunk;
   if (splits > chunks) return false;
   if (is_fold(config) && splits > 1 && chunks / splits < 8) return false;  // a chunk for each warp
@@ -925,7 +837,13 @@ bool gptq_dequant_wins(const GptqDeviceWeights& W, int64_t M) {
   // on every shape (8192²: 84 against 124 us), and from 64 on the 7B attention/MLP-up shapes with
   // K <= 4096 (4096²: 22 against 33 us; 4096 x 11008: 57 against 63) but not on 11008 x 4096 (61 against 54).
   // With K <= 4096 both paths grow in proportion to N, so the joined q/k/v (N = 12288) and gate/up
-  // (N = 22016) products of the decode step take it from 64 rows too (not timed apart).
+  // (N = 22016) products of the decode step take it from 64 rows too (not timed apart). With the
+  // warpgroup kernel (compute capability 9.0; H200 2026-12-02) the fused product wins up to 128 rows
+  // on matrices above 8192² (8192 x 28672: 222.8 against 280.1 us; 28672 x 8192: 237.7 against 292.8),
+  // up to 64 rows above 4096² (4096 x 11008 M = 64: 42.3 against 57.1; 8192²: 54.7 against 83.6), and
+  // below that on 4096² (M = 64: 26.9 against 21.3 for dequantizing).
+  const int64_t size = W.K * W.N;
+  if (wgmma_available(W.device)) return M >= 256 || (M >= 128 && size <= (int64_t)8192 * 8192) || (M >= 64 && size <= (int64_t)4096 * 4096);
   if (M >= 128) return true;
   return M >= 64 && W.K <= 4096;
 }

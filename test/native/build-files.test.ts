@@ -30,7 +30,7 @@ function filesUnder(dir: string, ext: RegExp): string[] {
 describe('build files', () => {
   const cpu = cmakeList('LOWBIT_CPU_SOURCES');
   const noCuda = cmakeList('LOWBIT_NO_CUDA_SOURCES');
-  const cudaSources = cmakeList('LOWBIT_CUDA_SOURCES');
+  const cudaSources = [...cmakeList('LOWBIT_CUDA_SOURCES'), ...cmakeList('LOWBIT_CUDA_SM90A_SOURCES')];
 
   it('binding.gyp names exactly the CPU sources of the CMake build', () => {
     expect([...gypSources()].sort()).toEqual([...cpu, ...noCuda].sort());

@@ -1,0 +1,312 @@
+// The GPTQ product on Hopper's warpgroup tensor-core instructions (wgmma, sm_90a), for 9 to 256+ rows
+// of X: Y [M, N] = X [M, K] · Wᵀ with W in the repacked layout (layout.hpp). Compiled for sm_90a
+// alone (CMakeLists.txt); the host side offers it only on devices of compute capability 9.0.
+//
+// A block is WG warpgroups of 4 warps on 64·WG output columns (each warp's 16-column tile; a warpgroup's
+// 64 columns are wgmma's M) and BN rows of X (wgmma's N), over a range of K (split-K over the grid's z). The
+// repacked layout already gives each lane its A fragments: the register A operand of wgmma
+// m64nNk16 holds, per warp, what mma.sync m16n8k16's A does, so every warp streams its own weight
+// records from global memory into registers (DEPTH chunks ahead, as the folded GEMV does),
+// dequantizes them in registers (magic-number conversion, scales applied per weight), and issues
+// 8 wgmma per 128-input chunk. X is staged once per block in shared memory through a cp.async ring,
+// in the 128-byte-swizzled K-major form wgmma reads B in, its inputs reordered inside each chunk to
+// the order the A fragments hold them in (below). Against the mma.sync kernels, X is read from shared
+// memory by the tensor cores once per warpgroup instead of into registers by every warp, and the
+// zero point costs no second product.
+//
+// The order of X in shared memory. Register r (half h) of a lane (g = lane/4, t = lane%4) of tile j
+// holds input 32t + 4j + 2·(r >> 1) + h, and the A fragment puts it at position kk = 2t + h + 8·(r >> 1)
+// of the 16 the instruction sums over. So row kk of tile j's B must hold input 32t + 4j + 2·(kk >> 3)
+// + (kk & 1) with t = (kk >> 1) & 3. A row of X in one stage is two 128-byte atoms of 64 positions
+// (tiles 0-3, then 4-7); position kk of tile j is at half 16·(j & 3) + kk of its atom. The copy moves
+// 4-byte pieces: piece q (0..63) of a chunk is inputs 2q, 2q + 1 (t = q >> 4, j = (q >> 1) & 7,
+// kk = 2t + 8·(q & 1)), so that consecutive threads read consecutive bytes of X.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <cstdint>
+#include <type_traits>
+
+#include "../cuda_check.cuh"
+#include "../overlap.cuh"
+#include "gemm_wgmma.hpp"
+#include "layout.hpp"
+#include "product.cuh"
+#include "tile_math.cuh"
+
+namespace lowbit {
+namespace cuda {
+
+using namespace gptq_layout;
+using namespace gptq_tile;
+using namespace gptq_product;
+
+namespace {
+
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+// d += A · B for one k16 step: A from registers (this warp's 16 rows of the 64), B from shared memory
+// through its descriptor, BN columns (rows of X); d[i][0..3] as mma.sync's C of n8 tile i.
+#define LOWBIT_WGMMA_N16(TY)                                                                     \
+  asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %13, 0;\n"                                          \
+               "wgmma.mma_async.sync.aligned.m64n16k16.f32." TY "." TY " {"                          \
+               "%0, %1, %2, %3, %4, %5, %6, %7"  \
+               "}, {%8, %9, %10, %11}, %12, p, 1, 1, 0;\n}\n"                                   \
+               : "+f"(d[0][0]), "+f"(d[0][1]), "+f"(d[0][2]), "+f"(d[0][3]), "+f"(d[1][0]), "+f"(d[1][1]), "+f"(d[1][2]), "+f"(d[1][3]) \
+               : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc), "r"(1))
+
+#define LOWBIT_WGMMA_N32(TY)                                                                     \
+  asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %21, 0;\n"                                          \
+               "wgmma.mma_async.sync.aligned.m64n32k16.f32." TY "." TY " {"                          \
+               "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15"  \
+               "}, {%16, %17, %18, %19}, %20, p, 1, 1, 0;\n}\n"                                   \
+               : "+f"(d[0][0]), "+f"(d[0][1]), "+f"(d[0][2]), "+f"(d[0][3]), "+f"(d[1][0]), "+f"(d[1][1]), "+f"(d[1][2]), "+f"(d[1][3]), \
+                 "+f"(d[2][0]), "+f"(d[2][1]), "+f"(d[2][2]), "+f"(d[2][3]), "+f"(d[3][0]), "+f"(d[3][1]), "+f"(d[3][2]), "+f"(d[3][3]) \
+               : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc), "r"(1))
+
+#define LOWBIT_WGMMA_N64(TY)                                                                     \
+  asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"                                          \
+               "wgmma.mma_async.sync.aligned.m64n64k16.f32." TY "." TY " {"                          \
+               "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "  \
+               "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31"  \
+               "}, {%32, %33, %34, %35}, %36, p, 1, 1, 0;\n}\n"                                   \
+               : "+f"(d[0][0]), "+f"(d[0][1]), "+f"(d[0][2]), "+f"(d[0][3]), "+f"(d[1][0]), "+f"(d[1][1]), "+f"(d[1][2]), "+f"(d[1][3]), \
+                 "+f"(d[2][0]), "+f"(d[2][1]), "+f"(d[2][2]), "+f"(d[2][3]), "+f"(d[3][0]), "+f"(d[3][1]), "+f"(d[3][2]), "+f"(d[3][3]), \
+                 "+f"(d[4][0]), "+f"(d[4][1]), "+f"(d[4][2]), "+f"(d[4][3]), "+f"(d[5][0]), "+f"(d[5][1]), "+f"(d[5][2]), "+f"(d[5][3]), \
+                 "+f"(d[6][0]), "+f"(d[6][1]), "+f"(d[6][2]), "+f"(d[6][3]), "+f"(d[7][0]), "+f"(d[7][1]), "+f"(d[7][2]), "+f"(d[7][3]) \
+               : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc), "r"(1))
+
+#define LOWBIT_WGMMA_N128(TY)                                                                     \
+  asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %69, 0;\n"                                          \
+               "wgmma.mma_async.sync.aligned.m64n128k16.f32." TY "." TY " {"                          \
+               "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "  \
+               "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "  \
+               "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "  \
+               "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63"  \
+               "}, {%64, %65, %66, %67}, %68, p, 1, 1, 0;\n}\n"                                   \
+               : "+f"(d[0][0]), "+f"(d[0][1]), "+f"(d[0][2]), "+f"(d[0][3]), "+f"(d[1][0]), "+f"(d[1][1]), "+f"(d[1][2]), "+f"(d[1][3]), \
+                 "+f"(d[2][0]), "+f"(d[2][1]), "+f"(d[2][2]), "+f"(d[2][3]), "+f"(d[3][0]), "+f"(d[3][1]), "+f"(d[3][2]), "+f"(d[3][3]), \
+                 "+f"(d[4][0]), "+f"(d[4][1]), "+f"(d[4][2]), "+f"(d[4][3]), "+f"(d[5][0]), "+f"(d[5][1]), "+f"(d[5][2]), "+f"(d[5][3]), \
+                 "+f"(d[6][0]), "+f"(d[6][1]), "+f"(d[6][2]), "+f"(d[6][3]), "+f"(d[7][0]), "+f"(d[7][1]), "+f"(d[7][2]), "+f"(d[7][3]), \
+                 "+f"(d[8][0]), "+f"(d[8][1]), "+f"(d[8][2]), "+f"(d[8][3]), "+f"(d[9][0]), "+f"(d[9][1]), "+f"(d[9][2]), "+f"(d[9][3]), \
+                 "+f"(d[10][0]), "+f"(d[10][1]), "+f"(d[10][2]), "+f"(d[10][3]), "+f"(d[11][0]), "+f"(d[11][1]), "+f"(d[11][2]), "+f"(d[11][3]), \
+                 "+f"(d[12][0]), "+f"(d[12][1]), "+f"(d[12][2]), "+f"(d[12][3]), "+f"(d[13][0]), "+f"(d[13][1]), "+f"(d[13][2]), "+f"(d[13][3]), \
+                 "+f"(d[14][0]), "+f"(d[14][1]), "+f"(d[14][2]), "+f"(d[14][3]), "+f"(d[15][0]), "+f"(d[15][1]), "+f"(d[15][2]), "+f"(d[15][3]) \
+               : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc), "r"(1))
+#endif
+
+template <class T, int BN>
+__device__ __forceinline__ void wgmma(float (&d)[BN / 8][4], const uint32_t (&a)[4], uint64_t desc) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  constexpr bool half = std::is_same<T, __half>::value;
+  if constexpr (BN == 16) {
+    if constexpr (half) LOWBIT_WGMMA_N16("f16"); else LOWBIT_WGMMA_N16("bf16");
+  } else if constexpr (BN == 32) {
+    if constexpr (half) LOWBIT_WGMMA_N32("f16"); else LOWBIT_WGMMA_N32("bf16");
+  } else if constexpr (BN == 64) {
+    if constexpr (half) LOWBIT_WGMMA_N64("f16"); else LOWBIT_WGMMA_N64("bf16");
+  } else {
+    static_assert(BN == 128, "wgmma: BN is 16, 32, 64 or 128");
+    if constexpr (half) LOWBIT_WGMMA_N128("f16"); else LOWBIT_WGMMA_N128("bf16");
+  }
+#endif
+}
+
+__device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
+template <int N>
+__device__ __forceinline__ void wgmma_wait() {
+  asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
+}
+// The cp.async writes of this thread made visible to the tensor cores' (async proxy) reads.
+__device__ __forceinline__ void fence_async_shared() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
+// Keeps the compiler from moving reads or writes of v across this point (the wgmma in flight owns it).
+__device__ __forceinline__ void hold(float& v) { asm volatile("" : "+f"(v)::"memory"); }
+__device__ __forceinline__ void hold(uint32_t& v) { asm volatile("" : "+r"(v)::"memory"); }
+
+// The shared-memory descriptor of a K-major B operand in 128-byte-swizzled atoms: start address,
+// leading offset unused (1), 1024 bytes between groups of 8 rows, swizzle mode 1 (128 bytes).
+__device__ __forceinline__ uint64_t b_descriptor(uint32_t addr) {
+  return (uint64_t)((addr & 0x3FFFF) >> 4) | ((uint64_t)1 << 16) | ((uint64_t)(1024 >> 4) << 32) | ((uint64_t)1 << 62);
+}
+
+template <int BN>
+struct WgmmaShape {
+  static constexpr int atom = BN * 128;       // BN rows × 64 positions of 2 bytes
+  static constexpr int stage = 2 * atom;      // one chunk of 128 inputs
+  static constexpr int stages = BN >= 128 ? 3 : 4;  // X 1-2 chunks ahead
+  static constexpr int depth = BN >= 128 ? 2 : 3;   // chunks of weights in flight per warp
+  static constexpr int smem = stages * stage + 1024;  // + room to align the ring to 1024 bytes
+  static constexpr int min_warps = BN <= 32 ? 20 : BN <= 64 ? 16 : 8;  // per SM: ≤ 96, 128, 255 registers
+};
+
+template <int BITS, class T, int BN, int WG>
+__global__ void __launch_bounds__(128 * WG, WgmmaShape<BN>::min_warps / (4 * WG)) gptq_wgmma_kernel(KernelArgs a) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  using S = WgmmaShape<BN>;
+  constexpr int REC = record_bytes(BITS), DEPTH = S::depth, STAGES = S::stages;
+  extern __shared__ uint4 smem_u4[];
+  uint8_t* smem = reinterpret_cast<uint8_t*>(smem_u4);
+  smem += (1024 - (smem_addr(smem) & 1023)) & 1023;  // the swizzle repeats every 1024 bytes of address
+  const uint32_t smem_base = smem_addr(smem);
+
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, g = lane >> 2, t = lane & 3;
+  const int ntiles = a.Np / kTileN;
+  const int ntile0 = blockIdx.y * 4 * WG, ntile = ntile0 + warp;
+  const int m0 = blockIdx.x * BN;
+  const int c_begin = (int)((int64_t)blockIdx.z * a.chunks / a.splits);
+  const int c_end = (int)((int64_t)(blockIdx.z + 1) * a.chunks / a.splits);
+
+  // Weights: this warp's record of chunk c, and the lane's scale/zero record of its slot's group.
+  const uint8_t* wrec = a.weights + record_index(ntile, 0, a.chunks) * REC;
+  const uint16_t* srec = a.scale_zero + ((int64_t)ntile * 8 + g) * 4;
+  const int64_t s_stride = (int64_t)ntiles * 32;
+  auto load_w = [&](FoldStage& st, int c) {
+    fold_load<BITS>(st, wrec + (int64_t)c * 8 * REC, srec + __ldg(a.slot_group + c * 4 + t) * s_stride, lane);
+  };
+
+  // X: this thread copies piece q of rows xr0, xr0 + XROWS, ... (XROWS rows of 64 pieces at a time).
+  constexpr int XROWS = 2 * WG;
+  const T* X = static_cast<const T*>(a.x);
+  const int q = tid & 63, xr0 = tid >> 6;
+  const int qj = (q >> 1) & 7, unit = (qj & 3) * 2 + (q & 1);
+  const int piece_at = (qj >> 2) * S::atom + (q >> 4) * 4;  // + row·128 + swizzled unit·16
+  const int rows_left = a.M - m0 - xr0;  // this thread's rows xr0 + XROWS·i exist for XROWS·i < rows_left
+  const T* x_rows = X + (int64_t)(rows_left > 0 ? m0 + xr0 : 0) * a.ldx + 2 * q;
+  const int64_t x_step = XROWS * a.ldx;
+  auto load_x = [&](int c, int stage) {
+    uint8_t* base = smem + stage * S::stage + piece_at;
+    const bool k_ok = (int64_t)c * kChunk + 2 * q + 2 <= a.kx;  // kx is even: a piece is whole or absent
+    const T* src = x_rows + (int64_t)c * kChunk;
+#pragma unroll
+    for (int i = 0; i < BN / XROWS; ++i) {
+      const int r = xr0 + XROWS * i;
+      const bool ok = k_ok && XROWS * i < rows_left;
+      cp_async4(base + r * 128 + ((unit ^ (r & 7)) << 4), ok ? src : X, ok ? 4 : 0);
+      src += x_step;
+    }
+  };
+
+  float acc[BN / 8][4];
+#pragma unroll
+  for (int i = 0; i < BN / 8; ++i)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) acc[i][e] = 0.f;
+
+  FoldStage st[DEPTH];
+  // The first chunks' weights before the previous kernel has finished (overlap.cuh); X after.
+#pragma unroll
+  for (int s = 0; s < DEPTH; ++s)
+    if (c_begin + s < c_end) load_w(st[s], c_begin + s);
+  wait_for_previous();
+  let_next_launch();
+  // X runs STAGES - 2 chunks ahead: the stage refilled at chunk c is chunk c - 2's, whose last
+  // wgmma may still be in flight at chunk c - 1 but not at c (the waits below).
+#pragma unroll
+  for (int s = 0; s < STAGES - 2; ++s) {
+    if (c_begin + s < c_end) load_x(c_begin + s, s);
+    cp_async_commit();
+  }
+
+  // Two A fragments in registers: step j's is written once step j - 2's wgmma has finished, so the
+  // dequantization of one step overlaps the product of the one before.
+  uint32_t af[2][4];
+  for (int c0 = c_begin; c0 < c_end; c0 += DEPTH) {
+#pragma unroll
+    for (int s = 0; s < DEPTH; ++s) {
+      const int c = c0 + s;
+      if (c >= c_end) break;  // the same for the whole block
+      const int stage = (c - c_begin) % STAGES;
+      cp_async_wait<STAGES - 3>();
+      fence_async_shared();
+      __syncthreads();  // chunk c's X is in, from every thread
+      {
+        const int cn = c + STAGES - 2;
+        if (cn < c_end) load_x(cn, (cn - c_begin) % STAGES);
+        cp_async_commit();
+      }
+      TileConsts<T, BITS, false> consts;
+      consts.init(st[s].sz);
+      uint32_t w[8];
+#pragma unroll
+      for (int j = 0; j < 8; ++j) w[j] = tile_word<BITS>(st[s].w, j);
+      if (c + DEPTH < c_end) load_w(st[s], c + DEPTH);
+      const uint32_t x_stage = smem_base + stage * S::stage;
+#pragma unroll
+      for (int j = 0; j < 8; ++j) {
+        wgmma_wait<1>();
+#pragma unroll
+        for (int r = 0; r < 4; ++r) hold(af[j & 1][r]);
+        dequant<T, BITS, false>(w[j], consts, af[j & 1]);
+        wgmma_fence();
+        wgmma<T, BN>(acc, af[j & 1], b_descriptor(x_stage + (j >> 2) * S::atom + (j & 3) * 32));
+        wgmma_commit();
+      }
+    }
+  }
+  wgmma_wait<0>();
+#pragma unroll
+  for (int i = 0; i < BN / 8; ++i)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) hold(acc[i][e]);
+  cp_async_wait<0>();
+  const float(&out)[1][BN / 8][4] = *reinterpret_cast<const float(*)[1][BN / 8][4]>(&acc);
+  write_result<T, BN / 8, 1, 1, 4 * WG>(a, out, ntile0, m0);
+#endif
+}
+
+template <int BITS, class T, int BN, int WG>
+void launch_wgmma(const KernelArgs& a, dim3 grid, cudaStream_t stream) {
+  set_smem_attribute<gptq_wgmma_kernel<BITS, T, BN, WG>>(WgmmaShape<BN>::smem);
+  launch_maybe_overlapped(gptq_wgmma_kernel<BITS, T, BN, WG>, grid, dim3(128 * WG), WgmmaShape<BN>::smem, stream,
+                          overlap_enabled(current_device()), "GPTQ product launch (wgmma)", a);
+}
+
+template <int BITS, class T, int BN, int WG>
+int occupancy_wgmma() {
+  return occupancy_of<gptq_wgmma_kernel<BITS, T, BN, WG>>(128 * WG, WgmmaShape<BN>::smem);
+}
+
+template <int BITS, class T, int BN>
+Kernel wgmma_of(int warpgroups) {
+  if (warpgroups == 2) return {launch_wgmma<BITS, T, BN, 2>, occupancy_wgmma<BITS, T, BN, 2>};
+  return {launch_wgmma<BITS, T, BN, 1>, occupancy_wgmma<BITS, T, BN, 1>};
+}
+
+template <int BITS, class T>
+Kernel wgmma_of(int bn, int warpgroups) {
+  switch (bn) {
+    case 16: return wgmma_of<BITS, T, 16>(warpgroups);
+    case 32: return wgmma_of<BITS, T, 32>(warpgroups);
+    case 64: return wgmma_of<BITS, T, 64>(warpgroups);
+    case 128: return wgmma_of<BITS, T, 128>(warpgroups);
+  }
+  return {};
+}
+
+}  // namespace
+
+bool wgmma_available(int device) {
+  static int cc[64] = {};
+  if (device < 0 || device >= 64) return false;
+  if (!cc[device]) {
+    int major = 0, minor = 0;
+    check(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device), "compute capability");
+    check(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device), "compute capability");
+    cc[device] = major * 10 + minor;
+  }
+  return cc[device] == 90;  // sm_90a code runs on exactly 9.0
+}
+
+Kernel wgmma_kernel(GptqDtype dtype, int bits, int bn, int warpgroups) {
+  if (warpgroups != 1 && warpgroups != 2) return {};
+  const bool half = dtype == GptqDtype::f16;
+  switch (bits) {
+    case 2: return half ? wgmma_of<2, __half>(bn, warpgroups) : wgmma_of<2, __nv_bfloat16>(bn, warpgroups);
+    case 3: return half ? wgmma_of<3, __half>(bn, warpgroups) : wgmma_of<3, __nv_bfloat16>(bn, warpgroups);
+    case 4: return half ? wgmma_of<4, __half>(bn, warpgroups) : wgmma_of<4, __nv_bfloat16>(bn, warpgroups);
+  }
+  return {};
+}
+
+}  // namespace cuda
+}  // namespace lowbit
