@@ -6,6 +6,13 @@
 //   - decode: KV-cached steps (model.feedBatch) of --batches B sessions at once (default 1,8,32,64),
 //     each after its own --context token prompt: B x steps / seconds, tokens/s over the batch (host
 //     round trip and the B x 32000 f32 logits copied back included: what a server sees);
+//   - decode through generation (rows with path 'generate'): --gen-batches B greedy requests (default
+//     1,8) of --gen-tokens tokens (default 256) each after its own --context token prompt, through a
+//     Scheduler (what generate() and `lowbit generate` use) with decodeChunk C for each C of
+//     --gen-chunks (default 1,8,16: 1 is one feedBatch per token with its logits copied back and the
+//     token picked in JS; more chains C greedy steps on the GPU per native call): the tokens after
+//     each request's first (which its prefill gives) over the time from the last first token to the
+//     last token, after one warm-up run that captures the bucket's graph;
 //   - the bound: bytes one decode step reads (every linear and the head once, plus each session's
 //     keys and values over its context) over the device-to-device copy bandwidth, --copy-gbs (GB/s,
 //     bytes read + written, measured by the caller in the same run: bench/forward-gpu.sh does it
@@ -15,6 +22,7 @@
 // Rows go to bench/results/h200-forward.json (written to a temp name, then renamed) and a Markdown
 // table is printed last. Usage: LOWBIT_ADDON=... node bench/forward-gpu.mjs --peer peer.json (or --copy-gbs N) [--layers 32]
 // [--context 512] [--decode 64] [--batches 1,8,32,64] [--skip-prefill] [--dtype bf16] [--kinds f16,4] [--out path]
+// [--gen-batches 1,8] [--gen-chunks 1,8,16] [--gen-tokens 256] (--gen-batches none: no generation rows)
 import { mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -23,7 +31,10 @@ import { syntheticLlama } from './synthetic-llama.mjs';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
 const dist = process.env.LOWBIT_DIST ?? join(root, 'dist');
-const { Model, native } = { ...(await import(join(dist, 'index.js'))), ...(await import(join(dist, 'native.js'))) };
+const { Model, Scheduler, native } = {
+  ...(await import(join(dist, 'index.js'))),
+  ...(await import(join(dist, 'native.js'))),
+};
 
 function option(name, fallback) {
   const i = process.argv.indexOf(`--${name}`);
@@ -37,6 +48,9 @@ const DTYPE = option('dtype', 'bf16');
 const KINDS = option('kinds', 'f16,4').split(',');
 const BATCHES = option('batches', '1,8,32,64').split(',').map(Number);
 const SKIP_PREFILL = process.argv.includes('--skip-prefill');
+const GEN_BATCHES = option('gen-batches', '1,8') === 'none' ? [] : option('gen-batches', '1,8').split(',').map(Number);
+const GEN_CHUNKS = option('gen-chunks', '1,8,16').split(',').map(Number);
+const GEN_TOKENS = Number(option('gen-tokens', 256));
 // The ceilings and the peer measured in the same run (bench/forward-gpu-peer.py's output).
 const PEER = option('peer', undefined) ? JSON.parse(readFileSync(option('peer', ''), 'utf8')) : {};
 const COPY_GBS = Number(option('copy-gbs', PEER.copy_gbs ?? NaN));
@@ -44,7 +58,7 @@ const OUT = option('out', join(root, 'bench/results/h200-forward.json'));
 
 const shape = { dim: 4096, hidden: 11008, heads: 32, kvHeads: 32, headDim: 128, vocab: 32000 };
 const { config, dims } = await syntheticLlama(
-  { ...shape, layers: LAYERS, maxSeq: Math.max(PREFILL, CONTEXT + DECODE + 2), tied: false },
+  { ...shape, layers: LAYERS, maxSeq: Math.max(PREFILL, CONTEXT + Math.max(DECODE, GEN_TOKENS) + 2), tied: false },
   dist,
 );
 const addon = native();
@@ -107,6 +121,7 @@ const kvBytesPerToken = LAYERS * 2 * shape.kvHeads * shape.headDim * 2;
 const decodeRows = [];
 const prefillRows = [];
 const table = [];
+const genTable = [];
 
 for (const kind of KINDS) {
   const t0 = performance.now();
@@ -179,6 +194,44 @@ for (const kind of KINDS) {
       `${kind}: decode batch ${B}: ${tokS.toFixed(1)} tok/s (${((1000 * decodeS) / (DECODE - 1)).toFixed(2)} ms/step), bound ${bound.toFixed(0)}; pages ${kv.pagesTotal} (${kv.pagesFree} free)`,
     );
   }
+  // decode through generation: B greedy requests at once through a scheduler, as a server runs them
+  const genCells = [];
+  for (const B of GEN_BATCHES) {
+    for (const chunk of GEN_CHUNKS) {
+      const scheduler = new Scheduler(model, { maxBatch: B, decodeChunk: chunk, prefillTokens: B * CONTEXT });
+      const prompts = Array.from({ length: B }, (_, b) =>
+        ids.subarray(0, CONTEXT).map((v) => (v + 3 * b) % shape.vocab),
+      );
+      const run = async (tokens) => {
+        let firsts = 0;
+        let start = 0;
+        const counts = await Promise.all(
+          prompts.map(async (p) => {
+            let n = 0;
+            for await (const _ of scheduler.submit(p, { temperature: 0, maxTokens: tokens, stopIds: [] })) {
+              if (++n === 1 && ++firsts === B) start = performance.now();
+            }
+            return n;
+          }),
+        );
+        return { seconds: (performance.now() - start) / 1000, decoded: counts.reduce((a, n) => a + n - 1, 0) };
+      };
+      await run(Math.min(GEN_TOKENS, 2 * chunk + 2)); // warm-up: the bucket's graph captured
+      const { seconds, decoded } = await run(GEN_TOKENS);
+      await scheduler.close();
+      const tokS = decoded / seconds;
+      const bound = (B * COPY_GBS * 1e9) / (bytesPerStep(kind) + B * (CONTEXT + GEN_TOKENS / 2) * kvBytesPerToken);
+      decodeRows.push({ bits, batch: B, context: CONTEXT, path: 'generate', chunk, tok_s: tokS, bound_tok_s: bound });
+      genCells.push({ B, chunk, tokS, bound });
+      console.error(
+        `${kind}: generate batch ${B}, decodeChunk ${chunk}: ${tokS.toFixed(1)} tok/s (${((1000 * seconds * B) / decoded).toFixed(2)} ms/step), bound ${bound.toFixed(0)}`,
+      );
+    }
+  }
+  for (const c of genCells)
+    genTable.push(
+      `| ${kind === 'f16' ? 'fp16' : `${kind}-bit g128`} | ${c.B} | ${c.chunk} | ${c.tokS.toFixed(1)} tok/s | ${((1000 * c.B) / c.tokS).toFixed(2)} ms | ${c.bound.toFixed(0)} tok/s | ${((100 * c.tokS) / c.bound).toFixed(0)}% |`,
+    );
   const b1 = cells.find((c) => c.B === 1);
   for (const c of cells)
     table.push(
@@ -196,7 +249,12 @@ try {
 } catch {
   // no earlier results: a new file
 }
-const sameRow = (a, b) => a.bits === b.bits && a.batch === b.batch && (a.context ?? CONTEXT) === (b.context ?? CONTEXT);
+const sameRow = (a, b) =>
+  a.bits === b.bits &&
+  a.batch === b.batch &&
+  (a.context ?? CONTEXT) === (b.context ?? CONTEXT) &&
+  (a.path ?? 'feed') === (b.path ?? 'feed') &&
+  (a.chunk ?? 1) === (b.chunk ?? 1);
 const result = {
   ...previous,
   device: devices[0]?.name ?? 'unknown',
@@ -226,3 +284,9 @@ if (PEER.peer)
   console.log(
     `| fp16, ${PEER.peer.name} (peer) | ${PEER.peer.memory_gib.toFixed(2)} GiB (peak) | ${PEER.peer.prefill_tok_s.toFixed(0)} tok/s | 1 | ${PEER.peer.decode_tok_s.toFixed(1)} tok/s | | | | |`,
   );
+if (genTable.length > 0) {
+  console.log(`\nDecode through generation (greedy, a Scheduler; ctx ${CONTEXT}, ${GEN_TOKENS} tokens each):\n`);
+  console.log('| weights | batch | decodeChunk | tok/s | per step | bound | of bound |');
+  console.log('| --- | --- | --- | --- | --- | --- | --- |');
+  for (const row of genTable) console.log(row);
+}

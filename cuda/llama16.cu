@@ -637,21 +637,66 @@ class CudaLlama16 : public LlamaBackend {
 
   void decode_rows(model::Sequence* const* seqs, int64_t count, const int32_t* ids, float* logits) {
     const auto host_start = std::chrono::steady_clock::now();
+    const Staged st = stage_rows(seqs, count, ids, 1);
+    float* lg = floats(logits_, st.bucket * config_.vocab);  // (grown by stage_rows)
+    const bool replayed = run_step(st, lg, timing_.on);
+    download_staged(logits, lg, count * config_.vocab);
+    if (replayed && timing_.on) timing_.add(st.bucket, host_start, 1);
+  }
+
+  // Greedy steps chained on the device: each step's graph (or eager body) reads ids_ and pos_, then
+  // argmax_feed writes the chosen tokens into ids_ (and tokens_), advances pos_, and the next step
+  // is enqueued behind it without the host; the tokens come back once, after the last step. Every
+  // page the steps need is reserved (and its table uploaded) before the first.
+  void do_decode_greedy(model::Sequence* const* seqs, int64_t count, const int32_t* ids, int64_t steps,
+                        int32_t* tokens) override {
+    if (count > kMaxRows) {  // more rows than one bucket: step by step through the host
+      LlamaBackend::do_decode_greedy(seqs, count, ids, steps, tokens);
+      return;
+    }
+    const auto host_start = std::chrono::steady_clock::now();
+    const Staged st = stage_rows(seqs, count, ids, steps);
+    try {
+      float* lg = floats(logits_, st.bucket * config_.vocab);
+      auto* chosen = static_cast<int32_t*>(tokens_.get(checked_product({steps, count, 4}, "greedy tokens")));
+      bool replayed = true;
+      for (int64_t s = 0; s < steps; ++s) {
+        replayed = run_step(st, lg, timing_.on && s == 0) && replayed;
+        ops16::argmax_feed(lg, count, config_.vocab, st.ids_dev, pos_->get(), chosen + s * count, stream_);
+      }
+      if (timing_.on) check(cudaEventRecord(timing_.stop, stream_), "event");
+      download(tokens, chosen, steps * count);
+      if (replayed && timing_.on) timing_.add(st.bucket, host_start, steps);
+    } catch (...) {
+      for (int64_t r = 0; r < count; ++r) static_cast<Sequence16*>(seqs[r])->give_back(st.taken[(size_t)r]);
+      throw;
+    }
+  }
+
+  // A batch step's inputs on the device: the bucket (count padded to a power of two), ids_dev (the
+  // step's ids, in ids_), the pages each sequence took.
+  struct Staged {
+    int64_t bucket;
+    int32_t* ids_dev;
+    std::vector<int64_t> taken;
+  };
+
+  // Reserves each sequence's pages for `ahead` new tokens (all or none: a full pool leaves each as it
+  // was) and uploads the ids, positions and page tables of a step over `count` rows.
+  Staged stage_rows(model::Sequence* const* seqs, int64_t count, const int32_t* ids, int64_t ahead) {
     select();
-    int64_t bucket = 1;
-    while (bucket < count) bucket *= 2;
-    // every sequence's page for its new token, or none (a full pool leaves each as it was)
-    std::vector<int64_t> taken((size_t)count, 0);
+    Staged st{1, nullptr, std::vector<int64_t>((size_t)count, 0)};
+    while (st.bucket < count) st.bucket *= 2;
     try {
       for (int64_t r = 0; r < count; ++r) {
         auto* s = static_cast<Sequence16*>(seqs[r]);
-        taken[(size_t)r] = s->reserve(s->length + 1);
+        st.taken[(size_t)r] = s->reserve(s->length + ahead);
       }
     } catch (...) {
-      for (int64_t r = 0; r < count; ++r) static_cast<Sequence16*>(seqs[r])->give_back(taken[(size_t)r]);
+      for (int64_t r = 0; r < count; ++r) static_cast<Sequence16*>(seqs[r])->give_back(st.taken[(size_t)r]);
       throw;
     }
-    for (int64_t r = 0; r < bucket; ++r) {
+    for (int64_t r = 0; r < st.bucket; ++r) {
       uint16_t** row = host_tables_.data() + r * table_stride_;
       if (r < count) {
         const auto* s = static_cast<const Sequence16*>(seqs[r]);
@@ -664,43 +709,52 @@ class CudaLlama16 : public LlamaBackend {
         host_ids_[(size_t)r] = 0;
       }
     }
-    StepGraph& graph = steps_[bucket];
+    StepGraph& graph = steps_[st.bucket];
+    if (!(graphs_ && graph.exec && graph.epoch == epoch_)) begin_eager();  // the first step may grow buffers
+    st.ids_dev = static_cast<int32_t*>(ids_.get(st.bucket * 4));
+    (void)floats(logits_, st.bucket * config_.vocab);  // grown here, before any capture reads it
+    upload(st.ids_dev, host_ids_.data(), st.bucket);
+    upload(pos_->get(), host_positions_.data(), st.bucket);
+    upload(tables_->get(), host_tables_.data(), st.bucket * table_stride_);
+    return st;
+  }
+
+  // One step of the staged rows, logits to lg: the bucket's graph replayed when it is current, else
+  // the body run eagerly (and captured as the bucket's graph). Returns whether it replayed; `timed`
+  // records timing_.start before it (and, for one step, timing_.stop after).
+  bool run_step(const Staged& st, float* lg, bool timed) {
+    StepGraph& graph = steps_[st.bucket];
     const bool replay = graphs_ && graph.exec && graph.epoch == epoch_;
-    if (!replay) begin_eager();  // an eager step may grow buffers other buckets' graphs use
-    int32_t* ids_dev = static_cast<int32_t*>(ids_.get(bucket * 4));
-    upload(ids_dev, host_ids_.data(), bucket);
-    upload(pos_->get(), host_positions_.data(), bucket);
-    upload(tables_->get(), host_tables_.data(), bucket * table_stride_);
-    float* lg = floats(logits_, bucket * config_.vocab);
+    if (timed) check(cudaEventRecord(timing_.start, stream_), "event");
     if (replay) {
-      if (timing_.on) check(cudaEventRecord(timing_.start, stream_), "event");
       check(cudaGraphLaunch(graph.exec, stream_), "cudaGraphLaunch");
-      if (timing_.on) check(cudaEventRecord(timing_.stop, stream_), "event");
     } else {
-      float* x = floats(x_, bucket * config_.dim);
-      rows_body(ids_dev, x, bucket, lg);
-      if (graphs_) capture_rows(ids_dev, x, bucket, lg, graph);
+      float* x = floats(x_, st.bucket * config_.dim);
+      rows_body(st.ids_dev, x, st.bucket, lg);
+      if (graphs_) capture_rows(st.ids_dev, x, st.bucket, lg, graph);
     }
-    download_staged(logits, lg, count * config_.vocab);
-    if (replay && timing_.on) timing_.add(bucket, host_start);
+    if (timed) check(cudaEventRecord(timing_.stop, stream_), "event");
+    return replay;
   }
 
   // LOWBIT_CUDA_STEP_TIMING=1 (diagnostics for benchmarks): the GPU time of each replayed decode
   // step's graph and the host time of the whole call (uploads, replay, logits copied back), their
-  // means printed to stderr every 32 steps.
+  // means per step printed to stderr every 32 steps. A greedy call of n chained steps counts n steps
+  // (GPU: all of them with their argmax, host: the whole call, both divided by n).
   struct StepTiming {
     bool on = false;
     cudaEvent_t start = nullptr, stop = nullptr;
-    int steps = 0;
+    int64_t steps = 0;
     double gpu_us = 0, host_us = 0;
-    void add(int64_t bucket, std::chrono::steady_clock::time_point host_start) {
+    void add(int64_t bucket, std::chrono::steady_clock::time_point host_start, int64_t n) {
       float ms = 0;
       check(cudaEventElapsedTime(&ms, start, stop), "cudaEventElapsedTime");
       gpu_us += 1000.0 * ms;
       host_us += std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - host_start).count();
-      if (++steps < 32) return;
-      std::fprintf(stderr, "lowbit decode step, bucket %lld: graph %.1f us on the GPU, call %.1f us on the host\n",
-                   (long long)bucket, gpu_us / steps, host_us / steps);
+      steps += n;
+      if (steps < 32) return;
+      std::fprintf(stderr, "lowbit decode step, bucket %lld%s: graph %.1f us on the GPU, call %.1f us on the host\n",
+                   (long long)bucket, n > 1 ? " (greedy, chained)" : "", gpu_us / steps, host_us / steps);
       steps = 0;
       gpu_us = host_us = 0;
     }
@@ -1059,7 +1113,7 @@ class CudaLlama16 : public LlamaBackend {
   const uint16_t* pending_add_ = nullptr;
   // Scratch (a backend is used by one thread at a time). wide_: what a linear's operator needs.
   DeviceScratch x_, norm_, qkv_, att_, proj_, gate_up_, group_out_, logits_, nll_, ids_, partial_, capture_, head_norm_,
-      head_out_, keys_, values_;
+      head_out_, keys_, values_, tokens_;
   DeviceScratch wide_[3];  // per stream: main, side_[0], side_[1]
   cudaStream_t side_[2] = {nullptr, nullptr};
   cudaEvent_t fork_ = nullptr, join_[2] = {nullptr, nullptr};

@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <cstdlib>
 #include <string>
 #include <type_traits>
@@ -903,6 +904,53 @@ void attention_dispatch(const T* Q, int64_t rows, int64_t S, const int32_t* pos,
 
 unsigned grid_for(int64_t n) { return blocks_for(n, 256); }
 
+// (key, index) pairs of the greedy argmax: NaN counts as -inf (never larger than anything; the
+// launcher's x[0] rule covers the one case where that differs from the sequential scan).
+__device__ __forceinline__ bool better(float key, int32_t i, float best_key, int32_t best) {
+  return key > best_key || (key == best_key && i < best);
+}
+
+constexpr int kArgmaxThreads = 1024;
+
+// One block per row r < rows of logits [*, vocab]: the index of the row's largest logit, the first
+// on ties, as sampling.ts's argmax scans it (x[0] NaN: 0; other NaNs never chosen). It becomes the
+// row's next id (ids[r], read by the next step's embedding), its position advances (pos[r] + 1), and
+// tokens[r] keeps it for the host.
+__global__ void k_argmax_feed(const float* logits, int64_t vocab, int32_t* ids, int32_t* pos, int32_t* tokens) {
+  __shared__ float keys[kArgmaxThreads / 32];
+  __shared__ int32_t idx[kArgmaxThreads / 32];
+  const float* x = logits + blockIdx.x * vocab;
+  float best_key = -INFINITY;
+  int32_t best = INT32_MAX;
+  for (int64_t i = threadIdx.x; i < vocab; i += blockDim.x) {
+    const float v = x[i];
+    const float key = isnan(v) ? -INFINITY : v;
+    if (better(key, (int32_t)i, best_key, best)) best_key = key, best = (int32_t)i;
+  }
+  for (int off = 16; off > 0; off /= 2) {
+    const float k2 = __shfl_down_sync(0xffffffffu, best_key, off);
+    const int32_t i2 = __shfl_down_sync(0xffffffffu, best, off);
+    if (better(k2, i2, best_key, best)) best_key = k2, best = i2;
+  }
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  if (lane == 0) keys[warp] = best_key, idx[warp] = best;
+  __syncthreads();
+  if (warp != 0) return;
+  const int warps = blockDim.x / 32;
+  best_key = lane < warps ? keys[lane] : -INFINITY;
+  best = lane < warps ? idx[lane] : INT32_MAX;
+  for (int off = 16; off > 0; off /= 2) {
+    const float k2 = __shfl_down_sync(0xffffffffu, best_key, off);
+    const int32_t i2 = __shfl_down_sync(0xffffffffu, best, off);
+    if (better(k2, i2, best_key, best)) best_key = k2, best = i2;
+  }
+  if (lane != 0) return;
+  if (isnan(x[0])) best = 0;
+  ids[blockIdx.x] = best;
+  tokens[blockIdx.x] = best;
+  pos[blockIdx.x] += 1;
+}
+
 // Calls f with a null pointer of the 16-bit type t names (to pick a template instance).
 template <class F>
 void with_type(DType t, F&& f) {
@@ -1026,6 +1074,14 @@ void rope_append_rows(DType t, uint16_t* q, int64_t q_stride, const uint16_t* k,
                reinterpret_cast<const T*>(v), v_stride, rows, pos, q_heads, k_heads, half, inv_freq, scale,
                reinterpret_cast<T* const*>(tables), table_stride, page_off);
   });
+}
+
+void argmax_feed(const float* logits, int64_t rows, int64_t vocab, int32_t* ids, int32_t* pos, int32_t* tokens,
+                 cudaStream_t s) {
+  require(rows >= 1 && rows <= INT32_MAX && vocab >= 1 && vocab <= INT32_MAX, "E_INTERNAL",
+          "argmax_feed: rows and vocab must fit int32");
+  k_argmax_feed<<<(unsigned)rows, kArgmaxThreads, 0, s>>>(logits, vocab, ids, pos, tokens);
+  check(cudaGetLastError(), "argmax_feed launch");
 }
 
 void widen(DType t, const uint16_t* x, int64_t n, float* y, cudaStream_t s) {

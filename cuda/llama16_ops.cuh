@@ -69,6 +69,12 @@ void swiglu_rows(DType t, const uint16_t* gu, int64_t rows, int64_t hidden, int6
 // dst [rows, n] = columns col0 .. col0+n-1 of src [rows, stride] (16-bit values).
 void copy_columns(const uint16_t* src, int64_t rows, int64_t stride, int64_t col0, int64_t n, uint16_t* dst,
                   cudaStream_t s);
+// Greedy decoding's device-side feed: for each row r < rows of logits [rows, vocab] (f32), the index
+// of its largest logit, the first on ties (NaN never chosen, unless it is x[0]: then 0, as the
+// host's sequential scan gives), written to ids[r] and tokens[r]; pos[r] += 1. ids and pos are the
+// next decode step's inputs, so steps chain without the host.
+void argmax_feed(const float* logits, int64_t rows, int64_t vocab, int32_t* ids, int32_t* pos, int32_t* tokens,
+                 cudaStream_t s);
 // 16-bit to f32 (exact) and f32 to 16-bit (round to nearest even).
 void widen(DType t, const uint16_t* x, int64_t n, float* y, cudaStream_t s);
 void narrow(DType t, const float* x, int64_t n, uint16_t* y, cudaStream_t s);

@@ -189,6 +189,11 @@ export interface NativeModel {
   decode(sequence: number, ids: Int32Array, out: Float32Array): Promise<number>;
   /** one token for each of several distinct sequences; out [B*vocab]; resolves with the new lengths */
   decodeBatch(sequences: Int32Array, ids: Int32Array, out: Float32Array): Promise<Int32Array>;
+  /**
+   * `steps` greedy steps chained natively (on the GPU: chosen and fed on the device): out [steps*B],
+   * row s the tokens chosen after step s; resolves with the new lengths
+   */
+  decodeGreedy(sequences: Int32Array, ids: Int32Array, steps: number, out: Int32Array): Promise<Int32Array>;
   /** the KV cache memory: the paged pool's counts (16-bit CUDA), or paged false */
   kvCache(): KvCacheInfo;
   close(): void;

@@ -140,6 +140,7 @@ class NativeModel : public Napi::ObjectWrap<NativeModel> {
                            InstanceMethod<&NativeModel::CacheBytes>("cacheBytes"),
                            InstanceMethod<&NativeModel::Decode>("decode"),
                            InstanceMethod<&NativeModel::DecodeBatch>("decodeBatch"),
+                           InstanceMethod<&NativeModel::DecodeGreedy>("decodeGreedy"),
                            InstanceMethod<&NativeModel::KvCache>("kvCache"),
                            InstanceMethod<&NativeModel::Close>("close"),
                            InstanceMethod<&NativeModel::CreateStates>("createStates"),
@@ -515,6 +516,44 @@ class NativeModel : public Napi::ObjectWrap<NativeModel> {
             std::vector<model::Sequence*> raw;
             for (const auto& s : *seqs) raw.push_back(s.get());
             b.decode_batch(raw.data(), count, ip, op);
+            for (int64_t i = 0; i < count; ++i) (*lengths)[(size_t)i] = (int32_t)raw[(size_t)i]->length;
+          },
+          std::move(bufs), false,
+          [lengths](Napi::Env env) -> Napi::Value {
+            Napi::Int32Array r = Napi::Int32Array::New(env, lengths->size());
+            std::copy(lengths->begin(), lengths->end(), r.Data());
+            return r;
+          });
+    });
+  }
+
+  // decodeGreedy(sequences: Int32Array [B] of sequence ids, ids: Int32Array [B], steps, out: Int32Array [steps*B])
+  //   -> Promise<Int32Array [B]> (the new lengths): `steps` greedy steps chained (LlamaBackend::decode_greedy),
+  //   out row s the tokens chosen after step s. Every sequence distinct, with room for `steps` tokens.
+  Napi::Value DecodeGreedy(const Napi::CallbackInfo& info) {
+    return guarded(info, [&]() -> Napi::Value {
+      const auto seq_ids = typed_array<int32_t>(info[0], "sequences");
+      const auto ids = typed_array<int32_t>(info[1], "ids");
+      const int64_t steps = integer(info[2], "steps");
+      const auto out = typed_array<int32_t>(info[3], "out");
+      const int64_t count = seq_ids.length;
+      require(count >= 1, "E_SHAPE", "decodeGreedy needs at least one sequence");
+      require(steps >= 1, "E_SHAPE", "decodeGreedy needs at least one step");
+      check_length(ids.length, count, "ids");
+      const int64_t outn = checked_mul(steps, count, "steps x sequences");
+      check_length(out.length, outn, "out");
+      auto seqs = std::make_shared<std::vector<std::shared_ptr<model::Sequence>>>();
+      for (int64_t i = 0; i < count; ++i) seqs->push_back(handle_->sequence(seq_ids.data[i]));
+      auto bufs = std::make_unique<CallBuffers>(true);
+      const int32_t* ip = bufs->input(ids);
+      int32_t* op = bufs->output(info[3], Span<int32_t>{out.data, outn}, "out", false, true);
+      auto lengths = std::make_shared<std::vector<int32_t>>((size_t)count);
+      return Queue(
+          info,
+          [=](model::LlamaBackend& b) {
+            std::vector<model::Sequence*> raw;
+            for (const auto& s : *seqs) raw.push_back(s.get());
+            b.decode_greedy(raw.data(), count, ip, steps, op);
             for (int64_t i = 0; i < count; ++i) (*lengths)[(size_t)i] = (int32_t)raw[(size_t)i]->length;
           },
           std::move(bufs), false,

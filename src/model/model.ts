@@ -549,28 +549,7 @@ export class Model {
    * returned: a serving loop that reuses one array saves allocating B × vocab floats every step.
    */
   async feedBatch(sessions: readonly Session[], ids: Int32Array, out?: Float32Array): Promise<Float32Array> {
-    this.native();
-    if (!Array.isArray(sessions) || sessions.length === 0)
-      invalidArgument('sessions', 'a non-empty array of Sessions', sessions);
-    if (!(ids instanceof Int32Array) || ids.length !== sessions.length)
-      invalidArgument('ids', `an Int32Array of one id per session (${sessions.length})`, ids);
-    const seen = new Set<Session>();
-    sessions.forEach((s, i) => {
-      if (!(s instanceof Session) || !s.belongsTo(this))
-        invalidArgument(`sessions[${i}]`, 'a Session of this model', s);
-      if (s.isClosed) throw new LowbitError('E_CLOSED', `sessions[${i}] was closed`, { option: `sessions[${i}]` });
-      if (seen.has(s)) invalidArgument(`sessions[${i}]`, 'each session once', 'a session given twice');
-      seen.add(s);
-      if (s.length + 1 > s.capacity)
-        throw new LowbitError(
-          'E_ARGUMENT',
-          `sessions[${i}] holds ${s.length} of ${s.capacity} tokens; no room for one more`,
-          {
-            option: `sessions[${i}]`,
-          },
-        );
-    });
-    this.checkIds(ids);
+    this.checkStep(sessions, ids, 1);
     const n = sessions.length * this.vocabSize;
     if (out !== undefined && !(out instanceof Float32Array && out.length === n))
       invalidArgument('out', `a Float32Array of sessions.length × vocab (${n}) values`, out);
@@ -584,6 +563,56 @@ export class Model {
     );
     sessions.forEach((s, i) => (s.length = lengths[i]!));
     return logits;
+  }
+
+  /**
+   * Greedy decoding of `steps` tokens for several sessions at once, without handing back logits:
+   * step 0 feeds session i ids[i], each later step feeds it the token the step before chose (the
+   * largest logit, the first on ties: `argmax`). Returns the chosen tokens [steps × sessions.length],
+   * row s those chosen after step s; the last row's tokens are not fed (each session grows by
+   * `steps`). The same tokens as `feedBatch` step by step with `argmax` on its logits; on the 16-bit
+   * CUDA pass the steps run back to back on the GPU, each token chosen and fed there, so the host
+   * pays one round trip for all of them. Sessions as for feedBatch, each with room for `steps`
+   * tokens. On a failure the sessions are in an unknown state (close them).
+   */
+  async decodeGreedy(sessions: readonly Session[], ids: Int32Array, steps: number): Promise<Int32Array> {
+    if (!Number.isSafeInteger(steps) || steps < 1) invalidArgument('steps', 'a positive integer', steps);
+    this.checkStep(sessions, ids, steps);
+    const tokens = new Int32Array(steps * sessions.length);
+    const lengths = await call(() =>
+      this.native().decodeGreedy(
+        Int32Array.from(sessions, (s) => s.nativeId),
+        ids,
+        steps,
+        tokens,
+      ),
+    );
+    sessions.forEach((s, i) => (s.length = lengths[i]!));
+    return tokens;
+  }
+
+  /** A batched step's checks: open sessions of this model, each once, each with room for `tokens` more. */
+  private checkStep(sessions: readonly Session[], ids: Int32Array, tokens: number): void {
+    this.native();
+    if (!Array.isArray(sessions) || sessions.length === 0)
+      invalidArgument('sessions', 'a non-empty array of Sessions', sessions);
+    if (!(ids instanceof Int32Array) || ids.length !== sessions.length)
+      invalidArgument('ids', `an Int32Array of one id per session (${sessions.length})`, ids);
+    const seen = new Set<Session>();
+    sessions.forEach((s, i) => {
+      if (!(s instanceof Session) || !s.belongsTo(this))
+        invalidArgument(`sessions[${i}]`, 'a Session of this model', s);
+      if (s.isClosed) throw new LowbitError('E_CLOSED', `sessions[${i}] was closed`, { option: `sessions[${i}]` });
+      if (seen.has(s)) invalidArgument(`sessions[${i}]`, 'each session once', 'a session given twice');
+      seen.add(s);
+      if (s.length + tokens > s.capacity)
+        throw new LowbitError(
+          'E_ARGUMENT',
+          `sessions[${i}] holds ${s.length} of ${s.capacity} tokens; no room for ${tokens === 1 ? 'one' : tokens} more`,
+          { option: `sessions[${i}]` },
+        );
+    });
+    this.checkIds(ids);
   }
 
   /**

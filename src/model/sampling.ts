@@ -136,10 +136,24 @@ export class TokenSampler {
   }
 
   pick(logits: Float32Array): number | undefined {
-    const next = sampleToken(logits, this.plan.temperature, this.plan.topP, this.random);
+    return this.take(sampleToken(logits, this.plan.temperature, this.plan.topP, this.random));
+  }
+
+  /** true when every token is the logits' argmax (temperature 0): chosen where the logits are */
+  get greedy(): boolean {
+    return this.plan.temperature === 0;
+  }
+
+  /** As pick, for a token already chosen (greedy, by the model: Model.decodeGreedy). */
+  take(next: number): number | undefined {
     if (this.plan.stop.has(next)) return undefined;
     this.produced++;
     return next;
+  }
+
+  /** tokens this request may still produce before `finished`, its session holding `length` tokens */
+  remaining(length: number): number {
+    return Math.max(0, Math.min(this.plan.maxTokens - this.produced, this.plan.capacity - length));
   }
 
   /** true once maxTokens are out or the session (holding `length` tokens) has no room for the last one */

@@ -32,6 +32,15 @@ export interface SchedulerOptions {
    * the decode step of running sequences by about one budget's worth of prefill, not by all of them
    */
   prefillTokens?: number;
+  /**
+   * Greedy decode steps per native call (default 8 on a GPU, 1 on the CPU): while every sequence in
+   * the batch is greedy (temperature 0), up to this many steps run back to back in one
+   * `model.decodeGreedy` call (on the GPU each token is chosen and fed there, no logits cross to the
+   * host) and their tokens stream out together after it. Never more steps than any sequence in the
+   * batch may still take (maxTokens, its context); a stop id or an abort wastes at most the rest of
+   * the call's steps, and requests join or leave only between calls. 1: one step per call.
+   */
+  decodeChunk?: number;
 }
 
 export interface SubmitOptions extends SamplingOptions {
@@ -47,7 +56,7 @@ export interface SchedulerStats {
   running: number;
   /** KV tokens reserved by the running sequences */
   reservedTokens: number;
-  /** decode steps run (one model.feedBatch call each) */
+  /** decode steps run (a model.feedBatch call is one, a model.decodeGreedy call its steps) */
   steps: number;
   /** tokens decoded by those steps (the sum of their batch sizes) */
   decodedTokens: number;
@@ -86,7 +95,7 @@ interface Request {
   inFlight: boolean;
 }
 
-const DEFAULTS = { maxBatch: 16, maxQueue: 256, prefillTokens: 512 };
+const DEFAULTS = { maxBatch: 16, maxQueue: 256, prefillTokens: 512, decodeChunk: 8 };
 
 function positiveInteger(name: string, value: unknown, fallback: number): number {
   if (value === undefined) return fallback;
@@ -167,6 +176,7 @@ export class Scheduler {
   readonly maxKvTokens: number;
   readonly maxQueue: number;
   readonly prefillTokens: number;
+  readonly decodeChunk: number;
   /** tokens per page of the model's paged KV pool (1 when each session's cache is allocated whole) */
   readonly pageTokens: number;
 
@@ -208,6 +218,12 @@ export class Scheduler {
     );
     this.maxQueue = positiveInteger('maxQueue', options.maxQueue, DEFAULTS.maxQueue);
     this.prefillTokens = positiveInteger('prefillTokens', options.prefillTokens, DEFAULTS.prefillTokens);
+    // (on the CPU a step's host round trip is small next to the step, and tokens stream one by one)
+    this.decodeChunk = positiveInteger(
+      'decodeChunk',
+      options.decodeChunk,
+      model.device >= 0 ? DEFAULTS.decodeChunk : 1,
+    );
   }
 
   get stats(): SchedulerStats {
@@ -366,10 +382,17 @@ export class Scheduler {
     this.poolFull = true;
   }
 
-  /** One decode step for every sequence that has a token to feed. */
+  /**
+   * One decode step for every sequence that has a token to feed; several chained greedy steps
+   * (greedySteps) when every one of them is greedy and may take more than one.
+   */
   private async decodeStep(): Promise<void> {
     const batch = [...this.running].filter((r) => r.pending !== undefined);
     if (batch.length === 0) return;
+    if (this.decodeChunk > 1 && batch.every((r) => r.sampler.greedy)) {
+      const steps = Math.min(this.decodeChunk, ...batch.map((r) => r.sampler.remaining(r.length)));
+      if (steps > 1) return this.greedySteps(batch, steps);
+    }
     const ids = Int32Array.from(batch, (r) => r.pending!);
     for (const r of batch) r.inFlight = true;
     let logits: Float32Array;
@@ -404,9 +427,49 @@ export class Scheduler {
     });
   }
 
+  /**
+   * `steps` greedy steps in one model.decodeGreedy call: the batch's tokens of each step are taken in
+   * order, as `steps` calls of decodeStep would; a request that ends part way (stop id, abort) drops
+   * the tokens of the steps after (its session is closed with them).
+   */
+  private async greedySteps(batch: Request[], steps: number): Promise<void> {
+    const ids = Int32Array.from(batch, (r) => r.pending!);
+    for (const r of batch) r.inFlight = true;
+    let tokens: Int32Array;
+    try {
+      tokens = await this.model.decodeGreedy(
+        batch.map((r) => r.session!),
+        ids,
+        steps,
+      );
+    } catch (err) {
+      for (const r of batch) {
+        r.inFlight = false;
+        this.finish(r, 'failed', err);
+        r.session?.close();
+      }
+      return;
+    }
+    this.counters.steps += steps;
+    this.counters.decodedTokens += steps * batch.length;
+    this.counters.largestBatch = Math.max(this.counters.largestBatch, batch.length);
+    batch.forEach((r, i) => {
+      r.inFlight = false;
+      for (let s = 0; s < steps && r.state === 'running'; s++) {
+        r.length++;
+        this.take(r, r.sampler.take(tokens[s * batch.length + i]!));
+      }
+      if (r.state === 'done') r.session?.close(); // ended during or after the call
+    });
+  }
+
   /** Samples the request's next token from `logits`; it either ends or waits for the next step. */
   private accept(request: Request, logits: Float32Array): void {
-    const next = request.sampler.pick(logits);
+    this.take(request, request.sampler.pick(logits));
+  }
+
+  /** The request's next token (undefined: a stop id): it either ends or waits for the next step. */
+  private take(request: Request, next: number | undefined): void {
     if (next === undefined) return this.finish(request, 'completed');
     request.stream.push(next);
     if (request.sampler.finished(request.length)) return this.finish(request, 'completed');

@@ -144,6 +144,62 @@ describe.skipIf(!cuda.ok)(`batched decoding, paged KV cache (skipped without a G
     sb.close();
   });
 
+  it('greedy steps chained on the device (decodeGreedy) pick what feedBatch + argmax picks step by step', async () => {
+    // catches: the device-side feed off by one step (a step fed the token chosen two steps back, or
+    // the same id again), a position not advanced on the device between chained steps, pages for the
+    // later steps not reserved before the first (a step past a page boundary writing the pad page),
+    // padding rows (5 sessions run in the bucket of 8) or rows of the token array mixed up; and one
+    // session alone (bucket 1), chained twice.
+    // The reference is the same bf16 model one feedBatch per step (the same graph at the same M),
+    // with the host's argmax on its logits: the tokens must be identical.
+    const lengths = [3, 15, 16, 30, 47];
+    const steps = 21; // crosses at least one page boundary for every session
+    const reference = async (prompts: Int32Array[]): Promise<{ first: number[]; tokens: number[][] }> => {
+      const sessions: Session[] = [];
+      const first: number[] = [];
+      for (const p of prompts) {
+        const s = await bf16.createSession(128);
+        first.push(argmax(await s.feed(p)));
+        sessions.push(s);
+      }
+      const tokens: number[][] = [];
+      let fed = Int32Array.from(first);
+      const vocab = bf16.vocabSize;
+      for (let t = 0; t < steps; t++) {
+        const out = await bf16.feedBatch(sessions, fed);
+        fed = Int32Array.from(sessions, (_, i) => argmax(out.subarray(i * vocab, (i + 1) * vocab)));
+        tokens.push(Array.from(fed));
+      }
+      for (const s of sessions) s.close();
+      return { first, tokens };
+    };
+    const chained = async (prompts: Int32Array[], chunks: number[]): Promise<number[][]> => {
+      const sessions: Session[] = [];
+      const first: number[] = [];
+      for (const p of prompts) {
+        const s = await bf16.createSession(128);
+        first.push(argmax(await s.feed(p)));
+        sessions.push(s);
+      }
+      const rows: number[][] = [];
+      let fed = Int32Array.from(first);
+      for (const n of chunks) {
+        const tokens = await bf16.decodeGreedy(sessions, fed, n);
+        for (let t = 0; t < n; t++)
+          rows.push(Array.from(tokens.subarray(t * sessions.length, (t + 1) * sessions.length)));
+        fed = tokens.slice((n - 1) * sessions.length);
+      }
+      sessions.forEach((s, i) => expect(s.length).toBe(prompts[i]!.length + steps));
+      for (const s of sessions) s.close();
+      return rows;
+    };
+    const prompts = lengths.map((n, i) => text.subarray(300 * i + 11, 300 * i + 11 + n));
+    const want = await reference(prompts);
+    expect(await chained(prompts, [8, 13])).toEqual(want.tokens);
+    const one = [prompts[3]!];
+    expect(await chained(one, [1, 20])).toEqual((await reference(one)).tokens);
+  });
+
   it('a full pool fails the step with E_KV_FULL and leaves every session as it was', async () => {
     // catches: a step that advanced some sessions (or kept pages) before finding no page for
     // another; pages not returned on close; the limit not applied

@@ -119,6 +119,51 @@ describe(`feedBatch on stories260K (${testDevice})`, () => {
     for (const s of [a, b, c, a2, b2]) s.close();
   });
 
+  test('decodeGreedy chains greedy steps: the tokens of feeding each session alone, across calls', async () => {
+    // catches: the token fed at step s + 1 not being the one chosen at step s (fed one step late or
+    // early, or the same id again), rows of the tokens array swapped or transposed, a position not
+    // advanced between chained steps, lengths not advanced by `steps`, and a second call not
+    // continuing where the first left off (7 sessions, 5 then 14 steps, crossing pages)
+    const prompts = promptLengths.map((n, i) => text.subarray(100 * i + 7, 100 * i + 7 + n));
+    const ref = [];
+    for (const p of prompts) ref.push(await alone(p));
+    const sessions: Session[] = [];
+    const first: number[] = [];
+    for (const p of prompts) {
+      const s = await model.createSession(256);
+      first.push(argmax(await s.feed(p)));
+      sessions.push(s);
+    }
+    const B = sessions.length;
+    let fed = Int32Array.from(first);
+    let done = 0;
+    for (const chunk of [5, 14]) {
+      const tokens = await model.decodeGreedy(sessions, fed, chunk);
+      expect(tokens.length).toBe(chunk * B);
+      for (let s = 0; s < chunk; s++)
+        for (let i = 0; i < B; i++)
+          expect(tokens[s * B + i], `session ${i} step ${done + s}`).toBe(ref[i]!.tokens[done + s + 1]);
+      done += chunk;
+      sessions.forEach((s, i) => expect(s.length).toBe(promptLengths[i]! + done));
+      fed = tokens.slice((chunk - 1) * B);
+    }
+    for (const s of sessions) s.close();
+  });
+
+  test('decodeGreedy rejects bad steps and sessions without room for them, changing none', async () => {
+    // catches: a chunk that runs past a session's capacity (writing past its KV cache), steps of 0
+    // or a fraction reaching the native side
+    const a = await model.createSession(10);
+    await a.feed(text.subarray(0, 6));
+    for (const steps of [0, 1.5, -1, 5])
+      await expect(model.decodeGreedy([a], Int32Array.of(3), steps)).rejects.toMatchObject({ code: 'E_ARGUMENT' });
+    expect(a.length).toBe(6);
+    const tokens = await model.decodeGreedy([a], Int32Array.of(3), 4); // exactly fills it
+    expect(tokens.length).toBe(4);
+    expect(a.length).toBe(10);
+    a.close();
+  });
+
   test('feedBatch rejects foreign, closed, repeated and full sessions before changing any', async () => {
     // catches: a check missing from the batched path (a session of another model reaching the
     // native side, a full session overflowing its cache, a session advanced twice in one step)

@@ -56,18 +56,38 @@ async function collect(stream: AsyncIterable<number>, onToken?: (count: number) 
 
 /**
  * Records the batch size of every decode step (and the scheduler's reserved KV tokens then) by
- * wrapping the model's feedBatch. Returns the sizes and a function that removes the wrapper.
+ * wrapping the model's feedBatch and decodeGreedy (a call of n chained steps records n steps; its
+ * step counts go to `chains`). Returns them and a function that removes the wrappers.
  */
-function recordSteps(target: Model, scheduler?: Scheduler): { sizes: number[]; reserved: number[]; restore(): void } {
+function recordSteps(
+  target: Model,
+  scheduler?: Scheduler,
+): { sizes: number[]; reserved: number[]; chains: number[]; restore(): void } {
   const sizes: number[] = [];
   const reserved: number[] = [];
+  const chains: number[] = [];
   const real = target.feedBatch;
   const spy = vi.spyOn(target, 'feedBatch').mockImplementation((sessions, ids) => {
     sizes.push(sessions.length);
     if (scheduler) reserved.push(scheduler.stats.reservedTokens);
     return real.call(target, sessions, ids);
   });
-  return { sizes, reserved, restore: () => spy.mockRestore() };
+  const realGreedy = target.decodeGreedy;
+  const greedy = vi.spyOn(target, 'decodeGreedy').mockImplementation((sessions, ids, n) => {
+    for (let i = 0; i < n; i++) sizes.push(sessions.length);
+    if (scheduler) reserved.push(scheduler.stats.reservedTokens);
+    chains.push(n);
+    return realGreedy.call(target, sessions, ids, n);
+  });
+  return {
+    sizes,
+    reserved,
+    chains,
+    restore: () => {
+      spy.mockRestore();
+      greedy.mockRestore();
+    },
+  };
 }
 
 test('concurrent greedy and seeded requests joining at different times equal their runs alone, in shared decode steps', async () => {
@@ -127,6 +147,62 @@ test('concurrent greedy and seeded requests joining at different times equal the
   expect(model.cacheBytes).toBe(0); // every session closed
 });
 
+test('chained greedy steps (decodeChunk) give each request its tokens alone, and stop, abort and join between calls', async () => {
+  // catches: a chained call whose token rows are read off by one step or with rows swapped, a
+  // request that runs past maxTokens or its context inside a chain (steps not capped by what each
+  // may still take), tokens after a stop id or an abort leaking into a stream, a sampled request
+  // put through the greedy chain (its tokens would be argmax), sessions not closed after a chain
+  const requests = [
+    { ids: prompt(0), options: { temperature: 0, maxTokens: 41, stopIds: [] } },
+    { ids: prompt(1), options: { temperature: 0, maxTokens: 7 } },
+    { ids: prompt(3), options: { temperature: 0, maxTokens: 60 } }, // may end at EOS (default stop ids)
+    { ids: prompt(4), options: { temperature: 0, maxTokens: 23, stopIds: [] } },
+    { ids: prompt(5), options: { temperature: 1, topP: 1, seed: 7, maxTokens: 9, stopIds: [] } },
+    { ids: longPrompt(6), options: { temperature: 0, maxTokens: 20, stopIds: [] } }, // the context ends it
+    { ids: prompt(2), options: { temperature: 0, maxTokens: 30, stopIds: [] } }, // aborted after 6 tokens
+  ];
+  const want = [];
+  for (const r of requests) want.push(await alone(r.ids, r.options));
+  const scheduler = new Scheduler(model, { maxBatch: 8, decodeChunk: 4 });
+  const steps = recordSteps(model, scheduler);
+  const controller = new AbortController();
+  let aborted: unknown;
+  try {
+    const results: Promise<number[]>[] = [];
+    const start = (i: number) => {
+      const options = i === 6 ? { ...requests[i]!.options, signal: controller.signal } : requests[i]!.options;
+      results[i] = collect(scheduler.submit(requests[i]!.ids, options), (n) => {
+        if (i === 0 && n === 3) start(2);
+        if (i === 0 && n === 10) start(3);
+        if (i === 2 && n === 6) start(4); // a sampled request joins: one step at a time while it runs
+        if (i === 3 && n === 5) start(5);
+        if (i === 0 && n === 2) start(6);
+        if (i === 6 && n === 6) controller.abort();
+      });
+      results[i].catch(() => {}); // (the aborted one rejects before allSettled below reads it)
+    };
+    start(0);
+    start(1);
+    for (let i = 0; i < requests.length; i++) while (!results[i]) await new Promise((r) => setTimeout(r, 1));
+    const got = await Promise.allSettled(results);
+    for (let i = 0; i < 6; i++) expect(got[i], `request ${i}`).toEqual({ status: 'fulfilled', value: want[i] });
+    aborted = got[6];
+  } finally {
+    steps.restore();
+  }
+  expect(aborted).toMatchObject({ status: 'rejected', reason: { code: 'E_ABORTED' } });
+  expect(Math.max(...steps.chains)).toBe(4);
+  expect(steps.chains.every((n) => n >= 2 && n <= 4)).toBe(true);
+  expect(scheduler.stats).toMatchObject({
+    steps: steps.sizes.length,
+    running: 0,
+    queued: 0,
+    completed: 6,
+    cancelled: 1,
+  });
+  expect(model.cacheBytes).toBe(0);
+});
+
 test('generate() and generateTokens() batch concurrent calls on one model by default, with the same results', async () => {
   // catches: the default path not going through the shared scheduler (no batching for plain callers),
   // or its text differing from an unbatched run
@@ -159,7 +235,7 @@ test('admission follows the prefill budget and the KV-token bound', async () => 
   // catches: admitting every waiting prompt in one step (starving the decode of running sequences),
   // or reserving more KV tokens than maxKvTokens
   const ids = prompt(0);
-  const scheduler = new Scheduler(model, { prefillTokens: 1, maxKvTokens: 3 * (ids.length + 10) });
+  const scheduler = new Scheduler(model, { prefillTokens: 1, maxKvTokens: 3 * (ids.length + 10), decodeChunk: 1 });
   const steps = recordSteps(model, scheduler);
   try {
     const streams = Array.from({ length: 5 }, () =>
@@ -289,7 +365,7 @@ test('a full queue refuses with E_BUSY, and a request larger than maxKvTokens wi
 
 test('a failed step rejects only its own requests, and the scheduler goes on', async () => {
   // catches: one failure poisoning every request or leaving the scheduler stuck
-  const scheduler = new Scheduler(model, { maxBatch: 2 });
+  const scheduler = new Scheduler(model, { maxBatch: 2, decodeChunk: 1 }); // (failures injected into feedBatch)
   const opts = { temperature: 0, maxTokens: 10, stopIds: [] };
   const realCreate = model.createSession;
   const realFeedBatch = model.feedBatch;

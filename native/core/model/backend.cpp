@@ -265,6 +265,44 @@ void LlamaBackend::decode_batch(Sequence* const* seqs, int64_t count, const int3
   for (int64_t i = 0; i < count; ++i) seqs[i]->length = before[(size_t)i] + 1;
 }
 
+void LlamaBackend::decode_greedy(Sequence* const* seqs, int64_t count, const int32_t* ids, int64_t steps,
+                                 int32_t* tokens) {
+  require(count >= 1, "E_SHAPE", "decode_greedy needs at least one sequence");
+  require(steps >= 1, "E_SHAPE", "decode_greedy needs at least one step");
+  for (int64_t i = 0; i < count; ++i) {
+    require(seqs[i] != nullptr && seqs[i]->owner == this, "E_ARGUMENT",
+            "sequence " + str(i) + " of the batch belongs to another backend");
+    require(seqs[i]->length <= seqs[i]->capacity - steps, "E_SHAPE",
+            "sequence " + str(i) + " of the batch holds " + str(seqs[i]->length) + " of " + str(seqs[i]->capacity) +
+                " tokens; " + str(steps) + " more do not fit");
+    for (int64_t j = 0; j < i; ++j)
+      require(seqs[j] != seqs[i], "E_ARGUMENT", "sequences " + str(j) + " and " + str(i) + " of the batch are the same");
+  }
+  require_all_blocks();
+  check_ids(ids, count);
+  std::vector<int64_t> before((size_t)count);
+  for (int64_t i = 0; i < count; ++i) before[(size_t)i] = seqs[i]->length;
+  do_decode_greedy(seqs, count, ids, steps, tokens);
+  for (int64_t i = 0; i < count; ++i) seqs[i]->length = before[(size_t)i] + steps;
+}
+
+void LlamaBackend::do_decode_greedy(Sequence* const* seqs, int64_t count, const int32_t* ids, int64_t steps,
+                                    int32_t* tokens) {
+  const int64_t V = config_.vocab;
+  std::vector<float> logits((size_t)checked_product({count, V}, "sequences x vocab"));
+  for (int64_t s = 0; s < steps; ++s) {
+    decode_batch(seqs, count, s == 0 ? ids : tokens + (s - 1) * count, logits.data());
+    for (int64_t i = 0; i < count; ++i) tokens[s * count + i] = argmax_first(logits.data() + i * V, V);
+  }
+}
+
+int32_t argmax_first(const float* x, int64_t n) {
+  int64_t best = 0;
+  for (int64_t i = 1; i < n; ++i)
+    if (x[i] > x[best]) best = i;
+  return (int32_t)best;
+}
+
 void LlamaBackend::do_decode_batch(Sequence* const* seqs, int64_t count, const int32_t* ids, float* logits) {
   for (int64_t i = 0; i < count; ++i) {
     do_decode(*seqs[i], ids + i, 1, logits + i * config_.vocab);

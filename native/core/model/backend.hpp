@@ -202,6 +202,13 @@ class LlamaBackend {
   // logits [count, vocab] row i for sequence i; the same results as decode() of each alone (to
   // rounding: the linears run at M = count). All or none advance (E_KV_FULL leaves every one as it was).
   void decode_batch(Sequence* const* seqs, int64_t count, const int32_t* ids, float* logits);
+  // Greedy decoding of `steps` tokens for `count` distinct sequences without handing back logits:
+  // step 0 appends ids[i] to sequence i, each later step appends the token the step before chose for
+  // it. tokens [steps, count]: row s holds, for each sequence, argmax_first of the logits after step
+  // s (the token step s + 1 appends; the last row's is appended by no step). Each sequence advances by
+  // `steps`, so each needs room for that many tokens. The same tokens as decode_batch one step at a
+  // time with argmax_first on its logits (a GPU backend chooses and feeds them on the device).
+  void decode_greedy(Sequence* const* seqs, int64_t count, const int32_t* ids, int64_t steps, int32_t* tokens);
 
   // The KV cache memory (KvCacheInfo); set_kv_cache_tokens bounds a paged pool (others ignore it).
   virtual KvCacheInfo kv_cache() const { return {}; }
@@ -237,6 +244,10 @@ class LlamaBackend {
   // each sequence's length itself. Overrides leave the lengths
   // to the caller (decode_batch adds one to each after the call).
   virtual void do_decode_batch(Sequence* const* seqs, int64_t count, const int32_t* ids, float* logits);
+  // The default runs decode_batch step by step, choosing each token on the host; lengths are the
+  // caller's (decode_greedy sets each to its length before plus steps after the call).
+  virtual void do_decode_greedy(Sequence* const* seqs, int64_t count, const int32_t* ids, int64_t steps,
+                                int32_t* tokens);
 
   void check_block_index(int64_t block) const;
   void check_batch(int64_t batch, int64_t seq) const;
@@ -246,6 +257,10 @@ class LlamaBackend {
   void require_all_blocks() const;
   LlamaConfig config_;
 };
+
+// The index of the largest of x [n] (n >= 1), the first on ties; NaN is never larger than anything
+// (and x[0] NaN gives 0): the sequential scan `x[i] > x[best]`, as src/model/sampling.ts's argmax.
+int32_t argmax_first(const float* x, int64_t n);
 
 // Creates the backend for a device: -1 the CPU, else a CUDA device through the registered factory.
 // `cpu_linears`: how the CPU backend makes its linears' operators (make_cpu_linear's options, e.g.
