@@ -19,8 +19,9 @@
 // of the 16 the instruction sums over. So row kk of tile j's B must hold input 32t + 4j + 2·(kk >> 3)
 // + (kk & 1) with t = (kk >> 1) & 3. A row of X in one stage is two 128-byte atoms of 64 positions
 // (tiles 0-3, then 4-7); position kk of tile j is at half 16·(j & 3) + kk of its atom. The copy moves
-// 4-byte pieces: piece q (0..63) of a chunk is inputs 2q, 2q + 1 (t = q >> 4, j = (q >> 1) & 7,
-// kk = 2t + 8·(q & 1)), so that consecutive threads read consecutive bytes of X.
+// 4-byte pieces: piece q (0..63) of a row is inputs 32t + 4j + 2h, + 1 with h = q & 1, t = (q >> 3) & 3,
+// j = ((q >> 1) & 3) + 4·(q >> 5), to position kk = 2t + 8h of tile j: the 32 lanes of a warp write the
+// 32 banks once (8 16-byte units × 4 words of one atom) and read four 32-byte runs of X.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -168,14 +169,15 @@ __global__ void __launch_bounds__(128 * WG, WgmmaShape<BN>::min_warps / (4 * WG)
   constexpr int XROWS = 2 * WG;
   const T* X = static_cast<const T*>(a.x);
   const int q = tid & 63, xr0 = tid >> 6;
-  const int qj = (q >> 1) & 7, unit = (qj & 3) * 2 + (q & 1);
-  const int piece_at = (qj >> 2) * S::atom + (q >> 4) * 4;  // + row·128 + swizzled unit·16
+  const int qh = q & 1, qt = (q >> 3) & 3, qj = ((q >> 1) & 3) + 4 * (q >> 5), unit = (qj & 3) * 2 + qh;
+  const int piece_at = (qj >> 2) * S::atom + qt * 4;  // + row·128 + swizzled unit·16
+  const int piece_k = 32 * qt + 4 * qj + 2 * qh;     // its first input in the chunk
   const int rows_left = a.M - m0 - xr0;  // this thread's rows xr0 + XROWS·i exist for XROWS·i < rows_left
-  const T* x_rows = X + (int64_t)(rows_left > 0 ? m0 + xr0 : 0) * a.ldx + 2 * q;
+  const T* x_rows = X + (int64_t)(rows_left > 0 ? m0 + xr0 : 0) * a.ldx + piece_k;
   const int64_t x_step = XROWS * a.ldx;
   auto load_x = [&](int c, int stage) {
     uint8_t* base = smem + stage * S::stage + piece_at;
-    const bool k_ok = (int64_t)c * kChunk + 2 * q + 2 <= a.kx;  // kx is even: a piece is whole or absent
+    const bool k_ok = (int64_t)c * kChunk + piece_k + 2 <= a.kx;  // kx is even: a piece is whole or absent
     const T* src = x_rows + (int64_t)c * kChunk;
 #pragma unroll
     for (int i = 0; i < BN / XROWS; ++i) {
