@@ -496,34 +496,11 @@ class NativeModel : public Napi::ObjectWrap<NativeModel> {
   //   -> Promise<Int32Array [B]> (the new lengths). Every sequence distinct, with room for one token.
   Napi::Value DecodeBatch(const Napi::CallbackInfo& info) {
     return guarded(info, [&]() -> Napi::Value {
-      const auto seq_ids = typed_array<int32_t>(info[0], "sequences");
-      const auto ids = typed_array<int32_t>(info[1], "ids");
       const auto out = typed_array<float>(info[2], "out");
-      const int64_t count = seq_ids.length;
-      require(count >= 1, "E_SHAPE", "decodeBatch needs at least one sequence");
-      check_length(ids.length, count, "ids");
-      const int64_t outn = checked_mul(count, config_.vocab, "sequences x vocab");
-      check_length(out.length, outn, "out");
-      auto seqs = std::make_shared<std::vector<std::shared_ptr<model::Sequence>>>();
-      for (int64_t i = 0; i < count; ++i) seqs->push_back(handle_->sequence(seq_ids.data[i]));
-      auto bufs = std::make_unique<CallBuffers>(true);
-      const int32_t* ip = bufs->input(ids);
-      float* op = bufs->output(info[2], Span<float>{out.data, outn}, "out", false, true);
-      auto lengths = std::make_shared<std::vector<int32_t>>((size_t)count);
-      return Queue(
-          info,
-          [=](model::LlamaBackend& b) {
-            std::vector<model::Sequence*> raw;
-            for (const auto& s : *seqs) raw.push_back(s.get());
-            b.decode_batch(raw.data(), count, ip, op);
-            for (int64_t i = 0; i < count; ++i) (*lengths)[(size_t)i] = (int32_t)raw[(size_t)i]->length;
-          },
-          std::move(bufs), false,
-          [lengths](Napi::Env env) -> Napi::Value {
-            Napi::Int32Array r = Napi::Int32Array::New(env, lengths->size());
-            std::copy(lengths->begin(), lengths->end(), r.Data());
-            return r;
-          });
+      return QueueBatch(info, "decodeBatch", 1, config_.vocab, out, [](model::LlamaBackend& b, model::Sequence* const* seqs,
+                                                                   int64_t count, const int32_t* ids, float* logits) {
+        b.decode_batch(seqs, count, ids, logits);
+      });
     });
   }
 
@@ -532,37 +509,48 @@ class NativeModel : public Napi::ObjectWrap<NativeModel> {
   //   out row s the tokens chosen after step s. Every sequence distinct, with room for `steps` tokens.
   Napi::Value DecodeGreedy(const Napi::CallbackInfo& info) {
     return guarded(info, [&]() -> Napi::Value {
-      const auto seq_ids = typed_array<int32_t>(info[0], "sequences");
-      const auto ids = typed_array<int32_t>(info[1], "ids");
       const int64_t steps = integer(info[2], "steps");
-      const auto out = typed_array<int32_t>(info[3], "out");
-      const int64_t count = seq_ids.length;
-      require(count >= 1, "E_SHAPE", "decodeGreedy needs at least one sequence");
       require(steps >= 1, "E_SHAPE", "decodeGreedy needs at least one step");
-      check_length(ids.length, count, "ids");
-      const int64_t outn = checked_mul(steps, count, "steps x sequences");
-      check_length(out.length, outn, "out");
-      auto seqs = std::make_shared<std::vector<std::shared_ptr<model::Sequence>>>();
-      for (int64_t i = 0; i < count; ++i) seqs->push_back(handle_->sequence(seq_ids.data[i]));
-      auto bufs = std::make_unique<CallBuffers>(true);
-      const int32_t* ip = bufs->input(ids);
-      int32_t* op = bufs->output(info[3], Span<int32_t>{out.data, outn}, "out", false, true);
-      auto lengths = std::make_shared<std::vector<int32_t>>((size_t)count);
-      return Queue(
-          info,
-          [=](model::LlamaBackend& b) {
-            std::vector<model::Sequence*> raw;
-            for (const auto& s : *seqs) raw.push_back(s.get());
-            b.decode_greedy(raw.data(), count, ip, steps, op);
-            for (int64_t i = 0; i < count; ++i) (*lengths)[(size_t)i] = (int32_t)raw[(size_t)i]->length;
-          },
-          std::move(bufs), false,
-          [lengths](Napi::Env env) -> Napi::Value {
-            Napi::Int32Array r = Napi::Int32Array::New(env, lengths->size());
-            std::copy(lengths->begin(), lengths->end(), r.Data());
-            return r;
-          });
+      const auto out = typed_array<int32_t>(info[3], "out");
+      return QueueBatch(info, "decodeGreedy", steps, 1, out,
+                        [steps](model::LlamaBackend& b, model::Sequence* const* seqs, int64_t count, const int32_t* ids,
+                                int32_t* tokens) { b.decode_greedy(seqs, count, ids, steps, tokens); });
     });
+  }
+
+  // The batched decodes' common part: sequences (info[0]) and ids (info[1]) of one length B, `out`
+  // (info's last argument) of B·per_row·rows values, run(backend, sequences, B, ids, out) queued, and
+  // the promise resolved with the sequences' new lengths.
+  template <class T, class Run>
+  Napi::Value QueueBatch(const Napi::CallbackInfo& info, const char* what, int64_t rows, int64_t per_row,
+                         const Span<T>& out, Run run) {
+    const auto seq_ids = typed_array<int32_t>(info[0], "sequences");
+    const auto ids = typed_array<int32_t>(info[1], "ids");
+    const int64_t count = seq_ids.length;
+    require(count >= 1, "E_SHAPE", std::string(what) + " needs at least one sequence");
+    check_length(ids.length, count, "ids");
+    const int64_t outn = checked_mul(checked_mul(rows, count, "steps x sequences"), per_row, "sequences x vocab");
+    check_length(out.length, outn, "out");
+    auto seqs = std::make_shared<std::vector<std::shared_ptr<model::Sequence>>>();
+    for (int64_t i = 0; i < count; ++i) seqs->push_back(handle_->sequence(seq_ids.data[i]));
+    auto bufs = std::make_unique<CallBuffers>(true);
+    const int32_t* ip = bufs->input(ids);
+    T* op = bufs->output(info[info.Length() - 1], Span<T>{out.data, outn}, "out", false, true);
+    auto lengths = std::make_shared<std::vector<int32_t>>((size_t)count);
+    return Queue(
+        info,
+        [=](model::LlamaBackend& b) {
+          std::vector<model::Sequence*> raw;
+          for (const auto& s : *seqs) raw.push_back(s.get());
+          run(b, raw.data(), count, ip, op);
+          for (int64_t i = 0; i < count; ++i) (*lengths)[(size_t)i] = (int32_t)raw[(size_t)i]->length;
+        },
+        std::move(bufs), false,
+        [lengths](Napi::Env env) -> Napi::Value {
+          Napi::Int32Array r = Napi::Int32Array::New(env, lengths->size());
+          std::copy(lengths->begin(), lengths->end(), r.Data());
+          return r;
+        });
   }
 
   // kvCache() -> {paged, pageTokens, pageBytes, pagesTotal, pagesFree, limitPages} (KvCacheInfo)

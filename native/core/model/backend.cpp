@@ -245,19 +245,27 @@ void LlamaBackend::decode(Sequence& seq, const int32_t* ids, int64_t n, float* l
   seq.length += n;
 }
 
-void LlamaBackend::decode_batch(Sequence* const* seqs, int64_t count, const int32_t* ids, float* logits) {
-  require(count >= 1, "E_SHAPE", "decode_batch needs at least one sequence");
+// The checks decode_batch and decode_greedy share: distinct sequences of this backend, each with room
+// for `steps` more tokens, and valid ids.
+void LlamaBackend::check_batch(Sequence* const* seqs, int64_t count, const int32_t* ids, int64_t steps,
+                               const char* what) {
+  require(count >= 1, "E_SHAPE", std::string(what) + " needs at least one sequence");
+  require(steps >= 1, "E_SHAPE", std::string(what) + " needs at least one step");
   for (int64_t i = 0; i < count; ++i) {
     require(seqs[i] != nullptr && seqs[i]->owner == this, "E_ARGUMENT",
             "sequence " + str(i) + " of the batch belongs to another backend");
-    require(seqs[i]->length + 1 <= seqs[i]->capacity, "E_SHAPE",
+    require(seqs[i]->length <= seqs[i]->capacity - steps, "E_SHAPE",
             "sequence " + str(i) + " of the batch holds " + str(seqs[i]->length) + " of " + str(seqs[i]->capacity) +
-                " tokens; one more does not fit");
+                " tokens; " + (steps == 1 ? std::string("one more does not fit") : str(steps) + " more do not fit"));
     for (int64_t j = 0; j < i; ++j)
       require(seqs[j] != seqs[i], "E_ARGUMENT", "sequences " + str(j) + " and " + str(i) + " of the batch are the same");
   }
   require_all_blocks();
   check_ids(ids, count);
+}
+
+void LlamaBackend::decode_batch(Sequence* const* seqs, int64_t count, const int32_t* ids, float* logits) {
+  check_batch(seqs, count, ids, 1, "decode_batch");
   std::vector<int64_t> before((size_t)count);
   for (int64_t i = 0; i < count; ++i) before[(size_t)i] = seqs[i]->length;
   do_decode_batch(seqs, count, ids, logits);
@@ -267,19 +275,7 @@ void LlamaBackend::decode_batch(Sequence* const* seqs, int64_t count, const int3
 
 void LlamaBackend::decode_greedy(Sequence* const* seqs, int64_t count, const int32_t* ids, int64_t steps,
                                  int32_t* tokens) {
-  require(count >= 1, "E_SHAPE", "decode_greedy needs at least one sequence");
-  require(steps >= 1, "E_SHAPE", "decode_greedy needs at least one step");
-  for (int64_t i = 0; i < count; ++i) {
-    require(seqs[i] != nullptr && seqs[i]->owner == this, "E_ARGUMENT",
-            "sequence " + str(i) + " of the batch belongs to another backend");
-    require(seqs[i]->length <= seqs[i]->capacity - steps, "E_SHAPE",
-            "sequence " + str(i) + " of the batch holds " + str(seqs[i]->length) + " of " + str(seqs[i]->capacity) +
-                " tokens; " + str(steps) + " more do not fit");
-    for (int64_t j = 0; j < i; ++j)
-      require(seqs[j] != seqs[i], "E_ARGUMENT", "sequences " + str(j) + " and " + str(i) + " of the batch are the same");
-  }
-  require_all_blocks();
-  check_ids(ids, count);
+  check_batch(seqs, count, ids, steps, "decode_greedy");
   std::vector<int64_t> before((size_t)count);
   for (int64_t i = 0; i < count; ++i) before[(size_t)i] = seqs[i]->length;
   do_decode_greedy(seqs, count, ids, steps, tokens);

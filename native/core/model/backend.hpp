@@ -244,6 +244,8 @@ class LlamaBackend {
   // each sequence's length itself. Overrides leave the lengths
   // to the caller (decode_batch adds one to each after the call).
   virtual void do_decode_batch(Sequence* const* seqs, int64_t count, const int32_t* ids, float* logits);
+  // decode_batch's and decode_greedy's checks of their arguments (E_SHAPE, E_ARGUMENT, E_TOKEN).
+  void check_batch(Sequence* const* seqs, int64_t count, const int32_t* ids, int64_t steps, const char* what);
   // The default runs decode_batch step by step, choosing each token on the host; lengths are the
   // caller's (decode_greedy sets each to its length before plus steps after the call).
   virtual void do_decode_greedy(Sequence* const* seqs, int64_t count, const int32_t* ids, int64_t steps,
