@@ -160,30 +160,32 @@ __global__ void __launch_bounds__(128 * WG, WgmmaShape<BN>::min_warps / (4 * WG)
   // Weights: this warp's record of chunk c, and the lane's scale/zero record of its slot's group.
   const uint8_t* wrec = a.weights + record_index(ntile, 0, a.chunks) * REC;
   const uint16_t* srec = a.scale_zero + ((int64_t)ntile * 8 + g) * 4;
-  const int64_t s_stride = (int64_t)ntiles * 32;
+  const uint32_t s_stride = (uint32_t)ntiles * 32;
+  const int32_t* slot = a.slot_group + t;
   auto load_w = [&](FoldStage& st, int c) {
-    fold_load<BITS>(st, wrec + (int64_t)c * 8 * REC, srec + __ldg(a.slot_group + c * 4 + t) * s_stride, lane);
+    fold_load<BITS>(st, wrec + (int64_t)c * (8 * REC), srec + (uint64_t)(uint32_t)__ldg(slot + 4 * c) * s_stride, lane);
   };
 
   // X: this thread copies piece q of rows xr0, xr0 + XROWS, ... (XROWS rows of 64 pieces at a time).
+  // Row r's piece sits at unit (its unit) ^ (r & 7) of its 128-byte row, and r & 7 = xr0 ^ (XROWS·i & 7)
+  // (xr0 < XROWS, a power of 2), so every row's address is x_base's with a constant XOR'd and added.
   constexpr int XROWS = 2 * WG;
   const T* X = static_cast<const T*>(a.x);
   const int q = tid & 63, xr0 = tid >> 6;
   const int qh = q & 1, qt = (q >> 3) & 3, qj = ((q >> 1) & 3) + 4 * (q >> 5), unit = (qj & 3) * 2 + qh;
-  const int piece_at = (qj >> 2) * S::atom + qt * 4;  // + row·128 + swizzled unit·16
-  const int piece_k = 32 * qt + 4 * qj + 2 * qh;     // its first input in the chunk
+  const int piece_k = 32 * qt + 4 * qj + 2 * qh;  // its first input in the chunk
+  const uint32_t x_base = smem_base + (qj >> 2) * S::atom + qt * 4 + xr0 * 128 + ((unit ^ xr0) << 4);
   const int rows_left = a.M - m0 - xr0;  // this thread's rows xr0 + XROWS·i exist for XROWS·i < rows_left
   const T* x_rows = X + (int64_t)(rows_left > 0 ? m0 + xr0 : 0) * a.ldx + piece_k;
   const int64_t x_step = XROWS * a.ldx;
   auto load_x = [&](int c, int stage) {
-    uint8_t* base = smem + stage * S::stage + piece_at;
+    const uint32_t base = x_base + stage * S::stage;
     const bool k_ok = (int64_t)c * kChunk + piece_k + 2 <= a.kx;  // kx is even: a piece is whole or absent
     const T* src = x_rows + (int64_t)c * kChunk;
 #pragma unroll
     for (int i = 0; i < BN / XROWS; ++i) {
-      const int r = xr0 + XROWS * i;
       const bool ok = k_ok && XROWS * i < rows_left;
-      cp_async4(base + r * 128 + ((unit ^ (r & 7)) << 4), ok ? src : X, ok ? 4 : 0);
+      cp_async4(((base ^ (((XROWS * i) & 7) << 4)) + XROWS * i * 128), ok ? src : X, ok ? 4 : 0);
       src += x_step;
     }
   };
