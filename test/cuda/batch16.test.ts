@@ -154,7 +154,8 @@ describe.skipIf(!cuda.ok)(`batched decoding, paged KV cache (skipped without a G
     // with the host's argmax on its logits: the tokens must be identical.
     const lengths = [3, 15, 16, 30, 47];
     const steps = 21; // crosses at least one page boundary for every session
-    const reference = async (prompts: Int32Array[]): Promise<{ first: number[]; tokens: number[][] }> => {
+    // A session per prompt, each fed its prompt, and the greedy first token of each.
+    const open = async (prompts: Int32Array[]): Promise<{ sessions: Session[]; first: number[] }> => {
       const sessions: Session[] = [];
       const first: number[] = [];
       for (const p of prompts) {
@@ -162,6 +163,10 @@ describe.skipIf(!cuda.ok)(`batched decoding, paged KV cache (skipped without a G
         first.push(argmax(await s.feed(p)));
         sessions.push(s);
       }
+      return { sessions, first };
+    };
+    const reference = async (prompts: Int32Array[]): Promise<{ first: number[]; tokens: number[][] }> => {
+      const { sessions, first } = await open(prompts);
       const tokens: number[][] = [];
       let fed = Int32Array.from(first);
       const vocab = bf16.vocabSize;
@@ -174,13 +179,7 @@ describe.skipIf(!cuda.ok)(`batched decoding, paged KV cache (skipped without a G
       return { first, tokens };
     };
     const chained = async (prompts: Int32Array[], chunks: number[]): Promise<number[][]> => {
-      const sessions: Session[] = [];
-      const first: number[] = [];
-      for (const p of prompts) {
-        const s = await bf16.createSession(128);
-        first.push(argmax(await s.feed(p)));
-        sessions.push(s);
-      }
+      const { sessions, first } = await open(prompts);
       const rows: number[][] = [];
       let fed = Int32Array.from(first);
       for (const n of chunks) {
