@@ -393,33 +393,14 @@ export class Scheduler {
       const steps = Math.min(this.decodeChunk, ...batch.map((r) => r.sampler.remaining(r.length)));
       if (steps > 1) return this.greedySteps(batch, steps);
     }
-    const ids = Int32Array.from(batch, (r) => r.pending!);
-    for (const r of batch) r.inFlight = true;
-    let logits: Float32Array;
-    try {
-      // one array for every step's logits (a step's are read before the next step starts)
-      const n = batch.length * this.model.vocabSize;
-      if (!this.logitsOut || this.logitsOut.length < n) this.logitsOut = new Float32Array(n);
-      logits = await this.model.feedBatch(
-        batch.map((r) => r.session!),
-        ids,
-        this.logitsOut.subarray(0, n),
-      );
-    } catch (err) {
-      // the step's sessions are in an unknown state: its requests end with the error, the others go on
-      for (const r of batch) {
-        r.inFlight = false;
-        this.finish(r, 'failed', err);
-        r.session?.close(); // (also those aborted during the step, which finish leaves alone)
-      }
-      return;
-    }
-    this.counters.steps++;
-    this.counters.decodedTokens += batch.length;
-    this.counters.largestBatch = Math.max(this.counters.largestBatch, batch.length);
+    // one array for every step's logits (a step's are read before the next step starts)
+    const n = batch.length * this.model.vocabSize;
+    if (!this.logitsOut || this.logitsOut.length < n) this.logitsOut = new Float32Array(n);
+    const out = this.logitsOut.subarray(0, n);
+    const logits = await this.runBatch(batch, 1, (sessions, ids) => this.model.feedBatch(sessions, ids, out));
+    if (logits === undefined) return;
     const V = this.model.vocabSize;
     batch.forEach((r, i) => {
-      r.inFlight = false;
       r.length++;
       if (r.state === 'done')
         r.session?.close(); // aborted during the step
@@ -433,34 +414,48 @@ export class Scheduler {
    * the tokens of the steps after (its session is closed with them).
    */
   private async greedySteps(batch: Request[], steps: number): Promise<void> {
-    const ids = Int32Array.from(batch, (r) => r.pending!);
-    for (const r of batch) r.inFlight = true;
-    let tokens: Int32Array;
-    try {
-      tokens = await this.model.decodeGreedy(
-        batch.map((r) => r.session!),
-        ids,
-        steps,
-      );
-    } catch (err) {
-      for (const r of batch) {
-        r.inFlight = false;
-        this.finish(r, 'failed', err);
-        r.session?.close();
-      }
-      return;
-    }
-    this.counters.steps += steps;
-    this.counters.decodedTokens += steps * batch.length;
-    this.counters.largestBatch = Math.max(this.counters.largestBatch, batch.length);
+    const tokens = await this.runBatch(batch, steps, (sessions, ids) => this.model.decodeGreedy(sessions, ids, steps));
+    if (tokens === undefined) return;
     batch.forEach((r, i) => {
-      r.inFlight = false;
       for (let s = 0; s < steps && r.state === 'running'; s++) {
         r.length++;
         this.take(r, r.sampler.take(tokens[s * batch.length + i]!));
       }
       if (r.state === 'done') r.session?.close(); // ended during or after the call
     });
+  }
+
+  /**
+   * One native call of `steps` decode steps for the batch, its requests in flight meanwhile, fed their
+   * pending tokens: its result, counted in the stats; or, when it fails, undefined, the batch's
+   * requests ended with the error (their sessions are in an unknown state) and the others going on.
+   */
+  private async runBatch<T>(
+    batch: Request[],
+    steps: number,
+    step: (sessions: Session[], ids: Int32Array) => Promise<T>,
+  ): Promise<T | undefined> {
+    const ids = Int32Array.from(batch, (r) => r.pending!);
+    for (const r of batch) r.inFlight = true;
+    let result: T;
+    try {
+      result = await step(
+        batch.map((r) => r.session!),
+        ids,
+      );
+    } catch (err) {
+      for (const r of batch) {
+        r.inFlight = false;
+        this.finish(r, 'failed', err);
+        r.session?.close(); // (also those aborted during the step, which finish leaves alone)
+      }
+      return undefined;
+    }
+    for (const r of batch) r.inFlight = false;
+    this.counters.steps += steps;
+    this.counters.decodedTokens += steps * batch.length;
+    this.counters.largestBatch = Math.max(this.counters.largestBatch, batch.length);
+    return result;
   }
 
   /** Samples the request's next token from `logits`; it either ends or waits for the next step. */

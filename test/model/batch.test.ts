@@ -58,12 +58,8 @@ describe(`feedBatch on stories260K (${testDevice})`, () => {
     return { tokens, logits };
   }
 
-  test('a batch of sessions of different lengths decodes what each session decodes alone (greedy, logits to 1e-5)', async () => {
-    // catches: a batch row attending to another row's cache, a position taken from the wrong
-    // sequence (RoPE, mask), logits rows swapped, a page table entry off by one at a page boundary
-    const prompts = promptLengths.map((n, i) => text.subarray(100 * i, 100 * i + n));
-    const ref = [];
-    for (const p of prompts) ref.push(await alone(p));
+  /** A session per prompt (room for 256 tokens), each fed its prompt: the sessions and those logits. */
+  async function feedEach(prompts: Int32Array[]): Promise<{ sessions: Session[]; first: Float32Array[] }> {
     const sessions: Session[] = [];
     const first: Float32Array[] = [];
     for (const p of prompts) {
@@ -71,6 +67,16 @@ describe(`feedBatch on stories260K (${testDevice})`, () => {
       first.push(await s.feed(p));
       sessions.push(s);
     }
+    return { sessions, first };
+  }
+
+  test('a batch of sessions of different lengths decodes what each session decodes alone (greedy, logits to 1e-5)', async () => {
+    // catches: a batch row attending to another row's cache, a position taken from the wrong
+    // sequence (RoPE, mask), logits rows swapped, a page table entry off by one at a page boundary
+    const prompts = promptLengths.map((n, i) => text.subarray(100 * i, 100 * i + n));
+    const ref = [];
+    for (const p of prompts) ref.push(await alone(p));
+    const { sessions, first } = await feedEach(prompts);
     const vocab = model.vocabSize;
     let next = Int32Array.from(first, argmax);
     let worst = 0;
@@ -127,15 +133,9 @@ describe(`feedBatch on stories260K (${testDevice})`, () => {
     const prompts = promptLengths.map((n, i) => text.subarray(100 * i + 7, 100 * i + 7 + n));
     const ref = [];
     for (const p of prompts) ref.push(await alone(p));
-    const sessions: Session[] = [];
-    const first: number[] = [];
-    for (const p of prompts) {
-      const s = await model.createSession(256);
-      first.push(argmax(await s.feed(p)));
-      sessions.push(s);
-    }
+    const { sessions, first } = await feedEach(prompts);
     const B = sessions.length;
-    let fed = Int32Array.from(first);
+    let fed = Int32Array.from(first, argmax);
     let done = 0;
     for (const chunk of [5, 14]) {
       const tokens = await model.decodeGreedy(sessions, fed, chunk);
