@@ -5,6 +5,10 @@
 //   cuda-gemm check              every kernel configuration against float64 (exit 1 on a failure)
 //   cuda-gemm bench [out.json [maxM]]   timings over the issue's shapes (M up to maxM, default 256)
 //   cuda-gemm sweep [out.json [maxM]]   the same, with every configuration and split timed too
+//     (LOWBIT_SWEEP_CONFIGS=a,b limits the configurations, LOWBIT_SWEEP_BITS=4 the bit width,
+//     LOWBIT_SWEEP_MIN_M=16 the smallest M; LOWBIT_SWEEP_VERBOSE=1 prints every timing)
+//   cuda-gemm profile [config]   a few launches for ncu (LOWBIT_PROFILE_M, LOWBIT_PROFILE_SPLITS)
+//   The wgmma kernels are sm_90a code: bench/device.sh compiles gemm_wgmma.cu apart for it.
 //
 // Check: random GPTQ checkpoints (2/3/4 bits, odd K and N, groups of 32/64/128/per-channel, shuffled
 // g_idx, v1 and v2 zeros), packed with native/core's packer, repacked (and the repack undone: it
