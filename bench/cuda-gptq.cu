@@ -2,6 +2,7 @@
 // implementation (native/core) on small random layers, then times whole linears on the GPU:
 // Hessian from 128 × 2048 random tokens, then quantization (4-bit, groups of 128).
 // A standalone program (bench/device.sh builds it with nvcc and runs it on the GPU machine).
+#include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -9,6 +10,7 @@
 #include <cmath>
 #include <cstdio>
 #include <random>
+#include <type_traits>
 #include <string>
 #include <vector>
 
@@ -30,12 +32,14 @@ __device__ float hashed_normal(uint64_t i) {
   return sqrtf(-2.f * logf(u1)) * cospif(2.f * u2);
 }
 
-__global__ void random_tokens(float* X, int64_t m, int64_t K, uint64_t seed) {
+// T: float, or __nv_bfloat16 (the activations a bf16 forward pass captures).
+template <class T>
+__global__ void random_tokens(T* X, int64_t m, int64_t K, uint64_t seed) {
   const int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
   if (i >= m * K) return;
   const int64_t t = i / K, k = i % K;
   const float a = 0.25f + (float)(k % 13) / 8.f;
-  X[i] = a * hashed_normal(seed * 0x100000000ull + i) + 0.5f * hashed_normal(~seed * 0x100000000ull + t * 7919);
+  X[i] = (T)(a * hashed_normal(seed * 0x100000000ull + i) + 0.5f * hashed_normal(~seed * 0x100000000ull + t * 7919));
 }
 
 double seconds_since(std::chrono::steady_clock::time_point t0) {
@@ -143,14 +147,18 @@ int main(int argc, char** argv) {
   }
 
   if (mode == "--check") return all_ok ? 0 : 1;
-  // Timings: Hessian from 128 × 2048 tokens (made on the GPU in batches), then GPTQ 4-bit g128.
+  // Timings per linear: the Hessian from 128 × 2048 tokens (made on the GPU in batches), from f32
+  // inputs (SGEMM) and from bf16 inputs (what the bf16 forward pass captures: tensor cores, f32
+  // accumulation, the lower half), then GPTQ 4-bit g128 on the bf16 one. Best of two runs each (the
+  // first loads the libraries).
   struct Shape { int64_t N, K; };
   const Shape shapes[] = {{4096, 4096}, {11008, 4096}, {4096, 11008}};
   const int64_t tokens = 128 * 2048, batch = 8192;
-  std::printf("\n| linear N x K (out x in) | Hessian, %lld tokens (s) | quantize 4-bit g128 (s) | total (s) |\n| --- | --- | --- | --- |\n",
+  std::printf("\n| linear N x K (out x in) | Hessian f32 inputs, %lld tokens (s) | Hessian bf16 inputs (s) | "
+              "quantize 4-bit g128 (s) | total, bf16 Hessian (s) |\n| --- | --- | --- | --- | --- |\n",
               (long long)tokens);
   for (const Shape& s : shapes) {
-    float* X;
+    void* X;
     CK(cudaMalloc(&X, (size_t)(batch * s.K) * sizeof(float)));
     std::vector<float> W((size_t)(s.N * s.K));
     std::mt19937 gen(7);
@@ -160,24 +168,35 @@ int main(int argc, char** argv) {
     std::vector<uint8_t> q((size_t)(s.N * s.K));
     std::vector<float> sc((size_t)(G * s.N));
     std::vector<int32_t> z((size_t)(G * s.N)), gi((size_t)s.K);
-    double best_h = 1e30, best_q = 1e30;
-    for (int rep = 0; rep < 2; ++rep) {  // the first run includes one-time library loading
-      cuda::HessianAccumulatorDevice H(0, s.K);
+    const unsigned blocks = (unsigned)((batch * s.K + 255) / 256);
+    // One Hessian from `tokens` tokens with inputs of type T; returns the seconds it took.
+    auto time_hessian = [&](auto zero, cuda::HessianAccumulatorDevice& H) {
+      using T = decltype(zero);
       CK(cudaDeviceSynchronize());
-      auto t0 = std::chrono::steady_clock::now();
+      const auto t0 = std::chrono::steady_clock::now();
       for (int64_t t = 0; t < tokens; t += batch) {
-        random_tokens<<<(unsigned)((batch * s.K + 255) / 256), 256>>>(X, batch, s.K, (uint64_t)t);
-        H.add_batch_device(X, batch);
+        random_tokens<T><<<blocks, 256>>>(static_cast<T*>(X), batch, s.K, (uint64_t)t);
+        if constexpr (std::is_same<T, float>::value) H.add_batch_device(static_cast<const float*>(X), batch);
+        else H.add_batch_device(X, DType::BF16, batch);
       }
       CK(cudaDeviceSynchronize());
-      best_h = std::min(best_h, seconds_since(t0));
-      t0 = std::chrono::steady_clock::now();
+      return seconds_since(t0);
+    };
+    double best_h32 = 1e30, best_h16 = 1e30, best_q = 1e30;
+    for (int rep = 0; rep < 2; ++rep) {
+      {
+        cuda::HessianAccumulatorDevice H(0, s.K);
+        best_h32 = std::min(best_h32, time_hessian(0.f, H));
+      }
+      cuda::HessianAccumulatorDevice H(0, s.K);
+      best_h16 = std::min(best_h16, time_hessian(__nv_bfloat16(0.f), H));
+      const auto t0 = std::chrono::steady_clock::now();
       cuda::gptq_quantize(H, W.data(), s.N, options(4, 128, false, false, false, false, 1),
                           {q.data(), sc.data(), z.data(), gi.data()});
       best_q = std::min(best_q, seconds_since(t0));
     }
-    std::printf("| %lld x %lld | %.3f | %.3f | %.3f |\n", (long long)s.N, (long long)s.K, best_h, best_q,
-                best_h + best_q);
+    std::printf("| %lld x %lld | %.3f | %.3f | %.3f | %.3f |\n", (long long)s.N, (long long)s.K, best_h32, best_h16,
+                best_q, best_h16 + best_q);
     std::fflush(stdout);
     CK(cudaFree(X));
   }
