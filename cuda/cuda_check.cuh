@@ -18,6 +18,20 @@ inline void check(cudaError_t err, const char* what) {
 // return once the data is staged, before its DMA (ordered on the legacy default stream) has reached
 // `dst` (CUDA's API synchronization behavior), and this library's streams are non-blocking, so they
 // do not wait for that stream: a kernel launched right after could read the old bytes.
+// The compute capability of `device` as 10 · major + minor (90 on Hopper), asked of the driver once per
+// device; 0 for a device index out of range.
+inline int compute_capability(int device) {
+  static int cc[64] = {};
+  if (device < 0 || device >= 64) return 0;
+  if (!cc[device]) {
+    int major = 0, minor = 0;
+    check(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device), "compute capability");
+    check(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device), "compute capability");
+    cc[device] = major * 10 + minor;
+  }
+  return cc[device];
+}
+
 inline cudaError_t memcpy_to_device(void* dst, const void* src, size_t bytes) {
   cudaError_t err = cudaMemcpy(dst, src, bytes, cudaMemcpyHostToDevice);
   if (err == cudaSuccess) err = cudaStreamSynchronize(cudaStreamLegacy);

@@ -47,10 +47,7 @@ inline bool overlap_enabled(int device) {
     const char* v = std::getenv("LOWBIT_CUDA_OVERLAP");
     return v != nullptr && std::strcmp(v, "0") == 0;
   }();
-  static int major[64] = {};
-  if (off || device < 0 || device >= 64) return false;
-  if (!major[device]) check(cudaDeviceGetAttribute(&major[device], cudaDevAttrComputeCapabilityMajor, device), "compute capability");
-  return major[device] >= 9;
+  return !off && compute_capability(device) >= 90;
 }
 
 // Launches kernel<<<grid, block, smem, stream>>>(args...), overlapped with the previous kernel when

@@ -1,6 +1,7 @@
-// The GPTQ product on Hopper's warpgroup tensor-core instructions (wgmma, sm_90a), for 9 to 256+ rows
-// of X: Y [M, N] = X [M, K] · Wᵀ with W in the repacked layout (layout.hpp). Compiled for sm_90a
-// alone (CMakeLists.txt); the host side offers it only on devices of compute capability 9.0.
+// The GPTQ product on Hopper's warpgroup tensor-core instructions (wgmma, sm_90a), for 17 to 256 rows
+// of X (and 9-16 on the widest matrices; gemm.cu's gptq_choose says where): Y [M, N] = X [M, K] · Wᵀ
+// with W in the repacked layout (layout.hpp). Compiled for sm_90a alone (CMakeLists.txt); the host
+// side offers it only on devices of compute capability 9.0.
 //
 // A block is WG warpgroups of 4 warps on 64·WG output columns (each warp's 16-column tile; a warpgroup's
 // 64 columns are wgmma's M) and BN rows of X (wgmma's N), over a range of K (split-K over the grid's z). The
@@ -289,17 +290,7 @@ Kernel wgmma_of(int bn, int warpgroups) {
 
 }  // namespace
 
-bool wgmma_available(int device) {
-  static int cc[64] = {};
-  if (device < 0 || device >= 64) return false;
-  if (!cc[device]) {
-    int major = 0, minor = 0;
-    check(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device), "compute capability");
-    check(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device), "compute capability");
-    cc[device] = major * 10 + minor;
-  }
-  return cc[device] == 90;  // sm_90a code runs on exactly 9.0
-}
+bool wgmma_available(int device) { return compute_capability(device) == 90; }  // sm_90a code runs on exactly 9.0
 
 Kernel wgmma_kernel(GptqDtype dtype, int bits, int bn, int warpgroups) {
   if (warpgroups != 1 && warpgroups != 2) return {};
