@@ -327,60 +327,16 @@ __global__ void __launch_bounds__(256) gptq_gemv_kernel(KernelArgs a) {
 // ---- the decode GEMV with the zero point folded out of the dequantization ----
 //
 // For up to 8·MT rows of X when every chunk lies in one group (groups of 128 or more): each weight enters
-// the mma as its bare code, without the per-weight subtraction of the kernels above. fp16: the field
-// masked in place is an fp16 subnormal, q·2^-24 (or μ·q·2^-24 when it sits μ = 4 or 16 times higher
-// in its half-word), so there is no bias at all; bf16: the magic-number value 128 + q. A second mma per
-// tile, of a constant A holding −(bias + μ·z) per output column with the same X, subtracts the zero
-// point (and bias) as −(bias + μ·z)·Σx, exactly, in the fp32 sum; the scale (with 2^24/μ) is applied
-// to each chunk's sum. Per 16 × 16 tile and lane: 4 masks (+ 1–3 shifts) and 2 mma, against 4 masks,
-// 4 subtractions and 1 mma before. Column g of a lane's tile always has μ = 1, column g + 8 μ = 16
-// (4/3-bit fp16), 4 (2-bit fp16) or 1 (bf16).
+// the mma as its bare code (FoldTile, tile_math.cuh), without the per-weight subtraction of the
+// kernels above. A second mma per tile, of a constant A holding −(bias + μ·z) per output column with
+// the same X, subtracts the zero point (and bias) as −(bias + μ·z)·Σx, exactly, in the fp32 sum; the
+// scale (with 2^24/μ) is applied to each chunk's sum. Per 16 × 16 tile and lane: 4 masks (+ 1–3
+// shifts) and 2 mma, against 4 masks, 4 subtractions and 1 mma before.
 //
 // The block is 8 warps on one 16-column tile, each warp taking every 8th chunk of K (of the block's
 // split of K, when the grid's z splits it), with DEPTH chunks of weights in flight per warp in
 // registers; X (read by every block) comes through L1 when its chunk is used, not staged, which keeps
 // the registers for the weights. With MT = 2 each dequantized tile feeds two 8-row mma.
-template <class T, int BITS>
-struct FoldTile {
-  static constexpr bool kHalf = std::is_same<T, __half>::value;
-  static constexpr int mu_hi = kHalf ? (BITS == 2 ? 4 : 16) : 1;  // μ of column g + 8
-  static constexpr float bias = kHalf ? 0.f : 128.f;
-  static constexpr float unit = kHalf ? 5.9604644775390625e-08f : 1.f;  // value of code 1 in the mma: 2^-24 or 1
-
-  // A fragment of tile word w (4/3-bit: the nibble word; 2-bit: the tile's byte pair at bits 0-7, 16-23).
-  static __device__ __forceinline__ void fields(uint32_t w, uint32_t (&a)[4]) {
-    if constexpr (kHalf) {
-      if constexpr (BITS == 2) {
-        const uint32_t w4 = w >> 4;
-        a[0] = w & 0x00030003u, a[1] = w & 0x000c000cu, a[2] = w4 & 0x00030003u, a[3] = w4 & 0x000c000cu;
-      } else {
-        constexpr uint32_t lo = BITS == 4 ? 0x000f000fu : 0x00070007u;
-        const uint32_t w8 = w >> 8;
-        a[0] = w & lo, a[1] = w & (lo << 4), a[2] = w8 & lo, a[3] = w8 & (lo << 4);
-      }
-    } else {
-      constexpr uint32_t magic = Dtype<T>::magic;
-      constexpr int step = BITS == 2 ? 2 : 4;
-      constexpr uint32_t lo = BITS == 4 ? 0x000f000fu : BITS == 3 ? 0x00070007u : 0x00030003u;
-#pragma unroll
-      for (int r = 0; r < 4; ++r) a[r] = and_or(w >> (step * r), lo, magic);
-    }
-  }
-  // The constant A of the zero-point mma and the per-column factors of the chunk's sum, from the
-  // lane's scale/zero record (s(g), s(g+8), z(g), z(g+8)).
-  static __device__ __forceinline__ void consts(uint2 rec, uint32_t (&zc)[4], float (&scale)[2]) {
-    const float s0 = __half2float(__ushort_as_half((unsigned short)(rec.x & 0xffff)));
-    const float s1 = __half2float(__ushort_as_half((unsigned short)(rec.x >> 16)));
-    const float z0 = __half2float(__ushort_as_half((unsigned short)(rec.y & 0xffff)));
-    const float z1 = __half2float(__ushort_as_half((unsigned short)(rec.y >> 16)));
-    const uint32_t c0 = TileConsts<T, BITS, true>::pack2(from_float<T>(-(bias + z0) * unit));
-    const uint32_t c1 = TileConsts<T, BITS, true>::pack2(from_float<T>(-(bias + mu_hi * z1) * unit));
-    zc[0] = c0, zc[1] = c1, zc[2] = c0, zc[3] = c1;
-    scale[0] = s0 / unit;
-    scale[1] = s1 / (unit * mu_hi);
-  }
-};
-
 
 // X of chunk c for this lane (X[mt]: row g of X tile mt at this lane's slot): whole, or (the last
 // chunk of a K that is not a multiple of 128) whole units of 8 inputs up to kx and zeros past it
@@ -646,7 +602,7 @@ Kernel pick_kernel(int config, bool defer) {
 }
 
 Kernel pick(GptqDtype dtype, int bits, int config, bool defer) {
-  if (is_wgmma(config)) return wgmma_kernel(dtype, bits, 8 * kConfigs[config].MT, kConfigs[config].WN / 4);
+  if (is_wgmma(config)) return wgmma_kernel(dtype, bits, 8 * kConfigs[config].MT, kConfigs[config].WN / 4, defer);
   if (dtype == GptqDtype::f16) {
     switch (bits) {
       case 2: return pick_kernel<2, __half>(config, defer);
@@ -686,7 +642,8 @@ bool capturing(cudaStream_t stream) {
 int gptq_config_count() { return kConfigCount; }
 const char* gptq_config_name(int config) { return config >= 0 && config < kConfigCount ? kConfigs[config].name : "?"; }
 bool gptq_config_defers(const GptqDeviceWeights& W, int config) {
-  return config >= 0 && config < kConfigCount && !is_wgmma(config) && W.uniform_chunks && kConfigs[config].MT <= 2;
+  if (config < 0 || config >= kConfigCount || !W.uniform_chunks) return false;
+  return is_wgmma(config) ? wgmma_folds(8 * kConfigs[config].MT, kConfigs[config].WN / 4) : kConfigs[config].MT <= 2;
 }
 
 void gptq_choose(const GptqDeviceWeights& W, int64_t M, int* config, int* splits) {

@@ -54,7 +54,7 @@ namespace {
                "%0, %1, %2, %3, %4, %5, %6, %7"  \
                "}, {%8, %9, %10, %11}, %12, p, 1, 1, 0;\n}\n"                                   \
                : "+f"(d[0][0]), "+f"(d[0][1]), "+f"(d[0][2]), "+f"(d[0][3]), "+f"(d[1][0]), "+f"(d[1][1]), "+f"(d[1][2]), "+f"(d[1][3]) \
-               : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc), "r"(1))
+               : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc), "r"(accumulate))
 
 #define LOWBIT_WGMMA_N32(TY)                                                                     \
   asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %21, 0;\n"                                          \
@@ -63,7 +63,7 @@ namespace {
                "}, {%16, %17, %18, %19}, %20, p, 1, 1, 0;\n}\n"                                   \
                : "+f"(d[0][0]), "+f"(d[0][1]), "+f"(d[0][2]), "+f"(d[0][3]), "+f"(d[1][0]), "+f"(d[1][1]), "+f"(d[1][2]), "+f"(d[1][3]), \
                  "+f"(d[2][0]), "+f"(d[2][1]), "+f"(d[2][2]), "+f"(d[2][3]), "+f"(d[3][0]), "+f"(d[3][1]), "+f"(d[3][2]), "+f"(d[3][3]) \
-               : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc), "r"(1))
+               : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc), "r"(accumulate))
 
 #define LOWBIT_WGMMA_N64(TY)                                                                     \
   asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"                                          \
@@ -75,7 +75,7 @@ namespace {
                  "+f"(d[2][0]), "+f"(d[2][1]), "+f"(d[2][2]), "+f"(d[2][3]), "+f"(d[3][0]), "+f"(d[3][1]), "+f"(d[3][2]), "+f"(d[3][3]), \
                  "+f"(d[4][0]), "+f"(d[4][1]), "+f"(d[4][2]), "+f"(d[4][3]), "+f"(d[5][0]), "+f"(d[5][1]), "+f"(d[5][2]), "+f"(d[5][3]), \
                  "+f"(d[6][0]), "+f"(d[6][1]), "+f"(d[6][2]), "+f"(d[6][3]), "+f"(d[7][0]), "+f"(d[7][1]), "+f"(d[7][2]), "+f"(d[7][3]) \
-               : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc), "r"(1))
+               : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc), "r"(accumulate))
 
 #define LOWBIT_WGMMA_N128(TY)                                                                     \
   asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %69, 0;\n"                                          \
@@ -93,11 +93,12 @@ namespace {
                  "+f"(d[10][0]), "+f"(d[10][1]), "+f"(d[10][2]), "+f"(d[10][3]), "+f"(d[11][0]), "+f"(d[11][1]), "+f"(d[11][2]), "+f"(d[11][3]), \
                  "+f"(d[12][0]), "+f"(d[12][1]), "+f"(d[12][2]), "+f"(d[12][3]), "+f"(d[13][0]), "+f"(d[13][1]), "+f"(d[13][2]), "+f"(d[13][3]), \
                  "+f"(d[14][0]), "+f"(d[14][1]), "+f"(d[14][2]), "+f"(d[14][3]), "+f"(d[15][0]), "+f"(d[15][1]), "+f"(d[15][2]), "+f"(d[15][3]) \
-               : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc), "r"(1))
+               : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc), "r"(accumulate))
 #endif
 
+// accumulate = 0: d = A · B (the accumulators' old values ignored).
 template <class T, int BN>
-__device__ __forceinline__ void wgmma(float (&d)[BN / 8][4], const uint32_t (&a)[4], uint64_t desc) {
+__device__ __forceinline__ void wgmma(float (&d)[BN / 8][4], const uint32_t (&a)[4], uint64_t desc, int accumulate = 1) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   constexpr bool half = std::is_same<T, __half>::value;
   if constexpr (BN == 16) {
@@ -141,7 +142,11 @@ struct WgmmaShape {
   static constexpr int min_warps = BN <= 32 ? 20 : BN <= 64 ? 16 : 8;  // per SM: ≤ 96, 128, 255 registers
 };
 
-template <int BITS, class T, int BN, int WG>
+// FOLD (groups holding whole chunks): the weights enter the wgmma as bare codes (FoldTile), each
+// chunk's products are summed apart, and scale and zero point are applied to those f32 sums, with Σx
+// of each row of X over the chunk taken from the staged X: per chunk and thread BN/2 pairs of fmas
+// and a 16-byte sum, instead of a subtraction and a scaling per pair of weights.
+template <int BITS, class T, int BN, int WG, bool FOLD>
 __global__ void __launch_bounds__(128 * WG, WgmmaShape<BN>::min_warps / (4 * WG)) gptq_wgmma_kernel(KernelArgs a) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   using S = WgmmaShape<BN>;
@@ -197,6 +202,48 @@ __global__ void __launch_bounds__(128 * WG, WgmmaShape<BN>::min_warps / (4 * WG)
 #pragma unroll
     for (int e = 0; e < 4; ++e) acc[i][e] = 0.f;
 
+  // FOLD: the running chunk's sums; Σx per stage and row of X; the scale and zero-point sum of the
+  // chunk whose sums are waiting to be folded into acc (and its stage).
+  float cacc[FOLD ? BN / 8 : 1][4];
+  __shared__ __align__(16) float xsum[FOLD ? STAGES : 1][FOLD ? BN : 1];
+  float fold_scale[2], fold_zsum[2];
+  int fold_stage = -1;
+  // Σx over chunk `stage`'s 128 inputs for each of the BN rows (any order: the sum ignores the
+  // reordering and the swizzle), 16 threads a row, each summing 8 inputs.
+  auto sum_x = [&](int stage) {
+    const uint8_t* base = smem + stage * S::stage;
+#pragma unroll
+    for (int u0 = 0; u0 < BN * 16; u0 += 128 * WG) {
+      const int u = u0 + tid, row = u >> 4, piece = u & 15;
+      float v = 0.f;
+      if (u < BN * 16) {
+        const uint4 q8 = *reinterpret_cast<const uint4*>(base + (piece >> 3) * S::atom + row * 128 + (piece & 7) * 16);
+        const uint32_t w4[4] = {q8.x, q8.y, q8.z, q8.w};
+#pragma unroll
+        for (int h = 0; h < 4; ++h) {
+          const float2 f = pair_to_float2<T>(w4[h]);
+          v += f.x + f.y;
+        }
+      }
+#pragma unroll
+      for (int off = 1; off < 16; off <<= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
+      if (u < BN * 16 && piece == 0) xsum[stage][row] = v;
+    }
+  };
+  // Folds the waiting chunk's sums (all its wgmma finished) into acc: column g + 8(e >> 1) of the
+  // warp's tile, row m = 8i + 2t + (e & 1) of the block's X rows.
+  auto fold = [&]() {
+#pragma unroll
+    for (int i = 0; i < BN / 8; ++i) {
+      const float2 sx = *reinterpret_cast<const float2*>(&xsum[fold_stage][8 * i + 2 * t]);
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const float chunk_sum = fmaf(-fold_zsum[e >> 1], (e & 1) ? sx.y : sx.x, cacc[i][e]);
+        acc[i][e] = fmaf(fold_scale[e >> 1], chunk_sum, acc[i][e]);
+      }
+    }
+  };
+
   FoldStage st[DEPTH];
   // The first chunks' weights before the previous kernel has finished (overlap.cuh); X after.
 #pragma unroll
@@ -215,75 +262,105 @@ __global__ void __launch_bounds__(128 * WG, WgmmaShape<BN>::min_warps / (4 * WG)
   // Two A fragments in registers: step j's is written once step j - 2's wgmma has finished, so the
   // dequantization of one step overlaps the product of the one before.
   uint32_t af[2][4];
+  // B's descriptors: the ring's, plus the offset of a stage and a step (in 16-byte units, within the
+  // 14-bit start address field: shared memory ends below 256 KB).
+  const uint64_t desc0 = b_descriptor(smem_base);
+  const uint32_t desc_lo = (uint32_t)desc0, desc_hi = (uint32_t)(desc0 >> 32);
+  int stage = 0;  // (c - c_begin) % STAGES, kept by counting
   for (int c0 = c_begin; c0 < c_end; c0 += DEPTH) {
 #pragma unroll
     for (int s = 0; s < DEPTH; ++s) {
       const int c = c0 + s;
       if (c >= c_end) break;  // the same for the whole block
-      const int stage = (c - c_begin) % STAGES;
       cp_async_wait<STAGES - 3>();
       fence_async_shared();
       __syncthreads();  // chunk c's X is in, from every thread
       {
-        const int cn = c + STAGES - 2;
-        if (cn < c_end) load_x(cn, (cn - c_begin) % STAGES);
+        const int cn = c + STAGES - 2;  // into the stage of chunk c - 2
+        if (cn < c_end) load_x(cn, stage >= 2 ? stage - 2 : stage + STAGES - 2);
         cp_async_commit();
       }
+      if constexpr (FOLD) {
+        sum_x(stage);
+        if (fold_stage >= 0) {
+          wgmma_wait<0>();
+#pragma unroll
+          for (int i = 0; i < BN / 8; ++i)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) hold(cacc[i][e]);
+          fold();
+        }
+        FoldTile<T, BITS>::consts_f32(st[s].sz, fold_scale, fold_zsum);
+        fold_stage = stage;
+      }
       TileConsts<T, BITS, false> consts;
-      consts.init(st[s].sz);
+      if constexpr (!FOLD) consts.init(st[s].sz);
       uint32_t w[8];
 #pragma unroll
       for (int j = 0; j < 8; ++j) w[j] = tile_word<BITS>(st[s].w, j);
       if (c + DEPTH < c_end) load_w(st[s], c + DEPTH);
-      const uint32_t x_stage = smem_base + stage * S::stage;
+      const uint32_t stage_lo = desc_lo + (uint32_t)(stage * S::stage >> 4);
 #pragma unroll
       for (int j = 0; j < 8; ++j) {
         wgmma_wait<1>();
 #pragma unroll
         for (int r = 0; r < 4; ++r) hold(af[j & 1][r]);
-        dequant<T, BITS, false>(w[j], consts, af[j & 1]);
+        if constexpr (FOLD) FoldTile<T, BITS>::fields(w[j], af[j & 1]);
+        else dequant<T, BITS, false>(w[j], consts, af[j & 1]);
         wgmma_fence();
-        wgmma<T, BN>(acc, af[j & 1], b_descriptor(x_stage + (j >> 2) * S::atom + (j & 3) * 32));
+        const uint32_t lo = stage_lo + (uint32_t)(((j >> 2) * S::atom + (j & 3) * 32) >> 4);
+        if constexpr (FOLD) wgmma<T, BN>(cacc, af[j & 1], (uint64_t)desc_hi << 32 | lo, j != 0);
+        else wgmma<T, BN>(acc, af[j & 1], (uint64_t)desc_hi << 32 | lo);
         wgmma_commit();
       }
+      stage = stage + 1 == STAGES ? 0 : stage + 1;
     }
   }
   wgmma_wait<0>();
 #pragma unroll
   for (int i = 0; i < BN / 8; ++i)
 #pragma unroll
-    for (int e = 0; e < 4; ++e) hold(acc[i][e]);
+    for (int e = 0; e < 4; ++e) {
+      hold(acc[i][e]);
+      if constexpr (FOLD) hold(cacc[i][e]);
+    }
+  if constexpr (FOLD) {
+    __syncthreads();  // the last chunk's Σx, from every thread
+    if (fold_stage >= 0) fold();
+  }
   cp_async_wait<0>();
   const float(&out)[1][BN / 8][4] = *reinterpret_cast<const float(*)[1][BN / 8][4]>(&acc);
   write_result<T, BN / 8, 1, 1, 4 * WG>(a, out, ntile0, m0);
 #endif
 }
 
-template <int BITS, class T, int BN, int WG>
+template <int BITS, class T, int BN, int WG, bool FOLD>
 void launch_wgmma(const KernelArgs& a, dim3 grid, cudaStream_t stream) {
-  set_smem_attribute<gptq_wgmma_kernel<BITS, T, BN, WG>>(WgmmaShape<BN>::smem);
-  launch_maybe_overlapped(gptq_wgmma_kernel<BITS, T, BN, WG>, grid, dim3(128 * WG), WgmmaShape<BN>::smem, stream,
+  set_smem_attribute<gptq_wgmma_kernel<BITS, T, BN, WG, FOLD>>(WgmmaShape<BN>::smem);
+  launch_maybe_overlapped(gptq_wgmma_kernel<BITS, T, BN, WG, FOLD>, grid, dim3(128 * WG), WgmmaShape<BN>::smem, stream,
                           overlap_enabled(current_device()), "GPTQ product launch (wgmma)", a);
 }
 
-template <int BITS, class T, int BN, int WG>
+template <int BITS, class T, int BN, int WG, bool FOLD>
 int occupancy_wgmma() {
-  return occupancy_of<gptq_wgmma_kernel<BITS, T, BN, WG>>(128 * WG, WgmmaShape<BN>::smem);
+  return occupancy_of<gptq_wgmma_kernel<BITS, T, BN, WG, FOLD>>(128 * WG, WgmmaShape<BN>::smem);
 }
 
-template <int BITS, class T, int BN>
+template <int BITS, class T, int BN, bool FOLD>
 Kernel wgmma_of(int warpgroups) {
-  if (warpgroups == 2) return {launch_wgmma<BITS, T, BN, 2>, occupancy_wgmma<BITS, T, BN, 2>};
-  return {launch_wgmma<BITS, T, BN, 1>, occupancy_wgmma<BITS, T, BN, 1>};
+  if (warpgroups == 2) return {launch_wgmma<BITS, T, BN, 2, FOLD>, occupancy_wgmma<BITS, T, BN, 2, FOLD>};
+  return {launch_wgmma<BITS, T, BN, 1, FOLD>, occupancy_wgmma<BITS, T, BN, 1, FOLD>};
 }
 
 template <int BITS, class T>
-Kernel wgmma_of(int bn, int warpgroups) {
+Kernel wgmma_of(int bn, int warpgroups, bool fold) {
   switch (bn) {
-    case 16: return wgmma_of<BITS, T, 16>(warpgroups);
-    case 32: return wgmma_of<BITS, T, 32>(warpgroups);
-    case 64: return wgmma_of<BITS, T, 64>(warpgroups);
-    case 128: return wgmma_of<BITS, T, 128>(warpgroups);
+    case 16: return fold ? Kernel{launch_wgmma<BITS, T, 16, 2, true>, occupancy_wgmma<BITS, T, 16, 2, true>}
+                         : wgmma_of<BITS, T, 16, false>(warpgroups);
+    case 32: return fold ? Kernel{launch_wgmma<BITS, T, 32, 2, true>, occupancy_wgmma<BITS, T, 32, 2, true>}
+                         : wgmma_of<BITS, T, 32, false>(warpgroups);
+    case 64: return wgmma_of<BITS, T, 64, false>(warpgroups);
+    case 128: return wgmma_of<BITS, T, 128, false>(warpgroups);
   }
   return {};
 }
@@ -292,13 +369,14 @@ Kernel wgmma_of(int bn, int warpgroups) {
 
 bool wgmma_available(int device) { return compute_capability(device) == 90; }  // sm_90a code runs on exactly 9.0
 
-Kernel wgmma_kernel(GptqDtype dtype, int bits, int bn, int warpgroups) {
+Kernel wgmma_kernel(GptqDtype dtype, int bits, int bn, int warpgroups, bool fold) {
   if (warpgroups != 1 && warpgroups != 2) return {};
+  if (fold && !wgmma_folds(bn, warpgroups)) return {};
   const bool half = dtype == GptqDtype::f16;
   switch (bits) {
-    case 2: return half ? wgmma_of<2, __half>(bn, warpgroups) : wgmma_of<2, __nv_bfloat16>(bn, warpgroups);
-    case 3: return half ? wgmma_of<3, __half>(bn, warpgroups) : wgmma_of<3, __nv_bfloat16>(bn, warpgroups);
-    case 4: return half ? wgmma_of<4, __half>(bn, warpgroups) : wgmma_of<4, __nv_bfloat16>(bn, warpgroups);
+    case 2: return half ? wgmma_of<2, __half>(bn, warpgroups, fold) : wgmma_of<2, __nv_bfloat16>(bn, warpgroups, fold);
+    case 3: return half ? wgmma_of<3, __half>(bn, warpgroups, fold) : wgmma_of<3, __nv_bfloat16>(bn, warpgroups, fold);
+    case 4: return half ? wgmma_of<4, __half>(bn, warpgroups, fold) : wgmma_of<4, __nv_bfloat16>(bn, warpgroups, fold);
   }
   return {};
 }

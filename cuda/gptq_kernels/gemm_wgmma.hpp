@@ -10,13 +10,20 @@ namespace cuda {
 #ifndef LOWBIT_NO_WGMMA
 // Whether the sm_90a kernels run on `device` (compute capability exactly 9.0).
 bool wgmma_available(int device);
+// Whether the kernel of BN rows of X per block and `warpgroups` warpgroups has the folded form (scale
+// and zero point applied to each chunk's f32 sums; weights whose groups hold whole chunks): where its
+// per-chunk work, BN/2 pairs of fmas a thread, stays below the per-weight work it saves, and where
+// its registers fit without spilling (one warpgroup's blocks are capped lower).
+constexpr bool wgmma_folds(int bn, int warpgroups) { return bn <= 32 && warpgroups == 2; }
 // The launch and occupancy of the kernel for these weights' bits, BN rows of X per block (16, 32, 64
-// or 128) and 1 or 2 warpgroups (64 or 128 output columns) per block; empty for anything else.
-gptq_product::Kernel wgmma_kernel(GptqDtype dtype, int bits, int bn, int warpgroups);
+// or 128), 1 or 2 warpgroups (64 or 128 output columns) per block, folded or not; empty for anything
+// else.
+gptq_product::Kernel wgmma_kernel(GptqDtype dtype, int bits, int bn, int warpgroups, bool fold);
 #else
 // Built by an nvcc without sm_90a (older than 12.0): the mma.sync kernels serve every GPU.
 inline bool wgmma_available(int) { return false; }
-inline gptq_product::Kernel wgmma_kernel(GptqDtype, int, int, int) { return {}; }
+constexpr bool wgmma_folds(int, int) { return false; }
+inline gptq_product::Kernel wgmma_kernel(GptqDtype, int, int, int, bool) { return {}; }
 #endif
 
 }  // namespace cuda

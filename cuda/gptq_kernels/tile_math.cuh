@@ -61,14 +61,22 @@ template <class T> __device__ __forceinline__ T from_float(float v);
 template <> __device__ __forceinline__ __half from_float<__half>(float v) { return __float2half_rn(v); }
 template <> __device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
 
+// Two 16-bit values (one register, the first in the low half) as f32.
+template <class T> __device__ __forceinline__ float2 pair_to_float2(uint32_t u);
+template <> __device__ __forceinline__ float2 pair_to_float2<__half>(uint32_t u) { return __half22float2(as_t2<__half2>(u)); }
+template <> __device__ __forceinline__ float2 pair_to_float2<__nv_bfloat16>(uint32_t u) {
+  return __bfloat1622float2(as_t2<__nv_bfloat162>(u));
+}
+
 // ---- dequantization of one lane's share of a 16 × 16 tile into the 4 A-fragment registers ----
 
 // Per lane and 16-column tile: what turns the biased integers into weights. Row g of the tile uses
-// index 0, row g + 8 index 1.
+// index 0, row g + 8 index 1. Everything the per-weight work needs is ready here, once per record
+// (a constant converted or negated inside dequant() is converted again at every use).
 template <class T, int BITS, bool DEFER>
 struct TileConsts {
   using T2 = typename Dtype<T>::T2;
-  T2 sub[4];    // per register r: the constant subtracted after scaling by mult[r]
+  T2 nsub[4];   // per register r: −(bias / mult[r] + z), added after scaling the field by 1 / mult[r]
   T2 scale[2];  // inline scaling
   float scale_f[2];
 
@@ -86,7 +94,7 @@ struct TileConsts {
 #pragma unroll
     for (int r = 0; r < 4; ++r) {
       const float z = (r & 1) ? z1 : z0;
-      sub[r] = as_t2<T2>(pack2(from_float<T>(Dtype<T>::bias / (float)multiplier(r) + z)));
+      nsub[r] = as_t2<T2>(pack2(from_float<T>(-(Dtype<T>::bias / (float)multiplier(r) + z))));
     }
   }
   // fp16 reads some fields in place (scaled by a power of 2, undone by one fma); bf16 shifts them down.
@@ -97,6 +105,12 @@ struct TileConsts {
     } else {
       return 1;
     }
+  }
+  // 1 / multiplier(r) in both fp16 halves, as a bit pattern: 2^-e has the biased exponent 15 - e.
+  static __device__ __forceinline__ constexpr uint32_t inverse_multiplier(int r) {
+    int e = 0;
+    while ((1 << e) < multiplier(r)) ++e;
+    return ((uint32_t)(15 - e) << 10) * 0x10001u;
   }
   static __device__ __forceinline__ uint32_t pack2(T v) {
     const uint16_t b = *reinterpret_cast<uint16_t*>(&v);
@@ -131,16 +145,74 @@ __device__ __forceinline__ void dequant(uint32_t w, const TileConsts<T, BITS, DE
   for (int r = 0; r < 4; ++r) {
     const T2 raw = as_t2<T2>(biased_field<T, BITS>(w, r));
     T2 v;
-    if constexpr (std::is_same<T, __half>::value) {
-      if (C::multiplier(r) == 1) v = __hsub2(raw, c.sub[r]);
-      else v = __hfma2(raw, __float2half2_rn(1.f / (float)C::multiplier(r)), __hneg2(c.sub[r]));
-    } else {
-      v = __hsub2(raw, c.sub[r]);
-    }
+    if (C::multiplier(r) == 1) v = __hadd2(raw, c.nsub[r]);  // exactly raw − (bias + z)
+    else v = __hfma2(raw, as_t2<T2>(C::inverse_multiplier(r)), c.nsub[r]);
     if constexpr (!DEFER) v = __hmul2(v, c.scale[r & 1]);
     a[r] = as_u32(v);
   }
 }
+
+// ---- the folded form: bare codes into the mma, zero point and scale applied to sums ----
+//
+// For kernels whose every chunk lies in one group (groups of 128 or more): each weight enters the mma
+// as its bare code, without a per-weight subtraction or scaling. fp16: the field masked in place is
+// an fp16 subnormal, q·2^-24 (or μ·q·2^-24 when it sits μ = 4 or 16 times higher in its half-word),
+// so there is no bias at all; bf16: the magic-number value 128 + q. The zero point (and bias) comes
+// off a column's fp32 sum as (bias + μ·z)·Σx, and the scale (with 2^24/μ) multiplies the chunk's sum.
+// Column g of a lane's tile always has μ = 1, column g + 8 μ = 16 (4/3-bit fp16), 4 (2-bit fp16) or
+// 1 (bf16).
+template <class T, int BITS>
+struct FoldTile {
+  static constexpr bool kHalf = std::is_same<T, __half>::value;
+  static constexpr int mu_hi = kHalf ? (BITS == 2 ? 4 : 16) : 1;  // μ of column g + 8
+  static constexpr float bias = kHalf ? 0.f : 128.f;
+  static constexpr float unit = kHalf ? 5.9604644775390625e-08f : 1.f;  // value of code 1 in the mma: 2^-24 or 1
+
+  // A fragment of tile word w (4/3-bit: the nibble word; 2-bit: the tile's byte pair at bits 0-7, 16-23).
+  static __device__ __forceinline__ void fields(uint32_t w, uint32_t (&a)[4]) {
+    if constexpr (kHalf) {
+      if constexpr (BITS == 2) {
+        const uint32_t w4 = w >> 4;
+        a[0] = w & 0x00030003u, a[1] = w & 0x000c000cu, a[2] = w4 & 0x00030003u, a[3] = w4 & 0x000c000cu;
+      } else {
+        constexpr uint32_t lo = BITS == 4 ? 0x000f000fu : 0x00070007u;
+        const uint32_t w8 = w >> 8;
+        a[0] = w & lo, a[1] = w & (lo << 4), a[2] = w8 & lo, a[3] = w8 & (lo << 4);
+      }
+    } else {
+      constexpr uint32_t magic = Dtype<T>::magic;
+      constexpr int step = BITS == 2 ? 2 : 4;
+      constexpr uint32_t lo = BITS == 4 ? 0x000f000fu : BITS == 3 ? 0x00070007u : 0x00030003u;
+#pragma unroll
+      for (int r = 0; r < 4; ++r) a[r] = and_or(w >> (step * r), lo, magic);
+    }
+  }
+  // The constant A of the zero-point mma and the per-column factors of the chunk's sum, from the
+  // lane's scale/zero record (s(g), s(g+8), z(g), z(g+8)).
+  static __device__ __forceinline__ void consts(uint2 rec, uint32_t (&zc)[4], float (&scale)[2]) {
+    const float s0 = __half2float(__ushort_as_half((unsigned short)(rec.x & 0xffff)));
+    const float s1 = __half2float(__ushort_as_half((unsigned short)(rec.x >> 16)));
+    const float z0 = __half2float(__ushort_as_half((unsigned short)(rec.y & 0xffff)));
+    const float z1 = __half2float(__ushort_as_half((unsigned short)(rec.y >> 16)));
+    const uint32_t c0 = TileConsts<T, BITS, true>::pack2(from_float<T>(-(bias + z0) * unit));
+    const uint32_t c1 = TileConsts<T, BITS, true>::pack2(from_float<T>(-(bias + mu_hi * z1) * unit));
+    zc[0] = c0, zc[1] = c1, zc[2] = c0, zc[3] = c1;
+    scale[0] = s0 / unit;
+    scale[1] = s1 / (unit * mu_hi);
+  }
+  // The same in f32 for sums kept apart from Σx (the warpgroup kernel): a column's result is
+  // scale · (sum − zsum · Σx).
+  static __device__ __forceinline__ void consts_f32(uint2 rec, float (&scale)[2], float (&zsum)[2]) {
+    const float s0 = __half2float(__ushort_as_half((unsigned short)(rec.x & 0xffff)));
+    const float s1 = __half2float(__ushort_as_half((unsigned short)(rec.x >> 16)));
+    const float z0 = __half2float(__ushort_as_half((unsigned short)(rec.y & 0xffff)));
+    const float z1 = __half2float(__ushort_as_half((unsigned short)(rec.y >> 16)));
+    zsum[0] = (bias + z0) * unit;
+    zsum[1] = (bias + mu_hi * z1) * unit;
+    scale[0] = s0 / unit;
+    scale[1] = s1 / (unit * mu_hi);
+  }
+};
 
 // A lane's weight words of one record (layout.hpp) from global memory, read once (streaming): rec
 // is the record; 4/3-bit words 0-3 at rec + 16·lane, 4-bit words 4-7 at rec + 512 + 16·lane, 3-bit
