@@ -143,14 +143,15 @@ struct WgmmaShape {
 };
 
 // FOLD (groups holding whole chunks): the weights enter the wgmma as bare codes (FoldTile), each
-// chunk's products are summed apart, and scale and zero point are applied to those f32 sums, with Σx
-// of each row of X over the chunk taken from the staged X: per chunk and thread BN/2 pairs of fmas
-// and a 16-byte sum, instead of a subtraction and a scaling per pair of weights.
+// chunk's products are summed apart with the zero point's (a second wgmma per step, of a constant A
+// holding −(bias + μ·z) per output column, as the folded GEMV does), and the scale is applied to
+// those f32 sums: per chunk and thread BN/2 fmas, instead of a subtraction and a scaling per pair of
+// weights.
 template <int BITS, class T, int BN, int WG, bool FOLD>
 __global__ void __launch_bounds__(128 * WG, WgmmaShape<BN>::min_warps / (4 * WG)) gptq_wgmma_kernel(KernelArgs a) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   using S = WgmmaShape<BN>;
-  constexpr int REC = record_bytes(BITS), DEPTH = S::depth, STAGES = S::stages;
+  constexpr int REC = record_bytes(BITS), DEPTH = FOLD ? 2 : S::depth, STAGES = S::stages;
   extern __shared__ uint4 smem_u4[];
   uint8_t* smem = reinterpret_cast<uint8_t*>(smem_u4);
   smem += (1024 - (smem_addr(smem) & 1023)) & 1023;  // the swizzle repeats every 1024 bytes of address
@@ -202,46 +203,17 @@ __global__ void __launch_bounds__(128 * WG, WgmmaShape<BN>::min_warps / (4 * WG)
 #pragma unroll
     for (int e = 0; e < 4; ++e) acc[i][e] = 0.f;
 
-  // FOLD: the running chunk's sums; Σx per stage and row of X; the scale and zero-point sum of the
-  // chunk whose sums are waiting to be folded into acc (and its stage).
+  // FOLD: the running chunk's sums, the zero point's constant A of its records, and the scales of the
+  // chunk whose sums are waiting to be folded into acc (column g + 8(e >> 1) of the warp's tile).
   float cacc[FOLD ? BN / 8 : 1][4];
-  __shared__ __align__(16) float xsum[FOLD ? STAGES : 1][FOLD ? BN : 1];
-  float fold_scale[2], fold_zsum[2];
-  int fold_stage = -1;
-  // Σx over chunk `stage`'s 128 inputs for each of the BN rows (any order: the sum ignores the
-  // reordering and the swizzle), 16 threads a row, each summing 8 inputs.
-  auto sum_x = [&](int stage) {
-    const uint8_t* base = smem + stage * S::stage;
-#pragma unroll
-    for (int u0 = 0; u0 < BN * 16; u0 += 128 * WG) {
-      const int u = u0 + tid, row = u >> 4, piece = u & 15;
-      float v = 0.f;
-      if (u < BN * 16) {
-        const uint4 q8 = *reinterpret_cast<const uint4*>(base + (piece >> 3) * S::atom + row * 128 + (piece & 7) * 16);
-        const uint32_t w4[4] = {q8.x, q8.y, q8.z, q8.w};
-#pragma unroll
-        for (int h = 0; h < 4; ++h) {
-          const float2 f = pair_to_float2<T>(w4[h]);
-          v += f.x + f.y;
-        }
-      }
-#pragma unroll
-      for (int off = 1; off < 16; off <<= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
-      if (u < BN * 16 && piece == 0) xsum[stage][row] = v;
-    }
-  };
-  // Folds the waiting chunk's sums (all its wgmma finished) into acc: column g + 8(e >> 1) of the
-  // warp's tile, row m = 8i + 2t + (e & 1) of the block's X rows.
+  uint32_t zc[4];
+  float fold_scale[2];
+  bool waiting = false;
   auto fold = [&]() {
 #pragma unroll
-    for (int i = 0; i < BN / 8; ++i) {
-      const float2 sx = *reinterpret_cast<const float2*>(&xsum[fold_stage][8 * i + 2 * t]);
+    for (int i = 0; i < BN / 8; ++i)
 #pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const float chunk_sum = fmaf(-fold_zsum[e >> 1], (e & 1) ? sx.y : sx.x, cacc[i][e]);
-        acc[i][e] = fmaf(fold_scale[e >> 1], chunk_sum, acc[i][e]);
-      }
-    }
+      for (int e = 0; e < 4; ++e) acc[i][e] = fmaf(fold_scale[e >> 1], cacc[i][e], acc[i][e]);
   };
 
   FoldStage st[DEPTH];
@@ -281,17 +253,18 @@ __global__ void __launch_bounds__(128 * WG, WgmmaShape<BN>::min_warps / (4 * WG)
         cp_async_commit();
       }
       if constexpr (FOLD) {
-        sum_x(stage);
-        if (fold_stage >= 0) {
+        if (waiting) {
           wgmma_wait<0>();
 #pragma unroll
           for (int i = 0; i < BN / 8; ++i)
 #pragma unroll
             for (int e = 0; e < 4; ++e) hold(cacc[i][e]);
+#pragma unroll
+          for (int r = 0; r < 4; ++r) hold(zc[r]);
           fold();
         }
-        FoldTile<T, BITS>::consts_f32(st[s].sz, fold_scale, fold_zsum);
-        fold_stage = stage;
+        FoldTile<T, BITS>::consts(st[s].sz, zc, fold_scale);
+        waiting = true;
       }
       TileConsts<T, BITS, false> consts;
       if constexpr (!FOLD) consts.init(st[s].sz);
@@ -309,8 +282,12 @@ __global__ void __launch_bounds__(128 * WG, WgmmaShape<BN>::min_warps / (4 * WG)
         else dequant<T, BITS, false>(w[j], consts, af[j & 1]);
         wgmma_fence();
         const uint32_t lo = stage_lo + (uint32_t)(((j >> 2) * S::atom + (j & 3) * 32) >> 4);
-        if constexpr (FOLD) wgmma<T, BN>(cacc, af[j & 1], (uint64_t)desc_hi << 32 | lo, j != 0);
-        else wgmma<T, BN>(acc, af[j & 1], (uint64_t)desc_hi << 32 | lo);
+        if constexpr (FOLD) {
+          wgmma<T, BN>(cacc, af[j & 1], (uint64_t)desc_hi << 32 | lo, j != 0);
+          wgmma<T, BN>(cacc, zc, (uint64_t)desc_hi << 32 | lo);
+        } else {
+          wgmma<T, BN>(acc, af[j & 1], (uint64_t)desc_hi << 32 | lo);
+        }
         wgmma_commit();
       }
       stage = stage + 1 == STAGES ? 0 : stage + 1;
@@ -324,10 +301,8 @@ __global__ void __launch_bounds__(128 * WG, WgmmaShape<BN>::min_warps / (4 * WG)
       hold(acc[i][e]);
       if constexpr (FOLD) hold(cacc[i][e]);
     }
-  if constexpr (FOLD) {
-    __syncthreads();  // the last chunk's Σx, from every thread
-    if (fold_stage >= 0) fold();
-  }
+  if constexpr (FOLD)
+    if (waiting) fold();
   cp_async_wait<0>();
   const float(&out)[1][BN / 8][4] = *reinterpret_cast<const float(*)[1][BN / 8][4]>(&acc);
   write_result<T, BN / 8, 1, 1, 4 * WG>(a, out, ntile0, m0);

@@ -61,13 +61,6 @@ template <class T> __device__ __forceinline__ T from_float(float v);
 template <> __device__ __forceinline__ __half from_float<__half>(float v) { return __float2half_rn(v); }
 template <> __device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
 
-// Two 16-bit values (one register, the first in the low half) as f32.
-template <class T> __device__ __forceinline__ float2 pair_to_float2(uint32_t u);
-template <> __device__ __forceinline__ float2 pair_to_float2<__half>(uint32_t u) { return __half22float2(as_t2<__half2>(u)); }
-template <> __device__ __forceinline__ float2 pair_to_float2<__nv_bfloat16>(uint32_t u) {
-  return __bfloat1622float2(as_t2<__nv_bfloat162>(u));
-}
-
 // ---- dequantization of one lane's share of a 16 × 16 tile into the 4 A-fragment registers ----
 
 // Per lane and 16-column tile: what turns the biased integers into weights. Row g of the tile uses
@@ -197,18 +190,6 @@ struct FoldTile {
     const uint32_t c0 = TileConsts<T, BITS, true>::pack2(from_float<T>(-(bias + z0) * unit));
     const uint32_t c1 = TileConsts<T, BITS, true>::pack2(from_float<T>(-(bias + mu_hi * z1) * unit));
     zc[0] = c0, zc[1] = c1, zc[2] = c0, zc[3] = c1;
-    scale[0] = s0 / unit;
-    scale[1] = s1 / (unit * mu_hi);
-  }
-  // The same in f32 for sums kept apart from Σx (the warpgroup kernel): a column's result is
-  // scale · (sum − zsum · Σx).
-  static __device__ __forceinline__ void consts_f32(uint2 rec, float (&scale)[2], float (&zsum)[2]) {
-    const float s0 = __half2float(__ushort_as_half((unsigned short)(rec.x & 0xffff)));
-    const float s1 = __half2float(__ushort_as_half((unsigned short)(rec.x >> 16)));
-    const float z0 = __half2float(__ushort_as_half((unsigned short)(rec.y & 0xffff)));
-    const float z1 = __half2float(__ushort_as_half((unsigned short)(rec.y >> 16)));
-    zsum[0] = (bias + z0) * unit;
-    zsum[1] = (bias + mu_hi * z1) * unit;
     scale[0] = s0 / unit;
     scale[1] = s1 / (unit * mu_hi);
   }
