@@ -142,15 +142,16 @@ struct WgmmaShape {
   static constexpr int min_warps = BN <= 32 ? 20 : BN <= 64 ? 16 : 8;  // per SM: ≤ 96, 128, 255 registers
 };
 
-// FOLD (groups holding whole chunks): the weights enter the wgmma as bare codes (FoldTile), each
-// chunk's products are summed apart with the zero point's (a second wgmma per step, of a constant A
-// holding −(bias + μ·z) per output column, as the folded GEMV does), and the scale is applied to
-// those f32 sums: per chunk and thread BN/2 fmas, instead of a subtraction and a scaling per pair of
-// weights.
+// FOLD (groups holding whole chunks; gemm_wgmma.hpp's wgmma_folds says for which blocks): the weights
+// enter the wgmma as bare codes (FoldTile), each chunk's products are summed apart with the zero
+// point's (a second wgmma per step, of a constant A holding −(bias + μ·z) per output column, as the
+// folded GEMV does), and the scale is applied to those f32 sums: per chunk and thread BN/2 fmas,
+// instead of a subtraction and a scaling per pair of weights.
 template <int BITS, class T, int BN, int WG, bool FOLD>
 __global__ void __launch_bounds__(128 * WG, WgmmaShape<BN>::min_warps / (4 * WG)) gptq_wgmma_kernel(KernelArgs a) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   using S = WgmmaShape<BN>;
+  // (FOLD: 2 chunks of weights in flight; 3 spilled at 4 bits)
   constexpr int REC = record_bytes(BITS), DEPTH = FOLD ? 2 : S::depth, STAGES = S::stages;
   extern __shared__ uint4 smem_u4[];
   uint8_t* smem = reinterpret_cast<uint8_t*>(smem_u4);
@@ -332,8 +333,7 @@ Kernel wgmma_of(int bn, int warpgroups, bool fold) {
   switch (bn) {
     case 16: return fold ? Kernel{launch_wgmma<BITS, T, 16, 2, true>, occupancy_wgmma<BITS, T, 16, 2, true>}
                          : wgmma_of<BITS, T, 16, false>(warpgroups);
-    case 32: return fold ? Kernel{launch_wgmma<BITS, T, 32, 2, true>, occupancy_wgmma<BITS, T, 32, 2, true>}
-                         : wgmma_of<BITS, T, 32, false>(warpgroups);
+    case 32: return wgmma_of<BITS, T, 32, false>(warpgroups);
     case 64: return wgmma_of<BITS, T, 64, false>(warpgroups);
     case 128: return wgmma_of<BITS, T, 128, false>(warpgroups);
   }

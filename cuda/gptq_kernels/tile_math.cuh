@@ -64,12 +64,11 @@ template <> __device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(f
 // ---- dequantization of one lane's share of a 16 × 16 tile into the 4 A-fragment registers ----
 
 // Per lane and 16-column tile: what turns the biased integers into weights. Row g of the tile uses
-// index 0, row g + 8 index 1. Everything the per-weight work needs is ready here, once per record
-// (a constant converted or negated inside dequant() is converted again at every use).
+// index 0, row g + 8 index 1.
 template <class T, int BITS, bool DEFER>
 struct TileConsts {
   using T2 = typename Dtype<T>::T2;
-  T2 nsub[4];   // per register r: −(bias / mult[r] + z), added after scaling the field by 1 / mult[r]
+  T2 sub[4];    // per register r: the constant subtracted after scaling by mult[r]
   T2 scale[2];  // inline scaling
   float scale_f[2];
 
@@ -87,7 +86,7 @@ struct TileConsts {
 #pragma unroll
     for (int r = 0; r < 4; ++r) {
       const float z = (r & 1) ? z1 : z0;
-      nsub[r] = as_t2<T2>(pack2(from_float<T>(-(Dtype<T>::bias / (float)multiplier(r) + z))));
+      sub[r] = as_t2<T2>(pack2(from_float<T>(Dtype<T>::bias / (float)multiplier(r) + z)));
     }
   }
   // fp16 reads some fields in place (scaled by a power of 2, undone by one fma); bf16 shifts them down.
@@ -98,12 +97,6 @@ struct TileConsts {
     } else {
       return 1;
     }
-  }
-  // 1 / multiplier(r) in both fp16 halves, as a bit pattern: 2^-e has the biased exponent 15 - e.
-  static __device__ __forceinline__ constexpr uint32_t inverse_multiplier(int r) {
-    int e = 0;
-    while ((1 << e) < multiplier(r)) ++e;
-    return ((uint32_t)(15 - e) << 10) * 0x10001u;
   }
   static __device__ __forceinline__ uint32_t pack2(T v) {
     const uint16_t b = *reinterpret_cast<uint16_t*>(&v);
@@ -138,8 +131,12 @@ __device__ __forceinline__ void dequant(uint32_t w, const TileConsts<T, BITS, DE
   for (int r = 0; r < 4; ++r) {
     const T2 raw = as_t2<T2>(biased_field<T, BITS>(w, r));
     T2 v;
-    if (C::multiplier(r) == 1) v = __hadd2(raw, c.nsub[r]);  // exactly raw − (bias + z)
-    else v = __hfma2(raw, as_t2<T2>(C::inverse_multiplier(r)), c.nsub[r]);
+    if constexpr (std::is_same<T, __half>::value) {
+      if (C::multiplier(r) == 1) v = __hsub2(raw, c.sub[r]);
+      else v = __hfma2(raw, __float2half2_rn(1.f / (float)C::multiplier(r)), __hneg2(c.sub[r]));
+    } else {
+      v = __hsub2(raw, c.sub[r]);
+    }
     if constexpr (!DEFER) v = __hmul2(v, c.scale[r & 1]);
     a[r] = as_u32(v);
   }
@@ -151,7 +148,8 @@ __device__ __forceinline__ void dequant(uint32_t w, const TileConsts<T, BITS, DE
 // as its bare code, without a per-weight subtraction or scaling. fp16: the field masked in place is
 // an fp16 subnormal, q·2^-24 (or μ·q·2^-24 when it sits μ = 4 or 16 times higher in its half-word),
 // so there is no bias at all; bf16: the magic-number value 128 + q. The zero point (and bias) comes
-// off a column's fp32 sum as (bias + μ·z)·Σx, and the scale (with 2^24/μ) multiplies the chunk's sum.
+// off a column's fp32 sum as (bias + μ·z)·Σx, through a second mma of a constant A (consts' zc) with
+// the same X, and the scale (with 2^24/μ) multiplies the chunk's sum.
 // Column g of a lane's tile always has μ = 1, column g + 8 μ = 16 (4/3-bit fp16), 4 (2-bit fp16) or
 // 1 (bf16).
 template <class T, int BITS>
