@@ -125,6 +125,12 @@ __device__ __forceinline__ void fence_async_shared() { asm volatile("fence.proxy
 // Keeps the compiler from moving reads or writes of v across this point (the wgmma in flight owns it).
 __device__ __forceinline__ void hold(float& v) { asm volatile("" : "+f"(v)::"memory"); }
 __device__ __forceinline__ void hold(uint32_t& v) { asm volatile("" : "+r"(v)::"memory"); }
+// Makes v opaque to the compiler, so that it is kept in a register rather than recomputed at each use.
+__device__ __forceinline__ void keep(uint32_t& v) { asm volatile("" : "+r"(v)); }
+__device__ __forceinline__ void keep(int& v) { asm volatile("" : "+r"(v)); }
+__device__ __forceinline__ void keep(int64_t& v) { asm volatile("" : "+l"(v)); }
+template <class P>
+__device__ __forceinline__ void keep(P*& p) { asm volatile("" : "+l"(p)); }
 
 // The shared-memory descriptor of a K-major B operand in 128-byte-swizzled atoms: start address,
 // leading offset unused (1), 1024 bytes between groups of 8 rows, swizzle mode 1 (128 bytes).
@@ -165,13 +171,20 @@ __global__ void __launch_bounds__(128 * WG, WgmmaShape<BN>::min_warps / (4 * WG)
   const int c_begin = (int)((int64_t)blockIdx.z * a.chunks / a.splits);
   const int c_end = (int)((int64_t)(blockIdx.z + 1) * a.chunks / a.splits);
 
-  // Weights: this warp's record of chunk c, and the lane's scale/zero record of its slot's group.
-  const uint8_t* wrec = a.weights + record_index(ntile, 0, a.chunks) * REC;
+  // Per-thread addresses are computed once and kept (opaque: otherwise the compiler recomputes them
+  // from the thread index at every chunk, ~40 instructions); each load takes the next chunk (the
+  // loads of weights and of X each go through the chunks in order), so its pointers just advance.
+  // Weights: this warp's record of the next chunk, the lane's slot's group index, and its scale/zero
+  // record of that group.
+  const uint8_t* w_next = a.weights + (record_index(ntile, 0, a.chunks) + (int64_t)c_begin * 8) * REC;
   const uint16_t* srec = a.scale_zero + ((int64_t)ntile * 8 + g) * 4;
   const uint32_t s_stride = (uint32_t)ntiles * 32;
-  const int32_t* slot = a.slot_group + t;
-  auto load_w = [&](FoldStage& st, int c) {
-    fold_load<BITS>(st, wrec + (int64_t)c * (8 * REC), srec + (uint64_t)(uint32_t)__ldg(slot + 4 * c) * s_stride, lane);
+  const int32_t* slot_next = a.slot_group + t + 4 * c_begin;
+  keep(w_next), keep(srec), keep(slot_next);
+  auto load_w = [&](FoldStage& st) {
+    fold_load<BITS>(st, w_next, srec + (uint64_t)(uint32_t)__ldg(slot_next) * s_stride, lane);
+    w_next += 8 * REC;
+    slot_next += 4;
   };
 
   // X: this thread copies piece q of rows xr0, xr0 + XROWS, ... (XROWS rows of 64 pieces at a time).
@@ -182,20 +195,27 @@ __global__ void __launch_bounds__(128 * WG, WgmmaShape<BN>::min_warps / (4 * WG)
   const int q = tid & 63, xr0 = tid >> 6;
   const int qh = q & 1, qt = (q >> 3) & 3, qj = ((q >> 1) & 3) + 4 * (q >> 5), unit = (qj & 3) * 2 + qh;
   const int piece_k = 32 * qt + 4 * qj + 2 * qh;  // its first input in the chunk
-  const uint32_t x_base = smem_base + (qj >> 2) * S::atom + qt * 4 + xr0 * 128 + ((unit ^ xr0) << 4);
+  uint32_t x_base = smem_base + (qj >> 2) * S::atom + qt * 4 + xr0 * 128 + ((unit ^ xr0) << 4);
   const int rows_left = a.M - m0 - xr0;  // this thread's rows xr0 + XROWS·i exist for XROWS·i < rows_left
-  const T* x_rows = X + (int64_t)(rows_left > 0 ? m0 + xr0 : 0) * a.ldx + piece_k;
-  const int64_t x_step = XROWS * a.ldx;
+  uint32_t row_mask = 0;  // bit i: row xr0 + XROWS·i exists
+#pragma unroll
+  for (int i = 0; i < BN / XROWS; ++i) row_mask |= (uint32_t)(XROWS * i < rows_left) << i;
+  // The piece is whole in chunks below x_chunks (kx is even: a piece is whole or absent).
+  int x_chunks = a.kx >= piece_k + 2 ? (int)((a.kx - piece_k - 2) / kChunk) + 1 : 0;
+  const T* x_next = X + (int64_t)(rows_left > 0 ? m0 + xr0 : 0) * a.ldx + piece_k + (int64_t)c_begin * kChunk;
+  int64_t x_step = XROWS * a.ldx;
+  keep(x_base), keep(row_mask), keep(x_chunks), keep(x_next), keep(x_step);
   auto load_x = [&](int c, int stage) {
     const uint32_t base = x_base + stage * S::stage;
-    const bool k_ok = (int64_t)c * kChunk + piece_k + 2 <= a.kx;  // kx is even: a piece is whole or absent
-    const T* src = x_rows + (int64_t)c * kChunk;
+    const uint32_t ok_rows = c < x_chunks ? row_mask : 0u;
+    const T* src = x_next;
 #pragma unroll
     for (int i = 0; i < BN / XROWS; ++i) {
-      const bool ok = k_ok && XROWS * i < rows_left;
+      const bool ok = (ok_rows >> i) & 1u;
       cp_async4(((base ^ (((XROWS * i) & 7) << 4)) + XROWS * i * 128), ok ? src : X, ok ? 4 : 0);
       src += x_step;
     }
+    x_next += kChunk;
   };
 
   float acc[BN / 8][4];
@@ -221,7 +241,7 @@ __global__ void __launch_bounds__(128 * WG, WgmmaShape<BN>::min_warps / (4 * WG)
   // The first chunks' weights before the previous kernel has finished (overlap.cuh); X after.
 #pragma unroll
   for (int s = 0; s < DEPTH; ++s)
-    if (c_begin + s < c_end) load_w(st[s], c_begin + s);
+    if (c_begin + s < c_end) load_w(st[s]);
   wait_for_previous();
   let_next_launch();
   // X runs STAGES - 2 chunks ahead: the stage refilled at chunk c is chunk c - 2's, whose last
@@ -272,7 +292,7 @@ __global__ void __launch_bounds__(128 * WG, WgmmaShape<BN>::min_warps / (4 * WG)
       uint32_t w[8];
 #pragma unroll
       for (int j = 0; j < 8; ++j) w[j] = tile_word<BITS>(st[s].w, j);
-      if (c + DEPTH < c_end) load_w(st[s], c + DEPTH);
+      if (c + DEPTH < c_end) load_w(st[s]);
       const uint32_t stage_lo = desc_lo + (uint32_t)(stage * S::stage >> 4);
 #pragma unroll
       for (int j = 0; j < 8; ++j) {
