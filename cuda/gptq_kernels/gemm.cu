@@ -673,10 +673,12 @@ void gptq_choose(const GptqDeviceWeights& W, int64_t M, int* config, int* splits
   // 16/32 rows and beyond (H200 sweep 2026-12-02, 4-bit: 8192² M = 32 37.9 against 46.3 us for 32-row
   // tiles, M = 64 54.7 against 74.6; 8192 x 28672 M = 16 78.8 against 87.6 for the folded GEMV, M = 64
   // 119.5 against 221.8; 11008 x 4096 M = 64 38.6 against 55.3; elsewhere at 16 rows the folded GEMV
-  // stayed ahead: 8192² 26.3 against 30.5). With its folded form at 16 rows (2026-12-02, session 9) it
-  // also takes 2-bit on those (8192 x 28672 M = 16: 75.3 against 84.7 us for the folded GEMV) and,
-  // with groups smaller than a chunk, 9-16 rows on matrices from 8192² (g32 8192² M = 16, 4/3/2-bit:
-  // 29.8/25.1/24.0 against 31.2/30.5/27.7 for the 16-row tiles). K is
+  // stayed ahead: 8192² 26.3 against 30.5). With its folded form at 16 rows and its addresses kept
+  // (2026-12-02, session 9) it takes 9-16 rows from 8192² and on wide matrices from 4096 x 11008
+  // (M = 16, 4/3/2-bit: 28672 x 8192 63.3/59.7/62.1 against 77.4/75.9/65.8 us for the folded GEMV or
+  // the 16-row tiles; 8192² 25.5/23.7/24.4 against 26.7/26.7/25.3; 4096 x 11008 21.3/20.1/20.7
+  // against 22.2/22.3/21.8; g32 8192² 25.7/23.3/22.6 against 31.6/30.5/28.3); on 4096² and
+  // 11008 x 4096 the folded GEMV stays ahead or level. K is
   // split until the grid fills one wave of resident blocks, keeping at least 4 chunks of K per split
   // and, above 64 rows, the split-K partial sums (8·M·Np bytes per split, read and written) under the
   // weight bytes: past that the atomics cost more than the fuller grid gains (4096² at M = 128: 49 µs
@@ -692,7 +694,7 @@ void gptq_choose(const GptqDeviceWeights& W, int64_t M, int* config, int* splits
   const bool deep = W.bits == 4 && wide_short && M >= 4;
   const bool wgmma = wgmma_available(W.device);
   if (M <= 8) c = !fold ? (huge && W.K > W.N ? 0 : kGemvK) : two_tiles ? kFoldWide : deep ? kFoldDeep : kFold;
-  else if (wgmma && (M > 16 || (huge && W.N > W.K) || (large && !W.uniform_chunks)))
+  else if (wgmma && (M > 16 || large || (W.N > W.K && size >= (int64_t)4096 * 11008)))
     c = M <= 16 ? kWgmma16 : M <= 32 ? kWgmma32 : kWgmma64;
   else if (M <= 16) c = W.uniform_chunks && !(huge && W.bits < 4 && W.K > W.N) ? kFold16 : huge ? 1 : 4;
   else if (M <= 32) c = 2;

@@ -129,6 +129,7 @@ __device__ __forceinline__ void hold(uint32_t& v) { asm volatile("" : "+r"(v)::"
 __device__ __forceinline__ void keep(uint32_t& v) { asm volatile("" : "+r"(v)); }
 __device__ __forceinline__ void keep(int& v) { asm volatile("" : "+r"(v)); }
 __device__ __forceinline__ void keep(int64_t& v) { asm volatile("" : "+l"(v)); }
+__device__ __forceinline__ void keep(uint64_t& v) { asm volatile("" : "+l"(v)); }
 template <class P>
 __device__ __forceinline__ void keep(P*& p) { asm volatile("" : "+l"(p)); }
 
@@ -197,9 +198,10 @@ __global__ void __launch_bounds__(128 * WG, WgmmaShape<BN>::min_warps / (4 * WG)
   const int piece_k = 32 * qt + 4 * qj + 2 * qh;  // its first input in the chunk
   uint32_t x_base = smem_base + (qj >> 2) * S::atom + qt * 4 + xr0 * 128 + ((unit ^ xr0) << 4);
   const int rows_left = a.M - m0 - xr0;  // this thread's rows xr0 + XROWS·i exist for XROWS·i < rows_left
-  uint32_t row_mask = 0;  // bit i: row xr0 + XROWS·i exists
+  static_assert(BN / XROWS <= 64, "a bit of row_mask per row of the thread");
+  uint64_t row_mask = 0;  // bit i: row xr0 + XROWS·i exists
 #pragma unroll
-  for (int i = 0; i < BN / XROWS; ++i) row_mask |= (uint32_t)(XROWS * i < rows_left) << i;
+  for (int i = 0; i < BN / XROWS; ++i) row_mask |= (uint64_t)(XROWS * i < rows_left) << i;
   // The piece is whole in chunks below x_chunks (kx is even: a piece is whole or absent).
   int x_chunks = a.kx >= piece_k + 2 ? (int)((a.kx - piece_k - 2) / kChunk) + 1 : 0;
   const T* x_next = X + (int64_t)(rows_left > 0 ? m0 + xr0 : 0) * a.ldx + piece_k + (int64_t)c_begin * kChunk;
@@ -207,11 +209,11 @@ __global__ void __launch_bounds__(128 * WG, WgmmaShape<BN>::min_warps / (4 * WG)
   keep(x_base), keep(row_mask), keep(x_chunks), keep(x_next), keep(x_step);
   auto load_x = [&](int c, int stage) {
     const uint32_t base = x_base + stage * S::stage;
-    const uint32_t ok_rows = c < x_chunks ? row_mask : 0u;
+    const uint64_t ok_rows = c < x_chunks ? row_mask : 0ull;
     const T* src = x_next;
 #pragma unroll
     for (int i = 0; i < BN / XROWS; ++i) {
-      const bool ok = (ok_rows >> i) & 1u;
+      const bool ok = (ok_rows >> i) & 1ull;
       cp_async4(((base ^ (((XROWS * i) & 7) << 4)) + XROWS * i * 128), ok ? src : X, ok ? 4 : 0);
       src += x_step;
     }
