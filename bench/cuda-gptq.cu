@@ -10,8 +10,8 @@
 #include <cmath>
 #include <cstdio>
 #include <random>
-#include <type_traits>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "../cuda/cuda_api.hpp"
