@@ -14,10 +14,6 @@ inline void check(cudaError_t err, const char* what) {
   if (err != cudaSuccess) fail("E_CUDA", std::string(what) + ": " + cudaGetErrorString(err));
 }
 
-// A host-to-device copy that has landed when it returns. cudaMemcpy from pageable host memory may
-// return once the data is staged, before its DMA (ordered on the legacy default stream) has reached
-// `dst` (CUDA's API synchronization behavior), and this library's streams are non-blocking, so they
-// do not wait for that stream: a kernel launched right after could read the old bytes.
 // The compute capability of `device` as 10 · major + minor (90 on Hopper), asked of the driver once per
 // device; 0 for a device index out of range.
 inline int compute_capability(int device) {
@@ -32,6 +28,10 @@ inline int compute_capability(int device) {
   return cc[device];
 }
 
+// A host-to-device copy that has landed when it returns. cudaMemcpy from pageable host memory may
+// return once the data is staged, before its DMA (ordered on the legacy default stream) has reached
+// `dst` (CUDA's API synchronization behavior), and this library's streams are non-blocking, so they
+// do not wait for that stream: a kernel launched right after could read the old bytes.
 inline cudaError_t memcpy_to_device(void* dst, const void* src, size_t bytes) {
   cudaError_t err = cudaMemcpy(dst, src, bytes, cudaMemcpyHostToDevice);
   if (err == cudaSuccess) err = cudaStreamSynchronize(cudaStreamLegacy);

@@ -139,6 +139,9 @@ __device__ __forceinline__ uint64_t b_descriptor(uint32_t addr) {
   return (uint64_t)((addr & 0x3FFFF) >> 4) | ((uint64_t)1 << 16) | ((uint64_t)(1024 >> 4) << 32) | ((uint64_t)1 << 62);
 }
 
+// Stands in for a variable one form of a kernel does not use.
+struct Unused {};
+
 template <int BN>
 struct WgmmaShape {
   static constexpr int atom = BN * 128;       // BN rows × 64 positions of 2 bytes
@@ -292,7 +295,8 @@ __global__ void __launch_bounds__(128 * WG, WgmmaShape<BN>::min_warps / (4 * WG)
         FoldTile<T, BITS>::consts(st[s].sz, zc, fold_scale);
         waiting = true;
       }
-      TileConsts<T, BITS, false> consts;
+      // The unfolded form's scales and zeros of the chunk (the folded form took its own above).
+      std::conditional_t<FOLD, Unused, TileConsts<T, BITS, false>> consts;
       if constexpr (!FOLD) consts.init(st[s].sz);
       uint32_t w[8];
 #pragma unroll
