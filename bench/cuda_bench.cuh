@@ -98,4 +98,24 @@ inline double copy_bandwidth_gbs() {
   return 2.0 * copy_bytes / copy_us / 1e3;
 }
 
+// Time per launch of `count` launches captured in one CUDA graph (launch(i) enqueues the i-th on
+// `stream`), the median of 10 replays: launch latency not counted, as in a forward pass. Returns -1
+// when a launch declines (returns false) before capture.
+template <class F>
+double graph_us(cudaStream_t stream, int count, F launch) {
+  for (int i = 0; i < count; ++i)
+    if (!launch(i)) return -1.0;
+  CK(cudaStreamSynchronize(stream));
+  cudaGraph_t graph;
+  cudaGraphExec_t exec;
+  CK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
+  for (int i = 0; i < count; ++i) launch(i);
+  CK(cudaStreamEndCapture(stream, &graph));
+  CK(cudaGraphInstantiate(&exec, graph, 0));
+  const double us = median_us([&] { CK(cudaGraphLaunch(exec, stream)); }, 10, stream) / count;
+  CK(cudaGraphExecDestroy(exec));
+  CK(cudaGraphDestroy(graph));
+  return us;
+}
+
 }  // namespace bench
