@@ -7,7 +7,6 @@
 //   cuda-gemm sweep [out.json [maxM]]   the same, with every configuration and split timed too
 //     (LOWBIT_SWEEP_CONFIGS=a,b limits the configurations, LOWBIT_SWEEP_BITS=4 the bit width,
 //     LOWBIT_SWEEP_MIN_M=16 the smallest M; LOWBIT_SWEEP_VERBOSE=1 prints every timing)
-//   cuda-gemm prefetch [out.json]   the kernels' L2 prefetch at several sizes (run_prefetch)
 //   cuda-gemm profile [config]   a few launches for ncu (LOWBIT_PROFILE_M, LOWBIT_PROFILE_SPLITS)
 //   The wgmma kernels are sm_90a code: bench/device.sh compiles gemm_wgmma.cu apart for it.
 //
@@ -493,99 +492,6 @@ int run_bench(const char* json_path, bool sweep, int64_t max_m) {
   return 0;
 }
 
-// Stands in for the decode step's small kernels between two products (add + RMSNorm, attention):
-// `ns` nanoseconds of work that moves no memory, on one block per multiprocessor, letting the next
-// kernel launch at once as those kernels do.
-__device__ __forceinline__ uint64_t global_ns() {
-  uint64_t t;
-  asm volatile("mov.u64 %0, %%globaltimer;\n" : "=l"(t));
-  return t;
-}
-__global__ void spacer_kernel(uint64_t ns) {
-#if __CUDA_ARCH__ >= 900
-  asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
-#endif
-  const uint64_t t0 = global_ns();
-  while (global_ns() - t0 < ns) {
-  }
-}
-
-// The L2 prefetch of the overlapped kernels (gptq_prefetch_bytes) at several sizes, on the decode
-// step's shapes (q/k/v and gate/up joined) and the large ones, through gptq_matmul's own choice of
-// kernel: products back to back ("chain"), and each after a spacer kernel ("spaced", the spacer's
-// own time subtracted).
-int run_prefetch(const char* json_path) {
-  cudaDeviceProp prop;
-  CK(cudaGetDeviceProperties(&prop, 0));
-  const double copy_gbs = bench::copy_bandwidth_gbs();
-  std::printf("device: %s, %d SMs, L2 %d MB; copy %.0f GB/s\n", prop.name, prop.multiProcessorCount,
-              prop.l2CacheSize >> 20, copy_gbs);
-  cudaStream_t stream;
-  CK(cudaStreamCreate(&stream));
-  const uint64_t spacer_ns = 4000;
-  const double spacer_us = bench::graph_us(stream, 20, [&](int) {
-    spacer_kernel<<<prop.multiProcessorCount, 128, 0, stream>>>(spacer_ns);
-    return true;
-  });
-  std::printf("spacer kernel alone: %.2f us\n", spacer_us);
-  FILE* js = json_path ? std::fopen(json_path, "w") : nullptr;
-  if (js) std::fprintf(js, "{\"device\":\"%s\",\"copy_gbs\":%.1f,\"spacer_us\":%.2f,\"rows\":[\n", prop.name, copy_gbs, spacer_us);
-  bool first_row = true;
-  const int64_t mbs[] = {0, 4, 8, 16, 32, 64};
-  std::printf("\n| K x N | bits | M | config | how | 0 MB | 4 | 8 | 16 | 32 | 64 MB | best / none |\n");
-  std::printf("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n");
-  Rng rng(11);
-  const int64_t shapes[][2] = {{4096, 4096}, {4096, 12288}, {4096, 22016}, {11008, 4096},
-                               {8192, 8192}, {8192, 28672}, {28672, 8192}};
-  const char* bits_env = std::getenv("LOWBIT_SWEEP_BITS");
-  for (const auto& shape : shapes)
-    for (int bits : {4, 3, 2}) {
-      if (bits_env && bits != std::atoi(bits_env)) continue;
-      const int64_t K = shape[0], N = shape[1];
-      const cuda::GptqRepacked R = random_repacked(bits, K, N, 128, rng);
-      std::vector<std::unique_ptr<cuda::GptqDeviceWeights>> copies;
-      do copies.emplace_back(new cuda::GptqDeviceWeights(R, 0));
-      while ((double)copies.size() * (double)copies[0]->weight_bytes < 300e6);
-      void *dx, *dy;
-      CK(cudaMalloc(&dx, (size_t)(64 * K * 2)));
-      CK(cudaMalloc(&dy, (size_t)(64 * N * 2)));
-      CK(cudaMemset(dx, 0, (size_t)(64 * K * 2)));
-      for (int64_t M : {1, 8, 16, 32, 64}) {
-        if (cuda::gptq_dequant_wins(*copies[0], M)) continue;  // not these kernels
-        int config, splits;
-        cuda::gptq_choose(*copies[0], M, &config, &splits);
-        for (bool spaced : {false, true}) {
-          double us[6], best = 1e30;
-          for (int i = 0; i < 6; ++i) {
-            us[i] = bench::graph_us(stream, 20, [&](int j) {
-              if (spaced) spacer_kernel<<<prop.multiProcessorCount, 128, 0, stream>>>(spacer_ns);
-              return cuda::gptq_matmul_config(*copies[j % copies.size()], dx, GptqDtype::f16, M, dy, stream, config,
-                                              splits, mbs[i] << 20);
-            }) - (spaced ? spacer_us : 0.0);
-            best = std::min(best, us[i]);
-            if (js)
-              std::fprintf(js, "%s{\"K\":%lld,\"N\":%lld,\"bits\":%d,\"M\":%lld,\"config\":\"%s\",\"spaced\":%s,"
-                           "\"prefetch_mb\":%lld,\"us\":%.2f}",
-                           first_row ? "" : ",\n", (long long)K, (long long)N, bits, (long long)M,
-                           cuda::gptq_config_name(config), spaced ? "true" : "false", (long long)mbs[i], us[i]);
-            first_row = false;
-          }
-          std::printf("| %lld x %lld | %d | %lld | %s | %s | %.1f | %.1f | %.1f | %.1f | %.1f | %.1f | %.2f |\n", (long long)K,
-                      (long long)N, bits, (long long)M, cuda::gptq_config_name(config), spaced ? "spaced" : "chain", us[0],
-                      us[1], us[2], us[3], us[4], us[5], best / us[0]);
-          std::fflush(stdout);
-        }
-      }
-      CK(cudaFree(dx));
-      CK(cudaFree(dy));
-    }
-  if (js) {
-    std::fprintf(js, "\n]}\n");
-    std::fclose(js);
-  }
-  return 0;
-}
-
 // A few launches of one shape per bit width, for a profiler: M = 1, 16 and 256 at 8192 x 28672, each
 // through gptq_matmul's own choice; with a configuration name, M = LOWBIT_PROFILE_M (1) through that
 // configuration, LOWBIT_PROFILE_SPLITS (1) splits.
@@ -646,7 +552,6 @@ int main(int argc, char** argv) {
     if (mode == "bench") return run_bench(argc > 2 ? argv[2] : nullptr, false, argc > 3 ? std::atoll(argv[3]) : 256);
     if (mode == "profile") return run_profile(argc > 2 ? argv[2] : nullptr);
     if (mode == "dequant-profile") return run_dequant_profile();
-    if (mode == "prefetch") return run_prefetch(argc > 2 ? argv[2] : nullptr);
     if (mode == "sweep") return run_bench(argc > 2 ? argv[2] : nullptr, true, argc > 3 ? std::atoll(argv[3]) : 256);
   } catch (const std::exception& e) {
     std::printf("error: %s\n", e.what());

@@ -34,7 +34,6 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <cstdlib>
 #include <string>
 #include <type_traits>
 
@@ -238,7 +237,7 @@ __global__ void __launch_bounds__(256) gptq_gemv_kernel(KernelArgs a) {
   const int g = lane >> 2, t = lane & 3;
   const int ntiles = a.Np / kTileN;
   const int ntile0 = KSPLIT ? blockIdx.y : blockIdx.y * 8, ntile = KSPLIT ? ntile0 : ntile0 + warp;
-  const int c_first = (int)((int64_t)blockIdx.z * a.chunks / a.splits), c_begin = c_first + (KSPLIT ? warp : 0);
+  const int c_begin = (int)((int64_t)blockIdx.z * a.chunks / a.splits) + (KSPLIT ? warp : 0);
   const int c_end = (int)((int64_t)(blockIdx.z + 1) * a.chunks / a.splits);
   const bool has_row = g < a.M;
   const T* X = static_cast<const T*>(a.x) + (int64_t)(has_row ? g : 0) * a.ldx + t * kSlot;
@@ -276,7 +275,6 @@ __global__ void __launch_bounds__(256) gptq_gemv_kernel(KernelArgs a) {
 #pragma unroll
   for (int s = 0; s < DEPTH; ++s)
     if (c_begin + s * CSTEP < c_end) load_w(st[s], c_begin + s * CSTEP);
-  prefetch_records<BITS>(a, ntile0, KSPLIT ? 1 : 8, c_first + DEPTH * CSTEP, c_end);  // the chunks after those
   wait_for_previous();
   let_next_launch();
 #pragma unroll
@@ -430,7 +428,6 @@ __global__ void __launch_bounds__(256, MINB) gptq_gemv_fold_kernel(KernelArgs a)
 #pragma unroll
   for (int s = 0; s < DEPTH; ++s)
     if (c_begin + warp + 8 * s < c_end) load(st[s], c_begin + warp + 8 * s);
-  prefetch_records<BITS>(a, ntile0, NT, c_begin + 8 * DEPTH, c_end);  // the chunks after those
   wait_for_previous();
   let_next_launch();
 
@@ -745,20 +742,8 @@ const void* gptq_activations(const GptqDeviceWeights& W, const void* X, GptqDtyp
   return Wm.xperm;
 }
 
-// (to be set from the H200 measurement)
-constexpr int64_t kPrefetchDefault = (int64_t)16 << 20;
-
-int64_t gptq_prefetch_bytes() {
-  // LOWBIT_CUDA_PREFETCH_MB overrides (for comparisons; 0 turns it off).
-  static const int64_t bytes = [] {
-    const char* v = std::getenv("LOWBIT_CUDA_PREFETCH_MB");
-    return v ? std::max<int64_t>(0, std::atoll(v)) << 20 : kPrefetchDefault;
-  }();
-  return bytes;
-}
-
 bool gptq_matmul_config(const GptqDeviceWeights& W, const void* X, GptqDtype dtype, int64_t M, void* Y,
-                        void* stream_ptr, int config, int splits, int64_t prefetch) {
+                        void* stream_ptr, int config, int splits) {
   require(M >= 1 && M <= (int64_t)1 << 30, "E_SHAPE", "M must be in [1, 2^30]");
   if (config < 0 || config >= kConfigCount || splits < 1) return false;
   const ConfigInfo& ci = kConfigs[config];
@@ -801,12 +786,6 @@ bool gptq_matmul_config(const GptqDeviceWeights& W, const void* X, GptqDtype dty
 
   const int64_t bn = kTileN * ci.NT * ci.WN, bm = 8 * ci.MT * ci.WM;
   const dim3 grid((unsigned)((M + bm - 1) / bm), (unsigned)(W.Np / bn), (unsigned)splits);
-  // The kernels launched overlapped ask L2 for their weights ahead, shared out over the blocks that
-  // ask (one per column block and split); the staged tiles do not.
-  if (config >= kGemv) {
-    const int64_t total = prefetch < 0 ? gptq_prefetch_bytes() : prefetch;
-    a.prefetch = (int)std::min<int64_t>(total / ((int64_t)grid.y * grid.z) / 128 * 128, INT32_MAX / 128 * 128);
-  }
   const Kernel k = pick(dtype, W.bits, config, defer);
   require(k.launch != nullptr, "E_BITS", "GPTQ product: no kernel for these bits");
   k.launch(a, grid, stream);

@@ -250,8 +250,6 @@ __global__ void __launch_bounds__(128 * WG, WgmmaShape<BN>::min_warps / (4 * WG)
 #pragma unroll
   for (int s = 0; s < DEPTH; ++s)
     if (c_begin + s < c_end) load_w(st[s]);
-  // the chunks after those (blocks of later rows of X read the same records: the first asks)
-  if (blockIdx.x == 0) prefetch_records<BITS>(a, ntile0, 4 * WG, c_begin + DEPTH, c_end);
   wait_for_previous();
   let_next_launch();
   // X runs STAGES - 2 chunks ahead: the stage refilled at chunk c is chunk c - 2's, whose last

@@ -97,15 +97,9 @@ const void* gptq_activations(const GptqDeviceWeights& W, const void* X, GptqDtyp
                              int64_t* ld);
 
 // The same with an explicit kernel configuration (benchmarks sweep these): config index into the
-// kernel table, splits of K (>= 1); `prefetch`: bytes of weights the kernel's blocks ask the L2 cache
-// for before the kernel ahead of them in the stream has finished (-1: gptq_prefetch_bytes()). Returns
-// false when the configuration does not apply.
+// kernel table, splits of K (>= 1). Returns false when the configuration does not apply.
 bool gptq_matmul_config(const GptqDeviceWeights& W, const void* X, GptqDtype dtype, int64_t M, void* Y,
-                        void* stream, int config, int splits, int64_t prefetch = -1);
-// What the GEMVs and the warpgroup kernel ask L2 for ahead, in all, per product: the part of their
-// weights that the first register loads leave, up to this many bytes (LOWBIT_CUDA_PREFETCH_MB
-// overrides it).
-int64_t gptq_prefetch_bytes();
+                        void* stream, int config, int splits);
 int gptq_config_count();
 const char* gptq_config_name(int config);
 // Whether that configuration applies scales once per chunk in fp32 (exact (q - z)·x sums) rather than

@@ -36,7 +36,6 @@ struct KernelArgs {
   int splits;
   float* partial;
   int32_t* counters;
-  int prefetch;  // bytes of its own weight records each prefetching block asks L2 for ahead (prefetch_records)
 };
 
 // ---- cp.async helpers ----
@@ -97,24 +96,6 @@ template <int BITS>
 __device__ __forceinline__ void fold_load(FoldStage& st, const uint8_t* rec, const uint16_t* sz, int lane) {
   load_words<BITS>(rec, lane, st.w);
   st.sz = __ldg(reinterpret_cast<const uint2*>(sz));
-}
-
-// Asks the L2 cache for this block's records of chunks [c_from, c_end) of tiles ntile0 .. ntile0 +
-// tiles - 1 (within one group of 8: a contiguous run of tiles·REC bytes per chunk), in the order the
-// block reads them, up to a.prefetch bytes. Called before wait_for_previous() (overlap.cuh): those
-// bytes then move while the kernel before still runs, its last blocks drain and this one launches,
-// instead of after (prefetch.global.L2 holds no register and waits for nothing).
-template <int BITS>
-__device__ __forceinline__ void prefetch_records(const KernelArgs& a, int ntile0, int tiles, int c_from, int c_end) {
-  constexpr int REC = record_bytes(BITS), LINE = 128;  // REC: a multiple of the line
-  if (a.prefetch <= 0 || c_from >= c_end) return;
-  const int per_chunk = tiles * REC / LINE;
-  const int lines = (int)min((int64_t)(c_end - c_from) * per_chunk, (int64_t)(a.prefetch / LINE));
-  const uint8_t* first = a.weights + record_index(ntile0, c_from, a.chunks) * REC;
-  for (int i = threadIdx.x; i < lines; i += blockDim.x) {
-    const uint8_t* line = first + (int64_t)(i / per_chunk) * 8 * REC + (i % per_chunk) * LINE;
-    asm volatile("prefetch.global.L2 [%0];\n" ::"l"(line));
-  }
 }
 
 // ---- host side: the launch table ----
