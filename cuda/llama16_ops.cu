@@ -41,6 +41,19 @@ void launch(void (*kernel)(Params...), dim3 grid, dim3 block, cudaStream_t s, co
   check(cudaGetLastError(), what);
 }
 
+// The same, launched overlapped with the kernel ahead in the stream (overlap.cuh) where the device
+// allows: for the decode step's small kernels between two products, which call wait_for_previous()
+// before reading anything the kernel ahead writes and let_next_launch() after it (never before: a
+// kernel that lets the next start before its own wait would let that one's early reads race with
+// the kernel two back). Their launch and first loads then overlap the product ahead's last blocks.
+template <class... Params, class... Args>
+void launch_dependent(void (*kernel)(Params...), dim3 grid, dim3 block, cudaStream_t s, const char* what,
+                      Args... args) {
+  int device = 0;
+  check(cudaGetDevice(&device), "cudaGetDevice");
+  launch_maybe_overlapped(kernel, grid, block, 0, s, overlap_enabled(device), what, static_cast<Params>(args)...);
+}
+
 // RoPE at position p for frequency f: cos and sin of f32(f * p), times scale; then one pair (a, b)
 // of a head rotated in f32 and rounded once. Every RoPE kernel (and the fused decode attention)
 // goes through these two functions, with the roundings spelled out (no contraction into fma), so
@@ -105,7 +118,6 @@ constexpr int kNormThreads = 256;
 template <class T, int CH>
 __global__ void __launch_bounds__(kNormThreads)
     k_add_rms_norm_rows(float* X, const T* Yadd, int64_t dim, const float* w, float eps, T* out) {
-  let_next_launch();  // the packed product after it may start fetching its weights (overlap.cuh)
   __shared__ float part[kNormThreads / 32];
   const int64_t n4 = dim / 4;
   float4* x = reinterpret_cast<float4*>(X + blockIdx.x * dim);
@@ -113,12 +125,19 @@ __global__ void __launch_bounds__(kNormThreads)
   const float4* w4 = reinterpret_cast<const float4*>(w);
   float4 v[CH], wv[CH];
   uint2 yv[CH];
+  // The norm's weights before the kernel ahead has finished (launch_dependent); the rows after.
+#pragma unroll
+  for (int c = 0; c < CH; ++c) {
+    const int64_t i = threadIdx.x + (int64_t)c * kNormThreads;
+    if (i < n4) wv[c] = __ldg(w4 + i);
+  }
+  wait_for_previous();
+  let_next_launch();  // the packed product after it may start fetching its weights
 #pragma unroll
   for (int c = 0; c < CH; ++c) {
     const int64_t i = threadIdx.x + (int64_t)c * kNormThreads;
     if (i < n4) {
       v[c] = x[i];
-      wv[c] = __ldg(w4 + i);
       if (y) yv[c] = y[i];
     }
   }
@@ -266,7 +285,8 @@ __global__ void k_swiglu(const T* gate, const T* up, int64_t n, T* out) {
 
 template <class T>
 __global__ void k_swiglu_rows(const T* gu, int64_t rows, int64_t hidden, int64_t stride, T* out) {
-  let_next_launch();  // the packed product after it may start fetching its weights (overlap.cuh)
+  wait_for_previous();  // launched overlapped (launch_dependent)
+  let_next_launch();    // the packed product after it may start fetching its weights
   const int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
   if (i >= rows * hidden) return;
   const T* row = gu + (i / hidden) * stride + i % hidden;
@@ -445,7 +465,8 @@ __device__ __forceinline__ void merge_splits(const float* p, int64_t hd, int spl
 // One block per (row, head): merges the splits' (m, l, acc) into the output.
 template <class T>
 __global__ void k_attention_merge(const float* partial, int64_t heads, int64_t hd, int splits, T* out) {
-  let_next_launch();  // the packed product after it may start fetching its weights (overlap.cuh)
+  wait_for_previous();  // launched overlapped (launch_dependent)
+  let_next_launch();    // the packed product after it may start fetching its weights
   __shared__ float weight[kMaxSplits];
   const size_t rh = (size_t)blockIdx.x * heads + blockIdx.y;
   merge_splits(partial + rh * splits * (hd + 2), hd, splits, out + rh * hd, weight);
@@ -520,7 +541,15 @@ __global__ void __launch_bounds__(kAttnWarps * 32, VPL <= 4 ? 4 : 1)
     k_attention_decode(const T* Q, int64_t q_stride, const int32_t* pos, T* const* tables, int64_t table_stride,
                        int64_t page_off, int64_t heads, int64_t kv_heads, float scale_log2, int splits, float* partial,
                        T* out, FreshKeys<T> fresh) {
-  let_next_launch();  // the packed product after it may start fetching its weights (overlap.cuh)
+  // Launched overlapped (launch_dependent). FUSED, whose kernel ahead is the q/k/v product (it writes
+  // no cache page), reads what earlier launches wrote before waiting: the position, the page table,
+  // the cached keys and values of each warp's first step, and computes RoPE's table; q and this
+  // step's key and value (the product's output) after. Otherwise it waits first (the kernel ahead
+  // may have appended keys to the pages).
+  if (!FUSED) {
+    wait_for_previous();
+    let_next_launch();  // the packed product after it may start fetching its weights
+  }
   constexpr int HD = 32 * VPL;
   __shared__ float sm[kAttnWarps], sl[kAttnWarps];
   __shared__ float sacc[kAttnWarps][HD];
@@ -531,12 +560,29 @@ __global__ void __launch_bounds__(kAttnWarps * 32, VPL <= 4 ? 4 : 1)
   const int64_t chunk = (len + splits - 1) / splits, j0 = split * chunk, j1 = min(len, j0 + chunk);
   T* const* table = tables + r * table_stride;
   const T* q = Q + r * q_stride + h * HD;
+  // Key j's (cached) row and value row.
+  auto load_cached = [&](int64_t j, uint4(&kr)[VPL], uint4(&vr)[VPL]) {
+    const T* key = table[j / kPageTokens] + page_off + (j % kPageTokens) * kw + kvh * HD;
+    const T* value = key + kPageTokens * kw;
+#pragma unroll
+    for (int v = 0; v < VPL; ++v) {
+      kr[v] = __ldg(reinterpret_cast<const uint4*>(key + 8 * (t + 4 * v)));
+      vr[v] = __ldg(reinterpret_cast<const uint4*>(value + 8 * (t + 4 * v)));
+    }
+  };
+  // The lane's key of its warp's first step, loaded ahead when it is a cached one (FUSED).
+  uint4 kr[VPL], vr[VPL];
+  const int64_t j_first = j0 + (int64_t)warp * 8 + lane / 4;
+  bool loaded = FUSED && j_first < j1 && j_first != len - 1;
+  if (loaded) load_cached(j_first, kr, vr);
   // FUSED: the cosines and sines of this step's position, once per block
   __shared__ float rope_cs[FUSED ? HD / 2 : 1], rope_sn[FUSED ? HD / 2 : 1];
   if (FUSED) {
     for (int i = threadIdx.x; i < HD / 2; i += blockDim.x)
       rope_cos_sin(fresh.inv_freq[i], len - 1, fresh.rope_scale, rope_cs[i], rope_sn[i]);
     __syncthreads();
+    wait_for_previous();
+    let_next_launch();  // the packed product after it may start fetching its weights
   }
   float qv[VPL][8], acc[VPL][8];
   {
@@ -558,8 +604,9 @@ __global__ void __launch_bounds__(kAttnWarps * 32, VPL <= 4 ? 4 : 1)
   for (int64_t jb = j0 + (int64_t)warp * 8; jb < j1; jb += kAttnWarps * 8) {
     const int64_t j = jb + lane / 4;
     const bool valid = j < j1;
-    uint4 kr[VPL], vr[VPL];
-    if (FUSED && valid && j == len - 1) {  // this step's token: from the product's row
+    if (loaded) {  // the first step's cached key, loaded ahead
+      loaded = false;
+    } else if (FUSED && valid && j == len - 1) {  // this step's token: from the product's row
       const T* key = fresh.k + r * fresh.k_stride + kvh * HD;
       const T* value = fresh.v + r * fresh.v_stride + kvh * HD;
 #pragma unroll
@@ -577,13 +624,7 @@ __global__ void __launch_bounds__(kAttnWarps * 32, VPL <= 4 ? 4 : 1)
         }
       }
     } else if (valid) {
-      const T* key = table[j / kPageTokens] + page_off + (j % kPageTokens) * kw + kvh * HD;
-      const T* value = key + kPageTokens * kw;
-#pragma unroll
-      for (int v = 0; v < VPL; ++v) {
-        kr[v] = __ldg(reinterpret_cast<const uint4*>(key + 8 * (t + 4 * v)));
-        vr[v] = __ldg(reinterpret_cast<const uint4*>(value + 8 * (t + 4 * v)));
-      }
+      load_cached(j, kr, vr);
     } else {
 #pragma unroll
       for (int v = 0; v < VPL; ++v) kr[v] = vr[v] = make_uint4(0, 0, 0, 0);
@@ -671,11 +712,11 @@ template <class T, int VPL>
 void attention_decode_t(const T* Q, int64_t q_stride, int64_t rows, const int32_t* pos, T* const* tables,
                         int64_t table_stride, int64_t page_off, int64_t heads, int64_t kv_heads, float scale, int splits,
                         float* partial, T* out, cudaStream_t s) {
-  launch(k_attention_decode<T, VPL, false>, dim3((unsigned)rows, (unsigned)heads, (unsigned)splits),
+  launch_dependent(k_attention_decode<T, VPL, false>, dim3((unsigned)rows, (unsigned)heads, (unsigned)splits),
          dim3(kAttnWarps * 32), s, "attention launch", Q, q_stride, pos, tables, table_stride, page_off, heads,
          kv_heads, scale * kLog2e, splits, partial, out, FreshKeys<T>{});
   if (splits > 1)
-    launch(k_attention_merge<T>, dim3((unsigned)rows, (unsigned)heads), dim3(128), s, "attention merge launch",
+    launch_dependent(k_attention_merge<T>, dim3((unsigned)rows, (unsigned)heads), dim3(128), s, "attention merge launch",
                partial, heads, (int64_t)(32 * VPL), splits, out);
 }
 
@@ -698,7 +739,7 @@ void attention_t(const T* Q, int64_t rows, int64_t S, const int32_t* pos, const 
              key_stride, tables, table_stride, page_off, heads, kv_heads, hd, scale * kLog2e, splits, partial, out,
              q_stride ? q_stride : heads * hd);
   if (splits > 1)
-    launch(k_attention_merge<T>, dim3((unsigned)rows, (unsigned)heads), dim3(128), s, "attention merge launch",
+    launch_dependent(k_attention_merge<T>, dim3((unsigned)rows, (unsigned)heads), dim3(128), s, "attention merge launch",
                partial, heads, hd, splits, out);
 }
 
@@ -982,10 +1023,10 @@ void add_rms_norm(DType t, float* x, const uint16_t* y, int64_t rows, int64_t di
     const int64_t pieces = ceil_div(dim / 4, (int64_t)kNormThreads);  // 4-value pieces per thread
     if (dim % 4 == 0 && pieces <= 8) {
       const dim3 grid((unsigned)rows), block(kNormThreads);
-      if (pieces <= 1) launch(k_add_rms_norm_rows<T, 1>, grid, block, s, "rms_norm launch", x, yt, dim, w, eps, out);
-      else if (pieces <= 2) launch(k_add_rms_norm_rows<T, 2>, grid, block, s, "rms_norm launch", x, yt, dim, w, eps, out);
-      else if (pieces <= 4) launch(k_add_rms_norm_rows<T, 4>, grid, block, s, "rms_norm launch", x, yt, dim, w, eps, out);
-      else launch(k_add_rms_norm_rows<T, 8>, grid, block, s, "rms_norm launch", x, yt, dim, w, eps, out);
+      if (pieces <= 1) launch_dependent(k_add_rms_norm_rows<T, 1>, grid, block, s, "rms_norm launch", x, yt, dim, w, eps, out);
+      else if (pieces <= 2) launch_dependent(k_add_rms_norm_rows<T, 2>, grid, block, s, "rms_norm launch", x, yt, dim, w, eps, out);
+      else if (pieces <= 4) launch_dependent(k_add_rms_norm_rows<T, 4>, grid, block, s, "rms_norm launch", x, yt, dim, w, eps, out);
+      else launch_dependent(k_add_rms_norm_rows<T, 8>, grid, block, s, "rms_norm launch", x, yt, dim, w, eps, out);
       return;
     }
     launch(k_add_rms_norm<T>, dim3((unsigned)rows), dim3(threads), s, "rms_norm launch", x, yt, dim, w, eps, out);
@@ -1052,7 +1093,7 @@ void swiglu_rows(DType t, const uint16_t* gu, int64_t rows, int64_t hidden, int6
                  cudaStream_t s) {
   with_type(t, [&](auto* tag) {
     using T = std::remove_pointer_t<decltype(tag)>;
-    launch(k_swiglu_rows<T>, dim3(grid_for(rows * hidden)), dim3(256), s, "swiglu launch",
+    launch_dependent(k_swiglu_rows<T>, dim3(grid_for(rows * hidden)), dim3(256), s, "swiglu launch",
                reinterpret_cast<const T*>(gu), rows, hidden, stride, reinterpret_cast<T*>(out));
   });
 }
@@ -1167,7 +1208,7 @@ void attention_decode_fused(DType t, const uint16_t* q, int64_t q_stride, const 
     const FreshKeys<T> fresh{reinterpret_cast<const T*>(k), k_stride, reinterpret_cast<const T*>(v), v_stride,
                              inv_freq, rope_scale, counters};
     auto run = [&](auto vpl) {
-      launch(k_attention_decode<T, decltype(vpl)::value, true>, dim3((unsigned)rows, (unsigned)heads, (unsigned)splits),
+      launch_dependent(k_attention_decode<T, decltype(vpl)::value, true>, dim3((unsigned)rows, (unsigned)heads, (unsigned)splits),
              dim3(kAttnWarps * 32), s, "fused decode attention launch", reinterpret_cast<const T*>(q), q_stride, pos,
              reinterpret_cast<T* const*>(tables), table_stride, page_off, heads, kv_heads, scale * kLog2e, splits,
              partial, reinterpret_cast<T*>(out), fresh);
