@@ -46,12 +46,16 @@ void launch(void (*kernel)(Params...), dim3 grid, dim3 block, cudaStream_t s, co
 // before reading anything the kernel ahead writes and let_next_launch() after it (never before: a
 // kernel that lets the next start before its own wait would let that one's early reads race with
 // the kernel two back). Their launch and first loads then overlap the product ahead's last blocks.
+// Only for up to kOverlapRows rows: at 32 rows of decode (7B shape, H200) it cost 3% where 1 and 8
+// rows gained 5% and 3% (bench/RESULTS.md), so from 16 rows on they launch as before.
+constexpr int64_t kOverlapRows = 8;
 template <class... Params, class... Args>
-void launch_dependent(void (*kernel)(Params...), dim3 grid, dim3 block, cudaStream_t s, const char* what,
-                      Args... args) {
+void launch_dependent(int64_t rows, void (*kernel)(Params...), dim3 grid, dim3 block, cudaStream_t s,
+                      const char* what, Args... args) {
   int device = 0;
   check(cudaGetDevice(&device), "cudaGetDevice");
-  launch_maybe_overlapped(kernel, grid, block, 0, s, overlap_enabled(device), what, static_cast<Params>(args)...);
+  launch_maybe_overlapped(kernel, grid, block, 0, s, rows <= kOverlapRows && overlap_enabled(device), what,
+                          static_cast<Params>(args)...);
 }
 
 // RoPE at position p for frequency f: cos and sin of f32(f * p), times scale; then one pair (a, b)
@@ -712,11 +716,11 @@ template <class T, int VPL>
 void attention_decode_t(const T* Q, int64_t q_stride, int64_t rows, const int32_t* pos, T* const* tables,
                         int64_t table_stride, int64_t page_off, int64_t heads, int64_t kv_heads, float scale, int splits,
                         float* partial, T* out, cudaStream_t s) {
-  launch_dependent(k_attention_decode<T, VPL, false>, dim3((unsigned)rows, (unsigned)heads, (unsigned)splits),
+  launch_dependent(rows, k_attention_decode<T, VPL, false>, dim3((unsigned)rows, (unsigned)heads, (unsigned)splits),
          dim3(kAttnWarps * 32), s, "attention launch", Q, q_stride, pos, tables, table_stride, page_off, heads,
          kv_heads, scale * kLog2e, splits, partial, out, FreshKeys<T>{});
   if (splits > 1)
-    launch_dependent(k_attention_merge<T>, dim3((unsigned)rows, (unsigned)heads), dim3(128), s, "attention merge launch",
+    launch_dependent(rows, k_attention_merge<T>, dim3((unsigned)rows, (unsigned)heads), dim3(128), s, "attention merge launch",
                partial, heads, (int64_t)(32 * VPL), splits, out);
 }
 
@@ -739,7 +743,7 @@ void attention_t(const T* Q, int64_t rows, int64_t S, const int32_t* pos, const 
              key_stride, tables, table_stride, page_off, heads, kv_heads, hd, scale * kLog2e, splits, partial, out,
              q_stride ? q_stride : heads * hd);
   if (splits > 1)
-    launch_dependent(k_attention_merge<T>, dim3((unsigned)rows, (unsigned)heads), dim3(128), s, "attention merge launch",
+    launch_dependent(rows, k_attention_merge<T>, dim3((unsigned)rows, (unsigned)heads), dim3(128), s, "attention merge launch",
                partial, heads, hd, splits, out);
 }
 
@@ -1023,10 +1027,10 @@ void add_rms_norm(DType t, float* x, const uint16_t* y, int64_t rows, int64_t di
     const int64_t pieces = ceil_div(dim / 4, (int64_t)kNormThreads);  // 4-value pieces per thread
     if (dim % 4 == 0 && pieces <= 8) {
       const dim3 grid((unsigned)rows), block(kNormThreads);
-      if (pieces <= 1) launch_dependent(k_add_rms_norm_rows<T, 1>, grid, block, s, "rms_norm launch", x, yt, dim, w, eps, out);
-      else if (pieces <= 2) launch_dependent(k_add_rms_norm_rows<T, 2>, grid, block, s, "rms_norm launch", x, yt, dim, w, eps, out);
-      else if (pieces <= 4) launch_dependent(k_add_rms_norm_rows<T, 4>, grid, block, s, "rms_norm launch", x, yt, dim, w, eps, out);
-      else launch_dependent(k_add_rms_norm_rows<T, 8>, grid, block, s, "rms_norm launch", x, yt, dim, w, eps, out);
+      if (pieces <= 1) launch_dependent(rows, k_add_rms_norm_rows<T, 1>, grid, block, s, "rms_norm launch", x, yt, dim, w, eps, out);
+      else if (pieces <= 2) launch_dependent(rows, k_add_rms_norm_rows<T, 2>, grid, block, s, "rms_norm launch", x, yt, dim, w, eps, out);
+      else if (pieces <= 4) launch_dependent(rows, k_add_rms_norm_rows<T, 4>, grid, block, s, "rms_norm launch", x, yt, dim, w, eps, out);
+      else launch_dependent(rows, k_add_rms_norm_rows<T, 8>, grid, block, s, "rms_norm launch", x, yt, dim, w, eps, out);
       return;
     }
     launch(k_add_rms_norm<T>, dim3((unsigned)rows), dim3(threads), s, "rms_norm launch", x, yt, dim, w, eps, out);
@@ -1093,7 +1097,7 @@ void swiglu_rows(DType t, const uint16_t* gu, int64_t rows, int64_t hidden, int6
                  cudaStream_t s) {
   with_type(t, [&](auto* tag) {
     using T = std::remove_pointer_t<decltype(tag)>;
-    launch_dependent(k_swiglu_rows<T>, dim3(grid_for(rows * hidden)), dim3(256), s, "swiglu launch",
+    launch_dependent(rows, k_swiglu_rows<T>, dim3(grid_for(rows * hidden)), dim3(256), s, "swiglu launch",
                reinterpret_cast<const T*>(gu), rows, hidden, stride, reinterpret_cast<T*>(out));
   });
 }
@@ -1208,7 +1212,7 @@ void attention_decode_fused(DType t, const uint16_t* q, int64_t q_stride, const 
     const FreshKeys<T> fresh{reinterpret_cast<const T*>(k), k_stride, reinterpret_cast<const T*>(v), v_stride,
                              inv_freq, rope_scale, counters};
     auto run = [&](auto vpl) {
-      launch_dependent(k_attention_decode<T, decltype(vpl)::value, true>, dim3((unsigned)rows, (unsigned)heads, (unsigned)splits),
+      launch_dependent(rows, k_attention_decode<T, decltype(vpl)::value, true>, dim3((unsigned)rows, (unsigned)heads, (unsigned)splits),
              dim3(kAttnWarps * 32), s, "fused decode attention launch", reinterpret_cast<const T*>(q), q_stride, pos,
              reinterpret_cast<T* const*>(tables), table_stride, page_off, heads, kv_heads, scale * kLog2e, splits,
              partial, reinterpret_cast<T*>(out), fresh);
