@@ -308,24 +308,6 @@ cuda::GptqRepacked random_gptq(Rng& rng, int bits, int64_t K, int64_t N) {
   return R;
 }
 
-// Median time per call of `call(i)` inside a CUDA graph of 20 calls (i = 0..19: the caller rotates
-// weight copies so that no weight is in L2), 10 graph replays after warm-up.
-template <class F>
-double graph_us(cudaStream_t stream, F call) {
-  for (int i = 0; i < 20; ++i) call(i);  // grows scratch outside capture
-  CK(cudaStreamSynchronize(stream));
-  cudaGraph_t graph;
-  cudaGraphExec_t exec;
-  CK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
-  for (int i = 0; i < 20; ++i) call(i);
-  CK(cudaStreamEndCapture(stream, &graph));
-  CK(cudaGraphInstantiate(&exec, graph, 0));
-  const double us = median_us([&] { CK(cudaGraphLaunch(exec, stream)); }, 10, stream) / 20;
-  CK(cudaGraphExecDestroy(exec));
-  CK(cudaGraphDestroy(graph));
-  return us;
-}
-
 int run_bench(const char* json_path) {
   cudaDeviceProp prop;
   CK(cudaGetDeviceProperties(&prop, 0));
@@ -384,7 +366,7 @@ int run_bench(const char* json_path) {
     double cublas_us[2];
     for (int mi = 0; mi < 2; ++mi) {
       const int64_t M = mi ? 16 : 1;
-      cublas_us[mi] = graph_us(stream, [&](int i) {
+      cublas_us[mi] = bench::graph_us(stream, 20, [&](int i) {
         cuda::gemm16(stream, false, M, s.N, s.K, dx, dense[(size_t)i % dense.size()], dy, false);
       });
     }
@@ -416,20 +398,20 @@ int run_bench(const char* json_path) {
       for (int mi = 0; mi < 2; ++mi) {
         const int64_t M = mi ? 16 : 1;
         auto spqr_us = [&](int splits, bool overlap, int variant = -1) {
-          return graph_us(stream, [&](int i) {
+          return bench::graph_us(stream, 20, [&](int i) {
             cuda::spqr_matmul_splits(*copies[(size_t)i % copies.size()], dx, SpqrDtype::f16, M, dy, nullptr, stream,
                                      splits, overlap, variant);
           });
         };
         const double us = spqr_us(0, true);
         const double serial_us = spqr_us(0, false);  // the two launches one after the other
-        const double noperm_us = graph_us(stream, [&](int i) {
+        const double noperm_us = bench::graph_us(stream, 20, [&](int i) {
           cuda::spqr_matmul(*ncopies[(size_t)i % ncopies.size()], dx, SpqrDtype::f16, M, dy, nullptr, stream);
         });
         const bool in_place = cuda::spqr_reads_x_in_place(*ncopies[0], dx, M);
         // The product alone (X gathered beforehand), and the best split of K.
         for (auto& c : copies) cuda::spqr_gather(*c, dx, SpqrDtype::f16, M, stream);
-        const double product_us = graph_us(stream, [&](int i) {
+        const double product_us = bench::graph_us(stream, 20, [&](int i) {
           cuda::spqr_product(*copies[(size_t)i % copies.size()], SpqrDtype::f16, M, dy, nullptr, stream, 0, false, -1);
         });
         double best_us = us;
@@ -449,10 +431,10 @@ int run_bench(const char* json_path) {
           variants += b;
           if (t < best_variant_us) best_variant_us = t, best_variant = v;
         }
-        const double gus = graph_us(stream, [&](int i) {
+        const double gus = bench::graph_us(stream, 20, [&](int i) {
           cuda::gptq_matmul(*gcopies[(size_t)i % gcopies.size()], dx, cuda::GptqDtype::f16, M, dy, stream);
         });
-        const double gaus = graph_us(stream, [&](int i) {
+        const double gaus = bench::graph_us(stream, 20, [&](int i) {
           cuda::gptq_matmul(*gacopies[(size_t)i % gacopies.size()], dx, cuda::GptqDtype::f16, M, dy, stream);
         });
         int gconfig = 0, gsplits = 1;
