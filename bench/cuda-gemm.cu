@@ -441,7 +441,8 @@ int run_bench(const char* json_path, bool sweep, int64_t max_m) {
         return cuda::gptq_matmul_config(c, dx, GptqDtype::f16, M, dy, st, config, splits);
       };
       auto time_cfg = [&](int config, int splits) -> double {
-        return bench::graph_us(stream, 20, [&](int i) { return run(*copies[i % copies.size()], stream, config, splits); });
+        return bench::graph_us(stream, 20,
+                               [&](int i) { return run(*copies[i % copies.size()], stream, config, splits); });
       };
       int config, splits;
       cuda::gptq_choose(*copies[0], M, &config, &splits);
