@@ -14,6 +14,13 @@ inline void check(cudaError_t err, const char* what) {
   if (err != cudaSuccess) fail("E_CUDA", std::string(what) + ": " + cudaGetErrorString(err));
 }
 
+// The calling thread's current device.
+inline int current_device() {
+  int device = 0;
+  check(cudaGetDevice(&device), "cudaGetDevice");
+  return device;
+}
+
 // The compute capability of `device` as 10 · major + minor (90 on Hopper), asked of the driver once per
 // device; 0 for a device index out of range.
 inline int compute_capability(int device) {

@@ -52,9 +52,7 @@ constexpr int64_t kOverlapRows = 8;
 template <class... Params, class... Args>
 void launch_dependent(int64_t rows, void (*kernel)(Params...), dim3 grid, dim3 block, cudaStream_t s,
                       const char* what, Args... args) {
-  int device = 0;
-  check(cudaGetDevice(&device), "cudaGetDevice");
-  launch_maybe_overlapped(kernel, grid, block, 0, s, rows <= kOverlapRows && overlap_enabled(device), what,
+  launch_maybe_overlapped(kernel, grid, block, 0, s, rows <= kOverlapRows && overlap_enabled(current_device()), what,
                           static_cast<Params>(args)...);
 }
 

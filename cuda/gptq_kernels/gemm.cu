@@ -33,6 +33,7 @@
 #include <cuda_fp16.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <cstdint>
 #include <string>
 #include <type_traits>
@@ -489,6 +490,30 @@ __global__ void gather_x(const T* __restrict__ X, int64_t K, int64_t Kp, int64_t
   out[i] = k >= 0 ? X[m * K + k] : from_float<T>(0.f);
 }
 
+// X prepared for the warpgroup kernel (gemm_wgmma.cu): [chunk][row][128 inputs], the inputs of each
+// chunk in the order its shared memory holds them (wgmma_input), act-order applied, zeros past K and
+// in the rows from M to `rows` (a whole number of the kernel's blocks). The kernel then copies a
+// pipeline stage as one contiguous run of 16-byte pieces, without masks or per-piece address
+// arithmetic. One thread per 16-byte piece of the output. (Launched overlapped, waiting for the kernel
+// before it, it made the products after it 5-10% slower at 16-32 rows: H200, 2026-12-02.)
+template <class T>
+__global__ void prepare_x_wgmma(const T* __restrict__ X, int64_t K, int64_t M, int64_t rows, int64_t chunks,
+                                const int32_t* __restrict__ perm, T* __restrict__ out) {
+  let_next_launch();  // the product may start fetching its weights (it waits for X)
+  const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+  if (i >= chunks * rows * 16) return;
+  const int unit = (int)(i & 15);
+  const int64_t m = (i >> 4) % rows, c = (i >> 4) / rows;
+  alignas(16) T v[8];
+#pragma unroll
+  for (int e = 0; e < 8; ++e) {
+    const int64_t kp = c * kChunk + wgmma_input(unit * 8 + e);
+    const int64_t k = perm ? perm[kp] : (kp < K ? kp : -1);
+    v[e] = m < M && k >= 0 ? X[m * K + k] : from_float<T>(0.f);
+  }
+  reinterpret_cast<uint4*>(out)[i] = *reinterpret_cast<const uint4*>(v);
+}
+
 // ---- the table of kernel configurations ----
 
 
@@ -548,7 +573,8 @@ constexpr int kFoldWide = 11;  // the folded GEMV on 2 tiles (32 columns) per bl
 // kWgmma..kWgmma + 7: the sm_90a warpgroup kernel (gemm_wgmma.cu), 16-128 rows of X per block, one
 // or two warpgroups (64 or 128 columns)
 constexpr int kWgmma = 12;
-constexpr int kWgmma16 = 16, kWgmma32 = 17, kWgmma64 = 18;  // two warpgroups, 16/32/64 rows
+constexpr int kWgmma16 = 16, kWgmma32 = 17, kWgmma64 = 18, kWgmma128 = 19;  // two warpgroups, 16-128 rows
+constexpr int kWgmma64n64 = 14, kWgmma128n64 = 15;                            // one warpgroup, 64/128 rows
 constexpr bool is_wgmma(int config) { return config >= kWgmma && config < kWgmma + 8; }
 constexpr bool is_fold(int config) {
   return config == kFold || config == kFold16 || config == kFoldDeep || config == kFoldWide;
@@ -601,8 +627,19 @@ Kernel pick_kernel(int config, bool defer) {
   return {};
 }
 
-Kernel pick(GptqDtype dtype, int bits, int config, bool defer) {
-  if (is_wgmma(config)) return wgmma_kernel(dtype, bits, 8 * kConfigs[config].MT, kConfigs[config].WN / 4, defer);
+// Whether the warpgroup kernel of this configuration reads X prepared by prepare_x_wgmma (its own
+// launch) rather than in place (4-byte copies, each with its address and row test: half the kernel's
+// instructions at 128 rows). H200, 4-bit, prepared against in place (2026-12-02 15:17):
+// 8192 x 28672 M = 64 75.4 against 101.6 us, M = 128 104.0 against 191.9; M = 32 65.0 against 75.8;
+// on matrices up to 8192² at 16-32 rows the extra launch costs more than it saves (4096² M = 32:
+// 18.2 against 16.5; 8192² level).
+bool wgmma_prepares_x(const GptqDeviceWeights& W, int config) {
+  return is_wgmma(config) && (8 * kConfigs[config].MT > 32 || W.K * W.N > (int64_t)8192 * 8192);
+}
+
+Kernel pick(GptqDtype dtype, int bits, int config, bool defer, bool prepared) {
+  if (is_wgmma(config))
+    return wgmma_kernel(dtype, bits, 8 * kConfigs[config].MT, kConfigs[config].WN / 4, defer, prepared);
   if (dtype == GptqDtype::f16) {
     switch (bits) {
       case 2: return pick_kernel<2, __half>(config, defer);
@@ -667,13 +704,22 @@ void gptq_choose(const GptqDeviceWeights& W, int64_t M, int* config, int* splits
   // above 8192²: staged 16-row tiles, 66 against 75 us at 2-bit); 16-row tiles (one tile per warp, 8
   // warps, except on the largest matrices, where 2 × 2 tiles per warp with 4 warps win); 32-row
   // tiles up to 32; 64-row tiles with 8 warps up to 64 rows above 8192² and up to 128 rows on 8192²
-  // (32-row tiles on smaller ones); above that 64-row tiles of 4 warps of 32 × 64 (2026-12-01). K is
+  // (32-row tiles on smaller ones); above that 64-row tiles of 4 warps of 32 × 64 (2026-12-01).
   // On compute capability 9.0 (sm_90a), from 17 rows, and from 9 on the largest wide matrices, the
   // warpgroup kernel with two warpgroups (128 columns) per block, 16/32/64 rows of X per block for up to
   // 16/32 rows and beyond (H200 sweep 2026-12-02, 4-bit: 8192² M = 32 37.9 against 46.3 us for 32-row
   // tiles, M = 64 54.7 against 74.6; 8192 x 28672 M = 16 78.8 against 87.6 for the folded GEMV, M = 64
   // 119.5 against 221.8; 11008 x 4096 M = 64 38.6 against 55.3; elsewhere at 16 rows the folded GEMV
-  // stayed ahead: 8192² 26.3 against 30.5). With its folded form at 16 rows and its addresses kept
+  // stayed ahead: 8192² 26.3 against 30.5). With X prepared (session 11, H200 sweep 2026-12-02 15:21,
+  // 4-bit, best configuration and splits): above 32 rows on matrices up to 8192², one warpgroup of 64
+  // columns and 64 rows per block (4096 x 11008 M = 64: 32.5 against 50.6 us for 128 columns and 3
+  // splits; M = 128: 34.3 against 59.5 for dequantizing; 8192² M = 128 63.0 against 84.6), and
+  // past 128 rows 128 rows per block (8192² 74.4 against 93.8 on 64 columns; 4096 x 11008 52.4 against
+  // 66.0 on 128 columns, for dequantizing); above 8192², 128 rows per block past 64 rows (8192 x 28672
+  // M = 128: 105.3 against 158.1 for 64 rows; M = 256: 231.9 against 343.2 for dequantizing; 28672 x
+  // 8192 M = 128: 145.3 against 167.6). Splits, the same sweep: with K up to 4096 none (4096 x 11008 M =
+  // 64 on 64 columns: 32.5 one, 48.4 two), else about 3 blocks per multiprocessor (11008 x 4096 M = 64:
+  // 80.2 / 58.6 / 46.3 / 36.7 us for 1/2/3/6 splits over 64 tiles). With its folded form at 16 rows and its addresses kept
   // (2026-12-02, session 9) it takes 9-16 rows from 8192² and on wide matrices from 4096 x 11008
   // (M = 16, 4/3/2-bit: 28672 x 8192 63.3/59.7/62.1 against 77.4/75.9/65.8 us for the folded GEMV or
   // the 16-row tiles; 8192² 25.5/23.7/24.4 against 26.7/26.7/25.3; 4096 x 11008 21.3/20.1/20.7
@@ -694,21 +740,57 @@ void gptq_choose(const GptqDeviceWeights& W, int64_t M, int* config, int* splits
   const bool deep = W.bits == 4 && wide_short && M >= 4;
   const bool wgmma = wgmma_available(W.device);
   if (M <= 8) c = !fold ? (huge && W.K > W.N ? 0 : kGemvK) : two_tiles ? kFoldWide : deep ? kFoldDeep : kFold;
-  else if (wgmma && (M > 16 || large || (W.N > W.K && size >= (int64_t)4096 * 11008)))
-    c = M <= 16 ? kWgmma16 : M <= 32 ? kWgmma32 : kWgmma64;
-  else if (M <= 16) c = W.uniform_chunks && !(huge && W.bits < 4 && W.K > W.N) ? kFold16 : huge ? 1 : 4;
+  else if (wgmma && (M > 16 || large || (W.N > W.K && size >= (int64_t)4096 * 11008))) {
+    if (M <= 16) c = kWgmma16;
+    else if (M <= 32) c = kWgmma32;
+    else if (huge) c = M <= 64 ? kWgmma64 : kWgmma128;
+    else if (M <= 128) c = kWgmma64n64;
+    else c = W.N > W.K ? kWgmma128 : kWgmma128n64;
+  } else if (M <= 16) c = W.uniform_chunks && !(huge && W.bits < 4 && W.K > W.N) ? kFold16 : huge ? 1 : 4;
   else if (M <= 32) c = 2;
   else if (M <= 64) c = huge ? 5 : 2;
   else if (M <= 128) c = large && !huge ? 5 : large ? 3 : 2;
   else c = large ? 3 : 2;
   const ConfigInfo& ci = kConfigs[c];
   const int64_t tiles = grid_tiles(ci, M, W.Np), chunks = W.Kp / kChunk;
-  const Kernel k = pick(GptqDtype::f16, W.bits, c, gptq_config_defers(W, c));
+  const Kernel k = pick(GptqDtype::f16, W.bits, c, gptq_config_defers(W, c), wgmma_prepares_x(W, c));
   const int64_t target = (int64_t)k.occupancy() * multiprocessors(W.device);
   const int64_t by_traffic = M > 64 ? W.weight_bytes / (8 * M * W.Np) : chunks;
   *config = c;
   // The folded GEMV: split-K (its z) made 8192 x 28672 slower (2 splits: 52.8 against 38.9 us).
   *splits = c == kGemvK || is_fold(c) ? 1 : (int)std::max<int64_t>(1, std::min({target / tiles, chunks / 4, by_traffic}));
+  if (is_wgmma(c) && M > 32 && !huge)
+    *splits = W.K <= 4096 ? 1 : (int)std::max<int64_t>(1, std::min<int64_t>(3 * multiprocessors(W.device) / tiles, chunks / 8));
+}
+
+// The weights' scratch for X, at least `need` bytes (grown outside graph capture only).
+void* x_scratch(const GptqDeviceWeights& W, int64_t need, cudaStream_t stream) {
+  auto& Wm = const_cast<GptqDeviceWeights&>(W);  // scratch grows on demand
+  if (Wm.xperm_bytes < need) {
+    require(!capturing(stream), "E_CUDA", "GPTQ product: scratch for X must grow outside graph capture (run once first)");
+    if (Wm.xperm) cudaFree(Wm.xperm);
+    Wm.xperm = nullptr;
+    Wm.xperm_bytes = 0;
+    check(cudaMalloc(&Wm.xperm, (size_t)need), "cudaMalloc (GPTQ X scratch)");
+    Wm.xperm_bytes = need;
+  }
+  return Wm.xperm;
+}
+
+// X prepared for the warpgroup kernel (prepare_x_wgmma) for `rows` rows, in the weights' scratch.
+const void* gptq_prepare_x(const GptqDeviceWeights& W, const void* X, GptqDtype dtype, int64_t M, int64_t rows,
+                         cudaStream_t stream) {
+  const int64_t chunks = W.Kp / kChunk;
+  void* out = x_scratch(W, checked_mul(checked_mul(rows, W.Kp), 2), stream);
+  const unsigned blocks = (unsigned)((chunks * rows * 16 + 255) / 256);
+  if (dtype == GptqDtype::f16)
+    prepare_x_wgmma<__half><<<blocks, 256, 0, stream>>>(static_cast<const __half*>(X), W.K, M, rows, chunks, W.perm,
+                                                        static_cast<__half*>(out));
+  else
+    prepare_x_wgmma<__nv_bfloat16><<<blocks, 256, 0, stream>>>(static_cast<const __nv_bfloat16*>(X), W.K, M, rows,
+                                                               chunks, W.perm, static_cast<__nv_bfloat16*>(out));
+  check(cudaGetLastError(), "GPTQ X preparation launch");
+  return out;
 }
 
 const void* gptq_activations(const GptqDeviceWeights& W, const void* X, GptqDtype dtype, int64_t M, void* stream_ptr,
@@ -719,16 +801,8 @@ const void* gptq_activations(const GptqDeviceWeights& W, const void* X, GptqDtyp
     *ld = W.K;
     return X;
   }
-  auto& Wm = const_cast<GptqDeviceWeights&>(W);  // scratch grows on demand
-  const int64_t need = M * W.Kp * 2;
-  if (Wm.xperm_bytes < need) {
-    require(!capturing(stream), "E_CUDA", "GPTQ product: scratch for X must grow outside graph capture (run once first)");
-    if (Wm.xperm) cudaFree(Wm.xperm);
-    Wm.xperm = nullptr;
-    Wm.xperm_bytes = 0;
-    check(cudaMalloc(&Wm.xperm, (size_t)need), "cudaMalloc (GPTQ X scratch)");
-    Wm.xperm_bytes = need;
-  }
+  auto& Wm = const_cast<GptqDeviceWeights&>(W);
+  x_scratch(W, M * W.Kp * 2, stream);
   const int64_t total = M * W.Kp;
   const unsigned blocks = (unsigned)((total + 255) / 256);
   if (dtype == GptqDtype::f16)
@@ -770,10 +844,19 @@ bool gptq_matmul_config(const GptqDeviceWeights& W, const void* X, GptqDtype dty
   a.chunks = (int)chunks;
   a.splits = splits;
 
-  int64_t ldx = 0;
-  a.x = gptq_activations(W, X, dtype, M, stream, &ldx);
-  a.ldx = ldx;
-  a.kx = ldx;
+  const int64_t bn = kTileN * ci.NT * ci.WN, bm = 8 * ci.MT * ci.WM;
+  const dim3 grid((unsigned)((M + bm - 1) / bm), (unsigned)(W.Np / bn), (unsigned)splits);
+  const bool prepared = wgmma_prepares_x(W, config);
+  if (prepared) {
+    a.ldx = (int64_t)grid.x * bm;  // prepared: rows per chunk
+    a.x = gptq_prepare_x(W, X, dtype, M, a.ldx, stream);
+    a.kx = W.Kp;
+  } else {
+    int64_t ldx = 0;
+    a.x = gptq_activations(W, X, dtype, M, stream, &ldx);
+    a.ldx = ldx;
+    a.kx = ldx;
+  }
   if (splits > 1) {
     // The weights' own scratch (one product at a time per weights object; gptq_kernels.hpp): a
     // scratch per device would let two streams' products add into one buffer.
@@ -784,9 +867,7 @@ bool gptq_matmul_config(const GptqDeviceWeights& W, const void* X, GptqDtype dty
     a.counters = Wm.counters;
   }
 
-  const int64_t bn = kTileN * ci.NT * ci.WN, bm = 8 * ci.MT * ci.WM;
-  const dim3 grid((unsigned)((M + bm - 1) / bm), (unsigned)(W.Np / bn), (unsigned)splits);
-  const Kernel k = pick(dtype, W.bits, config, defer);
+  const Kernel k = pick(dtype, W.bits, config, defer, prepared);
   require(k.launch != nullptr, "E_BITS", "GPTQ product: no kernel for these bits");
   k.launch(a, grid, stream);
   check(cudaGetLastError(), "GPTQ product launch");

@@ -19,10 +19,13 @@
 // holds input 32t + 4j + 2·(r >> 1) + h, and the A fragment puts it at position kk = 2t + h + 8·(r >> 1)
 // of the 16 the instruction sums over. So row kk of tile j's B must hold input 32t + 4j + 2·(kk >> 3)
 // + (kk & 1) with t = (kk >> 1) & 3. A row of X in one stage is two 128-byte atoms of 64 positions
-// (tiles 0-3, then 4-7); position kk of tile j is at half 16·(j & 3) + kk of its atom. The copy moves
-// 4-byte pieces: piece q (0..63) of a row is inputs 32t + 4j + 2h, + 1 with h = q & 1, t = (q >> 3) & 3,
-// j = ((q >> 1) & 3) + 4·(q >> 5), to position kk = 2t + 8h of tile j: the 32 lanes of a warp write the
-// 32 banks once (8 16-byte units × 4 words of one atom) and read four 32-byte runs of X.
+// (tiles 0-3, then 4-7); position kk of tile j is at half 16·(j & 3) + kk of its atom (layout.hpp's
+// wgmma_input). Above 32 rows, and on matrices above 8192², X comes prepared in that order by a launch
+// of its own (gemm.cu's prepare_x_wgmma), so a stage is copied in 16-byte pieces at fixed offsets.
+// Else the copy reads X in place in 4-byte pieces: piece q (0..63) of a row is inputs 32t + 4j + 2h,
+// + 1 with h = q & 1, t = (q >> 3) & 3, j = ((q >> 1) & 3) + 4·(q >> 5), to position kk = 2t + 8h of
+// tile j: the 32 lanes of a warp write the 32 banks once (8 16-byte units × 4 words of one atom) and
+// read four 32-byte runs of X.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -149,7 +152,7 @@ struct WgmmaShape {
   static constexpr int stages = BN >= 128 ? 3 : 4;  // X 1-2 chunks ahead
   static constexpr int depth = BN >= 128 ? 2 : 3;   // chunks of weights in flight per warp
   static constexpr int smem = stages * stage + 1024;  // + room to align the ring to 1024 bytes
-  static constexpr int min_warps = BN <= 32 ? 20 : BN <= 64 ? 16 : 8;  // per SM: ≤ 96, 128, 255 registers
+  static constexpr int min_warps = BN <= 32 ? 20 : 16;  // per SM: ≤ 96 or 128 registers
 };
 
 // FOLD (groups holding whole chunks; gemm_wgmma.hpp's wgmma_folds says for which blocks): the weights
@@ -157,7 +160,9 @@ struct WgmmaShape {
 // point's (a second wgmma per step, of a constant A holding −(bias + μ·z) per output column, as the
 // folded GEMV does), and the scale is applied to those f32 sums: per chunk and thread BN/2 fmas,
 // instead of a subtraction and a scaling per pair of weights.
-template <int BITS, class T, int BN, int WG, bool FOLD>
+// PREPARED: X comes prepared by gemm.cu's prepare_x_wgmma ([chunk][a.ldx rows][128 inputs in
+// shared-memory order, zero-padded]), and a stage is copied as BN·256 contiguous bytes in 16-byte pieces.
+template <int BITS, class T, int BN, int WG, bool FOLD, bool PREPARED>
 __global__ void __launch_bounds__(128 * WG, WgmmaShape<BN>::min_warps / (4 * WG)) gptq_wgmma_kernel(KernelArgs a) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   using S = WgmmaShape<BN>;
@@ -213,7 +218,25 @@ __global__ void __launch_bounds__(128 * WG, WgmmaShape<BN>::min_warps / (4 * WG)
   const T* x_next = X + (int64_t)(rows_left > 0 ? m0 + xr0 : 0) * a.ldx + piece_k + (int64_t)c_begin * kChunk;
   int64_t x_step = XROWS * a.ldx;
   keep(x_base), keep(row_mask), keep(x_chunks), keep(x_next), keep(x_step);
+  // PREPARED: this thread's pieces are tid + 128·WG·i of a stage: row tid / 16 + 8·WG·i, 16-byte unit
+  // tid % 16 (atom unit / 8, swizzled by the row's low 3 bits, the same for all its rows).
+  constexpr int PIECES = BN * 16 / (128 * WG), PROW = 8 * WG;
+  static_assert(PIECES * 128 * WG == BN * 16, "whole pieces per thread");
+  const int pr = tid >> 4, pu = tid & 15;
+  uint32_t xs_dst = smem_base + (pu >> 3) * S::atom + pr * 128 + (((pu & 7) ^ (pr & 7)) << 4);
+  const T* xs_next = X + ((int64_t)c_begin * a.ldx + m0 + pr) * kChunk + pu * 8;
+  const int64_t xs_step = a.ldx * kChunk;
+  keep(xs_dst), keep(xs_next);
   auto load_x = [&](int c, int stage) {
+    if constexpr (PREPARED) {
+      const uint32_t dst = xs_dst + stage * S::stage;
+#pragma unroll
+      for (int i = 0; i < PIECES; ++i)
+        asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(dst + i * PROW * 128),
+                     "l"(xs_next + i * PROW * kChunk));
+      xs_next += xs_step;
+      return;
+    }
     const uint32_t base = x_base + stage * S::stage;
     const RowMask ok_rows = c < x_chunks ? row_mask : (RowMask)0;
     const T* src = x_next;
@@ -339,48 +362,60 @@ __global__ void __launch_bounds__(128 * WG, WgmmaShape<BN>::min_warps / (4 * WG)
 #endif
 }
 
-template <int BITS, class T, int BN, int WG, bool FOLD>
+template <int BITS, class T, int BN, int WG, bool FOLD, bool PREPARED>
 void launch_wgmma(const KernelArgs& a, dim3 grid, cudaStream_t stream) {
-  set_smem_attribute<gptq_wgmma_kernel<BITS, T, BN, WG, FOLD>>(WgmmaShape<BN>::smem);
-  launch_maybe_overlapped(gptq_wgmma_kernel<BITS, T, BN, WG, FOLD>, grid, dim3(128 * WG), WgmmaShape<BN>::smem, stream,
-                          overlap_enabled(current_device()), "GPTQ product launch (wgmma)", a);
+  set_smem_attribute<gptq_wgmma_kernel<BITS, T, BN, WG, FOLD, PREPARED>>(WgmmaShape<BN>::smem);
+  launch_maybe_overlapped(gptq_wgmma_kernel<BITS, T, BN, WG, FOLD, PREPARED>, grid, dim3(128 * WG), WgmmaShape<BN>::smem,
+                          stream, overlap_enabled(current_device()), "GPTQ product launch (wgmma)", a);
 }
 
-template <int BITS, class T, int BN, int WG, bool FOLD>
+template <int BITS, class T, int BN, int WG, bool FOLD, bool PREPARED>
 int occupancy_wgmma() {
-  return occupancy_of<gptq_wgmma_kernel<BITS, T, BN, WG, FOLD>>(128 * WG, WgmmaShape<BN>::smem);
+  return occupancy_of<gptq_wgmma_kernel<BITS, T, BN, WG, FOLD, PREPARED>>(128 * WG, WgmmaShape<BN>::smem);
 }
 
-template <int BITS, class T, int BN, bool FOLD>
+template <int BITS, class T, int BN, int WG, bool FOLD, bool PREPARED>
+Kernel wgmma_entry() {
+  return {launch_wgmma<BITS, T, BN, WG, FOLD, PREPARED>, occupancy_wgmma<BITS, T, BN, WG, FOLD, PREPARED>};
+}
+
+template <int BITS, class T, int BN, bool PREPARED>
 Kernel wgmma_of(int warpgroups) {
-  if (warpgroups == 2) return {launch_wgmma<BITS, T, BN, 2, FOLD>, occupancy_wgmma<BITS, T, BN, 2, FOLD>};
-  return {launch_wgmma<BITS, T, BN, 1, FOLD>, occupancy_wgmma<BITS, T, BN, 1, FOLD>};
+  if (warpgroups == 2) return wgmma_entry<BITS, T, BN, 2, false, PREPARED>();
+  return wgmma_entry<BITS, T, BN, 1, false, PREPARED>();
+}
+
+// X in place only up to 32 rows (gemm.cu's wgmma_prepares_x: never chosen above).
+template <int BITS, class T, bool PREPARED>
+Kernel wgmma_of(int bn, int warpgroups, bool fold) {
+  switch (bn) {
+    case 16: return fold ? wgmma_entry<BITS, T, 16, 2, true, PREPARED>() : wgmma_of<BITS, T, 16, PREPARED>(warpgroups);
+    case 32: return wgmma_of<BITS, T, 32, PREPARED>(warpgroups);
+  }
+  if constexpr (PREPARED) {
+    if (bn == 64) return wgmma_of<BITS, T, 64, true>(warpgroups);
+    if (bn == 128) return wgmma_of<BITS, T, 128, true>(warpgroups);
+  }
+  return {};
 }
 
 template <int BITS, class T>
-Kernel wgmma_of(int bn, int warpgroups, bool fold) {
-  switch (bn) {
-    case 16: return fold ? Kernel{launch_wgmma<BITS, T, 16, 2, true>, occupancy_wgmma<BITS, T, 16, 2, true>}
-                         : wgmma_of<BITS, T, 16, false>(warpgroups);
-    case 32: return wgmma_of<BITS, T, 32, false>(warpgroups);
-    case 64: return wgmma_of<BITS, T, 64, false>(warpgroups);
-    case 128: return wgmma_of<BITS, T, 128, false>(warpgroups);
-  }
-  return {};
+Kernel wgmma_of(int bn, int warpgroups, bool fold, bool prepared) {
+  return prepared ? wgmma_of<BITS, T, true>(bn, warpgroups, fold) : wgmma_of<BITS, T, false>(bn, warpgroups, fold);
 }
 
 }  // namespace
 
 bool wgmma_available(int device) { return compute_capability(device) == 90; }  // sm_90a code runs on exactly 9.0
 
-Kernel wgmma_kernel(GptqDtype dtype, int bits, int bn, int warpgroups, bool fold) {
+Kernel wgmma_kernel(GptqDtype dtype, int bits, int bn, int warpgroups, bool fold, bool prepared) {
   if (warpgroups != 1 && warpgroups != 2) return {};
   if (fold && !wgmma_folds(bn, warpgroups)) return {};
   const bool half = dtype == GptqDtype::f16;
   switch (bits) {
-    case 2: return half ? wgmma_of<2, __half>(bn, warpgroups, fold) : wgmma_of<2, __nv_bfloat16>(bn, warpgroups, fold);
-    case 3: return half ? wgmma_of<3, __half>(bn, warpgroups, fold) : wgmma_of<3, __nv_bfloat16>(bn, warpgroups, fold);
-    case 4: return half ? wgmma_of<4, __half>(bn, warpgroups, fold) : wgmma_of<4, __nv_bfloat16>(bn, warpgroups, fold);
+    case 2: return half ? wgmma_of<2, __half>(bn, warpgroups, fold, prepared) : wgmma_of<2, __nv_bfloat16>(bn, warpgroups, fold, prepared);
+    case 3: return half ? wgmma_of<3, __half>(bn, warpgroups, fold, prepared) : wgmma_of<3, __nv_bfloat16>(bn, warpgroups, fold, prepared);
+    case 4: return half ? wgmma_of<4, __half>(bn, warpgroups, fold, prepared) : wgmma_of<4, __nv_bfloat16>(bn, warpgroups, fold, prepared);
   }
   return {};
 }

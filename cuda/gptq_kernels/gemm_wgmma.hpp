@@ -16,14 +16,14 @@ bool wgmma_available(int device);
 // at 32 rows (3-5% at 4 and 3 bits: its BN/2 fmas a chunk cost more than they save).
 constexpr bool wgmma_folds(int bn, int warpgroups) { return bn == 16 && warpgroups == 2; }
 // The launch and occupancy of the kernel for these weights' bits, BN rows of X per block (16, 32, 64
-// or 128), 1 or 2 warpgroups (64 or 128 output columns) per block, folded or not; empty for anything
-// else.
-gptq_product::Kernel wgmma_kernel(GptqDtype dtype, int bits, int bn, int warpgroups, bool fold);
+// or 128), 1 or 2 warpgroups (64 or 128 output columns) per block, folded or not, X prepared by
+// gemm.cu's prepare_x_wgmma or read in place (up to 32 rows); empty for anything else.
+gptq_product::Kernel wgmma_kernel(GptqDtype dtype, int bits, int bn, int warpgroups, bool fold, bool prepared);
 #else
 // Built by an nvcc without sm_90a (older than 12.0): the mma.sync kernels serve every GPU.
 inline bool wgmma_available(int) { return false; }
 constexpr bool wgmma_folds(int, int) { return false; }
-inline gptq_product::Kernel wgmma_kernel(GptqDtype, int, int, int, bool) { return {}; }
+inline gptq_product::Kernel wgmma_kernel(GptqDtype, int, int, int, bool, bool) { return {}; }
 #endif
 
 }  // namespace cuda

@@ -45,6 +45,15 @@ constexpr int nibble_bit(int r, int h) { return 4 * r + 16 * h; }
 constexpr int hi3_bit(int j, int r, int h) { return nibble_bit(r, h) + (j % 4 == 0 ? 2 : j % 4 == 1 ? 3 : j % 4 == 2 ? 0 : 1); }
 constexpr int two_bit(int j, int r, int h) { return 2 * r + 8 * (j & 1) + 16 * h; }
 
+// The warpgroup kernel's order of a chunk's inputs in shared memory (gemm_wgmma.cu says why): position
+// p (0..127) of a row of X holds this input of the chunk. Positions 0-63 and 64-127 are two 128-byte
+// atoms; position kk (0..15) of tile j sits at 64·(j / 4) + 16·(j % 4) + kk and holds the input that
+// A-fragment position kk of tile j multiplies.
+constexpr int wgmma_input(int p) {
+  const int j = 4 * (p >> 6) + ((p & 63) >> 4), kk = p & 15;
+  return 32 * ((kk >> 1) & 3) + 4 * j + 2 * (kk >> 3) + (kk & 1);
+}
+
 }  // namespace gptq_layout
 }  // namespace cuda
 }  // namespace lowbit

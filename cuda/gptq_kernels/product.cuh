@@ -103,12 +103,6 @@ __device__ __forceinline__ void fold_load(FoldStage& st, const uint8_t* rec, con
 using Launch = void (*)(const KernelArgs&, dim3, cudaStream_t);
 using Occupancy = int (*)();
 
-inline int current_device() {
-  int device = 0;
-  check(cudaGetDevice(&device), "cudaGetDevice");
-  return device;
-}
-
 // The shared-memory limit is an attribute of a kernel on one device: set on each device once.
 template <auto KERNEL>
 void set_smem_attribute(int smem) {

@@ -453,12 +453,6 @@ __global__ void gather_kernel(const T* __restrict__ X, int64_t M, int64_t K, int
   xst[p * Mp + m] = v;
 }
 
-int current_device() {
-  int device = 0;
-  check(cudaGetDevice(&device), "cudaGetDevice");
-  return device;
-}
-
 bool capturing(cudaStream_t stream) {
   cudaStreamCaptureStatus st = cudaStreamCaptureStatusNone;
   check(cudaStreamIsCapturing(stream, &st), "cudaStreamIsCapturing");
