@@ -885,9 +885,13 @@ bool gptq_dequant_wins(const GptqDeviceWeights& W, int64_t M) {
   // warpgroup kernel (compute capability 9.0; H200 2026-12-02) the fused product wins up to 128 rows
   // on matrices above 8192² (8192 x 28672: 222.8 against 280.1 us; 28672 x 8192: 237.7 against 292.8),
   // up to 64 rows above 4096² (4096 x 11008 M = 64: 42.3 against 57.1; 8192²: 54.7 against 83.6), and
-  // below that on 4096² (M = 64: 26.9 against 21.3 for dequantizing).
+  // below that on 4096² (M = 64: 26.9 against 21.3 for dequantizing). With X prepared (H200 2026-12-02
+  // 15:21, 4-bit) the fused product wins at every M up to 256 but on 4096² from 64 rows (M = 128:
+  // 31.4 against 26.7) and on 11008 x 4096 past 128 (M = 256: 83.0 against 71.9); 4096 x 11008 M =
+  // 128: 34.3 against 59.5, 8192² M = 256: 74.4 against 93.8, 28672 x 8192: 262.3 against 333.3.
   const int64_t size = W.K * W.N;
-  if (wgmma_available(W.device)) return M >= 256 || (M >= 128 && size <= (int64_t)8192 * 8192) || (M >= 64 && size <= (int64_t)4096 * 4096);
+  if (wgmma_available(W.device))
+    return (M >= 64 && size <= (int64_t)4096 * 4096) || (M > 128 && W.K > W.N && size < (int64_t)8192 * 8192);
   if (M >= 128) return true;
   return M >= 64 && W.K <= 4096;
 }
