@@ -27,7 +27,8 @@ struct Output {
 // (output column n, row of X m, value v). whole: the tile is complete here (no split of K). Else the
 // values go into the partial sums and this contribution counts `count` of the tile's `total`; the
 // contributor that completes the tile writes the region rows × cols at (m0, n0) from the sums.
-// BLOCK: the contributor is the whole block (every thread calls this); else one warp.
+// BLOCK: the contributor is the whole block (every thread calls this); else one warp. o.ld, n0 and
+// cols are multiples of 4 and o.partial 16-byte aligned.
 template <class T, bool BLOCK, class EachOutput>
 __device__ __forceinline__ void write_tile(const Output& o, EachOutput&& each_output, bool whole, int tile, int count,
                                            int total, int m0, int n0, int rows, int cols) {
@@ -59,13 +60,32 @@ __device__ __forceinline__ void write_tile(const Output& o, EachOutput&& each_ou
   }
   if (!last) return;
   __threadfence();
-  for (int i = member; i < rows * cols; i += members) {
-    const int m = m0 + i / cols, n = n0 + i % cols;
-    if (m >= o.M) break;
-    float* p = o.partial + (int64_t)m * o.ld + n;
-    const float v = __ldcg(p);
-    *p = 0.f;
-    if (n < o.N) Y[(int64_t)m * o.N + n] = gptq_tile::from_float<T>(o.bias ? v + o.bias[n] : v);
+  // The tile's sums 4 columns at a time (o.ld, n0 and cols are multiples of 4), UNROLL loads in
+  // flight per thread: one load at a time left a round trip to L2 per element in the kernel's tail
+  // (4096 x 11008 M = 64 on the H200: 48.4 µs with 2 splits against 32.5 with none).
+  constexpr int UNROLL = 4;
+  const int quads = rows * cols / 4;
+  for (int q0 = member; q0 < quads; q0 += UNROLL * members) {
+    float4 v[UNROLL];
+    int mu[UNROLL], nu[UNROLL];
+#pragma unroll
+    for (int u = 0; u < UNROLL; ++u) {
+      const int q = q0 + u * members;
+      mu[u] = q < quads ? m0 + 4 * q / cols : o.M;
+      nu[u] = n0 + 4 * q % cols;
+      if (mu[u] < o.M) v[u] = __ldcg(reinterpret_cast<const float4*>(o.partial + (int64_t)mu[u] * o.ld + nu[u]));
+    }
+#pragma unroll
+    for (int u = 0; u < UNROLL; ++u) {
+      if (mu[u] >= o.M) continue;
+      *reinterpret_cast<float4*>(o.partial + (int64_t)mu[u] * o.ld + nu[u]) = make_float4(0.f, 0.f, 0.f, 0.f);
+      const float e[4] = {v[u].x, v[u].y, v[u].z, v[u].w};
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        const int n = nu[u] + j;
+        if (n < o.N) Y[(int64_t)mu[u] * o.N + n] = gptq_tile::from_float<T>(o.bias ? e[j] + o.bias[n] : e[j]);
+      }
+    }
   }
   if (member == 0) *counter = 0;
 }
