@@ -55,6 +55,7 @@ struct Case {
   int64_t K, N, gs;
   bool shuffled;
   int zero_offset;
+  std::vector<int64_t> ms = {};  // the rows of X to check (empty: 1 to 256)
 };
 
 struct Checkpoint {
@@ -149,7 +150,7 @@ void check_case(const Case& c, Rng& rng) {
   double worst = 0;
   int runs = 0;
   for (GptqDtype dt : {GptqDtype::f16, GptqDtype::bf16})
-    for (int64_t M : {1, 3, 8, 13, 16, 29, 64, 100, 256}) {
+    for (int64_t M : c.ms.empty() ? std::vector<int64_t>{1, 3, 8, 13, 16, 29, 64, 100, 256} : c.ms) {
       std::vector<uint16_t> x((size_t)(M * c.K));
       std::vector<double> xd(x.size());
       for (size_t i = 0; i < x.size(); ++i) {
@@ -340,6 +341,9 @@ int run_check() {
       {2, 1000, 200, 128, false, 1}, {2, 1003, 77, 32, true, 1}, {2, 768, 130, 128, true, 0},
       {2, 2048, 144, 2048, false, 1},
       {4, 4096, 144, 128, false, 1},  // 32 chunks: the folded GEMV split 3 ways (its split-K epilogue)
+      // Above 8192² weights: the warpgroup kernel reads X prepared from 9 rows on (gemm.cu's
+      // wgmma_prepares_x), its 16- and 32-row blocks included; act-order, partial last chunk.
+      {3, 65600, 1030, 128, true, 1, {13, 29}},
   };
   for (const Case& c : cases) check_case(c, rng);
   check_chain(rng);
@@ -408,9 +412,24 @@ int run_bench(const char* json_path, bool sweep, int64_t max_m) {
   std::printf("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n");
   struct Job { Shape s; int bits; int64_t gs; };
   std::vector<Job> jobs;
-  for (const Shape& s : shapes)
-    for (int bits : {4, 3, 2}) jobs.push_back({s, bits, 128});
-  for (int bits : {4, 3, 2}) jobs.push_back({{8192, 8192}, bits, 32});
+  // LOWBIT_SWEEP_SHAPES=KxN,KxN,... times those shapes (group 128) instead, e.g. the joined q/k/v and
+  // gate/up products of a 7B decode step (4096x12288, 4096x22016).
+  if (const char* only = std::getenv("LOWBIT_SWEEP_SHAPES")) {
+    for (const char* p = only; *p;) {
+      char* end = nullptr;
+      const long long K = std::strtoll(p, &end, 10);
+      if (*end != 'x') break;
+      const long long N = std::strtoll(end + 1, &end, 10);
+      if (K > 0 && N > 0)
+        for (int bits : {4, 3, 2}) jobs.push_back({{K, N}, bits, 128});
+      p = *end == ',' ? end + 1 : end;
+      if (*end != ',') break;
+    }
+  } else {
+    for (const Shape& s : shapes)
+      for (int bits : {4, 3, 2}) jobs.push_back({s, bits, 128});
+    for (int bits : {4, 3, 2}) jobs.push_back({{8192, 8192}, bits, 32});
+  }
   const char* bits_env = std::getenv("LOWBIT_SWEEP_BITS");  // one bit width alone
   for (const Job& job : jobs) {
     if (bits_env && job.bits != std::atoi(bits_env)) continue;
@@ -457,7 +476,7 @@ int run_bench(const char* json_path, bool sweep, int64_t max_m) {
           for (int sp : {1, 2, 3, 4, 6, 8, 12, 16}) {
             if (!sweep_includes(cuda::gptq_config_name(c))) continue;
             if (!dequant && c == config && sp == splits) continue;
-            if (M > 64 && sp > 4) continue;  // large M fills the GPU without deep splits
+            if (M > 64 && sp > 8) continue;  // large M fills the GPU without deep splits
             const double t = time_cfg(c, sp);
             if (t > 0 && std::getenv("LOWBIT_SWEEP_VERBOSE"))
               std::printf("  %lld x %lld b%d M%lld %s/%d %.2f\n", (long long)s.K, (long long)s.N, job.bits, (long long)M,

@@ -33,7 +33,6 @@
 #include <cuda_fp16.h>
 
 #include <algorithm>
-#include <cstdlib>
 #include <cstdint>
 #include <string>
 #include <type_traits>
@@ -477,6 +476,12 @@ __global__ void __launch_bounds__(256, MINB) gptq_gemv_fold_kernel(KernelArgs a)
                                 kTileN);
 }
 
+// The column of X that repacked input kp reads: perm[kp] with act-order, else kp itself; -1 (a zero)
+// for the padding past K.
+__device__ __forceinline__ int64_t source_column(int64_t kp, int64_t K, const int32_t* perm) {
+  return perm ? perm[kp] : (kp < K ? kp : -1);
+}
+
 // X gathered into the repacked order of K (act-order), or copied with zero padding to Kp columns
 // when its rows are not 16-byte aligned.
 template <class T>
@@ -485,8 +490,7 @@ __global__ void gather_x(const T* __restrict__ X, int64_t K, int64_t Kp, int64_t
   let_next_launch();  // the product may start fetching its weights (it waits for X)
   const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
   if (i >= M * Kp) return;
-  const int64_t m = i / Kp, kp = i % Kp;
-  const int64_t k = perm ? perm[kp] : (kp < K ? kp : -1);
+  const int64_t m = i / Kp, k = source_column(i % Kp, K, perm);
   out[i] = k >= 0 ? X[m * K + k] : from_float<T>(0.f);
 }
 
@@ -507,8 +511,7 @@ __global__ void prepare_x_wgmma(const T* __restrict__ X, int64_t K, int64_t M, i
   alignas(16) T v[8];
 #pragma unroll
   for (int e = 0; e < 8; ++e) {
-    const int64_t kp = c * kChunk + wgmma_input(unit * 8 + e);
-    const int64_t k = perm ? perm[kp] : (kp < K ? kp : -1);
+    const int64_t k = source_column(c * kChunk + wgmma_input(unit * 8 + e), K, perm);
     v[e] = m < M && k >= 0 ? X[m * K + k] : from_float<T>(0.f);
   }
   reinterpret_cast<uint4*>(out)[i] = *reinterpret_cast<const uint4*>(v);
@@ -574,7 +577,7 @@ constexpr int kFoldWide = 11;  // the folded GEMV on 2 tiles (32 columns) per bl
 // or two warpgroups (64 or 128 columns)
 constexpr int kWgmma = 12;
 constexpr int kWgmma16 = 16, kWgmma32 = 17, kWgmma64 = 18, kWgmma128 = 19;  // two warpgroups, 16-128 rows
-constexpr int kWgmma64n64 = 14, kWgmma128n64 = 15;                            // one warpgroup, 64/128 rows
+constexpr int kWgmma64n64 = 14;  // one warpgroup (64 columns), 64 rows
 constexpr bool is_wgmma(int config) { return config >= kWgmma && config < kWgmma + 8; }
 constexpr bool is_fold(int config) {
   return config == kFold || config == kFold16 || config == kFoldDeep || config == kFoldWide;
@@ -705,30 +708,28 @@ void gptq_choose(const GptqDeviceWeights& W, int64_t M, int* config, int* splits
   // warps, except on the largest matrices, where 2 × 2 tiles per warp with 4 warps win); 32-row
   // tiles up to 32; 64-row tiles with 8 warps up to 64 rows above 8192² and up to 128 rows on 8192²
   // (32-row tiles on smaller ones); above that 64-row tiles of 4 warps of 32 × 64 (2026-12-01).
-  // On compute capability 9.0 (sm_90a), from 17 rows, and from 9 on the largest wide matrices, the
-  // warpgroup kernel with two warpgroups (128 columns) per block, 16/32/64 rows of X per block for up to
-  // 16/32 rows and beyond (H200 sweep 2026-12-02, 4-bit: 8192² M = 32 37.9 against 46.3 us for 32-row
-  // tiles, M = 64 54.7 against 74.6; 8192 x 28672 M = 16 78.8 against 87.6 for the folded GEMV, M = 64
-  // 119.5 against 221.8; 11008 x 4096 M = 64 38.6 against 55.3; elsewhere at 16 rows the folded GEMV
-  // stayed ahead: 8192² 26.3 against 30.5). With X prepared (session 11, H200 sweep 2026-12-02 15:21,
-  // 4-bit, best configuration and splits): above 32 rows on matrices up to 8192², one warpgroup of 64
-  // columns and 64 rows per block (4096 x 11008 M = 64: 32.5 against 50.6 us for 128 columns and 3
-  // splits; M = 128: 34.3 against 59.5 for dequantizing; 8192² M = 128 63.0 against 84.6), and
-  // past 128 rows 128 rows per block (8192² 74.4 against 93.8 on 64 columns; 4096 x 11008 52.4 against
-  // 66.0 on 128 columns, for dequantizing); above 8192², 128 rows per block past 64 rows (8192 x 28672
-  // M = 128: 105.3 against 158.1 for 64 rows; M = 256: 231.9 against 343.2 for dequantizing; 28672 x
-  // 8192 M = 128: 145.3 against 167.6). Splits, the same sweep: with K up to 4096 none (4096 x 11008 M =
-  // 64 on 64 columns: 32.5 one, 48.4 two), else about 3 blocks per multiprocessor (11008 x 4096 M = 64:
-  // 80.2 / 58.6 / 46.3 / 36.7 us for 1/2/3/6 splits over 64 tiles). With its folded form at 16 rows and its addresses kept
-  // (2026-12-02, session 9) it takes 9-16 rows from 8192² and on wide matrices from 4096 x 11008
-  // (M = 16, 4/3/2-bit: 28672 x 8192 63.3/59.7/62.1 against 77.4/75.9/65.8 us for the folded GEMV or
-  // the 16-row tiles; 8192² 25.5/23.7/24.4 against 26.7/26.7/25.3; 4096 x 11008 21.3/20.1/20.7
-  // against 22.2/22.3/21.8; g32 8192² 25.7/23.3/22.6 against 31.6/30.5/28.3); on 4096² and
-  // 11008 x 4096 the folded GEMV stays ahead or level. K is
-  // split until the grid fills one wave of resident blocks, keeping at least 4 chunks of K per split
-  // and, above 64 rows, the split-K partial sums (8·M·Np bytes per split, read and written) under the
-  // weight bytes: past that the atomics cost more than the fuller grid gains (4096² at M = 128: 49 µs
-  // with 3 splits, 34 µs with none). Capping smaller M the same way cost 10-40% at M = 8-64.
+  // On compute capability 9.0 (sm_90a) the warpgroup kernel takes 17 rows and more, and 9-16 rows
+  // from 8192² and on wide matrices from 4096 x 11008 (its folded 16-row form; session 9: 28672 x
+  // 8192 M = 16 63.3 against 77.4 us, 8192² 25.5 against 26.7); on 4096² and 11008 x 4096 at 9-16 rows
+  // the folded GEMV stays ahead or level. Its blocks, from the 4-bit sweep of all its forms and
+  // splits (H200 2026-12-02 18:10, session 12, bench/RESULTS.md "Eleventh round"):
+  //  - up to 32 rows: 16/32 rows by 128 columns;
+  //  - up to 64: 32 x 128 on matrices up to 4096² (M = 64 14.2 us against 22.2 for dequantizing),
+  //    64 x 64 with K up to 4096 and N above 8192 (4096 x 12288 27.8 against 28.8 for 64 x 128,
+  //    4096 x 22016 35.3 against 39.9), else 64 x 128 (8192² 30.7, 11008 x 4096 25.1);
+  //  - up to 128: 128 x 128 above 8192²; 64 x 64 with K up to 4096 and N above 8192 (4096 x 11008
+  //    34.2 against 39.5 for 64 x 128); else 64 x 128 (4096² 21.8 against 26.5 for dequantizing,
+  //    11008 x 4096 36.7, 8192² 47.0 against 63.1 for 64 x 64);
+  //  - beyond: 128 x 128 (8192² M = 256 72.9 against 81.3 for 128 x 64; 11008 x 4096 56.9 against
+  //    71.6 for dequantizing), 4096² dequantizes (gptq_dequant_wins).
+  // Above 32 rows K is split for one wave of resident blocks, at least 8 chunks a split: since the
+  // split-K finish reads its sums 4 columns at a time (split_k.cuh) that fills the GPU for less than
+  // it costs (4096² M = 64 on 32 x 128 tiles: 14.2 us in 4 splits; 4096 x 11008 M = 64 on 64 x 128:
+  // 25.0 in 3 against 33.5 in one; 28672 x 8192 M = 128: 115.0 in 4), and where the tiles already
+  // fill most of a wave a second split only adds the finish (4096 x 22016 M = 128: 52.4 us in one,
+  // 67.6 in three). The GEMV and the staged tiles below split K until the grid fills one wave,
+  // keeping at least 4 chunks a split and, above 64 rows, the partial sums (8·M·Np bytes per split)
+  // under the weight bytes (4096² M = 128 on 32-row tiles: 49 us in 3 splits, 34 in one).
   check(cudaSetDevice(W.device), "cudaSetDevice");
   const int64_t size = W.K * W.N;
   const bool large = size >= (int64_t)8192 * 8192, huge = size > (int64_t)8192 * 8192;
@@ -741,11 +742,12 @@ void gptq_choose(const GptqDeviceWeights& W, int64_t M, int* config, int* splits
   const bool wgmma = wgmma_available(W.device);
   if (M <= 8) c = !fold ? (huge && W.K > W.N ? 0 : kGemvK) : two_tiles ? kFoldWide : deep ? kFoldDeep : kFold;
   else if (wgmma && (M > 16 || large || (W.N > W.K && size >= (int64_t)4096 * 11008))) {
+    const bool short_wide = W.K <= 4096 && W.N > 8192;
     if (M <= 16) c = kWgmma16;
     else if (M <= 32) c = kWgmma32;
-    else if (huge) c = M <= 64 ? kWgmma64 : kWgmma128;
-    else if (M <= 128) c = kWgmma64n64;
-    else c = W.N > W.K ? kWgmma128 : kWgmma128n64;
+    else if (M <= 64) c = size <= (int64_t)4096 * 4096 ? kWgmma32 : short_wide ? kWgmma64n64 : kWgmma64;
+    else if (M <= 128) c = huge ? kWgmma128 : short_wide ? kWgmma64n64 : kWgmma64;
+    else c = kWgmma128;
   } else if (M <= 16) c = W.uniform_chunks && !(huge && W.bits < 4 && W.K > W.N) ? kFold16 : huge ? 1 : 4;
   else if (M <= 32) c = 2;
   else if (M <= 64) c = huge ? 5 : 2;
@@ -759,8 +761,7 @@ void gptq_choose(const GptqDeviceWeights& W, int64_t M, int* config, int* splits
   *config = c;
   // The folded GEMV: split-K (its z) made 8192 x 28672 slower (2 splits: 52.8 against 38.9 us).
   *splits = c == kGemvK || is_fold(c) ? 1 : (int)std::max<int64_t>(1, std::min({target / tiles, chunks / 4, by_traffic}));
-  if (is_wgmma(c) && M > 32 && !huge)
-    *splits = W.K <= 4096 ? 1 : (int)std::max<int64_t>(1, std::min<int64_t>(3 * multiprocessors(W.device) / tiles, chunks / 8));
+  if (is_wgmma(c) && M > 32) *splits = (int)std::max<int64_t>(1, std::min(target / tiles, chunks / 8));
 }
 
 // The weights' scratch for X, at least `need` bytes (grown outside graph capture only).
@@ -801,19 +802,18 @@ const void* gptq_activations(const GptqDeviceWeights& W, const void* X, GptqDtyp
     *ld = W.K;
     return X;
   }
-  auto& Wm = const_cast<GptqDeviceWeights&>(W);
-  x_scratch(W, M * W.Kp * 2, stream);
-  const int64_t total = M * W.Kp;
+  const int64_t total = checked_mul(M, W.Kp);
+  void* out = x_scratch(W, checked_mul(total, 2), stream);
   const unsigned blocks = (unsigned)((total + 255) / 256);
   if (dtype == GptqDtype::f16)
     gather_x<__half><<<blocks, 256, 0, stream>>>(static_cast<const __half*>(X), W.K, W.Kp, M, W.perm,
-                                                 static_cast<__half*>(Wm.xperm));
+                                                 static_cast<__half*>(out));
   else
     gather_x<__nv_bfloat16><<<blocks, 256, 0, stream>>>(static_cast<const __nv_bfloat16*>(X), W.K, W.Kp, M, W.perm,
-                                                        static_cast<__nv_bfloat16*>(Wm.xperm));
+                                                        static_cast<__nv_bfloat16*>(out));
   check(cudaGetLastError(), "GPTQ gather launch");
   *ld = W.Kp;
-  return Wm.xperm;
+  return out;
 }
 
 bool gptq_matmul_config(const GptqDeviceWeights& W, const void* X, GptqDtype dtype, int64_t M, void* Y,
@@ -875,23 +875,15 @@ bool gptq_matmul_config(const GptqDeviceWeights& W, const void* X, GptqDtype dty
 }
 
 bool gptq_dequant_wins(const GptqDeviceWeights& W, int64_t M) {
-  // From the H200 bench of 2026-12-01 (bench/cuda-gemm.cu bench: fused_us against dequant_us, the
-  // same for 2, 3 and 4 bits). Dequantizing runs at ~80% of DRAM bandwidth (the packed weights read,
-  // 2 bytes per weight written: 42 us for 8192², 148 us for 8192 x 28672), so it pays from 128 rows
-  // on every shape (8192²: 84 against 124 us), and from 64 on the 7B attention/MLP-up shapes with
-  // K <= 4096 (4096²: 22 against 33 us; 4096 x 11008: 57 against 63) but not on 11008 x 4096 (61 against 54).
-  // With K <= 4096 both paths grow in proportion to N, so the joined q/k/v (N = 12288) and gate/up
-  // (N = 22016) products of the decode step take it from 64 rows too (not timed apart). With the
-  // warpgroup kernel (compute capability 9.0; H200 2026-12-02) the fused product wins up to 128 rows
-  // on matrices above 8192² (8192 x 28672: 222.8 against 280.1 us; 28672 x 8192: 237.7 against 292.8),
-  // up to 64 rows above 4096² (4096 x 11008 M = 64: 42.3 against 57.1; 8192²: 54.7 against 83.6), and
-  // below that on 4096² (M = 64: 26.9 against 21.3 for dequantizing). With X prepared (H200 2026-12-02
-  // 15:21, 4-bit) the fused product wins at every M up to 256 but on 4096² from 64 rows (M = 128:
-  // 31.4 against 26.7) and on 11008 x 4096 past 128 (M = 256: 83.0 against 71.9); 4096 x 11008 M =
-  // 128: 34.3 against 59.5, 8192² M = 256: 74.4 against 93.8, 28672 x 8192: 262.3 against 333.3.
+  // Dequantizing runs at ~80% of DRAM bandwidth (the packed weights read, 2 bytes per weight written:
+  // 42 us for 8192², 148 us for 8192 x 28672) before cuBLAS's product. Without the warpgroup kernel it
+  // pays from 128 rows on every shape (8192²: 84 against 124 us on the staged tiles) and from 64 with
+  // K up to 4096 (4096²: 22 against 33 us; H200 2026-12-01). With it (compute capability 9.0), only
+  // past 128 rows on matrices up to 4096² (M = 256: 27.7 against 30.3 us for 64 x 128 blocks in 2
+  // splits; H200 2026-12-02 18:10): everywhere else the fused product is ahead up to 256 rows
+  // (11008 x 4096 M = 256: 56.9 against 71.6; 8192 x 28672: 237.6 against 343.4).
   const int64_t size = W.K * W.N;
-  if (wgmma_available(W.device))
-    return (M >= 64 && size <= (int64_t)4096 * 4096) || (M > 128 && W.K > W.N && size < (int64_t)8192 * 8192);
+  if (wgmma_available(W.device)) return M > 128 && size <= (int64_t)4096 * 4096;
   if (M >= 128) return true;
   return M >= 64 && W.K <= 4096;
 }

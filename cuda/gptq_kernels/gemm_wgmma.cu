@@ -132,7 +132,6 @@ __device__ __forceinline__ void hold(uint32_t& v) { asm volatile("" : "+r"(v)::"
 __device__ __forceinline__ void keep(uint32_t& v) { asm volatile("" : "+r"(v)); }
 __device__ __forceinline__ void keep(int& v) { asm volatile("" : "+r"(v)); }
 __device__ __forceinline__ void keep(int64_t& v) { asm volatile("" : "+l"(v)); }
-__device__ __forceinline__ void keep(uint64_t& v) { asm volatile("" : "+l"(v)); }
 template <class P>
 __device__ __forceinline__ void keep(P*& p) { asm volatile("" : "+l"(p)); }
 
@@ -217,7 +216,8 @@ __global__ void __launch_bounds__(128 * WG, WgmmaShape<BN>::min_warps / (4 * WG)
   int x_chunks = a.kx >= piece_k + 2 ? (int)((a.kx - piece_k - 2) / kChunk) + 1 : 0;
   const T* x_next = X + (int64_t)(rows_left > 0 ? m0 + xr0 : 0) * a.ldx + piece_k + (int64_t)c_begin * kChunk;
   int64_t x_step = XROWS * a.ldx;
-  keep(x_base), keep(row_mask), keep(x_chunks), keep(x_next), keep(x_step);
+  // (kept only by the form that uses them: the other's setup is then dead code, dropped)
+  if constexpr (!PREPARED) keep(x_base), keep(row_mask), keep(x_chunks), keep(x_next), keep(x_step);
   // PREPARED: this thread's pieces are tid + 128·WG·i of a stage: row tid / 16 + 8·WG·i, 16-byte unit
   // tid % 16 (atom unit / 8, swizzled by the row's low 3 bits, the same for all its rows).
   constexpr int PIECES = BN * 16 / (128 * WG), PROW = 8 * WG;
@@ -226,7 +226,7 @@ __global__ void __launch_bounds__(128 * WG, WgmmaShape<BN>::min_warps / (4 * WG)
   uint32_t xs_dst = smem_base + (pu >> 3) * S::atom + pr * 128 + (((pu & 7) ^ (pr & 7)) << 4);
   const T* xs_next = X + ((int64_t)c_begin * a.ldx + m0 + pr) * kChunk + pu * 8;
   const int64_t xs_step = a.ldx * kChunk;
-  keep(xs_dst), keep(xs_next);
+  if constexpr (PREPARED) keep(xs_dst), keep(xs_next);
   auto load_x = [&](int c, int stage) {
     if constexpr (PREPARED) {
       const uint32_t dst = xs_dst + stage * S::stage;
