@@ -8,8 +8,15 @@
 // include the same fixed overhead for both kernels; the kernel-only time is not separable from
 // Node. pct_copy (weight bytes over the time, against --copy-gbs) is therefore a lower bound.
 //
-//   node bench/spqr-speed.mjs [--shapes 4096x4096,11008x4096] [--m 1,16] [--bits 3,4] [--copy-gbs 4201]
-import { mkdir, writeFile } from 'node:fs/promises';
+// --device cpu: the same on the CPU, SpQR's 'spqr-cpu' against both GPTQ CPU kernels of the same bit
+// width ('gptq-int8', x quantized per 128 inputs, the forward pass's default; 'gptq-packed', exact
+// f32), f32 activations, the addon's thread pool; rows to bench/results/cpu-spqr.json, in-process
+// wall time (no transfer), so only the ratios mean anything on a shared machine.
+//
+//   node bench/spqr-speed.mjs [--device cuda|cpu] [--shapes 4096x4096,11008x4096] [--m 1,16] [--bits 3,4]
+//                             [--copy-gbs 4201] [--reps 200]
+import { mkdir, rename, writeFile } from 'node:fs/promises';
+import { cpus } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
@@ -28,7 +35,9 @@ const SHAPES = option('shapes', '4096x4096')
 const MS = option('m', '1,16').split(',').map(Number);
 const BITS = option('bits', '3,4').split(',').map(Number);
 const COPY_GBS = Number(option('copy-gbs', '4201.4')); // measured on the H200 (h200-gemm.json)
-const OUT = option('out', join(root, 'bench/results/h200-spqr-roundtrip.json'));
+const CPU = option('device', 'cuda') === 'cpu';
+const OUT = option('out', join(root, CPU ? 'bench/results/cpu-spqr.json' : 'bench/results/h200-spqr-roundtrip.json'));
+const REPS = Number(option('reps', CPU ? '20' : '200'));
 const OUTLIERS = 0.01;
 
 let seed = 12345;
@@ -112,11 +121,13 @@ function gptqWeights(N, K, bits) {
 }
 
 function time(lin, M, K) {
-  const x = Uint16Array.from({ length: M * K }, () => f16(rand() - 0.5));
-  const out = new Uint16Array(M * lin.N);
-  for (let i = 0; i < 20; i++) lin.matmulSync(x, M, out);
+  const x = CPU
+    ? Float32Array.from({ length: M * K }, () => rand() - 0.5)
+    : Uint16Array.from({ length: M * K }, () => f16(rand() - 0.5));
+  const out = CPU ? new Float32Array(M * lin.N) : new Uint16Array(M * lin.N);
+  for (let i = 0; i < Math.max(3, REPS / 10); i++) lin.matmulSync(x, M, out);
   const t = [];
-  for (let i = 0; i < 200; i++) {
+  for (let i = 0; i < REPS; i++) {
     const t0 = process.hrtime.bigint();
     lin.matmulSync(x, M, out);
     t.push(Number(process.hrtime.bigint() - t0) / 1e3);
@@ -125,52 +136,96 @@ function time(lin, M, K) {
   return t[t.length >> 1];
 }
 
-const device = native().cudaDevices().devices[0];
-if (!device) throw new Error('no CUDA device');
-const rows = [];
-for (const [N, K] of SHAPES)
-  for (const bits of BITS) {
-    const s = spqrWeights(N, K, bits);
-    const spqr = prepareLinear(s, { device: 'cuda', activations: 'f16', kernel: 'spqr-cuda-half' });
-    const gptq = prepareLinear(gptqWeights(N, K, bits), { device: 'cuda', activations: 'f16', kernel: 'gptq-tc' });
-    for (const M of MS) {
-      const us = time(spqr, M, K);
-      const gptqUs = time(gptq, M, K);
-      const row = {
-        K,
-        N,
-        M,
-        bits,
-        group: 16,
-        us: +us.toFixed(2),
-        pct_copy: +((spqr.bytes / (us * 1e-6) / 1e9 / COPY_GBS) * 100).toFixed(1),
-        tflops: +((2 * M * N * K) / (us * 1e-6) / 1e12).toFixed(3),
-        config: 'spqr-cuda-half (warp per row, 1/2/4/8-row tiles)',
-        gptq_tc_us: +gptqUs.toFixed(2),
-        spqr_vs_gptq: +(gptqUs / us).toFixed(3),
-        outlier_rate: +(s.outlierCols.length / (N * K)).toFixed(5),
-        weight_bytes: spqr.bytes,
-      };
-      rows.push(row);
-      console.log(JSON.stringify(row));
+if (CPU) await cpuRows();
+else await cudaRows();
+
+// SpQR's CPU product against the two GPTQ CPU kernels, in one process.
+async function cpuRows() {
+  const rows = [];
+  for (const [N, K] of SHAPES)
+    for (const bits of BITS) {
+      const s = spqrWeights(N, K, bits);
+      const g = gptqWeights(N, K, bits);
+      const spqr = prepareLinear(s, { kernel: 'spqr-cpu' });
+      const int8 = prepareLinear(g, { kernel: 'gptq-int8', cpuActivations: 'int8' });
+      const packed = prepareLinear(g, { kernel: 'gptq-packed' });
+      for (const M of MS) {
+        const us = time(spqr, M, K);
+        const int8Us = time(int8, M, K);
+        const packedUs = time(packed, M, K);
+        const row = {
+          K,
+          N,
+          M,
+          bits,
+          group: 16,
+          us: +us.toFixed(1),
+          gptq_int8_us: +int8Us.toFixed(1),
+          gptq_packed_us: +packedUs.toFixed(1),
+          spqr_vs_gptq_int8: +(int8Us / us).toFixed(3),
+          spqr_vs_gptq_packed: +(packedUs / us).toFixed(3),
+          outlier_rate: +(s.outlierCols.length / (N * K)).toFixed(5),
+          weight_bytes: spqr.bytes,
+          gptq_weight_bytes: packed.bytes,
+        };
+        rows.push(row);
+        console.log(JSON.stringify(row));
+      }
+      spqr.close();
+      int8.close();
+      packed.close();
     }
-    spqr.close();
-    gptq.close();
-  }
-await mkdir(dirname(OUT), { recursive: true });
-await writeFile(
-  OUT,
-  JSON.stringify(
-    {
-      device: device.name,
-      copy_gbs: COPY_GBS,
-      timing:
-        'median host round trip of matmulSync (x H2D, kernel, y D2H, sync) over 200 calls; both kernels carry the same overhead',
-      date: new Date().toISOString(),
-      rows,
-    },
-    null,
-    1,
-  ) + '\n',
-);
-console.log(`wrote ${OUT}`);
+  await write({
+    device: `CPU (${cpus()[0].model}, ${native().buildInfo().threads} threads, ${native().buildInfo().activeSimd})`,
+    rows,
+  });
+}
+
+async function write(body) {
+  await mkdir(dirname(OUT), { recursive: true });
+  const tmp = `${OUT}.tmp`;
+  await writeFile(tmp, JSON.stringify({ ...body, date: new Date().toISOString() }, null, 1) + '\n');
+  await rename(tmp, OUT);
+  console.log(`wrote ${OUT}`);
+}
+
+async function cudaRows() {
+  const device = native().cudaDevices().devices[0];
+  if (!device) throw new Error('no CUDA device');
+  const rows = [];
+  for (const [N, K] of SHAPES)
+    for (const bits of BITS) {
+      const s = spqrWeights(N, K, bits);
+      const spqr = prepareLinear(s, { device: 'cuda', activations: 'f16', kernel: 'spqr-cuda-half' });
+      const gptq = prepareLinear(gptqWeights(N, K, bits), { device: 'cuda', activations: 'f16', kernel: 'gptq-tc' });
+      for (const M of MS) {
+        const us = time(spqr, M, K);
+        const gptqUs = time(gptq, M, K);
+        const row = {
+          K,
+          N,
+          M,
+          bits,
+          group: 16,
+          us: +us.toFixed(2),
+          pct_copy: +((spqr.bytes / (us * 1e-6) / 1e9 / COPY_GBS) * 100).toFixed(1),
+          tflops: +((2 * M * N * K) / (us * 1e-6) / 1e12).toFixed(3),
+          config: 'spqr-cuda-half (warp per row, 1/2/4/8-row tiles)',
+          gptq_tc_us: +gptqUs.toFixed(2),
+          spqr_vs_gptq: +(gptqUs / us).toFixed(3),
+          outlier_rate: +(s.outlierCols.length / (N * K)).toFixed(5),
+          weight_bytes: spqr.bytes,
+        };
+        rows.push(row);
+        console.log(JSON.stringify(row));
+      }
+      spqr.close();
+      gptq.close();
+    }
+  await write({
+    device: device.name,
+    copy_gbs: COPY_GBS,
+    timing: `median host round trip of matmulSync (x H2D, kernel, y D2H, sync) over ${REPS} calls; both kernels carry the same overhead`,
+    rows,
+  });
+}

@@ -27,9 +27,10 @@ export interface PrepareLinearOptions<A extends LinearActivations = 'f32'> {
    * 'f32' (default), or 'f16'/'bf16': x and out are then Uint16Arrays of bit patterns, accumulation
    * is f32 and the output is rounded once to the dtype. 16-bit activations run on CUDA's tensor-core
    * GPTQ kernel (gptq-tc: GPTQ 2/3/4-bit); the CPU and the other kernels take f32 only (E_UNSUPPORTED).
-   * From 128 rows of x (64 when K ≤ 4096 and K·N ≤ 4096·11008) gptq-tc dequantizes the weight once per
-   * product into a 16-bit scratch and multiplies with cuBLAS: the prepared linear then keeps that
-   * scratch (2 bytes per weight) on the GPU until it is freed.
+   * Where that is faster gptq-tc dequantizes the weight once per product into a 16-bit scratch and
+   * multiplies with cuBLAS (compute capability 9.0: past 128 rows of x on weights up to 4096·4096;
+   * older GPUs: from 128 rows, from 64 when K ≤ 4096): the prepared linear then keeps that scratch
+   * (2 bytes per weight) on the GPU until it is freed.
    */
   activations?: A;
   /**
