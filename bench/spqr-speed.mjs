@@ -139,42 +139,51 @@ function time(lin, M, K) {
 if (CPU) await cpuRows();
 else await cudaRows();
 
-// SpQR's CPU product against the two GPTQ CPU kernels, in one process.
-async function cpuRows() {
+// Times SpQR and its peers (prepare(spqr, gptq) → { spqr, ...peers }, prepared linears) on every
+// shape, bit width and M; row(us, lins, M, N, K) gives a row's own fields from their times.
+function measure(prepare, row) {
   const rows = [];
   for (const [N, K] of SHAPES)
     for (const bits of BITS) {
       const s = spqrWeights(N, K, bits);
-      const g = gptqWeights(N, K, bits);
-      const spqr = prepareLinear(s, { kernel: 'spqr-cpu' });
-      const int8 = prepareLinear(g, { kernel: 'gptq-int8', cpuActivations: 'int8' });
-      const packed = prepareLinear(g, { kernel: 'gptq-packed' });
+      const lins = prepare(s, gptqWeights(N, K, bits));
       for (const M of MS) {
-        const us = time(spqr, M, K);
-        const int8Us = time(int8, M, K);
-        const packedUs = time(packed, M, K);
-        const row = {
+        const us = Object.fromEntries(Object.entries(lins).map(([name, lin]) => [name, time(lin, M, K)]));
+        const r = {
           K,
           N,
           M,
           bits,
           group: 16,
-          us: +us.toFixed(1),
-          gptq_int8_us: +int8Us.toFixed(1),
-          gptq_packed_us: +packedUs.toFixed(1),
-          spqr_vs_gptq_int8: +(int8Us / us).toFixed(3),
-          spqr_vs_gptq_packed: +(packedUs / us).toFixed(3),
+          ...row(us, lins, M, N, K),
           outlier_rate: +(s.outlierCols.length / (N * K)).toFixed(5),
-          weight_bytes: spqr.bytes,
-          gptq_weight_bytes: packed.bytes,
+          weight_bytes: lins.spqr.bytes,
         };
-        rows.push(row);
-        console.log(JSON.stringify(row));
+        rows.push(r);
+        console.log(JSON.stringify(r));
       }
-      spqr.close();
-      int8.close();
-      packed.close();
+      for (const lin of Object.values(lins)) lin.close();
     }
+  return rows;
+}
+
+// SpQR's CPU product against the two GPTQ CPU kernels, in one process.
+async function cpuRows() {
+  const rows = measure(
+    (s, g) => ({
+      spqr: prepareLinear(s, { kernel: 'spqr-cpu' }),
+      int8: prepareLinear(g, { kernel: 'gptq-int8', cpuActivations: 'int8' }),
+      packed: prepareLinear(g, { kernel: 'gptq-packed' }),
+    }),
+    (us, lins) => ({
+      us: +us.spqr.toFixed(1),
+      gptq_int8_us: +us.int8.toFixed(1),
+      gptq_packed_us: +us.packed.toFixed(1),
+      spqr_vs_gptq_int8: +(us.int8 / us.spqr).toFixed(3),
+      spqr_vs_gptq_packed: +(us.packed / us.spqr).toFixed(3),
+      gptq_weight_bytes: lins.packed.bytes,
+    }),
+  );
   await write({
     device: `CPU (${cpus()[0].model}, ${native().buildInfo().threads} threads, ${native().buildInfo().activeSimd})`,
     rows,
@@ -192,36 +201,20 @@ async function write(body) {
 async function cudaRows() {
   const device = native().cudaDevices().devices[0];
   if (!device) throw new Error('no CUDA device');
-  const rows = [];
-  for (const [N, K] of SHAPES)
-    for (const bits of BITS) {
-      const s = spqrWeights(N, K, bits);
-      const spqr = prepareLinear(s, { device: 'cuda', activations: 'f16', kernel: 'spqr-cuda-half' });
-      const gptq = prepareLinear(gptqWeights(N, K, bits), { device: 'cuda', activations: 'f16', kernel: 'gptq-tc' });
-      for (const M of MS) {
-        const us = time(spqr, M, K);
-        const gptqUs = time(gptq, M, K);
-        const row = {
-          K,
-          N,
-          M,
-          bits,
-          group: 16,
-          us: +us.toFixed(2),
-          pct_copy: +((spqr.bytes / (us * 1e-6) / 1e9 / COPY_GBS) * 100).toFixed(1),
-          tflops: +((2 * M * N * K) / (us * 1e-6) / 1e12).toFixed(3),
-          config: 'spqr-cuda-half (warp per row, 1/2/4/8-row tiles)',
-          gptq_tc_us: +gptqUs.toFixed(2),
-          spqr_vs_gptq: +(gptqUs / us).toFixed(3),
-          outlier_rate: +(s.outlierCols.length / (N * K)).toFixed(5),
-          weight_bytes: spqr.bytes,
-        };
-        rows.push(row);
-        console.log(JSON.stringify(row));
-      }
-      spqr.close();
-      gptq.close();
-    }
+  const rows = measure(
+    (s, g) => ({
+      spqr: prepareLinear(s, { device: 'cuda', activations: 'f16', kernel: 'spqr-cuda-half' }),
+      gptq: prepareLinear(g, { device: 'cuda', activations: 'f16', kernel: 'gptq-tc' }),
+    }),
+    (us, lins, M, N, K) => ({
+      us: +us.spqr.toFixed(2),
+      pct_copy: +((lins.spqr.bytes / (us.spqr * 1e-6) / 1e9 / COPY_GBS) * 100).toFixed(1),
+      tflops: +((2 * M * N * K) / (us.spqr * 1e-6) / 1e12).toFixed(3),
+      config: 'spqr-cuda-half (warp per row, 1/2/4/8-row tiles)',
+      gptq_tc_us: +us.gptq.toFixed(2),
+      spqr_vs_gptq: +(us.gptq / us.spqr).toFixed(3),
+    }),
+  );
   await write({
     device: device.name,
     copy_gbs: COPY_GBS,
