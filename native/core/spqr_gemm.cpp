@@ -35,12 +35,15 @@ SpqrCpuWeights SpqrCpuWeights::from(const SpqrMatrix& W) {
   c.s_step.resize((size_t)S);
   c.z_off.resize((size_t)S);
   c.z_step.resize((size_t)S);
-  for (int64_t i = 0; i < S; ++i) {
-    c.s_off[i] = f16_to_f32(W.scale_stats[2 * i]);
-    c.s_step[i] = f16_to_f32(W.scale_stats[2 * i + 1]);
-    c.z_off[i] = f16_to_f32(W.zero_stats[2 * i]);
-    c.z_step[i] = f16_to_f32(W.zero_stats[2 * i + 1]);
-  }
+  // [G, NB] in the checkpoint, [NB, G] here: a row's grids are then contiguous along its groups.
+  for (int64_t g = 0; g < c.G; ++g)
+    for (int64_t b = 0; b < c.NB; ++b) {
+      const int64_t i = g * c.NB + b, t = b * c.G + g;
+      c.s_off[t] = f16_to_f32(W.scale_stats[2 * i]);
+      c.s_step[t] = f16_to_f32(W.scale_stats[2 * i + 1]);
+      c.z_off[t] = f16_to_f32(W.zero_stats[2 * i]);
+      c.z_step[t] = f16_to_f32(W.zero_stats[2 * i + 1]);
+    }
   if (W.perm) c.perm.assign(W.perm, W.perm + W.K);
   c.rowptr.assign(W.outlier_rowptr, W.outlier_rowptr + W.N + 1);
   const int64_t nnz = W.outliers();
@@ -57,11 +60,13 @@ void spqr_gemm(const float* X, int64_t M, const SpqrCpuWeights& W, float* Y) {
     for (int64_t p = 0; p < K; ++p) Xp[m * Kp + p] = X[m * K + (W.perm.empty() ? p : W.perm[p])];
   const SimdLevel level = active_simd();
   global_pool()->parallel_for(W.N, std::max<int64_t>(1, 4096 / std::max<int64_t>(1, K)), [&](int64_t n0, int64_t n1) {
-    std::vector<float> qf((size_t)Kp, 0.f), w((size_t)Kp, 0.f);
+    std::vector<float> qf((size_t)Kp, 0.f), w((size_t)Kp, 0.f), stats((size_t)(2 * W.G), 0.f);
     switch (level) {
-      case SimdLevel::Avx512: spqr_avx512::spqr_rows(W, Xp.data(), M, n0, n1, qf.data(), w.data(), Y); break;
-      case SimdLevel::Avx2: spqr_avx2::spqr_rows(W, Xp.data(), M, n0, n1, qf.data(), w.data(), Y); break;
-      default: spqr_scalar::spqr_rows(W, Xp.data(), M, n0, n1, qf.data(), w.data(), Y); break;
+      case SimdLevel::Avx512:
+        spqr_avx512::spqr_rows(W, Xp.data(), M, n0, n1, qf.data(), w.data(), stats.data(), Y);
+        break;
+      case SimdLevel::Avx2: spqr_avx2::spqr_rows(W, Xp.data(), M, n0, n1, qf.data(), w.data(), stats.data(), Y); break;
+      default: spqr_scalar::spqr_rows(W, Xp.data(), M, n0, n1, qf.data(), w.data(), stats.data(), Y); break;
     }
   });
 }

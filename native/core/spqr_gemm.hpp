@@ -1,11 +1,15 @@
-// Y = X · Wᵀ with W in SpQR form (spqr.hpp), on the CPU, without materialising W: each thread
-// decodes one output row at a time (codes → f32 with its group's decoded statistics) into a row
-// buffer, takes its dot product with every gathered input row x[perm], and adds the row's sparse
-// outliers. Batch 1 and batched share the path; a row is decoded once per call whatever M is.
+// Y = X · Wᵀ with W in SpQR form (spqr.hpp), on the CPU, without materialising W. Each thread takes
+// one output row at a time: its first-level scales and zero points, decoded for all its groups at
+// once (the second-level grids transposed at load time, so a row's are contiguous), then
+//  - with groups of a multiple of 16 inputs (the default β1 = 16) and up to 4 rows of x: each 16
+//    codes decoded straight into registers (16 codes of b ≤ 4 bits are 2b whole bytes: one 64-bit
+//    load and per-lane shifts), scaled, and multiplied into the rows' sums without a buffer;
+//  - else (more rows of x, or groups that split 16-code blocks): the row decoded into a buffer once,
+//    then one dot product per gathered input row x[perm].
+// The row's sparse outliers are added last.
 //
 // The checkpoint's bit streams are repacked once at load time (SpqrCpuWeights::from) so that every
-// row of codes starts on a byte and every 8 codes start on a byte: 8 codes of b bits are then one
-// unaligned 32-bit load, a broadcast, a per-lane shift and a mask (spqr_gemm_avx2/avx512.cpp).
+// row of codes starts on a byte and every 8 codes start on a byte (spqr_gemm_avx2/avx512.cpp).
 #pragma once
 
 #include <cstdint>
@@ -21,7 +25,7 @@ struct SpqrCpuWeights {
   int64_t row_bytes = 0;               // ceil(K / 8) · bits: whole chunks of 8 codes (padding codes are 0)
   std::vector<uint8_t> codes;          // [N, row_bytes] + 8 bytes of tail padding for wide loads
   std::vector<uint8_t> scale_code, zero_code;  // [N, G]
-  std::vector<float> s_off, s_step, z_off, z_step;  // [G, NB] the second-level grids, decoded
+  std::vector<float> s_off, s_step, z_off, z_step;  // [NB, G] the second-level grids, decoded
   std::vector<int32_t> perm;           // [K] or empty (identity)
   std::vector<int32_t> rowptr, cols;   // CSR outliers, sweep positions
   std::vector<float> values;
@@ -35,11 +39,11 @@ struct SpqrCpuWeights {
 void spqr_gemm(const float* X, int64_t M, const SpqrCpuWeights& W, float* Y);
 
 // The per-SIMD-level kernels (spqr_gemm_impl.hpp): rows [n0, n1) of Y from the gathered inputs
-// Xp [M, padded_K] (zero beyond K). qf and w are scratch of padded_K floats.
+// Xp [M, padded_K] (zero beyond K). qf and w are scratch of padded_K floats, stats of 2·G.
 #define LOWBIT_DECLARE_SPQR_KERNELS(ns)                                                                  \
   namespace ns {                                                                                         \
   void spqr_rows(const SpqrCpuWeights& W, const float* Xp, int64_t M, int64_t n0, int64_t n1, float* qf, \
-                 float* w, float* Y);                                                                    \
+                 float* w, float* stats, float* Y);                                                      \
   }
 LOWBIT_DECLARE_SPQR_KERNELS(spqr_scalar)
 LOWBIT_DECLARE_SPQR_KERNELS(spqr_avx2)

@@ -20,6 +20,23 @@ struct SpqrVec {
   LOWBIT_SPQR_VEC void store(float* p, F v) { _mm256_storeu_ps(p, v); }
   LOWBIT_SPQR_VEC F add(F a, F b) { return _mm256_add_ps(a, b); }
   LOWBIT_SPQR_VEC F fma(F a, F b, F c) { return _mm256_fmadd_ps(a, b, c); }
+  LOWBIT_SPQR_VEC F fms(F a, F b, F c) { return _mm256_fmsub_ps(a, b, c); }
+  LOWBIT_SPQR_VEC F mul(F a, F b) { return _mm256_mul_ps(a, b); }
+  LOWBIT_SPQR_VEC F bytes(const uint8_t* p) {
+    return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
+  }
+  // The 16 codes of the 2·bits bytes at p: codes 0-7 are the low 8·bits bits of the 64-bit word,
+  // codes 8-15 the next 8·bits (8·bits ≤ 32).
+  LOWBIT_SPQR_VEC void codes16(const uint8_t* p, int bits, F (&q)[2]) {
+    uint64_t word;
+    std::memcpy(&word, p, 8);
+    const __m256i shifts = _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), _mm256_set1_epi32(bits));
+    const __m256i mask = _mm256_set1_epi32((int)((1u << bits) - 1u));
+    for (int h = 0; h < 2; ++h) {
+      const uint32_t half = (uint32_t)(word >> (8 * bits * h));
+      q[h] = _mm256_cvtepi32_ps(_mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32((int)half), shifts), mask));
+    }
+  }
   LOWBIT_SPQR_VEC float hsum(F v) {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
     s = _mm_add_ps(s, _mm_movehl_ps(s, s));
@@ -46,8 +63,8 @@ struct SpqrVec {
 namespace lowbit {
 namespace spqr_avx2 {
 void spqr_rows(const SpqrCpuWeights& W, const float* Xp, int64_t M, int64_t n0, int64_t n1, float* qf, float* w,
-               float* Y) {
-  spqr_scalar::spqr_rows(W, Xp, M, n0, n1, qf, w, Y);
+               float* stats, float* Y) {
+  spqr_scalar::spqr_rows(W, Xp, M, n0, n1, qf, w, stats, Y);
 }
 }  // namespace spqr_avx2
 }  // namespace lowbit

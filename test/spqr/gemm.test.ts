@@ -1,8 +1,9 @@
 /**
  * The SpQR CPU product (native/core/spqr_gemm*.cpp) against the float64 product of weights decoded
  * by the reference decoder (reference.ts), at every SIMD level the machine has: random layouts with
- * planted outliers, odd shapes (K = 172, N not a multiple of beta2, beta1 not a multiple of 8),
- * batch 1 and batched; and the validation of every buffer and index.
+ * planted outliers, odd shapes (K = 172, N not a multiple of beta2, beta1 not a multiple of 8 or
+ * two 16-input blocks), batch 1 (1-4 rows: decoded in registers) and batched; and the validation of
+ * every buffer and index.
  */
 import { afterAll, describe, expect, it } from 'vitest';
 import { Rng } from '../helpers/random.js';
@@ -23,6 +24,7 @@ describe('SpQR CPU product', () => {
         [50, 100, 4, 20, 7, false],
         [9, 33, 3, 11, 16, true],
         [130, 256, 4, 16, 16, true],
+        [40, 100, 3, 32, 16, true], // groups of two 16-code blocks, the last one partial
       ] as const) {
         const W = randomSpqrLayout(rng, { N, K, bits, beta1, beta2, perm, outlierRate: 0.01 });
         const dense = decodeSpqrRef(W);
