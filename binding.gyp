@@ -20,6 +20,7 @@
         "native/core/cpu_gptq/kernels_scalar.cpp",
         "native/core/cpu_gptq/kernels_avx2.cpp",
         "native/core/cpu_gptq/kernels_avx512.cpp",
+        "native/core/cpu_gptq/spqr_panels.cpp",
         "native/core/stream_read.cpp",
         "native/core/model/backend.cpp",
         "native/core/model/ops.cpp",

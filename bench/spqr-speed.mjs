@@ -3,7 +3,8 @@
 // random weights, 1% outliers. Writes bench/results/h200-spqr-roundtrip.json (or --out): the fields of
 // h200-gemm.json where they apply, plus outlier_rate and spqr_vs_gptq.
 //
-// Timing: median wall time of matmulSync over 200 calls after 20 warm-ups. Each call is a host
+// Timing: median wall time of matmulSync over 200 calls after 20 warm-ups, the kernels called in
+// turn. Each call is a host
 // round trip (x copied to the GPU, the kernel(s), y copied back, a stream sync), so the times
 // include the same fixed overhead for both kernels; the kernel-only time is not separable from
 // Node. pct_copy (weight bytes over the time, against --copy-gbs) is therefore a lower bound.
@@ -14,7 +15,7 @@
 // wall time (no transfer), so only the ratios mean anything on a shared machine.
 //
 //   node bench/spqr-speed.mjs [--device cuda|cpu] [--shapes 4096x4096,11008x4096] [--m 1,16] [--bits 3,4]
-//                             [--copy-gbs 4201] [--reps 200]
+//                             [--copy-gbs 4201] [--reps 200] [--outliers 0.01]
 import { mkdir, rename, writeFile } from 'node:fs/promises';
 import { cpus } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
@@ -38,7 +39,7 @@ const COPY_GBS = Number(option('copy-gbs', '4201.4')); // measured on the H200 (
 const CPU = option('device', 'cuda') === 'cpu';
 const OUT = option('out', join(root, CPU ? 'bench/results/cpu-spqr.json' : 'bench/results/h200-spqr-roundtrip.json'));
 const REPS = Number(option('reps', CPU ? '20' : '200'));
-const OUTLIERS = 0.01;
+const OUTLIERS = Number(option('outliers', '0.01')); // fraction of weights kept as fp16 outliers
 
 let seed = 12345;
 const rand = () => {
@@ -120,20 +121,26 @@ function gptqWeights(N, K, bits) {
   };
 }
 
-function time(lin, M, K) {
+// Median µs of each prepared linear's matmulSync, the linears called in turn (A B C A B C …) so a
+// drift of the shared machine's speed reaches all of them alike.
+function timeAll(lins, M, K) {
   const x = CPU
     ? Float32Array.from({ length: M * K }, () => rand() - 0.5)
     : Uint16Array.from({ length: M * K }, () => f16(rand() - 0.5));
-  const out = CPU ? new Float32Array(M * lin.N) : new Uint16Array(M * lin.N);
-  for (let i = 0; i < Math.max(3, REPS / 10); i++) lin.matmulSync(x, M, out);
-  const t = [];
-  for (let i = 0; i < REPS; i++) {
-    const t0 = process.hrtime.bigint();
-    lin.matmulSync(x, M, out);
-    t.push(Number(process.hrtime.bigint() - t0) / 1e3);
-  }
-  t.sort((a, b) => a - b);
-  return t[t.length >> 1];
+  const runs = Object.entries(lins).map(([name, lin]) => ({
+    name,
+    lin,
+    out: CPU ? new Float32Array(M * lin.N) : new Uint16Array(M * lin.N),
+    t: [],
+  }));
+  for (const r of runs) for (let i = 0; i < Math.max(3, REPS / 10); i++) r.lin.matmulSync(x, M, r.out);
+  for (let i = 0; i < REPS; i++)
+    for (const r of runs) {
+      const t0 = process.hrtime.bigint();
+      r.lin.matmulSync(x, M, r.out);
+      r.t.push(Number(process.hrtime.bigint() - t0) / 1e3);
+    }
+  return Object.fromEntries(runs.map((r) => [r.name, r.t.sort((a, b) => a - b)[r.t.length >> 1]]));
 }
 
 if (CPU) await cpuRows();
@@ -148,7 +155,7 @@ function measure(prepare, row) {
       const s = spqrWeights(N, K, bits);
       const lins = prepare(s, gptqWeights(N, K, bits));
       for (const M of MS) {
-        const us = Object.fromEntries(Object.entries(lins).map(([name, lin]) => [name, time(lin, M, K)]));
+        const us = timeAll(lins, M, K);
         const r = {
           K,
           N,
@@ -172,15 +179,19 @@ async function cpuRows() {
   const rows = measure(
     (s, g) => ({
       spqr: prepareLinear(s, { kernel: 'spqr-cpu' }),
+      spqrInt8: prepareLinear(s, { kernel: 'spqr-int8', cpuActivations: 'int8' }),
       int8: prepareLinear(g, { kernel: 'gptq-int8', cpuActivations: 'int8' }),
       packed: prepareLinear(g, { kernel: 'gptq-packed' }),
     }),
     (us, lins) => ({
       us: +us.spqr.toFixed(1),
+      spqr_int8_us: +us.spqrInt8.toFixed(1),
       gptq_int8_us: +us.int8.toFixed(1),
       gptq_packed_us: +us.packed.toFixed(1),
-      spqr_vs_gptq_int8: +(us.int8 / us.spqr).toFixed(3),
+      spqr_int8_vs_gptq_int8: +(us.int8 / us.spqrInt8).toFixed(3),
       spqr_vs_gptq_packed: +(us.packed / us.spqr).toFixed(3),
+      spqr_int8_weight_bytes: lins.spqrInt8.bytes,
+      gptq_int8_weight_bytes: lins.int8.bytes,
       gptq_weight_bytes: lins.packed.bytes,
     }),
   );

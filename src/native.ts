@@ -329,7 +329,7 @@ export interface Addon {
    * Products run by the CPU's gptq-int8 linears (any thread) since the addon loaded, and the kernel
    * family the latest one ran: tests check that a forward pass really took the int8 path.
    */
-  cpuGptqInt8Stats(): { products: number; lastKernel: string };
+  cpuGptqInt8Stats(): { products: number; lastKernel: string; spqrProducts: number; spqrLastKernel: string };
   /** Median streaming-read bandwidth (bytes/s) over `runs` passes of `bytes` by `threads` threads. */
   streamReadBandwidth(bytes: number, threads: number, runs: number): number;
   /** A buffer of `bytes` (in [4096, 2^36]) allocated and filled once, to time slices of. */

@@ -153,13 +153,16 @@ Napi::Value LastPackedGemmSimd(const Napi::CallbackInfo& info) {
   return Napi::String::New(info.Env(), simd_name(last_packed_gemm_level()));
 }
 
-// cpuGptqInt8Stats() -> {products, lastKernel}: products run by gptq-int8 linears (any thread) and
-// the kernel family the latest ran ('avx512-vnni', 'avx2', 'scalar', ...; 'none' before the first)
+// cpuGptqInt8Stats() -> {products, lastKernel, spqrProducts, spqrLastKernel}: products run by
+// gptq-int8 (spqr-int8) linears (any thread) and the kernel family the latest ran ('avx512-vnni',
+// 'avx2', 'scalar', ...; 'none' before the first)
 Napi::Value CpuGptqInt8Stats(const Napi::CallbackInfo& info) {
   const cpu_gptq::Int8LinearStats s = cpu_gptq::int8_linear_stats();
   Napi::Object o = Napi::Object::New(info.Env());
   o.Set("products", Napi::Number::New(info.Env(), (double)s.products));
   o.Set("lastKernel", Napi::String::New(info.Env(), s.last_kernel));
+  o.Set("spqrProducts", Napi::Number::New(info.Env(), (double)s.spqr_products));
+  o.Set("spqrLastKernel", Napi::String::New(info.Env(), s.spqr_last_kernel));
   return o;
 }
 

@@ -64,11 +64,12 @@ export interface OpenModelOptions {
   /** load the tokenizer from the model directory (default true; false for weights only) */
   tokenizer?: boolean;
   /**
-   * CPU only: the precision of the activations inside packed GPTQ 2/3/4-bit linears. 'int8'
-   * (default) runs the repacked integer kernels (gptq-int8: the fast path for inference; each row is
-   * quantized per 128-input segment, so logits move by a small, bounded amount); 'f32' keeps exact
-   * f32 activations (gptq-packed), for results that must match the f32 reference or be reproducible
-   * bit for bit (GPTQ calibration uses it). Dense and 8-bit linears, and CUDA, ignore it.
+   * CPU only: the precision of the activations inside packed GPTQ 2/3/4-bit and SpQR linears. 'int8'
+   * (default) runs the repacked integer kernels (gptq-int8, spqr-int8: the fast path for inference;
+   * each row is quantized per 128-input segment, so logits move by a small, bounded amount); 'f32'
+   * keeps exact f32 activations (gptq-packed, spqr-cpu), for results that must match the f32
+   * reference or be reproducible bit for bit (calibration uses it). Dense and 8-bit linears, and
+   * CUDA, ignore it.
    */
   cpuActivations?: CpuActivations;
   /**
@@ -194,7 +195,7 @@ export class Model {
     /** where the weights come from (kept open for loadBlock / readBlockWeights) */
     readonly reader: ModelReader | undefined,
     readonly tokenizer: TextTokenizer | undefined,
-    /** the precision of activations in the CPU's packed GPTQ linears (OpenModelOptions.cpuActivations) */
+    /** the precision of activations in the CPU's packed GPTQ and SpQR linears (OpenModelOptions.cpuActivations) */
     readonly cpuActivations: CpuActivations,
   ) {}
 

@@ -6,6 +6,7 @@
 #include <cstdint>
 
 #include "repack.hpp"
+#include "spqr_panels.hpp"
 
 namespace lowbit {
 namespace cpu_gptq {
@@ -19,6 +20,11 @@ struct Activations {
   const float* dx = nullptr;    // [M][segments] the segment's scale: x ≈ dx · xq
   const float* xsum = nullptr;  // [M][segments] Σ xq over the segment (an integer, as float)
   const float* xf = nullptr;    // [M][padded_k] f32 (exact path)
+  // SpQR (spqr_panels.hpp): Σ xq over each first-level group, [M][groups] (integers, as floats),
+  // and for M > 1 x transposed, [K][M rounded up to 16] (zero past M)
+  int64_t groups = 0;
+  const float* gsum = nullptr;
+  const float* xt = nullptr;
 };
 
 #define LOWBIT_DECLARE_GPTQ_KERNELS(ns)                                                  \
@@ -28,6 +34,11 @@ struct Activations {
   const char* gemm_f32(const CpuGptqWeights& W, const Activations& A, float* Y);         \
   /* rows [m0, m1) of X into A's layout: xq, dx, xsum (see kernels_impl.hpp) */          \
   void quantize_rows(const CpuGptqWeights& W, const float* X, int64_t m0, int64_t m1,    \
+                     const Activations& A, int8_t* xq, float* dx, float* xsum);          \
+  /* SpQR (spqr_panels.hpp): Y [M, N] from int8 activations, outliers from X itself */   \
+  const char* gemm_spqr_int8(const SpqrPanels& W, const Activations& A, const float* X,  \
+                             float* Y);                                                  \
+  void quantize_rows(const SpqrPanels& W, const float* X, int64_t m0, int64_t m1,        \
                      const Activations& A, int8_t* xq, float* dx, float* xsum);          \
   }
 

@@ -72,6 +72,18 @@ void quantize_rows(const CpuGptqWeights& W, const float* X, int64_t m0, int64_t 
                    float* dx, float* xsum) {
   kernels_avx512_plain::quantize_rows_t<kernels_avx512_plain::Ops>(W, X, m0, m1, A, xq, dx, xsum);
 }
+const char* gemm_spqr_int8(const SpqrPanels& W, const Activations& A, const float* X, float* Y) {
+  if (has_vnni()) {
+    kernels_avx512_vnni::gemm_spqr_int8_t<kernels_avx512_vnni::Ops>(W, A, X, Y);
+    return "avx512-vnni";
+  }
+  kernels_avx512_plain::gemm_spqr_int8_t<kernels_avx512_plain::Ops>(W, A, X, Y);
+  return "avx512";
+}
+void quantize_rows(const SpqrPanels& W, const float* X, int64_t m0, int64_t m1, const Activations& A, int8_t* xq,
+                   float* dx, float* xsum) {
+  kernels_avx512_plain::quantize_rows_t<kernels_avx512_plain::Ops>(W, X, m0, m1, A, xq, dx, xsum);
+}
 }  // namespace kernels_avx512
 }  // namespace cpu_gptq
 }  // namespace lowbit
@@ -84,6 +96,13 @@ namespace kernels_avx512 {
 const char* gemm_int8(const CpuGptqWeights& W, const Activations& A, float* Y) { return kernels_scalar::gemm_int8(W, A, Y); }
 const char* gemm_f32(const CpuGptqWeights& W, const Activations& A, float* Y) { return kernels_scalar::gemm_f32(W, A, Y); }
 void quantize_rows(const CpuGptqWeights& W, const float* X, int64_t m0, int64_t m1, const Activations& A, int8_t* xq,
+                   float* dx, float* xsum) {
+  kernels_scalar::quantize_rows(W, X, m0, m1, A, xq, dx, xsum);
+}
+const char* gemm_spqr_int8(const SpqrPanels& W, const Activations& A, const float* X, float* Y) {
+  return kernels_scalar::gemm_spqr_int8(W, A, X, Y);
+}
+void quantize_rows(const SpqrPanels& W, const float* X, int64_t m0, int64_t m1, const Activations& A, int8_t* xq,
                    float* dx, float* xsum) {
   kernels_scalar::quantize_rows(W, X, m0, m1, A, xq, dx, xsum);
 }

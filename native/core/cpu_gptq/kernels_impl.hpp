@@ -329,8 +329,9 @@ void gemm_int8_t(const CpuGptqWeights& W, const Activations& A, float* Y) {
 // Rows of X gathered into the padded order (act-order's permutation and the padding, in one gather)
 // and quantized per segment: dx = max|x| / 127, xq = round-to-nearest-even(x · 127 / max|x|) (as
 // lrint), xsum = Σ xq. Vectorized because it runs before every product, on one thread for M = 1.
-template <class O>
-LOWBIT_TARGET void quantize_rows_t(const CpuGptqWeights& W, const float* X, int64_t m0, int64_t m1, const Activations& A,
+// Layout: CpuGptqWeights or SpqrPanels (the fields K, source, permuted and segments).
+template <class O, class Layout>
+LOWBIT_TARGET void quantize_rows_t(const Layout& W, const float* X, int64_t m0, int64_t m1, const Activations& A,
                                    int8_t* xq, float* dx, float* xsum) {
   const int32_t* source = W.source.data();
   alignas(64) float buf[kSegmentK];
@@ -425,6 +426,9 @@ void gemm_f32_t(const CpuGptqWeights& W, const Activations& A, float* Y) {
     default: gemm_f32_bits<4, O>(W, A, Y); break;
   }
 }
+
+// SpQR's products on the same units (spqr_panels.hpp), sharing the unpacking, tiles and tasks above.
+#include "spqr_kernels_impl.hpp"
 
 #undef LOWBIT_KERNEL
 #undef LOWBIT_UNROLL

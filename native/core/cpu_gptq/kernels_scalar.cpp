@@ -40,6 +40,9 @@ struct Ops {
   LOWBIT_OPS I zero_i() { return I{}; }
   LOWBIT_OPS I add_i(I a, I b) { for (int c = 0; c < 16; ++c) a.v[c] += b.v[c]; return a; }
   template <int S> LOWBIT_OPS I srai(I a) { for (auto& v : a.v) v >>= S; return a; }
+  LOWBIT_OPS I load_u8_i(const uint8_t* p) { I r; for (int c = 0; c < 16; ++c) r.v[c] = p[c]; return r; }
+  LOWBIT_OPS I and_i(I a, int32_t m) { for (auto& v : a.v) v &= m; return a; }
+  template <int S> LOWBIT_OPS I srli(I a) { for (auto& v : a.v) v = (int32_t)((uint32_t)v >> S); return a; }
   LOWBIT_OPS F zero_f() { return F{}; }
   LOWBIT_OPS F set1(float x) { F f; for (auto& v : f.v) v = x; return f; }
   LOWBIT_OPS F cvt(I a) { F f; for (int c = 0; c < 16; ++c) f.v[c] = (float)a.v[c]; return f; }
@@ -84,6 +87,14 @@ const char* gemm_f32(const CpuGptqWeights& W, const Activations& A, float* Y) {
   return "scalar";
 }
 void quantize_rows(const CpuGptqWeights& W, const float* X, int64_t m0, int64_t m1, const Activations& A, int8_t* xq,
+                   float* dx, float* xsum) {
+  quantize_rows_t<Ops>(W, X, m0, m1, A, xq, dx, xsum);
+}
+const char* gemm_spqr_int8(const SpqrPanels& W, const Activations& A, const float* X, float* Y) {
+  gemm_spqr_int8_t<Ops>(W, A, X, Y);
+  return "scalar";
+}
+void quantize_rows(const SpqrPanels& W, const float* X, int64_t m0, int64_t m1, const Activations& A, int8_t* xq,
                    float* dx, float* xsum) {
   quantize_rows_t<Ops>(W, X, m0, m1, A, xq, dx, xsum);
 }

@@ -37,6 +37,16 @@ struct Ops {
   LOWBIT_OPS I zero_i() { return {_mm256_setzero_si256(), _mm256_setzero_si256()}; }
   LOWBIT_OPS I add_i(I a, I b) { return {_mm256_add_epi32(a.a, b.a), _mm256_add_epi32(a.b, b.b)}; }
   template <int S> LOWBIT_OPS I srai(I a) { return {_mm256_srai_epi32(a.a, S), _mm256_srai_epi32(a.b, S)}; }
+  // SpQR's statistics (spqr_kernels_impl.hpp): 16 bytes as int32 lanes, a mask, a logical shift.
+  LOWBIT_OPS I load_u8_i(const uint8_t* p) {
+    return {_mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))),
+            _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p + 8)))};
+  }
+  LOWBIT_OPS I and_i(I x, int32_t m) {
+    const __m256i k = _mm256_set1_epi32(m);
+    return {_mm256_and_si256(x.a, k), _mm256_and_si256(x.b, k)};
+  }
+  template <int S> LOWBIT_OPS I srli(I x) { return {_mm256_srli_epi32(x.a, S), _mm256_srli_epi32(x.b, S)}; }
   LOWBIT_OPS F zero_f() { return {_mm256_setzero_ps(), _mm256_setzero_ps()}; }
   LOWBIT_OPS F set1(float x) { return {_mm256_set1_ps(x), _mm256_set1_ps(x)}; }
   LOWBIT_OPS F cvt(I a) { return {_mm256_cvtepi32_ps(a.a), _mm256_cvtepi32_ps(a.b)}; }

@@ -29,6 +29,10 @@ struct Ops {
   LOWBIT_OPS I zero_i() { return _mm512_setzero_si512(); }
   LOWBIT_OPS I add_i(I a, I b) { return _mm512_add_epi32(a, b); }
   template <int S> LOWBIT_OPS I srai(I a) { return _mm512_srai_epi32(a, S); }
+  // SpQR's statistics (spqr_kernels_impl.hpp): 16 bytes as int32 lanes, a mask, a logical shift.
+  LOWBIT_OPS I load_u8_i(const uint8_t* p) { return _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))); }
+  LOWBIT_OPS I and_i(I a, int32_t m) { return _mm512_and_si512(a, _mm512_set1_epi32(m)); }
+  template <int S> LOWBIT_OPS I srli(I a) { return _mm512_srli_epi32(a, S); }
   LOWBIT_OPS F zero_f() { return _mm512_setzero_ps(); }
   LOWBIT_OPS F set1(float x) { return _mm512_set1_ps(x); }
   LOWBIT_OPS F cvt(I a) { return _mm512_cvtepi32_ps(a); }

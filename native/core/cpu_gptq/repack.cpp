@@ -38,10 +38,7 @@ void AlignedBytes::allocate(int64_t bytes) {
 
 bool supports(const PackedMatrix& W) { return W.bits == 2 || W.bits == 3 || W.bits == 4; }
 
-namespace {
-
-// Sets padded position p (0..31) of column c (0..15) of a unit to q, per the layout in repack.hpp.
-void put(uint8_t* unit, int bits, int64_t c, int64_t p, uint32_t q) {
+void put_code(uint8_t* unit, int bits, int64_t c, int64_t p, uint32_t q) {
   const int64_t s = p / 4, j = p % 4, lane = 4 * c + j;
   if (bits == 4) {
     unit[64 * (s / 2) + lane] |= (uint8_t)(q << (4 * (s % 2)));
@@ -57,8 +54,6 @@ void put(uint8_t* unit, int bits, int64_t c, int64_t p, uint32_t q) {
     }
   }
 }
-
-}  // namespace
 
 CpuGptqWeights repack(const PackedMatrix& W) {
   require(supports(W), "E_BITS", "the CPU repacked layout takes 2-, 3- or 4-bit weights, got " + std::to_string(W.bits));
@@ -126,7 +121,7 @@ CpuGptqWeights repack(const PackedMatrix& W) {
             if (k < 0) continue;  // padding: weight 0 against activation 0
             const int32_t* words = W.qweight + (k / f.values_per_unit) * f.words_per_unit * W.N;
             for (int64_t c = 0; c < cols; ++c)
-              put(unit, W.bits, c, p, read_packed(words + b * kBlockCols + c, W.N, W.bits, k % f.values_per_unit));
+              put_code(unit, W.bits, c, p, read_packed(words + b * kBlockCols + c, W.N, W.bits, k % f.values_per_unit));
           }
         }
       }

@@ -100,6 +100,10 @@ struct CpuGptqWeights {
   }
 };
 
+// Sets padded position p (0..31) of column c (0..15) of a unit (zero-filled before) to code q, per the
+// layout above.
+void put_code(uint8_t* unit, int bits, int64_t c, int64_t p, uint32_t q);
+
 // True when repack supports these weights (bits 2, 3, 4); 8-bit weights stay on packed_gemm.
 bool supports(const PackedMatrix& W);
 

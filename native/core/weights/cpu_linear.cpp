@@ -127,6 +127,8 @@ const std::vector<CpuKernel>& cpu_kernels() {
       // 2/3/4-bit GPTQ with int8 activations (options.cpu_activations): repacked at load time.
       {"gptq-int8", Format::Gptq, &cpu_gptq::accepts_int8_linear, &cpu_gptq::make_int8_linear},
       {"gptq-packed", Format::Gptq, nullptr, &make<GptqPackedOp>},
+      // SpQR with int8 activations and 16-multiple groups: repacked at load time into int8 units.
+      {"spqr-int8", Format::Spqr, &cpu_gptq::accepts_spqr_int8_linear, &cpu_gptq::make_spqr_int8_linear},
       {"spqr-cpu", Format::Spqr, nullptr, &make<SpqrCpuOp>},
   };
   return table;
