@@ -3,7 +3,13 @@
  * spqr-cpu, CUDA's spqr-cuda where there is a GPU) against the float64 product of the independently
  * decoded weights (planted outliers, odd K, bias, batch 1 and batched), and the forward pass of
  * stories260K with every block linear in SpQR form against the same model with those linears
- * dequantized to dense f32.
+ * dequantized to dense f32 (exact f32 activations: spqr-cpu), and the same SpQR model with the
+ * default int8 activations (spqr-int8) against the exact one.
+ *
+ * Stated tolerance of the int8 path on this model (3-bit, beta1 = beta2 = 16, codes from a random
+ * Hessian, so they change per run): RMS of the logit difference ≤ 2% of the logits' RMS (measured
+ * 1.0-1.4%) and ≤ 10% of the error the weight quantization itself makes (measured 4.8%), each
+ * decoding step within twice the RMS bound (measured up to 2.6%).
  */
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -86,33 +92,81 @@ const ready = haveData('stories260K-hf/model.safetensors', 'tinystories-valid.tx
 
 describe.skipIf(!ready)('stories260K with SpQR linears', () => {
   let spqr: Model;
+  let spqr8: Model;
   let dense: Model;
+  let original: Model;
+  let ids: Int32Array;
   beforeAll(async () => {
-    spqr = await openModel(modelDir, { device: 'cpu' });
-    dense = await openModel(modelDir, { device: 'cpu' });
+    spqr = await openModel(modelDir, { device: 'cpu', cpuActivations: 'f32' });
+    spqr8 = await openModel(modelDir, { device: 'cpu' }); // the default: int8
+    dense = await openModel(modelDir, { device: 'cpu', cpuActivations: 'f32' });
+    original = await openModel(modelDir, { device: 'cpu', cpuActivations: 'f32' });
+    await forEachSpqrLinear(spqr, { bits: 3, outlierThreshold: 0.1 }, async (block, name, q, bias) => {
+      await spqr.setLinear(block, name, { ...q, format: 'spqr', bias });
+      await spqr8.setLinear(block, name, { ...q, format: 'spqr', bias });
+      await dense.setLinear(block, name, { dtype: 'f32', data: spqrDequantize(q), bias });
+    });
+    ids = perplexityIds(spqr, readFileSync(join(dataDir, 'tinystories-valid.txt'), 'utf8')).subarray(0, 2 * 64);
   });
   afterAll(async () => {
     await spqr?.close();
+    await spqr8?.close();
     await dense?.close();
+    await original?.close();
   });
 
   // Catches: the forward pass taking SpQR linears through a path other than the one tested above
   // (e.g. ignoring them, or a reader that transposes or mis-sizes them inside the model).
   it('runs the same logits as the model with the dequantized weights', async () => {
-    await forEachSpqrLinear(spqr, { bits: 3, outlierThreshold: 0.1 }, async (block, name, q, bias) => {
-      await spqr.setLinear(block, name, { ...q, format: 'spqr', bias });
-      await dense.setLinear(block, name, { dtype: 'f32', data: spqrDequantize(q), bias });
-    });
-    const ids = perplexityIds(spqr, readFileSync(join(dataDir, 'tinystories-valid.txt'), 'utf8')).subarray(0, 2 * 64);
     const a = await spqr.logits(ids, { batch: 2, seq: 64 });
     const b = await dense.logits(ids, { batch: 2, seq: 64 });
     expect(relativeError(a, Float64Array.from(b))).toBeLessThan(1e-4);
-    const original = await openModel(modelDir, { device: 'cpu' });
+    const c = await original.logits(ids, { batch: 2, seq: 64 });
+    expect(relativeError(a, Float64Array.from(c)), 'the SpQR linears are in use').toBeGreaterThan(1e-3);
+  });
+
+  // Catches: the int8 product not taken by default inside the model (or taken for f32), and a wrong
+  // statistic, outlier or permutation of it at model scale (a wrong weight moves logits by O(1)), in
+  // the row-tiled GEMM (whole sequences, prefill) and the one-row GEMV (decoding).
+  it('with int8 activations runs spqr-int8 in every block linear, close to the exact path', async () => {
+    const linears = spqr8.layers * 7;
+    const counted = async (fn: () => Promise<Float32Array>) => {
+      const before = native().cpuGptqInt8Stats().spqrProducts;
+      const value = await fn();
+      return { value, products: native().cpuGptqInt8Stats().spqrProducts - before };
+    };
+    const rms = (x: Float32Array, y?: Float32Array) => {
+      let s = 0;
+      for (let i = 0; i < x.length; i++) s += (x[i]! - (y ? y[i]! : 0)) ** 2;
+      return Math.sqrt(s / x.length);
+    };
+    const exact = await counted(() => spqr.logits(ids, { batch: 2, seq: 64 }));
+    expect(exact.products, 'f32 activations keep spqr-cpu').toBe(0);
+    const fast = await counted(() => spqr8.logits(ids, { batch: 2, seq: 64 }));
+    expect(fast.products, 'one product per block linear and sequence').toBe(2 * linears);
+    expect(rms(fast.value, exact.value), 'different arithmetic ran').toBeGreaterThan(0);
+    expect(rms(fast.value, exact.value) / rms(exact.value), 'int8 vs f32: RMS difference / RMS').toBeLessThanOrEqual(
+      0.02,
+    );
+    const weightError = rms(exact.value, await original.logits(ids, { batch: 2, seq: 64 }));
+    expect(rms(fast.value, exact.value) / weightError, 'int8 vs weight-quantization error').toBeLessThanOrEqual(0.1);
+
+    const s8 = await spqr8.createSession(64);
+    const sf = await spqr.createSession(64);
     try {
-      const c = await original.logits(ids, { batch: 2, seq: 64 });
-      expect(relativeError(a, Float64Array.from(c)), 'the SpQR linears are in use').toBeGreaterThan(1e-3);
+      const close = (got: Float32Array, ref: Float32Array, what: string) =>
+        expect(rms(got, ref) / rms(ref), what).toBeLessThanOrEqual(0.04);
+      const prefill = await counted(() => s8.feed(ids.subarray(0, 24)));
+      expect(prefill.products).toBe(linears);
+      close(prefill.value, await sf.feed(ids.subarray(0, 24)), 'prefill');
+      for (let t = 24; t < 30; t++) {
+        const step = await counted(() => s8.feed(ids.subarray(t, t + 1)));
+        expect(step.products).toBe(linears);
+        close(step.value, await sf.feed(ids.subarray(t, t + 1)), `decode step ${t}`);
+      }
     } finally {
-      await original.close();
+      s8.close();
+      sf.close();
     }
   });
 });
