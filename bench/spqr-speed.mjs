@@ -9,10 +9,11 @@
 // include the same fixed overhead for both kernels; the kernel-only time is not separable from
 // Node. pct_copy (weight bytes over the time, against --copy-gbs) is therefore a lower bound.
 //
-// --device cpu: the same on the CPU, SpQR's 'spqr-cpu' against both GPTQ CPU kernels of the same bit
-// width ('gptq-int8', x quantized per 128 inputs, the forward pass's default; 'gptq-packed', exact
-// f32), f32 activations, the addon's thread pool; rows to bench/results/cpu-spqr.json, in-process
-// wall time (no transfer), so only the ratios mean anything on a shared machine.
+// --device cpu: the same on the CPU, SpQR's two CPU products ('spqr-cpu', exact f32 activations;
+// 'spqr-int8', x quantized per segment, the forward pass's default) against both GPTQ CPU kernels of
+// the same bit width ('gptq-int8', x quantized per 128 inputs, the default; 'gptq-packed', exact
+// f32), the addon's thread pool; rows to bench/results/cpu-spqr.json, in-process wall time (no
+// transfer), so only the ratios mean anything on a shared machine.
 //
 //   node bench/spqr-speed.mjs [--device cuda|cpu] [--shapes 4096x4096,11008x4096] [--m 1,16] [--bits 3,4]
 //                             [--copy-gbs 4201] [--reps 200] [--outliers 0.01]

@@ -34,38 +34,51 @@ LOWBIT_TARGET inline void row_stats(const SpqrCpuWeights& W, int64_t n, float* s
   }
 }
 
+// Row n's weights 16 at a time for groups of a multiple of 16: f(blk, w) with w[kPer] the weight
+// vectors of positions blk·16 .. blk·16 + 15. Positions past K hold codes of the next row or padding.
+template <typename F>
+LOWBIT_TARGET inline void for_each_block(const SpqrCpuWeights& W, int64_t n, const float* scale, const float* zs,
+                                         F&& f) {
+  const int64_t blocks = W.padded_K() / 16, per_group = W.beta1 / 16;
+  const uint8_t* row = W.codes.data() + n * W.row_bytes;
+  for (int64_t g = 0, blk = 0; blk < blocks; ++g) {
+    const typename V::F s = V::set1(scale[g]), z = V::set1(zs[g]);
+    for (const int64_t end = blk + per_group < blocks ? blk + per_group : blocks; blk < end; ++blk) {
+      typename V::F q[kPer];
+      V::codes16(row + blk * 2 * W.bits, W.bits, q);
+      for (int v = 0; v < kPer; ++v) q[v] = V::fms(q[v], s, z);
+      f(blk, q);
+    }
+  }
+}
+
+// Row n's outliers against one row of x (in the original input order).
+inline float outlier_sum(const SpqrCpuWeights& W, int64_t n, const float* x) {
+  float y = 0.f;
+  for (int32_t i = W.rowptr[n]; i < W.rowptr[n + 1]; ++i) y += W.values[i] * x[W.cols[i]];
+  return y;
+}
+
 // Up to 4 rows of x (MT), groups of a multiple of 16: each 16-code block decoded into registers
-// and multiplied into the MT sums. Positions past K hold codes of the next row or padding; x is
-// zero there (Xp is padded), so they add nothing.
+// and multiplied into the MT sums. x is zero past K (Xp is padded), so the positions past K add
+// nothing.
 template <int MT>
 LOWBIT_TARGET void fused_rows(const SpqrCpuWeights& W, const float* Xp, int64_t n0, int64_t n1, float* scale,
                               float* zs, float* Y) {
-  const int64_t Kp = W.padded_K(), blocks = Kp / 16, per_group = W.beta1 / 16;
-  const int bits = W.bits;
+  const int64_t Kp = W.padded_K();
   for (int64_t n = n0; n < n1; ++n) {
     row_stats(W, n, scale, zs);
-    const uint8_t* row = W.codes.data() + n * W.row_bytes;
     typename V::F acc[MT][kPer];
     for (int m = 0; m < MT; ++m)
       for (int v = 0; v < kPer; ++v) acc[m][v] = V::zero();
-    for (int64_t g = 0, blk = 0; blk < blocks; ++g) {
-      const typename V::F s = V::set1(scale[g]), z = V::set1(zs[g]);
-      for (const int64_t end = blk + per_group < blocks ? blk + per_group : blocks; blk < end; ++blk) {
-        typename V::F q[kPer];
-        V::codes16(row + blk * 2 * bits, bits, q);
-        for (int v = 0; v < kPer; ++v) {
-          const typename V::F w = V::fms(q[v], s, z);
-          for (int m = 0; m < MT; ++m) acc[m][v] = V::fma(w, V::load(Xp + m * Kp + blk * 16 + v * V::W), acc[m][v]);
-        }
-      }
-    }
+    for_each_block(W, n, scale, zs, [&](int64_t blk, const typename V::F* w) LOWBIT_TARGET {
+      for (int v = 0; v < kPer; ++v)
+        for (int m = 0; m < MT; ++m) acc[m][v] = V::fma(w[v], V::load(Xp + m * Kp + blk * 16 + v * V::W), acc[m][v]);
+    });
     for (int m = 0; m < MT; ++m) {
       typename V::F sum = acc[m][0];
       for (int v = 1; v < kPer; ++v) sum = V::add(sum, acc[m][v]);
-      float y = V::hsum(sum);
-      const float* x = Xp + m * Kp;
-      for (int32_t i = W.rowptr[n]; i < W.rowptr[n + 1]; ++i) y += W.values[i] * x[W.cols[i]];
-      Y[m * W.N + n] = y;
+      Y[m * W.N + n] = V::hsum(sum) + outlier_sum(W, n, Xp + m * Kp);
     }
   }
 }
@@ -74,20 +87,14 @@ LOWBIT_TARGET void fused_rows(const SpqrCpuWeights& W, const float* Xp, int64_t 
 LOWBIT_TARGET inline void decode_row(const SpqrCpuWeights& W, int64_t n, const float* scale, const float* zs, float* qf,
                                      float* w) {
   const int64_t K = W.K, chunks = (K + 7) / 8;
-  const uint8_t* row = W.codes.data() + n * W.row_bytes;
   if (W.beta1 % 16 == 0) {
-    const int64_t blocks = W.padded_K() / 16, per_group = W.beta1 / 16;
-    for (int64_t g = 0, blk = 0; blk < blocks; ++g) {
-      const typename V::F s = V::set1(scale[g]), z = V::set1(zs[g]);
-      for (const int64_t end = blk + per_group < blocks ? blk + per_group : blocks; blk < end; ++blk) {
-        typename V::F q[kPer];
-        V::codes16(row + blk * 2 * W.bits, W.bits, q);
-        for (int v = 0; v < kPer; ++v) V::store(w + blk * 16 + v * V::W, V::fms(q[v], s, z));
-      }
-    }
+    for_each_block(W, n, scale, zs, [&](int64_t blk, const typename V::F* q) LOWBIT_TARGET {
+      for (int v = 0; v < kPer; ++v) V::store(w + blk * 16 + v * V::W, q[v]);
+    });
     for (int64_t p = K; p < W.padded_K(); ++p) w[p] = 0.f;  // the block past K decoded the next row's codes
     return;
   }
+  const uint8_t* row = W.codes.data() + n * W.row_bytes;
   for (int64_t c = 0; c < chunks; ++c) V::codes8(row + c * W.bits, W.bits, qf + 8 * c);
   for (int64_t g = 0; g < W.G; ++g) {
     const int64_t p1 = g * W.beta1 + W.beta1 < K ? g * W.beta1 + W.beta1 : K;
@@ -126,8 +133,7 @@ LOWBIT_TARGET void spqr_rows(const SpqrCpuWeights& W, const float* Xp, int64_t M
       for (; p + V::W <= Kp; p += V::W) acc0 = V::fma(V::load(w + p), V::load(x + p), acc0);
       float y = V::hsum(V::add(acc0, acc1));
       for (; p < Kp; ++p) y += w[p] * x[p];
-      for (int32_t i = W.rowptr[n]; i < W.rowptr[n + 1]; ++i) y += W.values[i] * x[W.cols[i]];
-      Y[m * W.N + n] = y;
+      Y[m * W.N + n] = y + outlier_sum(W, n, x);
     }
   }
 }

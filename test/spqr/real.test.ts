@@ -45,20 +45,36 @@ describe.skipIf(!ready)('SpQR on stories260K block 1 with captured inputs', () =
       const msg = `text offset ${c.offset}, ${name}`;
       const What = spqrDequantize(weights);
       // Weights that differ, per second-level block of 16 rows. A near-tie in a block's search of its
-      // statistics' grid can go the other way in f32 than in float64, and then the whole block's
-      // weights differ (seen at text offset 16038, up: rows 80-95, losses 0.63317 and 0.63296): at
-      // most one block may do that; elsewhere under 2% of the weights may differ.
+      // statistics' grid (or its choice of outliers) can go the other way in f32 than in float64, and
+      // then much of the block's weights differ (seen at text offset 16038, up: rows 80-95, losses
+      // 0.63317 and 0.63296; at 15389, up: blocks 5, 7 and 9 with 75%, 25% and 47% of their weights).
+      // Such a block must be as good as the reference's: its rows' error (w - ŵ)ᵀ H (w - ŵ) within 5%
+      // of the reference's on the same rows; at least half of the blocks must match (under 2% of their
+      // weights differ), which a wrong statistic, permutation or error feedback would break everywhere.
       const BLOCK_ROWS = 16;
-      const perBlock = new Array<number>(Math.ceil(N / BLOCK_ROWS)).fill(0);
+      const blocks = Math.ceil(N / BLOCK_ROWS);
+      const perBlock = new Array<number>(blocks).fill(0);
       for (let i = 0; i < N * K; i++)
         if (Math.abs(What[i]! - ref.What[i]!) > 1e-3 * (Math.abs(ref.What[i]!) + 0.01))
           perBlock[Math.floor(i / K / BLOCK_ROWS)]!++;
       const blockSize = (b: number) => Math.min(BLOCK_ROWS, N - b * BLOCK_ROWS) * K;
-      const diverged = perBlock.map((d, b) => (d > 0.25 * blockSize(b) ? b : -1)).filter((b) => b >= 0);
-      expect(diverged.length, `${msg}: blocks of 16 rows whose weights all differ: ${diverged}`).toBeLessThanOrEqual(1);
-      const rest = perBlock.reduce((sum, d, b) => (diverged.includes(b) ? sum : sum + d), 0);
-      const restSize = N * K - diverged.reduce((sum, b) => sum + blockSize(b), 0);
-      expect(rest / restSize, `${msg}: ${rest} weights differ from the reference outside them`).toBeLessThan(0.02);
+      const diverged = perBlock.map((d, b) => (d >= 0.02 * blockSize(b) ? b : -1)).filter((b) => b >= 0);
+      expect(diverged.length, `${msg}: blocks of 16 rows that differ: ${diverged}`).toBeLessThanOrEqual(
+        Math.floor(blocks / 2),
+      );
+      const blockError = (Wq: ArrayLike<number>, b: number) => {
+        let e = 0;
+        const d = new Float64Array(K);
+        for (let n = b * BLOCK_ROWS; n < Math.min(N, (b + 1) * BLOCK_ROWS); n++) {
+          for (let k = 0; k < K; k++) d[k] = W[n * K + k]! - Wq[n * K + k]!;
+          for (let i = 0; i < K; i++) for (let j = 0; j < K; j++) e += d[i]! * H[i * K + j]! * d[j]!;
+        }
+        return e;
+      };
+      for (const b of diverged) {
+        const [got, want] = [blockError(What, b), blockError(ref.What, b)];
+        expect((got - want) / want, `${msg}: block ${b} error ${got} vs the reference's ${want}`).toBeLessThan(0.05);
+      }
       expect(Math.abs(report.loss - ref.loss) / ref.loss, msg).toBeLessThan(0.03);
       expect(weights.outlierCols.length / (N * K), `${msg}: outlier rate`).toBeLessThanOrEqual(0.01);
 
