@@ -84,6 +84,7 @@ const CASES = [
   [40, 100, 3, 32, 16, 3, true], // a group per unit, the last cut short
   [70, 200, 4, 48, 16, 2, false], // groups across units; 96-position segments
   [20, 300, 2, 128, 16, 3, true], // a group per segment
+  [5, 65535, 2, 16, 16, 3, true], // the widest K: outlier columns up to 65534 in 16 bits
 ] as const;
 
 describe.each(availableSimdLevels())('SpQR int8 CPU product at SIMD level %s', (level) => {
@@ -139,5 +140,6 @@ describe('the spqr-int8 entry', () => {
     expect(pick({ N: 20, K: 300, bits: 3, beta1: 160 }, 'int8')).toBe('spqr-cpu');
     expect(pick({ N: 20, K: 64, bits: 3, beta2: 8 }, 'int8')).toBe('spqr-cpu');
     expect(pick({ N: 20, K: 64, bits: 3, statBits: 5 }, 'int8')).toBe('spqr-cpu');
+    expect(pick({ N: 2, K: 65536, bits: 2 }, 'int8')).toBe('spqr-cpu'); // outlier columns past 16 bits
   });
 });

@@ -8,6 +8,8 @@
 #include <cstdint>
 #include <cstring>
 
+#include "spqr_panels.hpp"  // kNoColumn, for the ops' gather_u16
+
 #define LOWBIT_AVX2 "avx2,fma,f16c"
 
 // Without AVX-VNNI (Haswell to Ice Lake, Zen 1-3).

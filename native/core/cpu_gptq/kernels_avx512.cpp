@@ -13,6 +13,8 @@
 #include <cstdint>
 #include <cstring>
 
+#include "spqr_panels.hpp"  // kNoColumn, for the ops' gather_u16
+
 #define LOWBIT_AVX512 "avx512f,avx512bw,avx2,fma,f16c"
 
 // Without VNNI (Skylake-X and the like).

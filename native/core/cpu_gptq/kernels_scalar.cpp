@@ -6,6 +6,7 @@
 #include <cstring>
 
 #include "../dtype.hpp"
+#include "spqr_panels.hpp"  // kNoColumn, for the ops' gather_u16
 
 #define LOWBIT_GPTQ_NS kernels_scalar
 #define LOWBIT_TARGET
@@ -61,6 +62,12 @@ struct Ops {
     for (int c = 0; c < 16; ++c) f.v[c] = idx[c] >= 0 ? base[idx[c]] : 0.f;
     return f;
   }
+  LOWBIT_OPS F gather_u16(const float* base, const uint16_t* idx) {
+    F f;
+    for (int c = 0; c < 16; ++c) f.v[c] = idx[c] != kNoColumn ? base[idx[c]] : 0.f;
+    return f;
+  }
+  LOWBIT_OPS float half(uint16_t h) { return f16_to_f32(h); }
   LOWBIT_OPS F abs(F a) { for (auto& v : a.v) v = std::fabs(v); return a; }
   LOWBIT_OPS F max(F a, F b) { for (int c = 0; c < 16; ++c) a.v[c] = std::max(a.v[c], b.v[c]); return a; }
   LOWBIT_OPS float reduce_max(F a) { float m = a.v[0]; for (float v : a.v) m = std::max(m, v); return m; }

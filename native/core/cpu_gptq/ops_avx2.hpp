@@ -77,6 +77,16 @@ struct Ops {
     return _mm256_mask_i32gather_ps(_mm256_setzero_ps(), base, i, valid, 4);
   }
   LOWBIT_OPS F gather(const float* base, const int32_t* idx) { return {gather_half(base, idx), gather_half(base, idx + 8)}; }
+  // SpQR's outliers (spqr_kernels_impl.hpp): 16-bit columns, kNoColumn gathered as 0.
+  LOWBIT_OPS __m256 gather_u16_half(const float* base, const uint16_t* idx) {
+    const __m256i i = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(idx)));
+    const __m256 valid = _mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_set1_epi32(kNoColumn), i));
+    return _mm256_mask_i32gather_ps(_mm256_setzero_ps(), base, i, valid, 4);
+  }
+  LOWBIT_OPS F gather_u16(const float* base, const uint16_t* idx) {
+    return {gather_u16_half(base, idx), gather_u16_half(base, idx + 8)};
+  }
+  LOWBIT_OPS float half(uint16_t h) { return _cvtsh_ss(h); }
   LOWBIT_OPS F abs(F x) {
     const __m256 m = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFFFFFF));
     return {_mm256_and_ps(x.a, m), _mm256_and_ps(x.b, m)};

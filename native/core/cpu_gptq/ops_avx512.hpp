@@ -55,6 +55,12 @@ struct Ops {
     const __m512i i = _mm512_loadu_si512(idx);
     return _mm512_mask_i32gather_ps(_mm512_setzero_ps(), _mm512_cmpge_epi32_mask(i, _mm512_setzero_si512()), i, base, 4);
   }
+  // SpQR's outliers (spqr_kernels_impl.hpp): 16-bit columns, kNoColumn gathered as 0.
+  LOWBIT_OPS F gather_u16(const float* base, const uint16_t* idx) {
+    const __m512i i = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(idx)));
+    return _mm512_mask_i32gather_ps(_mm512_setzero_ps(), _mm512_cmpneq_epi32_mask(i, _mm512_set1_epi32(kNoColumn)), i, base, 4);
+  }
+  LOWBIT_OPS float half(uint16_t h) { return _cvtsh_ss(h); }
   LOWBIT_OPS F abs(F a) { return _mm512_abs_ps(a); }
   LOWBIT_OPS F max(F a, F b) { return _mm512_max_ps(a, b); }
   LOWBIT_OPS float reduce_max(F a) { return _mm512_reduce_max_ps(a); }

@@ -113,7 +113,7 @@ LOWBIT_TARGET void spqr_tile_rows(int rows, const SpqrPanels& W, int64_t block0,
 }
 
 // One row of x: ytile[n − n0] += Σ outliers of row n · x[their column], rows n of [n0, n1), 16
-// outliers per gather (padding entries have column −1: gathered as 0, value 0).
+// outliers per gather (padding entries have column kNoColumn: gathered as 0, value 0).
 template <class O>
 LOWBIT_TARGET void spqr_outliers_row(const SpqrPanels& W, const float* x, int64_t n0, int64_t n1, float* ytile) {
   alignas(64) float lanes[16];
@@ -122,7 +122,7 @@ LOWBIT_TARGET void spqr_outliers_row(const SpqrPanels& W, const float* x, int64_
     if (i0 == i1) continue;
     typename O::F acc = O::zero_f();
     for (int32_t i = i0; i < i1; i += 16)
-      acc = O::fma(O::load(W.out_values.data() + i), O::gather(x, W.out_cols.data() + i), acc);
+      acc = O::fma(O::load_f16(W.out_values.data() + i), O::gather_u16(x, W.out_cols.data() + i), acc);
     O::store(lanes, acc);
     float y = 0.f;
     for (float v : lanes) y += v;
@@ -141,7 +141,8 @@ LOWBIT_TARGET void spqr_outliers_rows(const SpqrPanels& W, const Activations& A,
     for (int64_t m0 = 0; m0 < M && i0 < i1; m0 += 16) {
       typename O::F acc = O::zero_f();
       for (int32_t i = i0; i < i1; ++i)
-        acc = O::fma(O::set1(W.out_values[(size_t)i]), O::load(A.xt + (int64_t)W.out_cols[(size_t)i] * Mp + m0), acc);
+        acc = O::fma(O::set1(O::half(W.out_values[(size_t)i])), O::load(A.xt + (int64_t)W.out_cols[(size_t)i] * Mp + m0),
+                     acc);
       O::store(lanes, acc);
       for (int64_t m = m0; m < std::min(M, m0 + 16); ++m) Y[m * W.N + n] += lanes[m - m0];
     }

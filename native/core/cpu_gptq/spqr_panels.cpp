@@ -15,14 +15,15 @@ namespace cpu_gptq {
 
 bool supports_spqr(const SpqrMatrix& W) {
   // A segment (whole groups and whole units) must fit kSegmentK: β1 in {16, 32, 48, 64, 96, 128}.
+  // Outlier columns are 16-bit: K ≤ 65535 (kNoColumn marks padding).
   return W.bits >= 2 && W.bits <= 4 && W.beta1 % 16 == 0 && std::lcm(W.beta1, kUnitK) <= kSegmentK &&
-         W.beta2 % 16 == 0 && W.stat_bits <= 4;
+         W.beta2 % 16 == 0 && W.stat_bits <= 4 && W.K <= kNoColumn;
 }
 
 SpqrPanels repack_spqr(const SpqrMatrix& W) {
   require(supports_spqr(W), "E_ARGUMENT",
           "the SpQR int8 layout takes 2-4 bit codes, beta1 of 16, 32, 48, 64, 96 or 128, beta2 a multiple of 16 and "
-          "statistics of at most 4 bits");
+          "statistics of at most 4 bits, K up to 65535");
   SpqrPanels R;
   R.bits = W.bits;
   R.N = W.N;
@@ -96,13 +97,13 @@ SpqrPanels repack_spqr(const SpqrMatrix& W) {
     require(padded < ((int64_t)1 << 31), "E_SHAPE", "too many SpQR outliers for the int8 layout");
   }
   R.out_start[(size_t)W.N] = (int32_t)padded;
-  R.out_cols.assign((size_t)padded, -1);
-  R.out_values.assign((size_t)padded, 0.f);
+  R.out_cols.assign((size_t)padded, kNoColumn);
+  R.out_values.assign((size_t)padded, 0);
   for (int64_t n = 0; n < W.N; ++n)
     for (int32_t i = 0; i < R.out_count[(size_t)n]; ++i) {
       const int32_t src = W.outlier_rowptr[n] + i, p = W.outlier_cols[src];
-      R.out_cols[(size_t)(R.out_start[(size_t)n] + i)] = W.perm ? W.perm[p] : p;
-      R.out_values[(size_t)(R.out_start[(size_t)n] + i)] = f16_to_f32(W.outlier_values[src]);
+      R.out_cols[(size_t)(R.out_start[(size_t)n] + i)] = (uint16_t)(W.perm ? W.perm[p] : p);
+      R.out_values[(size_t)(R.out_start[(size_t)n] + i)] = W.outlier_values[src];
     }
   return R;
 }

@@ -16,14 +16,15 @@
 //   u8  codes[16]                          column c: scale code | zero code << 4
 // so that a column's first-level scale is s_off + s_step · (code & 15) and its zero
 // z_off + z_step · (code >> 4). Stored bits per weight: b + 1 at β1 = 16 (the checkpoint's
-// statistics take 0.625): decoding the grids from fp16 and the codes from 3-bit fields per group
-// cost more than the extra bytes (bench/RESULTS.md, "SpQR products on the CPU").
+// statistics take 0.625). The grids stay f32 and the codes whole bytes, each decoded by one load and a
+// broadcast, and a 32-byte record keeps the units' 64-byte loads aligned.
 //
 // Activations are quantized to int8 as for GPTQ (repack.hpp), in segments of whole groups and whole
 // units (about 128 positions); the product of a group is s·dx·(Σ q·xq − z·Σ_group xq), with the same
 // error bound as GPTQ's int8 path. Outliers are added in f32 from x itself (columns stored in the
-// original input order), after the dense part: in the GEMV by 16-wide gathers of x, for more rows
-// from x transposed (one FMA of up to 16 rows per outlier).
+// original input order; 16-bit, so K ≤ 65535) with their fp16 values as the checkpoint has them,
+// after the dense part: in the GEMV by 16-wide gathers of x, for more rows from x transposed (one FMA
+// of up to 16 rows per outlier).
 #pragma once
 
 #include <cstdint>
@@ -37,6 +38,7 @@ namespace cpu_gptq {
 
 constexpr int64_t kSpqrRecordBytes = 32;                               // one block's statistics for one group
 constexpr int64_t kSpqrHeaderBytes = kPanelBlocks * kSpqrRecordBytes;  // a group's header in a panel
+constexpr uint16_t kNoColumn = 0xFFFF;                                 // an outlier run's padding
 
 struct SpqrPanels {
   int bits = 3;
@@ -52,15 +54,16 @@ struct SpqrPanels {
   std::vector<int32_t> source;        // [units · 32] input position of each padded position, or −1
   bool permuted = false;
   // Outliers, row by row in ORIGINAL input order, each row's run padded to a multiple of 16 entries
-  // (column −1, value 0) so the GEMV gathers x 16 at a time without a remainder loop.
-  std::vector<int32_t> out_start;  // [N + 1] start of row n's run
-  std::vector<int32_t> out_count;  // [N] its real entries
-  std::vector<int32_t> out_cols;
-  std::vector<float> out_values;
+  // (column kNoColumn, value 0) so the GEMV gathers x 16 at a time without a remainder loop.
+  std::vector<int32_t> out_start;    // [N + 1] start of row n's run
+  std::vector<int32_t> out_count;    // [N] its real entries
+  std::vector<uint16_t> out_cols;    // input position (< K ≤ 65535) or kNoColumn
+  std::vector<uint16_t> out_values;  // fp16
 
   int64_t padded_k() const { return units * kUnitK; }
   int64_t bytes() const {
-    return data.size + (int64_t)(source.size() + out_start.size() + out_count.size() + out_cols.size() + out_values.size()) * 4;
+    return data.size + (int64_t)(source.size() + out_start.size() + out_count.size()) * 4 +
+           (int64_t)(out_cols.size() + out_values.size()) * 2;
   }
   const uint8_t* panel(int64_t block) const { return data.data() + (block / kPanelBlocks) * panel_bytes; }
 };
