@@ -715,11 +715,11 @@ void attention_decode_t(const T* Q, int64_t q_stride, int64_t rows, const int32_
                         int64_t table_stride, int64_t page_off, int64_t heads, int64_t kv_heads, float scale, int splits,
                         float* partial, T* out, cudaStream_t s) {
   launch_dependent(rows, k_attention_decode<T, VPL, false>, dim3((unsigned)rows, (unsigned)heads, (unsigned)splits),
-         dim3(kAttnWarps * 32), s, "attention launch", Q, q_stride, pos, tables, table_stride, page_off, heads,
-         kv_heads, scale * kLog2e, splits, partial, out, FreshKeys<T>{});
+                   dim3(kAttnWarps * 32), s, "attention launch", Q, q_stride, pos, tables, table_stride, page_off,
+                   heads, kv_heads, scale * kLog2e, splits, partial, out, FreshKeys<T>{});
   if (splits > 1)
-    launch_dependent(rows, k_attention_merge<T>, dim3((unsigned)rows, (unsigned)heads), dim3(128), s, "attention merge launch",
-               partial, heads, (int64_t)(32 * VPL), splits, out);
+    launch_dependent(rows, k_attention_merge<T>, dim3((unsigned)rows, (unsigned)heads), dim3(128), s,
+                     "attention merge launch", partial, heads, (int64_t)(32 * VPL), splits, out);
 }
 
 // The vector-load decode kernel unless LOWBIT_CUDA_ATTN=0 (comparisons).
@@ -738,11 +738,12 @@ void attention_t(const T* Q, int64_t rows, int64_t S, const int32_t* pos, const 
                  int64_t page_off = 0, int64_t q_stride = 0) {
   const dim3 grid((unsigned)rows, (unsigned)heads, (unsigned)splits);
   launch(k_attention<T, DPL>, grid, dim3(kAttnWarps * 32), s, "attention launch", Q, S, pos, pos_stride, K, V,
-             key_stride, tables, table_stride, page_off, heads, kv_heads, hd, scale * kLog2e, splits, partial, out,
-             q_stride ? q_stride : heads * hd);
+         key_stride, tables, table_stride, page_off, heads, kv_heads, hd, scale * kLog2e, splits, partial, out,
+         q_stride ? q_stride : heads * hd);
+  // The overlap rule counts token rows: rows sequences of S each.
   if (splits > 1)
-    launch_dependent(rows, k_attention_merge<T>, dim3((unsigned)rows, (unsigned)heads), dim3(128), s, "attention merge launch",
-               partial, heads, hd, splits, out);
+    launch_dependent(rows * S, k_attention_merge<T>, dim3((unsigned)rows, (unsigned)heads), dim3(128), s,
+                     "attention merge launch", partial, heads, hd, splits, out);
 }
 
 
@@ -1025,10 +1026,13 @@ void add_rms_norm(DType t, float* x, const uint16_t* y, int64_t rows, int64_t di
     const int64_t pieces = ceil_div(dim / 4, (int64_t)kNormThreads);  // 4-value pieces per thread
     if (dim % 4 == 0 && pieces <= 8) {
       const dim3 grid((unsigned)rows), block(kNormThreads);
-      if (pieces <= 1) launch_dependent(rows, k_add_rms_norm_rows<T, 1>, grid, block, s, "rms_norm launch", x, yt, dim, w, eps, out);
-      else if (pieces <= 2) launch_dependent(rows, k_add_rms_norm_rows<T, 2>, grid, block, s, "rms_norm launch", x, yt, dim, w, eps, out);
-      else if (pieces <= 4) launch_dependent(rows, k_add_rms_norm_rows<T, 4>, grid, block, s, "rms_norm launch", x, yt, dim, w, eps, out);
-      else launch_dependent(rows, k_add_rms_norm_rows<T, 8>, grid, block, s, "rms_norm launch", x, yt, dim, w, eps, out);
+      const auto run = [&](auto kernel) {
+        launch_dependent(rows, kernel, grid, block, s, "rms_norm launch", x, yt, dim, w, eps, out);
+      };
+      if (pieces <= 1) run(k_add_rms_norm_rows<T, 1>);
+      else if (pieces <= 2) run(k_add_rms_norm_rows<T, 2>);
+      else if (pieces <= 4) run(k_add_rms_norm_rows<T, 4>);
+      else run(k_add_rms_norm_rows<T, 8>);
       return;
     }
     launch(k_add_rms_norm<T>, dim3((unsigned)rows), dim3(threads), s, "rms_norm launch", x, yt, dim, w, eps, out);

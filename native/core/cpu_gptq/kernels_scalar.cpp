@@ -68,6 +68,7 @@ struct Ops {
     return f;
   }
   LOWBIT_OPS float half(uint16_t h) { return f16_to_f32(h); }
+  LOWBIT_OPS float reduce_add_f(F a) { float s = 0.f; for (float v : a.v) s += v; return s; }
   LOWBIT_OPS F abs(F a) { for (auto& v : a.v) v = std::fabs(v); return a; }
   LOWBIT_OPS F max(F a, F b) { for (int c = 0; c < 16; ++c) a.v[c] = std::max(a.v[c], b.v[c]); return a; }
   LOWBIT_OPS float reduce_max(F a) { float m = a.v[0]; for (float v : a.v) m = std::max(m, v); return m; }

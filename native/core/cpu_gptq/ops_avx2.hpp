@@ -87,6 +87,12 @@ struct Ops {
     return {gather_u16_half(base, idx), gather_u16_half(base, idx + 8)};
   }
   LOWBIT_OPS float half(uint16_t h) { return _cvtsh_ss(h); }
+  LOWBIT_OPS float reduce_add_f(F x) {
+    const __m256 s = _mm256_add_ps(x.a, x.b);
+    __m128 h = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
+    h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+    return _mm_cvtss_f32(_mm_add_ss(h, _mm_movehdup_ps(h)));
+  }
   LOWBIT_OPS F abs(F x) {
     const __m256 m = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFFFFFF));
     return {_mm256_and_ps(x.a, m), _mm256_and_ps(x.b, m)};

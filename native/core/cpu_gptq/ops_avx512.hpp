@@ -61,6 +61,7 @@ struct Ops {
     return _mm512_mask_i32gather_ps(_mm512_setzero_ps(), _mm512_cmpneq_epi32_mask(i, _mm512_set1_epi32(kNoColumn)), i, base, 4);
   }
   LOWBIT_OPS float half(uint16_t h) { return _cvtsh_ss(h); }
+  LOWBIT_OPS float reduce_add_f(F a) { return _mm512_reduce_add_ps(a); }
   LOWBIT_OPS F abs(F a) { return _mm512_abs_ps(a); }
   LOWBIT_OPS F max(F a, F b) { return _mm512_max_ps(a, b); }
   LOWBIT_OPS float reduce_max(F a) { return _mm512_reduce_max_ps(a); }

@@ -116,17 +116,13 @@ LOWBIT_TARGET void spqr_tile_rows(int rows, const SpqrPanels& W, int64_t block0,
 // outliers per gather (padding entries have column kNoColumn: gathered as 0, value 0).
 template <class O>
 LOWBIT_TARGET void spqr_outliers_row(const SpqrPanels& W, const float* x, int64_t n0, int64_t n1, float* ytile) {
-  alignas(64) float lanes[16];
   for (int64_t n = n0; n < std::min(n1, W.N); ++n) {
     const int32_t i0 = W.out_start[(size_t)n], i1 = W.out_start[(size_t)n + 1];
     if (i0 == i1) continue;
     typename O::F acc = O::zero_f();
     for (int32_t i = i0; i < i1; i += 16)
       acc = O::fma(O::load_f16(W.out_values.data() + i), O::gather_u16(x, W.out_cols.data() + i), acc);
-    O::store(lanes, acc);
-    float y = 0.f;
-    for (float v : lanes) y += v;
-    ytile[n - n0] += y;
+    ytile[n - n0] += O::reduce_add_f(acc);
   }
 }
 
