@@ -13,7 +13,14 @@
  */
 import { afterAll, describe, expect, it } from 'vitest';
 import { native, type PackedWeights } from '../../src/native.js';
-import { dequantizeRef, matmulRef, randomPackedWeights, relativeError, type Bits } from '../helpers/reference.js';
+import {
+  dequantizeRef,
+  matmulRef,
+  randomPackedWeights,
+  relativeError,
+  roundHalfEven,
+  type Bits,
+} from '../helpers/reference.js';
 import { Rng, randomMatrix } from '../helpers/random.js';
 import { availableSimdLevels, forceSimd } from '../helpers/simd.js';
 
@@ -31,15 +38,6 @@ function segmentsOf(W: PackedWeights): number[][] {
   return out;
 }
 
-/** lrint in f32: round half to even of Math.fround(v). */
-function lrint(v: number): number {
-  const f = Math.floor(v);
-  const d = v - f;
-  if (d > 0.5) return f + 1;
-  if (d < 0.5) return f;
-  return f % 2 === 0 ? f : f + 1;
-}
-
 /** Float64 model of the int8 path: Σ_segments dx · Σ_k xq[k] · w[n][k]. */
 function int8ModelRef(X: Float32Array, M: number, W: PackedWeights, dense: Float64Array): Float64Array {
   const { N, K } = W;
@@ -51,7 +49,7 @@ function int8ModelRef(X: Float32Array, M: number, W: PackedWeights, dense: Float
       for (const k of seg) amax = Math.max(amax, Math.abs(X[m * K + k]));
       const inv = amax > 0 ? Math.fround(127 / amax) : 0;
       const dx = Math.fround(amax / 127);
-      const xq = seg.map((k) => Math.max(-127, Math.min(127, lrint(Math.fround(X[m * K + k] * inv)))));
+      const xq = seg.map((k) => Math.max(-127, Math.min(127, roundHalfEven(Math.fround(X[m * K + k] * inv)))));
       for (let n = 0; n < N; n++) {
         let s = 0;
         seg.forEach((k, i) => (s += xq[i] * dense[n * K + k]));

@@ -19,7 +19,7 @@ import { native } from '../../src/native.js';
 import { prepareLinear } from '../../src/quantize/linear.js';
 import { spqrWeights } from '../../src/weights/types.js';
 import { Rng } from '../helpers/random.js';
-import { f16Value, matmulRef, relativeError } from '../helpers/reference.js';
+import { f16Value, matmulRef, relativeError, roundHalfEven } from '../helpers/reference.js';
 import { availableSimdLevels, forceSimd } from '../helpers/simd.js';
 import { decodeSpqrRef, randomSpqrLayout } from './reference.js';
 
@@ -29,15 +29,6 @@ const UNIT = 32; // kUnitK
 const SEGMENT = 128; // kSegmentK
 
 const gcd = (a: number, b: number): number => (b === 0 ? a : gcd(b, a % b));
-
-/** lrint in f32: round half to even. */
-function lrint(v: number): number {
-  const f = Math.floor(v);
-  const d = v - f;
-  if (d > 0.5) return f + 1;
-  if (d < 0.5) return f;
-  return f % 2 === 0 ? f : f + 1;
-}
 
 type Layout = ReturnType<typeof randomSpqrLayout>;
 
@@ -66,7 +57,7 @@ function int8ModelRef(X: Float32Array, M: number, W: Layout, dense: Float64Array
       for (const k of seg) amax = Math.max(amax, Math.abs(X[m * K + k]!));
       const inv = amax > 0 ? Math.fround(127 / amax) : 0;
       const dx = Math.fround(amax / 127);
-      const xq = seg.map((k) => Math.max(-127, Math.min(127, lrint(Math.fround(X[m * K + k]! * inv)))));
+      const xq = seg.map((k) => Math.max(-127, Math.min(127, roundHalfEven(Math.fround(X[m * K + k]! * inv)))));
       for (let n = 0; n < N; n++) {
         let s = 0;
         seg.forEach((k, i) => (s += xq[i]! * (dense[n * K + k]! - outl[n * K + k]!)));

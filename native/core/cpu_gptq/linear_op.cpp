@@ -13,26 +13,16 @@ namespace {
 std::atomic<int64_t> g_products{0}, g_spqr_products{0};
 std::atomic<const char*> g_last_kernel{"none"}, g_spqr_last_kernel{"none"};
 
-void add_bias(float* Y, int64_t M, int64_t N, const std::vector<float>& bias) {
-  if (bias.empty()) return;
-  for (int64_t m = 0; m < M; ++m)
-    for (int64_t n = 0; n < N; ++n) Y[m * N + n] += bias[(size_t)n];
-}
-
-std::vector<float> copy_bias(const LinearWeights& w) {
-  return w.bias ? std::vector<float>(w.bias, w.bias + w.N()) : std::vector<float>();
-}
-
 class Int8LinearOp : public LinearOp {
  public:
   explicit Int8LinearOp(const LinearWeights& w)
-      : LinearOp(w.N(), w.K()), weights_(repack(*w.gptq())), bias_(copy_bias(w)) {}
+      : LinearOp(w.N(), w.K()), weights_(repack(*w.gptq())), bias_(copy_host_bias(w)) {}
 
   void apply(const float* X, int64_t M, float* Y) const override {
     gemm(weights_, X, M, Y);
     g_last_kernel.store(last_kernel(), std::memory_order_relaxed);
     g_products.fetch_add(1, std::memory_order_relaxed);
-    add_bias(Y, M, N(), bias_);
+    add_host_bias(Y, M, N(), bias_);
   }
   int64_t bytes() const override {
     return weights_.bytes() + (int64_t)weights_.source.size() * 4 + (int64_t)bias_.size() * 4;
@@ -47,12 +37,12 @@ class Int8LinearOp : public LinearOp {
 class SpqrInt8LinearOp : public LinearOp {
  public:
   explicit SpqrInt8LinearOp(const LinearWeights& w)
-      : LinearOp(w.N(), w.K()), weights_(repack_spqr(*w.spqr())), bias_(copy_bias(w)) {}
+      : LinearOp(w.N(), w.K()), weights_(repack_spqr(*w.spqr())), bias_(copy_host_bias(w)) {}
 
   void apply(const float* X, int64_t M, float* Y) const override {
     g_spqr_last_kernel.store(spqr_gemm_int8(weights_, X, M, Y), std::memory_order_relaxed);
     g_spqr_products.fetch_add(1, std::memory_order_relaxed);
-    add_bias(Y, M, N(), bias_);
+    add_host_bias(Y, M, N(), bias_);
   }
   int64_t bytes() const override { return weights_.bytes() + (int64_t)bias_.size() * 4; }
   const char* kernel() const override { return "spqr-int8"; }

@@ -32,22 +32,13 @@ void check_linear_weights(const LinearWeights& w, const std::string& name, int64
 
 namespace {
 
-// Adds bias [N] to every row of Y [M, N].
-void add_bias(float* Y, int64_t M, int64_t N, const std::vector<float>& bias) {
-  if (bias.empty()) return;
-  for (int64_t m = 0; m < M; ++m)
-    for (int64_t n = 0; n < N; ++n) Y[m * N + n] += bias[(size_t)n];
-}
-
-std::vector<float> copy_bias(const LinearWeights& w) {
-  return w.bias ? std::vector<float>(w.bias, w.bias + w.N()) : std::vector<float>();
-}
-
 // Dense weights rearranged into panels of 16 output channels in their own dtype (model/ops.hpp).
 class DensePanelsOp : public LinearOp {
  public:
   explicit DensePanelsOp(const LinearWeights& w)
-      : LinearOp(w.N(), w.K()), panels_(w.dense()->data, w.dense()->dtype, w.N(), w.K()), bias_(copy_bias(w)) {}
+      : LinearOp(w.N(), w.K()),
+        panels_(w.dense()->data, w.dense()->dtype, w.N(), w.K()),
+        bias_(copy_host_bias(w)) {}
   void apply(const float* X, int64_t M, float* Y) const override {
     model::cpu::dense_linear(X, M, panels_, bias_.empty() ? nullptr : bias_.data(), Y);
   }
@@ -63,7 +54,7 @@ class DensePanelsOp : public LinearOp {
 // lowbit::packed_gemm (one kernel source for scalar/AVX2/AVX-512, chosen at run time).
 class GptqPackedOp : public LinearOp {
  public:
-  explicit GptqPackedOp(const LinearWeights& w) : LinearOp(w.N(), w.K()), bias_(copy_bias(w)) {
+  explicit GptqPackedOp(const LinearWeights& w) : LinearOp(w.N(), w.K()), bias_(copy_host_bias(w)) {
     const PackedMatrix& src = *w.gptq();
     qweight_.assign(src.qweight, src.qweight + src.qweight_words());
     qzeros_.assign(src.qzeros, src.qzeros + src.qzeros_words());
@@ -77,7 +68,7 @@ class GptqPackedOp : public LinearOp {
   }
   void apply(const float* X, int64_t M, float* Y) const override {
     packed_gemm(X, M, view_, Y);
-    add_bias(Y, M, N(), bias_);
+    add_host_bias(Y, M, N(), bias_);
   }
   int64_t bytes() const override {
     return (int64_t)(qweight_.size() * 4 + qzeros_.size() * 4 + g_idx_.size() * 4 + scales_.size() * 2 +
@@ -97,10 +88,10 @@ class GptqPackedOp : public LinearOp {
 class SpqrCpuOp : public LinearOp {
  public:
   explicit SpqrCpuOp(const LinearWeights& w)
-      : LinearOp(w.N(), w.K()), weights_(SpqrCpuWeights::from(*w.spqr())), bias_(copy_bias(w)) {}
+      : LinearOp(w.N(), w.K()), weights_(SpqrCpuWeights::from(*w.spqr())), bias_(copy_host_bias(w)) {}
   void apply(const float* X, int64_t M, float* Y) const override {
     spqr_gemm(X, M, weights_, Y);
-    add_bias(Y, M, N(), bias_);
+    add_host_bias(Y, M, N(), bias_);
   }
   int64_t bytes() const override {
     const SpqrCpuWeights& c = weights_;

@@ -89,6 +89,17 @@ class LinearOp {
   int64_t N_, K_;
 };
 
+// The bias a host operator keeps: a copy of w.bias, empty when the weight has none.
+inline std::vector<float> copy_host_bias(const LinearWeights& w) {
+  return w.bias ? std::vector<float>(w.bias, w.bias + w.N()) : std::vector<float>();
+}
+// Adds that bias [N] to every row of Y [M, N] (nothing when it is empty).
+inline void add_host_bias(float* Y, int64_t M, int64_t N, const std::vector<float>& bias) {
+  if (bias.empty()) return;
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t n = 0; n < N; ++n) Y[m * N + n] += bias[(size_t)n];
+}
+
 // One entry of a device's kernel table.
 template <class Op, class... Context>
 struct KernelEntry {
