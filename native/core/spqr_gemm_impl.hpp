@@ -52,9 +52,11 @@ LOWBIT_TARGET inline void for_each_block(const SpqrCpuWeights& W, int64_t n, con
   }
 }
 
-// Row n's outliers against one row of x (in the original input order).
-inline float outlier_sum(const SpqrCpuWeights& W, int64_t n, const float* x) {
-  float y = 0.f;
+// y plus row n's outliers against one row of x (in the original input order), added one by one onto
+// y: the quantizer's calibration passes run on this product, so its rounding is part of the
+// checkpoints (a sum of the outliers alone, added at the end, moved a 3-bit stories260K checkpoint's
+// perplexity by 2.4%).
+inline float add_outliers(const SpqrCpuWeights& W, int64_t n, const float* x, float y) {
   for (int32_t i = W.rowptr[n]; i < W.rowptr[n + 1]; ++i) y += W.values[i] * x[W.cols[i]];
   return y;
 }
@@ -78,7 +80,7 @@ LOWBIT_TARGET void fused_rows(const SpqrCpuWeights& W, const float* Xp, int64_t 
     for (int m = 0; m < MT; ++m) {
       typename V::F sum = acc[m][0];
       for (int v = 1; v < kPer; ++v) sum = V::add(sum, acc[m][v]);
-      Y[m * W.N + n] = V::hsum(sum) + outlier_sum(W, n, Xp + m * Kp);
+      Y[m * W.N + n] = add_outliers(W, n, Xp + m * Kp, V::hsum(sum));
     }
   }
 }
@@ -133,7 +135,7 @@ LOWBIT_TARGET void spqr_rows(const SpqrCpuWeights& W, const float* Xp, int64_t M
       for (; p + V::W <= Kp; p += V::W) acc0 = V::fma(V::load(w + p), V::load(x + p), acc0);
       float y = V::hsum(V::add(acc0, acc1));
       for (; p < Kp; ++p) y += w[p] * x[p];
-      Y[m * W.N + n] = y + outlier_sum(W, n, x);
+      Y[m * W.N + n] = add_outliers(W, n, x, y);
     }
   }
 }

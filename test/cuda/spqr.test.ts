@@ -179,7 +179,9 @@ describe.skipIf(!cuda.ok)('SpQR on CUDA', () => {
     let cpu: Model;
     beforeAll(async () => {
       gpu = await openModel(modelDir, { device: 'cuda' });
-      cpu = await openModel(modelDir, { device: 'cpu' });
+      // exact f32 activations on the CPU (spqr-cpu), as the f32 GPU path; spqr-int8 is checked in
+      // test/spqr/linear.test.ts
+      cpu = await openModel(modelDir, { device: 'cpu', cpuActivations: 'f32' });
     });
     afterAll(async () => {
       await gpu?.close();
@@ -225,7 +227,7 @@ describe.skipIf(!cuda.ok)('quantize --method spqr with --device cuda', () => {
     await quantize({ ...options, out: join(work, 'gpu'), device: 'cuda' });
     await quantize({ ...options, out: join(work, 'cpu'), device: 'cpu' });
     const ppl = async (dir: string, device: 'cpu' | 'cuda') => {
-      const m = await openModel(dir, { device });
+      const m = await openModel(dir, { device, cpuActivations: 'f32' }); // the checkpoints' quality alone
       try {
         return (await perplexity(m, text, { seqLen: 256, maxWindows: 8 })).ppl;
       } finally {
