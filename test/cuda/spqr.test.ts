@@ -238,8 +238,11 @@ describe.skipIf(!cuda.ok)('quantize --method spqr with --device cuda', () => {
     const gpuOnCpu = await ppl(join(work, 'gpu'), 'cpu');
     const cpuOnCpu = await ppl(join(work, 'cpu'), 'cpu');
     expect(Math.abs(gpuOnGpu / gpuOnCpu - 1), `${gpuOnGpu} on the GPU, ${gpuOnCpu} on the CPU`).toBeLessThan(1e-3);
+    // The two checkpoints differ where the Hessians' f32 rounding breaks a near-tie the other way, and
+    // this 3-bit model's perplexity swings by a few percent with that: a 1-ulp change in the CPU
+    // product the calibration runs on moved the CPU-quantized one 6.553 → 6.395 (2.4%).
     expect(Math.abs(gpuOnCpu / cpuOnCpu - 1), `GPU-quantized ${gpuOnCpu}, CPU-quantized ${cpuOnCpu}`).toBeLessThan(
-      0.02,
+      0.04,
     );
   });
 });
