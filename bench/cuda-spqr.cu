@@ -334,7 +334,9 @@ int run_bench(const char* json_path) {
                  "product",
                  "\"0: tile kernel (8 tiles a block, split-K through atomics)\",\"1: GEMV (one tile a block, warps "
                  "split K), 2 chunks in flight, outliers first\",\"2: GEMV, 2 chunks in flight, outliers last\",\"3: "
-                 "GEMV, 2 chunks in flight capped for 3 blocks per SM (16 rows: 3 chunks), outliers last\"");
+                 "GEMV, 2 chunks in flight capped for 3 blocks per SM (16 rows: 3 chunks), outliers last\",\"4: "
+                 "GEMV, two tiles per block, 2 chunks in flight, capped for 2 blocks per SM\",\"5: the same, 1 chunk "
+                 "in flight\"");
   bool first_row = true;
   Rng rng(5);
   struct Shape { int64_t N, K; };
@@ -458,7 +460,8 @@ int run_bench(const char* json_path) {
                        "\"spqr_vs_gptq_act_order\":%.3f,\"product_only_us\":%.2f,\"no_overlap_us\":%.2f,"
                        "\"best_us\":%.2f,\"best_splits\":%d,\"variant_us\":[%s],\"best_variant\":%d}",
                        first_row ? "" : ",\n", (long long)s.K, (long long)s.N, (long long)M, bits, noperm_us, pct,
-                       2.0 * M * s.N * s.K / noperm_us / 1e6, rows, splits, cuda::spqr_default_variant(M),
+                       2.0 * M * s.N * s.K / noperm_us / 1e6, rows, splits,
+                       cuda::spqr_default_variant(*ncopies[0], M),
                        in_place ? ", X in place" : "", wbytes, stored_bits, rate, gus,
                        cuda::gptq_config_name(gconfig), gsplits, gus / noperm_us, cublas_us[mi],
                        cublas_us[mi] / noperm_us, us, gaus, gaus / us, product_us, serial_us, best_us, best_splits,

@@ -316,53 +316,64 @@ __global__ void __launch_bounds__(256, MINB) spqr_tc_kernel(Args a) {
 
 // DEPTH: chunks of records in flight per warp; MINB: blocks per SM the registers are capped for;
 // LATE: the outliers summed after the dense loop rather than before. Grid: (Mp / BM, Np / 16, splits).
-template <int BITS, class T, int MT, int DEPTH, int MINB, bool LATE>
+template <int BITS, class T, int MT, int NT, int DEPTH, int MINB, bool LATE>
 __global__ void __launch_bounds__(256, MINB) spqr_gemv_kernel(Args a) {
   using T2 = typename Dtype<T>::T2;
   constexpr int BM = 8 * MT, REC = record_bytes(BITS);
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, g = lane >> 2, t = lane & 3;
-  const int ntile = blockIdx.y, m0 = blockIdx.x * BM, z = blockIdx.z;
-  if (ntile * kTileN >= a.N) return;  // a padding tile (the whole block: no counter to keep)
+  const int ntile0 = blockIdx.y * NT, m0 = blockIdx.x * BM, z = blockIdx.z;
+  if (ntile0 * kTileN >= a.N) return;  // padding tiles only (the whole block: no counter to keep)
   const int c_begin = (int)((int64_t)z * a.chunks / a.splits), c_end = (int)((int64_t)(z + 1) * a.chunks / a.splits);
 
-  // Outliers of row ntile·16 + lane % 16: 16 streams per row (warp, lane ≥ 16), then the splits.
+  // Outliers of row (ntile0 + nt)·16 + lane % 16: 16 streams per row (warp, lane ≥ 16), then the splits.
   const int stream = 2 * warp + (lane >> 4), e_step = 16 * a.splits;
-  int e_begin = 0, e_end = 0;
-  {
-    const int64_t n = (int64_t)ntile * kTileN + (lane & 15);
-    if (n < a.N) e_begin = __ldg(a.rowptr + n) + 16 * z + stream, e_end = __ldg(a.rowptr + n + 1);
+  int e_begin[NT], e_end[NT];
+#pragma unroll
+  for (int nt = 0; nt < NT; ++nt) {
+    e_begin[nt] = e_end[nt] = 0;
+    const int64_t n = (int64_t)(ntile0 + nt) * kTileN + (lane & 15);
+    if (n < a.N) e_begin[nt] = __ldg(a.rowptr + n) + 16 * z + stream, e_end[nt] = __ldg(a.rowptr + n + 1);
   }
-  // This warp's chunks: c_begin + warp, + 8, ... (8 records apart per chunk, 64 per step).
-  const uint8_t* wrec = a.records + record_index(ntile, 0, a.chunks) * REC;
-  RecordShare<BITS> st[DEPTH];
+  // This warp's chunks: c_begin + warp, + 8, ... (8 records apart per chunk, 64 per step). The NT
+  // tiles of a block lie in one group of 8 (Np is a multiple of 128), their records side by side.
+  const uint8_t* wrec = a.records + record_index(ntile0, 0, a.chunks) * REC;
+  RecordShare<BITS> st[DEPTH][NT];
 #pragma unroll
   for (int s = 0; s < DEPTH; ++s) {
     const int c = c_begin + warp + 8 * s;
-    if (c < c_end) st[s].load(wrec + (int64_t)c * 8 * REC, lane);
+    if (c < c_end)
+#pragma unroll
+      for (int nt = 0; nt < NT; ++nt) st[s][nt].load(wrec + ((int64_t)c * 8 + nt) * REC, lane);
   }
   // X is read from here on: wait for the previous kernel (the gather or another product; overlap.cuh),
   // then let the next product start fetching its records (one product ahead at most).
   wait_for_previous();
   let_next_launch();
   __shared__ float osum[8][kTileN][BM + 1];
-  float acc[MT][4];
+  float acc[NT][MT][4];
 #pragma unroll
-  for (int mt = 0; mt < MT; ++mt)
+  for (int nt = 0; nt < NT; ++nt)
 #pragma unroll
-    for (int i = 0; i < 4; ++i) acc[mt][i] = 0.f;
+    for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+      for (int i = 0; i < 4; ++i) acc[nt][mt][i] = 0.f;
   // Gathered (Xs and XsT, zero padded to Mp rows and Kp columns) or in place (the caller's X).
   const T* xs = static_cast<const T*>(a.xs);
   const T* xst = a.xst ? static_cast<const T*>(a.xst) + m0 : nullptr;
   const int rows = a.M - m0;
   auto outliers = [&]() {
-    add_outliers<T, MT>(a.outliers, xst, a.Mp, xs + (int64_t)m0 * a.ldx, a.ldx, rows, e_begin, e_end, e_step,
-                        osum[warp], acc);
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt) {
+      if (nt > 0) __syncwarp();  // osum[warp] is read by the previous tile's lanes
+      add_outliers<T, MT>(a.outliers, xst, a.Mp, xs + (int64_t)m0 * a.ldx, a.ldx, rows, e_begin[nt], e_end[nt],
+                          e_step, osum[warp], acc[nt]);
+    }
   };
   if constexpr (!LATE) outliers();
 
   // Row g of each 8-row tile of X at this lane's 32 positions of its first chunk, 8 chunks apart per
   // step; in place, rows past M read row 0 (their results are never written) and columns past K read
-  // as zero (only the last chunk can hold them).
+  // as zero (only the last chunk can hold them). Each chunk's X serves the block's NT tiles.
   const uint4* X[MT];
 #pragma unroll
   for (int mt = 0; mt < MT; ++mt) {
@@ -372,8 +383,10 @@ __global__ void __launch_bounds__(256, MINB) spqr_gemv_kernel(Args a) {
   }
   constexpr int X_STEP = 8 * kChunk / 8;  // uint4 between a warp's consecutive chunks
   const int c_whole = (int)(a.kx / kChunk);  // chunks below this one are whole
-  // Two sums per row tile (even and odd tiles): two chains of dependent mma instead of one of 8.
-  float acc2[MT][4] = {};
+  // One tile: two sums per row tile (even and odd tiles), two chains of dependent mma instead of one
+  // of 8; with more tiles the tiles' chains interleave already.
+  constexpr int CHAINS = NT == 1 ? 2 : 1;
+  float acc2[NT][MT][4] = {};
   for (int c0 = c_begin + warp; c0 < c_end; c0 += 8 * DEPTH) {
 #pragma unroll
     for (int s = 0; s < DEPTH; ++s) {
@@ -394,50 +407,64 @@ __global__ void __launch_bounds__(256, MINB) spqr_gemv_kernel(Args a) {
       }
 #pragma unroll
       for (int mt = 0; mt < MT; ++mt) X[mt] += X_STEP;
-      T2 scale[2][2], shift[2][2];
-      unit_stats<T>(st[s].codes, st[s].second, scale, shift);
 #pragma unroll
-      for (int j = 0; j < 8; ++j) {
-        uint32_t af[4];
-        weights_of<T, BITS>(tile_word<BITS>(st[s].w, j), scale[j >> 2], shift[j >> 2], af);
+      for (int nt = 0; nt < NT; ++nt) {
+        T2 scale[2][2], shift[2][2];
+        unit_stats<T>(st[s][nt].codes, st[s][nt].second, scale, shift);
 #pragma unroll
-        for (int mt = 0; mt < MT; ++mt) {
-          const uint4& xj = xv[mt][j >> 1];
-          mma<T>((j & 1) ? acc2[mt] : acc[mt], af, (j & 1) ? xj.z : xj.x, (j & 1) ? xj.w : xj.y);
+        for (int j = 0; j < 8; ++j) {
+          uint32_t af[4];
+          weights_of<T, BITS>(tile_word<BITS>(st[s][nt].w, j), scale[j >> 2], shift[j >> 2], af);
+#pragma unroll
+          for (int mt = 0; mt < MT; ++mt) {
+            const uint4& xj = xv[mt][j >> 1];
+            mma<T>((CHAINS == 2 && (j & 1)) ? acc2[nt][mt] : acc[nt][mt], af, (j & 1) ? xj.z : xj.x,
+                   (j & 1) ? xj.w : xj.y);
+          }
         }
+        if (c + 8 * DEPTH < c_end) st[s][nt].load(wrec + ((int64_t)(c + 8 * DEPTH) * 8 + nt) * REC, lane);
       }
-      if (c + 8 * DEPTH < c_end) st[s].load(wrec + (int64_t)(c + 8 * DEPTH) * 8 * REC, lane);
     }
   }
+  if constexpr (CHAINS == 2)
 #pragma unroll
-  for (int mt = 0; mt < MT; ++mt)
+    for (int nt = 0; nt < NT; ++nt)
 #pragma unroll
-    for (int i = 0; i < 4; ++i) acc[mt][i] += acc2[mt][i];
+      for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+        for (int i = 0; i < 4; ++i) acc[nt][mt][i] += acc2[nt][mt][i];
   if constexpr (LATE) outliers();
 
   // The 8 warps' sums meet in shared memory ([warp][accumulator][lane]: no bank conflicts); warp 0 writes.
-  __shared__ float part[8][MT * 4][32];
+  __shared__ float part[8][NT * MT * 4][32];
 #pragma unroll
-  for (int mt = 0; mt < MT; ++mt)
+  for (int nt = 0; nt < NT; ++nt)
 #pragma unroll
-    for (int i = 0; i < 4; ++i) part[warp][mt * 4 + i][lane] = acc[mt][i];
+    for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+      for (int i = 0; i < 4; ++i) part[warp][(nt * MT + mt) * 4 + i][lane] = acc[nt][mt][i];
   __syncthreads();
   if (warp != 0) return;
 #pragma unroll
   for (int w = 1; w < 8; ++w)
 #pragma unroll
-    for (int mt = 0; mt < MT; ++mt)
+    for (int nt = 0; nt < NT; ++nt)
 #pragma unroll
-      for (int i = 0; i < 4; ++i) acc[mt][i] += part[w][mt * 4 + i][lane];
+      for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+        for (int i = 0; i < 4; ++i) acc[nt][mt][i] += part[w][(nt * MT + mt) * 4 + i][lane];
   auto each_output = [&](auto&& f) {
 #pragma unroll
-    for (int mt = 0; mt < MT; ++mt)
+    for (int nt = 0; nt < NT; ++nt)
 #pragma unroll
-      for (int i = 0; i < 4; ++i) f(ntile * kTileN + g + 8 * (i >> 1), m0 + 8 * mt + 2 * t + (i & 1), acc[mt][i]);
+      for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+        for (int i = 0; i < 4; ++i)
+          f((ntile0 + nt) * kTileN + g + 8 * (i >> 1), m0 + 8 * mt + 2 * t + (i & 1), acc[nt][mt][i]);
   };
   // Split-K by warp 0 alone (split_k.cuh; the block's grid tile counts one of a.splits).
   split_k::write_tile<T, false>(output_of(a), each_output, a.splits == 1, blockIdx.y * gridDim.x + blockIdx.x, 1,
-                                a.splits, m0, ntile * kTileN, 8 * MT, kTileN);
+                                a.splits, m0, ntile0 * kTileN, 8 * MT, NT * kTileN);
 }
 
 // X [M, K] → Xs [Mp, Kp] in sweep order (zero padded) and its transpose XsT [Kp, Mp].
@@ -483,7 +510,8 @@ using Launch = void (*)(const Args&, dim3, cudaStream_t, bool);
 struct Kernel {
   Launch launch;
   int (*occupancy)();
-  bool gemv;  // spqr_gemv_kernel: one 16-row tile per block (grid y = Np / 16), at least 8 chunks per split
+  bool gemv;  // spqr_gemv_kernel: NT 16-row tiles per block, at least 8 chunks per split
+  int cols;   // output rows per block (grid y = Np / cols): 16·NT for the GEMV, 128 for the tile kernel
 };
 // overlap: launched overlapped with the previous kernel in the stream (overlap.cuh), so that its
 // blocks start and request their records while the gather or the previous product finishes.
@@ -492,8 +520,8 @@ void launch(const Args& a, dim3 grid, cudaStream_t s, bool overlap) {
   launch_maybe_overlapped(KERNEL, grid, dim3(256), 0, s, overlap, "SpQR product launch", a);
 }
 template <auto KERNEL>
-Kernel kernel_of(bool gemv) {
-  return {launch<KERNEL>, occupancy<KERNEL>, gemv};
+Kernel kernel_of(bool gemv, int cols) {
+  return {launch<KERNEL>, occupancy<KERNEL>, gemv, cols};
 }
 // The variants (bench/cuda-spqr.cu times each; the check runs each):
 //  0: spqr_tc_kernel, 2 chunks in flight, outliers after the dense loop, 16-row tiles capped at 128
@@ -506,15 +534,20 @@ Kernel kernel_of(bool gemv) {
 //     instead of 4 (64: spills 20-40 bytes); 16 rows: 3 chunks in flight, outliers after. (4 chunks
 //     in flight for 8 rows, capped for 2 blocks per SM, ran 5-22% slower on 11008 x 4096 and 8192²,
 //     4% faster on 4096², H200 2026-12-02.)
-constexpr int kVariants = 4;
+//  4: two 16-row tiles per block (each chunk's X applied to both), 2 chunks in flight, outliers
+//     after, registers capped for 2 blocks per SM;
+//  5: the same with 1 chunk in flight.
+constexpr int kVariants = 6;
 template <int BITS, class T, int MT>
 Kernel kernel_for(int variant) {
   constexpr int CAP = MT == 1 ? 1 : 2, GCAP = MT == 1 ? 4 : 2, DEEP = MT == 1 ? 2 : 3, DEEP_CAP = MT == 1 ? 3 : 2;
   switch (variant) {
-    case 1: return kernel_of<spqr_gemv_kernel<BITS, T, MT, 2, GCAP, false>>(true);
-    case 2: return kernel_of<spqr_gemv_kernel<BITS, T, MT, 2, GCAP, true>>(true);
-    case 3: return kernel_of<spqr_gemv_kernel<BITS, T, MT, DEEP, DEEP_CAP, true>>(true);
-    default: return kernel_of<spqr_tc_kernel<BITS, T, MT, 2, CAP, true>>(false);
+    case 1: return kernel_of<spqr_gemv_kernel<BITS, T, MT, 1, 2, GCAP, false>>(true, kTileN);
+    case 2: return kernel_of<spqr_gemv_kernel<BITS, T, MT, 1, 2, GCAP, true>>(true, kTileN);
+    case 3: return kernel_of<spqr_gemv_kernel<BITS, T, MT, 1, DEEP, DEEP_CAP, true>>(true, kTileN);
+    case 4: return kernel_of<spqr_gemv_kernel<BITS, T, MT, 2, 2, 2, true>>(true, 2 * kTileN);
+    case 5: return kernel_of<spqr_gemv_kernel<BITS, T, MT, 2, 1, 2, true>>(true, 2 * kTileN);
+    default: return kernel_of<spqr_tc_kernel<BITS, T, MT, 2, CAP, true>>(false, 128);
   }
 }
 template <class T>
@@ -532,8 +565,14 @@ Kernel kernel_for(SpqrDtype dtype, int bits, int mt, int variant) {
   return dtype == SpqrDtype::f16 ? kernel_for<__half>(bits, mt, variant) : kernel_for<__nv_bfloat16>(bits, mt, variant);
 }
 
-// The variant a product runs by default: the K-splitting GEMV up to 16 rows of X, the tile kernel above.
-int default_variant(int64_t M) { return M <= 16 ? 2 : 0; }
+// The variant a product runs by default: the K-splitting GEMV up to 16 rows of X, the tile kernel
+// above. From 9 rows, two tiles per block (each chunk's X read once for both) where that grid still
+// gives every multiprocessor a block: H200, M = 16, 8192² 36.2 → 29.3 µs, 11008 × 4096 -3%, while on
+// 4096² (128 blocks) it was 1.3× slower (bench/RESULTS.md).
+int default_variant(const SpqrDeviceWeights& W, int64_t M) {
+  if (M > 8 && M <= 16 && W.Np / (2 * kTileN) >= multiprocessors(W.device)) return 5;
+  return M <= 16 ? 2 : 0;
+}
 
 int rows_for(int64_t M) { return M <= 8 ? 8 : 16; }
 
@@ -546,21 +585,21 @@ void spqr_choose(const SpqrDeviceWeights& W, int64_t M, int* rows_per_block, int
   // keeping at least 8 chunks (one per warp) per split.
   check(cudaSetDevice(W.device), "cudaSetDevice");
   const int mt = rows_for(M) / 8;
-  if (variant < 0 || variant >= kVariants) variant = default_variant(M);
+  if (variant < 0 || variant >= kVariants) variant = default_variant(W, M);
   const Kernel k = kernel_for(SpqrDtype::f16, W.bits, mt, variant);
   const int64_t chunks = W.Kp / kChunk, row_blocks = ceil_div(M, 8 * mt);
   *rows_per_block = 8 * mt;
   if (k.gemv) {
-    const int64_t tiles = row_blocks * ceil_div(W.N, kTileN);
+    const int64_t tiles = row_blocks * ceil_div(W.N, (int64_t)k.cols);
     *splits = (int)std::max<int64_t>(1, std::min(multiprocessors(W.device) / tiles, chunks / 8));
   } else {
-    const int64_t tiles = row_blocks * (W.Np / 128), target = (int64_t)k.occupancy() * multiprocessors(W.device);
+    const int64_t tiles = row_blocks * (W.Np / k.cols), target = (int64_t)k.occupancy() * multiprocessors(W.device);
     *splits = (int)std::max<int64_t>(1, std::min(target / tiles, chunks / 4));
   }
 }
 
 int spqr_variant_count() { return kVariants; }
-int spqr_default_variant(int64_t M) { return default_variant(M); }
+int spqr_default_variant(const SpqrDeviceWeights& W, int64_t M) { return default_variant(W, M); }
 
 void spqr_gather(const SpqrDeviceWeights& W, const void* X, SpqrDtype dtype, int64_t M, void* stream_ptr) {
   require(M >= 1 && M <= (int64_t)1 << 24, "E_SHAPE", "M must be in [1, 2^24]");
@@ -601,7 +640,7 @@ void run_product(const SpqrDeviceWeights& W, const void* x_in_place, SpqrDtype d
                  const float* bias, cudaStream_t stream, int splits, bool overlap, int variant) {
   require(M >= 1 && M <= (int64_t)1 << 24, "E_SHAPE", "M must be in [1, 2^24]");
   int rows = 8, chosen = 1;
-  if (variant < 0 || variant >= kVariants) variant = default_variant(M);
+  if (variant < 0 || variant >= kVariants) variant = default_variant(W, M);
   spqr_choose(W, M, &rows, &chosen, variant);
   if (splits < 1) splits = chosen;
   const int64_t chunks = W.Kp / kChunk;
@@ -613,7 +652,7 @@ void run_product(const SpqrDeviceWeights& W, const void* x_in_place, SpqrDtype d
   require(x_in_place || (W.xs != nullptr && W.xs_bytes >= checked_product({2, Mp, W.Kp, 2})), "E_INTERNAL",
           "SpQR product: X not gathered (spqr_gather first)");
 
-  const dim3 grid((unsigned)(Mp / rows), (unsigned)(W.Np / (k.gemv ? kTileN : 128)), (unsigned)splits);
+  const dim3 grid((unsigned)(Mp / rows), (unsigned)(W.Np / k.cols), (unsigned)splits);
   Args a{};
   a.records = W.records;
   a.rowptr = W.rowptr;
@@ -659,7 +698,7 @@ bool spqr_reads_x_in_place(const SpqrDeviceWeights& W, const void* X, int64_t M,
   // Up to 8 rows: from 9 the outliers' 16 scattered loads of X per entry (one per row, where the
   // gathered XsT gives them in two 16-byte loads) cost more than the gather saves (H200, 2026-12-02:
   // 8192² M = 16, 47 us in place against 36 gathered).
-  if (variant < 0 || variant >= kVariants) variant = default_variant(M);
+  if (variant < 0 || variant >= kVariants) variant = default_variant(W, M);
   return M <= 8 && !W.perm && W.K % 8 == 0 && (reinterpret_cast<uintptr_t>(X) & 15) == 0 &&
          kernel_for(SpqrDtype::f16, W.bits, rows_for(M) / 8, variant).gemv;
 }

@@ -119,7 +119,7 @@ void spqr_matmul(const SpqrDeviceWeights& W, const void* X, SpqrDtype dtype, int
 void spqr_matmul_splits(const SpqrDeviceWeights& W, const void* X, SpqrDtype dtype, int64_t M, void* Y,
                         const float* bias, void* stream, int splits, bool overlap, int variant);
 int spqr_variant_count();
-int spqr_default_variant(int64_t M);  // the variant spqr_matmul runs for M rows of X
+int spqr_default_variant(const SpqrDeviceWeights& W, int64_t M);  // the variant spqr_matmul runs for M rows of X
 // Whether spqr_matmul* reads X in place (no gather) for these weights, X, M and variant (< 0: the default).
 bool spqr_reads_x_in_place(const SpqrDeviceWeights& W, const void* X, int64_t M, int variant = -1);
 // The two launches of a product, separately (benchmarks time the second alone): X into sweep
