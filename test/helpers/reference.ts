@@ -315,6 +315,13 @@ export function packedMatmulRef(X: ArrayLike<number>, M: number, W: PackedWeight
   return matmulRef(X, M, dequantizeRef(W), W.N, W.K);
 }
 
+/** Root mean square of a − b (of a when b is omitted), in float64. */
+export function rms(a: ArrayLike<number>, b?: ArrayLike<number>): number {
+  let s = 0;
+  for (let i = 0; i < a.length; i++) s += (a[i]! - (b ? b[i]! : 0)) ** 2;
+  return Math.sqrt(s / a.length);
+}
+
 /** ‖y − ref‖ / ‖ref‖ in float64 (‖y‖ when ref is all zero). */
 export function relativeError(y: ArrayLike<number>, ref: ArrayLike<number>): number {
   if (y.length !== ref.length) throw new Error(`length ${y.length} != reference length ${ref.length}`);

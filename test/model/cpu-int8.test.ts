@@ -21,6 +21,7 @@ import { Model, openModel } from '../../src/model/model.js';
 import { perplexity, perplexityIds } from '../../src/model/perplexity.js';
 import { quantize } from '../../src/schedule/quantize.js';
 import { availableSimdLevels, forceSimd } from '../helpers/simd.js';
+import { rms } from '../helpers/reference.js';
 import { dataPath } from './data.js';
 
 const fp32Dir = dataPath('stories260K-hf');
@@ -44,12 +45,6 @@ afterAll(async () => {
   await fp32?.close();
   rmSync(tmp, { recursive: true, force: true });
 });
-
-function rms(a: Float32Array, b?: Float32Array): number {
-  let s = 0;
-  for (let i = 0; i < a.length; i++) s += (a[i]! - (b ? b[i]! : 0)) ** 2;
-  return Math.sqrt(s / a.length);
-}
 
 function maxAbsDiff(a: Float32Array, b: Float32Array): number {
   expect(a.length).toBe(b.length);

@@ -17,7 +17,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { dataDir, haveData } from '../helpers/data.js';
 import { Rng } from '../helpers/random.js';
 import { forEachSpqrLinear } from '../helpers/spqr-model.js';
-import { matmulRef, relativeError } from '../helpers/reference.js';
+import { matmulRef, relativeError, rms } from '../helpers/reference.js';
 import { native } from '../../src/native.js';
 import { openModel, type Model } from '../../src/model/model.js';
 import { perplexityIds } from '../../src/model/perplexity.js';
@@ -134,11 +134,6 @@ describe.skipIf(!ready)('stories260K with SpQR linears', () => {
       const before = native().cpuGptqInt8Stats().spqrProducts;
       const value = await fn();
       return { value, products: native().cpuGptqInt8Stats().spqrProducts - before };
-    };
-    const rms = (x: Float32Array, y?: Float32Array) => {
-      let s = 0;
-      for (let i = 0; i < x.length; i++) s += (x[i]! - (y ? y[i]! : 0)) ** 2;
-      return Math.sqrt(s / x.length);
     };
     const exact = await counted(() => spqr.logits(ids, { batch: 2, seq: 64 }));
     expect(exact.products, 'f32 activations keep spqr-cpu').toBe(0);
