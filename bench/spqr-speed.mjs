@@ -4,10 +4,9 @@
 // h200-gemm.json where they apply, plus outlier_rate and spqr_vs_gptq.
 //
 // Timing: median wall time of matmulSync over 200 calls after 20 warm-ups, the kernels called in
-// turn. Each call is a host
-// round trip (x copied to the GPU, the kernel(s), y copied back, a stream sync), so the times
-// include the same fixed overhead for both kernels; the kernel-only time is not separable from
-// Node. pct_copy (weight bytes over the time, against --copy-gbs) is therefore a lower bound.
+// turn. Each call is a host round trip (x copied to the GPU, the kernel(s), y copied back, a stream
+// sync), so the times include the same fixed overhead for both kernels; the kernel-only time is not
+// separable from Node. pct_copy (weight bytes over the time, against --copy-gbs) is therefore a lower bound.
 //
 // --device cpu: the same on the CPU, SpQR's two CPU products ('spqr-cpu', exact f32 activations;
 // 'spqr-int8', x quantized per segment, the forward pass's default) against both GPTQ CPU kernels of

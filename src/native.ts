@@ -326,8 +326,9 @@ export interface Addon {
   /** The SIMD level the last packedGemm call ran at (tests: forcing a level really changes the path). */
   lastPackedGemmSimd(): 'scalar' | 'avx2' | 'avx512';
   /**
-   * Products run by the CPU's gptq-int8 linears (any thread) since the addon loaded, and the kernel
-   * family the latest one ran: tests check that a forward pass really took the int8 path.
+   * Products run by the CPU's gptq-int8 linears (spqrProducts: spqr-int8) on any thread since the
+   * addon loaded, and the kernel family the latest one ran: tests check that a forward pass really
+   * took the int8 path.
    */
   cpuGptqInt8Stats(): { products: number; lastKernel: string; spqrProducts: number; spqrLastKernel: string };
   /** Median streaming-read bandwidth (bytes/s) over `runs` passes of `bytes` by `threads` threads. */

@@ -37,7 +37,7 @@ export interface PrepareLinearOptions<A extends LinearActivations = 'f32'> {
    * CPU only: the precision of the activations inside a packed GPTQ 2/3/4-bit or SpQR product. 'f32'
    * (default) is exact to f32 rounding (gptq-packed, spqr-cpu); 'int8' quantizes x per 128-input
    * segment for the repacked integer kernels (gptq-int8, and spqr-int8 for SpQR with β1 of 16, 32, 48,
-   * 64, 96 or 128, β2 a multiple of 16 and statistics of ≤ 4 bits: fast; per output
+   * 64, 96 or 128, β2 a multiple of 16, statistics of ≤ 4 bits and K ≤ 65535: fast; per output
    * |Δy| ≤ ‖x‖∞ · ‖w_n‖₁ / 254, SpQR's outliers exact). The forward pass (Model) defaults to 'int8'
    * instead. Dense weights and CUDA ignore it.
    */
