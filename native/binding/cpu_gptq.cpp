@@ -77,8 +77,7 @@ Napi::Value CpuGptqGemmSync(const Napi::CallbackInfo& info) {
     require(M >= 1, "E_SHAPE", "M must be at least 1");
     check_rows(X.length, M, W->K, "X");
     check_rows(Y.length, M, W->N, "Y");
-    cpu_gptq::gemm(*W, X.data, M, Y.data, options);
-    return Napi::String::New(info.Env(), cpu_gptq::last_kernel());
+    return Napi::String::New(info.Env(), cpu_gptq::gemm(*W, X.data, M, Y.data, options));
   });
 }
 

@@ -14,6 +14,7 @@
 #include "../packed_gemm.hpp"
 #include "../thread_pool.hpp"
 #include "../weight_format.hpp"
+#include "activations.hpp"
 #include "kernels.hpp"
 
 namespace lowbit {
@@ -168,80 +169,37 @@ CpuGptqWeights copy_of(const CpuGptqWeights& W) {
 }
 
 namespace {
-thread_local const char* t_last_kernel = "none";
-
-// Rows of X gathered into the padded order and quantized per segment (see repack.hpp). Grown, never
-// shrunk: a thread's buffers for decode-sized calls are reused (no allocation per product).
-struct PreparedActivations {
-  std::vector<int8_t> xq;
-  std::vector<float> dx, xsum, xf;
-  Activations view;
-};
-
-template <class T>
-void fit(std::vector<T>& v, int64_t n) {
-  if ((int64_t)v.size() < n) v.resize((size_t)n);
-}
-
-void prepare(const CpuGptqWeights& W, const float* X, int64_t M, bool exact, SimdLevel level, PreparedActivations& P) {
-  const int64_t Kp = W.padded_k(), S = (int64_t)W.segments.size();
+// The exact path: rows of X gathered into the padded order as f32.
+void gather_f32(const CpuGptqWeights& W, const float* X, int64_t M, ActivationBuffers& P) {
+  const int64_t Kp = W.padded_k();
+  fit(P.xf, M * Kp);
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t p = 0; p < Kp; ++p) {
+      const int32_t k = W.source[(size_t)p];
+      P.xf[(size_t)(m * Kp + p)] = k >= 0 ? X[m * W.K + k] : 0.f;
+    }
   P.view = Activations{};
   P.view.M = M;
   P.view.padded_k = Kp;
-  P.view.segments = S;
-  if (exact) {
-    fit(P.xf, M * Kp);
-    for (int64_t m = 0; m < M; ++m)
-      for (int64_t p = 0; p < Kp; ++p) {
-        const int32_t k = W.source[(size_t)p];
-        P.xf[(size_t)(m * Kp + p)] = k >= 0 ? X[m * W.K + k] : 0.f;
-      }
-    P.view.xf = P.xf.data();
-    return;
-  }
-  fit(P.xq, M * Kp);
-  fit(P.dx, M * S);
-  fit(P.xsum, M * S);
-  auto rows = [&](int64_t m0, int64_t m1) {
-    switch (level) {
-      case SimdLevel::Avx512: kernels_avx512::quantize_rows(W, X, m0, m1, P.view, P.xq.data(), P.dx.data(), P.xsum.data()); break;
-      case SimdLevel::Avx2: kernels_avx2::quantize_rows(W, X, m0, m1, P.view, P.xq.data(), P.dx.data(), P.xsum.data()); break;
-      default: kernels_scalar::quantize_rows(W, X, m0, m1, P.view, P.xq.data(), P.dx.data(), P.xsum.data()); break;
-    }
-  };
-  if (M == 1) rows(0, 1);  // a few microseconds: not worth waking the pool
-  else global_pool()->parallel_for(M, 4, rows);
-  P.view.xq = P.xq.data();
-  P.view.dx = P.dx.data();
-  P.view.xsum = P.xsum.data();
+  P.view.segments = (int64_t)W.segments.size();
+  P.view.xf = P.xf.data();
 }
 }  // namespace
 
-void gemm(const CpuGptqWeights& W, const float* X, int64_t M, float* Y, const Options& options) {
-  if (M <= 0 || W.N == 0) return;
-  // Decode-sized calls reuse this thread's buffers; larger ones allocate (amortized over the product)
-  // so that a long prefill does not pin its activations to the thread.
-  constexpr int64_t kReusedRows = 16;
-  thread_local PreparedActivations reused;
-  PreparedActivations fresh;
-  PreparedActivations& P = M <= kReusedRows ? reused : fresh;
+const char* gemm(const CpuGptqWeights& W, const float* X, int64_t M, float* Y, const Options& options) {
+  if (M <= 0 || W.N == 0) return "none";
+  ActivationBuffers fresh;
+  ActivationBuffers& P = buffers_for(M, fresh);
   const bool exact = options.exact_activations;
   const SimdLevel level = active_simd();
-  prepare(W, X, M, exact, level, P);
+  if (exact) gather_f32(W, X, M, P);
+  else quantize_activations(W, X, M, level, P, [](int64_t, int64_t) {});
   switch (level) {
-    case SimdLevel::Avx512:
-      t_last_kernel = exact ? kernels_avx512::gemm_f32(W, P.view, Y) : kernels_avx512::gemm_int8(W, P.view, Y);
-      break;
-    case SimdLevel::Avx2:
-      t_last_kernel = exact ? kernels_avx2::gemm_f32(W, P.view, Y) : kernels_avx2::gemm_int8(W, P.view, Y);
-      break;
-    default:
-      t_last_kernel = exact ? kernels_scalar::gemm_f32(W, P.view, Y) : kernels_scalar::gemm_int8(W, P.view, Y);
-      break;
+    case SimdLevel::Avx512: return exact ? kernels_avx512::gemm_f32(W, P.view, Y) : kernels_avx512::gemm_int8(W, P.view, Y);
+    case SimdLevel::Avx2: return exact ? kernels_avx2::gemm_f32(W, P.view, Y) : kernels_avx2::gemm_int8(W, P.view, Y);
+    default: return exact ? kernels_scalar::gemm_f32(W, P.view, Y) : kernels_scalar::gemm_int8(W, P.view, Y);
   }
 }
-
-const char* last_kernel() { return t_last_kernel; }
 
 }  // namespace cpu_gptq
 }  // namespace lowbit

@@ -133,11 +133,9 @@ struct Options {
 };
 
 // Y [M, N] = X [M, K] · Wᵀ (overwritten), at the active SIMD level (packed_gemm.hpp's force_simd).
-void gemm(const CpuGptqWeights& W, const float* X, int64_t M, float* Y, const Options& options = {});
-
-// Which kernel family the last gemm call on this thread ran ("scalar", "avx2", "avx2-vnni",
-// "avx512", "avx512-vnni"): tests assert that forcing a level really changes the code path.
-const char* last_kernel();
+// Returns the kernel family that ran ("scalar", "avx2", "avx2-vnni", "avx512", "avx512-vnni"):
+// tests assert that forcing a level really changes the code path.
+const char* gemm(const CpuGptqWeights& W, const float* X, int64_t M, float* Y, const Options& options = {});
 
 }  // namespace cpu_gptq
 }  // namespace lowbit

@@ -8,6 +8,7 @@
 #include "../dtype.hpp"
 #include "../packed_gemm.hpp"
 #include "../thread_pool.hpp"
+#include "activations.hpp"
 #include "kernels.hpp"
 
 namespace lowbit {
@@ -110,35 +111,12 @@ SpqrPanels repack_spqr(const SpqrMatrix& W) {
 
 namespace {
 
-// Activations of one call (repack.cpp's PreparedActivations plus the group sums).
-struct SpqrActivations {
-  std::vector<int8_t> xq;
-  std::vector<float> dx, xsum, gsum, xt;
-  Activations view;
-};
-
-template <class T>
-void fit(std::vector<T>& v, int64_t n) {
-  if ((int64_t)v.size() < n) v.resize((size_t)n);
-}
-
-void prepare(const SpqrPanels& W, const float* X, int64_t M, SimdLevel level, SpqrActivations& P) {
-  const int64_t Kp = W.padded_k(), S = (int64_t)W.segments.size(), G = W.groups;
-  fit(P.xq, M * Kp);
-  fit(P.dx, M * S);
-  fit(P.xsum, M * S);
+// The int8 activations plus what SpQR's kernels add: each row's sums over the first-level groups,
+// and for M > 1 x transposed for the outliers.
+void prepare(const SpqrPanels& W, const float* X, int64_t M, SimdLevel level, ActivationBuffers& P) {
+  const int64_t Kp = W.padded_k(), G = W.groups;
   fit(P.gsum, M * G);
-  P.view = Activations{};
-  P.view.M = M;
-  P.view.padded_k = Kp;
-  P.view.segments = S;
-  P.view.groups = G;
-  auto rows = [&](int64_t m0, int64_t m1) {
-    switch (level) {
-      case SimdLevel::Avx512: kernels_avx512::quantize_rows(W, X, m0, m1, P.view, P.xq.data(), P.dx.data(), P.xsum.data()); break;
-      case SimdLevel::Avx2: kernels_avx2::quantize_rows(W, X, m0, m1, P.view, P.xq.data(), P.dx.data(), P.xsum.data()); break;
-      default: kernels_scalar::quantize_rows(W, X, m0, m1, P.view, P.xq.data(), P.dx.data(), P.xsum.data()); break;
-    }
+  quantize_activations(W, X, M, level, P, [&](int64_t m0, int64_t m1) {
     for (int64_t m = m0; m < m1; ++m) {
       const int8_t* q = P.xq.data() + m * Kp;
       for (int64_t g = 0; g < G; ++g) {
@@ -147,12 +125,8 @@ void prepare(const SpqrPanels& W, const float* X, int64_t M, SimdLevel level, Sp
         P.gsum[(size_t)(m * G + g)] = (float)s;
       }
     }
-  };
-  if (M == 1) rows(0, 1);
-  else global_pool()->parallel_for(M, 4, rows);
-  P.view.xq = P.xq.data();
-  P.view.dx = P.dx.data();
-  P.view.xsum = P.xsum.data();
+  });
+  P.view.groups = G;
   P.view.gsum = P.gsum.data();
   if (M > 1) {  // x transposed, [K][round_up(M, 16)] (zero past M), for the outliers
     const int64_t Mp = ceil_div(M, 16) * 16;
@@ -167,11 +141,8 @@ void prepare(const SpqrPanels& W, const float* X, int64_t M, SimdLevel level, Sp
 
 const char* spqr_gemm_int8(const SpqrPanels& W, const float* X, int64_t M, float* Y) {
   if (M <= 0 || W.N == 0) return "none";
-  // Decode-sized calls reuse this thread's buffers (repack.cpp's gemm does the same).
-  constexpr int64_t kReusedRows = 16;
-  thread_local SpqrActivations reused;
-  SpqrActivations fresh;
-  SpqrActivations& P = M <= kReusedRows ? reused : fresh;
+  ActivationBuffers fresh;
+  ActivationBuffers& P = buffers_for(M, fresh);
   const SimdLevel level = active_simd();
   prepare(W, X, M, level, P);
   switch (level) {

@@ -75,7 +75,7 @@ bool supports_spqr(const SpqrMatrix& W);
 SpqrPanels repack_spqr(const SpqrMatrix& W);
 
 // Y [M, N] = X [M, K] · Wᵀ (overwritten), int8 activations, at the active SIMD level (packed_gemm.hpp's
-// force_simd). Returns the kernel family that ran, as repack.hpp's last_kernel names them.
+// force_simd). Returns the kernel family that ran, named as repack.hpp's gemm names them.
 const char* spqr_gemm_int8(const SpqrPanels& W, const float* X, int64_t M, float* Y);
 
 }  // namespace cpu_gptq
