@@ -5,10 +5,11 @@
 // XsT [Kp, Mp] for the outliers. Then one of two products (both launched with a programmatic
 // dependency on the gather, so that their first records are requested while it runs):
 //
-// spqr_gemv_kernel (up to 16 rows of X, the decode products): a block of 8 warps owns ONE 16-row
-// tile and BM = 8·MT rows of X; its warps split K among themselves (warp w takes every 8th chunk of
-// the block's range, as gptq_gemv_fold_kernel does), so a tile's records are read by 8 warps at once
-// and the sums meet in shared memory, without split-K's atomics and last-block pass. Each warp
+// spqr_gemv_kernel (up to 16 rows of X, the decode products): a block of 8 warps owns NT (one or two)
+// adjacent 16-row tiles and BM = 8·MT rows of X; its warps split K among themselves (warp w takes
+// every 8th chunk of the block's range, as gptq_gemv_fold_kernel does), so a tile's records are read
+// by 8 warps at once and the sums meet in shared memory, without split-K's atomics and last-block
+// pass. With two tiles a warp loads each chunk's X once for both. Each warp
 //  1. requests its outlier row pointers and its first DEPTH chunks of records, straight from global
 //     memory into registers, and keeps DEPTH chunks in flight;
 //  2. per chunk decodes its 8 (scale, zero) pairs from the first-level codes and the second-level
@@ -315,7 +316,8 @@ __global__ void __launch_bounds__(256, MINB) spqr_tc_kernel(Args a) {
 }
 
 // DEPTH: chunks of records in flight per warp; MINB: blocks per SM the registers are capped for;
-// LATE: the outliers summed after the dense loop rather than before. Grid: (Mp / BM, Np / 16, splits).
+// LATE: the outliers summed after the dense loop rather than before. Grid: (Mp / BM, Np / (16·NT),
+// splits).
 template <int BITS, class T, int MT, int NT, int DEPTH, int MINB, bool LATE>
 __global__ void __launch_bounds__(256, MINB) spqr_gemv_kernel(Args a) {
   using T2 = typename Dtype<T>::T2;
