@@ -552,7 +552,8 @@ struct ConfigInfo {
 };
 // Row tiles of 8, 16, 32, 64 and 128 rows of X (name: rows × columns per block, w = warps), and the
 // direct-load kernels for up to 8 rows (v; k8: one tile per block, its 8 warps splitting K; f: the
-// same with the zero point folded out, for 8 or 16 rows; d: deeper). The direct-load kernels keep 2
+// same with the zero point folded out, for 8 or 16 rows; d: deeper; n32 and n64: 2 or 4 adjacent
+// tiles per block, which read X once for all). The direct-load kernels keep 2
 // chunks in flight per warp (with 4, X prefetched too, it held one block per multiprocessor and ran
 // 1.5-1.8x slower); f8n16k8d keeps 4 (3 at 4-bit) with 3 blocks per multiprocessor. (Earlier sweeps
 // also had m8n64, m32n128w8 and m128n128 with 8 warps: rarely or never the best; and a GEMV
@@ -567,6 +568,7 @@ constexpr ConfigInfo kConfigs[] = {
     {"w16n64", 2, 1, 1, 4, 0},    {"w32n64", 4, 1, 1, 4, 0},    {"w64n64", 8, 1, 1, 4, 0},
     {"w128n64", 16, 1, 1, 4, 0},  {"w16n128", 2, 1, 1, 8, 0},   {"w32n128", 4, 1, 1, 8, 0},
     {"w64n128", 8, 1, 1, 8, 0},   {"w128n128", 16, 1, 1, 8, 0},
+    {"f16n32k8", 2, 2, 1, 1, 16}, {"f8n64k8", 1, 4, 1, 1, 8},
 };
 constexpr int kConfigCount = sizeof(kConfigs) / sizeof(kConfigs[0]);
 constexpr int kGemv = 6, kGemvK = 7;  // the direct-load kernels: 8 tiles a block, or one tile split 8 ways along K
@@ -579,8 +581,10 @@ constexpr int kWgmma = 12;
 constexpr int kWgmma16 = 16, kWgmma32 = 17, kWgmma64 = 18, kWgmma128 = 19;  // two warpgroups, 16-128 rows
 constexpr int kWgmma64n64 = 14;  // one warpgroup (64 columns), 64 rows
 constexpr bool is_wgmma(int config) { return config >= kWgmma && config < kWgmma + 8; }
+constexpr int kFold16Wide = 20;  // the folded GEMV's 16-row form on 2 tiles per block
+constexpr int kFoldWide4 = 21;   // the folded GEMV on 4 tiles (64 columns) per block, 8 rows
 constexpr bool is_fold(int config) {
-  return config == kFold || config == kFold16 || config == kFoldDeep || config == kFoldWide;
+  return config == kFold || config == kFold16 || config == kFoldDeep || config == kFoldWide || config >= kFold16Wide;
 }
 
 
@@ -626,6 +630,9 @@ Kernel pick_kernel(int config, bool defer) {
     case kFold16: return fold_of<BITS, T, 2, 1, 2, 2>();
     case kFoldDeep: return fold_of<BITS, T, 1, 1, BITS == 4 ? 3 : 4, 3>();
     case kFoldWide: return fold_of<BITS, T, 1, 2, 2, BITS == 4 ? 2 : 3>();
+    // 4-bit records take one chunk in flight per warp on 2 and 4 tiles: two spilled 128-156 bytes
+    case kFold16Wide: return fold_of<BITS, T, 2, 2, BITS == 4 ? 1 : 2, 2>();
+    case kFoldWide4: return fold_of<BITS, T, 1, 4, BITS == 4 ? 1 : 2, 2>();
   }
   return {};
 }
@@ -710,8 +717,20 @@ void gptq_choose(const GptqDeviceWeights& W, int64_t M, int* config, int* splits
   // (32-row tiles on smaller ones); above that 64-row tiles of 4 warps of 32 × 64 (2026-12-01).
   // On compute capability 9.0 (sm_90a) the warpgroup kernel takes 17 rows and more, and 9-16 rows
   // from 8192² and on wide matrices from 4096 x 11008 (its folded 16-row form; session 9: 28672 x
-  // 8192 M = 16 63.3 against 77.4 us, 8192² 25.5 against 26.7); on 4096² and 11008 x 4096 at 9-16 rows
-  // the folded GEMV stays ahead or level. Its blocks, from the 4-bit sweep of all its forms and
+  // 8192 M = 16 63.3 against 77.4 us, 8192² 25.5 against 26.7), and since session 15 on 4096² and
+  // 11008 x 4096 too (in 8 splits: 11008 x 4096 4-bit M = 16 14.7 against 17.2 for f16n16k8).
+  // Session 15 (H200 2026-12-03, bench/RESULTS.md "Twelfth round") added the folded GEMV on more
+  // tiles per block, X read once for all of them:
+  //  - 9-16 rows on two tiles (f16n32k8) where that sweep had it ahead, measured on sm_90 only (so
+  //    only where the warpgroup kernel is available): matrices from 8192² except 3-bit and wide
+  //    2-bit ones above it (8192² 4-bit 17.2 against 19.6 us; 28672 x 8192 53.0 against 57.8), and
+  //    K <= 4096 ones with N >= 3K at 4 and 2 bits (4096 x 22016 4-bit 25.5 against 32.4);
+  //  - up to 8 rows on four tiles (f8n64k8) at 3/2 bits on K > N matrices (28672 x 8192 2-bit M = 8
+  //    32.5 against 41.6 us, in 2 splits; 11008 x 4096 2-bit M = 1 9.5 against 10.7, in 4) and from
+  //    5 rows above 8192² (8192 x 28672 3-bit M = 8 42.5 against 49.3); at 4 bits from 5 rows above
+  //    8192² with N > K and on K <= 4096 matrices whose 64-column blocks fit one wave (4096 x 12288
+  //    M = 8 12.3 against 13.6).
+  // Its blocks, from the 4-bit sweep of all its forms and
   // splits (H200 2026-12-02 18:10, session 12, bench/RESULTS.md "Eleventh round"):
   //  - up to 32 rows: 16/32 rows by 128 columns;
   //  - up to 64: 32 x 128 on matrices up to 4096² (M = 64 14.2 us against 22.2 for dequantizing),
@@ -740,8 +759,22 @@ void gptq_choose(const GptqDeviceWeights& W, int64_t M, int* config, int* splits
                                     : large && (W.K >= W.N || M >= 4);
   const bool deep = W.bits == 4 && wide_short && M >= 4;
   const bool wgmma = wgmma_available(W.device);
-  if (M <= 8) c = !fold ? (huge && W.K > W.N ? 0 : kGemvK) : two_tiles ? kFoldWide : deep ? kFoldDeep : kFold;
-  else if (wgmma && (M > 16 || large || (W.N > W.K && size >= (int64_t)4096 * 11008))) {
+  const int64_t blocks4 = W.Np / (4 * kTileN);
+  // (wide_short matrices go by their own rule: 4096 x 22016 is "huge" by size, but on 4 tiles at 8
+  // rows it ran 22.1 us against 18.7 on two.)
+  const bool four_tiles = wide_short ? W.bits == 4 && blocks4 <= 2 * multiprocessors(W.device)
+                          : W.bits < 4 ? (huge && (W.K > W.N || M > 4)) || (W.K > W.N && !large)
+                                       : huge && W.N > W.K && M > 4;
+  const bool wide16 = wide_short ? W.N >= 3 * W.K && W.bits != 3
+                                 : large && (!huge || W.bits == 4 || (W.bits == 2 && W.K > W.N));
+  if (M <= 8)
+    c = !fold        ? (huge && W.K > W.N ? 0 : kGemvK)
+        : four_tiles ? kFoldWide4
+        : two_tiles  ? kFoldWide
+        : deep       ? kFoldDeep
+                     : kFold;
+  else if (wgmma && M <= 16 && W.uniform_chunks && wide16) c = kFold16Wide;
+  else if (wgmma) {
     const bool short_wide = W.K <= 4096 && W.N > 8192;
     if (M <= 16) c = kWgmma16;
     else if (M <= 32) c = kWgmma32;
@@ -761,6 +794,9 @@ void gptq_choose(const GptqDeviceWeights& W, int64_t M, int* config, int* splits
   *config = c;
   // The folded GEMV: split-K (its z) made 8192 x 28672 slower (2 splits: 52.8 against 38.9 us).
   *splits = c == kGemvK || is_fold(c) ? 1 : (int)std::max<int64_t>(1, std::min({target / tiles, chunks / 4, by_traffic}));
+  // ... except on four tiles per block, whose blocks are few enough on K > N matrices to leave the GPU
+  // idle (11008 x 4096 2-bit M = 1: 9.5 us in 4 splits, 10.7 for one tile per block unsplit).
+  if (c == kFoldWide4) *splits = (int)std::max<int64_t>(1, std::min(target / tiles, chunks / 8));
   if (is_wgmma(c) && M > 32) *splits = (int)std::max<int64_t>(1, std::min(target / tiles, chunks / 8));
 }
 
