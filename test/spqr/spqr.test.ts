@@ -88,13 +88,28 @@ describe('SpQR sweep against the float64 reference', () => {
       expect(Array.from(weights.perm!), msg).toEqual(Array.from(ref.perm));
       expect(Math.abs(report.typicalError - ref.typical) / ref.typical, msg).toBeLessThan(1e-4);
       // Weights: a rounding tie or an outlier decision at the threshold may flip between float32 and
-      // float64, and error feedback carries a flip along the rest of its row (seen: 2.7% of 3840).
+      // float64, and error feedback carries a flip along the rest of its row (seen: 2.7% of 3840). A
+      // flip that moves a group's first-level statistics moves its second-level ones too, so all β2
+      // rows of that block then differ from there on (seen: seed 829629034, 2-bit 37 × 172, every
+      // row from sweep position 128; the blocks' errors -4.6%, -6.5% and +0.9% of the reference's).
+      // So a β2-row block may differ in more than 5% of its weights only if its output error is
+      // within 5% of the reference's: a wrong statistic, permutation or error feedback moves that.
       const decoded = decodeSpqrRef(weights);
-      let differ = 0;
       const nativeCodes = spqrDequantize(weights);
-      for (let i = 0; i < N * K; i++)
-        if (Math.abs(decoded[i]! - ref.What[i]!) > 1e-3 * (Math.abs(ref.What[i]!) + 0.01)) differ++;
-      expect(differ / (N * K), `${msg}: ${differ} of ${N * K} weights differ from the reference`).toBeLessThan(0.05);
+      for (let r0 = 0; r0 < N; r0 += beta2) {
+        const r1 = Math.min(N, r0 + beta2);
+        let differ = 0;
+        for (let i = r0 * K; i < r1 * K; i++)
+          if (Math.abs(decoded[i]! - ref.What[i]!) > 1e-3 * (Math.abs(ref.What[i]!) + 0.01)) differ++;
+        if (differ <= 0.05 * (r1 - r0) * K) continue;
+        const rows = (a: Float32Array | Float64Array) => a.subarray(r0 * K, r1 * K);
+        const mine = outputError(rows(W), rows(decoded), X, r1 - r0, K, T);
+        const theirs = outputError(rows(W), rows(ref.What), X, r1 - r0, K, T);
+        expect(
+          mine / theirs,
+          `${msg}: rows ${r0}-${r1 - 1}: ${differ} weights differ, error ${mine} vs ${theirs}`,
+        ).toBeLessThan(1.05);
+      }
       expect(Math.abs(report.loss - ref.loss) / ref.loss, `${msg}: loss ${report.loss} vs ${ref.loss}`).toBeLessThan(
         0.03,
       );
