@@ -431,8 +431,12 @@ export const SPQR_ARRAYS = [
   'outlierValues',
 ] as const satisfies readonly (keyof SpqrWeights)[];
 
-/** W [N, K] in original column order, decoded from the stored layout in float64 (statistics in f32, as the format says). */
-export function decodeSpqrRef(W: SpqrLayout): Float64Array {
+/**
+ * W [N, K] in original column order, decoded from the stored layout in float64 (statistics in f32, as
+ * the format says). With `magnitude`, also the size of what each weight sums: |s·(q − z)| plus its
+ * outlier's |value|, which bounds the rounding of an f32 decoder where the two cancel.
+ */
+export function decodeSpqrRef(W: SpqrLayout, magnitude?: Float64Array): Float64Array {
   const { N, K } = W;
   const G = Math.ceil(K / W.beta1);
   const NB = Math.ceil(N / W.beta2);
@@ -451,11 +455,16 @@ export function decodeSpqrRef(W: SpqrLayout): Float64Array {
         f16Value(W.zeroStats[at]!) +
           f32(f16Value(W.zeroStats[at + 1]!) * bitstreamGet(W.zeroCodes, n * G + g, W.statBits)),
       );
-      out[n * K + (W.perm ? W.perm[p]! : p)] = s * (bitstreamGet(W.qweight, n * K + p, W.bits) - z);
+      const i = n * K + (W.perm ? W.perm[p]! : p);
+      out[i] = s * (bitstreamGet(W.qweight, n * K + p, W.bits) - z);
+      if (magnitude) magnitude[i] = Math.abs(out[i]!);
     }
-    for (let i = W.outlierRowptr[n]!; i < W.outlierRowptr[n + 1]!; i++) {
-      const p = W.outlierCols[i]!;
-      out[n * K + (W.perm ? W.perm[p]! : p)] += f16Value(W.outlierValues[i]!);
+    for (let e = W.outlierRowptr[n]!; e < W.outlierRowptr[n + 1]!; e++) {
+      const p = W.outlierCols[e]!;
+      const i = n * K + (W.perm ? W.perm[p]! : p);
+      const value = f16Value(W.outlierValues[e]!);
+      out[i]! += value;
+      if (magnitude) magnitude[i]! += Math.abs(value);
     }
   }
   return out;

@@ -94,7 +94,8 @@ describe('SpQR sweep against the float64 reference', () => {
       // row from sweep position 128; the blocks' errors -4.6%, -6.5% and +0.9% of the reference's).
       // So a β2-row block may differ in more than 5% of its weights only if its output error is
       // within 5% of the reference's: a wrong statistic, permutation or error feedback moves that.
-      const decoded = decodeSpqrRef(weights);
+      const magnitude = new Float64Array(N * K);
+      const decoded = decodeSpqrRef(weights, magnitude);
       const nativeCodes = spqrDequantize(weights);
       for (let r0 = 0; r0 < N; r0 += beta2) {
         const r1 = Math.min(N, r0 + beta2);
@@ -130,11 +131,10 @@ describe('SpQR sweep against the float64 reference', () => {
       expect(found, `${msg}: planted outliers kept in fp16 (${found} of ${at.length})`).toBeGreaterThanOrEqual(
         Math.floor(0.6 * at.length),
       );
-      // The native decoder equals the layout's definition.
+      // The native decoder equals the layout's definition, up to f32 rounding of the terms it sums (a
+      // dense part and its outlier can cancel: seed 3102467266 had 1.4e-9 off a weight of 2.7e-4).
       for (let i = 0; i < N * K; i++)
-        expect(Math.abs(nativeCodes[i]! - decoded[i]!), `${msg} at ${i}`).toBeLessThan(
-          1e-6 * (Math.abs(decoded[i]!) + 1e-3),
-        );
+        expect(Math.abs(nativeCodes[i]! - decoded[i]!), `${msg} at ${i}`).toBeLessThan(1e-6 * (magnitude[i]! + 1e-3));
       // SpQR beats no outliers on the layer's output error.
       const plain = await spqrQuantize(W, [N, K], H, { ...opts, outlierThreshold: Infinity });
       expect(plain.weights.outlierCols.length).toBe(0);
