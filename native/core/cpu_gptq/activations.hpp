@@ -33,6 +33,15 @@ void fit(std::vector<T>& v, int64_t n) {
   if ((int64_t)v.size() < n) v.resize((size_t)n);
 }
 
+// Starts P's view afresh for M rows of W's padded inputs (every pointer null until filled).
+template <class Weights>
+void reset_view(const Weights& W, int64_t M, ActivationBuffers& P) {
+  P.view = Activations{};
+  P.view.M = M;
+  P.view.padded_k = W.padded_k();
+  P.view.segments = (int64_t)W.segments.size();
+}
+
 // Quantizes the M rows of X into P (xq, dx, xsum; the view's other pointers left null), in blocks of
 // rows over the thread pool when M > 1; after_rows(m0, m1) runs on each block once it is quantized
 // (SpQR adds its group sums there, while the rows are in cache).
@@ -43,10 +52,7 @@ void quantize_activations(const Weights& W, const float* X, int64_t M, SimdLevel
   fit(P.xq, M * Kp);
   fit(P.dx, M * S);
   fit(P.xsum, M * S);
-  P.view = Activations{};
-  P.view.M = M;
-  P.view.padded_k = Kp;
-  P.view.segments = S;
+  reset_view(W, M, P);
   auto rows = [&](int64_t m0, int64_t m1) {
     switch (level) {
       case SimdLevel::Avx512: kernels_avx512::quantize_rows(W, X, m0, m1, P.view, P.xq.data(), P.dx.data(), P.xsum.data()); break;

@@ -178,10 +178,7 @@ void gather_f32(const CpuGptqWeights& W, const float* X, int64_t M, ActivationBu
       const int32_t k = W.source[(size_t)p];
       P.xf[(size_t)(m * Kp + p)] = k >= 0 ? X[m * W.K + k] : 0.f;
     }
-  P.view = Activations{};
-  P.view.M = M;
-  P.view.padded_k = Kp;
-  P.view.segments = (int64_t)W.segments.size();
+  reset_view(W, M, P);
   P.view.xf = P.xf.data();
 }
 }  // namespace
