@@ -548,7 +548,8 @@ int occupancy_gemv() {
 struct ConfigInfo {
   const char* name;
   int MT, NT, WM, WN;
-  int max_m;  // the most rows of X the kernel takes (0: any)
+  int max_m;    // the most rows of X the kernel takes (0: any)
+  bool folded;  // the zero-point-folded GEMV (gptq_gemv_fold_kernel)
 };
 // Row tiles of 8, 16, 32, 64 and 128 rows of X (name: rows × columns per block, w = warps), and the
 // direct-load kernels for up to 8 rows (v; k8: one tile per block, its 8 warps splitting K; f: the
@@ -561,14 +562,14 @@ struct ConfigInfo {
 // boundaries: 1.3-1.6x slower than f8n16k8 on every shape, 2026-12-02.) w: the sm_90a warpgroup
 // kernel (gemm_wgmma.cu), rows of X × columns per block.
 constexpr ConfigInfo kConfigs[] = {
-    {"m8n128", 1, 1, 1, 8, 0},     {"m16n128", 2, 2, 1, 4, 0},   {"m32n128", 4, 2, 1, 4, 0},
-    {"m64n128w4", 4, 4, 2, 2, 0},  {"m16n128w8", 2, 1, 1, 8, 0}, {"m64n128w8", 8, 1, 1, 8, 0},
-    {"v8n128", 1, 1, 1, 8, 8},     {"v8n16k8", 1, 1, 1, 1, 8},   {"f8n16k8", 1, 1, 1, 1, 8},
-    {"f16n16k8", 2, 1, 1, 1, 16}, {"f8n16k8d", 1, 1, 1, 1, 8},  {"f8n32k8", 1, 2, 1, 1, 8},
-    {"w16n64", 2, 1, 1, 4, 0},    {"w32n64", 4, 1, 1, 4, 0},    {"w64n64", 8, 1, 1, 4, 0},
-    {"w128n64", 16, 1, 1, 4, 0},  {"w16n128", 2, 1, 1, 8, 0},   {"w32n128", 4, 1, 1, 8, 0},
-    {"w64n128", 8, 1, 1, 8, 0},   {"w128n128", 16, 1, 1, 8, 0},
-    {"f16n32k8", 2, 2, 1, 1, 16}, {"f8n64k8", 1, 4, 1, 1, 8},
+    {"m8n128", 1, 1, 1, 8, 0, false},     {"m16n128", 2, 2, 1, 4, 0, false},    {"m32n128", 4, 2, 1, 4, 0, false},
+    {"m64n128w4", 4, 4, 2, 2, 0, false},  {"m16n128w8", 2, 1, 1, 8, 0, false},  {"m64n128w8", 8, 1, 1, 8, 0, false},
+    {"v8n128", 1, 1, 1, 8, 8, false},     {"v8n16k8", 1, 1, 1, 1, 8, false},    {"f8n16k8", 1, 1, 1, 1, 8, true},
+    {"f16n16k8", 2, 1, 1, 1, 16, true},   {"f8n16k8d", 1, 1, 1, 1, 8, true},    {"f8n32k8", 1, 2, 1, 1, 8, true},
+    {"w16n64", 2, 1, 1, 4, 0, false},     {"w32n64", 4, 1, 1, 4, 0, false},     {"w64n64", 8, 1, 1, 4, 0, false},
+    {"w128n64", 16, 1, 1, 4, 0, false},   {"w16n128", 2, 1, 1, 8, 0, false},    {"w32n128", 4, 1, 1, 8, 0, false},
+    {"w64n128", 8, 1, 1, 8, 0, false},    {"w128n128", 16, 1, 1, 8, 0, false},  {"f16n32k8", 2, 2, 1, 1, 16, true},
+    {"f8n64k8", 1, 4, 1, 1, 8, true},
 };
 constexpr int kConfigCount = sizeof(kConfigs) / sizeof(kConfigs[0]);
 constexpr int kGemv = 6, kGemvK = 7;  // the direct-load kernels: 8 tiles a block, or one tile split 8 ways along K
@@ -583,9 +584,10 @@ constexpr int kWgmma64n64 = 14;  // one warpgroup (64 columns), 64 rows
 constexpr bool is_wgmma(int config) { return config >= kWgmma && config < kWgmma + 8; }
 constexpr int kFold16Wide = 20;  // the folded GEMV's 16-row form on 2 tiles per block
 constexpr int kFoldWide4 = 21;   // the folded GEMV on 4 tiles (64 columns) per block, 8 rows
-constexpr bool is_fold(int config) {
-  return config == kFold || config == kFold16 || config == kFoldDeep || config == kFoldWide || config >= kFold16Wide;
-}
+constexpr bool is_fold(int config) { return config >= 0 && config < kConfigCount && kConfigs[config].folded; }
+static_assert(is_fold(kFold) && is_fold(kFold16) && is_fold(kFoldDeep) && is_fold(kFoldWide) && is_fold(kFold16Wide) &&
+                  is_fold(kFoldWide4) && !is_fold(kGemvK) && !is_fold(kWgmma16),
+              "the folded forms are marked in kConfigs");
 
 
 template <int BITS, class T, int MT, int NT, int WM, int WN, bool DEFER>
@@ -798,6 +800,19 @@ void gptq_choose(const GptqDeviceWeights& W, int64_t M, int* config, int* splits
   // idle (11008 x 4096 2-bit M = 1: 9.5 us in 4 splits, 10.7 for one tile per block unsplit).
   if (c == kFoldWide4) *splits = (int)std::max<int64_t>(1, std::min(target / tiles, chunks / 8));
   if (is_wgmma(c) && M > 32) *splits = (int)std::max<int64_t>(1, std::min(target / tiles, chunks / 8));
+  // The warpgroup kernel at up to 16 rows with more tiles than half a wave, where the rule above gives
+  // one split: the split count (at most two waves) that fills its last wave best, the fewest among
+  // equals. 4096 x 22016 3-bit: 172 tiles, 264 blocks a wave; 3 splits fill 98% of two waves (26.6
+  // us), 1 and 2 splits 65% (29.3, 32.1); 8192 x 28672 (224 tiles) stays at one (54.8 against 59.3).
+  if (c == kWgmma16 && 2 * tiles > target) {
+    const int64_t most = std::max<int64_t>(1, std::min(2 * target / tiles, chunks / 4));
+    double best_fill = 0.0;
+    for (int64_t s = 1; s <= most; ++s) {
+      const int64_t blocks = tiles * s, waves = (blocks + target - 1) / target;
+      const double fill = (double)blocks / (double)(waves * target);
+      if (fill > best_fill + 0.02) best_fill = fill, *splits = (int)s;
+    }
+  }
 }
 
 // The weights' scratch for X, at least `need` bytes (grown outside graph capture only).
