@@ -47,10 +47,13 @@ describe.skipIf(!ready)('SpQR on stories260K block 1 with captured inputs', () =
       // Weights that differ, per second-level block of 16 rows. A near-tie in a block's search of its
       // statistics' grid (or its choice of outliers) can go the other way in f32 than in float64, and
       // then much of the block's weights differ (seen at text offset 16038, up: rows 80-95, losses
-      // 0.63317 and 0.63296; at 15389, up: blocks 5, 7 and 9 with 75%, 25% and 47% of their weights).
-      // Such a block must be as good as the reference's: its rows' error (w - ŵ)ᵀ H (w - ŵ) within 5%
-      // of the reference's on the same rows; at least half of the blocks must match (under 2% of their
-      // weights differ), which a wrong statistic, permutation or error feedback would break everywhere.
+      // 0.63317 and 0.63296; at 15389, up: blocks 5, 7 and 9 with 75%, 25% and 47% of their weights;
+      // at 14345, down: all 4 blocks, 16-63% of their weights, their errors -2.0%, +0.6%, +4.0% and
+      // -0.1% of the reference's, the losses 0.06066 and 0.06047). So every block that differs (2% of
+      // its weights or more) must be as good as the reference's: its rows' error (w - ŵ)ᵀ H (w - ŵ)
+      // within 5% of the reference's on the same rows, which a wrong statistic, permutation or error
+      // feedback moves (the reference without act-order fails all four linears here; a 30% change of
+      // damping gives blocks as good as these, which spqr.test.ts's random layers catch).
       const BLOCK_ROWS = 16;
       const blocks = Math.ceil(N / BLOCK_ROWS);
       const perBlock = new Array<number>(blocks).fill(0);
@@ -59,9 +62,6 @@ describe.skipIf(!ready)('SpQR on stories260K block 1 with captured inputs', () =
           perBlock[Math.floor(i / K / BLOCK_ROWS)]!++;
       const blockSize = (b: number) => Math.min(BLOCK_ROWS, N - b * BLOCK_ROWS) * K;
       const diverged = perBlock.map((d, b) => (d >= 0.02 * blockSize(b) ? b : -1)).filter((b) => b >= 0);
-      expect(diverged.length, `${msg}: blocks of 16 rows that differ: ${diverged}`).toBeLessThanOrEqual(
-        Math.floor(blocks / 2),
-      );
       const blockError = (Wq: ArrayLike<number>, b: number) => {
         let e = 0;
         const d = new Float64Array(K);
