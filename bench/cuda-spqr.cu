@@ -308,7 +308,7 @@ cuda::GptqRepacked random_gptq(Rng& rng, int bits, int64_t K, int64_t N) {
   return R;
 }
 
-int run_bench(const char* json_path) {
+int run_bench(const char* json_path, std::vector<int64_t> batches) {
   cudaDeviceProp prop;
   CK(cudaGetDeviceProperties(&prop, 0));
   std::printf("device: %s, %d SMs, L2 %d MB; %s\n", prop.name, prop.multiProcessorCount, prop.l2CacheSize >> 20,
@@ -331,12 +331,13 @@ int run_bench(const char* json_path) {
                  "gathered first, two launches), against GPTQ g128 with one (gptq_act_order_us; "
                  "spqr_vs_gptq_act_order = gptq_act_order_us / act_order_us); product_only_us, no_overlap_us, "
                  "best_us/best_splits (splits 0: the default was best), variant_us/best_variant: of the act-order "
-                 "product",
+                 "product; noperm_variant_us: each variant without the permutation",
                  "\"0: tile kernel (8 tiles a block, split-K through atomics)\",\"1: GEMV (one tile a block, warps "
                  "split K), 2 chunks in flight, outliers first\",\"2: GEMV, 2 chunks in flight, outliers last\",\"3: "
                  "GEMV, 2 chunks in flight capped for 3 blocks per SM (16 rows: 3 chunks), outliers last\",\"4: "
                  "GEMV, two tiles per block, 2 chunks in flight, capped for 2 blocks per SM\",\"5: the same, 1 chunk "
-                 "in flight\"");
+                 "in flight\",\"6: warpgroup kernel (wgmma, sm_90a: 128 output rows and 16 rows of X a block, X staged in "
+                 "shared memory; up to 8 rows variant 2 runs)\"");
   bool first_row = true;
   Rng rng(5);
   struct Shape { int64_t N, K; };
@@ -358,16 +359,17 @@ int run_bench(const char* json_path) {
       }
     }
     void *dx, *dy;
-    CK(cudaMalloc(&dx, (size_t)(16 * s.K * 2)));
-    CK(cudaMalloc(&dy, (size_t)(16 * s.N * 2)));
+    const int64_t max_m = *std::max_element(batches.begin(), batches.end());
+    CK(cudaMalloc(&dx, (size_t)(max_m * s.K * 2)));
+    CK(cudaMalloc(&dy, (size_t)(max_m * s.N * 2)));
     {
-      std::vector<uint16_t> hx((size_t)(16 * s.K));
+      std::vector<uint16_t> hx((size_t)(max_m * s.K));
       for (auto& v : hx) v = f16_bits((float)rng.normal());
       CK(cudaMemcpy(dx, hx.data(), hx.size() * 2, cudaMemcpyHostToDevice));
     }
-    double cublas_us[2];
-    for (int mi = 0; mi < 2; ++mi) {
-      const int64_t M = mi ? 16 : 1;
+    std::vector<double> cublas_us(batches.size());
+    for (size_t mi = 0; mi < batches.size(); ++mi) {
+      const int64_t M = batches[mi];
       cublas_us[mi] = bench::graph_us(stream, 20, [&](int i) {
         cuda::gemm16(stream, false, M, s.N, s.K, dx, dense[(size_t)i % dense.size()], dy, false);
       });
@@ -397,8 +399,8 @@ int run_bench(const char* json_path) {
       const double stored_bits = (double)SpqrBits(spqr_storage_bits(bits, 3, s.N, s.K, 16, 16, true,
                                                                     (int64_t)R.outliers.size())).total() /
                                  (double)(s.N * s.K);
-      for (int mi = 0; mi < 2; ++mi) {
-        const int64_t M = mi ? 16 : 1;
+      for (size_t mi = 0; mi < batches.size(); ++mi) {
+        const int64_t M = batches[mi];
         auto spqr_us = [&](int splits, bool overlap, int variant = -1) {
           return bench::graph_us(stream, 20, [&](int i) {
             cuda::spqr_matmul_splits(*copies[(size_t)i % copies.size()], dx, SpqrDtype::f16, M, dy, nullptr, stream,
@@ -433,6 +435,17 @@ int run_bench(const char* json_path) {
           variants += b;
           if (t < best_variant_us) best_variant_us = t, best_variant = v;
         }
+        // The same without the permutation (X in place where the variant reads it so).
+        std::string noperm_variants;
+        for (int v = 0; v < cuda::spqr_variant_count(); ++v) {
+          const double t = bench::graph_us(stream, 20, [&](int i) {
+            cuda::spqr_matmul_splits(*ncopies[(size_t)i % ncopies.size()], dx, SpqrDtype::f16, M, dy, nullptr, stream,
+                                     0, true, v);
+          });
+          char b[32];
+          std::snprintf(b, sizeof b, "%s%.2f", v ? "," : "", t);
+          noperm_variants += b;
+        }
         const double gus = bench::graph_us(stream, 20, [&](int i) {
           cuda::gptq_matmul(*gcopies[(size_t)i % gcopies.size()], dx, cuda::GptqDtype::f16, M, dy, stream);
         });
@@ -458,14 +471,15 @@ int run_bench(const char* json_path) {
                        "\"gptq_config\":\"%s/%d\",\"gptq_group\":128,\"spqr_vs_gptq\":%.3f,\"cublas_fp16_us\":%.2f,"
                        "\"x_cublas_fp16\":%.3f,\"act_order_us\":%.2f,\"gptq_act_order_us\":%.2f,"
                        "\"spqr_vs_gptq_act_order\":%.3f,\"product_only_us\":%.2f,\"no_overlap_us\":%.2f,"
-                       "\"best_us\":%.2f,\"best_splits\":%d,\"variant_us\":[%s],\"best_variant\":%d}",
+                       "\"best_us\":%.2f,\"best_splits\":%d,\"variant_us\":[%s],\"best_variant\":%d,"
+                       "\"noperm_variant_us\":[%s]}",
                        first_row ? "" : ",\n", (long long)s.K, (long long)s.N, (long long)M, bits, noperm_us, pct,
                        2.0 * M * s.N * s.K / noperm_us / 1e6, rows, splits,
                        cuda::spqr_default_variant(*ncopies[0], M),
                        in_place ? ", X in place" : "", wbytes, stored_bits, rate, gus,
                        cuda::gptq_config_name(gconfig), gsplits, gus / noperm_us, cublas_us[mi],
                        cublas_us[mi] / noperm_us, us, gaus, gaus / us, product_us, serial_us, best_us, best_splits,
-                       variants.c_str(), best_variant);
+                       variants.c_str(), best_variant, noperm_variants.c_str());
           first_row = false;
         }
       }
@@ -506,7 +520,21 @@ int main(int argc, char** argv) {
     host_only = true;
     return run_check();
   }
-  if (mode == "bench") return run_bench(argc > 2 ? argv[2] : nullptr);
-  std::fprintf(stderr, "usage: cuda-spqr check | bench [out.json]\n");
+  if (mode == "bench") {
+    // cuda-spqr bench [out.json [M,M,...]] (default rows of X: 1 and 16)
+    std::vector<int64_t> batches;
+    for (const char* p = argc > 3 ? argv[3] : "1,16"; *p;) {
+      char* end;
+      const long long m = std::strtoll(p, &end, 10);
+      if (end == p || m < 1 || m > 256) {
+        std::fprintf(stderr, "cuda-spqr bench: rows of X are a comma-separated list in [1, 256]\n");
+        return 2;
+      }
+      batches.push_back(m);
+      p = *end == ',' ? end + 1 : end;
+    }
+    return run_bench(argc > 2 ? argv[2] : nullptr, batches);
+  }
+  std::fprintf(stderr, "usage: cuda-spqr check | bench [out.json [M,M,...]]\n");
   return 2;
 }

@@ -24,6 +24,8 @@ if [[ ${1:-} == --build-only ]]; then
   # The wgmma kernels (sm_90a alone, as CMakeLists.txt builds them) as an object of their own.
   nvcc -O3 -std=c++17 -gencode=arch=compute_90a,code=sm_90a --expt-relaxed-constexpr \
     -c cuda/gptq_kernels/gemm_wgmma.cu -o "$bin/obj/gemm_wgmma.o" || exit 1
+  nvcc -O3 -std=c++17 -gencode=arch=compute_90a,code=sm_90a --expt-relaxed-constexpr \
+    -c cuda/spqr_kernels/gemm_wgmma.cu -o "$bin/obj/spqr_gemm_wgmma.o" || exit 1
   gptq_kernels=(cuda/gptq_kernels/gemm.cu cuda/gptq_kernels/dequant.cu cuda/gptq_kernels/repack.cu "$bin/obj/gemm_wgmma.o")
   # The dequantize + cuBLAS path links linalg.cu (cuBLAS through dlopen).
   nvcc "${nvcc_flags[@]}" bench/cuda-gemm.cu "${gptq_kernels[@]}" cuda/linalg.cu cuda/device.cu "${cpu_objs[@]}" \
@@ -32,7 +34,7 @@ if [[ ${1:-} == --build-only ]]; then
   nvcc "${nvcc_flags[@]}" bench/cuda-gptq.cu cuda/gptq.cu cuda/linalg.cu cuda/device.cu "${cpu_objs[@]}" \
     -o "$bin/cuda-gptq" -ldl
   # The SpQR tensor-core product against float64, and timed beside gptq-tc and cuBLAS fp16.
-  nvcc "${nvcc_flags[@]}" bench/cuda-spqr.cu cuda/spqr_kernels/gemm.cu cuda/spqr_kernels/repack.cu \
+  nvcc "${nvcc_flags[@]}" bench/cuda-spqr.cu cuda/spqr_kernels/gemm.cu cuda/spqr_kernels/repack.cu "$bin/obj/spqr_gemm_wgmma.o" \
     "${gptq_kernels[@]}" cuda/linalg.cu cuda/device.cu "${cpu_objs[@]}" -o "$bin/cuda-spqr" -ldl
   exit
 fi

@@ -93,8 +93,9 @@ class SpqrDeviceWeights {
   int64_t weight_bytes = 0;  // what one product reads of the weights (records + row pointers + outliers)
   int64_t bytes = 0;         // the whole allocation
 
-  void* xs = nullptr;  // X in sweep order [Mp, Kp] and transposed [Kp, Mp]
+  void* xs = nullptr;  // X in sweep order [Mp, Kp] (or the warpgroup kernel's order) and transposed [Kp, Mp]
   int64_t xs_bytes = 0;
+  bool xs_wgmma_order = false;  // the order the last gather wrote
   float* partial = nullptr;
   int32_t* counters = nullptr;
   int64_t partial_floats = 0, counter_count = 0;
@@ -123,8 +124,9 @@ int spqr_default_variant(const SpqrDeviceWeights& W, int64_t M);  // the variant
 // Whether spqr_matmul* reads X in place (no gather) for these weights, X, M and variant (< 0: the default).
 bool spqr_reads_x_in_place(const SpqrDeviceWeights& W, const void* X, int64_t M, int variant = -1);
 // The two launches of a product, separately (benchmarks time the second alone): X into sweep
-// order in W's scratch, then the product from there (splits < 1: the default choice).
-void spqr_gather(const SpqrDeviceWeights& W, const void* X, SpqrDtype dtype, int64_t M, void* stream);
+// order in W's scratch, in the form the product's variant reads (< 0: the default's), then the
+// product from there (splits < 1: the default choice; the same variant).
+void spqr_gather(const SpqrDeviceWeights& W, const void* X, SpqrDtype dtype, int64_t M, void* stream, int variant = -1);
 void spqr_product(const SpqrDeviceWeights& W, SpqrDtype dtype, int64_t M, void* Y, const float* bias, void* stream,
                   int splits, bool overlap, int variant);
 // The row tile (8 or 16 rows of X per block) and split of K spqr_matmul picks.
