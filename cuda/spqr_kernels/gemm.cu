@@ -143,10 +143,9 @@ __global__ void __launch_bounds__(256, MINB) spqr_tc_kernel(Args a) {
 }
 
 // DEPTH: chunks of records in flight per warp; MINB: blocks per SM the registers are capped for;
-// LATE: the outliers summed after the dense loop rather than before; XPRE: each chunk's X loaded
-// while the warp's chunk before it is multiplied (else at its own start). Grid: (Mp / BM,
-// Np / (16·NT), splits).
-template <int BITS, class T, int MT, int NT, int DEPTH, int MINB, bool LATE, bool XPRE = false>
+// LATE: the outliers summed after the dense loop rather than before. Grid: (Mp / BM, Np / (16·NT),
+// splits).
+template <int BITS, class T, int MT, int NT, int DEPTH, int MINB, bool LATE>
 __global__ void __launch_bounds__(256, MINB) spqr_gemv_kernel(Args a) {
   using T2 = typename Dtype<T>::T2;
   constexpr int BM = 8 * MT, REC = record_bytes(BITS);
@@ -213,26 +212,6 @@ __global__ void __launch_bounds__(256, MINB) spqr_gemv_kernel(Args a) {
   }
   constexpr int X_STEP = 8 * kChunk / 8;  // uint4 between a warp's consecutive chunks
   const int c_whole = (int)(a.kx / kChunk);  // chunks below this one are whole
-  // X of chunk c (the warp's next in order: the pointers advance by one of its chunks).
-  auto load_x = [&](int c, uint4 (&xv)[MT][4]) {
-    if (c < c_whole) {
-#pragma unroll
-      for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-        for (int v = 0; v < 4; ++v) xv[mt][v] = __ldg(X[mt] + v);
-    } else {
-      const int64_t k0 = (int64_t)c * kChunk + 32 * t;
-#pragma unroll
-      for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-        for (int v = 0; v < 4; ++v) xv[mt][v] = k0 + 8 * v + 8 <= a.kx ? __ldg(X[mt] + v) : make_uint4(0, 0, 0, 0);
-    }
-#pragma unroll
-    for (int mt = 0; mt < MT; ++mt) X[mt] += X_STEP;
-  };
-  uint4 x_next[XPRE ? MT : 1][4];
-  if constexpr (XPRE)
-    if (c_begin + warp < c_end) load_x(c_begin + warp, x_next);
   // One tile: two sums per row tile (even and odd tiles), two chains of dependent mma instead of one
   // of 8; with more tiles the tiles' chains interleave already.
   constexpr int CHAINS = NT == 1 ? 2 : 1;
@@ -243,15 +222,20 @@ __global__ void __launch_bounds__(256, MINB) spqr_gemv_kernel(Args a) {
       const int c = c0 + 8 * s;
       if (c >= c_end) break;
       uint4 xv[MT][4];
-      if constexpr (XPRE) {
+      if (c < c_whole) {
 #pragma unroll
         for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
-          for (int v = 0; v < 4; ++v) xv[mt][v] = x_next[mt][v];
-        if (c + 8 < c_end) load_x(c + 8, x_next);
+          for (int v = 0; v < 4; ++v) xv[mt][v] = __ldg(X[mt] + v);
       } else {
-        load_x(c, xv);
+        const int64_t k0 = (int64_t)c * kChunk + 32 * t;
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+          for (int v = 0; v < 4; ++v) xv[mt][v] = k0 + 8 * v + 8 <= a.kx ? __ldg(X[mt] + v) : make_uint4(0, 0, 0, 0);
       }
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt) X[mt] += X_STEP;
 #pragma unroll
       for (int nt = 0; nt < NT; ++nt) {
         T2 scale[2][2], shift[2][2];
@@ -388,10 +372,8 @@ Kernel kernel_of(bool gemv, int cols) {
 //  5: the same with 1 chunk in flight;
 //  6: from 9 rows on compute capability 9.0, the warpgroup kernel (gemm_wgmma.cu: 128 output rows
 //     and 16 rows of X a block, X staged in shared memory for the tensor cores; X gathered in its
-//     order). Elsewhere, and up to 8 rows, variant 5 (9+ rows) or 2 runs instead;
-//  7: variant 3 with each chunk's X loaded while the warp's chunk before it is multiplied;
-//  8: variant 2 likewise, registers capped for 2 blocks per SM (64 spill ~200 bytes).
-constexpr int kVariants = 9;
+//     order). Elsewhere, and up to 8 rows, variant 5 (9+ rows) or 2 runs instead.
+constexpr int kVariants = 7;
 constexpr int kWgmmaVariant = 6;
 template <int BITS, class T, int MT>
 Kernel kernel_for(int variant) {
@@ -402,8 +384,6 @@ Kernel kernel_for(int variant) {
     case 3: return kernel_of<spqr_gemv_kernel<BITS, T, MT, 1, DEEP, DEEP_CAP, true>>(true, kTileN);
     case 4: return kernel_of<spqr_gemv_kernel<BITS, T, MT, 2, 2, 2, true>>(true, 2 * kTileN);
     case 5: return kernel_of<spqr_gemv_kernel<BITS, T, MT, 2, 1, 2, true>>(true, 2 * kTileN);
-    case 7: return kernel_of<spqr_gemv_kernel<BITS, T, MT, 1, DEEP, DEEP_CAP, true, true>>(true, kTileN);
-    case 8: return kernel_of<spqr_gemv_kernel<BITS, T, MT, 1, 2, 2, true, true>>(true, kTileN);
     default: return kernel_of<spqr_tc_kernel<BITS, T, MT, 2, CAP, true>>(false, 128);
   }
 }
