@@ -337,7 +337,7 @@ int run_bench(const char* json_path, std::vector<int64_t> batches) {
                  "GEMV, 2 chunks in flight capped for 3 blocks per SM (16 rows: 3 chunks), outliers last\",\"4: "
                  "GEMV, two tiles per block, 2 chunks in flight, capped for 2 blocks per SM\",\"5: the same, 1 chunk "
                  "in flight\",\"6: warpgroup kernel (wgmma, sm_90a: 128 output rows and 16 rows of X a block, X staged in "
-                 "shared memory; up to 8 rows variant 2 runs)\"");
+                 "shared memory; up to 8 rows variant 2 runs)\",\"7: variant 2 with 16 warps a block\"");
   bool first_row = true;
   Rng rng(5);
   struct Shape { int64_t N, K; };
@@ -494,8 +494,8 @@ int run_bench(const char* json_path, std::vector<int64_t> batches) {
   return 0;
 }
 
-// One shape, a few products (for ncu): cuda-spqr one N K bits M
-int run_one(int64_t N, int64_t K, int bits, int64_t M) {
+// One shape, a few products (for ncu): cuda-spqr one N K bits M [variant]
+int run_one(int64_t N, int64_t K, int bits, int64_t M, int variant) {
   Rng rng(3);
   const Weights w = random_weights(rng, bits, 3, N, K, 16, 16, 0.01, false, false);
   cuda::SpqrDeviceWeights W(cuda::repack_spqr_host(w.view()), 0);
@@ -504,7 +504,7 @@ int run_one(int64_t N, int64_t K, int bits, int64_t M) {
   CK(cudaMalloc(&dx, (size_t)(M * K * 2)));
   CK(cudaMalloc(&dy, (size_t)(M * N * 2)));
   CK(cudaMemset(dx, 0, (size_t)(M * K * 2)));
-  for (int i = 0; i < 3; ++i) cuda::spqr_matmul(W, dx, SpqrDtype::f16, M, dy, nullptr, nullptr);
+  for (int i = 0; i < 3; ++i) cuda::spqr_matmul_splits(W, dx, SpqrDtype::f16, M, dy, nullptr, nullptr, 0, true, variant);
   for (int i = 0; i < 3; ++i) cuda::gptq_matmul(G, dx, cuda::GptqDtype::f16, M, dy, nullptr);
   CK(cudaDeviceSynchronize());
   return 0;
@@ -515,7 +515,9 @@ int run_one(int64_t N, int64_t K, int bits, int64_t M) {
 int main(int argc, char** argv) {
   const std::string mode = argc > 1 ? argv[1] : "check";
   if (mode == "check") return run_check();
-  if (mode == "one" && argc > 5) return run_one(std::atoll(argv[2]), std::atoll(argv[3]), std::atoi(argv[4]), std::atoll(argv[5]));
+  if (mode == "one" && argc > 5)
+    return run_one(std::atoll(argv[2]), std::atoll(argv[3]), std::atoi(argv[4]), std::atoll(argv[5]),
+                   argc > 6 ? std::atoi(argv[6]) : -1);
   if (mode == "repack") {
     host_only = true;
     return run_check();

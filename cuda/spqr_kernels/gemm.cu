@@ -143,10 +143,10 @@ __global__ void __launch_bounds__(256, MINB) spqr_tc_kernel(Args a) {
 }
 
 // DEPTH: chunks of records in flight per warp; MINB: blocks per SM the registers are capped for;
-// LATE: the outliers summed after the dense loop rather than before. Grid: (Mp / BM, Np / (16·NT),
-// splits).
-template <int BITS, class T, int MT, int NT, int DEPTH, int MINB, bool LATE>
-__global__ void __launch_bounds__(256, MINB) spqr_gemv_kernel(Args a) {
+// LATE: the outliers summed after the dense loop rather than before; WARPS: warps per block (8 or 16),
+// which split K among themselves. Grid: (Mp / BM, Np / (16·NT), splits).
+template <int BITS, class T, int MT, int NT, int DEPTH, int MINB, bool LATE, int WARPS = 8>
+__global__ void __launch_bounds__(32 * WARPS, MINB) spqr_gemv_kernel(Args a) {
   using T2 = typename Dtype<T>::T2;
   constexpr int BM = 8 * MT, REC = record_bytes(BITS);
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, g = lane >> 2, t = lane & 3;
@@ -154,22 +154,22 @@ __global__ void __launch_bounds__(256, MINB) spqr_gemv_kernel(Args a) {
   if (ntile0 * kTileN >= a.N) return;  // padding tiles only (the whole block: no counter to keep)
   const int c_begin = (int)((int64_t)z * a.chunks / a.splits), c_end = (int)((int64_t)(z + 1) * a.chunks / a.splits);
 
-  // Outliers of row (ntile0 + nt)·16 + lane % 16: 16 streams per row (warp, lane ≥ 16), then the splits.
-  const int stream = 2 * warp + (lane >> 4), e_step = 16 * a.splits;
+  // Outliers of row (ntile0 + nt)·16 + lane % 16: 2·WARPS streams per row (warp, lane ≥ 16), then the splits.
+  const int stream = 2 * warp + (lane >> 4), e_step = 2 * WARPS * a.splits;
   int e_begin[NT], e_end[NT];
 #pragma unroll
   for (int nt = 0; nt < NT; ++nt) {
     e_begin[nt] = e_end[nt] = 0;
     const int64_t n = (int64_t)(ntile0 + nt) * kTileN + (lane & 15);
-    if (n < a.N) e_begin[nt] = __ldg(a.rowptr + n) + 16 * z + stream, e_end[nt] = __ldg(a.rowptr + n + 1);
+    if (n < a.N) e_begin[nt] = __ldg(a.rowptr + n) + 2 * WARPS * z + stream, e_end[nt] = __ldg(a.rowptr + n + 1);
   }
-  // This warp's chunks: c_begin + warp, + 8, ... (8 records apart per chunk, 64 per step). The NT
-  // tiles of a block lie in one group of 8 (Np is a multiple of 128), their records side by side.
+  // This warp's chunks: c_begin + warp, + WARPS, ... (8 records apart per chunk). The NT tiles of a
+  // block lie in one group of 8 (Np is a multiple of 128), their records side by side.
   const uint8_t* wrec = a.records + record_index(ntile0, 0, a.chunks) * REC;
   RecordShare<BITS> st[DEPTH][NT];
 #pragma unroll
   for (int s = 0; s < DEPTH; ++s) {
-    const int c = c_begin + warp + 8 * s;
+    const int c = c_begin + warp + WARPS * s;
     if (c < c_end)
 #pragma unroll
       for (int nt = 0; nt < NT; ++nt) st[s][nt].load(wrec + ((int64_t)c * 8 + nt) * REC, lane);
@@ -178,7 +178,7 @@ __global__ void __launch_bounds__(256, MINB) spqr_gemv_kernel(Args a) {
   // then let the next product start fetching its records (one product ahead at most).
   wait_for_previous();
   let_next_launch();
-  __shared__ float osum[8][kTileN][BM + 1];
+  __shared__ float osum[WARPS][kTileN][BM + 1];
   float acc[NT][MT][4];
 #pragma unroll
   for (int nt = 0; nt < NT; ++nt)
@@ -200,8 +200,8 @@ __global__ void __launch_bounds__(256, MINB) spqr_gemv_kernel(Args a) {
   };
   if constexpr (!LATE) outliers();
 
-  // Row g of each 8-row tile of X at this lane's 32 positions of its first chunk, 8 chunks apart per
-  // step; in place, rows past M read row 0 (their results are never written) and columns past K read
+  // Row g of each 8-row tile of X at this lane's 32 positions of its first chunk, WARPS chunks apart
+  // per step; in place, rows past M read row 0 (their results are never written) and columns past K read
   // as zero (only the last chunk can hold them). Each chunk's X serves the block's NT tiles.
   const uint4* X[MT];
 #pragma unroll
@@ -210,16 +210,16 @@ __global__ void __launch_bounds__(256, MINB) spqr_gemv_kernel(Args a) {
     X[mt] = reinterpret_cast<const uint4*>(xs + (int64_t)(xst || row < a.M ? row : 0) * a.ldx +
                                            (int64_t)(c_begin + warp) * kChunk + 32 * t);
   }
-  constexpr int X_STEP = 8 * kChunk / 8;  // uint4 between a warp's consecutive chunks
+  constexpr int X_STEP = WARPS * kChunk / 8;  // uint4 between a warp's consecutive chunks
   const int c_whole = (int)(a.kx / kChunk);  // chunks below this one are whole
   // One tile: two sums per row tile (even and odd tiles), two chains of dependent mma instead of one
   // of 8; with more tiles the tiles' chains interleave already.
   constexpr int CHAINS = NT == 1 ? 2 : 1;
   float acc2[NT][MT][4] = {};
-  for (int c0 = c_begin + warp; c0 < c_end; c0 += 8 * DEPTH) {
+  for (int c0 = c_begin + warp; c0 < c_end; c0 += WARPS * DEPTH) {
 #pragma unroll
     for (int s = 0; s < DEPTH; ++s) {
-      const int c = c0 + 8 * s;
+      const int c = c0 + WARPS * s;
       if (c >= c_end) break;
       uint4 xv[MT][4];
       if (c < c_whole) {
@@ -251,7 +251,8 @@ __global__ void __launch_bounds__(256, MINB) spqr_gemv_kernel(Args a) {
                    (j & 1) ? xj.w : xj.y);
           }
         }
-        if (c + 8 * DEPTH < c_end) st[s][nt].load(wrec + ((int64_t)(c + 8 * DEPTH) * 8 + nt) * REC, lane);
+        if (c + WARPS * DEPTH < c_end)
+          st[s][nt].load(wrec + ((int64_t)(c + WARPS * DEPTH) * 8 + nt) * REC, lane);
       }
     }
   }
@@ -264,8 +265,8 @@ __global__ void __launch_bounds__(256, MINB) spqr_gemv_kernel(Args a) {
         for (int i = 0; i < 4; ++i) acc[nt][mt][i] += acc2[nt][mt][i];
   if constexpr (LATE) outliers();
 
-  // The 8 warps' sums meet in shared memory ([warp][accumulator][lane]: no bank conflicts); warp 0 writes.
-  __shared__ float part[8][NT * MT * 4][32];
+  // The warps' sums meet in shared memory ([warp][accumulator][lane]: no bank conflicts); warp 0 writes.
+  __shared__ float part[WARPS][NT * MT * 4][32];
 #pragma unroll
   for (int nt = 0; nt < NT; ++nt)
 #pragma unroll
@@ -275,7 +276,7 @@ __global__ void __launch_bounds__(256, MINB) spqr_gemv_kernel(Args a) {
   __syncthreads();
   if (warp != 0) return;
 #pragma unroll
-  for (int w = 1; w < 8; ++w)
+  for (int w = 1; w < WARPS; ++w)
 #pragma unroll
     for (int nt = 0; nt < NT; ++nt)
 #pragma unroll
@@ -325,13 +326,13 @@ int multiprocessors(int device) {
   return cached[device];
 }
 
-template <auto KERNEL>
+template <auto KERNEL, int THREADS>
 int occupancy() {
   static int blocks[64] = {};
   const int device = current_device(), slot = device >= 0 && device < 64 ? device : 0;
   if (!blocks[slot]) {
     int b = 0;
-    check(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&b, KERNEL, 256, 0),
+    check(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&b, KERNEL, THREADS, 0),
           "cudaOccupancyMaxActiveBlocksPerMultiprocessor (SpQR)");
     blocks[slot] = b < 1 ? 1 : b;
   }
@@ -342,19 +343,20 @@ using Launch = SpqrLaunch;
 struct Kernel {
   Launch launch;
   int (*occupancy)();
-  bool gemv;  // spqr_gemv_kernel: NT 16-row tiles per block, at least 8 chunks per split
+  bool gemv;  // spqr_gemv_kernel: NT 16-row tiles per block, at least one chunk per warp and split
   int cols;   // output rows per block (grid y = Np / cols): 16·NT for the GEMV, 128 for the others
   bool wgmma_order = false;  // X gathered in the warpgroup kernel's order
+  int warps = 8;
 };
 // overlap: launched overlapped with the previous kernel in the stream (overlap.cuh), so that its
 // blocks start and request their records while the gather or the previous product finishes.
-template <auto KERNEL>
+template <auto KERNEL, int THREADS>
 void launch(const Args& a, dim3 grid, cudaStream_t s, bool overlap) {
-  launch_maybe_overlapped(KERNEL, grid, dim3(256), 0, s, overlap, "SpQR product launch", a);
+  launch_maybe_overlapped(KERNEL, grid, dim3(THREADS), 0, s, overlap, "SpQR product launch", a);
 }
-template <auto KERNEL>
+template <auto KERNEL, int WARPS = 8>
 Kernel kernel_of(bool gemv, int cols) {
-  return {launch<KERNEL>, occupancy<KERNEL>, gemv, cols};
+  return {launch<KERNEL, 32 * WARPS>, occupancy<KERNEL, 32 * WARPS>, gemv, cols, false, WARPS};
 }
 // The variants (bench/cuda-spqr.cu times each; the check runs each):
 //  0: spqr_tc_kernel, 2 chunks in flight, outliers after the dense loop, 16-row tiles capped at 128
@@ -370,10 +372,12 @@ Kernel kernel_of(bool gemv, int cols) {
 //  4: two 16-row tiles per block (each chunk's X applied to both), 2 chunks in flight, outliers
 //     after, registers capped for 2 blocks per SM;
 //  5: the same with 1 chunk in flight;
-//  6: from 9 rows on compute capability 9.0, the warpgroup kernel (gemm_wgmma.cu: 128 output rows
-//     and 16 rows of X a block, X staged in shared memory for the tensor cores; X gathered in its
-//     order). Elsewhere, and up to 8 rows, variant 5 (9+ rows) or 2 runs instead.
-constexpr int kVariants = 7;
+//  6: on compute capability 9.0, the warpgroup kernel (gemm_wgmma.cu: 128 output rows and 16, 32 or
+//     64 rows of X a block, X staged in shared memory for the tensor cores; X gathered in its
+//     order). Elsewhere variant 5 (9+ rows) or 2 runs instead;
+//  7: variant 2 with 16 warps a block (each a chunk in 16), registers capped for 2 blocks per SM
+//     (8 rows of X; 1 for 16).
+constexpr int kVariants = 8;
 constexpr int kWgmmaVariant = 6;
 template <int BITS, class T, int MT>
 Kernel kernel_for(int variant) {
@@ -384,6 +388,7 @@ Kernel kernel_for(int variant) {
     case 3: return kernel_of<spqr_gemv_kernel<BITS, T, MT, 1, DEEP, DEEP_CAP, true>>(true, kTileN);
     case 4: return kernel_of<spqr_gemv_kernel<BITS, T, MT, 2, 2, 2, true>>(true, 2 * kTileN);
     case 5: return kernel_of<spqr_gemv_kernel<BITS, T, MT, 2, 1, 2, true>>(true, 2 * kTileN);
+    case 7: return kernel_of<spqr_gemv_kernel<BITS, T, MT, 1, 2, MT == 1 ? 2 : 1, true, 16>, 16>(true, kTileN);
     default: return kernel_of<spqr_tc_kernel<BITS, T, MT, 2, CAP, true>>(false, 128);
   }
 }
@@ -398,14 +403,19 @@ Kernel kernel_for(int bits, int mt, int variant) {
     default: return kernel_for<4, T, 2>(variant);
   }
 }
-Kernel kernel_for(SpqrDtype dtype, int bits, int mt, int variant) {
+// Whether the variant runs the warpgroup kernel here (else its stand-in, kernel_for says which).
+bool runs_wgmma(int variant) { return variant == kWgmmaVariant && spqr_wgmma_available(current_device()); }
+
+// rows: of X per block, rows_for's.
+Kernel kernel_for(SpqrDtype dtype, int bits, int rows, int variant) {
   if (variant == kWgmmaVariant) {
-    if (mt == 2 && spqr_wgmma_available(current_device())) {
-      const SpqrWgmmaKernel w = spqr_wgmma_kernel(dtype, bits);
+    if (runs_wgmma(variant)) {
+      const SpqrWgmmaKernel w = spqr_wgmma_kernel(dtype, bits, rows);
       return {w.launch, w.occupancy, false, 128, true};
     }
-    variant = mt == 2 ? 5 : 2;
+    variant = rows == 16 ? 5 : 2;
   }
+  const int mt = rows / 8;
   return dtype == SpqrDtype::f16 ? kernel_for<__half>(bits, mt, variant) : kernel_for<__nv_bfloat16>(bits, mt, variant);
 }
 
@@ -418,24 +428,29 @@ int default_variant(const SpqrDeviceWeights& W, int64_t M) {
   return M <= 16 ? 2 : 0;
 }
 
-int rows_for(int64_t M) { return M <= 8 ? 8 : 16; }
+// Rows of X per block: 8 up to 8 rows, else 16; the warpgroup kernel 16, 32 or 64 (its wgmma's N:
+// the weights are decoded once for that many rows).
+int rows_for(int64_t M, int variant) {
+  if (runs_wgmma(variant)) return M <= 16 ? 16 : M <= 32 ? 32 : 64;
+  return M <= 8 ? 8 : 16;
+}
 
 }  // namespace
 
 void spqr_choose(const SpqrDeviceWeights& W, int64_t M, int* rows_per_block, int* splits, int variant) {
-  // 8 rows of X per block up to 8 rows, else 16. The tile kernel splits K until the grid fills one
+  // Rows of X per block: rows_for's. The tile and warpgroup kernels split K until the grid fills one
   // wave of resident blocks, keeping at least 4 chunks of K per split (as the GPTQ kernels choose);
-  // the GEMV, whose blocks already split K 8 ways, only until every multiprocessor has a block,
-  // keeping at least 8 chunks (one per warp) per split.
+  // the GEMV, whose blocks already split K among their warps, only until every multiprocessor has a
+  // block, keeping at least one chunk per warp and split.
   check(cudaSetDevice(W.device), "cudaSetDevice");
-  const int mt = rows_for(M) / 8;
   if (variant < 0 || variant >= kVariants) variant = default_variant(W, M);
-  const Kernel k = kernel_for(SpqrDtype::f16, W.bits, mt, variant);
+  const int mt = rows_for(M, variant) / 8;
+  const Kernel k = kernel_for(SpqrDtype::f16, W.bits, 8 * mt, variant);
   const int64_t chunks = W.Kp / kChunk, row_blocks = ceil_div(M, 8 * mt);
   *rows_per_block = 8 * mt;
   if (k.gemv) {
     const int64_t tiles = row_blocks * ceil_div(W.N, (int64_t)k.cols);
-    *splits = (int)std::max<int64_t>(1, std::min(multiprocessors(W.device) / tiles, chunks / 8));
+    *splits = (int)std::max<int64_t>(1, std::min(multiprocessors(W.device) / tiles, chunks / k.warps));
   } else {
     const int64_t tiles = row_blocks * (W.Np / k.cols), target = (int64_t)k.occupancy() * multiprocessors(W.device);
     *splits = (int)std::max<int64_t>(1, std::min(target / tiles, chunks / 4));
@@ -450,7 +465,7 @@ void spqr_gather(const SpqrDeviceWeights& W, const void* X, SpqrDtype dtype, int
   if (variant < 0 || variant >= kVariants) variant = default_variant(W, M);
   const cudaStream_t stream = static_cast<cudaStream_t>(stream_ptr);
   auto& Wm = const_cast<SpqrDeviceWeights&>(W);  // scratch grows on demand
-  const int rows = rows_for(M);
+  const int rows = rows_for(M, variant);
   const int64_t Mp = ceil_div(M, rows) * rows;
   const int64_t xs_need = checked_product({2, Mp, W.Kp, 2}, "SpQR X scratch");
   check(cudaSetDevice(W.device), "cudaSetDevice");
@@ -467,7 +482,7 @@ void spqr_gather(const SpqrDeviceWeights& W, const void* X, SpqrDtype dtype, int
   void* xst = static_cast<char*>(Wm.xs) + Mp * W.Kp * 2;
   const int64_t total = Mp * W.Kp;
   const unsigned blocks = (unsigned)ceil_div(total, 256);
-  const bool wgmma_order = kernel_for(dtype, W.bits, rows / 8, variant).wgmma_order;
+  const bool wgmma_order = kernel_for(dtype, W.bits, rows, variant).wgmma_order;
   auto run = [&](auto kernel, auto* x) {
     using T = std::remove_const_t<std::remove_pointer_t<decltype(x)>>;
     kernel<<<blocks, 256, 0, stream>>>(x, M, W.K, Mp, W.Kp, W.perm, static_cast<T*>(xs), static_cast<T*>(xst));
@@ -498,7 +513,7 @@ void run_product(const SpqrDeviceWeights& W, const void* x_in_place, SpqrDtype d
   splits = (int)std::min<int64_t>(splits, chunks);
   auto& Wm = const_cast<SpqrDeviceWeights&>(W);  // scratch grows on demand
   const int64_t Mp = ceil_div(M, rows) * rows;
-  const Kernel k = kernel_for(dtype, W.bits, rows / 8, variant);
+  const Kernel k = kernel_for(dtype, W.bits, rows, variant);
   require(!x_in_place || (k.gemv && !W.perm), "E_INTERNAL", "SpQR product: X in place needs the GEMV and no permutation");
   require(x_in_place || (W.xs != nullptr && W.xs_bytes >= checked_product({2, Mp, W.Kp, 2})), "E_INTERNAL",
           "SpQR product: X not gathered (spqr_gather first)");
@@ -553,7 +568,7 @@ bool spqr_reads_x_in_place(const SpqrDeviceWeights& W, const void* X, int64_t M,
   // 8192² M = 16, 47 us in place against 36 gathered).
   if (variant < 0 || variant >= kVariants) variant = default_variant(W, M);
   return M <= 8 && !W.perm && W.K % 8 == 0 && (reinterpret_cast<uintptr_t>(X) & 15) == 0 &&
-         kernel_for(SpqrDtype::f16, W.bits, rows_for(M) / 8, variant).gemv;
+         kernel_for(SpqrDtype::f16, W.bits, rows_for(M, variant), variant).gemv;
 }
 
 void spqr_matmul_splits(const SpqrDeviceWeights& W, const void* X, SpqrDtype dtype, int64_t M, void* Y,

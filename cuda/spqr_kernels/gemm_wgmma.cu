@@ -2,7 +2,8 @@
 // rows of X: Y [M, N] = X [M, K] · Wᵀ + bias with W in the SpQR records (spqr_kernels.hpp).
 //
 // A block is two warpgroups (8 warps) on 128 output rows, each warp one 16-row tile (a warpgroup's 64
-// rows are wgmma's M), and 16 rows of X (wgmma's N), over a range of K (split-K over the grid's z).
+// rows are wgmma's M), and BN = 16, 32 or 64 rows of X (wgmma's N; the records are decoded once for
+// all of them), over a range of K (split-K over the grid's z).
 // The records already give each lane its A fragments in the layout the register A operand of
 // wgmma m64nNk16 takes (per warp, what mma.sync m16n8k16's A holds), so every warp streams its own
 // records from global memory into registers, DEPTH chunks ahead, decodes the statistics and the
@@ -32,18 +33,22 @@ namespace gp = gptq_product;
 
 namespace {
 
-constexpr int kRows = 16;                   // rows of X per block (wgmma's N)
-constexpr int kAtom = kRows * 128;          // 16 rows × 64 positions of 2 bytes
-constexpr int kStage = 2 * kAtom;           // one chunk of 128 inputs
-constexpr int kStages = 4;                  // X two chunks ahead
-constexpr int kDepth = 2;                   // chunks of records in flight per warp
-constexpr int kSmem = kStages * kStage + 1024;  // + room to align the ring to 1024 bytes
+template <int BN>
+struct Shape {
+  static constexpr int atom = BN * 128;              // BN rows × 64 positions of 2 bytes
+  static constexpr int stage = 2 * atom;             // one chunk of 128 inputs
+  static constexpr int stages = 4;                   // X two chunks ahead
+  static constexpr int smem = stages * stage + 1024;  // + room to align the ring to 1024 bytes
+};
+constexpr int kDepth = 2;  // chunks of records in flight per warp
 
-template <int BITS, class T>
+template <int BITS, class T, int BN>
 __global__ void __launch_bounds__(256, 2) spqr_wgmma_kernel(Args a) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   using T2 = typename Dtype<T>::T2;
-  constexpr int MT = kRows / 8, REC = record_bytes(BITS);
+  using S = Shape<BN>;
+  constexpr int kAtom = S::atom, kStage = S::stage, kStages = S::stages;
+  constexpr int MT = BN / 8, REC = record_bytes(BITS);
   extern __shared__ uint4 smem_u4[];
   uint8_t* smem = reinterpret_cast<uint8_t*>(smem_u4);
   smem += (1024 - (gp::smem_addr(smem) & 1023)) & 1023;  // the swizzle repeats every 1024 bytes of address
@@ -51,7 +56,7 @@ __global__ void __launch_bounds__(256, 2) spqr_wgmma_kernel(Args a) {
 
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int ntile0 = blockIdx.y * 8, ntile = ntile0 + warp;
-  const int m0 = blockIdx.x * kRows, z = blockIdx.z;
+  const int m0 = blockIdx.x * BN, z = blockIdx.z;
   const int c_begin = (int)((int64_t)z * a.chunks / a.splits), c_end = (int)((int64_t)(z + 1) * a.chunks / a.splits);
 
   // This lane's outlier entries (row ntile·16 + lane % 16), requested first: entries z·2 + (lane ≥ 16)
@@ -69,16 +74,19 @@ __global__ void __launch_bounds__(256, 2) spqr_wgmma_kernel(Args a) {
   for (int s = 0; s < kDepth; ++s)
     if (c_begin + s < c_end) st[s].load(w_next, lane), w_next += 8 * REC;
 
-  // X staged: a stage is 16 rows × 256 bytes of the gathered X ([chunk][Mp rows][128 inputs in the
-  // warpgroup order]), one 16-byte piece per thread: row tid / 16, unit tid % 16 (atom unit / 8,
-  // swizzled by the row's low 3 bits).
+  // X staged: a stage is BN rows × 256 bytes of the gathered X ([chunk][Mp rows][128 inputs in the
+  // warpgroup order]), BN / 16 pieces of 16 bytes per thread: rows tid / 16 + 16·i, unit tid % 16
+  // (atom unit / 8, swizzled by the row's low 3 bits, the same for all of them).
   const int pr = tid >> 4, pu = tid & 15;
   uint32_t xs_dst = smem_base + (pu >> 3) * kAtom + pr * 128 + (((pu & 7) ^ (pr & 7)) << 4);
   const T* xs_next = static_cast<const T*>(a.xs) + ((int64_t)c_begin * a.Mp + m0 + pr) * kChunk + pu * 8;
   const int64_t xs_step = (int64_t)a.Mp * kChunk;
   keep(xs_dst), keep(xs_next);
   auto load_x = [&](int stage) {
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(xs_dst + stage * kStage), "l"(xs_next));
+#pragma unroll
+    for (int i = 0; i < BN / 16; ++i)
+      asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(xs_dst + stage * kStage + i * 16 * 128),
+                   "l"(xs_next + i * 16 * kChunk));
     xs_next += xs_step;
   };
 
@@ -130,7 +138,7 @@ __global__ void __launch_bounds__(256, 2) spqr_wgmma_kernel(Args a) {
         weights_of<T, BITS>(w[j], scale[j >> 2], shift[j >> 2], af[j & 1]);
         wgmma_fence();
         const uint32_t lo = stage_lo + (uint32_t)(((j >> 2) * kAtom + (j & 3) * 32) >> 4);
-        wgmma<T, kRows>(acc, af[j & 1], (uint64_t)desc_hi << 32 | lo);
+        wgmma<T, BN>(acc, af[j & 1], (uint64_t)desc_hi << 32 | lo);
         wgmma_commit();
       }
       stage = stage + 1 == kStages ? 0 : stage + 1;
@@ -143,31 +151,47 @@ __global__ void __launch_bounds__(256, 2) spqr_wgmma_kernel(Args a) {
     for (int e = 0; e < 4; ++e) hold(acc[i][e]);
   gp::cp_async_wait<0>();
 
-  __shared__ float osum[8][kTileN][8 * MT + 1];
-  add_outliers<T, MT>(a.outliers, static_cast<const T*>(a.xst) + m0, a.Mp, nullptr, 0, 0, e_begin, e_end,
-                      2 * a.splits, osum[warp], acc);
+  // The outliers, for 32 rows of X at a time (registers: one sum per row and lane).
+  constexpr int MO = MT < 4 ? MT : 4;
+  __shared__ float osum[8][kTileN][8 * MO + 1];
+#pragma unroll
+  for (int h = 0; h < MT / MO; ++h) {
+    if (h > 0) __syncwarp();  // osum[warp] is read by the previous half's lanes
+    add_outliers<T, MO>(a.outliers, static_cast<const T*>(a.xst) + m0 + 8 * MO * h, a.Mp, nullptr, 0, 0, e_begin,
+                        e_end, 2 * a.splits, osum[warp], *reinterpret_cast<float(*)[MO][4]>(&acc[MO * h]));
+  }
   write_result<T, MT>(a, acc, ntile0, m0);
 #endif
 }
 
-template <int BITS, class T>
+template <int BITS, class T, int BN>
 void launch(const Args& a, dim3 grid, cudaStream_t stream, bool overlap) {
-  gp::set_smem_attribute<spqr_wgmma_kernel<BITS, T>>(kSmem);
-  launch_maybe_overlapped(spqr_wgmma_kernel<BITS, T>, grid, dim3(256), kSmem, stream, overlap,
+  gp::set_smem_attribute<spqr_wgmma_kernel<BITS, T, BN>>(Shape<BN>::smem);
+  launch_maybe_overlapped(spqr_wgmma_kernel<BITS, T, BN>, grid, dim3(256), Shape<BN>::smem, stream, overlap,
                           "SpQR product launch (wgmma)", a);
 }
 
-template <int BITS, class T>
+template <int BITS, class T, int BN>
 int occupancy() {
-  return gp::occupancy_of<spqr_wgmma_kernel<BITS, T>>(256, kSmem);
+  return gp::occupancy_of<spqr_wgmma_kernel<BITS, T, BN>>(256, Shape<BN>::smem);
+}
+
+template <int BITS, class T>
+SpqrWgmmaKernel entry(int rows) {
+  switch (rows) {
+    case 16: return {launch<BITS, T, 16>, occupancy<BITS, T, 16>};
+    case 32: return {launch<BITS, T, 32>, occupancy<BITS, T, 32>};
+    case 64: return {launch<BITS, T, 64>, occupancy<BITS, T, 64>};
+  }
+  return {};
 }
 
 template <class T>
-SpqrWgmmaKernel entry(int bits) {
+SpqrWgmmaKernel entry(int bits, int rows) {
   switch (bits) {
-    case 2: return {launch<2, T>, occupancy<2, T>};
-    case 3: return {launch<3, T>, occupancy<3, T>};
-    case 4: return {launch<4, T>, occupancy<4, T>};
+    case 2: return entry<2, T>(rows);
+    case 3: return entry<3, T>(rows);
+    case 4: return entry<4, T>(rows);
   }
   return {};
 }
@@ -176,8 +200,8 @@ SpqrWgmmaKernel entry(int bits) {
 
 bool spqr_wgmma_available(int device) { return compute_capability(device) == 90; }  // sm_90a code runs on 9.0 alone
 
-SpqrWgmmaKernel spqr_wgmma_kernel(SpqrDtype dtype, int bits) {
-  return dtype == SpqrDtype::f16 ? entry<__half>(bits) : entry<__nv_bfloat16>(bits);
+SpqrWgmmaKernel spqr_wgmma_kernel(SpqrDtype dtype, int bits, int rows) {
+  return dtype == SpqrDtype::f16 ? entry<__half>(bits, rows) : entry<__nv_bfloat16>(bits, rows);
 }
 
 }  // namespace cuda
