@@ -419,13 +419,26 @@ Kernel kernel_for(SpqrDtype dtype, int bits, int rows, int variant) {
   return dtype == SpqrDtype::f16 ? kernel_for<__half>(bits, mt, variant) : kernel_for<__nv_bfloat16>(bits, mt, variant);
 }
 
-// The variant a product runs by default: the K-splitting GEMV up to 16 rows of X, the tile kernel
-// above. From 9 rows, two tiles per block (each chunk's X read once for both) where that grid still
-// gives every multiprocessor a block: H200, M = 16, 8192² 36.2 → 29.3 µs, 11008 × 4096 -3%, while on
-// 4096² (128 blocks) it was 1.3× slower (bench/RESULTS.md).
+// The variant a product runs by default (bench/RESULTS.md, "SpQR products on the H200"):
+//  - up to 8 rows of X, the K-splitting GEMV;
+//  - 9-16 rows, the GEMV with two tiles per block (each chunk's X read once for both) where that grid
+//    still gives every multiprocessor a block (H200, M = 16: 8192² 36.2 → 29.3 µs, while on 4096²,
+//    128 blocks, it was 1.3× slower), else with one; but the warpgroup kernel where the GEMV's grid
+//    needs more than one wave of resident blocks (11008 × 4096: 29.4 → 23.3 µs at 4 bits; where the
+//    GEMV fits one wave it was as fast or faster: 4096², 8192²);
+//  - above 16 rows, the warpgroup kernel (the weights decoded once for 32 or 64 rows of X), else the
+//    tile kernel.
 int default_variant(const SpqrDeviceWeights& W, int64_t M) {
-  if (M > 8 && M <= 16 && W.Np / (2 * kTileN) >= multiprocessors(W.device)) return 5;
-  return M <= 16 ? 2 : 0;
+  check(cudaSetDevice(W.device), "cudaSetDevice");  // (the occupancies below are the current device's)
+  const bool wgmma = spqr_wgmma_available(W.device);
+  if (M > 16) return wgmma ? kWgmmaVariant : 0;
+  if (M <= 8) return 2;
+  const int gemv = W.Np / (2 * kTileN) >= multiprocessors(W.device) ? 5 : 2;
+  if (wgmma) {
+    const Kernel k = kernel_for(SpqrDtype::f16, W.bits, 16, gemv);
+    if (W.Np / k.cols > (int64_t)k.occupancy() * multiprocessors(W.device)) return kWgmmaVariant;
+  }
+  return gemv;
 }
 
 // Rows of X per block: 8 up to 8 rows, else 16; the warpgroup kernel 16, 32 or 64 (its wgmma's N:
