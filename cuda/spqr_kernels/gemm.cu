@@ -376,9 +376,10 @@ Kernel kernel_of(bool gemv, int cols) {
 //     64 rows of X a block, X staged in shared memory for the tensor cores; X gathered in its
 //     order). Elsewhere variant 5 (9+ rows) or 2 runs instead;
 //  7: variant 2 with 16 warps a block (each a chunk in 16), registers capped for 2 blocks per SM
-//     (8 rows of X; 1 for 16).
-constexpr int kVariants = 8;
-constexpr int kWgmmaVariant = 6;
+//     (8 rows of X; 1 for 16);
+//  8: variant 6 with its registers capped for 3 blocks per SM at 16 rows of X.
+constexpr int kVariants = 9;
+constexpr int kWgmmaVariant = 6, kWgmma3Variant = 8;
 template <int BITS, class T, int MT>
 Kernel kernel_for(int variant) {
   constexpr int CAP = MT == 1 ? 1 : 2, GCAP = MT == 1 ? 4 : 2, DEEP = MT == 1 ? 2 : 3, DEEP_CAP = MT == 1 ? 3 : 2;
@@ -404,13 +405,15 @@ Kernel kernel_for(int bits, int mt, int variant) {
   }
 }
 // Whether the variant runs the warpgroup kernel here (else its stand-in, kernel_for says which).
-bool runs_wgmma(int variant) { return variant == kWgmmaVariant && spqr_wgmma_available(current_device()); }
+bool runs_wgmma(int variant) {
+  return (variant == kWgmmaVariant || variant == kWgmma3Variant) && spqr_wgmma_available(current_device());
+}
 
 // rows: of X per block, rows_for's.
 Kernel kernel_for(SpqrDtype dtype, int bits, int rows, int variant) {
-  if (variant == kWgmmaVariant) {
+  if (variant == kWgmmaVariant || variant == kWgmma3Variant) {
     if (runs_wgmma(variant)) {
-      const SpqrWgmmaKernel w = spqr_wgmma_kernel(dtype, bits, rows);
+      const SpqrWgmmaKernel w = spqr_wgmma_kernel(dtype, bits, rows, variant == kWgmma3Variant);
       return {w.launch, w.occupancy, false, 128, true};
     }
     variant = rows == 16 ? 5 : 2;
@@ -420,7 +423,9 @@ Kernel kernel_for(SpqrDtype dtype, int bits, int rows, int variant) {
 }
 
 // The variant a product runs by default (bench/RESULTS.md, "SpQR products on the H200"):
-//  - up to 8 rows of X, the K-splitting GEMV;
+//  - up to 8 rows of X, the K-splitting GEMV, with 16 warps a block where its grid fits one wave of
+//    resident blocks (4096², M = 1: 7.3 → 6.7 µs at 4 bits), else 8 (twice the blocks in flight:
+//    16 warps were 1.1-1.2× slower on 11008 × 4096 and 8192²);
 //  - 9-16 rows, the GEMV with two tiles per block (each chunk's X read once for both) where that grid
 //    still gives every multiprocessor a block (H200, M = 16: 8192² 36.2 → 29.3 µs, while on 4096²,
 //    128 blocks, it was 1.3× slower), else with one; but the warpgroup kernel where the GEMV's grid
@@ -432,7 +437,10 @@ int default_variant(const SpqrDeviceWeights& W, int64_t M) {
   check(cudaSetDevice(W.device), "cudaSetDevice");  // (the occupancies below are the current device's)
   const bool wgmma = spqr_wgmma_available(W.device);
   if (M > 16) return wgmma ? kWgmmaVariant : 0;
-  if (M <= 8) return 2;
+  if (M <= 8) {
+    const Kernel k16 = kernel_for(SpqrDtype::f16, W.bits, 8, 7);
+    return W.Np / kTileN <= (int64_t)k16.occupancy() * multiprocessors(W.device) ? 7 : 2;
+  }
   const int gemv = W.Np / (2 * kTileN) >= multiprocessors(W.device) ? 5 : 2;
   if (wgmma) {
     const Kernel k = kernel_for(SpqrDtype::f16, W.bits, 16, gemv);
