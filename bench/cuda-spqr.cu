@@ -337,7 +337,7 @@ int run_bench(const char* json_path, std::vector<int64_t> batches) {
                  "GEMV, 2 chunks in flight capped for 3 blocks per SM (16 rows: 3 chunks), outliers last\",\"4: "
                  "GEMV, two tiles per block, 2 chunks in flight, capped for 2 blocks per SM\",\"5: the same, 1 chunk "
                  "in flight\",\"6: warpgroup kernel (wgmma, sm_90a: 128 output rows and 16 rows of X a block, X staged in "
-                 "shared memory; up to 8 rows variant 2 runs)\",\"7: variant 2 with 16 warps a block\",\"8: variant 6 capped for 3 blocks per SM at 16 rows\"");
+                 "shared memory; up to 8 rows variant 2 runs)\",\"7: variant 2 with 16 warps a block\"");
   bool first_row = true;
   Rng rng(5);
   struct Shape { int64_t N, K; };

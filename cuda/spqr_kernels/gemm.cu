@@ -376,10 +376,9 @@ Kernel kernel_of(bool gemv, int cols) {
 //     64 rows of X a block, X staged in shared memory for the tensor cores; X gathered in its
 //     order). Elsewhere variant 5 (9+ rows) or 2 runs instead;
 //  7: variant 2 with 16 warps a block (each a chunk in 16), registers capped for 2 blocks per SM
-//     (8 rows of X; 1 for 16);
-//  8: variant 6 with its registers capped for 3 blocks per SM at 16 rows of X.
-constexpr int kVariants = 9;
-constexpr int kWgmmaVariant = 6, kWgmma3Variant = 8;
+//     (8 rows of X; 1 for 16).
+constexpr int kVariants = 8;
+constexpr int kWgmmaVariant = 6;
 template <int BITS, class T, int MT>
 Kernel kernel_for(int variant) {
   constexpr int CAP = MT == 1 ? 1 : 2, GCAP = MT == 1 ? 4 : 2, DEEP = MT == 1 ? 2 : 3, DEEP_CAP = MT == 1 ? 3 : 2;
@@ -405,15 +404,13 @@ Kernel kernel_for(int bits, int mt, int variant) {
   }
 }
 // Whether the variant runs the warpgroup kernel here (else its stand-in, kernel_for says which).
-bool runs_wgmma(int variant) {
-  return (variant == kWgmmaVariant || variant == kWgmma3Variant) && spqr_wgmma_available(current_device());
-}
+bool runs_wgmma(int variant) { return variant == kWgmmaVariant && spqr_wgmma_available(current_device()); }
 
 // rows: of X per block, rows_for's.
 Kernel kernel_for(SpqrDtype dtype, int bits, int rows, int variant) {
-  if (variant == kWgmmaVariant || variant == kWgmma3Variant) {
+  if (variant == kWgmmaVariant) {
     if (runs_wgmma(variant)) {
-      const SpqrWgmmaKernel w = spqr_wgmma_kernel(dtype, bits, rows, variant == kWgmma3Variant);
+      const SpqrWgmmaKernel w = spqr_wgmma_kernel(dtype, bits, rows);
       return {w.launch, w.occupancy, false, 128, true};
     }
     variant = rows == 16 ? 5 : 2;

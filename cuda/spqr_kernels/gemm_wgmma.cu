@@ -42,9 +42,10 @@ struct Shape {
 };
 constexpr int kDepth = 2;  // chunks of records in flight per warp
 
-// MINB: blocks per multiprocessor the registers are capped for.
-template <int BITS, class T, int BN, int MINB>
-__global__ void __launch_bounds__(256, MINB) spqr_wgmma_kernel(Args a) {
+// Registers capped for 2 blocks per multiprocessor (3 at 16 rows of X, 80 registers, was 2-10%
+// slower on 4096² and 11008 × 4096, H200 2026-12-03).
+template <int BITS, class T, int BN>
+__global__ void __launch_bounds__(256, 2) spqr_wgmma_kernel(Args a) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   using T2 = typename Dtype<T>::T2;
   using S = Shape<BN>;
@@ -165,39 +166,34 @@ __global__ void __launch_bounds__(256, MINB) spqr_wgmma_kernel(Args a) {
 #endif
 }
 
-template <int BITS, class T, int BN, int MINB>
+template <int BITS, class T, int BN>
 void launch(const Args& a, dim3 grid, cudaStream_t stream, bool overlap) {
-  gp::set_smem_attribute<spqr_wgmma_kernel<BITS, T, BN, MINB>>(Shape<BN>::smem);
-  launch_maybe_overlapped(spqr_wgmma_kernel<BITS, T, BN, MINB>, grid, dim3(256), Shape<BN>::smem, stream, overlap,
+  gp::set_smem_attribute<spqr_wgmma_kernel<BITS, T, BN>>(Shape<BN>::smem);
+  launch_maybe_overlapped(spqr_wgmma_kernel<BITS, T, BN>, grid, dim3(256), Shape<BN>::smem, stream, overlap,
                           "SpQR product launch (wgmma)", a);
 }
 
-template <int BITS, class T, int BN, int MINB>
+template <int BITS, class T, int BN>
 int occupancy() {
-  return gp::occupancy_of<spqr_wgmma_kernel<BITS, T, BN, MINB>>(256, Shape<BN>::smem);
-}
-
-template <int BITS, class T, int BN, int MINB>
-SpqrWgmmaKernel entry() {
-  return {launch<BITS, T, BN, MINB>, occupancy<BITS, T, BN, MINB>};
+  return gp::occupancy_of<spqr_wgmma_kernel<BITS, T, BN>>(256, Shape<BN>::smem);
 }
 
 template <int BITS, class T>
-SpqrWgmmaKernel entry(int rows, bool three) {
+SpqrWgmmaKernel entry(int rows) {
   switch (rows) {
-    case 16: return three ? entry<BITS, T, 16, 3>() : entry<BITS, T, 16, 2>();
-    case 32: return entry<BITS, T, 32, 2>();
-    case 64: return entry<BITS, T, 64, 2>();
+    case 16: return {launch<BITS, T, 16>, occupancy<BITS, T, 16>};
+    case 32: return {launch<BITS, T, 32>, occupancy<BITS, T, 32>};
+    case 64: return {launch<BITS, T, 64>, occupancy<BITS, T, 64>};
   }
   return {};
 }
 
 template <class T>
-SpqrWgmmaKernel entry(int bits, int rows, bool three) {
+SpqrWgmmaKernel entry(int bits, int rows) {
   switch (bits) {
-    case 2: return entry<2, T>(rows, three);
-    case 3: return entry<3, T>(rows, three);
-    case 4: return entry<4, T>(rows, three);
+    case 2: return entry<2, T>(rows);
+    case 3: return entry<3, T>(rows);
+    case 4: return entry<4, T>(rows);
   }
   return {};
 }
@@ -206,8 +202,8 @@ SpqrWgmmaKernel entry(int bits, int rows, bool three) {
 
 bool spqr_wgmma_available(int device) { return compute_capability(device) == 90; }  // sm_90a code runs on 9.0 alone
 
-SpqrWgmmaKernel spqr_wgmma_kernel(SpqrDtype dtype, int bits, int rows, bool three_blocks) {
-  return dtype == SpqrDtype::f16 ? entry<__half>(bits, rows, three_blocks) : entry<__nv_bfloat16>(bits, rows, three_blocks);
+SpqrWgmmaKernel spqr_wgmma_kernel(SpqrDtype dtype, int bits, int rows) {
+  return dtype == SpqrDtype::f16 ? entry<__half>(bits, rows) : entry<__nv_bfloat16>(bits, rows);
 }
 
 }  // namespace cuda

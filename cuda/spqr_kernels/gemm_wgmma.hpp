@@ -23,13 +23,12 @@ struct SpqrWgmmaKernel {
 // Whether the sm_90a kernel runs on `device` (compute capability exactly 9.0).
 bool spqr_wgmma_available(int device);
 // 128 output rows and `rows` (16, 32 or 64) rows of X per block, X gathered in the warpgroup order
-// (gemm.cu's gather); registers capped for 2 blocks per multiprocessor, or at 16 rows 3
-// (three_blocks); empty for other rows.
-SpqrWgmmaKernel spqr_wgmma_kernel(SpqrDtype dtype, int bits, int rows, bool three_blocks);
+// (gemm.cu's gather); empty for other rows.
+SpqrWgmmaKernel spqr_wgmma_kernel(SpqrDtype dtype, int bits, int rows);
 #else
 // Built by an nvcc without sm_90a (older than 12.0): the mma.sync kernels serve every GPU.
 inline bool spqr_wgmma_available(int) { return false; }
-inline SpqrWgmmaKernel spqr_wgmma_kernel(SpqrDtype, int, int, bool) { return {}; }
+inline SpqrWgmmaKernel spqr_wgmma_kernel(SpqrDtype, int, int) { return {}; }
 #endif
 
 }  // namespace cuda
